@@ -1,0 +1,34 @@
+# The README's commands. `make test` is what CI runs (through .ci/run).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: venv redis-server lint test demo bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+# The real-Redis tests need redis-server: install it when missing and possible.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || scripts/install-redis.sh
+
+lint: venv
+	$(BIN)/ruff check agentic tests bench
+	$(BIN)/ruff format --check agentic tests bench
+	$(BIN)/mypy
+
+test: venv redis-server lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: venv
+	$(BIN)/agentic demo
+
+bench: venv redis-server
+	$(BIN)/python bench/registry.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""agentic: run a fleet of AI agents as one system."""

@@ -1,0 +1,332 @@
+"""The data types every part of agentic shares (pydantic v2).
+
+JSON field names are snake_case and match go-agentic's wire format, so a Task sent
+by go-agentic's client (empty id and status, zero timestamps) is accepted as is:
+``0001-01-01T00:00:00Z`` and empty strings in time fields mean "not set" (``None``).
+All times are timezone-aware UTC ``datetime`` objects; durations are seconds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+__all__ = [
+    "AgentAllowance",
+    "AgentInfo",
+    "AgentStatus",
+    "AllowanceStatus",
+    "ModelQuota",
+    "ModelUsage",
+    "Priority",
+    "QuotaCheckResult",
+    "QuotaEvent",
+    "Reservation",
+    "Settlement",
+    "StatusSummary",
+    "Task",
+    "TaskResult",
+    "TaskStatus",
+    "TaskUpdate",
+    "UsageRecord",
+    "UsageReport",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def _optional_time(value: Any) -> Any:
+    """Map go's zero time and empty strings to ``None``; make naive datetimes UTC."""
+    if value is None or value in {"", 0}:
+        return None
+    if isinstance(value, str) and value.startswith("0001-01-01"):
+        return None
+    if isinstance(value, datetime):
+        if value.year == 1:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+    return value
+
+
+def _to_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+OptionalTime = Annotated[datetime | None, BeforeValidator(_optional_time)]
+
+
+class _Model(BaseModel):
+    # Unknown JSON fields from newer peers are ignored rather than rejected, so an
+    # older SDK keeps talking to a newer server.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class TaskStatus(StrEnum):
+    """Where a task is in its life; ``failed`` is the dead letter."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+
+
+class Priority(StrEnum):
+    """Task priority, most urgent first."""
+
+    CRITICAL = "critical"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for critical up to 3 for low: sort ascending to take the most urgent first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.CRITICAL: 0, Priority.HIGH: 1, Priority.MEDIUM: 2, Priority.LOW: 3}
+
+
+class AgentStatus(StrEnum):
+    """An agent's liveness and capacity state."""
+
+    AVAILABLE = "available"
+    BUSY = "busy"
+    OFFLINE = "offline"
+
+
+class AllowanceStatus(StrEnum):
+    """Quota state: ``warning`` from 80% of a limit, ``exceeded`` at 100%."""
+
+    OK = "ok"
+    WARNING = "warning"
+    EXCEEDED = "exceeded"
+
+
+class QuotaEvent(StrEnum):
+    """The events of a usage report (go-agentic's ``record_usage`` entry point)."""
+
+    JOB_STARTED = "job_started"
+    JOB_COMPLETED = "job_completed"
+    JOB_FAILED = "job_failed"
+    JOB_CANCELLED = "job_cancelled"
+
+
+class TaskResult(_Model):
+    """What an agent reports when it finishes a task."""
+
+    success: bool
+    output: str = ""
+    artifacts: list[str] = Field(default_factory=list)
+    error_message: str = ""
+
+
+class Task(_Model):
+    """A unit of work. Fields after ``fail_reason`` are agentic's extensions."""
+
+    id: str = ""
+    title: str = ""
+    description: str = ""
+    priority: Priority = Priority.MEDIUM
+    status: TaskStatus | None = None
+    labels: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list)
+    created_at: OptionalTime = None
+    updated_at: OptionalTime = None
+    claimed_by: str = ""
+    claimed_at: OptionalTime = None
+    project: str = ""
+    dependencies: list[str] = Field(default_factory=list)
+    blockers: list[str] = Field(default_factory=list)
+    max_retries: int = Field(default=3, ge=0)
+    retry_count: int = Field(default=0, ge=0)
+    last_attempt: OptionalTime = None
+    fail_reason: str = ""
+    # --- extensions ---
+    next_attempt_at: OptionalTime = None
+    lease_expires_at: OptionalTime = None
+    progress: int = Field(default=0, ge=0, le=100)
+    notes: str = ""
+    model: str = ""
+    estimated_tokens: int = Field(default=0, ge=0)
+    result: TaskResult | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _empty_status(cls, value: Any) -> Any:
+        # go-agentic's client sends "" for "let the server decide".
+        return None if value == "" else value
+
+    @field_validator(
+        "created_at",
+        "updated_at",
+        "claimed_at",
+        "last_attempt",
+        "next_attempt_at",
+        "lease_expires_at",
+    )
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return _to_utc(value)
+
+
+class TaskUpdate(_Model):
+    """A partial update of a task (PATCH); ``None`` fields are left unchanged."""
+
+    status: TaskStatus | None = None
+    progress: int | None = Field(default=None, ge=0, le=100)
+    notes: str | None = None
+    retry_count: int | None = Field(default=None, ge=0)
+    last_attempt: OptionalTime = None
+    next_attempt_at: OptionalTime = None
+    fail_reason: str | None = None
+
+
+class AgentInfo(_Model):
+    """A registered agent. ``max_load == 0`` means unlimited."""
+
+    id: str = Field(min_length=1)
+    name: str = ""
+    capabilities: list[str] = Field(default_factory=list)
+    status: AgentStatus = AgentStatus.AVAILABLE
+    last_heartbeat: OptionalTime = None
+    current_load: int = Field(default=0, ge=0)
+    max_load: int = Field(default=0, ge=0)
+    registered_at: OptionalTime = None
+
+    @field_validator("last_heartbeat", "registered_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        return _to_utc(value)
+
+
+class AgentAllowance(_Model):
+    """Per-agent limits; 0 or empty means unlimited. ``max_job_duration`` is seconds."""
+
+    agent_id: str = Field(min_length=1)
+    daily_token_limit: int = Field(default=0, ge=0)
+    daily_job_limit: int = Field(default=0, ge=0)
+    concurrent_jobs: int = Field(default=0, ge=0)
+    max_job_duration: float = Field(default=0, ge=0)
+    model_allowlist: list[str] = Field(default_factory=list)
+
+
+class ModelQuota(_Model):
+    """Per-model limits shared by all agents; 0 means unlimited.
+
+    ``cost_ceiling`` is in cents per period (day); prices are cents per million
+    input / output tokens and may be fractional.
+    """
+
+    model: str = Field(min_length=1)
+    daily_token_budget: int = Field(default=0, ge=0)
+    hourly_rate_limit: int = Field(default=0, ge=0)
+    cost_ceiling: int = Field(default=0, ge=0)
+    input_price: float = Field(default=0, ge=0)
+    output_price: float = Field(default=0, ge=0)
+
+
+class UsageRecord(_Model):
+    """An agent's usage in the current period (``tokens_reserved`` is ours)."""
+
+    agent_id: str
+    tokens_used: int = 0
+    jobs_started: int = 0
+    active_jobs: int = 0
+    period_start: OptionalTime = None
+    tokens_reserved: int = 0
+
+
+class ModelUsage(_Model):
+    """A model's usage in the current period, across all agents.
+
+    ``cost_used`` / ``cost_reserved`` are micro-cents (cents x 10^-6), integers so
+    that every backend adds them up exactly alike.
+    """
+
+    model: str
+    tokens_used: int = 0
+    tokens_reserved: int = 0
+    cost_used: int = 0
+    cost_reserved: int = 0
+    requests_last_hour: int = 0
+    period_start: OptionalTime = None
+
+
+class UsageReport(_Model):
+    """go-agentic's usage report: one event of one job."""
+
+    agent_id: str = Field(min_length=1)
+    job_id: str = Field(min_length=1)
+    model: str = ""
+    tokens_in: int = Field(default=0, ge=0)
+    tokens_out: int = Field(default=0, ge=0)
+    event: QuotaEvent
+    timestamp: OptionalTime = None
+
+
+class QuotaCheckResult(_Model):
+    """The answer of a quota check. ``-1`` remaining means unlimited."""
+
+    allowed: bool
+    status: AllowanceStatus
+    remaining_tokens: int = -1
+    remaining_jobs: int = -1
+    reason: str = ""
+    reset_at: OptionalTime = None
+    retry_after: float | None = None
+
+
+class Reservation(_Model):
+    """Quota held for one job between ``reserve`` and ``settle`` (or expiry).
+
+    ``previous_status`` / ``status`` are the agent's allowance status before and
+    after this reservation, so a caller can tell a threshold crossing apart from a
+    repeat without any extra state.
+    """
+
+    job_id: str
+    agent_id: str
+    model: str = ""
+    tokens: int = 0
+    cost: int = 0
+    created_at: OptionalTime = None
+    expires_at: OptionalTime = None
+    previous_status: AllowanceStatus = AllowanceStatus.OK
+    status: AllowanceStatus = AllowanceStatus.OK
+
+
+class Settlement(_Model):
+    """The result of settling one job.
+
+    ``duplicate`` is true when the job had already been settled: nothing changed
+    and the first settlement's figures are returned.
+    """
+
+    job_id: str
+    agent_id: str
+    model: str = ""
+    outcome: QuotaEvent
+    tokens_charged: int = 0
+    cost_charged: int = 0
+    duplicate: bool = False
+    previous_status: AllowanceStatus = AllowanceStatus.OK
+    status: AllowanceStatus = AllowanceStatus.OK
+
+
+class StatusSummary(_Model):
+    """What ``agentic status`` shows; any part may be absent (empty)."""
+
+    agents: list[AgentInfo] = Field(default_factory=list)
+    pending_tasks: int = 0
+    in_progress_tasks: int = 0
+    allowance_remaining: dict[str, int] = Field(default_factory=dict)

@@ -1,0 +1,229 @@
+"""The quota rules, once, as pure functions.
+
+The memory and SQLite stores call these inside their lock / ``BEGIN IMMEDIATE``
+transaction; ``stores/redis/lua/*.lua`` mirror them line for line (keep the two in
+step: a property test runs random sequences through every backend and
+:func:`decide` and demands identical answers).
+
+Every quantity is an integer so that Python and Lua (doubles) agree exactly:
+tokens, jobs, and cost in micro-cents (1 cent = 1,000,000 micro-cents). Prices are
+cents per million tokens, so ``tokens * price`` *is* micro-cents.
+
+Rules of :func:`decide`, first failure wins (go-agentic's order, then ours):
+
+1. model allowlist (when non-empty and a model is given);
+2. agent daily tokens: ``used + reserved + request <= limit``; remaining <= 0 is
+   exceeded even for a zero-token request (usage exactly at the limit);
+3. agent daily jobs: ``jobs_started < limit``;
+4. agent concurrency: ``active < concurrent_jobs``;
+5. model daily token budget across agents (used + reserved + request);
+6. model requests in the rolling hour: ``count < hourly_rate_limit``;
+7. model cost ceiling per day (used + reserved + estimated cost of the request).
+
+Status is ``exceeded`` when the agent's tokens or jobs are used up, else
+``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from .models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent
+
+__all__ = [
+    "DAY",
+    "DEFAULT_RESERVATION_TTL",
+    "HOUR",
+    "SETTLED_RETENTION",
+    "AgentCounters",
+    "Decision",
+    "ModelCounters",
+    "agent_status",
+    "charged_tokens",
+    "cost_microcents",
+    "decide",
+    "estimated_cost",
+    "period_bounds",
+    "reservation_ttl",
+    "share_of_cost",
+    "utc_offset",
+]
+
+DAY = 86_400
+HOUR = 3_600
+#: How long a reservation lives when the agent's allowance sets no max_job_duration.
+DEFAULT_RESERVATION_TTL = 3_600.0
+#: How long a settled job id is remembered, so a repeated settle changes nothing.
+SETTLED_RETENTION = 7 * DAY
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCounters:
+    """An agent's live counters for the current period."""
+
+    tokens_used: int = 0
+    jobs_started: int = 0
+    tokens_reserved: int = 0
+    active_jobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCounters:
+    """A model's live counters for the current period and rolling hour."""
+
+    tokens_used: int = 0
+    tokens_reserved: int = 0
+    cost_used: int = 0
+    cost_reserved: int = 0
+    requests_last_hour: int = 0
+    #: time of the oldest request still inside the rolling hour, if any
+    oldest_request: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of :func:`decide`."""
+
+    allowed: bool
+    status: AllowanceStatus
+    reason: str = ""
+    remaining_tokens: int = -1
+    remaining_jobs: int = -1
+    retry_after: float | None = None
+    #: estimated cost of the request in micro-cents (what a reservation holds)
+    cost: int = 0
+
+
+def utc_offset(tz: tzinfo, now: float) -> int:
+    """Seconds east of UTC of ``tz`` at instant ``now`` (what the Lua scripts receive)."""
+    offset = datetime.fromtimestamp(now, tz).utcoffset()
+    return 0 if offset is None else int(offset.total_seconds())
+
+
+def period_bounds(now: float, offset: int) -> tuple[float, float]:
+    """Start and end (epoch seconds) of the day containing ``now`` at UTC ``offset``."""
+    start = math.floor((now + offset) / DAY) * DAY - offset
+    return float(start), float(start + DAY)
+
+
+def reservation_ttl(allowance: AgentAllowance, default: float) -> float:
+    """A reservation lives for the agent's max_job_duration, else ``default``."""
+    return allowance.max_job_duration if allowance.max_job_duration > 0 else default
+
+
+def cost_microcents(quota: ModelQuota | None, tokens_in: int, tokens_out: int) -> int:
+    """Exact cost of a job in micro-cents, rounded half up."""
+    if quota is None:
+        return 0
+    return math.floor(tokens_in * quota.input_price + tokens_out * quota.output_price + 0.5)
+
+
+def estimated_cost(quota: ModelQuota | None, tokens: int) -> int:
+    """Cost held by a reservation: every token priced at the dearer of the two prices."""
+    if quota is None:
+        return 0
+    return math.floor(tokens * max(quota.input_price, quota.output_price) + 0.5)
+
+
+def charged_tokens(outcome: QuotaEvent, tokens_in: int, tokens_out: int) -> int:
+    """Tokens charged for a finished job.
+
+    completed: all; failed: ``total - total // 2`` (go-agentic returns half, rounded
+    down, so 7 charges 4); cancelled: nothing. Any other event charges nothing.
+    """
+    total = tokens_in + tokens_out
+    if outcome is QuotaEvent.JOB_COMPLETED:
+        return total
+    if outcome is QuotaEvent.JOB_FAILED:
+        return total - total // 2
+    return 0
+
+
+def share_of_cost(full_cost: int, charged: int, total: int) -> int:
+    """The part of ``full_cost`` matching ``charged`` of ``total`` tokens, rounded down."""
+    if total <= 0:
+        return 0
+    return full_cost * charged // total
+
+
+def agent_status(allowance: AgentAllowance, counters: AgentCounters) -> AllowanceStatus:
+    """The allowance status of an agent with these counters."""
+    spent = counters.tokens_used + counters.tokens_reserved
+    tokens_limit = allowance.daily_token_limit
+    jobs_limit = allowance.daily_job_limit
+    if (tokens_limit > 0 and spent >= tokens_limit) or (
+        jobs_limit > 0 and counters.jobs_started >= jobs_limit
+    ):
+        return AllowanceStatus.EXCEEDED
+    if tokens_limit > 0 and 5 * spent >= 4 * tokens_limit:
+        return AllowanceStatus.WARNING
+    return AllowanceStatus.OK
+
+
+def _remaining(limit: int, spent: int) -> int:
+    return -1 if limit <= 0 else max(0, limit - spent)
+
+
+def decide(
+    allowance: AgentAllowance,
+    agent: AgentCounters,
+    quota: ModelQuota | None,
+    model_counters: ModelCounters,
+    model: str,
+    tokens: int,
+    now: float,
+    period_end: float,
+) -> Decision:
+    """Whether a job of ``tokens`` on ``model`` may start now (see the module rules)."""
+    remaining_tokens = _remaining(
+        allowance.daily_token_limit, agent.tokens_used + agent.tokens_reserved
+    )
+    remaining_jobs = _remaining(allowance.daily_job_limit, agent.jobs_started)
+    until_reset = period_end - now
+
+    def deny(reason: str, retry_after: float | None) -> Decision:
+        return Decision(
+            False,
+            AllowanceStatus.EXCEEDED,
+            reason,
+            remaining_tokens,
+            remaining_jobs,
+            retry_after,
+        )
+
+    if model and allowance.model_allowlist and model not in allowance.model_allowlist:
+        return deny(
+            f"model {model!r} is not in the allowlist of agent {allowance.agent_id!r}", None
+        )
+    if allowance.daily_token_limit > 0 and (remaining_tokens <= 0 or tokens > remaining_tokens):
+        return deny("daily token limit", until_reset)
+    if allowance.daily_job_limit > 0 and remaining_jobs <= 0:
+        return deny("daily job limit", until_reset)
+    if allowance.concurrent_jobs > 0 and agent.active_jobs >= allowance.concurrent_jobs:
+        return deny("concurrent job limit", None)
+    cost = 0
+    if model and quota is not None:
+        budget = quota.daily_token_budget
+        if budget > 0:
+            left = budget - model_counters.tokens_used - model_counters.tokens_reserved
+            if left <= 0 or tokens > left:
+                return deny(f"daily token budget of model {model!r}", until_reset)
+        if quota.hourly_rate_limit > 0 and (
+            model_counters.requests_last_hour >= quota.hourly_rate_limit
+        ):
+            oldest = now if model_counters.oldest_request is None else model_counters.oldest_request
+            return deny(f"hourly rate limit of model {model!r}", max(0.0, oldest + HOUR - now))
+        cost = estimated_cost(quota, tokens)
+        if quota.cost_ceiling > 0:
+            left = (
+                quota.cost_ceiling * 1_000_000
+                - model_counters.cost_used
+                - model_counters.cost_reserved
+            )
+            if left <= 0 or cost > left:
+                return deny(f"cost ceiling of model {model!r}", until_reset)
+    return Decision(
+        True, agent_status(allowance, agent), "", remaining_tokens, remaining_jobs, None, cost
+    )

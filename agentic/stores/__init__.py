@@ -1,0 +1,72 @@
+"""Stores chosen from a URL by a scheme table.
+
+=================================  ===================================================
+``memory://``                      in-process; for tests and single-process tools
+``sqlite:///abs/path.db``          one machine, many processes (the default);
+``sqlite://relative.db``           ``?timeout=`` busy timeout in seconds
+``redis://host:6379/0``            many machines; ``?prefix=`` namespaces keys,
+``rediss://...``                   ``?timeout=`` connect timeout in seconds
+=================================  ===================================================
+
+Every URL also accepts ``?tz=`` (IANA zone of the quota day, default UTC) and
+``?reservation_ttl=`` (seconds). Backends import lazily, so a missing optional
+dependency is reported only when its scheme is used, with the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..errors import ConfigError
+from ._url import StoreURL, parse_store_url
+from .base import AgentRegistry, AllowanceStore
+
+__all__ = [
+    "AgentRegistry",
+    "AllowanceStore",
+    "StoreURL",
+    "open_allowance_store",
+    "open_registry",
+    "parse_store_url",
+]
+
+# scheme -> (module, extra that provides its dependency)
+_SCHEMES: dict[str, tuple[str, str | None]] = {
+    "memory": ("agentic.stores.memory", None),
+    "sqlite": ("agentic.stores.sqlite", None),
+    "redis": ("agentic.stores.redis", "redis"),
+    "rediss": ("agentic.stores.redis", "redis"),
+}
+
+
+def _backend(url: str) -> tuple[ModuleType, StoreURL]:
+    parsed = parse_store_url(url)
+    entry = _SCHEMES.get(parsed.scheme)
+    if entry is None:
+        raise ConfigError(
+            f"store URL {parsed.redacted()!r}: unknown scheme {parsed.scheme!r};"
+            f" accepted: {', '.join(s + '://' for s in _SCHEMES)}"
+        )
+    module_name, extra = entry
+    try:
+        return importlib.import_module(module_name), parsed
+    except ImportError as exc:
+        hint = f"pip install 'agentic[{extra}]'" if extra else "reinstall agentic"
+        raise ConfigError(
+            f"store URL {parsed.redacted()!r} needs a missing dependency ({exc.name}): {hint}"
+        ) from exc
+
+
+def open_registry(url: str) -> AgentRegistry:
+    """An AgentRegistry for ``url`` (see the module table)."""
+    module, parsed = _backend(url)
+    registry: AgentRegistry = module.registry_from_url(parsed)
+    return registry
+
+
+def open_allowance_store(url: str) -> AllowanceStore:
+    """An AllowanceStore for ``url`` (see the module table)."""
+    module, parsed = _backend(url)
+    store: AllowanceStore = module.allowance_store_from_url(parsed)
+    return store

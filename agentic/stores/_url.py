@@ -1,0 +1,96 @@
+"""Store URLs: parsing and the options every backend understands."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, tzinfo
+from urllib.parse import parse_qsl, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from ..errors import ConfigError
+from ..quota import DEFAULT_RESERVATION_TTL
+
+__all__ = ["StoreURL", "parse_store_url"]
+
+# Query options and what they accept, for the error message of a typo.
+COMMON_OPTIONS = {
+    "tz": "an IANA timezone for the quota day, e.g. tz=Europe/Paris (default UTC)",
+    "reservation_ttl": "seconds a reservation lives without max_job_duration (default 3600)",
+}
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL; ``options`` holds the query string."""
+
+    raw: str
+    scheme: str
+    netloc: str
+    path: str
+    options: dict[str, str] = field(default_factory=dict)
+
+    def take(self, allowed: dict[str, str]) -> dict[str, str]:
+        """The options, after checking each is known to the backend (common or ``allowed``)."""
+        known = {**COMMON_OPTIONS, **allowed}
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            accepted = "; ".join(f"{k}: {v}" for k, v in sorted(known.items()))
+            raise ConfigError(
+                f"store URL {self.redacted()!r}: unknown option(s) {', '.join(unknown)}."
+                f" Accepted: {accepted}"
+            )
+        return dict(self.options)
+
+    def redacted(self) -> str:
+        """The URL with any password replaced, fit for messages and logs."""
+        parts = urlsplit(self.raw)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            return parts._replace(netloc=netloc).geturl()
+        return self.raw
+
+    def tz(self) -> tzinfo:
+        name = self.options.get("tz", "")
+        if not name or name.upper() == "UTC":
+            return UTC
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ConfigError(
+                f"store URL {self.redacted()!r}: unknown timezone tz={name!r};"
+                " use an IANA name such as UTC or Europe/Paris"
+            ) from exc
+
+    def reservation_ttl(self) -> float:
+        return self.number("reservation_ttl", DEFAULT_RESERVATION_TTL, minimum=0.001)
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        raw = self.options.get(key)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not value >= minimum:
+            raise ConfigError(
+                f"store URL {self.redacted()!r}: {key}={raw!r} must be a number >= {minimum}"
+            )
+        return value
+
+
+def parse_store_url(url: str) -> StoreURL:
+    """Split a store URL; the scheme is checked by the caller against its table."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"store URL {url!r} is not a URL: use memory://, sqlite:///path/to/file.db"
+            " or redis://host:6379/0"
+        )
+    parts = urlsplit(url)
+    options: dict[str, str] = {}
+    try:
+        for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+            options[key] = value
+    except ValueError as exc:  # pragma: no cover - parse_qsl is lenient
+        raise ConfigError(f"store URL {url!r}: bad query string") from exc
+    return StoreURL(url, parts.scheme.lower(), parts.netloc, parts.path, options)

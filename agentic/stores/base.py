@@ -1,0 +1,232 @@
+"""The store interfaces every backend implements (memory, SQLite, Redis).
+
+Contracts written here are what the shared contract tests in ``tests/`` check on
+every backend; a backend that cannot keep one must not pretend to.
+
+Common rules:
+
+* Every method is one atomic step on its backend (memory: one lock; SQLite: one
+  transaction; Redis: one command or one Lua script call).
+* Methods that return collections return fully built lists: no lock, transaction or
+  cursor is held while the caller's code runs.
+* Backend exceptions never leak; they become :class:`~agentic.errors.StoreError`
+  (``raise ... from exc``).
+* Time comes from the store's clock: an injectable ``clock()`` returning epoch
+  seconds for memory and SQLite; Redis uses the server's ``TIME`` unless a clock is
+  injected (tests only).
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+from datetime import timedelta
+
+from ..errors import ConfigError
+from ..models import (
+    AgentAllowance,
+    AgentInfo,
+    AgentStatus,
+    ModelQuota,
+    ModelUsage,
+    QuotaCheckResult,
+    QuotaEvent,
+    Reservation,
+    Settlement,
+    UsageRecord,
+)
+
+__all__ = [
+    "AgentRegistry",
+    "AllowanceStore",
+    "Closeable",
+    "require_count",
+    "require_id",
+    "status_for_load",
+    "ttl_seconds",
+]
+
+
+def require_id(kind: str, value: str) -> str:
+    """Reject an empty id before it reaches a backend."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{kind} must be a non-empty string, got {value!r}")
+    return value
+
+
+def require_count(kind: str, value: int) -> int:
+    """Reject a negative or non-integer count (tokens, jobs, load)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{kind} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def ttl_seconds(ttl: float | timedelta) -> float:
+    """Seconds from a number or a timedelta; rejects negative values."""
+    seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
+    if seconds < 0:
+        raise ConfigError(f"ttl must be >= 0 seconds, got {seconds}")
+    return seconds
+
+
+def status_for_load(current_load: int, max_load: int) -> AgentStatus:
+    """An online agent at ``max_load`` is busy; below it (or unlimited) it is available."""
+    if max_load > 0 and current_load >= max_load:
+        return AgentStatus.BUSY
+    return AgentStatus.AVAILABLE
+
+
+class Closeable:
+    """Something holding connections or files."""
+
+    def close(self) -> None:
+        """Release connections and files. Idempotent."""
+
+    def __enter__(self) -> Closeable:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class AgentRegistry(Closeable):
+    """Where agents announce themselves and prove they are alive.
+
+    * ``register(info)`` upserts; the first ``registered_at`` is kept; registering
+      counts as a heartbeat; status follows load (at ``max_load`` → busy).
+    * ``deregister(id)`` removes the agent (:class:`NotFoundError` if unknown).
+    * ``heartbeat(id, load=None)`` stamps the time, optionally sets the load, turns an
+      offline agent back online; :class:`NotFoundError` for an unknown or
+      deregistered id (a heartbeat never resurrects a deregistered agent).
+    * ``reap(ttl)`` marks offline every online agent whose last heartbeat is older
+      than ``ttl`` and returns those ids (sorted). Costs O(stale), not O(all).
+    """
+
+    @abc.abstractmethod
+    def register(self, info: AgentInfo) -> AgentInfo:
+        """Add or replace an agent; returns what is stored."""
+
+    @abc.abstractmethod
+    def deregister(self, agent_id: str) -> None:
+        """Remove an agent."""
+
+    @abc.abstractmethod
+    def get(self, agent_id: str) -> AgentInfo:
+        """One agent (a copy)."""
+
+    @abc.abstractmethod
+    def list(
+        self, status: AgentStatus | None = None, capability: str | None = None
+    ) -> builtins.list[AgentInfo]:
+        """Agents sorted by id, optionally only those with a status / capability."""
+
+    @abc.abstractmethod
+    def heartbeat(self, agent_id: str, load: int | None = None) -> AgentInfo:
+        """Record that the agent is alive (and its load)."""
+
+    @abc.abstractmethod
+    def reap(self, ttl: float | timedelta) -> builtins.list[str]:
+        """Mark stale agents offline; returns the ids newly marked."""
+
+
+class AllowanceStore(Closeable):
+    """Quota configuration, usage counters and atomic reservations.
+
+    The data operations keep go-agentic's names and floors (counters never go below
+    zero). Usage belongs to a period (the day in the store's timezone) and rolls over
+    by itself: reading or writing in a new day starts from zero.
+
+    ``reserve`` and ``settle`` are each ONE atomic step applying the rules of
+    :mod:`agentic.quota`:
+
+    * ``reserve(agent_id, model, tokens, job_id)`` checks every limit and, only if all
+      pass, counts the job (jobs +1, active +1, tokens and cost reserved, one request
+      in the model's hour). A denied reserve changes nothing and raises
+      :class:`QuotaExceededError`; a missing allowance raises :class:`NotFoundError`
+      (fail closed). Repeating a live job id returns the existing reservation; a job
+      id already settled raises :class:`ConflictError`. The reservation expires after
+      the agent's ``max_job_duration`` (else the store default), freeing its slot and
+      reserved tokens, charging nothing.
+    * ``settle(job_id, tokens_in, tokens_out, outcome)`` drops the reservation, charges
+      the agent and model per :func:`agentic.quota.charged_tokens`, adds the cost and
+      frees the slot. Repeating it returns the first result with ``duplicate=True``
+      and changes nothing. When the reservation is gone (expired), pass ``agent_id``
+      (and ``model``) so the tokens are still charged; without them it is
+      :class:`NotFoundError`.
+    * ``check(agent_id, model, tokens)`` runs the same rules without changing anything.
+    """
+
+    # --- configuration ---
+    @abc.abstractmethod
+    def get_allowance(self, agent_id: str) -> AgentAllowance:
+        """The agent's allowance (:class:`NotFoundError` when none is set)."""
+
+    @abc.abstractmethod
+    def set_allowance(self, allowance: AgentAllowance) -> None:
+        """Create or replace an agent's allowance (usage is kept)."""
+
+    @abc.abstractmethod
+    def get_model_quota(self, model: str) -> ModelQuota:
+        """The model's quota (:class:`NotFoundError` when none is set)."""
+
+    @abc.abstractmethod
+    def set_model_quota(self, quota: ModelQuota) -> None:
+        """Create or replace a model's quota (usage is kept)."""
+
+    @abc.abstractmethod
+    def allowances(self) -> list[AgentAllowance]:
+        """Every allowance, sorted by agent id."""
+
+    # --- usage data operations (go-agentic's) ---
+    @abc.abstractmethod
+    def get_usage(self, agent_id: str) -> UsageRecord:
+        """The agent's usage in the current period (zeros when none)."""
+
+    @abc.abstractmethod
+    def usages(self) -> list[UsageRecord]:
+        """Current-period usage of every agent that has an allowance or usage, by id."""
+
+    @abc.abstractmethod
+    def increment_usage(self, agent_id: str, tokens: int, jobs: int) -> None:
+        """tokens_used += tokens, jobs_started += jobs, active_jobs += jobs."""
+
+    @abc.abstractmethod
+    def decrement_active_jobs(self, agent_id: str) -> None:
+        """active_jobs -= 1, never below zero."""
+
+    @abc.abstractmethod
+    def return_tokens(self, agent_id: str, tokens: int) -> None:
+        """tokens_used -= tokens, never below zero."""
+
+    @abc.abstractmethod
+    def reset_usage(self, agent_id: str) -> None:
+        """Zero tokens_used and jobs_started; live reservations keep their slots."""
+
+    @abc.abstractmethod
+    def get_model_usage(self, model: str) -> ModelUsage:
+        """The model's usage in the current period and rolling hour."""
+
+    @abc.abstractmethod
+    def increment_model_usage(self, model: str, tokens: int) -> None:
+        """Model tokens_used += tokens in the current period."""
+
+    # --- atomic quota operations ---
+    @abc.abstractmethod
+    def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
+        """Would ``reserve`` pass now? Read-only."""
+
+    @abc.abstractmethod
+    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+        """Atomically check every limit and hold quota for one job."""
+
+    @abc.abstractmethod
+    def settle(
+        self,
+        job_id: str,
+        tokens_in: int,
+        tokens_out: int,
+        outcome: QuotaEvent,
+        agent_id: str | None = None,
+        model: str | None = None,
+    ) -> Settlement:
+        """Atomically end a job's reservation and charge what it used."""

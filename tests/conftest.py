@@ -1,0 +1,183 @@
+"""Shared fixtures: the backend table that drives every store contract test.
+
+``backend`` is parametrized over memory, SQLite, a real redis-server (started once
+per session on a free loopback port) and fakeredis with Lua. Each backend builds
+stores bound to a :class:`~agentic.testing.FakeClock`, and exposes a URL for tests
+that spawn OS processes (SQLite file, real Redis).
+
+Real-Redis tests skip when redis-server is missing, except when ``CI`` is set:
+there they fail, so CI can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentic.stores.base import AgentRegistry, AllowanceStore
+from agentic.testing import FakeClock
+
+BACKENDS = ["memory", "sqlite", "redis", "fakeredis"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisServer:
+    """A redis-server process owned by the test session."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (the test command installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must run the real-Redis tests")
+        pytest.skip(message)
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+    client.close()
+    yield RedisServer(port, process)
+    process.terminate()
+    process.wait(10)
+
+
+@dataclass
+class Backend:
+    """How to build each kind of store on one backend, bound to one fake clock."""
+
+    name: str
+    clock: FakeClock
+    #: a URL other OS processes can open (None for memory and fakeredis)
+    url: str | None
+    _make: Callable[[str, dict[str, Any]], Any]
+    _opened: list[Any] = field(default_factory=list)
+
+    def registry(self, **options: Any) -> AgentRegistry:
+        store: AgentRegistry = self._make("registry", options)
+        self._opened.append(store)
+        return store
+
+    def allowance(self, **options: Any) -> AllowanceStore:
+        store: AllowanceStore = self._make("allowance", options)
+        self._opened.append(store)
+        return store
+
+    def close(self) -> None:
+        for store in self._opened:
+            store.close()
+
+
+def _memory(clock: FakeClock) -> Callable[[str, dict[str, Any]], Any]:
+    from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+
+    def make(kind: str, options: dict[str, Any]) -> Any:
+        if kind == "registry":
+            return MemoryRegistry(clock=clock, **options)
+        return MemoryAllowanceStore(clock=clock, **options)
+
+    return make
+
+
+def _sqlite(clock: FakeClock, path: Path) -> Callable[[str, dict[str, Any]], Any]:
+    from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
+
+    def make(kind: str, options: dict[str, Any]) -> Any:
+        if kind == "registry":
+            return SQLiteRegistry(path, clock=clock, **options)
+        return SQLiteAllowanceStore(path, clock=clock, **options)
+
+    return make
+
+
+def _redis(clock: FakeClock, client: Any, prefix: str) -> Callable[[str, dict[str, Any]], Any]:
+    from agentic.stores.redis import RedisAllowanceStore, RedisRegistry
+
+    def make(kind: str, options: dict[str, Any]) -> Any:
+        if kind == "registry":
+            return RedisRegistry(client, prefix=prefix, clock=clock, **options)
+        return RedisAllowanceStore(client, prefix=prefix, clock=clock, **options)
+
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each store backend in turn, with a fresh namespace and a fake clock."""
+    clock = FakeClock()
+    name: str = request.param
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    client: Any = None
+    if name == "memory":
+        made = Backend(name, clock, None, _memory(clock))
+    elif name == "sqlite":
+        path = tmp_path / "agentic.db"
+        made = Backend(name, clock, f"sqlite:///{path}", _sqlite(clock, path))
+    elif name == "redis":
+        import redis
+
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client = redis.Redis(port=server.port)
+        made = Backend(name, clock, f"{server.url}?prefix={prefix}", _redis(clock, client, prefix))
+    else:
+        import fakeredis
+
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        made = Backend(name, clock, None, _redis(clock, client, prefix))
+    yield made
+    made.close()
+    if client is not None:
+        client.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL several OS processes can open at once: one SQLite file, one Redis."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,486 @@
+"""AllowanceStore contract on every backend: data operations, check, reserve, settle."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentic.errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
+from agentic.models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent
+from agentic.quota import DAY, HOUR
+from tests.conftest import Backend
+
+COMPLETED, FAILED, CANCELLED = (
+    QuotaEvent.JOB_COMPLETED,
+    QuotaEvent.JOB_FAILED,
+    QuotaEvent.JOB_CANCELLED,
+)
+
+
+def allowance(**limits: object) -> AgentAllowance:
+    return AgentAllowance.model_validate({"agent_id": "a1", **limits})
+
+
+# --- configuration CRUD --------------------------------------------------------------
+
+
+def test_allowance_crud(backend: Backend) -> None:
+    """set/get allowance round-trips; allowances() lists them sorted."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=100, model_allowlist=["m1"]))
+    store.set_allowance(AgentAllowance(agent_id="a0", daily_job_limit=5))
+    assert store.get_allowance("a1").model_allowlist == ["m1"]
+    assert [a.agent_id for a in store.allowances()] == ["a0", "a1"]
+    store.set_allowance(allowance(daily_token_limit=7))
+    assert store.get_allowance("a1").daily_token_limit == 7
+
+
+def test_missing_allowance_and_quota_raise_not_found(backend: Backend) -> None:
+    """Reading an allowance or model quota that was never set raises NotFoundError."""
+    store = backend.allowance()
+    with pytest.raises(NotFoundError):
+        store.get_allowance("nobody")
+    with pytest.raises(NotFoundError):
+        store.get_model_quota("nomodel")
+
+
+def test_model_quota_crud(backend: Backend) -> None:
+    """set/get model quota round-trips, fractional prices included."""
+    store = backend.allowance()
+    store.set_model_quota(ModelQuota(model="m1", daily_token_budget=9, input_price=7.5))
+    got = store.get_model_quota("m1")
+    assert (got.daily_token_budget, got.input_price) == (9, 7.5)
+
+
+# --- usage data operations -----------------------------------------------------------
+
+
+def test_usage_starts_at_zero(backend: Backend) -> None:
+    """An agent with no usage reads as zeros in the current period."""
+    usage = backend.allowance().get_usage("a1")
+    assert (usage.tokens_used, usage.jobs_started, usage.active_jobs) == (0, 0, 0)
+    assert usage.period_start is not None
+
+
+def test_increment_decrement_return_reset(backend: Backend) -> None:
+    """The go-agentic data operations add, floor at zero and reset."""
+    store = backend.allowance()
+    store.increment_usage("a1", 100, 2)
+    store.increment_usage("a1", 50, 0)
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.jobs_started, usage.active_jobs) == (150, 2, 2)
+    for _ in range(3):
+        store.decrement_active_jobs("a1")
+    assert store.get_usage("a1").active_jobs == 0
+    store.return_tokens("a1", 1000)
+    assert store.get_usage("a1").tokens_used == 0
+    store.increment_usage("a1", 10, 1)
+    store.reset_usage("a1")
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.jobs_started) == (0, 0)
+
+
+def test_usages_lists_agents_with_usage_or_allowance(backend: Backend) -> None:
+    """usages() covers agents that have an allowance or counters, sorted by id."""
+    store = backend.allowance()
+    store.set_allowance(AgentAllowance(agent_id="b"))
+    store.increment_usage("a", 5, 1)
+    assert [(u.agent_id, u.tokens_used) for u in store.usages()] == [("a", 5), ("b", 0)]
+
+
+def test_model_usage(backend: Backend) -> None:
+    """increment_model_usage adds tokens to the model's current period."""
+    store = backend.allowance()
+    store.increment_model_usage("m1", 30)
+    store.increment_model_usage("m1", 12)
+    assert store.get_model_usage("m1").tokens_used == 42
+
+
+def test_negative_amounts_are_rejected(backend: Backend) -> None:
+    """Negative tokens or jobs are a ConfigError and change nothing."""
+    store = backend.allowance()
+    with pytest.raises(ConfigError):
+        store.increment_usage("a1", -5, 0)
+    with pytest.raises(ConfigError):
+        store.return_tokens("a1", -1)
+    assert store.get_usage("a1").tokens_used == 0
+
+
+def test_usage_rolls_over_at_day_boundary(backend: Backend) -> None:
+    """Usage from yesterday reads as zero today with no reset call."""
+    store = backend.allowance()
+    store.increment_usage("a1", 100, 1)
+    store.increment_model_usage("m1", 100)
+    backend.clock.advance(DAY)
+    assert store.get_usage("a1").tokens_used == 0
+    assert store.get_model_usage("m1").tokens_used == 0
+
+
+# --- check (go-agentic's branches, ported) ---------------------------------------------
+
+
+def test_check_without_allowance_fails_closed(backend: Backend) -> None:
+    """check() for an agent without an allowance raises NotFoundError."""
+    with pytest.raises(NotFoundError):
+        backend.allowance().check("nobody")
+
+
+def test_check_unlimited_is_ok(backend: Backend) -> None:
+    """An allowance of zeros is unlimited: allowed, ok, -1 remaining."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    result = store.check("a1", "m1", 10**9)
+    assert result.allowed
+    assert result.status == AllowanceStatus.OK
+    assert (result.remaining_tokens, result.remaining_jobs) == (-1, -1)
+
+
+def test_check_allowlist_checked_first(backend: Backend) -> None:
+    """A model outside the allowlist is refused before any exhausted limit is named."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=10, model_allowlist=["good"]))
+    store.increment_usage("a1", 10, 0)
+    result = store.check("a1", "bad")
+    assert not result.allowed
+    assert "allowlist" in result.reason
+
+
+def test_check_allowlist_admits_listed_and_empty_model(backend: Backend) -> None:
+    """A listed model, or no model at all, passes the allowlist."""
+    store = backend.allowance()
+    store.set_allowance(allowance(model_allowlist=["good"]))
+    assert store.check("a1", "good").allowed
+    assert store.check("a1", "").allowed
+
+
+def test_check_exact_80_percent_is_warning(backend: Backend) -> None:
+    """At exactly 80% of the token limit the status is warning and the check passes."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=1000))
+    store.increment_usage("a1", 799, 0)
+    assert store.check("a1").status == AllowanceStatus.OK
+    store.increment_usage("a1", 1, 0)
+    result = store.check("a1")
+    assert result.allowed
+    assert result.status == AllowanceStatus.WARNING
+    assert result.remaining_tokens == 200
+
+
+def test_check_exact_100_percent_is_exceeded(backend: Backend) -> None:
+    """Usage exactly at the token limit is exceeded, even for a zero-token request."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=1000))
+    store.increment_usage("a1", 1000, 0)
+    result = store.check("a1")
+    assert not result.allowed
+    assert result.status == AllowanceStatus.EXCEEDED
+    assert result.remaining_tokens == 0
+    assert result.reason == "daily token limit"
+    assert result.retry_after is not None and result.retry_after > 0
+
+
+def test_check_request_larger_than_remaining(backend: Backend) -> None:
+    """A request bigger than what is left is refused; one that fits exactly passes."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=100))
+    store.increment_usage("a1", 60, 0)
+    assert store.check("a1", tokens=40).allowed
+    assert not store.check("a1", tokens=41).allowed
+
+
+def test_check_daily_jobs(backend: Backend) -> None:
+    """No job may start once jobs_started reaches the daily job limit."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_job_limit=2))
+    store.increment_usage("a1", 0, 2)
+    result = store.check("a1")
+    assert (result.allowed, result.reason, result.remaining_jobs) == (
+        False, "daily job limit", 0,
+    )
+
+
+def test_check_concurrency(backend: Backend) -> None:
+    """Active jobs at the concurrency limit refuse a new job, with no retry time."""
+    store = backend.allowance()
+    store.set_allowance(allowance(concurrent_jobs=1))
+    store.increment_usage("a1", 0, 1)
+    result = store.check("a1")
+    assert (result.allowed, result.reason, result.retry_after) == (
+        False, "concurrent job limit", None,
+    )
+
+
+def test_check_model_budget(backend: Backend) -> None:
+    """A model's daily budget, shared by all agents, refuses once used up."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1", daily_token_budget=500))
+    store.increment_model_usage("m1", 500)
+    result = store.check("a1", "m1")
+    assert not result.allowed
+    assert "budget" in result.reason
+    assert store.check("a1", "other").allowed
+
+
+def test_check_is_read_only(backend: Backend) -> None:
+    """check() changes no counter, however often it runs."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_job_limit=1))
+    for _ in range(5):
+        assert store.check("a1", "m1", 10).allowed
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (0, 0, 0)
+    assert store.get_model_usage("m1").requests_last_hour == 0
+
+
+# --- reserve / settle ----------------------------------------------------------------
+
+
+def test_reserve_counts_job_and_tokens(backend: Backend) -> None:
+    """A reservation adds a job, an active slot, reserved tokens and a model request."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=1000))
+    r = store.reserve("a1", "m1", 300, "job-1")
+    assert (r.job_id, r.agent_id, r.model, r.tokens) == ("job-1", "a1", "m1", 300)
+    assert r.expires_at is not None and r.created_at is not None
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (1, 1, 300)
+    assert store.get_model_usage("m1").requests_last_hour == 1
+    assert store.check("a1").remaining_tokens == 700
+
+
+def test_reserve_is_idempotent_per_job(backend: Backend) -> None:
+    """Reserving the same job id twice holds quota once."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    first = store.reserve("a1", "m1", 10, "job-1")
+    again = store.reserve("a1", "m1", 10, "job-1")
+    assert again.expires_at == first.expires_at
+    assert store.get_usage("a1").jobs_started == 1
+
+
+def test_denied_reserve_changes_nothing(backend: Backend) -> None:
+    """A refused reservation raises QuotaExceededError and leaves every counter as it was."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=100))
+    store.set_model_quota(ModelQuota(model="m1", hourly_rate_limit=5))
+    with pytest.raises(QuotaExceededError) as info:
+        store.reserve("a1", "m1", 101, "job-1")
+    assert info.value.reason == "daily token limit"
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (0, 0, 0)
+    assert store.get_model_usage("m1").requests_last_hour == 0
+    # the job id is still free
+    assert store.reserve("a1", "m1", 100, "job-1").tokens == 100
+
+
+def test_reserve_without_allowance_fails_closed(backend: Backend) -> None:
+    """Reserving for an agent with no allowance raises NotFoundError."""
+    with pytest.raises(NotFoundError):
+        backend.allowance().reserve("nobody", "", 0, "job-1")
+
+
+def test_reservations_count_against_token_limit(backend: Backend) -> None:
+    """Outstanding reservations count: two 60-token jobs cannot share a 100 limit."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=100))
+    store.reserve("a1", "", 60, "j1")
+    with pytest.raises(QuotaExceededError):
+        store.reserve("a1", "", 60, "j2")
+
+
+def test_settle_completed_charges_actual(backend: Backend) -> None:
+    """A completed job frees its reservation and charges the actual tokens."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=1000))
+    store.reserve("a1", "m1", 300, "j1")
+    s = store.settle("j1", 100, 50, COMPLETED)
+    assert (s.tokens_charged, s.duplicate, s.agent_id, s.model) == (150, False, "a1", "m1")
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.tokens_reserved, usage.active_jobs) == (150, 0, 0)
+    assert usage.jobs_started == 1
+    assert store.get_model_usage("m1").tokens_used == 150
+
+
+@pytest.mark.parametrize(
+    ("tokens_in", "tokens_out", "charged"),
+    [(4, 3, 4), (5, 5, 5), (1, 0, 1), (0, 0, 0), (1000, 0, 500)],
+)
+def test_settle_failed_returns_half_rounded_down(
+    backend: Backend, tokens_in: int, tokens_out: int, charged: int
+) -> None:
+    """A failed job is charged total - total // 2 (7 tokens charge 4), model too."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "m1", 10, "j1")
+    assert store.settle("j1", tokens_in, tokens_out, FAILED).tokens_charged == charged
+    assert store.get_usage("a1").tokens_used == charged
+    assert store.get_model_usage("m1").tokens_used == charged
+
+
+def test_settle_cancelled_charges_nothing_and_keeps_others(backend: Backend) -> None:
+    """A cancelled job charges nothing and never subtracts other jobs' usage."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "", 10, "j1")
+    store.settle("j1", 80, 20, COMPLETED)
+    store.reserve("a1", "", 10, "j2")
+    assert store.settle("j2", 500, 500, CANCELLED).tokens_charged == 0
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.active_jobs) == (100, 0)
+
+
+def test_settle_twice_changes_nothing(backend: Backend) -> None:
+    """A repeated settle returns the first result marked duplicate and charges nothing."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "", 10, "j1")
+    store.settle("j1", 10, 0, COMPLETED)
+    again = store.settle("j1", 999, 999, COMPLETED)
+    assert (again.duplicate, again.tokens_charged) == (True, 10)
+    assert store.get_usage("a1").tokens_used == 10
+
+
+def test_reserve_after_settle_is_conflict(backend: Backend) -> None:
+    """A settled job id cannot be reserved again."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "", 1, "j1")
+    store.settle("j1", 1, 0, COMPLETED)
+    with pytest.raises(ConflictError):
+        store.reserve("a1", "", 1, "j1")
+
+
+def test_settle_unknown_job(backend: Backend) -> None:
+    """Settling an unknown job needs agent_id; with it the tokens are still charged."""
+    store = backend.allowance()
+    with pytest.raises(NotFoundError):
+        store.settle("nope", 1, 1, COMPLETED)
+    s = store.settle("nope", 3, 4, COMPLETED, agent_id="a1", model="m1")
+    assert s.tokens_charged == 7
+    assert store.get_usage("a1").tokens_used == 7
+    assert store.get_usage("a1").active_jobs == 0
+
+
+def test_settle_rejects_job_started(backend: Backend) -> None:
+    """job_started is not a final outcome: settle refuses it."""
+    store = backend.allowance()
+    with pytest.raises(ConfigError):
+        store.settle("j1", 1, 1, QuotaEvent.JOB_STARTED, agent_id="a1")
+
+
+def test_reservation_expires_and_frees_slot(backend: Backend) -> None:
+    """A reservation older than max_job_duration frees its slot and tokens, charging nothing."""
+    store = backend.allowance()
+    store.set_allowance(allowance(concurrent_jobs=1, daily_token_limit=100, max_job_duration=60))
+    store.reserve("a1", "m1", 100, "j1")
+    with pytest.raises(QuotaExceededError):
+        store.reserve("a1", "m1", 1, "j2")
+    backend.clock.advance(61)
+    usage = store.get_usage("a1")
+    assert (usage.active_jobs, usage.tokens_reserved, usage.tokens_used) == (0, 0, 0)
+    assert store.reserve("a1", "m1", 100, "j2").tokens == 100
+
+
+def test_reservation_default_ttl(backend: Backend) -> None:
+    """Without max_job_duration a reservation lives for the store's default ttl."""
+    store = backend.allowance(reservation_ttl=120)
+    store.set_allowance(allowance(concurrent_jobs=1))
+    store.reserve("a1", "", 1, "j1")
+    backend.clock.advance(119)
+    assert not store.check("a1").allowed
+    backend.clock.advance(2)
+    assert store.check("a1").allowed
+
+
+def test_settle_after_expiry_charges_with_agent(backend: Backend) -> None:
+    """A job settled after its reservation expired is still charged, once."""
+    store = backend.allowance()
+    store.set_allowance(allowance(max_job_duration=10))
+    store.reserve("a1", "", 5, "j1")
+    backend.clock.advance(11)
+    s = store.settle("j1", 5, 5, COMPLETED, agent_id="a1")
+    assert s.tokens_charged == 10
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.active_jobs) == (10, 0)
+
+
+def test_hourly_rate_is_a_rolling_hour(backend: Backend) -> None:
+    """No more than the hourly limit of requests in any 60-minute span."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1", hourly_rate_limit=2))
+    store.reserve("a1", "m1", 0, "j1")
+    backend.clock.advance(1800)
+    store.reserve("a1", "m1", 0, "j2")
+    with pytest.raises(QuotaExceededError) as info:
+        store.reserve("a1", "m1", 0, "j3")
+    assert info.value.retry_after == pytest.approx(1800)
+    backend.clock.advance(1799)
+    with pytest.raises(QuotaExceededError):
+        store.reserve("a1", "m1", 0, "j3")
+    backend.clock.advance(2)
+    store.reserve("a1", "m1", 0, "j3")
+    with pytest.raises(QuotaExceededError):
+        store.reserve("a1", "m1", 0, "j4")
+    backend.clock.advance(HOUR)
+    store.reserve("a1", "m1", 0, "j4")
+
+
+def test_cost_ceiling_counts_reserved_then_actual(backend: Backend) -> None:
+    """The cost ceiling holds the reserved estimate, then settles to the actual cost."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    # 100 cents per million tokens in, 300 out; ceiling 1 cent = 1,000,000 micro-cents
+    store.set_model_quota(
+        ModelQuota(model="m1", cost_ceiling=1, input_price=100, output_price=300)
+    )
+    r = store.reserve("a1", "m1", 3000, "j1")  # estimate 3000 * 300 = 900,000
+    assert r.cost == 900_000
+    with pytest.raises(QuotaExceededError) as info:
+        store.reserve("a1", "m1", 400, "j2")  # 120,000 more would pass the ceiling
+    assert "cost ceiling" in info.value.reason
+    s = store.settle("j1", 1000, 1000, COMPLETED)  # actual 100,000 + 300,000
+    assert s.cost_charged == 400_000
+    assert store.get_model_usage("m1").cost_used == 400_000
+    store.reserve("a1", "m1", 2000, "j2")  # 600,000: exactly at the ceiling
+    with pytest.raises(QuotaExceededError):
+        store.reserve("a1", "m1", 0, "j3")
+
+
+def test_model_budget_counts_reservations_of_all_agents(backend: Backend) -> None:
+    """The model budget is shared: reservations of other agents count against it."""
+    store = backend.allowance()
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    store.set_allowance(AgentAllowance(agent_id="b"))
+    store.set_model_quota(ModelQuota(model="m1", daily_token_budget=100))
+    store.reserve("a", "m1", 70, "j1")
+    with pytest.raises(QuotaExceededError):
+        store.reserve("b", "m1", 31, "j2")
+    store.reserve("b", "m1", 30, "j2")
+
+
+def test_quota_rolls_over_at_midnight(backend: Backend) -> None:
+    """Crossing midnight frees the daily token and job quota with no reset call."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=100, daily_job_limit=1))
+    store.reserve("a1", "", 50, "j1")
+    store.settle("j1", 100, 0, COMPLETED)
+    assert not store.check("a1").allowed
+    backend.clock.advance(DAY)
+    result = store.check("a1", tokens=100)
+    assert result.allowed
+    assert result.remaining_jobs == 1
+
+
+def test_reserve_reports_status_crossing(backend: Backend) -> None:
+    """A reservation reports the status before and after it (80% crossing)."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=100))
+    first = store.reserve("a1", "", 50, "j1")
+    assert (first.previous_status, first.status) == (AllowanceStatus.OK, AllowanceStatus.OK)
+    second = store.reserve("a1", "", 30, "j2")
+    assert (second.previous_status, second.status) == (
+        AllowanceStatus.OK, AllowanceStatus.WARNING,
+    )
+    third = store.reserve("a1", "", 20, "j3")
+    assert third.status == AllowanceStatus.EXCEEDED
