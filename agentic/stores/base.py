@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+from dataclasses import dataclass
 from datetime import timedelta
 
 from ..errors import ConfigError
@@ -29,10 +30,15 @@ from ..models import (
     AgentStatus,
     ModelQuota,
     ModelUsage,
+    Priority,
     QuotaCheckResult,
     QuotaEvent,
     Reservation,
     Settlement,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskUpdate,
     UsageRecord,
 )
 
@@ -40,6 +46,8 @@ __all__ = [
     "AgentRegistry",
     "AllowanceStore",
     "Closeable",
+    "LogPage",
+    "TaskStore",
     "require_count",
     "require_id",
     "status_for_load",
@@ -230,3 +238,102 @@ class AllowanceStore(Closeable):
         model: str | None = None,
     ) -> Settlement:
         """Atomically end a job's reservation and charge what it used."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    """Log lines of a task from ``offset``; ask again with ``next_offset`` for more."""
+
+    lines: builtins.list[str]
+    offset: int
+    next_offset: int
+
+
+class TaskStore(Closeable):
+    """Tasks, their claims, leases, retries, dependencies and log lines.
+
+    * ``create(task, idempotency_key=None)``: an empty id, status or time means "the
+      store decides" (new id, pending, now). Dependencies must exist. A task whose
+      dependency is failed (dead-lettered) is created blocked, naming the blocker.
+      The same idempotency key returns the task created first (a retried POST never
+      creates two tasks).
+    * ``list(...)``: ordered by priority (critical first), then age, then id;
+      ``labels`` means "has all of them"; ``ready=True`` means pending with every
+      dependency completed.
+    * ``claim(task_id, agent_id, lease_seconds)``: ONE compare-and-set: pending with
+      every dependency completed -> in_progress, claimed_by, claimed_at, lease. Two
+      claimers never both win; the loser gets :class:`ConflictError` (so does a task
+      that is not claimable); :class:`NotFoundError` for an unknown id.
+    * ``renew(task_id, agent_id, lease_seconds)``: extends the lease of a task held
+      by ``agent_id``; :class:`ConflictError` if someone else (or nobody) holds it.
+    * ``release(task_id, agent_id=None)``: gives a claim back (pending again, no retry
+      counted): for shutdowns and dispatch steps that failed after the claim.
+    * ``complete(task_id, result, agent_id=None, retry_at=None)``: success ->
+      completed. Failure is a real failure: retry_count +1 and last_attempt = now;
+      past ``max_retries`` the task becomes failed with the reason (the dead letter)
+      and its dependents become blocked naming it; otherwise it is pending again with
+      ``next_attempt_at = retry_at``.
+    * ``requeue_expired()``: every in_progress task whose lease has expired is treated
+      as a failure (retry counted, dead letter past max_retries); returns the tasks
+      changed. Costs O(expired).
+    * ``append_logs`` / ``logs``: an append-only list of lines per task with offsets.
+    """
+
+    @abc.abstractmethod
+    def create(self, task: Task, idempotency_key: str | None = None) -> Task:
+        """Store a new task and return it as stored."""
+
+    @abc.abstractmethod
+    def get(self, task_id: str) -> Task:
+        """One task (:class:`NotFoundError` if unknown)."""
+
+    @abc.abstractmethod
+    def list(
+        self,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        project: str | None = None,
+        claimed_by: str | None = None,
+        labels: builtins.list[str] | None = None,
+        ready: bool | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Task]:
+        """Tasks matching every given filter, most urgent and oldest first."""
+
+    @abc.abstractmethod
+    def claim(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+        """Atomically claim a claimable task for ``agent_id``."""
+
+    @abc.abstractmethod
+    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+        """Extend the lease of a task held by ``agent_id``."""
+
+    @abc.abstractmethod
+    def release(self, task_id: str, agent_id: str | None = None) -> Task:
+        """Give a claim back without counting a retry."""
+
+    @abc.abstractmethod
+    def update(self, task_id: str, update: TaskUpdate) -> Task:
+        """Apply a partial update (progress, notes, status, retry fields)."""
+
+    @abc.abstractmethod
+    def complete(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        retry_at: float | None = None,
+    ) -> Task:
+        """Finish a claimed task: completed, back to pending for a retry, or dead-lettered."""
+
+    @abc.abstractmethod
+    def requeue_expired(self) -> builtins.list[Task]:
+        """Requeue (or dead-letter) every task whose lease expired."""
+
+    @abc.abstractmethod
+    def append_logs(self, task_id: str, lines: builtins.list[str]) -> int:
+        """Append log lines; returns the offset after the last one."""
+
+    @abc.abstractmethod
+    def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
+        """Log lines from ``offset``."""
