@@ -1,0 +1,422 @@
+"""Configuration: one frozen :class:`Config`, loaded by :func:`load_config` from layers.
+
+Sources, lowest to highest priority:
+
+1. defaults (the stores default to a SQLite file in the user's data directory);
+2. a YAML file: ``path`` when given (it must exist), else ``./agentic.yaml``, else
+   ``$XDG_CONFIG_HOME/agentic/config.yaml`` (``~/.config/agentic/config.yaml``);
+3. ``./.env``: its ``AGENTIC_*`` lines only, other tools' keys are left alone;
+4. ``AGENTIC_*`` environment variables, with ``__`` between a section and its key
+   (``AGENTIC_DISPATCHER__INTERVAL=2``, ``AGENTIC_SERVER__PORT=9000``); lists are
+   comma separated (``a,b``) and mappings are ``token=agent_id`` pairs, or JSON;
+5. keyword arguments of :func:`load_config`; ``None`` means "not given", so a CLI can
+   pass its unset options straight through.
+
+Every mistake is a :class:`~agentic.errors.ConfigError` naming the key, its source
+(file and line, ``.env`` line, variable or argument) and what is accepted. Unknown keys
+are errors, so typos surface; only unknown ``AGENTIC_*`` environment variables outside
+our sections are skipped, since other tools share the prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_origin
+from urllib.parse import urlsplit
+
+import platformdirs
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+
+from .errors import ConfigError
+from .stores import parse_store_url
+
+__all__ = ["Config", "DispatcherConfig", "ServerConfig", "load_config"]
+
+ENV_PREFIX = "AGENTIC_"
+STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss")
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """Field metadata: what the field accepts, in words, for error messages."""
+
+    text: str
+
+
+_STORE = "a store URL (memory://, sqlite:///path/to/file.db or redis://host:6379/0)"
+PositiveSeconds = Annotated[float, Field(gt=0), Accepts("a number > 0")]
+Text = Annotated[str, Accepts("a string")]
+NonEmpty = Annotated[str, Field(min_length=1)]
+StoreOverride = Annotated[str | None, Accepts(f"{_STORE}, or empty to use store_url")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DispatcherConfig(_Section):
+    """How the dispatcher polls, retries and treats an unreachable quota store."""
+
+    interval: PositiveSeconds = 5.0
+    heartbeat_ttl: PositiveSeconds = 30.0
+    max_retries: Annotated[int, Field(ge=0), Accepts("an integer >= 0")] = 3
+    backoff_base: PositiveSeconds = 5.0
+    backoff_cap: Annotated[
+        float, Field(gt=0), Accepts("a number > 0 and >= dispatcher.backoff_base")
+    ] = 300.0
+    jitter: Annotated[
+        Literal["full", "equal", "decorrelated"], Accepts("one of full, equal, decorrelated")
+    ] = "full"
+    fail_open: Annotated[bool, Accepts("true or false")] = False
+    lease_seconds: PositiveSeconds = 300.0
+
+    @field_validator("backoff_cap")
+    @classmethod
+    def _cap_not_below_base(cls, value: float, info: ValidationInfo) -> float:
+        base = info.data.get("backoff_base")
+        if base is not None and value < base:
+            raise ValueError(f"smaller than dispatcher.backoff_base ({base})")
+        return value
+
+
+class ServerConfig(_Section):
+    """The reference task API server (``agentic serve``)."""
+
+    host: Annotated[NonEmpty, Accepts("a host name or IP address")] = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535), Accepts("an integer from 1 to 65535")] = 8080
+    # Tokens are secrets: kept out of repr() and error messages. None may be empty, or
+    # a bare "Authorization: Bearer " header would pass.
+    admin_tokens: Annotated[list[NonEmpty], Accepts("a list of non-empty tokens")] = Field(
+        default_factory=list, repr=False
+    )
+    agent_tokens: Annotated[
+        dict[NonEmpty, NonEmpty], Accepts("a mapping of non-empty token -> agent id")
+    ] = Field(default_factory=dict, repr=False)
+    max_body_bytes: Annotated[int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
+
+    @field_validator("agent_tokens")
+    @classmethod
+    def _agent_tokens_distinct(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        if set(value) & set(info.data.get("admin_tokens", ())):
+            raise ValueError("a token is also in server.admin_tokens")
+        return value
+
+
+def default_store_url() -> str:
+    """``sqlite:///<user data dir>/agentic.db``, computed when a Config is built."""
+    path = Path(platformdirs.user_data_dir("agentic")).absolute() / "agentic.db"
+    return "sqlite:///" + path.as_posix().lstrip("/")
+
+
+class Config(BaseModel):
+    """Everything agentic reads from configuration; build it with :func:`load_config`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base_url: Annotated[str, Accepts("an http(s) URL such as http://127.0.0.1:8080")] = (
+        "http://127.0.0.1:8080"
+    )
+    token: Text = Field("", repr=False)
+    project: Text = ""
+    agent_id: Text = ""
+    store_url: Annotated[str, Accepts(_STORE)] = Field(default_factory=default_store_url)
+    registry_url: StoreOverride = None
+    allowance_url: StoreOverride = None
+    task_store_url: StoreOverride = None
+    dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+            raise ValueError("not an http(s) URL")
+        return value.rstrip("/")  # the client appends /api/...
+
+    @field_validator("registry_url", "allowance_url", "task_store_url", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("store_url", "registry_url", "allowance_url", "task_store_url")
+    @classmethod
+    def _store_url(cls, value: str | None) -> str | None:
+        """Fail at load time on a URL no store would open, rather than at first use."""
+        if value is None:
+            return None
+        try:
+            parsed = parse_store_url(value)
+        except ConfigError as exc:  # pydantic collects ValueError only
+            raise ValueError(str(exc)) from exc
+        if parsed.scheme not in STORE_SCHEMES:
+            accepted = ", ".join(STORE_SCHEMES)
+            raise ValueError(f"unknown scheme {parsed.scheme!r} (accepted: {accepted})")
+        if parsed.scheme == "sqlite" and not (parsed.netloc or parsed.path.strip("/")):
+            raise ValueError("a sqlite URL needs a file path")
+        return value
+
+    def store_url_for(self, purpose: Literal["registry", "allowance", "task"]) -> str:
+        """The URL of one store: its override (``registry_url``...) or ``store_url``."""
+        override = {
+            "registry": self.registry_url,
+            "allowance": self.allowance_url,
+            "task": self.task_store_url,
+        }[purpose]
+        return override or self.store_url
+
+
+# --- loading -------------------------------------------------------------------------
+
+_SECTIONS: dict[str, type[_Section]] = {"dispatcher": DispatcherConfig, "server": ServerConfig}
+# A layer maps a dotted key ("dispatcher.interval") to (value, where it came from).
+Layer = dict[str, tuple[Any, str]]
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    dotenv: str | os.PathLike[str] | Literal[False] | None = None,
+    **overrides: Any,
+) -> Config:
+    """Build a :class:`Config` from the YAML file, ``.env``, environment and ``overrides``.
+
+    ``env`` replaces ``os.environ`` (``XDG_CONFIG_HOME`` is read from it too);
+    ``dotenv`` names the ``.env`` file (``None``: the one in the current directory, if
+    any; ``False``: none). Sections may be overridden by a mapping of some of their
+    keys: ``load_config(dispatcher={"interval": 1})``.
+    """
+    env = os.environ if env is None else env
+    merged: Layer = {}
+    yaml_file = _find_yaml(path, env)
+    if yaml_file is not None:
+        merged.update(_yaml_layer(yaml_file))
+    dotenv_file = _find_dotenv(dotenv)
+    if dotenv_file is not None:
+        merged.update(_text_layer(_dotenv_lines(dotenv_file), strict=True))
+    variables = [(name, text, f"environment variable {name}") for name, text in env.items()]
+    merged.update(_text_layer(variables, strict=False))
+    merged.update(_nested_layer(overrides, lambda key: f"keyword argument {key.split('.')[0]}"))
+
+    data: dict[str, Any] = {}
+    for key, (value, _) in merged.items():
+        section, _, name = key.rpartition(".")
+        (data.setdefault(section, {}) if section else data)[name] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        sources = {key: source for key, (_, source) in merged.items()}
+        raise ConfigError(_explain(exc, sources)) from exc
+
+
+def _existing(path: str | os.PathLike[str], what: str) -> Path:
+    """A file the caller named: its absence is an error, never a silent default."""
+    file = Path(path).expanduser().absolute()
+    if not file.is_file():
+        raise ConfigError(f"{what} {file} does not exist")
+    return file
+
+
+def _find_yaml(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
+    if path is not None:
+        return _existing(path, "config file")
+    candidates = [Path("agentic.yaml")]
+    config_home = env.get("XDG_CONFIG_HOME")
+    with contextlib.suppress(RuntimeError):  # no home directory: ./agentic.yaml only
+        candidates.append(Path(config_home or Path.home() / ".config") / "agentic" / "config.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.absolute()
+    return None
+
+
+def _find_dotenv(dotenv: str | os.PathLike[str] | Literal[False] | None) -> Path | None:
+    if dotenv is False:
+        return None
+    if dotenv is None:
+        return Path(".env").absolute() if Path(".env").is_file() else None
+    return _existing(dotenv, ".env file")
+
+
+def _read(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {file}: {exc}") from exc
+
+
+def _yaml_layer(file: Path) -> Layer:
+    """The file's keys, each with its line, so errors can point at it."""
+    loader = yaml.SafeLoader(_read(file))
+    try:
+        root = loader.get_single_node()
+        if root is None:  # an empty file, or only comments
+            return {}
+        if not isinstance(root, yaml.MappingNode):
+            raise ConfigError(
+                f"{file} line {root.start_mark.line + 1}: the top level must be a mapping"
+                " of keys (base_url: ..., dispatcher: ...), not a list or a single value"
+            )
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{file}{line}: not valid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    finally:
+        loader.dispose()
+    lines = _key_lines(file, root)
+    return _nested_layer(
+        data, lambda key: f"{file} (line {lines[key]})" if key in lines else str(file)
+    )
+
+
+def _key_lines(file: Path, root: yaml.MappingNode) -> dict[str, int]:
+    """The line of each key; a key given twice is refused (YAML would keep the last)."""
+    lines: dict[str, int] = {}
+    pairs = [("", node) for node, _ in root.value]
+    for key_node, value_node in root.value:
+        if isinstance(value_node, yaml.MappingNode):
+            pairs += [(f"{key_node.value}.", node) for node, _ in value_node.value]
+    for prefix, node in pairs:
+        key, line = f"{prefix}{node.value}", node.start_mark.line + 1
+        if key in lines:
+            raise ConfigError(f"{file} line {line}: {key} is given twice (line {lines[key]})")
+        lines[key] = line
+    return lines
+
+
+def _nested_layer(data: Mapping[Any, Any], where: Callable[[str], str]) -> Layer:
+    """Flatten ``{key: value, section: {key: value}}``; ``None`` means "not given"."""
+    layer: Layer = {}
+    for name, value in data.items():
+        if name not in _SECTIONS:
+            _check_key(str(name), where(str(name)))
+            if value is not None:
+                layer[name] = (value, where(name))
+            continue
+        if isinstance(value, BaseModel):  # load_config(dispatcher=DispatcherConfig(...))
+            value = value.model_dump(exclude_unset=True)  # noqa: PLW2901
+        if not isinstance(value, Mapping | None):
+            raise ConfigError(f"{name} in {where(name)}: must be a mapping of {name} keys")
+        for sub, sub_value in (value or {}).items():
+            dotted = f"{name}.{sub}"
+            _check_key(dotted, where(dotted))
+            if sub_value is not None:
+                layer[dotted] = (sub_value, where(dotted))
+    return layer
+
+
+def _dotenv_lines(file: Path) -> list[tuple[str, str, str]]:
+    """``KEY=value`` lines: ``export`` prefix, quotes and ``#`` comments allowed."""
+    found = []
+    for number, raw in enumerate(_read(file).splitlines(), start=1):
+        line = raw.strip().removeprefix("export ").lstrip()
+        name, equals, value = line.partition("=")
+        name = name.strip()
+        if not name.startswith(ENV_PREFIX):
+            continue  # other tools' lines, in whatever syntax they use, are not ours to judge
+        if not equals:
+            raise ConfigError(f"{file} line {number}: expected KEY=value, found no '='")
+        where = f"{file} ({name}, line {number})"
+        found.append((name, _unquote(value.strip(), where), where))
+    return found
+
+
+def _unquote(value: str, where: str) -> str:
+    # Quotes are removed and nothing inside them is interpreted: a token stays verbatim.
+    if value[:1] in ("'", '"'):
+        end = value.find(value[0], 1)
+        if end == -1 or value[end + 1 :].strip()[:1] not in ("", "#"):
+            raise ConfigError(f"{where}: unbalanced {value[0]} quote in the value")
+        return value[1:end]
+    comment = value.find(" #")
+    return (value[:comment] if comment != -1 else value).strip()
+
+
+def _text_layer(variables: list[tuple[str, str, str]], *, strict: bool) -> Layer:
+    """(name, text, where) of ``AGENTIC_*`` variables; when not ``strict`` (the shared
+    process environment) unknown names are skipped, unless inside one of our sections."""
+    layer: Layer = {}
+    for name, text, where in variables:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+        if strict or key in _all_keys() or key.partition(".")[0] in _SECTIONS:
+            _check_key(key, where)
+            layer[key] = (_env_value(key, text, where), where)
+    return layer
+
+
+def _env_value(key: str, text: str, where: str) -> Any:
+    """Environment values are text: turn list and mapping fields into their shape."""
+    shape = get_origin(_field(key).annotation)
+    if shape not in (list, dict):
+        return text
+    if text.strip().startswith(("[", "{")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key} in {where}: not valid JSON ({exc.msg})") from exc
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if shape is list:
+        return items
+    pairs = [item.rpartition("=") for item in items]  # base64 tokens may end in "="
+    if not all(equals for _, equals, _ in pairs):
+        raise ConfigError(f"{key} in {where}: must be token=agent_id pairs separated by commas")
+    return {token.strip(): agent.strip() for token, _, agent in pairs}
+
+
+def _all_keys() -> list[str]:
+    keys = [name for name in Config.model_fields if name not in _SECTIONS]
+    for section, model in _SECTIONS.items():
+        keys += [f"{section}.{name}" for name in model.model_fields]
+    return keys
+
+
+def _check_key(key: str, where: str) -> None:
+    """Refuse an unknown key, listing the valid ones and the nearest match."""
+    if key in _all_keys():
+        return
+    section = key.partition(".")[0]
+    valid = [k for k in _all_keys() if k.startswith(f"{section}.")] or _all_keys()
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"unknown key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _field(key: str) -> FieldInfo:
+    section, _, name = key.rpartition(".")
+    return (_SECTIONS[section] if section else Config).model_fields[name]
+
+
+def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    """One line per problem: key, source, what is accepted, the value given."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc[:2] if loc[0] in _SECTIONS else loc[:1])
+        field = _field(key)
+        accepts = next((m.text for m in field.metadata if isinstance(m, Accepts)), "valid")
+        detail = f"{error['ctx']['error']}; " if error["type"] == "value_error" else ""
+        value = error["input"]
+        # Never echo a secret: tokens are described, URLs lose their password.
+        if field.repr is False:
+            got = "a hidden value"
+        elif isinstance(value, str) and "://" in value:
+            got = repr(parse_store_url(value).redacted())
+        else:
+            got = repr(value)
+        where = sources.get(key, "the defaults")
+        lines.append(f"{key} in {where}: {detail}must be {accepts}, got {got}")
+    return "\n".join(lines)

@@ -1,0 +1,488 @@
+"""load_config: defaults, the source layers and their order, and every error path."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import pydantic
+import pytest
+import yaml
+
+from agentic.config import Config, DispatcherConfig, ServerConfig, load_config
+from agentic.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run each test in an empty directory with a fake home and no AGENTIC_* variables."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    for name in [n for n in os.environ if n.startswith("AGENTIC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def config_error(**kwargs: Any) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(**{"env": {}, **kwargs})
+    return str(info.value)
+
+
+def all_keys() -> list[str]:
+    sections: dict[str, type[pydantic.BaseModel]] = {
+        "dispatcher": DispatcherConfig,
+        "server": ServerConfig,
+    }
+    keys = [name for name in Config.model_fields if name not in sections]
+    for section, model in sections.items():
+        keys += [f"{section}.{name}" for name in model.model_fields]
+    return keys
+
+
+# --- defaults ------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    """With no file, no .env and no variables, every key has its documented default."""
+    cfg = load_config(env={})
+    assert cfg.base_url == "http://127.0.0.1:8080"
+    assert (cfg.token, cfg.project, cfg.agent_id) == ("", "", "")
+    assert (cfg.registry_url, cfg.allowance_url, cfg.task_store_url) == (None, None, None)
+    d, s = cfg.dispatcher, cfg.server
+    assert (d.interval, d.heartbeat_ttl, d.max_retries, d.lease_seconds) == (5, 30, 3, 300)
+    assert (d.backoff_base, d.backoff_cap, d.jitter, d.fail_open) == (5, 300, "full", False)
+    assert (s.host, s.port, s.admin_tokens, s.agent_tokens) == ("127.0.0.1", 8080, [], {})
+    assert s.max_body_bytes == 1024 * 1024
+
+
+def test_default_store_is_sqlite_in_user_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default store URL is computed at load time from the user's data directory."""
+    first = load_config(env={}).store_url
+    expected = Path(platformdirs.user_data_dir("agentic")) / "agentic.db"
+    assert first == "sqlite:///" + expected.as_posix().lstrip("/")
+    assert str(tmp_path) in first
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "elsewhere"))
+    assert load_config(env={}).store_url != first
+
+
+def test_store_url_for_falls_back_to_store_url() -> None:
+    """Each store uses its own override when set, else store_url; empty means unset."""
+    cfg = load_config(
+        env={"AGENTIC_ALLOWANCE_URL": ""},
+        store_url="memory://",
+        registry_url="redis://h:6379/1",
+        task_store_url="sqlite:///tmp/tasks.db",
+    )
+    assert cfg.store_url_for("registry") == "redis://h:6379/1"
+    assert cfg.store_url_for("allowance") == "memory://"
+    assert cfg.store_url_for("task") == "sqlite:///tmp/tasks.db"
+
+
+def test_config_is_frozen_and_hides_tokens() -> None:
+    """A Config cannot be changed after loading, and its repr never shows a token."""
+    cfg = load_config(env={}, token="s3cret", server={"admin_tokens": ["adm1n"]})
+    with pytest.raises(pydantic.ValidationError):
+        cfg.token = "other"  # type: ignore[misc]
+    assert "s3cret" not in repr(cfg)
+    assert "adm1n" not in repr(cfg)
+
+
+# --- sources and precedence ----------------------------------------------------------
+
+
+def test_explicit_yaml_file(tmp_path: Path) -> None:
+    """An explicit path is read, including nested sections."""
+    path = write(
+        tmp_path / "conf.yaml",
+        """
+        base_url: https://tasks.example.com/
+        project: demo
+        dispatcher:
+          interval: 0.5
+          jitter: equal
+        server:
+          admin_tokens: [a, b]
+          agent_tokens: {t1: agent-1}
+        """,
+    )
+    cfg = load_config(path, env={})
+    assert cfg.base_url == "https://tasks.example.com"  # trailing slash dropped
+    assert cfg.project == "demo"
+    assert (cfg.dispatcher.interval, cfg.dispatcher.jitter) == (0.5, "equal")
+    assert cfg.dispatcher.max_retries == 3  # unset keys of a section keep their default
+    assert cfg.server.admin_tokens == ["a", "b"]
+    assert cfg.server.agent_tokens == {"t1": "agent-1"}
+
+
+def test_empty_yaml_and_empty_section(tmp_path: Path) -> None:
+    """An empty file, a section with nothing under it and null values mean defaults."""
+    assert load_config(write(tmp_path / "empty.yaml", "# nothing\n"), env={}).project == ""
+    path = write(tmp_path / "c.yaml", "dispatcher:\nregistry_url: null\nbase_url:\n")
+    cfg = load_config(path, env={})
+    assert cfg.dispatcher == DispatcherConfig()
+    assert cfg.base_url == "http://127.0.0.1:8080"
+
+
+def test_yaml_found_in_cwd_before_user_config(isolated: Path, tmp_path: Path) -> None:
+    """./agentic.yaml is used first, then ~/.config/agentic/config.yaml."""
+    user = write(tmp_path / "home/.config/agentic/config.yaml", "project: from-home\n")
+    assert load_config(env={}).project == "from-home"
+    write(isolated / "agentic.yaml", "project: from-cwd\n")
+    assert load_config(env={}).project == "from-cwd"
+    assert user.exists()
+
+
+def test_user_config_honours_xdg_config_home(tmp_path: Path) -> None:
+    """XDG_CONFIG_HOME (read from env) moves the user config file."""
+    write(tmp_path / "xdg/agentic/config.yaml", "project: xdg\n")
+    assert load_config(env={"XDG_CONFIG_HOME": str(tmp_path / "xdg")}).project == "xdg"
+
+
+def test_environment_variables_top_level_and_nested() -> None:
+    """AGENTIC_* variables set top-level keys and, with __, section keys."""
+    cfg = load_config(
+        env={
+            "AGENTIC_BASE_URL": "http://10.0.0.1:9000",
+            "AGENTIC_TOKEN": "tok",
+            "AGENTIC_PROJECT": "p",
+            "AGENTIC_AGENT_ID": "a1",
+            "AGENTIC_STORE_URL": "redis://localhost:6379/0?prefix=x",
+            "AGENTIC_REGISTRY_URL": "memory://",
+            "AGENTIC_DISPATCHER__INTERVAL": "2.5",
+            "AGENTIC_DISPATCHER__FAIL_OPEN": "true",
+            "AGENTIC_DISPATCHER__MAX_RETRIES": "0",
+            "AGENTIC_SERVER__PORT": "9000",
+            "AGENTIC_SERVER__ADMIN_TOKENS": "a, b",
+            "AGENTIC_SERVER__AGENT_TOKENS": "t1=agent-1,dG9rZW4==agent-2",
+        }
+    )
+    assert cfg.base_url == "http://10.0.0.1:9000"
+    assert (cfg.token, cfg.project, cfg.agent_id) == ("tok", "p", "a1")
+    assert cfg.store_url_for("registry") == "memory://"
+    assert cfg.store_url_for("task") == "redis://localhost:6379/0?prefix=x"
+    assert (cfg.dispatcher.interval, cfg.dispatcher.fail_open) == (2.5, True)
+    assert cfg.dispatcher.max_retries == 0
+    assert cfg.server.port == 9000
+    assert cfg.server.admin_tokens == ["a", "b"]
+    assert cfg.server.agent_tokens == {"t1": "agent-1", "dG9rZW4=": "agent-2"}
+
+
+def test_environment_lists_and_mappings_as_json() -> None:
+    """List and mapping variables may also be written as JSON."""
+    env = {"AGENTIC_SERVER__ADMIN_TOKENS": '["x,y"]', "AGENTIC_SERVER__AGENT_TOKENS": '{"t": "a"}'}
+    cfg = load_config(env=env)
+    assert cfg.server.admin_tokens == ["x,y"]
+    assert cfg.server.agent_tokens == {"t": "a"}
+
+
+def test_process_environment_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without env=, the real process environment is read."""
+    monkeypatch.setenv("AGENTIC_PROJECT", "from-os")
+    assert load_config().project == "from-os"
+
+
+def test_foreign_agentic_variables_are_ignored() -> None:
+    """Unknown AGENTIC_* variables belong to other tools and are skipped."""
+    cfg = load_config(env={"AGENTIC_LOG_LEVEL": "debug", "AGENTIC_X__Y": "1", "OTHER": "z"})
+    assert cfg == load_config(env={})
+
+
+def test_dotenv_parsing(isolated: Path) -> None:
+    """.env: comments, blank lines, export, quotes, inline comments; AGENTIC_* keys only."""
+    write(
+        isolated / ".env",
+        """
+        # a comment
+
+        export AGENTIC_PROJECT=alpha   # inline comment
+        AGENTIC_TOKEN="tok # not a comment"
+        AGENTIC_AGENT_ID='single quoted'  # comment after quotes
+        AGENTIC_SERVER__HOST = 0.0.0.0
+        AGENTIC_SERVER__ADMIN_TOKENS=a,b
+        DATABASE_URL=postgres://elsewhere
+        NOT_OURS="a multi-line value
+        of another tool, not ours to judge"
+        """,
+    )
+    cfg = load_config(env={})
+    assert cfg.project == "alpha"
+    assert cfg.token == "tok # not a comment"
+    assert cfg.agent_id == "single quoted"
+    assert cfg.server.host == "0.0.0.0"
+    assert cfg.server.admin_tokens == ["a", "b"]
+
+
+def test_dotenv_explicit_path_and_disabled(isolated: Path, tmp_path: Path) -> None:
+    """dotenv= names another file; dotenv=False ignores ./.env."""
+    write(isolated / ".env", "AGENTIC_PROJECT=cwd\n")
+    other = write(tmp_path / "other.env", "AGENTIC_PROJECT=other\n")
+    assert load_config(env={}).project == "cwd"
+    assert load_config(env={}, dotenv=other).project == "other"
+    assert load_config(env={}, dotenv=False).project == ""
+
+
+def test_precedence_yaml_dotenv_env_arguments(isolated: Path) -> None:
+    """YAML < .env < environment < keyword arguments, key by key."""
+    write(
+        isolated / "agentic.yaml",
+        """
+        token: yaml
+        project: yaml
+        agent_id: yaml
+        base_url: http://yaml:1
+        dispatcher: {interval: 1, max_retries: 1}
+        """,
+    )
+    write(
+        isolated / ".env", "AGENTIC_PROJECT=dotenv\nAGENTIC_AGENT_ID=dotenv\nAGENTIC_TOKEN=dotenv\n"
+    )
+    env = {"AGENTIC_AGENT_ID": "env", "AGENTIC_TOKEN": "env", "AGENTIC_DISPATCHER__INTERVAL": "2"}
+    cfg = load_config(env=env, token="arg", dispatcher={"max_retries": 9})
+    assert cfg.base_url == "http://yaml:1"
+    assert cfg.project == "dotenv"
+    assert cfg.agent_id == "env"
+    assert cfg.token == "arg"
+    assert (cfg.dispatcher.interval, cfg.dispatcher.max_retries) == (2, 9)
+
+
+def test_none_arguments_mean_not_given() -> None:
+    """A keyword argument of None leaves the lower layers' value in place."""
+    cfg = load_config(env={"AGENTIC_PROJECT": "env"}, project=None, dispatcher=None)
+    assert cfg.project == "env"
+    assert cfg.dispatcher == DispatcherConfig()
+
+
+def test_section_argument_as_model() -> None:
+    """A section may be passed as its model; only the fields set on it override."""
+    cfg = load_config(
+        env={"AGENTIC_DISPATCHER__MAX_RETRIES": "7"},
+        dispatcher=DispatcherConfig(interval=1),
+    )
+    assert (cfg.dispatcher.interval, cfg.dispatcher.max_retries) == (1, 7)
+
+
+# --- errors --------------------------------------------------------------------------
+
+
+def test_bad_value_in_yaml_names_key_file_line_and_accepted(tmp_path: Path) -> None:
+    """A bad YAML value names the key, the file and line, what is accepted and the value."""
+    path = write(tmp_path / "agentic.yaml", "dispatcher:\n  interval: abc\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert str(info.value) == (
+        f"dispatcher.interval in {path} (line 2): must be a number > 0, got 'abc'"
+    )
+    assert isinstance(info.value.__cause__, pydantic.ValidationError)
+
+
+def test_bad_value_in_environment_names_the_variable() -> None:
+    """A bad environment value names the variable."""
+    message = config_error(env={"AGENTIC_SERVER__PORT": "http"})
+    assert message == (
+        "server.port in environment variable AGENTIC_SERVER__PORT:"
+        " must be an integer from 1 to 65535, got 'http'"
+    )
+
+
+def test_bad_value_in_dotenv_names_file_variable_and_line(isolated: Path) -> None:
+    """A bad .env value names the .env file, the variable and the line."""
+    write(isolated / ".env", "# x\nAGENTIC_DISPATCHER__JITTER=gaussian\n")
+    message = config_error()
+    assert message.startswith(
+        f"dispatcher.jitter in {isolated / '.env'} (AGENTIC_DISPATCHER__JITTER, line 2):"
+    )
+    assert "one of full, equal, decorrelated, got 'gaussian'" in message
+
+
+def test_bad_value_in_argument_names_the_argument() -> None:
+    """A bad keyword argument is named as such."""
+    message = config_error(dispatcher={"max_retries": -1})
+    assert message == (
+        "dispatcher.max_retries in keyword argument dispatcher: must be an integer >= 0, got -1"
+    )
+
+
+@pytest.mark.parametrize("key", all_keys())
+def test_every_key_explains_what_it_accepts(key: str) -> None:
+    """Every key, given a value of the wrong type, gets a ConfigError saying what it accepts."""
+    section, _, name = key.rpartition(".")
+    kwargs: dict[str, Any] = {section: {name: object()}} if section else {name: object()}
+    message = config_error(**kwargs)
+    assert message.startswith(f"{key} in keyword argument {section or name}: ")
+    assert "must be " in message
+
+
+def test_several_problems_are_reported_together() -> None:
+    """All bad values are reported at once, one line each."""
+    message = config_error(env={"AGENTIC_SERVER__PORT": "0", "AGENTIC_DISPATCHER__INTERVAL": "0"})
+    assert len(message.splitlines()) == 2
+
+
+@pytest.mark.parametrize("url", ["ftp://host", "127.0.0.1:8080", "http://", "http://a b"])
+def test_base_url_must_be_http(url: str) -> None:
+    """base_url must be an http(s) URL with a host."""
+    assert "must be an http(s) URL" in config_error(base_url=url)
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlit:///x.db", "unknown scheme 'sqlit' (accepted: memory, sqlite, redis, rediss)"),
+        ("postgres://h/db", "unknown scheme 'postgres'"),
+        ("agentic.db", "is not a URL"),
+        ("sqlite://", "a sqlite URL needs a file path"),
+    ],
+)
+def test_store_url_is_checked_at_load_time(url: str, problem: str) -> None:
+    """A store URL with a typo fails when loading, naming the scheme problem."""
+    message = config_error(env={"AGENTIC_TASK_STORE_URL": url})
+    assert message.startswith("task_store_url in environment variable AGENTIC_TASK_STORE_URL: ")
+    assert problem in message
+
+
+def test_store_url_password_is_not_echoed() -> None:
+    """A rejected store URL is shown without its password."""
+    message = config_error(store_url="redix://:hunter2@h:6379/0")
+    assert "hunter2" not in message
+    assert "got 'redix://:***@h:6379/0'" in message
+
+
+def test_secret_values_are_not_echoed() -> None:
+    """A rejected token is described, never printed."""
+    message = config_error(server={"admin_tokens": ["good", ""], "agent_tokens": {"good": "a"}})
+    assert message.startswith("server.admin_tokens in keyword argument server: ")
+    assert message.endswith("got a hidden value")
+    assert "good" not in message
+
+
+def test_token_cannot_be_admin_and_agent() -> None:
+    """A token listed both as admin and agent token is refused."""
+    message = config_error(server={"admin_tokens": ["t"], "agent_tokens": {"t": "a1"}})
+    assert "server.agent_tokens in keyword argument server: a token is also in" in message
+
+
+def test_backoff_cap_not_below_base() -> None:
+    """backoff_cap smaller than backoff_base is refused."""
+    message = config_error(dispatcher={"backoff_base": 10, "backoff_cap": 5})
+    assert message.startswith("dispatcher.backoff_cap in keyword argument dispatcher: smaller")
+
+
+def test_unknown_yaml_key_lists_valid_keys(tmp_path: Path) -> None:
+    """An unknown top-level key names the file and line, suggests a fix, lists valid keys."""
+    path = write(tmp_path / "c.yaml", "project: x\nbase_ulr: http://h\n")
+    message = config_error(path=path)
+    assert message.startswith(f"unknown key 'base_ulr' in {path} (line 2)")
+    assert "did you mean base_url?" in message
+    assert "valid keys: base_url, token, project" in message
+
+
+def test_unknown_section_key_lists_that_sections_keys(tmp_path: Path) -> None:
+    """An unknown key inside a section lists the keys of that section only."""
+    path = write(tmp_path / "c.yaml", "server:\n  prot: 1\n")
+    message = config_error(path=path)
+    assert "unknown key 'server.prot'" in message
+    assert "did you mean server.port?" in message
+    assert "dispatcher." not in message
+
+
+def test_unknown_keys_in_dotenv_arguments_and_known_env_sections(isolated: Path) -> None:
+    """Unknown AGENTIC_* keys fail in .env, arguments and under a known env section."""
+    assert "unknown key 'tokn'" in config_error(tokn="x")
+    assert "unknown key 'dispatcher.intervl'" in config_error(dispatcher={"intervl": 1})
+    message = config_error(env={"AGENTIC_SERVER__PROT": "1"})
+    assert "unknown key 'server.prot' in environment variable AGENTIC_SERVER__PROT" in message
+    write(isolated / ".env", "AGENTIC_TOKN=x\n")
+    assert f"unknown key 'tokn' in {isolated / '.env'} (AGENTIC_TOKN, line 1)" in config_error()
+
+
+def test_section_must_be_a_mapping(tmp_path: Path) -> None:
+    """A section given a scalar is refused with its source."""
+    path = write(tmp_path / "c.yaml", "dispatcher: 5\n")
+    assert config_error(path=path).startswith(f"dispatcher in {path} (line 1): must be a mapping")
+    assert "must be a mapping" in config_error(server=[1])
+
+
+def test_missing_explicit_files(tmp_path: Path) -> None:
+    """An explicit config or .env path that does not exist is an error naming it."""
+    assert f"config file {tmp_path / 'nope.yaml'} does not exist" in config_error(
+        path=tmp_path / "nope.yaml"
+    )
+    assert "nope.env does not exist" in config_error(dotenv=tmp_path / "nope.env")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("project: [unclosed\n", "line 2: not valid YAML"),
+        ("a: 1\n b: 2\n", "line 2: not valid YAML"),
+        ("- a\n- b\n", "line 1: the top level must be a mapping"),
+        ("just text\n", "line 1: the top level must be a mapping"),
+        ("token: a\nproject: p\ntoken: b\n", "line 3: token is given twice (line 1)"),
+        ("server:\n  port: 1\n  port: 2\n", "line 3: server.port is given twice (line 2)"),
+    ],
+)
+def test_malformed_yaml_names_file_and_line(tmp_path: Path, text: str, expected: str) -> None:
+    """YAML that does not parse, is not a mapping or repeats a key names file and line."""
+    path = write(tmp_path / "bad.yaml", text)
+    assert config_error(path=path).startswith(f"{path} {expected}")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("AGENTIC_PROJECT", "line 1: expected KEY=value"),
+        ("export AGENTIC_TOKEN: s3cret", "line 1: expected KEY=value"),
+        ('AGENTIC_TOKEN="open', 'unbalanced " quote'),
+        ("AGENTIC_TOKEN='a' b", "unbalanced ' quote"),
+        ("AGENTIC_SERVER__AGENT_TOKENS=t1", "must be token=agent_id pairs"),
+        ("AGENTIC_SERVER__ADMIN_TOKENS=[1,", "not valid JSON"),
+    ],
+)
+def test_malformed_dotenv(isolated: Path, line: str, expected: str) -> None:
+    """A .env line that cannot be read is a ConfigError naming the file."""
+    write(isolated / ".env", line + "\n")
+    message = config_error()
+    assert str(isolated / ".env") in message
+    assert expected in message
+    assert "s3cret" not in message
+
+
+# --- the example file ----------------------------------------------------------------
+
+
+def test_example_file_is_the_defaults() -> None:
+    """config.example.yaml loads to exactly the defaults."""
+    assert load_config(EXAMPLE, env={}) == load_config(env={})
+
+
+def test_example_file_documents_every_key() -> None:
+    """Every key appears in config.example.yaml (store_url as a comment) with a comment."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    data = yaml.safe_load(text)
+    shown = {k for k, v in data.items() if not isinstance(v, dict)}
+    shown |= {f"{s}.{k}" for s, v in data.items() if isinstance(v, dict) for k in v}
+    assert shown | {"store_url"} == set(all_keys())
+    assert "# store_url: sqlite:///" in text
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() and not line.lstrip().startswith("#") and not line.endswith(":"):
+            assert lines[number - 1].lstrip().startswith("#"), f"no comment above {line!r}"
