@@ -1,0 +1,460 @@
+"""TaskClient against respx-mocked HTTP: every method, error mapping and retry rule."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+import respx
+
+from agentic.client import LogEvent, TaskClient
+from agentic.errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
+from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+
+BASE = "http://tasks.test"
+
+
+def task_json(task_id: str = "t1", **fields: object) -> dict[str, object]:
+    """A task as the server answers it."""
+    data: dict[str, object] = {"id": task_id, "title": "do it", "status": "pending", **fields}
+    return Task.model_validate(data).model_dump(mode="json")
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    """The waits the client asked for, instead of sleeping."""
+    return []
+
+
+@pytest.fixture
+def client(sleeps: list[float]) -> Iterator[TaskClient]:
+    """A client with agent id a1 that records its waits."""
+    with TaskClient(BASE, "secret", agent_id="a1", retries=3, sleep=sleeps.append) as made:
+        yield made
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    """respx router for BASE; every request must match a route."""
+    with respx.mock(base_url=BASE, assert_all_called=False) as router:
+        yield router
+
+
+# --- headers and each method ---
+
+
+def test_headers_follow_go_agentic(client: TaskClient, mock: respx.MockRouter) -> None:
+    """Bearer token and Accept on every request, Content-Type with a body."""
+    get = mock.get("/api/tasks/t1").respond(200, json=task_json())
+    patch = mock.patch("/api/tasks/t1").respond(200, json=task_json())
+    client.get_task("t1")
+    client.update_task("t1", TaskUpdate(progress=50))
+    request = get.calls.last.request
+    assert request.headers["Authorization"] == "Bearer secret"
+    assert request.headers["Accept"] == "application/json"
+    assert "Content-Type" not in request.headers
+    assert patch.calls.last.request.headers["Content-Type"] == "application/json"
+
+
+def test_no_token_sends_no_authorization(mock: respx.MockRouter) -> None:
+    """An empty token (open server) sends no Authorization header."""
+    route = mock.get("/api/tasks/t1").respond(200, json=task_json())
+    with TaskClient(BASE, "") as open_client:
+        open_client.get_task("t1")
+    assert "Authorization" not in route.calls.last.request.headers
+
+
+def test_list_tasks_sends_only_set_filters(client: TaskClient, mock: respx.MockRouter) -> None:
+    """Filters are sent only when set; labels are comma-joined; a bare array comes back."""
+    route = mock.get("/api/tasks").respond(200, json=[task_json("t1"), task_json("t2")])
+    tasks = client.list_tasks(
+        status=TaskStatus.PENDING,
+        priority=Priority.HIGH,
+        project="p",
+        claimed_by="a2",
+        labels=["go", "py"],
+        ready=True,
+        limit=5,
+    )
+    assert [t.id for t in tasks] == ["t1", "t2"]
+    params = dict(route.calls.last.request.url.params)
+    assert params == {
+        "status": "pending",
+        "priority": "high",
+        "project": "p",
+        "claimed_by": "a2",
+        "labels": "go,py",
+        "ready": "true",
+        "limit": "5",
+    }
+    client.list_tasks()
+    assert dict(route.calls.last.request.url.params) == {}
+
+
+def test_get_task(client: TaskClient, mock: respx.MockRouter) -> None:
+    """get_task returns the parsed Task."""
+    mock.get("/api/tasks/t1").respond(200, json=task_json(labels=["x"]))
+    task = client.get_task("t1")
+    assert task.id == "t1" and task.labels == ["x"] and task.status is TaskStatus.PENDING
+
+
+def test_create_task_sends_task_and_idempotency_key(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """create_task posts the Task with an Idempotency-Key (given or generated)."""
+    route = mock.post("/api/tasks").respond(201, json=task_json("new"))
+    created = client.create_task(Task(title="do it"), idempotency_key="k-1")
+    assert created.id == "new"
+    request = route.calls.last.request
+    assert request.headers["Idempotency-Key"] == "k-1"
+    assert json.loads(request.content)["title"] == "do it"
+    client.create_task(Task(title="again"))
+    generated = route.calls.last.request.headers["Idempotency-Key"]
+    assert len(generated) == 36 and generated != "k-1"
+
+
+def test_claim_task_uses_own_agent_and_reads_claim_response(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """claim_task sends {"agent_id"} (default: the client's) and returns the task."""
+    route = mock.post("/api/tasks/t1/claim").respond(
+        200, json={"task": task_json(claimed_by="a1"), "message": "claimed"}
+    )
+    assert client.claim_task("t1").claimed_by == "a1"
+    assert json.loads(route.calls.last.request.content) == {"agent_id": "a1"}
+    client.claim_task("t1", agent_id="a2", lease_seconds=30)
+    assert json.loads(route.calls.last.request.content) == {"agent_id": "a2", "lease_seconds": 30}
+
+
+def test_claim_accepts_a_bare_task(client: TaskClient, mock: respx.MockRouter) -> None:
+    """Like go-agentic's client, a bare Task answer to a claim is accepted."""
+    mock.post("/api/tasks/t1/claim").respond(200, json=task_json(claimed_by="a1"))
+    assert client.claim_task("t1").claimed_by == "a1"
+
+
+def test_update_task_sends_only_set_fields(client: TaskClient, mock: respx.MockRouter) -> None:
+    """update_task PATCHes the fields that are not None."""
+    route = mock.patch("/api/tasks/t1").respond(200, json=task_json(progress=40))
+    assert client.update_task("t1", TaskUpdate(progress=40, notes="half")).progress == 40
+    assert json.loads(route.calls.last.request.content) == {"progress": 40, "notes": "half"}
+
+
+def test_complete_task(client: TaskClient, mock: respx.MockRouter) -> None:
+    """complete_task posts the TaskResult with the agent id and returns the task."""
+    route = mock.post("/api/tasks/t1/complete").respond(
+        200, json={"task": task_json(status="completed"), "message": "done"}
+    )
+    task = client.complete_task("t1", TaskResult(success=True, output="ok"))
+    assert task.status is TaskStatus.COMPLETED
+    body = json.loads(route.calls.last.request.content)
+    assert body == {
+        "success": True,
+        "output": "ok",
+        "artifacts": [],
+        "error_message": "",
+        "agent_id": "a1",
+    }
+
+
+def test_release_and_renew(client: TaskClient, mock: respx.MockRouter) -> None:
+    """release_task and renew_lease post the agent id (and lease seconds)."""
+    release = mock.post("/api/tasks/t1/release").respond(200, json=task_json())
+    lease = mock.post("/api/tasks/t1/lease").respond(200, json=task_json(claimed_by="a1"))
+    assert client.release_task("t1").status is TaskStatus.PENDING
+    assert json.loads(release.calls.last.request.content) == {"agent_id": "a1"}
+    client.renew_lease("t1", lease_seconds=60)
+    assert json.loads(lease.calls.last.request.content) == {"agent_id": "a1", "lease_seconds": 60}
+
+
+def test_logs_append_and_page(client: TaskClient, mock: respx.MockRouter) -> None:
+    """append_logs returns next_offset; get_logs returns a LogPage."""
+    post = mock.post("/api/tasks/t1/logs").respond(200, json={"next_offset": 2})
+    mock.get("/api/tasks/t1/logs").respond(
+        200, json={"lines": ["b"], "offset": 1, "next_offset": 2}
+    )
+    assert client.append_logs("t1", ["a", "b"]) == 2
+    assert json.loads(post.calls.last.request.content) == {"lines": ["a", "b"]}
+    page = client.get_logs("t1", offset=1, limit=10)
+    assert (page.lines, page.offset, page.next_offset) == (["b"], 1, 2)
+    with pytest.raises(ConfigError):
+        client.append_logs("t1", [1])  # type: ignore[list-item]
+
+
+def test_follow_logs_decodes_sse(client: TaskClient, mock: respx.MockRouter) -> None:
+    """follow_logs yields log, status, ping and end events from the SSE stream."""
+    stream = (
+        ": keep-alive\n\n"
+        'event: status\ndata: {"status": "in_progress"}\n\n'
+        'id: 1\nevent: log\ndata: {"offset": 0, "line": "hello"}\n\n'
+        'event: novel\ndata: {"x": 1}\n\n'
+        'event: end\ndata: {"status": "failed", "next_offset": 1}\n\n'
+    )
+    route = mock.get("/api/tasks/t1/logs").respond(
+        200, content=stream.encode(), headers={"Content-Type": "text/event-stream"}
+    )
+    events = list(client.follow_logs("t1", offset=0))
+    assert events == [
+        LogEvent("ping"),
+        LogEvent("status", status=TaskStatus.IN_PROGRESS),
+        LogEvent("log", line="hello", offset=0),
+        LogEvent("end", offset=1, status=TaskStatus.FAILED),
+    ]
+    request = route.calls.last.request
+    assert request.url.params["follow"] == "true"
+    assert request.headers["Accept"] == "text/event-stream"
+
+
+def test_follow_logs_errors(client: TaskClient, mock: respx.MockRouter) -> None:
+    """A 404 stream is NotFoundError; a broken connection is TransportError."""
+    route = mock.get("/api/tasks/t1/logs")
+    route.respond(404, json={"code": 404, "message": "no task t1"})
+    with pytest.raises(NotFoundError):
+        list(client.follow_logs("t1"))
+    route.side_effect = httpx.ReadError("reset")
+    with pytest.raises(TransportError) as info:
+        list(client.follow_logs("t1"))
+    assert isinstance(info.value.__cause__, httpx.ReadError)
+    route.side_effect = None
+    route.respond(200, content=b"event: log\ndata: not json\n\n")
+    with pytest.raises(APIError, match="malformed log event"):
+        list(client.follow_logs("t1"))
+
+
+def test_ping_falls_back_to_old_health_path(client: TaskClient, mock: respx.MockRouter) -> None:
+    """ping uses /v1/health, then /api/health on older servers."""
+    mock.get("/v1/health").respond(404)
+    old = mock.get("/api/health").respond(200, json={"status": "ok"})
+    client.ping()
+    assert old.called
+
+
+# --- argument checks ---
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.get_task(""),
+        lambda c: c.claim_task(""),
+        lambda c: c.update_task("", TaskUpdate()),
+        lambda c: c.complete_task("", TaskResult(success=True)),
+        lambda c: c.release_task(""),
+        lambda c: c.renew_lease(""),
+        lambda c: c.append_logs("", ["x"]),
+        lambda c: c.get_logs(""),
+        lambda c: list(c.follow_logs("")),
+    ],
+)
+def test_empty_ids_rejected_before_any_request(
+    client: TaskClient, mock: respx.MockRouter, call: Callable[[TaskClient], object]
+) -> None:
+    """An empty task id raises ConfigError and sends nothing."""
+    with pytest.raises(ConfigError):
+        call(client)
+    assert not mock.calls
+
+
+def test_claim_without_any_agent_id_is_rejected(mock: respx.MockRouter) -> None:
+    """A claim needs an agent id, from the call or the client."""
+    with TaskClient(BASE, "t") as anonymous, pytest.raises(ConfigError):
+        anonymous.claim_task("t1")
+    assert not mock.calls
+
+
+@pytest.mark.parametrize("url", ["", "tasks.test", "ftp://x"])
+def test_bad_base_url(url: str) -> None:
+    """base_url must be http(s)."""
+    with pytest.raises(ConfigError):
+        TaskClient(url, "t")
+
+
+# --- error mapping ---
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [(404, NotFoundError), (409, ConflictError), (400, APIError), (403, APIError), (500, APIError)],
+)
+def test_error_body_mapping(
+    client: TaskClient, mock: respx.MockRouter, status: int, kind: type[APIError]
+) -> None:
+    """{"code","message","details"} becomes the matching error with code = HTTP status."""
+    mock.get("/api/tasks/t1").respond(
+        status, json={"code": 999, "message": "nope", "details": {"why": 1}}
+    )
+    with pytest.raises(kind) as info:
+        client.get_task("t1")
+    assert type(info.value) is kind
+    assert (info.value.code, info.value.message, info.value.details) == (
+        status,
+        "nope",
+        {"why": 1},
+    )
+
+
+def test_error_without_message_uses_status_text(client: TaskClient, mock: respx.MockRouter) -> None:
+    """A body without a message gives "HTTP n: StatusText" with the raw body as details."""
+    mock.get("/api/tasks/t1").respond(400, text="<html>bad</html>")
+    with pytest.raises(APIError) as info:
+        client.get_task("t1")
+    assert str(info.value) == "HTTP 400: Bad Request"
+    assert info.value.details == "<html>bad</html>"
+
+
+def test_unparseable_success_body_is_api_error(client: TaskClient, mock: respx.MockRouter) -> None:
+    """A 2xx answer that is not a Task raises APIError, not a pydantic error."""
+    mock.get("/api/tasks/t1").respond(200, text="not json")
+    mock.get("/api/tasks").respond(200, json={"not": "a list"})
+    mock.post("/api/tasks/t1/logs").respond(200, json={})
+    with pytest.raises(APIError, match="unexpected answer"):
+        client.get_task("t1")
+    with pytest.raises(APIError, match="unexpected answer"):
+        client.list_tasks()
+    with pytest.raises(APIError, match="no next_offset"):
+        client.append_logs("t1", ["x"])
+
+
+# --- retries ---
+
+
+def test_connect_errors_are_retried_then_transport_error(
+    client: TaskClient, mock: respx.MockRouter, sleeps: list[float]
+) -> None:
+    """Connect errors are retried `retries` times, then TransportError from the cause."""
+    route = mock.get("/api/tasks/t1").mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(TransportError) as info:
+        client.get_task("t1")
+    assert route.call_count == 4 and len(sleeps) == 3
+    assert info.value.code == 0
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+def test_claim_and_complete_retried_on_connect_error_only(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A claim that never reached the server is retried; one that did is not."""
+    claimed = {"task": task_json(claimed_by="a1"), "message": "claimed"}
+    claim = mock.post("/api/tasks/t1/claim").mock(
+        side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json=claimed)]
+    )
+    assert client.claim_task("t1").claimed_by == "a1"
+    assert claim.call_count == 2
+    complete = mock.post("/api/tasks/t1/complete").mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(TransportError):
+        client.complete_task("t1", TaskResult(success=True))
+    assert complete.call_count == 1
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_unsafe_posts_not_retried_on_status(
+    client: TaskClient, mock: respx.MockRouter, status: int
+) -> None:
+    """Claim, complete, release and log appends are not repeated after an answer."""
+    routes = [
+        mock.post(f"/api/tasks/t1/{name}").respond(status)
+        for name in ("claim", "complete", "release", "logs")
+    ]
+    calls: list[Callable[[], object]] = [
+        lambda: client.claim_task("t1"),
+        lambda: client.complete_task("t1", TaskResult(success=False)),
+        lambda: client.release_task("t1"),
+        lambda: client.append_logs("t1", ["x"]),
+    ]
+    for call in calls:
+        with pytest.raises(APIError) as info:
+            call()
+        assert info.value.code == status
+    assert [r.call_count for r in routes] == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_safe_calls_retried_on_status(
+    client: TaskClient, mock: respx.MockRouter, status: int
+) -> None:
+    """GET is retried on 429/502/503/504 until it succeeds."""
+    route = mock.get("/api/tasks/t1").mock(
+        side_effect=[httpx.Response(status), httpx.Response(200, json=task_json())]
+    )
+    assert client.get_task("t1").id == "t1"
+    assert route.call_count == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
+def test_no_retry_on_other_4xx(client: TaskClient, mock: respx.MockRouter, status: int) -> None:
+    """Other 4xx answers are final."""
+    route = mock.get("/api/tasks/t1").respond(status, json={"message": "no"})
+    with pytest.raises(APIError):
+        client.get_task("t1")
+    assert route.call_count == 1
+
+
+def test_retry_after_seconds_and_date_are_honoured(
+    client: TaskClient, mock: respx.MockRouter, sleeps: list[float]
+) -> None:
+    """Retry-After as delta-seconds and as an HTTP date sets the wait."""
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    mock.get("/api/tasks/t1").mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "7"}),
+            httpx.Response(429, headers={"Retry-After": when}),
+            httpx.Response(429, headers={"Retry-After": "garbage"}),
+            httpx.Response(200, json=task_json()),
+        ]
+    )
+    client.get_task("t1")
+    assert sleeps[0] == 7.0
+    assert 25 <= sleeps[1] <= 30
+    assert 0 <= sleeps[2] <= 5  # unparseable header: ordinary backoff
+
+
+def test_retry_after_beyond_max_wait_gives_up(mock: respx.MockRouter) -> None:
+    """A Retry-After longer than max_retry_wait raises at once instead of waiting less."""
+    waits: list[float] = []
+    route = mock.get("/api/tasks/t1").respond(503, headers={"Retry-After": "3600"})
+    impatient = TaskClient(BASE, "t", sleep=waits.append, max_retry_wait=60)
+    with impatient, pytest.raises(APIError) as info:
+        impatient.get_task("t1")
+    assert info.value.code == 503 and route.call_count == 1 and waits == []
+
+
+def test_retries_exhausted_raise_last_answer(
+    client: TaskClient, mock: respx.MockRouter, sleeps: list[float]
+) -> None:
+    """After the last retry the last answer's error is raised."""
+    route = mock.get("/api/tasks").respond(502, json={"message": "gateway"})
+    with pytest.raises(APIError, match="gateway"):
+        client.list_tasks()
+    assert route.call_count == 4 and len(sleeps) == 3
+
+
+def test_create_retry_reuses_idempotency_key(client: TaskClient, mock: respx.MockRouter) -> None:
+    """A create retried after a lost answer sends the same Idempotency-Key."""
+    route = mock.post("/api/tasks").mock(
+        side_effect=[
+            httpx.ReadTimeout("lost"),
+            httpx.Response(503),
+            httpx.Response(201, json=task_json("new")),
+        ]
+    )
+    assert client.create_task(Task(title="x")).id == "new"
+    keys = {call.request.headers["Idempotency-Key"] for call in route.calls}
+    assert route.call_count == 3 and len(keys) == 1
+
+
+def test_retry_policy_is_used(mock: respx.MockRouter) -> None:
+    """A given retry policy decides the waits."""
+
+    class Fixed:
+        def delay(self, attempt: int, retry_after: float | None = None) -> float:
+            return 100.0 + attempt if retry_after is None else retry_after
+
+    waits: list[float] = []
+    mock.get("/api/tasks/t1").mock(side_effect=httpx.ConnectError("refused"))
+    fixed = TaskClient(BASE, "t", retries=2, retry_policy=Fixed(), sleep=waits.append)
+    with fixed, pytest.raises(TransportError):
+        fixed.get_task("t1")
+    assert waits == [101.0, 102.0]  # attempt counts retries from 1
