@@ -20,14 +20,16 @@ from types import ModuleType
 
 from ..errors import ConfigError
 from ._url import StoreURL, parse_store_url
-from .base import AgentRegistry, AllowanceStore
+from .base import AgentRegistry, AllowanceStore, TaskStore
 
 __all__ = [
     "AgentRegistry",
     "AllowanceStore",
     "StoreURL",
+    "TaskStore",
     "open_allowance_store",
     "open_registry",
+    "open_task_store",
     "parse_store_url",
 ]
 
@@ -69,4 +71,13 @@ def open_allowance_store(url: str) -> AllowanceStore:
     """An AllowanceStore for ``url`` (see the module table)."""
     module, parsed = _backend(url)
     store: AllowanceStore = module.allowance_store_from_url(parsed)
+    return store
+
+
+def open_task_store(url: str) -> TaskStore:
+    """A TaskStore for ``url`` (see the module table)."""
+    module, parsed = _backend(url)
+    # The backend package imported above already proved its dependency is installed.
+    tasks = importlib.import_module(module.__name__ + ".tasks")
+    store: TaskStore = tasks.task_store_from_url(parsed)
     return store

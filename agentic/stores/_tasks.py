@@ -1,0 +1,381 @@
+"""The task rules once, for every TaskStore backend.
+
+Memory and SQLite apply these pure functions inside their lock / transaction; Redis
+mirrors the transitions in Lua (``redis/lua/task_*.lua``) but still validates input
+and words its errors here, so a caller sees the same messages on every backend.
+
+A task's life::
+
+    pending ──claim──> in_progress ──complete(success)──> completed
+       ^  ^                 │
+       │  └──release────────┤
+       │                    └──complete(failure) / lease expiry──> pending (retry)
+       │                                                   └─ past max_retries ─> failed
+    blocked (a dependency is failed, or put on hold by update)
+
+``failed`` (the dead letter) and ``completed`` are final. When a task is
+dead-lettered, every transitive dependent still pending or blocked becomes blocked
+and names it in ``blockers``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from pydantic import ValidationError
+
+from ..errors import ConfigError, ConflictError
+from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+
+__all__ = [
+    "FINAL",
+    "blocked_by",
+    "claim_conflict",
+    "claimed",
+    "completed",
+    "creation_blockers",
+    "dead_letter",
+    "dt",
+    "failed_attempt",
+    "lease_expired_reason",
+    "list_filters",
+    "matches",
+    "order_key",
+    "prepare_new",
+    "released",
+    "renewed",
+    "require_holder",
+    "require_lease",
+    "require_limit",
+    "require_lines",
+    "require_retry_at",
+    "stamp_new",
+    "ts",
+    "updated",
+]
+
+FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+
+# Ids end up in URL paths (/api/tasks/{id}) and Redis keys: keep them path-safe.
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def ts(value: datetime | None) -> float | None:
+    """Epoch seconds of a time (``None`` stays ``None``): what stores keep."""
+    return None if value is None else value.timestamp()
+
+
+def dt(value: float | None) -> datetime | None:
+    """The UTC time of epoch seconds (``None`` stays ``None``)."""
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _now(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+# --- input checks ----------------------------------------------------------------------
+
+
+def require_lease(lease_seconds: float) -> float:
+    """A lease must be a finite number of seconds > 0 (an endless lease never requeues)."""
+    if isinstance(lease_seconds, bool) or not isinstance(lease_seconds, int | float):
+        raise ConfigError(f"lease_seconds must be a number, got {lease_seconds!r}")
+    if not (math.isfinite(lease_seconds) and lease_seconds > 0):
+        raise ConfigError(f"lease_seconds must be finite and > 0, got {lease_seconds!r}")
+    return float(lease_seconds)
+
+
+def require_retry_at(retry_at: float | None) -> float | None:
+    """``retry_at`` is ``None`` (retry at once) or finite epoch seconds."""
+    if retry_at is None:
+        return None
+    if isinstance(retry_at, bool) or not isinstance(retry_at, int | float):
+        raise ConfigError(f"retry_at must be epoch seconds, got {retry_at!r}")
+    if not math.isfinite(retry_at):
+        raise ConfigError(f"retry_at must be finite, got {retry_at!r}")
+    return float(retry_at)
+
+
+def require_limit(kind: str, value: int | None) -> int | None:
+    """``None`` (no limit) or an integer >= 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{kind} must be an integer >= 0 or None, got {value!r}")
+    return value
+
+
+def _require_id(kind: str, value: object) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ConfigError(
+            f"{kind} {value!r} is not a valid task id: 1-128 characters from"
+            " letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+def prepare_new(task: Task) -> Task:
+    """Check a task to create and return a clean copy; raises ConfigError, stores nothing.
+
+    Server-decided fields are filled later by :func:`stamp_new`. The task is validated
+    again because a caller may have mutated a model after building it.
+    """
+    if not isinstance(task, Task):
+        raise ConfigError(f"create needs a Task, got {type(task).__name__}")
+    try:
+        task = Task.model_validate(task.model_dump())
+    except ValidationError as exc:
+        raise ConfigError(f"invalid task: {exc}") from exc
+    if not task.title.strip():
+        raise ConfigError("a task needs a non-empty title")
+    if task.id:
+        _require_id("task id", task.id)
+    if task.status not in {None, TaskStatus.PENDING, TaskStatus.BLOCKED}:
+        raise ConfigError(
+            f"a new task is pending or blocked, not {task.status}: claim or complete it"
+            " after creating it"
+        )
+    if task.claimed_by or task.claimed_at or task.lease_expires_at:
+        raise ConfigError("a new task cannot carry a claim: create it, then claim it")
+    for label in task.labels:
+        # Labels travel comma-joined in ?labels=a,b, so a comma would split one label.
+        if not label or "," in label:
+            raise ConfigError(f"label {label!r} must be non-empty and contain no comma")
+    dependencies = list(dict.fromkeys(task.dependencies))
+    for dependency in dependencies:
+        _require_id("dependency", dependency)
+    if task.id and task.id in dependencies:
+        raise ConfigError(f"task {task.id!r} cannot depend on itself")
+    return task.model_copy(update={"dependencies": dependencies, "blockers": []})
+
+
+def creation_blockers(dependencies: Iterable[Task]) -> list[str]:
+    """Failed tasks a new task would wait on forever: failed deps, and blocked deps' blockers."""
+    found: list[str] = []
+    for dependency in dependencies:
+        if dependency.status == TaskStatus.FAILED:
+            found.append(dependency.id)
+        elif dependency.status == TaskStatus.BLOCKED:
+            found.extend(dependency.blockers)
+    return list(dict.fromkeys(found))
+
+
+def stamp_new(task: Task, now: float, blockers: list[str]) -> Task:
+    """Fill what the store decides: id, status (blocked when a blocker exists), times."""
+    status = TaskStatus.BLOCKED if blockers else (task.status or TaskStatus.PENDING)
+    return task.model_copy(
+        update={
+            "id": task.id or uuid.uuid4().hex,
+            "status": status,
+            "created_at": task.created_at or _now(now),
+            "updated_at": _now(now),
+            "blockers": blockers,
+        }
+    )
+
+
+def require_lines(lines: list[str]) -> list[str]:
+    """Log lines are a list of strings (each stored as one entry, newlines and all)."""
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ConfigError("log lines must be a list of strings")
+    return lines
+
+
+# --- listing ---------------------------------------------------------------------------
+
+
+def list_filters(
+    status: TaskStatus | str | None,
+    priority: Priority | str | None,
+    labels: list[str] | None,
+    limit: int | None,
+) -> tuple[TaskStatus | None, Priority | None, list[str] | None, int | None]:
+    """Checked list filters: enum values coerced, labels a list of strings, limit >= 0."""
+    try:
+        status = None if status is None else TaskStatus(status)
+        priority = None if priority is None else Priority(priority)
+    except ValueError as exc:
+        raise ConfigError(f"bad list filter: {exc}") from exc
+    if labels is not None and (
+        not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
+    ):
+        raise ConfigError(f"labels must be a list of strings, got {labels!r}")
+    return status, priority, labels, require_limit("limit", limit)
+
+
+def order_key(task: Task) -> tuple[int, float, str]:
+    """Most urgent first, then oldest, then id: the order of every list."""
+    return (task.priority.rank, ts(task.created_at) or 0.0, task.id)
+
+
+def matches(
+    task: Task,
+    status: TaskStatus | None,
+    priority: Priority | None,
+    project: str | None,
+    claimed_by: str | None,
+    labels: list[str] | None,
+) -> bool:
+    """Whether a task passes the plain field filters (``ready`` needs its dependencies)."""
+    return (
+        (status is None or task.status == status)
+        and (priority is None or task.priority == priority)
+        and (project is None or task.project == project)
+        and (claimed_by is None or task.claimed_by == claimed_by)
+        and (not labels or set(labels) <= set(task.labels))
+    )
+
+
+# --- conflicts -------------------------------------------------------------------------
+
+
+def claim_conflict(task: Task, unfinished: list[str]) -> ConflictError:
+    """Why ``task`` cannot be claimed; ``unfinished`` are its dependencies not completed."""
+    if task.status == TaskStatus.IN_PROGRESS:
+        return ConflictError(f"task {task.id} is already claimed by {task.claimed_by!r}")
+    if task.status == TaskStatus.BLOCKED:
+        by = f" by failed task(s) {', '.join(task.blockers)}" if task.blockers else ""
+        return ConflictError(f"task {task.id} is blocked{by}")
+    if task.status == TaskStatus.PENDING and unfinished:
+        return ConflictError(f"task {task.id} is waiting for dependencies: {', '.join(unfinished)}")
+    return ConflictError(f"task {task.id} is {task.status}, not pending")
+
+
+def require_holder(task: Task, agent_id: str | None, action: str) -> None:
+    """Raise ConflictError unless ``task`` is in progress (and held by ``agent_id`` if given)."""
+    if task.status != TaskStatus.IN_PROGRESS:
+        raise ConflictError(f"cannot {action} task {task.id}: it is {task.status}, not claimed")
+    if agent_id is not None and task.claimed_by != agent_id:
+        raise ConflictError(
+            f"cannot {action} task {task.id}: it is claimed by {task.claimed_by!r},"
+            f" not {agent_id!r}"
+        )
+
+
+# --- transitions (pure: each returns a new Task) ---------------------------------------
+
+
+def claimed(task: Task, agent_id: str, now: float, lease_seconds: float) -> Task:
+    """In progress for ``agent_id`` until ``now + lease_seconds``."""
+    return task.model_copy(
+        update={
+            "status": TaskStatus.IN_PROGRESS,
+            "claimed_by": agent_id,
+            "claimed_at": _now(now),
+            "lease_expires_at": _now(now + lease_seconds),
+            "updated_at": _now(now),
+        }
+    )
+
+
+def renewed(task: Task, now: float, lease_seconds: float) -> Task:
+    """The lease pushed to ``now + lease_seconds``."""
+    return task.model_copy(
+        update={"lease_expires_at": _now(now + lease_seconds), "updated_at": _now(now)}
+    )
+
+
+_NO_CLAIM = {"claimed_by": "", "claimed_at": None, "lease_expires_at": None}
+
+
+def released(task: Task, now: float) -> Task:
+    """Back to pending, unclaimed, no retry counted."""
+    return task.model_copy(
+        update={**_NO_CLAIM, "status": TaskStatus.PENDING, "updated_at": _now(now)}
+    )
+
+
+def completed(task: Task, result: TaskResult, now: float) -> Task:
+    """Done: the claimer stays recorded; the lease ends."""
+    return task.model_copy(
+        update={
+            "status": TaskStatus.COMPLETED,
+            "result": result.model_copy(deep=True),
+            "progress": 100,
+            "lease_expires_at": None,
+            "updated_at": _now(now),
+        }
+    )
+
+
+def dead_letter(task: Task, now: float, reason: str) -> Task:
+    """Failed for good (the dead letter), unclaimed, with the reason."""
+    return task.model_copy(
+        update={
+            **_NO_CLAIM,
+            "status": TaskStatus.FAILED,
+            "fail_reason": reason,
+            "updated_at": _now(now),
+        }
+    )
+
+
+def failed_attempt(
+    task: Task, now: float, reason: str, retry_at: float | None, result: TaskResult | None
+) -> Task:
+    """A real failure: one more retry counted; past ``max_retries`` the dead letter."""
+    task = task.model_copy(
+        update={
+            "retry_count": task.retry_count + 1,
+            "last_attempt": _now(now),
+            "result": result.model_copy(deep=True) if result else task.result,
+        }
+    )
+    if task.retry_count > task.max_retries:
+        return dead_letter(task, now, f"max retries exceeded ({task.max_retries}): {reason}")
+    released_task = released(task, now)
+    return released_task.model_copy(update={"next_attempt_at": dt(retry_at)})
+
+
+def lease_expired_reason(task: Task) -> str:
+    """The failure reason recorded when a lease runs out."""
+    return f"lease of {task.claimed_by!r} expired"
+
+
+def blocked_by(task: Task, failed_id: str, now: float) -> Task:
+    """A dependent of a dead-lettered task: blocked, naming it."""
+    blockers = [*task.blockers, failed_id] if failed_id not in task.blockers else task.blockers
+    return task.model_copy(
+        update={"status": TaskStatus.BLOCKED, "blockers": blockers, "updated_at": _now(now)}
+    )
+
+
+def updated(task: Task, update: TaskUpdate, now: float) -> Task:
+    """Apply a partial update; a status change must be one an update may make.
+
+    Allowed: pending <-> blocked (a hold; a task blocked by a failed dependency stays
+    blocked), and any unfinished task -> failed (the dispatcher's dead letter). Claims
+    go through claim / release / complete, and final tasks stay final.
+    """
+    if not isinstance(update, TaskUpdate):
+        raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
+    fields = update.model_dump(exclude_none=True, exclude={"status"})
+    target = update.status
+    new = task.model_copy(update={**fields, "updated_at": _now(now)})
+    if target is None or target == task.status:
+        return new
+    if target == TaskStatus.FAILED and task.status not in FINAL:
+        return dead_letter(new, now, update.fail_reason or "marked failed")
+    _check_status_change(task, target)
+    return new.model_copy(update={"status": target})
+
+
+def _check_status_change(task: Task, target: TaskStatus) -> None:
+    current = task.status
+    if current in FINAL:
+        raise ConflictError(f"task {task.id} is {current}, which is final")
+    if target == TaskStatus.IN_PROGRESS:
+        raise ConflictError(f"task {task.id}: use claim to put it in progress")
+    if target == TaskStatus.COMPLETED:
+        raise ConflictError(f"task {task.id}: use complete to finish it")
+    if current == TaskStatus.IN_PROGRESS:
+        raise ConflictError(f"task {task.id} is claimed: use release or complete")
+    if current == TaskStatus.BLOCKED and task.blockers:
+        raise ConflictError(
+            f"task {task.id} stays blocked while failed task(s) {', '.join(task.blockers)} block it"
+        )

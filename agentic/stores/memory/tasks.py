@@ -1,0 +1,220 @@
+"""In-process TaskStore: dicts under one lock; the rules are ``stores/_tasks.py``.
+
+Leases sit in a heap keyed by expiry, so ``requeue_expired`` pops only what has
+expired: O(expired). A renewed lease pushes a new entry; the old one is skipped when
+popped because it no longer matches the task.
+"""
+
+from __future__ import annotations
+
+import builtins
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from ...errors import ConfigError, ConflictError, NotFoundError
+from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from .. import _tasks as rules
+from .._url import StoreURL
+from ..base import LogPage, TaskStore, require_count, require_id
+
+__all__ = ["MemoryTaskStore", "task_store_from_url"]
+
+
+class MemoryTaskStore(TaskStore):
+    """TaskStore for tests and single-process use; one lock makes each call atomic."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        # Stored tasks are never mutated in place (transitions return copies), so
+        # handing out deep copies is enough to keep callers from changing them.
+        self._tasks: dict[str, Task] = {}
+        self._dependents: dict[str, builtins.list[str]] = {}
+        self._keys: dict[str, str] = {}
+        self._leases: builtins.list[tuple[float, str]] = []
+        self._logs: dict[str, builtins.list[str]] = {}
+
+    # --- helpers, called with the lock held ---
+    def _get(self, task_id: str) -> Task:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise NotFoundError(f"task {task_id!r} does not exist")
+        return task
+
+    def _put(self, task: Task) -> Task:
+        self._tasks[task.id] = task
+        if task.status == TaskStatus.IN_PROGRESS and task.lease_expires_at is not None:
+            heapq.heappush(self._leases, (task.lease_expires_at.timestamp(), task.id))
+        return task.model_copy(deep=True)
+
+    def _unfinished(self, task: Task) -> builtins.list[str]:
+        return [d for d in task.dependencies if self._tasks[d].status != TaskStatus.COMPLETED]
+
+    def _store_outcome(self, before: Task, after: Task, now: float) -> Task:
+        """Store ``after``; a task that just became failed blocks its dependents."""
+        stored = self._put(after)
+        if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
+            self._block_dependents(after.id, now)
+        return stored
+
+    def _block_dependents(self, failed_id: str, now: float) -> None:
+        queue = deque(self._dependents.get(failed_id, ()))
+        seen: set[str] = set()
+        while queue:
+            task_id = queue.popleft()
+            if task_id in seen:
+                continue
+            seen.add(task_id)
+            task = self._tasks[task_id]
+            # Only pending/blocked tasks can depend on an unfinished task; a claim
+            # needs every dependency completed.
+            if task.status in {TaskStatus.PENDING, TaskStatus.BLOCKED}:
+                self._tasks[task_id] = rules.blocked_by(task, failed_id, now)
+                queue.extend(self._dependents.get(task_id, ()))
+
+    # --- TaskStore ---
+    def create(self, task: Task, idempotency_key: str | None = None) -> Task:
+        prepared = rules.prepare_new(task)
+        if idempotency_key is not None:
+            require_id("idempotency key", idempotency_key)
+        with self._lock:
+            if idempotency_key is not None and idempotency_key in self._keys:
+                return self._tasks[self._keys[idempotency_key]].model_copy(deep=True)
+            if prepared.id in self._tasks:
+                raise ConflictError(f"task {prepared.id!r} already exists")
+            missing = [d for d in prepared.dependencies if d not in self._tasks]
+            if missing:
+                raise NotFoundError(f"dependency {missing[0]!r} does not exist")
+            blockers = rules.creation_blockers(self._tasks[d] for d in prepared.dependencies)
+            new = rules.stamp_new(prepared, self._clock(), blockers)
+            for dependency in new.dependencies:
+                self._dependents.setdefault(dependency, []).append(new.id)
+            if idempotency_key is not None:
+                self._keys[idempotency_key] = new.id
+            return self._put(new)
+
+    def get(self, task_id: str) -> Task:
+        with self._lock:
+            return self._get(task_id).model_copy(deep=True)
+
+    def list(
+        self,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        project: str | None = None,
+        claimed_by: str | None = None,
+        labels: builtins.list[str] | None = None,
+        ready: bool | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Task]:
+        status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        with self._lock:
+            found = [
+                t
+                for t in self._tasks.values()
+                if rules.matches(t, status, priority, project, claimed_by, labels)
+                and (
+                    ready is None
+                    or ready == (t.status == TaskStatus.PENDING and not self._unfinished(t))
+                )
+            ]
+        found.sort(key=rules.order_key)
+        return [t.model_copy(deep=True) for t in found[:limit]]
+
+    def claim(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+        require_id("agent id", agent_id)
+        lease = rules.require_lease(lease_seconds)
+        with self._lock:
+            task = self._get(task_id)
+            unfinished = self._unfinished(task)
+            if task.status != TaskStatus.PENDING or unfinished:
+                raise rules.claim_conflict(task, unfinished)
+            return self._put(rules.claimed(task, agent_id, self._clock(), lease))
+
+    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+        require_id("agent id", agent_id)
+        lease = rules.require_lease(lease_seconds)
+        with self._lock:
+            task = self._get(task_id)
+            rules.require_holder(task, agent_id, "renew")
+            return self._put(rules.renewed(task, self._clock(), lease))
+
+    def release(self, task_id: str, agent_id: str | None = None) -> Task:
+        if agent_id is not None:
+            require_id("agent id", agent_id)
+        with self._lock:
+            task = self._get(task_id)
+            rules.require_holder(task, agent_id, "release")
+            return self._put(rules.released(task, self._clock()))
+
+    def update(self, task_id: str, update: TaskUpdate) -> Task:
+        with self._lock:
+            task = self._get(task_id)
+            now = self._clock()
+            return self._store_outcome(task, rules.updated(task, update, now), now)
+
+    def complete(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        retry_at: float | None = None,
+    ) -> Task:
+        if not isinstance(result, TaskResult):
+            raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
+        if agent_id is not None:
+            require_id("agent id", agent_id)
+        retry_at = rules.require_retry_at(retry_at)
+        with self._lock:
+            task = self._get(task_id)
+            rules.require_holder(task, agent_id, "complete")
+            now = self._clock()
+            if result.success:
+                return self._put(rules.completed(task, result, now))
+            reason = result.error_message or "the task failed"
+            after = rules.failed_attempt(task, now, reason, retry_at, result)
+            return self._store_outcome(task, after, now)
+
+    def requeue_expired(self) -> builtins.list[Task]:
+        changed: builtins.list[Task] = []
+        with self._lock:
+            now = self._clock()
+            while self._leases and self._leases[0][0] <= now:
+                expires_at, task_id = heapq.heappop(self._leases)
+                task = self._tasks[task_id]
+                lease = task.lease_expires_at
+                if task.status != TaskStatus.IN_PROGRESS or lease is None:
+                    continue
+                if lease.timestamp() != expires_at:
+                    continue  # renewed since: a later heap entry holds the live lease
+                reason = rules.lease_expired_reason(task)
+                after = rules.failed_attempt(task, now, reason, None, None)
+                changed.append(self._store_outcome(task, after, now))
+        return changed
+
+    def append_logs(self, task_id: str, lines: builtins.list[str]) -> int:
+        rules.require_lines(lines)
+        with self._lock:
+            self._get(task_id)
+            log = self._logs.setdefault(task_id, [])
+            log.extend(lines)
+            return len(log)
+
+    def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
+        require_count("offset", offset)
+        limit = rules.require_limit("limit", limit)
+        with self._lock:
+            self._get(task_id)
+            log = self._logs.get(task_id, [])
+            end = len(log) if limit is None else offset + limit
+            lines = log[offset:end]
+        return LogPage(lines=lines, offset=offset, next_offset=offset + len(lines))
+
+
+def task_store_from_url(url: StoreURL) -> MemoryTaskStore:
+    """``memory://``: a new, empty task store."""
+    url.take({})
+    return MemoryTaskStore()

@@ -1,0 +1,487 @@
+"""TaskStore contract, run on every backend: create, list, claim, leases, retries, logs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from agentic.errors import ConfigError, ConflictError, NotFoundError
+from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.stores import open_task_store
+from agentic.stores.base import TaskStore
+from tests.conftest import Backend
+
+PENDING, IN_PROGRESS, COMPLETED, BLOCKED, FAILED = (
+    TaskStatus.PENDING,
+    TaskStatus.IN_PROGRESS,
+    TaskStatus.COMPLETED,
+    TaskStatus.BLOCKED,
+    TaskStatus.FAILED,
+)
+OK = TaskResult(success=True, output="done")
+
+
+def _make_store(backend: Backend, request: pytest.FixtureRequest) -> TaskStore:
+    """A task store on ``backend``'s kind of storage, bound to its fake clock."""
+    if backend.name == "memory":
+        from agentic.stores.memory.tasks import MemoryTaskStore
+
+        return MemoryTaskStore(clock=backend.clock)
+    url = backend.url or ""
+    if backend.name == "sqlite":
+        from agentic.stores.sqlite.tasks import SQLiteTaskStore
+
+        return SQLiteTaskStore(Path(urlsplit(url).path), clock=backend.clock)
+    from agentic.stores.redis.tasks import RedisTaskStore
+
+    if backend.name == "redis":
+        import redis
+
+        parts = urlsplit(url)
+        client: Any = redis.Redis(host=parts.hostname or "", port=parts.port or 6379)
+        prefix = parse_qs(parts.query)["prefix"][0]
+    else:
+        import fakeredis
+
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        prefix = "t"
+    request.addfinalizer(client.close)
+    return RedisTaskStore(client, prefix=prefix, clock=backend.clock)
+
+
+@pytest.fixture
+def store(backend: Backend, request: pytest.FixtureRequest) -> Iterator[TaskStore]:
+    """A fresh task store on each backend of the table."""
+    made = _make_store(backend, request)
+    yield made
+    made.close()
+
+
+def new(store: TaskStore, title: str = "t", **fields: Any) -> Task:
+    return store.create(Task.model_validate({"title": title, **fields}))
+
+
+def fail(message: str = "boom") -> TaskResult:
+    return TaskResult(success=False, error_message=message)
+
+
+def at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+# --- create ----------------------------------------------------------------------------
+
+
+def test_create_fills_server_decided_fields(store: TaskStore, backend: Backend) -> None:
+    """An empty id/status/time gets a uuid4 hex id, pending, and the clock's time."""
+    task = new(store, "write docs", priority="high", labels=["py"], max_retries=2)
+    assert len(task.id) == 32
+    int(task.id, 16)
+    assert task.status == PENDING
+    assert task.created_at == task.updated_at == at(backend.clock())
+    assert (task.retry_count, task.max_retries, task.blockers) == (0, 2, [])
+    assert store.get(task.id) == task
+
+
+def test_create_accepts_go_agentic_zero_values(store: TaskStore, backend: Backend) -> None:
+    """go-agentic's client payload (empty id and status, zero timestamps) is accepted."""
+    zero = "0001-01-01T00:00:00Z"
+    payload = {
+        "id": "",
+        "title": "go",
+        "status": "",
+        "created_at": zero,
+        "updated_at": zero,
+        "claimed_at": zero,
+        "last_attempt": zero,
+        "claimed_by": "",
+        "priority": "low",
+    }
+    task = store.create(Task.model_validate(payload))
+    assert task.id
+    assert task.status == PENDING
+    assert task.created_at == at(backend.clock())
+    assert task.claimed_at is None
+    assert task.last_attempt is None
+
+
+def test_create_keeps_given_id_and_created_at(store: TaskStore) -> None:
+    """A given id and created_at are kept; a second task with that id is a conflict."""
+    task = new(store, id="job-1", created_at="2025-01-01T00:00:00Z")
+    assert task.id == "job-1"
+    assert task.created_at == datetime(2025, 1, 1, tzinfo=UTC)
+    with pytest.raises(ConflictError, match="job-1"):
+        new(store, id="job-1")
+    assert len(store.list()) == 1
+
+
+def test_create_is_idempotent_per_key(store: TaskStore) -> None:
+    """The same idempotency key returns the first task; another key creates another."""
+    first = store.create(Task(title="a"), idempotency_key="k1")
+    again = store.create(Task(title="a"), idempotency_key="k1")
+    other = store.create(Task(title="a"), idempotency_key="k2")
+    assert again.id == first.id
+    assert other.id != first.id
+    assert len(store.list()) == 2
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"title": ""},
+        {"title": "   "},
+        {"title": "t", "id": "a/b"},
+        {"title": "t", "status": "in_progress"},
+        {"title": "t", "status": "completed"},
+        {"title": "t", "claimed_by": "a1"},
+        {"title": "t", "labels": ["a,b"]},
+        {"title": "t", "labels": [""]},
+        {"title": "t", "id": "x", "dependencies": ["x"]},
+    ],
+)
+def test_create_rejects_bad_input(store: TaskStore, fields: dict[str, Any]) -> None:
+    """Bad input raises ConfigError and stores nothing (not even the idempotency key)."""
+    with pytest.raises(ConfigError):
+        store.create(Task.model_validate(fields), idempotency_key="k")
+    assert store.list() == []
+    assert store.create(Task(title="ok"), idempotency_key="k").title == "ok"
+
+
+def test_create_needs_existing_dependencies(store: TaskStore) -> None:
+    """A missing dependency raises NotFoundError naming it; nothing is stored."""
+    dep = new(store, "dep")
+    with pytest.raises(NotFoundError, match="ghost"):
+        new(store, dependencies=[dep.id, "ghost"])
+    assert [t.id for t in store.list()] == [dep.id]
+
+
+def test_get_returns_a_copy(store: TaskStore) -> None:
+    """Mutating a returned Task does not change the stored one."""
+    task = new(store, labels=["a"])
+    task.labels.append("evil")
+    assert store.get(task.id).labels == ["a"]
+
+
+def test_unknown_id_raises_not_found(store: TaskStore) -> None:
+    """Every operation on an unknown task id raises NotFoundError."""
+    calls: list[Callable[[], object]] = [
+        lambda: store.get("nope"),
+        lambda: store.claim("nope", "a1", 30),
+        lambda: store.renew("nope", "a1", 30),
+        lambda: store.release("nope"),
+        lambda: store.update("nope", TaskUpdate(progress=5)),
+        lambda: store.complete("nope", OK),
+        lambda: store.append_logs("nope", ["x"]),
+        lambda: store.logs("nope"),
+    ]
+    for call in calls:
+        with pytest.raises(NotFoundError):
+            call()
+
+
+# --- list ------------------------------------------------------------------------------
+
+
+def test_list_orders_by_priority_then_age_then_id(store: TaskStore, backend: Backend) -> None:
+    """list() puts critical first, then older, then lower id."""
+    new(store, id="m-old", priority="medium")
+    backend.clock.advance(1)
+    new(store, id="b-new", priority="medium")
+    new(store, id="a-new", priority="medium")
+    new(store, id="low", priority="low")
+    new(store, id="crit", priority="critical")
+    assert [t.id for t in store.list()] == ["crit", "m-old", "a-new", "b-new", "low"]
+    assert [t.id for t in store.list(limit=2)] == ["crit", "m-old"]
+    assert store.list(limit=0) == []
+
+
+def test_list_filters(store: TaskStore) -> None:
+    """status, priority, project, claimed_by and labels (all of them) filter the list."""
+    new(store, id="a", project="p1", labels=["go", "py"], priority="high")
+    new(store, id="b", project="p2", labels=["py"])
+    new(store, id="c", project="p1")
+    store.claim("c", "agent-1", 30)
+
+    def ids(**filters: Any) -> list[str]:
+        return [t.id for t in store.list(**filters)]
+
+    assert ids(status=PENDING) == ["a", "b"]
+    assert ids(status=IN_PROGRESS) == ["c"]
+    assert ids(priority=Priority.HIGH) == ["a"]
+    assert ids(project="p1") == ["a", "c"]
+    assert ids(claimed_by="agent-1") == ["c"]
+    assert ids(labels=["py"]) == ["a", "b"]
+    assert ids(labels=["py", "go"]) == ["a"]
+    assert ids(labels=["rust"]) == []
+    assert ids(project="p1", status=PENDING) == ["a"]
+    with pytest.raises(ConfigError):
+        store.list(status="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        store.list(limit=-1)
+
+
+def test_ready_means_pending_with_dependencies_completed(store: TaskStore) -> None:
+    """ready=True lists pending tasks whose dependencies are all completed."""
+    new(store, id="dep")
+    new(store, id="child", dependencies=["dep"])
+    new(store, id="free")
+    assert [t.id for t in store.list(ready=True)] == ["dep", "free"]
+    assert [t.id for t in store.list(ready=False)] == ["child"]
+    store.claim("dep", "a1", 30)
+    assert [t.id for t in store.list(ready=True)] == ["free"]
+    store.complete("dep", OK, agent_id="a1")
+    assert [t.id for t in store.list(ready=True)] == ["child", "free"]
+
+
+# --- claim, renew, release, complete ---------------------------------------------------
+
+
+def test_claim_sets_claimer_and_lease(store: TaskStore, backend: Backend) -> None:
+    """A claim puts the task in progress for the agent with a lease of now + seconds."""
+    task = new(store)
+    backend.clock.advance(5)
+    claimed = store.claim(task.id, "agent-1", 30)
+    now = backend.clock()
+    assert claimed.status == IN_PROGRESS
+    assert claimed.claimed_by == "agent-1"
+    assert claimed.claimed_at == claimed.updated_at == at(now)
+    assert claimed.lease_expires_at == at(now + 30)
+    assert store.get(task.id) == claimed
+
+
+def test_second_claim_conflicts_naming_the_holder(store: TaskStore) -> None:
+    """A task already claimed cannot be claimed again, by anyone; the error names the holder."""
+    task = new(store)
+    store.claim(task.id, "agent-1", 30)
+    for agent in ("agent-2", "agent-1"):
+        with pytest.raises(ConflictError, match="agent-1"):
+            store.claim(task.id, agent, 30)
+    assert store.get(task.id).claimed_by == "agent-1"
+
+
+def test_claim_rejects_bad_arguments(store: TaskStore) -> None:
+    """Bad agent ids and leases raise ConfigError and leave the task pending."""
+    task = new(store)
+    for agent, lease in [("", 30), ("a1", 0), ("a1", -1), ("a1", float("inf"))]:
+        with pytest.raises(ConfigError):
+            store.claim(task.id, agent, lease)
+    assert store.get(task.id).status == PENDING
+
+
+def test_dependencies_gate_the_claim(store: TaskStore) -> None:
+    """A task is claimable only when every dependency is completed."""
+    new(store, id="d1")
+    new(store, id="d2")
+    new(store, id="child", dependencies=["d1", "d2", "d1"])
+    assert store.get("child").dependencies == ["d1", "d2"]
+    with pytest.raises(ConflictError, match="waiting for dependencies: d1, d2"):
+        store.claim("child", "a1", 30)
+    store.claim("d1", "a1", 30)
+    store.complete("d1", OK)
+    with pytest.raises(ConflictError, match="waiting for dependencies: d2"):
+        store.claim("child", "a1", 30)
+    store.claim("d2", "a1", 30)
+    store.complete("d2", OK)
+    assert store.claim("child", "a1", 30).status == IN_PROGRESS
+
+
+def test_renew_extends_the_holders_lease(store: TaskStore, backend: Backend) -> None:
+    """renew moves the lease to now + seconds for the holder; others get ConflictError."""
+    task = new(store)
+    store.claim(task.id, "agent-1", 30)
+    backend.clock.advance(20)
+    renewed = store.renew(task.id, "agent-1", 60)
+    assert renewed.lease_expires_at == at(backend.clock() + 60)
+    with pytest.raises(ConflictError, match="agent-1"):
+        store.renew(task.id, "agent-2", 60)
+    store.release(task.id)
+    with pytest.raises(ConflictError, match="pending"):
+        store.renew(task.id, "agent-1", 60)
+
+
+def test_release_gives_the_claim_back_without_a_retry(store: TaskStore) -> None:
+    """release makes the task pending and unclaimed; no retry is counted."""
+    task = new(store)
+    store.claim(task.id, "agent-1", 30)
+    with pytest.raises(ConflictError):
+        store.release(task.id, "agent-2")
+    released = store.release(task.id, "agent-1")
+    assert released.status == PENDING
+    assert (released.claimed_by, released.claimed_at, released.lease_expires_at) == ("", None, None)
+    assert released.retry_count == 0
+    with pytest.raises(ConflictError):
+        store.release(task.id)
+    assert store.claim(task.id, "agent-2", 30).claimed_by == "agent-2"
+
+
+def test_complete_success(store: TaskStore) -> None:
+    """Success completes the task with its result; completing twice is a conflict."""
+    task = new(store)
+    store.claim(task.id, "agent-1", 30)
+    with pytest.raises(ConflictError, match="agent-1"):
+        store.complete(task.id, OK, agent_id="agent-2")
+    result = TaskResult(success=True, output="out", artifacts=["a.txt"])
+    done = store.complete(task.id, result, agent_id="agent-1")
+    assert done.status == COMPLETED
+    assert done.result == result
+    assert done.progress == 100
+    assert done.claimed_by == "agent-1"
+    assert done.lease_expires_at is None
+    with pytest.raises(ConflictError, match="completed"):
+        store.complete(task.id, OK)
+    with pytest.raises(ConflictError, match="not pending"):
+        store.claim(task.id, "agent-2", 30)
+
+
+def test_complete_failure_counts_a_retry(store: TaskStore, backend: Backend) -> None:
+    """A failure makes the task pending again with retry_count +1 and next_attempt_at."""
+    task = new(store)
+    store.claim(task.id, "agent-1", 30)
+    backend.clock.advance(3)
+    now = backend.clock()
+    again = store.complete(task.id, fail("oops"), retry_at=now + 10)
+    assert again.status == PENDING
+    assert again.retry_count == 1
+    assert again.last_attempt == at(now)
+    assert again.next_attempt_at == at(now + 10)
+    assert again.claimed_by == ""
+    assert again.result is not None
+    assert again.result.error_message == "oops"
+    assert again.fail_reason == ""
+    assert store.claim(task.id, "agent-2", 30).status == IN_PROGRESS
+
+
+def test_dead_letter_after_max_retries(store: TaskStore) -> None:
+    """Past max_retries a failure dead-letters the task: failed, with the reason."""
+    task = new(store, max_retries=1)
+    for expected in (PENDING, FAILED):
+        store.claim(task.id, "a1", 30)
+        assert store.complete(task.id, fail("disk full")).status == expected
+    dead = store.get(task.id)
+    assert dead.retry_count == 2
+    assert "max retries exceeded" in dead.fail_reason
+    assert "disk full" in dead.fail_reason
+    with pytest.raises(ConflictError, match="failed"):
+        store.claim(task.id, "a1", 30)
+
+
+def test_dead_letter_blocks_every_transitive_dependent(store: TaskStore) -> None:
+    """Dependents of a dead-lettered task, transitively, become blocked naming it."""
+    new(store, id="root", max_retries=0)
+    new(store, id="child", dependencies=["root"])
+    new(store, id="grandchild", dependencies=["child"])
+    new(store, id="other", dependencies=["root"])
+    new(store, id="unrelated")
+    store.claim("root", "a1", 30)
+    store.complete("root", fail())
+    for task_id in ("child", "grandchild", "other"):
+        task = store.get(task_id)
+        assert (task.status, task.blockers) == (BLOCKED, ["root"])
+    assert store.get("unrelated").status == PENDING
+    with pytest.raises(ConflictError, match="blocked by failed task"):
+        store.claim("grandchild", "a1", 30)
+    late = new(store, id="late", dependencies=["grandchild"])
+    assert (late.status, late.blockers) == (BLOCKED, ["root"])
+
+
+def test_lease_expiry_requeues_and_counts_a_retry(store: TaskStore, backend: Backend) -> None:
+    """An expired lease puts the task back to pending with a retry counted; live ones stay."""
+    task = new(store)
+    kept = new(store)
+    store.claim(task.id, "agent-1", 30)
+    store.claim(kept.id, "agent-2", 30)
+    backend.clock.advance(20)
+    store.renew(kept.id, "agent-2", 30)
+    assert store.requeue_expired() == []
+    backend.clock.advance(10)
+    requeued = store.requeue_expired()
+    assert [t.id for t in requeued] == [task.id]
+    assert requeued[0] == store.get(task.id)
+    assert requeued[0].status == PENDING
+    assert requeued[0].retry_count == 1
+    assert requeued[0].last_attempt == at(backend.clock())
+    assert requeued[0].claimed_by == ""
+    assert store.requeue_expired() == []
+    assert store.get(kept.id).status == IN_PROGRESS
+
+
+def test_lease_expiry_dead_letters_past_max_retries(store: TaskStore, backend: Backend) -> None:
+    """A lease expiry past max_retries dead-letters the task and blocks its dependents."""
+    new(store, id="root", max_retries=0)
+    new(store, id="child", dependencies=["root"])
+    store.claim("root", "agent-1", 10)
+    backend.clock.advance(10)
+    (dead,) = store.requeue_expired()
+    assert dead.status == FAILED
+    assert "lease" in dead.fail_reason
+    assert store.get("child").blockers == ["root"]
+
+
+def test_update_fields_and_allowed_status_changes(store: TaskStore, backend: Backend) -> None:
+    """update sets progress/notes/retry fields; status changes follow the rules."""
+    task = new(store)
+    backend.clock.advance(1)
+    later = backend.clock() + 60
+    got = store.update(
+        task.id, TaskUpdate(progress=40, notes="half", retry_count=2, next_attempt_at=at(later))
+    )
+    assert (got.progress, got.notes, got.retry_count) == (40, "half", 2)
+    assert got.next_attempt_at == at(later)
+    assert got.updated_at == at(backend.clock())
+    assert store.update(task.id, TaskUpdate(status=BLOCKED)).status == BLOCKED
+    assert store.update(task.id, TaskUpdate(status=PENDING)).status == PENDING
+    for status in (IN_PROGRESS, COMPLETED):
+        with pytest.raises(ConflictError):
+            store.update(task.id, TaskUpdate(status=status))
+    assert store.get(task.id).status == PENDING
+
+
+def test_update_to_failed_dead_letters(store: TaskStore, backend: Backend) -> None:
+    """update(status=failed) is the dispatcher's dead letter: claim cleared, dependents blocked."""
+    new(store, id="root")
+    new(store, id="child", dependencies=["root"])
+    store.claim("root", "a1", 10)
+    dead = store.update("root", TaskUpdate(status=FAILED, fail_reason="max retries exceeded"))
+    assert (dead.status, dead.fail_reason, dead.claimed_by) == (FAILED, "max retries exceeded", "")
+    assert store.get("child").status == BLOCKED
+    with pytest.raises(ConflictError, match="final"):
+        store.update("root", TaskUpdate(status=PENDING))
+    with pytest.raises(ConflictError, match="stays blocked"):
+        store.update("child", TaskUpdate(status=PENDING))
+    backend.clock.advance(60)
+    assert store.requeue_expired() == []
+
+
+# --- logs ------------------------------------------------------------------------------
+
+
+def test_logs_append_and_read_with_offsets(store: TaskStore) -> None:
+    """Log lines append in order; reads page through them by offset."""
+    task = new(store)
+    assert store.logs(task.id).lines == []
+    assert store.append_logs(task.id, ["one", "two"]) == 2
+    assert store.append_logs(task.id, ["three"]) == 3
+    assert store.append_logs(task.id, []) == 3
+    page = store.logs(task.id, offset=1, limit=1)
+    assert (page.lines, page.offset, page.next_offset) == (["two"], 1, 2)
+    page = store.logs(task.id, offset=page.next_offset)
+    assert (page.lines, page.next_offset) == (["three"], 3)
+    assert store.logs(task.id, offset=9).lines == []
+    with pytest.raises(ConfigError):
+        store.append_logs(task.id, "not a list")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
+        store.logs(task.id, offset=-1)
+
+
+def test_open_task_store_memory() -> None:
+    """open_task_store("memory://") gives a working store; unknown options are refused."""
+    with open_task_store("memory://") as opened:
+        assert isinstance(opened, TaskStore)
+        assert opened.create(Task(title="x")).status == PENDING
+    with pytest.raises(ConfigError, match="bogus"):
+        open_task_store("memory://?bogus=1")
