@@ -1,0 +1,266 @@
+"""One SQLite file shared by the SQLite stores: connections, migrations, transactions.
+
+Every store opens a :class:`Database` on its file and uses it the same way:
+
+* ``Database(path, timeout)`` checks the path (creating its directory) and opens a
+  connection in WAL mode, so readers never block the writer and several processes
+  can share the file; ``synchronous=NORMAL`` (durable at checkpoints, never corrupt).
+* ``migrate(component, migrations)`` brings a component's tables up to date, once,
+  whatever the number of processes opening the file at the same time.
+* ``transaction()`` is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken
+  up front, so two writers never both read then both write (the lost update), and a
+  busy database is waited for (busy timeout, then retries) instead of failing at
+  once. Any exception rolls it back. ``query()`` runs one read-only statement.
+* sqlite3 exceptions never leave: they become :class:`~agentic.errors.StoreError`
+  (:class:`~agentic.errors.StoreUnavailableError` when the file stayed locked), or
+  :class:`~agentic.errors.ConfigError` naming the path when it cannot be opened.
+
+Connections are per thread (a sqlite3 connection must not run two statements at
+once) and per process: a process forked from one holding connections opens its own,
+as SQLite requires.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from ...errors import ConfigError, StoreError, StoreUnavailableError
+
+__all__ = ["DEFAULT_TIMEOUT", "Database", "Migration"]
+
+#: Seconds a write waits for another connection's transaction before giving up.
+DEFAULT_TIMEOUT = 5.0
+
+#: One schema step: SQL statements run in order, in one transaction.
+Migration = Sequence[str]
+
+_T = TypeVar("_T")
+
+_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+# Errors that mean "this path is not a usable database file": the user must act.
+_BAD_PATH = {
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_PERM,
+    sqlite3.SQLITE_NOTADB,
+}
+
+
+def _code(exc: sqlite3.Error) -> int:
+    # extended codes (SQLITE_BUSY_SNAPSHOT...) keep the primary code in the low byte
+    return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+
+
+def _resolve(path: str | os.PathLike[str]) -> Path:
+    text = os.fspath(path)
+    if Path(text).name == ":memory:":
+        raise ConfigError(
+            f"SQLite path {text!r}: an in-memory SQLite database is private to one"
+            " connection, so stores could not share it; use memory:// instead"
+        )
+    if not Path(text).name:
+        raise ConfigError(
+            f"SQLite path {text!r} names no file; give one, e.g. sqlite:///var/lib/agentic.db"
+        )
+    return Path(text).expanduser().absolute()
+
+
+class _Holder:
+    """Owns one thread's connection; weakly tracked so close() reaches every thread's."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+class Database:
+    """An SQLite file opened for one store: a connection per thread, BEGIN IMMEDIATE writes."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+        if not timeout >= 0:
+            raise ConfigError(f"SQLite busy timeout must be >= 0 seconds, got {timeout!r}")
+        self.path = _resolve(path)
+        self.timeout = float(timeout)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._local = threading.local()
+        # A thread's connection is closed when the thread ends (its holder is freed)
+        # or by close(), whichever comes first.
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        # Connections inherited through fork(): SQLite forbids using or closing them in
+        # the child (closing could drop the parent's locks), so they are kept unused.
+        self._inherited: list[_Holder] = []
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"SQLite store: cannot create the directory {str(self.path.parent)!r}"
+                f" ({exc.strerror or exc}); point the store URL at a writable location"
+            ) from exc
+        with self._opening():
+            self.connection()
+
+    # --- connections ---
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        if self._closed:
+            raise StoreError(f"SQLite store {str(self.path)!r} is closed")
+        if os.getpid() != self._pid:
+            self._after_fork()
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is None:
+            holder = _Holder(self._connect())
+            self._local.holder = holder
+            with self._lock:
+                self._holders.add(holder)
+        return holder.conn
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: the module never opens transactions behind our back;
+        # BEGIN IMMEDIATE / COMMIT are issued explicitly. check_same_thread=False only
+        # so that close() may close other threads' connections.
+        conn = sqlite3.connect(
+            self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        row = self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL").fetchone())
+        mode = str(row[0]).lower()
+        if mode != "wal":
+            raise ConfigError(
+                f"SQLite store {str(self.path)!r}: the file system refused WAL mode"
+                f" (journal_mode={mode}); put the database on a local disk"
+            )
+        conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _after_fork(self) -> None:
+        with self._lock:
+            self._inherited.extend(self._holders)
+            self._holders = weakref.WeakSet()
+            self._local = threading.local()
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close every thread's connection. Idempotent."""
+        with self._lock:
+            self._closed = True
+            holders = list(self._holders) if os.getpid() == self._pid else []
+            self._holders = weakref.WeakSet()
+        for holder in holders:
+            holder.conn.close()
+
+    # --- errors ---
+    def error(self, exc: sqlite3.Error, doing: str) -> StoreError:
+        """The StoreError to raise (``from exc``) for a sqlite3 failure while ``doing``."""
+        where = f"SQLite store {str(self.path)!r}"
+        if _code(exc) in _BUSY:
+            return StoreUnavailableError(
+                f"{where}: {doing}: the database stayed locked by another connection for"
+                f" {self.timeout:g} s; retry, or raise ?timeout= in the store URL"
+            )
+        return StoreError(f"{where}: {doing} failed: {exc}")
+
+    @contextmanager
+    def _opening(self) -> Iterator[None]:
+        """Errors while opening: a bad path is the user's to fix (ConfigError)."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if _code(exc) in _BAD_PATH:
+                raise ConfigError(
+                    f"SQLite store: cannot use {str(self.path)!r} as a database ({exc});"
+                    " point the store URL at a writable SQLite file"
+                ) from exc
+            raise self.error(exc, "opening the database") from exc
+
+    def _retry(self, attempt: Callable[[], _T]) -> _T:
+        """Run ``attempt()`` again while SQLite answers busy, up to the busy timeout.
+
+        The busy handler already waits inside most calls; this covers the cases where
+        SQLite reports busy at once (WAL recovery, switching journal mode).
+        """
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                return attempt()
+            except sqlite3.OperationalError as exc:
+                if _code(exc) not in _BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.05)
+
+    # --- transactions ---
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception (sqlite3 errors as is)."""
+        conn = self.connection()
+        self._retry(lambda: conn.execute("BEGIN IMMEDIATE"))
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def transaction(self, doing: str = "write") -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction; committed on success, rolled back on any error."""
+        try:
+            with self._immediate() as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            raise self.error(exc, doing) from exc
+
+    def query(
+        self, sql: str, params: Sequence[object] = (), doing: str = "read"
+    ) -> list[sqlite3.Row]:
+        """Every row of one read statement (a consistent snapshot; no lock held after)."""
+        try:
+            return self.connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self.error(exc, doing) from exc
+
+    def migrate(self, component: str, migrations: Sequence[Migration]) -> None:
+        """Apply the component's migrations not applied yet (version = count applied)."""
+        with self._opening(), self._immediate() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
+            row = conn.execute(
+                "SELECT version FROM schema_version WHERE component = ?", (component,)
+            ).fetchone()
+            version = 0 if row is None else int(row[0])
+            if version > len(migrations):
+                raise ConfigError(
+                    f"SQLite store {str(self.path)!r}: the {component} tables are at schema"
+                    f" version {version}, newer than this agentic knows ({len(migrations)});"
+                    " upgrade agentic"
+                )
+            for statements in migrations[version:]:
+                for sql in statements:
+                    conn.execute(sql)
+            conn.execute(
+                "INSERT OR REPLACE INTO schema_version (component, version) VALUES (?, ?)",
+                (component, len(migrations)),
+            )

@@ -1,0 +1,241 @@
+"""AllowanceStore on an SQLite file: the engine's algorithm over tables.
+
+Quota rules are not here: :class:`~agentic.stores._engine.EngineAllowanceStore`
+runs reserve / settle / sweep / rollover and this module only says where rows live
+(:class:`_SQLiteTx`) and that a transaction is one ``BEGIN IMMEDIATE`` (so every call
+is atomic across threads and processes, and a denied reserve rolls back to nothing).
+
+Times are REAL epoch seconds. Expired reservations, old requests and old settlements
+are found through indexes on their times, so each sweep is O(expired).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, tzinfo
+
+from ...models import AgentAllowance, ModelQuota, Settlement
+from ...quota import DEFAULT_RESERVATION_TTL
+from .._engine import AgentRow, EngineAllowanceStore, Held, ModelRow, QuotaTx
+from ._db import DEFAULT_TIMEOUT, Database, Migration
+
+__all__ = ["SQLiteAllowanceStore"]
+
+MIGRATIONS: list[Migration] = [
+    (
+        # Configuration as the models' JSON: read and written whole, never queried into.
+        "CREATE TABLE allowances (agent_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+        "CREATE TABLE model_quotas (model TEXT PRIMARY KEY, data TEXT NOT NULL)",
+        """CREATE TABLE agent_usage (
+            agent_id TEXT PRIMARY KEY,
+            period_start REAL NOT NULL,
+            tokens_used INTEGER NOT NULL,
+            jobs_started INTEGER NOT NULL,
+            tokens_reserved INTEGER NOT NULL,
+            active_jobs INTEGER NOT NULL
+        )""",
+        """CREATE TABLE model_usage (
+            model TEXT PRIMARY KEY,
+            period_start REAL NOT NULL,
+            tokens_used INTEGER NOT NULL,
+            cost_used INTEGER NOT NULL,
+            tokens_reserved INTEGER NOT NULL,
+            cost_reserved INTEGER NOT NULL
+        )""",
+        "CREATE TABLE model_requests (model TEXT NOT NULL, at REAL NOT NULL, job_id TEXT NOT NULL)",
+        "CREATE INDEX model_requests_by_time ON model_requests (model, at)",
+        """CREATE TABLE reservations (
+            job_id TEXT PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            tokens INTEGER NOT NULL,
+            cost INTEGER NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX reservations_by_expiry ON reservations (expires_at)",
+        "CREATE TABLE settled (job_id TEXT PRIMARY KEY, data TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX settled_by_time ON settled (at)",
+    ),
+]
+
+_HELD = "job_id, agent_id, model, tokens, cost, created_at, expires_at"
+
+
+def _held(row: sqlite3.Row) -> Held:
+    return Held(
+        row["job_id"],
+        row["agent_id"],
+        row["model"],
+        row["tokens"],
+        row["cost"],
+        row["created_at"],
+        row["expires_at"],
+    )
+
+
+class _SQLiteTx(QuotaTx):
+    """Row primitives on a connection inside an open BEGIN IMMEDIATE transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _one(self, sql: str, *params: object) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def get_allowance(self, agent_id: str) -> AgentAllowance | None:
+        row = self._one("SELECT data FROM allowances WHERE agent_id = ?", agent_id)
+        return None if row is None else AgentAllowance.model_validate_json(row[0])
+
+    def put_allowance(self, allowance: AgentAllowance) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO allowances (agent_id, data) VALUES (?, ?)",
+            (allowance.agent_id, allowance.model_dump_json()),
+        )
+
+    def all_allowances(self) -> list[AgentAllowance]:
+        rows = self._conn.execute("SELECT data FROM allowances").fetchall()
+        return [AgentAllowance.model_validate_json(r[0]) for r in rows]
+
+    def get_quota(self, model: str) -> ModelQuota | None:
+        row = self._one("SELECT data FROM model_quotas WHERE model = ?", model)
+        return None if row is None else ModelQuota.model_validate_json(row[0])
+
+    def put_quota(self, quota: ModelQuota) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO model_quotas (model, data) VALUES (?, ?)",
+            (quota.model, quota.model_dump_json()),
+        )
+
+    def get_agent(self, agent_id: str) -> AgentRow | None:
+        row = self._one(
+            "SELECT period_start, tokens_used, jobs_started, tokens_reserved, active_jobs"
+            " FROM agent_usage WHERE agent_id = ?",
+            agent_id,
+        )
+        return None if row is None else AgentRow(*row)
+
+    def put_agent(self, agent_id: str, row: AgentRow) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO agent_usage (agent_id, period_start, tokens_used,"
+            " jobs_started, tokens_reserved, active_jobs) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                agent_id,
+                row.period_start,
+                row.tokens_used,
+                row.jobs_started,
+                row.tokens_reserved,
+                row.active_jobs,
+            ),
+        )
+
+    def agent_ids(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT agent_id FROM agent_usage UNION SELECT agent_id FROM allowances"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def get_model(self, model: str) -> ModelRow | None:
+        row = self._one(
+            "SELECT period_start, tokens_used, cost_used, tokens_reserved, cost_reserved"
+            " FROM model_usage WHERE model = ?",
+            model,
+        )
+        return None if row is None else ModelRow(*row)
+
+    def put_model(self, model: str, row: ModelRow) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO model_usage (model, period_start, tokens_used, cost_used,"
+            " tokens_reserved, cost_reserved) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                model,
+                row.period_start,
+                row.tokens_used,
+                row.cost_used,
+                row.tokens_reserved,
+                row.cost_reserved,
+            ),
+        )
+
+    def requests(self, model: str, since: float) -> tuple[int, float | None]:
+        # Requests out of the rolling window never count again: drop them here, so
+        # the table stays the size of one hour of traffic.
+        self._conn.execute("DELETE FROM model_requests WHERE model = ? AND at <= ?", (model, since))
+        row = self._one("SELECT COUNT(*), MIN(at) FROM model_requests WHERE model = ?", model)
+        assert row is not None  # an aggregate always yields one row
+        return int(row[0]), row[1]
+
+    def add_request(self, model: str, at: float, job_id: str) -> None:
+        self._conn.execute(
+            "INSERT INTO model_requests (model, at, job_id) VALUES (?, ?, ?)", (model, at, job_id)
+        )
+
+    def get_held(self, job_id: str) -> Held | None:
+        row = self._one(f"SELECT {_HELD} FROM reservations WHERE job_id = ?", job_id)
+        return None if row is None else _held(row)
+
+    def put_held(self, held: Held) -> None:
+        self._conn.execute(
+            f"INSERT OR REPLACE INTO reservations ({_HELD}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                held.job_id,
+                held.agent_id,
+                held.model,
+                held.tokens,
+                held.cost,
+                held.created_at,
+                held.expires_at,
+            ),
+        )
+
+    def delete_held(self, job_id: str) -> None:
+        self._conn.execute("DELETE FROM reservations WHERE job_id = ?", (job_id,))
+
+    def expired_held(self, now: float) -> list[Held]:
+        rows = self._conn.execute(
+            f"SELECT {_HELD} FROM reservations WHERE expires_at <= ? ORDER BY expires_at",
+            (now,),
+        ).fetchall()
+        return [_held(r) for r in rows]
+
+    def get_settled(self, job_id: str) -> Settlement | None:
+        row = self._one("SELECT data FROM settled WHERE job_id = ?", job_id)
+        return None if row is None else Settlement.model_validate_json(row[0])
+
+    def put_settled(self, settlement: Settlement, at: float) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO settled (job_id, data, at) VALUES (?, ?, ?)",
+            (settlement.job_id, settlement.model_dump_json(), at),
+        )
+
+    def prune_settled(self, before: float) -> None:
+        self._conn.execute("DELETE FROM settled WHERE at < ?", (before,))
+
+
+class SQLiteAllowanceStore(EngineAllowanceStore):
+    """AllowanceStore over one SQLite file; each call is one BEGIN IMMEDIATE transaction."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        clock: Callable[[], float] = time.time,
+        tz: tzinfo = UTC,
+        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        super().__init__(clock=clock, tz=tz, reservation_ttl=reservation_ttl)
+        self._db = Database(path, timeout)
+        self._db.migrate("allowance", MIGRATIONS)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[QuotaTx]:
+        with self._db.transaction("allowance store") as conn:
+            yield _SQLiteTx(conn)
