@@ -36,7 +36,7 @@ def _make_store(backend: Backend, request: pytest.FixtureRequest) -> TaskStore:
     if backend.name == "sqlite":
         from agentic.stores.sqlite.tasks import SQLiteTaskStore
 
-        return SQLiteTaskStore(Path(urlsplit(url).path), clock=backend.clock)
+        return SQLiteTaskStore(Path("/" + urlsplit(url).path.lstrip("/")), clock=backend.clock)
     from agentic.stores.redis.tasks import RedisTaskStore
 
     if backend.name == "redis":

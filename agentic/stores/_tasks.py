@@ -49,6 +49,7 @@ __all__ = [
     "released",
     "renewed",
     "require_holder",
+    "require_job_id",
     "require_lease",
     "require_limit",
     "require_lines",
@@ -99,6 +100,13 @@ def require_retry_at(retry_at: float | None) -> float | None:
     if not math.isfinite(retry_at):
         raise ConfigError(f"retry_at must be finite, got {retry_at!r}")
     return float(retry_at)
+
+
+def require_job_id(job_id: str) -> str:
+    """The quota reservation of a claim: a string, empty when none was made."""
+    if not isinstance(job_id, str):
+        raise ConfigError(f"job_id must be a string, got {job_id!r}")
+    return job_id
 
 
 def require_limit(kind: str, value: int | None) -> int | None:
@@ -260,10 +268,11 @@ def require_holder(task: Task, agent_id: str | None, action: str) -> None:
 # --- transitions (pure: each returns a new Task) ---------------------------------------
 
 
-def claimed(task: Task, agent_id: str, now: float, lease_seconds: float) -> Task:
-    """In progress for ``agent_id`` until ``now + lease_seconds``."""
+def claimed(task: Task, agent_id: str, now: float, lease_seconds: float, job_id: str) -> Task:
+    """In progress for ``agent_id`` until ``now + lease_seconds``, under quota ``job_id``."""
     return task.model_copy(
         update={
+            "job_id": job_id,
             "status": TaskStatus.IN_PROGRESS,
             "claimed_by": agent_id,
             "claimed_at": _now(now),

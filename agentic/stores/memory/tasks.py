@@ -124,15 +124,16 @@ class MemoryTaskStore(TaskStore):
         found.sort(key=rules.order_key)
         return [t.model_copy(deep=True) for t in found[:limit]]
 
-    def claim(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+    def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
         require_id("agent id", agent_id)
         lease = rules.require_lease(lease_seconds)
+        rules.require_job_id(job_id)
         with self._lock:
             task = self._get(task_id)
             unfinished = self._unfinished(task)
             if task.status != TaskStatus.PENDING or unfinished:
                 raise rules.claim_conflict(task, unfinished)
-            return self._put(rules.claimed(task, agent_id, self._clock(), lease))
+            return self._put(rules.claimed(task, agent_id, self._clock(), lease, job_id))
 
     def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
         require_id("agent id", agent_id)

@@ -1,0 +1,385 @@
+"""TaskStore on an SQLite file, shared by every process of one machine.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction: the rules of ``stores/_tasks.py``
+run on rows read under the write lock, and nothing is half-written on error (any
+exception rolls back). The claim is a single compare-and-set ``UPDATE ... WHERE
+status = 'pending' AND NOT EXISTS (an unfinished dependency)``, so two processes can
+never both win it.
+
+Each Task field is a column: times are REAL epoch seconds, lists and the result JSON
+text. Dependencies are also rows of ``task_deps`` (indexed both ways) so readiness and
+the dead-letter cascade are joins. A partial index holds only leased tasks by expiry,
+so ``requeue_expired`` reads the expired ones and nothing else: O(expired).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+
+from ...errors import ConfigError, ConflictError, NotFoundError
+from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from .. import _tasks as rules
+from .._url import StoreURL
+from ..base import LogPage, TaskStore, require_count, require_id
+from . import _path_and_timeout
+from ._db import DEFAULT_TIMEOUT, Database, Migration
+
+__all__ = ["SQLiteTaskStore", "task_store_from_url"]
+
+MIGRATIONS: list[Migration] = [
+    (
+        """CREATE TABLE tasks (
+            id TEXT PRIMARY KEY,
+            title TEXT NOT NULL,
+            description TEXT NOT NULL,
+            priority TEXT NOT NULL,
+            priority_rank INTEGER NOT NULL,  -- 0 critical .. 3 low, for ORDER BY
+            status TEXT NOT NULL,
+            labels TEXT NOT NULL,            -- JSON arrays of strings
+            files TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            claimed_by TEXT NOT NULL,
+            claimed_at REAL,
+            project TEXT NOT NULL,
+            dependencies TEXT NOT NULL,      -- in the order given; task_deps for joins
+            blockers TEXT NOT NULL,
+            max_retries INTEGER NOT NULL,
+            retry_count INTEGER NOT NULL,
+            last_attempt REAL,
+            fail_reason TEXT NOT NULL,
+            next_attempt_at REAL,
+            lease_expires_at REAL,           -- set only while in progress
+            progress INTEGER NOT NULL,
+            notes TEXT NOT NULL,
+            model TEXT NOT NULL,
+            estimated_tokens INTEGER NOT NULL,
+            job_id TEXT NOT NULL DEFAULT '', -- the quota reservation of the last claim
+            result TEXT                      -- TaskResult JSON
+        )""",
+        "CREATE INDEX tasks_by_order ON tasks (priority_rank, created_at, id)",
+        "CREATE INDEX tasks_by_status ON tasks (status, priority_rank, created_at, id)",
+        """CREATE INDEX tasks_by_lease ON tasks (lease_expires_at)
+            WHERE lease_expires_at IS NOT NULL""",
+        """CREATE TABLE task_deps (
+            task_id TEXT NOT NULL,
+            dep_id TEXT NOT NULL,
+            PRIMARY KEY (task_id, dep_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX task_deps_by_dep ON task_deps (dep_id, task_id)",
+        "CREATE TABLE task_keys (key TEXT PRIMARY KEY, task_id TEXT NOT NULL) WITHOUT ROWID",
+        """CREATE TABLE task_logs (
+            task_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            line TEXT NOT NULL,
+            PRIMARY KEY (task_id, seq)
+        ) WITHOUT ROWID""",
+    ),
+]
+
+# Derived from the model so that a field added to Task without a migration fails
+# loudly (no such column) instead of being dropped silently.
+_FIELDS = tuple(Task.model_fields)
+_TIMES = frozenset(
+    {"created_at", "updated_at", "claimed_at", "last_attempt", "next_attempt_at",
+     "lease_expires_at"}
+)  # fmt: skip
+_LISTS = frozenset({"labels", "files", "dependencies", "blockers"})
+_SELECT = f"SELECT {', '.join(_FIELDS)} FROM tasks"
+_INSERT = (
+    f"INSERT INTO tasks ({', '.join(_FIELDS)}, priority_rank)"
+    f" VALUES ({', '.join('?' for _ in _FIELDS)}, ?)"
+)
+_UPDATE = (
+    f"UPDATE tasks SET {', '.join(f + ' = ?' for f in _FIELDS)}, priority_rank = ? WHERE id = ?"
+)
+
+_COMPLETED = TaskStatus.COMPLETED.value
+# Dependencies of task t.id that are not completed (t is the outer row).
+_UNFINISHED = f"""SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
+    WHERE d.task_id = t.id AND dep.status != '{_COMPLETED}'"""
+_READY = f"(t.status = '{TaskStatus.PENDING.value}' AND NOT EXISTS ({_UNFINISHED}))"
+_CLAIM = f"""UPDATE tasks AS t SET status = '{TaskStatus.IN_PROGRESS.value}', claimed_by = ?,
+    claimed_at = ?, lease_expires_at = ?, updated_at = ?, job_id = ? WHERE id = ? AND {_READY}"""
+# Pending/blocked tasks downstream of a task, through pending/blocked tasks only (the
+# ones a dead letter blocks; a manually failed dependent already blocks its own).
+_OPEN = f"('{TaskStatus.PENDING.value}', '{TaskStatus.BLOCKED.value}')"
+_DOWNSTREAM = f"""WITH RECURSIVE down(id) AS (
+        SELECT d.task_id FROM task_deps d JOIN tasks t ON t.id = d.task_id
+            WHERE d.dep_id = ? AND t.status IN {_OPEN}
+        UNION
+        SELECT d.task_id FROM task_deps d JOIN down ON d.dep_id = down.id
+            JOIN tasks t ON t.id = d.task_id WHERE t.status IN {_OPEN}
+    ) {_SELECT} WHERE id IN down"""
+
+
+def _task(row: sqlite3.Row) -> Task:
+    data = dict(zip(_FIELDS, row, strict=True))
+    for name in _TIMES:
+        data[name] = rules.dt(data[name])
+    for name in _LISTS:
+        data[name] = json.loads(data[name])
+    data["result"] = None if data["result"] is None else json.loads(data["result"])
+    return Task.model_validate(data)
+
+
+def _values(task: Task) -> list[object]:
+    values: list[object] = []
+    for name in _FIELDS:
+        value = getattr(task, name)
+        if name in _TIMES:
+            value = rules.ts(value)
+        elif name in _LISTS:
+            value = json.dumps(value)
+        elif isinstance(value, TaskResult):
+            value = value.model_dump_json()
+        values.append(value)
+    values.append(task.priority.rank)
+    return values
+
+
+def _missing(task_id: str) -> NotFoundError:
+    return NotFoundError(f"task {task_id!r} does not exist")
+
+
+class SQLiteTaskStore(TaskStore):
+    """TaskStore over one SQLite file; safe across threads and processes."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        clock: Callable[[], float] = time.time,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._clock = clock
+        self._db = Database.open(path, timeout, "tasks", MIGRATIONS)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- helpers, inside a transaction ---
+    @staticmethod
+    def _load(conn: sqlite3.Connection, task_id: str) -> Task:
+        row = conn.execute(f"{_SELECT} WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise _missing(task_id)
+        return _task(row)
+
+    @staticmethod
+    def _save(conn: sqlite3.Connection, task: Task) -> Task:
+        conn.execute(_UPDATE, [*_values(task), task.id])
+        return task
+
+    def _save_outcome(
+        self, conn: sqlite3.Connection, before: Task, after: Task, now: float
+    ) -> Task:
+        """Save ``after``; a task that just became failed blocks its dependents."""
+        self._save(conn, after)
+        if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
+            for row in conn.execute(_DOWNSTREAM, (after.id,)).fetchall():
+                self._save(conn, rules.blocked_by(_task(row), after.id, now))
+        return after
+
+    @staticmethod
+    def _unfinished(conn: sqlite3.Connection, task_id: str) -> builtins.list[str]:
+        rows = conn.execute(
+            f"""SELECT d.dep_id FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
+                WHERE d.task_id = ? AND dep.status != '{_COMPLETED}'""",
+            (task_id,),
+        )
+        unfinished = {r[0] for r in rows}
+        return [d for d in SQLiteTaskStore._load(conn, task_id).dependencies if d in unfinished]
+
+    # --- TaskStore ---
+    def create(self, task: Task, idempotency_key: str | None = None) -> Task:
+        prepared = rules.prepare_new(task)
+        if idempotency_key is not None:
+            require_id("idempotency key", idempotency_key)
+        with self._db.transaction("creating a task") as conn:
+            if idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT task_id FROM task_keys WHERE key = ?", (idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    return self._load(conn, row[0])
+            if (
+                prepared.id
+                and conn.execute("SELECT 1 FROM tasks WHERE id = ?", (prepared.id,)).fetchone()
+            ):
+                raise ConflictError(f"task {prepared.id!r} already exists")
+            found = self._many(conn, prepared.dependencies)
+            missing = [d for d in prepared.dependencies if d not in found]
+            if missing:
+                raise NotFoundError(f"dependency {missing[0]!r} does not exist")
+            blockers = rules.creation_blockers(found[d] for d in prepared.dependencies)
+            new = rules.stamp_new(prepared, self._clock(), blockers)
+            conn.execute(_INSERT, _values(new))
+            conn.executemany(
+                "INSERT INTO task_deps (task_id, dep_id) VALUES (?, ?)",
+                [(new.id, d) for d in new.dependencies],
+            )
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO task_keys (key, task_id) VALUES (?, ?)", (idempotency_key, new.id)
+                )
+        return new
+
+    @staticmethod
+    def _many(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, Task]:
+        if not ids:
+            return {}
+        marks = ", ".join("?" for _ in ids)
+        rows = conn.execute(f"{_SELECT} WHERE id IN ({marks})", list(ids)).fetchall()
+        return {task.id: task for task in map(_task, rows)}
+
+    def get(self, task_id: str) -> Task:
+        rows = self._db.query(f"{_SELECT} WHERE id = ?", (task_id,), "reading a task")
+        if not rows:
+            raise _missing(task_id)
+        return _task(rows[0])
+
+    def list(
+        self,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        project: str | None = None,
+        claimed_by: str | None = None,
+        labels: builtins.list[str] | None = None,
+        ready: bool | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Task]:
+        status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        where: builtins.list[str] = []
+        params: builtins.list[object] = []
+        for column, value in (
+            ("status", status),
+            ("priority", priority),
+            ("project", project),
+            ("claimed_by", claimed_by),
+        ):
+            if value is not None:
+                where.append(f"t.{column} = ?")
+                params.append(str(value))
+        if labels:
+            where.append(
+                "NOT EXISTS (SELECT 1 FROM json_each(?) AS want"
+                " WHERE want.value NOT IN (SELECT value FROM json_each(t.labels)))"
+            )
+            params.append(json.dumps(labels))
+        if ready is not None:
+            where.append(_READY if ready else f"NOT {_READY}")
+        sql = (
+            f"{_SELECT.replace('FROM tasks', 'FROM tasks AS t')}"
+            f" WHERE {' AND '.join(where) or '1'}"
+            " ORDER BY t.priority_rank, t.created_at, t.id LIMIT ?"
+        )
+        rows = self._db.query(sql, [*params, -1 if limit is None else limit], "listing tasks")
+        return [_task(row) for row in rows]
+
+    def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
+        require_id("agent id", agent_id)
+        lease = rules.require_lease(lease_seconds)
+        rules.require_job_id(job_id)
+        with self._db.transaction(f"claiming task {task_id!r}") as conn:
+            now = self._clock()
+            won = conn.execute(_CLAIM, (agent_id, now, now + lease, now, job_id, task_id)).rowcount
+            if won:
+                return self._load(conn, task_id)
+            task = self._load(conn, task_id)
+            raise rules.claim_conflict(task, self._unfinished(conn, task_id))
+
+    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+        require_id("agent id", agent_id)
+        lease = rules.require_lease(lease_seconds)
+        with self._db.transaction(f"renewing the lease of task {task_id!r}") as conn:
+            task = self._load(conn, task_id)
+            rules.require_holder(task, agent_id, "renew")
+            return self._save(conn, rules.renewed(task, self._clock(), lease))
+
+    def release(self, task_id: str, agent_id: str | None = None) -> Task:
+        if agent_id is not None:
+            require_id("agent id", agent_id)
+        with self._db.transaction(f"releasing task {task_id!r}") as conn:
+            task = self._load(conn, task_id)
+            rules.require_holder(task, agent_id, "release")
+            return self._save(conn, rules.released(task, self._clock()))
+
+    def update(self, task_id: str, update: TaskUpdate) -> Task:
+        with self._db.transaction(f"updating task {task_id!r}") as conn:
+            task = self._load(conn, task_id)
+            now = self._clock()
+            return self._save_outcome(conn, task, rules.updated(task, update, now), now)
+
+    def complete(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        retry_at: float | None = None,
+    ) -> Task:
+        if not isinstance(result, TaskResult):
+            raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
+        if agent_id is not None:
+            require_id("agent id", agent_id)
+        retry_at = rules.require_retry_at(retry_at)
+        with self._db.transaction(f"completing task {task_id!r}") as conn:
+            task = self._load(conn, task_id)
+            rules.require_holder(task, agent_id, "complete")
+            now = self._clock()
+            if result.success:
+                return self._save(conn, rules.completed(task, result, now))
+            reason = result.error_message or "the task failed"
+            after = rules.failed_attempt(task, now, reason, retry_at, result)
+            return self._save_outcome(conn, task, after, now)
+
+    def requeue_expired(self) -> builtins.list[Task]:
+        changed: builtins.list[Task] = []
+        with self._db.transaction("requeueing expired leases") as conn:
+            now = self._clock()
+            rows = conn.execute(
+                f"{_SELECT} WHERE lease_expires_at IS NOT NULL AND lease_expires_at <= ?"
+                " ORDER BY lease_expires_at, id",
+                (now,),
+            ).fetchall()
+            for task in map(_task, rows):
+                reason = rules.lease_expired_reason(task)
+                after = rules.failed_attempt(task, now, reason, None, None)
+                changed.append(self._save_outcome(conn, task, after, now))
+        return changed
+
+    def append_logs(self, task_id: str, lines: builtins.list[str]) -> int:
+        rules.require_lines(lines)
+        with self._db.transaction(f"appending logs of task {task_id!r}") as conn:
+            self._load(conn, task_id)
+            (start,) = conn.execute(
+                "SELECT COALESCE(MAX(seq) + 1, 0) FROM task_logs WHERE task_id = ?", (task_id,)
+            ).fetchone()
+            conn.executemany(
+                "INSERT INTO task_logs (task_id, seq, line) VALUES (?, ?, ?)",
+                [(task_id, start + i, line) for i, line in enumerate(lines)],
+            )
+        return int(start) + len(lines)
+
+    def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
+        require_count("offset", offset)
+        limit = rules.require_limit("limit", limit)
+        # Tasks are never deleted, so checking existence first cannot race the read.
+        self.get(task_id)
+        rows = self._db.query(
+            "SELECT line FROM task_logs WHERE task_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (task_id, offset, -1 if limit is None else limit),
+            f"reading logs of task {task_id!r}",
+        )
+        lines = [row[0] for row in rows]
+        return LogPage(lines=lines, offset=offset, next_offset=offset + len(lines))
+
+
+def task_store_from_url(url: StoreURL) -> SQLiteTaskStore:
+    """``sqlite://...``: a task store on that file."""
+    path, timeout = _path_and_timeout(url)
+    return SQLiteTaskStore(path, timeout=timeout)
