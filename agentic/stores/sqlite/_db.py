@@ -16,8 +16,8 @@ Every store opens a :class:`Database` on its file and uses it the same way:
   :class:`~agentic.errors.ConfigError` naming the path when it cannot be opened.
 
 Connections are per thread (a sqlite3 connection must not run two statements at
-once) and per process: a process forked from one holding connections opens its own,
-as SQLite requires.
+once) and per process: a child forked from a process holding connections opens its
+own, as SQLite requires (``os.register_at_fork``).
 """
 
 from __future__ import annotations
@@ -93,14 +93,14 @@ class Database:
         self.timeout = float(timeout)
         self._closed = False
         self._lock = threading.Lock()
-        self._pid = os.getpid()
         self._local = threading.local()
         # A thread's connection is closed when the thread ends (its holder is freed)
         # or by close(), whichever comes first.
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
-        # Connections inherited through fork(): SQLite forbids using or closing them in
-        # the child (closing could drop the parent's locks), so they are kept unused.
+        # Connections inherited through fork(): SQLite forbids using them in the child
+        # and closing them could release locks, so they are kept, unused, for good.
         self._inherited: list[_Holder] = []
+        _OPEN.add(self)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -111,13 +111,28 @@ class Database:
         with self._opening():
             self.connection()
 
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        timeout: float,
+        component: str,
+        migrations: Sequence[Migration],
+    ) -> Database:
+        """A database with ``component``'s tables up to date (closed again on failure)."""
+        db = cls(path, timeout)
+        try:
+            db.migrate(component, migrations)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     # --- connections ---
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
         if self._closed:
             raise StoreError(f"SQLite store {str(self.path)!r} is closed")
-        if os.getpid() != self._pid:
-            self._after_fork()
         holder: _Holder | None = getattr(self._local, "holder", None)
         if holder is None:
             holder = _Holder(self._connect())
@@ -151,18 +166,18 @@ class Database:
             )
         conn.execute("PRAGMA synchronous=NORMAL")
 
-    def _after_fork(self) -> None:
-        with self._lock:
-            self._inherited.extend(self._holders)
-            self._holders = weakref.WeakSet()
-            self._local = threading.local()
-            self._pid = os.getpid()
+    def _forget_connections(self) -> None:
+        """In a forked child (one thread, before anything else runs): start afresh."""
+        self._lock = threading.Lock()  # may have been held by a thread that is gone
+        self._inherited.extend(self._holders)
+        self._holders = weakref.WeakSet()
+        self._local = threading.local()
 
     def close(self) -> None:
         """Close every thread's connection. Idempotent."""
         with self._lock:
             self._closed = True
-            holders = list(self._holders) if os.getpid() == self._pid else []
+            holders = list(self._holders)
             self._holders = weakref.WeakSet()
         for holder in holders:
             holder.conn.close()
@@ -264,3 +279,15 @@ class Database:
                 "INSERT OR REPLACE INTO schema_version (component, version) VALUES (?, ?)",
                 (component, len(migrations)),
             )
+
+
+# Every open Database, so that a forked child drops its parent's connections.
+_OPEN: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for db in list(_OPEN):
+        db._forget_connections()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -229,8 +229,7 @@ class SQLiteAllowanceStore(EngineAllowanceStore):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__(clock=clock, tz=tz, reservation_ttl=reservation_ttl)
-        self._db = Database(path, timeout)
-        self._db.migrate("allowance", MIGRATIONS)
+        self._db = Database.open(path, timeout, "allowance", MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()

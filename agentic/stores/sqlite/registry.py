@@ -81,8 +81,7 @@ class SQLiteRegistry(AgentRegistry):
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._clock = clock
-        self._db = Database(path, timeout)
-        self._db.migrate("registry", MIGRATIONS)
+        self._db = Database.open(path, timeout, "registry", MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()

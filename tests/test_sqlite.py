@@ -1,0 +1,372 @@
+"""SQLite-specific behaviour: URLs and paths, WAL, numeric times, migrations, indexes,
+busy handling, threads and fork. The store contracts themselves are in the shared
+contract tests (``backend`` fixture)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+
+from agentic.errors import ConfigError, StoreError, StoreUnavailableError
+from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent
+from agentic.quota import HOUR, SETTLED_RETENTION
+from agentic.stores import open_allowance_store, open_registry
+from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
+from agentic.stores.sqlite._db import Database
+from agentic.testing import FakeClock
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Rows read through a separate, plain sqlite3 connection."""
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@contextmanager
+def traced(conn: sqlite3.Connection) -> Iterator[list[str]]:
+    """Every SQL statement (parameters expanded) run on ``conn`` inside the block."""
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    try:
+        yield statements
+    finally:
+        conn.set_trace_callback(None)
+
+
+def plans(conn: sqlite3.Connection, statements: list[str]) -> str:
+    """The query plans of the SELECT / UPDATE / DELETE statements, one per line."""
+    lines = []
+    for sql in statements:
+        if sql.split()[0].upper() in {"SELECT", "UPDATE", "DELETE"}:
+            lines += [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    return "\n".join(lines)
+
+
+# --- URLs and paths ---------------------------------------------------------------------
+
+
+def test_url_absolute_path_with_three_or_four_slashes(tmp_path: Path) -> None:
+    """sqlite:///abs and sqlite:////abs both open the absolute path."""
+    open_registry(f"sqlite://{tmp_path}/three.db").close()
+    open_registry(f"sqlite:///{tmp_path}/four.db").close()
+    assert (tmp_path / "three.db").is_file()
+    assert (tmp_path / "four.db").is_file()
+
+
+def test_url_relative_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sqlite://rel.db and sqlite://dir/rel.db are relative to the current directory."""
+    monkeypatch.chdir(tmp_path)
+    open_registry("sqlite://rel.db").close()
+    open_allowance_store("sqlite://data/my%20quota.db?tz=Europe/Paris").close()
+    assert (tmp_path / "rel.db").is_file()
+    assert (tmp_path / "data" / "my quota.db").is_file()
+
+
+@pytest.mark.parametrize("url", ["sqlite://:memory:", "sqlite:///:memory:"])
+def test_memory_database_is_refused(url: str) -> None:
+    """An in-memory SQLite URL is refused with a pointer to memory://."""
+    with pytest.raises(ConfigError, match="memory://"):
+        open_registry(url)
+
+
+def test_memory_path_is_refused_by_the_constructors() -> None:
+    """The store constructors refuse :memory: too."""
+    with pytest.raises(ConfigError, match="memory://"):
+        SQLiteAllowanceStore(":memory:")
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///x.db?timeout=soon", "sqlite:///x.db?timeout=-1"]
+)
+def test_bad_urls_are_config_errors(url: str) -> None:
+    """A URL without a file, or with a bad timeout, is a ConfigError."""
+    with pytest.raises(ConfigError):
+        open_registry(url)
+
+
+def test_unknown_option_is_named(tmp_path: Path) -> None:
+    """An unknown query option is a ConfigError naming it and the accepted ones."""
+    with pytest.raises(ConfigError, match=r"busy_timeout.*timeout"):
+        open_registry(f"sqlite:///{tmp_path}/a.db?busy_timeout=3")
+
+
+def test_missing_directories_are_created(tmp_path: Path) -> None:
+    """The database's parent directories are created when missing."""
+    path = tmp_path / "a" / "b" / "agentic.db"
+    SQLiteRegistry(path).close()
+    assert path.is_file()
+
+
+def test_directory_under_a_regular_file_is_a_config_error(tmp_path: Path) -> None:
+    """A directory that cannot be created is a ConfigError naming it and what to do."""
+    (tmp_path / "plain").write_text("not a directory")
+    with pytest.raises(ConfigError, match=r"plain.*writable") as info:
+        open_registry(f"sqlite:///{tmp_path}/plain/sub/agentic.db")
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
+    """A path naming a directory is a ConfigError naming the path."""
+    with pytest.raises(ConfigError, match="cannot use") as info:
+        SQLiteRegistry(tmp_path)
+    assert str(tmp_path) in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+def test_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> None:
+    """A file that is not SQLite is a ConfigError, not a raw sqlite3 error."""
+    path = tmp_path / "notes.txt"
+    path.write_text("hello " * 1000)
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
+        SQLiteAllowanceStore(path)
+
+
+# --- file format --------------------------------------------------------------------------
+
+
+def test_wal_mode_and_synchronous_normal(tmp_path: Path) -> None:
+    """The file is in WAL mode and connections use synchronous=NORMAL."""
+    db = Database(tmp_path / "a.db")
+    assert db.connection().execute("PRAGMA synchronous").fetchone()[0] == 1
+    db.close()
+    assert rows(tmp_path / "a.db", "PRAGMA journal_mode") == [("wal",)]
+
+
+def test_times_are_stored_as_real_numbers(tmp_path: Path) -> None:
+    """Every stored time is a REAL epoch number, never text (defect 15)."""
+    path, clock = tmp_path / "a.db", FakeClock()
+    registry = SQLiteRegistry(path, clock=clock)
+    registry.register(AgentInfo(id="a1"))
+    store = SQLiteAllowanceStore(path, clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    store.reserve("a1", "m1", 10, "j1")
+    store.reserve("a1", "m1", 10, "j2")
+    store.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED)
+    checks = {
+        "agents": "last_heartbeat, registered_at",
+        "agent_usage": "period_start",
+        "model_usage": "period_start",
+        "model_requests": "at",
+        "reservations": "created_at, expires_at",
+        "settled": "at",
+    }
+    for table, columns in checks.items():
+        types = {c.strip(): f"typeof({c.strip()})" for c in columns.split(",")}
+        found = rows(path, f"SELECT DISTINCT {', '.join(types.values())} FROM {table}")
+        assert found == [("real",) * len(types)], table
+    registry.close()
+    store.close()
+
+
+def test_reap_compares_times_as_numbers(tmp_path: Path) -> None:
+    """Reap works across a power of ten, where text comparison would get it wrong."""
+    clock = FakeClock(999_999_990.0)
+    registry = SQLiteRegistry(tmp_path / "a.db", clock=clock)
+    registry.register(AgentInfo(id="a1"))
+    clock.advance(20)  # now 1,000,000,010: "999999990.0" > "1000000005.0" as text
+    assert registry.reap(5) == ["a1"]
+    registry.close()
+
+
+def test_migrations_are_recorded_once_per_component(tmp_path: Path) -> None:
+    """Both stores share a file; reopening applies nothing twice."""
+    path = tmp_path / "a.db"
+    for _ in range(2):
+        SQLiteRegistry(path).close()
+        SQLiteAllowanceStore(path).close()
+    assert rows(path, "SELECT component, version FROM schema_version ORDER BY 1") == [
+        ("allowance", 1),
+        ("registry", 1),
+    ]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    """A file written by a newer agentic is refused with a ConfigError saying to upgrade."""
+    path = tmp_path / "a.db"
+    SQLiteRegistry(path).close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE schema_version SET version = 99 WHERE component = 'registry'")
+    with pytest.raises(ConfigError, match="upgrade agentic"):
+        SQLiteRegistry(path)
+
+
+# --- O(stale) / O(expired) ----------------------------------------------------------------
+
+
+def test_reap_searches_an_index_of_online_agents(tmp_path: Path) -> None:
+    """Reap reads stale agents through the partial index, never scanning the table."""
+    clock = FakeClock()
+    registry = SQLiteRegistry(tmp_path / "a.db", clock=clock)
+    registry.register(AgentInfo(id="a1"))
+    clock.advance(100)
+    conn = registry._db.connection()
+    with traced(conn) as statements:
+        assert registry.reap(30) == ["a1"]
+    plan = plans(conn, statements)
+    assert "agents_online_by_heartbeat" in plan
+    assert "SCAN agents" not in plan
+    registry.close()
+
+
+def test_quota_steps_never_scan_time_ordered_tables(tmp_path: Path) -> None:
+    """Expiry, the rolling hour and settled pruning are index searches: O(expired)."""
+    clock = FakeClock()
+    store = SQLiteAllowanceStore(tmp_path / "a.db", clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    store.set_model_quota(ModelQuota(model="m1", hourly_rate_limit=100))
+    conn = store._db.connection()
+    with traced(conn) as statements:
+        store.reserve("a1", "m1", 10, "j1")
+        store.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED)
+        store.get_model_usage("m1")
+    plan = plans(conn, statements)
+    for table in ("reservations", "model_requests", "settled"):
+        assert f"SCAN {table}" not in plan
+    assert "reservations_by_expiry" in plan
+    assert "model_requests_by_time" in plan
+    assert "settled_by_time" in plan
+    store.close()
+
+
+def test_requests_older_than_an_hour_are_deleted(tmp_path: Path) -> None:
+    """The request log keeps only the rolling hour: older rows are deleted."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    for job in ("j1", "j2", "j3"):
+        store.reserve("a1", "m1", 0, job)
+    clock.advance(HOUR + 1)
+    assert store.get_model_usage("m1").requests_last_hour == 0
+    assert rows(path, "SELECT COUNT(*) FROM model_requests") == [(0,)]
+    store.close()
+
+
+def test_settled_jobs_are_forgotten_after_retention(tmp_path: Path) -> None:
+    """Settled job ids older than the retention are pruned from the table."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, clock=clock)
+    store.settle("j1", 1, 0, QuotaEvent.JOB_COMPLETED, agent_id="a1")
+    clock.advance(SETTLED_RETENTION + 1)
+    store.settle("j2", 1, 0, QuotaEvent.JOB_COMPLETED, agent_id="a1")
+    assert rows(path, "SELECT job_id FROM settled") == [("j2",)]
+    store.close()
+
+
+# --- transactions, busy, errors -----------------------------------------------------------
+
+
+def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    """An exception inside a transaction undoes its writes; sqlite3 errors become StoreError."""
+    db = Database(tmp_path / "a.db")
+    db.migrate("demo", [("CREATE TABLE t (x INTEGER PRIMARY KEY)",)])
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("boom")
+    with pytest.raises(StoreError) as info, db.transaction("inserting") as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+        conn.execute("INSERT INTO t VALUES (2)")
+    assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
+    assert "inserting" in str(info.value)
+    assert db.query("SELECT x FROM t") == []
+    db.close()
+
+
+def test_locked_database_raises_store_unavailable(tmp_path: Path) -> None:
+    """A write blocked past ?timeout= raises StoreUnavailableError, then works once free."""
+    path = tmp_path / "a.db"
+    store = open_allowance_store(f"sqlite:///{path}?timeout=0.2")
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="timeout") as info:
+            store.increment_usage("a1", 1, 0)
+        assert time.monotonic() - started < 3
+        assert isinstance(info.value.__cause__, sqlite3.OperationalError)
+        other.execute("ROLLBACK")
+    store.increment_usage("a1", 1, 0)
+    assert store.get_usage("a1").tokens_used == 1
+    store.close()
+
+
+def test_write_waits_for_a_short_lock(tmp_path: Path) -> None:
+    """A write waits for another process's short transaction instead of failing."""
+    path = tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, timeout=5)
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: other.execute("COMMIT"))
+    release.start()
+    store.increment_usage("a1", 1, 0)
+    release.join()
+    other.close()
+    assert store.get_usage("a1").tokens_used == 1
+    store.close()
+
+
+def test_closed_store_raises_store_error(tmp_path: Path) -> None:
+    """After close() (idempotent) every call raises StoreError."""
+    registry = SQLiteRegistry(tmp_path / "a.db")
+    registry.close()
+    registry.close()
+    with pytest.raises(StoreError, match="closed"):
+        registry.list()
+    with pytest.raises(StoreError, match="closed"):
+        registry.register(AgentInfo(id="a1"))
+
+
+# --- threads and fork ----------------------------------------------------------------------
+
+
+def test_threads_share_one_store(tmp_path: Path) -> None:
+    """8 threads x 100 increments on one store instance count exactly 800."""
+    store = SQLiteAllowanceStore(tmp_path / "a.db")
+    connections: set[int] = set()
+
+    def work() -> None:
+        for _ in range(100):
+            store.increment_usage("a1", 1, 0)
+        connections.add(id(store._db.connection()))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_usage("a1").tokens_used == 800
+    assert len(connections) == 8  # one connection per thread
+    store.close()
+
+
+def _increment_in_child(store: SQLiteAllowanceStore, parent_connection: int) -> None:
+    if id(store._db.connection()) == parent_connection:
+        raise SystemExit("the child reused its parent's connection")
+    for _ in range(50):
+        store.increment_usage("a1", 1, 0)
+    store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    """A store used in a forked child works there and keeps the file intact."""
+    path = tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path)
+    store.increment_usage("a1", 1, 0)
+    parent_connection = id(store._db.connection())
+    child = mp.get_context("fork").Process(
+        target=_increment_in_child, args=(store, parent_connection)
+    )
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    store.increment_usage("a1", 1, 0)
+    assert store.get_usage("a1").tokens_used == 52
+    assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    store.close()
