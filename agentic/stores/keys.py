@@ -1,0 +1,112 @@
+"""Every Redis key agentic writes, in one place.
+
+Keys live under a prefix (``?prefix=`` of the store URL, default ``agentic``) and
+then a namespace per store, so stores sharing one Redis never collide::
+
+    {prefix}:reg:...     AgentRegistry
+    {prefix}:quota:...   AllowanceStore
+    {prefix}:task:...    TaskStore (reserved)
+
+Inside a namespace, a key naming one thing is ``{kind}:{id}`` and a key of a
+collection has a different word (``agent:{id}`` vs ``agents``): no id, whatever it
+contains, can turn one kind of key into another.
+
+The quota scripts find some keys only while they run (the agents and models of the
+reservations a sweep releases), so they cannot declare every key in ``KEYS``; they
+receive the key *heads* below (:meth:`QuotaKeys.heads`) and append ids. This is why
+the stores target one Redis server, not a Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+
+__all__ = ["QuotaKeys", "RegistryKeys"]
+
+
+# --- AgentRegistry: {prefix}:reg:* ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryKeys:
+    """The registry's keys under one prefix."""
+
+    #: hash per agent: ``doc`` (JSON of the descriptive fields), ``current_load``,
+    #: ``max_load``, ``status``, ``last_heartbeat``, ``registered_at`` (epoch seconds)
+    agent_head: str
+    #: set of every registered agent id (what ``list`` reads)
+    ids: str
+    #: sorted set of ONLINE agent ids scored by last heartbeat (what ``reap`` reads)
+    beats: str
+
+    @classmethod
+    def under(cls, prefix: str) -> RegistryKeys:
+        return cls(f"{prefix}:reg:agent:", f"{prefix}:reg:ids", f"{prefix}:reg:beats")
+
+    def agent(self, agent_id: str) -> str:
+        return self.agent_head + agent_id
+
+
+# --- AllowanceStore: {prefix}:quota:* ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaKeys:
+    """The allowance store's keys under one prefix.
+
+    Field order is the order ``stores/redis/lua/quota_lib.lua`` reads them from
+    ``ARGV``: change both together. Fields ending in ``_head`` get an id appended.
+    """
+
+    #: string per agent: AgentAllowance JSON
+    allowance_head: str
+    #: set of agent ids that have an allowance
+    allowances: str
+    #: string per model: ModelQuota JSON
+    limits_head: str
+    #: hash per agent: period_start, tokens_used, jobs_started, tokens_reserved, active_jobs
+    agent_head: str
+    #: set of agent ids that have counters
+    agents: str
+    #: hash per model: period_start, tokens_used, cost_used, tokens_reserved, cost_reserved
+    model_head: str
+    #: sorted set per model: one member per admitted request, scored by its time
+    requests_head: str
+    #: hash per live reservation: agent, model, tokens, cost, created_at, expires_at
+    held_head: str
+    #: sorted set of live reservation job ids scored by expiry (sweeps are O(expired))
+    expiry: str
+    #: hash per settled job: agent, model, outcome, charged, cost, previous, status
+    settled_head: str
+    #: sorted set of settled job ids scored by settle time (pruned after the retention)
+    settled_at: str
+
+    @classmethod
+    def under(cls, prefix: str) -> QuotaKeys:
+        q = f"{prefix}:quota:"
+        return cls(
+            allowance_head=q + "allowance:",
+            allowances=q + "allowances",
+            limits_head=q + "limits:",
+            agent_head=q + "agent:",
+            agents=q + "agents",
+            model_head=q + "model:",
+            requests_head=q + "requests:",
+            held_head=q + "held:",
+            expiry=q + "expiry",
+            settled_head=q + "settled:",
+            settled_at=q + "settled_at",
+        )
+
+    def heads(self) -> tuple[str, ...]:
+        """Every field, in declaration order (the scripts' ARGV layout)."""
+        return astuple(self)
+
+    def allowance(self, agent_id: str) -> str:
+        return self.allowance_head + agent_id
+
+    def limits(self, model: str) -> str:
+        return self.limits_head + model
+
+
+# --- TaskStore: {prefix}:task:* (added with the Redis task store) --------------------

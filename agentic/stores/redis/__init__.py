@@ -1,0 +1,37 @@
+"""The Redis backend: stores shared by every machine that reaches one Redis server.
+
+``redis://host:6379/0?prefix=agentic&timeout=2`` (also ``rediss://``). Each atomic
+store operation is one Lua script call (one round trip), timed by the server's
+``TIME``. Keys are listed in :mod:`agentic.stores.keys`.
+"""
+
+from __future__ import annotations
+
+from .._url import StoreURL
+from ._conn import Connection, connect
+from .allowance import RedisAllowanceStore
+from .registry import RedisRegistry
+
+__all__ = [
+    "Connection",
+    "RedisAllowanceStore",
+    "RedisRegistry",
+    "allowance_store_from_url",
+    "connect",
+    "registry_from_url",
+]
+
+
+def registry_from_url(url: StoreURL) -> RedisRegistry:
+    """``redis://``: a registry on the server of ``url`` (pinged at open)."""
+    conn = connect(url)
+    return RedisRegistry(conn.client, prefix=conn.prefix, close_client=True)
+
+
+def allowance_store_from_url(url: StoreURL) -> RedisAllowanceStore:
+    """``redis://``: an allowance store on the server of ``url`` (pinged at open)."""
+    tz, ttl = url.tz(), url.reservation_ttl()  # bad options fail before connecting
+    conn = connect(url)
+    return RedisAllowanceStore(
+        conn.client, prefix=conn.prefix, tz=tz, reservation_ttl=ttl, close_client=True
+    )

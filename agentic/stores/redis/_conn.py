@@ -1,0 +1,152 @@
+"""Connections, Lua scripts and error translation shared by the Redis stores."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
+
+import redis
+from redis.exceptions import NoScriptError
+
+from ...errors import ConfigError, StoreError, StoreUnavailableError
+from .._url import StoreURL
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "DEFAULT_TIMEOUT",
+    "Connection",
+    "Script",
+    "connect",
+    "now_arg",
+    "sync",
+    "text",
+    "translate_errors",
+]
+
+DEFAULT_PREFIX = "agentic"
+#: seconds allowed to connect and for each reply; bounds how long a dead Redis stalls us
+DEFAULT_TIMEOUT = 2.0
+
+OPTIONS = {
+    "prefix": f"namespace of every key, e.g. prefix=prod (default {DEFAULT_PREFIX})",
+    "timeout": f"connect and socket timeout in seconds (default {DEFAULT_TIMEOUT:g})",
+}
+
+Clock = Callable[[], float]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A pinged client, the key prefix and where it points (for messages)."""
+
+    client: redis.Redis
+    prefix: str
+    address: str
+
+
+def _address(url: StoreURL) -> str:
+    parts = urlsplit(url.raw)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+
+
+def connect(url: StoreURL) -> Connection:
+    """A client with its own connection pool, checked with a PING.
+
+    Only the scheme, host, credentials and database of ``url`` reach redis-py; our
+    options (``prefix``, ``timeout``, ``tz``, ``reservation_ttl``) are ours.
+    """
+    options = url.take(OPTIONS)
+    timeout = url.number("timeout", DEFAULT_TIMEOUT, minimum=0.001)
+    prefix = options.get("prefix", DEFAULT_PREFIX)
+    if not prefix:
+        raise ConfigError(f"store URL {url.redacted()!r}: prefix= must not be empty")
+    plain = urlsplit(url.raw)._replace(query="", fragment="").geturl()
+    try:
+        pool = redis.ConnectionPool.from_url(
+            plain, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    except ValueError as exc:
+        raise ConfigError(f"store URL {url.redacted()!r}: {exc}") from exc
+    client = redis.Redis(connection_pool=pool)
+    address = _address(url)
+    ping(client, address, timeout)
+    return Connection(client, prefix, address)
+
+
+def ping(client: redis.Redis, address: str, timeout: float) -> None:
+    """Fail fast, with what to check, when Redis cannot be reached."""
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise StoreUnavailableError(
+            f"cannot reach Redis at {address} within {timeout:g}s ({exc}). Check that"
+            " redis-server is running and listening there, the host, port, password and"
+            " database in the store URL, and any firewall; a slow network may need a"
+            " larger ?timeout="
+        ) from exc
+
+
+@contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """Turn redis-py exceptions into StoreError / StoreUnavailableError."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StoreUnavailableError(f"Redis unavailable during {action}: {exc}") from exc
+    except redis.RedisError as exc:
+        raise StoreError(f"Redis failed during {action}: {exc}") from exc
+
+
+def sync(value: Awaitable[_T] | _T) -> _T:
+    """A reply of the synchronous client (redis-py types commands for both kinds)."""
+    return cast(_T, value)
+
+
+def text(value: object) -> str:
+    """A reply item as text (clients may or may not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def now_arg(clock: Clock | None) -> tuple[str, float]:
+    """The ``now`` argument of a script and the time to compute a UTC offset at.
+
+    Without a clock the script reads the server's TIME, so every machine agrees on
+    "now"; the UTC offset is still computed here from the local clock, which only
+    matters within clock skew of a DST change.
+    """
+    if clock is None:
+        return "", time.time()
+    now = float(clock())
+    # repr() is the shortest string that parses back to the same float (Lua too).
+    return repr(now), now
+
+
+class Script:
+    """A Lua script built from files of ``lua/``, run with EVALSHA.
+
+    The files are concatenated (a shared prelude, then the script body), so the
+    SHA1 is computed here; when the server does not know it (restart, SCRIPT
+    FLUSH) the script is loaded once and the call repeated.
+    """
+
+    def __init__(self, *files: str) -> None:
+        folder = resources.files(__package__).joinpath("lua")
+        self.name = files[-1]
+        self.source = "\n".join(folder.joinpath(name).read_text("utf-8") for name in files)
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+    def __call__(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str] = ()) -> Any:
+        with translate_errors(f"script {self.name}"):
+            try:
+                return client.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                client.script_load(self.source)
+                return client.evalsha(self.sha, len(keys), *keys, *args)

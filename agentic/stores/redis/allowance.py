@@ -1,0 +1,341 @@
+"""AllowanceStore on Redis: every quota operation is one Lua script call.
+
+The scripts (``lua/quota_*.lua``) run the algorithm of :mod:`agentic.stores._engine`
+inside Redis: sweep expired reservations, roll the period, apply the rules of
+:mod:`agentic.quota`, write. ``reserve`` and ``settle`` are each ONE EVALSHA, so
+they are atomic across every machine and cost one round trip. Time is the server's
+``TIME`` unless a clock is injected (tests).
+
+Lua decides and writes; Python describes. When the script refuses (or answers a
+``check``), it returns the exact counters it decided on and this module runs
+:func:`agentic.quota.decide` on them for the reason, remaining amounts and retry
+time: the messages are the memory store's, byte for byte, and a disagreement
+between the two rule sets is reported as a bug instead of passing silently.
+
+The quota day's UTC offset is computed here, at the local clock's "now": within
+clock skew of a DST change the day boundary may use the offset of the other side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
+from typing import TypeVar
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from ...errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError, StoreError
+from ...models import (
+    AgentAllowance,
+    AllowanceStatus,
+    ModelQuota,
+    ModelUsage,
+    QuotaCheckResult,
+    QuotaEvent,
+    Reservation,
+    Settlement,
+    UsageRecord,
+)
+from ...quota import (
+    DEFAULT_RESERVATION_TTL,
+    SETTLED_RETENTION,
+    AgentCounters,
+    Decision,
+    ModelCounters,
+    decide,
+    utc_offset,
+)
+from ..base import AllowanceStore, require_count, require_id
+from ..keys import QuotaKeys
+from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
+
+__all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
+
+#: Largest token amount accepted: Lua numbers are doubles, exact below 2**53, and a
+#: settle multiplies two amounts (see muldiv in quota_settle.lua).
+MAX_AMOUNT = 2**50
+
+_OUTCOMES = (QuotaEvent.JOB_COMPLETED, QuotaEvent.JOB_FAILED, QuotaEvent.JOB_CANCELLED)
+_PRELUDE = ("common.lua", "quota_lib.lua")
+_RESERVE = Script(*_PRELUDE, "quota_reserve.lua")
+_SETTLE = Script(*_PRELUDE, "quota_settle.lua")
+_DATA = Script(*_PRELUDE, "quota_data.lua")
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _dt(seconds: str) -> datetime:
+    return datetime.fromtimestamp(float(seconds), UTC)
+
+
+def _int(value: str) -> int:
+    # Scripts print numbers with %.17g, which is exponent notation from 1e17 up.
+    return int(float(value))
+
+
+def _amount(kind: str, value: int) -> int:
+    require_count(kind, value)
+    if value > MAX_AMOUNT:
+        raise ConfigError(
+            f"{kind} must be <= 2**50 on Redis (Lua counts exactly only below 2**53), got {value}"
+        )
+    return value
+
+
+def _parse(model: type[_M], raw: object) -> _M:
+    try:
+        return model.model_validate_json(text(raw))
+    except ValidationError as exc:
+        raise StoreError(f"corrupt {model.__name__} JSON in Redis: {exc}") from exc
+
+
+def _no_allowance(agent_id: str) -> NotFoundError:
+    return NotFoundError(f"no allowance for agent {agent_id!r}: set one before it takes work")
+
+
+class RedisAllowanceStore(AllowanceStore):
+    """AllowanceStore shared by every machine that reaches one Redis server.
+
+    ``client`` is a redis-py client; it is closed by :meth:`close` only when
+    ``close_client`` is true (stores opened from a URL own their client).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] | None = None,
+        tz: tzinfo = UTC,
+        reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+        close_client: bool = False,
+    ) -> None:
+        if reservation_ttl <= 0:
+            raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
+        self._client = client
+        self._keys = QuotaKeys.under(require_id("prefix", prefix))
+        self._clock = clock
+        self._tz = tz
+        self._default_ttl = repr(float(reservation_ttl))
+        self._close_client = close_client
+
+    def close(self) -> None:
+        if self._close_client:
+            self._client.close()
+
+    def _run(self, script: Script, *args: str) -> list[str]:
+        now, at = now_arg(self._clock)
+        offset = str(utc_offset(self._tz, at))
+        reply = script(self._client, [now, offset, *self._keys.heads(), *args])
+        return [text(item) for item in reply]
+
+    # --- configuration ---
+    def get_allowance(self, agent_id: str) -> AgentAllowance:
+        with translate_errors("get_allowance"):
+            raw = self._client.get(self._keys.allowance(agent_id))
+        if raw is None:
+            raise NotFoundError(f"no allowance for agent {agent_id!r}")
+        return _parse(AgentAllowance, raw)
+
+    def set_allowance(self, allowance: AgentAllowance) -> None:
+        require_id("agent id", allowance.agent_id)
+        with translate_errors("set_allowance"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._keys.allowance(allowance.agent_id), allowance.model_dump_json())
+            pipe.sadd(self._keys.allowances, allowance.agent_id)
+            pipe.execute()
+
+    def get_model_quota(self, model: str) -> ModelQuota:
+        with translate_errors("get_model_quota"):
+            raw = self._client.get(self._keys.limits(model))
+        if raw is None:
+            raise NotFoundError(f"no quota for model {model!r}")
+        return _parse(ModelQuota, raw)
+
+    def set_model_quota(self, quota: ModelQuota) -> None:
+        require_id("model", quota.model)
+        with translate_errors("set_model_quota"):
+            self._client.set(self._keys.limits(quota.model), quota.model_dump_json())
+
+    def allowances(self) -> list[AgentAllowance]:
+        with translate_errors("allowances"):
+            ids = [text(i) for i in sync(self._client.smembers(self._keys.allowances))]
+            keys = [self._keys.allowance(i) for i in ids]
+            raws: list[object] = sync(self._client.mget(keys)) if keys else []
+        found = [_parse(AgentAllowance, raw) for raw in raws if raw is not None]
+        return sorted(found, key=lambda a: a.agent_id)
+
+    # --- usage data operations ---
+    @staticmethod
+    def _record(agent_id: str, fields: list[str]) -> UsageRecord:
+        period_start, tokens_used, jobs_started, active_jobs, tokens_reserved = fields
+        return UsageRecord(
+            agent_id=agent_id,
+            tokens_used=_int(tokens_used),
+            jobs_started=_int(jobs_started),
+            active_jobs=_int(active_jobs),
+            period_start=_dt(period_start),
+            tokens_reserved=_int(tokens_reserved),
+        )
+
+    def get_usage(self, agent_id: str) -> UsageRecord:
+        return self._record(agent_id, self._run(_DATA, "usage", agent_id))
+
+    def usages(self) -> list[UsageRecord]:
+        flat = self._run(_DATA, "usages")
+        records = [self._record(flat[i], flat[i + 1 : i + 6]) for i in range(0, len(flat), 6)]
+        return sorted(records, key=lambda r: r.agent_id)
+
+    def increment_usage(self, agent_id: str, tokens: int, jobs: int) -> None:
+        _amount("tokens", tokens)
+        _amount("jobs", jobs)
+        require_id("agent id", agent_id)
+        self._run(_DATA, "add_usage", agent_id, str(tokens), str(jobs))
+
+    def decrement_active_jobs(self, agent_id: str) -> None:
+        require_id("agent id", agent_id)
+        self._run(_DATA, "decrement_active", agent_id)
+
+    def return_tokens(self, agent_id: str, tokens: int) -> None:
+        _amount("tokens", tokens)
+        require_id("agent id", agent_id)
+        self._run(_DATA, "return_tokens", agent_id, str(tokens))
+
+    def reset_usage(self, agent_id: str) -> None:
+        require_id("agent id", agent_id)
+        self._run(_DATA, "reset", agent_id)
+
+    def get_model_usage(self, model: str) -> ModelUsage:
+        fields = self._run(_DATA, "model_usage", model)
+        period_start, tokens_used, tokens_reserved, cost_used, cost_reserved, count = fields
+        return ModelUsage(
+            model=model,
+            tokens_used=_int(tokens_used),
+            tokens_reserved=_int(tokens_reserved),
+            cost_used=_int(cost_used),
+            cost_reserved=_int(cost_reserved),
+            requests_last_hour=_int(count),
+            period_start=_dt(period_start),
+        )
+
+    def increment_model_usage(self, model: str, tokens: int) -> None:
+        require_id("model", model)
+        _amount("tokens", tokens)
+        self._run(_DATA, "add_model_tokens", model, str(tokens))
+
+    # --- atomic quota operations ---
+    @staticmethod
+    def _describe(reply: list[str], model: str, tokens: int) -> tuple[Decision, str]:
+        """quota.decide on the counters a check / refusal was decided on, and the
+        period end; raises StoreError when it disagrees with the script."""
+        _tag, rule, allowance_json, quota_json, *numbers = reply
+        allowance = _parse(AgentAllowance, allowance_json)
+        quota = _parse(ModelQuota, quota_json) if quota_json else None
+        agent = AgentCounters(*(_int(n) for n in numbers[0:4]))
+        tokens_used, tokens_reserved, cost_used, cost_reserved, count = map(_int, numbers[4:9])
+        oldest, now, end = numbers[9:12]
+        counters = ModelCounters(
+            tokens_used,
+            tokens_reserved,
+            cost_used,
+            cost_reserved,
+            count,
+            float(oldest) if oldest else None,
+        )
+        decision = decide(allowance, agent, quota, counters, model, tokens, float(now), float(end))
+        if decision.allowed != (rule == "") or rule not in decision.reason:
+            raise StoreError(
+                "the Redis quota script and agentic.quota disagree"
+                f" (script: {rule or 'allowed'!r}, Python: {decision.reason or 'allowed'!r});"
+                " this is a bug in agentic, please report it"
+            )
+        return decision, end
+
+    def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
+        require_id("agent id", agent_id)
+        _amount("tokens", tokens)
+        reply = self._run(_RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl)
+        if reply[0] == "no allowance":
+            raise _no_allowance(agent_id)
+        decision, end = self._describe(reply, model, tokens)
+        return QuotaCheckResult(
+            allowed=decision.allowed,
+            status=decision.status,
+            remaining_tokens=decision.remaining_tokens,
+            remaining_jobs=decision.remaining_jobs,
+            reason=decision.reason,
+            reset_at=_dt(end),
+            retry_after=decision.retry_after,
+        )
+
+    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+        require_id("agent id", agent_id)
+        require_id("job id", job_id)
+        _amount("tokens", tokens)
+        reply = self._run(_RESERVE, job_id, agent_id, model, str(tokens), "0", self._default_ttl)
+        tag = reply[0]
+        if tag == "conflict":
+            raise ConflictError(f"job {job_id!r} was already settled; use a new job id")
+        if tag == "no allowance":
+            raise _no_allowance(agent_id)
+        if tag == "denied":
+            decision, _end = self._describe(reply, model, tokens)
+            raise QuotaExceededError(decision.reason, decision.retry_after)
+        _tag, owner, used_model, held, cost, created, expires, previous, status = reply
+        return Reservation(
+            job_id=job_id,
+            agent_id=owner,
+            model=used_model,
+            tokens=_int(held),
+            cost=_int(cost),
+            created_at=_dt(created),
+            expires_at=_dt(expires),
+            previous_status=AllowanceStatus(previous),
+            status=AllowanceStatus(status),
+        )
+
+    def settle(
+        self,
+        job_id: str,
+        tokens_in: int,
+        tokens_out: int,
+        outcome: QuotaEvent,
+        agent_id: str | None = None,
+        model: str | None = None,
+    ) -> Settlement:
+        require_id("job id", job_id)
+        _amount("tokens_in", tokens_in)
+        _amount("tokens_out", tokens_out)
+        outcome = QuotaEvent(outcome)
+        if outcome not in _OUTCOMES:
+            raise ConfigError(
+                f"settle needs a final outcome ({', '.join(o.value for o in _OUTCOMES)}),"
+                f" got {outcome.value!r}"
+            )
+        reply = self._run(
+            _SETTLE,
+            job_id,
+            str(tokens_in),
+            str(tokens_out),
+            outcome.value,
+            agent_id or "",
+            model or "",
+            repr(float(SETTLED_RETENTION)),
+        )
+        if reply[0] == "not found":
+            raise NotFoundError(
+                f"no live reservation for job {job_id!r} (never reserved, or expired);"
+                " pass agent_id and model to charge it anyway"
+            )
+        tag, owner, used_model, done, charged, cost, previous, status = reply
+        return Settlement(
+            job_id=job_id,
+            agent_id=owner,
+            model=used_model,
+            outcome=QuotaEvent(done),
+            tokens_charged=_int(charged),
+            cost_charged=_int(cost),
+            duplicate=tag == "duplicate",
+            previous_status=AllowanceStatus(previous),
+            status=AllowanceStatus(status),
+        )

@@ -1,0 +1,222 @@
+-- quota_lib.lua: shared by the quota scripts (after common.lua). It mirrors
+-- agentic/quota.py (the rules) and agentic/stores/_engine.py (sweep, rollover,
+-- release) line for line; keep them in step. Integer arithmetic in doubles is
+-- exact below 2^53, which the Python store enforces on its inputs.
+--
+-- ARGV layout (RedisAllowanceStore builds it):
+--   [1]      now, or '' for the server's TIME
+--   [2]      UTC offset of the quota timezone at now, in seconds
+--   [3..13]  key heads and keys of agentic.stores.keys.QuotaKeys, in field order
+--   [14..]   the script's own arguments: arg(1), arg(2), ...
+
+local K = {
+  allowance = ARGV[3], allowances = ARGV[4], limits = ARGV[5], agent = ARGV[6],
+  agents = ARGV[7], model = ARGV[8], requests = ARGV[9], held = ARGV[10],
+  expiry = ARGV[11], settled = ARGV[12], settled_at = ARGV[13],
+}
+local function arg(i)
+  return ARGV[13 + i]
+end
+
+local DAY, HOUR = 86400, 3600
+local NOW = clock(ARGV[1])
+-- quota.period_bounds: the day containing NOW at the given UTC offset
+local OFFSET = tonumber(ARGV[2])
+local START = math.floor((NOW + OFFSET) / DAY) * DAY - OFFSET
+local END = START + DAY
+
+-- A stored number, or the default when the field is missing (false).
+local function stored(value, default)
+  if value then
+    return tonumber(value)
+  end
+  return default
+end
+
+local function json_at(key)
+  local raw = redis.call('GET', key)
+  if not raw then
+    return nil, ''
+  end
+  return cjson.decode(raw), raw
+end
+
+-- --- rows, rolled into the current period (_engine._agent / _engine._model) -------
+
+local function get_agent(id)
+  local v = redis.call('HMGET', K.agent .. id,
+    'period_start', 'tokens_used', 'jobs_started', 'tokens_reserved', 'active_jobs')
+  local row = {
+    period_start = stored(v[1], START), tokens_used = stored(v[2], 0),
+    jobs_started = stored(v[3], 0), tokens_reserved = stored(v[4], 0),
+    active_jobs = stored(v[5], 0),
+  }
+  if row.period_start < START then
+    row.period_start, row.tokens_used, row.jobs_started = START, 0, 0
+  end
+  return row
+end
+
+local function put_agent(id, row)
+  redis.call('HSET', K.agent .. id, 'period_start', num(row.period_start),
+    'tokens_used', num(row.tokens_used), 'jobs_started', num(row.jobs_started),
+    'tokens_reserved', num(row.tokens_reserved), 'active_jobs', num(row.active_jobs))
+  redis.call('SADD', K.agents, id)
+end
+
+local function get_model(model)
+  local v = redis.call('HMGET', K.model .. model,
+    'period_start', 'tokens_used', 'cost_used', 'tokens_reserved', 'cost_reserved')
+  local row = {
+    period_start = stored(v[1], START), tokens_used = stored(v[2], 0),
+    cost_used = stored(v[3], 0), tokens_reserved = stored(v[4], 0),
+    cost_reserved = stored(v[5], 0),
+  }
+  if row.period_start < START then
+    row.period_start, row.tokens_used, row.cost_used = START, 0, 0
+  end
+  return row
+end
+
+local function put_model(model, row)
+  redis.call('HSET', K.model .. model, 'period_start', num(row.period_start),
+    'tokens_used', num(row.tokens_used), 'cost_used', num(row.cost_used),
+    'tokens_reserved', num(row.tokens_reserved), 'cost_reserved', num(row.cost_reserved))
+end
+
+-- Count and oldest time of the model's requests in the rolling hour; older ones
+-- are dropped on the way (they can never count again).
+local function requests(model)
+  local key = K.requests .. model
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', num(NOW - HOUR))
+  local count = redis.call('ZCARD', key)
+  if count == 0 then
+    return 0, nil
+  end
+  return count, tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+end
+
+-- --- reservations (_engine._release / _engine._sweep) ----------------------------
+
+local function get_held(job)
+  local v = redis.call('HMGET', K.held .. job,
+    'agent', 'model', 'tokens', 'cost', 'created_at', 'expires_at')
+  if not v[1] then
+    return nil
+  end
+  return {
+    job = job, agent = v[1], model = v[2], tokens = tonumber(v[3]), cost = tonumber(v[4]),
+    created_at = tonumber(v[5]), expires_at = tonumber(v[6]),
+  }
+end
+
+local function release(held)
+  local row = get_agent(held.agent)
+  row.tokens_reserved = math.max(0, row.tokens_reserved - held.tokens)
+  row.active_jobs = math.max(0, row.active_jobs - 1)
+  put_agent(held.agent, row)
+  if held.model ~= '' then
+    local mrow = get_model(held.model)
+    mrow.tokens_reserved = math.max(0, mrow.tokens_reserved - held.tokens)
+    mrow.cost_reserved = math.max(0, mrow.cost_reserved - held.cost)
+    put_model(held.model, mrow)
+  end
+end
+
+-- Release every reservation expired by NOW; the expiry zset makes it O(expired).
+local function sweep()
+  local jobs = redis.call('ZRANGEBYSCORE', K.expiry, '-inf', num(NOW))
+  for _, job in ipairs(jobs) do
+    local held = get_held(job)
+    if held then
+      release(held)
+    end
+    redis.call('DEL', K.held .. job)
+  end
+  if #jobs > 0 then
+    redis.call('ZREMRANGEBYSCORE', K.expiry, '-inf', num(NOW))
+  end
+end
+
+-- --- the rules (agentic/quota.py) --------------------------------------------------
+
+local function agent_status(allowance, row)
+  local spent = row.tokens_used + row.tokens_reserved
+  local tokens_limit = allowance.daily_token_limit
+  local jobs_limit = allowance.daily_job_limit
+  if (tokens_limit > 0 and spent >= tokens_limit)
+      or (jobs_limit > 0 and row.jobs_started >= jobs_limit) then
+    return 'exceeded'
+  end
+  if tokens_limit > 0 and 5 * spent >= 4 * tokens_limit then
+    return 'warning'
+  end
+  return 'ok'
+end
+
+local function estimated_cost(quota, tokens)
+  if not quota then
+    return 0
+  end
+  return math.floor(tokens * math.max(quota.input_price, quota.output_price) + 0.5)
+end
+
+local function remaining(limit, spent)
+  if limit <= 0 then
+    return -1
+  end
+  return math.max(0, limit - spent)
+end
+
+local function listed(list, value)
+  for _, item in ipairs(list) do
+    if item == value then
+      return true
+    end
+  end
+  return false
+end
+
+-- quota.decide, as a gate: true and the estimated cost, or false and the rule
+-- that refused. The caller describes a refusal with quota.decide itself (same
+-- inputs, returned by the script), so reasons and retry times are Python's own.
+local function decide(allowance, agent, quota, counters, model, tokens)
+  local remaining_tokens = remaining(allowance.daily_token_limit,
+    agent.tokens_used + agent.tokens_reserved)
+  local remaining_jobs = remaining(allowance.daily_job_limit, agent.jobs_started)
+  if model ~= '' and #allowance.model_allowlist > 0
+      and not listed(allowance.model_allowlist, model) then
+    return false, 'allowlist'
+  end
+  if allowance.daily_token_limit > 0
+      and (remaining_tokens <= 0 or tokens > remaining_tokens) then
+    return false, 'daily token limit'
+  end
+  if allowance.daily_job_limit > 0 and remaining_jobs <= 0 then
+    return false, 'daily job limit'
+  end
+  if allowance.concurrent_jobs > 0 and agent.active_jobs >= allowance.concurrent_jobs then
+    return false, 'concurrent job limit'
+  end
+  local cost = 0
+  if model ~= '' and quota then
+    local budget = quota.daily_token_budget
+    if budget > 0 then
+      local left = budget - counters.tokens_used - counters.tokens_reserved
+      if left <= 0 or tokens > left then
+        return false, 'daily token budget of model'
+      end
+    end
+    if quota.hourly_rate_limit > 0 and counters.requests >= quota.hourly_rate_limit then
+      return false, 'hourly rate limit of model'
+    end
+    cost = estimated_cost(quota, tokens)
+    if quota.cost_ceiling > 0 then
+      local left = quota.cost_ceiling * 1000000 - counters.cost_used - counters.cost_reserved
+      if left <= 0 or cost > left then
+        return false, 'cost ceiling of model'
+      end
+    end
+  end
+  return true, cost
+end

@@ -1,0 +1,73 @@
+-- quota_reserve.lua (after common.lua, quota_lib.lua): _engine.reserve, or with
+-- dry = '1' _engine.check (only the sweep and the rolling-hour trim write then).
+-- arg: job id, agent id, model, tokens, dry, default reservation ttl
+-- Replies: {'reserved', agent, model, tokens, cost, created_at, expires_at,
+-- previous status, status} | {'check' or 'denied', rule, allowance JSON, quota
+-- JSON, 4 agent counters, 4 model counters, requests, oldest, now, period end}
+-- | {'conflict'} | {'no allowance'}
+sweep()
+local job, agent_id, model = arg(1), arg(2), arg(3)
+local tokens, dry, default_ttl = tonumber(arg(4)), arg(5) == '1', tonumber(arg(6))
+
+if not dry then
+  local held = get_held(job)
+  if held then
+    -- The engine describes a repeat with a fresh row's status, which is always ok.
+    return {'reserved', held.agent, held.model, num(held.tokens), num(held.cost),
+      num(held.created_at), num(held.expires_at), 'ok', 'ok'}
+  end
+  if redis.call('EXISTS', K.settled .. job) == 1 then
+    return {'conflict'}
+  end
+end
+
+local allowance, allowance_json = json_at(K.allowance .. agent_id)
+if not allowance then
+  return {'no allowance'}
+end
+local row = get_agent(agent_id)
+local quota, quota_json = nil, ''
+local mrow = {tokens_used = 0, tokens_reserved = 0, cost_used = 0, cost_reserved = 0}
+local count, oldest = 0, nil
+if model ~= '' then
+  quota, quota_json = json_at(K.limits .. model)
+  mrow = get_model(model)
+  count, oldest = requests(model)
+end
+local counters = {
+  tokens_used = mrow.tokens_used, tokens_reserved = mrow.tokens_reserved,
+  cost_used = mrow.cost_used, cost_reserved = mrow.cost_reserved, requests = count,
+}
+local allowed, detail = decide(allowance, row, quota, counters, model, tokens)
+if dry or not allowed then
+  return {dry and 'check' or 'denied', allowed and '' or detail, allowance_json, quota_json,
+    num(row.tokens_used), num(row.jobs_started), num(row.tokens_reserved),
+    num(row.active_jobs), num(mrow.tokens_used), num(mrow.tokens_reserved),
+    num(mrow.cost_used), num(mrow.cost_reserved), num(count), oldest and num(oldest) or '',
+    num(NOW), num(END)}
+end
+
+local cost = detail
+local previous = agent_status(allowance, row)
+row.jobs_started = row.jobs_started + 1
+row.active_jobs = row.active_jobs + 1
+row.tokens_reserved = row.tokens_reserved + tokens
+put_agent(agent_id, row)
+if model ~= '' then
+  mrow.tokens_reserved = mrow.tokens_reserved + tokens
+  mrow.cost_reserved = mrow.cost_reserved + cost
+  put_model(model, mrow)
+  -- One member per admitted request: a job id admitted again after its
+  -- reservation expired is a second request.
+  redis.call('ZADD', K.requests .. model, num(NOW), job .. '@' .. num(NOW))
+end
+local ttl = default_ttl
+if allowance.max_job_duration > 0 then
+  ttl = allowance.max_job_duration
+end
+local expires_at = NOW + ttl
+redis.call('HSET', K.held .. job, 'agent', agent_id, 'model', model, 'tokens', num(tokens),
+  'cost', num(cost), 'created_at', num(NOW), 'expires_at', num(expires_at))
+redis.call('ZADD', K.expiry, num(expires_at), job)
+return {'reserved', agent_id, model, num(tokens), num(cost), num(NOW), num(expires_at),
+  previous, agent_status(allowance, row)}

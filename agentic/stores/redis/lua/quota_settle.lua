@@ -1,0 +1,125 @@
+-- quota_settle.lua (after common.lua, quota_lib.lua): _engine.settle.
+-- arg: job id, tokens_in, tokens_out, outcome, agent id ('' = unknown), model,
+-- retention of settled job ids in seconds
+-- Replies: {'settled' or 'duplicate', agent, model, outcome, tokens charged,
+-- cost charged, previous status, status} | {'not found'}
+local SETTLED_FIELDS = {'agent', 'model', 'outcome', 'charged', 'cost', 'previous', 'status'}
+
+-- quota.charged_tokens
+local function charged_tokens(outcome, tokens_in, tokens_out)
+  local total = tokens_in + tokens_out
+  if outcome == 'job_completed' then
+    return total
+  end
+  if outcome == 'job_failed' then
+    return total - math.floor(total / 2)
+  end
+  return 0
+end
+
+-- quota.cost_microcents
+local function cost_microcents(quota, tokens_in, tokens_out)
+  if not quota then
+    return 0
+  end
+  return math.floor(tokens_in * quota.input_price + tokens_out * quota.output_price + 0.5)
+end
+
+-- floor(a * b / c) exactly, for integers a, b >= 0 and c > 0 below 2^52 whose
+-- result is below 2^53. a * b itself may pass 2^53, where doubles stop being
+-- exact, so multiply bit by bit keeping a * (bits of b so far) = q * c + r, r < c.
+local function muldiv(a, b, c)
+  local qa = math.floor(a / c)
+  local ra = a - qa * c
+  local q, r = 0, 0
+  local bit = 1
+  while bit * 2 <= b do
+    bit = bit * 2
+  end
+  while bit >= 1 do
+    q, r = 2 * q, 2 * r
+    if r >= c then
+      q, r = q + 1, r - c
+    end
+    if b >= bit then
+      b = b - bit
+      q, r = q + qa, r + ra
+      if r >= c then
+        q, r = q + 1, r - c
+      end
+    end
+    bit = bit / 2
+  end
+  return q
+end
+
+-- quota.share_of_cost
+local function share_of_cost(full_cost, charged, total)
+  if total <= 0 then
+    return 0
+  end
+  return muldiv(full_cost, charged, total)
+end
+
+sweep()
+local job, tokens_in, tokens_out = arg(1), tonumber(arg(2)), tonumber(arg(3))
+local outcome, agent_arg, model_arg, retention = arg(4), arg(5), arg(6), tonumber(arg(7))
+
+local done = redis.call('HMGET', K.settled .. job, unpack(SETTLED_FIELDS))
+if done[1] then
+  return {'duplicate', unpack(done)}
+end
+local held = get_held(job)
+if not held and agent_arg == '' then
+  return {'not found'}
+end
+local owner, used_model = agent_arg, model_arg
+if held then
+  owner, used_model = held.agent, held.model
+end
+local allowance = json_at(K.allowance .. owner)
+local previous = 'ok'
+if allowance then
+  previous = agent_status(allowance, get_agent(owner))
+end
+if held then
+  release(held)
+  redis.call('DEL', K.held .. job)
+  redis.call('ZREM', K.expiry, job)
+end
+local charged = charged_tokens(outcome, tokens_in, tokens_out)
+local quota = nil
+if used_model ~= '' then
+  quota = json_at(K.limits .. used_model)
+end
+local cost = share_of_cost(cost_microcents(quota, tokens_in, tokens_out), charged,
+  tokens_in + tokens_out)
+local row = get_agent(owner)
+row.tokens_used = row.tokens_used + charged
+put_agent(owner, row)
+if used_model ~= '' then
+  local mrow = get_model(used_model)
+  mrow.tokens_used = mrow.tokens_used + charged
+  mrow.cost_used = mrow.cost_used + cost
+  put_model(used_model, mrow)
+end
+local status = 'ok'
+if allowance then
+  status = agent_status(allowance, row)
+end
+
+local settled = {owner, used_model, outcome, num(charged), num(cost), previous, status}
+local fields = {}
+for i, name in ipairs(SETTLED_FIELDS) do
+  fields[#fields + 1] = name
+  fields[#fields + 1] = settled[i]
+end
+redis.call('HSET', K.settled .. job, unpack(fields))
+redis.call('ZADD', K.settled_at, num(NOW), job)
+-- Forget settlements older than the retention (_engine prune_settled).
+local before = '(' .. num(NOW - retention)
+for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.settled_at, '-inf', before)) do
+  redis.call('DEL', K.settled .. old)
+end
+redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
+return {'settled', unpack(settled)}

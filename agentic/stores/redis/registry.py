@@ -1,0 +1,156 @@
+"""AgentRegistry on Redis: a hash per agent, a set of ids, a sorted set of heartbeats.
+
+Every write is one Lua script, so a heartbeat, a reap and a deregister never
+interleave: a heartbeat only updates an existing hash (it cannot bring back an
+agent deregistered a moment before, go-agentic defect 14), and reap reads only the
+stale end of the heartbeat sorted set, which holds online agents only: O(stale).
+Times are the server's (``TIME``) unless a clock is injected.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+
+import redis
+
+from ...errors import NotFoundError, StoreError
+from ...models import AgentInfo, AgentStatus
+from ..base import AgentRegistry, require_count, require_id, status_for_load, ttl_seconds
+from ..keys import RegistryKeys
+from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
+
+__all__ = ["RedisRegistry"]
+
+# Fields kept outside the JSON ``doc`` because the scripts read or write them.
+_LIVE_FIELDS = {"current_load", "max_load", "status", "last_heartbeat", "registered_at"}
+
+_REGISTER = Script("common.lua", "reg_register.lua")
+_HEARTBEAT = Script("common.lua", "reg_heartbeat.lua")
+_DEREGISTER = Script("reg_deregister.lua")
+_REAP = Script("common.lua", "reg_reap.lua")
+
+
+def _ts(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _missing(agent_id: str) -> NotFoundError:
+    return NotFoundError(f"agent {agent_id!r} is not registered")
+
+
+def _info(raw: Mapping[object, object]) -> AgentInfo:
+    """An AgentInfo from its hash (as HGETALL returns it)."""
+    fields = {text(k): text(v) for k, v in raw.items()}
+    try:
+        return AgentInfo.model_validate(
+            {
+                **json.loads(fields["doc"]),
+                "current_load": int(fields["current_load"]),
+                "max_load": int(fields["max_load"]),
+                "status": fields["status"],
+                "last_heartbeat": _ts(float(fields["last_heartbeat"])),
+                "registered_at": _ts(float(fields["registered_at"])),
+            }
+        )
+    except (KeyError, ValueError) as exc:
+        raise StoreError(f"corrupt agent record in Redis: {exc}") from exc
+
+
+class RedisRegistry(AgentRegistry):
+    """AgentRegistry shared by every machine that reaches one Redis server.
+
+    ``client`` is a redis-py client; it is closed by :meth:`close` only when
+    ``close_client`` is true (stores opened from a URL own their client).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] | None = None,
+        close_client: bool = False,
+    ) -> None:
+        self._client = client
+        self._keys = RegistryKeys.under(require_id("prefix", prefix))
+        self._clock = clock
+        self._close_client = close_client
+
+    def close(self) -> None:
+        if self._close_client:
+            self._client.close()
+
+    def register(self, info: AgentInfo) -> AgentInfo:
+        require_id("agent id", info.id)
+        status = status_for_load(info.current_load, info.max_load)
+        doc = info.model_dump_json(exclude=_LIVE_FIELDS)
+        now, _at = now_arg(self._clock)
+        k = self._keys
+        registered, beat = _REGISTER(
+            self._client,
+            [now, info.id, doc, str(info.current_load), str(info.max_load), status.value],
+            keys=[k.agent(info.id), k.ids, k.beats],
+        )
+        return info.model_copy(
+            update={
+                "registered_at": _ts(float(text(registered))),
+                "last_heartbeat": _ts(float(text(beat))),
+                "status": status,
+            },
+            deep=True,
+        )
+
+    def deregister(self, agent_id: str) -> None:
+        k = self._keys
+        removed = _DEREGISTER(self._client, [agent_id], keys=[k.agent(agent_id), k.ids, k.beats])
+        if not removed:
+            raise _missing(agent_id)
+
+    def get(self, agent_id: str) -> AgentInfo:
+        with translate_errors("get agent"):
+            raw = sync(self._client.hgetall(self._keys.agent(agent_id)))
+        if not raw:
+            raise _missing(agent_id)
+        return _info(raw)
+
+    def list(
+        self, status: AgentStatus | None = None, capability: str | None = None
+    ) -> builtins.list[AgentInfo]:
+        # Two round trips whatever the fleet size: the ids, then every hash pipelined.
+        # An agent deregistered in between has an empty hash and is skipped.
+        with translate_errors("list agents"):
+            ids = sorted(text(i) for i in sync(self._client.smembers(self._keys.ids)))
+            pipe = self._client.pipeline(transaction=False)
+            for agent_id in ids:
+                pipe.hgetall(self._keys.agent(agent_id))
+            hashes = pipe.execute()
+        agents = [_info(raw) for raw in hashes if raw]
+        return [
+            a
+            for a in agents
+            if (status is None or a.status == status)
+            and (capability is None or capability in a.capabilities)
+        ]
+
+    def heartbeat(self, agent_id: str, load: int | None = None) -> AgentInfo:
+        if load is not None:
+            require_count("load", load)
+        now, _at = now_arg(self._clock)
+        k = self._keys
+        raw = _HEARTBEAT(
+            self._client,
+            [now, agent_id, "" if load is None else str(load)],
+            keys=[k.agent(agent_id), k.beats],
+        )
+        if raw is None:
+            raise _missing(agent_id)
+        return _info(dict(zip(raw[::2], raw[1::2], strict=True)))
+
+    def reap(self, ttl: float | timedelta) -> builtins.list[str]:
+        seconds = ttl_seconds(ttl)
+        now, _at = now_arg(self._clock)
+        k = self._keys
+        reaped = _REAP(self._client, [now, repr(seconds), k.agent_head], keys=[k.beats])
+        return sorted(text(i) for i in reaped)
