@@ -1,0 +1,74 @@
+"""Every error answer as ``{"code", "message", "details"}`` with the HTTP status in code.
+
+FastAPI's own handlers answer ``{"detail": ...}``; they are replaced so that clients
+(ours and go-agentic's) read one shape. ``details`` is a string because go-agentic's
+client decodes it into one (anything else would hide the message from it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..errors import APIError, ConfigError, StoreError
+from ._metrics import Metrics
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int, message: str, details: object = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The error body for ``status``."""
+    if details is not None and not isinstance(details, str):
+        details = json.dumps(details, default=str)
+    body = {"code": status, "message": message, "details": details}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation(exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "")
+            return error_response(400, "malformed JSON body", reason or None)
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', '')}"
+        for error in errors
+    )
+    return error_response(422, "invalid request", problems)
+
+
+def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Map every exception an endpoint can raise to the error body."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, RequestValidationError):
+            return _validation(exc)
+        if isinstance(exc, HTTPException):
+            return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+        if isinstance(exc, APIError):
+            if exc.code == 409:
+                metrics.inc("task_conflicts")
+            headers = {"WWW-Authenticate": "Bearer"} if exc.code == 401 else None
+            return error_response(exc.code or 500, exc.message, exc.details, headers)
+        if isinstance(exc, ConfigError):
+            return error_response(422, str(exc))
+        if isinstance(exc, StoreError):
+            metrics.inc("store_errors")
+            log.error("%s %s: store failed: %s", request.method, request.url.path, exc)
+            return error_response(503, "the task store is unavailable", str(exc))
+        log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal server error")
+
+    for kind in (RequestValidationError, HTTPException, APIError, ConfigError, StoreError):
+        app.add_exception_handler(kind, handle)
+    app.add_exception_handler(Exception, handle)

@@ -1,0 +1,98 @@
+"""Request and response bodies of the task API that are not shared models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..models import Priority, Task, TaskResult
+
+__all__ = [
+    "AgentRequest",
+    "AppendResponse",
+    "ClaimRequest",
+    "CompleteRequest",
+    "ErrorBody",
+    "LeaseRequest",
+    "LogLines",
+    "LogPageBody",
+    "NewTask",
+    "TaskResponse",
+]
+
+# A lease of more than a week is almost certainly a unit mistake (ms for s).
+MAX_LEASE_SECONDS = 7 * 24 * 3600.0
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ErrorBody(_Body):
+    """Every error answer. ``details`` is a string, as go-agentic's client decodes it."""
+
+    code: int
+    message: str
+    details: str | None = None
+
+
+class NewTask(Task):
+    """A task to create, as go-agentic sends it: ``""`` priority means medium."""
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _empty_priority(cls, value: Any) -> Any:
+        return Priority.MEDIUM if value in ("", None) else value
+
+
+class TaskResponse(_Body):
+    """``{"task", "message"}``: the answer to claim and complete (go-agentic's)."""
+
+    task: Task
+    message: str = ""
+
+
+class AgentRequest(_Body):
+    """Names the agent a call is made for; an agent token may leave it out."""
+
+    agent_id: str = Field(default="", max_length=256)
+
+
+class ClaimRequest(AgentRequest):
+    """``{"agent_id"}``, optionally with a lease other than the server's default."""
+
+    lease_seconds: float | None = Field(default=None, gt=0, le=MAX_LEASE_SECONDS)
+
+
+class LeaseRequest(ClaimRequest):
+    """Renew a lease: ``{"agent_id", "lease_seconds"}``."""
+
+
+class CompleteRequest(TaskResult):
+    """A TaskResult, plus the optional ``agent_id`` of the holder (checked when given)."""
+
+    agent_id: str = Field(default="", max_length=256)
+
+    def result(self) -> TaskResult:
+        return TaskResult.model_validate(self.model_dump(exclude={"agent_id"}))
+
+
+class LogLines(_Body):
+    """``{"lines": [...]}``: log lines to append, each stored as one entry."""
+
+    lines: list[str]
+
+
+class AppendResponse(_Body):
+    """The offset after the last stored line."""
+
+    next_offset: int
+
+
+class LogPageBody(_Body):
+    """A page of log lines; ask again from ``next_offset`` for more."""
+
+    lines: list[str]
+    offset: int
+    next_offset: int

@@ -1,0 +1,301 @@
+"""The reference task API: ``create_app(store, ...)`` builds the FastAPI application.
+
+Endpoints are go-agentic's (list, get, create, claim, update, complete, health) plus
+ours (release, lease renewal, logs with SSE follow, metrics); see DESIGN.md, "Task
+API (HTTP)". Every error answer is ``{"code", "message", "details"}``; bad input
+gets a 4xx and changes nothing stored.
+
+Auth: with any token configured, every ``/api/tasks`` route needs
+``Authorization: Bearer``. Admin tokens may do anything. An agent token may read,
+and may claim, renew, release, log to, complete and report progress on tasks only
+as its own agent id (403 otherwise). Health and metrics stay open so probes and
+scrapers need no secret; they expose counts, never task content. With NO token
+configured the server is open: anyone who can reach it may do anything (fine on
+loopback, never on a network; ``agentic serve`` warns).
+
+Endpoints are plain ``def`` functions: FastAPI runs them in worker threads, which is
+what blocking stores (SQLite, Redis) need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Annotated
+
+from anyio import to_thread
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..errors import APIError, ConfigError, NotFoundError
+from ..models import Priority, Task, TaskStatus, TaskUpdate
+from ..retry import RetryPolicy
+from ..stores.base import TaskStore
+from ._auth import Auth, Principal
+from ._errors import install_error_handlers
+from ._metrics import Guard, Metrics
+from ._schemas import (
+    AgentRequest,
+    AppendResponse,
+    ClaimRequest,
+    CompleteRequest,
+    ErrorBody,
+    LeaseRequest,
+    LogLines,
+    LogPageBody,
+    NewTask,
+    TaskResponse,
+)
+from ._sse import follow_log
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed JSON",
+        401: "Missing or invalid token",
+        403: "The token may not do this",
+        404: "Unknown task",
+        409: "Not possible in the task's state",
+        413: "Body too large",
+        422: "Invalid input",
+        503: "Store unavailable",
+    }.items()
+}
+_MAX_LIST = 10_000
+_BEARER = HTTPBearer(auto_error=False, description="an admin token or an agent token")
+
+
+def _caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> Principal:
+    auth: Auth = request.app.state.auth
+    return auth.authenticate(credentials.credentials if credentials else None)
+
+
+Caller = Annotated[Principal, Depends(_caller)]
+
+
+async def _requeue_loop(store: TaskStore, metrics: Metrics, interval: float) -> None:
+    """Requeue expired leases every ``interval`` seconds until cancelled."""
+    while True:
+        try:
+            changed = await to_thread.run_sync(store.requeue_expired)
+        except Exception:
+            # A store outage must not kill the loop; it is logged and counted, and the
+            # next pass tries again.
+            metrics.inc("requeue_errors")
+            log.exception("requeue of expired leases failed")
+        else:
+            if changed:
+                metrics.inc("tasks_requeued", len(changed))
+                log.info("lease expired: %s", ", ".join(t.id for t in changed))
+        await asyncio.sleep(interval)
+
+
+def create_app(
+    store: TaskStore,
+    *,
+    admin_tokens: tuple[str, ...] | list[str] = (),
+    agent_tokens: Mapping[str, str] | None = None,
+    lease_seconds: float = 300,
+    max_body_bytes: int = 1 << 20,
+    requeue_interval: float | None = 5.0,
+    retry_policy: RetryPolicy | None = None,
+    log_poll_interval: float = 0.25,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The task API over ``store`` (which the caller keeps and closes).
+
+    ``agent_tokens`` maps token -> agent id. ``lease_seconds`` is the default claim
+    lease. ``requeue_interval`` seconds between passes requeueing expired leases
+    (``None`` or 0: no background pass). ``retry_policy`` spaces the retries of
+    failed tasks (default :class:`RetryPolicy`); ``clock`` must be the store's clock.
+    """
+    if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
+        raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
+    auth = Auth(admin_tokens, agent_tokens or {})
+    if auth.open:
+        log.warning("task API without tokens: anyone who can reach it may do anything")
+    policy = retry_policy or RetryPolicy()
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not requeue_interval:
+            yield
+            return
+        loop = asyncio.create_task(_requeue_loop(store, metrics, requeue_interval))
+        try:
+            yield
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+
+    app = FastAPI(title="agentic task API", version="1", lifespan=lifespan, responses=_ERRORS)
+    app.state.metrics = metrics
+    app.state.auth = auth
+    app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes)
+    install_error_handlers(app, metrics)
+
+    def required_agent(who: Principal, agent_id: str) -> str:
+        agent = who.act_as(agent_id)
+        if not agent:
+            raise APIError("agent_id is required with an admin token", 422)
+        return agent
+
+    def require_holder(who: Principal, task_id: str, action: str) -> None:
+        if who.admin:
+            return
+        task = store.get(task_id)
+        if task.claimed_by != who.agent_id or task.status != TaskStatus.IN_PROGRESS:
+            raise APIError(
+                f"agent {who.agent_id!r} cannot {action} task {task_id}: it does not hold it",
+                403,
+            )
+
+    # --- health and metrics (open) ---
+    @app.get("/v1/health", tags=["health"])
+    @app.get("/api/health", tags=["health"])
+    def health() -> dict[str, str]:
+        """The server is up."""
+        return {"status": "ok"}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    def metrics_text() -> PlainTextResponse:
+        """Prometheus text format: requests by route and status, claims, conflicts, requeues."""
+        return PlainTextResponse(
+            metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    # --- tasks ---
+    @app.get("/api/tasks", response_model=list[Task], tags=["tasks"])
+    def list_tasks(
+        who: Caller,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        project: str | None = None,
+        claimed_by: str | None = None,
+        labels: Annotated[str | None, Query(description="comma-separated: has all")] = None,
+        ready: Annotated[bool | None, Query(description="pending, dependencies done")] = None,
+        limit: Annotated[int | None, Query(ge=1, le=_MAX_LIST)] = None,
+    ) -> list[Task]:
+        """Tasks matching every filter, most urgent and oldest first (a bare array)."""
+        wanted = [label for label in (labels or "").split(",") if label] or None
+        return store.list(status, priority, project, claimed_by, wanted, ready, limit)
+
+    @app.post("/api/tasks", status_code=201, response_model=Task, tags=["tasks"])
+    def create_task(
+        who: Caller,
+        task: NewTask,
+        idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
+    ) -> Task:
+        """Create a task; empty id/status and zero times mean "the server decides"."""
+        who.require_admin("create tasks")
+        try:
+            return store.create(Task.model_validate(task.model_dump()), idempotency_key or None)
+        except NotFoundError as exc:  # a missing dependency is bad input, not a bad URL
+            raise APIError(exc.message, 422) from exc
+
+    @app.get("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
+    def get_task(who: Caller, task_id: str) -> Task:
+        """One task."""
+        return store.get(task_id)
+
+    @app.patch("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
+    def update_task(who: Caller, task_id: str, update: TaskUpdate) -> Task:
+        """Partial update; an agent token may only set progress and notes of its task."""
+        if not who.admin:
+            if update.model_fields_set - {"progress", "notes"}:
+                raise APIError("an agent token may only update progress and notes", 403)
+            require_holder(who, task_id, "update")
+        return store.update(task_id, update)
+
+    @app.post("/api/tasks/{task_id}/claim", response_model=TaskResponse, tags=["tasks"])
+    def claim_task(
+        who: Caller, task_id: str, body: Annotated[ClaimRequest | None, Body()] = None
+    ) -> TaskResponse:
+        """Claim a pending task whose dependencies are completed; 409 if not claimable."""
+        request = body or ClaimRequest()
+        agent = required_agent(who, request.agent_id)
+        task = store.claim(task_id, agent, request.lease_seconds or lease_seconds)
+        metrics.inc("task_claims")
+        return TaskResponse(task=task, message=f"task {task_id} claimed by {agent}")
+
+    @app.post("/api/tasks/{task_id}/complete", response_model=TaskResponse, tags=["tasks"])
+    def complete_task(who: Caller, task_id: str, body: CompleteRequest) -> TaskResponse:
+        """Finish a claimed task; a failure is retried later (backoff) or dead-lettered."""
+        agent = who.act_as(body.agent_id)
+        retry_at = None
+        if not body.success:
+            current = store.get(task_id)
+            attempt = current.retry_count + 1
+            if policy.should_retry(attempt, current.max_retries):
+                retry_at = clock() + policy.delay(attempt)
+        task = store.complete(task_id, body.result(), agent, retry_at)
+        if task.status == TaskStatus.COMPLETED:
+            message = "task completed"
+        elif task.status == TaskStatus.FAILED:
+            message = f"task dead-lettered: {task.fail_reason}"
+        else:
+            when = task.next_attempt_at.isoformat() if task.next_attempt_at else "now"
+            message = f"task failed (retry {task.retry_count} of {task.max_retries} at {when})"
+        return TaskResponse(task=task, message=message)
+
+    @app.post("/api/tasks/{task_id}/release", response_model=Task, tags=["tasks"])
+    def release_task(
+        who: Caller, task_id: str, body: Annotated[AgentRequest | None, Body()] = None
+    ) -> Task:
+        """Give a claim back: pending again, no retry counted."""
+        return store.release(task_id, who.act_as((body or AgentRequest()).agent_id))
+
+    @app.post("/api/tasks/{task_id}/lease", response_model=Task, tags=["tasks"])
+    def renew_lease(who: Caller, task_id: str, body: LeaseRequest) -> Task:
+        """Extend the lease of a task the agent holds."""
+        agent = required_agent(who, body.agent_id)
+        return store.renew(task_id, agent, body.lease_seconds or lease_seconds)
+
+    # --- logs ---
+    @app.post("/api/tasks/{task_id}/logs", response_model=AppendResponse, tags=["logs"])
+    def append_logs(who: Caller, task_id: str, body: LogLines) -> AppendResponse:
+        """Append log lines; an agent token may log only to a task it holds."""
+        require_holder(who, task_id, "log to")
+        return AppendResponse(next_offset=store.append_logs(task_id, body.lines))
+
+    @app.get(
+        "/api/tasks/{task_id}/logs",
+        response_model=LogPageBody,
+        tags=["logs"],
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    def get_logs(
+        who: Caller,
+        task_id: str,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=_MAX_LIST)] = 1000,
+        follow: bool = False,
+        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+    ) -> LogPageBody | StreamingResponse:
+        """A page of log lines, or with ``follow=true`` Server-Sent Events until the task
+        is completed, failed or blocked (``Last-Event-ID`` resumes a stream)."""
+        if not follow:
+            page = store.logs(task_id, offset, limit)
+            return LogPageBody(lines=page.lines, offset=page.offset, next_offset=page.next_offset)
+        store.get(task_id)  # 404 now, not inside a 200 stream
+        start = offset if last_event_id is None else last_event_id
+        return StreamingResponse(
+            follow_log(store, task_id, start, log_poll_interval),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    return app

@@ -1,0 +1,619 @@
+"""The task API server in-process (FastAPI TestClient) on the memory TaskStore."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agentic.errors import ConfigError, StoreError
+from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.retry import RetryPolicy
+from agentic.server import create_app
+from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.testing import FakeClock
+
+with warnings.catch_warnings():
+    # Starlette asks for httpx2 here; httpx is what this project uses.
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+ADMIN = {"Authorization": "Bearer admin-token"}
+AGENT1 = {"Authorization": "Bearer agent-1-token"}
+AGENT2 = {"Authorization": "Bearer agent-2-token"}
+TOKENS: dict[str, Any] = {
+    "admin_tokens": ["admin-token"],
+    "agent_tokens": {"agent-1-token": "a1", "agent-2-token": "a2"},
+}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """The store's and the server's clock."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(clock: FakeClock) -> MemoryTaskStore:
+    """An empty memory task store on the fake clock."""
+    return MemoryTaskStore(clock=clock)
+
+
+@pytest.fixture
+def make_client(store: MemoryTaskStore, clock: FakeClock) -> Iterator[Callable[..., TestClient]]:
+    """Build a TestClient for create_app(store, **options) (tokens by default)."""
+    opened: list[TestClient] = []
+
+    def make(**options: Any) -> TestClient:
+        settings = {**TOKENS, "requeue_interval": None, "clock": clock, **options}
+        client = TestClient(create_app(store, **settings))
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(make_client: Callable[..., TestClient]) -> TestClient:
+    """A client of a server with admin and agent tokens."""
+    return make_client()
+
+
+def new_task(store: MemoryTaskStore, **fields: Any) -> Task:
+    """Create a task directly in the store."""
+    return store.create(Task(title=fields.pop("title", "work"), **fields))
+
+
+def claimed_by(store: MemoryTaskStore, agent: str = "a1", **fields: Any) -> Task:
+    """A task claimed by ``agent``."""
+    return store.claim(new_task(store, **fields).id, agent, 60)
+
+
+def assert_error(response: Any, status: int) -> dict[str, Any]:
+    """The answer has ``status`` and the {"code","message","details"} body."""
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"code", "message", "details"}
+    assert body["code"] == status and body["message"]
+    assert body["details"] is None or isinstance(body["details"], str)
+    return body
+
+
+# --- health, metrics, openapi ---
+
+
+def test_health_and_metrics_need_no_token(api: TestClient) -> None:
+    """Both health paths and /metrics answer without a token."""
+    assert api.get("/v1/health").json() == {"status": "ok"}
+    assert api.get("/api/health").status_code == 200
+    response = api.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert "# TYPE agentic_http_requests_total counter" in response.text
+
+
+def test_openapi_lists_every_endpoint(api: TestClient) -> None:
+    """/openapi.json documents the API with bearer auth."""
+    spec = api.get("/openapi.json").json()
+    assert set(spec["paths"]) >= {
+        "/api/tasks",
+        "/api/tasks/{task_id}",
+        "/api/tasks/{task_id}/claim",
+        "/api/tasks/{task_id}/complete",
+        "/api/tasks/{task_id}/release",
+        "/api/tasks/{task_id}/lease",
+        "/api/tasks/{task_id}/logs",
+        "/v1/health",
+        "/metrics",
+    }
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+
+
+def test_metrics_count_requests_claims_and_conflicts(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """Requests by route template and status; claims and 409s counted."""
+    task = new_task(store)
+    api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a1"}, headers=ADMIN)
+    api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a2"}, headers=ADMIN)
+    api.get("/no/such/path")
+    text = api.get("/metrics").text
+    route = 'route="/api/tasks/{task_id}/claim"'
+    assert f'agentic_http_requests_total{{method="POST",{route},status="200"}} 1' in text
+    assert f'agentic_http_requests_total{{method="POST",{route},status="409"}} 1' in text
+    assert 'route="unmatched",status="404"} 1' in text
+    assert "agentic_task_claims_total 1" in text
+    assert "agentic_task_conflicts_total 1" in text
+    assert task.id not in text
+
+
+# --- auth ---
+
+
+def test_missing_and_wrong_tokens_get_401(api: TestClient, store: MemoryTaskStore) -> None:
+    """Every /api/tasks route needs a valid bearer token."""
+    task = new_task(store)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"}):
+        response = api.get(f"/api/tasks/{task.id}", headers=headers)
+        assert_error(response, 401)
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert "admin-token" not in api.get("/api/tasks").text
+
+
+def test_agent_token_cannot_act_for_another_agent(api: TestClient, store: MemoryTaskStore) -> None:
+    """An agent token naming another agent id gets 403 and changes nothing."""
+    task = new_task(store)
+    held = claimed_by(store, "a2")
+    before = store.list()
+    assert_error(
+        api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a2"}, headers=AGENT1), 403
+    )
+    assert_error(
+        api.post(f"/api/tasks/{held.id}/release", json={"agent_id": "a2"}, headers=AGENT1), 403
+    )
+    assert_error(
+        api.post(f"/api/tasks/{held.id}/lease", json={"agent_id": "a2"}, headers=AGENT1), 403
+    )
+    assert_error(
+        api.post(
+            f"/api/tasks/{held.id}/complete",
+            json={"success": True, "agent_id": "a2"},
+            headers=AGENT1,
+        ),
+        403,
+    )
+    assert_error(api.post(f"/api/tasks/{held.id}/logs", json={"lines": ["x"]}, headers=AGENT1), 403)
+    assert_error(api.patch(f"/api/tasks/{held.id}", json={"progress": 5}, headers=AGENT1), 403)
+    assert store.list() == before
+    assert store.logs(held.id).lines == []
+
+
+def test_agent_token_acts_as_itself(api: TestClient, store: MemoryTaskStore) -> None:
+    """An agent token claims, reports progress, logs, renews and completes as its own id."""
+    task = new_task(store)
+    claim = api.post(f"/api/tasks/{task.id}/claim", headers=AGENT1)
+    assert claim.status_code == 200 and claim.json()["task"]["claimed_by"] == "a1"
+    assert (
+        api.patch(f"/api/tasks/{task.id}", json={"progress": 50}, headers=AGENT1).json()["progress"]
+        == 50
+    )
+    assert api.post(
+        f"/api/tasks/{task.id}/logs", json={"lines": ["hi"]}, headers=AGENT1
+    ).json() == {"next_offset": 1}
+    assert api.post(f"/api/tasks/{task.id}/lease", json={}, headers=AGENT1).status_code == 200
+    done = api.post(f"/api/tasks/{task.id}/complete", json={"success": True}, headers=AGENT1)
+    assert done.json()["task"]["status"] == "completed"
+
+
+def test_agent_token_admin_only_operations(api: TestClient, store: MemoryTaskStore) -> None:
+    """Agent tokens cannot create tasks or change status fields."""
+    held = claimed_by(store, "a1")
+    assert_error(api.post("/api/tasks", json={"title": "x"}, headers=AGENT1), 403)
+    assert_error(api.patch(f"/api/tasks/{held.id}", json={"status": "failed"}, headers=AGENT1), 403)
+    assert len(store.list()) == 1
+
+
+def test_agent_cannot_complete_a_task_another_agent_holds(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """Completing without naming anyone still checks that the caller holds the task."""
+    held = claimed_by(store, "a2")
+    assert_error(
+        api.post(f"/api/tasks/{held.id}/complete", json={"success": True}, headers=AGENT1), 409
+    )
+    assert store.get(held.id).status is TaskStatus.IN_PROGRESS
+
+
+def test_open_server_needs_no_token(make_client: Callable[..., TestClient]) -> None:
+    """With no tokens configured every caller is an admin."""
+    api = make_client(admin_tokens=(), agent_tokens={})
+    assert api.post("/api/tasks", json={"title": "x"}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"admin_tokens": ["same"], "agent_tokens": {"same": "a1"}},
+        {"admin_tokens": [""]},
+        {"agent_tokens": {"t": ""}},
+        {"lease_seconds": 0},
+    ],
+)
+def test_bad_server_configuration(store: MemoryTaskStore, options: dict[str, Any]) -> None:
+    """Overlapping or empty tokens and a zero lease are refused."""
+    with pytest.raises(ConfigError):
+        create_app(store, **options)
+
+
+# --- create, list, get, update ---
+
+
+def test_create_as_go_agentic_sends_it(
+    api: TestClient, store: MemoryTaskStore, clock: FakeClock
+) -> None:
+    """Empty id/status/priority and zero times mean "the server decides"."""
+    body = {
+        "id": "",
+        "title": "port it",
+        "description": "",
+        "priority": "",
+        "status": "",
+        "labels": ["go"],
+        "created_at": "0001-01-01T00:00:00Z",
+        "updated_at": "0001-01-01T00:00:00Z",
+        "claimed_at": "0001-01-01T00:00:00Z",
+    }
+    response = api.post("/api/tasks", json=body, headers=ADMIN)
+    assert response.status_code == 201
+    task = Task.model_validate(response.json())
+    assert task.id and task.status is TaskStatus.PENDING and task.priority == "medium"
+    assert task.created_at is not None and task.created_at.timestamp() == clock()
+    assert store.get(task.id) == task
+
+
+def test_create_honours_idempotency_key(api: TestClient, store: MemoryTaskStore) -> None:
+    """The same Idempotency-Key returns the first task instead of creating another."""
+    headers = {**ADMIN, "Idempotency-Key": "k1"}
+    first = api.post("/api/tasks", json={"title": "once"}, headers=headers).json()
+    again = api.post("/api/tasks", json={"title": "once"}, headers=headers).json()
+    assert first["id"] == again["id"] and len(store.list()) == 1
+
+
+def test_create_with_unknown_dependency_is_422(api: TestClient, store: MemoryTaskStore) -> None:
+    """A missing dependency is bad input."""
+    body = {"title": "x", "dependencies": ["ghost"]}
+    assert "ghost" in assert_error(api.post("/api/tasks", json=body, headers=ADMIN), 422)["message"]
+    assert store.list() == []
+
+
+def test_list_filters(api: TestClient, store: MemoryTaskStore) -> None:
+    """status, priority, project, claimed_by, labels=a,b, ready and limit filter the bare array."""
+    done = new_task(store, title="dep")
+    new_task(store, title="waits", dependencies=[done.id], labels=["a", "b"])
+    new_task(store, title="high", priority="high", project="p", labels=["a"])
+    claimed_by(store, "a1", title="held")
+
+    def ids(query: str) -> list[str]:
+        response = api.get(f"/api/tasks{query}", headers=AGENT1)
+        assert response.status_code == 200 and isinstance(response.json(), list)
+        return [t["title"] for t in response.json()]
+
+    assert ids("?labels=a,b") == ["waits"]
+    assert ids("?labels=a") == ["high", "waits"]
+    assert ids("?priority=high&project=p") == ["high"]
+    assert ids("?claimed_by=a1") == ["held"]
+    assert ids("?status=in_progress") == ["held"]
+    assert "waits" not in ids("?ready=true")
+    assert ids("?ready=true&limit=1") == ["high"]
+    assert len(ids("")) == 4
+    store.complete(store.claim(done.id, "a2", 60).id, TaskResult(success=True))
+    assert "waits" in ids("?ready=true")
+
+
+@pytest.mark.parametrize("query", ["?status=nope", "?priority=urgent", "?limit=0", "?ready=maybe"])
+def test_list_bad_filters_are_422(api: TestClient, query: str) -> None:
+    """Invalid filters answer 422 with the error body."""
+    body = assert_error(api.get(f"/api/tasks{query}", headers=ADMIN), 422)
+    assert body["message"] == "invalid request" and "query" in body["details"]
+
+
+def test_get_unknown_task_is_404(api: TestClient) -> None:
+    """An unknown id is 404 with the error body."""
+    assert "ghost" in assert_error(api.get("/api/tasks/ghost", headers=ADMIN), 404)["message"]
+
+
+def test_patch_updates_and_validates(api: TestClient, store: MemoryTaskStore) -> None:
+    """PATCH applies progress/notes/status; invalid values are 422; illegal moves 409."""
+    task = new_task(store)
+    response = api.patch(
+        f"/api/tasks/{task.id}", json={"notes": "n", "status": "blocked"}, headers=ADMIN
+    )
+    assert response.json()["notes"] == "n" and response.json()["status"] == "blocked"
+    assert_error(api.patch(f"/api/tasks/{task.id}", json={"progress": 101}, headers=ADMIN), 422)
+    assert_error(
+        api.patch(f"/api/tasks/{task.id}", json={"status": "completed"}, headers=ADMIN), 409
+    )
+    assert_error(api.patch("/api/tasks/ghost", json={"notes": "x"}, headers=ADMIN), 404)
+    assert store.get(task.id).progress == 0
+
+
+# --- claim, complete, release, lease ---
+
+
+def test_claim_answers_task_and_message_then_409(api: TestClient, store: MemoryTaskStore) -> None:
+    """The first claim wins {"task","message"}; the next is 409."""
+    task = new_task(store)
+    response = api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a1"}, headers=ADMIN)
+    assert response.status_code == 200
+    assert set(response.json()) == {"task", "message"}
+    assert response.json()["task"]["status"] == "in_progress"
+    body = assert_error(
+        api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a2"}, headers=ADMIN), 409
+    )
+    assert "a1" in body["message"]
+    assert store.get(task.id).claimed_by == "a1"
+
+
+def test_claim_needs_an_agent_and_a_claimable_task(api: TestClient, store: MemoryTaskStore) -> None:
+    """Admin claims must name the agent; unknown is 404; waiting on dependencies is 409."""
+    dep = new_task(store)
+    task = new_task(store, dependencies=[dep.id])
+    assert_error(api.post(f"/api/tasks/{task.id}/claim", headers=ADMIN), 422)
+    assert_error(api.post("/api/tasks/ghost/claim", json={"agent_id": "a1"}, headers=ADMIN), 404)
+    assert_error(
+        api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a1"}, headers=ADMIN), 409
+    )
+    lease = {"agent_id": "a1", "lease_seconds": -1}
+    assert_error(api.post(f"/api/tasks/{dep.id}/claim", json=lease, headers=ADMIN), 422)
+    assert store.get(dep.id).status is TaskStatus.PENDING
+
+
+def test_claim_uses_the_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
+    """The claim's lease_seconds (or the server default) sets lease_expires_at."""
+    task, other = new_task(store), new_task(store)
+    api.post(
+        f"/api/tasks/{task.id}/claim", json={"agent_id": "a1", "lease_seconds": 30}, headers=ADMIN
+    )
+    api.post(f"/api/tasks/{other.id}/claim", json={"agent_id": "a1"}, headers=ADMIN)
+    assert store.get(task.id).lease_expires_at.timestamp() == clock() + 30  # type: ignore[union-attr]
+    assert store.get(other.id).lease_expires_at.timestamp() == clock() + 300  # type: ignore[union-attr]
+
+
+def test_complete_success(api: TestClient, store: MemoryTaskStore) -> None:
+    """A successful result completes the task and stores the result."""
+    held = claimed_by(store)
+    body = {"success": True, "output": "done", "artifacts": ["a.txt"], "agent_id": "a1"}
+    response = api.post(f"/api/tasks/{held.id}/complete", json=body, headers=ADMIN)
+    assert response.json()["message"] == "task completed"
+    stored = store.get(held.id)
+    assert stored.status is TaskStatus.COMPLETED and stored.result is not None
+    assert stored.result.artifacts == ["a.txt"]
+
+
+def test_complete_failure_schedules_retry_with_policy(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore, clock: FakeClock
+) -> None:
+    """A failure is pending again with next_attempt_at from the retry policy."""
+    api = make_client(retry_policy=RetryPolicy(base=10, cap=10, jitter="equal"))
+    held = claimed_by(store)
+    body = {"success": False, "error_message": "boom"}
+    response = api.post(f"/api/tasks/{held.id}/complete", json=body, headers=AGENT1)
+    task = Task.model_validate(response.json()["task"])
+    assert task.status is TaskStatus.PENDING and task.retry_count == 1
+    assert task.next_attempt_at is not None
+    assert clock() + 5 <= task.next_attempt_at.timestamp() <= clock() + 10
+    assert "retry 1 of 3" in response.json()["message"]
+
+
+def test_complete_failure_past_max_retries_dead_letters(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """The last failure dead-letters the task, with no retry time."""
+    held = claimed_by(store, max_retries=0)
+    response = api.post(f"/api/tasks/{held.id}/complete", json={"success": False}, headers=AGENT1)
+    assert response.json()["task"]["status"] == "failed"
+    assert response.json()["message"].startswith("task dead-lettered")
+    assert store.get(held.id).next_attempt_at is None
+
+
+def test_complete_needs_a_claimed_task(api: TestClient, store: MemoryTaskStore) -> None:
+    """Completing a pending task is 409; a body without success is 422."""
+    task = new_task(store)
+    assert_error(
+        api.post(f"/api/tasks/{task.id}/complete", json={"success": True}, headers=ADMIN), 409
+    )
+    assert_error(api.post(f"/api/tasks/{task.id}/complete", json={}, headers=ADMIN), 422)
+    assert store.get(task.id).status is TaskStatus.PENDING
+
+
+def test_release(api: TestClient, store: MemoryTaskStore) -> None:
+    """Release gives the claim back without counting a retry; admin may force it."""
+    held, other = claimed_by(store, "a1"), claimed_by(store, "a2")
+    response = api.post(f"/api/tasks/{held.id}/release", headers=AGENT1)
+    assert response.json()["status"] == "pending" and response.json()["retry_count"] == 0
+    assert api.post(f"/api/tasks/{other.id}/release", headers=ADMIN).json()["status"] == "pending"
+    assert_error(api.post(f"/api/tasks/{held.id}/release", headers=AGENT1), 409)
+
+
+def test_renew_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
+    """Renewal moves lease_expires_at; someone else's or an unheld task is 409."""
+    held = claimed_by(store, "a1")
+    clock.advance(10)
+    response = api.post(
+        f"/api/tasks/{held.id}/lease", json={"agent_id": "a1", "lease_seconds": 100}, headers=ADMIN
+    )
+    assert Task.model_validate(response.json()).lease_expires_at.timestamp() == clock() + 100  # type: ignore[union-attr]
+    assert_error(
+        api.post(f"/api/tasks/{held.id}/lease", json={"agent_id": "a2"}, headers=ADMIN), 409
+    )
+    assert_error(api.post(f"/api/tasks/{held.id}/lease", json={}, headers=ADMIN), 422)
+
+
+# --- logs ---
+
+
+def test_logs_append_and_page(api: TestClient, store: MemoryTaskStore) -> None:
+    """POST appends lines; GET pages them with offset, limit and next_offset."""
+    held = claimed_by(store)
+    api.post(f"/api/tasks/{held.id}/logs", json={"lines": ["a", "b\nc", "d"]}, headers=AGENT1)
+    page = api.get(f"/api/tasks/{held.id}/logs?offset=1&limit=1", headers=AGENT2).json()
+    assert page == {"lines": ["b\nc"], "offset": 1, "next_offset": 2}
+    assert api.get(f"/api/tasks/{held.id}/logs", headers=ADMIN).json()["next_offset"] == 3
+    assert_error(api.get(f"/api/tasks/{held.id}/logs?offset=-1", headers=ADMIN), 422)
+    assert_error(api.post(f"/api/tasks/{held.id}/logs", json={"lines": [1]}, headers=ADMIN), 422)
+    assert_error(api.get("/api/tasks/ghost/logs", headers=ADMIN), 404)
+
+
+def sse_events(api: TestClient, url: str, headers: dict[str, str]) -> list[tuple[str, Any]]:
+    """(event, data) pairs of a followed log, read to the end of the stream."""
+    events: list[tuple[str, Any]] = []
+    kind = ""
+    with api.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+@pytest.mark.parametrize("final", ["completed", "failed", "blocked"])
+def test_follow_logs_ends_on_final_status(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore, final: str
+) -> None:
+    """The SSE stream sends status, every line, and ends on completed, failed or blocked."""
+    api = make_client(log_poll_interval=0.01)
+    held = claimed_by(store, max_retries=0)
+    store.append_logs(held.id, ["one"])
+
+    def finish() -> None:
+        time.sleep(0.1)
+        store.append_logs(held.id, ["two", "three"])
+        if final == "completed":
+            store.complete(held.id, TaskResult(success=True))
+        elif final == "failed":
+            store.complete(held.id, TaskResult(success=False))
+        else:
+            store.release(held.id)
+            store.update(held.id, TaskUpdate(status=TaskStatus.BLOCKED))
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    events = sse_events(api, f"/api/tasks/{held.id}/logs?follow=true", AGENT2)
+    worker.join()
+    assert events[0] == ("status", {"status": "in_progress"})
+    assert [data["line"] for kind, data in events if kind == "log"] == ["one", "two", "three"]
+    assert events[-1] == ("end", {"status": final, "next_offset": 3})
+
+
+def test_follow_logs_resumes_from_offset_or_last_event_id(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """offset and Last-Event-ID start the stream mid-log."""
+    held = claimed_by(store)
+    store.append_logs(held.id, ["a", "b", "c"])
+    store.complete(held.id, TaskResult(success=True))
+    url = f"/api/tasks/{held.id}/logs?follow=true"
+    lines = [d["line"] for k, d in sse_events(api, url + "&offset=1", ADMIN) if k == "log"]
+    assert lines == ["b", "c"]
+    resumed = sse_events(api, url, {**ADMIN, "Last-Event-ID": "2"})
+    assert [d["line"] for k, d in resumed if k == "log"] == ["c"]
+
+
+def test_follow_unknown_task_is_404(api: TestClient) -> None:
+    """Following an unknown task fails before the stream starts."""
+    assert_error(api.get("/api/tasks/ghost/logs?follow=true", headers=ADMIN), 404)
+
+
+# --- bad input never changes state ---
+
+
+def test_bad_input_gets_4xx_and_changes_nothing(api: TestClient, store: MemoryTaskStore) -> None:
+    """Malformed JSON 400, invalid bodies 422, oversize 413; the store is untouched."""
+    held = claimed_by(store)
+    before = (store.list(), store.logs(held.id))
+    json_headers = {**ADMIN, "Content-Type": "application/json"}
+    assert (
+        assert_error(api.post("/api/tasks", content=b"{oops", headers=json_headers), 400)["message"]
+        == "malformed JSON body"
+    )
+    assert_error(api.patch(f"/api/tasks/{held.id}", content=b"[", headers=json_headers), 400)
+    assert_error(api.post("/api/tasks", json={"title": "  "}, headers=ADMIN), 422)
+    assert_error(
+        api.post("/api/tasks", json={"title": "x", "priority": "asap"}, headers=ADMIN), 422
+    )
+    assert_error(
+        api.post("/api/tasks", json={"title": "x", "status": "completed"}, headers=ADMIN), 422
+    )
+    assert_error(api.post("/api/tasks", json={"title": "x", "id": "bad id!"}, headers=ADMIN), 422)
+    assert_error(api.post("/api/tasks", json=["not", "an", "object"], headers=ADMIN), 422)
+    assert_error(api.post(f"/api/tasks/{held.id}/logs", json={"lines": "x"}, headers=ADMIN), 422)
+    assert_error(
+        api.post(f"/api/tasks/{held.id}/complete", json={"success": "maybe"}, headers=ADMIN), 422
+    )
+    assert (store.list(), store.logs(held.id)) == before
+
+
+def test_body_limit_413(make_client: Callable[..., TestClient], store: MemoryTaskStore) -> None:
+    """Bodies over max_body_bytes are refused by Content-Length and while streaming."""
+    api = make_client(max_body_bytes=1000)
+    big = json.dumps({"title": "x" * 2000}).encode()
+    headers = {**ADMIN, "Content-Type": "application/json"}
+    body = assert_error(api.post("/api/tasks", content=big, headers=headers), 413)
+    assert "1000" in body["message"]
+
+    def chunks() -> Iterator[bytes]:
+        yield big[:600]
+        yield big[600:]
+
+    assert_error(api.post("/api/tasks", content=chunks(), headers=headers), 413)
+    bad_length = {**headers, "Content-Length": "lots"}
+    assert_error(api.post("/api/tasks", content=b"{}", headers=bad_length), 400)
+    assert store.list() == []
+
+
+def test_unknown_route_and_method(api: TestClient) -> None:
+    """404 and 405 use the error body too."""
+    assert_error(api.get("/api/nothing", headers=ADMIN), 404)
+    assert_error(api.delete("/api/tasks", headers=ADMIN), 405)
+
+
+class BrokenStore(MemoryTaskStore):
+    """A store whose reads and requeues fail."""
+
+    def get(self, task_id: str) -> Task:
+        raise StoreError("disk on fire")
+
+    def requeue_expired(self) -> list[Task]:
+        raise StoreError("disk on fire")
+
+
+def test_store_errors_are_503(clock: FakeClock) -> None:
+    """A failing store answers 503 with the error body."""
+    with TestClient(create_app(BrokenStore(clock=clock), requeue_interval=None)) as api:
+        body = assert_error(api.get("/api/tasks/t1"), 503)
+        assert body["details"] == "disk on fire"
+        assert "agentic_store_errors_total 1" in api.get("/metrics").text
+
+
+# --- background requeue ---
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Poll until ``condition()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_expired_leases_are_requeued_in_the_background(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore, clock: FakeClock
+) -> None:
+    """The lifespan loop requeues expired leases, counting a retry, and counts them."""
+    api = make_client(requeue_interval=0.01)
+    held = claimed_by(store)
+    clock.advance(61)
+    wait_for(lambda: store.get(held.id).status is TaskStatus.PENDING)
+    assert store.get(held.id).retry_count == 1
+    wait_for(lambda: "agentic_tasks_requeued_total 1" in api.get("/metrics").text)
+
+
+def test_requeue_errors_are_counted_and_the_loop_survives(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failing requeue pass is logged and counted; later passes still run."""
+    app = create_app(BrokenStore(clock=clock), requeue_interval=0.01)
+    with TestClient(app) as api:
+        wait_for(lambda: app.state.metrics.value("requeue_errors") >= 3)
+        assert api.get("/v1/health").status_code == 200
+    assert "requeue of expired leases failed" in caplog.text
