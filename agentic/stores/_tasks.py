@@ -33,6 +33,8 @@ from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 
 __all__ = [
     "FINAL",
+    "LIST_FIELDS",
+    "TIME_FIELDS",
     "blocked_by",
     "claim_conflict",
     "claimed",
@@ -44,6 +46,7 @@ __all__ = [
     "lease_expired_reason",
     "list_filters",
     "matches",
+    "new_id",
     "order_key",
     "prepare_new",
     "released",
@@ -60,6 +63,12 @@ __all__ = [
 ]
 
 FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+#: Task fields that are times (stored as epoch seconds) and lists (stored as JSON)
+TIME_FIELDS = frozenset(
+    {"created_at", "updated_at", "claimed_at", "last_attempt", "next_attempt_at",
+     "lease_expires_at"}
+)  # fmt: skip
+LIST_FIELDS = frozenset({"labels", "files", "dependencies", "blockers"})
 
 # Ids end up in URL paths (/api/tasks/{id}) and Redis keys: keep them path-safe.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -173,12 +182,17 @@ def creation_blockers(dependencies: Iterable[Task]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+def new_id() -> str:
+    """A new task id: a uuid4 in hex."""
+    return uuid.uuid4().hex
+
+
 def stamp_new(task: Task, now: float, blockers: list[str]) -> Task:
     """Fill what the store decides: id, status (blocked when a blocker exists), times."""
     status = TaskStatus.BLOCKED if blockers else (task.status or TaskStatus.PENDING)
     return task.model_copy(
         update={
-            "id": task.id or uuid.uuid4().hex,
+            "id": task.id or new_id(),
             "status": status,
             "created_at": task.created_at or _now(now),
             "updated_at": _now(now),
@@ -343,7 +357,7 @@ def failed_attempt(
 
 def lease_expired_reason(task: Task) -> str:
     """The failure reason recorded when a lease runs out."""
-    return f"lease of {task.claimed_by!r} expired"
+    return f"lease of agent {task.claimed_by} expired"
 
 
 def blocked_by(task: Task, failed_id: str, now: float) -> Task:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
-__all__ = ["QuotaKeys", "RegistryKeys"]
+__all__ = ["QuotaKeys", "RegistryKeys", "TaskKeys"]
 
 
 # --- AgentRegistry: {prefix}:reg:* ---------------------------------------------------
@@ -110,3 +110,51 @@ class QuotaKeys:
 
 
 # --- TaskStore: {prefix}:task:* (added with the Redis task store) --------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKeys:
+    """The task store's keys under one prefix.
+
+    Field order is the order ``stores/redis/lua/task_lib.lua`` reads them from
+    ``ARGV``: change both together. Fields ending in ``_head`` get an id (or, for
+    the indexes, ``{rank}`` / ``{status}:{rank}``) appended.
+    """
+
+    #: hash per task: every Task field as text (times epoch seconds, lists JSON)
+    data_head: str
+    #: set per task: ids of the tasks that depend on it (the dead-letter cascade)
+    dependents_head: str
+    #: list per task: its log lines, in order (the offset is the list index)
+    logs_head: str
+    #: hash: idempotency key -> id of the task it created
+    idempotency: str
+    #: sorted set of in-progress task ids scored by lease expiry (requeue is O(expired))
+    leases: str
+    #: sorted set per priority rank: every task id scored by created_at (list order)
+    order_head: str
+    #: sorted set per status and priority rank: task ids scored by created_at
+    status_head: str
+
+    @classmethod
+    def under(cls, prefix: str) -> TaskKeys:
+        t = f"{prefix}:task:"
+        return cls(
+            data_head=t + "data:",
+            dependents_head=t + "dependents:",
+            logs_head=t + "logs:",
+            idempotency=t + "idempotency",
+            leases=t + "leases",
+            order_head=t + "order:",
+            status_head=t + "status:",
+        )
+
+    def heads(self) -> tuple[str, ...]:
+        """Every field, in declaration order (the scripts' ARGV layout)."""
+        return astuple(self)
+
+    def data(self, task_id: str) -> str:
+        return self.data_head + task_id
+
+    def logs(self, task_id: str) -> str:
+        return self.logs_head + task_id

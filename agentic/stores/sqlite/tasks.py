@@ -85,11 +85,7 @@ MIGRATIONS: list[Migration] = [
 # Derived from the model so that a field added to Task without a migration fails
 # loudly (no such column) instead of being dropped silently.
 _FIELDS = tuple(Task.model_fields)
-_TIMES = frozenset(
-    {"created_at", "updated_at", "claimed_at", "last_attempt", "next_attempt_at",
-     "lease_expires_at"}
-)  # fmt: skip
-_LISTS = frozenset({"labels", "files", "dependencies", "blockers"})
+_TIMES, _LISTS = rules.TIME_FIELDS, rules.LIST_FIELDS
 _SELECT = f"SELECT {', '.join(_FIELDS)} FROM tasks"
 _INSERT = (
     f"INSERT INTO tasks ({', '.join(_FIELDS)}, priority_rank)"

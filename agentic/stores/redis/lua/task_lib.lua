@@ -1,0 +1,142 @@
+-- task_lib.lua: the task rules in Lua, after common.lua. They mirror
+-- agentic/stores/_tasks.py; the contract tests run both on the same cases.
+--
+-- ARGV[1..7] are the key heads of TaskKeys (stores/keys.py), in declaration
+-- order; a script's own arguments start at ARGV[BASE + 1]. Keys are built here
+-- because the cascade finds the tasks it blocks while it runs.
+--
+-- A task is a table of the hash's fields, all text: times are num() strings or
+-- '' for none, lists are JSON. Every script checks everything before its first
+-- write, so a refused call changes nothing.
+
+local HEAD = {
+  data = ARGV[1], dependents = ARGV[2], logs = ARGV[3], idempotency = ARGV[4],
+  leases = ARGV[5], order = ARGV[6], status = ARGV[7],
+}
+local BASE = 7
+local RANK = {critical = 0, high = 1, medium = 2, low = 3}
+
+local function load(id)
+  local raw = redis.call('HGETALL', HEAD.data .. id)
+  if #raw == 0 then
+    return nil
+  end
+  local t = {}
+  for i = 1, #raw, 2 do
+    t[raw[i]] = raw[i + 1]
+  end
+  return t
+end
+
+local function flat(t)
+  local out = {}
+  for k, v in pairs(t) do
+    out[#out + 1] = k
+    out[#out + 1] = v
+  end
+  return out
+end
+
+-- cjson encodes an empty table as {}, so an empty list is written by hand.
+local function encode_list(list)
+  if #list == 0 then
+    return '[]'
+  end
+  return cjson.encode(list)
+end
+
+local function contains(list, value)
+  for _, item in ipairs(list) do
+    if item == value then
+      return true
+    end
+  end
+  return false
+end
+
+-- Store t and keep the status index and the lease set in step with it.
+local function save(t, old_status)
+  redis.call('HSET', HEAD.data .. t.id, unpack(flat(t)))
+  local rank = RANK[t.priority]
+  if old_status ~= t.status then
+    if old_status then
+      redis.call('ZREM', HEAD.status .. old_status .. ':' .. rank, t.id)
+    end
+    redis.call('ZADD', HEAD.status .. t.status .. ':' .. rank, t.created_at, t.id)
+  end
+  if t.status == 'in_progress' and t.lease_expires_at ~= '' then
+    redis.call('ZADD', HEAD.leases, t.lease_expires_at, t.id)
+  else
+    redis.call('ZREM', HEAD.leases, t.id)
+  end
+end
+
+-- Dependencies of t not completed, in t's order.
+local function unfinished(t)
+  local out = {}
+  for _, dep in ipairs(cjson.decode(t.dependencies)) do
+    if redis.call('HGET', HEAD.data .. dep, 'status') ~= 'completed' then
+      out[#out + 1] = dep
+    end
+  end
+  return out
+end
+
+local function unclaim(t)
+  t.claimed_by, t.claimed_at, t.lease_expires_at = '', '', ''
+end
+
+local function dead_letter(t, now, reason)
+  unclaim(t)
+  t.status, t.fail_reason, t.updated_at = 'failed', reason, num(now)
+end
+
+-- A real failure: one more retry counted; past max_retries the dead letter.
+-- retry_at is a num() string or ''; result is TaskResult JSON or nil (keep).
+local function failed_attempt(t, now, reason, retry_at, result)
+  t.retry_count = tostring(tonumber(t.retry_count) + 1)
+  t.last_attempt = num(now)
+  if result then
+    t.result = result
+  end
+  if tonumber(t.retry_count) > tonumber(t.max_retries) then
+    dead_letter(t, now, 'max retries exceeded (' .. t.max_retries .. '): ' .. reason)
+  else
+    unclaim(t)
+    t.status, t.updated_at, t.next_attempt_at = 'pending', num(now), retry_at
+  end
+end
+
+-- Every pending/blocked task downstream of failed_id (through pending/blocked
+-- tasks only) becomes blocked, naming it. Breadth first, as the Python stores.
+local function block_dependents(failed_id, now)
+  local queue, seen, head = {failed_id}, {}, 1
+  while head <= #queue do
+    local members = redis.call('SMEMBERS', HEAD.dependents .. queue[head])
+    head = head + 1
+    for _, id in ipairs(members) do
+      if not seen[id] then
+        seen[id] = true
+        local d = load(id)
+        if d.status == 'pending' or d.status == 'blocked' then
+          local blockers = cjson.decode(d.blockers)
+          if not contains(blockers, failed_id) then
+            blockers[#blockers + 1] = failed_id
+          end
+          local old = d.status
+          d.status, d.blockers, d.updated_at = 'blocked', encode_list(blockers), num(now)
+          save(d, old)
+          queue[#queue + 1] = id
+        end
+      end
+    end
+  end
+end
+
+-- Save t; a task that just became failed blocks its dependents.
+local function finish(t, old_status, now)
+  save(t, old_status)
+  if t.status == 'failed' and old_status ~= 'failed' then
+    block_dependents(t.id, now)
+  end
+end

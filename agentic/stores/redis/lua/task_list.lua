@@ -1,0 +1,68 @@
+-- Tasks matching every filter, most urgent, then oldest, then id first (after
+-- task_lib.lua). Walks the per-rank index (per status and rank when a status is
+-- given), so it stops as soon as ``limit`` tasks matched.
+-- ARGV: heads, status, priority, project, claimed_by, labels JSON, ready, limit.
+-- Each filter is '' when not given; project and claimed_by are '=' .. value so
+-- that an empty value can be asked for; ready is '1' / '0'.
+-- Reply: the tasks
+local status, priority = ARGV[BASE + 1], ARGV[BASE + 2]
+local project, claimed_by = ARGV[BASE + 3], ARGV[BASE + 4]
+local labels = ARGV[BASE + 5] ~= '' and cjson.decode(ARGV[BASE + 5]) or {}
+local ready, limit = ARGV[BASE + 6], tonumber(ARGV[BASE + 7])
+local out = {}
+if limit == 0 then
+  return out
+end
+
+local function matches(t)
+  if project ~= '' and '=' .. t.project ~= project then
+    return false
+  end
+  if claimed_by ~= '' and '=' .. t.claimed_by ~= claimed_by then
+    return false
+  end
+  if #labels > 0 then
+    local has = cjson.decode(t.labels)
+    for _, label in ipairs(labels) do
+      if not contains(has, label) then
+        return false
+      end
+    end
+  end
+  if ready ~= '' then
+    local is_ready = t.status == 'pending' and #unfinished(t) == 0
+    if is_ready ~= (ready == '1') then
+      return false
+    end
+  end
+  return true
+end
+
+local ranks = {0, 1, 2, 3}
+if priority ~= '' then
+  ranks = {RANK[priority]}
+end
+for _, rank in ipairs(ranks) do
+  local key = HEAD.order .. rank
+  if status ~= '' then
+    key = HEAD.status .. status .. ':' .. rank
+  end
+  local start = 0
+  while true do
+    local ids = redis.call('ZRANGE', key, start, start + 99)
+    if #ids == 0 then
+      break
+    end
+    for _, id in ipairs(ids) do
+      local t = load(id)
+      if matches(t) then
+        out[#out + 1] = flat(t)
+        if limit and #out >= limit then
+          return out
+        end
+      end
+    end
+    start = start + 100
+  end
+end
+return out

@@ -1,0 +1,279 @@
+"""TaskStore on Redis: a hash per task, sorted-set indexes, one Lua script per write.
+
+Each mutation is ONE script call (``lua/task_*.lua``), so it is atomic across every
+machine: the claim is a single compare-and-set, and a failure, its dead letter and
+the cascade that blocks the dependents happen in the same step. Time is the server's
+``TIME`` unless a clock is injected (tests). Keys are listed in
+:class:`agentic.stores.keys.TaskKeys`.
+
+Lua decides and writes; Python validates the input first and words the errors:
+when a script refuses, it returns the task as it found it, and the rules of
+``stores/_tasks.py`` explain why, with the memory store's messages. Should the two
+rule sets ever disagree, that is reported as a StoreError instead of passing.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+
+from ...errors import ConfigError, ConflictError, NotFoundError, StoreError
+from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from .. import _tasks as rules
+from .._url import StoreURL
+from ..base import LogPage, TaskStore, require_count, require_id
+from ..keys import TaskKeys
+from ._conn import DEFAULT_PREFIX, Script, connect, now_arg, sync, text, translate_errors
+
+__all__ = ["RedisTaskStore", "task_store_from_url"]
+
+_PRELUDE = ("common.lua", "task_lib.lua")
+_CREATE = Script(*_PRELUDE, "task_create.lua")
+_CLAIM = Script(*_PRELUDE, "task_claim.lua")
+_HOLD = Script(*_PRELUDE, "task_hold.lua")
+_UPDATE = Script(*_PRELUDE, "task_update.lua")
+_REQUEUE = Script(*_PRELUDE, "task_requeue.lua")
+_LIST = Script(*_PRELUDE, "task_list.lua")
+_APPEND_LOGS = Script(*_PRELUDE, "task_logs.lua")
+
+_FIELDS = tuple(Task.model_fields)
+
+
+def _value(name: str, value: Any) -> str:
+    """A Task field as the text the hash keeps."""
+    if name in rules.TIME_FIELDS:
+        return "" if value is None else repr(value.timestamp())
+    if name in rules.LIST_FIELDS:
+        return json.dumps(value)
+    if isinstance(value, TaskResult):
+        return value.model_dump_json()
+    return "" if value is None else str(value)
+
+
+def _pairs(task: Task) -> builtins.list[str]:
+    return [part for name in _FIELDS for part in (name, _value(name, getattr(task, name)))]
+
+
+def _task(fields: Mapping[str, str]) -> Task:
+    """A Task from its hash fields (missing ones, from an older version, get defaults)."""
+    data: dict[str, Any] = {}
+    try:
+        for name in _FIELDS:
+            if name not in fields:
+                continue
+            value = fields[name]
+            if name in rules.TIME_FIELDS:
+                data[name] = rules.dt(float(value)) if value else None
+            elif name in rules.LIST_FIELDS:
+                data[name] = json.loads(value)
+            elif name == "result":
+                data[name] = json.loads(value) if value else None
+            else:
+                data[name] = value
+        return Task.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        raise StoreError(f"corrupt task record in Redis: {exc}") from exc
+
+
+def _from_flat(raw: Sequence[object]) -> Task:
+    return _task({text(k): text(v) for k, v in zip(raw[::2], raw[1::2], strict=True)})
+
+
+def _missing(task_id: str) -> NotFoundError:
+    return NotFoundError(f"task {task_id!r} does not exist")
+
+
+def _disagreement(task_id: str, action: str) -> StoreError:
+    return StoreError(
+        f"Redis refused to {action} task {task_id!r} but the rules allow it: the Lua and"
+        " Python task rules disagree (a bug; please report it)"
+    )
+
+
+class RedisTaskStore(TaskStore):
+    """TaskStore shared by every machine that reaches one Redis server.
+
+    ``client`` is a redis-py client; it is closed by :meth:`close` only when
+    ``close_client`` is true (stores opened from a URL own their client).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        clock: Callable[[], float] | None = None,
+        close_client: bool = False,
+    ) -> None:
+        self._client = client
+        self._keys = TaskKeys.under(require_id("prefix", prefix))
+        self._heads = list(self._keys.heads())
+        self._clock = clock
+        self._close_client = close_client
+
+    def close(self) -> None:
+        if self._close_client:
+            self._client.close()
+
+    def _run(self, script: Script, *args: str) -> Any:
+        return script(self._client, [*self._heads, *args])
+
+    def _now(self) -> str:
+        return now_arg(self._clock)[0]
+
+    def _answer(self, reply: Any, task_id: str) -> Task:
+        """The task of an ``{'ok', task}`` reply; NotFoundError for ``{'missing'}``."""
+        kind = text(reply[0])
+        if kind == "missing":
+            raise _missing(task_id)
+        return _from_flat(reply[1])
+
+    # --- TaskStore ---
+    def create(self, task: Task, idempotency_key: str | None = None) -> Task:
+        prepared = rules.prepare_new(task)
+        if idempotency_key is not None:
+            require_id("idempotency key", idempotency_key)
+        prepared = prepared.model_copy(
+            update={
+                "id": prepared.id or rules.new_id(),
+                "status": prepared.status or TaskStatus.PENDING,
+            }
+        )
+        reply = self._run(_CREATE, self._now(), idempotency_key or "", *_pairs(prepared))
+        kind = text(reply[0])
+        if kind == "exists":
+            raise ConflictError(f"task {prepared.id!r} already exists")
+        if kind == "missing":
+            raise NotFoundError(f"dependency {text(reply[1])!r} does not exist")
+        return _from_flat(reply[1])
+
+    def get(self, task_id: str) -> Task:
+        with translate_errors("get task"):
+            raw = sync(self._client.hgetall(self._keys.data(task_id)))
+        if not raw:
+            raise _missing(task_id)
+        return _task({text(k): text(v) for k, v in raw.items()})
+
+    def list(
+        self,
+        status: TaskStatus | None = None,
+        priority: Priority | None = None,
+        project: str | None = None,
+        claimed_by: str | None = None,
+        labels: builtins.list[str] | None = None,
+        ready: bool | None = None,
+        limit: int | None = None,
+    ) -> builtins.list[Task]:
+        status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        reply = self._run(
+            _LIST,
+            "" if status is None else status.value,
+            "" if priority is None else priority.value,
+            # '=' marks a given value, so that an empty project can be asked for
+            "" if project is None else "=" + project,
+            "" if claimed_by is None else "=" + claimed_by,
+            json.dumps(labels) if labels else "",
+            "" if ready is None else str(int(ready)),
+            "" if limit is None else str(limit),
+        )
+        return [_from_flat(raw) for raw in reply]
+
+    def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
+        require_id("agent id", agent_id)
+        lease = rules.require_lease(lease_seconds)
+        rules.require_job_id(job_id)
+        reply = self._run(_CLAIM, self._now(), task_id, agent_id, repr(lease), job_id)
+        if text(reply[0]) == "conflict":
+            raise rules.claim_conflict(_from_flat(reply[1]), [text(d) for d in reply[2]])
+        return self._answer(reply, task_id)
+
+    def _hold(self, task_id: str, action: str, agent_id: str | None, *args: str) -> Task:
+        if agent_id is not None:
+            require_id("agent id", agent_id)
+        reply = self._run(_HOLD, self._now(), task_id, action, agent_id or "", *args)
+        if text(reply[0]) == "conflict":
+            rules.require_holder(_from_flat(reply[1]), agent_id, action)
+            raise _disagreement(task_id, action)
+        return self._answer(reply, task_id)
+
+    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+        require_id("agent id", agent_id)
+        lease = rules.require_lease(lease_seconds)
+        return self._hold(task_id, "renew", agent_id, repr(lease))
+
+    def release(self, task_id: str, agent_id: str | None = None) -> Task:
+        return self._hold(task_id, "release", agent_id)
+
+    def update(self, task_id: str, update: TaskUpdate) -> Task:
+        if not isinstance(update, TaskUpdate):
+            raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
+        fields = update.model_dump(exclude_none=True, exclude={"status"})
+        pairs = [part for name, value in fields.items() for part in (name, _value(name, value))]
+        reply = self._run(
+            _UPDATE,
+            self._now(),
+            task_id,
+            "" if update.status is None else update.status.value,
+            update.fail_reason or "marked failed",
+            *pairs,
+        )
+        if text(reply[0]) == "conflict":
+            rules.updated(_from_flat(reply[1]), update, 0.0)
+            raise _disagreement(task_id, "update")
+        return self._answer(reply, task_id)
+
+    def complete(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        retry_at: float | None = None,
+    ) -> Task:
+        if not isinstance(result, TaskResult):
+            raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
+        retry_at = rules.require_retry_at(retry_at)
+        return self._hold(
+            task_id,
+            "complete",
+            agent_id,
+            str(int(result.success)),
+            result.model_dump_json(),
+            result.error_message or "the task failed",
+            "" if retry_at is None else repr(retry_at),
+        )
+
+    def requeue_expired(self) -> builtins.list[Task]:
+        return [_from_flat(raw) for raw in self._run(_REQUEUE, self._now())]
+
+    def append_logs(self, task_id: str, lines: builtins.list[str]) -> int:
+        rules.require_lines(lines)
+        length = int(self._run(_APPEND_LOGS, task_id, *lines))
+        if length < 0:
+            raise _missing(task_id)
+        return length
+
+    def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
+        require_count("offset", offset)
+        limit = rules.require_limit("limit", limit)
+        end = -1 if limit is None else offset + limit - 1
+        with translate_errors("read task logs"):
+            # MULTI: the existence check and the read see one state.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.exists(self._keys.data(task_id))
+            pipe.lrange(self._keys.logs(task_id), offset, end)
+            exists, raw = pipe.execute()
+        if not exists:
+            raise _missing(task_id)
+        # LRANGE offset offset-1 would mean "to the end" when offset is 0.
+        lines = [] if limit == 0 else [text(line) for line in raw]
+        return LogPage(lines=lines, offset=offset, next_offset=offset + len(lines))
+
+
+def task_store_from_url(url: StoreURL) -> RedisTaskStore:
+    """``redis://``: a task store on the server of ``url`` (pinged at open)."""
+    conn = connect(url)
+    return RedisTaskStore(conn.client, prefix=conn.prefix, close_client=True)
