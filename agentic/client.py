@@ -81,7 +81,8 @@ class LogEvent:
     ``kind`` is ``"log"`` (``line`` at ``offset``), ``"status"`` (the task's status
     changed to ``status``), ``"end"`` (the task is completed, failed or blocked;
     ``offset`` is the next offset) or ``"ping"`` (a keep-alive, so that consumers get
-    a chance to check their own stop flags while the task is quiet).
+    a chance to check their own stop flags while the task is quiet). An ``error``
+    event from the server raises :class:`APIError` (503).
     """
 
     kind: Literal["log", "status", "end", "ping"]
@@ -415,6 +416,8 @@ def _decode_event(kind: str, data: str) -> LogEvent | None:
         payload = json.loads(data)
         if kind == "log":
             return LogEvent("log", line=str(payload["line"]), offset=int(payload["offset"]))
+        if kind == "error":  # the server's store failed mid-stream; it closes the stream
+            raise APIError(str(payload.get("message", "log stream failed")), 503, data)
         if kind in {"status", "end"}:
             status = TaskStatus(payload["status"])
             return LogEvent(
@@ -422,6 +425,6 @@ def _decode_event(kind: str, data: str) -> LogEvent | None:
                 offset=int(payload.get("next_offset", 0)),
                 status=status,
             )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise APIError(f"malformed log event {kind!r}: {data!r}", 200, data) from exc
     return None  # an event kind from a newer server: skip it

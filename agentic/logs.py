@@ -1,0 +1,142 @@
+"""``stream_logs``: print a task's status changes and log lines (``agentic logs``).
+
+Status lines keep go-agentic's format, ``[YYYY-MM-DD HH:MM:SS] Status: X`` (UTC),
+but are written when the status changes rather than on every poll. The stream stops
+when the task is completed, failed or blocked (go-agentic never stopped on failed:
+its defect 17), or when ``stop`` is set.
+
+With ``follow`` the server's Server-Sent Events are used; when they fail (an older
+server, a proxy that buffers, a dropped connection) the function falls back to
+polling from the last offset it printed, so no line is printed twice or lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Protocol
+
+from .client import TaskClient
+from .errors import APIError, NotFoundError
+from .models import TaskStatus
+from .stores.base import require_id
+
+__all__ = ["FINISHED", "stream_logs"]
+
+log = logging.getLogger(__name__)
+
+#: statuses after which a task's log does not grow any more
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.BLOCKED})
+
+
+class Writer(Protocol):
+    """Anything with ``write(str)``: a file, ``sys.stdout``, ``io.StringIO``."""
+
+    def write(self, text: str, /) -> object: ...
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _transient(exc: APIError) -> bool:
+    # No answer, rate limited or a server-side failure: worth asking again.
+    return exc.code in {0, 429} or exc.code >= 500
+
+
+class _Printer:
+    """What has been printed: the last status and the next log offset."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.status: TaskStatus | None = None
+        self.offset = 0
+
+    def show_status(self, status: TaskStatus | None) -> None:
+        if status is not None and status != self.status:
+            self.status = status
+            self.writer.write(f"[{_stamp()}] Status: {status}\n")
+
+    def show_line(self, line: str, offset: int) -> None:
+        # An offset below ours was printed already (a resumed stream may repeat).
+        if offset >= self.offset:
+            self.writer.write(line + "\n")
+            self.offset = offset + 1
+
+    def drain(self, client: TaskClient, task_id: str) -> None:
+        while True:
+            page = client.get_logs(task_id, self.offset)
+            for index, line in enumerate(page.lines, start=page.offset):
+                self.show_line(line, index)
+            if not page.lines:
+                return
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+def stream_logs(
+    client: TaskClient,
+    task_id: str,
+    writer: Writer,
+    follow: bool = True,
+    poll_interval: float = 1.0,
+    stop: threading.Event | None = None,
+) -> TaskStatus | None:
+    """Write the task's status and log lines to ``writer``; returns the last status seen.
+
+    Without ``follow`` it prints what exists now and returns. :class:`NotFoundError`
+    and other non-transient API errors are raised; transient ones while polling are
+    printed as ``[...] Error: ...`` lines and polling goes on, as go-agentic did.
+    """
+    require_id("task_id", task_id)
+    printer = _Printer(writer)
+    printer.show_status(client.get_task(task_id).status)
+    printer.drain(client, task_id)
+    if not follow or printer.finished:
+        return printer.status
+    try:
+        for event in client.follow_logs(task_id, printer.offset):
+            if event.kind == "log":
+                printer.show_line(event.line, event.offset)
+            elif event.kind in ("status", "end"):
+                printer.show_status(event.status)
+            if event.kind == "end" or (stop is not None and stop.is_set()):
+                return printer.status
+    except NotFoundError:
+        raise
+    except APIError as exc:
+        log.info("log stream of task %s failed (%s); polling instead", task_id, exc)
+    return _poll(client, task_id, printer, poll_interval, stop)
+
+
+def _poll(
+    client: TaskClient,
+    task_id: str,
+    printer: _Printer,
+    poll_interval: float,
+    stop: threading.Event | None,
+) -> TaskStatus | None:
+    while stop is None or not stop.is_set():
+        try:
+            # Status first, then the log: once a final status is seen, every line
+            # written before the task finished is printed before returning.
+            printer.show_status(client.get_task(task_id).status)
+            printer.drain(client, task_id)
+        except NotFoundError:
+            raise
+        except APIError as exc:
+            if not _transient(exc):
+                raise
+            printer.writer.write(f"[{_stamp()}] Error: {exc}\n")
+        else:
+            if printer.finished:
+                break
+        if stop is not None:
+            stop.wait(poll_interval)
+        else:
+            time.sleep(poll_interval)
+    return printer.status
