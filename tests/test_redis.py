@@ -1,0 +1,413 @@
+"""Redis-specific behaviour: parity with memory, one round trip, server time, keys, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import types
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import astuple
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import pytest
+import redis
+from pydantic import BaseModel
+
+from agentic.errors import (
+    ConfigError,
+    NotFoundError,
+    QuotaExceededError,
+    StoreError,
+    StoreUnavailableError,
+)
+from agentic.models import AgentAllowance, AgentInfo, AgentStatus, ModelQuota, QuotaEvent
+from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
+from agentic.stores import open_allowance_store, open_registry
+from agentic.stores.base import AgentRegistry, AllowanceStore
+from agentic.stores.keys import QuotaKeys, RegistryKeys
+from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+from agentic.stores.redis import RedisAllowanceStore, RedisRegistry
+from agentic.testing import FakeClock
+from tests.conftest import RedisServer, free_port
+
+COMPLETED, FAILED, CANCELLED = (
+    QuotaEvent.JOB_COMPLETED,
+    QuotaEvent.JOB_FAILED,
+    QuotaEvent.JOB_CANCELLED,
+)
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def client(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A client of a real redis-server, then of fakeredis (with Lua)."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        made = redis.Redis(port=server.port)
+    else:
+        import fakeredis
+
+        made = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def answer(target: object, method: str, args: list[Any]) -> Any:
+    """What a store call returned, or which error it raised, as comparable data."""
+    try:
+        result = getattr(target, method)(*args)
+    except Exception as exc:
+        return (type(exc).__name__, str(exc), getattr(exc, "retry_after", None))
+    if isinstance(result, BaseModel):
+        return result.model_dump()
+    if isinstance(result, list):
+        return [r.model_dump() if isinstance(r, BaseModel) else r for r in result]
+    return result
+
+
+# --- parity with the memory store ----------------------------------------------------
+
+# fmt: off
+QUOTA_SEQUENCE: list[tuple[Any, ...]] = [
+    ("set_allowance", AgentAllowance(agent_id="a", daily_token_limit=1000, daily_job_limit=5,
+                                     concurrent_jobs=2, max_job_duration=600,
+                                     model_allowlist=["m1", "m2"])),
+    ("set_allowance", AgentAllowance(agent_id="b", concurrent_jobs=1)),
+    ("set_model_quota", ModelQuota(model="m1", daily_token_budget=5000, hourly_rate_limit=3,
+                                   cost_ceiling=2, input_price=150.5, output_price=600)),
+    ("check", "a", "m1", 100),
+    ("reserve", "a", "m1", 400, "j1"),
+    ("reserve", "a", "m1", 400, "j1"),
+    ("reserve", "a", "m3", 1, "j2"),
+    ("reserve", "a", "m1", 700, "j2"),
+    ("reserve", "a", "m2", 300, "j2"),
+    ("reserve", "a", "", 1, "j3"),
+    ("check", "a", "", 0),
+    ("settle", "j1", 200, 100, COMPLETED),
+    ("settle", "j1", 1, 1, COMPLETED),
+    ("reserve", "a", "m1", 1, "j1"),
+    ("advance", 601),
+    ("get_usage", "a"),
+    ("settle", "j2", 10, 11, FAILED, "a", "m2"),
+    ("reserve", "b", "m1", 3200, "k0"),
+    ("reserve", "b", "m1", 2000, "k1"),
+    ("reserve", "b", "m1", 2000, "k2"),
+    ("settle", "k1", 1000, 999, FAILED),
+    ("reserve", "b", "m1", 4000, "k2"),
+    ("reserve", "b", "m1", 2000, "k2"),
+    ("settle", "k2", 7, 0, CANCELLED),
+    ("reserve", "b", "m1", 1, "k3"),
+    ("increment_usage", "c", 10, 1),
+    ("decrement_active_jobs", "c"),
+    ("return_tokens", "c", 5),
+    ("increment_model_usage", "m2", 77),
+    ("get_model_usage", "m1"),
+    ("usages",),
+    ("advance", 9 * 3600),
+    ("check", "a", "m1", 1000),
+    ("get_model_usage", "m1"),
+    ("advance", DAY),
+    ("reset_usage", "a"),
+    ("usages",),
+    ("allowances",),
+    ("get_model_quota", "m1"),
+    ("settle", "nope", 1, 1, COMPLETED),
+    ("reserve", "nobody", "", 0, "x"),
+    ("check", "b", "m1", 0),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York"])
+def test_allowance_answers_match_memory(client: redis.Redis, prefix: str, tz: str) -> None:
+    """A fixed mix of ~40 quota operations gives the memory store's answer at every step."""
+    clock = FakeClock()
+    zone = ZoneInfo(tz)
+    stores: list[AllowanceStore] = [
+        MemoryAllowanceStore(clock=clock, tz=zone, reservation_ttl=900),
+        RedisAllowanceStore(client, prefix=prefix, clock=clock, tz=zone, reservation_ttl=900),
+    ]
+    for step, (name, *args) in enumerate(QUOTA_SEQUENCE):
+        if name == "advance":
+            clock.advance(args[0])
+            continue
+        expected, got = (answer(store, name, args) for store in stores)
+        assert got == expected, f"step {step}: {name}{tuple(args)}"
+
+
+def test_registry_answers_match_memory(client: redis.Redis, prefix: str) -> None:
+    """A fixed mix of registry operations gives the memory registry's answer at every step."""
+    clock = FakeClock()
+    registries: list[AgentRegistry] = [
+        MemoryRegistry(clock=clock),
+        RedisRegistry(client, prefix=prefix, clock=clock),
+    ]
+    sequence: list[tuple[Any, ...]] = [
+        ("register", AgentInfo(id="a", name="A", capabilities=["go", "py"], max_load=2)),
+        ("register", AgentInfo(id="b", capabilities=["py"], max_load=1, current_load=1)),
+        ("advance", 20),
+        ("register", AgentInfo(id="c", capabilities=[], status=AgentStatus.OFFLINE)),
+        ("heartbeat", "a", 2),
+        ("advance", 15),
+        ("reap", 30),
+        ("list",),
+        ("list", AgentStatus.BUSY),
+        ("list", None, "py"),
+        ("heartbeat", "b"),
+        ("register", AgentInfo(id="a", name="A2", capabilities=["rust"])),
+        ("deregister", "c"),
+        ("heartbeat", "c"),
+        ("deregister", "c"),
+        ("advance", 100),
+        ("reap", 30),
+        ("reap", 30),
+        ("get", "a"),
+        ("heartbeat", "a", 0),
+        ("list", AgentStatus.OFFLINE),
+    ]
+    for step, (name, *args) in enumerate(sequence):
+        if name == "advance":
+            clock.advance(args[0])
+            continue
+        expected, got = (answer(registry, name, args) for registry in registries)
+        assert got == expected, f"step {step}: {name}{tuple(args)}"
+
+
+def test_cost_share_is_exact_past_2_to_53(client: redis.Redis, prefix: str) -> None:
+    """A failed job's cost share is exact even when cost x tokens passes 2**53."""
+    quota = ModelQuota(model="m", input_price=333.3, output_price=999.9)
+    store = RedisAllowanceStore(client, prefix=prefix, clock=FakeClock())
+    store.set_model_quota(quota)
+    tokens_in, tokens_out = 40_000_001, 3
+    total = tokens_in + tokens_out
+    charged = total - total // 2
+    full = cost_microcents(quota, tokens_in, tokens_out)
+    assert full * charged > 2**53
+    settled = store.settle("j", tokens_in, tokens_out, FAILED, agent_id="a", model="m")
+    assert settled.cost_charged == share_of_cost(full, charged, total)
+
+
+def test_amounts_beyond_exact_range_are_refused(client: redis.Redis, prefix: str) -> None:
+    """Token amounts above 2**50 are a ConfigError on Redis (Lua doubles), not a wrong sum."""
+    store = RedisAllowanceStore(client, prefix=prefix)
+    with pytest.raises(ConfigError, match="2\\*\\*50"):
+        store.increment_usage("a", 2**50 + 1, 0)
+
+
+def test_settled_ids_are_forgotten_after_retention(client: redis.Redis, prefix: str) -> None:
+    """A settled job id is pruned by a settle after the retention, like the memory store."""
+    clock = FakeClock()
+    store = RedisAllowanceStore(client, prefix=prefix, clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    store.reserve("a", "", 1, "old")
+    store.settle("old", 1, 0, COMPLETED)
+    clock.advance(SETTLED_RETENTION + 1)
+    store.settle("other", 1, 0, COMPLETED, agent_id="a")
+    assert store.reserve("a", "", 1, "old").job_id == "old"
+
+
+# --- keys --------------------------------------------------------------------------
+
+
+def test_every_key_follows_keys_module(client: redis.Redis, prefix: str) -> None:
+    """Registry and allowance keys on one prefix live apart, each under a known pattern."""
+    clock = FakeClock()
+    registry = RedisRegistry(client, prefix=prefix, clock=clock)
+    store = RedisAllowanceStore(client, prefix=prefix, clock=clock)
+    # ids that look like other keys must not become them
+    registry.register(AgentInfo(id="ids"))
+    registry.register(AgentInfo(id="agent:x"))
+    store.set_allowance(AgentAllowance(agent_id="agents"))
+    store.set_model_quota(ModelQuota(model="m"))
+    store.reserve("agents", "m", 5, "held:1")
+    store.settle("held:1", 1, 1, COMPLETED)
+    store.reserve("agents", "m", 5, "j2")
+    reg, quota = RegistryKeys.under(prefix), QuotaKeys.under(prefix)
+    patterns = [*astuple(reg), *quota.heads()]
+    keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*"))
+    assert keys
+    for key in keys:
+        matching = [p for p in patterns if key == p or (p.endswith(":") and key.startswith(p))]
+        assert matching, f"{key} matches no pattern of agentic.stores.keys"
+        assert key.startswith((f"{prefix}:reg:", f"{prefix}:quota:"))
+    assert client.type(reg.agent("ids")) == b"hash"
+    assert client.type(reg.ids) == b"set"
+
+
+def test_beats_hold_only_online_agents(client: redis.Redis, prefix: str) -> None:
+    """Reaped agents leave the heartbeat sorted set and come back with a heartbeat."""
+    clock = FakeClock()
+    registry = RedisRegistry(client, prefix=prefix, clock=clock)
+    beats = RegistryKeys.under(prefix).beats
+    registry.register(AgentInfo(id="a"))
+    registry.register(AgentInfo(id="b"))
+    clock.advance(100)
+    registry.heartbeat("b")
+    assert registry.reap(30) == ["a"]
+    assert client.zrange(beats, 0, -1) == [b"b"]
+    registry.heartbeat("a")
+    assert client.zcard(beats) == 2
+
+
+def test_heartbeat_after_deregister_writes_nothing(client: redis.Redis, prefix: str) -> None:
+    """A heartbeat racing a deregister gets NotFoundError and leaves no key behind."""
+    registry = RedisRegistry(client, prefix=prefix, clock=FakeClock())
+    keys = RegistryKeys.under(prefix)
+    registry.register(AgentInfo(id="a"))
+    registry.deregister("a")
+    with pytest.raises(NotFoundError):
+        registry.heartbeat("a", load=1)
+    assert client.exists(keys.agent("a"), keys.beats, keys.ids) == 0
+
+
+# --- time ------------------------------------------------------------------------------
+
+
+def test_without_clock_scripts_use_server_time(
+    client: redis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no clock injected, times come from Redis TIME even if the local clock is wrong."""
+    from agentic.stores.redis import _conn
+
+    monkeypatch.setattr(_conn, "time", types.SimpleNamespace(time=lambda: 0.0))
+    server_now = float(cast(tuple[int, int], client.time())[0])
+    info = RedisRegistry(client, prefix=prefix).register(AgentInfo(id="a"))
+    store = RedisAllowanceStore(client, prefix=prefix)
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    held = store.reserve("a", "", 1, "j")
+    for stamp in (info.last_heartbeat, held.created_at):
+        assert stamp is not None
+        assert abs(stamp.timestamp() - server_now) < 5
+
+
+# --- one round trip ------------------------------------------------------------------
+
+
+def test_reserve_is_one_round_trip(redis_server: RedisServer, prefix: str) -> None:
+    """Once its script is loaded, a reserve sends exactly one command: EVALSHA."""
+    client = redis.Redis(port=redis_server.port, single_connection_client=True)
+    store = RedisAllowanceStore(client, prefix=prefix)
+    store.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=10_000))
+    store.set_model_quota(ModelQuota(model="m", hourly_rate_limit=100, cost_ceiling=5))
+    store.reserve("a", "m", 10, "warm-up")  # loads the script into the server
+    address = cast(dict[str, str], client.client_info())["addr"]
+    marker = f"end-{prefix}"
+    watcher = redis.Redis(port=redis_server.port)
+    seen: list[dict[str, Any]] = []
+    with watcher.monitor() as monitor:  # type: ignore[no-untyped-call]
+        store.reserve("a", "m", 10, "measured")
+        watcher.echo(marker)  # on another connection: marks the end of the capture
+        while marker not in (command := monitor.next_command())["command"]:
+            seen.append(command)
+    ours = [c for c in seen if f"{c['client_address']}:{c['client_port']}" == address]
+    assert [c["command"].split()[0].upper() for c in ours] == ["EVALSHA"]
+    assert any(c["client_type"] == "lua" for c in seen)  # the work happened inside
+    client.close()
+    watcher.close()
+
+
+def test_script_reloads_after_flush(client: redis.Redis, prefix: str) -> None:
+    """After SCRIPT FLUSH (or a restart), the next call loads the script again."""
+    store = RedisAllowanceStore(client, prefix=prefix, clock=FakeClock())
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    store.reserve("a", "", 1, "j1")
+    client.script_flush()
+    assert store.reserve("a", "", 1, "j2").job_id == "j2"
+
+
+# --- URLs and errors -----------------------------------------------------------------
+
+
+def test_open_from_url_with_options(redis_server: RedisServer, prefix: str) -> None:
+    """A redis:// URL opens pinged stores that share state under their prefix only."""
+    url = f"{redis_server.url}?prefix={prefix}&timeout=1&tz=Europe/Paris&reservation_ttl=5"
+    with closing(open_allowance_store(url)) as first, closing(open_allowance_store(url)) as second:
+        first.set_allowance(AgentAllowance(agent_id="a", daily_job_limit=3))
+        assert second.get_allowance("a").daily_job_limit == 3
+    with closing(open_registry(f"{redis_server.url}?prefix={prefix}x")) as other:
+        assert other.list() == []
+    with closing(open_allowance_store(f"{redis_server.url}?prefix={prefix}x")) as other_store:
+        assert other_store.allowances() == []
+
+
+def test_unknown_url_option_is_config_error(redis_server: RedisServer) -> None:
+    """A typo in the URL options names the accepted ones."""
+    with pytest.raises(ConfigError, match="prefix"):
+        open_registry(f"{redis_server.url}?prefx=a")
+    with pytest.raises(ConfigError, match="prefix"):
+        open_registry(f"{redis_server.url}?prefix=")
+
+
+def test_unreachable_redis_fails_fast() -> None:
+    """Nothing listening: StoreUnavailableError naming host:port, well within 5 s."""
+    port = free_port()
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{port}.*redis-server"):
+        open_registry(f"redis://127.0.0.1:{port}/0")
+    assert time.monotonic() - start < 5
+
+
+def test_silent_server_times_out() -> None:
+    """A server that accepts but never answers fails after ?timeout=, not never."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=r"within 0\.3s"):
+            open_allowance_store(f"redis://127.0.0.1:{port}/0?timeout=0.3")
+        assert time.monotonic() - start < 5
+
+
+def test_lost_connection_is_store_unavailable() -> None:
+    """A store whose Redis went away raises StoreUnavailableError with the cause kept."""
+    dead = redis.Redis(port=free_port(), socket_connect_timeout=1)
+    with pytest.raises(StoreUnavailableError) as info:
+        RedisAllowanceStore(dead).reserve("a", "", 1, "j")
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+    with pytest.raises(StoreUnavailableError):
+        RedisRegistry(dead).get("a")
+
+
+def test_redis_errors_become_store_errors(client: redis.Redis, prefix: str) -> None:
+    """A wrong-type key (in a command or inside a script) is StoreError, never redis's own."""
+    registry = RedisRegistry(client, prefix=prefix)
+    client.set(RegistryKeys.under(prefix).ids, "not a set")
+    with pytest.raises(StoreError) as info:
+        registry.list()
+    assert isinstance(info.value.__cause__, redis.ResponseError)
+    store = RedisAllowanceStore(client, prefix=prefix)
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    client.set(QuotaKeys.under(prefix).expiry, "not a sorted set")
+    with pytest.raises(StoreError):
+        store.reserve("a", "", 1, "j")
+
+
+def test_many_threads_share_one_store(redis_server: RedisServer, prefix: str) -> None:
+    """Threads sharing one store (one connection pool) never over-admit a job limit."""
+    store = open_allowance_store(f"{redis_server.url}?prefix={prefix}")
+    store.set_allowance(AgentAllowance(agent_id="a", daily_job_limit=50))
+    admitted: list[str] = []
+
+    def worker(n: int) -> None:
+        for i in range(20):
+            with contextlib.suppress(QuotaExceededError):
+                admitted.append(store.reserve("a", "", 0, f"w{n}-{i}").job_id)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(admitted) == 50
+    assert store.get_usage("a").jobs_started == 50
+    store.close()
