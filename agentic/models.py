@@ -158,6 +158,9 @@ class Task(_Model):
     notes: str = ""
     model: str = ""
     estimated_tokens: int = Field(default=0, ge=0)
+    #: the quota reservation of the current attempt, set by the claim; the runner
+    #: settles usage under this id
+    job_id: str = ""
     result: TaskResult | None = None
 
     @field_validator("status", mode="before")

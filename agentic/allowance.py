@@ -1,0 +1,189 @@
+"""AllowanceService: quota checks, reservations and usage reports, with events.
+
+The store does the arithmetic atomically (see :mod:`agentic.stores.base`); this
+service adds what callers want around it:
+
+* ``check`` is read-only: no side effects, no events (go-agentic's defect 12).
+* ``reserve`` / ``settle`` emit ``quota_warning`` and ``quota_exceeded`` exactly when
+  an operation moves the agent's status across 80% / 100%. The store reports the
+  status before and after each atomic step, so a crossing is seen by exactly one
+  caller even with many dispatchers, and a new day starts a new crossing: once per
+  crossing per period, without extra state.
+* ``settle`` emits ``usage_recorded`` (not for a duplicate report).
+* ``record_usage`` keeps go-agentic's entry point: job_started reserves,
+  job_completed / job_failed / job_cancelled settle.
+* An unreachable store fails closed by default: :class:`StoreUnavailableError` with a
+  message saying work is refused. With ``fail_open=True`` checks and reservations
+  pass (logged and counted in ``store_failures``) and settles are dropped with an
+  error log, for teams that prefer availability over the cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from .errors import StoreError, StoreUnavailableError
+from .events import Event, EventEmitter, EventType
+from .models import (
+    AllowanceStatus,
+    QuotaCheckResult,
+    QuotaEvent,
+    Reservation,
+    Settlement,
+    UsageReport,
+)
+from .stores.base import AllowanceStore
+
+__all__ = ["AllowanceService"]
+
+log = logging.getLogger(__name__)
+
+_SEVERITY = {AllowanceStatus.OK: 0, AllowanceStatus.WARNING: 1, AllowanceStatus.EXCEEDED: 2}
+
+
+class AllowanceService:
+    """Quota enforcement over an :class:`AllowanceStore`."""
+
+    def __init__(
+        self,
+        store: AllowanceStore,
+        emitter: EventEmitter | None = None,
+        fail_open: bool = False,
+    ) -> None:
+        self.store = store
+        self.emitter = emitter
+        self.fail_open = fail_open
+        self._lock = threading.Lock()
+        #: store calls that failed (each is logged too)
+        self.store_failures = 0
+        #: events the emitter refused (each is logged too)
+        self.emit_failures = 0
+
+    # --- queries ---
+    def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
+        """Would a job of ``tokens`` on ``model`` be admitted now? No side effects."""
+        try:
+            return self.store.check(agent_id, model, tokens)
+        except StoreError as exc:
+            self._store_failed("check", exc)
+            return QuotaCheckResult(
+                allowed=True,
+                status=AllowanceStatus.OK,
+                reason="quota store unreachable: failing open",
+            )
+
+    # --- operations ---
+    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+        """Hold quota for one job, or raise :class:`QuotaExceededError`."""
+        try:
+            reservation = self.store.reserve(agent_id, model, tokens, job_id)
+        except StoreError as exc:
+            self._store_failed("reserve", exc)
+            return Reservation(job_id=job_id, agent_id=agent_id, model=model, tokens=tokens)
+        self._crossing(agent_id, job_id, reservation.previous_status, reservation.status, model)
+        return reservation
+
+    def settle(
+        self,
+        job_id: str,
+        tokens_in: int,
+        tokens_out: int,
+        outcome: QuotaEvent,
+        agent_id: str | None = None,
+        model: str | None = None,
+    ) -> Settlement | None:
+        """Charge a finished job; ``None`` only when failing open with the store down."""
+        try:
+            settlement = self.store.settle(
+                job_id, tokens_in, tokens_out, outcome, agent_id=agent_id, model=model
+            )
+        except StoreError as exc:
+            self._store_failed("settle", exc)
+            return None
+        if not settlement.duplicate:
+            self._emit(
+                EventType.USAGE_RECORDED,
+                settlement.agent_id,
+                job_id,
+                {
+                    "model": settlement.model,
+                    "outcome": settlement.outcome.value,
+                    "tokens_in": tokens_in,
+                    "tokens_out": tokens_out,
+                    "tokens_charged": settlement.tokens_charged,
+                    "cost_charged": settlement.cost_charged,
+                },
+            )
+            self._crossing(
+                settlement.agent_id,
+                job_id,
+                settlement.previous_status,
+                settlement.status,
+                settlement.model,
+            )
+        return settlement
+
+    def record_usage(self, report: UsageReport) -> Reservation | Settlement | None:
+        """go-agentic's entry point: started reserves, the final events settle."""
+        if report.event is QuotaEvent.JOB_STARTED:
+            return self.reserve(
+                report.agent_id,
+                report.model,
+                report.tokens_in + report.tokens_out,
+                report.job_id,
+            )
+        return self.settle(
+            report.job_id,
+            report.tokens_in,
+            report.tokens_out,
+            report.event,
+            agent_id=report.agent_id,
+            model=report.model,
+        )
+
+    def reset_agent(self, agent_id: str) -> None:
+        """Zero the agent's usage for the current period."""
+        self.store.reset_usage(agent_id)
+
+    # --- internals ---
+    def _store_failed(self, operation: str, exc: StoreError) -> None:
+        with self._lock:
+            self.store_failures += 1
+        if not self.fail_open:
+            raise StoreUnavailableError(
+                f"quota store failed during {operation} ({exc}); refusing work because the"
+                " service fails closed. Fix the store, or set dispatcher.fail_open to accept"
+                " work without quota enforcement"
+            ) from exc
+        log.error("quota store failed during %s; failing open: %s", operation, exc)
+
+    def _crossing(
+        self,
+        agent_id: str,
+        job_id: str,
+        before: AllowanceStatus,
+        after: AllowanceStatus,
+        model: str,
+    ) -> None:
+        if _SEVERITY[after] <= _SEVERITY[before]:
+            return
+        if _SEVERITY[before] < 1 <= _SEVERITY[after]:
+            self._emit(EventType.QUOTA_WARNING, agent_id, job_id, {"model": model})
+        if after is AllowanceStatus.EXCEEDED:
+            self._emit(EventType.QUOTA_EXCEEDED, agent_id, job_id, {"model": model})
+
+    def _emit(
+        self, kind: EventType, agent_id: str, job_id: str, payload: dict[str, object]
+    ) -> None:
+        if self.emitter is None:
+            return
+        event = Event(type=kind, agent_id=agent_id, payload={"job_id": job_id, **payload})
+        try:
+            self.emitter.emit(event)
+        except Exception:
+            # The quota step already happened; a failing emitter must not make it look
+            # failed to the caller (that would leak the reservation).
+            with self._lock:
+                self.emit_failures += 1
+            log.exception("event emitter failed on %s", kind.value)

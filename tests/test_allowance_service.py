@@ -1,0 +1,208 @@
+"""AllowanceService on every backend: go-agentic's record_usage cases, events, fail modes."""
+
+from __future__ import annotations
+
+import pytest
+from agentic.events import Event, EventEmitter, EventType
+
+from agentic.allowance import AllowanceService
+from agentic.errors import QuotaExceededError, StoreError, StoreUnavailableError
+from agentic.models import (
+    AgentAllowance,
+    AllowanceStatus,
+    QuotaEvent,
+    Reservation,
+    Settlement,
+    UsageReport,
+)
+from agentic.quota import DAY
+from agentic.stores.memory import MemoryAllowanceStore
+from tests.conftest import Backend
+
+
+class Recorder(EventEmitter):
+    """Keeps every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+    def types(self) -> list[EventType]:
+        return [e.type for e in self.events]
+
+
+def service(backend: Backend, **limits: object) -> tuple[AllowanceService, Recorder]:
+    store = backend.allowance()
+    store.set_allowance(AgentAllowance.model_validate({"agent_id": "a1", **limits}))
+    recorder = Recorder()
+    return AllowanceService(store, emitter=recorder), recorder
+
+
+def report(
+    event: QuotaEvent, job: str = "j1", tokens_in: int = 0, tokens_out: int = 0
+) -> UsageReport:
+    return UsageReport(
+        agent_id="a1",
+        job_id=job,
+        model="m1",
+        tokens_in=tokens_in,
+        tokens_out=tokens_out,
+        event=event,
+    )
+
+
+def test_record_usage_started_then_completed(backend: Backend) -> None:
+    """job_started counts a job and a slot; job_completed charges all tokens and frees it."""
+    svc, _ = service(backend)
+    assert isinstance(svc.record_usage(report(QuotaEvent.JOB_STARTED)), Reservation)
+    usage = svc.store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+    done = svc.record_usage(report(QuotaEvent.JOB_COMPLETED, tokens_in=600, tokens_out=400))
+    assert isinstance(done, Settlement)
+    usage = svc.store.get_usage("a1")
+    assert (usage.tokens_used, usage.active_jobs) == (1000, 0)
+    assert svc.store.get_model_usage("m1").tokens_used == 1000
+
+
+def test_record_usage_failed_returns_half_of_odd_count(backend: Backend) -> None:
+    """job_failed with 7 tokens charges 4 (integer 50% return), agent and model alike."""
+    svc, _ = service(backend)
+    svc.record_usage(report(QuotaEvent.JOB_STARTED))
+    svc.record_usage(report(QuotaEvent.JOB_FAILED, tokens_in=4, tokens_out=3))
+    assert svc.store.get_usage("a1").tokens_used == 4
+    assert svc.store.get_model_usage("m1").tokens_used == 4
+
+
+def test_record_usage_cancelled_charges_nothing(backend: Backend) -> None:
+    """job_cancelled frees the slot and never eats other jobs' usage."""
+    svc, _ = service(backend)
+    svc.store.increment_usage("a1", 500, 0)
+    svc.record_usage(report(QuotaEvent.JOB_STARTED))
+    svc.record_usage(report(QuotaEvent.JOB_CANCELLED, tokens_in=300))
+    usage = svc.store.get_usage("a1")
+    assert (usage.tokens_used, usage.active_jobs) == (500, 0)
+
+
+def test_record_usage_zero_tokens(backend: Backend) -> None:
+    """A completed job with zero tokens charges nothing and still frees the slot."""
+    svc, _ = service(backend)
+    svc.record_usage(report(QuotaEvent.JOB_STARTED))
+    svc.record_usage(report(QuotaEvent.JOB_COMPLETED))
+    usage = svc.store.get_usage("a1")
+    assert (usage.tokens_used, usage.active_jobs) == (0, 0)
+
+
+def test_duplicate_report_is_counted_once(backend: Backend) -> None:
+    """The same completion reported twice charges once and records one usage event."""
+    svc, rec = service(backend)
+    svc.record_usage(report(QuotaEvent.JOB_STARTED))
+    svc.record_usage(report(QuotaEvent.JOB_COMPLETED, tokens_in=10))
+    svc.record_usage(report(QuotaEvent.JOB_COMPLETED, tokens_in=10))
+    assert svc.store.get_usage("a1").tokens_used == 10
+    assert rec.types().count(EventType.USAGE_RECORDED) == 1
+
+
+def test_unknown_event_is_rejected_before_any_change() -> None:
+    """A report with an unknown event cannot be built, so nothing is recorded."""
+    with pytest.raises(ValueError, match="event"):
+        UsageReport.model_validate({"agent_id": "a1", "job_id": "j", "event": "job_exploded"})
+
+
+def test_check_emits_nothing(backend: Backend) -> None:
+    """check() at 90% and at 100% emits no event (go-agentic's defect 12)."""
+    svc, rec = service(backend, daily_token_limit=100)
+    svc.store.increment_usage("a1", 90, 0)
+    assert svc.check("a1").status == AllowanceStatus.WARNING
+    svc.store.increment_usage("a1", 10, 0)
+    assert not svc.check("a1").allowed
+    assert rec.events == []
+
+
+def test_warning_and_exceeded_once_per_crossing(backend: Backend) -> None:
+    """quota_warning fires once when 80% is crossed, quota_exceeded once at 100%."""
+    svc, rec = service(backend, daily_token_limit=100)
+    svc.reserve("a1", "", 50, "j1")
+    svc.reserve("a1", "", 35, "j2")  # 85%: crossing 80%
+    svc.settle("j1", 50, 0, QuotaEvent.JOB_COMPLETED)
+    svc.reserve("a1", "", 5, "j3")  # 90%: still warning, no new event
+    svc.reserve("a1", "", 10, "j4")  # 100%: crossing into exceeded
+    with pytest.raises(QuotaExceededError):
+        svc.reserve("a1", "", 1, "j5")
+    types = rec.types()
+    assert types.count(EventType.QUOTA_WARNING) == 1
+    assert types.count(EventType.QUOTA_EXCEEDED) == 1
+
+
+def test_new_day_allows_a_new_crossing(backend: Backend) -> None:
+    """After the day rolls over, crossing 80% again emits a new warning."""
+    svc, rec = service(backend, daily_token_limit=10)
+    svc.reserve("a1", "", 9, "j1")
+    svc.settle("j1", 9, 0, QuotaEvent.JOB_COMPLETED)
+    backend.clock.advance(DAY)
+    svc.reserve("a1", "", 9, "j2")
+    assert rec.types().count(EventType.QUOTA_WARNING) == 2
+
+
+def test_reset_agent(backend: Backend) -> None:
+    """reset_agent zeroes the agent's usage for the period."""
+    svc, _ = service(backend, daily_token_limit=10)
+    svc.store.increment_usage("a1", 10, 1)
+    svc.reset_agent("a1")
+    assert svc.check("a1").allowed
+
+
+class BrokenStore(MemoryAllowanceStore):
+    """A store whose every quota operation fails like an unreachable backend."""
+
+    def check(self, agent_id: str, model: str = "", tokens: int = 0) -> object:  # type: ignore[override]
+        raise StoreError("connection refused")
+
+    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+        raise StoreError("connection refused")
+
+    def settle(self, *args: object, **kwargs: object) -> Settlement:  # type: ignore[override]
+        raise StoreError("connection refused")
+
+
+def test_unreachable_store_fails_closed() -> None:
+    """By default a store failure refuses work with a clear error."""
+    svc = AllowanceService(BrokenStore())
+    with pytest.raises(StoreUnavailableError, match="fails closed"):
+        svc.reserve("a1", "", 1, "j1")
+    with pytest.raises(StoreUnavailableError):
+        svc.check("a1")
+    assert svc.store_failures == 2
+
+
+def test_unreachable_store_can_fail_open() -> None:
+    """With fail_open the service admits work and counts the failures."""
+    svc = AllowanceService(BrokenStore(), fail_open=True)
+    assert svc.check("a1").allowed
+    assert svc.reserve("a1", "", 1, "j1").job_id == "j1"
+    assert svc.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED) is None
+    assert svc.store_failures == 3
+
+
+class ExplodingEmitter(EventEmitter):
+    """An emitter that always raises."""
+
+    def emit(self, event: Event) -> None:
+        raise RuntimeError("sink down")
+
+    def close(self) -> None:
+        pass
+
+
+def test_failing_emitter_does_not_fail_the_reservation() -> None:
+    """A reservation that succeeded stays successful when the emitter raises."""
+    store = MemoryAllowanceStore()
+    store.set_allowance(AgentAllowance(agent_id="a1", daily_token_limit=10))
+    svc = AllowanceService(store, emitter=ExplodingEmitter())
+    svc.reserve("a1", "", 9, "j1")
+    assert svc.emit_failures == 1
+    assert store.get_usage("a1").active_jobs == 1
