@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
-__all__ = ["FakeClock"]
+from .errors import AgenticError
+from .stores.base import TaskStore
+
+__all__ = ["FakeClock", "running_server"]
 
 
 class FakeClock:
@@ -33,3 +41,36 @@ class FakeClock:
         """Jump to an absolute time."""
         with self._lock:
             self._now = when.timestamp() if isinstance(when, datetime) else float(when)
+
+
+@contextmanager
+def running_server(store: TaskStore, **app_options: Any) -> Iterator[str]:
+    """Serve ``create_app(store, **app_options)`` on a free loopback port in a thread.
+
+    Yields the base URL; the server stops when the block exits. The socket is bound
+    before the server starts, so there is no window in which another process can take
+    the port.
+    """
+    import uvicorn
+
+    from .server import create_app
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(store, **app_options), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

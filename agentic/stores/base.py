@@ -260,7 +260,7 @@ class TaskStore(Closeable):
     * ``list(...)``: ordered by priority (critical first), then age, then id;
       ``labels`` means "has all of them"; ``ready=True`` means pending with every
       dependency completed.
-    * ``claim(task_id, agent_id, lease_seconds)``: ONE compare-and-set: pending with
+    * ``claim(task_id, agent_id, lease_seconds, job_id="")``: ONE compare-and-set: pending with
       every dependency completed -> in_progress, claimed_by, claimed_at, lease. Two
       claimers never both win; the loser gets :class:`ConflictError` (so does a task
       that is not claimable); :class:`NotFoundError` for an unknown id.
@@ -301,8 +301,12 @@ class TaskStore(Closeable):
         """Tasks matching every given filter, most urgent and oldest first."""
 
     @abc.abstractmethod
-    def claim(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
-        """Atomically claim a claimable task for ``agent_id``."""
+    def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
+        """Atomically claim a claimable task for ``agent_id``.
+
+        ``job_id`` is the quota reservation made for this attempt (stored on the task
+        so the agent's runner settles usage under it).
+        """
 
     @abc.abstractmethod
     def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
