@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from agentic.errors import ConfigError, StoreError
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.retry import RetryPolicy
 from agentic.server import create_app
+from agentic.stores.base import LogPage
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import FakeClock
 
@@ -466,17 +466,30 @@ def sse_events(api: TestClient, url: str, headers: dict[str, str]) -> list[tuple
     return events
 
 
+class FinishingStore(MemoryTaskStore):
+    """Runs ``on_first_logs`` right after the first log read: a task that ends mid-stream.
+
+    TestClient buffers a whole response, so the change must come from inside the
+    server's own calls to be ordered after the stream started.
+    """
+
+    on_first_logs: Callable[[], None] = staticmethod(lambda: None)
+
+    def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
+        page = super().logs(task_id, offset, limit)
+        action, self.on_first_logs = self.on_first_logs, lambda: None
+        action()
+        return page
+
+
 @pytest.mark.parametrize("final", ["completed", "failed", "blocked"])
-def test_follow_logs_ends_on_final_status(
-    make_client: Callable[..., TestClient], store: MemoryTaskStore, final: str
-) -> None:
+def test_follow_logs_ends_on_final_status(clock: FakeClock, final: str) -> None:
     """The SSE stream sends status, every line, and ends on completed, failed or blocked."""
-    api = make_client(log_poll_interval=0.01)
+    store = FinishingStore(clock=clock)
     held = claimed_by(store, max_retries=0)
     store.append_logs(held.id, ["one"])
 
     def finish() -> None:
-        time.sleep(0.1)
         store.append_logs(held.id, ["two", "three"])
         if final == "completed":
             store.complete(held.id, TaskResult(success=True))
@@ -486,12 +499,16 @@ def test_follow_logs_ends_on_final_status(
             store.release(held.id)
             store.update(held.id, TaskUpdate(status=TaskStatus.BLOCKED))
 
-    worker = threading.Thread(target=finish)
-    worker.start()
-    events = sse_events(api, f"/api/tasks/{held.id}/logs?follow=true", AGENT2)
-    worker.join()
+    store.on_first_logs = finish
+    app = create_app(store, requeue_interval=None, log_poll_interval=0.01)
+    with TestClient(app) as api:
+        events = sse_events(api, f"/api/tasks/{held.id}/logs?follow=true", {})
     assert events[0] == ("status", {"status": "in_progress"})
     assert [data["line"] for kind, data in events if kind == "log"] == ["one", "two", "three"]
+    assert [data for kind, data in events if kind == "status"] == [
+        {"status": "in_progress"},
+        {"status": final},
+    ]
     assert events[-1] == ("end", {"status": final, "next_offset": 3})
 
 
