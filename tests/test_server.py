@@ -524,6 +524,8 @@ def test_follow_logs_resumes_from_offset_or_last_event_id(
     assert lines == ["b", "c"]
     resumed = sse_events(api, url, {**ADMIN, "Last-Event-ID": "2"})
     assert [d["line"] for k, d in resumed if k == "log"] == ["c"]
+    opaque = sse_events(api, url, {**ADMIN, "Last-Event-ID": "abc"})
+    assert [d["line"] for k, d in opaque if k == "log"] == ["a", "b", "c"]
 
 
 def test_follow_unknown_task_is_404(api: TestClient) -> None:
@@ -581,7 +583,9 @@ def test_body_limit_413(make_client: Callable[..., TestClient], store: MemoryTas
 def test_unknown_route_and_method(api: TestClient) -> None:
     """404 and 405 use the error body too."""
     assert_error(api.get("/api/nothing", headers=ADMIN), 404)
-    assert_error(api.delete("/api/tasks", headers=ADMIN), 405)
+    response = api.delete("/api/tasks", headers=ADMIN)
+    assert_error(response, 405)
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
 
 
 class BrokenStore(MemoryTaskStore):

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from ..errors import APIError, ConfigError, StoreError
 from ._metrics import Metrics
@@ -47,6 +48,17 @@ def _validation(exc: RequestValidationError) -> JSONResponse:
     return error_response(422, "invalid request", problems)
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> str:
+    # Starlette names only the methods of the first route matching the path; one
+    # path here has several routes (GET and POST /api/tasks), so gather them all.
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Map every exception an endpoint can raise to the error body."""
 
@@ -54,12 +66,15 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         if isinstance(exc, RequestValidationError):
             return _validation(exc)
         if isinstance(exc, HTTPException):
-            return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+            headers: dict[str, str] = dict(exc.headers or {})
+            if exc.status_code == 405:
+                headers["Allow"] = _allowed_methods(app, request)
+            return error_response(exc.status_code, str(exc.detail), headers=headers or None)
         if isinstance(exc, APIError):
             if exc.code == 409:
                 metrics.inc("task_conflicts")
-            headers = {"WWW-Authenticate": "Bearer"} if exc.code == 401 else None
-            return error_response(exc.code or 500, exc.message, exc.details, headers)
+            challenge = {"WWW-Authenticate": "Bearer"} if exc.code == 401 else None
+            return error_response(exc.code or 500, exc.message, exc.details, challenge)
         if isinstance(exc, ConfigError):
             return error_response(422, str(exc))
         if isinstance(exc, StoreError):

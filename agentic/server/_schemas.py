@@ -40,6 +40,8 @@ class ErrorBody(_Body):
 class NewTask(Task):
     """A task to create, as go-agentic sends it: ``""`` priority means medium."""
 
+    title: str = Field(min_length=1, pattern=r"\S", max_length=1000)
+
     @field_validator("priority", mode="before")
     @classmethod
     def _empty_priority(cls, value: Any) -> Any:

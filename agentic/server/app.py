@@ -283,7 +283,7 @@ def create_app(
         offset: Annotated[int, Query(ge=0)] = 0,
         limit: Annotated[int, Query(ge=1, le=_MAX_LIST)] = 1000,
         follow: bool = False,
-        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
     ) -> LogPageBody | StreamingResponse:
         """A page of log lines, or with ``follow=true`` Server-Sent Events until the task
         is completed, failed or blocked (``Last-Event-ID`` resumes a stream)."""
@@ -291,7 +291,9 @@ def create_app(
             page = store.logs(task_id, offset, limit)
             return LogPageBody(lines=page.lines, offset=page.offset, next_offset=page.next_offset)
         store.get(task_id)  # 404 now, not inside a 200 stream
-        start = offset if last_event_id is None else last_event_id
+        # SSE ids are opaque strings to a browser; ours are offsets, anything else is
+        # ignored rather than refused so a reconnecting client is never locked out.
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else offset
         return StreamingResponse(
             follow_log(store, task_id, start, log_poll_interval),
             media_type="text/event-stream",
