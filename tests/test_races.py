@@ -1,0 +1,163 @@
+"""Registry and usage races between real OS processes on one SQLite file / one Redis.
+
+Each worker is a spawned process that opens the store from its URL, so nothing is
+shared but the store itself. Workers wait on a barrier, then race for a few seconds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import time
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Barrier, Event
+from typing import Any
+
+import pytest
+
+from agentic.errors import NotFoundError
+from agentic.models import AgentInfo, AgentStatus
+from agentic.stores import open_allowance_store, open_registry
+
+pytestmark = pytest.mark.slow
+SPAWN = mp.get_context("spawn")
+#: seconds a race runs once every process is ready
+RACE = 3.0
+
+
+def _increment(url: str, times: int, barrier: Barrier, out: Any) -> None:
+    store = open_allowance_store(url)
+    barrier.wait(60)
+    for _ in range(times):
+        store.increment_usage("agent", 1, 0)
+    store.close()
+    out.put(times)
+
+
+def _heartbeat(url: str, agent_id: str, barrier: Barrier, stop: Event, out: Any) -> None:
+    registry = open_registry(url)
+    barrier.wait(60)
+    beats = missed = 0
+    while not stop.is_set():
+        try:
+            registry.heartbeat(agent_id, load=0)
+            beats += 1
+        except NotFoundError:
+            missed += 1  # deregistered: keep trying, it must stay gone
+    registry.close()
+    out.put(("heartbeat", beats, missed))
+
+
+def _reap(url: str, ttl: float, barrier: Barrier, stop: Event, out: Any) -> None:
+    registry = open_registry(url)
+    barrier.wait(60)
+    reaped: list[str] = []
+    passes = 0
+    while not stop.is_set():
+        reaped += registry.reap(ttl)
+        passes += 1
+    registry.close()
+    out.put(("reap", reaped, passes))
+
+
+@pytest.fixture
+def started() -> Iterator[list[BaseProcess]]:
+    """Processes the test starts; any still running at its end are terminated (no hang)."""
+    procs: list[BaseProcess] = []
+    yield procs
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+        p.join(10)
+
+
+def _start(
+    started: list[BaseProcess], target: Any, args: list[tuple[Any, ...]], out: Any
+) -> list[BaseProcess]:
+    procs: list[BaseProcess] = [
+        SPAWN.Process(target=target, args=(*a, out), daemon=True) for a in args
+    ]
+    for p in procs:
+        p.start()
+    started += procs
+    return procs
+
+
+def _collect(procs: list[BaseProcess], out: Any) -> list[Any]:
+    """One result per process; fails fast when a process dies without answering."""
+    results: list[Any] = []
+    deadline = time.monotonic() + 120
+    while len(results) < len(procs):
+        try:
+            results.append(out.get(timeout=0.5))
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead or time.monotonic() > deadline:
+                pytest.fail(f"worker processes failed (exit codes {dead})")
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    return results
+
+
+def test_concurrent_increments_are_all_counted(shared_url: str, started: list[BaseProcess]) -> None:
+    """4 processes x 500 increment_usage(agent, 1, 0) on one store count exactly 2000."""
+    store = open_allowance_store(shared_url)
+    out, barrier = SPAWN.Queue(), SPAWN.Barrier(4)
+    procs = _start(started, _increment, [(shared_url, 500, barrier)] * 4, out)
+    assert sum(_collect(procs, out)) == 2000
+    usage = store.get_usage("agent")
+    assert (usage.tokens_used, usage.jobs_started, usage.active_jobs) == (2000, 0, 0)
+    store.close()
+
+
+def test_heartbeats_racing_reap_never_mark_a_live_agent_offline(
+    shared_url: str, started: list[BaseProcess]
+) -> None:
+    """An agent heartbeating every few ms is never reaped by a concurrent reap (ttl 2 s)."""
+    registry = open_registry(shared_url)
+    registry.register(AgentInfo(id="live"))
+    registry.register(AgentInfo(id="silent"))  # nobody beats it: the reaper must see it
+    out, barrier, stop = SPAWN.Queue(), SPAWN.Barrier(3), SPAWN.Event()
+    procs = _start(started, _heartbeat, [(shared_url, "live", barrier, stop)], out)
+    procs += _start(started, _reap, [(shared_url, 2.0, barrier, stop)], out)
+    barrier.wait(60)
+    time.sleep(RACE)
+    stop.set()
+    results = {r[0]: r[1:] for r in _collect(procs, out)}
+    (beats, missed), (reaped, passes) = results["heartbeat"], results["reap"]
+    assert beats > 100 and missed == 0 and passes > 100
+    assert reaped == ["silent"]
+    assert registry.get("live").status == AgentStatus.AVAILABLE
+    registry.close()
+
+
+def test_heartbeat_racing_deregister_never_brings_the_agent_back(
+    shared_url: str, started: list[BaseProcess]
+) -> None:
+    """Once deregistered, an agent stays gone however hard a process heartbeats it."""
+    registry = open_registry(shared_url)
+    registry.register(AgentInfo(id="a1"))
+    out, barrier, stop = SPAWN.Queue(), SPAWN.Barrier(2), SPAWN.Event()
+    procs = _start(started, _heartbeat, [(shared_url, "a1", barrier, stop)], out)
+    barrier.wait(60)
+    rounds = 0
+    end = time.monotonic() + RACE
+    while time.monotonic() < end:
+        registry.register(AgentInfo(id="a1"))
+        time.sleep(0.01)  # let heartbeats land on the live agent
+        registry.deregister("a1")
+        rounds += 1
+        gone_until = time.monotonic() + 0.05
+        while time.monotonic() < gone_until:
+            with pytest.raises(NotFoundError):
+                registry.get("a1")
+            assert registry.list() == []
+    stop.set()
+    ((_kind, beats, missed),) = _collect(procs, out)
+    assert rounds > 10 and beats > 0 and missed > 0  # both sides of the race happened
+    with pytest.raises(NotFoundError):
+        registry.get("a1")
+    assert registry.list() == []
+    registry.close()
