@@ -271,13 +271,23 @@ class TaskClient:
         return _parse(response, Task)
 
     def claim_task(
-        self, task_id: str, agent_id: str | None = None, lease_seconds: float | None = None
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
     ) -> Task:
-        """Claim a pending, ready task for ``agent_id`` (default: this client's agent)."""
+        """Claim a pending, ready task for ``agent_id`` (default: this client's agent).
+
+        ``job_id`` names the quota reservation made for this attempt; it is stored on
+        the task so the agent settles usage under it.
+        """
         path = f"/api/tasks/{require_id('task_id', task_id)}/claim"
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
+        if job_id:
+            body["job_id"] = job_id
         return self._task_of(self._request("POST", path, safe=False, body=body))
 
     def update_task(self, task_id: str, update: TaskUpdate) -> Task:

@@ -126,8 +126,12 @@ def test_claim_task_uses_own_agent_and_reads_claim_response(
     )
     assert client.claim_task("t1").claimed_by == "a1"
     assert json.loads(route.calls.last.request.content) == {"agent_id": "a1"}
-    client.claim_task("t1", agent_id="a2", lease_seconds=30)
-    assert json.loads(route.calls.last.request.content) == {"agent_id": "a2", "lease_seconds": 30}
+    client.claim_task("t1", agent_id="a2", lease_seconds=30, job_id="j1")
+    assert json.loads(route.calls.last.request.content) == {
+        "agent_id": "a2",
+        "lease_seconds": 30,
+        "job_id": "j1",
+    }
 
 
 def test_claim_accepts_a_bare_task(client: TaskClient, mock: respx.MockRouter) -> None:

@@ -355,6 +355,14 @@ def test_claim_needs_an_agent_and_a_claimable_task(api: TestClient, store: Memor
     assert store.get(dep.id).status is TaskStatus.PENDING
 
 
+def test_claim_stores_the_job_id(api: TestClient, store: MemoryTaskStore) -> None:
+    """The claim's job_id (the quota reservation) is stored on the task."""
+    task = new_task(store)
+    body = {"agent_id": "a1", "job_id": "job-7"}
+    assert api.post(f"/api/tasks/{task.id}/claim", json=body, headers=ADMIN).status_code == 200
+    assert store.get(task.id).job_id == "job-7"
+
+
 def test_claim_uses_the_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
     """The claim's lease_seconds (or the server default) sets lease_expires_at."""
     task, other = new_task(store), new_task(store)

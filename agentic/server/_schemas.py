@@ -61,14 +61,17 @@ class AgentRequest(_Body):
     agent_id: str = Field(default="", max_length=256)
 
 
-class ClaimRequest(AgentRequest):
-    """``{"agent_id"}``, optionally with a lease other than the server's default."""
+class LeaseRequest(AgentRequest):
+    """Renew a lease: ``{"agent_id", "lease_seconds"}``."""
 
     lease_seconds: float | None = Field(default=None, gt=0, le=MAX_LEASE_SECONDS)
 
 
-class LeaseRequest(ClaimRequest):
-    """Renew a lease: ``{"agent_id", "lease_seconds"}``."""
+class ClaimRequest(LeaseRequest):
+    """``{"agent_id"}``, optionally with a lease other than the server's default and
+    the ``job_id`` of the quota reservation made for this attempt."""
+
+    job_id: str = Field(default="", max_length=256)
 
 
 class CompleteRequest(TaskResult):

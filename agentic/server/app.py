@@ -227,7 +227,8 @@ def create_app(
         """Claim a pending task whose dependencies are completed; 409 if not claimable."""
         request = body or ClaimRequest()
         agent = required_agent(who, request.agent_id)
-        task = store.claim(task_id, agent, request.lease_seconds or lease_seconds)
+        lease = request.lease_seconds or lease_seconds
+        task = store.claim(task_id, agent, lease, request.job_id)
         metrics.inc("task_claims")
         return TaskResponse(task=task, message=f"task {task_id} claimed by {agent}")
 
