@@ -166,9 +166,10 @@ class _SQLiteTx(QuotaTx):
         # Requests out of the rolling window never count again: drop them here, so
         # the table stays the size of one hour of traffic.
         self._conn.execute("DELETE FROM model_requests WHERE model = ? AND at <= ?", (model, since))
-        row = self._one("SELECT COUNT(*), MIN(at) FROM model_requests WHERE model = ?", model)
-        assert row is not None  # an aggregate always yields one row
-        return int(row[0]), row[1]
+        count, oldest = self._conn.execute(
+            "SELECT COUNT(*), MIN(at) FROM model_requests WHERE model = ?", (model,)
+        ).fetchone()
+        return int(count), oldest
 
     def add_request(self, model: str, at: float, job_id: str) -> None:
         self._conn.execute(

@@ -134,7 +134,9 @@ class SQLiteRegistry(AgentRegistry):
         self, status: AgentStatus | None = None, capability: str | None = None
     ) -> builtins.list[AgentInfo]:
         if status is None:
-            rows = self._db.query(f"SELECT {_COLUMNS} FROM agents ORDER BY id", (), "listing")
+            rows = self._db.query(
+                f"SELECT {_COLUMNS} FROM agents ORDER BY id", (), "listing agents"
+            )
         else:
             rows = self._db.query(
                 f"SELECT {_COLUMNS} FROM agents WHERE status = ? ORDER BY id",
