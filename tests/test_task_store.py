@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -264,6 +265,16 @@ def test_second_claim_conflicts_naming_the_holder(store: TaskStore) -> None:
     assert store.get(task.id).claimed_by == "agent-1"
 
 
+def test_claim_records_the_job_id(store: TaskStore, backend: Backend) -> None:
+    """The claim stores the quota job id; it stays after a lease expiry for the dispatcher."""
+    task = new(store)
+    claim = store.claim
+    assert claim(task.id, "a1", 10, job_id="job-1").job_id == "job-1"  # type: ignore[call-arg]
+    backend.clock.advance(10)
+    assert store.requeue_expired()[0].job_id == "job-1"
+    assert store.claim(task.id, "a2", 10).job_id == ""
+
+
 def test_claim_rejects_bad_arguments(store: TaskStore) -> None:
     """Bad agent ids and leases raise ConfigError and leave the task pending."""
     task = new(store)
@@ -304,7 +315,7 @@ def test_renew_extends_the_holders_lease(store: TaskStore, backend: Backend) -> 
         store.renew(task.id, "agent-1", 60)
 
 
-def test_release_gives_the_claim_back_without_a_retry(store: TaskStore) -> None:
+def test_release_gives_the_claim_back_without_a_retry(store: TaskStore, backend: Backend) -> None:
     """release makes the task pending and unclaimed; no retry is counted."""
     task = new(store)
     store.claim(task.id, "agent-1", 30)
@@ -316,10 +327,12 @@ def test_release_gives_the_claim_back_without_a_retry(store: TaskStore) -> None:
     assert released.retry_count == 0
     with pytest.raises(ConflictError):
         store.release(task.id)
+    backend.clock.advance(60)
+    assert store.requeue_expired() == []
     assert store.claim(task.id, "agent-2", 30).claimed_by == "agent-2"
 
 
-def test_complete_success(store: TaskStore) -> None:
+def test_complete_success(store: TaskStore, backend: Backend) -> None:
     """Success completes the task with its result; completing twice is a conflict."""
     task = new(store)
     store.claim(task.id, "agent-1", 30)
@@ -336,6 +349,8 @@ def test_complete_success(store: TaskStore) -> None:
         store.complete(task.id, OK)
     with pytest.raises(ConflictError, match="not pending"):
         store.claim(task.id, "agent-2", 30)
+    backend.clock.advance(60)
+    assert store.requeue_expired() == []
 
 
 def test_complete_failure_counts_a_retry(store: TaskStore, backend: Backend) -> None:
@@ -485,3 +500,80 @@ def test_open_task_store_memory() -> None:
         assert opened.create(Task(title="x")).status == PENDING
     with pytest.raises(ConfigError, match="bogus"):
         open_task_store("memory://?bogus=1")
+
+
+# --- every backend agrees with memory on random operation sequences ---------------------
+
+
+def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> Any:
+    """One random operation, as a function of a store (the same for every store)."""
+    task_id = rng.choice(ids) if ids else "none"
+    agent = rng.choice(["a1", "a2"])
+    op = rng.choice(["create"] * 3 + ["claim"] * 4 + ["renew", "release", "update"]
+                    + ["complete"] * 2 + ["requeue", "list", "logs"])  # fmt: skip
+    if op == "create":
+        deps = rng.sample(ids, k=min(len(ids), rng.randint(0, 2)))
+        ids.append(f"t{step}")
+        task = Task(
+            id=f"t{step}",
+            title="x",
+            dependencies=deps,
+            max_retries=rng.randint(0, 2),
+            priority=rng.choice(list(Priority)),
+            labels=rng.sample(["a", "b"], rng.randint(0, 2)),
+        )
+        return lambda s: s.create(task)
+    if op == "claim":
+        lease = rng.choice([5, 10, 30])
+        return lambda s: s.claim(task_id, agent, lease)
+    if op == "renew":
+        return lambda s: s.renew(task_id, agent, 10)
+    if op == "release":
+        holder = rng.choice([None, agent])
+        return lambda s: s.release(task_id, holder)
+    if op == "update":
+        status = rng.choice([None, *TaskStatus])
+        update = TaskUpdate(status=status, progress=rng.choice([None, 50]), fail_reason="r")
+        return lambda s: s.update(task_id, update)
+    if op == "complete":
+        result = TaskResult(success=rng.random() < 0.4, error_message=rng.choice(["", "e"]))
+        holder, retry_at = rng.choice([None, agent]), rng.choice([None, now + 7])
+        return lambda s: s.complete(task_id, result, holder, retry_at)
+    if op == "list":
+        filters: list[dict[str, Any]] = [
+            {},
+            {"ready": True},
+            {"ready": False},
+            {"labels": ["a"]},
+            {"status": PENDING, "limit": 3},
+            {"priority": Priority.HIGH},
+        ]
+        chosen = rng.choice(filters)
+        return lambda s: s.list(**chosen)
+    if op == "logs":
+        return lambda s: (s.append_logs(task_id, ["line"]), s.logs(task_id, offset=1))
+    return lambda s: s.requeue_expired()
+
+
+def _outcome(call: Any, store: TaskStore) -> tuple[str, str]:
+    try:
+        return "ok", repr(call(store))
+    except (ConfigError, ConflictError, NotFoundError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_backend_agrees_with_memory(store: TaskStore, backend: Backend, seed: int) -> None:
+    """Random claim/complete/update/requeue sequences give memory's answers, errors included."""
+    from agentic.stores.memory.tasks import MemoryTaskStore
+
+    reference = MemoryTaskStore(clock=backend.clock)
+    rng = random.Random(seed)
+    ids: list[str] = []
+    for step in range(120):
+        if rng.random() < 0.15:
+            backend.clock.advance(rng.choice([1, 5, 20]))
+            continue
+        call = _random_step(rng, step, ids, backend.clock())
+        assert _outcome(call, store) == _outcome(call, reference), f"step {step}"
+    assert store.list() == reference.list()

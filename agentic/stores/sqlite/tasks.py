@@ -87,6 +87,8 @@ MIGRATIONS: list[Migration] = [
 _FIELDS = tuple(Task.model_fields)
 _TIMES, _LISTS = rules.TIME_FIELDS, rules.LIST_FIELDS
 _SELECT = f"SELECT {', '.join(_FIELDS)} FROM tasks"
+# The same columns from the outer row ``t`` of the queries that test readiness.
+_SELECT_T = f"SELECT {', '.join('t.' + f for f in _FIELDS)} FROM tasks AS t"
 _INSERT = (
     f"INSERT INTO tasks ({', '.join(_FIELDS)}, priority_rank)"
     f" VALUES ({', '.join('?' for _ in _FIELDS)}, ?)"
@@ -182,14 +184,14 @@ class SQLiteTaskStore(TaskStore):
         return after
 
     @staticmethod
-    def _unfinished(conn: sqlite3.Connection, task_id: str) -> builtins.list[str]:
+    def _unfinished(conn: sqlite3.Connection, task: Task) -> builtins.list[str]:
         rows = conn.execute(
             f"""SELECT d.dep_id FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
                 WHERE d.task_id = ? AND dep.status != '{_COMPLETED}'""",
-            (task_id,),
+            (task.id,),
         )
         unfinished = {r[0] for r in rows}
-        return [d for d in SQLiteTaskStore._load(conn, task_id).dependencies if d in unfinished]
+        return [d for d in task.dependencies if d in unfinished]
 
     # --- TaskStore ---
     def create(self, task: Task, idempotency_key: str | None = None) -> Task:
@@ -270,8 +272,7 @@ class SQLiteTaskStore(TaskStore):
         if ready is not None:
             where.append(_READY if ready else f"NOT {_READY}")
         sql = (
-            f"{_SELECT.replace('FROM tasks', 'FROM tasks AS t')}"
-            f" WHERE {' AND '.join(where) or '1'}"
+            f"{_SELECT_T} WHERE {' AND '.join(where) or '1'}"
             " ORDER BY t.priority_rank, t.created_at, t.id LIMIT ?"
         )
         rows = self._db.query(sql, [*params, -1 if limit is None else limit], "listing tasks")
@@ -287,7 +288,7 @@ class SQLiteTaskStore(TaskStore):
             if won:
                 return self._load(conn, task_id)
             task = self._load(conn, task_id)
-            raise rules.claim_conflict(task, self._unfinished(conn, task_id))
+            raise rules.claim_conflict(task, self._unfinished(conn, task))
 
     def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
         require_id("agent id", agent_id)

@@ -10,7 +10,7 @@ local waiting = unfinished(t)
 if t.status ~= 'pending' or #waiting > 0 then
   return {'conflict', flat(t), waiting}
 end
-t.status, t.claimed_by, t.job_id = 'in_progress', ARGV[BASE + 3], ARGV[BASE + 6]
+t.status, t.claimed_by, t.job_id = 'in_progress', ARGV[BASE + 3], ARGV[BASE + 5]
 t.claimed_at, t.updated_at = num(now), num(now)
 t.lease_expires_at = num(now + tonumber(ARGV[BASE + 4]))
 save(t, 'pending')
