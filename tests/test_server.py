@@ -570,6 +570,22 @@ def test_bad_input_gets_4xx_and_changes_nothing(api: TestClient, store: MemoryTa
     assert (store.list(), store.logs(held.id)) == before
 
 
+@pytest.mark.xfail(
+    raises=TypeError,
+    strict=True,
+    reason="models._optional_time does `value in {'', 0}`: TypeError for a list or dict",
+)
+@pytest.mark.parametrize("value", [{}, []])
+def test_non_scalar_time_is_422(api: TestClient, store: MemoryTaskStore, value: object) -> None:
+    """A list or dict where a time belongs is bad input (found by the schema fuzz)."""
+    task = new_task(store)
+    patch = api.patch(f"/api/tasks/{task.id}", json={"next_attempt_at": value}, headers=ADMIN)
+    assert_error(patch, 422)
+    assert_error(
+        api.post("/api/tasks", json={"title": "x", "created_at": value}, headers=ADMIN), 422
+    )
+
+
 def test_body_limit_413(make_client: Callable[..., TestClient], store: MemoryTaskStore) -> None:
     """Bodies over max_body_bytes are refused by Content-Length and while streaming."""
     api = make_client(max_body_bytes=1000)
