@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -59,8 +60,28 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # every few seconds, so a read waiting longer than this means the server is gone.
 _STREAM_READ_TIMEOUT = 30.0
 
-M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+
+class _Offset(BaseModel):
+    next_offset: int
+
+
+class _LogPageModel(_Offset):
+    lines: list[str]
+    offset: int
+
+
+class _Answer(BaseModel):
+    task: Task
+    message: str = ""
+
+
+_TASK = TypeAdapter(Task)
 _TASKS = TypeAdapter(list[Task])
+_OFFSET = TypeAdapter(_Offset)
+_PAGE = TypeAdapter(_LogPageModel)
+_ANSWER = TypeAdapter(_Answer)
 
 
 class RetryDelay(Protocol):
@@ -115,10 +136,16 @@ def _error_from(response: httpx.Response) -> APIError:
     return APIError(message, status, details)
 
 
-def _parse(response: httpx.Response, model: type[M]) -> M:
+def _task_path(task_id: str, action: str = "") -> str:
+    # Escaped like go-agentic's url.PathEscape: an id can never reach another route.
+    path = f"/api/tasks/{quote(require_id('task_id', task_id), safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def _parse(response: httpx.Response, adapter: TypeAdapter[T]) -> T:
     try:
-        return model.model_validate(response.json())
-    except ValueError as exc:  # invalid JSON or a body that is not the model
+        return adapter.validate_json(response.content)
+    except ValidationError as exc:  # invalid JSON or a body of another shape
         raise APIError(
             f"unexpected answer from the server: {exc}", response.status_code, response.text
         ) from exc
@@ -232,34 +259,23 @@ class TaskClient:
         limit: int | None = None,
     ) -> list[Task]:
         """Tasks matching every given filter, most urgent and oldest first."""
-        params: dict[str, str] = {}
-        for key, value in (
-            ("status", status),
-            ("priority", priority),
-            ("project", project),
-            ("claimed_by", claimed_by),
-        ):
-            if value:
-                params[key] = str(value)
-        joined = ",".join(labels or ())
-        if joined:
-            params["labels"] = joined
+        given = {
+            "status": status,
+            "priority": priority,
+            "project": project,
+            "claimed_by": claimed_by,
+            "labels": ",".join(labels or ()),
+            "limit": limit,
+        }
+        params = {key: str(value) for key, value in given.items() if value}
         if ready is not None:
             params["ready"] = "true" if ready else "false"
-        if limit:
-            params["limit"] = str(limit)
-        response = self._request("GET", "/api/tasks", safe=True, params=params)
-        try:
-            return _TASKS.validate_json(response.content)
-        except ValidationError as exc:
-            raise APIError(
-                f"unexpected answer from the server: {exc}", response.status_code, response.text
-            ) from exc
+        return _parse(self._request("GET", "/api/tasks", safe=True, params=params), _TASKS)
 
     def get_task(self, task_id: str) -> Task:
         """One task (:class:`NotFoundError` if unknown)."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}"
-        return _parse(self._request("GET", path, safe=True), Task)
+        path = _task_path(task_id)
+        return _parse(self._request("GET", path, safe=True), _TASK)
 
     def create_task(self, task: Task, idempotency_key: str | None = None) -> Task:
         """Create a task; retrying with the same ``Idempotency-Key`` never creates two."""
@@ -268,7 +284,7 @@ class TaskClient:
         response = self._request(
             "POST", "/api/tasks", safe=True, body=body, headers={"Idempotency-Key": key}
         )
-        return _parse(response, Task)
+        return _parse(response, _TASK)
 
     def claim_task(
         self,
@@ -282,7 +298,7 @@ class TaskClient:
         ``job_id`` names the quota reservation made for this attempt; it is stored on
         the task so the agent settles usage under it.
         """
-        path = f"/api/tasks/{require_id('task_id', task_id)}/claim"
+        path = _task_path(task_id, "claim")
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
@@ -292,13 +308,13 @@ class TaskClient:
 
     def update_task(self, task_id: str, update: TaskUpdate) -> Task:
         """Apply a partial update (fields left ``None`` are not sent)."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}"
+        path = _task_path(task_id)
         body = update.model_dump(mode="json", exclude_none=True)
-        return _parse(self._request("PATCH", path, safe=True, body=body), Task)
+        return _parse(self._request("PATCH", path, safe=True, body=body), _TASK)
 
     def complete_task(self, task_id: str, result: TaskResult, agent_id: str | None = None) -> Task:
         """Report the outcome of a claimed task (a failure may be retried or dead-lettered)."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}/complete"
+        path = _task_path(task_id, "complete")
         body = result.model_dump(mode="json")
         if agent_id or self.agent_id:
             body["agent_id"] = self._agent(agent_id)
@@ -306,60 +322,45 @@ class TaskClient:
 
     def release_task(self, task_id: str, agent_id: str | None = None) -> Task:
         """Give a claim back (pending again, no retry counted)."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}/release"
+        path = _task_path(task_id, "release")
         body = {"agent_id": self._agent(agent_id)} if agent_id or self.agent_id else {}
-        return _parse(self._request("POST", path, safe=False, body=body), Task)
+        return _parse(self._request("POST", path, safe=False, body=body), _TASK)
 
     def renew_lease(
         self, task_id: str, lease_seconds: float | None = None, agent_id: str | None = None
     ) -> Task:
         """Extend the lease of a task this agent holds."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}/lease"
+        path = _task_path(task_id, "lease")
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
-        return _parse(self._request("POST", path, safe=True, body=body), Task)
+        return _parse(self._request("POST", path, safe=True, body=body), _TASK)
 
     @staticmethod
     def _task_of(response: httpx.Response) -> Task:
         # {"task", "message"}; a bare Task is accepted too, as go-agentic's client does.
         try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if isinstance(body, dict) and isinstance(body.get("task"), dict):
-            try:
-                return Task.model_validate(body["task"])
-            except ValidationError as exc:
-                raise APIError(
-                    f"unexpected answer from the server: {exc}", response.status_code, body
-                ) from exc
-        return _parse(response, Task)
+            return _ANSWER.validate_json(response.content).task
+        except ValidationError:
+            return _parse(response, _TASK)
 
     # --- logs ---
     def append_logs(self, task_id: str, lines: Iterable[str]) -> int:
         """Append log lines to a task; returns the offset after the last one."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}/logs"
+        path = _task_path(task_id, "logs")
         batch = list(lines)
         if not all(isinstance(line, str) for line in batch):
             raise ConfigError("log lines must be strings")
         response = self._request("POST", path, safe=False, body={"lines": batch})
-        try:
-            return int(response.json()["next_offset"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise APIError(
-                "unexpected answer from the server: no next_offset",
-                response.status_code,
-                response.text,
-            ) from exc
+        return _parse(response, _OFFSET).next_offset
 
     def get_logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
         """Log lines from ``offset``; ask again from ``next_offset`` for more."""
-        path = f"/api/tasks/{require_id('task_id', task_id)}/logs"
+        path = _task_path(task_id, "logs")
         params = {"offset": str(offset)}
         if limit:
             params["limit"] = str(limit)
-        page = _parse(self._request("GET", path, safe=True, params=params), _LogPageModel)
+        page = _parse(self._request("GET", path, safe=True, params=params), _PAGE)
         return LogPage(page.lines, page.offset, page.next_offset)
 
     def follow_logs(self, task_id: str, offset: int = 0) -> Iterator[LogEvent]:
@@ -368,7 +369,7 @@ class TaskClient:
         Raises :class:`TransportError` when the stream breaks; resume from the last
         offset seen (``event.offset + 1`` of the last ``log`` event).
         """
-        path = f"/api/tasks/{require_id('task_id', task_id)}/logs"
+        path = _task_path(task_id, "logs")
         params = {"follow": "true", "offset": str(offset)}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, _STREAM_READ_TIMEOUT))
         headers = {"Accept": "text/event-stream"}
@@ -391,12 +392,6 @@ class TaskClient:
             self._request("GET", "/v1/health", safe=True)
         except NotFoundError:
             self._request("GET", "/api/health", safe=True)
-
-
-class _LogPageModel(BaseModel):
-    lines: list[str]
-    offset: int
-    next_offset: int
 
 
 def _sse_events(lines: Iterable[str]) -> Iterator[LogEvent]:
@@ -429,12 +424,9 @@ def _decode_event(kind: str, data: str) -> LogEvent | None:
         if kind == "error":  # the server's store failed mid-stream; it closes the stream
             raise APIError(str(payload.get("message", "log stream failed")), 503, data)
         if kind in {"status", "end"}:
-            status = TaskStatus(payload["status"])
-            return LogEvent(
-                "status" if kind == "status" else "end",
-                offset=int(payload.get("next_offset", 0)),
-                status=status,
-            )
+            which: Literal["status", "end"] = "status" if kind == "status" else "end"
+            offset = int(payload.get("next_offset", 0))
+            return LogEvent(which, offset=offset, status=TaskStatus(payload["status"]))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise APIError(f"malformed log event {kind!r}: {data!r}", 200, data) from exc
     return None  # an event kind from a newer server: skip it
