@@ -44,7 +44,9 @@ def utcnow() -> datetime:
 
 def _optional_time(value: Any) -> Any:
     """Map go's zero time and empty strings to ``None``; make naive datetimes UTC."""
-    if value is None or value in {"", 0}:
+    # Only go's "empty" scalars mean unset; anything else (lists, dicts) goes on to
+    # pydantic, which rejects it with a 422-worthy validation error.
+    if value is None or (isinstance(value, str) and value == ""):
         return None
     if isinstance(value, str) and value.startswith("0001-01-01"):
         return None

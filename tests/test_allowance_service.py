@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from agentic.events import Event, EventEmitter, EventType
 
 from agentic.allowance import AllowanceService
 from agentic.errors import QuotaExceededError, StoreError, StoreUnavailableError
+from agentic.events import Event, EventEmitter, EventType
 from agentic.models import (
     AgentAllowance,
     AllowanceStatus,
@@ -165,7 +165,7 @@ class BrokenStore(MemoryAllowanceStore):
     def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
         raise StoreError("connection refused")
 
-    def settle(self, *args: object, **kwargs: object) -> Settlement:  # type: ignore[override]
+    def settle(self, *args: object, **kwargs: object) -> Settlement:
         raise StoreError("connection refused")
 
 

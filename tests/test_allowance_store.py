@@ -194,7 +194,9 @@ def test_check_daily_jobs(backend: Backend) -> None:
     store.increment_usage("a1", 0, 2)
     result = store.check("a1")
     assert (result.allowed, result.reason, result.remaining_jobs) == (
-        False, "daily job limit", 0,
+        False,
+        "daily job limit",
+        0,
     )
 
 
@@ -205,7 +207,9 @@ def test_check_concurrency(backend: Backend) -> None:
     store.increment_usage("a1", 0, 1)
     result = store.check("a1")
     assert (result.allowed, result.reason, result.retry_after) == (
-        False, "concurrent job limit", None,
+        False,
+        "concurrent job limit",
+        None,
     )
 
 
@@ -431,9 +435,7 @@ def test_cost_ceiling_counts_reserved_then_actual(backend: Backend) -> None:
     store = backend.allowance()
     store.set_allowance(allowance())
     # 100 cents per million tokens in, 300 out; ceiling 1 cent = 1,000,000 micro-cents
-    store.set_model_quota(
-        ModelQuota(model="m1", cost_ceiling=1, input_price=100, output_price=300)
-    )
+    store.set_model_quota(ModelQuota(model="m1", cost_ceiling=1, input_price=100, output_price=300))
     r = store.reserve("a1", "m1", 3000, "j1")  # estimate 3000 * 300 = 900,000
     assert r.cost == 900_000
     with pytest.raises(QuotaExceededError) as info:
@@ -480,7 +482,8 @@ def test_reserve_reports_status_crossing(backend: Backend) -> None:
     assert (first.previous_status, first.status) == (AllowanceStatus.OK, AllowanceStatus.OK)
     second = store.reserve("a1", "", 30, "j2")
     assert (second.previous_status, second.status) == (
-        AllowanceStatus.OK, AllowanceStatus.WARNING,
+        AllowanceStatus.OK,
+        AllowanceStatus.WARNING,
     )
     third = store.reserve("a1", "", 20, "j3")
     assert third.status == AllowanceStatus.EXCEEDED

@@ -221,11 +221,6 @@ def test_every_task_claimed_exactly_once(shared_url: str, task_store: TaskStore)
 # --- fuzzing the OpenAPI schema ---
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=False,
-    reason="models._optional_time raises TypeError on a list/dict time (see test_server)",
-)
 def test_fuzz_openapi(tmp_path: Path) -> None:
     """Valid and invalid requests generated for every operation never get a 5xx, invalid
     ones are refused, and every answer matches /openapi.json (app over SQLite)."""

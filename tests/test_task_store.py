@@ -268,8 +268,7 @@ def test_second_claim_conflicts_naming_the_holder(store: TaskStore) -> None:
 def test_claim_records_the_job_id(store: TaskStore, backend: Backend) -> None:
     """The claim stores the quota job id; it stays after a lease expiry for the dispatcher."""
     task = new(store)
-    claim = store.claim
-    assert claim(task.id, "a1", 10, job_id="job-1").job_id == "job-1"  # type: ignore[call-arg]
+    assert store.claim(task.id, "a1", 10, job_id="job-1").job_id == "job-1"
     backend.clock.advance(10)
     assert store.requeue_expired()[0].job_id == "job-1"
     assert store.claim(task.id, "a2", 10).job_id == ""

@@ -1,0 +1,310 @@
+"""The Dispatcher: route pending tasks to agents, within quota, exactly once.
+
+One pass (:meth:`Dispatcher.run_once`):
+
+1. List the registered agents once and build an :class:`~agentic.router.AgentIndex`.
+2. List the ready pending tasks from the task API; order them by priority, then age.
+3. For each task: skip it while its backoff has not elapsed (``next_attempt_at``);
+   dead-letter it when it has used up its retries. Otherwise walk the router's ranking:
+   ``reserve()`` quota for the candidate (over quota: try the next candidate), then
+   claim the task *in that agent's name* with the reservation's job id. A claim that
+   fails for any reason gives the reservation back (settled as cancelled, nothing
+   charged), so nothing leaks (go-agentic's defect 6). A dispatcher killed between
+   reserve and claim leaks nothing either: the reservation expires.
+4. Count the new load in the index, so one pass spreads work (defect 4).
+
+Shortage is not failure: when no agent is eligible or every candidate is over quota,
+the task *waits*, with no retry counted. Real failures (a claim refused by the server
+for any reason but "already claimed", or an unreachable server) count a retry that is
+stored on the task server (``retry_count``, ``last_attempt``, ``next_attempt_at``) so
+backoff and the dead letter work across passes and across dispatchers (defect 5).
+Past ``max_retries`` the task becomes failed with the reason and ``task_dead_lettered``
+is emitted. Several dispatchers may run against the same server and stores: the
+claim is the server's compare-and-set and reservations are atomic in the store.
+
+Every error is logged and counted (``Dispatcher.errors``); the loop backs off after a
+failed pass instead of spinning (defect 18).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+from .allowance import AllowanceService
+from .client import TaskClient
+from .errors import (
+    AgenticError,
+    APIError,
+    ConflictError,
+    NoEligibleAgentError,
+    NotFoundError,
+    QuotaExceededError,
+)
+from .events import Event, EventEmitter, EventType
+from .models import QuotaEvent, Task, TaskStatus, TaskUpdate
+from .retry import RetryPolicy, retry_after_of
+from .router import AgentIndex, TaskRouter
+from .stores.base import AgentRegistry
+
+__all__ = ["DispatchReport", "Dispatcher", "new_job_id"]
+
+log = logging.getLogger(__name__)
+
+
+def new_job_id(task: Task) -> str:
+    """A reservation id for one dispatch attempt of ``task``, unique to this attempt.
+
+    Unique rather than derived from the task alone: two dispatchers reserving for the
+    same task must not share (and then cancel) each other's reservation.
+    """
+    return f"{task.id}/{task.retry_count}/{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class DispatchReport:
+    """What one pass did."""
+
+    dispatched: dict[str, str] = field(default_factory=dict)  # task id -> agent id
+    waiting: dict[str, str] = field(default_factory=dict)  # task id -> why
+    failed: dict[str, str] = field(default_factory=dict)  # task id -> error
+    dead_lettered: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the log."""
+        return (
+            f"dispatched={len(self.dispatched)} waiting={len(self.waiting)}"
+            f" failed={len(self.failed)} dead_lettered={len(self.dead_lettered)}"
+        )
+
+
+class Dispatcher:
+    """Routes pending tasks to agents through quota and an atomic claim."""
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        router: TaskRouter,
+        allowance: AllowanceService,
+        client: TaskClient,
+        emitter: EventEmitter | None = None,
+        retry: RetryPolicy | None = None,
+        *,
+        heartbeat_ttl: float | None = None,
+        lease_seconds: float | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.registry = registry
+        self.router = router
+        self.allowance = allowance
+        self.client = client
+        self.emitter = emitter
+        self.retry = retry or RetryPolicy()
+        self.heartbeat_ttl = heartbeat_ttl
+        self.lease_seconds = lease_seconds
+        self._clock = clock
+        #: errors seen (failed passes, failed claims, emitter failures), each logged
+        self.errors = 0
+
+    # --- one task ---
+    def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
+        """Reserve and claim ``task`` for the best agent that has quota; its id.
+
+        Raises :class:`NoEligibleAgentError` or :class:`QuotaExceededError` when the
+        task must wait, :class:`ConflictError` when another dispatcher claimed it, and
+        the claim's error for a real failure. Nothing stays reserved on any error.
+        """
+        index = agents if agents is not None else AgentIndex(self.registry.list())
+        try:
+            ranked = self.router.rank(task, index)
+        except NoEligibleAgentError as exc:
+            self._emit(EventType.DISPATCH_FAILED_NO_AGENT, task, "", {"reason": str(exc)})
+            raise
+        self._forget_previous_attempt(task)
+        refusals: list[tuple[str, QuotaExceededError]] = []
+        for agent_id in ranked:
+            job_id = new_job_id(task)
+            try:
+                self.allowance.reserve(agent_id, task.model, task.estimated_tokens, job_id)
+            except QuotaExceededError as exc:
+                refusals.append((agent_id, exc))
+                continue
+            try:
+                self.client.claim_task(
+                    task.id, agent_id=agent_id, lease_seconds=self.lease_seconds, job_id=job_id
+                )
+            except BaseException:
+                self._cancel(job_id, agent_id)
+                raise
+            index.add_load(agent_id)
+            self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
+            self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
+            return agent_id
+        reasons = "; ".join(f"{agent}: {exc.reason}" for agent, exc in refusals)
+        waits = [exc.retry_after for _a, exc in refusals if exc.retry_after is not None]
+        self._emit(EventType.DISPATCH_FAILED_QUOTA, task, "", {"reasons": reasons})
+        raise QuotaExceededError(
+            f"every eligible agent is over quota ({reasons})", min(waits) if waits else None
+        )
+
+    def _forget_previous_attempt(self, task: Task) -> None:
+        """Free the slot of an attempt that died with its runner (lease expired).
+
+        If the runner settled it already this is a duplicate and changes nothing.
+        """
+        if task.job_id:
+            self._cancel(task.job_id, task.claimed_by)
+
+    def _cancel(self, job_id: str, agent_id: str) -> None:
+        try:
+            self.allowance.settle(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, agent_id=agent_id or None)
+        except NotFoundError:
+            log.debug("reservation %s already gone (expired or settled)", job_id)
+        except AgenticError:
+            # The reservation will expire on its own; say so rather than hide it.
+            self.errors += 1
+            log.exception("could not release reservation %s; it will expire", job_id)
+
+    # --- one pass ---
+    def run_once(self) -> DispatchReport:
+        """One dispatch pass over every ready pending task (see the module docstring)."""
+        report = DispatchReport()
+        if self.heartbeat_ttl:
+            for agent_id in self.registry.reap(self.heartbeat_ttl):
+                self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})
+        index = AgentIndex(self.registry.list())
+        tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
+        tasks.sort(key=_urgency)
+        now = self._clock()
+        for task in tasks:
+            if task.retry_count > task.max_retries:
+                self._dead_letter(task, task.fail_reason or "max retries exceeded", report)
+            elif task.next_attempt_at is not None and task.next_attempt_at > now:
+                report.waiting[task.id] = f"backoff until {task.next_attempt_at.isoformat()}"
+            else:
+                self._dispatch_one(task, index, report)
+        return report
+
+    def _dispatch_one(self, task: Task, index: AgentIndex, report: DispatchReport) -> None:
+        try:
+            report.dispatched[task.id] = self.dispatch(task, index)
+        except (NoEligibleAgentError, QuotaExceededError) as exc:
+            report.waiting[task.id] = str(exc)
+        except ConflictError as exc:
+            # Another dispatcher (or a runner) got there first: not our failure.
+            report.waiting[task.id] = f"claimed elsewhere: {exc.message}"
+        except AgenticError as exc:
+            self.errors += 1
+            log.warning("dispatch of task %s failed: %s", task.id, exc)
+            report.failed[task.id] = str(exc)
+            self._record_failure(task, exc, report)
+
+    def _record_failure(self, task: Task, exc: AgenticError, report: DispatchReport) -> None:
+        attempt = task.retry_count + 1
+        now = self._clock()
+        if not self.retry.should_retry(attempt, task.max_retries):
+            self._dead_letter(task, f"max retries exceeded: {exc}", report, attempt)
+            return
+        update = TaskUpdate(
+            retry_count=attempt,
+            last_attempt=now,
+            next_attempt_at=self.retry.next_attempt_at(now, attempt, retry_after_of(exc)),
+            fail_reason=str(exc),
+        )
+        self._update(task, update)
+
+    def _dead_letter(
+        self, task: Task, reason: str, report: DispatchReport, attempts: int | None = None
+    ) -> None:
+        update = TaskUpdate(status=TaskStatus.FAILED, fail_reason=reason)
+        if attempts is not None:
+            update.retry_count, update.last_attempt = attempts, self._clock()
+        if self._update(task, update):
+            report.dead_lettered.append(task.id)
+            self._emit(EventType.TASK_DEAD_LETTERED, task, "", {"reason": reason})
+
+    def _update(self, task: Task, update: TaskUpdate) -> bool:
+        try:
+            self.client.update_task(task.id, update)
+        except APIError as exc:
+            self.errors += 1
+            log.error("could not record the failure of task %s: %s", task.id, exc)
+            return False
+        return True
+
+    # --- the loop ---
+    def run(self, stop: threading.Event | None = None, interval: float = 5.0) -> None:
+        """Pass after pass until ``stop`` is set or SIGTERM/SIGINT arrives; first at once.
+
+        A pass that fails (task server or store unreachable) is logged and counted,
+        and the next one waits longer (doubling up to 10 intervals) instead of spinning.
+        """
+        stop = stop or threading.Event()
+        restore = _stop_on_signals(stop)
+        failures = 0
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    report = self.run_once()
+                except AgenticError as exc:
+                    failures += 1
+                    self.errors += 1
+                    log.error("dispatch pass failed (%d in a row): %s", failures, exc)
+                else:
+                    failures = 0
+                    log.info("dispatch pass: %s", report.summary())
+                wait = interval * min(2**failures, 10) - (time.monotonic() - started)
+                stop.wait(max(0.0, wait))
+        finally:
+            restore()
+
+    def _emit(
+        self, kind: EventType, task: Task | None, agent_id: str, payload: dict[str, Any]
+    ) -> None:
+        if self.emitter is None:
+            return
+        try:
+            self.emitter.emit(
+                Event(
+                    type=kind, task_id=task.id if task else "", agent_id=agent_id, payload=payload
+                )
+            )
+        except Exception:
+            self.errors += 1
+            log.exception("event emitter failed on %s", kind.value)
+
+
+def _urgency(task: Task) -> tuple[int, datetime, str]:
+    created = task.created_at or datetime.min.replace(tzinfo=UTC)
+    return (task.priority.rank, created, task.id)
+
+
+def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM/SIGINT set ``stop``; returns how to put the old handlers back.
+
+    Signal handlers can only be installed from the main thread; elsewhere the caller's
+    ``stop`` event is the only way to end the loop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping after this pass", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore

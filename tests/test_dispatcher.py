@@ -1,0 +1,318 @@
+"""Dispatcher against a real task server on loopback (go-agentic's cases + fixed defects)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from agentic.allowance import AllowanceService
+from agentic.client import TaskClient
+from agentic.dispatcher import Dispatcher
+from agentic.errors import (
+    APIError,
+    ConflictError,
+    NoEligibleAgentError,
+    QuotaExceededError,
+    TransportError,
+)
+from agentic.events import Event, EventEmitter, EventType
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    ModelQuota,
+    Priority,
+    Task,
+    TaskStatus,
+)
+from agentic.retry import RetryPolicy
+from agentic.router import DefaultRouter
+from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.testing import running_server
+
+
+class Recorder(EventEmitter):
+    """Keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+    def of(self, kind: EventType) -> list[Event]:
+        return [e for e in self.events if e.type == kind]
+
+
+@dataclass
+class System:
+    """A registry, an allowance store, a task server and a dispatcher wired together."""
+
+    registry: MemoryRegistry
+    quota: MemoryAllowanceStore
+    tasks: MemoryTaskStore
+    client: TaskClient
+    events: Recorder
+    dispatcher: Dispatcher
+
+    def agent(
+        self, agent_id: str, *caps: str, max_load: int = 0, load: int = 0, **limits: Any
+    ) -> None:
+        self.registry.register(
+            AgentInfo(id=agent_id, capabilities=list(caps), max_load=max_load, current_load=load)
+        )
+        self.quota.set_allowance(AgentAllowance(agent_id=agent_id, **limits))
+
+    def task(self, title: str, *labels: str, **fields: Any) -> Task:
+        return self.tasks.create(Task(title=title, labels=list(labels), **fields))
+
+
+@pytest.fixture
+def system() -> Iterator[System]:
+    tasks = MemoryTaskStore()
+    with running_server(tasks, requeue_interval=None) as url:
+        registry, quota, events = MemoryRegistry(), MemoryAllowanceStore(), Recorder()
+        client = TaskClient(url, token="", retries=0)
+        dispatcher = Dispatcher(
+            registry,
+            DefaultRouter(),
+            AllowanceService(quota, events),
+            client,
+            emitter=events,
+            retry=RetryPolicy(base=5, cap=60),
+        )
+        yield System(registry, quota, tasks, client, events, dispatcher)
+        client.close()
+
+
+def test_dispatch_picks_least_loaded_and_claims_in_its_name(system: System) -> None:
+    """The task goes to the least loaded capable agent, claimed in that agent's name."""
+    system.agent("busy", "py", max_load=4, load=3)
+    system.agent("idle", "py", max_load=4, load=0)
+    system.agent("other", "go", max_load=4)
+    task = system.task("t", "py")
+    assert system.dispatcher.dispatch(task) == "idle"
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.claimed_by) == (TaskStatus.IN_PROGRESS, "idle")
+    assert stored.job_id
+    assert system.quota.get_usage("idle").active_jobs == 1
+    kinds = [e.type for e in system.events.events]
+    assert kinds[-2:] == [EventType.TASK_CLAIMED, EventType.TASK_DISPATCHED]
+
+
+def test_no_agents_waits_and_emits(system: System) -> None:
+    """With no capable agent the task waits (no retry counted) and an event says why."""
+    system.agent("a", "go")
+    task = system.task("t", "py")
+    report = system.dispatcher.run_once()
+    assert task.id in report.waiting
+    assert system.tasks.get(task.id).retry_count == 0
+    assert system.events.of(EventType.DISPATCH_FAILED_NO_AGENT)
+
+
+def test_agent_at_max_load_is_not_routed(system: System) -> None:
+    """An available agent already at max_load gets nothing (defect 13)."""
+    system.agent("full", max_load=1, load=1)
+    with pytest.raises(NoEligibleAgentError):
+        system.dispatcher.dispatch(system.task("t"))
+
+
+def test_over_quota_agent_is_skipped_for_the_next(system: System) -> None:
+    """When the best agent is over quota the next ranked agent gets the task."""
+    system.agent("best", max_load=10, daily_job_limit=1)
+    system.agent("second", max_load=2, load=1)
+    system.quota.increment_usage("best", 0, 1)
+    assert system.dispatcher.dispatch(system.task("t")) == "second"
+
+
+def test_all_over_quota_waits_and_emits(system: System) -> None:
+    """Every candidate over quota: the task waits, dispatch_failed_quota is emitted."""
+    system.agent("a", daily_token_limit=10)
+    task = system.task("t", estimated_tokens=50)
+    with pytest.raises(QuotaExceededError):
+        system.dispatcher.dispatch(task)
+    report = system.dispatcher.run_once()
+    assert "over quota" in report.waiting[task.id]
+    assert system.tasks.get(task.id).retry_count == 0
+    assert system.events.of(EventType.DISPATCH_FAILED_QUOTA)
+    assert system.quota.get_usage("a").jobs_started == 0
+
+
+def test_task_model_limits_apply(system: System) -> None:
+    """The task's model is passed to the quota check, so model budgets apply (defect 2)."""
+    system.agent("a")
+    system.quota.set_model_quota(ModelQuota(model="big", daily_token_budget=100))
+    task = system.task("t", model="big", estimated_tokens=500)
+    with pytest.raises(QuotaExceededError, match="budget"):
+        system.dispatcher.dispatch(task)
+    assert system.dispatcher.dispatch(system.task("u", model="big", estimated_tokens=100)) == "a"
+    assert system.quota.get_model_usage("big").tokens_reserved == 100
+
+
+def test_one_pass_spreads_work(system: System) -> None:
+    """Load is counted locally, so one pass gives three agents one task each (defect 4)."""
+    for name in ("a", "b", "c"):
+        system.agent(name, max_load=1)
+    for i in range(4):
+        system.task(f"t{i}")
+    report = system.dispatcher.run_once()
+    assert sorted(report.dispatched.values()) == ["a", "b", "c"]
+    assert len(report.waiting) == 1
+
+
+def test_priority_then_age_order(system: System) -> None:
+    """A pass dispatches critical, high, medium, low; oldest first within a priority."""
+    system.agent("only", max_load=1)
+    system.task("low", priority=Priority.LOW)
+    first_high = system.task("high-old", priority=Priority.HIGH)
+    system.task("high-new", priority=Priority.HIGH)
+    report = system.dispatcher.run_once()
+    assert list(report.dispatched) == [first_high.id]
+
+
+def test_critical_goes_to_lowest_absolute_load(system: System) -> None:
+    """Critical tasks bypass the ratio and go to the lowest absolute load."""
+    system.agent("big", max_load=100, load=10)  # ratio 0.9 free
+    system.agent("small", max_load=2, load=1)  # ratio 0.5 free, load 1
+    assert system.dispatcher.dispatch(system.task("c", priority=Priority.CRITICAL)) == "small"
+    assert system.dispatcher.dispatch(system.task("n")) == "big"
+
+
+class FailingClaims(TaskClient):
+    """A client whose claims fail like a broken server."""
+
+    def claim_task(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        raise APIError("boom", 500)
+
+
+def test_claim_failure_releases_reservation_and_counts_retry(system: System) -> None:
+    """A failed claim frees its reservation (defect 6) and stores the retry (defect 5)."""
+    system.agent("a", concurrent_jobs=1)
+    task = system.task("t")
+    system.dispatcher.client = FailingClaims(system.client.base_url, token="", retries=0)
+    report = system.dispatcher.run_once()
+    assert task.id in report.failed
+    assert system.quota.get_usage("a").active_jobs == 0
+    stored = system.tasks.get(task.id)
+    assert stored.retry_count == 1
+    assert stored.last_attempt is not None and stored.next_attempt_at is not None
+    assert stored.fail_reason
+
+
+def test_backoff_is_respected_across_dispatchers(system: System) -> None:
+    """A task in backoff is skipped by any dispatcher, because the retry lives on the server."""
+    system.agent("a")
+    task = system.task("t")
+    system.dispatcher.client = FailingClaims(system.client.base_url, token="", retries=0)
+    system.dispatcher.run_once()
+    fresh = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(system.quota), system.client
+    )
+    report = fresh.run_once()
+    assert report.waiting[task.id].startswith("backoff until")
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    fresh._clock = lambda: later
+    assert fresh.run_once().dispatched == {task.id: "a"}
+
+
+def test_dead_letter_after_max_retries(system: System) -> None:
+    """After max_retries real failures the task is failed and task_dead_lettered emitted."""
+    system.agent("a")
+    task = system.task("t", max_retries=2)
+    system.dispatcher.client = FailingClaims(system.client.base_url, token="", retries=0)
+    now = datetime.now(UTC)
+    for attempt in range(3):
+        at = now + timedelta(hours=attempt)
+        system.dispatcher._clock = lambda at=at: at  # type: ignore[misc]
+        system.dispatcher.run_once()
+    stored = system.tasks.get(task.id)
+    assert stored.status == TaskStatus.FAILED
+    assert "max retries" in stored.fail_reason
+    assert stored.retry_count == 3
+    assert [e.task_id for e in system.events.of(EventType.TASK_DEAD_LETTERED)] == [task.id]
+
+
+def test_conflict_is_not_a_failure(system: System) -> None:
+    """A task claimed elsewhere between list and claim waits; no retry is counted."""
+    system.agent("a")
+    task = system.task("t")
+    system.tasks.claim(task.id, "someone", 60)
+    with pytest.raises(ConflictError):
+        system.dispatcher.dispatch(task)
+    assert system.quota.get_usage("a").active_jobs == 0
+    assert system.tasks.get(task.id).retry_count == 0
+
+
+def test_concurrent_dispatchers_claim_each_task_once(system: System) -> None:
+    """Four dispatchers in threads over 40 tasks claim every task exactly once."""
+    for i in range(4):
+        system.agent(f"a{i}")
+    tasks = [system.task(f"t{i}") for i in range(40)]
+    dispatchers = [
+        Dispatcher(
+            system.registry,
+            DefaultRouter(),
+            AllowanceService(system.quota),
+            TaskClient(system.client.base_url, token="", retries=0),
+        )
+        for _ in range(4)
+    ]
+    reports = []
+
+    def run(d: Dispatcher) -> None:
+        reports.append(d.run_once())
+
+    threads = [threading.Thread(target=run, args=(d,)) for d in dispatchers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    claimed = [tid for r in reports for tid in r.dispatched]
+    assert sorted(claimed) == sorted(t.id for t in tasks)
+    assert sum(u.active_jobs for u in system.quota.usages()) == 40
+
+
+def test_run_stops_when_asked_and_counts_errors(system: System) -> None:
+    """run() makes its first pass at once, stops on the event, and counts failed passes."""
+    system.agent("a")
+    task = system.task("t")
+    stop = threading.Event()
+    thread = threading.Thread(target=system.dispatcher.run, args=(stop, 0.05))
+    thread.start()
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    while system.tasks.get(task.id).status != TaskStatus.IN_PROGRESS:
+        assert datetime.now(UTC) < deadline
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    broken = Dispatcher(
+        system.registry,
+        DefaultRouter(),
+        AllowanceService(system.quota),
+        TaskClient("http://127.0.0.1:9", token="", retries=0, timeout=0.2),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=broken.run, args=(stop, 0.01))
+    thread.start()
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    while broken.errors < 2:
+        assert datetime.now(UTC) < deadline
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    with pytest.raises(TransportError):
+        broken.run_once()
