@@ -1,1 +1,132 @@
-"""agentic: run a fleet of AI agents as one system."""
+"""agentic: run a fleet of AI agents as one system.
+
+Agents register with capabilities and load limits; a :class:`Dispatcher` routes each
+pending task to the best capable agent, enforces token, job, rate and cost quotas
+atomically (:class:`AllowanceService`), claims the task for that agent through the
+HTTP task API (:class:`TaskClient`), retries with backoff and dead-letters what keeps
+failing, and emits lifecycle events. State lives in stores opened from URLs
+(``memory://``, ``sqlite:///path.db``, ``redis://host:6379/0``).
+
+The reference task server lives in :mod:`agentic.server` (it needs the ``server``
+extra); fakes for your own tests in :mod:`agentic.testing`.
+"""
+
+from .allowance import AllowanceService
+from .client import LogEvent, TaskClient
+from .config import Config, load_config
+from .dispatcher import Dispatcher, DispatchReport
+from .errors import (
+    AgenticError,
+    APIError,
+    ConfigError,
+    ConflictError,
+    NoEligibleAgentError,
+    NotFoundError,
+    QuotaExceededError,
+    StoreError,
+    StoreUnavailableError,
+    TransportError,
+)
+from .events import (
+    CallbackEmitter,
+    Event,
+    EventEmitter,
+    EventType,
+    FanoutEmitter,
+    LoggingEmitter,
+    QueueEmitter,
+)
+from .logs import stream_logs
+from .models import (
+    AgentAllowance,
+    AgentInfo,
+    AgentStatus,
+    AllowanceStatus,
+    ModelQuota,
+    ModelUsage,
+    Priority,
+    QuotaCheckResult,
+    QuotaEvent,
+    Reservation,
+    Settlement,
+    StatusSummary,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskUpdate,
+    UsageRecord,
+    UsageReport,
+)
+from .retry import RetryPolicy
+from .router import AgentIndex, DefaultRouter, TaskRouter
+from .status import format_status, get_status
+from .stores import (
+    AgentRegistry,
+    AllowanceStore,
+    TaskStore,
+    open_allowance_store,
+    open_registry,
+    open_task_store,
+)
+from .submit import submit_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIError",
+    "AgentAllowance",
+    "AgentIndex",
+    "AgentInfo",
+    "AgentRegistry",
+    "AgentStatus",
+    "AgenticError",
+    "AllowanceService",
+    "AllowanceStatus",
+    "AllowanceStore",
+    "CallbackEmitter",
+    "Config",
+    "ConfigError",
+    "ConflictError",
+    "DefaultRouter",
+    "DispatchReport",
+    "Dispatcher",
+    "Event",
+    "EventEmitter",
+    "EventType",
+    "FanoutEmitter",
+    "LogEvent",
+    "LoggingEmitter",
+    "ModelQuota",
+    "ModelUsage",
+    "NoEligibleAgentError",
+    "NotFoundError",
+    "Priority",
+    "QueueEmitter",
+    "QuotaCheckResult",
+    "QuotaEvent",
+    "QuotaExceededError",
+    "Reservation",
+    "RetryPolicy",
+    "Settlement",
+    "StatusSummary",
+    "StoreError",
+    "StoreUnavailableError",
+    "Task",
+    "TaskClient",
+    "TaskResult",
+    "TaskRouter",
+    "TaskStatus",
+    "TaskStore",
+    "TaskUpdate",
+    "TransportError",
+    "UsageRecord",
+    "UsageReport",
+    "format_status",
+    "get_status",
+    "load_config",
+    "open_allowance_store",
+    "open_registry",
+    "open_task_store",
+    "stream_logs",
+    "submit_task",
+]
