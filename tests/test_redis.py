@@ -339,6 +339,22 @@ def test_open_from_url_with_options(redis_server: RedisServer, prefix: str) -> N
         assert other_store.allowances() == []
 
 
+def test_close_releases_connections(redis_server: RedisServer, prefix: str) -> None:
+    """A store opened from a URL owns its client: close() disconnects it."""
+    watcher = redis.Redis(port=redis_server.port)
+
+    def clients() -> int:
+        return len(cast(list[Any], watcher.client_list()))
+
+    before = clients()
+    store = open_allowance_store(f"{redis_server.url}?prefix={prefix}")
+    store.get_usage("a")
+    assert clients() == before + 1
+    store.close()
+    assert clients() == before
+    watcher.close()
+
+
 def test_unknown_url_option_is_config_error(redis_server: RedisServer) -> None:
     """A typo in the URL options names the accepted ones."""
     with pytest.raises(ConfigError, match="prefix"):

@@ -44,11 +44,10 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True, slots=True)
 class Connection:
-    """A pinged client, the key prefix and where it points (for messages)."""
+    """A pinged client and the key prefix its stores use."""
 
     client: redis.Redis
     prefix: str
-    address: str
 
 
 def _address(url: StoreURL) -> str:
@@ -69,18 +68,15 @@ def connect(url: StoreURL) -> Connection:
         raise ConfigError(f"store URL {url.redacted()!r}: prefix= must not be empty")
     plain = urlsplit(url.raw)._replace(query="", fragment="").geturl()
     try:
-        pool = redis.ConnectionPool.from_url(
-            plain, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        # from_url gives the client its own pool, which client.close() disconnects.
+        client = redis.Redis.from_url(plain, socket_timeout=timeout, socket_connect_timeout=timeout)
     except ValueError as exc:
         raise ConfigError(f"store URL {url.redacted()!r}: {exc}") from exc
-    client = redis.Redis(connection_pool=pool)
-    address = _address(url)
-    ping(client, address, timeout)
-    return Connection(client, prefix, address)
+    _ping(client, _address(url), timeout)
+    return Connection(client, prefix)
 
 
-def ping(client: redis.Redis, address: str, timeout: float) -> None:
+def _ping(client: redis.Redis, address: str, timeout: float) -> None:
     """Fail fast, with what to check, when Redis cannot be reached."""
     try:
         client.ping()
