@@ -1,0 +1,60 @@
+"""The agent side: AgentRunner, TaskContext and handlers (callable, subprocess, git).
+
+:class:`AgentRunner` registers the agent (capabilities, ``max_load``) and then:
+
+* **Takes work** claimed for it by a dispatcher: it polls the task API for tasks in
+  progress and claimed by its agent id, and starts those not running yet, at most
+  ``max_load`` at a time (``max_workers`` when ``max_load`` is 0, unlimited). A task
+  claimed beyond that is released at once (pending again, no retry counted, its
+  reservation cancelled) rather than left to wait while its lease runs out.
+* **Stays visible**: a background thread heartbeats with the current load (at once
+  when the load changes, else every ``heartbeat_interval``), renews the lease of
+  every task it holds, and flushes log lines. A lease that cannot be renewed
+  because the task is no longer ours cancels the handler; nothing is reported for it.
+* **Runs each task** in its own thread with a :class:`TaskContext`. After
+  ``max_job_duration`` the context is cancelled; a handler still running
+  ``cancel_grace`` later is abandoned (Python cannot kill a thread) and the task is
+  failed as "timed out after N s". :class:`SubprocessHandler` kills its process
+  group on cancellation, so it does stop.
+* **Settles, then reports.** Usage reported through ``ctx.usage`` is settled under
+  the claim's ``job_id`` first (completed: all, failed: the store's 50% rule,
+  released: nothing), because once the task is pending again a dispatcher cancels
+  that reservation. Then: a returned result is ``complete(success=True)``; an
+  exception or a failed result is ``complete(success=False)`` (the server counts a
+  retry); an :class:`InfrastructureError` (dirty workspace, missing binary) is a
+  release, since the task is not at fault.
+* **Tells its own failures apart from the task's.** A report or settle that fails
+  for a reason that may pass (no answer, 5xx, a store outage) is retried with
+  backoff (``report_retry``); before resending a report it reads the task, so a
+  report whose answer was lost is not applied twice. If it still fails, the task is
+  left to its lease: the server requeues it. Every such error is logged and counted
+  in ``runner.errors``; ``completed`` / ``failed`` / ``released`` count reports the
+  server accepted.
+* **Stops cleanly** on ``stop`` / SIGTERM / SIGINT: it deregisters first (so nothing
+  new is routed to it), waits up to ``grace_period`` for running tasks, cancels the
+  rest and waits ``cancel_grace``, releases what still runs (settled as cancelled),
+  and releases any task claimed for it meanwhile.
+
+A handler is a callable ``(task, ctx) -> str | TaskResult | None``; ``None`` and a
+string mean success. Coroutine functions are run with ``asyncio.run`` in the task's
+thread, and cancelled (their asyncio task) when the context is.
+"""
+
+from __future__ import annotations
+
+from ._context import Handler, HandlerResult, InfrastructureError, TaskCancelled, TaskContext
+from ._runner import AgentRunner
+from ._subprocess import SubprocessHandler
+from ._workspace import GitWorkspace, WorkspaceError
+
+__all__ = [
+    "AgentRunner",
+    "GitWorkspace",
+    "Handler",
+    "HandlerResult",
+    "InfrastructureError",
+    "SubprocessHandler",
+    "TaskCancelled",
+    "TaskContext",
+    "WorkspaceError",
+]

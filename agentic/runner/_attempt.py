@@ -1,0 +1,143 @@
+"""One run of one claimed task, and how its end is turned into a report."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from ..models import QuotaEvent, Task, TaskResult
+from ._context import InfrastructureError, TaskContext
+
+__all__ = ["Attempt", "Outcome", "Report", "Stop", "attempt_key", "decide"]
+
+# The complete request must stay under the server's body limit (1 MiB by default).
+_MAX_OUTPUT_CHARS = 256 * 1024
+_MAX_ERROR_CHARS = 16 * 1024
+
+
+def attempt_key(task: Task) -> tuple[str, str, str]:
+    """Identifies one claim of a task: a requeued and re-claimed task gets a new key."""
+    claimed = task.claimed_at.isoformat() if task.claimed_at else ""
+    return (task.id, task.job_id, claimed)
+
+
+class Stop(StrEnum):
+    """Why the runner asked a handler to stop."""
+
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    LOST = "lost"  # the lease is gone: the task is no longer this agent's
+
+
+class Report(StrEnum):
+    """What the runner tells the task server at the end of an attempt."""
+
+    COMPLETED = "completed"  # complete(success=True)
+    FAILED = "failed"  # complete(success=False): counts a retry on the server
+    RELEASED = "released"  # release: pending again, no retry counted
+    NOTHING = "nothing"  # the task is not ours any more
+
+    @property
+    def quota_event(self) -> QuotaEvent:
+        """How the attempt's reservation is settled."""
+        return _SETTLE[self]
+
+
+_SETTLE = {
+    Report.COMPLETED: QuotaEvent.JOB_COMPLETED,
+    Report.FAILED: QuotaEvent.JOB_FAILED,
+    Report.RELEASED: QuotaEvent.JOB_CANCELLED,
+    # Tokens spent on a task whose lease was lost were still spent.
+    Report.NOTHING: QuotaEvent.JOB_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The decided end of an attempt: what to report, the result, and why."""
+
+    report: Report
+    result: TaskResult
+    reason: str = ""
+
+
+@dataclass(eq=False)
+class Attempt:
+    """A claimed task being run: its context, handler result and who reports it.
+
+    Exactly one thread reports an attempt (``take``): the supervisor when the handler
+    ends or times out, or the shutdown path when the handler outlives the grace.
+    """
+
+    task: Task
+    ctx: TaskContext
+    key: tuple[str, str, str]
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: TaskResult | None = None
+    error: BaseException | None = None
+    stop_kind: Stop | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _taken: bool = False
+
+    def stop(self, kind: Stop, reason: str) -> None:
+        """Ask the handler to stop; the first kind wins."""
+        with self._lock:
+            if self.stop_kind is None:
+                self.stop_kind = kind
+        self.ctx.cancel(reason)
+
+    def take(self) -> bool:
+        """True for the one caller that gets to report this attempt."""
+        with self._lock:
+            taken, self._taken = self._taken, True
+            return not taken
+
+
+def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
+    """Turn how the handler ended (or did not) into what to report."""
+    timed_out = f"timed out after {max_job_duration or 0:g} s"
+    kind = attempt.stop_kind
+    if kind is Stop.LOST:
+        return Outcome(Report.NOTHING, TaskResult(success=False), attempt.ctx.cancel_reason)
+    if not attempt.done.is_set():
+        if kind is Stop.TIMEOUT:
+            return _failed(TaskResult(success=False), f"{timed_out} (the handler did not stop)")
+        reason = "the agent shut down before the task finished"
+        return Outcome(Report.RELEASED, TaskResult(success=False), reason)
+    result, error = attempt.result, attempt.error
+    if error is None and result is not None and result.success:
+        # Finished, even if asked to stop: redoing finished work would spend twice.
+        return Outcome(Report.COMPLETED, _clip(result))
+    if isinstance(error, InfrastructureError):
+        return Outcome(Report.RELEASED, TaskResult(success=False), str(error))
+    if kind is Stop.SHUTDOWN:
+        return Outcome(Report.RELEASED, TaskResult(success=False), "cancelled by agent shutdown")
+    failed = result or TaskResult(success=False)
+    if kind is Stop.TIMEOUT:
+        return _failed(failed, timed_out)
+    if error is not None:
+        return _failed(failed, str(error) or type(error).__name__)
+    return _failed(failed, failed.error_message or "the handler reported failure")
+
+
+def _failed(result: TaskResult, reason: str) -> Outcome:
+    failed = result.model_copy(update={"success": False, "error_message": reason})
+    return Outcome(Report.FAILED, _clip(failed), reason)
+
+
+def _tail(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return "[truncated]\n" + text[-limit:]
+
+
+def _clip(result: TaskResult) -> TaskResult:
+    return result.model_copy(
+        update={
+            "output": _tail(result.output, _MAX_OUTPUT_CHARS),
+            "error_message": _tail(result.error_message, _MAX_ERROR_CHARS),
+        }
+    )

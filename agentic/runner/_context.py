@@ -1,0 +1,274 @@
+"""TaskContext (what a handler gets besides the task) and how a handler is called."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeAlias
+
+from ..client import TaskClient
+from ..errors import AgenticError, ConfigError
+from ..models import Task, TaskResult, TaskUpdate
+
+__all__ = [
+    "Handler",
+    "HandlerResult",
+    "InfrastructureError",
+    "TaskCancelled",
+    "TaskContext",
+    "call_handler",
+]
+
+log = logging.getLogger("agentic.runner")
+
+HandlerResult: TypeAlias = str | TaskResult | None
+#: ``(task, ctx) -> str | TaskResult | None``, or a coroutine function returning that.
+Handler: TypeAlias = Callable[[Task, "TaskContext"], HandlerResult | Awaitable[HandlerResult]]
+
+# One log line past this is cut: a runaway line must not make an append request
+# exceed the server's body limit.
+MAX_LINE_CHARS = 16 * 1024
+# Lines per append request and characters per request (the server refuses bodies
+# over 1 MiB by default; JSON escaping can double the size of a line).
+_BATCH_LINES = 500
+_BATCH_CHARS = 256 * 1024
+
+
+class InfrastructureError(AgenticError):
+    """The task could not run here for a reason that is not the task's fault.
+
+    A dirty workspace, a missing agent binary, git failing. The runner gives such a
+    task back (release: pending again, no retry counted) instead of failing it, so it
+    can run on a healthy agent.
+    """
+
+
+class TaskCancelled(AgenticError):
+    """The handler stopped because ``ctx.cancelled`` was set (timeout or shutdown)."""
+
+
+class TaskContext:
+    """What a running task can do besides computing its result.
+
+    * ``log(line)``: buffered, sent to the task's log in batches by the runner.
+    * ``progress(pct, notes="")``: sets progress (0-100) and notes on the server now.
+    * ``usage(model, tokens_in, tokens_out)``: adds tokens the task used; the runner
+      settles the sum with the quota store when the task ends.
+    * ``cancelled`` / ``cancel_event``: set when the task must stop (timeout,
+      shutdown, lost lease); handlers should check it between steps.
+    * ``workdir``: the directory to work in when a wrapper (``GitWorkspace``) set one.
+
+    Reporting calls never raise into the handler: an unreachable task server is the
+    runner's problem (logged and counted), not a reason to fail the task.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        client: TaskClient,
+        *,
+        on_error: Callable[[str, Exception], None] | None = None,
+        max_buffered_lines: int = 10_000,
+    ) -> None:
+        self._task = task
+        self._client = client
+        self._on_error = on_error
+        self._max_lines = max_buffered_lines
+        self.workdir: Path | None = None
+        self._cancel = threading.Event()
+        self._cancel_reason = ""
+        self._cancel_callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        # Only one flush at a time, so lines reach the server in the order logged.
+        self._flush_lock = threading.Lock()
+        self._lines: list[str] = []
+        self._dropped = 0
+        self._tokens: dict[str, list[int]] = {}
+
+    @property
+    def task(self) -> Task:
+        """The task being run (as claimed)."""
+        return self._task
+
+    # --- cancellation ---
+    @property
+    def cancelled(self) -> bool:
+        """True once the task must stop."""
+        return self._cancel.is_set()
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """The event behind ``cancelled``, to ``wait()`` on instead of sleeping."""
+        return self._cancel
+
+    @property
+    def cancel_reason(self) -> str:
+        """Why the task was cancelled ("" while it was not)."""
+        return self._cancel_reason
+
+    def cancel(self, reason: str) -> None:
+        """Ask the handler to stop; the first reason is kept."""
+        with self._lock:
+            if self._cancel.is_set():
+                return
+            self._cancel_reason = reason
+            self._cancel.set()
+            callbacks = list(self._cancel_callbacks)
+        for callback in callbacks:
+            callback()
+
+    def _on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` on cancellation (now if already cancelled); returns an undo."""
+        with self._lock:
+            if not self._cancel.is_set():
+                self._cancel_callbacks.append(callback)
+                return lambda: self._forget_callback(callback)
+        callback()
+        return lambda: None
+
+    def _forget_callback(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if callback in self._cancel_callbacks:
+                self._cancel_callbacks.remove(callback)
+
+    # --- logs ---
+    def log(self, line: str) -> None:
+        """Add a line (several if it contains newlines) to the task's log."""
+        parts = str(line).splitlines() or [""]
+        with self._lock:
+            self._lines.extend(
+                part if len(part) <= MAX_LINE_CHARS else part[:MAX_LINE_CHARS] + " [cut]"
+                for part in parts
+            )
+            # Past the bound the oldest lines go: the server is unreachable for a long
+            # time and memory must not grow without end. The loss is said in the log.
+            excess = len(self._lines) - self._max_lines
+            if excess > 0:
+                del self._lines[:excess]
+                self._dropped += excess
+
+    def flush_logs(self) -> bool:
+        """Send buffered lines; True when nothing is left. Failures keep the lines.
+
+        A send whose answer was lost may be repeated by the next flush, so a line can
+        appear twice in the log after a network failure; it is never lost silently.
+        """
+        with self._flush_lock:
+            with self._lock:
+                lines, self._lines = self._lines, []
+                if self._dropped:
+                    lines.insert(0, f"[agentic: {self._dropped} log lines dropped]")
+                    self._dropped = 0
+            sent = 0
+            try:
+                for batch in _batches(lines):
+                    self._client.append_logs(self._task.id, batch)
+                    sent += len(batch)
+            except AgenticError as exc:
+                with self._lock:
+                    self._lines[:0] = lines[sent:]
+                self._report("log flush", exc)
+                return False
+            return True
+
+    # --- progress and usage ---
+    def progress(self, pct: float, notes: str = "") -> bool:
+        """Report progress (clamped to 0-100) and, if given, notes; True when stored."""
+        update = TaskUpdate(progress=max(0, min(100, int(pct))), notes=notes or None)
+        try:
+            self._client.update_task(self._task.id, update)
+        except AgenticError as exc:
+            self._report("progress update", exc)
+            return False
+        return True
+
+    def usage(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        """Add tokens used on ``model`` (called as often as the handler likes)."""
+        for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        with self._lock:
+            totals = self._tokens.setdefault(str(model), [0, 0])
+            totals[0] += tokens_in
+            totals[1] += tokens_out
+
+    @property
+    def tokens(self) -> tuple[int, int]:
+        """Total (tokens_in, tokens_out) reported so far, all models together."""
+        with self._lock:
+            return (
+                sum(t[0] for t in self._tokens.values()),
+                sum(t[1] for t in self._tokens.values()),
+            )
+
+    @property
+    def models(self) -> list[str]:
+        """The models usage was reported for, in first-reported order."""
+        with self._lock:
+            return [m for m in self._tokens if m]
+
+    def _report(self, what: str, exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(f"task {self._task.id}: {what} failed", exc)
+        else:
+            log.warning("task %s: %s failed: %s", self._task.id, what, exc)
+
+
+def _batches(lines: list[str]) -> list[list[str]]:
+    batches: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        if current and (len(current) >= _BATCH_LINES or size + len(line) > _BATCH_CHARS):
+            batches.append(current)
+            current, size = [], 0
+        current.append(line)
+        size += len(line)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def to_result(value: object) -> TaskResult:
+    """A handler's return value as a TaskResult (``None`` and ``str`` mean success)."""
+    if value is None:
+        return TaskResult(success=True)
+    if isinstance(value, TaskResult):
+        return value
+    if isinstance(value, str):
+        return TaskResult(success=True, output=value)
+    raise TypeError(f"a handler returns str, TaskResult or None, not {type(value).__name__}")
+
+
+def call_handler(handler: Handler, task: Task, ctx: TaskContext) -> TaskResult:
+    """Run ``handler`` on this thread; an async one gets its own event loop."""
+    value = handler(task, ctx)
+    if inspect.isawaitable(value):
+        value = asyncio.run(_until_cancelled(value, ctx))
+    return to_result(value)
+
+
+async def _until_cancelled(awaitable: Awaitable[Any], ctx: TaskContext) -> Any:
+    """Await the handler, cancelling its asyncio task when ``ctx`` is cancelled."""
+    job = asyncio.ensure_future(awaitable)
+    loop = asyncio.get_running_loop()
+
+    def cancel_job() -> None:
+        # Called from the runner's thread; the loop may already be gone.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(job.cancel)
+
+    undo = ctx._on_cancel(cancel_job)
+    try:
+        return await job
+    except asyncio.CancelledError:
+        if ctx.cancelled:
+            raise TaskCancelled(ctx.cancel_reason) from None
+        raise
+    finally:
+        undo()

@@ -1,0 +1,162 @@
+"""Settling an attempt's usage and reporting its end, telling blips from refusals."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+from ..allowance import AllowanceService
+from ..client import TaskClient
+from ..errors import AgenticError, ConflictError, NotFoundError
+from ..models import QuotaEvent, Task, TaskStatus
+from ..retry import RetryPolicy, is_retryable, retry_after_of
+from ._attempt import Attempt, Outcome, Report, attempt_key
+
+__all__ = ["Reporter"]
+
+log = logging.getLogger("agentic.runner")
+T = TypeVar("T")
+
+
+class Reporter:
+    """Talks to the quota store and the task API at the end of an attempt.
+
+    Errors that may pass (no answer, 5xx, 429, a store outage) are retried with
+    ``policy``; each failure goes to ``on_error`` (logged and counted by the runner).
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        client: TaskClient,
+        allowance: AllowanceService | None,
+        policy: RetryPolicy,
+        sleep: Callable[[float], None],
+        on_error: Callable[[str, Exception], None],
+    ) -> None:
+        self.agent_id = agent_id
+        self.client = client
+        self.allowance = allowance
+        self.policy = policy
+        self._sleep = sleep
+        self._error = on_error
+
+    def bound(self) -> float:
+        """About the longest a settle plus a report can spend waiting between retries."""
+        return 2 * self.policy.max_retries * self.policy.cap
+
+    def settle(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Charge what the attempt used under its claim's job id (if quota is on)."""
+        job_id = attempt.task.job_id
+        if self.allowance is None or not job_id:
+            return
+        allowance = self.allowance
+        tokens_in, tokens_out = attempt.ctx.tokens
+        model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
+        event = outcome.report.quota_event
+        try:
+            self._retrying(
+                f"settling job {job_id}",
+                lambda: allowance.settle(
+                    job_id,
+                    tokens_in,
+                    tokens_out,
+                    event,
+                    agent_id=self.agent_id,
+                    model=model,
+                ),
+            )
+        except AgenticError as exc:
+            self._error(f"job {job_id} not settled; its reservation will expire", exc)
+
+    def report(self, attempt: Attempt, outcome: Outcome) -> bool:
+        """Complete or release the task; True when the server took the report."""
+        task = attempt.task
+        if outcome.report is Report.NOTHING:
+            return False
+        sent = False
+
+        def send() -> bool:
+            nonlocal sent
+            # A retry after a lost answer must not repeat a report that landed: look
+            # first, and resend only while this very claim is still in progress.
+            if sent:
+                current = self.client.get_task(task.id)
+                if _landed(attempt, outcome.report, current, self.agent_id):
+                    return True
+                if not self._holds(attempt, current):
+                    raise ConflictError(f"task {task.id} is no longer held by this attempt")
+            sent = True
+            if outcome.report is Report.RELEASED:
+                self.client.release_task(task.id, agent_id=self.agent_id)
+            else:
+                self.client.complete_task(task.id, outcome.result, agent_id=self.agent_id)
+            return True
+
+        try:
+            return self._retrying(f"reporting task {task.id} {outcome.report.value}", send)
+        except (ConflictError, NotFoundError) as exc:
+            self._error(f"task {task.id}: not reported, it is no longer ours", exc)
+        except AgenticError as exc:
+            self._error(
+                f"task {task.id}: giving up reporting; its lease will expire and the"
+                " server will requeue it",
+                exc,
+            )
+        return False
+
+    def give_back(self, task: Task) -> bool:
+        """Release a claimed task that never ran here (cancelling its reservation).
+
+        Tried once: the task stays listed as ours, so the next poll tries again.
+        """
+        try:
+            if self.allowance is not None and task.job_id:
+                self.allowance.settle(
+                    task.job_id, 0, 0, QuotaEvent.JOB_CANCELLED, agent_id=self.agent_id
+                )
+            self.client.release_task(task.id, agent_id=self.agent_id)
+        except AgenticError as exc:
+            self._error(f"task {task.id}: could not give it back", exc)
+            return False
+        return True
+
+    def _holds(self, attempt: Attempt, current: Task) -> bool:
+        return (
+            current.status == TaskStatus.IN_PROGRESS
+            and current.claimed_by == self.agent_id
+            and attempt_key(current) == attempt.key
+        )
+
+    def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with backoff while the error may pass; else raised."""
+        failures = 0
+        while True:
+            try:
+                return call()
+            except (ConflictError, NotFoundError):
+                raise
+            except AgenticError as exc:
+                failures += 1
+                self._error(f"{what} failed (attempt {failures})", exc)
+                if not is_retryable(exc) or not self.policy.should_retry(failures):
+                    raise
+                self._sleep(self.policy.delay(failures, retry_after_of(exc)))
+
+
+def _landed(attempt: Attempt, report: Report, current: Task, agent_id: str) -> bool:
+    """Whether ``current`` shows that our earlier ``report`` reached the server.
+
+    A failure is recognised by the one extra retry counted; a lease that expired at
+    the same moment looks the same and means the same thing (one failure counted).
+    """
+    before = attempt.task
+    if report is Report.COMPLETED:
+        return current.status == TaskStatus.COMPLETED and current.claimed_by == agent_id
+    if report is Report.FAILED:
+        return current.retry_count == before.retry_count + 1
+    same_claim = current.status == TaskStatus.IN_PROGRESS and attempt_key(current) == attempt.key
+    return (
+        report is Report.RELEASED and current.retry_count == before.retry_count and not same_claim
+    )

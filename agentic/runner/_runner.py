@@ -1,0 +1,437 @@
+"""AgentRunner: the agent side of the fleet (see the package docstring for the rules)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..allowance import AllowanceService
+from ..client import TaskClient
+from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError, StoreError
+from ..events import Event, EventEmitter, EventType
+from ..models import AgentInfo, Task, TaskStatus
+from ..retry import RetryPolicy
+from ..stores.base import AgentRegistry
+from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide
+from ._context import Handler, TaskContext, call_handler
+from ._reporting import Reporter
+from ._signals import stop_on_signals
+
+__all__ = ["AgentRunner"]
+
+log = logging.getLogger("agentic.runner")
+
+# Attempts remembered after they end, so a task still listed as ours (the list was
+# read before our report landed, or the report failed and the lease must expire) is
+# never started twice.
+_REMEMBERED = 10_000
+_EVENTS = {
+    Report.COMPLETED: EventType.TASK_COMPLETED,
+    Report.FAILED: EventType.TASK_FAILED,
+    Report.RELEASED: EventType.TASK_REQUEUED,
+}
+
+
+class AgentRunner:
+    """Registers an agent, runs the tasks claimed for it, reports and settles them."""
+
+    def __init__(
+        self,
+        agent: AgentInfo | str,
+        client: TaskClient,
+        registry: AgentRegistry,
+        handler: Handler,
+        allowance: AllowanceService | None = None,
+        *,
+        capabilities: list[str] | None = None,
+        max_load: int | None = None,
+        heartbeat_interval: float = 5.0,
+        poll_interval: float = 1.0,
+        lease_seconds: float | None = None,
+        max_job_duration: float | None = None,
+        grace_period: float = 30.0,
+        cancel_grace: float = 5.0,
+        max_workers: int = 32,
+        log_flush_interval: float = 0.5,
+        report_retry: RetryPolicy | None = None,
+        emitter: EventEmitter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if isinstance(agent, AgentInfo):
+            if capabilities is not None or max_load is not None:
+                raise ConfigError("give capabilities and max_load in the AgentInfo, not twice")
+            info = agent.model_copy(update={"current_load": 0})
+        else:
+            info = AgentInfo(
+                id=agent,
+                capabilities=list(capabilities or []),
+                max_load=1 if max_load is None else max_load,
+            )
+        positive = {
+            "heartbeat_interval": heartbeat_interval,
+            "poll_interval": poll_interval,
+            "log_flush_interval": log_flush_interval,
+            "max_workers": max_workers,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if grace_period < 0 or cancel_grace < 0:
+            raise ConfigError("grace_period and cancel_grace must be >= 0")
+        if max_job_duration is not None and max_job_duration <= 0:
+            raise ConfigError(f"max_job_duration must be > 0 seconds, got {max_job_duration}")
+        if lease_seconds is not None and lease_seconds <= 2 * heartbeat_interval:
+            # Renewal happens once per heartbeat; one late beat must not lose the lease.
+            raise ConfigError(
+                f"lease_seconds ({lease_seconds}) must exceed twice heartbeat_interval"
+                f" ({heartbeat_interval}), or running tasks lose their lease"
+            )
+        self.info = info
+        self.agent_id = info.id
+        self.client = client
+        self.registry = registry
+        self.handler = handler
+        self.allowance = allowance
+        self.heartbeat_interval = heartbeat_interval
+        self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
+        self.max_job_duration = max_job_duration
+        self.grace_period = grace_period
+        self.cancel_grace = cancel_grace
+        self.log_flush_interval = log_flush_interval
+        self.emitter = emitter
+        self.reporter = Reporter(
+            info.id,
+            client,
+            allowance,
+            report_retry or RetryPolicy(max_retries=5, base=0.5, cap=10.0),
+            sleep,
+            self._error,
+        )
+        #: how many tasks may run at once (max_load, or max_workers when unlimited)
+        self.capacity = info.max_load or max_workers
+        #: errors seen (task API, registry, quota store, emitter), each one logged
+        self.errors = 0
+        #: attempts reported completed / failed / released to the task server
+        self.completed = 0
+        self.failed = 0
+        self.released = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._attempts: dict[str, Attempt] = {}
+        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._registered = False
+        self._wake = threading.Event()
+        self._maintenance_stop = threading.Event()
+        self._own_stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- public control ---
+    @property
+    def load(self) -> int:
+        """Tasks this runner holds now (running or being reported)."""
+        with self._lock:
+            return len(self._attempts)
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Work until ``stop`` is set (or SIGTERM/SIGINT in the main thread), then shut
+        down: finish or give back every task held, and deregister."""
+        stop = stop or threading.Event()
+        restore = stop_on_signals(stop)
+        try:
+            if not self._register(stop):
+                return
+            maintenance = threading.Thread(
+                target=self._maintain, name=f"agentic-runner-{self.agent_id}", daemon=True
+            )
+            maintenance.start()
+            try:
+                self._poll_loop(stop)
+            finally:
+                self._shutdown()
+                self._maintenance_stop.set()
+                self._wake.set()
+                maintenance.join()
+        finally:
+            restore()
+
+    def start(self) -> None:
+        """Run in a background thread; ``stop()`` ends it."""
+        if self._thread is not None:
+            raise ConfigError("this runner was started already")
+        self._thread = threading.Thread(
+            target=self.run, args=(self._own_stop,), name="agentic-runner", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop a runner started with ``start()`` and wait for its shutdown."""
+        self._own_stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout if timeout is not None else self._shutdown_bound())
+
+    def _shutdown_bound(self) -> float:
+        return self.grace_period + self.cancel_grace + self.reporter.bound() + 30.0
+
+    # --- registration and the poll loop ---
+    def _register(self, stop: threading.Event) -> bool:
+        """Register, retrying a failing registry with backoff; False if stopped first."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.registry.register(self.info.model_copy(update={"current_load": self.load}))
+            except StoreError as exc:
+                failures += 1
+                self._error("registering the agent failed", exc)
+                stop.wait(min(self.poll_interval * 2**failures, 60.0))
+                continue
+            self._registered = True
+            self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
+            log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
+            return True
+        return False
+
+    def _poll_loop(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                self._poll()
+            except AgenticError as exc:
+                failures += 1
+                self._error(f"polling for tasks failed ({failures} in a row)", exc)
+            else:
+                failures = 0
+            stop.wait(self.poll_interval * min(2**failures, 30))
+
+    def _poll(self) -> None:
+        """Start the tasks claimed for this agent that are not running yet."""
+        for task in self.client.list_tasks(status=TaskStatus.IN_PROGRESS, claimed_by=self.agent_id):
+            key = attempt_key(task)
+            with self._lock:
+                running = self._attempts.get(task.id)
+                if running is not None or key in self._seen:
+                    stale = running is not None and running.key != key
+                    if stale and running is not None:
+                        # Requeued and claimed for us again: the old attempt can no
+                        # longer report (its claim is gone); the new one starts later.
+                        running.stop(Stop.LOST, "the task was claimed again (new attempt)")
+                    continue
+                full = len(self._attempts) >= self.capacity
+                if not full:
+                    self._start(task, key)
+            if full:
+                self._give_back(task, f"agent {self.agent_id} is at capacity")
+
+    def _start(self, task: Task, key: tuple[str, str, str]) -> None:
+        """Create and launch an attempt (called with the lock held)."""
+        ctx = TaskContext(task, self.client, on_error=self._error)
+        attempt = Attempt(task, ctx, key)
+        self._attempts[task.id] = attempt
+        self._remember(key)
+        log.info("task %s (%s): started", task.id, task.title)
+        threading.Thread(
+            target=self._supervise, args=(attempt,), name=f"agentic-task-{task.id}", daemon=True
+        ).start()
+        self._wake.set()
+
+    def _remember(self, key: tuple[str, str, str]) -> None:
+        self._seen[key] = None
+        while len(self._seen) > _REMEMBERED:
+            self._seen.popitem(last=False)
+
+    # --- one attempt ---
+    def _supervise(self, attempt: Attempt) -> None:
+        """Run the handler in its own thread and enforce max_job_duration."""
+        threading.Thread(
+            target=self._run_handler,
+            args=(attempt,),
+            name=f"agentic-handler-{attempt.task.id}",
+            daemon=True,
+        ).start()
+        if self.max_job_duration is None:
+            attempt.done.wait()
+        elif not attempt.done.wait(self.max_job_duration):
+            attempt.stop(Stop.TIMEOUT, f"timed out after {self.max_job_duration:g} s")
+            if not attempt.done.wait(self.cancel_grace):
+                # Python cannot kill a thread: the handler is abandoned, the task failed.
+                log.warning("task %s: the handler ignored cancellation", attempt.task.id)
+        self._finish(attempt, decide(attempt, self.max_job_duration))
+
+    def _run_handler(self, attempt: Attempt) -> None:
+        try:
+            attempt.result = call_handler(self.handler, attempt.task, attempt.ctx)
+        except BaseException as exc:
+            # Anything the handler raises (SystemExit included) ends this task only.
+            attempt.error = exc
+            if not attempt.ctx.cancelled:
+                log.warning("task %s: handler raised %r", attempt.task.id, exc)
+        finally:
+            attempt.done.set()
+
+    def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Settle the attempt's usage, then report it; exactly once per attempt."""
+        if not attempt.take():
+            return
+        task = attempt.task
+        try:
+            attempt.ctx.flush_logs()
+            # Settle BEFORE the report: once the task is pending again a dispatcher
+            # cancels the old reservation, and a later settle would charge nothing.
+            self.reporter.settle(attempt, outcome)
+            delivered = self.reporter.report(attempt, outcome)
+            if delivered:
+                self._count_report(outcome.report)
+                if outcome.report in _EVENTS:
+                    self._emit(_EVENTS[outcome.report], task, {"reason": outcome.reason})
+            log.info(
+                "task %s: %s%s",
+                task.id,
+                outcome.report.value if delivered else "report not delivered",
+                f" ({outcome.reason})" if outcome.reason else "",
+            )
+        finally:
+            with self._lock:
+                if self._attempts.get(task.id) is attempt:
+                    del self._attempts[task.id]
+                self._changed.notify_all()
+            self._wake.set()
+
+    def _count_report(self, report: Report) -> None:
+        with self._lock:
+            if report is Report.COMPLETED:
+                self.completed += 1
+            elif report is Report.FAILED:
+                self.failed += 1
+            elif report is Report.RELEASED:
+                self.released += 1
+
+    def _give_back(self, task: Task, reason: str) -> None:
+        """Release a claimed task this runner will not run (no retry is counted)."""
+        if not self.reporter.give_back(task):
+            return
+        with self._lock:
+            self.released += 1
+        self._emit(EventType.TASK_REQUEUED, task, {"reason": reason})
+        log.info("task %s: released (%s)", task.id, reason)
+
+    # --- shutdown ---
+    def _shutdown(self) -> None:
+        """Stop taking work, wait for running tasks, give back the rest, deregister."""
+        # Deregister first so no dispatcher routes new work here while we drain.
+        self._deregister()
+        self._wait_idle(self.grace_period)
+        with self._lock:
+            left = list(self._attempts.values())
+        for attempt in left:
+            attempt.stop(Stop.SHUTDOWN, "the agent is shutting down")
+        self._wait_idle(self.cancel_grace)
+        with self._lock:
+            left = list(self._attempts.values())
+        for attempt in left:
+            self._finish(attempt, decide(attempt, self.max_job_duration))
+        # Reports already under way (retrying a blip) get their full retry budget.
+        self._wait_idle(self.reporter.bound())
+        self._sweep()
+
+    def _wait_idle(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._attempts, timeout)
+
+    def _sweep(self) -> None:
+        """Give back tasks claimed for us while we were shutting down."""
+        try:
+            tasks = self.client.list_tasks(status=TaskStatus.IN_PROGRESS, claimed_by=self.agent_id)
+        except AgenticError as exc:
+            self._error("final check for tasks claimed during shutdown failed", exc)
+            return
+        for task in tasks:
+            with self._lock:
+                known = attempt_key(task) in self._seen
+            if not known:
+                self._give_back(task, "claimed while the agent was shutting down")
+
+    def _deregister(self) -> None:
+        self._registered = False
+        try:
+            self.registry.deregister(self.agent_id)
+        except NotFoundError:
+            log.info("agent %s was already deregistered", self.agent_id)
+        except AgenticError as exc:
+            self._error("deregistering the agent failed; it will be reaped", exc)
+        else:
+            self._emit(EventType.AGENT_OFFLINE, None, {"reason": "deregistered"})
+
+    # --- heartbeat, leases, logs ---
+    def _maintain(self) -> None:
+        tick = min(self.heartbeat_interval, self.log_flush_interval)
+        next_beat = time.monotonic() + self.heartbeat_interval
+        while not self._maintenance_stop.is_set():
+            changed = self._wake.wait(tick)
+            self._wake.clear()
+            if self._maintenance_stop.is_set():
+                return
+            now = time.monotonic()
+            due = now >= next_beat
+            if due or changed:
+                self._heartbeat()
+            if due:
+                self._renew_leases()
+                next_beat = now + self.heartbeat_interval
+            with self._lock:
+                contexts = [a.ctx for a in self._attempts.values()]
+            for ctx in contexts:
+                ctx.flush_logs()
+
+    def _heartbeat(self) -> None:
+        if not self._registered:
+            return
+        try:
+            self.registry.heartbeat(self.agent_id, load=self.load)
+        except NotFoundError:
+            # Removed behind our back (an admin, a lost registry): announce again.
+            log.warning("agent %s was not registered; registering again", self.agent_id)
+            try:
+                self.registry.register(self.info.model_copy(update={"current_load": self.load}))
+            except AgenticError as exc:
+                self._error("registering the agent again failed", exc)
+        except AgenticError as exc:
+            self._error("heartbeat failed", exc)
+
+    def _renew_leases(self) -> None:
+        with self._lock:
+            attempts = list(self._attempts.values())
+        for attempt in attempts:
+            try:
+                self.client.renew_lease(
+                    attempt.task.id, lease_seconds=self.lease_seconds, agent_id=self.agent_id
+                )
+            except (ConflictError, NotFoundError) as exc:
+                self._error(f"task {attempt.task.id}: lease lost", exc)
+                attempt.stop(Stop.LOST, f"lost the lease: {exc}")
+            except AgenticError as exc:
+                self._error(f"task {attempt.task.id}: lease renewal failed", exc)
+
+    # --- bookkeeping ---
+    def _error(self, what: str, exc: Exception) -> None:
+        with self._lock:
+            self.errors += 1
+        log.warning("%s: %s", what, exc)
+
+    def _emit(self, kind: EventType, task: Task | None, payload: dict[str, Any]) -> None:
+        if self.emitter is None:
+            return
+        event = Event(
+            type=kind,
+            source=f"agentic.runner/{self.agent_id}",
+            task_id=task.id if task else "",
+            agent_id=self.agent_id,
+            payload={"job_id": task.job_id, **payload} if task else payload,
+        )
+        try:
+            self.emitter.emit(event)
+        except Exception as exc:
+            self._error(f"event emitter failed on {kind.value}", exc)

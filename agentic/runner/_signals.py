@@ -1,0 +1,35 @@
+"""Turning SIGTERM / SIGINT into a stop event."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+__all__ = ["stop_on_signals"]
+
+log = logging.getLogger("agentic.runner")
+
+
+def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+    """Make SIGTERM/SIGINT set ``stop``; returns how to put the old handlers back.
+
+    Signal handlers can only be installed from the main thread; elsewhere the
+    caller's ``stop`` event is the only way to end the loop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: finishing held tasks, then stopping", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore

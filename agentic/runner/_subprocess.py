@@ -1,0 +1,237 @@
+"""SubprocessHandler: run any CLI agent (goose, claude, codex, a script) on a task."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+from ..errors import ConfigError
+from ..models import Task, TaskResult
+from ._context import InfrastructureError, TaskCancelled, TaskContext
+
+__all__ = ["SubprocessHandler"]
+
+_FILE = "{file}"
+_STDERR_TAIL = 4 * 1024
+# How often the wait loop looks at the process besides reacting to cancellation.
+_POLL = 0.05
+# Readers are joined after the process group is gone; a descendant that escaped
+# the group (setsid) may still hold a pipe open, and must not hang the task.
+_READER_JOIN = 5.0
+
+
+class _Tail:
+    """The last ``limit`` characters of a stream, kept line by line."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lines: deque[str] = deque()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def add(self, line: str) -> None:
+        with self._lock:
+            self._lines.append(line)
+            self._size += len(line)
+            while self._size > self.limit and len(self._lines) > 1:
+                self._size -= len(self._lines.popleft())
+
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._lines)[-self.limit :]
+
+
+class SubprocessHandler:
+    """A handler that runs a command per task.
+
+    * ``input="stdin"`` writes the task to the process's stdin; ``input="file"``
+      writes it to a temporary file whose path replaces ``{file}`` in ``argv``.
+    * ``format="text"``: the title, a blank line, the description; ``"json"``: the
+      whole task as JSON.
+    * stdout and stderr lines go to the task's log as they come (stderr lines with a
+      ``[stderr]`` prefix). The environment is inherited, plus ``env``, plus
+      ``AGENTIC_TASK_ID``. ``cwd`` defaults to the context's ``workdir`` (set by
+      ``GitWorkspace``), else the current directory.
+    * Exit code 0: success, the output is the last ``output_limit`` characters of
+      stdout. Non-zero: failure naming the code (or signal) and the tail of stderr.
+    * ``timeout`` (seconds) or the task's cancellation ends the whole process group
+      (the command runs in its own session): SIGTERM, then SIGKILL after
+      ``kill_grace``. Descendants left behind after a normal exit are ended the same
+      way, so nothing the task started outlives it.
+    * A command that cannot be started (missing binary) is an
+      :class:`InfrastructureError`: the runner gives the task back.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        input: Literal["stdin", "file"] = "stdin",
+        format: Literal["text", "json"] = "text",
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        timeout: float | None = None,
+        kill_grace: float = 5.0,
+        output_limit: int = 64 * 1024,
+    ) -> None:
+        if isinstance(argv, str) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError("argv must be a non-empty list of strings (not a shell string)")
+        if input not in ("stdin", "file"):
+            raise ConfigError(f"input must be 'stdin' or 'file', got {input!r}")
+        if format not in ("text", "json"):
+            raise ConfigError(f"format must be 'text' or 'json', got {format!r}")
+        if input == "file" and not any(_FILE in a for a in argv):
+            raise ConfigError(f"input='file' needs {_FILE} in argv, where the path goes")
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
+        if kill_grace < 0 or output_limit <= 0:
+            raise ConfigError("kill_grace must be >= 0 and output_limit > 0")
+        self.argv = list(argv)
+        self.input = input
+        self.format = format
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.timeout = timeout
+        self.kill_grace = kill_grace
+        self.output_limit = output_limit
+
+    def __repr__(self) -> str:
+        return f"SubprocessHandler({self.argv!r}, input={self.input!r})"
+
+    def payload(self, task: Task) -> str:
+        """What the command receives for ``task``."""
+        if self.format == "json":
+            return task.model_dump_json()
+        return f"{task.title}\n\n{task.description}".rstrip() + "\n"
+
+    def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
+        if self.input == "stdin":
+            return self._run(self.argv, task, ctx, self.payload(task))
+        with tempfile.TemporaryDirectory(prefix="agentic-task-") as tmp:
+            path = Path(tmp) / ("task.json" if self.format == "json" else "task.txt")
+            path.write_text(self.payload(task), encoding="utf-8")
+            argv = [a.replace(_FILE, str(path)) for a in self.argv]
+            return self._run(argv, task, ctx, None)
+
+    def _run(self, argv: list[str], task: Task, ctx: TaskContext, stdin: str | None) -> TaskResult:
+        cwd = self.cwd if self.cwd is not None else ctx.workdir
+        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id}
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise InfrastructureError(f"cannot start {argv[0]!r}: {exc}") from exc
+        stdout, stderr = _Tail(self.output_limit), _Tail(_STDERR_TAIL)
+        threads = [
+            _thread(_read, process.stdout, ctx, stdout, ""),
+            _thread(_read, process.stderr, ctx, stderr, "[stderr] "),
+        ]
+        if stdin is not None:
+            threads.append(_thread(_write, process.stdin, stdin))
+        stopped = self._wait(process, ctx)
+        # Whatever happened, the task's process group ends with the task.
+        self._end_group(process)
+        for thread in threads:
+            thread.join(_READER_JOIN)
+        code = process.returncode
+        if stopped == "cancelled":
+            raise TaskCancelled(ctx.cancel_reason or "cancelled")
+        if stopped == "timeout":
+            return TaskResult(
+                success=False,
+                output=stdout.text(),
+                error_message=f"timed out after {self.timeout:g} s; process group killed",
+            )
+        if code == 0:
+            return TaskResult(success=True, output=stdout.text())
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        tail = stderr.text().strip()
+        return TaskResult(
+            success=False,
+            output=stdout.text(),
+            error_message=f"{argv[0]} {how}" + (f": {tail}" if tail else ""),
+        )
+
+    def _wait(self, process: subprocess.Popen[bytes], ctx: TaskContext) -> str:
+        """Wait for the process; "exited", "timeout" or "cancelled" (group killed)."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while process.poll() is None:
+            if ctx.cancel_event.wait(_POLL):
+                self._kill(process)
+                return "cancelled"
+            if deadline is not None and time.monotonic() >= deadline:
+                self._kill(process)
+                return "timeout"
+        return "exited"
+
+    def _kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGTERM the group, SIGKILL it after ``kill_grace``; reap the process."""
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(self.kill_grace)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def _end_group(self, process: subprocess.Popen[bytes]) -> None:
+        """End descendants still in the group after the leader exited."""
+        if not _signal_group(process.pid, signal.SIGTERM):
+            return
+        deadline = time.monotonic() + self.kill_grace
+        while time.monotonic() < deadline:
+            if not _signal_group(process.pid, 0):
+                return
+            time.sleep(_POLL)
+        _signal_group(process.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Send ``sig`` to a process group; False when the group is gone."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # A member changed its credentials (setuid); it is not ours to end.
+        return False
+    return True
+
+
+def _thread(target: Callable[..., None], *args: object) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def _read(stream: IO[bytes] | None, ctx: TaskContext, tail: _Tail, prefix: str) -> None:
+    if stream is None:
+        return
+    with contextlib.suppress(ValueError, OSError), stream:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace")
+            tail.add(line)
+            ctx.log(prefix + line.rstrip("\r\n"))
+
+
+def _write(stream: IO[bytes] | None, text: str) -> None:
+    if stream is None:
+        return
+    # The command may exit without reading its input: a broken pipe is its choice.
+    with contextlib.suppress(BrokenPipeError, OSError), stream:
+        stream.write(text.encode("utf-8"))

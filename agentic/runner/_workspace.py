@@ -1,0 +1,188 @@
+"""GitWorkspace: a git branch per task around any handler (plain git commands)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import Task, TaskResult
+from ._context import Handler, InfrastructureError, TaskContext, call_handler
+
+__all__ = ["GitWorkspace", "WorkspaceError"]
+
+log = logging.getLogger("agentic.runner")
+
+
+class WorkspaceError(InfrastructureError):
+    """The repository is not fit to run a task (dirty tree, git failing, push refused)."""
+
+
+class GitWorkspace:
+    """Runs ``handler`` in ``repo_path`` on a fresh branch per task.
+
+    Before: the working tree must be clean (untracked files included), else
+    :class:`WorkspaceError` (the runner gives the task back, no retry counted). The
+    branch ``agentic/<12 hex of sha256(task id + title)>`` is created, or reset, from
+    ``base_branch`` (default: the branch checked out). The handler runs with
+    ``ctx.workdir`` set to the repository.
+
+    On success everything is committed as ``agentic: <title> (<task id>)``, pushed to
+    ``remote`` when ``push`` is set, and the result's artifacts gain
+    ``"<branch>@<commit>"``. A task that changed nothing leaves no commit and no branch.
+    On failure, exception or cancellation the branch is reset, cleaned and deleted.
+    Either way the repository ends on the base branch.
+
+    One working tree runs one task at a time: calls are serialized by a lock, so with
+    ``max_load > 1`` further tasks wait for the tree.
+    """
+
+    def __init__(
+        self,
+        repo_path: str | os.PathLike[str],
+        handler: Handler,
+        *,
+        base_branch: str | None = None,
+        push: bool = False,
+        remote: str = "origin",
+        git_timeout: float = 120.0,
+    ) -> None:
+        self.repo = Path(repo_path).resolve()
+        if not self.repo.is_dir():
+            raise ConfigError(f"repo_path {str(self.repo)!r} is not a directory")
+        if git_timeout <= 0:
+            raise ConfigError(f"git_timeout must be > 0 seconds, got {git_timeout}")
+        self.handler = handler
+        self.base_branch = base_branch
+        self.push = push
+        self.remote = remote
+        self.git_timeout = git_timeout
+        self._lock = threading.Lock()
+        # Never wait for a password prompt nobody will answer; parse git in English.
+        self._env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+
+    def __repr__(self) -> str:
+        return f"GitWorkspace({str(self.repo)!r}, {self.handler!r})"
+
+    @staticmethod
+    def branch_name(task: Task) -> str:
+        """The task's branch: stable across attempts and agents."""
+        digest = hashlib.sha256((task.id + task.title).encode("utf-8")).hexdigest()
+        return f"agentic/{digest[:12]}"
+
+    def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
+        with self._lock:
+            return self._run(task, ctx)
+
+    def _run(self, task: Task, ctx: TaskContext) -> TaskResult:
+        dirty = self._git("status", "--porcelain").stdout.strip()
+        if dirty:
+            listed = ", ".join(line[3:] for line in dirty.splitlines()[:5])
+            raise WorkspaceError(
+                f"the working tree of {self.repo} has uncommitted changes ({listed});"
+                " commit, stash or remove them before this agent can take tasks"
+            )
+        base = self.base_branch or self._current_branch()
+        branch = self.branch_name(task)
+        previous = self._git("rev-parse", "-q", "--verify", f"refs/heads/{branch}", check=False)
+        if previous.returncode == 0:
+            # A rerun of the task (its earlier report never landed); the old tip stays
+            # reachable from the reflog.
+            ctx.log(f"[git] resetting {branch} (was {previous.stdout.strip()}) to {base}")
+        self._git("checkout", "-q", "-B", branch, base)
+        ctx.log(f"[git] working on {branch} from {base}")
+        workdir, ctx.workdir = ctx.workdir, self.repo
+        try:
+            result = call_handler(self.handler, task, ctx)
+        except BaseException:
+            self._discard(branch, base, ctx)
+            raise
+        finally:
+            ctx.workdir = workdir
+        if not result.success:
+            self._discard(branch, base, ctx)
+            return result
+        try:
+            commit = self._commit(task, branch, base, ctx)
+        except WorkspaceError:
+            self._discard(branch, base, ctx)
+            raise
+        if commit is None:
+            return result
+        if self.push:
+            pushed = self._git("push", "-q", "--set-upstream", self.remote, branch, check=False)
+            if pushed.returncode != 0:
+                # The commit stays on the local branch: the work is done, only its
+                # delivery failed.
+                raise WorkspaceError(
+                    f"push of {branch} to {self.remote} failed (commit {commit} kept"
+                    f" locally): {pushed.stderr.strip()}"
+                )
+        return result.model_copy(update={"artifacts": [*result.artifacts, f"{branch}@{commit}"]})
+
+    def _commit(self, task: Task, branch: str, base: str, ctx: TaskContext) -> str | None:
+        """Commit the work on ``branch`` and return to ``base``; the commit, or None
+        (and no branch) when the task changed nothing."""
+        head = self._current_branch()
+        if head != branch:
+            raise WorkspaceError(f"the handler left {branch} for {head}; not committing")
+        self._git("add", "-A")
+        if self._git("diff", "--cached", "--quiet", check=False).returncode != 0:
+            title = " ".join(task.title.split())
+            self._git("commit", "-q", "-m", f"agentic: {title} ({task.id})")
+        ahead = int(self._git("rev-list", "--count", f"{base}..{branch}").stdout.strip())
+        self._git("checkout", "-q", base)
+        if ahead == 0:
+            self._git("branch", "-q", "-D", branch)
+            ctx.log(f"[git] nothing to commit; {branch} removed")
+            return None
+        commit = self._git("rev-parse", branch).stdout.strip()
+        ctx.log(f"[git] committed {commit} on {branch}")
+        return commit
+
+    def _discard(self, branch: str, base: str, ctx: TaskContext) -> None:
+        """Throw the branch away and return to ``base``; problems are logged, not raised,
+        so they never hide the handler's own error (the next task sees a dirty tree)."""
+        for args in (
+            ("reset", "-q", "--hard"),
+            ("clean", "-q", "-fd"),
+            ("checkout", "-q", base),
+            ("branch", "-q", "-D", branch),
+        ):
+            try:
+                self._git(*args)
+            except WorkspaceError as exc:
+                ctx.log(f"[git] cleanup failed: {exc}")
+                log.error("cleanup of %s in %s failed: %s", branch, self.repo, exc)
+                return
+        ctx.log(f"[git] {branch} discarded")
+
+    def _current_branch(self) -> str:
+        head = self._git("symbolic-ref", "--short", "-q", "HEAD", check=False)
+        if head.returncode != 0:
+            raise WorkspaceError(f"{self.repo} has a detached HEAD; set base_branch")
+        return head.stdout.strip()
+
+    def _git(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            done = subprocess.run(
+                ["git", *args],
+                cwd=self.repo,
+                capture_output=True,
+                text=True,
+                timeout=self.git_timeout,
+                env=self._env,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise WorkspaceError(f"git {args[0]} in {self.repo} failed: {exc}") from exc
+        if check and done.returncode != 0:
+            raise WorkspaceError(
+                f"git {' '.join(args)} in {self.repo} failed (exit {done.returncode}):"
+                f" {done.stderr.strip()}"
+            )
+        return done

@@ -1,0 +1,501 @@
+"""AgentRunner against a real task server on loopback, with memory stores."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from agentic.allowance import AllowanceService
+from agentic.client import TaskClient
+from agentic.dispatcher import Dispatcher
+from agentic.errors import NotFoundError, StoreError, TransportError
+from agentic.events import Event, EventEmitter, EventType
+from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
+from agentic.retry import RetryPolicy
+from agentic.router import DefaultRouter
+from agentic.runner import AgentRunner, Handler, InfrastructureError, TaskCancelled, TaskContext
+from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.testing import running_server
+
+AGENT = "a1"
+FAST_RETRY = RetryPolicy(max_retries=3, base=0.01, cap=0.02)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is truthy, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.01)
+
+
+def waits_for(gate: threading.Event) -> Handler:
+    """A handler that returns once ``gate`` is set."""
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        gate.wait(5)
+
+    return handler
+
+
+def sleeps(seconds: float) -> Handler:
+    """A handler that sleeps (ignoring cancellation), then returns "done"."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        time.sleep(seconds)
+        return "done"
+
+    return handler
+
+
+class Recorder(EventEmitter):
+    """Keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass
+
+    def kinds(self) -> list[EventType]:
+        return [e.type for e in self.events]
+
+
+@dataclass
+class System:
+    """A task server, memory stores, a dispatcher, and runners started on demand."""
+
+    url: str
+    tasks: MemoryTaskStore
+    registry: MemoryRegistry
+    quota: MemoryAllowanceStore
+    client: TaskClient
+    dispatcher: Dispatcher
+    events: Recorder
+    runners: list[AgentRunner] = field(default_factory=list)
+    clients: list[TaskClient] = field(default_factory=list)
+
+    def runner(
+        self, handler: Handler, *, client: TaskClient | None = None, **options: Any
+    ) -> AgentRunner:
+        options = {
+            "heartbeat_interval": 0.1,
+            "poll_interval": 0.05,
+            "log_flush_interval": 0.05,
+            "grace_period": 2.0,
+            "cancel_grace": 0.2,
+            "report_retry": FAST_RETRY,
+            "emitter": self.events,
+            **options,
+        }
+        agent = AgentInfo(id=AGENT, capabilities=["py"], max_load=options.pop("max_load", 1))
+        self.quota.set_allowance(AgentAllowance(agent_id=AGENT))
+        runner = AgentRunner(
+            agent,
+            client or self.client,
+            self.registry,
+            handler,
+            AllowanceService(self.quota),
+            **options,
+        )
+        self.runners.append(runner)
+        if client is not None:
+            self.clients.append(client)
+        return runner
+
+    def started(self, handler: Handler, **options: Any) -> AgentRunner:
+        runner = self.runner(handler, **options)
+        runner.start()
+        wait_for(lambda: AGENT in {a.id for a in self.registry.list()})
+        return runner
+
+    def submit(self, title: str = "t", **fields: Any) -> Task:
+        """Create a task and dispatch it to the runner's agent (quota reserved)."""
+        task = self.tasks.create(Task(title=title, labels=["py"], **fields))
+        assert self.dispatcher.dispatch(self.tasks.get(task.id)) == AGENT
+        return task
+
+    def finished(self, task_id: str) -> Task:
+        """Wait until the task is no longer in progress; return it."""
+        wait_for(lambda: self.tasks.get(task_id).status != TaskStatus.IN_PROGRESS)
+        return self.tasks.get(task_id)
+
+
+@pytest.fixture
+def system() -> Iterator[System]:
+    tasks = MemoryTaskStore()
+    with running_server(tasks, requeue_interval=None) as url:
+        registry, quota, events = MemoryRegistry(), MemoryAllowanceStore(), Recorder()
+        client = TaskClient(url, token="", retries=0)
+        dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), client)
+        made = System(url, tasks, registry, quota, client, dispatcher, events)
+        yield made
+        for runner in made.runners:
+            runner.stop()
+        for other in made.clients:
+            other.close()
+        client.close()
+
+
+def test_runs_claimed_task_completes_and_settles(system: System) -> None:
+    """A task claimed for the agent is run, completed, and its usage settled."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 100, 50)
+        return f"did {task.title}"
+
+    runner = system.started(handler)
+    task = system.finished(system.submit("build").id)
+    assert task.status == TaskStatus.COMPLETED
+    assert task.result is not None and task.result.output == "did build"
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.active_jobs, usage.tokens_reserved) == (150, 0, 0)
+    wait_for(lambda: runner.completed == 1)
+    assert (runner.failed, runner.errors) == (0, 0)
+    assert EventType.TASK_COMPLETED in system.events.kinds()
+
+
+def test_at_most_max_load_run_at_once(system: System) -> None:
+    """With max_load 2, never more than two handlers run at the same time."""
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+
+    system.started(handler, max_load=2)
+    ids = [system.tasks.create(Task(title=f"t{i}", labels=["py"])).id for i in range(5)]
+
+    def all_done() -> bool:
+        system.dispatcher.run_once()
+        return all(system.tasks.get(i).status == TaskStatus.COMPLETED for i in ids)
+
+    wait_for(all_done, timeout=10)
+    assert peak[0] == 2
+
+
+def test_task_claimed_beyond_capacity_is_released(system: System) -> None:
+    """A task claimed for a full agent goes back to pending with no retry counted."""
+    gate = threading.Event()
+    runner = system.started(waits_for(gate), max_load=1)
+    first = system.submit("first")
+    wait_for(lambda: runner.load == 1)
+    extra = system.tasks.create(Task(title="extra", labels=["py"]))
+    system.client.claim_task(extra.id, agent_id=AGENT)
+    wait_for(lambda: system.tasks.get(extra.id).status == TaskStatus.PENDING)
+    assert system.tasks.get(extra.id).retry_count == 0
+    gate.set()
+    assert system.finished(first.id).status == TaskStatus.COMPLETED
+
+
+def test_handler_exception_fails_task_and_charges_half(system: System) -> None:
+    """An exception fails the attempt with its message; half the tokens are charged."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 100, 0)
+        raise ValueError("boom")
+
+    runner = system.started(handler)
+    task = system.finished(system.submit().id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 1)
+    assert task.result is not None and task.result.error_message == "boom"
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.active_jobs) == (50, 0)
+    wait_for(lambda: runner.failed == 1)
+    assert EventType.TASK_FAILED in system.events.kinds()
+
+
+def test_failed_result_fails_task(system: System) -> None:
+    """A returned TaskResult(success=False) fails the attempt with its message."""
+    system.started(lambda task, ctx: TaskResult(success=False, error_message="no luck"))
+    task = system.finished(system.submit().id)
+    assert task.retry_count == 1
+    assert task.result is not None and task.result.error_message == "no luck"
+
+
+def test_async_handler(system: System) -> None:
+    """A coroutine function runs on its own event loop in the task's thread."""
+
+    async def handler(task: Task, ctx: TaskContext) -> str:
+        await asyncio.sleep(0.01)
+        return "async ok"
+
+    system.started(handler)
+    task = system.finished(system.submit().id)
+    assert task.result is not None and task.result.output == "async ok"
+
+
+def test_timeout_cancels_and_fails(system: System) -> None:
+    """Past max_job_duration the context is cancelled and the task failed as timed out."""
+    seen: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.cancel_event.wait(5)
+        seen.append(ctx.cancel_reason)
+        raise TaskCancelled(ctx.cancel_reason)
+
+    system.started(handler, max_job_duration=0.2)
+    task = system.finished(system.submit().id)
+    assert seen == ["timed out after 0.2 s"]
+    assert task.result is not None and task.result.error_message == "timed out after 0.2 s"
+    assert task.retry_count == 1
+
+
+def test_timeout_of_async_handler_cancels_its_coroutine(system: System) -> None:
+    """An async handler is cancelled through asyncio when its time is up."""
+    cancelled = threading.Event()
+
+    async def handler(task: Task, ctx: TaskContext) -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "too late"
+
+    system.started(handler, max_job_duration=0.2)
+    task = system.finished(system.submit().id)
+    assert cancelled.is_set()
+    assert task.result is not None and "timed out" in task.result.error_message
+
+
+def test_uncooperative_handler_is_failed_after_the_grace(system: System) -> None:
+    """A handler that ignores cancellation is abandoned and its task failed anyway."""
+    started = time.monotonic()
+    system.started(sleeps(1.5), max_job_duration=0.2, cancel_grace=0.1)
+    task = system.finished(system.submit().id)
+    assert time.monotonic() - started < 1.4
+    assert task.result is not None and task.result.error_message.startswith("timed out")
+
+
+def test_progress_and_logs_reach_the_server(system: System) -> None:
+    """ctx.progress is stored at once; ctx.log lines are flushed while the task runs."""
+    gate = threading.Event()
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        ctx.log("first")
+        ctx.log("second\nthird")
+        assert ctx.progress(40, "halfway")
+        gate.wait(5)
+
+    system.started(handler)
+    task = system.submit()
+    wait_for(lambda: system.tasks.logs(task.id).lines == ["first", "second", "third"])
+    stored = system.tasks.get(task.id)
+    assert (stored.progress, stored.notes) == (40, "halfway")
+    gate.set()
+    assert system.finished(task.id).progress == 100
+
+
+def test_heartbeat_reports_load_and_renews_leases(system: System) -> None:
+    """The heartbeat carries the load, and held leases keep moving forward."""
+    gate = threading.Event()
+    runner = system.started(waits_for(gate), lease_seconds=300)
+    task = system.submit()
+    wait_for(lambda: system.registry.get(AGENT).current_load == 1)
+    first = system.tasks.get(task.id).lease_expires_at
+    assert first is not None
+    wait_for(lambda: (system.tasks.get(task.id).lease_expires_at or first) > first)
+    gate.set()
+    system.finished(task.id)
+    wait_for(lambda: system.registry.get(AGENT).current_load == 0)
+    assert runner.errors == 0
+
+
+def test_lost_lease_cancels_the_handler_and_reports_nothing(system: System) -> None:
+    """When the task is taken away, the handler is cancelled and nothing is reported."""
+    seen: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.cancel_event.wait(5)
+        seen.append(ctx.cancel_reason)
+        return "finished anyway"
+
+    runner = system.started(handler)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    system.tasks.release(task.id)  # as a lease expiry would
+    wait_for(lambda: runner.load == 0)
+    assert seen and "lost the lease" in seen[0]
+    assert system.tasks.get(task.id).status == TaskStatus.PENDING
+    assert runner.completed == 0
+
+
+def test_stop_lets_a_running_task_finish_and_deregisters(system: System) -> None:
+    """Within the grace period a running task finishes; then the agent deregisters."""
+    runner = system.started(sleeps(0.3))
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    runner.stop()
+    assert system.tasks.get(task.id).status == TaskStatus.COMPLETED
+    with pytest.raises(NotFoundError):
+        system.registry.get(AGENT)
+
+
+def test_stop_after_grace_releases_and_cancels_the_reservation(system: System) -> None:
+    """Past the grace a cooperative handler is cancelled and its task released."""
+    seen: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        ctx.usage("m", 100, 100)
+        ctx.cancel_event.wait(5)
+        seen.append(ctx.cancel_reason)
+        raise TaskCancelled(ctx.cancel_reason)
+
+    runner = system.started(handler, grace_period=0.1)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    runner.stop()
+    assert seen == ["the agent is shutting down"]
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.retry_count, stored.claimed_by) == (TaskStatus.PENDING, 0, "")
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.active_jobs) == (0, 0)
+    assert runner.released == 1
+
+
+def test_stop_releases_a_handler_that_never_returns(system: System) -> None:
+    """A handler that ignores cancellation at shutdown is released, not waited for."""
+    runner = system.started(sleeps(3), grace_period=0.1, cancel_grace=0.1)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    started = time.monotonic()
+    runner.stop()
+    assert time.monotonic() - started < 2
+    assert system.tasks.get(task.id).status == TaskStatus.PENDING
+    assert system.tasks.get(task.id).retry_count == 0
+
+
+def test_sigterm_stops_run_in_the_main_thread(system: System) -> None:
+    """SIGTERM makes run() finish the held task, deregister and return."""
+    runner = system.runner(sleeps(0.2))
+    task = system.tasks.create(Task(title="t", labels=["py"]))
+
+    def dispatch_then_signal() -> None:
+        wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+        system.dispatcher.dispatch(system.tasks.get(task.id))
+        wait_for(lambda: runner.load == 1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=dispatch_then_signal)
+    helper.start()
+    runner.run()
+    helper.join()
+    assert system.tasks.get(task.id).status == TaskStatus.COMPLETED
+    assert not system.registry.list()
+
+
+class FlakyClient(TaskClient):
+    """complete_task fails ``failures`` times: before sending, or after (answer lost)."""
+
+    def __init__(self, url: str, failures: int, lose_answer: bool) -> None:
+        super().__init__(url, token="", retries=0)
+        self.failures = failures
+        self.lose_answer = lose_answer
+        self.calls = 0
+
+    def complete_task(self, task_id: str, result: TaskResult, agent_id: str | None = None) -> Task:
+        self.calls += 1
+        if self.calls > self.failures:
+            return super().complete_task(task_id, result, agent_id)
+        if self.lose_answer:
+            super().complete_task(task_id, result, agent_id)
+        raise TransportError("connection reset")
+
+
+@pytest.mark.parametrize("lose_answer", [False, True], ids=["not-sent", "answer-lost"])
+def test_completion_blip_is_retried_not_a_task_failure(system: System, lose_answer: bool) -> None:
+    """A failed completion report is retried (never resent once it landed)."""
+    client = FlakyClient(system.url, failures=2, lose_answer=lose_answer)
+    runner = system.started(lambda task, ctx: "ok", client=client)
+    task = system.finished(system.submit().id)
+    assert (task.status, task.retry_count) == (TaskStatus.COMPLETED, 0)
+    wait_for(lambda: runner.completed == 1)
+    assert runner.failed == 0 and runner.errors >= 1
+    assert client.calls == (1 if lose_answer else 3)
+
+
+def test_completion_that_keeps_failing_is_left_to_the_lease(system: System) -> None:
+    """When every report fails the task stays claimed (the lease requeues it) and is
+    not started again by this runner."""
+    client = FlakyClient(system.url, failures=100, lose_answer=False)
+    runs: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        runs.append(task.id)
+        return "ok"
+
+    runner = system.started(handler, client=client)
+    task = system.submit()
+    wait_for(lambda: runner.errors >= 4 and runner.load == 0)
+    time.sleep(0.2)  # a few more polls: the task is still listed as ours
+    assert runs == [task.id]
+    assert system.tasks.get(task.id).status == TaskStatus.IN_PROGRESS
+
+
+def test_infrastructure_error_releases_without_a_retry(system: System) -> None:
+    """An InfrastructureError gives the task back: pending, retry_count unchanged."""
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        raise InfrastructureError("workspace unusable")
+
+    runner = system.started(handler)
+    task = system.finished(system.submit().id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
+    wait_for(lambda: runner.released == 1)
+    assert runner.failed == 0
+
+
+class FlakyRegistry(MemoryRegistry):
+    """register fails the first ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def register(self, info: AgentInfo) -> AgentInfo:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("registry down")
+        return super().register(info)
+
+
+def test_registry_outage_at_start_is_retried(system: System) -> None:
+    """Registration retries with backoff, counting each failure."""
+    system.registry = FlakyRegistry(failures=2)
+    runner = system.started(lambda task, ctx: None)
+    assert runner.errors == 2
+
+
+def test_deregistered_agent_registers_again(system: System) -> None:
+    """A heartbeat that finds the agent gone registers it again."""
+    system.started(lambda task, ctx: None)
+    system.registry.deregister(AGENT)
+    wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+
+
+def test_bad_configuration_is_refused(system: System) -> None:
+    """A lease shorter than two heartbeats, or max_load given twice, is a ConfigError."""
+    from agentic.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lease_seconds"):
+        system.runner(lambda task, ctx: None, heartbeat_interval=5, lease_seconds=6)
+    with pytest.raises(ConfigError, match="twice"):
+        AgentRunner(AgentInfo(id="x"), system.client, system.registry, print, max_load=2)
