@@ -391,7 +391,8 @@ class EngineAllowanceStore(AllowanceStore):
             tx = ctx.tx
             held = tx.get_held(job_id)
             if held is not None:
-                return self._reservation(held, tx.get_allowance(held.agent_id), ctx.start)
+                # A repeat changes nothing, so it crosses no threshold: ok -> ok.
+                return self._reservation(held)
             if tx.get_settled(job_id) is not None:
                 raise ConflictError(f"job {job_id!r} was already settled; use a new job id")
             ev = self._evaluate(ctx, agent_id, model, tokens)
@@ -410,19 +411,14 @@ class EngineAllowanceStore(AllowanceStore):
             ttl = reservation_ttl(ev.allowance, self._default_ttl)
             held = Held(job_id, agent_id, model, tokens, ev.decision.cost, ctx.now, ctx.now + ttl)
             tx.put_held(held)
-            reservation = self._reservation(held, ev.allowance, ctx.start, ev.agent)
-            return reservation.model_copy(update={"previous_status": before})
+            return self._reservation(held, before, agent_status(ev.allowance, ev.agent.counters()))
 
+    @staticmethod
     def _reservation(
-        self,
         held: Held,
-        allowance: AgentAllowance | None,
-        start: float,
-        row: AgentRow | None = None,
+        before: AllowanceStatus = AllowanceStatus.OK,
+        after: AllowanceStatus = AllowanceStatus.OK,
     ) -> Reservation:
-        status = AllowanceStatus.OK
-        if allowance is not None:
-            status = agent_status(allowance, (row or AgentRow(start)).counters())
         return Reservation(
             job_id=held.job_id,
             agent_id=held.agent_id,
@@ -431,8 +427,8 @@ class EngineAllowanceStore(AllowanceStore):
             cost=held.cost,
             created_at=_dt(held.created_at),
             expires_at=_dt(held.expires_at),
-            previous_status=status,
-            status=status,
+            previous_status=before,
+            status=after,
         )
 
     def settle(

@@ -22,6 +22,7 @@ import abc
 import builtins
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Self
 
 from ..errors import ConfigError
 from ..models import (
@@ -90,7 +91,7 @@ class Closeable:
     def close(self) -> None:
         """Release connections and files. Idempotent."""
 
-    def __enter__(self) -> Closeable:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -12,7 +12,7 @@ local tokens, dry, default_ttl = tonumber(arg(4)), arg(5) == '1', tonumber(arg(6
 if not dry then
   local held = get_held(job)
   if held then
-    -- The engine describes a repeat with a fresh row's status, which is always ok.
+    -- A repeat changes nothing, so it crosses no threshold: ok -> ok (as the engine).
     return {'reserved', held.agent, held.model, num(held.tokens), num(held.cost),
       num(held.created_at), num(held.expires_at), 'ok', 'ok'}
   end
