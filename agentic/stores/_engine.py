@@ -49,11 +49,9 @@ from ..quota import (
     share_of_cost,
     utc_offset,
 )
-from .base import AllowanceStore, require_count, require_id
+from .base import AllowanceStore, final_outcome, no_allowance, require_count, require_id
 
 __all__ = ["AgentRow", "EngineAllowanceStore", "Held", "ModelRow", "QuotaTx"]
-
-_OUTCOMES = (QuotaEvent.JOB_COMPLETED, QuotaEvent.JOB_FAILED, QuotaEvent.JOB_CANCELLED)
 
 
 @dataclass(slots=True)
@@ -234,9 +232,7 @@ class EngineAllowanceStore(AllowanceStore):
         tx = ctx.tx
         allowance = tx.get_allowance(agent_id)
         if allowance is None:
-            raise NotFoundError(
-                f"no allowance for agent {agent_id!r}: set one before it takes work"
-            )
+            raise no_allowance(agent_id)
         agent = self._agent(tx, agent_id, ctx.start)
         quota = tx.get_quota(model) if model else None
         model_row = self._model(tx, model, ctx.start) if model else ModelRow()
@@ -443,12 +439,7 @@ class EngineAllowanceStore(AllowanceStore):
         require_id("job id", job_id)
         require_count("tokens_in", tokens_in)
         require_count("tokens_out", tokens_out)
-        outcome = QuotaEvent(outcome)
-        if outcome not in _OUTCOMES:
-            raise ConfigError(
-                f"settle needs a final outcome ({', '.join(o.value for o in _OUTCOMES)}),"
-                f" got {outcome.value!r}"
-            )
+        outcome = final_outcome(outcome)
         with self._open() as ctx:
             tx = ctx.tx
             done = tx.get_settled(job_id)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Self
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NotFoundError
 from ..models import (
     AgentAllowance,
     AgentInfo,
@@ -47,8 +47,11 @@ __all__ = [
     "AgentRegistry",
     "AllowanceStore",
     "Closeable",
+    "FINAL_OUTCOMES",
     "LogPage",
     "TaskStore",
+    "final_outcome",
+    "no_allowance",
     "require_count",
     "require_id",
     "status_for_load",
@@ -61,6 +64,29 @@ def require_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{kind} must be a non-empty string, got {value!r}")
     return value
+
+
+#: the outcomes that may settle a job
+FINAL_OUTCOMES = (QuotaEvent.JOB_COMPLETED, QuotaEvent.JOB_FAILED, QuotaEvent.JOB_CANCELLED)
+
+
+def final_outcome(outcome: QuotaEvent | str) -> QuotaEvent:
+    """``outcome`` as a QuotaEvent that can settle a job (not job_started)."""
+    try:
+        event = QuotaEvent(outcome)
+    except ValueError:
+        event = None
+    if event not in FINAL_OUTCOMES:
+        raise ConfigError(
+            f"settle needs a final outcome ({', '.join(o.value for o in FINAL_OUTCOMES)}),"
+            f" got {outcome!r}"
+        )
+    return event
+
+
+def no_allowance(agent_id: str) -> NotFoundError:
+    """The fail-closed error for an agent without an allowance."""
+    return NotFoundError(f"no allowance for agent {agent_id!r}: set one before it takes work")
 
 
 def require_count(kind: str, value: int) -> int:

@@ -46,7 +46,7 @@ from ...quota import (
     decide,
     utc_offset,
 )
-from ..base import AllowanceStore, require_count, require_id
+from ..base import AllowanceStore, final_outcome, no_allowance, require_count, require_id
 from ..keys import QuotaKeys
 from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
 
@@ -56,7 +56,6 @@ __all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
 #: settle multiplies two amounts (see muldiv in quota_settle.lua).
 MAX_AMOUNT = 2**50
 
-_OUTCOMES = (QuotaEvent.JOB_COMPLETED, QuotaEvent.JOB_FAILED, QuotaEvent.JOB_CANCELLED)
 _PRELUDE = ("common.lua", "quota_lib.lua")
 _RESERVE = Script(*_PRELUDE, "quota_reserve.lua")
 _SETTLE = Script(*_PRELUDE, "quota_settle.lua")
@@ -88,10 +87,6 @@ def _parse(model: type[_M], raw: object) -> _M:
         return model.model_validate_json(text(raw))
     except ValidationError as exc:
         raise StoreError(f"corrupt {model.__name__} JSON in Redis: {exc}") from exc
-
-
-def _no_allowance(agent_id: str) -> NotFoundError:
-    return NotFoundError(f"no allowance for agent {agent_id!r}: set one before it takes work")
 
 
 class RedisAllowanceStore(AllowanceStore):
@@ -256,7 +251,7 @@ class RedisAllowanceStore(AllowanceStore):
         _amount("tokens", tokens)
         reply = self._run(_RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl)
         if reply[0] == "no allowance":
-            raise _no_allowance(agent_id)
+            raise no_allowance(agent_id)
         decision, end = self._describe(reply, model, tokens)
         return QuotaCheckResult(
             allowed=decision.allowed,
@@ -277,7 +272,7 @@ class RedisAllowanceStore(AllowanceStore):
         if tag == "conflict":
             raise ConflictError(f"job {job_id!r} was already settled; use a new job id")
         if tag == "no allowance":
-            raise _no_allowance(agent_id)
+            raise no_allowance(agent_id)
         if tag == "denied":
             decision, _end = self._describe(reply, model, tokens)
             raise QuotaExceededError(decision.reason, decision.retry_after)
@@ -306,12 +301,7 @@ class RedisAllowanceStore(AllowanceStore):
         require_id("job id", job_id)
         _amount("tokens_in", tokens_in)
         _amount("tokens_out", tokens_out)
-        outcome = QuotaEvent(outcome)
-        if outcome not in _OUTCOMES:
-            raise ConfigError(
-                f"settle needs a final outcome ({', '.join(o.value for o in _OUTCOMES)}),"
-                f" got {outcome.value!r}"
-            )
+        outcome = final_outcome(outcome)
         reply = self._run(
             _SETTLE,
             job_id,
