@@ -36,12 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 
 from .errors import ConfigError
-from .stores import parse_store_url
+from .retry import Jitter
+from .stores import SCHEMES, parse_store_url
 
 __all__ = ["Config", "DispatcherConfig", "ServerConfig", "load_config"]
 
 ENV_PREFIX = "AGENTIC_"
-STORE_SCHEMES = ("memory", "sqlite", "redis", "rediss")
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,7 @@ class DispatcherConfig(_Section):
     backoff_cap: Annotated[
         float, Field(gt=0), Accepts("a number > 0 and >= dispatcher.backoff_base")
     ] = 300.0
-    jitter: Annotated[
-        Literal["full", "equal", "decorrelated"], Accepts("one of full, equal, decorrelated")
-    ] = "full"
+    jitter: Annotated[Jitter, Accepts("one of full, equal, decorrelated")] = "full"
     fail_open: Annotated[bool, Accepts("true or false")] = False
     lease_seconds: PositiveSeconds = 300.0
 
@@ -157,8 +155,8 @@ class Config(BaseModel):
             parsed = parse_store_url(value)
         except ConfigError as exc:  # pydantic collects ValueError only
             raise ValueError(str(exc)) from exc
-        if parsed.scheme not in STORE_SCHEMES:
-            accepted = ", ".join(STORE_SCHEMES)
+        if parsed.scheme not in SCHEMES:
+            accepted = ", ".join(SCHEMES)
             raise ValueError(f"unknown scheme {parsed.scheme!r} (accepted: {accepted})")
         if parsed.scheme == "sqlite" and not (parsed.netloc or parsed.path.strip("/")):
             raise ValueError("a sqlite URL needs a file path")

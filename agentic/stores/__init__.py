@@ -23,6 +23,7 @@ from ._url import StoreURL, parse_store_url
 from .base import AgentRegistry, AllowanceStore, TaskStore
 
 __all__ = [
+    "SCHEMES",
     "AgentRegistry",
     "AllowanceStore",
     "StoreURL",
@@ -40,6 +41,10 @@ _SCHEMES: dict[str, tuple[str, str | None]] = {
     "redis": ("agentic.stores.redis", "redis"),
     "rediss": ("agentic.stores.redis", "redis"),
 }
+
+
+#: every URL scheme a store can be opened from
+SCHEMES = tuple(_SCHEMES)
 
 
 def _backend(url: str) -> tuple[ModuleType, StoreURL]:
