@@ -1,0 +1,283 @@
+"""Handlers and TaskContext: SubprocessHandler, result conversion, logs and usage."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+
+from agentic.client import TaskClient
+from agentic.errors import ConfigError, TransportError
+from agentic.models import Task, TaskStatus, TaskUpdate
+from agentic.runner import (
+    AgentRunner,
+    InfrastructureError,
+    SubprocessHandler,
+    TaskCancelled,
+    TaskContext,
+)
+from agentic.runner._context import call_handler
+from agentic.stores.memory import MemoryRegistry
+from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.testing import running_server
+
+TASK = Task(id="t1", title="Write hello", description="Create hello.txt")
+
+
+class RecordingClient(TaskClient):
+    """Keeps appended log lines and updates instead of sending them."""
+
+    def __init__(self, fail_appends: int = 0) -> None:
+        super().__init__("http://127.0.0.1:9", token="")
+        self.lines: list[str] = []
+        self.updates: list[TaskUpdate] = []
+        self.fail_appends = fail_appends
+
+    def append_logs(self, task_id: str, lines: Iterable[str]) -> int:
+        if self.fail_appends:
+            self.fail_appends -= 1
+            raise TransportError("down")
+        self.lines.extend(lines)
+        return len(self.lines)
+
+    def update_task(self, task_id: str, update: TaskUpdate) -> Task:
+        self.updates.append(update)
+        return TASK
+
+
+def context(client: RecordingClient | None = None) -> TaskContext:
+    """A context on TASK whose client records instead of sending."""
+    return TaskContext(TASK, client or RecordingClient())
+
+
+def logged(ctx: TaskContext) -> list[str]:
+    """Flush ``ctx`` into a fresh recording client; the lines it sent."""
+    client = RecordingClient()
+    ctx._client = client
+    assert ctx.flush_logs()
+    return client.lines
+
+
+def gone(pid: int) -> bool:
+    """True when the process no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def sh(script: str) -> list[str]:
+    """argv running ``script`` with sh."""
+    return ["sh", "-c", script]
+
+
+# --- SubprocessHandler ---
+
+
+def test_stdin_mode_passes_the_task_and_captures_stdout() -> None:
+    """The task's title and description arrive on stdin; stdout is the output and log."""
+    ctx = context()
+    result = SubprocessHandler(["cat"])(TASK, ctx)
+    assert result.success
+    assert result.output == "Write hello\n\nCreate hello.txt\n"
+    assert logged(ctx) == ["Write hello", "", "Create hello.txt"]
+
+
+def test_file_mode_with_json_format() -> None:
+    """In file mode {file} becomes the path of a temporary file holding the task."""
+    handler = SubprocessHandler(["cat", "{file}"], input="file", format="json")
+    result = handler(TASK, context())
+    assert result.success
+    assert json.loads(result.output)["title"] == "Write hello"
+
+
+def test_nonzero_exit_fails_with_code_and_stderr_tail() -> None:
+    """A non-zero exit is a failure naming the code and ending with stderr."""
+    ctx = context()
+    result = SubprocessHandler(sh("echo out; echo bad thing >&2; exit 3"))(TASK, ctx)
+    assert not result.success
+    assert result.error_message == "sh exited with code 3: bad thing"
+    assert result.output == "out\n"
+    # Two pipes read by two threads: the order across them is not defined.
+    assert sorted(logged(ctx)) == ["[stderr] bad thing", "out"]
+
+
+def test_environment_and_workdir() -> None:
+    """env is added to the inherited environment; the task id is in AGENTIC_TASK_ID."""
+    handler = SubprocessHandler(
+        sh('echo "$GREETING $AGENTIC_TASK_ID $PWD"'), env={"GREETING": "hi"}
+    )
+    ctx = context()
+    ctx.workdir = Path("/")
+    assert handler(TASK, ctx).output == "hi t1 /\n"
+
+
+def test_output_keeps_the_last_characters() -> None:
+    """Only the last output_limit characters of stdout are kept as output."""
+    handler = SubprocessHandler(sh("seq 1 1000"), output_limit=20)
+    output = handler(TASK, context()).output
+    assert output.endswith("999\n1000\n") and len(output) <= 20
+
+
+def test_timeout_kills_the_process_group() -> None:
+    """On timeout the whole group dies, including a background grandchild."""
+    handler = SubprocessHandler(sh("sleep 30 & echo $!; wait"), timeout=0.3, kill_grace=1)
+    started = time.monotonic()
+    result = handler(TASK, context())
+    assert time.monotonic() - started < 3
+    assert not result.success and result.error_message.startswith("timed out after 0.3 s")
+    pid = int(result.output)
+    wait_until(lambda: gone(pid))
+
+
+def test_cancellation_kills_the_process_and_raises() -> None:
+    """Cancelling the context ends the process group and raises TaskCancelled."""
+    ctx = context()
+    threading.Timer(0.2, ctx.cancel, ("shutting down",)).start()
+    with pytest.raises(TaskCancelled, match="shutting down"):
+        SubprocessHandler(["sleep", "30"], kill_grace=1)(TASK, ctx)
+
+
+def test_process_ignoring_sigterm_gets_sigkill() -> None:
+    """A process that traps SIGTERM is killed after kill_grace."""
+    script = "trap '' TERM; sleep 30"
+    handler = SubprocessHandler(sh(script), timeout=0.2, kill_grace=0.2)
+    started = time.monotonic()
+    result = handler(TASK, context())
+    assert not result.success
+    assert time.monotonic() - started < 3
+
+
+def test_leftover_background_process_ends_with_the_task() -> None:
+    """A child left running after a normal exit is ended; the handler does not hang."""
+    started = time.monotonic()
+    result = SubprocessHandler(sh("sleep 30 & echo $!"), kill_grace=1)(TASK, context())
+    assert result.success and time.monotonic() - started < 3
+    wait_until(lambda: gone(int(result.output)))
+
+
+def test_missing_binary_is_an_infrastructure_error() -> None:
+    """A command that cannot start is the agent's problem, not the task's."""
+    with pytest.raises(InfrastructureError, match="cannot start"):
+        SubprocessHandler(["/nonexistent/agent"])(TASK, context())
+
+
+def test_bad_arguments_are_refused() -> None:
+    """A shell string, file mode without {file}, or an unknown format are ConfigErrors."""
+    with pytest.raises(ConfigError):
+        SubprocessHandler("claude -p")
+    with pytest.raises(ConfigError, match="file"):
+        SubprocessHandler(["cat"], input="file")
+    with pytest.raises(ConfigError):
+        SubprocessHandler(["cat"], format="yaml")  # type: ignore[arg-type]
+
+
+def test_subprocess_handler_under_a_runner_streams_logs() -> None:
+    """Under a runner, the command's lines reach the server's log and the task completes."""
+    store, registry = MemoryTaskStore(), MemoryRegistry()
+    script = f"{sys.executable} -c \"import sys; print(sys.stdin.read().upper(), end='')\""
+    with running_server(store, requeue_interval=None) as url, TaskClient(url, "") as client:
+        runner = AgentRunner(
+            "a1", client, registry, SubprocessHandler(sh(script)),
+            heartbeat_interval=0.1, poll_interval=0.05, log_flush_interval=0.05,
+        )  # fmt: skip
+        runner.start()
+        try:
+            task = store.create(Task(title="shout", description="please"))
+            wait_until(registry.list)
+            client.claim_task(task.id, agent_id="a1")
+            wait_until(lambda: store.get(task.id).status == TaskStatus.COMPLETED)
+        finally:
+            runner.stop()
+    assert store.logs(task.id).lines == ["SHOUT", "", "PLEASE"]
+    stored = store.get(task.id)
+    assert stored.result is not None and stored.result.output == "SHOUT\n\nPLEASE\n"
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Poll ``condition`` until it is truthy, or fail the test."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not met in time")
+        time.sleep(0.01)
+
+
+# --- calling handlers ---
+
+
+def test_return_values_become_results() -> None:
+    """None and str mean success; anything else is a TypeError."""
+    assert call_handler(lambda t, c: None, TASK, context()).success
+    assert call_handler(lambda t, c: "x", TASK, context()).output == "x"
+    with pytest.raises(TypeError, match="int"):
+        call_handler(lambda t, c: 3, TASK, context())  # type: ignore[arg-type, return-value]
+
+
+def test_async_handler_cancelled_before_it_starts() -> None:
+    """An already cancelled context cancels a coroutine handler at its first await."""
+
+    async def handler(task: Task, ctx: TaskContext) -> str:
+        import asyncio
+
+        await asyncio.sleep(5)
+        return "late"
+
+    ctx = context()
+    ctx.cancel("stop")
+    with pytest.raises(TaskCancelled, match="stop"):
+        call_handler(handler, TASK, ctx)
+
+
+# --- TaskContext ---
+
+
+def test_log_splits_lines_and_cuts_long_ones() -> None:
+    """Multi-line strings become several lines; a huge line is cut."""
+    ctx = context()
+    ctx.log("a\nb")
+    ctx.log("x" * 20_000)
+    lines = logged(ctx)
+    assert lines[:2] == ["a", "b"]
+    assert lines[2].endswith("[cut]") and len(lines[2]) < 17_000
+
+
+def test_log_buffer_is_bounded_and_says_so() -> None:
+    """Past the bound the oldest lines are dropped and the log says how many."""
+    ctx = TaskContext(TASK, RecordingClient(), max_buffered_lines=3)
+    for i in range(5):
+        ctx.log(str(i))
+    assert logged(ctx) == ["[agentic: 2 log lines dropped]", "2", "3", "4"]
+
+
+def test_failed_flush_keeps_lines_in_order() -> None:
+    """A flush that fails keeps its lines for the next one, before newer lines."""
+    client = RecordingClient(fail_appends=1)
+    errors: list[str] = []
+    ctx = TaskContext(TASK, client, on_error=lambda what, exc: errors.append(what))
+    ctx.log("one")
+    assert not ctx.flush_logs()
+    ctx.log("two")
+    assert ctx.flush_logs()
+    assert client.lines == ["one", "two"]
+    assert errors == ["task t1: log flush failed"]
+
+
+def test_progress_is_clamped_and_usage_adds_up() -> None:
+    """progress is clamped to 0-100; usage sums tokens over calls and models."""
+    client = RecordingClient()
+    ctx = context(client)
+    assert ctx.progress(150, "almost")
+    assert (client.updates[0].progress, client.updates[0].notes) == (100, "almost")
+    ctx.usage("m1", 10, 5)
+    ctx.usage("m2", 1, 1)
+    assert ctx.tokens == (11, 6)
+    assert ctx.models == ["m1", "m2"]
+    with pytest.raises(ConfigError):
+        ctx.usage("m1", -1, 0)
