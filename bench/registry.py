@@ -15,22 +15,20 @@ the fleet grows: the ratio 100k / 1k should be near 1 (target <= 3).
 from __future__ import annotations
 
 import argparse
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 # Runnable from a checkout that was never pip-installed: the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis
+from _common import private_redis
 
 from agentic.models import AgentInfo
 from agentic.stores.base import AgentRegistry
@@ -41,51 +39,6 @@ from agentic.testing import FakeClock
 STALE = 100
 TTL = 60.0
 TARGET_RATIO = 3.0
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, without persistence."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server not found: install it or pass --redis redis://host:port/db")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            client = redis.Redis(port=port)
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        sys.exit(f"redis-server did not start on port {port}")
-                    time.sleep(0.05)
-            client.close()
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            process.terminate()
-            process.wait(10)
 
 
 def populate(registry: AgentRegistry, clock: FakeClock, size: int, start: float) -> list[str]:

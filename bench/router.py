@@ -26,6 +26,8 @@ from pathlib import Path
 # Runnable from a checkout that was never pip-installed: the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _common import percentile
+
 from agentic.errors import NoEligibleAgentError
 from agentic.models import AgentInfo, AgentStatus, Priority, Task
 from agentic.router import AgentIndex, DefaultRouter
@@ -71,10 +73,6 @@ def time_each(decide: Callable[[Task], object], tasks: Sequence[Task]) -> list[f
             decide(task)
         samples.append((time.perf_counter_ns() - start) / 1000)
     return samples
-
-
-def percentile(samples: list[float], q: float) -> float:
-    return sorted(samples)[min(len(samples) - 1, int(q * len(samples)))]
 
 
 def main() -> None:
