@@ -338,6 +338,16 @@ def test_lost_lease_cancels_the_handler_and_reports_nothing(system: System) -> N
     assert runner.completed == 0
 
 
+def test_lost_lease_frees_the_slot_of_a_handler_that_ignores_it(system: System) -> None:
+    """A handler that ignores the lost-lease cancellation is abandoned after the grace."""
+    runner = system.started(sleeps(3), cancel_grace=0.1)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    system.tasks.release(task.id)
+    wait_for(lambda: runner.load == 0, timeout=1.5)
+    assert runner.completed == runner.failed == runner.released == 0
+
+
 def test_stop_lets_a_running_task_finish_and_deregisters(system: System) -> None:
     """Within the grace period a running task finishes; then the agent deregisters."""
     runner = system.started(sleeps(0.3))
@@ -347,6 +357,12 @@ def test_stop_lets_a_running_task_finish_and_deregisters(system: System) -> None
     assert system.tasks.get(task.id).status == TaskStatus.COMPLETED
     with pytest.raises(NotFoundError):
         system.registry.get(AGENT)
+    # Deregistered first, so nothing new is routed here while the task finishes.
+    assert system.events.kinds() == [
+        EventType.AGENT_REGISTERED,
+        EventType.AGENT_OFFLINE,
+        EventType.TASK_COMPLETED,
+    ]
 
 
 def test_stop_after_grace_releases_and_cancels_the_reservation(system: System) -> None:
@@ -499,3 +515,13 @@ def test_bad_configuration_is_refused(system: System) -> None:
         system.runner(lambda task, ctx: None, heartbeat_interval=5, lease_seconds=6)
     with pytest.raises(ConfigError, match="twice"):
         AgentRunner(AgentInfo(id="x"), system.client, system.registry, print, max_load=2)
+
+
+def test_a_runner_runs_once(system: System) -> None:
+    """run() after a finished run is refused: a runner's state is not reusable."""
+    from agentic.errors import ConfigError
+
+    runner = system.started(sleeps(0))
+    runner.stop()
+    with pytest.raises(ConfigError, match="once"):
+        runner.run()

@@ -79,21 +79,41 @@ class Attempt:
     result: TaskResult | None = None
     error: BaseException | None = None
     stop_kind: Stop | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _changed: threading.Condition = field(default_factory=threading.Condition)
     _taken: bool = False
 
     def stop(self, kind: Stop, reason: str) -> None:
         """Ask the handler to stop; the first kind wins."""
-        with self._lock:
+        with self._changed:
             if self.stop_kind is None:
                 self.stop_kind = kind
+            self._changed.notify_all()
         self.ctx.cancel(reason)
+
+    def set_done(self) -> None:
+        """The handler returned or raised."""
+        with self._changed:
+            self.done.set()
+            self._changed.notify_all()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until the handler is done or asked to stop; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: self.done.is_set() or self.stop_kind is not None, timeout
+            )
 
     def take(self) -> bool:
         """True for the one caller that gets to report this attempt."""
-        with self._lock:
+        with self._changed:
             taken, self._taken = self._taken, True
             return not taken
+
+    @property
+    def reporting(self) -> bool:
+        """True once someone took the attempt to report it."""
+        with self._changed:
+            return self._taken
 
 
 def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:

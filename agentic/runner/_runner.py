@@ -11,13 +11,14 @@ from typing import Any
 
 from ..allowance import AllowanceService
 from ..client import TaskClient
-from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError, StoreError
+from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError
 from ..events import Event, EventEmitter, EventType
 from ..models import AgentInfo, Task, TaskStatus
 from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
 from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide
 from ._context import Handler, TaskContext, call_handler
+from ._presence import Presence
 from ._reporting import Reporter
 from ._signals import stop_on_signals
 
@@ -124,7 +125,8 @@ class AgentRunner:
         self._changed = threading.Condition(self._lock)
         self._attempts: dict[str, Attempt] = {}
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._registered = False
+        self.presence = Presence(registry, info, lambda: self.load, self._error)
+        self._ran = False
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
@@ -138,13 +140,19 @@ class AgentRunner:
             return len(self._attempts)
 
     def run(self, stop: threading.Event | None = None) -> None:
-        """Work until ``stop`` is set (or SIGTERM/SIGINT in the main thread), then shut
-        down: finish or give back every task held, and deregister."""
-        stop = stop or threading.Event()
+        """Work until ``stop`` is set (without one: until ``stop()``), or SIGTERM/SIGINT
+        arrives in the main thread; then shut down: finish or give back every task
+        held, and deregister."""
+        if self._ran:
+            raise ConfigError("a runner runs once; create a new one")
+        self._ran = True
+        stop = stop or self._own_stop
         restore = stop_on_signals(stop)
         try:
-            if not self._register(stop):
+            if not self.presence.register(stop, self.poll_interval):
                 return
+            self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
+            log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
             maintenance = threading.Thread(
                 target=self._maintain, name=f"agentic-runner-{self.agent_id}", daemon=True
             )
@@ -169,7 +177,8 @@ class AgentRunner:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop a runner started with ``start()`` and wait for its shutdown."""
+        """Ask the runner to stop (unless ``run`` was given its own event); wait for the
+        shutdown when it was started with ``start()``."""
         self._own_stop.set()
         if self._thread is not None:
             self._thread.join(timeout if timeout is not None else self._shutdown_bound())
@@ -178,23 +187,6 @@ class AgentRunner:
         return self.grace_period + self.cancel_grace + self.reporter.bound() + 30.0
 
     # --- registration and the poll loop ---
-    def _register(self, stop: threading.Event) -> bool:
-        """Register, retrying a failing registry with backoff; False if stopped first."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                self.registry.register(self.info.model_copy(update={"current_load": self.load}))
-            except StoreError as exc:
-                failures += 1
-                self._error("registering the agent failed", exc)
-                stop.wait(min(self.poll_interval * 2**failures, 60.0))
-                continue
-            self._registered = True
-            self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
-            log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
-            return True
-        return False
-
     def _poll_loop(self, stop: threading.Event) -> None:
         failures = 0
         while not stop.is_set():
@@ -213,12 +205,11 @@ class AgentRunner:
             key = attempt_key(task)
             with self._lock:
                 running = self._attempts.get(task.id)
+                if running is not None and running.key != key:
+                    # Requeued and claimed for us again: the old attempt can no longer
+                    # report (its claim is gone); the new one starts once it is gone.
+                    running.stop(Stop.LOST, "the task was claimed again (new attempt)")
                 if running is not None or key in self._seen:
-                    stale = running is not None and running.key != key
-                    if stale and running is not None:
-                        # Requeued and claimed for us again: the old attempt can no
-                        # longer report (its claim is gone); the new one starts later.
-                        running.stop(Stop.LOST, "the task was claimed again (new attempt)")
                     continue
                 full = len(self._attempts) >= self.capacity
                 if not full:
@@ -252,13 +243,12 @@ class AgentRunner:
             name=f"agentic-handler-{attempt.task.id}",
             daemon=True,
         ).start()
-        if self.max_job_duration is None:
-            attempt.done.wait()
-        elif not attempt.done.wait(self.max_job_duration):
+        if not attempt.wait(self.max_job_duration):
             attempt.stop(Stop.TIMEOUT, f"timed out after {self.max_job_duration:g} s")
-            if not attempt.done.wait(self.cancel_grace):
-                # Python cannot kill a thread: the handler is abandoned, the task failed.
-                log.warning("task %s: the handler ignored cancellation", attempt.task.id)
+        # Asked to stop (timeout, shutdown, lost lease): the handler gets cancel_grace.
+        if not attempt.done.wait(self.cancel_grace):
+            # Python cannot kill a thread: the handler is abandoned, its slot freed.
+            log.warning("task %s: the handler ignored cancellation", attempt.task.id)
         self._finish(attempt, decide(attempt, self.max_job_duration))
 
     def _run_handler(self, attempt: Attempt) -> None:
@@ -270,7 +260,7 @@ class AgentRunner:
             if not attempt.ctx.cancelled:
                 log.warning("task %s: handler raised %r", attempt.task.id, exc)
         finally:
-            attempt.done.set()
+            attempt.set_done()
 
     def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
         """Settle the attempt's usage, then report it; exactly once per attempt."""
@@ -322,19 +312,16 @@ class AgentRunner:
     def _shutdown(self) -> None:
         """Stop taking work, wait for running tasks, give back the rest, deregister."""
         # Deregister first so no dispatcher routes new work here while we drain.
-        self._deregister()
+        if self.presence.deregister():
+            self._emit(EventType.AGENT_OFFLINE, None, {"reason": "deregistered"})
         self._wait_idle(self.grace_period)
         with self._lock:
             left = list(self._attempts.values())
         for attempt in left:
             attempt.stop(Stop.SHUTDOWN, "the agent is shutting down")
-        self._wait_idle(self.cancel_grace)
-        with self._lock:
-            left = list(self._attempts.values())
-        for attempt in left:
-            self._finish(attempt, decide(attempt, self.max_job_duration))
-        # Reports already under way (retrying a blip) get their full retry budget.
-        self._wait_idle(self.reporter.bound())
+        # Each supervisor now reports its attempt within cancel_grace (released unless
+        # it finished); reports retrying a blip get their full retry budget.
+        self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
         self._sweep()
 
     def _wait_idle(self, timeout: float) -> None:
@@ -354,17 +341,6 @@ class AgentRunner:
             if not known:
                 self._give_back(task, "claimed while the agent was shutting down")
 
-    def _deregister(self) -> None:
-        self._registered = False
-        try:
-            self.registry.deregister(self.agent_id)
-        except NotFoundError:
-            log.info("agent %s was already deregistered", self.agent_id)
-        except AgenticError as exc:
-            self._error("deregistering the agent failed; it will be reaped", exc)
-        else:
-            self._emit(EventType.AGENT_OFFLINE, None, {"reason": "deregistered"})
-
     # --- heartbeat, leases, logs ---
     def _maintain(self) -> None:
         tick = min(self.heartbeat_interval, self.log_flush_interval)
@@ -377,7 +353,7 @@ class AgentRunner:
             now = time.monotonic()
             due = now >= next_beat
             if due or changed:
-                self._heartbeat()
+                self.presence.heartbeat()
             if due:
                 self._renew_leases()
                 next_beat = now + self.heartbeat_interval
@@ -385,21 +361,6 @@ class AgentRunner:
                 contexts = [a.ctx for a in self._attempts.values()]
             for ctx in contexts:
                 ctx.flush_logs()
-
-    def _heartbeat(self) -> None:
-        if not self._registered:
-            return
-        try:
-            self.registry.heartbeat(self.agent_id, load=self.load)
-        except NotFoundError:
-            # Removed behind our back (an admin, a lost registry): announce again.
-            log.warning("agent %s was not registered; registering again", self.agent_id)
-            try:
-                self.registry.register(self.info.model_copy(update={"current_load": self.load}))
-            except AgenticError as exc:
-                self._error("registering the agent again failed", exc)
-        except AgenticError as exc:
-            self._error("heartbeat failed", exc)
 
     def _renew_leases(self) -> None:
         with self._lock:
@@ -410,6 +371,8 @@ class AgentRunner:
                     attempt.task.id, lease_seconds=self.lease_seconds, agent_id=self.agent_id
                 )
             except (ConflictError, NotFoundError) as exc:
+                if attempt.reporting:
+                    continue  # the report just landed: the claim ended with it
                 self._error(f"task {attempt.task.id}: lease lost", exc)
                 attempt.stop(Stop.LOST, f"lost the lease: {exc}")
             except AgenticError as exc:

@@ -1,0 +1,88 @@
+"""The agent's entry in the registry: register, heartbeat with the load, deregister."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+from ..errors import AgenticError, NotFoundError, StoreError
+from ..models import AgentInfo
+from ..stores.base import AgentRegistry
+
+__all__ = ["Presence"]
+
+log = logging.getLogger("agentic.runner")
+
+
+class Presence:
+    """Keeps ``info`` registered while the runner works, with ``load()`` as its load.
+
+    Heartbeat (which may register again) and deregistration hold one lock, so an
+    agent that is shutting down is never brought back by a late heartbeat.
+    """
+
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        info: AgentInfo,
+        load: Callable[[], int],
+        on_error: Callable[[str, Exception], None],
+    ) -> None:
+        self.registry = registry
+        self.info = info
+        self._load = load
+        self._error = on_error
+        self._lock = threading.Lock()
+        self._registered = False
+
+    def register(self, stop: threading.Event, backoff: float) -> bool:
+        """Register, retrying a failing registry (waits from ``backoff`` doubling up to
+        a minute); False if ``stop`` was set first."""
+        failures = 0
+        while not stop.is_set():
+            with self._lock:
+                try:
+                    self.registry.register(self._current())
+                except StoreError as exc:
+                    failures += 1
+                    self._error("registering the agent failed", exc)
+                else:
+                    self._registered = True
+                    return True
+            stop.wait(min(backoff * 2**failures, 60.0))
+        return False
+
+    def heartbeat(self) -> None:
+        """Report the load; register again if the registry forgot the agent."""
+        with self._lock:
+            if not self._registered:
+                return
+            try:
+                self.registry.heartbeat(self.info.id, load=self._load())
+            except NotFoundError:
+                # Removed behind our back (an admin, a lost registry): announce again.
+                log.warning("agent %s was not registered; registering again", self.info.id)
+                try:
+                    self.registry.register(self._current())
+                except AgenticError as exc:
+                    self._error("registering the agent again failed", exc)
+            except AgenticError as exc:
+                self._error("heartbeat failed", exc)
+
+    def deregister(self) -> bool:
+        """Leave the registry; True when this call removed the agent."""
+        with self._lock:
+            self._registered = False
+            try:
+                self.registry.deregister(self.info.id)
+            except NotFoundError:
+                log.info("agent %s was already deregistered", self.info.id)
+                return False
+            except AgenticError as exc:
+                self._error("deregistering the agent failed; it will be reaped", exc)
+                return False
+            return True
+
+    def _current(self) -> AgentInfo:
+        return self.info.model_copy(update={"current_load": self._load()})
