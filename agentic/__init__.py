@@ -59,6 +59,17 @@ from .models import (
 )
 from .retry import RetryPolicy
 from .router import AgentIndex, DefaultRouter, TaskRouter
+from .runner import (
+    AgentRunner,
+    GitWorkspace,
+    Handler,
+    HandlerResult,
+    InfrastructureError,
+    SubprocessHandler,
+    TaskCancelled,
+    TaskContext,
+    WorkspaceError,
+)
 from .status import format_status, get_status
 from .stores import (
     AgentRegistry,
@@ -78,6 +89,7 @@ __all__ = [
     "AgentIndex",
     "AgentInfo",
     "AgentRegistry",
+    "AgentRunner",
     "AgentStatus",
     "AgenticError",
     "AllowanceService",
@@ -94,6 +106,10 @@ __all__ = [
     "EventEmitter",
     "EventType",
     "FanoutEmitter",
+    "GitWorkspace",
+    "Handler",
+    "HandlerResult",
+    "InfrastructureError",
     "LogEvent",
     "LoggingEmitter",
     "ModelQuota",
@@ -111,8 +127,11 @@ __all__ = [
     "StatusSummary",
     "StoreError",
     "StoreUnavailableError",
+    "SubprocessHandler",
     "Task",
+    "TaskCancelled",
     "TaskClient",
+    "TaskContext",
     "TaskResult",
     "TaskRouter",
     "TaskStatus",
@@ -121,6 +140,7 @@ __all__ = [
     "TransportError",
     "UsageRecord",
     "UsageReport",
+    "WorkspaceError",
     "format_status",
     "get_status",
     "load_config",

@@ -29,16 +29,15 @@ failed pass instead of spinning (defect 18).
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
+from ._signals import stop_on_signals
 from .allowance import AllowanceService
 from .client import TaskClient
 from .errors import (
@@ -248,7 +247,7 @@ class Dispatcher:
         and the next one waits longer (doubling up to 10 intervals) instead of spinning.
         """
         stop = stop or threading.Event()
-        restore = _stop_on_signals(stop)
+        restore = stop_on_signals(stop, "stopping after this pass")
         failures = 0
         try:
             while not stop.is_set():
@@ -286,25 +285,3 @@ class Dispatcher:
 def _urgency(task: Task) -> tuple[int, datetime, str]:
     created = task.created_at or datetime.min.replace(tzinfo=UTC)
     return (task.priority.rank, created, task.id)
-
-
-def _stop_on_signals(stop: threading.Event) -> Callable[[], None]:
-    """Make SIGTERM/SIGINT set ``stop``; returns how to put the old handlers back.
-
-    Signal handlers can only be installed from the main thread; elsewhere the caller's
-    ``stop`` event is the only way to end the loop.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping after this pass", signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore

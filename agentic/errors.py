@@ -12,6 +12,9 @@ Catch :class:`AgenticError` to handle anything the SDK raises; backend exception
     │   └── StoreUnavailableError   the store could not be reached in time
     ├── NoEligibleAgentError     no registered agent can take the task now
     ├── QuotaExceededError       a reservation was refused (reason, retry_after)
+    ├── InfrastructureError      the agent cannot run a task here (release, no retry)
+    │   └── WorkspaceError          git workspace unusable (dirty tree, push failed)
+    ├── TaskCancelled            a handler stopped because the task was cancelled
     └── APIError                 an HTTP/API failure (code, message, details)
         ├── NotFoundError           404: unknown task, agent, allowance, job
         ├── ConflictError           409: already claimed, not claimable, settled
@@ -19,7 +22,9 @@ Catch :class:`AgenticError` to handle anything the SDK raises; backend exception
 
 ``NotFoundError`` and ``ConflictError`` are raised by stores as well as by the HTTP
 client, so code that handles "not found" works the same in-process and remotely;
-their ``code`` is the HTTP status the server answers with.
+their ``code`` is the HTTP status the server answers with. The three runner errors
+are defined in :mod:`agentic.runner` (they belong to the agent side) and exported
+from the package root.
 """
 
 from __future__ import annotations

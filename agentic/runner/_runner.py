@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from .._signals import stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError
@@ -20,7 +21,6 @@ from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide
 from ._context import Handler, TaskContext, call_handler
 from ._presence import Presence
 from ._reporting import Reporter
-from ._signals import stop_on_signals
 
 __all__ = ["AgentRunner"]
 
@@ -147,7 +147,7 @@ class AgentRunner:
             raise ConfigError("a runner runs once; create a new one")
         self._ran = True
         stop = stop or self._own_stop
-        restore = stop_on_signals(stop)
+        restore = stop_on_signals(stop, "finishing held tasks, then stopping")
         try:
             if not self.presence.register(stop, self.poll_interval):
                 return

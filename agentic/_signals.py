@@ -10,11 +10,13 @@ from types import FrameType
 
 __all__ = ["stop_on_signals"]
 
-log = logging.getLogger("agentic.runner")
+log = logging.getLogger("agentic")
 
 
-def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
+def stop_on_signals(stop: threading.Event, what: str) -> Callable[[], None]:
     """Make SIGTERM/SIGINT set ``stop``; returns how to put the old handlers back.
+
+    ``what`` says in the log what happens next (e.g. "stopping after this pass").
 
     Signal handlers can only be installed from the main thread; elsewhere the
     caller's ``stop`` event is the only way to end the loop.
@@ -23,7 +25,7 @@ def stop_on_signals(stop: threading.Event) -> Callable[[], None]:
         return lambda: None
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: finishing held tasks, then stopping", signum)
+        log.info("signal %d: %s", signum, what)
         stop.set()
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
