@@ -1,0 +1,190 @@
+"""What every command shares: options, config loading, errors, output, stores.
+
+Exit codes: 0 ok, 1 runtime error (the SDK's message, no traceback), 2 usage error
+(typer's own for bad arguments, and :class:`ConfigError` for bad option or config
+values), 130 interrupted where an interruption is not the normal way out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+from urllib.parse import unquote
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.markup import escape
+
+from ..client import TaskClient
+from ..config import Config, load_config
+from ..errors import AgenticError, ConfigError, StoreError
+from ..retry import RetryPolicy
+from ..stores import parse_store_url
+
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="YAML config file (default: ./agentic.yaml, else ~/.config/agentic/config.yaml).",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def stdout() -> Console:
+    """A console on stdout (rich drops colour by itself when it is not a terminal)."""
+    return Console()
+
+
+def stderr() -> Console:
+    """A console on stderr, for warnings and errors."""
+    return Console(stderr=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; markup in ``message`` is not interpreted."""
+    stderr().print(f"[yellow]warning:[/] {escape(message)}")
+
+
+def fail(message: str, code: int = EXIT_RUNTIME) -> typer.Exit:
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    stderr().print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def handled(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn SDK errors into an error line and an exit code instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            raise fail(str(exc), EXIT_USAGE) from None
+        except AgenticError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper
+
+
+def config(path: Path | None, **overrides: Any) -> Config:
+    """The configuration; ``None`` overrides are "not given" (config wins)."""
+    return load_config(path, **overrides)
+
+
+def client(cfg: Config, agent_id: str | None = None) -> TaskClient:
+    """A task API client for the configured server and token."""
+    return TaskClient(cfg.base_url, cfg.token, agent_id=agent_id)
+
+
+def retry_policy(cfg: Config) -> RetryPolicy:
+    """The retry policy the configuration describes (its dispatcher section)."""
+    section = cfg.dispatcher
+    return RetryPolicy(
+        max_retries=section.max_retries,
+        base=section.backoff_base,
+        cap=section.backoff_cap,
+        jitter=section.jitter,
+    )
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file of a ``sqlite://`` URL when it does not exist yet, else ``None``.
+
+    Read-only commands check this first: opening the store would create an empty
+    database, and "no agents" would then hide a wrong path.
+    """
+    parsed = parse_store_url(url)
+    if parsed.scheme != "sqlite":
+        return None
+    # The same rule as the SQLite backend: sqlite://relative.db, sqlite:///abs.db
+    raw = parsed.netloc + parsed.path if parsed.netloc else "/" + parsed.path.lstrip("/")
+    path = Path(unquote(raw)).expanduser().absolute()
+    return None if path.is_file() else path
+
+
+def existing(opener: Callable[[str], S], url: str) -> S:
+    """``opener(url)`` for a command that only reads: a missing SQLite file is an
+    error rather than a new empty store that would answer "nothing here"."""
+    missing = missing_sqlite_file(url)
+    if missing is not None:
+        raise StoreError(f"{missing} does not exist: wrong store URL, or nothing used it yet")
+    return opener(url)
+
+
+def redacted(url: str) -> str:
+    """A store URL without its password, for output."""
+    return parse_store_url(url).redacted()
+
+
+def to_data(value: Any) -> Any:
+    """Pydantic models (also inside lists and dicts) as JSON-ready data."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [to_data(item) for item in value]
+    if isinstance(value, dict):
+        return {key: to_data(item) for key, item in value.items()}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def print_json(value: Any, *, indent: int | None = 2) -> None:
+    """``value`` as JSON on stdout (plain, never wrapped or coloured)."""
+    sys.stdout.write(json.dumps(to_data(value), indent=indent) + "\n")
+    sys.stdout.flush()
+
+
+def ago(when: datetime | None, now: datetime | None = None) -> str:
+    """``"12s ago"``, ``"3m ago"``; ``"-"`` for never."""
+    if when is None:
+        return "-"
+    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def clock_time(when: datetime | None) -> str:
+    """``"2026-01-15 00:00 UTC"``; ``"-"`` when unknown."""
+    return "-" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def until(when: datetime | None, now: datetime | None = None) -> str:
+    """``"in 5h 12m"``, ``"in 40s"``; ``"-"`` when unknown."""
+    if when is None:
+        return "-"
+    seconds = max(0, int((when - (now or datetime.now(UTC))).total_seconds()))
+    if seconds < 60:
+        return f"in {seconds}s"
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"in {hours}h {minutes}m" if hours else f"in {minutes}m"
+
+
+@contextlib.contextmanager
+def interrupt_exits(code: int = 0) -> Iterator[None]:
+    """Ctrl-C ends the block with exit ``code`` (0 where stopping is the normal end)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(code) from None

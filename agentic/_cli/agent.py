@@ -1,0 +1,92 @@
+"""``agentic agent run``: one agent that runs a command for each task claimed for it."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from ..allowance import AllowanceService
+from ..models import AgentInfo
+from ..runner import AgentRunner, GitWorkspace, Handler, SubprocessHandler
+from ..stores import open_allowance_store, open_registry
+from ._common import ConfigOption, client, config, handled, stdout
+from ._logging import setup_logging
+
+agent_app = typer.Typer(help="Run an agent on this machine.")
+
+
+@agent_app.command(
+    "run",
+    context_settings={"allow_interspersed_args": False},
+    epilog="Example: agentic agent run --id coder-1 --capability python --max-load 2"
+    " -- claude -p --output-format text",
+)
+@handled
+def run(
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="-- CMD ...",
+            help="Command run per task; {file} is the task file with --input file.",
+        ),
+    ],
+    agent_id: Annotated[str, typer.Option("--id", help="Agent id (unique in the fleet).")],
+    capability: Annotated[
+        list[str], typer.Option("--capability", help="What it can do (repeatable).")
+    ],
+    max_load: Annotated[int, typer.Option(min=1, help="Tasks at a time.")],
+    config_path: ConfigOption = None,
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    max_job_duration: Annotated[
+        float | None, typer.Option(min=0.001, metavar="S", help="Seconds before a task is killed.")
+    ] = None,
+    input_mode: Annotated[
+        Literal["stdin", "file"],
+        typer.Option("--input", help="How CMD gets the task: on stdin or as {file}."),
+    ] = "stdin",
+    task_format: Annotated[
+        Literal["text", "json"],
+        typer.Option("--format", help="Title and description as text, or the task as JSON."),
+    ] = "text",
+    git_repo: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH", help="Run in this git repository, one branch and commit per task."
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Register, run CMD for every task claimed for this agent, report; SIGTERM drains."""
+    cfg = config(config_path)
+    handler: Handler = SubprocessHandler(command, input=input_mode, format=task_format)
+    if git_repo is not None:
+        handler = GitWorkspace(git_repo, handler)
+    setup_logging(verbose)
+    info = AgentInfo(id=agent_id, name=name, capabilities=capability, max_load=max_load)
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
+        quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
+        api = stack.enter_context(client(cfg, agent_id))
+        runner = AgentRunner(
+            info,
+            api,
+            registry,
+            handler,
+            AllowanceService(quota, fail_open=cfg.dispatcher.fail_open),
+            lease_seconds=cfg.dispatcher.lease_seconds,
+            max_job_duration=max_job_duration,
+        )
+        stdout().print(
+            f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) taking tasks"
+            f" from {cfg.base_url}; Ctrl-C or SIGTERM to stop",
+            highlight=False,
+        )
+        runner.run()
+    stdout().print(
+        f"agent {agent_id} stopped: {runner.completed} completed, {runner.failed} failed,"
+        f" {runner.released} released, {runner.errors} errors",
+        highlight=False,
+    )

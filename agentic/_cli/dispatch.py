@@ -1,0 +1,86 @@
+"""``agentic dispatch``: the dispatcher loop, or one pass with ``--once``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Annotated
+
+import typer
+
+from ..allowance import AllowanceService
+from ..dispatcher import Dispatcher, DispatchReport
+from ..events import LoggingEmitter
+from ..router import DefaultRouter
+from ..stores import open_allowance_store, open_registry
+from ._common import (
+    ConfigOption,
+    JsonOption,
+    client,
+    config,
+    handled,
+    print_json,
+    retry_policy,
+    stdout,
+)
+from ._logging import setup_logging
+
+
+def _print_report(report: DispatchReport) -> None:
+    out = stdout()
+    out.print(report.summary(), highlight=False)
+    for task_id, agent_id in report.dispatched.items():
+        out.print(f"  dispatched {task_id} -> {agent_id}", highlight=False)
+    for task_id, why in report.waiting.items():
+        out.print(f"  waiting    {task_id}: {why}", highlight=False)
+    for task_id, error in report.failed.items():
+        out.print(f"  failed     {task_id}: {error}", highlight=False)
+    for task_id in report.dead_lettered:
+        out.print(f"  dead letter {task_id}", highlight=False)
+
+
+@handled
+def dispatch(
+    config_path: ConfigOption = None,
+    interval: Annotated[
+        float | None,
+        typer.Option(metavar="S", help="Seconds between passes (default: config's, 5)."),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run one pass, print it, exit.")] = False,
+    json_output: JsonOption = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Route pending tasks to agents within quota, pass after pass (SIGTERM stops)."""
+    cfg = config(config_path, dispatcher={"interval": interval})
+    # One pass prints its own report; its event lines would only repeat it.
+    setup_logging(verbose, logging.WARNING if once else logging.INFO)
+    with contextlib.ExitStack() as stack:
+        registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
+        quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
+        tasks = stack.enter_context(client(cfg))
+        emitter = stack.enter_context(LoggingEmitter())
+        dispatcher = Dispatcher(
+            registry,
+            DefaultRouter(),
+            AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open),
+            tasks,
+            emitter,
+            retry_policy(cfg),
+            heartbeat_ttl=cfg.dispatcher.heartbeat_ttl,
+            lease_seconds=cfg.dispatcher.lease_seconds,
+        )
+        if once:
+            report = dispatcher.run_once()
+            if json_output:
+                print_json(
+                    {
+                        "dispatched": report.dispatched,
+                        "waiting": report.waiting,
+                        "failed": report.failed,
+                        "dead_lettered": report.dead_lettered,
+                    }
+                )
+            else:
+                _print_report(report)
+            return
+        dispatcher.run(interval=cfg.dispatcher.interval)

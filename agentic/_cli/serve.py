@@ -1,0 +1,147 @@
+"""``agentic serve``: the reference task API on uvicorn."""
+
+from __future__ import annotations
+
+import signal
+import socket
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ..errors import ConfigError
+from ..stores import open_task_store
+from ._common import (
+    EXIT_RUNTIME,
+    ConfigOption,
+    config,
+    fail,
+    handled,
+    redacted,
+    retry_policy,
+    stdout,
+)
+from ._logging import setup_logging
+
+if TYPE_CHECKING:
+    import uvicorn
+
+
+def _agent_tokens(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    tokens = {}
+    for pair in pairs:
+        # rpartition, as for AGENTIC_SERVER__AGENT_TOKENS: base64 tokens may end in "=".
+        token, equals, agent = pair.rpartition("=")
+        if not equals or not token or not agent:
+            raise ConfigError(f"--agent-token must be TOKEN=AGENT_ID, got {pair!r}")
+        tokens[token] = agent
+    return tokens
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening-ready socket; IPPROTO_TCP named so asyncio sets TCP_NODELAY.
+
+    Without it every small answer waits for the peer's delayed ACK (~40 ms).
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r}: cannot resolve it ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+@handled
+def serve(
+    config_path: ConfigOption = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            metavar="URL",
+            help="Task store URL (default: the config's; a SQLite file in the user data dir).",
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on [8080].")] = None,
+    token: Annotated[
+        list[str] | None,
+        typer.Option("--token", metavar="T", help="Admin token (repeatable); replaces config's."),
+    ] = None,
+    agent_token: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--agent-token",
+            metavar="TOKEN=AGENT",
+            help="Token that may act only as AGENT (repeatable); replaces config's.",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Serve the task API until SIGTERM or Ctrl-C (graceful shutdown)."""
+    import uvicorn
+
+    from ..server import create_app
+
+    cfg = config(
+        config_path,
+        task_store_url=store,
+        server={
+            "host": host,
+            "port": port,
+            "admin_tokens": token,
+            "agent_tokens": _agent_tokens(agent_token),
+        },
+    )
+    setup_logging(verbose)
+    url = cfg.store_url_for("task")
+    with open_task_store(url) as tasks:
+        app = create_app(
+            tasks,
+            admin_tokens=cfg.server.admin_tokens,
+            agent_tokens=cfg.server.agent_tokens,
+            lease_seconds=cfg.dispatcher.lease_seconds,
+            max_body_bytes=cfg.server.max_body_bytes,
+            retry_policy=retry_policy(cfg),
+        )
+        sock = _bind(cfg.server.host, cfg.server.port)
+        # Request lines would flood the log (every agent polls every second); the
+        # /metrics endpoint counts requests instead.
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10)
+        )
+        out = stdout()
+        out.print(f"store: {redacted(url)}", highlight=False)
+        out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
+        _run(server, sock)
+
+
+def _run(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Run uvicorn; a signal ends it with exit 0 after its graceful shutdown.
+
+    uvicorn re-raises the signal it caught once it has shut down, which would kill
+    the process with that signal (exit -15 for SIGTERM). Handlers that ignore it are
+    installed first: uvicorn restores them before re-raising, so the re-raised signal
+    lands on them and the process exits normally.
+    """
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+    if not server.started:
+        raise typer.Exit(EXIT_RUNTIME)

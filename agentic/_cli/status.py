@@ -1,0 +1,225 @@
+"""``agentic status``: the fleet at a glance, once or refreshed with ``--watch``.
+
+Each part (agents, quotas, task counts) is read on its own: a part that cannot be
+reached is shown as unknown with a warning, so a task server that is down does not
+hide the agents, and the other way round.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Group, RenderableType
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ..client import TaskClient
+from ..config import Config
+from ..errors import AgenticError, NotFoundError
+from ..models import AgentAllowance, AgentInfo, QuotaCheckResult, UsageRecord
+from ..status import get_status
+from ..stores import open_allowance_store, open_registry
+from ..stores.base import AllowanceStore
+from ._common import (
+    ConfigOption,
+    JsonOption,
+    ago,
+    client,
+    config,
+    existing,
+    handled,
+    interrupt_exits,
+    print_json,
+    redacted,
+    stdout,
+    until,
+    warn,
+)
+
+T = TypeVar("T")
+_DEFAULT_WATCH = 2.0
+
+
+@dataclass
+class AgentRow:
+    """One agent with its quota (``None`` where there is none or it is unknown)."""
+
+    info: AgentInfo
+    allowance: AgentAllowance | None = None
+    usage: UsageRecord | None = None
+    check: QuotaCheckResult | None = None
+
+
+@dataclass
+class Snapshot:
+    """What status shows; ``None`` means "could not be read" (see ``warnings``)."""
+
+    agents: list[AgentRow] | None = None
+    pending: int | None = None
+    in_progress: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_data(self) -> dict[str, Any]:
+        agents = None
+        if self.agents is not None:
+            agents = [
+                {
+                    **row.info.model_dump(mode="json"),
+                    "allowance": row.allowance and row.allowance.model_dump(mode="json"),
+                    "usage": row.usage and row.usage.model_dump(mode="json"),
+                    "quota": row.check and row.check.model_dump(mode="json"),
+                }
+                for row in self.agents
+            ]
+        return {
+            "agents": agents,
+            "tasks": {"pending": self.pending, "in_progress": self.in_progress},
+            "warnings": self.warnings,
+        }
+
+
+def _store(url: str, opener: Callable[[str], T], what: str, snap: Snapshot) -> T | None:
+    """Open a store for reading, or note why not (a missing SQLite file is not created)."""
+    try:
+        return existing(opener, url)
+    except AgenticError as exc:
+        snap.warnings.append(f"{what} {redacted(url)}: {exc}")
+        return None
+
+
+def _quotas(store: AllowanceStore, rows: list[AgentRow]) -> None:
+    for row in rows:
+        row.usage = store.get_usage(row.info.id)
+        try:
+            row.allowance = store.get_allowance(row.info.id)
+            row.check = store.check(row.info.id)
+        except NotFoundError:
+            continue  # no allowance: the agent gets no work (quotas fail closed)
+
+
+def collect(cfg: Config, api: TaskClient) -> Snapshot:
+    """Read every part that can be read now."""
+    snap = Snapshot()
+    registry = _store(cfg.store_url_for("registry"), open_registry, "agent registry", snap)
+    if registry is not None:
+        try:
+            with registry:
+                snap.agents = [AgentRow(info) for info in registry.list()]
+        except AgenticError as exc:
+            snap.warnings.append(f"agent registry: {exc}")
+    quota = _store(cfg.store_url_for("allowance"), open_allowance_store, "quota store", snap)
+    if quota is not None and snap.agents is not None:
+        try:
+            with quota:
+                _quotas(quota, snap.agents)
+        except AgenticError as exc:
+            snap.warnings.append(f"quota store: {exc}")
+    try:
+        counts = get_status(client=api)
+    except AgenticError as exc:
+        snap.warnings.append(f"task server {cfg.base_url}: {exc}")
+    else:
+        snap.pending, snap.in_progress = counts.pending_tasks, counts.in_progress_tasks
+    return snap
+
+
+def _used_left(used: int | None, left: int | None) -> str:
+    if used is None:
+        return "?"
+    return f"{used}/{'∞' if left is None or left < 0 else left}"
+
+
+def _row(row: AgentRow, now: datetime) -> list[RenderableType]:
+    info = row.info
+    load = f"{info.current_load}/{info.max_load or '∞'}"
+    if row.check is None:
+        tokens: RenderableType = Text("no allowance", style="red")
+        jobs: RenderableType = "-"
+    else:
+        used = row.usage.tokens_used if row.usage else None
+        tokens = _used_left(used, row.check.remaining_tokens)
+        jobs = _used_left(row.usage.jobs_started if row.usage else None, row.check.remaining_jobs)
+    style = {"available": "green", "busy": "yellow", "offline": "red"}[info.status.value]
+    return [
+        info.id,
+        Text(info.status.value, style=style),
+        load,
+        tokens,
+        jobs,
+        until(row.check.reset_at if row.check else None, now),
+        ago(info.last_heartbeat, now),
+    ]
+
+
+def render(snap: Snapshot, *, with_warnings: bool) -> RenderableType:
+    """The agents table and the task counts (and the warnings, for ``--watch``)."""
+    now = datetime.now(UTC)
+    parts: list[RenderableType] = []
+    if snap.agents is None:
+        parts.append(Text("Agents: unknown", style="yellow"))
+    else:
+        table = Table(title=f"Agents: {len(snap.agents)}", title_justify="left")
+        for title in ("Agent", "State", "Load", "Tokens used/left", "Jobs used/left"):
+            table.add_column(title, no_wrap=True)
+        table.add_column("Resets")
+        table.add_column("Heartbeat", no_wrap=True)
+        for row in sorted(snap.agents, key=lambda r: r.info.id):
+            table.add_row(*_row(row, now))
+        parts.append(table)
+    pending = "unknown" if snap.pending is None else str(snap.pending)
+    running = "unknown" if snap.in_progress is None else str(snap.in_progress)
+    parts.append(Text(f"Tasks: {pending} pending, {running} in progress"))
+    if with_warnings:
+        parts.extend(Text(f"warning: {text}", style="yellow") for text in snap.warnings)
+    return Group(*parts)
+
+
+@handled
+def status(
+    config_path: ConfigOption = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            "-w",
+            help=f"Refresh every SECONDS (the optional argument, default {_DEFAULT_WATCH:g}).",
+        ),
+    ] = False,
+    seconds: Annotated[
+        float | None,
+        typer.Argument(help="Refresh interval for --watch.", show_default=False, min=0.1),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Agents (state, load, quota use, heartbeat) and pending / in-progress task counts."""
+    if seconds is not None and not watch:
+        raise typer.BadParameter("SECONDS is only valid with --watch", param_hint="SECONDS")
+    cfg = config(config_path)
+    interval = seconds or _DEFAULT_WATCH
+    with client(cfg) as api, interrupt_exits(0):
+        if not watch:
+            _show(collect(cfg, api), json_output)
+        elif json_output:
+            while True:  # one JSON document per line and refresh, until Ctrl-C
+                print_json(collect(cfg, api).to_data(), indent=None)
+                time.sleep(interval)
+        else:
+            with Live(render(collect(cfg, api), with_warnings=True), console=stdout()) as live:
+                while True:
+                    time.sleep(interval)
+                    live.update(render(collect(cfg, api), with_warnings=True))
+
+
+def _show(snap: Snapshot, json_output: bool) -> None:
+    if json_output:
+        print_json(snap.to_data())
+        return
+    for text in snap.warnings:
+        warn(text)
+    stdout().print(render(snap, with_warnings=False))
