@@ -1,0 +1,491 @@
+"""The ``agentic`` command: help, exit codes, and each command against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner, Result
+
+from agentic.cli import app
+from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
+from agentic.stores import open_allowance_store, open_registry, open_task_store
+from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
+from agentic.testing import running_server
+
+from .conftest import free_port
+
+AGENTIC = str(Path(sys.executable).with_name("agentic"))
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AGENTIC_* variable, .env or user config of the machine leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("AGENTIC_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("COLUMNS", "200")  # rich tables: no truncated cells
+    monkeypatch.chdir(tmp_path)
+
+
+def run(*args: str) -> Result:
+    """``agentic ARGS`` in-process."""
+    return CliRunner().invoke(app, list(args))
+
+
+def write_config(path: Path, base_url: str, store_url: str, extra: str = "") -> Path:
+    """A YAML config file for the commands under test."""
+    path.write_text(f"base_url: {base_url}\nstore_url: {store_url}\n{extra}", encoding="utf-8")
+    return path
+
+
+@dataclass
+class System:
+    """A task server on loopback over a SQLite file, and a config file naming both."""
+
+    url: str
+    base_url: str
+    config: Path
+    tasks: TaskStore
+    registry: AgentRegistry
+    quota: AllowanceStore
+
+    def cli(self, *args: str) -> Result:
+        """``agentic ARGS --config <this system's file>``."""
+        return run(*args, "--config", str(self.config))
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    """Stores on one SQLite file, the task API serving them, and a config file."""
+    url = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
+    with (
+        open_task_store(url) as tasks,
+        open_registry(url) as registry,
+        open_allowance_store(url) as quota,
+        running_server(tasks, requeue_interval=None) as base_url,
+    ):
+        config = write_config(tmp_path / "agentic.yaml", base_url, url)
+        yield System(url, base_url, config, tasks, registry, quota)
+
+
+def no_traceback(result: Result) -> None:
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# --- help and usage errors ---
+COMMANDS = [
+    [],
+    ["serve"],
+    ["dispatch"],
+    ["agent"],
+    ["agent", "run"],
+    ["submit"],
+    ["status"],
+    ["logs"],
+    ["agents"],
+    ["agents", "list"],
+    ["agents", "deregister"],
+    ["allowance"],
+    ["allowance", "show"],
+    ["allowance", "set"],
+    ["allowance", "model"],
+    ["demo"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "agentic")
+def test_every_command_has_help(command: list[str]) -> None:
+    """--help prints the usage and exits 0."""
+    result = run(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["no-such-command"],
+        ["submit"],
+        ["submit", "title", "--priority", "urgent"],
+        ["submit", "title", "--estimated-tokens", "-1"],
+        ["status", "5"],
+        ["logs"],
+        ["dispatch", "--interval", "-1"],
+        ["serve", "--port", "70000"],
+        ["serve", "--agent-token", "no-equals-sign"],
+        ["status", "--config", "missing.yaml"],
+        ["allowance", "set", "agent-1"],
+        ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "0", "--", "true"],
+        ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"],
+        ["agent", "run", "--id", "a", "--max-load", "1", "--input", "file", "--", "cat"],
+    ],
+    ids=" ".join,
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    """Bad arguments, bad option values and a missing config file exit 2."""
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    no_traceback(result)
+
+
+def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path) -> None:
+    """A wrong value in the config file is a usage error naming the key and the file."""
+    config = write_config(
+        tmp_path / "bad.yaml", "http://127.0.0.1:1", "memory://", "dispatcher:\n  interval: -1\n"
+    )
+    result = run("dispatch", "--once", "--config", str(config))
+    assert result.exit_code == 2
+    assert "dispatcher.interval" in result.stderr and "bad.yaml" in result.stderr
+    no_traceback(result)
+
+
+def test_file_input_needs_the_placeholder(tmp_path: Path) -> None:
+    """--input file without {file} in the command is refused before anything starts."""
+    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", "memory://")
+    result = run(
+        "agent", "run", "--id", "a", "--capability", "x", "--max-load", "1",
+        "--input", "file", "--config", str(config), "--", "cat",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "{file}" in result.stderr
+
+
+# --- runtime errors ---
+def test_server_down_is_a_runtime_error(tmp_path: Path) -> None:
+    """An unreachable task server: exit 1 with the SDK's message, no traceback."""
+    url = "sqlite:///" + (tmp_path / "x.db").as_posix().lstrip("/")
+    config = write_config(tmp_path / "c.yaml", f"http://127.0.0.1:{free_port()}", url)
+    result = run("submit", "a task", "--config", str(config))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error:")
+    no_traceback(result)
+
+
+def test_unknown_ids_are_runtime_errors(system: System) -> None:
+    """Unknown task, agent or allowance: exit 1 and a message naming it."""
+    for args in (
+        ["logs", "nope"],
+        ["agents", "deregister", "ghost"],
+        ["allowance", "show", "ghost"],
+    ):
+        result = system.cli(*args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "error:" in result.stderr
+        no_traceback(result)
+
+
+def test_reading_a_missing_store_fails_without_creating_it(tmp_path: Path) -> None:
+    """agents list on a SQLite file that does not exist: exit 1, and no file appears."""
+    db = tmp_path / "nowhere" / "fleet.db"
+    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", f"sqlite:///{db}")
+    result = run("agents", "--config", str(config))
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr
+    assert not db.exists()
+
+
+# --- submit ---
+def test_submit_prints_the_new_id(system: System) -> None:
+    """submit creates the task with every option and prints only its id."""
+    first = system.cli("submit", "first")
+    assert first.exit_code == 0, first.output
+    first_id = first.stdout.strip()
+    result = system.cli(
+        "submit", "second", "-d", "details", "-l", "python", "-l", "git", "-p", "high",
+        "--project", "p1", "--depends-on", first_id, "--model", "m", "--estimated-tokens", "50",
+        "--max-retries", "1",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    task = system.tasks.get(result.stdout.strip())
+    assert (task.title, task.description, task.labels, task.priority) == (
+        "second",
+        "details",
+        ["python", "git"],
+        "high",
+    )
+    assert (task.project, task.dependencies, task.model) == ("p1", [first_id], "m")
+    assert (task.estimated_tokens, task.max_retries, task.status) == (50, 1, TaskStatus.PENDING)
+
+
+def test_submit_json(system: System) -> None:
+    """--json prints the stored task."""
+    result = system.cli("submit", "t", "--json")
+    data = json.loads(result.stdout)
+    assert data["title"] == "t" and data["status"] == "pending"
+    assert system.tasks.get(data["id"]).title == "t"
+
+
+def test_submit_blank_title_is_a_usage_error(system: System) -> None:
+    """A blank title is refused (exit 2) before any request."""
+    result = system.cli("submit", "  ")
+    assert result.exit_code == 2
+    assert "title" in result.stderr
+
+
+# --- status ---
+def test_status_table_and_json(system: System) -> None:
+    """status shows agents with load and quota use, and the task counts."""
+    system.registry.register(
+        AgentInfo(id="coder", capabilities=["python"], max_load=2, current_load=1)
+    )
+    system.quota.set_allowance(
+        AgentAllowance(agent_id="coder", daily_token_limit=1000, daily_job_limit=5)
+    )
+    system.quota.increment_usage("coder", 200, 2)
+    system.registry.register(AgentInfo(id="free", max_load=1))
+    system.tasks.create(Task(title="a"))
+    system.tasks.create(Task(title="b"))
+
+    result = system.cli("status")
+    assert result.exit_code == 0, result.output
+    assert "coder" in result.stdout and "1/2" in result.stdout
+    assert "200/800" in result.stdout and "2/3" in result.stdout
+    assert "no allowance" in result.stdout  # "free" has none: it gets no work
+    assert "2 pending, 0 in progress" in result.stdout
+
+    data = json.loads(system.cli("status", "--json").stdout)
+    assert data["tasks"] == {"pending": 2, "in_progress": 0}
+    coder = next(a for a in data["agents"] if a["id"] == "coder")
+    assert coder["usage"]["tokens_used"] == 200 and coder["quota"]["remaining_jobs"] == 3
+    assert data["warnings"] == []
+
+
+def test_status_shows_unreachable_parts_as_unknown(tmp_path: Path) -> None:
+    """Server down and store missing: unknown with warnings, exit 0, no store created."""
+    db = tmp_path / "missing.db"
+    config = write_config(tmp_path / "c.yaml", f"http://127.0.0.1:{free_port()}", f"sqlite:///{db}")
+    result = run("status", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert "Agents: unknown" in result.stdout
+    assert "unknown pending, unknown in progress" in result.stdout
+    assert result.stderr.count("warning:") >= 2
+    assert not db.exists()
+    data = json.loads(run("status", "--json", "--config", str(config)).stdout)
+    assert data["agents"] is None and data["tasks"]["pending"] is None
+
+
+# --- logs ---
+def test_logs_text_and_json(system: System) -> None:
+    """logs prints the status and the lines; --json prints one object per line."""
+    task = system.tasks.create(Task(title="t"))
+    system.tasks.claim(task.id, "coder", 60)
+    system.tasks.append_logs(task.id, ["line one", "line two"])
+    system.tasks.complete(task.id, TaskResult(success=True), "coder")
+
+    text = system.cli("logs", task.id)
+    assert text.exit_code == 0, text.output
+    assert text.stdout.splitlines()[1:] == ["line one", "line two"]
+    assert "Status: completed" in text.stdout
+
+    records = [
+        json.loads(line) for line in system.cli("logs", task.id, "--json").stdout.splitlines()
+    ]
+    assert records[0] == {"kind": "status", "task_id": task.id, "status": "completed"}
+    assert [r["line"] for r in records[1:]] == ["line one", "line two"]
+
+
+@pytest.mark.parametrize("json_output", [False, True])
+def test_logs_follow_ends_with_the_task(system: System, json_output: bool) -> None:
+    """-f prints lines as they come and returns once the task is final."""
+    task = system.tasks.create(Task(title="t"))
+    system.tasks.claim(task.id, "coder", 60)
+
+    def work() -> None:
+        time.sleep(0.3)
+        system.tasks.append_logs(task.id, ["working"])
+        time.sleep(0.3)
+        system.tasks.complete(task.id, TaskResult(success=True), "coder")
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    args = ["logs", task.id, "-f", *(["--json"] if json_output else [])]
+    result = system.cli(*args)
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert "working" in result.stdout and "completed" in result.stdout
+
+
+# --- agents and allowances ---
+def test_agents_list_json_and_deregister(system: System) -> None:
+    """agents lists the registry (also as `agents list`); deregister removes one."""
+    system.registry.register(AgentInfo(id="a1", capabilities=["docs"], max_load=1))
+    system.registry.register(AgentInfo(id="a2", max_load=3))
+    table = system.cli("agents")
+    assert table.exit_code == 0, table.output
+    assert "a1" in table.stdout and "docs" in table.stdout and "0/3" in table.stdout
+    data = json.loads(system.cli("agents", "list", "--json").stdout)
+    assert [a["id"] for a in data] == ["a1", "a2"]
+    result = system.cli("agents", "deregister", "a1")
+    assert result.exit_code == 0, result.output
+    assert [a.id for a in system.registry.list()] == ["a2"]
+
+
+def test_allowance_set_merges_and_show(system: System) -> None:
+    """set changes only the options given; show prints allowance and usage."""
+    assert system.cli("allowance", "set", "a1", "--daily-tokens", "1000").exit_code == 0
+    result = system.cli("allowance", "set", "a1", "--daily-jobs", "4", "--model", "m1", "--json")
+    assert result.exit_code == 0, result.output
+    expected = AgentAllowance(
+        agent_id="a1", daily_token_limit=1000, daily_job_limit=4, model_allowlist=["m1"]
+    )
+    assert system.quota.get_allowance("a1") == expected
+    assert AgentAllowance.model_validate(json.loads(result.stdout)) == expected
+
+    system.quota.increment_usage("a1", 300, 1)
+    shown = system.cli("allowance", "show")
+    assert "300/1000" in shown.stdout and "1/4" in shown.stdout and "m1" in shown.stdout
+    one = json.loads(system.cli("allowance", "show", "a1", "--json").stdout)
+    assert one["allowance"]["daily_job_limit"] == 4 and one["usage"]["tokens_used"] == 300
+
+
+def test_allowance_model_sets_and_shows(system: System) -> None:
+    """model MODEL shows the quota; with options it sets them, keeping the others."""
+    empty = system.cli("allowance", "model", "m1")
+    assert empty.exit_code == 0 and "no quota set" in empty.stdout
+    system.cli("allowance", "model", "m1", "--daily-tokens", "5000", "--input-price", "300")
+    system.cli("allowance", "model", "m1", "--output-price", "1500", "--hourly-rate", "60")
+    quota = system.quota.get_model_quota("m1")
+    assert (quota.daily_token_budget, quota.hourly_rate_limit) == (5000, 60)
+    assert (quota.input_price, quota.output_price) == (300, 1500)
+    data = json.loads(system.cli("allowance", "model", "m1", "--json").stdout)
+    assert data["quota"]["output_price"] == 1500 and data["usage"]["tokens_used"] == 0
+
+
+# --- real processes ---
+def subprocess_env() -> dict[str, str]:
+    """The test's environment for a child process (already cleaned by the fixture)."""
+    return dict(os.environ)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` until it is true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def healthy(url: str) -> bool:
+    """Whether the server at ``url`` answers its health check."""
+    try:
+        return httpx.get(f"{url}/v1/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.slow
+def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """serve prints store and URL (never a token), answers, and exits 0 soon after SIGTERM."""
+    port = free_port()
+    store = "sqlite:///" + (tmp_path / "served.db").as_posix().lstrip("/")
+    secret = "s3cret-admin-token"
+    process = subprocess.Popen(
+        [AGENTIC, "serve", "--port", str(port), "--store", store, "--token", secret],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"))
+        answer = httpx.get(f"http://127.0.0.1:{port}/api/tasks")
+        assert answer.status_code == 401  # the token is enforced
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        out, err = process.communicate()
+    assert f"http://127.0.0.1:{port}" in out.decode()
+    assert store in out.decode()
+    assert secret not in out.decode() + err.decode()
+
+
+@pytest.mark.slow
+def test_serve_without_token_warns(tmp_path: Path) -> None:
+    """With no token configured, serve warns that the API is open."""
+    port = free_port()
+    process = subprocess.Popen(
+        [AGENTIC, "serve", "--port", str(port), "--store", "memory://"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        _, err = process.communicate()
+    assert "without tokens" in err.decode()
+
+
+@pytest.mark.slow
+def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path) -> None:
+    """dispatch --once claims a task for the agent; agent run executes CMD and drains."""
+    system.quota.set_allowance(AgentAllowance(agent_id="upper", daily_job_limit=10))
+    task = system.tasks.create(Task(title="shout this", labels=["text"]))
+    script = "import sys; print(sys.stdin.read().upper())"
+    agent = subprocess.Popen(
+        [
+            AGENTIC, "agent", "run", "--config", str(system.config), "--id", "upper",
+            "--capability", "text", "--max-load", "1", "--", sys.executable, "-c", script,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        wait_for(lambda: [a.id for a in system.registry.list()] == ["upper"], timeout=30)
+        once = subprocess.run(
+            [AGENTIC, "dispatch", "--once", "--json", "--config", str(system.config)],
+            capture_output=True,
+            env=subprocess_env(),
+            timeout=30,
+            check=False,
+        )
+        assert once.returncode == 0, once.stderr.decode()
+        assert json.loads(once.stdout)["dispatched"] == {task.id: "upper"}
+        wait_for(lambda: system.tasks.get(task.id).status == TaskStatus.COMPLETED)
+        result = system.tasks.get(task.id).result
+        assert result is not None and result.output.strip() == "SHOUT THIS"
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(10) == 0
+    finally:
+        agent.kill()
+        out, err = agent.communicate()
+        print(out.decode(), err.decode())  # shown when the test fails
+    assert "1 completed" in out.decode()
+    assert system.registry.list() == []  # deregistered on the way out
+
+
+@pytest.mark.slow
+def test_status_watch_stops_on_ctrl_c(system: System) -> None:
+    """status --watch SECONDS --json refreshes until SIGINT, then exits 0."""
+    process = subprocess.Popen(
+        [AGENTIC, "status", "--watch", "0.2", "--json", "--config", str(system.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline(), process.stdout.readline()]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.communicate()
+    assert [json.loads(line)["tasks"]["pending"] for line in lines] == [0, 0]
