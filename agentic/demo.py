@@ -74,6 +74,17 @@ class AgentSpec:
     daily_token_limit: int = 0
     models: tuple[str, ...] = ()
 
+    @property
+    def allowance(self) -> AgentAllowance:
+        return AgentAllowance(
+            agent_id=self.id,
+            daily_token_limit=self.daily_token_limit,
+            daily_job_limit=self.daily_job_limit,
+            # = max_load: the store refuses a job the runner would have to give back
+            concurrent_jobs=self.max_load,
+            model_allowlist=list(self.models),
+        )
+
 
 AGENTS = (
     AgentSpec("coder", ("python", "git"), 2, daily_token_limit=400_000),
@@ -177,15 +188,16 @@ class Attempt:
 class AgentState:
     """An agent as the live view shows it."""
 
-    id: str
-    capabilities: tuple[str, ...]
+    spec: AgentSpec
     status: str
     load: int
-    max_load: int
     jobs_started: int
-    job_limit: int
     tokens_used: int
     cost_cents: float
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
 
 
 @dataclass(frozen=True)
@@ -258,16 +270,7 @@ class _Demo:
         for model in MODELS:
             self.quota.set_model_quota(model)
         for agent in AGENTS:
-            self.quota.set_allowance(
-                AgentAllowance(
-                    agent_id=agent.id,
-                    daily_token_limit=agent.daily_token_limit,
-                    daily_job_limit=agent.daily_job_limit,
-                    # = max_load: the store refuses a job the runner would have to give back
-                    concurrent_jobs=agent.max_load,
-                    model_allowlist=list(agent.models),
-                )
-            )
+            self.quota.set_allowance(agent.allowance)
 
     def submit(self, client: TaskClient) -> None:
         """Create every task, dependencies first."""
@@ -336,18 +339,9 @@ class _Demo:
             usage = self.quota.get_usage(spec.id)
             with self.lock:
                 cost = self.costs.get(spec.id, 0) / 1e6
+            status, load = (info.status.value, info.current_load) if info else ("offline", 0)
             states.append(
-                AgentState(
-                    id=spec.id,
-                    capabilities=spec.capabilities,
-                    status=info.status.value if info else "offline",
-                    load=info.current_load if info else 0,
-                    max_load=spec.max_load,
-                    jobs_started=usage.jobs_started,
-                    job_limit=spec.daily_job_limit,
-                    tokens_used=usage.tokens_used,
-                    cost_cents=cost,
-                )
+                AgentState(spec, status, load, usage.jobs_started, usage.tokens_used, cost)
             )
         by_status: dict[str, int] = {}
         for task in self.tasks.list():
@@ -467,7 +461,8 @@ def _problems(summary: DemoSummary) -> list[str]:
         after = by_key[link].attempts
         if before and after and min(a.started for a in after) < max(a.ended for a in before):
             problems.append(f"{link} started before {by_key[link].spec.after} finished")
-    for agent, spec in zip(summary.agents, AGENTS, strict=True):
+    for agent in summary.agents:
+        spec = agent.spec
         if spec.daily_job_limit and agent.jobs_started > spec.daily_job_limit:
             problems.append(f"{agent.id} started {agent.jobs_started} jobs, over its limit")
         if spec.daily_token_limit and agent.tokens_used > spec.daily_token_limit:

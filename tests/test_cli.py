@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from agentic._cli._logging import KeyValueFormatter
 from agentic.cli import app
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.stores import open_allowance_store, open_registry, open_task_store
@@ -114,6 +117,9 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage:" in result.output
 
 
+AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"]
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -129,8 +135,9 @@ def test_every_command_has_help(command: list[str]) -> None:
         ["status", "--config", "missing.yaml"],
         ["allowance", "set", "agent-1"],
         ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "0", "--", "true"],
-        ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"],
+        AGENT_RUN,  # no command
         ["agent", "run", "--id", "a", "--max-load", "1", "--input", "file", "--", "cat"],
+        [*AGENT_RUN, "--git-repo", "nowhere", "--", "cat"],
     ],
     ids=" ".join,
 )
@@ -172,6 +179,26 @@ def test_server_down_is_a_runtime_error(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert result.stderr.startswith("error:")
     no_traceback(result)
+
+
+def test_serve_on_a_port_in_use_is_a_runtime_error() -> None:
+    """serve on a taken port: exit 1 saying it cannot listen, before anything starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port), "--store", "memory://")
+    assert result.exit_code == 1
+    assert "cannot listen" in result.stderr
+    no_traceback(result)
+
+
+def test_log_lines_are_key_value_pairs() -> None:
+    """The long-running commands log logfmt lines; values are quoted only when needed."""
+    record = logging.LogRecord("agentic.x", logging.INFO, "f", 1, 'pass: a="b" c', None, None)
+    line = KeyValueFormatter().format(record)
+    assert line.startswith("ts=") and line.endswith('logger=agentic.x msg="pass: a=\\"b\\" c"')
+    assert " level=info " in line
 
 
 def test_unknown_ids_are_runtime_errors(system: System) -> None:
@@ -489,3 +516,44 @@ def test_status_watch_stops_on_ctrl_c(system: System) -> None:
         process.kill()
         process.communicate()
     assert [json.loads(line)["tasks"]["pending"] for line in lines] == [0, 0]
+
+
+@pytest.mark.slow
+def test_dispatch_loop_stops_cleanly_on_sigterm(system: System) -> None:
+    """dispatch logs one key=value summary line per pass and exits 0 on SIGTERM."""
+    process = subprocess.Popen(
+        [AGENTIC, "dispatch", "--interval", "0.2", "--config", str(system.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        assert process.stderr is not None
+        while "dispatch pass" not in (line := process.stderr.readline().decode()):
+            assert line, "dispatch exited before its first pass"
+        assert 'msg="dispatch pass: dispatched=0 waiting=0 failed=0 dead_lettered=0"' in line
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.slow
+def test_logs_follow_stops_on_ctrl_c(system: System) -> None:
+    """logs -f on a task that never ends: Ctrl-C exits 0."""
+    task = system.tasks.create(Task(title="endless"))
+    process = subprocess.Popen(
+        [AGENTIC, "logs", task.id, "-f", "--config", str(system.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    try:
+        assert process.stdout is not None
+        assert "Status: pending" in process.stdout.readline().decode()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 0
+    finally:
+        process.kill()
+        process.communicate()

@@ -91,8 +91,9 @@ def test_the_limited_agent_stopped_at_its_job_limit(summary: DemoSummary) -> Non
 
 def test_no_quota_was_exceeded(summary: DemoSummary) -> None:
     """No agent went past its job or token limit; usage and cost were recorded."""
-    for spec, agent in zip(AGENTS, summary.agents, strict=True):
-        assert spec.id == agent.id
+    assert [agent.spec for agent in summary.agents] == list(AGENTS)
+    for agent in summary.agents:
+        spec = agent.spec
         assert not spec.daily_job_limit or agent.jobs_started <= spec.daily_job_limit
         assert not spec.daily_token_limit or agent.tokens_used <= spec.daily_token_limit
         assert agent.tokens_used > 0 and agent.cost_cents > 0

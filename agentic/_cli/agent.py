@@ -29,7 +29,7 @@ def run(
     command: Annotated[
         list[str],
         typer.Argument(
-            metavar="-- CMD ...",
+            metavar="CMD",
             help="Command run per task; {file} is the task file with --input file.",
         ),
     ],
@@ -59,7 +59,7 @@ def run(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Register, run CMD for every task claimed for this agent, report; SIGTERM drains."""
+    """Register, then run `-- CMD ...` for each task claimed for this agent; SIGTERM drains."""
     cfg = config(config_path)
     handler: Handler = SubprocessHandler(command, input=input_mode, format=task_format)
     if git_repo is not None:

@@ -36,10 +36,10 @@ def _live_view(progress: Progress) -> RenderableType:
         style = {"available": "green", "busy": "yellow"}.get(agent.status, "red")
         table.add_row(
             agent.id,
-            ", ".join(agent.capabilities),
+            ", ".join(agent.spec.capabilities),
             Text(agent.status, style=style),
-            f"{agent.load}/{agent.max_load}",
-            _limit(agent.jobs_started, agent.job_limit),
+            f"{agent.load}/{agent.spec.max_load}",
+            _limit(agent.jobs_started, agent.spec.daily_job_limit),
             str(agent.tokens_used),
             f"{agent.cost_cents:.2f}",
         )
@@ -72,7 +72,7 @@ def _summary(summary: DemoSummary) -> RenderableType:
     for title in ("Agent", "Jobs", "Tokens", "Cost ¢"):
         agents.add_column(title, justify="left" if title == "Agent" else "right")
     for agent in summary.agents:
-        jobs = _limit(agent.jobs_started, agent.job_limit)
+        jobs = _limit(agent.jobs_started, agent.spec.daily_job_limit)
         agents.add_row(agent.id, jobs, str(agent.tokens_used), f"{agent.cost_cents:.2f}")
     models = Table(title="Usage per model", title_justify="left")
     for title in ("Model", "Tokens", "Cost ¢"):
@@ -133,7 +133,7 @@ def demo(
     # tear through the live table. The summary reports every failure.
     logging.getLogger("agentic").setLevel(logging.ERROR)
     console.print(
-        "agentic demo: task API on loopback, SQLite store in a temp dir, 3 agents, 30 tasks",
+        "agentic demo: task API on loopback, SQLite in a temp dir, 3 agents, 30 tasks",
         highlight=False,
     )
     if no_live or not console.is_terminal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 from typing import TYPE_CHECKING, Annotated
@@ -105,9 +106,12 @@ def serve(
             "agent_tokens": _agent_tokens(agent_token),
         },
     )
-    setup_logging(verbose)
+    # Bound before anything else starts: a port in use is the most likely mistake,
+    # and it should be reported before logging is set up and the store is opened.
+    sock = _bind(cfg.server.host, cfg.server.port)
     url = cfg.store_url_for("task")
-    with open_task_store(url) as tasks:
+    with contextlib.closing(sock), open_task_store(url) as tasks:
+        setup_logging(verbose)
         app = create_app(
             tasks,
             admin_tokens=cfg.server.admin_tokens,
@@ -116,7 +120,6 @@ def serve(
             max_body_bytes=cfg.server.max_body_bytes,
             retry_policy=retry_policy(cfg),
         )
-        sock = _bind(cfg.server.host, cfg.server.port)
         # Request lines would flood the log (every agent polls every second); the
         # /metrics endpoint counts requests instead.
         server = uvicorn.Server(
@@ -142,6 +145,5 @@ def _run(server: uvicorn.Server, sock: socket.socket) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        sock.close()
     if not server.started:
         raise typer.Exit(EXIT_RUNTIME)

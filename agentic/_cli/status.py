@@ -193,7 +193,9 @@ def status(
     ] = False,
     seconds: Annotated[
         float | None,
-        typer.Argument(help="Refresh interval for --watch.", show_default=False, min=0.1),
+        typer.Argument(
+            metavar="SECONDS", help="Refresh interval for --watch.", show_default=False, min=0.1
+        ),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
