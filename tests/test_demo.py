@@ -110,3 +110,13 @@ def test_demo_command_exits_0() -> None:
     assert result.exit_code == 0, result.output
     assert "Every task ended as designed." in result.stdout
     assert "Usage per model" in result.stdout and "model-large" in result.stdout
+
+
+def test_running_out_of_time_is_reported() -> None:
+    """A run stopped before every task is final lists the unfinished work as a problem."""
+    started = time.monotonic()
+    short = run_demo(seconds=0.5)
+    assert time.monotonic() - started < 20  # shutdown does not wait for the whole scenario
+    assert not short.ok
+    assert short.waiting > 0
+    assert any("not final" in problem for problem in short.problems)
