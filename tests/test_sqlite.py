@@ -9,7 +9,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from agentic.quota import HOUR, SETTLED_RETENTION
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
 from agentic.stores.sqlite._db import Database
+from agentic.stores.sqlite.allowance import MIGRATIONS as ALLOWANCE_MIGRATIONS
 from agentic.testing import FakeClock
 
 
@@ -183,7 +184,7 @@ def test_migrations_are_recorded_once_per_component(tmp_path: Path) -> None:
         SQLiteRegistry(path).close()
         SQLiteAllowanceStore(path).close()
     assert rows(path, "SELECT component, version FROM schema_version ORDER BY 1") == [
-        ("allowance", 1),
+        ("allowance", 2),
         ("registry", 1),
     ]
 
@@ -369,4 +370,103 @@ def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     store.increment_usage("a1", 1, 0)
     assert store.get_usage("a1").tokens_used == 52
     assert rows(path, "PRAGMA integrity_check") == [("ok",)]
+    store.close()
+
+
+# --- the rolling hour: a counter row and an index search, not a COUNT over the hour ----
+
+
+def vm_steps(conn: sqlite3.Connection, action: Callable[[], object]) -> int:
+    """SQLite virtual-machine instructions ``action()`` runs on ``conn``."""
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0  # go on
+
+    conn.set_progress_handler(step, 1)
+    try:
+        action()
+    finally:
+        conn.set_progress_handler(None, 1)
+    return steps
+
+
+def test_rolling_hour_costs_the_same_whatever_its_traffic(tmp_path: Path) -> None:
+    """A reserve does the same work with 10 or 1,000 requests in the model's hour: the
+    count is a counter row and the oldest request the first entry of an index."""
+    store = SQLiteAllowanceStore(tmp_path / "a.db", clock=FakeClock())
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    store.set_model_quota(ModelQuota(model="m1", hourly_rate_limit=10**6))
+    conn = store._db.connection()
+    sent = 0
+
+    def reserve() -> None:
+        nonlocal sent
+        sent += 1
+        store.reserve("a1", "m1", 1, f"j{sent}")
+
+    costs = {}
+    for nth in (10, 1_000):
+        while sent < nth - 1:
+            reserve()
+        costs[nth] = vm_steps(conn, reserve)
+    assert costs[10] == costs[1_000]
+    assert store.get_model_usage("m1").requests_last_hour == 1_000
+
+    with traced(conn) as statements:
+        store.get_model_usage("m1")
+    plan = plans(conn, statements)
+    assert "SEARCH model_request_counts USING PRIMARY KEY (model=?)" in plan
+    assert "SEARCH model_requests USING COVERING INDEX model_requests_by_time (model=?)" in plan
+    assert "SCAN model_requests" not in plan
+    store.close()
+
+
+def test_rolling_hour_counts_stay_exact_across_pruning(tmp_path: Path) -> None:
+    """Requests leave the counter exactly when they leave the hour, model by model."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    sent: dict[str, list[float]] = {"m1": [], "m2": []}
+    for i in range(40):
+        # m1 gets a request every step, m2 one step in three; a step is 7 minutes, so
+        # requests leave the hour a few at a time, at different steps for each model.
+        for model in ("m1", "m2") if i % 3 == 0 else ("m1",):
+            store.reserve("a1", model, 0, f"{model}-{i}")
+            sent[model].append(clock())
+        clock.advance(7 * 60)
+        for model, times in sent.items():
+            in_hour = sum(1 for at in times if at > clock() - HOUR)
+            assert store.get_model_usage(model).requests_last_hour == in_hour, (i, model)
+    counted = rows(path, "SELECT model, requests FROM model_request_counts ORDER BY model")
+    logged = rows(path, "SELECT model, COUNT(*) FROM model_requests GROUP BY model ORDER BY model")
+    assert counted == logged
+    store.close()
+
+
+def test_existing_files_get_request_counters_from_their_log(tmp_path: Path) -> None:
+    """A file at allowance schema 1 is upgraded: each model's counter starts at the
+    number of requests its log holds, and goes on from there."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    db = Database.open(path, 5.0, "allowance", ALLOWANCE_MIGRATIONS[:1])
+    with db.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO model_requests (model, at, job_id) VALUES (?, ?, ?)",
+            [("m1", clock() - 10, "j1"), ("m1", clock() - 5, "j2"), ("m2", clock() - 1, "j3")],
+        )
+    db.close()
+    store = SQLiteAllowanceStore(path, clock=clock)
+    assert rows(path, "SELECT version FROM schema_version WHERE component = 'allowance'") == [
+        (len(ALLOWANCE_MIGRATIONS),)
+    ]
+    assert rows(path, "SELECT model, requests FROM model_request_counts ORDER BY model") == [
+        ("m1", 2),
+        ("m2", 1),
+    ]
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    store.reserve("a1", "m1", 0, "j4")
+    assert store.get_model_usage("m1").requests_last_hour == 3
+    assert store.get_model_usage("m2").requests_last_hour == 1
     store.close()

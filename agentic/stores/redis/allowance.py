@@ -19,7 +19,7 @@ clock skew of a DST change the day boundary may use the offset of the other side
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timezone, tzinfo
 from typing import TypeVar
 
 import redis
@@ -109,8 +109,13 @@ class RedisAllowanceStore(AllowanceStore):
             raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
         self._client = client
         self._keys = QuotaKeys.under(require_id("prefix", prefix))
+        # Every script call passes the key heads: built once, not per call.
+        self._heads = self._keys.heads()
         self._clock = clock
         self._tz = tz
+        # A fixed-offset zone (UTC, the default) has one offset at every instant:
+        # worked out here instead of on every call.
+        self._fixed_offset = str(utc_offset(tz, 0.0)) if isinstance(tz, timezone) else None
         self._default_ttl = repr(float(reservation_ttl))
         self._close_client = close_client
 
@@ -120,8 +125,8 @@ class RedisAllowanceStore(AllowanceStore):
 
     def _run(self, script: Script, *args: str) -> list[str]:
         now, at = now_arg(self._clock)
-        offset = str(utc_offset(self._tz, at))
-        reply = script(self._client, [now, offset, *self._keys.heads(), *args])
+        offset = self._fixed_offset or str(utc_offset(self._tz, at))
+        reply = script(self._client, [now, offset, *self._heads, *args])
         return [text(item) for item in reply]
 
     # --- configuration ---

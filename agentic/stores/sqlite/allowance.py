@@ -6,7 +6,9 @@ runs reserve / settle / sweep / rollover and this module only says where rows li
 is atomic across threads and processes, and a denied reserve rolls back to nothing).
 
 Times are REAL epoch seconds. Expired reservations, old requests and old settlements
-are found through indexes on their times, so each sweep is O(expired).
+are found through indexes on their times, so each sweep is O(expired). So is a model's
+rolling hour: its request count is a counter row kept in step with the request log,
+and its oldest request is one index search.
 """
 
 from __future__ import annotations
@@ -60,6 +62,16 @@ MIGRATIONS: list[Migration] = [
         "CREATE INDEX reservations_by_expiry ON reservations (expires_at)",
         "CREATE TABLE settled (job_id TEXT PRIMARY KEY, data TEXT NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX settled_by_time ON settled (at)",
+    ),
+    (
+        # The number of model_requests rows per model, changed by the statements that
+        # insert and delete them: COUNT(*) over the hour grew with the traffic.
+        """CREATE TABLE model_request_counts (
+            model TEXT PRIMARY KEY,
+            requests INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "INSERT INTO model_request_counts (model, requests)"
+        " SELECT model, COUNT(*) FROM model_requests GROUP BY model",
     ),
 ]
 
@@ -164,16 +176,32 @@ class _SQLiteTx(QuotaTx):
 
     def requests(self, model: str, since: float) -> tuple[int, float | None]:
         # Requests out of the rolling window never count again: drop them here, so
-        # the table stays the size of one hour of traffic.
-        self._conn.execute("DELETE FROM model_requests WHERE model = ? AND at <= ?", (model, since))
+        # the table stays the size of one hour of traffic, and off the counter. Both
+        # reads are index searches (MIN(at) is the first entry of (model, at)): the
+        # cost follows the expired rows, not the hour's traffic.
+        expired = self._conn.execute(
+            "DELETE FROM model_requests WHERE model = ? AND at <= ?", (model, since)
+        ).rowcount
+        if expired:
+            self._conn.execute(
+                "UPDATE model_request_counts SET requests = requests - ? WHERE model = ?",
+                (expired, model),
+            )
         count, oldest = self._conn.execute(
-            "SELECT COUNT(*), MIN(at) FROM model_requests WHERE model = ?", (model,)
+            "SELECT (SELECT requests FROM model_request_counts WHERE model = ?),"
+            " (SELECT MIN(at) FROM model_requests WHERE model = ?)",
+            (model, model),
         ).fetchone()
-        return int(count), oldest
+        return int(count or 0), oldest
 
     def add_request(self, model: str, at: float, job_id: str) -> None:
         self._conn.execute(
             "INSERT INTO model_requests (model, at, job_id) VALUES (?, ?, ?)", (model, at, job_id)
+        )
+        self._conn.execute(
+            "INSERT INTO model_request_counts (model, requests) VALUES (?, 1)"
+            " ON CONFLICT (model) DO UPDATE SET requests = requests + 1",
+            (model,),
         )
 
     def get_held(self, job_id: str) -> Held | None:

@@ -24,6 +24,8 @@ local NOW = clock(ARGV[1])
 local OFFSET = tonumber(ARGV[2])
 local START = math.floor((NOW + OFFSET) / DAY) * DAY - OFFSET
 local END = START + DAY
+-- NOW as stored and replied: formatted once for the sweep, the writes and the reply.
+local NOW_TEXT = num(NOW)
 
 -- A stored number, or the default when the field is missing (false).
 local function stored(value, default)
@@ -84,16 +86,18 @@ local function put_model(model, row)
     'tokens_reserved', num(row.tokens_reserved), 'cost_reserved', num(row.cost_reserved))
 end
 
--- Count and oldest time of the model's requests in the rolling hour; older ones
--- are dropped on the way (they can never count again).
+-- Count of the model's requests in the rolling hour; older ones are dropped on
+-- the way (they can never count again).
 local function requests(model)
   local key = K.requests .. model
   redis.call('ZREMRANGEBYSCORE', key, '-inf', num(NOW - HOUR))
-  local count = redis.call('ZCARD', key)
-  if count == 0 then
-    return 0, nil
-  end
-  return count, tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+  return redis.call('ZCARD', key)
+end
+
+-- Time of the oldest request left by requests(), or nil: only a refusal or a
+-- check reports it, so an admitted reserve never reads it.
+local function oldest_request(model)
+  return tonumber(redis.call('ZRANGE', K.requests .. model, 0, 0, 'WITHSCORES')[2])
 end
 
 -- --- reservations (_engine._release / _engine._sweep) ----------------------------
@@ -110,22 +114,32 @@ local function get_held(job)
   }
 end
 
-local function release(held)
-  local row = get_agent(held.agent)
+-- What a reservation gives back to its agent's and its model's rows; settle
+-- applies them to rows it then charges, so that each row is written once.
+local function unhold_agent(row, held)
   row.tokens_reserved = math.max(0, row.tokens_reserved - held.tokens)
   row.active_jobs = math.max(0, row.active_jobs - 1)
+end
+
+local function unhold_model(mrow, held)
+  mrow.tokens_reserved = math.max(0, mrow.tokens_reserved - held.tokens)
+  mrow.cost_reserved = math.max(0, mrow.cost_reserved - held.cost)
+end
+
+local function release(held)
+  local row = get_agent(held.agent)
+  unhold_agent(row, held)
   put_agent(held.agent, row)
   if held.model ~= '' then
     local mrow = get_model(held.model)
-    mrow.tokens_reserved = math.max(0, mrow.tokens_reserved - held.tokens)
-    mrow.cost_reserved = math.max(0, mrow.cost_reserved - held.cost)
+    unhold_model(mrow, held)
     put_model(held.model, mrow)
   end
 end
 
 -- Release every reservation expired by NOW; the expiry zset makes it O(expired).
 local function sweep()
-  local jobs = redis.call('ZRANGEBYSCORE', K.expiry, '-inf', num(NOW))
+  local jobs = redis.call('ZRANGEBYSCORE', K.expiry, '-inf', NOW_TEXT)
   for _, job in ipairs(jobs) do
     local held = get_held(job)
     if held then
@@ -134,7 +148,7 @@ local function sweep()
     redis.call('DEL', K.held .. job)
   end
   if #jobs > 0 then
-    redis.call('ZREMRANGEBYSCORE', K.expiry, '-inf', num(NOW))
+    redis.call('ZREMRANGEBYSCORE', K.expiry, '-inf', NOW_TEXT)
   end
 end
 

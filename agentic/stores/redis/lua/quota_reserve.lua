@@ -9,7 +9,9 @@ sweep()
 local job, agent_id, model = arg(1), arg(2), arg(3)
 local tokens, dry, default_ttl = tonumber(arg(4)), arg(5) == '1', tonumber(arg(6))
 
-if not dry then
+-- A new job id (the usual case) has neither a reservation nor a settlement: one
+-- EXISTS of both keys says so, instead of reading each.
+if not dry and redis.call('EXISTS', K.held .. job, K.settled .. job) > 0 then
   local held = get_held(job)
   if held then
     -- A repeat changes nothing, so it crosses no threshold: ok -> ok (as the engine).
@@ -28,11 +30,11 @@ end
 local row = get_agent(agent_id)
 local quota, quota_json = nil, ''
 local mrow = {tokens_used = 0, tokens_reserved = 0, cost_used = 0, cost_reserved = 0}
-local count, oldest = 0, nil
+local count = 0
 if model ~= '' then
   quota, quota_json = json_at(K.limits .. model)
   mrow = get_model(model)
-  count, oldest = requests(model)
+  count = requests(model)
 end
 local counters = {
   tokens_used = mrow.tokens_used, tokens_reserved = mrow.tokens_reserved,
@@ -40,11 +42,12 @@ local counters = {
 }
 local allowed, detail = decide(allowance, row, quota, counters, model, tokens)
 if dry or not allowed then
+  local oldest = count > 0 and oldest_request(model)
   return {dry and 'check' or 'denied', allowed and '' or detail, allowance_json, quota_json,
     num(row.tokens_used), num(row.jobs_started), num(row.tokens_reserved),
     num(row.active_jobs), num(mrow.tokens_used), num(mrow.tokens_reserved),
     num(mrow.cost_used), num(mrow.cost_reserved), num(count), oldest and num(oldest) or '',
-    num(NOW), num(END)}
+    NOW_TEXT, num(END)}
 end
 
 local cost = detail
@@ -59,15 +62,16 @@ if model ~= '' then
   put_model(model, mrow)
   -- One member per admitted request: a job id admitted again after its
   -- reservation expired is a second request.
-  redis.call('ZADD', K.requests .. model, num(NOW), job .. '@' .. num(NOW))
+  redis.call('ZADD', K.requests .. model, NOW_TEXT, job .. '@' .. NOW_TEXT)
 end
 local ttl = default_ttl
 if allowance.max_job_duration > 0 then
   ttl = allowance.max_job_duration
 end
-local expires_at = NOW + ttl
-redis.call('HSET', K.held .. job, 'agent', agent_id, 'model', model, 'tokens', num(tokens),
-  'cost', num(cost), 'created_at', num(NOW), 'expires_at', num(expires_at))
-redis.call('ZADD', K.expiry, num(expires_at), job)
-return {'reserved', agent_id, model, num(tokens), num(cost), num(NOW), num(expires_at),
+-- Formatted once each, for the stored reservation and the reply alike.
+local tokens_text, cost_text, expires_text = num(tokens), num(cost), num(NOW + ttl)
+redis.call('HSET', K.held .. job, 'agent', agent_id, 'model', model, 'tokens', tokens_text,
+  'cost', cost_text, 'created_at', NOW_TEXT, 'expires_at', expires_text)
+redis.call('ZADD', K.expiry, expires_text, job)
+return {'reserved', agent_id, model, tokens_text, cost_text, NOW_TEXT, expires_text,
   previous, agent_status(allowance, row)}

@@ -78,12 +78,16 @@ if held then
   owner, used_model = held.agent, held.model
 end
 local allowance = json_at(K.allowance .. owner)
+-- The engine releases the reservation, then charges: here the owner's and the
+-- model's rows are read once, released and charged, and written once (a held
+-- reservation is the owner's and used_model's own).
+local row = get_agent(owner)
 local previous = 'ok'
 if allowance then
-  previous = agent_status(allowance, get_agent(owner))
+  previous = agent_status(allowance, row)
 end
 if held then
-  release(held)
+  unhold_agent(row, held)
   redis.call('DEL', K.held .. job)
   redis.call('ZREM', K.expiry, job)
 end
@@ -94,11 +98,13 @@ if used_model ~= '' then
 end
 local cost = share_of_cost(cost_microcents(quota, tokens_in, tokens_out), charged,
   tokens_in + tokens_out)
-local row = get_agent(owner)
 row.tokens_used = row.tokens_used + charged
 put_agent(owner, row)
 if used_model ~= '' then
   local mrow = get_model(used_model)
+  if held then
+    unhold_model(mrow, held)
+  end
   mrow.tokens_used = mrow.tokens_used + charged
   mrow.cost_used = mrow.cost_used + cost
   put_model(used_model, mrow)
@@ -115,11 +121,14 @@ for i, name in ipairs(SETTLED_FIELDS) do
   fields[#fields + 1] = settled[i]
 end
 redis.call('HSET', K.settled .. job, unpack(fields))
-redis.call('ZADD', K.settled_at, num(NOW), job)
+redis.call('ZADD', K.settled_at, NOW_TEXT, job)
 -- Forget settlements older than the retention (_engine prune_settled).
 local before = '(' .. num(NOW - retention)
-for _, old in ipairs(redis.call('ZRANGEBYSCORE', K.settled_at, '-inf', before)) do
+local expired = redis.call('ZRANGEBYSCORE', K.settled_at, '-inf', before)
+for _, old in ipairs(expired) do
   redis.call('DEL', K.settled .. old)
 end
-redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
+end
 return {'settled', unpack(settled)}
