@@ -10,8 +10,9 @@ becomes :class:`NotFoundError` (404), :class:`ConflictError` (409) or
 :class:`APIError` (anything else), with ``code`` set to the HTTP status. A body
 without a message gives ``HTTP n: StatusText`` (``message`` is the status text)
 with the raw body as ``details``. No answer at all, after the allowed retries, is
-:class:`TransportError` (code 0). httpx exceptions never escape; the original is on
-``__cause__``.
+:class:`TransportError` (code 0). A closed client, or a request httpx cannot build
+(a query past its URL length limit), is :class:`ConfigError`. httpx exceptions never
+escape; the original is on ``__cause__``.
 
 Retries (``retries`` extra attempts, waits from ``retry_policy``), only where a
 repeat cannot do the work twice:
@@ -34,19 +35,19 @@ repeat cannot do the work twice:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any, Literal, Protocol, TypeVar
-from urllib.parse import quote
+from typing import Any, Protocol
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from .errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
+from ._client_wire import ANSWER, OFFSET, PAGE, TASK, TASKS, error_from, fenced, parse, task_path
+from ._log_events import LogEvent, sse_events
+from .errors import ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, parse_retry_after
 from .stores.base import LogPage, require_id
@@ -60,29 +61,6 @@ _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 # every few seconds, so a read waiting longer than this means the server is gone.
 _STREAM_READ_TIMEOUT = 30.0
 
-T = TypeVar("T")
-
-
-class _Offset(BaseModel):
-    next_offset: int
-
-
-class _LogPageModel(_Offset):
-    lines: list[str]
-    offset: int
-
-
-class _Answer(BaseModel):
-    task: Task
-    message: str = ""
-
-
-_TASK = TypeAdapter(Task)
-_TASKS = TypeAdapter(list[Task])
-_OFFSET = TypeAdapter(_Offset)
-_PAGE = TypeAdapter(_LogPageModel)
-_ANSWER = TypeAdapter(_Answer)
-
 
 class RetryDelay(Protocol):
     """Seconds to wait before retry number ``attempt`` (from 1); ``RetryPolicy`` fits."""
@@ -93,62 +71,6 @@ class RetryDelay(Protocol):
 # HTTP retries are for blips (a restarting server, a proxy hiccup), not for the
 # minutes-long backoff the dispatcher uses after a task failed.
 _HTTP_RETRY = RetryPolicy(base=0.2, cap=5.0)
-
-
-@dataclass(frozen=True, slots=True)
-class LogEvent:
-    """One event of a followed log stream.
-
-    ``kind`` is ``"log"`` (``line`` at ``offset``), ``"status"`` (the task's status
-    changed to ``status``), ``"end"`` (the task is completed, failed or blocked;
-    ``offset`` is the next offset) or ``"ping"`` (a keep-alive, so that consumers get
-    a chance to check their own stop flags while the task is quiet). An ``error``
-    event from the server raises :class:`APIError` (503).
-    """
-
-    kind: Literal["log", "status", "end", "ping"]
-    line: str = ""
-    offset: int = 0
-    status: TaskStatus | None = None
-
-
-def _error_from(response: httpx.Response) -> APIError:
-    """The SDK error for a non-2xx answer (go-agentic's checkResponse)."""
-    status = response.status_code
-    text = response.text
-    message = ""
-    details: Any = text
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
-        message, details = body["message"], body.get("details")
-    if not message:
-        try:
-            message = HTTPStatus(status).phrase
-        except ValueError:
-            message = response.reason_phrase or "unknown status"
-    if status == 404:
-        return NotFoundError(message, 404, details)
-    if status == 409:
-        return ConflictError(message, 409, details)
-    return APIError(message, status, details)
-
-
-def _task_path(task_id: str, action: str = "") -> str:
-    # Escaped like go-agentic's url.PathEscape: an id can never reach another route.
-    path = f"/api/tasks/{quote(require_id('task_id', task_id), safe='')}"
-    return f"{path}/{action}" if action else path
-
-
-def _parse(response: httpx.Response, adapter: TypeAdapter[T]) -> T:
-    try:
-        return adapter.validate_json(response.content)
-    except ValidationError as exc:  # invalid JSON or a body of another shape
-        raise APIError(
-            f"unexpected answer from the server: {exc}", response.status_code, response.text
-        ) from exc
 
 
 class TaskClient:
@@ -219,9 +141,10 @@ class TaskClient:
         attempt = 0
         while True:
             try:
-                response = self._http.request(
-                    method, path, content=content, params=params, headers=sent_headers
-                )
+                with self._refusals(f"{method} {self.base_url}{path}"):
+                    response = self._http.request(
+                        method, path, content=content, params=params, headers=sent_headers
+                    )
             except httpx.HTTPError as exc:
                 retryable = isinstance(exc, _NOT_SENT) or (
                     safe and isinstance(exc, httpx.TransportError)
@@ -242,7 +165,26 @@ class TaskClient:
                     attempt += 1
                     self._sleep(self._policy.delay(attempt, retry_after=asked))
                     continue
-            raise _error_from(response)
+            raise error_from(response)
+
+    @contextlib.contextmanager
+    def _refusals(self, what: str) -> Iterator[None]:
+        """Turn httpx's refusals to send at all into :class:`ConfigError`.
+
+        ConfigError rather than TransportError: nothing went over the wire and the same
+        call fails the same way every time, while a TransportError is retryable (the
+        runner and the dispatcher would back off and try a closed client again).
+        """
+        try:
+            yield
+        except httpx.InvalidURL as exc:
+            raise ConfigError(f"{what}: cannot build the request URL: {exc}") from exc
+        except RuntimeError as exc:
+            # httpx says "the client has been closed" with a bare RuntimeError; any
+            # other RuntimeError is not httpx's refusal and keeps its own traceback.
+            if not self._http.is_closed:
+                raise
+            raise ConfigError(f"{what}: the client is closed; make a new TaskClient") from exc
 
     def _agent(self, agent_id: str | None) -> str:
         return require_id("agent_id", agent_id or self.agent_id or "")
@@ -270,12 +212,12 @@ class TaskClient:
         params = {key: str(value) for key, value in given.items() if value}
         if ready is not None:
             params["ready"] = "true" if ready else "false"
-        return _parse(self._request("GET", "/api/tasks", safe=True, params=params), _TASKS)
+        return parse(self._request("GET", "/api/tasks", safe=True, params=params), TASKS)
 
     def get_task(self, task_id: str) -> Task:
         """One task (:class:`NotFoundError` if unknown)."""
-        path = _task_path(task_id)
-        return _parse(self._request("GET", path, safe=True), _TASK)
+        path = task_path(task_id)
+        return parse(self._request("GET", path, safe=True), TASK)
 
     def create_task(self, task: Task, idempotency_key: str | None = None) -> Task:
         """Create a task; retrying with the same ``Idempotency-Key`` never creates two."""
@@ -284,7 +226,7 @@ class TaskClient:
         response = self._request(
             "POST", "/api/tasks", safe=True, body=body, headers={"Idempotency-Key": key}
         )
-        return _parse(response, _TASK)
+        return parse(response, TASK)
 
     def claim_task(
         self,
@@ -298,7 +240,7 @@ class TaskClient:
         ``job_id`` names the quota reservation made for this attempt; it is stored on
         the task so the agent settles usage under it.
         """
-        path = _task_path(task_id, "claim")
+        path = task_path(task_id, "claim")
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
@@ -308,59 +250,75 @@ class TaskClient:
 
     def update_task(self, task_id: str, update: TaskUpdate) -> Task:
         """Apply a partial update (fields left ``None`` are not sent)."""
-        path = _task_path(task_id)
+        path = task_path(task_id)
         body = update.model_dump(mode="json", exclude_none=True)
-        return _parse(self._request("PATCH", path, safe=True, body=body), _TASK)
+        return parse(self._request("PATCH", path, safe=True, body=body), TASK)
 
-    def complete_task(self, task_id: str, result: TaskResult, agent_id: str | None = None) -> Task:
+    # complete, release and renew take the claim's ``job_id`` to fence the attempt: the
+    # server refuses it (ConflictError) once the task was claimed again, even by this
+    # agent. Left out (None) it is not sent and only the holder is checked.
+
+    def complete_task(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+    ) -> Task:
         """Report the outcome of a claimed task (a failure may be retried or dead-lettered)."""
-        path = _task_path(task_id, "complete")
+        path = task_path(task_id, "complete")
         body = result.model_dump(mode="json")
         if agent_id or self.agent_id:
             body["agent_id"] = self._agent(agent_id)
-        return self._task_of(self._request("POST", path, safe=False, body=body))
+        return self._task_of(self._request("POST", path, safe=False, body=fenced(body, job_id)))
 
-    def release_task(self, task_id: str, agent_id: str | None = None) -> Task:
+    def release_task(
+        self, task_id: str, agent_id: str | None = None, job_id: str | None = None
+    ) -> Task:
         """Give a claim back (pending again, no retry counted)."""
-        path = _task_path(task_id, "release")
+        path = task_path(task_id, "release")
         body = {"agent_id": self._agent(agent_id)} if agent_id or self.agent_id else {}
-        return _parse(self._request("POST", path, safe=False, body=body), _TASK)
+        return parse(self._request("POST", path, safe=False, body=fenced(body, job_id)), TASK)
 
     def renew_lease(
-        self, task_id: str, lease_seconds: float | None = None, agent_id: str | None = None
+        self,
+        task_id: str,
+        lease_seconds: float | None = None,
+        agent_id: str | None = None,
+        job_id: str | None = None,
     ) -> Task:
         """Extend the lease of a task this agent holds."""
-        path = _task_path(task_id, "lease")
+        path = task_path(task_id, "lease")
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
-        return _parse(self._request("POST", path, safe=True, body=body), _TASK)
+        return parse(self._request("POST", path, safe=True, body=fenced(body, job_id)), TASK)
 
     @staticmethod
     def _task_of(response: httpx.Response) -> Task:
         # {"task", "message"}; a bare Task is accepted too, as go-agentic's client does.
         try:
-            return _ANSWER.validate_json(response.content).task
+            return ANSWER.validate_json(response.content).task
         except ValidationError:
-            return _parse(response, _TASK)
+            return parse(response, TASK)
 
     # --- logs ---
     def append_logs(self, task_id: str, lines: Iterable[str]) -> int:
         """Append log lines to a task; returns the offset after the last one."""
-        path = _task_path(task_id, "logs")
+        path = task_path(task_id, "logs")
         batch = list(lines)
         if not all(isinstance(line, str) for line in batch):
             raise ConfigError("log lines must be strings")
         response = self._request("POST", path, safe=False, body={"lines": batch})
-        return _parse(response, _OFFSET).next_offset
+        return parse(response, OFFSET).next_offset
 
     def get_logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
         """Log lines from ``offset``; ask again from ``next_offset`` for more."""
-        path = _task_path(task_id, "logs")
+        path = task_path(task_id, "logs")
         params = {"offset": str(offset)}
         if limit:
             params["limit"] = str(limit)
-        page = _parse(self._request("GET", path, safe=True, params=params), _PAGE)
+        page = parse(self._request("GET", path, safe=True, params=params), PAGE)
         return LogPage(page.lines, page.offset, page.next_offset)
 
     def follow_logs(self, task_id: str, offset: int = 0) -> Iterator[LogEvent]:
@@ -369,18 +327,21 @@ class TaskClient:
         Raises :class:`TransportError` when the stream breaks; resume from the last
         offset seen (``event.offset + 1`` of the last ``log`` event).
         """
-        path = _task_path(task_id, "logs")
+        path = task_path(task_id, "logs")
         params = {"follow": "true", "offset": str(offset)}
         timeout = httpx.Timeout(self.timeout, read=max(self.timeout, _STREAM_READ_TIMEOUT))
         headers = {"Accept": "text/event-stream"}
         try:
-            with self._http.stream(
-                "GET", path, params=params, headers=headers, timeout=timeout
-            ) as response:
+            with (
+                self._refusals(f"GET {self.base_url}{path}"),
+                self._http.stream(
+                    "GET", path, params=params, headers=headers, timeout=timeout
+                ) as response,
+            ):
                 if not response.is_success:
                     response.read()
-                    raise _error_from(response)
-                yield from _sse_events(response.iter_lines())
+                    raise error_from(response)
+                yield from sse_events(response.iter_lines())
         except httpx.HTTPError as exc:
             raise TransportError(f"log stream of task {task_id} broke: {exc!r}") from exc
 
@@ -392,41 +353,3 @@ class TaskClient:
             self._request("GET", "/v1/health", safe=True)
         except NotFoundError:
             self._request("GET", "/api/health", safe=True)
-
-
-def _sse_events(lines: Iterable[str]) -> Iterator[LogEvent]:
-    """Decode the server's Server-Sent Events into :class:`LogEvent` s."""
-    kind, data = "", []
-    for line in lines:
-        if line.startswith(":"):
-            yield LogEvent("ping")
-            continue
-        if line:
-            field, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if field == "event":
-                kind = value
-            elif field == "data":
-                data.append(value)
-            continue
-        if data:
-            event = _decode_event(kind, "\n".join(data))
-            if event is not None:
-                yield event
-        kind, data = "", []
-
-
-def _decode_event(kind: str, data: str) -> LogEvent | None:
-    try:
-        payload = json.loads(data)
-        if kind == "log":
-            return LogEvent("log", line=str(payload["line"]), offset=int(payload["offset"]))
-        if kind == "error":  # the server's store failed mid-stream; it closes the stream
-            raise APIError(str(payload.get("message", "log stream failed")), 503, data)
-        if kind in {"status", "end"}:
-            which: Literal["status", "end"] = "status" if kind == "status" else "end"
-            offset = int(payload.get("next_offset", 0))
-            return LogEvent(which, offset=offset, status=TaskStatus(payload["status"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise APIError(f"malformed log event {kind!r}: {data!r}", 200, data) from exc
-    return None  # an event kind from a newer server: skip it

@@ -174,6 +174,70 @@ def test_release_and_renew(client: TaskClient, mock: respx.MockRouter) -> None:
     assert json.loads(lease.calls.last.request.content) == {"agent_id": "a1", "lease_seconds": 60}
 
 
+def test_job_id_fences_complete_release_and_renew(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A given job_id ("" too) is sent in each body; None sends none (go-agentic's body)."""
+    complete = mock.post("/api/tasks/t1/complete").respond(200, json={"task": task_json()})
+    release = mock.post("/api/tasks/t1/release").respond(200, json=task_json())
+    lease = mock.post("/api/tasks/t1/lease").respond(200, json=task_json())
+    for job in ("job-2", ""):
+        client.complete_task("t1", TaskResult(success=True), job_id=job)
+        client.release_task("t1", job_id=job)
+        client.renew_lease("t1", job_id=job)
+        for route in (complete, release, lease):
+            assert json.loads(route.calls.last.request.content)["job_id"] == job
+    client.complete_task("t1", TaskResult(success=True))
+    client.release_task("t1")
+    client.renew_lease("t1")
+    for route in (complete, release, lease):
+        assert "job_id" not in json.loads(route.calls.last.request.content)
+    with pytest.raises(ConfigError, match="job_id must be a string"):
+        client.release_task("t1", job_id=7)  # type: ignore[arg-type]
+    assert release.call_count == 3
+
+
+def test_stale_job_id_answer_is_conflict(client: TaskClient, mock: respx.MockRouter) -> None:
+    """The server's 409 for a stale attempt is ConflictError carrying its message, not retried."""
+    message = "cannot renew task t1 for job 'job-1': a stale attempt: the task was claimed again"
+    route = mock.post("/api/tasks/t1/lease").respond(
+        409, json={"code": 409, "message": message, "details": None}
+    )
+    with pytest.raises(ConflictError) as info:
+        client.renew_lease("t1", job_id="job-1")
+    assert (info.value.code, info.value.message) == (409, message)
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.get_task("t1"),
+        lambda c: c.complete_task("t1", TaskResult(success=True), job_id="j"),
+        lambda c: c.renew_lease("t1"),
+        lambda c: list(c.follow_logs("t1")),
+    ],
+)
+def test_closed_client_raises_config_error(
+    mock: respx.MockRouter, sleeps: list[float], call: Callable[[TaskClient], object]
+) -> None:
+    """After close() every call is ConfigError (httpx's RuntimeError on __cause__), not retried."""
+    closed = TaskClient(BASE, "t", agent_id="a1", sleep=sleeps.append)
+    closed.close()
+    with pytest.raises(ConfigError, match="the client is closed") as info:
+        call(closed)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert not mock.calls and not sleeps
+
+
+def test_url_httpx_cannot_build_is_config_error(client: TaskClient, mock: respx.MockRouter) -> None:
+    """A query past httpx's URL length limit is ConfigError, not an escaping httpx.InvalidURL."""
+    with pytest.raises(ConfigError, match="cannot build the request URL") as info:
+        client.list_tasks(project="x" * 70_000)
+    assert isinstance(info.value.__cause__, httpx.InvalidURL)
+    assert not mock.calls
+
+
 def test_logs_append_and_page(client: TaskClient, mock: respx.MockRouter) -> None:
     """append_logs returns next_offset; get_logs returns a LogPage."""
     post = mock.post("/api/tasks/t1/logs").respond(200, json={"next_offset": 2})

@@ -348,6 +348,68 @@ def test_lost_lease_frees_the_slot_of_a_handler_that_ignores_it(system: System) 
     assert runner.completed == runner.failed == runner.released == 0
 
 
+def started_on_submitted(
+    system: System, handler: Handler, **options: Any
+) -> tuple[AgentRunner, Task]:
+    """A runner whose one poll (the next is 30 s away) picked up a dispatched task."""
+    runner = system.runner(handler, poll_interval=30, **options)
+    system.registry.register(AgentInfo(id=AGENT, capabilities=["py"], max_load=1))
+    task = system.submit()
+    runner.start()
+    wait_for(lambda: runner.load == 1)
+    return runner, system.tasks.get(task.id)
+
+
+def reclaim_behind_the_runner(system: System, task_id: str) -> Task:
+    """Requeue the task and claim it for the same agent again, as after a lease expiry."""
+    system.tasks.release(task_id)
+    return system.tasks.claim(task_id, AGENT, 300, job_id="attempt-2")
+
+
+def test_late_completion_of_an_old_attempt_is_refused(system: System) -> None:
+    """An old attempt finishing after its task was claimed again (by the same agent)
+    cannot complete the new claim: its job id fences the report."""
+    gate = threading.Event()
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        gate.wait(5)
+        return "late result"
+
+    # Neither a poll nor a lease renewal may notice the new claim before the report.
+    runner, task = started_on_submitted(system, handler, heartbeat_interval=30)
+    first_job = task.job_id
+    new_claim = reclaim_behind_the_runner(system, task.id)
+    assert new_claim.job_id != first_job
+    gate.set()
+    wait_for(lambda: runner.load == 0)
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.job_id, stored.result) == (
+        TaskStatus.IN_PROGRESS,
+        "attempt-2",
+        None,
+    )
+    assert stored == new_claim
+    assert runner.completed == 0 and runner.errors >= 1
+
+
+def test_stale_lease_renewal_stops_the_old_attempt(system: System) -> None:
+    """The old attempt's renewal is refused once the task was claimed again: it stops as
+    lost, reports nothing, and the new claim is left as it was."""
+    seen: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.cancel_event.wait(5)
+        seen.append(ctx.cancel_reason)
+        return "finished anyway"
+
+    runner, task = started_on_submitted(system, handler, heartbeat_interval=0.05)
+    new_claim = reclaim_behind_the_runner(system, task.id)
+    wait_for(lambda: runner.load == 0)
+    assert seen and "a stale attempt" in seen[0]
+    assert system.tasks.get(task.id) == new_claim
+    assert runner.completed == runner.failed == runner.released == 0
+
+
 def test_stop_lets_a_running_task_finish_and_deregisters(system: System) -> None:
     """Within the grace period a running task finishes; then the agent deregisters."""
     runner = system.started(sleeps(0.3))
@@ -427,12 +489,18 @@ class FlakyClient(TaskClient):
         self.lose_answer = lose_answer
         self.calls = 0
 
-    def complete_task(self, task_id: str, result: TaskResult, agent_id: str | None = None) -> Task:
+    def complete_task(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+    ) -> Task:
         self.calls += 1
         if self.calls > self.failures:
-            return super().complete_task(task_id, result, agent_id)
+            return super().complete_task(task_id, result, agent_id, job_id)
         if self.lose_answer:
-            super().complete_task(task_id, result, agent_id)
+            super().complete_task(task_id, result, agent_id, job_id)
         raise TransportError("connection reset")
 
 

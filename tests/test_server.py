@@ -444,6 +444,63 @@ def test_renew_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) 
     assert_error(api.post(f"/api/tasks/{held.id}/lease", json={}, headers=ADMIN), 422)
 
 
+FENCED: dict[str, dict[str, object]] = {
+    "complete": {"success": True, "output": "late"},
+    "release": {},
+    "lease": {"lease_seconds": 100},
+}
+
+
+def reclaimed(store: MemoryTaskStore, clock: FakeClock) -> Task:
+    """A task a1 claimed under job-1, whose lease expired, claimed again by a1 under job-2."""
+    task = new_task(store)
+    store.claim(task.id, "a1", 60, job_id="job-1")
+    clock.advance(60)
+    store.requeue_expired()
+    return store.claim(task.id, "a1", 60, job_id="job-2")
+
+
+@pytest.mark.parametrize("action", FENCED)
+def test_stale_job_id_is_409_and_changes_nothing(
+    api: TestClient, store: MemoryTaskStore, clock: FakeClock, action: str
+) -> None:
+    """complete / release / lease with an old attempt's job_id get 409 and the error body."""
+    task = reclaimed(store, clock)
+    body = {**FENCED[action], "agent_id": "a1", "job_id": "job-1"}
+    response = api.post(f"/api/tasks/{task.id}/{action}", json=body, headers=AGENT1)
+    error = assert_error(response, 409)
+    assert "a stale attempt: the task was claimed again since (job 'job-2')" in error["message"]
+    assert store.get(task.id) == task
+
+
+@pytest.mark.parametrize("action", FENCED)
+def test_current_or_no_job_id_is_accepted(
+    api: TestClient, store: MemoryTaskStore, clock: FakeClock, action: str
+) -> None:
+    """The current claim's job_id is accepted; a body without one (go-agentic) is unchecked."""
+    for job in ("job-2", None):
+        task = reclaimed(store, clock)
+        body = {**FENCED[action], "agent_id": "a1"} | ({"job_id": job} if job else {})
+        response = api.post(f"/api/tasks/{task.id}/{action}", json=body, headers=AGENT1)
+        assert response.status_code == 200, response.text
+        assert store.get(task.id) != task
+
+
+def test_fenced_bodies_document_and_validate_job_id(
+    api: TestClient, store: MemoryTaskStore, clock: FakeClock
+) -> None:
+    """OpenAPI lists the optional job_id of each fenced body; a non-string one is 422."""
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    for name in ("CompleteRequest", "ReleaseRequest", "LeaseRequest"):
+        assert "job_id" in schemas[name]["properties"]
+        assert "job_id" not in schemas[name].get("required", [])
+    task = reclaimed(store, clock)
+    for action, body in FENCED.items():
+        bad = {**body, "agent_id": "a1", "job_id": 7}
+        assert_error(api.post(f"/api/tasks/{task.id}/{action}", json=bad, headers=AGENT1), 422)
+    assert store.get(task.id) == task
+
+
 # --- logs ---
 
 

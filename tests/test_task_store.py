@@ -508,6 +508,8 @@ def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> A
     """One random operation, as a function of a store (the same for every store)."""
     task_id = rng.choice(ids) if ids else "none"
     agent = rng.choice(["a1", "a2"])
+    # claims record one of two job ids; renew/release/complete are fenced by one, or not
+    job, fence = rng.choice(["j1", "j2"]), rng.choice([None, "j1", "j2"])
     op = rng.choice(["create"] * 3 + ["claim"] * 4 + ["renew", "release", "update"]
                     + ["complete"] * 2 + ["requeue", "list", "logs"])  # fmt: skip
     if op == "create":
@@ -524,12 +526,12 @@ def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> A
         return lambda s: s.create(task)
     if op == "claim":
         lease = rng.choice([5, 10, 30])
-        return lambda s: s.claim(task_id, agent, lease)
+        return lambda s: s.claim(task_id, agent, lease, job)
     if op == "renew":
-        return lambda s: s.renew(task_id, agent, 10)
+        return lambda s: s.renew(task_id, agent, 10, fence)
     if op == "release":
         holder = rng.choice([None, agent])
-        return lambda s: s.release(task_id, holder)
+        return lambda s: s.release(task_id, holder, fence)
     if op == "update":
         status = rng.choice([None, *TaskStatus])
         update = TaskUpdate(status=status, progress=rng.choice([None, 50]), fail_reason="r")
@@ -537,7 +539,7 @@ def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> A
     if op == "complete":
         result = TaskResult(success=rng.random() < 0.4, error_message=rng.choice(["", "e"]))
         holder, retry_at = rng.choice([None, agent]), rng.choice([None, now + 7])
-        return lambda s: s.complete(task_id, result, holder, retry_at)
+        return lambda s: s.complete(task_id, result, holder, retry_at, fence)
     if op == "list":
         filters: list[dict[str, Any]] = [
             {},
@@ -563,7 +565,8 @@ def _outcome(call: Any, store: TaskStore) -> tuple[str, str]:
 
 @pytest.mark.parametrize("seed", range(15))
 def test_backend_agrees_with_memory(store: TaskStore, backend: Backend, seed: int) -> None:
-    """Random claim/complete/update/requeue sequences give memory's answers, errors included."""
+    """Random claim/complete/update/requeue sequences (fenced by job ids or not) give
+    memory's answers, errors included."""
     from agentic.stores.memory.tasks import MemoryTaskStore
 
     reference = MemoryTaskStore(clock=backend.clock)

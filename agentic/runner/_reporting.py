@@ -88,10 +88,15 @@ class Reporter:
                 if not self._holds(attempt, current):
                     raise ConflictError(f"task {task.id} is no longer held by this attempt")
             sent = True
+            # The claim's job id fences the report: should the task have been requeued
+            # and claimed again (even by this agent), the server refuses it (409)
+            # instead of letting this old attempt finish the new claim.
             if outcome.report is Report.RELEASED:
-                self.client.release_task(task.id, agent_id=self.agent_id)
+                self.client.release_task(task.id, agent_id=self.agent_id, job_id=task.job_id)
             else:
-                self.client.complete_task(task.id, outcome.result, agent_id=self.agent_id)
+                self.client.complete_task(
+                    task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
+                )
             return True
 
         try:
@@ -116,7 +121,7 @@ class Reporter:
                 self.allowance.settle(
                     task.job_id, 0, 0, QuotaEvent.JOB_CANCELLED, agent_id=self.agent_id
                 )
-            self.client.release_task(task.id, agent_id=self.agent_id)
+            self.client.release_task(task.id, agent_id=self.agent_id, job_id=task.job_id)
         except AgenticError as exc:
             self._error(f"task {task.id}: could not give it back", exc)
             return False

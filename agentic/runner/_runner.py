@@ -367,9 +367,9 @@ class AgentRunner:
             attempts = list(self._attempts.values())
         for attempt in attempts:
             try:
-                self.client.renew_lease(
-                    attempt.task.id, lease_seconds=self.lease_seconds, agent_id=self.agent_id
-                )
+                # Fenced by the claim's job id: a task claimed again since refuses it (LOST).
+                task = attempt.task
+                self.client.renew_lease(task.id, self.lease_seconds, self.agent_id, task.job_id)
             except (ConflictError, NotFoundError) as exc:
                 if attempt.reporting:
                     continue  # the report just landed: the claim ended with it

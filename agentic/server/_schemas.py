@@ -18,6 +18,7 @@ __all__ = [
     "LogLines",
     "LogPageBody",
     "NewTask",
+    "ReleaseRequest",
     "TaskResponse",
 ]
 
@@ -61,13 +62,33 @@ class AgentRequest(_Body):
     agent_id: str = Field(default="", max_length=256)
 
 
-class LeaseRequest(AgentRequest):
-    """Renew a lease: ``{"agent_id", "lease_seconds"}``."""
+def _fence() -> Any:
+    # One definition, so the three fenced bodies document the field alike in OpenAPI.
+    return Field(
+        default=None,
+        max_length=256,
+        description="the job id of the claim this call belongs to: a stale attempt (the"
+        " task was claimed again since) gets 409; leave it out to skip the check",
+    )
 
+
+class ReleaseRequest(AgentRequest):
+    """Release: ``{"agent_id", "job_id"}``, both optional."""
+
+    job_id: str | None = _fence()
+
+
+class _Lease(AgentRequest):
     lease_seconds: float | None = Field(default=None, gt=0, le=MAX_LEASE_SECONDS)
 
 
-class ClaimRequest(LeaseRequest):
+class LeaseRequest(_Lease):
+    """Renew a lease: ``{"agent_id", "lease_seconds", "job_id"}``."""
+
+    job_id: str | None = _fence()
+
+
+class ClaimRequest(_Lease):
     """``{"agent_id"}``, optionally with a lease other than the server's default and
     the ``job_id`` of the quota reservation made for this attempt."""
 
@@ -75,12 +96,14 @@ class ClaimRequest(LeaseRequest):
 
 
 class CompleteRequest(TaskResult):
-    """A TaskResult, plus the optional ``agent_id`` of the holder (checked when given)."""
+    """A TaskResult, plus the optional ``agent_id`` of the holder and ``job_id`` of its
+    claim (each checked when given)."""
 
     agent_id: str = Field(default="", max_length=256)
+    job_id: str | None = _fence()
 
     def result(self) -> TaskResult:
-        return TaskResult.model_validate(self.model_dump(exclude={"agent_id"}))
+        return TaskResult.model_validate(self.model_dump(exclude={"agent_id", "job_id"}))
 
 
 class LogLines(_Body):

@@ -39,7 +39,6 @@ from ._auth import Auth, Principal
 from ._errors import install_error_handlers
 from ._metrics import Guard, Metrics
 from ._schemas import (
-    AgentRequest,
     AppendResponse,
     ClaimRequest,
     CompleteRequest,
@@ -48,6 +47,7 @@ from ._schemas import (
     LogLines,
     LogPageBody,
     NewTask,
+    ReleaseRequest,
     TaskResponse,
 )
 from ._sse import follow_log
@@ -234,7 +234,9 @@ def create_app(
 
     @app.post("/api/tasks/{task_id}/complete", response_model=TaskResponse, tags=["tasks"])
     def complete_task(who: Caller, task_id: str, body: CompleteRequest) -> TaskResponse:
-        """Finish a claimed task; a failure is retried later (backoff) or dead-lettered."""
+        """Finish a claimed task; a failure is retried later (backoff) or dead-lettered.
+
+        409 when the task is not held (by ``agent_id``, under ``job_id``, when given)."""
         agent = who.act_as(body.agent_id)
         retry_at = None
         if not body.success:
@@ -242,7 +244,7 @@ def create_app(
             attempt = current.retry_count + 1
             if policy.should_retry(attempt, current.max_retries):
                 retry_at = clock() + policy.delay(attempt)
-        task = store.complete(task_id, body.result(), agent, retry_at)
+        task = store.complete(task_id, body.result(), agent, retry_at, body.job_id)
         if task.status == TaskStatus.COMPLETED:
             message = "task completed"
         elif task.status == TaskStatus.FAILED:
@@ -254,16 +256,17 @@ def create_app(
 
     @app.post("/api/tasks/{task_id}/release", response_model=Task, tags=["tasks"])
     def release_task(
-        who: Caller, task_id: str, body: Annotated[AgentRequest | None, Body()] = None
+        who: Caller, task_id: str, body: Annotated[ReleaseRequest | None, Body()] = None
     ) -> Task:
-        """Give a claim back: pending again, no retry counted."""
-        return store.release(task_id, who.act_as((body or AgentRequest()).agent_id))
+        """Give a claim back: pending again, no retry counted; 409 for a stale job_id."""
+        request = body or ReleaseRequest()
+        return store.release(task_id, who.act_as(request.agent_id), request.job_id)
 
     @app.post("/api/tasks/{task_id}/lease", response_model=Task, tags=["tasks"])
     def renew_lease(who: Caller, task_id: str, body: LeaseRequest) -> Task:
-        """Extend the lease of a task the agent holds."""
+        """Extend the lease of a task the agent holds; 409 for a stale job_id."""
         agent = required_agent(who, body.agent_id)
-        return store.renew(task_id, agent, body.lease_seconds or lease_seconds)
+        return store.renew(task_id, agent, body.lease_seconds or lease_seconds, body.job_id)
 
     # --- logs ---
     @app.post("/api/tasks/{task_id}/logs", response_model=AppendResponse, tags=["logs"])

@@ -16,6 +16,9 @@ A task's life::
 ``failed`` (the dead letter) and ``completed`` are final. When a task is
 dead-lettered, every transitive dependent still pending or blocked becomes blocked
 and names it in ``blockers``.
+
+Refusals (claim conflicts, and the holder / job-id fence of renew, release and
+complete) are worded in ``_task_conflicts.py`` and re-exported here.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConflictError
 from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from ._task_conflicts import claim_conflict, require_holder
 
 __all__ = [
     "FINAL",
@@ -52,6 +56,7 @@ __all__ = [
     "released",
     "renewed",
     "require_holder",
+    "require_fence",
     "require_job_id",
     "require_lease",
     "require_limit",
@@ -116,6 +121,11 @@ def require_job_id(job_id: str) -> str:
     if not isinstance(job_id, str):
         raise ConfigError(f"job_id must be a string, got {job_id!r}")
     return job_id
+
+
+def require_fence(job_id: str | None) -> str | None:
+    """The job id fencing a renew / release / complete: ``None`` (not checked) or a string."""
+    return None if job_id is None else require_job_id(job_id)
 
 
 def require_limit(kind: str, value: int | None) -> int | None:
@@ -251,32 +261,6 @@ def matches(
         and (claimed_by is None or task.claimed_by == claimed_by)
         and (not labels or set(labels) <= set(task.labels))
     )
-
-
-# --- conflicts -------------------------------------------------------------------------
-
-
-def claim_conflict(task: Task, unfinished: list[str]) -> ConflictError:
-    """Why ``task`` cannot be claimed; ``unfinished`` are its dependencies not completed."""
-    if task.status == TaskStatus.IN_PROGRESS:
-        return ConflictError(f"task {task.id} is already claimed by {task.claimed_by!r}")
-    if task.status == TaskStatus.BLOCKED:
-        by = f" by failed task(s) {', '.join(task.blockers)}" if task.blockers else ""
-        return ConflictError(f"task {task.id} is blocked{by}")
-    if task.status == TaskStatus.PENDING and unfinished:
-        return ConflictError(f"task {task.id} is waiting for dependencies: {', '.join(unfinished)}")
-    return ConflictError(f"task {task.id} is {task.status}, not pending")
-
-
-def require_holder(task: Task, agent_id: str | None, action: str) -> None:
-    """Raise ConflictError unless ``task`` is in progress (and held by ``agent_id`` if given)."""
-    if task.status != TaskStatus.IN_PROGRESS:
-        raise ConflictError(f"cannot {action} task {task.id}: it is {task.status}, not claimed")
-    if agent_id is not None and task.claimed_by != agent_id:
-        raise ConflictError(
-            f"cannot {action} task {task.id}: it is claimed by {task.claimed_by!r},"
-            f" not {agent_id!r}"
-        )
 
 
 # --- transitions (pure: each returns a new Task) ---------------------------------------

@@ -291,15 +291,23 @@ class TaskStore(Closeable):
       every dependency completed -> in_progress, claimed_by, claimed_at, lease. Two
       claimers never both win; the loser gets :class:`ConflictError` (so does a task
       that is not claimable); :class:`NotFoundError` for an unknown id.
-    * ``renew(task_id, agent_id, lease_seconds)``: extends the lease of a task held
-      by ``agent_id``; :class:`ConflictError` if someone else (or nobody) holds it.
-    * ``release(task_id, agent_id=None)``: gives a claim back (pending again, no retry
-      counted): for shutdowns and dispatch steps that failed after the claim.
-    * ``complete(task_id, result, agent_id=None, retry_at=None)``: success ->
-      completed. Failure is a real failure: retry_count +1 and last_attempt = now;
-      past ``max_retries`` the task becomes failed with the reason (the dead letter)
-      and its dependents become blocked naming it; otherwise it is pending again with
-      ``next_attempt_at = retry_at``.
+    * ``renew(task_id, agent_id, lease_seconds, job_id=None)``: extends the lease of
+      a task held by ``agent_id``; :class:`ConflictError` if someone else (or nobody)
+      holds it.
+    * ``release(task_id, agent_id=None, job_id=None)``: gives a claim back (pending
+      again, no retry counted): for shutdowns and dispatch steps that failed after the
+      claim.
+    * ``complete(task_id, result, agent_id=None, retry_at=None, job_id=None)``:
+      success -> completed. Failure is a real failure: retry_count +1 and
+      last_attempt = now; past ``max_retries`` the task becomes failed with the reason
+      (the dead letter) and its dependents become blocked naming it; otherwise it is
+      pending again with ``next_attempt_at = retry_at``.
+    * Attempt fencing: renew, release and complete given a ``job_id`` act only on the
+      claim made under that job id. If the task is not in progress, or was claimed
+      again since (another ``job_id``, even by the same agent), they raise
+      :class:`ConflictError` ("a stale attempt") and change nothing, checked in the
+      same atomic step as the write. ``job_id=None`` skips the check (go-agentic's
+      client sends none); two claims both made with ``""`` cannot be told apart.
     * ``requeue_expired()``: every in_progress task whose lease has expired is treated
       as a failure (retry counted, dead letter past max_retries); returns the tasks
       changed. Costs O(expired).
@@ -336,12 +344,14 @@ class TaskStore(Closeable):
         """
 
     @abc.abstractmethod
-    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
-        """Extend the lease of a task held by ``agent_id``."""
+    def renew(
+        self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
+    ) -> Task:
+        """Extend the lease of a task held by ``agent_id`` (under ``job_id`` if given)."""
 
     @abc.abstractmethod
-    def release(self, task_id: str, agent_id: str | None = None) -> Task:
-        """Give a claim back without counting a retry."""
+    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
+        """Give a claim back without counting a retry (only claim ``job_id`` if given)."""
 
     @abc.abstractmethod
     def update(self, task_id: str, update: TaskUpdate) -> Task:
@@ -354,8 +364,13 @@ class TaskStore(Closeable):
         result: TaskResult,
         agent_id: str | None = None,
         retry_at: float | None = None,
+        job_id: str | None = None,
     ) -> Task:
-        """Finish a claimed task: completed, back to pending for a retry, or dead-lettered."""
+        """Finish a claimed task: completed, back to pending for a retry, or dead-lettered.
+
+        Only the claim made under ``job_id`` when given (a stale attempt gets
+        :class:`ConflictError`).
+        """
 
     @abc.abstractmethod
     def requeue_expired(self) -> builtins.list[Task]:

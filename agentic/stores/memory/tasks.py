@@ -135,20 +135,24 @@ class MemoryTaskStore(TaskStore):
                 raise rules.claim_conflict(task, unfinished)
             return self._put(rules.claimed(task, agent_id, self._clock(), lease, job_id))
 
-    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+    def renew(
+        self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
+    ) -> Task:
         require_id("agent id", agent_id)
         lease = rules.require_lease(lease_seconds)
+        rules.require_fence(job_id)
         with self._lock:
             task = self._get(task_id)
-            rules.require_holder(task, agent_id, "renew")
+            rules.require_holder(task, agent_id, "renew", job_id)
             return self._put(rules.renewed(task, self._clock(), lease))
 
-    def release(self, task_id: str, agent_id: str | None = None) -> Task:
+    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
         if agent_id is not None:
             require_id("agent id", agent_id)
+        rules.require_fence(job_id)
         with self._lock:
             task = self._get(task_id)
-            rules.require_holder(task, agent_id, "release")
+            rules.require_holder(task, agent_id, "release", job_id)
             return self._put(rules.released(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
@@ -163,15 +167,17 @@ class MemoryTaskStore(TaskStore):
         result: TaskResult,
         agent_id: str | None = None,
         retry_at: float | None = None,
+        job_id: str | None = None,
     ) -> Task:
         if not isinstance(result, TaskResult):
             raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
         if agent_id is not None:
             require_id("agent id", agent_id)
         retry_at = rules.require_retry_at(retry_at)
+        rules.require_fence(job_id)
         with self._lock:
             task = self._get(task_id)
-            rules.require_holder(task, agent_id, "complete")
+            rules.require_holder(task, agent_id, "complete", job_id)
             now = self._clock()
             if result.success:
                 return self._put(rules.completed(task, result, now))

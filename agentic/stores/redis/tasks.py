@@ -191,22 +191,29 @@ class RedisTaskStore(TaskStore):
             raise rules.claim_conflict(_from_flat(reply[1]), [text(d) for d in reply[2]])
         return self._answer(reply, task_id)
 
-    def _hold(self, task_id: str, action: str, agent_id: str | None, *args: str) -> Task:
+    def _hold(
+        self, task_id: str, action: str, agent_id: str | None, job_id: str | None, *args: str
+    ) -> Task:
         if agent_id is not None:
             require_id("agent id", agent_id)
-        reply = self._run(_HOLD, self._now(), task_id, action, agent_id or "", *args)
+        rules.require_fence(job_id)
+        # '=' marks a given job id, so that a claim made without one can be fenced too.
+        fence = "" if job_id is None else "=" + job_id
+        reply = self._run(_HOLD, self._now(), task_id, action, agent_id or "", fence, *args)
         if text(reply[0]) == "conflict":
-            rules.require_holder(_from_flat(reply[1]), agent_id, action)
+            rules.require_holder(_from_flat(reply[1]), agent_id, action, job_id)
             raise _disagreement(task_id, action)
         return self._answer(reply, task_id)
 
-    def renew(self, task_id: str, agent_id: str, lease_seconds: float) -> Task:
+    def renew(
+        self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
+    ) -> Task:
         require_id("agent id", agent_id)
         lease = rules.require_lease(lease_seconds)
-        return self._hold(task_id, "renew", agent_id, repr(lease))
+        return self._hold(task_id, "renew", agent_id, job_id, repr(lease))
 
-    def release(self, task_id: str, agent_id: str | None = None) -> Task:
-        return self._hold(task_id, "release", agent_id)
+    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
+        return self._hold(task_id, "release", agent_id, job_id)
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
         if not isinstance(update, TaskUpdate):
@@ -232,6 +239,7 @@ class RedisTaskStore(TaskStore):
         result: TaskResult,
         agent_id: str | None = None,
         retry_at: float | None = None,
+        job_id: str | None = None,
     ) -> Task:
         if not isinstance(result, TaskResult):
             raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
@@ -240,6 +248,7 @@ class RedisTaskStore(TaskStore):
             task_id,
             "complete",
             agent_id,
+            job_id,
             str(int(result.success)),
             result.model_dump_json(),
             result.error_message or "the task failed",

@@ -1,0 +1,103 @@
+"""What the task client sends and reads: request paths and bodies, and answers decoded
+into SDK values and errors. Apart from ``client.py``, which keeps the transport (retries,
+timeouts, the closed-client check) and the public methods.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from .errors import APIError, ConfigError, ConflictError, NotFoundError
+from .models import Task
+from .stores.base import require_id
+
+__all__ = [
+    "ANSWER",
+    "OFFSET",
+    "PAGE",
+    "TASK",
+    "TASKS",
+    "error_from",
+    "fenced",
+    "parse",
+    "task_path",
+]
+
+T = TypeVar("T")
+
+
+class _Offset(BaseModel):
+    next_offset: int
+
+
+class _LogPageModel(_Offset):
+    lines: list[str]
+    offset: int
+
+
+class _Answer(BaseModel):
+    task: Task
+    message: str = ""
+
+
+TASK = TypeAdapter(Task)
+TASKS = TypeAdapter(list[Task])
+OFFSET = TypeAdapter(_Offset)
+PAGE = TypeAdapter(_LogPageModel)
+ANSWER = TypeAdapter(_Answer)
+
+
+def error_from(response: httpx.Response) -> APIError:
+    """The SDK error for a non-2xx answer (go-agentic's checkResponse)."""
+    status = response.status_code
+    text = response.text
+    message = ""
+    details: Any = text
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
+        message, details = body["message"], body.get("details")
+    if not message:
+        try:
+            message = HTTPStatus(status).phrase
+        except ValueError:
+            message = response.reason_phrase or "unknown status"
+    if status == 404:
+        return NotFoundError(message, 404, details)
+    if status == 409:
+        return ConflictError(message, 409, details)
+    return APIError(message, status, details)
+
+
+def task_path(task_id: str, action: str = "") -> str:
+    """The path of a task (or of one of its actions)."""
+    # Escaped like go-agentic's url.PathEscape: an id can never reach another route.
+    path = f"/api/tasks/{quote(require_id('task_id', task_id), safe='')}"
+    return f"{path}/{action}" if action else path
+
+
+def fenced(body: dict[str, Any], job_id: str | None) -> dict[str, Any]:
+    """``body`` with the claim's ``job_id`` when one is given ("" included: a claim made
+    without a reservation is fenced too)."""
+    if job_id is None:
+        return body
+    if not isinstance(job_id, str):
+        raise ConfigError(f"job_id must be a string, got {job_id!r}")
+    return {**body, "job_id": job_id}
+
+
+def parse(response: httpx.Response, adapter: TypeAdapter[T]) -> T:
+    """A 2xx answer's body as ``adapter``'s type; APIError if it is not one."""
+    try:
+        return adapter.validate_json(response.content)
+    except ValidationError as exc:  # invalid JSON or a body of another shape
+        raise APIError(
+            f"unexpected answer from the server: {exc}", response.status_code, response.text
+        ) from exc

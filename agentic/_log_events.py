@@ -1,0 +1,72 @@
+"""The client side of the task API's log stream: Server-Sent Events as :class:`LogEvent`.
+
+Apart from ``client.py`` (which re-exports :class:`LogEvent`) because decoding the
+stream is its own small protocol, independent of requests and retries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import APIError
+from .models import TaskStatus
+
+__all__ = ["LogEvent", "sse_events"]
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvent:
+    """One event of a followed log stream.
+
+    ``kind`` is ``"log"`` (``line`` at ``offset``), ``"status"`` (the task's status
+    changed to ``status``), ``"end"`` (the task is completed, failed or blocked;
+    ``offset`` is the next offset) or ``"ping"`` (a keep-alive, so that consumers get
+    a chance to check their own stop flags while the task is quiet). An ``error``
+    event from the server raises :class:`APIError` (503).
+    """
+
+    kind: Literal["log", "status", "end", "ping"]
+    line: str = ""
+    offset: int = 0
+    status: TaskStatus | None = None
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[LogEvent]:
+    """Decode the server's Server-Sent Events into :class:`LogEvent` s."""
+    kind, data = "", []
+    for line in lines:
+        if line.startswith(":"):
+            yield LogEvent("ping")
+            continue
+        if line:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                kind = value
+            elif field == "data":
+                data.append(value)
+            continue
+        if data:
+            event = _decode_event(kind, "\n".join(data))
+            if event is not None:
+                yield event
+        kind, data = "", []
+
+
+def _decode_event(kind: str, data: str) -> LogEvent | None:
+    try:
+        payload = json.loads(data)
+        if kind == "log":
+            return LogEvent("log", line=str(payload["line"]), offset=int(payload["offset"]))
+        if kind == "error":  # the server's store failed mid-stream; it closes the stream
+            raise APIError(str(payload.get("message", "log stream failed")), 503, data)
+        if kind in {"status", "end"}:
+            which: Literal["status", "end"] = "status" if kind == "status" else "end"
+            offset = int(payload.get("next_offset", 0))
+            return LogEvent(which, offset=offset, status=TaskStatus(payload["status"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise APIError(f"malformed log event {kind!r}: {data!r}", 200, data) from exc
+    return None  # an event kind from a newer server: skip it

@@ -1,0 +1,48 @@
+"""Why a claim, renew, release or complete is refused: the wording every backend shares.
+
+Kept apart from ``_tasks.py`` (which re-exports these) so that the transitions and
+the refusals each stay a readable size.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConflictError
+from ..models import Task, TaskStatus
+
+__all__ = ["claim_conflict", "require_holder"]
+
+
+def claim_conflict(task: Task, unfinished: list[str]) -> ConflictError:
+    """Why ``task`` cannot be claimed; ``unfinished`` are its dependencies not completed."""
+    if task.status == TaskStatus.IN_PROGRESS:
+        return ConflictError(f"task {task.id} is already claimed by {task.claimed_by!r}")
+    if task.status == TaskStatus.BLOCKED:
+        by = f" by failed task(s) {', '.join(task.blockers)}" if task.blockers else ""
+        return ConflictError(f"task {task.id} is blocked{by}")
+    if task.status == TaskStatus.PENDING and unfinished:
+        return ConflictError(f"task {task.id} is waiting for dependencies: {', '.join(unfinished)}")
+    return ConflictError(f"task {task.id} is {task.status}, not pending")
+
+
+def require_holder(
+    task: Task, agent_id: str | None, action: str, job_id: str | None = None
+) -> None:
+    """Raise ConflictError unless ``task`` is in progress, held by ``agent_id`` and under
+    ``job_id`` (each checked only when given).
+
+    The job id fences attempts: an agent whose lease expired may have claimed the same
+    task again, so "held by this agent" alone would let the old attempt's late report
+    finish the new claim. ``None`` skips the check (go-agentic's client sends no job id).
+    """
+    if task.status != TaskStatus.IN_PROGRESS:
+        raise ConflictError(f"cannot {action} task {task.id}: it is {task.status}, not claimed")
+    if agent_id is not None and task.claimed_by != agent_id:
+        raise ConflictError(
+            f"cannot {action} task {task.id}: it is claimed by {task.claimed_by!r},"
+            f" not {agent_id!r}"
+        )
+    if job_id is not None and task.job_id != job_id:
+        raise ConflictError(
+            f"cannot {action} task {task.id} for job {job_id!r}: a stale attempt: the task"
+            f" was claimed again since (job {task.job_id!r})"
+        )

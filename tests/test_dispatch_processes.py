@@ -1,0 +1,124 @@
+"""Dispatchers as real OS processes: two against one server and one store, and one
+killed between reserve and claim."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from agentic.allowance import AllowanceService
+from agentic.client import TaskClient
+from agentic.dispatcher import Dispatcher
+from agentic.models import AgentAllowance, AgentInfo, Task, TaskStatus
+from agentic.router import DefaultRouter
+from agentic.stores import open_allowance_store, open_registry, open_task_store
+from agentic.testing import running_server
+
+pytestmark = pytest.mark.slow
+SPAWN = mp.get_context("spawn")
+CAPS = ["py", "go", "docs", "review"]
+
+
+def _dispatch_until_done(store_url: str, base_url: str, out: Any) -> None:
+    """Child: pass after pass until nothing is left to dispatch; report what it claimed."""
+    registry = open_registry(store_url)
+    allowance = AllowanceService(open_allowance_store(store_url))
+    with TaskClient(base_url, token="", retries=2) as client:
+        dispatcher = Dispatcher(registry, DefaultRouter(), allowance, client)
+        claimed: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            report = dispatcher.run_once()
+            claimed.extend(report.dispatched)
+            if not report.dispatched and not client.list_tasks(status=TaskStatus.PENDING, limit=1):
+                break
+        out.put((claimed, dispatcher.errors))
+
+
+def test_two_dispatcher_processes_share_the_work(shared_url: str) -> None:
+    """Two dispatcher processes, 1,000 tasks: each claimed once, no quota exceeded."""
+    registry = open_registry(shared_url)
+    quota = open_allowance_store(shared_url)
+    tasks = open_task_store(shared_url)
+    limits = {"daily_job_limit": 450, "concurrent_jobs": 300, "daily_token_limit": 450 * 40}
+    for n in range(4):
+        agent_id = f"agent-{n}"
+        registry.register(AgentInfo(id=agent_id, capabilities=CAPS[: n + 1]))
+        quota.set_allowance(AgentAllowance(agent_id=agent_id, **limits))
+    ids = {
+        tasks.create(Task(title=f"t{i}", labels=CAPS[: i % 3], estimated_tokens=40)).id
+        for i in range(1000)
+    }
+    with running_server(tasks, requeue_interval=None) as base_url:
+        out = SPAWN.Queue()
+        procs = [
+            SPAWN.Process(target=_dispatch_until_done, args=(shared_url, base_url, out))
+            for _ in range(2)
+        ]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=180) for _ in procs]
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+    claimed = [task_id for ids_, _errors in results for task_id in ids_]
+    assert len(claimed) == len(set(claimed)) == 1000
+    assert set(claimed) == ids
+    assert all(len(ids_) > 0 for ids_, _ in results), "one dispatcher did all the work"
+    assert sum(errors for _, errors in results) == 0
+    stored = tasks.list(limit=2000)
+    assert all(t.status is TaskStatus.IN_PROGRESS for t in stored)
+    for usage in quota.usages():
+        assert usage.jobs_started <= limits["daily_job_limit"]
+        assert usage.active_jobs <= limits["concurrent_jobs"]
+        assert usage.tokens_reserved <= limits["daily_token_limit"]
+    assert sum(u.active_jobs for u in quota.usages()) == 1000
+    for store in (registry, quota, tasks):
+        store.close()
+
+
+class _DieOnClaim(TaskClient):
+    """A client whose process is killed (SIGKILL) the moment it tries to claim."""
+
+    def claim_task(self, *args: Any, **kwargs: Any) -> Task:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
+def _reserve_then_die(store_url: str, base_url: str, task_id: str) -> None:
+    registry = open_registry(store_url)
+    allowance = AllowanceService(open_allowance_store(store_url))
+    client = _DieOnClaim(base_url, token="", retries=0)
+    task = client.get_task(task_id)
+    Dispatcher(registry, DefaultRouter(), allowance, client).dispatch(task)
+
+
+def test_dispatcher_killed_between_reserve_and_claim_leaks_nothing(shared_url: str) -> None:
+    """A dispatcher killed after reserving leaves a reservation that expires by itself."""
+    url = f"{shared_url}{'&' if '?' in shared_url else '?'}reservation_ttl=1.5"
+    registry = open_registry(url)
+    quota = open_allowance_store(url)
+    tasks = open_task_store(url)
+    registry.register(AgentInfo(id="a"))
+    quota.set_allowance(AgentAllowance(agent_id="a", concurrent_jobs=1))
+    task = tasks.create(Task(title="t"))
+    with running_server(tasks, requeue_interval=None) as base_url:
+        child = SPAWN.Process(target=_reserve_then_die, args=(url, base_url, task.id))
+        child.start()
+        child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    assert quota.get_usage("a").active_jobs == 1  # the reservation was made...
+    assert tasks.get(task.id).status is TaskStatus.PENDING  # ...the claim never was
+    deadline = time.monotonic() + 10
+    while quota.get_usage("a").active_jobs and time.monotonic() < deadline:
+        time.sleep(0.1)
+    usage = quota.get_usage("a")
+    assert (usage.active_jobs, usage.tokens_reserved) == (0, 0)
+    assert quota.check("a").allowed
+    for store in (registry, quota, tasks):
+        store.close()

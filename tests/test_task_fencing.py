@@ -1,0 +1,152 @@
+"""Attempt fencing on every backend: renew, release and complete given a job id act only
+on the claim made under it, so an old attempt's late report cannot finish a new claim."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agentic.errors import ConfigError, ConflictError
+from agentic.models import Task, TaskResult, TaskStatus
+from agentic.stores.base import TaskStore
+from tests.conftest import Backend
+from tests.test_task_store import _make_store
+
+OK = TaskResult(success=True, output="done")
+FAIL = TaskResult(success=False, error_message="boom")
+
+Op = Callable[[TaskStore, str, Any], Task]
+#: the three calls a job id fences, each made by agent a1 (complete both ways)
+OPS: dict[str, Op] = {
+    "complete": lambda s, task_id, job: s.complete(task_id, OK, "a1", job_id=job),
+    "fail": lambda s, task_id, job: s.complete(task_id, FAIL, "a1", job_id=job),
+    "release": lambda s, task_id, job: s.release(task_id, "a1", job_id=job),
+    "renew": lambda s, task_id, job: s.renew(task_id, "a1", 60, job_id=job),
+}
+ACTION = {"complete": "complete", "fail": "complete", "release": "release", "renew": "renew"}
+#: the status each call leaves a claimed task in when it is accepted
+AFTER = {
+    "complete": TaskStatus.COMPLETED,
+    "fail": TaskStatus.PENDING,
+    "release": TaskStatus.PENDING,
+    "renew": TaskStatus.IN_PROGRESS,
+}
+
+
+@pytest.fixture
+def store(backend: Backend, request: pytest.FixtureRequest) -> Iterator[TaskStore]:
+    """A fresh task store on each backend of the table."""
+    made = _make_store(backend, request)
+    yield made
+    made.close()
+
+
+def reclaimed(store: TaskStore, backend: Backend) -> Task:
+    """A task claimed by a1 under job-1, lease expired and requeued, claimed by a1 under job-2."""
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 10, job_id="job-1")
+    backend.clock.advance(10)
+    assert [t.id for t in store.requeue_expired()] == [task.id]
+    return store.claim(task.id, "a1", 10, job_id="job-2")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_stale_job_id_is_refused_and_changes_nothing(
+    store: TaskStore, backend: Backend, op: str
+) -> None:
+    """An old attempt's job id cannot act on the same agent's new claim; nothing changes."""
+    task = reclaimed(store, backend)
+    backend.clock.advance(1)
+    message = (
+        f"cannot {ACTION[op]} task {task.id} for job 'job-1': a stale attempt:"
+        " the task was claimed again since (job 'job-2')"
+    )
+    with pytest.raises(ConflictError) as refused:
+        OPS[op](store, task.id, "job-1")
+    assert refused.value.message == message
+    assert store.get(task.id) == task
+    backend.clock.advance(9)
+    assert [t.id for t in store.requeue_expired()] == [task.id]  # the lease was not renewed
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_current_job_id_is_accepted(store: TaskStore, backend: Backend, op: str) -> None:
+    """The job id of the current claim acts exactly as an unfenced call would."""
+    task = reclaimed(store, backend)
+    backend.clock.advance(1)
+    got = OPS[op](store, task.id, "job-2")
+    assert (got.status, got.job_id) == (AFTER[op], "job-2")
+    assert got.updated_at != task.updated_at
+    assert store.get(task.id) == got
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_no_job_id_keeps_the_unfenced_behaviour(
+    store: TaskStore, backend: Backend, op: str
+) -> None:
+    """Without a job id (go-agentic's client) only the holder is checked, as before: the
+    call acts on whatever claim the agent holds now (the hazard the job id closes)."""
+    task = reclaimed(store, backend)
+    backend.clock.advance(1)
+    got = OPS[op](store, task.id, None)
+    assert got.status == AFTER[op]
+    assert got.updated_at != task.updated_at
+    assert store.get(task.id) == got
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_job_id_on_a_task_not_in_progress_conflicts(
+    store: TaskStore, backend: Backend, op: str
+) -> None:
+    """A fenced call on a requeued (pending) or finished task is refused and changes nothing."""
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 10, job_id="job-1")
+    backend.clock.advance(10)
+    (pending,) = store.requeue_expired()
+    with pytest.raises(ConflictError, match="pending, not claimed"):
+        OPS[op](store, task.id, "job-1")
+    assert store.get(task.id) == pending
+    store.claim(task.id, "a1", 10, job_id="job-2")
+    done = store.complete(task.id, OK, job_id="job-2")
+    with pytest.raises(ConflictError, match="completed, not claimed"):
+        OPS[op](store, task.id, "job-2")
+    assert store.get(task.id) == done
+
+
+def test_empty_job_id_is_a_fence_too(store: TaskStore, backend: Backend) -> None:
+    """``""`` (a claim made without a reservation) is checked like any other job id."""
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 10)
+    backend.clock.advance(10)
+    store.requeue_expired()
+    claim = store.claim(task.id, "a1", 10, job_id="job-2")
+    with pytest.raises(ConflictError, match="for job '': a stale attempt"):
+        store.complete(task.id, OK, job_id="")
+    assert store.get(task.id) == claim
+    store.release(task.id, job_id="job-2")
+    store.claim(task.id, "a1", 10)
+    assert store.renew(task.id, "a1", 30, job_id="").job_id == ""
+
+
+def test_other_agent_is_named_before_the_job(store: TaskStore, backend: Backend) -> None:
+    """A claim taken over by another agent is reported as held by that agent."""
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 10, job_id="job-1")
+    backend.clock.advance(10)
+    store.requeue_expired()
+    store.claim(task.id, "a2", 10, job_id="job-2")
+    with pytest.raises(ConflictError, match="claimed by 'a2', not 'a1'"):
+        store.complete(task.id, OK, "a1", job_id="job-1")
+    with pytest.raises(ConflictError, match="stale attempt"):
+        store.complete(task.id, OK, job_id="job-1")  # an admin call naming no agent
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bad_job_id_is_refused_before_anything(store: TaskStore, backend: Backend, op: str) -> None:
+    """A job id that is not a string raises ConfigError and leaves the claim alone."""
+    task = reclaimed(store, backend)
+    with pytest.raises(ConfigError, match="job_id must be a string"):
+        OPS[op](store, task.id, 7)
+    assert store.get(task.id) == task
