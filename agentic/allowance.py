@@ -124,6 +124,18 @@ class AllowanceService:
             )
         return settlement
 
+    def unreserve(self, job_id: str) -> Settlement | None:
+        """Undo the reservation of a job that never started (its claim was lost).
+
+        No event: nothing was used, and giving quota back crosses no threshold.
+        ``None`` only when failing open with the store down.
+        """
+        try:
+            return self.store.unreserve(job_id)
+        except StoreError as exc:
+            self._store_failed("unreserve", exc)
+            return None
+
     def record_usage(self, report: UsageReport) -> Reservation | Settlement | None:
         """go-agentic's entry point: started reserves, the final events settle."""
         if report.event is QuotaEvent.JOB_STARTED:

@@ -8,9 +8,11 @@ One pass (:meth:`Dispatcher.run_once`):
    dead-letter it when it has used up its retries. Otherwise walk the router's ranking:
    ``reserve()`` quota for the candidate (over quota: try the next candidate), then
    claim the task *in that agent's name* with the reservation's job id. A claim that
-   fails for any reason gives the reservation back (settled as cancelled, nothing
-   charged), so nothing leaks (go-agentic's defect 6). A dispatcher killed between
-   reserve and claim leaks nothing either: the reservation expires.
+   fails gives the reservation back whole (``unreserve``: the job is not counted, as
+   the job never started), so nothing leaks (go-agentic's defect 6) and claims lost
+   to another dispatcher cost no quota. A claim whose answer was lost is read back
+   before anything is given back. A dispatcher killed between reserve and claim
+   leaks nothing either: the reservation expires.
 4. Count the new load in the index, so one pass spreads work (defect 4).
 
 Shortage is not failure: when no agent is eligible or every candidate is over quota,
@@ -47,6 +49,7 @@ from .errors import (
     NoEligibleAgentError,
     NotFoundError,
     QuotaExceededError,
+    TransportError,
 )
 from .events import Event, EventEmitter, EventType
 from .models import QuotaEvent, Task, TaskStatus, TaskUpdate
@@ -140,8 +143,11 @@ class Dispatcher:
                 self.client.claim_task(
                     task.id, agent_id=agent_id, lease_seconds=self.lease_seconds, job_id=job_id
                 )
+            except TransportError:
+                if self._claim_lost(task.id, job_id):
+                    raise
             except BaseException:
-                self._cancel(job_id, agent_id)
+                self._unreserve(job_id)
                 raise
             index.add_load(agent_id)
             self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
@@ -161,6 +167,44 @@ class Dispatcher:
         """
         if task.job_id:
             self._cancel(task.job_id, task.claimed_by)
+
+    def _claim_lost(self, task_id: str, job_id: str) -> bool:
+        """After a claim with no answer: False if it was made after all (go on as
+        dispatched); True once the reservation is dealt with (the error goes on).
+
+        The claim may have reached the server with only its answer lost. Unreserving
+        then would let the agent run the task with no reservation to charge, so the
+        task is read back: ours -> dispatched; not ours -> unreserve; unknown (the
+        server still silent) -> the reservation is left to the runner's settle or to
+        its expiry, never given back twice.
+        """
+        try:
+            current = self.client.get_task(task_id)
+        except AgenticError as exc:
+            self.errors += 1
+            log.warning(
+                "claim of task %s got no answer and the task cannot be read (%s);"
+                " reservation %s is left to expire",
+                task_id,
+                exc,
+                job_id,
+            )
+            return True
+        if current.status is TaskStatus.IN_PROGRESS and current.job_id == job_id:
+            log.info("claim of task %s got no answer but was made", task_id)
+            return False
+        self._unreserve(job_id)
+        return True
+
+    def _unreserve(self, job_id: str) -> None:
+        """Give back a reservation whose claim failed: the job never started (defect 6)."""
+        try:
+            self.allowance.unreserve(job_id)
+        except NotFoundError:
+            log.debug("reservation %s already gone (expired)", job_id)
+        except AgenticError:
+            self.errors += 1
+            log.exception("could not give back reservation %s; it will expire", job_id)
 
     def _cancel(self, job_id: str, agent_id: str) -> None:
         try:

@@ -148,6 +148,18 @@ def test_new_day_allows_a_new_crossing(backend: Backend) -> None:
     assert rec.types().count(EventType.QUOTA_WARNING) == 2
 
 
+def test_unreserve_gives_back_without_events(backend: Backend) -> None:
+    """unreserve returns the job to the quota and emits no usage or quota event."""
+    svc, events = service(backend, daily_job_limit=1)
+    svc.reserve("a1", "", 0, "j1")
+    seen = len(events.events)
+    assert not svc.check("a1").allowed
+    done = svc.unreserve("j1")
+    assert done is not None and done.tokens_charged == 0
+    assert svc.check("a1").allowed
+    assert len(events.events) == seen
+
+
 def test_reset_agent(backend: Backend) -> None:
     """reset_agent zeroes the agent's usage for the period."""
     svc, _ = service(backend, daily_token_limit=10)
@@ -168,6 +180,9 @@ class BrokenStore(MemoryAllowanceStore):
     def settle(self, *args: object, **kwargs: object) -> Settlement:
         raise StoreError("connection refused")
 
+    def unreserve(self, job_id: str) -> Settlement:
+        raise StoreError("connection refused")
+
 
 def test_unreachable_store_fails_closed() -> None:
     """By default a store failure refuses work with a clear error."""
@@ -176,7 +191,9 @@ def test_unreachable_store_fails_closed() -> None:
         svc.reserve("a1", "", 1, "j1")
     with pytest.raises(StoreUnavailableError):
         svc.check("a1")
-    assert svc.store_failures == 2
+    with pytest.raises(StoreUnavailableError):
+        svc.unreserve("j1")
+    assert svc.store_failures == 3
 
 
 def test_unreachable_store_can_fail_open() -> None:
@@ -185,7 +202,8 @@ def test_unreachable_store_can_fail_open() -> None:
     assert svc.check("a1").allowed
     assert svc.reserve("a1", "", 1, "j1").job_id == "j1"
     assert svc.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED) is None
-    assert svc.store_failures == 3
+    assert svc.unreserve("j1") is None
+    assert svc.store_failures == 4
 
 
 class ExplodingEmitter(EventEmitter):

@@ -487,3 +487,83 @@ def test_reserve_reports_status_crossing(backend: Backend) -> None:
     )
     third = store.reserve("a1", "", 20, "j3")
     assert third.status == AllowanceStatus.EXCEEDED
+
+
+# --- unreserve: a job that never started ----------------------------------------------
+
+
+def test_unreserve_undoes_the_reservation_whole(backend: Backend) -> None:
+    """unreserve gives back the job, the slot, the tokens, the cost and the hour's request."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=1000, daily_job_limit=1, concurrent_jobs=1))
+    store.set_model_quota(
+        ModelQuota(model="m1", hourly_rate_limit=1, cost_ceiling=1, input_price=100)
+    )
+    store.reserve("a1", "m1", 300, "j1")
+    done = store.unreserve("j1")
+    assert (done.job_id, done.agent_id, done.model) == ("j1", "a1", "m1")
+    assert (done.outcome, done.tokens_charged, done.cost_charged) == (CANCELLED, 0, 0)
+    assert not done.duplicate
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (0, 0, 0)
+    assert usage.tokens_used == 0
+    model = store.get_model_usage("m1")
+    assert (model.requests_last_hour, model.tokens_reserved, model.cost_reserved) == (0, 0, 0)
+    # every limit it touched (one job, one slot, one request an hour) admits again
+    store.reserve("a1", "m1", 300, "j2")
+
+
+def test_unreserve_keeps_other_jobs(backend: Backend) -> None:
+    """unreserve takes back only its own job and request; other reservations stay whole."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "m1", 10, "j1")
+    store.reserve("a1", "m1", 20, "j2")
+    store.settle("j1", 5, 5, COMPLETED)
+    store.unreserve("j2")
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (1, 0, 0)
+    assert usage.tokens_used == 10
+    assert store.get_model_usage("m1").requests_last_hour == 1
+
+
+def test_unreserve_twice_or_after_settle_is_a_duplicate(backend: Backend) -> None:
+    """Repeating unreserve, or settling after it (or unreserving after a settle), is a no-op."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "m1", 10, "j1")
+    store.unreserve("j1")
+    assert store.unreserve("j1").duplicate
+    late = store.settle("j1", 50, 50, COMPLETED, agent_id="a1", model="m1")
+    assert (late.duplicate, late.outcome, late.tokens_charged) == (True, CANCELLED, 0)
+    store.reserve("a1", "m1", 10, "j2")
+    store.settle("j2", 3, 3, COMPLETED)
+    again = store.unreserve("j2")
+    assert (again.duplicate, again.outcome, again.tokens_charged) == (True, COMPLETED, 6)
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.tokens_used) == (1, 6)
+
+
+def test_unreserve_of_an_unknown_or_expired_job_is_not_found(backend: Backend) -> None:
+    """With no live reservation there is nothing to undo: NotFoundError, nothing changes."""
+    store = backend.allowance()
+    store.set_allowance(allowance(max_job_duration=10))
+    with pytest.raises(NotFoundError, match="nothing to unreserve"):
+        store.unreserve("never")
+    store.reserve("a1", "", 0, "j1")
+    backend.clock.advance(10)
+    with pytest.raises(NotFoundError):
+        store.unreserve("j1")
+    assert store.get_usage("a1").jobs_started == 1  # an expired job stays counted
+
+
+def test_unreserve_across_midnight_leaves_the_new_day_alone(backend: Backend) -> None:
+    """A reservation of yesterday unreserved today does not lower today's job count."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_job_limit=2, max_job_duration=2 * DAY))
+    store.reserve("a1", "", 0, "old")
+    backend.clock.advance(DAY)
+    store.reserve("a1", "", 0, "new")
+    store.unreserve("old")
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs) == (1, 1)

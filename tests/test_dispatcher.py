@@ -26,6 +26,7 @@ from agentic.models import (
     AgentInfo,
     ModelQuota,
     Priority,
+    QuotaEvent,
     Task,
     TaskStatus,
 )
@@ -255,6 +256,88 @@ def test_conflict_is_not_a_failure(system: System) -> None:
         system.dispatcher.dispatch(task)
     assert system.quota.get_usage("a").active_jobs == 0
     assert system.tasks.get(task.id).retry_count == 0
+
+
+def test_lost_claims_cost_no_quota(system: System) -> None:
+    """Claims lost to another dispatcher give back the job, the slot and the hour's request."""
+    system.agent("a", daily_job_limit=1)
+    system.quota.set_model_quota(ModelQuota(model="m1", hourly_rate_limit=1))
+    lost = [system.task(f"lost{i}", model="m1") for i in range(3)]
+    for task in lost:
+        system.tasks.claim(task.id, "someone", 60)
+        with pytest.raises(ConflictError):
+            system.dispatcher.dispatch(task)
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (0, 0)
+    assert system.quota.get_model_usage("m1").requests_last_hour == 0
+    won = system.task("won", model="m1")
+    assert system.dispatcher.dispatch(won) == "a"
+
+
+class SilentClaims(TaskClient):
+    """A client whose claim reaches the server (or not) but whose answer is lost."""
+
+    reach_server = True
+    read_fails = False
+
+    def claim_task(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        if self.reach_server:
+            super().claim_task(task_id, agent_id, lease_seconds, job_id)
+        raise TransportError("no answer")
+
+    def get_task(self, task_id: str) -> Task:
+        if self.read_fails:
+            raise TransportError("still no answer")
+        return super().get_task(task_id)
+
+
+def silent(system: System, reach_server: bool, read_fails: bool = False) -> SilentClaims:
+    client = SilentClaims(system.client.base_url, token="", retries=0)
+    client.reach_server, client.read_fails = reach_server, read_fails
+    system.dispatcher.client = client
+    return client
+
+
+def test_claim_made_with_its_answer_lost_is_dispatched(system: System) -> None:
+    """A claim that reached the server is read back: dispatched, its reservation kept."""
+    system.agent("a")
+    task = system.task("t")
+    with silent(system, reach_server=True):
+        assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.claimed_by) == (TaskStatus.IN_PROGRESS, "a")
+    assert system.quota.get_usage("a").active_jobs == 1
+    done = system.quota.settle(stored.job_id, 10, 0, QuotaEvent.JOB_COMPLETED)
+    assert (done.duplicate, done.tokens_charged) == (False, 10)  # the runner can settle it
+
+
+def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
+    """A claim that never reached the server: read back as not ours, the quota is given back."""
+    system.agent("a")
+    task = system.task("t")
+    with silent(system, reach_server=False):
+        report = system.dispatcher.run_once()
+    assert task.id in report.failed
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (0, 0)
+    assert system.tasks.get(task.id).retry_count == 1
+
+
+def test_claim_of_unknown_fate_keeps_its_reservation_to_expire(system: System) -> None:
+    """With the server still silent the reservation is kept (never given back twice)."""
+    system.agent("a")
+    task = system.task("t")
+    with silent(system, reach_server=True, read_fails=True):
+        report = system.dispatcher.run_once()
+    assert task.id in report.failed
+    assert system.dispatcher.errors >= 2
+    assert system.quota.get_usage("a").active_jobs == 1
 
 
 def test_concurrent_dispatchers_claim_each_task_once(system: System) -> None:

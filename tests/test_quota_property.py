@@ -1,4 +1,4 @@
-"""Property: random reserve / settle / check / clock sequences give the same answers on
+"""Property: random reserve / settle / unreserve / check / clock sequences give the same answers on
 every backend and on a naive reference model written straight from the rules."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agentic.errors import ConflictError, QuotaExceededError
+from agentic.errors import ConflictError, NotFoundError, QuotaExceededError
 from agentic.models import AgentAllowance, ModelQuota, QuotaEvent
 from agentic.quota import (
     DAY,
@@ -69,6 +69,7 @@ settle_op = st.tuples(
     st.integers(0, 400),
     st.sampled_from(OUTCOMES),
 )
+unreserve_op = st.tuples(st.just("unreserve"), st.integers(0, 9))
 check_op = st.tuples(
     st.just("check"),
     st.sampled_from(["a", "b"]),
@@ -79,7 +80,9 @@ advance_op = st.tuples(
     st.just("advance"),
     st.sampled_from([1, 59, 600, 901, 1800, 3599, 3601, 20_000, DAY]),
 )
-OPS = st.lists(st.one_of(reserve_op, settle_op, check_op, advance_op), min_size=1, max_size=30)
+OPS = st.lists(
+    st.one_of(reserve_op, settle_op, unreserve_op, check_op, advance_op), min_size=1, max_size=30
+)
 
 
 @dataclass
@@ -89,7 +92,8 @@ class Model:
     clock: FakeClock
     used: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, jobs
     mused: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, cost
-    held: dict[str, tuple[str, str, int, int, float]] = field(default_factory=dict)
+    #: job -> agent, model, tokens, cost, expires at, created at
+    held: dict[str, tuple[str, str, int, int, float, float]] = field(default_factory=dict)
     requests: dict[str, list[float]] = field(default_factory=dict)
     settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     legacy_active: dict[str, int] = field(default_factory=dict)
@@ -159,7 +163,7 @@ class Model:
         c = self.agent(agent_id)
         self.used[agent_id] = (self.start(), c.tokens_used, c.jobs_started + 1)
         ttl = allowance.max_job_duration or TTL
-        self.held[job] = (agent_id, model, tokens, d.cost, self.clock() + ttl)
+        self.held[job] = (agent_id, model, tokens, d.cost, self.clock() + ttl, self.clock())
         if model:
             self.requests.setdefault(model, []).append(self.clock())
             m = self.model(model)
@@ -196,6 +200,24 @@ class Model:
         self.settled[job] = result
         return ("settled", *result)
 
+    def unreserve(self, job: str) -> tuple[Any, ...]:
+        self.expire()
+        if job in self.settled:
+            return ("duplicate", *self.settled[job])
+        held = self.held.pop(job, None)
+        if held is None:
+            return ("not found",)
+        owner, model, _tokens, _cost, _expires, created = held
+        c = self.agent(owner)
+        uncounted = 1 if created >= self.start() else 0
+        self.used[owner] = (self.start(), c.tokens_used, max(0, c.jobs_started - uncounted))
+        if model and created in self.requests.get(model, []):
+            self.requests[model].remove(created)
+        allowance = next(a for a in ALLOWANCES if a.agent_id == owner)
+        result = (owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
+        self.settled[job] = result
+        return ("settled", *result)
+
     def check(self, agent_id: str, model: str, tokens: int) -> tuple[Any, ...]:
         self.expire()
         _a, d = self.decision(agent_id, model, tokens)
@@ -224,6 +246,13 @@ def run_store(
         s = store.settle(job, tin, tout, outcome, agent_id=agent_id, model=model)
         tag = "duplicate" if s.duplicate else "settled"
         return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
+    if kind == "unreserve":
+        try:
+            s = store.unreserve(f"j{op[1]}")
+        except NotFoundError:
+            return ("not found",)
+        tag = "duplicate" if s.duplicate else "settled"
+        return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
     _k, agent_id, model, tokens = op
     c = store.check(agent_id, model, tokens)
     return (c.allowed, c.status.value, c.reason, c.remaining_tokens, c.remaining_jobs)
@@ -241,6 +270,8 @@ def run_model(
         _k, n, tin, tout, outcome = op
         agent_id, model_name = jobs.get(f"j{n}", ("a", ""))
         return model.settle(f"j{n}", agent_id, model_name, tin, tout, outcome)
+    if kind == "unreserve":
+        return model.unreserve(f"j{op[1]}")
     _k, agent_id, model_name, tokens = op
     return model.check(agent_id, model_name, tokens)
 

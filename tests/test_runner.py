@@ -192,15 +192,18 @@ def test_at_most_max_load_run_at_once(system: System) -> None:
 
 
 def test_task_claimed_beyond_capacity_is_released(system: System) -> None:
-    """A task claimed for a full agent goes back to pending with no retry counted."""
+    """A task claimed for a full agent goes back to pending, no retry or job counted."""
     gate = threading.Event()
     runner = system.started(waits_for(gate), max_load=1)
     first = system.submit("first")
     wait_for(lambda: runner.load == 1)
     extra = system.tasks.create(Task(title="extra", labels=["py"]))
-    system.client.claim_task(extra.id, agent_id=AGENT)
+    system.quota.reserve(AGENT, "", 0, "extra-job")
+    system.client.claim_task(extra.id, agent_id=AGENT, job_id="extra-job")
     wait_for(lambda: system.tasks.get(extra.id).status == TaskStatus.PENDING)
     assert system.tasks.get(extra.id).retry_count == 0
+    usage = system.quota.get_usage(AGENT)  # the extra job never started: not counted
+    assert (usage.jobs_started, usage.active_jobs) == (1, 1)
     gate.set()
     assert system.finished(first.id).status == TaskStatus.COMPLETED
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -9,7 +10,7 @@ from typing import TypeVar
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..errors import AgenticError, ConflictError, NotFoundError
-from ..models import QuotaEvent, Task, TaskStatus
+from ..models import Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
 from ._attempt import Attempt, Outcome, Report, attempt_key
 
@@ -112,15 +113,16 @@ class Reporter:
         return False
 
     def give_back(self, task: Task) -> bool:
-        """Release a claimed task that never ran here (cancelling its reservation).
+        """Release a claimed task that never ran here, giving its reservation back whole
+        (the job never started, so it is not counted).
 
         Tried once: the task stays listed as ours, so the next poll tries again.
         """
         try:
             if self.allowance is not None and task.job_id:
-                self.allowance.settle(
-                    task.job_id, 0, 0, QuotaEvent.JOB_CANCELLED, agent_id=self.agent_id
-                )
+                # Gone already (expired): nothing is held, so nothing to give back.
+                with contextlib.suppress(NotFoundError):
+                    self.allowance.unreserve(task.job_id)
             self.client.release_task(task.id, agent_id=self.agent_id, job_id=task.job_id)
         except AgenticError as exc:
             self._error(f"task {task.id}: could not give it back", exc)

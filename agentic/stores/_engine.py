@@ -49,7 +49,14 @@ from ..quota import (
     share_of_cost,
     utc_offset,
 )
-from .base import AllowanceStore, final_outcome, no_allowance, require_count, require_id
+from .base import (
+    AllowanceStore,
+    final_outcome,
+    no_allowance,
+    no_reservation,
+    require_count,
+    require_id,
+)
 
 __all__ = ["AgentRow", "EngineAllowanceStore", "Held", "ModelRow", "QuotaTx"]
 
@@ -125,6 +132,10 @@ class QuotaTx(abc.ABC):
 
     @abc.abstractmethod
     def add_request(self, model: str, at: float, job_id: str) -> None: ...
+    @abc.abstractmethod
+    def remove_request(self, model: str, at: float, job_id: str) -> None:
+        """Take back the request ``add_request(model, at, job_id)`` counted, if still kept."""
+
     @abc.abstractmethod
     def get_held(self, job_id: str) -> Held | None: ...
     @abc.abstractmethod
@@ -439,18 +450,31 @@ class EngineAllowanceStore(AllowanceStore):
         require_id("job id", job_id)
         require_count("tokens_in", tokens_in)
         require_count("tokens_out", tokens_out)
-        outcome = final_outcome(outcome)
+        return self._end(job_id, tokens_in, tokens_out, final_outcome(outcome), agent_id, model)
+
+    def unreserve(self, job_id: str) -> Settlement:
+        require_id("job id", job_id)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, None, None, started=False)
+
+    def _end(
+        self,
+        job_id: str,
+        tokens_in: int,
+        tokens_out: int,
+        outcome: QuotaEvent,
+        agent_id: str | None,
+        model: str | None,
+        started: bool = True,
+    ) -> Settlement:
+        """settle, or (``started=False``) unreserve: one transaction either way."""
         with self._open() as ctx:
             tx = ctx.tx
             done = tx.get_settled(job_id)
             if done is not None:
                 return done.model_copy(update={"duplicate": True})
             held = tx.get_held(job_id)
-            if held is None and not agent_id:
-                raise NotFoundError(
-                    f"no live reservation for job {job_id!r} (never reserved, or expired);"
-                    " pass agent_id and model to charge it anyway"
-                )
+            if held is None and (not agent_id or not started):
+                raise no_reservation(job_id, started)
             owner = held.agent_id if held else str(agent_id)
             used_model = held.model if held else (model or "")
             allowance = tx.get_allowance(owner)
@@ -468,6 +492,13 @@ class EngineAllowanceStore(AllowanceStore):
             cost = share_of_cost(full, charged, tokens_in + tokens_out)
             row = self._agent(tx, owner, ctx.start)
             row.tokens_used += charged
+            if held is not None and not started:
+                # The job never ran: it was never one of today's jobs (a reservation
+                # of an earlier day was rolled away with that day's count).
+                if held.created_at >= ctx.start:
+                    row.jobs_started = max(0, row.jobs_started - 1)
+                if held.model:
+                    tx.remove_request(held.model, held.created_at, job_id)
             tx.put_agent(owner, row)
             if used_model:
                 mrow = self._model(tx, used_model, ctx.start)

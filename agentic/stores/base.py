@@ -52,6 +52,7 @@ __all__ = [
     "TaskStore",
     "final_outcome",
     "no_allowance",
+    "no_reservation",
     "require_count",
     "require_id",
     "status_for_load",
@@ -87,6 +88,19 @@ def final_outcome(outcome: QuotaEvent | str) -> QuotaEvent:
 def no_allowance(agent_id: str) -> NotFoundError:
     """The fail-closed error for an agent without an allowance."""
     return NotFoundError(f"no allowance for agent {agent_id!r}: set one before it takes work")
+
+
+def no_reservation(job_id: str, started: bool = True) -> NotFoundError:
+    """The error for settling (``started``) or unreserving a job with no live reservation."""
+    if not started:
+        return NotFoundError(
+            f"no live reservation for job {job_id!r} (never reserved, or expired): nothing"
+            " to unreserve"
+        )
+    return NotFoundError(
+        f"no live reservation for job {job_id!r} (never reserved, or expired);"
+        " pass agent_id and model to charge it anyway"
+    )
 
 
 def require_count(kind: str, value: int) -> int:
@@ -188,6 +202,14 @@ class AllowanceStore(Closeable):
       and changes nothing. When the reservation is gone (expired), pass ``agent_id``
       (and ``model``) so the tokens are still charged; without them it is
       :class:`NotFoundError`.
+    * ``unreserve(job_id)`` undoes a reservation whose job never started (the claim
+      it was made for was lost or refused): as if it had never been made, the job is
+      not counted, its slot, tokens and cost are freed and its request leaves the
+      model's hour. Recorded like a settlement (``job_cancelled``, nothing charged),
+      so a repeat, or a later ``settle``, is a duplicate that changes nothing; a
+      reservation already gone (expired, never made) is :class:`NotFoundError`.
+      A job that started and was stopped is ``settle(..., JOB_CANCELLED)``
+      instead: it counts as a job, its tokens are not charged.
     * ``check(agent_id, model, tokens)`` runs the same rules without changing anything.
     """
 
@@ -265,6 +287,10 @@ class AllowanceStore(Closeable):
         model: str | None = None,
     ) -> Settlement:
         """Atomically end a job's reservation and charge what it used."""
+
+    @abc.abstractmethod
+    def unreserve(self, job_id: str) -> Settlement:
+        """Atomically undo the reservation of a job that never started."""
 
 
 @dataclass(frozen=True, slots=True)

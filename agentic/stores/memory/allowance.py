@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import threading
 import time
@@ -74,6 +75,11 @@ class _MemoryTx(QuotaTx):
 
     def add_request(self, model: str, at: float, job_id: str) -> None:
         self.request_log.setdefault(model, deque()).append(at)
+
+    def remove_request(self, model: str, at: float, job_id: str) -> None:
+        # Requests are kept as bare times: any one at ``at`` counts the same.
+        with contextlib.suppress(KeyError, ValueError):
+            self.request_log[model].remove(at)
 
     def get_held(self, job_id: str) -> Held | None:
         return self.held.get(job_id)

@@ -46,7 +46,14 @@ from ...quota import (
     decide,
     utc_offset,
 )
-from ..base import AllowanceStore, final_outcome, no_allowance, require_count, require_id
+from ..base import (
+    AllowanceStore,
+    final_outcome,
+    no_allowance,
+    no_reservation,
+    require_count,
+    require_id,
+)
 from ..keys import QuotaKeys
 from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
 
@@ -307,21 +314,35 @@ class RedisAllowanceStore(AllowanceStore):
         _amount("tokens_in", tokens_in)
         _amount("tokens_out", tokens_out)
         outcome = final_outcome(outcome)
+        return self._end(job_id, tokens_in, tokens_out, outcome, agent_id or "", model or "")
+
+    def unreserve(self, job_id: str) -> Settlement:
+        require_id("job id", job_id)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, "", "", started=False)
+
+    def _end(
+        self,
+        job_id: str,
+        tokens_in: int,
+        tokens_out: int,
+        outcome: QuotaEvent,
+        agent_id: str,
+        model: str,
+        started: bool = True,
+    ) -> Settlement:
         reply = self._run(
             _SETTLE,
             job_id,
             str(tokens_in),
             str(tokens_out),
             outcome.value,
-            agent_id or "",
-            model or "",
+            agent_id,
+            model,
             repr(float(SETTLED_RETENTION)),
+            "1" if started else "0",
         )
         if reply[0] == "not found":
-            raise NotFoundError(
-                f"no live reservation for job {job_id!r} (never reserved, or expired);"
-                " pass agent_id and model to charge it anyway"
-            )
+            raise no_reservation(job_id, started)
         tag, owner, used_model, done, charged, cost, previous, status = reply
         return Settlement(
             job_id=job_id,

@@ -204,6 +204,17 @@ class _SQLiteTx(QuotaTx):
             (model,),
         )
 
+    def remove_request(self, model: str, at: float, job_id: str) -> None:
+        removed = self._conn.execute(
+            "DELETE FROM model_requests WHERE model = ? AND at = ? AND job_id = ?",
+            (model, at, job_id),
+        ).rowcount
+        if removed:
+            self._conn.execute(
+                "UPDATE model_request_counts SET requests = requests - ? WHERE model = ?",
+                (removed, model),
+            )
+
     def get_held(self, job_id: str) -> Held | None:
         row = self._one(f"SELECT {_HELD} FROM reservations WHERE job_id = ?", job_id)
         return None if row is None else _held(row)
