@@ -75,6 +75,7 @@ class DispatcherConfig(_Section):
     jitter: Annotated[Jitter, Accepts("one of full, equal, decorrelated")] = "full"
     fail_open: Annotated[bool, Accepts("true or false")] = False
     lease_seconds: PositiveSeconds = 300.0
+    claim_concurrency: Annotated[int, Field(ge=1, le=64), Accepts("an integer from 1 to 64")] = 8
 
     @field_validator("backoff_cap")
     @classmethod

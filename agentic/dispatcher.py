@@ -13,7 +13,12 @@ One pass (:meth:`Dispatcher.run_once`):
    to another dispatcher cost no quota. A claim whose answer was lost is read back
    before anything is given back. A dispatcher killed between reserve and claim
    leaks nothing either: the reservation expires.
-4. Count the new load in the index, so one pass spreads work (defect 4).
+4. Count the new load in the index as soon as the quota is reserved, so one pass
+   spreads work (defect 4); a claim that then fails gives it back.
+
+Routing and reservations run in urgency order on the caller's thread; the claims
+(one HTTP round trip each) run on up to ``claim_concurrency`` threads meanwhile, and
+their outcomes are handled back on the caller's thread.
 
 Shortage is not failure: when no agent is eligible or every candidate is over quota,
 the task *waits*, with no retry counted. Real failures (a claim refused by the server
@@ -35,6 +40,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +51,7 @@ from .client import TaskClient
 from .errors import (
     AgenticError,
     APIError,
+    ConfigError,
     ConflictError,
     NoEligibleAgentError,
     NotFoundError,
@@ -102,8 +109,17 @@ class Dispatcher:
         *,
         heartbeat_ttl: float | None = None,
         lease_seconds: float | None = None,
+        claim_concurrency: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        if (
+            isinstance(claim_concurrency, bool)
+            or not isinstance(claim_concurrency, int)
+            or (claim_concurrency < 1)
+        ):
+            raise ConfigError(
+                f"claim_concurrency must be an integer >= 1, got {claim_concurrency!r}"
+            )
         self.registry = registry
         self.router = router
         self.allowance = allowance
@@ -112,6 +128,8 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.heartbeat_ttl = heartbeat_ttl
         self.lease_seconds = lease_seconds
+        #: claims in flight at once within a pass (one HTTP round trip each)
+        self.claim_concurrency = claim_concurrency
         self._clock = clock
         #: errors seen (failed passes, failed claims, emitter failures), each logged
         self.errors = 0
@@ -125,6 +143,22 @@ class Dispatcher:
         the claim's error for a real failure. Nothing stays reserved on any error.
         """
         index = agents if agents is not None else AgentIndex(self.registry.list())
+        agent_id, job_id = self._reserve(task, index)
+        try:
+            error = self._try_claim(task, agent_id, job_id)
+        except BaseException:  # interrupted mid-claim: nothing may stay held
+            self._unreserve(job_id)
+            index.add_load(agent_id, -1)
+            raise
+        self._claimed(task, agent_id, job_id, error, index)
+        return agent_id
+
+    def _reserve(self, task: Task, index: AgentIndex) -> tuple[str, str]:
+        """Rank, then reserve quota on the first candidate that has it: (agent, job id).
+
+        The agent's load in ``index`` counts the task from here on, so the tasks after
+        it in a pass are routed as if the claim had succeeded (defect 4).
+        """
         try:
             ranked = self.router.rank(task, index)
         except NoEligibleAgentError as exc:
@@ -139,26 +173,43 @@ class Dispatcher:
             except QuotaExceededError as exc:
                 refusals.append((agent_id, exc))
                 continue
-            try:
-                self.client.claim_task(
-                    task.id, agent_id=agent_id, lease_seconds=self.lease_seconds, job_id=job_id
-                )
-            except TransportError:
-                if self._claim_lost(task.id, job_id):
-                    raise
-            except BaseException:
-                self._unreserve(job_id)
-                raise
             index.add_load(agent_id)
-            self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
-            self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
-            return agent_id
+            return agent_id, job_id
         reasons = "; ".join(f"{agent}: {exc.reason}" for agent, exc in refusals)
         waits = [exc.retry_after for _a, exc in refusals if exc.retry_after is not None]
         self._emit(EventType.DISPATCH_FAILED_QUOTA, task, "", {"reasons": reasons})
         raise QuotaExceededError(
             f"every eligible agent is over quota ({reasons})", min(waits) if waits else None
         )
+
+    def _try_claim(self, task: Task, agent_id: str, job_id: str) -> Exception | None:
+        """The claim in ``agent_id``'s name; its error is returned, not raised.
+
+        Returned so that a pass can run claims on worker threads and still handle
+        every outcome (quota, counters, events) on its own thread.
+        """
+        try:
+            self.client.claim_task(
+                task.id, agent_id=agent_id, lease_seconds=self.lease_seconds, job_id=job_id
+            )
+        except Exception as exc:  # handed to _claimed, which raises it
+            return exc
+        return None
+
+    def _claimed(
+        self, task: Task, agent_id: str, job_id: str, error: Exception | None, index: AgentIndex
+    ) -> None:
+        """Finish a claim attempt: events on success; else the reservation and the
+        load are given back and the error is raised."""
+        if isinstance(error, TransportError) and not self._claim_lost(task.id, job_id):
+            error = None  # the claim was made; only its answer was lost
+        if error is not None:
+            if not isinstance(error, TransportError):  # _claim_lost dealt with those
+                self._unreserve(job_id)
+            index.add_load(agent_id, -1)
+            raise error
+        self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
+        self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
 
     def _forget_previous_attempt(self, task: Task) -> None:
         """Free the slot of an attempt that died with its runner (lease expired).
@@ -218,7 +269,12 @@ class Dispatcher:
 
     # --- one pass ---
     def run_once(self) -> DispatchReport:
-        """One dispatch pass over every ready pending task (see the module docstring)."""
+        """One dispatch pass over every ready pending task (see the module docstring).
+
+        Routing and reservations run in urgency order on this thread; the claims (one
+        HTTP round trip each) run on up to ``claim_concurrency`` threads meanwhile, and
+        their outcomes are handled back here, so counters and events stay on one thread.
+        """
         report = DispatchReport()
         if self.heartbeat_ttl:
             for agent_id in self.registry.reap(self.heartbeat_ttl):
@@ -227,24 +283,38 @@ class Dispatcher:
         tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
         tasks.sort(key=_urgency)
         now = self._clock()
-        for task in tasks:
-            if task.retry_count > task.max_retries:
-                self._dead_letter(task, task.fail_reason or "max retries exceeded", report)
-            elif task.next_attempt_at is not None and task.next_attempt_at > now:
-                report.waiting[task.id] = f"backoff until {task.next_attempt_at.isoformat()}"
-            else:
-                self._dispatch_one(task, index, report)
+        claims: list[tuple[Task, str, str, Future[Exception | None]]] = []
+        with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
+            for task in tasks:
+                if task.retry_count > task.max_retries:
+                    self._dead_letter(task, task.fail_reason or "max retries exceeded", report)
+                elif task.next_attempt_at is not None and task.next_attempt_at > now:
+                    report.waiting[task.id] = f"backoff until {task.next_attempt_at.isoformat()}"
+                else:
+                    try:
+                        agent_id, job_id = self._reserve(task, index)
+                    except AgenticError as exc:
+                        self._not_dispatched(task, exc, report)
+                        continue
+                    claim = pool.submit(self._try_claim, task, agent_id, job_id)
+                    claims.append((task, agent_id, job_id, claim))
+            for task, agent_id, job_id, claim in claims:
+                try:
+                    self._claimed(task, agent_id, job_id, claim.result(), index)
+                except AgenticError as exc:
+                    self._not_dispatched(task, exc, report)
+                else:
+                    report.dispatched[task.id] = agent_id
         return report
 
-    def _dispatch_one(self, task: Task, index: AgentIndex, report: DispatchReport) -> None:
-        try:
-            report.dispatched[task.id] = self.dispatch(task, index)
-        except (NoEligibleAgentError, QuotaExceededError) as exc:
+    def _not_dispatched(self, task: Task, exc: AgenticError, report: DispatchReport) -> None:
+        """Sort a dispatch error: waiting (shortage, claimed elsewhere) or a failure."""
+        if isinstance(exc, NoEligibleAgentError | QuotaExceededError):
             report.waiting[task.id] = str(exc)
-        except ConflictError as exc:
+        elif isinstance(exc, ConflictError):
             # Another dispatcher (or a runner) got there first: not our failure.
             report.waiting[task.id] = f"claimed elsewhere: {exc.message}"
-        except AgenticError as exc:
+        else:
             self.errors += 1
             log.warning("dispatch of task %s failed: %s", task.id, exc)
             report.failed[task.id] = str(exc)

@@ -15,6 +15,7 @@ from agentic.client import TaskClient
 from agentic.dispatcher import Dispatcher
 from agentic.errors import (
     APIError,
+    ConfigError,
     ConflictError,
     NoEligibleAgentError,
     QuotaExceededError,
@@ -399,3 +400,84 @@ def test_run_stops_when_asked_and_counts_errors(system: System) -> None:
     assert not thread.is_alive()
     with pytest.raises(TransportError):
         broken.run_once()
+
+
+class SlowClaims(TaskClient):
+    """A client whose claims take a while and that records how many overlap."""
+
+    def __init__(self, *args: Any, fail: set[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail = fail or set()
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.most = 0
+
+    def claim_task(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        try:
+            threading.Event().wait(0.1)
+            if task_id in self.fail:
+                raise APIError("boom", 500)
+            return super().claim_task(task_id, agent_id, lease_seconds, job_id)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_a_pass_runs_claims_concurrently_up_to_the_limit(system: System) -> None:
+    """Claims of one pass overlap, never more than claim_concurrency at once."""
+    for i in range(3):
+        system.agent(f"a{i}", max_load=3)
+    tasks = [system.task(f"t{i}") for i in range(9)]
+    client = SlowClaims(system.client.base_url, token="", retries=0)
+    dispatcher = Dispatcher(
+        system.registry,
+        DefaultRouter(),
+        AllowanceService(system.quota),
+        client,
+        claim_concurrency=3,
+    )
+    with client:
+        report = dispatcher.run_once()
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks)
+    assert sorted(report.dispatched.values()) == ["a0"] * 3 + ["a1"] * 3 + ["a2"] * 3
+    assert client.most == 3
+
+
+def test_a_failed_claim_in_a_pass_gives_back_quota_and_counts_a_retry(system: System) -> None:
+    """Among concurrent claims, the one that fails is unreserved and retried later."""
+    system.agent("a", daily_job_limit=10)
+    good, bad = system.task("good"), system.task("bad")
+    client = SlowClaims(system.client.base_url, token="", retries=0, fail={bad.id})
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client
+    )
+    with client:
+        report = dispatcher.run_once()
+    assert report.dispatched == {good.id: "a"}
+    assert bad.id in report.failed
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+    assert system.tasks.get(bad.id).retry_count == 1
+    assert dispatcher.errors == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_claim_concurrency_must_be_a_positive_integer(system: System, bad: Any) -> None:
+    """A claim_concurrency that is not an integer >= 1 is a ConfigError."""
+    with pytest.raises(ConfigError, match="claim_concurrency"):
+        Dispatcher(
+            system.registry,
+            DefaultRouter(),
+            AllowanceService(system.quota),
+            system.client,
+            claim_concurrency=bad,
+        )

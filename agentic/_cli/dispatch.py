@@ -68,6 +68,7 @@ def dispatch(
             retry_policy(cfg),
             heartbeat_ttl=cfg.dispatcher.heartbeat_ttl,
             lease_seconds=cfg.dispatcher.lease_seconds,
+            claim_concurrency=cfg.dispatcher.claim_concurrency,
         )
         if once:
             report = dispatcher.run_once()
