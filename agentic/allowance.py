@@ -73,6 +73,17 @@ class AllowanceService:
                 reason="quota store unreachable: failing open",
             )
 
+    def active_jobs(self) -> dict[str, int]:
+        """Jobs holding a reservation, per agent: claimed (or about to be), not settled.
+
+        Empty only when failing open with the store down.
+        """
+        try:
+            return {usage.agent_id: usage.active_jobs for usage in self.store.usages()}
+        except StoreError as exc:
+            self._store_failed("usages", exc)
+            return {}
+
     # --- operations ---
     def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
         """Hold quota for one job, or raise :class:`QuotaExceededError`."""

@@ -142,7 +142,7 @@ class Dispatcher:
         task must wait, :class:`ConflictError` when another dispatcher claimed it, and
         the claim's error for a real failure. Nothing stays reserved on any error.
         """
-        index = agents if agents is not None else AgentIndex(self.registry.list())
+        index = agents if agents is not None else self._index()
         agent_id, job_id = self._reserve(task, index)
         try:
             error = self._try_claim(task, agent_id, job_id)
@@ -152,6 +152,23 @@ class Dispatcher:
             raise
         self._claimed(task, agent_id, job_id, error, index)
         return agent_id
+
+    def _index(self) -> AgentIndex:
+        """The registered agents, each loaded with at least its reserved jobs.
+
+        An agent reports the tasks it has *started*; a task claimed for it by an
+        earlier pass stays unseen there until the agent polls. Its reservation counts
+        from the claim, so the larger of the two keeps a pass from routing past
+        ``max_load`` on a stale load.
+        """
+        reserved = self.allowance.active_jobs()
+        agents = [
+            agent.model_copy(update={"current_load": reserved[agent.id]})
+            if reserved.get(agent.id, 0) > agent.current_load
+            else agent
+            for agent in self.registry.list()
+        ]
+        return AgentIndex(agents)
 
     def _reserve(self, task: Task, index: AgentIndex) -> tuple[str, str]:
         """Rank, then reserve quota on the first candidate that has it: (agent, job id).
@@ -172,6 +189,10 @@ class Dispatcher:
                 self.allowance.reserve(agent_id, task.model, task.estimated_tokens, job_id)
             except QuotaExceededError as exc:
                 refusals.append((agent_id, exc))
+                continue
+            except NotFoundError as exc:
+                # No allowance: this agent may take no work (fail closed), the next may.
+                refusals.append((agent_id, QuotaExceededError(exc.message)))
                 continue
             index.add_load(agent_id)
             return agent_id, job_id
@@ -279,7 +300,7 @@ class Dispatcher:
         if self.heartbeat_ttl:
             for agent_id in self.registry.reap(self.heartbeat_ttl):
                 self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})
-        index = AgentIndex(self.registry.list())
+        index = self._index()
         tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
         tasks.sort(key=_urgency)
         now = self._clock()

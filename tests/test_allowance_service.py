@@ -13,6 +13,7 @@ from agentic.models import (
     QuotaEvent,
     Reservation,
     Settlement,
+    UsageRecord,
     UsageReport,
 )
 from agentic.quota import DAY
@@ -160,6 +161,15 @@ def test_unreserve_gives_back_without_events(backend: Backend) -> None:
     assert len(events.events) == seen
 
 
+def test_active_jobs_counts_live_reservations(backend: Backend) -> None:
+    """active_jobs maps each agent to its reservations not yet settled or expired."""
+    svc, _events = service(backend)
+    svc.reserve("a1", "", 0, "j1")
+    svc.reserve("a1", "", 0, "j2")
+    svc.settle("j1", 0, 0, QuotaEvent.JOB_COMPLETED)
+    assert svc.active_jobs() == {"a1": 1}
+
+
 def test_reset_agent(backend: Backend) -> None:
     """reset_agent zeroes the agent's usage for the period."""
     svc, _ = service(backend, daily_token_limit=10)
@@ -183,6 +193,9 @@ class BrokenStore(MemoryAllowanceStore):
     def unreserve(self, job_id: str) -> Settlement:
         raise StoreError("connection refused")
 
+    def usages(self) -> list[UsageRecord]:
+        raise StoreError("connection refused")
+
 
 def test_unreachable_store_fails_closed() -> None:
     """By default a store failure refuses work with a clear error."""
@@ -193,7 +206,9 @@ def test_unreachable_store_fails_closed() -> None:
         svc.check("a1")
     with pytest.raises(StoreUnavailableError):
         svc.unreserve("j1")
-    assert svc.store_failures == 3
+    with pytest.raises(StoreUnavailableError):
+        svc.active_jobs()
+    assert svc.store_failures == 4
 
 
 def test_unreachable_store_can_fail_open() -> None:
@@ -203,7 +218,8 @@ def test_unreachable_store_can_fail_open() -> None:
     assert svc.reserve("a1", "", 1, "j1").job_id == "j1"
     assert svc.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED) is None
     assert svc.unreserve("j1") is None
-    assert svc.store_failures == 4
+    assert svc.active_jobs() == {}
+    assert svc.store_failures == 5
 
 
 class ExplodingEmitter(EventEmitter):

@@ -481,3 +481,30 @@ def test_claim_concurrency_must_be_a_positive_integer(system: System, bad: Any) 
             system.client,
             claim_concurrency=bad,
         )
+
+
+def test_claims_of_earlier_passes_count_as_load(system: System) -> None:
+    """A task claimed but not yet started by its agent still fills it: no routing past max_load."""
+    system.agent("a", max_load=1)
+    system.agent("b", max_load=1)
+    first, second, third = system.task("1"), system.task("2"), system.task("3")
+    assert system.dispatcher.run_once().dispatched == {first.id: "a", second.id: "b"}
+    # the agents have not polled yet: the registry still says load 0 for both
+    assert [a.current_load for a in system.registry.list()] == [0, 0]
+    report = system.dispatcher.run_once()
+    assert report.dispatched == {}
+    assert third.id in report.waiting
+
+
+def test_agent_without_allowance_is_skipped_not_a_failure(system: System) -> None:
+    """An agent with no allowance is passed over for the next; alone, the task waits."""
+    system.registry.register(AgentInfo(id="a-new", capabilities=["py"]))
+    system.agent("b-ok", "py")
+    task = system.task("t", "py")
+    assert system.dispatcher.run_once().dispatched == {task.id: "b-ok"}
+    system.registry.deregister("b-ok")
+    lonely = system.task("u", "py")
+    report = system.dispatcher.run_once()
+    assert "no allowance for agent 'a-new'" in report.waiting[lonely.id]
+    assert system.tasks.get(lonely.id).retry_count == 0
+    assert system.dispatcher.errors == 0

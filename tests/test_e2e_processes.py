@@ -9,12 +9,11 @@ Times that the CLI does not let a test shorten: an agent polls for its tasks eve
 second and heartbeats every 5 s (so a lease must exceed 10 s), and ``agentic serve``
 requeues expired leases every 5 s.
 
-Every agent gets a concurrency allowance (or a token allowance that acts as one) below
-its ``max_load``. Without one the dispatcher over-claims: it knows an agent's load only
-from the registry, which counts the tasks the runner has *started*, so for up to a poll
-interval every pass claims another ``max_load`` tasks for the same agent, and the
-runner gives the surplus back ("released ... at capacity"). A reservation is counted
-from the claim on, so a concurrency allowance closes that gap.
+In the fleet test every agent gets a concurrency allowance (or a token allowance that
+acts as one) below its ``max_load``, so that quota, not capacity alone, limits what
+runs. The kill test sets none: the dispatcher must not route past ``max_load`` on its
+own, though an agent reports only the tasks it has *started* (claims of earlier passes
+count through their reservations).
 """
 
 from __future__ import annotations
@@ -395,10 +394,9 @@ def test_killed_agents_task_is_requeued_and_run_by_another(tmp_path: Path) -> No
         TaskClient(fleet.base_url, "") as client,
     ):
         fleet.serve()
-        # Concurrency allowances below max_load: without them the dispatcher claims
-        # more for an agent than it can run (see the module docstring).
-        fleet.cli("allowance", "set", "a-victim", "--daily-jobs", "10", "--concurrent", "1")
-        fleet.cli("allowance", "set", "b-survivor", "--daily-jobs", "10", "--concurrent", "2")
+        # No concurrency allowances: max_load alone must bound what each agent gets.
+        fleet.cli("allowance", "set", "a-victim", "--daily-jobs", "10")
+        fleet.cli("allowance", "set", "b-survivor", "--daily-jobs", "10")
         # Ties go to the lowest id: the critical task goes to a-victim, whose command
         # never ends; the others go to b-survivor.
         victim = fleet.agent("a-victim", ["x"], 1, seconds=None)
