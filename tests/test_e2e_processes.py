@@ -209,13 +209,22 @@ def fleet_on(tmp: Path, store_url: str, **dispatcher: float) -> Iterator[Fleet]:
             if proc.popen.poll() is None:
                 proc.popen.kill()
                 proc.popen.wait(10)
-        # A command that never ends outlives an agent killed with SIGKILL: end its group.
+        # A test that failed may leave a command of a killed agent: end it.
         marks = fleet.marks()
         ended = {(m.task_id, m.pid) for m in marks if m.kind == "end"}
         for mark in marks:
             if mark.kind == "start" and (mark.task_id, mark.pid) not in ended:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(mark.pid, signal.SIGKILL)
+                    os.kill(mark.pid, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped yet does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -413,6 +422,9 @@ def test_killed_agents_task_is_requeued_and_run_by_another(tmp_path: Path) -> No
         wait_until(victim_runs_it, "a-victim runs the doomed task", fleet)
         assert client.get_task(doomed.id).claimed_by == "a-victim"
         assert victim.stop(signal.SIGKILL) == -signal.SIGKILL
+        # Its command does not run on beside the copy b-survivor will start.
+        [command] = [m.pid for m in fleet.marks() if m.task_id == doomed.id]
+        wait_until(lambda: not running(command), "the dead agent's command ended", fleet)
         wait_completed(client, {doomed.id, *others}, fleet, timeout=40)
         final = all_tasks(client)
         assert dispatcher.stop() == 0

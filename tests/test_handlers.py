@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -162,10 +163,50 @@ def test_leftover_background_process_ends_with_the_task() -> None:
     wait_until(lambda: gone(int(result.output)))
 
 
+# What runs in the agent process that the next test kills: the handler on a command
+# that writes its own pid and a grandchild's to the file named by argv[1], then sleeps.
+_DOOMED_AGENT = """
+import sys
+from agentic.models import Task
+from agentic.runner import SubprocessHandler, TaskContext
+from tests.test_handlers import RecordingClient
+script = 'sleep 60 & echo $$ $! > "$0.tmp"; mv "$0.tmp" "$0"; wait'
+task = Task(id="t1", title="t")
+SubprocessHandler(["sh", "-c", script, sys.argv[1]], kill_grace=1)(
+    task, TaskContext(task, RecordingClient())
+)
+"""
+
+
+def test_command_ends_when_its_agent_is_killed(tmp_path: Path) -> None:
+    """kill -9 of the agent process ends the task's command and its descendants."""
+    pids = tmp_path / "pids"
+    root = Path(__file__).resolve().parent.parent
+    agent = subprocess.Popen([sys.executable, "-c", _DOOMED_AGENT, str(pids)], cwd=root)
+    try:
+        wait_until(pids.exists, timeout=20)
+        command, grandchild = (int(pid) for pid in pids.read_text().split())
+        assert not gone(command) and not gone(grandchild)
+        agent.kill()
+        agent.wait(10)
+        wait_until(lambda: gone(command) and gone(grandchild))
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def test_command_signal_reaches_the_agent_through_the_guard() -> None:
+    """A command killed by a signal is reported as killed by that signal."""
+    result = SubprocessHandler(sh("kill -9 $$"))(TASK, context())
+    assert result.error_message == "sh was killed by signal 9"
+
+
 def test_missing_binary_is_an_infrastructure_error() -> None:
     """A command that cannot start is the agent's problem, not the task's."""
     with pytest.raises(InfrastructureError, match="cannot start"):
         SubprocessHandler(["/nonexistent/agent"])(TASK, context())
+    with pytest.raises(InfrastructureError, match="not found or not executable"):
+        SubprocessHandler(["no-such-agent-binary", "-p"])(TASK, context())
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -21,6 +23,7 @@ from ._context import InfrastructureError, TaskCancelled, TaskContext
 __all__ = ["SubprocessHandler"]
 
 _FILE = "{file}"
+_GUARD = Path(__file__).with_name("_guard.py")
 _STDERR_TAIL = 4 * 1024
 # How often the wait loop looks at the process besides reacting to cancellation.
 _POLL = 0.05
@@ -66,7 +69,10 @@ class SubprocessHandler:
     * ``timeout`` (seconds) or the task's cancellation ends the whole process group
       (the command runs in its own session): SIGTERM, then SIGKILL after
       ``kill_grace``. Descendants left behind after a normal exit are ended the same
-      way, so nothing the task started outlives it.
+      way, so nothing the task started outlives it. Nor does it outlive the agent:
+      the command runs under a small guard process (``_guard.py``) that ends the
+      group when the agent process disappears (``kill -9``), instead of leaving it
+      to run beside the copy another agent starts when the lease expires.
     * A command that cannot be started (missing binary) is an
       :class:`InfrastructureError`: the runner gives the task back.
     """
@@ -125,9 +131,12 @@ class SubprocessHandler:
     def _run(self, argv: list[str], task: Task, ctx: TaskContext, stdin: str | None) -> TaskResult:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
         env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id}
+        _require_executable(argv[0], cwd, env)
+        # The guard runs the command and ends its group should this process die.
+        guarded = [sys.executable, "-I", str(_GUARD), str(os.getpid()), repr(self.kill_grace)]
         try:
             process = subprocess.Popen(
-                argv,
+                [*guarded, "--", *argv],
                 stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -199,6 +208,23 @@ class SubprocessHandler:
                 return
             time.sleep(_POLL)
         _signal_group(process.pid, signal.SIGKILL)
+
+
+def _require_executable(
+    command: str, cwd: str | os.PathLike[str] | None, env: Mapping[str, str]
+) -> None:
+    """InfrastructureError unless ``command`` can be started (found, executable).
+
+    Checked here because the guard starts it: a missing binary must stay the agent's
+    problem (the task is given back), not look like the task's own failure.
+    """
+    if os.sep in command:
+        found = Path(cwd or ".", command)
+        ok = found.is_file() and os.access(found, os.X_OK)
+    else:
+        ok = shutil.which(command, path=env.get("PATH", os.defpath)) is not None
+    if not ok:
+        raise InfrastructureError(f"cannot start {command!r}: not found or not executable")
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
