@@ -70,10 +70,10 @@ def error_from(response: httpx.Response) -> APIError:
         except ValueError:
             message = response.reason_phrase or "unknown status"
     if status == 404:
-        return NotFoundError(message, 404, details)
+        return NotFoundError(message, 404, details, from_response=True)
     if status == 409:
-        return ConflictError(message, 409, details)
-    return APIError(message, status, details)
+        return ConflictError(message, 409, details, from_response=True)
+    return APIError(message, status, details, from_response=True)
 
 
 def task_path(task_id: str, action: str = "") -> str:
@@ -99,5 +99,8 @@ def parse(response: httpx.Response, adapter: TypeAdapter[T]) -> T:
         return adapter.validate_json(response.content)
     except ValidationError as exc:  # invalid JSON or a body of another shape
         raise APIError(
-            f"unexpected answer from the server: {exc}", response.status_code, response.text
+            f"unexpected answer from the server: {exc}",
+            response.status_code,
+            response.text,
+            from_response=True,
         ) from exc

@@ -62,11 +62,14 @@ def _decode_event(kind: str, data: str) -> LogEvent | None:
         if kind == "log":
             return LogEvent("log", line=str(payload["line"]), offset=int(payload["offset"]))
         if kind == "error":  # the server's store failed mid-stream; it closes the stream
-            raise APIError(str(payload.get("message", "log stream failed")), 503, data)
+            message = str(payload.get("message", "log stream failed"))
+            raise APIError(message, 503, data, from_response=True)
         if kind in {"status", "end"}:
             which: Literal["status", "end"] = "status" if kind == "status" else "end"
             offset = int(payload.get("next_offset", 0))
             return LogEvent(which, offset=offset, status=TaskStatus(payload["status"]))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise APIError(f"malformed log event {kind!r}: {data!r}", 200, data) from exc
+        raise APIError(
+            f"malformed log event {kind!r}: {data!r}", 200, data, from_response=True
+        ) from exc
     return None  # an event kind from a newer server: skip it

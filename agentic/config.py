@@ -185,6 +185,7 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     dotenv: str | os.PathLike[str] | Literal[False] | None = None,
+    given_as: Mapping[str, str] | None = None,
     **overrides: Any,
 ) -> Config:
     """Build a :class:`Config` from the YAML file, ``.env``, environment and ``overrides``.
@@ -192,7 +193,9 @@ def load_config(
     ``env`` replaces ``os.environ`` (``XDG_CONFIG_HOME`` is read from it too);
     ``dotenv`` names the ``.env`` file (``None``: the one in the current directory, if
     any; ``False``: none). Sections may be overridden by a mapping of some of their
-    keys: ``load_config(dispatcher={"interval": 1})``.
+    keys: ``load_config(dispatcher={"interval": 1})``. ``given_as`` names where an
+    override came from, by dotted key, for error messages (a CLI passes
+    ``{"server.port": "option --port"}``); else it is "keyword argument ...".
     """
     env = os.environ if env is None else env
     merged: Layer = {}
@@ -204,7 +207,12 @@ def load_config(
         merged.update(_text_layer(_dotenv_lines(dotenv_file), strict=True))
     variables = [(name, text, f"environment variable {name}") for name, text in env.items()]
     merged.update(_text_layer(variables, strict=False))
-    merged.update(_nested_layer(overrides, lambda key: f"keyword argument {key.split('.')[0]}"))
+    named = given_as or {}
+    merged.update(
+        _nested_layer(
+            overrides, lambda key: named.get(key) or f"keyword argument {key.split('.')[0]}"
+        )
+    )
 
     data: dict[str, Any] = {}
     for key, (value, _) in merged.items():

@@ -80,18 +80,31 @@ class QuotaExceededError(AgenticError):
 
 
 class APIError(AgenticError):
-    """An API call failed; ``code`` is the HTTP status (0 when there was no answer)."""
+    """An API call failed; ``code`` is the HTTP status (0 when there was no answer).
+
+    ``from_response`` marks an error read from a server's answer: its text then starts
+    with ``HTTP <code>:``. The same classes raised in-process (a store's "not found")
+    carry the code for the server to answer with, but say nothing of HTTP.
+    """
 
     default_code = 500
 
-    def __init__(self, message: str, code: int | None = None, details: Any = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        code: int | None = None,
+        details: Any = None,
+        *,
+        from_response: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = self.default_code if code is None else code
         self.message = message
         self.details = details
+        self.from_response = from_response
 
     def __str__(self) -> str:
-        return f"HTTP {self.code}: {self.message}" if self.code else self.message
+        return f"HTTP {self.code}: {self.message}" if self.from_response else self.message
 
     def to_body(self) -> dict[str, Any]:
         """The wire form ``{"code", "message", "details"}``."""

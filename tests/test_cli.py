@@ -159,6 +159,23 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path) -> None:
     no_traceback(result)
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["serve", "--store", "foo://x"], "task_store_url in option --store: unknown scheme 'foo'"),
+        (["serve", "--port", "99999"], "server.port in option --port: must be an integer"),
+        (["dispatch", "--once", "--interval", "-1"], "dispatcher.interval in option --interval"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value),
+)
+def test_bad_option_value_is_named_as_typed(args: list[str], named: str) -> None:
+    """A bad option value is reported under the option's name, with what is accepted."""
+    result = run(*args)
+    assert result.exit_code == 2
+    assert named in " ".join(result.stderr.split())
+    no_traceback(result)
+
+
 def test_file_input_needs_the_placeholder(tmp_path: Path) -> None:
     """--input file without {file} in the command is refused before anything starts."""
     config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", "memory://")
@@ -202,15 +219,16 @@ def test_log_lines_are_key_value_pairs() -> None:
 
 
 def test_unknown_ids_are_runtime_errors(system: System) -> None:
-    """Unknown task, agent or allowance: exit 1 and a message naming it."""
-    for args in (
-        ["logs", "nope"],
-        ["agents", "deregister", "ghost"],
-        ["allowance", "show", "ghost"],
+    """Unknown task, agent or allowance: exit 1 and a message naming it; "HTTP 404"
+    only where a server answered."""
+    for args, said in (
+        (["logs", "nope"], "error: HTTP 404: task 'nope' does not exist"),
+        (["agents", "deregister", "ghost"], "error: agent 'ghost' is not registered"),
+        (["allowance", "show", "ghost"], "error: no allowance for agent 'ghost'"),
     ):
         result = system.cli(*args)
         assert result.exit_code == 1, (args, result.output)
-        assert "error:" in result.stderr
+        assert said in result.stderr
         no_traceback(result)
 
 

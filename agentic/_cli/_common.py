@@ -84,9 +84,14 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def config(path: Path | None, **overrides: Any) -> Config:
-    """The configuration; ``None`` overrides are "not given" (config wins)."""
-    return load_config(path, **overrides)
+def config(path: Path | None, options: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """The configuration; ``None`` overrides are "not given" (config wins).
+
+    ``options`` maps a dotted key to the command line option that set it, so that a
+    bad value is reported under the name the user typed.
+    """
+    named = {key: f"option {option}" for key, option in (options or {}).items()}
+    return load_config(path, given_as=named, **overrides)
 
 
 def client(cfg: Config, agent_id: str | None = None) -> TaskClient:

@@ -51,7 +51,9 @@ def dispatch(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Route pending tasks to agents within quota, pass after pass (SIGTERM stops)."""
-    cfg = config(config_path, dispatcher={"interval": interval})
+    cfg = config(
+        config_path, {"dispatcher.interval": "--interval"}, dispatcher={"interval": interval}
+    )
     # One pass prints its own report; its event lines would only repeat it.
     setup_logging(verbose, logging.WARNING if once else logging.INFO)
     with contextlib.ExitStack() as stack:

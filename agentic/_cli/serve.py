@@ -98,6 +98,13 @@ def serve(
 
     cfg = config(
         config_path,
+        {
+            "task_store_url": "--store",
+            "server.host": "--host",
+            "server.port": "--port",
+            "server.admin_tokens": "--token",
+            "server.agent_tokens": "--agent-token",
+        },
         task_store_url=store,
         server={
             "host": host,
