@@ -549,7 +549,7 @@ class FinishingStore(MemoryTaskStore):
 
 @pytest.mark.parametrize("final", ["completed", "failed", "blocked"])
 def test_follow_logs_ends_on_final_status(clock: FakeClock, final: str) -> None:
-    """The SSE stream sends status, every line, and ends on completed, failed or blocked."""
+    """The SSE stream sends status, every line, then the final status, and ends."""
     store = FinishingStore(clock=clock)
     held = claimed_by(store, max_retries=0)
     store.append_logs(held.id, ["one"])
@@ -575,6 +575,8 @@ def test_follow_logs_ends_on_final_status(clock: FakeClock, final: str) -> None:
         {"status": final},
     ]
     assert events[-1] == ("end", {"status": final, "next_offset": 3})
+    # the lines written before the task finished come before its final status
+    assert [kind for kind, _data in events][-3:] == ["log", "status", "end"]
 
 
 def test_follow_logs_resumes_from_offset_or_last_event_id(

@@ -11,7 +11,9 @@ Events (``data`` is JSON)::
 
 The store has no change notifications, so the stream polls it. Each pass reads the
 task's status *before* draining the log, so when a final status is seen every line
-appended before the task finished has been sent before ``end``.
+appended before the task finished has been sent before ``end``. The first event is the
+status; a later change is sent after the lines drained with it, so a follower shows
+the work, then "completed".
 """
 
 from __future__ import annotations
@@ -60,10 +62,9 @@ async def follow_log(
     try:
         while True:
             task = await _call(store.get, task_id)
-            if task.status != last_status:
+            if last_status is None:  # where the task stands, before anything else
                 last_status = task.status
                 yield _event("status", {"status": str(task.status)})
-                quiet = 0.0
             while True:
                 page = await _call(store.logs, task_id, offset, _PAGE)
                 for index, line in enumerate(page.lines, start=offset):
@@ -73,6 +74,11 @@ async def follow_log(
                     quiet = 0.0
                 if len(page.lines) < _PAGE:
                     break
+            # Told after the lines read with it: they were written before it changed.
+            if task.status != last_status:
+                last_status = task.status
+                yield _event("status", {"status": str(task.status)})
+                quiet = 0.0
             if last_status in FINISHED:
                 yield _event("end", {"status": str(last_status), "next_offset": offset})
                 return
