@@ -21,6 +21,7 @@ from typer.testing import CliRunner, Result
 
 from agentic._cli._logging import KeyValueFormatter
 from agentic.cli import app
+from agentic.errors import NotFoundError
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.stores import open_allowance_store, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
@@ -174,6 +175,24 @@ def test_bad_option_value_is_named_as_typed(args: list[str], named: str) -> None
     assert result.exit_code == 2
     assert named in " ".join(result.stderr.split())
     no_traceback(result)
+
+
+def test_store_option_overrides_the_config(system: System, tmp_path: Path) -> None:
+    """--store points every store-reading command at another store than the config's."""
+    other = "sqlite:///" + (tmp_path / "other.db").as_posix().lstrip("/")
+    with open_registry(other) as registry:
+        registry.register(AgentInfo(id="elsewhere"))
+    listed = system.cli("agents", "--store", other, "--json")
+    assert [a["id"] for a in json.loads(listed.stdout)] == ["elsewhere"]
+    set_it = system.cli("allowance", "set", "elsewhere", "--daily-jobs", "3", "--store", other)
+    assert set_it.exit_code == 0, set_it.output
+    shown = system.cli("allowance", "show", "elsewhere", "--store", other, "--json")
+    assert json.loads(shown.stdout)["allowance"]["daily_job_limit"] == 3
+    with pytest.raises(NotFoundError):
+        system.quota.get_allowance("elsewhere")  # the config's store is untouched
+    bad = system.cli("agents", "--store", "foo://x")
+    assert bad.exit_code == 2
+    assert "store_url in option --store: unknown scheme 'foo'" in " ".join(bad.stderr.split())
 
 
 def test_file_input_needs_the_placeholder(tmp_path: Path) -> None:

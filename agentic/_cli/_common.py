@@ -32,6 +32,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
 
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        metavar="URL",
+        help="Store URL for every store (default: the config's store_url).",
+    ),
+]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -92,6 +100,11 @@ def config(path: Path | None, options: dict[str, str] | None = None, **overrides
     """
     named = {key: f"option {option}" for key, option in (options or {}).items()}
     return load_config(path, given_as=named, **overrides)
+
+
+def store_config(path: Path | None, store: str | None) -> Config:
+    """The configuration, with ``--store`` (when given) as the URL of every store."""
+    return config(path, {"store_url": "--store"}, store_url=store)
 
 
 def client(cfg: Config, agent_id: str | None = None) -> TaskClient:

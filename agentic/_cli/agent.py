@@ -12,7 +12,7 @@ from ..allowance import AllowanceService
 from ..models import AgentInfo
 from ..runner import AgentRunner, GitWorkspace, Handler, SubprocessHandler
 from ..stores import open_allowance_store, open_registry
-from ._common import ConfigOption, client, config, handled, stdout
+from ._common import ConfigOption, StoreOption, client, handled, stdout, store_config
 from ._logging import setup_logging
 
 agent_app = typer.Typer(help="Run an agent on this machine.")
@@ -39,6 +39,7 @@ def run(
     ],
     max_load: Annotated[int, typer.Option(min=1, help="Tasks at a time.")],
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
     name: Annotated[str, typer.Option(help="Display name.")] = "",
     max_job_duration: Annotated[
         float | None, typer.Option(min=0.001, metavar="S", help="Seconds before a task is killed.")
@@ -60,7 +61,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Register, then run `-- CMD ...` for each task claimed for this agent; SIGTERM drains."""
-    cfg = config(config_path)
+    cfg = store_config(config_path, store_url)
     handler: Handler = SubprocessHandler(command, input=input_mode, format=task_format)
     if git_repo is not None:
         handler = GitWorkspace(git_repo, handler)

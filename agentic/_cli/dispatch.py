@@ -16,6 +16,7 @@ from ..stores import open_allowance_store, open_registry
 from ._common import (
     ConfigOption,
     JsonOption,
+    StoreOption,
     client,
     config,
     handled,
@@ -42,6 +43,7 @@ def _print_report(report: DispatchReport) -> None:
 @handled
 def dispatch(
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
     interval: Annotated[
         float | None,
         typer.Option(metavar="S", help="Seconds between passes (default: config's, 5)."),
@@ -52,7 +54,10 @@ def dispatch(
 ) -> None:
     """Route pending tasks to agents within quota, pass after pass (SIGTERM stops)."""
     cfg = config(
-        config_path, {"dispatcher.interval": "--interval"}, dispatcher={"interval": interval}
+        config_path,
+        {"store_url": "--store", "dispatcher.interval": "--interval"},
+        store_url=store_url,
+        dispatcher={"interval": interval},
     )
     # One pass prints its own report; its event lines would only repeat it.
     setup_logging(verbose, logging.WARNING if once else logging.INFO)

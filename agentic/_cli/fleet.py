@@ -15,13 +15,14 @@ from ..stores import open_allowance_store, open_registry
 from ._common import (
     ConfigOption,
     JsonOption,
+    StoreOption,
     ago,
     clock_time,
-    config,
     existing,
     handled,
     print_json,
     stdout,
+    store_config,
 )
 
 agents_app = typer.Typer(
@@ -31,8 +32,8 @@ allowance_app = typer.Typer(help="Quotas: per-agent allowances and per-model lim
 
 
 # --- agents ---
-def _list_agents(config_path: Path | None, json_output: bool) -> None:
-    cfg = config(config_path)
+def _list_agents(config_path: Path | None, store_url: str | None, json_output: bool) -> None:
+    cfg = store_config(config_path, store_url)
     with existing(open_registry, cfg.store_url_for("registry")) as registry:
         agents = sorted(registry.list(), key=lambda a: a.id)
     if json_output:
@@ -58,18 +59,23 @@ def _list_agents(config_path: Path | None, json_output: bool) -> None:
 @agents_app.callback(invoke_without_command=True)
 @handled
 def agents(
-    ctx: typer.Context, config_path: ConfigOption = None, json_output: JsonOption = False
+    ctx: typer.Context,
+    config_path: ConfigOption = None,
+    store_url: StoreOption = None,
+    json_output: JsonOption = False,
 ) -> None:
     """The agent registry (lists the agents when no command is given)."""
     if ctx.invoked_subcommand is None:
-        _list_agents(config_path, json_output)
+        _list_agents(config_path, store_url, json_output)
 
 
 @agents_app.command("list")
 @handled
-def list_agents(config_path: ConfigOption = None, json_output: JsonOption = False) -> None:
+def list_agents(
+    config_path: ConfigOption = None, store_url: StoreOption = None, json_output: JsonOption = False
+) -> None:
     """Every registered agent: state, load, capabilities, last heartbeat."""
-    _list_agents(config_path, json_output)
+    _list_agents(config_path, store_url, json_output)
 
 
 @agents_app.command("deregister")
@@ -77,9 +83,10 @@ def list_agents(config_path: ConfigOption = None, json_output: JsonOption = Fals
 def deregister(
     agent_id: Annotated[str, typer.Argument(metavar="ID", help="Agent id.")],
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
 ) -> None:
     """Remove an agent from the registry (a running runner registers again)."""
-    cfg = config(config_path)
+    cfg = store_config(config_path, store_url)
     with existing(open_registry, cfg.store_url_for("registry")) as registry:
         registry.get(agent_id)  # an unknown id is an error, not a silent no-op
         registry.deregister(agent_id)
@@ -98,10 +105,11 @@ def show(
         str | None, typer.Argument(metavar="[AGENT]", help="One agent (default: all).")
     ] = None,
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Allowances and today's usage, of one agent or of all."""
-    cfg = config(config_path)
+    cfg = store_config(config_path, store_url)
     with existing(open_allowance_store, cfg.store_url_for("allowance")) as store:
         chosen = [store.get_allowance(agent_id)] if agent_id else store.allowances()
         rows = [(a, store.get_usage(a.agent_id)) for a in chosen]
@@ -130,6 +138,7 @@ def show(
 def set_allowance(
     agent_id: Annotated[str, typer.Argument(metavar="AGENT", help="Agent id.")],
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
     daily_tokens: Annotated[int | None, typer.Option(min=0, help="0: unlimited.")] = None,
     daily_jobs: Annotated[int | None, typer.Option(min=0, help="0: unlimited.")] = None,
     concurrent: Annotated[int | None, typer.Option(min=0, help="0: unlimited.")] = None,
@@ -155,7 +164,7 @@ def set_allowance(
     changes = {key: value for key, value in changes.items() if value is not None}
     if not changes:
         raise ConfigError("nothing to set: give at least one of the options (see --help)")
-    cfg = config(config_path)
+    cfg = store_config(config_path, store_url)
     with open_allowance_store(cfg.store_url_for("allowance")) as store:
         try:
             current = store.get_allowance(agent_id)
@@ -174,6 +183,7 @@ def set_allowance(
 def model_quota(
     model: Annotated[str, typer.Argument(metavar="MODEL", help="Model name.")],
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
     daily_tokens: Annotated[
         int | None, typer.Option(min=0, help="Tokens per day, all agents; 0: unlimited.")
     ] = None,
@@ -200,7 +210,7 @@ def model_quota(
         "output_price": output_price,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
-    cfg = config(config_path)
+    cfg = store_config(config_path, store_url)
     with open_allowance_store(cfg.store_url_for("allowance")) as store:
         try:
             quota: ModelQuota | None = store.get_model_quota(model)

@@ -29,15 +29,16 @@ from ..stores.base import AllowanceStore
 from ._common import (
     ConfigOption,
     JsonOption,
+    StoreOption,
     ago,
     client,
-    config,
     existing,
     handled,
     interrupt_exits,
     print_json,
     redacted,
     stdout,
+    store_config,
     until,
     warn,
 )
@@ -183,6 +184,7 @@ def render(snap: Snapshot, *, with_warnings: bool) -> RenderableType:
 @handled
 def status(
     config_path: ConfigOption = None,
+    store_url: StoreOption = None,
     watch: Annotated[
         bool,
         typer.Option(
@@ -202,7 +204,7 @@ def status(
     """Agents (state, load, quota use, heartbeat) and pending / in-progress task counts."""
     if seconds is not None and not watch:
         raise typer.BadParameter("SECONDS is only valid with --watch", param_hint="SECONDS")
-    cfg = config(config_path)
+    cfg = store_config(config_path, store_url)
     interval = seconds or _DEFAULT_WATCH
     with client(cfg) as api, interrupt_exits(0):
         if not watch:
