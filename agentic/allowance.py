@@ -112,6 +112,13 @@ class AllowanceService:
         except StoreError as exc:
             self._store_failed("settle", exc)
             return None
+        if settlement.duplicate and tokens_in + tokens_out > 0:
+            # The first settlement stands; say so, since these tokens are not charged.
+            log.warning(
+                "job %s was settled already; %d tokens reported again are not charged",
+                job_id,
+                tokens_in + tokens_out,
+            )
         if not settlement.duplicate:
             self._emit(
                 EventType.USAGE_RECORDED,

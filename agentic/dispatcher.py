@@ -115,10 +115,10 @@ class Dispatcher:
         if (
             isinstance(claim_concurrency, bool)
             or not isinstance(claim_concurrency, int)
-            or (claim_concurrency < 1)
+            or not 1 <= claim_concurrency <= 64
         ):
             raise ConfigError(
-                f"claim_concurrency must be an integer >= 1, got {claim_concurrency!r}"
+                f"claim_concurrency must be an integer from 1 to 64, got {claim_concurrency!r}"
             )
         self.registry = registry
         self.router = router
@@ -142,6 +142,7 @@ class Dispatcher:
         task must wait, :class:`ConflictError` when another dispatcher claimed it, and
         the claim's error for a real failure. Nothing stays reserved on any error.
         """
+        self._forget_previous_attempt(task)
         index = agents if agents is not None else self._index()
         agent_id, job_id = self._reserve(task, index)
         try:
@@ -181,7 +182,6 @@ class Dispatcher:
         except NoEligibleAgentError as exc:
             self._emit(EventType.DISPATCH_FAILED_NO_AGENT, task, "", {"reason": str(exc)})
             raise
-        self._forget_previous_attempt(task)
         refusals: list[tuple[str, QuotaExceededError]] = []
         for agent_id in ranked:
             job_id = new_job_id(task)
@@ -221,12 +221,16 @@ class Dispatcher:
         self, task: Task, agent_id: str, job_id: str, error: Exception | None, index: AgentIndex
     ) -> None:
         """Finish a claim attempt: events on success; else the reservation and the
-        load are given back and the error is raised."""
-        if isinstance(error, TransportError) and not self._claim_lost(task.id, job_id):
-            error = None  # the claim was made; only its answer was lost
+        load are given back and the error is raised.
+
+        Only a definite refusal gives the reservation back at once. An answer that
+        may hide a claim made (none at all, a 5xx from a proxy, a body that does not
+        parse) is checked by reading the task back.
+        """
+        if error is not None and _maybe_made(error) and self._claim_made(task.id, job_id):
+            error = None
         if error is not None:
-            if not isinstance(error, TransportError):  # _claim_lost dealt with those
-                self._unreserve(job_id)
+            self._unreserve(job_id)
             index.add_load(agent_id, -1)
             raise error
         self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
@@ -240,36 +244,26 @@ class Dispatcher:
         if task.job_id:
             self._cancel(task.job_id, task.claimed_by)
 
-    def _claim_lost(self, task_id: str, job_id: str) -> bool:
-        """After a claim with no answer: False if it was made after all (go on as
-        dispatched); True once the reservation is dealt with (the error goes on).
+    def _claim_made(self, task_id: str, job_id: str) -> bool:
+        """Whether a claim whose answer was lost or garbled was made after all.
 
-        The claim may have reached the server with only its answer lost. Unreserving
-        then would let the agent run the task with no reservation to charge, so the
-        task is read back: ours -> dispatched; not ours -> unreserve; unknown (the
-        server still silent) -> the reservation is left to the runner's settle or to
-        its expiry, never given back twice.
+        The task carries the job id of the claim that took it, whatever happened to
+        it since: ours -> made. Not ours, or the task unreadable -> treated as not
+        made; should it land later all the same, the agent's settle still charges
+        what the job uses (an unreserved job leaves nothing behind to hide it).
         """
         try:
             current = self.client.get_task(task_id)
         except AgenticError as exc:
-            self.errors += 1
-            log.warning(
-                "claim of task %s got no answer and the task cannot be read (%s);"
-                " reservation %s is left to expire",
-                task_id,
-                exc,
-                job_id,
-            )
-            return True
-        if current.status is TaskStatus.IN_PROGRESS and current.job_id == job_id:
-            log.info("claim of task %s got no answer but was made", task_id)
+            log.warning("claim of task %s: no usable answer and no read-back (%s)", task_id, exc)
             return False
-        self._unreserve(job_id)
-        return True
+        if current.job_id == job_id:
+            log.info("claim of task %s got no usable answer but was made", task_id)
+            return True
+        return False
 
     def _unreserve(self, job_id: str) -> None:
-        """Give back a reservation whose claim failed: the job never started (defect 6)."""
+        """Give back a reservation whose claim failed: the job did not start (defect 6)."""
         try:
             self.allowance.unreserve(job_id)
         except NotFoundError:
@@ -295,38 +289,61 @@ class Dispatcher:
         Routing and reservations run in urgency order on this thread; the claims (one
         HTTP round trip each) run on up to ``claim_concurrency`` threads meanwhile, and
         their outcomes are handled back here, so counters and events stay on one thread.
+        Every claim started is seen through, even when the pass stops on an error.
         """
         report = DispatchReport()
         if self.heartbeat_ttl:
             for agent_id in self.registry.reap(self.heartbeat_ttl):
                 self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})
-        index = self._index()
         tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
         tasks.sort(key=_urgency)
+        for task in tasks:
+            # Before the index: a dead attempt's reservation must not count as load.
+            self._forget_previous_attempt(task)
+        index = self._index()
         now = self._clock()
         claims: list[tuple[Task, str, str, Future[Exception | None]]] = []
         with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
-            for task in tasks:
-                if task.retry_count > task.max_retries:
-                    self._dead_letter(task, task.fail_reason or "max retries exceeded", report)
-                elif task.next_attempt_at is not None and task.next_attempt_at > now:
-                    report.waiting[task.id] = f"backoff until {task.next_attempt_at.isoformat()}"
-                else:
-                    try:
-                        agent_id, job_id = self._reserve(task, index)
-                    except AgenticError as exc:
-                        self._not_dispatched(task, exc, report)
-                        continue
-                    claim = pool.submit(self._try_claim, task, agent_id, job_id)
-                    claims.append((task, agent_id, job_id, claim))
-            for task, agent_id, job_id, claim in claims:
-                try:
-                    self._claimed(task, agent_id, job_id, claim.result(), index)
-                except AgenticError as exc:
-                    self._not_dispatched(task, exc, report)
-                else:
-                    report.dispatched[task.id] = agent_id
+            try:
+                for task in tasks:
+                    if task.retry_count > task.max_retries:
+                        reason = task.fail_reason or "max retries exceeded"
+                        self._dead_letter(task, reason, report)
+                    elif task.next_attempt_at is not None and task.next_attempt_at > now:
+                        until = task.next_attempt_at.isoformat()
+                        report.waiting[task.id] = f"backoff until {until}"
+                    else:
+                        try:
+                            agent_id, job_id = self._reserve(task, index)
+                        except AgenticError as exc:
+                            self._not_dispatched(task, exc, report)
+                            continue
+                        claim = pool.submit(self._try_claim, task, agent_id, job_id)
+                        claims.append((task, agent_id, job_id, claim))
+            finally:
+                for task, agent_id, job_id, claim in claims:
+                    self._see_through(task, agent_id, job_id, claim, index, report)
         return report
+
+    def _see_through(
+        self,
+        task: Task,
+        agent_id: str,
+        job_id: str,
+        claim: Future[Exception | None],
+        index: AgentIndex,
+        report: DispatchReport,
+    ) -> None:
+        """Handle one claim's outcome; nothing it raises stops the others."""
+        try:
+            self._claimed(task, agent_id, job_id, claim.result(), index)
+        except AgenticError as exc:
+            self._not_dispatched(task, exc, report)
+        except Exception as exc:  # a bug, not an answer: still one task's failure
+            log.exception("claim of task %s failed unexpectedly", task.id)
+            self._not_dispatched(task, AgenticError(f"unexpected error: {exc!r}"), report)
+        else:
+            report.dispatched[task.id] = agent_id
 
     def _not_dispatched(self, task: Task, exc: AgenticError, report: DispatchReport) -> None:
         """Sort a dispatch error: waiting (shortage, claimed elsewhere) or a failure."""
@@ -415,6 +432,15 @@ class Dispatcher:
         except Exception:
             self.errors += 1
             log.exception("event emitter failed on %s", kind.value)
+
+
+def _maybe_made(error: Exception) -> bool:
+    """Whether a claim that failed with ``error`` may still have been made."""
+    if isinstance(error, TransportError):
+        return True  # sent, maybe, with no answer
+    # A 5xx may come from a proxy after the server acted; a 2xx that did not parse
+    # is an answer we cannot read. Other refusals (4xx, 409 above all) are definite.
+    return isinstance(error, APIError) and (error.code >= 500 or 200 <= error.code < 300)
 
 
 def _urgency(task: Task) -> tuple[int, datetime, str]:

@@ -527,15 +527,25 @@ def test_unreserve_keeps_other_jobs(backend: Backend) -> None:
     assert store.get_model_usage("m1").requests_last_hour == 1
 
 
-def test_unreserve_twice_or_after_settle_is_a_duplicate(backend: Backend) -> None:
-    """Repeating unreserve, or settling after it (or unreserving after a settle), is a no-op."""
+def test_unreserve_leaves_nothing_a_late_settle_could_hide_behind(backend: Backend) -> None:
+    """After unreserve a repeat is NotFoundError and a late settle still charges its tokens."""
     store = backend.allowance()
     store.set_allowance(allowance())
     store.reserve("a1", "m1", 10, "j1")
     store.unreserve("j1")
-    assert store.unreserve("j1").duplicate
+    with pytest.raises(NotFoundError):
+        store.unreserve("j1")
+    # the job ran after all (its claim was made): what it used is charged
     late = store.settle("j1", 50, 50, COMPLETED, agent_id="a1", model="m1")
-    assert (late.duplicate, late.outcome, late.tokens_charged) == (True, CANCELLED, 0)
+    assert (late.duplicate, late.outcome, late.tokens_charged) == (False, COMPLETED, 100)
+    assert store.get_usage("a1").tokens_used == 100
+    assert store.get_model_usage("m1").tokens_used == 100
+
+
+def test_unreserve_after_settle_is_a_duplicate(backend: Backend) -> None:
+    """unreserve of a settled job changes nothing and returns the settlement."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
     store.reserve("a1", "m1", 10, "j2")
     store.settle("j2", 3, 3, COMPLETED)
     again = store.unreserve("j2")

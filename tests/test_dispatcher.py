@@ -330,15 +330,46 @@ def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
     assert system.tasks.get(task.id).retry_count == 1
 
 
-def test_claim_of_unknown_fate_keeps_its_reservation_to_expire(system: System) -> None:
-    """With the server still silent the reservation is kept (never given back twice)."""
+def test_claim_of_unknown_fate_is_unreserved_yet_charged_if_it_ran(system: System) -> None:
+    """With the server still silent the quota is given back; had the claim landed, the
+    agent's settle would still charge what the job used."""
     system.agent("a")
     task = system.task("t")
     with silent(system, reach_server=True, read_fails=True):
         report = system.dispatcher.run_once()
     assert task.id in report.failed
-    assert system.dispatcher.errors >= 2
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (0, 0)
+    job_id = system.tasks.get(task.id).job_id  # the claim did land
+    done = system.quota.settle(job_id, 30, 10, QuotaEvent.JOB_COMPLETED, agent_id="a")
+    assert (done.duplicate, done.tokens_charged) == (False, 40)
+    assert system.quota.get_usage("a").tokens_used == 40
+
+
+class GarbledClaims(TaskClient):
+    """A client whose claims reach the server but come back as a proxy's 502."""
+
+    def claim_task(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        super().claim_task(task_id, agent_id, lease_seconds, job_id)
+        raise APIError("Bad Gateway", 502)
+
+
+def test_claim_made_behind_a_5xx_is_dispatched(system: System) -> None:
+    """A 5xx may hide a claim made: it is read back, and found ours, kept."""
+    system.agent("a")
+    task = system.task("t")
+    client = GarbledClaims(system.client.base_url, token="", retries=0)
+    system.dispatcher.client = client
+    with client:
+        assert system.dispatcher.run_once().dispatched == {task.id: "a"}
     assert system.quota.get_usage("a").active_jobs == 1
+    assert system.tasks.get(task.id).retry_count == 0
 
 
 def test_concurrent_dispatchers_claim_each_task_once(system: System) -> None:
@@ -470,9 +501,58 @@ def test_a_failed_claim_in_a_pass_gives_back_quota_and_counts_a_retry(system: Sy
     assert dispatcher.errors == 1
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+class BuggyClaims(SlowClaims):
+    """A client whose claim of one task raises something that is not an SDK error."""
+
+    def claim_task(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        if task_id in self.fail:
+            raise RuntimeError("a bug")
+        return super().claim_task(task_id, agent_id, lease_seconds, job_id)
+
+
+def test_an_unexpected_error_fails_one_task_not_the_pass(system: System) -> None:
+    """A claim that raises a non-SDK error fails its task; the pass sees every other claim
+    through, and nothing stays reserved for it."""
+    system.agent("a")
+    tasks = [system.task(f"t{i}") for i in range(4)]
+    client = BuggyClaims(system.client.base_url, token="", retries=0, fail={tasks[0].id})
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client
+    )
+    with client:
+        report = dispatcher.run_once()
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks[1:])
+    assert "a bug" in report.failed[tasks[0].id]
+    assert system.quota.get_usage("a").active_jobs == 3
+    assert dispatcher.errors == 1
+
+
+def test_a_dead_attempts_reservation_does_not_hold_its_agent(system: System) -> None:
+    """A task requeued after its agent died is routed again at once, though the dead
+    attempt's reservation has not expired: it is cancelled before loads are counted."""
+    system.agent("a", max_load=1)
+    task = system.task("t")
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    system.tasks.requeue_expired()  # nothing expired yet
+    lease = system.tasks.get(task.id).lease_expires_at
+    assert lease is not None
+    system.tasks._clock = lambda: lease.timestamp() + 1  # the agent died; its lease ran out
+    assert [t.id for t in system.tasks.requeue_expired()] == [task.id]
+    report = system.dispatcher.run_once()
+    assert report.dispatched == {task.id: "a"}
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (2, 1)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 65, 1.5, True])
 def test_claim_concurrency_must_be_a_positive_integer(system: System, bad: Any) -> None:
-    """A claim_concurrency that is not an integer >= 1 is a ConfigError."""
+    """A claim_concurrency that is not an integer from 1 to 64 is a ConfigError."""
     with pytest.raises(ConfigError, match="claim_concurrency"):
         Dispatcher(
             system.registry,

@@ -164,13 +164,14 @@ def test_leftover_background_process_ends_with_the_task() -> None:
 
 
 # What runs in the agent process that the next test kills: the handler on a command
-# that writes its own pid and a grandchild's to the file named by argv[1], then sleeps.
+# that writes its own pid and a grandchild's to the file named by argv[1], then runs
+# the shell code of argv[2].
 _DOOMED_AGENT = """
 import sys
 from agentic.models import Task
 from agentic.runner import SubprocessHandler, TaskContext
 from tests.test_handlers import RecordingClient
-script = 'sleep 60 & echo $$ $! > "$0.tmp"; mv "$0.tmp" "$0"; wait'
+script = 'sleep 60 & echo $$ $! > "$0.tmp"; mv "$0.tmp" "$0"; ' + sys.argv[2]
 task = Task(id="t1", title="t")
 SubprocessHandler(["sh", "-c", script, sys.argv[1]], kill_grace=1)(
     task, TaskContext(task, RecordingClient())
@@ -178,11 +179,17 @@ SubprocessHandler(["sh", "-c", script, sys.argv[1]], kill_grace=1)(
 """
 
 
-def test_command_ends_when_its_agent_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "then",
+    ["wait", "while true; do echo tick; sleep 0.05; done"],
+    ids=["quiet", "writing (dies of SIGPIPE with the agent)"],
+)
+def test_command_ends_when_its_agent_is_killed(tmp_path: Path, then: str) -> None:
     """kill -9 of the agent process ends the task's command and its descendants."""
     pids = tmp_path / "pids"
     root = Path(__file__).resolve().parent.parent
-    agent = subprocess.Popen([sys.executable, "-c", _DOOMED_AGENT, str(pids)], cwd=root)
+    argv = [sys.executable, "-c", _DOOMED_AGENT, str(pids), then]
+    agent = subprocess.Popen(argv, cwd=root)
     try:
         wait_until(pids.exists, timeout=20)
         command, grandchild = (int(pid) for pid in pids.read_text().split())

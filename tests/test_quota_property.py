@@ -214,9 +214,8 @@ class Model:
         if model and created in self.requests.get(model, []):
             self.requests[model].remove(created)
         allowance = next(a for a in ALLOWANCES if a.agent_id == owner)
-        result = (owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
-        self.settled[job] = result
-        return ("settled", *result)
+        # no settlement is kept: a later settle charges as after an expiry
+        return ("settled", owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
 
     def check(self, agent_id: str, model: str, tokens: int) -> tuple[Any, ...]:
         self.expire()

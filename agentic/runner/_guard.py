@@ -1,10 +1,10 @@
 """Run a task's command and end its whole process group if the agent dies.
 
 ``SubprocessHandler`` starts ``python -I _guard.py AGENT_PID KILL_GRACE -- CMD ...`` in a
-new session instead of ``CMD`` itself. The guard runs ``CMD`` in its own process group
-(stdin, stdout and stderr are inherited, so the agent reads the command's output as
-before) and exits with its status: its code, or the signal that ended it, raised again
-on the guard.
+new session instead of ``CMD`` itself. The guard runs ``CMD`` as its child, in the
+guard's process group (stdin, stdout and stderr are inherited, so the agent reads the
+command's output as before) and exits with its status: its code, or the signal that
+ended it, raised again on the guard.
 
 What it adds: when the agent process disappears (``kill -9``, out of memory) the guard
 is re-parented, notices within ``_CHECK`` seconds, and ends the group (SIGTERM, then
@@ -66,6 +66,10 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             if os.getppid() != agent:  # re-parented: the agent is gone
                 _end_group(child, grace)
+    if os.getppid() != agent:
+        # The command ended because the agent died (SIGPIPE on its output, say):
+        # what it started may still run in the group.
+        _end_group(child, 0)
     if code < 0:  # ended by a signal: end the same way, so the agent sees it
         with contextlib.suppress(OSError, ValueError):  # SIGKILL/SIGSTOP have no handler
             signal.signal(-code, signal.SIG_DFL)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -113,20 +112,25 @@ class Reporter:
         return False
 
     def give_back(self, task: Task) -> bool:
-        """Release a claimed task that never ran here, giving its reservation back whole
-        (the job never started, so it is not counted).
+        """Release a claimed task that never ran here, then give its reservation back
+        whole (the job never started, so it is not counted).
 
-        Tried once: the task stays listed as ours, so the next poll tries again.
+        Released first: while the release has not gone through the task is still ours
+        and may yet run here, so its reservation must stay. Tried once: the task stays
+        listed as ours, so the next poll tries again.
         """
         try:
-            if self.allowance is not None and task.job_id:
-                # Gone already (expired): nothing is held, so nothing to give back.
-                with contextlib.suppress(NotFoundError):
-                    self.allowance.unreserve(task.job_id)
             self.client.release_task(task.id, agent_id=self.agent_id, job_id=task.job_id)
         except AgenticError as exc:
             self._error(f"task {task.id}: could not give it back", exc)
             return False
+        if self.allowance is not None and task.job_id:
+            try:
+                self.allowance.unreserve(task.job_id)
+            except NotFoundError:
+                pass  # gone already (expired): nothing is held
+            except AgenticError as exc:
+                self._error(f"job {task.job_id} not given back; its reservation will expire", exc)
         return True
 
     def _holds(self, attempt: Attempt, current: Task) -> bool:

@@ -74,7 +74,7 @@ async def follow_log(
                     quiet = 0.0
                 if len(page.lines) < _PAGE:
                     break
-            # Told after the lines read with it: they were written before it changed.
+            # Told after the lines drained with it, so a follower shows them first.
             if task.status != last_status:
                 last_status = task.status
                 yield _event("status", {"status": str(task.status)})

@@ -516,6 +516,9 @@ class EngineAllowanceStore(AllowanceStore):
                 previous_status=before,
                 status=after,
             )
-            tx.put_settled(settlement, ctx.now)
-            tx.prune_settled(ctx.now - SETTLED_RETENTION)
+            if started:
+                tx.put_settled(settlement, ctx.now)
+                tx.prune_settled(ctx.now - SETTLED_RETENTION)
+            # An unreserved job leaves no settlement: should it run after all (a claim
+            # thought lost that was made), its settle still charges what it used.
             return settlement

@@ -205,9 +205,10 @@ class AllowanceStore(Closeable):
     * ``unreserve(job_id)`` undoes a reservation whose job never started (the claim
       it was made for was lost or refused): as if it had never been made, the job is
       not counted, its slot, tokens and cost are freed and its request leaves the
-      model's hour. Recorded like a settlement (``job_cancelled``, nothing charged),
-      so a repeat, or a later ``settle``, is a duplicate that changes nothing; a
-      reservation already gone (expired, never made) is :class:`NotFoundError`.
+      model's hour. It leaves no settlement behind: a repeat is
+      :class:`NotFoundError` (nothing held), and should the job run after all (a claim
+      believed lost that was made) its ``settle`` with ``agent_id`` still charges the
+      tokens, as after an expiry. A job already settled is a duplicate, unchanged.
       A job that started and was stopped is ``settle(..., JOB_CANCELLED)``
       instead: it counts as a job, its tokens are not charged.
     * ``check(agent_id, model, tokens)`` runs the same rules without changing anything.

@@ -126,6 +126,10 @@ if allowance then
 end
 
 local settled = {owner, used_model, outcome, num(charged), num(cost), previous, status}
+if not started then
+  -- No settlement kept (_engine._end): a job that runs after all still gets charged.
+  return {'settled', unpack(settled)}
+end
 local fields = {}
 for i, name in ipairs(SETTLED_FIELDS) do
   fields[#fields + 1] = name
