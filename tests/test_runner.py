@@ -16,7 +16,7 @@ import pytest
 from agentic.allowance import AllowanceService
 from agentic.client import TaskClient
 from agentic.dispatcher import Dispatcher
-from agentic.errors import NotFoundError, StoreError, TransportError
+from agentic.errors import NoEligibleAgentError, NotFoundError, StoreError, TransportError
 from agentic.events import Event, EventEmitter, EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.retry import RetryPolicy
@@ -548,6 +548,35 @@ def test_infrastructure_error_releases_without_a_retry(system: System) -> None:
     assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
     wait_for(lambda: runner.released == 1)
     assert runner.failed == 0
+
+
+def test_infrastructure_error_pauses_the_agent(system: System) -> None:
+    """After an agent error the runner reports itself full and gives back what it is
+    handed, so the work goes to other agents; it takes work again after the pause."""
+    calls: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        calls.append(task.id)
+        if len(calls) == 1:
+            raise InfrastructureError("binary missing")
+        return "ok"
+
+    runner = system.started(handler, max_load=2)
+    runner.infrastructure_backoff = RetryPolicy(base=1.5, cap=1.5, jitter="equal")
+    first = system.submit("first")
+    wait_for(lambda: runner.paused)
+    assert system.registry.get(AGENT).current_load == 2  # reported full
+    with pytest.raises(NoEligibleAgentError):
+        system.dispatcher.dispatch(system.tasks.get(first.id))
+    # a task claimed for it anyway (a dispatcher with an older view) is given back
+    second = system.tasks.create(Task(title="second", labels=["py"]))
+    system.client.claim_task(second.id, agent_id=AGENT)
+    wait_for(lambda: system.tasks.get(second.id).status == TaskStatus.PENDING)
+    assert calls == [first.id]
+    wait_for(lambda: not runner.paused and system.registry.get(AGENT).current_load == 0)
+    assert system.dispatcher.dispatch(system.tasks.get(first.id)) == AGENT
+    assert system.finished(first.id).status == TaskStatus.COMPLETED
+    assert calls == [first.id, first.id]
 
 
 class FlakyRegistry(MemoryRegistry):

@@ -61,6 +61,8 @@ class Outcome:
     report: Report
     result: TaskResult
     reason: str = ""
+    #: the agent, not the task, is at fault (an InfrastructureError)
+    infrastructure: bool = False
 
 
 @dataclass(eq=False)
@@ -132,7 +134,7 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
         # Finished, even if asked to stop: redoing finished work would spend twice.
         return Outcome(Report.COMPLETED, _clip(result))
     if isinstance(error, InfrastructureError):
-        return Outcome(Report.RELEASED, TaskResult(success=False), str(error))
+        return Outcome(Report.RELEASED, TaskResult(success=False), str(error), True)
     if kind is Stop.SHUTDOWN:
         return Outcome(Report.RELEASED, TaskResult(success=False), "cancelled by agent shutdown")
     failed = result or TaskResult(success=False)

@@ -125,7 +125,14 @@ class AgentRunner:
         self._changed = threading.Condition(self._lock)
         self._attempts: dict[str, Attempt] = {}
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self.presence = Presence(registry, info, lambda: self.load, self._error)
+        # While paused the agent reports itself full, so dispatchers route elsewhere.
+        self.presence = Presence(
+            registry, info, lambda: self.capacity if self.paused else self.load, self._error
+        )
+        #: waits after consecutive infrastructure errors (the agent cannot run tasks)
+        self.infrastructure_backoff = RetryPolicy(base=2.0, cap=120.0, jitter="equal")
+        self._infrastructure_failures = 0
+        self._paused_until = 0.0
         self._ran = False
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
@@ -138,6 +145,11 @@ class AgentRunner:
         """Tasks this runner holds now (running or being reported)."""
         with self._lock:
             return len(self._attempts)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the agent takes no work now, after an infrastructure error."""
+        return time.monotonic() < self._paused_until
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Work until ``stop`` is set (without one: until ``stop()``), or SIGTERM/SIGINT
@@ -203,6 +215,7 @@ class AgentRunner:
         """Start the tasks claimed for this agent that are not running yet."""
         for task in self.client.list_tasks(status=TaskStatus.IN_PROGRESS, claimed_by=self.agent_id):
             key = attempt_key(task)
+            paused = self.paused
             with self._lock:
                 running = self._attempts.get(task.id)
                 if running is not None and running.key != key:
@@ -212,9 +225,11 @@ class AgentRunner:
                 if running is not None or key in self._seen:
                     continue
                 full = len(self._attempts) >= self.capacity
-                if not full:
+                if not (full or paused):
                     self._start(task, key)
-            if full:
+            if paused:
+                self._give_back(task, f"agent {self.agent_id} is paused after an agent error")
+            elif full:
                 self._give_back(task, f"agent {self.agent_id} is at capacity")
 
     def _start(self, task: Task, key: tuple[str, str, str]) -> None:
@@ -272,6 +287,7 @@ class AgentRunner:
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # cancels the old reservation, and a later settle would charge nothing.
             self.reporter.settle(attempt, outcome)
+            self._pace(outcome)
             delivered = self.reporter.report(attempt, outcome)
             if delivered:
                 self._count_report(outcome.report)
@@ -289,6 +305,29 @@ class AgentRunner:
                     del self._attempts[task.id]
                 self._changed.notify_all()
             self._wake.set()
+
+    def _pace(self, outcome: Outcome) -> None:
+        """Pause taking work after an infrastructure error, longer each time in a row.
+
+        Such an agent gives every task back at once, and being the least loaded it
+        would be handed the next one straight away: without a pause one broken agent
+        (a missing binary, a full disk) would bounce the whole queue.
+        """
+        if not outcome.infrastructure:
+            if outcome.report in (Report.COMPLETED, Report.FAILED):
+                self._infrastructure_failures = 0  # the handler ran: the agent works
+            return
+        self._infrastructure_failures += 1
+        wait = self.infrastructure_backoff.delay(self._infrastructure_failures)
+        self._paused_until = time.monotonic() + wait
+        log.warning(
+            "agent %s: taking no work for %.1f s after %d agent error(s) in a row: %s",
+            self.agent_id,
+            wait,
+            self._infrastructure_failures,
+            outcome.reason,
+        )
+        self.presence.heartbeat()  # now reported full: dispatchers route elsewhere
 
     def _count_report(self, report: Report) -> None:
         with self._lock:
