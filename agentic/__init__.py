@@ -14,7 +14,7 @@ extra); fakes for your own tests in :mod:`agentic.testing`.
 from .allowance import AllowanceService
 from .client import LogEvent, TaskClient
 from .config import Config, load_config
-from .dispatcher import Dispatcher, DispatchReport
+from .dispatcher import ClaimUnknownError, Dispatcher, DispatchReport
 from .errors import (
     AgenticError,
     APIError,
@@ -96,6 +96,7 @@ __all__ = [
     "AllowanceStatus",
     "AllowanceStore",
     "CallbackEmitter",
+    "ClaimUnknownError",
     "Config",
     "ConfigError",
     "ConflictError",

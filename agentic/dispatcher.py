@@ -64,7 +64,7 @@ from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores.base import AgentRegistry
 
-__all__ = ["DispatchReport", "Dispatcher", "new_job_id"]
+__all__ = ["ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,12 @@ def new_job_id(task: Task) -> str:
     same task must not share (and then cancel) each other's reservation.
     """
     return f"{task.id}/{task.retry_count}/{uuid.uuid4().hex[:12]}"
+
+
+class ClaimUnknownError(AgenticError):
+    """A claim got no usable answer and the task could not be read back: it may have
+    been made. Its reservation is kept; a later pass finds out and gives it back if
+    the claim was not made."""
 
 
 @dataclass
@@ -133,6 +139,8 @@ class Dispatcher:
         self._clock = clock
         #: errors seen (failed passes, failed claims, emitter failures), each logged
         self.errors = 0
+        #: task id -> job id of claims whose outcome is not known yet
+        self._unsure: dict[str, str] = {}
 
     # --- one task ---
     def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
@@ -220,47 +228,76 @@ class Dispatcher:
     def _claimed(
         self, task: Task, agent_id: str, job_id: str, error: Exception | None, index: AgentIndex
     ) -> None:
-        """Finish a claim attempt: events on success; else the reservation and the
-        load are given back and the error is raised.
+        """Finish a claim attempt: events on success; else the error is raised.
 
-        Only a definite refusal gives the reservation back at once. An answer that
+        A definite refusal gives the reservation and the load back. An answer that
         may hide a claim made (none at all, a 5xx from a proxy, a body that does not
-        parse) is checked by reading the task back.
+        parse) is checked by reading the task back: ours -> dispatched; not ours ->
+        given back; unreadable -> :class:`ClaimUnknownError`: the reservation stays
+        (the job may be running) and a later pass settles the question.
         """
-        if error is not None and _maybe_made(error) and self._claim_made(task.id, job_id):
-            error = None
-        if error is not None:
-            self._unreserve(job_id)
-            index.add_load(agent_id, -1)
-            raise error
-        self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
-        self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
+        made: bool | None = False
+        try:
+            if error is not None and _maybe_made(error):
+                made = self._claim_made(task.id, job_id)
+        finally:
+            if error is not None and made is False:
+                self._unreserve(job_id)
+                index.add_load(agent_id, -1)
+        if error is None or made:
+            self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
+            self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
+            return
+        if made is None:
+            self._unsure[task.id] = job_id
+            raise ClaimUnknownError(
+                f"claim of task {task.id} for {agent_id} got no usable answer and the task"
+                f" cannot be read back ({error}); its reservation is kept until that is known"
+            ) from error
+        raise error
 
     def _forget_previous_attempt(self, task: Task) -> None:
         """Free the slot of an attempt that died with its runner (lease expired).
 
-        If the runner settled it already this is a duplicate and changes nothing.
+        If the runner settled it already this is a duplicate and changes nothing. A
+        store failure is raised: a pass stops at the first one, not one per task.
         """
-        if task.job_id:
-            self._cancel(task.job_id, task.claimed_by)
+        if not task.job_id:
+            return
+        try:
+            self.allowance.settle(task.job_id, 0, 0, QuotaEvent.JOB_CANCELLED)
+        except NotFoundError:
+            log.debug("reservation %s already gone (expired or settled)", task.job_id)
 
-    def _claim_made(self, task_id: str, job_id: str) -> bool:
-        """Whether a claim whose answer was lost or garbled was made after all.
-
-        The task carries the job id of the claim that took it, whatever happened to
-        it since: ours -> made. Not ours, or the task unreadable -> treated as not
-        made; should it land later all the same, the agent's settle still charges
-        what the job uses (an unreserved job leaves nothing behind to hide it).
-        """
+    def _claim_made(self, task_id: str, job_id: str) -> bool | None:
+        """Whether a claim whose answer was lost or garbled was made: the task carries
+        the job id of the claim that took it, whatever happened to it since. ``None``
+        when the task cannot be read."""
         try:
             current = self.client.get_task(task_id)
-        except AgenticError as exc:
+        except Exception as exc:  # any failure to read back leaves the question open
             log.warning("claim of task %s: no usable answer and no read-back (%s)", task_id, exc)
-            return False
+            return None
         if current.job_id == job_id:
             log.info("claim of task %s got no usable answer but was made", task_id)
             return True
         return False
+
+    def _settle_unsure(self, pending: list[Task]) -> None:
+        """Decide the claims left unknown by earlier passes (see :meth:`_claimed`).
+
+        Pending again under another job id (or none): that claim was not made, its
+        reservation goes back. Ours, in any status: it was made; the runner settles.
+        """
+        listed = {task.id: task for task in pending}
+        for task_id, job_id in list(self._unsure.items()):
+            task = listed.get(task_id)
+            made = self._claim_made(task_id, job_id) if task is None else task.job_id == job_id
+            if made is None:
+                continue  # still unreadable: ask again next pass
+            del self._unsure[task_id]
+            if not made:
+                self._unreserve(job_id)
 
     def _unreserve(self, job_id: str) -> None:
         """Give back a reservation whose claim failed: the job did not start (defect 6)."""
@@ -271,16 +308,6 @@ class Dispatcher:
         except AgenticError:
             self.errors += 1
             log.exception("could not give back reservation %s; it will expire", job_id)
-
-    def _cancel(self, job_id: str, agent_id: str) -> None:
-        try:
-            self.allowance.settle(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, agent_id=agent_id or None)
-        except NotFoundError:
-            log.debug("reservation %s already gone (expired or settled)", job_id)
-        except AgenticError:
-            # The reservation will expire on its own; say so rather than hide it.
-            self.errors += 1
-            log.exception("could not release reservation %s; it will expire", job_id)
 
     # --- one pass ---
     def run_once(self) -> DispatchReport:
@@ -297,6 +324,7 @@ class Dispatcher:
                 self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})
         tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
         tasks.sort(key=_urgency)
+        self._settle_unsure(tasks)
         for task in tasks:
             # Before the index: a dead attempt's reservation must not count as load.
             self._forget_previous_attempt(task)
@@ -322,7 +350,11 @@ class Dispatcher:
                         claims.append((task, agent_id, job_id, claim))
             finally:
                 for task, agent_id, job_id, claim in claims:
-                    self._see_through(task, agent_id, job_id, claim, index, report)
+                    try:
+                        self._see_through(task, agent_id, job_id, claim, index, report)
+                    except Exception:  # recording its failure failed: the others go on
+                        self.errors += 1
+                        log.exception("claim of task %s: its outcome was not recorded", task.id)
         return report
 
     def _see_through(
@@ -348,6 +380,11 @@ class Dispatcher:
     def _not_dispatched(self, task: Task, exc: AgenticError, report: DispatchReport) -> None:
         """Sort a dispatch error: waiting (shortage, claimed elsewhere) or a failure."""
         if isinstance(exc, NoEligibleAgentError | QuotaExceededError):
+            report.waiting[task.id] = str(exc)
+        elif isinstance(exc, ClaimUnknownError):
+            # Not a failure of the task (it may be running): nothing is recorded on it.
+            self.errors += 1
+            log.warning("%s", exc)
             report.waiting[task.id] = str(exc)
         elif isinstance(exc, ConflictError):
             # Another dispatcher (or a runner) got there first: not our failure.

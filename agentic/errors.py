@@ -15,6 +15,7 @@ Catch :class:`AgenticError` to handle anything the SDK raises; backend exception
     ├── InfrastructureError      the agent cannot run a task here (release, no retry)
     │   └── WorkspaceError          git workspace unusable (dirty tree, push failed)
     ├── TaskCancelled            a handler stopped because the task was cancelled
+    ├── ClaimUnknownError        a claim's outcome cannot be known yet (quota kept)
     └── APIError                 an HTTP/API failure (code, message, details)
         ├── NotFoundError           404: unknown task, agent, allowance, job
         ├── ConflictError           409: already claimed, not claimable, settled
@@ -23,8 +24,9 @@ Catch :class:`AgenticError` to handle anything the SDK raises; backend exception
 ``NotFoundError`` and ``ConflictError`` are raised by stores as well as by the HTTP
 client, so code that handles "not found" works the same in-process and remotely;
 their ``code`` is the HTTP status the server answers with. The three runner errors
-are defined in :mod:`agentic.runner` (they belong to the agent side) and exported
-from the package root.
+are defined in :mod:`agentic.runner` (they belong to the agent side) and
+``ClaimUnknownError`` in :mod:`agentic.dispatcher`; all are exported from the
+package root.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from agentic.models import (
     QuotaEvent,
     Task,
     TaskStatus,
+    TaskUpdate,
 )
 from agentic.retry import RetryPolicy
 from agentic.router import DefaultRouter
@@ -330,20 +331,32 @@ def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
     assert system.tasks.get(task.id).retry_count == 1
 
 
-def test_claim_of_unknown_fate_is_unreserved_yet_charged_if_it_ran(system: System) -> None:
-    """With the server still silent the quota is given back; had the claim landed, the
-    agent's settle would still charge what the job used."""
-    system.agent("a")
+@pytest.mark.parametrize("landed", [True, False], ids=["claim made", "claim not made"])
+def test_claim_of_unknown_fate_keeps_its_reservation_until_known(
+    system: System, landed: bool
+) -> None:
+    """No answer and no read-back: the reservation stays and nothing is recorded on the
+    task; the next pass finds out and gives the quota back only if no claim was made."""
+    system.agent("a", concurrent_jobs=1)
     task = system.task("t")
-    with silent(system, reach_server=True, read_fails=True):
+    with silent(system, reach_server=landed, read_fails=True):
         report = system.dispatcher.run_once()
-    assert task.id in report.failed
+    assert "cannot be read back" in report.waiting[task.id]
+    assert task.id not in report.failed
+    assert system.quota.get_usage("a").active_jobs == 1  # kept: the job may be running
+    stored = system.tasks.get(task.id)
+    assert (stored.retry_count, stored.next_attempt_at) == (0, None)
+    system.dispatcher.client = system.client  # the server answers again
+    system.dispatcher.run_once()
     usage = system.quota.get_usage("a")
-    assert (usage.jobs_started, usage.active_jobs) == (0, 0)
-    job_id = system.tasks.get(task.id).job_id  # the claim did land
-    done = system.quota.settle(job_id, 30, 10, QuotaEvent.JOB_COMPLETED, agent_id="a")
-    assert (done.duplicate, done.tokens_charged) == (False, 40)
-    assert system.quota.get_usage("a").tokens_used == 40
+    if landed:
+        assert stored.status is TaskStatus.IN_PROGRESS
+        assert (usage.jobs_started, usage.active_jobs) == (1, 1)  # the runner settles it
+    else:
+        # given back, then the task was dispatched again by that same pass
+        assert system.tasks.get(task.id).status is TaskStatus.IN_PROGRESS
+        assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+        assert system.tasks.get(task.id).job_id != stored.job_id
 
 
 class GarbledClaims(TaskClient):
@@ -531,6 +544,40 @@ def test_an_unexpected_error_fails_one_task_not_the_pass(system: System) -> None
     assert "a bug" in report.failed[tasks[0].id]
     assert system.quota.get_usage("a").active_jobs == 3
     assert dispatcher.errors == 1
+
+
+class UnrecordableFailures(SlowClaims):
+    """Refuses the claims of ``fail`` (400) and cannot record failures at all."""
+
+    def claim_task(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        lease_seconds: float | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        if task_id in self.fail:
+            raise APIError("bad request", 400)
+        return super().claim_task(task_id, agent_id, lease_seconds, job_id)
+
+    def update_task(self, task_id: str, update: TaskUpdate) -> Task:
+        raise RuntimeError("cannot record")
+
+
+def test_a_failure_that_cannot_be_recorded_stops_no_other_claim(system: System) -> None:
+    """When recording one claim's failure raises, the pass still sees the others through."""
+    system.agent("a")
+    tasks = [system.task(f"t{i}") for i in range(3)]
+    client = UnrecordableFailures(system.client.base_url, token="", retries=0, fail={tasks[0].id})
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client
+    )
+    with client:
+        report = dispatcher.run_once()
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks[1:])
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (2, 2)  # the refused one given back
+    assert dispatcher.errors >= 1
 
 
 def test_a_dead_attempts_reservation_does_not_hold_its_agent(system: System) -> None:

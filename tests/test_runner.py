@@ -431,7 +431,8 @@ def test_stop_lets_a_running_task_finish_and_deregisters(system: System) -> None
 
 
 def test_stop_after_grace_releases_and_cancels_the_reservation(system: System) -> None:
-    """Past the grace a cooperative handler is cancelled and its task released."""
+    """Past the grace a cooperative handler is cancelled and its task released; the
+    tokens it spent are charged as for a failure (half of 200 returned)."""
     seen: list[str] = []
 
     def handler(task: Task, ctx: TaskContext) -> None:
@@ -448,7 +449,7 @@ def test_stop_after_grace_releases_and_cancels_the_reservation(system: System) -
     stored = system.tasks.get(task.id)
     assert (stored.status, stored.retry_count, stored.claimed_by) == (TaskStatus.PENDING, 0, "")
     usage = system.quota.get_usage(AGENT)
-    assert (usage.tokens_used, usage.active_jobs) == (0, 0)
+    assert (usage.tokens_used, usage.active_jobs) == (100, 0)
     assert runner.released == 1
 
 
@@ -537,10 +538,13 @@ def test_completion_that_keeps_failing_is_left_to_the_lease(system: System) -> N
     assert system.tasks.get(task.id).status == TaskStatus.IN_PROGRESS
 
 
-def test_infrastructure_error_releases_without_a_retry(system: System) -> None:
-    """An InfrastructureError gives the task back: pending, retry_count unchanged."""
+@pytest.mark.parametrize("spent", [0, 8000])
+def test_infrastructure_error_releases_without_a_retry(system: System, spent: int) -> None:
+    """An InfrastructureError gives the task back: pending, retry_count unchanged; tokens
+    spent before it (a push that failed after the work) are charged as for a failure."""
 
     def handler(task: Task, ctx: TaskContext) -> None:
+        ctx.usage("m", spent, 0)
         raise InfrastructureError("workspace unusable")
 
     runner = system.started(handler)
@@ -548,10 +552,13 @@ def test_infrastructure_error_releases_without_a_retry(system: System) -> None:
     assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
     wait_for(lambda: runner.released == 1)
     assert runner.failed == 0
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.jobs_started, usage.active_jobs) == (spent // 2, 1, 0)
 
 
-def test_infrastructure_error_pauses_the_agent(system: System) -> None:
-    """After an agent error the runner reports itself full and gives back what it is
+@pytest.mark.parametrize("max_load", [2, 0], ids=["max_load 2", "unlimited"])
+def test_infrastructure_error_pauses_the_agent(system: System, max_load: int) -> None:
+    """After an agent error the runner is published full and gives back what it is
     handed, so the work goes to other agents; it takes work again after the pause."""
     calls: list[str] = []
 
@@ -561,11 +568,12 @@ def test_infrastructure_error_pauses_the_agent(system: System) -> None:
             raise InfrastructureError("binary missing")
         return "ok"
 
-    runner = system.started(handler, max_load=2)
+    runner = system.started(handler, max_load=max_load)
     runner.infrastructure_backoff = RetryPolicy(base=1.5, cap=1.5, jitter="equal")
     first = system.submit("first")
     wait_for(lambda: runner.paused)
-    assert system.registry.get(AGENT).current_load == 2  # reported full
+    published = system.registry.get(AGENT)
+    assert published.current_load == published.max_load > 0  # published full
     with pytest.raises(NoEligibleAgentError):
         system.dispatcher.dispatch(system.tasks.get(first.id))
     # a task claimed for it anyway (a dispatcher with an older view) is given back
@@ -574,6 +582,7 @@ def test_infrastructure_error_pauses_the_agent(system: System) -> None:
     wait_for(lambda: system.tasks.get(second.id).status == TaskStatus.PENDING)
     assert calls == [first.id]
     wait_for(lambda: not runner.paused and system.registry.get(AGENT).current_load == 0)
+    assert system.registry.get(AGENT).max_load == max_load
     assert system.dispatcher.dispatch(system.tasks.get(first.id)) == AGENT
     assert system.finished(first.id).status == TaskStatus.COMPLETED
     assert calls == [first.id, first.id]

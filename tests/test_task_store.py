@@ -266,12 +266,15 @@ def test_second_claim_conflicts_naming_the_holder(store: TaskStore) -> None:
 
 
 def test_claim_records_the_job_id(store: TaskStore, backend: Backend) -> None:
-    """The claim stores the quota job id; it stays after a lease expiry for the dispatcher."""
+    """The claim stores the quota job id; it stays after a lease expiry for the dispatcher
+    and goes with a release."""
     task = new(store)
     assert store.claim(task.id, "a1", 10, job_id="job-1").job_id == "job-1"
     backend.clock.advance(10)
     assert store.requeue_expired()[0].job_id == "job-1"
-    assert store.claim(task.id, "a2", 10).job_id == ""
+    assert store.claim(task.id, "a2", 10, job_id="job-2").job_id == "job-2"
+    # released by its holder: the holder deals with the reservation, the id goes
+    assert store.release(task.id, "a2").job_id == ""
 
 
 def test_claim_rejects_bad_arguments(store: TaskStore) -> None:

@@ -18,8 +18,11 @@ log = logging.getLogger("agentic.runner")
 class Presence:
     """Keeps ``info`` registered while the runner works, with ``load()`` as its load.
 
-    Heartbeat (which may register again) and deregistration hold one lock, so an
-    agent that is shutting down is never brought back by a late heartbeat.
+    While ``paused()`` the agent is published full (load = max_load; an unlimited
+    agent gets its load as a limit for the while), so dispatchers route elsewhere;
+    the entry is registered again whenever that changes. Heartbeat (which may register
+    again) and deregistration hold one lock, so an agent that is shutting down is
+    never brought back by a late heartbeat.
     """
 
     def __init__(
@@ -28,13 +31,16 @@ class Presence:
         info: AgentInfo,
         load: Callable[[], int],
         on_error: Callable[[str, Exception], None],
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.registry = registry
         self.info = info
         self._load = load
         self._error = on_error
+        self._paused = paused
         self._lock = threading.Lock()
         self._registered = False
+        self._published_paused = False
 
     def register(self, stop: threading.Event, backoff: float) -> bool:
         """Register, retrying a failing registry (waits from ``backoff`` doubling up to
@@ -43,7 +49,7 @@ class Presence:
         while not stop.is_set():
             with self._lock:
                 try:
-                    self.registry.register(self._current())
+                    self._publish()
                 except StoreError as exc:
                     failures += 1
                     self._error("registering the agent failed", exc)
@@ -59,12 +65,15 @@ class Presence:
             if not self._registered:
                 return
             try:
-                self.registry.heartbeat(self.info.id, load=self._load())
+                if self._paused() != self._published_paused:
+                    self._publish()  # paused or resumed: max_load may change
+                else:
+                    self.registry.heartbeat(self.info.id, load=self._current().current_load)
             except NotFoundError:
                 # Removed behind our back (an admin, a lost registry): announce again.
                 log.warning("agent %s was not registered; registering again", self.info.id)
                 try:
-                    self.registry.register(self._current())
+                    self._publish()
                 except AgenticError as exc:
                     self._error("registering the agent again failed", exc)
             except AgenticError as exc:
@@ -84,5 +93,15 @@ class Presence:
                 return False
             return True
 
-    def _current(self) -> AgentInfo:
-        return self.info.model_copy(update={"current_load": self._load()})
+    def _publish(self) -> None:
+        """Register the agent as it stands now (called with the lock held)."""
+        paused = self._paused()
+        self.registry.register(self._current(paused))
+        self._published_paused = paused
+
+    def _current(self, paused: bool | None = None) -> AgentInfo:
+        load = self._load()
+        if self._paused() if paused is None else paused:
+            full = self.info.max_load or max(1, load)
+            return self.info.model_copy(update={"max_load": full, "current_load": full})
+        return self.info.model_copy(update={"current_load": load})

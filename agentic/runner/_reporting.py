@@ -9,7 +9,7 @@ from typing import TypeVar
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..errors import AgenticError, ConflictError, NotFoundError
-from ..models import Task, TaskStatus
+from ..models import QuotaEvent, Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
 from ._attempt import Attempt, Outcome, Report, attempt_key
 
@@ -55,6 +55,10 @@ class Reporter:
         tokens_in, tokens_out = attempt.ctx.tokens
         model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
         event = outcome.report.quota_event
+        if event is QuotaEvent.JOB_CANCELLED and tokens_in + tokens_out:
+            # Given back after spending (shutdown, or an agent error once the work was
+            # done): those tokens were spent all the same, charged as for a failure.
+            event = QuotaEvent.JOB_FAILED
         try:
             self._retrying(
                 f"settling job {job_id}",

@@ -125,9 +125,9 @@ class AgentRunner:
         self._changed = threading.Condition(self._lock)
         self._attempts: dict[str, Attempt] = {}
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        # While paused the agent reports itself full, so dispatchers route elsewhere.
+        # While paused the agent is published full, so dispatchers route elsewhere.
         self.presence = Presence(
-            registry, info, lambda: self.capacity if self.paused else self.load, self._error
+            registry, info, lambda: self.load, self._error, lambda: self.paused
         )
         #: waits after consecutive infrastructure errors (the agent cannot run tasks)
         self.infrastructure_backoff = RetryPolicy(base=2.0, cap=120.0, jitter="equal")
@@ -313,21 +313,23 @@ class AgentRunner:
         would be handed the next one straight away: without a pause one broken agent
         (a missing binary, a full disk) would bounce the whole queue.
         """
-        if not outcome.infrastructure:
-            if outcome.report in (Report.COMPLETED, Report.FAILED):
-                self._infrastructure_failures = 0  # the handler ran: the agent works
-            return
-        self._infrastructure_failures += 1
-        wait = self.infrastructure_backoff.delay(self._infrastructure_failures)
-        self._paused_until = time.monotonic() + wait
+        with self._lock:
+            if not outcome.infrastructure:
+                if outcome.report in (Report.COMPLETED, Report.FAILED):
+                    self._infrastructure_failures = 0  # the handler ran: the agent works
+                return
+            self._infrastructure_failures += 1
+            failures = self._infrastructure_failures
+            wait = self.infrastructure_backoff.delay(failures)
+            self._paused_until = max(self._paused_until, time.monotonic() + wait)
         log.warning(
             "agent %s: taking no work for %.1f s after %d agent error(s) in a row: %s",
             self.agent_id,
             wait,
-            self._infrastructure_failures,
+            failures,
             outcome.reason,
         )
-        self.presence.heartbeat()  # now reported full: dispatchers route elsewhere
+        self.presence.heartbeat()  # now published full: dispatchers route elsewhere
 
     def _count_report(self, report: Report) -> None:
         with self._lock:

@@ -47,6 +47,7 @@ __all__ = [
     "dead_letter",
     "dt",
     "failed_attempt",
+    "given_back",
     "lease_expired_reason",
     "list_filters",
     "matches",
@@ -295,6 +296,15 @@ def released(task: Task, now: float) -> Task:
     return task.model_copy(
         update={**_NO_CLAIM, "status": TaskStatus.PENDING, "updated_at": _now(now)}
     )
+
+
+def given_back(task: Task, now: float) -> Task:
+    """Released by its holder: pending, and the claim's job id goes too.
+
+    Whoever releases a claim deals with its reservation; a failure or an expired
+    lease keeps the job id, for the dispatcher to cancel the dead attempt's.
+    """
+    return released(task, now).model_copy(update={"job_id": ""})
 
 
 def completed(task: Task, result: TaskResult, now: float) -> Task:

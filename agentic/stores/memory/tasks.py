@@ -153,7 +153,7 @@ class MemoryTaskStore(TaskStore):
         with self._lock:
             task = self._get(task_id)
             rules.require_holder(task, agent_id, "release", job_id)
-            return self._put(rules.released(task, self._clock()))
+            return self._put(rules.given_back(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
         with self._lock:

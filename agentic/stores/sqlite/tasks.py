@@ -308,7 +308,7 @@ class SQLiteTaskStore(TaskStore):
         with self._db.transaction(f"releasing task {task_id!r}") as conn:
             task = self._load(conn, task_id)
             rules.require_holder(task, agent_id, "release", job_id)
-            return self._save(conn, rules.released(task, self._clock()))
+            return self._save(conn, rules.given_back(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
         with self._db.transaction(f"updating task {task_id!r}") as conn:

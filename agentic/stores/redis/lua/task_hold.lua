@@ -22,8 +22,9 @@ end
 if op == 'renew' then
   t.lease_expires_at, t.updated_at = num(now + tonumber(ARGV[BASE + 6])), num(now)
 elseif op == 'release' then
+  -- _tasks.released: the releaser deals with the claim's reservation.
   unclaim(t)
-  t.status, t.updated_at = 'pending', num(now)
+  t.status, t.job_id, t.updated_at = 'pending', '', num(now)
 elseif ARGV[BASE + 6] == '1' then
   t.status, t.result, t.progress = 'completed', ARGV[BASE + 7], '100'
   t.lease_expires_at, t.updated_at = '', num(now)
