@@ -154,6 +154,16 @@ class AllowanceService:
             self._store_failed("unreserve", exc)
             return None
 
+    def expire(self, job_id: str) -> Settlement | None:
+        """End a reservation now, as its expiry would (a dead attempt's): the job stays
+        counted, and a settle that comes later still charges. ``None`` only when
+        failing open with the store down."""
+        try:
+            return self.store.expire(job_id)
+        except StoreError as exc:
+            self._store_failed("expire", exc)
+            return None
+
     def record_usage(self, report: UsageReport) -> Reservation | Settlement | None:
         """go-agentic's entry point: started reserves, the final events settle."""
         if report.event is QuotaEvent.JOB_STARTED:

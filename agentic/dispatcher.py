@@ -59,7 +59,7 @@ from .errors import (
     TransportError,
 )
 from .events import Event, EventEmitter, EventType
-from .models import QuotaEvent, Task, TaskStatus, TaskUpdate
+from .models import Task, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores.base import AgentRegistry
@@ -257,15 +257,18 @@ class Dispatcher:
         raise error
 
     def _forget_previous_attempt(self, task: Task) -> None:
-        """Free the slot of an attempt that died with its runner (lease expired).
+        """Free the slot of an attempt whose lease ran out (its runner died, or lost
+        touch with the server) by expiring its reservation now.
 
-        If the runner settled it already this is a duplicate and changes nothing. A
-        store failure is raised: a pass stops at the first one, not one per task.
+        Expired, not cancelled: the job stays counted and nothing is recorded, so if
+        that runner is alive after all its own settle still charges what it used. If
+        it settled already this changes nothing. A store failure is raised: a pass
+        stops at the first one, not one per task.
         """
         if not task.job_id:
             return
         try:
-            self.allowance.settle(task.job_id, 0, 0, QuotaEvent.JOB_CANCELLED)
+            self.allowance.expire(task.job_id)
         except NotFoundError:
             log.debug("reservation %s already gone (expired or settled)", task.job_id)
 

@@ -577,3 +577,40 @@ def test_unreserve_across_midnight_leaves_the_new_day_alone(backend: Backend) ->
     store.unreserve("old")
     usage = store.get_usage("a1")
     assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+
+
+# --- expire: a dead attempt's reservation, ended now ----------------------------------
+
+
+def test_expire_frees_the_hold_and_keeps_the_job(backend: Backend) -> None:
+    """expire gives back the slot, tokens and cost; the job and its request stay counted."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_token_limit=1000, concurrent_jobs=1))
+    store.set_model_quota(ModelQuota(model="m1", cost_ceiling=1, input_price=100))
+    store.reserve("a1", "m1", 300, "j1")
+    done = store.expire("j1")
+    assert (done.agent_id, done.model, done.tokens_charged, done.duplicate) == (
+        "a1",
+        "m1",
+        0,
+        False,
+    )
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (1, 0, 0)
+    model = store.get_model_usage("m1")
+    assert (model.requests_last_hour, model.tokens_reserved, model.cost_reserved) == (1, 0, 0)
+    store.reserve("a1", "m1", 300, "j2")  # the slot is free again
+
+
+def test_expired_attempt_that_was_alive_still_gets_charged(backend: Backend) -> None:
+    """After expire, the attempt's own settle (it was alive) charges what it used."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "m1", 10, "j1")
+    store.expire("j1")
+    with pytest.raises(NotFoundError, match="nothing to expire"):
+        store.expire("j1")
+    late = store.settle("j1", 40, 20, COMPLETED, agent_id="a1", model="m1")
+    assert (late.duplicate, late.tokens_charged) == (False, 60)
+    assert store.get_usage("a1").tokens_used == 60
+    assert store.expire("j1").duplicate  # settled now: unchanged

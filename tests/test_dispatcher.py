@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -595,6 +596,26 @@ def test_a_dead_attempts_reservation_does_not_hold_its_agent(system: System) -> 
     assert report.dispatched == {task.id: "a"}
     usage = system.quota.get_usage("a")
     assert (usage.jobs_started, usage.active_jobs) == (2, 1)
+
+
+def test_an_attempt_thought_dead_still_gets_its_usage_charged(system: System) -> None:
+    """A runner whose lease ran out while it kept working settles later: its tokens are
+    charged, though the dispatcher freed that attempt's slot for the retry."""
+    system.agent("a", max_load=2)
+    task = system.task("t")
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    first_job = system.tasks.get(task.id).job_id
+    lease = system.tasks.get(task.id).lease_expires_at
+    assert lease is not None
+    system.tasks._clock = lambda: lease.timestamp() + 1
+    assert [t.id for t in system.tasks.requeue_expired()] == [task.id]
+    system.tasks._clock = time.time
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (2, 1)  # the dead attempt's slot freed
+    late = system.quota.settle(first_job, 300, 100, QuotaEvent.JOB_COMPLETED, agent_id="a")
+    assert (late.duplicate, late.tokens_charged) == (False, 400)
+    assert system.quota.get_usage("a").tokens_used == 400
 
 
 @pytest.mark.parametrize("bad", [0, -1, 65, 1.5, True])

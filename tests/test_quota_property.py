@@ -1,5 +1,5 @@
-"""Property: random reserve / settle / unreserve / check / clock sequences give the same answers on
-every backend and on a naive reference model written straight from the rules."""
+"""Property: random reserve / settle / unreserve / expire / check / clock sequences give
+the same answers on every backend and on a naive reference model written from the rules."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ settle_op = st.tuples(
     st.integers(0, 400),
     st.sampled_from(OUTCOMES),
 )
-unreserve_op = st.tuples(st.just("unreserve"), st.integers(0, 9))
+unreserve_op = st.tuples(st.sampled_from(["unreserve", "expire"]), st.integers(0, 9))
 check_op = st.tuples(
     st.just("check"),
     st.sampled_from(["a", "b"]),
@@ -200,7 +200,8 @@ class Model:
         self.settled[job] = result
         return ("settled", *result)
 
-    def unreserve(self, job: str) -> tuple[Any, ...]:
+    def unreserve(self, job: str, never_started: bool = True) -> tuple[Any, ...]:
+        """unreserve, or (``never_started=False``) expire."""
         self.expire()
         if job in self.settled:
             return ("duplicate", *self.settled[job])
@@ -209,9 +210,9 @@ class Model:
             return ("not found",)
         owner, model, _tokens, _cost, _expires, created = held
         c = self.agent(owner)
-        uncounted = 1 if created >= self.start() else 0
+        uncounted = 1 if never_started and created >= self.start() else 0
         self.used[owner] = (self.start(), c.tokens_used, max(0, c.jobs_started - uncounted))
-        if model and created in self.requests.get(model, []):
+        if never_started and model and created in self.requests.get(model, []):
             self.requests[model].remove(created)
         allowance = next(a for a in ALLOWANCES if a.agent_id == owner)
         # no settlement is kept: a later settle charges as after an expiry
@@ -245,9 +246,10 @@ def run_store(
         s = store.settle(job, tin, tout, outcome, agent_id=agent_id, model=model)
         tag = "duplicate" if s.duplicate else "settled"
         return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
-    if kind == "unreserve":
+    if kind in ("unreserve", "expire"):
+        end = store.unreserve if kind == "unreserve" else store.expire
         try:
-            s = store.unreserve(f"j{op[1]}")
+            s = end(f"j{op[1]}")
         except NotFoundError:
             return ("not found",)
         tag = "duplicate" if s.duplicate else "settled"
@@ -269,8 +271,8 @@ def run_model(
         _k, n, tin, tout, outcome = op
         agent_id, model_name = jobs.get(f"j{n}", ("a", ""))
         return model.settle(f"j{n}", agent_id, model_name, tin, tout, outcome)
-    if kind == "unreserve":
-        return model.unreserve(f"j{op[1]}")
+    if kind in ("unreserve", "expire"):
+        return model.unreserve(f"j{op[1]}", never_started=kind == "unreserve")
     _k, agent_id, model_name, tokens = op
     return model.check(agent_id, model_name, tokens)
 

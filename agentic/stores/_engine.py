@@ -51,6 +51,7 @@ from ..quota import (
 )
 from .base import (
     AllowanceStore,
+    Ending,
     final_outcome,
     no_allowance,
     no_reservation,
@@ -454,7 +455,11 @@ class EngineAllowanceStore(AllowanceStore):
 
     def unreserve(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
-        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, None, None, started=False)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, None, None, "unreserve")
+
+    def expire(self, job_id: str) -> Settlement:
+        require_id("job id", job_id)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, None, None, "expire")
 
     def _end(
         self,
@@ -464,17 +469,17 @@ class EngineAllowanceStore(AllowanceStore):
         outcome: QuotaEvent,
         agent_id: str | None,
         model: str | None,
-        started: bool = True,
+        ending: Ending = "settle",
     ) -> Settlement:
-        """settle, or (``started=False``) unreserve: one transaction either way."""
+        """settle, unreserve or expire (see :data:`~agentic.stores.base.Ending`)."""
         with self._open() as ctx:
             tx = ctx.tx
             done = tx.get_settled(job_id)
             if done is not None:
                 return done.model_copy(update={"duplicate": True})
             held = tx.get_held(job_id)
-            if held is None and (not agent_id or not started):
-                raise no_reservation(job_id, started)
+            if held is None and (not agent_id or ending != "settle"):
+                raise no_reservation(job_id, ending)
             owner = held.agent_id if held else str(agent_id)
             used_model = held.model if held else (model or "")
             allowance = tx.get_allowance(owner)
@@ -492,7 +497,7 @@ class EngineAllowanceStore(AllowanceStore):
             cost = share_of_cost(full, charged, tokens_in + tokens_out)
             row = self._agent(tx, owner, ctx.start)
             row.tokens_used += charged
-            if held is not None and not started:
+            if held is not None and ending == "unreserve":
                 # The job never ran: it was never one of today's jobs (a reservation
                 # of an earlier day was rolled away with that day's count).
                 if held.created_at >= ctx.start:
@@ -516,9 +521,10 @@ class EngineAllowanceStore(AllowanceStore):
                 previous_status=before,
                 status=after,
             )
-            if started:
+            if ending == "settle":
                 tx.put_settled(settlement, ctx.now)
                 tx.prune_settled(ctx.now - SETTLED_RETENTION)
-            # An unreserved job leaves no settlement: should it run after all (a claim
-            # thought lost that was made), its settle still charges what it used.
+            # Unreserve and expire leave no settlement: should the job run after all (a
+            # claim thought lost that was made, an attempt thought dead), its own settle
+            # still charges what it used.
             return settlement

@@ -22,7 +22,7 @@ import abc
 import builtins
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Self
+from typing import Literal, Self
 
 from ..errors import ConfigError, NotFoundError
 from ..models import (
@@ -47,6 +47,7 @@ __all__ = [
     "AgentRegistry",
     "AllowanceStore",
     "Closeable",
+    "Ending",
     "FINAL_OUTCOMES",
     "LogPage",
     "TaskStore",
@@ -90,12 +91,18 @@ def no_allowance(agent_id: str) -> NotFoundError:
     return NotFoundError(f"no allowance for agent {agent_id!r}: set one before it takes work")
 
 
-def no_reservation(job_id: str, started: bool = True) -> NotFoundError:
-    """The error for settling (``started``) or unreserving a job with no live reservation."""
-    if not started:
+#: How a reservation ends: ``settle`` charges and records; ``unreserve`` (the job never
+#: started) also takes back its job and request; ``expire`` frees the hold as its expiry
+#: would. The last two record nothing, so a settle that comes later still charges.
+Ending = Literal["settle", "unreserve", "expire"]
+
+
+def no_reservation(job_id: str, ending: Ending = "settle") -> NotFoundError:
+    """The error for ending a job that has no live reservation."""
+    if ending != "settle":
         return NotFoundError(
             f"no live reservation for job {job_id!r} (never reserved, or expired): nothing"
-            " to unreserve"
+            f" to {ending}"
         )
     return NotFoundError(
         f"no live reservation for job {job_id!r} (never reserved, or expired);"
@@ -211,6 +218,10 @@ class AllowanceStore(Closeable):
       tokens, as after an expiry. A job already settled is a duplicate, unchanged.
       A job that started and was stopped is ``settle(..., JOB_CANCELLED)``
       instead: it counts as a job, its tokens are not charged.
+    * ``expire(job_id)`` ends a reservation now, as its expiry would: the slot and
+      the reserved tokens and cost go back, the job stays counted, nothing is
+      recorded, so the attempt's own ``settle`` (should it be alive after all)
+      still charges what it used. For a dead attempt whose lease ran out.
     * ``check(agent_id, model, tokens)`` runs the same rules without changing anything.
     """
 
@@ -292,6 +303,10 @@ class AllowanceStore(Closeable):
     @abc.abstractmethod
     def unreserve(self, job_id: str) -> Settlement:
         """Atomically undo the reservation of a job that never started."""
+
+    @abc.abstractmethod
+    def expire(self, job_id: str) -> Settlement:
+        """Atomically end a reservation now, as its expiry would."""
 
 
 @dataclass(frozen=True, slots=True)

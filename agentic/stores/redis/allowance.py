@@ -48,6 +48,7 @@ from ...quota import (
 )
 from ..base import (
     AllowanceStore,
+    Ending,
     final_outcome,
     no_allowance,
     no_reservation,
@@ -318,7 +319,11 @@ class RedisAllowanceStore(AllowanceStore):
 
     def unreserve(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
-        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, "", "", started=False)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, "", "", "unreserve")
+
+    def expire(self, job_id: str) -> Settlement:
+        require_id("job id", job_id)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, "", "", "expire")
 
     def _end(
         self,
@@ -328,7 +333,7 @@ class RedisAllowanceStore(AllowanceStore):
         outcome: QuotaEvent,
         agent_id: str,
         model: str,
-        started: bool = True,
+        ending: Ending = "settle",
     ) -> Settlement:
         reply = self._run(
             _SETTLE,
@@ -339,10 +344,10 @@ class RedisAllowanceStore(AllowanceStore):
             agent_id,
             model,
             repr(float(SETTLED_RETENTION)),
-            "1" if started else "0",
+            ending,
         )
         if reply[0] == "not found":
-            raise no_reservation(job_id, started)
+            raise no_reservation(job_id, ending)
         tag, owner, used_model, done, charged, cost, previous, status = reply
         return Settlement(
             job_id=job_id,

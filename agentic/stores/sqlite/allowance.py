@@ -205,8 +205,11 @@ class _SQLiteTx(QuotaTx):
         )
 
     def remove_request(self, model: str, at: float, job_id: str) -> None:
+        # One row: the same job may have been admitted twice at one instant (expired
+        # by a dispatcher, then reserved again), each admission one request.
         removed = self._conn.execute(
-            "DELETE FROM model_requests WHERE model = ? AND at = ? AND job_id = ?",
+            "DELETE FROM model_requests WHERE rowid = (SELECT rowid FROM model_requests"
+            " WHERE model = ? AND at = ? AND job_id = ? LIMIT 1)",
             (model, at, job_id),
         ).rowcount
         if removed:

@@ -104,13 +104,15 @@ end
 
 local function get_held(job)
   local v = redis.call('HMGET', K.held .. job,
-    'agent', 'model', 'tokens', 'cost', 'created_at', 'expires_at')
+    'agent', 'model', 'tokens', 'cost', 'created_at', 'expires_at', 'request')
   if not v[1] then
     return nil
   end
   return {
     job = job, agent = v[1], model = v[2], tokens = tonumber(v[3]), cost = tonumber(v[4]),
     created_at = tonumber(v[5]), expires_at = tonumber(v[6]),
+    -- a reservation stored before 'request' existed: its member had no suffix
+    request = v[7] or (job .. '@' .. v[5]),
   }
 end
 

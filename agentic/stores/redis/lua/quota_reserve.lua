@@ -52,6 +52,7 @@ end
 
 local cost = detail
 local previous = agent_status(allowance, row)
+local request = ''  -- the member of the model's request log this admission added
 row.jobs_started = row.jobs_started + 1
 row.active_jobs = row.active_jobs + 1
 row.tokens_reserved = row.tokens_reserved + tokens
@@ -61,8 +62,14 @@ if model ~= '' then
   mrow.cost_reserved = mrow.cost_reserved + cost
   put_model(model, mrow)
   -- One member per admitted request: a job id admitted again after its
-  -- reservation expired is a second request.
-  redis.call('ZADD', K.requests .. model, NOW_TEXT, job .. '@' .. NOW_TEXT)
+  -- reservation expired is a second request, even at the same instant (an
+  -- injected clock, or expire then reserve): then a suffix keeps it apart.
+  request = job .. '@' .. NOW_TEXT
+  local n = 1
+  while redis.call('ZADD', K.requests .. model, 'NX', NOW_TEXT, request) == 0 do
+    n = n + 1
+    request = job .. '@' .. NOW_TEXT .. '#' .. n
+  end
 end
 local ttl = default_ttl
 if allowance.max_job_duration > 0 then
@@ -71,7 +78,7 @@ end
 -- Formatted once each, for the stored reservation and the reply alike.
 local tokens_text, cost_text, expires_text = num(tokens), num(cost), num(NOW + ttl)
 redis.call('HSET', K.held .. job, 'agent', agent_id, 'model', model, 'tokens', tokens_text,
-  'cost', cost_text, 'created_at', NOW_TEXT, 'expires_at', expires_text)
+  'cost', cost_text, 'created_at', NOW_TEXT, 'expires_at', expires_text, 'request', request)
 redis.call('ZADD', K.expiry, expires_text, job)
 return {'reserved', agent_id, model, tokens_text, cost_text, NOW_TEXT, expires_text,
   previous, agent_status(allowance, row)}

@@ -1,7 +1,9 @@
 -- quota_settle.lua (after common.lua, quota_lib.lua): _engine.settle.
 -- arg: job id, tokens_in, tokens_out, outcome, agent id ('' = unknown), model,
--- retention of settled job ids in seconds, started ('0' = _engine.unreserve: the
--- job never ran, so it is not counted and its request leaves the hour)
+-- retention of settled job ids in seconds, ending (base.Ending): 'settle' charges
+-- and records; 'unreserve' (the job never ran) also takes back its job and its
+-- request in the hour; 'expire' frees the hold as its expiry would. The last two
+-- record nothing, so a settle that comes later still charges.
 -- Replies: {'settled' or 'duplicate', agent, model, outcome, tokens charged,
 -- cost charged, previous status, status} | {'not found'}
 local SETTLED_FIELDS = {'agent', 'model', 'outcome', 'charged', 'cost', 'previous', 'status'}
@@ -65,14 +67,14 @@ end
 sweep()
 local job, tokens_in, tokens_out = arg(1), tonumber(arg(2)), tonumber(arg(3))
 local outcome, agent_arg, model_arg, retention = arg(4), arg(5), arg(6), tonumber(arg(7))
-local started = arg(8) ~= '0'
+local ending = arg(8)
 
 local done = redis.call('HMGET', K.settled .. job, unpack(SETTLED_FIELDS))
 if done[1] then
   return {'duplicate', unpack(done)}
 end
 local held = get_held(job)
-if not held and (agent_arg == '' or not started) then
+if not held and (agent_arg == '' or ending ~= 'settle') then
   return {'not found'}
 end
 local owner, used_model = agent_arg, model_arg
@@ -101,13 +103,13 @@ end
 local cost = share_of_cost(cost_microcents(quota, tokens_in, tokens_out), charged,
   tokens_in + tokens_out)
 row.tokens_used = row.tokens_used + charged
-if held and not started then
+if held and ending == 'unreserve' then
   -- Never one of today's jobs (an earlier day's count was rolled away already).
   if held.created_at >= START then
     row.jobs_started = math.max(0, row.jobs_started - 1)
   end
   if held.model ~= '' then
-    redis.call('ZREM', K.requests .. held.model, job .. '@' .. num(held.created_at))
+    redis.call('ZREM', K.requests .. held.model, held.request)
   end
 end
 put_agent(owner, row)
@@ -126,7 +128,7 @@ if allowance then
 end
 
 local settled = {owner, used_model, outcome, num(charged), num(cost), previous, status}
-if not started then
+if ending ~= 'settle' then
   -- No settlement kept (_engine._end): a job that runs after all still gets charged.
   return {'settled', unpack(settled)}
 end
