@@ -56,10 +56,12 @@ from .errors import (
     NoEligibleAgentError,
     NotFoundError,
     QuotaExceededError,
+    StoreError,
     TransportError,
 )
 from .events import Event, EventEmitter, EventType
 from .models import Task, TaskStatus, TaskUpdate
+from .quota import DEFAULT_RESERVATION_TTL
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores.base import AgentRegistry
@@ -139,8 +141,8 @@ class Dispatcher:
         self._clock = clock
         #: errors seen (failed passes, failed claims, emitter failures), each logged
         self.errors = 0
-        #: task id -> job id of claims whose outcome is not known yet
-        self._unsure: dict[str, str] = {}
+        #: task id -> (job id, monotonic time) of claims whose outcome is not known yet
+        self._unsure: dict[str, tuple[str, float]] = {}
 
     # --- one task ---
     def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
@@ -148,7 +150,9 @@ class Dispatcher:
 
         Raises :class:`NoEligibleAgentError` or :class:`QuotaExceededError` when the
         task must wait, :class:`ConflictError` when another dispatcher claimed it, and
-        the claim's error for a real failure. Nothing stays reserved on any error.
+        the claim's error for a real failure; nothing stays reserved then. The one
+        exception is :class:`ClaimUnknownError`: the claim may have been made, so its
+        reservation stays until a later :meth:`run_once` finds out (or it expires).
         """
         self._forget_previous_attempt(task)
         index = agents if agents is not None else self._index()
@@ -249,7 +253,7 @@ class Dispatcher:
             self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
             return
         if made is None:
-            self._unsure[task.id] = job_id
+            self._unsure[task.id] = (job_id, time.monotonic())
             raise ClaimUnknownError(
                 f"claim of task {task.id} for {agent_id} got no usable answer and the task"
                 f" cannot be read back ({error}); its reservation is kept until that is known"
@@ -278,7 +282,9 @@ class Dispatcher:
         when the task cannot be read."""
         try:
             current = self.client.get_task(task_id)
-        except Exception as exc:  # any failure to read back leaves the question open
+        except NotFoundError:
+            return False  # the task is gone: no claim of it runs
+        except Exception as exc:  # any other failure to read back leaves the question open
             log.warning("claim of task %s: no usable answer and no read-back (%s)", task_id, exc)
             return None
         if current.job_id == job_id:
@@ -293,13 +299,14 @@ class Dispatcher:
         reservation goes back. Ours, in any status: it was made; the runner settles.
         """
         listed = {task.id: task for task in pending}
-        for task_id, job_id in list(self._unsure.items()):
+        for task_id, (job_id, since) in list(self._unsure.items()):
             task = listed.get(task_id)
             made = self._claim_made(task_id, job_id) if task is None else task.job_id == job_id
-            if made is None:
+            if made is None and time.monotonic() - since < DEFAULT_RESERVATION_TTL:
                 continue  # still unreadable: ask again next pass
+            # Known, or asked for longer than a reservation lives: it has expired anyway.
             del self._unsure[task_id]
-            if not made:
+            if made is False:
                 self._unreserve(job_id)
 
     def _unreserve(self, job_id: str) -> None:
@@ -346,6 +353,8 @@ class Dispatcher:
                     else:
                         try:
                             agent_id, job_id = self._reserve(task, index)
+                        except StoreError:
+                            raise  # the quota store is down: the pass fails, not the task
                         except AgenticError as exc:
                             self._not_dispatched(task, exc, report)
                             continue
@@ -450,6 +459,10 @@ class Dispatcher:
                     failures += 1
                     self.errors += 1
                     log.error("dispatch pass failed (%d in a row): %s", failures, exc)
+                except Exception:  # a bug must not end the loop: logged, counted, backed off
+                    failures += 1
+                    self.errors += 1
+                    log.exception("dispatch pass failed unexpectedly (%d in a row)", failures)
                 else:
                     failures = 0
                     log.info("dispatch pass: %s", report.summary())

@@ -614,3 +614,18 @@ def test_expired_attempt_that_was_alive_still_gets_charged(backend: Backend) -> 
     assert (late.duplicate, late.tokens_charged) == (False, 60)
     assert store.get_usage("a1").tokens_used == 60
     assert store.expire("j1").duplicate  # settled now: unchanged
+
+
+def test_a_job_ended_early_and_reserved_again_is_released_once(backend: Backend) -> None:
+    """expire then reserve the same job id at one instant: at its expiry the job is
+    released once, and another job's hold is left alone."""
+    store = backend.allowance()
+    store.set_allowance(allowance(max_job_duration=100))
+    store.reserve("a1", "", 5, "j")
+    store.expire("j")
+    store.reserve("a1", "", 5, "j")
+    backend.clock.advance(50)
+    store.reserve("a1", "", 5, "other")
+    backend.clock.advance(60)  # j's reservation expires; other's lives on
+    usage = store.get_usage("a1")
+    assert (usage.active_jobs, usage.tokens_reserved) == (1, 5)

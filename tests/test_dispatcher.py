@@ -19,7 +19,10 @@ from agentic.errors import (
     ConfigError,
     ConflictError,
     NoEligibleAgentError,
+    NotFoundError,
     QuotaExceededError,
+    StoreError,
+    StoreUnavailableError,
     TransportError,
 )
 from agentic.events import Event, EventEmitter, EventType
@@ -29,6 +32,7 @@ from agentic.models import (
     ModelQuota,
     Priority,
     QuotaEvent,
+    Reservation,
     Task,
     TaskStatus,
     TaskUpdate,
@@ -358,6 +362,49 @@ def test_claim_of_unknown_fate_keeps_its_reservation_until_known(
         assert system.tasks.get(task.id).status is TaskStatus.IN_PROGRESS
         assert (usage.jobs_started, usage.active_jobs) == (1, 1)
         assert system.tasks.get(task.id).job_id != stored.job_id
+
+
+class GoneOnReadBack(SilentClaims):
+    """Claims get no answer; the task then reads back as unknown (404)."""
+
+    def get_task(self, task_id: str) -> Task:
+        raise NotFoundError(f"task {task_id!r} does not exist")
+
+
+def test_claim_of_a_task_that_is_gone_is_given_back(system: System) -> None:
+    """No answer, and the task reads back as unknown (404): no claim of it can run, so
+    the reservation goes back and nothing is left to ask about."""
+    system.agent("a")
+    task = system.task("t")
+    client = GoneOnReadBack(system.client.base_url, token="", retries=0)
+    client.reach_server = False
+    system.dispatcher.client = client
+    with client:
+        report = system.dispatcher.run_once()
+    assert task.id in report.failed
+    assert system.quota.get_usage("a").active_jobs == 0
+    assert system.dispatcher._unsure == {}
+
+
+class BrokenQuota(MemoryAllowanceStore):
+    """A quota store whose reservations fail like an unreachable backend."""
+
+    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+        raise StoreError("connection refused")
+
+
+def test_a_quota_store_outage_fails_the_pass_not_the_tasks(system: System) -> None:
+    """With the quota store down (fail closed) the pass fails; no task counts a retry."""
+    quota = BrokenQuota()
+    quota.set_allowance(AgentAllowance(agent_id="a"))
+    system.registry.register(AgentInfo(id="a"))
+    task = system.task("t")
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(quota), system.client
+    )
+    with pytest.raises(StoreUnavailableError):
+        dispatcher.run_once()
+    assert system.tasks.get(task.id).retry_count == 0
 
 
 class GarbledClaims(TaskClient):

@@ -19,7 +19,7 @@ class Presence:
     """Keeps ``info`` registered while the runner works, with ``load()`` as its load.
 
     While ``paused()`` the agent is published full (load = max_load; an unlimited
-    agent gets its load as a limit for the while), so dispatchers route elsewhere;
+    agent gets ``capacity`` as a limit for the while), so dispatchers route elsewhere;
     the entry is registered again whenever that changes. Heartbeat (which may register
     again) and deregistration hold one lock, so an agent that is shutting down is
     never brought back by a late heartbeat.
@@ -32,12 +32,14 @@ class Presence:
         load: Callable[[], int],
         on_error: Callable[[str, Exception], None],
         paused: Callable[[], bool] = lambda: False,
+        capacity: int = 1,
     ) -> None:
         self.registry = registry
         self.info = info
         self._load = load
         self._error = on_error
         self._paused = paused
+        self._capacity = capacity
         self._lock = threading.Lock()
         self._registered = False
         self._published_paused = False
@@ -100,8 +102,8 @@ class Presence:
         self._published_paused = paused
 
     def _current(self, paused: bool | None = None) -> AgentInfo:
-        load = self._load()
         if self._paused() if paused is None else paused:
-            full = self.info.max_load or max(1, load)
+            # Fixed while paused: finished tasks must not make room below it.
+            full = self.info.max_load or self._capacity
             return self.info.model_copy(update={"max_load": full, "current_load": full})
-        return self.info.model_copy(update={"current_load": load})
+        return self.info.model_copy(update={"current_load": self._load()})

@@ -127,7 +127,7 @@ class AgentRunner:
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # While paused the agent is published full, so dispatchers route elsewhere.
         self.presence = Presence(
-            registry, info, lambda: self.load, self._error, lambda: self.paused
+            registry, info, lambda: self.load, self._error, lambda: self.paused, self.capacity
         )
         #: waits after consecutive infrastructure errors (the agent cannot run tasks)
         self.infrastructure_backoff = RetryPolicy(base=2.0, cap=120.0, jitter="equal")
@@ -285,7 +285,7 @@ class AgentRunner:
         try:
             attempt.ctx.flush_logs()
             # Settle BEFORE the report: once the task is pending again a dispatcher
-            # cancels the old reservation, and a later settle would charge nothing.
+            # may expire the old reservation, freeing its slot before this job's end.
             self.reporter.settle(attempt, outcome)
             self._pace(outcome)
             delivered = self.reporter.report(attempt, outcome)

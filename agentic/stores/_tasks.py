@@ -302,7 +302,7 @@ def given_back(task: Task, now: float) -> Task:
     """Released by its holder: pending, and the claim's job id goes too.
 
     Whoever releases a claim deals with its reservation; a failure or an expired
-    lease keeps the job id, for the dispatcher to cancel the dead attempt's.
+    lease keeps the job id, for the dispatcher to expire the dead attempt's.
     """
     return released(task, now).model_copy(update={"job_id": ""})
 

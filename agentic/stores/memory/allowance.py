@@ -92,13 +92,15 @@ class _MemoryTx(QuotaTx):
         self.held.pop(job_id, None)
 
     def expired_held(self, now: float) -> list[Held]:
-        found: list[Held] = []
+        found: dict[str, Held] = {}
         while self.expiry and self.expiry[0][0] <= now:
             expires_at, job_id = heapq.heappop(self.expiry)
             held = self.held.get(job_id)
+            # The heap may hold a job twice (ended early, then reserved again with the
+            # same expiry): each reservation is released once.
             if held is not None and held.expires_at == expires_at:
-                found.append(held)
-        return found
+                found[job_id] = held
+        return list(found.values())
 
     def get_settled(self, job_id: str) -> Settlement | None:
         entry = self.settled.get(job_id)
