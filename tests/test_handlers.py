@@ -131,7 +131,7 @@ def test_timeout_kills_the_process_group() -> None:
     handler = SubprocessHandler(sh("sleep 30 & echo $!; wait"), timeout=0.3, kill_grace=1)
     started = time.monotonic()
     result = handler(TASK, context())
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # not the 30 s sleep
     assert not result.success and result.error_message.startswith("timed out after 0.3 s")
     pid = int(result.output)
     wait_until(lambda: gone(pid))
@@ -152,14 +152,14 @@ def test_process_ignoring_sigterm_gets_sigkill() -> None:
     started = time.monotonic()
     result = handler(TASK, context())
     assert not result.success
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 10  # not the 30 s sleep
 
 
 def test_leftover_background_process_ends_with_the_task() -> None:
     """A child left running after a normal exit is ended; the handler does not hang."""
     started = time.monotonic()
     result = SubprocessHandler(sh("sleep 30 & echo $!"), kill_grace=1)(TASK, context())
-    assert result.success and time.monotonic() - started < 3
+    assert result.success and time.monotonic() - started < 10  # not the 30 s sleep
     wait_until(lambda: gone(int(result.output)))
 
 

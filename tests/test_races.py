@@ -131,7 +131,7 @@ def test_heartbeats_racing_reap_never_mark_a_live_agent_offline(
     stop.set()
     results = {r[0]: r[1:] for r in _collect(procs, out)}
     (beats, missed), (reaped, passes) = results["heartbeat"], results["reap"]
-    assert beats > 100 and missed == 0 and passes > 100
+    assert beats > 20 and missed == 0 and passes > 20  # both sides ran, many times
     assert reaped == ["silent"]
     assert registry.get("live").status == AgentStatus.AVAILABLE
     registry.close()
