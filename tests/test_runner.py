@@ -588,6 +588,35 @@ def test_infrastructure_error_pauses_the_agent(system: System, max_load: int) ->
     assert calls == [first.id, first.id]
 
 
+def test_a_settle_that_fails_is_tried_again_until_it_lands(system: System) -> None:
+    """A quota store down through every retry of a settle: the settlement is kept and
+    lands with a later heartbeat, charging the tokens and freeing the slot."""
+    down = threading.Event()
+    down.set()
+    real_settle = system.quota.settle
+
+    def settle(*args: Any, **kwargs: Any) -> Any:
+        if down.is_set():
+            raise StoreError("quota store unreachable")
+        return real_settle(*args, **kwargs)
+
+    system.quota.settle = settle  # type: ignore[method-assign]
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 70, 30)
+        return "done"
+
+    runner = system.started(handler)
+    task = system.finished(system.submit().id)
+    assert task.status is TaskStatus.COMPLETED
+    wait_for(lambda: runner.reporter.unsettled == 1)
+    assert system.quota.get_usage(AGENT).active_jobs == 1  # still held
+    down.clear()
+    wait_for(lambda: runner.reporter.unsettled == 0)
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.active_jobs) == (100, 0)
+
+
 class FlakyRegistry(MemoryRegistry):
     """register fails the first ``failures`` times."""
 

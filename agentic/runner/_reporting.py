@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -41,6 +42,9 @@ class Reporter:
         self.policy = policy
         self._sleep = sleep
         self._error = on_error
+        #: settlements that failed every retry: job id -> the settle call's arguments
+        self._unsettled: dict[str, tuple[int, int, QuotaEvent, str | None]] = {}
+        self._unsettled_lock = threading.Lock()
 
     def bound(self) -> float:
         """About the longest a settle plus a report can spend waiting between retries."""
@@ -72,7 +76,36 @@ class Reporter:
                 ),
             )
         except AgenticError as exc:
-            self._error(f"job {job_id} not settled; its reservation will expire", exc)
+            # Kept and tried again with every heartbeat (settles are idempotent): a
+            # store outage must neither lose the tokens nor hold the slot for the
+            # reservation's whole lifetime.
+            with self._unsettled_lock:
+                self._unsettled[job_id] = (tokens_in, tokens_out, event, model)
+            self._error(f"job {job_id} not settled yet; tried again with each heartbeat", exc)
+
+    def settle_pending(self) -> None:
+        """Try once more each settlement that failed; keep those that fail again."""
+        if self.allowance is None:
+            return
+        with self._unsettled_lock:
+            pending = list(self._unsettled.items())
+        for job_id, (tokens_in, tokens_out, event, model) in pending:
+            try:
+                self.allowance.settle(
+                    job_id, tokens_in, tokens_out, event, agent_id=self.agent_id, model=model
+                )
+            except AgenticError as exc:
+                self._error(f"job {job_id} still not settled", exc)
+                return  # the store is still down: the next heartbeat tries again
+            with self._unsettled_lock:
+                self._unsettled.pop(job_id, None)
+            log.info("job %s settled after all", job_id)
+
+    @property
+    def unsettled(self) -> int:
+        """Settlements that failed and wait for the next try."""
+        with self._unsettled_lock:
+            return len(self._unsettled)
 
     def report(self, attempt: Attempt, outcome: Outcome) -> bool:
         """Complete or release the task; True when the server took the report."""
