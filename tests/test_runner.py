@@ -16,7 +16,13 @@ import pytest
 from agentic.allowance import AllowanceService
 from agentic.client import TaskClient
 from agentic.dispatcher import Dispatcher
-from agentic.errors import NoEligibleAgentError, NotFoundError, StoreError, TransportError
+from agentic.errors import (
+    ConfigError,
+    NoEligibleAgentError,
+    NotFoundError,
+    StoreError,
+    TransportError,
+)
 from agentic.events import Event, EventEmitter, EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.retry import RetryPolicy
@@ -588,7 +594,8 @@ def test_infrastructure_error_pauses_the_agent(system: System, max_load: int) ->
     assert calls == [first.id, first.id]
 
 
-def test_a_settle_that_fails_is_tried_again_until_it_lands(system: System) -> None:
+@pytest.mark.parametrize("fail_open", [False, True], ids=["fail closed", "fail open"])
+def test_a_settle_that_fails_is_tried_again_until_it_lands(system: System, fail_open: bool) -> None:
     """A quota store down through every retry of a settle: the settlement is kept and
     lands with a later heartbeat, charging the tokens and freeing the slot."""
     down = threading.Event()
@@ -607,6 +614,8 @@ def test_a_settle_that_fails_is_tried_again_until_it_lands(system: System) -> No
         return "done"
 
     runner = system.started(handler)
+    assert runner.reporter.allowance is not None
+    runner.reporter.allowance.fail_open = fail_open  # open: settle answers None, not raises
     task = system.finished(system.submit().id)
     assert task.status is TaskStatus.COMPLETED
     wait_for(lambda: runner.reporter.unsettled == 1)
@@ -615,6 +624,22 @@ def test_a_settle_that_fails_is_tried_again_until_it_lands(system: System) -> No
     wait_for(lambda: runner.reporter.unsettled == 0)
     usage = system.quota.get_usage(AGENT)
     assert (usage.tokens_used, usage.active_jobs) == (100, 0)
+
+
+def test_a_settle_refused_for_good_is_not_kept(system: System) -> None:
+    """A settle the store refuses for a reason no retry fixes is logged and dropped."""
+    real_settle = system.quota.settle
+
+    def settle(*args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("tokens beyond the exact range")
+
+    system.quota.settle = settle  # type: ignore[method-assign]
+    runner = system.started(lambda task, ctx: "done")
+    system.finished(system.submit().id)
+    wait_for(lambda: runner.completed == 1)
+    assert runner.reporter.unsettled == 0
+    assert runner.errors >= 1
+    system.quota.settle = real_settle  # type: ignore[method-assign]
 
 
 class FlakyRegistry(MemoryRegistry):

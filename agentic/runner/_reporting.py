@@ -9,7 +9,13 @@ from typing import TypeVar
 
 from ..allowance import AllowanceService
 from ..client import TaskClient
-from ..errors import AgenticError, ConflictError, NotFoundError
+from ..errors import (
+    AgenticError,
+    ConflictError,
+    NotFoundError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ..models import QuotaEvent, Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
 from ._attempt import Attempt, Outcome, Report, attempt_key
@@ -17,6 +23,9 @@ from ._attempt import Attempt, Outcome, Report, attempt_key
 __all__ = ["Reporter"]
 
 log = logging.getLogger("agentic.runner")
+
+#: settlements kept for another try, at most; past it a failed settle is dropped (logged)
+_MAX_UNSETTLED = 10_000
 T = TypeVar("T")
 
 
@@ -45,6 +54,7 @@ class Reporter:
         #: settlements that failed every retry: job id -> the settle call's arguments
         self._unsettled: dict[str, tuple[int, int, QuotaEvent, str | None]] = {}
         self._unsettled_lock = threading.Lock()
+        self._settling = threading.Lock()  # one settle_pending run at a time
 
     def bound(self) -> float:
         """About the longest a settle plus a report can spend waiting between retries."""
@@ -55,7 +65,6 @@ class Reporter:
         job_id = attempt.task.job_id
         if self.allowance is None or not job_id:
             return
-        allowance = self.allowance
         tokens_in, tokens_out = attempt.ctx.tokens
         model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
         event = outcome.report.quota_event
@@ -63,43 +72,55 @@ class Reporter:
             # Given back after spending (shutdown, or an agent error once the work was
             # done): those tokens were spent all the same, charged as for a failure.
             event = QuotaEvent.JOB_FAILED
+        args = (tokens_in, tokens_out, event, model)
         try:
-            self._retrying(
-                f"settling job {job_id}",
-                lambda: allowance.settle(
-                    job_id,
-                    tokens_in,
-                    tokens_out,
-                    event,
-                    agent_id=self.agent_id,
-                    model=model,
-                ),
-            )
-        except AgenticError as exc:
-            # Kept and tried again with every heartbeat (settles are idempotent): a
+            self._retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
+        except StoreError as exc:
+            # Kept and tried again with each heartbeat (settles are idempotent): a
             # store outage must neither lose the tokens nor hold the slot for the
             # reservation's whole lifetime.
             with self._unsettled_lock:
-                self._unsettled[job_id] = (tokens_in, tokens_out, event, model)
-            self._error(f"job {job_id} not settled yet; tried again with each heartbeat", exc)
+                if len(self._unsettled) < _MAX_UNSETTLED:
+                    self._unsettled[job_id] = args
+                    kept = "; tried again with each heartbeat"
+                else:
+                    kept = f"; {_MAX_UNSETTLED} are waiting already, so this one is dropped"
+            self._error(f"job {job_id} not settled yet{kept}", exc)
+        except AgenticError as exc:  # refused for good (bad amounts, ...): no retry helps
+            self._error(f"job {job_id} not settled; its reservation will expire", exc)
 
-    def settle_pending(self) -> None:
-        """Try once more each settlement that failed; keep those that fail again."""
+    def _settle_once(self, job_id: str, args: tuple[int, int, QuotaEvent, str | None]) -> None:
         if self.allowance is None:
             return
-        with self._unsettled_lock:
-            pending = list(self._unsettled.items())
-        for job_id, (tokens_in, tokens_out, event, model) in pending:
-            try:
-                self.allowance.settle(
-                    job_id, tokens_in, tokens_out, event, agent_id=self.agent_id, model=model
-                )
-            except AgenticError as exc:
-                self._error(f"job {job_id} still not settled", exc)
-                return  # the store is still down: the next heartbeat tries again
+        tokens_in, tokens_out, event, model = args
+        done = self.allowance.settle(
+            job_id, tokens_in, tokens_out, event, agent_id=self.agent_id, model=model
+        )
+        if done is None:  # failing open: the service logged it; it is not settled
+            raise StoreUnavailableError(f"quota store unavailable settling job {job_id}")
+
+    def settle_pending(self, wait: bool = False) -> None:
+        """Try once more each settlement that failed; keep those the store still
+        refuses. One run at a time: without ``wait``, a call while one runs returns."""
+        if self.allowance is None or not self._settling.acquire(blocking=wait):
+            return
+        try:
             with self._unsettled_lock:
-                self._unsettled.pop(job_id, None)
-            log.info("job %s settled after all", job_id)
+                pending = list(self._unsettled.items())
+            for job_id, args in pending:
+                try:
+                    self._settle_once(job_id, args)
+                except StoreUnavailableError as exc:
+                    self._error(f"job {job_id} still not settled (store unavailable)", exc)
+                    return  # the store is down: the next heartbeat tries them all again
+                except AgenticError as exc:
+                    self._error(f"job {job_id} not settled; dropped, it will expire", exc)
+                else:
+                    log.info("job %s settled after all", job_id)
+                with self._unsettled_lock:
+                    self._unsettled.pop(job_id, None)
+        finally:
+            self._settling.release()
 
     @property
     def unsettled(self) -> int:

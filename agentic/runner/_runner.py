@@ -364,7 +364,7 @@ class AgentRunner:
         # it finished); reports retrying a blip get their full retry budget.
         self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
         self._sweep()
-        self.reporter.settle_pending()  # a last try; what still fails is logged
+        self.reporter.settle_pending(wait=True)  # a last try; what still fails is logged
 
     def _wait_idle(self, timeout: float) -> None:
         with self._changed:
@@ -398,7 +398,11 @@ class AgentRunner:
                 self.presence.heartbeat()
             if due:
                 self._renew_leases()
-                self.reporter.settle_pending()
+                if self.reporter.unsettled:
+                    # Off this thread: a slow store must not delay heartbeats and leases.
+                    threading.Thread(
+                        target=self.reporter.settle_pending, name="agentic-settle", daemon=True
+                    ).start()
                 next_beat = now + self.heartbeat_interval
             with self._lock:
                 contexts = [a.ctx for a in self._attempts.values()]
