@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -495,11 +495,14 @@ def test_run_stops_when_asked_and_counts_errors(system: System) -> None:
 
 
 class SlowClaims(TaskClient):
-    """A client whose claims take a while and that records how many overlap."""
+    """A client whose claims take a while and that records how many overlap; the claim
+    of a task in ``fail`` raises the exception given for it."""
 
-    def __init__(self, *args: Any, fail: set[str] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, fail: Mapping[str, Exception] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.fail = fail or set()
+        self.fail = dict(fail or {})
         self.lock = threading.Lock()
         self.in_flight = 0
         self.most = 0
@@ -517,7 +520,7 @@ class SlowClaims(TaskClient):
         try:
             threading.Event().wait(0.1)
             if task_id in self.fail:
-                raise APIError("boom", 500)
+                raise self.fail[task_id]
             return super().claim_task(task_id, agent_id, lease_seconds, job_id)
         finally:
             with self.lock:
@@ -548,7 +551,9 @@ def test_a_failed_claim_in_a_pass_gives_back_quota_and_counts_a_retry(system: Sy
     """Among concurrent claims, the one that fails is unreserved and retried later."""
     system.agent("a", daily_job_limit=10)
     good, bad = system.task("good"), system.task("bad")
-    client = SlowClaims(system.client.base_url, token="", retries=0, fail={bad.id})
+    client = SlowClaims(
+        system.client.base_url, token="", retries=0, fail={bad.id: APIError("boom", 500)}
+    )
     dispatcher = Dispatcher(
         system.registry, DefaultRouter(), AllowanceService(system.quota), client
     )
@@ -562,27 +567,13 @@ def test_a_failed_claim_in_a_pass_gives_back_quota_and_counts_a_retry(system: Sy
     assert dispatcher.errors == 1
 
 
-class BuggyClaims(SlowClaims):
-    """A client whose claim of one task raises something that is not an SDK error."""
-
-    def claim_task(
-        self,
-        task_id: str,
-        agent_id: str | None = None,
-        lease_seconds: float | None = None,
-        job_id: str | None = None,
-    ) -> Task:
-        if task_id in self.fail:
-            raise RuntimeError("a bug")
-        return super().claim_task(task_id, agent_id, lease_seconds, job_id)
-
-
 def test_an_unexpected_error_fails_one_task_not_the_pass(system: System) -> None:
     """A claim that raises a non-SDK error fails its task; the pass sees every other claim
     through, and nothing stays reserved for it."""
     system.agent("a")
     tasks = [system.task(f"t{i}") for i in range(4)]
-    client = BuggyClaims(system.client.base_url, token="", retries=0, fail={tasks[0].id})
+    bug = {tasks[0].id: RuntimeError("a bug")}
+    client = SlowClaims(system.client.base_url, token="", retries=0, fail=bug)
     dispatcher = Dispatcher(
         system.registry, DefaultRouter(), AllowanceService(system.quota), client
     )
@@ -595,18 +586,7 @@ def test_an_unexpected_error_fails_one_task_not_the_pass(system: System) -> None
 
 
 class UnrecordableFailures(SlowClaims):
-    """Refuses the claims of ``fail`` (400) and cannot record failures at all."""
-
-    def claim_task(
-        self,
-        task_id: str,
-        agent_id: str | None = None,
-        lease_seconds: float | None = None,
-        job_id: str | None = None,
-    ) -> Task:
-        if task_id in self.fail:
-            raise APIError("bad request", 400)
-        return super().claim_task(task_id, agent_id, lease_seconds, job_id)
+    """Claims as SlowClaims; recording a task's failure always fails."""
 
     def update_task(self, task_id: str, update: TaskUpdate) -> Task:
         raise RuntimeError("cannot record")
@@ -616,7 +596,9 @@ def test_a_failure_that_cannot_be_recorded_stops_no_other_claim(system: System) 
     """When recording one claim's failure raises, the pass still sees the others through."""
     system.agent("a")
     tasks = [system.task(f"t{i}") for i in range(3)]
-    client = UnrecordableFailures(system.client.base_url, token="", retries=0, fail={tasks[0].id})
+    client = UnrecordableFailures(
+        system.client.base_url, token="", retries=0, fail={tasks[0].id: APIError("no", 400)}
+    )
     dispatcher = Dispatcher(
         system.registry, DefaultRouter(), AllowanceService(system.quota), client
     )
