@@ -194,8 +194,23 @@ def test_critical_goes_to_lowest_absolute_load(system: System) -> None:
     assert system.dispatcher.dispatch(system.task("n")) == "big"
 
 
-class FailingClaims(TaskClient):
-    """A client whose claims fail like a broken server."""
+class ScriptedClaims(TaskClient):
+    """A client whose claims go wrong as told: the claim reaches the server or not,
+    then ``error`` is raised; reading a task back raises ``read_error`` when given.
+    By default: a broken server (nothing claimed, 500)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        reach_server: bool = False,
+        error: Exception | None = None,
+        read_error: Exception | None = None,
+    ) -> None:
+        super().__init__(base_url, token="", retries=0)
+        self.reach_server = reach_server
+        self.error = error or APIError("boom", 500)
+        self.read_error = read_error
 
     def claim_task(
         self,
@@ -204,14 +219,28 @@ class FailingClaims(TaskClient):
         lease_seconds: float | None = None,
         job_id: str | None = None,
     ) -> Task:
-        raise APIError("boom", 500)
+        if self.reach_server:
+            super().claim_task(task_id, agent_id, lease_seconds, job_id)
+        raise self.error
+
+    def get_task(self, task_id: str) -> Task:
+        if self.read_error is not None:
+            raise self.read_error
+        return super().get_task(task_id)
+
+
+def scripted(system: System, **script: Any) -> ScriptedClaims:
+    """Make the system's dispatcher claim through a ScriptedClaims client."""
+    client = ScriptedClaims(system.client.base_url, **script)
+    system.dispatcher.client = client
+    return client
 
 
 def test_claim_failure_releases_reservation_and_counts_retry(system: System) -> None:
     """A failed claim frees its reservation (defect 6) and stores the retry (defect 5)."""
     system.agent("a", concurrent_jobs=1)
     task = system.task("t")
-    system.dispatcher.client = FailingClaims(system.client.base_url, token="", retries=0)
+    scripted(system)
     report = system.dispatcher.run_once()
     assert task.id in report.failed
     assert system.quota.get_usage("a").active_jobs == 0
@@ -225,7 +254,7 @@ def test_backoff_is_respected_across_dispatchers(system: System) -> None:
     """A task in backoff is skipped by any dispatcher, because the retry lives on the server."""
     system.agent("a")
     task = system.task("t")
-    system.dispatcher.client = FailingClaims(system.client.base_url, token="", retries=0)
+    scripted(system)
     system.dispatcher.run_once()
     fresh = Dispatcher(
         system.registry, DefaultRouter(), AllowanceService(system.quota), system.client
@@ -241,7 +270,7 @@ def test_dead_letter_after_max_retries(system: System) -> None:
     """After max_retries real failures the task is failed and task_dead_lettered emitted."""
     system.agent("a")
     task = system.task("t", max_retries=2)
-    system.dispatcher.client = FailingClaims(system.client.base_url, token="", retries=0)
+    scripted(system)
     now = datetime.now(UTC)
     for attempt in range(3):
         at = now + timedelta(hours=attempt)
@@ -281,34 +310,14 @@ def test_lost_claims_cost_no_quota(system: System) -> None:
     assert system.dispatcher.dispatch(won) == "a"
 
 
-class SilentClaims(TaskClient):
-    """A client whose claim reaches the server (or not) but whose answer is lost."""
-
-    reach_server = True
-    read_fails = False
-
-    def claim_task(
-        self,
-        task_id: str,
-        agent_id: str | None = None,
-        lease_seconds: float | None = None,
-        job_id: str | None = None,
-    ) -> Task:
-        if self.reach_server:
-            super().claim_task(task_id, agent_id, lease_seconds, job_id)
-        raise TransportError("no answer")
-
-    def get_task(self, task_id: str) -> Task:
-        if self.read_fails:
-            raise TransportError("still no answer")
-        return super().get_task(task_id)
-
-
-def silent(system: System, reach_server: bool, read_fails: bool = False) -> SilentClaims:
-    client = SilentClaims(system.client.base_url, token="", retries=0)
-    client.reach_server, client.read_fails = reach_server, read_fails
-    system.dispatcher.client = client
-    return client
+def silent(system: System, reach_server: bool, read_fails: bool = False) -> ScriptedClaims:
+    """Claims whose answer is lost; with ``read_fails`` the read-back gets none either."""
+    return scripted(
+        system,
+        reach_server=reach_server,
+        error=TransportError("no answer"),
+        read_error=TransportError("still no answer") if read_fails else None,
+    )
 
 
 def test_claim_made_with_its_answer_lost_is_dispatched(system: System) -> None:
@@ -364,22 +373,13 @@ def test_claim_of_unknown_fate_keeps_its_reservation_until_known(
         assert system.tasks.get(task.id).job_id != stored.job_id
 
 
-class GoneOnReadBack(SilentClaims):
-    """Claims get no answer; the task then reads back as unknown (404)."""
-
-    def get_task(self, task_id: str) -> Task:
-        raise NotFoundError(f"task {task_id!r} does not exist")
-
-
 def test_claim_of_a_task_that_is_gone_is_given_back(system: System) -> None:
     """No answer, and the task reads back as unknown (404): no claim of it can run, so
     the reservation goes back and nothing is left to ask about."""
     system.agent("a")
     task = system.task("t")
-    client = GoneOnReadBack(system.client.base_url, token="", retries=0)
-    client.reach_server = False
-    system.dispatcher.client = client
-    with client:
+    gone = NotFoundError(f"task {task.id!r} does not exist")
+    with scripted(system, error=TransportError("no answer"), read_error=gone):
         report = system.dispatcher.run_once()
     assert task.id in report.failed
     assert system.quota.get_usage("a").active_jobs == 0
@@ -407,27 +407,11 @@ def test_a_quota_store_outage_fails_the_pass_not_the_tasks(system: System) -> No
     assert system.tasks.get(task.id).retry_count == 0
 
 
-class GarbledClaims(TaskClient):
-    """A client whose claims reach the server but come back as a proxy's 502."""
-
-    def claim_task(
-        self,
-        task_id: str,
-        agent_id: str | None = None,
-        lease_seconds: float | None = None,
-        job_id: str | None = None,
-    ) -> Task:
-        super().claim_task(task_id, agent_id, lease_seconds, job_id)
-        raise APIError("Bad Gateway", 502)
-
-
 def test_claim_made_behind_a_5xx_is_dispatched(system: System) -> None:
     """A 5xx may hide a claim made: it is read back, and found ours, kept."""
     system.agent("a")
     task = system.task("t")
-    client = GarbledClaims(system.client.base_url, token="", retries=0)
-    system.dispatcher.client = client
-    with client:
+    with scripted(system, reach_server=True, error=APIError("Bad Gateway", 502)):
         assert system.dispatcher.run_once().dispatched == {task.id: "a"}
     assert system.quota.get_usage("a").active_jobs == 1
     assert system.tasks.get(task.id).retry_count == 0
