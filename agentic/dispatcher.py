@@ -39,6 +39,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ from .stores.base import AgentRegistry
 __all__ = ["ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 
 log = logging.getLogger(__name__)
+
+#: previous attempts' job ids remembered as ended, at most
+_REMEMBERED = 10_000
 
 
 def new_job_id(task: Task) -> str:
@@ -141,6 +145,8 @@ class Dispatcher:
         self._clock = clock
         #: errors seen (failed passes, failed claims, emitter failures), each logged
         self.errors = 0
+        #: job ids of previous attempts already ended here (oldest first, bounded)
+        self._ended: OrderedDict[str, None] = OrderedDict()
         #: task id -> (job id, monotonic time) of claims whose outcome is not known yet
         self._unsure: dict[str, tuple[str, float]] = {}
 
@@ -267,14 +273,18 @@ class Dispatcher:
         Expired, not cancelled: the job stays counted and nothing is recorded, so if
         that runner is alive after all its own settle still charges what it used. If
         it settled already this changes nothing. A store failure is raised: a pass
-        stops at the first one, not one per task.
+        stops at the first one, not one per task. Each job id is ended once: a task
+        waiting out its backoff keeps it, and is listed again pass after pass.
         """
-        if not task.job_id:
+        if not task.job_id or task.job_id in self._ended:
             return
         try:
             self.allowance.expire(task.job_id)
         except NotFoundError:
             log.debug("reservation %s already gone (expired or settled)", task.job_id)
+        self._ended[task.job_id] = None
+        while len(self._ended) > _REMEMBERED:
+            self._ended.popitem(last=False)
 
     def _claim_made(self, task_id: str, job_id: str) -> bool | None:
         """Whether a claim whose answer was lost or garbled was made: the task carries

@@ -34,6 +34,7 @@ from agentic.models import (
     QuotaEvent,
     Reservation,
     Task,
+    TaskResult,
     TaskStatus,
     TaskUpdate,
 )
@@ -629,6 +630,26 @@ def test_an_attempt_thought_dead_still_gets_its_usage_charged(system: System) ->
     late = system.quota.settle(first_job, 300, 100, QuotaEvent.JOB_COMPLETED, agent_id="a")
     assert (late.duplicate, late.tokens_charged) == (False, 400)
     assert system.quota.get_usage("a").tokens_used == 400
+
+
+def test_a_previous_attempt_is_ended_once_not_every_pass(system: System) -> None:
+    """A task waiting out its backoff keeps its old job id; it is expired once."""
+    system.agent("a")
+    task = system.task("t")
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    later = datetime.now(UTC) + timedelta(hours=1)
+    system.tasks.complete(task.id, TaskResult(success=False), "a", later.timestamp())
+    ended: list[str] = []
+    real_expire = system.quota.expire
+
+    def expire(job_id: str) -> Any:
+        ended.append(job_id)
+        return real_expire(job_id)
+
+    system.quota.expire = expire  # type: ignore[method-assign]
+    for _ in range(3):
+        assert task.id in system.dispatcher.run_once().waiting  # in backoff
+    assert ended == [system.tasks.get(task.id).job_id]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 65, 1.5, True])
