@@ -20,8 +20,11 @@ service adds what callers want around it:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import StoreError, StoreUnavailableError
 from .events import Event, EventEmitter, EventType
@@ -31,11 +34,14 @@ from .models import (
     QuotaEvent,
     Reservation,
     Settlement,
+    UsageRecord,
     UsageReport,
 )
 from .stores.base import AllowanceStore
 
 __all__ = ["AllowanceService"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +69,21 @@ class AllowanceService:
     # --- queries ---
     def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
         """Would a job of ``tokens`` on ``model`` be admitted now? No side effects."""
-        try:
-            return self.store.check(agent_id, model, tokens)
-        except StoreError as exc:
-            self._store_failed("check", exc)
-            return QuotaCheckResult(
-                allowed=True,
-                status=AllowanceStatus.OK,
-                reason="quota store unreachable: failing open",
-            )
+        failing_open = QuotaCheckResult(
+            allowed=True, status=AllowanceStatus.OK, reason="quota store unreachable: failing open"
+        )
+        return self._guarded(
+            "check", lambda: self.store.check(agent_id, model, tokens), failing_open
+        )
 
     def active_jobs(self) -> dict[str, int]:
         """Jobs holding a reservation, per agent: claimed (or about to be), not settled.
 
         Empty only when failing open with the store down.
         """
-        try:
-            return {usage.agent_id: usage.active_jobs for usage in self.store.usages()}
-        except StoreError as exc:
-            self._store_failed("usages", exc)
-            return {}
+        none: list[UsageRecord] = []
+        usages = self._guarded("usages", self.store.usages, none)
+        return {usage.agent_id: usage.active_jobs for usage in usages}
 
     # --- operations ---
     def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
@@ -148,21 +149,13 @@ class AllowanceService:
         No event: nothing was used, and giving quota back crosses no threshold.
         ``None`` only when failing open with the store down.
         """
-        try:
-            return self.store.unreserve(job_id)
-        except StoreError as exc:
-            self._store_failed("unreserve", exc)
-            return None
+        return self._guarded("unreserve", functools.partial(self.store.unreserve, job_id), None)
 
     def expire(self, job_id: str) -> Settlement | None:
         """End a reservation now, as its expiry would (a dead attempt's): the job stays
         counted, and a settle that comes later still charges. ``None`` only when
         failing open with the store down."""
-        try:
-            return self.store.expire(job_id)
-        except StoreError as exc:
-            self._store_failed("expire", exc)
-            return None
+        return self._guarded("expire", functools.partial(self.store.expire, job_id), None)
 
     def record_usage(self, report: UsageReport) -> Reservation | Settlement | None:
         """go-agentic's entry point: started reserves, the final events settle."""
@@ -187,6 +180,14 @@ class AllowanceService:
         self.store.reset_usage(agent_id)
 
     # --- internals ---
+    def _guarded(self, operation: str, call: Callable[[], T], failing_open: T) -> T:
+        """``call()``; on a store failure, fail closed (raise) or answer ``failing_open``."""
+        try:
+            return call()
+        except StoreError as exc:
+            self._store_failed(operation, exc)
+            return failing_open
+
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         with self._lock:
             self.store_failures += 1

@@ -67,10 +67,11 @@ class Presence:
             if not self._registered:
                 return
             try:
-                if self._paused() != self._published_paused:
+                paused = self._paused()
+                if paused != self._published_paused:
                     self._publish()  # paused or resumed: max_load may change
                 else:
-                    self.registry.heartbeat(self.info.id, load=self._current().current_load)
+                    self.registry.heartbeat(self.info.id, load=self._current(paused).current_load)
             except NotFoundError:
                 # Removed behind our back (an admin, a lost registry): announce again.
                 log.warning("agent %s was not registered; registering again", self.info.id)
@@ -101,8 +102,8 @@ class Presence:
         self.registry.register(self._current(paused))
         self._published_paused = paused
 
-    def _current(self, paused: bool | None = None) -> AgentInfo:
-        if self._paused() if paused is None else paused:
+    def _current(self, paused: bool) -> AgentInfo:
+        if paused:
             # Fixed while paused: finished tasks must not make room below it.
             full = self.info.max_load or self._capacity
             return self.info.model_copy(update={"max_load": full, "current_load": full})
