@@ -1,6 +1,7 @@
 """End-to-end dispatch throughput: agentic on SQLite and on Redis against arq, in one run.
 
     python bench/dispatch.py [--quick] [--tasks N] [--runs R] [--poll SECONDS] [--burst]
+        [--only "agentic sqlite" | "agentic redis"]
 
 Each system runs N no-op tasks (500; ``--quick``: 200) from submit to completed, with
 10 in flight: ten clients in this process each submit a task, wait until it is
@@ -617,7 +618,7 @@ def report(runs: dict[str, list[Run]], poll: float, burst: bool) -> None:
             f" {ms(run.phase(run.submitted, run.accepted), 0.5):>14}  {every}"
         )
     print()
-    for system in SYSTEMS[:2]:
+    for system in [system for system in SYSTEMS[:2] if system in runs]:
         each = " ".join(
             f"{mine.rate / theirs.rate:.2f}"
             for mine, theirs in zip(runs[system], runs["arq"], strict=True)
@@ -628,6 +629,8 @@ def report(runs: dict[str, list[Run]], poll: float, burst: bool) -> None:
         )
     report_phases(median)
     report_costs(median)
+    if "agentic redis" not in median:
+        return
     ratio = median["agentic redis"].rate / arq_rate
     verdict = "met" if ratio >= TARGET else "MISSED"
     print(f"\nagentic on Redis / arq: {ratio:.2f}x tasks/s (target >= {TARGET:.1f}x): {verdict}")
@@ -705,23 +708,34 @@ def main() -> None:
     parser.add_argument(
         "--burst", action="store_true", help="submit everything at once (10 run at a time)"
     )
+    parser.add_argument(
+        "--only",
+        choices=SYSTEMS[:2],
+        action="append",
+        help="run only this agentic system (repeatable); arq always runs, as the reference",
+    )
     args = parser.parse_args()
+    chosen = {*(args.only or SYSTEMS), "arq"}
     count = args.tasks or (200 if args.quick else 500)
-    runs: dict[str, list[Run]] = {system: [] for system in SYSTEMS}
+    runs: dict[str, list[Run]] = {system: [] for system in SYSTEMS if system in chosen}
     with tempfile.TemporaryDirectory() as tmp, private_redis() as redis_url:
         for number in range(args.runs or (2 if args.quick else 3)):
             path = Path(tmp, f"run{number}.db").as_posix().lstrip("/")
-            runs["agentic sqlite"].append(
-                run_agentic(
-                    "agentic sqlite", f"sqlite:///{path}", None, count, args.poll, args.burst
+            if "agentic sqlite" in chosen:
+                runs["agentic sqlite"].append(
+                    run_agentic(
+                        "agentic sqlite", f"sqlite:///{path}", None, count, args.poll, args.burst
+                    )
                 )
-            )
             # Each Redis system starts on an empty server.
-            with redis.Redis.from_url(redis_url) as client:
-                client.flushall()
-            runs["agentic redis"].append(
-                run_agentic("agentic redis", redis_url, redis_url, count, args.poll, args.burst)
-            )
+            if "agentic redis" in chosen:
+                with redis.Redis.from_url(redis_url) as client:
+                    client.flushall()
+                runs["agentic redis"].append(
+                    run_agentic(
+                        "agentic redis", redis_url, redis_url, count, args.poll, args.burst
+                    )
+                )
             with redis.Redis.from_url(redis_url) as client:
                 client.flushall()
             runs["arq"].append(run_arq(redis_url, count, args.poll, args.burst))

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from anyio import to_thread
 
 from ..errors import AgenticError
 from ..models import TaskStatus
 from ..stores.base import TaskStore
+from ._calls import StoreCalls
 
 __all__ = ["FINISHED", "follow_log"]
 
@@ -44,13 +44,9 @@ def _event(kind: str, payload: dict[str, Any], event_id: int | None = None) -> s
     return f"{head}event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
 
-async def _call(function: Callable[..., Any], *args: Any) -> Any:
-    # Store calls block (SQLite, Redis): keep them off the event loop.
-    return await to_thread.run_sync(function, *args)
-
-
 async def follow_log(
     store: TaskStore,
+    calls: StoreCalls,
     task_id: str,
     offset: int,
     poll_interval: float,
@@ -61,12 +57,12 @@ async def follow_log(
     quiet = 0.0
     try:
         while True:
-            task = await _call(store.get, task_id)
+            task = await calls(store.get, task_id)
             if last_status is None:  # where the task stands, before anything else
                 last_status = task.status
                 yield _event("status", {"status": str(task.status)})
             while True:
-                page = await _call(store.logs, task_id, offset, _PAGE)
+                page = await calls(store.logs, task_id, offset, _PAGE)
                 for index, line in enumerate(page.lines, start=offset):
                     yield _event("log", {"offset": index, "line": line}, index + 1)
                 offset = page.next_offset

@@ -13,8 +13,8 @@ scrapers need no secret; they expose counts, never task content. With NO token
 configured the server is open: anyone who can reach it may do anything (fine on
 loopback, never on a network; ``agentic serve`` warns).
 
-Endpoints are plain ``def`` functions: FastAPI runs them in worker threads, which is
-what blocking stores (SQLite, Redis) need.
+Endpoints are ``async``; they reach the store through :class:`StoreCalls`, in a worker
+thread for a store that may wait on locks (SQLite), inline for the others.
 """
 
 from __future__ import annotations
@@ -26,16 +26,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated
 
-from anyio import to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
-from fastapi.responses import PlainTextResponse, StreamingResponse
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, TypeAdapter
 
 from ..errors import APIError, ConfigError, NotFoundError
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
 from ..stores.base import TaskStore
 from ._auth import Auth, Principal
+from ._calls import StoreCalls
 from ._errors import install_error_handlers
 from ._metrics import Guard, Metrics
 from ._schemas import (
@@ -70,10 +71,25 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     }.items()
 }
 _MAX_LIST = 10_000
+_TASKS = TypeAdapter(list[Task])
+
+
+def _json(body: BaseModel | list[Task], status: int = 200) -> Response:
+    """``body`` as a JSON answer, serialised once.
+
+    The routes still declare their ``response_model`` (for the OpenAPI schema), but a
+    returned Response is sent as is: FastAPI would otherwise validate our own model
+    again and serialise it through a generic encoder, which costs more than the store
+    call of most endpoints.
+    """
+    raw = _TASKS.dump_json(body) if isinstance(body, list) else body.model_dump_json()
+    return Response(raw, status, media_type="application/json")
+
+
 _BEARER = HTTPBearer(auto_error=False, description="an admin token or an agent token")
 
 
-def _caller(
+async def _caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
 ) -> Principal:
@@ -84,11 +100,13 @@ def _caller(
 Caller = Annotated[Principal, Depends(_caller)]
 
 
-async def _requeue_loop(store: TaskStore, metrics: Metrics, interval: float) -> None:
+async def _requeue_loop(
+    store: TaskStore, calls: StoreCalls, metrics: Metrics, interval: float
+) -> None:
     """Requeue expired leases every ``interval`` seconds until cancelled."""
     while True:
         try:
-            changed = await to_thread.run_sync(store.requeue_expired)
+            changed = await calls(store.requeue_expired)
         except Exception:
             # A store outage must not kill the loop; it is logged and counted, and the
             # next pass tries again.
@@ -127,13 +145,14 @@ def create_app(
         log.warning("task API without tokens: anyone who can reach it may do anything")
     policy = retry_policy or RetryPolicy()
     metrics = Metrics()
+    calls = StoreCalls(store)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if not requeue_interval:
             yield
             return
-        loop = asyncio.create_task(_requeue_loop(store, metrics, requeue_interval))
+        loop = asyncio.create_task(_requeue_loop(store, calls, metrics, requeue_interval))
         try:
             yield
         finally:
@@ -153,10 +172,10 @@ def create_app(
             raise APIError("agent_id is required with an admin token", 422)
         return agent
 
-    def require_holder(who: Principal, task_id: str, action: str) -> None:
+    async def require_holder(who: Principal, task_id: str, action: str) -> None:
         if who.admin:
             return
-        task = store.get(task_id)
+        task = await calls(store.get, task_id)
         if task.claimed_by != who.agent_id or task.status != TaskStatus.IN_PROGRESS:
             raise APIError(
                 f"agent {who.agent_id!r} cannot {action} task {task_id}: it does not hold it",
@@ -166,12 +185,12 @@ def create_app(
     # --- health and metrics (open) ---
     @app.get("/v1/health", tags=["health"])
     @app.get("/api/health", tags=["health"])
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
         """The server is up."""
         return {"status": "ok"}
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
-    def metrics_text() -> PlainTextResponse:
+    async def metrics_text() -> PlainTextResponse:
         """Prometheus text format: requests by route and status, claims, conflicts, requeues."""
         return PlainTextResponse(
             metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
@@ -179,7 +198,7 @@ def create_app(
 
     # --- tasks ---
     @app.get("/api/tasks", response_model=list[Task], tags=["tasks"])
-    def list_tasks(
+    async def list_tasks(
         who: Caller,
         status: TaskStatus | None = None,
         priority: Priority | None = None,
@@ -188,63 +207,66 @@ def create_app(
         labels: Annotated[str | None, Query(description="comma-separated: has all")] = None,
         ready: Annotated[bool | None, Query(description="pending, dependencies done")] = None,
         limit: Annotated[int | None, Query(ge=1, le=_MAX_LIST)] = None,
-    ) -> list[Task]:
+    ) -> Response:
         """Tasks matching every filter, most urgent and oldest first (a bare array)."""
         wanted = [label for label in (labels or "").split(",") if label] or None
-        return store.list(status, priority, project, claimed_by, wanted, ready, limit)
+        found = await calls(store.list, status, priority, project, claimed_by, wanted, ready, limit)
+        return _json(found)
 
     @app.post("/api/tasks", status_code=201, response_model=Task, tags=["tasks"])
-    def create_task(
+    async def create_task(
         who: Caller,
         task: NewTask,
         idempotency_key: Annotated[str | None, Header(max_length=256)] = None,
-    ) -> Task:
+    ) -> Response:
         """Create a task; empty id/status and zero times mean "the server decides"."""
         who.require_admin("create tasks")
         try:
-            return store.create(Task.model_validate(task.model_dump()), idempotency_key or None)
+            new = Task.model_validate(task.model_dump())
+            created = await calls(store.create, new, idempotency_key or None)
+            return _json(created, 201)
         except NotFoundError as exc:  # a missing dependency is bad input, not a bad URL
             raise APIError(exc.message, 422) from exc
 
     @app.get("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
-    def get_task(who: Caller, task_id: str) -> Task:
+    async def get_task(who: Caller, task_id: str) -> Response:
         """One task."""
-        return store.get(task_id)
+        return _json(await calls(store.get, task_id))
 
     @app.patch("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
-    def update_task(who: Caller, task_id: str, update: TaskUpdate) -> Task:
+    async def update_task(who: Caller, task_id: str, update: TaskUpdate) -> Response:
         """Partial update; an agent token may only set progress and notes of its task."""
         if not who.admin:
             if update.model_fields_set - {"progress", "notes"}:
                 raise APIError("an agent token may only update progress and notes", 403)
-            require_holder(who, task_id, "update")
-        return store.update(task_id, update)
+            await require_holder(who, task_id, "update")
+        return _json(await calls(store.update, task_id, update))
 
     @app.post("/api/tasks/{task_id}/claim", response_model=TaskResponse, tags=["tasks"])
-    def claim_task(
+    async def claim_task(
         who: Caller, task_id: str, body: Annotated[ClaimRequest | None, Body()] = None
-    ) -> TaskResponse:
+    ) -> Response:
         """Claim a pending task whose dependencies are completed; 409 if not claimable."""
         request = body or ClaimRequest()
         agent = required_agent(who, request.agent_id)
         lease = request.lease_seconds or lease_seconds
-        task = store.claim(task_id, agent, lease, request.job_id)
+        task = await calls(store.claim, task_id, agent, lease, request.job_id)
         metrics.inc("task_claims")
-        return TaskResponse(task=task, message=f"task {task_id} claimed by {agent}")
+        return _json(TaskResponse(task=task, message=f"task {task_id} claimed by {agent}"))
 
     @app.post("/api/tasks/{task_id}/complete", response_model=TaskResponse, tags=["tasks"])
-    def complete_task(who: Caller, task_id: str, body: CompleteRequest) -> TaskResponse:
+    async def complete_task(who: Caller, task_id: str, body: CompleteRequest) -> Response:
         """Finish a claimed task; a failure is retried later (backoff) or dead-lettered.
 
         409 when the task is not held (by ``agent_id``, under ``job_id``, when given)."""
         agent = who.act_as(body.agent_id)
         retry_at = None
         if not body.success:
-            current = store.get(task_id)
+            current = await calls(store.get, task_id)
             attempt = current.retry_count + 1
             if policy.should_retry(attempt, current.max_retries):
                 retry_at = clock() + policy.delay(attempt)
-        task = store.complete(task_id, body.result(), agent, retry_at, body.job_id)
+        task = await calls(store.complete, task_id, body.result(), agent, retry_at, body.job_id)
         if task.status == TaskStatus.COMPLETED:
             message = "task completed"
         elif task.status == TaskStatus.FAILED:
@@ -252,28 +274,30 @@ def create_app(
         else:
             when = task.next_attempt_at.isoformat() if task.next_attempt_at else "now"
             message = f"task failed (retry {task.retry_count} of {task.max_retries} at {when})"
-        return TaskResponse(task=task, message=message)
+        return _json(TaskResponse(task=task, message=message))
 
     @app.post("/api/tasks/{task_id}/release", response_model=Task, tags=["tasks"])
-    def release_task(
+    async def release_task(
         who: Caller, task_id: str, body: Annotated[ReleaseRequest | None, Body()] = None
-    ) -> Task:
+    ) -> Response:
         """Give a claim back: pending again, no retry counted; 409 for a stale job_id."""
         request = body or ReleaseRequest()
-        return store.release(task_id, who.act_as(request.agent_id), request.job_id)
+        agent = who.act_as(request.agent_id)
+        return _json(await calls(store.release, task_id, agent, request.job_id))
 
     @app.post("/api/tasks/{task_id}/lease", response_model=Task, tags=["tasks"])
-    def renew_lease(who: Caller, task_id: str, body: LeaseRequest) -> Task:
+    async def renew_lease(who: Caller, task_id: str, body: LeaseRequest) -> Response:
         """Extend the lease of a task the agent holds; 409 for a stale job_id."""
         agent = required_agent(who, body.agent_id)
-        return store.renew(task_id, agent, body.lease_seconds or lease_seconds, body.job_id)
+        lease = body.lease_seconds or lease_seconds
+        return _json(await calls(store.renew, task_id, agent, lease, body.job_id))
 
     # --- logs ---
     @app.post("/api/tasks/{task_id}/logs", response_model=AppendResponse, tags=["logs"])
-    def append_logs(who: Caller, task_id: str, body: LogLines) -> AppendResponse:
+    async def append_logs(who: Caller, task_id: str, body: LogLines) -> AppendResponse:
         """Append log lines; an agent token may log only to a task it holds."""
-        require_holder(who, task_id, "log to")
-        return AppendResponse(next_offset=store.append_logs(task_id, body.lines))
+        await require_holder(who, task_id, "log to")
+        return AppendResponse(next_offset=await calls(store.append_logs, task_id, body.lines))
 
     @app.get(
         "/api/tasks/{task_id}/logs",
@@ -281,7 +305,7 @@ def create_app(
         tags=["logs"],
         responses={200: {"content": {"text/event-stream": {}}}},
     )
-    def get_logs(
+    async def get_logs(
         who: Caller,
         task_id: str,
         offset: Annotated[int, Query(ge=0)] = 0,
@@ -292,14 +316,14 @@ def create_app(
         """A page of log lines, or with ``follow=true`` Server-Sent Events until the task
         is completed, failed or blocked (``Last-Event-ID`` resumes a stream)."""
         if not follow:
-            page = store.logs(task_id, offset, limit)
+            page = await calls(store.logs, task_id, offset, limit)
             return LogPageBody(lines=page.lines, offset=page.offset, next_offset=page.next_offset)
-        store.get(task_id)  # 404 now, not inside a 200 stream
+        await calls(store.get, task_id)  # 404 now, not inside a 200 stream
         # SSE ids are opaque strings to a browser; ours are offsets, anything else is
         # ignored rather than refused so a reconnecting client is never locked out.
         start = int(last_event_id) if last_event_id and last_event_id.isdigit() else offset
         return StreamingResponse(
-            follow_log(store, task_id, start, log_poll_interval),
+            follow_log(store, calls, task_id, start, log_poll_interval),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

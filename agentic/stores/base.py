@@ -22,7 +22,7 @@ import abc
 import builtins
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 
 from ..errors import ConfigError, NotFoundError
 from ..models import (
@@ -355,6 +355,13 @@ class TaskStore(Closeable):
       changed. Costs O(expired).
     * ``append_logs`` / ``logs``: an append-only list of lines per task with offsets.
     """
+
+    #: True when a call may wait long, on a lock held by another process (SQLite's
+    #: writer lock): the task API then runs the store's calls in worker threads. A
+    #: store whose every call is bounded by one round trip (memory; Redis, within its
+    #: socket timeout) says False and is called on the server's event loop, which
+    #: saves a thread hand-off (about 0.2 ms of CPU) per request.
+    blocking: ClassVar[bool] = True
 
     @abc.abstractmethod
     def create(self, task: Task, idempotency_key: str | None = None) -> Task:

@@ -26,6 +26,8 @@ __all__ = ["MemoryTaskStore", "task_store_from_url"]
 class MemoryTaskStore(TaskStore):
     """TaskStore for tests and single-process use; one lock makes each call atomic."""
 
+    blocking = False  # one lock held for microseconds
+
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()

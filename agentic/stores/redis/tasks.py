@@ -102,6 +102,8 @@ class RedisTaskStore(TaskStore):
     ``close_client`` is true (stores opened from a URL own their client).
     """
 
+    blocking = False  # one round trip per call, bounded by the socket timeout
+
     def __init__(
         self,
         client: redis.Redis,
