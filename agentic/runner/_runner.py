@@ -30,6 +30,10 @@ log = logging.getLogger("agentic.runner")
 # read before our report landed, or the report failed and the lease must expire) is
 # never started twice.
 _REMEMBERED = 10_000
+# A change of load is published by a heartbeat at most this often (seconds): a busy
+# agent starts and ends tasks every few milliseconds, and a beat per change cost a
+# registry write per start and per end. Dispatchers count live reservations too.
+_LOAD_BEAT_SPACING = 0.1
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -386,16 +390,22 @@ class AgentRunner:
     # --- heartbeat, leases, logs ---
     def _maintain(self) -> None:
         tick = min(self.heartbeat_interval, self.log_flush_interval)
+        spacing = min(self.heartbeat_interval, _LOAD_BEAT_SPACING)
         next_beat = time.monotonic() + self.heartbeat_interval
+        last_beat, unpublished = 0.0, False
         while not self._maintenance_stop.is_set():
-            changed = self._wake.wait(tick)
+            wait = tick
+            if unpublished:  # a load change waits for its beat no longer than spacing
+                wait = min(tick, max(0.0, last_beat + spacing - time.monotonic()))
+            unpublished |= self._wake.wait(wait)
             self._wake.clear()
             if self._maintenance_stop.is_set():
                 return
             now = time.monotonic()
             due = now >= next_beat
-            if due or changed:
+            if due or (unpublished and now - last_beat >= spacing):
                 self.presence.heartbeat()
+                last_beat, unpublished = now, False
             if due:
                 self._renew_leases()
                 if self.reporter.unsettled:
