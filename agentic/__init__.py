@@ -12,7 +12,7 @@ extra); fakes for your own tests in :mod:`agentic.testing`.
 """
 
 from .allowance import AllowanceService
-from .client import LogEvent, TaskClient
+from .client import Claim, LogEvent, TaskClient
 from .config import Config, load_config
 from .dispatcher import ClaimUnknownError, Dispatcher, DispatchReport
 from .errors import (
@@ -96,6 +96,7 @@ __all__ = [
     "AllowanceStatus",
     "AllowanceStore",
     "CallbackEmitter",
+    "Claim",
     "ClaimUnknownError",
     "Config",
     "ConfigError",

@@ -18,10 +18,12 @@ from .stores.base import require_id
 
 __all__ = [
     "ANSWER",
+    "CLAIMS",
     "OFFSET",
     "PAGE",
     "TASK",
     "TASKS",
+    "api_error",
     "error_from",
     "fenced",
     "parse",
@@ -45,11 +47,24 @@ class _Answer(BaseModel):
     message: str = ""
 
 
+class _ClaimOutcome(BaseModel):
+    task_id: str
+    code: int
+    message: str = ""
+    details: Any = None
+    task: Task | None = None
+
+
+class _ClaimResults(BaseModel):
+    results: list[_ClaimOutcome]
+
+
 TASK = TypeAdapter(Task)
 TASKS = TypeAdapter(list[Task])
 OFFSET = TypeAdapter(_Offset)
 PAGE = TypeAdapter(_LogPageModel)
 ANSWER = TypeAdapter(_Answer)
+CLAIMS = TypeAdapter(_ClaimResults)
 
 
 def error_from(response: httpx.Response) -> APIError:
@@ -64,11 +79,17 @@ def error_from(response: httpx.Response) -> APIError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
         message, details = body["message"], body.get("details")
+    return api_error(status, message, details, response.reason_phrase)
+
+
+def api_error(status: int, message: str, details: Any, reason: str = "") -> APIError:
+    """The SDK error for a server's answer of ``status``; an empty ``message`` is the
+    status text (or ``reason``, the answer's own phrase, for a status without one)."""
     if not message:
         try:
             message = HTTPStatus(status).phrase
         except ValueError:
-            message = response.reason_phrase or "unknown status"
+            message = reason or "unknown status"
     if status == 404:
         return NotFoundError(message, 404, details, from_response=True)
     if status == 409:

@@ -39,20 +39,48 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 from pydantic import ValidationError
 
-from ._client_wire import ANSWER, OFFSET, PAGE, TASK, TASKS, error_from, fenced, parse, task_path
+from ._client_wire import (
+    ANSWER,
+    CLAIMS,
+    OFFSET,
+    PAGE,
+    TASK,
+    TASKS,
+    api_error,
+    error_from,
+    fenced,
+    parse,
+    task_path,
+)
 from ._log_events import LogEvent, sse_events
-from .errors import ConfigError, NotFoundError, TransportError
+from .errors import APIError, ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, parse_retry_after
 from .stores.base import LogPage, require_id
 
-__all__ = ["LogEvent", "RetryDelay", "TaskClient"]
+__all__ = ["MAX_CLAIM_BATCH", "Claim", "LogEvent", "RetryDelay", "TaskClient"]
+
+#: claims in one :meth:`TaskClient.claim_tasks` call (the task API's limit)
+MAX_CLAIM_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One claim of :meth:`TaskClient.claim_tasks`: what :meth:`TaskClient.claim_task`
+    takes, for one task."""
+
+    task_id: str
+    agent_id: str | None = None
+    job_id: str | None = None
+    lease_seconds: float | None = None
+
 
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Exceptions raised before a single byte of the request left this process.
@@ -241,12 +269,63 @@ class TaskClient:
         the task so the agent settles usage under it.
         """
         path = task_path(task_id, "claim")
-        body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
-        if lease_seconds is not None:
-            body["lease_seconds"] = lease_seconds
-        if job_id:
-            body["job_id"] = job_id
+        body = self._claim_body(Claim(task_id, agent_id, job_id, lease_seconds))
         return self._task_of(self._request("POST", path, safe=False, body=body))
+
+    def claim_tasks(self, claims: Sequence[Claim]) -> list[Task | APIError]:
+        """Several claims in one request (``POST /api/tasks/claims``), made one by one.
+
+        One entry per claim, in order: the claimed Task, or the error
+        :meth:`claim_task` would have raised for that claim alone (ConflictError when
+        the task is not claimable, NotFoundError, ...); a refused claim leaves the
+        others made. Like ``claim_task`` it is never repeated once it may have reached
+        the server: the whole call raises TransportError (no answer) or APIError (a
+        refusal of the request, or an answer that does not give one outcome per claim
+        in order; its ``code`` is then the answer's 2xx status). A server without the
+        endpoint refuses the request with 404 or 405. At most ``MAX_CLAIM_BATCH``.
+        """
+        if not 1 <= len(claims) <= MAX_CLAIM_BATCH:
+            raise ConfigError(f"claim_tasks takes 1 to {MAX_CLAIM_BATCH} claims, got {len(claims)}")
+        body = {
+            "claims": [
+                {"task_id": require_id("task_id", claim.task_id), **self._claim_body(claim)}
+                for claim in claims
+            ]
+        }
+        response = self._request("POST", "/api/tasks/claims", safe=False, body=body)
+        results = parse(response, CLAIMS).results
+        if [outcome.task_id for outcome in results] != [claim.task_id for claim in claims]:
+            raise APIError(
+                "unexpected answer from the server: not one outcome per claim, in order",
+                response.status_code,
+                response.text,
+                from_response=True,
+            )
+        answers: list[Task | APIError] = []
+        for outcome in results:
+            if outcome.code == 200 and outcome.task is not None:
+                answers.append(outcome.task)
+            elif outcome.code == 200:  # made, says the server, but without the task
+                answers.append(
+                    APIError(
+                        f"unexpected answer from the server: claim of {outcome.task_id}"
+                        " succeeded without its task",
+                        response.status_code,
+                        response.text,
+                        from_response=True,
+                    )
+                )
+            else:
+                answers.append(api_error(outcome.code, outcome.message, outcome.details))
+        return answers
+
+    def _claim_body(self, claim: Claim) -> dict[str, Any]:
+        body: dict[str, Any] = {"agent_id": self._agent(claim.agent_id)}
+        if claim.lease_seconds is not None:
+            body["lease_seconds"] = claim.lease_seconds
+        if claim.job_id:
+            body["job_id"] = claim.job_id
+        return body
 
     def update_task(self, task_id: str, update: TaskUpdate) -> Task:
         """Apply a partial update (fields left ``None`` are not sent)."""

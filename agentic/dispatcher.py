@@ -16,9 +16,12 @@ One pass (:meth:`Dispatcher.run_once`):
 4. Count the new load in the index as soon as the quota is reserved, so one pass
    spreads work (defect 4); a claim that then fails gives it back.
 
-Routing and reservations run in urgency order on the caller's thread; the claims
-(one HTTP round trip each) run on up to ``claim_concurrency`` threads meanwhile, and
-their outcomes are handled back on the caller's thread.
+Routing and reservations run in urgency order on the caller's thread. The claims go
+in batches of up to ``claim_batch`` per request (``POST /api/tasks/claims``; each
+claim is made on its own there, as if sent alone), sent on up to
+``claim_concurrency`` threads as batches fill, and their outcomes are handled back
+on the caller's thread. A task API without batch claims (404 or 405) is sent one
+request per claim from then on.
 
 Shortage is not failure: when no agent is eligible or every candidate is over quota,
 the task *waits*, with no retry counted. Real failures (a claim refused by the server
@@ -48,7 +51,7 @@ from typing import Any
 
 from ._signals import stop_on_signals
 from .allowance import AllowanceService
-from .client import TaskClient
+from .client import MAX_CLAIM_BATCH, Claim, TaskClient
 from .errors import (
     AgenticError,
     APIError,
@@ -122,16 +125,11 @@ class Dispatcher:
         heartbeat_ttl: float | None = None,
         lease_seconds: float | None = None,
         claim_concurrency: int = 8,
+        claim_batch: int = 50,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        if (
-            isinstance(claim_concurrency, bool)
-            or not isinstance(claim_concurrency, int)
-            or not 1 <= claim_concurrency <= 64
-        ):
-            raise ConfigError(
-                f"claim_concurrency must be an integer from 1 to 64, got {claim_concurrency!r}"
-            )
+        _require_count("claim_concurrency", claim_concurrency, 64)
+        _require_count("claim_batch", claim_batch, MAX_CLAIM_BATCH)
         self.registry = registry
         self.router = router
         self.allowance = allowance
@@ -140,8 +138,12 @@ class Dispatcher:
         self.retry = retry or RetryPolicy()
         self.heartbeat_ttl = heartbeat_ttl
         self.lease_seconds = lease_seconds
-        #: claims in flight at once within a pass (one HTTP round trip each)
+        #: claim requests in flight at once within a pass
         self.claim_concurrency = claim_concurrency
+        #: claims sent in one request at most (1: one request per claim)
+        self.claim_batch = claim_batch
+        # False once the task API answered a batch with 404/405 (it has no batches)
+        self._batches = claim_batch > 1
         self._clock = clock
         #: errors seen (failed passes, failed claims, emitter failures), each logged
         self.errors = 0
@@ -234,6 +236,27 @@ class Dispatcher:
         except Exception as exc:  # handed to _claimed, which raises it
             return exc
         return None
+
+    def _try_claims(self, batch: list[tuple[Task, str, str]]) -> list[Exception | None]:
+        """The claims of ``batch`` in one request; their errors returned, not raised.
+
+        One claim, or a task API without batch claims: one request per claim.
+        """
+        if len(batch) == 1 or not self._batches:
+            return [self._try_claim(*routed) for routed in batch]
+        claims = [Claim(task.id, agent, job, self.lease_seconds) for task, agent, job in batch]
+        try:
+            answers = self.client.claim_tasks(claims)
+        except APIError as exc:
+            if exc.from_response and exc.code in (404, 405):
+                # The route is missing (an older or go-agentic server); nothing was claimed.
+                log.warning("the task API has no batch claims (%s): one request per claim", exc)
+                self._batches = False
+                return [self._try_claim(*routed) for routed in batch]
+            return [exc] * len(batch)
+        except Exception as exc:  # every claim of the batch shares its fate
+            return [exc] * len(batch)
+        return [None if isinstance(answer, Task) else answer for answer in answers]
 
     def _claimed(
         self, task: Task, agent_id: str, job_id: str, error: Exception | None, index: AgentIndex
@@ -333,10 +356,11 @@ class Dispatcher:
     def run_once(self) -> DispatchReport:
         """One dispatch pass over every ready pending task (see the module docstring).
 
-        Routing and reservations run in urgency order on this thread; the claims (one
-        HTTP round trip each) run on up to ``claim_concurrency`` threads meanwhile, and
-        their outcomes are handled back here, so counters and events stay on one thread.
-        Every claim started is seen through, even when the pass stops on an error.
+        Routing and reservations run in urgency order on this thread; the claims go in
+        batches (``claim_batch``) on up to ``claim_concurrency`` threads as batches
+        fill, and their outcomes are handled back here, so counters and events stay on
+        one thread. Every task reserved is claimed and seen through, even when the pass
+        stops on an error.
         """
         report = DispatchReport()
         if self.heartbeat_ttl:
@@ -350,7 +374,8 @@ class Dispatcher:
             self._forget_previous_attempt(task)
         index = self._index()
         now = self._clock()
-        claims: list[tuple[Task, str, str, Future[Exception | None]]] = []
+        routed: list[tuple[Task, str, str]] = []  # reserved, their batch not sent yet
+        sent: list[tuple[list[tuple[Task, str, str]], Future[list[Exception | None]]]] = []
         with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
             try:
                 for task in tasks:
@@ -368,15 +393,20 @@ class Dispatcher:
                         except AgenticError as exc:
                             self._not_dispatched(task, exc, report)
                             continue
-                        claim = pool.submit(self._try_claim, task, agent_id, job_id)
-                        claims.append((task, agent_id, job_id, claim))
+                        routed.append((task, agent_id, job_id))
+                        if len(routed) == self.claim_batch:
+                            sent.append((routed, pool.submit(self._try_claims, routed)))
+                            routed = []
             finally:
-                for task, agent_id, job_id, claim in claims:
-                    try:
-                        self._see_through(task, agent_id, job_id, claim, index, report)
-                    except Exception:  # recording its failure failed: the others go on
-                        self.errors += 1
-                        log.exception("claim of task %s: its outcome was not recorded", task.id)
+                if routed:
+                    sent.append((routed, pool.submit(self._try_claims, routed)))
+                for batch, claims in sent:
+                    for (task, agent_id, job_id), error in zip(batch, claims.result(), strict=True):
+                        try:
+                            self._see_through(task, agent_id, job_id, error, index, report)
+                        except Exception:  # recording its failure failed: the others go on
+                            self.errors += 1
+                            log.exception("claim of task %s: its outcome was not recorded", task.id)
         return report
 
     def _see_through(
@@ -384,13 +414,13 @@ class Dispatcher:
         task: Task,
         agent_id: str,
         job_id: str,
-        claim: Future[Exception | None],
+        error: Exception | None,
         index: AgentIndex,
         report: DispatchReport,
     ) -> None:
         """Handle one claim's outcome; nothing it raises stops the others."""
         try:
-            self._claimed(task, agent_id, job_id, claim.result(), index)
+            self._claimed(task, agent_id, job_id, error, index)
         except AgenticError as exc:
             self._not_dispatched(task, exc, report)
         except Exception as exc:  # a bug, not an answer: still one task's failure
@@ -495,6 +525,11 @@ class Dispatcher:
         except Exception:
             self.errors += 1
             log.exception("event emitter failed on %s", kind.value)
+
+
+def _require_count(name: str, value: object, most: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigError(f"{name} must be an integer from 1 to {most}, got {value!r}")
 
 
 def _maybe_made(error: Exception) -> bool:

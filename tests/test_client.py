@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from agentic.client import LogEvent, TaskClient
+from agentic.client import Claim, LogEvent, TaskClient
 from agentic.errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 
@@ -138,6 +138,71 @@ def test_claim_accepts_a_bare_task(client: TaskClient, mock: respx.MockRouter) -
     """Like go-agentic's client, a bare Task answer to a claim is accepted."""
     mock.post("/api/tasks/t1/claim").respond(200, json=task_json(claimed_by="a1"))
     assert client.claim_task("t1").claimed_by == "a1"
+
+
+def test_claim_tasks_sends_one_batch_and_maps_each_outcome(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """claim_tasks posts every claim at once and returns, in order, each claimed Task
+    or the error that claim alone would raise."""
+    route = mock.post("/api/tasks/claims").respond(
+        200,
+        json={
+            "results": [
+                {"task_id": "t1", "code": 200, "task": task_json(claimed_by="a1")},
+                {"task_id": "t2", "code": 409, "message": "taken", "details": "by a2"},
+                {"task_id": "t3", "code": 404, "message": "no such task"},
+                {"task_id": "t4", "code": 403, "message": "not yours"},
+            ]
+        },
+    )
+    claims = [Claim("t1", job_id="j1", lease_seconds=30), Claim("t2"), Claim("t3")]
+    answers = client.claim_tasks([*claims, Claim("t4", agent_id="a2")])
+    assert json.loads(route.calls.last.request.content) == {
+        "claims": [
+            {"task_id": "t1", "agent_id": "a1", "lease_seconds": 30, "job_id": "j1"},
+            {"task_id": "t2", "agent_id": "a1"},
+            {"task_id": "t3", "agent_id": "a1"},
+            {"task_id": "t4", "agent_id": "a2"},
+        ]
+    }
+    first, taken, gone, refused = answers
+    assert isinstance(first, Task) and first.claimed_by == "a1"
+    assert isinstance(taken, ConflictError) and taken.details == "by a2"
+    assert isinstance(gone, NotFoundError)
+    assert isinstance(refused, APIError) and refused.code == 403
+    assert str(refused) == "HTTP 403: not yours"
+
+
+def test_claim_tasks_answer_it_cannot_read_is_a_2xx_api_error(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """Outcomes out of step with the claims raise an APIError with the answer's 2xx
+    code; a success without its task is that claim's 2xx APIError: either way the
+    claim may have been made (the dispatcher reads it back)."""
+    route = mock.post("/api/tasks/claims")
+    route.respond(200, json={"results": [{"task_id": "t2", "code": 200, "task": task_json("t2")}]})
+    with pytest.raises(APIError) as raised:
+        client.claim_tasks([Claim("t1")])
+    assert raised.value.code == 200
+    route.respond(200, json={"results": [{"task_id": "t1", "code": 200}]})
+    (answer,) = client.claim_tasks([Claim("t1")])
+    assert isinstance(answer, APIError) and answer.code == 200
+
+
+def test_claim_tasks_is_never_repeated_and_limits_its_size(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A lost batch answer raises TransportError without a retry; 0 or 101 claims, or
+    an empty task id, are refused before any request."""
+    route = mock.post("/api/tasks/claims").mock(side_effect=httpx.ReadTimeout("slow"))
+    with pytest.raises(TransportError):
+        client.claim_tasks([Claim("t1")])
+    assert route.call_count == 1
+    for bad in ([], [Claim("t")] * 101, [Claim("")]):
+        with pytest.raises(ConfigError):
+            client.claim_tasks(bad)
+    assert route.call_count == 1
 
 
 def test_update_task_sends_only_set_fields(client: TaskClient, mock: respx.MockRouter) -> None:

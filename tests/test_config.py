@@ -67,7 +67,7 @@ def test_defaults() -> None:
     assert (cfg.registry_url, cfg.allowance_url, cfg.task_store_url) == (None, None, None)
     d, s = cfg.dispatcher, cfg.server
     assert (d.interval, d.heartbeat_ttl, d.max_retries, d.lease_seconds) == (5, 30, 3, 300)
-    assert d.claim_concurrency == 8
+    assert (d.claim_concurrency, d.claim_batch) == (8, 50)
     assert (d.backoff_base, d.backoff_cap, d.jitter, d.fail_open) == (5, 300, "full", False)
     assert (s.host, s.port, s.admin_tokens, s.agent_tokens) == ("127.0.0.1", 8080, [], {})
     assert s.max_body_bytes == 1024 * 1024
@@ -301,6 +301,15 @@ def test_bad_value_in_environment_names_the_variable() -> None:
     assert message == (
         "server.port in environment variable AGENTIC_SERVER__PORT:"
         " must be an integer from 1 to 65535, got 'http'"
+    )
+
+
+def test_claim_batch_out_of_range_is_refused_with_its_range() -> None:
+    """dispatcher.claim_batch outside 1-100 is refused, naming what is accepted."""
+    message = config_error(env={"AGENTIC_DISPATCHER__CLAIM_BATCH": "101"})
+    assert message == (
+        "dispatcher.claim_batch in environment variable AGENTIC_DISPATCHER__CLAIM_BATCH:"
+        " must be an integer from 1 to 100, got '101'"
     )
 
 

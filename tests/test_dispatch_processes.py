@@ -24,24 +24,37 @@ SPAWN = mp.get_context("spawn")
 CAPS = ["py", "go", "docs", "review"]
 
 
-def _dispatch_until_done(store_url: str, base_url: str, out: Any) -> None:
-    """Child: pass after pass until nothing is left to dispatch; report what it claimed."""
+def _dispatch_until_done(
+    store_url: str, base_url: str, out: Any, start: Any, claim_batch: int
+) -> None:
+    """Child: pass after pass until nothing is left to dispatch; report what it claimed
+    and how many claims it tried (claimed, or lost to the other dispatcher)."""
     registry = open_registry(store_url)
     allowance = AllowanceService(open_allowance_store(store_url))
     with TaskClient(base_url, token="", retries=2) as client:
-        dispatcher = Dispatcher(registry, DefaultRouter(), allowance, client)
+        dispatcher = Dispatcher(
+            registry, DefaultRouter(), allowance, client, claim_batch=claim_batch
+        )
         claimed: list[str] = []
+        tried = 0
+        start.wait(60)  # both dispatchers begin together, on the same pending list
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             report = dispatcher.run_once()
             claimed.extend(report.dispatched)
+            lost = [why for why in report.waiting.values() if why.startswith("claimed elsewhere")]
+            tried += len(report.dispatched) + len(lost)
             if not report.dispatched and not client.list_tasks(status=TaskStatus.PENDING, limit=1):
                 break
-        out.put((claimed, dispatcher.errors))
+        out.put((claimed, tried, dispatcher.errors))
 
 
-def test_two_dispatcher_processes_share_the_work(shared_url: str) -> None:
-    """Two dispatcher processes, 1,000 tasks: each claimed once, no quota exceeded."""
+@pytest.mark.parametrize("claim_batch", [1, 50], ids=["one claim per request", "batches"])
+def test_two_dispatcher_processes_share_the_work(shared_url: str, claim_batch: int) -> None:
+    """Two dispatcher processes, 1,000 tasks: each claimed once, no quota exceeded.
+
+    One request per claim, they share the work; in batches, one may win most races,
+    but both race for the tasks."""
     registry = open_registry(shared_url)
     quota = open_allowance_store(shared_url)
     tasks = open_task_store(shared_url)
@@ -55,9 +68,11 @@ def test_two_dispatcher_processes_share_the_work(shared_url: str) -> None:
         for i in range(1000)
     }
     with running_server(tasks, requeue_interval=None) as base_url:
-        out = SPAWN.Queue()
+        out, start = SPAWN.Queue(), SPAWN.Barrier(2)
         procs = [
-            SPAWN.Process(target=_dispatch_until_done, args=(shared_url, base_url, out))
+            SPAWN.Process(
+                target=_dispatch_until_done, args=(shared_url, base_url, out, start, claim_batch)
+            )
             for _ in range(2)
         ]
         for p in procs:
@@ -66,11 +81,13 @@ def test_two_dispatcher_processes_share_the_work(shared_url: str) -> None:
         for p in procs:
             p.join(30)
             assert p.exitcode == 0
-    claimed = [task_id for ids_, _errors in results for task_id in ids_]
+    claimed = [task_id for ids_, _tried, _errors in results for task_id in ids_]
     assert len(claimed) == len(set(claimed)) == 1000
     assert set(claimed) == ids
-    assert all(len(ids_) > 0 for ids_, _ in results), "one dispatcher did all the work"
-    assert sum(errors for _, errors in results) == 0
+    assert all(tried > 0 for _, tried, _ in results), "one dispatcher never raced"
+    if claim_batch == 1:
+        assert all(len(ids_) > 0 for ids_, _, _ in results), "one dispatcher did all the work"
+    assert sum(errors for _, _, errors in results) == 0
     stored = tasks.list(limit=2000)
     assert all(t.status is TaskStatus.IN_PROGRESS for t in stored)
     for usage in quota.usages():

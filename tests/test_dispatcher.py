@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agentic.allowance import AllowanceService
-from agentic.client import TaskClient
+from agentic.client import Claim, TaskClient
 from agentic.dispatcher import Dispatcher
 from agentic.errors import (
     APIError,
@@ -524,6 +524,7 @@ def test_a_pass_runs_claims_concurrently_up_to_the_limit(system: System) -> None
         AllowanceService(system.quota),
         client,
         claim_concurrency=3,
+        claim_batch=1,
     )
     with client:
         report = dispatcher.run_once()
@@ -540,7 +541,7 @@ def test_a_failed_claim_in_a_pass_gives_back_quota_and_counts_a_retry(system: Sy
         system.client.base_url, token="", retries=0, fail={bad.id: APIError("boom", 500)}
     )
     dispatcher = Dispatcher(
-        system.registry, DefaultRouter(), AllowanceService(system.quota), client
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client, claim_batch=1
     )
     with client:
         report = dispatcher.run_once()
@@ -560,7 +561,7 @@ def test_an_unexpected_error_fails_one_task_not_the_pass(system: System) -> None
     bug = {tasks[0].id: RuntimeError("a bug")}
     client = SlowClaims(system.client.base_url, token="", retries=0, fail=bug)
     dispatcher = Dispatcher(
-        system.registry, DefaultRouter(), AllowanceService(system.quota), client
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client, claim_batch=1
     )
     with client:
         report = dispatcher.run_once()
@@ -585,7 +586,7 @@ def test_a_failure_that_cannot_be_recorded_stops_no_other_claim(system: System) 
         system.client.base_url, token="", retries=0, fail={tasks[0].id: APIError("no", 400)}
     )
     dispatcher = Dispatcher(
-        system.registry, DefaultRouter(), AllowanceService(system.quota), client
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client, claim_batch=1
     )
     with client:
         report = dispatcher.run_once()
@@ -652,17 +653,131 @@ def test_a_previous_attempt_is_ended_once_not_every_pass(system: System) -> None
     assert ended == [system.tasks.get(task.id).job_id]
 
 
-@pytest.mark.parametrize("bad", [0, -1, 65, 1.5, True])
-def test_claim_concurrency_must_be_a_positive_integer(system: System, bad: Any) -> None:
-    """A claim_concurrency that is not an integer from 1 to 64 is a ConfigError."""
-    with pytest.raises(ConfigError, match="claim_concurrency"):
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [("claim_concurrency", v) for v in (0, -1, 65, 1.5, True)]
+    + [("claim_batch", v) for v in (0, 101, 2.0, False)],
+)
+def test_claim_concurrency_and_batch_must_be_in_range(system: System, name: str, bad: Any) -> None:
+    """claim_concurrency (1-64) and claim_batch (1-100) out of range are ConfigErrors."""
+    with pytest.raises(ConfigError, match=name):
         Dispatcher(
             system.registry,
             DefaultRouter(),
             AllowanceService(system.quota),
             system.client,
-            claim_concurrency=bad,
+            **{name: bad},
         )
+
+
+class BatchClaims(TaskClient):
+    """Records each batch of claims sent; ``before`` runs first (a rival's move), then
+    ``error`` is raised after (``reach_server``) or instead of sending the batch."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        before: Any = None,
+        error: Exception | None = None,
+        reach_server: bool = True,
+    ) -> None:
+        super().__init__(base_url, token="", retries=0)
+        self.before, self.error, self.reach_server = before, error, reach_server
+        self.batches: list[list[str]] = []
+        self.single = 0
+
+    def claim_tasks(self, claims: Sequence[Claim]) -> list[Task | APIError]:
+        self.batches.append([claim.task_id for claim in claims])
+        if self.before is not None:
+            self.before()
+        answers = super().claim_tasks(claims) if self.reach_server else []
+        if self.error is not None:
+            raise self.error
+        return answers
+
+    def claim_task(self, task_id: str, *args: Any, **kwargs: Any) -> Task:
+        self.single += 1
+        return super().claim_task(task_id, *args, **kwargs)
+
+
+def batching(system: System, batch: int = 50, **script: Any) -> BatchClaims:
+    """Make the system's dispatcher claim through a BatchClaims client."""
+    client = BatchClaims(system.client.base_url, **script)
+    system.dispatcher.client, system.dispatcher.claim_batch = client, batch
+    return client
+
+
+def test_a_pass_claims_in_batches(system: System) -> None:
+    """Nine tasks with claim_batch=4 are claimed in three requests, in urgency order,
+    each task in its routed agent's name with its own reservation."""
+    for i in range(3):
+        system.agent(f"a{i}", max_load=3, concurrent_jobs=3)
+    tasks = [system.task(f"t{i}") for i in range(9)]
+    client = batching(system, 4)
+    report = system.dispatcher.run_once()
+    # the last one alone goes to the per-task endpoint
+    assert [len(batch) for batch in client.batches] == [4, 4] and client.single == 1
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks)
+    stored = [system.tasks.get(task.id) for task in tasks]
+    assert [t.claimed_by for t in stored] == [report.dispatched[t.id] for t in stored]
+    assert len({t.job_id for t in stored}) == 9 and all(t.job_id for t in stored)
+    assert [system.quota.get_usage(f"a{i}").active_jobs for i in range(3)] == [3, 3, 3]
+    assert len(system.events.of(EventType.TASK_DISPATCHED)) == 9
+
+
+def test_a_claim_refused_in_a_batch_leaves_the_others_made(system: System) -> None:
+    """A task taken by a rival before the batch lands is refused alone (409: waiting,
+    its quota given back); the batch's other claims are made."""
+    system.agent("a", daily_job_limit=10)
+    first, second, third = system.task("t1"), system.task("t2"), system.task("t3")
+    batching(system, before=lambda: system.tasks.claim(second.id, "rival", 60))
+    report = system.dispatcher.run_once()
+    assert report.dispatched == {first.id: "a", third.id: "a"}
+    assert report.waiting[second.id].startswith("claimed elsewhere")
+    usage = system.quota.get_usage("a")
+    assert (usage.jobs_started, usage.active_jobs) == (2, 2)
+    assert system.tasks.get(second.id).retry_count == 0
+    assert system.dispatcher.errors == 0
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["batch made", "batch not made"])
+def test_a_batch_whose_answer_is_lost_is_read_back_claim_by_claim(
+    system: System, landed: bool
+) -> None:
+    """No answer to a batch: each claim is read back. Made -> dispatched, the quota kept
+    for the runner; not made -> given back and counted as a failure."""
+    system.agent("a", daily_job_limit=10)
+    tasks = [system.task(f"t{i}") for i in range(3)]
+    batching(system, error=TransportError("lost"), reach_server=landed)
+    report = system.dispatcher.run_once()
+    usage = system.quota.get_usage("a")
+    if landed:
+        assert sorted(report.dispatched) == sorted(t.id for t in tasks)
+        assert (usage.jobs_started, usage.active_jobs) == (3, 3)
+    else:
+        assert sorted(report.failed) == sorted(t.id for t in tasks)
+        assert (usage.jobs_started, usage.active_jobs) == (0, 0)
+        assert all(system.tasks.get(t.id).retry_count == 1 for t in tasks)
+
+
+@pytest.mark.parametrize("status", [404, 405])
+def test_a_task_api_without_batch_claims_gets_one_claim_per_request(
+    system: System, status: int
+) -> None:
+    """A batch answered 404/405 (no such route) is sent again one claim per request,
+    and later passes send no batch at all."""
+    system.agent("a", daily_job_limit=10)
+    tasks = [system.task(f"t{i}") for i in range(3)]
+    missing = APIError("Not Found", status, from_response=True)
+    client = batching(system, error=missing, reach_server=False)
+    report = system.dispatcher.run_once()
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks)
+    assert (len(client.batches), client.single) == (1, 3)
+    more = [system.task(f"u{i}") for i in range(2)]
+    assert sorted(system.dispatcher.run_once().dispatched) == sorted(t.id for t in more)
+    assert (len(client.batches), client.single) == (1, 5)
+    assert system.quota.get_usage("a").jobs_started == 5
 
 
 def test_claims_of_earlier_passes_count_as_load(system: System) -> None:

@@ -363,6 +363,82 @@ def test_claim_stores_the_job_id(api: TestClient, store: MemoryTaskStore) -> Non
     assert store.get(task.id).job_id == "job-7"
 
 
+def test_batch_claims_answer_each_claim_in_order(api: TestClient, store: MemoryTaskStore) -> None:
+    """POST /api/tasks/claims makes each claim on its own and answers one outcome per
+    claim, in order, with the status that claim alone would get; the refused ones
+    leave the others made."""
+    free, taken, waiting = new_task(store), claimed_by(store, "a2"), new_task(store)
+    blocked = new_task(store, dependencies=[waiting.id])
+    claims = [
+        {"task_id": free.id, "agent_id": "a1", "job_id": "j1", "lease_seconds": 30},
+        {"task_id": taken.id, "agent_id": "a1"},
+        {"task_id": "ghost", "agent_id": "a1"},
+        {"task_id": blocked.id, "agent_id": "a1"},
+        {"task_id": waiting.id},  # an admin must name the agent
+    ]
+    response = api.post("/api/tasks/claims", json={"claims": claims}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [(r["task_id"], r["code"]) for r in results] == [
+        (free.id, 200),
+        (taken.id, 409),
+        ("ghost", 404),
+        (blocked.id, 409),
+        (waiting.id, 422),
+    ]
+    assert results[0]["task"]["claimed_by"] == "a1" and results[0]["task"]["job_id"] == "j1"
+    assert all(r["task"] is None and r["message"] for r in results[1:])
+    assert store.get(free.id).claimed_by == "a1"
+    assert (store.get(taken.id).claimed_by, store.get(waiting.id).status) == (
+        "a2",
+        TaskStatus.PENDING,
+    )
+
+
+def test_batch_claims_hold_agent_tokens_to_their_agent(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """An agent token's batch claims for itself; a claim in another agent's name is
+    refused alone (403)."""
+    mine, theirs = new_task(store), new_task(store)
+    claims = [{"task_id": mine.id}, {"task_id": theirs.id, "agent_id": "a2"}]
+    results = api.post("/api/tasks/claims", json={"claims": claims}, headers=AGENT1).json()
+    assert [r["code"] for r in results["results"]] == [200, 403]
+    assert store.get(mine.id).claimed_by == "a1"
+    assert store.get(theirs.id).status is TaskStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"claims": []}, {"claims": [{"task_id": "t", "agent_id": "a1"}] * 101}, {}, {"claims": [{}]}],
+    ids=["empty", "over 100", "no claims", "no task id"],
+)
+def test_batch_claims_refuse_a_bad_batch_whole(
+    api: TestClient, store: MemoryTaskStore, body: dict[str, Any]
+) -> None:
+    """An empty batch, more than 100 claims, or a claim without task_id is 422, and
+    nothing is claimed."""
+    task = new_task(store)
+    assert_error(api.post("/api/tasks/claims", json=body, headers=ADMIN), 422)
+    assert store.get(task.id).status is TaskStatus.PENDING
+
+
+def test_batch_claims_answer_503_per_claim_when_the_store_fails(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A store failure during a claim is that claim's 503, not a 500 for the batch."""
+
+    class Failing(MemoryTaskStore):
+        def claim(self, *args: Any, **kwargs: Any) -> Task:
+            raise StoreError("disk on fire")
+
+    api = TestClient(create_app(Failing(), **TOKENS, requeue_interval=None))
+    claims = [{"task_id": "t", "agent_id": "a1"}]
+    results = api.post("/api/tasks/claims", json={"claims": claims}, headers=ADMIN).json()
+    assert results["results"][0]["code"] == 503
+    assert "disk on fire" in results["results"][0]["details"]
+
+
 def test_claim_uses_the_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
     """The claim's lease_seconds (or the server default) sets lease_expires_at."""
     task, other = new_task(store), new_task(store)

@@ -76,6 +76,7 @@ def dispatch(
             heartbeat_ttl=cfg.dispatcher.heartbeat_ttl,
             lease_seconds=cfg.dispatcher.lease_seconds,
             claim_concurrency=cfg.dispatcher.claim_concurrency,
+            claim_batch=cfg.dispatcher.claim_batch,
         )
         if once:
             report = dispatcher.run_once()

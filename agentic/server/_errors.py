@@ -20,19 +20,39 @@ from starlette.routing import Match
 from ..errors import APIError, ConfigError, StoreError
 from ._metrics import Metrics
 
-__all__ = ["error_response", "install_error_handlers"]
+__all__ = ["describe", "details_text", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
+
+
+def details_text(details: object) -> str | None:
+    """``details`` as the string go-agentic's client expects (or None)."""
+    if details is None or isinstance(details, str):
+        return details
+    return json.dumps(details, default=str)
 
 
 def error_response(
     status: int, message: str, details: object = None, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     """The error body for ``status``."""
-    if details is not None and not isinstance(details, str):
-        details = json.dumps(details, default=str)
-    body = {"code": status, "message": message, "details": details}
+    body = {"code": status, "message": message, "details": details_text(details)}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def describe(exc: Exception, metrics: Metrics) -> tuple[int, str, object] | None:
+    """Status, message and details of an SDK error (counted in ``metrics``); None for
+    any other exception. One mapping for whole answers and for each claim of a batch."""
+    if isinstance(exc, APIError):
+        if exc.code == 409:
+            metrics.inc("task_conflicts")
+        return exc.code or 500, exc.message, exc.details
+    if isinstance(exc, ConfigError):
+        return 422, str(exc), None
+    if isinstance(exc, StoreError):
+        metrics.inc("store_errors")
+        return 503, "the task store is unavailable", str(exc)
+    return None
 
 
 def _validation(exc: RequestValidationError) -> JSONResponse:
@@ -70,17 +90,13 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             if exc.status_code == 405:
                 headers["Allow"] = _allowed_methods(app, request)
             return error_response(exc.status_code, str(exc.detail), headers=headers or None)
-        if isinstance(exc, APIError):
-            if exc.code == 409:
-                metrics.inc("task_conflicts")
-            challenge = {"WWW-Authenticate": "Bearer"} if exc.code == 401 else None
-            return error_response(exc.code or 500, exc.message, exc.details, challenge)
-        if isinstance(exc, ConfigError):
-            return error_response(422, str(exc))
-        if isinstance(exc, StoreError):
-            metrics.inc("store_errors")
-            log.error("%s %s: store failed: %s", request.method, request.url.path, exc)
-            return error_response(503, "the task store is unavailable", str(exc))
+        described = describe(exc, metrics)
+        if described is not None:
+            status, message, details = described
+            if isinstance(exc, StoreError):
+                log.error("%s %s: store failed: %s", request.method, request.url.path, exc)
+            challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return error_response(status, message, details, challenge)
         log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal server error")
 

@@ -9,9 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..models import Priority, Task, TaskResult
 
 __all__ = [
+    "MAX_CLAIM_BATCH",
     "AgentRequest",
     "AppendResponse",
+    "ClaimBatch",
+    "ClaimItem",
+    "ClaimOutcome",
     "ClaimRequest",
+    "ClaimResults",
     "CompleteRequest",
     "ErrorBody",
     "LeaseRequest",
@@ -24,6 +29,8 @@ __all__ = [
 
 # A lease of more than a week is almost certainly a unit mistake (ms for s).
 MAX_LEASE_SECONDS = 7 * 24 * 3600.0
+#: claims in one POST /api/tasks/claims
+MAX_CLAIM_BATCH = 100
 
 
 class _Body(BaseModel):
@@ -93,6 +100,36 @@ class ClaimRequest(_Lease):
     the ``job_id`` of the quota reservation made for this attempt."""
 
     job_id: str = Field(default="", max_length=256)
+
+
+class ClaimItem(ClaimRequest):
+    """One claim of a batch: a claim request and the id of the task to claim."""
+
+    task_id: str = Field(min_length=1, max_length=256)
+
+
+class ClaimBatch(_Body):
+    """``{"claims": [...]}``: claims made one by one, in order, in one request."""
+
+    claims: list[ClaimItem] = Field(min_length=1, max_length=MAX_CLAIM_BATCH)
+
+
+class ClaimOutcome(_Body):
+    """One claim's answer: ``code`` is the status its own ``POST .../claim`` would
+    have answered; on 200 ``task`` is the claimed task, else ``message`` and
+    ``details`` are its error's."""
+
+    task_id: str
+    code: int
+    message: str = ""
+    details: str | None = None
+    task: Task | None = None
+
+
+class ClaimResults(_Body):
+    """``{"results": [...]}``, one per claim asked, in the same order."""
+
+    results: list[ClaimOutcome]
 
 
 class CompleteRequest(TaskResult):

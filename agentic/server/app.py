@@ -1,8 +1,8 @@
 """The reference task API: ``create_app(store, ...)`` builds the FastAPI application.
 
 Endpoints are go-agentic's (list, get, create, claim, update, complete, health) plus
-ours (release, lease renewal, logs with SSE follow, metrics); see DESIGN.md, "Task
-API (HTTP)". Every error answer is ``{"code", "message", "details"}``; bad input
+ours (release, lease renewal, batch claims, logs with SSE follow, metrics); see
+DESIGN.md, "Task API (HTTP)". Every error answer is ``{"code", "message", "details"}``; bad input
 gets a 4xx and changes nothing stored.
 
 Auth: with any token configured, every ``/api/tasks`` route needs
@@ -31,17 +31,21 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
-from ..errors import APIError, ConfigError, NotFoundError
+from ..errors import APIError, ConfigError, NotFoundError, StoreError
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
 from ..stores.base import TaskStore
 from ._auth import Auth, Principal
 from ._calls import StoreCalls
-from ._errors import install_error_handlers
+from ._errors import describe, details_text, install_error_handlers
 from ._metrics import Guard, Metrics
 from ._schemas import (
     AppendResponse,
+    ClaimBatch,
+    ClaimItem,
+    ClaimOutcome,
     ClaimRequest,
+    ClaimResults,
     CompleteRequest,
     ErrorBody,
     LeaseRequest,
@@ -253,6 +257,32 @@ def create_app(
         task = await calls(store.claim, task_id, agent, lease, request.job_id)
         metrics.inc("task_claims")
         return _json(TaskResponse(task=task, message=f"task {task_id} claimed by {agent}"))
+
+    @app.post("/api/tasks/claims", response_model=ClaimResults, tags=["tasks"])
+    async def claim_tasks(who: Caller, body: ClaimBatch) -> Response:
+        """Several claims in one request, made one by one in order, each exactly as its
+        own ``POST /api/tasks/{id}/claim`` would be: one refused (409, 403, ...) leaves
+        the others made. 200 with one outcome per claim, in the same order."""
+        return _json(ClaimResults(results=[await claim_one(who, item) for item in body.claims]))
+
+    async def claim_one(who: Principal, item: ClaimItem) -> ClaimOutcome:
+        try:
+            agent = required_agent(who, item.agent_id)
+            lease = item.lease_seconds or lease_seconds
+            task = await calls(store.claim, item.task_id, agent, lease, item.job_id)
+        except Exception as exc:
+            described = describe(exc, metrics)
+            if described is None:
+                raise  # a bug: the whole request answers 500
+            code, message, details = described
+            if isinstance(exc, StoreError):
+                log.error("claim of task %s: store failed: %s", item.task_id, exc)
+            return ClaimOutcome(
+                task_id=item.task_id, code=code, message=message, details=details_text(details)
+            )
+        metrics.inc("task_claims")
+        message = f"task {item.task_id} claimed by {agent}"
+        return ClaimOutcome(task_id=item.task_id, code=200, message=message, task=task)
 
     @app.post("/api/tasks/{task_id}/complete", response_model=TaskResponse, tags=["tasks"])
     async def complete_task(who: Caller, task_id: str, body: CompleteRequest) -> Response:
