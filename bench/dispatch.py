@@ -732,9 +732,7 @@ def main() -> None:
                 with redis.Redis.from_url(redis_url) as client:
                     client.flushall()
                 runs["agentic redis"].append(
-                    run_agentic(
-                        "agentic redis", redis_url, redis_url, count, args.poll, args.burst
-                    )
+                    run_agentic("agentic redis", redis_url, redis_url, count, args.poll, args.burst)
                 )
             with redis.Redis.from_url(redis_url) as client:
                 client.flushall()
