@@ -80,6 +80,7 @@ from .stores import (
     open_task_store,
 )
 from .submit import submit_task
+from .webhook import WebhookEmitter
 
 __version__ = "0.1.0"
 
@@ -142,6 +143,7 @@ __all__ = [
     "TransportError",
     "UsageRecord",
     "UsageReport",
+    "WebhookEmitter",
     "WorkspaceError",
     "format_status",
     "get_status",

@@ -39,7 +39,7 @@ from .errors import ConfigError
 from .retry import Jitter
 from .stores import SCHEMES, parse_store_url
 
-__all__ = ["Config", "DispatcherConfig", "ServerConfig", "load_config"]
+__all__ = ["Config", "DispatcherConfig", "EventsConfig", "ServerConfig", "load_config"]
 
 ENV_PREFIX = "AGENTIC_"
 
@@ -84,6 +84,23 @@ class DispatcherConfig(_Section):
         base = info.data.get("backoff_base")
         if base is not None and value < base:
             raise ValueError(f"smaller than dispatcher.backoff_base ({base})")
+        return value
+
+
+class EventsConfig(_Section):
+    """Where the dispatcher's and agents' lifecycle events go besides the log."""
+
+    webhook_url: Annotated[str, Accepts("an http:// or https:// URL, or empty for none")] = ""
+    # A secret: kept out of repr() and error messages.
+    webhook_secret: Annotated[
+        str, Accepts("a string (whsec_<base64>, or any other string used as is)")
+    ] = Field("", repr=False)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_or_empty(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("not an http:// or https:// URL")
         return value
 
 
@@ -133,6 +150,7 @@ class Config(BaseModel):
     task_store_url: StoreOverride = None
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
 
     @field_validator("base_url")
     @classmethod
@@ -176,7 +194,11 @@ class Config(BaseModel):
 
 # --- loading -------------------------------------------------------------------------
 
-_SECTIONS: dict[str, type[_Section]] = {"dispatcher": DispatcherConfig, "server": ServerConfig}
+_SECTIONS: dict[str, type[_Section]] = {
+    "dispatcher": DispatcherConfig,
+    "server": ServerConfig,
+    "events": EventsConfig,
+}
 # A layer maps a dotted key ("dispatcher.interval") to (value, where it came from).
 Layer = dict[str, tuple[Any, str]]
 

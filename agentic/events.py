@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
@@ -164,7 +164,7 @@ class EventEmitter(ABC):
     def close(self) -> None:
         """Stop delivering; idempotent. Later emits are counted as dropped."""
 
-    def __enter__(self) -> EventEmitter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from .stores.base import TaskStore
 
-__all__ = ["FakeClock", "running_server"]
+__all__ = ["FakeClock", "Delivery", "running_server", "webhook_receiver"]
 
 
 class FakeClock:
@@ -74,3 +76,43 @@ def running_server(store: TaskStore, **app_options: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One request a :func:`webhook_receiver` got: its headers (lower-case names) and
+    raw body, as :func:`agentic.webhook.verify` takes them."""
+
+    headers: dict[str, str]
+    body: bytes
+
+
+@contextmanager
+def webhook_receiver(status: int = 204) -> Iterator[tuple[str, list[Delivery]]]:
+    """An HTTP server on a free loopback port that answers every POST with ``status``.
+
+    Yields its URL and the list it appends each :class:`Delivery` to (in arrival
+    order); the server stops when the block exits.
+    """
+    received: list[Delivery] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            received.append(Delivery(headers, body))
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: what arrived is in the list, not in an access log."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", received
+    finally:
+        server.shutdown()
+        server.server_close()

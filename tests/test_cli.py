@@ -25,7 +25,8 @@ from agentic.errors import NotFoundError
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.stores import open_allowance_store, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
-from agentic.testing import running_server
+from agentic.testing import running_server, webhook_receiver
+from agentic.webhook import verify
 
 from .conftest import free_port
 
@@ -498,41 +499,53 @@ def test_serve_without_token_warns(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path) -> None:
-    """dispatch --once claims a task for the agent; agent run executes CMD and drains."""
+    """dispatch --once claims a task for the agent; agent run executes CMD and drains;
+    both send their events, signed, to the configured webhook."""
     system.quota.set_allowance(AgentAllowance(agent_id="upper", daily_job_limit=10))
     task = system.tasks.create(Task(title="shout this", labels=["text"]))
     script = "import sys; print(sys.stdin.read().upper())"
-    agent = subprocess.Popen(
-        [
-            AGENTIC, "agent", "run", "--config", str(system.config), "--id", "upper",
-            "--capability", "text", "--max-load", "1", "--", sys.executable, "-c", script,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=subprocess_env(),
-    )  # fmt: skip
-    try:
-        wait_for(lambda: [a.id for a in system.registry.list()] == ["upper"], timeout=30)
-        once = subprocess.run(
-            [AGENTIC, "dispatch", "--once", "--json", "--config", str(system.config)],
-            capture_output=True,
-            env=subprocess_env(),
-            timeout=30,
-            check=False,
-        )
-        assert once.returncode == 0, once.stderr.decode()
-        assert json.loads(once.stdout)["dispatched"] == {task.id: "upper"}
-        wait_for(lambda: system.tasks.get(task.id).status == TaskStatus.COMPLETED)
-        result = system.tasks.get(task.id).result
-        assert result is not None and result.output.strip() == "SHOUT THIS"
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(10) == 0
-    finally:
-        agent.kill()
-        out, err = agent.communicate()
-        print(out.decode(), err.decode())  # shown when the test fails
+    secret = "hook-secret"
+    with webhook_receiver() as (hook_url, received):
+        env = {
+            **subprocess_env(),
+            "AGENTIC_EVENTS__WEBHOOK_URL": hook_url,
+            "AGENTIC_EVENTS__WEBHOOK_SECRET": secret,
+        }
+        agent = subprocess.Popen(
+            [
+                AGENTIC, "agent", "run", "--config", str(system.config), "--id", "upper",
+                "--capability", "text", "--max-load", "1", "--", sys.executable, "-c", script,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: [a.id for a in system.registry.list()] == ["upper"], timeout=30)
+            once = subprocess.run(
+                [AGENTIC, "dispatch", "--once", "--json", "--config", str(system.config)],
+                capture_output=True,
+                env=env,
+                timeout=30,
+                check=False,
+            )
+            assert once.returncode == 0, once.stderr.decode()
+            assert json.loads(once.stdout)["dispatched"] == {task.id: "upper"}
+            wait_for(lambda: system.tasks.get(task.id).status == TaskStatus.COMPLETED)
+            result = system.tasks.get(task.id).result
+            assert result is not None and result.output.strip() == "SHOUT THIS"
+            agent.send_signal(signal.SIGTERM)
+            assert agent.wait(10) == 0
+        finally:
+            agent.kill()
+            out, err = agent.communicate()
+            print(out.decode(), err.decode())  # shown when the test fails
     assert "1 completed" in out.decode()
     assert system.registry.list() == []  # deregistered on the way out
+    assert all(verify(secret, delivery.headers, delivery.body) for delivery in received)
+    kinds = {json.loads(delivery.body)["type"] for delivery in received}
+    expected = {"task_dispatched", "task_completed", "usage_recorded", "agent_registered"}
+    assert {f"io.agentic.{kind}" for kind in expected} <= kinds
 
 
 @pytest.mark.slow

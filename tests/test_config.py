@@ -12,7 +12,7 @@ import pydantic
 import pytest
 import yaml
 
-from agentic.config import Config, DispatcherConfig, ServerConfig, load_config
+from agentic.config import Config, DispatcherConfig, load_config
 from agentic.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
@@ -47,8 +47,9 @@ def config_error(**kwargs: Any) -> str:
 
 def all_keys() -> list[str]:
     sections: dict[str, type[pydantic.BaseModel]] = {
-        "dispatcher": DispatcherConfig,
-        "server": ServerConfig,
+        name: field.annotation
+        for name, field in Config.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, pydantic.BaseModel)
     }
     keys = [name for name in Config.model_fields if name not in sections]
     for section, model in sections.items():
@@ -311,6 +312,21 @@ def test_claim_batch_out_of_range_is_refused_with_its_range() -> None:
         "dispatcher.claim_batch in environment variable AGENTIC_DISPATCHER__CLAIM_BATCH:"
         " must be an integer from 1 to 100, got '101'"
     )
+
+
+def test_events_webhook_must_be_an_http_url_and_its_secret_stays_hidden() -> None:
+    """events.webhook_url must be http(s); the secret never shows in repr()."""
+    message = config_error(env={"AGENTIC_EVENTS__WEBHOOK_URL": "ftp://hooks"})
+    assert message.startswith("events.webhook_url in environment variable")
+    assert "not an http:// or https:// URL" in message
+    cfg = load_config(
+        env={
+            "AGENTIC_EVENTS__WEBHOOK_URL": "https://hooks.example.com/agentic",
+            "AGENTIC_EVENTS__WEBHOOK_SECRET": "whsec_c2VjcmV0",
+        }
+    )
+    assert cfg.events.webhook_url == "https://hooks.example.com/agentic"
+    assert "c2VjcmV0" not in repr(cfg)
 
 
 def test_bad_value_in_dotenv_names_file_variable_and_line(isolated: Path) -> None:

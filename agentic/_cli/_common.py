@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar, overload
 from urllib.parse import unquote
 
 import typer
@@ -25,8 +25,10 @@ from rich.markup import escape
 from ..client import TaskClient
 from ..config import Config, load_config
 from ..errors import AgenticError, ConfigError, StoreError
+from ..events import EventEmitter, FanoutEmitter
 from ..retry import RetryPolicy
 from ..stores import parse_store_url
+from ..webhook import WebhookEmitter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,6 +112,22 @@ def store_config(path: Path | None, store: str | None) -> Config:
 def client(cfg: Config, agent_id: str | None = None) -> TaskClient:
     """A task API client for the configured server and token."""
     return TaskClient(cfg.base_url, cfg.token, agent_id=agent_id)
+
+
+@overload
+def event_emitter(cfg: Config, first: EventEmitter) -> EventEmitter: ...
+@overload
+def event_emitter(cfg: Config) -> EventEmitter | None: ...
+def event_emitter(cfg: Config, first: EventEmitter | None = None) -> EventEmitter | None:
+    """Where events go: ``first`` (the log, say), then the configured webhook if any;
+    None when neither."""
+    emitters = [first] if first is not None else []
+    if cfg.events.webhook_url:
+        secret = cfg.events.webhook_secret or None
+        emitters.append(WebhookEmitter(cfg.events.webhook_url, secret))
+    if len(emitters) > 1:
+        return FanoutEmitter(*emitters)
+    return emitters[0] if emitters else None
 
 
 def retry_policy(cfg: Config) -> RetryPolicy:

@@ -12,7 +12,15 @@ from ..allowance import AllowanceService
 from ..models import AgentInfo
 from ..runner import AgentRunner, GitWorkspace, Handler, SubprocessHandler
 from ..stores import open_allowance_store, open_registry
-from ._common import ConfigOption, StoreOption, client, handled, stdout, store_config
+from ._common import (
+    ConfigOption,
+    StoreOption,
+    client,
+    event_emitter,
+    handled,
+    stdout,
+    store_config,
+)
 from ._logging import setup_logging
 
 agent_app = typer.Typer(help="Run an agent on this machine.")
@@ -71,14 +79,19 @@ def run(
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
         quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
         api = stack.enter_context(client(cfg, agent_id))
+        # The runner logs each task itself: events go only to a configured webhook.
+        emitter = event_emitter(cfg)
+        if emitter is not None:
+            stack.enter_context(emitter)
         runner = AgentRunner(
             info,
             api,
             registry,
             handler,
-            AllowanceService(quota, fail_open=cfg.dispatcher.fail_open),
+            AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open),
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_job_duration=max_job_duration,
+            emitter=emitter,
         )
         stdout().print(
             f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) taking tasks"

@@ -19,6 +19,7 @@ from ._common import (
     StoreOption,
     client,
     config,
+    event_emitter,
     handled,
     print_json,
     retry_policy,
@@ -65,7 +66,7 @@ def dispatch(
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
         quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
         tasks = stack.enter_context(client(cfg))
-        emitter = stack.enter_context(LoggingEmitter())
+        emitter = stack.enter_context(event_emitter(cfg, LoggingEmitter()))
         dispatcher = Dispatcher(
             registry,
             DefaultRouter(),

@@ -1,0 +1,274 @@
+"""Events delivered to an HTTP endpoint, signed as Standard Webhooks.
+
+:class:`WebhookEmitter` POSTs each event as a CloudEvent in structured JSON mode
+(``Content-Type: application/cloudevents+json``, the body of
+:meth:`~agentic.events.Event.to_cloudevent`) from one background thread, keeping the
+rules of :mod:`agentic.events`: ``emit`` only puts the event in a bounded buffer (it
+never blocks and never raises), events are sent in emit order, one at a time, and
+what cannot be delivered is logged and counted, never lost silently.
+
+Signing follows the Standard Webhooks specification, so receivers can verify with
+any of its libraries (or :func:`verify`): the headers ``webhook-id`` (the event id,
+the same on every attempt: the receiver's dedupe key), ``webhook-timestamp`` (Unix
+seconds of the attempt) and ``webhook-signature`` = ``v1,`` + base64 of
+HMAC-SHA256 over ``"{id}.{timestamp}.{body}"``. The key is the secret's bytes; a
+secret written ``whsec_<base64>`` (the specification's form) is base64-decoded first.
+Without a secret the events are sent unsigned.
+
+Delivery: a 2xx answer delivers the event. No answer, 408, 429 and 5xx are retried
+with ``retry`` (exponential backoff with jitter, or what a ``Retry-After`` asks, up
+to ``retry.max_retry_after``); when the retries are used up,
+or on any other answer (a 4xx: the same request would be refused again), the event is
+dropped: logged with the reason, counted in ``dropped`` and ``errors``. A failing
+endpoint delays the events behind the one being retried; the buffer (``maxsize``)
+bounds what waits, and an event emitted into a full buffer is dropped and counted.
+
+``close()`` stops taking events, then gives what is buffered up to ``close_timeout``
+seconds to be delivered (retries included); the rest is dropped and counted. It
+returns within ``close_timeout`` plus one request's ``timeout``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+
+import httpx
+
+from .errors import ConfigError
+from .events import Event, EventEmitter
+from .retry import RetryPolicy, parse_retry_after
+
+__all__ = ["SIGNATURE_TOLERANCE", "WebhookEmitter", "sign", "verify"]
+
+log = logging.getLogger(__name__)
+
+#: seconds a signature's timestamp may differ from the receiver's clock (the spec's 5 min)
+SIGNATURE_TOLERANCE = 300
+_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_DEFAULT_RETRY = RetryPolicy(max_retries=5, base=0.5, cap=30.0, max_retry_after=300.0)
+
+
+def _key(secret: str) -> bytes:
+    if not secret:
+        raise ConfigError("a webhook secret must not be empty")
+    if not secret.startswith("whsec_"):
+        return secret.encode()
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error as exc:
+        raise ConfigError(
+            f"a 'whsec_' webhook secret must be base64 after the prefix: {exc}"
+        ) from exc
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value for ``body`` sent as ``message_id`` at ``timestamp``."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def verify(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    tolerance: float = SIGNATURE_TOLERANCE,
+    now: float | None = None,
+) -> bool:
+    """Whether ``body`` with these request headers was signed with ``secret``.
+
+    For receivers: pass the raw body as received (before any JSON parsing) and the
+    headers (looked up case-insensitively). False when a header is missing, the
+    timestamp is more than ``tolerance`` seconds from ``now`` (a replay), or no
+    ``v1`` signature in the space-separated list matches (compared in constant time).
+    """
+    lowered = {name.lower(): value for name, value in headers.items()}
+    message_id = lowered.get("webhook-id")
+    stamp = lowered.get("webhook-timestamp", "")
+    given = lowered.get("webhook-signature", "").split()
+    if not message_id or not stamp.isdigit() or not given:
+        return False
+    current = time.time() if now is None else now
+    if abs(current - int(stamp)) > tolerance:
+        return False
+    expected = sign(secret, message_id, int(stamp), body)
+    return any(hmac.compare_digest(expected, candidate) for candidate in given)
+
+
+class WebhookEmitter(EventEmitter):
+    """POSTs events to ``url`` from a background thread (see the module docstring).
+
+    ``delivered``, ``dropped`` and ``errors`` count what happened; ``flush`` waits
+    until everything emitted so far has been delivered or dropped.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        secret: str | None = None,
+        *,
+        maxsize: int = 1000,
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        close_timeout: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"webhook url must be http:// or https://, got {url!r}")
+        if maxsize < 1 or timeout <= 0 or close_timeout < 0:
+            raise ConfigError("maxsize must be >= 1, timeout > 0 and close_timeout >= 0")
+        if secret is not None:
+            _key(secret)  # a bad secret is refused here, not on the first event
+        self.url, self.maxsize, self.close_timeout = url, maxsize, close_timeout
+        self.timeout = timeout
+        self.retry = retry or _DEFAULT_RETRY
+        self.delivered = self.dropped = self.errors = 0
+        self._secret = secret
+        self._buffer: deque[Event] = deque()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._busy = False  # the sender holds an event taken from the buffer
+        self._overflowing = False
+        self._deadline: float | None = None  # set by close(): when to give up
+        self._sleep = sleep
+        self._http = httpx.Client(
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "agentic-webhook", **(headers or {})},
+        )
+        self._thread = threading.Thread(target=self._send_all, name="agentic-webhook", daemon=True)
+        self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __repr__(self) -> str:
+        return f"WebhookEmitter({self.url!r})"
+
+    def emit(self, event: Event) -> None:
+        with self._changed:
+            if self._closed:
+                self.dropped += 1
+                return
+            if len(self._buffer) < self.maxsize:
+                self._buffer.append(event)
+                self._overflowing = False
+                self._changed.notify_all()
+                return
+            self.dropped += 1
+            first_drop, self._overflowing = not self._overflowing, True
+        if first_drop:  # once per overflow: a dead endpoint must not flood the log
+            log.warning("webhook %s: buffer full (%d), dropping events", self.url, self.maxsize)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event emitted so far is delivered or dropped; False if
+        ``timeout`` seconds passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._buffer and not self._busy, timeout)
+
+    def close(self) -> None:
+        with self._changed:
+            if self._closed:
+                return
+            self._closed = True
+            self._deadline = time.monotonic() + self.close_timeout
+            self._changed.notify_all()
+        self._thread.join(self.close_timeout + self.timeout + 1.0)
+        with self._changed:
+            left = len(self._buffer)
+            self._buffer.clear()
+            self.dropped += left
+        if left:
+            log.warning("webhook %s: %d event(s) not delivered before close", self.url, left)
+        self._http.close()
+
+    # --- the sender thread ---
+    def _send_all(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._buffer or self._closed)
+                if not self._buffer or self._past_deadline():
+                    self._changed.notify_all()
+                    return
+                event = self._buffer.popleft()
+                self._busy = True
+            try:
+                delivered, why = self._deliver(event)
+            except Exception as exc:  # a bug must not end the thread and lose the rest
+                delivered, why = False, f"unexpected error: {exc!r}"
+                log.exception("webhook %s: sending %s failed", self.url, event.id)
+            with self._changed:
+                if delivered:
+                    self.delivered += 1
+                else:
+                    self.dropped += 1
+                    self.errors += 1
+                self._busy = False
+                self._changed.notify_all()
+            if not delivered:
+                log.warning(
+                    "webhook %s: event %s (%s) dropped: %s", self.url, event.id, event.type, why
+                )
+
+    def _deliver(self, event: Event) -> tuple[bool, str]:
+        """Send one event, retrying what may succeed later: (delivered, why not)."""
+        body = json.dumps(event.to_cloudevent(), separators=(",", ":")).encode()
+        attempt = 0
+        while True:
+            headers = {
+                "Content-Type": "application/cloudevents+json",
+                "webhook-id": event.id,
+                "webhook-timestamp": str(int(time.time())),
+            }
+            if self._secret is not None:
+                stamp = int(headers["webhook-timestamp"])
+                headers["webhook-signature"] = sign(self._secret, event.id, stamp, body)
+            retry_after: float | None = None
+            try:
+                response = self._http.post(self.url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                why = f"no answer ({exc!r})"
+            else:
+                if response.is_success:
+                    return True, ""
+                why = f"HTTP {response.status_code}"
+                if response.status_code not in _RETRY_STATUSES:
+                    return False, why  # the same request would be refused again
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            attempt += 1
+            if not self.retry.should_retry(attempt) or not self._wait(
+                self.retry.delay(attempt, retry_after=retry_after)
+            ):
+                return False, f"{why} after {attempt} attempt(s)"
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep before a retry; False when closing leaves no time for it."""
+        if self._sleep is not None:
+            self._sleep(seconds)
+            return not self._past_deadline()
+        end = time.monotonic() + seconds
+        with self._changed:
+            # close() sets the deadline and notifies: the wait is cut to it.
+            while True:
+                limit = end if self._deadline is None else min(end, self._deadline)
+                left = limit - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+        return not self._past_deadline()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
