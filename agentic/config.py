@@ -96,11 +96,22 @@ class EventsConfig(_Section):
         str, Accepts("a string (whsec_<base64>, or any other string used as is)")
     ] = Field("", repr=False)
 
+    stream_url: Annotated[
+        str, Accepts("a redis:// or rediss:// URL (prefix= names the stream), or empty")
+    ] = ""
+
     @field_validator("webhook_url")
     @classmethod
     def _http_or_empty(cls, value: str) -> str:
         if value and urlsplit(value).scheme not in ("http", "https"):
             raise ValueError("not an http:// or https:// URL")
+        return value
+
+    @field_validator("stream_url")
+    @classmethod
+    def _redis_or_empty(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("not a redis:// or rediss:// URL")
         return value
 
 

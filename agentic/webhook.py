@@ -36,15 +36,14 @@ import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 
 import httpx
 
+from ._buffered import BufferedEmitter
 from .errors import ConfigError
-from .events import Event, EventEmitter
+from .events import Event
 from .retry import RetryPolicy, parse_retry_after
 
 __all__ = ["SIGNATURE_TOLERANCE", "WebhookEmitter", "sign", "verify"]
@@ -105,7 +104,7 @@ def verify(
     return any(hmac.compare_digest(expected, candidate) for candidate in given)
 
 
-class WebhookEmitter(EventEmitter):
+class WebhookEmitter(BufferedEmitter):
     """POSTs events to ``url`` from a background thread (see the module docstring).
 
     ``delivered``, ``dropped`` and ``errors`` count what happened; ``flush`` waits
@@ -127,114 +126,54 @@ class WebhookEmitter(EventEmitter):
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"webhook url must be http:// or https://, got {url!r}")
-        if maxsize < 1 or timeout <= 0 or close_timeout < 0:
-            raise ConfigError("maxsize must be >= 1, timeout > 0 and close_timeout >= 0")
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
         if secret is not None:
             _key(secret)  # a bad secret is refused here, not on the first event
-        self.url, self.maxsize, self.close_timeout = url, maxsize, close_timeout
-        self.timeout = timeout
+        super().__init__(
+            maxsize=maxsize,
+            batch=1,
+            close_timeout=close_timeout,
+            request_timeout=timeout,
+            sleep=sleep,
+        )
+        self.url = url
         self.retry = retry or _DEFAULT_RETRY
-        self.delivered = self.dropped = self.errors = 0
         self._secret = secret
-        self._buffer: deque[Event] = deque()
-        self._changed = threading.Condition()
-        self._closed = False
-        self._busy = False  # the sender holds an event taken from the buffer
-        self._overflowing = False
-        self._deadline: float | None = None  # set by close(): when to give up
-        self._sleep = sleep
         self._http = httpx.Client(
             timeout=timeout,
             transport=transport,
             headers={"User-Agent": "agentic-webhook", **(headers or {})},
         )
-        self._thread = threading.Thread(target=self._send_all, name="agentic-webhook", daemon=True)
-        self._thread.start()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        self._start("agentic-webhook")
 
     def __repr__(self) -> str:
         return f"WebhookEmitter({self.url!r})"
 
-    def emit(self, event: Event) -> None:
-        with self._changed:
-            if self._closed:
-                self.dropped += 1
-                return
-            if len(self._buffer) < self.maxsize:
-                self._buffer.append(event)
-                self._overflowing = False
-                self._changed.notify_all()
-                return
-            self.dropped += 1
-            first_drop, self._overflowing = not self._overflowing, True
-        if first_drop:  # once per overflow: a dead endpoint must not flood the log
-            log.warning("webhook %s: buffer full (%d), dropping events", self.url, self.maxsize)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every event emitted so far is delivered or dropped; False if
-        ``timeout`` seconds passed first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._buffer and not self._busy, timeout)
-
-    def close(self) -> None:
-        with self._changed:
-            if self._closed:
-                return
-            self._closed = True
-            self._deadline = time.monotonic() + self.close_timeout
-            self._changed.notify_all()
-        self._thread.join(self.close_timeout + self.timeout + 1.0)
-        with self._changed:
-            left = len(self._buffer)
-            self._buffer.clear()
-            self.dropped += left
-        if left:
-            log.warning("webhook %s: %d event(s) not delivered before close", self.url, left)
+    def _release(self) -> None:
         self._http.close()
 
-    # --- the sender thread ---
-    def _send_all(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._buffer or self._closed)
-                if not self._buffer or self._past_deadline():
-                    self._changed.notify_all()
-                    return
-                event = self._buffer.popleft()
-                self._busy = True
-            try:
-                delivered, why = self._deliver(event)
-            except Exception as exc:  # a bug must not end the thread and lose the rest
-                delivered, why = False, f"unexpected error: {exc!r}"
-                log.exception("webhook %s: sending %s failed", self.url, event.id)
-            with self._changed:
-                if delivered:
-                    self.delivered += 1
-                else:
-                    self.dropped += 1
-                    self.errors += 1
-                self._busy = False
-                self._changed.notify_all()
-            if not delivered:
-                log.warning(
-                    "webhook %s: event %s (%s) dropped: %s", self.url, event.id, event.type, why
-                )
+    def _send(self, events: list[Event]) -> int:
+        (event,) = events  # batch=1: one event per request
+        delivered, why = self._deliver(event)
+        if not delivered:
+            log.warning(
+                "webhook %s: event %s (%s) dropped: %s", self.url, event.id, event.type, why
+            )
+        return int(delivered)
 
     def _deliver(self, event: Event) -> tuple[bool, str]:
         """Send one event, retrying what may succeed later: (delivered, why not)."""
         body = json.dumps(event.to_cloudevent(), separators=(",", ":")).encode()
         attempt = 0
         while True:
+            stamp = int(time.time())
             headers = {
                 "Content-Type": "application/cloudevents+json",
                 "webhook-id": event.id,
-                "webhook-timestamp": str(int(time.time())),
+                "webhook-timestamp": str(stamp),
             }
             if self._secret is not None:
-                stamp = int(headers["webhook-timestamp"])
                 headers["webhook-signature"] = sign(self._secret, event.id, stamp, body)
             retry_after: float | None = None
             try:
@@ -253,22 +192,3 @@ class WebhookEmitter(EventEmitter):
                 self.retry.delay(attempt, retry_after=retry_after)
             ):
                 return False, f"{why} after {attempt} attempt(s)"
-
-    def _wait(self, seconds: float) -> bool:
-        """Sleep before a retry; False when closing leaves no time for it."""
-        if self._sleep is not None:
-            self._sleep(seconds)
-            return not self._past_deadline()
-        end = time.monotonic() + seconds
-        with self._changed:
-            # close() sets the deadline and notifies: the wait is cut to it.
-            while True:
-                limit = end if self._deadline is None else min(end, self._deadline)
-                left = limit - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-        return not self._past_deadline()
-
-    def _past_deadline(self) -> bool:
-        return self._deadline is not None and time.monotonic() >= self._deadline

@@ -119,12 +119,16 @@ def event_emitter(cfg: Config, first: EventEmitter) -> EventEmitter: ...
 @overload
 def event_emitter(cfg: Config) -> EventEmitter | None: ...
 def event_emitter(cfg: Config, first: EventEmitter | None = None) -> EventEmitter | None:
-    """Where events go: ``first`` (the log, say), then the configured webhook if any;
-    None when neither."""
+    """Where events go: ``first`` (the log, say), then the configured webhook and Redis
+    stream, if any; None when none of them."""
     emitters = [first] if first is not None else []
     if cfg.events.webhook_url:
         secret = cfg.events.webhook_secret or None
         emitters.append(WebhookEmitter(cfg.events.webhook_url, secret))
+    if cfg.events.stream_url:
+        from ..stores.redis import RedisStreamEmitter  # the redis extra, only when asked
+
+        emitters.append(RedisStreamEmitter(cfg.events.stream_url))
     if len(emitters) > 1:
         return FanoutEmitter(*emitters)
     return emitters[0] if emitters else None

@@ -10,14 +10,17 @@ from __future__ import annotations
 from .._url import StoreURL
 from ._conn import Connection, connect
 from .allowance import RedisAllowanceStore
+from .events import RedisStreamEmitter, read_events
 from .registry import RedisRegistry
 
 __all__ = [
     "Connection",
     "RedisAllowanceStore",
     "RedisRegistry",
+    "RedisStreamEmitter",
     "allowance_store_from_url",
     "connect",
+    "read_events",
     "registry_from_url",
 ]
 
