@@ -281,8 +281,10 @@ class TaskClient:
         others made. Like ``claim_task`` it is never repeated once it may have reached
         the server: the whole call raises TransportError (no answer) or APIError (a
         refusal of the request, or an answer that does not give one outcome per claim
-        in order; its ``code`` is then the answer's 2xx status). A server without the
-        endpoint refuses the request with 404 or 405. At most ``MAX_CLAIM_BATCH``.
+        in order; its ``code`` is then the answer's 2xx status). Claims the server had
+        no time to begin within half this client's timeout come back as 429 APIErrors:
+        not made. A server without the endpoint refuses the request with 404, 405 or
+        501. At most ``MAX_CLAIM_BATCH``.
         """
         if not 1 <= len(claims) <= MAX_CLAIM_BATCH:
             raise ConfigError(f"claim_tasks takes 1 to {MAX_CLAIM_BATCH} claims, got {len(claims)}")
@@ -290,7 +292,10 @@ class TaskClient:
             "claims": [
                 {"task_id": require_id("task_id", claim.task_id), **self._claim_body(claim)}
                 for claim in claims
-            ]
+            ],
+            # The server begins no claim after half our wait: it answers in time, and
+            # nothing is claimed after we stopped listening (those come back 429).
+            "time_limit": min(self.timeout / 2, 300.0),
         }
         response = self._request("POST", "/api/tasks/claims", safe=False, body=body)
         results = parse(response, CLAIMS).results

@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: previous attempts' job ids remembered as ended, at most
 _REMEMBERED = 10_000
+#: answers to a batch of claims meaning "no such route here": claim one by one instead
+_NO_BATCHES = frozenset({404, 405, 501})
 
 
 def new_job_id(task: Task) -> str:
@@ -248,11 +250,12 @@ class Dispatcher:
         try:
             answers = self.client.claim_tasks(claims)
         except APIError as exc:
-            if exc.from_response and exc.code in (404, 405):
+            if exc.from_response and exc.code in _NO_BATCHES:
                 # The route is missing (an older or go-agentic server); nothing was claimed.
                 log.warning("the task API has no batch claims (%s): one request per claim", exc)
                 self._batches = False
-                return [self._try_claim(*routed) for routed in batch]
+                with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim-one") as pool:
+                    return list(pool.map(lambda routed: self._try_claim(*routed), batch))
             return [exc] * len(batch)
         except Exception as exc:  # every claim of the batch shares its fate
             return [exc] * len(batch)
@@ -394,14 +397,16 @@ class Dispatcher:
                             self._not_dispatched(task, exc, report)
                             continue
                         routed.append((task, agent_id, job_id))
-                        if len(routed) == self.claim_batch:
+                        if len(routed) >= (self.claim_batch if self._batches else 1):
                             sent.append((routed, pool.submit(self._try_claims, routed)))
                             routed = []
             finally:
                 if routed:
                     sent.append((routed, pool.submit(self._try_claims, routed)))
                 for batch, claims in sent:
-                    for (task, agent_id, job_id), error in zip(batch, claims.result(), strict=True):
+                    for (task, agent_id, job_id), error in zip(
+                        batch, _outcomes(claims, len(batch)), strict=True
+                    ):
                         try:
                             self._see_through(task, agent_id, job_id, error, index, report)
                         except Exception:  # recording its failure failed: the others go on
@@ -441,6 +446,9 @@ class Dispatcher:
         elif isinstance(exc, ConflictError):
             # Another dispatcher (or a runner) got there first: not our failure.
             report.waiting[task.id] = f"claimed elsewhere: {exc.message}"
+        elif isinstance(exc, APIError) and exc.code == 429:
+            # Not attempted (a batch out of time, a rate limit): not the task's failure.
+            report.waiting[task.id] = f"claim not attempted: {exc.message}"
         else:
             self.errors += 1
             log.warning("dispatch of task %s failed: %s", task.id, exc)
@@ -525,6 +533,14 @@ class Dispatcher:
         except Exception:
             self.errors += 1
             log.exception("event emitter failed on %s", kind.value)
+
+
+def _outcomes(claims: Future[list[Exception | None]], size: int) -> list[Exception | None]:
+    """A batch's ``size`` outcomes; if even that failed, every claim shares the error."""
+    try:
+        return claims.result()
+    except Exception as exc:
+        return [exc] * size
 
 
 def _require_count(name: str, value: object, most: int) -> None:

@@ -36,8 +36,10 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -53,7 +55,14 @@ log = logging.getLogger(__name__)
 #: seconds a signature's timestamp may differ from the receiver's clock (the spec's 5 min)
 SIGNATURE_TOLERANCE = 300
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_STAMP = re.compile(r"[0-9]{1,12}")
 _DEFAULT_RETRY = RetryPolicy(max_retries=5, base=0.5, cap=30.0, max_retry_after=300.0)
+
+
+def _shown(url: str) -> str:
+    """``url`` for logs: no user info, query or fragment (where tokens hide)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
 
 def _key(secret: str) -> bytes:
@@ -95,7 +104,8 @@ def verify(
     message_id = lowered.get("webhook-id")
     stamp = lowered.get("webhook-timestamp", "")
     given = lowered.get("webhook-signature", "").split()
-    if not message_id or not stamp.isdigit() or not given:
+    # ASCII digits of a sane length only: str.isdigit() takes "²", which int() refuses.
+    if not message_id or not _STAMP.fullmatch(stamp) or not given:
         return False
     current = time.time() if now is None else now
     if abs(current - int(stamp)) > tolerance:
@@ -124,8 +134,8 @@ class WebhookEmitter(BufferedEmitter):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"webhook url must be http:// or https://, got {url!r}")
+        if urlsplit(url).scheme.lower() not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"webhook url must be http:// or https://, got {_shown(url)!r}")
         if timeout <= 0:
             raise ConfigError(f"timeout must be > 0 seconds, got {timeout}")
         if secret is not None:
@@ -148,7 +158,7 @@ class WebhookEmitter(BufferedEmitter):
         self._start("agentic-webhook")
 
     def __repr__(self) -> str:
-        return f"WebhookEmitter({self.url!r})"
+        return f"WebhookEmitter({_shown(self.url)!r})"
 
     def _release(self) -> None:
         self._http.close()
@@ -157,9 +167,7 @@ class WebhookEmitter(BufferedEmitter):
         (event,) = events  # batch=1: one event per request
         delivered, why = self._deliver(event)
         if not delivered:
-            log.warning(
-                "webhook %s: event %s (%s) dropped: %s", self.url, event.id, event.type, why
-            )
+            log.warning("%r: event %s (%s) dropped: %s", self, event.id, event.type, why)
         return int(delivered)
 
     def _deliver(self, event: Event) -> tuple[bool, str]:
@@ -184,6 +192,9 @@ class WebhookEmitter(BufferedEmitter):
                 if response.is_success:
                     return True, ""
                 why = f"HTTP {response.status_code}"
+                if response.is_redirect:
+                    why += f" (a redirect to {_shown(response.headers.get('Location', '?'))}:"
+                    why += " configure that URL; events are not re-posted to it)"
                 if response.status_code not in _RETRY_STATUSES:
                     return False, why  # the same request would be refused again
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -713,11 +713,15 @@ def test_a_pass_claims_in_batches(system: System) -> None:
     each task in its routed agent's name with its own reservation."""
     for i in range(3):
         system.agent(f"a{i}", max_load=3, concurrent_jobs=3)
-    tasks = [system.task(f"t{i}") for i in range(9)]
+    ranks = [Priority.LOW, Priority.CRITICAL, Priority.MEDIUM, Priority.HIGH]
+    tasks = [system.task(f"t{i}", priority=ranks[i % 4]) for i in range(9)]
     client = batching(system, 4)
     report = system.dispatcher.run_once()
     # the last one alone goes to the per-task endpoint
     assert [len(batch) for batch in client.batches] == [4, 4] and client.single == 1
+    by_id = {task.id: task for task in tasks}
+    sent = [by_id[task_id] for batch in client.batches for task_id in batch]
+    assert sent == sorted(sent, key=lambda t: (t.priority.rank, t.created_at, t.id))
     assert sorted(report.dispatched) == sorted(t.id for t in tasks)
     stored = [system.tasks.get(task.id) for task in tasks]
     assert [t.claimed_by for t in stored] == [report.dispatched[t.id] for t in stored]
@@ -805,3 +809,91 @@ def test_agent_without_allowance_is_skipped_not_a_failure(system: System) -> Non
     assert "no allowance for agent 'a-new'" in report.waiting[lonely.id]
     assert system.tasks.get(lonely.id).retry_count == 0
     assert system.dispatcher.errors == 0
+
+
+class PoisonStore(MemoryTaskStore):
+    """Claims of ``bad`` raise a non-SDK error (a corrupt record, say); others may be
+    slowed down by ``delay`` seconds each."""
+
+    def __init__(self, bad: str = "", delay: float = 0.0) -> None:
+        super().__init__()
+        self.bad, self.delay = bad, delay
+
+    def claim(self, task_id: str, *args: Any, **kwargs: Any) -> Task:
+        if task_id == self.bad:
+            raise KeyError("corrupt record")
+        time.sleep(self.delay)
+        return super().claim(task_id, *args, **kwargs)
+
+
+def dispatcher_over(
+    store: MemoryTaskStore, url: str, **options: Any
+) -> tuple[Dispatcher, MemoryAllowanceStore]:
+    """A dispatcher for one agent "a" (10 jobs, 10 at once) against the server at ``url``."""
+    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
+    registry.register(AgentInfo(id="a", max_load=10))
+    quota.set_allowance(AgentAllowance(agent_id="a", daily_job_limit=10))
+    client = TaskClient(url, token="", retries=0, timeout=options.pop("timeout", 10.0))
+    return Dispatcher(registry, DefaultRouter(), AllowanceService(quota), client, **options), quota
+
+
+def test_a_poison_claim_fails_alone_in_its_batch() -> None:
+    """A claim the server fails unexpectedly (500) is that task's failure only: the rest
+    of its batch is claimed."""
+    store = PoisonStore()
+    tasks = [store.create(Task(title=f"t{i}")) for i in range(5)]
+    store.bad = tasks[0].id
+    with running_server(store, requeue_interval=None) as url:
+        dispatcher, quota = dispatcher_over(store, url)
+        report = dispatcher.run_once()
+        dispatcher.client.close()
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks[1:])
+    assert list(report.failed) == [tasks[0].id]
+    assert [store.get(t.id).retry_count for t in tasks] == [1, 0, 0, 0, 0]
+    assert quota.get_usage("a").active_jobs == 4
+
+
+def test_a_slow_batch_makes_no_claim_after_its_time_limit() -> None:
+    """A batch slower than half the client's timeout: the server stops beginning claims
+    (429 each, waiting: no retry counted, quota given back), so nothing is claimed after
+    the dispatcher stopped listening and every running task holds its reservation."""
+    store = PoisonStore(delay=0.2)
+    tasks = [store.create(Task(title=f"t{i}")) for i in range(10)]
+    with running_server(store, requeue_interval=None) as url:
+        # time_limit 1 s: about 5 claims begin, the answer comes at about 1.2 s
+        dispatcher, quota = dispatcher_over(store, url, timeout=2.0, claim_batch=10)
+        report = dispatcher.run_once()
+        time.sleep(1.0)  # had the server gone on, it would claim the rest now
+        dispatcher.client.close()
+    claimed = [t for t in tasks if store.get(t.id).status is TaskStatus.IN_PROGRESS]
+    assert 1 <= len(report.dispatched) == len(claimed) < 10
+    assert all(why.startswith("claim not attempted") for why in report.waiting.values())
+    assert len(report.waiting) == 10 - len(claimed)
+    assert quota.get_usage("a").active_jobs == len(claimed)
+    assert all(store.get(t.id).retry_count == 0 for t in tasks)
+
+
+def test_without_batch_claims_the_claims_still_run_concurrently(system: System) -> None:
+    """After a 404 for its batch, a dispatcher's claims overlap (claim_concurrency)
+    as with claim_batch=1, in the pass that found out and in later ones."""
+    system.agent("a", daily_job_limit=20)
+    for i in range(8):
+        system.task(f"t{i}")
+
+    class NoBatches(SlowClaims):
+        def claim_tasks(self, claims: Sequence[Claim]) -> list[Task | APIError]:
+            raise APIError("Not Found", 404, from_response=True)
+
+    client = NoBatches(system.client.base_url, token="", retries=0)
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(system.quota), client,
+        claim_concurrency=4,
+    )  # fmt: skip
+    with client:
+        assert len(dispatcher.run_once().dispatched) == 8
+        assert client.most == 4
+        client.most = 0
+        for i in range(8):
+            system.task(f"u{i}")
+        assert len(dispatcher.run_once().dispatched) == 8
+        assert client.most == 4

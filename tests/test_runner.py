@@ -688,3 +688,33 @@ def test_a_runner_runs_once(system: System) -> None:
     runner.stop()
     with pytest.raises(ConfigError, match="once"):
         runner.run()
+
+
+class CountingRegistry(MemoryRegistry):
+    """Counts heartbeats."""
+
+    beats = 0
+
+    def heartbeat(self, agent_id: str, load: int | None = None) -> AgentInfo:
+        self.beats += 1
+        return super().heartbeat(agent_id, load)
+
+
+def test_load_changes_are_published_at_most_every_tenth_of_a_second(system: System) -> None:
+    """Thirty quick tasks start and end 60 times; their load reaches the registry in
+    spaced heartbeats, not one per start and per end, and the last load is published."""
+    counting = CountingRegistry()
+    system.registry = counting
+    system.dispatcher.registry = counting
+    runner = system.started(lambda task, ctx: "done", max_load=10, heartbeat_interval=5.0)
+    started = time.monotonic()
+    for round_ in range(3):  # ten at a time: the agent's max_load
+        tasks = [system.submit(f"t{round_}.{n}") for n in range(10)]
+        for task in tasks:
+            assert system.finished(task.id).status is TaskStatus.COMPLETED
+        wait_for(lambda: not runner.load)
+    wait_for(lambda: counting.get(AGENT).current_load == 0)
+    elapsed = time.monotonic() - started
+    assert counting.beats <= 2 + elapsed / 0.1 + 2  # registration, spaced beats, the last
+    assert counting.beats < 60
+    runner.stop()

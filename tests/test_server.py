@@ -439,6 +439,48 @@ def test_batch_claims_answer_503_per_claim_when_the_store_fails(
     assert "disk on fire" in results["results"][0]["details"]
 
 
+def test_batch_claims_fail_an_unexpected_error_alone(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """A claim that raises a non-SDK error (a corrupt record) is that claim's 500; the
+    claims after it are still made."""
+
+    class Corrupt(MemoryTaskStore):
+        def claim(self, task_id: str, *args: Any, **kwargs: Any) -> Task:
+            if task_id == "bad":
+                raise KeyError("corrupt record")
+            return super().claim(task_id, *args, **kwargs)
+
+    store = Corrupt()
+    good = new_task(store)
+    api = TestClient(create_app(store, **TOKENS, requeue_interval=None))
+    claims = [{"task_id": "bad", "agent_id": "a1"}, {"task_id": good.id, "agent_id": "a1"}]
+    results = api.post("/api/tasks/claims", json={"claims": claims}, headers=ADMIN).json()
+    assert [r["code"] for r in results["results"]] == [500, 200]
+    assert store.get(good.id).claimed_by == "a1"
+
+
+def test_batch_claims_begin_none_after_the_time_limit(
+    make_client: Callable[..., TestClient],
+) -> None:
+    """Claims not begun within time_limit seconds are answered 429 and not made."""
+
+    class Slow(MemoryTaskStore):
+        def claim(self, *args: Any, **kwargs: Any) -> Task:
+            time.sleep(0.2)
+            return super().claim(*args, **kwargs)
+
+    store = Slow()
+    tasks = [new_task(store) for _ in range(4)]
+    api = TestClient(create_app(store, **TOKENS, requeue_interval=None))
+    claims = [{"task_id": t.id, "agent_id": "a1"} for t in tasks]
+    body = {"claims": claims, "time_limit": 0.3}
+    results = api.post("/api/tasks/claims", json=body, headers=ADMIN).json()["results"]
+    assert [r["code"] for r in results] == [200, 200, 429, 429]
+    assert "time_limit" in results[2]["message"]
+    assert [store.get(t.id).status for t in tasks[2:]] == [TaskStatus.PENDING] * 2
+
+
 def test_claim_uses_the_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
     """The claim's lease_seconds (or the server default) sets lease_expires_at."""
     task, other = new_task(store), new_task(store)

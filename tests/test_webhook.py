@@ -65,6 +65,13 @@ def test_verify_accepts_the_signed_body_and_refuses_tampering_and_replays() -> N
     assert verify(SECRET, signed, body, now=stamp - 299)
 
 
+@pytest.mark.parametrize("stamp", ["\u00b2", "1" * 5000, "-5", "1.5", ""])
+def test_verify_refuses_hostile_timestamps_without_raising(stamp: str) -> None:
+    """A timestamp that is not a few ASCII digits is refused (False), never an error."""
+    headers = {"webhook-id": "m", "webhook-timestamp": stamp, "webhook-signature": "v1,x"}
+    assert verify(SECRET, headers, b"{}") is False
+
+
 def test_events_are_posted_as_signed_cloudevents_in_order(
     mock: respx.MockRouter, sleeps: list[float]
 ) -> None:
@@ -180,6 +187,35 @@ def test_close_gives_up_on_a_dead_endpoint_at_its_timeout(mock: respx.MockRouter
         hook.emit(event(n))
     hook.close()
     assert (hook.delivered, hook.dropped) == (0, 3)
+
+
+def test_a_redirect_is_not_followed_and_the_log_says_where(
+    mock: respx.MockRouter, sleeps: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 3xx drops the event (no retry) with the new location in the warning."""
+    mock.post(URL).respond(301, headers={"Location": "https://hooks.test/new"})
+    hook = emitter(sleeps)
+    hook.emit(event())
+    assert hook.flush(5)
+    hook.close()
+    assert (hook.dropped, sleeps) == (1, [])
+    assert "redirect to https://hooks.test/new" in caplog.text
+
+
+def test_logs_never_show_credentials_of_the_url(
+    mock: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """User info and query (where tokens live) stay out of repr() and warnings; an
+    upper-case scheme is accepted."""
+    url = "HTTPS://user:pw@hooks.test/in?token=s3cret"
+    mock.post(url).respond(400)
+    hook = WebhookEmitter(url)
+    hook.emit(event())
+    assert hook.flush(5)
+    hook.close()
+    shown = repr(hook) + caplog.text
+    assert "s3cret" not in shown and "pw" not in shown
+    assert "hooks.test/in" in repr(hook)
 
 
 @pytest.mark.parametrize(

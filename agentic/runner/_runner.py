@@ -397,8 +397,11 @@ class AgentRunner:
             wait = tick
             if unpublished:  # a load change waits for its beat no longer than spacing
                 wait = min(tick, max(0.0, last_beat + spacing - time.monotonic()))
-            unpublished |= self._wake.wait(wait)
-            self._wake.clear()
+            if self._wake.wait(wait):
+                # Cleared only after it was seen set: a change landing after a timed-out
+                # wait stays set for the next round instead of being lost.
+                self._wake.clear()
+                unpublished = True
             if self._maintenance_stop.is_set():
                 return
             now = time.monotonic()

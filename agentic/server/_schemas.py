@@ -109,9 +109,11 @@ class ClaimItem(ClaimRequest):
 
 
 class ClaimBatch(_Body):
-    """``{"claims": [...]}``: claims made one by one, in order, in one request."""
+    """``{"claims": [...], "time_limit": seconds}``: claims made one by one, in order,
+    in one request; those not begun within ``time_limit`` are not made (429)."""
 
     claims: list[ClaimItem] = Field(min_length=1, max_length=MAX_CLAIM_BATCH)
+    time_limit: float = Field(default=5.0, gt=0, le=300)
 
 
 class ClaimOutcome(_Body):
