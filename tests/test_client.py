@@ -164,7 +164,8 @@ def test_claim_tasks_sends_one_batch_and_maps_each_outcome(
             {"task_id": "t2", "agent_id": "a1"},
             {"task_id": "t3", "agent_id": "a1"},
             {"task_id": "t4", "agent_id": "a2"},
-        ]
+        ],
+        "time_limit": 5.0,  # half the client's timeout (10 s)
     }
     first, taken, gone, refused = answers
     assert isinstance(first, Task) and first.claimed_by == "a1"
