@@ -18,6 +18,7 @@ from .stores.base import require_id
 
 __all__ = [
     "ANSWER",
+    "CHANGES_HEADER",
     "CLAIMS",
     "OFFSET",
     "PAGE",
@@ -31,6 +32,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: the answer header of GET /api/tasks holding the watched topic's token (long-polls)
+CHANGES_HEADER = "X-Agentic-Changes"
 
 
 class _Offset(BaseModel):

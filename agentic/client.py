@@ -48,6 +48,7 @@ from pydantic import ValidationError
 
 from ._client_wire import (
     ANSWER,
+    CHANGES_HEADER,
     CLAIMS,
     OFFSET,
     PAGE,
@@ -69,6 +70,8 @@ __all__ = ["MAX_CLAIM_BATCH", "Claim", "LogEvent", "RetryDelay", "TaskClient"]
 
 #: claims in one :meth:`TaskClient.claim_tasks` call (the task API's limit)
 MAX_CLAIM_BATCH = 100
+#: the longest wait of :meth:`TaskClient.watch_tasks` (the task API's limit)
+_MAX_WAIT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +162,10 @@ class TaskClient:
         body: Any = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
-        """One call with the retry rules of the module docstring; raises on non-2xx."""
+        """One call with the retry rules of the module docstring; raises on non-2xx.
+        ``timeout`` replaces the client's for this call (a long-poll waits longer)."""
         sent_headers = dict(headers or {})
         content = None
         if body is not None:
@@ -171,7 +176,12 @@ class TaskClient:
             try:
                 with self._refusals(f"{method} {self.base_url}{path}"):
                     response = self._http.request(
-                        method, path, content=content, params=params, headers=sent_headers
+                        method,
+                        path,
+                        content=content,
+                        params=params,
+                        headers=sent_headers,
+                        timeout=self.timeout if timeout is None else timeout,
                     )
             except httpx.HTTPError as exc:
                 retryable = isinstance(exc, _NOT_SENT) or (
@@ -229,18 +239,40 @@ class TaskClient:
         limit: int | None = None,
     ) -> list[Task]:
         """Tasks matching every given filter, most urgent and oldest first."""
-        given = {
-            "status": status,
-            "priority": priority,
-            "project": project,
-            "claimed_by": claimed_by,
-            "labels": ",".join(labels or ()),
-            "limit": limit,
-        }
-        params = {key: str(value) for key, value in given.items() if value}
-        if ready is not None:
-            params["ready"] = "true" if ready else "false"
+        params = _list_params(status, priority, project, claimed_by, labels, ready, limit)
         return parse(self._request("GET", "/api/tasks", safe=True, params=params), TASKS)
+
+    def watch_tasks(
+        self,
+        since: str = "",
+        wait: float = 0.0,
+        *,
+        status: TaskStatus | str | None = None,
+        claimed_by: str | None = None,
+        ready: bool | None = None,
+        limit: int | None = None,
+    ) -> tuple[list[Task], str | None]:
+        """:meth:`list_tasks` as a long-poll: the tasks, and the token to pass back as
+        ``since`` next time.
+
+        The server answers once the watched topic changed since ``since`` (at once for
+        ``""``), or after ``wait`` seconds (at most 60). The topic is the claims made for
+        ``claimed_by`` when it is given (a runner's wait), else any change that may let
+        a dispatcher do more (a task created, released, finished, updated or requeued).
+        The token is None when the server does not watch (an older server, or
+        go-agentic's): it answered at once, so the caller should sleep between calls.
+        """
+        if not 0 <= wait <= _MAX_WAIT:
+            raise ConfigError(f"wait must be from 0 to {_MAX_WAIT:g} seconds, got {wait}")
+        params = _list_params(status, None, None, claimed_by, None, ready, limit)
+        if wait:
+            params["wait"] = f"{wait:g}"
+        if since:
+            params["since"] = since
+        response = self._request(
+            "GET", "/api/tasks", safe=True, params=params, timeout=self.timeout + wait
+        )
+        return parse(response, TASKS), response.headers.get(CHANGES_HEADER)
 
     def get_task(self, task_id: str) -> Task:
         """One task (:class:`NotFoundError` if unknown)."""
@@ -437,3 +469,26 @@ class TaskClient:
             self._request("GET", "/v1/health", safe=True)
         except NotFoundError:
             self._request("GET", "/api/health", safe=True)
+
+
+def _list_params(
+    status: TaskStatus | str | None,
+    priority: Priority | str | None,
+    project: str | None,
+    claimed_by: str | None,
+    labels: Iterable[str] | None,
+    ready: bool | None,
+    limit: int | None,
+) -> dict[str, str]:
+    given = {
+        "status": status,
+        "priority": priority,
+        "project": project,
+        "claimed_by": claimed_by,
+        "labels": ",".join(labels or ()),
+        "limit": limit,
+    }
+    params = {key: str(value) for key, value in given.items() if value}
+    if ready is not None:
+        params["ready"] = "true" if ready else "false"
+    return params

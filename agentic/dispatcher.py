@@ -76,6 +76,8 @@ log = logging.getLogger(__name__)
 
 #: previous attempts' job ids remembered as ended, at most
 _REMEMBERED = 10_000
+#: seconds of one long-poll for new work: how soon a stop is seen while waiting
+_WATCH_CHUNK = 2.0
 #: answers to a batch of claims meaning "no such route here": claim one by one instead
 _NO_BATCHES = frozenset({404, 405, 501})
 
@@ -492,15 +494,24 @@ class Dispatcher:
     def run(self, stop: threading.Event | None = None, interval: float = 5.0) -> None:
         """Pass after pass until ``stop`` is set or SIGTERM/SIGINT arrives; first at once.
 
-        A pass that fails (task server or store unreachable) is logged and counted,
-        and the next one waits longer (doubling up to 10 intervals) instead of spinning.
+        The next pass comes ``interval`` seconds after the last began, or as soon as
+        the task API reports new work (a long-poll: a task created, released, finished,
+        updated or requeued). A pass that fails (task server or store unreachable) is
+        logged and counted, and the next one waits longer (doubling up to 10
+        intervals) instead of spinning.
         """
         stop = stop or threading.Event()
         restore = stop_on_signals(stop, "stopping after this pass")
         failures = 0
+        # The task API's change token: taken before each pass that follows no wait, so
+        # a change made while the pass runs is one the next wait returns on at once.
+        # None: the server does not watch (sleep instead); "": not known yet.
+        token: str | None = ""
         try:
             while not stop.is_set():
                 started = time.monotonic()
+                if token == "":
+                    token = self._watch("", 0.0)
                 try:
                     report = self.run_once()
                 except AgenticError as exc:
@@ -514,10 +525,46 @@ class Dispatcher:
                 else:
                     failures = 0
                     log.info("dispatch pass: %s", report.summary())
-                wait = interval * min(2**failures, 10) - (time.monotonic() - started)
-                stop.wait(max(0.0, wait))
+                wait = max(0.0, interval * min(2**failures, 10) - (time.monotonic() - started))
+                if failures or token is None:
+                    stop.wait(wait)
+                    if failures and token is not None:
+                        token = ""  # after an outage, take a fresh token before the pass
+                elif wait:
+                    token = self._wait_for_work(token, wait, stop)
         finally:
             restore()
+
+    def _wait_for_work(self, token: str, wait: float, stop: threading.Event) -> str | None:
+        """Wait until the task API reports a change since ``token``, ``wait`` seconds
+        pass or ``stop`` is set; the token to go on with.
+
+        Asked in long-polls of at most ``_WATCH_CHUNK`` seconds, so that ``stop`` is
+        seen that soon. If the server cannot be asked, this waits as plain polling
+        would (never a pass without a pause).
+        """
+        deadline = time.monotonic() + wait
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            new = self._watch(token, min(left, _WATCH_CHUNK))
+            if new == "":
+                stop.wait(left)
+                return ""
+            if new != token:
+                return new
+        return token
+
+    def _watch(self, token: str, wait: float) -> str | None:
+        """The task API's change token once it moved past ``token`` (or after ``wait``
+        seconds); None when the server does not watch, "" when it cannot be asked."""
+        try:
+            _tasks, new = self.client.watch_tasks(
+                token, wait, status=TaskStatus.PENDING, ready=True, limit=1
+            )
+        except AgenticError as exc:
+            self.errors += 1
+            log.warning("waiting for new work failed: %s", exc)
+            return ""
+        return new
 
     def _emit(
         self, kind: EventType, task: Task | None, agent_id: str, payload: dict[str, Any]

@@ -34,6 +34,9 @@ _REMEMBERED = 10_000
 # agent starts and ends tasks every few milliseconds, and a beat per change cost a
 # registry write per start and per end. Dispatchers count live reservations too.
 _LOAD_BEAT_SPACING = 0.1
+# Seconds of one long-poll for claimed tasks at most: how soon a stop is seen while
+# waiting (a read blocks its thread until it is answered).
+_WATCH_CHUNK = 2.0
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -204,20 +207,36 @@ class AgentRunner:
 
     # --- registration and the poll loop ---
     def _poll_loop(self, stop: threading.Event) -> None:
+        """Take the tasks claimed for this agent, as soon as they are claimed.
+
+        Each read is a long-poll: the task API answers when a claim is made for this
+        agent, or after ``poll_interval`` (2 s at most, so a stop is seen soon). A
+        server that does not watch (no token) answers at once, and the loop sleeps
+        ``poll_interval`` between reads instead.
+        """
         failures = 0
+        token: str | None = ""
         while not stop.is_set():
             try:
-                self._poll()
+                tasks, token = self.client.watch_tasks(
+                    token or "",
+                    min(self.poll_interval, _WATCH_CHUNK) if token else 0.0,
+                    status=TaskStatus.IN_PROGRESS,
+                    claimed_by=self.agent_id,
+                )
+                self._take(tasks)
             except AgenticError as exc:
                 failures += 1
+                token = ""
                 self._error(f"polling for tasks failed ({failures} in a row)", exc)
             else:
                 failures = 0
-            stop.wait(self.poll_interval * min(2**failures, 30))
+            if failures or token is None:
+                stop.wait(self.poll_interval * min(2**failures, 30))
 
-    def _poll(self) -> None:
+    def _take(self, tasks: list[Task]) -> None:
         """Start the tasks claimed for this agent that are not running yet."""
-        for task in self.client.list_tasks(status=TaskStatus.IN_PROGRESS, claimed_by=self.agent_id):
+        for task in tasks:
             key = attempt_key(task)
             paused = self.paused
             with self._lock:

@@ -37,6 +37,7 @@ from ..retry import RetryPolicy
 from ..stores.base import TaskStore
 from ._auth import Auth, Principal
 from ._calls import StoreCalls
+from ._changes import CHANGES_HEADER, Changes
 from ._errors import describe, details_text, install_error_handlers
 from ._metrics import Guard, Metrics
 from ._schemas import (
@@ -75,6 +76,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     }.items()
 }
 _MAX_LIST = 10_000
+_MAX_WAIT = 60.0
+_WAIT_DOC = "long-poll: wait up to this many seconds for a change since `since`"
+_SINCE_DOC = "the X-Agentic-Changes token of the previous answer"
 _LATE = "not attempted: the batch's time_limit passed first; claim it again"
 _TASKS = TypeAdapter(list[Task])
 
@@ -106,7 +110,7 @@ Caller = Annotated[Principal, Depends(_caller)]
 
 
 async def _requeue_loop(
-    store: TaskStore, calls: StoreCalls, metrics: Metrics, interval: float
+    store: TaskStore, calls: StoreCalls, metrics: Metrics, changes: Changes, interval: float
 ) -> None:
     """Requeue expired leases every ``interval`` seconds until cancelled."""
     while True:
@@ -119,6 +123,7 @@ async def _requeue_loop(
             log.exception("requeue of expired leases failed")
         else:
             if changed:
+                changes.bump("dispatch")
                 metrics.inc("tasks_requeued", len(changed))
                 log.info("lease expired: %s", ", ".join(t.id for t in changed))
         await asyncio.sleep(interval)
@@ -151,13 +156,14 @@ def create_app(
     policy = retry_policy or RetryPolicy()
     metrics = Metrics()
     calls = StoreCalls(store)
+    changes = Changes()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if not requeue_interval:
             yield
             return
-        loop = asyncio.create_task(_requeue_loop(store, calls, metrics, requeue_interval))
+        loop = asyncio.create_task(_requeue_loop(store, calls, metrics, changes, requeue_interval))
         try:
             yield
         finally:
@@ -212,11 +218,23 @@ def create_app(
         labels: Annotated[str | None, Query(description="comma-separated: has all")] = None,
         ready: Annotated[bool | None, Query(description="pending, dependencies done")] = None,
         limit: Annotated[int | None, Query(ge=1, le=_MAX_LIST)] = None,
+        wait: Annotated[float, Query(ge=0, le=_MAX_WAIT, description=_WAIT_DOC)] = 0,
+        since: Annotated[str, Query(max_length=64, description=_SINCE_DOC)] = "",
     ) -> Response:
-        """Tasks matching every filter, most urgent and oldest first (a bare array)."""
+        """Tasks matching every filter, most urgent and oldest first (a bare array).
+
+        A long-poll with ``wait`` (seconds) and ``since``: the answer waits until the
+        watched topic changed since that token, at most ``wait`` seconds. The topic is
+        the claims made for ``claimed_by`` when it is given (what a runner waits for),
+        else any change that may let a dispatcher do more. Every answer carries the
+        topic's current token in ``X-Agentic-Changes``."""
+        topic = f"claims:{claimed_by}" if claimed_by else "dispatch"
+        token = await changes.wait(topic, since, wait) if wait else changes.token(topic)
         wanted = [label for label in (labels or "").split(",") if label] or None
         found = await calls(store.list, status, priority, project, claimed_by, wanted, ready, limit)
-        return _json(found)
+        answer = _json(found)
+        answer.headers[CHANGES_HEADER] = token
+        return answer
 
     @app.post("/api/tasks", status_code=201, response_model=Task, tags=["tasks"])
     async def create_task(
@@ -229,6 +247,7 @@ def create_app(
         try:
             new = Task.model_validate(task.model_dump())
             created = await calls(store.create, new, idempotency_key or None)
+            changes.bump("dispatch")
             return _json(created, 201)
         except NotFoundError as exc:  # a missing dependency is bad input, not a bad URL
             raise APIError(exc.message, 422) from exc
@@ -245,7 +264,9 @@ def create_app(
             if update.model_fields_set - {"progress", "notes"}:
                 raise APIError("an agent token may only update progress and notes", 403)
             await require_holder(who, task_id, "update")
-        return _json(await calls(store.update, task_id, update))
+        updated = await calls(store.update, task_id, update)
+        changes.bump("dispatch")
+        return _json(updated)
 
     @app.post("/api/tasks/{task_id}/claim", response_model=TaskResponse, tags=["tasks"])
     async def claim_task(
@@ -256,6 +277,7 @@ def create_app(
         agent = required_agent(who, request.agent_id)
         lease = request.lease_seconds or lease_seconds
         task = await calls(store.claim, task_id, agent, lease, request.job_id)
+        changes.bump(f"claims:{agent}")
         metrics.inc("task_claims")
         return _json(TaskResponse(task=task, message=f"task {task_id} claimed by {agent}"))
 
@@ -282,6 +304,7 @@ def create_app(
             agent = required_agent(who, item.agent_id)
             lease = item.lease_seconds or lease_seconds
             task = await calls(store.claim, item.task_id, agent, lease, item.job_id)
+            changes.bump(f"claims:{agent}")
         except Exception as exc:
             described = describe(exc, metrics)
             if described is None:
@@ -311,6 +334,7 @@ def create_app(
             if policy.should_retry(attempt, current.max_retries):
                 retry_at = clock() + policy.delay(attempt)
         task = await calls(store.complete, task_id, body.result(), agent, retry_at, body.job_id)
+        changes.bump("dispatch")
         if task.status == TaskStatus.COMPLETED:
             message = "task completed"
         elif task.status == TaskStatus.FAILED:
@@ -327,7 +351,9 @@ def create_app(
         """Give a claim back: pending again, no retry counted; 409 for a stale job_id."""
         request = body or ReleaseRequest()
         agent = who.act_as(request.agent_id)
-        return _json(await calls(store.release, task_id, agent, request.job_id))
+        released = await calls(store.release, task_id, agent, request.job_id)
+        changes.bump("dispatch")
+        return _json(released)
 
     @app.post("/api/tasks/{task_id}/lease", response_model=Task, tags=["tasks"])
     async def renew_lease(who: Caller, task_id: str, body: LeaseRequest) -> Response:

@@ -1,0 +1,248 @@
+"""Long-polls of GET /api/tasks: runners and dispatchers wake on changes, not timers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agentic.allowance import AllowanceService
+from agentic.client import Claim, TaskClient
+from agentic.dispatcher import Dispatcher
+from agentic.errors import APIError
+from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.router import DefaultRouter
+from agentic.runner import AgentRunner
+from agentic.server._changes import Changes
+from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.testing import running_server
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[MemoryTaskStore, TaskClient]]:
+    """A memory task store behind a real server, and a client of it."""
+    store = MemoryTaskStore()
+    with running_server(store, requeue_interval=None) as url, TaskClient(url, token="") as api:
+        yield store, api
+
+
+def later(seconds: float, action: Callable[[], object]) -> threading.Thread:
+    """Run ``action`` in a thread after ``seconds``."""
+
+    def run() -> None:
+        time.sleep(seconds)
+        action()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def token_of(api: TaskClient, **filters: Any) -> str:
+    """The current change token of the topic these filters watch."""
+    _tasks, token = api.watch_tasks(**filters)
+    assert token is not None
+    return token
+
+
+def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.monotonic()
+    return call(), time.monotonic() - started
+
+
+# --- the server's change notices ---
+
+
+def test_a_create_wakes_a_dispatchers_wait(served: tuple[MemoryTaskStore, TaskClient]) -> None:
+    """A wait on the dispatch topic returns as soon as a task is created, with it listed
+    and a new token; with nothing happening it times out with the same token."""
+    _store, api = served
+    first, token = api.watch_tasks(status=TaskStatus.PENDING)
+    assert first == [] and token is not None
+    (tasks, same), took = timed(lambda: api.watch_tasks(token, 0.3, status=TaskStatus.PENDING))
+    assert (tasks, same, took >= 0.25) == ([], token, True)
+    later(0.2, lambda: api.create_task(Task(title="new")))
+    (tasks, new), took = timed(lambda: api.watch_tasks(token, 10, status=TaskStatus.PENDING))
+    assert [t.title for t in tasks] == ["new"] and new != token and took < 5
+
+
+@pytest.mark.parametrize("change", ["release", "complete", "update"])
+def test_every_change_that_frees_work_wakes_the_dispatcher(
+    served: tuple[MemoryTaskStore, TaskClient], change: str
+) -> None:
+    """A release, a completion and an update each wake a dispatcher's wait."""
+    store, api = served
+    task = store.claim(store.create(Task(title="t")).id, "a1", 60)
+    token = token_of(api)
+    actions: dict[str, Callable[[], object]] = {
+        "release": lambda: api.release_task(task.id, "a1"),
+        "complete": lambda: api.complete_task(task.id, TaskResult(success=True), "a1"),
+        "update": lambda: api.update_task(task.id, TaskUpdate(progress=50)),
+    }
+    later(0.2, actions[change])
+    (_tasks, new), took = timed(lambda: api.watch_tasks(token, 10))
+    assert new != token and took < 5
+
+
+def test_a_claim_wakes_only_its_agents_wait(served: tuple[MemoryTaskStore, TaskClient]) -> None:
+    """Claims wake the runner of the agent claimed for (batch claims too), not others."""
+    store, api = served
+    tasks = [store.create(Task(title=f"t{n}")) for n in range(3)]
+    mine, theirs = token_of(api, claimed_by="a1"), token_of(api, claimed_by="a2")
+    later(0.2, lambda: api.claim_task(tasks[0].id, "a1"))
+    (claimed, mine_now), took = timed(lambda: api.watch_tasks(mine, 10, claimed_by="a1"))
+    assert [t.id for t in claimed] == [tasks[0].id] and took < 5
+    assert mine_now is not None
+    later(0.2, lambda: api.claim_tasks([Claim(t.id, "a1") for t in tasks[1:]]))
+    (claimed, _t), took = timed(lambda: api.watch_tasks(mine_now, 10, claimed_by="a1"))
+    assert len(claimed) >= 2 and took < 5
+    (_l, still), took = timed(lambda: api.watch_tasks(theirs, 0.3, claimed_by="a2"))
+    assert still == theirs and took >= 0.25
+
+
+def test_a_token_of_another_server_waits_instead_of_answering_at_once(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """A token this server did not issue (another process, a restart) is not compared:
+    the wait runs its course, so a client alternating servers cannot spin."""
+    _store, api = served
+    (_l, token), took = timed(lambda: api.watch_tasks("elsewhere.7", 0.3))
+    assert took >= 0.25 and token and not token.startswith("elsewhere.")
+
+
+def test_a_wait_over_a_minute_is_refused(served: tuple[MemoryTaskStore, TaskClient]) -> None:
+    """wait is bounded (60 s): longer is a ConfigError before sending, 422 from the API."""
+    _store, api = served
+    with pytest.raises(Exception, match="wait must be"):
+        api.watch_tasks("", 61)
+    with pytest.raises(APIError) as refused:
+        api._request("GET", "/api/tasks", safe=True, params={"wait": "61"})
+    assert refused.value.code == 422
+
+
+def test_waiters_leave_nothing_behind() -> None:
+    """Topics waited on and timed out, or woken, keep no event around."""
+
+    async def scenario() -> Changes:
+        changes = Changes()
+        token = changes.token("claims:a")
+        await changes.wait("claims:a", token, 0.01)
+        waiter = asyncio.create_task(changes.wait("dispatch", changes.token("dispatch"), 5))
+        await asyncio.sleep(0.01)
+        changes.bump("dispatch")
+        assert (await waiter).endswith(".1")
+        return changes
+
+    changes = asyncio.run(scenario())
+    assert not changes._events and not changes._waiting
+
+
+# --- runners and dispatchers use them ---
+
+
+def test_a_runner_starts_a_claimed_task_long_before_its_poll_interval(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """With a 5 s poll interval, a task claimed for the agent starts within a second."""
+    store, api = served
+    started = threading.Event()
+    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
+    quota.set_allowance(AgentAllowance(agent_id="a1"))
+    runner = AgentRunner(
+        AgentInfo(id="a1", max_load=1),
+        api,
+        registry,
+        lambda task, ctx: started.set(),
+        AllowanceService(quota),
+        poll_interval=5.0,
+    )
+    runner.start()
+    try:
+        wait_until(lambda: registry.list() != [])
+        time.sleep(0.3)  # the runner is now in its long-poll
+        task = store.create(Task(title="t"))
+        claimed_at = time.monotonic()
+        api.claim_task(task.id, "a1")
+        assert started.wait(5)
+        assert time.monotonic() - claimed_at < 2.5
+    finally:
+        runner.stop()
+
+
+def test_a_dispatcher_dispatches_a_new_task_long_before_its_interval(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """With a 10 s interval, a task created while the dispatcher waits is claimed
+    within a second or two."""
+    store, api = served
+    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
+    registry.register(AgentInfo(id="a1", max_load=5))
+    quota.set_allowance(AgentAllowance(agent_id="a1"))
+    dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), api)
+    stop = threading.Event()
+    loop = threading.Thread(target=dispatcher.run, args=(stop, 10.0), daemon=True)
+    loop.start()
+    try:
+        time.sleep(0.5)  # the first pass found nothing; the dispatcher waits
+        created_at = time.monotonic()
+        task = api.create_task(Task(title="t"))
+        wait_until(lambda: store.get(task.id).status is TaskStatus.IN_PROGRESS, 5)
+        assert time.monotonic() - created_at < 3
+    finally:
+        stop.set()
+        loop.join(5)
+    assert not loop.is_alive() and dispatcher.errors == 0
+
+
+class NotWatching(TaskClient):
+    """A client of a server that does not watch: answers come at once, with no token."""
+
+    calls = 0
+
+    def watch_tasks(self, since: str = "", wait: float = 0.0, **filters: Any) -> Any:
+        self.calls += 1
+        tasks, _token = super().watch_tasks(**filters)
+        return tasks, None
+
+
+def test_without_watching_the_runner_polls_at_its_interval(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """Against a server without long-polls the runner reads every poll_interval: it
+    still takes its tasks, and never spins."""
+    store, api = served
+    client = NotWatching(api.base_url, token="")
+    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
+    quota.set_allowance(AgentAllowance(agent_id="a1"))
+    done = threading.Event()
+    runner = AgentRunner(
+        AgentInfo(id="a1", max_load=1),
+        client,
+        registry,
+        lambda task, ctx: done.set(),
+        AllowanceService(quota),
+        poll_interval=0.2,
+    )
+    runner.start()
+    try:
+        wait_until(lambda: registry.list() != [])
+        api.claim_task(store.create(Task(title="t")).id, "a1")
+        assert done.wait(5)
+        calls, time_then = client.calls, time.monotonic()
+        time.sleep(1.0)
+        assert client.calls - calls <= (time.monotonic() - time_then) / 0.2 + 2
+    finally:
+        runner.stop()
+        client.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
