@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -31,8 +32,10 @@ def served() -> Iterator[tuple[MemoryTaskStore, TaskClient]]:
         yield store, api
 
 
-def later(seconds: float, action: Callable[[], object]) -> threading.Thread:
-    """Run ``action`` in a thread after ``seconds``."""
+@contextmanager
+def later(seconds: float, action: Callable[[], object]) -> Iterator[None]:
+    """Run ``action`` in a thread after ``seconds``; the block waits for it to end,
+    so its request never outlives the client it uses."""
 
     def run() -> None:
         time.sleep(seconds)
@@ -40,7 +43,10 @@ def later(seconds: float, action: Callable[[], object]) -> threading.Thread:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        thread.join(10)
 
 
 def token_of(api: TaskClient, **filters: Any) -> str:
@@ -66,8 +72,8 @@ def test_a_create_wakes_a_dispatchers_wait(served: tuple[MemoryTaskStore, TaskCl
     assert first == [] and token is not None
     (tasks, same), took = timed(lambda: api.watch_tasks(token, 0.3, status=TaskStatus.PENDING))
     assert (tasks, same, took >= 0.25) == ([], token, True)
-    later(0.2, lambda: api.create_task(Task(title="new")))
-    (tasks, new), took = timed(lambda: api.watch_tasks(token, 10, status=TaskStatus.PENDING))
+    with later(0.2, lambda: api.create_task(Task(title="new"))):
+        (tasks, new), took = timed(lambda: api.watch_tasks(token, 10, status=TaskStatus.PENDING))
     assert [t.title for t in tasks] == ["new"] and new != token and took < 5
 
 
@@ -84,8 +90,8 @@ def test_every_change_that_frees_work_wakes_the_dispatcher(
         "complete": lambda: api.complete_task(task.id, TaskResult(success=True), "a1"),
         "update": lambda: api.update_task(task.id, TaskUpdate(progress=50)),
     }
-    later(0.2, actions[change])
-    (_tasks, new), took = timed(lambda: api.watch_tasks(token, 10))
+    with later(0.2, actions[change]):
+        (_tasks, new), took = timed(lambda: api.watch_tasks(token, 10))
     assert new != token and took < 5
 
 
@@ -94,12 +100,12 @@ def test_a_claim_wakes_only_its_agents_wait(served: tuple[MemoryTaskStore, TaskC
     store, api = served
     tasks = [store.create(Task(title=f"t{n}")) for n in range(3)]
     mine, theirs = token_of(api, claimed_by="a1"), token_of(api, claimed_by="a2")
-    later(0.2, lambda: api.claim_task(tasks[0].id, "a1"))
-    (claimed, mine_now), took = timed(lambda: api.watch_tasks(mine, 10, claimed_by="a1"))
+    with later(0.2, lambda: api.claim_task(tasks[0].id, "a1")):
+        (claimed, mine_now), took = timed(lambda: api.watch_tasks(mine, 10, claimed_by="a1"))
     assert [t.id for t in claimed] == [tasks[0].id] and took < 5
     assert mine_now is not None
-    later(0.2, lambda: api.claim_tasks([Claim(t.id, "a1") for t in tasks[1:]]))
-    (claimed, _t), took = timed(lambda: api.watch_tasks(mine_now, 10, claimed_by="a1"))
+    with later(0.2, lambda: api.claim_tasks([Claim(t.id, "a1") for t in tasks[1:]])):
+        (claimed, _t), took = timed(lambda: api.watch_tasks(mine_now, 10, claimed_by="a1"))
     assert len(claimed) >= 2 and took < 5
     (_l, still), took = timed(lambda: api.watch_tasks(theirs, 0.3, claimed_by="a2"))
     assert still == theirs and took >= 0.25
