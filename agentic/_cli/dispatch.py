@@ -47,7 +47,11 @@ def dispatch(
     store_url: StoreOption = None,
     interval: Annotated[
         float | None,
-        typer.Option(metavar="S", help="Seconds between passes (default: config's, 5)."),
+        typer.Option(
+            metavar="S",
+            help="Seconds between passes when no new work wakes the dispatcher"
+            " (default: config's, 5).",
+        ),
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Run one pass, print it, exit.")] = False,
     json_output: JsonOption = False,

@@ -2,13 +2,15 @@
 
 :class:`AgentRunner` registers the agent (capabilities, ``max_load``) and then:
 
-* **Takes work** claimed for it by a dispatcher: it polls the task API for tasks in
-  progress and claimed by its agent id, and starts those not running yet, at most
+* **Takes work** claimed for it by a dispatcher: it long-polls the task API for
+  tasks in progress and claimed by its agent id (answered as soon as a claim is made
+  for it; every ``poll_interval`` against a server that does not long-poll), and
+  starts those not running yet, at most
   ``max_load`` at a time (``max_workers`` when ``max_load`` is 0, unlimited). A task
   claimed beyond that is released at once (pending again, no retry counted, its
   reservation cancelled) rather than left to wait while its lease runs out.
-* **Stays visible**: a background thread heartbeats with the current load (at once
-  when the load changes, else every ``heartbeat_interval``), renews the lease of
+* **Stays visible**: a background thread heartbeats with the current load (within
+  0.1 s of a change, else every ``heartbeat_interval``), renews the lease of
   every task it holds, and flushes log lines. A lease that cannot be renewed
   because the task is no longer ours cancels the handler; nothing is reported for it.
 * **Runs each task** in its own thread with a :class:`TaskContext`. After
