@@ -28,13 +28,20 @@ __all__ = [
     "error_from",
     "fenced",
     "parse",
+    "same_source",
     "task_path",
 ]
 
 T = TypeVar("T")
 
-#: the answer header of GET /api/tasks holding the watched topic's token (long-polls)
+#: the answer header of GET /api/tasks holding the watched topic's token (long-polls):
+#: "<server process id>.<change count>"
 CHANGES_HEADER = "X-Agentic-Changes"
+
+
+def same_source(token: str, other: str) -> bool:
+    """Whether two change tokens come from one server process (only then comparable)."""
+    return token.partition(".")[0] == other.partition(".")[0]
 
 
 class _Offset(BaseModel):

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._client_wire import same_source
 from ._signals import stop_on_signals
 from .allowance import AllowanceService
 from .client import MAX_CLAIM_BATCH, Claim, TaskClient
@@ -78,6 +79,10 @@ log = logging.getLogger(__name__)
 _REMEMBERED = 10_000
 #: seconds of one long-poll for new work: how soon a stop is seen while waiting
 _WATCH_CHUNK = 2.0
+#: seconds between passes at least (at most the interval): changes coalesce
+_MIN_GAP = 0.1
+#: seconds before a second look after a woken pass left tasks waiting
+_FOLLOW_UP = 0.25
 #: answers to a batch of claims meaning "no such route here": claim one by one instead
 _NO_BATCHES = frozenset({404, 405, 501})
 
@@ -507,11 +512,13 @@ class Dispatcher:
         # a change made while the pass runs is one the next wait returns on at once.
         # None: the server does not watch (sleep instead); "": not known yet.
         token: str | None = ""
+        woken = False  # this pass began because of a change, not the interval
         try:
             while not stop.is_set():
                 started = time.monotonic()
                 if token == "":
                     token = self._watch("", 0.0)
+                waiting = False
                 try:
                     report = self.run_once()
                 except AgenticError as exc:
@@ -524,34 +531,47 @@ class Dispatcher:
                     log.exception("dispatch pass failed unexpectedly (%d in a row)", failures)
                 else:
                     failures = 0
+                    waiting = bool(report.waiting)
                     log.info("dispatch pass: %s", report.summary())
-                wait = max(0.0, interval * min(2**failures, 10) - (time.monotonic() - started))
+                pause = interval * min(2**failures, 10)
+                if woken and waiting and not failures:
+                    # Woken by a change (a task finished, say) with tasks left waiting:
+                    # agents publish their load a heartbeat later (0.1 s), so a freed
+                    # slot may not have shown yet. One more look, soon.
+                    pause = min(pause, _FOLLOW_UP)
+                pause = max(0.0, pause - (time.monotonic() - started))
                 if failures or token is None:
-                    stop.wait(wait)
-                    if failures and token is not None:
-                        token = ""  # after an outage, take a fresh token before the pass
-                elif wait:
-                    token = self._wait_for_work(token, wait, stop)
+                    stop.wait(pause)
+                    token, woken = "", False  # ask again whether the server watches
+                else:
+                    token, woken = self._wait_for_work(token, pause, stop)
+                # Never two passes closer than this: changes arriving faster (a busy
+                # fleet, a claim and release ping-pong) coalesce instead of spinning.
+                rest = min(_MIN_GAP, interval) - (time.monotonic() - started)
+                if rest > 0:
+                    stop.wait(rest)
         finally:
             restore()
 
-    def _wait_for_work(self, token: str, wait: float, stop: threading.Event) -> str | None:
+    def _wait_for_work(self, token: str, wait: float, stop: threading.Event) -> tuple[str, bool]:
         """Wait until the task API reports a change since ``token``, ``wait`` seconds
-        pass or ``stop`` is set; the token to go on with.
+        pass or ``stop`` is set: the token to go on with, and whether it changed.
 
         Asked in long-polls of at most ``_WATCH_CHUNK`` seconds, so that ``stop`` is
-        seen that soon. If the server cannot be asked, this waits as plain polling
-        would (never a pass without a pause).
+        seen that soon. A token from another server process (behind a load balancer)
+        says nothing of a change: the wait goes on with it. If the server cannot be
+        asked, this waits as plain polling would (never a pass without a pause).
         """
         deadline = time.monotonic() + wait
         while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
             new = self._watch(token, min(left, _WATCH_CHUNK))
-            if new == "":
+            if not new:  # could not ask, or the server stopped watching
                 stop.wait(left)
-                return ""
-            if new != token:
-                return new
-        return token
+                return "", False
+            if new != token and same_source(new, token):
+                return new, True
+            token = new
+        return token, False
 
     def _watch(self, token: str, wait: float) -> str | None:
         """The task API's change token once it moved past ``token`` (or after ``wait``

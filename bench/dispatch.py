@@ -122,6 +122,12 @@ class Polls:
     def every(cls, seconds: float) -> Polls:
         return cls(seconds, seconds, seconds, f"every poll {seconds:g} s")
 
+    @property
+    def timed(self) -> bool:
+        """Whether arq's poll, more than the work, bounds its throughput: in a closed
+        loop of 10 it runs at most 10 jobs per poll."""
+        return self.arq > TUNED_POLL
+
     def __str__(self) -> str:
         return (
             f"{self.name} (runner {self.runner:g} s, dispatcher {self.dispatcher:g} s,"
@@ -663,6 +669,15 @@ def report(runs: dict[str, list[Run]], polls: Polls, burst: bool) -> None:
     if "agentic redis" not in median:
         return
     ratio = median["agentic redis"].rate / arq_rate
+    if polls.timed:
+        # arq's worker waits for its poll, agentic's are woken: this compares designs'
+        # latency, not their cost; the target is judged with every poll tuned down.
+        print(
+            f"\nagentic on Redis / arq: {ratio:.2f}x tasks/s at these intervals"
+            f" (arq is bound by its {polls.arq:g} s poll here; the target is judged"
+            f" with every poll at {TUNED_POLL:g} s)"
+        )
+        return
     verdict = "met" if ratio >= TARGET else "MISSED"
     print(f"\nagentic on Redis / arq: {ratio:.2f}x tasks/s (target >= {TARGET:.1f}x): {verdict}")
 

@@ -15,7 +15,15 @@ from agentic.allowance import AllowanceService
 from agentic.client import Claim, TaskClient
 from agentic.dispatcher import Dispatcher
 from agentic.errors import APIError
-from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    Task,
+    TaskResult,
+    TaskStatus,
+    TaskUpdate,
+    utcnow,
+)
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner
 from agentic.server._changes import Changes
@@ -81,18 +89,42 @@ def test_a_create_wakes_a_dispatchers_wait(served: tuple[MemoryTaskStore, TaskCl
 def test_every_change_that_frees_work_wakes_the_dispatcher(
     served: tuple[MemoryTaskStore, TaskClient], change: str
 ) -> None:
-    """A release, a completion and an update each wake a dispatcher's wait."""
+    """A release, a completion and an update of a dispatch field (here the time of the
+    next attempt) each wake a dispatcher's wait."""
     store, api = served
     task = store.claim(store.create(Task(title="t")).id, "a1", 60)
     token = token_of(api)
     actions: dict[str, Callable[[], object]] = {
         "release": lambda: api.release_task(task.id, "a1"),
         "complete": lambda: api.complete_task(task.id, TaskResult(success=True), "a1"),
-        "update": lambda: api.update_task(task.id, TaskUpdate(progress=50)),
+        "update": lambda: api.update_task(task.id, TaskUpdate(next_attempt_at=utcnow())),
     }
     with later(0.2, actions[change]):
         (_tasks, new), took = timed(lambda: api.watch_tasks(token, 10))
     assert new != token and took < 5
+
+
+def test_progress_and_notes_wake_no_dispatcher(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """Updates written while a task runs (progress, notes) change nothing a dispatcher
+    can act on: its wait runs its course."""
+    store, api = served
+    task = store.claim(store.create(Task(title="t")).id, "a1", 60)
+    token = token_of(api)
+    with later(0.1, lambda: api.update_task(task.id, TaskUpdate(progress=50, notes="half"))):
+        (_l, same), took = timed(lambda: api.watch_tasks(token, 0.5))
+    assert same == token and took >= 0.45
+
+
+def test_a_requeued_lease_wakes_the_dispatcher() -> None:
+    """A task requeued because its lease expired is new work: the wait ends at once."""
+    store = MemoryTaskStore()
+    store.claim(store.create(Task(title="t")).id, "gone", 0.2)
+    with running_server(store, requeue_interval=0.1) as url, TaskClient(url, token="") as api:
+        token = token_of(api)
+        (tasks, new), took = timed(lambda: api.watch_tasks(token, 10, status=TaskStatus.PENDING))
+    assert [t.title for t in tasks] == ["t"] and new != token and took < 5
 
 
 def test_a_claim_wakes_only_its_agents_wait(served: tuple[MemoryTaskStore, TaskClient]) -> None:
@@ -175,7 +207,7 @@ def test_a_runner_starts_a_claimed_task_long_before_its_poll_interval(
         claimed_at = time.monotonic()
         api.claim_task(task.id, "a1")
         assert started.wait(5)
-        assert time.monotonic() - claimed_at < 2.5
+        assert time.monotonic() - claimed_at < 1.0  # not its 2 s long-poll running out
     finally:
         runner.stop()
 
@@ -252,3 +284,105 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+class Replicas(TaskClient):
+    """Each long-poll is answered by another server process: after its full wait, with
+    that process's token (a load balancer alternating between two replicas)."""
+
+    def __init__(self) -> None:
+        super().__init__("http://replicas.invalid", token="")
+        self.calls = 0
+
+    def watch_tasks(self, since: str = "", wait: float = 0.0, **filters: Any) -> Any:
+        self.calls += 1
+        time.sleep(wait)
+        return [], f"replica{(self.calls - 1) % 2}.7"  # replica0 first, then replica1
+
+
+def test_tokens_of_other_replicas_are_not_taken_for_changes() -> None:
+    """Behind a load balancer a wait answered by another replica returns its own token
+    after its full wait: the dispatcher keeps waiting to its interval, it does not run
+    a pass every long-poll."""
+    client = Replicas()
+    dispatcher = Dispatcher(
+        MemoryRegistry(), DefaultRouter(), AllowanceService(MemoryAllowanceStore()), client
+    )
+    started = time.monotonic()
+    token, changed = dispatcher._wait_for_work("replica1.3", 0.6, threading.Event())
+    assert not changed and token.startswith("replica")
+    assert time.monotonic() - started >= 0.55
+    client.close()
+
+
+def test_a_finished_task_frees_its_agent_for_the_next_at_once(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """One agent that takes one task at a time, a backlog of five, a 5 s interval: each
+    completion lets the next task go out within a fraction of a second, though the
+    agent publishes its freed slot a heartbeat after the completion wakes the
+    dispatcher (the dispatcher looks again shortly after a woken pass)."""
+    store, api = served
+    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
+    quota.set_allowance(AgentAllowance(agent_id="a1"))
+    runner = AgentRunner(
+        AgentInfo(id="a1", max_load=1),
+        api,
+        registry,
+        lambda task, ctx: time.sleep(0.05),
+        AllowanceService(quota),
+    )
+    runner.start()
+    dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), api)
+    stop = threading.Event()
+    loop = threading.Thread(target=dispatcher.run, args=(stop, 5.0), daemon=True)
+    try:
+        wait_until(lambda: registry.list() != [])
+        tasks = [store.create(Task(title=f"t{n}")) for n in range(5)]
+        started = time.monotonic()
+        loop.start()
+        wait_until(lambda: all(store.get(t.id).status is TaskStatus.COMPLETED for t in tasks), 20)
+        assert time.monotonic() - started < 4  # one interval would be 5 s per task
+    finally:
+        stop.set()
+        loop.join(5)
+        runner.stop()
+
+
+def test_an_unlimited_agent_capped_by_its_workers_is_not_over_routed(
+    served: tuple[MemoryTaskStore, TaskClient],
+) -> None:
+    """An agent registered unlimited whose runner runs one task at a time is published
+    with that limit: the dispatcher routes it one task, not three to give back in a
+    claim-and-release ping-pong."""
+    store, api = served
+    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
+    quota.set_allowance(AgentAllowance(agent_id="a1"))
+    release = threading.Event()
+    runner = AgentRunner(
+        AgentInfo(id="a1", max_load=0),
+        api,
+        registry,
+        lambda task, ctx: None if release.wait(5) else "timed out",
+        AllowanceService(quota),
+        max_workers=1,
+    )
+    runner.start()
+    dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), api)
+    stop = threading.Event()
+    loop = threading.Thread(target=dispatcher.run, args=(stop, 5.0), daemon=True)
+    try:
+        wait_until(lambda: registry.list() != [])
+        assert registry.get("a1").max_load == 1
+        for n in range(3):
+            store.create(Task(title=f"t{n}"))
+        loop.start()
+        time.sleep(1.0)
+        assert runner.released == 0
+        running = [t for t in store.list() if t.status is TaskStatus.IN_PROGRESS]
+        assert len(running) == 1
+    finally:
+        release.set()
+        stop.set()
+        loop.join(5)
+        runner.stop()

@@ -18,8 +18,9 @@ log = logging.getLogger("agentic.runner")
 class Presence:
     """Keeps ``info`` registered while the runner works, with ``load()`` as its load.
 
-    While ``paused()`` the agent is published full (load = max_load; an unlimited
-    agent gets ``capacity`` as a limit for the while), so dispatchers route elsewhere;
+    An agent registered unlimited (``max_load`` 0) is published with ``capacity`` as
+    its limit: the most it runs at once. While ``paused()`` it is published full
+    (load = that limit), so dispatchers route elsewhere;
     the entry is registered again whenever that changes. Heartbeat (which may register
     again) and deregistration hold one lock, so an agent that is shutting down is
     never brought back by a late heartbeat.
@@ -103,8 +104,11 @@ class Presence:
         self._published_paused = paused
 
     def _current(self, paused: bool) -> AgentInfo:
+        # An "unlimited" agent still runs at most capacity (max_workers) at once, so that
+        # is its published limit: routed more, it would give tasks back as fast as
+        # dispatchers claim them for it.
+        limit = self.info.max_load or self._capacity
         if paused:
             # Fixed while paused: finished tasks must not make room below it.
-            full = self.info.max_load or self._capacity
-            return self.info.model_copy(update={"max_load": full, "current_load": full})
-        return self.info.model_copy(update={"current_load": self._load()})
+            return self.info.model_copy(update={"max_load": limit, "current_load": limit})
+        return self.info.model_copy(update={"max_load": limit, "current_load": self._load()})

@@ -37,7 +37,7 @@ class Changes:
 
     def token(self, topic: str) -> str:
         """Where ``topic`` stands now, as a waiter passes it back."""
-        return f"{self.instance}.{self._counts[topic]}"
+        return f"{self.instance}.{self._counts.get(topic, 0)}"  # get: no key per query
 
     def bump(self, *topics: str) -> None:
         """Record a change of each topic and wake its waiters."""

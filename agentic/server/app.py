@@ -77,6 +77,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 _MAX_LIST = 10_000
 _MAX_WAIT = 60.0
+# The fields of an update that may let a dispatcher do more (a task pending again, a
+# backoff moved); progress and notes, written while tasks run, wake nobody.
+_DISPATCH_FIELDS = frozenset({"status", "next_attempt_at"})
 _WAIT_DOC = "long-poll: wait up to this many seconds for a change since `since`"
 _SINCE_DOC = "the X-Agentic-Changes token of the previous answer"
 _LATE = "not attempted: the batch's time_limit passed first; claim it again"
@@ -265,7 +268,8 @@ def create_app(
                 raise APIError("an agent token may only update progress and notes", 403)
             await require_holder(who, task_id, "update")
         updated = await calls(store.update, task_id, update)
-        changes.bump("dispatch")
+        if update.model_fields_set & _DISPATCH_FIELDS:  # not progress or notes
+            changes.bump("dispatch")
         return _json(updated)
 
     @app.post("/api/tasks/{task_id}/claim", response_model=TaskResponse, tags=["tasks"])
