@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -65,6 +66,7 @@ def token_of(api: TaskClient, **filters: Any) -> str:
 
 
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:
+    """What ``call()`` returned, and the seconds it took."""
     started = time.monotonic()
     return call(), time.monotonic() - started
 
@@ -183,58 +185,100 @@ def test_waiters_leave_nothing_behind() -> None:
 # --- runners and dispatchers use them ---
 
 
+@dataclass
+class Fleet:
+    """Agent "a1" (its registry and allowance) and the runners and dispatcher loops
+    started for it; ``close`` stops them all."""
+
+    api: TaskClient
+    registry: MemoryRegistry = field(default_factory=MemoryRegistry)
+    quota: MemoryAllowanceStore = field(default_factory=MemoryAllowanceStore)
+    _stops: list[Callable[[], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.quota.set_allowance(AgentAllowance(agent_id="a1"))
+
+    def runner(
+        self,
+        handler: Any,
+        *,
+        max_load: int = 1,
+        client: TaskClient | None = None,
+        **options: Any,
+    ) -> AgentRunner:
+        """Start a runner for a1 and wait until it is registered."""
+        runner = AgentRunner(
+            AgentInfo(id="a1", max_load=max_load),
+            client or self.api,
+            self.registry,
+            handler,
+            AllowanceService(self.quota),
+            **options,
+        )
+        runner.start()
+        self._stops.append(runner.stop)
+        wait_until(lambda: self.registry.list() != [])
+        return runner
+
+    def dispatcher(self, interval: float) -> Dispatcher:
+        """Start Dispatcher.run(interval) in a thread."""
+        dispatcher = Dispatcher(
+            self.registry, DefaultRouter(), AllowanceService(self.quota), self.api
+        )
+        stop = threading.Event()
+        loop = threading.Thread(target=dispatcher.run, args=(stop, interval), daemon=True)
+        loop.start()
+
+        def end() -> None:
+            stop.set()
+            loop.join(5)
+            assert not loop.is_alive()
+
+        self._stops.insert(0, end)
+        return dispatcher
+
+    def close(self) -> None:
+        for stop in self._stops:
+            stop()
+
+
+@pytest.fixture
+def fleet(served: tuple[MemoryTaskStore, TaskClient]) -> Iterator[Fleet]:
+    """A fleet of agent a1 on the served task API, stopped after the test."""
+    made = Fleet(served[1])
+    yield made
+    made.close()
+
+
 def test_a_runner_starts_a_claimed_task_long_before_its_poll_interval(
-    served: tuple[MemoryTaskStore, TaskClient],
+    served: tuple[MemoryTaskStore, TaskClient], fleet: Fleet
 ) -> None:
     """With a 5 s poll interval, a task claimed for the agent starts within a second."""
     store, api = served
     started = threading.Event()
-    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
-    quota.set_allowance(AgentAllowance(agent_id="a1"))
-    runner = AgentRunner(
-        AgentInfo(id="a1", max_load=1),
-        api,
-        registry,
-        lambda task, ctx: started.set(),
-        AllowanceService(quota),
-        poll_interval=5.0,
-    )
-    runner.start()
-    try:
-        wait_until(lambda: registry.list() != [])
-        time.sleep(0.3)  # the runner is now in its long-poll
-        task = store.create(Task(title="t"))
-        claimed_at = time.monotonic()
-        api.claim_task(task.id, "a1")
-        assert started.wait(5)
-        assert time.monotonic() - claimed_at < 1.0  # not its 2 s long-poll running out
-    finally:
-        runner.stop()
+    fleet.runner(lambda task, ctx: started.set(), poll_interval=5.0)
+    time.sleep(0.3)  # the runner is now in its long-poll
+    task = store.create(Task(title="t"))
+    claimed_at = time.monotonic()
+    api.claim_task(task.id, "a1")
+    assert started.wait(5)
+    assert time.monotonic() - claimed_at < 1.0  # not its 2 s long-poll running out
 
 
 def test_a_dispatcher_dispatches_a_new_task_long_before_its_interval(
-    served: tuple[MemoryTaskStore, TaskClient],
+    served: tuple[MemoryTaskStore, TaskClient], fleet: Fleet
 ) -> None:
     """With a 10 s interval, a task created while the dispatcher waits is claimed
     within a second or two."""
     store, api = served
-    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
-    registry.register(AgentInfo(id="a1", max_load=5))
-    quota.set_allowance(AgentAllowance(agent_id="a1"))
-    dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), api)
-    stop = threading.Event()
-    loop = threading.Thread(target=dispatcher.run, args=(stop, 10.0), daemon=True)
-    loop.start()
-    try:
-        time.sleep(0.5)  # the first pass found nothing; the dispatcher waits
-        created_at = time.monotonic()
-        task = api.create_task(Task(title="t"))
-        wait_until(lambda: store.get(task.id).status is TaskStatus.IN_PROGRESS, 5)
-        assert time.monotonic() - created_at < 3
-    finally:
-        stop.set()
-        loop.join(5)
-    assert not loop.is_alive() and dispatcher.errors == 0
+    fleet.registry.register(AgentInfo(id="a1", max_load=5))
+    dispatcher = fleet.dispatcher(10.0)
+    time.sleep(0.5)  # the first pass found nothing; the dispatcher waits
+    created_at = time.monotonic()
+    task = api.create_task(Task(title="t"))
+    wait_until(lambda: store.get(task.id).status is TaskStatus.IN_PROGRESS, 5)
+    assert time.monotonic() - created_at < 3
+    assert dispatcher.errors == 0
 
 
 class NotWatching(TaskClient):
@@ -249,41 +293,21 @@ class NotWatching(TaskClient):
 
 
 def test_without_watching_the_runner_polls_at_its_interval(
-    served: tuple[MemoryTaskStore, TaskClient],
+    served: tuple[MemoryTaskStore, TaskClient], fleet: Fleet
 ) -> None:
     """Against a server without long-polls the runner reads every poll_interval: it
     still takes its tasks, and never spins."""
     store, api = served
     client = NotWatching(api.base_url, token="")
-    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
-    quota.set_allowance(AgentAllowance(agent_id="a1"))
     done = threading.Event()
-    runner = AgentRunner(
-        AgentInfo(id="a1", max_load=1),
-        client,
-        registry,
-        lambda task, ctx: done.set(),
-        AllowanceService(quota),
-        poll_interval=0.2,
-    )
-    runner.start()
-    try:
-        wait_until(lambda: registry.list() != [])
-        api.claim_task(store.create(Task(title="t")).id, "a1")
-        assert done.wait(5)
-        calls, time_then = client.calls, time.monotonic()
-        time.sleep(1.0)
-        assert client.calls - calls <= (time.monotonic() - time_then) / 0.2 + 2
-    finally:
-        runner.stop()
-        client.close()
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+    fleet.runner(lambda task, ctx: done.set(), client=client, poll_interval=0.2)
+    api.claim_task(store.create(Task(title="t")).id, "a1")
+    assert done.wait(5)
+    calls, time_then = client.calls, time.monotonic()
+    time.sleep(1.0)
+    assert client.calls - calls <= (time.monotonic() - time_then) / 0.2 + 2
+    fleet.close()
+    client.close()
 
 
 class Replicas(TaskClient):
@@ -316,73 +340,45 @@ def test_tokens_of_other_replicas_are_not_taken_for_changes() -> None:
 
 
 def test_a_finished_task_frees_its_agent_for_the_next_at_once(
-    served: tuple[MemoryTaskStore, TaskClient],
+    served: tuple[MemoryTaskStore, TaskClient], fleet: Fleet
 ) -> None:
     """One agent that takes one task at a time, a backlog of five, a 5 s interval: each
     completion lets the next task go out within a fraction of a second, though the
     agent publishes its freed slot a heartbeat after the completion wakes the
     dispatcher (the dispatcher looks again shortly after a woken pass)."""
-    store, api = served
-    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
-    quota.set_allowance(AgentAllowance(agent_id="a1"))
-    runner = AgentRunner(
-        AgentInfo(id="a1", max_load=1),
-        api,
-        registry,
-        lambda task, ctx: time.sleep(0.05),
-        AllowanceService(quota),
-    )
-    runner.start()
-    dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), api)
-    stop = threading.Event()
-    loop = threading.Thread(target=dispatcher.run, args=(stop, 5.0), daemon=True)
-    try:
-        wait_until(lambda: registry.list() != [])
-        tasks = [store.create(Task(title=f"t{n}")) for n in range(5)]
-        started = time.monotonic()
-        loop.start()
-        wait_until(lambda: all(store.get(t.id).status is TaskStatus.COMPLETED for t in tasks), 20)
-        assert time.monotonic() - started < 4  # one interval would be 5 s per task
-    finally:
-        stop.set()
-        loop.join(5)
-        runner.stop()
+    store, _api = served
+    fleet.runner(lambda task, ctx: time.sleep(0.05))
+    tasks = [store.create(Task(title=f"t{n}")) for n in range(5)]
+    started = time.monotonic()
+    fleet.dispatcher(5.0)
+    wait_until(lambda: all(store.get(t.id).status is TaskStatus.COMPLETED for t in tasks), 20)
+    assert time.monotonic() - started < 4  # one interval would be 5 s per task
 
 
 def test_an_unlimited_agent_capped_by_its_workers_is_not_over_routed(
-    served: tuple[MemoryTaskStore, TaskClient],
+    served: tuple[MemoryTaskStore, TaskClient], fleet: Fleet
 ) -> None:
     """An agent registered unlimited whose runner runs one task at a time is published
     with that limit: the dispatcher routes it one task, not three to give back in a
     claim-and-release ping-pong."""
-    store, api = served
-    registry, quota = MemoryRegistry(), MemoryAllowanceStore()
-    quota.set_allowance(AgentAllowance(agent_id="a1"))
+    store, _api = served
     release = threading.Event()
-    runner = AgentRunner(
-        AgentInfo(id="a1", max_load=0),
-        api,
-        registry,
-        lambda task, ctx: None if release.wait(5) else "timed out",
-        AllowanceService(quota),
-        max_workers=1,
+    runner = fleet.runner(
+        lambda task, ctx: None if release.wait(5) else "timed out", max_load=0, max_workers=1
     )
-    runner.start()
-    dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), api)
-    stop = threading.Event()
-    loop = threading.Thread(target=dispatcher.run, args=(stop, 5.0), daemon=True)
-    try:
-        wait_until(lambda: registry.list() != [])
-        assert registry.get("a1").max_load == 1
-        for n in range(3):
-            store.create(Task(title=f"t{n}"))
-        loop.start()
-        time.sleep(1.0)
-        assert runner.released == 0
-        running = [t for t in store.list() if t.status is TaskStatus.IN_PROGRESS]
-        assert len(running) == 1
-    finally:
-        release.set()
-        stop.set()
-        loop.join(5)
-        runner.stop()
+    assert fleet.registry.get("a1").max_load == 1
+    for n in range(3):
+        store.create(Task(title=f"t{n}"))
+    fleet.dispatcher(5.0)
+    time.sleep(1.0)
+    assert runner.released == 0
+    assert len([t for t in store.list() if t.status is TaskStatus.IN_PROGRESS]) == 1
+    release.set()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``predicate()`` until it is true, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
