@@ -80,7 +80,7 @@ _REMEMBERED = 10_000
 #: seconds of one long-poll for new work: how soon a stop is seen while waiting
 _WATCH_CHUNK = 2.0
 #: seconds between passes at least (at most the interval): changes coalesce
-_MIN_GAP = 0.1
+_MIN_GAP = 0.05
 #: seconds before a second look after a woken pass left tasks waiting
 _FOLLOW_UP = 0.25
 #: answers to a batch of claims meaning "no such route here": claim one by one instead
