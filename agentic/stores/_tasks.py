@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError, ConflictError
 from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from ._task_conflicts import claim_conflict, require_holder
+from .base import require_id
 
 __all__ = [
     "FINAL",
@@ -115,6 +116,18 @@ def require_retry_at(retry_at: float | None) -> float | None:
     if not math.isfinite(retry_at):
         raise ConfigError(f"retry_at must be finite, got {retry_at!r}")
     return float(retry_at)
+
+
+def require_completion(
+    result: TaskResult, agent_id: str | None, retry_at: float | None, job_id: str | None
+) -> float | None:
+    """Check the arguments of ``TaskStore.complete``; the ``retry_at`` to use."""
+    if not isinstance(result, TaskResult):
+        raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
+    if agent_id is not None:
+        require_id("agent id", agent_id)
+    require_fence(job_id)
+    return require_retry_at(retry_at)
 
 
 def require_job_id(job_id: str) -> str:

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ...errors import ConfigError, ConflictError, NotFoundError
+from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
@@ -171,12 +171,7 @@ class MemoryTaskStore(TaskStore):
         retry_at: float | None = None,
         job_id: str | None = None,
     ) -> Task:
-        if not isinstance(result, TaskResult):
-            raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
-        if agent_id is not None:
-            require_id("agent id", agent_id)
-        retry_at = rules.require_retry_at(retry_at)
-        rules.require_fence(job_id)
+        retry_at = rules.require_completion(result, agent_id, retry_at, job_id)
         with self._lock:
             task = self._get(task_id)
             rules.require_holder(task, agent_id, "complete", job_id)

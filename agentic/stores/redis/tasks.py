@@ -243,9 +243,7 @@ class RedisTaskStore(TaskStore):
         retry_at: float | None = None,
         job_id: str | None = None,
     ) -> Task:
-        if not isinstance(result, TaskResult):
-            raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
-        retry_at = rules.require_retry_at(retry_at)
+        retry_at = rules.require_completion(result, agent_id, retry_at, job_id)
         return self._hold(
             task_id,
             "complete",

@@ -21,7 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
-from ...errors import ConfigError, ConflictError, NotFoundError
+from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
@@ -324,12 +324,7 @@ class SQLiteTaskStore(TaskStore):
         retry_at: float | None = None,
         job_id: str | None = None,
     ) -> Task:
-        if not isinstance(result, TaskResult):
-            raise ConfigError(f"complete needs a TaskResult, got {type(result).__name__}")
-        if agent_id is not None:
-            require_id("agent id", agent_id)
-        retry_at = rules.require_retry_at(retry_at)
-        rules.require_fence(job_id)
+        retry_at = rules.require_completion(result, agent_id, retry_at, job_id)
         with self._db.transaction(f"completing task {task_id!r}") as conn:
             task = self._load(conn, task_id)
             rules.require_holder(task, agent_id, "complete", job_id)
