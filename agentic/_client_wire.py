@@ -19,6 +19,7 @@ from .stores.base import require_id
 __all__ = [
     "ANSWER",
     "CHANGES_HEADER",
+    "FEATURES",
     "CLAIMS",
     "OFFSET",
     "PAGE",
@@ -37,6 +38,11 @@ T = TypeVar("T")
 #: the answer header of GET /api/tasks holding the watched topic's token (long-polls):
 #: "<server process id>.<change count>"
 CHANGES_HEADER = "X-Agentic-Changes"
+
+
+#: what this version's task API does beyond go-agentic's, as its health check lists it
+#: (clients check for them: a server that predates one ignores what it needs)
+FEATURES = ("attempt_fencing", "batch_claims", "long_polls")
 
 
 def same_source(token: str, other: str) -> bool:

@@ -465,10 +465,26 @@ class TaskClient:
     def ping(self) -> None:
         """Raise unless the server answers its health check (``/v1/health``, else the older
         ``/api/health``)."""
+        self._health()
+
+    def server_features(self) -> frozenset[str]:
+        """What the server does beyond go-agentic's API, as its health check lists it
+        (``attempt_fencing``, ``batch_claims``, ``long_polls``); empty for a server
+        that lists none (older, or go-agentic's)."""
         try:
-            self._request("GET", "/v1/health", safe=True)
+            body = self._health().json()
+        except ValueError:
+            return frozenset()
+        features = body.get("features") if isinstance(body, dict) else None
+        if not isinstance(features, list):
+            return frozenset()
+        return frozenset(str(feature) for feature in features)
+
+    def _health(self) -> httpx.Response:
+        try:
+            return self._request("GET", "/v1/health", safe=True)
         except NotFoundError:
-            self._request("GET", "/api/health", safe=True)
+            return self._request("GET", "/api/health", safe=True)
 
 
 def _list_params(

@@ -206,6 +206,18 @@ def test_claim_tasks_is_never_repeated_and_limits_its_size(
     assert route.call_count == 1
 
 
+def test_server_features_read_the_health_check(client: TaskClient, mock: respx.MockRouter) -> None:
+    """server_features lists what the health check names; a server that names none
+    (go-agentic's plain {"status": "ok"}, or a body that is not JSON) has none."""
+    route = mock.get("/v1/health")
+    route.respond(200, json={"status": "ok", "features": ["attempt_fencing", "long_polls"]})
+    assert client.server_features() == {"attempt_fencing", "long_polls"}
+    route.respond(200, json={"status": "ok"})
+    assert client.server_features() == frozenset()
+    route.respond(200, text="fine")
+    assert client.server_features() == frozenset()
+
+
 def test_update_task_sends_only_set_fields(client: TaskClient, mock: respx.MockRouter) -> None:
     """update_task PATCHes the fields that are not None."""
     route = mock.patch("/api/tasks/t1").respond(200, json=task_json(progress=40))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import threading
@@ -719,3 +720,23 @@ def test_load_changes_are_published_at_most_every_tenth_of_a_second(system: Syst
     assert counting.beats <= 2 + elapsed / 0.1 + 2  # registration, spaced beats, the last
     assert counting.beats < 60
     runner.stop()
+
+
+class OldServer(TaskClient):
+    """A client of a task API that lists no features (older, or go-agentic's)."""
+
+    def server_features(self) -> frozenset[str]:
+        return frozenset()
+
+
+@pytest.mark.parametrize("old", [True, False], ids=["old server", "this server"])
+def test_a_server_without_attempt_fencing_is_named_at_start(
+    system: System, caplog: pytest.LogCaptureFixture, old: bool
+) -> None:
+    """A runner warns at start when the task API does not list attempt_fencing (job
+    ids would be ignored); against this server it says nothing."""
+    client = OldServer(system.url, token="", retries=0) if old else None
+    with caplog.at_level(logging.WARNING, logger="agentic"):
+        runner = system.started(lambda task, ctx: "done", client=client)
+        runner.stop()
+    assert ("does not list attempt_fencing" in caplog.text) is old

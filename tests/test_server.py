@@ -92,7 +92,9 @@ def assert_error(response: Any, status: int) -> dict[str, Any]:
 
 def test_health_and_metrics_need_no_token(api: TestClient) -> None:
     """Both health paths and /metrics answer without a token."""
-    assert api.get("/v1/health").json() == {"status": "ok"}
+    health = api.get("/v1/health").json()
+    assert health["status"] == "ok" and health["version"]
+    assert set(health["features"]) == {"attempt_fencing", "batch_claims", "long_polls"}
     assert api.get("/api/health").status_code == 200
     response = api.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")

@@ -172,6 +172,7 @@ class AgentRunner:
                 return
             self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
             log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
+            self._check_server()
             maintenance = threading.Thread(
                 target=self._maintain, name=f"agentic-runner-{self.agent_id}", daemon=True
             )
@@ -204,6 +205,23 @@ class AgentRunner:
 
     def _shutdown_bound(self) -> float:
         return self.grace_period + self.cancel_grace + self.reporter.bound() + 30.0
+
+    def _check_server(self) -> None:
+        """Warn when the task API does not fence attempts: its runs are then guarded
+        by the holder's agent id alone."""
+        try:
+            features = self.client.server_features()
+        except AgenticError as exc:  # the poll loop reports an unreachable server
+            log.debug("could not read the task API's features: %s", exc)
+            return
+        if "attempt_fencing" not in features:
+            log.warning(
+                "the task API at %s does not list attempt_fencing (an older agentic"
+                " server, or go-agentic's): it ignores job ids, so a late report of an"
+                " attempt whose task was claimed again may finish the new attempt."
+                " Upgrade the server.",
+                self.client.base_url,
+            )
 
     # --- registration and the poll loop ---
     def _poll_loop(self, stop: threading.Event) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "ClaimResults",
     "CompleteRequest",
     "ErrorBody",
+    "HealthBody",
     "LeaseRequest",
     "LogLines",
     "LogPageBody",
@@ -54,6 +55,15 @@ class NewTask(Task):
     @classmethod
     def _empty_priority(cls, value: Any) -> Any:
         return Priority.MEDIUM if value in ("", None) else value
+
+
+class HealthBody(_Body):
+    """The health check: ``status`` "ok", the server's version, and its ``features``
+    beyond go-agentic's API (``attempt_fencing``, ``batch_claims``, ``long_polls``)."""
+
+    status: str
+    version: str = ""
+    features: list[str] = Field(default_factory=list)
 
 
 class TaskResponse(_Body):

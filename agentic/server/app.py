@@ -31,6 +31,8 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
+from .. import __version__
+from .._client_wire import FEATURES
 from ..errors import APIError, ConfigError, NotFoundError, StoreError
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
@@ -49,6 +51,7 @@ from ._schemas import (
     ClaimResults,
     CompleteRequest,
     ErrorBody,
+    HealthBody,
     LeaseRequest,
     LogLines,
     LogPageBody,
@@ -199,9 +202,9 @@ def create_app(
     # --- health and metrics (open) ---
     @app.get("/v1/health", tags=["health"])
     @app.get("/api/health", tags=["health"])
-    async def health() -> dict[str, str]:
-        """The server is up."""
-        return {"status": "ok"}
+    async def health() -> HealthBody:
+        """The server is up; its version and what it does beyond go-agentic's API."""
+        return HealthBody(status="ok", version=__version__, features=list(FEATURES))
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics_text() -> PlainTextResponse:
