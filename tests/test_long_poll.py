@@ -122,9 +122,12 @@ def test_progress_and_notes_wake_no_dispatcher(
 def test_a_requeued_lease_wakes_the_dispatcher() -> None:
     """A task requeued because its lease expired is new work: the wait ends at once."""
     store = MemoryTaskStore()
-    store.claim(store.create(Task(title="t")).id, "gone", 0.2)
+    task = store.create(Task(title="t"))
     with running_server(store, requeue_interval=0.1) as url, TaskClient(url, token="") as api:
         token = token_of(api)
+        # Claimed (straight in the store: no notice) only now, so the lease runs out
+        # after the token was taken, however slow the machine.
+        store.claim(task.id, "gone", 0.3)
         (tasks, new), took = timed(lambda: api.watch_tasks(token, 10, status=TaskStatus.PENDING))
     assert [t.title for t in tasks] == ["t"] and new != token and took < 5
 
@@ -352,7 +355,7 @@ def test_a_finished_task_frees_its_agent_for_the_next_at_once(
     started = time.monotonic()
     fleet.dispatcher(5.0)
     wait_until(lambda: all(store.get(t.id).status is TaskStatus.COMPLETED for t in tasks), 20)
-    assert time.monotonic() - started < 4  # one interval would be 5 s per task
+    assert time.monotonic() - started < 10  # an interval per task would be 25 s
 
 
 def test_an_unlimited_agent_capped_by_its_workers_is_not_over_routed(
