@@ -15,18 +15,17 @@ import logging
 import threading
 import time
 from abc import abstractmethod
-from collections import deque
 from collections.abc import Callable
 
 from .errors import ConfigError
-from .events import Event, EventEmitter
+from .events import Event, _BoundedBuffer
 
 __all__ = ["BufferedEmitter"]
 
 log = logging.getLogger("agentic.events")
 
 
-class BufferedEmitter(EventEmitter):
+class BufferedEmitter(_BoundedBuffer):
     """Buffer, sender thread, flush and close for emitters that call out (see above).
 
     ``delivered``, ``dropped`` and ``errors`` count what happened; ``flush`` waits
@@ -42,16 +41,13 @@ class BufferedEmitter(EventEmitter):
         request_timeout: float,
         sleep: Callable[[float], None] | None,
     ) -> None:
-        if maxsize < 1 or batch < 1 or close_timeout < 0:
-            raise ConfigError("maxsize and batch must be >= 1 and close_timeout >= 0")
-        self.maxsize, self.batch, self.close_timeout = maxsize, batch, close_timeout
-        self.delivered = self.dropped = self.errors = 0
+        if batch < 1 or close_timeout < 0:
+            raise ConfigError("batch must be >= 1 and close_timeout >= 0")
+        super().__init__(maxsize)
+        self.batch, self.close_timeout = batch, close_timeout
+        self.delivered = self.errors = 0
         self._request_timeout = request_timeout
-        self._buffer: deque[Event] = deque()
-        self._changed = threading.Condition()
-        self._closed = False
         self._busy = False  # the sender holds events taken from the buffer
-        self._overflowing = False
         self._deadline: float | None = None  # set by close(): when to give up
         self._sleep = sleep
         self._thread: threading.Thread | None = None
@@ -61,45 +57,29 @@ class BufferedEmitter(EventEmitter):
         self._thread = threading.Thread(target=self._send_all, name=name, daemon=True)
         self._thread.start()
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def emit(self, event: Event) -> None:
-        with self._changed:
-            if self._closed:
-                self.dropped += 1
-                return
-            if len(self._buffer) < self.maxsize:
-                self._buffer.append(event)
-                self._overflowing = False
-                self._changed.notify_all()
-                return
-            self.dropped += 1
-            first_drop, self._overflowing = not self._overflowing, True
-        if first_drop:  # once per overflow: a dead sink must not flood the log
-            log.warning("%r: buffer full (%d), dropping events", self, self.maxsize)
+    def _kind(self) -> str:
+        return f"{self!r} buffer"
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted so far is delivered or dropped; False if
         ``timeout`` seconds passed first."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._buffer and not self._busy, timeout)
+        with self._ready:
+            return self._ready.wait_for(lambda: not self._buffer and not self._busy, timeout)
 
     def close(self) -> None:
         """Stop taking events; deliver what is buffered within ``close_timeout``
         seconds, then drop the rest. Returns within ``close_timeout`` plus one
         request's timeout; a request still in flight then (it outlasted its timeout)
         is counted when it ends. Idempotent."""
-        with self._changed:
+        with self._ready:
             if self._closed:
                 return
             self._closed = True
             self._deadline = time.monotonic() + self.close_timeout
-            self._changed.notify_all()
+            self._ready.notify_all()
         if self._thread is not None:
             self._thread.join(self.close_timeout + self._request_timeout + 1.0)
-        with self._changed:
+        with self._ready:
             left = len(self._buffer)
             self._buffer.clear()
             self.dropped += left
@@ -123,10 +103,10 @@ class BufferedEmitter(EventEmitter):
     # --- the sender thread ---
     def _send_all(self) -> None:
         while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._buffer or self._closed)
+            with self._ready:
+                self._ready.wait_for(lambda: self._buffer or self._closed)
                 if not self._buffer or self._past_deadline():
-                    self._changed.notify_all()
+                    self._ready.notify_all()
                     return
                 events = [self._buffer.popleft() for _ in range(min(self.batch, len(self._buffer)))]
                 self._busy = True
@@ -135,13 +115,13 @@ class BufferedEmitter(EventEmitter):
             except Exception:  # a bug must not end the thread and lose the rest
                 sent = 0
                 log.exception("%r: sending %d event(s) failed", self, len(events))
-            with self._changed:
+            with self._ready:
                 self.delivered += sent
                 if sent < len(events):
                     self.dropped += len(events) - sent
                     self.errors += 1
                 self._busy = False
-                self._changed.notify_all()
+                self._ready.notify_all()
 
     def _wait(self, seconds: float) -> bool:
         """Sleep before a retry; False when closing leaves no time for it."""
@@ -149,14 +129,14 @@ class BufferedEmitter(EventEmitter):
             self._sleep(seconds)
             return not self._past_deadline()
         end = time.monotonic() + seconds
-        with self._changed:
+        with self._ready:
             # close() sets the deadline and notifies: the wait is cut to it.
             while True:
                 limit = end if self._deadline is None else min(end, self._deadline)
                 left = limit - time.monotonic()
                 if left <= 0:
                     break
-                self._changed.wait(left)
+                self._ready.wait(left)
         return not self._past_deadline()
 
     def _past_deadline(self) -> bool:

@@ -176,14 +176,12 @@ class EventEmitter(ABC):
         self.close()
 
 
-class QueueEmitter(EventEmitter):
-    """A bounded in-memory buffer for a consumer to read (go-agentic's channel).
+class _BoundedBuffer(EventEmitter):
+    """A bounded FIFO of events behind one condition (``_ready``): ``emit`` keeps the
+    event, or counts it in ``dropped`` when the buffer is full or closed and logs the
+    first drop of each overflow. Its readers are the subclasses."""
 
-    A full buffer drops the new event rather than block the emitter; ``dropped``
-    counts every event not kept, and the first drop of each overflow is logged.
-    """
-
-    def __init__(self, maxsize: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(self, maxsize: int) -> None:
         # queue.Queue reads 0 as "unbounded", the opposite of what a bound is for.
         if maxsize < 1:
             raise ConfigError(f"maxsize must be at least 1, got {maxsize}")
@@ -210,13 +208,30 @@ class QueueEmitter(EventEmitter):
             if len(self._buffer) < self.maxsize:
                 self._buffer.append(event)
                 self._overflowing = False
-                self._ready.notify()
+                self._ready.notify_all()
                 return
             self.dropped += 1
             first_drop, self._overflowing = not self._overflowing, True
         # Once per overflow, not per event: a stuck consumer must not flood the log.
         if first_drop:
-            _log.warning("event queue full (%d): dropping events until it drains", self.maxsize)
+            _log.warning(
+                "%s full (%d): dropping events until it drains", self._kind(), self.maxsize
+            )
+
+    def _kind(self) -> str:
+        """What the overflow warning calls this buffer."""
+        return "event queue"
+
+
+class QueueEmitter(_BoundedBuffer):
+    """A bounded in-memory buffer for a consumer to read (go-agentic's channel).
+
+    A full buffer drops the new event rather than block the emitter; ``dropped``
+    counts every event not kept, and the first drop of each overflow is logged.
+    """
+
+    def __init__(self, maxsize: int = DEFAULT_QUEUE_SIZE) -> None:
+        super().__init__(maxsize)
 
     def get(self, timeout: float | None = None) -> Event | None:
         """The oldest buffered event, waiting up to ``timeout`` seconds (``None``:
