@@ -280,13 +280,17 @@ def create_app(
         who: Caller, task_id: str, body: Annotated[ClaimRequest | None, Body()] = None
     ) -> Response:
         """Claim a pending task whose dependencies are completed; 409 if not claimable."""
-        request = body or ClaimRequest()
+        task, message = await claim(who, task_id, body or ClaimRequest())
+        return _json(TaskResponse(task=task, message=message))
+
+    async def claim(who: Principal, task_id: str, request: ClaimRequest) -> tuple[Task, str]:
+        """One claim, as both claim endpoints make it: the task and the answer's message."""
         agent = required_agent(who, request.agent_id)
         lease = request.lease_seconds or lease_seconds
         task = await calls(store.claim, task_id, agent, lease, request.job_id)
         changes.bump(f"claims:{agent}")
         metrics.inc("task_claims")
-        return _json(TaskResponse(task=task, message=f"task {task_id} claimed by {agent}"))
+        return task, f"task {task_id} claimed by {agent}"
 
     @app.post("/api/tasks/claims", response_model=ClaimResults, tags=["tasks"])
     async def claim_tasks(who: Caller, body: ClaimBatch) -> Response:
@@ -308,10 +312,7 @@ def create_app(
 
     async def claim_one(who: Principal, item: ClaimItem) -> ClaimOutcome:
         try:
-            agent = required_agent(who, item.agent_id)
-            lease = item.lease_seconds or lease_seconds
-            task = await calls(store.claim, item.task_id, agent, lease, item.job_id)
-            changes.bump(f"claims:{agent}")
+            task, message = await claim(who, item.task_id, item)
         except Exception as exc:
             described = describe(exc, metrics)
             if described is None:
@@ -324,8 +325,6 @@ def create_app(
             return ClaimOutcome(
                 task_id=item.task_id, code=code, message=message, details=details_text(details)
             )
-        metrics.inc("task_claims")
-        message = f"task {item.task_id} claimed by {agent}"
         return ClaimOutcome(task_id=item.task_id, code=200, message=message, task=task)
 
     @app.post("/api/tasks/{task_id}/complete", response_model=TaskResponse, tags=["tasks"])
