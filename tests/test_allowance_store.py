@@ -579,6 +579,38 @@ def test_unreserve_across_midnight_leaves_the_new_day_alone(backend: Backend) ->
     assert (usage.jobs_started, usage.active_jobs) == (1, 1)
 
 
+def test_unreserve_after_a_reset_leaves_later_jobs_counted(backend: Backend) -> None:
+    """A reservation made before reset_usage, unreserved after it, takes back no later job."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_job_limit=1))
+    store.reserve("a1", "", 0, "before")
+    backend.clock.advance(1)
+    store.reset_usage("a1")
+    backend.clock.advance(1)
+    store.reserve("a1", "", 0, "after")
+    store.unreserve("before")
+    usage = store.get_usage("a1")
+    assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+    with pytest.raises(QuotaExceededError, match="daily job limit"):
+        store.reserve("a1", "", 0, "one too many")
+    # a reservation made after the reset is today's job: its unreserve gives it back
+    store.unreserve("after")
+    assert store.get_usage("a1").jobs_started == 0
+
+
+def test_unreserve_of_a_reservation_made_at_the_reset_instant_keeps_the_count(
+    backend: Backend,
+) -> None:
+    """At the reset's own instant the order is unknown: the job stays counted (the safe side)."""
+    store = backend.allowance()
+    store.set_allowance(allowance(daily_job_limit=1))
+    store.reserve("a1", "", 0, "same instant")
+    store.reset_usage("a1")
+    store.reserve("a1", "", 0, "later")
+    store.unreserve("same instant")
+    assert store.get_usage("a1").jobs_started == 1
+
+
 # --- expire: a dead attempt's reservation, ended now ----------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Property: random reserve / settle / unreserve / expire / check / clock sequences give
+"""Property: random reserve / settle / unreserve / expire / reset / check / clock sequences give
 the same answers on every backend and on a naive reference model written from the rules."""
 
 from __future__ import annotations
@@ -76,12 +76,15 @@ check_op = st.tuples(
     st.sampled_from(["", "m1"]),
     st.integers(0, 700),
 )
+reset_op = st.tuples(st.just("reset"), st.sampled_from(["a", "b"]))
 advance_op = st.tuples(
     st.just("advance"),
     st.sampled_from([1, 59, 600, 901, 1800, 3599, 3601, 20_000, DAY]),
 )
 OPS = st.lists(
-    st.one_of(reserve_op, settle_op, unreserve_op, check_op, advance_op), min_size=1, max_size=30
+    st.one_of(reserve_op, settle_op, unreserve_op, check_op, reset_op, advance_op),
+    min_size=1,
+    max_size=30,
 )
 
 
@@ -97,6 +100,7 @@ class Model:
     requests: dict[str, list[float]] = field(default_factory=dict)
     settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     legacy_active: dict[str, int] = field(default_factory=dict)
+    reset_at: dict[str, float] = field(default_factory=dict)
 
     def start(self) -> float:
         return float(math.floor(self.clock() / DAY) * DAY)
@@ -210,13 +214,20 @@ class Model:
             return ("not found",)
         owner, model, _tokens, _cost, _expires, created = held
         c = self.agent(owner)
-        uncounted = 1 if never_started and created >= self.start() else 0
+        counted = created >= self.start() and created > self.reset_at.get(owner, 0.0)
+        uncounted = 1 if never_started and counted else 0
         self.used[owner] = (self.start(), c.tokens_used, max(0, c.jobs_started - uncounted))
         if never_started and model and created in self.requests.get(model, []):
             self.requests[model].remove(created)
         allowance = next(a for a in ALLOWANCES if a.agent_id == owner)
         # no settlement is kept: a later settle charges as after an expiry
         return ("settled", owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
+
+    def reset(self, agent_id: str) -> tuple[Any, ...]:
+        self.expire()
+        self.used[agent_id] = (self.start(), 0, 0)
+        self.reset_at[agent_id] = self.clock()
+        return ("reset",)
 
     def check(self, agent_id: str, model: str, tokens: int) -> tuple[Any, ...]:
         self.expire()
@@ -254,6 +265,9 @@ def run_store(
             return ("not found",)
         tag = "duplicate" if s.duplicate else "settled"
         return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
+    if kind == "reset":
+        store.reset_usage(op[1])
+        return ("reset",)
     _k, agent_id, model, tokens = op
     c = store.check(agent_id, model, tokens)
     return (c.allowed, c.status.value, c.reason, c.remaining_tokens, c.remaining_jobs)
@@ -273,6 +287,8 @@ def run_model(
         return model.settle(f"j{n}", agent_id, model_name, tin, tout, outcome)
     if kind in ("unreserve", "expire"):
         return model.unreserve(f"j{op[1]}", never_started=kind == "unreserve")
+    if kind == "reset":
+        return model.reset(op[1])
     _k, agent_id, model_name, tokens = op
     return model.check(agent_id, model_name, tokens)
 

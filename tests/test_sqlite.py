@@ -184,7 +184,7 @@ def test_migrations_are_recorded_once_per_component(tmp_path: Path) -> None:
         SQLiteRegistry(path).close()
         SQLiteAllowanceStore(path).close()
     assert rows(path, "SELECT component, version FROM schema_version ORDER BY 1") == [
-        ("allowance", 2),
+        ("allowance", len(ALLOWANCE_MIGRATIONS)),
         ("registry", 1),
     ]
 
@@ -469,4 +469,23 @@ def test_existing_files_get_request_counters_from_their_log(tmp_path: Path) -> N
     store.reserve("a1", "m1", 0, "j4")
     assert store.get_model_usage("m1").requests_last_hour == 3
     assert store.get_model_usage("m2").requests_last_hour == 1
+    store.close()
+
+
+def test_existing_usage_rows_get_a_reset_time_of_never(tmp_path: Path) -> None:
+    """A file at allowance schema 2 is upgraded: usage rows keep their counts, with no reset."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a1", daily_job_limit=2))
+    store.reserve("a1", "", 0, "j1")
+    store.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE agent_usage DROP COLUMN reset_at")
+        conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'allowance'")
+    store = SQLiteAllowanceStore(path, clock=clock)
+    assert rows(path, "SELECT agent_id, jobs_started, reset_at FROM agent_usage") == [
+        ("a1", 1, 0.0)
+    ]
+    store.unreserve("j1")  # made after "never": today's job, given back
+    assert store.get_usage("a1").jobs_started == 0
     store.close()

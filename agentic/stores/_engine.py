@@ -71,6 +71,9 @@ class AgentRow:
     jobs_started: int = 0
     tokens_reserved: int = 0
     active_jobs: int = 0
+    #: when reset_usage last cleared the counts (0: never); a reservation made at or
+    #: before it was in the jobs it cleared, so an unreserve must not take it back
+    reset_at: float = 0.0
 
     def counters(self) -> AgentCounters:
         return AgentCounters(
@@ -348,10 +351,11 @@ class EngineAllowanceStore(AllowanceStore):
         self._update_agent(agent_id, change)
 
     def reset_usage(self, agent_id: str) -> None:
-        def change(row: AgentRow) -> None:
-            row.tokens_used, row.jobs_started = 0, 0
-
-        self._update_agent(agent_id, change)
+        require_id("agent id", agent_id)
+        with self._open() as ctx:
+            row = self._agent(ctx.tx, agent_id, ctx.start)
+            row.tokens_used, row.jobs_started, row.reset_at = 0, 0, ctx.now
+            ctx.tx.put_agent(agent_id, row)
 
     def get_model_usage(self, model: str) -> ModelUsage:
         with self._open() as ctx:
@@ -498,9 +502,11 @@ class EngineAllowanceStore(AllowanceStore):
             row = self._agent(tx, owner, ctx.start)
             row.tokens_used += charged
             if held is not None and ending == "unreserve":
-                # The job never ran: it was never one of today's jobs (a reservation
-                # of an earlier day was rolled away with that day's count).
-                if held.created_at >= ctx.start:
+                # The job never ran: it was never one of today's jobs. Unless its
+                # count is gone already: rolled away with an earlier day's, or
+                # cleared by a reset (at the same instant too: which came first is
+                # unknown, and one job too many counted is the safe side).
+                if held.created_at >= ctx.start and held.created_at > row.reset_at:
                     row.jobs_started = max(0, row.jobs_started - 1)
                 if held.model:
                     tx.remove_request(held.model, held.created_at, job_id)

@@ -73,6 +73,10 @@ MIGRATIONS: list[Migration] = [
         "INSERT INTO model_request_counts (model, requests)"
         " SELECT model, COUNT(*) FROM model_requests GROUP BY model",
     ),
+    (
+        # When reset_usage last cleared an agent's counts (AgentRow.reset_at).
+        "ALTER TABLE agent_usage ADD COLUMN reset_at REAL NOT NULL DEFAULT 0",
+    ),
 ]
 
 _HELD = "job_id, agent_id, model, tokens, cost, created_at, expires_at"
@@ -126,8 +130,8 @@ class _SQLiteTx(QuotaTx):
 
     def get_agent(self, agent_id: str) -> AgentRow | None:
         row = self._one(
-            "SELECT period_start, tokens_used, jobs_started, tokens_reserved, active_jobs"
-            " FROM agent_usage WHERE agent_id = ?",
+            "SELECT period_start, tokens_used, jobs_started, tokens_reserved, active_jobs,"
+            " reset_at FROM agent_usage WHERE agent_id = ?",
             agent_id,
         )
         return None if row is None else AgentRow(*row)
@@ -135,7 +139,8 @@ class _SQLiteTx(QuotaTx):
     def put_agent(self, agent_id: str, row: AgentRow) -> None:
         self._conn.execute(
             "INSERT OR REPLACE INTO agent_usage (agent_id, period_start, tokens_used,"
-            " jobs_started, tokens_reserved, active_jobs) VALUES (?, ?, ?, ?, ?, ?)",
+            " jobs_started, tokens_reserved, active_jobs, reset_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
                 agent_id,
                 row.period_start,
@@ -143,6 +148,7 @@ class _SQLiteTx(QuotaTx):
                 row.jobs_started,
                 row.tokens_reserved,
                 row.active_jobs,
+                row.reset_at,
             ),
         )
 

@@ -8,6 +8,7 @@
 --                              cost_reserved, requests in the last hour}
 --   add_model_tokens model tokens
 --   add_usage id tokens jobs | decrement_active id | return_tokens id tokens | reset id
+--   (reset also stamps the row's reset_at)
 sweep()
 local op = arg(1)
 
@@ -58,6 +59,9 @@ elseif op == 'return_tokens' then
   row.tokens_used = math.max(0, row.tokens_used - tonumber(arg(3)))
 elseif op == 'reset' then
   row.tokens_used, row.jobs_started = 0, 0
+  -- AgentRow.reset_at: only the reset writes it and only an unreserve reads it,
+  -- so the hot paths' get_agent / put_agent leave the field alone.
+  redis.call('HSET', K.agent .. id, 'reset_at', NOW_TEXT)
 else
   return redis.error_reply('quota_data.lua: unknown operation ' .. tostring(op))
 end

@@ -104,8 +104,10 @@ local cost = share_of_cost(cost_microcents(quota, tokens_in, tokens_out), charge
   tokens_in + tokens_out)
 row.tokens_used = row.tokens_used + charged
 if held and ending == 'unreserve' then
-  -- Never one of today's jobs (an earlier day's count was rolled away already).
-  if held.created_at >= START then
+  -- Never one of today's jobs, unless its count is gone already: rolled away with
+  -- an earlier day's, or cleared by a reset at or after it (_engine._end).
+  local reset_at = stored(redis.call('HGET', K.agent .. owner, 'reset_at'), 0)
+  if held.created_at >= START and held.created_at > reset_at then
     row.jobs_started = math.max(0, row.jobs_started - 1)
   end
   if held.model ~= '' then
