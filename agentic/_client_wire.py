@@ -42,7 +42,7 @@ CHANGES_HEADER = "X-Agentic-Changes"
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it
 #: (clients check for them: a server that predates one ignores what it needs)
-FEATURES = ("attempt_fencing", "batch_claims", "long_polls")
+FEATURES = ("attempt_fencing", "batch_claims", "claim_fencing", "long_polls")
 
 
 def same_source(token: str, other: str) -> bool:
@@ -76,12 +76,17 @@ class _ClaimResults(BaseModel):
     results: list[_ClaimOutcome]
 
 
+class _Withdrawn(BaseModel):
+    made: bool
+
+
 TASK = TypeAdapter(Task)
 TASKS = TypeAdapter(list[Task])
 OFFSET = TypeAdapter(_Offset)
 PAGE = TypeAdapter(_LogPageModel)
 ANSWER = TypeAdapter(_Answer)
 CLAIMS = TypeAdapter(_ClaimResults)
+WITHDRAWN = TypeAdapter(_Withdrawn)
 
 
 def error_from(response: httpx.Response) -> APIError:

@@ -54,6 +54,7 @@ from ._client_wire import (
     PAGE,
     TASK,
     TASKS,
+    WITHDRAWN,
     api_error,
     error_from,
     fenced,
@@ -387,6 +388,17 @@ class TaskClient:
         if agent_id or self.agent_id:
             body["agent_id"] = self._agent(agent_id)
         return self._task_of(self._request("POST", path, safe=False, body=fenced(body, job_id)))
+
+    def withdraw_claim(self, task_id: str, job_id: str) -> bool:
+        """Settle a claim whose answer was lost (``POST /api/tasks/{id}/withdraw``):
+        True if it was made; False if not, and then it never will be (the server
+        refuses that job id for this task from now on), so its reservation can go back.
+
+        Safe to retry. A server without ``claim_fencing`` answers 404 or 405.
+        """
+        path = task_path(task_id, "withdraw")
+        response = self._request("POST", path, safe=True, body={"job_id": job_id})
+        return parse(response, WITHDRAWN).made
 
     def release_task(
         self, task_id: str, agent_id: str | None = None, job_id: str | None = None

@@ -10,9 +10,12 @@ One pass (:meth:`Dispatcher.run_once`):
    claim the task *in that agent's name* with the reservation's job id. A claim that
    fails gives the reservation back whole (``unreserve``: the job is not counted, as
    the job never started), so nothing leaks (go-agentic's defect 6) and claims lost
-   to another dispatcher cost no quota. A claim whose answer was lost is read back
-   before anything is given back. A dispatcher killed between reserve and claim
-   leaks nothing either: the reservation expires.
+   to another dispatcher cost no quota. A claim whose answer was lost is withdrawn
+   before anything is given back: the server answers whether it was made, and if not
+   refuses it for good, should it still be on its way (servers without
+   ``claim_fencing``: the task is read back, which cannot see a claim still on its
+   way). A dispatcher killed between reserve and claim leaks nothing either: the
+   reservation expires.
 4. Count the new load in the index as soon as the quota is reserved, so one pass
    spreads work (defect 4); a claim that then fails gives it back.
 
@@ -96,8 +99,11 @@ def new_job_id(task: Task) -> str:
     return f"{task.id}/{task.retry_count}/{uuid.uuid4().hex[:12]}"
 
 
+_FATE = {True: "it was made", False: "withdrawn, its reservation goes back"}
+
+
 class ClaimUnknownError(AgenticError):
-    """A claim got no usable answer and the task could not be read back: it may have
+    """A claim got no usable answer and the server could not say whether it was made: it may have
     been made. Its reservation is kept; a later pass finds out and gives it back if
     the claim was not made."""
 
@@ -160,6 +166,9 @@ class Dispatcher:
         self._ended: OrderedDict[str, None] = OrderedDict()
         #: task id -> (job id, monotonic time) of claims whose outcome is not known yet
         self._unsure: dict[str, tuple[str, float]] = {}
+        # Whether the task API withdraws claims (its claim_fencing feature); None
+        # until asked, at the first claim whose answer was lost.
+        self._withdraws: bool | None = None
 
     # --- one task ---
     def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
@@ -275,8 +284,8 @@ class Dispatcher:
 
         A definite refusal gives the reservation and the load back. An answer that
         may hide a claim made (none at all, a 5xx from a proxy, a body that does not
-        parse) is checked by reading the task back: ours -> dispatched; not ours ->
-        given back; unreadable -> :class:`ClaimUnknownError`: the reservation stays
+        parse) is settled by :meth:`_claim_made`: made -> dispatched; not made ->
+        given back; no answer -> :class:`ClaimUnknownError`: the reservation stays
         (the job may be running) and a later pass settles the question.
         """
         made: bool | None = False
@@ -295,7 +304,8 @@ class Dispatcher:
             self._unsure[task.id] = (job_id, time.monotonic())
             raise ClaimUnknownError(
                 f"claim of task {task.id} for {agent_id} got no usable answer and the task"
-                f" cannot be read back ({error}); its reservation is kept until that is known"
+                f" the server cannot tell yet whether it was made ({error}); its reservation"
+                " is kept until that is known"
             ) from error
         raise error
 
@@ -322,7 +332,31 @@ class Dispatcher:
     def _claim_made(self, task_id: str, job_id: str) -> bool | None:
         """Whether a claim whose answer was lost or garbled was made: the task carries
         the job id of the claim that took it, whatever happened to it since. ``None``
-        when the task cannot be read."""
+        when the server cannot tell.
+
+        A task API with ``claim_fencing`` is asked to withdraw the claim: its answer
+        is final, since a claim still on its way (a slow server, a proxy's retry) is
+        refused once withdrawn. Reading the task back, against older servers, cannot
+        see such a claim, which may land after its reservation was given back.
+        """
+        if self._withdraws is None:
+            try:
+                self._withdraws = "claim_fencing" in self.client.server_features()
+            except Exception as exc:  # a read back could be wrong: ask again next pass
+                log.warning(
+                    "claim of task %s: no usable answer; task API unreachable (%s)", task_id, exc
+                )
+                return None
+        if self._withdraws:
+            try:
+                made = self.client.withdraw_claim(task_id, job_id)
+            except NotFoundError:
+                return False  # the task is gone: no claim of it runs
+            except Exception as exc:  # the question stays open
+                log.warning("claim of task %s: no usable answer, not withdrawn (%s)", task_id, exc)
+                return None
+            log.info("claim of task %s got no usable answer: %s", task_id, _FATE[made])
+            return made
         try:
             current = self.client.get_task(task_id)
         except NotFoundError:
@@ -338,12 +372,14 @@ class Dispatcher:
     def _settle_unsure(self, pending: list[Task]) -> None:
         """Decide the claims left unknown by earlier passes (see :meth:`_claimed`).
 
-        Pending again under another job id (or none): that claim was not made, its
-        reservation goes back. Ours, in any status: it was made; the runner settles.
+        Withdrawn, or (servers without claim fencing) pending again under another
+        job id or none: that claim was not made, its reservation goes back. Made, in
+        any status: the runner settles.
         """
         listed = {task.id: task for task in pending}
         for task_id, (job_id, since) in list(self._unsure.items()):
-            task = listed.get(task_id)
+            # the listing is a read-back: only for servers known not to withdraw
+            task = listed.get(task_id) if self._withdraws is False else None
             made = self._claim_made(task_id, job_id) if task is None else task.job_id == job_id
             if made is None and time.monotonic() - since < DEFAULT_RESERVATION_TTL:
                 continue  # still unreadable: ask again next pass

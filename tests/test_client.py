@@ -275,6 +275,20 @@ def test_job_id_fences_complete_release_and_renew(
     assert release.call_count == 3
 
 
+def test_withdraw_claim_posts_the_job_id_and_is_retried(
+    client: TaskClient, mock: respx.MockRouter, sleeps: list[float]
+) -> None:
+    """withdraw_claim posts the job id, reads "made", and (idempotent) retries a 503."""
+    route = mock.post("/api/tasks/t1/withdraw")
+    route.side_effect = [
+        httpx.Response(503),
+        httpx.Response(200, json={"made": False, "message": "not made"}),
+    ]
+    assert client.withdraw_claim("t1", "job-1") is False
+    assert json.loads(route.calls.last.request.content) == {"job_id": "job-1"}
+    assert route.call_count == 2 and len(sleeps) == 1
+
+
 def test_stale_job_id_answer_is_conflict(client: TaskClient, mock: respx.MockRouter) -> None:
     """The server's 409 for a stale attempt is ConflictError carrying its message, not retried."""
     message = "cannot renew task t1 for job 'job-1': a stale attempt: the task was claimed again"

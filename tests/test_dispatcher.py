@@ -197,7 +197,8 @@ def test_critical_goes_to_lowest_absolute_load(system: System) -> None:
 
 class ScriptedClaims(TaskClient):
     """A client whose claims go wrong as told: the claim reaches the server or not,
-    then ``error`` is raised; reading a task back raises ``read_error`` when given.
+    then ``error`` is raised; asking after it (withdraw, or the read-back against a
+    server without claim fencing, ``fencing=False``) raises ``read_error`` when given.
     By default: a broken server (nothing claimed, 500)."""
 
     def __init__(
@@ -207,11 +208,17 @@ class ScriptedClaims(TaskClient):
         reach_server: bool = False,
         error: Exception | None = None,
         read_error: Exception | None = None,
+        fencing: bool = True,
     ) -> None:
         super().__init__(base_url, token="", retries=0)
         self.reach_server = reach_server
         self.error = error or APIError("boom", 500)
         self.read_error = read_error
+        self.fencing = fencing
+        #: (task id, job id) of every claim sent
+        self.sent: list[tuple[str, str | None]] = []
+        #: how the fate of lost claims was asked: "withdraw" or "read"
+        self.asked: list[str] = []
 
     def claim_task(
         self,
@@ -220,11 +227,23 @@ class ScriptedClaims(TaskClient):
         lease_seconds: float | None = None,
         job_id: str | None = None,
     ) -> Task:
+        self.sent.append((task_id, job_id))
         if self.reach_server:
             super().claim_task(task_id, agent_id, lease_seconds, job_id)
         raise self.error
 
+    def server_features(self) -> frozenset[str]:
+        features = super().server_features()
+        return features if self.fencing else features - {"claim_fencing"}
+
+    def withdraw_claim(self, task_id: str, job_id: str) -> bool:
+        self.asked.append("withdraw")
+        if self.read_error is not None:
+            raise self.read_error
+        return super().withdraw_claim(task_id, job_id)
+
     def get_task(self, task_id: str) -> Task:
+        self.asked.append("read")
         if self.read_error is not None:
             raise self.read_error
         return super().get_task(task_id)
@@ -312,7 +331,7 @@ def test_lost_claims_cost_no_quota(system: System) -> None:
 
 
 def silent(system: System, reach_server: bool, read_fails: bool = False) -> ScriptedClaims:
-    """Claims whose answer is lost; with ``read_fails`` the read-back gets none either."""
+    """Claims whose answer is lost; with ``read_fails`` asking after them gets none either."""
     return scripted(
         system,
         reach_server=reach_server,
@@ -322,7 +341,7 @@ def silent(system: System, reach_server: bool, read_fails: bool = False) -> Scri
 
 
 def test_claim_made_with_its_answer_lost_is_dispatched(system: System) -> None:
-    """A claim that reached the server is read back: dispatched, its reservation kept."""
+    """A claim that reached the server is withdrawn as made: dispatched, its reservation kept."""
     system.agent("a")
     task = system.task("t")
     with silent(system, reach_server=True):
@@ -335,7 +354,7 @@ def test_claim_made_with_its_answer_lost_is_dispatched(system: System) -> None:
 
 
 def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
-    """A claim that never reached the server: read back as not ours, the quota is given back."""
+    """A claim that never reached the server is withdrawn: the quota is given back."""
     system.agent("a")
     task = system.task("t")
     with silent(system, reach_server=False):
@@ -344,6 +363,31 @@ def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
     usage = system.quota.get_usage("a")
     assert (usage.jobs_started, usage.active_jobs) == (0, 0)
     assert system.tasks.get(task.id).retry_count == 1
+
+
+def test_a_withdrawn_claim_arriving_late_is_refused(system: System) -> None:
+    """A claim still on its way when its fate was asked (a slow server) is refused when it
+    lands, so it never runs on the reservation that was given back."""
+    system.agent("a", concurrent_jobs=1)
+    task = system.task("t")
+    client = silent(system, reach_server=False)
+    system.dispatcher.run_once()
+    assert client.asked == ["withdraw"]
+    assert system.quota.get_usage("a").active_jobs == 0  # given back
+    [(_task_id, job_id)] = client.sent
+    assert job_id
+    with pytest.raises(ConflictError, match="withdrawn"):
+        system.client.claim_task(task.id, "a", job_id=job_id)  # the late arrival
+    assert system.tasks.get(task.id).status is TaskStatus.PENDING
+
+
+def test_a_server_without_claim_fencing_is_read_back(system: System) -> None:
+    """Against a task API that cannot withdraw claims, the dispatcher reads the task back."""
+    system.agent("a")
+    task = system.task("t")
+    client = scripted(system, reach_server=True, error=TransportError("no answer"), fencing=False)
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    assert client.asked == ["read"]
 
 
 @pytest.mark.parametrize("landed", [True, False], ids=["claim made", "claim not made"])
@@ -356,7 +400,7 @@ def test_claim_of_unknown_fate_keeps_its_reservation_until_known(
     task = system.task("t")
     with silent(system, reach_server=landed, read_fails=True):
         report = system.dispatcher.run_once()
-    assert "cannot be read back" in report.waiting[task.id]
+    assert "cannot tell yet" in report.waiting[task.id]
     assert task.id not in report.failed
     assert system.quota.get_usage("a").active_jobs == 1  # kept: the job may be running
     stored = system.tasks.get(task.id)
@@ -749,7 +793,7 @@ def test_a_claim_refused_in_a_batch_leaves_the_others_made(system: System) -> No
 def test_a_batch_whose_answer_is_lost_is_read_back_claim_by_claim(
     system: System, landed: bool
 ) -> None:
-    """No answer to a batch: each claim is read back. Made -> dispatched, the quota kept
+    """No answer to a batch: each claim is withdrawn. Made -> dispatched, the quota kept
     for the runner; not made -> given back and counted as a failure."""
     system.agent("a", daily_job_limit=10)
     tasks = [system.task(f"t{i}") for i in range(3)]

@@ -94,7 +94,12 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
     """Both health paths and /metrics answer without a token."""
     health = api.get("/v1/health").json()
     assert health["status"] == "ok" and health["version"]
-    assert set(health["features"]) == {"attempt_fencing", "batch_claims", "long_polls"}
+    assert set(health["features"]) == {
+        "attempt_fencing",
+        "batch_claims",
+        "claim_fencing",
+        "long_polls",
+    }
     assert api.get("/api/health").status_code == 200
     response = api.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -548,6 +553,37 @@ def test_release(api: TestClient, store: MemoryTaskStore) -> None:
     assert response.json()["status"] == "pending" and response.json()["retry_count"] == 0
     assert api.post(f"/api/tasks/{other.id}/release", headers=ADMIN).json()["status"] == "pending"
     assert_error(api.post(f"/api/tasks/{held.id}/release", headers=AGENT1), 409)
+
+
+def test_withdraw_claim(api: TestClient, store: MemoryTaskStore) -> None:
+    """Withdraw answers whether a claim was made; one not made is refused from then on."""
+    task = new_task(store)
+    path = f"/api/tasks/{task.id}/withdraw"
+    answer = api.post(path, json={"job_id": "j1"}, headers=ADMIN)
+    assert answer.status_code == 200 and answer.json()["made"] is False
+    late = api.post(
+        f"/api/tasks/{task.id}/claim", json={"agent_id": "a1", "job_id": "j1"}, headers=ADMIN
+    )
+    assert_error(late, 409)
+    claim = {"agent_id": "a1", "job_id": "j2"}
+    assert api.post(f"/api/tasks/{task.id}/claim", json=claim, headers=ADMIN).status_code == 200
+    # a repeat of the claim that holds the task is answered as made, not 409
+    again = api.post(f"/api/tasks/{task.id}/claim", json=claim, headers=ADMIN)
+    assert again.status_code == 200 and again.json()["task"]["job_id"] == "j2"
+    assert api.post(path, json={"job_id": "j2"}, headers=ADMIN).json()["made"] is True
+
+
+def test_withdraw_claim_rejects_bad_calls(api: TestClient, store: MemoryTaskStore) -> None:
+    """Withdraw is for admin tokens, needs a job id and a task that exists."""
+    task = new_task(store)
+    path = f"/api/tasks/{task.id}/withdraw"
+    assert_error(api.post(path, json={"job_id": "j1"}, headers=AGENT1), 403)
+    assert_error(api.post(path, json={"job_id": ""}, headers=ADMIN), 422)
+    assert_error(api.post(path, json={}, headers=ADMIN), 422)
+    assert_error(api.post("/api/tasks/nope/withdraw", json={"job_id": "j1"}, headers=ADMIN), 404)
+    # nothing was withdrawn by the refused calls: j1 still claims
+    claim = {"agent_id": "a1", "job_id": "j1"}
+    assert api.post(f"/api/tasks/{task.id}/claim", json=claim, headers=ADMIN).status_code == 200
 
 
 def test_renew_lease(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agentic.errors import ConfigError, ConflictError
+from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.models import Task, TaskResult, TaskStatus
 from agentic.stores.base import TaskStore
 from tests.conftest import Backend
@@ -152,3 +152,81 @@ def test_bad_job_id_is_refused_before_anything(store: TaskStore, backend: Backen
     with pytest.raises(ConfigError, match="job_id must be a string"):
         OPS[op](store, task.id, 7)
     assert store.get(task.id) == task
+
+
+# --- claims: idempotent per job id, and a job id claims a task once --------------------
+
+
+def test_a_repeated_claim_is_answered_as_made(store: TaskStore, backend: Backend) -> None:
+    """The same agent claiming again under the holding job id gets the task, unchanged."""
+    task = store.create(Task(title="t"))
+    first = store.claim(task.id, "a1", 10, job_id="job-1")
+    backend.clock.advance(3)
+    again = store.claim(task.id, "a1", 10, job_id="job-1")
+    assert again == first  # the lease is not moved: a repeat changes nothing
+    with pytest.raises(ConflictError, match="already claimed by 'a1'"):
+        store.claim(task.id, "a2", 10, job_id="job-1")
+    with pytest.raises(ConflictError, match="already claimed by 'a1'"):
+        store.claim(task.id, "a1", 10, job_id="job-2")
+
+
+@pytest.mark.parametrize("end", ["fail", "release", "expire"])
+def test_a_job_id_whose_attempt_ended_cannot_claim_again(
+    store: TaskStore, backend: Backend, end: str
+) -> None:
+    """After a failure, release or expired lease the old job id is refused; a new one claims."""
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 10, job_id="job-1")
+    if end == "expire":
+        backend.clock.advance(10)
+        store.requeue_expired()
+    else:
+        OPS[end](store, task.id, "job-1")
+    assert store.get(task.id).status == TaskStatus.PENDING
+    with pytest.raises(ConflictError, match="already had its attempt or was withdrawn"):
+        store.claim(task.id, "a1", 10, job_id="job-1")
+    assert store.get(task.id).status == TaskStatus.PENDING
+    assert store.claim(task.id, "a1", 10, job_id="job-2").job_id == "job-2"
+
+
+def test_claims_without_a_job_id_are_not_fenced(store: TaskStore) -> None:
+    """A client that sends no job id (go-agentic's) claims again after a release."""
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 10)
+    store.release(task.id, "a1")
+    assert store.claim(task.id, "a1", 10).status == TaskStatus.IN_PROGRESS
+
+
+def test_withdrawing_a_claim_never_made_refuses_it_for_good(store: TaskStore) -> None:
+    """withdraw_claim of a claim not made says so, and that claim is refused if it arrives."""
+    task = store.create(Task(title="t"))
+    assert store.withdraw_claim(task.id, "job-1") is False
+    assert store.withdraw_claim(task.id, "job-1") is False  # idempotent
+    with pytest.raises(ConflictError, match="already had its attempt or was withdrawn"):
+        store.claim(task.id, "a1", 10, job_id="job-1")
+    assert store.get(task.id).status == TaskStatus.PENDING
+    assert store.claim(task.id, "a2", 10, job_id="job-2").claimed_by == "a2"
+
+
+def test_withdrawing_a_claim_that_was_made_changes_nothing(
+    store: TaskStore, backend: Backend
+) -> None:
+    """withdraw_claim of a claim made (held, or since ended with its job id kept) is True."""
+    task = store.create(Task(title="t"))
+    held = store.claim(task.id, "a1", 10, job_id="job-1")
+    assert store.withdraw_claim(task.id, "job-1") is True
+    assert store.get(task.id) == held
+    store.complete(task.id, FAIL, "a1", job_id="job-1")
+    assert store.withdraw_claim(task.id, "job-1") is True  # its attempt reports for itself
+    # another dispatcher's lost claim of the task, now pending again
+    assert store.withdraw_claim(task.id, "job-9") is False
+    assert store.claim(task.id, "a1", 10, job_id="job-2").status == TaskStatus.IN_PROGRESS
+
+
+def test_withdraw_claim_checks_its_arguments(store: TaskStore) -> None:
+    """An unknown task is NotFoundError and an empty job id a ConfigError."""
+    task = store.create(Task(title="t"))
+    with pytest.raises(NotFoundError):
+        store.withdraw_claim("nope", "job-1")
+    with pytest.raises(ConfigError, match="job id"):
+        store.withdraw_claim(task.id, "")

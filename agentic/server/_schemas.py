@@ -59,7 +59,8 @@ class NewTask(Task):
 
 class HealthBody(_Body):
     """The health check: ``status`` "ok", the server's version, and its ``features``
-    beyond go-agentic's API (``attempt_fencing``, ``batch_claims``, ``long_polls``)."""
+    beyond go-agentic's API (``attempt_fencing``, ``batch_claims``, ``claim_fencing``,
+    ``long_polls``)."""
 
     status: str
     version: str = ""
@@ -110,6 +111,19 @@ class ClaimRequest(_Lease):
     the ``job_id`` of the quota reservation made for this attempt."""
 
     job_id: str = Field(default="", max_length=256)
+
+
+class WithdrawRequest(_Body):
+    """``{"job_id"}``: the claim, made under this job id, whose answer was lost."""
+
+    job_id: str = Field(min_length=1, max_length=256)
+
+
+class WithdrawResult(_Body):
+    """``{"made", "message"}``: whether the claim was made. When not, it never will be."""
+
+    made: bool
+    message: str = ""
 
 
 class ClaimItem(ClaimRequest):

@@ -58,6 +58,8 @@ from ._schemas import (
     NewTask,
     ReleaseRequest,
     TaskResponse,
+    WithdrawRequest,
+    WithdrawResult,
 )
 from ._sse import follow_log
 
@@ -291,6 +293,16 @@ def create_app(
         changes.bump(f"claims:{agent}")
         metrics.inc("task_claims")
         return task, f"task {task_id} claimed by {agent}"
+
+    @app.post("/api/tasks/{task_id}/withdraw", response_model=WithdrawResult, tags=["tasks"])
+    async def withdraw_claim(who: Caller, task_id: str, body: WithdrawRequest) -> Response:
+        """Settle a claim whose answer was lost: ``made`` true if it was made (the task
+        carries its job id). Otherwise its job id can never claim the task from now on
+        (a claim still on its way is refused), so its reservation can be given back."""
+        who.require_admin("withdraw claims")
+        made = await calls(store.withdraw_claim, task_id, body.job_id)
+        message = "the claim was made" if made else "the claim was not made and never will be"
+        return _json(WithdrawResult(made=made, message=message))
 
     @app.post("/api/tasks/claims", response_model=ClaimResults, tags=["tasks"])
     async def claim_tasks(who: Caller, body: ClaimBatch) -> Response:

@@ -6,10 +6,12 @@ the refusals each stay a readable size.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from ..errors import ConflictError
 from ..models import Task, TaskStatus
 
-__all__ = ["claim_conflict", "require_holder"]
+__all__ = ["claim_conflict", "claim_repeat", "require_fresh_job", "require_holder"]
 
 
 def claim_conflict(task: Task, unfinished: list[str]) -> ConflictError:
@@ -22,6 +24,35 @@ def claim_conflict(task: Task, unfinished: list[str]) -> ConflictError:
     if task.status == TaskStatus.PENDING and unfinished:
         return ConflictError(f"task {task.id} is waiting for dependencies: {', '.join(unfinished)}")
     return ConflictError(f"task {task.id} is {task.status}, not pending")
+
+
+def claim_repeat(task: Task, agent_id: str, job_id: str) -> bool:
+    """Whether a claim repeats the one that holds ``task`` (same agent, same job id).
+
+    A repeat is answered with the task as it is: a claim retried by a proxy or a
+    client whose answer was lost must not read as refused (409) when it was made.
+    """
+    return (
+        bool(job_id)
+        and task.status == TaskStatus.IN_PROGRESS
+        and task.job_id == job_id
+        and task.claimed_by == agent_id
+    )
+
+
+def require_fresh_job(task: Task, job_id: str, retired: Collection[str]) -> None:
+    """Raise ConflictError when ``job_id`` may no longer claim ``task``.
+
+    A job id claims a task once: one whose attempt ended (the task still carries it
+    after a failure or an expired lease; ``retired`` holds those given back by a
+    release) or that was withdrawn would otherwise claim again under a reservation
+    already settled or given back, and run with no quota held.
+    """
+    if job_id and (job_id == task.job_id or job_id in retired):
+        raise ConflictError(
+            f"task {task.id} cannot be claimed under job {job_id!r}: that job id"
+            " already had its attempt or was withdrawn; reserve a new one"
+        )
 
 
 def require_holder(

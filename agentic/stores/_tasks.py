@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConflictError
 from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
-from ._task_conflicts import claim_conflict, require_holder
+from ._task_conflicts import claim_conflict, claim_repeat, require_fresh_job, require_holder
 from .base import require_id
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "TIME_FIELDS",
     "blocked_by",
     "claim_conflict",
+    "claim_repeat",
     "claimed",
     "completed",
     "creation_blockers",
@@ -58,6 +59,7 @@ __all__ = [
     "released",
     "renewed",
     "require_fence",
+    "require_fresh_job",
     "require_holder",
     "require_job_id",
     "require_lease",

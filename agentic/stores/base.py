@@ -332,13 +332,22 @@ class TaskStore(Closeable):
     * ``claim(task_id, agent_id, lease_seconds, job_id="")``: ONE compare-and-set: pending with
       every dependency completed -> in_progress, claimed_by, claimed_at, lease. Two
       claimers never both win; the loser gets :class:`ConflictError` (so does a task
-      that is not claimable); :class:`NotFoundError` for an unknown id.
+      that is not claimable); :class:`NotFoundError` for an unknown id. With a
+      ``job_id``, a claim is idempotent and a job id claims a task once: a repeat of
+      the claim that holds the task (same agent and job id) returns the task as it
+      is; a job id whose attempt ended (failed, lease expired, released) or that was
+      withdrawn gets :class:`ConflictError`.
+    * ``withdraw_claim(task_id, job_id)``: settles the fate of a claim whose answer
+      was lost, in one atomic step: True if it was made (the task carries its job
+      id: the attempt's own reports settle its quota); otherwise the job id can never
+      claim the task from then on, and False (its reservation is the caller's to
+      give back). A claim still travelling to the store is thereby refused.
     * ``renew(task_id, agent_id, lease_seconds, job_id=None)``: extends the lease of
       a task held by ``agent_id``; :class:`ConflictError` if someone else (or nobody)
       holds it.
     * ``release(task_id, agent_id=None, job_id=None)``: gives a claim back (pending
       again, no retry counted): for shutdowns and dispatch steps that failed after the
-      claim.
+      claim. The claim's job id is dropped from the task and remembered as retired.
     * ``complete(task_id, result, agent_id=None, retry_at=None, job_id=None)``:
       success -> completed. Failure is a real failure: retry_count +1 and
       last_attempt = now; past ``max_retries`` the task becomes failed with the reason
@@ -391,6 +400,10 @@ class TaskStore(Closeable):
         ``job_id`` is the quota reservation made for this attempt (stored on the task
         so the agent's runner settles usage under it).
         """
+
+    @abc.abstractmethod
+    def withdraw_claim(self, task_id: str, job_id: str) -> bool:
+        """Whether the claim made under ``job_id`` was made; if not, it never will be."""
 
     @abc.abstractmethod
     def renew(

@@ -38,6 +38,8 @@ class MemoryTaskStore(TaskStore):
         self._keys: dict[str, str] = {}
         self._leases: builtins.list[tuple[float, str]] = []
         self._logs: dict[str, builtins.list[str]] = {}
+        # job ids that may no longer claim a task: released or withdrawn claims
+        self._retired: dict[str, set[str]] = {}
 
     # --- helpers, called with the lock held ---
     def _get(self, task_id: str) -> Task:
@@ -132,10 +134,21 @@ class MemoryTaskStore(TaskStore):
         rules.require_job_id(job_id)
         with self._lock:
             task = self._get(task_id)
+            if rules.claim_repeat(task, agent_id, job_id):
+                return task.model_copy(deep=True)
             unfinished = self._unfinished(task)
             if task.status != TaskStatus.PENDING or unfinished:
                 raise rules.claim_conflict(task, unfinished)
+            rules.require_fresh_job(task, job_id, self._retired.get(task_id, ()))
             return self._put(rules.claimed(task, agent_id, self._clock(), lease, job_id))
+
+    def withdraw_claim(self, task_id: str, job_id: str) -> bool:
+        require_id("job id", job_id)
+        with self._lock:
+            if self._get(task_id).job_id == job_id:
+                return True
+            self._retired.setdefault(task_id, set()).add(job_id)
+            return False
 
     def renew(
         self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
@@ -155,6 +168,8 @@ class MemoryTaskStore(TaskStore):
         with self._lock:
             task = self._get(task_id)
             rules.require_holder(task, agent_id, "release", job_id)
+            if task.job_id:
+                self._retired.setdefault(task_id, set()).add(task.job_id)
             return self._put(rules.given_back(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:

@@ -40,6 +40,7 @@ _UPDATE = Script(*_PRELUDE, "task_update.lua")
 _REQUEUE = Script(*_PRELUDE, "task_requeue.lua")
 _LIST = Script(*_PRELUDE, "task_list.lua")
 _APPEND_LOGS = Script(*_PRELUDE, "task_logs.lua")
+_WITHDRAW = Script(*_PRELUDE, "task_withdraw.lua")
 
 _FIELDS = tuple(Task.model_fields)
 
@@ -189,9 +190,20 @@ class RedisTaskStore(TaskStore):
         lease = rules.require_lease(lease_seconds)
         rules.require_job_id(job_id)
         reply = self._run(_CLAIM, self._now(), task_id, agent_id, repr(lease), job_id)
-        if text(reply[0]) == "conflict":
+        kind = text(reply[0])
+        if kind == "conflict":
             raise rules.claim_conflict(_from_flat(reply[1]), [text(d) for d in reply[2]])
+        if kind == "spent":
+            rules.require_fresh_job(_from_flat(reply[1]), job_id, {job_id})
+            raise _disagreement(task_id, "claim")
         return self._answer(reply, task_id)
+
+    def withdraw_claim(self, task_id: str, job_id: str) -> bool:
+        require_id("job id", job_id)
+        outcome = text(self._run(_WITHDRAW, task_id, job_id)[0])
+        if outcome == "missing":
+            raise _missing(task_id)
+        return outcome == "made"
 
     def _hold(
         self, task_id: str, action: str, agent_id: str | None, job_id: str | None, *args: str

@@ -80,6 +80,14 @@ MIGRATIONS: list[Migration] = [
             PRIMARY KEY (task_id, seq)
         ) WITHOUT ROWID""",
     ),
+    (
+        # Job ids that may no longer claim a task: released or withdrawn claims.
+        """CREATE TABLE task_retired_jobs (
+            task_id TEXT NOT NULL,
+            job_id TEXT NOT NULL,
+            PRIMARY KEY (task_id, job_id)
+        ) WITHOUT ROWID""",
+    ),
 ]
 
 # Derived from the model so that a field added to Task without a migration fails
@@ -102,8 +110,13 @@ _COMPLETED = TaskStatus.COMPLETED.value
 _UNFINISHED = f"""SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
     WHERE d.task_id = t.id AND dep.status != '{_COMPLETED}'"""
 _READY = f"(t.status = '{TaskStatus.PENDING.value}' AND NOT EXISTS ({_UNFINISHED}))"
-_CLAIM = f"""UPDATE tasks AS t SET status = '{TaskStatus.IN_PROGRESS.value}', claimed_by = ?,
-    claimed_at = ?, lease_expires_at = ?, updated_at = ?, job_id = ? WHERE id = ? AND {_READY}"""
+# ?5 is the claim's job id: one that already had its attempt may not claim again.
+_CLAIM = f"""UPDATE tasks AS t SET status = '{TaskStatus.IN_PROGRESS.value}', claimed_by = ?1,
+    claimed_at = ?2, lease_expires_at = ?3, updated_at = ?4, job_id = ?5 WHERE id = ?6
+    AND {_READY} AND (?5 = '' OR (t.job_id != ?5 AND NOT EXISTS (
+        SELECT 1 FROM task_retired_jobs r WHERE r.task_id = t.id AND r.job_id = ?5)))"""
+_RETIRED = "SELECT job_id FROM task_retired_jobs WHERE task_id = ?"
+_RETIRE = "INSERT OR IGNORE INTO task_retired_jobs (task_id, job_id) VALUES (?, ?)"
 # Pending/blocked tasks downstream of a task, through pending/blocked tasks only (the
 # ones a dead letter blocks; a manually failed dependent already blocks its own).
 _OPEN = f"('{TaskStatus.PENDING.value}', '{TaskStatus.BLOCKED.value}')"
@@ -285,10 +298,22 @@ class SQLiteTaskStore(TaskStore):
         with self._db.transaction(f"claiming task {task_id!r}") as conn:
             now = self._clock()
             won = conn.execute(_CLAIM, (agent_id, now, now + lease, now, job_id, task_id)).rowcount
-            if won:
-                return self._load(conn, task_id)
             task = self._load(conn, task_id)
-            raise rules.claim_conflict(task, self._unfinished(conn, task))
+            if won or rules.claim_repeat(task, agent_id, job_id):
+                return task
+            unfinished = self._unfinished(conn, task)
+            if task.status == TaskStatus.PENDING and not unfinished:
+                retired = [r[0] for r in conn.execute(_RETIRED, (task_id,))]
+                rules.require_fresh_job(task, job_id, retired)
+            raise rules.claim_conflict(task, unfinished)
+
+    def withdraw_claim(self, task_id: str, job_id: str) -> bool:
+        require_id("job id", job_id)
+        with self._db.transaction(f"withdrawing a claim of task {task_id!r}") as conn:
+            if self._load(conn, task_id).job_id == job_id:
+                return True
+            conn.execute(_RETIRE, (task_id, job_id))
+            return False
 
     def renew(
         self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
@@ -308,6 +333,8 @@ class SQLiteTaskStore(TaskStore):
         with self._db.transaction(f"releasing task {task_id!r}") as conn:
             task = self._load(conn, task_id)
             rules.require_holder(task, agent_id, "release", job_id)
+            if task.job_id:
+                conn.execute(_RETIRE, (task_id, task.job_id))
             return self._save(conn, rules.given_back(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:

@@ -22,7 +22,11 @@ end
 if op == 'renew' then
   t.lease_expires_at, t.updated_at = num(now + tonumber(ARGV[BASE + 6])), num(now)
 elseif op == 'release' then
-  -- _tasks.released: the releaser deals with the claim's reservation.
+  -- _tasks.given_back: the releaser deals with the claim's reservation, and its
+  -- job id may not claim the task again.
+  if (t.job_id or '') ~= '' then
+    retire(t, t.job_id)
+  end
   unclaim(t)
   t.status, t.job_id, t.updated_at = 'pending', '', num(now)
 elseif ARGV[BASE + 6] == '1' then

@@ -54,6 +54,25 @@ local function contains(list, value)
   return false
 end
 
+-- Job ids that may no longer claim t (_tasks.require_fresh_job): the one its last
+-- attempt ran under, and those in the retired_jobs field (a JSON list; released or
+-- withdrawn claims), which Task itself does not have: the Python side skips it.
+local function spent_job(t, job)
+  if job == (t.job_id or '') then
+    return true
+  end
+  return t.retired_jobs ~= nil and contains(cjson.decode(t.retired_jobs), job)
+end
+
+-- Add job to t's retired job ids (in t; the caller writes it).
+local function retire(t, job)
+  local list = t.retired_jobs and cjson.decode(t.retired_jobs) or {}
+  if not contains(list, job) then
+    list[#list + 1] = job
+  end
+  t.retired_jobs = cjson.encode(list)
+end
+
 -- Store t and keep the status index and the lease set in step with it.
 local function save(t, old_status)
   redis.call('HSET', HEAD.data .. t.id, unpack(flat(t)))
