@@ -93,6 +93,9 @@ end
 -- Dependencies of t not completed, in t's order.
 local function unfinished(t)
   local out = {}
+  if t.dependencies == '[]' then
+    return out  -- most tasks: no JSON to decode
+  end
   for _, dep in ipairs(cjson.decode(t.dependencies)) do
     if redis.call('HGET', HEAD.data .. dep, 'status') ~= 'completed' then
       out[#out + 1] = dep

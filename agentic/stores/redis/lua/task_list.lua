@@ -14,6 +14,20 @@ if limit == 0 then
   return out
 end
 
+-- The fields the filters read, from a task's HGETALL reply: the reply itself is
+-- what is returned, so a listed task is not rebuilt as a table and flattened back.
+local WANTED = {project = true, claimed_by = true, labels = true, status = true,
+  dependencies = true}
+local function filtered_fields(raw)
+  local t = {}
+  for i = 1, #raw, 2 do
+    if WANTED[raw[i]] then
+      t[raw[i]] = raw[i + 1]
+    end
+  end
+  return t
+end
+
 local function matches(t)
   if project ~= '' and '=' .. t.project ~= project then
     return false
@@ -54,9 +68,9 @@ for _, rank in ipairs(ranks) do
       break
     end
     for _, id in ipairs(ids) do
-      local t = load(id)
-      if matches(t) then
-        out[#out + 1] = flat(t)
+      local raw = redis.call('HGETALL', HEAD.data .. id)
+      if matches(filtered_fields(raw)) then
+        out[#out + 1] = raw
         if limit and #out >= limit then
           return out
         end
