@@ -102,7 +102,7 @@ def _limit(value: float) -> str:
 @handled
 def show(
     agent_id: Annotated[
-        str | None, typer.Argument(metavar="[AGENT]", help="One agent (default: all).")
+        str | None, typer.Argument(metavar="AGENT", help="One agent (default: all).")
     ] = None,
     config_path: ConfigOption = None,
     store_url: StoreOption = None,

@@ -20,7 +20,7 @@ _JSON_POLL = 0.5
 
 @handled
 def submit(
-    title: Annotated[str, typer.Argument(help="What to do.")],
+    title: Annotated[str, typer.Argument(metavar="TITLE", help="What to do.")],
     config_path: ConfigOption = None,
     description: Annotated[str, typer.Option("--description", "-d", help="Details.")] = "",
     label: Annotated[
