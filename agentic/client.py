@@ -481,7 +481,8 @@ class TaskClient:
 
     def server_features(self) -> frozenset[str]:
         """What the server does beyond go-agentic's API, as its health check lists it
-        (``attempt_fencing``, ``batch_claims``, ``long_polls``); empty for a server
+        (``attempt_fencing``, ``batch_claims``, ``claim_fencing``, ``long_polls``);
+        empty for a server
         that lists none (older, or go-agentic's)."""
         try:
             body = self._health().json()

@@ -164,7 +164,8 @@ class Dispatcher:
         self.errors = 0
         #: job ids of previous attempts already ended here (oldest first, bounded)
         self._ended: OrderedDict[str, None] = OrderedDict()
-        #: task id -> (job id, monotonic time) of claims whose outcome is not known yet
+        #: job id -> (task id, monotonic time) of claims whose outcome is not known yet
+        #: (by job id: each is settled on its own, however many a task has had)
         self._unsure: dict[str, tuple[str, float]] = {}
         # Whether the task API withdraws claims (its claim_fencing feature); None
         # until asked, at the first claim whose answer was lost.
@@ -301,11 +302,11 @@ class Dispatcher:
             self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
             return
         if made is None:
-            self._unsure[task.id] = (job_id, time.monotonic())
+            self._unsure[job_id] = (task.id, time.monotonic())
             raise ClaimUnknownError(
-                f"claim of task {task.id} for {agent_id} got no usable answer and the task"
-                f" the server cannot tell yet whether it was made ({error}); its reservation"
-                " is kept until that is known"
+                f"claim of task {task.id} for {agent_id} got no usable answer and the server"
+                f" cannot tell yet whether it was made ({error}); its reservation is kept"
+                " until that is known"
             ) from error
         raise error
 
@@ -351,7 +352,7 @@ class Dispatcher:
             try:
                 made = self.client.withdraw_claim(task_id, job_id)
             except NotFoundError:
-                return False  # the task is gone: no claim of it runs
+                return self._withdraw_missing(task_id)
             except Exception as exc:  # the question stays open
                 log.warning("claim of task %s: no usable answer, not withdrawn (%s)", task_id, exc)
                 return None
@@ -369,6 +370,25 @@ class Dispatcher:
             return True
         return False
 
+    def _withdraw_missing(self, task_id: str) -> bool | None:
+        """A 404 from withdraw: the task is gone (False), or the server that answered
+        has no withdraw route (an older replica behind the same address during an
+        upgrade): then nothing is known, and the features are asked for again."""
+        try:
+            self.client.get_task(task_id)
+        except NotFoundError:
+            return False  # the task is gone: no claim of it runs
+        except Exception as exc:
+            log.warning("claim of task %s: withdraw answered 404; no read-back (%s)", task_id, exc)
+            return None
+        log.warning(
+            "claim of task %s: the task exists but withdraw answered 404 (a server without"
+            " claim fencing?); its reservation is kept and the question asked again",
+            task_id,
+        )
+        self._withdraws = None
+        return None
+
     def _settle_unsure(self, pending: list[Task]) -> None:
         """Decide the claims left unknown by earlier passes (see :meth:`_claimed`).
 
@@ -377,14 +397,14 @@ class Dispatcher:
         any status: the runner settles.
         """
         listed = {task.id: task for task in pending}
-        for task_id, (job_id, since) in list(self._unsure.items()):
+        for job_id, (task_id, since) in list(self._unsure.items()):
             # the listing is a read-back: only for servers known not to withdraw
             task = listed.get(task_id) if self._withdraws is False else None
             made = self._claim_made(task_id, job_id) if task is None else task.job_id == job_id
             if made is None and time.monotonic() - since < DEFAULT_RESERVATION_TTL:
                 continue  # still unreadable: ask again next pass
             # Known, or asked for longer than a reservation lives: it has expired anyway.
-            del self._unsure[task_id]
+            del self._unsure[job_id]
             if made is False:
                 self._unreserve(job_id)
 
@@ -415,6 +435,9 @@ class Dispatcher:
         tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
         tasks.sort(key=_urgency)
         self._settle_unsure(tasks)
+        # A task with a claim still unsettled is not claimed again meanwhile: that
+        # claim may be made, and would then hold it under a reservation of its own.
+        unsettled = {task_id for task_id, _since in self._unsure.values()}
         for task in tasks:
             # Before the index: a dead attempt's reservation must not count as load.
             self._forget_previous_attempt(task)
@@ -425,7 +448,9 @@ class Dispatcher:
         with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
             try:
                 for task in tasks:
-                    if task.retry_count > task.max_retries:
+                    if task.id in unsettled:
+                        report.waiting[task.id] = "a claim of it has no known outcome yet"
+                    elif task.retry_count > task.max_retries:
                         reason = task.fail_reason or "max retries exceeded"
                         self._dead_letter(task, reason, report)
                     elif task.next_attempt_at is not None and task.next_attempt_at > now:

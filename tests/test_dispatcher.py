@@ -209,12 +209,14 @@ class ScriptedClaims(TaskClient):
         error: Exception | None = None,
         read_error: Exception | None = None,
         fencing: bool = True,
+        withdraw_error: Exception | None = None,
     ) -> None:
         super().__init__(base_url, token="", retries=0)
         self.reach_server = reach_server
         self.error = error or APIError("boom", 500)
         self.read_error = read_error
         self.fencing = fencing
+        self.withdraw_error = withdraw_error
         #: (task id, job id) of every claim sent
         self.sent: list[tuple[str, str | None]] = []
         #: how the fate of lost claims was asked: "withdraw" or "read"
@@ -238,8 +240,8 @@ class ScriptedClaims(TaskClient):
 
     def withdraw_claim(self, task_id: str, job_id: str) -> bool:
         self.asked.append("withdraw")
-        if self.read_error is not None:
-            raise self.read_error
+        if self.read_error is not None or self.withdraw_error is not None:
+            raise self.withdraw_error or self.read_error  # type: ignore[misc]
         return super().withdraw_claim(task_id, job_id)
 
     def get_task(self, task_id: str) -> Task:
@@ -379,6 +381,44 @@ def test_a_withdrawn_claim_arriving_late_is_refused(system: System) -> None:
     with pytest.raises(ConflictError, match="withdrawn"):
         system.client.claim_task(task.id, "a", job_id=job_id)  # the late arrival
     assert system.tasks.get(task.id).status is TaskStatus.PENDING
+
+
+def test_a_withdraw_route_missing_behind_the_same_address_keeps_the_reservation(
+    system: System,
+) -> None:
+    """A 404 from withdraw for a task that exists (an older replica answered) settles
+    nothing: the reservation stays and the server's features are asked for again."""
+    system.agent("a", concurrent_jobs=1)
+    task = system.task("t")
+    no_route = NotFoundError("Not Found")
+    client = silent(system, reach_server=True)
+    client.withdraw_error = no_route
+    report = system.dispatcher.run_once()
+    assert "cannot tell yet" in report.waiting[task.id]
+    assert system.quota.get_usage("a").active_jobs == 1  # the claim was made: kept
+    assert system.dispatcher._withdraws is None
+    system.dispatcher.client = system.client
+    system.dispatcher.run_once()
+    assert system.dispatcher._unsure == {}
+    assert system.quota.get_usage("a").active_jobs == 1  # made: the runner settles it
+
+
+def test_a_task_with_an_unsettled_claim_is_not_claimed_again(system: System) -> None:
+    """While a claim's fate is unknown its task waits: no second claim, no second slot."""
+    system.agent("a", concurrent_jobs=2)
+    task = system.task("t")
+    client = silent(system, reach_server=False, read_fails=True)
+    system.dispatcher.run_once()
+    report = system.dispatcher.run_once()  # the task is listed pending again
+    assert report.waiting[task.id] == "a claim of it has no known outcome yet"
+    assert len(client.sent) == 1
+    assert system.quota.get_usage("a").active_jobs == 1
+    system.dispatcher.client = system.client  # the server answers again
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}
+    [(_task_id, lost_job)] = client.sent
+    with pytest.raises(ConflictError):  # the lost claim, arriving at last
+        system.client.claim_task(task.id, "a", job_id=lost_job)
+    assert system.quota.get_usage("a").active_jobs == 1
 
 
 def test_a_server_without_claim_fencing_is_read_back(system: System) -> None:
@@ -790,7 +830,7 @@ def test_a_claim_refused_in_a_batch_leaves_the_others_made(system: System) -> No
 
 
 @pytest.mark.parametrize("landed", [True, False], ids=["batch made", "batch not made"])
-def test_a_batch_whose_answer_is_lost_is_read_back_claim_by_claim(
+def test_a_batch_whose_answer_is_lost_is_settled_claim_by_claim(
     system: System, landed: bool
 ) -> None:
     """No answer to a batch: each claim is withdrawn. Made -> dispatched, the quota kept

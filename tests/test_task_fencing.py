@@ -189,6 +189,30 @@ def test_a_job_id_whose_attempt_ended_cannot_claim_again(
     assert store.claim(task.id, "a1", 10, job_id="job-2").job_id == "job-2"
 
 
+@pytest.mark.parametrize("between", ["job-2", ""], ids=["another job", "no job id"])
+@pytest.mark.parametrize("end", ["fail", "expire"])
+def test_a_job_id_replaced_by_a_later_claim_cannot_claim_again(
+    store: TaskStore, backend: Backend, end: str, between: str
+) -> None:
+    """Once a later claim (with or without a job id) replaced it, an old job id stays refused."""
+    task = store.create(Task(title="t"))
+
+    def attempt(job: str) -> None:
+        store.claim(task.id, "a1", 10, job_id=job)
+        if end == "expire":
+            backend.clock.advance(10)
+            store.requeue_expired()
+        else:
+            store.complete(task.id, FAIL, "a1", job_id=job)
+
+    attempt("job-1")
+    attempt(between)
+    with pytest.raises(ConflictError, match="already had its attempt or was withdrawn"):
+        store.claim(task.id, "a1", 10, job_id="job-1")
+    assert store.withdraw_claim(task.id, "job-1") is True  # it was made, long ago
+    assert store.claim(task.id, "a1", 10, job_id="job-3").job_id == "job-3"
+
+
 def test_claims_without_a_job_id_are_not_fenced(store: TaskStore) -> None:
     """A client that sends no job id (go-agentic's) claims again after a release."""
     task = store.create(Task(title="t"))
@@ -211,7 +235,7 @@ def test_withdrawing_a_claim_never_made_refuses_it_for_good(store: TaskStore) ->
 def test_withdrawing_a_claim_that_was_made_changes_nothing(
     store: TaskStore, backend: Backend
 ) -> None:
-    """withdraw_claim of a claim made (held, or since ended with its job id kept) is True."""
+    """withdraw_claim of a claim made (held, ended, released or replaced since) is True."""
     task = store.create(Task(title="t"))
     held = store.claim(task.id, "a1", 10, job_id="job-1")
     assert store.withdraw_claim(task.id, "job-1") is True
@@ -221,6 +245,11 @@ def test_withdrawing_a_claim_that_was_made_changes_nothing(
     # another dispatcher's lost claim of the task, now pending again
     assert store.withdraw_claim(task.id, "job-9") is False
     assert store.claim(task.id, "a1", 10, job_id="job-2").status == TaskStatus.IN_PROGRESS
+    store.release(task.id, "a1", job_id="job-2")
+    # made, then released or replaced: still made
+    assert store.withdraw_claim(task.id, "job-2") is True
+    assert store.withdraw_claim(task.id, "job-1") is True
+    assert store.withdraw_claim(task.id, "job-9") is False
 
 
 def test_withdraw_claim_checks_its_arguments(store: TaskStore) -> None:

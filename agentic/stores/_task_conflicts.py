@@ -6,8 +6,6 @@ the refusals each stay a readable size.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from ..errors import ConflictError
 from ..models import Task, TaskStatus
 
@@ -40,15 +38,15 @@ def claim_repeat(task: Task, agent_id: str, job_id: str) -> bool:
     )
 
 
-def require_fresh_job(task: Task, job_id: str, retired: Collection[str]) -> None:
+def require_fresh_job(task: Task, job_id: str, retired: bool) -> None:
     """Raise ConflictError when ``job_id`` may no longer claim ``task``.
 
     A job id claims a task once: one whose attempt ended (the task still carries it
-    after a failure or an expired lease; ``retired`` holds those given back by a
-    release) or that was withdrawn would otherwise claim again under a reservation
-    already settled or given back, and run with no quota held.
+    after a failure or an expired lease; ``retired`` says the store remembers it as
+    replaced by a later claim, released, or withdrawn) would otherwise claim again
+    under a reservation already settled or given back, and run with no quota held.
     """
-    if job_id and (job_id == task.job_id or job_id in retired):
+    if job_id and (job_id == task.job_id or retired):
         raise ConflictError(
             f"task {task.id} cannot be claimed under job {job_id!r}: that job id"
             " already had its attempt or was withdrawn; reserve a new one"

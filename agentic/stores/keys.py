@@ -135,6 +135,9 @@ class TaskKeys:
     order_head: str
     #: sorted set per status and priority rank: task ids scored by created_at
     status_head: str
+    #: hash per task: job ids that may no longer claim it -> "1" if that job's claim
+    #: was made (its attempt ended), "0" if it was withdrawn before it was made
+    retired_head: str
 
     @classmethod
     def under(cls, prefix: str) -> TaskKeys:
@@ -147,6 +150,7 @@ class TaskKeys:
             leases=t + "leases",
             order_head=t + "order:",
             status_head=t + "status:",
+            retired_head=t + "retired:",
         )
 
     def heads(self) -> tuple[str, ...]:

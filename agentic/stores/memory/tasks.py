@@ -38,8 +38,9 @@ class MemoryTaskStore(TaskStore):
         self._keys: dict[str, str] = {}
         self._leases: builtins.list[tuple[float, str]] = []
         self._logs: dict[str, builtins.list[str]] = {}
-        # job ids that may no longer claim a task: released or withdrawn claims
-        self._retired: dict[str, set[str]] = {}
+        # task id -> job ids that may no longer claim it -> whether that claim was
+        # made (replaced by a later claim, or released) or withdrawn before it was
+        self._retired: dict[str, dict[str, bool]] = {}
 
     # --- helpers, called with the lock held ---
     def _get(self, task_id: str) -> Task:
@@ -139,16 +140,24 @@ class MemoryTaskStore(TaskStore):
             unfinished = self._unfinished(task)
             if task.status != TaskStatus.PENDING or unfinished:
                 raise rules.claim_conflict(task, unfinished)
-            rules.require_fresh_job(task, job_id, self._retired.get(task_id, ()))
+            rules.require_fresh_job(task, job_id, job_id in self._retired.get(task_id, {}))
+            self._retire(task, made=True)
             return self._put(rules.claimed(task, agent_id, self._clock(), lease, job_id))
+
+    def _retire(self, task: Task, made: bool, job_id: str | None = None) -> None:
+        """Remember that ``job_id`` (default: the task's last claim's) may not claim it again."""
+        job = task.job_id if job_id is None else job_id
+        if job:
+            self._retired.setdefault(task.id, {}).setdefault(job, made)
 
     def withdraw_claim(self, task_id: str, job_id: str) -> bool:
         require_id("job id", job_id)
         with self._lock:
-            if self._get(task_id).job_id == job_id:
+            task = self._get(task_id)
+            if task.job_id == job_id:
                 return True
-            self._retired.setdefault(task_id, set()).add(job_id)
-            return False
+            self._retire(task, made=False, job_id=job_id)
+            return self._retired[task_id][job_id]
 
     def renew(
         self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
@@ -168,8 +177,7 @@ class MemoryTaskStore(TaskStore):
         with self._lock:
             task = self._get(task_id)
             rules.require_holder(task, agent_id, "release", job_id)
-            if task.job_id:
-                self._retired.setdefault(task_id, set()).add(task.job_id)
+            self._retire(task, made=True)
             return self._put(rules.given_back(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:

@@ -194,7 +194,7 @@ class RedisTaskStore(TaskStore):
         if kind == "conflict":
             raise rules.claim_conflict(_from_flat(reply[1]), [text(d) for d in reply[2]])
         if kind == "spent":
-            rules.require_fresh_job(_from_flat(reply[1]), job_id, {job_id})
+            rules.require_fresh_job(_from_flat(reply[1]), job_id, retired=True)
             raise _disagreement(task_id, "claim")
         return self._answer(reply, task_id)
 

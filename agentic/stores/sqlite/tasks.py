@@ -81,10 +81,12 @@ MIGRATIONS: list[Migration] = [
         ) WITHOUT ROWID""",
     ),
     (
-        # Job ids that may no longer claim a task: released or withdrawn claims.
+        # Job ids that may no longer claim a task; made = 1 if that claim was made
+        # (replaced by a later claim, or released), 0 if withdrawn before it was.
         """CREATE TABLE task_retired_jobs (
             task_id TEXT NOT NULL,
             job_id TEXT NOT NULL,
+            made INTEGER NOT NULL,
             PRIMARY KEY (task_id, job_id)
         ) WITHOUT ROWID""",
     ),
@@ -115,8 +117,9 @@ _CLAIM = f"""UPDATE tasks AS t SET status = '{TaskStatus.IN_PROGRESS.value}', cl
     claimed_at = ?2, lease_expires_at = ?3, updated_at = ?4, job_id = ?5 WHERE id = ?6
     AND {_READY} AND (?5 = '' OR (t.job_id != ?5 AND NOT EXISTS (
         SELECT 1 FROM task_retired_jobs r WHERE r.task_id = t.id AND r.job_id = ?5)))"""
-_RETIRED = "SELECT job_id FROM task_retired_jobs WHERE task_id = ?"
-_RETIRE = "INSERT OR IGNORE INTO task_retired_jobs (task_id, job_id) VALUES (?, ?)"
+_RETIRED = "SELECT made FROM task_retired_jobs WHERE task_id = ? AND job_id = ?"
+_RETIRE = "INSERT OR IGNORE INTO task_retired_jobs (task_id, job_id, made) VALUES (?, ?, ?)"
+_JOB = "SELECT job_id FROM tasks WHERE id = ?"
 # Pending/blocked tasks downstream of a task, through pending/blocked tasks only (the
 # ones a dead letter blocks; a manually failed dependent already blocks its own).
 _OPEN = f"('{TaskStatus.PENDING.value}', '{TaskStatus.BLOCKED.value}')"
@@ -297,13 +300,16 @@ class SQLiteTaskStore(TaskStore):
         rules.require_job_id(job_id)
         with self._db.transaction(f"claiming task {task_id!r}") as conn:
             now = self._clock()
+            before = conn.execute(_JOB, (task_id,)).fetchone()
             won = conn.execute(_CLAIM, (agent_id, now, now + lease, now, job_id, task_id)).rowcount
+            if won and before[0]:
+                conn.execute(_RETIRE, (task_id, before[0], 1))  # replaced: it was made
             task = self._load(conn, task_id)
             if won or rules.claim_repeat(task, agent_id, job_id):
                 return task
             unfinished = self._unfinished(conn, task)
             if task.status == TaskStatus.PENDING and not unfinished:
-                retired = [r[0] for r in conn.execute(_RETIRED, (task_id,))]
+                retired = conn.execute(_RETIRED, (task_id, job_id)).fetchone() is not None
                 rules.require_fresh_job(task, job_id, retired)
             raise rules.claim_conflict(task, unfinished)
 
@@ -312,8 +318,8 @@ class SQLiteTaskStore(TaskStore):
         with self._db.transaction(f"withdrawing a claim of task {task_id!r}") as conn:
             if self._load(conn, task_id).job_id == job_id:
                 return True
-            conn.execute(_RETIRE, (task_id, job_id))
-            return False
+            conn.execute(_RETIRE, (task_id, job_id, 0))
+            return bool(conn.execute(_RETIRED, (task_id, job_id)).fetchone()[0])
 
     def renew(
         self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
@@ -334,7 +340,7 @@ class SQLiteTaskStore(TaskStore):
             task = self._load(conn, task_id)
             rules.require_holder(task, agent_id, "release", job_id)
             if task.job_id:
-                conn.execute(_RETIRE, (task_id, task.job_id))
+                conn.execute(_RETIRE, (task_id, task.job_id, 1))
             return self._save(conn, rules.given_back(task, self._clock()))
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:

@@ -19,6 +19,7 @@ end
 if job ~= '' and spent_job(t, job) then
   return {'spent', flat(t)}
 end
+retire(t.id, t.job_id or '', '1')  -- the claim this one replaces was made
 t.status, t.claimed_by, t.job_id = 'in_progress', agent, job
 t.claimed_at, t.updated_at = num(now), num(now)
 t.lease_expires_at = num(now + tonumber(ARGV[BASE + 4]))

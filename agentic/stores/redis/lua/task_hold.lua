@@ -24,9 +24,7 @@ if op == 'renew' then
 elseif op == 'release' then
   -- _tasks.given_back: the releaser deals with the claim's reservation, and its
   -- job id may not claim the task again.
-  if (t.job_id or '') ~= '' then
-    retire(t, t.job_id)
-  end
+  retire(t.id, t.job_id or '', '1')
   unclaim(t)
   t.status, t.job_id, t.updated_at = 'pending', '', num(now)
 elseif ARGV[BASE + 6] == '1' then

@@ -1,7 +1,7 @@
 -- task_lib.lua: the task rules in Lua, after common.lua. They mirror
 -- agentic/stores/_tasks.py; the contract tests run both on the same cases.
 --
--- ARGV[1..7] are the key heads of TaskKeys (stores/keys.py), in declaration
+-- ARGV[1..8] are the key heads of TaskKeys (stores/keys.py), in declaration
 -- order; a script's own arguments start at ARGV[BASE + 1]. Keys are built here
 -- because the cascade finds the tasks it blocks while it runs.
 --
@@ -11,9 +11,9 @@
 
 local HEAD = {
   data = ARGV[1], dependents = ARGV[2], logs = ARGV[3], idempotency = ARGV[4],
-  leases = ARGV[5], order = ARGV[6], status = ARGV[7],
+  leases = ARGV[5], order = ARGV[6], status = ARGV[7], retired = ARGV[8],
 }
-local BASE = 7
+local BASE = 8
 local RANK = {critical = 0, high = 1, medium = 2, low = 3}
 
 local function load(id)
@@ -54,23 +54,19 @@ local function contains(list, value)
   return false
 end
 
--- Job ids that may no longer claim t (_tasks.require_fresh_job): the one its last
--- attempt ran under, and those in the retired_jobs field (a JSON list; released or
--- withdrawn claims), which Task itself does not have: the Python side skips it.
+-- Whether job may no longer claim t (_tasks.require_fresh_job): its last attempt
+-- ran under it, or it is in t's retired hash (replaced, released or withdrawn).
 local function spent_job(t, job)
-  if job == (t.job_id or '') then
-    return true
-  end
-  return t.retired_jobs ~= nil and contains(cjson.decode(t.retired_jobs), job)
+  return job == (t.job_id or '') or redis.call('HEXISTS', HEAD.retired .. t.id, job) == 1
 end
 
--- Add job to t's retired job ids (in t; the caller writes it).
-local function retire(t, job)
-  local list = t.retired_jobs and cjson.decode(t.retired_jobs) or {}
-  if not contains(list, job) then
-    list[#list + 1] = job
+-- Remember that job may not claim task id again: made '1' (its claim was made,
+-- then replaced or released) or '0' (withdrawn before it was made). A job id is
+-- retired once; the first kind stays.
+local function retire(id, job, made)
+  if job ~= '' then
+    redis.call('HSETNX', HEAD.retired .. id, job, made)
   end
-  t.retired_jobs = cjson.encode(list)
 end
 
 -- Store t and keep the status index and the lease set in step with it.

@@ -1,6 +1,6 @@
 -- Settle the fate of a claim whose answer was lost (after common.lua, task_lib.lua):
--- made if the task carries its job id; otherwise the job id is retired, so that a
--- claim still on its way is refused when it arrives.
+-- made if the task carries its job id or retired it as made; otherwise the job id
+-- is retired as withdrawn, so that a claim still on its way is refused when it lands.
 -- ARGV: heads, task id, job id
 -- Reply: {'made'} | {'withdrawn'} | {'missing'}
 local t = load(ARGV[BASE + 1])
@@ -11,6 +11,8 @@ local job = ARGV[BASE + 2]
 if (t.job_id or '') == job then
   return {'made'}
 end
-retire(t, job)
-redis.call('HSET', HEAD.data .. t.id, 'retired_jobs', t.retired_jobs)
+retire(t.id, job, '0')
+if redis.call('HGET', HEAD.retired .. t.id, job) == '1' then
+  return {'made'}
+end
 return {'withdrawn'}
