@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from agentic.errors import ConfigError, ConflictError, NotFoundError
-from agentic.models import Task, TaskResult, TaskStatus
+from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.stores.base import TaskStore
+from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.stores.redis.tasks import RedisTaskStore
+from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from tests.conftest import Backend
 from tests.test_task_store import _make_store
 
@@ -259,3 +262,37 @@ def test_withdraw_claim_checks_its_arguments(store: TaskStore) -> None:
         store.withdraw_claim("nope", "job-1")
     with pytest.raises(ConfigError, match="job id"):
         store.withdraw_claim(task.id, "")
+
+
+def retired_records(store: TaskStore, task_id: str) -> int:
+    """How many retired job ids the store keeps for a task (each backend's own place)."""
+    if isinstance(store, MemoryTaskStore):
+        return len(store._retired.get(task_id, {}))
+    if isinstance(store, SQLiteTaskStore):
+        with store._db.transaction("counting") as conn:
+            sql = "SELECT COUNT(*) FROM task_retired_jobs WHERE task_id = ?"
+            return int(conn.execute(sql, (task_id,)).fetchone()[0])
+    assert isinstance(store, RedisTaskStore)
+    return int(store._client.hlen(store._keys.retired_head + task_id))
+
+
+@pytest.mark.parametrize("final", ["complete", "dead letter"])
+def test_a_final_task_forgets_its_retired_job_ids(store: TaskStore, final: str) -> None:
+    """Once no claim of a task can be made, its retired job ids are dropped, and a
+    withdraw of it adds none (the record would only grow)."""
+    task = store.create(Task(title="t", max_retries=1))
+    store.claim(task.id, "a1", 10, job_id="job-1")
+    store.release(task.id, "a1", job_id="job-1")
+    assert store.withdraw_claim(task.id, "lost") is False
+    assert retired_records(store, task.id) == 2
+    store.claim(task.id, "a1", 10, job_id="job-2")
+    if final == "complete":
+        store.complete(task.id, OK, "a1", job_id="job-2")
+    else:
+        store.update(task.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="given up"))
+    assert retired_records(store, task.id) == 0
+    assert store.withdraw_claim(task.id, "late") is False
+    assert store.withdraw_claim(task.id, "job-2") is True  # the task still carries it
+    assert retired_records(store, task.id) == 0
+    with pytest.raises(ConflictError):
+        store.claim(task.id, "a1", 10, job_id="late")

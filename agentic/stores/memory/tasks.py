@@ -51,6 +51,8 @@ class MemoryTaskStore(TaskStore):
 
     def _put(self, task: Task) -> Task:
         self._tasks[task.id] = task
+        if task.status in rules.FINAL:
+            self._retired.pop(task.id, None)  # no claim of it can be made any more
         if task.status == TaskStatus.IN_PROGRESS and task.lease_expires_at is not None:
             heapq.heappush(self._leases, (task.lease_expires_at.timestamp(), task.id))
         return task.model_copy(deep=True)
@@ -156,6 +158,8 @@ class MemoryTaskStore(TaskStore):
             task = self._get(task_id)
             if task.job_id == job_id:
                 return True
+            if task.status in rules.FINAL:
+                return False  # no claim can land any more: nothing to remember
             self._retire(task, made=False, job_id=job_id)
             return self._retired[task_id][job_id]
 

@@ -187,6 +187,8 @@ class SQLiteTaskStore(TaskStore):
     @staticmethod
     def _save(conn: sqlite3.Connection, task: Task) -> Task:
         conn.execute(_UPDATE, [*_values(task), task.id])
+        if task.status in rules.FINAL:  # no claim of it can be made any more
+            conn.execute("DELETE FROM task_retired_jobs WHERE task_id = ?", (task.id,))
         return task
 
     def _save_outcome(
@@ -316,8 +318,11 @@ class SQLiteTaskStore(TaskStore):
     def withdraw_claim(self, task_id: str, job_id: str) -> bool:
         require_id("job id", job_id)
         with self._db.transaction(f"withdrawing a claim of task {task_id!r}") as conn:
-            if self._load(conn, task_id).job_id == job_id:
+            task = self._load(conn, task_id)
+            if task.job_id == job_id:
                 return True
+            if task.status in rules.FINAL:
+                return False  # no claim can land any more: nothing to remember
             conn.execute(_RETIRE, (task_id, job_id, 0))
             return bool(conn.execute(_RETIRED, (task_id, job_id)).fetchone()[0])
 

@@ -70,8 +70,13 @@ local function retire(id, job, made)
 end
 
 -- Store t and keep the status index and the lease set in step with it.
+local FINAL = {completed = true, failed = true}
+
 local function save(t, old_status)
   redis.call('HSET', HEAD.data .. t.id, unpack(flat(t)))
+  if FINAL[t.status] and not FINAL[old_status or ''] then
+    redis.call('DEL', HEAD.retired .. t.id)  -- no claim of it can be made any more
+  end
   local rank = RANK[t.priority]
   if old_status ~= t.status then
     if old_status then

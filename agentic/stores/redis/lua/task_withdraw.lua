@@ -11,6 +11,9 @@ local job = ARGV[BASE + 2]
 if (t.job_id or '') == job then
   return {'made'}
 end
+if FINAL[t.status] then
+  return {'withdrawn'}  -- no claim can land any more: nothing to remember
+end
 retire(t.id, job, '0')
 if redis.call('HGET', HEAD.retired .. t.id, job) == '1' then
   return {'made'}
