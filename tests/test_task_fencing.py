@@ -12,6 +12,7 @@ from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.stores.base import TaskStore
 from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.stores.redis._conn import sync
 from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from tests.conftest import Backend
@@ -273,7 +274,7 @@ def retired_records(store: TaskStore, task_id: str) -> int:
             sql = "SELECT COUNT(*) FROM task_retired_jobs WHERE task_id = ?"
             return int(conn.execute(sql, (task_id,)).fetchone()[0])
     assert isinstance(store, RedisTaskStore)
-    return int(store._client.hlen(store._keys.retired_head + task_id))
+    return int(sync(store._client.hlen(store._keys.retired_head + task_id)))
 
 
 @pytest.mark.parametrize("final", ["complete", "dead letter"])
