@@ -77,6 +77,7 @@ class DispatcherConfig(_Section):
     lease_seconds: PositiveSeconds = 300.0
     claim_concurrency: Annotated[int, Field(ge=1, le=64), Accepts("an integer from 1 to 64")] = 8
     claim_batch: Annotated[int, Field(ge=1, le=100), Accepts("an integer from 1 to 100")] = 50
+    exclusive: Annotated[bool, Accepts("true or false")] = True
 
     @field_validator("backoff_cap")
     @classmethod

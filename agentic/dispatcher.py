@@ -42,6 +42,8 @@ failed pass instead of spinning (defect 18).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -74,7 +76,7 @@ from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores.base import AgentRegistry
 
-__all__ = ["ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
+__all__ = ["LEASE", "ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,11 @@ _MIN_GAP = 0.05
 _FOLLOW_UP = 0.25
 #: answers to a batch of claims meaning "no such route here": claim one by one instead
 _NO_BATCHES = frozenset({404, 405, 501})
+#: the registry lease the exclusive dispatchers share: its holder is the active one
+LEASE = "dispatcher"
+#: seconds the lease lasts at least (else 3 intervals): how long a standby waits for
+#: a dispatcher that died without giving it up
+_LEASE_MIN_TTL = 15.0
 
 
 def new_job_id(task: Task) -> str:
@@ -141,6 +148,8 @@ class Dispatcher:
         lease_seconds: float | None = None,
         claim_concurrency: int = 8,
         claim_batch: int = 50,
+        exclusive: bool = True,
+        name: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         _require_count("claim_concurrency", claim_concurrency, 64)
@@ -157,6 +166,14 @@ class Dispatcher:
         self.claim_concurrency = claim_concurrency
         #: claims sent in one request at most (1: one request per claim)
         self.claim_batch = claim_batch
+        #: in :meth:`run`, pass only while holding the registry's dispatcher lease:
+        #: one dispatcher is active, the others stand by and take over when it stops
+        #: (at once) or dies (when its lease runs out)
+        self.exclusive = exclusive
+        #: this dispatcher's name as the lease holder
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: whether :meth:`run` holds the lease (always True when not exclusive)
+        self.active = not exclusive
         # False once the task API answered a batch with 404/405 (it has no batches)
         self._batches = claim_batch > 1
         self._clock = clock
@@ -565,54 +582,95 @@ class Dispatcher:
         updated or requeued). A pass that fails (task server or store unreachable) is
         logged and counted, and the next one waits longer (doubling up to 10
         intervals) instead of spinning.
+
+        An ``exclusive`` dispatcher passes only while it holds the registry's lease
+        (:data:`LEASE`, renewed before each pass, for 3 intervals or 15 s, whichever
+        is longer); otherwise it stands by, asking again every interval, and gives the
+        lease up when it stops.
         """
         stop = stop or threading.Event()
         restore = stop_on_signals(stop, "stopping after this pass")
+        try:
+            self._loop(stop, interval)
+        finally:
+            restore()
+            if self.exclusive and self.active:
+                self._give_up_lease()
+
+    def _hold_lease(self, interval: float) -> bool:
+        """Take or renew the dispatcher lease; whether this dispatcher is active."""
+        ttl = max(3 * interval, _LEASE_MIN_TTL)
+        holder = self.registry.hold_lease(LEASE, self.name, ttl)
+        active = holder == self.name
+        if active != self.active:
+            if active:
+                log.info("dispatcher %s holds the lease: active", self.name)
+            else:
+                log.info("dispatcher %s stands by: %s holds the lease", self.name, holder)
+        self.active = active
+        return active
+
+    def _give_up_lease(self) -> None:
+        """Let a standby take over at once instead of when the lease runs out."""
+        try:
+            self.registry.drop_lease(LEASE, self.name)
+        except Exception as exc:  # it runs out by itself
+            log.warning("could not give up the dispatcher lease (%s); it will expire", exc)
+        self.active = False
+
+    def _loop(self, stop: threading.Event, interval: float) -> None:
         failures = 0
         # The task API's change token: taken before each pass that follows no wait, so
         # a change made while the pass runs is one the next wait returns on at once.
         # None: the server does not watch (sleep instead); "": not known yet.
         token: str | None = ""
         woken = False  # this pass began because of a change, not the interval
-        try:
-            while not stop.is_set():
-                started = time.monotonic()
-                if token == "":
-                    token = self._watch("", 0.0)
-                waiting = False
-                try:
-                    report = self.run_once()
-                except AgenticError as exc:
-                    failures += 1
-                    self.errors += 1
-                    log.error("dispatch pass failed (%d in a row): %s", failures, exc)
-                except Exception:  # a bug must not end the loop: logged, counted, backed off
-                    failures += 1
-                    self.errors += 1
-                    log.exception("dispatch pass failed unexpectedly (%d in a row)", failures)
-                else:
-                    failures = 0
-                    waiting = bool(report.waiting)
-                    log.info("dispatch pass: %s", report.summary())
-                pause = interval * min(2**failures, 10)
-                if woken and waiting and not failures:
-                    # Woken by a change (a task finished, say) with tasks left waiting:
-                    # agents publish their load a heartbeat later (0.1 s), so a freed
-                    # slot may not have shown yet. One more look, soon.
-                    pause = min(pause, _FOLLOW_UP)
-                pause = max(0.0, pause - (time.monotonic() - started))
-                if failures or token is None:
-                    stop.wait(pause)
-                    token, woken = "", False  # ask again whether the server watches
-                else:
-                    token, woken = self._wait_for_work(token, pause, stop)
-                # Never two passes closer than this: changes arriving faster (a busy
-                # fleet, a claim and release ping-pong) coalesce instead of spinning.
-                rest = min(_MIN_GAP, interval) - (time.monotonic() - started)
-                if rest > 0:
-                    stop.wait(rest)
-        finally:
-            restore()
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                if self.exclusive and not self._hold_lease(interval):
+                    stop.wait(min(max(interval, 1.0), _LEASE_MIN_TTL / 3))  # a standby
+                    continue
+            except AgenticError as exc:  # the registry is down: nobody can tell who is active
+                failures += 1
+                self.errors += 1
+                log.error("dispatcher lease failed (%d in a row): %s", failures, exc)
+                stop.wait(interval * min(2**failures, 10))
+                continue
+            if token == "":
+                token = self._watch("", 0.0)
+            waiting = False
+            try:
+                report = self.run_once()
+            except AgenticError as exc:
+                failures += 1
+                self.errors += 1
+                log.error("dispatch pass failed (%d in a row): %s", failures, exc)
+            except Exception:  # a bug must not end the loop: logged, counted, backed off
+                failures += 1
+                self.errors += 1
+                log.exception("dispatch pass failed unexpectedly (%d in a row)", failures)
+            else:
+                failures = 0
+                waiting = bool(report.waiting)
+                log.info("dispatch pass: %s", report.summary())
+            pause = interval * min(2**failures, 10)
+            if woken and waiting and not failures:
+                # Woken by a change (a task finished, say) with tasks left waiting:
+                # agents publish their load a heartbeat later (0.1 s), so a freed
+                # slot may not have shown yet. One more look, soon.
+                pause = min(pause, _FOLLOW_UP)
+            pause = max(0.0, pause - (time.monotonic() - started))
+            if failures or token is None:
+                stop.wait(pause)
+                token, woken = "", False  # ask again whether the server watches
+            else:
+                token, woken = self._wait_for_work(token, pause, stop)
+            # Never two passes closer than this: changes arriving faster (a busy
+            # fleet, a claim and release ping-pong) coalesce instead of spinning.
+            rest = min(_MIN_GAP, interval) - (time.monotonic() - started)
+            if rest > 0:
+                stop.wait(rest)
 
     def _wait_for_work(self, token: str, wait: float, stop: threading.Event) -> tuple[str, bool]:
         """Wait until the task API reports a change since ``token``, ``wait`` seconds

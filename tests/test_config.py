@@ -68,7 +68,7 @@ def test_defaults() -> None:
     assert (cfg.registry_url, cfg.allowance_url, cfg.task_store_url) == (None, None, None)
     d, s = cfg.dispatcher, cfg.server
     assert (d.interval, d.heartbeat_ttl, d.max_retries, d.lease_seconds) == (5, 30, 3, 300)
-    assert (d.claim_concurrency, d.claim_batch) == (8, 50)
+    assert (d.claim_concurrency, d.claim_batch, d.exclusive) == (8, 50, True)
     assert (d.backoff_base, d.backoff_cap, d.jitter, d.fail_open) == (5, 300, "full", False)
     assert (s.host, s.port, s.admin_tokens, s.agent_tokens) == ("127.0.0.1", 8080, [], {})
     assert s.max_body_bytes == 1024 * 1024

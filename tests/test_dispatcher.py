@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +13,7 @@ import pytest
 
 from agentic.allowance import AllowanceService
 from agentic.client import Claim, TaskClient
-from agentic.dispatcher import Dispatcher
+from agentic.dispatcher import LEASE, Dispatcher
 from agentic.errors import (
     APIError,
     ConfigError,
@@ -561,6 +561,108 @@ def test_run_stops_when_asked_and_counts_errors(system: System) -> None:
     assert not thread.is_alive()
     with pytest.raises(TransportError):
         broken.run_once()
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def twin(system: System, name: str, **options: Any) -> Dispatcher:
+    """Another dispatcher on the same registry, quota store and task server."""
+    return Dispatcher(
+        system.registry,
+        DefaultRouter(),
+        AllowanceService(system.quota),
+        system.client,
+        name=name,
+        **options,
+    )
+
+
+def test_exclusive_dispatchers_have_one_active_and_a_standby_takes_over(system: System) -> None:
+    """Of two exclusive dispatchers one passes; when it stops, the standby takes over."""
+    system.agent("a")
+    first, second = twin(system, "first"), twin(system, "second")
+    stops = {d.name: threading.Event() for d in (first, second)}
+    threads = {
+        d.name: threading.Thread(target=d.run, args=(stops[d.name], 0.05)) for d in (first, second)
+    }
+    threads["first"].start()
+    wait_until(lambda: first.active)
+    threads["second"].start()
+    early = system.task("early")
+    wait_until(lambda: system.tasks.get(early.id).status == TaskStatus.IN_PROGRESS)
+    assert (first.active, second.active) == (True, False)
+    assert system.registry.hold_lease(LEASE, "someone else", 60) == "first"
+    stops["first"].set()
+    threads["first"].join(5)
+    assert not first.active  # it gave the lease up on the way out
+    wait_until(lambda: second.active)  # within a standby's wait (1 s), not the lease's 15 s
+    late = system.task("late")
+    wait_until(lambda: system.tasks.get(late.id).status == TaskStatus.IN_PROGRESS)
+    stops["second"].set()
+    threads["second"].join(5)
+    assert not threads["second"].is_alive()
+    assert first.errors == second.errors == 0
+
+
+def test_a_standby_takes_over_when_the_active_dispatcher_dies(system: System) -> None:
+    """A lease left by a dispatcher that died is taken once it runs out."""
+    system.registry.hold_lease(LEASE, "dead", 0.2)
+    standby = twin(system, "standby")
+    stop = threading.Event()
+    thread = threading.Thread(target=standby.run, args=(stop, 0.05))
+    thread.start()
+    try:
+        assert not standby.active
+        wait_until(lambda: standby.active, seconds=5)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_dispatchers_not_exclusive_all_pass(system: System) -> None:
+    """exclusive=False: every dispatcher passes, the lease is never taken."""
+    system.agent("a")
+    loose = twin(system, "loose", exclusive=False)
+    assert loose.active
+    system.registry.hold_lease(LEASE, "someone else", 60)
+    task = system.task("t")
+    stop = threading.Event()
+    thread = threading.Thread(target=loose.run, args=(stop, 0.05))
+    thread.start()
+    try:
+        wait_until(lambda: system.tasks.get(task.id).status == TaskStatus.IN_PROGRESS)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+class BrokenLeases(MemoryRegistry):
+    """A registry whose leases fail like an unreachable store."""
+
+    def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
+        raise StoreUnavailableError("registry unreachable")
+
+
+def test_a_registry_outage_stops_exclusive_passes_and_is_counted(system: System) -> None:
+    """Nobody can tell who is active while leases fail: no pass, each failure counted."""
+    task = system.task("t")
+    quota = AllowanceService(system.quota)
+    blind = Dispatcher(BrokenLeases(), DefaultRouter(), quota, system.client)
+    stop = threading.Event()
+    thread = threading.Thread(target=blind.run, args=(stop, 0.01))
+    thread.start()
+    try:
+        wait_until(lambda: blind.errors >= 2)
+    finally:
+        stop.set()
+        thread.join(5)
+    assert system.tasks.get(task.id).status == TaskStatus.PENDING
 
 
 class SlowClaims(TaskClient):

@@ -65,6 +65,17 @@ def _reap(url: str, ttl: float, barrier: Barrier, stop: Event, out: Any) -> None
     out.put(("reap", reaped, passes))
 
 
+def _take_lease(url: str, name: str, rounds: int, barrier: Barrier, out: Any) -> None:
+    """Each round: all processes ask for a fresh lease at once; report who got each."""
+    registry = open_registry(url)
+    seen: list[str] = []
+    for i in range(rounds):
+        barrier.wait(60)
+        seen.append(registry.hold_lease(f"lease-{i}", name, 60))
+    registry.close()
+    out.put((name, seen))
+
+
 @pytest.fixture
 def started() -> Iterator[list[BaseProcess]]:
     """Processes the test starts; any still running at its end are terminated (no hang)."""
@@ -165,3 +176,16 @@ def test_heartbeat_racing_deregister_never_brings_the_agent_back(
         registry.get("a1")
     assert registry.list() == []
     registry.close()
+
+
+def test_processes_racing_for_a_lease_agree_on_one_holder(
+    shared_url: str, started: list[BaseProcess]
+) -> None:
+    """4 processes asking for the same free lease at once: one gets it, all are told it."""
+    out, barrier = SPAWN.Queue(), SPAWN.Barrier(4)
+    names = [f"d{i}" for i in range(4)]
+    procs = _start(started, _take_lease, [(shared_url, n, 20, barrier) for n in names], out)
+    answers = dict(_collect(procs, out))
+    for i in range(20):
+        holders = {answers[n][i] for n in names}
+        assert len(holders) == 1 and holders <= set(names), (i, holders)

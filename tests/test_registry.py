@@ -190,3 +190,44 @@ def test_persistence_across_instances(backend: Backend) -> None:
         pytest.skip("memory stores are per instance by design")
     backend.registry().register(agent("a1", capabilities=["go"]))
     assert backend.registry().get("a1").capabilities == ["go"]
+
+
+# --- named leases (one active dispatcher) ---------------------------------------------
+
+
+def test_a_lease_has_one_holder_until_it_runs_out(backend: Backend) -> None:
+    """The first caller takes the lease; others are told who holds it until it expires."""
+    reg = backend.registry()
+    assert reg.hold_lease("dispatcher", "d1", 10) == "d1"
+    assert reg.hold_lease("dispatcher", "d2", 10) == "d1"
+    backend.clock.advance(9)
+    assert reg.hold_lease("dispatcher", "d1", 10) == "d1"  # extended: 10 s from now
+    backend.clock.advance(9)
+    assert reg.hold_lease("dispatcher", "d2", 10) == "d1"
+    backend.clock.advance(2)
+    assert reg.hold_lease("dispatcher", "d2", timedelta(seconds=10)) == "d2"  # ran out
+    assert reg.hold_lease("dispatcher", "d1", 10) == "d2"
+    assert reg.hold_lease("other", "d1", 10) == "d1"  # leases are independent
+
+
+def test_dropping_a_lease_frees_it_only_for_its_holder(backend: Backend) -> None:
+    """drop_lease by someone else changes nothing; by the holder, the next caller gets it."""
+    reg = backend.registry()
+    reg.hold_lease("dispatcher", "d1", 60)
+    reg.drop_lease("dispatcher", "d2")
+    assert reg.hold_lease("dispatcher", "d2", 60) == "d1"
+    reg.drop_lease("dispatcher", "d1")
+    assert reg.hold_lease("dispatcher", "d2", 60) == "d2"
+    reg.drop_lease("never held", "d1")  # nothing to drop: no error
+
+
+def test_lease_arguments_are_checked(backend: Backend) -> None:
+    """An empty name or holder, or a negative ttl, is a ConfigError."""
+    reg = backend.registry()
+    with pytest.raises(ConfigError, match="lease name"):
+        reg.hold_lease("", "d1", 10)
+    with pytest.raises(ConfigError, match="lease holder"):
+        reg.hold_lease("dispatcher", "", 10)
+    with pytest.raises(ConfigError, match="ttl"):
+        reg.hold_lease("dispatcher", "d1", -1)
+    assert reg.hold_lease("dispatcher", "d1", 10) == "d1"

@@ -22,6 +22,7 @@ from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
 from agentic.stores.sqlite._db import Database
 from agentic.stores.sqlite.allowance import MIGRATIONS as ALLOWANCE_MIGRATIONS
+from agentic.stores.sqlite.registry import MIGRATIONS as REGISTRY_MIGRATIONS
 from agentic.testing import FakeClock
 
 
@@ -185,7 +186,7 @@ def test_migrations_are_recorded_once_per_component(tmp_path: Path) -> None:
         SQLiteAllowanceStore(path).close()
     assert rows(path, "SELECT component, version FROM schema_version ORDER BY 1") == [
         ("allowance", len(ALLOWANCE_MIGRATIONS)),
-        ("registry", 1),
+        ("registry", len(REGISTRY_MIGRATIONS)),
     ]
 
 

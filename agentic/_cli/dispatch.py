@@ -82,6 +82,7 @@ def dispatch(
             lease_seconds=cfg.dispatcher.lease_seconds,
             claim_concurrency=cfg.dispatcher.claim_concurrency,
             claim_batch=cfg.dispatcher.claim_batch,
+            exclusive=cfg.dispatcher.exclusive,
         )
         if once:
             report = dispatcher.run_once()

@@ -156,6 +156,12 @@ class AgentRegistry(Closeable):
       deregistered id (a heartbeat never resurrects a deregistered agent).
     * ``reap(ttl)`` marks offline every online agent whose last heartbeat is older
       than ``ttl`` and returns those ids (sorted). Costs O(stale), not O(all).
+    * ``hold_lease(name, holder, ttl)`` takes the named lease for ``holder`` when
+      nobody holds it or its holder let it run out, or extends it when ``holder``
+      has it, until ``ttl`` seconds from now; returns who holds it after the call,
+      in one atomic step (two callers never both get it). ``drop_lease(name,
+      holder)`` gives it up, only if ``holder`` holds it. Dispatchers use one lease
+      so that one of them is active and the others stand by.
     """
 
     @abc.abstractmethod
@@ -183,6 +189,14 @@ class AgentRegistry(Closeable):
     @abc.abstractmethod
     def reap(self, ttl: float | timedelta) -> builtins.list[str]:
         """Mark stale agents offline; returns the ids newly marked."""
+
+    @abc.abstractmethod
+    def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
+        """Take or extend the lease ``name`` for ``holder``; who holds it now."""
+
+    @abc.abstractmethod
+    def drop_lease(self, name: str, holder: str) -> None:
+        """Give up the lease ``name`` if ``holder`` holds it."""
 
 
 class AllowanceStore(Closeable):

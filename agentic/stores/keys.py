@@ -38,10 +38,17 @@ class RegistryKeys:
     ids: str
     #: sorted set of ONLINE agent ids scored by last heartbeat (what ``reap`` reads)
     beats: str
+    #: hash per named lease: ``holder``, ``until`` (epoch seconds)
+    lease_head: str
 
     @classmethod
     def under(cls, prefix: str) -> RegistryKeys:
-        return cls(f"{prefix}:reg:agent:", f"{prefix}:reg:ids", f"{prefix}:reg:beats")
+        return cls(
+            f"{prefix}:reg:agent:",
+            f"{prefix}:reg:ids",
+            f"{prefix}:reg:beats",
+            f"{prefix}:reg:lease:",
+        )
 
     def agent(self, agent_id: str) -> str:
         return self.agent_head + agent_id

@@ -32,6 +32,8 @@ class MemoryRegistry(AgentRegistry):
         self._agents: dict[str, AgentInfo] = {}
         # agent id -> last heartbeat, in heartbeat order (oldest first)
         self._beats: dict[str, float] = {}
+        # lease name -> (holder, held until)
+        self._leases: dict[str, tuple[str, float]] = {}
 
     def _beat(self, agent_id: str, now: float) -> None:
         self._beats.pop(agent_id, None)
@@ -113,3 +115,20 @@ class MemoryRegistry(AgentRegistry):
                     self._agents[agent_id] = info.model_copy(update={"status": AgentStatus.OFFLINE})
                     reaped.append(agent_id)
         return sorted(reaped)
+
+    def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
+        require_id("lease name", name)
+        require_id("lease holder", holder)
+        seconds = ttl_seconds(ttl)
+        with self._lock:
+            now = self._clock()
+            current, until = self._leases.get(name, ("", 0.0))
+            if current and current != holder and until > now:
+                return current
+            self._leases[name] = (holder, now + seconds)
+            return holder
+
+    def drop_lease(self, name: str, holder: str) -> None:
+        with self._lock:
+            if self._leases.get(name, ("", 0.0))[0] == holder:
+                del self._leases[name]

@@ -31,6 +31,7 @@ _REGISTER = Script("common.lua", "reg_register.lua")
 _HEARTBEAT = Script("common.lua", "reg_heartbeat.lua")
 _DEREGISTER = Script("reg_deregister.lua")
 _REAP = Script("common.lua", "reg_reap.lua")
+_LEASE = Script("common.lua", "reg_lease.lua")
 
 
 def _ts(seconds: float) -> datetime:
@@ -154,3 +155,15 @@ class RedisRegistry(AgentRegistry):
         k = self._keys
         reaped = _REAP(self._client, [now, repr(seconds), k.agent_head], keys=[k.beats])
         return sorted(text(i) for i in reaped)
+
+    def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
+        require_id("lease name", name)
+        require_id("lease holder", holder)
+        seconds = ttl_seconds(ttl)
+        now, _at = now_arg(self._clock)
+        key = self._keys.lease_head + name
+        return text(_LEASE(self._client, [now, holder, repr(seconds)], keys=[key]))
+
+    def drop_lease(self, name: str, holder: str) -> None:
+        now, _at = now_arg(self._clock)
+        _LEASE(self._client, [now, holder, ""], keys=[self._keys.lease_head + name])

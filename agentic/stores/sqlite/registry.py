@@ -45,6 +45,14 @@ MIGRATIONS: list[Migration] = [
         f"""CREATE INDEX agents_online_by_heartbeat ON agents (last_heartbeat)
             WHERE status != '{_OFFLINE}'""",
     ),
+    (
+        # Named leases (hold_lease): the active dispatcher's, for one.
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            held_until REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 ]
 
 _COLUMNS = "id, name, capabilities, status, current_load, max_load, last_heartbeat, registered_at"
@@ -181,3 +189,24 @@ class SQLiteRegistry(AgentRegistry):
             if ids:
                 conn.execute(f"UPDATE agents SET status = '{_OFFLINE}' WHERE {stale}", (cutoff,))
         return sorted(ids)
+
+    def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
+        require_id("lease name", name)
+        require_id("lease holder", holder)
+        seconds = ttl_seconds(ttl)
+        with self._db.transaction(f"holding lease {name!r}") as conn:
+            now = self._clock()
+            row = conn.execute(
+                "SELECT holder, held_until FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return str(row[0])
+            conn.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, held_until) VALUES (?, ?, ?)",
+                (name, holder, now + seconds),
+            )
+            return holder
+
+    def drop_lease(self, name: str, holder: str) -> None:
+        with self._db.transaction(f"dropping lease {name!r}") as conn:
+            conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
