@@ -149,6 +149,7 @@ class Dispatcher:
         claim_concurrency: int = 8,
         claim_batch: int = 50,
         exclusive: bool = True,
+        active_lease: float | None = None,
         name: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -170,6 +171,11 @@ class Dispatcher:
         #: one dispatcher is active, the others stand by and take over when it stops
         #: (at once) or dies (when its lease runs out)
         self.exclusive = exclusive
+        if active_lease is not None and active_lease <= 0:
+            raise ConfigError(f"active_lease must be > 0 seconds, got {active_lease}")
+        #: seconds the lease lasts from each renewal (None: 3 intervals or 15 s,
+        #: whichever is longer): how long a standby waits for a dispatcher that died
+        self.active_lease = active_lease
         #: this dispatcher's name as the lease holder
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: whether :meth:`run` holds the lease (always True when not exclusive)
@@ -584,9 +590,10 @@ class Dispatcher:
         intervals) instead of spinning.
 
         An ``exclusive`` dispatcher passes only while it holds the registry's lease
-        (:data:`LEASE`, renewed before each pass, for 3 intervals or 15 s, whichever
-        is longer); otherwise it stands by, asking again every interval, and gives the
-        lease up when it stops.
+        (:data:`LEASE`, renewed before each pass for ``active_lease`` seconds, by
+        default 3 intervals or 15 s, whichever is longer); otherwise it stands by,
+        asking again every interval (1 s at least, a third of the lease at most), and
+        gives the lease up when it stops.
         """
         stop = stop or threading.Event()
         restore = stop_on_signals(stop, "stopping after this pass")
@@ -599,7 +606,7 @@ class Dispatcher:
 
     def _hold_lease(self, interval: float) -> bool:
         """Take or renew the dispatcher lease; whether this dispatcher is active."""
-        ttl = max(3 * interval, _LEASE_MIN_TTL)
+        ttl = self.active_lease or max(3 * interval, _LEASE_MIN_TTL)
         holder = self.registry.hold_lease(LEASE, self.name, ttl)
         active = holder == self.name
         if active != self.active:
@@ -629,7 +636,8 @@ class Dispatcher:
             started = time.monotonic()
             try:
                 if self.exclusive and not self._hold_lease(interval):
-                    stop.wait(min(max(interval, 1.0), _LEASE_MIN_TTL / 3))  # a standby
+                    ttl = self.active_lease or _LEASE_MIN_TTL
+                    stop.wait(min(max(interval, 1.0), ttl / 3))  # a standby asks again
                     continue
             except AgenticError as exc:  # the registry is down: nobody can tell who is active
                 failures += 1

@@ -14,6 +14,7 @@ import pytest
 from agentic.allowance import AllowanceService
 from agentic.client import TaskClient
 from agentic.dispatcher import Dispatcher
+from agentic.events import CallbackEmitter, Event, EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskStatus
 from agentic.router import DefaultRouter
 from agentic.stores import open_allowance_store, open_registry, open_task_store
@@ -137,5 +138,67 @@ def test_dispatcher_killed_between_reserve_and_claim_leaks_nothing(shared_url: s
     usage = quota.get_usage("a")
     assert (usage.active_jobs, usage.tokens_reserved) == (0, 0)
     assert quota.check("a").allowed
+    for store in (registry, quota, tasks):
+        store.close()
+
+
+def _dispatch_forever(store_url: str, base_url: str, name: str, out: Any) -> None:
+    """Child: an exclusive dispatcher (lease 1 s) that reports each task it dispatched."""
+    registry = open_registry(store_url)
+    allowance = AllowanceService(open_allowance_store(store_url))
+    client = TaskClient(base_url, token="", retries=2)
+
+    def report(event: Event) -> None:
+        if event.type is EventType.TASK_DISPATCHED:
+            out.put((name, event.task_id))
+
+    dispatcher = Dispatcher(
+        registry,
+        DefaultRouter(),
+        allowance,
+        client,
+        CallbackEmitter(report),
+        name=name,
+        active_lease=1.0,
+    )
+    dispatcher.run(interval=0.1)
+
+
+def test_a_standby_dispatcher_process_takes_over_from_one_killed(shared_url: str) -> None:
+    """Two exclusive dispatcher processes: only the lease holder dispatches; kill -9 it
+    and the standby dispatches the next task once the lease has run out."""
+    registry = open_registry(shared_url)
+    quota = open_allowance_store(shared_url)
+    tasks = open_task_store(shared_url)
+    registry.register(AgentInfo(id="a"))
+    quota.set_allowance(AgentAllowance(agent_id="a"))
+    with running_server(tasks, requeue_interval=None) as base_url:
+        out = SPAWN.Queue()
+        procs = {
+            name: SPAWN.Process(
+                target=_dispatch_forever, args=(shared_url, base_url, name, out), daemon=True
+            )
+            for name in ("d1", "d2")
+        }
+        try:
+            for p in procs.values():
+                p.start()
+            first = tasks.create(Task(title="first"))
+            active, dispatched = out.get(timeout=60)
+            assert dispatched == first.id
+            second = tasks.create(Task(title="second"))
+            assert out.get(timeout=30) == (active, second.id)  # the standby stayed idle
+            procs[active].kill()
+            procs[active].join(10)
+            third = tasks.create(Task(title="third"))
+            standby = "d2" if active == "d1" else "d1"
+            assert out.get(timeout=30) == (standby, third.id)
+        finally:
+            for p in procs.values():
+                if p.is_alive():
+                    p.terminate()
+                p.join(10)
+    stored = {t.id: t for t in tasks.list()}
+    assert all(t.status is TaskStatus.IN_PROGRESS for t in stored.values())
     for store in (registry, quota, tasks):
         store.close()

@@ -625,6 +625,12 @@ def test_a_standby_takes_over_when_the_active_dispatcher_dies(system: System) ->
         thread.join(5)
 
 
+def test_active_lease_must_be_positive(system: System) -> None:
+    """A lease of zero or less seconds is a ConfigError naming the argument."""
+    with pytest.raises(ConfigError, match="active_lease must be > 0"):
+        twin(system, "bad", active_lease=0)
+
+
 def test_dispatchers_not_exclusive_all_pass(system: System) -> None:
     """exclusive=False: every dispatcher passes, the lease is never taken."""
     system.agent("a")
