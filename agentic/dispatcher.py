@@ -90,6 +90,9 @@ _MIN_GAP = 0.05
 _FOLLOW_UP = 0.25
 #: answers to a batch of claims meaning "no such route here": claim one by one instead
 _NO_BATCHES = frozenset({404, 405, 501})
+#: quota refusals that no other task could pass either (the rules check the allowlist
+#: and tokens first, so an agent refused for these refuses every task until a job ends)
+_ANY_TASK_REFUSED = frozenset({"daily job limit", "concurrent job limit"})
 #: the registry lease the exclusive dispatchers share: its holder is the active one
 LEASE = "dispatcher"
 #: seconds the lease lasts at least (else 3 intervals): how long a standby waits for
@@ -233,11 +236,16 @@ class Dispatcher:
         ]
         return AgentIndex(agents)
 
-    def _reserve(self, task: Task, index: AgentIndex) -> tuple[str, str]:
+    def _reserve(
+        self, task: Task, index: AgentIndex, full: dict[str, QuotaExceededError] | None = None
+    ) -> tuple[str, str]:
         """Rank, then reserve quota on the first candidate that has it: (agent, job id).
 
         The agent's load in ``index`` counts the task from here on, so the tasks after
-        it in a pass are routed as if the claim had succeeded (defect 4).
+        it in a pass are routed as if the claim had succeeded (defect 4). ``full``
+        remembers, for one pass, the agents refused whatever the task (no slot or no
+        job left today, no allowance): they are not asked again in that pass, so a
+        backlog of thousands costs one refusal per agent, not one per task.
         """
         try:
             ranked = self.router.rank(task, index)
@@ -246,15 +254,24 @@ class Dispatcher:
             raise
         refusals: list[tuple[str, QuotaExceededError]] = []
         for agent_id in ranked:
+            known = full.get(agent_id) if full is not None else None
+            if known is not None:
+                refusals.append((agent_id, known))
+                continue
             job_id = new_job_id(task)
             try:
                 self.allowance.reserve(agent_id, task.model, task.estimated_tokens, job_id)
             except QuotaExceededError as exc:
                 refusals.append((agent_id, exc))
+                if full is not None and exc.reason in _ANY_TASK_REFUSED:
+                    full[agent_id] = exc
                 continue
             except NotFoundError as exc:
                 # No allowance: this agent may take no work (fail closed), the next may.
-                refusals.append((agent_id, QuotaExceededError(exc.message)))
+                refusal = QuotaExceededError(exc.message)
+                refusals.append((agent_id, refusal))
+                if full is not None:
+                    full[agent_id] = refusal
                 continue
             index.add_load(agent_id)
             return agent_id, job_id
@@ -466,6 +483,7 @@ class Dispatcher:
             self._forget_previous_attempt(task)
         index = self._index()
         now = self._clock()
+        full: dict[str, QuotaExceededError] = {}  # refused whatever the task, this pass
         routed: list[tuple[Task, str, str]] = []  # reserved, their batch not sent yet
         sent: list[tuple[list[tuple[Task, str, str]], Future[list[Exception | None]]]] = []
         with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
@@ -481,7 +499,7 @@ class Dispatcher:
                         report.waiting[task.id] = f"backoff until {until}"
                     else:
                         try:
-                            agent_id, job_id = self._reserve(task, index)
+                            agent_id, job_id = self._reserve(task, index, full)
                         except StoreError:
                             raise  # the quota store is down: the pass fails, not the task
                         except AgenticError as exc:

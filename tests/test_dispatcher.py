@@ -471,6 +471,47 @@ def test_claim_of_a_task_that_is_gone_is_given_back(system: System) -> None:
     assert system.dispatcher._unsure == {}
 
 
+class CountingQuota(MemoryAllowanceStore):
+    """A memory quota store that counts reserve calls per agent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: dict[str, int] = {}
+
+    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+        self.asked[agent_id] = self.asked.get(agent_id, 0) + 1
+        return super().reserve(agent_id, model, tokens, job_id)
+
+
+def test_an_agent_refused_for_any_task_is_asked_once_per_pass(system: System) -> None:
+    """An agent at its concurrent (or daily) job limit, or without an allowance, is
+    asked once in a pass, not once per task; the tasks go to the others or wait."""
+    quota = CountingQuota()
+    for agent_id, limits in {
+        "full": {"concurrent_jobs": 1},
+        "spent": {"daily_job_limit": 1},
+    }.items():
+        system.registry.register(AgentInfo(id=agent_id, capabilities=["x"]))
+        quota.set_allowance(AgentAllowance(agent_id=agent_id, **limits))
+        quota.reserve(agent_id, "", 0, f"{agent_id}-held")
+    system.registry.register(AgentInfo(id="unknown", capabilities=["x"]))  # no allowance
+    system.registry.register(AgentInfo(id="free", capabilities=["x"], max_load=3))
+    quota.set_allowance(AgentAllowance(agent_id="free"))
+    quota.asked.clear()
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(quota), system.client
+    )
+    tasks = [system.task(f"t{i}", "x") for i in range(20)]
+    report = dispatcher.run_once()
+    assert sorted(report.dispatched.values()) == ["free"] * 3
+    assert len(report.waiting) == 17
+    assert "concurrent job limit" in report.waiting[tasks[-1].id]
+    assert "daily job limit" in report.waiting[tasks[-1].id]
+    assert (quota.asked["full"], quota.asked["spent"], quota.asked["unknown"]) == (1, 1, 1)
+    dispatcher.run_once()  # a new pass asks again: a slot may have been freed since
+    assert quota.asked["full"] == 2
+
+
 class BrokenQuota(MemoryAllowanceStore):
     """A quota store whose reservations fail like an unreachable backend."""
 
