@@ -42,7 +42,7 @@ CHANGES_HEADER = "X-Agentic-Changes"
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it
 #: (clients check for them: a server that predates one ignores what it needs)
-FEATURES = ("attempt_fencing", "batch_claims", "claim_fencing", "long_polls")
+FEATURES = ("attempt_fencing", "batch_claims", "claim_fencing", "list_pages", "long_polls")
 
 
 def same_source(token: str, other: str) -> bool:

@@ -238,9 +238,13 @@ class TaskClient:
         labels: Iterable[str] | None = None,
         ready: bool | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> list[Task]:
-        """Tasks matching every given filter, most urgent and oldest first."""
+        """Tasks matching every given filter, most urgent and oldest first; with
+        ``after`` (the id of the last task of the previous page), the next page."""
         params = _list_params(status, priority, project, claimed_by, labels, ready, limit)
+        if after is not None:
+            params["after"] = require_id("after", after)
         return parse(self._request("GET", "/api/tasks", safe=True, params=params), TASKS)
 
     def watch_tasks(

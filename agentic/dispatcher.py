@@ -48,7 +48,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,6 +151,7 @@ class Dispatcher:
         lease_seconds: float | None = None,
         claim_concurrency: int = 8,
         claim_batch: int = 50,
+        page_size: int = 500,
         exclusive: bool = True,
         active_lease: float | None = None,
         name: str | None = None,
@@ -158,6 +159,7 @@ class Dispatcher:
     ) -> None:
         _require_count("claim_concurrency", claim_concurrency, 64)
         _require_count("claim_batch", claim_batch, MAX_CLAIM_BATCH)
+        _require_count("page_size", page_size, 10_000)
         self.registry = registry
         self.router = router
         self.allowance = allowance
@@ -170,6 +172,11 @@ class Dispatcher:
         self.claim_concurrency = claim_concurrency
         #: claims sent in one request at most (1: one request per claim)
         self.claim_batch = claim_batch
+        #: ready tasks listed per request; a pass lists the next page only while some
+        #: agent still has room (servers without ``list_pages``: all at once)
+        self.page_size = page_size
+        # Whether the task API pages lists (its list_pages feature); None: not asked
+        self._pages: bool | None = None
         #: in :meth:`run`, pass only while holding the registry's dispatcher lease:
         #: one dispatcher is active, the others stand by and take over when it stops
         #: (at once) or dies (when its lease runs out)
@@ -472,8 +479,8 @@ class Dispatcher:
         if self.heartbeat_ttl:
             for agent_id in self.registry.reap(self.heartbeat_ttl):
                 self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})
-        tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
-        tasks.sort(key=_urgency)
+        seen: set[str] = set()
+        tasks = self._ready_page(None, seen)
         self._settle_unsure(tasks)
         # A task with a claim still unsettled is not claimed again meanwhile: that
         # claim may be made, and would then hold it under a reservation of its own.
@@ -488,7 +495,7 @@ class Dispatcher:
         sent: list[tuple[list[tuple[Task, str, str]], Future[list[Exception | None]]]] = []
         with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
             try:
-                for task in tasks:
+                for task in self._pass_tasks(tasks, seen, index, full):
                     if task.id in unsettled:
                         report.waiting[task.id] = "a claim of it has no known outcome yet"
                     elif task.retry_count > task.max_retries:
@@ -522,6 +529,50 @@ class Dispatcher:
                             self.errors += 1
                             log.exception("claim of task %s: its outcome was not recorded", task.id)
         return report
+
+    def _ready_page(self, after: str | None, seen: set[str]) -> list[Task]:
+        """The next page of ready pending tasks after task ``after`` (all of them from
+        a server that does not page), most urgent first; their ids join ``seen``."""
+        if self._pages is None:
+            try:
+                self._pages = "list_pages" in self.client.server_features()
+            except AgenticError as exc:  # the list below reports an unreachable server
+                log.debug("could not read the task API's features: %s", exc)
+        if not self._pages:
+            if after is not None:
+                return []  # the first answer held everything
+            tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
+        else:
+            tasks = self.client.list_tasks(
+                status=TaskStatus.PENDING, ready=True, limit=self.page_size, after=after
+            )
+            if any(task.id in seen for task in tasks):  # the cursor was not honoured
+                log.warning("the task API repeated a page: listing stops for this pass")
+                self._pages = None
+                return []
+        seen.update(task.id for task in tasks)
+        tasks.sort(key=_urgency)
+        return tasks
+
+    def _pass_tasks(
+        self,
+        first: list[Task],
+        seen: set[str],
+        index: AgentIndex,
+        full: dict[str, QuotaExceededError],
+    ) -> Iterator[Task]:
+        """The tasks of a pass, page after page: the next page is listed only when the
+        last was full and some agent may still take work (not full, not refused
+        whatever the task), so a backlog of thousands costs a page while the fleet is
+        busy, not the whole list."""
+        page = first
+        while True:
+            yield from page
+            if len(page) < self.page_size or not index.has_room(full):
+                return
+            page = self._ready_page(page[-1].id, seen)
+            for task in page:
+                self._forget_previous_attempt(task)
 
     def _see_through(
         self,

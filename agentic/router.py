@@ -29,7 +29,7 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import TypeVar
 
 from .errors import ConfigError, NoEligibleAgentError, NotFoundError
@@ -189,6 +189,11 @@ class AgentIndex:
             return self._agents[agent_id]
         except KeyError:
             raise NotFoundError(f"agent {agent_id!r} is not in the index") from None
+
+    def has_room(self, excluding: Collection[str] = ()) -> bool:
+        """Whether an agent not in ``excluding`` could take one more task now (online,
+        below capacity), whatever its capabilities."""
+        return any(agent_id not in excluding for _, agent_id in self._everyone.by_load)
 
     def add_load(self, agent_id: str, delta: int = 1) -> AgentInfo:
         """Count ``delta`` more tasks on an agent (negative frees; floors at 0).

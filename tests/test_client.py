@@ -275,6 +275,16 @@ def test_job_id_fences_complete_release_and_renew(
     assert release.call_count == 3
 
 
+def test_list_tasks_sends_the_page_cursor(client: TaskClient, mock: respx.MockRouter) -> None:
+    """list_tasks(after=...) sends the cursor with the limit; an empty one is refused."""
+    route = mock.get("/api/tasks").respond(200, json=[])
+    assert client.list_tasks(limit=10, after="t9") == []
+    assert dict(route.calls.last.request.url.params) == {"limit": "10", "after": "t9"}
+    with pytest.raises(ConfigError, match="after"):
+        client.list_tasks(after="")
+    assert route.call_count == 1
+
+
 def test_withdraw_claim_posts_the_job_id_and_is_retried(
     client: TaskClient, mock: respx.MockRouter, sleeps: list[float]
 ) -> None:

@@ -52,10 +52,9 @@ def _dispatch_until_done(
 
 @pytest.mark.parametrize("claim_batch", [1, 50], ids=["one claim per request", "batches"])
 def test_two_dispatcher_processes_share_the_work(shared_url: str, claim_batch: int) -> None:
-    """Two dispatcher processes, 1,000 tasks: each claimed once, no quota exceeded.
-
-    One request per claim, they share the work; in batches, one may win most races,
-    but both race for the tasks."""
+    """Two dispatcher processes racing (not exclusive), 1,000 tasks: each claimed once,
+    no quota exceeded. Both race for the same tasks in the same order; which one wins
+    how many is timing (one ahead of the other can win them all)."""
     registry = open_registry(shared_url)
     quota = open_allowance_store(shared_url)
     tasks = open_task_store(shared_url)
@@ -86,8 +85,6 @@ def test_two_dispatcher_processes_share_the_work(shared_url: str, claim_batch: i
     assert len(claimed) == len(set(claimed)) == 1000
     assert set(claimed) == ids
     assert all(tried > 0 for _, tried, _ in results), "one dispatcher never raced"
-    if claim_batch == 1:
-        assert all(len(ids_) > 0 for ids_, _, _ in results), "one dispatcher did all the work"
     assert sum(errors for _, _, errors in results) == 0
     stored = tasks.list(limit=2000)
     assert all(t.status is TaskStatus.IN_PROGRESS for t in stored)

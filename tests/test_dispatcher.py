@@ -512,6 +512,78 @@ def test_an_agent_refused_for_any_task_is_asked_once_per_pass(system: System) ->
     assert quota.asked["full"] == 2
 
 
+class CountingLists(TaskClient):
+    """A client that records each list request's ``after``; ``features`` stand in for
+    the server's, and ``ignore_after`` plays a server that does not page."""
+
+    def __init__(
+        self, base_url: str, features: frozenset[str] | None = None, ignore_after: bool = False
+    ) -> None:
+        super().__init__(base_url, token="", retries=0)
+        self.features = features
+        self.ignore_after = ignore_after
+        self.lists: list[str | None] = []
+
+    def server_features(self) -> frozenset[str]:
+        return super().server_features() if self.features is None else self.features
+
+    def list_tasks(self, *args: Any, **kwargs: Any) -> list[Task]:
+        self.lists.append(kwargs.get("after"))
+        if self.ignore_after:
+            kwargs.pop("after", None)
+        return super().list_tasks(*args, **kwargs)
+
+
+def paged(system: System, **client: Any) -> tuple[Dispatcher, CountingLists]:
+    """A dispatcher listing 10 ready tasks per page through a CountingLists client."""
+    counting = CountingLists(system.client.base_url, **client)
+    quota = AllowanceService(system.quota)
+    return Dispatcher(system.registry, DefaultRouter(), quota, counting, page_size=10), counting
+
+
+def test_a_pass_lists_the_next_page_only_while_an_agent_has_room(system: System) -> None:
+    """25 ready tasks, pages of 10: with room for 3, one page is listed; the most urgent
+    3 are dispatched, the rest wait for a later pass."""
+    system.agent("a", max_load=3)
+    tasks = [system.task(f"t{i:02}") for i in range(25)]
+    dispatcher, client = paged(system)
+    report = dispatcher.run_once()
+    assert client.lists == [None]
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks[:3])
+    assert len(report.waiting) == 7
+
+
+def test_a_pass_pages_through_a_backlog_an_agent_can_take(system: System) -> None:
+    """With room for everything the pass walks every page, each after the last task."""
+    system.agent("a")
+    tasks = [system.task(f"t{i:02}") for i in range(25)]
+    dispatcher, client = paged(system)
+    report = dispatcher.run_once()
+    assert sorted(report.dispatched) == sorted(t.id for t in tasks)
+    assert client.lists == [None, tasks[9].id, tasks[19].id]
+
+
+def test_a_server_that_does_not_page_is_listed_whole(system: System) -> None:
+    """Without list_pages the first list asks for everything, as before pages existed."""
+    system.agent("a")
+    for i in range(25):
+        system.task(f"t{i:02}")
+    dispatcher, client = paged(system, features=frozenset())
+    assert len(dispatcher.run_once().dispatched) == 25
+    assert client.lists == [None]
+
+
+def test_a_server_repeating_pages_stops_the_listing(system: System) -> None:
+    """A server that says it pages but answers the first page again: no task twice."""
+    system.agent("a", max_load=15)
+    for i in range(25):
+        system.task(f"t{i:02}")
+    dispatcher, client = paged(system, ignore_after=True)
+    report = dispatcher.run_once()
+    assert len(report.dispatched) == 10 and not report.failed
+    assert len(client.lists) == 2
+
+
 class BrokenQuota(MemoryAllowanceStore):
     """A quota store whose reservations fail like an unreachable backend."""
 

@@ -98,6 +98,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "attempt_fencing",
         "batch_claims",
         "claim_fencing",
+        "list_pages",
         "long_polls",
     }
     assert api.get("/api/health").status_code == 200
@@ -553,6 +554,18 @@ def test_release(api: TestClient, store: MemoryTaskStore) -> None:
     assert response.json()["status"] == "pending" and response.json()["retry_count"] == 0
     assert api.post(f"/api/tasks/{other.id}/release", headers=ADMIN).json()["status"] == "pending"
     assert_error(api.post(f"/api/tasks/{held.id}/release", headers=AGENT1), 409)
+
+
+def test_list_pages_after_a_task(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
+    """limit and after page the list; an unknown after is 422, an empty one too."""
+    made = []
+    for i in range(5):
+        made.append(new_task(store, title=f"t{i}").id)
+        clock.advance(1)
+    page = api.get("/api/tasks", params={"limit": 2, "after": made[1]}, headers=ADMIN)
+    assert [t["id"] for t in page.json()] == made[2:4]
+    assert_error(api.get("/api/tasks", params={"after": "nope"}, headers=ADMIN), 422)
+    assert_error(api.get("/api/tasks", params={"after": ""}, headers=ADMIN), 422)
 
 
 def test_withdraw_claim(api: TestClient, store: MemoryTaskStore) -> None:

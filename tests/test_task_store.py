@@ -201,6 +201,41 @@ def test_list_orders_by_priority_then_age_then_id(store: TaskStore, backend: Bac
     assert store.list(limit=0) == []
 
 
+def test_list_pages_after_a_task(store: TaskStore, backend: Backend) -> None:
+    """after=id lists what follows that task in list order, page by page, filters kept."""
+    new(store, id="m-old", priority="medium")
+    backend.clock.advance(1)
+    for task_id in ("b-new", "a-new", "B-new", "a-new-2"):  # equal times: ids decide
+        new(store, id=task_id, priority="medium")
+    new(store, id="low", priority="low")
+    new(store, id="crit", priority="critical")
+    order = ["crit", "m-old", "B-new", "a-new", "a-new-2", "b-new", "low"]
+    assert [t.id for t in store.list()] == order
+    for i, task_id in enumerate(order):
+        assert [t.id for t in store.list(after=task_id)] == order[i + 1 :], task_id
+    pages, after = [], None
+    while True:
+        page = [t.id for t in store.list(limit=3, after=after)]
+        pages.append(page)
+        if len(page) < 3:
+            break
+        after = page[-1]
+    assert pages == [order[:3], order[3:6], order[6:]]
+    # the cursor's own state does not matter: a claimed task still marks the place
+    store.claim("a-new", "agent-1", 30)
+    assert [t.id for t in store.list(status=PENDING, after="a-new")] == ["a-new-2", "b-new", "low"]
+    assert [t.id for t in store.list(priority=Priority.LOW, after="crit")] == ["low"]
+
+
+def test_list_after_an_unknown_or_empty_id_is_refused(store: TaskStore) -> None:
+    """after names a task that exists: NotFoundError otherwise, ConfigError when empty."""
+    new(store, id="a")
+    with pytest.raises(NotFoundError):
+        store.list(after="nope")
+    with pytest.raises(ConfigError, match="after"):
+        store.list(after="")
+
+
 def test_list_filters(store: TaskStore) -> None:
     """status, priority, project, claimed_by and labels (all of them) filter the list."""
     new(store, id="a", project="p1", labels=["go", "py"], priority="high")

@@ -87,6 +87,7 @@ _MAX_WAIT = 60.0
 _DISPATCH_FIELDS = frozenset({"status", "next_attempt_at"})
 _WAIT_DOC = "long-poll: wait up to this many seconds for a change since `since`"
 _SINCE_DOC = "the X-Agentic-Changes token of the previous answer"
+_AFTER_DOC = "a page: only tasks after this task id in list order"
 _LATE = "not attempted: the batch's time_limit passed first; claim it again"
 _TASKS = TypeAdapter(list[Task])
 
@@ -226,6 +227,9 @@ def create_app(
         labels: Annotated[str | None, Query(description="comma-separated: has all")] = None,
         ready: Annotated[bool | None, Query(description="pending, dependencies done")] = None,
         limit: Annotated[int | None, Query(ge=1, le=_MAX_LIST)] = None,
+        after: Annotated[
+            str | None, Query(min_length=1, max_length=256, description=_AFTER_DOC)
+        ] = None,
         wait: Annotated[float, Query(ge=0, le=_MAX_WAIT, description=_WAIT_DOC)] = 0,
         since: Annotated[str, Query(max_length=64, description=_SINCE_DOC)] = "",
     ) -> Response:
@@ -235,11 +239,17 @@ def create_app(
         watched topic changed since that token, at most ``wait`` seconds. The topic is
         the claims made for ``claimed_by`` when it is given (what a runner waits for),
         else any change that may let a dispatcher do more. Every answer carries the
-        topic's current token in ``X-Agentic-Changes``."""
+        topic's current token in ``X-Agentic-Changes``. Pages: ``limit`` and ``after``
+        (the id of the last task of the previous page); 422 for an unknown one."""
         topic = f"claims:{claimed_by}" if claimed_by else "dispatch"
         token = await changes.wait(topic, since, wait) if wait else changes.token(topic)
         wanted = [label for label in (labels or "").split(",") if label] or None
-        found = await calls(store.list, status, priority, project, claimed_by, wanted, ready, limit)
+        try:
+            found = await calls(
+                store.list, status, priority, project, claimed_by, wanted, ready, limit, after
+            )
+        except NotFoundError as exc:  # the cursor, not the URL: bad input
+            raise APIError(f"after: {exc.message}", 422) from exc
         answer = _json(found)
         answer.headers[CHANGES_HEADER] = token
         return answer

@@ -342,7 +342,9 @@ class TaskStore(Closeable):
       creates two tasks).
     * ``list(...)``: ordered by priority (critical first), then age, then id;
       ``labels`` means "has all of them"; ``ready=True`` means pending with every
-      dependency completed.
+      dependency completed. ``after`` (a task id) pages: only tasks after that one in
+      this order, whatever its own state now (priority and creation time never
+      change, so the order is stable); :class:`NotFoundError` for an unknown id.
     * ``claim(task_id, agent_id, lease_seconds, job_id="")``: ONE compare-and-set: pending with
       every dependency completed -> in_progress, claimed_by, claimed_at, lease. Two
       claimers never both win; the loser gets :class:`ConflictError` (so does a task
@@ -404,8 +406,10 @@ class TaskStore(Closeable):
         labels: builtins.list[str] | None = None,
         ready: bool | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> builtins.list[Task]:
-        """Tasks matching every given filter, most urgent and oldest first."""
+        """Tasks matching every given filter, most urgent and oldest first; with
+        ``after``, only those that come after that task in this order (a page)."""
 
     @abc.abstractmethod
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:

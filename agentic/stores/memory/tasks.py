@@ -116,13 +116,18 @@ class MemoryTaskStore(TaskStore):
         labels: builtins.list[str] | None = None,
         ready: bool | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> builtins.list[Task]:
         status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        if after is not None:
+            require_id("after", after)
         with self._lock:
+            start = rules.order_key(self._get(after)) if after is not None else None
             found = [
                 t
                 for t in self._tasks.values()
-                if rules.matches(t, status, priority, project, claimed_by, labels)
+                if (start is None or rules.order_key(t) > start)
+                and rules.matches(t, status, priority, project, claimed_by, labels)
                 and (
                     ready is None
                     or ready == (t.status == TaskStatus.PENDING and not self._unfinished(t))

@@ -170,8 +170,11 @@ class RedisTaskStore(TaskStore):
         labels: builtins.list[str] | None = None,
         ready: bool | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> builtins.list[Task]:
         status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        if after is not None:
+            require_id("after", after)
         reply = self._run(
             _LIST,
             "" if status is None else status.value,
@@ -182,7 +185,10 @@ class RedisTaskStore(TaskStore):
             json.dumps(labels) if labels else "",
             "" if ready is None else str(int(ready)),
             "" if limit is None else str(limit),
+            after or "",
         )
+        if reply and not isinstance(reply[0], list):  # {'missing'}: an unknown after
+            raise _missing(str(after))
         return [_from_flat(raw) for raw in reply]
 
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:

@@ -268,10 +268,20 @@ class SQLiteTaskStore(TaskStore):
         labels: builtins.list[str] | None = None,
         ready: bool | None = None,
         limit: int | None = None,
+        after: str | None = None,
     ) -> builtins.list[Task]:
         status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
         where: builtins.list[str] = []
         params: builtins.list[object] = []
+        if after is not None:
+            require_id("after", after)
+            start = self._db.query(
+                "SELECT priority_rank, created_at, id FROM tasks WHERE id = ?", [after], "paging"
+            )
+            if not start:
+                raise NotFoundError(f"task {after!r} does not exist")
+            where.append("(t.priority_rank, t.created_at, t.id) > (?, ?, ?)")
+            params.extend(start[0])
         for column, value in (
             ("status", status),
             ("priority", priority),

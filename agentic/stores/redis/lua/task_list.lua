@@ -1,17 +1,52 @@
 -- Tasks matching every filter, most urgent, then oldest, then id first (after
 -- task_lib.lua). Walks the per-rank index (per status and rank when a status is
 -- given), so it stops as soon as ``limit`` tasks matched.
--- ARGV: heads, status, priority, project, claimed_by, labels JSON, ready, limit.
--- Each filter is '' when not given; project and claimed_by are '=' .. value so
--- that an empty value can be asked for; ready is '1' / '0'.
--- Reply: the tasks
+-- ARGV: heads, status, priority, project, claimed_by, labels JSON, ready, limit,
+-- after. Each filter is '' when not given; project and claimed_by are '=' .. value
+-- so that an empty value can be asked for; ready is '1' / '0'; after is a task id
+-- (only tasks after it in this order).
+-- Reply: the tasks | {'missing'} for an unknown after id
 local status, priority = ARGV[BASE + 1], ARGV[BASE + 2]
 local project, claimed_by = ARGV[BASE + 3], ARGV[BASE + 4]
 local labels = ARGV[BASE + 5] ~= '' and cjson.decode(ARGV[BASE + 5]) or {}
 local ready, limit = ARGV[BASE + 6], tonumber(ARGV[BASE + 7])
+local after = ARGV[BASE + 8]
 local out = {}
+-- after's place: its rank and its score (created_at) in the rank's index
+local after_rank, after_score = -1, nil
+if after ~= '' then
+  local v = redis.call('HMGET', HEAD.data .. after, 'priority', 'created_at')
+  if not v[1] then
+    return {'missing'}
+  end
+  after_rank, after_score = RANK[v[1]], v[2]
+end
 if limit == 0 then
   return out
+end
+
+-- a <= b byte by byte, as a sorted set orders members of equal score and the other
+-- stores order ids (Lua's own <= follows the server's locale).
+local function bytes_up_to(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a <= #b
+end
+
+-- Where a walk of key (rank after_rank) starts: past every member ordered before
+-- or at after (lower scores, then equal scores with an id up to after's).
+local function start_after(key)
+  local start = redis.call('ZCOUNT', key, '-inf', '(' .. after_score)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, after_score, after_score)) do
+    if bytes_up_to(id, after) then
+      start = start + 1
+    end
+  end
+  return start
 end
 
 -- The fields the filters read, from a task's HGETALL reply: the reply itself is
@@ -62,7 +97,10 @@ for _, rank in ipairs(ranks) do
     key = HEAD.status .. status .. ':' .. rank
   end
   local start = 0
-  while true do
+  if rank == after_rank then
+    start = start_after(key)
+  end
+  while rank >= after_rank do
     local ids = redis.call('ZRANGE', key, start, start + 99)
     if #ids == 0 then
       break
