@@ -197,6 +197,8 @@ class Dispatcher:
         self.errors = 0
         #: job ids of previous attempts already ended here (oldest first, bounded)
         self._ended: OrderedDict[str, None] = OrderedDict()
+        #: task id -> why it waited when last told (oldest first, bounded)
+        self._told: OrderedDict[str, tuple[EventType, str]] = OrderedDict()
         #: job id -> (task id, monotonic time) of claims whose outcome is not known yet
         #: (by job id: each is settled on its own, however many a task has had)
         self._unsure: dict[str, tuple[str, float]] = {}
@@ -257,7 +259,7 @@ class Dispatcher:
         try:
             ranked = self.router.rank(task, index)
         except NoEligibleAgentError as exc:
-            self._emit(EventType.DISPATCH_FAILED_NO_AGENT, task, "", {"reason": str(exc)})
+            self._emit_waiting(EventType.DISPATCH_FAILED_NO_AGENT, task, {"reason": str(exc)})
             raise
         refusals: list[tuple[str, QuotaExceededError]] = []
         for agent_id in ranked:
@@ -284,10 +286,22 @@ class Dispatcher:
             return agent_id, job_id
         reasons = "; ".join(f"{agent}: {exc.reason}" for agent, exc in refusals)
         waits = [exc.retry_after for _a, exc in refusals if exc.retry_after is not None]
-        self._emit(EventType.DISPATCH_FAILED_QUOTA, task, "", {"reasons": reasons})
+        self._emit_waiting(EventType.DISPATCH_FAILED_QUOTA, task, {"reasons": reasons})
         raise QuotaExceededError(
             f"every eligible agent is over quota ({reasons})", min(waits) if waits else None
         )
+
+    def _emit_waiting(self, kind: EventType, task: Task, payload: dict[str, str]) -> None:
+        """A dispatch_failed_* event, only when the task waits for a new reason: a task
+        waiting pass after pass for the same one is told once, not every pass."""
+        why = (kind, next(iter(payload.values())))
+        if self._told.get(task.id) == why:
+            return
+        self._told[task.id] = why
+        self._told.move_to_end(task.id)
+        while len(self._told) > _REMEMBERED:
+            self._told.popitem(last=False)
+        self._emit(kind, task, "", payload)
 
     def _try_claim(self, task: Task, agent_id: str, job_id: str) -> Exception | None:
         """The claim in ``agent_id``'s name; its error is returned, not raised.
@@ -345,6 +359,7 @@ class Dispatcher:
                 self._unreserve(job_id)
                 index.add_load(agent_id, -1)
         if error is None or made:
+            self._told.pop(task.id, None)  # should it wait again, that is news
             self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
             self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
             return
@@ -696,6 +711,7 @@ class Dispatcher:
 
     def _loop(self, stop: threading.Event, interval: float) -> None:
         failures = 0
+        last = ""  # the previous pass's summary
         # The task API's change token: taken before each pass that follows no wait, so
         # a change made while the pass runs is one the next wait returns on at once.
         # None: the server does not watch (sleep instead); "": not known yet.
@@ -730,7 +746,12 @@ class Dispatcher:
             else:
                 failures = 0
                 waiting = bool(report.waiting)
-                log.info("dispatch pass: %s", report.summary())
+                summary = report.summary()
+                # An idle pass like the one before is not news: debug, not info.
+                news = report.dispatched or report.failed or report.dead_lettered
+                level = logging.INFO if news or summary != last else logging.DEBUG
+                log.log(level, "dispatch pass: %s", summary)
+                last = summary
             pause = interval * min(2**failures, 10)
             if woken and waiting and not failures:
                 # Woken by a change (a task finished, say) with tasks left waiting:

@@ -1,7 +1,8 @@
 """``stream_logs``: print a task's status changes and log lines (``agentic logs``).
 
 Status lines keep go-agentic's format, ``[YYYY-MM-DD HH:MM:SS] Status: X`` (UTC),
-but are written when the status changes rather than on every poll. The stream stops
+but are written when the status changes rather than on every poll; a failed task's
+is followed by ``Reason: ...`` and a blocked one's by ``Blocked by: <task ids>``. The stream stops
 when the task is completed, failed or blocked (go-agentic never stopped on failed:
 its defect 17), or when ``stop`` is set.
 
@@ -15,12 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
 from .client import TaskClient
 from .errors import APIError, NotFoundError
-from .models import TaskStatus
+from .models import Task, TaskStatus
 from .stores.base import require_id
 
 __all__ = ["FINISHED", "stream_logs"]
@@ -54,10 +56,20 @@ class _Printer:
         self.status: TaskStatus | None = None
         self.offset = 0
 
-    def show_status(self, status: TaskStatus | None) -> None:
+    def show_status(self, status: TaskStatus | None, task: Task | Callable[[], Task]) -> None:
+        """A changed status; a failed or blocked one says why (read from ``task``, or
+        from what it returns when it is a function)."""
         if status is not None and status != self.status:
             self.status = status
             self.writer.write(f"[{_stamp()}] Status: {status}\n")
+            if status not in (TaskStatus.FAILED, TaskStatus.BLOCKED):
+                return
+            known = task if isinstance(task, Task) else task()
+            if status is TaskStatus.FAILED:
+                self.writer.write(f"[{_stamp()}] Reason: {known.fail_reason or 'not given'}\n")
+            else:
+                blockers = ", ".join(known.blockers) or "a hold (no failed dependency)"
+                self.writer.write(f"[{_stamp()}] Blocked by: {blockers}\n")
 
     def show_line(self, line: str, offset: int) -> None:
         # An offset below ours was printed already (a resumed stream may repeat).
@@ -94,7 +106,8 @@ def stream_logs(
     """
     require_id("task_id", task_id)
     printer = _Printer(writer)
-    printer.show_status(client.get_task(task_id).status)
+    first = client.get_task(task_id)
+    printer.show_status(first.status, first)
     printer.drain(client, task_id)
     if not follow or printer.finished:
         return printer.status
@@ -103,7 +116,7 @@ def stream_logs(
             if event.kind == "log":
                 printer.show_line(event.line, event.offset)
             elif event.kind in ("status", "end"):
-                printer.show_status(event.status)
+                printer.show_status(event.status, lambda: client.get_task(task_id))
             if event.kind == "end" or (stop is not None and stop.is_set()):
                 return printer.status
     except NotFoundError:
@@ -124,7 +137,8 @@ def _poll(
         try:
             # Status first, then the log: once a final status is seen, every line
             # written before the task finished is printed before returning.
-            printer.show_status(client.get_task(task_id).status)
+            current = client.get_task(task_id)
+            printer.show_status(current.status, current)
             printer.drain(client, task_id)
         except NotFoundError:
             raise

@@ -300,6 +300,24 @@ def test_submit_blank_title_is_a_usage_error(system: System) -> None:
     assert "title" in result.stderr
 
 
+def test_an_unreachable_task_api_says_what_to_check(tmp_path: Path) -> None:
+    """No server at base_url: exit 1, the error, and where to look (serve, base_url)."""
+    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", "memory://")
+    result = run("submit", "t", "--config", str(config))
+    assert result.exit_code == 1
+    assert "no answer" in result.stderr
+    assert "agentic serve" in result.stderr and "AGENTIC_BASE_URL" in result.stderr
+
+
+def test_a_missing_token_says_how_to_give_one(system: System, tmp_path: Path) -> None:
+    """A server that wants a token: the 401 comes with the setting that gives one."""
+    with running_server(system.tasks, admin_tokens=["secret"]) as base_url:
+        config = write_config(tmp_path / "t.yaml", base_url, system.url)
+        result = run("submit", "t", "--config", str(config))
+    assert result.exit_code == 1
+    assert "401" in result.stderr and "AGENTIC_TOKEN" in result.stderr
+
+
 # --- status ---
 def test_status_table_and_json(system: System) -> None:
     """status shows agents with load and quota use, and the task counts."""
@@ -498,6 +516,16 @@ def test_serve_without_token_warns(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
+    """A waiting reason quoting labels in brackets is printed whole, not read as markup."""
+    system.registry.register(AgentInfo(id="cpu-only", capabilities=["cpu"]))
+    task = system.tasks.create(Task(title="t", labels=["gpu"]))
+    result = system.cli("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert f"waiting    {task.id}: " in result.stdout
+    assert "[gpu]" in result.stdout
+
+
 def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path) -> None:
     """dispatch --once claims a task for the agent; agent run executes CMD and drains;
     both send their events, signed, to the configured webhook."""

@@ -31,7 +31,7 @@ from agentic.submit import submit_task
 from agentic.testing import FakeClock
 
 BASE = "http://tasks.test"
-STATUS_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] Status: (\w+)$")
+STATUS_LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] (Status|Reason|Blocked by): (.+)$")
 
 
 @pytest.fixture
@@ -55,11 +55,11 @@ def task_json(status: str, **fields: Any) -> dict[str, Any]:
 
 
 def summarize(output: str) -> list[str]:
-    """Output lines with status lines reduced to "Status: X"."""
+    """Output lines with status lines reduced to "Status: X" ("Reason: ...", "Blocked by: ...")."""
     lines = []
     for line in output.splitlines():
         match = STATUS_LINE.match(line)
-        lines.append(f"Status: {match.group(1)}" if match else line)
+        lines.append(f"{match.group(1)}: {match.group(2)}" if match else line)
     return lines
 
 
@@ -136,8 +136,14 @@ def test_submit_task_default_priority(client: TaskClient, mock: respx.MockRouter
 def test_stream_logs_follows_sse_until_final(
     client: TaskClient, mock: respx.MockRouter, final: str
 ) -> None:
-    """Status changes and lines are printed; the stream stops on failed, blocked, completed."""
-    mock.get("/api/tasks/t1").respond(200, json=task_json("in_progress"))
+    """Status changes and lines are printed; the stream stops on failed, blocked, completed;
+    a failed task's reason and a blocked task's blockers follow its status."""
+    mock.get("/api/tasks/t1").mock(
+        side_effect=[
+            httpx.Response(200, json=task_json("in_progress")),
+            httpx.Response(200, json=task_json(final, fail_reason="boom", blockers=["t0"])),
+        ]
+    )
     log = FakeLog(["a"])
     pages = mock.get("/api/tasks/t1/logs", params={"follow": "true"}).respond(
         200,
@@ -151,7 +157,8 @@ def test_stream_logs_follows_sse_until_final(
     mock.get("/api/tasks/t1/logs").mock(side_effect=log)
     out = io.StringIO()
     assert stream_logs(client, "t1", out) == TaskStatus(final)
-    assert summarize(out.getvalue()) == ["Status: in_progress", "a", "b", f"Status: {final}"]
+    why = {"failed": ["Reason: boom"], "blocked": ["Blocked by: t0"], "completed": []}[final]
+    assert summarize(out.getvalue()) == ["Status: in_progress", "a", "b", f"Status: {final}", *why]
     assert pages.calls.last.request.url.params["offset"] == "1"
 
 
@@ -175,8 +182,9 @@ def test_stream_logs_falls_back_to_polling(client: TaskClient, mock: respx.MockR
     lines = summarize(out.getvalue())
     statuses_printed = [line for line in lines if line.startswith("Status")]
     assert statuses_printed == ["Status: pending", "Status: in_progress", "Status: failed"]
-    printed = [line for line in lines if not line.startswith("Status")]
+    printed = [line for line in lines if not line.startswith(("Status", "Reason"))]
     assert printed == ["one", "line 1", "line 2", "line 3", "line 4"]
+    assert "Reason: not given" in lines
 
 
 def test_stream_logs_stops_on_blocked_while_polling(
@@ -191,7 +199,11 @@ def test_stream_logs_stops_on_blocked_while_polling(
     mock.get("/api/tasks/t1/logs").mock(side_effect=FakeLog([]))
     out = io.StringIO()
     assert stream_logs(client, "t1", out, poll_interval=0) is TaskStatus.BLOCKED
-    assert summarize(out.getvalue()) == ["Status: pending", "Status: blocked"]
+    assert summarize(out.getvalue()) == [
+        "Status: pending",
+        "Status: blocked",
+        "Blocked by: a hold (no failed dependency)",
+    ]
 
 
 def test_stream_logs_prints_transient_errors_and_keeps_polling(

@@ -471,6 +471,24 @@ def test_claim_of_a_task_that_is_gone_is_given_back(system: System) -> None:
     assert system.dispatcher._unsure == {}
 
 
+def test_a_task_waiting_for_the_same_reason_is_told_once(system: System) -> None:
+    """dispatch_failed_* is emitted when a task starts waiting or its reason changes,
+    not on every pass it waits."""
+    system.agent("a", "gpu", concurrent_jobs=1)
+    system.quota.reserve("a", "", 0, "held")
+    task = system.task("t", "gpu")
+    for _ in range(3):
+        assert task.id in system.dispatcher.run_once().waiting
+    assert len(system.events.of(EventType.DISPATCH_FAILED_QUOTA)) == 1
+    system.registry.deregister("a")  # a new reason: nobody holds gpu
+    for _ in range(2):
+        system.dispatcher.run_once()
+    assert len(system.events.of(EventType.DISPATCH_FAILED_NO_AGENT)) == 1
+    system.agent("a", "gpu", concurrent_jobs=1)  # back, and still full
+    system.dispatcher.run_once()
+    assert len(system.events.of(EventType.DISPATCH_FAILED_QUOTA)) == 2
+
+
 class CountingQuota(MemoryAllowanceStore):
     """A memory quota store that counts reserve calls per agent."""
 

@@ -740,3 +740,24 @@ def test_a_server_without_attempt_fencing_is_named_at_start(
         runner = system.started(lambda task, ctx: "done", client=client)
         runner.stop()
     assert ("does not list attempt_fencing" in caplog.text) is old
+
+
+@pytest.mark.parametrize("has_allowance", [True, False], ids=["allowance", "none"])
+def test_an_agent_without_an_allowance_is_told_at_start(
+    system: System, caplog: pytest.LogCaptureFixture, has_allowance: bool
+) -> None:
+    """A runner whose agent has no allowance warns at start, naming the command that
+    sets one: no dispatcher gives it work, and nothing else on its side would say so."""
+    quota = MemoryAllowanceStore()
+    if has_allowance:
+        quota.set_allowance(AgentAllowance(agent_id=AGENT, daily_job_limit=5))
+    agent = AgentInfo(id=AGENT, capabilities=["py"], max_load=1)
+    runner = AgentRunner(
+        agent, system.client, system.registry, lambda task, ctx: "done", AllowanceService(quota)
+    )
+    with caplog.at_level(logging.WARNING, logger="agentic"):
+        runner.start()
+        wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+        runner.stop()
+    assert ("has no allowance" in caplog.text) is not has_allowance
+    assert (f"agentic allowance set {AGENT}" in caplog.text) is not has_allowance

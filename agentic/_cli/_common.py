@@ -24,7 +24,7 @@ from rich.markup import escape
 
 from ..client import TaskClient
 from ..config import Config, load_config
-from ..errors import AgenticError, ConfigError, StoreError
+from ..errors import AgenticError, APIError, ConfigError, StoreError, TransportError
 from ..events import EventEmitter, FanoutEmitter
 from ..retry import RetryPolicy
 from ..stores import parse_store_url
@@ -89,9 +89,23 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
         except ConfigError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
         except AgenticError as exc:
-            raise fail(str(exc)) from None
+            raise fail(str(exc) + _hint(exc)) from None
 
     return wrapper
+
+
+def _hint(exc: AgenticError) -> str:
+    """What to check, for the task API errors a first setup runs into."""
+    if isinstance(exc, TransportError):
+        return (
+            "\n  is the task API running there (`agentic serve`)? If it listens elsewhere,"
+            " set base_url (AGENTIC_BASE_URL=http://host:port)"
+        )
+    if isinstance(exc, APIError) and exc.code == 401:
+        return "\n  the server wants a token: set token (AGENTIC_TOKEN=...)"
+    if isinstance(exc, APIError) and exc.code == 403:
+        return "\n  this token may not do that: an admin token can"
+    return ""
 
 
 def config(path: Path | None, options: dict[str, str] | None = None, **overrides: Any) -> Config:

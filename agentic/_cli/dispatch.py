@@ -29,16 +29,17 @@ from ._logging import setup_logging
 
 
 def _print_report(report: DispatchReport) -> None:
+    # Reasons quote labels ("[gpu]") and messages: plain text, not rich markup.
     out = stdout()
-    out.print(report.summary(), highlight=False)
-    for task_id, agent_id in report.dispatched.items():
-        out.print(f"  dispatched {task_id} -> {agent_id}", highlight=False)
-    for task_id, why in report.waiting.items():
-        out.print(f"  waiting    {task_id}: {why}", highlight=False)
-    for task_id, error in report.failed.items():
-        out.print(f"  failed     {task_id}: {error}", highlight=False)
-    for task_id in report.dead_lettered:
-        out.print(f"  dead letter {task_id}", highlight=False)
+    lines = [report.summary()]
+    lines += [
+        f"  dispatched {task_id} -> {agent_id}" for task_id, agent_id in report.dispatched.items()
+    ]
+    lines += [f"  waiting    {task_id}: {why}" for task_id, why in report.waiting.items()]
+    lines += [f"  failed     {task_id}: {error}" for task_id, error in report.failed.items()]
+    lines += [f"  dead letter {task_id}" for task_id in report.dead_lettered]
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
 
 
 @handled

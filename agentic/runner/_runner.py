@@ -173,6 +173,7 @@ class AgentRunner:
             self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
             log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
             self._check_server()
+            self._check_allowance()
             maintenance = threading.Thread(
                 target=self._maintain, name=f"agentic-runner-{self.agent_id}", daemon=True
             )
@@ -222,6 +223,23 @@ class AgentRunner:
                 " Upgrade the server.",
                 self.client.base_url,
             )
+
+    def _check_allowance(self) -> None:
+        """Warn when this agent has no allowance: quotas fail closed, so a dispatcher
+        gives it no work, and nothing on the agent's side would say why."""
+        if self.allowance is None:
+            return
+        try:
+            self.allowance.store.get_allowance(self.agent_id)
+        except NotFoundError:
+            log.warning(
+                "agent %s has no allowance, so no dispatcher will give it work: set one,"
+                " e.g. `agentic allowance set %s --daily-jobs 100`",
+                self.agent_id,
+                self.agent_id,
+            )
+        except AgenticError as exc:  # the quota store's own failures show on first use
+            log.debug("could not read agent %s's allowance: %s", self.agent_id, exc)
 
     # --- registration and the poll loop ---
     def _poll_loop(self, stop: threading.Event) -> None:
