@@ -14,8 +14,9 @@ Sources, lowest to highest priority:
 
 Every mistake is a :class:`~agentic.errors.ConfigError` naming the key, its source
 (file and line, ``.env`` line, variable or argument) and what is accepted. Unknown keys
-are errors, so typos surface; only unknown ``AGENTIC_*`` environment variables outside
-our sections are skipped, since other tools share the prefix.
+are errors, so typos surface; unknown ``AGENTIC_*`` environment variables outside our
+sections are skipped, since other tools share the prefix, unless their name is a near
+miss of ours (``AGENTIC_DISPATCHR__INTERVAL``): that is a typo, reported.
 """
 
 from __future__ import annotations
@@ -397,7 +398,24 @@ def _text_layer(variables: list[tuple[str, str, str]], *, strict: bool) -> Layer
         if strict or key in _all_keys() or key.partition(".")[0] in _SECTIONS:
             _check_key(key, where)
             layer[key] = (_env_value(key, text, where), where)
+        elif near := _near_miss(key):
+            raise ConfigError(
+                f"{name} is not a setting of ours (did you mean"
+                f" {ENV_PREFIX}{near.upper().replace('.', '__')}?); other tools' variables"
+                " may share the prefix, but this one is a typo of ours"
+            )
     return layer
+
+
+def _near_miss(key: str) -> str | None:
+    """Our key that ``key`` (an unknown variable's) is a likely typo of, if any: a
+    section or key spelled within a letter or two of ours."""
+    section, dot, rest = key.partition(".")
+    if dot:
+        close = difflib.get_close_matches(section, list(_SECTIONS), n=1, cutoff=0.8)
+        return f"{close[0]}.{rest}" if close else None
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.85)
+    return close[0] if close else None
 
 
 def _env_value(key: str, text: str, where: str) -> Any:

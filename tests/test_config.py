@@ -208,6 +208,21 @@ def test_foreign_agentic_variables_are_ignored() -> None:
     assert cfg == load_config(env={})
 
 
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("AGENTIC_DISPATCHR__INTERVAL", "AGENTIC_DISPATCHER__INTERVAL"),
+        ("AGENTIC_SEVER__PORT", "AGENTIC_SERVER__PORT"),
+        ("AGENTIC_TOKN", "AGENTIC_TOKEN"),
+        ("AGENTIC_BASE_ULR", "AGENTIC_BASE_URL"),
+    ],
+)
+def test_a_variable_one_typo_away_from_ours_is_reported(name: str, meant: str) -> None:
+    """A near miss of one of our variables is a typo, named with what was meant."""
+    with pytest.raises(ConfigError, match=f"{name} is not a setting of ours.*did you mean {meant}"):
+        load_config(env={name: "2"})
+
+
 def test_dotenv_parsing(isolated: Path) -> None:
     """.env: comments, blank lines, export, quotes, inline comments; AGENTIC_* keys only."""
     write(
