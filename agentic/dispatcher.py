@@ -42,6 +42,7 @@ failed pass instead of spinning (defect 18).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -181,8 +182,8 @@ class Dispatcher:
         #: one dispatcher is active, the others stand by and take over when it stops
         #: (at once) or dies (when its lease runs out)
         self.exclusive = exclusive
-        if active_lease is not None and active_lease <= 0:
-            raise ConfigError(f"active_lease must be > 0 seconds, got {active_lease}")
+        if active_lease is not None and not 0 < active_lease < math.inf:
+            raise ConfigError(f"active_lease must be a number of seconds > 0, got {active_lease}")
         #: seconds the lease lasts from each renewal (None: 3 intervals or 15 s,
         #: whichever is longer): how long a standby waits for a dispatcher that died
         self.active_lease = active_lease
@@ -674,10 +675,10 @@ class Dispatcher:
         intervals) instead of spinning.
 
         An ``exclusive`` dispatcher passes only while it holds the registry's lease
-        (:data:`LEASE`, renewed before each pass for ``active_lease`` seconds, by
-        default 3 intervals or 15 s, whichever is longer); otherwise it stands by,
-        asking again every interval (1 s at least, a third of the lease at most), and
-        gives the lease up when it stops.
+        (:data:`LEASE`, renewed before each pass for ``active_lease`` seconds, 15 by
+        default, and 3 intervals at least; its waits, backoff included, last a third
+        of that at most); otherwise it stands by, asking again every interval (1 s at
+        least, a third of the lease at most), and gives the lease up when it stops.
         """
         stop = stop or threading.Event()
         restore = stop_on_signals(stop, "stopping after this pass")
@@ -688,10 +689,14 @@ class Dispatcher:
             if self.exclusive and self.active:
                 self._give_up_lease()
 
+    def _lease_ttl(self, interval: float) -> float:
+        """How long the lease lasts from a renewal: ``active_lease`` (15 s by default),
+        and 3 intervals at least, since the holder renews it once a turn."""
+        return max(self.active_lease or _LEASE_MIN_TTL, 3 * interval)
+
     def _hold_lease(self, interval: float) -> bool:
         """Take or renew the dispatcher lease; whether this dispatcher is active."""
-        ttl = self.active_lease or max(3 * interval, _LEASE_MIN_TTL)
-        holder = self.registry.hold_lease(LEASE, self.name, ttl)
+        holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
         active = holder == self.name
         if active != self.active:
             if active:
@@ -721,8 +726,8 @@ class Dispatcher:
             started = time.monotonic()
             try:
                 if self.exclusive and not self._hold_lease(interval):
-                    ttl = self.active_lease or _LEASE_MIN_TTL
-                    stop.wait(min(max(interval, 1.0), ttl / 3))  # a standby asks again
+                    failures = 0  # a standby that takes over starts afresh
+                    stop.wait(min(max(interval, 1.0), self._lease_ttl(interval) / 3))
                     continue
             except AgenticError as exc:  # the registry is down: nobody can tell who is active
                 failures += 1
@@ -758,6 +763,10 @@ class Dispatcher:
                 # agents publish their load a heartbeat later (0.1 s), so a freed
                 # slot may not have shown yet. One more look, soon.
                 pause = min(pause, _FOLLOW_UP)
+            if self.exclusive:
+                # The holder renews once a turn: a backoff longer than a third of the
+                # lease would hand the lease to a standby while this one is alive.
+                pause = min(pause, self._lease_ttl(interval) / 3)
             pause = max(0.0, pause - (time.monotonic() - started))
             if failures or token is None:
                 stop.wait(pause)

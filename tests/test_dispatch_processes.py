@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import signal
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -170,26 +171,40 @@ def test_a_standby_dispatcher_process_takes_over_from_one_killed(shared_url: str
     registry.register(AgentInfo(id="a"))
     quota.set_allowance(AgentAllowance(agent_id="a"))
     with running_server(tasks, requeue_interval=None) as base_url:
-        out = SPAWN.Queue()
+        # One queue per process: a process killed while its queue's feeder holds the
+        # queue's lock would leave a shared queue locked for the other for good.
+        outs = {name: SPAWN.Queue() for name in ("d1", "d2")}
         procs = {
             name: SPAWN.Process(
-                target=_dispatch_forever, args=(shared_url, base_url, name, out), daemon=True
+                target=_dispatch_forever, args=(shared_url, base_url, name, outs[name]), daemon=True
             )
             for name in ("d1", "d2")
         }
+
+        def next_dispatch(timeout: float, names: tuple[str, ...] = ("d1", "d2")) -> tuple[str, str]:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                for name in names:
+                    try:
+                        return cast(tuple[str, str], outs[name].get(timeout=0.05))
+                    except queue.Empty:
+                        continue
+            raise AssertionError(f"no dispatch within {timeout} s")
+
         try:
             for p in procs.values():
                 p.start()
             first = tasks.create(Task(title="first"))
-            active, dispatched = out.get(timeout=60)
+            active, dispatched = next_dispatch(60)
             assert dispatched == first.id
             second = tasks.create(Task(title="second"))
-            assert out.get(timeout=30) == (active, second.id)  # the standby stayed idle
+            assert next_dispatch(30) == (active, second.id)  # the standby stayed idle
             procs[active].kill()
             procs[active].join(10)
             third = tasks.create(Task(title="third"))
             standby = "d2" if active == "d1" else "d1"
-            assert out.get(timeout=30) == (standby, third.id)
+            # the killed one's queue is not read: it may hold half a message
+            assert next_dispatch(30, (standby,)) == (standby, third.id)
         finally:
             for p in procs.values():
                 if p.is_alive():

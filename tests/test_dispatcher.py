@@ -13,7 +13,7 @@ import pytest
 
 from agentic.allowance import AllowanceService
 from agentic.client import Claim, TaskClient
-from agentic.dispatcher import LEASE, Dispatcher
+from agentic.dispatcher import LEASE, Dispatcher, DispatchReport
 from agentic.errors import (
     APIError,
     ConfigError,
@@ -741,6 +741,65 @@ def test_exclusive_dispatchers_have_one_active_and_a_standby_takes_over(system: 
     assert first.errors == second.errors == 0
 
 
+class CountingPasses(Dispatcher):
+    """A dispatcher that counts its passes."""
+
+    passes = 0
+
+    def run_once(self) -> DispatchReport:
+        self.passes += 1
+        return super().run_once()
+
+
+def test_only_the_holder_passes_and_one_that_lost_the_lease_stops(system: System) -> None:
+    """A standby makes no pass while another holds the lease; a holder whose lease was
+    taken (it ran out) stops passing at its next turn."""
+    quota = AllowanceService(system.quota)
+    counting = CountingPasses(
+        system.registry, DefaultRouter(), quota, system.client, name="counted"
+    )
+    system.registry.hold_lease(LEASE, "other", 60)
+    stop = threading.Event()
+    thread = threading.Thread(target=counting.run, args=(stop, 0.05))
+    thread.start()
+    try:
+        time.sleep(0.5)
+        assert counting.passes == 0 and not counting.active
+        system.registry.drop_lease(LEASE, "other")
+        wait_until(lambda: counting.passes > 0)
+        # another takes the lease (as if ours had run out): no more passes here
+        system.registry.drop_lease(LEASE, "counted")
+        system.registry.hold_lease(LEASE, "other", 60)
+        wait_until(lambda: not counting.active)
+        passes = counting.passes
+        time.sleep(0.5)
+        assert counting.passes == passes
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+def test_a_failing_holder_keeps_its_lease(system: System) -> None:
+    """Passes that fail back off, but never longer than a third of the lease: a live
+    holder whose task API is down is not replaced by a standby meanwhile."""
+    broken = TaskClient("http://127.0.0.1:9", token="", retries=0, timeout=0.05)
+    quota = AllowanceService(system.quota)
+    holder = Dispatcher(
+        system.registry, DefaultRouter(), quota, broken, name="holder", active_lease=1.0
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=holder.run, args=(stop, 0.3))  # backoff up to 3 s
+    thread.start()
+    try:
+        wait_until(lambda: holder.errors >= 5, seconds=30)  # backoff past the lease by now
+        for _ in range(5):
+            assert system.registry.hold_lease(LEASE, "standby", 15) == "holder"
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def test_a_standby_takes_over_when_the_active_dispatcher_dies(system: System) -> None:
     """A lease left by a dispatcher that died is taken once it runs out."""
     system.registry.hold_lease(LEASE, "dead", 0.2)
@@ -757,9 +816,10 @@ def test_a_standby_takes_over_when_the_active_dispatcher_dies(system: System) ->
 
 
 def test_active_lease_must_be_positive(system: System) -> None:
-    """A lease of zero or less seconds is a ConfigError naming the argument."""
-    with pytest.raises(ConfigError, match="active_lease must be > 0"):
-        twin(system, "bad", active_lease=0)
+    """A lease of zero or less seconds, NaN or infinity is a ConfigError naming it."""
+    for bad in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="active_lease must be a number of seconds > 0"):
+            twin(system, "bad", active_lease=bad)
 
 
 def test_dispatchers_not_exclusive_all_pass(system: System) -> None:

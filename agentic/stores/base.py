@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import builtins
+import math
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar, Literal, Self
@@ -120,8 +121,8 @@ def require_count(kind: str, value: int) -> int:
 def ttl_seconds(ttl: float | timedelta) -> float:
     """Seconds from a number or a timedelta; rejects negative values."""
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)
-    if seconds < 0:
-        raise ConfigError(f"ttl must be >= 0 seconds, got {seconds}")
+    if not 0 <= seconds < math.inf:
+        raise ConfigError(f"ttl must be a number of seconds >= 0, got {seconds}")
     return seconds
 
 
@@ -357,7 +358,10 @@ class TaskStore(Closeable):
       was lost, in one atomic step: True if it was made (the task carries its job
       id: the attempt's own reports settle its quota); otherwise the job id can never
       claim the task from then on, and False (its reservation is the caller's to
-      give back). A claim still travelling to the store is thereby refused.
+      give back). A claim still travelling to the store is thereby refused. On a
+      completed or failed task (no claim can land; its retired ids are dropped)
+      the answer is True: the caller lets the reservation expire rather than take
+      back one a job that ran may still settle.
     * ``renew(task_id, agent_id, lease_seconds, job_id=None)``: extends the lease of
       a task held by ``agent_id``; :class:`ConflictError` if someone else (or nobody)
       holds it.

@@ -164,7 +164,9 @@ class MemoryTaskStore(TaskStore):
             if task.job_id == job_id:
                 return True
             if task.status in rules.FINAL:
-                return False  # no claim can land any more: nothing to remember
+                # No claim can land any more, and its retired ids are gone: whether this
+                # one was made is unknown, so "made" (its reservation just expires).
+                return True
             self._retire(task, made=False, job_id=job_id)
             return self._retired[task_id][job_id]
 

@@ -332,7 +332,7 @@ class SQLiteTaskStore(TaskStore):
             if task.job_id == job_id:
                 return True
             if task.status in rules.FINAL:
-                return False  # no claim can land any more: nothing to remember
+                return True  # unknown once pruned: "made", its reservation expires
             conn.execute(_RETIRE, (task_id, job_id, 0))
             return bool(conn.execute(_RETIRED, (task_id, job_id)).fetchone()[0])
 

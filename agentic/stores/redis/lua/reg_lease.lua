@@ -15,4 +15,9 @@ if current[1] and current[1] ~= holder and tonumber(current[2]) > now then
   return current[1]
 end
 redis.call('HSET', KEYS[1], 'holder', holder, 'until', num(now + tonumber(ttl)))
+if ARGV[1] == '' then
+  -- On the server's clock the key itself can expire with the lease (an hour later,
+  -- so a lease is never lost to rounding): nothing is left behind by a dead holder.
+  redis.call('EXPIRE', KEYS[1], math.ceil(tonumber(ttl)) + 3600)
+end
 return holder

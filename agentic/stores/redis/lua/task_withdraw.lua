@@ -12,7 +12,9 @@ if (t.job_id or '') == job then
   return {'made'}
 end
 if FINAL[t.status] then
-  return {'withdrawn'}  -- no claim can land any more: nothing to remember
+  -- No claim can land any more and the retired ids are gone: whether this one was
+  -- made is unknown, so 'made' (its reservation just expires).
+  return {'made'}
 end
 retire(t.id, job, '0')
 if redis.call('HGET', HEAD.retired .. t.id, job) == '1' then
