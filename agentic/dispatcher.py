@@ -176,8 +176,6 @@ class Dispatcher:
         #: ready tasks listed per request; a pass lists the next page only while some
         #: agent still has room (servers without ``list_pages``: all at once)
         self.page_size = page_size
-        # Whether the task API pages lists (its list_pages feature); None: not asked
-        self._pages: bool | None = None
         #: in :meth:`run`, pass only while holding the registry's dispatcher lease:
         #: one dispatcher is active, the others stand by and take over when it stops
         #: (at once) or dies (when its lease runs out)
@@ -203,9 +201,9 @@ class Dispatcher:
         #: job id -> (task id, monotonic time) of claims whose outcome is not known yet
         #: (by job id: each is settled on its own, however many a task has had)
         self._unsure: dict[str, tuple[str, float]] = {}
-        # Whether the task API withdraws claims (its claim_fencing feature); None
-        # until asked, at the first claim whose answer was lost.
-        self._withdraws: bool | None = None
+        # The task API's features (claim_fencing, list_pages, ...), read at first need;
+        # None: not known (not asked yet, or to be asked again)
+        self._features: frozenset[str] | None = None
 
     # --- one task ---
     def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
@@ -403,15 +401,11 @@ class Dispatcher:
         refused once withdrawn. Reading the task back, against older servers, cannot
         see such a claim, which may land after its reservation was given back.
         """
-        if self._withdraws is None:
-            try:
-                self._withdraws = "claim_fencing" in self.client.server_features()
-            except Exception as exc:  # a read back could be wrong: ask again next pass
-                log.warning(
-                    "claim of task %s: no usable answer; task API unreachable (%s)", task_id, exc
-                )
-                return None
-        if self._withdraws:
+        withdraws = self._has("claim_fencing")
+        if withdraws is None:  # a read back could be wrong: ask again next pass
+            log.warning("claim of task %s: no usable answer; task API unreachable", task_id)
+            return None
+        if withdraws:
             try:
                 made = self.client.withdraw_claim(task_id, job_id)
             except NotFoundError:
@@ -449,8 +443,24 @@ class Dispatcher:
             " claim fencing?); its reservation is kept and the question asked again",
             task_id,
         )
-        self._withdraws = None
+        self._features = None
         return None
+
+    def _has(self, feature: str) -> bool | None:
+        """Whether the task API lists ``feature`` in its health check (read once, and
+        again after :attr:`_features` is reset); None when it cannot be asked."""
+        if self._features is None:
+            try:
+                self._features = self.client.server_features()
+            except Exception as exc:  # each caller says what not knowing means for it
+                log.debug("could not read the task API's features: %s", exc)
+                return None
+        return feature in self._features
+
+    @property
+    def _withdraws(self) -> bool | None:
+        """Whether lost claims are withdrawn (claim_fencing); None while not known."""
+        return None if self._features is None else "claim_fencing" in self._features
 
     def _settle_unsure(self, pending: list[Task]) -> None:
         """Decide the claims left unknown by earlier passes (see :meth:`_claimed`).
@@ -549,12 +559,7 @@ class Dispatcher:
     def _ready_page(self, after: str | None, seen: set[str]) -> list[Task]:
         """The next page of ready pending tasks after task ``after`` (all of them from
         a server that does not page), most urgent first; their ids join ``seen``."""
-        if self._pages is None:
-            try:
-                self._pages = "list_pages" in self.client.server_features()
-            except AgenticError as exc:  # the list below reports an unreachable server
-                log.debug("could not read the task API's features: %s", exc)
-        if not self._pages:
+        if not self._has("list_pages"):  # unknown: the list below reports why
             if after is not None:
                 return []  # the first answer held everything
             tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
@@ -564,7 +569,7 @@ class Dispatcher:
             )
             if any(task.id in seen for task in tasks):  # the cursor was not honoured
                 log.warning("the task API repeated a page: listing stops for this pass")
-                self._pages = None
+                self._features = None
                 return []
         seen.update(task.id for task in tasks)
         tasks.sort(key=_urgency)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +43,7 @@ from agentic.router import DefaultRouter
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
+from tests.test_long_poll import wait_until
 
 
 class Recorder(EventEmitter):
@@ -694,14 +695,6 @@ def test_run_stops_when_asked_and_counts_errors(system: System) -> None:
         broken.run_once()
 
 
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def twin(system: System, name: str, **options: Any) -> Dispatcher:
     """Another dispatcher on the same registry, quota store and task server."""
     return Dispatcher(
@@ -791,7 +784,7 @@ def test_a_failing_holder_keeps_its_lease(system: System) -> None:
     thread = threading.Thread(target=holder.run, args=(stop, 0.3))  # backoff up to 3 s
     thread.start()
     try:
-        wait_until(lambda: holder.errors >= 5, seconds=30)  # backoff past the lease by now
+        wait_until(lambda: holder.errors >= 5, timeout=30)  # backoff past the lease by now
         for _ in range(5):
             assert system.registry.hold_lease(LEASE, "standby", 15) == "holder"
             time.sleep(0.3)
@@ -809,7 +802,7 @@ def test_a_standby_takes_over_when_the_active_dispatcher_dies(system: System) ->
     thread.start()
     try:
         assert not standby.active
-        wait_until(lambda: standby.active, seconds=5)
+        wait_until(lambda: standby.active, timeout=5)
     finally:
         stop.set()
         thread.join(5)

@@ -9,7 +9,17 @@ from __future__ import annotations
 from ..errors import ConflictError
 from ..models import Task, TaskStatus
 
-__all__ = ["claim_conflict", "claim_repeat", "require_fresh_job", "require_holder"]
+#: statuses a task never leaves
+FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+
+__all__ = [
+    "FINAL",
+    "claim_conflict",
+    "claim_repeat",
+    "made_as_far_as_known",
+    "require_fresh_job",
+    "require_holder",
+]
 
 
 def claim_conflict(task: Task, unfinished: list[str]) -> ConflictError:
@@ -36,6 +46,14 @@ def claim_repeat(task: Task, agent_id: str, job_id: str) -> bool:
         and task.job_id == job_id
         and task.claimed_by == agent_id
     )
+
+
+def made_as_far_as_known(task: Task, job_id: str) -> bool:
+    """What ``TaskStore.withdraw_claim`` answers from the task alone: made when the task
+    carries the job id, or when it is final (no claim can land any more, its retired
+    ids are dropped, and "made" lets the reservation expire instead of taking back one
+    a job that ran may still settle). Otherwise the store's retired ids decide."""
+    return task.job_id == job_id or task.status in FINAL
 
 
 def require_fresh_job(task: Task, job_id: str, retired: bool) -> None:

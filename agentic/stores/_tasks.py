@@ -33,7 +33,14 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConflictError
 from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
-from ._task_conflicts import claim_conflict, claim_repeat, require_fresh_job, require_holder
+from ._task_conflicts import (
+    FINAL,
+    claim_conflict,
+    claim_repeat,
+    made_as_far_as_known,
+    require_fresh_job,
+    require_holder,
+)
 from .base import require_id
 
 __all__ = [
@@ -51,6 +58,7 @@ __all__ = [
     "failed_attempt",
     "given_back",
     "lease_expired_reason",
+    "made_as_far_as_known",
     "list_filters",
     "matches",
     "new_id",
@@ -71,7 +79,6 @@ __all__ = [
     "updated",
 ]
 
-FINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
 #: Task fields that are times (stored as epoch seconds) and lists (stored as JSON)
 TIME_FIELDS = frozenset(
     {"created_at", "updated_at", "claimed_at", "last_attempt", "next_attempt_at",

@@ -161,11 +161,7 @@ class MemoryTaskStore(TaskStore):
         require_id("job id", job_id)
         with self._lock:
             task = self._get(task_id)
-            if task.job_id == job_id:
-                return True
-            if task.status in rules.FINAL:
-                # No claim can land any more, and its retired ids are gone: whether this
-                # one was made is unknown, so "made" (its reservation just expires).
+            if rules.made_as_far_as_known(task, job_id):
                 return True
             self._retire(task, made=False, job_id=job_id)
             return self._retired[task_id][job_id]

@@ -328,11 +328,8 @@ class SQLiteTaskStore(TaskStore):
     def withdraw_claim(self, task_id: str, job_id: str) -> bool:
         require_id("job id", job_id)
         with self._db.transaction(f"withdrawing a claim of task {task_id!r}") as conn:
-            task = self._load(conn, task_id)
-            if task.job_id == job_id:
+            if rules.made_as_far_as_known(self._load(conn, task_id), job_id):
                 return True
-            if task.status in rules.FINAL:
-                return True  # unknown once pruned: "made", its reservation expires
             conn.execute(_RETIRE, (task_id, job_id, 0))
             return bool(conn.execute(_RETIRED, (task_id, job_id)).fetchone()[0])
 
