@@ -27,6 +27,7 @@ from .errors import (
     StoreUnavailableError,
     TransportError,
 )
+from .eventlog import EventConsumer, EventLogEmitter
 from .events import (
     CallbackEmitter,
     Event,
@@ -74,8 +75,11 @@ from .status import format_status, get_status
 from .stores import (
     AgentRegistry,
     AllowanceStore,
+    EventLog,
+    LoggedEvent,
     TaskStore,
     open_allowance_store,
+    open_event_log,
     open_registry,
     open_task_store,
 )
@@ -106,7 +110,10 @@ __all__ = [
     "DispatchReport",
     "Dispatcher",
     "Event",
+    "EventConsumer",
     "EventEmitter",
+    "EventLog",
+    "EventLogEmitter",
     "EventType",
     "FanoutEmitter",
     "GitWorkspace",
@@ -114,6 +121,7 @@ __all__ = [
     "HandlerResult",
     "InfrastructureError",
     "LogEvent",
+    "LoggedEvent",
     "LoggingEmitter",
     "ModelQuota",
     "ModelUsage",
@@ -149,6 +157,7 @@ __all__ = [
     "get_status",
     "load_config",
     "open_allowance_store",
+    "open_event_log",
     "open_registry",
     "open_task_store",
     "stream_logs",

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from agentic.stores.base import AgentRegistry, AllowanceStore
+from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog
 from agentic.testing import FakeClock
 
 BACKENDS = ["memory", "sqlite", "redis", "fakeredis"]
@@ -118,15 +118,24 @@ class Backend:
         self._opened.append(store)
         return store
 
+    def event_log(self) -> EventLog:
+        log: EventLog = self._make("event_log", {})
+        self._opened.append(log)
+        return log
+
     def close(self) -> None:
         for store in self._opened:
             store.close()
 
 
 def _memory(clock: FakeClock) -> Callable[[str, dict[str, Any]], Any]:
-    from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+    from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
+
+    log = MemoryEventLog()  # one log per backend, as one file or one Redis would be
 
     def make(kind: str, options: dict[str, Any]) -> Any:
+        if kind == "event_log":
+            return log
         if kind == "registry":
             return MemoryRegistry(clock=clock, **options)
         return MemoryAllowanceStore(clock=clock, **options)
@@ -135,9 +144,11 @@ def _memory(clock: FakeClock) -> Callable[[str, dict[str, Any]], Any]:
 
 
 def _sqlite(clock: FakeClock, path: Path) -> Callable[[str, dict[str, Any]], Any]:
-    from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
+    from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteEventLog, SQLiteRegistry
 
     def make(kind: str, options: dict[str, Any]) -> Any:
+        if kind == "event_log":
+            return SQLiteEventLog(path)
         if kind == "registry":
             return SQLiteRegistry(path, clock=clock, **options)
         return SQLiteAllowanceStore(path, clock=clock, **options)
@@ -146,9 +157,11 @@ def _sqlite(clock: FakeClock, path: Path) -> Callable[[str, dict[str, Any]], Any
 
 
 def _redis(clock: FakeClock, client: Any, prefix: str) -> Callable[[str, dict[str, Any]], Any]:
-    from agentic.stores.redis import RedisAllowanceStore, RedisRegistry
+    from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 
     def make(kind: str, options: dict[str, Any]) -> Any:
+        if kind == "event_log":
+            return RedisEventLog(client, prefix=prefix)
         if kind == "registry":
             return RedisRegistry(client, prefix=prefix, clock=clock, **options)
         return RedisAllowanceStore(client, prefix=prefix, clock=clock, **options)

@@ -20,15 +20,18 @@ from types import ModuleType
 
 from ..errors import ConfigError
 from ._url import StoreURL, parse_store_url
-from .base import AgentRegistry, AllowanceStore, TaskStore
+from .base import AgentRegistry, AllowanceStore, EventLog, LoggedEvent, TaskStore
 
 __all__ = [
     "SCHEMES",
     "AgentRegistry",
     "AllowanceStore",
+    "EventLog",
+    "LoggedEvent",
     "StoreURL",
     "TaskStore",
     "open_allowance_store",
+    "open_event_log",
     "open_registry",
     "open_task_store",
     "parse_store_url",
@@ -77,6 +80,13 @@ def open_allowance_store(url: str) -> AllowanceStore:
     module, parsed = _backend(url)
     store: AllowanceStore = module.allowance_store_from_url(parsed)
     return store
+
+
+def open_event_log(url: str) -> EventLog:
+    """An EventLog for ``url`` (see the module table)."""
+    module, parsed = _backend(url)
+    log: EventLog = module.event_log_from_url(parsed)
+    return log
 
 
 def open_task_store(url: str) -> TaskStore:

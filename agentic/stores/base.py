@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import ClassVar, Literal, Self
 
 from ..errors import ConfigError, NotFoundError
+from ..events import Event
 from ..models import (
     AgentAllowance,
     AgentInfo,
@@ -49,14 +50,19 @@ __all__ = [
     "AllowanceStore",
     "Closeable",
     "Ending",
+    "EventLog",
     "FINAL_OUTCOMES",
     "LogPage",
+    "LoggedEvent",
+    "MAX_READ",
     "TaskStore",
     "final_outcome",
     "no_allowance",
     "no_reservation",
     "require_count",
     "require_id",
+    "require_consumer",
+    "require_page",
     "status_for_load",
     "ttl_seconds",
 ]
@@ -467,3 +473,72 @@ class TaskStore(Closeable):
     @abc.abstractmethod
     def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
         """Log lines from ``offset``."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """An event as the log holds it: ``offset`` is its position (from 1)."""
+
+    offset: int
+    event: Event
+
+
+#: Most events one read returns.
+MAX_READ = 1000
+
+
+def require_page(after: int, limit: int) -> None:
+    """The arguments of :meth:`EventLog.read`: ``after`` >= 0, ``limit`` in 1..MAX_READ."""
+    require_count("after", after)
+    if not 1 <= limit <= MAX_READ:
+        raise ConfigError(f"limit must be from 1 to {MAX_READ}, got {limit}")
+
+
+def require_consumer(name: str) -> str:
+    """A consumer name: non-empty, at most 200 characters."""
+    if not name or len(name) > 200:
+        raise ConfigError(f"consumer name must be 1-200 characters, got {name!r}")
+    return name
+
+
+class EventLog(Closeable):
+    """The append-only log of lifecycle events, shared by every process on the store.
+
+    * ``append(events)``: adds the events at the end, in order, in one atomic step,
+      and returns their offsets. Offsets increase in append order and are never
+      reused (trimming included), so a reader that saw offset ``n`` misses nothing by
+      asking for what is after ``n``. An event whose ``id`` is already in the log is
+      not added again: its offset is returned (a retried append adds nothing twice).
+    * ``read(after=0, limit=100)``: the events with an offset above ``after``, oldest
+      first, at most ``limit``.
+    * ``last_offset()``: the offset of the newest event ever appended (0 for none).
+    * ``commit(consumer, offset)``: a consumer's durable position. It only moves
+      forward: a commit below the stored one changes nothing. ``committed(consumer)``
+      reads it (0 for a consumer never seen).
+    * ``trim(keep)``: drops all but the newest ``keep`` events; returns how many went.
+      Their ids are forgotten with them (a retry of a trimmed event is a new event).
+    """
+
+    @abc.abstractmethod
+    def append(self, events: builtins.list[Event]) -> builtins.list[int]:
+        """Add ``events`` at the end of the log; their offsets."""
+
+    @abc.abstractmethod
+    def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
+        """Events after the offset ``after``, oldest first."""
+
+    @abc.abstractmethod
+    def last_offset(self) -> int:
+        """The offset of the newest event appended, or 0."""
+
+    @abc.abstractmethod
+    def commit(self, consumer: str, offset: int) -> None:
+        """Store ``consumer``'s position, if it moves forward."""
+
+    @abc.abstractmethod
+    def committed(self, consumer: str) -> int:
+        """``consumer``'s stored position, or 0."""
+
+    @abc.abstractmethod
+    def trim(self, keep: int) -> int:
+        """Drop all but the newest ``keep`` events; how many were dropped."""

@@ -5,7 +5,8 @@ then a namespace per store, so stores sharing one Redis never collide::
 
     {prefix}:reg:...     AgentRegistry
     {prefix}:quota:...   AllowanceStore
-    {prefix}:task:...    TaskStore (reserved)
+    {prefix}:task:...    TaskStore
+    {prefix}:log:...     EventLog
 
 Inside a namespace, a key naming one thing is ``{kind}:{id}`` and a key of a
 collection has a different word (``agent:{id}`` vs ``agents``): no id, whatever it
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
-__all__ = ["QuotaKeys", "RegistryKeys", "TaskKeys"]
+__all__ = ["EventLogKeys", "QuotaKeys", "RegistryKeys", "TaskKeys"]
 
 
 # --- AgentRegistry: {prefix}:reg:* ---------------------------------------------------
@@ -169,3 +170,26 @@ class TaskKeys:
 
     def logs(self, task_id: str) -> str:
         return self.logs_head + task_id
+
+
+# --- EventLog: {prefix}:log:* --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventLogKeys:
+    """The event log's keys under one prefix (passed to its scripts as ``KEYS``)."""
+
+    #: string: the last offset handed out (INCR); never goes back, trims included
+    seq: str
+    #: stream of the events kept: entry id ``{offset}-0``, fields ``id`` and ``body``
+    #: (the Event as JSON)
+    stream: str
+    #: hash: event id -> offset, for the events kept (append's dedupe)
+    ids: str
+    #: hash: consumer name -> committed offset
+    consumers: str
+
+    @classmethod
+    def under(cls, prefix: str) -> EventLogKeys:
+        e = f"{prefix}:log:"
+        return cls(seq=e + "seq", stream=e + "events", ids=e + "ids", consumers=e + "consumers")

@@ -10,16 +10,19 @@ from __future__ import annotations
 from .._url import StoreURL
 from ._conn import Connection, connect
 from .allowance import RedisAllowanceStore
+from .eventlog import RedisEventLog
 from .events import RedisStreamEmitter, read_events
 from .registry import RedisRegistry
 
 __all__ = [
     "Connection",
     "RedisAllowanceStore",
+    "RedisEventLog",
     "RedisRegistry",
     "RedisStreamEmitter",
     "allowance_store_from_url",
     "connect",
+    "event_log_from_url",
     "read_events",
     "registry_from_url",
 ]
@@ -38,3 +41,9 @@ def allowance_store_from_url(url: StoreURL) -> RedisAllowanceStore:
     return RedisAllowanceStore(
         conn.client, prefix=conn.prefix, tz=tz, reservation_ttl=ttl, close_client=True
     )
+
+
+def event_log_from_url(url: StoreURL) -> RedisEventLog:
+    """``redis://``: an event log on the server of ``url`` (pinged at open)."""
+    conn = connect(url)
+    return RedisEventLog(conn.client, prefix=conn.prefix, close_client=True)

@@ -13,12 +13,15 @@ from urllib.parse import unquote
 from .._url import StoreURL
 from ._db import DEFAULT_TIMEOUT
 from .allowance import SQLiteAllowanceStore
+from .eventlog import SQLiteEventLog
 from .registry import SQLiteRegistry
 
 __all__ = [
     "SQLiteAllowanceStore",
+    "SQLiteEventLog",
     "SQLiteRegistry",
     "allowance_store_from_url",
+    "event_log_from_url",
     "registry_from_url",
 ]
 
@@ -50,3 +53,9 @@ def allowance_store_from_url(url: StoreURL) -> SQLiteAllowanceStore:
     return SQLiteAllowanceStore(
         path, tz=url.tz(), reservation_ttl=url.reservation_ttl(), timeout=timeout
     )
+
+
+def event_log_from_url(url: StoreURL) -> SQLiteEventLog:
+    """``sqlite://...``: an event log on that file."""
+    path, timeout = _path_and_timeout(url)
+    return SQLiteEventLog(path, timeout=timeout)

@@ -1,0 +1,68 @@
+"""In-process EventLog: a list in offset order behind one lock."""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import threading
+
+from ...events import Event
+from ..base import EventLog, LoggedEvent, require_consumer, require_count, require_page
+
+__all__ = ["MemoryEventLog"]
+
+
+class MemoryEventLog(EventLog):
+    """EventLog for tests and single-process use."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[LoggedEvent] = []  # offset order
+        self._offsets: list[int] = []  # the entries' offsets, for bisect
+        self._ids: dict[str, int] = {}  # event id -> offset, for the entries kept
+        self._last = 0
+        self._positions: dict[str, int] = {}
+
+    def append(self, events: builtins.list[Event]) -> builtins.list[int]:
+        with self._lock:
+            out = []
+            for event in events:
+                offset = self._ids.get(event.id)
+                if offset is None:
+                    self._last = offset = self._last + 1
+                    self._entries.append(LoggedEvent(offset, event))
+                    self._offsets.append(offset)
+                    self._ids[event.id] = offset
+                out.append(offset)
+            return out
+
+    def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
+        require_page(after, limit)
+        with self._lock:
+            start = bisect.bisect_right(self._offsets, after)
+            return self._entries[start : start + limit]
+
+    def last_offset(self) -> int:
+        with self._lock:
+            return self._last
+
+    def commit(self, consumer: str, offset: int) -> None:
+        require_consumer(consumer)
+        require_count("offset", offset)
+        with self._lock:
+            if offset > self._positions.get(consumer, 0):
+                self._positions[consumer] = offset
+
+    def committed(self, consumer: str) -> int:
+        require_consumer(consumer)
+        with self._lock:
+            return self._positions.get(consumer, 0)
+
+    def trim(self, keep: int) -> int:
+        require_count("keep", keep)
+        with self._lock:
+            drop = max(0, len(self._entries) - keep)
+            for entry in self._entries[:drop]:
+                del self._ids[entry.event.id]
+            del self._entries[:drop], self._offsets[:drop]
+            return drop

@@ -1,0 +1,98 @@
+"""EventLog on Redis: a stream whose entry ids are the offsets, shared by every machine.
+
+Appends, commits and trims are one Lua script each (atomic, one round trip). An
+append takes its offsets from a counter that only goes up (``INCR``), so offsets are
+never reused, trims included, and each event becomes the stream entry
+``{offset}-0``: a read is one ``XRANGE`` from ``{after + 1}-0``. A hash of the ids
+kept makes a repeated append answer the first offset.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+import redis
+from pydantic import ValidationError
+
+from ...errors import StoreError
+from ...events import Event
+from ..base import (
+    EventLog,
+    LoggedEvent,
+    require_consumer,
+    require_count,
+    require_id,
+    require_page,
+)
+from ..keys import EventLogKeys
+from ._conn import DEFAULT_PREFIX, Script, sync, text, translate_errors
+
+__all__ = ["RedisEventLog"]
+
+_APPEND = Script("log_append.lua")
+_COMMIT = Script("log_commit.lua")
+_TRIM = Script("log_trim.lua")
+
+
+def _logged(entry_id: object, fields: dict[object, object]) -> LoggedEvent:
+    offset = int(text(entry_id).partition("-")[0])
+    try:
+        body = next(text(v) for k, v in fields.items() if text(k) == "body")
+        return LoggedEvent(offset, Event.model_validate_json(body))
+    except (StopIteration, ValidationError) as exc:
+        raise StoreError(f"corrupt event at offset {offset} in Redis: {exc!r}") from exc
+
+
+class RedisEventLog(EventLog):
+    """EventLog shared by every machine that reaches one Redis server.
+
+    ``client`` is a redis-py client; it is closed by :meth:`close` only when
+    ``close_client`` is true (logs opened from a URL own their client).
+    """
+
+    def __init__(
+        self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, close_client: bool = False
+    ) -> None:
+        self._client = client
+        self._keys = EventLogKeys.under(require_id("prefix", prefix))
+        self._close_client = close_client
+
+    def close(self) -> None:
+        if self._close_client:
+            self._client.close()
+
+    def append(self, events: builtins.list[Event]) -> builtins.list[int]:
+        if not events:
+            return []
+        args = [part for event in events for part in (event.id, event.model_dump_json())]
+        keys = self._keys
+        reply = _APPEND(self._client, args, (keys.seq, keys.stream, keys.ids))
+        return [int(offset) for offset in reply]
+
+    def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
+        require_page(after, limit)
+        with translate_errors("reading events"):
+            entries = sync(
+                self._client.xrange(self._keys.stream, min=f"{after + 1}-0", count=limit)
+            )
+        return [_logged(entry_id, fields) for entry_id, fields in entries]
+
+    def last_offset(self) -> int:
+        with translate_errors("reading the last offset"):
+            raw = sync(self._client.get(self._keys.seq))
+        return 0 if raw is None else int(text(raw))
+
+    def commit(self, consumer: str, offset: int) -> None:
+        require_consumer(consumer)
+        require_count("offset", offset)
+        _COMMIT(self._client, [consumer, str(offset)], (self._keys.consumers,))
+
+    def committed(self, consumer: str) -> int:
+        require_consumer(consumer)
+        with translate_errors("reading a consumer"):
+            raw = sync(self._client.hget(self._keys.consumers, consumer))
+        return 0 if raw is None else int(text(raw))
+
+    def trim(self, keep: int) -> int:
+        require_count("keep", keep)
+        return int(_TRIM(self._client, [str(keep)], (self._keys.stream, self._keys.ids)))

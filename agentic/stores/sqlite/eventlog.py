@@ -1,0 +1,116 @@
+"""EventLog on an SQLite file, shared by every process of one machine.
+
+One table in offset order: ``position INTEGER PRIMARY KEY AUTOINCREMENT`` never
+hands out a number twice, trims included, and writers are serialized by
+``BEGIN IMMEDIATE``, so positions are given in commit order: a reader never sees a
+later position before an earlier one. A unique index on the event id makes an
+append of the same event a no-op that answers its first position.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+
+from pydantic import ValidationError
+
+from ...errors import StoreError
+from ...events import Event
+from ..base import EventLog, LoggedEvent, require_consumer, require_count, require_page
+from ._db import DEFAULT_TIMEOUT, Database, Migration
+
+__all__ = ["SQLiteEventLog"]
+
+MIGRATIONS: list[Migration] = [
+    (
+        """CREATE TABLE events (
+            position INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            body TEXT NOT NULL  -- the Event as JSON
+        )""",
+        """CREATE TABLE event_consumers (
+            name TEXT PRIMARY KEY,
+            position INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+    ),
+]
+
+
+def _logged(row: sqlite3.Row) -> LoggedEvent:
+    try:
+        event = Event.model_validate_json(row["body"])
+    except ValidationError as exc:
+        raise StoreError(f"corrupt event at offset {row['position']} in SQLite: {exc}") from exc
+    return LoggedEvent(row["position"], event)
+
+
+class SQLiteEventLog(EventLog):
+    """EventLog over one SQLite file; safe across threads and processes."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._db = Database.open(path, timeout, "events", MIGRATIONS)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def append(self, events: builtins.list[Event]) -> builtins.list[int]:
+        bodies = [(event.id, event.model_dump_json()) for event in events]
+        out = []
+        with self._db.transaction(f"appending {len(events)} event(s)") as conn:
+            for event_id, body in bodies:
+                # Looked up first: an INSERT OR IGNORE that is ignored would still
+                # advance the AUTOINCREMENT counter, leaving a gap.
+                row = conn.execute(
+                    "SELECT position FROM events WHERE id = ?", (event_id,)
+                ).fetchone()
+                if row is None:
+                    cursor = conn.execute(
+                        "INSERT INTO events (id, body) VALUES (?, ?)", (event_id, body)
+                    )
+                    out.append(int(cursor.lastrowid or 0))
+                else:
+                    out.append(int(row[0]))
+        return out
+
+    def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
+        require_page(after, limit)
+        rows = self._db.query(
+            "SELECT position, body FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            (after, limit),
+            "reading events",
+        )
+        return [_logged(row) for row in rows]
+
+    def last_offset(self) -> int:
+        rows = self._db.query(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'events'", (), "reading the last offset"
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def commit(self, consumer: str, offset: int) -> None:
+        require_consumer(consumer)
+        require_count("offset", offset)
+        with self._db.transaction(f"committing consumer {consumer!r}") as conn:
+            conn.execute(
+                "INSERT INTO event_consumers (name, position) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+                " WHERE excluded.position > event_consumers.position",
+                (consumer, offset),
+            )
+
+    def committed(self, consumer: str) -> int:
+        require_consumer(consumer)
+        rows = self._db.query(
+            "SELECT position FROM event_consumers WHERE name = ?", (consumer,), "reading a consumer"
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def trim(self, keep: int) -> int:
+        require_count("keep", keep)
+        with self._db.transaction(f"trimming events to {keep}") as conn:
+            return conn.execute(
+                "DELETE FROM events WHERE position <= (SELECT position FROM events"
+                " ORDER BY position DESC LIMIT 1 OFFSET ?)",
+                (keep,),
+            ).rowcount

@@ -1,0 +1,181 @@
+"""The EventLog contract on every backend, and appends racing from real OS processes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from agentic.errors import ConfigError
+from agentic.events import Event, EventType
+from agentic.stores import open_event_log
+
+from .conftest import Backend
+
+SPAWN = mp.get_context("spawn")
+
+
+def _event(n: int = 0, **fields: Any) -> Event:
+    return Event(type=EventType.TASK_COMPLETED, task_id=f"t{n}", **fields)
+
+
+class TestEventLogContract:
+    """Every backend keeps the same log: offsets, dedupe, paging, trims, consumers."""
+
+    def test_an_empty_log(self, backend: Backend) -> None:
+        """A new log reads nothing, has offset 0 and knows no consumer."""
+        log = backend.event_log()
+        assert log.read() == []
+        assert log.last_offset() == 0
+        assert log.committed("c") == 0
+        assert log.append([]) == []
+
+    def test_append_gives_increasing_offsets_from_one(self, backend: Backend) -> None:
+        """Offsets start at 1 and follow append order, across appends."""
+        log = backend.event_log()
+        assert log.append([_event(1), _event(2)]) == [1, 2]
+        assert log.append([_event(3)]) == [3]
+        assert [e.offset for e in log.read()] == [1, 2, 3]
+        assert [e.event.task_id for e in log.read()] == ["t1", "t2", "t3"]
+        assert log.last_offset() == 3
+
+    def test_an_event_reads_back_equal(self, backend: Backend) -> None:
+        """Every field survives the store: payload, times, ids, correlation."""
+        log = backend.event_log()
+        event = Event(
+            type=EventType.QUOTA_WARNING,
+            time=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+            source="dispatcher-1",
+            task_id="t",
+            agent_id="a",
+            payload={"used": 81, "nested": {"list": [1, "x", None]}, "ratio": 0.8},
+            correlation_id="c",
+            causation_id="p",
+        )
+        log.append([event])
+        assert log.read()[0].event == event
+
+    def test_an_event_id_is_appended_once(self, backend: Backend) -> None:
+        """Appending an event already in the log answers its offset and adds nothing."""
+        log = backend.event_log()
+        first, second = _event(1), _event(2)
+        log.append([first])
+        assert log.append([second, first, second]) == [2, 1, 2]
+        assert [e.event.id for e in log.read()] == [first.id, second.id]
+        assert log.last_offset() == 2
+
+    def test_read_pages_after_an_offset(self, backend: Backend) -> None:
+        """read(after, limit) gives the next page; past the end it gives nothing."""
+        log = backend.event_log()
+        log.append([_event(i) for i in range(1, 8)])
+        assert [e.offset for e in log.read(after=2, limit=3)] == [3, 4, 5]
+        assert [e.offset for e in log.read(after=5, limit=10)] == [6, 7]
+        assert log.read(after=7) == []
+        assert log.read(after=100) == []
+
+    def test_trim_keeps_the_newest(self, backend: Backend) -> None:
+        """trim(keep) drops the oldest events and says how many went."""
+        log = backend.event_log()
+        log.append([_event(i) for i in range(1, 6)])
+        assert log.trim(2) == 3
+        assert [e.offset for e in log.read()] == [4, 5]
+        assert log.trim(2) == 0
+        assert log.trim(10) == 0
+
+    def test_offsets_are_never_reused_after_a_trim(self, backend: Backend) -> None:
+        """After trimming everything the next event still gets the next offset."""
+        log = backend.event_log()
+        log.append([_event(1), _event(2)])
+        assert log.trim(0) == 2
+        assert log.read() == []
+        assert log.last_offset() == 2
+        assert log.append([_event(3)]) == [3]
+
+    def test_a_trimmed_event_id_is_new_again(self, backend: Backend) -> None:
+        """The ids of trimmed events are forgotten with them."""
+        log = backend.event_log()
+        event = _event(1)
+        log.append([event])
+        log.trim(0)
+        assert log.append([event]) == [2]
+
+    def test_a_consumer_position_only_moves_forward(self, backend: Backend) -> None:
+        """commit keeps the highest offset; consumers are independent."""
+        log = backend.event_log()
+        log.commit("a", 5)
+        log.commit("a", 3)
+        log.commit("b", 1)
+        assert log.committed("a") == 5
+        assert log.committed("b") == 1
+        log.commit("a", 9)
+        assert log.committed("a") == 9
+
+    @pytest.mark.parametrize(
+        ("call", "message"),
+        [
+            (lambda log: log.read(after=-1), "after must be an integer >= 0"),
+            (lambda log: log.read(limit=0), "limit must be from 1 to 1000"),
+            (lambda log: log.read(limit=1001), "limit must be from 1 to 1000"),
+            (lambda log: log.commit("c", -1), "offset must be an integer >= 0"),
+            (lambda log: log.commit("", 1), "consumer name must be 1-200 characters"),
+            (lambda log: log.committed("x" * 201), "consumer name must be 1-200 characters"),
+            (lambda log: log.trim(-1), "keep must be an integer >= 0"),
+        ],
+    )
+    def test_bad_arguments_are_refused(self, backend: Backend, call: Any, message: str) -> None:
+        """Bad offsets, limits, names and counts raise ConfigError and change nothing."""
+        log = backend.event_log()
+        log.append([_event(1)])
+        with pytest.raises(ConfigError, match=message):
+            call(log)
+        assert [e.offset for e in log.read()] == [1]
+
+    def test_two_handles_share_one_log(self, backend: Backend) -> None:
+        """A second log opened on the same store sees the first one's events."""
+        if backend.url is None:
+            pytest.skip("an in-process backend has no second handle")
+        first = backend.event_log()
+        first.append([_event(1)])
+        first.commit("c", 1)
+        with open_event_log(backend.url) as other:
+            assert [e.event.task_id for e in other.read()] == ["t1"]
+            assert other.committed("c") == 1
+            assert other.append([_event(2)]) == [2]
+        assert first.last_offset() == 2
+
+
+def _append_many(url: str, worker: int, batches: int, out: Any) -> None:
+    log = open_event_log(url)
+    offsets: list[int] = []
+    for i in range(batches):
+        events = [_event(worker * 1000 + i * 10 + j) for j in range(3)]
+        offsets += log.append(events)
+        offsets += log.append(events[:1])  # a retried append: no new offset
+    log.close()
+    out.put((worker, offsets))
+
+
+@pytest.mark.slow
+def test_processes_appending_at_once_get_distinct_ordered_offsets(shared_url: str) -> None:
+    """4 processes x 50 appends: every event once, offsets 1..600, each process's in order."""
+    out = SPAWN.Queue()
+    procs = [SPAWN.Process(target=_append_many, args=(shared_url, w, 50, out)) for w in range(4)]
+    for p in procs:
+        p.start()
+    results = dict(out.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(30)
+    with open_event_log(shared_url) as log:
+        logged = [e for page in range(0, 600, 100) for e in log.read(page, 100)]
+        assert log.last_offset() == 600
+    assert [e.offset for e in logged] == list(range(1, 601))
+    assert len({e.event.id for e in logged}) == 600
+    by_task = {e.event.task_id: e.offset for e in logged}
+    for worker, offsets in results.items():
+        new = [o for i, o in enumerate(offsets) if i % 4 != 3]  # every 4th was the retry
+        assert new == sorted(new), f"process {worker} saw its events out of order"
+        assert [by_task[f"t{worker * 1000 + i}"] for i in (0, 1, 2)] == new[:3]
+        retried = [o for i, o in enumerate(offsets) if i % 4 == 3]
+        assert retried == new[::3]
