@@ -39,6 +39,7 @@ from pydantic.fields import FieldInfo
 from .errors import ConfigError
 from .retry import Jitter
 from .stores import SCHEMES, parse_store_url
+from .stores._url import URL_FORMS
 
 __all__ = ["Config", "DispatcherConfig", "EventsConfig", "ServerConfig", "load_config"]
 
@@ -52,7 +53,7 @@ class Accepts:
     text: str
 
 
-_STORE = "a store URL (memory://, sqlite:///path/to/file.db or redis://host:6379/0)"
+_STORE = f"a store URL ({URL_FORMS})"
 PositiveSeconds = Annotated[float, Field(gt=0), Accepts("a number > 0")]
 Text = Annotated[str, Accepts("a string")]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -79,6 +80,17 @@ class DispatcherConfig(_Section):
     claim_concurrency: Annotated[int, Field(ge=1, le=64), Accepts("an integer from 1 to 64")] = 8
     claim_batch: Annotated[int, Field(ge=1, le=100), Accepts("an integer from 1 to 100")] = 50
     exclusive: Annotated[bool, Accepts("true or false")] = True
+    # None: the dispatcher's default (15 s); it lasts 3 intervals at least anyway.
+    active_lease: Annotated[
+        float | None,
+        Field(gt=0, allow_inf_nan=False),
+        Accepts("a finite number of seconds > 0, or empty for the default (15)"),
+    ] = None
+
+    @field_validator("active_lease", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("backoff_cap")
     @classmethod
@@ -181,16 +193,19 @@ class Config(BaseModel):
     @field_validator("store_url", "registry_url", "allowance_url", "task_store_url")
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:
-        """Fail at load time on a URL no store would open, rather than at first use."""
+        """Fail at load time on a URL no store would open, rather than at first use.
+
+        Each problem is named without the accepted URLs: the error adds them once."""
         if value is None:
             return None
+        if "://" not in value:
+            raise ValueError("not a URL")
         try:
             parsed = parse_store_url(value)
-        except ConfigError as exc:  # pydantic collects ValueError only
+        except ConfigError as exc:  # pragma: no cover - parse_store_url is lenient
             raise ValueError(str(exc)) from exc
         if parsed.scheme not in SCHEMES:
-            accepted = ", ".join(SCHEMES)
-            raise ValueError(f"unknown scheme {parsed.scheme!r} (accepted: {accepted})")
+            raise ValueError(f"unknown scheme {parsed.scheme!r}")
         if parsed.scheme == "sqlite" and not (parsed.netloc or parsed.path.strip("/")):
             raise ValueError("a sqlite URL needs a file path")
         return value
@@ -351,13 +366,40 @@ def _nested_layer(data: Mapping[Any, Any], where: Callable[[str], str]) -> Layer
         if isinstance(value, BaseModel):  # load_config(dispatcher=DispatcherConfig(...))
             value = value.model_dump(exclude_unset=True)  # noqa: PLW2901
         if not isinstance(value, Mapping | None):
-            raise ConfigError(f"{name} in {where(name)}: must be a mapping of {name} keys")
+            raise ConfigError(_not_a_mapping(name, value, where(name)))
         for sub, sub_value in (value or {}).items():
             dotted = f"{name}.{sub}"
             _check_key(dotted, where(dotted))
             if sub_value is not None:
                 layer[dotted] = (sub_value, where(dotted))
     return layer
+
+
+def _not_a_mapping(section: str, value: Any, where: str) -> str:
+    """Why a section's value is refused: what was read, and how to write it.
+
+    ``dispatcher:`` then ``  interval 2`` (no colon) reads as the text "interval 2":
+    the message shows it and the line as it should be. A value naming a secret key
+    (``server:`` then ``  admin_tokens abc``) is not echoed."""
+    fields = _SECTIONS[section].model_fields
+    secret = any(info.repr is False and key in str(value) for key, info in fields.items())
+    got = "a value naming a secret key (not shown)" if secret else _shorten(repr(value))
+    first, _, rest = (value if isinstance(value, str) else "").strip().partition(" ")
+    key = first.rstrip(":")
+    if key in fields:
+        shown = "..." if secret else (rest.split() or ["..."])[0]
+        fix = f"a key needs a colon and a space after it: `{key}: {shown}`"
+    else:
+        fix = (
+            f"write each key as `key: value` on its own line, indented under `{section}:`"
+            f" ({', '.join(fields)})"
+        )
+    return f"{section} in {where}: must be a mapping of {section} keys, got {got}; {fix}"
+
+
+def _shorten(text: str, width: int = 60) -> str:
+    """``text`` cut to ``width`` characters, ``...`` marking the cut."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _dotenv_lines(file: Path) -> list[tuple[str, str, str]]:

@@ -21,7 +21,8 @@ from typer.testing import CliRunner, Result
 
 from agentic._cli._logging import KeyValueFormatter
 from agentic.cli import app
-from agentic.errors import NotFoundError
+from agentic.dispatcher import Dispatcher, DispatchReport
+from agentic.errors import ConfigError, NotFoundError
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.stores import open_allowance_store, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
@@ -176,6 +177,41 @@ def test_bad_option_value_is_named_as_typed(args: list[str], named: str) -> None
     assert result.exit_code == 2
     assert named in " ".join(result.stderr.split())
     no_traceback(result)
+
+
+def test_unknown_store_scheme_lists_the_accepted_urls_once() -> None:
+    """--store foo://x: one error naming the scheme, the accepted URLs listed once."""
+    result = run("agents", "--store", "foo://x")
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "store_url in option --store: unknown scheme 'foo'; must be a store URL" in message
+    for form in ("memory://", "sqlite:///", "redis://", "rediss://"):
+        assert message.count(form) == 1, message
+    assert message.endswith("got 'foo://x'")
+    with pytest.raises(ConfigError) as opened:
+        open_registry("foo://x")
+    assert str(opened.value).count("memory://") == 1
+
+
+def test_dispatcher_gets_the_configured_active_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dispatcher.active_lease from the config reaches the Dispatcher dispatch builds;
+    unset, the Dispatcher keeps its own default."""
+    seen: list[float | None] = []
+
+    class Recording(Dispatcher):
+        def run_once(self) -> DispatchReport:
+            seen.append(self.active_lease)
+            return DispatchReport()
+
+    monkeypatch.setattr("agentic._cli.dispatch.Dispatcher", Recording)
+    lease = "dispatcher:\n  active_lease: 42.5\n"
+    for extra in (lease, ""):
+        config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", "memory://", extra)
+        result = run("dispatch", "--once", "--json", "--config", str(config))
+        assert result.exit_code == 0, result.output
+    assert seen == [42.5, None]
 
 
 def test_store_option_overrides_the_config(system: System, tmp_path: Path) -> None:

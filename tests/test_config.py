@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import yaml
 
 from agentic.config import Config, DispatcherConfig, load_config
 from agentic.errors import ConfigError
+from agentic.stores import SCHEMES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.yaml"
 
@@ -387,17 +389,22 @@ def test_base_url_must_be_http(url: str) -> None:
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("sqlit:///x.db", "unknown scheme 'sqlit' (accepted: memory, sqlite, redis, rediss)"),
+        ("sqlit:///x.db", "unknown scheme 'sqlit'; must be a store URL"),
         ("postgres://h/db", "unknown scheme 'postgres'"),
-        ("agentic.db", "is not a URL"),
+        ("agentic.db", "not a URL; must be a store URL"),
         ("sqlite://", "a sqlite URL needs a file path"),
     ],
 )
 def test_store_url_is_checked_at_load_time(url: str, problem: str) -> None:
-    """A store URL with a typo fails when loading, naming the scheme problem."""
+    """A store URL with a typo fails when loading, naming the problem, then the accepted
+    URLs once (every scheme a store opens) and the value."""
     message = config_error(env={"AGENTIC_TASK_STORE_URL": url})
     assert message.startswith("task_store_url in environment variable AGENTIC_TASK_STORE_URL: ")
     assert problem in message
+    assert message.endswith(f", got {url!r}")
+    said = message.removesuffix(f", got {url!r}")
+    for scheme in SCHEMES:
+        assert len(re.findall(rf"\b{scheme}://", said)) == 1, message
 
 
 def test_store_url_password_is_not_echoed() -> None:
@@ -456,10 +463,55 @@ def test_unknown_keys_in_dotenv_arguments_and_known_env_sections(isolated: Path)
 
 
 def test_section_must_be_a_mapping(tmp_path: Path) -> None:
-    """A section given a scalar is refused with its source."""
+    """A section given a scalar is refused with its source, the value read and how a
+    section is written (its keys)."""
     path = write(tmp_path / "c.yaml", "dispatcher: 5\n")
-    assert config_error(path=path).startswith(f"dispatcher in {path} (line 1): must be a mapping")
-    assert "must be a mapping" in config_error(server=[1])
+    message = config_error(path=path)
+    assert message.startswith(f"dispatcher in {path} (line 1): must be a mapping")
+    assert "got 5; write each key as `key: value` on its own line" in message
+    assert "indented under `dispatcher:` (interval, heartbeat_ttl," in message
+    assert "got [1]" in config_error(server=[1])
+
+
+def test_section_key_without_colon_shows_what_was_read_and_the_fix(tmp_path: Path) -> None:
+    """``interval 2`` (no colon) under dispatcher: the text read is shown, and the line
+    as it should be."""
+    path = write(tmp_path / "c.yaml", "dispatcher:\n  interval 2\n")
+    assert config_error(path=path) == (
+        f"dispatcher in {path} (line 1): must be a mapping of dispatcher keys,"
+        " got 'interval 2'; a key needs a colon and a space after it: `interval: 2`"
+    )
+
+
+def test_section_value_shown_is_cut_and_never_a_secret(tmp_path: Path) -> None:
+    """A long value read is cut to 60 characters; one naming a secret key is not shown."""
+    path = write(tmp_path / "c.yaml", f"events:\n  {'x' * 200}\n")
+    message = config_error(path=path)
+    assert f"got '{'x' * 56}...;" in message and "x" * 57 not in message
+    path = write(tmp_path / "s.yaml", "server:\n  admin_tokens s3cret\n")
+    message = config_error(path=path)
+    assert "s3cret" not in message
+    assert "got a value naming a secret key (not shown)" in message
+    assert "`admin_tokens: ...`" in message
+
+
+def test_active_lease_is_optional_positive_and_finite(tmp_path: Path) -> None:
+    """dispatcher.active_lease: unset by default (the dispatcher's own 15 s), seconds
+    > 0 from any source, empty as unset; zero, negative, infinite or NaN refused."""
+    assert load_config(env={}).dispatcher.active_lease is None
+    path = write(tmp_path / "c.yaml", "dispatcher:\n  active_lease: 20\n")
+    assert load_config(path, env={}).dispatcher.active_lease == 20.0
+    variable = "AGENTIC_DISPATCHER__ACTIVE_LEASE"
+    assert load_config(env={variable: "7.5"}).dispatcher.active_lease == 7.5
+    assert load_config(env={variable: ""}).dispatcher.active_lease is None
+    for bad in ("0", "-1", "inf", "nan", "soon"):
+        message = config_error(env={variable: bad})
+        assert message == (
+            f"dispatcher.active_lease in environment variable {variable}: must be a finite"
+            f" number of seconds > 0, or empty for the default (15), got {bad!r}"
+        )
+    path = write(tmp_path / "inf.yaml", "dispatcher:\n  active_lease: .inf\n")
+    assert f"dispatcher.active_lease in {path} (line 2)" in config_error(path=path)
 
 
 def test_missing_explicit_files(tmp_path: Path) -> None:

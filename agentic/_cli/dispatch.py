@@ -84,6 +84,7 @@ def dispatch(
             claim_concurrency=cfg.dispatcher.claim_concurrency,
             claim_batch=cfg.dispatcher.claim_batch,
             exclusive=cfg.dispatcher.exclusive,
+            active_lease=cfg.dispatcher.active_lease,
         )
         if once:
             report = dispatcher.run_once()

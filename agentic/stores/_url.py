@@ -10,7 +10,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..errors import ConfigError
 from ..quota import DEFAULT_RESERVATION_TTL
 
-__all__ = ["StoreURL", "parse_store_url"]
+__all__ = ["URL_FORMS", "StoreURL", "parse_store_url"]
+
+#: the store URLs accepted, in words, for error messages (one list, said once)
+URL_FORMS = "memory://, sqlite:///path/to/file.db, redis://host:6379/0 or rediss://host:6379/0"
 
 # Query options and what they accept, for the error message of a typo.
 COMMON_OPTIONS = {
@@ -82,10 +85,7 @@ class StoreURL:
 def parse_store_url(url: str) -> StoreURL:
     """Split a store URL; the scheme is checked by the caller against its table."""
     if not isinstance(url, str) or "://" not in url:
-        raise ConfigError(
-            f"store URL {url!r} is not a URL: use memory://, sqlite:///path/to/file.db"
-            " or redis://host:6379/0"
-        )
+        raise ConfigError(f"store URL {url!r} is not a URL: use {URL_FORMS}")
     parts = urlsplit(url)
     options: dict[str, str] = {}
     try:
