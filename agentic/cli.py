@@ -8,19 +8,18 @@ error. The commands live in ``agentic/_cli/``, one module per group.
 
 from __future__ import annotations
 
-import typer
-
+from ._cli._help import App
 from ._cli.agent import agent_app
 from ._cli.demo import demo
 from ._cli.dispatch import dispatch
 from ._cli.fleet import agents_app, allowance_app
 from ._cli.serve import serve
 from ._cli.status import status
-from ._cli.tasks import logs, submit
+from ._cli.tasks import logs, submit, tasks
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(
+app = App(
     name="agentic",
     help="Run a fleet of AI agents as one system: task API, dispatcher, agents, quotas.",
     no_args_is_help=True,
@@ -34,6 +33,7 @@ app.add_typer(agent_app, name="agent")
 app.command()(submit)
 app.command()(status)
 app.command()(logs)
+app.command()(tasks)
 app.add_typer(agents_app, name="agents")
 app.add_typer(allowance_app, name="allowance")
 app.command()(demo)

@@ -101,6 +101,7 @@ COMMANDS = [
     ["submit"],
     ["status"],
     ["logs"],
+    ["tasks"],
     ["agents"],
     ["agents", "list"],
     ["agents", "deregister"],
@@ -118,6 +119,37 @@ def test_every_command_has_help(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+    assert "<bool>" not in result.output  # a flag takes no value: no type is shown
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage
+
+
+@pytest.mark.parametrize(
+    ("command", "usage", "flags"),
+    [
+        (["logs"], "Usage: agentic logs [OPTIONS] TASK", ["--follow", "--json", "--help"]),
+        (["submit"], "Usage: agentic submit [OPTIONS] TITLE", ["--json"]),
+        (["status"], "Usage: agentic status [OPTIONS] [SECONDS]", ["--watch", "--json"]),
+        (["agent", "run"], "Usage: agentic agent run [OPTIONS] CMD...", ["--verbose"]),
+        (["dispatch"], "Usage: agentic dispatch [OPTIONS]", ["--once", "--verbose"]),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_help_shows_flags_bare_and_arguments_without_braces(
+    command: list[str], usage: str, flags: list[str]
+) -> None:
+    """Help and usage lines: a required argument bare (TASK), an optional one in
+    brackets, and a flag's row with no type after it (no <bool>)."""
+    result = run(*command, "--help")
+    assert usage in result.output
+    for flag in flags:
+        row = next(line for line in result.output.splitlines() if f" {flag} " in line)
+        after = [word for word in row.split(flag, 1)[1].split() if not word.startswith("-")]
+        assert after[0][0].isupper(), row  # its help text follows, no value placeholder
+    if command == ["logs"]:  # a usage error prints the same usage line
+        missing = run("logs")
+        assert missing.exit_code == 2 and usage in missing.output
 
 
 AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"]

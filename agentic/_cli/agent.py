@@ -21,9 +21,10 @@ from ._common import (
     stdout,
     store_config,
 )
+from ._help import App
 from ._logging import setup_logging
 
-agent_app = typer.Typer(help="Run an agent on this machine.")
+agent_app = App(help="Run an agent on this machine.")
 
 
 @agent_app.command(

@@ -24,11 +24,10 @@ from ._common import (
     stdout,
     store_config,
 )
+from ._help import App
 
-agents_app = typer.Typer(
-    help="The agent registry: list agents, deregister one.", no_args_is_help=False
-)
-allowance_app = typer.Typer(help="Quotas: per-agent allowances and per-model limits.")
+agents_app = App(help="The agent registry: list agents, deregister one.", no_args_is_help=False)
+allowance_app = App(help="Quotas: per-agent allowances and per-model limits.")
 
 
 # --- agents ---

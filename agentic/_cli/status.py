@@ -16,7 +16,6 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Group, RenderableType
 from rich.live import Live
-from rich.table import Table
 from rich.text import Text
 
 from ..client import TaskClient
@@ -42,6 +41,7 @@ from ._common import (
     until,
     warn,
 )
+from ._tables import Col, FittedTable, compact
 
 T = TypeVar("T")
 _DEFAULT_WATCH = 2.0
@@ -133,7 +133,7 @@ def collect(cfg: Config, api: TaskClient) -> Snapshot:
 def _used_left(used: int | None, left: int | None) -> str:
     if used is None:
         return "?"
-    return f"{used}/{'∞' if left is None or left < 0 else left}"
+    return f"{compact(used)}/{'∞' if left is None or left < 0 else compact(left)}"
 
 
 def _row(row: AgentRow, now: datetime) -> list[RenderableType]:
@@ -158,6 +158,42 @@ def _row(row: AgentRow, now: datetime) -> list[RenderableType]:
     ]
 
 
+# Dropped at narrow widths from the highest rank down; Agent, State and Tokens stay.
+_COLUMNS = (
+    Col("Agent"),
+    Col("State"),
+    Col("Load", drop=3),
+    Col("Tokens"),
+    Col("Jobs", drop=2),
+    Col("Resets", drop=4),
+    Col("Heartbeat", drop=1),
+)
+_RESETS = 5
+
+
+def agents_table(rows: list[AgentRow], now: datetime) -> FittedTable:
+    """The agents, one a row; the quota day's end once under the table when it is the
+    same for every agent (one store: it is), else a Resets column."""
+    cells = [_row(row, now) for row in sorted(rows, key=lambda r: r.info.id)]
+    resets = {row.check.reset_at for row in rows if row.check and row.check.reset_at}
+    caption = "Tokens and jobs: used/left"
+    columns = list(_COLUMNS)
+    if len(resets) <= 1:
+        del columns[_RESETS]
+        for line in cells:
+            del line[_RESETS]
+        if resets:
+            caption += f"; quotas reset {until(resets.pop(), now)}"
+    return FittedTable(
+        columns,
+        cells,
+        title=f"Agents: {len(rows)}",
+        title_justify="left",
+        caption=caption if rows else None,
+        caption_justify="left",
+    )
+
+
 def render(snap: Snapshot, *, with_warnings: bool) -> RenderableType:
     """The agents table and the task counts (and the warnings, for ``--watch``)."""
     now = datetime.now(UTC)
@@ -165,14 +201,7 @@ def render(snap: Snapshot, *, with_warnings: bool) -> RenderableType:
     if snap.agents is None:
         parts.append(Text("Agents: unknown", style="yellow"))
     else:
-        table = Table(title=f"Agents: {len(snap.agents)}", title_justify="left")
-        for title in ("Agent", "State", "Load", "Tokens used/left", "Jobs used/left"):
-            table.add_column(title, no_wrap=True)
-        table.add_column("Resets")
-        table.add_column("Heartbeat", no_wrap=True)
-        for row in sorted(snap.agents, key=lambda r: r.info.id):
-            table.add_row(*_row(row, now))
-        parts.append(table)
+        parts.append(agents_table(snap.agents, now))
     pending = "unknown" if snap.pending is None else str(snap.pending)
     running = "unknown" if snap.in_progress is None else str(snap.in_progress)
     parts.append(Text(f"Tasks: {pending} pending, {running} in progress"))

@@ -1,18 +1,33 @@
-"""``agentic submit`` and ``agentic logs``: one task through the task API."""
+"""``agentic submit``, ``agentic logs`` and ``agentic tasks``: tasks through the task API."""
 
 from __future__ import annotations
 
+import heapq
 import sys
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from ..client import TaskClient
 from ..logs import FINISHED, stream_logs
-from ..models import Priority, TaskStatus
+from ..models import Priority, Task, TaskStatus
+from ..stores._tasks import order_key
 from ..submit import submit_task
-from ._common import ConfigOption, JsonOption, client, config, handled, interrupt_exits, print_json
+from ._common import (
+    ConfigOption,
+    JsonOption,
+    client,
+    config,
+    handled,
+    interrupt_exits,
+    print_json,
+    stdout,
+)
+from ._tables import Col, FittedTable
 
 # How often ``logs --json -f`` asks for news: interactive, yet cheap for the server.
 _JSON_POLL = 0.5
@@ -103,3 +118,132 @@ def _json_lines(api: TaskClient, task_id: str, follow: bool) -> None:
         if not follow or status in FINISHED:
             return
         time.sleep(_JSON_POLL)
+
+
+# --- tasks ---
+#: tasks asked for per request: enough for a screen, small for the server
+_PAGE = 200
+_STATUSES = ", ".join(status.value for status in TaskStatus)
+_STYLES = {
+    TaskStatus.IN_PROGRESS: "cyan",
+    TaskStatus.COMPLETED: "green",
+    TaskStatus.BLOCKED: "magenta",
+    TaskStatus.FAILED: "red",
+}
+# Dropped at narrow widths from the highest rank down; ID and Status stay.
+_TASK_COLUMNS = (
+    Col("ID"),
+    Col("Status"),
+    Col("Priority", drop=4),
+    Col("Title", drop=1, wrap=16),
+    Col("Labels", drop=7, wrap=10),
+    Col("Agent", drop=6),
+    Col("Retries", drop=3, justify="right"),
+    Col("Created", drop=8, justify="right"),
+    Col("Updated", drop=2, justify="right"),
+)
+
+
+@handled
+def tasks(
+    config_path: ConfigOption = None,
+    status: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--status",
+            "-s",
+            metavar="S",
+            help=f"Only tasks in this status (repeatable, or comma separated): {_STATUSES}.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", metavar="N", min=1, help="Show at most N tasks.")
+    ] = 50,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the tasks as a JSON list instead of a table.")
+    ] = False,
+) -> None:
+    """List tasks, most urgent and oldest first (all statuses unless --status)."""
+    wanted = _statuses(status or [])
+    cfg = config(config_path)
+    with client(cfg) as api:
+        found = list_tasks(api, wanted, limit + 1)  # one more: are there more?
+    shown, more = found[:limit], len(found) > limit
+    if json_output:
+        print_json(shown)
+        return
+    stdout().print(tasks_table(shown, more, datetime.now(UTC)))
+
+
+def _statuses(given: list[str]) -> list[TaskStatus]:
+    """The statuses asked for, each once; a usage error names the valid ones."""
+    chosen: list[TaskStatus] = []
+    for value in (part.strip() for item in given for part in item.split(",")):
+        try:
+            status = TaskStatus(value.lower())
+        except ValueError:
+            raise typer.BadParameter(
+                f"{value!r} is not a task status; valid: {_STATUSES}", param_hint="--status"
+            ) from None
+        if status not in chosen:
+            chosen.append(status)
+    return chosen
+
+
+def list_tasks(api: TaskClient, statuses: list[TaskStatus], count: int) -> list[Task]:
+    """The first ``count`` tasks in list order (most urgent, then oldest) among
+    ``statuses`` (all when empty), read a page at a time: one listing per status,
+    merged, and no page read that is not needed."""
+    listings: list[TaskStatus | None] = [*statuses] or [None]
+    streams = [_paged(api, status, count) for status in listings]
+    merged = heapq.merge(*streams, key=order_key)
+    return [task for task, _ in zip(merged, range(count), strict=False)]
+
+
+def _paged(api: TaskClient, status: TaskStatus | None, count: int) -> Iterator[Task]:
+    """The tasks of one listing, page after page (``limit`` and ``after``), at most
+    ``count``. A server that ignores the cursor (it repeats a page) or the limit (it
+    answers more) has answered everything it will: the listing ends there."""
+    size = min(count, _PAGE)
+    seen: set[str] = set()
+    after: str | None = None
+    while len(seen) < count:
+        page = api.list_tasks(status=status, limit=size, after=after)
+        fresh = [task for task in page if task.id not in seen]
+        seen.update(task.id for task in fresh)
+        yield from fresh
+        if len(fresh) != len(page) or len(page) != size:
+            return
+        after = page[-1].id
+
+
+def _age(when: datetime | None, now: datetime) -> str:
+    """``"12s"``, ``"3m"``, ``"5h"``, ``"2d"``; ``"-"`` when unknown."""
+    if when is None:
+        return "-"
+    seconds = max(0, int((now - when).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def tasks_table(shown: list[Task], more: bool, now: datetime) -> FittedTable:
+    """The tasks, one a row; at narrow widths the least needed columns are left out.
+    Text taken from tasks is shown as is (never read as rich markup)."""
+    rows = [
+        [
+            Text(task.id),
+            Text(str(task.status or "-"), style=_STYLES.get(task.status or TaskStatus.PENDING, "")),
+            task.priority.value,
+            Text(task.title),
+            Text(", ".join(task.labels) or "-"),
+            Text(task.claimed_by or "-"),
+            f"{task.retry_count}/{task.max_retries}",
+            _age(task.created_at, now),
+            _age(task.updated_at or task.created_at, now),
+        ]
+        for task in shown
+    ]
+    title = f"Tasks: {len(shown)}" + (" (more: raise --limit)" if more else "")
+    return FittedTable(_TASK_COLUMNS, rows, title=title, title_justify="left")
