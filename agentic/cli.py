@@ -12,6 +12,7 @@ from ._cli._help import App
 from ._cli.agent import agent_app
 from ._cli.demo import demo
 from ._cli.dispatch import dispatch
+from ._cli.events import events
 from ._cli.fleet import agents_app, allowance_app
 from ._cli.serve import serve
 from ._cli.status import status
@@ -33,6 +34,7 @@ app.add_typer(agent_app, name="agent")
 app.command()(submit)
 app.command()(status)
 app.command()(logs)
+app.command()(events)
 app.command()(tasks)
 app.add_typer(agents_app, name="agents")
 app.add_typer(allowance_app, name="allowance")

@@ -104,6 +104,12 @@ class DispatcherConfig(_Section):
 class EventsConfig(_Section):
     """Where the dispatcher's and agents' lifecycle events go besides the log."""
 
+    # The store's own event log (agentic events; EventConsumer), on store_url.
+    log: Annotated[bool, Accepts("true or false")] = True
+    log_keep: Annotated[
+        int, Field(ge=0), Accepts("an integer >= 0 (events kept; 0: keep every event)")
+    ] = 100_000
+
     webhook_url: Annotated[str, Accepts("an http:// or https:// URL, or empty for none")] = ""
     # A secret: kept out of repr() and error messages.
     webhook_secret: Annotated[

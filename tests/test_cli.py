@@ -24,7 +24,7 @@ from agentic.cli import app
 from agentic.dispatcher import Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
-from agentic.stores import open_allowance_store, open_registry, open_task_store
+from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
 from agentic.testing import running_server, webhook_receiver
 from agentic.webhook import verify
@@ -101,6 +101,7 @@ COMMANDS = [
     ["submit"],
     ["status"],
     ["logs"],
+    ["events"],
     ["tasks"],
     ["agents"],
     ["agents", "list"],
@@ -164,6 +165,8 @@ AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"
         ["submit", "title", "--estimated-tokens", "-1"],
         ["status", "5"],
         ["logs"],
+        ["events", "--after", "-1"],
+        ["events", "--last", "x"],
         ["dispatch", "--interval", "-1"],
         ["serve", "--port", "70000"],
         ["serve", "--agent-token", "no-equals-sign"],
@@ -642,6 +645,12 @@ def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path)
     kinds = {json.loads(delivery.body)["type"] for delivery in received}
     expected = {"task_dispatched", "task_completed", "usage_recorded", "agent_registered"}
     assert {f"io.agentic.{kind}" for kind in expected} <= kinds
+    # Both processes appended the same events to the store's event log.
+    with open_event_log(system.url) as log:
+        logged = {e.event.id: e.event.type.value for e in log.read(0, 1000)}
+    hooked = {json.loads(d.body)["id"]: json.loads(d.body)["type"] for d in received}
+    assert {f"io.agentic.{kind}" for kind in logged.values()} == set(hooked.values())
+    assert set(logged) == set(hooked)
 
 
 @pytest.mark.slow

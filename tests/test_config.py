@@ -331,6 +331,19 @@ def test_claim_batch_out_of_range_is_refused_with_its_range() -> None:
     )
 
 
+def test_event_log_settings_default_on_and_are_checked() -> None:
+    """events.log is on with 100,000 events kept; a negative log_keep is refused."""
+    cfg = load_config(env={})
+    assert (cfg.events.log, cfg.events.log_keep) == (True, 100_000)
+    cfg = load_config(env={"AGENTIC_EVENTS__LOG": "false", "AGENTIC_EVENTS__LOG_KEEP": "0"})
+    assert (cfg.events.log, cfg.events.log_keep) == (False, 0)
+    message = config_error(env={"AGENTIC_EVENTS__LOG_KEEP": "-5"})
+    assert message == (
+        "events.log_keep in environment variable AGENTIC_EVENTS__LOG_KEEP: must be an"
+        " integer >= 0 (events kept; 0: keep every event), got '-5'"
+    )
+
+
 def test_events_webhook_must_be_an_http_url_and_its_secret_stays_hidden() -> None:
     """events.webhook_url must be http(s); the secret never shows in repr()."""
     message = config_error(env={"AGENTIC_EVENTS__WEBHOOK_URL": "ftp://hooks"})

@@ -25,9 +25,10 @@ from rich.markup import escape
 from ..client import TaskClient
 from ..config import Config, load_config
 from ..errors import AgenticError, APIError, ConfigError, StoreError, TransportError
+from ..eventlog import EventLogEmitter
 from ..events import EventEmitter, FanoutEmitter
 from ..retry import RetryPolicy
-from ..stores import parse_store_url
+from ..stores import open_event_log, parse_store_url
 from ..webhook import WebhookEmitter
 
 P = ParamSpec("P")
@@ -133,9 +134,12 @@ def event_emitter(cfg: Config, first: EventEmitter) -> EventEmitter: ...
 @overload
 def event_emitter(cfg: Config) -> EventEmitter | None: ...
 def event_emitter(cfg: Config, first: EventEmitter | None = None) -> EventEmitter | None:
-    """Where events go: ``first`` (the log, say), then the configured webhook and Redis
-    stream, if any; None when none of them."""
+    """Where events go: ``first`` (the log, say), then the store's event log, the
+    configured webhook and Redis stream, if any; None when none of them."""
     emitters = [first] if first is not None else []
+    if cfg.events.log:
+        log = open_event_log(cfg.store_url)
+        emitters.append(EventLogEmitter(log, keep=cfg.events.log_keep, close_log=True))
     if cfg.events.webhook_url:
         secret = cfg.events.webhook_secret or None
         emitters.append(WebhookEmitter(cfg.events.webhook_url, secret))

@@ -80,7 +80,7 @@ def run(
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
         quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
         api = stack.enter_context(client(cfg, agent_id))
-        # The runner logs each task itself: events go only to a configured webhook.
+        # The runner logs each task itself: events go to the event log and configured sinks.
         emitter = event_emitter(cfg)
         if emitter is not None:
             stack.enter_context(emitter)

@@ -1,0 +1,146 @@
+"""``agentic events``: the event log printed, filtered and followed; and who writes it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from agentic.events import Event, EventType
+from agentic.models import AgentAllowance, AgentInfo, Task
+from agentic.stores import open_event_log
+
+from .test_cli import AGENTIC, System, clean_environment, run, subprocess_env, system
+
+__all__ = ["clean_environment", "system"]  # fixtures, used by name
+
+
+def _fill(url: str) -> list[Event]:
+    events = [
+        Event(type=EventType.TASK_CLAIMED, task_id="t1", agent_id="a", payload={"job_id": "j1"}),
+        Event(type=EventType.TASK_COMPLETED, task_id="t1", agent_id="a"),
+        Event(type=EventType.TASK_CLAIMED, task_id="t2", agent_id="b"),
+    ]
+    with open_event_log(url) as log:
+        log.append(events)
+    return events
+
+
+def test_an_empty_log_prints_nothing(system: System) -> None:
+    """A store with no event yet prints nothing and exits 0."""
+    result = system.cli("events")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+
+
+def test_events_print_offset_type_and_ids(system: System) -> None:
+    """Each event is one line: offset, time, type, task, agent, payload."""
+    _fill(system.url)
+    result = system.cli("events")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    assert lines[0].split()[0] == "1"
+    assert "task_claimed  task=t1  agent=a  job_id=j1" in lines[0]
+    assert "task_completed  task=t1  agent=a" in lines[1]
+
+
+def test_events_json_lines_carry_the_offset(system: System) -> None:
+    """--json prints one object per line: the event's fields and its offset."""
+    events = _fill(system.url)
+    result = system.cli("events", "--json")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["offset"] for row in rows] == [1, 2, 3]
+    assert [row["id"] for row in rows] == [e.id for e in events]
+    assert rows[0]["payload"] == {"job_id": "j1"}
+
+
+@pytest.mark.parametrize(
+    ("args", "offsets"),
+    [
+        (["--type", "task_claimed"], [1, 3]),
+        (["--task", "t1"], [1, 2]),
+        (["--after", "1"], [2, 3]),
+        (["--last", "2"], [2, 3]),
+        (["--last", "1", "--type", "task_claimed", "--type", "task_completed"], [3]),
+        (["--after", "0", "--task", "t2"], [3]),
+    ],
+    ids=lambda value: " ".join(map(str, value)),
+)
+def test_events_filters(system: System, args: list[str], offsets: list[int]) -> None:
+    """--type, --task, --after and --last choose which events print."""
+    _fill(system.url)
+    result = system.cli("events", "--json", *args)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["offset"] for line in result.stdout.splitlines()] == offsets
+
+
+def test_an_unknown_type_is_a_usage_error(system: System) -> None:
+    """--type with a name that is no event type exits 2 listing the types."""
+    result = system.cli("events", "--type", "task_done")
+    assert result.exit_code == 2
+    assert "task_done: not an event type" in result.output
+    assert "task_completed" in result.output
+
+
+def test_a_missing_store_file_is_an_error_not_a_new_store(tmp_path: Path) -> None:
+    """Reading the events of a SQLite file that does not exist fails and creates nothing."""
+    missing = tmp_path / "nope.db"
+    result = run("events", "--store", f"sqlite:///{missing}")
+    assert result.exit_code == 1
+    assert "does not exist" in result.output
+    assert not missing.exists()
+
+
+def test_dispatch_appends_its_events_to_the_log(system: System) -> None:
+    """A dispatch pass writes task_claimed and task_dispatched to the store's event log."""
+    system.registry.register(AgentInfo(id="worker", capabilities=["x"]))
+    system.quota.set_allowance(AgentAllowance(agent_id="worker", daily_job_limit=5))
+    task = system.tasks.create(Task(title="t", labels=["x"]))
+    assert system.cli("dispatch", "--once").exit_code == 0
+    with open_event_log(system.url) as log:
+        kinds = {(e.event.type, e.event.task_id) for e in log.read()}
+    assert {(EventType.TASK_CLAIMED, task.id), (EventType.TASK_DISPATCHED, task.id)} <= kinds
+
+
+def test_events_log_false_writes_nothing(system: System) -> None:
+    """With events.log: false, a dispatch pass leaves the event log empty."""
+    system.config.write_text(
+        system.config.read_text() + "events:\n  log: false\n", encoding="utf-8"
+    )
+    system.registry.register(AgentInfo(id="worker", capabilities=["x"]))
+    system.quota.set_allowance(AgentAllowance(agent_id="worker", daily_job_limit=5))
+    system.tasks.create(Task(title="t", labels=["x"]))
+    assert system.cli("dispatch", "--once").exit_code == 0
+    with open_event_log(system.url) as log:
+        assert log.read() == []
+
+
+@pytest.mark.slow
+def test_follow_prints_new_events_until_interrupted(system: System) -> None:
+    """events -f prints events appended later, and Ctrl-C ends it with exit 0."""
+    _fill(system.url)
+    follower = subprocess.Popen(
+        [AGENTIC, "events", "-f", "--json", "--after", "3", "--config", str(system.config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+        text=True,
+    )
+    try:
+        time.sleep(1.0)  # following: nothing after offset 3 yet
+        late = Event(type=EventType.AGENT_OFFLINE, agent_id="b")
+        with open_event_log(system.url) as log:
+            log.append([late])
+        assert follower.stdout is not None
+        row = json.loads(follower.stdout.readline())
+        assert (row["offset"], row["id"]) == (4, late.id)
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(10) == 0
+    finally:
+        follower.kill()
+        follower.communicate()
