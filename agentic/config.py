@@ -33,7 +33,15 @@ from urllib.parse import urlsplit
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
 
 from .errors import ConfigError
@@ -54,6 +62,17 @@ class Accepts:
 
 
 _STORE = f"a store URL ({URL_FORMS})"
+
+
+def _not_a_bool(value: object) -> object:
+    # YAML's true / false would pass as 1 / 0 (events.log_keep: true keeps one event)
+    if isinstance(value, bool):
+        raise ValueError("a boolean where a number belongs")  # noqa: TRY004 - pydantic reports a ValueError
+    return value
+
+
+#: an int that refuses booleans
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
 PositiveSeconds = Annotated[float, Field(gt=0), Accepts("a number > 0")]
 Text = Annotated[str, Accepts("a string")]
 NonEmpty = Annotated[str, Field(min_length=1)]
@@ -69,7 +88,7 @@ class DispatcherConfig(_Section):
 
     interval: PositiveSeconds = 5.0
     heartbeat_ttl: PositiveSeconds = 30.0
-    max_retries: Annotated[int, Field(ge=0), Accepts("an integer >= 0")] = 3
+    max_retries: Annotated[Int, Field(ge=0), Accepts("an integer >= 0")] = 3
     backoff_base: PositiveSeconds = 5.0
     backoff_cap: Annotated[
         float, Field(gt=0), Accepts("a number > 0 and >= dispatcher.backoff_base")
@@ -77,8 +96,8 @@ class DispatcherConfig(_Section):
     jitter: Annotated[Jitter, Accepts("one of full, equal, decorrelated")] = "full"
     fail_open: Annotated[bool, Accepts("true or false")] = False
     lease_seconds: PositiveSeconds = 300.0
-    claim_concurrency: Annotated[int, Field(ge=1, le=64), Accepts("an integer from 1 to 64")] = 8
-    claim_batch: Annotated[int, Field(ge=1, le=100), Accepts("an integer from 1 to 100")] = 50
+    claim_concurrency: Annotated[Int, Field(ge=1, le=64), Accepts("an integer from 1 to 64")] = 8
+    claim_batch: Annotated[Int, Field(ge=1, le=100), Accepts("an integer from 1 to 100")] = 50
     exclusive: Annotated[bool, Accepts("true or false")] = True
     # None: the dispatcher's default (15 s); it lasts 3 intervals at least anyway.
     active_lease: Annotated[
@@ -107,7 +126,9 @@ class EventsConfig(_Section):
     # The store's own event log (agentic events; EventConsumer), on store_url.
     log: Annotated[bool, Accepts("true or false")] = True
     log_keep: Annotated[
-        int, Field(ge=0), Accepts("an integer >= 0 (events kept; 0: keep every event)")
+        Int,
+        Field(ge=0, le=10**12),
+        Accepts("an integer from 0 to 10**12 (events kept; 0: keep every event)"),
     ] = 100_000
 
     webhook_url: Annotated[str, Accepts("an http:// or https:// URL, or empty for none")] = ""
@@ -139,7 +160,7 @@ class ServerConfig(_Section):
     """The reference task API server (``agentic serve``)."""
 
     host: Annotated[NonEmpty, Accepts("a host name or IP address")] = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535), Accepts("an integer from 1 to 65535")] = 8080
+    port: Annotated[Int, Field(ge=1, le=65535), Accepts("an integer from 1 to 65535")] = 8080
     # Tokens are secrets: kept out of repr() and error messages. None may be empty, or
     # a bare "Authorization: Bearer " header would pass.
     admin_tokens: Annotated[list[NonEmpty], Accepts("a list of non-empty tokens")] = Field(
@@ -148,7 +169,7 @@ class ServerConfig(_Section):
     agent_tokens: Annotated[
         dict[NonEmpty, NonEmpty], Accepts("a mapping of non-empty token -> agent id")
     ] = Field(default_factory=dict, repr=False)
-    max_body_bytes: Annotated[int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
+    max_body_bytes: Annotated[Int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
 
     @field_validator("agent_tokens")
     @classmethod
@@ -179,6 +200,7 @@ class Config(BaseModel):
     registry_url: StoreOverride = None
     allowance_url: StoreOverride = None
     task_store_url: StoreOverride = None
+    event_log_url: StoreOverride = None
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
@@ -191,12 +213,16 @@ class Config(BaseModel):
             raise ValueError("not an http(s) URL")
         return value.rstrip("/")  # the client appends /api/...
 
-    @field_validator("registry_url", "allowance_url", "task_store_url", mode="before")
+    @field_validator(
+        "registry_url", "allowance_url", "task_store_url", "event_log_url", mode="before"
+    )
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("store_url", "registry_url", "allowance_url", "task_store_url")
+    @field_validator(
+        "store_url", "registry_url", "allowance_url", "task_store_url", "event_log_url"
+    )
     @classmethod
     def _store_url(cls, value: str | None) -> str | None:
         """Fail at load time on a URL no store would open, rather than at first use.
@@ -216,12 +242,13 @@ class Config(BaseModel):
             raise ValueError("a sqlite URL needs a file path")
         return value
 
-    def store_url_for(self, purpose: Literal["registry", "allowance", "task"]) -> str:
+    def store_url_for(self, purpose: Literal["registry", "allowance", "task", "events"]) -> str:
         """The URL of one store: its override (``registry_url``...) or ``store_url``."""
         override = {
             "registry": self.registry_url,
             "allowance": self.allowance_url,
             "task": self.task_store_url,
+            "events": self.event_log_url,
         }[purpose]
         return override or self.store_url
 

@@ -7,8 +7,9 @@ append, in emit order. A store that cannot take the batch now
 (:class:`~agentic.errors.StoreUnavailableError`: Redis down, SQLite locked) is
 retried with backoff; since an append of an event already in the log adds nothing,
 a retry after an append whose answer was lost cannot write an event twice. Other
-store errors drop the batch, logged and counted. Every so often the emitter trims
-the log to its newest ``keep`` events (retention). Events still buffered when the
+store errors drop the batch, logged and counted; an event whose payload is not JSON
+is dropped alone. Every so often, and when it closes, the emitter trims the log to
+its newest ``keep`` events (retention). Events still buffered when the
 process dies are lost: what is in the log is what is durable.
 
 :class:`EventConsumer` hands the log's events to a handler in offset order and
@@ -18,11 +19,14 @@ handled when a process died is handled again after the restart, so handlers must
 idempotent: the event's ``id`` is the key to remember. A handler that raises stops
 the consumer at that event; :meth:`EventConsumer.run` logs it, counts it in
 ``errors`` and retries it after a backoff, so one bad event is never skipped in
-silence. Run one process per consumer name.
+silence. Events the log trimmed before the consumer reached them are reported
+(logged as errors, counted in ``missed``): size ``keep`` for the slowest consumer.
+Run one process per consumer name.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 from collections.abc import Callable
@@ -31,7 +35,7 @@ from ._buffered import BufferedEmitter
 from .errors import ConfigError, StoreError, StoreUnavailableError
 from .events import Event
 from .retry import RetryPolicy
-from .stores.base import EventLog, LoggedEvent, require_consumer
+from .stores.base import MAX_READ, EventLog, LoggedEvent, require_consumer, require_count
 
 __all__ = ["DEFAULT_KEEP", "EventConsumer", "EventLogEmitter"]
 
@@ -64,8 +68,7 @@ class EventLogEmitter(BufferedEmitter):
         sleep: Callable[[float], None] | None = None,
         close_log: bool = False,
     ) -> None:
-        if keep < 0:
-            raise ConfigError(f"keep must be >= 0 events (0: never trim), got {keep}")
+        require_count("keep", keep)
         super().__init__(
             maxsize=maxsize,
             batch=_BATCH,
@@ -84,15 +87,40 @@ class EventLogEmitter(BufferedEmitter):
         return f"EventLogEmitter({type(self.log).__name__})"
 
     def _release(self) -> None:
+        # A process that emits little (dispatch --once, a short-lived agent) may never
+        # reach a trim step: it trims on its way out instead.
+        if self._since_trim:
+            self._trim()
         if self._close_log:
             self.log.close()
 
     def _send(self, events: list[Event]) -> int:
+        try:
+            appended = self._append(events)
+        except ConfigError:
+            # One event the log cannot hold (a payload that is not JSON) must not
+            # take the batch with it: the others go one by one.
+            appended = sum(self._append_alone(event) for event in events)
+        self._since_trim += appended
+        if self.keep and self._since_trim >= self._trim_every:
+            self._trim()
+        return appended
+
+    def _append_alone(self, event: Event) -> int:
+        try:
+            return self._append([event])
+        except ConfigError as exc:
+            log.warning("%r: event %s dropped: %s", self, event.id, exc)
+            return 0
+
+    def _append(self, events: list[Event]) -> int:
+        """Append ``events``, retrying what may pass later; how many went in (all or
+        none). ConfigError (an event the log cannot hold) propagates."""
         attempt = 0
         while True:
             try:
                 self.log.append(events)
-                break
+                return len(events)
             except StoreUnavailableError as exc:
                 why = str(exc)
             except StoreError as exc:  # refused: the same append would be refused again
@@ -108,29 +136,28 @@ class EventLogEmitter(BufferedEmitter):
                     why,
                 )
                 return 0
-        self._trim(len(events))
-        return len(events)
 
-    def _trim(self, appended: int) -> None:
+    def _trim(self) -> None:
         if not self.keep:
-            return
-        self._since_trim += appended
-        if self._since_trim < self._trim_every:
             return
         try:
             self.log.trim(self.keep)
             self._since_trim = 0
-        except StoreError as exc:  # the events are in; trimming is tried again next time
+        except Exception as exc:  # the events are in; trimming is tried again later
             self.errors += 1
-            log.warning("%r: trimming the log to %d events failed: %s", self, self.keep, exc)
+            log.warning("%r: trimming the log to %d events failed: %r", self, self.keep, exc)
 
 
 class EventConsumer:
     """Delivers ``log``'s events to ``handler`` at least once, resuming from the
     position committed under ``name`` (see the module docstring).
 
-    ``handled`` counts the events handled, ``errors`` the failures seen (handler or
-    store); ``position`` is the offset of the last event handled.
+    ``handler`` is a plain function (an ``async def`` one is refused: its events would
+    be committed before they ran). ``handled`` counts the events handled, ``errors``
+    the failures seen (handler or store), ``missed`` the events trimmed from the log
+    before this consumer reached them (logged as errors: raise ``events.log_keep``,
+    or keep up); ``position`` is the offset of the last event handled. Only the
+    backoff of ``retry`` is used: a failing event is retried for ever.
     """
 
     def __init__(
@@ -143,11 +170,18 @@ class EventConsumer:
         retry: RetryPolicy | None = None,
     ) -> None:
         require_consumer(name)
-        if not 1 <= batch <= 1000:
-            raise ConfigError(f"batch must be from 1 to 1000 events, got {batch}")
+        if not 1 <= batch <= MAX_READ:
+            raise ConfigError(f"batch must be from 1 to {MAX_READ} events, got {batch}")
+        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)  # noqa: B004 - an async __call__
+        ):
+            raise ConfigError(
+                "the handler is async: EventConsumer calls it and commits at once;"
+                " give a plain function (run your coroutine in it with asyncio.run)"
+            )
         self.log, self.name, self.handler, self.batch = log, name, handler, batch
         self.retry = retry or _CONSUMER_RETRY
-        self.handled = self.errors = 0
+        self.handled = self.errors = self.missed = 0
         self.position: int | None = None  # read from the log on first use
 
     def poll(self) -> int:
@@ -156,19 +190,61 @@ class EventConsumer:
         before it were committed; store errors propagate as StoreError."""
         if self.position is None:
             self.position = self.log.committed(self.name)
+        page = self.log.read(self.position, self.batch)
+        if not page:
+            self._check_not_behind()
         done = 0
-        for logged in self.log.read(self.position, self.batch):
-            self.handler(logged)
+        for logged in page:
+            # From 0 a consumer starts at the oldest event kept: no report then.
+            if self.position and logged.offset > self.position + 1:
+                self._missed(self.position + 1, logged.offset - 1)
+            result = self.handler(logged)
+            if inspect.isawaitable(result):
+                if inspect.iscoroutine(result):
+                    result.close()
+                raise ConfigError(
+                    f"event consumer {self.name!r}: the handler returned an awaitable for"
+                    f" offset {logged.offset}; it must do its work before it returns"
+                )
             self.log.commit(self.name, logged.offset)
             self.position = logged.offset
             self.handled += 1
             done += 1
         return done
 
+    def _missed(self, first: int, last: int) -> None:
+        self.missed += last - first + 1
+        log.error(
+            "event consumer %r: events %d to %d were trimmed from the log before it"
+            " handled them (%d lost to it); raise events.log_keep, or keep up",
+            self.name,
+            first,
+            last,
+            last - first + 1,
+        )
+
+    def _check_not_behind(self) -> None:
+        """A log whose newest offset is below our position went back (a Redis flushed
+        or restored without its data): replay it from the start rather than wait,
+        deaf, until it passes our old position."""
+        last = self.log.last_offset()
+        if self.position and last < self.position:
+            log.error(
+                "event consumer %r: the log went back (newest offset %d, below this"
+                " consumer's %d: emptied or restored?); replaying it from the start",
+                self.name,
+                last,
+                self.position,
+            )
+            self.log.reset(self.name, 0)
+            self.position = 0
+
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
         """Poll until ``stop`` is set: at once while there is more, every
         ``interval`` seconds once caught up. A failure (the handler's or the
         store's) is logged, counted and retried after a growing backoff."""
+        if not interval > 0:
+            raise ConfigError(f"interval must be > 0 seconds, got {interval}")
         failures = 0
         while not stop.is_set():
             try:

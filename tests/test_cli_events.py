@@ -144,3 +144,40 @@ def test_follow_prints_new_events_until_interrupted(system: System) -> None:
     finally:
         follower.kill()
         follower.communicate()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--after", "1", "--last", "2"], "give one of them"),
+        (["--store", "memory://"], "memory:// is private to one process"),
+    ],
+    ids=["after and last", "memory"],
+)
+def test_contradictions_are_usage_errors(system: System, args: list[str], message: str) -> None:
+    """--after with --last, and a memory:// log nobody else writes, exit 2 saying why."""
+    result = system.cli("events", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_a_payload_cannot_forge_a_line(system: System) -> None:
+    """Values with spaces or line breaks print as JSON: one event is one line."""
+    forged = "boom\n    999  2026-01-01T00:00:00Z  task_completed  task=t1"
+    with open_event_log(system.url) as log:
+        log.append([Event(type=EventType.TASK_FAILED, task_id="t1", payload={"error": forged})])
+    result = system.cli("events")
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    assert 'error="boom\\n    999  2026-01-01T00:00:00Z  task_completed  task=t1"' in lines[0]
+
+
+def test_trimmed_events_after_the_start_are_said(system: System) -> None:
+    """--after an offset whose next events were trimmed warns on stderr, then prints."""
+    _fill(system.url)
+    with open_event_log(system.url) as log:
+        log.trim(1)
+    result = system.cli("events", "--after", "1", "--json")
+    assert result.exit_code == 0
+    assert "events 2 to 2 were trimmed" in result.output
+    assert [json.loads(line)["offset"] for line in result.stdout.splitlines()] == [3]

@@ -340,8 +340,15 @@ def test_event_log_settings_default_on_and_are_checked() -> None:
     message = config_error(env={"AGENTIC_EVENTS__LOG_KEEP": "-5"})
     assert message == (
         "events.log_keep in environment variable AGENTIC_EVENTS__LOG_KEEP: must be an"
-        " integer >= 0 (events kept; 0: keep every event), got '-5'"
+        " integer from 0 to 10**12 (events kept; 0: keep every event), got '-5'"
     )
+
+
+def test_a_boolean_is_not_a_number(tmp_path: Path) -> None:
+    """YAML true where an integer belongs is refused (it would count as 1)."""
+    path = write(tmp_path / "agentic.yaml", "events:\n  log_keep: true\n")
+    with pytest.raises(ConfigError, match="a boolean where a number belongs"):
+        load_config(path, env={})
 
 
 def test_events_webhook_must_be_an_http_url_and_its_secret_stays_hidden() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from agentic.errors import ConfigError
+from agentic.errors import ConfigError, StoreError
 from agentic.events import Event, EventType
-from agentic.stores import open_event_log
+from agentic.stores import EventLog, open_event_log
+from agentic.stores.redis import RedisEventLog
+from agentic.stores.sqlite import SQLiteEventLog
 
 from .conftest import Backend
 
@@ -132,6 +135,56 @@ class TestEventLogContract:
             call(log)
         assert [e.offset for e in log.read()] == [1]
 
+    def test_reset_moves_a_consumer_back_or_forward(self, backend: Backend) -> None:
+        """reset sets a position whatever the stored one (to replay, or skip)."""
+        log = backend.event_log()
+        log.commit("a", 7)
+        log.reset("a", 2)
+        assert log.committed("a") == 2
+        log.reset("a", 9)
+        assert log.committed("a") == 9
+        log.reset("b")
+        assert log.committed("b") == 0
+
+    def test_an_event_that_is_not_json_is_refused_whole(self, backend: Backend) -> None:
+        """A payload JSON cannot hold is a ConfigError naming the event; nothing is added."""
+        log = backend.event_log()
+        bad = Event(type=EventType.TASK_FAILED, payload={"error": object()})
+        with pytest.raises(ConfigError, match=rf"event {bad.id} \(task_failed\).*not JSON"):
+            log.append([_event(1), bad])
+        assert log.read() == []
+        assert log.last_offset() == 0
+
+    def test_trim_goes_in_steps(self, backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A trim larger than one step drops everything asked, a step at a time."""
+        for module in ("sqlite", "redis"):
+            monkeypatch.setattr(f"agentic.stores.{module}.eventlog.TRIM_STEP", 3)
+        log = backend.event_log()
+        log.append([_event(i) for i in range(1, 12)])
+        assert log.trim(1) == 10
+        assert [e.offset for e in log.read()] == [11]
+
+    def test_counts_beyond_64_bits_are_refused(self, backend: Backend) -> None:
+        """Offsets and counts from 2**63 up are a ConfigError, not a backend overflow."""
+        log = backend.event_log()
+        for call in (lambda: log.read(after=2**63), lambda: log.commit("c", 2**64)):
+            with pytest.raises(ConfigError, match=r"below 2\*\*63"):
+                call()
+
+    def test_an_unreadable_entry_stops_the_page_and_is_named(self, backend: Backend) -> None:
+        """Events before an unreadable entry are returned; reading from it names its offset;
+        reset past it goes on."""
+        if backend.name == "memory":
+            pytest.skip("the memory log keeps Event objects: nothing to damage")
+        log = backend.event_log()
+        log.append([_event(1)])
+        _append_raw(log, '{"type": "task_paused_in_a_newer_version"}')
+        log.append([_event(3)])
+        assert [e.offset for e in log.read()] == [1]
+        with pytest.raises(StoreError, match=r"offset 2 .* reset\(name, 2\)"):
+            log.read(after=1)
+        assert [e.offset for e in log.read(after=2)] == [3]
+
     def test_two_handles_share_one_log(self, backend: Backend) -> None:
         """A second log opened on the same store sees the first one's events."""
         if backend.url is None:
@@ -144,6 +197,19 @@ class TestEventLogContract:
             assert other.committed("c") == 1
             assert other.append([_event(2)]) == [2]
         assert first.last_offset() == 2
+
+
+def _append_raw(log: EventLog, body: str) -> None:
+    """Append an entry with ``body`` as is, behind the store's back (a damaged entry)."""
+    offset = log.last_offset() + 1
+    if isinstance(log, SQLiteEventLog):
+        with sqlite3.connect(log._db.path) as conn:
+            conn.execute("INSERT INTO events (id, body) VALUES ('raw', ?)", (body,))
+        return
+    assert isinstance(log, RedisEventLog)
+    keys = log._keys
+    log._client.xadd(keys.stream, {"id": "raw", "body": body}, id=f"{offset}-0")
+    log._client.set(keys.seq, offset)
 
 
 def _append_many(url: str, worker: int, batches: int, out: Any) -> None:
@@ -179,3 +245,28 @@ def test_processes_appending_at_once_get_distinct_ordered_offsets(shared_url: st
         assert [by_task[f"t{worker * 1000 + i}"] for i in (0, 1, 2)] == new[:3]
         retried = [o for i, o in enumerate(offsets) if i % 4 == 3]
         assert retried == new[::3]
+
+
+class TestRedisEventLog:
+    """What only the Redis log has to take care of: its counter key and stream ids."""
+
+    @pytest.fixture
+    def log(self, backend: Backend) -> RedisEventLog:
+        if backend.name not in ("redis", "fakeredis"):
+            pytest.skip("Redis only")
+        log = backend.event_log()
+        assert isinstance(log, RedisEventLog)
+        return log
+
+    def test_a_lost_counter_goes_on_after_the_stream(self, log: RedisEventLog) -> None:
+        """With the counter key gone (evicted, deleted) appends continue after the newest entry."""
+        log.append([_event(1), _event(2)])
+        log._client.delete(log._keys.seq)
+        assert log.append([_event(3)]) == [3]
+        assert [e.offset for e in log.read()] == [1, 2, 3]
+
+    def test_fifteen_digit_offsets_are_stream_ids(self, log: RedisEventLog) -> None:
+        """Offsets from 10**14 up still make valid entry ids (no 1e+14 notation)."""
+        log._client.set(log._keys.seq, 10**14 - 1)
+        assert log.append([_event(1), _event(2)]) == [10**14, 10**14 + 1]
+        assert [e.offset for e in log.read(after=10**14 - 1)] == [10**14, 10**14 + 1]

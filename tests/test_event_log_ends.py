@@ -118,6 +118,43 @@ class TestEventLogEmitter:
             assert emitter.flush(5)
         assert len(log.read()) == 30
 
+    def test_an_event_that_is_not_json_is_dropped_alone(self) -> None:
+        """One payload the log cannot hold costs that event only, not its batch."""
+        log = MemoryEventLog()
+        good = _events(4)
+        bad = Event(type=EventType.TASK_FAILED, payload={"error": object()})
+        with EventLogEmitter(log) as emitter:
+            for event in [*good[:2], bad, *good[2:]]:
+                emitter.emit(event)
+            assert emitter.flush(5)
+        assert [e.event for e in log.read()] == good
+        assert (emitter.delivered, emitter.dropped) == (4, 1)
+
+    def test_a_short_lived_emitter_trims_when_it_closes(self) -> None:
+        """Emitters that close before a trim step (dispatch --once) still keep the log bounded."""
+        log = MemoryEventLog()
+        for _ in range(4):
+            with EventLogEmitter(log, keep=5) as emitter:
+                for event in _events(3):
+                    emitter.emit(event)
+        assert [e.offset for e in log.read()] == [8, 9, 10, 11, 12]
+
+    def test_a_failing_trim_counts_an_error_not_a_drop(self) -> None:
+        """When trimming fails the events are still delivered; the error is counted."""
+
+        class NoTrim(MemoryEventLog):
+            def trim(self, keep: int) -> int:
+                raise OverflowError("too big for this backend")
+
+        log = NoTrim()
+        with EventLogEmitter(log, keep=1) as emitter:
+            for event in _events(3):
+                emitter.emit(event)
+            assert emitter.flush(5)
+            assert (emitter.delivered, emitter.dropped) == (3, 0)
+        assert emitter.errors >= 1
+        assert log.last_offset() == 3
+
     def test_close_log_closes_the_log(self) -> None:
         """close_log=True closes the log with the emitter; otherwise it stays open."""
         owned, lent = FlakyLog([]), FlakyLog([])
@@ -127,7 +164,7 @@ class TestEventLogEmitter:
 
     def test_a_negative_keep_is_refused(self) -> None:
         """keep < 0 is a ConfigError that says what to give."""
-        with pytest.raises(ConfigError, match="keep must be >= 0"):
+        with pytest.raises(ConfigError, match="keep must be an integer >= 0"):
             EventLogEmitter(MemoryEventLog(), keep=-1)
 
 
@@ -221,6 +258,66 @@ class TestEventConsumer:
         consumer = EventConsumer(log, "c", lambda e: stop.set(), retry=FAST)
         consumer.run(stop, 0.01)
         assert (consumer.errors, consumer.handled) == (2, 1)
+
+    def test_trimmed_events_are_reported_as_missed(self, caplog: pytest.LogCaptureFixture) -> None:
+        """Events trimmed before the consumer reached them are logged and counted."""
+        log = MemoryEventLog()
+        log.append(_events(2))
+        seen: list[int] = []
+        consumer = EventConsumer(log, "slow", lambda e: seen.append(e.offset))
+        consumer.poll()
+        log.append(_events(6))
+        log.trim(2)
+        with caplog.at_level(logging.ERROR, "agentic.events"):
+            consumer.poll()
+        assert seen == [1, 2, 7, 8]
+        assert consumer.missed == 4
+        assert "events 3 to 6 were trimmed" in caplog.text
+
+    def test_a_new_consumer_of_a_trimmed_log_misses_nothing(self) -> None:
+        """A consumer with no position starts at the oldest event kept, without a report."""
+        log = MemoryEventLog()
+        log.append(_events(5))
+        log.trim(2)
+        seen: list[int] = []
+        consumer = EventConsumer(log, "new", lambda e: seen.append(e.offset))
+        consumer.poll()
+        assert (seen, consumer.missed) == ([4, 5], 0)
+
+    def test_a_log_that_went_back_is_replayed(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A log whose newest offset is below the consumer's position is read from the start."""
+        log = MemoryEventLog()
+        log.commit("c", 5)  # as if the log had held 5 events before it was emptied
+        log.append(_events(2))
+        seen: list[int] = []
+        consumer = EventConsumer(log, "c", lambda e: seen.append(e.offset))
+        with caplog.at_level(logging.ERROR, "agentic.events"):
+            assert consumer.poll() == 0
+        assert "the log went back" in caplog.text
+        assert consumer.poll() == 2
+        assert seen == [1, 2]
+        assert log.committed("c") == 2
+
+    def test_an_async_handler_is_refused(self) -> None:
+        """An async def handler, or one returning an awaitable, commits nothing."""
+
+        async def handler(logged: LoggedEvent) -> None:
+            return None
+
+        log = MemoryEventLog()
+        log.append(_events(1))
+        with pytest.raises(ConfigError, match="the handler is async"):
+            EventConsumer(log, "c", handler)
+        sneaky = EventConsumer(log, "c", lambda e: handler(e))  # noqa: PLW0108 - hides the async
+        with pytest.raises(ConfigError, match="returned an awaitable for offset 1"):
+            sneaky.poll()
+        assert log.committed("c") == 0
+
+    def test_run_refuses_an_interval_that_would_spin(self) -> None:
+        """run with interval <= 0 is a ConfigError rather than a busy loop."""
+        consumer = EventConsumer(MemoryEventLog(), "c", lambda e: None)
+        with pytest.raises(ConfigError, match="interval must be > 0"):
+            consumer.run(threading.Event(), 0)
 
     @pytest.mark.parametrize(
         ("kwargs", "message"),

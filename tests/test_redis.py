@@ -25,13 +25,14 @@ from agentic.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from agentic.events import Event, EventType
 from agentic.models import AgentAllowance, AgentInfo, AgentStatus, ModelQuota, QuotaEvent
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.base import AgentRegistry, AllowanceStore
 from agentic.stores.keys import QuotaKeys, RegistryKeys
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
-from agentic.stores.redis import RedisAllowanceStore, RedisRegistry
+from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.testing import FakeClock
 from tests.conftest import RedisServer, free_port
 
@@ -410,6 +411,22 @@ def test_redis_errors_become_store_errors(client: redis.Redis, prefix: str) -> N
     client.set(QuotaKeys.under(prefix).expiry, "not a sorted set")
     with pytest.raises(StoreError):
         store.reserve("a", "", 1, "j")
+
+
+def test_a_full_redis_is_unavailable_not_a_refusal(redis_server: RedisServer, prefix: str) -> None:
+    """OOM (maxmemory reached) passes by itself: StoreUnavailableError, retried by callers."""
+    client = redis.Redis(port=redis_server.port)
+    log = RedisEventLog(client, prefix=prefix)
+    event = Event(type=EventType.TASK_CLAIMED, task_id="t")
+    client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(StoreUnavailableError, match="Redis unavailable") as info:
+            log.append([event])
+        assert isinstance(info.value.__cause__, redis.exceptions.OutOfMemoryError)
+    finally:
+        client.config_set("maxmemory", "0")
+    assert log.append([event]) == [1]
+    client.close()
 
 
 def test_many_threads_share_one_store(redis_server: RedisServer, prefix: str) -> None:

@@ -150,12 +150,14 @@ def test_entries_that_are_not_events_are_skipped(client: redis.Redis) -> None:
 
 def test_configured_stream_and_webhook_both_get_the_events(redis_server: RedisServer) -> None:
     """events.stream_url and events.webhook_url in the configuration: the CLI's emitter
-    sends every event to both (and to the log first, when asked)."""
+    sends every event to both (and to the log first, when asked); with nothing
+    configured and the event log off there is no emitter."""
     with webhook_receiver() as (hook, received):
         cfg = load_config(
             env={
                 "AGENTIC_EVENTS__STREAM_URL": f"{redis_server.url}?prefix=cfg-test",
                 "AGENTIC_EVENTS__WEBHOOK_URL": hook,
+                "AGENTIC_EVENTS__LOG": "false",
             }
         )
         emitter = event_emitter(cfg, LoggingEmitter())
@@ -164,4 +166,4 @@ def test_configured_stream_and_webhook_both_get_the_events(redis_server: RedisSe
     with redis.Redis.from_url(redis_server.url) as check:
         assert [e.task_id for _id, e in read_events(check, "cfg-test:events")] == ["t42"]
     assert len(received) == 1
-    assert event_emitter(load_config(env={})) is None
+    assert event_emitter(load_config(env={"AGENTIC_EVENTS__LOG": "false"})) is None

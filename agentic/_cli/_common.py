@@ -138,7 +138,7 @@ def event_emitter(cfg: Config, first: EventEmitter | None = None) -> EventEmitte
     configured webhook and Redis stream, if any; None when none of them."""
     emitters = [first] if first is not None else []
     if cfg.events.log:
-        log = open_event_log(cfg.store_url)
+        log = open_event_log(cfg.store_url_for("events"))
         emitters.append(EventLogEmitter(log, keep=cfg.events.log_keep, close_log=True))
     if cfg.events.webhook_url:
         secret = cfg.events.webhook_secret or None

@@ -1,7 +1,17 @@
-"""``agentic events``: the store's event log, printed or followed."""
+"""``agentic events``: the store's event log, printed or followed.
+
+Text lines are ``offset  time  type  task=…  agent=…  key=value…``; a value with
+spaces, quotes or line breaks is printed as JSON, so a payload can never make a line
+that reads as another event. Gaps (events trimmed before they were read) and a log
+that went back (emptied) are said on stderr.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -11,7 +21,7 @@ import typer
 
 from ..errors import ConfigError
 from ..events import EventType
-from ..stores import open_event_log
+from ..stores import open_event_log, parse_store_url
 from ..stores.base import MAX_READ, EventLog, LoggedEvent
 from ._common import (
     ConfigOption,
@@ -20,11 +30,12 @@ from ._common import (
     handled,
     interrupt_exits,
     print_json,
-    stdout,
     store_config,
+    warn,
 )
 
 _POLL = 0.5  # seconds between reads while following
+_LAST = 20
 
 
 def _types(names: list[str] | None) -> set[EventType] | None:
@@ -39,27 +50,37 @@ def _types(names: list[str] | None) -> set[EventType] | None:
     return {EventType(name) for name in names}
 
 
+def _value(value: object) -> str:
+    """A payload value on one line: plain when it cannot be misread, else JSON."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return value if '"' not in value and "=" not in value else json.dumps(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 def _line(logged: LoggedEvent) -> str:
     event = logged.event
     parts = [
         f"{logged.offset:>6}",
-        event.time.strftime("%Y-%m-%d %H:%M:%S"),
+        event.time.strftime("%Y-%m-%dT%H:%M:%SZ"),
         event.type.value,
     ]
     if event.task_id:
-        parts.append(f"task={event.task_id}")
+        parts.append(f"task={_value(event.task_id)}")
     if event.agent_id:
-        parts.append(f"agent={event.agent_id}")
-    parts += [f"{key}={value}" for key, value in event.payload.items()]
+        parts.append(f"agent={_value(event.agent_id)}")
+    parts += [f"{_value(key)}={_value(value)}" for key, value in event.payload.items()]
     return "  ".join(parts)
 
 
-class _Printer:
-    """Prints the events that pass the filters, as text lines or JSON lines."""
+class _Reader:
+    """Reads the log from a position, says what it could not see, prints what passes."""
 
-    def __init__(self, types: set[EventType] | None, task: str | None, as_json: bool) -> None:
-        self.types, self.task, self.as_json = types, task, as_json
-        self.console = stdout()
+    def __init__(
+        self, log: EventLog, types: set[EventType] | None, task: str | None, as_json: bool
+    ) -> None:
+        self.log, self.types, self.task, self.as_json = log, types, task, as_json
 
     def wanted(self, logged: LoggedEvent) -> bool:
         event = logged.event
@@ -72,14 +93,30 @@ class _Printer:
             data = {"offset": logged.offset, **logged.event.model_dump(mode="json")}
             print_json(data, indent=None)
         else:
-            self.console.print(_line(logged), markup=False, highlight=False, soft_wrap=True)
+            # Plain writes, not rich: lines must stay whole at any width, and rich
+            # turns a closed pipe into exit 1.
+            sys.stdout.write(_line(logged) + "\n")
 
+    def pages(self, after: int, gaps: bool = True) -> Iterator[LoggedEvent]:
+        """Every event after ``after`` in the log now, oldest first; ``gaps``: say
+        when events after ``after`` (not 0: "the oldest kept") were trimmed."""
+        while page := self.log.read(after, MAX_READ):
+            if gaps and after and page[0].offset > after + 1:
+                warn(
+                    f"events {after + 1} to {page[0].offset - 1} were trimmed from the log"
+                    " (it keeps the newest events.log_keep)"
+                )
+            yield from page
+            sys.stdout.flush()
+            after = page[-1].offset
 
-def _pages(log: EventLog, after: int) -> Iterator[LoggedEvent]:
-    """Every event after ``after`` in the log now, oldest first."""
-    while page := log.read(after, MAX_READ):
-        yield from page
-        after = page[-1].offset
+    def went_back(self, position: int) -> bool:
+        """True (and said) when the log's newest offset is below ``position``."""
+        last = self.log.last_offset()
+        if last < position:
+            warn(f"the log went back to offset {last} (emptied?); reading it from the start")
+            return True
+        return False
 
 
 @handled
@@ -96,11 +133,15 @@ def events(
         ),
     ] = None,
     last: Annotated[
-        int,
+        int | None,
         typer.Option(
-            "--last", "-n", min=0, metavar="N", help="Without --after: the last N that match."
+            "--last",
+            "-n",
+            min=0,
+            metavar="N",
+            help=f"The last N events that match (default {_LAST}); not with --after.",
         ),
-    ] = 20,
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
     ] = False,
@@ -116,26 +157,56 @@ def events(
     ] = False,
 ) -> None:
     """Print the lifecycle events in the store's event log (offset, time, type, ids)."""
-    printer = _Printer(_types(type_names), task, json_output)
-    cfg = store_config(config_path, store)
-    with existing(open_event_log, cfg.store_url) as log, interrupt_exits(0):
-        position = after if after is not None else 0
-        if after is None:
-            # The last N that pass the filters: unfiltered, only the last N are read.
-            if printer.types is None and printer.task is None:
-                position = max(0, log.last_offset() - last)
-            recent: deque[LoggedEvent] = deque(maxlen=last)
-            for logged in _pages(log, position):
-                position = logged.offset
-                if printer.wanted(logged):
-                    recent.append(logged)
-            for logged in recent:
-                printer.print(logged)
+    if after is not None and last is not None:
+        raise ConfigError("--after and --last choose the start two ways: give one of them")
+    types = _types(type_names)
+    url = store_config(config_path, store).store_url_for("events")
+    if parse_store_url(url).scheme == "memory":
+        raise ConfigError(
+            "memory:// is private to one process: give the store URL (or event_log_url)"
+            " that the dispatcher and the agents use"
+        )
+    with existing(open_event_log, url) as log, interrupt_exits(0), _quiet_broken_pipe():
+        reader = _Reader(log, types, task, json_output)
+        position = _start(reader, after, _LAST if last is None else last)
         while True:
-            for logged in _pages(log, position):
+            for logged in reader.pages(position):
                 position = logged.offset
-                if printer.wanted(logged):
-                    printer.print(logged)
+                if reader.wanted(logged):
+                    reader.print(logged)
             if not follow:
                 return
             time.sleep(_POLL)
+            if reader.went_back(position):
+                position = 0
+
+
+def _start(reader: _Reader, after: int | None, last: int) -> int:
+    """Print the last ``last`` events that match (unless ``after`` is given); the
+    offset to go on from."""
+    if after is not None:
+        return after
+    log = reader.log
+    position = 0
+    if reader.types is None and reader.task is None:
+        position = max(0, log.last_offset() - last)  # unfiltered: read only those
+    recent: deque[LoggedEvent] = deque(maxlen=last)
+    for logged in reader.pages(position, gaps=False):
+        position = logged.offset
+        if reader.wanted(logged):
+            recent.append(logged)
+    for logged in recent:
+        reader.print(logged)
+    return position
+
+
+@contextlib.contextmanager
+def _quiet_broken_pipe() -> Iterator[None]:
+    """``agentic events | head`` ends quietly with exit 0 when the reader goes away."""
+    try:
+        yield
+    except BrokenPipeError:
+        # Python would report the broken pipe again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(0) from None

@@ -21,11 +21,15 @@ from __future__ import annotations
 import abc
 import builtins
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import ClassVar, Literal, Self
 
-from ..errors import ConfigError, NotFoundError
+from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError
+
+from ..errors import ConfigError, NotFoundError, StoreError
 from ..events import Event
 from ..models import (
     AgentAllowance,
@@ -55,13 +59,16 @@ __all__ = [
     "LogPage",
     "LoggedEvent",
     "MAX_READ",
+    "TRIM_STEP",
     "TaskStore",
+    "event_json",
     "final_outcome",
     "no_allowance",
     "no_reservation",
+    "parse_events",
+    "require_consumer",
     "require_count",
     "require_id",
-    "require_consumer",
     "require_page",
     "status_for_load",
     "ttl_seconds",
@@ -121,6 +128,8 @@ def require_count(kind: str, value: int) -> int:
     """Reject a negative or non-integer count (tokens, jobs, load)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{kind} must be an integer >= 0, got {value!r}")
+    if value >= 2**63:  # what SQLite and Redis integers hold
+        raise ConfigError(f"{kind} must be below 2**63, got {value}")
     return value
 
 
@@ -485,6 +494,8 @@ class LoggedEvent:
 
 #: Most events one read returns.
 MAX_READ = 1000
+#: Most events one trim step drops (one transaction / script call).
+TRIM_STEP = 5000
 
 
 def require_page(after: int, limit: int) -> None:
@@ -501,22 +512,59 @@ def require_consumer(name: str) -> str:
     return name
 
 
+def event_json(event: Event) -> str:
+    """``event`` as the JSON a store keeps; a payload JSON cannot hold is a ConfigError."""
+    try:
+        return event.model_dump_json()
+    except PydanticSerializationError as exc:
+        raise ConfigError(
+            f"event {event.id} ({event.type.value}): its payload is not JSON ({exc}); give"
+            " plain values (str, numbers, bools, None, lists, dicts)"
+        ) from exc
+
+
+def parse_events(rows: Iterable[tuple[int, str | bytes]], where: str) -> list[LoggedEvent]:
+    """Stored (offset, JSON) rows as events, in order, up to the first that does not
+    parse: a bad first row is a StoreError naming its offset (see EventLog.read)."""
+    out: list[LoggedEvent] = []
+    for offset, body in rows:
+        try:
+            out.append(LoggedEvent(offset, Event.model_validate_json(body)))
+        except ValidationError as exc:
+            if out:
+                break  # the good events first; the next read starts at the bad one
+            raise StoreError(
+                f"the event at offset {offset} in {where} cannot be read (written by a newer"
+                f" agentic, or damaged): {exc.errors()[0]['msg']}. Upgrade this agentic, or"
+                f" read past it with after={offset} (a consumer: reset(name, {offset}))"
+            ) from exc
+    return out
+
+
 class EventLog(Closeable):
     """The append-only log of lifecycle events, shared by every process on the store.
 
     * ``append(events)``: adds the events at the end, in order, in one atomic step,
-      and returns their offsets. Offsets increase in append order and are never
-      reused (trimming included), so a reader that saw offset ``n`` misses nothing by
-      asking for what is after ``n``. An event whose ``id`` is already in the log is
-      not added again: its offset is returned (a retried append adds nothing twice).
+      and returns their offsets. Offsets are consecutive integers from 1 in append
+      order and are never reused, trims included. Appends are serialized, so a reader
+      asking for what is after ``n`` never misses an event that is still kept; a jump
+      in the offsets it reads means the events between were trimmed. An event whose
+      ``id`` is already in the log is not added again: its offset is returned (a
+      retried append adds nothing twice). An event whose payload is not JSON is a
+      :class:`~agentic.errors.ConfigError` and nothing is appended.
     * ``read(after=0, limit=100)``: the events with an offset above ``after``, oldest
-      first, at most ``limit``.
+      first, at most ``limit``. An entry that cannot be read (written by a newer
+      version, or damaged) ends the page: the events before it are returned, and a
+      read that starts at it raises :class:`~agentic.errors.StoreError` naming its
+      offset, so nothing is skipped in silence.
     * ``last_offset()``: the offset of the newest event ever appended (0 for none).
     * ``commit(consumer, offset)``: a consumer's durable position. It only moves
       forward: a commit below the stored one changes nothing. ``committed(consumer)``
-      reads it (0 for a consumer never seen).
+      reads it (0 for a consumer never seen); ``reset(consumer, offset)`` sets it to
+      any value (to replay, or to step past an entry that cannot be read).
     * ``trim(keep)``: drops all but the newest ``keep`` events; returns how many went.
       Their ids are forgotten with them (a retry of a trimmed event is a new event).
+      Large trims go in steps, so other clients of the store are not held up.
     """
 
     @abc.abstractmethod
@@ -538,6 +586,10 @@ class EventLog(Closeable):
     @abc.abstractmethod
     def committed(self, consumer: str) -> int:
         """``consumer``'s stored position, or 0."""
+
+    @abc.abstractmethod
+    def reset(self, consumer: str, offset: int = 0) -> None:
+        """Set ``consumer``'s position to ``offset``, back or forward."""
 
     @abc.abstractmethod
     def trim(self, keep: int) -> int:

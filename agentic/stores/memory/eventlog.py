@@ -7,7 +7,14 @@ import builtins
 import threading
 
 from ...events import Event
-from ..base import EventLog, LoggedEvent, require_consumer, require_count, require_page
+from ..base import (
+    EventLog,
+    LoggedEvent,
+    event_json,
+    require_consumer,
+    require_count,
+    require_page,
+)
 
 __all__ = ["MemoryEventLog"]
 
@@ -24,6 +31,8 @@ class MemoryEventLog(EventLog):
         self._positions: dict[str, int] = {}
 
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
+        for event in events:
+            event_json(event)  # what the other stores refuse, refused here too
         with self._lock:
             out = []
             for event in events:
@@ -57,6 +66,12 @@ class MemoryEventLog(EventLog):
         require_consumer(consumer)
         with self._lock:
             return self._positions.get(consumer, 0)
+
+    def reset(self, consumer: str, offset: int = 0) -> None:
+        require_consumer(consumer)
+        require_count("offset", offset)
+        with self._lock:
+            self._positions[consumer] = offset
 
     def trim(self, keep: int) -> int:
         require_count("keep", keep)

@@ -12,7 +12,13 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import (
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    TryAgainError,
+)
 
 from ...errors import ConfigError, StoreError, StoreUnavailableError
 from .._url import StoreURL
@@ -90,9 +96,22 @@ def _ping(client: redis.Redis, address: str, timeout: float) -> None:
         ) from exc
 
 
+# Refusals that pass by themselves: a replica not yet promoted (READONLY, MASTERDOWN),
+# memory full until keys expire or are trimmed (OOM), a slot moving (TRYAGAIN). The
+# same call may succeed later, so callers retry them as they retry a lost connection.
+_PASSING = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    MasterDownError,
+    TryAgainError,
+)
+
+
 def _store_error(exc: redis.RedisError, action: str) -> StoreError:
     """The error to raise for a redis-py exception during ``action``."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+    if isinstance(exc, _PASSING):
         return StoreUnavailableError(f"Redis unavailable during {action}: {exc}")
     return StoreError(f"Redis failed during {action}: {exc}")
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import builtins
 
 import redis
-from pydantic import ValidationError
 
-from ...errors import StoreError
 from ...events import Event
 from ..base import (
+    TRIM_STEP,
     EventLog,
     LoggedEvent,
+    event_json,
+    parse_events,
     require_consumer,
     require_count,
     require_id,
@@ -32,15 +33,6 @@ __all__ = ["RedisEventLog"]
 _APPEND = Script("log_append.lua")
 _COMMIT = Script("log_commit.lua")
 _TRIM = Script("log_trim.lua")
-
-
-def _logged(entry_id: object, fields: dict[object, object]) -> LoggedEvent:
-    offset = int(text(entry_id).partition("-")[0])
-    try:
-        body = next(text(v) for k, v in fields.items() if text(k) == "body")
-        return LoggedEvent(offset, Event.model_validate_json(body))
-    except (StopIteration, ValidationError) as exc:
-        raise StoreError(f"corrupt event at offset {offset} in Redis: {exc!r}") from exc
 
 
 class RedisEventLog(EventLog):
@@ -64,7 +56,7 @@ class RedisEventLog(EventLog):
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         if not events:
             return []
-        args = [part for event in events for part in (event.id, event.model_dump_json())]
+        args = [part for event in events for part in (event.id, event_json(event))]
         keys = self._keys
         reply = _APPEND(self._client, args, (keys.seq, keys.stream, keys.ids))
         return [int(offset) for offset in reply]
@@ -75,7 +67,7 @@ class RedisEventLog(EventLog):
             entries = sync(
                 self._client.xrange(self._keys.stream, min=f"{after + 1}-0", count=limit)
             )
-        return [_logged(entry_id, fields) for entry_id, fields in entries]
+        return parse_events(((_offset(entry), _body(entry[1])) for entry in entries), "Redis")
 
     def last_offset(self) -> int:
         with translate_errors("reading the last offset"):
@@ -93,6 +85,27 @@ class RedisEventLog(EventLog):
             raw = sync(self._client.hget(self._keys.consumers, consumer))
         return 0 if raw is None else int(text(raw))
 
+    def reset(self, consumer: str, offset: int = 0) -> None:
+        require_consumer(consumer)
+        require_count("offset", offset)
+        with translate_errors("resetting a consumer"):
+            self._client.hset(self._keys.consumers, consumer, str(offset))
+
     def trim(self, keep: int) -> int:
         require_count("keep", keep)
-        return int(_TRIM(self._client, [str(keep)], (self._keys.stream, self._keys.ids)))
+        keys, dropped = (self._keys.stream, self._keys.ids), 0
+        while True:  # in steps: a script holds up every other client while it runs
+            step = int(_TRIM(self._client, [str(keep), str(TRIM_STEP)], keys))
+            dropped += step
+            if step < TRIM_STEP:
+                return dropped
+
+
+def _offset(entry: tuple[object, object]) -> int:
+    """The offset of a stream entry: its id is ``{offset}-0``."""
+    return int(text(entry[0]).partition("-")[0])
+
+
+def _body(fields: dict[object, object]) -> str:
+    """The ``body`` field of a stream entry ("" when missing: it then fails to parse)."""
+    return next((text(v) for k, v in fields.items() if text(k) == "body"), "")

@@ -186,6 +186,10 @@ class Database:
     def error(self, exc: sqlite3.Error, doing: str) -> StoreError:
         """The StoreError to raise (``from exc``) for a sqlite3 failure while ``doing``."""
         where = f"SQLite store {str(self.path)!r}"
+        if _code(exc) == sqlite3.SQLITE_FULL:
+            return StoreUnavailableError(
+                f"{where}: {doing}: the disk is full; free space and retry ({exc})"
+            )
         if _code(exc) in _BUSY:
             return StoreUnavailableError(
                 f"{where}: {doing}: the database stayed locked by another connection for"

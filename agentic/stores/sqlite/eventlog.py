@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import builtins
 import os
-import sqlite3
 
-from pydantic import ValidationError
-
-from ...errors import StoreError
 from ...events import Event
-from ..base import EventLog, LoggedEvent, require_consumer, require_count, require_page
+from ..base import (
+    TRIM_STEP,
+    EventLog,
+    LoggedEvent,
+    event_json,
+    parse_events,
+    require_consumer,
+    require_count,
+    require_page,
+)
 from ._db import DEFAULT_TIMEOUT, Database, Migration
 
 __all__ = ["SQLiteEventLog"]
@@ -37,14 +42,6 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-def _logged(row: sqlite3.Row) -> LoggedEvent:
-    try:
-        event = Event.model_validate_json(row["body"])
-    except ValidationError as exc:
-        raise StoreError(f"corrupt event at offset {row['position']} in SQLite: {exc}") from exc
-    return LoggedEvent(row["position"], event)
-
-
 class SQLiteEventLog(EventLog):
     """EventLog over one SQLite file; safe across threads and processes."""
 
@@ -55,7 +52,7 @@ class SQLiteEventLog(EventLog):
         self._db.close()
 
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
-        bodies = [(event.id, event.model_dump_json()) for event in events]
+        bodies = [(event.id, event_json(event)) for event in events]
         out = []
         with self._db.transaction(f"appending {len(events)} event(s)") as conn:
             for event_id, body in bodies:
@@ -80,7 +77,7 @@ class SQLiteEventLog(EventLog):
             (after, limit),
             "reading events",
         )
-        return [_logged(row) for row in rows]
+        return parse_events(((row[0], row[1]) for row in rows), f"SQLite {self._db.path}")
 
     def last_offset(self) -> int:
         rows = self._db.query(
@@ -106,11 +103,26 @@ class SQLiteEventLog(EventLog):
         )
         return int(rows[0][0]) if rows else 0
 
+    def reset(self, consumer: str, offset: int = 0) -> None:
+        require_consumer(consumer)
+        require_count("offset", offset)
+        with self._db.transaction(f"resetting consumer {consumer!r}") as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO event_consumers (name, position) VALUES (?, ?)",
+                (consumer, offset),
+            )
+
     def trim(self, keep: int) -> int:
         require_count("keep", keep)
-        with self._db.transaction(f"trimming events to {keep}") as conn:
-            return conn.execute(
-                "DELETE FROM events WHERE position <= (SELECT position FROM events"
-                " ORDER BY position DESC LIMIT 1 OFFSET ?)",
-                (keep,),
-            ).rowcount
+        dropped = 0
+        while True:  # in steps: each transaction holds the file's write lock
+            with self._db.transaction(f"trimming events to {keep}") as conn:
+                step = conn.execute(
+                    "DELETE FROM events WHERE position <= MIN("
+                    "(SELECT position FROM events ORDER BY position DESC LIMIT 1 OFFSET ?),"
+                    " (SELECT MIN(position) FROM events) + ? - 1)",
+                    (keep, TRIM_STEP),
+                ).rowcount
+            dropped += step
+            if step < TRIM_STEP:
+                return dropped

@@ -1,12 +1,16 @@
--- log_trim.lua: EventLog.trim. KEYS: stream, ids. ARGV: keep.
--- The dropped events' ids leave the dedupe hash with them. Replies how many went.
-local drop = redis.call('XLEN', KEYS[1]) - tonumber(ARGV[1])
+-- log_trim.lua: one step of EventLog.trim. KEYS: stream, ids. ARGV: keep, step.
+-- Drops at most `step` of the oldest events beyond the newest `keep` (the caller
+-- repeats while a step was full), and their ids from the dedupe hash. Replies how
+-- many went.
+local length = redis.call('XLEN', KEYS[1])
+local drop = math.min(length - tonumber(ARGV[1]), tonumber(ARGV[2]))
 if drop <= 0 then
   return 0
 end
-for _, entry in ipairs(redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', drop)) do
+local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', drop)
+for _, entry in ipairs(entries) do
   -- entry = {entry id, {'id', event id, 'body', json}}
   redis.call('HDEL', KEYS[2], entry[2][2])
 end
-redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])
+redis.call('XTRIM', KEYS[1], 'MAXLEN', length - drop)
 return drop
