@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from .errors import ConfigError
 from .events import Event, _BoundedBuffer
+from .retry import RetryPolicy
 
 __all__ = ["BufferedEmitter"]
 
@@ -29,8 +30,11 @@ class BufferedEmitter(_BoundedBuffer):
     """Buffer, sender thread, flush and close for emitters that call out (see above).
 
     ``delivered``, ``dropped`` and ``errors`` count what happened; ``flush`` waits
-    until everything emitted so far has been delivered or dropped.
+    until everything emitted so far has been delivered or dropped. Subclasses set
+    ``retry``, the backoff of :meth:`_with_retries`.
     """
+
+    retry: RetryPolicy
 
     def __init__(
         self,
@@ -91,6 +95,36 @@ class BufferedEmitter(_BoundedBuffer):
             log.warning("%r: a delivery is still in flight after close", self)
             return
         self._release()
+
+    def _with_retries(
+        self,
+        count: int,
+        attempt: Callable[[], object],
+        passing: tuple[type[Exception], ...],
+        refused: tuple[type[Exception], ...],
+    ) -> int:
+        """Deliver ``count`` events with ``attempt()``: ``count`` when it returned, 0
+        when it failed for good. ``passing`` errors are retried with ``self.retry``'s
+        backoff until the retries are used up (or closing leaves no time for one);
+        ``refused`` ones would fail again and drop the events at once. Drops are logged
+        with the last reason."""
+        tries = 0
+        while True:
+            try:
+                attempt()
+            except passing as exc:
+                why = repr(exc)
+            except refused as exc:
+                log.warning("%r: %d event(s) dropped: %s", self, count, exc)
+                return 0
+            else:
+                return count
+            tries += 1
+            if not self.retry.should_retry(tries) or not self._wait(self.retry.delay(tries)):
+                log.warning(
+                    "%r: %d event(s) dropped after %d attempt(s): %s", self, count, tries, why
+                )
+                return 0
 
     @abstractmethod
     def _send(self, events: list[Event]) -> int:

@@ -116,26 +116,12 @@ class EventLogEmitter(BufferedEmitter):
     def _append(self, events: list[Event]) -> int:
         """Append ``events``, retrying what may pass later; how many went in (all or
         none). ConfigError (an event the log cannot hold) propagates."""
-        attempt = 0
-        while True:
-            try:
-                self.log.append(events)
-                return len(events)
-            except StoreUnavailableError as exc:
-                why = str(exc)
-            except StoreError as exc:  # refused: the same append would be refused again
-                log.warning("%r: %d event(s) dropped: %s", self, len(events), exc)
-                return 0
-            attempt += 1
-            if not self.retry.should_retry(attempt) or not self._wait(self.retry.delay(attempt)):
-                log.warning(
-                    "%r: %d event(s) dropped after %d attempt(s): %s",
-                    self,
-                    len(events),
-                    attempt,
-                    why,
-                )
-                return 0
+        return self._with_retries(
+            len(events),
+            lambda: self.log.append(events),
+            passing=(StoreUnavailableError,),
+            refused=(StoreError,),  # the same append would be refused again
+        )
 
     def _trim(self) -> None:
         if not self.keep:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,19 +39,10 @@ from agentic.stores.base import TaskStore
 from agentic.testing import running_server
 
 from .conftest import free_port
+from .test_cli import clean_environment
+from .test_cli_functions import BASE, mock
 
-BASE = "http://tasks.test"
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AGENTIC_* variable, .env or user config of the machine leaks into a test."""
-    for name in list(os.environ):
-        if name.startswith("AGENTIC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.chdir(tmp_path)
+__all__ = ["clean_environment", "mock"]  # fixtures, used by name
 
 
 @dataclass
@@ -176,13 +166,6 @@ class PagedList:
         if self.limit and "limit" in params:
             found = found[: int(params["limit"])]
         return httpx.Response(200, json=found)
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    """respx router for BASE."""
-    with respx.mock(base_url=BASE, assert_all_called=False) as router:
-        yield router
 
 
 @pytest.fixture

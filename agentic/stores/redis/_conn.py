@@ -26,6 +26,7 @@ from .._url import StoreURL
 __all__ = [
     "DEFAULT_PREFIX",
     "DEFAULT_TIMEOUT",
+    "PASSING",
     "Connection",
     "Script",
     "connect",
@@ -99,7 +100,7 @@ def _ping(client: redis.Redis, address: str, timeout: float) -> None:
 # Refusals that pass by themselves: a replica not yet promoted (READONLY, MASTERDOWN),
 # memory full until keys expire or are trimmed (OOM), a slot moving (TRYAGAIN). The
 # same call may succeed later, so callers retry them as they retry a lost connection.
-_PASSING = (
+PASSING = (
     redis.ConnectionError,
     redis.TimeoutError,
     ReadOnlyError,
@@ -111,7 +112,7 @@ _PASSING = (
 
 def _store_error(exc: redis.RedisError, action: str) -> StoreError:
     """The error to raise for a redis-py exception during ``action``."""
-    if isinstance(exc, _PASSING):
+    if isinstance(exc, PASSING):
         return StoreUnavailableError(f"Redis unavailable during {action}: {exc}")
     return StoreError(f"Redis failed during {action}: {exc}")
 

@@ -30,7 +30,7 @@ from ...errors import ConfigError
 from ...events import Event
 from ...retry import RetryPolicy
 from .._url import parse_store_url
-from ._conn import DEFAULT_TIMEOUT, connect, sync, text
+from ._conn import DEFAULT_TIMEOUT, PASSING, connect, sync, text
 
 __all__ = ["DEFAULT_STREAM_MAXLEN", "RedisStreamEmitter", "read_events"]
 
@@ -96,31 +96,17 @@ class RedisStreamEmitter(BufferedEmitter):
             self._client.close()
 
     def _send(self, events: list[Event]) -> int:
-        attempt = 0
-        while True:
-            try:
-                # One round trip; transaction=False: entries are independent, and a
-                # pipeline still sends them in order.
-                with self._client.pipeline(transaction=False) as pipe:
-                    for event in events:
-                        pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
-                    pipe.execute()
-                return len(events)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                why = f"Redis unavailable ({exc})"
-            except redis.RedisError as exc:  # refused (wrong type, out of memory...)
-                log.warning("%r: %d event(s) dropped: %s", self, len(events), exc)
-                return 0
-            attempt += 1
-            if not self.retry.should_retry(attempt) or not self._wait(self.retry.delay(attempt)):
-                log.warning(
-                    "%r: %d event(s) dropped after %d attempt(s): %s",
-                    self,
-                    len(events),
-                    attempt,
-                    why,
-                )
-                return 0
+        def append() -> None:
+            # One round trip; transaction=False: entries are independent, and a
+            # pipeline still sends them in order.
+            with self._client.pipeline(transaction=False) as pipe:
+                for event in events:
+                    pipe.xadd(self.stream, _fields(event), maxlen=self.maxlen, approximate=True)
+                pipe.execute()
+
+        # A lost connection or a passing refusal (a failover, memory full) is retried;
+        # any other refusal (a key of another type) would come again.
+        return self._with_retries(len(events), append, PASSING, (redis.RedisError,))
 
 
 def _fields(event: Event) -> dict[FieldT, EncodableT]:
