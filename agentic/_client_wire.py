@@ -13,7 +13,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import APIError, ConfigError, ConflictError, NotFoundError
-from .models import Task
+from .models import Task, TaskStatus
 from .stores.base import require_id
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "CHANGES_HEADER",
     "FEATURES",
     "CLAIMS",
+    "COUNTS",
     "OFFSET",
     "PAGE",
     "TASK",
@@ -42,7 +43,14 @@ CHANGES_HEADER = "X-Agentic-Changes"
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it
 #: (clients check for them: a server that predates one ignores what it needs)
-FEATURES = ("attempt_fencing", "batch_claims", "claim_fencing", "list_pages", "long_polls")
+FEATURES = (
+    "attempt_fencing",
+    "batch_claims",
+    "claim_fencing",
+    "list_pages",
+    "long_polls",
+    "task_counts",
+)
 
 
 def same_source(token: str, other: str) -> bool:
@@ -82,6 +90,7 @@ class _Withdrawn(BaseModel):
 
 TASK = TypeAdapter(Task)
 TASKS = TypeAdapter(list[Task])
+COUNTS = TypeAdapter(dict[TaskStatus, int])
 OFFSET = TypeAdapter(_Offset)
 PAGE = TypeAdapter(_LogPageModel)
 ANSWER = TypeAdapter(_Answer)

@@ -50,6 +50,7 @@ from ._client_wire import (
     ANSWER,
     CHANGES_HEADER,
     CLAIMS,
+    COUNTS,
     OFFSET,
     PAGE,
     TASK,
@@ -246,6 +247,16 @@ class TaskClient:
         if after is not None:
             params["after"] = require_id("after", after)
         return parse(self._request("GET", "/api/tasks", safe=True, params=params), TASKS)
+
+    def count_tasks(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (every status present). A server without
+        ``task_counts`` (older, or go-agentic's) answers 404: the tasks of each status
+        are then listed and counted, as its clients must."""
+        try:
+            found = parse(self._request("GET", "/api/tasks/counts", safe=True), COUNTS)
+        except NotFoundError:
+            return {status: len(self.list_tasks(status=status)) for status in TaskStatus}
+        return {status: found.get(status, 0) for status in TaskStatus}
 
     def watch_tasks(
         self,
@@ -485,9 +496,9 @@ class TaskClient:
 
     def server_features(self) -> frozenset[str]:
         """What the server does beyond go-agentic's API, as its health check lists it
-        (``attempt_fencing``, ``batch_claims``, ``claim_fencing``, ``long_polls``);
-        empty for a server
-        that lists none (older, or go-agentic's)."""
+        (``attempt_fencing``, ``batch_claims``, ``claim_fencing``, ``list_pages``,
+        ``long_polls``, ``task_counts``); empty for a server that lists none (older,
+        or go-agentic's)."""
         try:
             body = self._health().json()
         except ValueError:

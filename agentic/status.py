@@ -44,8 +44,9 @@ def get_status(
     if registry is not None:
         summary.agents = registry.list()
     if client is not None:
-        summary.pending_tasks = len(client.list_tasks(status=TaskStatus.PENDING))
-        summary.in_progress_tasks = len(client.list_tasks(status=TaskStatus.IN_PROGRESS))
+        counts = client.count_tasks()  # counted by the server, not listed
+        summary.pending_tasks = counts[TaskStatus.PENDING]
+        summary.in_progress_tasks = counts[TaskStatus.IN_PROGRESS]
     if allowance is not None:
         for agent in summary.agents:
             try:

@@ -304,11 +304,8 @@ def test_get_status_aggregates_every_part(client: TaskClient, mock: respx.MockRo
     allowance = MemoryAllowanceStore(clock=clock)
     allowance.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=1500))
     allowance.set_allowance(AgentAllowance(agent_id="b"))
-    route = mock.get("/api/tasks")
-    route.side_effect = lambda request: httpx.Response(
-        200,
-        json=[task_json(request.url.params["status"])]
-        * (3 if request.url.params["status"] == "pending" else 1),
+    mock.get("/api/tasks/counts").respond(
+        200, json={"pending": 3, "in_progress": 1, "completed": 7, "failed": 0, "blocked": 0}
     )
     summary = get_status(registry, client, allowance)
     assert [a.id for a in summary.agents] == ["a", "b", "gone"]
@@ -322,6 +319,33 @@ def test_get_status_aggregates_every_part(client: TaskClient, mock: respx.MockRo
         "b               busy        2/2     unlimited\n"
         "gone            offline     0/1     unknown\n"
     )
+
+
+def test_counts_from_a_server_without_them_are_listed(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A server without /api/tasks/counts (404: older, go-agentic's): each status is
+    listed and counted instead."""
+    mock.get("/api/tasks/counts").respond(
+        404, json={"code": 404, "message": "task 'counts' not found", "details": {}}
+    )
+    route = mock.get("/api/tasks")
+    route.side_effect = lambda request: httpx.Response(
+        200,
+        json=[task_json(request.url.params["status"])]
+        * (3 if request.url.params["status"] == "pending" else 1),
+    )
+    counts = client.count_tasks()
+    assert counts == {status: 3 if status == "pending" else 1 for status in TaskStatus}
+    assert route.call_count == len(TaskStatus)
+
+
+def test_counts_missing_from_the_answer_are_zero(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """Statuses a server leaves out of its counts are 0."""
+    mock.get("/api/tasks/counts").respond(200, json={"pending": 2})
+    assert client.count_tasks() == {s: 2 if s == "pending" else 0 for s in TaskStatus}
 
 
 def test_get_status_with_nothing() -> None:

@@ -100,6 +100,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "claim_fencing",
         "list_pages",
         "long_polls",
+        "task_counts",
     }
     assert api.get("/api/health").status_code == 200
     response = api.get("/metrics")
@@ -303,6 +304,24 @@ def test_list_filters(api: TestClient, store: MemoryTaskStore) -> None:
     assert len(ids("")) == 4
     store.complete(store.claim(done.id, "a2", 60).id, TaskResult(success=True))
     assert "waits" in ids("?ready=true")
+
+
+def test_counts_answer_every_status_to_any_token(api: TestClient, store: MemoryTaskStore) -> None:
+    """GET /api/tasks/counts counts by status (every status present), for agent tokens
+    too, and is not taken for a task id."""
+    new_task(store, title="one")
+    new_task(store, title="two")
+    claimed_by(store, "a1", title="held")
+    response = api.get("/api/tasks/counts", headers=AGENT1)
+    assert response.status_code == 200
+    assert response.json() == {
+        "pending": 2,
+        "in_progress": 1,
+        "completed": 0,
+        "failed": 0,
+        "blocked": 0,
+    }
+    assert api.get("/api/tasks/counts").status_code == 401
 
 
 @pytest.mark.parametrize("query", ["?status=nope", "?priority=urgent", "?limit=0", "?ready=maybe"])

@@ -422,6 +422,35 @@ def test_dead_letter_after_max_retries(store: TaskStore) -> None:
         store.claim(task.id, "a1", 30)
 
 
+def test_counts_follow_every_status_change(store: TaskStore) -> None:
+    """counts gives every status, 0 included, and follows claims, results and blocks."""
+    assert store.counts() == dict.fromkeys(TaskStatus, 0)
+    first, second = new(store, max_retries=0), new(store, priority=Priority.CRITICAL)
+    child = new(store, dependencies=[first.id])
+    done = new(store, priority=Priority.LOW)
+    store.claim(first.id, "a1", 30)
+    store.claim(done.id, "a1", 30)
+    store.complete(done.id, TaskResult(success=True))
+    assert store.counts() == {
+        PENDING: 2,  # second, child
+        TaskStatus.IN_PROGRESS: 1,
+        TaskStatus.COMPLETED: 1,
+        FAILED: 0,
+        TaskStatus.BLOCKED: 0,
+    }
+    store.complete(first.id, fail())  # dead-lettered: child is blocked
+    assert store.counts() == {
+        PENDING: 1,
+        TaskStatus.IN_PROGRESS: 0,
+        TaskStatus.COMPLETED: 1,
+        FAILED: 1,
+        TaskStatus.BLOCKED: 1,
+    }
+    assert sum(store.counts().values()) == len(store.list()) == 4
+    assert second.id in {t.id for t in store.list(status=PENDING)}
+    assert child.id in {t.id for t in store.list(status=TaskStatus.BLOCKED)}
+
+
 def test_dead_letter_blocks_every_transitive_dependent(store: TaskStore) -> None:
     """Dependents of a dead-lettered task, transitively, become blocked naming it."""
     new(store, id="root", max_retries=0)

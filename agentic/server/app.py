@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -269,6 +270,17 @@ def create_app(
             return _json(created, 201)
         except NotFoundError as exc:  # a missing dependency is bad input, not a bad URL
             raise APIError(exc.message, 422) from exc
+
+    # Before /api/tasks/{task_id}, which would take "counts" for a task id.
+    @app.get("/api/tasks/counts", response_model=dict[TaskStatus, int], tags=["tasks"])
+    async def count_tasks(who: Caller) -> Response:
+        """How many tasks are in each status (every status is present), without
+        listing them: what a status display needs on any backlog."""
+        found = await calls(store.counts)
+        return Response(
+            json.dumps({status.value: n for status, n in found.items()}),
+            media_type="application/json",
+        )
 
     @app.get("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
     async def get_task(who: Caller, task_id: str) -> Response:

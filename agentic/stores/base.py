@@ -431,6 +431,11 @@ class TaskStore(Closeable):
         ``after``, only those that come after that task in this order (a page)."""
 
     @abc.abstractmethod
+    def counts(self) -> dict[TaskStatus, int]:
+        """How many tasks are in each status (every status, 0 for none), read at one
+        instant, without listing them."""
+
+    @abc.abstractmethod
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
         """Atomically claim a claimable task for ``agent_id``.
 

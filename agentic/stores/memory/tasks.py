@@ -11,7 +11,7 @@ import builtins
 import heapq
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 from ...errors import ConflictError, NotFoundError
@@ -135,6 +135,11 @@ class MemoryTaskStore(TaskStore):
             ]
         found.sort(key=rules.order_key)
         return [t.model_copy(deep=True) for t in found[:limit]]
+
+    def counts(self) -> dict[TaskStatus, int]:
+        with self._lock:
+            found = Counter(t.status for t in self._tasks.values())
+        return {status: found[status] for status in TaskStatus}
 
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
         require_id("agent id", agent_id)

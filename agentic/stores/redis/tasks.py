@@ -191,6 +191,18 @@ class RedisTaskStore(TaskStore):
             raise _missing(str(after))
         return [_from_flat(raw) for raw in reply]
 
+    def counts(self) -> dict[TaskStatus, int]:
+        # The status index has one sorted set per status and priority rank; MULTI reads
+        # them all at one instant.
+        ranks = [p.rank for p in Priority]
+        with translate_errors("counting tasks"):
+            pipe = self._client.pipeline(transaction=True)
+            for status in TaskStatus:
+                for rank in ranks:
+                    pipe.zcard(f"{self._keys.status_head}{status.value}:{rank}")
+            sizes = iter(pipe.execute())
+        return {status: sum(int(next(sizes)) for _ in ranks) for status in TaskStatus}
+
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
         require_id("agent id", agent_id)
         lease = rules.require_lease(lease_seconds)

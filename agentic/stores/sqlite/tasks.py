@@ -306,6 +306,13 @@ class SQLiteTaskStore(TaskStore):
         rows = self._db.query(sql, [*params, -1 if limit is None else limit], "listing tasks")
         return [_task(row) for row in rows]
 
+    def counts(self) -> dict[TaskStatus, int]:
+        rows = self._db.query(
+            "SELECT status, COUNT(*) FROM tasks GROUP BY status", (), "counting tasks"
+        )
+        found = {str(row[0]): int(row[1]) for row in rows}
+        return {status: found.get(status.value, 0) for status in TaskStatus}
+
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
         require_id("agent id", agent_id)
         lease = rules.require_lease(lease_seconds)
