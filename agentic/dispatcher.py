@@ -70,7 +70,7 @@ from .errors import (
     StoreError,
     TransportError,
 )
-from .events import Event, EventEmitter, EventType
+from .events import Event, EventEmitter, EventType, transition_id
 from .models import Task, TaskStatus, TaskUpdate
 from .quota import DEFAULT_RESERVATION_TTL
 from .retry import RetryPolicy, retry_after_of
@@ -822,10 +822,17 @@ class Dispatcher:
     ) -> None:
         if self.emitter is None:
             return
+        # A task's transition gets the id the task store records it under, so the
+        # event log keeps one of the two.
+        extra = {"id": transition_id(task.id, kind, payload.get("job_id", ""))} if task else {}
         try:
             self.emitter.emit(
                 Event(
-                    type=kind, task_id=task.id if task else "", agent_id=agent_id, payload=payload
+                    type=kind,
+                    task_id=task.id if task else "",
+                    agent_id=agent_id,
+                    payload=payload,
+                    **extra,
                 )
             )
         except Exception:

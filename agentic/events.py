@@ -59,6 +59,7 @@ __all__ = [
     "FanoutEmitter",
     "LoggingEmitter",
     "QueueEmitter",
+    "transition_id",
 ]
 
 CLOUDEVENT_TYPE_PREFIX = "io.agentic."
@@ -151,6 +152,26 @@ class Event(BaseModel):
             correlation_id=cloudevent.get("correlationid", ""),
             causation_id=cloudevent.get("causationid", ""),
         )
+
+
+#: Task events that happen once per task, whatever the attempt.
+_ONCE_PER_TASK = frozenset({EventType.TASK_COMPLETED, EventType.TASK_DEAD_LETTERED})
+
+
+def transition_id(task_id: str, kind: EventType, job_id: str = "") -> str:
+    """The id of the event telling that ``task_id`` went through ``kind``.
+
+    Every writer of one transition (the task store recording it, the dispatcher and
+    the runner emitting it) derives the same id, so the event log keeps it once:
+    ``{task}:{kind}`` for what happens once per task (completed, dead-lettered),
+    ``{task}:{job_id}:{kind}`` for what happens once per attempt. Without a job id
+    (go-agentic's clients) an attempt cannot be named: a random id.
+    """
+    if kind in _ONCE_PER_TASK:
+        return f"{task_id}:{kind.value}"
+    if job_id:
+        return f"{task_id}:{job_id}:{kind.value}"
+    return uuid.uuid4().hex
 
 
 class EventEmitter(ABC):

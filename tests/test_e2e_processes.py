@@ -31,8 +31,9 @@ from pathlib import Path
 import pytest
 
 from agentic.client import TaskClient
+from agentic.events import EventType
 from agentic.models import AgentStatus, Priority, Task, TaskStatus
-from agentic.stores import open_allowance_store, open_registry
+from agentic.stores import open_allowance_store, open_event_log, open_registry
 from agentic.stores.base import AgentRegistry
 
 from .conftest import free_port
@@ -390,6 +391,20 @@ def test_fleet_runs_every_task_once_in_order_within_quota(shared_url: str, tmp_p
     for agent_id, limit in AT_ONCE.items():
         spans = [(starts[t].at, ends[t].at) for t in starts if starts[t].agent_id == agent_id]
         assert spans and max_overlap(spans) <= limit, (agent_id, max_overlap(spans))
+
+    # The event log tells each task's life once: claimed and completed, recorded by the
+    # task store with each change (the dispatcher's and the agents' own reports of the
+    # same transitions carry the same ids and add nothing), and dispatched.
+    with open_event_log(shared_url) as log:
+        logged = [e.event for e in log.read(0, 1000)]
+        while page := log.read(len(logged), 1000):
+            logged += [e.event for e in page]
+    for kind in (EventType.TASK_CLAIMED, EventType.TASK_COMPLETED):
+        of_kind = [e for e in logged if e.type == kind]
+        assert sorted(e.task_id for e in of_kind) == sorted(final), kind
+        assert {e.source for e in of_kind} == {"agentic.tasks"}, kind
+    dispatched = [e.task_id for e in logged if e.type == EventType.TASK_DISPATCHED]
+    assert sorted(dispatched) == sorted(final)
 
 
 # --- 2. an agent killed with SIGKILL ---

@@ -117,7 +117,10 @@ def serve(
     # and it should be reported before logging is set up and the store is opened.
     sock = _bind(cfg.server.host, cfg.server.port)
     url = cfg.store_url_for("task")
-    with contextlib.closing(sock), open_task_store(url) as tasks:
+    # Each task's lifecycle goes to the event log with the change itself (no crash
+    # can lose it), when that log is the task store's own: the one readers look at.
+    record = cfg.events.log and cfg.event_log_url in (None, url)
+    with contextlib.closing(sock), open_task_store(url, record_events=record) as tasks:
         setup_logging(verbose)
         app = create_app(
             tasks,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -13,7 +14,7 @@ from .._signals import stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError
-from ..events import Event, EventEmitter, EventType
+from ..events import Event, EventEmitter, EventType, transition_id
 from ..models import AgentInfo, Task, TaskStatus
 from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
@@ -503,6 +504,9 @@ class AgentRunner:
         if self.emitter is None:
             return
         event = Event(
+            # A task's transition: the id the task store records it under (the log
+            # keeps one of the two).
+            id=transition_id(task.id, kind, task.job_id) if task else uuid.uuid4().hex,
             type=kind,
             source=f"agentic.runner/{self.agent_id}",
             task_id=task.id if task else "",

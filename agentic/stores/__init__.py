@@ -89,10 +89,13 @@ def open_event_log(url: str) -> EventLog:
     return log
 
 
-def open_task_store(url: str) -> TaskStore:
-    """A TaskStore for ``url`` (see the module table)."""
+def open_task_store(url: str, record_events: bool = False) -> TaskStore:
+    """A TaskStore for ``url`` (see the module table). With ``record_events`` it
+    records each task's lifecycle (claimed, completed, failed, requeued,
+    dead-lettered) in the event log of the same store, in the same atomic step as
+    the change, so no crash can lose it."""
     module, parsed = _backend(url)
     # The backend package imported above already proved its dependency is installed.
     tasks = importlib.import_module(module.__name__ + ".tasks")
-    store: TaskStore = tasks.task_store_from_url(parsed)
+    store: TaskStore = tasks.task_store_from_url(parsed, record_events=record_events)
     return store

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from ..errors import ConfigError, ConflictError
+from ..events import Event, EventType, transition_id
 from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from ._task_conflicts import (
     FINAL,
@@ -45,6 +46,7 @@ from .base import require_id
 
 __all__ = [
     "FINAL",
+    "STORE_SOURCE",
     "LIST_FIELDS",
     "TIME_FIELDS",
     "blocked_by",
@@ -58,6 +60,7 @@ __all__ = [
     "failed_attempt",
     "given_back",
     "lease_expired_reason",
+    "lifecycle_events",
     "made_as_far_as_known",
     "list_filters",
     "matches",
@@ -418,3 +421,48 @@ def _check_status_change(task: Task, target: TaskStatus) -> None:
         raise ConflictError(
             f"task {task.id} stays blocked while failed task(s) {', '.join(task.blockers)} block it"
         )
+
+
+# --- the events a transition records (the store's outbox) -----------------------------
+
+#: ``source`` of the events a task store records
+STORE_SOURCE = "agentic.tasks"
+
+
+def lifecycle_events(before: Task, after: Task) -> list[Event]:
+    """The events a store records, with the change, when ``before`` became ``after``.
+
+    Claimed (pending -> in progress); then, for the claim that ends: completed, an
+    attempt that failed (a retry counted) or requeued (given back without one); and
+    ``task_dead_lettered`` whenever a task becomes failed. Other changes record
+    nothing. Ids come from :func:`~agentic.events.transition_id`;
+    ``redis/lua/task_lib.lua`` (record) mirrors this function.
+    """
+    if before.status == TaskStatus.PENDING and after.status == TaskStatus.IN_PROGRESS:
+        return [_event(EventType.TASK_CLAIMED, after, after.claimed_by, after.job_id)]
+    agent, job = before.claimed_by, before.job_id
+    events = []
+    if before.status == TaskStatus.IN_PROGRESS and after.status != TaskStatus.IN_PROGRESS:
+        if after.status == TaskStatus.COMPLETED:
+            events.append(_event(EventType.TASK_COMPLETED, after, agent, job))
+        elif after.retry_count > before.retry_count:
+            count = after.retry_count
+            events.append(_event(EventType.TASK_FAILED, after, agent, job, retry_count=count))
+        elif after.status == TaskStatus.PENDING:
+            events.append(_event(EventType.TASK_REQUEUED, after, agent, job, reason="released"))
+    if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
+        reason = after.fail_reason
+        events.append(_event(EventType.TASK_DEAD_LETTERED, after, agent, job, reason=reason))
+    return events
+
+
+def _event(kind: EventType, task: Task, agent_id: str, job_id: str, **payload: object) -> Event:
+    return Event(
+        id=transition_id(task.id, kind, job_id),
+        type=kind,
+        time=task.updated_at or datetime.now(UTC),
+        source=STORE_SOURCE,
+        task_id=task.id,
+        agent_id=agent_id,
+        payload={"job_id": job_id, **payload},
+    )

@@ -18,7 +18,8 @@ from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, TaskStore, require_count, require_id
+from ..base import EventLog, LogPage, TaskStore, require_count, require_id
+from .eventlog import MemoryEventLog
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
 
@@ -28,8 +29,12 @@ class MemoryTaskStore(TaskStore):
 
     blocking = False  # one lock held for microseconds
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, events: EventLog | None = None
+    ) -> None:
         self._clock = clock
+        # The log the lifecycle of tasks is recorded in, under this store's lock.
+        self._events = events
         self._lock = threading.Lock()
         # Stored tasks are never mutated in place (transitions return copies), so
         # handing out deep copies is enough to keep callers from changing them.
@@ -50,6 +55,11 @@ class MemoryTaskStore(TaskStore):
         return task
 
     def _put(self, task: Task) -> Task:
+        before = self._tasks.get(task.id)
+        if self._events is not None and before is not None:
+            recorded = rules.lifecycle_events(before, task)
+            if recorded:
+                self._events.append(recorded)
         self._tasks[task.id] = task
         if task.status in rules.FINAL:
             self._retired.pop(task.id, None)  # no claim of it can be made any more
@@ -253,7 +263,7 @@ class MemoryTaskStore(TaskStore):
         return LogPage(lines=lines, offset=offset, next_offset=offset + len(lines))
 
 
-def task_store_from_url(url: StoreURL) -> MemoryTaskStore:
-    """``memory://``: a new, empty task store."""
+def task_store_from_url(url: StoreURL, record_events: bool = False) -> MemoryTaskStore:
+    """``memory://``: a new, empty task store (recording into its own private log)."""
     url.take({})
-    return MemoryTaskStore()
+    return MemoryTaskStore(events=MemoryEventLog() if record_events else None)

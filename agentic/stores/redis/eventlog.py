@@ -30,7 +30,7 @@ from ._conn import DEFAULT_PREFIX, Script, sync, text, translate_errors
 
 __all__ = ["RedisEventLog"]
 
-_APPEND = Script("log_append.lua")
+_APPEND = Script("log_lib.lua", "log_append.lua")
 _COMMIT = Script("log_commit.lua")
 _TRIM = Script("log_trim.lua")
 

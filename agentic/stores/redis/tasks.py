@@ -27,12 +27,12 @@ from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
 from ..base import LogPage, TaskStore, require_count, require_id
-from ..keys import TaskKeys
+from ..keys import EventLogKeys, TaskKeys
 from ._conn import DEFAULT_PREFIX, Script, connect, now_arg, sync, text, translate_errors
 
 __all__ = ["RedisTaskStore", "task_store_from_url"]
 
-_PRELUDE = ("common.lua", "task_lib.lua")
+_PRELUDE = ("common.lua", "log_lib.lua", "task_lib.lua")
 _CREATE = Script(*_PRELUDE, "task_create.lua")
 _CLAIM = Script(*_PRELUDE, "task_claim.lua")
 _HOLD = Script(*_PRELUDE, "task_hold.lua")
@@ -111,10 +111,15 @@ class RedisTaskStore(TaskStore):
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] | None = None,
         close_client: bool = False,
+        record_events: bool = False,
     ) -> None:
         self._client = client
         self._keys = TaskKeys.under(require_id("prefix", prefix))
-        self._heads = list(self._keys.heads())
+        # The event log's keys follow the task heads ('' for none): the scripts
+        # record a task's lifecycle in the log with each change (task_lib.lua).
+        log = EventLogKeys.under(prefix)
+        logged = (log.seq, log.stream, log.ids) if record_events else ("", "", "")
+        self._heads = [*self._keys.heads(), *logged]
         self._clock = clock
         self._close_client = close_client
 
@@ -312,7 +317,9 @@ class RedisTaskStore(TaskStore):
         return LogPage(lines=lines, offset=offset, next_offset=offset + len(lines))
 
 
-def task_store_from_url(url: StoreURL) -> RedisTaskStore:
+def task_store_from_url(url: StoreURL, record_events: bool = False) -> RedisTaskStore:
     """``redis://``: a task store on the server of ``url`` (pinged at open)."""
     conn = connect(url)
-    return RedisTaskStore(conn.client, prefix=conn.prefix, close_client=True)
+    return RedisTaskStore(
+        conn.client, prefix=conn.prefix, close_client=True, record_events=record_events
+    )

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import os
+import sqlite3
+from collections.abc import Sequence
 
 from ...events import Event
 from ..base import (
@@ -25,7 +27,7 @@ from ..base import (
 )
 from ._db import DEFAULT_TIMEOUT, Database, Migration
 
-__all__ = ["SQLiteEventLog"]
+__all__ = ["MIGRATIONS", "SQLiteEventLog", "append_rows"]
 
 MIGRATIONS: list[Migration] = [
     (
@@ -42,6 +44,24 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
+def append_rows(conn: sqlite3.Connection, bodies: Sequence[tuple[str, str]]) -> list[int]:
+    """Append (event id, JSON) rows inside the caller's write transaction; their offsets.
+
+    Also how the task store records a task's lifecycle in the transaction of the
+    change (its outbox)."""
+    out = []
+    for event_id, body in bodies:
+        # Looked up first: an INSERT OR IGNORE that is ignored would still advance
+        # the AUTOINCREMENT counter, leaving a gap.
+        row = conn.execute("SELECT position FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None:
+            cursor = conn.execute("INSERT INTO events (id, body) VALUES (?, ?)", (event_id, body))
+            out.append(int(cursor.lastrowid or 0))
+        else:
+            out.append(int(row[0]))
+    return out
+
+
 class SQLiteEventLog(EventLog):
     """EventLog over one SQLite file; safe across threads and processes."""
 
@@ -53,22 +73,8 @@ class SQLiteEventLog(EventLog):
 
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         bodies = [(event.id, event_json(event)) for event in events]
-        out = []
         with self._db.transaction(f"appending {len(events)} event(s)") as conn:
-            for event_id, body in bodies:
-                # Looked up first: an INSERT OR IGNORE that is ignored would still
-                # advance the AUTOINCREMENT counter, leaving a gap.
-                row = conn.execute(
-                    "SELECT position FROM events WHERE id = ?", (event_id,)
-                ).fetchone()
-                if row is None:
-                    cursor = conn.execute(
-                        "INSERT INTO events (id, body) VALUES (?, ?)", (event_id, body)
-                    )
-                    out.append(int(cursor.lastrowid or 0))
-                else:
-                    out.append(int(row[0]))
-        return out
+            return append_rows(conn, bodies)
 
     def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
         require_page(after, limit)

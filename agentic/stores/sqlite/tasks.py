@@ -25,9 +25,11 @@ from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, TaskStore, require_count, require_id
+from ..base import LogPage, TaskStore, event_json, require_count, require_id
 from . import _path_and_timeout
 from ._db import DEFAULT_TIMEOUT, Database, Migration
+from .eventlog import MIGRATIONS as EVENT_MIGRATIONS
+from .eventlog import append_rows
 
 __all__ = ["SQLiteTaskStore", "task_store_from_url"]
 
@@ -169,9 +171,15 @@ class SQLiteTaskStore(TaskStore):
         path: str | os.PathLike[str],
         clock: Callable[[], float] = time.time,
         timeout: float = DEFAULT_TIMEOUT,
+        record_events: bool = False,
     ) -> None:
         self._clock = clock
         self._db = Database.open(path, timeout, "tasks", MIGRATIONS)
+        # The lifecycle of tasks goes to this file's event log, in the transaction of
+        # each change (the log's tables made here when the log was never opened).
+        self._record_events = record_events
+        if record_events:
+            self._db.migrate("events", EVENT_MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()
@@ -191,11 +199,19 @@ class SQLiteTaskStore(TaskStore):
             conn.execute("DELETE FROM task_retired_jobs WHERE task_id = ?", (task.id,))
         return task
 
+    def _record(self, conn: sqlite3.Connection, before: Task, after: Task) -> None:
+        """Append the events of ``before`` -> ``after`` to the log, in this transaction."""
+        if self._record_events:
+            events = rules.lifecycle_events(before, after)
+            append_rows(conn, [(event.id, event_json(event)) for event in events])
+
     def _save_outcome(
         self, conn: sqlite3.Connection, before: Task, after: Task, now: float
     ) -> Task:
-        """Save ``after``; a task that just became failed blocks its dependents."""
+        """Save ``after`` and record its events; a task that just became failed blocks
+        its dependents."""
         self._save(conn, after)
+        self._record(conn, before, after)
         if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
             for row in conn.execute(_DOWNSTREAM, (after.id,)).fetchall():
                 self._save(conn, rules.blocked_by(_task(row), after.id, now))
@@ -324,6 +340,8 @@ class SQLiteTaskStore(TaskStore):
             if won and before[0]:
                 conn.execute(_RETIRE, (task_id, before[0], 1))  # replaced: it was made
             task = self._load(conn, task_id)
+            if won:
+                self._record(conn, task.model_copy(update={"status": TaskStatus.PENDING}), task)
             if won or rules.claim_repeat(task, agent_id, job_id):
                 return task
             unfinished = self._unfinished(conn, task)
@@ -360,7 +378,9 @@ class SQLiteTaskStore(TaskStore):
             rules.require_holder(task, agent_id, "release", job_id)
             if task.job_id:
                 conn.execute(_RETIRE, (task_id, task.job_id, 1))
-            return self._save(conn, rules.given_back(task, self._clock()))
+            after = rules.given_back(task, self._clock())
+            self._record(conn, task, after)
+            return self._save(conn, after)
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
         with self._db.transaction(f"updating task {task_id!r}") as conn:
@@ -382,7 +402,9 @@ class SQLiteTaskStore(TaskStore):
             rules.require_holder(task, agent_id, "complete", job_id)
             now = self._clock()
             if result.success:
-                return self._save(conn, rules.completed(task, result, now))
+                done = rules.completed(task, result, now)
+                self._record(conn, task, done)
+                return self._save(conn, done)
             reason = result.error_message or "the task failed"
             after = rules.failed_attempt(task, now, reason, retry_at, result)
             return self._save_outcome(conn, task, after, now)
@@ -429,7 +451,7 @@ class SQLiteTaskStore(TaskStore):
         return LogPage(lines=lines, offset=offset, next_offset=offset + len(lines))
 
 
-def task_store_from_url(url: StoreURL) -> SQLiteTaskStore:
+def task_store_from_url(url: StoreURL, record_events: bool = False) -> SQLiteTaskStore:
     """``sqlite://...``: a task store on that file."""
     path, timeout = _path_and_timeout(url)
-    return SQLiteTaskStore(path, timeout=timeout)
+    return SQLiteTaskStore(path, timeout=timeout, record_events=record_events)

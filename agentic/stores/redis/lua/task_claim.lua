@@ -20,8 +20,10 @@ if job ~= '' and spent_job(t, job) then
   return {'spent', flat(t)}
 end
 retire(t.id, t.job_id or '', '1')  -- the claim this one replaces was made
+local before = before_change(t)
 t.status, t.claimed_by, t.job_id = 'in_progress', agent, job
 t.claimed_at, t.updated_at = num(now), num(now)
 t.lease_expires_at = num(now + tonumber(ARGV[BASE + 4]))
 save(t, 'pending')
+record(before, t, now)
 return {'ok', flat(t)}

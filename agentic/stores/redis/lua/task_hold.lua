@@ -19,6 +19,7 @@ if t.status ~= 'in_progress' or (agent ~= '' and t.claimed_by ~= agent)
     or (fence ~= '' and '=' .. (t.job_id or '') ~= fence) then
   return {'conflict', flat(t)}
 end
+local before = before_change(t)
 if op == 'renew' then
   t.lease_expires_at, t.updated_at = num(now + tonumber(ARGV[BASE + 6])), num(now)
 elseif op == 'release' then
@@ -34,4 +35,5 @@ else
   failed_attempt(t, now, ARGV[BASE + 8], ARGV[BASE + 9], ARGV[BASE + 7])
 end
 finish(t, 'in_progress', now)
+record(before, t, now)
 return {'ok', flat(t)}

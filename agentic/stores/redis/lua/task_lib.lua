@@ -2,8 +2,10 @@
 -- agentic/stores/_tasks.py; the contract tests run both on the same cases.
 --
 -- ARGV[1..8] are the key heads of TaskKeys (stores/keys.py), in declaration
--- order; a script's own arguments start at ARGV[BASE + 1]. Keys are built here
--- because the cascade finds the tasks it blocks while it runs.
+-- order, and ARGV[9..11] the event log's seq, stream and ids keys ('' when the
+-- store records no events); a script's own arguments start at ARGV[BASE + 1].
+-- Keys are built here because the cascade finds the tasks it blocks while it runs.
+-- After common.lua and log_lib.lua.
 --
 -- A task is a table of the hash's fields, all text: times are num() strings or
 -- '' for none, lists are JSON. Every script checks everything before its first
@@ -13,7 +15,8 @@ local HEAD = {
   data = ARGV[1], dependents = ARGV[2], logs = ARGV[3], idempotency = ARGV[4],
   leases = ARGV[5], order = ARGV[6], status = ARGV[7], retired = ARGV[8],
 }
-local BASE = 8
+local LOG = {seq = ARGV[9], stream = ARGV[10], ids = ARGV[11]}
+local BASE = 11
 local RANK = {critical = 0, high = 1, medium = 2, low = 3}
 
 local function load(id)
@@ -162,4 +165,64 @@ local function finish(t, old_status, now)
   if t.status == 'failed' and old_status ~= 'failed' then
     block_dependents(t.id, now)
   end
+end
+
+
+-- --- the events a transition records (_tasks.lifecycle_events) ---------------------
+
+local ONCE_PER_TASK = {task_completed = true, task_dead_lettered = true}
+
+-- events.transition_id; without a job id an attempt is named by its time (Lua has
+-- no usable randomness in a script: the generator is reseeded on every call).
+local function transition_id(task_id, kind, job, now)
+  if ONCE_PER_TASK[kind] then
+    return task_id .. ':' .. kind
+  end
+  if job ~= '' then
+    return task_id .. ':' .. job .. ':' .. kind
+  end
+  return task_id .. ':' .. kind .. '@' .. num(now)
+end
+
+local function event(kind, t, agent, job, now, payload)
+  payload.job_id = job
+  local id = transition_id(t.id, kind, job, now)
+  return {id, cjson.encode({
+    id = id, type = kind, time = num(now), source = 'agentic.tasks', task_id = t.id,
+    agent_id = agent, payload = payload, correlation_id = '', causation_id = '',
+  })}
+end
+
+-- before: {status, retry_count, claimed_by, job_id} of t before the change.
+local function record(before, t, now)
+  if LOG.seq == '' then
+    return
+  end
+  local events = {}
+  local agent, job = before.claimed_by or '', before.job_id or ''
+  if before.status == 'pending' and t.status == 'in_progress' then
+    events[1] = event('task_claimed', t, t.claimed_by, t.job_id or '', now, {})
+  elseif before.status == 'in_progress' and t.status ~= 'in_progress' then
+    if t.status == 'completed' then
+      events[1] = event('task_completed', t, agent, job, now, {})
+    elseif tonumber(t.retry_count) > tonumber(before.retry_count) then
+      local count = tonumber(t.retry_count)
+      events[1] = event('task_failed', t, agent, job, now, {retry_count = count})
+    elseif t.status == 'pending' then
+      events[1] = event('task_requeued', t, agent, job, now, {reason = 'released'})
+    end
+  end
+  if t.status == 'failed' and before.status ~= 'failed' then
+    events[#events + 1] = event('task_dead_lettered', t, agent, job, now,
+      {reason = t.fail_reason})
+  end
+  if #events > 0 then
+    log_append(LOG.seq, LOG.stream, LOG.ids, events)
+  end
+end
+
+-- What record() needs of t before a change.
+local function before_change(t)
+  return {status = t.status, retry_count = t.retry_count, claimed_by = t.claimed_by,
+    job_id = t.job_id}
 end

@@ -8,8 +8,10 @@ local changed = {}
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', HEAD.leases, '-inf', num(now))) do
   local t = load(id)
   if t and t.status == 'in_progress' then
+    local before = before_change(t)
     failed_attempt(t, now, 'lease of agent ' .. t.claimed_by .. ' expired', '', nil)
     finish(t, 'in_progress', now)
+    record(before, t, now)
     changed[#changed + 1] = flat(t)
   else
     redis.call('ZREM', HEAD.leases, id)

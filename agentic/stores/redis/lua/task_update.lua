@@ -19,6 +19,7 @@ local allowed = target == '' or target == old
 if not allowed then
   return {'conflict', flat(t)}
 end
+local before = before_change(t)
 for i = BASE + 5, #ARGV, 2 do
   t[ARGV[i]] = ARGV[i + 1]
 end
@@ -29,4 +30,5 @@ elseif target ~= '' then
   t.status = target
 end
 finish(t, old, now)
+record(before, t, now)
 return {'ok', flat(t)}

@@ -1,0 +1,195 @@
+"""The task store's outbox, on every backend: each change records its lifecycle event in
+the event log in the same atomic step, with an id every writer of it derives alike."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from agentic.errors import ConflictError
+from agentic.events import Event, EventType, transition_id
+from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.stores.base import EventLog, TaskStore
+from tests.conftest import Backend
+
+CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD = (
+    EventType.TASK_CLAIMED,
+    EventType.TASK_COMPLETED,
+    EventType.TASK_FAILED,
+    EventType.TASK_REQUEUED,
+    EventType.TASK_DEAD_LETTERED,
+)
+
+
+@pytest.fixture
+def pair(backend: Backend, request: pytest.FixtureRequest) -> Iterator[tuple[TaskStore, EventLog]]:
+    """A task store that records events, and the event log of the same storage."""
+    store: TaskStore
+    log: EventLog
+    if backend.name == "memory":
+        from agentic.stores.memory import MemoryEventLog
+        from agentic.stores.memory.tasks import MemoryTaskStore
+
+        log = MemoryEventLog()
+        store = MemoryTaskStore(clock=backend.clock, events=log)
+    elif backend.name == "sqlite":
+        from agentic.stores.sqlite import SQLiteEventLog
+        from agentic.stores.sqlite.tasks import SQLiteTaskStore
+
+        path = Path("/" + urlsplit(backend.url or "").path.lstrip("/"))
+        store = SQLiteTaskStore(path, clock=backend.clock, record_events=True)
+        log = SQLiteEventLog(path)
+    else:
+        from agentic.stores.redis import RedisEventLog
+        from agentic.stores.redis.tasks import RedisTaskStore
+
+        client: Any
+        if backend.name == "redis":
+            import redis
+
+            parts = urlsplit(backend.url or "")
+            client = redis.Redis(host=parts.hostname or "", port=parts.port or 6379)
+            prefix = parse_qs(parts.query)["prefix"][0]
+        else:
+            import fakeredis
+
+            client, prefix = fakeredis.FakeRedis(server=fakeredis.FakeServer()), "t"
+        request.addfinalizer(client.close)
+        store = RedisTaskStore(client, prefix=prefix, clock=backend.clock, record_events=True)
+        log = RedisEventLog(client, prefix=prefix)
+    yield store, log
+    store.close()
+    log.close()
+
+
+def recorded(log: EventLog) -> list[tuple[EventType, str, str, dict[str, Any]]]:
+    """(type, id, agent, payload) of every event in the log, in order."""
+    return [(e.event.type, e.event.id, e.event.agent_id, e.event.payload) for e in log.read()]
+
+
+def fail(message: str = "boom") -> TaskResult:
+    return TaskResult(success=False, error_message=message)
+
+
+def test_a_claim_and_its_completion_are_recorded(pair: tuple[TaskStore, EventLog]) -> None:
+    """claim -> task_claimed, complete -> task_completed: ids, agent and job as written."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    store.complete(task.id, TaskResult(success=True), job_id="j1")
+    assert recorded(log) == [
+        (CLAIMED, f"{task.id}:j1:task_claimed", "a1", {"job_id": "j1"}),
+        (COMPLETED, f"{task.id}:task_completed", "a1", {"job_id": "j1"}),
+    ]
+    events = [e.event for e in log.read()]
+    assert {e.source for e in events} == {"agentic.tasks"}
+    assert {e.task_id for e in events} == {task.id}
+
+
+def test_failures_then_the_dead_letter_are_recorded(pair: tuple[TaskStore, EventLog]) -> None:
+    """Each failed attempt records task_failed with its retry count; the last one also
+    task_dead_lettered with the reason."""
+    store, log = pair
+    task = store.create(Task(title="t", max_retries=1))
+    for job in ("j1", "j2"):
+        store.claim(task.id, "a1", 30, job_id=job)
+        store.complete(task.id, fail("disk full"), job_id=job)
+    events = recorded(log)
+    assert [kind for kind, *_ in events] == [CLAIMED, FAILED, CLAIMED, FAILED, DEAD]
+    assert events[1] == (
+        FAILED,
+        f"{task.id}:j1:task_failed",
+        "a1",
+        {"job_id": "j1", "retry_count": 1},
+    )
+    assert events[3][3] == {"job_id": "j2", "retry_count": 2}
+    _kind, event_id, agent, payload = events[4]
+    assert (event_id, agent, payload["job_id"]) == (f"{task.id}:task_dead_lettered", "a1", "j2")
+    assert "max retries exceeded" in payload["reason"] and "disk full" in payload["reason"]
+
+
+def test_a_release_is_recorded_as_requeued(pair: tuple[TaskStore, EventLog]) -> None:
+    """Giving a claim back records task_requeued, reason released, no retry."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    store.release(task.id, "a1", job_id="j1")
+    assert recorded(log)[1] == (
+        REQUEUED,
+        f"{task.id}:j1:task_requeued",
+        "a1",
+        {"job_id": "j1", "reason": "released"},
+    )
+
+
+def test_an_expired_lease_is_a_recorded_failure(
+    pair: tuple[TaskStore, EventLog], backend: Backend
+) -> None:
+    """A lease that runs out records the failed attempt (and the dead letter past retries)."""
+    store, log = pair
+    task = store.create(Task(title="t", max_retries=0))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    backend.clock.advance(31)
+    store.requeue_expired()
+    assert [kind for kind, *_ in recorded(log)] == [CLAIMED, FAILED, DEAD]
+    assert "lease of agent a1 expired" in recorded(log)[2][3]["reason"]
+
+
+def test_a_dead_letter_by_update_is_recorded(pair: tuple[TaskStore, EventLog]) -> None:
+    """An update to failed (an operator's dead letter) records task_dead_lettered only."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    store.update(task.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="obsolete"))
+    assert recorded(log) == [
+        (DEAD, f"{task.id}:task_dead_lettered", "", {"job_id": "", "reason": "obsolete"})
+    ]
+
+
+def test_what_changes_no_lifecycle_records_nothing(pair: tuple[TaskStore, EventLog]) -> None:
+    """Creates, renewals, progress, repeated claims and refused calls record nothing."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    store.claim(task.id, "a1", 30, job_id="j1")  # a repeat of the claim that holds it
+    store.renew(task.id, "a1", 60, job_id="j1")
+    store.update(task.id, TaskUpdate(progress=50))
+    with pytest.raises(ConflictError):
+        store.claim(task.id, "a2", 30, job_id="j2")
+    with pytest.raises(ConflictError):
+        store.complete(task.id, TaskResult(success=True), job_id="stale")
+    assert [kind for kind, *_ in recorded(log)] == [CLAIMED]
+
+
+def test_a_process_emitting_the_same_transition_adds_nothing(
+    pair: tuple[TaskStore, EventLog],
+) -> None:
+    """The dispatcher's or runner's own event of a recorded change has the same id: the
+    log keeps the store's."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    store.complete(task.id, TaskResult(success=True), job_id="j1")
+    echoes = [
+        Event(id=transition_id(task.id, CLAIMED, "j1"), type=CLAIMED, task_id=task.id),
+        Event(id=transition_id(task.id, COMPLETED, "j1"), type=COMPLETED, task_id=task.id),
+    ]
+    assert log.append(echoes) == [1, 2]
+    assert [e.event.source for e in log.read()] == ["agentic.tasks", "agentic.tasks"]
+
+
+def test_claims_without_a_job_id_get_distinct_ids(
+    pair: tuple[TaskStore, EventLog], backend: Backend
+) -> None:
+    """go-agentic's claims carry no job id: each claim is still its own event."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    for _ in range(2):
+        store.claim(task.id, "a1", 30)
+        store.release(task.id, "a1")
+        backend.clock.advance(1)
+    ids = [event_id for _kind, event_id, *_ in recorded(log)]
+    assert len(ids) == len(set(ids)) == 4
