@@ -137,6 +137,8 @@ def serve(
         )
         out = stdout()
         out.print(f"store: {redacted(url)}", highlight=False)
+        if record:
+            out.print("task lifecycles recorded in its event log (agentic events)")
         out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
         _run(server, sock)
 
