@@ -66,6 +66,7 @@ from ._log_events import LogEvent, sse_events
 from .errors import APIError, ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, parse_retry_after
+from .stores._tasks import MAX_REASON
 from .stores.base import LogPage, require_id
 
 __all__ = ["MAX_CLAIM_BATCH", "Claim", "LogEvent", "RetryDelay", "TaskClient"]
@@ -416,11 +417,21 @@ class TaskClient:
         return parse(response, WITHDRAWN).made
 
     def release_task(
-        self, task_id: str, agent_id: str | None = None, job_id: str | None = None
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+        reason: str = "",
     ) -> Task:
-        """Give a claim back (pending again, no retry counted)."""
+        """Give a claim back (pending again, no retry counted), saying why: the reason
+        goes with the ``task_requeued`` event (a server that predates it ignores it)."""
         path = task_path(task_id, "release")
-        body = {"agent_id": self._agent(agent_id)} if agent_id or self.agent_id else {}
+        body: dict[str, Any] = (
+            {"agent_id": self._agent(agent_id)} if agent_id or self.agent_id else {}
+        )
+        if reason:
+            # Informative only: a long one (an error with its traceback) is cut, not refused.
+            body["reason"] = reason[:MAX_REASON]
         return parse(self._request("POST", path, safe=False, body=fenced(body, job_id)), TASK)
 
     def renew_lease(

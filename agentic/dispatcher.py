@@ -357,6 +357,8 @@ class Dispatcher:
             if error is not None and made is False:
                 self._unreserve(job_id)
                 index.add_load(agent_id, -1)
+        if error is not None and made and self._withdraws:  # a read back checked it
+            self._require_carried(task.id, job_id)
         if error is None or made:
             self._told.pop(task.id, None)  # should it wait again, that is news
             self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
@@ -426,6 +428,26 @@ class Dispatcher:
             log.info("claim of task %s got no usable answer but was made", task_id)
             return True
         return False
+
+    def _require_carried(self, task_id: str, job_id: str) -> None:
+        """Raise ConflictError unless the task carries ``job_id``: a claim whose answer
+        was lost is announced (task_claimed, task_dispatched) only when it holds it.
+
+        Withdraw answers "made" for a task that became final meanwhile whatever that
+        claim's fate (its reservation is then left to expire rather than taken back
+        from a job that may have run): no claim is made up for it. A task that cannot
+        be read back is taken at the server's word.
+        """
+        try:
+            current = self.client.get_task(task_id)
+        except Exception as exc:  # the server said made: trust it
+            log.debug("claim of task %s: made; not read back (%s)", task_id, exc)
+            return
+        if current.job_id != job_id:
+            raise ConflictError(
+                f"task {task_id} is {current.status} under another claim or none; the lost"
+                f" claim {job_id} is not announced and its reservation is left to expire"
+            )
 
     def _withdraw_missing(self, task_id: str) -> bool | None:
         """A 404 from withdraw: the task is gone (False), or the server that answered

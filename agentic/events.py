@@ -28,7 +28,9 @@ prefix as the spec recommends, keeping our wire names after it; ``subject`` is t
 task id, else the agent id, else absent; ``data`` holds ``task_id``, ``agent_id``
 and ``payload``; ``correlation_id`` / ``causation_id`` become the extension
 attributes ``correlationid`` / ``causationid`` (extension names must be lowercase
-alphanumerics) when set. ``source`` + ``id`` is the dedupe key consumers may use.
+alphanumerics) when set. ``id`` alone is the dedupe key consumers should use: a
+task's transition has one id whoever reports it (the task store, the dispatcher, the
+runner: :func:`transition_id`), with a ``source`` of its own each.
 """
 
 from __future__ import annotations
@@ -165,7 +167,8 @@ def transition_id(task_id: str, kind: EventType, job_id: str = "") -> str:
     the runner emitting it) derives the same id, so the event log keeps it once:
     ``{task}:{kind}`` for what happens once per task (completed, dead-lettered),
     ``{task}:{job_id}:{kind}`` for what happens once per attempt. Without a job id
-    (go-agentic's clients) an attempt cannot be named: a random id.
+    (go-agentic's clients) an attempt cannot be named: a random id (a Redis task
+    store names its own record ``{task}:{kind}#{offset}``, by its place in the log).
     """
     if kind in _ONCE_PER_TASK:
         return f"{task_id}:{kind.value}"

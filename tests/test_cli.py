@@ -14,13 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
 from agentic._cli._logging import KeyValueFormatter
+from agentic._cli.serve import records_lifecycles
 from agentic.cli import app
+from agentic.config import Config
 from agentic.dispatcher import Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
@@ -564,6 +567,39 @@ def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{port}" in out.decode()
     assert store in out.decode()
     assert secret not in out.decode() + err.decode()
+
+
+@pytest.mark.parametrize(
+    ("settings", "records"),
+    [
+        ({"store_url": "sqlite:///a.db"}, True),
+        ({"store_url": "sqlite:///a.db", "event_log_url": "sqlite:///a.db"}, True),
+        ({"store_url": "sqlite:///a.db", "events": {"log": False}}, False),
+        ({"store_url": "sqlite:///a.db", "event_log_url": "sqlite:///b.db"}, False),
+        # the log readers use is store_url's, not the task store's
+        ({"store_url": "sqlite:///a.db", "task_store_url": "sqlite:///t.db"}, False),
+        (
+            {
+                "store_url": "sqlite:///a.db",
+                "task_store_url": "sqlite:///t.db",
+                "event_log_url": "sqlite:///t.db",
+            },
+            True,
+        ),
+        ({"store_url": "memory://"}, False),  # no other process could read it
+    ],
+)
+def test_serve_records_lifecycles_only_into_the_log_readers_use(
+    settings: dict[str, Any], records: bool
+) -> None:
+    """serve records task lifecycles only when the task store holds the shared log."""
+    assert records_lifecycles(Config.model_validate(settings)) is records
+
+
+def test_a_memory_task_store_refuses_to_record_events() -> None:
+    """memory:// with record_events is refused: its log would be private and untrimmed."""
+    with pytest.raises(ConfigError, match="memory:// cannot record task events"):
+        open_task_store("memory://", record_events=True)
 
 
 @pytest.mark.slow

@@ -252,6 +252,17 @@ def test_release_and_renew(client: TaskClient, mock: respx.MockRouter) -> None:
     assert json.loads(lease.calls.last.request.content) == {"agent_id": "a1", "lease_seconds": 60}
 
 
+def test_release_sends_its_reason_cut_to_the_limit(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """release_task sends a reason when given, cut to 1,000 characters, not refused."""
+    release = mock.post("/api/tasks/t1/release").respond(200, json=task_json())
+    client.release_task("t1", reason="at capacity")
+    assert json.loads(release.calls.last.request.content)["reason"] == "at capacity"
+    client.release_task("t1", reason="x" * 5000)
+    assert json.loads(release.calls.last.request.content)["reason"] == "x" * 1000
+
+
 def test_job_id_fences_complete_release_and_renew(
     client: TaskClient, mock: respx.MockRouter
 ) -> None:

@@ -368,6 +368,28 @@ def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
     assert system.tasks.get(task.id).retry_count == 1
 
 
+def test_a_lost_claim_of_a_task_failed_meanwhile_is_not_announced(system: System) -> None:
+    """A lost claim whose task was dead-lettered meanwhile is "made" as far as withdraw
+    knows (its reservation left to expire) but no claim nobody holds is announced."""
+    system.agent("a")
+    task = system.task("t")
+    client = silent(system, reach_server=False)
+    send = client.claim_task
+
+    def dead_letter_then_claim(*args: Any, **kwargs: Any) -> Task:
+        failed = TaskUpdate(status=TaskStatus.FAILED, fail_reason="obsolete")
+        system.tasks.update(task.id, failed)
+        return send(*args, **kwargs)
+
+    client.claim_task = dead_letter_then_claim  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert task.id not in report.dispatched
+    assert "is failed under another claim or none" in report.waiting[task.id]
+    assert not system.events.of(EventType.TASK_CLAIMED)
+    assert not system.events.of(EventType.TASK_DISPATCHED)
+    assert system.quota.get_usage("a").active_jobs == 1  # left to expire, not taken back
+
+
 def test_a_withdrawn_claim_arriving_late_is_refused(system: System) -> None:
     """A claim still on its way when its fate was asked (a slow server) is refused when it
     lands, so it never runs on the reservation that was given back."""

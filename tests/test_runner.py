@@ -29,7 +29,7 @@ from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStat
 from agentic.retry import RetryPolicy
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner, Handler, InfrastructureError, TaskCancelled, TaskContext
-from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
 
@@ -92,6 +92,8 @@ class System:
     client: TaskClient
     dispatcher: Dispatcher
     events: Recorder
+    #: the event log the task store records each task's lifecycle in
+    log: MemoryEventLog
     runners: list[AgentRunner] = field(default_factory=list)
     clients: list[TaskClient] = field(default_factory=list)
 
@@ -143,12 +145,13 @@ class System:
 
 @pytest.fixture
 def system() -> Iterator[System]:
-    tasks = MemoryTaskStore()
+    log = MemoryEventLog()
+    tasks = MemoryTaskStore(events=log)
     with running_server(tasks, requeue_interval=None) as url:
         registry, quota, events = MemoryRegistry(), MemoryAllowanceStore(), Recorder()
         client = TaskClient(url, token="", retries=0)
         dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), client)
-        made = System(url, tasks, registry, quota, client, dispatcher, events)
+        made = System(url, tasks, registry, quota, client, dispatcher, events, log)
         yield made
         for runner in made.runners:
             runner.stop()
@@ -199,7 +202,8 @@ def test_at_most_max_load_run_at_once(system: System) -> None:
 
 
 def test_task_claimed_beyond_capacity_is_released(system: System) -> None:
-    """A task claimed for a full agent goes back to pending, no retry or job counted."""
+    """A task claimed for a full agent goes back to pending, no retry or job counted;
+    the recorded task_requeued says why."""
     gate = threading.Event()
     runner = system.started(waits_for(gate), max_load=1)
     first = system.submit("first")
@@ -211,6 +215,8 @@ def test_task_claimed_beyond_capacity_is_released(system: System) -> None:
     assert system.tasks.get(extra.id).retry_count == 0
     usage = system.quota.get_usage(AGENT)  # the extra job never started: not counted
     assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+    requeued = [e.event for e in system.log.read() if e.event.type == EventType.TASK_REQUEUED]
+    assert [e.payload["reason"] for e in requeued] == [f"agent {AGENT} is at capacity"]
     gate.set()
     assert system.finished(first.id).status == TaskStatus.COMPLETED
 
@@ -458,6 +464,8 @@ def test_stop_after_grace_releases_and_cancels_the_reservation(system: System) -
     usage = system.quota.get_usage(AGENT)
     assert (usage.tokens_used, usage.active_jobs) == (100, 0)
     assert runner.released == 1
+    requeued = [e.event for e in system.log.read() if e.event.type == EventType.TASK_REQUEUED]
+    assert [e.payload["reason"] for e in requeued] == ["cancelled by agent shutdown"]
 
 
 def test_stop_releases_a_handler_that_never_returns(system: System) -> None:

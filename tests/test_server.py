@@ -575,6 +575,26 @@ def test_release(api: TestClient, store: MemoryTaskStore) -> None:
     assert_error(api.post(f"/api/tasks/{held.id}/release", headers=AGENT1), 409)
 
 
+def test_release_reason_reaches_the_recorded_event(clock: FakeClock) -> None:
+    """A release's reason goes with the task_requeued event; one too long is 422."""
+    from fastapi.testclient import TestClient
+
+    from agentic.stores.memory import MemoryEventLog
+
+    log = MemoryEventLog()
+    store = MemoryTaskStore(clock=clock, events=log)
+    held = claimed_by(store, "a1")
+    with TestClient(create_app(store, **TOKENS, requeue_interval=None, clock=clock)) as api:
+        too_long = {"reason": "x" * 1001}
+        release = f"/api/tasks/{held.id}/release"
+        assert_error(api.post(release, json=too_long, headers=AGENT1), 422)
+        assert store.get(held.id).status is TaskStatus.IN_PROGRESS
+        reason = {"reason": "agent a1 is at capacity"}
+        assert api.post(release, json=reason, headers=AGENT1).status_code == 200
+    requeued = log.read()[-1].event
+    assert (requeued.type.value, requeued.payload["reason"]) == ("task_requeued", reason["reason"])
+
+
 def test_list_pages_after_a_task(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
     """limit and after page the list; an unknown after is 422, an empty one too."""
     made = []

@@ -3,17 +3,22 @@ the event log in the same atomic step, with an id every writer of it derives ali
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from agentic.errors import ConflictError
+from agentic.errors import ConfigError, ConflictError
 from agentic.events import Event, EventType, transition_id
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
-from agentic.stores.base import EventLog, TaskStore
+from agentic.stores.base import EventLog, TaskStore, event_json
+from agentic.stores.keys import EventLogKeys
 from tests.conftest import Backend
 
 CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD = (
@@ -25,17 +30,33 @@ CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD = (
 )
 
 
+#: Each recorded event's JSON as stored, in log order
+Bodies = Callable[[], list[dict[str, Any]]]
+
+
 @pytest.fixture
-def pair(backend: Backend, request: pytest.FixtureRequest) -> Iterator[tuple[TaskStore, EventLog]]:
+def pair(stored: tuple[TaskStore, EventLog, Bodies]) -> tuple[TaskStore, EventLog]:
     """A task store that records events, and the event log of the same storage."""
+    return stored[0], stored[1]
+
+
+@pytest.fixture
+def stored(
+    backend: Backend, request: pytest.FixtureRequest
+) -> Iterator[tuple[TaskStore, EventLog, Bodies]]:
+    """A recording task store, its event log, and how to read the log's raw bodies."""
     store: TaskStore
     log: EventLog
+    bodies: Bodies
     if backend.name == "memory":
         from agentic.stores.memory import MemoryEventLog
         from agentic.stores.memory.tasks import MemoryTaskStore
 
-        log = MemoryEventLog()
+        log = memory_log = MemoryEventLog()
         store = MemoryTaskStore(clock=backend.clock, events=log)
+
+        def bodies() -> list[dict[str, Any]]:
+            return [json.loads(event_json(e.event)) for e in memory_log.read()]
     elif backend.name == "sqlite":
         from agentic.stores.sqlite import SQLiteEventLog
         from agentic.stores.sqlite.tasks import SQLiteTaskStore
@@ -43,6 +64,11 @@ def pair(backend: Backend, request: pytest.FixtureRequest) -> Iterator[tuple[Tas
         path = Path("/" + urlsplit(backend.url or "").path.lstrip("/"))
         store = SQLiteTaskStore(path, clock=backend.clock, record_events=True)
         log = SQLiteEventLog(path)
+
+        def bodies() -> list[dict[str, Any]]:
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                rows = conn.execute("SELECT body FROM events ORDER BY position").fetchall()
+            return [json.loads(body) for (body,) in rows]
     else:
         from agentic.stores.redis import RedisEventLog
         from agentic.stores.redis.tasks import RedisTaskStore
@@ -61,7 +87,12 @@ def pair(backend: Backend, request: pytest.FixtureRequest) -> Iterator[tuple[Tas
         request.addfinalizer(client.close)
         store = RedisTaskStore(client, prefix=prefix, clock=backend.clock, record_events=True)
         log = RedisEventLog(client, prefix=prefix)
-    yield store, log
+        stream = EventLogKeys.under(prefix).stream
+
+        def bodies() -> list[dict[str, Any]]:
+            return [json.loads(fields[b"body"]) for _id, fields in client.xrange(stream)]
+
+    yield store, log, bodies
     store.close()
     log.close()
 
@@ -91,8 +122,8 @@ def test_a_claim_and_its_completion_are_recorded(pair: tuple[TaskStore, EventLog
 
 
 def test_failures_then_the_dead_letter_are_recorded(pair: tuple[TaskStore, EventLog]) -> None:
-    """Each failed attempt records task_failed with its retry count; the last one also
-    task_dead_lettered with the reason."""
+    """Each failed attempt records task_failed with its retry count and its failure; the
+    last one also task_dead_lettered with the reason."""
     store, log = pair
     task = store.create(Task(title="t", max_retries=1))
     for job in ("j1", "j2"):
@@ -104,26 +135,42 @@ def test_failures_then_the_dead_letter_are_recorded(pair: tuple[TaskStore, Event
         FAILED,
         f"{task.id}:j1:task_failed",
         "a1",
-        {"job_id": "j1", "retry_count": 1},
+        {"job_id": "j1", "retry_count": 1, "reason": "disk full"},
     )
-    assert events[3][3] == {"job_id": "j2", "retry_count": 2}
+    assert events[3][3] == {"job_id": "j2", "retry_count": 2, "reason": "disk full"}
     _kind, event_id, agent, payload = events[4]
     assert (event_id, agent, payload["job_id"]) == (f"{task.id}:task_dead_lettered", "a1", "j2")
     assert "max retries exceeded" in payload["reason"] and "disk full" in payload["reason"]
 
 
 def test_a_release_is_recorded_as_requeued(pair: tuple[TaskStore, EventLog]) -> None:
-    """Giving a claim back records task_requeued, reason released, no retry."""
+    """Giving a claim back records task_requeued with the holder's reason, else
+    "released"; no retry."""
     store, log = pair
     task = store.create(Task(title="t"))
     store.claim(task.id, "a1", 30, job_id="j1")
-    store.release(task.id, "a1", job_id="j1")
-    assert recorded(log)[1] == (
+    store.release(task.id, "a1", job_id="j1", reason="agent a1 is at capacity")
+    store.claim(task.id, "a1", 30, job_id="j2")
+    store.release(task.id, "a1", job_id="j2")
+    events = recorded(log)
+    assert events[1] == (
         REQUEUED,
         f"{task.id}:j1:task_requeued",
         "a1",
-        {"job_id": "j1", "reason": "released"},
+        {"job_id": "j1", "reason": "agent a1 is at capacity"},
     )
+    assert events[3][3] == {"job_id": "j2", "reason": "released"}
+
+
+def test_a_release_reason_past_the_limit_is_refused(pair: tuple[TaskStore, EventLog]) -> None:
+    """A release reason over 1,000 characters is refused and the claim stays held."""
+    store, log = pair
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    with pytest.raises(ConfigError, match="at most 1000 characters"):
+        store.release(task.id, "a1", job_id="j1", reason="x" * 1001)
+    assert store.get(task.id).status == TaskStatus.IN_PROGRESS
+    assert [kind for kind, *_ in recorded(log)] == [CLAIMED]
 
 
 def test_an_expired_lease_is_a_recorded_failure(
@@ -136,6 +183,7 @@ def test_an_expired_lease_is_a_recorded_failure(
     backend.clock.advance(31)
     store.requeue_expired()
     assert [kind for kind, *_ in recorded(log)] == [CLAIMED, FAILED, DEAD]
+    assert recorded(log)[1][3]["reason"] == "lease of agent a1 expired"
     assert "lease of agent a1 expired" in recorded(log)[2][3]["reason"]
 
 
@@ -181,15 +229,36 @@ def test_a_process_emitting_the_same_transition_adds_nothing(
     assert [e.event.source for e in log.read()] == ["agentic.tasks", "agentic.tasks"]
 
 
-def test_claims_without_a_job_id_get_distinct_ids(
-    pair: tuple[TaskStore, EventLog], backend: Backend
-) -> None:
-    """go-agentic's claims carry no job id: each claim is still its own event."""
+def test_claims_without_a_job_id_get_distinct_ids(pair: tuple[TaskStore, EventLog]) -> None:
+    """go-agentic's claims carry no job id: each claim is still its own event, even
+    two in the same instant."""
     store, log = pair
     task = store.create(Task(title="t"))
     for _ in range(2):
         store.claim(task.id, "a1", 30)
         store.release(task.id, "a1")
-        backend.clock.advance(1)
     ids = [event_id for _kind, event_id, *_ in recorded(log)]
     assert len(ids) == len(set(ids)) == 4
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 1, 15, 10, 0, tzinfo=UTC),
+        datetime(2024, 2, 29, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2000, 3, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2100, 12, 31, 12, 30, 5, 250_000, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ],
+)
+def test_recorded_times_are_iso_8601_as_every_writer_writes_them(
+    stored: tuple[TaskStore, EventLog, Bodies], backend: Backend, when: datetime
+) -> None:
+    """A recorded event's time is stored as the ISO-8601 UTC text Event JSON holds
+    (the Redis scripts format it as the Python stores do), to the microsecond."""
+    store, _log, bodies = stored
+    task = store.create(Task(title="t"))
+    backend.clock.set(when)
+    store.claim(task.id, "a1", 30, job_id="j1")
+    expected = Event(type=CLAIMED, time=when).model_dump(mode="json")["time"]
+    assert [body["time"] for body in bodies()] == [expected]

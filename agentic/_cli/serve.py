@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ..config import Config
 from ..errors import ConfigError
 from ..stores import open_task_store
+from ..stores._url import parse_store_url
 from ._common import (
     EXIT_RUNTIME,
     ConfigOption,
@@ -117,9 +119,7 @@ def serve(
     # and it should be reported before logging is set up and the store is opened.
     sock = _bind(cfg.server.host, cfg.server.port)
     url = cfg.store_url_for("task")
-    # Each task's lifecycle goes to the event log with the change itself (no crash
-    # can lose it), when that log is the task store's own: the one readers look at.
-    record = cfg.events.log and cfg.event_log_url in (None, url)
+    record = records_lifecycles(cfg)
     with contextlib.closing(sock), open_task_store(url, record_events=record) as tasks:
         setup_logging(verbose)
         app = create_app(
@@ -141,6 +141,19 @@ def serve(
             out.print("task lifecycles recorded in its event log (agentic events)")
         out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
         _run(server, sock)
+
+
+def records_lifecycles(cfg: Config) -> bool:
+    """Whether the task store records each task's lifecycle in the event log.
+
+    Each change then goes to the log with the change itself (no crash can lose it),
+    but only when that log is the one readers look at (``event_log_url``, else
+    ``store_url``) and lives in the task store's own storage. A ``memory://`` store
+    would record into a log no other process can read, which nothing ever trims.
+    """
+    url = cfg.store_url_for("task")
+    shared = parse_store_url(url).scheme != "memory"
+    return cfg.events.log and shared and cfg.store_url_for("events") == url
 
 
 def _run(server: uvicorn.Server, sock: socket.socket) -> None:

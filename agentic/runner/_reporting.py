@@ -150,7 +150,9 @@ class Reporter:
             # and claimed again (even by this agent), the server refuses it (409)
             # instead of letting this old attempt finish the new claim.
             if outcome.report is Report.RELEASED:
-                self.client.release_task(task.id, agent_id=self.agent_id, job_id=task.job_id)
+                self.client.release_task(
+                    task.id, agent_id=self.agent_id, job_id=task.job_id, reason=outcome.reason
+                )
             else:
                 self.client.complete_task(
                     task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
@@ -169,7 +171,7 @@ class Reporter:
             )
         return False
 
-    def give_back(self, task: Task) -> bool:
+    def give_back(self, task: Task, reason: str) -> bool:
         """Release a claimed task that never ran here, then give its reservation back
         whole (the job never started, so it is not counted).
 
@@ -178,7 +180,9 @@ class Reporter:
         listed as ours, so the next poll tries again.
         """
         try:
-            self.client.release_task(task.id, agent_id=self.agent_id, job_id=task.job_id)
+            self.client.release_task(
+                task.id, agent_id=self.agent_id, job_id=task.job_id, reason=reason
+            )
         except AgenticError as exc:
             self._error(f"task {task.id}: could not give it back", exc)
             return False

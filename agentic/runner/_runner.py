@@ -402,7 +402,7 @@ class AgentRunner:
 
     def _give_back(self, task: Task, reason: str) -> None:
         """Release a claimed task this runner will not run (no retry is counted)."""
-        if not self.reporter.give_back(task):
+        if not self.reporter.give_back(task, reason):
             return
         with self._lock:
             self.released += 1

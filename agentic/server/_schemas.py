@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..models import Priority, Task, TaskResult
+from ..stores._tasks import MAX_REASON
 
 __all__ = [
     "MAX_CLAIM_BATCH",
@@ -91,9 +92,11 @@ def _fence() -> Any:
 
 
 class ReleaseRequest(AgentRequest):
-    """Release: ``{"agent_id", "job_id"}``, both optional."""
+    """Release: ``{"agent_id", "job_id", "reason"}``, all optional; the reason goes
+    with the ``task_requeued`` event the store records."""
 
     job_id: str | None = _fence()
+    reason: str = Field(default="", max_length=MAX_REASON)
 
 
 class _Lease(AgentRequest):

@@ -391,7 +391,7 @@ def create_app(
         """Give a claim back: pending again, no retry counted; 409 for a stale job_id."""
         request = body or ReleaseRequest()
         agent = who.act_as(request.agent_id)
-        released = await calls(store.release, task_id, agent, request.job_id)
+        released = await calls(store.release, task_id, agent, request.job_id, request.reason)
         changes.bump("dispatch")
         return _json(released)
 

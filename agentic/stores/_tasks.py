@@ -46,6 +46,7 @@ from .base import require_id
 
 __all__ = [
     "FINAL",
+    "MAX_REASON",
     "STORE_SOURCE",
     "LIST_FIELDS",
     "TIME_FIELDS",
@@ -76,6 +77,7 @@ __all__ = [
     "require_lease",
     "require_limit",
     "require_lines",
+    "require_reason",
     "require_retry_at",
     "stamp_new",
     "ts",
@@ -242,6 +244,22 @@ def require_lines(lines: list[str]) -> list[str]:
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
         raise ConfigError("log lines must be a list of strings")
     return lines
+
+
+#: Most characters in a release reason (it travels in every requeued event)
+MAX_REASON = 1000
+
+
+def require_reason(reason: str) -> str:
+    """A release reason: a string of at most :data:`MAX_REASON` characters."""
+    if not isinstance(reason, str):
+        raise ConfigError(f"a release reason must be a string, got {type(reason).__name__}")
+    if len(reason) > MAX_REASON:
+        raise ConfigError(
+            f"a release reason has at most {MAX_REASON} characters, got {len(reason)}:"
+            " shorten it (the task's logs can hold the details)"
+        )
+    return reason
 
 
 # --- listing ---------------------------------------------------------------------------
@@ -429,14 +447,16 @@ def _check_status_change(task: Task, target: TaskStatus) -> None:
 STORE_SOURCE = "agentic.tasks"
 
 
-def lifecycle_events(before: Task, after: Task) -> list[Event]:
+def lifecycle_events(before: Task, after: Task, reason: str = "") -> list[Event]:
     """The events a store records, with the change, when ``before`` became ``after``.
 
     Claimed (pending -> in progress); then, for the claim that ends: completed, an
-    attempt that failed (a retry counted) or requeued (given back without one); and
-    ``task_dead_lettered`` whenever a task becomes failed. Other changes record
-    nothing. Ids come from :func:`~agentic.events.transition_id`;
-    ``redis/lua/task_lib.lua`` (record) mirrors this function.
+    attempt that failed (a retry counted) or requeued (given back without one), each
+    with ``reason``, the why of the change (the failure, the holder's reason for
+    giving the task back; "released" when it gave none); and ``task_dead_lettered``
+    whenever a task becomes failed. Other changes record nothing. Ids come from
+    :func:`~agentic.events.transition_id`; ``redis/lua/task_lib.lua`` (record)
+    mirrors this function.
     """
     if before.status == TaskStatus.PENDING and after.status == TaskStatus.IN_PROGRESS:
         return [_event(EventType.TASK_CLAIMED, after, after.claimed_by, after.job_id)]
@@ -447,9 +467,13 @@ def lifecycle_events(before: Task, after: Task) -> list[Event]:
             events.append(_event(EventType.TASK_COMPLETED, after, agent, job))
         elif after.retry_count > before.retry_count:
             count = after.retry_count
-            events.append(_event(EventType.TASK_FAILED, after, agent, job, retry_count=count))
+            failed = _event(
+                EventType.TASK_FAILED, after, agent, job, retry_count=count, reason=reason
+            )
+            events.append(failed)
         elif after.status == TaskStatus.PENDING:
-            events.append(_event(EventType.TASK_REQUEUED, after, agent, job, reason="released"))
+            why = reason or "released"
+            events.append(_event(EventType.TASK_REQUEUED, after, agent, job, reason=why))
     if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
         reason = after.fail_reason
         events.append(_event(EventType.TASK_DEAD_LETTERED, after, agent, job, reason=reason))

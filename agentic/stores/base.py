@@ -454,8 +454,18 @@ class TaskStore(Closeable):
         """Extend the lease of a task held by ``agent_id`` (under ``job_id`` if given)."""
 
     @abc.abstractmethod
-    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
-        """Give a claim back without counting a retry (only claim ``job_id`` if given)."""
+    def release(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+        reason: str = "",
+    ) -> Task:
+        """Give a claim back without counting a retry (only claim ``job_id`` if given).
+
+        ``reason`` (why it is given back; at most 1,000 characters) goes with the
+        ``task_requeued`` event a store that records events records.
+        """
 
     @abc.abstractmethod
     def update(self, task_id: str, update: TaskUpdate) -> Task:

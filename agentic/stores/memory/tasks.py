@@ -14,12 +14,11 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from ...errors import ConflictError, NotFoundError
+from ...errors import ConfigError, ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
 from ..base import EventLog, LogPage, TaskStore, require_count, require_id
-from .eventlog import MemoryEventLog
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
 
@@ -54,10 +53,10 @@ class MemoryTaskStore(TaskStore):
             raise NotFoundError(f"task {task_id!r} does not exist")
         return task
 
-    def _put(self, task: Task) -> Task:
+    def _put(self, task: Task, reason: str = "") -> Task:
         before = self._tasks.get(task.id)
         if self._events is not None and before is not None:
-            recorded = rules.lifecycle_events(before, task)
+            recorded = rules.lifecycle_events(before, task, reason)
             if recorded:
                 self._events.append(recorded)
         self._tasks[task.id] = task
@@ -70,9 +69,9 @@ class MemoryTaskStore(TaskStore):
     def _unfinished(self, task: Task) -> builtins.list[str]:
         return [d for d in task.dependencies if self._tasks[d].status != TaskStatus.COMPLETED]
 
-    def _store_outcome(self, before: Task, after: Task, now: float) -> Task:
+    def _store_outcome(self, before: Task, after: Task, now: float, reason: str = "") -> Task:
         """Store ``after``; a task that just became failed blocks its dependents."""
-        stored = self._put(after)
+        stored = self._put(after, reason)
         if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
             self._block_dependents(after.id, now)
         return stored
@@ -192,15 +191,22 @@ class MemoryTaskStore(TaskStore):
             rules.require_holder(task, agent_id, "renew", job_id)
             return self._put(rules.renewed(task, self._clock(), lease))
 
-    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
+    def release(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+        reason: str = "",
+    ) -> Task:
         if agent_id is not None:
             require_id("agent id", agent_id)
         rules.require_fence(job_id)
+        reason = rules.require_reason(reason)
         with self._lock:
             task = self._get(task_id)
             rules.require_holder(task, agent_id, "release", job_id)
             self._retire(task, made=True)
-            return self._put(rules.given_back(task, self._clock()))
+            return self._put(rules.given_back(task, self._clock()), reason)
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
         with self._lock:
@@ -225,7 +231,7 @@ class MemoryTaskStore(TaskStore):
                 return self._put(rules.completed(task, result, now))
             reason = result.error_message or "the task failed"
             after = rules.failed_attempt(task, now, reason, retry_at, result)
-            return self._store_outcome(task, after, now)
+            return self._store_outcome(task, after, now, reason)
 
     def requeue_expired(self) -> builtins.list[Task]:
         changed: builtins.list[Task] = []
@@ -241,7 +247,7 @@ class MemoryTaskStore(TaskStore):
                     continue  # renewed since: a later heap entry holds the live lease
                 reason = rules.lease_expired_reason(task)
                 after = rules.failed_attempt(task, now, reason, None, None)
-                changed.append(self._store_outcome(task, after, now))
+                changed.append(self._store_outcome(task, after, now, reason))
         return changed
 
     def append_logs(self, task_id: str, lines: builtins.list[str]) -> int:
@@ -264,6 +270,15 @@ class MemoryTaskStore(TaskStore):
 
 
 def task_store_from_url(url: StoreURL, record_events: bool = False) -> MemoryTaskStore:
-    """``memory://``: a new, empty task store (recording into its own private log)."""
+    """``memory://``: a new, empty task store.
+
+    It cannot record events: its log would be private to this process, unreadable
+    through any URL and never trimmed (give the store its ``events`` log instead).
+    """
     url.take({})
-    return MemoryTaskStore(events=MemoryEventLog() if record_events else None)
+    if record_events:
+        raise ConfigError(
+            "memory:// cannot record task events: no other process could read its log;"
+            " use a sqlite:// or redis:// store, or MemoryTaskStore(events=...)"
+        )
+    return MemoryTaskStore()

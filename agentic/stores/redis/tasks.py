@@ -249,8 +249,15 @@ class RedisTaskStore(TaskStore):
         lease = rules.require_lease(lease_seconds)
         return self._hold(task_id, "renew", agent_id, job_id, repr(lease))
 
-    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
-        return self._hold(task_id, "release", agent_id, job_id)
+    def release(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+        reason: str = "",
+    ) -> Task:
+        reason = rules.require_reason(reason)
+        return self._hold(task_id, "release", agent_id, job_id, reason)
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
         if not isinstance(update, TaskUpdate):

@@ -199,19 +199,21 @@ class SQLiteTaskStore(TaskStore):
             conn.execute("DELETE FROM task_retired_jobs WHERE task_id = ?", (task.id,))
         return task
 
-    def _record(self, conn: sqlite3.Connection, before: Task, after: Task) -> None:
+    def _record(
+        self, conn: sqlite3.Connection, before: Task, after: Task, reason: str = ""
+    ) -> None:
         """Append the events of ``before`` -> ``after`` to the log, in this transaction."""
         if self._record_events:
-            events = rules.lifecycle_events(before, after)
+            events = rules.lifecycle_events(before, after, reason)
             append_rows(conn, [(event.id, event_json(event)) for event in events])
 
     def _save_outcome(
-        self, conn: sqlite3.Connection, before: Task, after: Task, now: float
+        self, conn: sqlite3.Connection, before: Task, after: Task, now: float, reason: str = ""
     ) -> Task:
         """Save ``after`` and record its events; a task that just became failed blocks
         its dependents."""
         self._save(conn, after)
-        self._record(conn, before, after)
+        self._record(conn, before, after, reason)
         if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
             for row in conn.execute(_DOWNSTREAM, (after.id,)).fetchall():
                 self._save(conn, rules.blocked_by(_task(row), after.id, now))
@@ -369,17 +371,24 @@ class SQLiteTaskStore(TaskStore):
             rules.require_holder(task, agent_id, "renew", job_id)
             return self._save(conn, rules.renewed(task, self._clock(), lease))
 
-    def release(self, task_id: str, agent_id: str | None = None, job_id: str | None = None) -> Task:
+    def release(
+        self,
+        task_id: str,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+        reason: str = "",
+    ) -> Task:
         if agent_id is not None:
             require_id("agent id", agent_id)
         rules.require_fence(job_id)
+        reason = rules.require_reason(reason)
         with self._db.transaction(f"releasing task {task_id!r}") as conn:
             task = self._load(conn, task_id)
             rules.require_holder(task, agent_id, "release", job_id)
             if task.job_id:
                 conn.execute(_RETIRE, (task_id, task.job_id, 1))
             after = rules.given_back(task, self._clock())
-            self._record(conn, task, after)
+            self._record(conn, task, after, reason)
             return self._save(conn, after)
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
@@ -407,7 +416,7 @@ class SQLiteTaskStore(TaskStore):
                 return self._save(conn, done)
             reason = result.error_message or "the task failed"
             after = rules.failed_attempt(task, now, reason, retry_at, result)
-            return self._save_outcome(conn, task, after, now)
+            return self._save_outcome(conn, task, after, now, reason)
 
     def requeue_expired(self) -> builtins.list[Task]:
         changed: builtins.list[Task] = []
@@ -421,7 +430,7 @@ class SQLiteTaskStore(TaskStore):
             for task in map(_task, rows):
                 reason = rules.lease_expired_reason(task)
                 after = rules.failed_attempt(task, now, reason, None, None)
-                changed.append(self._save_outcome(conn, task, after, now))
+                changed.append(self._save_outcome(conn, task, after, now, reason))
         return changed
 
     def append_logs(self, task_id: str, lines: builtins.list[str]) -> int:

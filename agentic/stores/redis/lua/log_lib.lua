@@ -1,7 +1,8 @@
 -- log_lib.lua: appending to the event log (EventLog.append), for log_append.lua and
 -- for the task scripts that record a task's lifecycle with the change (an outbox).
--- entries: a list of {event id, body}. Replies each event's offset: the one it
--- already had when its id is in the log, else the next.
+-- entries: a list of {event id, body}, or {'', name} for an event named by the
+-- offset it gets (name(offset) returns its id and body). Replies each event's
+-- offset: the one it already had when its id is in the log, else the next.
 -- The next offset follows both the counter and the stream's newest entry, so a lost
 -- counter (evicted, deleted) cannot hand out an id XADD refuses; the counter is
 -- written last, once, so a failure leaves nothing behind.
@@ -14,10 +15,13 @@ local function log_append(seq_key, stream_key, ids_key, entries)
   local out, added, any = {}, {}, false
   for _, entry in ipairs(entries) do
     local id, body = entry[1], entry[2]
-    local offset = added[id] or tonumber(redis.call('HGET', ids_key, id))
+    local offset = id ~= '' and (added[id] or tonumber(redis.call('HGET', ids_key, id)))
     if not offset then
       last = last + 1
       offset = last
+      if id == '' then
+        id, body = body(offset)
+      end
       -- %d: plain concatenation would print 1e+14 from the fifteenth digit on
       redis.call('XADD', stream_key, string.format('%d-0', offset), 'id', id, 'body', body)
       redis.call('HSET', ids_key, id, string.format('%d', offset))

@@ -25,5 +25,5 @@ t.status, t.claimed_by, t.job_id = 'in_progress', agent, job
 t.claimed_at, t.updated_at = num(now), num(now)
 t.lease_expires_at = num(now + tonumber(ARGV[BASE + 4]))
 save(t, 'pending')
-record(before, t, now)
+record(before, t, now, '')
 return {'ok', flat(t)}

@@ -3,6 +3,7 @@
 -- ('' = any claim, else '=' .. the job id the claim must have been made under, so
 -- that an empty job id can be asked for), then per op:
 --   renew:    lease seconds
+--   release:  the reason ('' for none)
 --   complete: '1' success / '0' failure, TaskResult JSON, failure reason,
 --             retry_at ('' = at once)
 -- Reply: {'ok', task} | {'missing'} | {'conflict', task}
@@ -20,20 +21,23 @@ if t.status ~= 'in_progress' or (agent ~= '' and t.claimed_by ~= agent)
   return {'conflict', flat(t)}
 end
 local before = before_change(t)
+local reason = ''
 if op == 'renew' then
   t.lease_expires_at, t.updated_at = num(now + tonumber(ARGV[BASE + 6])), num(now)
 elseif op == 'release' then
   -- _tasks.given_back: the releaser deals with the claim's reservation, and its
   -- job id may not claim the task again.
   retire(t.id, t.job_id or '', '1')
+  reason = ARGV[BASE + 6]
   unclaim(t)
   t.status, t.job_id, t.updated_at = 'pending', '', num(now)
 elseif ARGV[BASE + 6] == '1' then
   t.status, t.result, t.progress = 'completed', ARGV[BASE + 7], '100'
   t.lease_expires_at, t.updated_at = '', num(now)
 else
-  failed_attempt(t, now, ARGV[BASE + 8], ARGV[BASE + 9], ARGV[BASE + 7])
+  reason = ARGV[BASE + 8]
+  failed_attempt(t, now, reason, ARGV[BASE + 9], ARGV[BASE + 7])
 end
 finish(t, 'in_progress', now)
-record(before, t, now)
+record(before, t, now, reason)
 return {'ok', flat(t)}

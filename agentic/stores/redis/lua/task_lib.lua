@@ -172,29 +172,69 @@ end
 
 local ONCE_PER_TASK = {task_completed = true, task_dead_lettered = true}
 
--- events.transition_id; without a job id an attempt is named by its time (Lua has
--- no usable randomness in a script: the generator is reseeded on every call).
-local function transition_id(task_id, kind, job, now)
+-- Epoch seconds as the ISO-8601 UTC time an Event's JSON holds, as the Python stores
+-- write it: 2026-01-02T03:04:05Z, with .ffffff when there are microseconds. The
+-- date is civil_from_days (H. Hinnant's proleptic Gregorian calendar): Redis's Lua
+-- has no os.date.
+local function iso_time(now)
+  local secs = math.floor(now)
+  local micros = math.floor((now - secs) * 1000000 + 0.5)
+  if micros >= 1000000 then
+    secs, micros = secs + 1, micros - 1000000
+  end
+  local days, rest = math.floor(secs / 86400), secs % 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local month = mp < 10 and mp + 3 or mp - 9
+  local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+  local out = format('%04d-%02d-%02dT%02d:%02d:%02d', year, month, day,
+    math.floor(rest / 3600), math.floor(rest % 3600 / 60), rest % 60)
+  if micros > 0 then
+    out = out .. format('.%06d', micros)
+  end
+  return out .. 'Z'
+end
+
+-- events.transition_id, '' for an attempt without a job id: log_append names such
+-- an event by its offset, unique in the log (Lua has no usable randomness in a
+-- script: the generator is reseeded on every call).
+local function transition_id(task_id, kind, job)
   if ONCE_PER_TASK[kind] then
     return task_id .. ':' .. kind
   end
   if job ~= '' then
     return task_id .. ':' .. job .. ':' .. kind
   end
-  return task_id .. ':' .. kind .. '@' .. num(now)
+  return ''
 end
 
 local function event(kind, t, agent, job, now, payload)
   payload.job_id = job
-  local id = transition_id(t.id, kind, job, now)
-  return {id, cjson.encode({
-    id = id, type = kind, time = num(now), source = 'agentic.tasks', task_id = t.id,
-    agent_id = agent, payload = payload, correlation_id = '', causation_id = '',
-  })}
+  local function body(id)
+    return cjson.encode({
+      id = id, type = kind, time = iso_time(now), source = 'agentic.tasks', task_id = t.id,
+      agent_id = agent, payload = payload, correlation_id = '', causation_id = '',
+    })
+  end
+  local id = transition_id(t.id, kind, job)
+  if id ~= '' then
+    return {id, body(id)}
+  end
+  return {'', function(offset)
+    local named = t.id .. ':' .. kind .. '#' .. string.format('%d', offset)
+    return named, body(named)
+  end}
 end
 
--- before: {status, retry_count, claimed_by, job_id} of t before the change.
-local function record(before, t, now)
+-- before: {status, retry_count, claimed_by, job_id} of t before the change; reason:
+-- why an attempt failed or the task was given back ('' for a release: 'released').
+local function record(before, t, now, reason)
   if LOG.seq == '' then
     return
   end
@@ -207,9 +247,13 @@ local function record(before, t, now)
       events[1] = event('task_completed', t, agent, job, now, {})
     elseif tonumber(t.retry_count) > tonumber(before.retry_count) then
       local count = tonumber(t.retry_count)
-      events[1] = event('task_failed', t, agent, job, now, {retry_count = count})
+      events[1] = event('task_failed', t, agent, job, now,
+        {retry_count = count, reason = reason})
     elseif t.status == 'pending' then
-      events[1] = event('task_requeued', t, agent, job, now, {reason = 'released'})
+      if reason == '' then
+        reason = 'released'
+      end
+      events[1] = event('task_requeued', t, agent, job, now, {reason = reason})
     end
   end
   if t.status == 'failed' and before.status ~= 'failed' then

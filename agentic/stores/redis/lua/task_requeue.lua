@@ -9,9 +9,10 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', HEAD.leases, '-inf', num(now))) 
   local t = load(id)
   if t and t.status == 'in_progress' then
     local before = before_change(t)
-    failed_attempt(t, now, 'lease of agent ' .. t.claimed_by .. ' expired', '', nil)
+    local reason = 'lease of agent ' .. t.claimed_by .. ' expired'
+    failed_attempt(t, now, reason, '', nil)
     finish(t, 'in_progress', now)
-    record(before, t, now)
+    record(before, t, now, reason)
     changed[#changed + 1] = flat(t)
   else
     redis.call('ZREM', HEAD.leases, id)

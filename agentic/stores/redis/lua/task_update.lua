@@ -30,5 +30,5 @@ elseif target ~= '' then
   t.status = target
 end
 finish(t, old, now)
-record(before, t, now)
+record(before, t, now, '')
 return {'ok', flat(t)}
