@@ -125,6 +125,8 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert "Usage:" in result.output
 
     assert "<bool>" not in result.output  # a flag takes no value: no type is shown
+    options = [line for line in result.output.splitlines() if line.lstrip("│ *").startswith("--")]
+    assert not [row for row in options if "<list[" in row]  # one value a use, repeated
     usage = next(line for line in result.output.splitlines() if "Usage:" in line)
     assert "{" not in usage and "}" not in usage
 
@@ -154,6 +156,26 @@ def test_help_shows_flags_bare_and_arguments_without_braces(
     if command == ["logs"]:  # a usage error prints the same usage line
         missing = run("logs")
         assert missing.exit_code == 2 and usage in missing.output
+
+
+@pytest.mark.parametrize(
+    ("args", "offered"),
+    [
+        (["dispatch", "--stor", "x"], "(Possible options: --store)"),
+        (["status", "--jsn"], "(Possible options: --json)"),
+        (["submit", "t", "--store", "x"], None),  # submit talks to the server: nothing alike
+    ],
+)
+def test_an_unknown_option_offers_only_options_alike(args: list[str], offered: str | None) -> None:
+    """An unknown option exits 2 and offers the options its name is close to, judged
+    without the dashes (which made --store look like --json)."""
+    result = run(*args)
+    assert result.exit_code == 2
+    assert f"No such option: {args[-2] if args[-1] == 'x' else args[-1]}" in result.output
+    if offered is None:
+        assert "Possible options" not in result.output
+    else:
+        assert offered in result.output
 
 
 AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"]
@@ -600,6 +622,32 @@ def test_a_memory_task_store_refuses_to_record_events() -> None:
     """memory:// with record_events is refused: its log would be private and untrimmed."""
     with pytest.raises(ConfigError, match="memory:// cannot record task events"):
         open_task_store("memory://", record_events=True)
+
+
+@pytest.mark.slow
+def test_status_watch_into_a_file_writes_every_refresh_and_ends_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    """status --watch into a file prints each refresh and exits 0 on SIGTERM."""
+    store = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
+    with open_registry(store) as registry:
+        registry.register(AgentInfo(id="coder-1", capabilities=["py"]))
+    out = tmp_path / "status.txt"
+    with out.open("w") as sink:
+        process = subprocess.Popen(
+            [AGENTIC, "status", "--watch", "0.1", "--store", store],
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            env={**subprocess_env(), "AGENTIC_BASE_URL": f"http://127.0.0.1:{free_port()}"},
+        )
+        try:
+            wait_for(lambda: out.read_text().count("coder-1") >= 2)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(5) == 0
+        finally:
+            process.kill()
+            process.communicate()
+    assert "Traceback" not in out.read_text()
 
 
 @pytest.mark.slow

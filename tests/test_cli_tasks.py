@@ -315,6 +315,31 @@ def test_status_keeps_a_resets_column_only_when_the_resets_differ() -> None:
     assert "…" not in "\n".join(narrow) and "Heartbeat" in "\n".join(narrow)
 
 
+def test_status_shows_an_agent_without_heartbeats_as_silent() -> None:
+    """An agent not offline whose last heartbeat is older than the heartbeat TTL (its
+    process died, no dispatcher reaped it yet) is shown silent, in the table and JSON."""
+    now = datetime.now(UTC)
+    rows = [
+        AgentRow(AgentInfo(id="dead-1", last_heartbeat=now - timedelta(seconds=90))),
+        AgentRow(AgentInfo(id="live-1", last_heartbeat=now - timedelta(seconds=5))),
+        AgentRow(
+            AgentInfo(
+                id="gone-1",
+                status=AgentStatus.OFFLINE,
+                last_heartbeat=now - timedelta(hours=1),
+            )
+        ),
+    ]
+    snap = Snapshot(agents=rows, pending=0, in_progress=0, heartbeat_ttl=30, now=now)
+    text = "\n".join(printed(render(snap, with_warnings=False), 120))
+    cells = [line.replace("│", " ").split() for line in text.splitlines() if "-1 " in line]
+    states = {cell[0]: cell[1] for cell in cells}
+    assert states == {"dead-1": "silent", "live-1": "available", "gone-1": "offline"}
+    assert "silent: no heartbeat for over 30s" in text
+    agents = snap.to_data()["agents"]
+    assert [a["silent"] for a in agents] == [True, False, False]
+
+
 def test_fitted_table_drops_by_rank_and_keeps_the_undroppable() -> None:
     """Columns go highest drop rank first until the rest fit whole; columns ranked 0
     stay even when too wide (cut by rich then)."""

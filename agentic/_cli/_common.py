@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -239,10 +241,22 @@ def until(when: datetime | None, now: datetime | None = None) -> str:
     return f"in {hours}h {minutes}m" if hours else f"in {minutes}m"
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def interrupt_exits(code: int = 0) -> Iterator[None]:
-    """Ctrl-C ends the block with exit ``code`` (0 where stopping is the normal end)."""
+    """Ctrl-C or SIGTERM ends the block with exit ``code`` (0 where stopping is the
+    normal end), through the same unwinding: a ``--watch`` or ``--follow`` stopped by
+    a supervisor (``kill``, ``timeout``, systemd) flushes what it shows, as Ctrl-C
+    does, instead of dying with its output unwritten."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         yield
     except KeyboardInterrupt:
         raise typer.Exit(code) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -2,7 +2,8 @@
 
 Newer typer releases (0.2x, with click vendored in) print every option's type in the
 rich help, flags included (``--once <bool>``, as if the flag took a value; typer's
-plain-text help skips flags, its rich help does not), and mark a required argument
+plain-text help skips flags, its rich help does not), print a repeatable option's
+type as a list (``--label <list[str]>``, as if it took one), and mark a required argument
 with braces in the usage line (``logs [OPTIONS] {TASK}``). The command classes here
 give flags no type and print a required argument bare (``TASK``), an optional one in
 brackets (``[SECONDS]``), as click and older typer did. With an older typer both are
@@ -12,6 +13,7 @@ already so and nothing changes.
 from __future__ import annotations
 
 from collections.abc import Callable
+from difflib import get_close_matches
 from typing import Any, TypeVar
 
 import typer
@@ -22,12 +24,18 @@ __all__ = ["App", "HelpCommand", "HelpGroup"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _without_flag_types(params: list[Any]) -> list[Any]:
-    """``params`` with each flag given an empty placeholder: no type is printed for it."""
+def _without_flag_types(params: list[Any], ctx: Any) -> list[Any]:
+    """``params`` with each flag given an empty placeholder (no type is printed for
+    it) and each repeatable option its element's type (``<str>``, one per use)."""
     for param in params:
-        flag = param.param_type_name == "option" and getattr(param, "is_flag", False)
-        if flag and param.metavar is None:
+        if param.param_type_name != "option" or param.metavar is not None:
+            continue
+        if getattr(param, "is_flag", False):
             param.metavar = ""
+        elif getattr(param, "multiple", False) and hasattr(param, "display_type"):
+            shown = param.display_type(ctx)
+            if shown.startswith("<list[") and shown.endswith("]>"):
+                param.metavar = "<" + shown[len("<list[") : -len("]>")] + ">"
     return params
 
 
@@ -50,24 +58,43 @@ def _usage(pieces: list[str], params: list[Any], ctx: Any) -> list[str]:
     return [_unbraced(piece) if piece in arguments else piece for piece in pieces]
 
 
-class HelpCommand(TyperCommand):
+def _close_options(typo: str, params: list[Any]) -> list[str]:
+    """The long options ``typo`` may have meant, compared without their dashes.
+
+    click compares them with the dashes, which make any two long options look alike
+    (``--store`` was offered ``--json``, a command's only long option).
+    """
+    options = {opt.lstrip("-"): opt for p in params for opt in p.opts if opt.startswith("--")}
+    return [options[name] for name in get_close_matches(typo.lstrip("-"), list(options))]
+
+
+class _Usage:
+    """Help with flags without a type and arguments without braces; better guesses
+    for an unknown option."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(list(super().get_params(ctx)), ctx)  # type: ignore[misc]
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = list(super().collect_usage_pieces(ctx))  # type: ignore[misc]
+        return _usage(pieces, self.get_params(ctx), ctx)
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc, no-any-return]
+        except Exception as exc:  # click's NoSuchOption (vendored by newer typer)
+            if type(exc).__name__ == "NoSuchOption":
+                typo = exc.option_name  # type: ignore[attr-defined]
+                exc.possibilities = _close_options(typo, self.get_params(ctx))  # type: ignore[attr-defined]
+            raise
+
+
+class HelpCommand(_Usage, TyperCommand):
     """A command whose help shows flags without a type and arguments without braces."""
 
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _without_flag_types(list(super().get_params(ctx)))
 
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _usage(list(super().collect_usage_pieces(ctx)), self.get_params(ctx), ctx)
-
-
-class HelpGroup(TyperGroup):
+class HelpGroup(_Usage, TyperGroup):
     """A group whose help shows flags without a type and arguments without braces."""
-
-    def get_params(self, ctx: Any) -> list[Any]:
-        return _without_flag_types(list(super().get_params(ctx)))
-
-    def collect_usage_pieces(self, ctx: Any) -> list[str]:
-        return _usage(list(super().collect_usage_pieces(ctx)), self.get_params(ctx), ctx)
 
 
 class App(typer.Typer):

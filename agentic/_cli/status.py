@@ -21,7 +21,7 @@ from rich.text import Text
 from ..client import TaskClient
 from ..config import Config
 from ..errors import AgenticError, NotFoundError
-from ..models import AgentAllowance, AgentInfo, QuotaCheckResult, UsageRecord
+from ..models import AgentAllowance, AgentInfo, AgentStatus, QuotaCheckResult, UsageRecord
 from ..status import get_status
 from ..stores import open_allowance_store, open_registry
 from ..stores.base import AllowanceStore
@@ -65,6 +65,17 @@ class Snapshot:
     pending: int | None = None
     in_progress: int | None = None
     warnings: list[str] = field(default_factory=list)
+    #: seconds without a heartbeat after which an agent is shown silent
+    heartbeat_ttl: float = 30.0
+    #: when it was read
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def silent(self, info: AgentInfo) -> bool:
+        """Whether ``info`` stopped heartbeating (its process died, most likely) but
+        no dispatcher has marked it offline yet."""
+        if info.status == AgentStatus.OFFLINE or info.last_heartbeat is None:
+            return False
+        return (self.now - info.last_heartbeat).total_seconds() > self.heartbeat_ttl
 
     def to_data(self) -> dict[str, Any]:
         agents = None
@@ -72,6 +83,7 @@ class Snapshot:
             agents = [
                 {
                     **row.info.model_dump(mode="json"),
+                    "silent": self.silent(row.info),
                     "allowance": row.allowance and row.allowance.model_dump(mode="json"),
                     "usage": row.usage and row.usage.model_dump(mode="json"),
                     "quota": row.check and row.check.model_dump(mode="json"),
@@ -106,7 +118,7 @@ def _quotas(store: AllowanceStore, rows: list[AgentRow]) -> None:
 
 def collect(cfg: Config, api: TaskClient) -> Snapshot:
     """Read every part that can be read now."""
-    snap = Snapshot()
+    snap = Snapshot(heartbeat_ttl=cfg.dispatcher.heartbeat_ttl)
     registry = _store(cfg.store_url_for("registry"), open_registry, "agent registry", snap)
     if registry is not None:
         try:
@@ -136,7 +148,7 @@ def _used_left(used: int | None, left: int | None) -> str:
     return f"{compact(used)}/{'∞' if left is None or left < 0 else compact(left)}"
 
 
-def _row(row: AgentRow, now: datetime) -> list[RenderableType]:
+def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
     info = row.info
     load = f"{info.current_load}/{info.max_load or '∞'}"
     if row.check is None:
@@ -147,9 +159,11 @@ def _row(row: AgentRow, now: datetime) -> list[RenderableType]:
         tokens = _used_left(used, row.check.remaining_tokens)
         jobs = _used_left(row.usage.jobs_started if row.usage else None, row.check.remaining_jobs)
     style = {"available": "green", "busy": "yellow", "offline": "red"}[info.status.value]
+    # A silent agent still reads available until a dispatcher reaps it: say so.
+    state = Text("silent", style="red") if silent else Text(info.status.value, style=style)
     return [
         info.id,
-        Text(info.status.value, style=style),
+        state,
         load,
         tokens,
         jobs,
@@ -171,12 +185,16 @@ _COLUMNS = (
 _RESETS = 5
 
 
-def agents_table(rows: list[AgentRow], now: datetime) -> FittedTable:
+def agents_table(snap: Snapshot, rows: list[AgentRow]) -> FittedTable:
     """The agents, one a row; the quota day's end once under the table when it is the
     same for every agent (one store: it is), else a Resets column."""
-    cells = [_row(row, now) for row in sorted(rows, key=lambda r: r.info.id)]
+    now = snap.now
+    ordered = sorted(rows, key=lambda r: r.info.id)
+    cells = [_row(row, now, snap.silent(row.info)) for row in ordered]
     resets = {row.check.reset_at for row in rows if row.check and row.check.reset_at}
     caption = "Tokens and jobs: used/left"
+    if any(snap.silent(row.info) for row in rows):
+        caption += f"; silent: no heartbeat for over {snap.heartbeat_ttl:g}s"
     columns = list(_COLUMNS)
     if len(resets) <= 1:
         del columns[_RESETS]
@@ -196,12 +214,11 @@ def agents_table(rows: list[AgentRow], now: datetime) -> FittedTable:
 
 def render(snap: Snapshot, *, with_warnings: bool) -> RenderableType:
     """The agents table and the task counts (and the warnings, for ``--watch``)."""
-    now = datetime.now(UTC)
     parts: list[RenderableType] = []
     if snap.agents is None:
         parts.append(Text("Agents: unknown", style="yellow"))
     else:
-        parts.append(agents_table(snap.agents, now))
+        parts.append(agents_table(snap, snap.agents))
     pending = "unknown" if snap.pending is None else str(snap.pending)
     running = "unknown" if snap.in_progress is None else str(snap.in_progress)
     parts.append(Text(f"Tasks: {pending} pending, {running} in progress"))
@@ -241,6 +258,10 @@ def status(
         elif json_output:
             while True:  # one JSON document per line and refresh, until Ctrl-C
                 print_json(collect(cfg, api).to_data(), indent=None)
+                time.sleep(interval)
+        elif not stdout().is_terminal:
+            while True:  # into a file or a pipe: every refresh, one after the other
+                stdout().print(render(collect(cfg, api), with_warnings=True), "")
                 time.sleep(interval)
         else:
             with Live(render(collect(cfg, api), with_warnings=True), console=stdout()) as live:
