@@ -121,8 +121,9 @@ def test_events_log_false_writes_nothing(system: System) -> None:
 
 
 @pytest.mark.slow
-def test_follow_prints_new_events_until_interrupted(system: System) -> None:
-    """events -f prints events appended later, and Ctrl-C ends it with exit 0."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_follow_prints_new_events_until_interrupted(system: System, stop: signal.Signals) -> None:
+    """events -f prints events appended later; Ctrl-C or SIGTERM ends it with exit 0."""
     _fill(system.url)
     follower = subprocess.Popen(
         [AGENTIC, "events", "-f", "--json", "--after", "3", "--config", str(system.config)],
@@ -139,7 +140,7 @@ def test_follow_prints_new_events_until_interrupted(system: System) -> None:
         assert follower.stdout is not None
         row = json.loads(follower.stdout.readline())
         assert (row["offset"], row["id"]) == (4, late.id)
-        follower.send_signal(signal.SIGINT)
+        follower.send_signal(stop)
         assert follower.wait(10) == 0
     finally:
         follower.kill()
