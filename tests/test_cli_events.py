@@ -152,14 +152,41 @@ def test_follow_prints_new_events_until_interrupted(system: System, stop: signal
     [
         (["--after", "1", "--last", "2"], "give one of them"),
         (["--store", "memory://"], "memory:// is private to one process"),
+        (["--consumers", "-f"], "--consumers lists consumers"),
+        (["--consumers", "--type", "task_claimed"], "--consumers lists consumers"),
     ],
-    ids=["after and last", "memory"],
+    ids=["after and last", "memory", "consumers follow", "consumers type"],
 )
 def test_contradictions_are_usage_errors(system: System, args: list[str], message: str) -> None:
     """--after with --last, and a memory:// log nobody else writes, exit 2 saying why."""
     result = system.cli("events", *args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_consumers_are_listed_with_what_they_are_behind_and_missed(system: System) -> None:
+    """--consumers: each consumer's position, events behind the newest, and events
+    trimmed before it read them; --json one object per consumer; none said plainly."""
+    assert system.cli("events", "--consumers").stdout == "no consumer has committed a position\n"
+    _fill(system.url)
+    _fill(system.url)
+    with open_event_log(system.url) as log:
+        log.commit("billing", 1)
+        log.commit("audit", 6)
+        log.commit("new\nline", 3)
+        log.trim(3)  # keeps 4-6: billing never saw 2 and 3
+    text = system.cli("events", "--consumers")
+    assert text.exit_code == 0, text.output
+    rows = [line.split() for line in text.stdout.splitlines()]
+    assert rows[0] == ["consumer", "position", "behind", "missed"]
+    assert rows[1:] == [
+        ["audit", "6", "0", "0"],
+        ["billing", "1", "5", "2"],
+        ['"new\\nline"', "3", "3", "0"],
+    ]
+    data = system.cli("events", "--consumers", "--json")
+    first = json.loads(data.stdout.splitlines()[1])
+    assert first == {"consumer": "billing", "position": 1, "behind": 5, "missed": 2}
 
 
 def test_a_payload_cannot_forge_a_line(system: System) -> None:

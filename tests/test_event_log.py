@@ -146,6 +146,15 @@ class TestEventLogContract:
         log.reset("b")
         assert log.committed("b") == 0
 
+    def test_consumers_lists_every_stored_position_by_name(self, backend: Backend) -> None:
+        """consumers() gives each consumer's position, sorted by name; none at first."""
+        log = backend.event_log()
+        assert log.consumers() == {}
+        log.commit("billing", 4)
+        log.commit("audit", 9)
+        log.reset("émoji-ü", 1)
+        assert list(log.consumers().items()) == [("audit", 9), ("billing", 4), ("émoji-ü", 1)]
+
     def test_an_event_that_is_not_json_is_refused_whole(self, backend: Backend) -> None:
         """A payload JSON cannot hold is a ConfigError naming the event; nothing is added."""
         log = backend.event_log()

@@ -152,6 +152,13 @@ def events(
     task: Annotated[
         str | None, typer.Option("--task", metavar="ID", help="Only this task's events.")
     ] = None,
+    consumers: Annotated[
+        bool,
+        typer.Option(
+            "--consumers",
+            help="List the consumers instead: position, events behind, events missed.",
+        ),
+    ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per line, with its offset.")
     ] = False,
@@ -159,6 +166,10 @@ def events(
     """Print the lifecycle events in the store's event log (offset, time, type, ids)."""
     if after is not None and last is not None:
         raise ConfigError("--after and --last choose the start two ways: give one of them")
+    if consumers and (after is not None or last is not None or follow or type_names or task):
+        raise ConfigError(
+            "--consumers lists consumers: it takes no --after, --last, -f, --type or --task"
+        )
     types = _types(type_names)
     url = store_config(config_path, store).store_url_for("events")
     if parse_store_url(url).scheme == "memory":
@@ -167,6 +178,9 @@ def events(
             " that the dispatcher and the agents use"
         )
     with existing(open_event_log, url) as log, interrupt_exits(0), _quiet_broken_pipe():
+        if consumers:
+            _consumers(log, json_output)
+            return
         reader = _Reader(log, types, task, json_output)
         position = _start(reader, after, _LAST if last is None else last)
         while True:
@@ -179,6 +193,40 @@ def events(
             time.sleep(_POLL)
             if reader.went_back(position):
                 position = 0
+
+
+def consumer_rows(log: EventLog) -> list[dict[str, int | str]]:
+    """Each consumer's position, the events after it (``behind``) and, of those, the
+    ones trimmed before it read them (``missed``: it will never see them)."""
+    last = log.last_offset()
+    first = log.read(0, 1)
+    oldest = first[0].offset if first else last + 1  # the oldest kept, if any is
+    return [
+        {
+            "consumer": name,
+            "position": position,
+            "behind": max(0, last - position),
+            "missed": max(0, oldest - 1 - position),
+        }
+        for name, position in log.consumers().items()
+    ]
+
+
+def _consumers(log: EventLog, as_json: bool) -> None:
+    rows = consumer_rows(log)
+    if as_json:
+        for row in rows:
+            print_json(row, indent=None)
+        return
+    if not rows:
+        sys.stdout.write("no consumer has committed a position\n")
+        return
+    names = [_value(row["consumer"]) for row in rows]  # a name cannot forge a line
+    width = max(len("consumer"), *map(len, names))
+    sys.stdout.write(f"{'consumer':<{width}}  {'position':>10}  {'behind':>10}  {'missed':>10}\n")
+    for name, row in zip(names, rows, strict=True):
+        counts = "  ".join(f"{row[key]:>10}" for key in ("position", "behind", "missed"))
+        sys.stdout.write(f"{name:<{width}}  {counts}\n")
 
 
 def _start(reader: _Reader, after: int | None, last: int) -> int:

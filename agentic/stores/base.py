@@ -603,6 +603,10 @@ class EventLog(Closeable):
         """``consumer``'s stored position, or 0."""
 
     @abc.abstractmethod
+    def consumers(self) -> dict[str, int]:
+        """Every consumer with a stored position: name -> position, by name."""
+
+    @abc.abstractmethod
     def reset(self, consumer: str, offset: int = 0) -> None:
         """Set ``consumer``'s position to ``offset``, back or forward."""
 

@@ -67,6 +67,10 @@ class MemoryEventLog(EventLog):
         with self._lock:
             return self._positions.get(consumer, 0)
 
+    def consumers(self) -> dict[str, int]:
+        with self._lock:
+            return dict(sorted(self._positions.items()))
+
     def reset(self, consumer: str, offset: int = 0) -> None:
         require_consumer(consumer)
         require_count("offset", offset)

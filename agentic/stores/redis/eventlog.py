@@ -85,6 +85,11 @@ class RedisEventLog(EventLog):
             raw = sync(self._client.hget(self._keys.consumers, consumer))
         return 0 if raw is None else int(text(raw))
 
+    def consumers(self) -> dict[str, int]:
+        with translate_errors("listing consumers"):
+            raw = sync(self._client.hgetall(self._keys.consumers))
+        return {text(name): int(text(position)) for name, position in sorted(raw.items())}
+
     def reset(self, consumer: str, offset: int = 0) -> None:
         require_consumer(consumer)
         require_count("offset", offset)

@@ -109,6 +109,12 @@ class SQLiteEventLog(EventLog):
         )
         return int(rows[0][0]) if rows else 0
 
+    def consumers(self) -> dict[str, int]:
+        rows = self._db.query(
+            "SELECT name, position FROM event_consumers ORDER BY name", (), "listing consumers"
+        )
+        return {str(name): int(position) for name, position in rows}
+
     def reset(self, consumer: str, offset: int = 0) -> None:
         require_consumer(consumer)
         require_count("offset", offset)
