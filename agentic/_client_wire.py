@@ -13,6 +13,7 @@ import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import APIError, ConfigError, ConflictError, NotFoundError
+from .events import Event
 from .models import Task, TaskStatus
 from .stores.base import require_id
 
@@ -22,6 +23,7 @@ __all__ = [
     "FEATURES",
     "CLAIMS",
     "COUNTS",
+    "EVENTS",
     "OFFSET",
     "PAGE",
     "TASK",
@@ -88,6 +90,16 @@ class _Withdrawn(BaseModel):
     made: bool
 
 
+class _LoggedEvent(BaseModel):
+    offset: int
+    event: Event
+
+
+class _EventPage(BaseModel):
+    events: list[_LoggedEvent]
+    last_offset: int
+
+
 TASK = TypeAdapter(Task)
 TASKS = TypeAdapter(list[Task])
 COUNTS = TypeAdapter(dict[TaskStatus, int])
@@ -96,6 +108,7 @@ PAGE = TypeAdapter(_LogPageModel)
 ANSWER = TypeAdapter(_Answer)
 CLAIMS = TypeAdapter(_ClaimResults)
 WITHDRAWN = TypeAdapter(_Withdrawn)
+EVENTS = TypeAdapter(_EventPage)
 
 
 def error_from(response: httpx.Response) -> APIError:

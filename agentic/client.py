@@ -51,6 +51,7 @@ from ._client_wire import (
     CHANGES_HEADER,
     CLAIMS,
     COUNTS,
+    EVENTS,
     OFFSET,
     PAGE,
     TASK,
@@ -67,14 +68,24 @@ from .errors import APIError, ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, parse_retry_after
 from .stores._tasks import MAX_REASON
-from .stores.base import LogPage, require_id
+from .stores.base import LoggedEvent, LogPage, require_id, require_page
 
-__all__ = ["MAX_CLAIM_BATCH", "Claim", "LogEvent", "RetryDelay", "TaskClient"]
+__all__ = ["MAX_CLAIM_BATCH", "Claim", "EventPage", "LogEvent", "RetryDelay", "TaskClient"]
 
 #: claims in one :meth:`TaskClient.claim_tasks` call (the task API's limit)
 MAX_CLAIM_BATCH = 100
 #: the longest wait of :meth:`TaskClient.watch_tasks` (the task API's limit)
 _MAX_WAIT = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of the event log read through the task API (:meth:`TaskClient.read_events`)."""
+
+    #: the events after the offset asked for, oldest first
+    events: list[LoggedEvent]
+    #: the newest offset in the log when it was read
+    last_offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +269,17 @@ class TaskClient:
         except NotFoundError:
             return {status: len(self.list_tasks(status=status)) for status in TaskStatus}
         return {status: found.get(status, 0) for status in TaskStatus}
+
+    def read_events(self, after: int = 0, limit: int = 100) -> EventPage:
+        """The server's event log after the offset ``after`` (0: from the oldest kept),
+        at most ``limit`` events: what :meth:`EventLog.read` gives, for readers without
+        store credentials. Needs an admin token and a server with ``event_log`` in its
+        features (one without answers 404)."""
+        require_page(after, limit)
+        params = {"after": str(after), "limit": str(limit)}
+        found = parse(self._request("GET", "/api/events", safe=True, params=params), EVENTS)
+        events = [LoggedEvent(logged.offset, logged.event) for logged in found.events]
+        return EventPage(events, found.last_offset)
 
     def watch_tasks(
         self,

@@ -77,13 +77,15 @@ class System:
 
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[System]:
-    """Stores on one SQLite file, the task API serving them, and a config file."""
+    """Stores on one SQLite file, the task API serving them (its event log too), and a
+    config file."""
     url = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
     with (
         open_task_store(url) as tasks,
         open_registry(url) as registry,
         open_allowance_store(url) as quota,
-        running_server(tasks, requeue_interval=None) as base_url,
+        open_event_log(url) as events,
+        running_server(tasks, requeue_interval=None, events=events) as base_url,
     ):
         config = write_config(tmp_path / "agentic.yaml", base_url, url)
         yield System(url, base_url, config, tasks, registry, quota)

@@ -12,7 +12,8 @@ import pytest
 
 from agentic.events import Event, EventType
 from agentic.models import AgentAllowance, AgentInfo, Task
-from agentic.stores import open_event_log
+from agentic.stores import open_event_log, open_task_store
+from agentic.testing import running_server
 
 from .test_cli import AGENTIC, System, clean_environment, run, subprocess_env, system
 
@@ -154,8 +155,9 @@ def test_follow_prints_new_events_until_interrupted(system: System, stop: signal
         (["--store", "memory://"], "memory:// is private to one process"),
         (["--consumers", "-f"], "--consumers lists consumers"),
         (["--consumers", "--type", "task_claimed"], "--consumers lists consumers"),
+        (["--api", "--consumers"], "--api reads the events through the task API"),
     ],
-    ids=["after and last", "memory", "consumers follow", "consumers type"],
+    ids=["after and last", "memory", "consumers follow", "consumers type", "api consumers"],
 )
 def test_contradictions_are_usage_errors(system: System, args: list[str], message: str) -> None:
     """--after with --last, and a memory:// log nobody else writes, exit 2 saying why."""
@@ -187,6 +189,24 @@ def test_consumers_are_listed_with_what_they_are_behind_and_missed(system: Syste
     data = system.cli("events", "--consumers", "--json")
     first = json.loads(data.stdout.splitlines()[1])
     assert first == {"consumer": "billing", "position": 1, "behind": 5, "missed": 2}
+
+
+def test_api_reads_the_same_log_through_the_task_api(system: System) -> None:
+    """--api prints what reading the store prints, through GET /api/events, and a
+    server without the log exits 1 saying so."""
+    _fill(system.url)
+    direct = system.cli("events", "--json")
+    through = system.cli("events", "--api", "--json")
+    assert through.exit_code == 0, through.output
+    assert through.stdout == direct.stdout and len(through.stdout.splitlines()) == 3
+    last = system.cli("events", "--api", "--last", "1")
+    assert last.stdout.split()[0] == "3"
+    with open_task_store("memory://") as tasks, running_server(tasks) as bare:
+        config = system.config.with_name("bare.yaml")
+        config.write_text(f"base_url: {bare}\n")
+        missing = run("events", "--api", "--config", str(config))
+    assert missing.exit_code == 1
+    assert "serves no event log" in missing.output
 
 
 def test_a_payload_cannot_forge_a_line(system: System) -> None:

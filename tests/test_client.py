@@ -263,6 +263,22 @@ def test_release_sends_its_reason_cut_to_the_limit(
     assert json.loads(release.calls.last.request.content)["reason"] == "x" * 1000
 
 
+def test_read_events_pages_the_servers_log(client: TaskClient, mock: respx.MockRouter) -> None:
+    """read_events sends after and limit and gives LoggedEvents and the newest offset;
+    bad arguments are refused before any request."""
+    event = {"id": "e1", "type": "agent_offline", "time": "2026-01-02T03:04:05Z"}
+    route = mock.get("/api/events").respond(
+        200, json={"events": [{"offset": 4, "event": event}], "last_offset": 9}
+    )
+    page = client.read_events(after=3, limit=10)
+    assert dict(route.calls.last.request.url.params) == {"after": "3", "limit": "10"}
+    assert [(e.offset, e.event.id) for e in page.events] == [(4, "e1")]
+    assert page.last_offset == 9
+    with pytest.raises(ConfigError, match="limit must be from 1 to 1000"):
+        client.read_events(limit=0)
+    assert route.call_count == 1
+
+
 def test_job_id_fences_complete_release_and_renew(
     client: TaskClient, mock: respx.MockRouter
 ) -> None:

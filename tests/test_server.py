@@ -595,6 +595,37 @@ def test_release_reason_reaches_the_recorded_event(clock: FakeClock) -> None:
     assert (requeued.type.value, requeued.payload["reason"]) == ("task_requeued", reason["reason"])
 
 
+def test_event_log_is_read_by_admins_after_an_offset(clock: FakeClock) -> None:
+    """GET /api/events pages the log after an offset with its newest offset; agent
+    tokens get 403, bad arguments 422, and health lists event_log."""
+    from fastapi.testclient import TestClient
+
+    from agentic.events import Event, EventType
+    from agentic.stores.memory import MemoryEventLog
+
+    log = MemoryEventLog()
+    log.append([Event(type=EventType.AGENT_OFFLINE, agent_id=f"a{n}") for n in range(5)])
+    app = create_app(MemoryTaskStore(clock=clock), **TOKENS, requeue_interval=None, events=log)
+    with TestClient(app) as api:
+        page = api.get("/api/events", params={"after": 1, "limit": 2}, headers=ADMIN).json()
+        assert [e["offset"] for e in page["events"]] == [2, 3]
+        assert [e["event"]["agent_id"] for e in page["events"]] == ["a1", "a2"]
+        assert page["last_offset"] == 5
+        assert api.get("/api/events", params={"after": 5}, headers=ADMIN).json()["events"] == []
+        assert_error(api.get("/api/events", headers=AGENT1), 403)
+        for bad in ({"after": -1}, {"limit": 0}, {"limit": 1001}, {"after": "x"}):
+            assert_error(api.get("/api/events", params=bad, headers=ADMIN), 422)
+        assert "event_log" in api.get("/api/health").json()["features"]
+
+
+def test_a_server_without_an_event_log_says_so(api: TestClient) -> None:
+    """Without an event log GET /api/events is 404 saying where to read it instead,
+    and health does not list event_log."""
+    body = assert_error(api.get("/api/events", headers=ADMIN), 404)
+    assert "agentic events --store" in body["message"]
+    assert "event_log" not in api.get("/api/health").json()["features"]
+
+
 def test_list_pages_after_a_task(api: TestClient, store: MemoryTaskStore, clock: FakeClock) -> None:
     """limit and after page the list; an unknown after is 422, an empty one too."""
     made = []

@@ -15,10 +15,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 
+from ..client import TaskClient
 from ..errors import ConfigError
 from ..events import EventType
 from ..stores import open_event_log, parse_store_url
@@ -26,6 +27,7 @@ from ..stores.base import MAX_READ, EventLog, LoggedEvent
 from ._common import (
     ConfigOption,
     StoreOption,
+    client,
     existing,
     handled,
     interrupt_exits,
@@ -74,11 +76,35 @@ def _line(logged: LoggedEvent) -> str:
     return "  ".join(parts)
 
 
+class _Readable(Protocol):
+    """What printing the log needs of it: an :class:`EventLog`, or the task API."""
+
+    def read(self, after: int = 0, limit: int = 100) -> list[LoggedEvent]: ...
+
+    def last_offset(self) -> int: ...
+
+
+class _ApiLog:
+    """The event log read through the task API (``GET /api/events``)."""
+
+    # after this offset there is nothing: a read of it gives the newest offset alone
+    _BEYOND = 2**62
+
+    def __init__(self, api: TaskClient) -> None:
+        self.api = api
+
+    def read(self, after: int = 0, limit: int = 100) -> list[LoggedEvent]:
+        return self.api.read_events(after, limit).events
+
+    def last_offset(self) -> int:
+        return self.api.read_events(self._BEYOND, 1).last_offset
+
+
 class _Reader:
     """Reads the log from a position, says what it could not see, prints what passes."""
 
     def __init__(
-        self, log: EventLog, types: set[EventType] | None, task: str | None, as_json: bool
+        self, log: _Readable, types: set[EventType] | None, task: str | None, as_json: bool
     ) -> None:
         self.log, self.types, self.task, self.as_json = log, types, task, as_json
 
@@ -152,6 +178,13 @@ def events(
     task: Annotated[
         str | None, typer.Option("--task", metavar="ID", help="Only this task's events.")
     ] = None,
+    api: Annotated[
+        bool,
+        typer.Option(
+            "--api",
+            help="Read it through the task API (base_url, an admin token) instead of the store.",
+        ),
+    ] = False,
     consumers: Annotated[
         bool,
         typer.Option(
@@ -170,8 +203,15 @@ def events(
         raise ConfigError(
             "--consumers lists consumers: it takes no --after, --last, -f, --type or --task"
         )
+    if api and (consumers or store):
+        raise ConfigError("--api reads the events through the task API: no --store or --consumers")
     types = _types(type_names)
-    url = store_config(config_path, store).store_url_for("events")
+    cfg = store_config(config_path, store)
+    if api:
+        with client(cfg) as task_api, interrupt_exits(0), _quiet_broken_pipe():
+            _print(_Reader(_ApiLog(task_api), types, task, json_output), after, last, follow)
+        return
+    url = cfg.store_url_for("events")
     if parse_store_url(url).scheme == "memory":
         raise ConfigError(
             "memory:// is private to one process: give the store URL (or event_log_url)"
@@ -181,18 +221,23 @@ def events(
         if consumers:
             _consumers(log, json_output)
             return
-        reader = _Reader(log, types, task, json_output)
-        position = _start(reader, after, _LAST if last is None else last)
-        while True:
-            for logged in reader.pages(position):
-                position = logged.offset
-                if reader.wanted(logged):
-                    reader.print(logged)
-            if not follow:
-                return
-            time.sleep(_POLL)
-            if reader.went_back(position):
-                position = 0
+        _print(_Reader(log, types, task, json_output), after, last, follow)
+
+
+def _print(reader: _Reader, after: int | None, last: int | None, follow: bool) -> None:
+    """Print from ``after`` (else the last ``last`` that match); with ``follow`` go on
+    printing what comes until stopped."""
+    position = _start(reader, after, _LAST if last is None else last)
+    while True:
+        for logged in reader.pages(position):
+            position = logged.offset
+            if reader.wanted(logged):
+                reader.print(logged)
+        if not follow:
+            return
+        time.sleep(_POLL)
+        if reader.went_back(position):
+            position = 0
 
 
 def consumer_rows(log: EventLog) -> list[dict[str, int | str]]:

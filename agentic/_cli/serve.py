@@ -11,7 +11,7 @@ import typer
 
 from ..config import Config
 from ..errors import ConfigError
-from ..stores import open_task_store
+from ..stores import open_event_log, open_task_store
 from ..stores._url import parse_store_url
 from ._common import (
     EXIT_RUNTIME,
@@ -120,7 +120,13 @@ def serve(
     sock = _bind(cfg.server.host, cfg.server.port)
     url = cfg.store_url_for("task")
     record = records_lifecycles(cfg)
-    with contextlib.closing(sock), open_task_store(url, record_events=record) as tasks:
+    events_url = cfg.store_url_for("events")
+    serves_log = cfg.events.log and parse_store_url(events_url).scheme != "memory"
+    with (
+        contextlib.closing(sock),
+        open_task_store(url, record_events=record) as tasks,
+        open_event_log(events_url) if serves_log else contextlib.nullcontext() as events,
+    ):
         setup_logging(verbose)
         app = create_app(
             tasks,
@@ -129,6 +135,7 @@ def serve(
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_body_bytes=cfg.server.max_body_bytes,
             retry_policy=retry_policy(cfg),
+            events=events,
         )
         # Request lines would flood the log (every agent polls every second); the
         # /metrics endpoint counts requests instead.
@@ -139,6 +146,8 @@ def serve(
         out.print(f"store: {redacted(url)}", highlight=False)
         if record:
             out.print("task lifecycles recorded in its event log (agentic events)")
+        if serves_log:
+            out.print("event log served to admin tokens at /api/events", highlight=False)
         out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
         _run(server, sock)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..events import Event
 from ..models import Priority, Task, TaskResult
 from ..stores._tasks import MAX_REASON
 
@@ -20,7 +21,9 @@ __all__ = [
     "ClaimResults",
     "CompleteRequest",
     "ErrorBody",
+    "EventPageBody",
     "HealthBody",
+    "LoggedEventBody",
     "LeaseRequest",
     "LogLines",
     "LogPageBody",
@@ -61,7 +64,7 @@ class NewTask(Task):
 class HealthBody(_Body):
     """The health check: ``status`` "ok", the server's version, and its ``features``
     beyond go-agentic's API (``attempt_fencing``, ``batch_claims``, ``claim_fencing``,
-    ``long_polls``)."""
+    ``long_polls``, ...; ``event_log`` when it serves ``GET /api/events``)."""
 
     status: str
     version: str = ""
@@ -190,3 +193,19 @@ class LogPageBody(_Body):
     lines: list[str]
     offset: int
     next_offset: int
+
+
+class LoggedEventBody(_Body):
+    """One event of the log with its ``offset`` (from 1, in append order)."""
+
+    offset: int
+    event: Event
+
+
+class EventPageBody(_Body):
+    """``GET /api/events``: the events after the offset asked for, oldest first, and
+    the offset of the newest event in the log (a gap before the first one means the
+    events between were trimmed)."""
+
+    events: list[LoggedEventBody]
+    last_offset: int

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,7 +38,7 @@ from .._client_wire import FEATURES
 from ..errors import APIError, ConfigError, NotFoundError, StoreError
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
-from ..stores.base import TaskStore
+from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
 from ._auth import Auth, Principal
 from ._calls import StoreCalls
 from ._changes import CHANGES_HEADER, Changes
@@ -52,8 +53,10 @@ from ._schemas import (
     ClaimResults,
     CompleteRequest,
     ErrorBody,
+    EventPageBody,
     HealthBody,
     LeaseRequest,
+    LoggedEventBody,
     LogLines,
     LogPageBody,
     NewTask,
@@ -105,6 +108,16 @@ def _json(body: BaseModel | list[Task], status: int = 200) -> Response:
     return Response(raw, status, media_type="application/json")
 
 
+_EVENTS_AFTER_DOC = "the offset of the last event read; 0: from the oldest kept"
+
+
+def _event_page(events: EventLog, after: int, limit: int) -> tuple[list[LoggedEvent], int]:
+    """A page of the log and its newest offset, read after the page: never below the
+    page's last event, whatever is appended meanwhile."""
+    page = events.read(after, limit)
+    return page, events.last_offset()
+
+
 _BEARER = HTTPBearer(auto_error=False, description="an admin token or an agent token")
 
 
@@ -150,6 +163,7 @@ def create_app(
     retry_policy: RetryPolicy | None = None,
     log_poll_interval: float = 0.25,
     clock: Callable[[], float] = time.time,
+    events: EventLog | None = None,
 ) -> FastAPI:
     """The task API over ``store`` (which the caller keeps and closes).
 
@@ -157,6 +171,8 @@ def create_app(
     lease. ``requeue_interval`` seconds between passes requeueing expired leases
     (``None`` or 0: no background pass). ``retry_policy`` spaces the retries of
     failed tasks (default :class:`RetryPolicy`); ``clock`` must be the store's clock.
+    ``events``: the event log ``GET /api/events`` serves to admin tokens (the caller
+    keeps and closes it; without one that route answers 404).
     """
     if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
         raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
@@ -208,7 +224,8 @@ def create_app(
     @app.get("/api/health", tags=["health"])
     async def health() -> HealthBody:
         """The server is up; its version and what it does beyond go-agentic's API."""
-        return HealthBody(status="ok", version=__version__, features=list(FEATURES))
+        features = [*FEATURES, "event_log"] if events is not None else list(FEATURES)
+        return HealthBody(status="ok", version=__version__, features=features)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics_text() -> PlainTextResponse:
@@ -216,6 +233,29 @@ def create_app(
         return PlainTextResponse(
             metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
+
+    # --- the event log ---
+    @app.get("/api/events", response_model=EventPageBody, tags=["events"])
+    async def read_events(
+        who: Caller,
+        after: Annotated[int, Query(ge=0, description=_EVENTS_AFTER_DOC)] = 0,
+        limit: Annotated[int, Query(ge=1, le=MAX_READ)] = 100,
+    ) -> Response:
+        """The event log after an offset, oldest first (admin tokens): for readers
+        without credentials of the store it lives in."""
+        who.require_admin("read the event log")
+        if events is None:
+            raise APIError(
+                "this server serves no event log (events.log is off, or its store is"
+                " memory://): read it from its store with agentic events --store URL",
+                404,
+            )
+        page, last = await to_thread.run_sync(_event_page, events, after, limit)
+        body = EventPageBody(
+            events=[LoggedEventBody(offset=e.offset, event=e.event) for e in page],
+            last_offset=last,
+        )
+        return _json(body)
 
     # --- tasks ---
     @app.get("/api/tasks", response_model=list[Task], tags=["tasks"])
