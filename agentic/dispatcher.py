@@ -211,9 +211,11 @@ class Dispatcher:
 
         Raises :class:`NoEligibleAgentError` or :class:`QuotaExceededError` when the
         task must wait, :class:`ConflictError` when another dispatcher claimed it, and
-        the claim's error for a real failure; nothing stays reserved then. The one
-        exception is :class:`ClaimUnknownError`: the claim may have been made, so its
-        reservation stays until a later :meth:`run_once` finds out (or it expires).
+        the claim's error for a real failure; nothing stays reserved then. The
+        exceptions: :class:`ClaimUnknownError`, the claim may have been made, so its
+        reservation stays until a later :meth:`run_once` finds out (or it expires); and
+        the :class:`ConflictError` of a claim whose answer was lost and whose task
+        became final meanwhile, whose reservation is left to expire.
         """
         self._forget_previous_attempt(task)
         index = agents if agents is not None else self._index()
@@ -430,23 +432,26 @@ class Dispatcher:
         return False
 
     def _require_carried(self, task_id: str, job_id: str) -> None:
-        """Raise ConflictError unless the task carries ``job_id``: a claim whose answer
-        was lost is announced (task_claimed, task_dispatched) only when it holds it.
+        """Raise ConflictError when the task became final under another claim or none:
+        a claim whose answer was lost is then not announced (task_claimed,
+        task_dispatched).
 
         Withdraw answers "made" for a task that became final meanwhile whatever that
         claim's fate (its reservation is then left to expire rather than taken back
-        from a job that may have run): no claim is made up for it. A task that cannot
-        be read back is taken at the server's word.
+        from a job that may have run): no claim is made up for it. A task still open
+        that no longer carries the job id was claimed under it and given back or
+        claimed again since (withdraw knows: the job id is retired as made), so it is
+        announced. A task that cannot be read back is taken at the server's word.
         """
         try:
             current = self.client.get_task(task_id)
         except Exception as exc:  # the server said made: trust it
             log.debug("claim of task %s: made; not read back (%s)", task_id, exc)
             return
-        if current.job_id != job_id:
+        if current.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and current.job_id != job_id:
             raise ConflictError(
-                f"task {task_id} is {current.status} under another claim or none; the lost"
-                f" claim {job_id} is not announced and its reservation is left to expire"
+                f"task {task_id} became {current.status} under another claim or none; the"
+                f" lost claim {job_id} is not announced and its reservation is left to expire"
             )
 
     def _withdraw_missing(self, task_id: str) -> bool | None:

@@ -203,6 +203,8 @@ AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"
         AGENT_RUN,  # no command
         ["agent", "run", "--id", "a", "--max-load", "1", "--input", "file", "--", "cat"],
         [*AGENT_RUN, "--git-repo", "nowhere", "--", "cat"],
+        [*AGENT_RUN, "--", "/no/such/binary"],  # refused before registering
+        [*AGENT_RUN, "--", "no-such-agent-binary", "-p"],
     ],
     ids=" ".join,
 )

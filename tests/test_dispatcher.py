@@ -384,10 +384,29 @@ def test_a_lost_claim_of_a_task_failed_meanwhile_is_not_announced(system: System
     client.claim_task = dead_letter_then_claim  # type: ignore[method-assign]
     report = system.dispatcher.run_once()
     assert task.id not in report.dispatched
-    assert "is failed under another claim or none" in report.waiting[task.id]
+    assert "became failed under another claim or none" in report.waiting[task.id]
     assert not system.events.of(EventType.TASK_CLAIMED)
     assert not system.events.of(EventType.TASK_DISPATCHED)
     assert system.quota.get_usage("a").active_jobs == 1  # left to expire, not taken back
+
+
+def test_a_lost_claim_made_then_released_is_still_dispatched(system: System) -> None:
+    """A lost claim that was made (withdraw: made) and given back since by its runner
+    is dispatched and announced, not reported as claimed elsewhere."""
+    system.agent("a")
+    task = system.task("t")
+    client = system.dispatcher.client
+    send = client.claim_task
+
+    def claim_release_then_lose(*args: Any, **kwargs: Any) -> Task:
+        held = send(*args, **kwargs)  # the claim is made on the server...
+        system.tasks.release(task.id, "a", job_id=held.job_id, reason="agent a is at capacity")
+        raise TransportError("no answer")  # ...given back by its runner; the answer lost
+
+    client.claim_task = claim_release_then_lose  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert report.dispatched == {task.id: "a"} and task.id not in report.waiting
+    assert system.events.of(EventType.TASK_DISPATCHED)
 
 
 def test_a_withdrawn_claim_arriving_late_is_refused(system: System) -> None:

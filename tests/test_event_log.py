@@ -146,6 +146,14 @@ class TestEventLogContract:
         log.reset("b")
         assert log.committed("b") == 0
 
+    def test_an_event_with_an_empty_id_is_kept(self, backend: Backend) -> None:
+        """An event whose id is "" is appended (and deduped on "") like any other."""
+        log = backend.event_log()
+        event = Event(id="", type=EventType.TASK_COMPLETED, task_id="t1")
+        assert log.append([event]) == [1]
+        assert log.append([event]) == [1]
+        assert [e.event.task_id for e in log.read()] == ["t1"]
+
     def test_consumers_lists_every_stored_position_by_name(self, backend: Backend) -> None:
         """consumers() gives each consumer's position, sorted by name; none at first."""
         log = backend.event_log()

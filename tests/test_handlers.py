@@ -216,6 +216,21 @@ def test_missing_binary_is_an_infrastructure_error() -> None:
         SubprocessHandler(["no-such-agent-binary", "-p"])(TASK, context())
 
 
+def test_check_refuses_a_command_that_cannot_start(tmp_path: Path) -> None:
+    """check() (what agent run calls before registering) raises ConfigError for a
+    missing or non-executable command, found on PATH or relative to the workdir."""
+    for argv in (["/nonexistent/agent"], ["no-such-agent-binary"], ["./tool"]):
+        with pytest.raises(ConfigError, match=r"not found or not executable.*give a program"):
+            SubprocessHandler(argv).check(tmp_path)
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\n")
+    with pytest.raises(ConfigError, match=r"'\./tool': not found or not executable"):
+        SubprocessHandler(["./tool"]).check(tmp_path)  # there, but not executable
+    tool.chmod(0o755)
+    SubprocessHandler(["./tool"]).check(tmp_path)
+    SubprocessHandler(["sh", "-c", "true"]).check()
+
+
 def test_bad_arguments_are_refused() -> None:
     """A shell string, file mode without {file}, or an unknown format are ConfigErrors."""
     with pytest.raises(ConfigError):

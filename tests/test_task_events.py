@@ -249,16 +249,39 @@ def test_claims_without_a_job_id_get_distinct_ids(pair: tuple[TaskStore, EventLo
         datetime(2000, 3, 1, 0, 0, 0, 1, tzinfo=UTC),
         datetime(2100, 12, 31, 12, 30, 5, 250_000, tzinfo=UTC),
         datetime(1970, 1, 1, tzinfo=UTC),
+        # binary ties between two microseconds: to the even one, as Python rounds
+        1700000000.0078125,
+        5e-07,
+        1_000_000_000.0234375 - 0.015625,
     ],
 )
 def test_recorded_times_are_iso_8601_as_every_writer_writes_them(
-    stored: tuple[TaskStore, EventLog, Bodies], backend: Backend, when: datetime
+    stored: tuple[TaskStore, EventLog, Bodies], backend: Backend, when: datetime | float
 ) -> None:
     """A recorded event's time is stored as the ISO-8601 UTC text Event JSON holds
-    (the Redis scripts format it as the Python stores do), to the microsecond."""
+    (the Redis scripts format it as the Python stores do), to the microsecond, the
+    task's own updated_at."""
     store, _log, bodies = stored
     task = store.create(Task(title="t"))
     backend.clock.set(when)
-    store.claim(task.id, "a1", 30, job_id="j1")
-    expected = Event(type=CLAIMED, time=when).model_dump(mode="json")["time"]
+    held = store.claim(task.id, "a1", 30, job_id="j1")
+    moment = when if isinstance(when, datetime) else datetime.fromtimestamp(when, UTC)
+    assert held.updated_at == moment
+    expected = Event(type=CLAIMED, time=moment).model_dump(mode="json")["time"]
     assert [body["time"] for body in bodies()] == [expected]
+
+
+def test_an_update_that_fails_a_held_task_records_its_reason(
+    pair: tuple[TaskStore, EventLog],
+) -> None:
+    """An update that counts a retry and fails a held task records task_failed with the
+    update's reason, then the dead letter."""
+    store, log = pair
+    task = store.create(Task(title="t", max_retries=3))
+    store.claim(task.id, "a1", 30, job_id="j1")
+    store.update(
+        task.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="obsolete", retry_count=1)
+    )
+    events = recorded(log)
+    assert [kind for kind, *_ in events] == [CLAIMED, FAILED, DEAD]
+    assert events[1][3]["reason"] == "obsolete"

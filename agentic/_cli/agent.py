@@ -71,7 +71,9 @@ def run(
 ) -> None:
     """Register, then run `-- CMD ...` for each task claimed for this agent; SIGTERM drains."""
     cfg = store_config(config_path, store_url)
-    handler: Handler = SubprocessHandler(command, input=input_mode, format=task_format)
+    command_handler = SubprocessHandler(command, input=input_mode, format=task_format)
+    command_handler.check(git_repo)  # before registering: a missing binary would bounce tasks
+    handler: Handler = command_handler
     if git_repo is not None:
         handler = GitWorkspace(git_repo, handler)
     setup_logging(verbose)

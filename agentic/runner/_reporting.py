@@ -66,6 +66,12 @@ class Reporter:
         if self.allowance is None or not job_id:
             return
         tokens_in, tokens_out = attempt.ctx.tokens
+        if outcome.infrastructure and not tokens_in + tokens_out:
+            # The agent could not run it (a missing command, a dirty workspace): like
+            # a task given back unrun, the job is not counted. Else a broken agent
+            # would use up its daily jobs on nothing, one give-back at a time.
+            self._unreserve(job_id)
+            return
         model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
         event = outcome.report.quota_event
         if event is QuotaEvent.JOB_CANCELLED and tokens_in + tokens_out:
@@ -186,14 +192,20 @@ class Reporter:
         except AgenticError as exc:
             self._error(f"task {task.id}: could not give it back", exc)
             return False
-        if self.allowance is not None and task.job_id:
-            try:
-                self.allowance.unreserve(task.job_id)
-            except NotFoundError:
-                pass  # gone already (expired): nothing is held
-            except AgenticError as exc:
-                self._error(f"job {task.job_id} not given back; its reservation will expire", exc)
+        if task.job_id:
+            self._unreserve(task.job_id)
         return True
+
+    def _unreserve(self, job_id: str) -> None:
+        """Give a job's reservation back whole: it never started, so it is not counted."""
+        if self.allowance is None:
+            return
+        try:
+            self.allowance.unreserve(job_id)
+        except NotFoundError:
+            pass  # gone already (expired): nothing is held
+        except AgenticError as exc:
+            self._error(f"job {job_id} not given back; its reservation will expire", exc)
 
     def _holds(self, attempt: Attempt, current: Task) -> bool:
         return (

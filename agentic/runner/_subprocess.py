@@ -119,6 +119,24 @@ class SubprocessHandler:
             return task.model_dump_json()
         return f"{task.title}\n\n{task.description}".rstrip() + "\n"
 
+    def check(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        """Raise ConfigError unless the command can be started now (found on ``PATH``,
+        or at its path, and executable); ``workdir``: where a relative path is found
+        when the handler has no ``cwd`` (a git workspace's repository).
+
+        For callers that start an agent: one whose command is missing would take every
+        task routed to it and give each back, a pause longer each time.
+        """
+        cwd = self.cwd if self.cwd is not None else workdir
+        if _FILE in self.argv[0]:
+            return  # the task file is the program: it exists once a task is taken
+        try:
+            _require_executable(self.argv[0], cwd, {**os.environ, **self.env})
+        except InfrastructureError as exc:
+            raise ConfigError(
+                f"{exc}: give a program on PATH or the path of an executable"
+            ) from exc
+
     def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
         if self.input == "stdin":
             return self._run(self.argv, task, ctx, self.payload(task))

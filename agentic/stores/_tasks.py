@@ -467,9 +467,8 @@ def lifecycle_events(before: Task, after: Task, reason: str = "") -> list[Event]
             events.append(_event(EventType.TASK_COMPLETED, after, agent, job))
         elif after.retry_count > before.retry_count:
             count = after.retry_count
-            failed = _event(
-                EventType.TASK_FAILED, after, agent, job, retry_count=count, reason=reason
-            )
+            why = reason or after.fail_reason  # an update's dead letter gives no other
+            failed = _event(EventType.TASK_FAILED, after, agent, job, retry_count=count, reason=why)
             events.append(failed)
         elif after.status == TaskStatus.PENDING:
             why = reason or "released"

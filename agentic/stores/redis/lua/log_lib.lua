@@ -15,11 +15,13 @@ local function log_append(seq_key, stream_key, ids_key, entries)
   local out, added, any = {}, {}, false
   for _, entry in ipairs(entries) do
     local id, body = entry[1], entry[2]
-    local offset = id ~= '' and (added[id] or tonumber(redis.call('HGET', ids_key, id)))
+    -- an event to name by its offset (any id, '' included, is an id to dedupe on)
+    local unnamed = type(body) == 'function'
+    local offset = not unnamed and (added[id] or tonumber(redis.call('HGET', ids_key, id)))
     if not offset then
       last = last + 1
       offset = last
-      if id == '' then
+      if unnamed then
         id, body = body(offset)
       end
       -- %d: plain concatenation would print 1e+14 from the fifteenth digit on

@@ -178,7 +178,13 @@ local ONCE_PER_TASK = {task_completed = true, task_dead_lettered = true}
 -- has no os.date.
 local function iso_time(now)
   local secs = math.floor(now)
-  local micros = math.floor((now - secs) * 1000000 + 0.5)
+  -- to the nearest microsecond, a tie to the even one, as datetime.fromtimestamp
+  local exact = (now - secs) * 1000000
+  local micros = math.floor(exact)
+  local rest = exact - micros
+  if rest > 0.5 or (rest == 0.5 and micros % 2 == 1) then
+    micros = micros + 1
+  end
   if micros >= 1000000 then
     secs, micros = secs + 1, micros - 1000000
   end
@@ -248,7 +254,7 @@ local function record(before, t, now, reason)
     elseif tonumber(t.retry_count) > tonumber(before.retry_count) then
       local count = tonumber(t.retry_count)
       events[1] = event('task_failed', t, agent, job, now,
-        {retry_count = count, reason = reason})
+        {retry_count = count, reason = reason ~= '' and reason or (t.fail_reason or '')})
     elseif t.status == 'pending' then
       if reason == '' then
         reason = 'released'
