@@ -312,6 +312,8 @@ def load_config(
 def _existing(path: str | os.PathLike[str], what: str) -> Path:
     """A file the caller named: its absence is an error, never a silent default."""
     file = Path(path).expanduser().absolute()
+    if file.is_dir():
+        raise ConfigError(f"{what} {file} is a directory: name the YAML file in it")
     if not file.is_file():
         raise ConfigError(f"{what} {file} does not exist")
     return file
@@ -553,5 +555,8 @@ def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
         else:
             got = repr(value)
         where = sources.get(key, "the defaults")
-        lines.append(f"{key} in {where}: {detail}must be {accepts}, got {got}")
+        # An option is named as typed, the key it sets after it: "--store" is what
+        # the user wrote, "task_store_url" what it means in a config file.
+        subject = f"{where} ({key})" if where.startswith("option ") else f"{key} in {where}"
+        lines.append(f"{subject}: {detail}must be {accepts}, got {got}")
     return "\n".join(lines)

@@ -289,7 +289,7 @@ class Dispatcher:
         waits = [exc.retry_after for _a, exc in refusals if exc.retry_after is not None]
         self._emit_waiting(EventType.DISPATCH_FAILED_QUOTA, task, {"reasons": reasons})
         raise QuotaExceededError(
-            f"every eligible agent is over quota ({reasons})", min(waits) if waits else None
+            f"no eligible agent has quota for it ({reasons})", min(waits) if waits else None
         )
 
     def _emit_waiting(self, kind: EventType, task: Task, payload: dict[str, str]) -> None:

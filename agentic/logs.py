@@ -1,7 +1,9 @@
 """``stream_logs``: print a task's status changes and log lines (``agentic logs``).
 
 Status lines keep go-agentic's format, ``[YYYY-MM-DD HH:MM:SS] Status: X`` (UTC),
-but are written when the status changes rather than on every poll; a failed task's
+but are written when the status changes rather than on every poll, stamped with when
+the change happened (the claim's time for in progress, else the task's last update;
+go-agentic stamped the time it looked); a failed task's
 is followed by ``Reason: ...`` and a blocked one's by ``Blocked by: <task ids>``. The stream stops
 when the task is completed, failed or blocked (go-agentic never stopped on failed:
 its defect 17), or when ``stop`` is set.
@@ -39,8 +41,12 @@ class Writer(Protocol):
     def write(self, text: str, /) -> object: ...
 
 
-def _stamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+def _stamp(task: Task | None = None) -> str:
+    """When ``task`` got its status: the claim for in progress, else its last update
+    (now, for a server that keeps neither, and without a task: an error's time)."""
+    claimed = task.claimed_at if task and task.status == TaskStatus.IN_PROGRESS else None
+    when = claimed or (task.updated_at if task else None) or datetime.now(UTC)
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _transient(exc: APIError) -> bool:
@@ -57,19 +63,18 @@ class _Printer:
         self.offset = 0
 
     def show_status(self, status: TaskStatus | None, task: Task | Callable[[], Task]) -> None:
-        """A changed status; a failed or blocked one says why (read from ``task``, or
-        from what it returns when it is a function)."""
+        """A changed status, stamped when it happened; a failed or blocked one says why
+        (read from ``task``, or from what it returns when it is a function)."""
         if status is not None and status != self.status:
             self.status = status
-            self.writer.write(f"[{_stamp()}] Status: {status}\n")
-            if status not in (TaskStatus.FAILED, TaskStatus.BLOCKED):
-                return
             known = task if isinstance(task, Task) else task()
+            stamp = _stamp(known)
+            self.writer.write(f"[{stamp}] Status: {status}\n")
             if status is TaskStatus.FAILED:
-                self.writer.write(f"[{_stamp()}] Reason: {known.fail_reason or 'not given'}\n")
-            else:
+                self.writer.write(f"[{stamp}] Reason: {known.fail_reason or 'not given'}\n")
+            elif status is TaskStatus.BLOCKED:
                 blockers = ", ".join(known.blockers) or "a hold (no failed dependency)"
-                self.writer.write(f"[{_stamp()}] Blocked by: {blockers}\n")
+                self.writer.write(f"[{stamp}] Blocked by: {blockers}\n")
 
     def show_line(self, line: str, offset: int) -> None:
         # An offset below ours was printed already (a resumed stream may repeat).

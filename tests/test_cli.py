@@ -229,9 +229,9 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["serve", "--store", "foo://x"], "task_store_url in option --store: unknown scheme 'foo'"),
-        (["serve", "--port", "99999"], "server.port in option --port: must be an integer"),
-        (["dispatch", "--once", "--interval", "-1"], "dispatcher.interval in option --interval"),
+        (["serve", "--store", "foo://x"], "option --store (task_store_url): unknown scheme 'foo'"),
+        (["serve", "--port", "99999"], "option --port (server.port): must be an integer"),
+        (["dispatch", "--once", "--interval", "-1"], "option --interval (dispatcher.interval)"),
     ],
     ids=lambda value: value if isinstance(value, str) else " ".join(value),
 )
@@ -248,7 +248,7 @@ def test_unknown_store_scheme_lists_the_accepted_urls_once() -> None:
     result = run("agents", "--store", "foo://x")
     assert result.exit_code == 2
     message = " ".join(result.stderr.split())
-    assert "store_url in option --store: unknown scheme 'foo'; must be a store URL" in message
+    assert "option --store (store_url): unknown scheme 'foo'; must be a store URL" in message
     for form in ("memory://", "sqlite:///", "redis://", "rediss://"):
         assert message.count(form) == 1, message
     assert message.endswith("got 'foo://x'")
@@ -293,7 +293,7 @@ def test_store_option_overrides_the_config(system: System, tmp_path: Path) -> No
         system.quota.get_allowance("elsewhere")  # the config's store is untouched
     bad = system.cli("agents", "--store", "foo://x")
     assert bad.exit_code == 2
-    assert "store_url in option --store: unknown scheme 'foo'" in " ".join(bad.stderr.split())
+    assert "option --store (store_url): unknown scheme 'foo'" in " ".join(bad.stderr.split())
 
 
 def test_file_input_needs_the_placeholder(tmp_path: Path) -> None:
@@ -447,11 +447,12 @@ def test_status_table_and_json(system: System) -> None:
 
 
 def test_status_shows_unreachable_parts_as_unknown(tmp_path: Path) -> None:
-    """Server down and store missing: unknown with warnings, exit 0, no store created."""
+    """Server down and store missing: unknown with warnings, exit 1 (what is known is
+    still shown), no store created."""
     db = tmp_path / "missing.db"
     config = write_config(tmp_path / "c.yaml", f"http://127.0.0.1:{free_port()}", f"sqlite:///{db}")
     result = run("status", "--config", str(config))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert "Agents: unknown" in result.stdout
     assert "unknown pending, unknown in progress" in result.stdout
     assert result.stderr.count("warning:") >= 2
@@ -478,6 +479,21 @@ def test_logs_text_and_json(system: System) -> None:
     ]
     assert records[0] == {"kind": "status", "task_id": task.id, "status": "completed"}
     assert [r["line"] for r in records[1:]] == ["line one", "line two"]
+    assert system.cli("logs", task.id, "-f").exit_code == 0
+
+
+@pytest.mark.parametrize("json_output", [False, True], ids=["text", "json"])
+def test_logs_follow_exits_1_for_a_task_that_will_not_complete(
+    system: System, json_output: bool
+) -> None:
+    """logs -f of a task that ended failed exits 1 (a waiting script must stop);
+    without -f it printed what was asked: exit 0."""
+    task = system.tasks.create(Task(title="t", max_retries=0))
+    system.tasks.claim(task.id, "coder", 60)
+    system.tasks.complete(task.id, TaskResult(success=False, error_message="boom"), "coder")
+    extra = ["--json"] if json_output else []
+    assert system.cli("logs", task.id, "-f", *extra).exit_code == 1
+    assert system.cli("logs", task.id, *extra).exit_code == 0
 
 
 @pytest.mark.parametrize("json_output", [False, True])

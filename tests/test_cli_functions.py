@@ -162,6 +162,35 @@ def test_stream_logs_follows_sse_until_final(
     assert pages.calls.last.request.url.params["offset"] == "1"
 
 
+def test_stream_logs_stamps_a_status_with_when_it_changed(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A status line carries the time of the change (the claim, else the last update),
+    not the time logs looked."""
+    mock.get("/api/tasks/t1").respond(
+        200,
+        json=task_json(
+            "failed",
+            updated_at="2026-01-02T03:04:05Z",
+            claimed_at="2026-01-02T02:00:00Z",
+            fail_reason="boom",
+        ),
+    )
+    mock.get("/api/tasks/t1/logs").mock(side_effect=FakeLog([]))
+    out = io.StringIO()
+    stream_logs(client, "t1", out, follow=False)
+    assert out.getvalue().splitlines() == [
+        "[2026-01-02 03:04:05] Status: failed",
+        "[2026-01-02 03:04:05] Reason: boom",
+    ]
+    mock.get("/api/tasks/t1").respond(
+        200, json=task_json("in_progress", claimed_at="2026-01-02T02:00:00Z")
+    )
+    out = io.StringIO()
+    stream_logs(client, "t1", out, follow=False)
+    assert out.getvalue() == "[2026-01-02 02:00:00] Status: in_progress\n"
+
+
 def test_stream_logs_falls_back_to_polling(client: TaskClient, mock: respx.MockRouter) -> None:
     """When SSE fails the log is polled from the last offset until a final status."""
     log = FakeLog(["one"])

@@ -257,6 +257,9 @@ def test_tasks_table_fits_80_columns_with_whole_ids() -> None:
     assert "…" not in text
     assert all(task.id in text for task in shown) and "in_progress" in text
     assert "Title" in narrow[2] and "Labels" not in narrow[2]
+    short = [task.model_copy(update={"claimed_by": "sh-1"}) for task in shown]
+    header = printed(tasks_table(short, True, now), 80)[2]
+    assert "Agent" in header and "Retries" not in header  # who holds it, before the rest
     wide = "\n".join(printed(tasks_table(shown, True, now), 200))
     for header in ("Priority", "Labels", "Agent", "Retries", "Created", "Updated"):
         assert header in wide

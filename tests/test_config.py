@@ -535,9 +535,13 @@ def test_active_lease_is_optional_positive_and_finite(tmp_path: Path) -> None:
 
 
 def test_missing_explicit_files(tmp_path: Path) -> None:
-    """An explicit config or .env path that does not exist is an error naming it."""
+    """An explicit config or .env path that does not exist (or is a directory) is an
+    error naming it."""
     assert f"config file {tmp_path / 'nope.yaml'} does not exist" in config_error(
         path=tmp_path / "nope.yaml"
+    )
+    assert f"config file {tmp_path} is a directory: name the YAML file in it" in config_error(
+        path=tmp_path
     )
     assert "nope.env does not exist" in config_error(dotenv=tmp_path / "nope.env")
 

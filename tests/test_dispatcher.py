@@ -150,7 +150,7 @@ def test_all_over_quota_waits_and_emits(system: System) -> None:
     with pytest.raises(QuotaExceededError):
         system.dispatcher.dispatch(task)
     report = system.dispatcher.run_once()
-    assert "over quota" in report.waiting[task.id]
+    assert "no eligible agent has quota for it" in report.waiting[task.id]
     assert system.tasks.get(task.id).retry_count == 0
     assert system.events.of(EventType.DISPATCH_FAILED_QUOTA)
     assert system.quota.get_usage("a").jobs_started == 0

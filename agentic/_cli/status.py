@@ -247,14 +247,20 @@ def status(
     ] = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Agents (state, load, quota use, heartbeat) and pending / in-progress task counts."""
+    """Agents (state, load, quota use, heartbeat) and pending / in-progress task counts.
+
+    Exits 1 when a part could not be read (shown as unknown, with a warning).
+    """
     if seconds is not None and not watch:
         raise typer.BadParameter("SECONDS is only valid with --watch", param_hint="SECONDS")
     cfg = store_config(config_path, store_url)
     interval = seconds or _DEFAULT_WATCH
     with client(cfg) as api, interrupt_exits(0):
         if not watch:
-            _show(collect(cfg, api), json_output)
+            snap = collect(cfg, api)
+            _show(snap, json_output)
+            if snap.warnings:  # a script or health check must see it
+                raise typer.Exit(1)
         elif json_output:
             while True:  # one JSON document per line and refresh, until Ctrl-C
                 print_json(collect(cfg, api).to_data(), indent=None)

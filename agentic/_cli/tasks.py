@@ -81,7 +81,12 @@ def logs(
     task_id: Annotated[str, typer.Argument(metavar="TASK", help="Task id.")],
     config_path: ConfigOption = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing until the task ends.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing until the task ends; exit 1 if it ends failed or blocked.",
+        ),
     ] = False,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per line (status, log).")
@@ -91,12 +96,16 @@ def logs(
     cfg = config(config_path)
     with client(cfg) as api, interrupt_exits(0):
         if json_output:
-            _json_lines(api, task_id, follow)
+            status = _json_lines(api, task_id, follow)
         else:
-            stream_logs(api, task_id, sys.stdout, follow=follow)
+            status = stream_logs(api, task_id, sys.stdout, follow=follow)
+    # Followed to its end, a task that will not complete is an error: a script that
+    # waits on it (`agentic logs -f ID && next`) must not go on.
+    if follow and status in (TaskStatus.FAILED, TaskStatus.BLOCKED):
+        raise typer.Exit(1)
 
 
-def _json_lines(api: TaskClient, task_id: str, follow: bool) -> None:
+def _json_lines(api: TaskClient, task_id: str, follow: bool) -> TaskStatus | None:
     """NDJSON: ``{"kind": "status", ...}`` on each change, ``{"kind": "log", ...}`` per line.
 
     Polls the plain endpoints rather than following the SSE stream: twice a second
@@ -116,7 +125,7 @@ def _json_lines(api: TaskClient, task_id: str, follow: bool) -> None:
                 print_json({"kind": "log", "offset": index, "line": line}, indent=None)
             offset = page.next_offset
         if not follow or status in FINISHED:
-            return
+            return status
         time.sleep(_JSON_POLL)
 
 
@@ -134,13 +143,13 @@ _STYLES = {
 _TASK_COLUMNS = (
     Col("ID"),
     Col("Status"),
-    Col("Priority", drop=4),
+    Col("Priority", drop=6),
     Col("Title", drop=1, wrap=16),
     Col("Labels", drop=7, wrap=10),
-    Col("Agent", drop=6),
-    Col("Retries", drop=3, justify="right"),
+    Col("Agent", drop=3),  # who holds it: kept before retries and age
+    Col("Retries", drop=5, justify="right"),
     Col("Created", drop=8, justify="right"),
-    Col("Updated", drop=2, justify="right"),
+    Col("Updated", drop=4, justify="right"),
 )
 
 
