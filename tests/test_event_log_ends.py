@@ -184,6 +184,45 @@ class TestEventConsumer:
         assert log.committed("audit") == 5
         assert consumer.handled == 5
 
+    def test_commit_every_writes_the_position_every_n_and_at_each_batch_end(
+        self, backend: Backend
+    ) -> None:
+        """With commit_every=3 the position is stored after events 3 and 6 and at the
+        end of each batch; a crash would replay at most 2 events."""
+        log = backend.event_log()
+        log.append(_events(8))
+        commits: list[int] = []
+        commit = log.commit
+
+        def counted(name: str, offset: int) -> None:
+            commits.append(offset)
+            commit(name, offset)
+
+        log.commit = counted  # type: ignore[method-assign, assignment]
+        consumer = EventConsumer(log, "audit", lambda e: None, batch=7, commit_every=3)
+        assert (consumer.poll(), consumer.poll()) == (7, 1)
+        assert commits == [3, 6, 7, 8]
+        assert log.committed("audit") == 8
+
+    def test_commit_every_commits_what_was_handled_before_a_failure(self, backend: Backend) -> None:
+        """A handler failing mid-batch: the events handled before it are committed."""
+        log = backend.event_log()
+        log.append(_events(5))
+
+        def handler(logged: LoggedEvent) -> None:
+            if logged.offset == 4:
+                raise RuntimeError("downstream refused")
+
+        with pytest.raises(RuntimeError):
+            EventConsumer(log, "c", handler, commit_every=10).poll()
+        assert log.committed("c") == 3
+
+    @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
+    def test_a_bad_commit_every_is_refused(self, bad: object) -> None:
+        """commit_every must be an integer >= 1: a ConfigError saying so."""
+        with pytest.raises(ConfigError, match="commit_every must be an integer >= 1"):
+            EventConsumer(MemoryEventLog(), "c", lambda e: None, commit_every=bad)  # type: ignore[arg-type]
+
     def test_a_new_consumer_resumes_from_the_committed_position(self, backend: Backend) -> None:
         """A consumer of the same name starts after what was committed; another name replays."""
         log = backend.event_log()
