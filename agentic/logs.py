@@ -66,9 +66,12 @@ class _Printer:
         """A changed status, stamped when it happened; a failed or blocked one says why
         (read from ``task``, or from what it returns when it is a function)."""
         if status is not None and status != self.status:
-            self.status = status
+            # Read before the status counts as shown: should the read fail, the
+            # polling that takes over prints this status (its line is not lost).
             known = task if isinstance(task, Task) else task()
-            stamp = _stamp(known)
+            self.status = status
+            # Read back after a later change, the task's times are that change's.
+            stamp = _stamp(known if known.status == status else None)
             self.writer.write(f"[{stamp}] Status: {status}\n")
             if status is TaskStatus.FAILED:
                 self.writer.write(f"[{stamp}] Reason: {known.fail_reason or 'not given'}\n")

@@ -800,7 +800,7 @@ def test_dispatch_loop_stops_cleanly_on_sigterm(system: System) -> None:
 
 @pytest.mark.slow
 def test_logs_follow_stops_on_ctrl_c(system: System) -> None:
-    """logs -f on a task that never ends: Ctrl-C exits 0."""
+    """logs -f on a task that never ends: Ctrl-C exits 130 (stopped, not succeeded)."""
     task = system.tasks.create(Task(title="endless"))
     process = subprocess.Popen(
         [AGENTIC, "logs", task.id, "-f", "--config", str(system.config)],
@@ -812,7 +812,7 @@ def test_logs_follow_stops_on_ctrl_c(system: System) -> None:
         assert process.stdout is not None
         assert "Status: pending" in process.stdout.readline().decode()
         process.send_signal(signal.SIGINT)
-        assert process.wait(5) == 0
+        assert process.wait(5) == 130
     finally:
         process.kill()
         process.communicate()

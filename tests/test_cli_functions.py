@@ -191,6 +191,32 @@ def test_stream_logs_stamps_a_status_with_when_it_changed(
     assert out.getvalue() == "[2026-01-02 02:00:00] Status: in_progress\n"
 
 
+def test_a_status_whose_read_back_fails_is_printed_by_the_polling(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A status change from the stream whose task read-back fails (a 503) is not lost:
+    the polling that takes over prints it."""
+    mock.get("/api/tasks/t1").mock(
+        side_effect=[
+            httpx.Response(200, json=task_json("pending")),
+            httpx.Response(503, json={"code": 503, "message": "busy"}),
+            httpx.Response(200, json=task_json("in_progress")),
+            httpx.Response(200, json=task_json("completed")),
+        ]
+    )
+    mock.get("/api/tasks/t1/logs", params={"follow": "true"}).respond(
+        200, content=sse(("status", {"status": "in_progress"}))
+    )
+    mock.get("/api/tasks/t1/logs").mock(side_effect=FakeLog([]))
+    out = io.StringIO()
+    assert stream_logs(client, "t1", out, poll_interval=0) is TaskStatus.COMPLETED
+    assert summarize(out.getvalue()) == [
+        "Status: pending",
+        "Status: in_progress",
+        "Status: completed",
+    ]
+
+
 def test_stream_logs_falls_back_to_polling(client: TaskClient, mock: respx.MockRouter) -> None:
     """When SSE fails the log is polled from the last offset until a final status."""
     log = FakeLog(["one"])

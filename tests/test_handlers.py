@@ -210,8 +210,9 @@ def test_command_signal_reaches_the_agent_through_the_guard() -> None:
 
 def test_missing_binary_is_an_infrastructure_error() -> None:
     """A command that cannot start is the agent's problem, not the task's."""
-    with pytest.raises(InfrastructureError, match="cannot start"):
+    with pytest.raises(InfrastructureError, match="cannot start") as raised:
         SubprocessHandler(["/nonexistent/agent"])(TASK, context())
+    assert raised.value.before_work is True  # nothing ran: the job is not counted
     with pytest.raises(InfrastructureError, match="not found or not executable"):
         SubprocessHandler(["no-such-agent-binary", "-p"])(TASK, context())
 

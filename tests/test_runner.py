@@ -553,24 +553,59 @@ def test_completion_that_keeps_failing_is_left_to_the_lease(system: System) -> N
     assert system.tasks.get(task.id).status == TaskStatus.IN_PROGRESS
 
 
-@pytest.mark.parametrize("spent", [0, 8000])
-def test_infrastructure_error_releases_without_a_retry(system: System, spent: int) -> None:
-    """An InfrastructureError gives the task back: pending, retry_count unchanged; with
-    no tokens spent the job is not counted (it never ran), and tokens spent before it
-    (a push that failed after the work) are charged as for a failure."""
+@pytest.mark.parametrize(
+    ("spent", "before_work", "jobs"),
+    [(0, True, 0), (0, False, 1), (8000, True, 1), (8000, False, 1)],
+    ids=["unstarted", "after the work", "unstarted but spent", "spent"],
+)
+def test_infrastructure_error_releases_without_a_retry(
+    system: System, spent: int, before_work: bool, jobs: int
+) -> None:
+    """An InfrastructureError gives the task back: pending, retry_count unchanged. One
+    raised before the work began with no tokens spent does not count the job (it never
+    ran); otherwise the job counts (a commit or push failed after the work), and tokens
+    spent are charged as for a failure."""
 
     def handler(task: Task, ctx: TaskContext) -> None:
         ctx.usage("m", spent, 0)
-        raise InfrastructureError("workspace unusable")
+        raise InfrastructureError("workspace unusable", before_work=before_work)
 
     runner = system.started(handler)
     task = system.finished(system.submit().id)
     assert (task.status, task.retry_count) == (TaskStatus.PENDING, 0)
     wait_for(lambda: runner.released == 1)
     assert runner.failed == 0
+    wait_for(lambda: system.quota.get_usage(AGENT).active_jobs == 0)
     usage = system.quota.get_usage(AGENT)
-    jobs = 1 if spent else 0
-    assert (usage.tokens_used, usage.jobs_started, usage.active_jobs) == (spent // 2, jobs, 0)
+    assert (usage.tokens_used, usage.jobs_started) == (spent // 2, jobs)
+
+
+def test_an_unstarted_jobs_give_back_is_tried_again_until_it_lands(system: System) -> None:
+    """A quota store down while an unstarted job's reservation is given back: kept and
+    retried with later heartbeats like a settle, so the slot is freed uncounted."""
+    down = threading.Event()
+    down.set()
+    real_unreserve = system.quota.unreserve
+
+    def unreserve(job_id: str) -> Any:
+        if down.is_set():
+            raise StoreError("quota store unreachable")
+        return real_unreserve(job_id)
+
+    system.quota.unreserve = unreserve  # type: ignore[method-assign]
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        raise InfrastructureError("cannot start 'x'", before_work=True)
+
+    runner = system.started(handler)
+    system.submit()
+    wait_for(lambda: runner.reporter.unsettled == 1)
+    assert system.quota.get_usage(AGENT).active_jobs == 1  # still held
+    runner.stop()  # no more attempts: the one give-back waits for the store
+    down.clear()
+    runner.reporter.settle_pending(wait=True)
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.jobs_started, usage.active_jobs, runner.reporter.unsettled) == (0, 0, 0)
 
 
 @pytest.mark.parametrize("max_load", [2, 0], ids=["max_load 2", "unlimited"])

@@ -618,6 +618,30 @@ def test_event_log_is_read_by_admins_after_an_offset(clock: FakeClock) -> None:
         assert "event_log" in api.get("/api/health").json()["features"]
 
 
+def test_an_unreadable_event_is_named_not_a_store_outage(tmp_path: Any, clock: FakeClock) -> None:
+    """GET /api/events over a damaged entry answers 500 naming its offset and how to
+    read past it, not 503 "the task store is unavailable"."""
+    import sqlite3
+
+    from fastapi.testclient import TestClient
+
+    from agentic.events import Event, EventType
+    from agentic.stores import open_event_log
+
+    path = tmp_path / "events.db"
+    log = open_event_log("sqlite:///" + path.as_posix().lstrip("/"))
+    log.append([Event(type=EventType.AGENT_OFFLINE, agent_id=f"a{n}") for n in range(3)])
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE events SET body = '{bad' WHERE position = 2")
+    app = create_app(MemoryTaskStore(clock=clock), **TOKENS, requeue_interval=None, events=log)
+    try:
+        with TestClient(app) as api:
+            body = assert_error(api.get("/api/events", params={"after": 1}, headers=ADMIN), 500)
+    finally:
+        log.close()
+    assert "the event log could not be read" in body["message"] and "2" in body["message"]
+
+
 def test_a_server_without_an_event_log_says_so(api: TestClient) -> None:
     """Without an event log GET /api/events is 404 saying where to read it instead,
     and health does not list event_log."""

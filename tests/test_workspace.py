@@ -117,15 +117,17 @@ def test_failed_result_also_discards(repo: Path) -> None:
 
 
 def test_dirty_tree_is_refused_and_left_alone(repo: Path) -> None:
-    """Uncommitted changes stop the task before the handler runs; nothing is touched."""
+    """Uncommitted changes stop the task before the handler runs (before_work: its job
+    is not counted); nothing is touched."""
     (repo / "mine.txt").write_text("user work\n")
     called: list[str] = []
 
     def handler(task: Task, ctx: TaskContext) -> None:
         called.append(task.id)
 
-    with pytest.raises(WorkspaceError, match=r"uncommitted changes \(mine.txt\)"):
+    with pytest.raises(WorkspaceError, match=r"uncommitted changes \(mine.txt\)") as raised:
         GitWorkspace(repo, handler)(TASK, context())
+    assert raised.value.before_work is True
     assert called == []
     assert (repo / "mine.txt").read_text() == "user work\n"
     assert branches(repo) == ["main"]
@@ -181,9 +183,11 @@ def test_push_sends_the_branch(repo: Path, tmp_path: Path) -> None:
 
 
 def test_failed_push_keeps_the_local_commit(repo: Path) -> None:
-    """A push that fails is a WorkspaceError; the commit stays on the local branch."""
-    with pytest.raises(WorkspaceError, match="push"):
+    """A push that fails is a WorkspaceError after the work (its job counts); the commit
+    stays on the local branch."""
+    with pytest.raises(WorkspaceError, match="push") as raised:
         GitWorkspace(repo, writes("hello.txt"), push=True, remote="nowhere")(TASK, context())
+    assert raised.value.before_work is False
     branch = GitWorkspace.branch_name(TASK)
     assert git(repo, "rev-list", "--count", f"main..{branch}") == "1"
     assert git(repo, "symbolic-ref", "--short", "HEAD") == "main"

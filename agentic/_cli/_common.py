@@ -251,12 +251,16 @@ def interrupt_exits(code: int = 0) -> Iterator[None]:
     normal end), through the same unwinding: a ``--watch`` or ``--follow`` stopped by
     a supervisor (``kill``, ``timeout``, systemd) flushes what it shows, as Ctrl-C
     does, instead of dying with its output unwritten."""
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
+    # Only where a handler can be set (the main thread), and never over an ignored
+    # SIGTERM (nohup-like parents): that choice stays the parent's.
+    install = threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN
+    )
+    previous = signal.signal(signal.SIGTERM, _interrupt) if install else None
     try:
         yield
     except KeyboardInterrupt:
         raise typer.Exit(code) from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if install:  # a handler set outside Python reads as None: the default then
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

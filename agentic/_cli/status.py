@@ -255,25 +255,33 @@ def status(
         raise typer.BadParameter("SECONDS is only valid with --watch", param_hint="SECONDS")
     cfg = store_config(config_path, store_url)
     interval = seconds or _DEFAULT_WATCH
-    with client(cfg) as api, interrupt_exits(0):
+    with client(cfg) as api:
         if not watch:
             snap = collect(cfg, api)
             _show(snap, json_output)
             if snap.warnings:  # a script or health check must see it
                 raise typer.Exit(1)
-        elif json_output:
-            while True:  # one JSON document per line and refresh, until Ctrl-C
-                print_json(collect(cfg, api).to_data(), indent=None)
+            return
+        with interrupt_exits(0):  # stopping is how a watch ends
+            _watch(cfg, api, interval, json_output)
+
+
+def _watch(cfg: Config, api: TaskClient, interval: float, json_output: bool) -> None:
+    """Refresh until interrupted: JSON lines, printed blocks (a file or a pipe), or a
+    live screen (a terminal)."""
+    if json_output:
+        while True:  # one JSON document per line and refresh
+            print_json(collect(cfg, api).to_data(), indent=None)
+            time.sleep(interval)
+    elif not stdout().is_terminal:
+        while True:  # into a file or a pipe: every refresh, one after the other
+            stdout().print(render(collect(cfg, api), with_warnings=True), "")
+            time.sleep(interval)
+    else:
+        with Live(render(collect(cfg, api), with_warnings=True), console=stdout()) as live:
+            while True:
                 time.sleep(interval)
-        elif not stdout().is_terminal:
-            while True:  # into a file or a pipe: every refresh, one after the other
-                stdout().print(render(collect(cfg, api), with_warnings=True), "")
-                time.sleep(interval)
-        else:
-            with Live(render(collect(cfg, api), with_warnings=True), console=stdout()) as live:
-                while True:
-                    time.sleep(interval)
-                    live.update(render(collect(cfg, api), with_warnings=True))
+                live.update(render(collect(cfg, api), with_warnings=True))
 
 
 def _show(snap: Snapshot, json_output: bool) -> None:

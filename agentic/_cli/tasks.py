@@ -85,7 +85,10 @@ def logs(
         typer.Option(
             "--follow",
             "-f",
-            help="Keep printing until the task ends; exit 1 if it ends failed or blocked.",
+            help=(
+                "Keep printing until the task ends; exit 1 if it ends failed or blocked,"
+                " 130 if stopped (Ctrl-C, SIGTERM) before it ends."
+            ),
         ),
     ] = False,
     json_output: Annotated[
@@ -94,7 +97,9 @@ def logs(
 ) -> None:
     """Print a task's status changes and log lines (Ctrl-C stops following)."""
     cfg = config(config_path)
-    with client(cfg) as api, interrupt_exits(0):
+    # Stopped before the task ended, it did not succeed: never 0 (a script waiting
+    # with -f must not go on).
+    with client(cfg) as api, interrupt_exits(130):
         if json_output:
             status = _json_lines(api, task_id, follow)
         else:

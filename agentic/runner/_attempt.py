@@ -63,6 +63,8 @@ class Outcome:
     reason: str = ""
     #: the agent, not the task, is at fault (an InfrastructureError)
     infrastructure: bool = False
+    #: that error came before the task's work began: its job is not counted
+    before_work: bool = False
 
 
 @dataclass(eq=False)
@@ -134,7 +136,8 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
         # Finished, even if asked to stop: redoing finished work would spend twice.
         return Outcome(Report.COMPLETED, _clip(result))
     if isinstance(error, InfrastructureError):
-        return Outcome(Report.RELEASED, TaskResult(success=False), str(error), True)
+        unrun = TaskResult(success=False)
+        return Outcome(Report.RELEASED, unrun, str(error), True, error.before_work)
     if kind is Stop.SHUTDOWN:
         return Outcome(Report.RELEASED, TaskResult(success=False), "cancelled by agent shutdown")
     failed = result or TaskResult(success=False)

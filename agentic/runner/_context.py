@@ -45,7 +45,16 @@ class InfrastructureError(AgenticError):
     A dirty workspace, a missing agent binary, git failing. The runner gives such a
     task back (release: pending again, no retry counted) instead of failing it, so it
     can run on a healthy agent.
+
+    ``before_work``: raised before the task's work began (the binary is missing, the
+    tree is dirty): the job is then not counted against the agent's quota, as for a
+    task given back unrun. Left false (the default) when the work may have run (a
+    commit or push that failed after it): the job counts.
     """
+
+    def __init__(self, *args: object, before_work: bool = False) -> None:
+        super().__init__(*args)
+        self.before_work = before_work
 
 
 class TaskCancelled(AgenticError):

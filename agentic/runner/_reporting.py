@@ -27,6 +27,8 @@ log = logging.getLogger("agentic.runner")
 #: settlements kept for another try, at most; past it a failed settle is dropped (logged)
 _MAX_UNSETTLED = 10_000
 T = TypeVar("T")
+#: a settle's (tokens in, tokens out, event, model); event None: unreserve
+_Settle = tuple[int, int, QuotaEvent | None, str | None]
 
 
 class Reporter:
@@ -52,7 +54,8 @@ class Reporter:
         self._sleep = sleep
         self._error = on_error
         #: settlements that failed every retry: job id -> the settle call's arguments
-        self._unsettled: dict[str, tuple[int, int, QuotaEvent, str | None]] = {}
+        #: (event None: give the reservation back whole, the job never started)
+        self._unsettled: dict[str, _Settle] = {}
         self._unsettled_lock = threading.Lock()
         self._settling = threading.Lock()  # one settle_pending run at a time
 
@@ -66,15 +69,14 @@ class Reporter:
         if self.allowance is None or not job_id:
             return
         tokens_in, tokens_out = attempt.ctx.tokens
-        if outcome.infrastructure and not tokens_in + tokens_out:
-            # The agent could not run it (a missing command, a dirty workspace): like
-            # a task given back unrun, the job is not counted. Else a broken agent
-            # would use up its daily jobs on nothing, one give-back at a time.
-            self._unreserve(job_id)
-            return
         model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
-        event = outcome.report.quota_event
-        if event is QuotaEvent.JOB_CANCELLED and tokens_in + tokens_out:
+        event: QuotaEvent | None = outcome.report.quota_event
+        if outcome.before_work and not tokens_in + tokens_out:
+            # The agent could not start it (a missing command, a dirty workspace):
+            # like a task given back unrun, the job is not counted. Else a broken
+            # agent would use up its daily jobs on nothing, one give-back at a time.
+            event = None
+        elif event is QuotaEvent.JOB_CANCELLED and tokens_in + tokens_out:
             # Given back after spending (shutdown, or an agent error once the work was
             # done): those tokens were spent all the same, charged as for a failure.
             event = QuotaEvent.JOB_FAILED
@@ -95,13 +97,19 @@ class Reporter:
         except AgenticError as exc:  # refused for good (bad amounts, ...): no retry helps
             self._error(f"job {job_id} not settled; its reservation will expire", exc)
 
-    def _settle_once(self, job_id: str, args: tuple[int, int, QuotaEvent, str | None]) -> None:
+    def _settle_once(self, job_id: str, args: _Settle) -> None:
         if self.allowance is None:
             return
         tokens_in, tokens_out, event, model = args
-        done = self.allowance.settle(
-            job_id, tokens_in, tokens_out, event, agent_id=self.agent_id, model=model
-        )
+        if event is None:
+            try:
+                done = self.allowance.unreserve(job_id)
+            except NotFoundError:
+                return  # gone already (expired): nothing is held
+        else:
+            done = self.allowance.settle(
+                job_id, tokens_in, tokens_out, event, agent_id=self.agent_id, model=model
+            )
         if done is None:  # failing open: the service logged it; it is not settled
             raise StoreUnavailableError(f"quota store unavailable settling job {job_id}")
 

@@ -163,7 +163,7 @@ class SubprocessHandler:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise InfrastructureError(f"cannot start {argv[0]!r}: {exc}") from exc
+            raise InfrastructureError(f"cannot start {argv[0]!r}: {exc}", before_work=True) from exc
         stdout, stderr = _Tail(self.output_limit), _Tail(_STDERR_TAIL)
         threads = [
             _thread(_read, process.stdout, ctx, stdout, ""),
@@ -242,7 +242,9 @@ def _require_executable(
     else:
         ok = shutil.which(command, path=env.get("PATH", os.defpath)) is not None
     if not ok:
-        raise InfrastructureError(f"cannot start {command!r}: not found or not executable")
+        raise InfrastructureError(
+            f"cannot start {command!r}: not found or not executable", before_work=True
+        )
 
 
 def _signal_group(pgid: int, sig: int) -> bool:

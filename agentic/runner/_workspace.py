@@ -79,6 +79,24 @@ class GitWorkspace:
             return self._run(task, ctx)
 
     def _run(self, task: Task, ctx: TaskContext) -> TaskResult:
+        try:
+            base, branch = self._prepare(task, ctx)
+        except WorkspaceError as exc:
+            exc.before_work = True  # nothing ran: the job is not counted
+            raise
+        workdir, ctx.workdir = ctx.workdir, self.repo
+        try:
+            result = call_handler(self.handler, task, ctx)
+        except BaseException:
+            self._discard(branch, base, ctx)
+            raise
+        finally:
+            ctx.workdir = workdir
+        return self._deliver(task, ctx, result, branch, base)
+
+    def _prepare(self, task: Task, ctx: TaskContext) -> tuple[str, str]:
+        """Check the tree is clean and put the task's branch out from the base: the
+        base and the branch."""
         dirty = self._git("status", "--porcelain").stdout.strip()
         if dirty:
             listed = ", ".join(line[3:] for line in dirty.splitlines()[:5])
@@ -95,14 +113,12 @@ class GitWorkspace:
             ctx.log(f"[git] resetting {branch} (was {previous.stdout.strip()}) to {base}")
         self._git("checkout", "-q", "-B", branch, base)
         ctx.log(f"[git] working on {branch} from {base}")
-        workdir, ctx.workdir = ctx.workdir, self.repo
-        try:
-            result = call_handler(self.handler, task, ctx)
-        except BaseException:
-            self._discard(branch, base, ctx)
-            raise
-        finally:
-            ctx.workdir = workdir
+        return base, branch
+
+    def _deliver(
+        self, task: Task, ctx: TaskContext, result: TaskResult, branch: str, base: str
+    ) -> TaskResult:
+        """Commit (and push) a success on its branch; discard a failure's branch."""
         if not result.success:
             self._discard(branch, base, ctx)
             return result

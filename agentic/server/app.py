@@ -35,7 +35,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from .. import __version__
 from .._client_wire import FEATURES
-from ..errors import APIError, ConfigError, NotFoundError, StoreError
+from ..errors import APIError, ConfigError, NotFoundError, StoreError, StoreUnavailableError
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
@@ -250,7 +250,12 @@ def create_app(
                 " memory://): read it from its store with agentic events --store URL",
                 404,
             )
-        page, last = await to_thread.run_sync(_event_page, events, after, limit)
+        try:
+            page, last = await to_thread.run_sync(_event_page, events, after, limit)
+        except StoreUnavailableError as exc:
+            raise APIError("the event log is unavailable", 503, str(exc)) from exc
+        except StoreError as exc:  # an unreadable entry: its message says how to pass it
+            raise APIError(f"the event log could not be read: {exc}", 500) from exc
         body = EventPageBody(
             events=[LoggedEventBody(offset=e.offset, event=e.event) for e in page],
             last_offset=last,
