@@ -37,6 +37,7 @@ from .models import (
     UsageRecord,
     UsageReport,
 )
+from .quota import usage_recorded
 from .stores.base import AllowanceStore
 
 __all__ = ["AllowanceService"]
@@ -121,19 +122,8 @@ class AllowanceService:
                 tokens_in + tokens_out,
             )
         if not settlement.duplicate:
-            self._emit(
-                EventType.USAGE_RECORDED,
-                settlement.agent_id,
-                job_id,
-                {
-                    "model": settlement.model,
-                    "outcome": settlement.outcome.value,
-                    "tokens_in": tokens_in,
-                    "tokens_out": tokens_out,
-                    "tokens_charged": settlement.tokens_charged,
-                    "cost_charged": settlement.cost_charged,
-                },
-            )
+            # The id the quota store records it under, when it does: the log keeps one.
+            self._send(usage_recorded(settlement, tokens_in, tokens_out))
             self._crossing(
                 settlement.agent_id,
                 job_id,
@@ -217,9 +207,11 @@ class AllowanceService:
     def _emit(
         self, kind: EventType, agent_id: str, job_id: str, payload: dict[str, object]
     ) -> None:
+        self._send(Event(type=kind, agent_id=agent_id, payload={"job_id": job_id, **payload}))
+
+    def _send(self, event: Event) -> None:
         if self.emitter is None:
             return
-        event = Event(type=kind, agent_id=agent_id, payload={"job_id": job_id, **payload})
         try:
             self.emitter.emit(event)
         except Exception:
@@ -227,4 +219,4 @@ class AllowanceService:
             # failed to the caller (that would leak the reservation).
             with self._lock:
                 self.emit_failures += 1
-            log.exception("event emitter failed on %s", kind.value)
+            log.exception("event emitter failed on %s", event.type.value)

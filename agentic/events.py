@@ -62,6 +62,7 @@ __all__ = [
     "LoggingEmitter",
     "QueueEmitter",
     "transition_id",
+    "usage_id",
 ]
 
 CLOUDEVENT_TYPE_PREFIX = "io.agentic."
@@ -175,6 +176,13 @@ def transition_id(task_id: str, kind: EventType, job_id: str = "") -> str:
     if job_id:
         return f"{task_id}:{job_id}:{kind.value}"
     return uuid.uuid4().hex
+
+
+def usage_id(job_id: str) -> str:
+    """The id of the ``usage_recorded`` event of job ``job_id``: one settle per job, so
+    one event, whoever reports it (the quota store recording it, the service
+    emitting it) and however often the settle is repeated."""
+    return f"{job_id}:{EventType.USAGE_RECORDED.value}"
 
 
 class EventEmitter(ABC):

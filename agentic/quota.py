@@ -30,13 +30,15 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
-from .models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent
+from .events import Event, EventType, usage_id
+from .models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent, Settlement
 
 __all__ = [
     "DAY",
     "DEFAULT_RESERVATION_TTL",
     "HOUR",
     "SETTLED_RETENTION",
+    "STORE_SOURCE",
     "AgentCounters",
     "Decision",
     "ModelCounters",
@@ -48,6 +50,7 @@ __all__ = [
     "period_bounds",
     "reservation_ttl",
     "share_of_cost",
+    "usage_recorded",
     "utc_offset",
 ]
 
@@ -226,4 +229,41 @@ def decide(
                 return deny(f"cost ceiling of model {model!r}", until_reset)
     return Decision(
         True, agent_status(allowance, agent), "", remaining_tokens, remaining_jobs, None, cost
+    )
+
+
+#: ``source`` of the usage events a quota store records
+STORE_SOURCE = "agentic.quota"
+
+
+def usage_recorded(
+    settlement: Settlement,
+    tokens_in: int,
+    tokens_out: int,
+    time: datetime | None = None,
+    source: str = "agentic",
+) -> Event:
+    """The ``usage_recorded`` event of a settle: what was used and what was charged.
+
+    The quota store records it with the settle (``source`` :data:`STORE_SOURCE`),
+    the service emits it after; both under :func:`~agentic.events.usage_id`, so the
+    event log keeps one. ``redis/lua/quota_settle.lua`` writes the same JSON.
+    """
+    payload: dict[str, object] = {
+        "job_id": settlement.job_id,
+        "model": settlement.model,
+        "outcome": settlement.outcome.value,
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "tokens_charged": settlement.tokens_charged,
+        "cost_charged": settlement.cost_charged,
+    }
+    extra = {"time": time} if time is not None else {}
+    return Event(
+        id=usage_id(settlement.job_id),
+        type=EventType.USAGE_RECORDED,
+        source=source,
+        agent_id=settlement.agent_id,
+        payload=payload,
+        **extra,
     )

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from agentic._cli._common import records_events
 from agentic._cli._logging import KeyValueFormatter
-from agentic._cli.serve import records_lifecycles
 from agentic.cli import app
 from agentic.config import Config
 from agentic.dispatcher import Dispatcher, DispatchReport
@@ -631,17 +631,25 @@ def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         ({"store_url": "memory://"}, False),  # no other process could read it
     ],
 )
-def test_serve_records_lifecycles_only_into_the_log_readers_use(
+def test_stores_record_events_only_into_the_log_readers_use(
     settings: dict[str, Any], records: bool
 ) -> None:
-    """serve records task lifecycles only when the task store holds the shared log."""
-    assert records_lifecycles(Config.model_validate(settings)) is records
+    """serve (task lifecycles) and agent run (usage) record only when their store
+    holds the shared log."""
+    assert records_events(Config.model_validate(settings), "task") is records
+    as_allowance = {
+        ("allowance_url" if key == "task_store_url" else key): value
+        for key, value in settings.items()
+    }
+    assert records_events(Config.model_validate(as_allowance), "allowance") is records
 
 
-def test_a_memory_task_store_refuses_to_record_events() -> None:
+def test_a_memory_store_refuses_to_record_events() -> None:
     """memory:// with record_events is refused: its log would be private and untrimmed."""
     with pytest.raises(ConfigError, match="memory:// cannot record task events"):
         open_task_store("memory://", record_events=True)
+    with pytest.raises(ConfigError, match="memory:// cannot record usage events"):
+        open_allowance_store("memory://", record_events=True)
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar, overload
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
 from urllib.parse import unquote
 
 import typer
@@ -124,6 +124,19 @@ def config(path: Path | None, options: dict[str, str] | None = None, **overrides
 def store_config(path: Path | None, store: str | None) -> Config:
     """The configuration, with ``--store`` (when given) as the URL of every store."""
     return config(path, {"store_url": "--store"}, store_url=store)
+
+
+def records_events(cfg: Config, purpose: Literal["task", "allowance"]) -> bool:
+    """Whether the ``purpose`` store records its events (a task's lifecycle, a
+    settle's usage) in the event log, in the same atomic step as the change.
+
+    Only when that log is the one readers look at (``event_log_url``, else
+    ``store_url``) and lives in that store's own storage. A ``memory://`` store would
+    record into a log no other process can read, which nothing ever trims.
+    """
+    url = cfg.store_url_for(purpose)
+    shared = parse_store_url(url).scheme != "memory"
+    return cfg.events.log and shared and cfg.store_url_for("events") == url
 
 
 def client(cfg: Config, agent_id: str | None = None) -> TaskClient:

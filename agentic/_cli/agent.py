@@ -18,6 +18,7 @@ from ._common import (
     client,
     event_emitter,
     handled,
+    records_events,
     stdout,
     store_config,
 )
@@ -80,7 +81,11 @@ def run(
     info = AgentInfo(id=agent_id, name=name, capabilities=capability, max_load=max_load)
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
-        quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
+        # Each settle's usage goes to the event log with the charge (no crash loses it).
+        recording = records_events(cfg, "allowance")
+        quota = stack.enter_context(
+            open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)
+        )
         api = stack.enter_context(client(cfg, agent_id))
         # The runner logs each task itself: events go to the event log and configured sinks.
         emitter = event_emitter(cfg)

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..config import Config
 from ..errors import ConfigError
 from ..stores import open_event_log, open_task_store
 from ..stores._url import parse_store_url
@@ -19,6 +18,7 @@ from ._common import (
     config,
     fail,
     handled,
+    records_events,
     redacted,
     retry_policy,
     stdout,
@@ -119,7 +119,7 @@ def serve(
     # and it should be reported before logging is set up and the store is opened.
     sock = _bind(cfg.server.host, cfg.server.port)
     url = cfg.store_url_for("task")
-    record = records_lifecycles(cfg)
+    record = records_events(cfg, "task")
     events_url = cfg.store_url_for("events")
     serves_log = cfg.events.log and parse_store_url(events_url).scheme != "memory"
     with (
@@ -150,19 +150,6 @@ def serve(
             out.print("event log served to admin tokens at /api/events", highlight=False)
         out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
         _run(server, sock)
-
-
-def records_lifecycles(cfg: Config) -> bool:
-    """Whether the task store records each task's lifecycle in the event log.
-
-    Each change then goes to the log with the change itself (no crash can lose it),
-    but only when that log is the one readers look at (``event_log_url``, else
-    ``store_url``) and lives in the task store's own storage. A ``memory://`` store
-    would record into a log no other process can read, which nothing ever trims.
-    """
-    url = cfg.store_url_for("task")
-    shared = parse_store_url(url).scheme != "memory"
-    return cfg.events.log and shared and cfg.store_url_for("events") == url
 
 
 def _run(server: uvicorn.Server, sock: socket.socket) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
 from ..errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
+from ..events import Event
 from ..models import (
     AgentAllowance,
     AllowanceStatus,
@@ -37,6 +38,7 @@ from ..quota import (
     DEFAULT_RESERVATION_TTL,
     HOUR,
     SETTLED_RETENTION,
+    STORE_SOURCE,
     AgentCounters,
     Decision,
     ModelCounters,
@@ -47,6 +49,7 @@ from ..quota import (
     period_bounds,
     reservation_ttl,
     share_of_cost,
+    usage_recorded,
     utc_offset,
 )
 from .base import (
@@ -157,6 +160,11 @@ class QuotaTx(abc.ABC):
     @abc.abstractmethod
     def prune_settled(self, before: float) -> None:
         """Forget settlements older than ``before``."""
+
+    @abc.abstractmethod
+    def record(self, event: Event) -> None:
+        """Append ``event`` to the store's event log in this transaction, when the
+        store records events (its outbox); else nothing."""
 
 
 def _dt(seconds: float) -> datetime:
@@ -530,6 +538,9 @@ class EngineAllowanceStore(AllowanceStore):
             if ending == "settle":
                 tx.put_settled(settlement, ctx.now)
                 tx.prune_settled(ctx.now - SETTLED_RETENTION)
+                # With the settle itself: no crash between the two can lose it.
+                at = datetime.fromtimestamp(ctx.now, UTC)
+                tx.record(usage_recorded(settlement, tokens_in, tokens_out, at, STORE_SOURCE))
             # Unreserve and expire leave no settlement: should the job run after all (a
             # claim thought lost that was made, an attempt thought dead), its own settle
             # still charges what it used.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._url import StoreURL
 from .allowance import MemoryAllowanceStore
-from .eventlog import MemoryEventLog
+from .eventlog import MemoryEventLog, private_log_refused
 from .registry import MemoryRegistry
 
 __all__ = [
@@ -23,9 +23,12 @@ def registry_from_url(url: StoreURL) -> MemoryRegistry:
     return MemoryRegistry()
 
 
-def allowance_store_from_url(url: StoreURL) -> MemoryAllowanceStore:
-    """``memory://``: a new, empty allowance store."""
+def allowance_store_from_url(url: StoreURL, record_events: bool = False) -> MemoryAllowanceStore:
+    """``memory://``: a new, empty allowance store. It cannot record events (see
+    :func:`~agentic.stores.memory.tasks.task_store_from_url`)."""
     url.take({})
+    if record_events:
+        raise private_log_refused("usage events", "MemoryAllowanceStore")
     return MemoryAllowanceStore(tz=url.tz(), reservation_ttl=url.reservation_ttl())
 
 

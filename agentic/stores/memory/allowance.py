@@ -12,9 +12,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, tzinfo
 
+from ...events import Event
 from ...models import AgentAllowance, ModelQuota, Settlement
 from ...quota import DEFAULT_RESERVATION_TTL
 from .._engine import AgentRow, EngineAllowanceStore, Held, ModelRow, QuotaTx
+from ..base import EventLog
 
 __all__ = ["MemoryAllowanceStore"]
 
@@ -22,7 +24,8 @@ __all__ = ["MemoryAllowanceStore"]
 class _MemoryTx(QuotaTx):
     """Rows in plain dicts; every call happens with the store's lock held."""
 
-    def __init__(self) -> None:
+    def __init__(self, events: EventLog | None) -> None:
+        self.events = events
         self.allowances: dict[str, AgentAllowance] = {}
         self.quotas: dict[str, ModelQuota] = {}
         self.agents: dict[str, AgentRow] = {}
@@ -116,6 +119,10 @@ class _MemoryTx(QuotaTx):
                 break
             self.settled.popitem(last=False)
 
+    def record(self, event: Event) -> None:
+        if self.events is not None:
+            self.events.append([event])
+
 
 class MemoryAllowanceStore(EngineAllowanceStore):
     """AllowanceStore for tests and single-process use; one lock makes each call atomic."""
@@ -125,10 +132,12 @@ class MemoryAllowanceStore(EngineAllowanceStore):
         clock: Callable[[], float] = time.time,
         tz: tzinfo = UTC,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
+        events: EventLog | None = None,
     ) -> None:
         super().__init__(clock=clock, tz=tz, reservation_ttl=reservation_ttl)
         self._lock = threading.Lock()
-        self._tx = _MemoryTx()
+        # The log each settle's usage is recorded in, under this store's lock.
+        self._tx = _MemoryTx(events)
 
     @contextmanager
     def _transaction(self) -> Iterator[QuotaTx]:

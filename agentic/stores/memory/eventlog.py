@@ -6,6 +6,7 @@ import bisect
 import builtins
 import threading
 
+from ...errors import ConfigError
 from ...events import Event
 from ..base import (
     EventLog,
@@ -85,3 +86,12 @@ class MemoryEventLog(EventLog):
                 del self._ids[entry.event.id]
             del self._entries[:drop], self._offsets[:drop]
             return drop
+
+
+def private_log_refused(what: str, store: str) -> ConfigError:
+    """The error for a ``memory://`` store asked to record events: its log would be
+    private to this process, unreadable through any URL and never trimmed."""
+    return ConfigError(
+        f"memory:// cannot record {what}: no other process could read its log;"
+        f" use a sqlite:// or redis:// store, or {store}(events=...)"
+    )

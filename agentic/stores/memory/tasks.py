@@ -14,11 +14,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from ...errors import ConfigError, ConflictError, NotFoundError
+from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
 from ..base import EventLog, LogPage, TaskStore, require_count, require_id
+from .eventlog import private_log_refused
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
 
@@ -277,8 +278,5 @@ def task_store_from_url(url: StoreURL, record_events: bool = False) -> MemoryTas
     """
     url.take({})
     if record_events:
-        raise ConfigError(
-            "memory:// cannot record task events: no other process could read its log;"
-            " use a sqlite:// or redis:// store, or MemoryTaskStore(events=...)"
-        )
+        raise private_log_refused("task events", "MemoryTaskStore")
     return MemoryTaskStore()

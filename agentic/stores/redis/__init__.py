@@ -34,12 +34,17 @@ def registry_from_url(url: StoreURL) -> RedisRegistry:
     return RedisRegistry(conn.client, prefix=conn.prefix, close_client=True)
 
 
-def allowance_store_from_url(url: StoreURL) -> RedisAllowanceStore:
+def allowance_store_from_url(url: StoreURL, record_events: bool = False) -> RedisAllowanceStore:
     """``redis://``: an allowance store on the server of ``url`` (pinged at open)."""
     tz, ttl = url.tz(), url.reservation_ttl()  # bad options fail before connecting
     conn = connect(url)
     return RedisAllowanceStore(
-        conn.client, prefix=conn.prefix, tz=tz, reservation_ttl=ttl, close_client=True
+        conn.client,
+        prefix=conn.prefix,
+        tz=tz,
+        reservation_ttl=ttl,
+        close_client=True,
+        record_events=record_events,
     )
 
 

@@ -55,7 +55,7 @@ from ..base import (
     require_count,
     require_id,
 )
-from ..keys import QuotaKeys
+from ..keys import EventLogKeys, QuotaKeys
 from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
 
 __all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
@@ -66,7 +66,7 @@ MAX_AMOUNT = 2**50
 
 _PRELUDE = ("common.lua", "quota_lib.lua")
 _RESERVE = Script(*_PRELUDE, "quota_reserve.lua")
-_SETTLE = Script(*_PRELUDE, "quota_settle.lua")
+_SETTLE = Script(*_PRELUDE, "log_lib.lua", "quota_settle.lua")
 _DATA = Script(*_PRELUDE, "quota_data.lua")
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -112,13 +112,17 @@ class RedisAllowanceStore(AllowanceStore):
         tz: tzinfo = UTC,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
         close_client: bool = False,
+        record_events: bool = False,
     ) -> None:
         if reservation_ttl <= 0:
             raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
         self._client = client
         self._keys = QuotaKeys.under(require_id("prefix", prefix))
-        # Every script call passes the key heads: built once, not per call.
-        self._heads = self._keys.heads()
+        # Every script call passes the key heads: built once, not per call. The event
+        # log's keys follow ('' for none): a settle records its usage in the log.
+        log = EventLogKeys.under(prefix)
+        logged = (log.seq, log.stream, log.ids) if record_events else ("", "", "")
+        self._heads = (*self._keys.heads(), *logged)
         self._clock = clock
         self._tz = tz
         # A fixed-offset zone (UTC, the default) has one offset at every instant:

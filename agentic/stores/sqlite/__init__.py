@@ -47,11 +47,15 @@ def registry_from_url(url: StoreURL) -> SQLiteRegistry:
     return SQLiteRegistry(path, timeout=timeout)
 
 
-def allowance_store_from_url(url: StoreURL) -> SQLiteAllowanceStore:
+def allowance_store_from_url(url: StoreURL, record_events: bool = False) -> SQLiteAllowanceStore:
     """``sqlite://...``: an allowance store on that file."""
     path, timeout = _path_and_timeout(url)
     return SQLiteAllowanceStore(
-        path, tz=url.tz(), reservation_ttl=url.reservation_ttl(), timeout=timeout
+        path,
+        tz=url.tz(),
+        reservation_ttl=url.reservation_ttl(),
+        timeout=timeout,
+        record_events=record_events,
     )
 
 

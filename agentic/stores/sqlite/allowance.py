@@ -20,10 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, tzinfo
 
+from ...events import Event
 from ...models import AgentAllowance, ModelQuota, Settlement
 from ...quota import DEFAULT_RESERVATION_TTL
 from .._engine import AgentRow, EngineAllowanceStore, Held, ModelRow, QuotaTx
+from ..base import event_json
 from ._db import DEFAULT_TIMEOUT, Database, Migration
+from .eventlog import MIGRATIONS as EVENT_MIGRATIONS
+from .eventlog import append_rows
 
 __all__ = ["SQLiteAllowanceStore"]
 
@@ -97,7 +101,8 @@ def _held(row: sqlite3.Row) -> Held:
 class _SQLiteTx(QuotaTx):
     """Row primitives on a connection inside an open BEGIN IMMEDIATE transaction."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, record_events: bool) -> None:
+        self._record_events = record_events
         self._conn = conn
 
     def _one(self, sql: str, *params: object) -> sqlite3.Row | None:
@@ -265,6 +270,10 @@ class _SQLiteTx(QuotaTx):
     def prune_settled(self, before: float) -> None:
         self._conn.execute("DELETE FROM settled WHERE at < ?", (before,))
 
+    def record(self, event: Event) -> None:
+        if self._record_events:
+            append_rows(self._conn, [(event.id, event_json(event))])
+
 
 class SQLiteAllowanceStore(EngineAllowanceStore):
     """AllowanceStore over one SQLite file; each call is one BEGIN IMMEDIATE transaction."""
@@ -276,9 +285,15 @@ class SQLiteAllowanceStore(EngineAllowanceStore):
         tz: tzinfo = UTC,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
         timeout: float = DEFAULT_TIMEOUT,
+        record_events: bool = False,
     ) -> None:
         super().__init__(clock=clock, tz=tz, reservation_ttl=reservation_ttl)
         self._db = Database.open(path, timeout, "allowance", MIGRATIONS)
+        # Each settle's usage goes to this file's event log, in the settle's
+        # transaction (the log's tables made here when the log was never opened).
+        self._record_events = record_events
+        if record_events:
+            self._db.migrate("events", EVENT_MIGRATIONS)
 
     def close(self) -> None:
         self._db.close()
@@ -286,4 +301,4 @@ class SQLiteAllowanceStore(EngineAllowanceStore):
     @contextmanager
     def _transaction(self) -> Iterator[QuotaTx]:
         with self._db.transaction("allowance store") as conn:
-            yield _SQLiteTx(conn)
+            yield _SQLiteTx(conn, self._record_events)

@@ -7,15 +7,18 @@
 --   [1]      now, or '' for the server's TIME
 --   [2]      UTC offset of the quota timezone at now, in seconds
 --   [3..13]  key heads and keys of agentic.stores.keys.QuotaKeys, in field order
---   [14..]   the script's own arguments: arg(1), arg(2), ...
+--   [14..16] the event log's seq, stream and ids keys ('' when the store records
+--            no events: a settle records usage_recorded in the log with itself)
+--   [17..]   the script's own arguments: arg(1), arg(2), ...
 
 local K = {
   allowance = ARGV[3], allowances = ARGV[4], limits = ARGV[5], agent = ARGV[6],
   agents = ARGV[7], model = ARGV[8], requests = ARGV[9], held = ARGV[10],
   expiry = ARGV[11], settled = ARGV[12], settled_at = ARGV[13],
 }
+local LOG = {seq = ARGV[14], stream = ARGV[15], ids = ARGV[16]}
 local function arg(i)
-  return ARGV[13 + i]
+  return ARGV[16 + i]
 end
 
 local DAY, HOUR = 86400, 3600

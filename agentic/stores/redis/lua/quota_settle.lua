@@ -1,4 +1,4 @@
--- quota_settle.lua (after common.lua, quota_lib.lua): _engine.settle.
+-- quota_settle.lua (after common.lua, quota_lib.lua, log_lib.lua): _engine.settle.
 -- arg: job id, tokens_in, tokens_out, outcome, agent id ('' = unknown), model,
 -- retention of settled job ids in seconds, ending (base.Ending): 'settle' charges
 -- and records; 'unreserve' (the job never ran) also takes back its job and its
@@ -62,6 +62,20 @@ local function share_of_cost(full_cost, charged, total)
     return 0
   end
   return muldiv(full_cost, charged, total)
+end
+
+-- quota.usage_recorded as the Event JSON the Python stores write. Numbers with %d:
+-- cjson prints 14 significant digits, exponent notation past them.
+local function usage_event(job, owner, used_model, outcome, tokens_in, tokens_out, charged,
+    cost)
+  local id = job .. ':usage_recorded'
+  local payload = format('{"job_id":%s,"model":%s,"outcome":%s,"tokens_in":%d,'
+    .. '"tokens_out":%d,"tokens_charged":%d,"cost_charged":%d}', cjson.encode(job),
+    cjson.encode(used_model), cjson.encode(outcome), tokens_in, tokens_out, charged, cost)
+  return {id, format('{"id":%s,"type":"usage_recorded","time":%s,'
+    .. '"source":"agentic.quota","task_id":"","agent_id":%s,"payload":%s,'
+    .. '"correlation_id":"","causation_id":""}', cjson.encode(id),
+    cjson.encode(iso_time(NOW)), cjson.encode(owner), payload)}
 end
 
 sweep()
@@ -149,5 +163,9 @@ for _, old in ipairs(expired) do
 end
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
+end
+if LOG.seq ~= '' then  -- with the settle itself: no crash between the two can lose it
+  log_append(LOG.seq, LOG.stream, LOG.ids, {usage_event(job, owner, used_model, outcome,
+    tokens_in, tokens_out, charged, cost)})
 end
 return {'settled', unpack(settled)}

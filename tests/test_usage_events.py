@@ -1,0 +1,91 @@
+"""The quota store's outbox, on every backend: a settle records its usage_recorded
+event in the event log in the same atomic step as the charge, under the id the
+service emits it with."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from agentic.allowance import AllowanceService
+from agentic.eventlog import EventLogEmitter
+from agentic.events import EventType, usage_id
+from agentic.models import AgentAllowance, ModelQuota, QuotaEvent
+from agentic.stores.base import AllowanceStore, EventLog
+from tests.conftest import Backend
+
+
+@pytest.fixture
+def pair(backend: Backend) -> tuple[AllowanceStore, EventLog]:
+    """An allowance store that records usage, and the event log of the same storage."""
+    log = backend.event_log()
+    if backend.name == "memory":
+        store = backend.allowance(events=log)
+    else:
+        store = backend.allowance(record_events=True)
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    store.set_model_quota(ModelQuota(model="m", input_price=3.0, output_price=15.0))
+    return store, log
+
+
+def test_a_settle_records_its_usage(
+    pair: tuple[AllowanceStore, EventLog], backend: Backend
+) -> None:
+    """settle -> usage_recorded with what was used and charged, stamped with the
+    settle's time, under usage_id(job), source agentic.quota."""
+    store, log = pair
+    backend.clock.set(datetime(2026, 3, 4, 5, 6, 7, 250_000, tzinfo=UTC))
+    store.reserve("a1", "m", 500, "j1")
+    store.settle("j1", 300, 100, QuotaEvent.JOB_FAILED)
+    [logged] = log.read()
+    event = logged.event
+    assert (event.id, event.type, event.source) == (
+        usage_id("j1"),
+        EventType.USAGE_RECORDED,
+        "agentic.quota",
+    )
+    assert event.agent_id == "a1"
+    assert event.time == datetime(2026, 3, 4, 5, 6, 7, 250_000, tzinfo=UTC)
+    assert event.payload == {
+        "job_id": "j1",
+        "model": "m",
+        "outcome": "job_failed",
+        "tokens_in": 300,
+        "tokens_out": 100,
+        "tokens_charged": 200,
+        "cost_charged": 1200,  # half of 300 x 3 + 100 x 15, as half the tokens
+    }
+
+
+def test_only_a_first_settle_records(pair: tuple[AllowanceStore, EventLog]) -> None:
+    """A repeated settle, an unreserve and an expiry record nothing."""
+    store, log = pair
+    for job in ("j1", "j2", "j3"):
+        store.reserve("a1", "", 10, job)
+    store.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED)
+    store.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED)
+    store.unreserve("j2")
+    store.expire("j3")
+    assert [e.event.id for e in log.read()] == [usage_id("j1")]
+
+
+def test_large_amounts_are_recorded_exactly(pair: tuple[AllowanceStore, EventLog]) -> None:
+    """Token counts up to 2**50 are recorded as exact integers (Lua prints them whole)."""
+    store, log = pair
+    store.reserve("a1", "", 0, "big")
+    store.settle("big", 2**50, 2**50 - 1, QuotaEvent.JOB_COMPLETED)
+    payload = log.read()[0].event.payload
+    assert (payload["tokens_in"], payload["tokens_out"]) == (2**50, 2**50 - 1)
+    assert payload["tokens_charged"] == 2**51 - 1
+
+
+def test_the_services_own_report_adds_nothing(pair: tuple[AllowanceStore, EventLog]) -> None:
+    """The service emits usage_recorded under the same id: the log keeps the store's."""
+    store, log = pair
+    with EventLogEmitter(log) as emitter:
+        service = AllowanceService(store, emitter)
+        service.reserve("a1", "m", 10, "j1")
+        service.settle("j1", 4, 6, QuotaEvent.JOB_COMPLETED)
+    events = [e.event for e in log.read() if e.event.type == EventType.USAGE_RECORDED]
+    assert [(e.id, e.source) for e in events] == [(usage_id("j1"), "agentic.quota")]
