@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from agentic.events import EventType
 from agentic.models import TaskStatus
-from agentic.stores import open_task_store
+from agentic.stores import open_event_log, open_task_store
 from agentic.testing import running_server
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -26,7 +27,8 @@ def example() -> str:
 
 
 def test_readme_example_runs_a_task_to_completion(tmp_path: Path) -> None:
-    """The example registers an agent, dispatches one task and follows it to completed."""
+    """The example registers an agent, dispatches one task and follows it to completed;
+    its usage is in the event log, recorded with the charge."""
     url = f"sqlite:///{tmp_path / 'fleet.db'}"
     script = tmp_path / "example.py"
     script.write_text(example(), encoding="utf-8")
@@ -52,3 +54,6 @@ def test_readme_example_runs_a_task_to_completion(tmp_path: Path) -> None:
     [task] = tasks.list()
     assert (task.status, task.claimed_by) == (TaskStatus.COMPLETED, "coder-1")
     tasks.close()
+    with open_event_log(url) as log:
+        usage = [e.event for e in log.read() if e.event.type == EventType.USAGE_RECORDED]
+    assert [(e.source, e.payload["tokens_in"]) for e in usage] == [("agentic.quota", 1_200)]

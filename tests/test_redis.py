@@ -368,6 +368,13 @@ def test_unknown_url_option_is_config_error(redis_server: RedisServer) -> None:
         open_registry(f"{redis_server.url}?prefix=")
 
 
+def test_a_database_that_is_not_a_number_is_config_error(redis_server: RedisServer) -> None:
+    """redis://host:port/abc is refused (redis-py would read it as database 0)."""
+    base = redis_server.url.rsplit("/", 1)[0]
+    with pytest.raises(ConfigError, match=r"the database is a number.*got 'abc'"):
+        open_registry(f"{base}/abc")
+
+
 def test_unreachable_redis_fails_fast() -> None:
     """Nothing listening: StoreUnavailableError naming host:port, well within 5 s."""
     port = free_port()

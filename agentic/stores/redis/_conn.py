@@ -73,6 +73,12 @@ def connect(url: StoreURL) -> Connection:
     prefix = options.get("prefix", DEFAULT_PREFIX)
     if not prefix:
         raise ConfigError(f"store URL {url.redacted()!r}: prefix= must not be empty")
+    database = urlsplit(url.raw).path.strip("/")
+    if database and not database.isdigit():
+        raise ConfigError(
+            f"store URL {url.redacted()!r}: the database is a number"
+            f" (redis://host:6379/0), got {database!r}"
+        )
     plain = urlsplit(url.raw)._replace(query="", fragment="").geturl()
     try:
         # from_url gives the client its own pool, which client.close() disconnects.
