@@ -105,11 +105,19 @@ class AllowanceService:
         outcome: QuotaEvent,
         agent_id: str | None = None,
         model: str | None = None,
+        task_id: str = "",
     ) -> Settlement | None:
-        """Charge a finished job; ``None`` only when failing open with the store down."""
+        """Charge a finished job (of task ``task_id``, when known: its usage event names
+        it); ``None`` only when failing open with the store down."""
         try:
             settlement = self.store.settle(
-                job_id, tokens_in, tokens_out, outcome, agent_id=agent_id, model=model
+                job_id,
+                tokens_in,
+                tokens_out,
+                outcome,
+                agent_id=agent_id,
+                model=model,
+                task_id=task_id,
             )
         except StoreError as exc:
             self._store_failed("settle", exc)
@@ -123,7 +131,7 @@ class AllowanceService:
             )
         if not settlement.duplicate:
             # The id the quota store records it under, when it does: the log keeps one.
-            self._send(usage_recorded(settlement, tokens_in, tokens_out))
+            self._send(usage_recorded(settlement, tokens_in, tokens_out, task_id=task_id))
             self._crossing(
                 settlement.agent_id,
                 job_id,

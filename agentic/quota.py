@@ -242,6 +242,7 @@ def usage_recorded(
     tokens_out: int,
     time: datetime | None = None,
     source: str = "agentic",
+    task_id: str = "",
 ) -> Event:
     """The ``usage_recorded`` event of a settle: what was used and what was charged.
 
@@ -263,6 +264,7 @@ def usage_recorded(
         id=usage_id(settlement.job_id),
         type=EventType.USAGE_RECORDED,
         source=source,
+        task_id=task_id,
         agent_id=settlement.agent_id,
         payload=payload,
         **extra,

@@ -419,7 +419,8 @@ def test_fleet_runs_every_task_once_in_order_within_quota(shared_url: str, tmp_p
     charges = [e for e in logged if e.type == EventType.USAGE_RECORDED]
     assert len({e.id for e in charges}) == len(charges)
     assert {e.source for e in charges} == {"agentic.quota"}
-    assert {task.job_id for task in final.values()} <= {e.payload["job_id"] for e in charges}
+    charged = {e.payload["job_id"]: e.task_id for e in charges}
+    assert all(charged[task.job_id] == task.id for task in final.values())
 
 
 # --- 2. an agent killed with SIGKILL ---

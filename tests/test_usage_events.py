@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agentic.allowance import AllowanceService
+from agentic.errors import ConfigError
 from agentic.eventlog import EventLogEmitter
 from agentic.events import EventType, usage_id
 from agentic.models import AgentAllowance, ModelQuota, QuotaEvent
@@ -33,13 +34,14 @@ def test_a_settle_records_its_usage(
     pair: tuple[AllowanceStore, EventLog], backend: Backend
 ) -> None:
     """settle -> usage_recorded with what was used and charged, stamped with the
-    settle's time, under usage_id(job), source agentic.quota."""
+    settle's time, naming the task, under usage_id(job), source agentic.quota."""
     store, log = pair
     backend.clock.set(datetime(2026, 3, 4, 5, 6, 7, 250_000, tzinfo=UTC))
     store.reserve("a1", "m", 500, "j1")
-    store.settle("j1", 300, 100, QuotaEvent.JOB_FAILED)
+    store.settle("j1", 300, 100, QuotaEvent.JOB_FAILED, task_id="task-7")
     [logged] = log.read()
     event = logged.event
+    assert event.task_id == "task-7"
     assert (event.id, event.type, event.source) == (
         usage_id("j1"),
         EventType.USAGE_RECORDED,
@@ -70,6 +72,18 @@ def test_only_a_first_settle_records(pair: tuple[AllowanceStore, EventLog]) -> N
     assert [e.event.id for e in log.read()] == [usage_id("j1")]
 
 
+def test_a_settle_without_a_task_names_none(pair: tuple[AllowanceStore, EventLog]) -> None:
+    """go-agentic's usage reports carry no task: the event's task_id is empty; a bad
+    task id is refused before anything is charged."""
+    store, log = pair
+    store.reserve("a1", "", 10, "j1")
+    with pytest.raises(ConfigError):
+        store.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED, task_id=42)  # type: ignore[arg-type]
+    assert store.get_usage("a1").active_jobs == 1
+    store.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED)
+    assert [e.event.task_id for e in log.read()] == [""]
+
+
 def test_large_amounts_are_recorded_exactly(pair: tuple[AllowanceStore, EventLog]) -> None:
     """Token counts up to 2**50 are recorded as exact integers (Lua prints them whole)."""
     store, log = pair
@@ -86,6 +100,8 @@ def test_the_services_own_report_adds_nothing(pair: tuple[AllowanceStore, EventL
     with EventLogEmitter(log) as emitter:
         service = AllowanceService(store, emitter)
         service.reserve("a1", "m", 10, "j1")
-        service.settle("j1", 4, 6, QuotaEvent.JOB_COMPLETED)
+        service.settle("j1", 4, 6, QuotaEvent.JOB_COMPLETED, task_id="t1")
     events = [e.event for e in log.read() if e.event.type == EventType.USAGE_RECORDED]
-    assert [(e.id, e.source) for e in events] == [(usage_id("j1"), "agentic.quota")]
+    assert [(e.id, e.source, e.task_id) for e in events] == [
+        (usage_id("j1"), "agentic.quota", "t1")
+    ]

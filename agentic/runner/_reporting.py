@@ -27,8 +27,8 @@ log = logging.getLogger("agentic.runner")
 #: settlements kept for another try, at most; past it a failed settle is dropped (logged)
 _MAX_UNSETTLED = 10_000
 T = TypeVar("T")
-#: a settle's (tokens in, tokens out, event, model); event None: unreserve
-_Settle = tuple[int, int, QuotaEvent | None, str | None]
+#: a settle's (tokens in, tokens out, event, model, task id); event None: unreserve
+_Settle = tuple[int, int, QuotaEvent | None, str | None, str]
 
 
 class Reporter:
@@ -80,7 +80,7 @@ class Reporter:
             # Given back after spending (shutdown, or an agent error once the work was
             # done): those tokens were spent all the same, charged as for a failure.
             event = QuotaEvent.JOB_FAILED
-        args = (tokens_in, tokens_out, event, model)
+        args = (tokens_in, tokens_out, event, model, attempt.task.id)
         try:
             self._retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
         except StoreError as exc:
@@ -100,7 +100,7 @@ class Reporter:
     def _settle_once(self, job_id: str, args: _Settle) -> None:
         if self.allowance is None:
             return
-        tokens_in, tokens_out, event, model = args
+        tokens_in, tokens_out, event, model, task_id = args
         if event is None:
             try:
                 done = self.allowance.unreserve(job_id)
@@ -108,7 +108,13 @@ class Reporter:
                 return  # gone already (expired): nothing is held
         else:
             done = self.allowance.settle(
-                job_id, tokens_in, tokens_out, event, agent_id=self.agent_id, model=model
+                job_id,
+                tokens_in,
+                tokens_out,
+                event,
+                agent_id=self.agent_id,
+                model=model,
+                task_id=task_id,
             )
         if done is None:  # failing open: the service logged it; it is not settled
             raise StoreUnavailableError(f"quota store unavailable settling job {job_id}")

@@ -459,11 +459,15 @@ class EngineAllowanceStore(AllowanceStore):
         outcome: QuotaEvent,
         agent_id: str | None = None,
         model: str | None = None,
+        task_id: str = "",
     ) -> Settlement:
         require_id("job id", job_id)
         require_count("tokens_in", tokens_in)
         require_count("tokens_out", tokens_out)
-        return self._end(job_id, tokens_in, tokens_out, final_outcome(outcome), agent_id, model)
+        if task_id:
+            require_id("task id", task_id)
+        outcome = final_outcome(outcome)
+        return self._end(job_id, tokens_in, tokens_out, outcome, agent_id, model, task_id=task_id)
 
     def unreserve(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
@@ -482,6 +486,7 @@ class EngineAllowanceStore(AllowanceStore):
         agent_id: str | None,
         model: str | None,
         ending: Ending = "settle",
+        task_id: str = "",
     ) -> Settlement:
         """settle, unreserve or expire (see :data:`~agentic.stores.base.Ending`)."""
         with self._open() as ctx:
@@ -540,7 +545,8 @@ class EngineAllowanceStore(AllowanceStore):
                 tx.prune_settled(ctx.now - SETTLED_RETENTION)
                 # With the settle itself: no crash between the two can lose it.
                 at = datetime.fromtimestamp(ctx.now, UTC)
-                tx.record(usage_recorded(settlement, tokens_in, tokens_out, at, STORE_SOURCE))
+                usage = usage_recorded(settlement, tokens_in, tokens_out, at, STORE_SOURCE, task_id)
+                tx.record(usage)
             # Unreserve and expire leave no settlement: should the job run after all (a
             # claim thought lost that was made, an attempt thought dead), its own settle
             # still charges what it used.

@@ -327,8 +327,13 @@ class AllowanceStore(Closeable):
         outcome: QuotaEvent,
         agent_id: str | None = None,
         model: str | None = None,
+        task_id: str = "",
     ) -> Settlement:
-        """Atomically end a job's reservation and charge what it used."""
+        """Atomically end a job's reservation and charge what it used.
+
+        ``task_id``: the task the job ran, named by the ``usage_recorded`` event a
+        store that records events records (else ``""``).
+        """
 
     @abc.abstractmethod
     def unreserve(self, job_id: str) -> Settlement:

@@ -314,12 +314,16 @@ class RedisAllowanceStore(AllowanceStore):
         outcome: QuotaEvent,
         agent_id: str | None = None,
         model: str | None = None,
+        task_id: str = "",
     ) -> Settlement:
         require_id("job id", job_id)
         _amount("tokens_in", tokens_in)
         _amount("tokens_out", tokens_out)
+        if task_id:
+            require_id("task id", task_id)
         outcome = final_outcome(outcome)
-        return self._end(job_id, tokens_in, tokens_out, outcome, agent_id or "", model or "")
+        owner, used = agent_id or "", model or ""
+        return self._end(job_id, tokens_in, tokens_out, outcome, owner, used, task_id=task_id)
 
     def unreserve(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
@@ -338,6 +342,7 @@ class RedisAllowanceStore(AllowanceStore):
         agent_id: str,
         model: str,
         ending: Ending = "settle",
+        task_id: str = "",
     ) -> Settlement:
         reply = self._run(
             _SETTLE,
@@ -349,6 +354,7 @@ class RedisAllowanceStore(AllowanceStore):
             model,
             repr(float(SETTLED_RETENTION)),
             ending,
+            task_id,
         )
         if reply[0] == "not found":
             raise no_reservation(job_id, ending)

@@ -1,6 +1,7 @@
 -- quota_settle.lua (after common.lua, quota_lib.lua, log_lib.lua): _engine.settle.
 -- arg: job id, tokens_in, tokens_out, outcome, agent id ('' = unknown), model,
--- retention of settled job ids in seconds, ending (base.Ending): 'settle' charges
+-- retention of settled job ids in seconds, ending (base.Ending), task id ('' = none,
+-- for the usage_recorded event a recording store records): 'settle' charges
 -- and records; 'unreserve' (the job never ran) also takes back its job and its
 -- request in the hour; 'expire' frees the hold as its expiry would. The last two
 -- record nothing, so a settle that comes later still charges.
@@ -66,22 +67,22 @@ end
 
 -- quota.usage_recorded as the Event JSON the Python stores write. Numbers with %d:
 -- cjson prints 14 significant digits, exponent notation past them.
-local function usage_event(job, owner, used_model, outcome, tokens_in, tokens_out, charged,
-    cost)
+local function usage_event(job, task, owner, used_model, outcome, tokens_in, tokens_out,
+    charged, cost)
   local id = job .. ':usage_recorded'
   local payload = format('{"job_id":%s,"model":%s,"outcome":%s,"tokens_in":%d,'
     .. '"tokens_out":%d,"tokens_charged":%d,"cost_charged":%d}', cjson.encode(job),
     cjson.encode(used_model), cjson.encode(outcome), tokens_in, tokens_out, charged, cost)
   return {id, format('{"id":%s,"type":"usage_recorded","time":%s,'
-    .. '"source":"agentic.quota","task_id":"","agent_id":%s,"payload":%s,'
+    .. '"source":"agentic.quota","task_id":%s,"agent_id":%s,"payload":%s,'
     .. '"correlation_id":"","causation_id":""}', cjson.encode(id),
-    cjson.encode(iso_time(NOW)), cjson.encode(owner), payload)}
+    cjson.encode(iso_time(NOW)), cjson.encode(task), cjson.encode(owner), payload)}
 end
 
 sweep()
 local job, tokens_in, tokens_out = arg(1), tonumber(arg(2)), tonumber(arg(3))
 local outcome, agent_arg, model_arg, retention = arg(4), arg(5), arg(6), tonumber(arg(7))
-local ending = arg(8)
+local ending, task = arg(8), arg(9)
 
 local done = redis.call('HMGET', K.settled .. job, unpack(SETTLED_FIELDS))
 if done[1] then
@@ -165,7 +166,7 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
 end
 if LOG.seq ~= '' then  -- with the settle itself: no crash between the two can lose it
-  log_append(LOG.seq, LOG.stream, LOG.ids, {usage_event(job, owner, used_model, outcome,
-    tokens_in, tokens_out, charged, cost)})
+  log_append(LOG.seq, LOG.stream, LOG.ids, {usage_event(job, task, owner, used_model,
+    outcome, tokens_in, tokens_out, charged, cost)})
 end
 return {'settled', unpack(settled)}
