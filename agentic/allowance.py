@@ -110,14 +110,11 @@ class AllowanceService:
         """Charge a finished job (of task ``task_id``, when known: its usage event names
         it); ``None`` only when failing open with the store down."""
         try:
+            # task_id only when known: a store written before it existed still settles
+            # go-agentic's usage reports.
+            named = {"task_id": task_id} if task_id else {}
             settlement = self.store.settle(
-                job_id,
-                tokens_in,
-                tokens_out,
-                outcome,
-                agent_id=agent_id,
-                model=model,
-                task_id=task_id,
+                job_id, tokens_in, tokens_out, outcome, agent_id=agent_id, model=model, **named
             )
         except StoreError as exc:
             self._store_failed("settle", exc)

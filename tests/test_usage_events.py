@@ -5,6 +5,7 @@ service emits it with."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -82,6 +83,74 @@ def test_a_settle_without_a_task_names_none(pair: tuple[AllowanceStore, EventLog
     assert store.get_usage("a1").active_jobs == 1
     store.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED)
     assert [e.event.task_id for e in log.read()] == [""]
+
+
+@pytest.mark.parametrize("record", [False, True], ids=["plain", "recording"])
+def test_a_none_task_id_is_refused_before_charging(backend: Backend, record: bool) -> None:
+    """task_id=None is a ConfigError, and nothing is charged, recording or not."""
+    if backend.name == "memory":
+        store = backend.allowance(events=backend.event_log() if record else None)
+    else:
+        store = backend.allowance(record_events=record)
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    store.reserve("a1", "", 10, "j1")
+    with pytest.raises(ConfigError, match="task id"):
+        store.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED, task_id=None)  # type: ignore[arg-type]
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.active_jobs) == (0, 1)
+
+
+def test_a_memory_store_records_only_into_a_memory_log(tmp_path: Path) -> None:
+    """A memory store given another kind of log is refused: with no transaction to roll
+    back, an append failing after the change would lose the event."""
+    from agentic.stores.memory import MemoryAllowanceStore
+    from agentic.stores.memory.tasks import MemoryTaskStore
+    from agentic.stores.sqlite import SQLiteEventLog
+
+    with SQLiteEventLog(tmp_path / "log.db") as log:
+        with pytest.raises(ConfigError, match="into a MemoryEventLog, got SQLiteEventLog"):
+            MemoryAllowanceStore(events=log)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="into a MemoryEventLog, got SQLiteEventLog"):
+            MemoryTaskStore(events=log)  # type: ignore[arg-type]
+
+
+def test_a_cost_past_2_63_is_recorded_as_charged(pair: tuple[AllowanceStore, EventLog]) -> None:
+    """The event's cost_charged equals the settlement's past 2**63 (Lua's %d wraps)."""
+    store, log = pair
+    store.set_model_quota(ModelQuota(model="huge", input_price=60_000.0, output_price=60_000.0))
+    store.reserve("a1", "huge", 0, "j1")
+    try:
+        settlement = store.settle("j1", 2**47, 2**47, QuotaEvent.JOB_COMPLETED)
+    except OverflowError:
+        pytest.skip("SQLite stores integers below 2**63")
+    assert settlement.cost_charged > 2**63
+    assert log.read()[0].event.payload["cost_charged"] == settlement.cost_charged
+
+
+def test_a_store_written_before_task_ids_still_settles_usage_reports() -> None:
+    """The service passes task_id only when it has one: a custom store with the older
+    settle() signature still settles go-agentic's usage reports."""
+    from agentic.models import Settlement
+    from agentic.stores.memory import MemoryAllowanceStore
+
+    class Older(MemoryAllowanceStore):
+        def settle(  # type: ignore[override]
+            self,
+            job_id: str,
+            tokens_in: int,
+            tokens_out: int,
+            outcome: QuotaEvent,
+            agent_id: str | None = None,
+            model: str | None = None,
+        ) -> Settlement:
+            return super().settle(job_id, tokens_in, tokens_out, outcome, agent_id, model)
+
+    store = Older()
+    store.set_allowance(AgentAllowance(agent_id="a1"))
+    service = AllowanceService(store)
+    service.reserve("a1", "", 10, "j1")
+    done = service.settle("j1", 3, 4, QuotaEvent.JOB_COMPLETED)
+    assert done is not None and done.tokens_charged == 7
 
 
 def test_large_amounts_are_recorded_exactly(pair: tuple[AllowanceStore, EventLog]) -> None:

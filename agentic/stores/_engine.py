@@ -464,7 +464,7 @@ class EngineAllowanceStore(AllowanceStore):
         require_id("job id", job_id)
         require_count("tokens_in", tokens_in)
         require_count("tokens_out", tokens_out)
-        if task_id:
+        if task_id != "":  # None included: a ConfigError before anything is charged
             require_id("task id", task_id)
         outcome = final_outcome(outcome)
         return self._end(job_id, tokens_in, tokens_out, outcome, agent_id, model, task_id=task_id)

@@ -16,7 +16,7 @@ from ...events import Event
 from ...models import AgentAllowance, ModelQuota, Settlement
 from ...quota import DEFAULT_RESERVATION_TTL
 from .._engine import AgentRow, EngineAllowanceStore, Held, ModelRow, QuotaTx
-from ..base import EventLog
+from .eventlog import MemoryEventLog, require_memory_log
 
 __all__ = ["MemoryAllowanceStore"]
 
@@ -24,7 +24,7 @@ __all__ = ["MemoryAllowanceStore"]
 class _MemoryTx(QuotaTx):
     """Rows in plain dicts; every call happens with the store's lock held."""
 
-    def __init__(self, events: EventLog | None) -> None:
+    def __init__(self, events: MemoryEventLog | None) -> None:
         self.events = events
         self.allowances: dict[str, AgentAllowance] = {}
         self.quotas: dict[str, ModelQuota] = {}
@@ -132,12 +132,12 @@ class MemoryAllowanceStore(EngineAllowanceStore):
         clock: Callable[[], float] = time.time,
         tz: tzinfo = UTC,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
-        events: EventLog | None = None,
+        events: MemoryEventLog | None = None,
     ) -> None:
         super().__init__(clock=clock, tz=tz, reservation_ttl=reservation_ttl)
         self._lock = threading.Lock()
         # The log each settle's usage is recorded in, under this store's lock.
-        self._tx = _MemoryTx(events)
+        self._tx = _MemoryTx(require_memory_log(events))
 
     @contextmanager
     def _transaction(self) -> Iterator[QuotaTx]:

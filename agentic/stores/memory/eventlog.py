@@ -95,3 +95,16 @@ def private_log_refused(what: str, store: str) -> ConfigError:
         f"memory:// cannot record {what}: no other process could read its log;"
         f" use a sqlite:// or redis:// store, or {store}(events=...)"
     )
+
+
+def require_memory_log(events: EventLog | None) -> MemoryEventLog | None:
+    """A memory store records into a :class:`MemoryEventLog` only: it has no
+    transaction to roll back, so an append that could fail (a closed file, Redis
+    down) would leave the change made without its event."""
+    if events is not None and not isinstance(events, MemoryEventLog):
+        raise ConfigError(
+            f"a memory store records events into a MemoryEventLog, got"
+            f" {type(events).__name__}: its append could fail after the change was made;"
+            " use a SQLite or Redis store to record into their logs"
+        )
+    return events

@@ -18,8 +18,8 @@ from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import EventLog, LogPage, TaskStore, require_count, require_id
-from .eventlog import private_log_refused
+from ..base import LogPage, TaskStore, require_count, require_id
+from .eventlog import MemoryEventLog, private_log_refused, require_memory_log
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
 
@@ -30,11 +30,11 @@ class MemoryTaskStore(TaskStore):
     blocking = False  # one lock held for microseconds
 
     def __init__(
-        self, clock: Callable[[], float] = time.time, events: EventLog | None = None
+        self, clock: Callable[[], float] = time.time, events: MemoryEventLog | None = None
     ) -> None:
         self._clock = clock
         # The log the lifecycle of tasks is recorded in, under this store's lock.
-        self._events = events
+        self._events = require_memory_log(events)
         self._lock = threading.Lock()
         # Stored tasks are never mutated in place (transitions return copies), so
         # handing out deep copies is enough to keep callers from changing them.

@@ -319,7 +319,7 @@ class RedisAllowanceStore(AllowanceStore):
         require_id("job id", job_id)
         _amount("tokens_in", tokens_in)
         _amount("tokens_out", tokens_out)
-        if task_id:
+        if task_id != "":  # None included: a ConfigError before anything is charged
             require_id("task id", task_id)
         outcome = final_outcome(outcome)
         owner, used = agent_id or "", model or ""

@@ -65,13 +65,14 @@ local function share_of_cost(full_cost, charged, total)
   return muldiv(full_cost, charged, total)
 end
 
--- quota.usage_recorded as the Event JSON the Python stores write. Numbers with %d:
--- cjson prints 14 significant digits, exponent notation past them.
+-- quota.usage_recorded as the Event JSON the Python stores write. Numbers with %.0f:
+-- cjson prints 14 significant digits, exponent notation past them, and %d wraps
+-- past 2^63 (a cost can get there).
 local function usage_event(job, task, owner, used_model, outcome, tokens_in, tokens_out,
     charged, cost)
   local id = job .. ':usage_recorded'
-  local payload = format('{"job_id":%s,"model":%s,"outcome":%s,"tokens_in":%d,'
-    .. '"tokens_out":%d,"tokens_charged":%d,"cost_charged":%d}', cjson.encode(job),
+  local payload = format('{"job_id":%s,"model":%s,"outcome":%s,"tokens_in":%.0f,'
+    .. '"tokens_out":%.0f,"tokens_charged":%.0f,"cost_charged":%.0f}', cjson.encode(job),
     cjson.encode(used_model), cjson.encode(outcome), tokens_in, tokens_out, charged, cost)
   return {id, format('{"id":%s,"type":"usage_recorded","time":%s,'
     .. '"source":"agentic.quota","task_id":%s,"agent_id":%s,"payload":%s,'
