@@ -32,10 +32,11 @@ def _fill(url: str) -> list[Event]:
 
 
 def test_an_empty_log_prints_nothing(system: System) -> None:
-    """A store with no event yet prints nothing and exits 0."""
+    """A store with no event yet prints nothing on stdout, says why on stderr, exits 0."""
     result = system.cli("events")
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
+    assert "the event log is empty" in result.stderr
 
 
 def test_events_print_offset_type_and_ids(system: System) -> None:

@@ -228,6 +228,12 @@ def _print(reader: _Reader, after: int | None, last: int | None, follow: bool) -
     """Print from ``after`` (else the last ``last`` that match); with ``follow`` go on
     printing what comes until stopped."""
     position = _start(reader, after, _LAST if last is None else last)
+    if position == 0 and reader.log.last_offset() == 0:
+        # Said on stderr: stdout stays empty for scripts, a person learns why.
+        warn(
+            "the event log is empty: the server, dispatchers and agents using this store"
+            " append to it as they work (events.log); check the store URL or prefix"
+        )
     while True:
         for logged in reader.pages(position):
             position = logged.offset
