@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,3 +69,17 @@ def private_redis(cpu: int | None = None) -> Iterator[str]:
 def percentile(samples: list[float], q: float) -> float:
     """The sample at quantile ``q`` (0..1) by rank, without interpolation."""
     return sorted(samples)[min(len(samples) - 1, int(q * len(samples)))]
+
+
+def print_ratios(
+    samples: dict[str, list[float]], peer: str, header: tuple[str, str, str], fmt: str
+) -> None:
+    """One row per contender: the median of its rounds (``fmt``), its ratio to
+    ``peer``'s median, and every round; ``header``: the first three column titles."""
+    base = statistics.median(samples[peer])
+    width = max(len(header[0]), *map(len, samples))
+    print(f"{header[0]:{width}} {header[1]:>10} {header[2]:>9}  every round")
+    for name, values in samples.items():
+        median = statistics.median(values)
+        rounds = " ".join(format(value, fmt) for value in values)
+        print(f"{name:{width}} {format(median, fmt):>10} {median / base:8.2f}x  {rounds}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
 import time
 import uuid
@@ -21,13 +20,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
-from _common import private_redis
+from _common import print_ratios, private_redis
 
 from agentic.eventlog import EventConsumer
 from agentic.events import Event, EventType
 from agentic.stores import open_event_log
 
 BATCH = 100
+PEER = "redis-py streams group (XREADGROUP+XACK)"
 
 
 def _events(count: int) -> list[Event]:
@@ -97,7 +97,7 @@ def main() -> None:
             return "sqlite:///" + (Path(tmp) / name).as_posix().lstrip("/")
 
         contenders = {
-            "redis-py streams group (XREADGROUP+XACK)": _streams(redis_url, args.events),
+            PEER: _streams(redis_url, args.events),
             "agentic redis, commit each": _ours(redis_url + "?prefix=b1", args.events, 1),
             "agentic redis, commit_every=100": _ours(redis_url + "?prefix=b2", args.events, 100),
             "agentic sqlite, commit each": _ours(sqlite_url("a.db"), args.events, 1),
@@ -111,12 +111,7 @@ def main() -> None:
         f"python {platform.python_version()}, {platform.system().lower()}; {args.events} events"
         f" a round, batches of {BATCH}, no-op handler; median of {args.rounds} round(s)"
     )
-    peer = statistics.median(samples["redis-py streams group (XREADGROUP+XACK)"])
-    print(f"{'consumer':42} {'events/s':>9} {'vs peer':>8}  every round")
-    for name, values in samples.items():
-        rate = statistics.median(values)
-        rounds = " ".join(f"{v:,.0f}" for v in values)
-        print(f"{name:42} {rate:9,.0f} {rate / peer:7.2f}x  {rounds}")
+    print_ratios(samples, PEER, ("consumer", "events/s", "vs peer"), ",.0f")
 
 
 if __name__ == "__main__":

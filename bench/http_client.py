@@ -16,7 +16,6 @@ import argparse
 import http.client
 import json
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+from _common import print_ratios
 
 from agentic.client import TaskClient
 from agentic.models import Task, TaskResult
@@ -140,12 +140,7 @@ def main() -> None:
         f"python {platform.python_version()}, httpx {httpx.__version__}, {sys.platform};"
         f" {args.requests} POSTs per round, {args.rounds} round(s); client thread CPU only"
     )
-    base = statistics.median(samples["httpx"])
-    print(f"{'client':36} {'us/request':>10} {'vs httpx':>9}  every round, us")
-    for name, values in samples.items():
-        median = statistics.median(values)
-        rounds = " ".join(f"{v:.0f}" for v in values)
-        print(f"{name:36} {median:10.0f} {median / base:8.2f}x  {rounds}")
+    print_ratios(samples, "httpx", ("client", "us/request", "vs httpx"), ".0f")
 
 
 if __name__ == "__main__":

@@ -126,17 +126,19 @@ def store_config(path: Path | None, store: str | None) -> Config:
     return config(path, {"store_url": "--store"}, store_url=store)
 
 
+def shared_log_url(cfg: Config) -> str | None:
+    """The URL of the event log readers look at (``event_log_url``, else
+    ``store_url``), or None when there is none to share: ``events.log`` is off, or it
+    is ``memory://``, which no other process can read and nothing ever trims."""
+    url = cfg.store_url_for("events")
+    return url if cfg.events.log and parse_store_url(url).scheme != "memory" else None
+
+
 def records_events(cfg: Config, purpose: Literal["task", "allowance"]) -> bool:
     """Whether the ``purpose`` store records its events (a task's lifecycle, a
-    settle's usage) in the event log, in the same atomic step as the change.
-
-    Only when that log is the one readers look at (``event_log_url``, else
-    ``store_url``) and lives in that store's own storage. A ``memory://`` store would
-    record into a log no other process can read, which nothing ever trims.
-    """
-    url = cfg.store_url_for(purpose)
-    shared = parse_store_url(url).scheme != "memory"
-    return cfg.events.log and shared and cfg.store_url_for("events") == url
+    settle's usage) in the event log, in the same atomic step as the change: when
+    the shared log lives in that store's own storage."""
+    return shared_log_url(cfg) == cfg.store_url_for(purpose)
 
 
 def client(cfg: Config, agent_id: str | None = None) -> TaskClient:

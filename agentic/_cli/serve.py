@@ -11,7 +11,6 @@ import typer
 
 from ..errors import ConfigError
 from ..stores import open_event_log, open_task_store
-from ..stores._url import parse_store_url
 from ._common import (
     EXIT_RUNTIME,
     ConfigOption,
@@ -21,6 +20,7 @@ from ._common import (
     records_events,
     redacted,
     retry_policy,
+    shared_log_url,
     stdout,
 )
 from ._logging import setup_logging
@@ -120,12 +120,11 @@ def serve(
     sock = _bind(cfg.server.host, cfg.server.port)
     url = cfg.store_url_for("task")
     record = records_events(cfg, "task")
-    events_url = cfg.store_url_for("events")
-    serves_log = cfg.events.log and parse_store_url(events_url).scheme != "memory"
+    events_url = shared_log_url(cfg)
     with (
         contextlib.closing(sock),
         open_task_store(url, record_events=record) as tasks,
-        open_event_log(events_url) if serves_log else contextlib.nullcontext() as events,
+        open_event_log(events_url) if events_url else contextlib.nullcontext() as events,
     ):
         setup_logging(verbose)
         app = create_app(
@@ -146,7 +145,7 @@ def serve(
         out.print(f"store: {redacted(url)}", highlight=False)
         if record:
             out.print("task lifecycles recorded in its event log (agentic events)")
-        if serves_log:
+        if events_url:
             out.print("event log served to admin tokens at /api/events", highlight=False)
         out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
         _run(server, sock)

@@ -188,12 +188,12 @@ _RESETS = 5
 def agents_table(snap: Snapshot, rows: list[AgentRow]) -> FittedTable:
     """The agents, one a row; the quota day's end once under the table when it is the
     same for every agent (one store: it is), else a Resets column."""
-    now = snap.now
     ordered = sorted(rows, key=lambda r: r.info.id)
-    cells = [_row(row, now, snap.silent(row.info)) for row in ordered]
+    silent = [snap.silent(row.info) for row in ordered]
+    cells = [_row(row, snap.now, quiet) for row, quiet in zip(ordered, silent, strict=True)]
     resets = {row.check.reset_at for row in rows if row.check and row.check.reset_at}
     caption = "Tokens and jobs: used/left"
-    if any(snap.silent(row.info) for row in rows):
+    if any(silent):
         caption += f"; silent: no heartbeat for over {snap.heartbeat_ttl:g}s"
     columns = list(_COLUMNS)
     if len(resets) <= 1:
@@ -201,7 +201,7 @@ def agents_table(snap: Snapshot, rows: list[AgentRow]) -> FittedTable:
         for line in cells:
             del line[_RESETS]
         if resets:
-            caption += f"; quotas reset {until(resets.pop(), now)}"
+            caption += f"; quotas reset {until(resets.pop(), snap.now)}"
     return FittedTable(
         columns,
         cells,

@@ -80,7 +80,11 @@ class Reporter:
             # Given back after spending (shutdown, or an agent error once the work was
             # done): those tokens were spent all the same, charged as for a failure.
             event = QuotaEvent.JOB_FAILED
-        args = (tokens_in, tokens_out, event, model, attempt.task.id)
+        self._end_job(job_id, (tokens_in, tokens_out, event, model, attempt.task.id))
+
+    def _end_job(self, job_id: str, args: _Settle) -> None:
+        """Settle (or, event None, give back whole) a job's reservation, retried; kept
+        for later tries when the quota store stays down."""
         try:
             self._retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
         except StoreError as exc:
@@ -206,20 +210,9 @@ class Reporter:
         except AgenticError as exc:
             self._error(f"task {task.id}: could not give it back", exc)
             return False
-        if task.job_id:
-            self._unreserve(task.job_id)
+        if self.allowance is not None and task.job_id:
+            self._end_job(task.job_id, (0, 0, None, None, task.id))  # not counted
         return True
-
-    def _unreserve(self, job_id: str) -> None:
-        """Give a job's reservation back whole: it never started, so it is not counted."""
-        if self.allowance is None:
-            return
-        try:
-            self.allowance.unreserve(job_id)
-        except NotFoundError:
-            pass  # gone already (expired): nothing is held
-        except AgenticError as exc:
-            self._error(f"job {job_id} not given back; its reservation will expire", exc)
 
     def _holds(self, attempt: Attempt, current: Task) -> bool:
         return (

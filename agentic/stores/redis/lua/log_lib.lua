@@ -47,8 +47,8 @@ local function iso_time(now)
   -- to the nearest microsecond, a tie to the even one, as datetime.fromtimestamp
   local exact = (now - secs) * 1000000
   local micros = math.floor(exact)
-  local rest = exact - micros
-  if rest > 0.5 or (rest == 0.5 and micros % 2 == 1) then
+  local half = exact - micros
+  if half > 0.5 or (half == 0.5 and micros % 2 == 1) then
     micros = micros + 1
   end
   if micros >= 1000000 then
