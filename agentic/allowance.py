@@ -8,7 +8,9 @@ service adds what callers want around it:
   an operation moves the agent's status across 80% / 100%. The store reports the
   status before and after each atomic step, so a crossing is seen by exactly one
   caller even with many dispatchers, and a new day starts a new crossing: once per
-  crossing per period, without extra state.
+  crossing per period, without extra state. A store opened with
+  ``record_events=True`` records them itself, in the same atomic step, under the
+  same ids (:func:`~agentic.events.crossing_id`): the event log keeps one.
 * ``settle`` emits ``usage_recorded`` (not for a duplicate report).
 * ``record_usage`` keeps go-agentic's entry point: job_started reserves,
   job_completed / job_failed / job_cancelled settle.
@@ -27,7 +29,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .errors import StoreError, StoreUnavailableError
-from .events import Event, EventEmitter, EventType
+from .events import Event, EventEmitter
 from .models import (
     AllowanceStatus,
     QuotaCheckResult,
@@ -37,7 +39,7 @@ from .models import (
     UsageRecord,
     UsageReport,
 )
-from .quota import usage_recorded
+from .quota import Step, crossing_events, usage_recorded
 from .stores.base import AllowanceStore
 
 __all__ = ["AllowanceService"]
@@ -45,8 +47,6 @@ __all__ = ["AllowanceService"]
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-_SEVERITY = {AllowanceStatus.OK: 0, AllowanceStatus.WARNING: 1, AllowanceStatus.EXCEEDED: 2}
 
 
 class AllowanceService:
@@ -94,7 +94,9 @@ class AllowanceService:
         except StoreError as exc:
             self._store_failed("reserve", exc)
             return Reservation(job_id=job_id, agent_id=agent_id, model=model, tokens=tokens)
-        self._crossing(agent_id, job_id, reservation.previous_status, reservation.status, model)
+        self._crossing(
+            "reserve", job_id, agent_id, model, reservation.previous_status, reservation.status
+        )
         return reservation
 
     def settle(
@@ -130,11 +132,13 @@ class AllowanceService:
             # The id the quota store records it under, when it does: the log keeps one.
             self._send(usage_recorded(settlement, tokens_in, tokens_out, task_id=task_id))
             self._crossing(
-                settlement.agent_id,
+                "settle",
                 job_id,
+                settlement.agent_id,
+                settlement.model,
                 settlement.previous_status,
                 settlement.status,
-                settlement.model,
+                task_id,
             )
         return settlement
 
@@ -196,23 +200,17 @@ class AllowanceService:
 
     def _crossing(
         self,
-        agent_id: str,
+        step: Step,
         job_id: str,
+        agent_id: str,
+        model: str,
         before: AllowanceStatus,
         after: AllowanceStatus,
-        model: str,
+        task_id: str = "",
     ) -> None:
-        if _SEVERITY[after] <= _SEVERITY[before]:
-            return
-        if _SEVERITY[before] < 1 <= _SEVERITY[after]:
-            self._emit(EventType.QUOTA_WARNING, agent_id, job_id, {"model": model})
-        if after is AllowanceStatus.EXCEEDED:
-            self._emit(EventType.QUOTA_EXCEEDED, agent_id, job_id, {"model": model})
-
-    def _emit(
-        self, kind: EventType, agent_id: str, job_id: str, payload: dict[str, object]
-    ) -> None:
-        self._send(Event(type=kind, agent_id=agent_id, payload={"job_id": job_id, **payload}))
+        # The ids the quota store records them under, when it does: the log keeps one.
+        for event in crossing_events(step, job_id, agent_id, model, before, after, task_id=task_id):
+            self._send(event)
 
     def _send(self, event: Event) -> None:
         if self.emitter is None:

@@ -62,6 +62,7 @@ __all__ = [
     "LoggingEmitter",
     "QueueEmitter",
     "transition_id",
+    "crossing_id",
     "usage_id",
 ]
 
@@ -183,6 +184,14 @@ def usage_id(job_id: str) -> str:
     one event, whoever reports it (the quota store recording it, the service
     emitting it) and however often the settle is repeated."""
     return f"{job_id}:{EventType.USAGE_RECORDED.value}"
+
+
+def crossing_id(job_id: str, step: str, kind: EventType) -> str:
+    """The id of the ``quota_warning`` / ``quota_exceeded`` event that job ``job_id``'s
+    ``step`` (``reserve`` or ``settle``) caused: each happens once per job, so one
+    event, whoever reports it (the quota store recording it, the service emitting
+    it)."""
+    return f"{job_id}:{step}:{kind.value}"
 
 
 class EventEmitter(ABC):

@@ -29,8 +29,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Literal
 
-from .events import Event, EventType, usage_id
+from .events import Event, EventType, crossing_id, usage_id
 from .models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent, Settlement
 
 __all__ = [
@@ -39,11 +40,13 @@ __all__ = [
     "HOUR",
     "SETTLED_RETENTION",
     "STORE_SOURCE",
+    "Step",
     "AgentCounters",
     "Decision",
     "ModelCounters",
     "agent_status",
     "charged_tokens",
+    "crossing_events",
     "cost_microcents",
     "decide",
     "estimated_cost",
@@ -269,3 +272,52 @@ def usage_recorded(
         payload=payload,
         **extra,
     )
+
+
+#: The quota steps that can push an agent across a threshold.
+Step = Literal["reserve", "settle"]
+
+_SEVERITY = {AllowanceStatus.OK: 0, AllowanceStatus.WARNING: 1, AllowanceStatus.EXCEEDED: 2}
+
+
+def crossing_events(
+    step: Step,
+    job_id: str,
+    agent_id: str,
+    model: str,
+    before: AllowanceStatus,
+    after: AllowanceStatus,
+    time: datetime | None = None,
+    source: str = "agentic",
+    task_id: str = "",
+) -> list[Event]:
+    """The events of an agent's status going from ``before`` to ``after`` in one step.
+
+    ``quota_warning`` when it reaches warning (or jumps past it to exceeded) from ok,
+    ``quota_exceeded`` when it reaches exceeded; nothing when it stays or drops. The
+    status is read before and after each atomic step, so exactly one step sees a
+    crossing, and a new period starts from ok: once per crossing per period. The
+    quota store records them with the step, the service emits them after; both
+    under :func:`~agentic.events.crossing_id`, so the event log keeps one.
+    ``redis/lua/quota_log.lua`` writes the same JSON.
+    """
+    if _SEVERITY[after] <= _SEVERITY[before]:
+        return []
+    kinds = []
+    if _SEVERITY[before] < 1:
+        kinds.append(EventType.QUOTA_WARNING)
+    if after is AllowanceStatus.EXCEEDED:
+        kinds.append(EventType.QUOTA_EXCEEDED)
+    extra = {"time": time} if time is not None else {}
+    return [
+        Event(
+            id=crossing_id(job_id, step, kind),
+            type=kind,
+            source=source,
+            task_id=task_id,
+            agent_id=agent_id,
+            payload={"job_id": job_id, "model": model},
+            **extra,
+        )
+        for kind in kinds
+    ]

@@ -26,6 +26,7 @@ from agentic.cli import app
 from agentic.config import Config
 from agentic.dispatcher import Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
+from agentic.events import EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
@@ -707,6 +708,27 @@ def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     assert result.exit_code == 0, result.output
     assert f"waiting    {task.id}: " in result.stdout
     assert "[gpu]" in result.stdout
+
+
+@pytest.mark.slow
+def test_dispatch_records_the_crossings_of_its_reserves(system: System) -> None:
+    """dispatch's quota store records the thresholds a reserve crosses with the
+    reserve (source agentic.quota): the dispatcher's own copies add nothing."""
+    system.quota.set_allowance(AgentAllowance(agent_id="coder-1", daily_job_limit=1))
+    system.registry.register(AgentInfo(id="coder-1", capabilities=["py"]))
+    system.tasks.create(Task(title="t", labels=["py"]))
+    result = system.cli("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    with open_event_log(system.url) as log:
+        crossings = [
+            e.event
+            for e in log.read()
+            if e.event.type in (EventType.QUOTA_WARNING, EventType.QUOTA_EXCEEDED)
+        ]
+    assert [(e.type, e.source, e.agent_id) for e in crossings] == [
+        (EventType.QUOTA_WARNING, "agentic.quota", "coder-1"),
+        (EventType.QUOTA_EXCEEDED, "agentic.quota", "coder-1"),
+    ]
 
 
 def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path) -> None:

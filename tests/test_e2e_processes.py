@@ -421,6 +421,11 @@ def test_fleet_runs_every_task_once_in_order_within_quota(shared_url: str, tmp_p
     assert {e.source for e in charges} == {"agentic.quota"}
     charged = {e.payload["job_id"]: e.task_id for e in charges}
     assert all(charged[task.job_id] == task.id for task in final.values())
+    # Thresholds crossed (a-go's token cap passes 80% with 16 tasks reserved at once)
+    # are recorded by the quota store with the reserve or settle: the same ids.
+    crossings = [e for e in logged if e.type.value.startswith("quota_")]
+    assert {e.source for e in crossings} <= {"agentic.quota"}
+    assert len({e.id for e in crossings}) == len(crossings)
 
 
 # --- 2. an agent killed with SIGKILL ---

@@ -1,6 +1,6 @@
 """The quota store's outbox, on every backend: a settle records its usage_recorded
-event in the event log in the same atomic step as the charge, under the id the
-service emits it with."""
+event, and a reserve or settle the thresholds it crossed, in the event log in the
+same atomic step as the change, under the ids the service emits them with."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from agentic.allowance import AllowanceService
-from agentic.errors import ConfigError
+from agentic.errors import ConfigError, QuotaExceededError
 from agentic.eventlog import EventLogEmitter
-from agentic.events import EventType, usage_id
-from agentic.models import AgentAllowance, ModelQuota, QuotaEvent
+from agentic.events import EventType, crossing_id, usage_id
+from agentic.models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent
+from agentic.quota import crossing_events
 from agentic.stores.base import AllowanceStore, EventLog
 from tests.conftest import Backend
 
@@ -174,3 +175,121 @@ def test_the_services_own_report_adds_nothing(pair: tuple[AllowanceStore, EventL
     assert [(e.id, e.source, e.task_id) for e in events] == [
         (usage_id("j1"), "agentic.quota", "t1")
     ]
+
+
+def _capped(store: AllowanceStore, **limits: int) -> None:
+    store.set_allowance(AgentAllowance(agent_id="a1", **limits))
+
+
+def test_a_reserve_records_the_warning_it_crosses(
+    pair: tuple[AllowanceStore, EventLog], backend: Backend
+) -> None:
+    """A reserve taking the agent to 80% records quota_warning with it: the step's
+    time, no task, the job and model, under crossing_id(job, "reserve", kind)."""
+    store, log = pair
+    _capped(store, daily_token_limit=1000)
+    backend.clock.set(datetime(2026, 3, 4, 5, 6, 7, 500_000, tzinfo=UTC))
+    store.reserve("a1", "m", 799, "j1")
+    assert log.read() == []
+    store.reserve("a1", "m", 1, "j2")
+    [logged] = log.read()
+    event = logged.event
+    assert (event.id, event.type, event.source) == (
+        crossing_id("j2", "reserve", EventType.QUOTA_WARNING),
+        EventType.QUOTA_WARNING,
+        "agentic.quota",
+    )
+    assert (event.agent_id, event.task_id) == ("a1", "")
+    assert event.time == datetime(2026, 3, 4, 5, 6, 7, 500_000, tzinfo=UTC)
+    assert event.payload == {"job_id": "j2", "model": "m"}
+
+
+def test_a_jump_past_warning_records_both_in_order(
+    pair: tuple[AllowanceStore, EventLog],
+) -> None:
+    """ok -> exceeded in one reserve records quota_warning, then quota_exceeded."""
+    store, log = pair
+    _capped(store, daily_job_limit=1)
+    store.reserve("a1", "", 0, "j1")
+    assert [(e.event.type, e.event.id) for e in log.read()] == [
+        (EventType.QUOTA_WARNING, crossing_id("j1", "reserve", EventType.QUOTA_WARNING)),
+        (EventType.QUOTA_EXCEEDED, crossing_id("j1", "reserve", EventType.QUOTA_EXCEEDED)),
+    ]
+
+
+def test_a_settle_records_the_crossing_after_its_usage(
+    pair: tuple[AllowanceStore, EventLog],
+) -> None:
+    """A settle charging past 80% and 100% records usage_recorded, quota_warning and
+    quota_exceeded, naming the task, under the settle's ids."""
+    store, log = pair
+    _capped(store, daily_token_limit=1000)
+    store.reserve("a1", "m", 10, "j1")
+    store.settle("j1", 600, 600, QuotaEvent.JOB_COMPLETED, task_id="t1")
+    events = [e.event for e in log.read()]
+    assert [(e.id, e.task_id) for e in events] == [
+        (usage_id("j1"), "t1"),
+        (crossing_id("j1", "settle", EventType.QUOTA_WARNING), "t1"),
+        (crossing_id("j1", "settle", EventType.QUOTA_EXCEEDED), "t1"),
+    ]
+    assert events[2].payload == {"job_id": "j1", "model": "m"}
+
+
+def test_steps_crossing_nothing_record_no_crossing(
+    pair: tuple[AllowanceStore, EventLog],
+) -> None:
+    """Staying in a status, a denied reserve, a repeated reserve and a release record
+    no crossing (a warning -> exceeded step records only quota_exceeded)."""
+    store, log = pair
+    _capped(store, daily_token_limit=1000)
+    store.reserve("a1", "", 900, "j1")  # ok -> warning
+    store.reserve("a1", "", 900, "j1")  # a repeat: nothing
+    store.reserve("a1", "", 50, "j2")  # warning -> warning
+    with pytest.raises(QuotaExceededError):
+        store.reserve("a1", "", 500, "j3")
+    store.unreserve("j2")
+    store.reserve("a1", "", 100, "j4")  # warning -> exceeded (1000 of 1000)
+    kinds = [e.event.id for e in log.read()]
+    assert kinds == [
+        crossing_id("j1", "reserve", EventType.QUOTA_WARNING),
+        crossing_id("j4", "reserve", EventType.QUOTA_EXCEEDED),
+    ]
+
+
+def test_the_services_own_crossings_add_nothing(
+    pair: tuple[AllowanceStore, EventLog],
+) -> None:
+    """The service emits the crossings under the same ids: the log keeps the store's."""
+    store, log = pair
+    _capped(store, daily_token_limit=100)
+    with EventLogEmitter(log) as emitter:
+        service = AllowanceService(store, emitter)
+        service.reserve("a1", "m", 90, "j1")
+        service.settle("j1", 60, 60, QuotaEvent.JOB_COMPLETED, task_id="t1")
+    assert [(e.event.type, e.event.source) for e in log.read()] == [
+        (EventType.QUOTA_WARNING, "agentic.quota"),
+        (EventType.USAGE_RECORDED, "agentic.quota"),
+        (EventType.QUOTA_EXCEEDED, "agentic.quota"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "kinds"),
+    [
+        ("ok", "ok", []),
+        ("ok", "warning", ["quota_warning"]),
+        ("ok", "exceeded", ["quota_warning", "quota_exceeded"]),
+        ("warning", "exceeded", ["quota_exceeded"]),
+        ("exceeded", "warning", []),
+        ("warning", "ok", []),
+    ],
+)
+def test_crossing_events_name_each_threshold_reached(
+    before: str, after: str, kinds: list[str]
+) -> None:
+    """crossing_events gives one event per threshold the status reached going up."""
+    events = crossing_events(
+        "settle", "j1", "a1", "m", AllowanceStatus(before), AllowanceStatus(after), task_id="t"
+    )
+    assert [e.type.value for e in events] == kinds
+    assert all(e.id == f"j1:settle:{e.type.value}" and e.task_id == "t" for e in events)

@@ -81,7 +81,7 @@ def run(
     info = AgentInfo(id=agent_id, name=name, capabilities=capability, max_load=max_load)
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
-        # Each settle's usage goes to the event log with the charge (no crash loses it).
+        # Each settle's usage and crossings go to the event log with it (no crash loses them).
         recording = records_events(cfg, "allowance")
         quota = stack.enter_context(
             open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)

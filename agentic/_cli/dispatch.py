@@ -22,6 +22,7 @@ from ._common import (
     event_emitter,
     handled,
     print_json,
+    records_events,
     retry_policy,
     stdout,
 )
@@ -69,7 +70,11 @@ def dispatch(
     setup_logging(verbose, logging.WARNING if once else logging.INFO)
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
-        quota = stack.enter_context(open_allowance_store(cfg.store_url_for("allowance")))
+        # The thresholds a reserve crosses go to the event log with the reserve.
+        recording = records_events(cfg, "allowance")
+        quota = stack.enter_context(
+            open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)
+        )
         tasks = stack.enter_context(client(cfg))
         emitter = stack.enter_context(event_emitter(cfg, LoggingEmitter()))
         dispatcher = Dispatcher(

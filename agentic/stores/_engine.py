@@ -42,9 +42,11 @@ from ..quota import (
     AgentCounters,
     Decision,
     ModelCounters,
+    Step,
     agent_status,
     charged_tokens,
     cost_microcents,
+    crossing_events,
     decide,
     period_bounds,
     reservation_ttl,
@@ -431,7 +433,28 @@ class EngineAllowanceStore(AllowanceStore):
             ttl = reservation_ttl(ev.allowance, self._default_ttl)
             held = Held(job_id, agent_id, model, tokens, ev.decision.cost, ctx.now, ctx.now + ttl)
             tx.put_held(held)
-            return self._reservation(held, before, agent_status(ev.allowance, ev.agent.counters()))
+            after = agent_status(ev.allowance, ev.agent.counters())
+            self._record_crossing(tx, "reserve", job_id, agent_id, model, before, after, ctx.now)
+            return self._reservation(held, before, after)
+
+    @staticmethod
+    def _record_crossing(
+        tx: QuotaTx,
+        step: Step,
+        job_id: str,
+        agent_id: str,
+        model: str,
+        before: AllowanceStatus,
+        after: AllowanceStatus,
+        now: float,
+        task_id: str = "",
+    ) -> None:
+        """Record the thresholds this step crossed, with the step itself."""
+        at = datetime.fromtimestamp(now, UTC)
+        for event in crossing_events(
+            step, job_id, agent_id, model, before, after, at, STORE_SOURCE, task_id
+        ):
+            tx.record(event)
 
     @staticmethod
     def _reservation(
@@ -547,6 +570,9 @@ class EngineAllowanceStore(AllowanceStore):
                 at = datetime.fromtimestamp(ctx.now, UTC)
                 usage = usage_recorded(settlement, tokens_in, tokens_out, at, STORE_SOURCE, task_id)
                 tx.record(usage)
+                self._record_crossing(
+                    tx, "settle", job_id, owner, used_model, before, after, ctx.now, task_id
+                )
             # Unreserve and expire leave no settlement: should the job run after all (a
             # claim thought lost that was made, an attempt thought dead), its own settle
             # still charges what it used.

@@ -65,8 +65,10 @@ __all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
 MAX_AMOUNT = 2**50
 
 _PRELUDE = ("common.lua", "quota_lib.lua")
-_RESERVE = Script(*_PRELUDE, "quota_reserve.lua")
-_SETTLE = Script(*_PRELUDE, "log_lib.lua", "quota_settle.lua")
+# The scripts that record events with their step (an outbox) append to the log.
+_RECORDING = (*_PRELUDE, "log_lib.lua", "quota_log.lua")
+_RESERVE = Script(*_RECORDING, "quota_reserve.lua")
+_SETTLE = Script(*_RECORDING, "quota_settle.lua")
 _DATA = Script(*_PRELUDE, "quota_data.lua")
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -119,7 +121,8 @@ class RedisAllowanceStore(AllowanceStore):
         self._client = client
         self._keys = QuotaKeys.under(require_id("prefix", prefix))
         # Every script call passes the key heads: built once, not per call. The event
-        # log's keys follow ('' for none): a settle records its usage in the log.
+        # log's keys follow ('' for none): a settle records its usage in the log, a
+        # reserve or settle the thresholds it crossed.
         log = EventLogKeys.under(prefix)
         logged = (log.seq, log.stream, log.ids) if record_events else ("", "", "")
         self._heads = (*self._keys.heads(), *logged)

@@ -1,4 +1,5 @@
--- quota_reserve.lua (after common.lua, quota_lib.lua): _engine.reserve, or with
+-- quota_reserve.lua (after common.lua, quota_lib.lua, log_lib.lua, quota_log.lua):
+-- _engine.reserve, or with
 -- dry = '1' _engine.check (only the sweep and the rolling-hour trim write then).
 -- arg: job id, agent id, model, tokens, dry, default reservation ttl
 -- Replies: {'reserved', agent, model, tokens, cost, created_at, expires_at,
@@ -80,5 +81,13 @@ local tokens_text, cost_text, expires_text = num(tokens), num(cost), num(NOW + t
 redis.call('HSET', K.held .. job, 'agent', agent_id, 'model', model, 'tokens', tokens_text,
   'cost', cost_text, 'created_at', NOW_TEXT, 'expires_at', expires_text, 'request', request)
 redis.call('ZADD', K.expiry, expires_text, job)
+local status = agent_status(allowance, row)
+if LOG.seq ~= '' and status ~= previous then  -- recorded with the reserve itself
+  local entries = {}
+  crossing_entries(entries, 'reserve', job, '', agent_id, model, previous, status)
+  if #entries > 0 then
+    log_append(LOG.seq, LOG.stream, LOG.ids, entries)
+  end
+end
 return {'reserved', agent_id, model, tokens_text, cost_text, NOW_TEXT, expires_text,
-  previous, agent_status(allowance, row)}
+  previous, status}

@@ -1,4 +1,5 @@
--- quota_settle.lua (after common.lua, quota_lib.lua, log_lib.lua): _engine.settle.
+-- quota_settle.lua (after common.lua, quota_lib.lua, log_lib.lua, quota_log.lua):
+-- _engine.settle.
 -- arg: job id, tokens_in, tokens_out, outcome, agent id ('' = unknown), model,
 -- retention of settled job ids in seconds, ending (base.Ending), task id ('' = none,
 -- for the usage_recorded event a recording store records): 'settle' charges
@@ -63,21 +64,6 @@ local function share_of_cost(full_cost, charged, total)
     return 0
   end
   return muldiv(full_cost, charged, total)
-end
-
--- quota.usage_recorded as the Event JSON the Python stores write. Numbers with %.0f:
--- cjson prints 14 significant digits, exponent notation past them, and %d wraps
--- past 2^63 (a cost can get there).
-local function usage_event(job, task, owner, used_model, outcome, tokens_in, tokens_out,
-    charged, cost)
-  local id = job .. ':usage_recorded'
-  local payload = format('{"job_id":%s,"model":%s,"outcome":%s,"tokens_in":%.0f,'
-    .. '"tokens_out":%.0f,"tokens_charged":%.0f,"cost_charged":%.0f}', cjson.encode(job),
-    cjson.encode(used_model), cjson.encode(outcome), tokens_in, tokens_out, charged, cost)
-  return {id, format('{"id":%s,"type":"usage_recorded","time":%s,'
-    .. '"source":"agentic.quota","task_id":%s,"agent_id":%s,"payload":%s,'
-    .. '"correlation_id":"","causation_id":""}', cjson.encode(id),
-    cjson.encode(iso_time(NOW)), cjson.encode(task), cjson.encode(owner), payload)}
 end
 
 sweep()
@@ -167,7 +153,9 @@ if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
 end
 if LOG.seq ~= '' then  -- with the settle itself: no crash between the two can lose it
-  log_append(LOG.seq, LOG.stream, LOG.ids, {usage_event(job, task, owner, used_model,
-    outcome, tokens_in, tokens_out, charged, cost)})
+  local entries = {usage_event(job, task, owner, used_model, outcome, tokens_in,
+    tokens_out, charged, cost)}
+  crossing_entries(entries, 'settle', job, task, owner, used_model, previous, status)
+  log_append(LOG.seq, LOG.stream, LOG.ids, entries)
 end
 return {'settled', unpack(settled)}
