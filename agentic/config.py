@@ -130,6 +130,13 @@ class EventsConfig(_Section):
         Field(ge=0, le=10**12),
         Accepts("an integer from 0 to 10**12 (events kept; 0: keep every event)"),
     ] = 100_000
+    # Events a named consumer has not handled are spared by the trims, up to this
+    # many more than log_keep (0: off; a consumer gone for good: agentic events --forget).
+    log_keep_unread: Annotated[
+        Int,
+        Field(ge=0, le=10**12),
+        Accepts("an integer from 0 to 10**12 (unread events spared; 0: off)"),
+    ] = 0
 
     webhook_url: Annotated[str, Accepts("an http:// or https:// URL, or empty for none")] = ""
     # A secret: kept out of repr() and error messages.

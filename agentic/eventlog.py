@@ -9,7 +9,8 @@ retried with backoff; since an append of an event already in the log adds nothin
 a retry after an append whose answer was lost cannot write an event twice. Other
 store errors drop the batch, logged and counted; an event whose payload is not JSON
 is dropped alone. Every so often, and when it closes, the emitter trims the log to
-its newest ``keep`` events (retention). Events still buffered when the
+its newest ``keep`` events (retention), sparing with ``keep_unread`` those a named
+consumer has not handled yet. Events still buffered when the
 process dies are lost: what is in the log is what is durable.
 
 :class:`EventConsumer` hands the log's events to a handler in offset order and
@@ -20,7 +21,8 @@ idempotent: the event's ``id`` is the key to remember. A handler that raises sto
 the consumer at that event; :meth:`EventConsumer.run` logs it, counts it in
 ``errors`` and retries it after a backoff, so one bad event is never skipped in
 silence. Events the log trimmed before the consumer reached them are reported
-(logged as errors, counted in ``missed``): size ``keep`` for the slowest consumer.
+(logged as errors, counted in ``missed``): size ``keep`` for the slowest consumer,
+or have the emitters spare unread events (``keep_unread``).
 Run one process per consumer name.
 """
 
@@ -53,8 +55,12 @@ class EventLogEmitter(BufferedEmitter):
     """Appends emitted events to ``log`` (see the module docstring).
 
     ``keep`` events are kept (0: never trim); the log is trimmed after each
-    ``keep // 10`` appended events (at most every 1,000). ``close_log`` closes the
-    log when the emitter closes (for logs the emitter's owner opened for it).
+    ``keep // 10`` appended events (at most every 1,000). ``keep_unread`` (0: off)
+    spares the events a named consumer has not handled yet, up to that many more:
+    a consumer stopped for a while misses nothing, one gone for good (drop it with
+    ``log.forget(name)``) holds back at most ``keep_unread`` events. ``close_log``
+    closes the log when the emitter closes (for logs the emitter's owner opened for
+    it).
     """
 
     def __init__(
@@ -62,6 +68,7 @@ class EventLogEmitter(BufferedEmitter):
         log: EventLog,
         *,
         keep: int = DEFAULT_KEEP,
+        keep_unread: int = 0,
         maxsize: int = 10_000,
         retry: RetryPolicy | None = None,
         close_timeout: float = 5.0,
@@ -69,6 +76,7 @@ class EventLogEmitter(BufferedEmitter):
         close_log: bool = False,
     ) -> None:
         require_count("keep", keep)
+        require_count("keep_unread", keep_unread)
         super().__init__(
             maxsize=maxsize,
             batch=_BATCH,
@@ -76,7 +84,7 @@ class EventLogEmitter(BufferedEmitter):
             request_timeout=5.0,
             sleep=sleep,
         )
-        self.log, self.keep = log, keep
+        self.log, self.keep, self.keep_unread = log, keep, keep_unread
         self.retry = retry or _DEFAULT_RETRY
         self._trim_every = min(max(keep // 10, 1), 1_000)
         self._since_trim = 0
@@ -127,11 +135,23 @@ class EventLogEmitter(BufferedEmitter):
         if not self.keep:
             return
         try:
-            self.log.trim(self.keep)
+            self.log.trim(self.keep, self._unread_bound())
             self._since_trim = 0
         except Exception as exc:  # the events are in; trimming is tried again later
             self.errors += 1
             log.warning("%r: trimming the log to %d events failed: %r", self, self.keep, exc)
+
+    def _unread_bound(self) -> int | None:
+        """The offset a trim may go up to so that the slowest consumer loses nothing,
+        holding back at most ``keep_unread`` events more than ``keep``; None: no bound. Read before
+        the trim: consumers moving on and events appended meanwhile only keep more."""
+        if not self.keep_unread:
+            return None
+        positions = self.log.consumers()
+        if not positions:
+            return None
+        held_back = self.keep + self.keep_unread
+        return max(min(positions.values()), self.log.last_offset() - held_back)
 
 
 class EventConsumer:

@@ -20,12 +20,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from agentic._cli._common import records_events
+from agentic._cli._common import event_emitter, records_events
 from agentic._cli._logging import KeyValueFormatter
 from agentic.cli import app
 from agentic.config import Config
 from agentic.dispatcher import Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
+from agentic.eventlog import EventLogEmitter
 from agentic.events import EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
@@ -643,6 +644,17 @@ def test_stores_record_events_only_into_the_log_readers_use(
         for key, value in settings.items()
     }
     assert records_events(Config.model_validate(as_allowance), "allowance") is records
+
+
+def test_the_log_emitter_keeps_what_the_config_says(tmp_path: Path) -> None:
+    """event_emitter's log emitter trims to events.log_keep, sparing
+    events.log_keep_unread unread events."""
+    url = "sqlite:///" + (tmp_path / "log.db").as_posix().lstrip("/")
+    settings = {"store_url": url, "events": {"log_keep": 7, "log_keep_unread": 30}}
+    emitter = event_emitter(Config.model_validate(settings))
+    assert isinstance(emitter, EventLogEmitter)
+    with emitter:
+        assert (emitter.keep, emitter.keep_unread) == (7, 30)
 
 
 def test_a_memory_store_refuses_to_record_events() -> None:

@@ -192,6 +192,25 @@ def test_consumers_are_listed_with_what_they_are_behind_and_missed(system: Syste
     assert first == {"consumer": "billing", "position": 1, "behind": 5, "missed": 2}
 
 
+def test_forget_drops_a_consumer_and_says_where_it_was(system: System) -> None:
+    """--forget NAME drops its position (exit 0, saying it); an unknown name exits 1
+    naming --consumers; with other options it is a usage error."""
+    with open_event_log(system.url) as log:
+        log.commit("gone", 4)
+        log.commit("billing", 2)
+    result = system.cli("events", "--forget", "gone")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "forgot consumer gone (it was at offset 4)\n"
+    with open_event_log(system.url) as log:
+        assert log.consumers() == {"billing": 2}
+    again = system.cli("events", "--forget", "gone")
+    assert again.exit_code == 1
+    assert "no consumer 'gone'" in again.output and "--consumers" in again.output
+    mixed = system.cli("events", "--forget", "billing", "--consumers")
+    assert mixed.exit_code == 2
+    assert "--forget drops one consumer" in mixed.output
+
+
 def test_api_reads_the_same_log_through_the_task_api(system: System) -> None:
     """--api prints what reading the store prints, through GET /api/events, and a
     server without the log exits 1 saying so."""

@@ -344,6 +344,16 @@ def test_event_log_settings_default_on_and_are_checked() -> None:
     )
 
 
+def test_keep_unread_defaults_off_and_is_checked() -> None:
+    """events.log_keep_unread is 0 (off) unless set; a negative one is refused."""
+    assert load_config(env={}).events.log_keep_unread == 0
+    cfg = load_config(env={"AGENTIC_EVENTS__LOG_KEEP_UNREAD": "50000"})
+    assert cfg.events.log_keep_unread == 50_000
+    message = config_error(env={"AGENTIC_EVENTS__LOG_KEEP_UNREAD": "-1"})
+    assert message.startswith("events.log_keep_unread in environment variable")
+    assert "integer from 0 to 10**12 (unread events spared; 0: off), got '-1'" in message
+
+
 def test_a_boolean_is_not_a_number(tmp_path: Path) -> None:
     """YAML true where an integer belongs is refused (it would count as 1)."""
     path = write(tmp_path / "agentic.yaml", "events:\n  log_keep: true\n")

@@ -87,6 +87,38 @@ class TestEventLogContract:
         assert log.trim(2) == 0
         assert log.trim(10) == 0
 
+    def test_trim_up_to_spares_what_follows(self, backend: Backend) -> None:
+        """trim(keep, up_to) drops nothing past offset up_to, nor the newest keep."""
+        log = backend.event_log()
+        log.append([_event(i) for i in range(1, 9)])
+        assert log.trim(2, up_to=3) == 3
+        assert [e.offset for e in log.read()] == [4, 5, 6, 7, 8]
+        assert log.trim(2, up_to=3) == 0
+        assert log.trim(2, up_to=100) == 3
+        assert [e.offset for e in log.read()] == [7, 8]
+        assert log.trim(0, up_to=0) == 0
+
+    def test_trim_up_to_goes_in_steps(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A bounded trim of more than one step drops exactly up to its bound."""
+        for module in ("sqlite", "redis"):
+            monkeypatch.setattr(f"agentic.stores.{module}.eventlog.TRIM_STEP", 3)
+        log = backend.event_log()
+        log.append([_event(i) for i in range(1, 12)])
+        assert log.trim(0, up_to=7) == 7
+        assert [e.offset for e in log.read()] == [8, 9, 10, 11]
+
+    def test_forget_drops_a_consumer(self, backend: Backend) -> None:
+        """forget(name) removes its position and says whether there was one."""
+        log = backend.event_log()
+        log.commit("a", 5)
+        log.commit("b", 2)
+        assert log.forget("a") is True
+        assert log.forget("a") is False
+        assert log.consumers() == {"b": 2}
+        assert log.committed("a") == 0
+
     def test_offsets_are_never_reused_after_a_trim(self, backend: Backend) -> None:
         """After trimming everything the next event still gets the next offset."""
         log = backend.event_log()
@@ -125,6 +157,8 @@ class TestEventLogContract:
             (lambda log: log.commit("", 1), "consumer name must be 1-200 characters"),
             (lambda log: log.committed("x" * 201), "consumer name must be 1-200 characters"),
             (lambda log: log.trim(-1), "keep must be an integer >= 0"),
+            (lambda log: log.trim(1, up_to=-1), "up_to must be an integer >= 0"),
+            (lambda log: log.forget(""), "consumer name must be 1-200 characters"),
         ],
     )
     def test_bad_arguments_are_refused(self, backend: Backend, call: Any, message: str) -> None:

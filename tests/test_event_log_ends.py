@@ -139,11 +139,44 @@ class TestEventLogEmitter:
                     emitter.emit(event)
         assert [e.offset for e in log.read()] == [8, 9, 10, 11, 12]
 
+    def test_keep_unread_spares_what_the_slowest_consumer_has_not_handled(self) -> None:
+        """With keep_unread the trims keep every event after the slowest consumer's
+        position, up to keep_unread more than keep; without consumers, keep alone."""
+        log = MemoryEventLog()
+        log.commit("billing", 3)
+        log.commit("audit", 9)
+        with EventLogEmitter(log, keep=2, keep_unread=5) as emitter:
+            for event in _events(10):
+                emitter.emit(event)
+        # billing handled 1-3: 4-10 are spared (7 events, within 2 + 5)
+        assert [e.offset for e in log.read()] == [4, 5, 6, 7, 8, 9, 10]
+        with EventLogEmitter(log, keep=2, keep_unread=5) as emitter:
+            for event in _events(5):
+                emitter.emit(event)
+        # 15 appended: billing still at 3, but at most 2 + 5 kept: 9-15
+        assert [e.offset for e in log.read()] == list(range(9, 16))
+        log.forget("billing")
+        log.forget("audit")
+        with EventLogEmitter(log, keep=2, keep_unread=5) as emitter:
+            emitter.emit(_events(1)[0])
+        assert [e.offset for e in log.read()] == [15, 16]
+
+    def test_keep_unread_off_trims_to_keep(self) -> None:
+        """keep_unread=0 (the default) trims to keep whatever consumers have read."""
+        log = MemoryEventLog()
+        log.commit("billing", 1)
+        with EventLogEmitter(log, keep=2) as emitter:
+            for event in _events(6):
+                emitter.emit(event)
+        assert [e.offset for e in log.read()] == [5, 6]
+        with pytest.raises(ConfigError, match="keep_unread must be an integer >= 0"):
+            EventLogEmitter(log, keep_unread=-1)
+
     def test_a_failing_trim_counts_an_error_not_a_drop(self) -> None:
         """When trimming fails the events are still delivered; the error is counted."""
 
         class NoTrim(MemoryEventLog):
-            def trim(self, keep: int) -> int:
+            def trim(self, keep: int, up_to: int | None = None) -> int:
                 raise OverflowError("too big for this backend")
 
         log = NoTrim()

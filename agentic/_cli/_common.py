@@ -156,7 +156,8 @@ def event_emitter(cfg: Config, first: EventEmitter | None = None) -> EventEmitte
     emitters = [first] if first is not None else []
     if cfg.events.log:
         log = open_event_log(cfg.store_url_for("events"))
-        emitters.append(EventLogEmitter(log, keep=cfg.events.log_keep, close_log=True))
+        keep, unread = cfg.events.log_keep, cfg.events.log_keep_unread
+        emitters.append(EventLogEmitter(log, keep=keep, keep_unread=unread, close_log=True))
     if cfg.events.webhook_url:
         secret = cfg.events.webhook_secret or None
         emitters.append(WebhookEmitter(cfg.events.webhook_url, secret))

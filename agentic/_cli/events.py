@@ -20,7 +20,7 @@ from typing import Annotated, Protocol
 import typer
 
 from ..client import TaskClient
-from ..errors import ConfigError
+from ..errors import ConfigError, NotFoundError
 from ..events import EventType
 from ..stores import open_event_log, parse_store_url
 from ..stores.base import MAX_READ, EventLog, LoggedEvent
@@ -192,6 +192,14 @@ def events(
             help="List the consumers instead: position, events behind, events missed.",
         ),
     ] = False,
+    forget: Annotated[
+        str | None,
+        typer.Option(
+            "--forget",
+            metavar="NAME",
+            help="Drop a consumer gone for good: trims stop sparing its unread events.",
+        ),
+    ] = None,
     json_output: Annotated[
         bool, typer.Option("--json", help="One JSON object per line, with its offset.")
     ] = False,
@@ -203,6 +211,10 @@ def events(
         raise ConfigError(
             "--consumers lists consumers: it takes no --after, --last, -f, --type or --task"
         )
+    if forget is not None and (
+        consumers or api or after is not None or last is not None or follow or type_names or task
+    ):
+        raise ConfigError("--forget drops one consumer: it takes only --store and --config")
     if api and (consumers or store):
         raise ConfigError("--api reads the events through the task API: no --store or --consumers")
     types = _types(type_names)
@@ -220,6 +232,9 @@ def events(
     with existing(open_event_log, url) as log, interrupt_exits(0), _quiet_broken_pipe():
         if consumers:
             _consumers(log, json_output)
+            return
+        if forget is not None:
+            _forget(log, forget)
             return
         _print(_Reader(log, types, task, json_output), after, last, follow)
 
@@ -278,6 +293,15 @@ def _consumers(log: EventLog, as_json: bool) -> None:
     for name, row in zip(names, rows, strict=True):
         counts = "  ".join(f"{row[key]:>10}" for key in ("position", "behind", "missed"))
         sys.stdout.write(f"{name:<{width}}  {counts}\n")
+
+
+def _forget(log: EventLog, name: str) -> None:
+    position = log.committed(name)
+    if not log.forget(name):
+        raise NotFoundError(
+            f"no consumer {name!r} in this log (agentic events --consumers lists them)"
+        )
+    sys.stdout.write(f"forgot consumer {_value(name)} (it was at offset {position})\n")
 
 
 def _start(reader: _Reader, after: int | None, last: int) -> int:

@@ -582,9 +582,13 @@ class EventLog(Closeable):
       forward: a commit below the stored one changes nothing. ``committed(consumer)``
       reads it (0 for a consumer never seen); ``reset(consumer, offset)`` sets it to
       any value (to replay, or to step past an entry that cannot be read).
-    * ``trim(keep)``: drops all but the newest ``keep`` events; returns how many went.
-      Their ids are forgotten with them (a retry of a trimmed event is a new event).
-      Large trims go in steps, so other clients of the store are not held up.
+    * ``forget(consumer)``: drops a consumer's position (one that is gone for good no
+      longer holds events back from a trim that spares unread ones); whether it had one.
+    * ``trim(keep, up_to=None)``: drops all but the newest ``keep`` events, and with
+      ``up_to`` none whose offset is above it (the slowest consumer's position, say);
+      returns how many went. Their ids are forgotten with them (a retry of a trimmed
+      event is a new event). Large trims go in steps, so other clients of the store
+      are not held up.
     """
 
     @abc.abstractmethod
@@ -616,5 +620,10 @@ class EventLog(Closeable):
         """Set ``consumer``'s position to ``offset``, back or forward."""
 
     @abc.abstractmethod
-    def trim(self, keep: int) -> int:
-        """Drop all but the newest ``keep`` events; how many were dropped."""
+    def forget(self, consumer: str) -> bool:
+        """Drop ``consumer``'s position; whether it had one."""
+
+    @abc.abstractmethod
+    def trim(self, keep: int, up_to: int | None = None) -> int:
+        """Drop all but the newest ``keep`` events, none past offset ``up_to``; how
+        many were dropped."""

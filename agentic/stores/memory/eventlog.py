@@ -78,10 +78,19 @@ class MemoryEventLog(EventLog):
         with self._lock:
             self._positions[consumer] = offset
 
-    def trim(self, keep: int) -> int:
+    def forget(self, consumer: str) -> bool:
+        require_consumer(consumer)
+        with self._lock:
+            return self._positions.pop(consumer, None) is not None
+
+    def trim(self, keep: int, up_to: int | None = None) -> int:
         require_count("keep", keep)
+        if up_to is not None:
+            require_count("up_to", up_to)
         with self._lock:
             drop = max(0, len(self._entries) - keep)
+            if up_to is not None:
+                drop = min(drop, bisect.bisect_right(self._offsets, up_to))
             for entry in self._entries[:drop]:
                 del self._ids[entry.event.id]
             del self._entries[:drop], self._offsets[:drop]

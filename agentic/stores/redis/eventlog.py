@@ -96,11 +96,20 @@ class RedisEventLog(EventLog):
         with translate_errors("resetting a consumer"):
             self._client.hset(self._keys.consumers, consumer, str(offset))
 
-    def trim(self, keep: int) -> int:
+    def forget(self, consumer: str) -> bool:
+        require_consumer(consumer)
+        with translate_errors("forgetting a consumer"):
+            return int(sync(self._client.hdel(self._keys.consumers, consumer))) > 0
+
+    def trim(self, keep: int, up_to: int | None = None) -> int:
         require_count("keep", keep)
+        if up_to is not None:
+            require_count("up_to", up_to)
+        # The last stream entry that may go: entry ids are "{offset}-0".
+        last = "+" if up_to is None else f"{up_to}-0"
         keys, dropped = (self._keys.stream, self._keys.ids), 0
         while True:  # in steps: a script holds up every other client while it runs
-            step = int(_TRIM(self._client, [str(keep), str(TRIM_STEP)], keys))
+            step = int(_TRIM(self._client, [str(keep), str(TRIM_STEP), last], keys))
             dropped += step
             if step < TRIM_STEP:
                 return dropped

@@ -29,6 +29,9 @@ from ._db import DEFAULT_TIMEOUT, Database, Migration
 
 __all__ = ["MIGRATIONS", "SQLiteEventLog", "append_rows"]
 
+# The largest integer SQLite holds: a trim bound past it is no bound.
+_NO_BOUND = 2**63 - 1
+
 MIGRATIONS: list[Migration] = [
     (
         """CREATE TABLE events (
@@ -124,16 +127,26 @@ class SQLiteEventLog(EventLog):
                 (consumer, offset),
             )
 
-    def trim(self, keep: int) -> int:
+    def forget(self, consumer: str) -> bool:
+        require_consumer(consumer)
+        with self._db.transaction(f"forgetting consumer {consumer!r}") as conn:
+            return (
+                conn.execute("DELETE FROM event_consumers WHERE name = ?", (consumer,)).rowcount > 0
+            )
+
+    def trim(self, keep: int, up_to: int | None = None) -> int:
         require_count("keep", keep)
+        if up_to is not None:
+            require_count("up_to", up_to)
+        bound = _NO_BOUND if up_to is None else up_to
         dropped = 0
         while True:  # in steps: each transaction holds the file's write lock
             with self._db.transaction(f"trimming events to {keep}") as conn:
                 step = conn.execute(
                     "DELETE FROM events WHERE position <= MIN("
                     "(SELECT position FROM events ORDER BY position DESC LIMIT 1 OFFSET ?),"
-                    " (SELECT MIN(position) FROM events) + ? - 1)",
-                    (keep, TRIM_STEP),
+                    " (SELECT MIN(position) FROM events) + ? - 1, ?)",
+                    (keep, TRIM_STEP, bound),
                 ).rowcount
             dropped += step
             if step < TRIM_STEP:
