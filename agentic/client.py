@@ -270,14 +270,26 @@ class TaskClient:
             return {status: len(self.list_tasks(status=status)) for status in TaskStatus}
         return {status: found.get(status, 0) for status in TaskStatus}
 
-    def read_events(self, after: int = 0, limit: int = 100) -> EventPage:
+    def read_events(self, after: int = 0, limit: int = 100, wait: float = 0.0) -> EventPage:
         """The server's event log after the offset ``after`` (0: from the oldest kept),
         at most ``limit`` events: what :meth:`EventLog.read` gives, for readers without
         store credentials. Needs an admin token and a server with ``event_log`` in its
-        features (one without answers 404)."""
+        features (one without answers 404).
+
+        With ``wait`` (seconds, at most 60) a long-poll: when nothing is after ``after``
+        the server answers once something is, or after ``wait``. A server older than
+        the long-poll answers at once: sleep before asking again after an empty page
+        that came quickly."""
         require_page(after, limit)
+        if not 0 <= wait <= _MAX_WAIT:
+            raise ConfigError(f"wait must be from 0 to {_MAX_WAIT:g} seconds, got {wait}")
         params = {"after": str(after), "limit": str(limit)}
-        found = parse(self._request("GET", "/api/events", safe=True, params=params), EVENTS)
+        if wait:
+            params["wait"] = f"{wait:g}"
+        response = self._request(
+            "GET", "/api/events", safe=True, params=params, timeout=self.timeout + wait
+        )
+        found = parse(response, EVENTS)
         events = [LoggedEvent(logged.offset, logged.event) for logged in found.events]
         return EventPage(events, found.last_offset)
 

@@ -123,12 +123,16 @@ def test_events_log_false_writes_nothing(system: System) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("via", [[], ["--api"]], ids=["store", "api"])
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_follow_prints_new_events_until_interrupted(system: System, stop: signal.Signals) -> None:
-    """events -f prints events appended later; Ctrl-C or SIGTERM ends it with exit 0."""
+def test_follow_prints_new_events_until_interrupted(
+    system: System, stop: signal.Signals, via: list[str]
+) -> None:
+    """events -f prints events appended later, read from the store or through the task
+    API's long-poll; Ctrl-C or SIGTERM ends it with exit 0."""
     _fill(system.url)
     follower = subprocess.Popen(
-        [AGENTIC, "events", "-f", "--json", "--after", "3", "--config", str(system.config)],
+        [AGENTIC, "events", "-f", "--json", "--after", "3", *via, "--config", str(system.config)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=subprocess_env(),
@@ -227,6 +231,28 @@ def test_api_reads_the_same_log_through_the_task_api(system: System) -> None:
         missing = run("events", "--api", "--config", str(config))
     assert missing.exit_code == 1
     assert "serves no event log" in missing.output
+
+
+def test_following_an_older_server_through_the_api_does_not_spin(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An empty answer that came at once (a server older than the long-poll ignores
+    wait) is followed by the poll interval's sleep; one that waited is not."""
+    from agentic._cli import events as events_cli
+    from agentic.client import EventPage
+
+    slept: list[float] = []
+    monkeypatch.setattr("agentic._cli.events.time.sleep", slept.append)
+    asked: list[float] = []
+
+    class Api:
+        def read_events(self, after: int = 0, limit: int = 100, wait: float = 0.0) -> EventPage:
+            asked.append(wait)
+            return EventPage([], after)
+
+    events_cli._ApiLog(Api()).pause(3)  # type: ignore[arg-type]
+    assert asked == [events_cli._API_WAIT]
+    assert len(slept) == 1 and 0.4 < slept[0] <= events_cli._POLL
 
 
 def test_a_payload_cannot_forge_a_line(system: System) -> None:

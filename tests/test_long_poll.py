@@ -1,4 +1,5 @@
-"""Long-polls of GET /api/tasks: runners and dispatchers wake on changes, not timers."""
+"""Long-polls of GET /api/tasks (runners and dispatchers wake on changes, not timers)
+and of GET /api/events (readers of the log through the API wake on new events)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 from agentic.allowance import AllowanceService
 from agentic.client import Claim, TaskClient
 from agentic.dispatcher import Dispatcher
-from agentic.errors import APIError
+from agentic.errors import APIError, ConfigError
+from agentic.events import Event, EventType
 from agentic.models import (
     AgentAllowance,
     AgentInfo,
@@ -28,7 +30,7 @@ from agentic.models import (
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner
 from agentic.server._changes import Changes
-from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
+from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
 
@@ -166,6 +168,58 @@ def test_a_wait_over_a_minute_is_refused(served: tuple[MemoryTaskStore, TaskClie
     with pytest.raises(APIError) as refused:
         api._request("GET", "/api/tasks", safe=True, params={"wait": "61"})
     assert refused.value.code == 422
+
+
+@pytest.fixture
+def logged() -> Iterator[tuple[MemoryTaskStore, MemoryEventLog, TaskClient]]:
+    """A task store recording into an event log, both served, and a client."""
+    log = MemoryEventLog()
+    store = MemoryTaskStore(events=log)
+    with (
+        running_server(store, requeue_interval=None, events=log) as url,
+        TaskClient(url, token="") as api,
+    ):
+        yield store, log, api
+
+
+def test_an_event_read_waits_for_the_next_event(
+    logged: tuple[MemoryTaskStore, MemoryEventLog, TaskClient],
+) -> None:
+    """read_events(wait=) with nothing new times out empty; an event another process
+    appends meanwhile is answered (the server reads the log again while waiting)."""
+    _store, log, api = logged
+    (page, took) = timed(lambda: api.read_events(0, 10, wait=0.3))
+    assert (page.events, took >= 0.25) == ([], True)
+    late = Event(type=EventType.AGENT_OFFLINE, agent_id="b")
+    with later(0.2, lambda: log.append([late])):
+        page, took = timed(lambda: api.read_events(0, 10, wait=10))
+    assert [e.event.id for e in page.events] == [late.id] and took < 5
+
+
+def test_a_change_the_server_records_wakes_an_event_read(
+    logged: tuple[MemoryTaskStore, MemoryEventLog, TaskClient],
+) -> None:
+    """A claim through the API (recorded in the log with it) answers a waiting read
+    with its task_claimed event."""
+    store, _log, api = logged
+    task = store.create(Task(title="t"))
+    with later(0.2, lambda: api.claim_task(task.id, "a1")):
+        page, took = timed(lambda: api.read_events(0, 10, wait=10))
+    assert [(e.event.type, e.event.task_id) for e in page.events] == [
+        (EventType.TASK_CLAIMED, task.id)
+    ] and took < 5
+
+
+def test_an_event_read_over_a_minute_is_refused(
+    logged: tuple[MemoryTaskStore, MemoryEventLog, TaskClient],
+) -> None:
+    """wait is bounded (60 s): longer is a ConfigError before sending, 422 from the API."""
+    _store, _log, api = logged
+    with pytest.raises(ConfigError, match="wait must be from 0 to 60 seconds"):
+        api.read_events(wait=61)
+    with pytest.raises(APIError) as info:
+        api._request("GET", "/api/events", safe=True, params={"wait": "61"})
+    assert info.value.code == 422
 
 
 def test_waiters_leave_nothing_behind() -> None:

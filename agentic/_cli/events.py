@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Protocol
 
 import typer
@@ -37,6 +37,7 @@ from ._common import (
 )
 
 _POLL = 0.5  # seconds between reads while following
+_API_WAIT = 10.0  # seconds a follow through the task API waits in one request
 _LAST = 20
 
 
@@ -99,14 +100,32 @@ class _ApiLog:
     def last_offset(self) -> int:
         return self.api.read_events(self._BEYOND, 1).last_offset
 
+    def pause(self, after: int) -> None:
+        """Until an event after ``after`` may be there: the server's long-poll, and the
+        poll interval after an empty answer that came at once (an older server)."""
+        started = time.monotonic()
+        if not self.api.read_events(after, 1, wait=_API_WAIT).events:
+            time.sleep(max(0.0, _POLL - (time.monotonic() - started)))
+
+
+def _sleep(after: int) -> None:
+    """A reader of the store polls it."""
+    time.sleep(_POLL)
+
 
 class _Reader:
     """Reads the log from a position, says what it could not see, prints what passes."""
 
     def __init__(
-        self, log: _Readable, types: set[EventType] | None, task: str | None, as_json: bool
+        self,
+        log: _Readable,
+        types: set[EventType] | None,
+        task: str | None,
+        as_json: bool,
+        pause: Callable[[int], None] = _sleep,
     ) -> None:
         self.log, self.types, self.task, self.as_json = log, types, task, as_json
+        self.pause = pause  # while following: until events after an offset may be there
 
     def wanted(self, logged: LoggedEvent) -> bool:
         event = logged.event
@@ -221,7 +240,9 @@ def events(
     cfg = store_config(config_path, store)
     if api:
         with client(cfg) as task_api, interrupt_exits(0), _quiet_broken_pipe():
-            _print(_Reader(_ApiLog(task_api), types, task, json_output), after, last, follow)
+            api_log = _ApiLog(task_api)
+            reader = _Reader(api_log, types, task, json_output, api_log.pause)
+            _print(reader, after, last, follow)
         return
     url = cfg.store_url_for("events")
     if parse_store_url(url).scheme == "memory":
@@ -256,7 +277,7 @@ def _print(reader: _Reader, after: int | None, last: int | None, follow: bool) -
                 reader.print(logged)
         if not follow:
             return
-        time.sleep(_POLL)
+        reader.pause(position)
         if reader.went_back(position):
             position = 0
 

@@ -6,6 +6,9 @@ Two kinds of topic, each a counter this server process bumps after a write:
 * ``dispatch``: something that may let a dispatcher do more (a task created,
   released, completed or failed, updated, or requeued after its lease expired).
 
+Every bump also bumps :data:`EVENTS_TOPIC`: a write may have recorded events in the
+log, which a waiting ``GET /api/events`` then reads at once.
+
 A waiter passes the token it last saw; it gets an answer at once when the topic has
 changed since, else when it changes or the wait times out. Tokens carry this
 process's id: a token from another server process (behind a load balancer, or
@@ -23,7 +26,10 @@ from collections import Counter, defaultdict
 
 from .._client_wire import CHANGES_HEADER
 
-__all__ = ["CHANGES_HEADER", "Changes"]
+__all__ = ["CHANGES_HEADER", "EVENTS_TOPIC", "Changes"]
+
+#: bumped with every other topic (see the module docstring)
+EVENTS_TOPIC = "events"
 
 
 class Changes:
@@ -40,8 +46,8 @@ class Changes:
         return f"{self.instance}.{self._counts.get(topic, 0)}"  # get: no key per query
 
     def bump(self, *topics: str) -> None:
-        """Record a change of each topic and wake its waiters."""
-        for topic in topics:
+        """Record a change of each topic (and of the events topic) and wake its waiters."""
+        for topic in (*topics, EVENTS_TOPIC):
             self._counts[topic] += 1
             event = self._events.pop(topic, None)
             if event is not None:

@@ -41,7 +41,7 @@ from ..retry import RetryPolicy
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
 from ._auth import Auth, Principal
 from ._calls import StoreCalls
-from ._changes import CHANGES_HEADER, Changes
+from ._changes import CHANGES_HEADER, EVENTS_TOPIC, Changes
 from ._errors import describe, details_text, install_error_handlers
 from ._metrics import Guard, Metrics
 from ._schemas import (
@@ -109,6 +109,10 @@ def _json(body: BaseModel | list[Task], status: int = 200) -> Response:
 
 
 _EVENTS_AFTER_DOC = "the offset of the last event read; 0: from the oldest kept"
+_EVENTS_WAIT_DOC = "long-poll: wait up to this many seconds for an event after `after`"
+# A waiting read of the log reads it again this often: other processes append to it
+# without telling this server.
+_EVENTS_POLL = 0.2
 
 
 def _event_page(events: EventLog, after: int, limit: int) -> tuple[list[LoggedEvent], int]:
@@ -240,9 +244,15 @@ def create_app(
         who: Caller,
         after: Annotated[int, Query(ge=0, description=_EVENTS_AFTER_DOC)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_READ)] = 100,
+        wait: Annotated[float, Query(ge=0, le=_MAX_WAIT, description=_EVENTS_WAIT_DOC)] = 0,
     ) -> Response:
         """The event log after an offset, oldest first (admin tokens): for readers
-        without credentials of the store it lives in."""
+        without credentials of the store it lives in.
+
+        A long-poll with ``wait`` (seconds): when nothing is after ``after`` the answer
+        waits until something is, at most ``wait`` seconds. This server's own writes
+        wake it at once; events other processes append are seen within
+        0.2 s."""
         who.require_admin("read the event log")
         if events is None:
             raise APIError(
@@ -250,8 +260,15 @@ def create_app(
                 " memory://): read it from its store with agentic events --store URL",
                 404,
             )
+        deadline = asyncio.get_running_loop().time() + wait
         try:
-            page, last = await to_thread.run_sync(_event_page, events, after, limit)
+            while True:
+                token = changes.token(EVENTS_TOPIC)  # before the read: no change is missed
+                page, last = await to_thread.run_sync(_event_page, events, after, limit)
+                left = deadline - asyncio.get_running_loop().time()
+                if page or left <= 0:
+                    break
+                await changes.wait(EVENTS_TOPIC, token, min(left, _EVENTS_POLL))
         except StoreUnavailableError as exc:
             raise APIError("the event log is unavailable", 503, str(exc)) from exc
         except StoreError as exc:  # an unreadable entry: its message says how to pass it
