@@ -57,11 +57,13 @@ def context(client: RecordingClient | None = None) -> TaskContext:
 
 
 def logged(ctx: TaskContext) -> list[str]:
-    """Flush ``ctx`` into a fresh recording client; the lines it sent."""
+    """Flush ``ctx`` into a fresh recording client; the lines it sent after the
+    attempt's first line (checked to be there)."""
     client = RecordingClient()
     ctx._client = client
     assert ctx.flush_logs()
-    return client.lines
+    assert client.lines[0].startswith("[agentic: attempt "), client.lines
+    return client.lines[1:]
 
 
 def gone(pid: int) -> bool:
@@ -259,7 +261,7 @@ def test_subprocess_handler_under_a_runner_streams_logs() -> None:
             wait_until(lambda: store.get(task.id).status == TaskStatus.COMPLETED)
         finally:
             runner.stop()
-    assert store.logs(task.id).lines == ["SHOUT", "", "PLEASE"]
+    assert store.logs(task.id).lines[1:] == ["SHOUT", "", "PLEASE"]
     stored = store.get(task.id)
     assert stored.result is not None and stored.result.output == "SHOUT\n\nPLEASE\n"
 
@@ -320,6 +322,20 @@ def test_log_buffer_is_bounded_and_says_so() -> None:
     assert logged(ctx) == ["[agentic: 2 log lines dropped]", "2", "3", "4"]
 
 
+def test_each_attempt_that_logs_starts_with_a_line_naming_it() -> None:
+    """The first flush of an attempt that logged starts with its number, agent and
+    job; later flushes add no header, and a silent attempt sends nothing."""
+    retried = TASK.model_copy(update={"retry_count": 2, "claimed_by": "coder-1", "job_id": "j9"})
+    client = RecordingClient()
+    ctx = TaskContext(retried, client)
+    assert ctx.flush_logs() and client.lines == []
+    ctx.log("one")
+    ctx.flush_logs()
+    ctx.log("two")
+    ctx.flush_logs()
+    assert client.lines == ["[agentic: attempt 3 by coder-1, job j9]", "one", "two"]
+
+
 def test_failed_flush_keeps_lines_in_order() -> None:
     """A flush that fails keeps its lines for the next one, before newer lines."""
     client = RecordingClient(fail_appends=1)
@@ -329,7 +345,7 @@ def test_failed_flush_keeps_lines_in_order() -> None:
     assert not ctx.flush_logs()
     ctx.log("two")
     assert ctx.flush_logs()
-    assert client.lines == ["one", "two"]
+    assert client.lines == ["[agentic: attempt 1 by ?]", "one", "two"]
     assert errors == ["task t1: log flush failed"]
 
 

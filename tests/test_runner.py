@@ -313,7 +313,14 @@ def test_progress_and_logs_reach_the_server(system: System) -> None:
 
     system.started(handler)
     task = system.submit()
-    wait_for(lambda: system.tasks.logs(task.id).lines == ["first", "second", "third"])
+    wait_for(lambda: len(system.tasks.logs(task.id).lines) == 4)
+    job = system.tasks.get(task.id).job_id
+    assert system.tasks.logs(task.id).lines == [
+        f"[agentic: attempt 1 by {AGENT}, job {job}]",
+        "first",
+        "second",
+        "third",
+    ]
     stored = system.tasks.get(task.id)
     assert (stored.progress, stored.notes) == (40, "halfway")
     gate.set()

@@ -64,7 +64,8 @@ class TaskCancelled(AgenticError):
 class TaskContext:
     """What a running task can do besides computing its result.
 
-    * ``log(line)``: buffered, sent to the task's log in batches by the runner.
+    * ``log(line)``: buffered, sent to the task's log in batches by the runner; the
+      attempt's first batch starts with a line naming it (attempt number, agent, job).
     * ``progress(pct, notes="")``: sets progress (0-100) and notes on the server now.
     * ``usage(model, tokens_in, tokens_out)``: adds tokens the task used; the runner
       settles the sum with the quota store when the task ends.
@@ -97,6 +98,7 @@ class TaskContext:
         self._flush_lock = threading.Lock()
         self._lines: list[str] = []
         self._dropped = 0
+        self._headed = False  # the attempt's first line is in the buffer or sent
         self._tokens: dict[str, list[int]] = {}
 
     @property
@@ -173,6 +175,11 @@ class TaskContext:
                 if self._dropped:
                     lines.insert(0, f"[agentic: {self._dropped} log lines dropped]")
                     self._dropped = 0
+                if lines and not self._headed:
+                    # Attempts of a retried task share its log: each one that logs
+                    # starts with who ran it (none for a silent one: no request).
+                    lines.insert(0, self._header())
+                    self._headed = True
             sent = 0
             try:
                 for batch in _batches(lines):
@@ -184,6 +191,11 @@ class TaskContext:
                 self._report("log flush", exc)
                 return False
             return True
+
+    def _header(self) -> str:
+        task = self._task
+        job = f", job {task.job_id}" if task.job_id else ""
+        return f"[agentic: attempt {task.retry_count + 1} by {task.claimed_by or '?'}{job}]"
 
     # --- progress and usage ---
     def progress(self, pct: float, notes: str = "") -> bool:
