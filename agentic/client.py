@@ -30,6 +30,12 @@ repeat cannot do the work twice:
   that succeeded, a repeated complete could count a failure twice, a repeated
   append duplicates lines. Their callers get the error and decide (for a claim:
   read the task and look at ``claimed_by``).
+* A 429 of an unsafe call is not repeated here either, though the task API answers
+  it only for work it did not begin (a batch out of time, a caller over
+  ``server.rate_limit``): the runner and the dispatcher retry on their own schedule
+  (a waiting claim is tried in a later pass, a completion is retried with backoff,
+  log lines stay buffered), where a wait here would stall the thread that renews
+  the leases.
 * Other 4xx answers are never retried: the same request gets the same answer.
 """
 

@@ -177,6 +177,22 @@ class ServerConfig(_Section):
         dict[NonEmpty, NonEmpty], Accepts("a mapping of non-empty token -> agent id")
     ] = Field(default_factory=dict, repr=False)
     max_body_bytes: Annotated[Int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
+    # Requests a second each token (each address, without tokens) may send on average;
+    # past it 429 with Retry-After. 0: no limit.
+    rate_limit: Annotated[
+        float,
+        BeforeValidator(_not_a_bool),
+        Field(ge=0, allow_inf_nan=False),
+        Accepts("a number >= 0 (requests a second; 0: no limit)"),
+    ] = 0
+    rate_burst: Annotated[Int, Field(ge=0), Accepts("an integer >= 0 (0: a second's worth)")] = 0
+
+    @field_validator("rate_burst")
+    @classmethod
+    def _burst_needs_a_rate(cls, value: int, info: ValidationInfo) -> int:
+        if value and not info.data.get("rate_limit"):
+            raise ValueError("a burst without server.rate_limit limits nothing: set both")
+        return value
 
     @field_validator("agent_tokens")
     @classmethod

@@ -712,6 +712,28 @@ def test_serve_without_token_warns(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_serve_applies_the_configured_rate_limit() -> None:
+    """server.rate_limit / rate_burst reach the served API: past the burst, 429."""
+    port = free_port()
+    limits = {"AGENTIC_SERVER__RATE_LIMIT": "0.1", "AGENTIC_SERVER__RATE_BURST": "2"}
+    env = {**subprocess_env(), **limits}
+    process = subprocess.Popen(
+        [AGENTIC, "serve", "--port", str(port), "--store", "memory://"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy(base))
+        codes = [httpx.get(f"{base}/api/tasks").status_code for _ in range(3)]
+    finally:
+        process.kill()
+        process.communicate()
+    assert codes == [200, 200, 429]
+
+
+@pytest.mark.slow
 def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     """A waiting reason quoting labels in brackets is printed whole, not read as markup."""
     system.registry.register(AgentInfo(id="cpu-only", capabilities=["cpu"]))

@@ -197,14 +197,17 @@ def test_consumers_are_listed_with_what_they_are_behind_and_missed(system: Syste
 
 
 def test_forget_drops_a_consumer_and_says_where_it_was(system: System) -> None:
-    """--forget NAME drops its position (exit 0, saying it); an unknown name exits 1
-    naming --consumers; with other options it is a usage error."""
+    """--forget NAME drops its position (exit 0, saying it; --json as an object); an
+    unknown name exits 1 naming --consumers; with other options it is a usage error."""
     with open_event_log(system.url) as log:
         log.commit("gone", 4)
         log.commit("billing", 2)
+        log.commit("old", 7)
     result = system.cli("events", "--forget", "gone")
     assert result.exit_code == 0, result.output
     assert result.stdout == "forgot consumer gone (it was at offset 4)\n"
+    data = system.cli("events", "--forget", "old", "--json")
+    assert json.loads(data.stdout) == {"consumer": "old", "position": 7}
     with open_event_log(system.url) as log:
         assert log.consumers() == {"billing": 2}
     again = system.cli("events", "--forget", "gone")

@@ -139,10 +139,12 @@ class TestEventLogEmitter:
                     emitter.emit(event)
         assert [e.offset for e in log.read()] == [8, 9, 10, 11, 12]
 
-    def test_keep_unread_spares_what_the_slowest_consumer_has_not_handled(self) -> None:
+    def test_keep_unread_spares_what_the_slowest_consumer_has_not_handled(
+        self, backend: Backend
+    ) -> None:
         """With keep_unread the trims keep every event after the slowest consumer's
         position, up to keep_unread more than keep; without consumers, keep alone."""
-        log = MemoryEventLog()
+        log = backend.event_log()
         log.commit("billing", 3)
         log.commit("audit", 9)
         with EventLogEmitter(log, keep=2, keep_unread=5) as emitter:

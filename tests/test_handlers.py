@@ -62,7 +62,7 @@ def logged(ctx: TaskContext) -> list[str]:
     client = RecordingClient()
     ctx._client = client
     assert ctx.flush_logs()
-    assert client.lines[0].startswith("[agentic: attempt "), client.lines
+    assert client.lines[0].startswith("[agentic: ") and " runs" in client.lines[0], client.lines
     return client.lines[1:]
 
 
@@ -323,8 +323,8 @@ def test_log_buffer_is_bounded_and_says_so() -> None:
 
 
 def test_each_attempt_that_logs_starts_with_a_line_naming_it() -> None:
-    """The first flush of an attempt that logged starts with its number, agent and
-    job; later flushes add no header, and a silent attempt sends nothing."""
+    """The first flush of an attempt that logged starts with its agent, job and the
+    failures before it; later flushes add no header; a silent attempt sends nothing."""
     retried = TASK.model_copy(update={"retry_count": 2, "claimed_by": "coder-1", "job_id": "j9"})
     client = RecordingClient()
     ctx = TaskContext(retried, client)
@@ -333,7 +333,7 @@ def test_each_attempt_that_logs_starts_with_a_line_naming_it() -> None:
     ctx.flush_logs()
     ctx.log("two")
     ctx.flush_logs()
-    assert client.lines == ["[agentic: attempt 3 by coder-1, job j9]", "one", "two"]
+    assert client.lines == ["[agentic: coder-1 runs job j9, after 2 failed]", "one", "two"]
 
 
 def test_failed_flush_keeps_lines_in_order() -> None:
@@ -345,7 +345,7 @@ def test_failed_flush_keeps_lines_in_order() -> None:
     assert not ctx.flush_logs()
     ctx.log("two")
     assert ctx.flush_logs()
-    assert client.lines == ["[agentic: attempt 1 by ?]", "one", "two"]
+    assert client.lines == ["[agentic: ? runs]", "one", "two"]
     assert errors == ["task t1: log flush failed"]
 
 

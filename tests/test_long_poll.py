@@ -210,6 +210,17 @@ def test_a_change_the_server_records_wakes_an_event_read(
     ] and took < 5
 
 
+def test_an_event_read_past_the_newest_offset_answers_at_once(
+    logged: tuple[MemoryTaskStore, MemoryEventLog, TaskClient],
+) -> None:
+    """Nothing can come after an offset past the log's newest (the log went back): a
+    waiting read answers at once with the newest offset, so the reader sees it."""
+    _store, log, api = logged
+    log.append([Event(type=EventType.AGENT_OFFLINE, agent_id="a")])
+    page, took = timed(lambda: api.read_events(10, 10, wait=10))
+    assert (page.events, page.last_offset) == ([], 1) and took < 5
+
+
 def test_an_event_read_over_a_minute_is_refused(
     logged: tuple[MemoryTaskStore, MemoryEventLog, TaskClient],
 ) -> None:

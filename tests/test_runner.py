@@ -316,7 +316,7 @@ def test_progress_and_logs_reach_the_server(system: System) -> None:
     wait_for(lambda: len(system.tasks.logs(task.id).lines) == 4)
     job = system.tasks.get(task.id).job_id
     assert system.tasks.logs(task.id).lines == [
-        f"[agentic: attempt 1 by {AGENT}, job {job}]",
+        f"[agentic: {AGENT} runs job {job}]",
         "first",
         "second",
         "third",

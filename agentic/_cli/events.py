@@ -255,7 +255,7 @@ def events(
             _consumers(log, json_output)
             return
         if forget is not None:
-            _forget(log, forget)
+            _forget(log, forget, json_output)
             return
         _print(_Reader(log, types, task, json_output), after, last, follow)
 
@@ -316,12 +316,15 @@ def _consumers(log: EventLog, as_json: bool) -> None:
         sys.stdout.write(f"{name:<{width}}  {counts}\n")
 
 
-def _forget(log: EventLog, name: str) -> None:
+def _forget(log: EventLog, name: str, as_json: bool) -> None:
     position = log.committed(name)
     if not log.forget(name):
         raise NotFoundError(
             f"no consumer {name!r} in this log (agentic events --consumers lists them)"
         )
+    if as_json:
+        print_json({"consumer": name, "position": position}, indent=None)
+        return
     sys.stdout.write(f"forgot consumer {_value(name)} (it was at offset {position})\n")
 
 

@@ -65,7 +65,7 @@ class TaskContext:
     """What a running task can do besides computing its result.
 
     * ``log(line)``: buffered, sent to the task's log in batches by the runner; the
-      attempt's first batch starts with a line naming it (attempt number, agent, job).
+      attempt's first batch starts with a line naming it (agent, job, failures before).
     * ``progress(pct, notes="")``: sets progress (0-100) and notes on the server now.
     * ``usage(model, tokens_in, tokens_out)``: adds tokens the task used; the runner
       settles the sum with the quota store when the task ends.
@@ -193,9 +193,12 @@ class TaskContext:
             return True
 
     def _header(self) -> str:
+        # The job id tells attempts apart; retries counts the failed ones before (a
+        # released claim is run again without counting one).
         task = self._task
-        job = f", job {task.job_id}" if task.job_id else ""
-        return f"[agentic: attempt {task.retry_count + 1} by {task.claimed_by or '?'}{job}]"
+        job = f" job {task.job_id}" if task.job_id else ""
+        retries = f", after {task.retry_count} failed" if task.retry_count else ""
+        return f"[agentic: {task.claimed_by or '?'} runs{job}{retries}]"
 
     # --- progress and usage ---
     def progress(self, pct: float, notes: str = "") -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..errors import APIError, ConfigError
 
-__all__ = ["Auth", "Principal"]
+__all__ = ["Auth", "Principal", "token_key"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,11 @@ class Principal:
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def token_key(token: str) -> str:
+    """A token's name in tables kept per caller (its digest: never the token)."""
+    return _digest(token).hex()
 
 
 class Auth:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..errors import APIError, ConfigError, StoreError
+from ._limits import RateLimited
 from ._metrics import Metrics
 
 __all__ = ["describe", "details_text", "error_response", "install_error_handlers"]
@@ -95,8 +96,12 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             status, message, details = described
             if isinstance(exc, StoreError):
                 log.error("%s %s: store failed: %s", request.method, request.url.path, exc)
-            challenge = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return error_response(status, message, details, challenge)
+            answer_headers: dict[str, str] | None = None
+            if status == 401:
+                answer_headers = {"WWW-Authenticate": "Bearer"}
+            elif isinstance(exc, RateLimited):
+                answer_headers = exc.headers
+            return error_response(status, message, details, answer_headers)
         log.exception("%s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(500, "internal server error")
 

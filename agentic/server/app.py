@@ -39,10 +39,11 @@ from ..errors import APIError, ConfigError, NotFoundError, StoreError, StoreUnav
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
-from ._auth import Auth, Principal
+from ._auth import Auth, Principal, token_key
 from ._calls import StoreCalls
 from ._changes import CHANGES_HEADER, EVENTS_TOPIC, Changes
 from ._errors import describe, details_text, install_error_handlers
+from ._limits import RateLimiter
 from ._metrics import Guard, Metrics
 from ._schemas import (
     AppendResponse,
@@ -81,6 +82,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
         409: "Not possible in the task's state",
         413: "Body too large",
         422: "Invalid input",
+        429: "Over the caller's rate limit (server.rate_limit): wait Retry-After",
         503: "Store unavailable",
     }.items()
 }
@@ -130,7 +132,16 @@ async def _caller(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
 ) -> Principal:
     auth: Auth = request.app.state.auth
-    return auth.authenticate(credentials.credentials if credentials else None)
+    token = credentials.credentials if credentials else None
+    who = auth.authenticate(token)
+    limiter: RateLimiter | None = request.app.state.limiter
+    if limiter is not None:
+        # Per token (by its digest: tokens are not kept). An open server accepts any
+        # token, so there a caller is its address: a new token per request is no way
+        # around the limit.
+        peer = request.client.host if request.client else "?"
+        limiter.check(token_key(token) if token and not auth.open else f"peer:{peer}")
+    return who
 
 
 Caller = Annotated[Principal, Depends(_caller)]
@@ -168,6 +179,8 @@ def create_app(
     log_poll_interval: float = 0.25,
     clock: Callable[[], float] = time.time,
     events: EventLog | None = None,
+    rate_limit: float = 0.0,
+    rate_burst: int = 0,
 ) -> FastAPI:
     """The task API over ``store`` (which the caller keeps and closes).
 
@@ -176,7 +189,9 @@ def create_app(
     (``None`` or 0: no background pass). ``retry_policy`` spaces the retries of
     failed tasks (default :class:`RetryPolicy`); ``clock`` must be the store's clock.
     ``events``: the event log ``GET /api/events`` serves to admin tokens (the caller
-    keeps and closes it; without one that route answers 404).
+    keeps and closes it; without one that route answers 404). ``rate_limit``: requests
+    a second each caller may send on average (0: no limit), ``rate_burst`` at once
+    (0: a second's worth); past it, 429 with ``Retry-After``.
     """
     if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
         raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
@@ -204,6 +219,7 @@ def create_app(
     app = FastAPI(title="agentic task API", version="1", lifespan=lifespan, responses=_ERRORS)
     app.state.metrics = metrics
     app.state.auth = auth
+    app.state.limiter = RateLimiter(rate_limit, rate_burst) if rate_limit else None
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes)
     install_error_handlers(app, metrics)
 
@@ -241,6 +257,7 @@ def create_app(
     # --- the event log ---
     @app.get("/api/events", response_model=EventPageBody, tags=["events"])
     async def read_events(
+        request: Request,
         who: Caller,
         after: Annotated[int, Query(ge=0, description=_EVENTS_AFTER_DOC)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_READ)] = 100,
@@ -266,7 +283,9 @@ def create_app(
                 token = changes.token(EVENTS_TOPIC)  # before the read: no change is missed
                 page, last = await to_thread.run_sync(_event_page, events, after, limit)
                 left = deadline - asyncio.get_running_loop().time()
-                if page or left <= 0:
+                # Nothing can come after an offset past the newest (the log went back):
+                # answered now, so the reader sees it; likewise a reader gone.
+                if page or left <= 0 or last < after or await request.is_disconnected():
                     break
                 await changes.wait(EVENTS_TOPIC, token, min(left, _EVENTS_POLL))
         except StoreUnavailableError as exc:

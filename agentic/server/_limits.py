@@ -1,0 +1,103 @@
+"""Request rate limits per caller, so one runaway client cannot starve the task API.
+
+Each caller (a bearer token; without tokens, a client address) has a token bucket:
+``rate`` requests a second on average, ``burst`` at once after a quiet spell. A
+request finding its bucket empty is refused with 429 and ``Retry-After`` before any
+work is done, so every client may repeat it (ours does, after the wait asked).
+
+Buckets live in this server process (several processes behind a load balancer each
+allow the rate). The table keeps the ``max_callers`` callers seen last: the one
+unseen longest is forgotten first (it starts again with a full bucket), so callers
+that come and go cannot grow it without bound.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import APIError, ConfigError
+
+__all__ = ["RateLimited", "RateLimiter", "TokenBucket"]
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``; a request takes one."""
+
+    rate: float
+    burst: float
+    tokens: float
+    at: float  # when ``tokens`` was counted
+
+    def take(self, now: float) -> float:
+        """Take a token: 0 when there was one, else the seconds until there is."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class RateLimited(APIError):
+    """429: this caller sent more than its rate; ``retry_after`` seconds to wait."""
+
+    def __init__(self, rate: float, retry_after: float) -> None:
+        super().__init__(
+            f"more than {rate:g} requests a second from this caller (server.rate_limit);"
+            f" retry after {retry_after:.2f} s",
+            429,
+        )
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """``Retry-After`` in whole seconds, rounded up (HTTP has no fractions)."""
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+
+
+class RateLimiter:
+    """One :class:`TokenBucket` per caller key (see the module docstring)."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int = 0,
+        *,
+        max_callers: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not rate > 0 or not math.isfinite(rate):
+            raise ConfigError(f"rate must be a number of requests a second > 0, got {rate}")
+        if burst < 0:
+            raise ConfigError(f"burst must be an integer >= 0, got {burst}")
+        self.rate = rate
+        # 0: a second's worth, and at least one request.
+        self.burst = float(burst or max(1, math.ceil(rate)))
+        self._max_callers = max_callers
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()  # seen last at the end
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> None:
+        """Count a request of ``key``; :class:`RateLimited` when over its rate."""
+        with self._lock:
+            now = self._clock()
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self.burst, now)
+                if len(self._buckets) > self._max_callers:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+            wait = bucket.take(now)
+        if wait:
+            raise RateLimited(self.rate, wait)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
