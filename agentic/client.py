@@ -559,6 +559,17 @@ class TaskClient:
             return frozenset()
         return frozenset(str(feature) for feature in features)
 
+    def server_store_id(self) -> str:
+        """The id of the store the server serves (see ``store_id`` of the stores), to
+        tell whether a store opened directly is the same one; "" when the server does
+        not say (memory://, an older server, go-agentic's)."""
+        try:
+            body = self._health().json()
+        except ValueError:
+            return ""
+        found = body.get("store_id") if isinstance(body, dict) else None
+        return found if isinstance(found, str) else ""
+
     def _health(self) -> httpx.Response:
         try:
             return self._request("GET", "/v1/health", safe=True)

@@ -448,6 +448,20 @@ def test_status_table_and_json(system: System) -> None:
     assert data["warnings"] == []
 
 
+def test_status_warns_when_the_server_serves_another_store(system: System, tmp_path: Path) -> None:
+    """status reading agents from one store and task counts from a server on another
+    (a wrong --store or prefix) says so and exits 1; on the same store it does not."""
+    other = "sqlite:///" + (tmp_path / "other.db").as_posix().lstrip("/")
+    with open_registry(other) as registry:
+        registry.register(AgentInfo(id="elsewhere"))
+    mixed = system.cli("status", "--store", other)
+    assert mixed.exit_code == 1, mixed.output
+    assert "serves another store than" in mixed.stderr and "--store" in mixed.stderr
+    same = system.cli("status")
+    assert same.exit_code == 0, same.output
+    assert "serves another store" not in same.output
+
+
 def test_status_shows_unreachable_parts_as_unknown(tmp_path: Path) -> None:
     """Server down and store missing: unknown with warnings, exit 1 (what is known is
     still shown), no store created."""

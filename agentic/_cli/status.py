@@ -119,11 +119,14 @@ def _quotas(store: AllowanceStore, rows: list[AgentRow]) -> None:
 def collect(cfg: Config, api: TaskClient) -> Snapshot:
     """Read every part that can be read now."""
     snap = Snapshot(heartbeat_ttl=cfg.dispatcher.heartbeat_ttl)
-    registry = _store(cfg.store_url_for("registry"), open_registry, "agent registry", snap)
+    registry_url = cfg.store_url_for("registry")
+    registry = _store(registry_url, open_registry, "agent registry", snap)
+    local_id = ""
     if registry is not None:
         try:
             with registry:
                 snap.agents = [AgentRow(info) for info in registry.list()]
+                local_id = registry.store_id()
         except AgenticError as exc:
             snap.warnings.append(f"agent registry: {exc}")
     quota = _store(cfg.store_url_for("allowance"), open_allowance_store, "quota store", snap)
@@ -139,7 +142,24 @@ def collect(cfg: Config, api: TaskClient) -> Snapshot:
         snap.warnings.append(f"task server {cfg.base_url}: {exc}")
     else:
         snap.pending, snap.in_progress = counts.pending_tasks, counts.in_progress_tasks
+        _same_store(api, cfg.base_url, registry_url, local_id, snap)
     return snap
+
+
+def _same_store(api: TaskClient, base_url: str, url: str, local_id: str, snap: Snapshot) -> None:
+    """Warn when the task server serves another store than the one read here: its
+    task counts and these agents would not belong together (a wrong --store or
+    prefix). Silent when either side cannot say."""
+    try:
+        served = api.server_store_id()
+    except AgenticError:
+        return  # the counts were read: a health check failing now changes nothing shown
+    if local_id and served and served != local_id:
+        snap.warnings.append(
+            f"the task server {base_url} serves another store than {redacted(url)}:"
+            " its task counts and these agents and quotas do not belong together;"
+            " give the store it uses (--store, store_url), or point base_url at its server"
+        )
 
 
 def _used_left(used: int | None, left: int | None) -> str:

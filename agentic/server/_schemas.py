@@ -69,6 +69,9 @@ class HealthBody(_Body):
     status: str
     version: str = ""
     features: list[str] = Field(default_factory=list)
+    #: the id of the store the server serves ("" for memory://, or unknown), so a
+    #: client reading a store directly can tell whether it is the same one
+    store_id: str = ""
 
 
 class TaskResponse(_Body):

@@ -202,6 +202,7 @@ def create_app(
     metrics = Metrics()
     calls = StoreCalls(store)
     changes = Changes()
+    served_id: list[str] = []  # the store's id, once read (see health)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -243,9 +244,16 @@ def create_app(
     @app.get("/v1/health", tags=["health"])
     @app.get("/api/health", tags=["health"])
     async def health() -> HealthBody:
-        """The server is up; its version and what it does beyond go-agentic's API."""
+        """The server is up; its version, what it does beyond go-agentic's API, and the
+        id of the store it serves."""
         features = [*FEATURES, "event_log"] if events is not None else list(FEATURES)
-        return HealthBody(status="ok", version=__version__, features=features)
+        if not served_id:
+            try:  # read once it can be: a store down at start must not fail the check
+                served_id.append(await calls(store.store_id))
+            except StoreError as exc:
+                log.warning("the store's id could not be read: %s", exc)
+        identity = served_id[0] if served_id else ""
+        return HealthBody(status="ok", version=__version__, features=features, store_id=identity)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics_text() -> PlainTextResponse:

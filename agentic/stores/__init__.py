@@ -77,8 +77,9 @@ def open_registry(url: str) -> AgentRegistry:
 
 def open_allowance_store(url: str, record_events: bool = False) -> AllowanceStore:
     """An AllowanceStore for ``url`` (see the module table). With ``record_events``
-    each settle records its ``usage_recorded`` event in the event log of the same
-    store, in the same atomic step as the charge, so no crash can lose it."""
+    each settle records its ``usage_recorded`` event, and each reserve or settle the
+    ``quota_warning`` / ``quota_exceeded`` it crossed, in the event log of the same
+    store, in the same atomic step as the change, so no crash can lose them."""
     module, parsed = _backend(url)
     store: AllowanceStore = module.allowance_store_from_url(parsed, record_events=record_events)
     return store

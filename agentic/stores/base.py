@@ -149,10 +149,17 @@ def status_for_load(current_load: int, max_load: int) -> AgentStatus:
 
 
 class Closeable:
-    """Something holding connections or files."""
+    """Something holding connections or files: a store."""
 
     def close(self) -> None:
         """Release connections and files. Idempotent."""
+
+    def store_id(self) -> str:
+        """The id of the storage this store lives in, the same for every store in it
+        (one SQLite file; one Redis database and prefix), so two processes can tell
+        whether they share one; "" when it has none (memory: private to its process)
+        or does not say (the SQLite and Redis registries and task stores say)."""
+        return ""
 
     def __enter__(self) -> Self:
         return self

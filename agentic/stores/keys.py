@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
-__all__ = ["EventLogKeys", "QuotaKeys", "RegistryKeys", "TaskKeys"]
+__all__ = ["EventLogKeys", "QuotaKeys", "RegistryKeys", "TaskKeys", "store_id_key"]
+
+
+def store_id_key(prefix: str) -> str:
+    """``{prefix}:store_id``: a string, the random id of the stores under ``prefix``
+    (written by the first to ask, never changed)."""
+    return f"{prefix}:store_id"
 
 
 # --- AgentRegistry: {prefix}:reg:* ---------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from redis.exceptions import (
 
 from ...errors import ConfigError, StoreError, StoreUnavailableError
 from .._url import StoreURL
+from ..keys import store_id_key
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -31,6 +33,7 @@ __all__ = [
     "Script",
     "connect",
     "now_arg",
+    "read_store_id",
     "sync",
     "text",
     "translate_errors",
@@ -181,3 +184,15 @@ class Script:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
             raise _store_error(exc, f"script {self.name}") from exc
+
+
+def read_store_id(client: redis.Redis, prefix: str) -> str:
+    """The id of the stores under ``prefix`` on this Redis database: set once, by
+    whichever process asks first (``SET NX``), then read by all."""
+    key = store_id_key(prefix)
+    with translate_errors("reading the store id"):
+        pipe = client.pipeline(transaction=True)
+        pipe.set(key, uuid.uuid4().hex, nx=True)
+        pipe.get(key)
+        _set, value = pipe.execute()
+    return text(value)

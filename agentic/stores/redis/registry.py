@@ -20,7 +20,7 @@ from ...errors import NotFoundError, StoreError
 from ...models import AgentInfo, AgentStatus
 from ..base import AgentRegistry, require_count, require_id, status_for_load, ttl_seconds
 from ..keys import RegistryKeys
-from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
+from ._conn import DEFAULT_PREFIX, Script, now_arg, read_store_id, sync, text, translate_errors
 
 __all__ = ["RedisRegistry"]
 
@@ -75,6 +75,7 @@ class RedisRegistry(AgentRegistry):
         close_client: bool = False,
     ) -> None:
         self._client = client
+        self._prefix = prefix
         self._keys = RegistryKeys.under(require_id("prefix", prefix))
         self._clock = clock
         self._close_client = close_client
@@ -82,6 +83,9 @@ class RedisRegistry(AgentRegistry):
     def close(self) -> None:
         if self._close_client:
             self._client.close()
+
+    def store_id(self) -> str:
+        return read_store_id(self._client, self._prefix)
 
     def register(self, info: AgentInfo) -> AgentInfo:
         require_id("agent id", info.id)

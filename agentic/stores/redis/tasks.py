@@ -28,7 +28,16 @@ from .. import _tasks as rules
 from .._url import StoreURL
 from ..base import LogPage, TaskStore, require_count, require_id
 from ..keys import EventLogKeys, TaskKeys
-from ._conn import DEFAULT_PREFIX, Script, connect, now_arg, sync, text, translate_errors
+from ._conn import (
+    DEFAULT_PREFIX,
+    Script,
+    connect,
+    now_arg,
+    read_store_id,
+    sync,
+    text,
+    translate_errors,
+)
 
 __all__ = ["RedisTaskStore", "task_store_from_url"]
 
@@ -114,6 +123,7 @@ class RedisTaskStore(TaskStore):
         record_events: bool = False,
     ) -> None:
         self._client = client
+        self._prefix = prefix
         self._keys = TaskKeys.under(require_id("prefix", prefix))
         # The event log's keys follow the task heads ('' for none): the scripts
         # record a task's lifecycle in the log with each change (task_lib.lua).
@@ -126,6 +136,9 @@ class RedisTaskStore(TaskStore):
     def close(self) -> None:
         if self._close_client:
             self._client.close()
+
+    def store_id(self) -> str:
+        return read_store_id(self._client, self._prefix)
 
     def _run(self, script: Script, *args: str) -> Any:
         return script(self._client, [*self._heads, *args])

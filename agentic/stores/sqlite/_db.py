@@ -27,6 +27,7 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,6 +45,11 @@ DEFAULT_TIMEOUT = 5.0
 Migration = Sequence[str]
 
 _T = TypeVar("_T")
+
+# Facts about the file itself (its id), whatever stores use it.
+_META: list[Migration] = [
+    ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+]
 
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 # Errors that mean "this path is not a usable database file": the user must act.
@@ -258,6 +264,17 @@ class Database:
             return self.connection().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise self.error(exc, doing) from exc
+
+    def store_id(self) -> str:
+        """The file's id: random, written by the first to ask, never changed."""
+        self.migrate("meta", _META)
+        with self.transaction("reading the store id") as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)",
+                (uuid.uuid4().hex,),
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+        return str(row[0])
 
     def migrate(self, component: str, migrations: Sequence[Migration]) -> None:
         """Apply the component's migrations not applied yet (version = count applied)."""

@@ -94,6 +94,9 @@ class SQLiteRegistry(AgentRegistry):
     def close(self) -> None:
         self._db.close()
 
+    def store_id(self) -> str:
+        return self._db.store_id()
+
     def register(self, info: AgentInfo) -> AgentInfo:
         require_id("agent id", info.id)
         with self._db.transaction(f"registering agent {info.id!r}") as conn:

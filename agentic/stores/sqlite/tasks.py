@@ -184,6 +184,9 @@ class SQLiteTaskStore(TaskStore):
     def close(self) -> None:
         self._db.close()
 
+    def store_id(self) -> str:
+        return self._db.store_id()
+
     # --- helpers, inside a transaction ---
     @staticmethod
     def _load(conn: sqlite3.Connection, task_id: str) -> Task:
