@@ -15,6 +15,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from .errors import APIError, ConfigError, ConflictError, NotFoundError
 from .events import Event
 from .models import Task, TaskStatus
+from .retry import parse_retry_after
 from .stores.base import require_id
 
 __all__ = [
@@ -123,7 +124,10 @@ def error_from(response: httpx.Response) -> APIError:
         body = None
     if isinstance(body, dict) and isinstance(body.get("message"), str) and body["message"]:
         message, details = body["message"], body.get("details")
-    return api_error(status, message, details, response.reason_phrase)
+    error = api_error(status, message, details, response.reason_phrase)
+    # A 429 or 503 may say when to try again; retries honour it (retry_after_of).
+    error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return error
 
 
 def api_error(status: int, message: str, details: Any, reason: str = "") -> APIError:

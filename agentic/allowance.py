@@ -87,15 +87,26 @@ class AllowanceService:
         return {usage.agent_id: usage.active_jobs for usage in usages}
 
     # --- operations ---
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
-        """Hold quota for one job, or raise :class:`QuotaExceededError`."""
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
+        """Hold quota for one job (of task ``task_id``, when known: its threshold
+        events name it), or raise :class:`QuotaExceededError`."""
         try:
-            reservation = self.store.reserve(agent_id, model, tokens, job_id)
+            # task_id only when known: a store written before it existed still reserves.
+            named = {"task_id": task_id} if task_id else {}
+            reservation = self.store.reserve(agent_id, model, tokens, job_id, **named)
         except StoreError as exc:
             self._store_failed("reserve", exc)
             return Reservation(job_id=job_id, agent_id=agent_id, model=model, tokens=tokens)
         self._crossing(
-            "reserve", job_id, agent_id, model, reservation.previous_status, reservation.status
+            "reserve",
+            job_id,
+            agent_id,
+            model,
+            reservation.previous_status,
+            reservation.status,
+            task_id,
         )
         return reservation
 

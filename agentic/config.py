@@ -138,6 +138,16 @@ class EventsConfig(_Section):
         Accepts("an integer from 0 to 10**12 (unread events spared; 0: off)"),
     ] = 0
 
+    @field_validator("log_keep_unread")
+    @classmethod
+    def _unread_needs_trims(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("log_keep") == 0:
+            raise ValueError(
+                "log_keep 0 never trims, so there is nothing to spare: set log_keep, or"
+                " leave log_keep_unread at 0"
+            )
+        return value
+
     webhook_url: Annotated[str, Accepts("an http:// or https:// URL, or empty for none")] = ""
     # A secret: kept out of repr() and error messages.
     webhook_secret: Annotated[

@@ -270,7 +270,9 @@ class Dispatcher:
                 continue
             job_id = new_job_id(task)
             try:
-                self.allowance.reserve(agent_id, task.model, task.estimated_tokens, job_id)
+                self.allowance.reserve(
+                    agent_id, task.model, task.estimated_tokens, job_id, task_id=task.id
+                )
             except QuotaExceededError as exc:
                 refusals.append((agent_id, exc))
                 if full is not None and exc.reason in _ANY_TASK_REFUSED:

@@ -104,6 +104,8 @@ class APIError(AgenticError):
         self.message = message
         self.details = details
         self.from_response = from_response
+        #: seconds the server asked to wait before trying again (its Retry-After)
+        self.retry_after: float | None = None
 
     def __str__(self) -> str:
         return f"HTTP {self.code}: {self.message}" if self.from_response else self.message

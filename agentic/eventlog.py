@@ -241,8 +241,8 @@ class EventConsumer:
         self.missed += last - first + 1
         log.error(
             "event consumer %r: events %d to %d were trimmed from the log before it"
-            " handled them (%d lost to it); raise events.log_keep, set"
-            " events.log_keep_unread, or keep up",
+            " handled them (%d lost to it); raise events.log_keep or"
+            " events.log_keep_unread (which spares unread events), or keep up",
             self.name,
             first,
             last,

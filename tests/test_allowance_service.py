@@ -184,7 +184,9 @@ class BrokenStore(MemoryAllowanceStore):
     def check(self, agent_id: str, model: str = "", tokens: int = 0) -> object:  # type: ignore[override]
         raise StoreError("connection refused")
 
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
         raise StoreError("connection refused")
 
     def settle(self, *args: object, **kwargs: object) -> Settlement:

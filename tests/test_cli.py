@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +449,26 @@ def test_status_table_and_json(system: System) -> None:
     assert data["warnings"] == []
 
 
+def _table_rows(text: str) -> list[list[str]]:
+    """The cells of a rich table's body rows (split on its vertical bars)."""
+    return [line.split("│") for line in text.splitlines() if line.startswith("│")]
+
+
+def test_status_says_when_an_agent_used_up_its_quota(system: System) -> None:
+    """An available agent whose daily jobs are used up reads "used up" (it gets no
+    work until the reset), explained under the table."""
+    system.registry.register(AgentInfo(id="spent", max_load=1))
+    system.quota.set_allowance(AgentAllowance(agent_id="spent", daily_job_limit=2))
+    system.quota.increment_usage("spent", 0, 2)
+    system.registry.register(AgentInfo(id="fresh", max_load=1))
+    system.quota.set_allowance(AgentAllowance(agent_id="fresh", daily_job_limit=2))
+    result = system.cli("status")
+    assert result.exit_code == 0, result.output
+    rows = {cells[1].strip(): cells[2].strip() for cells in _table_rows(result.stdout)}
+    assert (rows["spent"], rows["fresh"]) == ("used up", "available")
+    assert "used up: no work until the quotas reset" in " ".join(result.stdout.split())
+
+
 def test_status_warns_when_the_server_serves_another_store(system: System, tmp_path: Path) -> None:
     """status reading agents from one store and task counts from a server on another
     (a wrong --store or prefix) says so and exits 1; on the same store it does not."""
@@ -456,7 +477,7 @@ def test_status_warns_when_the_server_serves_another_store(system: System, tmp_p
         registry.register(AgentInfo(id="elsewhere"))
     mixed = system.cli("status", "--store", other)
     assert mixed.exit_code == 1, mixed.output
-    assert "serves another store than" in mixed.stderr and "--store" in mixed.stderr
+    assert "serves another store (id " in mixed.stderr and "--store" in mixed.stderr
     same = system.cli("status")
     assert same.exit_code == 0, same.output
     assert "serves another store" not in same.output
@@ -761,10 +782,11 @@ def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
 @pytest.mark.slow
 def test_dispatch_records_the_crossings_of_its_reserves(system: System) -> None:
     """dispatch's quota store records the thresholds a reserve crosses with the
-    reserve (source agentic.quota): the dispatcher's own copies add nothing."""
+    reserve (source agentic.quota), naming the task: the dispatcher's own copies add
+    nothing."""
     system.quota.set_allowance(AgentAllowance(agent_id="coder-1", daily_job_limit=1))
     system.registry.register(AgentInfo(id="coder-1", capabilities=["py"]))
-    system.tasks.create(Task(title="t", labels=["py"]))
+    task = system.tasks.create(Task(title="t", labels=["py"]))
     result = system.cli("dispatch", "--once")
     assert result.exit_code == 0, result.output
     with open_event_log(system.url) as log:
@@ -773,18 +795,24 @@ def test_dispatch_records_the_crossings_of_its_reserves(system: System) -> None:
             for e in log.read()
             if e.event.type in (EventType.QUOTA_WARNING, EventType.QUOTA_EXCEEDED)
         ]
-    assert [(e.type, e.source, e.agent_id) for e in crossings] == [
-        (EventType.QUOTA_WARNING, "agentic.quota", "coder-1"),
-        (EventType.QUOTA_EXCEEDED, "agentic.quota", "coder-1"),
+    assert [(e.type, e.source, e.agent_id, e.task_id) for e in crossings] == [
+        (EventType.QUOTA_WARNING, "agentic.quota", "coder-1", task.id),
+        (EventType.QUOTA_EXCEEDED, "agentic.quota", "coder-1", task.id),
     ]
 
 
 def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path) -> None:
-    """dispatch --once claims a task for the agent; agent run executes CMD and drains;
-    both send their events, signed, to the configured webhook."""
+    """dispatch --once claims a task for the agent; agent run executes CMD (which
+    reports its tokens in its usage file: charged) and drains; both send their
+    events, signed, to the configured webhook."""
+    day = datetime.now(UTC).date()  # usage is per UTC day: checked within one
     system.quota.set_allowance(AgentAllowance(agent_id="upper", daily_job_limit=10))
     task = system.tasks.create(Task(title="shout this", labels=["text"]))
-    script = "import sys; print(sys.stdin.read().upper())"
+    script = (
+        "import os, sys; print(sys.stdin.read().upper());"
+        " open(os.environ['AGENTIC_USAGE_FILE'], 'a').write("
+        """'{"tokens_in": 40, "tokens_out": 2}\\n')"""
+    )
     secret = "hook-secret"
     with webhook_receiver() as (hook_url, received):
         env = {
@@ -822,6 +850,8 @@ def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path)
             out, err = agent.communicate()
             print(out.decode(), err.decode())  # shown when the test fails
     assert "1 completed" in out.decode()
+    if datetime.now(UTC).date() == day:
+        assert system.quota.get_usage("upper").tokens_used == 42
     assert system.registry.list() == []  # deregistered on the way out
     assert all(verify(secret, delivery.headers, delivery.body) for delivery in received)
     kinds = {json.loads(delivery.body)["type"] for delivery in received}

@@ -70,6 +70,7 @@ def test_events_json_lines_carry_the_offset(system: System) -> None:
         (["--last", "2"], [2, 3]),
         (["--last", "1", "--type", "task_claimed", "--type", "task_completed"], [3]),
         (["--after", "0", "--task", "t2"], [3]),
+        (["--type", "task_completed,task_claimed", "--task", "t1"], [1, 2]),
     ],
     ids=lambda value: " ".join(map(str, value)),
 )
@@ -256,6 +257,59 @@ def test_following_an_older_server_through_the_api_does_not_spin(
     events_cli._ApiLog(Api()).pause(3)  # type: ignore[arg-type]
     assert asked == [events_cli._API_WAIT]
     assert len(slept) == 1 and 0.4 < slept[0] <= events_cli._POLL
+
+
+def test_a_follower_outlasts_a_busy_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While following, a 429 (or an outage) is said once and read past; the events
+    after it are printed; an error that cannot pass (403) still ends it."""
+    from agentic._cli import events as events_cli
+    from agentic.errors import APIError
+    from agentic.stores.base import LoggedEvent
+
+    monkeypatch.setattr("agentic._cli.events.time.sleep", lambda seconds: None)
+    late = Event(type=EventType.AGENT_OFFLINE, agent_id="b")
+    answers: list[object] = [
+        APIError("over the rate limit", 429, from_response=True),
+        [LoggedEvent(1, late)],
+        [],
+    ]
+
+    class Busy:
+        def read(self, after: int = 0, limit: int = 100) -> list[LoggedEvent]:
+            answer = answers.pop(0) if answers else []
+            if isinstance(answer, Exception):
+                raise answer
+            assert isinstance(answer, list)
+            return answer
+
+        def last_offset(self) -> int:
+            return 1
+
+    pauses: list[int] = []
+
+    def pause(after: int) -> None:
+        pauses.append(after)
+        if len(pauses) == 2:
+            raise APIError("forbidden", 403, from_response=True)
+
+    reader = events_cli._Reader(Busy(), None, None, True, pause)
+    with pytest.raises(APIError, match="forbidden"):
+        events_cli._print(reader, 0, None, follow=True)
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["id"] for line in out.splitlines()] == [late.id]
+    assert err.count("reading the event log failed") == 1 and "works again" in err
+
+
+@pytest.mark.parametrize("follow", [[], ["-f"]], ids=["once", "follow"])
+def test_after_past_the_newest_event_is_a_usage_error(system: System, follow: list[str]) -> None:
+    """--after beyond the log's newest offset says so (exit 2) instead of printing
+    nothing, or everything after "the log went back"."""
+    _fill(system.url)
+    result = system.cli("events", "--after", "99", *follow)
+    assert result.exit_code == 2
+    assert "--after 99 is past the newest event of the log (3)" in result.output
 
 
 def test_a_payload_cannot_forge_a_line(system: System) -> None:

@@ -14,6 +14,7 @@ import respx
 from agentic.client import Claim, LogEvent, TaskClient
 from agentic.errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.retry import retry_after_of
 
 BASE = "http://tasks.test"
 
@@ -573,6 +574,18 @@ def test_unsafe_posts_not_retried_on_status(
             call()
         assert info.value.code == status
     assert [r.call_count for r in routes] == [1, 1, 1, 1]
+
+
+def test_a_refusal_carries_the_wait_the_server_asked(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """An error answer's Retry-After is on the APIError (retry_after), for callers
+    that retry on their own schedule."""
+    mock.post("/api/tasks/t1/complete").respond(429, headers={"Retry-After": "7"})
+    with pytest.raises(APIError) as refused:
+        client.complete_task("t1", TaskResult(success=True))
+    assert (refused.value.code, refused.value.retry_after) == (429, 7.0)
+    assert retry_after_of(refused.value) == 7.0
 
 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])

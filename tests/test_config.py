@@ -352,6 +352,8 @@ def test_keep_unread_defaults_off_and_is_checked() -> None:
     message = config_error(env={"AGENTIC_EVENTS__LOG_KEEP_UNREAD": "-1"})
     assert message.startswith("events.log_keep_unread in environment variable")
     assert "integer from 0 to 10**12 (unread events spared; 0: off), got '-1'" in message
+    never = {"AGENTIC_EVENTS__LOG_KEEP": "0", "AGENTIC_EVENTS__LOG_KEEP_UNREAD": "5"}
+    assert "log_keep 0 never trims, so there is nothing to spare" in config_error(env=never)
 
 
 def test_a_boolean_is_not_a_number(tmp_path: Path) -> None:

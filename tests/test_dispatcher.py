@@ -538,9 +538,11 @@ class CountingQuota(MemoryAllowanceStore):
         super().__init__()
         self.asked: dict[str, int] = {}
 
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
         self.asked[agent_id] = self.asked.get(agent_id, 0) + 1
-        return super().reserve(agent_id, model, tokens, job_id)
+        return super().reserve(agent_id, model, tokens, job_id, task_id)
 
 
 def test_an_agent_refused_for_any_task_is_asked_once_per_pass(system: System) -> None:
@@ -647,7 +649,9 @@ def test_a_server_repeating_pages_stops_the_listing(system: System) -> None:
 class BrokenQuota(MemoryAllowanceStore):
     """A quota store whose reservations fail like an unreachable backend."""
 
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
         raise StoreError("connection refused")
 
 

@@ -92,6 +92,40 @@ def test_stdin_mode_passes_the_task_and_captures_stdout() -> None:
     assert logged(ctx) == ["Write hello", "", "Create hello.txt"]
 
 
+def test_the_command_reports_usage_through_its_usage_file() -> None:
+    """Lines appended to $AGENTIC_USAGE_FILE are charged to the context (model
+    defaulting to the task's), even when the command fails."""
+    ctx = context()
+    task = TASK.model_copy(update={"model": "m-default"})
+    script = (
+        """echo '{"model": "m1", "tokens_in": 1200, "tokens_out": 300}' >> "$AGENTIC_USAGE_FILE";"""
+        """ echo '{"tokens_in": 5}' >> "$AGENTIC_USAGE_FILE"; exit 4"""
+    )
+    result = SubprocessHandler(sh(script))(task, ctx)
+    assert not result.success
+    assert ctx.tokens == (1205, 300)
+    assert sorted(ctx.models) == ["m-default", "m1"]
+
+
+def test_bad_usage_lines_are_said_and_skipped() -> None:
+    """A usage line that is not a JSON object with counts >= 0 is said in the task's
+    log and skipped; the good ones still count."""
+    ctx = context()
+    script = (
+        """printf '%s\\n' 'not json' '[1]' '{"tokens_in": -3}' '{"model": 7}'"""
+        """ '{"tokens_out": 9}' >> "$AGENTIC_USAGE_FILE" """
+    )
+    result = SubprocessHandler(sh(script))(TASK, ctx)
+    assert result.success
+    assert ctx.tokens == (0, 9)
+    said = logged(ctx)
+    assert [line.split(" ignored: ")[0] for line in said] == [
+        f"[agentic: AGENTIC_USAGE_FILE line {n}" for n in (1, 2, 3, 4)
+    ]
+    assert "not JSON" in said[0] and "not a JSON object" in said[1]
+    assert "tokens_in must be an integer >= 0" in said[2] and "model must be" in said[3]
+
+
 def test_file_mode_with_json_format() -> None:
     """In file mode {file} becomes the path of a temporary file holding the task."""
     handler = SubprocessHandler(["cat", "{file}"], input="file", format="json")

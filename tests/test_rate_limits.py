@@ -3,6 +3,7 @@ and clients that wait and repeat."""
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 
@@ -166,3 +167,13 @@ def test_rate_limit_settings_default_off_and_are_checked() -> None:
         load_config(env={"AGENTIC_SERVER__RATE_LIMIT": "-1"})
     with pytest.raises(ConfigError, match=r"a burst without server\.rate_limit limits nothing"):
         load_config(env={"AGENTIC_SERVER__RATE_BURST": "5"})
+
+
+def test_a_rate_below_what_an_agent_needs_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """A limit under 5 requests a second starts, with a warning saying why it hurts."""
+    with caplog.at_level(logging.WARNING, "agentic.server.app"):
+        create_app(MemoryTaskStore(), requeue_interval=None, rate_limit=2)
+        assert "server.rate_limit 2 is below the 5 requests a second" in caplog.text
+        caplog.clear()
+        create_app(MemoryTaskStore(), requeue_interval=None, rate_limit=20)
+        assert "rate_limit" not in caplog.text

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ from agentic.allowance import AllowanceService
 from agentic.client import TaskClient
 from agentic.dispatcher import Dispatcher
 from agentic.errors import (
+    APIError,
     ConfigError,
     NoEligibleAgentError,
     NotFoundError,
@@ -540,6 +541,58 @@ def test_completion_blip_is_retried_not_a_task_failure(system: System, lose_answ
     wait_for(lambda: runner.completed == 1)
     assert runner.failed == 0 and runner.errors >= 1
     assert client.calls == (1 if lose_answer else 3)
+
+
+class RateLimitedClient(TaskClient):
+    """complete_task and append_logs answer 429 ``refusals`` times each first."""
+
+    def __init__(self, url: str, refusals: int) -> None:
+        super().__init__(url, token="", retries=0)
+        self.refusals = {"complete": refusals, "logs": refusals}
+        self.reads = 0
+
+    def _refuse(self, what: str) -> None:
+        if self.refusals[what] > 0:
+            self.refusals[what] -= 1
+            error = APIError("over the rate limit", 429, from_response=True)
+            error.retry_after = 0.01
+            raise error
+
+    def complete_task(
+        self,
+        task_id: str,
+        result: TaskResult,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        self._refuse("complete")
+        return super().complete_task(task_id, result, agent_id, job_id)
+
+    def append_logs(self, task_id: str, lines: Iterable[str]) -> int:
+        self._refuse("logs")
+        return super().append_logs(task_id, lines)
+
+    def get_task(self, task_id: str) -> Task:
+        self.reads += 1
+        return super().get_task(task_id)
+
+
+def test_a_rate_limited_server_delays_reports_but_loses_nothing(system: System) -> None:
+    """429s (refused before any work) are waited out past the retry limit, without
+    reading the task back, and the last log lines are sent again: the task completes
+    once with its whole log."""
+    client = RateLimitedClient(system.url, refusals=2 * FAST_RETRY.max_retries)
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.log("the end")
+        return "ok"
+
+    runner = system.started(handler, client=client)
+    task = system.finished(system.submit().id)
+    assert (task.status, task.retry_count) == (TaskStatus.COMPLETED, 0)
+    wait_for(lambda: runner.completed == 1)
+    assert client.reads == 0
+    assert system.tasks.logs(task.id).lines[1:] == ["the end"]
 
 
 def test_completion_that_keeps_failing_is_left_to_the_lease(system: System) -> None:

@@ -204,6 +204,18 @@ def test_a_reserve_records_the_warning_it_crosses(
     assert event.payload == {"job_id": "j2", "model": "m"}
 
 
+def test_a_reserve_naming_its_task_records_it(pair: tuple[AllowanceStore, EventLog]) -> None:
+    """reserve(..., task_id=) names the task in the crossings it records (the
+    dispatcher passes it, so events --task shows them); a bad one is refused first."""
+    store, log = pair
+    _capped(store, daily_job_limit=1)
+    with pytest.raises(ConfigError, match="task id"):
+        store.reserve("a1", "", 0, "j1", task_id=None)  # type: ignore[arg-type]
+    assert store.get_usage("a1").active_jobs == 0
+    store.reserve("a1", "", 0, "j1", task_id="t9")
+    assert [e.event.task_id for e in log.read()] == ["t9", "t9"]
+
+
 def test_a_jump_past_warning_records_both_in_order(
     pair: tuple[AllowanceStore, EventLog],
 ) -> None:

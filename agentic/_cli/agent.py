@@ -70,7 +70,11 @@ def run(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Register, then run `-- CMD ...` for each task claimed for this agent; SIGTERM drains."""
+    """Register, then run `-- CMD ...` for each task claimed for this agent; SIGTERM drains.
+
+    CMD may report the tokens it used as JSON lines appended to $AGENTIC_USAGE_FILE
+    ({"model": "m", "tokens_in": 1200, "tokens_out": 300}): they are charged.
+    """
     cfg = store_config(config_path, store_url)
     command_handler = SubprocessHandler(command, input=input_mode, format=task_format)
     command_handler.check(git_repo)  # before registering: a missing binary would bounce tasks

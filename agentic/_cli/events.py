@@ -20,8 +20,9 @@ from typing import Annotated, Protocol
 import typer
 
 from ..client import TaskClient
-from ..errors import ConfigError, NotFoundError
+from ..errors import AgenticError, ConfigError, NotFoundError
 from ..events import EventType
+from ..retry import is_retryable
 from ..stores import open_event_log, parse_store_url
 from ..stores.base import MAX_READ, EventLog, LoggedEvent
 from ._common import (
@@ -41,7 +42,9 @@ _API_WAIT = 10.0  # seconds a follow through the task API waits in one request
 _LAST = 20
 
 
-def _types(names: list[str] | None) -> set[EventType] | None:
+def _types(given: list[str] | None) -> set[EventType] | None:
+    # Repeatable, or comma separated (as tasks --status takes them).
+    names = [part.strip() for item in given or [] for part in item.split(",") if part.strip()]
     if not names:
         return None
     known = {t.value for t in EventType}
@@ -192,7 +195,9 @@ def events(
     ] = False,
     type_names: Annotated[
         list[str] | None,
-        typer.Option("--type", "-t", metavar="TYPE", help="Only this type (repeatable)."),
+        typer.Option(
+            "--type", "-t", metavar="TYPE", help="Only this type (repeatable, or comma separated)."
+        ),
     ] = None,
     task: Annotated[
         str | None, typer.Option("--task", metavar="ID", help="Only this task's events.")
@@ -233,7 +238,7 @@ def events(
     if forget is not None and (
         consumers or api or after is not None or last is not None or follow or type_names or task
     ):
-        raise ConfigError("--forget drops one consumer: it takes only --store and --config")
+        raise ConfigError("--forget drops one consumer: it takes only --store, --config and --json")
     if api and (consumers or store):
         raise ConfigError("--api reads the events through the task API: no --store or --consumers")
     types = _types(type_names)
@@ -270,16 +275,31 @@ def _print(reader: _Reader, after: int | None, last: int | None, follow: bool) -
             "the event log is empty: the server, dispatchers and agents using this store"
             " append to it as they work (events.log); check the store URL or prefix"
         )
+    failing = False
     while True:
-        for logged in reader.pages(position):
-            position = logged.offset
-            if reader.wanted(logged):
-                reader.print(logged)
-        if not follow:
-            return
-        reader.pause(position)
-        if reader.went_back(position):
-            position = 0
+        try:
+            for logged in reader.pages(position):
+                position = logged.offset
+                if reader.wanted(logged):
+                    reader.print(logged)
+            if not follow:
+                return
+            reader.pause(position)
+            if reader.went_back(position):
+                position = 0
+        except AgenticError as exc:
+            # A follower outlasts what may pass (a busy server's 429, an outage): said
+            # once, then tried again each poll; anything else ends it.
+            if not follow or not is_retryable(exc):
+                raise
+            if not failing:
+                warn(f"reading the event log failed ({exc}); trying again every {_POLL:g} s")
+            failing = True
+            time.sleep(_POLL)
+            continue
+        if failing:
+            warn("reading the event log works again")
+            failing = False
 
 
 def consumer_rows(log: EventLog) -> list[dict[str, int | str]]:
@@ -331,9 +351,15 @@ def _forget(log: EventLog, name: str, as_json: bool) -> None:
 def _start(reader: _Reader, after: int | None, last: int) -> int:
     """Print the last ``last`` events that match (unless ``after`` is given); the
     offset to go on from."""
-    if after is not None:
-        return after
     log = reader.log
+    if after is not None:
+        newest = log.last_offset()
+        if after > newest:
+            raise ConfigError(
+                f"--after {after} is past the newest event of the log ({newest}): give an"
+                f" offset up to {newest} (0: from the oldest kept)"
+            )
+        return after
     position = 0
     if reader.types is None and reader.task is None:
         position = max(0, log.last_offset() - last)  # unfiltered: read only those

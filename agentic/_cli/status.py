@@ -21,7 +21,14 @@ from rich.text import Text
 from ..client import TaskClient
 from ..config import Config
 from ..errors import AgenticError, NotFoundError
-from ..models import AgentAllowance, AgentInfo, AgentStatus, QuotaCheckResult, UsageRecord
+from ..models import (
+    AgentAllowance,
+    AgentInfo,
+    AgentStatus,
+    AllowanceStatus,
+    QuotaCheckResult,
+    UsageRecord,
+)
 from ..status import get_status
 from ..stores import open_allowance_store, open_registry
 from ..stores.base import AllowanceStore
@@ -156,9 +163,10 @@ def _same_store(api: TaskClient, base_url: str, url: str, local_id: str, snap: S
         return  # the counts were read: a health check failing now changes nothing shown
     if local_id and served and served != local_id:
         snap.warnings.append(
-            f"the task server {base_url} serves another store than {redacted(url)}:"
-            " its task counts and these agents and quotas do not belong together;"
-            " give the store it uses (--store, store_url), or point base_url at its server"
+            f"the task server {base_url} serves another store (id {served}) than"
+            f" {redacted(url)} (id {local_id}): its task counts and these agents and"
+            " quotas do not belong together; give the store it uses (--store,"
+            " store_url), or point base_url at its server"
         )
 
 
@@ -166,6 +174,10 @@ def _used_left(used: int | None, left: int | None) -> str:
     if used is None:
         return "?"
     return f"{compact(used)}/{'∞' if left is None or left < 0 else compact(left)}"
+
+
+def _used_up(row: AgentRow) -> bool:
+    return row.check is not None and row.check.status is AllowanceStatus.EXCEEDED
 
 
 def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
@@ -179,8 +191,11 @@ def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
         tokens = _used_left(used, row.check.remaining_tokens)
         jobs = _used_left(row.usage.jobs_started if row.usage else None, row.check.remaining_jobs)
     style = {"available": "green", "busy": "yellow", "offline": "red"}[info.status.value]
-    # A silent agent still reads available until a dispatcher reaps it: say so.
+    # A silent agent still reads available until a dispatcher reaps it: say so. One
+    # whose daily tokens or jobs are used up gets no work until the reset: likewise.
     state = Text("silent", style="red") if silent else Text(info.status.value, style=style)
+    if not silent and _used_up(row) and info.status is AgentStatus.AVAILABLE:
+        state = Text("used up", style="red")
     return [
         info.id,
         state,
@@ -215,6 +230,8 @@ def agents_table(snap: Snapshot, rows: list[AgentRow]) -> FittedTable:
     caption = "Tokens and jobs: used/left"
     if any(silent):
         caption += f"; silent: no heartbeat for over {snap.heartbeat_ttl:g}s"
+    if any(_used_up(row) for row in rows):
+        caption += "; used up: no work until the quotas reset"
     columns = list(_COLUMNS)
     if len(resets) <= 1:
         del columns[_RESETS]

@@ -169,6 +169,15 @@ class TaskContext:
         A send whose answer was lost may be repeated by the next flush, so a line can
         appear twice in the log after a network failure; it is never lost silently.
         """
+        try:
+            self._send_logs()
+        except AgenticError as exc:
+            self._report("log flush", exc)
+            return False
+        return True
+
+    def _send_logs(self) -> None:
+        """:meth:`flush_logs`, raising the error that stopped it (lines kept)."""
         with self._flush_lock:
             with self._lock:
                 lines, self._lines = self._lines, []
@@ -185,12 +194,10 @@ class TaskContext:
                 for batch in _batches(lines):
                     self._client.append_logs(self._task.id, batch)
                     sent += len(batch)
-            except AgenticError as exc:
+            except AgenticError:
                 with self._lock:
                     self._lines[:0] = lines[sent:]
-                self._report("log flush", exc)
-                return False
-            return True
+                raise
 
     def _header(self) -> str:
         # The job id tells attempts apart; retries counts the failed ones before (a

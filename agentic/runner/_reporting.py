@@ -11,6 +11,7 @@ from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..errors import (
     AgenticError,
+    APIError,
     ConflictError,
     NotFoundError,
     StoreError,
@@ -26,6 +27,8 @@ log = logging.getLogger("agentic.runner")
 
 #: settlements kept for another try, at most; past it a failed settle is dropped (logged)
 _MAX_UNSETTLED = 10_000
+#: 429 answers in a row a report waits out before counting them as failures
+_MAX_REFUSALS = 30
 T = TypeVar("T")
 #: a settle's (tokens in, tokens out, event, model, task id); event None: unreserve
 _Settle = tuple[int, int, QuotaEvent | None, str | None, str]
@@ -60,8 +63,9 @@ class Reporter:
         self._settling = threading.Lock()  # one settle_pending run at a time
 
     def bound(self) -> float:
-        """About the longest a settle plus a report can spend waiting between retries."""
-        return 2 * self.policy.max_retries * self.policy.cap
+        """About the longest an attempt's end (its last log lines, its settle and its
+        report) can spend waiting between retries."""
+        return 3 * self.policy.max_retries * self.policy.cap
 
     def settle(self, attempt: Attempt, outcome: Outcome) -> None:
         """Charge what the attempt used under its claim's job id (if quota is on)."""
@@ -86,7 +90,7 @@ class Reporter:
         """Settle (or, event None, give back whole) a job's reservation, retried; kept
         for later tries when the quota store stays down."""
         try:
-            self._retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
+            self.retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
         except StoreError as exc:
             # Kept and tried again with each heartbeat (settles are idempotent): a
             # store outage must neither lose the tokens nor hold the slot for the
@@ -173,18 +177,23 @@ class Reporter:
             # The claim's job id fences the report: should the task have been requeued
             # and claimed again (even by this agent), the server refuses it (409)
             # instead of letting this old attempt finish the new claim.
-            if outcome.report is Report.RELEASED:
-                self.client.release_task(
-                    task.id, agent_id=self.agent_id, job_id=task.job_id, reason=outcome.reason
-                )
-            else:
-                self.client.complete_task(
-                    task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
-                )
+            try:
+                if outcome.report is Report.RELEASED:
+                    self.client.release_task(
+                        task.id, agent_id=self.agent_id, job_id=task.job_id, reason=outcome.reason
+                    )
+                else:
+                    self.client.complete_task(
+                        task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
+                    )
+            except AgenticError as exc:
+                if _refused(exc):
+                    sent = False  # refused before any work: nothing can have landed
+                raise
             return True
 
         try:
-            return self._retrying(f"reporting task {task.id} {outcome.report.value}", send)
+            return self.retrying(f"reporting task {task.id} {outcome.report.value}", send)
         except (ConflictError, NotFoundError) as exc:
             self._error(f"task {task.id}: not reported, it is no longer ours", exc)
         except AgenticError as exc:
@@ -221,18 +230,28 @@ class Reporter:
             and attempt_key(current) == attempt.key
         )
 
-    def _retrying(self, what: str, call: Callable[[], T]) -> T:
-        """``call()``, retried with backoff while the error may pass; else raised."""
-        failures = 0
+    def retrying(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, retried with backoff while the error may pass; else raised.
+
+        A 429 (the server refused before doing anything: over its rate limit) is
+        waited out as the server asks and does not use up the retries, up to
+        :data:`_MAX_REFUSALS` in a row: a busy server must not make finished work
+        look lost."""
+        failures = refusals = 0
         while True:
             try:
                 return call()
             except (ConflictError, NotFoundError):
                 raise
             except AgenticError as exc:
-                failures += 1
-                self._error(f"{what} failed (attempt {failures})", exc)
-                if not is_retryable(exc) or not self.policy.should_retry(failures):
+                refused = _refused(exc)
+                refusals = refusals + 1 if refused else 0
+                failures += 0 if refused else 1
+                self._error(f"{what} failed (attempt {failures + refusals})", exc)
+                if refused and refusals <= _MAX_REFUSALS:
+                    self._sleep(self.policy.delay(max(1, failures), retry_after_of(exc)))
+                    continue
+                if not is_retryable(exc) or not self.policy.should_retry(max(1, failures)):
                     raise
                 self._sleep(self.policy.delay(failures, retry_after_of(exc)))
 
@@ -252,3 +271,9 @@ def _landed(attempt: Attempt, report: Report, current: Task, agent_id: str) -> b
     return (
         report is Report.RELEASED and current.retry_count == before.retry_count and not same_claim
     )
+
+
+def _refused(exc: AgenticError) -> bool:
+    """A 429 from the task API: refused before any work (a rate limit, a batch out
+    of time), so repeating it cannot do anything twice."""
+    return isinstance(exc, APIError) and exc.from_response and exc.code == 429

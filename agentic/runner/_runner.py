@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -337,13 +338,21 @@ class AgentRunner:
         finally:
             attempt.set_done()
 
+    def _last_flush(self, attempt: Attempt) -> None:
+        """Send the attempt's last log lines, retried like a report: after the report
+        nothing would send them (a send whose answer was lost may show a line twice,
+        never drop it). Each failure is logged and counted."""
+        what = f"task {attempt.task.id}: last log lines"
+        with contextlib.suppress(AgenticError):  # logged and counted; the report goes on
+            self.reporter.retrying(what, attempt.ctx._send_logs)
+
     def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
         """Settle the attempt's usage, then report it; exactly once per attempt."""
         if not attempt.take():
             return
         task = attempt.task
         try:
-            attempt.ctx.flush_logs()
+            self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # may expire the old reservation, freeing its slot before this job's end.
             self.reporter.settle(attempt, outcome)

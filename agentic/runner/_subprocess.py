@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,8 @@ from ._context import InfrastructureError, TaskCancelled, TaskContext
 __all__ = ["SubprocessHandler"]
 
 _FILE = "{file}"
+#: the file a command may append its token usage to (see SubprocessHandler)
+USAGE_ENV = "AGENTIC_USAGE_FILE"
 _GUARD = Path(__file__).with_name("_guard.py")
 _STDERR_TAIL = 4 * 1024
 # How often the wait loop looks at the process besides reacting to cancellation.
@@ -62,8 +65,12 @@ class SubprocessHandler:
       whole task as JSON.
     * stdout and stderr lines go to the task's log as they come (stderr lines with a
       ``[stderr]`` prefix). The environment is inherited, plus ``env``, plus
-      ``AGENTIC_TASK_ID``. ``cwd`` defaults to the context's ``workdir`` (set by
-      ``GitWorkspace``), else the current directory.
+      ``AGENTIC_TASK_ID`` and ``AGENTIC_USAGE_FILE``: a path the command may append
+      its token usage to, one JSON object a line (``{"model": "m", "tokens_in": 1200,
+      "tokens_out": 300}``; ``model`` defaults to the task's), charged when it ends
+      however it ends (a line that is not one is said in the task's log). ``cwd``
+      defaults to the context's ``workdir`` (set by ``GitWorkspace``), else the
+      current directory.
     * Exit code 0: success, the output is the last ``output_limit`` characters of
       stdout. Non-zero: failure naming the code (or signal) and the tail of stderr.
     * ``timeout`` (seconds) or the task's cancellation ends the whole process group
@@ -138,17 +145,24 @@ class SubprocessHandler:
             ) from exc
 
     def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
-        if self.input == "stdin":
-            return self._run(self.argv, task, ctx, self.payload(task))
         with tempfile.TemporaryDirectory(prefix="agentic-task-") as tmp:
-            path = Path(tmp) / ("task.json" if self.format == "json" else "task.txt")
-            path.write_text(self.payload(task), encoding="utf-8")
-            argv = [a.replace(_FILE, str(path)) for a in self.argv]
-            return self._run(argv, task, ctx, None)
+            usage = Path(tmp) / "usage.jsonl"
+            try:
+                if self.input == "stdin":
+                    return self._run(self.argv, task, ctx, self.payload(task), usage)
+                path = Path(tmp) / ("task.json" if self.format == "json" else "task.txt")
+                path.write_text(self.payload(task), encoding="utf-8")
+                argv = [a.replace(_FILE, str(path)) for a in self.argv]
+                return self._run(argv, task, ctx, None, usage)
+            finally:
+                # Whatever the outcome (a failure, a timeout, a cancel): spent is spent.
+                _charge_usage(usage, task, ctx)
 
-    def _run(self, argv: list[str], task: Task, ctx: TaskContext, stdin: str | None) -> TaskResult:
+    def _run(
+        self, argv: list[str], task: Task, ctx: TaskContext, stdin: str | None, usage: Path
+    ) -> TaskResult:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
-        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id}
+        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage)}
         _require_executable(argv[0], cwd, env)
         # The guard runs the command and ends its group should this process die.
         guarded = [sys.executable, "-I", str(_GUARD), str(os.getpid()), repr(self.kill_grace)]
@@ -226,6 +240,41 @@ class SubprocessHandler:
                 return
             time.sleep(_POLL)
         _signal_group(process.pid, signal.SIGKILL)
+
+
+def _charge_usage(path: Path, task: Task, ctx: TaskContext) -> None:
+    """Report the tokens the command wrote to ``$AGENTIC_USAGE_FILE``: one JSON object
+    a line, ``{"model": ..., "tokens_in": N, "tokens_out": M}`` (``model`` defaults to
+    the task's, a missing count to 0). A line that is not one is said in the task's
+    log and skipped: the command's slip must neither fail the task nor hide the rest."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return  # the command reported nothing
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        problem = _usage_line(line, task.model or "", ctx)
+        if problem:
+            ctx.log(f"[agentic: {USAGE_ENV} line {number} ignored: {problem}]")
+
+
+def _usage_line(line: str, default_model: str, ctx: TaskContext) -> str:
+    """Charge one usage line; what is wrong with it ("" when nothing)."""
+    try:
+        entry = json.loads(line)
+    except ValueError as exc:
+        return f"not JSON ({exc})"
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    model = entry.get("model", default_model)
+    if not isinstance(model, str):
+        return "model must be a string"
+    try:
+        ctx.usage(model, entry.get("tokens_in", 0), entry.get("tokens_out", 0))
+    except ConfigError as exc:
+        return str(exc)
+    return ""
 
 
 def _require_executable(

@@ -58,7 +58,7 @@ class RateLimited(APIError):
     @property
     def headers(self) -> dict[str, str]:
         """``Retry-After`` in whole seconds, rounded up (HTTP has no fractions)."""
-        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after or 0)))}
 
 
 class RateLimiter:

@@ -110,6 +110,8 @@ def _json(body: BaseModel | list[Task], status: int = 200) -> Response:
     return Response(raw, status, media_type="application/json")
 
 
+# Requests a second one busy agent runner may send; a rate limit below is warned of.
+_BUSY_AGENT_RATE = 5
 _EVENTS_AFTER_DOC = "the offset of the last event read; 0: from the oldest kept"
 _EVENTS_WAIT_DOC = "long-poll: wait up to this many seconds for an event after `after`"
 # A waiting read of the log reads it again this often: other processes append to it
@@ -198,6 +200,14 @@ def create_app(
     auth = Auth(admin_tokens, agent_tokens or {})
     if auth.open:
         log.warning("task API without tokens: anyone who can reach it may do anything")
+    if 0 < rate_limit < _BUSY_AGENT_RATE:
+        log.warning(
+            "server.rate_limit %g is below the %d requests a second a busy agent may send"
+            " (a long-poll a second, plus two or three requests per task): agents will"
+            " wait on 429 answers",
+            rate_limit,
+            _BUSY_AGENT_RATE,
+        )
     policy = retry_policy or RetryPolicy()
     metrics = Metrics()
     calls = StoreCalls(store)

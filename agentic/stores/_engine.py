@@ -405,10 +405,14 @@ class EngineAllowanceStore(AllowanceStore):
             retry_after=decision.retry_after,
         )
 
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
         require_id("agent id", agent_id)
         require_id("job id", job_id)
         require_count("tokens", tokens)
+        if task_id != "":  # None included: a ConfigError before anything is held
+            require_id("task id", task_id)
         with self._open() as ctx:
             tx = ctx.tx
             held = tx.get_held(job_id)
@@ -434,7 +438,9 @@ class EngineAllowanceStore(AllowanceStore):
             held = Held(job_id, agent_id, model, tokens, ev.decision.cost, ctx.now, ctx.now + ttl)
             tx.put_held(held)
             after = agent_status(ev.allowance, ev.agent.counters())
-            self._record_crossing(tx, "reserve", job_id, agent_id, model, before, after, ctx.now)
+            self._record_crossing(
+                tx, "reserve", job_id, agent_id, model, before, after, ctx.now, task_id
+            )
             return self._reservation(held, before, after)
 
     @staticmethod

@@ -322,8 +322,11 @@ class AllowanceStore(Closeable):
         """Would ``reserve`` pass now? Read-only."""
 
     @abc.abstractmethod
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
-        """Atomically check every limit and hold quota for one job."""
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
+        """Atomically check every limit and hold quota for one job (of task ``task_id``,
+        when known: the threshold events it records name it)."""
 
     @abc.abstractmethod
     def settle(

@@ -269,7 +269,7 @@ class RedisAllowanceStore(AllowanceStore):
     def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
         require_id("agent id", agent_id)
         _amount("tokens", tokens)
-        reply = self._run(_RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl)
+        reply = self._run(_RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl, "")
         if reply[0] == "no allowance":
             raise no_allowance(agent_id)
         decision, end = self._describe(reply, model, tokens)
@@ -283,11 +283,17 @@ class RedisAllowanceStore(AllowanceStore):
             retry_after=decision.retry_after,
         )
 
-    def reserve(self, agent_id: str, model: str, tokens: int, job_id: str) -> Reservation:
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
         require_id("agent id", agent_id)
         require_id("job id", job_id)
         _amount("tokens", tokens)
-        reply = self._run(_RESERVE, job_id, agent_id, model, str(tokens), "0", self._default_ttl)
+        if task_id != "":  # None included: a ConfigError before anything is held
+            require_id("task id", task_id)
+        reply = self._run(
+            _RESERVE, job_id, agent_id, model, str(tokens), "0", self._default_ttl, task_id
+        )
         tag = reply[0]
         if tag == "conflict":
             raise ConflictError(f"job {job_id!r} was already settled; use a new job id")

@@ -1,7 +1,8 @@
 -- quota_reserve.lua (after common.lua, quota_lib.lua, log_lib.lua, quota_log.lua):
 -- _engine.reserve, or with
 -- dry = '1' _engine.check (only the sweep and the rolling-hour trim write then).
--- arg: job id, agent id, model, tokens, dry, default reservation ttl
+-- arg: job id, agent id, model, tokens, dry, default reservation ttl, task id ('' =
+-- none: the threshold events a recording store records name it)
 -- Replies: {'reserved', agent, model, tokens, cost, created_at, expires_at,
 -- previous status, status} | {'check' or 'denied', rule, allowance JSON, quota
 -- JSON, 4 agent counters, 4 model counters, requests, oldest, now, period end}
@@ -9,6 +10,7 @@
 sweep()
 local job, agent_id, model = arg(1), arg(2), arg(3)
 local tokens, dry, default_ttl = tonumber(arg(4)), arg(5) == '1', tonumber(arg(6))
+local task = arg(7)
 
 -- A new job id (the usual case) has neither a reservation nor a settlement: one
 -- EXISTS of both keys says so, instead of reading each.
@@ -84,7 +86,7 @@ redis.call('ZADD', K.expiry, expires_text, job)
 local status = agent_status(allowance, row)
 if LOG.seq ~= '' and status ~= previous then  -- recorded with the reserve itself
   local entries = {}
-  crossing_entries(entries, 'reserve', job, '', agent_id, model, previous, status)
+  crossing_entries(entries, 'reserve', job, task, agent_id, model, previous, status)
   if #entries > 0 then
     log_append(LOG.seq, LOG.stream, LOG.ids, entries)
   end
