@@ -345,7 +345,7 @@ def test_unknown_ids_are_runtime_errors(system: System) -> None:
     """Unknown task, agent or allowance: exit 1 and a message naming it; "HTTP 404"
     only where a server answered."""
     for args, said in (
-        (["logs", "nope"], "error: HTTP 404: task 'nope' does not exist"),
+        (["logs", "nope"], "error: no task 'nope' on the task server at http://"),
         (["agents", "deregister", "ghost"], "error: agent 'ghost' is not registered"),
         (["allowance", "show", "ghost"], "error: no allowance for agent 'ghost'"),
     ):
@@ -419,6 +419,27 @@ def test_a_missing_token_says_how_to_give_one(system: System, tmp_path: Path) ->
         result = run("submit", "t", "--config", str(config))
     assert result.exit_code == 1
     assert "401" in result.stderr and "AGENTIC_TOKEN" in result.stderr
+    assert "the server wants a token" in result.stderr
+
+
+def test_a_wrong_token_says_it_is_unknown(system: System, tmp_path: Path) -> None:
+    """A token the server does not know: the hint says to check it, not to set one."""
+    with running_server(system.tasks, admin_tokens=["secret"]) as base_url:
+        config = write_config(tmp_path / "t.yaml", base_url, system.url)
+        env = {"AGENTIC_TOKEN": "not-the-secret"}
+        result = CliRunner().invoke(app, ["submit", "t", "--config", str(config)], env=env)
+    assert result.exit_code == 1
+    assert "the server does not know this token: check token" in result.stderr
+
+
+def test_logs_of_an_unknown_task_names_it(system: System) -> None:
+    """logs of a task the server does not have says which, where, and how to list
+    them (a path-like id too)."""
+    for task_id in ("no-such-task", "../x"):
+        result = system.cli("logs", task_id)
+        assert result.exit_code == 1
+        assert f"no task {task_id!r} on the task server at {system.base_url}" in result.stderr
+        assert "agentic tasks" in result.stderr
 
 
 # --- status ---

@@ -105,6 +105,8 @@ def _hint(exc: AgenticError) -> str:
             " set base_url (AGENTIC_BASE_URL=http://host:port)"
         )
     if isinstance(exc, APIError) and exc.code == 401:
+        if "invalid" in exc.message:  # one was sent: the server does not know it
+            return "\n  the server does not know this token: check token (AGENTIC_TOKEN=...)"
         return "\n  the server wants a token: set token (AGENTIC_TOKEN=...)"
     if isinstance(exc, APIError) and exc.code == 403:
         return "\n  this token may not do that: an admin token can"

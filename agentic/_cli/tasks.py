@@ -13,6 +13,7 @@ import typer
 from rich.text import Text
 
 from ..client import TaskClient
+from ..errors import NotFoundError
 from ..logs import FINISHED, stream_logs
 from ..models import Priority, Task, TaskStatus
 from ..stores._tasks import order_key
@@ -100,10 +101,17 @@ def logs(
     # Stopped before the task ended, it did not succeed: never 0 (a script waiting
     # with -f must not go on).
     with client(cfg) as api, interrupt_exits(130):
-        if json_output:
-            status = _json_lines(api, task_id, follow)
-        else:
-            status = stream_logs(api, task_id, sys.stdout, follow=follow)
+        try:
+            if json_output:
+                status = _json_lines(api, task_id, follow)
+            else:
+                status = stream_logs(api, task_id, sys.stdout, follow=follow)
+        except NotFoundError as exc:
+            raise NotFoundError(
+                f"no task {task_id!r} on the task server at {cfg.base_url}"
+                " (agentic tasks lists them)",
+                404,
+            ) from exc
     # Followed to its end, a task that will not complete is an error: a script that
     # waits on it (`agentic logs -f ID && next`) must not go on.
     if follow and status in (TaskStatus.FAILED, TaskStatus.BLOCKED):
