@@ -115,15 +115,21 @@ def test_a_memory_store_records_only_into_a_memory_log(tmp_path: Path) -> None:
             MemoryTaskStore(events=log)  # type: ignore[arg-type]
 
 
-def test_a_cost_past_2_63_is_recorded_as_charged(pair: tuple[AllowanceStore, EventLog]) -> None:
-    """The event's cost_charged equals the settlement's past 2**63 (Lua's %d wraps)."""
+def test_a_cost_past_2_63_is_recorded_as_charged(
+    pair: tuple[AllowanceStore, EventLog], backend: Backend
+) -> None:
+    """The event's cost_charged equals the settlement's past 2**63 (Lua's %d wraps);
+    SQLite, whose integers stop there, refuses it (ConfigError) and charges nothing."""
     store, log = pair
     store.set_model_quota(ModelQuota(model="huge", input_price=60_000.0, output_price=60_000.0))
     store.reserve("a1", "huge", 0, "j1")
-    try:
-        settlement = store.settle("j1", 2**47, 2**47, QuotaEvent.JOB_COMPLETED)
-    except OverflowError:
-        pytest.skip("SQLite stores integers below 2**63")
+    if backend.name == "sqlite":
+        with pytest.raises(ConfigError, match=r"past SQLite's integers .*redis://"):
+            store.settle("j1", 2**47, 2**47, QuotaEvent.JOB_COMPLETED)
+        usage = store.get_usage("a1")
+        assert (usage.tokens_used, usage.active_jobs, log.read()) == (0, 1, [])
+        return
+    settlement = store.settle("j1", 2**47, 2**47, QuotaEvent.JOB_COMPLETED)
     assert settlement.cost_charged > 2**63
     assert log.read()[0].event.payload["cost_charged"] == settlement.cost_charged
 

@@ -255,6 +255,12 @@ class Database:
                 yield conn
         except sqlite3.Error as exc:
             raise self.error(exc, doing) from exc
+        except OverflowError as exc:  # rolled back: nothing of it was written
+            raise ConfigError(
+                f"SQLite store {str(self.path)!r}, {doing}: a number past SQLite's"
+                f" integers (2**63 - 1) ({exc}); lower the amounts (tokens, prices), or"
+                " use a redis:// store"
+            ) from exc
 
     def query(
         self, sql: str, params: Sequence[object] = (), doing: str = "read"
