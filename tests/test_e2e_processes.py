@@ -224,7 +224,7 @@ def running(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie nobody reaped yet does not)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 

@@ -70,7 +70,7 @@ def gone(pid: int) -> bool:
     """True when the process no longer runs (absent, or a zombie nobody reaped yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before, or while, it was read
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
