@@ -287,11 +287,7 @@ class TaskClient:
         the long-poll answers at once: sleep before asking again after an empty page
         that came quickly."""
         require_page(after, limit)
-        if not 0 <= wait <= _MAX_WAIT:
-            raise ConfigError(f"wait must be from 0 to {_MAX_WAIT:g} seconds, got {wait}")
-        params = {"after": str(after), "limit": str(limit)}
-        if wait:
-            params["wait"] = f"{wait:g}"
+        params = {"after": str(after), "limit": str(limit), **_wait_param(wait)}
         response = self._request(
             "GET", "/api/events", safe=True, params=params, timeout=self.timeout + wait
         )
@@ -319,11 +315,10 @@ class TaskClient:
         The token is None when the server does not watch (an older server, or
         go-agentic's): it answered at once, so the caller should sleep between calls.
         """
-        if not 0 <= wait <= _MAX_WAIT:
-            raise ConfigError(f"wait must be from 0 to {_MAX_WAIT:g} seconds, got {wait}")
-        params = _list_params(status, None, None, claimed_by, None, ready, limit)
-        if wait:
-            params["wait"] = f"{wait:g}"
+        params = {
+            **_list_params(status, None, None, claimed_by, None, ready, limit),
+            **_wait_param(wait),
+        }
         if since:
             params["since"] = since
         response = self._request(
@@ -550,11 +545,7 @@ class TaskClient:
         (``attempt_fencing``, ``batch_claims``, ``claim_fencing``, ``list_pages``,
         ``long_polls``, ``task_counts``); empty for a server that lists none (older,
         or go-agentic's)."""
-        try:
-            body = self._health().json()
-        except ValueError:
-            return frozenset()
-        features = body.get("features") if isinstance(body, dict) else None
+        features = self._health_body().get("features")
         if not isinstance(features, list):
             return frozenset()
         return frozenset(str(feature) for feature in features)
@@ -563,18 +554,29 @@ class TaskClient:
         """The id of the store the server serves (see ``store_id`` of the stores), to
         tell whether a store opened directly is the same one; "" when the server does
         not say (memory://, an older server, go-agentic's)."""
+        found = self._health_body().get("store_id")
+        return found if isinstance(found, str) else ""
+
+    def _health_body(self) -> dict[str, Any]:
+        """The health check's JSON object ({} when the answer is not one)."""
         try:
             body = self._health().json()
         except ValueError:
-            return ""
-        found = body.get("store_id") if isinstance(body, dict) else None
-        return found if isinstance(found, str) else ""
+            return {}
+        return body if isinstance(body, dict) else {}
 
     def _health(self) -> httpx.Response:
         try:
             return self._request("GET", "/v1/health", safe=True)
         except NotFoundError:
             return self._request("GET", "/api/health", safe=True)
+
+
+def _wait_param(wait: float) -> dict[str, str]:
+    """The ``wait`` query parameter of a long-poll (none for 0), checked first."""
+    if not 0 <= wait <= _MAX_WAIT:
+        raise ConfigError(f"wait must be from 0 to {_MAX_WAIT:g} seconds, got {wait}")
+    return {"wait": f"{wait:g}"} if wait else {}
 
 
 def _list_params(

@@ -96,8 +96,14 @@ class _ApiLog:
 
     def __init__(self, api: TaskClient) -> None:
         self.api = api
+        # What a pause's long-poll brought (after, events): the next read of that
+        # offset is answered with it instead of asking the server again.
+        self._waited: tuple[int, list[LoggedEvent]] | None = None
 
     def read(self, after: int = 0, limit: int = 100) -> list[LoggedEvent]:
+        waited, self._waited = self._waited, None
+        if waited is not None and waited[0] == after:
+            return waited[1][:limit]
         return self.api.read_events(after, limit).events
 
     def last_offset(self) -> int:
@@ -107,8 +113,11 @@ class _ApiLog:
         """Until an event after ``after`` may be there: the server's long-poll, and the
         poll interval after an empty answer that came at once (an older server)."""
         started = time.monotonic()
-        if not self.api.read_events(after, 1, wait=_API_WAIT).events:
-            time.sleep(max(0.0, _POLL - (time.monotonic() - started)))
+        events = self.api.read_events(after, MAX_READ, wait=_API_WAIT).events
+        if events:
+            self._waited = (after, events)
+            return
+        time.sleep(max(0.0, _POLL - (time.monotonic() - started)))
 
 
 def _sleep(after: int) -> None:

@@ -273,6 +273,14 @@ class Database:
 
     def store_id(self) -> str:
         """The file's id: random, written by the first to ask, never changed."""
+        # Read first: once written (the usual case) no write lock is taken for it,
+        # which a status refreshed every few seconds would otherwise do each time.
+        try:
+            rows = self.query("SELECT value FROM meta WHERE key = 'store_id'")
+        except StoreError:
+            rows = []  # no meta table yet: made below
+        if rows:
+            return str(rows[0][0])
         self.migrate("meta", _META)
         with self.transaction("reading the store id") as conn:
             conn.execute(
