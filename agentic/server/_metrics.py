@@ -26,6 +26,9 @@ COUNTERS = {
     "tasks_requeued": "Tasks whose lease expired, requeued or dead-lettered.",
     "requeue_errors": "Background requeue passes that failed.",
     "store_errors": "Requests answered 503 because the store failed.",
+    "notices_sent": "Change notices sent to the other servers of the store.",
+    "notices_received": "Change notices received from the other servers of the store.",
+    "notice_errors": "Change notices that could not be sent, received or read.",
 }
 
 

@@ -41,7 +41,7 @@ from ..retry import RetryPolicy
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
 from ._auth import Auth, Principal, token_key
 from ._calls import StoreCalls
-from ._changes import CHANGES_HEADER, EVENTS_TOPIC, Changes
+from ._changes import CHANGES_HEADER, EVENTS_TOPIC, Changes, Relay
 from ._errors import describe, details_text, install_error_handlers
 from ._limits import RateLimiter
 from ._metrics import Guard, Metrics
@@ -214,18 +214,27 @@ def create_app(
     changes = Changes()
     served_id: list[str] = []  # the store's id, once read (see health)
 
+    notices = store.notices()
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if not requeue_interval:
-            yield
-            return
-        loop = asyncio.create_task(_requeue_loop(store, calls, metrics, changes, requeue_interval))
+        relay = Relay(changes, notices, metrics) if notices is not None else None
+        if relay is not None:
+            relay.start(asyncio.get_running_loop())
+        requeue = (
+            asyncio.create_task(_requeue_loop(store, calls, metrics, changes, requeue_interval))
+            if requeue_interval
+            else None
+        )
         try:
             yield
         finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
+            if requeue is not None:
+                requeue.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await requeue
+            if relay is not None:
+                await to_thread.run_sync(relay.stop)  # joins its thread: not on the loop
 
     app = FastAPI(title="agentic task API", version="1", lifespan=lifespan, responses=_ERRORS)
     app.state.metrics = metrics
@@ -285,9 +294,9 @@ def create_app(
         without credentials of the store it lives in.
 
         A long-poll with ``wait`` (seconds): when nothing is after ``after`` the answer
-        waits until something is, at most ``wait`` seconds. This server's own writes
-        wake it at once; events other processes append are seen within
-        0.2 s."""
+        waits until something is, at most ``wait`` seconds. Writes through this server
+        (and, on Redis, through the other servers of the store) wake it at once;
+        events other processes append are seen within 0.2 s."""
         who.require_admin("read the event log")
         if events is None:
             raise APIError(

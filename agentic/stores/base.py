@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import ClassVar, Literal, Self
+from typing import ClassVar, Literal, Protocol, Self
 
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
@@ -59,6 +59,8 @@ __all__ = [
     "LogPage",
     "LoggedEvent",
     "MAX_READ",
+    "Notices",
+    "Subscription",
     "TRIM_STEP",
     "TaskStore",
     "event_json",
@@ -354,6 +356,32 @@ class AllowanceStore(Closeable):
         """Atomically end a reservation now, as its expiry would."""
 
 
+class Subscription(Protocol):
+    """Notices as they arrive, on a connection of their own."""
+
+    def receive(self, timeout: float) -> str | None:
+        """The next notice, or None when none came within ``timeout`` seconds."""
+
+    def close(self) -> None:
+        """Unsubscribe and let the connection go."""
+
+
+class Notices(Protocol):
+    """A broadcast channel among the task API servers that share one store: each
+    tells the others what it changed, so their long-polls wake at once. Delivery is
+    at most once, to those listening when a notice is sent; every call raises
+    :class:`StoreError` (or :class:`StoreUnavailableError`) when the store fails."""
+
+    def publish(self, message: str) -> None:
+        """Send ``message`` to every subscription (this process's own included)."""
+
+    def listeners(self) -> int:
+        """How many subscriptions a notice sent now would reach."""
+
+    def subscribe(self) -> Subscription:
+        """Start receiving notices."""
+
+
 @dataclass(frozen=True, slots=True)
 class LogPage:
     """Log lines of a task from ``offset``; ask again with ``next_offset`` for more."""
@@ -512,6 +540,12 @@ class TaskStore(Closeable):
     @abc.abstractmethod
     def logs(self, task_id: str, offset: int = 0, limit: int | None = None) -> LogPage:
         """Log lines from ``offset``."""
+
+    def notices(self) -> Notices | None:
+        """The channel on which the servers sharing this store tell each other their
+        changes; None where a store has none (memory: one process; SQLite: servers
+        sharing a file see each other's changes at their long-polls' timeouts)."""
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,26 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass
 
-__all__ = ["EventLogKeys", "QuotaKeys", "RegistryKeys", "TaskKeys", "store_id_key"]
+__all__ = [
+    "EventLogKeys",
+    "QuotaKeys",
+    "RegistryKeys",
+    "TaskKeys",
+    "notices_channel",
+    "store_id_key",
+]
 
 
 def store_id_key(prefix: str) -> str:
     """``{prefix}:store_id``: a string, the random id of the stores under ``prefix``
     (written by the first to ask, never changed)."""
     return f"{prefix}:store_id"
+
+
+def notices_channel(prefix: str) -> str:
+    """``{prefix}:task:notices``: not a key but a pub/sub channel, on which the task
+    API servers sharing the stores under ``prefix`` tell each other their changes."""
+    return f"{prefix}:task:notices"
 
 
 # --- AgentRegistry: {prefix}:reg:* ---------------------------------------------------

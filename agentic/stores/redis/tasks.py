@@ -26,7 +26,7 @@ from ...errors import ConfigError, ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, TaskStore, require_count, require_id
+from ..base import LogPage, Notices, TaskStore, require_count, require_id
 from ..keys import EventLogKeys, TaskKeys
 from ._conn import (
     DEFAULT_PREFIX,
@@ -38,6 +38,7 @@ from ._conn import (
     text,
     translate_errors,
 )
+from .notices import RedisNotices
 
 __all__ = ["RedisTaskStore", "task_store_from_url"]
 
@@ -139,6 +140,9 @@ class RedisTaskStore(TaskStore):
 
     def store_id(self) -> str:
         return read_store_id(self._client, self._prefix)
+
+    def notices(self) -> Notices | None:
+        return RedisNotices(self._client, self._prefix)
 
     def _run(self, script: Script, *args: str) -> Any:
         return script(self._client, [*self._heads, *args])
