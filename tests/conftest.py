@@ -205,3 +205,20 @@ def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'shared.db'}"
     server: RedisServer = request.getfixturevalue("redis_server")
     return f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def redis_client(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A client of the session's redis-server, then of a fakeredis server (for what
+    only Redis stores do)."""
+    if request.param == "redis":
+        import redis
+
+        server: RedisServer = request.getfixturevalue("redis_server")
+        client: Any = redis.Redis(port=server.port)
+    else:
+        import fakeredis
+
+        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    yield client
+    client.close()

@@ -44,22 +44,6 @@ def counted() -> None:
     time.sleep((Relay.COUNT_EVERY + Relay.RECEIVE_WAIT) * 3)
 
 
-@pytest.fixture(params=["redis", "fakeredis"])
-def redis_client(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A client of the session's redis-server, then of a fakeredis server."""
-    if request.param == "redis":
-        import redis
-
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client: Any = redis.Redis(port=server.port)
-    else:
-        import fakeredis
-
-        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    yield client
-    client.close()
-
-
 def listeners(client: Any, prefix: str) -> int:
     """How many subscriptions the notices channel of ``prefix`` has."""
     return int(sum(count for _, count in client.pubsub_numsub(notices_channel(prefix))))

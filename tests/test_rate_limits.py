@@ -5,17 +5,27 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 import warnings
+from contextlib import ExitStack
+from typing import Any
 
+import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentic.client import TaskClient
 from agentic.config import load_config
-from agentic.errors import APIError, ConfigError
+from agentic.errors import APIError, ConfigError, StoreUnavailableError
 from agentic.models import Task, TaskResult, TaskStatus
 from agentic.server import create_app
 from agentic.server._limits import RateLimited, RateLimiter, TokenBucket
+from agentic.server._metrics import Metrics
+from agentic.stores.keys import rate_bucket_key
 from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.stores.redis.buckets import RedisBuckets
+from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import FakeClock, running_server
 
 from .test_server import ADMIN, TOKENS
@@ -177,3 +187,85 @@ def test_a_rate_below_what_an_agent_needs_is_warned_of(caplog: pytest.LogCapture
         caplog.clear()
         create_app(MemoryTaskStore(), requeue_interval=None, rate_limit=20)
         assert "rate_limit" not in caplog.text
+
+
+# --- buckets shared by the servers of one Redis ---
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rate=st.sampled_from([0.5, 1.0, 3.0, 10.0]),
+    burst=st.integers(1, 5),
+    steps=st.lists(st.floats(0.0, 3.0, allow_nan=False), max_size=25),
+)
+def test_the_redis_bucket_keeps_the_python_rule(
+    redis_client: Any, rate: float, burst: int, steps: list[float]
+) -> None:
+    """The Lua bucket answers every take as TokenBucket.take does, on any spacing of
+    requests (one rule, written once in Python and once in Lua)."""
+    clock = FakeClock()
+    shared = RedisBuckets(redis_client, f"t{uuid.uuid4().hex[:12]}", clock)
+    bucket = TokenBucket(rate, float(burst), float(burst), clock())
+    for gap in steps:
+        clock.advance(gap)
+        assert shared.take("caller", rate, float(burst)) == pytest.approx(
+            bucket.take(clock()), rel=1e-12, abs=1e-12
+        )
+
+
+def test_a_bucket_in_redis_expires_once_it_would_be_full(redis_client: Any) -> None:
+    """A bucket's key lives burst / rate seconds (and one more): a caller that stops
+    leaves nothing behind."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    RedisBuckets(redis_client, prefix).take("caller", 2.0, 4.0)
+    assert 2000 < redis_client.pttl(rate_bucket_key(prefix, "caller")) <= 3000
+
+
+def test_servers_on_one_redis_share_each_callers_rate(redis_client: Any) -> None:
+    """Two servers on one Redis take from one bucket per token: past the burst, the
+    next request is refused whichever server it reaches; another token passes."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    with ExitStack() as stack:
+        urls = [
+            stack.enter_context(
+                running_server(
+                    RedisTaskStore(redis_client, prefix=prefix),
+                    **TOKENS,
+                    requeue_interval=None,
+                    rate_limit=0.2,
+                    rate_burst=3,
+                )
+            )
+            for _ in range(2)
+        ]
+        answers = [httpx.get(f"{urls[n % 2]}/api/tasks", headers=ADMIN) for n in range(4)]
+        other = httpx.get(f"{urls[1]}/api/tasks", headers=AGENT)
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert answers[3].headers["Retry-After"] == "5" and other.status_code == 200
+
+
+class DownBuckets:
+    """Shared buckets whose store is unreachable."""
+
+    def take(self, key: str, rate: float, burst: float) -> float:
+        raise StoreUnavailableError("Redis unavailable during a test: connection refused")
+
+
+def test_shared_buckets_down_leave_each_server_limiting_on_its_own(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """When the shared buckets fail, the server's own bucket answers (the limit still
+    holds per server; no request is refused for the outage), each failure is counted
+    and the outage warned of once."""
+    clock, metrics = FakeClock(), Metrics()
+    limiter = RateLimiter(1.0, 2, clock=clock, shared=DownBuckets(), metrics=metrics)
+    with caplog.at_level(logging.WARNING):
+        limiter.check("a")
+        limiter.check("a")
+        with pytest.raises(RateLimited):
+            limiter.check("a")
+    assert metrics.value("rate_limit_errors") == 3
+    assert caplog.text.count("the shared buckets failed") == 1
+    assert "connection refused" in caplog.text

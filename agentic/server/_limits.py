@@ -5,14 +5,20 @@ Each caller (a bearer token; without tokens, a client address) has a token bucke
 request finding its bucket empty is refused with 429 and ``Retry-After`` before any
 work is done, so every client may repeat it (ours does, after the wait asked).
 
-Buckets live in this server process (several processes behind a load balancer each
-allow the rate). The table keeps the ``max_callers`` callers seen last: the one
-unseen longest is forgotten first (it starts again with a full bucket), so callers
-that come and go cannot grow it without bound.
+Where the task store shares buckets (Redis: :meth:`TaskStore.rate_buckets`), every
+server process on it takes from the same bucket, so a caller's rate holds across a
+load balancer; a take that fails there (Redis down) is logged once per outage,
+counted in ``rate_limit_errors``, and answered from this process's own bucket, so
+the limit still holds per process and the request is not refused for it. Elsewhere
+(SQLite, memory) buckets live in this server process, and several processes behind
+a load balancer each allow the rate. That table keeps the ``max_callers`` callers
+seen last: the one unseen longest is forgotten first (it starts again with a full
+bucket), so callers that come and go cannot grow it without bound.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -20,9 +26,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import APIError, ConfigError
+from ..errors import APIError, ConfigError, StoreError
+from ..stores.base import Buckets
+from ._metrics import Metrics
 
 __all__ = ["RateLimited", "RateLimiter", "TokenBucket"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -35,8 +45,10 @@ class TokenBucket:
     at: float  # when ``tokens`` was counted
 
     def take(self, now: float) -> float:
-        """Take a token: 0 when there was one, else the seconds until there is."""
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        """Take a token: 0 when there was one, else the seconds until there is.
+
+        ``lua/rate_take.lua`` of the Redis store is the same rule: change both."""
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
         self.at = now
         if self.tokens >= 1:
             self.tokens -= 1
@@ -62,7 +74,8 @@ class RateLimited(APIError):
 
 
 class RateLimiter:
-    """One :class:`TokenBucket` per caller key (see the module docstring)."""
+    """One :class:`TokenBucket` per caller key, in ``shared`` buckets when given
+    (failures counted in ``metrics``; see the module docstring)."""
 
     def __init__(
         self,
@@ -71,6 +84,8 @@ class RateLimiter:
         *,
         max_callers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        shared: Buckets | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         if not rate > 0 or not math.isfinite(rate):
             raise ConfigError(f"rate must be a number of requests a second > 0, got {rate}")
@@ -83,9 +98,38 @@ class RateLimiter:
         self._clock = clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()  # seen last at the end
         self._lock = threading.Lock()
+        self._shared = shared
+        self._metrics = metrics
+        self._failing = False  # the shared buckets failed last time (warned once)
 
     def check(self, key: str) -> None:
         """Count a request of ``key``; :class:`RateLimited` when over its rate."""
+        wait = self._take_shared(key) if self._shared is not None else None
+        if wait is None:
+            wait = self._take_here(key)
+        if wait:
+            raise RateLimited(self.rate, wait)
+
+    def _take_shared(self, key: str) -> float | None:
+        """The shared bucket's answer; None when it could not be reached."""
+        assert self._shared is not None
+        try:
+            wait = self._shared.take(key, self.rate, self.burst)
+        except StoreError as exc:
+            if self._metrics is not None:
+                self._metrics.inc("rate_limit_errors")
+            if not self._failing:
+                log.warning(
+                    "rate limits: the shared buckets failed (%s); each server limits on"
+                    " its own until they are back",
+                    exc,
+                )
+            self._failing = True
+            return None
+        self._failing = False
+        return wait
+
+    def _take_here(self, key: str) -> float:
         with self._lock:
             now = self._clock()
             bucket = self._buckets.get(key)
@@ -95,9 +139,7 @@ class RateLimiter:
                     self._buckets.popitem(last=False)
             else:
                 self._buckets.move_to_end(key)
-            wait = bucket.take(now)
-        if wait:
-            raise RateLimited(self.rate, wait)
+            return bucket.take(now)
 
     def __len__(self) -> int:
         return len(self._buckets)

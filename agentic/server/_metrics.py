@@ -29,6 +29,7 @@ COUNTERS = {
     "notices_sent": "Change notices sent to the other servers of the store.",
     "notices_received": "Change notices received from the other servers of the store.",
     "notice_errors": "Change notices that could not be sent, received or read.",
+    "rate_limit_errors": "Rate-limit checks the shared buckets failed (own buckets used).",
 }
 
 

@@ -239,7 +239,11 @@ def create_app(
     app = FastAPI(title="agentic task API", version="1", lifespan=lifespan, responses=_ERRORS)
     app.state.metrics = metrics
     app.state.auth = auth
-    app.state.limiter = RateLimiter(rate_limit, rate_burst) if rate_limit else None
+    app.state.limiter = (
+        RateLimiter(rate_limit, rate_burst, shared=store.rate_buckets(), metrics=metrics)
+        if rate_limit
+        else None
+    )
     app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes)
     install_error_handlers(app, metrics)
 

@@ -52,6 +52,7 @@ from ..models import (
 __all__ = [
     "AgentRegistry",
     "AllowanceStore",
+    "Buckets",
     "Closeable",
     "Ending",
     "EventLog",
@@ -356,6 +357,15 @@ class AllowanceStore(Closeable):
         """Atomically end a reservation now, as its expiry would."""
 
 
+class Buckets(Protocol):
+    """Token buckets shared by the task API servers of one store (the rate limit
+    holds across them). Raises :class:`StoreError` when the store fails."""
+
+    def take(self, key: str, rate: float, burst: float) -> float:
+        """Take a request from ``key``'s bucket (``rate`` a second, ``burst`` at most;
+        a new bucket is full): 0 when it had one, else the seconds until it has."""
+
+
 class Subscription(Protocol):
     """Notices as they arrive, on a connection of their own."""
 
@@ -545,6 +555,11 @@ class TaskStore(Closeable):
         """The channel on which the servers sharing this store tell each other their
         changes; None where a store has none (memory: one process; SQLite: servers
         sharing a file see each other's changes at their long-polls' timeouts)."""
+        return None
+
+    def rate_buckets(self) -> Buckets | None:
+        """The rate-limit buckets the servers sharing this store share; None where a
+        store has none (each server process then keeps its own)."""
         return None
 
 

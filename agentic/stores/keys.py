@@ -7,6 +7,7 @@ then a namespace per store, so stores sharing one Redis never collide::
     {prefix}:quota:...   AllowanceStore
     {prefix}:task:...    TaskStore
     {prefix}:log:...     EventLog
+    {prefix}:rate:...    the task API's rate-limit buckets
 
 Inside a namespace, a key naming one thing is ``{kind}:{id}`` and a key of a
 collection has a different word (``agent:{id}`` vs ``agents``): no id, whatever it
@@ -28,6 +29,7 @@ __all__ = [
     "RegistryKeys",
     "TaskKeys",
     "notices_channel",
+    "rate_bucket_key",
     "store_id_key",
 ]
 
@@ -42,6 +44,12 @@ def notices_channel(prefix: str) -> str:
     """``{prefix}:task:notices``: not a key but a pub/sub channel, on which the task
     API servers sharing the stores under ``prefix`` tell each other their changes."""
     return f"{prefix}:task:notices"
+
+
+def rate_bucket_key(prefix: str, caller: str) -> str:
+    """``{prefix}:rate:bucket:{caller}``: a hash, one caller's rate-limit bucket
+    (``tokens``, ``at``: epoch seconds), expiring once it would be full again."""
+    return f"{prefix}:rate:bucket:{caller}"
 
 
 # --- AgentRegistry: {prefix}:reg:* ---------------------------------------------------

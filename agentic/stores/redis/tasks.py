@@ -26,7 +26,7 @@ from ...errors import ConfigError, ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, Notices, TaskStore, require_count, require_id
+from ..base import Buckets, LogPage, Notices, TaskStore, require_count, require_id
 from ..keys import EventLogKeys, TaskKeys
 from ._conn import (
     DEFAULT_PREFIX,
@@ -38,6 +38,7 @@ from ._conn import (
     text,
     translate_errors,
 )
+from .buckets import RedisBuckets
 from .notices import RedisNotices
 
 __all__ = ["RedisTaskStore", "task_store_from_url"]
@@ -143,6 +144,9 @@ class RedisTaskStore(TaskStore):
 
     def notices(self) -> Notices | None:
         return RedisNotices(self._client, self._prefix)
+
+    def rate_buckets(self) -> Buckets | None:
+        return RedisBuckets(self._client, self._prefix, self._clock)
 
     def _run(self, script: Script, *args: str) -> Any:
         return script(self._client, [*self._heads, *args])
