@@ -261,7 +261,7 @@ def test_shared_buckets_down_leave_each_server_limiting_on_its_own(
     and the outage warned of once."""
     clock, metrics = FakeClock(), Metrics()
     limiter = RateLimiter(1.0, 2, clock=clock, shared=DownBuckets(), metrics=metrics)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="agentic"):
         limiter.check("a")
         limiter.check("a")
         with pytest.raises(RateLimited):
