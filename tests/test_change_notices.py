@@ -259,7 +259,10 @@ def test_an_unreachable_redis_is_logged_counted_and_retried_with_backoff(
     each time (no busy loop); once it is back, notices flow again."""
     notices = FlakyNotices()
     notices.down.set()
-    with caplog.at_level(logging.WARNING, logger="agentic"), relaying(notices) as (changes, _relay, metrics):
+    with (
+        caplog.at_level(logging.WARNING, logger="agentic"),
+        relaying(notices) as (changes, _relay, metrics),
+    ):
         time.sleep(1.2)  # attempts at 0, 0.5 and 1.5 s: two in this span
         failed = metrics.value("notice_errors")
         assert 1 <= failed <= 3 and notices.subscribes == failed
@@ -276,7 +279,10 @@ def test_own_and_malformed_notices_are_not_taken_for_changes(
     """A server's own notice, echoed back, is skipped; a message that is not a notice
     is logged and counted, and the listener goes on."""
     notices = FlakyNotices()
-    with caplog.at_level(logging.WARNING, logger="agentic"), relaying(notices) as (changes, _relay, metrics):
+    with (
+        caplog.at_level(logging.WARNING, logger="agentic"),
+        relaying(notices) as (changes, _relay, metrics),
+    ):
         notices.inbox.extend(
             [notice(changes.instance, ["dispatch"]), "not json", "[1, 2]", notice("b", ["x"])]
         )
@@ -292,7 +298,10 @@ def test_a_failed_publish_is_counted_and_warned_once_per_outage(
     """A notice that cannot be sent does not fail the write it follows: it is counted
     each time and warned about once until sending works again."""
     notices = FlakyNotices()
-    with caplog.at_level(logging.WARNING, logger="agentic"), relaying(notices) as (changes, relay, metrics):
+    with (
+        caplog.at_level(logging.WARNING, logger="agentic"),
+        relaying(notices) as (changes, relay, metrics),
+    ):
         wait_for(lambda: relay._peers)
         notices.down.set()
         for _ in range(3):
