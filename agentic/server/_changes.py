@@ -53,7 +53,7 @@ class Changes:
 
     def __init__(self) -> None:
         self.instance = uuid.uuid4().hex[:12]
-        self.relay: Relay | None = None  # set by the relay that carries our bumps out
+        self.relay: Relay | None = None  # carries our bumps out (set by the server)
         self._counts: defaultdict[str, int] = defaultdict(int)
         self._events: dict[str, asyncio.Event] = {}  # topics someone waits on
         self._waiting: Counter[str] = Counter()
@@ -66,8 +66,9 @@ class Changes:
         """Record a change made here: wake this process's waiters, and tell the other
         server processes of the store (when a relay carries notices)."""
         self.bump_here(*topics)
-        if self.relay is not None:
-            self.relay.send(self.instance, topics)
+        relay = self.relay
+        if relay is not None:
+            relay.send(topics)
 
     def bump_here(self, *topics: str) -> None:
         """Record a change of each topic (and of the events topic) and wake its waiters."""
@@ -117,12 +118,15 @@ def read_notice(message: str) -> tuple[str, list[str]]:
 class Relay:
     """Carries change notices between the server processes sharing one store.
 
-    :meth:`send` publishes this process's bumps while another server listens; a
-    thread receives the others' and bumps them here, on the event loop. Failures
-    (Redis down, a stray message on the channel) are logged and counted in
-    ``notice_errors``, never raised into a request: the write a notice follows has
-    been made, and a waiter that misses the notice answers at its timeout. The
-    thread backs off from 0.5 s to :attr:`MAX_BACKOFF` between failed attempts.
+    :meth:`send` hands this process's bumps to a sender thread while another server
+    listens (never blocking the event loop: bumps waiting to go are merged into one
+    notice); a listener thread receives the others' and bumps them here, on the
+    event loop. Failures (Redis down, a stray message on the channel) are logged and
+    counted in ``notice_errors``, never raised into a request: the write a notice
+    follows has been made, and a waiter that misses the notice answers at its
+    timeout. Each thread backs off from 0.5 s to :attr:`MAX_BACKOFF` between failed
+    attempts. The server attaches the relay to its :class:`Changes` after
+    :meth:`start` and detaches it before :meth:`stop`.
     """
 
     #: seconds between counts of the servers that listen
@@ -130,48 +134,79 @@ class Relay:
     #: seconds one receive waits, which bounds how long :meth:`stop` takes
     RECEIVE_WAIT = 0.25
     MAX_BACKOFF = 10.0
+    #: seconds :meth:`stop` waits for each thread (one in a Redis call waits it out)
+    STOP_WAIT = 5.0
 
     def __init__(self, changes: Changes, notices: Notices, metrics: Metrics) -> None:
         self._changes = changes
         self._notices = notices
         self._metrics = metrics
         self._peers = False  # another server listens: worth publishing
-        self._failing = False  # publishing failed last time (logged once per streak)
+        self._pending: set[str] = set()  # topics bumped here, not yet sent
+        self._wake = threading.Condition()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Listen in a thread, delivering to ``loop``; this process's bumps go out."""
+        """Start the listener (delivering to ``loop``) and the sender threads."""
         self._loop = loop
-        self._thread = threading.Thread(target=self._listen, name="agentic-notices", daemon=True)
-        self._thread.start()
-        self._changes.relay = self
+        self._threads = [
+            threading.Thread(target=self._listen, name="agentic-notices", daemon=True),
+            threading.Thread(target=self._send_pending, name="agentic-notices-out", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
-        """Stop sending and listening; returns once the thread has ended."""
-        self._changes.relay = None
+        """Stop both threads; returns once they ended, or after :attr:`STOP_WAIT`
+        seconds each (a thread inside a Redis call that hangs ends after it)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.RECEIVE_WAIT + 5)
+        with self._wake:
+            self._wake.notify()
+        for thread in self._threads:
+            thread.join(self.STOP_WAIT)
+            if thread.is_alive():
+                log.warning(
+                    "change notices: %s did not stop within %gs (Redis not answering);"
+                    " it ends when its call does",
+                    thread.name,
+                    self.STOP_WAIT,
+                )
 
-    def send(self, sender: str, topics: Sequence[str]) -> None:
-        """Publish a change made here, when another server listens."""
+    def send(self, topics: Sequence[str]) -> None:
+        """Queue a change made here for the other servers, when one listens."""
         if not self._peers:
             return
-        try:
-            self._notices.publish(notice(sender, topics))
-        except StoreError as exc:
-            self._metrics.inc("notice_errors")
-            if not self._failing:
-                log.warning(
-                    "could not tell the other servers of a change (%s): their waiters"
-                    " see it at their timeout",
-                    exc,
-                )
-            self._failing = True
-        else:
-            self._failing = False
+        with self._wake:
+            self._pending.update(topics)
+            self._wake.notify()
+
+    def _send_pending(self) -> None:
+        backoff = 0.5
+        failing = False  # warned once per outage
+        while True:
+            with self._wake:
+                while not self._pending and not self._stop.is_set():
+                    self._wake.wait()
+                if self._stop.is_set():
+                    return
+                topics, self._pending = sorted(self._pending), set()
+            try:
+                self._notices.publish(notice(self._changes.instance, topics))
+            except StoreError as exc:
+                self._metrics.inc("notice_errors")
+                if not failing:
+                    log.warning(
+                        "could not tell the other servers of a change (%s): their"
+                        " waiters see it at their timeout",
+                        exc,
+                    )
+                failing = True
+                self._stop.wait(backoff)  # what is bumped meanwhile goes in one notice
+                backoff = min(backoff * 2, self.MAX_BACKOFF)
+                continue
+            failing, backoff = False, 0.5
             self._metrics.inc("notices_sent")
 
     def _listen(self) -> None:

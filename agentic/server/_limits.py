@@ -8,8 +8,9 @@ work is done, so every client may repeat it (ours does, after the wait asked).
 Where the task store shares buckets (Redis: :meth:`TaskStore.rate_buckets`), every
 server process on it takes from the same bucket, so a caller's rate holds across a
 load balancer; a take that fails there (Redis down) is logged once per outage,
-counted in ``rate_limit_errors``, and answered from this process's own bucket, so
-the limit still holds per process and the request is not refused for it. Elsewhere
+counted in ``rate_limit_errors``, and answered from this process's own bucket (as
+are the next :attr:`RateLimiter.PAUSE` seconds' requests), so the limit still holds
+per process and the request is not refused for it. Elsewhere
 (SQLite, memory) buckets live in this server process, and several processes behind
 a load balancer each allow the rate. That table keeps the ``max_callers`` callers
 seen last: the one unseen longest is forgotten first (it starts again with a full
@@ -75,7 +76,16 @@ class RateLimited(APIError):
 
 class RateLimiter:
     """One :class:`TokenBucket` per caller key, in ``shared`` buckets when given
-    (failures counted in ``metrics``; see the module docstring)."""
+    (failures counted in ``metrics``; see the module docstring).
+
+    A failed take of the shared buckets sends every check to this process's own
+    buckets for ``pause`` seconds before the shared ones are tried again, so an
+    outage costs one failed call per pause, not one per request. :meth:`check` may
+    wait on the shared buckets' store: the server calls it where it calls the store.
+    """
+
+    #: seconds the shared buckets are left alone after a failure
+    PAUSE = 5.0
 
     def __init__(
         self,
@@ -101,10 +111,17 @@ class RateLimiter:
         self._shared = shared
         self._metrics = metrics
         self._failing = False  # the shared buckets failed last time (warned once)
+        self._paused_until = float("-inf")  # own buckets only until then (clock time)
+
+    @property
+    def shared(self) -> bool:
+        """Whether checks may call the shared buckets' store (a network round trip)."""
+        return self._shared is not None
 
     def check(self, key: str) -> None:
         """Count a request of ``key``; :class:`RateLimited` when over its rate."""
-        wait = self._take_shared(key) if self._shared is not None else None
+        shared = self._shared is not None and self._clock() >= self._paused_until
+        wait = self._take_shared(key) if shared else None
         if wait is None:
             wait = self._take_here(key)
         if wait:
@@ -125,6 +142,7 @@ class RateLimiter:
                     exc,
                 )
             self._failing = True
+            self._paused_until = self._clock() + self.PAUSE
             return None
         self._failing = False
         return wait

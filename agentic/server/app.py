@@ -142,7 +142,12 @@ async def _caller(
         # token, so there a caller is its address: a new token per request is no way
         # around the limit.
         peer = request.client.host if request.client else "?"
-        limiter.check(token_key(token) if token and not auth.open else f"peer:{peer}")
+        key = token_key(token) if token and not auth.open else f"peer:{peer}"
+        if limiter.shared:  # a round trip to the store: made as its calls are
+            calls: StoreCalls = request.app.state.calls
+            await calls(limiter.check, key)
+        else:
+            limiter.check(key)
     return who
 
 
@@ -221,6 +226,7 @@ def create_app(
         relay = Relay(changes, notices, metrics) if notices is not None else None
         if relay is not None:
             relay.start(asyncio.get_running_loop())
+            changes.relay = relay
         requeue = (
             asyncio.create_task(_requeue_loop(store, calls, metrics, changes, requeue_interval))
             if requeue_interval
@@ -234,11 +240,13 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await requeue
             if relay is not None:
-                await to_thread.run_sync(relay.stop)  # joins its thread: not on the loop
+                changes.relay = None
+                await to_thread.run_sync(relay.stop)  # joins its threads: not on the loop
 
     app = FastAPI(title="agentic task API", version="1", lifespan=lifespan, responses=_ERRORS)
     app.state.metrics = metrics
     app.state.auth = auth
+    app.state.calls = calls
     app.state.limiter = (
         RateLimiter(rate_limit, rate_burst, shared=store.rate_buckets(), metrics=metrics)
         if rate_limit

@@ -40,10 +40,12 @@ def store_id_key(prefix: str) -> str:
     return f"{prefix}:store_id"
 
 
-def notices_channel(prefix: str) -> str:
-    """``{prefix}:task:notices``: not a key but a pub/sub channel, on which the task
-    API servers sharing the stores under ``prefix`` tell each other their changes."""
-    return f"{prefix}:task:notices"
+def notices_channel(prefix: str, database: int) -> str:
+    """``{prefix}:task:notices:{database}``: not a key but a pub/sub channel, on which
+    the task API servers sharing the stores under ``prefix`` in that database tell each
+    other their changes (pub/sub ignores databases: the number keeps stores of the same
+    prefix in two databases apart)."""
+    return f"{prefix}:task:notices:{database}"
 
 
 def rate_bucket_key(prefix: str, caller: str) -> str:

@@ -1,6 +1,6 @@
 """Change notices between the task API servers that share one Redis: pub/sub.
 
-One channel per prefix (:func:`agentic.stores.keys.notices_channel`). Pub/sub keeps
+One channel per prefix and database (:func:`agentic.stores.keys.notices_channel`). Pub/sub keeps
 nothing: a server that is not subscribed when a notice is published never sees it,
 which is what notices are for (a waiter that misses one answers at its timeout).
 """
@@ -36,7 +36,8 @@ class RedisNotices:
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._client = client
-        self._channel = notices_channel(prefix)
+        database = int(client.connection_pool.connection_kwargs.get("db") or 0)
+        self._channel = notices_channel(prefix, database)
 
     def publish(self, message: str) -> None:
         with translate_errors("sending a change notice"):
