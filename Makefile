@@ -17,8 +17,8 @@ redis-server:
 	@command -v redis-server >/dev/null 2>&1 || scripts/install-redis.sh
 
 lint: venv
-	$(BIN)/ruff check agentic tests bench
-	$(BIN)/ruff format --check agentic tests bench
+	$(BIN)/ruff check agentic tests bench scripts
+	$(BIN)/ruff format --check agentic tests bench scripts
 	$(BIN)/mypy
 
 test: venv redis-server lint

@@ -3,14 +3,16 @@
 Agents register with capabilities and load limits; a :class:`Dispatcher` routes each
 pending task to the best capable agent, enforces token, job, rate and cost quotas
 atomically (:class:`AllowanceService`), claims the task for that agent through the
-HTTP task API (:class:`TaskClient`), retries with backoff and dead-letters what keeps
-failing, and emits lifecycle events. State lives in stores opened from URLs
-(``memory://``, ``sqlite:///path.db``, ``redis://host:6379/0``).
+HTTP task API (:class:`TaskClient`; :class:`AsyncTaskClient` for asyncio), retries
+with backoff and dead-letters what keeps failing, and emits lifecycle events. State
+lives in stores opened from URLs (``memory://``, ``sqlite:///path.db``,
+``redis://host:6379/0``).
 
 The reference task server lives in :mod:`agentic.server` (it needs the ``server``
 extra); fakes for your own tests in :mod:`agentic.testing`.
 """
 
+from ._async_client import AsyncTaskClient
 from .allowance import AllowanceService
 from .client import Claim, LogEvent, TaskClient
 from .config import Config, load_config
@@ -100,6 +102,7 @@ __all__ = [
     "AllowanceService",
     "AllowanceStatus",
     "AllowanceStore",
+    "AsyncTaskClient",
     "CallbackEmitter",
     "Claim",
     "ClaimUnknownError",

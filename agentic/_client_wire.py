@@ -1,12 +1,15 @@
-"""What the task client sends and reads: request paths and bodies, and answers decoded
-into SDK values and errors. Apart from ``client.py``, which keeps the transport (retries,
-timeouts, the closed-client check) and the public methods.
+"""What the task clients send and read: request paths and bodies, and answers decoded
+into SDK values and errors. Apart from ``_async_client.py`` (and ``client.py``, made
+from it), which keep the transport (retries, timeouts, the closed-client check) and
+the public methods.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -14,9 +17,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from .errors import APIError, ConfigError, ConflictError, NotFoundError
 from .events import Event
-from .models import Task, TaskStatus
-from .retry import parse_retry_after
-from .stores.base import require_id
+from .models import Priority, Task, TaskStatus
+from .retry import RetryPolicy, parse_retry_after
+from .stores.base import LoggedEvent, require_id
 
 __all__ = [
     "ANSWER",
@@ -25,16 +28,30 @@ __all__ = [
     "CLAIMS",
     "COUNTS",
     "EVENTS",
+    "HTTP_RETRY",
+    "MAX_CLAIM_BATCH",
+    "MAX_WAIT",
+    "NOT_SENT",
     "OFFSET",
     "PAGE",
+    "RETRY_STATUSES",
+    "STREAM_READ_TIMEOUT",
     "TASK",
     "TASKS",
+    "WITHDRAWN",
+    "Claim",
+    "EventPage",
+    "RetryDelay",
     "api_error",
+    "claim_answers",
     "error_from",
     "fenced",
+    "list_params",
     "parse",
     "same_source",
+    "task_of",
     "task_path",
+    "wait_param",
 ]
 
 T = TypeVar("T")
@@ -173,3 +190,115 @@ def parse(response: httpx.Response, adapter: TypeAdapter[T]) -> T:
             response.text,
             from_response=True,
         ) from exc
+
+
+#: claims in one ``claim_tasks`` call (the task API's limit)
+MAX_CLAIM_BATCH = 100
+#: the longest wait of a long-poll (the task API's limit)
+MAX_WAIT = 60.0
+#: answers a safe call is repeated after (see the client's module docstring)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: exceptions raised before a single byte of the request left this process
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: The SSE stream is quiet between events; the server sends a keep-alive comment
+#: every few seconds, so a read waiting longer than this means the server is gone.
+STREAM_READ_TIMEOUT = 30.0
+#: HTTP retries are for blips (a restarting server, a proxy hiccup), not for the
+#: minutes-long backoff the dispatcher uses after a task failed.
+HTTP_RETRY = RetryPolicy(base=0.2, cap=5.0)
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """A page of the event log read through the task API (``read_events``)."""
+
+    #: the events after the offset asked for, oldest first
+    events: list[LoggedEvent]
+    #: the newest offset in the log when it was read
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One claim of ``claim_tasks``: what ``claim_task`` takes, for one task."""
+
+    task_id: str
+    agent_id: str | None = None
+    job_id: str | None = None
+    lease_seconds: float | None = None
+
+
+class RetryDelay(Protocol):
+    """Seconds to wait before retry number ``attempt`` (from 1); ``RetryPolicy`` fits."""
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float: ...
+
+
+def wait_param(wait: float) -> dict[str, str]:
+    """The ``wait`` query parameter of a long-poll (none for 0), checked first."""
+    if not 0 <= wait <= MAX_WAIT:
+        raise ConfigError(f"wait must be from 0 to {MAX_WAIT:g} seconds, got {wait}")
+    return {"wait": f"{wait:g}"} if wait else {}
+
+
+def list_params(
+    status: TaskStatus | str | None,
+    priority: Priority | str | None,
+    project: str | None,
+    claimed_by: str | None,
+    labels: Iterable[str] | None,
+    ready: bool | None,
+    limit: int | None,
+) -> dict[str, str]:
+    """The query parameters of a task list's filters (none for those not given)."""
+    given = {
+        "status": status,
+        "priority": priority,
+        "project": project,
+        "claimed_by": claimed_by,
+        "labels": ",".join(labels or ()),
+        "limit": limit,
+    }
+    params = {key: str(value) for key, value in given.items() if value}
+    if ready is not None:
+        params["ready"] = "true" if ready else "false"
+    return params
+
+
+def task_of(response: httpx.Response) -> Task:
+    """The task of a claim's or a completion's answer: ``{"task", "message"}``, or a
+    bare Task, as go-agentic's client accepts."""
+    try:
+        return ANSWER.validate_json(response.content).task
+    except ValidationError:
+        return parse(response, TASK)
+
+
+def claim_answers(
+    claims: Sequence[Claim], response: httpx.Response, results: list[_ClaimOutcome]
+) -> list[Task | APIError]:
+    """The outcome of each claim of a batch, in order (see ``claim_tasks``)."""
+    if [outcome.task_id for outcome in results] != [claim.task_id for claim in claims]:
+        raise APIError(
+            "unexpected answer from the server: not one outcome per claim, in order",
+            response.status_code,
+            response.text,
+            from_response=True,
+        )
+    answers: list[Task | APIError] = []
+    for outcome in results:
+        if outcome.code == 200 and outcome.task is not None:
+            answers.append(outcome.task)
+        elif outcome.code == 200:  # made, says the server, but without the task
+            answers.append(
+                APIError(
+                    f"unexpected answer from the server: claim of {outcome.task_id}"
+                    " succeeded without its task",
+                    response.status_code,
+                    response.text,
+                    from_response=True,
+                )
+            )
+        else:
+            answers.append(api_error(outcome.code, outcome.message, outcome.details))
+    return answers

@@ -7,14 +7,13 @@ stream is its own small protocol, independent of requests and retries.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from .errors import APIError
 from .models import TaskStatus
 
-__all__ = ["LogEvent", "sse_events"]
+__all__ = ["LogEvent", "SSEDecoder"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,26 +33,29 @@ class LogEvent:
     status: TaskStatus | None = None
 
 
-def sse_events(lines: Iterable[str]) -> Iterator[LogEvent]:
-    """Decode the server's Server-Sent Events into :class:`LogEvent` s."""
-    kind, data = "", []
-    for line in lines:
+class SSEDecoder:
+    """Lines of the server's Server-Sent Events in, :class:`LogEvent` s out: one
+    decoder per stream, fed each line as it arrives (by a sync or an async reader)."""
+
+    def __init__(self) -> None:
+        self._kind = ""
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> LogEvent | None:
+        """The event that ``line`` completes, if any."""
         if line.startswith(":"):
-            yield LogEvent("ping")
-            continue
+            return LogEvent("ping")
         if line:
             field, _, value = line.partition(":")
             value = value.removeprefix(" ")
             if field == "event":
-                kind = value
+                self._kind = value
             elif field == "data":
-                data.append(value)
-            continue
-        if data:
-            event = _decode_event(kind, "\n".join(data))
-            if event is not None:
-                yield event
-        kind, data = "", []
+                self._data.append(value)
+            return None
+        kind, data = self._kind, self._data
+        self._kind, self._data = "", []
+        return _decode_event(kind, "\n".join(data)) if data else None
 
 
 def _decode_event(kind: str, data: str) -> LogEvent | None:

@@ -1,3 +1,5 @@
+# Generated from agentic/_async_client.py by scripts/unasync.py: edit that file and
+# run the script, not this one (a test checks that they agree).
 """TaskClient: the HTTP client of the task API (go-agentic's contract, plus ours).
 
 Every request sends ``Authorization: Bearer <token>`` (when a token is set) and
@@ -46,82 +48,45 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
-from pydantic import ValidationError
 
 from ._client_wire import (
-    ANSWER,
     CHANGES_HEADER,
     CLAIMS,
     COUNTS,
     EVENTS,
+    HTTP_RETRY,
+    MAX_CLAIM_BATCH,
+    NOT_SENT,
     OFFSET,
     PAGE,
+    RETRY_STATUSES,
+    STREAM_READ_TIMEOUT,
     TASK,
     TASKS,
     WITHDRAWN,
-    api_error,
+    Claim,
+    EventPage,
+    RetryDelay,
+    claim_answers,
     error_from,
     fenced,
+    list_params,
     parse,
+    task_of,
     task_path,
+    wait_param,
 )
-from ._log_events import LogEvent, sse_events
+from ._log_events import LogEvent, SSEDecoder
 from .errors import APIError, ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
-from .retry import RetryPolicy, parse_retry_after
+from .retry import parse_retry_after
 from .stores._tasks import MAX_REASON
 from .stores.base import LoggedEvent, LogPage, require_id, require_page
 
 __all__ = ["MAX_CLAIM_BATCH", "Claim", "EventPage", "LogEvent", "RetryDelay", "TaskClient"]
-
-#: claims in one :meth:`TaskClient.claim_tasks` call (the task API's limit)
-MAX_CLAIM_BATCH = 100
-#: the longest wait of :meth:`TaskClient.watch_tasks` (the task API's limit)
-_MAX_WAIT = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class EventPage:
-    """A page of the event log read through the task API (:meth:`TaskClient.read_events`)."""
-
-    #: the events after the offset asked for, oldest first
-    events: list[LoggedEvent]
-    #: the newest offset in the log when it was read
-    last_offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """One claim of :meth:`TaskClient.claim_tasks`: what :meth:`TaskClient.claim_task`
-    takes, for one task."""
-
-    task_id: str
-    agent_id: str | None = None
-    job_id: str | None = None
-    lease_seconds: float | None = None
-
-
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# Exceptions raised before a single byte of the request left this process.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-# The SSE stream is quiet between events; the server sends a keep-alive comment
-# every few seconds, so a read waiting longer than this means the server is gone.
-_STREAM_READ_TIMEOUT = 30.0
-
-
-class RetryDelay(Protocol):
-    """Seconds to wait before retry number ``attempt`` (from 1); ``RetryPolicy`` fits."""
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float: ...
-
-
-# HTTP retries are for blips (a restarting server, a proxy hiccup), not for the
-# minutes-long backoff the dispatcher uses after a task failed.
-_HTTP_RETRY = RetryPolicy(base=0.2, cap=5.0)
 
 
 class TaskClient:
@@ -149,7 +114,7 @@ class TaskClient:
         self.retries = retries
         self.timeout = timeout
         self.max_retry_wait = max_retry_wait
-        self._policy: RetryDelay = retry_policy or _HTTP_RETRY
+        self._policy: RetryDelay = retry_policy or HTTP_RETRY
         self._sleep = sleep
         headers = {"Accept": "application/json", "User-Agent": "agentic-client"}
         if token:
@@ -204,7 +169,7 @@ class TaskClient:
                         timeout=self.timeout if timeout is None else timeout,
                     )
             except httpx.HTTPError as exc:
-                retryable = isinstance(exc, _NOT_SENT) or (
+                retryable = isinstance(exc, NOT_SENT) or (
                     safe and isinstance(exc, httpx.TransportError)
                 )
                 if not retryable or attempt >= self.retries:
@@ -217,7 +182,7 @@ class TaskClient:
                 continue
             if response.is_success:
                 return response
-            if safe and response.status_code in _RETRY_STATUSES and attempt < self.retries:
+            if safe and response.status_code in RETRY_STATUSES and attempt < self.retries:
                 asked = parse_retry_after(response.headers.get("Retry-After"))
                 if asked is None or asked <= self.max_retry_wait:
                     attempt += 1
@@ -261,7 +226,7 @@ class TaskClient:
     ) -> list[Task]:
         """Tasks matching every given filter, most urgent and oldest first; with
         ``after`` (the id of the last task of the previous page), the next page."""
-        params = _list_params(status, priority, project, claimed_by, labels, ready, limit)
+        params = list_params(status, priority, project, claimed_by, labels, ready, limit)
         if after is not None:
             params["after"] = require_id("after", after)
         return parse(self._request("GET", "/api/tasks", safe=True, params=params), TASKS)
@@ -287,7 +252,7 @@ class TaskClient:
         the long-poll answers at once: sleep before asking again after an empty page
         that came quickly."""
         require_page(after, limit)
-        params = {"after": str(after), "limit": str(limit), **_wait_param(wait)}
+        params = {"after": str(after), "limit": str(limit), **wait_param(wait)}
         response = self._request(
             "GET", "/api/events", safe=True, params=params, timeout=self.timeout + wait
         )
@@ -316,8 +281,8 @@ class TaskClient:
         go-agentic's): it answered at once, so the caller should sleep between calls.
         """
         params = {
-            **_list_params(status, None, None, claimed_by, None, ready, limit),
-            **_wait_param(wait),
+            **list_params(status, None, None, claimed_by, None, ready, limit),
+            **wait_param(wait),
         }
         if since:
             params["since"] = since
@@ -354,7 +319,7 @@ class TaskClient:
         """
         path = task_path(task_id, "claim")
         body = self._claim_body(Claim(task_id, agent_id, job_id, lease_seconds))
-        return self._task_of(self._request("POST", path, safe=False, body=body))
+        return task_of(self._request("POST", path, safe=False, body=body))
 
     def claim_tasks(self, claims: Sequence[Claim]) -> list[Task | APIError]:
         """Several claims in one request (``POST /api/tasks/claims``), made one by one.
@@ -382,31 +347,7 @@ class TaskClient:
             "time_limit": min(self.timeout / 2, 300.0),
         }
         response = self._request("POST", "/api/tasks/claims", safe=False, body=body)
-        results = parse(response, CLAIMS).results
-        if [outcome.task_id for outcome in results] != [claim.task_id for claim in claims]:
-            raise APIError(
-                "unexpected answer from the server: not one outcome per claim, in order",
-                response.status_code,
-                response.text,
-                from_response=True,
-            )
-        answers: list[Task | APIError] = []
-        for outcome in results:
-            if outcome.code == 200 and outcome.task is not None:
-                answers.append(outcome.task)
-            elif outcome.code == 200:  # made, says the server, but without the task
-                answers.append(
-                    APIError(
-                        f"unexpected answer from the server: claim of {outcome.task_id}"
-                        " succeeded without its task",
-                        response.status_code,
-                        response.text,
-                        from_response=True,
-                    )
-                )
-            else:
-                answers.append(api_error(outcome.code, outcome.message, outcome.details))
-        return answers
+        return claim_answers(claims, response, parse(response, CLAIMS).results)
 
     def _claim_body(self, claim: Claim) -> dict[str, Any]:
         body: dict[str, Any] = {"agent_id": self._agent(claim.agent_id)}
@@ -438,7 +379,7 @@ class TaskClient:
         body = result.model_dump(mode="json")
         if agent_id or self.agent_id:
             body["agent_id"] = self._agent(agent_id)
-        return self._task_of(self._request("POST", path, safe=False, body=fenced(body, job_id)))
+        return task_of(self._request("POST", path, safe=False, body=fenced(body, job_id)))
 
     def withdraw_claim(self, task_id: str, job_id: str) -> bool:
         """Settle a claim whose answer was lost (``POST /api/tasks/{id}/withdraw``):
@@ -467,7 +408,8 @@ class TaskClient:
         if reason:
             # Informative only: a long one (an error with its traceback) is cut, not refused.
             body["reason"] = reason[:MAX_REASON]
-        return parse(self._request("POST", path, safe=False, body=fenced(body, job_id)), TASK)
+        response = self._request("POST", path, safe=False, body=fenced(body, job_id))
+        return parse(response, TASK)
 
     def renew_lease(
         self,
@@ -481,15 +423,8 @@ class TaskClient:
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:
             body["lease_seconds"] = lease_seconds
-        return parse(self._request("POST", path, safe=True, body=fenced(body, job_id)), TASK)
-
-    @staticmethod
-    def _task_of(response: httpx.Response) -> Task:
-        # {"task", "message"}; a bare Task is accepted too, as go-agentic's client does.
-        try:
-            return ANSWER.validate_json(response.content).task
-        except ValidationError:
-            return parse(response, TASK)
+        response = self._request("POST", path, safe=True, body=fenced(body, job_id))
+        return parse(response, TASK)
 
     # --- logs ---
     def append_logs(self, task_id: str, lines: Iterable[str]) -> int:
@@ -518,19 +453,21 @@ class TaskClient:
         """
         path = task_path(task_id, "logs")
         params = {"follow": "true", "offset": str(offset)}
-        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, _STREAM_READ_TIMEOUT))
+        timeout = httpx.Timeout(self.timeout, read=max(self.timeout, STREAM_READ_TIMEOUT))
         headers = {"Accept": "text/event-stream"}
+        decoder = SSEDecoder()
         try:
-            with (
-                self._refusals(f"GET {self.base_url}{path}"),
-                self._http.stream(
+            with self._refusals(f"GET {self.base_url}{path}"):  # noqa: SIM117 - as the async one
+                with self._http.stream(
                     "GET", path, params=params, headers=headers, timeout=timeout
-                ) as response,
-            ):
-                if not response.is_success:
-                    response.read()
-                    raise error_from(response)
-                yield from sse_events(response.iter_lines())
+                ) as response:
+                    if not response.is_success:
+                        response.read()
+                        raise error_from(response)
+                    for line in response.iter_lines():
+                        event = decoder.feed(line)
+                        if event is not None:
+                            yield event
         except httpx.HTTPError as exc:
             raise TransportError(f"log stream of task {task_id} broke: {exc!r}") from exc
 
@@ -570,33 +507,3 @@ class TaskClient:
             return self._request("GET", "/v1/health", safe=True)
         except NotFoundError:
             return self._request("GET", "/api/health", safe=True)
-
-
-def _wait_param(wait: float) -> dict[str, str]:
-    """The ``wait`` query parameter of a long-poll (none for 0), checked first."""
-    if not 0 <= wait <= _MAX_WAIT:
-        raise ConfigError(f"wait must be from 0 to {_MAX_WAIT:g} seconds, got {wait}")
-    return {"wait": f"{wait:g}"} if wait else {}
-
-
-def _list_params(
-    status: TaskStatus | str | None,
-    priority: Priority | str | None,
-    project: str | None,
-    claimed_by: str | None,
-    labels: Iterable[str] | None,
-    ready: bool | None,
-    limit: int | None,
-) -> dict[str, str]:
-    given = {
-        "status": status,
-        "priority": priority,
-        "project": project,
-        "claimed_by": claimed_by,
-        "labels": ",".join(labels or ()),
-        "limit": limit,
-    }
-    params = {key: str(value) for key, value in given.items() if value}
-    if ready is not None:
-        params["ready"] = "true" if ready else "false"
-    return params

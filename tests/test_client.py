@@ -1,16 +1,21 @@
-"""TaskClient against respx-mocked HTTP: every method, error mapping and retry rule."""
+"""TaskClient and AsyncTaskClient against respx-mocked HTTP: every method, error
+mapping and retry rule."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any, cast
 
 import httpx
 import pytest
 import respx
 
+from agentic import AsyncTaskClient
 from agentic.client import Claim, LogEvent, TaskClient
 from agentic.errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
@@ -31,11 +36,49 @@ def sleeps() -> list[float]:
     return []
 
 
-@pytest.fixture
-def client(sleeps: list[float]) -> Iterator[TaskClient]:
-    """A client with agent id a1 that records its waits."""
-    with TaskClient(BASE, "secret", agent_id="a1", retries=3, sleep=sleeps.append) as made:
-        yield made
+class AsyncDriven:
+    """An AsyncTaskClient driven from these synchronous tests, one event loop for all
+    its calls: every test of the ``client`` fixture checks both clients."""
+
+    def __init__(self, client: AsyncTaskClient) -> None:
+        self._client = client
+        self._loop = asyncio.new_event_loop()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._client, name)
+        if inspect.isasyncgenfunction(found):
+            return lambda *args, **kwargs: self._iterate(found(*args, **kwargs))
+        if inspect.iscoroutinefunction(found):
+            return lambda *args, **kwargs: self._loop.run_until_complete(found(*args, **kwargs))
+        return found
+
+    def _iterate(self, stream: AsyncIterator[Any]) -> Iterator[Any]:
+        while True:
+            try:
+                yield self._loop.run_until_complete(anext(stream))
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.close())
+        self._loop.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def client(request: pytest.FixtureRequest, sleeps: list[float]) -> Iterator[TaskClient]:
+    """A client with agent id a1 that records its waits: TaskClient, then
+    AsyncTaskClient (its source) driven through :class:`AsyncDriven`."""
+    if request.param == "sync":
+        with TaskClient(BASE, "secret", agent_id="a1", retries=3, sleep=sleeps.append) as made:
+            yield made
+        return
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    driven = AsyncDriven(AsyncTaskClient(BASE, "secret", agent_id="a1", retries=3, sleep=sleep))
+    yield cast(TaskClient, driven)
+    driven.close()
 
 
 @pytest.fixture
