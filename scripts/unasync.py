@@ -10,9 +10,11 @@ synchronous one is made from it by the substitutions below (``async def`` -> ``d
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,8 +63,21 @@ PASSAGES = [
     ),
 ]
 
+PASSAGES.append(  # a sync client has no event loop to outlive
+    (
+        """            if "Event loop is closed" in str(exc):  # a dead loop's pooled connection
+                raise ConfigError(
+                    f"{what}: this client was used on an event loop that has closed;"
+                    " make one client per event loop (asyncio.run makes a new loop each time)"
+                ) from exc
+""",
+        "",
+    )
+)
+
+# Applied to code only, never inside strings or comments (docstrings and messages
+# that differ between the two are PASSAGES above).
 WORDS = [
-    (r"\A(\"\"\".*?\"\"\"\n)\n# The source of client\.py's.*?\n\n", r"\1\n"),  # its own note
     (r"(?<![\w.])\(await (self\.\w+\([^()]*\))\)", r"\1"),  # (await self.x()).y -> self.x().y
     (r"\bAsyncTaskClient\b", "TaskClient"),
     (r"\bAsyncIterator\b", "Iterator"),
@@ -78,6 +93,26 @@ WORDS = [
 ]
 
 
+def _segments(text: str) -> list[tuple[bool, str]]:
+    """``text`` cut into code and the strings and comments between it (``True`` for
+    code), in order, so that the pieces joined are ``text``."""
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    segments: list[tuple[bool, str]] = []
+    done = 0
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type not in (tokenize.STRING, tokenize.COMMENT):
+            continue
+        start = starts[token.start[0] - 1] + token.start[1]
+        end = starts[token.end[0] - 1] + token.end[1]
+        segments += [(True, text[done:start]), (False, text[start:end])]
+        done = end
+    segments.append((True, text[done:]))
+    return segments
+
+
 def generate() -> str:
     """The text client.py must have."""
     text = SOURCE.read_text("utf-8")
@@ -85,8 +120,17 @@ def generate() -> str:
         if old not in text:
             sys.exit(f"unasync: {SOURCE.name} no longer contains {old!r}; update the script")
         text = text.replace(old, new)
-    for pattern, replacement in WORDS:
-        text = re.sub(pattern, replacement, text, flags=re.MULTILINE | re.DOTALL)
+    # Its note on where it comes from: up to the first blank line after it.
+    note = text.index("# The source of client.py's")
+    text = text[:note] + text[text.index("\n\n", note) + 2 :]
+    pieces = []
+    for is_code, segment in _segments(text):
+        made = segment
+        if is_code:
+            for pattern, replacement in WORDS:
+                made = re.sub(pattern, replacement, made)
+        pieces.append(made)
+    text = "".join(pieces)
     formatted = subprocess.run(
         [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(TARGET), "-"],
         input=HEADER + text,

@@ -119,6 +119,20 @@ def test_a_closed_client_is_a_config_error() -> None:
     asyncio.run(scenario())
 
 
+def test_a_client_outliving_its_event_loop_says_to_make_one_per_loop(
+    served: tuple[MemoryTaskStore, str],
+) -> None:
+    """A client whose pooled connection belongs to an event loop that has ended (a
+    second asyncio.run) raises a ConfigError that says what to do, not a bare
+    RuntimeError."""
+    _store, url = served
+    api = AsyncTaskClient(url, token="")
+    asyncio.run(api.create_task(Task(title="t")))
+    with pytest.raises(ConfigError, match="one client per event loop"):
+        asyncio.run(api.list_tasks())
+    asyncio.run(api.close())
+
+
 def test_an_unreachable_server_is_retried_with_the_async_sleep() -> None:
     """A connection refused is retried ``retries`` times, waiting with the awaited
     sleep given, then raised as TransportError."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -38,7 +38,7 @@ def sleeps() -> list[float]:
 
 class AsyncDriven:
     """An AsyncTaskClient driven from these synchronous tests, one event loop for all
-    its calls: every test of the ``client`` fixture checks both clients."""
+    its calls."""
 
     def __init__(self, client: AsyncTaskClient) -> None:
         self._client = client
@@ -52,33 +52,64 @@ class AsyncDriven:
             return lambda *args, **kwargs: self._loop.run_until_complete(found(*args, **kwargs))
         return found
 
-    def _iterate(self, stream: AsyncIterator[Any]) -> Iterator[Any]:
-        while True:
-            try:
-                yield self._loop.run_until_complete(anext(stream))
-            except StopAsyncIteration:
-                return
+    def _iterate(self, stream: AsyncGenerator[Any, None]) -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    yield self._loop.run_until_complete(anext(stream))
+                except StopAsyncIteration:
+                    return
+        finally:  # stopped early: the stream is closed, as a sync generator's would be
+            self._loop.run_until_complete(stream.aclose())
+
+    def __enter__(self) -> AsyncDriven:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._loop.run_until_complete(self._client.close())
+
+    def dispose(self) -> None:
+        """Close the client and its event loop (the fixture's teardown)."""
+        self.close()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
 
 @pytest.fixture(params=["sync", "async"])
-def client(request: pytest.FixtureRequest, sleeps: list[float]) -> Iterator[TaskClient]:
-    """A client with agent id a1 that records its waits: TaskClient, then
-    AsyncTaskClient (its source) driven through :class:`AsyncDriven`."""
-    if request.param == "sync":
-        with TaskClient(BASE, "secret", agent_id="a1", retries=3, sleep=sleeps.append) as made:
-            yield made
-        return
+def make_client(request: pytest.FixtureRequest) -> Iterator[Callable[..., TaskClient]]:
+    """Makes clients as ``TaskClient(...)`` does, then (the second time) AsyncTaskClients
+    (the source of TaskClient) driven through :class:`AsyncDriven`, with ``sleep``
+    wrapped in a coroutine: every test using it checks both clients."""
+    made: list[AsyncDriven] = []
 
-    async def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
+    def make(*args: Any, sleep: Callable[[float], None] | None = None, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            if sleep is not None:
+                kwargs["sleep"] = sleep
+            return TaskClient(*args, **kwargs)
+        if sleep is not None:
+            recorder = sleep
 
-    driven = AsyncDriven(AsyncTaskClient(BASE, "secret", agent_id="a1", retries=3, sleep=sleep))
-    yield cast(TaskClient, driven)
-    driven.close()
+            async def waits(seconds: float) -> None:
+                recorder(seconds)
+
+            kwargs["sleep"] = waits
+        made.append(AsyncDriven(AsyncTaskClient(*args, **kwargs)))
+        return made[-1]
+
+    yield make
+    for driven in made:
+        driven.dispose()
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TaskClient], sleeps: list[float]) -> Iterator[TaskClient]:
+    """A client with agent id a1 that records its waits (each of the two kinds)."""
+    with make_client(BASE, "secret", agent_id="a1", retries=3, sleep=sleeps.append) as made:
+        yield made
 
 
 @pytest.fixture
@@ -392,10 +423,13 @@ def test_stale_job_id_answer_is_conflict(client: TaskClient, mock: respx.MockRou
     ],
 )
 def test_closed_client_raises_config_error(
-    mock: respx.MockRouter, sleeps: list[float], call: Callable[[TaskClient], object]
+    make_client: Callable[..., TaskClient],
+    mock: respx.MockRouter,
+    sleeps: list[float],
+    call: Callable[[TaskClient], object],
 ) -> None:
     """After close() every call is ConfigError (httpx's RuntimeError on __cause__), not retried."""
-    closed = TaskClient(BASE, "t", agent_id="a1", sleep=sleeps.append)
+    closed = make_client(BASE, "t", agent_id="a1", sleep=sleeps.append)
     closed.close()
     with pytest.raises(ConfigError, match="the client is closed") as info:
         call(closed)
@@ -671,11 +705,13 @@ def test_retry_after_seconds_and_date_are_honoured(
     assert 0 <= sleeps[2] <= 5  # unparseable header: ordinary backoff
 
 
-def test_retry_after_beyond_max_wait_gives_up(mock: respx.MockRouter) -> None:
+def test_retry_after_beyond_max_wait_gives_up(
+    make_client: Callable[..., TaskClient], mock: respx.MockRouter
+) -> None:
     """A Retry-After longer than max_retry_wait raises at once instead of waiting less."""
     waits: list[float] = []
     route = mock.get("/api/tasks/t1").respond(503, headers={"Retry-After": "3600"})
-    impatient = TaskClient(BASE, "t", sleep=waits.append, max_retry_wait=60)
+    impatient = make_client(BASE, "t", sleep=waits.append, max_retry_wait=60)
     with impatient, pytest.raises(APIError) as info:
         impatient.get_task("t1")
     assert info.value.code == 503 and route.call_count == 1 and waits == []
@@ -705,7 +741,9 @@ def test_create_retry_reuses_idempotency_key(client: TaskClient, mock: respx.Moc
     assert route.call_count == 3 and len(keys) == 1
 
 
-def test_retry_policy_is_used(mock: respx.MockRouter) -> None:
+def test_retry_policy_is_used(
+    make_client: Callable[..., TaskClient], mock: respx.MockRouter
+) -> None:
     """A given retry policy decides the waits."""
 
     class Fixed:
@@ -714,7 +752,7 @@ def test_retry_policy_is_used(mock: respx.MockRouter) -> None:
 
     waits: list[float] = []
     mock.get("/api/tasks/t1").mock(side_effect=httpx.ConnectError("refused"))
-    fixed = TaskClient(BASE, "t", retries=2, retry_policy=Fixed(), sleep=waits.append)
+    fixed = make_client(BASE, "t", retries=2, retry_policy=Fixed(), sleep=waits.append)
     with fixed, pytest.raises(TransportError):
         fixed.get_task("t1")
     assert waits == [101.0, 102.0]  # attempt counts retries from 1
