@@ -67,6 +67,7 @@ FEATURES = (
     "attempt_fencing",
     "batch_claims",
     "claim_fencing",
+    "labels_within",
     "list_pages",
     "long_polls",
     "task_counts",

@@ -225,12 +225,21 @@ class TaskClient:
         ready: bool | None = None,
         limit: int | None = None,
         after: str | None = None,
+        labels_within: Iterable[str] | None = None,
     ) -> list[Task]:
         """Tasks matching every given filter, most urgent and oldest first; with
-        ``after`` (the id of the last task of the previous page), the next page."""
+        ``after`` (the id of the last task of the previous page), the next page.
+        ``labels`` means "has all of them"; ``labels_within`` "has no label but these"
+        (what agents with those capabilities could take; a server without the
+        ``labels_within`` feature ignores it)."""
         params = list_params(status, priority, project, claimed_by, labels, ready, limit)
         if after is not None:
             params["after"] = require_id("after", after)
+        if labels_within is not None:
+            within = list(labels_within)
+            if not all(isinstance(label, str) and "," not in label for label in within):
+                raise ConfigError(f"labels_within must be labels without commas, got {within!r}")
+            params["labels_within"] = ",".join(within)
         return parse(self._request("GET", "/api/tasks", safe=True, params=params), TASKS)
 
     def count_tasks(self) -> dict[TaskStatus, int]:

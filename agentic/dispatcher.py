@@ -585,16 +585,25 @@ class Dispatcher:
                             log.exception("claim of task %s: its outcome was not recorded", task.id)
         return report
 
-    def _ready_page(self, after: str | None, seen: set[str]) -> list[Task]:
+    def _ready_page(
+        self, after: str | None, seen: set[str], within: frozenset[str] | None = None
+    ) -> list[Task]:
         """The next page of ready pending tasks after task ``after`` (all of them from
-        a server that does not page), most urgent first; their ids join ``seen``."""
+        a server that does not page), most urgent first; their ids join ``seen``.
+        ``within``: only tasks with no label outside it, from a server that filters."""
         if not self._has("list_pages"):  # unknown: the list below reports why
             if after is not None:
                 return []  # the first answer held everything
             tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
         else:
             tasks = self.client.list_tasks(
-                status=TaskStatus.PENDING, ready=True, limit=self.page_size, after=after
+                status=TaskStatus.PENDING,
+                ready=True,
+                limit=self.page_size,
+                after=after,
+                labels_within=sorted(within)
+                if within is not None and self._has("labels_within")
+                else None,
             )
             if any(task.id in seen for task in tasks):  # the cursor was not honoured
                 log.warning("the task API repeated a page: listing stops for this pass")
@@ -614,13 +623,16 @@ class Dispatcher:
         """The tasks of a pass, page after page: the next page is listed only when the
         last was full and some agent may still take work (not full, not refused
         whatever the task), so a backlog of thousands costs a page while the fleet is
-        busy, not the whole list."""
+        busy, not the whole list. Pages after the first hold only tasks whose labels
+        are all among the capabilities of the agents with room then: a backlog of one
+        capability whose agents are busy is not walked while another's agents are
+        idle. (The first page is whole: what waits at the head, and why, is seen.)"""
         page = first
         while True:
             yield from page
             if len(page) < self.page_size or not index.has_room(full):
                 return
-            page = self._ready_page(page[-1].id, seen)
+            page = self._ready_page(page[-1].id, seen, index.room_capabilities(full))
             for task in page:
                 self._forget_previous_attempt(task)
 

@@ -195,6 +195,15 @@ class AgentIndex:
         below capacity), whatever its capabilities."""
         return any(agent_id not in excluding for _, agent_id in self._everyone.by_load)
 
+    def room_capabilities(self, excluding: Collection[str] = ()) -> frozenset[str]:
+        """Every capability of the agents not in ``excluding`` that could take one
+        more task now: no task with a label outside it can be routed now."""
+        caps: set[str] = set()
+        for _, agent_id in self._everyone.by_load:
+            if agent_id not in excluding:
+                caps |= self._caps[agent_id]
+        return frozenset(caps)
+
     def add_load(self, agent_id: str, delta: int = 1) -> AgentInfo:
         """Count ``delta`` more tasks on an agent (negative frees; floors at 0).
 

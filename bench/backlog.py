@@ -8,7 +8,10 @@ process. ``Dispatcher.run_once`` runs ``--passes`` times; the table shows the me
 CPU and wall time of a pass, server and dispatcher together (one process), and what
 one pass costs that lists the whole backlog (the server's ``list_pages`` feature
 hidden from the dispatcher: as passes were before pages). A pass that pages stays
-flat as the backlog grows; one that lists everything grows with it.
+flat as the backlog grows; one that lists everything grows with it. A second table
+adds an idle agent of another capability: a pass then has room and pages on, and
+pages after the first are filtered to what agents with room could take (against
+the server's ``labels_within`` hidden: every page walked).
 """
 
 from __future__ import annotations
@@ -40,8 +43,18 @@ class WholeLists(TaskClient):
         return super().server_features() - {"list_pages"}
 
 
-def measure(size: int, passes: int, page_size: int, paged: bool) -> tuple[float, float]:
-    """Median (cpu, wall) seconds of a pass over ``size`` waiting tasks."""
+class UnfilteredPages(TaskClient):
+    """A client that hides the server's labels_within feature: every page is whole."""
+
+    def server_features(self) -> frozenset[str]:
+        return super().server_features() - {"labels_within"}
+
+
+def measure(
+    size: int, passes: int, page_size: int, client_kind: type[TaskClient], idle_py: bool = False
+) -> tuple[float, float]:
+    """Median (cpu, wall) seconds of a pass over ``size`` waiting tasks; ``idle_py``
+    adds an idle agent of another capability (so a pass has room and pages on)."""
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/backlog.db"
         tasks, registry = open_task_store(url), open_registry(url)
@@ -50,10 +63,13 @@ def measure(size: int, passes: int, page_size: int, paged: bool) -> tuple[float,
             tasks.create(Task(title=f"t{i}", labels=["gpu"]))
         registry.register(AgentInfo(id="a", capabilities=["gpu"], max_load=1, current_load=1))
         quota.set_allowance(AgentAllowance(agent_id="a"))
+        if idle_py:
+            registry.register(AgentInfo(id="py", capabilities=["py"], max_load=4))
+            quota.set_allowance(AgentAllowance(agent_id="py"))
         cpu: list[float] = []
         wall: list[float] = []
         with running_server(tasks, requeue_interval=None) as base_url:
-            client = (TaskClient if paged else WholeLists)(base_url, token="")
+            client = client_kind(base_url, token="")
             dispatcher = Dispatcher(
                 registry, DefaultRouter(), AllowanceService(quota), client, page_size=page_size
             )
@@ -81,11 +97,25 @@ def main() -> None:
     print(f"median of {args.passes} passes; one agent, full; SQLite; page size {args.page_size}")
     print(f"{'waiting':>8} {'paged cpu ms':>13} {'wall ms':>8} {'whole cpu ms':>13} {'ratio':>6}")
     for size in sizes:
-        paged_cpu, paged_wall = measure(size, args.passes, args.page_size, paged=True)
-        whole_cpu, _ = measure(size, args.passes, args.page_size, paged=False)
+        paged_cpu, paged_wall = measure(size, args.passes, args.page_size, TaskClient)
+        whole_cpu, _ = measure(size, args.passes, args.page_size, WholeLists)
         print(
             f"{size:>8,} {paged_cpu * 1000:>13.1f} {paged_wall * 1000:>8.1f}"
             f" {whole_cpu * 1000:>13.1f} {whole_cpu / paged_cpu:>5.1f}x"
+        )
+    print(
+        "\nthe same backlog, and an idle agent of another capability (py) with nothing to"
+        " do: pages after the first filtered by the capabilities with room, or whole"
+    )
+    print(
+        f"{'waiting':>8} {'filtered cpu ms':>16} {'wall ms':>8} {'whole cpu ms':>13} {'ratio':>6}"
+    )
+    for size in sizes:
+        kept_cpu, kept_wall = measure(size, args.passes, args.page_size, TaskClient, True)
+        walked_cpu, _ = measure(size, args.passes, args.page_size, UnfilteredPages, True)
+        print(
+            f"{size:>8,} {kept_cpu * 1000:>16.1f} {kept_wall * 1000:>8.1f}"
+            f" {walked_cpu * 1000:>13.1f} {walked_cpu / kept_cpu:>5.1f}x"
         )
 
 

@@ -168,6 +168,12 @@ def test_list_tasks_sends_only_set_filters(client: TaskClient, mock: respx.MockR
     }
     client.list_tasks()
     assert dict(route.calls.last.request.url.params) == {}
+    client.list_tasks(labels_within=["py", "go"])
+    assert dict(route.calls.last.request.url.params) == {"labels_within": "py,go"}
+    client.list_tasks(labels_within=[])  # only tasks without labels
+    assert dict(route.calls.last.request.url.params) == {"labels_within": ""}
+    with pytest.raises(ConfigError, match="without commas"):
+        client.list_tasks(labels_within=["a,b"])
 
 
 def test_get_task(client: TaskClient, mock: respx.MockRouter) -> None:

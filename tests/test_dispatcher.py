@@ -585,12 +585,14 @@ class CountingLists(TaskClient):
         self.features = features
         self.ignore_after = ignore_after
         self.lists: list[str | None] = []
+        self.within: list[list[str] | None] = []
 
     def server_features(self) -> frozenset[str]:
         return super().server_features() if self.features is None else self.features
 
     def list_tasks(self, *args: Any, **kwargs: Any) -> list[Task]:
         self.lists.append(kwargs.get("after"))
+        self.within.append(kwargs.get("labels_within"))
         if self.ignore_after:
             kwargs.pop("after", None)
         return super().list_tasks(*args, **kwargs)
@@ -623,6 +625,35 @@ def test_a_pass_pages_through_a_backlog_an_agent_can_take(system: System) -> Non
     report = dispatcher.run_once()
     assert sorted(report.dispatched) == sorted(t.id for t in tasks)
     assert client.lists == [None, tasks[9].id, tasks[19].id]
+
+
+def test_pages_after_the_first_skip_a_backlog_only_busy_agents_could_take(
+    system: System,
+) -> None:
+    """25 tasks for a busy gpu agent, then 3 for an idle py agent: the first page is
+    whole (the head's waits are reported), the next pages hold only what the agents
+    with room could take, so the py tasks are found without walking the gpu backlog."""
+    system.agent("gpu-1", "gpu", max_load=1, load=1)
+    system.agent("py-1", "py")
+    gpu = [system.task(f"g{i:02}", "gpu") for i in range(25)]
+    py = [system.task(f"p{i}", "py") for i in range(3)]
+    dispatcher, client = paged(system)
+    report = dispatcher.run_once()
+    assert sorted(report.dispatched) == sorted(t.id for t in py)
+    assert client.lists == [None, gpu[9].id] and client.within == [None, ["py"]]
+    assert len(report.waiting) == 10  # the first page's gpu tasks, with their reason
+
+
+def test_a_server_without_label_filters_is_paged_as_before(system: System) -> None:
+    """Against a server without labels_within, later pages are listed whole."""
+    system.agent("gpu-1", "gpu", max_load=1, load=1)
+    system.agent("py-1", "py")
+    for i in range(25):
+        system.task(f"g{i:02}", "gpu")
+    py = system.task("p", "py")
+    dispatcher, client = paged(system, features=frozenset({"list_pages"}))
+    assert list(dispatcher.run_once().dispatched) == [py.id]
+    assert client.within == [None, None, None]
 
 
 def test_a_server_that_does_not_page_is_listed_whole(system: System) -> None:

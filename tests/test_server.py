@@ -98,6 +98,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "attempt_fencing",
         "batch_claims",
         "claim_fencing",
+        "labels_within",
         "list_pages",
         "long_polls",
         "task_counts",
@@ -283,7 +284,8 @@ def test_create_with_unknown_dependency_is_422(api: TestClient, store: MemoryTas
 
 
 def test_list_filters(api: TestClient, store: MemoryTaskStore) -> None:
-    """status, priority, project, claimed_by, labels=a,b, ready and limit filter the bare array."""
+    """status, priority, project, claimed_by, labels=a,b, labels_within=a (empty: no
+    labels), ready and limit filter the bare array."""
     done = new_task(store, title="dep")
     new_task(store, title="waits", dependencies=[done.id], labels=["a", "b"])
     new_task(store, title="high", priority="high", project="p", labels=["a"])
@@ -296,6 +298,8 @@ def test_list_filters(api: TestClient, store: MemoryTaskStore) -> None:
 
     assert ids("?labels=a,b") == ["waits"]
     assert ids("?labels=a") == ["high", "waits"]
+    assert ids("?labels_within=a") == ["high", "dep", "held"]
+    assert ids("?labels_within=") == ["dep", "held"]
     assert ids("?priority=high&project=p") == ["high"]
     assert ids("?claimed_by=a1") == ["held"]
     assert ids("?status=in_progress") == ["held"]

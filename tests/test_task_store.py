@@ -256,9 +256,37 @@ def test_list_filters(store: TaskStore) -> None:
     assert ids(labels=["rust"]) == []
     assert ids(project="p1", status=PENDING) == ["a"]
     with pytest.raises(ConfigError):
+        store.list(labels_within="py")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError):
         store.list(status="bogus")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         store.list(limit=-1)
+
+
+def test_labels_within_lists_what_those_capabilities_could_take(store: TaskStore) -> None:
+    """labels_within keeps the tasks with no label outside it (unlabelled ones too);
+    [] keeps only unlabelled tasks; it pages and combines like any filter."""
+    for task_id, labels in [
+        ("a", ["go", "py"]),
+        ("b", ["py"]),
+        ("c", []),
+        ("d", ["gpu"]),
+        ("e", ["py", "gpu"]),
+        ("f", ["py"]),
+    ]:
+        new(store, id=task_id, labels=labels)
+
+    def ids(**filters: Any) -> list[str]:
+        return [t.id for t in store.list(**filters)]
+
+    assert ids(labels_within=["py"]) == ["b", "c", "f"]
+    assert ids(labels_within=["py", "go"]) == ["a", "b", "c", "f"]
+    assert ids(labels_within=["gpu", "py"]) == ["b", "c", "d", "e", "f"]
+    assert ids(labels_within=[]) == ["c"]
+    assert ids(labels_within=["py"], labels=["py"]) == ["b", "f"]
+    assert ids(labels_within=["py"], limit=2) == ["b", "c"]
+    assert ids(labels_within=["py"], after="c") == ["f"]
+    assert ids(labels_within=["py"], ready=True, status=PENDING) == ["b", "c", "f"]
 
 
 def test_ready_means_pending_with_dependencies_completed(store: TaskStore) -> None:

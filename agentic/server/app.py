@@ -92,6 +92,10 @@ _MAX_WAIT = 60.0
 # backoff moved); progress and notes, written while tasks run, wake nobody.
 _DISPATCH_FIELDS = frozenset({"status", "next_attempt_at"})
 _WAIT_DOC = "long-poll: wait up to this many seconds for a change since `since`"
+_WITHIN_DOC = (
+    "comma-separated: the only labels a task may have (what agents with these"
+    " capabilities could take); empty: tasks without labels"
+)
 _SINCE_DOC = "the X-Agentic-Changes token of the previous answer"
 _AFTER_DOC = "a page: only tasks after this task id in list order"
 _LATE = "not attempted: the batch's time_limit passed first; claim it again"
@@ -347,6 +351,7 @@ def create_app(
         claimed_by: str | None = None,
         labels: Annotated[str | None, Query(description="comma-separated: has all")] = None,
         ready: Annotated[bool | None, Query(description="pending, dependencies done")] = None,
+        labels_within: Annotated[str | None, Query(description=_WITHIN_DOC)] = None,
         limit: Annotated[int | None, Query(ge=1, le=_MAX_LIST)] = None,
         after: Annotated[
             str | None, Query(min_length=1, max_length=256, description=_AFTER_DOC)
@@ -365,9 +370,23 @@ def create_app(
         topic = f"claims:{claimed_by}" if claimed_by else "dispatch"
         token = await changes.wait(topic, since, wait) if wait else changes.token(topic)
         wanted = [label for label in (labels or "").split(",") if label] or None
+        within = (
+            None
+            if labels_within is None
+            else [label for label in labels_within.split(",") if label]
+        )
         try:
             found = await calls(
-                store.list, status, priority, project, claimed_by, wanted, ready, limit, after
+                store.list,
+                status,
+                priority,
+                project,
+                claimed_by,
+                wanted,
+                ready,
+                limit,
+                after,
+                within,
             )
         except NotFoundError as exc:  # the cursor, not the URL: bad input
             raise APIError(f"after: {exc.message}", 422) from exc

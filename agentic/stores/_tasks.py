@@ -270,18 +270,21 @@ def list_filters(
     priority: Priority | str | None,
     labels: list[str] | None,
     limit: int | None,
-) -> tuple[TaskStatus | None, Priority | None, list[str] | None, int | None]:
-    """Checked list filters: enum values coerced, labels a list of strings, limit >= 0."""
+    labels_within: list[str] | None = None,
+) -> tuple[TaskStatus | None, Priority | None, list[str] | None, int | None, list[str] | None]:
+    """Checked list filters: enum values coerced, label filters lists of strings,
+    limit >= 0."""
     try:
         status = None if status is None else TaskStatus(status)
         priority = None if priority is None else Priority(priority)
     except ValueError as exc:
         raise ConfigError(f"bad list filter: {exc}") from exc
-    if labels is not None and (
-        not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)
-    ):
-        raise ConfigError(f"labels must be a list of strings, got {labels!r}")
-    return status, priority, labels, require_limit("limit", limit)
+    for name, given in (("labels", labels), ("labels_within", labels_within)):
+        if given is not None and (
+            not isinstance(given, list) or not all(isinstance(x, str) for x in given)
+        ):
+            raise ConfigError(f"{name} must be a list of strings, got {given!r}")
+    return status, priority, labels, require_limit("limit", limit), labels_within
 
 
 def order_key(task: Task) -> tuple[int, float, str]:
@@ -296,6 +299,7 @@ def matches(
     project: str | None,
     claimed_by: str | None,
     labels: list[str] | None,
+    labels_within: list[str] | None = None,
 ) -> bool:
     """Whether a task passes the plain field filters (``ready`` needs its dependencies)."""
     return (
@@ -304,6 +308,7 @@ def matches(
         and (project is None or task.project == project)
         and (claimed_by is None or task.claimed_by == claimed_by)
         and (not labels or set(labels) <= set(task.labels))
+        and (labels_within is None or set(task.labels) <= set(labels_within))
     )
 
 

@@ -410,7 +410,9 @@ class TaskStore(Closeable):
       The same idempotency key returns the task created first (a retried POST never
       creates two tasks).
     * ``list(...)``: ordered by priority (critical first), then age, then id;
-      ``labels`` means "has all of them"; ``ready=True`` means pending with every
+      ``labels`` means "has all of them", ``labels_within`` "has none but these"
+      (what agents holding those capabilities could take; a task without labels
+      passes, ``[]`` lists only those); ``ready=True`` means pending with every
       dependency completed. ``after`` (a task id) pages: only tasks after that one in
       this order, whatever its own state now (priority and creation time never
       change, so the order is stable); :class:`NotFoundError` for an unknown id.
@@ -479,6 +481,7 @@ class TaskStore(Closeable):
         ready: bool | None = None,
         limit: int | None = None,
         after: str | None = None,
+        labels_within: builtins.list[str] | None = None,
     ) -> builtins.list[Task]:
         """Tasks matching every given filter, most urgent and oldest first; with
         ``after``, only those that come after that task in this order (a page)."""

@@ -127,8 +127,11 @@ class MemoryTaskStore(TaskStore):
         ready: bool | None = None,
         limit: int | None = None,
         after: str | None = None,
+        labels_within: builtins.list[str] | None = None,
     ) -> builtins.list[Task]:
-        status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        status, priority, labels, limit, within = rules.list_filters(
+            status, priority, labels, limit, labels_within
+        )
         if after is not None:
             require_id("after", after)
         with self._lock:
@@ -137,7 +140,7 @@ class MemoryTaskStore(TaskStore):
                 t
                 for t in self._tasks.values()
                 if (start is None or rules.order_key(t) > start)
-                and rules.matches(t, status, priority, project, claimed_by, labels)
+                and rules.matches(t, status, priority, project, claimed_by, labels, within)
                 and (
                     ready is None
                     or ready == (t.status == TaskStatus.PENDING and not self._unfinished(t))

@@ -197,8 +197,11 @@ class RedisTaskStore(TaskStore):
         ready: bool | None = None,
         limit: int | None = None,
         after: str | None = None,
+        labels_within: builtins.list[str] | None = None,
     ) -> builtins.list[Task]:
-        status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        status, priority, labels, limit, within = rules.list_filters(
+            status, priority, labels, limit, labels_within
+        )
         if after is not None:
             require_id("after", after)
         reply = self._run(
@@ -212,6 +215,7 @@ class RedisTaskStore(TaskStore):
             "" if ready is None else str(int(ready)),
             "" if limit is None else str(limit),
             after or "",
+            "" if within is None else json.dumps(within),
         )
         if reply and not isinstance(reply[0], list):  # {'missing'}: an unknown after
             raise _missing(str(after))

@@ -290,8 +290,11 @@ class SQLiteTaskStore(TaskStore):
         ready: bool | None = None,
         limit: int | None = None,
         after: str | None = None,
+        labels_within: builtins.list[str] | None = None,
     ) -> builtins.list[Task]:
-        status, priority, labels, limit = rules.list_filters(status, priority, labels, limit)
+        status, priority, labels, limit, within = rules.list_filters(
+            status, priority, labels, limit, labels_within
+        )
         where: builtins.list[str] = []
         params: builtins.list[object] = []
         if after is not None:
@@ -318,6 +321,12 @@ class SQLiteTaskStore(TaskStore):
                 " WHERE want.value NOT IN (SELECT value FROM json_each(t.labels)))"
             )
             params.append(json.dumps(labels))
+        if within is not None:
+            where.append(
+                "NOT EXISTS (SELECT 1 FROM json_each(t.labels) AS has"
+                " WHERE has.value NOT IN (SELECT value FROM json_each(?)))"
+            )
+            params.append(json.dumps(within))
         if ready is not None:
             where.append(_READY if ready else f"NOT {_READY}")
         sql = (

@@ -2,15 +2,23 @@
 -- task_lib.lua). Walks the per-rank index (per status and rank when a status is
 -- given), so it stops as soon as ``limit`` tasks matched.
 -- ARGV: heads, status, priority, project, claimed_by, labels JSON, ready, limit,
--- after. Each filter is '' when not given; project and claimed_by are '=' .. value
--- so that an empty value can be asked for; ready is '1' / '0'; after is a task id
--- (only tasks after it in this order).
+-- after, labels_within JSON. Each filter is '' when not given; project and
+-- claimed_by are '=' .. value so that an empty value can be asked for; ready is
+-- '1' / '0'; after is a task id (only tasks after it in this order); labels_within
+-- lists the only labels a task may have ('[]': none).
 -- Reply: the tasks | {'missing'} for an unknown after id
 local status, priority = ARGV[BASE + 1], ARGV[BASE + 2]
 local project, claimed_by = ARGV[BASE + 3], ARGV[BASE + 4]
 local labels = ARGV[BASE + 5] ~= '' and cjson.decode(ARGV[BASE + 5]) or {}
 local ready, limit = ARGV[BASE + 6], tonumber(ARGV[BASE + 7])
 local after = ARGV[BASE + 8]
+local within = nil -- label -> true: the only labels a listed task may have
+if ARGV[BASE + 9] ~= '' then
+  within = {}
+  for _, label in ipairs(cjson.decode(ARGV[BASE + 9])) do
+    within[label] = true
+  end
+end
 local out = {}
 -- after's place: its rank and its score (created_at) in the rank's index
 local after_rank, after_score = -1, nil
@@ -74,6 +82,13 @@ local function matches(t)
     local has = cjson.decode(t.labels)
     for _, label in ipairs(labels) do
       if not contains(has, label) then
+        return false
+      end
+    end
+  end
+  if within then
+    for _, label in ipairs(cjson.decode(t.labels)) do
+      if not within[label] then
         return false
       end
     end
