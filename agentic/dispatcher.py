@@ -218,7 +218,7 @@ class Dispatcher:
         became final meanwhile, whose reservation is left to expire.
         """
         self._forget_previous_attempt(task)
-        index = agents if agents is not None else self._index()
+        index = agents if agents is not None else self._index()[0]
         agent_id, job_id = self._reserve(task, index)
         try:
             error = self._try_claim(task, agent_id, job_id)
@@ -229,22 +229,26 @@ class Dispatcher:
         self._claimed(task, agent_id, job_id, error, index)
         return agent_id
 
-    def _index(self) -> AgentIndex:
-        """The registered agents, each loaded with at least its reserved jobs.
+    def _index(self) -> tuple[AgentIndex, frozenset[str]]:
+        """The registered agents, each loaded with at least its reserved jobs; and the
+        capabilities of those whose reservations outnumber what they report.
 
         An agent reports the tasks it has *started*; a task claimed for it by an
         earlier pass stays unseen there until the agent polls. Its reservation counts
         from the claim, so the larger of the two keeps a pass from routing past
-        ``max_load`` on a stale load.
+        ``max_load`` on a stale load. A reservation may also be a dead attempt's (its
+        task requeued after its lease ran out), freed only when the pass lists that
+        task: the capabilities returned keep such tasks listed.
         """
         reserved = self.allowance.active_jobs()
-        agents = [
-            agent.model_copy(update={"current_load": reserved[agent.id]})
-            if reserved.get(agent.id, 0) > agent.current_load
-            else agent
-            for agent in self.registry.list()
-        ]
-        return AgentIndex(agents)
+        agents, held = [], set()
+        for listed in self.registry.list():
+            if reserved.get(listed.id, 0) > listed.current_load:
+                agents.append(listed.model_copy(update={"current_load": reserved[listed.id]}))
+                held.update(listed.capabilities)
+            else:
+                agents.append(listed)
+        return AgentIndex(agents), frozenset(held)
 
     def _reserve(
         self, task: Task, index: AgentIndex, full: dict[str, QuotaExceededError] | None = None
@@ -543,14 +547,14 @@ class Dispatcher:
         for task in tasks:
             # Before the index: a dead attempt's reservation must not count as load.
             self._forget_previous_attempt(task)
-        index = self._index()
+        index, held = self._index()
         now = self._clock()
         full: dict[str, QuotaExceededError] = {}  # refused whatever the task, this pass
         routed: list[tuple[Task, str, str]] = []  # reserved, their batch not sent yet
         sent: list[tuple[list[tuple[Task, str, str]], Future[list[Exception | None]]]] = []
         with ThreadPoolExecutor(self.claim_concurrency, "agentic-claim") as pool:
             try:
-                for task in self._pass_tasks(tasks, seen, index, full):
+                for task in self._pass_tasks(tasks, seen, index, full, held):
                     if task.id in unsettled:
                         report.waiting[task.id] = "a claim of it has no known outcome yet"
                     elif task.retry_count > task.max_retries:
@@ -619,20 +623,29 @@ class Dispatcher:
         seen: set[str],
         index: AgentIndex,
         full: dict[str, QuotaExceededError],
+        held: frozenset[str],
     ) -> Iterator[Task]:
         """The tasks of a pass, page after page: the next page is listed only when the
         last was full and some agent may still take work (not full, not refused
         whatever the task), so a backlog of thousands costs a page while the fleet is
-        busy, not the whole list. Pages after the first hold only tasks whose labels
-        are all among the capabilities of the agents with room then: a backlog of one
-        capability whose agents are busy is not walked while another's agents are
-        idle. (The first page is whole: what waits at the head, and why, is seen.)"""
+        busy, not the whole list. Pages after the first hold only tasks the router
+        could route now (:meth:`TaskRouter.routable_labels`; for the default router,
+        tasks whose labels are all capabilities of agents with room), and those of the
+        ``held`` capabilities (agents whose reservations may be dead attempts, freed
+        when their tasks are listed): a backlog of one capability whose agents are
+        busy is not walked while another's agents are idle. The first page is whole:
+        what waits at the head, and why, is seen."""
         page = first
         while True:
             yield from page
             if len(page) < self.page_size or not index.has_room(full):
                 return
-            page = self._ready_page(page[-1].id, seen, index.room_capabilities(full))
+            within = self.router.routable_labels(index, full)
+            if within is not None:
+                # No label holds a comma (the list parameter's separator): a
+                # capability with one can match no task, and is left out.
+                within = frozenset(c for c in within | held if c and "," not in c)
+            page = self._ready_page(page[-1].id, seen, within)
             for task in page:
                 self._forget_previous_attempt(task)
 

@@ -295,6 +295,15 @@ class TaskRouter(ABC):
         """The best agent id for ``task``, or :class:`NoEligibleAgentError`."""
         return self.rank(task, agents, limit=1)[0]
 
+    def routable_labels(
+        self, agents: AgentIndex, excluding: Collection[str] = ()
+    ) -> frozenset[str] | None:
+        """The labels a task may carry and still be routed now to an agent not in
+        ``excluding``; ``None`` (the default): any task may be. The dispatcher lists
+        only such tasks after the first page of a pass, so a router with rules of its
+        own keeps this default or says what they allow."""
+        return None
+
 
 class DefaultRouter(TaskRouter):
     """Capability- and load-aware routing by the rules in this module's docstring.
@@ -302,6 +311,13 @@ class DefaultRouter(TaskRouter):
     Stateless, so one instance may serve any number of callers; the index passed in
     carries the state.
     """
+
+    def routable_labels(
+        self, agents: AgentIndex, excluding: Collection[str] = ()
+    ) -> frozenset[str] | None:
+        """Every capability of the agents with room: a task's labels must all be
+        capabilities of the one agent it goes to."""
+        return agents.room_capabilities(excluding)
 
     def rank(
         self, task: Task, agents: AgentIndex | Iterable[AgentInfo], limit: int | None = None

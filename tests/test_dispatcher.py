@@ -644,6 +644,69 @@ def test_pages_after_the_first_skip_a_backlog_only_busy_agents_could_take(
     assert len(report.waiting) == 10  # the first page's gpu tasks, with their reason
 
 
+def test_a_dead_attempts_task_past_the_first_page_frees_its_agent(system: System) -> None:
+    """An agent full only of a dead attempt's reservation (its task requeued when the
+    lease ran out) keeps its capability in the later pages' filter: that task is
+    listed and the reservation freed, so the next pass gives the agent work again
+    (not the reservation's expiry, an hour later)."""
+    system.agent("g", "gpu", max_load=1)
+    system.agent("py-1", "py")
+    old = system.task("old", "gpu", priority="low")
+    dispatcher, client = paged(system)
+    assert dispatcher.run_once().dispatched == {old.id: "g"}
+    held = system.tasks.get(old.id)
+    system.tasks.renew(old.id, "g", 0.01, job_id=held.job_id)  # its runner went silent
+    time.sleep(0.05)
+    assert [t.id for t in system.tasks.requeue_expired()] == [old.id]
+    for i in range(10):
+        system.task(f"m{i}", "gpu", priority="medium")  # a full first page ahead of it
+    assert dispatcher.run_once().dispatched == {}  # listed: its reservation is freed
+    assert client.within[-1] == ["gpu", "py"]
+    # The next pass, not the reservation's expiry an hour later, gives g work again
+    # (the most urgent gpu task, which is not the old one).
+    assert list(dispatcher.run_once().dispatched.values()) == ["g"]
+
+
+def test_a_capability_with_a_comma_is_left_out_of_the_filter(system: System) -> None:
+    """No label holds a comma, so such a capability matches no task: it is dropped from
+    the filter instead of failing the listing, and the pass goes on."""
+    system.agent("odd", "a,b", "py")
+    for i in range(10):
+        system.task(f"g{i}", "gpu")
+    last = system.task("p", "py")
+    dispatcher, client = paged(system)
+    assert list(dispatcher.run_once().dispatched) == [last.id]
+    assert client.within == [None, ["py"]]
+
+
+class AnyAgentRouter(DefaultRouter):
+    """A router with rules of its own: when no agent has a task's labels, any agent
+    takes it (and it says nothing of which labels it can route)."""
+
+    def rank(self, task: Task, agents: Any, limit: int | None = None) -> list[str]:
+        try:
+            return super().rank(task, agents, limit)
+        except NoEligibleAgentError:
+            return super().rank(task.model_copy(update={"labels": []}), agents, limit)
+
+    def routable_labels(self, agents: Any, excluding: Any = ()) -> frozenset[str] | None:
+        return None
+
+
+def test_a_router_that_does_not_say_what_it_routes_gets_whole_pages(system: System) -> None:
+    """A router whose routable_labels is None (the TaskRouter default) gets every page
+    whole: a task only its own rules can route is still found past the first page."""
+    system.agent("any", max_load=20)
+    for i in range(10):
+        system.task(f"h{i}", priority="high")
+    rust = system.task("r", "rust")
+    counting = CountingLists(system.client.base_url)
+    quota = AllowanceService(system.quota)
+    dispatcher = Dispatcher(system.registry, AnyAgentRouter(), quota, counting, page_size=10)
+    assert rust.id in dispatcher.run_once().dispatched
+    assert counting.within == [None, None]
+
+
 def test_a_server_without_label_filters_is_paged_as_before(system: System) -> None:
     """Against a server without labels_within, later pages are listed whole."""
     system.agent("gpu-1", "gpu", max_load=1, load=1)
