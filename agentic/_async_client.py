@@ -92,6 +92,14 @@ from .stores.base import LoggedEvent, LogPage, require_id, require_page
 __all__ = ["MAX_CLAIM_BATCH", "AsyncTaskClient", "Claim", "EventPage", "LogEvent", "RetryDelay"]
 
 
+# begin async only
+class _OtherLoop(Exception):
+    """A call from another event loop than the client's (see ``_same_loop``)."""
+
+
+# end async only
+
+
 class AsyncTaskClient:
     """An asyncio client of the task API. Use it as an async context manager, or
     ``await close()``."""
@@ -120,6 +128,7 @@ class AsyncTaskClient:
         self.max_retry_wait = max_retry_wait
         self._policy: RetryDelay = retry_policy or HTTP_RETRY
         self._sleep = sleep
+        self._loop: asyncio.AbstractEventLoop | None = None  # async only
         headers = {"Accept": "application/json", "User-Agent": "agentic-client"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -203,23 +212,39 @@ class AsyncTaskClient:
         runner and the dispatcher would back off and try a closed client again).
         """
         try:
+            self._same_loop()  # async only
             yield
         except httpx.InvalidURL as exc:
             raise ConfigError(f"{what}: cannot build the request URL: {exc}") from exc
+        # begin async only
+        except _OtherLoop as exc:
+            raise ConfigError(
+                f"{what}: not sent: this client was first used on another event loop, and"
+                " its connections belong to that loop; make one client per event loop"
+                " (each asyncio.run is a new loop)"
+            ) from exc
+        # end async only
         except RuntimeError as exc:
-            # httpx says "the client has been closed" with a bare RuntimeError, as
-            # asyncio does of a loop that ended under a pooled connection; any other
-            # RuntimeError is not a refusal and keeps its own traceback.
+            # httpx says "the client has been closed" with a bare RuntimeError; any
+            # other RuntimeError is not httpx's refusal and keeps its own traceback.
             if self._http.is_closed:
                 name = type(self).__name__
                 raise ConfigError(f"{what}: the client is closed; make a new {name}") from exc
-            if "Event loop is closed" in str(exc):  # a dead loop's pooled connection
-                raise ConfigError(
-                    f"{what}: this client was used on an event loop that has closed;"
-                    " make one client per event loop (asyncio.run makes a new loop each time)"
-                ) from exc
             raise
 
+    # begin async only
+    def _same_loop(self) -> None:
+        """Refuse, before anything is sent, a call from another event loop than the
+        first call's: httpx's pooled connections belong to the loop that opened them,
+        and one reused from a loop that has ended fails only after the request was
+        written (a create would then be made twice by a caller who tries again)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise _OtherLoop
+
+    # end async only
     def _agent(self, agent_id: str | None) -> str:
         return require_id("agent_id", agent_id or self.agent_id or "")
 

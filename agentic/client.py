@@ -203,9 +203,8 @@ class TaskClient:
         except httpx.InvalidURL as exc:
             raise ConfigError(f"{what}: cannot build the request URL: {exc}") from exc
         except RuntimeError as exc:
-            # httpx says "the client has been closed" with a bare RuntimeError, as
-            # asyncio does of a loop that ended under a pooled connection; any other
-            # RuntimeError is not a refusal and keeps its own traceback.
+            # httpx says "the client has been closed" with a bare RuntimeError; any
+            # other RuntimeError is not httpx's refusal and keeps its own traceback.
             if self._http.is_closed:
                 name = type(self).__name__
                 raise ConfigError(f"{what}: the client is closed; make a new {name}") from exc

@@ -2,7 +2,9 @@
 
 One implementation of the task API client: the async one is the source, and the
 synchronous one is made from it by the substitutions below (``async def`` -> ``def``,
-``await`` dropped, httpx's async names -> its sync ones), then ``ruff format``.
+``await`` dropped, httpx's async names -> its sync ones; lines marked ``# async only``
+and blocks between ``# begin async only`` and ``# end async only`` left out), then
+``ruff format``.
 
     python scripts/unasync.py          # rewrite agentic/client.py
     python scripts/unasync.py --check  # exit 1 if agentic/client.py is out of date
@@ -63,18 +65,6 @@ PASSAGES = [
     ),
 ]
 
-PASSAGES.append(  # a sync client has no event loop to outlive
-    (
-        """            if "Event loop is closed" in str(exc):  # a dead loop's pooled connection
-                raise ConfigError(
-                    f"{what}: this client was used on an event loop that has closed;"
-                    " make one client per event loop (asyncio.run makes a new loop each time)"
-                ) from exc
-""",
-        "",
-    )
-)
-
 # Applied to code only, never inside strings or comments (docstrings and messages
 # that differ between the two are PASSAGES above).
 WORDS = [
@@ -120,6 +110,15 @@ def generate() -> str:
         if old not in text:
             sys.exit(f"unasync: {SOURCE.name} no longer contains {old!r}; update the script")
         text = text.replace(old, new)
+    # What only an async client needs: lines marked "# async only", and blocks
+    # between "# begin async only" and "# end async only" (markers included).
+    text = re.sub(
+        r"^[ \t]*# begin async only\n.*?^[ \t]*# end async only\n",
+        "",
+        text,
+        flags=re.MULTILINE | re.DOTALL,
+    )
+    text = re.sub(r"^.*  # async only\n", "", text, flags=re.MULTILINE)
     # Its note on where it comes from: up to the first blank line after it.
     note = text.index("# The source of client.py's")
     text = text[:note] + text[text.index("\n\n", note) + 2 :]

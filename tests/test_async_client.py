@@ -119,18 +119,26 @@ def test_a_closed_client_is_a_config_error() -> None:
     asyncio.run(scenario())
 
 
-def test_a_client_outliving_its_event_loop_says_to_make_one_per_loop(
+def test_a_client_used_on_a_second_event_loop_sends_nothing_and_says_why(
     served: tuple[MemoryTaskStore, str],
 ) -> None:
-    """A client whose pooled connection belongs to an event loop that has ended (a
-    second asyncio.run) raises a ConfigError that says what to do, not a bare
-    RuntimeError."""
-    _store, url = served
+    """A client whose connections belong to an event loop that has ended (a second
+    asyncio.run) refuses before sending, with a ConfigError that says to make one
+    client per loop: the create is not made, so trying again with a new client
+    cannot make it twice."""
+    store, url = served
     api = AsyncTaskClient(url, token="")
-    asyncio.run(api.create_task(Task(title="t")))
-    with pytest.raises(ConfigError, match="one client per event loop"):
-        asyncio.run(api.list_tasks())
-    asyncio.run(api.close())
+    asyncio.run(api.create_task(Task(title="first")))
+    with pytest.raises(ConfigError, match=r"not sent.*one client per event loop"):
+        asyncio.run(api.create_task(Task(title="second")))
+    assert [t.title for t in store.list()] == ["first"]
+
+    async def follow() -> None:
+        async for _event in api.follow_logs("t1"):
+            pass
+
+    with pytest.raises(ConfigError, match="another event loop"):
+        asyncio.run(follow())
 
 
 def test_an_unreachable_server_is_retried_with_the_async_sleep() -> None:
