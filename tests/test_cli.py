@@ -322,14 +322,15 @@ def test_server_down_is_a_runtime_error(tmp_path: Path) -> None:
 
 
 def test_serve_on_a_port_in_use_is_a_runtime_error() -> None:
-    """serve on a taken port: exit 1 saying it cannot listen, before anything starts."""
+    """serve on a taken port: exit 1 saying it cannot listen and how to choose another
+    port, before anything starts."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = run("serve", "--port", str(port), "--store", "memory://")
     assert result.exit_code == 1
-    assert "cannot listen" in result.stderr
+    assert "cannot listen" in result.stderr and "--port" in result.stderr
     no_traceback(result)
 
 
@@ -440,6 +441,24 @@ def test_logs_of_an_unknown_task_names_it(system: System) -> None:
         assert result.exit_code == 1
         assert f"no task {task_id!r} on the task server at {system.base_url}" in result.stderr
         assert "agentic tasks" in result.stderr
+
+
+def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System) -> None:
+    """logs -f of a pending task points at the events that say why it waits (its log
+    is empty until it runs), then follows it to its end as usual."""
+    task = system.tasks.create(Task(title="waits"))
+
+    def finish() -> None:
+        time.sleep(0.5)
+        system.tasks.complete(system.tasks.claim(task.id, "a1", 60).id, TaskResult(success=True))
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    result = system.cli("logs", task.id, "-f")
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert f"agentic events --task {task.id} says why it waits" in result.stderr
+    assert "Status: completed" in result.stdout
 
 
 # --- status ---

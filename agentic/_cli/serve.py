@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import socket
 from typing import TYPE_CHECKING, Annotated
@@ -58,7 +59,13 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        hint = (
+            ": another server holds the port (agentic serve already running?); stop it, or"
+            " give another with --port (and the same in base_url for the other commands)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
     return sock
 
 

@@ -27,6 +27,7 @@ from ._common import (
     interrupt_exits,
     print_json,
     stdout,
+    warn,
 )
 from ._tables import Col, FittedTable
 
@@ -105,6 +106,12 @@ def logs(
             if json_output:
                 status = _json_lines(api, task_id, follow)
             else:
+                if follow and api.get_task(task_id).status is TaskStatus.PENDING:
+                    # Nothing in a pending task's log says why it waits; the events do.
+                    warn(
+                        f"task {task_id} is pending: agentic events --task {task_id} says"
+                        " why it waits (no capable agent with room, quota, its turn)"
+                    )
                 status = stream_logs(api, task_id, sys.stdout, follow=follow)
         except NotFoundError as exc:
             raise NotFoundError(
