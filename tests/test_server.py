@@ -298,8 +298,9 @@ def test_list_filters(api: TestClient, store: MemoryTaskStore) -> None:
 
     assert ids("?labels=a,b") == ["waits"]
     assert ids("?labels=a") == ["high", "waits"]
-    assert ids("?labels_within=a") == ["high", "dep", "held"]
-    assert ids("?labels_within=") == ["dep", "held"]
+    # (dep and held were made at one instant of the fake clock: their order is their ids')
+    assert sorted(ids("?labels_within=a")) == ["dep", "held", "high"]
+    assert sorted(ids("?labels_within=")) == ["dep", "held"]
     assert ids("?priority=high&project=p") == ["high"]
     assert ids("?claimed_by=a1") == ["held"]
     assert ids("?status=in_progress") == ["held"]
