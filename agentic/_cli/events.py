@@ -37,7 +37,8 @@ from ._common import (
     warn,
 )
 
-_POLL = 0.5  # seconds between reads while following
+_POLL = 0.5  # seconds between reads while following through an older server
+_STORE_WAIT = 2.0  # seconds a follower of a store waits on its log at a time
 _API_WAIT = 10.0  # seconds a follow through the task API waits in one request
 _LAST = 20
 
@@ -120,9 +121,14 @@ class _ApiLog:
         time.sleep(max(0.0, _POLL - (time.monotonic() - started)))
 
 
-def _sleep(after: int) -> None:
-    """A reader of the store polls it."""
-    time.sleep(_POLL)
+def _waiting_on(log: EventLog) -> Callable[[int], None]:
+    """A follower of a store waits on its log: a new event ends the wait at once
+    (within 0.2 s on SQLite); at most ``_STORE_WAIT`` seconds at a time."""
+
+    def pause(after: int) -> None:
+        log.wait(after, _STORE_WAIT)
+
+    return pause
 
 
 class _Reader:
@@ -134,7 +140,7 @@ class _Reader:
         types: set[EventType] | None,
         task: str | None,
         as_json: bool,
-        pause: Callable[[int], None] = _sleep,
+        pause: Callable[[int], None],
     ) -> None:
         self.log, self.types, self.task, self.as_json = log, types, task, as_json
         self.pause = pause  # while following: until events after an offset may be there
@@ -271,7 +277,7 @@ def events(
         if forget is not None:
             _forget(log, forget, json_output)
             return
-        _print(_Reader(log, types, task, json_output), after, last, follow)
+        _print(_Reader(log, types, task, json_output, _waiting_on(log)), after, last, follow)
 
 
 def _print(reader: _Reader, after: int | None, last: int | None, follow: bool) -> None:

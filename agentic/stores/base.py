@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import builtins
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -64,6 +65,7 @@ __all__ = [
     "Subscription",
     "TRIM_STEP",
     "TaskStore",
+    "WAIT_POLL",
     "event_json",
     "final_outcome",
     "no_allowance",
@@ -73,6 +75,7 @@ __all__ = [
     "require_count",
     "require_id",
     "require_page",
+    "require_wait",
     "status_for_load",
     "ttl_seconds",
 ]
@@ -587,6 +590,17 @@ def require_page(after: int, limit: int) -> None:
         raise ConfigError(f"limit must be from 1 to {MAX_READ}, got {limit}")
 
 
+#: seconds between reads of a log that cannot tell a waiter of appends (SQLite)
+WAIT_POLL = 0.2
+
+
+def require_wait(after: int, timeout: float) -> None:
+    """Refuse a negative offset or timeout of :meth:`EventLog.wait`."""
+    require_count("after", after)
+    if not timeout >= 0:
+        raise ConfigError(f"timeout must be a number of seconds >= 0, got {timeout}")
+
+
 def require_consumer(name: str) -> str:
     """A consumer name: non-empty, at most 200 characters."""
     if not name or len(name) > 200:
@@ -640,6 +654,10 @@ class EventLog(Closeable):
       read that starts at it raises :class:`~agentic.errors.StoreError` naming its
       offset, so nothing is skipped in silence.
     * ``last_offset()``: the offset of the newest event ever appended (0 for none).
+    * ``wait(after, timeout)``: whether an event with an offset above ``after`` is in
+      the log, waiting up to ``timeout`` seconds for one to be appended by any
+      process: at once on memory and Redis (``XREAD BLOCK``), within a 0.2 s poll
+      on SQLite. Readers that are caught up wait here instead of sleeping.
     * ``commit(consumer, offset)``: a consumer's durable position. It only moves
       forward: a commit below the stored one changes nothing. ``committed(consumer)``
       reads it (0 for a consumer never seen); ``reset(consumer, offset)`` sets it to
@@ -664,6 +682,19 @@ class EventLog(Closeable):
     @abc.abstractmethod
     def last_offset(self) -> int:
         """The offset of the newest event appended, or 0."""
+
+    def wait(self, after: int, timeout: float) -> bool:
+        """Whether an event after ``after`` is there, waiting up to ``timeout``
+        seconds. This version reads the newest offset every :data:`WAIT_POLL` seconds;
+        a store that hears of appends overrides it."""
+        require_wait(after, timeout)
+        deadline = time.monotonic() + timeout
+        while self.last_offset() <= after:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(WAIT_POLL, left))
+        return True
 
     @abc.abstractmethod
     def commit(self, consumer: str, offset: int) -> None:

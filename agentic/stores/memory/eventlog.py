@@ -15,6 +15,7 @@ from ..base import (
     require_consumer,
     require_count,
     require_page,
+    require_wait,
 )
 
 __all__ = ["MemoryEventLog"]
@@ -24,7 +25,8 @@ class MemoryEventLog(EventLog):
     """EventLog for tests and single-process use."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # A condition, used as the lock: appends wake the readers that wait.
+        self._lock = threading.Condition()
         self._entries: list[LoggedEvent] = []  # offset order
         self._offsets: list[int] = []  # the entries' offsets, for bisect
         self._ids: dict[str, int] = {}  # event id -> offset, for the entries kept
@@ -44,6 +46,7 @@ class MemoryEventLog(EventLog):
                     self._offsets.append(offset)
                     self._ids[event.id] = offset
                 out.append(offset)
+            self._lock.notify_all()
             return out
 
     def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
@@ -55,6 +58,11 @@ class MemoryEventLog(EventLog):
     def last_offset(self) -> int:
         with self._lock:
             return self._last
+
+    def wait(self, after: int, timeout: float) -> bool:
+        require_wait(after, timeout)
+        with self._lock:
+            return self._lock.wait_for(lambda: self._last > after, timeout)
 
     def commit(self, consumer: str, offset: int) -> None:
         require_consumer(consumer)

@@ -10,6 +10,7 @@ kept makes a repeated append answer the first offset.
 from __future__ import annotations
 
 import builtins
+import time
 
 import redis
 
@@ -24,6 +25,7 @@ from ..base import (
     require_count,
     require_id,
     require_page,
+    require_wait,
 )
 from ..keys import EventLogKeys
 from ._conn import DEFAULT_PREFIX, Script, sync, text, translate_errors
@@ -48,6 +50,9 @@ class RedisEventLog(EventLog):
         self._client = client
         self._keys = EventLogKeys.under(require_id("prefix", prefix))
         self._close_client = close_client
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        #: seconds one XREAD BLOCK of :meth:`wait` lasts at most
+        self._block_limit = min(1.0, socket_timeout / 2) if socket_timeout else 1.0
 
     def close(self) -> None:
         if self._close_client:
@@ -73,6 +78,21 @@ class RedisEventLog(EventLog):
         with translate_errors("reading the last offset"):
             raw = sync(self._client.get(self._keys.seq))
         return 0 if raw is None else int(text(raw))
+
+    def wait(self, after: int, timeout: float) -> bool:
+        require_wait(after, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.last_offset() > after
+            # XREAD BLOCK answers as soon as an entry above {after}-0 is there; each
+            # block stays within the socket timeout, or redis-py takes it for a hang.
+            block = max(1, int(min(left, self._block_limit) * 1000))
+            with translate_errors("waiting for events"):
+                found = self._client.xread({self._keys.stream: f"{after}-0"}, 1, block)
+            if found:
+                return True
 
     def commit(self, consumer: str, offset: int) -> None:
         require_consumer(consumer)
