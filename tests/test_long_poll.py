@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,9 +30,12 @@ from agentic.models import (
 )
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner
+from agentic.server import app as app_module
 from agentic.server._changes import Changes
 from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
+from agentic.stores.redis import RedisEventLog
+from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import running_server
 
 
@@ -193,6 +197,27 @@ def test_an_event_read_waits_for_the_next_event(
     late = Event(type=EventType.AGENT_OFFLINE, agent_id="b")
     with later(0.2, lambda: log.append([late])):
         page, took = timed(lambda: api.read_events(0, 10, wait=10))
+    assert [e.event.id for e in page.events] == [late.id] and took < 5
+
+
+def test_an_append_by_another_process_wakes_an_event_read_on_redis(
+    redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Redis a waiting read of the log wakes when anything appends to it (XREAD
+    BLOCK), not at the server's next read: with that re-read made 30 s apart, an
+    append straight to the store still answers the wait at once."""
+    monkeypatch.setattr(app_module, "_EVENTS_POLL", 30.0)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    log = RedisEventLog(redis_client, prefix=prefix)
+    store = RedisTaskStore(redis_client, prefix=prefix)
+    with (
+        running_server(store, requeue_interval=None, events=log) as url,
+        TaskClient(url, token="") as api,
+    ):
+        late = Event(type=EventType.AGENT_OFFLINE, agent_id="b")
+        other = RedisEventLog(redis_client, prefix=prefix)  # as another process's
+        with later(0.3, lambda: other.append([late])):
+            page, took = timed(lambda: api.read_events(0, 10, wait=10))
     assert [e.event.id for e in page.events] == [late.id] and took < 5
 
 

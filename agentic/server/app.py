@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -118,9 +118,12 @@ def _json(body: BaseModel | list[Task], status: int = 200) -> Response:
 _BUSY_AGENT_RATE = 5
 _EVENTS_AFTER_DOC = "the offset of the last event read; 0: from the oldest kept"
 _EVENTS_WAIT_DOC = "long-poll: wait up to this many seconds for an event after `after`"
-# A waiting read of the log reads it again this often: other processes append to it
-# without telling this server.
+# A waiting read of a log that cannot tell of appends (SQLite) reads it again this
+# often: other processes append to it without telling this server.
 _EVENTS_POLL = 0.2
+# Waiting reads of a log that tells of appends (Redis) wait in worker threads: at
+# most this many at once (the others queue for one), a second at a time each.
+_EVENT_WAITERS = 16
 
 
 def _event_page(events: EventLog, after: int, limit: int) -> tuple[list[LoggedEvent], int]:
@@ -222,6 +225,12 @@ def create_app(
     calls = StoreCalls(store)
     changes = Changes()
     served_id: list[str] = []  # the store's id, once read (see health)
+    waiters: list[CapacityLimiter] = []  # made on first use: it needs the event loop
+
+    def event_waiters() -> CapacityLimiter:
+        if not waiters:
+            waiters.append(CapacityLimiter(_EVENT_WAITERS))
+        return waiters[0]
 
     notices = store.notices()
 
@@ -310,9 +319,9 @@ def create_app(
         without credentials of the store it lives in.
 
         A long-poll with ``wait`` (seconds): when nothing is after ``after`` the answer
-        waits until something is, at most ``wait`` seconds. Writes through this server
-        (and, on Redis, through the other servers of the store) wake it at once;
-        events other processes append are seen within 0.2 s."""
+        waits until something is, at most ``wait`` seconds. On Redis an append by any
+        process wakes it at once; on SQLite writes through this server do, and what
+        other processes append is seen within 0.2 s."""
         who.require_admin("read the event log")
         if events is None:
             raise APIError(
@@ -330,7 +339,12 @@ def create_app(
                 # answered now, so the reader sees it; likewise a reader gone.
                 if page or left <= 0 or last < after or await request.is_disconnected():
                     break
-                await changes.wait(EVENTS_TOPIC, token, min(left, _EVENTS_POLL))
+                if events.hears_appends:
+                    await to_thread.run_sync(
+                        events.wait, after, min(left, 1.0), limiter=event_waiters()
+                    )
+                else:
+                    await changes.wait(EVENTS_TOPIC, token, min(left, _EVENTS_POLL))
         except StoreUnavailableError as exc:
             raise APIError("the event log is unavailable", 503, str(exc)) from exc
         except StoreError as exc:  # an unreadable entry: its message says how to pass it

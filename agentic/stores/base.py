@@ -671,6 +671,9 @@ class EventLog(Closeable):
       are not held up.
     """
 
+    #: True when :meth:`wait` hears of appends by any process (it does not poll)
+    hears_appends: ClassVar[bool] = False
+
     @abc.abstractmethod
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         """Add ``events`` at the end of the log; their offsets."""

@@ -24,6 +24,8 @@ __all__ = ["MemoryEventLog"]
 class MemoryEventLog(EventLog):
     """EventLog for tests and single-process use."""
 
+    hears_appends = True  # every append is in this process
+
     def __init__(self) -> None:
         # A condition, used as the lock: appends wake the readers that wait.
         self._lock = threading.Condition()

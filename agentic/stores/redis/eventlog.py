@@ -44,6 +44,8 @@ class RedisEventLog(EventLog):
     ``close_client`` is true (logs opened from a URL own their client).
     """
 
+    hears_appends = True  # XREAD BLOCK
+
     def __init__(
         self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, close_client: bool = False
     ) -> None:
