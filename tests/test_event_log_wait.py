@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +14,10 @@ import pytest
 
 from agentic.eventlog import EventConsumer
 from agentic.events import Event, EventType
-from agentic.stores import EventLog, open_event_log
+from agentic.stores import EventLog, base, open_event_log
+from agentic.stores.redis import RedisEventLog
 
-from .conftest import Backend
+from .conftest import Backend, RedisServer
 
 SPAWN = mp.get_context("spawn")
 
@@ -69,6 +71,30 @@ class TestWait:
         thread.join()
         assert found is True and took < 3
 
+    def test_a_log_trimmed_empty_has_nothing_to_wait_for(self, backend: Backend) -> None:
+        """A log trimmed empty keeps its last offset but no event: wait times out
+        False (a reader would find nothing), it does not answer True at once."""
+        log = backend.event_log()
+        log.append([_event(1), _event(2), _event(3)])
+        log.trim(0)
+        found, took = timed(lambda: log.wait(0, 0.4))
+        assert found is False and took >= 0.35
+        assert log.wait(3, 0) is False
+
+    def test_a_log_that_hears_appends_does_not_poll(
+        self, backend: Backend, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Memory and Redis wake on the append itself: with polling pushed to 30 s,
+        an append still ends the wait at once."""
+        log = backend.event_log()
+        if not log.hears_appends:
+            pytest.skip("SQLite has no notification across processes: it polls")
+        monkeypatch.setattr(base, "WAIT_POLL", 30.0)
+        thread = append_soon(log)
+        found, took = timed(lambda: log.wait(0, 20))
+        thread.join()
+        assert found is True and took < 5
+
     def test_a_bad_offset_or_timeout_is_refused(self, backend: Backend) -> None:
         """A negative offset or timeout is a ConfigError, before any wait."""
         log = backend.event_log()
@@ -76,6 +102,53 @@ class TestWait:
             log.wait(-1, 1)
         with pytest.raises(Exception, match="timeout"):
             log.wait(0, -1)
+
+
+@pytest.mark.parametrize("socket_timeout", [0.05, 0.2, 0.3])
+def test_redis_waits_within_a_small_socket_timeout(
+    redis_server: RedisServer, socket_timeout: float
+) -> None:
+    """Blocks stay inside the client's socket timeout (Redis ends a block only on
+    its next tick), and a timeout too small to block in is served by polling: no
+    wait fails on a healthy Redis."""
+    import redis
+
+    client = redis.Redis(port=redis_server.port, socket_timeout=socket_timeout)
+    log = RedisEventLog(client, prefix=f"t{uuid.uuid4().hex[:12]}")
+    try:
+        for _ in range(3):
+            assert log.wait(0, 0.6) is False
+        thread = append_soon(log)
+        assert log.wait(0, 10) is True
+        thread.join()
+    finally:
+        client.close()
+
+
+def test_a_consumer_of_a_log_trimmed_empty_does_not_spin(backend: Backend) -> None:
+    """A caught-up consumer of a log trimmed empty waits, reading a few times a second
+    at most, not in a busy loop."""
+    log = backend.event_log()
+    log.append([_event(1), _event(2)])
+    consumer = EventConsumer(log, "c", lambda logged: None)
+    consumer.poll()
+    log.trim(0)
+    reads = 0
+    read = log.read
+
+    def counted(after: int = 0, limit: int = 100) -> Any:
+        nonlocal reads
+        reads += 1
+        return read(after, limit)
+
+    log.read = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=consumer.run, args=(stop, 0.5))
+    runner.start()
+    time.sleep(1.0)
+    stop.set()
+    runner.join(10)
+    assert reads <= 10
 
 
 def _append_later(url: str, seconds: float) -> None:

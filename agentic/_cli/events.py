@@ -38,7 +38,7 @@ from ._common import (
 )
 
 _POLL = 0.5  # seconds between reads while following through an older server
-_STORE_WAIT = 2.0  # seconds a follower of a store waits on its log at a time
+_STORE_WAIT = 1.0  # seconds a follower of a store waits on its log at a time
 _API_WAIT = 10.0  # seconds a follow through the task API waits in one request
 _LAST = 20
 

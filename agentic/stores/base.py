@@ -655,9 +655,10 @@ class EventLog(Closeable):
       offset, so nothing is skipped in silence.
     * ``last_offset()``: the offset of the newest event ever appended (0 for none).
     * ``wait(after, timeout)``: whether an event with an offset above ``after`` is in
-      the log, waiting up to ``timeout`` seconds for one to be appended by any
-      process: at once on memory and Redis (``XREAD BLOCK``), within a 0.2 s poll
-      on SQLite. Readers that are caught up wait here instead of sleeping.
+      the log (kept: a log trimmed empty has none), waiting up to ``timeout`` seconds
+      for one to be appended by any process: at once on memory and Redis (``XREAD
+      BLOCK``, on a pooled connection of its own while it blocks), within a 0.2 s
+      poll on SQLite. Readers that are caught up wait here instead of sleeping.
     * ``commit(consumer, offset)``: a consumer's durable position. It only moves
       forward: a commit below the stored one changes nothing. ``committed(consumer)``
       reads it (0 for a consumer never seen); ``reset(consumer, offset)`` sets it to
@@ -688,16 +689,21 @@ class EventLog(Closeable):
 
     def wait(self, after: int, timeout: float) -> bool:
         """Whether an event after ``after`` is there, waiting up to ``timeout``
-        seconds. This version reads the newest offset every :data:`WAIT_POLL` seconds;
-        a store that hears of appends overrides it."""
+        seconds. This version looks every :data:`WAIT_POLL` seconds; a store that
+        hears of appends overrides it."""
         require_wait(after, timeout)
         deadline = time.monotonic() + timeout
-        while self.last_offset() <= after:
+        while not self._kept_after(after):
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
             time.sleep(min(WAIT_POLL, left))
         return True
+
+    def _kept_after(self, after: int) -> bool:
+        """Whether the log keeps an event after ``after`` (not merely appended one:
+        a log trimmed empty keeps none, and a reader would find nothing)."""
+        return bool(self.read(after, 1))
 
     @abc.abstractmethod
     def commit(self, consumer: str, offset: int) -> None:

@@ -53,8 +53,12 @@ class RedisEventLog(EventLog):
         self._keys = EventLogKeys.under(require_id("prefix", prefix))
         self._close_client = close_client
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
-        #: seconds one XREAD BLOCK of :meth:`wait` lasts at most
-        self._block_limit = min(1.0, socket_timeout / 2) if socket_timeout else 1.0
+        #: seconds one XREAD BLOCK of :meth:`wait` lasts at most: the answer must come
+        #: within the socket timeout, and Redis ends a block only on its next tick
+        #: (every 0.1 s by default), so 0.15 s are kept for that; None when that
+        #: leaves too little to block (a tiny ?timeout=): wait then polls.
+        room = 1.0 if not socket_timeout else min(1.0, socket_timeout - 0.15)
+        self._block_limit: float | None = room if room >= 0.1 else None
 
     def close(self) -> None:
         if self._close_client:
@@ -83,18 +87,22 @@ class RedisEventLog(EventLog):
 
     def wait(self, after: int, timeout: float) -> bool:
         require_wait(after, timeout)
+        if self._block_limit is None:  # blocks would outlast the socket timeout
+            return super().wait(after, timeout)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
-            if left <= 0:
-                return self.last_offset() > after
-            # XREAD BLOCK answers as soon as an entry above {after}-0 is there; each
-            # block stays within the socket timeout, or redis-py takes it for a hang.
-            block = max(1, int(min(left, self._block_limit) * 1000))
+            # XREAD BLOCK answers as soon as an entry above {after}-0 is there (kept:
+            # a stream trimmed empty has none); without a block, at once.
+            block = int(min(left, self._block_limit) * 1000) if left > 0.001 else None
             with translate_errors("waiting for events"):
                 found = self._client.xread({self._keys.stream: f"{after}-0"}, 1, block)
-            if found:
-                return True
+            if found or block is None:
+                return bool(found)
+
+    def _kept_after(self, after: int) -> bool:
+        with translate_errors("waiting for events"):
+            return bool(self._client.xread({self._keys.stream: f"{after}-0"}, 1))
 
     def commit(self, consumer: str, offset: int) -> None:
         require_consumer(consumer)

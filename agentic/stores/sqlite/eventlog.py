@@ -88,6 +88,12 @@ class SQLiteEventLog(EventLog):
         )
         return parse_events(((row[0], row[1]) for row in rows), f"SQLite {self._db.path}")
 
+    def _kept_after(self, after: int) -> bool:
+        rows = self._db.query(
+            "SELECT 1 FROM events WHERE position > ? LIMIT 1", (after,), "waiting for events"
+        )
+        return bool(rows)
+
     def last_offset(self) -> int:
         rows = self._db.query(
             "SELECT seq FROM sqlite_sequence WHERE name = 'events'", (), "reading the last offset"
