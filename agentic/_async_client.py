@@ -15,6 +15,10 @@ with the raw body as ``details``. No answer at all, after the allowed retries, i
 (a query past its URL length limit), is :class:`ConfigError`. httpx exceptions never
 escape; the original is on ``__cause__``.
 
+An :class:`AsyncTaskClient` belongs to the event loop of its first call: a call from
+another loop (a second ``asyncio.run``) is refused with :class:`ConfigError` before
+anything is sent. Make one per loop and keep it (building one takes about 40 ms).
+
 Retries (``retries`` extra attempts, waits from ``retry_policy``), only where a
 repeat cannot do the work twice:
 

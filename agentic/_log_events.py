@@ -1,7 +1,8 @@
 """The client side of the task API's log stream: Server-Sent Events as :class:`LogEvent`.
 
-Apart from ``client.py`` (which re-exports :class:`LogEvent`) because decoding the
-stream is its own small protocol, independent of requests and retries.
+Apart from the task clients (``_async_client.py``, and ``client.py`` made from it,
+which re-exports :class:`LogEvent`) because decoding the stream is its own small
+protocol, independent of requests and retries.
 """
 
 from __future__ import annotations

@@ -31,6 +31,14 @@ HEADER = (
 # Whole passages first (they mention async names the word rules would rewrite).
 PASSAGES = [
     (
+        """
+An :class:`AsyncTaskClient` belongs to the event loop of its first call: a call from
+another loop (a second ``asyncio.run``) is refused with :class:`ConfigError` before
+anything is sent. Make one per loop and keep it (building one takes about 40 ms).
+""",
+        "",
+    ),
+    (
         "AsyncTaskClient: the HTTP client of the task API for asyncio (go-agentic's"
         " contract,\nplus ours).",
         "TaskClient: the HTTP client of the task API (go-agentic's contract, plus ours).",

@@ -1,9 +1,9 @@
 """The reference task API: ``create_app(store, ...)`` builds the FastAPI application.
 
 Endpoints are go-agentic's (list, get, create, claim, update, complete, health) plus
-ours (release, lease renewal, batch claims, logs with SSE follow, metrics); see
-DESIGN.md, "Task API (HTTP)". Every error answer is ``{"code", "message", "details"}``; bad input
-gets a 4xx and changes nothing stored.
+ours (release, lease renewal, batch claims, withdraw, counts, logs with SSE follow,
+the event log, metrics). Every error answer is ``{"code", "message", "details"}``;
+bad input gets a 4xx and changes nothing stored.
 
 Auth: with any token configured, every ``/api/tasks`` route needs
 ``Authorization: Bearer``. Admin tokens may do anything. An agent token may read,
