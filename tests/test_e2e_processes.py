@@ -23,12 +23,14 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agentic.client import TaskClient
@@ -37,7 +39,7 @@ from agentic.models import AgentStatus, Priority, Task, TaskStatus
 from agentic.stores import open_allowance_store, open_event_log, open_registry
 from agentic.stores.base import AgentRegistry
 
-from .conftest import free_port
+from .conftest import RedisServer, free_port
 
 # clean_environment is autouse in test_cli: imported here, it applies here too.
 from .test_cli import AGENTIC, clean_environment, healthy, run, subprocess_env  # noqa: F401
@@ -429,6 +431,54 @@ def test_fleet_runs_every_task_once_in_order_within_quota(shared_url: str, tmp_p
 
 
 # --- 2. an agent killed with SIGKILL ---
+def test_two_servers_on_one_redis_run_one_fleet(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Two ``agentic serve`` processes on one Redis, as behind a load balancer: the
+    dispatcher claims through server A, two agents long-poll server B (woken by A's
+    change notices), both servers requeue: 60 tasks each run once, and every process
+    exits cleanly."""
+    url = f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    with fleet_on(tmp_path, url, **FAST) as fleet:
+        port_b = free_port()
+        config_b = tmp_path / "server-b.yaml"
+        config_b.write_text(
+            fleet.config.read_text(encoding="utf-8").replace(str(fleet.port), str(port_b)),
+            encoding="utf-8",
+        )
+        fleet.serve()
+        serve_b = fleet.spawn("serve-b", "serve", "--config", str(config_b))
+        wait_until(lambda: healthy(f"http://127.0.0.1:{port_b}"), "server B answers", fleet)
+        agents = {}
+        for agent_id in ("b-1", "b-2"):
+            fleet.cli("allowance", "set", agent_id, "--daily-jobs", "1000")
+            agents[agent_id] = fleet.spawn(
+                agent_id,
+                "agent", "run", "--config", str(config_b), "--id", agent_id,
+                "--capability", "x", "--max-load", "4",
+                "--", *marker_command(fleet.markers, agent_id, 0.1),
+            )  # fmt: skip
+        with open_registry(url) as registry:
+            wait_until(lambda: len(registry.list()) == 2, "agents registered", fleet)
+        with TaskClient(fleet.base_url, "") as client:
+            created = {create(client, f"t{i}").id for i in range(60)}
+            dispatcher = fleet.dispatch()
+            wait_completed(client, created, fleet, timeout=120)
+            final = all_tasks(client)
+        metrics = httpx.get(f"http://127.0.0.1:{port_b}/metrics").text
+        assert dispatcher.stop() == 0
+        for proc in agents.values():
+            assert proc.stop() == 0, fleet.dump()
+        assert serve_b.stop() == 0 and fleet.procs["serve"].stop() == 0
+    # B heard of A's claims: what woke its runners' long-polls at once.
+    received = next(
+        line for line in metrics.splitlines() if line.startswith("agentic_notices_received_total ")
+    )
+    assert int(received.split()[1]) > 0, received
+    assert {t.id for t in final.values() if t.status is TaskStatus.COMPLETED} == created
+    assert all(t.retry_count == 0 for t in final.values())
+    starts = ran_once(fleet.marks(), created)
+    assert {mark.agent_id for mark in starts.values()} <= set(agents)
+
+
 def test_killed_agents_task_is_requeued_and_run_by_another(tmp_path: Path) -> None:
     """kill -9 of an agent mid-task: its lease expires, another agent completes it, once."""
     day = quota_day()
