@@ -390,6 +390,7 @@ def create_app(
             else [label for label in labels_within.split(",") if label]
         )
         try:
+            # labels_within only when asked: a custom store older than it still lists.
             found = await calls(
                 store.list,
                 status,
@@ -400,7 +401,7 @@ def create_app(
                 ready,
                 limit,
                 after,
-                within,
+                **({} if within is None else {"labels_within": within}),
             )
         except NotFoundError as exc:  # the cursor, not the URL: bad input
             raise APIError(f"after: {exc.message}", 422) from exc
