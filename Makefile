@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv redis-server lint test demo bench clean
+.PHONY: venv venv-run redis-server lint test demo bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -11,6 +11,10 @@ $(BIN)/python:
 
 venv: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+
+# What running agentic needs (the demo): no test, lint or benchmark tools.
+venv-run: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[all]'
 
 # The real-Redis tests need redis-server: install it when missing and possible.
 redis-server:
@@ -24,7 +28,7 @@ lint: venv
 test: venv redis-server lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
-demo: venv
+demo: venv-run
 	$(BIN)/agentic demo
 
 bench: venv redis-server
