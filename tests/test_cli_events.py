@@ -15,7 +15,16 @@ from agentic.models import AgentAllowance, AgentInfo, Task
 from agentic.stores import open_event_log, open_task_store
 from agentic.testing import running_server
 
-from .test_cli import AGENTIC, System, clean_environment, run, subprocess_env, system
+from .conftest import free_port
+from .test_cli import (
+    AGENTIC,
+    System,
+    clean_environment,
+    run,
+    subprocess_env,
+    system,
+    write_config,
+)
 
 __all__ = ["clean_environment", "system"]  # fixtures, used by name
 
@@ -235,6 +244,25 @@ def test_api_reads_the_same_log_through_the_task_api(system: System) -> None:
         missing = run("events", "--api", "--config", str(config))
     assert missing.exit_code == 1
     assert "serves no event log" in missing.output
+
+
+def test_reading_another_store_than_the_servers_is_warned_of(
+    system: System, tmp_path: Path
+) -> None:
+    """events on a store the configured server does not serve (a forgotten --store)
+    says so on stderr and still prints that store's log; the server's own store, or
+    no server answering, gets no warning."""
+    _fill(system.url)
+    assert "serves another store" not in system.cli("events").stderr
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    _fill(other)
+    result = system.cli("events", "--store", other)
+    assert result.exit_code == 0 and len(result.stdout.splitlines()) == 3
+    assert f"the task server {system.base_url} serves another store" in result.stderr
+    assert "--api" in result.stderr
+    config = write_config(tmp_path / "gone.yaml", f"http://127.0.0.1:{free_port()}", other)
+    quiet = run("events", "--config", str(config))
+    assert quiet.exit_code == 0 and "serves another store" not in quiet.stderr
 
 
 def test_following_an_older_server_through_the_api_does_not_spin(

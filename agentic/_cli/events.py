@@ -20,6 +20,7 @@ from typing import Annotated, Protocol
 import typer
 
 from ..client import TaskClient
+from ..config import Config
 from ..errors import AgenticError, ConfigError, NotFoundError
 from ..events import EventType
 from ..retry import is_retryable
@@ -33,12 +34,14 @@ from ._common import (
     handled,
     interrupt_exits,
     print_json,
+    redacted,
     store_config,
     warn,
 )
 
 _POLL = 0.5  # seconds between reads while following through an older server
 _STORE_WAIT = 1.0  # seconds a follower of a store waits on its log at a time
+_HEALTH_WAIT = 0.5  # seconds the store check waits for the task server's answer
 _API_WAIT = 10.0  # seconds a follow through the task API waits in one request
 _LAST = 20
 
@@ -271,6 +274,8 @@ def events(
             " that the dispatcher and the agents use"
         )
     with existing(open_event_log, url) as log, interrupt_exits(0), _quiet_broken_pipe():
+        if url == cfg.store_url:  # else the server's id names its task store, not this
+            _same_store_as_server(cfg, log)
         if consumers:
             _consumers(log, json_output)
             return
@@ -278,6 +283,27 @@ def events(
             _forget(log, forget, json_output)
             return
         _print(_Reader(log, types, task, json_output, _waiting_on(log)), after, last, follow)
+
+
+def _same_store_as_server(cfg: Config, log: EventLog) -> None:
+    """Warn when the configured task server serves another store than the one read
+    here (a forgotten --store or prefix: its events would all be missing). Silent
+    when the server does not answer within a moment, or cannot say."""
+    local = log.store_id()
+    if not local:
+        return
+    try:
+        with TaskClient(cfg.base_url, cfg.token, timeout=_HEALTH_WAIT, retries=0) as api:
+            served = api.server_store_id()
+    except AgenticError:
+        return
+    if served and served != local:
+        warn(
+            f"the task server {cfg.base_url} serves another store (id {served}) than"
+            f" {redacted(cfg.store_url)} (id {local}): the events of its tasks are not"
+            " here; give the store it uses (--store, store_url), or read through it"
+            " with --api"
+        )
 
 
 def _print(reader: _Reader, after: int | None, last: int | None, follow: bool) -> None:

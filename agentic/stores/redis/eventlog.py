@@ -28,7 +28,7 @@ from ..base import (
     require_wait,
 )
 from ..keys import EventLogKeys
-from ._conn import DEFAULT_PREFIX, Script, sync, text, translate_errors
+from ._conn import DEFAULT_PREFIX, Script, read_store_id, sync, text, translate_errors
 
 __all__ = ["RedisEventLog"]
 
@@ -50,6 +50,7 @@ class RedisEventLog(EventLog):
         self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, close_client: bool = False
     ) -> None:
         self._client = client
+        self._prefix = prefix
         self._keys = EventLogKeys.under(require_id("prefix", prefix))
         self._close_client = close_client
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
@@ -63,6 +64,9 @@ class RedisEventLog(EventLog):
     def close(self) -> None:
         if self._close_client:
             self._client.close()
+
+    def store_id(self) -> str:
+        return read_store_id(self._client, self._prefix)
 
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         if not events:

@@ -74,6 +74,9 @@ class SQLiteEventLog(EventLog):
     def close(self) -> None:
         self._db.close()
 
+    def store_id(self) -> str:
+        return self._db.store_id()
+
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         bodies = [(event.id, event_json(event)) for event in events]
         with self._db.transaction(f"appending {len(events)} event(s)") as conn:
