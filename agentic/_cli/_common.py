@@ -212,6 +212,24 @@ def redacted(url: str) -> str:
     return parse_store_url(url).redacted()
 
 
+def other_store(api: TaskClient, url: str, local_id: str) -> str:
+    """What to say when the task server of ``api`` serves another store than ``url``
+    (whose id is ``local_id``): a wrong --store or prefix. "" when they are the same,
+    or either side cannot say (a health check that fails included)."""
+    if not local_id:
+        return ""
+    try:
+        served = api.server_store_id()
+    except AgenticError:
+        return ""
+    if not served or served == local_id:
+        return ""
+    return (
+        f"the task server {api.base_url} serves another store (id {served}) than"
+        f" {redacted(url)} (id {local_id})"
+    )
+
+
 def to_data(value: Any) -> Any:
     """Pydantic models (also inside lists and dicts) as JSON-ready data."""
     if isinstance(value, BaseModel):

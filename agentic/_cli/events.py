@@ -33,8 +33,8 @@ from ._common import (
     existing,
     handled,
     interrupt_exits,
+    other_store,
     print_json,
-    redacted,
     store_config,
     warn,
 )
@@ -292,17 +292,12 @@ def _same_store_as_server(cfg: Config, log: EventLog) -> None:
     local = log.store_id()
     if not local:
         return
-    try:
-        with TaskClient(cfg.base_url, cfg.token, timeout=_HEALTH_WAIT, retries=0) as api:
-            served = api.server_store_id()
-    except AgenticError:
-        return
-    if served and served != local:
+    with TaskClient(cfg.base_url, cfg.token, timeout=_HEALTH_WAIT, retries=0) as api:
+        mismatch = other_store(api, cfg.store_url, local)
+    if mismatch:
         warn(
-            f"the task server {cfg.base_url} serves another store (id {served}) than"
-            f" {redacted(cfg.store_url)} (id {local}): the events of its tasks are not"
-            " here; give the store it uses (--store, store_url), or read through it"
-            " with --api"
+            f"{mismatch}: the events of its tasks are not here; give the store it uses"
+            " (--store, store_url), or read through it with --api"
         )
 
 

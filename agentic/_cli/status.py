@@ -41,6 +41,7 @@ from ._common import (
     existing,
     handled,
     interrupt_exits,
+    other_store,
     print_json,
     redacted,
     stdout,
@@ -149,25 +150,14 @@ def collect(cfg: Config, api: TaskClient) -> Snapshot:
         snap.warnings.append(f"task server {cfg.base_url}: {exc}")
     else:
         snap.pending, snap.in_progress = counts.pending_tasks, counts.in_progress_tasks
-        _same_store(api, cfg.base_url, registry_url, local_id, snap)
+        mismatch = other_store(api, registry_url, local_id)
+        if mismatch:  # its task counts and these agents would not belong together
+            snap.warnings.append(
+                f"{mismatch}: its task counts and these agents and quotas do not belong"
+                " together; give the store it uses (--store, store_url), or point"
+                " base_url at its server"
+            )
     return snap
-
-
-def _same_store(api: TaskClient, base_url: str, url: str, local_id: str, snap: Snapshot) -> None:
-    """Warn when the task server serves another store than the one read here: its
-    task counts and these agents would not belong together (a wrong --store or
-    prefix). Silent when either side cannot say."""
-    try:
-        served = api.server_store_id()
-    except AgenticError:
-        return  # the counts were read: a health check failing now changes nothing shown
-    if local_id and served and served != local_id:
-        snap.warnings.append(
-            f"the task server {base_url} serves another store (id {served}) than"
-            f" {redacted(url)} (id {local_id}): its task counts and these agents and"
-            " quotas do not belong together; give the store it uses (--store,"
-            " store_url), or point base_url at its server"
-        )
 
 
 def _used_left(used: int | None, left: int | None) -> str:
