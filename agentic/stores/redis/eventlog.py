@@ -94,15 +94,14 @@ class RedisEventLog(EventLog):
         if self._block_limit is None:  # blocks would outlast the socket timeout
             return super().wait(after, timeout)
         deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
+        while (left := deadline - time.monotonic()) > 0.001:
             # XREAD BLOCK answers as soon as an entry above {after}-0 is there (kept:
-            # a stream trimmed empty has none); without a block, at once.
-            block = int(min(left, self._block_limit) * 1000) if left > 0.001 else None
+            # a stream trimmed empty has none).
+            block = int(min(left, self._block_limit) * 1000)
             with translate_errors("waiting for events"):
-                found = self._client.xread({self._keys.stream: f"{after}-0"}, 1, block)
-            if found or block is None:
-                return bool(found)
+                if self._client.xread({self._keys.stream: f"{after}-0"}, 1, block):
+                    return True
+        return self._kept_after(after)
 
     def _kept_after(self, after: int) -> bool:
         with translate_errors("waiting for events"):
