@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._client_wire import same_source
+from ._lost_claims import LostClaims, ServerFeatures, maybe_made
 from ._signals import stop_on_signals
 from .allowance import AllowanceService
 from .client import MAX_CLAIM_BATCH, Claim, TaskClient
@@ -68,11 +69,9 @@ from .errors import (
     NotFoundError,
     QuotaExceededError,
     StoreError,
-    TransportError,
 )
 from .events import Event, EventEmitter, EventType, transition_id
 from .models import Task, TaskStatus, TaskUpdate
-from .quota import DEFAULT_RESERVATION_TTL
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores.base import AgentRegistry
@@ -108,9 +107,6 @@ def new_job_id(task: Task) -> str:
     same task must not share (and then cancel) each other's reservation.
     """
     return f"{task.id}/{task.retry_count}/{uuid.uuid4().hex[:12]}"
-
-
-_FATE = {True: "it was made", False: "withdrawn, its reservation goes back"}
 
 
 class ClaimUnknownError(AgenticError):
@@ -198,12 +194,10 @@ class Dispatcher:
         self._ended: OrderedDict[str, None] = OrderedDict()
         #: task id -> why it waited when last told (oldest first, bounded)
         self._told: OrderedDict[str, tuple[EventType, str]] = OrderedDict()
-        #: job id -> (task id, monotonic time) of claims whose outcome is not known yet
-        #: (by job id: each is settled on its own, however many a task has had)
-        self._unsure: dict[str, tuple[str, float]] = {}
-        # The task API's features (claim_fencing, list_pages, ...), read at first need;
-        # None: not known (not asked yet, or to be asked again)
-        self._features: frozenset[str] | None = None
+        # The task API's features (claim_fencing, list_pages, ...), read at first need
+        self._features = ServerFeatures()
+        #: claims whose answer was lost and whose outcome is not known yet
+        self._lost = LostClaims(self._features, self._unreserve)
 
     # --- one task ---
     def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
@@ -353,27 +347,27 @@ class Dispatcher:
 
         A definite refusal gives the reservation and the load back. An answer that
         may hide a claim made (none at all, a 5xx from a proxy, a body that does not
-        parse) is settled by :meth:`_claim_made`: made -> dispatched; not made ->
+        parse) is settled by :meth:`LostClaims.made`: made -> dispatched; not made ->
         given back; no answer -> :class:`ClaimUnknownError`: the reservation stays
         (the job may be running) and a later pass settles the question.
         """
         made: bool | None = False
         try:
-            if error is not None and _maybe_made(error):
-                made = self._claim_made(task.id, job_id)
+            if error is not None and maybe_made(error):
+                made = self._lost.made(self.client, task.id, job_id)
         finally:
             if error is not None and made is False:
                 self._unreserve(job_id)
                 index.add_load(agent_id, -1)
-        if error is not None and made and self._withdraws:  # a read back checked it
-            self._require_carried(task.id, job_id)
+        if error is not None and made and self._features.known("claim_fencing"):
+            self._lost.require_carried(self.client, task.id, job_id)
         if error is None or made:
             self._told.pop(task.id, None)  # should it wait again, that is news
             self._emit(EventType.TASK_CLAIMED, task, agent_id, {"job_id": job_id})
             self._emit(EventType.TASK_DISPATCHED, task, agent_id, {"job_id": job_id})
             return
         if made is None:
-            self._unsure[job_id] = (task.id, time.monotonic())
+            self._lost.keep(job_id, task.id)
             raise ClaimUnknownError(
                 f"claim of task {task.id} for {agent_id} got no usable answer and the server"
                 f" cannot tell yet whether it was made ({error}); its reservation is kept"
@@ -401,119 +395,6 @@ class Dispatcher:
         while len(self._ended) > _REMEMBERED:
             self._ended.popitem(last=False)
 
-    def _claim_made(self, task_id: str, job_id: str) -> bool | None:
-        """Whether a claim whose answer was lost or garbled was made: the task carries
-        the job id of the claim that took it, whatever happened to it since. ``None``
-        when the server cannot tell.
-
-        A task API with ``claim_fencing`` is asked to withdraw the claim: its answer
-        is final, since a claim still on its way (a slow server, a proxy's retry) is
-        refused once withdrawn. Reading the task back, against older servers, cannot
-        see such a claim, which may land after its reservation was given back.
-        """
-        withdraws = self._has("claim_fencing")
-        if withdraws is None:  # a read back could be wrong: ask again next pass
-            log.warning("claim of task %s: no usable answer; task API unreachable", task_id)
-            return None
-        if withdraws:
-            try:
-                made = self.client.withdraw_claim(task_id, job_id)
-            except NotFoundError:
-                return self._withdraw_missing(task_id)
-            except Exception as exc:  # the question stays open
-                log.warning("claim of task %s: no usable answer, not withdrawn (%s)", task_id, exc)
-                return None
-            log.info("claim of task %s got no usable answer: %s", task_id, _FATE[made])
-            return made
-        try:
-            current = self.client.get_task(task_id)
-        except NotFoundError:
-            return False  # the task is gone: no claim of it runs
-        except Exception as exc:  # any other failure to read back leaves the question open
-            log.warning("claim of task %s: no usable answer and no read-back (%s)", task_id, exc)
-            return None
-        if current.job_id == job_id:
-            log.info("claim of task %s got no usable answer but was made", task_id)
-            return True
-        return False
-
-    def _require_carried(self, task_id: str, job_id: str) -> None:
-        """Raise ConflictError when the task became final under another claim or none:
-        a claim whose answer was lost is then not announced (task_claimed,
-        task_dispatched).
-
-        Withdraw answers "made" for a task that became final meanwhile whatever that
-        claim's fate (its reservation is then left to expire rather than taken back
-        from a job that may have run): no claim is made up for it. A task still open
-        that no longer carries the job id was claimed under it and given back or
-        claimed again since (withdraw knows: the job id is retired as made), so it is
-        announced. A task that cannot be read back is taken at the server's word.
-        """
-        try:
-            current = self.client.get_task(task_id)
-        except Exception as exc:  # the server said made: trust it
-            log.debug("claim of task %s: made; not read back (%s)", task_id, exc)
-            return
-        if current.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and current.job_id != job_id:
-            raise ConflictError(
-                f"task {task_id} became {current.status} under another claim or none; the"
-                f" lost claim {job_id} is not announced and its reservation is left to expire"
-            )
-
-    def _withdraw_missing(self, task_id: str) -> bool | None:
-        """A 404 from withdraw: the task is gone (False), or the server that answered
-        has no withdraw route (an older replica behind the same address during an
-        upgrade): then nothing is known, and the features are asked for again."""
-        try:
-            self.client.get_task(task_id)
-        except NotFoundError:
-            return False  # the task is gone: no claim of it runs
-        except Exception as exc:
-            log.warning("claim of task %s: withdraw answered 404; no read-back (%s)", task_id, exc)
-            return None
-        log.warning(
-            "claim of task %s: the task exists but withdraw answered 404 (a server without"
-            " claim fencing?); its reservation is kept and the question asked again",
-            task_id,
-        )
-        self._features = None
-        return None
-
-    def _has(self, feature: str) -> bool | None:
-        """Whether the task API lists ``feature`` in its health check (read once, and
-        again after :attr:`_features` is reset); None when it cannot be asked."""
-        if self._features is None:
-            try:
-                self._features = self.client.server_features()
-            except Exception as exc:  # each caller says what not knowing means for it
-                log.debug("could not read the task API's features: %s", exc)
-                return None
-        return feature in self._features
-
-    @property
-    def _withdraws(self) -> bool | None:
-        """Whether lost claims are withdrawn (claim_fencing); None while not known."""
-        return None if self._features is None else "claim_fencing" in self._features
-
-    def _settle_unsure(self, pending: list[Task]) -> None:
-        """Decide the claims left unknown by earlier passes (see :meth:`_claimed`).
-
-        Withdrawn, or (servers without claim fencing) pending again under another
-        job id or none: that claim was not made, its reservation goes back. Made, in
-        any status: the runner settles.
-        """
-        listed = {task.id: task for task in pending}
-        for job_id, (task_id, since) in list(self._unsure.items()):
-            # the listing is a read-back: only for servers known not to withdraw
-            task = listed.get(task_id) if self._withdraws is False else None
-            made = self._claim_made(task_id, job_id) if task is None else task.job_id == job_id
-            if made is None and time.monotonic() - since < DEFAULT_RESERVATION_TTL:
-                continue  # still unreadable: ask again next pass
-            # Known, or asked for longer than a reservation lives: it has expired anyway.
-            del self._unsure[job_id]
-            if made is False:
-                self._unreserve(job_id)
-
     def _unreserve(self, job_id: str) -> None:
         """Give back a reservation whose claim failed: the job did not start (defect 6)."""
         try:
@@ -540,10 +421,10 @@ class Dispatcher:
                 self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})
         seen: set[str] = set()
         tasks = self._ready_page(None, seen)
-        self._settle_unsure(tasks)
+        self._lost.settle(self.client, tasks)
         # A task with a claim still unsettled is not claimed again meanwhile: that
         # claim may be made, and would then hold it under a reservation of its own.
-        unsettled = {task_id for task_id, _since in self._unsure.values()}
+        unsettled = self._lost.task_ids()
         for task in tasks:
             # Before the index: a dead attempt's reservation must not count as load.
             self._forget_previous_attempt(task)
@@ -595,7 +476,7 @@ class Dispatcher:
         """The next page of ready pending tasks after task ``after`` (all of them from
         a server that does not page), most urgent first; their ids join ``seen``.
         ``within``: only tasks with no label outside it, from a server that filters."""
-        if not self._has("list_pages"):  # unknown: the list below reports why
+        if not self._features.has(self.client, "list_pages"):  # unknown: the list below reports why
             if after is not None:
                 return []  # the first answer held everything
             tasks = self.client.list_tasks(status=TaskStatus.PENDING, ready=True)
@@ -606,12 +487,12 @@ class Dispatcher:
                 limit=self.page_size,
                 after=after,
                 labels_within=sorted(within)
-                if within is not None and self._has("labels_within")
+                if within is not None and self._features.has(self.client, "labels_within")
                 else None,
             )
             if any(task.id in seen for task in tasks):  # the cursor was not honoured
                 log.warning("the task API repeated a page: listing stops for this pass")
-                self._features = None
+                self._features.forget()
                 return []
         seen.update(task.id for task in tasks)
         tasks.sort(key=_urgency)
@@ -905,15 +786,6 @@ def _outcomes(claims: Future[list[Exception | None]], size: int) -> list[Excepti
 def _require_count(name: str, value: object, most: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
         raise ConfigError(f"{name} must be an integer from 1 to {most}, got {value!r}")
-
-
-def _maybe_made(error: Exception) -> bool:
-    """Whether a claim that failed with ``error`` may still have been made."""
-    if isinstance(error, TransportError):
-        return True  # sent, maybe, with no answer
-    # A 5xx may come from a proxy after the server acted; a 2xx that did not parse
-    # is an answer we cannot read. Other refusals (4xx, 409 above all) are definite.
-    return isinstance(error, APIError) and (error.code >= 500 or 200 <= error.code < 300)
 
 
 def _urgency(task: Task) -> tuple[int, datetime, str]:

@@ -438,10 +438,10 @@ def test_a_withdraw_route_missing_behind_the_same_address_keeps_the_reservation(
     report = system.dispatcher.run_once()
     assert "cannot tell yet" in report.waiting[task.id]
     assert system.quota.get_usage("a").active_jobs == 1  # the claim was made: kept
-    assert system.dispatcher._withdraws is None
+    assert system.dispatcher._features.known("claim_fencing") is None
     system.dispatcher.client = system.client
     system.dispatcher.run_once()
-    assert system.dispatcher._unsure == {}
+    assert system.dispatcher._lost.unsure == {}
     assert system.quota.get_usage("a").active_jobs == 1  # made: the runner settles it
 
 
@@ -510,7 +510,7 @@ def test_claim_of_a_task_that_is_gone_is_given_back(system: System) -> None:
         report = system.dispatcher.run_once()
     assert task.id in report.failed
     assert system.quota.get_usage("a").active_jobs == 0
-    assert system.dispatcher._unsure == {}
+    assert system.dispatcher._lost.unsure == {}
 
 
 def test_a_task_waiting_for_the_same_reason_is_told_once(system: System) -> None:
