@@ -1,7 +1,9 @@
 """Shared fixtures: the backend table that drives every store contract test.
 
 ``backend`` is parametrized over memory, SQLite, a real redis-server (started once
-per session on a free loopback port) and fakeredis with Lua. Each backend builds
+per session on a free loopback port) and fakeredis with Lua. The real Redis (7)
+runs the stores' Lua as Redis Functions; fakeredis there plays a Redis 6, which has
+none, so every contract test also covers the scripts (EVALSHA) path. Each backend builds
 stores bound to a :class:`~agentic.testing.FakeClock`, and exposes a URL for tests
 that spawn OS processes (SQLite file, real Redis).
 
@@ -169,6 +171,14 @@ def _redis(clock: FakeClock, client: Any, prefix: str) -> Callable[[str, dict[st
     return make
 
 
+def fake_redis_6() -> Any:
+    """The table's fakeredis: a Redis 6, which has no Functions, so the stores run
+    their Lua as scripts (EVALSHA) there; the real Redis runs them as Functions."""
+    import fakeredis
+
+    return fakeredis.FakeRedis(server=fakeredis.FakeServer(version=(6,)))
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each store backend in turn, with a fresh namespace and a fake clock."""
@@ -188,9 +198,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         client = redis.Redis(port=server.port)
         made = Backend(name, clock, f"{server.url}?prefix={prefix}", _redis(clock, client, prefix))
     else:
-        import fakeredis
-
-        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        client = fake_redis_6()
         made = Backend(name, clock, None, _redis(clock, client, prefix))
     yield made
     made.close()

@@ -29,7 +29,7 @@ from agentic.quota import (
 )
 from agentic.stores.base import AllowanceStore
 from agentic.testing import FakeClock
-from tests.conftest import RedisServer, _memory, _redis, _sqlite
+from tests.conftest import RedisServer, _memory, _redis, _sqlite, fake_redis_6
 
 ALLOWANCES = [
     AgentAllowance(
@@ -300,7 +300,6 @@ def redis_port(request: pytest.FixtureRequest) -> int:
 
 
 def stores(clock: FakeClock, workdir: Path, redis_port: int) -> dict[str, AllowanceStore]:
-    import fakeredis
     import redis
 
     prefix = f"p{uuid.uuid4().hex[:10]}"
@@ -310,9 +309,7 @@ def stores(clock: FakeClock, workdir: Path, redis_port: int) -> dict[str, Allowa
         "redis": _redis(clock, redis.Redis(port=redis_port), prefix)(
             "allowance", {"reservation_ttl": TTL}
         ),
-        "fakeredis": _redis(clock, fakeredis.FakeRedis(server=fakeredis.FakeServer()), prefix)(
-            "allowance", {"reservation_ttl": TTL}
-        ),
+        "fakeredis": _redis(clock, fake_redis_6(), prefix)("allowance", {"reservation_ttl": TTL}),
     }
     for store in made.values():
         for allowance in ALLOWANCES:

@@ -33,6 +33,8 @@ from agentic.stores.base import AgentRegistry, AllowanceStore
 from agentic.stores.keys import QuotaKeys, RegistryKeys
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
+from agentic.stores.redis._conn import sync, text
+from agentic.stores.redis.allowance import _RESERVE
 from agentic.testing import FakeClock
 from tests.conftest import RedisServer, free_port
 
@@ -294,12 +296,12 @@ def test_without_clock_scripts_use_server_time(
 
 
 def test_reserve_is_one_round_trip(redis_server: RedisServer, prefix: str) -> None:
-    """Once its script is loaded, a reserve sends exactly one command: EVALSHA."""
+    """Once its function is loaded, a reserve sends exactly one command: FCALL."""
     client = redis.Redis(port=redis_server.port, single_connection_client=True)
     store = RedisAllowanceStore(client, prefix=prefix)
     store.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=10_000))
     store.set_model_quota(ModelQuota(model="m", hourly_rate_limit=100, cost_ceiling=5))
-    store.reserve("a", "m", 10, "warm-up")  # loads the script into the server
+    store.reserve("a", "m", 10, "warm-up")  # loads the function into the server
     address = cast(dict[str, str], client.client_info())["addr"]
     marker = f"end-{prefix}"
     watcher = redis.Redis(port=redis_server.port)
@@ -310,19 +312,64 @@ def test_reserve_is_one_round_trip(redis_server: RedisServer, prefix: str) -> No
         while marker not in (command := monitor.next_command())["command"]:
             seen.append(command)
     ours = [c for c in seen if f"{c['client_address']}:{c['client_port']}" == address]
-    assert [c["command"].split()[0].upper() for c in ours] == ["EVALSHA"]
+    assert [c["command"].split()[0].upper() for c in ours] == ["FCALL"]
     assert any(c["client_type"] == "lua" for c in seen)  # the work happened inside
     client.close()
     watcher.close()
 
 
-def test_script_reloads_after_flush(client: redis.Redis, prefix: str) -> None:
-    """After SCRIPT FLUSH (or a restart), the next call loads the script again."""
+def test_code_reloads_after_flush(client: redis.Redis, prefix: str) -> None:
+    """After FUNCTION FLUSH or SCRIPT FLUSH (or a restart), the next call loads it again."""
     store = RedisAllowanceStore(client, prefix=prefix, clock=FakeClock())
     store.set_allowance(AgentAllowance(agent_id="a"))
     store.reserve("a", "", 1, "j1")
-    client.script_flush()
+    client.function_flush()
     assert store.reserve("a", "", 1, "j2").job_id == "j2"
+    client.script_flush()
+    assert store.reserve("a", "", 1, "j3").job_id == "j3"
+    assert store.get_usage("a").jobs_started == 3
+
+
+def test_lua_runs_as_redis_functions_named_by_their_code(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """On Redis 7 the stores' Lua is loaded as libraries named after the code's SHA1."""
+    client = redis.Redis(port=redis_server.port)
+    client.function_flush()
+    store = RedisAllowanceStore(client, prefix=prefix)
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    store.reserve("a", "", 1, "j1")
+    listed = [dict(zip(lib[::2], lib[1::2], strict=True)) for lib in sync(client.function_list())]
+    names = {text(library[b"library_name"]) for library in listed}
+    assert names == {_RESERVE.function}
+    assert _RESERVE.function == f"agentic_{_RESERVE.sha}"
+    client.close()
+
+
+def test_a_user_without_functions_runs_scripts(redis_server: RedisServer, prefix: str) -> None:
+    """A user whose ACL forbids FCALL and FUNCTION still gets every store call, as scripts."""
+    admin = redis.Redis(port=redis_server.port)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    admin.acl_setuser(
+        user,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-function", "-fcall", "-fcall_ro"],
+    )
+    client = redis.Redis(port=redis_server.port, username=user, password="pw")
+    try:
+        store = RedisAllowanceStore(client, prefix=prefix)
+        store.set_allowance(AgentAllowance(agent_id="a", daily_job_limit=1))
+        store.reserve("a", "", 1, "j1")
+        with pytest.raises(QuotaExceededError):
+            store.reserve("a", "", 1, "j2")
+        assert store.get_usage("a").jobs_started == 1
+    finally:
+        client.close()
+        admin.acl_deluser(user)
+        admin.close()
 
 
 # --- URLs and errors -----------------------------------------------------------------

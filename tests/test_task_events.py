@@ -19,7 +19,7 @@ from agentic.events import Event, EventType, transition_id
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.stores.base import EventLog, TaskStore, event_json
 from agentic.stores.keys import EventLogKeys
-from tests.conftest import Backend
+from tests.conftest import Backend, fake_redis_6
 
 CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD = (
     EventType.TASK_CLAIMED,
@@ -81,9 +81,7 @@ def stored(
             client = redis.Redis(host=parts.hostname or "", port=parts.port or 6379)
             prefix = parse_qs(parts.query)["prefix"][0]
         else:
-            import fakeredis
-
-            client, prefix = fakeredis.FakeRedis(server=fakeredis.FakeServer()), "t"
+            client, prefix = fake_redis_6(), "t"
         request.addfinalizer(client.close)
         store = RedisTaskStore(client, prefix=prefix, clock=backend.clock, record_events=True)
         log = RedisEventLog(client, prefix=prefix)

@@ -15,7 +15,7 @@ from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.stores import open_task_store
 from agentic.stores.base import TaskStore
-from tests.conftest import Backend
+from tests.conftest import Backend, fake_redis_6
 
 PENDING, IN_PROGRESS, COMPLETED, BLOCKED, FAILED = (
     TaskStatus.PENDING,
@@ -47,9 +47,7 @@ def _make_store(backend: Backend, request: pytest.FixtureRequest) -> TaskStore:
         client: Any = redis.Redis(host=parts.hostname or "", port=parts.port or 6379)
         prefix = parse_qs(parts.query)["prefix"][0]
     else:
-        import fakeredis
-
-        client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        client = fake_redis_6()
         prefix = "t"
     request.addfinalizer(client.close)
     return RedisTaskStore(client, prefix=prefix, clock=backend.clock)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,9 +18,11 @@ from urllib.parse import urlsplit
 import redis
 from redis.exceptions import (
     MasterDownError,
+    NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    ResponseError,
     TryAgainError,
 )
 
@@ -47,6 +52,8 @@ OPTIONS = {
     "prefix": f"namespace of every key, e.g. prefix=prod (default {DEFAULT_PREFIX})",
     "timeout": f"connect and socket timeout in seconds (default {DEFAULT_TIMEOUT:g})",
 }
+
+log = logging.getLogger("agentic.stores.redis")
 
 Clock = Callable[[], float]
 _T = TypeVar("_T")
@@ -159,24 +166,66 @@ def now_arg(clock: Clock | None) -> tuple[str, float]:
     return repr(now), now
 
 
-class Script:
-    """A Lua script built from files of ``lua/``, run with EVALSHA.
+# A library file's lines that depend on the call (its arguments, the time), between
+# these two comment lines; everything else in a library is defined once per load.
+_PER_CALL = re.compile(r"^-- per call \{\n(.*?)^-- \} per call\n", re.MULTILINE | re.DOTALL)
+# Clients (by connection pool) whose server has no Redis Functions (before 7.0), or
+# whose user may not use them: they run every script with EVALSHA.
+_NO_FUNCTIONS: weakref.WeakSet[redis.ConnectionPool] = weakref.WeakSet()
 
-    The files are concatenated (a shared prelude, then the script body), so the
-    SHA1 is computed here; when the server does not know it (restart, SCRIPT
-    FLUSH) the script is loaded once and the call repeated.
+
+class Script:
+    """A Lua script built from files of ``lua/``: shared libraries, then its body.
+
+    On Redis 7 and later it runs as a Redis Function (``FCALL``): the libraries'
+    functions are defined once, when the library is loaded, instead of on every call
+    as a script's are (about 25 us of server time per call for the quota and task
+    libraries, a fifth of a reserve). The library and function are named after the
+    source's SHA1, so two versions of agentic on one Redis never run each other's
+    code. Older servers, and users whose ACL forbids functions, run the same source
+    with ``EVALSHA``. Either way a call is one command; when the server does not
+    know the code (restart without persistence, ``SCRIPT FLUSH``, ``FUNCTION
+    FLUSH``) it is loaded and the call repeated.
+
+    The two forms differ only where a library reads its call's arguments: its lines
+    between ``-- per call {`` and ``-- } per call`` run at the top of the script
+    (``EVALSHA``) or at the top of each function call (``FCALL``), assigning names
+    the library declared above them.
     """
 
     def __init__(self, *files: str) -> None:
         folder = resources.files(__package__).joinpath("lua")
+        texts = [folder.joinpath(name).read_text("utf-8") for name in files]
         self.name = files[-1]
-        self.source = "\n".join(folder.joinpath(name).read_text("utf-8") for name in files)
+        self.source = "\n".join(texts)
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+        self.function = f"agentic_{self.sha}"
+        *libraries, body = texts
+        per_call = [part for text in libraries for part in _PER_CALL.findall(text)]
+        self.library = "\n".join(
+            [
+                f"#!lua name={self.function}",
+                "local KEYS, ARGV",
+                *(_PER_CALL.sub("", text) for text in libraries),
+                f"redis.register_function('{self.function}', function(keys, args)",
+                "KEYS, ARGV = keys, args",
+                *per_call,
+                body,
+                "end)",
+            ]
+        )
 
     def __call__(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str] = ()) -> Any:
         # Every store operation comes through here: a plain try costs nothing on
         # success, where translate_errors (a generator) costs about 2 us per call.
         try:
+            if client.connection_pool not in _NO_FUNCTIONS:
+                try:
+                    return self._fcall(client, args, keys)
+                except ResponseError as exc:
+                    if not self._load(client, exc):
+                        return client.evalsha(self.sha, len(keys), *keys, *args)
+                return self._fcall(client, args, keys)
             try:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
             except NoScriptError:
@@ -184,6 +233,35 @@ class Script:
                 return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.RedisError as exc:
             raise _store_error(exc, f"script {self.name}") from exc
+
+    def _fcall(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str]) -> Any:
+        # redis-py types fcall's varargs as lists; they are keys, then arguments.
+        return cast(Any, client).fcall(self.function, len(keys), *keys, *args)
+
+    def _load(self, client: redis.Redis, refusal: ResponseError) -> bool:
+        """Load the library after ``refusal`` of an FCALL: whether it is loaded (call
+        again); False when this server runs scripts only (then loaded as a script)."""
+        if not _refuses_functions(refusal):
+            if not str(refusal).startswith("Function not found"):
+                raise refusal
+            try:
+                client.function_load(self.library, replace=True)
+            except ResponseError as exc:
+                if not _refuses_functions(exc):
+                    raise
+                refusal = exc
+            else:
+                return True
+        log.info("Redis runs agentic's Lua as scripts, not functions (%s)", refusal)
+        _NO_FUNCTIONS.add(client.connection_pool)
+        client.script_load(self.source)
+        return False
+
+
+def _refuses_functions(exc: ResponseError) -> bool:
+    """Whether a refusal says that Redis Functions cannot be used here (a server
+    before 7.0, an ACL that does not allow them)."""
+    return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
 
 
 def read_store_id(client: redis.Redis, prefix: str) -> str:

@@ -2,8 +2,9 @@
 
 The scripts (``lua/quota_*.lua``) run the algorithm of :mod:`agentic.stores._engine`
 inside Redis: sweep expired reservations, roll the period, apply the rules of
-:mod:`agentic.quota`, write. ``reserve`` and ``settle`` are each ONE EVALSHA, so
-they are atomic across every machine and cost one round trip. Time is the server's
+:mod:`agentic.quota`, write. ``reserve`` and ``settle`` are each ONE command (``FCALL``,
+or ``EVALSHA`` before Redis 7), so they are atomic across every machine and cost one
+round trip. Time is the server's
 ``TIME`` unless a clock is injected (tests).
 
 Lua decides and writes; Python describes. When the script refuses (or answers a

@@ -6,7 +6,12 @@
 -- numbers below 1e17 (every count and amount) print the same digits with %d
 -- (-0 as 0), in half the time; x % 1 is NaN for infinities and NaN: %.17g.
 
-local format = string.format
+-- Library globals (string, math, cjson) are out of reach while a Redis Function
+-- library loads, so string.format is looked up at each call (see Script in _conn.py).
+local format
+-- per call {
+format = string.format
+-- } per call
 
 local function num(x)
   if x % 1 == 0 and x > -1e17 and x < 1e17 then

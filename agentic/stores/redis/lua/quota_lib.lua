@@ -11,24 +11,26 @@
 --            no events: a settle records usage_recorded in the log with itself)
 --   [17..]   the script's own arguments: arg(1), arg(2), ...
 
-local K = {
+local DAY, HOUR = 86400, 3600
+local K, LOG, NOW, START, END, NOW_TEXT
+-- per call {
+K = {
   allowance = ARGV[3], allowances = ARGV[4], limits = ARGV[5], agent = ARGV[6],
   agents = ARGV[7], model = ARGV[8], requests = ARGV[9], held = ARGV[10],
   expiry = ARGV[11], settled = ARGV[12], settled_at = ARGV[13],
 }
-local LOG = {seq = ARGV[14], stream = ARGV[15], ids = ARGV[16]}
+LOG = {seq = ARGV[14], stream = ARGV[15], ids = ARGV[16]}
+NOW = clock(ARGV[1])
+-- quota.period_bounds: the day containing NOW at the UTC offset ARGV[2]
+START = math.floor((NOW + tonumber(ARGV[2])) / DAY) * DAY - tonumber(ARGV[2])
+END = START + DAY
+-- NOW as stored and replied: formatted once for the sweep, the writes and the reply.
+NOW_TEXT = num(NOW)
+-- } per call
+
 local function arg(i)
   return ARGV[16 + i]
 end
-
-local DAY, HOUR = 86400, 3600
-local NOW = clock(ARGV[1])
--- quota.period_bounds: the day containing NOW at the given UTC offset
-local OFFSET = tonumber(ARGV[2])
-local START = math.floor((NOW + OFFSET) / DAY) * DAY - OFFSET
-local END = START + DAY
--- NOW as stored and replied: formatted once for the sweep, the writes and the reply.
-local NOW_TEXT = num(NOW)
 
 -- A stored number, or the default when the field is missing (false).
 local function stored(value, default)

@@ -11,11 +11,14 @@
 -- '' for none, lists are JSON. Every script checks everything before its first
 -- write, so a refused call changes nothing.
 
-local HEAD = {
+local HEAD, LOG
+-- per call {
+HEAD = {
   data = ARGV[1], dependents = ARGV[2], logs = ARGV[3], idempotency = ARGV[4],
   leases = ARGV[5], order = ARGV[6], status = ARGV[7], retired = ARGV[8],
 }
-local LOG = {seq = ARGV[9], stream = ARGV[10], ids = ARGV[11]}
+LOG = {seq = ARGV[9], stream = ARGV[10], ids = ARGV[11]}
+-- } per call
 local BASE = 11
 local RANK = {critical = 0, high = 1, medium = 2, low = 3}
 
