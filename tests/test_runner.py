@@ -239,6 +239,40 @@ def test_handler_exception_fails_task_and_charges_half(system: System) -> None:
     assert EventType.TASK_FAILED in system.events.kinds()
 
 
+def test_an_exception_whose_message_fails_still_fails_the_task(system: System) -> None:
+    """A handler exception whose __str__ raises fails the task under its type's name."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise AttributeError("no response")
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        raise Unprintable
+
+    runner = system.started(handler)
+    task = system.finished(system.submit().id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 1)
+    assert task.result is not None
+    assert task.result.error_message.startswith("Unprintable (its message could not be read")
+    wait_for(lambda: runner.failed == 1 and runner.load == 0)
+
+
+def test_a_runner_bug_judging_an_attempt_fails_it_and_frees_the_slot(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should judging an attempt's end raise, the task still fails and the slot frees."""
+
+    def broken(attempt: object, max_job_duration: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("agentic.runner._runner.decide", broken)
+    runner = system.started(lambda task, ctx: "done")
+    task = system.finished(system.submit().id)
+    assert (task.status, task.retry_count) == (TaskStatus.PENDING, 1)
+    assert task.result is not None and task.result.error_message == "agent error: bug"
+    wait_for(lambda: runner.load == 0 and runner.errors >= 1)
+
+
 def test_failed_result_fails_task(system: System) -> None:
     """A returned TaskResult(success=False) fails the attempt with its message."""
     system.started(lambda task, ctx: TaskResult(success=False, error_message="no luck"))

@@ -10,7 +10,7 @@ from enum import StrEnum
 from ..models import QuotaEvent, Task, TaskResult
 from ._context import InfrastructureError, TaskContext
 
-__all__ = ["Attempt", "Outcome", "Report", "Stop", "attempt_key", "decide"]
+__all__ = ["Attempt", "Outcome", "Report", "Stop", "attempt_key", "decide", "describe"]
 
 # The complete request must stay under the server's body limit (1 MiB by default).
 _MAX_OUTPUT_CHARS = 256 * 1024
@@ -144,8 +144,17 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
     if kind is Stop.TIMEOUT:
         return _failed(failed, timed_out)
     if error is not None:
-        return _failed(failed, str(error) or type(error).__name__)
+        return _failed(failed, describe(error))
     return _failed(failed, failed.error_message or "the handler reported failure")
+
+
+def describe(error: BaseException) -> str:
+    """The error's message, else its type's name; never raises, whatever the
+    exception's ``__str__`` does (the task must still be reported)."""
+    try:
+        return str(error) or type(error).__name__
+    except Exception as exc:
+        return f"{type(error).__name__} (its message could not be read: {type(exc).__name__})"
 
 
 def _failed(result: TaskResult, reason: str) -> Outcome:

@@ -16,10 +16,10 @@ from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError
 from ..events import Event, EventEmitter, EventType, transition_id
-from ..models import AgentInfo, Task, TaskStatus
+from ..models import AgentInfo, Task, TaskResult, TaskStatus
 from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
-from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide
+from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide, describe
 from ._context import Handler, TaskContext, call_handler
 from ._presence import Presence
 from ._reporting import Reporter
@@ -313,19 +313,29 @@ class AgentRunner:
     # --- one attempt ---
     def _supervise(self, attempt: Attempt) -> None:
         """Run the handler in its own thread and enforce max_job_duration."""
-        threading.Thread(
-            target=self._run_handler,
-            args=(attempt,),
-            name=f"agentic-handler-{attempt.task.id}",
-            daemon=True,
-        ).start()
-        if not attempt.wait(self.max_job_duration):
-            attempt.stop(Stop.TIMEOUT, f"timed out after {self.max_job_duration:g} s")
-        # Asked to stop (timeout, shutdown, lost lease): the handler gets cancel_grace.
-        if not attempt.done.wait(self.cancel_grace):
-            # Python cannot kill a thread: the handler is abandoned, its slot freed.
-            log.warning("task %s: the handler ignored cancellation", attempt.task.id)
-        self._finish(attempt, decide(attempt, self.max_job_duration))
+        try:
+            threading.Thread(
+                target=self._run_handler,
+                args=(attempt,),
+                name=f"agentic-handler-{attempt.task.id}",
+                daemon=True,
+            ).start()
+            if not attempt.wait(self.max_job_duration):
+                attempt.stop(Stop.TIMEOUT, f"timed out after {self.max_job_duration:g} s")
+            # Asked to stop (timeout, shutdown, lost lease): the handler gets cancel_grace.
+            if not attempt.done.wait(self.cancel_grace):
+                # Python cannot kill a thread: the handler is abandoned, its slot freed.
+                log.warning("task %s: the handler ignored cancellation", attempt.task.id)
+            outcome = decide(attempt, self.max_job_duration)
+        except Exception as exc:
+            # A bug here must not leave the task held (its lease renewed) forever.
+            self._error(f"task {attempt.task.id}: could not judge how it ended", exc)
+            outcome = Outcome(
+                Report.FAILED,
+                TaskResult(success=False, error_message=f"agent error: {describe(exc)}"),
+                f"agent error: {describe(exc)}",
+            )
+        self._finish(attempt, outcome)
 
     def _run_handler(self, attempt: Attempt) -> None:
         try:
