@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -78,6 +77,7 @@ from ._client_wire import (
     EventPage,
     RetryDelay,
     claim_answers,
+    encode_body,
     error_from,
     fenced,
     list_params,
@@ -171,7 +171,7 @@ class AsyncTaskClient:
         sent_headers = dict(headers or {})
         content = None
         if body is not None:
-            content = json.dumps(body).encode()
+            content = encode_body(body)
             sent_headers["Content-Type"] = "application/json"
         attempt = 0
         while True:

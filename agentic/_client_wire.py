@@ -6,6 +6,7 @@ the public methods.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -44,6 +45,7 @@ __all__ = [
     "RetryDelay",
     "api_error",
     "claim_answers",
+    "encode_body",
     "error_from",
     "fenced",
     "list_params",
@@ -303,3 +305,17 @@ def claim_answers(
         else:
             answers.append(api_error(outcome.code, outcome.message, outcome.details))
     return answers
+
+
+def encode_body(body: Any) -> bytes:
+    """A request body as JSON in UTF-8 (non-ASCII text as itself: a third of its
+    ``\\uXXXX`` escapes' size). Text that is not valid Unicode (a lone surrogate)
+    is refused here, before anything is sent."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(
+            f"the request holds text that is not valid Unicode ({exc.reason} at"
+            f" {exc.object[exc.start : exc.end]!r}), for example bytes decoded with"
+            " surrogateescape: decode them with errors='replace' before sending"
+        ) from exc

@@ -44,7 +44,6 @@ repeat cannot do the work twice:
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -71,6 +70,7 @@ from ._client_wire import (
     EventPage,
     RetryDelay,
     claim_answers,
+    encode_body,
     error_from,
     fenced,
     list_params,
@@ -154,7 +154,7 @@ class TaskClient:
         sent_headers = dict(headers or {})
         content = None
         if body is not None:
-            content = json.dumps(body).encode()
+            content = encode_body(body)
             sent_headers["Content-Type"] = "application/json"
         attempt = 0
         while True:

@@ -62,8 +62,8 @@ anything is sent. Make one per loop and keep it (building one takes about 40 ms)
         'with self._refusals(f"GET {self.base_url}{path}"):  # noqa: SIM117 - as the async one\n',
     ),
     (
-        "import asyncio\nimport contextlib\nimport json\n",
-        "import contextlib\nimport json\nimport time\n",
+        "import asyncio\nimport contextlib\nimport uuid\n",
+        "import contextlib\nimport time\nimport uuid\n",
     ),
     (
         '__all__ = ["MAX_CLAIM_BATCH", "AsyncTaskClient", "Claim", "EventPage", "LogEvent",'

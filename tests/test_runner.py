@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -146,9 +147,16 @@ class System:
 
 @pytest.fixture
 def system() -> Iterator[System]:
+    with build_system() as made:
+        yield made
+
+
+@contextlib.contextmanager
+def build_system(**app_options: Any) -> Iterator[System]:
+    """A System whose task server is made with ``app_options``; runners stopped after."""
     log = MemoryEventLog()
     tasks = MemoryTaskStore(events=log)
-    with running_server(tasks, requeue_interval=None) as url:
+    with running_server(tasks, requeue_interval=None, **app_options) as url:
         registry, quota, events = MemoryRegistry(), MemoryAllowanceStore(), Recorder()
         client = TaskClient(url, token="", retries=0)
         dispatcher = Dispatcher(registry, DefaultRouter(), AllowanceService(quota), client)

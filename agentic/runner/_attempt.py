@@ -9,12 +9,18 @@ from enum import StrEnum
 
 from ..models import QuotaEvent, Task, TaskResult
 from ._context import InfrastructureError, TaskContext
+from ._sizes import clean, tail_within, within
 
-__all__ = ["Attempt", "Outcome", "Report", "Stop", "attempt_key", "decide", "describe"]
+__all__ = ["Attempt", "Outcome", "Report", "Stop", "attempt_key", "decide", "describe", "shrink"]
 
-# The complete request must stay under the server's body limit (1 MiB by default).
-_MAX_OUTPUT_CHARS = 256 * 1024
-_MAX_ERROR_CHARS = 16 * 1024
+# The complete request must stay under the server's body limit (1 MiB by default):
+# bytes of JSON (see _sizes), whatever the characters.
+_MAX_OUTPUT_BYTES = 256 * 1024
+_MAX_ERROR_BYTES = 16 * 1024
+_MAX_ARTIFACTS_BYTES = 64 * 1024
+# What is sent when the task API refuses even that (413: a lower limit configured).
+_SHRUNK_OUTPUT_BYTES = 8 * 1024
+_SHRUNK_ERROR_BYTES = 4 * 1024
 
 
 def attempt_key(task: Task) -> tuple[str, str, str]:
@@ -162,16 +168,23 @@ def _failed(result: TaskResult, reason: str) -> Outcome:
     return Outcome(Report.FAILED, _clip(failed), reason)
 
 
-def _tail(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return "[truncated]\n" + text[-limit:]
-
-
 def _clip(result: TaskResult) -> TaskResult:
     return result.model_copy(
         update={
-            "output": _tail(result.output, _MAX_OUTPUT_CHARS),
-            "error_message": _tail(result.error_message, _MAX_ERROR_CHARS),
+            "output": tail_within(clean(result.output), _MAX_OUTPUT_BYTES),
+            "error_message": tail_within(clean(result.error_message), _MAX_ERROR_BYTES),
+            "artifacts": within([clean(a) for a in result.artifacts], _MAX_ARTIFACTS_BYTES),
+        }
+    )
+
+
+def shrink(result: TaskResult) -> TaskResult:
+    """``result`` cut to a few KiB, for a task API that refused it whole (413)."""
+    note = "[agentic: the task API refused the whole result as too large]\n"
+    return result.model_copy(
+        update={
+            "output": note + tail_within(result.output, _SHRUNK_OUTPUT_BYTES),
+            "error_message": tail_within(result.error_message, _SHRUNK_ERROR_BYTES),
+            "artifacts": within(result.artifacts, _SHRUNK_ERROR_BYTES),
         }
     )

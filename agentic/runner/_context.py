@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from ..client import TaskClient
-from ..errors import AgenticError, ConfigError
+from ..errors import AgenticError, APIError, ConfigError
 from ..models import Task, TaskResult, TaskUpdate
+from ._sizes import clean, json_bytes
 
 __all__ = [
     "Handler",
@@ -33,10 +34,12 @@ Handler: TypeAlias = Callable[[Task, "TaskContext"], HandlerResult | Awaitable[H
 # One log line past this is cut: a runaway line must not make an append request
 # exceed the server's body limit.
 MAX_LINE_CHARS = 16 * 1024
-# Lines per append request and characters per request (the server refuses bodies
-# over 1 MiB by default; JSON escaping can double the size of a line).
+# Lines per append request and bytes of JSON per request (see _sizes: the server
+# refuses bodies over 1 MiB by default).
 _BATCH_LINES = 500
-_BATCH_CHARS = 256 * 1024
+_BATCH_BYTES = 256 * 1024
+# A line the task API refuses alone (413: a lower body limit) is sent cut to this.
+_REFUSED_LINE_CHARS = 1024
 
 
 class InfrastructureError(AgenticError):
@@ -150,7 +153,7 @@ class TaskContext:
     # --- logs ---
     def log(self, line: str) -> None:
         """Add a line (several if it contains newlines) to the task's log."""
-        parts = str(line).splitlines() or [""]
+        parts = clean(str(line)).splitlines() or [""]
         with self._lock:
             self._lines.extend(
                 part if len(part) <= MAX_LINE_CHARS else part[:MAX_LINE_CHARS] + " [cut]"
@@ -192,11 +195,28 @@ class TaskContext:
             sent = 0
             try:
                 for batch in _batches(lines):
-                    self._client.append_logs(self._task.id, batch)
+                    self._append(batch)
                     sent += len(batch)
             except AgenticError:
                 with self._lock:
                     self._lines[:0] = lines[sent:]
+                raise
+
+    def _append(self, batch: list[str]) -> None:
+        """Send ``batch``; refused as too large (a task API with a lower body limit),
+        sent in halves, and a line refused alone is sent cut."""
+        try:
+            self._client.append_logs(self._task.id, batch)
+        except APIError as exc:
+            if not (exc.from_response and exc.code == 413):
+                raise
+            if len(batch) > 1:
+                self._append(batch[: len(batch) // 2])
+                self._append(batch[len(batch) // 2 :])
+            elif len(batch[0]) > _REFUSED_LINE_CHARS:
+                cut = batch[0][:_REFUSED_LINE_CHARS] + " [cut: the task API refused it whole]"
+                self._append([cut])
+            else:
                 raise
 
     def _header(self) -> str:
@@ -255,11 +275,12 @@ def _batches(lines: list[str]) -> list[list[str]]:
     current: list[str] = []
     size = 0
     for line in lines:
-        if current and (len(current) >= _BATCH_LINES or size + len(line) > _BATCH_CHARS):
+        length = json_bytes(line) + 1
+        if current and (len(current) >= _BATCH_LINES or size + length > _BATCH_BYTES):
             batches.append(current)
             current, size = [], 0
         current.append(line)
-        size += len(line)
+        size += length
     if current:
         batches.append(current)
     return batches

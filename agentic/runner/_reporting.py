@@ -19,7 +19,7 @@ from ..errors import (
 )
 from ..models import QuotaEvent, Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
-from ._attempt import Attempt, Outcome, Report, attempt_key
+from ._attempt import Attempt, Outcome, Report, attempt_key, shrink
 
 __all__ = ["Reporter"]
 
@@ -183,9 +183,7 @@ class Reporter:
                         task.id, agent_id=self.agent_id, job_id=task.job_id, reason=outcome.reason
                     )
                 else:
-                    self.client.complete_task(
-                        task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
-                    )
+                    self._complete(task, outcome)
             except AgenticError as exc:
                 if _refused(exc):
                     sent = False  # refused before any work: nothing can have landed
@@ -203,6 +201,22 @@ class Reporter:
                 exc,
             )
         return False
+
+    def _complete(self, task: Task, outcome: Outcome) -> None:
+        """Complete (or fail) the task; should the task API refuse the result as too
+        large (413: a body limit below the 1 MiB results are clipped to), it is sent
+        again cut to a few KiB: refused, nothing landed, so the resend is safe."""
+        try:
+            self.client.complete_task(
+                task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
+            )
+        except APIError as exc:
+            if not (exc.from_response and exc.code == 413):
+                raise
+            self._error(f"task {task.id}: result refused as too large; sending it cut", exc)
+            self.client.complete_task(
+                task.id, shrink(outcome.result), agent_id=self.agent_id, job_id=task.job_id
+            )
 
     def give_back(self, task: Task, reason: str) -> bool:
         """Release a claimed task that never ran here, then give its reservation back
