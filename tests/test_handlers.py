@@ -395,3 +395,16 @@ def test_progress_is_clamped_and_usage_adds_up() -> None:
     assert ctx.models == ["m1", "m2"]
     with pytest.raises(ConfigError):
         ctx.usage("m1", -1, 0)
+
+
+def test_a_task_that_is_not_unicode_fails_before_the_command_starts(tmp_path: Path) -> None:
+    """A lone surrogate in the task is the handler's error, raised before the command runs."""
+    marker = tmp_path / "ran"
+    task = Task(id="t1", title="fix", description="see \ud800 log")
+    for handler in (
+        SubprocessHandler(["sh", "-c", f"touch {marker}"]),
+        SubprocessHandler(["sh", "-c", f"touch {marker}"], format="json"),
+    ):
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            handler(task, TaskContext(task, RecordingClient()))
+    assert not marker.exists()

@@ -871,6 +871,27 @@ def test_follow_unknown_task_is_404(api: TestClient) -> None:
 # --- bad input never changes state ---
 
 
+def test_a_lone_surrogate_is_malformed_json_and_stores_nothing(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """A string escaping a lone surrogate (not Unicode) is a 400; lists still answer."""
+    held = claimed_by(store)
+    before = (store.list(), store.logs(held.id))
+    json_headers = {**ADMIN, "Content-Type": "application/json"}
+    for path, body in (
+        ("/api/tasks", b'{"title": "fix", "description": "see \\ud800 log"}'),
+        ("/api/tasks", b'{"title": "fix", "labels": ["\\uDC00"]}'),
+        (f"/api/tasks/{held.id}/logs", b'{"lines": ["a \\udfff b"]}'),
+    ):
+        answer = assert_error(api.post(path, content=body, headers=json_headers), 400)
+        assert "lone surrogate" in answer["details"] and "not valid Unicode" in answer["details"]
+    assert (store.list(), store.logs(held.id)) == before
+    pair = b'{"title": "smile \\ud83d\\ude00"}'  # a surrogate pair is one valid character
+    made = api.post("/api/tasks", content=pair, headers=json_headers)
+    assert made.status_code == 201 and made.json()["title"] == "smile \U0001f600"
+    assert api.get("/api/tasks", headers=ADMIN).status_code == 200
+
+
 def test_bad_input_gets_4xx_and_changes_nothing(api: TestClient, store: MemoryTaskStore) -> None:
     """Malformed JSON 400, invalid bodies 422, oversize 413; the store is untouched."""
     held = claimed_by(store)

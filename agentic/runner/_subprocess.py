@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
+from pydantic_core import PydanticSerializationError
+
 from ..errors import ConfigError
 from ..models import Task, TaskResult
 from ._context import InfrastructureError, TaskCancelled, TaskContext
@@ -148,18 +150,31 @@ class SubprocessHandler:
         with tempfile.TemporaryDirectory(prefix="agentic-task-") as tmp:
             usage = Path(tmp) / "usage.jsonl"
             try:
+                payload = self._encoded(task)
                 if self.input == "stdin":
-                    return self._run(self.argv, task, ctx, self.payload(task), usage)
+                    return self._run(self.argv, task, ctx, payload, usage)
                 path = Path(tmp) / ("task.json" if self.format == "json" else "task.txt")
-                path.write_text(self.payload(task), encoding="utf-8")
+                path.write_bytes(payload)
                 argv = [a.replace(_FILE, str(path)) for a in self.argv]
                 return self._run(argv, task, ctx, None, usage)
             finally:
                 # Whatever the outcome (a failure, a timeout, a cancel): spent is spent.
                 _charge_usage(usage, task, ctx)
 
+    def _encoded(self, task: Task) -> bytes:
+        """The payload as UTF-8, before anything starts: a task whose text is not valid
+        Unicode (a lone surrogate) fails here with a message, not in a writer thread
+        that would leave the command reading nothing."""
+        try:
+            return self.payload(task).encode("utf-8")
+        except (UnicodeEncodeError, PydanticSerializationError) as exc:
+            raise ValueError(
+                f"task {task.id} holds text that is not valid Unicode ({exc});"
+                f" it cannot be given to {self.argv[0]!r}"
+            ) from exc
+
     def _run(
-        self, argv: list[str], task: Task, ctx: TaskContext, stdin: str | None, usage: Path
+        self, argv: list[str], task: Task, ctx: TaskContext, stdin: bytes | None, usage: Path
     ) -> TaskResult:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
         env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage)}
@@ -324,9 +339,9 @@ def _read(stream: IO[bytes] | None, ctx: TaskContext, tail: _Tail, prefix: str) 
             ctx.log(prefix + line.rstrip("\r\n"))
 
 
-def _write(stream: IO[bytes] | None, text: str) -> None:
+def _write(stream: IO[bytes] | None, data: bytes) -> None:
     if stream is None:
         return
     # The command may exit without reading its input: a broken pipe is its choice.
     with contextlib.suppress(BrokenPipeError, OSError), stream:
-        stream.write(text.encode("utf-8"))
+        stream.write(data)

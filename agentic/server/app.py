@@ -43,6 +43,7 @@ from ._auth import Auth, Principal, token_key
 from ._calls import StoreCalls
 from ._changes import CHANGES_HEADER, EVENTS_TOPIC, Changes, Relay
 from ._errors import describe, details_text, install_error_handlers
+from ._json import UnicodeRoute
 from ._limits import RateLimiter
 from ._metrics import Guard, Metrics
 from ._schemas import (
@@ -257,6 +258,7 @@ def create_app(
                 await to_thread.run_sync(relay.stop)  # joins its threads: not on the loop
 
     app = FastAPI(title="agentic task API", version="1", lifespan=lifespan, responses=_ERRORS)
+    app.router.route_class = UnicodeRoute  # before the routes below are added
     app.state.metrics = metrics
     app.state.auth = auth
     app.state.calls = calls
