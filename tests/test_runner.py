@@ -317,6 +317,25 @@ def test_timeout_cancels_and_fails(system: System) -> None:
     assert task.retry_count == 1
 
 
+def test_the_allowance_max_job_duration_is_enforced_when_smaller(system: System) -> None:
+    """The allowance's max_job_duration, read again each heartbeat, limits attempts too."""
+    seen: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.cancel_event.wait(5)
+        seen.append(ctx.cancel_reason)
+        raise TaskCancelled(ctx.cancel_reason)
+
+    runner = system.started(handler, max_job_duration=30.0)
+    system.quota.set_allowance(AgentAllowance(agent_id=AGENT, max_job_duration=0.3))
+    wait_for(lambda: runner._job_limit() == 0.3)
+    task = system.finished(system.submit().id)
+    assert seen == ["timed out after 0.3 s"]
+    assert task.result is not None and task.result.error_message == "timed out after 0.3 s"
+    system.quota.set_allowance(AgentAllowance(agent_id=AGENT))  # no limit there any more
+    wait_for(lambda: runner._job_limit() == 30.0)
+
+
 def test_timeout_of_async_handler_cancels_its_coroutine(system: System) -> None:
     """An async handler is cancelled through asyncio when its time is up."""
     cancelled = threading.Event()

@@ -14,7 +14,9 @@
   every task it holds, and flushes log lines. A lease that cannot be renewed
   because the task is no longer ours cancels the handler; nothing is reported for it.
 * **Runs each task** in its own thread with a :class:`TaskContext`. After
-  ``max_job_duration`` the context is cancelled; a handler still running
+  ``max_job_duration`` (the runner's, or the agent allowance's when smaller: its
+  reservations expire then, freeing the concurrency slot; re-read every
+  ``heartbeat_interval``) the context is cancelled; a handler still running
   ``cancel_grace`` later is abandoned (Python cannot kill a thread) and the task is
   failed as "timed out after N s". :class:`SubprocessHandler` kills its process
   group on cancellation, so it does stop.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -143,6 +144,10 @@ class AgentRunner:
         self._infrastructure_failures = 0
         self._paused_until = 0.0
         self._ran = False
+        #: the agent allowance's max_job_duration (None: none), read at start and
+        #: again every heartbeat_interval by the poll loop; monotonic time of the read
+        self._allowed_duration: float | None = None
+        self._allowance_read = -math.inf
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
@@ -175,7 +180,7 @@ class AgentRunner:
             self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
             log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
             self._check_server()
-            self._check_allowance()
+            self._read_allowance(warn=True)
             maintenance = threading.Thread(
                 target=self._maintain, name=f"agentic-runner-{self.agent_id}", daemon=True
             )
@@ -226,22 +231,37 @@ class AgentRunner:
                 self.client.base_url,
             )
 
-    def _check_allowance(self) -> None:
-        """Warn when this agent has no allowance: quotas fail closed, so a dispatcher
-        gives it no work, and nothing on the agent's side would say why."""
+    def _read_allowance(self, warn: bool = False) -> None:
+        """Read this agent's allowance for its ``max_job_duration``, which the runner
+        enforces as its own (the smaller of the two wins): the allowance's
+        reservations expire then, freeing the concurrency slot, so a job must end by
+        then too. ``warn``: say so when there is no allowance (quotas fail closed, so
+        a dispatcher gives it no work, and nothing on the agent's side would say why).
+        A failed read keeps what was known."""
         if self.allowance is None:
             return
+        self._allowance_read = time.monotonic()
         try:
-            self.allowance.store.get_allowance(self.agent_id)
+            allowance = self.allowance.store.get_allowance(self.agent_id)
         except NotFoundError:
-            log.warning(
-                "agent %s has no allowance, so no dispatcher will give it work: set one,"
-                " e.g. `agentic allowance set %s --daily-jobs 100`",
-                self.agent_id,
-                self.agent_id,
-            )
+            self._allowed_duration = None
+            if warn:
+                log.warning(
+                    "agent %s has no allowance, so no dispatcher will give it work: set"
+                    " one, e.g. `agentic allowance set %s --daily-jobs 100`",
+                    self.agent_id,
+                    self.agent_id,
+                )
         except AgenticError as exc:  # the quota store's own failures show on first use
             log.debug("could not read agent %s's allowance: %s", self.agent_id, exc)
+        else:
+            self._allowed_duration = allowance.max_job_duration or None
+
+    def _job_limit(self) -> float | None:
+        """Seconds an attempt may run: the runner's max_job_duration or the
+        allowance's, whichever is smaller; None for no limit."""
+        limits = [d for d in (self.max_job_duration, self._allowed_duration) if d is not None]
+        return min(limits) if limits else None
 
     # --- registration and the poll loop ---
     def _poll_loop(self, stop: threading.Event) -> None:
@@ -255,6 +275,8 @@ class AgentRunner:
         failures = 0
         token: str | None = ""
         while not stop.is_set():
+            if time.monotonic() - self._allowance_read >= self.heartbeat_interval:
+                self._read_allowance()
             try:
                 tasks, token = self.client.watch_tasks(
                     token or "",
@@ -320,13 +342,14 @@ class AgentRunner:
                 name=f"agentic-handler-{attempt.task.id}",
                 daemon=True,
             ).start()
-            if not attempt.wait(self.max_job_duration):
-                attempt.stop(Stop.TIMEOUT, f"timed out after {self.max_job_duration:g} s")
+            limit = self._job_limit()
+            if not attempt.wait(limit):
+                attempt.stop(Stop.TIMEOUT, f"timed out after {limit:g} s")
             # Asked to stop (timeout, shutdown, lost lease): the handler gets cancel_grace.
             if not attempt.done.wait(self.cancel_grace):
                 # Python cannot kill a thread: the handler is abandoned, its slot freed.
                 log.warning("task %s: the handler ignored cancellation", attempt.task.id)
-            outcome = decide(attempt, self.max_job_duration)
+            outcome = decide(attempt, limit)
         except Exception as exc:
             # A bug here must not leave the task held (its lease renewed) forever.
             self._error(f"task {attempt.task.id}: could not judge how it ended", exc)
