@@ -23,6 +23,7 @@ from agentic.runner import (
     TaskContext,
 )
 from agentic.runner._context import call_handler
+from agentic.runner._subprocess import _UsageFile
 from agentic.stores.memory import MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
@@ -408,3 +409,30 @@ def test_a_task_that_is_not_unicode_fails_before_the_command_starts(tmp_path: Pa
         with pytest.raises(ValueError, match="not valid Unicode"):
             handler(task, TaskContext(task, RecordingClient()))
     assert not marker.exists()
+
+
+def test_usage_after_the_settle_is_reported_as_an_error() -> None:
+    """Tokens reported once the runner read the totals are not charged, and said so."""
+    errors: list[str] = []
+    ctx = TaskContext(TASK, RecordingClient(), on_error=lambda what, exc: errors.append(str(exc)))
+    ctx.usage("m", 10, 5)
+    assert ctx.settle_tokens() == (10, 5)
+    ctx.usage("m", 7, 0)
+    assert ctx.tokens == (10, 5)
+    assert errors == ["7 + 0 tokens on 'm' reported after the job was settled: not charged"]
+
+
+def test_the_usage_file_is_charged_as_it_grows_each_line_once(tmp_path: Path) -> None:
+    """Complete lines are charged once each; an unfinished one waits for the last read."""
+    ctx = TaskContext(TASK, RecordingClient())
+    path = tmp_path / "usage.jsonl"
+    usage = _UsageFile(path, TASK, ctx)
+    usage.charge(final=False)  # no file yet: nothing to charge
+    path.write_text('{"model": "m", "tokens_in": 10}\n{"model": "m", "tok')
+    usage.charge(final=False)
+    assert ctx.tokens == (10, 0)
+    with path.open("a") as file:
+        file.write('ens_in": 5}')
+    usage.charge(final=True)
+    usage.charge(final=True)
+    assert ctx.tokens == (15, 0)

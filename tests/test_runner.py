@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,10 +31,18 @@ from agentic.events import Event, EventEmitter, EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.retry import RetryPolicy
 from agentic.router import DefaultRouter
-from agentic.runner import AgentRunner, Handler, InfrastructureError, TaskCancelled, TaskContext
+from agentic.runner import (
+    AgentRunner,
+    Handler,
+    InfrastructureError,
+    SubprocessHandler,
+    TaskCancelled,
+    TaskContext,
+)
 from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
+from tests.test_handlers import gone
 
 AGENT = "a1"
 FAST_RETRY = RetryPolicy(max_retries=3, base=0.01, cap=0.02)
@@ -334,6 +343,28 @@ def test_the_allowance_max_job_duration_is_enforced_when_smaller(system: System)
     assert task.result is not None and task.result.error_message == "timed out after 0.3 s"
     system.quota.set_allowance(AgentAllowance(agent_id=AGENT))  # no limit there any more
     wait_for(lambda: runner._job_limit() == 30.0)
+
+
+def test_a_command_ignoring_sigterm_is_killed_in_time_and_its_usage_charged(
+    system: System, tmp_path: Path
+) -> None:
+    """Cancelled, a command that ignores SIGTERM is killed within the runner's
+    cancel_grace and the tokens it reported are settled with its job."""
+    pid_file = tmp_path / "pid"
+    script = (
+        'echo \'{"model": "m", "tokens_in": 1000, "tokens_out": 0}\' >> "$AGENTIC_USAGE_FILE";'
+        f" echo $$ > {pid_file}; trap '' TERM; while true; do sleep 0.05; done"
+    )
+    handler = SubprocessHandler(["sh", "-c", script], kill_grace=30.0)
+    runner = system.started(handler, max_job_duration=0.3, cancel_grace=1.0)
+    started = time.monotonic()
+    task = system.finished(system.submit().id)
+    assert time.monotonic() - started < 3.0
+    assert task.result is not None and task.result.error_message == "timed out after 0.3 s"
+    wait_for(lambda: system.quota.get_usage(AGENT).active_jobs == 0)
+    assert system.quota.get_usage(AGENT).tokens_used == 500  # failed: half is charged
+    assert gone(int(pid_file.read_text()))
+    assert runner.errors == 0
 
 
 def test_timeout_of_async_handler_cancels_its_coroutine(system: System) -> None:

@@ -87,11 +87,14 @@ class TaskContext:
         *,
         on_error: Callable[[str, Exception], None] | None = None,
         max_buffered_lines: int = 10_000,
+        cancel_grace: float = 5.0,
     ) -> None:
         self._task = task
         self._client = client
         self._on_error = on_error
         self._max_lines = max_buffered_lines
+        #: seconds a handler has, once cancelled, before the runner abandons it
+        self.cancel_grace = cancel_grace
         self.workdir: Path | None = None
         self._cancel = threading.Event()
         self._cancel_reason = ""
@@ -103,6 +106,7 @@ class TaskContext:
         self._dropped = 0
         self._headed = False  # the attempt's first line is in the buffer or sent
         self._tokens: dict[str, list[int]] = {}
+        self._settled = False  # the runner read the totals: later usage is too late
 
     @property
     def task(self) -> Task:
@@ -244,9 +248,26 @@ class TaskContext:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         with self._lock:
-            totals = self._tokens.setdefault(str(model), [0, 0])
-            totals[0] += tokens_in
-            totals[1] += tokens_out
+            late = self._settled
+            if not late:
+                totals = self._tokens.setdefault(str(model), [0, 0])
+                totals[0] += tokens_in
+                totals[1] += tokens_out
+        if late:
+            self._report(
+                "usage",
+                AgenticError(
+                    f"{tokens_in} + {tokens_out} tokens on {model!r} reported after the job"
+                    " was settled: not charged"
+                ),
+            )
+
+    def settle_tokens(self) -> tuple[int, int]:
+        """The totals, as :attr:`tokens`, for the runner's settle; usage reported
+        after this is too late to charge and is reported as an error."""
+        with self._lock:
+            self._settled = True
+        return self.tokens
 
     @property
     def tokens(self) -> tuple[int, int]:

@@ -72,7 +72,7 @@ class Reporter:
         job_id = attempt.task.job_id
         if self.allowance is None or not job_id:
             return
-        tokens_in, tokens_out = attempt.ctx.tokens
+        tokens_in, tokens_out = attempt.ctx.settle_tokens()
         model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
         event: QuotaEvent | None = outcome.report.quota_event
         if outcome.before_work and not tokens_in + tokens_out:

@@ -317,7 +317,7 @@ class AgentRunner:
 
     def _start(self, task: Task, key: tuple[str, str, str]) -> None:
         """Create and launch an attempt (called with the lock held)."""
-        ctx = TaskContext(task, self.client, on_error=self._error)
+        ctx = TaskContext(task, self.client, on_error=self._error, cancel_grace=self.cancel_grace)
         attempt = Attempt(task, ctx, key)
         self._attempts[task.id] = attempt
         self._remember(key)

@@ -70,14 +70,18 @@ class SubprocessHandler:
       ``AGENTIC_TASK_ID`` and ``AGENTIC_USAGE_FILE``: a path the command may append
       its token usage to, one JSON object a line (``{"model": "m", "tokens_in": 1200,
       "tokens_out": 300}``; ``model`` defaults to the task's), charged when it ends
-      however it ends (a line that is not one is said in the task's log). ``cwd``
+      however it ends, and on cancellation also before the command is signalled
+      (so its job's settle, which may not wait for a command slow to die, has
+      them; a line that is not one is said in the task's log). ``cwd``
       defaults to the context's ``workdir`` (set by ``GitWorkspace``), else the
       current directory.
     * Exit code 0: success, the output is the last ``output_limit`` characters of
       stdout. Non-zero: failure naming the code (or signal) and the tail of stderr.
     * ``timeout`` (seconds) or the task's cancellation ends the whole process group
       (the command runs in its own session): SIGTERM, then SIGKILL after
-      ``kill_grace``. Descendants left behind after a normal exit are ended the same
+      ``kill_grace`` (on cancellation sooner if the runner's ``cancel_grace`` leaves
+      less: the command must be gone before the runner frees its slot).
+      Descendants left behind after a normal exit are ended the same
       way, so nothing the task started outlives it. Nor does it outlive the agent:
       the command runs under a small guard process (``_guard.py``) that ends the
       group when the agent process disappears (``kill -9``), instead of leaving it
@@ -148,7 +152,7 @@ class SubprocessHandler:
 
     def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
         with tempfile.TemporaryDirectory(prefix="agentic-task-") as tmp:
-            usage = Path(tmp) / "usage.jsonl"
+            usage = _UsageFile(Path(tmp) / "usage.jsonl", task, ctx)
             try:
                 payload = self._encoded(task)
                 if self.input == "stdin":
@@ -159,7 +163,7 @@ class SubprocessHandler:
                 return self._run(argv, task, ctx, None, usage)
             finally:
                 # Whatever the outcome (a failure, a timeout, a cancel): spent is spent.
-                _charge_usage(usage, task, ctx)
+                usage.charge(final=True)
 
     def _encoded(self, task: Task) -> bytes:
         """The payload as UTF-8, before anything starts: a task whose text is not valid
@@ -174,10 +178,15 @@ class SubprocessHandler:
             ) from exc
 
     def _run(
-        self, argv: list[str], task: Task, ctx: TaskContext, stdin: bytes | None, usage: Path
+        self,
+        argv: list[str],
+        task: Task,
+        ctx: TaskContext,
+        stdin: bytes | None,
+        usage: _UsageFile,
     ) -> TaskResult:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
-        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage)}
+        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage.path)}
         _require_executable(argv[0], cwd, env)
         # The guard runs the command and ends its group should this process die.
         guarded = [sys.executable, "-I", str(_GUARD), str(os.getpid()), repr(self.kill_grace)]
@@ -200,9 +209,9 @@ class SubprocessHandler:
         ]
         if stdin is not None:
             threads.append(_thread(_write, process.stdin, stdin))
-        stopped = self._wait(process, ctx)
+        stopped, end_by = self._wait(process, ctx, usage)
         # Whatever happened, the task's process group ends with the task.
-        self._end_group(process)
+        self._end_group(process, end_by)
         for thread in threads:
             thread.join(_READER_JOIN)
         code = process.returncode
@@ -224,32 +233,42 @@ class SubprocessHandler:
             error_message=f"{argv[0]} {how}" + (f": {tail}" if tail else ""),
         )
 
-    def _wait(self, process: subprocess.Popen[bytes], ctx: TaskContext) -> str:
-        """Wait for the process; "exited", "timeout" or "cancelled" (group killed)."""
+    def _wait(
+        self, process: subprocess.Popen[bytes], ctx: TaskContext, usage: _UsageFile
+    ) -> tuple[str, float]:
+        """Wait for the process: "exited", "timeout" or "cancelled" (group killed), and
+        the monotonic time by which what is left of its group must be gone.
+
+        On cancellation the whole ending (SIGTERM, SIGKILL, the rest of the group)
+        fits in ``kill_grace`` or, when shorter, about the runner's ``cancel_grace``
+        less a second: the command must be gone before the runner frees its slot."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while process.poll() is None:
             if ctx.cancel_event.wait(_POLL):
-                self._kill(process)
-                return "cancelled"
+                usage.charge(final=False)  # before the runner's settle, which may not wait
+                budget = min(self.kill_grace, max(ctx.cancel_grace / 2, ctx.cancel_grace - 1))
+                end_by = time.monotonic() + budget
+                self._kill(process, budget / 2)  # the rest of the group gets the rest
+                return "cancelled", end_by
             if deadline is not None and time.monotonic() >= deadline:
-                self._kill(process)
-                return "timeout"
-        return "exited"
+                self._kill(process, self.kill_grace)
+                return "timeout", time.monotonic() + self.kill_grace
+        return "exited", time.monotonic() + self.kill_grace
 
-    def _kill(self, process: subprocess.Popen[bytes]) -> None:
-        """SIGTERM the group, SIGKILL it after ``kill_grace``; reap the process."""
+    def _kill(self, process: subprocess.Popen[bytes], grace: float) -> None:
+        """SIGTERM the group, SIGKILL it ``grace`` seconds later; reap the process."""
         _signal_group(process.pid, signal.SIGTERM)
         try:
-            process.wait(self.kill_grace)
+            process.wait(grace)
         except subprocess.TimeoutExpired:
             _signal_group(process.pid, signal.SIGKILL)
             process.wait()
 
-    def _end_group(self, process: subprocess.Popen[bytes]) -> None:
-        """End descendants still in the group after the leader exited."""
+    def _end_group(self, process: subprocess.Popen[bytes], end_by: float) -> None:
+        """End descendants still in the group after the leader exited, by ``end_by``."""
         if not _signal_group(process.pid, signal.SIGTERM):
             return
-        deadline = time.monotonic() + self.kill_grace
+        deadline = end_by
         while time.monotonic() < deadline:
             if not _signal_group(process.pid, 0):
                 return
@@ -257,21 +276,36 @@ class SubprocessHandler:
         _signal_group(process.pid, signal.SIGKILL)
 
 
-def _charge_usage(path: Path, task: Task, ctx: TaskContext) -> None:
-    """Report the tokens the command wrote to ``$AGENTIC_USAGE_FILE``: one JSON object
-    a line, ``{"model": ..., "tokens_in": N, "tokens_out": M}`` (``model`` defaults to
-    the task's, a missing count to 0). A line that is not one is said in the task's
-    log and skipped: the command's slip must neither fail the task nor hide the rest."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return  # the command reported nothing
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        problem = _usage_line(line, task.model or "", ctx)
-        if problem:
-            ctx.log(f"[agentic: {USAGE_ENV} line {number} ignored: {problem}]")
+class _UsageFile:
+    """``$AGENTIC_USAGE_FILE``, charged as it grows: each complete line once."""
+
+    def __init__(self, path: Path, task: Task, ctx: TaskContext) -> None:
+        self.path = path
+        self._task = task
+        self._ctx = ctx
+        self._offset = 0  # bytes charged so far
+        self._lines = 0  # lines charged so far (for messages)
+
+    def charge(self, final: bool) -> None:
+        """Charge the lines added since the last call; ``final``: the last one too
+        when it has no newline (the command is gone, it will not be finished)."""
+        try:
+            with self.path.open("rb") as file:
+                file.seek(self._offset)
+                data = file.read()
+        except FileNotFoundError:
+            return  # the command reported nothing
+        if not final:
+            data = data[: data.rfind(b"\n") + 1]  # an unfinished line waits
+        self._offset += len(data)
+        for raw in data.splitlines():
+            self._lines += 1
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            problem = _usage_line(line, self._task.model or "", self._ctx)
+            if problem:
+                self._ctx.log(f"[agentic: {USAGE_ENV} line {self._lines} ignored: {problem}]")
 
 
 def _usage_line(line: str, default_model: str, ctx: TaskContext) -> str:
