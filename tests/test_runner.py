@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -237,6 +238,53 @@ def test_task_claimed_beyond_capacity_is_released(system: System) -> None:
     assert [e.payload["reason"] for e in requeued] == [f"agent {AGENT} is at capacity"]
     gate.set()
     assert system.finished(first.id).status == TaskStatus.COMPLETED
+
+
+class CompleteOutage(TaskClient):
+    """A client whose complete (and, with ``renewals``, lease renewals) fail as an
+    unreachable server's would until ``until`` (monotonic)."""
+
+    until = math.inf
+    renewals = False
+
+    def complete_task(self, *args: Any, **kwargs: Any) -> Task:
+        if time.monotonic() < self.until:
+            raise TransportError("POST complete: no answer (outage)")
+        return super().complete_task(*args, **kwargs)
+
+    def renew_lease(self, *args: Any, **kwargs: Any) -> Task:
+        if self.renewals and time.monotonic() < self.until:
+            raise TransportError("POST lease: no answer (outage)")
+        return super().renew_lease(*args, **kwargs)
+
+
+def test_a_report_outlasts_an_outage_shorter_than_the_lease(system: System) -> None:
+    """Past its retries a report keeps trying while the lease holds: finished work lands."""
+    client = CompleteOutage(system.url, token="", retries=0)
+    runner = system.runner(lambda task, ctx: "expensive result", client=client, lease_seconds=1.0)
+    client.until = time.monotonic() + 2.5  # longer than the retries, and than one lease
+    runner.start()
+    wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+    task = system.finished(system.submit().id)
+    assert task.status == TaskStatus.COMPLETED and task.retry_count == 0
+    assert task.result is not None and task.result.output == "expensive result"
+    wait_for(lambda: runner.completed == 1 and runner.load == 0)
+
+
+def test_a_report_gives_up_once_the_lease_ran_out_unrenewed(system: System) -> None:
+    """When renewals fail too, the report stops trying once the lease has run out."""
+    client = CompleteOutage(system.url, token="", retries=0)
+    client.renewals = True
+    runner = system.runner(lambda task, ctx: "done", client=client, lease_seconds=1.0)
+    client.until = time.monotonic() + 60
+    runner.start()
+    wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+    system.submit()
+    wait_for(lambda: runner.load == 1)
+    started = time.monotonic()
+    wait_for(lambda: runner.load == 0, timeout=10)
+    assert 0.7 < time.monotonic() - started < 5
+    assert runner.completed == 0
 
 
 def test_handler_exception_fails_task_and_charges_half(system: System) -> None:
@@ -687,9 +735,9 @@ def test_a_rate_limited_server_delays_reports_but_loses_nothing(system: System) 
     assert system.tasks.logs(task.id).lines[1:] == ["the end"]
 
 
-def test_completion_that_keeps_failing_is_left_to_the_lease(system: System) -> None:
-    """When every report fails the task stays claimed (the lease requeues it) and is
-    not started again by this runner."""
+def test_completion_that_keeps_failing_is_tried_while_the_lease_holds(system: System) -> None:
+    """Reports failing far past the retries are tried while the lease is renewed, the
+    task held and not started again, until one lands."""
     client = FlakyClient(system.url, failures=100, lose_answer=False)
     runs: list[str] = []
 
@@ -699,10 +747,10 @@ def test_completion_that_keeps_failing_is_left_to_the_lease(system: System) -> N
 
     runner = system.started(handler, client=client)
     task = system.submit()
-    wait_for(lambda: runner.errors >= 4 and runner.load == 0)
-    time.sleep(0.2)  # a few more polls: the task is still listed as ours
+    wait_for(lambda: runner.errors >= 50)
+    assert system.tasks.get(task.id).status == TaskStatus.IN_PROGRESS and runner.load == 1
+    assert system.finished(task.id).status == TaskStatus.COMPLETED
     assert runs == [task.id]
-    assert system.tasks.get(task.id).status == TaskStatus.IN_PROGRESS
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,11 @@
 * **Tells its own failures apart from the task's.** A report or settle that fails
   for a reason that may pass (no answer, 5xx, a store outage) is retried with
   backoff (``report_retry``); before resending a report it reads the task, so a
-  report whose answer was lost is not applied twice. If it still fails, the task is
-  left to its lease: the server requeues it. Every such error is logged and counted
+  report whose answer was lost is not applied twice. Past those retries a report is
+  still tried (every ``report_retry.cap`` seconds) for as long as the task's lease
+  holds (renewed meanwhile), so an outage shorter than the lease loses no finished
+  work; once the lease ran out unrenewed the task is left to the server, which
+  requeues it. Every such error is logged and counted
   in ``runner.errors``; ``completed`` / ``failed`` / ``released`` count reports the
   server accepted.
 * **Stops cleanly** on ``stop`` / SIGTERM / SIGINT: it deregisters first (so nothing

@@ -89,8 +89,23 @@ class Attempt:
     result: TaskResult | None = None
     error: BaseException | None = None
     stop_kind: Stop | None = None
+    #: seconds a lease lasts from a claim or renewal (the claim's own, else the server
+    #: default's), and the monotonic time the last one known to have landed runs out
+    lease_ttl: float = 300.0
+    lease_until: float = field(init=False, default=0.0)
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _taken: bool = False
+
+    def __post_init__(self) -> None:
+        self.lease_until = self.started + self.lease_ttl
+
+    def renewed(self) -> None:
+        """A lease renewal landed: the claim holds ``lease_ttl`` from now."""
+        self.lease_until = time.monotonic() + self.lease_ttl
+
+    def holds_lease(self) -> bool:
+        """Whether the claim may still be ours: its lease has not run out unrenewed."""
+        return time.monotonic() < self.lease_until
 
     def stop(self, kind: Stop, reason: str) -> None:
         """Ask the handler to stop; the first kind wins."""

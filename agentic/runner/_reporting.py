@@ -191,7 +191,9 @@ class Reporter:
             return True
 
         try:
-            return self.retrying(f"reporting task {task.id} {outcome.report.value}", send)
+            return self.retrying(
+                f"reporting task {task.id} {outcome.report.value}", send, attempt.holds_lease
+            )
         except (ConflictError, NotFoundError) as exc:
             self._error(f"task {task.id}: not reported, it is no longer ours", exc)
         except AgenticError as exc:
@@ -244,13 +246,17 @@ class Reporter:
             and attempt_key(current) == attempt.key
         )
 
-    def retrying(self, what: str, call: Callable[[], T]) -> T:
+    def retrying(
+        self, what: str, call: Callable[[], T], hold: Callable[[], bool] | None = None
+    ) -> T:
         """``call()``, retried with backoff while the error may pass; else raised.
 
         A 429 (the server refused before doing anything: over its rate limit) is
         waited out as the server asks and does not use up the retries, up to
         :data:`_MAX_REFUSALS` in a row: a busy server must not make finished work
-        look lost."""
+        look lost. With ``hold``, an error that may pass is retried past the policy's
+        retries for as long as ``hold()`` is true (a report, while the claim's lease
+        may still hold: an outage shorter than the lease must not lose the work)."""
         failures = refusals = 0
         while True:
             try:
@@ -265,7 +271,9 @@ class Reporter:
                 if refused and refusals <= _MAX_REFUSALS:
                     self._sleep(self.policy.delay(max(1, failures), retry_after_of(exc)))
                     continue
-                if not is_retryable(exc) or not self.policy.should_retry(max(1, failures)):
+                if not is_retryable(exc):
+                    raise
+                if not self.policy.should_retry(max(1, failures)) and not (hold and hold()):
                     raise
                 self._sleep(self.policy.delay(failures, retry_after_of(exc)))
 

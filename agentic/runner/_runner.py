@@ -40,6 +40,8 @@ _LOAD_BEAT_SPACING = 0.1
 # Seconds of one long-poll for claimed tasks at most: how soon a stop is seen while
 # waiting (a read blocks its thread until it is answered).
 _WATCH_CHUNK = 2.0
+# Seconds a lease lasts when neither the runner nor the claim says (the server's default).
+_DEFAULT_LEASE = 300.0
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -318,7 +320,7 @@ class AgentRunner:
     def _start(self, task: Task, key: tuple[str, str, str]) -> None:
         """Create and launch an attempt (called with the lock held)."""
         ctx = TaskContext(task, self.client, on_error=self._error, cancel_grace=self.cancel_grace)
-        attempt = Attempt(task, ctx, key)
+        attempt = Attempt(task, ctx, key, lease_ttl=self._lease_ttl(task))
         self._attempts[task.id] = attempt
         self._remember(key)
         log.info("task %s (%s): started", task.id, task.title)
@@ -326,6 +328,15 @@ class AgentRunner:
             target=self._supervise, args=(attempt,), name=f"agentic-task-{task.id}", daemon=True
         ).start()
         self._wake.set()
+
+    def _lease_ttl(self, task: Task) -> float:
+        """How long the task's lease lasts from a claim or renewal: ours, else the
+        claim's (the server's default), else the server's shipped default."""
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        if task.lease_expires_at is not None and task.claimed_at is not None:
+            return max(0.0, (task.lease_expires_at - task.claimed_at).total_seconds())
+        return _DEFAULT_LEASE
 
     def _remember(self, key: tuple[str, str, str]) -> None:
         self._seen[key] = None
@@ -528,6 +539,7 @@ class AgentRunner:
                 # Fenced by the claim's job id: a task claimed again since refuses it (LOST).
                 task = attempt.task
                 self.client.renew_lease(task.id, self.lease_seconds, self.agent_id, task.job_id)
+                attempt.renewed()
             except (ConflictError, NotFoundError) as exc:
                 if attempt.reporting:
                     continue  # the report just landed: the claim ended with it
