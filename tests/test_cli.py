@@ -21,7 +21,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from agentic._cli._common import event_emitter, records_events
+from agentic._cli._common import event_emitter, records_events, store_config
 from agentic._cli._logging import KeyValueFormatter
 from agentic.cli import app
 from agentic.config import Config
@@ -662,6 +662,19 @@ def healthy(url: str) -> bool:
         return False
 
 
+def test_the_store_option_is_the_url_of_every_store(tmp_path: Path) -> None:
+    """--store replaces store_url and a config's per-store URLs alike."""
+    path = tmp_path / "agentic.yaml"
+    path.write_text(
+        "store_url: sqlite:///a.db\ntask_store_url: sqlite:///t.db\n"
+        "registry_url: sqlite:///r.db\nevent_log_url: sqlite:///e.db\n"
+    )
+    cfg = store_config(path, "sqlite:///s.db")
+    urls = {cfg.store_url_for(purpose) for purpose in ("registry", "allowance", "task", "events")}
+    assert urls == {"sqlite:///s.db"}
+    assert store_config(path, None).store_url_for("task") == "sqlite:///t.db"
+
+
 @pytest.mark.slow
 def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     """serve prints store and URL (never a token), answers, and exits 0 soon after SIGTERM."""
@@ -678,6 +691,12 @@ def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         wait_for(lambda: healthy(f"http://127.0.0.1:{port}"))
         answer = httpx.get(f"http://127.0.0.1:{port}/api/tasks")
         assert answer.status_code == 401  # the token is enforced
+        admin = {"Authorization": f"Bearer {secret}"}
+        made = httpx.post(f"http://127.0.0.1:{port}/api/tasks", json={"title": "t"}, headers=admin)
+        task_id = made.json()["id"]
+        claim = {"agent_id": "a1"}
+        url = f"http://127.0.0.1:{port}/api/tasks/{task_id}/claim"
+        assert httpx.post(url, json=claim, headers=admin).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(5) == 0
     finally:
@@ -686,6 +705,11 @@ def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{port}" in out.decode()
     assert store in out.decode()
     assert secret not in out.decode() + err.decode()
+    # --store is every store's URL: lifecycles go to that file's event log, not the
+    # default store's.
+    assert "task lifecycles recorded in its event log" in out.decode()
+    with open_event_log(store) as log:
+        assert [e.event.type for e in log.read()] == [EventType.TASK_CLAIMED]
 
 
 @pytest.mark.parametrize(

@@ -123,9 +123,20 @@ def config(path: Path | None, options: dict[str, str] | None = None, **overrides
     return load_config(path, given_as=named, **overrides)
 
 
+#: the keys ``--store`` sets: the URL of every store, the config's overrides included
+STORE_KEYS = ("store_url", "registry_url", "allowance_url", "task_store_url", "event_log_url")
+
+
+def store_options(store: str | None) -> tuple[dict[str, str], dict[str, str | None]]:
+    """The option names and overrides that make ``--store`` (when given) the URL of
+    every store: a config's per-store URLs (``task_store_url``...) give way to it too."""
+    return {key: "--store" for key in STORE_KEYS}, dict.fromkeys(STORE_KEYS, store)
+
+
 def store_config(path: Path | None, store: str | None) -> Config:
     """The configuration, with ``--store`` (when given) as the URL of every store."""
-    return config(path, {"store_url": "--store"}, store_url=store)
+    options, overrides = store_options(store)
+    return config(path, options, **overrides)
 
 
 def shared_log_url(cfg: Config) -> str | None:

@@ -25,6 +25,7 @@ from ._common import (
     records_events,
     retry_policy,
     stdout,
+    store_options,
 )
 from ._logging import setup_logging
 
@@ -60,10 +61,11 @@ def dispatch(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Route pending tasks to agents within quota, pass after pass (SIGTERM stops)."""
+    options, stores = store_options(store_url)
     cfg = config(
         config_path,
-        {"store_url": "--store", "dispatcher.interval": "--interval"},
-        store_url=store_url,
+        {**options, "dispatcher.interval": "--interval"},
+        **stores,
         dispatcher={"interval": interval},
     )
     # One pass prints its own report; its event lines would only repeat it.

@@ -23,6 +23,7 @@ from ._common import (
     retry_policy,
     shared_log_url,
     stdout,
+    store_options,
 )
 from ._logging import setup_logging
 
@@ -81,7 +82,8 @@ def serve(
         typer.Option(
             "--store",
             metavar="URL",
-            help="Task store URL (default: the config's; a SQLite file in the user data dir).",
+            help="URL of every store: tasks, and the event log (default: the config's;"
+            " a SQLite file in the user data dir).",
         ),
     ] = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on [127.0.0.1].")] = None,
@@ -105,16 +107,17 @@ def serve(
 
     from ..server import create_app
 
+    options, stores = store_options(store)
     cfg = config(
         config_path,
         {
-            "task_store_url": "--store",
+            **options,
             "server.host": "--host",
             "server.port": "--port",
             "server.admin_tokens": "--token",
             "server.agent_tokens": "--agent-token",
         },
-        task_store_url=store,
+        **stores,
         server={
             "host": host,
             "port": port,
