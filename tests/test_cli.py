@@ -232,7 +232,7 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["serve", "--store", "foo://x"], "option --store (task_store_url): unknown scheme 'foo'"),
+        (["serve", "--store", "foo://x"], "option --store (store_url): unknown scheme 'foo'"),
         (["serve", "--port", "99999"], "option --port (server.port): must be an integer"),
         (["dispatch", "--once", "--interval", "-1"], "option --interval (dispatcher.interval)"),
     ],

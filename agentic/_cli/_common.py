@@ -129,8 +129,12 @@ STORE_KEYS = ("store_url", "registry_url", "allowance_url", "task_store_url", "e
 
 def store_options(store: str | None) -> tuple[dict[str, str], dict[str, str | None]]:
     """The option names and overrides that make ``--store`` (when given) the URL of
-    every store: a config's per-store URLs (``task_store_url``...) give way to it too."""
-    return {key: "--store" for key in STORE_KEYS}, dict.fromkeys(STORE_KEYS, store)
+    every store: a config's per-store URLs (``task_store_url``...) give way to it too
+    (emptied: an empty one means "use store_url")."""
+    per_store = None if store is None else ""
+    overrides = {key: per_store for key in STORE_KEYS}
+    overrides["store_url"] = store
+    return {key: "--store" for key in STORE_KEYS}, overrides
 
 
 def store_config(path: Path | None, store: str | None) -> Config:
