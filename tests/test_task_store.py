@@ -564,6 +564,27 @@ def test_update_to_failed_dead_letters(store: TaskStore, backend: Backend) -> No
     assert store.requeue_expired() == []
 
 
+def test_a_final_task_changes_only_its_notes(store: TaskStore) -> None:
+    """Of a completed or failed task, an update may change the notes and nothing else."""
+    done = new(store, id="done")
+    store.claim(done.id, "a1", 10)
+    store.complete(done.id, TaskResult(success=True), agent_id="a1")
+    new(store, id="dead")
+    store.update("dead", TaskUpdate(status=FAILED, fail_reason="gave up"))
+    for task_id in ("done", "dead"):
+        before = store.get(task_id)
+        for update in (
+            TaskUpdate(retry_count=50),
+            TaskUpdate(progress=10, notes="x"),
+            TaskUpdate(fail_reason="other"),
+            TaskUpdate(status=before.status, next_attempt_at=datetime.now(UTC)),
+        ):
+            with pytest.raises(ConflictError, match="final: only its notes may change"):
+                store.update(task_id, update)
+        assert store.get(task_id) == before
+        assert store.update(task_id, TaskUpdate(notes="post-mortem")).notes == "post-mortem"
+
+
 # --- logs ------------------------------------------------------------------------------
 
 

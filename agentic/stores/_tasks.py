@@ -415,12 +415,19 @@ def updated(task: Task, update: TaskUpdate, now: float) -> Task:
 
     Allowed: pending <-> blocked (a hold; a task blocked by a failed dependency stays
     blocked), and any unfinished task -> failed (the dispatcher's dead letter). Claims
-    go through claim / release / complete, and final tasks stay final.
+    go through claim / release / complete, and final tasks stay final: of a completed
+    or failed task only the notes may change.
     """
     if not isinstance(update, TaskUpdate):
         raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
     fields = update.model_dump(exclude_none=True, exclude={"status"})
     target = update.status
+    if task.status in FINAL and set(fields) - {"notes"}:
+        changed = ", ".join(sorted(set(fields) - {"notes"}))
+        raise ConflictError(
+            f"task {task.id} is {task.status}, which is final: only its notes may change,"
+            f" not {changed}"
+        )
     new = task.model_copy(update={**fields, "updated_at": _now(now)})
     if target is None or target == task.status:
         return new

@@ -16,6 +16,12 @@ local allowed = target == '' or target == old
   or (target == 'failed' and not final)
   or (old == 'pending' and target == 'blocked')
   or (old == 'blocked' and target == 'pending' and #cjson.decode(t.blockers) == 0)
+-- Of a final task only the notes may change.
+for i = BASE + 5, #ARGV, 2 do
+  if final and ARGV[i] ~= 'notes' then
+    allowed = false
+  end
+end
 if not allowed then
   return {'conflict', flat(t)}
 end
