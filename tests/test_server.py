@@ -910,6 +910,13 @@ def test_bad_input_gets_4xx_and_changes_nothing(api: TestClient, store: MemoryTa
         api.post("/api/tasks", json={"title": "x", "status": "completed"}, headers=ADMIN), 422
     )
     assert_error(api.post("/api/tasks", json={"title": "x", "id": "bad id!"}, headers=ADMIN), 422)
+    huge = assert_error(
+        api.post("/api/tasks", json={"title": "x", "max_retries": 10**23}, headers=ADMIN), 422
+    )
+    assert huge["message"] == f"max_retries must be at most 2**50 ({2**50}), got {10**23}"
+    assert_error(
+        api.patch(f"/api/tasks/{held.id}", json={"retry_count": 10**23}, headers=ADMIN), 422
+    )
     assert_error(api.post("/api/tasks", json=["not", "an", "object"], headers=ADMIN), 422)
     assert_error(api.post(f"/api/tasks/{held.id}/logs", json={"lines": "x"}, headers=ADMIN), 422)
     assert_error(

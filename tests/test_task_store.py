@@ -585,6 +585,18 @@ def test_a_final_task_changes_only_its_notes(store: TaskStore) -> None:
         assert store.update(task_id, TaskUpdate(notes="post-mortem")).notes == "post-mortem"
 
 
+def test_counts_past_2_50_are_refused_before_anything_is_stored(store: TaskStore) -> None:
+    """max_retries, retry_count and estimated_tokens above 2**50 are a ConfigError."""
+    for fields in ({"max_retries": 2**60}, {"retry_count": 2**51}, {"estimated_tokens": 10**30}):
+        with pytest.raises(ConfigError, match=r"must be at most 2\*\*50"):
+            new(store, **fields)
+    assert store.list() == []
+    task = new(store, max_retries=2**50, estimated_tokens=2**50)
+    with pytest.raises(ConfigError, match=r"retry_count must be at most 2\*\*50"):
+        store.update(task.id, TaskUpdate(retry_count=2**51))
+    assert store.get(task.id).retry_count == 0
+
+
 # --- logs ------------------------------------------------------------------------------
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "MAX_REASON",
     "STORE_SOURCE",
     "LIST_FIELDS",
+    "MAX_COUNT",
     "TIME_FIELDS",
     "blocked_by",
     "claim_conflict",
@@ -79,6 +80,7 @@ __all__ = [
     "require_lines",
     "require_reason",
     "require_retry_at",
+    "require_update",
     "stamp_new",
     "ts",
     "updated",
@@ -165,6 +167,16 @@ def require_limit(kind: str, value: int | None) -> int | None:
     return value
 
 
+#: the largest count a task holds (retries, estimated tokens): exact in every store
+#: (SQLite's 64-bit integers, Redis's Lua doubles, with room for sums)
+MAX_COUNT = 2**50
+
+
+def _require_count(name: str, value: int) -> None:
+    if value > MAX_COUNT:
+        raise ConfigError(f"{name} must be at most 2**50 ({MAX_COUNT}), got {value}")
+
+
 def _require_id(kind: str, value: object) -> str:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ConfigError(
@@ -197,6 +209,8 @@ def prepare_new(task: Task) -> Task:
         )
     if task.claimed_by or task.claimed_at or task.lease_expires_at:
         raise ConfigError("a new task cannot carry a claim: create it, then claim it")
+    for name in ("max_retries", "retry_count", "estimated_tokens"):
+        _require_count(name, getattr(task, name))
     for label in task.labels:
         # Labels travel comma-joined in ?labels=a,b, so a comma would split one label.
         if not label or "," in label:
@@ -418,8 +432,7 @@ def updated(task: Task, update: TaskUpdate, now: float) -> Task:
     go through claim / release / complete, and final tasks stay final: of a completed
     or failed task only the notes may change.
     """
-    if not isinstance(update, TaskUpdate):
-        raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
+    require_update(update)
     fields = update.model_dump(exclude_none=True, exclude={"status"})
     target = update.status
     if task.status in FINAL and set(fields) - {"notes"}:
@@ -435,6 +448,14 @@ def updated(task: Task, update: TaskUpdate, now: float) -> Task:
         return dead_letter(new, now, update.fail_reason or "marked failed")
     _check_status_change(task, target)
     return new.model_copy(update={"status": target})
+
+
+def require_update(update: TaskUpdate) -> None:
+    """ConfigError unless ``update`` is a TaskUpdate a store can hold."""
+    if not isinstance(update, TaskUpdate):
+        raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
+    if update.retry_count is not None:
+        _require_count("retry_count", update.retry_count)
 
 
 def _check_status_change(task: Task, target: TaskStatus) -> None:

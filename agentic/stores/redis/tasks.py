@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from ...errors import ConfigError, ConflictError, NotFoundError, StoreError
+from ...errors import ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
@@ -285,8 +285,7 @@ class RedisTaskStore(TaskStore):
         return self._hold(task_id, "release", agent_id, job_id, reason)
 
     def update(self, task_id: str, update: TaskUpdate) -> Task:
-        if not isinstance(update, TaskUpdate):
-            raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
+        rules.require_update(update)
         fields = update.model_dump(exclude_none=True, exclude={"status"})
         pairs = [part for name, value in fields.items() for part in (name, _value(name, value))]
         reply = self._run(
