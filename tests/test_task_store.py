@@ -587,7 +587,12 @@ def test_a_final_task_changes_only_its_notes(store: TaskStore) -> None:
 
 def test_counts_past_2_50_are_refused_before_anything_is_stored(store: TaskStore) -> None:
     """max_retries, retry_count and estimated_tokens above 2**50 are a ConfigError."""
-    for fields in ({"max_retries": 2**60}, {"retry_count": 2**51}, {"estimated_tokens": 10**30}):
+    counts: list[dict[str, Any]] = [
+        {"max_retries": 2**60},
+        {"retry_count": 2**51},
+        {"estimated_tokens": 10**30},
+    ]
+    for fields in counts:
         with pytest.raises(ConfigError, match=r"must be at most 2\*\*50"):
             new(store, **fields)
     assert store.list() == []
