@@ -871,6 +871,30 @@ def test_follow_unknown_task_is_404(api: TestClient) -> None:
 # --- bad input never changes state ---
 
 
+def test_mistaken_fields_are_refused_and_unknown_ones_ignored(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """A near-miss field name or a task field an update cannot change is a 422 that says
+    so, with nothing stored; a field this server does not know at all is ignored."""
+    task = store.create(Task(title="t"))
+    before = store.list()
+    typo = assert_error(
+        api.post("/api/tasks", json={"title": "x", "priorty": "high"}, headers=ADMIN), 422
+    )
+    assert typo["message"] == "unknown field 'priorty': did you mean 'priority'?"
+    for field, value in (("priority", "high"), ("title", ""), ("dependencies", [task.id])):
+        refused = assert_error(
+            api.patch(f"/api/tasks/{task.id}", json={field: value}, headers=ADMIN), 422
+        )
+        assert refused["message"].startswith(f"field {field!r} cannot be changed by an update")
+        assert "progress" in refused["message"] and "status" in refused["message"]
+    assert store.list() == before
+    newer = api.post("/api/tasks", json={"title": "x", "sla_tier": "gold"}, headers=ADMIN)
+    assert newer.status_code == 201  # a newer client's field: ignored
+    claim = {"agent_id": "a1", "lease_secnds": 30}
+    assert_error(api.post(f"/api/tasks/{task.id}/claim", json=claim, headers=ADMIN), 422)
+
+
 def test_a_lone_surrogate_is_malformed_json_and_stores_nothing(
     api: TestClient, store: MemoryTaskStore
 ) -> None:

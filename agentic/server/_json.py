@@ -1,36 +1,54 @@
-"""Request bodies read as JSON that holds only valid Unicode.
+"""Request bodies read as JSON that holds only valid Unicode, and field names checked.
 
 JSON may spell a lone UTF-16 surrogate (``"\\ud800"``) and Python's parser gives it
 back as a string no UTF-8 encoder takes: stored, such a task would fail every answer
 that holds it (each list of the queue it sits in, for every dispatcher and runner).
 Such a body is refused here as malformed JSON (400), before anything is stored.
+
+Unknown fields are ignored, so that an older server still serves a newer client,
+except two kinds that are surely mistakes, refused with 422 before anything is
+stored: a name close to one of the body's fields (``priorty``: did you mean
+``priority``?), and a field of a task sent to an update that cannot change it
+(``PATCH {"priority": ...}``: only status, progress, notes and the retry fields may
+change; the rest is set when the task is created).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, get_args
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope
+
+from ..models import Task, TaskUpdate
 
 __all__ = ["UnicodeRoute"]
 
 
 class UnicodeRoute(APIRoute):
-    """A route whose JSON body must hold valid Unicode only."""
+    """A route whose JSON body must hold valid Unicode only, with no mistaken field."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        body = _model_of(self.body_field.field_info.annotation) if self.body_field else None
 
-        async def unicode_only(request: Request) -> Response:
-            return await handler(_UnicodeRequest(request.scope, request.receive))
+        async def checked(request: Request) -> Response:
+            return await handler(_CheckedRequest(request.scope, request.receive, body))
 
-        return unicode_only
+        return checked
 
 
-class _UnicodeRequest(Request):
+class _CheckedRequest(Request):
+    def __init__(self, scope: Scope, receive: Receive, body: type[BaseModel] | None) -> None:
+        super().__init__(scope, receive)
+        self._model = body
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
@@ -39,8 +57,37 @@ class _UnicodeRequest(Request):
             # refused by the parser): most bodies skip the walk.
             if b"\\ud" in body or b"\\uD" in body:
                 _require_unicode(value, body)
+            if self._model is not None and isinstance(value, dict):
+                _require_known_fields(self._model, value)
             self._json = value
         return self._json
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model of a body annotation (``Model`` or ``Model | None``)."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _require_known_fields(model: type[BaseModel], body: dict[str, Any]) -> None:
+    """HTTPException 422 for a field of ``body`` that is surely a mistake (see the
+    module docstring); other unknown fields are left for the model to ignore."""
+    known = set(model.model_fields)
+    known |= {f.alias for f in model.model_fields.values() if f.alias}
+    for name in body:
+        if name in known:
+            continue
+        if model is TaskUpdate and name in Task.model_fields:
+            raise HTTPException(
+                422,
+                f"field {name!r} cannot be changed by an update; an update may change"
+                f" {', '.join(sorted(TaskUpdate.model_fields))}",
+            )
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
+        if close:
+            raise HTTPException(422, f"unknown field {name!r}: did you mean {close[0]!r}?")
 
 
 def _require_unicode(value: Any, body: bytes) -> None:
