@@ -208,6 +208,10 @@ AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"
         [*AGENT_RUN, "--git-repo", "nowhere", "--", "cat"],
         [*AGENT_RUN, "--", "/no/such/binary"],  # refused before registering
         [*AGENT_RUN, "--", "no-such-agent-binary", "-p"],
+        ["agent", "run", "--id", "", "--capability", "x", "--max-load", "1", "--", "true"],
+        ["agent", "run", "--id", "a b", "--capability", "x", "--max-load", "1", "--", "true"],
+        ["agent", "run", "--id", "a", "--capability", " ", "--max-load", "1", "--", "true"],
+        ["agent", "run", "--id", "a", "--capability", "x,y", "--max-load", "1", "--", "true"],
     ],
     ids=" ".join,
 )

@@ -12,6 +12,7 @@ from ..allowance import AllowanceService
 from ..models import AgentInfo
 from ..runner import AgentRunner, GitWorkspace, Handler, SubprocessHandler
 from ..stores import open_allowance_store, open_registry
+from ..stores._tasks import require_label, require_name
 from ._common import (
     ConfigOption,
     StoreOption,
@@ -75,6 +76,9 @@ def run(
     CMD may report the tokens it used as JSON lines appended to $AGENTIC_USAGE_FILE
     ({"model": "m", "tokens_in": 1200, "tokens_out": 300}): they are charged.
     """
+    require_name("agent id (--id)", agent_id)
+    for one in capability:
+        require_label("capability (--capability)", one)
     cfg = store_config(config_path, store_url)
     command_handler = SubprocessHandler(command, input=input_mode, format=task_format)
     command_handler.check(git_repo)  # before registering: a missing binary would bounce tasks

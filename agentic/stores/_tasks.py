@@ -75,8 +75,10 @@ __all__ = [
     "require_fresh_job",
     "require_holder",
     "require_job_id",
+    "require_label",
     "require_lease",
     "require_limit",
+    "require_name",
     "require_lines",
     "require_reason",
     "require_retry_at",
@@ -177,10 +179,20 @@ def _require_count(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be at most 2**50 ({MAX_COUNT}), got {value}")
 
 
-def _require_id(kind: str, value: object) -> str:
+def require_label(kind: str, value: str) -> str:
+    """``value`` if it can be a label (of a task) or a capability (of an agent): not
+    blank, and with no comma, since labels travel comma-joined in ``?labels=a,b``."""
+    if not value.strip() or "," in value:
+        raise ConfigError(f"{kind} {value!r} must not be blank and must contain no comma")
+    return value
+
+
+def require_name(kind: str, value: object) -> str:
+    """``value`` if it is a valid id of a task or an agent (it travels in URL paths
+    and query strings unescaped by some clients); else a ConfigError saying the rule."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ConfigError(
-            f"{kind} {value!r} is not a valid task id: 1-128 characters from"
+            f"{kind} {value!r} is not a valid id: 1-128 characters from"
             " letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
     return value
@@ -201,7 +213,7 @@ def prepare_new(task: Task) -> Task:
     if not task.title.strip():
         raise ConfigError("a task needs a non-empty title")
     if task.id:
-        _require_id("task id", task.id)
+        require_name("task id", task.id)
     if task.status not in {None, TaskStatus.PENDING, TaskStatus.BLOCKED}:
         raise ConfigError(
             f"a new task is pending or blocked, not {task.status}: claim or complete it"
@@ -212,12 +224,10 @@ def prepare_new(task: Task) -> Task:
     for name in ("max_retries", "retry_count", "estimated_tokens"):
         _require_count(name, getattr(task, name))
     for label in task.labels:
-        # Labels travel comma-joined in ?labels=a,b, so a comma would split one label.
-        if not label or "," in label:
-            raise ConfigError(f"label {label!r} must be non-empty and contain no comma")
+        require_label("label", label)
     dependencies = list(dict.fromkeys(task.dependencies))
     for dependency in dependencies:
-        _require_id("dependency", dependency)
+        require_name("dependency", dependency)
     if task.id and task.id in dependencies:
         raise ConfigError(f"task {task.id!r} cannot depend on itself")
     return task.model_copy(update={"dependencies": dependencies, "blockers": []})
