@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import threading
@@ -436,3 +437,22 @@ def test_the_usage_file_is_charged_as_it_grows_each_line_once(tmp_path: Path) ->
     usage.charge(final=True)
     usage.charge(final=True)
     assert ctx.tokens == (15, 0)
+
+
+def test_a_line_without_end_is_read_in_chunks_not_held_whole() -> None:
+    """200 MB with no newline costs bounded memory: logged cut, its tail kept."""
+    script = (
+        "import sys; w = sys.stdout.buffer\n"
+        "for _ in range(200): w.write(b'x' * 2**20)\n"
+        "w.write(b'END\\nlast line\\n')"
+    )
+    ctx = context()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    result = SubprocessHandler([sys.executable, "-c", script], output_limit=1000)(TASK, ctx)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert result.success and result.output.endswith("xEND\nlast line\n")
+    assert len(result.output) <= 1000
+    assert grown_mib < 100, f"{grown_mib:.0f} MiB more at peak"
+    lines = logged(ctx)
+    assert lines[0].endswith(" [cut]") and len(lines[0]) < 17_000
+    assert lines[1:] == ["last line"]

@@ -35,6 +35,9 @@ _POLL = 0.05
 # Readers are joined after the process group is gone; a descendant that escaped
 # the group (setsid) may still hold a pipe open, and must not hang the task.
 _READER_JOIN = 5.0
+# Bytes read at most at a time from the command's output (its log lines are cut at
+# 16 Ki characters anyway).
+_CHUNK = 64 * 1024
 
 
 class _Tail:
@@ -50,7 +53,8 @@ class _Tail:
         with self._lock:
             self._lines.append(line)
             self._size += len(line)
-            while self._size > self.limit and len(self._lines) > 1:
+            # Drop the oldest only while the rest still holds ``limit`` characters.
+            while len(self._lines) > 1 and self._size - len(self._lines[0]) >= self.limit:
                 self._size -= len(self._lines.popleft())
 
     def text(self) -> str:
@@ -364,13 +368,19 @@ def _thread(target: Callable[..., None], *args: object) -> threading.Thread:
 
 
 def _read(stream: IO[bytes] | None, ctx: TaskContext, tail: _Tail, prefix: str) -> None:
+    """Log the stream line by line and keep its tail, reading at most ``_CHUNK``
+    bytes at a time: a line without end (a binary dump) costs no more memory. A
+    line longer than that is logged by its start (cut, see TaskContext.log)."""
     if stream is None:
         return
     with contextlib.suppress(ValueError, OSError), stream:
-        for raw in stream:
+        continued = False  # the chunk before was a part of a line with no end yet
+        while raw := stream.readline(_CHUNK):
             line = raw.decode("utf-8", errors="replace")
             tail.add(line)
-            ctx.log(prefix + line.rstrip("\r\n"))
+            if not continued:
+                ctx.log(prefix + line.rstrip("\r\n"))
+            continued = not raw.endswith(b"\n")
 
 
 def _write(stream: IO[bytes] | None, data: bytes) -> None:
