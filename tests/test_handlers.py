@@ -456,3 +456,17 @@ def test_a_line_without_end_is_read_in_chunks_not_held_whole() -> None:
     lines = logged(ctx)
     assert lines[0].endswith(" [cut]") and len(lines[0]) < 17_000
     assert lines[1:] == ["last line"]
+
+
+@pytest.mark.parametrize(
+    "content", ["#!/no/such/interpreter\necho hi\n", "\x7fELF not really a program"]
+)
+def test_a_command_the_machine_cannot_run_is_an_agent_error(tmp_path: Path, content: str) -> None:
+    """An executable the system cannot start (a bad #! line, the wrong format) is an
+    InfrastructureError raised before the work, not the task's failure."""
+    program = tmp_path / "agent-cli"
+    program.write_text(content)
+    program.chmod(0o755)
+    with pytest.raises(InfrastructureError, match="cannot start") as raised:
+        SubprocessHandler([str(program)])(TASK, context())
+    assert raised.value.before_work

@@ -1,10 +1,13 @@
 """Run a task's command and end its whole process group if the agent dies.
 
-``SubprocessHandler`` starts ``python -I _guard.py AGENT_PID KILL_GRACE -- CMD ...`` in a
-new session instead of ``CMD`` itself. The guard runs ``CMD`` as its child, in the
-guard's process group (stdin, stdout and stderr are inherited, so the agent reads the
-command's output as before) and exits with its status: its code, or the signal that
-ended it, raised again on the guard.
+``SubprocessHandler`` starts ``python -I _guard.py AGENT_PID KILL_GRACE STATUS_FD -- CMD
+...`` in a new session instead of ``CMD`` itself. The guard runs ``CMD`` as its child,
+in the guard's process group (stdin, stdout and stderr are inherited, so the agent
+reads the command's output as before) and exits with its status: its code, or the
+signal that ended it, raised again on the guard. On STATUS_FD (a pipe to the agent,
+closed right after) it writes ``started``, or why the command could not start (an
+exec format error, a bad interpreter line): the agent then tells a broken machine
+from a failed task, which an exit code cannot (127 is also a script's own).
 
 What it adds: when the agent process disappears (``kill -9``, out of memory) the guard
 is re-parented, notices within ``_CHECK`` seconds, and ends the group (SIGTERM, then
@@ -46,19 +49,21 @@ def _end_group(child: subprocess.Popen[bytes], grace: float) -> NoReturn:
 
 
 def main(argv: list[str]) -> int:
-    """``AGENT_PID KILL_GRACE -- CMD ...``; the command's exit status."""
-    if len(argv) < 4 or argv[2] != "--":
-        print("usage: _guard.py AGENT_PID KILL_GRACE -- CMD ...", file=sys.stderr)
+    """``AGENT_PID KILL_GRACE STATUS_FD -- CMD ...``; the command's exit status."""
+    if len(argv) < 5 or argv[3] != "--":
+        print("usage: _guard.py AGENT_PID KILL_GRACE STATUS_FD -- CMD ...", file=sys.stderr)
         return 2
-    agent, grace, command = int(argv[0]), float(argv[1]), argv[3:]
-    signal.signal(signal.SIGTERM, _ignore)
-    if os.getppid() != agent:  # the agent died before the guard started
-        return 128 + signal.SIGTERM
-    try:
-        child = subprocess.Popen(command)
-    except OSError as exc:
-        print(f"cannot start {command[0]!r}: {exc}", file=sys.stderr)
-        return 127
+    agent, grace, command = int(argv[0]), float(argv[1]), argv[4:]
+    with os.fdopen(int(argv[2]), "wb") as status:
+        signal.signal(signal.SIGTERM, _ignore)
+        if os.getppid() != agent:  # the agent died before the guard started
+            return 128 + signal.SIGTERM
+        try:
+            child = subprocess.Popen(command)
+        except OSError as exc:
+            status.write(str(exc).encode("utf-8", "replace"))
+            return 127
+        status.write(b"started")
     while True:
         try:
             code = child.wait(_CHECK)

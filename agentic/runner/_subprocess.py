@@ -192,8 +192,13 @@ class SubprocessHandler:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
         env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage.path)}
         _require_executable(argv[0], cwd, env)
-        # The guard runs the command and ends its group should this process die.
-        guarded = [sys.executable, "-I", str(_GUARD), str(os.getpid()), repr(self.kill_grace)]
+        # The guard runs the command and ends its group should this process die; it
+        # says on a pipe of its own whether the command started.
+        status_read, status_write = os.pipe()
+        guarded = [
+            *(sys.executable, "-I", str(_GUARD), str(os.getpid()), repr(self.kill_grace)),
+            str(status_write),
+        ]
         try:
             process = subprocess.Popen(
                 [*guarded, "--", *argv],
@@ -203,14 +208,29 @@ class SubprocessHandler:
                 cwd=cwd,
                 env=env,
                 start_new_session=True,
+                pass_fds=(status_write,),
             )
         except OSError as exc:
+            os.close(status_read)
             raise InfrastructureError(f"cannot start {argv[0]!r}: {exc}", before_work=True) from exc
+        finally:
+            os.close(status_write)
         stdout, stderr = _Tail(self.output_limit), _Tail(_STDERR_TAIL)
         threads = [
             _thread(_read, process.stdout, ctx, stdout, ""),
             _thread(_read, process.stderr, ctx, stderr, "[stderr] "),
         ]
+        with os.fdopen(status_read, "rb") as status:
+            # Until the guard writes it or ends; the readers drain the output meanwhile.
+            started = status.read().decode("utf-8", "replace")
+        if started != "started":
+            process.wait()
+            for thread in threads:
+                thread.join(_READER_JOIN)
+            # The machine cannot run it (a bad interpreter line, the wrong format):
+            # the agent's problem, not the task's.
+            why = started or f"the guard ended with {process.returncode}"
+            raise InfrastructureError(f"cannot start {argv[0]!r}: {why}", before_work=True)
         if stdin is not None:
             threads.append(_thread(_write, process.stdin, stdin))
         stopped, end_by = self._wait(process, ctx, usage)
