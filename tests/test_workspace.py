@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agentic.client import TaskClient
+from agentic.errors import ConfigError
 from agentic.models import Task, TaskResult, TaskStatus
 from agentic.runner import AgentRunner, GitWorkspace, SubprocessHandler, TaskContext, WorkspaceError
 from agentic.stores.memory import MemoryRegistry
@@ -191,6 +193,93 @@ def test_failed_push_keeps_the_local_commit(repo: Path) -> None:
     branch = GitWorkspace.branch_name(TASK)
     assert git(repo, "rev-list", "--count", f"main..{branch}") == "1"
     assert git(repo, "symbolic-ref", "--short", "HEAD") == "main"
+
+
+def test_a_rerun_pushes_over_its_earlier_push(repo: Path, tmp_path: Path) -> None:
+    """A task run again (a new clone, a new commit) replaces its branch on the remote."""
+    remote = tmp_path / "remote.git"
+    git(tmp_path, "init", "-q", "--bare", str(remote))
+    git(repo, "remote", "add", "origin", str(remote))
+    GitWorkspace(repo, writes("hello.txt", "first\n"), push=True)(TASK, context())
+    branch = GitWorkspace.branch_name(TASK)
+    git(repo, "branch", "-q", "-D", branch)  # as on another agent's clone
+    git(repo, "update-ref", "-d", f"refs/remotes/origin/{branch}")
+    GitWorkspace(repo, writes("hello.txt", "second\n"), push=True)(TASK, context())
+    assert git(remote, "rev-parse", branch) == git(repo, "rev-parse", branch)
+    assert git(remote, "show", f"{branch}:hello.txt") == "second"
+
+
+def test_a_commit_refused_by_a_hook_fails_the_task(repo: Path) -> None:
+    """A pre-commit hook refusing the changes fails the task (its content is at fault),
+    with the hook's words, and nothing stays behind."""
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'lint: trailing whitespace' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    result = GitWorkspace(repo, writes("hello.txt"))(TASK, context())
+    assert not result.success
+    assert "refused the commit" in result.error_message
+    assert "trailing whitespace" in result.error_message
+    assert branches(repo) == ["main"] and git(repo, "status", "--porcelain") == ""
+
+
+def test_no_committer_identity_is_an_agent_error(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a committer identity the commit is the agent's problem, not the task's."""
+    git(repo, "config", "--unset", "user.email")
+    git(repo, "config", "--unset", "user.name")
+    git(repo, "config", "user.useConfigOnly", "true")
+    monkeypatch.setenv("HOME", str(repo.parent))  # no global identity either
+    monkeypatch.delenv("GIT_COMMITTER_EMAIL", raising=False)
+    monkeypatch.delenv("EMAIL", raising=False)
+    with pytest.raises(WorkspaceError, match="GIT_COMMITTER_IDENT"):
+        GitWorkspace(repo, writes("hello.txt"))(TASK, context())
+    assert branches(repo) == ["main"]
+
+
+def test_a_task_branch_left_checked_out_is_discarded_first(repo: Path) -> None:
+    """An attempt that never ended (kill -9) left its branch and changes: the next task
+    starts from the base, without them."""
+    workspace = GitWorkspace(repo, writes("y.txt"))
+    dead = Task(id="x1", title="dead attempt")
+    git(repo, "checkout", "-q", "-b", GitWorkspace.branch_name(dead))
+    (repo / "half.txt").write_text("half done\n")
+    other = Task(id="y1", title="next task")
+    workspace(other, context())
+    branch = GitWorkspace.branch_name(other)
+    assert git(repo, "symbolic-ref", "--short", "HEAD") == "main"
+    assert git(repo, "ls-tree", "--name-only", branch).splitlines() == ["README", "y.txt"]
+    assert sorted(branches(repo)) == sorted(["main", branch])
+
+
+def test_a_task_branch_is_refused_as_the_base(repo: Path) -> None:
+    """Made on a task's branch without base_branch, a workspace says what to do."""
+    git(repo, "checkout", "-q", "-b", "agentic/0123456789ab")
+    with pytest.raises(ConfigError, match="a task's branch"):
+        GitWorkspace(repo, writes("hello.txt"))
+
+
+def test_a_task_cancelled_while_waiting_for_the_tree_is_given_back(repo: Path) -> None:
+    """A task whose time runs out while another holds the tree never starts: given back."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def slow(task: Task, ctx: TaskContext) -> str:
+        entered.set()
+        leave.wait(5)
+        return "done"
+
+    workspace = GitWorkspace(repo, slow)
+    first = threading.Thread(target=workspace, args=(TASK, context()))
+    first.start()
+    assert entered.wait(5)
+    waiting = context()
+    threading.Timer(0.3, waiting.cancel, args=("timed out after 0.3 s",)).start()
+    started = time.monotonic()
+    with pytest.raises(WorkspaceError, match="busy with another task") as raised:
+        workspace(Task(id="t2", title="second"), waiting)
+    assert raised.value.before_work and time.monotonic() - started < 2
+    leave.set()
+    first.join(5)
 
 
 def run_one(repo: Path, task: Task, prepare: Callable[[], None] | None = None) -> Task:

@@ -18,8 +18,18 @@ __all__ = ["GitWorkspace", "WorkspaceError"]
 log = logging.getLogger("agentic.runner")
 
 
+#: the prefix of every task's branch
+_TASK_BRANCHES = "agentic/"
+#: seconds between looks at a cancelled task while it waits for the working tree
+_LOCK_POLL = 0.2
+
+
 class WorkspaceError(InfrastructureError):
     """The repository is not fit to run a task (dirty tree, git failing, push refused)."""
+
+
+class _CommitRefused(Exception):
+    """``git commit`` failed with the work staged: a hook refused the task's changes."""
 
 
 class GitWorkspace:
@@ -28,17 +38,23 @@ class GitWorkspace:
     Before: the working tree must be clean (untracked files included), else
     :class:`WorkspaceError` (the runner gives the task back, no retry counted). The
     branch ``agentic/<12 hex of sha256(task id + title)>`` is created, or reset, from
-    ``base_branch`` (default: the branch checked out). The handler runs with
-    ``ctx.workdir`` set to the repository.
+    ``base_branch`` (default: the branch checked out when the workspace is made, which
+    must not be a task's ``agentic/`` branch). The handler runs with ``ctx.workdir``
+    set to the repository. A task's branch still checked out (an agent stopped
+    mid-task, ``kill -9``) is what is left of an attempt that cannot report any more:
+    it is discarded, changes included, before the next task.
 
     On success everything is committed as ``agentic: <title> (<task id>)``, pushed to
-    ``remote`` when ``push`` is set, and the result's artifacts gain
+    ``remote`` when ``push`` is set (forced: the branch is the task's own, and a rerun
+    replaces what an earlier attempt pushed), and the result's artifacts gain
     ``"<branch>@<commit>"``. A task that changed nothing leaves no commit and no branch.
+    A commit the repository refuses (a hook) fails the task: its content is at fault.
     On failure, exception or cancellation the branch is reset, cleaned and deleted.
     Either way the repository ends on the base branch.
 
     One working tree runs one task at a time: calls are serialized by a lock, so with
-    ``max_load > 1`` further tasks wait for the tree.
+    ``max_load > 1`` further tasks wait for the tree; one cancelled while waiting (its
+    time ran out) is given back unrun.
     """
 
     def __init__(
@@ -57,13 +73,23 @@ class GitWorkspace:
         if git_timeout <= 0:
             raise ConfigError(f"git_timeout must be > 0 seconds, got {git_timeout}")
         self.handler = handler
+        self.git_timeout = git_timeout
+        # Never wait for a password prompt nobody will answer; parse git in English.
+        self._env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+        if base_branch is None:
+            try:
+                base_branch = self._current_branch()
+            except WorkspaceError as exc:
+                raise ConfigError(f"{exc}: give base_branch") from exc
+        if base_branch.startswith(_TASK_BRANCHES):
+            raise ConfigError(
+                f"{self.repo} is on {base_branch}, a task's branch (an agent stopped"
+                " mid-task?): check out the branch tasks start from, or give base_branch"
+            )
         self.base_branch = base_branch
         self.push = push
         self.remote = remote
-        self.git_timeout = git_timeout
         self._lock = threading.Lock()
-        # Never wait for a password prompt nobody will answer; parse git in English.
-        self._env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
 
     def __repr__(self) -> str:
         return f"GitWorkspace({str(self.repo)!r}, {self.handler!r})"
@@ -72,11 +98,26 @@ class GitWorkspace:
     def branch_name(task: Task) -> str:
         """The task's branch: stable across attempts and agents."""
         digest = hashlib.sha256((task.id + task.title).encode("utf-8")).hexdigest()
-        return f"agentic/{digest[:12]}"
+        return f"{_TASK_BRANCHES}{digest[:12]}"
 
     def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
-        with self._lock:
+        # Waiting for the tree stops when the task is cancelled (its time ran out
+        # while another task held the tree): given back unrun, not timed out.
+        while not self._lock.acquire(timeout=_LOCK_POLL):
+            if ctx.cancelled:
+                raise WorkspaceError(
+                    f"{self.repo} was busy with another task until this one was"
+                    f" cancelled ({ctx.cancel_reason})",
+                    before_work=True,
+                )
+        try:
+            if ctx.cancelled:
+                raise WorkspaceError(
+                    f"cancelled before it began ({ctx.cancel_reason})", before_work=True
+                )
             return self._run(task, ctx)
+        finally:
+            self._lock.release()
 
     def _run(self, task: Task, ctx: TaskContext) -> TaskResult:
         try:
@@ -97,6 +138,13 @@ class GitWorkspace:
     def _prepare(self, task: Task, ctx: TaskContext) -> tuple[str, str]:
         """Check the tree is clean and put the task's branch out from the base: the
         base and the branch."""
+        head = self._git("symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
+        if head.startswith(_TASK_BRANCHES):
+            # Only an attempt that never ended leaves a task's branch checked out (this
+            # process runs one task at a time here): it cannot report, so its changes go.
+            ctx.log(f"[git] {head} was left by an attempt that did not end: discarding it")
+            log.warning("%s: %s left by an attempt that did not end; discarded", self.repo, head)
+            self._discard(head, self.base_branch, ctx)
         dirty = self._git("status", "--porcelain").stdout.strip()
         if dirty:
             listed = ", ".join(line[3:] for line in dirty.splitlines()[:5])
@@ -104,7 +152,7 @@ class GitWorkspace:
                 f"the working tree of {self.repo} has uncommitted changes ({listed});"
                 " commit, stash or remove them before this agent can take tasks"
             )
-        base = self.base_branch or self._current_branch()
+        base = self.base_branch
         branch = self.branch_name(task)
         previous = self._git("rev-parse", "-q", "--verify", f"refs/heads/{branch}", check=False)
         if previous.returncode == 0:
@@ -124,13 +172,18 @@ class GitWorkspace:
             return result
         try:
             commit = self._commit(task, branch, base, ctx)
+        except _CommitRefused as exc:
+            self._discard(branch, base, ctx)
+            return result.model_copy(update={"success": False, "error_message": str(exc)})
         except WorkspaceError:
             self._discard(branch, base, ctx)
             raise
         if commit is None:
             return result
         if self.push:
-            pushed = self._git("push", "-q", "--set-upstream", self.remote, branch, check=False)
+            pushed = self._git(
+                "push", "-q", "--force", "--set-upstream", self.remote, branch, check=False
+            )
             if pushed.returncode != 0:
                 # The commit stays on the local branch: the work is done, only its
                 # delivery failed.
@@ -148,8 +201,14 @@ class GitWorkspace:
             raise WorkspaceError(f"the handler left {branch} for {head}; not committing")
         self._git("add", "-A")
         if self._git("diff", "--cached", "--quiet", check=False).returncode != 0:
+            # Who commits is the agent's setup: missing, it is the agent's error; with
+            # it, a refused commit is the repository's verdict on the task's changes.
+            self._git("var", "GIT_COMMITTER_IDENT")
             title = " ".join(task.title.split())
-            self._git("commit", "-q", "-m", f"agentic: {title} ({task.id})")
+            made = self._git("commit", "-q", "-m", f"agentic: {title} ({task.id})", check=False)
+            if made.returncode != 0:
+                why = (made.stderr.strip() or made.stdout.strip())[-2000:]
+                raise _CommitRefused(f"the repository refused the commit: {why}")
         ahead = int(self._git("rev-list", "--count", f"{base}..{branch}").stdout.strip())
         self._git("checkout", "-q", base)
         if ahead == 0:
