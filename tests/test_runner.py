@@ -780,6 +780,37 @@ def test_infrastructure_error_releases_without_a_retry(
     assert (usage.tokens_used, usage.jobs_started) == (spent // 2, jobs)
 
 
+def test_a_task_that_keeps_causing_agent_errors_is_failed_the_third_time(system: System) -> None:
+    """Given back twice for an agent error, the third time in a row the task is failed
+    (a retry counted), so an error only it triggers cannot loop forever."""
+
+    def handler(task: Task, ctx: TaskContext) -> None:
+        raise InfrastructureError("push refused", before_work=False)
+
+    def dispatched_again() -> bool:
+        try:  # once the agent's pause has passed and it published room again
+            return system.dispatcher.dispatch(system.tasks.get(task.id)) == AGENT
+        except NoEligibleAgentError:
+            return False
+
+    runner = system.started(handler)
+    runner.infrastructure_backoff = RetryPolicy(base=0.01, cap=0.01)
+    task = system.submit()
+
+    def given_back(times: int) -> Callable[[], bool]:
+        return lambda: runner.released == times and runner.load == 0
+
+    for times in (1, 2):
+        wait_for(given_back(times))
+        assert system.tasks.get(task.id).retry_count == 0
+        wait_for(dispatched_again)
+    done = system.finished(task.id)
+    assert done.retry_count == 1 and done.result is not None
+    expected = "push refused (an agent error 3 times in a row on this task here)"
+    assert done.result.error_message == expected
+    wait_for(lambda: runner.failed == 1)
+
+
 def test_an_unstarted_jobs_give_back_is_tried_again_until_it_lands(system: System) -> None:
     """A quota store down while an unstarted job's reservation is given back: kept and
     retried with later heartbeats like a settle, so the slot is freed uncounted."""

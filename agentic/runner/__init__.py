@@ -26,7 +26,9 @@
   that reservation. Then: a returned result is ``complete(success=True)``; an
   exception or a failed result is ``complete(success=False)`` (the server counts a
   retry); an :class:`InfrastructureError` (dirty workspace, missing binary) is a
-  release, since the task is not at fault.
+  release, since the task is not at fault, except the third in a row on one task
+  here, which fails it (a retry counted): an error only that task triggers must not
+  loop forever between give-back and claim.
 * **Tells its own failures apart from the task's.** A report or settle that fails
   for a reason that may pass (no answer, 5xx, a store outage) is retried with
   backoff (``report_retry``); before resending a report it reads the task, so a

@@ -40,6 +40,8 @@ _LOAD_BEAT_SPACING = 0.1
 # Seconds of one long-poll for claimed tasks at most: how soon a stop is seen while
 # waiting (a read blocks its thread until it is answered).
 _WATCH_CHUNK = 2.0
+# Agent errors in a row on one task after which it is failed, not given back again.
+_MAX_AGENT_ERRORS = 3
 # Seconds a lease lasts when neither the runner nor the claim says (the server's default).
 _DEFAULT_LEASE = 300.0
 _EVENTS = {
@@ -144,6 +146,8 @@ class AgentRunner:
         #: waits after consecutive infrastructure errors (the agent cannot run tasks)
         self.infrastructure_backoff = RetryPolicy(base=2.0, cap=120.0, jitter="equal")
         self._infrastructure_failures = 0
+        #: task id -> agent errors in a row on it here (oldest first, bounded)
+        self._agent_errors: OrderedDict[str, int] = OrderedDict()
         self._paused_until = 0.0
         self._ran = False
         #: the agent allowance's max_job_duration (None: none), read at start and
@@ -360,7 +364,7 @@ class AgentRunner:
             if not attempt.done.wait(self.cancel_grace):
                 # Python cannot kill a thread: the handler is abandoned, its slot freed.
                 log.warning("task %s: the handler ignored cancellation", attempt.task.id)
-            outcome = decide(attempt, limit)
+            outcome = self._limit_agent_errors(attempt.task, decide(attempt, limit))
         except Exception as exc:
             # A bug here must not leave the task held (its lease renewed) forever.
             self._error(f"task {attempt.task.id}: could not judge how it ended", exc)
@@ -370,6 +374,25 @@ class AgentRunner:
                 f"agent error: {describe(exc)}",
             )
         self._finish(attempt, outcome)
+
+    def _limit_agent_errors(self, task: Task, outcome: Outcome) -> Outcome:
+        """Fail a task given back for an agent error for the ``_MAX_AGENT_ERRORS``-th
+        time in a row here (a retry counted, so the dead letter ends it): an error that
+        only this task triggers (a hook, its remote, its size) must not loop forever
+        between give-back and claim."""
+        with self._lock:
+            if not (outcome.infrastructure and outcome.report is Report.RELEASED):
+                self._agent_errors.pop(task.id, None)
+                return outcome
+            count = self._agent_errors.pop(task.id, 0) + 1
+            self._agent_errors[task.id] = count
+            while len(self._agent_errors) > _REMEMBERED:
+                self._agent_errors.popitem(last=False)
+        if count < _MAX_AGENT_ERRORS:
+            return outcome
+        reason = f"{outcome.reason} (an agent error {count} times in a row on this task here)"
+        failed = TaskResult(success=False, error_message=reason)
+        return Outcome(Report.FAILED, failed, reason, True, outcome.before_work)
 
     def _run_handler(self, attempt: Attempt) -> None:
         try:
