@@ -519,12 +519,20 @@ def _text_layer(variables: list[tuple[str, str, str]], *, strict: bool) -> Layer
 
 def _near_miss(key: str) -> str | None:
     """Our key that ``key`` (an unknown variable's) is a likely typo of, if any: a
-    section or key spelled within a letter or two of ours."""
+    section or key spelled within a letter or two of ours, a URL key without its
+    ``_url`` (``AGENTIC_STORE``, as ``--store``), or a key of one section without it
+    (``AGENTIC_PORT``)."""
     section, dot, rest = key.partition(".")
     if dot:
         close = difflib.get_close_matches(section, list(_SECTIONS), n=1, cutoff=0.8)
         return f"{close[0]}.{rest}" if close else None
-    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.85)
+    keys = _all_keys()
+    if f"{key}_url" in keys:
+        return f"{key}_url"
+    sectioned = [f"{name}.{key}" for name in _SECTIONS if f"{name}.{key}" in keys]
+    if len(sectioned) == 1:
+        return sectioned[0]
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.85)
     return close[0] if close else None
 
 

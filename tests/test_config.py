@@ -217,10 +217,15 @@ def test_foreign_agentic_variables_are_ignored() -> None:
         ("AGENTIC_SEVER__PORT", "AGENTIC_SERVER__PORT"),
         ("AGENTIC_TOKN", "AGENTIC_TOKEN"),
         ("AGENTIC_BASE_ULR", "AGENTIC_BASE_URL"),
+        ("AGENTIC_STORE", "AGENTIC_STORE_URL"),
+        ("AGENTIC_EVENT_LOG", "AGENTIC_EVENT_LOG_URL"),
+        ("AGENTIC_PORT", "AGENTIC_SERVER__PORT"),
+        ("AGENTIC_INTERVAL", "AGENTIC_DISPATCHER__INTERVAL"),
     ],
 )
 def test_a_variable_one_typo_away_from_ours_is_reported(name: str, meant: str) -> None:
-    """A near miss of one of our variables is a typo, named with what was meant."""
+    """A near miss of one of our variables (a typo, a URL key without _url, a section's
+    key without its section) is reported, named with what was meant."""
     with pytest.raises(ConfigError, match=f"{name} is not a setting of ours.*did you mean {meant}"):
         load_config(env={name: "2"})
 
