@@ -895,6 +895,16 @@ def test_mistaken_fields_are_refused_and_unknown_ones_ignored(
     assert_error(api.post(f"/api/tasks/{task.id}/claim", json=claim, headers=ADMIN), 422)
 
 
+def test_a_body_sent_as_a_form_is_told_to_be_json(api: TestClient, store: MemoryTaskStore) -> None:
+    """A JSON body sent with another Content-Type (curl --data) is a 415 saying what to send."""
+    form = {**ADMIN, "Content-Type": "application/x-www-form-urlencoded"}
+    answer = assert_error(api.post("/api/tasks", content=b'{"title": "x"}', headers=form), 415)
+    assert "Content-Type: application/json" in answer["message"]
+    assert store.list() == []
+    vendor = {**ADMIN, "Content-Type": "application/vnd.agentic+json; charset=utf-8"}
+    assert api.post("/api/tasks", content=b'{"title": "x"}', headers=vendor).status_code == 201
+
+
 def test_a_lone_surrogate_is_malformed_json_and_stores_nothing(
     api: TestClient, store: MemoryTaskStore
 ) -> None:

@@ -49,6 +49,19 @@ class _CheckedRequest(Request):
         super().__init__(scope, receive)
         self._model = body
 
+    async def body(self) -> bytes:
+        raw = await super().body()
+        kind = self.headers.get("content-type", "")
+        # A JSON body sent as something else (curl --data sends form encoding) would
+        # otherwise be judged as a string: "input should be a valid dictionary".
+        if raw and self._model is not None and kind and not _is_json(kind):
+            raise HTTPException(
+                415,
+                f"the body is sent as {kind.partition(';')[0]!r}: send it as JSON, with"
+                " Content-Type: application/json",
+            )
+        return raw
+
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
@@ -61,6 +74,11 @@ class _CheckedRequest(Request):
                 _require_known_fields(self._model, value)
             self._json = value
         return self._json
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind.startswith("application/") and kind.endswith(("/json", "+json"))
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
