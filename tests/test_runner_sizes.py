@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pytest
 
@@ -14,7 +14,7 @@ from agentic.errors import ConfigError
 from agentic.models import Task, TaskResult, TaskStatus
 from agentic.runner import SubprocessHandler, TaskContext
 from agentic.runner._sizes import clean, json_bytes, tail_within, within
-from tests.test_runner import System, build_system, wait_for
+from tests.test_runner import AGENT, System, build_system, wait_for
 
 
 @pytest.fixture
@@ -27,6 +27,13 @@ def system() -> Iterator[System]:
 def small_system() -> Iterator[System]:
     """A task server that refuses bodies over 64 KiB."""
     with build_system(max_body_bytes=64 * 1024) as made:
+        yield made
+
+
+@pytest.fixture
+def tiny_system() -> Iterator[System]:
+    """A task server that refuses bodies over 4 KiB."""
+    with build_system(max_body_bytes=4 * 1024) as made:
         yield made
 
 
@@ -163,6 +170,43 @@ def test_logs_refused_as_too_large_are_split_and_cut(small_system: System) -> No
     lines = small_system.tasks.logs(task.id).lines
     assert [line.split(":")[0] for line in lines[1:31]] == [str(n) for n in range(30)]
     assert lines[31].endswith("[cut: the task API refused it whole]")
+
+
+def test_a_line_refused_even_cut_is_replaced_by_a_note(tiny_system: System) -> None:
+    """Under a 4 KiB limit a line whose JSON is 12 KB is refused whole and cut: it is
+    replaced by a short note, in a bounded number of requests, and logging goes on."""
+    sent: list[list[str]] = []
+    real = tiny_system.client.append_logs
+
+    def counting(task_id: str, lines: Iterable[str]) -> int:
+        sent.append(list(lines))
+        return real(task_id, sent[-1])
+
+    tiny_system.client.append_logs = counting  # type: ignore[method-assign]
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.log("\x1b" * 2000)
+        ctx.log("the last line")
+        return "ok"
+
+    runner = tiny_system.started(handler)
+    task = tiny_system.finished(tiny_system.submit().id)
+    assert task.status == TaskStatus.COMPLETED
+    wait_for(lambda: "the last line" in tiny_system.tasks.logs(task.id).lines)
+    lines = tiny_system.tasks.logs(task.id).lines
+    assert any(line.endswith("[cut: the task API refused it whole]") for line in lines)
+    assert len(sent) < 10
+    beat = tiny_system.registry.get(AGENT).last_heartbeat
+    wait_for(lambda: tiny_system.registry.get(AGENT).last_heartbeat != beat)  # still beating
+    assert runner.errors > 0  # each refusal is counted
+
+
+def test_a_result_refused_even_cut_is_sent_as_a_note(tiny_system: System) -> None:
+    """Under a 4 KiB limit even the cut result is refused: a one-line note completes it."""
+    tiny_system.started(lambda task, ctx: "y" * 200_000 + "END")
+    task = tiny_system.finished(tiny_system.submit().id)
+    assert task.status == TaskStatus.COMPLETED and task.result is not None
+    assert task.result.output == "[agentic: the task API refused the result as too large, even cut]"
 
 
 def test_the_client_refuses_text_that_is_not_unicode_before_sending(system: System) -> None:

@@ -11,7 +11,17 @@ from ..models import QuotaEvent, Task, TaskResult
 from ._context import InfrastructureError, TaskContext
 from ._sizes import clean, tail_within, within
 
-__all__ = ["Attempt", "Outcome", "Report", "Stop", "attempt_key", "decide", "describe", "shrink"]
+__all__ = [
+    "Attempt",
+    "Outcome",
+    "Report",
+    "Stop",
+    "attempt_key",
+    "bare",
+    "decide",
+    "describe",
+    "shrink",
+]
 
 # The complete request must stay under the server's body limit (1 MiB by default):
 # bytes of JSON (see _sizes), whatever the characters.
@@ -190,6 +200,15 @@ def _clip(result: TaskResult) -> TaskResult:
             "error_message": tail_within(clean(result.error_message), _MAX_ERROR_BYTES),
             "artifacts": within([clean(a) for a in result.artifacts], _MAX_ARTIFACTS_BYTES),
         }
+    )
+
+
+def bare(result: TaskResult) -> TaskResult:
+    """``result`` with a one-line note for all its text: for a task API that refused
+    even its cut version."""
+    note = "[agentic: the task API refused the result as too large, even cut]"
+    return TaskResult(
+        success=result.success, output=note, error_message="" if result.success else note
     )
 
 

@@ -38,8 +38,10 @@ MAX_LINE_CHARS = 16 * 1024
 # refuses bodies over 1 MiB by default).
 _BATCH_LINES = 500
 _BATCH_BYTES = 256 * 1024
-# A line the task API refuses alone (413: a lower body limit) is sent cut to this.
-_REFUSED_LINE_CHARS = 1024
+# A line the task API refuses alone (413: a lower body limit) is sent cut to this
+# many bytes of JSON; refused again, replaced by _REFUSED_LINE.
+_REFUSED_LINE_BYTES = 1024
+_REFUSED_LINE = "[agentic: a log line was dropped: the task API refused it even cut]"
 
 
 class InfrastructureError(AgenticError):
@@ -208,7 +210,8 @@ class TaskContext:
 
     def _append(self, batch: list[str]) -> None:
         """Send ``batch``; refused as too large (a task API with a lower body limit),
-        sent in halves, and a line refused alone is sent cut."""
+        sent in halves; a line refused alone is sent cut, and if even that is
+        refused, replaced by a short note (refused too: the error is raised)."""
         try:
             self._client.append_logs(self._task.id, batch)
         except APIError as exc:
@@ -217,11 +220,21 @@ class TaskContext:
             if len(batch) > 1:
                 self._append(batch[: len(batch) // 2])
                 self._append(batch[len(batch) // 2 :])
-            elif len(batch[0]) > _REFUSED_LINE_CHARS:
-                cut = batch[0][:_REFUSED_LINE_CHARS] + " [cut: the task API refused it whole]"
-                self._append([cut])
-            else:
-                raise
+                return
+            line = batch[0]
+            self._report("sending a log line whole (it is sent cut)", exc)
+            for smaller in (_cut_line(line), _REFUSED_LINE):
+                if json_bytes(smaller) >= json_bytes(line):
+                    continue  # no smaller than what was refused
+                try:
+                    self._client.append_logs(self._task.id, [smaller])
+                except APIError as again:
+                    if not (again.from_response and again.code == 413):
+                        raise
+                    line = smaller
+                else:
+                    return
+            raise
 
     def _header(self) -> str:
         # The job id tells attempts apart; retries counts the failed ones before (a
@@ -289,6 +302,15 @@ class TaskContext:
             self._on_error(f"task {self._task.id}: {what} failed", exc)
         else:
             log.warning("task %s: %s failed: %s", self._task.id, what, exc)
+
+
+def _cut_line(line: str) -> str:
+    """The start of ``line`` within _REFUSED_LINE_BYTES of JSON, marked as cut."""
+    mark = " [cut: the task API refused it whole]"
+    keep = min(len(line), _REFUSED_LINE_BYTES)
+    while keep > 0 and json_bytes(line[:keep] + mark) > _REFUSED_LINE_BYTES:
+        keep = keep * 3 // 4
+    return line[:keep] + mark
 
 
 def _batches(lines: list[str]) -> list[list[str]]:

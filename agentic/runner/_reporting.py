@@ -19,7 +19,7 @@ from ..errors import (
 )
 from ..models import QuotaEvent, Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
-from ._attempt import Attempt, Outcome, Report, attempt_key, shrink
+from ._attempt import Attempt, Outcome, Report, attempt_key, bare, shrink
 
 __all__ = ["Reporter"]
 
@@ -207,18 +207,21 @@ class Reporter:
     def _complete(self, task: Task, outcome: Outcome) -> None:
         """Complete (or fail) the task; should the task API refuse the result as too
         large (413: a body limit below the 1 MiB results are clipped to), it is sent
-        again cut to a few KiB: refused, nothing landed, so the resend is safe."""
-        try:
-            self.client.complete_task(
-                task.id, outcome.result, agent_id=self.agent_id, job_id=task.job_id
-            )
-        except APIError as exc:
-            if not (exc.from_response and exc.code == 413):
-                raise
-            self._error(f"task {task.id}: result refused as too large; sending it cut", exc)
-            self.client.complete_task(
-                task.id, shrink(outcome.result), agent_id=self.agent_id, job_id=task.job_id
-            )
+        again cut to a few KiB, then with a one-line note only: refused, nothing
+        landed, so each resend is safe."""
+        result = outcome.result
+        for smaller in (shrink(result), bare(result), None):
+            try:
+                self.client.complete_task(
+                    task.id, result, agent_id=self.agent_id, job_id=task.job_id
+                )
+            except APIError as exc:
+                if not (exc.from_response and exc.code == 413) or smaller is None:
+                    raise
+                self._error(f"task {task.id}: result refused as too large; sending it cut", exc)
+                result = smaller
+            else:
+                return
 
     def give_back(self, task: Task, reason: str) -> bool:
         """Release a claimed task that never ran here, then give its reservation back

@@ -538,21 +538,26 @@ class AgentRunner:
                 return
             now = time.monotonic()
             due = now >= next_beat
-            if due or (unpublished and now - last_beat >= spacing):
-                self.presence.heartbeat()
-                last_beat, unpublished = now, False
+            try:
+                if due or (unpublished and now - last_beat >= spacing):
+                    self.presence.heartbeat()
+                    last_beat, unpublished = now, False
+                if due:
+                    self._renew_leases()
+                    if self.reporter.unsettled:
+                        # Off this thread: a slow store must not delay heartbeats and leases.
+                        threading.Thread(
+                            target=self.reporter.settle_pending, name="agentic-settle", daemon=True
+                        ).start()
+                with self._lock:
+                    contexts = [a.ctx for a in self._attempts.values()]
+                for ctx in contexts:
+                    ctx.flush_logs()
+            except Exception as exc:  # a bug must not end heartbeats and renewals
+                self._error("heartbeat, lease renewal or log flush failed unexpectedly", exc)
+                log.exception("maintenance step failed")
             if due:
-                self._renew_leases()
-                if self.reporter.unsettled:
-                    # Off this thread: a slow store must not delay heartbeats and leases.
-                    threading.Thread(
-                        target=self.reporter.settle_pending, name="agentic-settle", daemon=True
-                    ).start()
                 next_beat = now + self.heartbeat_interval
-            with self._lock:
-                contexts = [a.ctx for a in self._attempts.values()]
-            for ctx in contexts:
-                ctx.flush_logs()
 
     def _renew_leases(self) -> None:
         with self._lock:
