@@ -919,7 +919,16 @@ def test_a_lone_surrogate_is_malformed_json_and_stores_nothing(
     ):
         answer = assert_error(api.post(path, content=body, headers=json_headers), 400)
         assert "lone surrogate" in answer["details"] and "not valid Unicode" in answer["details"]
+    for path, raw in (
+        ("/api/tasks", b'{"title": "fix", "description": "see \xed\xa0\x80 log"}'),
+        ("/api/tasks", '{"title": "fix", "description": "see \\ud800"}'.encode("utf-16")),
+        (f"/api/tasks/{held.id}/logs", b'{"lines": ["a \xed\xa0\x80 b"]}'),
+    ):
+        answer = assert_error(api.post(path, content=raw, headers=json_headers), 400)
+        assert "not UTF-8" in answer["details"]
     assert (store.list(), store.logs(held.id)) == before
+    bom = "\ufeff".encode() + b'{"title": "with a byte order mark"}'
+    assert api.post("/api/tasks", content=bom, headers=json_headers).status_code == 201
     pair = b'{"title": "smile \\ud83d\\ude00"}'  # a surrogate pair is one valid character
     made = api.post("/api/tasks", content=pair, headers=json_headers)
     assert made.status_code == 201 and made.json()["title"] == "smile \U0001f600"

@@ -65,10 +65,21 @@ class _CheckedRequest(Request):
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
             body = await self.body()
-            value = json.loads(body)
-            # Only an escape can make a lone surrogate (raw ones are invalid UTF-8,
-            # refused by the parser): most bodies skip the walk.
-            if b"\\ud" in body or b"\\uD" in body:
+            # Decoded here, strictly: json.loads(bytes) would guess UTF-16 or UTF-32 and
+            # let encoded surrogates through ('surrogatepass').
+            try:
+                text = body.decode("utf-8-sig")  # a leading BOM is allowed, as before
+            except UnicodeDecodeError as exc:
+                raise json.JSONDecodeError(
+                    f"the body is not UTF-8 ({exc.reason} at byte {exc.start}): send JSON"
+                    " as UTF-8",
+                    body.decode("utf-8", "replace"),
+                    0,
+                ) from exc
+            value = json.loads(text)
+            # Valid UTF-8 holds no surrogate: only an escape can make one, so most
+            # bodies skip the walk.
+            if "\\ud" in text or "\\uD" in text:
                 _require_unicode(value, body)
             if self._model is not None and isinstance(value, dict):
                 _require_known_fields(self._model, value)
