@@ -71,8 +71,7 @@ class _CheckedRequest(Request):
                 text = body.decode("utf-8-sig")  # a leading BOM is allowed, as before
             except UnicodeDecodeError as exc:
                 raise json.JSONDecodeError(
-                    f"the body is not UTF-8 ({exc.reason} at byte {exc.start}): send JSON"
-                    " as UTF-8",
+                    f"the body is not UTF-8 ({exc.reason} at byte {exc.start}): send JSON as UTF-8",
                     body.decode("utf-8", "replace"),
                     0,
                 ) from exc
