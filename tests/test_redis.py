@@ -26,7 +26,7 @@ from agentic.errors import (
     StoreUnavailableError,
 )
 from agentic.events import Event, EventType
-from agentic.models import AgentAllowance, AgentInfo, AgentStatus, ModelQuota, QuotaEvent
+from agentic.models import AgentAllowance, AgentInfo, AgentStatus, ModelQuota, QuotaEvent, Task
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.base import AgentRegistry, AllowanceStore
@@ -35,6 +35,7 @@ from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.stores.redis._conn import sync, text
 from agentic.stores.redis.allowance import _RESERVE
+from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import FakeClock
 from tests.conftest import RedisServer, free_port
 
@@ -344,6 +345,28 @@ def test_lua_runs_as_redis_functions_named_by_their_code(
     assert names == {_RESERVE.function}
     assert _RESERVE.function == f"agentic_{_RESERVE.sha}"
     client.close()
+
+
+def test_at_maxmemory_reads_go_on_as_scripts(redis_server: RedisServer, prefix: str) -> None:
+    """At maxmemory Redis refuses a function that may write, and its load, before it
+    runs: the call goes on as a script, so a listing still answers (after a flush too)."""
+    admin = redis.Redis(port=redis_server.port)
+    client = redis.Redis(port=redis_server.port)
+    store = RedisTaskStore(client, prefix=prefix)
+    store.create(Task(id="t1", title="x"))
+    admin.config_set("maxmemory", "1")
+    try:
+        assert [task.id for task in store.list()] == ["t1"]
+        admin.function_flush()
+        admin.script_flush()
+        assert [task.id for task in store.list()] == ["t1"]
+        with pytest.raises(StoreUnavailableError, match="maxmemory"):
+            store.create(Task(title="y"))  # a write is still refused, as it must be
+    finally:
+        admin.config_set("maxmemory", "0")
+    assert store.create(Task(id="t2", title="z")).id == "t2"  # functions again
+    client.close()
+    admin.close()
 
 
 def test_a_user_without_functions_runs_scripts(redis_server: RedisServer, prefix: str) -> None:

@@ -222,15 +222,15 @@ class Script:
             if client.connection_pool not in _NO_FUNCTIONS:
                 try:
                     return self._fcall(client, args, keys)
+                except OutOfMemoryError:
+                    pass  # see _evalsha
                 except ResponseError as exc:
-                    if not self._load(client, exc):
-                        return client.evalsha(self.sha, len(keys), *keys, *args)
-                return self._fcall(client, args, keys)
-            try:
-                return client.evalsha(self.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                client.script_load(self.source)
-                return client.evalsha(self.sha, len(keys), *keys, *args)
+                    if self._load(client, exc):
+                        try:
+                            return self._fcall(client, args, keys)
+                        except OutOfMemoryError:
+                            pass
+            return self._evalsha(client, args, keys)
         except redis.RedisError as exc:
             raise _store_error(exc, f"script {self.name}") from exc
 
@@ -238,14 +238,28 @@ class Script:
         # redis-py types fcall's varargs as lists; they are keys, then arguments.
         return cast(Any, client).fcall(self.function, len(keys), *keys, *args)
 
+    def _evalsha(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str]) -> Any:
+        """The call as a script: on servers without functions, and at ``maxmemory``
+        (Redis refuses a function that may write before it runs, and the library's
+        load, where a script is refused only at its first write: a read, a listing,
+        goes on)."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
     def _load(self, client: redis.Redis, refusal: ResponseError) -> bool:
         """Load the library after ``refusal`` of an FCALL: whether it is loaded (call
-        again); False when this server runs scripts only (then loaded as a script)."""
+        again); False to run this call as a script: the server has no functions or
+        may not use them (remembered: every later call is a script), or it is full."""
         if not _refuses_functions(refusal):
             if not str(refusal).startswith("Function not found"):
                 raise refusal
             try:
                 client.function_load(self.library, replace=True)
+            except OutOfMemoryError:
+                return False
             except ResponseError as exc:
                 if not _refuses_functions(exc):
                     raise
@@ -254,7 +268,6 @@ class Script:
                 return True
         log.info("Redis runs agentic's Lua as scripts, not functions (%s)", refusal)
         _NO_FUNCTIONS.add(client.connection_pool)
-        client.script_load(self.source)
         return False
 
 
