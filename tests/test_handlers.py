@@ -470,3 +470,11 @@ def test_a_command_the_machine_cannot_run_is_an_agent_error(tmp_path: Path, cont
     with pytest.raises(InfrastructureError, match="cannot start") as raised:
         SubprocessHandler([str(program)])(TASK, context())
     assert raised.value.before_work
+
+
+def test_characters_split_between_chunks_stay_whole() -> None:
+    """A long line of 3-byte characters read in chunks keeps every character."""
+    script = "import sys; sys.stdout.write('\\u4e2d' * 100_000); sys.stdout.flush()"
+    ctx = context()
+    result = SubprocessHandler([sys.executable, "-c", script], output_limit=200_000)(TASK, ctx)
+    assert result.success and result.output == "\u4e2d" * 100_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -393,14 +394,17 @@ def _read(stream: IO[bytes] | None, ctx: TaskContext, tail: _Tail, prefix: str) 
     line longer than that is logged by its start (cut, see TaskContext.log)."""
     if stream is None:
         return
+    # One decoder for the stream: a character split between two chunks is whole.
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     with contextlib.suppress(ValueError, OSError), stream:
         continued = False  # the chunk before was a part of a line with no end yet
         while raw := stream.readline(_CHUNK):
-            line = raw.decode("utf-8", errors="replace")
+            line = decoder.decode(raw)
             tail.add(line)
             if not continued:
                 ctx.log(prefix + line.rstrip("\r\n"))
             continued = not raw.endswith(b"\n")
+        tail.add(decoder.decode(b"", final=True))  # an incomplete character at the end
 
 
 def _write(stream: IO[bytes] | None, data: bytes) -> None:
