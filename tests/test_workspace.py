@@ -282,6 +282,37 @@ def test_a_task_cancelled_while_waiting_for_the_tree_is_given_back(repo: Path) -
     first.join(5)
 
 
+def test_another_process_on_the_tree_waits_and_leaves_the_running_task_alone(
+    repo: Path,
+) -> None:
+    """Two workspaces on one tree (two agent processes) run one task at a time: the
+    second waits (the lock in .git) and never takes the first's branch for a leftover."""
+    entered, leave = threading.Event(), threading.Event()
+
+    def slow(task: Task, ctx: TaskContext) -> str:
+        assert ctx.workdir is not None
+        (ctx.workdir / "first.txt").write_text("in progress\n")
+        entered.set()
+        leave.wait(5)
+        return "done"
+
+    first = threading.Thread(target=GitWorkspace(repo, slow), args=(TASK, context()))
+    first.start()
+    assert entered.wait(5)
+    waiting = context()
+    threading.Timer(0.5, waiting.cancel, args=("timed out",)).start()
+    with pytest.raises(WorkspaceError, match="busy with another task"):
+        second = GitWorkspace(repo, writes("second.txt"), base_branch="main")
+        second(Task(id="t2", title="second"), waiting)
+    assert (repo / "first.txt").exists()  # the running task's work is untouched
+    leave.set()
+    first.join(5)
+    assert git(repo, "ls-tree", "--name-only", GitWorkspace.branch_name(TASK)).splitlines() == [
+        "README",
+        "first.txt",
+    ]
+
+
 def run_one(repo: Path, task: Task, prepare: Callable[[], None] | None = None) -> Task:
     """Run ``task`` through a runner with a git workspace around a shell command."""
     store, registry = MemoryTaskStore(), MemoryRegistry()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -52,9 +54,10 @@ class GitWorkspace:
     On failure, exception or cancellation the branch is reset, cleaned and deleted.
     Either way the repository ends on the base branch.
 
-    One working tree runs one task at a time: calls are serialized by a lock, so with
-    ``max_load > 1`` further tasks wait for the tree; one cancelled while waiting (its
-    time ran out) is given back unrun.
+    One working tree runs one task at a time, across threads and processes (a lock
+    file, ``.git/agentic.lock``): with ``max_load > 1``, or several agents on one
+    tree, further tasks wait for it; one cancelled while waiting (its time ran out)
+    is given back unrun.
     """
 
     def __init__(
@@ -104,20 +107,33 @@ class GitWorkspace:
         # Waiting for the tree stops when the task is cancelled (its time ran out
         # while another task held the tree): given back unrun, not timed out.
         while not self._lock.acquire(timeout=_LOCK_POLL):
-            if ctx.cancelled:
-                raise WorkspaceError(
-                    f"{self.repo} was busy with another task until this one was"
-                    f" cancelled ({ctx.cancel_reason})",
-                    before_work=True,
-                )
+            self._require_not_cancelled(ctx)
         try:
-            if ctx.cancelled:
-                raise WorkspaceError(
-                    f"cancelled before it began ({ctx.cancel_reason})", before_work=True
-                )
-            return self._run(task, ctx)
+            # The tree may be shared with other agent processes: a file lock in .git
+            # keeps one task at a time in it across them too.
+            with self._git_dir().joinpath("agentic.lock").open("a") as lock:
+                while True:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        self._require_not_cancelled(ctx)
+                        time.sleep(_LOCK_POLL)
+                self._require_not_cancelled(ctx)
+                return self._run(task, ctx)  # the lock ends with the file's closing
         finally:
             self._lock.release()
+
+    def _require_not_cancelled(self, ctx: TaskContext) -> None:
+        if ctx.cancelled:
+            raise WorkspaceError(
+                f"{self.repo} was busy with another task until this one was cancelled"
+                f" ({ctx.cancel_reason})",
+                before_work=True,
+            )
+
+    def _git_dir(self) -> Path:
+        return self.repo / self._git("rev-parse", "--git-dir").stdout.strip()
 
     def _run(self, task: Task, ctx: TaskContext) -> TaskResult:
         try:
@@ -140,8 +156,9 @@ class GitWorkspace:
         base and the branch."""
         head = self._git("symbolic-ref", "--short", "-q", "HEAD", check=False).stdout.strip()
         if head.startswith(_TASK_BRANCHES):
-            # Only an attempt that never ended leaves a task's branch checked out (this
-            # process runs one task at a time here): it cannot report, so its changes go.
+            # Only an attempt that never ended leaves a task's branch checked out (one
+            # task at a time runs here, across processes too: the lock in .git): it
+            # cannot report, so its changes go.
             ctx.log(f"[git] {head} was left by an attempt that did not end: discarding it")
             log.warning("%s: %s left by an attempt that did not end; discarded", self.repo, head)
             self._discard(head, self.base_branch, ctx)
