@@ -287,6 +287,28 @@ def test_a_report_gives_up_once_the_lease_ran_out_unrenewed(system: System) -> N
     assert runner.completed == 0
 
 
+def test_a_claim_without_a_reservation_is_given_back_not_run(system: System) -> None:
+    """With quotas on, a task claimed for the agent without a job id (by hand) is given
+    back unrun: it would spend tokens no limit counted. A dispatcher's claim then runs."""
+    runs: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        runs.append(task.id)
+        return "done"
+
+    runner = system.started(handler)
+    task = system.tasks.create(Task(title="t", labels=["py"]))
+    system.tasks.claim(task.id, AGENT, 60)  # no job id: no reservation behind it
+    wait_for(lambda: system.tasks.get(task.id).status == TaskStatus.PENDING)
+    assert runs == [] and system.tasks.get(task.id).retry_count == 0
+    assert system.quota.get_usage(AGENT).jobs_started == 0
+    requeued = [e.event for e in system.log.read() if e.event.type == EventType.TASK_REQUEUED]
+    assert "runs only claims made with a reservation" in requeued[-1].payload["reason"]
+    assert system.dispatcher.dispatch(system.tasks.get(task.id)) == AGENT
+    assert system.finished(task.id).status == TaskStatus.COMPLETED and runs == [task.id]
+    wait_for(lambda: runner.released == 1)
+
+
 def test_handler_exception_fails_task_and_charges_half(system: System) -> None:
     """An exception fails the attempt with its message; half the tokens are charged."""
 

@@ -304,6 +304,15 @@ class AgentRunner:
         """Start the tasks claimed for this agent that are not running yet."""
         for task in tasks:
             key = attempt_key(task)
+            if self.allowance is not None and not task.job_id:
+                # Claimed without a reservation (by hand, or by a dispatcher that keeps
+                # no quota): run, it would spend tokens no limit counted.
+                self._give_back(
+                    task,
+                    f"agent {self.agent_id} keeps quotas and runs only claims made with a"
+                    " reservation (a job id): this one has none; a dispatcher will claim it",
+                )
+                continue
             paused = self.paused
             with self._lock:
                 running = self._attempts.get(task.id)
