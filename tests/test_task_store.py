@@ -553,8 +553,10 @@ def test_update_to_failed_dead_letters(store: TaskStore, backend: Backend) -> No
     new(store, id="root")
     new(store, id="child", dependencies=["root"])
     store.claim("root", "a1", 10)
+    store.update("root", TaskUpdate(next_attempt_at=datetime.now(UTC)))
     dead = store.update("root", TaskUpdate(status=FAILED, fail_reason="max retries exceeded"))
     assert (dead.status, dead.fail_reason, dead.claimed_by) == (FAILED, "max retries exceeded", "")
+    assert dead.next_attempt_at is None and store.get("root").next_attempt_at is None
     assert store.get("child").status == BLOCKED
     with pytest.raises(ConflictError, match="final"):
         store.update("root", TaskUpdate(status=PENDING))

@@ -393,12 +393,13 @@ def completed(task: Task, result: TaskResult, now: float) -> Task:
 
 
 def dead_letter(task: Task, now: float, reason: str) -> Task:
-    """Failed for good (the dead letter), unclaimed, with the reason."""
+    """Failed for good (the dead letter), unclaimed, with the reason; no next attempt."""
     return task.model_copy(
         update={
             **_NO_CLAIM,
             "status": TaskStatus.FAILED,
             "fail_reason": reason,
+            "next_attempt_at": None,
             "updated_at": _now(now),
         }
     )

@@ -118,6 +118,7 @@ end
 local function dead_letter(t, now, reason)
   unclaim(t)
   t.status, t.fail_reason, t.updated_at = 'failed', reason, num(now)
+  t.next_attempt_at = ''  -- no next attempt
 end
 
 -- A real failure: one more retry counted; past max_retries the dead letter.
