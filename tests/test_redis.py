@@ -445,6 +445,13 @@ def test_a_database_that_is_not_a_number_is_config_error(redis_server: RedisServ
         open_registry(f"{base}/abc")
 
 
+def test_a_database_past_the_servers_is_config_error(redis_server: RedisServer) -> None:
+    """redis://host:port/99 on a server of 16 databases: Redis answered, the URL is wrong."""
+    base = redis_server.url.rsplit("/", 1)[0]
+    with pytest.raises(ConfigError, match=r"refused this connection.*database number"):
+        open_registry(f"{base}/99")
+
+
 def test_unreachable_redis_fails_fast() -> None:
     """Nothing listening: StoreUnavailableError naming host:port, well within 5 s."""
     port = free_port()

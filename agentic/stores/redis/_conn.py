@@ -103,6 +103,14 @@ def _ping(client: redis.Redis, address: str, timeout: float) -> None:
     """Fail fast, with what to check, when Redis cannot be reached."""
     try:
         client.ping()
+    except redis.ResponseError as exc:
+        # Reached, and refused: a database past the server's `databases`, an ACL.
+        client.close()
+        raise ConfigError(
+            f"Redis at {address} refused this connection: {exc}. Check the database"
+            " number in the store URL (the server has `databases` of them, 16 by"
+            " default) and the user's permissions"
+        ) from exc
     except redis.RedisError as exc:
         client.close()
         raise StoreUnavailableError(
