@@ -353,7 +353,7 @@ def test_a_runner_starts_a_claimed_task_long_before_its_poll_interval(
     time.sleep(0.3)  # the runner is now in its long-poll
     task = store.create(Task(title="t"))
     claimed_at = time.monotonic()
-    api.claim_task(task.id, "a1")
+    api.claim_task(task.id, "a1", job_id="j1")  # as a dispatcher claims
     assert started.wait(5)
     assert time.monotonic() - claimed_at < 1.0  # not its 2 s long-poll running out
 
@@ -394,7 +394,7 @@ def test_without_watching_the_runner_polls_at_its_interval(
     client = NotWatching(api.base_url, token="")
     done = threading.Event()
     fleet.runner(lambda task, ctx: done.set(), client=client, poll_interval=0.2)
-    api.claim_task(store.create(Task(title="t")).id, "a1")
+    api.claim_task(store.create(Task(title="t")).id, "a1", job_id="j1")
     assert done.wait(5)
     calls, time_then = client.calls, time.monotonic()
     time.sleep(1.0)
