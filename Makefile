@@ -26,7 +26,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: venv redis-server lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=10
 
 demo: venv-run
 	$(BIN)/agentic demo
