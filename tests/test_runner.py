@@ -77,6 +77,17 @@ def sleeps(seconds: float) -> Handler:
     return handler
 
 
+def stops_when_cancelled(seen: list[str]) -> Handler:
+    """A handler that waits for cancellation, notes its reason in ``seen``, and stops."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.cancel_event.wait(5)
+        seen.append(ctx.cancel_reason)
+        raise TaskCancelled(ctx.cancel_reason)
+
+    return handler
+
+
 class Recorder(EventEmitter):
     """Keeps every event."""
 
@@ -383,12 +394,7 @@ def test_async_handler(system: System) -> None:
 def test_timeout_cancels_and_fails(system: System) -> None:
     """Past max_job_duration the context is cancelled and the task failed as timed out."""
     seen: list[str] = []
-
-    def handler(task: Task, ctx: TaskContext) -> str:
-        ctx.cancel_event.wait(5)
-        seen.append(ctx.cancel_reason)
-        raise TaskCancelled(ctx.cancel_reason)
-
+    handler = stops_when_cancelled(seen)
     system.started(handler, max_job_duration=0.2)
     task = system.finished(system.submit().id)
     assert seen == ["timed out after 0.2 s"]
@@ -399,12 +405,7 @@ def test_timeout_cancels_and_fails(system: System) -> None:
 def test_the_allowance_max_job_duration_is_enforced_when_smaller(system: System) -> None:
     """The allowance's max_job_duration, read again each heartbeat, limits attempts too."""
     seen: list[str] = []
-
-    def handler(task: Task, ctx: TaskContext) -> str:
-        ctx.cancel_event.wait(5)
-        seen.append(ctx.cancel_reason)
-        raise TaskCancelled(ctx.cancel_reason)
-
+    handler = stops_when_cancelled(seen)
     runner = system.started(handler, max_job_duration=30.0)
     system.quota.set_allowance(AgentAllowance(agent_id=AGENT, max_job_duration=0.3))
     wait_for(lambda: runner._job_limit() == 0.3)

@@ -12,7 +12,7 @@ import pytest
 from agentic._client_wire import encode_body
 from agentic.errors import ConfigError
 from agentic.models import Task, TaskResult, TaskStatus
-from agentic.runner import SubprocessHandler, TaskContext
+from agentic.runner import AgentRunner, SubprocessHandler, TaskContext
 from agentic.runner._sizes import clean, json_bytes, tail_within, within
 from tests.test_runner import AGENT, System, build_system, wait_for
 
@@ -35,6 +35,23 @@ def tiny_system() -> Iterator[System]:
     """A task server that refuses bodies over 4 KiB."""
     with build_system(max_body_bytes=4 * 1024) as made:
         yield made
+
+
+def run_logging(system: System, lines: list[str]) -> tuple[AgentRunner, Task]:
+    """Run a task whose handler logs ``lines``, then "the last line", and succeeds;
+    the runner and the task, once completed and its last line stored."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        for line in lines:
+            ctx.log(line)
+        ctx.log("the last line")
+        return "ok"
+
+    runner = system.started(handler)
+    task = system.finished(system.submit().id)
+    assert task.status == TaskStatus.COMPLETED
+    wait_for(lambda: "the last line" in system.tasks.logs(task.id).lines)
+    return runner, task
 
 
 # --- the pure helpers ------------------------------------------------------------
@@ -101,16 +118,7 @@ def test_artifacts_are_clipped_to_fit(system: System) -> None:
 def test_log_lines_of_wide_characters_are_all_stored(system: System) -> None:
     """Lines whose JSON is far larger than their character count all reach the log."""
 
-    def handler(task: Task, ctx: TaskContext) -> str:
-        for _ in range(20):
-            ctx.log("\ufffd" * 16_000)
-        ctx.log("the last line")
-        return "ok"
-
-    runner = system.started(handler)
-    task = system.finished(system.submit().id)
-    assert task.status == TaskStatus.COMPLETED
-    wait_for(lambda: "the last line" in system.tasks.logs(task.id).lines)
+    runner, task = run_logging(system, ["\ufffd" * 16_000] * 20)
     assert len(system.tasks.logs(task.id).lines) == 22  # the header, 20 lines, the last
     assert runner.errors == 0
 
@@ -184,15 +192,7 @@ def test_a_line_refused_even_cut_is_replaced_by_a_note(tiny_system: System) -> N
 
     tiny_system.client.append_logs = counting  # type: ignore[method-assign]
 
-    def handler(task: Task, ctx: TaskContext) -> str:
-        ctx.log("\x1b" * 2000)
-        ctx.log("the last line")
-        return "ok"
-
-    runner = tiny_system.started(handler)
-    task = tiny_system.finished(tiny_system.submit().id)
-    assert task.status == TaskStatus.COMPLETED
-    wait_for(lambda: "the last line" in tiny_system.tasks.logs(task.id).lines)
+    runner, task = run_logging(tiny_system, ["\x1b" * 2000])
     lines = tiny_system.tasks.logs(task.id).lines
     assert any(line.endswith("[cut: the task API refused it whole]") for line in lines)
     assert len(sent) < 10

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 from ..client import TaskClient
 from ..errors import AgenticError, APIError, ConfigError
 from ..models import Task, TaskResult, TaskUpdate
-from ._sizes import clean, json_bytes
+from ._sizes import clean, head_within, json_bytes
 
 __all__ = [
     "Handler",
@@ -42,6 +42,7 @@ _BATCH_BYTES = 256 * 1024
 # many bytes of JSON; refused again, replaced by _REFUSED_LINE.
 _REFUSED_LINE_BYTES = 1024
 _REFUSED_LINE = "[agentic: a log line was dropped: the task API refused it even cut]"
+_CUT_MARK = " [cut: the task API refused it whole]"
 
 
 class InfrastructureError(AgenticError):
@@ -223,7 +224,7 @@ class TaskContext:
                 return
             line = batch[0]
             self._report("sending a log line whole (it is sent cut)", exc)
-            for smaller in (_cut_line(line), _REFUSED_LINE):
+            for smaller in (head_within(line, _REFUSED_LINE_BYTES, _CUT_MARK), _REFUSED_LINE):
                 if json_bytes(smaller) >= json_bytes(line):
                     continue  # no smaller than what was refused
                 try:
@@ -302,15 +303,6 @@ class TaskContext:
             self._on_error(f"task {self._task.id}: {what} failed", exc)
         else:
             log.warning("task %s: %s failed: %s", self._task.id, what, exc)
-
-
-def _cut_line(line: str) -> str:
-    """The start of ``line`` within _REFUSED_LINE_BYTES of JSON, marked as cut."""
-    mark = " [cut: the task API refused it whole]"
-    keep = min(len(line), _REFUSED_LINE_BYTES)
-    while keep > 0 and json_bytes(line[:keep] + mark) > _REFUSED_LINE_BYTES:
-        keep = keep * 3 // 4
-    return line[:keep] + mark
 
 
 def _batches(lines: list[str]) -> list[list[str]]:

@@ -11,8 +11,9 @@ Unicode, cannot be encoded, and would fail the whole request.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
-__all__ = ["clean", "json_bytes", "tail_within", "within"]
+__all__ = ["clean", "head_within", "json_bytes", "tail_within", "within"]
 
 _CUT = "[truncated]\n"
 
@@ -36,11 +37,23 @@ def tail_within(text: str, limit: int) -> str:
     as truncated, that does."""
     if json_bytes(text) <= limit:
         return text
-    keep = min(len(text), limit)
-    while keep > 0 and json_bytes(_CUT + text[-keep:]) > limit:
+    return _fit(lambda keep: _CUT + (text[-keep:] if keep else ""), len(text), limit)
+
+
+def head_within(text: str, limit: int, mark: str) -> str:
+    """The start of ``text`` (clean) followed by ``mark``, within ``limit`` bytes of
+    JSON (``mark`` alone if even one character is too many)."""
+    return _fit(lambda keep: text[:keep] + mark, len(text), limit)
+
+
+def _fit(cut: Callable[[int], str], length: int, limit: int) -> str:
+    """``cut(keep)`` for the largest ``keep`` (characters kept, at most ``length``)
+    found whose JSON fits in ``limit`` bytes, or ``cut(0)``."""
+    keep = min(length, limit)
+    while keep > 0 and (size := json_bytes(cut(keep))) > limit:
         # Shrink in proportion to the excess, and by a tenth at least: a few rounds.
-        keep = min(keep * limit // json_bytes(_CUT + text[-keep:]), keep - keep // 10 - 1)
-    return _CUT + text[-keep:] if keep > 0 else _CUT
+        keep = min(keep * limit // size, keep - keep // 10 - 1)
+    return cut(max(keep, 0))
 
 
 def within(items: list[str], limit: int) -> list[str]:
