@@ -1021,6 +1021,76 @@ def test_load_changes_are_published_at_most_every_tenth_of_a_second(system: Syst
     runner.stop()
 
 
+class HangingRenewals(TaskClient):
+    """A task API whose lease renewals hang until ``hang`` is cleared."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hang = threading.Event()
+        self.hang.set()
+        self.hanging = threading.Event()
+
+    def renew_lease(self, *args: Any, **kwargs: Any) -> Task:
+        if self.hang.is_set():
+            self.hanging.set()
+            while self.hang.is_set():
+                time.sleep(0.01)
+        return super().renew_lease(*args, **kwargs)
+
+
+def test_a_hanging_task_api_does_not_delay_heartbeats(system: System) -> None:
+    """While a lease renewal hangs on the task API, the registry still gets a
+    heartbeat every heartbeat_interval: the agent is not reaped as silent."""
+    counting = CountingRegistry()
+    system.registry = counting
+    system.dispatcher.registry = counting
+    client = HangingRenewals(system.url, token="", retries=0)
+    gate = threading.Event()
+    system.started(waits_for(gate), client=client, lease_seconds=300)
+    task = system.submit()
+    assert client.hanging.wait(5.0)
+    before = counting.beats
+    time.sleep(1.0)  # ten heartbeat intervals with the renewal hung
+    assert counting.beats - before >= 5
+    client.hang.clear()
+    gate.set()
+    assert system.finished(task.id).status is TaskStatus.COMPLETED
+
+
+class HangingRegistry(MemoryRegistry):
+    """A registry whose heartbeats hang while ``hang`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hang = threading.Event()
+        self.hanging = threading.Event()
+
+    def heartbeat(self, agent_id: str, load: int | None = None) -> AgentInfo:
+        if self.hang.is_set():
+            self.hanging.set()
+            while self.hang.is_set():
+                time.sleep(0.01)
+        return super().heartbeat(agent_id, load)
+
+
+def test_a_hanging_registry_does_not_delay_lease_renewals(system: System) -> None:
+    """While a heartbeat hangs on the registry, held leases are still renewed."""
+    hanging = HangingRegistry()
+    system.registry = hanging
+    system.dispatcher.registry = hanging
+    gate = threading.Event()
+    system.started(waits_for(gate), lease_seconds=300)
+    task = system.submit()
+    hanging.hang.set()
+    assert hanging.hanging.wait(5.0)
+    first = system.tasks.get(task.id).lease_expires_at
+    assert first is not None
+    wait_for(lambda: (system.tasks.get(task.id).lease_expires_at or first) > first)
+    hanging.hang.clear()
+    gate.set()
+    assert system.finished(task.id).status is TaskStatus.COMPLETED
+
+
 class OldServer(TaskClient):
     """A client of a task API that lists no features (older, or go-agentic's)."""
 

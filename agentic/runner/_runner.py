@@ -187,17 +187,27 @@ class AgentRunner:
             log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
             self._check_server()
             self._read_allowance(warn=True)
-            maintenance = threading.Thread(
-                target=self._maintain, name=f"agentic-runner-{self.agent_id}", daemon=True
-            )
-            maintenance.start()
+            # Two threads: the registry and the task API are separate services, so a
+            # task API that accepts connections but hangs (renewals, log flushes wait
+            # out the client's timeout) must not delay the heartbeat that keeps the
+            # agent alive in the registry, and a slow registry must not delay renewals.
+            maintenance = [
+                threading.Thread(target=target, name=f"{name}-{self.agent_id}", daemon=True)
+                for target, name in (
+                    (self._beat, "agentic-heartbeat"),
+                    (self._keep, "agentic-leases"),
+                )
+            ]
+            for thread in maintenance:
+                thread.start()
             try:
                 self._poll_loop(stop)
             finally:
                 self._shutdown()
                 self._maintenance_stop.set()
                 self._wake.set()
-                maintenance.join()
+                for thread in maintenance:
+                    thread.join()
         finally:
             restore()
 
@@ -529,15 +539,16 @@ class AgentRunner:
                 self._give_back(task, "claimed while the agent was shutting down")
 
     # --- heartbeat, leases, logs ---
-    def _maintain(self) -> None:
-        tick = min(self.heartbeat_interval, self.log_flush_interval)
+    def _beat(self) -> None:
+        """Heartbeat every heartbeat_interval, and soon after a change of load (at
+        most every _LOAD_BEAT_SPACING)."""
         spacing = min(self.heartbeat_interval, _LOAD_BEAT_SPACING)
         next_beat = time.monotonic() + self.heartbeat_interval
         last_beat, unpublished = 0.0, False
         while not self._maintenance_stop.is_set():
-            wait = tick
+            wait = max(0.0, next_beat - time.monotonic())
             if unpublished:  # a load change waits for its beat no longer than spacing
-                wait = min(tick, max(0.0, last_beat + spacing - time.monotonic()))
+                wait = min(wait, max(0.0, last_beat + spacing - time.monotonic()))
             if self._wake.wait(wait):
                 # Cleared only after it was seen set: a change landing after a timed-out
                 # wait stays set for the next round instead of being lost.
@@ -547,26 +558,41 @@ class AgentRunner:
                 return
             now = time.monotonic()
             due = now >= next_beat
-            try:
-                if due or (unpublished and now - last_beat >= spacing):
-                    self.presence.heartbeat()
-                    last_beat, unpublished = now, False
-                if due:
-                    self._renew_leases()
-                    if self.reporter.unsettled:
-                        # Off this thread: a slow store must not delay heartbeats and leases.
-                        threading.Thread(
-                            target=self.reporter.settle_pending, name="agentic-settle", daemon=True
-                        ).start()
-                with self._lock:
-                    contexts = [a.ctx for a in self._attempts.values()]
-                for ctx in contexts:
-                    ctx.flush_logs()
-            except Exception as exc:  # a bug must not end heartbeats and renewals
-                self._error("heartbeat, lease renewal or log flush failed unexpectedly", exc)
-                log.exception("maintenance step failed")
-            if due:
+            if due or (unpublished and now - last_beat >= spacing):
+                self._guarded("heartbeat", self.presence.heartbeat)
+                last_beat, unpublished = now, False
                 next_beat = now + self.heartbeat_interval
+
+    def _keep(self) -> None:
+        """Renew the leases every heartbeat_interval; flush the logs every
+        log_flush_interval."""
+        tick = min(self.heartbeat_interval, self.log_flush_interval)
+        next_renewal = time.monotonic() + self.heartbeat_interval
+        while not self._maintenance_stop.wait(tick):
+            now = time.monotonic()
+            if now >= next_renewal:
+                self._guarded("lease renewal", self._renew_leases)
+                if self.reporter.unsettled:
+                    # Off this thread: a slow store must not delay renewals.
+                    threading.Thread(
+                        target=self.reporter.settle_pending, name="agentic-settle", daemon=True
+                    ).start()
+                next_renewal = now + self.heartbeat_interval
+            self._guarded("log flush", self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        with self._lock:
+            contexts = [a.ctx for a in self._attempts.values()]
+        for ctx in contexts:
+            ctx.flush_logs()
+
+    def _guarded(self, what: str, step: Callable[[], None]) -> None:
+        """Run one maintenance step; a bug in it must not end heartbeats or renewals."""
+        try:
+            step()
+        except Exception as exc:
+            self._error(f"{what} failed unexpectedly", exc)
+            log.exception("%s failed", what)
 
     def _renew_leases(self) -> None:
         with self._lock:
