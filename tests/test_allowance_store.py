@@ -305,6 +305,25 @@ def test_settle_completed_charges_actual(backend: Backend) -> None:
     assert store.get_model_usage("m1").tokens_used == 150
 
 
+def test_settle_charges_the_reserved_model_else_the_one_it_names(backend: Backend) -> None:
+    """A settle charges the model reserved, whatever it names; a job reserved with no
+    model is charged to the model the settle names (its usage report's), at that
+    model's prices, leaving the model's live reservations alone."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1", input_price=100, output_price=300))
+    store.reserve("a1", "m1", 10, "j1")
+    store.reserve("a1", "", 10, "j2")
+    store.reserve("a1", "m1", 7, "j3")  # still held at the end
+    first = store.settle("j1", 10, 10, COMPLETED, model="m2")
+    second = store.settle("j2", 10, 10, COMPLETED, agent_id="a1", model="m1")
+    assert (first.model, second.model) == ("m1", "m1")
+    assert (first.cost_charged, second.cost_charged) == (4000, 4000)  # 10 x 100 + 10 x 300
+    m1 = store.get_model_usage("m1")
+    assert (m1.tokens_used, m1.cost_used, m1.tokens_reserved) == (40, 8000, 7)
+    assert store.get_model_usage("m2").tokens_used == 0
+
+
 @pytest.mark.parametrize(
     ("tokens_in", "tokens_out", "charged"),
     [(4, 3, 4), (5, 5, 5), (1, 0, 1), (0, 0, 0), (1000, 0, 500)],

@@ -361,13 +361,45 @@ def test_unknown_ids_are_runtime_errors(system: System) -> None:
 
 
 def test_reading_a_missing_store_fails_without_creating_it(tmp_path: Path) -> None:
-    """agents list on a SQLite file that does not exist: exit 1, and no file appears."""
+    """agents list on a SQLite file that does not exist, in a directory that does not
+    either: exit 1 saying so and what to do, and neither appears."""
     db = tmp_path / "nowhere" / "fleet.db"
     config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:1", f"sqlite:///{db}")
     result = run("agents", "--config", str(config))
     assert result.exit_code == 1
-    assert "does not exist" in result.stderr
-    assert not db.exists()
+    message = " ".join(result.stderr.split())
+    assert f"{db} does not exist (nor does its directory {db.parent}):" in message
+    assert "give the URL of an existing store (--store, store_url)" in message
+    assert "create this one with a command that writes to it (agentic serve" in message
+    assert not db.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["agents"],
+        ["agents", "deregister", "a1"],
+        ["allowance", "show"],
+        ["allowance", "set", "a1", "--daily-jobs", "1"],
+        ["status"],
+        ["events"],
+        ["dispatch", "--once"],
+        ["serve"],
+    ],
+    ids=" ".join,
+)
+def test_a_store_url_naming_a_directory_is_one_usage_error(tmp_path: Path, args: list[str]) -> None:
+    """--store sqlite:///DIR, DIR a directory: every command that opens a store exits
+    2 with one message saying it is a directory and naming a file to give instead."""
+    port = ["--port", str(free_port())] if args == ["serve"] else []  # 8080 may be taken
+    result = run(*args, *port, "--store", f"sqlite:///{tmp_path}")
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.stderr.split()) == (
+        f"error: SQLite store: '{tmp_path}' is a directory, not a database file; name a"
+        f" file in it, e.g. sqlite://{tmp_path}/agentic.db"
+    )
+    assert list(tmp_path.iterdir()) == []  # nothing was created in it
+    no_traceback(result)
 
 
 # --- submit ---

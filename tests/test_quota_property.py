@@ -68,6 +68,7 @@ settle_op = st.tuples(
     st.integers(0, 400),
     st.integers(0, 400),
     st.sampled_from(OUTCOMES),
+    st.sampled_from([None, "m1", "m2"]),  # the model the settle names; None: the reserved one
 )
 unreserve_op = st.tuples(st.sampled_from(["unreserve", "expire"]), st.integers(0, 9))
 check_op = st.tuples(
@@ -188,7 +189,8 @@ class Model:
         if job in self.settled:
             return ("duplicate", *self.settled[job])
         held = self.held.pop(job, None)
-        owner, used_model = (held[0], held[1]) if held else (agent_id, model)
+        # the reservation's model, else (it named none) the one the settle names
+        owner, used_model = (held[0], held[1] or model) if held else (agent_id, model)
         charged = charged_tokens(outcome, tin, tout)
         quota = next((q for q in QUOTAS if q.model == used_model), None)
         cost = share_of_cost(cost_microcents(quota, tin, tout), charged, tin + tout)
@@ -251,9 +253,10 @@ def run_store(
             return ("conflict",)
         return ("reserved", r.agent_id, r.model, r.tokens, r.cost, r.status.value)
     if kind == "settle":
-        _k, n, tin, tout, outcome = op
+        _k, n, tin, tout, outcome, named = op
         job = f"j{n}"
         agent_id, model = jobs.get(job, ("a", ""))
+        model = model if named is None else named
         s = store.settle(job, tin, tout, outcome, agent_id=agent_id, model=model)
         tag = "duplicate" if s.duplicate else "settled"
         return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
@@ -282,8 +285,9 @@ def run_model(
         jobs.setdefault(f"j{n}", (agent_id, model_name))
         return model.reserve(agent_id, model_name, tokens, f"j{n}")
     if kind == "settle":
-        _k, n, tin, tout, outcome = op
+        _k, n, tin, tout, outcome, named = op
         agent_id, model_name = jobs.get(f"j{n}", ("a", ""))
+        model_name = model_name if named is None else named
         return model.settle(f"j{n}", agent_id, model_name, tin, tout, outcome)
     if kind in ("unreserve", "expire"):
         return model.unreserve(f"j{op[1]}", never_started=kind == "unreserve")

@@ -116,11 +116,15 @@ def test_directory_under_a_regular_file_is_a_config_error(tmp_path: Path) -> Non
 
 
 def test_path_that_is_a_directory_is_a_config_error(tmp_path: Path) -> None:
-    """A path naming a directory is a ConfigError naming the path."""
-    with pytest.raises(ConfigError, match="cannot use") as info:
+    """A path naming a directory is a ConfigError saying so and naming a file in it,
+    before SQLite is asked to open it."""
+    with pytest.raises(ConfigError) as info:
         SQLiteRegistry(tmp_path)
-    assert str(tmp_path) in str(info.value)
-    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert str(info.value) == (
+        f"SQLite store: '{tmp_path}' is a directory, not a database file; name a file in"
+        f" it, e.g. sqlite://{tmp_path}/agentic.db"
+    )
+    assert info.value.__cause__ is None
 
 
 def test_file_that_is_not_a_database_is_a_config_error(tmp_path: Path) -> None:

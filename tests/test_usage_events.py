@@ -253,6 +253,27 @@ def test_a_settle_records_the_crossing_after_its_usage(
     assert events[2].payload == {"job_id": "j1", "model": "m"}
 
 
+def test_a_settle_names_the_model_only_its_usage_named(
+    pair: tuple[AllowanceStore, EventLog],
+) -> None:
+    """A job reserved with no model (its task named none) and settled naming one (the
+    usage file's) records usage_recorded, quota_warning and quota_exceeded naming
+    that model, the one charged."""
+    store, log = pair
+    _capped(store, daily_token_limit=1000)
+    store.reserve("a1", "", 10, "j1")
+    settled = store.settle(
+        "j1", 600, 600, QuotaEvent.JOB_COMPLETED, agent_id="a1", model="m", task_id="t1"
+    )
+    assert (settled.model, settled.cost_charged) == ("m", 10_800)  # 600 x 3 + 600 x 15
+    assert store.get_model_usage("m").tokens_used == 1200
+    assert [(e.event.type, e.event.payload["model"]) for e in log.read()] == [
+        (EventType.USAGE_RECORDED, "m"),
+        (EventType.QUOTA_WARNING, "m"),
+        (EventType.QUOTA_EXCEEDED, "m"),
+    ]
+
+
 def test_steps_crossing_nothing_record_no_crossing(
     pair: tuple[AllowanceStore, EventLog],
 ) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
-from urllib.parse import unquote
 
 import typer
 from pydantic import BaseModel
@@ -31,6 +30,7 @@ from ..eventlog import EventLogEmitter
 from ..events import EventEmitter, FanoutEmitter
 from ..retry import RetryPolicy
 from ..stores import open_event_log, parse_store_url
+from ..stores.sqlite import database_file
 from ..webhook import WebhookEmitter
 
 P = ParamSpec("P")
@@ -199,7 +199,8 @@ def retry_policy(cfg: Config) -> RetryPolicy:
 
 
 def missing_sqlite_file(url: str) -> Path | None:
-    """The file of a ``sqlite://`` URL when it does not exist yet, else ``None``.
+    """The file of a ``sqlite://`` URL when it does not exist yet, else ``None``
+    (ConfigError when the URL names what cannot be a database file: a directory).
 
     Read-only commands check this first: opening the store would create an empty
     database, and "no agents" would then hide a wrong path.
@@ -207,10 +208,8 @@ def missing_sqlite_file(url: str) -> Path | None:
     parsed = parse_store_url(url)
     if parsed.scheme != "sqlite":
         return None
-    # The same rule as the SQLite backend: sqlite://relative.db, sqlite:///abs.db
-    raw = parsed.netloc + parsed.path if parsed.netloc else "/" + parsed.path.lstrip("/")
-    path = Path(unquote(raw)).expanduser().absolute()
-    return None if path.is_file() else path
+    path = database_file(parsed)
+    return None if path.exists() else path
 
 
 def existing(opener: Callable[[str], S], url: str) -> S:
@@ -218,7 +217,13 @@ def existing(opener: Callable[[str], S], url: str) -> S:
     error rather than a new empty store that would answer "nothing here"."""
     missing = missing_sqlite_file(url)
     if missing is not None:
-        raise StoreError(f"{missing} does not exist: wrong store URL, or nothing used it yet")
+        # A missing directory too is most likely a mistyped path.
+        where = "" if missing.parent.is_dir() else f" (nor does its directory {missing.parent})"
+        raise StoreError(
+            f"{missing} does not exist{where}: give the URL of an existing store (--store,"
+            " store_url), or create this one with a command that writes to it (agentic"
+            " serve, agentic allowance set)"
+        )
     return opener(url)
 
 

@@ -20,7 +20,7 @@ from rich.text import Text
 
 from ..client import TaskClient
 from ..config import Config
-from ..errors import AgenticError, NotFoundError
+from ..errors import AgenticError, ConfigError, NotFoundError
 from ..models import (
     AgentAllowance,
     AgentInfo,
@@ -106,9 +106,15 @@ class Snapshot:
 
 
 def _store(url: str, opener: Callable[[str], T], what: str, snap: Snapshot) -> T | None:
-    """Open a store for reading, or note why not (a missing SQLite file is not created)."""
+    """Open a store for reading, or note why not (a missing SQLite file is not created).
+
+    A bad store URL (a directory, an unknown option) is no part that could not be read
+    but the user's to fix: it ends the command as a usage error, as in every command.
+    """
     try:
         return existing(opener, url)
+    except ConfigError:
+        raise
     except AgenticError as exc:
         snap.warnings.append(f"{what} {redacted(url)}: {exc}")
         return None
@@ -276,7 +282,8 @@ def status(
 ) -> None:
     """Agents (state, load, quota use, heartbeat) and pending / in-progress task counts.
 
-    Exits 1 when a part could not be read (shown as unknown, with a warning).
+    Exits 1 when a part could not be read (shown as unknown, with a warning), 2 when
+    a store URL cannot be used.
     """
     if seconds is not None and not watch:
         raise typer.BadParameter("SECONDS is only valid with --watch", param_hint="SECONDS")

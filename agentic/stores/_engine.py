@@ -527,7 +527,9 @@ class EngineAllowanceStore(AllowanceStore):
             if held is None and (not agent_id or ending != "settle"):
                 raise no_reservation(job_id, ending)
             owner = held.agent_id if held else str(agent_id)
-            used_model = held.model if held else (model or "")
+            # The reservation's model; when it named none (a task with no model), the
+            # one the settle names: the agent's usage report knows what it ran on.
+            used_model = (held.model if held else "") or model or ""
             allowance = tx.get_allowance(owner)
             before_row = self._agent(tx, owner, ctx.start)
             before = (

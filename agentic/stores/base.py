@@ -251,7 +251,9 @@ class AllowanceStore(Closeable):
       frees the slot. Repeating it returns the first result with ``duplicate=True``
       and changes nothing. When the reservation is gone (expired), pass ``agent_id``
       (and ``model``) so the tokens are still charged; without them it is
-      :class:`NotFoundError`.
+      :class:`NotFoundError`. The model charged (and named by the settlement and its
+      events) is the reservation's, else the settle's ``model``: a job reserved
+      with no model still charges the one its usage report names.
     * ``unreserve(job_id)`` undoes a reservation whose job never started (the claim
       it was made for was lost or refused): as if it had never been made, the job is
       not counted, its slot, tokens and cost are freed and its request leaves the

@@ -36,7 +36,7 @@ from typing import TypeVar
 
 from ...errors import ConfigError, StoreError, StoreUnavailableError
 
-__all__ = ["DEFAULT_TIMEOUT", "Database", "Migration"]
+__all__ = ["DEFAULT_TIMEOUT", "Database", "Migration", "resolve"]
 
 #: Seconds a write waits for another connection's transaction before giving up.
 DEFAULT_TIMEOUT = 5.0
@@ -66,7 +66,9 @@ def _code(exc: sqlite3.Error) -> int:
     return int(getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
 
 
-def _resolve(path: str | os.PathLike[str]) -> Path:
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """The absolute path of a database file; ConfigError when ``path`` cannot be one
+    (``:memory:``, no file name, a directory)."""
     text = os.fspath(path)
     if Path(text).name == ":memory:":
         raise ConfigError(
@@ -77,7 +79,15 @@ def _resolve(path: str | os.PathLike[str]) -> Path:
         raise ConfigError(
             f"SQLite path {text!r} names no file; give one, e.g. sqlite:///var/lib/agentic.db"
         )
-    return Path(text).expanduser().absolute()
+    resolved = Path(text).expanduser().absolute()
+    if resolved.is_dir():
+        # Said here, before SQLite tries it: its own answer ("unable to open database
+        # file") does not say what is wrong.
+        raise ConfigError(
+            f"SQLite store: {str(resolved)!r} is a directory, not a database file; name"
+            f" a file in it, e.g. sqlite://{resolved / 'agentic.db'}"
+        )
+    return resolved
 
 
 class _Holder:
@@ -95,7 +105,7 @@ class Database:
     def __init__(self, path: str | os.PathLike[str], timeout: float = DEFAULT_TIMEOUT) -> None:
         if not timeout >= 0:
             raise ConfigError(f"SQLite busy timeout must be >= 0 seconds, got {timeout!r}")
-        self.path = _resolve(path)
+        self.path = resolve(path)
         self.timeout = float(timeout)
         self._closed = False
         self._lock = threading.Lock()

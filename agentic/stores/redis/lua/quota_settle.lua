@@ -81,12 +81,16 @@ if not held and (agent_arg == '' or ending ~= 'settle') then
 end
 local owner, used_model = agent_arg, model_arg
 if held then
-  owner, used_model = held.agent, held.model
+  owner = held.agent
+  -- The reservation's model; when it named none, the one the settle names (_engine._end).
+  if held.model ~= '' then
+    used_model = held.model
+  end
 end
 local allowance = json_at(K.allowance .. owner)
 -- The engine releases the reservation, then charges: here the owner's and the
 -- model's rows are read once, released and charged, and written once (a held
--- reservation is the owner's and used_model's own).
+-- reservation is the owner's, and used_model's own when it named a model).
 local row = get_agent(owner)
 local previous = 'ok'
 if allowance then
@@ -119,7 +123,7 @@ end
 put_agent(owner, row)
 if used_model ~= '' then
   local mrow = get_model(used_model)
-  if held then
+  if held and held.model ~= '' then
     unhold_model(mrow, held)
   end
   mrow.tokens_used = mrow.tokens_used + charged
