@@ -9,6 +9,7 @@ error. The commands live in ``agentic/_cli/``, one module per group.
 from __future__ import annotations
 
 from ._cli._help import App
+from ._cli.admin import admin_app
 from ._cli.agent import agent_app
 from ._cli.demo import demo
 from ._cli.dispatch import dispatch
@@ -39,6 +40,7 @@ app.command()(tasks)
 app.add_typer(agents_app, name="agents")
 app.add_typer(allowance_app, name="allowance")
 app.command()(demo)
+app.add_typer(admin_app, name="admin")
 
 
 def main() -> None:

@@ -119,6 +119,8 @@ COMMANDS = [
     ["allowance", "set"],
     ["allowance", "model"],
     ["demo"],
+    ["admin"],
+    ["admin", "prune-functions"],
 ]
 
 

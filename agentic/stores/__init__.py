@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ._url import StoreURL, parse_store_url
 from .base import AgentRegistry, AllowanceStore, EventLog, LoggedEvent, TaskStore
+
+if TYPE_CHECKING:
+    from .redis import PrunedFunctions
 
 __all__ = [
     "SCHEMES",
@@ -35,6 +39,7 @@ __all__ = [
     "open_registry",
     "open_task_store",
     "parse_store_url",
+    "prune_redis_functions",
 ]
 
 # scheme -> (module, extra that provides its dependency)
@@ -102,3 +107,19 @@ def open_task_store(url: str, record_events: bool = False) -> TaskStore:
     tasks = importlib.import_module(module.__name__ + ".tasks")
     store: TaskStore = tasks.task_store_from_url(parsed, record_events=record_events)
     return store
+
+
+def prune_redis_functions(url: str, dry_run: bool = False) -> PrunedFunctions:
+    """Delete, from the Redis server of ``url``, the Redis Functions libraries of
+    agentic versions other than this one (see
+    :func:`agentic.stores.redis.prune_functions`). Functions belong to the server,
+    not to a database or prefix: the URL only says where the server is."""
+    parsed = parse_store_url(url)
+    if _SCHEMES.get(parsed.scheme) != _SCHEMES["redis"]:
+        raise ConfigError(
+            f"store URL {parsed.redacted()!r}: Redis Functions live on a Redis server;"
+            " give a redis:// or rediss:// URL"
+        )
+    module, parsed = _backend(url)
+    pruned: PrunedFunctions = module.prune_functions_from_url(parsed, dry_run=dry_run)
+    return pruned

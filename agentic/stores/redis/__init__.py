@@ -12,10 +12,12 @@ from ._conn import Connection, connect
 from .allowance import RedisAllowanceStore
 from .eventlog import RedisEventLog
 from .events import RedisStreamEmitter, read_events
+from .functions import PrunedFunctions, prune_functions
 from .registry import RedisRegistry
 
 __all__ = [
     "Connection",
+    "PrunedFunctions",
     "RedisAllowanceStore",
     "RedisEventLog",
     "RedisRegistry",
@@ -23,6 +25,8 @@ __all__ = [
     "allowance_store_from_url",
     "connect",
     "event_log_from_url",
+    "prune_functions",
+    "prune_functions_from_url",
     "read_events",
     "registry_from_url",
 ]
@@ -52,3 +56,12 @@ def event_log_from_url(url: StoreURL) -> RedisEventLog:
     """``redis://``: an event log on the server of ``url`` (pinged at open)."""
     conn = connect(url)
     return RedisEventLog(conn.client, prefix=conn.prefix, close_client=True)
+
+
+def prune_functions_from_url(url: StoreURL, dry_run: bool = False) -> PrunedFunctions:
+    """``redis://``: :func:`prune_functions` on the server of ``url`` (pinged first)."""
+    client = connect(url).client
+    try:
+        return prune_functions(client, dry_run=dry_run)
+    finally:
+        client.close()

@@ -39,6 +39,7 @@ __all__ = [
     "connect",
     "now_arg",
     "read_store_id",
+    "refuses_functions",
     "sync",
     "text",
     "translate_errors",
@@ -261,7 +262,7 @@ class Script:
         """Load the library after ``refusal`` of an FCALL: whether it is loaded (call
         again); False to run this call as a script: the server has no functions or
         may not use them (remembered: every later call is a script), or it is full."""
-        if not _refuses_functions(refusal):
+        if not refuses_functions(refusal):
             if not str(refusal).startswith("Function not found"):
                 raise refusal
             try:
@@ -269,7 +270,7 @@ class Script:
             except OutOfMemoryError:
                 return False
             except ResponseError as exc:
-                if not _refuses_functions(exc):
+                if not refuses_functions(exc):
                     raise
                 refusal = exc
             else:
@@ -279,7 +280,7 @@ class Script:
         return False
 
 
-def _refuses_functions(exc: ResponseError) -> bool:
+def refuses_functions(exc: ResponseError) -> bool:
     """Whether a refusal says that Redis Functions cannot be used here (a server
     before 7.0, an ACL that does not allow them)."""
     return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
