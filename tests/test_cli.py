@@ -547,6 +547,22 @@ def test_status_says_when_an_agent_used_up_its_quota(system: System) -> None:
     assert "used up: no work until the quotas reset" in " ".join(result.stdout.split())
 
 
+def test_status_shows_by_how_much_use_passed_a_token_limit(system: System) -> None:
+    """Tokens spent past the daily limit (jobs charged more than their estimates) read
+    "0 left" and by how much, explained under the table; within the limit, no note."""
+    system.registry.register(AgentInfo(id="over", max_load=1))
+    system.quota.set_allowance(AgentAllowance(agent_id="over", daily_token_limit=4000))
+    system.quota.increment_usage("over", 6000, 4)
+    system.registry.register(AgentInfo(id="within", max_load=1))
+    system.quota.set_allowance(AgentAllowance(agent_id="within", daily_token_limit=4000))
+    system.quota.increment_usage("within", 3000, 2)
+    result = system.cli("status")
+    assert result.exit_code == 0, result.output
+    rows = {cells[1].strip(): cells[4].strip() for cells in _table_rows(result.stdout)}
+    assert rows == {"over": "6000/0 (2000 over)", "within": "3000/1000"}
+    assert "over: jobs spent more than their estimates" in " ".join(result.stdout.split())
+
+
 def test_status_warns_when_the_server_serves_another_store(system: System, tmp_path: Path) -> None:
     """status reading agents from one store and task counts from a server on another
     (a wrong --store or prefix) says so and exits 1; on the same store it does not."""

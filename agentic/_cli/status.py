@@ -166,10 +166,23 @@ def collect(cfg: Config, api: TaskClient) -> Snapshot:
     return snap
 
 
-def _used_left(used: int | None, left: int | None) -> str:
+def _used_left(used: int | None, left: int | None, limit: int) -> RenderableType:
     if used is None:
         return "?"
-    return f"{compact(used)}/{'∞' if left is None or left < 0 else compact(left)}"
+    cell = f"{compact(used)}/{'∞' if left is None or left < 0 else compact(left)}"
+    if 0 < limit < used:
+        # Jobs are admitted on their estimates and charged what they spent, so use
+        # can pass the limit; "0 left" alone would hide by how much.
+        return Text(f"{cell} ({compact(used - limit)} over)", style="red")
+    return cell
+
+
+def _over(row: AgentRow) -> bool:
+    return (
+        row.allowance is not None
+        and row.usage is not None
+        and 0 < row.allowance.daily_token_limit < row.usage.tokens_used
+    )
 
 
 def _used_up(row: AgentRow) -> bool:
@@ -183,9 +196,18 @@ def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
         tokens: RenderableType = Text("no allowance", style="red")
         jobs: RenderableType = "-"
     else:
-        used = row.usage.tokens_used if row.usage else None
-        tokens = _used_left(used, row.check.remaining_tokens)
-        jobs = _used_left(row.usage.jobs_started if row.usage else None, row.check.remaining_jobs)
+        # Read together with the check: one is known whenever the other is.
+        allowance = row.allowance or AgentAllowance(agent_id=info.id)
+        tokens = _used_left(
+            row.usage.tokens_used if row.usage else None,
+            row.check.remaining_tokens,
+            allowance.daily_token_limit,
+        )
+        jobs = _used_left(
+            row.usage.jobs_started if row.usage else None,
+            row.check.remaining_jobs,
+            allowance.daily_job_limit,
+        )
     style = {"available": "green", "busy": "yellow", "offline": "red"}[info.status.value]
     # A silent agent still reads available until a dispatcher reaps it: say so. One
     # whose daily tokens or jobs are used up gets no work until the reset: likewise.
@@ -228,6 +250,11 @@ def agents_table(snap: Snapshot, rows: list[AgentRow]) -> FittedTable:
         caption += f"; silent: no heartbeat for over {snap.heartbeat_ttl:g}s"
     if any(_used_up(row) for row in rows):
         caption += "; used up: no work until the quotas reset"
+    if any(_over(row) for row in rows):
+        caption += (
+            "; over: jobs spent more than their estimates (set tasks' estimated_tokens"
+            " for the limit to hold)"
+        )
     columns = list(_COLUMNS)
     if len(resets) <= 1:
         del columns[_RESETS]
