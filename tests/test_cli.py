@@ -499,6 +499,27 @@ def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System)
     assert "Status: completed" in result.stdout
 
 
+def test_following_a_task_waiting_on_a_dependency_names_it(system: System) -> None:
+    """logs -f of a pending task whose dependency is not completed says it waits for
+    that task (not for an agent), then follows it to its end."""
+    first = system.tasks.create(Task(title="first"))
+    then = system.tasks.create(Task(title="then", dependencies=[first.id]))
+
+    def finish() -> None:
+        time.sleep(0.5)
+        for task in (first, then):
+            claimed = system.tasks.claim(task.id, "a1", 60)
+            system.tasks.complete(claimed.id, TaskResult(success=True))
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    result = system.cli("logs", then.id, "-f")
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert f"task {then.id} is pending: it waits for {first.id} to complete" in result.stderr
+    assert "agentic events" not in result.stderr
+
+
 # --- status ---
 def test_status_table_and_json(system: System) -> None:
     """status shows agents with load and quota use, and the task counts."""

@@ -106,12 +106,8 @@ def logs(
             if json_output:
                 status = _json_lines(api, task_id, follow)
             else:
-                if follow and api.get_task(task_id).status is TaskStatus.PENDING:
-                    # Nothing in a pending task's log says why it waits; the events do.
-                    warn(
-                        f"task {task_id} is pending: agentic events --task {task_id} says"
-                        " why it waits (no capable agent with room, quota, its turn)"
-                    )
+                if follow:
+                    _why_pending(api, api.get_task(task_id))
                 status = stream_logs(api, task_id, sys.stdout, follow=follow)
         except NotFoundError as exc:
             raise NotFoundError(
@@ -123,6 +119,27 @@ def logs(
     # waits on it (`agentic logs -f ID && next`) must not go on.
     if follow and status in (TaskStatus.FAILED, TaskStatus.BLOCKED):
         raise typer.Exit(1)
+
+
+def _why_pending(api: TaskClient, task: Task) -> None:
+    """Warn why a pending task waits: nothing in its log says so."""
+    if task.status is not TaskStatus.PENDING:
+        return
+    waiting_on = [dep for dep in task.dependencies if not _completed(api, dep)]
+    if waiting_on:
+        warn(f"task {task.id} is pending: it waits for {', '.join(waiting_on)} to complete")
+        return
+    warn(
+        f"task {task.id} is pending: agentic events --task {task.id} says"
+        " why it waits (no capable agent with room, quota, its turn)"
+    )
+
+
+def _completed(api: TaskClient, task_id: str) -> bool:
+    try:
+        return api.get_task(task_id).status is TaskStatus.COMPLETED
+    except NotFoundError:
+        return False
 
 
 def _json_lines(api: TaskClient, task_id: str, follow: bool) -> TaskStatus | None:
