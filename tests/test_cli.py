@@ -107,6 +107,7 @@ COMMANDS = [
     ["agent"],
     ["agent", "run"],
     ["submit"],
+    ["cancel"],
     ["status"],
     ["logs"],
     ["events"],
@@ -497,6 +498,25 @@ def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System)
     assert result.exit_code == 0, result.output
     assert f"agentic events --task {task.id} says why it waits" in result.stderr
     assert "Status: completed" in result.stdout
+
+
+def test_cancel_fails_a_task_blocks_its_dependents_and_refuses_a_final_one(
+    system: System,
+) -> None:
+    """cancel dead-letters a pending task with the reason given (its dependents become
+    blocked); cancelling a task that already ended exits 1 and changes nothing."""
+    first = system.tasks.create(Task(title="first"))
+    then = system.tasks.create(Task(title="then", dependencies=[first.id]))
+    result = system.cli("cancel", first.id, "--reason", "wrong repo")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"{first.id} failed: cancelled: wrong repo"
+    cancelled = system.tasks.get(first.id)
+    assert (cancelled.status, cancelled.fail_reason) == (TaskStatus.FAILED, "cancelled: wrong repo")
+    assert system.tasks.get(then.id).status is TaskStatus.BLOCKED
+    again = system.cli("cancel", first.id)
+    assert again.exit_code == 1
+    assert "final" in again.stderr
+    assert system.tasks.get(first.id).fail_reason == "cancelled: wrong repo"
 
 
 def test_following_a_task_waiting_on_a_dependency_names_it(system: System) -> None:

@@ -29,7 +29,7 @@ from agentic.errors import (
     TransportError,
 )
 from agentic.events import Event, EventEmitter, EventType
-from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
+from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.retry import RetryPolicy
 from agentic.router import DefaultRouter
 from agentic.runner import (
@@ -523,6 +523,23 @@ def test_lost_lease_cancels_the_handler_and_reports_nothing(system: System) -> N
     assert seen and "lost the lease" in seen[0]
     assert system.tasks.get(task.id).status == TaskStatus.PENDING
     assert runner.completed == 0
+
+
+def test_a_task_cancelled_while_running_stops_its_handler_and_frees_its_quota(
+    system: System,
+) -> None:
+    """A running task marked failed by an operator (agentic cancel) stops its handler
+    at the next renewal; the task stays failed and the job's slot is freed."""
+    seen: list[str] = []
+    runner = system.started(stops_when_cancelled(seen))
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    cancel = TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled")
+    system.client.update_task(task.id, cancel)
+    wait_for(lambda: runner.load == 0)
+    assert seen and "lost the lease" in seen[0]
+    assert system.tasks.get(task.id).status is TaskStatus.FAILED
+    wait_for(lambda: system.quota.get_usage(AGENT).active_jobs == 0)
 
 
 def test_lost_lease_frees_the_slot_of_a_handler_that_ignores_it(system: System) -> None:

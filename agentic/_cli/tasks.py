@@ -15,7 +15,7 @@ from rich.text import Text
 from ..client import TaskClient
 from ..errors import NotFoundError
 from ..logs import FINISHED, stream_logs
-from ..models import Priority, Task, TaskStatus
+from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..stores._tasks import order_key
 from ..submit import submit_task
 from ._common import (
@@ -76,6 +76,26 @@ def submit(
         print_json(task)
     else:
         sys.stdout.write(task.id + "\n")
+
+
+@handled
+def cancel(
+    task_id: Annotated[str, typer.Argument(metavar="TASK", help="Task id.")],
+    config_path: ConfigOption = None,
+    reason: Annotated[str, typer.Option(help="Why, kept as its fail reason.")] = "",
+    json_output: JsonOption = False,
+) -> None:
+    """Fail a task that has not ended (its dead letter): it never runs (again); tasks
+    depending on it become blocked; an agent running it loses its lease and is
+    stopped at its next renewal."""
+    cfg = config(config_path)
+    why = f"cancelled: {reason}" if reason else "cancelled"
+    with client(cfg) as api:
+        task = api.update_task(task_id, TaskUpdate(status=TaskStatus.FAILED, fail_reason=why))
+    if json_output:
+        print_json(task)
+    else:
+        sys.stdout.write(f"{task.id} {task.status}: {task.fail_reason}\n")
 
 
 @handled
