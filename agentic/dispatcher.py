@@ -185,6 +185,7 @@ class Dispatcher:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: whether :meth:`run` holds the lease (always True when not exclusive)
         self.active = not exclusive
+        self._lease_told = False
         # False once the task API answered a batch with 404/405 (it has no batches)
         self._batches = claim_batch > 1
         self._clock = clock
@@ -638,7 +639,10 @@ class Dispatcher:
         """Take or renew the dispatcher lease; whether this dispatcher is active."""
         holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
         active = holder == self.name
-        if active != self.active:
+        # Said on each change, and at the first answer: a dispatcher that starts as
+        # the standby would otherwise print nothing until it takes over (looks hung).
+        if active != self.active or not self._lease_told:
+            self._lease_told = True
             if active:
                 log.info("dispatcher %s holds the lease: active", self.name)
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -909,6 +910,25 @@ def test_only_the_holder_passes_and_one_that_lost_the_lease_stops(system: System
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_a_dispatcher_starting_as_standby_says_so(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dispatcher that starts while another holds the lease logs that it stands by
+    and who is active, at once, instead of printing nothing until it takes over."""
+    quota = AllowanceService(system.quota)
+    standby = Dispatcher(system.registry, DefaultRouter(), quota, system.client, name="late")
+    system.registry.hold_lease(LEASE, "other", 60)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="agentic"):
+        thread = threading.Thread(target=standby.run, args=(stop, 0.05))
+        thread.start()
+        try:
+            wait_until(lambda: "dispatcher late stands by: other holds the lease" in caplog.text)
+        finally:
+            stop.set()
+            thread.join(5)
 
 
 def test_a_failing_holder_keeps_its_lease(system: System) -> None:
