@@ -320,16 +320,30 @@ def test_status_keeps_a_resets_column_only_when_the_resets_differ() -> None:
 
 def test_status_shows_an_agent_without_heartbeats_as_silent() -> None:
     """An agent not offline whose last heartbeat is older than the heartbeat TTL (its
-    process died, no dispatcher reaped it yet) is shown silent, in the table and JSON."""
+    process died, no dispatcher reaped it yet) is shown silent, in the table and JSON;
+    a silent or offline agent's load is shown unknown, not its last one."""
     now = datetime.now(UTC)
     rows = [
-        AgentRow(AgentInfo(id="dead-1", last_heartbeat=now - timedelta(seconds=90))),
-        AgentRow(AgentInfo(id="live-1", last_heartbeat=now - timedelta(seconds=5))),
+        AgentRow(
+            AgentInfo(
+                id="dead-1",
+                last_heartbeat=now - timedelta(seconds=90),
+                current_load=1,
+                max_load=1,
+            )
+        ),
+        AgentRow(
+            AgentInfo(
+                id="live-1", last_heartbeat=now - timedelta(seconds=5), current_load=1, max_load=1
+            )
+        ),
         AgentRow(
             AgentInfo(
                 id="gone-1",
                 status=AgentStatus.OFFLINE,
                 last_heartbeat=now - timedelta(hours=1),
+                current_load=1,
+                max_load=1,
             )
         ),
     ]
@@ -338,6 +352,8 @@ def test_status_shows_an_agent_without_heartbeats_as_silent() -> None:
     cells = [line.replace("│", " ").split() for line in text.splitlines() if "-1 " in line]
     states = {cell[0]: cell[1] for cell in cells}
     assert states == {"dead-1": "silent", "live-1": "available", "gone-1": "offline"}
+    loads = {cell[0]: cell[2] for cell in cells}  # a gone agent's last load is stale
+    assert loads == {"dead-1": "-/1", "live-1": "1/1", "gone-1": "-/1"}
     assert "silent: no heartbeat for over 30s" in text
     agents = snap.to_data()["agents"]
     assert [a["silent"] for a in agents] == [True, False, False]

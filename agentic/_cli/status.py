@@ -191,7 +191,10 @@ def _used_up(row: AgentRow) -> bool:
 
 def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
     info = row.info
-    load = f"{info.current_load}/{info.max_load or '∞'}"
+    # An agent offline or silent runs nothing we know of: its last published load is
+    # stale (a killed agent's tasks come back and run elsewhere).
+    gone = silent or info.status is AgentStatus.OFFLINE
+    load = f"{'-' if gone else info.current_load}/{info.max_load or '∞'}"
     if row.check is None:
         tokens: RenderableType = Text("no allowance", style="red")
         jobs: RenderableType = "-"
