@@ -69,12 +69,20 @@ def run(
             metavar="PATH", help="Run in this git repository, one branch and commit per task."
         ),
     ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="Where job usage files outlive this process (default: the user state dir).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Register, then run `-- CMD ...` for each task claimed for this agent; SIGTERM drains.
 
     CMD may report the tokens it used as JSON lines appended to $AGENTIC_USAGE_FILE
-    ({"model": "m", "tokens_in": 1200, "tokens_out": 300}): they are charged.
+    ({"model": "m", "tokens_in": 1200, "tokens_out": 300}): they are charged, also when
+    this process is killed mid-task (kept in --state-dir, settled when it starts again).
     """
     require_name("agent id (--id)", agent_id)
     for one in capability:
@@ -108,6 +116,7 @@ def run(
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_job_duration=max_job_duration,
             emitter=emitter,
+            state_dir=state_dir,
         )
         stdout().print(
             f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) taking tasks"

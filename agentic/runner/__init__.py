@@ -23,12 +23,15 @@
 * **Settles, then reports.** Usage reported through ``ctx.usage`` is settled under
   the claim's ``job_id`` first (completed: all, failed: the store's 50% rule,
   released: nothing), because once the task is pending again a dispatcher cancels
-  that reservation. Then: a returned result is ``complete(success=True)``; an
-  exception or a failed result is ``complete(success=False)`` (the server counts a
-  retry); an :class:`InfrastructureError` (dirty workspace, missing binary) is a
-  release, since the task is not at fault, except the third in a row on one task
-  here, which fails it (a retry counted): an error only that task triggers must not
-  loop forever between give-back and claim.
+  that reservation. Each ``ctx.usage`` is also written to the job's usage file
+  under ``state_dir`` at once, so a runner killed mid-task has its tokens charged
+  when it starts again with the same agent id (see ``_journal``). Then: a returned
+  result is ``complete(success=True)``; an exception or a failed result is
+  ``complete(success=False)`` (the server counts a retry); an
+  :class:`InfrastructureError` (dirty workspace, missing binary) is a release,
+  since the task is not at fault, except the third in a row on one task here, which
+  fails it (a retry counted): an error only that task triggers must not loop
+  forever between give-back and claim.
 * **Tells its own failures apart from the task's.** A report or settle that fails
   for a reason that may pass (no answer, 5xx, a store outage) is retried with
   backoff (``report_retry``); before resending a report it reads the task, so a

@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 from ..client import TaskClient
 from ..errors import AgenticError, APIError, ConfigError
 from ..models import Task, TaskResult, TaskUpdate
+from ._journal import JobJournal
 from ._sizes import clean, head_within, json_bytes
 
 __all__ = [
@@ -91,6 +92,7 @@ class TaskContext:
         on_error: Callable[[str, Exception], None] | None = None,
         max_buffered_lines: int = 10_000,
         cancel_grace: float = 5.0,
+        journal: JobJournal | None = None,
     ) -> None:
         self._task = task
         self._client = client
@@ -110,6 +112,11 @@ class TaskContext:
         self._headed = False  # the attempt's first line is in the buffer or sent
         self._tokens: dict[str, list[int]] = {}
         self._settled = False  # the runner read the totals: later usage is too late
+        #: the job's usage file (None: quotas off), which outlives this process
+        self.journal = journal
+        for model, tokens_in, tokens_out in journal.recovered if journal else []:
+            # An earlier run of this job (its runner was killed) spent these.
+            self._add(model, tokens_in, tokens_out)
 
     @property
     def task(self) -> Task:
@@ -264,9 +271,9 @@ class TaskContext:
         with self._lock:
             late = self._settled
             if not late:
-                totals = self._tokens.setdefault(str(model), [0, 0])
-                totals[0] += tokens_in
-                totals[1] += tokens_out
+                self._add(model, tokens_in, tokens_out)
+        if not late and self.journal is not None:
+            self.journal.usage(str(model), tokens_in, tokens_out)
         if late:
             self._report(
                 "usage",
@@ -275,6 +282,11 @@ class TaskContext:
                     " was settled: not charged"
                 ),
             )
+
+    def _add(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        totals = self._tokens.setdefault(str(model), [0, 0])
+        totals[0] += tokens_in
+        totals[1] += tokens_out
 
     def settle_tokens(self) -> tuple[int, int]:
         """The totals, as :attr:`tokens`, for the runner's settle; usage reported

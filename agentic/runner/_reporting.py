@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from ..errors import (
 from ..models import QuotaEvent, Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
 from ._attempt import Attempt, Outcome, Report, attempt_key, bare, shrink
+from ._journal import Settle, UsageJournal
 
 __all__ = ["Reporter"]
 
@@ -30,8 +32,6 @@ _MAX_UNSETTLED = 10_000
 #: 429 answers in a row a report waits out before counting them as failures
 _MAX_REFUSALS = 30
 T = TypeVar("T")
-#: a settle's (tokens in, tokens out, event, model, task id); event None: unreserve
-_Settle = tuple[int, int, QuotaEvent | None, str | None, str]
 
 
 class Reporter:
@@ -49,8 +49,11 @@ class Reporter:
         policy: RetryPolicy,
         sleep: Callable[[float], None],
         on_error: Callable[[str, Exception], None],
+        journal: UsageJournal | None = None,
     ) -> None:
         self.agent_id = agent_id
+        #: the jobs' usage files, removed as their settles land
+        self.journal = journal
         self.client = client
         self.allowance = allowance
         self.policy = policy
@@ -58,7 +61,7 @@ class Reporter:
         self._error = on_error
         #: settlements that failed every retry: job id -> the settle call's arguments
         #: (event None: give the reservation back whole, the job never started)
-        self._unsettled: dict[str, _Settle] = {}
+        self._unsettled: dict[str, Settle] = {}
         self._unsettled_lock = threading.Lock()
         self._settling = threading.Lock()  # one settle_pending run at a time
 
@@ -84,9 +87,12 @@ class Reporter:
             # Given back after spending (shutdown, or an agent error once the work was
             # done): those tokens were spent all the same, charged as for a failure.
             event = QuotaEvent.JOB_FAILED
-        self._end_job(job_id, (tokens_in, tokens_out, event, model, attempt.task.id))
+        args = (tokens_in, tokens_out, event, model, attempt.task.id)
+        if attempt.ctx.journal is not None:
+            attempt.ctx.journal.end(args)  # a restart settles it so, should we die first
+        self.end_job(job_id, args)
 
-    def _end_job(self, job_id: str, args: _Settle) -> None:
+    def end_job(self, job_id: str, args: Settle) -> None:
         """Settle (or, event None, give back whole) a job's reservation, retried; kept
         for later tries when the quota store stays down."""
         try:
@@ -105,15 +111,14 @@ class Reporter:
         except AgenticError as exc:  # refused for good (bad amounts, ...): no retry helps
             self._error(f"job {job_id} not settled; its reservation will expire", exc)
 
-    def _settle_once(self, job_id: str, args: _Settle) -> None:
+    def _settle_once(self, job_id: str, args: Settle) -> None:
         if self.allowance is None:
             return
         tokens_in, tokens_out, event, model, task_id = args
+        done: object = True
         if event is None:
-            try:
+            with contextlib.suppress(NotFoundError):  # gone already (expired): nothing held
                 done = self.allowance.unreserve(job_id)
-            except NotFoundError:
-                return  # gone already (expired): nothing is held
         else:
             done = self.allowance.settle(
                 job_id,
@@ -126,6 +131,8 @@ class Reporter:
             )
         if done is None:  # failing open: the service logged it; it is not settled
             raise StoreUnavailableError(f"quota store unavailable settling job {job_id}")
+        if self.journal is not None:
+            self.journal.discard(job_id)
 
     def settle_pending(self, wait: bool = False) -> None:
         """Try once more each settlement that failed; keep those the store still
@@ -223,9 +230,10 @@ class Reporter:
             else:
                 return
 
-    def give_back(self, task: Task, reason: str) -> bool:
+    def give_back(self, task: Task, reason: str, ran: Settle | None = None) -> bool:
         """Release a claimed task that never ran here, then give its reservation back
-        whole (the job never started, so it is not counted).
+        whole (the job never started, so it is not counted); ``ran``: it did run, in
+        an earlier process of this agent, whose recorded end this is instead.
 
         Released first: while the release has not gone through the task is still ours
         and may yet run here, so its reservation must stay. Tried once: the task stays
@@ -239,7 +247,7 @@ class Reporter:
             self._error(f"task {task.id}: could not give it back", exc)
             return False
         if self.allowance is not None and task.job_id:
-            self._end_job(task.job_id, (0, 0, None, None, task.id))  # not counted
+            self.end_job(task.job_id, ran or (0, 0, None, None, task.id))
         return True
 
     def _holds(self, attempt: Attempt, current: Task) -> bool:

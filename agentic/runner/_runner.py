@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .._signals import stop_on_signals
@@ -22,6 +24,7 @@ from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
 from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide, describe
 from ._context import Handler, TaskContext, call_handler
+from ._journal import Leftover, UsageJournal, default_state_dir
 from ._presence import Presence
 from ._reporting import Reporter
 
@@ -75,6 +78,7 @@ class AgentRunner:
         report_retry: RetryPolicy | None = None,
         emitter: EventEmitter | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(agent, AgentInfo):
             if capabilities is not None or max_load is not None:
@@ -119,6 +123,14 @@ class AgentRunner:
         self.cancel_grace = cancel_grace
         self.log_flush_interval = log_flush_interval
         self.emitter = emitter
+        #: each job's reported usage on disk, so a killed runner's tokens are charged
+        #: when it starts again (with quotas on; see _journal)
+        self.journal = (
+            UsageJournal(Path(state_dir) if state_dir else default_state_dir(), info.id)
+            if allowance is not None
+            else None
+        )
+        self._state_dir_given = state_dir is not None
         self.reporter = Reporter(
             info.id,
             client,
@@ -126,6 +138,7 @@ class AgentRunner:
             report_retry or RetryPolicy(max_retries=5, base=0.5, cap=10.0),
             sleep,
             self._error,
+            self.journal,
         )
         #: how many tasks may run at once (max_load, or max_workers when unlimited)
         self.capacity = info.max_load or max_workers
@@ -138,6 +151,8 @@ class AgentRunner:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._attempts: dict[str, Attempt] = {}
+        #: job id -> what an earlier process of this agent left unsettled (see _recover)
+        self._leftovers: dict[str, Leftover] = {}
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # While paused the agent is published full, so dispatchers route elsewhere.
         self.presence = Presence(
@@ -179,6 +194,7 @@ class AgentRunner:
             raise ConfigError("a runner runs once; create a new one")
         self._ran = True
         stop = stop or self._own_stop
+        self._open_journal()
         restore = stop_on_signals(stop, "finishing held tasks, then stopping")
         try:
             if not self.presence.register(stop, self.poll_interval):
@@ -187,6 +203,7 @@ class AgentRunner:
             log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
             self._check_server()
             self._read_allowance(warn=True)
+            self._recover()
             # Two threads: the registry and the task API are separate services, so a
             # task API that accepts connections but hangs (renewals, log flushes wait
             # out the client's timeout) must not delay the heartbeat that keeps the
@@ -229,6 +246,65 @@ class AgentRunner:
 
     def _shutdown_bound(self) -> float:
         return self.grace_period + self.cancel_grace + self.reporter.bound() + 30.0
+
+    def _open_journal(self) -> None:
+        """Make sure job usage files can be written: a ``state_dir`` given that cannot
+        is a ConfigError; the default one is warned about and done without."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.check()
+        except OSError as exc:
+            where = self.journal.directory
+            if self._state_dir_given:
+                raise ConfigError(
+                    f"state_dir: cannot write job usage files in {where} ({exc}); give a"
+                    " writable directory"
+                ) from exc
+            log.warning(
+                "cannot write job usage files in %s (%s): tokens a task spends before"
+                " this process is killed will not be charged; give a writable state_dir",
+                where,
+                exc,
+            )
+            self.journal = self.reporter.journal = None
+            return
+        self._leftovers = {left.job_id: left for left in self.journal.leftovers()}
+
+    def _recover(self) -> None:
+        """Settle the jobs an earlier process of this agent left unsettled (killed, or
+        stopped with the quota store down). A job whose end was decided is settled so;
+        one that died running waits while its task is still claimed by this agent under
+        its job id (it runs again and its file's tokens join the new run's), else it
+        is settled as failed with the tokens it recorded. Run at start and with each
+        lease renewal while any wait."""
+        with self._lock:
+            running = {a.task.job_id for a in self._attempts.values()}
+            waiting = [left for job, left in self._leftovers.items() if job not in running]
+        for left in waiting:
+            if left.end is None:
+                try:
+                    task = self.client.get_task(left.task_id)
+                except NotFoundError:
+                    pass  # deleted: settle what was spent
+                except AgenticError as exc:
+                    self._error(f"job {left.job_id}: reading task {left.task_id} failed", exc)
+                    continue
+                else:
+                    mine = task.claimed_by == self.agent_id and task.job_id == left.job_id
+                    if mine and task.status is TaskStatus.IN_PROGRESS:
+                        continue  # it runs again here, with these tokens
+            with self._lock:
+                if self._leftovers.pop(left.job_id, None) is None:
+                    continue  # taken up by a new run meanwhile
+            log.info(
+                "job %s (task %s): settling %d tokens an earlier run of agent %s recorded",
+                left.job_id,
+                left.task_id,
+                left.tokens_in + left.tokens_out,
+                self.agent_id,
+            )
+            self.reporter.end_job(left.job_id, left.settlement())
 
     def _check_server(self) -> None:
         """Warn when the task API does not fence attempts: its runs are then guarded
@@ -342,7 +418,15 @@ class AgentRunner:
 
     def _start(self, task: Task, key: tuple[str, str, str]) -> None:
         """Create and launch an attempt (called with the lock held)."""
-        ctx = TaskContext(task, self.client, on_error=self._error, cancel_grace=self.cancel_grace)
+        self._leftovers.pop(task.job_id, None)  # an earlier run's tokens join this run's
+        journal = self.journal.job(task, self._error) if self.journal and task.job_id else None
+        ctx = TaskContext(
+            task,
+            self.client,
+            on_error=self._error,
+            cancel_grace=self.cancel_grace,
+            journal=journal,
+        )
         attempt = Attempt(task, ctx, key, lease_ttl=self._lease_ttl(task))
         self._attempts[task.id] = attempt
         self._remember(key)
@@ -455,6 +539,8 @@ class AgentRunner:
                 f" ({outcome.reason})" if outcome.reason else "",
             )
         finally:
+            if attempt.ctx.journal is not None:
+                attempt.ctx.journal.close()
             with self._lock:
                 if self._attempts.get(task.id) is attempt:
                     del self._attempts[task.id]
@@ -497,8 +583,13 @@ class AgentRunner:
 
     def _give_back(self, task: Task, reason: str) -> None:
         """Release a claimed task this runner will not run (no retry is counted)."""
-        if not self.reporter.give_back(task, reason):
+        with self._lock:
+            left = self._leftovers.get(task.job_id) if task.job_id else None
+        if not self.reporter.give_back(task, reason, left.settlement() if left else None):
             return
+        if left is not None:
+            with self._lock:
+                self._leftovers.pop(left.job_id, None)
         with self._lock:
             self.released += 1
         self._emit(EventType.TASK_REQUEUED, task, {"reason": reason})
@@ -572,6 +663,8 @@ class AgentRunner:
             now = time.monotonic()
             if now >= next_renewal:
                 self._guarded("lease renewal", self._renew_leases)
+                if self._leftovers:
+                    self._guarded("settling an earlier run's jobs", self._recover)
                 if self.reporter.unsettled:
                     # Off this thread: a slow store must not delay renewals.
                     threading.Thread(

@@ -269,6 +269,9 @@ class SubprocessHandler:
         less a second: the command must be gone before the runner frees its slot."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while process.poll() is None:
+            # Charged as it is written: the job's usage file keeps it should this
+            # process be killed before the command ends.
+            usage.charge(final=False)
             if ctx.cancel_event.wait(_POLL):
                 usage.charge(final=False)  # before the runner's settle, which may not wait
                 budget = min(self.kill_grace, max(ctx.cancel_grace / 2, ctx.cancel_grace - 1))
@@ -315,6 +318,8 @@ class _UsageFile:
         """Charge the lines added since the last call; ``final``: the last one too
         when it has no newline (the command is gone, it will not be finished)."""
         try:
+            if not final and self.path.stat().st_size <= self._offset:
+                return  # nothing new (checked every poll while the command runs)
             with self.path.open("rb") as file:
                 file.seek(self._offset)
                 data = file.read()

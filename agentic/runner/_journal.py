@@ -1,0 +1,281 @@
+"""A file per job of the tokens its attempt reported, so that tokens spent before the
+runner process died (``kill -9``, an out-of-memory kill) are still charged.
+
+The runner settles a job's usage when the attempt ends, from memory: a process killed
+mid-task used to take its tokens with it. Each ``ctx.usage`` of a job is now also
+appended to ``<state dir>/usage/<agent id>/<job id>.jsonl`` (created at the first
+one: a job that reports nothing writes nothing), then the settle decided at the
+attempt's end, and the file is removed once the quota store took that settle. A
+runner starting with the same agent id finds what is left: a job whose end was
+decided is settled as decided (settles are idempotent per job id, so one that landed
+changes nothing); a job that died running is resumed when its claim is still this
+agent's (its recorded tokens are added to the new run's), else settled as failed,
+as for an attempt whose lease was lost. A live attempt holds an exclusive ``flock``
+on its file, so another runner on the machine never settles a job still running.
+
+Lines are flushed to the OS as written (they survive the process), not fsynced (a
+machine crash may lose the last ones): a sync per usage report would cost more than
+the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+import platformdirs
+
+from ..models import QuotaEvent, Task
+
+__all__ = ["JobJournal", "Leftover", "Settle", "UsageJournal", "default_state_dir"]
+
+#: a settle's (tokens in, tokens out, event, model, task id); event None: unreserve
+Settle = tuple[int, int, QuotaEvent | None, str | None, str]
+_UNRESERVE = "unreserve"
+
+
+def default_state_dir() -> Path:
+    """Where runners keep state that must outlive their process."""
+    return Path(platformdirs.user_state_dir("agentic")).absolute()
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """What a job's file says about a job no live attempt holds."""
+
+    job_id: str
+    task_id: str
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    #: the settle decided at the attempt's end; None: it died running
+    end: Settle | None
+
+    def settlement(self) -> Settle:
+        """The settle to make: the decided one, else a failure's for what was used."""
+        if self.end is not None:
+            return self.end
+        return (self.tokens_in, self.tokens_out, QuotaEvent.JOB_FAILED, self.model, self.task_id)
+
+
+class JobJournal:
+    """One job's file, held (``flock``) while its attempt lives."""
+
+    def __init__(
+        self,
+        path: Path,
+        task: Task,
+        on_error: Callable[[str, Exception], None],
+        recovered: list[tuple[str, int, int]] | None = None,
+    ) -> None:
+        self.path = path
+        self._task = task
+        self._error = on_error
+        #: (model, tokens in, tokens out) recorded by an earlier run of this job
+        self.recovered = recovered or []
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        self._closed = False  # closed or failed: nothing more is written
+
+    def open_existing(self) -> bool:
+        """Take the file an earlier run left (for a resumed job); False when another
+        live process holds it (the error is reported; this run keeps no file)."""
+        with self._lock:
+            return self._open()
+
+    def usage(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        """Append one usage report (creating the file at the first)."""
+        self._write({"model": model, "tokens_in": tokens_in, "tokens_out": tokens_out})
+
+    def end(self, settle: Settle) -> None:
+        """Record the settle decided at the attempt's end (when anything was written)."""
+        tokens_in, tokens_out, event, model, task_id = settle
+        with self._lock:
+            if self._file is None:
+                return  # nothing recorded: nothing a restart would need
+        self._write(
+            {
+                "end": event.value if event is not None else _UNRESERVE,
+                "tokens_in": tokens_in,
+                "tokens_out": tokens_out,
+                "model": model,
+                "task": task_id,
+            }
+        )
+
+    def close(self) -> None:
+        """Let go of the file (kept on disk until its settle lands)."""
+        with self._lock:
+            self._closed = True
+            if self._file is not None:
+                self._file.close()  # closing the descriptor drops the flock
+                self._file = None
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        with self._lock:
+            if self._closed or (self._file is None and not self._open()):
+                return
+            assert self._file is not None
+            try:
+                self._file.write(json.dumps(entry) + "\n")
+                self._file.flush()
+            except OSError as exc:
+                self._fail("could not be written", exc)
+
+    def _open(self) -> bool:
+        """Open and lock the file, writing its header when new (lock held)."""
+        if self._file is not None:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            file = self.path.open("a", encoding="utf-8")
+        except OSError as exc:
+            self._fail("could not be opened", exc)
+            return False
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            file.close()
+            self._fail(
+                "is held by another live process (a second runner with this agent id on"
+                " this machine?)",
+                exc,
+            )
+            return False
+        self._file = file
+        if file.tell() == 0:
+            task = self._task
+            header = {"job": task.job_id, "task": task.id, "model": task.model or None}
+            try:
+                file.write(json.dumps(header) + "\n")
+            except OSError as exc:
+                self._fail("could not be written", exc)
+                return False
+        return True
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        # Once per job: the tokens are still settled from memory at the attempt's end,
+        # only a crash before then would lose them.
+        self._closed = True
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._error(f"task {self._task.id}: the usage file {self.path} {what}", exc)
+
+
+class UsageJournal:
+    """The job files of one agent id on this machine."""
+
+    def __init__(self, state_dir: Path, agent_id: str) -> None:
+        self.directory = state_dir / "usage" / quote(agent_id, safe="")
+
+    def check(self) -> None:
+        """Create the directory now; OSError when it cannot be (read-only, a file)."""
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(self.directory, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.directory} is not writable")
+
+    def job(self, task: Task, on_error: Callable[[str, Exception], None]) -> JobJournal:
+        """The journal of ``task``'s job; an earlier run's usage comes with it."""
+        path = self._path(task.job_id)
+        if not path.exists():
+            return JobJournal(path, task, on_error)
+        leftover = _read(path)
+        recovered = [] if leftover is None else leftover[1]
+        journal = JobJournal(path, task, on_error, recovered)
+        journal.open_existing()
+        return journal
+
+    def leftovers(self) -> Iterator[Leftover]:
+        """The files no live attempt holds (each read under its lock, then let go)."""
+        try:
+            paths = sorted(self.directory.glob("*.jsonl"))
+        except OSError:
+            return
+        for path in paths:
+            with _try_lock(path) as locked:
+                if not locked:
+                    continue  # a live attempt (here or in another process) holds it
+                read = _read(path)
+            if read is None:
+                path.unlink(missing_ok=True)  # empty or unreadable header: nothing to settle
+                continue
+            yield read[0]
+
+    def discard(self, job_id: str) -> None:
+        """Remove a job's file: its settle landed."""
+        self._path(job_id).unlink(missing_ok=True)
+
+    def _path(self, job_id: str) -> Path:
+        return self.directory / f"{quote(job_id, safe='')}.jsonl"
+
+
+@contextlib.contextmanager
+def _try_lock(path: Path) -> Iterator[bool]:
+    try:
+        file = path.open("r", encoding="utf-8")
+    except OSError:
+        yield False
+        return
+    with file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+
+
+def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
+    """The job's leftover and its usage lines; None without a readable header. A last
+    line cut short by the kill is skipped."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    entries: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    if not entries or not isinstance(entries[0].get("job"), str):
+        return None
+    header, rest = entries[0], entries[1:]
+    task_id, model = str(header.get("task", "")), header.get("model")
+    usage: list[tuple[str, int, int]] = []
+    end: Settle | None = None
+    for entry in rest:
+        tokens = (_count(entry.get("tokens_in")), _count(entry.get("tokens_out")))
+        if "end" in entry:
+            kind = entry["end"]
+            if kind != _UNRESERVE and kind not in set(QuotaEvent):
+                continue  # not written by this version: settled as a failure instead
+            event = None if kind == _UNRESERVE else QuotaEvent(kind)
+            model_ended = entry.get("model")
+            end = (*tokens, event, model_ended if isinstance(model_ended, str) else None, task_id)
+        else:
+            usage.append((str(entry.get("model", "")), *tokens))
+    default_model = model if isinstance(model, str) and model else None
+    first_used = next((m for m, _, _ in usage if m), None)
+    leftover = Leftover(
+        job_id=header["job"],
+        task_id=task_id,
+        model=default_model or first_used,
+        tokens_in=sum(u[1] for u in usage),
+        tokens_out=sum(u[2] for u in usage),
+        end=end,
+    )
+    return leftover, usage
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,0 +1,292 @@
+"""Job usage files: tokens reported before a runner process died are still charged."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentic.client import TaskClient
+from agentic.errors import ConfigError
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    Priority,
+    QuotaEvent,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
+from agentic.runner import TaskContext
+from agentic.runner._journal import UsageJournal, default_state_dir
+from agentic.stores import open_allowance_store, open_registry
+
+from .test_cli import clean_environment, run  # noqa: F401
+from .test_e2e_processes import FAST, create, fleet_on, registered, wait_until
+from .test_runner import AGENT, System, build_system, wait_for
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
+
+
+@pytest.fixture
+def system() -> Any:
+    with build_system() as made:
+        yield made
+
+
+def claimed(job_id: str = "job-1", task_id: str = "t-1", model: str = "m") -> Task:
+    """A task as claimed under ``job_id``."""
+    return Task(id=task_id, title="t", job_id=job_id, model=model)
+
+
+def errors() -> tuple[list[str], Any]:
+    seen: list[str] = []
+    return seen, lambda what, exc: seen.append(f"{what}: {exc}")
+
+
+# --- the files ---
+def test_a_job_that_reports_nothing_writes_no_file(tmp_path: Path) -> None:
+    """No usage, no file: a no-op job costs no disk write, even when it ends."""
+    journal = UsageJournal(tmp_path, AGENT)
+    seen, on_error = errors()
+    job = journal.job(claimed(), on_error)
+    job.end((0, 0, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+    job.close()
+    assert not job.path.exists() and list(journal.leftovers()) == [] and seen == []
+
+
+def test_usage_and_the_decided_end_are_read_back(tmp_path: Path) -> None:
+    """The usage lines sum up; a decided end is settled as decided; discard removes."""
+    journal = UsageJournal(tmp_path, AGENT)
+    seen, on_error = errors()
+    job = journal.job(claimed(), on_error)
+    job.usage("m", 100, 20)
+    job.usage("m2", 5, 1)
+    job.end((105, 21, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+    job.close()
+    [left] = journal.leftovers()
+    assert (left.job_id, left.task_id, left.tokens_in, left.tokens_out) == ("job-1", "t-1", 105, 21)
+    assert left.settlement() == (105, 21, QuotaEvent.JOB_COMPLETED, "m", "t-1")
+    journal.discard("job-1")
+    assert list(journal.leftovers()) == [] and seen == []
+
+
+def test_a_job_that_died_running_is_settled_as_failed_with_its_tokens(tmp_path: Path) -> None:
+    """Without an end line, the settle is a failure's for the tokens recorded; a task
+    with no model charges the first model its usage named."""
+    journal = UsageJournal(tmp_path, AGENT)
+    job = journal.job(claimed(model=""), errors()[1])
+    job.usage("gpt", 30, 10)
+    job.close()
+    [left] = journal.leftovers()
+    assert left.settlement() == (30, 10, QuotaEvent.JOB_FAILED, "gpt", "t-1")
+
+
+def written_then(tmp_path: Path, tokens_in: int, tail: str) -> UsageJournal:
+    """A journal whose one job reported ``tokens_in`` and then had ``tail`` appended."""
+    journal = UsageJournal(tmp_path, AGENT)
+    job = journal.job(claimed(), errors()[1])
+    job.usage("m", tokens_in, 3)
+    job.close()
+    with job.path.open("a", encoding="utf-8") as file:
+        file.write(tail)
+    return journal
+
+
+def test_a_line_cut_short_by_the_kill_is_skipped(tmp_path: Path) -> None:
+    """A last line half written when the process died does not spoil the file."""
+    journal = written_then(tmp_path, 7, '{"model": "m", "tokens_in": 99')
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.tokens_out, left.end) == (7, 3, None)
+
+
+def test_an_unknown_end_is_settled_as_a_failure(tmp_path: Path) -> None:
+    """An end line this version does not know is ignored, not a crash at start."""
+    journal = written_then(tmp_path, 4, json.dumps({"end": "job_exploded"}) + "\n")
+    [left] = journal.leftovers()
+    assert left.settlement()[2] is QuotaEvent.JOB_FAILED
+
+
+def test_a_file_held_by_a_live_attempt_is_no_leftover(tmp_path: Path) -> None:
+    """While its attempt lives the file is locked: no other runner settles it, and a
+    second writer is refused with a message instead of mixing lines."""
+    journal = UsageJournal(tmp_path, AGENT)
+    live = journal.job(claimed(), errors()[1])
+    live.usage("m", 1, 1)
+    assert list(journal.leftovers()) == []
+    seen, on_error = errors()
+    intruder = UsageJournal(tmp_path, AGENT).job(claimed(), on_error)
+    intruder.usage("m", 500, 500)
+    assert seen and "held by another live process" in seen[0]
+    live.close()
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.tokens_out) == (1, 1)
+
+
+def test_agent_and_job_ids_are_safe_file_names(tmp_path: Path) -> None:
+    """Ids with slashes or dots stay inside the agent's own directory."""
+    journal = UsageJournal(tmp_path, "../evil/agent")
+    job = journal.job(claimed(job_id="../../x"), errors()[1])
+    job.usage("m", 1, 0)
+    job.close()
+    assert job.path.parent == journal.directory
+    assert journal.directory.parent == tmp_path / "usage"
+    [left] = journal.leftovers()
+    assert left.job_id == "../../x"
+
+
+# --- the runner ---
+def leave_behind(system: System, task: Task, tokens: tuple[int, int], end: bool = False) -> None:
+    """Write what a runner of AGENT killed while running ``task`` would have left."""
+    job = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1])
+    job.usage("m", *tokens)
+    if end:
+        job.end((*tokens, QuotaEvent.JOB_COMPLETED, "m", task.id))
+    job.close()
+
+
+def dispatched(system: System) -> Task:
+    """A task claimed for AGENT under a reservation, as a dead runner's was."""
+    system.quota.set_allowance(AgentAllowance(agent_id=AGENT))
+    system.registry.register(AgentInfo(id=AGENT, capabilities=["py"], max_load=1))
+    return system.tasks.get(system.submit().id)
+
+
+def test_a_killed_runners_tokens_are_charged_when_the_agent_starts_again(
+    system: System,
+) -> None:
+    """A job whose runner died and whose claim has gone (lease expired) is settled as
+    failed for the tokens its file recorded, when the agent's runner starts again."""
+    task = dispatched(system)
+    leave_behind(system, task, (80, 20))
+    system.tasks.release(task.id)  # the lease ran out
+    system.quota.expire(task.job_id)  # and the reservation with it
+    runner = system.started(lambda task, ctx: "unused")
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 50)  # failed: half back
+    wait_for(lambda: list(UsageJournal(default_state_dir(), AGENT).leftovers()) == [])
+    assert runner.errors == 0
+
+
+def test_a_decided_end_is_settled_as_decided(system: System) -> None:
+    """A job that ended (reported) but whose settle never landed is charged as decided."""
+    task = dispatched(system)
+    leave_behind(system, task, (70, 30), end=True)
+    done = TaskResult(success=True, output="done before the kill")
+    system.tasks.complete(task.id, done, agent_id=AGENT, job_id=task.job_id)
+    system.started(lambda task, ctx: "unused")
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 100)
+    assert system.quota.get_usage(AGENT).active_jobs == 0
+
+
+def test_a_job_still_claimed_runs_again_and_charges_both_runs(system: System) -> None:
+    """A restart within the lease runs the job again under its claim: the tokens the
+    killed run recorded are added to the new run's, settled once."""
+    task = dispatched(system)
+    leave_behind(system, task, (100, 0))
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 40, 0)
+        return "done"
+
+    runner = system.started(handler)
+    assert system.finished(task.id).status is TaskStatus.COMPLETED
+    wait_for(lambda: runner.completed == 1)
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.active_jobs) == (140, 0)
+    assert list(UsageJournal(default_state_dir(), AGENT).leftovers()) == []
+
+
+def test_usage_reported_while_running_is_on_disk_before_the_end(system: System) -> None:
+    """Each ctx.usage reaches the job's file at once, not at the attempt's end."""
+    gate = threading.Event()
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 12, 3)
+        gate.wait(5)
+        return "done"
+
+    runner = system.started(handler)
+    task = system.tasks.get(system.submit().id)
+    path = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1]).path
+    wait_for(lambda: path.exists() and '"tokens_in": 12' in path.read_text())
+    gate.set()
+    wait_for(lambda: runner.completed == 1)
+    wait_for(lambda: not path.exists())
+
+
+def test_a_state_dir_that_cannot_be_written_is_a_config_error(
+    system: System, tmp_path: Path
+) -> None:
+    """An explicit state_dir that is a file is refused before the agent registers."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    runner = system.runner(lambda task, ctx: "done", state_dir=blocker)
+    with pytest.raises(ConfigError, match="state_dir"):
+        runner.run()
+    assert system.registry.list() == []
+
+
+# --- real processes ---
+def usage_then(seconds_file: Path) -> list[str]:
+    """A command that reports 300 + 100 tokens, then waits until ``seconds_file``
+    exists the first time it runs (a later run finds it and ends at once)."""
+    script = (
+        'echo \'{"model": "m", "tokens_in": 300, "tokens_out": 100}\' >> "$AGENTIC_USAGE_FILE";'
+        ' if [ -e "$1" ]; then exit 0; fi; touch "$1"; exec sleep 600'
+    )
+    return ["sh", "-c", script, "usage", str(seconds_file)]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_task_then_restart_charges_both_runs(tmp_path: Path) -> None:
+    """kill -9 of `agentic agent run` while its command runs, then a restart with the
+    same id inside the lease: the task runs again and completes, and the agent is
+    charged the 400 tokens of each run (the first run's from its usage file)."""
+    url = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
+    with (
+        fleet_on(tmp_path, url, **FAST, lease_seconds=60) as fleet,
+        open_registry(url) as registry,
+        TaskClient(fleet.base_url, "") as client,
+    ):
+        fleet.serve()
+        fleet.cli("allowance", "set", "a1", "--daily-jobs", "10")
+        started = tmp_path / "started"
+        args = ["agent", "run", "--config", str(fleet.config), "--id", "a1"]
+        args += ["--capability", "x", "--max-load", "1", "--", *usage_then(started)]
+        first = fleet.spawn("first", *args)
+        wait_until(lambda: registered(registry, "a1"), "a1 registered", fleet)
+        task = create(client, "spend", labels=["x"], priority=Priority.HIGH)
+        fleet.dispatch()
+        files = default_state_dir() / "usage" / "a1"
+        wait_until(
+            lambda: any("300" in p.read_text() for p in files.glob("*.jsonl")),
+            "the first run's usage is on disk",
+            fleet,
+        )
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        fleet.spawn("second", *args)
+        wait_until(
+            lambda: client.get_task(task.id).status is TaskStatus.COMPLETED,
+            "the task completed by the restarted agent",
+            fleet,
+            timeout=40,
+        )
+        with open_allowance_store(url) as quota:
+            wait_until(lambda: quota.get_usage("a1").tokens_used == 800, "both runs charged", fleet)
+            assert quota.get_usage("a1").active_jobs == 0
+        assert list(files.glob("*.jsonl")) == []
+
+
+def test_agent_run_refuses_a_state_dir_it_cannot_write(tmp_path: Path) -> None:
+    """`agentic agent run --state-dir FILE` is a usage error naming state_dir."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = "sqlite:///" + (tmp_path / "a.db").as_posix().lstrip("/")
+    args = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"]
+    result = run(*args, "--store", store, "--state-dir", str(blocker), "--", "true")
+    assert result.exit_code == 2, result.output
+    assert "state_dir" in result.output and "writable directory" in result.output
