@@ -185,6 +185,8 @@ class Dispatcher:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: whether :meth:`run` holds the lease (always True when not exclusive)
         self.active = not exclusive
+        #: who held the lease at the last ask ("" before one)
+        self.lease_holder = ""
         self._lease_told = False
         # False once the task API answered a batch with 404/405 (it has no batches)
         self._batches = claim_batch > 1
@@ -630,6 +632,20 @@ class Dispatcher:
             if self.exclusive and self.active:
                 self._give_up_lease()
 
+    def run_turn(self, interval: float = 5.0) -> DispatchReport | None:
+        """One pass as :meth:`run` makes one: an ``exclusive`` dispatcher passes only
+        holding the lease (taken for the pass, given up after), so a one-off pass does
+        not race the active dispatcher over the same tasks. None when another holds
+        it (:attr:`lease_holder` names it): that one dispatches these tasks."""
+        if not self.exclusive:
+            return self.run_once()
+        if not self._hold_lease(interval):
+            return None
+        try:
+            return self.run_once()
+        finally:
+            self._give_up_lease()
+
     def _lease_ttl(self, interval: float) -> float:
         """How long the lease lasts from a renewal: ``active_lease`` (15 s by default),
         and 3 intervals at least, since the holder renews it once a turn."""
@@ -638,6 +654,7 @@ class Dispatcher:
     def _hold_lease(self, interval: float) -> bool:
         """Take or renew the dispatcher lease; whether this dispatcher is active."""
         holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
+        self.lease_holder = holder
         active = holder == self.name
         # Said on each change, and at the first answer: a dispatcher that starts as
         # the standby would otherwise print nothing until it takes over (looks hung).

@@ -25,7 +25,7 @@ from agentic._cli._common import event_emitter, records_events, store_config
 from agentic._cli._logging import KeyValueFormatter
 from agentic.cli import app
 from agentic.config import Config
-from agentic.dispatcher import Dispatcher, DispatchReport
+from agentic.dispatcher import LEASE, Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
 from agentic.eventlog import EventLogEmitter
 from agentic.events import EventType
@@ -936,6 +936,26 @@ def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     assert result.exit_code == 0, result.output
     assert f"waiting    {task.id}: " in result.stdout
     assert "[gpu]" in result.stdout
+
+
+def test_dispatch_once_makes_no_pass_beside_an_active_dispatcher(system: System) -> None:
+    """With another dispatcher active (the lease held), --once claims nothing, names
+    it and exits 0; with none active it passes and gives the lease back."""
+    system.quota.set_allowance(AgentAllowance(agent_id="coder-1"))
+    system.registry.register(AgentInfo(id="coder-1", capabilities=["py"]))
+    task = system.tasks.create(Task(title="t", labels=["py"]))
+    assert system.registry.hold_lease(LEASE, "other-host:42", 30) == "other-host:42"
+    result = system.cli("dispatch", "--once", "--json")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert (answer["dispatched"], answer["active_elsewhere"]) == ({}, "other-host:42")
+    assert "dispatcher other-host:42 is active" in result.stderr
+    assert system.tasks.get(task.id).status is TaskStatus.PENDING
+    system.registry.drop_lease(LEASE, "other-host:42")
+    result = system.cli("dispatch", "--once", "--json")
+    answer = json.loads(result.stdout)
+    assert (answer["dispatched"], answer["active_elsewhere"]) == ({task.id: "coder-1"}, None)
+    assert system.registry.hold_lease(LEASE, "next", 30) == "next"  # given back
 
 
 @pytest.mark.slow

@@ -26,6 +26,7 @@ from ._common import (
     retry_policy,
     stdout,
     store_options,
+    warn,
 )
 from ._logging import setup_logging
 
@@ -56,7 +57,14 @@ def dispatch(
             " (default: config's, 5).",
         ),
     ] = None,
-    once: Annotated[bool, typer.Option("--once", help="Run one pass, print it, exit.")] = False,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Run one pass, print it, exit (with dispatcher.exclusive: only when no"
+            " other dispatcher is active; else it says which one is and exits 0).",
+        ),
+    ] = False,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -94,7 +102,17 @@ def dispatch(
             active_lease=cfg.dispatcher.active_lease,
         )
         if once:
-            report = dispatcher.run_once()
+            report = dispatcher.run_turn(cfg.dispatcher.interval)
+            elsewhere = None if report is not None else dispatcher.lease_holder
+            if report is None:
+                # Another dispatcher is active: it dispatches these tasks; a second
+                # pass beside it would only race it for the same claims.
+                warn(
+                    f"no pass made: dispatcher {dispatcher.lease_holder} is active and"
+                    " dispatches these tasks (dispatcher.exclusive); stop it, or set"
+                    " exclusive: false to run passes side by side"
+                )
+                report = DispatchReport()
             if json_output:
                 print_json(
                     {
@@ -102,6 +120,7 @@ def dispatch(
                         "waiting": report.waiting,
                         "failed": report.failed,
                         "dead_lettered": report.dead_lettered,
+                        "active_elsewhere": elsewhere,
                     }
                 )
             else:

@@ -209,7 +209,13 @@ def events(
         ),
     ] = None,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="Keep printing new events (Ctrl-C stops).")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing new events; Ctrl-C or SIGTERM stops it, exit 0 (a"
+            " stream has no outcome, unlike logs -f).",
+        ),
     ] = False,
     type_names: Annotated[
         list[str] | None,
