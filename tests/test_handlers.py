@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -478,3 +480,23 @@ def test_characters_split_between_chunks_stay_whole() -> None:
     ctx = context()
     result = SubprocessHandler([sys.executable, "-c", script], output_limit=200_000)(TASK, ctx)
     assert result.success and result.output == "\u4e2d" * 100_000
+
+
+def test_task_directories_of_a_killed_agent_are_removed_by_the_next_handler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task directory whose lock nobody holds (its agent was killed) is removed when
+    a handler starts its first task; a live task's (locked) and one without a lock
+    file are left alone; the task's own directory is gone when it ends."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, live, bare = (tmp_path / f"agentic-task-{name}" for name in ("dead", "live", "bare"))
+    for path in (dead, live, bare):
+        path.mkdir()
+    (dead / ".agentic-lock").touch()
+    (dead / "usage.jsonl").write_text("{}\n")
+    with (live / ".agentic-lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = SubprocessHandler(sh('echo "$AGENTIC_USAGE_FILE"'))(TASK, context())
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, bare.name])
+    own = Path(result.output.strip()).parent
+    assert own.parent == tmp_path and own.name.startswith("agentic-task-")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
@@ -39,6 +40,46 @@ _READER_JOIN = 5.0
 # Bytes read at most at a time from the command's output (its log lines are cut at
 # 16 Ki characters anyway).
 _CHUNK = 64 * 1024
+# Each task's temporary directory (the task file, the usage file): named so, and
+# holding a lock file its task keeps locked (see _task_dir).
+_DIR_PREFIX = "agentic-task-"
+_DIR_LOCK = ".agentic-lock"
+
+
+@contextlib.contextmanager
+def _task_dir() -> Iterator[Path]:
+    """A temporary directory for one task, locked while the task runs: an agent
+    killed mid-task (``kill -9``) cannot remove it, and the next handler to start
+    on the machine removes it instead (:func:`_remove_abandoned`). Removed before
+    the lock is let go, so a sweeper never removes a live task's directory."""
+    path = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
+    try:
+        lock = (path / _DIR_LOCK).open("w")
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)  # the lock is still held
+
+
+def _remove_abandoned(root: Path) -> int:
+    """Remove the task directories under ``root`` whose lock nobody holds (their
+    agent died); how many. Ones without a lock file (being created, or made by an
+    older version) are left alone."""
+    removed = 0
+    for path in root.glob(_DIR_PREFIX + "*"):
+        try:
+            with (path / _DIR_LOCK).open("r") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # no lock file, or held by a live task, or not ours to open
+            continue
+        removed += 1
+    return removed
 
 
 class _Tail:
@@ -127,6 +168,9 @@ class SubprocessHandler:
         self.timeout = timeout
         self.kill_grace = kill_grace
         self.output_limit = output_limit
+        # At the first task: the directories of tasks whose agent was killed go.
+        self._swept = False
+        self._sweep_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"SubprocessHandler({self.argv!r}, input={self.input!r})"
@@ -156,13 +200,17 @@ class SubprocessHandler:
             ) from exc
 
     def __call__(self, task: Task, ctx: TaskContext) -> TaskResult:
-        with tempfile.TemporaryDirectory(prefix="agentic-task-") as tmp:
-            usage = _UsageFile(Path(tmp) / "usage.jsonl", task, ctx)
+        with self._sweep_lock:
+            if not self._swept:
+                self._swept = True
+                _remove_abandoned(Path(tempfile.gettempdir()))
+        with _task_dir() as tmp:
+            usage = _UsageFile(tmp / "usage.jsonl", task, ctx)
             try:
                 payload = self._encoded(task)
                 if self.input == "stdin":
                     return self._run(self.argv, task, ctx, payload, usage)
-                path = Path(tmp) / ("task.json" if self.format == "json" else "task.txt")
+                path = tmp / ("task.json" if self.format == "json" else "task.txt")
                 path.write_bytes(payload)
                 argv = [a.replace(_FILE, str(path)) for a in self.argv]
                 return self._run(argv, task, ctx, None, usage)
