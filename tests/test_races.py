@@ -61,6 +61,10 @@ def _reap(url: str, ttl: float, barrier: Barrier, stop: Event, out: Any) -> None
     while not stop.is_set():
         reaped += registry.reap(ttl)
         passes += 1
+        # As between heartbeats: a reaper looping with no pause at all can starve the
+        # heartbeat's SQLite writes for longer than the ttl on a loaded machine, and
+        # then reaping the agent is right (its heartbeats did not land).
+        time.sleep(0.001)
     registry.close()
     out.put(("reap", reaped, passes))
 
