@@ -64,7 +64,9 @@ CHANGES_HEADER = "X-Agentic-Changes"
 
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it
-#: (clients check for them: a server that predates one ignores what it needs)
+#: (clients check for them: a server that predates one ignores what it needs, or, from
+#: ``strict_bodies`` on, refuses a body holding a field it does not know with 422; so
+#: a new request field comes with a feature here that clients check before sending it)
 FEATURES = (
     "attempt_fencing",
     "batch_claims",
@@ -72,6 +74,7 @@ FEATURES = (
     "labels_within",
     "list_pages",
     "long_polls",
+    "strict_bodies",
     "task_counts",
 )
 

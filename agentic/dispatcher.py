@@ -196,7 +196,7 @@ class Dispatcher:
         #: job ids of previous attempts already ended here (oldest first, bounded)
         self._ended: OrderedDict[str, None] = OrderedDict()
         #: task id -> why it waited when last told (oldest first, bounded)
-        self._told: OrderedDict[str, tuple[EventType, str]] = OrderedDict()
+        self._told: OrderedDict[str, tuple[EventType, frozenset[str]]] = OrderedDict()
         # The task API's features (claim_fencing, list_pages, ...), read at first need
         self._features = ServerFeatures()
         #: claims whose answer was lost and whose outcome is not known yet
@@ -261,7 +261,10 @@ class Dispatcher:
         try:
             ranked = self.router.rank(task, index)
         except NoEligibleAgentError as exc:
-            self._emit_waiting(EventType.DISPATCH_FAILED_NO_AGENT, task, {"reason": str(exc)})
+            reason = str(exc)
+            self._emit_waiting(
+                EventType.DISPATCH_FAILED_NO_AGENT, task, {"reason": reason}, frozenset({reason})
+            )
             raise
         refusals: list[tuple[str, QuotaExceededError]] = []
         for agent_id in ranked:
@@ -288,17 +291,24 @@ class Dispatcher:
                 continue
             index.add_load(agent_id)
             return agent_id, job_id
-        reasons = "; ".join(f"{agent}: {exc.reason}" for agent, exc in refusals)
+        each = [f"{agent}: {exc.reason}" for agent, exc in refusals]
+        reasons = "; ".join(each)
         waits = [exc.retry_after for _a, exc in refusals if exc.retry_after is not None]
-        self._emit_waiting(EventType.DISPATCH_FAILED_QUOTA, task, {"reasons": reasons})
+        self._emit_waiting(
+            EventType.DISPATCH_FAILED_QUOTA, task, {"reasons": reasons}, frozenset(each)
+        )
         raise QuotaExceededError(
             f"no eligible agent has quota for it ({reasons})", min(waits) if waits else None
         )
 
-    def _emit_waiting(self, kind: EventType, task: Task, payload: dict[str, str]) -> None:
-        """A dispatch_failed_* event, only when the task waits for a new reason: a task
-        waiting pass after pass for the same one is told once, not every pass."""
-        why = (kind, next(iter(payload.values())))
+    def _emit_waiting(
+        self, kind: EventType, task: Task, payload: dict[str, str], reasons: frozenset[str]
+    ) -> None:
+        """A dispatch_failed_* event, only when the set of ``reasons`` the task waits
+        for changes: a task waiting pass after pass for the same ones is told once,
+        not every pass, nor when only their order moved (agents ranked otherwise as
+        their loads change)."""
+        why = (kind, reasons)
         if self._told.get(task.id) == why:
             return
         self._told[task.id] = why

@@ -33,7 +33,7 @@ def submit_task(
     instead of creating another.
     """
     if not isinstance(title, str) or not title.strip():
-        raise ConfigError("a task needs a non-empty title")
+        raise ConfigError("title must not be blank")
     try:
         task = Task(
             title=title.strip(),

@@ -437,10 +437,45 @@ def test_submit_json(system: System) -> None:
 
 
 def test_submit_blank_title_is_a_usage_error(system: System) -> None:
-    """A blank title is refused (exit 2) before any request."""
-    result = system.cli("submit", "  ")
-    assert result.exit_code == 2
-    assert "title" in result.stderr
+    """A blank title is refused (exit 2, "title must not be blank") before any request."""
+    for title in ("", "  ", "\t"):
+        result = system.cli("submit", title)
+        assert result.exit_code == 2, result.output
+        assert result.stderr == "error: title must not be blank\n"
+    assert system.tasks.list() == []
+
+
+def test_a_422_from_the_server_is_a_usage_error(system: System) -> None:
+    """Input the task API refuses (422) exits 2 with the server's message, as a usage
+    error, not 1 as a failure."""
+    result = system.cli("submit", "t", "--depends-on", "ghost")
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: HTTP 422:") and "ghost" in message
+    no_traceback(result)
+    assert system.tasks.list() == []
+
+
+def test_negative_numbers_are_values_not_options(system: System) -> None:
+    """A negative number is read as the value it is (an argument or an option's value),
+    never as an unknown option: a title "-5" is a title; a negative count or interval
+    is refused as a value out of range (exit 2)."""
+    created = system.cli("submit", "-5")
+    assert created.exit_code == 0, created.output
+    assert system.tasks.get(created.stdout.strip()).title == "-5"
+    for args in (
+        ("submit", "t", "--estimated-tokens", "-5"),
+        ("submit", "t", "--max-retries", "-1"),
+        ("status", "--watch", "-5"),
+        ("status", "--watch", "-0.5"),
+    ):
+        result = system.cli(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "No such option" not in result.output
+        assert "Invalid value for" in result.output
+    assert [task.title for task in system.tasks.list()] == ["-5"]
+    unknown = system.cli("submit", "t", "-x")  # a word that is no number stays an option
+    assert unknown.exit_code == 2 and "No such option: -x" in unknown.output
 
 
 def test_an_unreachable_task_api_says_what_to_check(tmp_path: Path) -> None:

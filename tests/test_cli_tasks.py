@@ -118,13 +118,15 @@ def test_tasks_table_shows_ids_states_and_more(server: Server) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--status", "running"], ["--status", "pending,done"], ["--limit", "0"]],
+    [["--status", "running"], ["--status", "pending,done"], ["--limit", "0"], ["--limit", "-5"]],
     ids=" ".join,
 )
 def test_tasks_usage_errors_exit_2(server: Server, args: list[str]) -> None:
-    """An unknown status (listing the valid ones) or a limit below 1 exits 2."""
+    """An unknown status (listing the valid ones) or a limit below 1 (a negative one
+    read as a value, not an option) exits 2."""
     result = server.cli("tasks", *args)
     assert result.exit_code == 2, result.output
+    assert "No such option" not in result.output
     if "--status" in args:
         message = " ".join(result.stderr.split())
         assert "is not a task status; valid: pending, in_progress, completed, blocked" in message

@@ -532,6 +532,37 @@ def test_a_task_waiting_for_the_same_reason_is_told_once(system: System) -> None
     assert len(system.events.of(EventType.DISPATCH_FAILED_QUOTA)) == 2
 
 
+def test_waiting_events_dedupe_on_the_set_of_reasons(system: System) -> None:
+    """dispatch_failed_quota is emitted again only when the set of (agent, reason) a task
+    waits for changes: not each pass, nor when the agents are ranked in another order."""
+    for agent in ("a", "b"):
+        system.agent(agent, "gpu", max_load=4, concurrent_jobs=1)
+        system.quota.reserve(agent, "", 0, f"held-{agent}")
+    task = system.task("t", "gpu")
+    orders = []
+    for load_a, load_b in ((3, 1), (1, 3), (3, 1), (1, 3)):
+        system.registry.heartbeat("a", load=load_a)
+        system.registry.heartbeat("b", load=load_b)
+        orders.append(system.dispatcher.run_once().waiting[task.id])
+    assert len(set(orders)) == 2  # the reasons came in both orders
+    told = system.events.of(EventType.DISPATCH_FAILED_QUOTA)
+    assert len(told) == 1
+    assert set(told[0].payload["reasons"].split("; ")) == {
+        "a: concurrent job limit",
+        "b: concurrent job limit",
+    }
+    # a's reason changes (its day's one job is used): a new set, told once
+    system.quota.set_allowance(AgentAllowance(agent_id="a", concurrent_jobs=1, daily_job_limit=1))
+    for _ in range(2):
+        assert task.id in system.dispatcher.run_once().waiting
+    told = system.events.of(EventType.DISPATCH_FAILED_QUOTA)
+    assert len(told) == 2
+    assert set(told[1].payload["reasons"].split("; ")) == {
+        "a: daily job limit",
+        "b: concurrent job limit",
+    }
+
+
 class CountingQuota(MemoryAllowanceStore):
     """A memory quota store that counts reserve calls per agent."""
 

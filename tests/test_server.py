@@ -9,11 +9,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from agentic.errors import ConfigError, StoreError
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.retry import RetryPolicy
 from agentic.server import create_app
+from agentic.server._json import body_model, model_at
 from agentic.stores.base import LogPage
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import FakeClock
@@ -101,6 +103,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "labels_within",
         "list_pages",
         "long_polls",
+        "strict_bodies",
         "task_counts",
     }
     assert api.get("/api/health").status_code == 200
@@ -331,9 +334,9 @@ def test_counts_answer_every_status_to_any_token(api: TestClient, store: MemoryT
 
 @pytest.mark.parametrize("query", ["?status=nope", "?priority=urgent", "?limit=0", "?ready=maybe"])
 def test_list_bad_filters_are_422(api: TestClient, query: str) -> None:
-    """Invalid filters answer 422 with the error body."""
+    """Invalid filters answer 422 with the error body, whose message names the filter."""
     body = assert_error(api.get(f"/api/tasks{query}", headers=ADMIN), 422)
-    assert body["message"] == "invalid request" and "query" in body["details"]
+    assert body["message"].startswith("invalid request: query.") and "query" in body["details"]
 
 
 def test_get_unknown_task_is_404(api: TestClient) -> None:
@@ -871,28 +874,158 @@ def test_follow_unknown_task_is_404(api: TestClient) -> None:
 # --- bad input never changes state ---
 
 
-def test_mistaken_fields_are_refused_and_unknown_ones_ignored(
+# Every endpoint that reads a JSON body: (method, path, a valid body, that body with one
+# field misspelt, the field's path, the name it should suggest (or None), the fields
+# accepted where the misspelt one sits).
+_TASK_FIELDS = sorted(Task.model_fields)
+STRICT_BODIES = [
+    ("POST", "/api/tasks", {"title": "x"}, {"title": "x", "priorty": "high"},
+     "body.priorty", "priority", _TASK_FIELDS),
+    ("PATCH", "/api/tasks/{id}", {"progress": 5}, {"progres": 5},
+     "body.progres", "progress", sorted(TaskUpdate.model_fields)),
+    ("POST", "/api/tasks/{id}/claim", {"agent_id": "a1"}, {"agent_id": "a1", "lease_secnds": 30},
+     "body.lease_secnds", "lease_seconds", ["agent_id", "job_id", "lease_seconds"]),
+    ("POST", "/api/tasks/claims", {"claims": [{"task_id": "{id}", "agent_id": "a1"}]},
+     {"claims": [{"task_id": "{id}", "agent_id": "a1"}], "time_limt": 5},
+     "body.time_limt", "time_limit", ["claims", "time_limit"]),
+    ("POST", "/api/tasks/{id}/withdraw", {"job_id": "j"}, {"job_id": "j", "jobid": "j"},
+     "body.jobid", "job_id", ["job_id"]),
+    ("POST", "/api/tasks/{id}/complete", {"success": True}, {"success": True, "ouput": "x"},
+     "body.ouput", "output",
+     ["agent_id", "artifacts", "error_message", "job_id", "output", "success"]),
+    ("POST", "/api/tasks/{id}/release", {"agent_id": "a1"}, {"agent_id": "a1", "reson": "x"},
+     "body.reson", "reason", ["agent_id", "job_id", "reason"]),
+    ("POST", "/api/tasks/{id}/lease", {"agent_id": "a1"}, {"agent_id": "a1", "colour": "red"},
+     "body.colour", None, ["agent_id", "job_id", "lease_seconds"]),
+    ("POST", "/api/tasks/{id}/logs", {"lines": ["a"]}, {"lines": ["a"], "line": "b"},
+     "body.line", "lines", ["lines"]),
+]  # fmt: skip
+
+
+def _with_id(value: Any, task_id: str) -> Any:
+    """``value`` with each ``{id}`` in its strings replaced by ``task_id``."""
+    if isinstance(value, str):
+        return value.replace("{id}", task_id)
+    if isinstance(value, list):
+        return [_with_id(item, task_id) for item in value]
+    if isinstance(value, dict):
+        return {key: _with_id(item, task_id) for key, item in value.items()}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "valid", "misspelt", "where", "meant", "accepted"),
+    STRICT_BODIES,
+    ids=[f"{row[0]} {row[1]}" for row in STRICT_BODIES],
+)
+def test_every_body_refuses_an_unknown_field(
+    api: TestClient,
+    store: MemoryTaskStore,
+    method: str,
+    path: str,
+    valid: dict[str, Any],
+    misspelt: dict[str, Any],
+    where: str,
+    meant: str | None,
+    accepted: list[str],
+) -> None:
+    """On every endpoint with a JSON body an unknown field is a 422 naming its path, the
+    field meant (when one is close) and the fields accepted, and nothing changes; the
+    same body spelt right is not refused for its fields."""
+    task = claimed_by(store)
+    before = (store.list(), store.logs(task.id))
+    url = path.replace("{id}", task.id)
+    answer = api.request(method, url, json=_with_id(misspelt, task.id), headers=ADMIN)
+    message = assert_error(answer, 422)["message"]
+    assert message.startswith(f"unknown field {where}")
+    if meant is not None:
+        assert f"did you mean {meant!r}?" in message
+    else:
+        assert "did you mean" not in message
+    assert message.endswith(f"accepted fields: {', '.join(accepted)}")
+    assert (store.list(), store.logs(task.id)) == before
+    right = api.request(method, url, json=_with_id(valid, task.id), headers=ADMIN)
+    assert right.status_code != 422, right.text
+
+
+def test_the_table_covers_every_body_and_every_body_is_strict(api: TestClient) -> None:
+    """STRICT_BODIES lists every route that reads a JSON body, and each body model, with
+    every model nested in it, forbids unknown fields (one base, RequestBody)."""
+    routes = {
+        (method, route.path.replace("{task_id}", "{id}")): body_model(route)
+        for route in api.app.routes  # type: ignore[attr-defined]
+        if getattr(route, "body_field", None) is not None
+        for method in route.methods
+    }
+    assert set(routes) == {(method, path) for method, path, *_ in STRICT_BODIES}
+
+    def strict(model: type[BaseModel]) -> None:
+        assert model.model_config.get("extra") == "forbid", model.__name__
+        for name in model.model_fields:
+            inner = model_at(model, (name,))
+            if inner is not None:
+                strict(inner)
+
+    for model in routes.values():
+        assert model is not None
+        strict(model)
+
+
+def test_a_misspelt_nested_field_is_named_by_its_path(
     api: TestClient, store: MemoryTaskStore
 ) -> None:
-    """A near-miss field name or a task field an update cannot change is a 422 that says
-    so, with nothing stored; a field this server does not know at all is ignored."""
-    task = store.create(Task(title="t"))
-    before = store.list()
-    typo = assert_error(
-        api.post("/api/tasks", json={"title": "x", "priorty": "high"}, headers=ADMIN), 422
+    """An unknown field inside a nested object (a batch's claim, a new task's result)
+    is named by its whole path, with what that object accepts."""
+    task = new_task(store)
+    claims = {
+        "claims": [{"task_id": task.id, "agent_id": "a1"}, {"task_id": task.id, "agnet_id": "a1"}]
+    }
+    message = assert_error(api.post("/api/tasks/claims", json=claims, headers=ADMIN), 422)[
+        "message"
+    ]
+    assert message == (
+        "unknown field body.claims.1.agnet_id (did you mean 'agent_id'?);"
+        " accepted fields: agent_id, job_id, lease_seconds, task_id"
     )
-    assert typo["message"] == "unknown field 'priorty': did you mean 'priority'?"
+    result = {"title": "x", "result": {"success": True, "artifact": []}}
+    message = assert_error(api.post("/api/tasks", json=result, headers=ADMIN), 422)["message"]
+    assert message == (
+        "unknown field body.result.artifact (did you mean 'artifacts'?);"
+        " accepted fields: artifacts, error_message, output, success"
+    )
+    assert store.get(task.id) == task and len(store.list()) == 1
+
+
+def test_every_unknown_field_of_a_body_is_named(api: TestClient, store: MemoryTaskStore) -> None:
+    """Several unknown fields are each named in the one 422, and the details keep
+    pydantic's description of every problem."""
+    body = {"title": "x", "priorty": "high", "sla_tier": "gold", "max_retries": -1}
+    answer = assert_error(api.post("/api/tasks", json=body, headers=ADMIN), 422)
+    assert "unknown field body.priorty (did you mean 'priority'?)" in answer["message"]
+    assert "unknown field body.sla_tier; accepted fields:" in answer["message"]
+    assert "body.max_retries" in answer["details"]
+    assert store.list() == []
+
+
+def test_an_update_names_the_fields_it_may_change(api: TestClient, store: MemoryTaskStore) -> None:
+    """A task field an update cannot change is a 422 that says so and lists what an update
+    may change, with nothing stored."""
+    task = store.create(Task(title="t"))
     for field, value in (("priority", "high"), ("title", ""), ("dependencies", [task.id])):
         refused = assert_error(
             api.patch(f"/api/tasks/{task.id}", json={field: value}, headers=ADMIN), 422
         )
-        assert refused["message"].startswith(f"field {field!r} cannot be changed by an update")
+        assert refused["message"].startswith(f"field body.{field} cannot be changed by an update")
         assert "progress" in refused["message"] and "status" in refused["message"]
-    assert store.list() == before
-    newer = api.post("/api/tasks", json={"title": "x", "sla_tier": "gold"}, headers=ADMIN)
-    assert newer.status_code == 201  # a newer client's field: ignored
-    claim = {"agent_id": "a1", "lease_secnds": 30}
-    assert_error(api.post(f"/api/tasks/{task.id}/claim", json=claim, headers=ADMIN), 422)
+    assert store.list() == [task]
+
+
+@pytest.mark.parametrize("title", ["", " ", "\t\n  "])
+def test_a_blank_title_is_refused(api: TestClient, store: MemoryTaskStore, title: str) -> None:
+    """A task whose title is empty or only whitespace is a 422 "title must not be blank"."""
+    answer = assert_error(api.post("/api/tasks", json={"title": title}, headers=ADMIN), 422)
+    assert "title must not be blank" in answer["message"]
+    assert store.list() == []
 
 
 def test_a_body_sent_as_a_form_is_told_to_be_json(api: TestClient, store: MemoryTaskStore) -> None:

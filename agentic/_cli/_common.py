@@ -1,8 +1,9 @@
 """What every command shares: options, config loading, errors, output, stores.
 
 Exit codes: 0 ok, 1 runtime error (the SDK's message, no traceback), 2 usage error
-(typer's own for bad arguments, and :class:`ConfigError` for bad option or config
-values), 130 interrupted where an interruption is not the normal way out.
+(typer's own for bad arguments, :class:`ConfigError` for bad option or config values,
+and the task API's 422: it refused what was given, with its message), 130
+interrupted where an interruption is not the normal way out.
 """
 
 from __future__ import annotations
@@ -92,9 +93,17 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
         except ConfigError as exc:
             raise fail(str(exc), EXIT_USAGE) from None
         except AgenticError as exc:
+            if isinstance(exc, APIError) and exc.code == 422:  # input the server refused
+                raise fail(_refusal(exc), EXIT_USAGE) from None
             raise fail(str(exc) + _hint(exc)) from None
 
     return wrapper
+
+
+def _refusal(exc: APIError) -> str:
+    """A 422's text: the server's message, and its details when they add to it."""
+    details = exc.details if isinstance(exc.details, str) else ""
+    return f"{exc} ({details})" if details and details not in exc.message else str(exc)
 
 
 def _hint(exc: AgenticError) -> str:

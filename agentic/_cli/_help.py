@@ -8,10 +8,17 @@ with braces in the usage line (``logs [OPTIONS] {TASK}``). The command classes h
 give flags no type and print a required argument bare (``TASK``), an optional one in
 brackets (``[SECONDS]``), as click and older typer did. With an older typer both are
 already so and nothing changes.
+
+A negative number is a value, not an option: click reads any word starting with a
+dash as an option name, so ``agentic submit -5`` or ``agentic status --watch -0.5``
+failed with "No such option: -5". The commands' parsers take such a word (when no
+option has that name) as an argument, as argparse does; an option's value
+(``--estimated-tokens -5``) was already read as one, and is then checked as any.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from difflib import get_close_matches
 from typing import Any, TypeVar
@@ -68,6 +75,34 @@ def _close_options(typo: str, params: list[Any]) -> list[str]:
     return [options[name] for name in get_close_matches(typo.lstrip("-"), list(options))]
 
 
+_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+_PARSERS: dict[type, type] = {}
+
+
+def _numbers_as_values(parser_type: type) -> type:
+    """A subclass of click's option parser ``parser_type`` (made once) that reads a
+    negative number as an argument, unless an option is named so (none of ours is)."""
+    if parser_type in _PARSERS:
+        return _PARSERS[parser_type]
+
+    class Parser(parser_type):  # type: ignore[misc]
+        def _process_opts(self, arg: str, state: Any) -> None:
+            if (
+                self.allow_interspersed_args
+                and _NUMBER.fullmatch(arg)
+                and arg not in self._short_opt
+                and arg not in self._long_opt
+            ):
+                state.largs.append(arg)
+                return
+            super()._process_opts(arg, state)
+
+    _PARSERS[parser_type] = Parser
+    return Parser
+
+
 class _Usage:
     """Help with flags without a type and arguments without braces; better guesses
     for an unknown option."""
@@ -90,7 +125,13 @@ class _Usage:
 
 
 class HelpCommand(_Usage, TyperCommand):
-    """A command whose help shows flags without a type and arguments without braces."""
+    """A command whose help shows flags without a type and arguments without braces,
+    and whose arguments may be negative numbers."""
+
+    def make_parser(self, ctx: Any) -> Any:
+        parser = super().make_parser(ctx)
+        parser.__class__ = _numbers_as_values(type(parser))
+        return parser
 
 
 class HelpGroup(_Usage, TyperGroup):

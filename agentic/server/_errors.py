@@ -3,21 +3,31 @@
 FastAPI's own handlers answer ``{"detail": ...}``; they are replaced so that clients
 (ours and go-agentic's) read one shape. ``details`` is a string because go-agentic's
 client decodes it into one (anything else would hide the message from it).
+
+A field a request body does not accept (every body forbids unknown fields, nested
+objects included) is a 422 whose message names the field's path (``body.priorty``,
+``body.claims.0.agent``), the accepted field it most likely meant, and every
+accepted field of that object; one formatter for every endpoint.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from ..errors import APIError, ConfigError, StoreError
+from ..models import Task, TaskUpdate
+from ._json import body_model, model_at
 from ._limits import RateLimited
 from ._metrics import Metrics
 
@@ -56,17 +66,45 @@ def describe(exc: Exception, metrics: Metrics) -> tuple[int, str, object] | None
     return None
 
 
-def _validation(exc: RequestValidationError) -> JSONResponse:
+def _validation(exc: RequestValidationError, request: Request) -> JSONResponse:
     errors = exc.errors()
     for error in errors:
         if error.get("type") == "json_invalid":
             reason = (error.get("ctx") or {}).get("error", "")
             return error_response(400, "malformed JSON body", reason or None)
+    body = body_model(request.scope.get("route"))
+    unknown = [
+        _unknown_field(error, body) for error in errors if error.get("type") == "extra_forbidden"
+    ]
     problems = "; ".join(
-        f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg', '')}"
-        for error in errors
+        f"{_path(error.get('loc', ()))}: {error.get('msg', '')}" for error in errors
     )
-    return error_response(422, "invalid request", problems)
+    message = "; ".join(unknown) if unknown else f"invalid request: {problems}"
+    return error_response(422, message, problems)
+
+
+def _path(loc: Any) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _unknown_field(error: Mapping[str, Any], body: type[BaseModel] | None) -> str:
+    """What to say of a field the body does not accept: its path, the field meant
+    (when one is close) and the fields accepted there."""
+    loc = tuple(error.get("loc", ()))
+    name = str(loc[-1]) if loc else ""
+    inside = loc[1:-1] if loc[:1] == ("body",) else None
+    model = model_at(body, inside) if body is not None and inside is not None else None
+    if model is None:
+        return f"unknown field {_path(loc)}"
+    accepted = sorted(model.model_fields)
+    if issubclass(model, TaskUpdate) and name in Task.model_fields:
+        return (
+            f"field {_path(loc)} cannot be changed by an update; an update may change"
+            f" {', '.join(accepted)}"
+        )
+    close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.7)
+    meant = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown field {_path(loc)}{meant}; accepted fields: {', '.join(accepted)}"
 
 
 def _allowed_methods(app: FastAPI, request: Request) -> str:
@@ -85,7 +123,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RequestValidationError):
-            return _validation(exc)
+            return _validation(exc, request)
         if isinstance(exc, HTTPException):
             headers: dict[str, str] = dict(exc.headers or {})
             if exc.status_code == 405:

@@ -1,21 +1,17 @@
-"""Request bodies read as JSON that holds only valid Unicode, and field names checked.
+"""Request bodies read as JSON that holds only valid Unicode.
 
 JSON may spell a lone UTF-16 surrogate (``"\\ud800"``) and Python's parser gives it
 back as a string no UTF-8 encoder takes: stored, such a task would fail every answer
 that holds it (each list of the queue it sits in, for every dispatcher and runner).
 Such a body is refused here as malformed JSON (400), before anything is stored.
 
-Unknown fields are ignored, so that an older server still serves a newer client,
-except two kinds that are surely mistakes, refused with 422 before anything is
-stored: a name close to one of the body's fields (``priorty``: did you mean
-``priority``?), and a field of a task sent to an update that cannot change it
-(``PATCH {"priority": ...}``: only status, progress, notes and the retry fields may
-change; the rest is set when the task is created).
+Field names are checked by the body models themselves (``_schemas.RequestBody``:
+``extra="forbid"``); :func:`body_model` gives the error formatter the model a
+route's body is read into, to say which fields it accepts.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Callable, Coroutine
 from typing import Any, get_args
@@ -26,17 +22,15 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope
 
-from ..models import Task, TaskUpdate
-
-__all__ = ["UnicodeRoute"]
+__all__ = ["UnicodeRoute", "body_model", "model_at"]
 
 
 class UnicodeRoute(APIRoute):
-    """A route whose JSON body must hold valid Unicode only, with no mistaken field."""
+    """A route whose JSON body must hold valid Unicode only."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        body = _model_of(self.body_field.field_info.annotation) if self.body_field else None
+        body = body_model(self)
 
         async def checked(request: Request) -> Response:
             return await handler(_CheckedRequest(request.scope, request.receive, body))
@@ -80,8 +74,6 @@ class _CheckedRequest(Request):
             # bodies skip the walk.
             if "\\ud" in text or "\\uD" in text:
                 _require_unicode(value, body)
-            if self._model is not None and isinstance(value, dict):
-                _require_known_fields(self._model, value)
             self._json = value
         return self._json
 
@@ -91,31 +83,33 @@ def _is_json(content_type: str) -> bool:
     return kind.startswith("application/") and kind.endswith(("/json", "+json"))
 
 
+def body_model(route: object) -> type[BaseModel] | None:
+    """The pydantic model a route's JSON body is read into (None: no body)."""
+    field = getattr(route, "body_field", None)
+    return _model_of(field.field_info.annotation) if field is not None else None
+
+
+def model_at(model: type[BaseModel], path: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model of the object at ``path`` inside a body of ``model`` (field names and
+    list indexes, as a validation error's ``loc`` after ``"body"``); None when the
+    path leads elsewhere than to a model."""
+    current: type[BaseModel] | None = model
+    for part in path:
+        if isinstance(part, int):
+            continue  # an element of the list the previous field holds
+        field = current.model_fields.get(part) if current is not None else None
+        if field is None:
+            return None
+        current = _model_of(field.annotation)
+    return current
+
+
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model of a body annotation (``Model`` or ``Model | None``)."""
+    """The pydantic model of an annotation (``Model``, ``Model | None``, ``list[Model]``)."""
     for candidate in (annotation, *get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     return None
-
-
-def _require_known_fields(model: type[BaseModel], body: dict[str, Any]) -> None:
-    """HTTPException 422 for a field of ``body`` that is surely a mistake (see the
-    module docstring); other unknown fields are left for the model to ignore."""
-    known = set(model.model_fields)
-    known |= {f.alias for f in model.model_fields.values() if f.alias}
-    for name in body:
-        if name in known:
-            continue
-        if model is TaskUpdate and name in Task.model_fields:
-            raise HTTPException(
-                422,
-                f"field {name!r} cannot be changed by an update; an update may change"
-                f" {', '.join(sorted(TaskUpdate.model_fields))}",
-            )
-        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
-        if close:
-            raise HTTPException(422, f"unknown field {name!r}: did you mean {close[0]!r}?")
 
 
 def _require_unicode(value: Any, body: bytes) -> None:

@@ -1,13 +1,21 @@
-"""Request and response bodies of the task API that are not shared models."""
+"""Request and response bodies of the task API that are not shared models.
+
+Every request body is a :class:`RequestBody` (``extra="forbid"``), nested objects
+included: a field the server does not know is refused with 422 (``_errors`` says
+which, what it may have meant and what is accepted), never silently dropped. The
+shared models (``Task``, ``TaskResult``, ``TaskUpdate``) stay lenient for what a
+client reads; the bodies here are their strict twins.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from ..events import Event
-from ..models import Priority, Task, TaskResult
+from ..models import Priority, Task, TaskResult, TaskUpdate
 from ..stores._tasks import MAX_REASON
 
 __all__ = [
@@ -29,7 +37,10 @@ __all__ = [
     "LogPageBody",
     "NewTask",
     "ReleaseRequest",
+    "RequestBody",
+    "ResultBody",
     "TaskResponse",
+    "UpdateBody",
 ]
 
 # A lease of more than a week is almost certainly a unit mistake (ms for s).
@@ -42,6 +53,17 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class RequestBody(BaseModel):
+    """The base of every request body (and of every object nested in one): an unknown
+    field is a 422, not ignored. Listed last among a body's bases, so that its
+    ``extra="forbid"`` wins over a shared model's ``extra="ignore"``.
+
+    A new request field therefore needs a feature in the health check that clients
+    look for before sending it: a server older than the field refuses the body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class ErrorBody(_Body):
     """Every error answer. ``details`` is a string, as go-agentic's client decodes it."""
 
@@ -50,15 +72,32 @@ class ErrorBody(_Body):
     details: str | None = None
 
 
-class NewTask(Task):
+class ResultBody(TaskResult, RequestBody):
+    """A TaskResult sent to the server (a new task's ``result``)."""
+
+
+class NewTask(Task, RequestBody):
     """A task to create, as go-agentic sends it: ``""`` priority means medium."""
 
-    title: str = Field(min_length=1, pattern=r"\S", max_length=1000)
+    title: str = Field(max_length=1000)
+    result: ResultBody | None = None
 
     @field_validator("priority", mode="before")
     @classmethod
     def _empty_priority(cls, value: Any) -> Any:
         return Priority.MEDIUM if value in ("", None) else value
+
+    @field_validator("title")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError("blank", "title must not be blank")
+        return value
+
+
+class UpdateBody(TaskUpdate, RequestBody):
+    """A partial update (PATCH): only these fields; the rest of a task is set when it
+    is created."""
 
 
 class HealthBody(_Body):
@@ -81,7 +120,7 @@ class TaskResponse(_Body):
     message: str = ""
 
 
-class AgentRequest(_Body):
+class AgentRequest(RequestBody):
     """Names the agent a call is made for; an agent token may leave it out."""
 
     agent_id: str = Field(default="", max_length=256)
@@ -122,7 +161,7 @@ class ClaimRequest(_Lease):
     job_id: str = Field(default="", max_length=256)
 
 
-class WithdrawRequest(_Body):
+class WithdrawRequest(RequestBody):
     """``{"job_id"}``: the claim, made under this job id, whose answer was lost."""
 
     job_id: str = Field(min_length=1, max_length=256)
@@ -141,7 +180,7 @@ class ClaimItem(ClaimRequest):
     task_id: str = Field(min_length=1, max_length=256)
 
 
-class ClaimBatch(_Body):
+class ClaimBatch(RequestBody):
     """``{"claims": [...], "time_limit": seconds}``: claims made one by one, in order,
     in one request; those not begun within ``time_limit`` are not made (429)."""
 
@@ -167,7 +206,7 @@ class ClaimResults(_Body):
     results: list[ClaimOutcome]
 
 
-class CompleteRequest(TaskResult):
+class CompleteRequest(TaskResult, RequestBody):
     """A TaskResult, plus the optional ``agent_id`` of the holder and ``job_id`` of its
     claim (each checked when given)."""
 
@@ -178,7 +217,7 @@ class CompleteRequest(TaskResult):
         return TaskResult.model_validate(self.model_dump(exclude={"agent_id", "job_id"}))
 
 
-class LogLines(_Body):
+class LogLines(RequestBody):
     """``{"lines": [...]}``: log lines to append, each stored as one entry."""
 
     lines: list[str]

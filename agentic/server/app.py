@@ -36,7 +36,7 @@ from pydantic import BaseModel, TypeAdapter
 from .. import __version__
 from .._client_wire import FEATURES
 from ..errors import APIError, ConfigError, NotFoundError, StoreError, StoreUnavailableError
-from ..models import Priority, Task, TaskStatus, TaskUpdate
+from ..models import Priority, Task, TaskStatus
 from ..retry import RetryPolicy
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
 from ._auth import Auth, Principal, token_key
@@ -64,6 +64,7 @@ from ._schemas import (
     NewTask,
     ReleaseRequest,
     TaskResponse,
+    UpdateBody,
     WithdrawRequest,
     WithdrawResult,
 )
@@ -444,7 +445,7 @@ def create_app(
         return _json(await calls(store.get, task_id))
 
     @app.patch("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
-    async def update_task(who: Caller, task_id: str, update: TaskUpdate) -> Response:
+    async def update_task(who: Caller, task_id: str, update: UpdateBody) -> Response:
         """Partial update; an agent token may only set progress and notes of its task."""
         if not who.admin:
             if update.model_fields_set - {"progress", "notes"}:

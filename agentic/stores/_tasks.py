@@ -211,7 +211,7 @@ def prepare_new(task: Task) -> Task:
     except ValidationError as exc:
         raise ConfigError(f"invalid task: {exc}") from exc
     if not task.title.strip():
-        raise ConfigError("a task needs a non-empty title")
+        raise ConfigError("title must not be blank")
     if task.id:
         require_name("task id", task.id)
     if task.status not in {None, TaskStatus.PENDING, TaskStatus.BLOCKED}:
