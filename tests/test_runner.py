@@ -1147,3 +1147,26 @@ def test_an_agent_without_an_allowance_is_told_at_start(
         runner.stop()
     assert ("has no allowance" in caplog.text) is not has_allowance
     assert (f"agentic allowance set {AGENT}" in caplog.text) is not has_allowance
+
+
+def test_a_model_outside_the_allowlist_is_warned_about_and_charged(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task naming no model passes the allowlist at reserve; when its usage names a
+    model outside it, the runner says so, and the tokens are charged all the same."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("forbidden", 10, 0)
+        ctx.usage("ok", 5, 0)
+        return "done"
+
+    runner = system.runner(handler)
+    system.quota.set_allowance(AgentAllowance(agent_id=AGENT, model_allowlist=["ok"]))
+    runner.start()
+    wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+    with caplog.at_level(logging.WARNING, logger="agentic.runner"):
+        assert system.finished(system.submit().id).status is TaskStatus.COMPLETED
+        wait_for(lambda: runner.completed == 1)
+    warned = [r.getMessage() for r in caplog.records if "allowlist" in r.getMessage()]
+    assert len(warned) == 1 and "'forbidden'" in warned[0] and "'ok'," not in warned[0]
+    assert system.quota.get_usage(AGENT).tokens_used == 15

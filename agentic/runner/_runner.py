@@ -168,6 +168,8 @@ class AgentRunner:
         #: the agent allowance's max_job_duration (None: none), read at start and
         #: again every heartbeat_interval by the poll loop; monotonic time of the read
         self._allowed_duration: float | None = None
+        #: the allowance's model allowlist (empty: any model), read with it
+        self._allowed_models: frozenset[str] = frozenset()
         self._allowance_read = -math.inf
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
@@ -337,6 +339,7 @@ class AgentRunner:
             allowance = self.allowance.store.get_allowance(self.agent_id)
         except NotFoundError:
             self._allowed_duration = None
+            self._allowed_models = frozenset()
             if warn:
                 log.warning(
                     "agent %s has no allowance, so no dispatcher will give it work: set"
@@ -348,6 +351,7 @@ class AgentRunner:
             log.debug("could not read agent %s's allowance: %s", self.agent_id, exc)
         else:
             self._allowed_duration = allowance.max_job_duration or None
+            self._allowed_models = frozenset(allowance.model_allowlist)
 
     def _job_limit(self) -> float | None:
         """Seconds an attempt may run: the runner's max_job_duration or the
@@ -525,6 +529,7 @@ class AgentRunner:
             self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # may expire the old reservation, freeing its slot before this job's end.
+            self._warn_unlisted_models(attempt)
             self.reporter.settle(attempt, outcome)
             self._pace(outcome)
             delivered = self.reporter.report(attempt, outcome)
@@ -546,6 +551,23 @@ class AgentRunner:
                     del self._attempts[task.id]
                 self._changed.notify_all()
             self._wake.set()
+
+    def _warn_unlisted_models(self, attempt: Attempt) -> None:
+        """Say when a job used a model outside the agent's allowlist. Only a task
+        naming no model can (the reserve checks the one a task names): its tokens are
+        charged all the same, since they were spent."""
+        allowed = self._allowed_models
+        unlisted = [m for m in attempt.ctx.models if allowed and m not in allowed]
+        if unlisted:
+            log.warning(
+                "task %s used %s, not in agent %s's model allowlist (%s): charged all the"
+                " same; the task names no model, so none was checked before it ran:"
+                " give tasks a model to have the allowlist enforced",
+                attempt.task.id,
+                ", ".join(repr(m) for m in unlisted),
+                self.agent_id,
+                ", ".join(sorted(allowed)),
+            )
 
     def _pace(self, outcome: Outcome) -> None:
         """Pause taking work after an infrastructure error, longer each time in a row.
