@@ -18,6 +18,7 @@ from ._common import (
     StoreOption,
     client,
     event_emitter,
+    fail,
     handled,
     records_events,
     stdout,
@@ -108,6 +109,8 @@ def run(
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_job_duration=max_job_duration,
             emitter=emitter,
+            # The agent id frees when the fleet counts the agent as gone (reaped).
+            id_lease=cfg.dispatcher.heartbeat_ttl,
         )
         stdout().print(
             f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) taking tasks"
@@ -120,3 +123,9 @@ def run(
         f" {runner.released} released, {runner.errors} errors",
         highlight=False,
     )
+    if runner.displaced_by is not None:
+        raise fail(
+            f"agent {agent_id} is now run by {runner.displaced_by} (another runner with the"
+            " same --id took it over): this one stopped; its running tasks were cancelled"
+            " and left to that runner"
+        )
