@@ -11,16 +11,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from agentic.client import TaskClient
+from agentic.errors import StoreError
 from agentic.models import Task, TaskStatus
 from agentic.runner import Handler, TaskContext
 from agentic.runner._idlease import IdLease, id_lease_name, id_lease_ttl
 from agentic.stores import open_registry
 from agentic.stores.base import DEFAULT_HEARTBEAT_TTL
+from agentic.stores.memory import MemoryRegistry
 
 from .conftest import Backend
 
@@ -142,6 +145,7 @@ def test_a_second_runner_waits_and_warns_once_naming_the_holder(
     )
     for i in range(3):
         system.finished(system.submit(f"t{i}").id)
+        wait_for(lambda: system.registry.get(AGENT).current_load == 0)  # room again
     assert ran == ["first"] * 3
     assert holder_of(system) == holder
 
@@ -234,6 +238,34 @@ def test_a_displaced_runner_cancels_without_reporting_or_charging(
         r for r in caplog.records if r.levelno == logging.ERROR and intruder in r.getMessage()
     ]
     assert "now run by" in error.getMessage()
+
+
+class OutageRegistry(MemoryRegistry):
+    """hold_lease fails while ``down`` is set (a registry out of reach)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = threading.Event()
+
+    def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
+        if self.down.is_set():
+            raise StoreError("registry down")
+        return super().hold_lease(name, holder, ttl)
+
+
+def test_a_failed_id_lease_renewal_is_counted_not_a_displacement(system: System) -> None:
+    """Renewals that fail (an outage shorter than the lease) are logged and counted;
+    the runner keeps its id and its work, and renews again once the registry is back."""
+    system.registry = registry = OutageRegistry()
+    system.dispatcher.registry = registry
+    runner = system.started(lambda task, ctx: "done")
+    registry.down.set()
+    wait_for(lambda: runner.errors >= 2)
+    registry.down.clear()
+    task = system.finished(system.submit().id)
+    assert task.status is TaskStatus.COMPLETED
+    assert runner.displaced_by is None
+    assert registry.hold_lease(LEASE, "probe", 1) == runner._id.holder
 
 
 def test_a_bad_id_lease_is_refused(system: System) -> None:

@@ -211,6 +211,10 @@ class AgentRunner:
         """Register, work until ``stop`` (or displaced), shut down."""
         if not self.presence.register(stop, self.poll_interval):
             return
+        # Registering may have taken longer than the id lease (a registry retried):
+        # make sure the id is still ours before taking any work.
+        if not self._renew_id():
+            return
         self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
         log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
         self._check_server()
@@ -625,8 +629,12 @@ class AgentRunner:
         try:
             if self._id.renew():
                 return True
-        except Exception as exc:
+        except AgenticError as exc:
             self._error(f"renewing agent {self.agent_id}'s id lease failed", exc)
+            return True
+        except Exception as exc:  # a bug must not end heartbeats
+            self._error(f"renewing agent {self.agent_id}'s id lease failed unexpectedly", exc)
+            log.exception("id lease renewal failed")
             return True
         self._on_displaced()
         return False
