@@ -48,6 +48,7 @@ from .errors import ConfigError
 from .retry import Jitter
 from .stores import SCHEMES, parse_store_url
 from .stores._url import URL_FORMS
+from .stores.base import DEFAULT_HEARTBEAT_TTL
 
 __all__ = ["Config", "DispatcherConfig", "EventsConfig", "ServerConfig", "load_config"]
 
@@ -87,7 +88,7 @@ class DispatcherConfig(_Section):
     """How the dispatcher polls, retries and treats an unreachable quota store."""
 
     interval: PositiveSeconds = 5.0
-    heartbeat_ttl: PositiveSeconds = 30.0
+    heartbeat_ttl: PositiveSeconds = DEFAULT_HEARTBEAT_TTL
     max_retries: Annotated[Int, Field(ge=0), Accepts("an integer >= 0")] = 3
     backoff_base: PositiveSeconds = 5.0
     backoff_cap: Annotated[

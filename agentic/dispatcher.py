@@ -43,8 +43,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import threading
 import time
 import uuid
@@ -74,7 +72,7 @@ from .events import Event, EventEmitter, EventType, transition_id
 from .models import Task, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
-from .stores.base import AgentRegistry
+from .stores.base import AgentRegistry, new_lease_holder
 
 __all__ = ["LEASE", "ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 
@@ -182,7 +180,7 @@ class Dispatcher:
         #: whichever is longer): how long a standby waits for a dispatcher that died
         self.active_lease = active_lease
         #: this dispatcher's name as the lease holder
-        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.name = name or new_lease_holder()
         #: whether :meth:`run` holds the lease (always True when not exclusive)
         self.active = not exclusive
         #: who held the lease at the last ask ("" before one)

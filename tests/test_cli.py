@@ -23,13 +23,16 @@ from typer.testing import CliRunner, Result
 
 from agentic._cli._common import event_emitter, records_events, store_config
 from agentic._cli._logging import KeyValueFormatter
+from agentic.allowance import AllowanceService
 from agentic.cli import app
+from agentic.client import TaskClient
 from agentic.config import Config
 from agentic.dispatcher import LEASE, Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
 from agentic.eventlog import EventLogEmitter
 from agentic.events import EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
+from agentic.router import DefaultRouter
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
 from agentic.testing import running_server, webhook_receiver
@@ -1077,6 +1080,49 @@ def test_dispatch_once_then_agent_run_end_to_end(system: System, tmp_path: Path)
     hooked = {json.loads(d.body)["id"]: json.loads(d.body)["type"] for d in received}
     assert {f"io.agentic.{kind}" for kind in logged.values()} == set(hooked.values())
     assert set(logged) == set(hooked)
+
+
+@pytest.mark.slow
+def test_agent_run_displaced_by_another_runner_exits_1(system: System) -> None:
+    """agent run whose agent id lease another runner took cancels its running task
+    without reporting or charging it, names the new holder, and exits 1."""
+    system.quota.set_allowance(AgentAllowance(agent_id="twin", daily_job_limit=10))
+    task = system.tasks.create(Task(title="long", labels=["x"]))
+    agent = subprocess.Popen(
+        [
+            AGENTIC, "agent", "run", "--config", str(system.config), "--id", "twin",
+            "--capability", "x", "--max-load", "1", "--", "sleep", "600",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env(),
+    )  # fmt: skip
+    intruder = "other-host:4242:0123abcd"
+    try:
+        wait_for(lambda: [a.id for a in system.registry.list()] == ["twin"], timeout=30)
+        with TaskClient(system.base_url, "") as api:
+            quota = AllowanceService(system.quota)
+            dispatcher = Dispatcher(system.registry, DefaultRouter(), quota, api)
+            assert dispatcher.dispatch(system.tasks.get(task.id)) == "twin"
+        wait_for(lambda: system.registry.get("twin").current_load == 1, timeout=15)
+        # As after a registry split longer than the lease: another runner holds it.
+        holder = system.registry.hold_lease("agent:twin", "probe", 0.001)
+        system.registry.drop_lease("agent:twin", holder)
+        assert system.registry.hold_lease("agent:twin", intruder, 600) == intruder
+        assert agent.wait(20) == 1  # noticed at its next heartbeat (5 s)
+    finally:
+        agent.kill()
+        out, err = agent.communicate()
+        print(out.decode(), err.decode())  # shown when the test fails
+    stderr = " ".join(err.decode().split())
+    assert f"error: agent twin is now run by {intruder}" in stderr
+    assert "Traceback" not in stderr
+    # Not reported, not charged, not deregistered: all that is the new holder's.
+    current = system.tasks.get(task.id)
+    assert (current.status, current.claimed_by) == (TaskStatus.IN_PROGRESS, "twin")
+    usage = system.quota.get_usage("twin")
+    assert (usage.tokens_used, usage.active_jobs) == (0, 1)
+    assert [a.id for a in system.registry.list()] == ["twin"]
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from ._common import (
     StoreOption,
     client,
     event_emitter,
+    fail,
     handled,
     records_events,
     stdout,
@@ -116,6 +117,8 @@ def run(
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_job_duration=max_job_duration,
             emitter=emitter,
+            # The agent id frees when the fleet counts the agent as gone (reaped).
+            id_lease=cfg.dispatcher.heartbeat_ttl,
             state_dir=state_dir,
         )
         stdout().print(
@@ -129,3 +132,9 @@ def run(
         f" {runner.released} released, {runner.errors} errors",
         highlight=False,
     )
+    if runner.displaced_by is not None:
+        raise fail(
+            f"agent {agent_id} is now run by {runner.displaced_by} (another runner with the"
+            " same --id took it over): this one stopped; its running tasks were cancelled"
+            " and left to that runner"
+        )

@@ -31,7 +31,7 @@ from ..models import (
 )
 from ..status import get_status
 from ..stores import open_allowance_store, open_registry
-from ..stores.base import AllowanceStore
+from ..stores.base import DEFAULT_HEARTBEAT_TTL, AllowanceStore
 from ._common import (
     ConfigOption,
     JsonOption,
@@ -74,7 +74,7 @@ class Snapshot:
     in_progress: int | None = None
     warnings: list[str] = field(default_factory=list)
     #: seconds without a heartbeat after which an agent is shown silent
-    heartbeat_ttl: float = 30.0
+    heartbeat_ttl: float = DEFAULT_HEARTBEAT_TTL
     #: when it was read
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
 

@@ -2,6 +2,14 @@
 
 :class:`AgentRunner` registers the agent (capabilities, ``max_load``) and then:
 
+* **Runs its agent id alone**: before registering it takes the registry lease
+  ``agent:<id>``; while another runner holds it, it waits (warning once, naming the
+  holder, asking again every ``heartbeat_interval``). It renews the lease with each
+  heartbeat (it lasts ``id_lease`` seconds, by default the 30 s heartbeat TTL) and
+  drops it when it stops. A renewal that finds another holder (a registry split
+  longer than the lease) displaces it: it cancels its tasks without reporting or
+  settling them (they are the other runner's now), sets ``displaced_by`` and stops.
+
 * **Takes work** claimed for it by a dispatcher: it long-polls the task API for
   tasks in progress and claimed by its agent id (answered as soon as a claim is made
   for it; every ``poll_interval`` against a server that does not long-poll), and

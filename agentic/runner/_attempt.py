@@ -45,6 +45,9 @@ class Stop(StrEnum):
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
     LOST = "lost"  # the lease is gone: the task is no longer this agent's
+    #: another runner took this agent's id lease: its tasks are that runner's now,
+    #: so nothing is reported or charged here
+    DISPLACED = "displaced"
 
 
 class Report(StrEnum):
@@ -155,7 +158,7 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
     """Turn how the handler ended (or did not) into what to report."""
     timed_out = f"timed out after {max_job_duration or 0:g} s"
     kind = attempt.stop_kind
-    if kind is Stop.LOST:
+    if kind in (Stop.LOST, Stop.DISPLACED):
         return Outcome(Report.NOTHING, TaskResult(success=False), attempt.ctx.cancel_reason)
     if not attempt.done.is_set():
         if kind is Stop.TIMEOUT:

@@ -97,6 +97,12 @@ class Presence:
                 return False
             return True
 
+    def leave(self) -> None:
+        """Stop heartbeating without deregistering: another runner has this agent
+        id now, and its entry is that runner's."""
+        with self._lock:
+            self._registered = False
+
     def _publish(self) -> None:
         """Register the agent as it stands now (called with the lock held)."""
         paused = self._paused()

@@ -24,6 +24,7 @@ from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
 from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide, describe
 from ._context import Handler, TaskContext, call_handler
+from ._idlease import IdLease, id_lease_ttl
 from ._journal import Leftover, UsageJournal, default_state_dir
 from ._presence import Presence
 from ._reporting import Reporter
@@ -47,6 +48,8 @@ _WATCH_CHUNK = 2.0
 _MAX_AGENT_ERRORS = 3
 # Seconds a lease lasts when neither the runner nor the claim says (the server's default).
 _DEFAULT_LEASE = 300.0
+# Seconds between looks at "displaced" while the poll loop waits out a backoff.
+_DISPLACED_CHECK = 0.2
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -78,6 +81,7 @@ class AgentRunner:
         report_retry: RetryPolicy | None = None,
         emitter: EventEmitter | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        id_lease: float | None = None,
         state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if isinstance(agent, AgentInfo):
@@ -99,6 +103,8 @@ class AgentRunner:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
+        if id_lease is not None and not 0 < id_lease < math.inf:
+            raise ConfigError(f"id_lease must be a number of seconds > 0, got {id_lease}")
         if grace_period < 0 or cancel_grace < 0:
             raise ConfigError("grace_period and cancel_grace must be >= 0")
         if max_job_duration is not None and max_job_duration <= 0:
@@ -175,6 +181,10 @@ class AgentRunner:
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: the agent id's lease in the registry: one runner per agent id
+        self._id = IdLease(registry, info.id, id_lease_ttl(heartbeat_interval, id_lease))
+        # Set (with the lock held) once another runner took the id lease.
+        self._displaced = threading.Event()
 
     # --- public control ---
     @property
@@ -182,6 +192,12 @@ class AgentRunner:
         """Tasks this runner holds now (running or being reported)."""
         with self._lock:
             return len(self._attempts)
+
+    @property
+    def displaced_by(self) -> str | None:
+        """The id lease holder (``host:pid:token``) that took this agent id from this
+        runner, which then stopped without reporting its tasks; None otherwise."""
+        return self._id.displaced_by
 
     @property
     def paused(self) -> bool:
@@ -199,36 +215,51 @@ class AgentRunner:
         self._open_journal()
         restore = stop_on_signals(stop, "finishing held tasks, then stopping")
         try:
-            if not self.presence.register(stop, self.poll_interval):
+            # One runner per agent id: wait while another one runs it.
+            if not self._id.acquire(stop, self.heartbeat_interval, self._error):
                 return
-            self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
-            log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
-            self._check_server()
-            self._read_allowance(warn=True)
-            self._recover()
-            # Two threads: the registry and the task API are separate services, so a
-            # task API that accepts connections but hangs (renewals, log flushes wait
-            # out the client's timeout) must not delay the heartbeat that keeps the
-            # agent alive in the registry, and a slow registry must not delay renewals.
-            maintenance = [
-                threading.Thread(target=target, name=f"{name}-{self.agent_id}", daemon=True)
-                for target, name in (
-                    (self._beat, "agentic-heartbeat"),
-                    (self._keep, "agentic-leases"),
-                )
-            ]
-            for thread in maintenance:
-                thread.start()
             try:
-                self._poll_loop(stop)
+                self._work(stop)
             finally:
-                self._shutdown()
-                self._maintenance_stop.set()
-                self._wake.set()
-                for thread in maintenance:
-                    thread.join()
+                self._id.release()  # a replacement may start at once (not if displaced)
         finally:
             restore()
+
+    def _work(self, stop: threading.Event) -> None:
+        """Register, work until ``stop`` (or displaced), shut down."""
+        if not self.presence.register(stop, self.poll_interval):
+            return
+        # Registering may have taken longer than the id lease (a registry retried):
+        # make sure the id is still ours before taking any work.
+        if not self._renew_id():
+            return
+        self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
+        log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
+        self._check_server()
+        self._read_allowance(warn=True)
+        self._find_leftovers()
+        self._recover()
+        # Two threads: the registry and the task API are separate services, so a
+        # task API that accepts connections but hangs (renewals, log flushes wait
+        # out the client's timeout) must not delay the heartbeat that keeps the
+        # agent alive in the registry, and a slow registry must not delay renewals.
+        maintenance = [
+            threading.Thread(target=target, name=f"{name}-{self.agent_id}", daemon=True)
+            for target, name in (
+                (self._beat, "agentic-heartbeat"),
+                (self._keep, "agentic-leases"),
+            )
+        ]
+        for thread in maintenance:
+            thread.start()
+        try:
+            self._poll_loop(stop)
+        finally:
+            self._shutdown()
+            self._maintenance_stop.set()
+            self._wake.set()
+            for thread in maintenance:
+                thread.join()
 
     def start(self) -> None:
         """Run in a background thread; ``stop()`` ends it."""
@@ -270,8 +301,12 @@ class AgentRunner:
                 exc,
             )
             self.journal = self.reporter.journal = None
-            return
-        self._leftovers = {left.job_id: left for left in self.journal.leftovers()}
+
+    def _find_leftovers(self) -> None:
+        """Read what an earlier process of this agent left (once the agent id is
+        ours: a runner waiting for it must not touch the live one's files)."""
+        if self.journal is not None:
+            self._leftovers = {left.job_id: left for left in self.journal.leftovers()}
 
     def _recover(self) -> None:
         """Settle the jobs an earlier process of this agent left unsettled (killed, or
@@ -370,7 +405,7 @@ class AgentRunner:
         """
         failures = 0
         token: str | None = ""
-        while not stop.is_set():
+        while not (stop.is_set() or self._displaced.is_set()):
             if time.monotonic() - self._allowance_read >= self.heartbeat_interval:
                 self._read_allowance()
             try:
@@ -388,7 +423,16 @@ class AgentRunner:
             else:
                 failures = 0
             if failures or token is None:
-                stop.wait(self.poll_interval * min(2**failures, 30))
+                self._pause(stop, self.poll_interval * min(2**failures, 30))
+
+    def _pause(self, stop: threading.Event, seconds: float) -> None:
+        """Wait ``seconds``, or until ``stop`` is set or this runner is displaced."""
+        deadline = time.monotonic() + seconds
+        while not (stop.is_set() or self._displaced.is_set()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            stop.wait(min(left, _DISPLACED_CHECK))
 
     def _take(self, tasks: list[Task]) -> None:
         """Start the tasks claimed for this agent that are not running yet."""
@@ -405,6 +449,8 @@ class AgentRunner:
                 continue
             paused = self.paused
             with self._lock:
+                if self._displaced.is_set():
+                    return  # another runner has this agent id: its tasks are its own
                 running = self._attempts.get(task.id)
                 if running is not None and running.key != key:
                     # Requeued and claimed for us again: the old attempt can no longer
@@ -526,6 +572,12 @@ class AgentRunner:
             return
         task = attempt.task
         try:
+            if attempt.stop_kind is Stop.DISPLACED:
+                # The runner that took the id runs the task now (same claim, same job
+                # id): its report and its settle are the ones that count. A settle
+                # here would make its own a duplicate, charging nothing of its run.
+                log.info("task %s: not reported (%s)", task.id, attempt.ctx.cancel_reason)
+                return
             self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # may expire the old reservation, freeing its slot before this job's end.
@@ -619,7 +671,15 @@ class AgentRunner:
 
     # --- shutdown ---
     def _shutdown(self) -> None:
-        """Stop taking work, wait for running tasks, give back the rest, deregister."""
+        """Stop taking work, wait for running tasks, give back the rest, deregister.
+
+        A displaced runner leaves the registry entry, the tasks claimed for the agent
+        and the id lease to the runner that took the id: it only waits for its
+        handlers (cancelled when it was displaced) to stop."""
+        if self._displaced.is_set():
+            self._wait_idle(self.cancel_grace + 1.0)
+            self.reporter.settle_pending(wait=True)  # earlier runs' settles still count
+            return
         # Deregister first so no dispatcher routes new work here while we drain.
         if self.presence.deregister():
             self._emit(EventType.AGENT_OFFLINE, None, {"reason": "deregistered"})
@@ -631,7 +691,8 @@ class AgentRunner:
         # Each supervisor now reports its attempt within cancel_grace (released unless
         # it finished); reports retrying a blip get their full retry budget.
         self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
-        self._sweep()
+        if not self._displaced.is_set():  # displaced meanwhile: the tasks are not ours
+            self._sweep()
         self.reporter.settle_pending(wait=True)  # a last try; what still fails is logged
 
     def _wait_idle(self, timeout: float) -> None:
@@ -671,10 +732,51 @@ class AgentRunner:
                 return
             now = time.monotonic()
             due = now >= next_beat
+            if due and not self._renew_id():
+                return  # displaced: no more heartbeats, the agent id is another's
             if due or (unpublished and now - last_beat >= spacing):
                 self._guarded("heartbeat", self.presence.heartbeat)
                 last_beat, unpublished = now, False
                 next_beat = now + self.heartbeat_interval
+
+    def _renew_id(self) -> bool:
+        """Renew the agent id's lease (on the heartbeat thread: a hanging task API
+        cannot delay it); False once another runner holds it. A registry that fails
+        is logged and counted: the lease holds ``id_lease`` seconds from the last
+        renewal, and a later renewal tells whether another runner took it meanwhile."""
+        try:
+            if self._id.renew():
+                return True
+        except AgenticError as exc:
+            self._error(f"renewing agent {self.agent_id}'s id lease failed", exc)
+            return True
+        except Exception as exc:  # a bug must not end heartbeats
+            self._error(f"renewing agent {self.agent_id}'s id lease failed unexpectedly", exc)
+            log.exception("id lease renewal failed")
+            return True
+        self._on_displaced()
+        return False
+
+    def _on_displaced(self) -> None:
+        """Another runner took this agent's id: stop taking work, cancel the running
+        tasks without reporting or charging them (they are that runner's now), stop
+        heartbeating; the poll loop then ends and ``run`` returns."""
+        holder = self._id.displaced_by
+        with self._lock:
+            self._displaced.set()
+            attempts = list(self._attempts.values())
+        self.presence.leave()
+        log.error(
+            "agent %s is now run by %s, which took its id lease (another runner with the"
+            " same --id; this one's lease ran out unrenewed, e.g. the registry was out of"
+            " reach for over %g s): stopping, %d running task(s) cancelled and not reported",
+            self.agent_id,
+            holder,
+            self._id.ttl,
+            len(attempts),
+        )
+        for attempt in attempts:
+            attempt.stop(Stop.DISPLACED, f"agent {self.agent_id} is now run by {holder}")
 
     def _keep(self) -> None:
         """Renew the leases every heartbeat_interval; flush the logs every
@@ -696,6 +798,8 @@ class AgentRunner:
             self._guarded("log flush", self._flush_logs)
 
     def _flush_logs(self) -> None:
+        if self._displaced.is_set():
+            return  # the tasks are another runner's: their logs are its own
         with self._lock:
             contexts = [a.ctx for a in self._attempts.values()]
         for ctx in contexts:
@@ -710,6 +814,8 @@ class AgentRunner:
             log.exception("%s failed", what)
 
     def _renew_leases(self) -> None:
+        if self._displaced.is_set():
+            return  # the claims are another runner's now
         with self._lock:
             attempts = list(self._attempts.values())
         for attempt in attempts:

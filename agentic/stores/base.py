@@ -21,7 +21,10 @@ from __future__ import annotations
 import abc
 import builtins
 import math
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,6 +58,7 @@ __all__ = [
     "AllowanceStore",
     "Buckets",
     "Closeable",
+    "DEFAULT_HEARTBEAT_TTL",
     "Ending",
     "EventLog",
     "FINAL_OUTCOMES",
@@ -68,6 +72,7 @@ __all__ = [
     "WAIT_POLL",
     "event_json",
     "final_outcome",
+    "new_lease_holder",
     "no_allowance",
     "no_reservation",
     "parse_events",
@@ -154,6 +159,18 @@ def status_for_load(current_load: int, max_load: int) -> AgentStatus:
     return AgentStatus.AVAILABLE
 
 
+#: seconds an agent may go without a heartbeat before it counts as gone: the default
+#: of ``dispatcher.heartbeat_ttl`` (reaped offline after it), and how long the agent
+#: id lease of a runner that died blocks its replacement (the two agree on "dead")
+DEFAULT_HEARTBEAT_TTL = 30.0
+
+
+def new_lease_holder() -> str:
+    """A holder name for :meth:`AgentRegistry.hold_lease` naming this process
+    (``host:pid``) plus a random token, so two holders in one process differ."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
 class Closeable:
     """Something holding connections or files: a store."""
 
@@ -190,7 +207,8 @@ class AgentRegistry(Closeable):
       has it, until ``ttl`` seconds from now; returns who holds it after the call,
       in one atomic step (two callers never both get it). ``drop_lease(name,
       holder)`` gives it up, only if ``holder`` holds it. Dispatchers use one lease
-      so that one of them is active and the others stand by.
+      so that one of them is active and the others stand by; agent runners one per
+      agent id (``agent:<id>``) so that one runner runs an agent's tasks.
     """
 
     @abc.abstractmethod
