@@ -467,7 +467,9 @@ class AsyncTaskClient:
         agent_id: str | None = None,
         job_id: str | None = None,
     ) -> Task:
-        """Extend the lease of a task this agent holds."""
+        """Extend the lease of a task this agent holds to ``lease_seconds`` from now;
+        None lets the server use its default lease, which need not be the length the
+        claim was made with (so the runner always gives one)."""
         path = task_path(task_id, "lease")
         body: dict[str, Any] = {"agent_id": self._agent(agent_id)}
         if lease_seconds is not None:

@@ -50,9 +50,23 @@ from .stores import SCHEMES, parse_store_url
 from .stores._url import URL_FORMS
 from .stores.base import DEFAULT_HEARTBEAT_TTL
 
-__all__ = ["Config", "DispatcherConfig", "EventsConfig", "ServerConfig", "load_config"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "AgentConfig",
+    "Config",
+    "DispatcherConfig",
+    "EventsConfig",
+    "ServerConfig",
+    "load_config",
+]
 
 ENV_PREFIX = "AGENTIC_"
+#: seconds between an agent runner's heartbeats, and between its lease renewals
+HEARTBEAT_INTERVAL = 5.0
+#: a lease must outlast two renewals (one late renewal must not lose it)
+MIN_AGENT_LEASE = 2 * HEARTBEAT_INTERVAL
+#: the longest lease the task API accepts (its MAX_LEASE_SECONDS: 7 days)
+_MAX_LEASE = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,39 @@ class DispatcherConfig(_Section):
         base = info.data.get("backoff_base")
         if base is not None and value < base:
             raise ValueError(f"smaller than dispatcher.backoff_base ({base})")
+        return value
+
+
+class AgentConfig(_Section):
+    """How ``agentic agent run`` holds the tasks claimed for it."""
+
+    # None: renew each task's lease with the length its claim was made with.
+    lease_seconds: Annotated[
+        Annotated[float, Field(allow_inf_nan=False)] | None,
+        BeforeValidator(_not_a_bool),
+        Accepts(
+            f"a number of seconds > {MIN_AGENT_LEASE:g} and <= {_MAX_LEASE:g}, or empty"
+            " (null) to renew with the length each claim was made with"
+        ),
+    ] = None
+
+    @field_validator("lease_seconds", mode="before")
+    @classmethod
+    def _empty_is_claims(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("lease_seconds")
+    @classmethod
+    def _renewable(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if value <= MIN_AGENT_LEASE:
+            raise ValueError(
+                f"too short: leases are renewed every {HEARTBEAT_INTERVAL:g} s, so one late"
+                f" renewal would lose a lease of {MIN_AGENT_LEASE:g} s or less"
+            )
+        if value > _MAX_LEASE:
+            raise ValueError(f"longer than the task API accepts ({_MAX_LEASE:g} s, 7 days)")
         return value
 
 
@@ -236,6 +283,7 @@ class Config(BaseModel):
     task_store_url: StoreOverride = None
     event_log_url: StoreOverride = None
     dispatcher: DispatcherConfig = Field(default_factory=DispatcherConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
 
@@ -291,6 +339,7 @@ class Config(BaseModel):
 
 _SECTIONS: dict[str, type[_Section]] = {
     "dispatcher": DispatcherConfig,
+    "agent": AgentConfig,
     "server": ServerConfig,
     "events": EventsConfig,
 }

@@ -632,7 +632,15 @@ class Dispatcher:
         least, a third of the lease at most), and gives the lease up when it stops.
         """
         stop = stop or threading.Event()
-        restore = stop_on_signals(stop, "stopping after this pass")
+        # A second signal has nothing to cut short: a dispatcher holds no tasks, and
+        # the pass in flight must see its claims through (or reservations would leak).
+        restore = stop_on_signals(
+            stop,
+            "stopping after this pass",
+            hurry=threading.Event(),
+            hurry_what="stopping as soon as the pass in flight has settled its claims"
+            " (a dispatcher holds no tasks: nothing to give back)",
+        )
         try:
             self._loop(stop, interval)
         finally:

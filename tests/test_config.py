@@ -551,6 +551,51 @@ def test_active_lease_is_optional_positive_and_finite(tmp_path: Path) -> None:
     assert f"dispatcher.active_lease in {path} (line 2)" in config_error(path=path)
 
 
+def test_agent_lease_seconds_defaults_to_the_claims_and_is_set_from_any_source(
+    tmp_path: Path,
+) -> None:
+    """agent.lease_seconds is null by default (renew with each claim's length), and
+    seconds > 10 from the YAML file, the environment (empty: null) or arguments."""
+    assert load_config(env={}).agent.lease_seconds is None
+    path = write(tmp_path / "c.yaml", "agent:\n  lease_seconds: 45\n")
+    assert load_config(path, env={}).agent.lease_seconds == 45.0
+    variable = "AGENTIC_AGENT__LEASE_SECONDS"
+    assert load_config(env={variable: "10.5"}).agent.lease_seconds == 10.5
+    assert load_config(env={variable: ""}).agent.lease_seconds is None
+    assert load_config(env={}, agent={"lease_seconds": 600}).agent.lease_seconds == 600.0
+    # the top-level agent_id and the agent section live side by side
+    both = load_config(env={"AGENTIC_AGENT_ID": "a-1", variable: "30"})
+    assert (both.agent_id, both.agent.lease_seconds) == ("a-1", 30.0)
+
+
+def test_agent_lease_seconds_of_ten_or_less_says_why_and_what_to_set(tmp_path: Path) -> None:
+    """A lease of 10 s or less (two 5 s renewals) is refused naming the key, the
+    source, why it is too short and what is accepted."""
+    variable = "AGENTIC_AGENT__LEASE_SECONDS"
+    for short in ("10", "3", "0", "-5"):
+        assert config_error(env={variable: short}) == (
+            f"agent.lease_seconds in environment variable {variable}: too short: leases"
+            " are renewed every 5 s, so one late renewal would lose a lease of 10 s or"
+            " less; must be a number of seconds > 10 and <= 604800, or empty (null) to"
+            f" renew with the length each claim was made with, got {short!r}"
+        )
+    path = write(tmp_path / "c.yaml", "agent:\n  lease_seconds: 8\n")
+    assert config_error(path=path).startswith(f"agent.lease_seconds in {path} (line 2): too short")
+
+
+def test_agent_lease_seconds_refuses_what_is_not_a_usable_number() -> None:
+    """Not a number, infinite, NaN, a boolean or past the task API's 7 days: refused,
+    each naming what is accepted."""
+    variable = "AGENTIC_AGENT__LEASE_SECONDS"
+    accepted = "must be a number of seconds > 10 and <= 604800, or empty (null)"
+    for bad in ("soon", "inf", "nan", "true"):
+        message = config_error(env={variable: bad})
+        assert message.startswith(f"agent.lease_seconds in environment variable {variable}: ")
+        assert accepted in message and message.endswith(f"got {bad!r}")
+    assert "longer than the task API accepts" in config_error(env={variable: "700000"})
+    assert "a boolean where a number belongs" in config_error(agent={"lease_seconds": True})
+
+
 def test_missing_explicit_files(tmp_path: Path) -> None:
     """An explicit config or .env path that does not exist (or is a directory) is an
     error naming it."""

@@ -601,6 +601,61 @@ def test_sigterm_agent_drains_deregisters_and_gives_back_late_claims(fleet: Flee
     }
 
 
+def test_second_sigterm_gives_a_long_task_back_at_once_and_deregisters(fleet: Fleet) -> None:
+    """A second SIGTERM skips the 30 s grace: the running task is cancelled and given
+    back (pending, no retry), the agent deregistered, exit 0 within seconds."""
+    fleet.serve()
+    fleet.cli("allowance", "set", "a", "--concurrent", "1")
+    with open_registry(fleet.store_url) as registry, TaskClient(fleet.base_url, "") as client:
+        agent = fleet.agent("a", ["x"], 1, seconds=None)  # its task never ends by itself
+        task = create(client, "long", labels=["x"])
+        dispatcher = fleet.dispatch()
+        wait_until(lambda: len(fleet.marks()) == 1, "a runs the task", fleet)
+        (started,) = fleet.marks()
+
+        agent.ended = True
+        agent.popen.send_signal(signal.SIGTERM)
+        wait_until(lambda: not registered(registry, "a"), "a deregistered (draining)", fleet)
+        assert agent.popen.poll() is None  # the first one waits for the task (30 s grace)
+        agent.popen.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert agent.popen.wait(30) == 0
+        assert time.monotonic() - signalled < 10  # not the grace period
+        assert agent.stop_line().endswith(": 0 completed, 0 failed, 1 released, 0 errors")
+        assert "grace period skipped" in agent.err.read_text()
+        wait_until(lambda: not running(started.pid), "the task's command ended", fleet)
+
+        stored = client.get_task(task.id)  # no agent left: nobody claims it again
+        assert (stored.status, stored.claimed_by, stored.retry_count) == (TaskStatus.PENDING, "", 0)
+        assert not registered(registry, "a")
+        with open_allowance_store(fleet.store_url) as quota:
+            assert quota.get_usage("a").active_jobs == 0
+        assert dispatcher.stop() == 0
+    assert fleet.procs["serve"].stop() == 0
+
+
+def test_second_sigterm_stops_the_dispatcher_cleanly_and_says_so(tmp_path: Path) -> None:
+    """dispatch given SIGTERM twice logs that the second has nothing to cut short
+    (it holds no tasks) and exits 0."""
+    url = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
+    # The default interval: an idle dispatcher sees a stop at its long-poll's end (2 s
+    # at most), which leaves the second signal time to arrive while it stops.
+    with fleet_on(tmp_path, url) as fleet:
+        fleet.serve()
+        dispatcher = fleet.dispatch()
+        said = dispatcher.err.read_text
+        wait_until(lambda: "holds the lease" in said(), "dispatch active", fleet)
+        dispatcher.ended = True
+        dispatcher.popen.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping after this pass" in said(), "the first signal seen", fleet)
+        alive = dispatcher.popen.poll() is None
+        dispatcher.popen.send_signal(signal.SIGTERM)
+        assert dispatcher.popen.wait(10) == 0
+        if alive:  # else it had stopped already: nothing left to say
+            assert "signal 15 again: " in said()
+        assert fleet.procs["serve"].stop() == 0
+
+
 def test_sigterm_dispatcher_mid_work_leaks_nothing_and_a_new_one_finishes(fleet: Fleet) -> None:
     """SIGTERM mid-work: dispatch exits 0; no claim or reservation leaks; a restart ends it."""
     day = quota_day()

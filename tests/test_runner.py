@@ -687,6 +687,132 @@ def test_sigterm_stops_run_in_the_main_thread(system: System) -> None:
     assert not system.registry.list()
 
 
+def test_a_second_sigterm_skips_the_grace_and_gives_the_task_back(system: System) -> None:
+    """A second SIGTERM cancels the running task at once (no 30 s grace), releases it
+    (pending, no retry counted), deregisters and returns, saying it skipped the grace."""
+    seen: list[str] = []
+    runner = system.runner(stops_when_cancelled(seen), grace_period=30.0)
+    task = system.tasks.create(Task(title="t", labels=["py"]))
+
+    def dispatch_then_signal_twice() -> None:
+        wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+        system.dispatcher.dispatch(system.tasks.get(task.id))
+        wait_for(lambda: runner.load == 1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        wait_for(lambda: not system.registry.list())  # the first one: draining
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    helper = threading.Thread(target=dispatch_then_signal_twice)
+    helper.start()
+    started = time.monotonic()
+    runner.run()
+    helper.join()
+    assert time.monotonic() - started < 10  # far from the 30 s grace
+    assert seen == ["the agent is stopping at once (grace period skipped)"]
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.claimed_by, stored.retry_count) == (TaskStatus.PENDING, "", 0)
+    assert runner.released == 1 and not system.registry.list()
+
+
+def test_stop_now_skips_the_grace_period(system: System) -> None:
+    """stop(now=True) does what a second signal does: the task is given back at once."""
+    seen: list[str] = []
+    runner = system.started(stops_when_cancelled(seen), grace_period=30.0)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    started = time.monotonic()
+    runner.stop(now=True)
+    assert time.monotonic() - started < 5
+    assert system.tasks.get(task.id).status == TaskStatus.PENDING
+    assert seen == ["the agent is stopping at once (grace period skipped)"]
+
+
+class Renewals(TaskClient):
+    """Records the lease length each renewal asks for."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url, token="", retries=0)
+        self.asked: list[float | None] = []
+
+    def renew_lease(
+        self,
+        task_id: str,
+        lease_seconds: float | None = None,
+        agent_id: str | None = None,
+        job_id: str | None = None,
+    ) -> Task:
+        self.asked.append(lease_seconds)
+        return super().renew_lease(task_id, lease_seconds, agent_id, job_id)
+
+
+def renewed_for(system: System, task_id: str) -> float:
+    """Seconds the task's lease ran from its last renewal (as the server set it)."""
+    stored = system.tasks.get(task_id)
+    assert stored.lease_expires_at is not None and stored.updated_at is not None
+    return (stored.lease_expires_at - stored.updated_at).total_seconds()
+
+
+def test_renewals_send_the_claims_lease_length_not_the_servers_default(
+    system: System,
+) -> None:
+    """A runner without lease_seconds renews with the length its claim was made with
+    (120 s here), sent explicitly: the server's default (300 s) is never used."""
+    client = Renewals(system.url)
+    system.dispatcher.lease_seconds = 120
+    gate = threading.Event()
+    system.started(waits_for(gate), client=client)
+    task = system.submit()
+    wait_for(lambda: len(client.asked) >= 2)
+    assert set(client.asked) == {120.0}
+    assert renewed_for(system, task.id) == pytest.approx(120.0)
+    gate.set()
+    assert system.finished(task.id).status == TaskStatus.COMPLETED
+
+
+def test_configured_lease_seconds_overrides_the_claims(system: System) -> None:
+    """lease_seconds (agent.lease_seconds) is what every renewal asks for, whatever
+    length the claim was made with."""
+    client = Renewals(system.url)
+    system.dispatcher.lease_seconds = 120
+    gate = threading.Event()
+    system.started(waits_for(gate), client=client, lease_seconds=2.5)
+    task = system.submit()
+    wait_for(lambda: len(client.asked) >= 2)
+    assert set(client.asked) == {2.5}
+    assert renewed_for(system, task.id) == pytest.approx(2.5)
+    gate.set()
+    system.finished(task.id)
+
+
+def test_a_claim_too_short_to_renew_is_renewed_for_15_s_with_one_warning(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Claims of 8 s, no more than two 5 s heartbeats, are renewed for 15 s (three
+    heartbeats) instead, and the runner warns once, not once per task."""
+    client = Renewals(system.url)
+    system.dispatcher.lease_seconds = 8
+    gate = threading.Event()
+
+    def held(task: Task, ctx: TaskContext) -> None:
+        gate.wait(30)  # past the first renewal round (5 s): waits_for gives up at 5 s
+
+    with caplog.at_level(logging.WARNING, logger="agentic.runner"):
+        system.started(held, client=client, heartbeat_interval=5.0, max_load=2)
+        first, second = system.submit("one"), system.submit("two")
+        # one renewal round: 5 s
+        wait_for(
+            lambda: all(abs(renewed_for(system, t.id) - 15) < 0.01 for t in (first, second)), 12
+        )
+    assert client.asked[:2] == [15.0, 15.0]
+    warnings = [r.getMessage() for r in caplog.records if "too short" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "a lease of 8 s" in warnings[0] and "renewed for 15 s instead" in warnings[0]
+    assert "agent.lease_seconds" in warnings[0]
+    gate.set()
+    system.finished(first.id)
+    system.finished(second.id)
+
+
 class FlakyClient(TaskClient):
     """complete_task fails ``failures`` times: before sending, or after (answer lost)."""
 
@@ -895,8 +1021,9 @@ def test_infrastructure_error_pauses_the_agent(system: System, max_load: int) ->
     runner.infrastructure_backoff = RetryPolicy(base=1.5, cap=1.5, jitter="equal")
     first = system.submit("first")
     wait_for(lambda: runner.paused)
-    published = system.registry.get(AGENT)
-    assert published.current_load == published.max_load > 0  # published full
+    # Published full by the heartbeat that follows the pause (not at the same instant).
+    wait_for(lambda: system.registry.get(AGENT).current_load == system.registry.get(AGENT).max_load)
+    assert system.registry.get(AGENT).max_load > 0
     with pytest.raises(NoEligibleAgentError):
         system.dispatcher.dispatch(system.tasks.get(first.id))
     # a task claimed for it anyway (a dispatcher with an older view) is given back

@@ -4,14 +4,22 @@ it serves."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
+import pytest
+
 from agentic.client import TaskClient
-from agentic.stores import open_allowance_store, open_registry, open_task_store
+from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
+from agentic.stores.memory import MemoryEventLog
+from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
 
 from .conftest import RedisServer
+
+# clean_environment is autouse in test_cli: imported here, it applies here too.
+from .test_cli import clean_environment, run, write_config  # noqa: F401
 
 
 def _sqlite(path: Path) -> str:
@@ -41,14 +49,27 @@ def test_stores_under_one_redis_prefix_share_its_id(redis_server: RedisServer) -
         assert other.store_id() not in ("", first)
 
 
-def test_memory_stores_have_no_id() -> None:
-    """memory:// is private to its process: no id to compare ("")."""
-    with open_registry("memory://") as registry, open_allowance_store("memory://") as quota:
-        assert registry.store_id() == quota.store_id() == ""
+def test_each_memory_store_has_an_id_of_its_own() -> None:
+    """memory:// is storage private to one instance in one process: each store has its
+    own memory:<random> id, the same every time it is asked; a store recording into a
+    memory event log is that log's storage and shares its id."""
+    with (
+        open_registry("memory://") as registry,
+        open_allowance_store("memory://") as quota,
+        open_task_store("memory://") as tasks,
+        open_event_log("memory://") as log,
+        open_registry("memory://") as other,
+    ):
+        ids = [store.store_id() for store in (registry, quota, tasks, log, other)]
+        assert all(re.fullmatch(r"memory:[0-9a-f]{32}", one) for one in ids), ids
+        assert len(set(ids)) == len(ids)
+        assert registry.store_id() == ids[0]
+    shared = MemoryEventLog()
+    assert MemoryTaskStore(events=shared).store_id() == shared.store_id()
 
 
 def test_the_task_api_says_which_store_it_serves(tmp_path: Path) -> None:
-    """The health check carries the served store's id; a memory store's is ""."""
+    """The health check carries the served store's id, a memory store's included."""
     url = _sqlite(tmp_path / "served.db")
     with (
         open_task_store(url) as tasks,
@@ -62,4 +83,30 @@ def test_the_task_api_says_which_store_it_serves(tmp_path: Path) -> None:
         running_server(tasks) as base,
         TaskClient(base, "") as api,
     ):
-        assert api.server_store_id() == ""
+        assert api.server_store_id() == tasks.store_id()
+        assert api.server_store_id().startswith("memory:")
+
+
+@pytest.mark.parametrize("local", ["memory", "sqlite"])
+def test_status_and_events_against_a_memory_server_say_it_is_per_process(
+    tmp_path: Path, local: str
+) -> None:
+    """status (and events, reading a SQLite log) against a server on memory://, or
+    status reading memory:// itself, warn that a memory store is per-process and to
+    point both at SQLite or Redis, and exit 1."""
+    url = "memory://" if local == "memory" else _sqlite(tmp_path / "local.db")
+    if local == "sqlite":
+        with open_registry(url), open_event_log(url):
+            pass  # the file exists: status and events read it
+    with open_task_store("memory://") as tasks, running_server(tasks) as base:
+        config = write_config(tmp_path / "c.yaml", base, url)
+        status = run("status", "--config", str(config))
+        assert status.exit_code == 1, status.output
+        said = " ".join(status.stderr.split())
+        assert "a memory:// store is per-process" in said
+        assert "point both at one SQLite file or Redis database" in said
+        assert f"serves store {tasks.store_id()}" in said
+        if local == "sqlite":
+            events = run("events", "--config", str(config))
+            assert events.exit_code == 1, events.output
+            assert "a memory:// store is per-process" in " ".join(events.stderr.split())

@@ -241,10 +241,16 @@ def redacted(url: str) -> str:
     return parse_store_url(url).redacted()
 
 
+#: how a mismatch involving a memory:// store begins (its message carries its own fix)
+PER_PROCESS = "a memory:// store is per-process"
+
+
 def other_store(api: TaskClient, url: str, local_id: str) -> str:
     """What to say when the task server of ``api`` serves another store than ``url``
     (whose id is ``local_id``): a wrong --store or prefix. "" when they are the same,
-    or either side cannot say (a health check that fails included)."""
+    or either side cannot say (a health check that fails included). When either is a
+    memory store (``memory:<random>``: no other process ever sees it) the message
+    begins with :data:`PER_PROCESS` and says how to fix it."""
     if not local_id:
         return ""
     try:
@@ -253,6 +259,14 @@ def other_store(api: TaskClient, url: str, local_id: str) -> str:
         return ""
     if not served or served == local_id:
         return ""
+    if served.startswith("memory:") or local_id.startswith("memory:"):
+        return (
+            f"{PER_PROCESS}: the task server {api.base_url} serves store {served} and"
+            f" this command reads store {local_id} ({redacted(url)}), so neither sees"
+            " the other's tasks, agents and events; point both at one SQLite file or"
+            " Redis database (agentic serve --store URL, and --store URL or store_url"
+            " here)"
+        )
     return (
         f"the task server {api.base_url} serves another store (id {served}) than"
         f" {redacted(url)} (id {local_id})"

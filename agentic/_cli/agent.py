@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from .._signals import late_signals_logged
 from ..allowance import AllowanceService
 from ..models import AgentInfo
 from ..runner import AgentRunner, GitWorkspace, Handler, SubprocessHandler
@@ -17,12 +18,13 @@ from ._common import (
     ConfigOption,
     StoreOption,
     client,
+    config,
     event_emitter,
     fail,
     handled,
     records_events,
     stdout,
-    store_config,
+    store_options,
 )
 from ._help import App
 from ._logging import setup_logging
@@ -56,6 +58,14 @@ def run(
     max_job_duration: Annotated[
         float | None, typer.Option(min=0.001, metavar="S", help="Seconds before a task is killed.")
     ] = None,
+    lease_seconds: Annotated[
+        float | None,
+        typer.Option(
+            metavar="S",
+            help="Seconds each lease renewal asks for, > 10 (default: config's"
+            " agent.lease_seconds; unset, the length each claim was made with).",
+        ),
+    ] = None,
     input_mode: Annotated[
         Literal["stdin", "file"],
         typer.Option("--input", help="How CMD gets the task: on stdin or as {file}."),
@@ -88,7 +98,13 @@ def run(
     require_name("agent id (--id)", agent_id)
     for one in capability:
         require_label("capability (--capability)", one)
-    cfg = store_config(config_path, store_url)
+    options, stores = store_options(store_url)
+    cfg = config(
+        config_path,
+        {**options, "agent.lease_seconds": "--lease-seconds"},
+        **stores,
+        agent={"lease_seconds": lease_seconds},
+    )
     command_handler = SubprocessHandler(command, input=input_mode, format=task_format)
     command_handler.check(git_repo)  # before registering: a missing binary would bounce tasks
     handler: Handler = command_handler
@@ -97,6 +113,8 @@ def run(
     setup_logging(verbose)
     info = AgentInfo(id=agent_id, name=name, capabilities=capability, max_load=max_load)
     with contextlib.ExitStack() as stack:
+        # Entered first, left last: a signal while the rest closes is only logged.
+        after_stop = stack.enter_context(late_signals_logged())
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
         # Each settle's usage and crossings go to the event log with it (no crash loses them).
         recording = records_events(cfg, "allowance")
@@ -114,7 +132,7 @@ def run(
             registry,
             handler,
             AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open),
-            lease_seconds=cfg.dispatcher.lease_seconds,
+            lease_seconds=cfg.agent.lease_seconds,
             max_job_duration=max_job_duration,
             emitter=emitter,
             # The agent id frees when the fleet counts the agent as gone (reaped).
@@ -127,6 +145,7 @@ def run(
             highlight=False,
         )
         runner.run()
+        after_stop()
     stdout().print(
         f"agent {agent_id} stopped: {runner.completed} completed, {runner.failed} failed,"
         f" {runner.released} released, {runner.errors} errors",

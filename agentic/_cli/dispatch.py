@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .._signals import late_signals_logged
 from ..allowance import AllowanceService
 from ..dispatcher import Dispatcher, DispatchReport
 from ..events import LoggingEmitter
@@ -79,6 +80,8 @@ def dispatch(
     # One pass prints its own report; its event lines would only repeat it.
     setup_logging(verbose, logging.WARNING if once else logging.INFO)
     with contextlib.ExitStack() as stack:
+        # Entered first, left last: a signal while the rest closes is only logged.
+        after_stop = stack.enter_context(late_signals_logged())
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
         # The thresholds a reserve crosses go to the event log with the reserve.
         recording = records_events(cfg, "allowance")
@@ -127,3 +130,4 @@ def dispatch(
                 _print_report(report)
             return
         dispatcher.run(interval=cfg.dispatcher.interval)
+        after_stop()

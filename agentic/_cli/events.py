@@ -27,6 +27,7 @@ from ..retry import is_retryable
 from ..stores import open_event_log, parse_store_url
 from ..stores.base import MAX_READ, EventLog, LoggedEvent
 from ._common import (
+    PER_PROCESS,
     ConfigOption,
     StoreOption,
     client,
@@ -300,6 +301,9 @@ def _same_store_as_server(cfg: Config, log: EventLog) -> None:
         return
     with TaskClient(cfg.base_url, cfg.token, timeout=_HEALTH_WAIT, retries=0) as api:
         mismatch = other_store(api, cfg.store_url, local)
+    if mismatch.startswith(PER_PROCESS):  # none of the server's events can be here
+        warn(mismatch)
+        raise typer.Exit(1)
     if mismatch:
         warn(
             f"{mismatch}: the events of its tasks are not here; give the store it uses"

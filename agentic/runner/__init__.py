@@ -19,7 +19,9 @@
   reservation cancelled) rather than left to wait while its lease runs out.
 * **Stays visible**: a background thread heartbeats with the current load (within
   0.1 s of a change, else every ``heartbeat_interval``), renews the lease of
-  every task it holds, and flushes log lines. A lease that cannot be renewed
+  every task it holds, and flushes log lines. A renewal always says its length:
+  ``lease_seconds``, else the length the claim was made with (three heartbeat
+  intervals, 15 s, when that is two or less: warned once). A lease that cannot be renewed
   because the task is no longer ours cancels the handler; nothing is reported for it.
 * **Runs each task** in its own thread with a :class:`TaskContext`. After
   ``max_job_duration`` (the runner's, or the agent allowance's when smaller: its
@@ -53,7 +55,9 @@
 * **Stops cleanly** on ``stop`` / SIGTERM / SIGINT: it deregisters first (so nothing
   new is routed to it), waits up to ``grace_period`` for running tasks, cancels the
   rest and waits ``cancel_grace``, releases what still runs (settled as cancelled),
-  and releases any task claimed for it meanwhile.
+  and releases any task claimed for it meanwhile. A second SIGTERM / SIGINT (or
+  ``stop(now=True)``) skips the grace period: running tasks are cancelled and given
+  back at once.
 
 A handler is a callable ``(task, ctx) -> str | TaskResult | None``; ``None`` and a
 string mean success. Coroutine functions are run with ``asyncio.run`` in the task's

@@ -17,6 +17,7 @@ from typing import Any
 from .._signals import stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
+from ..config import HEARTBEAT_INTERVAL
 from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError
 from ..events import Event, EventEmitter, EventType, transition_id
 from ..models import AgentInfo, Task, TaskResult, TaskStatus
@@ -50,6 +51,9 @@ _MAX_AGENT_ERRORS = 3
 _DEFAULT_LEASE = 300.0
 # Seconds between looks at "displaced" while the poll loop waits out a backoff.
 _DISPLACED_CHECK = 0.2
+# Seconds a lease is renewed for when the claim's own is too short to renew safely
+# (two renewals or less): three renewals, 15 s at the default heartbeat_interval.
+_SAFE_RENEWALS = 3
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -70,7 +74,7 @@ class AgentRunner:
         *,
         capabilities: list[str] | None = None,
         max_load: int | None = None,
-        heartbeat_interval: float = 5.0,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL,
         poll_interval: float = 1.0,
         lease_seconds: float | None = None,
         max_job_duration: float | None = None,
@@ -180,6 +184,9 @@ class AgentRunner:
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
+        # Set by a second signal (or stop(now=True)): the shutdown skips the grace period.
+        self._hurry = threading.Event()
+        self._short_lease_told = False
         self._thread: threading.Thread | None = None
         #: the agent id's lease in the registry: one runner per agent id
         self._id = IdLease(registry, info.id, id_lease_ttl(heartbeat_interval, id_lease))
@@ -213,7 +220,13 @@ class AgentRunner:
         self._ran = True
         stop = stop or self._own_stop
         self._open_journal()
-        restore = stop_on_signals(stop, "finishing held tasks, then stopping")
+        restore = stop_on_signals(
+            stop,
+            f"finishing held tasks (up to {self.grace_period:g} s), then stopping;"
+            " a second signal gives them back at once",
+            hurry=self._hurry,
+            hurry_what="skipping the grace period: running tasks are cancelled and given back now",
+        )
         try:
             # One runner per agent id: wait while another one runs it.
             if not self._id.acquire(stop, self.heartbeat_interval, self._error):
@@ -270,9 +283,12 @@ class AgentRunner:
         )
         self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None, *, now: bool = False) -> None:
         """Ask the runner to stop (unless ``run`` was given its own event); wait for the
-        shutdown when it was started with ``start()``."""
+        shutdown when it was started with ``start()``. ``now``: skip the grace period,
+        cancel the running tasks and give them back at once (a second SIGTERM's way)."""
+        if now:
+            self._hurry.set()
         self._own_stop.set()
         if self._thread is not None:
             self._thread.join(timeout if timeout is not None else self._shutdown_bound())
@@ -487,13 +503,33 @@ class AgentRunner:
         self._wake.set()
 
     def _lease_ttl(self, task: Task) -> float:
-        """How long the task's lease lasts from a claim or renewal: ours, else the
-        claim's (the server's default), else the server's shipped default."""
+        """How long the task's lease lasts from a claim or renewal, the length every
+        renewal sends: ours (``lease_seconds``), else the claim's own (the
+        dispatcher's, or the server's default), else the server's shipped default. A
+        claim's lease too short to renew safely (twice ``heartbeat_interval`` or
+        less: one late renewal would lose it) is renewed for three heartbeat
+        intervals instead (15 s by default), said once per runner."""
         if self.lease_seconds is not None:
             return self.lease_seconds
-        if task.lease_expires_at is not None and task.claimed_at is not None:
-            return max(0.0, (task.lease_expires_at - task.claimed_at).total_seconds())
-        return _DEFAULT_LEASE
+        if task.lease_expires_at is None or task.claimed_at is None:
+            return _DEFAULT_LEASE
+        claimed = max(0.0, (task.lease_expires_at - task.claimed_at).total_seconds())
+        if claimed > 2 * self.heartbeat_interval:
+            return claimed
+        safe = _SAFE_RENEWALS * self.heartbeat_interval
+        if not self._short_lease_told:
+            self._short_lease_told = True
+            log.warning(
+                "task %s was claimed with a lease of %g s, too short to renew safely every"
+                " %g s: its lease (and every such claim's) is renewed for %g s instead."
+                " Give the dispatcher a longer dispatcher.lease_seconds, or set"
+                " agent.lease_seconds. (Said once.)",
+                task.id,
+                claimed,
+                self.heartbeat_interval,
+                safe,
+            )
+        return safe
 
     def _remember(self, key: tuple[str, str, str]) -> None:
         self._seen[key] = None
@@ -683,11 +719,20 @@ class AgentRunner:
         # Deregister first so no dispatcher routes new work here while we drain.
         if self.presence.deregister():
             self._emit(EventType.AGENT_OFFLINE, None, {"reason": "deregistered"})
-        self._wait_idle(self.grace_period)
+        self._wait_idle(self.grace_period, self._hurry)
         with self._lock:
             left = list(self._attempts.values())
+        reason = "the agent is shutting down"
+        if left and self._hurry.is_set():
+            reason = "the agent is stopping at once (grace period skipped)"
+            log.warning(
+                "agent %s: grace period skipped: cancelling %d running task(s) and giving"
+                " them back",
+                self.agent_id,
+                len(left),
+            )
         for attempt in left:
-            attempt.stop(Stop.SHUTDOWN, "the agent is shutting down")
+            attempt.stop(Stop.SHUTDOWN, reason)
         # Each supervisor now reports its attempt within cancel_grace (released unless
         # it finished); reports retrying a blip get their full retry budget.
         self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
@@ -695,9 +740,16 @@ class AgentRunner:
             self._sweep()
         self.reporter.settle_pending(wait=True)  # a last try; what still fails is logged
 
-    def _wait_idle(self, timeout: float) -> None:
+    def _wait_idle(self, timeout: float, hurry: threading.Event | None = None) -> None:
+        """Wait until no attempt is held, ``timeout`` passes or ``hurry`` is set (a
+        signal handler cannot notify a condition: looked at every 0.1 s)."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            self._changed.wait_for(lambda: not self._attempts, timeout)
+            while self._attempts:
+                left = deadline - time.monotonic()
+                if left <= 0 or (hurry is not None and hurry.is_set()):
+                    return
+                self._changed.wait(left if hurry is None else min(left, 0.1))
 
     def _sweep(self) -> None:
         """Give back tasks claimed for us while we were shutting down."""
@@ -821,8 +873,9 @@ class AgentRunner:
         for attempt in attempts:
             try:
                 # Fenced by the claim's job id: a task claimed again since refuses it (LOST).
+                # The length is always sent: the server's default is not the claim's.
                 task = attempt.task
-                self.client.renew_lease(task.id, self.lease_seconds, self.agent_id, task.job_id)
+                self.client.renew_lease(task.id, attempt.lease_ttl, self.agent_id, task.job_id)
                 attempt.renewed()
             except (ConflictError, NotFoundError) as exc:
                 if attempt.reporting:

@@ -180,8 +180,9 @@ class Closeable:
     def store_id(self) -> str:
         """The id of the storage this store lives in, the same for every store in it
         (one SQLite file; one Redis database and prefix), so two processes can tell
-        whether they share one; "" when it has none (memory: private to its process)
-        or does not say (the SQLite and Redis registries and task stores say)."""
+        whether they share one; "" when it does not say (every registry, task store
+        and event log says). A memory store's is ``memory:<random>``, its own: each
+        instance is storage no other process (nor instance) sees."""
         return ""
 
     def __enter__(self) -> Self:

@@ -16,7 +16,7 @@ from ...events import Event
 from ...models import AgentAllowance, ModelQuota, Settlement
 from ...quota import DEFAULT_RESERVATION_TTL
 from .._engine import AgentRow, EngineAllowanceStore, Held, ModelRow, QuotaTx
-from .eventlog import MemoryEventLog, require_memory_log
+from .eventlog import MemoryEventLog, memory_store_id, require_memory_log
 
 __all__ = ["MemoryAllowanceStore"]
 
@@ -138,6 +138,10 @@ class MemoryAllowanceStore(EngineAllowanceStore):
         self._lock = threading.Lock()
         # The log each settle's usage is recorded in, under this store's lock.
         self._tx = _MemoryTx(require_memory_log(events))
+        self._store_id = memory_store_id(self._tx.events)
+
+    def store_id(self) -> str:
+        return self._store_id
 
     @contextmanager
     def _transaction(self) -> Iterator[QuotaTx]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import builtins
 import threading
+import uuid
 
 from ...errors import ConfigError
 from ...events import Event
@@ -18,7 +19,14 @@ from ..base import (
     require_wait,
 )
 
-__all__ = ["MemoryEventLog"]
+__all__ = ["MemoryEventLog", "memory_store_id"]
+
+
+def memory_store_id(events: MemoryEventLog | None = None) -> str:
+    """``memory:<random>``, the id of a new memory store: each instance is storage of
+    its own, which no other process (nor another instance) sees, so its id matches
+    no other store's. A store recording into ``events`` shares that log's id."""
+    return events.store_id() if events is not None else f"memory:{uuid.uuid4().hex}"
 
 
 class MemoryEventLog(EventLog):
@@ -34,6 +42,10 @@ class MemoryEventLog(EventLog):
         self._ids: dict[str, int] = {}  # event id -> offset, for the entries kept
         self._last = 0
         self._positions: dict[str, int] = {}
+        self._store_id = memory_store_id()
+
+    def store_id(self) -> str:
+        return self._store_id
 
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         for event in events:

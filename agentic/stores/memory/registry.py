@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from ...errors import NotFoundError
 from ...models import AgentInfo, AgentStatus
 from ..base import AgentRegistry, require_count, require_id, status_for_load, ttl_seconds
+from .eventlog import memory_store_id
 
 __all__ = ["MemoryRegistry"]
 
@@ -28,12 +29,16 @@ class MemoryRegistry(AgentRegistry):
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._store_id = memory_store_id()
         self._lock = threading.Lock()
         self._agents: dict[str, AgentInfo] = {}
         # agent id -> last heartbeat, in heartbeat order (oldest first)
         self._beats: dict[str, float] = {}
         # lease name -> (holder, held until)
         self._leases: dict[str, tuple[str, float]] = {}
+
+    def store_id(self) -> str:
+        return self._store_id
 
     def _beat(self, agent_id: str, now: float) -> None:
         self._beats.pop(agent_id, None)

@@ -19,7 +19,7 @@ from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
 from ..base import LogPage, TaskStore, require_count, require_id
-from .eventlog import MemoryEventLog, private_log_refused, require_memory_log
+from .eventlog import MemoryEventLog, memory_store_id, private_log_refused, require_memory_log
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
 
@@ -35,6 +35,7 @@ class MemoryTaskStore(TaskStore):
         self._clock = clock
         # The log the lifecycle of tasks is recorded in, under this store's lock.
         self._events = require_memory_log(events)
+        self._store_id = memory_store_id(self._events)
         self._lock = threading.Lock()
         # Stored tasks are never mutated in place (transitions return copies), so
         # handing out deep copies is enough to keep callers from changing them.
@@ -46,6 +47,9 @@ class MemoryTaskStore(TaskStore):
         # task id -> job ids that may no longer claim it -> whether that claim was
         # made (replaced by a later claim, or released) or withdrawn before it was
         self._retired: dict[str, dict[str, bool]] = {}
+
+    def store_id(self) -> str:
+        return self._store_id
 
     # --- helpers, called with the lock held ---
     def _get(self, task_id: str) -> Task:
