@@ -148,6 +148,10 @@ class AgentConfig(_Section):
         ),
     ] = None
 
+    # Where each job's reported usage is kept until settled, so a runner killed
+    # mid-task has it charged when it starts again. "": the user state directory.
+    state_dir: Text = ""
+
     @field_validator("lease_seconds", mode="before")
     @classmethod
     def _empty_is_claims(cls, value: object) -> object:

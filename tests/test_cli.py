@@ -34,6 +34,7 @@ from agentic.events import EventType
 from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner
+from agentic.runner._journal import default_state_dir
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, TaskStore
 from agentic.testing import running_server, webhook_receiver
@@ -295,23 +296,31 @@ def test_dispatcher_gets_the_configured_active_lease(
 def test_agent_run_renews_with_the_configured_or_given_lease(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """agent run gives its runner agent.lease_seconds from the config, --lease-seconds
-    over it, and None (the claim's own length) when neither says; not the
-    dispatcher's lease_seconds."""
-    seen: list[float | None] = []
+    """agent run gives its runner agent.lease_seconds and agent.state_dir from the
+    config, --lease-seconds / --state-dir over them, and None (the claim's own
+    length) / the user state directory when neither says; not the dispatcher's
+    lease_seconds."""
+    seen: list[tuple[float | None, Path | None]] = []
 
     class Recording(AgentRunner):
         def run(self, stop: threading.Event | None = None) -> None:
-            seen.append(self.lease_seconds)
+            journal = self.journal.directory.parent.parent if self.journal else None
+            seen.append((self.lease_seconds, journal))
 
     monkeypatch.setattr("agentic._cli.agent.AgentRunner", Recording)
     lease = "dispatcher:\n  lease_seconds: 99\nagent:\n  lease_seconds: 42\n"
+    lease += f"  state_dir: {tmp_path}/s\n"
     agent = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"]
-    for extra, options in ((lease, []), (lease, ["--lease-seconds", "20"]), ("", [])):
+    given = ["--lease-seconds", "20", "--state-dir", str(tmp_path / "t")]
+    for extra, options in ((lease, []), (lease, given), ("", [])):
         config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", "memory://", extra)
         result = run(*agent, "--config", str(config), *options, "--", "true")
         assert result.exit_code == 0, result.output
-    assert seen == [42.0, 20.0, None]
+    assert seen == [
+        (42.0, tmp_path / "s"),
+        (20.0, tmp_path / "t"),
+        (None, default_state_dir()),
+    ]
 
 
 def test_store_option_overrides_the_config(system: System, tmp_path: Path) -> None:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agentic.client import TaskClient
-from agentic.errors import ConfigError
+from agentic.errors import ConfigError, StoreError
 from agentic.models import (
     AgentAllowance,
     AgentInfo,
@@ -22,7 +25,7 @@ from agentic.models import (
     TaskStatus,
 )
 from agentic.runner import TaskContext
-from agentic.runner._journal import UsageJournal, default_state_dir
+from agentic.runner._journal import JobJournal, UsageJournal, default_state_dir
 from agentic.stores import open_allowance_store, open_registry
 
 from .test_cli import clean_environment, run  # noqa: F401
@@ -290,3 +293,163 @@ def test_agent_run_refuses_a_state_dir_it_cannot_write(tmp_path: Path) -> None:
     result = run(*args, "--store", store, "--state-dir", str(blocker), "--", "true")
     assert result.exit_code == 2, result.output
     assert "state_dir" in result.output and "writable directory" in result.output
+
+
+# --- what the disk, the store or a second process may do (each found in review) ---
+def test_a_resumed_job_whose_file_another_process_holds_still_runs(system: System) -> None:
+    """A held file is reported and the job runs without one: opening it never blocks
+    the runner (it once deadlocked, reporting the error under the runner's lock)."""
+    task = dispatched(system)
+    leave_behind(system, task, (100, 0))
+    path = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1]).path
+    with path.open("r") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        runner = system.started(lambda task, ctx: "done")
+        assert system.finished(task.id).status is TaskStatus.COMPLETED
+        wait_for(lambda: runner.completed == 1)
+    assert runner.errors >= 1
+
+
+def test_a_full_disk_never_reaches_the_handler_nor_the_report(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes to a full disk (/dev/full) are reported once; the handler, the settle
+    (from memory) and the report go on as without a file."""
+
+    def on_a_full_disk(self: UsageJournal, task: Task, on_error: Any) -> JobJournal:
+        return JobJournal(Path("/dev/full"), task, on_error)
+
+    monkeypatch.setattr(UsageJournal, "job", on_a_full_disk)
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 60, 40)
+        ctx.usage("m", 1, 0)
+        return "done"
+
+    runner = system.started(handler)
+    task = system.finished(system.submit().id)
+    assert task.status is TaskStatus.COMPLETED
+    wait_for(lambda: runner.completed == 1)
+    assert system.quota.get_usage(AGENT).tokens_used == 101
+    assert runner.errors >= 1
+
+
+def test_a_file_that_cannot_be_removed_is_reported_not_raised(tmp_path: Path) -> None:
+    """discard after a settle landed reports a failed unlink instead of raising."""
+    seen, on_error = errors()
+    journal = UsageJournal(tmp_path, AGENT, on_error)
+    (journal.directory / "job-1.jsonl").mkdir(parents=True)  # unlink refuses a directory
+    journal.discard("job-1")
+    assert seen and "could not be removed" in seen[0]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    ['{"end": {}}\n', '{"end": ["job_completed"]}\n', "[" * 100_000 + "\n"],
+    ids=["end a mapping", "end a list", "nested too deep"],
+)
+def test_garbage_in_a_file_never_stops_a_start(tmp_path: Path, garbage: str) -> None:
+    """An end that is no event name counts as none; a file that cannot be parsed at
+    all is moved aside and said; the other files are still read."""
+    seen, on_error = errors()
+    journal = written_then(tmp_path, 4, garbage)
+    journal._error = on_error
+    other = journal.job(claimed(job_id="job-2"), errors()[1])
+    other.usage("m", 1, 0)
+    other.close()
+    found = {left.job_id: left for left in journal.leftovers()}
+    assert "job-2" in found
+    if "job-1" in found:
+        assert found["job-1"].end is None and seen == []
+    else:
+        assert any("moved aside" in line for line in seen)
+        assert (journal.directory / "job-1.jsonl.bad").exists()
+
+
+def test_a_resumed_run_starts_a_new_line_after_a_cut_one(tmp_path: Path) -> None:
+    """A rerun's first line is not glued to the killed run's half-written last one."""
+    journal = written_then(tmp_path, 7, '{"model": "m", "tokens_in": 99')
+    rerun = journal.job(claimed(), errors()[1])
+    assert rerun.recovered == [("m", 7, 3)]
+    rerun.usage("m", 40, 0)
+    rerun.end((47, 3, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+    rerun.close()
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.end) == (47, (47, 3, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+
+
+def test_a_decided_job_older_than_the_stores_memory_is_not_settled_again(
+    tmp_path: Path,
+) -> None:
+    """A decided end older than 6 days may have landed and been forgotten by the
+    store: it is moved aside, not settled a second time."""
+    seen, on_error = errors()
+    journal = UsageJournal(tmp_path, AGENT, on_error)
+    job = journal.job(claimed(), errors()[1])
+    job.usage("m", 5, 0)
+    job.end((5, 0, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+    job.close()
+    week_ago = time.time() - 7 * 24 * 3600
+    os.utime(job.path, (week_ago, week_ago))
+    assert journal.leftovers() == []
+    assert any("older than 6 days" in line for line in seen)
+
+
+def test_a_settle_refused_for_good_removes_the_file(system: System) -> None:
+    """A settle no retry can fix is said and its file removed, not retried at every
+    start."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("tokens beyond the exact range")
+
+    system.quota.settle = refuse  # type: ignore[method-assign]
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 3, 0)
+        return "done"
+
+    runner = system.started(handler)
+    system.finished(system.submit().id)
+    wait_for(lambda: runner.completed == 1)
+    assert list(UsageJournal(default_state_dir(), AGENT).leftovers()) == []
+
+
+def test_a_quota_store_down_at_start_delays_no_task(system: System) -> None:
+    """Leftovers whose settle fails (store down) are tried once each, then with the
+    heartbeats: the agent takes new work at once and settles them once it is back."""
+    down = threading.Event()
+    down.set()
+    real_settle = system.quota.settle
+
+    def settle(*args: Any, **kwargs: Any) -> Any:
+        if down.is_set() and kwargs.get("task_id", "").startswith("gone-"):
+            raise StoreError("quota store unreachable")
+        return real_settle(*args, **kwargs)
+
+    system.quota.settle = settle  # type: ignore[method-assign]
+    for i in range(3):
+        gone = claimed(job_id=f"old-{i}", task_id=f"gone-{i}")
+        job = UsageJournal(default_state_dir(), AGENT).job(gone, errors()[1])
+        job.usage("m", 10, 0)
+        job.close()
+    started = time.monotonic()
+    runner = system.started(lambda task, ctx: "done")
+    assert system.finished(system.submit().id).status is TaskStatus.COMPLETED
+    assert time.monotonic() - started < 5
+    down.clear()
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 15)  # 3 x 10, half back
+    wait_for(lambda: list(UsageJournal(default_state_dir(), AGENT).leftovers()) == [])
+    assert runner.errors >= 1
+
+
+def test_a_decided_job_still_claimed_is_given_back_not_rerun(system: System) -> None:
+    """A job whose run here ended but whose report never landed is settled as decided
+    and its task given back (pending, for a new job id), not run again under a job
+    id whose settle would be a duplicate."""
+    task = dispatched(system)
+    leave_behind(system, task, (70, 30), end=True)
+    ran: list[str] = []
+    system.started(lambda task, ctx: ran.append(task.id))
+    wait_for(lambda: system.tasks.get(task.id).status is TaskStatus.PENDING)
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 100)
+    assert ran == [] and system.tasks.get(task.id).retry_count == 0

@@ -84,7 +84,8 @@ def run(
         Path | None,
         typer.Option(
             metavar="PATH",
-            help="Where job usage files outlive this process (default: the user state dir).",
+            help="Where job usage files outlive this process (default: config's"
+            " agent.state_dir; unset, the user state directory).",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
@@ -101,9 +102,9 @@ def run(
     options, stores = store_options(store_url)
     cfg = config(
         config_path,
-        {**options, "agent.lease_seconds": "--lease-seconds"},
+        {**options, "agent.lease_seconds": "--lease-seconds", "agent.state_dir": "--state-dir"},
         **stores,
-        agent={"lease_seconds": lease_seconds},
+        agent={"lease_seconds": lease_seconds, "state_dir": state_dir and str(state_dir)},
     )
     command_handler = SubprocessHandler(command, input=input_mode, format=task_format)
     command_handler.check(git_repo)  # before registering: a missing binary would bounce tasks
@@ -137,7 +138,7 @@ def run(
             emitter=emitter,
             # The agent id frees when the fleet counts the agent as gone (reaped).
             id_lease=cfg.dispatcher.heartbeat_ttl,
-            state_dir=state_dir,
+            state_dir=cfg.agent.state_dir or None,
         )
         stdout().print(
             f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) taking tasks"

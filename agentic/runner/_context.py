@@ -92,7 +92,6 @@ class TaskContext:
         on_error: Callable[[str, Exception], None] | None = None,
         max_buffered_lines: int = 10_000,
         cancel_grace: float = 5.0,
-        journal: JobJournal | None = None,
     ) -> None:
         self._task = task
         self._client = client
@@ -113,10 +112,7 @@ class TaskContext:
         self._tokens: dict[str, list[int]] = {}
         self._settled = False  # the runner read the totals: later usage is too late
         #: the job's usage file (None: quotas off), which outlives this process
-        self.journal = journal
-        for model, tokens_in, tokens_out in journal.recovered if journal else []:
-            # An earlier run of this job (its runner was killed) spent these.
-            self._add(model, tokens_in, tokens_out)
+        self.journal: JobJournal | None = None
 
     @property
     def task(self) -> Task:
@@ -282,6 +278,14 @@ class TaskContext:
                     " was settled: not charged"
                 ),
             )
+
+    def attach_journal(self, journal: JobJournal) -> None:
+        """Write each later usage to ``journal`` too, and count what an earlier run of
+        this job recorded there (its runner was killed) as spent by this one."""
+        with self._lock:
+            self.journal = journal
+            for model, tokens_in, tokens_out in journal.recovered:
+                self._add(model, tokens_in, tokens_out)
 
     def _add(self, model: str, tokens_in: int, tokens_out: int) -> None:
         totals = self._tokens.setdefault(str(model), [0, 0])

@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +39,14 @@ from ..models import QuotaEvent, Task
 
 __all__ = ["JobJournal", "Leftover", "Settle", "UsageJournal", "default_state_dir"]
 
+log = logging.getLogger("agentic.runner")
+
 #: a settle's (tokens in, tokens out, event, model, task id); event None: unreserve
 Settle = tuple[int, int, QuotaEvent | None, str | None, str]
 _UNRESERVE = "unreserve"
+# Seconds after which a decided job's file is not settled again: the quota store
+# remembers settled job ids for 7 days, so a repeat within that is a no-op.
+_SETTLE_AGAIN_WITHIN = 6 * 24 * 3600.0
 
 
 def default_state_dir() -> Path:
@@ -115,9 +122,16 @@ class JobJournal:
         """Let go of the file (kept on disk until its settle lands)."""
         with self._lock:
             self._closed = True
-            if self._file is not None:
-                self._file.close()  # closing the descriptor drops the flock
-                self._file = None
+            self._drop()
+
+    def _drop(self) -> None:
+        """Close the file (lock held), dropping the flock; never raises: what could
+        not be written is already reported, and the attempt must end whatever
+        the disk does."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def _write(self, entry: dict[str, Any]) -> None:
         with self._lock:
@@ -151,31 +165,37 @@ class JobJournal:
             )
             return False
         self._file = file
-        if file.tell() == 0:
-            task = self._task
-            header = {"job": task.job_id, "task": task.id, "model": task.model or None}
-            try:
+        try:
+            if file.tell() == 0:
+                task = self._task
+                header = {"job": task.job_id, "task": task.id, "model": task.model or None}
                 file.write(json.dumps(header) + "\n")
-            except OSError as exc:
-                self._fail("could not be written", exc)
-                return False
+            elif not _ends_a_line(self.path):
+                file.write("\n")  # an earlier run's last line was cut: start afresh
+        except OSError as exc:
+            self._fail("could not be written", exc)
+            return False
         return True
 
     def _fail(self, what: str, exc: Exception) -> None:
         # Once per job: the tokens are still settled from memory at the attempt's end,
         # only a crash before then would lose them.
         self._closed = True
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._drop()
         self._error(f"task {self._task.id}: the usage file {self.path} {what}", exc)
 
 
 class UsageJournal:
     """The job files of one agent id on this machine."""
 
-    def __init__(self, state_dir: Path, agent_id: str) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        agent_id: str,
+        on_error: Callable[[str, Exception], None] | None = None,
+    ) -> None:
         self.directory = state_dir / "usage" / quote(agent_id, safe="")
+        self._error = on_error or _log_error
 
     def check(self) -> None:
         """Create the directory now; OSError when it cannot be (read-only, a file)."""
@@ -188,31 +208,61 @@ class UsageJournal:
         path = self._path(task.job_id)
         if not path.exists():
             return JobJournal(path, task, on_error)
-        leftover = _read(path)
+        try:
+            leftover = _read(path)
+        except Exception as exc:  # garbage: this run's own lines still go after it
+            on_error(f"task {task.id}: an earlier run's usage file {path} cannot be read", exc)
+            leftover = None
         recovered = [] if leftover is None else leftover[1]
         journal = JobJournal(path, task, on_error, recovered)
         journal.open_existing()
         return journal
 
-    def leftovers(self) -> Iterator[Leftover]:
-        """The files no live attempt holds (each read under its lock, then let go)."""
+    def leftovers(self) -> list[Leftover]:
+        """The files no live attempt holds, each read under its lock. One that cannot
+        be read is moved aside (``.bad``), one too old to settle again safely
+        (``.stale``), each said: neither stops a start."""
         try:
             paths = sorted(self.directory.glob("*.jsonl"))
-        except OSError:
-            return
+        except OSError as exc:
+            self._error(f"cannot list the job usage files in {self.directory}", exc)
+            return []
+        found = []
         for path in paths:
             with _try_lock(path) as locked:
                 if not locked:
                     continue  # a live attempt (here or in another process) holds it
-                read = _read(path)
-            if read is None:
-                path.unlink(missing_ok=True)  # empty or unreadable header: nothing to settle
-                continue
-            yield read[0]
+                try:
+                    read = _read(path)
+                except Exception as exc:  # garbage a later edit or a bug left
+                    self._aside(path, ".bad", "cannot be read: moved aside, not charged", exc)
+                    continue
+                if read is None:
+                    path.unlink(missing_ok=True)  # no header: nothing was recorded
+                    continue
+                if read[0].end is not None and _age(path) > _SETTLE_AGAIN_WITHIN:
+                    # Its settle may have landed (it was decided) and the quota store
+                    # remembers settled jobs for 7 days only: settling it again now
+                    # could charge it twice.
+                    self._aside(path, ".stale", "is older than 6 days: not settled again", None)
+                    continue
+            found.append(read[0])
+        return found
 
     def discard(self, job_id: str) -> None:
-        """Remove a job's file: its settle landed."""
-        self._path(job_id).unlink(missing_ok=True)
+        """Remove a job's file: its settle landed (or can never land). Never raises:
+        the settle is done; a file left is only settled again as a duplicate."""
+        try:
+            self._path(job_id).unlink(missing_ok=True)
+        except OSError as exc:
+            self._error(f"job {job_id}: its usage file could not be removed", exc)
+
+    def _aside(self, path: Path, suffix: str, why: str, exc: Exception | None) -> None:
+        try:
+            path.rename(path.with_name(path.name + suffix))
+        except OSError as rename_error:
+            exc = exc or rename_error
+        self._error(f"the job usage file {path} {why}", exc or ValueError(why))
 
     def _path(self, job_id: str) -> Path:
         return self.directory / f"{quote(job_id, safe='')}.jsonl"
@@ -257,7 +307,7 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
         tokens = (_count(entry.get("tokens_in")), _count(entry.get("tokens_out")))
         if "end" in entry:
             kind = entry["end"]
-            if kind != _UNRESERVE and kind not in set(QuotaEvent):
+            if not isinstance(kind, str) or (kind != _UNRESERVE and kind not in set(QuotaEvent)):
                 continue  # not written by this version: settled as a failure instead
             event = None if kind == _UNRESERVE else QuotaEvent(kind)
             model_ended = entry.get("model")
@@ -275,6 +325,23 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
         end=end,
     )
     return leftover, usage
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether the file's last byte ends a line (or it is empty)."""
+    with path.open("rb") as file:
+        if file.seek(0, os.SEEK_END) == 0:
+            return True
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
+
+
+def _age(path: Path) -> float:
+    return time.time() - path.stat().st_mtime
+
+
+def _log_error(what: str, exc: Exception) -> None:
+    log.warning("%s: %s", what, exc)
 
 
 def _count(value: object) -> int:

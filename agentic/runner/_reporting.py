@@ -92,11 +92,15 @@ class Reporter:
             attempt.ctx.journal.end(args)  # a restart settles it so, should we die first
         self.end_job(job_id, args)
 
-    def end_job(self, job_id: str, args: Settle) -> None:
-        """Settle (or, event None, give back whole) a job's reservation, retried; kept
-        for later tries when the quota store stays down."""
+    def end_job(self, job_id: str, args: Settle, patient: bool = True) -> None:
+        """Settle (or, event None, give back whole) a job's reservation, retried (once
+        only when not ``patient``); kept for later tries when the quota store stays
+        down."""
         try:
-            self.retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
+            if patient:
+                self.retrying(f"settling job {job_id}", lambda: self._settle_once(job_id, args))
+            else:
+                self._settle_once(job_id, args)
         except StoreError as exc:
             # Kept and tried again with each heartbeat (settles are idempotent): a
             # store outage must neither lose the tokens nor hold the slot for the
@@ -110,6 +114,7 @@ class Reporter:
             self._error(f"job {job_id} not settled yet{kept}", exc)
         except AgenticError as exc:  # refused for good (bad amounts, ...): no retry helps
             self._error(f"job {job_id} not settled; its reservation will expire", exc)
+            self._forget(job_id)
 
     def _settle_once(self, job_id: str, args: Settle) -> None:
         if self.allowance is None:
@@ -131,6 +136,10 @@ class Reporter:
             )
         if done is None:  # failing open: the service logged it; it is not settled
             raise StoreUnavailableError(f"quota store unavailable settling job {job_id}")
+        self._forget(job_id)
+
+    def _forget(self, job_id: str) -> None:
+        """The job's settle landed, or never will: its usage file goes."""
         if self.journal is not None:
             self.journal.discard(job_id)
 
@@ -150,6 +159,7 @@ class Reporter:
                     return  # the store is down: the next heartbeat tries them all again
                 except AgenticError as exc:
                     self._error(f"job {job_id} not settled; dropped, it will expire", exc)
+                    self._forget(job_id)
                 else:
                     log.info("job %s settled after all", job_id)
                 with self._unsettled_lock:

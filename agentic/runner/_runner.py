@@ -26,8 +26,9 @@ from ..stores.base import AgentRegistry
 from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide, describe
 from ._context import Handler, TaskContext, call_handler
 from ._idlease import IdLease, id_lease_ttl
-from ._journal import Leftover, UsageJournal, default_state_dir
+from ._journal import UsageJournal, default_state_dir
 from ._presence import Presence
+from ._recovery import Recovery
 from ._reporting import Reporter
 
 __all__ = ["AgentRunner"]
@@ -136,7 +137,9 @@ class AgentRunner:
         #: each job's reported usage on disk, so a killed runner's tokens are charged
         #: when it starts again (with quotas on; see _journal)
         self.journal = (
-            UsageJournal(Path(state_dir) if state_dir else default_state_dir(), info.id)
+            UsageJournal(
+                Path(state_dir) if state_dir else default_state_dir(), info.id, self._error
+            )
             if allowance is not None
             else None
         )
@@ -150,10 +153,17 @@ class AgentRunner:
             self._error,
             self.journal,
         )
+        #: what an earlier process of this agent left unsettled (None: no usage files)
+        self.recovery = (
+            Recovery(self.journal, info.id, client, self.reporter, self._error)
+            if self.journal is not None
+            else None
+        )
         #: how many tasks may run at once (max_load, or max_workers when unlimited)
         self.capacity = info.max_load or max_workers
         #: errors seen (task API, registry, quota store, emitter), each one logged
         self.errors = 0
+        self._errors_lock = threading.Lock()  # not _lock: errors are said while holding it
         #: attempts reported completed / failed / released to the task server
         self.completed = 0
         self.failed = 0
@@ -161,8 +171,6 @@ class AgentRunner:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._attempts: dict[str, Attempt] = {}
-        #: job id -> what an earlier process of this agent left unsettled (see _recover)
-        self._leftovers: dict[str, Leftover] = {}
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # While paused the agent is published full, so dispatchers route elsewhere.
         self.presence = Presence(
@@ -250,17 +258,20 @@ class AgentRunner:
         log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
         self._check_server()
         self._read_allowance(warn=True)
-        self._find_leftovers()
-        self._recover()
-        # Two threads: the registry and the task API are separate services, so a
-        # task API that accepts connections but hangs (renewals, log flushes wait
-        # out the client's timeout) must not delay the heartbeat that keeps the
-        # agent alive in the registry, and a slow registry must not delay renewals.
+        if self.recovery is not None:
+            # Before the first poll: a job found later could be run again already.
+            self._guarded("reading an earlier run's job files", self.recovery.find)
+        # Threads of their own: the registry and the task API are separate services,
+        # so a task API that accepts connections but hangs (renewals, log flushes wait
+        # out the client's timeout) must not delay the heartbeat that keeps the agent
+        # alive in the registry, a slow registry must not delay renewals, and
+        # settling an earlier run's jobs must delay neither.
         maintenance = [
             threading.Thread(target=target, name=f"{name}-{self.agent_id}", daemon=True)
             for target, name in (
                 (self._beat, "agentic-heartbeat"),
                 (self._keep, "agentic-leases"),
+                (self._recovering, "agentic-recovery"),
             )
         ]
         for thread in maintenance:
@@ -316,48 +327,27 @@ class AgentRunner:
                 where,
                 exc,
             )
-            self.journal = self.reporter.journal = None
+            self.journal = self.reporter.journal = self.recovery = None
 
-    def _find_leftovers(self) -> None:
-        """Read what an earlier process of this agent left (once the agent id is
-        ours: a runner waiting for it must not touch the live one's files)."""
-        if self.journal is not None:
-            self._leftovers = {left.job_id: left for left in self.journal.leftovers()}
+    def _recovering(self) -> None:
+        """Settle, a round each heartbeat_interval, the jobs an earlier process of
+        this agent left (killed, or stopped with the quota store down), until none
+        is left (see Recovery). Its own thread: a slow task API or quota store must
+        delay neither the first task nor lease renewals."""
+        recovery = self.recovery
+        if recovery is None:
+            return
+        while recovery.pending and not self._maintenance_stop.is_set():
+            self._guarded("settling an earlier run's jobs", self._recovery_round)
+            self._maintenance_stop.wait(self.heartbeat_interval)
 
-    def _recover(self) -> None:
-        """Settle the jobs an earlier process of this agent left unsettled (killed, or
-        stopped with the quota store down). A job whose end was decided is settled so;
-        one that died running waits while its task is still claimed by this agent under
-        its job id (it runs again and its file's tokens join the new run's), else it
-        is settled as failed with the tokens it recorded. Run at start and with each
-        lease renewal while any wait."""
+    def _recovery_round(self) -> None:
+        if self.recovery is not None:
+            self.recovery.settle_round(self._running_jobs)
+
+    def _running_jobs(self) -> set[str]:
         with self._lock:
-            running = {a.task.job_id for a in self._attempts.values()}
-            waiting = [left for job, left in self._leftovers.items() if job not in running]
-        for left in waiting:
-            if left.end is None:
-                try:
-                    task = self.client.get_task(left.task_id)
-                except NotFoundError:
-                    pass  # deleted: settle what was spent
-                except AgenticError as exc:
-                    self._error(f"job {left.job_id}: reading task {left.task_id} failed", exc)
-                    continue
-                else:
-                    mine = task.claimed_by == self.agent_id and task.job_id == left.job_id
-                    if mine and task.status is TaskStatus.IN_PROGRESS:
-                        continue  # it runs again here, with these tokens
-            with self._lock:
-                if self._leftovers.pop(left.job_id, None) is None:
-                    continue  # taken up by a new run meanwhile
-            log.info(
-                "job %s (task %s): settling %d tokens an earlier run of agent %s recorded",
-                left.job_id,
-                left.task_id,
-                left.tokens_in + left.tokens_out,
-                self.agent_id,
-            )
-            self.reporter.end_job(left.job_id, left.settlement())
+            return {a.task.job_id for a in self._attempts.values()}
 
     def _check_server(self) -> None:
         """Warn when the task API does not fence attempts: its runs are then guarded
@@ -463,6 +453,16 @@ class AgentRunner:
                     " reservation (a job id): this one has none; a dispatcher will claim it",
                 )
                 continue
+            if self.recovery is not None and self.recovery.decided(task.job_id) is not None:
+                # Its run here ended, but this process's predecessor stopped before the
+                # report landed: run again under this job id, its settle would be a
+                # duplicate (the tokens uncharged). A new claim gets a job id of its own.
+                self._give_back(
+                    task,
+                    f"agent {self.agent_id} stopped before its report of this job landed;"
+                    " given back to run under a new job",
+                )
+                continue
             paused = self.paused
             with self._lock:
                 if self._displaced.is_set():
@@ -484,15 +484,9 @@ class AgentRunner:
 
     def _start(self, task: Task, key: tuple[str, str, str]) -> None:
         """Create and launch an attempt (called with the lock held)."""
-        self._leftovers.pop(task.job_id, None)  # an earlier run's tokens join this run's
-        journal = self.journal.job(task, self._error) if self.journal and task.job_id else None
-        ctx = TaskContext(
-            task,
-            self.client,
-            on_error=self._error,
-            cancel_grace=self.cancel_grace,
-            journal=journal,
-        )
+        if self.recovery is not None:
+            self.recovery.take(task.job_id)  # an earlier run's tokens join this run's
+        ctx = TaskContext(task, self.client, on_error=self._error, cancel_grace=self.cancel_grace)
         attempt = Attempt(task, ctx, key, lease_ttl=self._lease_ttl(task))
         self._attempts[task.id] = attempt
         self._remember(key)
@@ -540,6 +534,9 @@ class AgentRunner:
     def _supervise(self, attempt: Attempt) -> None:
         """Run the handler in its own thread and enforce max_job_duration."""
         try:
+            if self.journal is not None and attempt.task.job_id:
+                # Here, not under the runner's lock: it reads and opens a file.
+                attempt.ctx.attach_journal(self.journal.job(attempt.task, self._error))
             threading.Thread(
                 target=self._run_handler,
                 args=(attempt,),
@@ -617,8 +614,11 @@ class AgentRunner:
             self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # may expire the old reservation, freeing its slot before this job's end.
-            self._warn_unlisted_models(attempt)
-            self.reporter.settle(attempt, outcome)
+            try:
+                self._warn_unlisted_models(attempt)
+                self.reporter.settle(attempt, outcome)
+            except Exception as exc:  # a bug here must not keep the report from going
+                self._error(f"task {task.id}: settling its usage failed unexpectedly", exc)
             self._pace(outcome)
             delivered = self.reporter.report(attempt, outcome)
             if delivered:
@@ -693,13 +693,12 @@ class AgentRunner:
 
     def _give_back(self, task: Task, reason: str) -> None:
         """Release a claimed task this runner will not run (no retry is counted)."""
-        with self._lock:
-            left = self._leftovers.get(task.job_id) if task.job_id else None
-        if not self.reporter.give_back(task, reason, left.settlement() if left else None):
+        recovery = self.recovery
+        ran = recovery.take(task.job_id) if recovery and task.job_id else None
+        if not self.reporter.give_back(task, reason, ran.settlement() if ran else None):
+            if ran is not None and recovery is not None:
+                recovery.keep(ran)  # the next round, or the next give-back, settles it
             return
-        if left is not None:
-            with self._lock:
-                self._leftovers.pop(left.job_id, None)
         with self._lock:
             self.released += 1
         self._emit(EventType.TASK_REQUEUED, task, {"reason": reason})
@@ -839,8 +838,6 @@ class AgentRunner:
             now = time.monotonic()
             if now >= next_renewal:
                 self._guarded("lease renewal", self._renew_leases)
-                if self._leftovers:
-                    self._guarded("settling an earlier run's jobs", self._recover)
                 if self.reporter.unsettled:
                     # Off this thread: a slow store must not delay renewals.
                     threading.Thread(
@@ -887,7 +884,7 @@ class AgentRunner:
 
     # --- bookkeeping ---
     def _error(self, what: str, exc: Exception) -> None:
-        with self._lock:
+        with self._errors_lock:
             self.errors += 1
         log.warning("%s: %s", what, exc)
 

@@ -373,6 +373,10 @@ class _UsageFile:
                 data = file.read()
         except FileNotFoundError:
             return  # the command reported nothing
+        except OSError as exc:  # read again next time; the last time, said in the log
+            if final:
+                self._ctx.log(f"[agentic: {USAGE_ENV} could not be read: {exc}]")
+            return
         if not final:
             data = data[: data.rfind(b"\n") + 1]  # an unfinished line waits
         self._offset += len(data)
