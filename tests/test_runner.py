@@ -408,12 +408,12 @@ def test_the_allowance_max_job_duration_is_enforced_when_smaller(system: System)
     handler = stops_when_cancelled(seen)
     runner = system.started(handler, max_job_duration=30.0)
     system.quota.set_allowance(AgentAllowance(agent_id=AGENT, max_job_duration=0.3))
-    wait_for(lambda: runner._job_limit() == 0.3)
+    wait_for(lambda: runner.allowed.job_limit() == 0.3)
     task = system.finished(system.submit().id)
     assert seen == ["timed out after 0.3 s"]
     assert task.result is not None and task.result.error_message == "timed out after 0.3 s"
     system.quota.set_allowance(AgentAllowance(agent_id=AGENT))  # no limit there any more
-    wait_for(lambda: runner._job_limit() == 30.0)
+    wait_for(lambda: runner.allowed.job_limit() == 30.0)
 
 
 def test_a_command_ignoring_sigterm_is_killed_in_time_and_its_usage_charged(

@@ -23,6 +23,7 @@ from ..events import Event, EventEmitter, EventType, transition_id
 from ..models import AgentInfo, Task, TaskResult, TaskStatus
 from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
+from ._allowed import Allowed
 from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide, describe
 from ._context import Handler, TaskContext, call_handler
 from ._idlease import IdLease, id_lease_ttl
@@ -183,12 +184,9 @@ class AgentRunner:
         self._agent_errors: OrderedDict[str, int] = OrderedDict()
         self._paused_until = 0.0
         self._ran = False
-        #: the agent allowance's max_job_duration (None: none), read at start and
-        #: again every heartbeat_interval by the poll loop; monotonic time of the read
-        self._allowed_duration: float | None = None
-        #: the allowance's model allowlist (empty: any model), read with it
-        self._allowed_models: frozenset[str] = frozenset()
-        self._allowance_read = -math.inf
+        #: the allowance's max_job_duration and model allowlist, read at start and
+        #: again every heartbeat_interval by the poll loop
+        self.allowed = Allowed(allowance, info.id, max_job_duration)
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
@@ -257,7 +255,7 @@ class AgentRunner:
         self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
         log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
         self._check_server()
-        self._read_allowance(warn=True)
+        self.allowed.read(warn=True)
         if self.recovery is not None:
             # Before the first poll: a job found later could be run again already.
             self._guarded("reading an earlier run's job files", self.recovery.find)
@@ -366,40 +364,6 @@ class AgentRunner:
                 self.client.base_url,
             )
 
-    def _read_allowance(self, warn: bool = False) -> None:
-        """Read this agent's allowance for its ``max_job_duration``, which the runner
-        enforces as its own (the smaller of the two wins): the allowance's
-        reservations expire then, freeing the concurrency slot, so a job must end by
-        then too. ``warn``: say so when there is no allowance (quotas fail closed, so
-        a dispatcher gives it no work, and nothing on the agent's side would say why).
-        A failed read keeps what was known."""
-        if self.allowance is None:
-            return
-        self._allowance_read = time.monotonic()
-        try:
-            allowance = self.allowance.store.get_allowance(self.agent_id)
-        except NotFoundError:
-            self._allowed_duration = None
-            self._allowed_models = frozenset()
-            if warn:
-                log.warning(
-                    "agent %s has no allowance, so no dispatcher will give it work: set"
-                    " one, e.g. `agentic allowance set %s --daily-jobs 100`",
-                    self.agent_id,
-                    self.agent_id,
-                )
-        except AgenticError as exc:  # the quota store's own failures show on first use
-            log.debug("could not read agent %s's allowance: %s", self.agent_id, exc)
-        else:
-            self._allowed_duration = allowance.max_job_duration or None
-            self._allowed_models = frozenset(allowance.model_allowlist)
-
-    def _job_limit(self) -> float | None:
-        """Seconds an attempt may run: the runner's max_job_duration or the
-        allowance's, whichever is smaller; None for no limit."""
-        limits = [d for d in (self.max_job_duration, self._allowed_duration) if d is not None]
-        return min(limits) if limits else None
-
     # --- registration and the poll loop ---
     def _poll_loop(self, stop: threading.Event) -> None:
         """Take the tasks claimed for this agent, as soon as they are claimed.
@@ -412,8 +376,7 @@ class AgentRunner:
         failures = 0
         token: str | None = ""
         while not (stop.is_set() or self._displaced.is_set()):
-            if time.monotonic() - self._allowance_read >= self.heartbeat_interval:
-                self._read_allowance()
+            self.allowed.refresh(self.heartbeat_interval)
             try:
                 tasks, token = self.client.watch_tasks(
                     token or "",
@@ -543,7 +506,7 @@ class AgentRunner:
                 name=f"agentic-handler-{attempt.task.id}",
                 daemon=True,
             ).start()
-            limit = self._job_limit()
+            limit = self.allowed.job_limit()
             if not attempt.wait(limit):
                 attempt.stop(Stop.TIMEOUT, f"timed out after {limit:g} s")
             # Asked to stop (timeout, shutdown, lost lease): the handler gets cancel_grace.
@@ -615,7 +578,7 @@ class AgentRunner:
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # may expire the old reservation, freeing its slot before this job's end.
             try:
-                self._warn_unlisted_models(attempt)
+                self.allowed.warn_unlisted(task.id, attempt.ctx.models)
                 self.reporter.settle(attempt, outcome)
             except Exception as exc:  # a bug here must not keep the report from going
                 self._error(f"task {task.id}: settling its usage failed unexpectedly", exc)
@@ -639,23 +602,6 @@ class AgentRunner:
                     del self._attempts[task.id]
                 self._changed.notify_all()
             self._wake.set()
-
-    def _warn_unlisted_models(self, attempt: Attempt) -> None:
-        """Say when a job used a model outside the agent's allowlist. Only a task
-        naming no model can (the reserve checks the one a task names): its tokens are
-        charged all the same, since they were spent."""
-        allowed = self._allowed_models
-        unlisted = [m for m in attempt.ctx.models if allowed and m not in allowed]
-        if unlisted:
-            log.warning(
-                "task %s used %s, not in agent %s's model allowlist (%s): charged all the"
-                " same; the task names no model, so none was checked before it ran:"
-                " give tasks a model to have the allowlist enforced",
-                attempt.task.id,
-                ", ".join(repr(m) for m in unlisted),
-                self.agent_id,
-                ", ".join(sorted(allowed)),
-            )
 
     def _pace(self, outcome: Outcome) -> None:
         """Pause taking work after an infrastructure error, longer each time in a row.
