@@ -8,6 +8,7 @@ displaced: it cancels its tasks without reporting or charging them, and stops.
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from agentic.models import Task, TaskStatus
 from agentic.runner import Handler, TaskContext
 from agentic.runner._idlease import IdLease, id_lease_name, id_lease_ttl
 from agentic.stores import open_registry
-from agentic.stores.base import DEFAULT_HEARTBEAT_TTL
+from agentic.stores.base import DEFAULT_HEARTBEAT_TTL, lease_holder_gone, new_lease_holder
 from agentic.stores.memory import MemoryRegistry
 
 from .conftest import Backend
@@ -176,6 +177,47 @@ def test_a_runner_waits_for_a_dead_holders_lease_to_run_out(system: System) -> N
     wait_for(lambda: AGENT in {a.id for a in system.registry.list()}, timeout=5)
     assert time.monotonic() - began >= 0.4
     assert holder_of(system) == runner._id.holder
+
+
+def dead_holder(host: str | None = None, token: str | None = None) -> str:
+    """A lease holder name for a process that ran here and has ended (reaped)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    real_host, _, real_token = new_lease_holder().split(":")
+    return f"{host or real_host}:{ended.pid}:{token or real_token}"
+
+
+def test_a_holder_killed_on_this_machine_is_not_waited_for(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runner restarted after kill -9 takes its id at once: the holder named this
+    machine's process space and that process is gone (its lease had 60 s left)."""
+    holder = dead_holder()
+    assert lease_holder_gone(holder)
+    system.registry.hold_lease(LEASE, holder, 60)
+    runner = system.runner(lambda task, ctx: None)
+    began = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="agentic.runner"):
+        runner.start()
+        wait_for(lambda: AGENT in {a.id for a in system.registry.list()}, timeout=5)
+    assert time.monotonic() - began < 3
+    assert holder_of(system) == runner._id.holder
+    assert warnings_about(caplog, "no longer runs; taking over its id")
+    assert not warnings_about(caplog, "waiting for it to stop")
+
+
+@pytest.mark.parametrize(
+    "where", ["another host", "another process space"], ids=lambda where: where
+)
+def test_a_holder_elsewhere_is_waited_for_whatever_its_pid(where: str) -> None:
+    """A pid says nothing about another host or another pid namespace (containers
+    sharing a host name): such a holder is never taken for dead."""
+    if where == "another host":
+        holder = dead_holder(host="elsewhere")
+    else:
+        holder = dead_holder(token="000000" + "ab" * 4)
+    assert not lease_holder_gone(holder)
+    assert not lease_holder_gone(new_lease_holder())  # this very process: alive
 
 
 def test_stopping_a_waiting_runner_exits_cleanly(system: System) -> None:

@@ -2,7 +2,9 @@
 
 A runner holds the registry lease ``agent:<id>`` (:meth:`AgentRegistry.hold_lease`,
 the primitive the exclusive dispatchers share) for as long as it runs the agent: a
-second runner started with the same id waits until it is free, and a runner whose
+second runner started with the same id waits until it is free (at once when the
+holder was a process of this machine that is gone: a runner restarted after
+``kill -9`` need not wait the lease out), and a runner whose
 renewal finds another holder was displaced (it lost the registry for longer than
 the lease, and a second runner took the id meanwhile).
 """
@@ -14,7 +16,12 @@ import threading
 from collections.abc import Callable
 
 from ..errors import AgenticError
-from ..stores.base import DEFAULT_HEARTBEAT_TTL, AgentRegistry, new_lease_holder
+from ..stores.base import (
+    DEFAULT_HEARTBEAT_TTL,
+    AgentRegistry,
+    lease_holder_gone,
+    new_lease_holder,
+)
 
 __all__ = ["IdLease", "id_lease_name", "id_lease_ttl"]
 
@@ -77,6 +84,16 @@ class IdLease:
                 stop.wait(min(retry_every * 2**failures, _MAX_BACKOFF))
                 continue
             failures = 0
+            if holder != self.holder and lease_holder_gone(holder):
+                # Killed on this machine (kill -9): nobody to wait for. Dropped only
+                # while that dead holder still holds it, then asked for again.
+                log.info("agent %s: %s no longer runs; taking over its id", self.agent_id, holder)
+                try:
+                    self.registry.drop_lease(self.name, holder)
+                except AgenticError as exc:
+                    on_error(f"dropping agent {self.agent_id}'s dead id lease failed", exc)
+                    stop.wait(retry_every)
+                continue
             if holder == self.holder:
                 self.held = True
                 if told:

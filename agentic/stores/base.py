@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import abc
 import builtins
+import functools
+import hashlib
 import math
 import os
 import socket
@@ -28,6 +30,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import ClassVar, Literal, Protocol, Self
 
 from pydantic import ValidationError
@@ -72,6 +75,7 @@ __all__ = [
     "WAIT_POLL",
     "event_json",
     "final_outcome",
+    "lease_holder_gone",
     "new_lease_holder",
     "no_allowance",
     "no_reservation",
@@ -167,8 +171,46 @@ DEFAULT_HEARTBEAT_TTL = 30.0
 
 def new_lease_holder() -> str:
     """A holder name for :meth:`AgentRegistry.hold_lease` naming this process
-    (``host:pid``) plus a random token, so two holders in one process differ."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    (``host:pid``) plus a token: a tag of the process space (see
+    :func:`lease_holder_gone`) and random digits, so two holders in one process
+    differ."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_space()}{uuid.uuid4().hex[:8]}"
+
+
+def lease_holder_gone(holder: str) -> bool:
+    """Whether ``holder`` (made by :func:`new_lease_holder`) names a process of this
+    machine's process space that no longer runs: its lease needs no waiting out.
+
+    Only when the host name, the boot and the pid namespace are this process's (the
+    tag), since a pid means nothing elsewhere: containers sharing a host name have
+    pid spaces of their own. A pid that runs again under another program is taken
+    for alive (the safe side). Where the space cannot be told (no /proc), never.
+    """
+    tag = _process_space()
+    parts = holder.split(":")
+    if not tag or len(parts) < 3 or not parts[-1].startswith(tag) or not parts[-2].isdigit():
+        return False
+    host, pid = ":".join(parts[:-2]), int(parts[-2])
+    if host != socket.gethostname() or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's process: it runs
+        return False
+    return False
+
+
+@functools.cache
+def _process_space() -> str:
+    """Six hex digits naming this boot and pid namespace ("" where unknown)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return hashlib.sha1(f"{boot}:{namespace}".encode()).hexdigest()[:6]
 
 
 class Closeable:
