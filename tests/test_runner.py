@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -767,6 +768,24 @@ def test_renewals_send_the_claims_lease_length_not_the_servers_default(
     assert renewed_for(system, task.id) == pytest.approx(120.0)
     gate.set()
     assert system.finished(task.id).status == TaskStatus.COMPLETED
+
+
+def test_a_claim_taken_up_again_is_renewed_with_its_length_not_its_age(
+    system: System,
+) -> None:
+    """A claim of 120 s renewed for an hour by a runner that then died: its successor
+    renews with 120 s (from the last renewal), not the hour since the claim."""
+    client = Renewals(system.url)
+    system.dispatcher.lease_seconds = 120
+    runner = system.runner(lambda task, ctx: "done", client=client)
+    system.registry.register(AgentInfo(id=AGENT, capabilities=["py"], max_load=1))
+    task = system.submit()
+    system.tasks.renew(task.id, AGENT, 120, job_id=system.tasks.get(task.id).job_id)
+    aged = system.tasks.get(task.id)
+    assert aged.claimed_at is not None
+    hour_ago = aged.claimed_at - timedelta(hours=1)
+    aged = aged.model_copy(update={"claimed_at": hour_ago})  # as listed an hour on
+    assert runner._lease_ttl(aged) == pytest.approx(120.0, abs=1.0)
 
 
 def test_configured_lease_seconds_overrides_the_claims(system: System) -> None:

@@ -366,3 +366,26 @@ def spawn_twin(fleet: Fleet, name: str, agent_id: str) -> Proc:
         "agent", "run", "--config", str(fleet.config), "--id", agent_id, "--capability", "x",
         "--max-load", "4", "--", *marker_command(fleet.markers, agent_id, 0.3),
     )  # fmt: skip
+
+
+def test_an_attempt_already_stopping_is_not_reported_once_displaced(system: System) -> None:
+    """Displaced while a timed-out attempt waits for its handler to stop: that attempt
+    is neither settled nor reported either (its stop kind stays the timeout)."""
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 100, 50)
+        ctx.cancel_event.wait(5)  # cancelled by the timeout
+        time.sleep(1.0)  # a process that takes a moment to stop
+        return "x"
+
+    runner = system.started(handler, max_job_duration=0.3, cancel_grace=3.0)
+    task = system.submit()
+    time.sleep(0.5)  # timed out; the handler is still stopping
+    system.registry.drop_lease(LEASE, runner._id.holder)
+    system.registry.hold_lease(LEASE, "other-host:42:cafe0000", 60)
+    assert runner._thread is not None
+    runner._thread.join(10)
+    assert runner.displaced_by == "other-host:42:cafe0000"
+    assert runner.completed == runner.failed == runner.released == 0
+    assert system.quota.get_usage(AGENT).tokens_used == 0
+    assert system.tasks.get(task.id).status is TaskStatus.IN_PROGRESS

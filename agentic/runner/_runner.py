@@ -406,6 +406,8 @@ class AgentRunner:
     def _take(self, tasks: list[Task]) -> None:
         """Start the tasks claimed for this agent that are not running yet."""
         for task in tasks:
+            if self._displaced.is_set():
+                return  # another runner has this agent id: its tasks are its own
             key = attempt_key(task)
             if self.allowance is not None and not task.job_id:
                 # Claimed without a reservation (by hand, or by a dispatcher that keeps
@@ -470,7 +472,12 @@ class AgentRunner:
             return self.lease_seconds
         if task.lease_expires_at is None or task.claimed_at is None:
             return _DEFAULT_LEASE
-        claimed = max(0.0, (task.lease_expires_at - task.claimed_at).total_seconds())
+        # From the last renewal (which sets updated_at), not the claim: a task taken up
+        # again (a restarted runner) was renewed since, and its lease runs that much
+        # past claimed_at. (Another update since the renewal shortens this by at most a
+        # heartbeat: the safe side.)
+        since = max(task.claimed_at, task.updated_at or task.claimed_at)
+        claimed = max(0.0, (task.lease_expires_at - since).total_seconds())
         if claimed > 2 * self.heartbeat_interval:
             return claimed
         safe = _SAFE_RENEWALS * self.heartbeat_interval
@@ -568,11 +575,13 @@ class AgentRunner:
             return
         task = attempt.task
         try:
-            if attempt.stop_kind is Stop.DISPLACED:
+            if attempt.stop_kind is Stop.DISPLACED or self._displaced.is_set():
                 # The runner that took the id runs the task now (same claim, same job
                 # id): its report and its settle are the ones that count. A settle
                 # here would make its own a duplicate, charging nothing of its run.
-                log.info("task %s: not reported (%s)", task.id, attempt.ctx.cancel_reason)
+                # (Also when the attempt was stopping for another reason already: a
+                # timeout or a shutdown keeps its stop kind, the first one.)
+                log.info("task %s: not reported (agent %s was displaced)", task.id, self.agent_id)
                 return
             self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
@@ -761,7 +770,8 @@ class AgentRunner:
         holder = self._id.displaced_by
         with self._lock:
             self._displaced.set()
-            attempts = list(self._attempts.values())
+            # One already reporting may land: its report was on its way.
+            attempts = [a for a in self._attempts.values() if not a.reporting]
         self.presence.leave()
         log.error(
             "agent %s is now run by %s, which took its id lease (another runner with the"
