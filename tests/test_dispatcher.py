@@ -45,6 +45,7 @@ from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
 from tests.test_long_poll import wait_until
+from tests.test_runner_identity import dead_holder
 
 
 class Recorder(EventEmitter):
@@ -996,6 +997,15 @@ def test_a_standby_takes_over_when_the_active_dispatcher_dies(system: System) ->
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_a_dispatcher_killed_on_this_machine_is_not_waited_for(system: System) -> None:
+    """A lease whose holder was a process of this machine that has ended (kill -9) is
+    taken at once, not after it runs out (60 s here): a one-off pass is made."""
+    system.registry.hold_lease(LEASE, dead_holder(), 60)
+    report = twin(system, "next").run_turn(interval=0.05)
+    assert report is not None
+    assert system.registry.hold_lease(LEASE, "probe", 1) == "probe"  # given back after
 
 
 def test_active_lease_must_be_positive(system: System) -> None:
