@@ -93,7 +93,8 @@ def test_status_and_events_against_a_memory_server_say_it_is_per_process(
 ) -> None:
     """status (and events, reading a SQLite log) against a server on memory://, or
     status reading memory:// itself, warn that a memory store is per-process and to
-    point both at SQLite or Redis, and exit 1."""
+    point both at SQLite or Redis (events: or read with --api), and exit 1; events
+    --consumers, about the local log itself, still answers."""
     url = "memory://" if local == "memory" else _sqlite(tmp_path / "local.db")
     if local == "sqlite":
         with open_registry(url), open_event_log(url):
@@ -109,4 +110,8 @@ def test_status_and_events_against_a_memory_server_say_it_is_per_process(
         if local == "sqlite":
             events = run("events", "--config", str(config))
             assert events.exit_code == 1, events.output
-            assert "a memory:// store is per-process" in " ".join(events.stderr.split())
+            said = " ".join(events.stderr.split())
+            assert "a memory:// store is per-process" in said and "with --api" in said
+            # The local log's own consumers are listed whatever the server serves.
+            listed = run("events", "--consumers", "--json", "--config", str(config))
+            assert listed.exit_code == 0, listed.output

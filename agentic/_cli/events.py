@@ -281,14 +281,15 @@ def events(
             " that the dispatcher and the agents use"
         )
     with existing(open_event_log, url) as log, interrupt_exits(0), _quiet_broken_pipe():
-        if url == cfg.store_url:  # else the server's id names its task store, not this
-            _same_store_as_server(cfg, log)
+        # Consumers are this log's own, whatever the server serves.
         if consumers:
             _consumers(log, json_output)
             return
         if forget is not None:
             _forget(log, forget, json_output)
             return
+        if url == cfg.store_url:  # else the server's id names its task store, not this
+            _same_store_as_server(cfg, log)
         _print(_Reader(log, types, task, json_output, _waiting_on(log)), after, last, follow)
 
 
@@ -302,7 +303,7 @@ def _same_store_as_server(cfg: Config, log: EventLog) -> None:
     with TaskClient(cfg.base_url, cfg.token, timeout=_HEALTH_WAIT, retries=0) as api:
         mismatch = other_store(api, cfg.store_url, local)
     if mismatch.startswith(PER_PROCESS):  # none of the server's events can be here
-        warn(mismatch)
+        warn(f"{mismatch}; or read the server's events through it with --api")
         raise typer.Exit(1)
     if mismatch:
         warn(
