@@ -150,7 +150,17 @@ class AgentConfig(_Section):
 
     # Where each job's reported usage is kept until settled, so a runner killed
     # mid-task has it charged when it starts again. "": the user state directory.
-    state_dir: Text = ""
+    state_dir: Annotated[str, Accepts("an absolute directory path, or empty")] = ""
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        path = Path(value).expanduser() if value else None
+        if path is not None and not path.is_absolute():
+            # A relative one would follow the directory each agent starts in, and a
+            # restart from elsewhere would not find what a killed run left.
+            raise ValueError("relative: it would depend on the directory the agent starts in")
+        return str(path) if path is not None else ""
 
     @field_validator("lease_seconds", mode="before")
     @classmethod

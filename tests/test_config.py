@@ -596,6 +596,19 @@ def test_agent_lease_seconds_refuses_what_is_not_a_usable_number() -> None:
     assert "a boolean where a number belongs" in config_error(agent={"lease_seconds": True})
 
 
+def test_agent_state_dir_must_be_absolute(tmp_path: Path) -> None:
+    """agent.state_dir: a relative path is refused naming why (it would follow the
+    directory each agent starts in); ~ is expanded; empty means the default."""
+    path = write(tmp_path / "c.yaml", "agent:\n  state_dir: agent-state\n")
+    assert config_error(path=path) == (
+        f"agent.state_dir in {path} (line 2): relative: it would depend on the directory"
+        " the agent starts in; must be an absolute directory path, or empty, got 'agent-state'"
+    )
+    home = load_config(env={}, agent={"state_dir": "~/agentic-state"})
+    assert home.agent.state_dir == str(Path.home() / "agentic-state")
+    assert load_config(env={}).agent.state_dir == ""
+
+
 def test_missing_explicit_files(tmp_path: Path) -> None:
     """An explicit config or .env path that does not exist (or is a directory) is an
     error naming it."""

@@ -104,7 +104,11 @@ def run(
         config_path,
         {**options, "agent.lease_seconds": "--lease-seconds", "agent.state_dir": "--state-dir"},
         **stores,
-        agent={"lease_seconds": lease_seconds, "state_dir": state_dir and str(state_dir)},
+        # Given on the command line, relative to where it is typed.
+        agent={
+            "lease_seconds": lease_seconds,
+            "state_dir": state_dir and str(state_dir.absolute()),
+        },
     )
     command_handler = SubprocessHandler(command, input=input_mode, format=task_format)
     command_handler.check(git_repo)  # before registering: a missing binary would bounce tasks

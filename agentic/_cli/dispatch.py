@@ -116,6 +116,8 @@ def dispatch(
                     " exclusive: false to run passes side by side"
                 )
                 report = DispatchReport()
+                if not json_output:
+                    return  # no pass summary: none was made
             if json_output:
                 print_json(
                     {

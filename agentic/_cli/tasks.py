@@ -13,7 +13,7 @@ import typer
 from rich.text import Text
 
 from ..client import TaskClient
-from ..errors import NotFoundError
+from ..errors import AgenticError, ConflictError, NotFoundError
 from ..logs import FINISHED, stream_logs
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..stores._tasks import order_key
@@ -91,7 +91,15 @@ def cancel(
     cfg = config(config_path)
     why = f"cancelled: {reason}" if reason else "cancelled"
     with client(cfg) as api:
-        task = api.update_task(task_id, TaskUpdate(status=TaskStatus.FAILED, fail_reason=why))
+        try:
+            task = api.update_task(task_id, TaskUpdate(status=TaskStatus.FAILED, fail_reason=why))
+        except ConflictError as exc:
+            ended = api.get_task(task_id)
+            if ended.status not in FINISHED:
+                raise
+            raise AgenticError(
+                f"task {task_id} has ended already ({ended.status}): nothing to cancel"
+            ) from exc
     if json_output:
         print_json(task)
     else:

@@ -316,8 +316,8 @@ class AgentRunner:
             where = self.journal.directory
             if self._state_dir_given:
                 raise ConfigError(
-                    f"state_dir: cannot write job usage files in {where} ({exc}); give a"
-                    " writable directory"
+                    f"state_dir (agent.state_dir, --state-dir): cannot write job usage"
+                    f" files in {where} ({exc}); give a writable directory"
                 ) from exc
             log.warning(
                 "cannot write job usage files in %s (%s): tokens a task spends before"
