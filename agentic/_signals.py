@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 
 __all__ = ["late_signals_logged", "stop_on_signals"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: seconds within which the same signal again is one delivery, not a second signal:
+#: supervisors such as GNU `timeout` (and a terminal's Ctrl-C) signal both a process
+#: and its group, so one request can arrive twice at once; a person sends a second
+#: one far later than this
+_ECHO = 0.2
 
 log = logging.getLogger("agentic")
 
@@ -26,8 +33,9 @@ def stop_on_signals(
     """Make SIGTERM/SIGINT set ``stop``; returns how to put the old handlers back.
 
     ``what`` says in the log what happens next (e.g. "stopping after this pass").
-    A second signal (either of the two) sets ``hurry`` when given, and logs
-    ``hurry_what`` (what is cut short); later ones are logged and change nothing.
+    A second signal (either of the two; the same one within ``_ECHO`` seconds is the
+    first one delivered twice) sets ``hurry`` when given, and logs ``hurry_what``
+    (what is cut short); later ones are logged and change nothing.
 
     Signal handlers can only be installed from the main thread; elsewhere the
     caller's ``stop`` event is the only way to end the loop.
@@ -35,12 +43,19 @@ def stop_on_signals(
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     received = 0
+    first: tuple[int, float] = (0, -math.inf)  # the first signal and when it came
 
     def handler(signum: int, frame: FrameType | None) -> None:
         # Only sets events and logs: it runs between two bytecodes of the main thread,
         # which may hold any lock of ours at that moment.
-        nonlocal received
+        nonlocal received, first
+        now = time.monotonic()
+        if received == 1 and first[0] == signum and now - first[1] < _ECHO:
+            log.debug("signal %d again at once: the same request, delivered twice", signum)
+            return
         received += 1
+        if received == 1:
+            first = (signum, now)
         if received == 1 or not stop.is_set():
             log.info("signal %d: %s", signum, what)
             stop.set()

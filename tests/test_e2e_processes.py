@@ -617,6 +617,7 @@ def test_second_sigterm_gives_a_long_task_back_at_once_and_deregisters(fleet: Fl
         agent.popen.send_signal(signal.SIGTERM)
         wait_until(lambda: not registered(registry, "a"), "a deregistered (draining)", fleet)
         assert agent.popen.poll() is None  # the first one waits for the task (30 s grace)
+        time.sleep(0.3)  # later than an echo of the first (see agentic._signals)
         agent.popen.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         assert agent.popen.wait(30) == 0
@@ -648,6 +649,7 @@ def test_second_sigterm_stops_the_dispatcher_cleanly_and_says_so(tmp_path: Path)
         dispatcher.ended = True
         dispatcher.popen.send_signal(signal.SIGTERM)
         wait_until(lambda: "stopping after this pass" in said(), "the first signal seen", fleet)
+        time.sleep(0.3)  # later than an echo of the first (see agentic._signals)
         alive = dispatcher.popen.poll() is None
         dispatcher.popen.send_signal(signal.SIGTERM)
         assert dispatcher.popen.wait(10) == 0

@@ -701,6 +701,7 @@ def test_a_second_sigterm_skips_the_grace_and_gives_the_task_back(system: System
         wait_for(lambda: runner.load == 1)
         os.kill(os.getpid(), signal.SIGTERM)
         wait_for(lambda: not system.registry.list())  # the first one: draining
+        time.sleep(0.3)  # later than an echo of the first (see agentic._signals)
         os.kill(os.getpid(), signal.SIGTERM)
 
     helper = threading.Thread(target=dispatch_then_signal_twice)

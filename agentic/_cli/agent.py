@@ -145,8 +145,9 @@ def run(
             state_dir=cfg.agent.state_dir or None,
         )
         stdout().print(
-            f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) taking tasks"
-            f" from {cfg.base_url}; Ctrl-C or SIGTERM to stop",
+            # Before the id lock and registration, which may wait: said as starting.
+            f"agent {agent_id} ({', '.join(capability)}; {max_load} at a time) starting"
+            f" against {cfg.base_url}; Ctrl-C or SIGTERM to stop",
             highlight=False,
         )
         runner.run()
