@@ -590,6 +590,21 @@ def test_cancel_fails_a_task_blocks_its_dependents_and_refuses_a_final_one(
     assert system.tasks.get(first.id).fail_reason == "cancelled: wrong repo"
 
 
+def test_submitting_a_task_that_depends_on_a_failed_one_says_it_is_blocked(
+    system: System,
+) -> None:
+    """submit --depends-on a failed task still prints the new id (exit 0) and says on
+    stderr that it is blocked at once, naming the failed dependency."""
+    failed = system.tasks.create(Task(title="first"))
+    system.cli("cancel", failed.id)
+    result = system.cli("submit", "then", "--depends-on", failed.id)
+    assert result.exit_code == 0, result.output
+    new_id = result.stdout.strip()
+    assert system.tasks.get(new_id).status is TaskStatus.BLOCKED
+    said = " ".join(result.stderr.split())
+    assert f"task {new_id} is blocked at once: {failed.id} failed" in said
+
+
 def test_following_a_task_waiting_on_a_dependency_names_it(system: System) -> None:
     """logs -f of a pending task whose dependency is not completed says it waits for
     that task (not for an agent), then follows it to its end."""

@@ -72,6 +72,10 @@ def submit(
             estimated_tokens=estimated_tokens,
             max_retries=max_retries,
         )
+    if task.status is TaskStatus.BLOCKED:
+        # Created, but it will never run: said, so a script's next step is not a wait.
+        blockers = ", ".join(task.blockers) or "a dependency"
+        warn(f"task {task.id} is blocked at once: {blockers} failed, so it will not run")
     if json_output:
         print_json(task)
     else:
