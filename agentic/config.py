@@ -155,7 +155,7 @@ class AgentConfig(_Section):
     @field_validator("state_dir")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        path = Path(value).expanduser() if value else None
+        path = Path(os.path.expandvars(value)).expanduser() if value else None
         if path is not None and not path.is_absolute():
             # A relative one would follow the directory each agent starts in, and a
             # restart from elsewhere would not find what a killed run left.

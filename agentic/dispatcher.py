@@ -672,10 +672,14 @@ class Dispatcher:
         holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
         if holder != self.name and lease_holder_gone(holder):
             # A dispatcher of this machine that was killed: nobody to wait for (dropped
-            # only while it still holds the lease).
+            # only while it still holds the lease). A registry failing here: stand by
+            # as before, and ask again next turn.
             log.info("dispatcher %s no longer runs: taking over its lease", holder)
-            self.registry.drop_lease(LEASE, holder)
-            holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
+            try:
+                self.registry.drop_lease(LEASE, holder)
+                holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
+            except AgenticError as exc:
+                log.warning("could not take over the lease of %s: %s", holder, exc)
         self.lease_holder = holder
         active = holder == self.name
         # Said on each change, and at the first answer: a dispatcher that starts as

@@ -323,6 +323,26 @@ def test_agent_run_renews_with_the_configured_or_given_lease(
     ]
 
 
+def test_agent_run_expands_a_tilde_in_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--state-dir=~/st (no shell expands a tilde after '=') is the home's st, not a
+    directory named '~' where the agent was started."""
+    seen: list[Path | None] = []
+
+    class Recording(AgentRunner):
+        def run(self, stop: threading.Event | None = None) -> None:
+            seen.append(self.journal.directory.parent.parent if self.journal else None)
+
+    monkeypatch.setattr("agentic._cli.agent.AgentRunner", Recording)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    config = write_config(tmp_path / "c.yaml", "http://127.0.0.1:9", "memory://")
+    agent = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"]
+    result = run(*agent, "--config", str(config), "--state-dir=~/st", "--", "true")
+    assert result.exit_code == 0, result.output
+    assert seen == [tmp_path / "home" / "st"]
+
+
 def test_store_option_overrides_the_config(system: System, tmp_path: Path) -> None:
     """--store points every store-reading command at another store than the config's."""
     other = "sqlite:///" + (tmp_path / "other.db").as_posix().lstrip("/")

@@ -606,6 +606,8 @@ def test_agent_state_dir_must_be_absolute(tmp_path: Path) -> None:
     )
     home = load_config(env={}, agent={"state_dir": "~/agentic-state"})
     assert home.agent.state_dir == str(Path.home() / "agentic-state")
+    variable = load_config(env={}, agent={"state_dir": "$HOME/agentic-state"})
+    assert variable.agent.state_dir == str(Path.home() / "agentic-state")
     assert load_config(env={}).agent.state_dir == ""
 
 

@@ -1008,6 +1008,23 @@ def test_a_dispatcher_killed_on_this_machine_is_not_waited_for(system: System) -
     assert system.registry.hold_lease(LEASE, "probe", 1) == "probe"  # given back after
 
 
+def test_a_registry_failing_while_taking_over_a_dead_dispatchers_lease_stands_by(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropping a dead holder's lease fails (the registry blips): no pass, no raise;
+    the next turn tries again."""
+    system.registry.hold_lease(LEASE, dead_holder(), 60)
+    dispatcher = twin(system, "next")
+
+    def blip(name: str, holder: str) -> None:
+        raise StoreUnavailableError("registry blip")
+
+    monkeypatch.setattr(system.registry, "drop_lease", blip)
+    assert dispatcher.run_turn(interval=0.05) is None
+    monkeypatch.undo()
+    assert dispatcher.run_turn(interval=0.05) is not None
+
+
 def test_active_lease_must_be_positive(system: System) -> None:
     """A lease of zero or less seconds, NaN or infinity is a ConfigError naming it."""
     for bad in (0, -1, float("nan"), float("inf")):

@@ -107,7 +107,7 @@ def run(
         # Given on the command line, relative to where it is typed.
         agent={
             "lease_seconds": lease_seconds,
-            "state_dir": state_dir and str(state_dir.absolute()),
+            "state_dir": state_dir and str(state_dir.expanduser().absolute()),
         },
     )
     command_handler = SubprocessHandler(command, input=input_mode, format=task_format)

@@ -329,14 +329,17 @@ class AgentRunner:
 
     def _recovering(self) -> None:
         """Settle, a round each heartbeat_interval, the jobs an earlier process of
-        this agent left (killed, or stopped with the quota store down), until none
-        is left (see Recovery). Its own thread: a slow task API or quota store must
+        this agent left (killed, or stopped with the quota store down; see
+        Recovery). Its own thread: a slow task API or quota store must
         delay neither the first task nor lease renewals."""
         recovery = self.recovery
         if recovery is None:
             return
-        while recovery.pending and not self._maintenance_stop.is_set():
-            self._guarded("settling an earlier run's jobs", self._recovery_round)
+        # Until stopped, not until none is pending: a give-back that did not land
+        # puts its job back after a moment.
+        while not self._maintenance_stop.is_set():
+            if recovery.pending:
+                self._guarded("settling an earlier run's jobs", self._recovery_round)
             self._maintenance_stop.wait(self.heartbeat_interval)
 
     def _recovery_round(self) -> None:
