@@ -86,6 +86,11 @@ def _not_a_bool(value: object) -> object:
     return value
 
 
+def _empty_is_none(value: object) -> object:
+    # An empty value (env var, YAML) means "not set": the field's own default.
+    return None if value == "" else value
+
+
 #: an int that refuses booleans
 Int = Annotated[int, BeforeValidator(_not_a_bool)]
 PositiveSeconds = Annotated[float, Field(gt=0), Accepts("a number > 0")]
@@ -118,13 +123,9 @@ class DispatcherConfig(_Section):
     active_lease: Annotated[
         float | None,
         Field(gt=0, allow_inf_nan=False),
+        BeforeValidator(_empty_is_none),
         Accepts("a finite number of seconds > 0, or empty for the default (15)"),
     ] = None
-
-    @field_validator("active_lease", mode="before")
-    @classmethod
-    def _empty_is_default(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator("backoff_cap")
     @classmethod
@@ -142,6 +143,7 @@ class AgentConfig(_Section):
     lease_seconds: Annotated[
         Annotated[float, Field(allow_inf_nan=False)] | None,
         BeforeValidator(_not_a_bool),
+        BeforeValidator(_empty_is_none),
         Accepts(
             f"a number of seconds > {MIN_AGENT_LEASE:g} and <= {_MAX_LEASE:g}, or empty"
             " (null) to renew with the length each claim was made with"
@@ -161,11 +163,6 @@ class AgentConfig(_Section):
             # restart from elsewhere would not find what a killed run left.
             raise ValueError("relative: it would depend on the directory the agent starts in")
         return str(path) if path is not None else ""
-
-    @field_validator("lease_seconds", mode="before")
-    @classmethod
-    def _empty_is_claims(cls, value: object) -> object:
-        return None if value == "" else value
 
     @field_validator("lease_seconds")
     @classmethod

@@ -72,7 +72,7 @@ from .events import Event, EventEmitter, EventType, transition_id
 from .models import Task, TaskStatus, TaskUpdate
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
-from .stores.base import AgentRegistry, lease_holder_gone, new_lease_holder
+from .stores.base import AgentRegistry, hold_lease_or_take_over, new_lease_holder
 
 __all__ = ["LEASE", "ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 
@@ -669,17 +669,9 @@ class Dispatcher:
 
     def _hold_lease(self, interval: float) -> bool:
         """Take or renew the dispatcher lease; whether this dispatcher is active."""
-        holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
-        if holder != self.name and lease_holder_gone(holder):
-            # A dispatcher of this machine that was killed: nobody to wait for (dropped
-            # only while it still holds the lease). A registry failing here: stand by
-            # as before, and ask again next turn.
-            log.info("dispatcher %s no longer runs: taking over its lease", holder)
-            try:
-                self.registry.drop_lease(LEASE, holder)
-                holder = self.registry.hold_lease(LEASE, self.name, self._lease_ttl(interval))
-            except AgenticError as exc:
-                log.warning("could not take over the lease of %s: %s", holder, exc)
+        # A dispatcher of this machine that was killed is not waited for.
+        ttl = self._lease_ttl(interval)
+        holder = hold_lease_or_take_over(self.registry, LEASE, self.name, ttl, log)
         self.lease_holder = holder
         active = holder == self.name
         # Said on each change, and at the first answer: a dispatcher that starts as

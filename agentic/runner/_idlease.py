@@ -19,7 +19,7 @@ from ..errors import AgenticError
 from ..stores.base import (
     DEFAULT_HEARTBEAT_TTL,
     AgentRegistry,
-    lease_holder_gone,
+    hold_lease_or_take_over,
     new_lease_holder,
 )
 
@@ -77,23 +77,15 @@ class IdLease:
         failures = 0
         while not stop.is_set():
             try:
-                holder = self.registry.hold_lease(self.name, self.holder, self.ttl)
+                holder = hold_lease_or_take_over(
+                    self.registry, self.name, self.holder, self.ttl, log, "id"
+                )
             except AgenticError as exc:
                 failures += 1
                 on_error(f"taking agent {self.agent_id}'s id lease failed", exc)
                 stop.wait(min(retry_every * 2**failures, _MAX_BACKOFF))
                 continue
             failures = 0
-            if holder != self.holder and lease_holder_gone(holder):
-                # Killed on this machine (kill -9): nobody to wait for. Dropped only
-                # while that dead holder still holds it, then asked for again.
-                log.info("agent %s: %s no longer runs; taking over its id", self.agent_id, holder)
-                try:
-                    self.registry.drop_lease(self.name, holder)
-                except AgenticError as exc:
-                    on_error(f"dropping agent {self.agent_id}'s dead id lease failed", exc)
-                    stop.wait(retry_every)
-                continue
             if holder == self.holder:
                 self.held = True
                 if told:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -130,7 +131,6 @@ class AgentRunner:
         self.heartbeat_interval = heartbeat_interval
         self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
-        self.max_job_duration = max_job_duration
         self.grace_period = grace_period
         self.cancel_grace = cancel_grace
         self.log_flush_interval = log_flush_interval
@@ -205,6 +205,12 @@ class AgentRunner:
         """Tasks this runner holds now (running or being reported)."""
         with self._lock:
             return len(self._attempts)
+
+    @property
+    def max_job_duration(self) -> float | None:
+        """Seconds an attempt may run, the runner's own limit (None: none; the
+        allowance's applies too, whichever is smaller)."""
+        return self.allowed.max_job_duration
 
     @property
     def displaced_by(self) -> str | None:
@@ -339,12 +345,9 @@ class AgentRunner:
         # puts its job back after a moment.
         while not self._maintenance_stop.is_set():
             if recovery.pending:
-                self._guarded("settling an earlier run's jobs", self._recovery_round)
+                settle = functools.partial(recovery.settle_round, self._running_jobs)
+                self._guarded("settling an earlier run's jobs", settle)
             self._maintenance_stop.wait(self.heartbeat_interval)
-
-    def _recovery_round(self) -> None:
-        if self.recovery is not None:
-            self.recovery.settle_round(self._running_jobs)
 
     def _running_jobs(self) -> set[str]:
         with self._lock:

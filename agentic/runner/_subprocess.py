@@ -66,20 +66,15 @@ def _task_dir() -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)  # the lock is still held
 
 
-def _remove_abandoned(root: Path) -> int:
+def _remove_abandoned(root: Path) -> None:
     """Remove the task directories under ``root`` whose lock nobody holds (their
-    agent died); how many. Ones without a lock file (being created, or made by an
-    older version) are left alone."""
-    removed = 0
+    agent died). Ones without a lock file (being created, or made by an older
+    version) are left alone."""
     for path in root.glob(_DIR_PREFIX + "*"):
-        try:
-            with (path / _DIR_LOCK).open("r") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                shutil.rmtree(path, ignore_errors=True)
-        except OSError:  # no lock file, or held by a live task, or not ours to open
-            continue
-        removed += 1
-    return removed
+        # No lock file, one held by a live task, or not ours to open: left alone.
+        with contextlib.suppress(OSError), (path / _DIR_LOCK).open("r") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class _Tail:

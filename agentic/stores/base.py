@@ -22,6 +22,7 @@ import abc
 import builtins
 import functools
 import hashlib
+import logging
 import math
 import os
 import socket
@@ -36,7 +37,7 @@ from typing import ClassVar, Literal, Protocol, Self
 from pydantic import ValidationError
 from pydantic_core import PydanticSerializationError
 
-from ..errors import ConfigError, NotFoundError, StoreError
+from ..errors import AgenticError, ConfigError, NotFoundError, StoreError
 from ..events import Event
 from ..models import (
     AgentAllowance,
@@ -75,6 +76,7 @@ __all__ = [
     "WAIT_POLL",
     "event_json",
     "final_outcome",
+    "hold_lease_or_take_over",
     "lease_holder_gone",
     "new_lease_holder",
     "no_allowance",
@@ -175,6 +177,32 @@ def new_lease_holder() -> str:
     :func:`lease_holder_gone`) and random digits, so two holders in one process
     differ."""
     return f"{socket.gethostname()}:{os.getpid()}:{_process_space()}{uuid.uuid4().hex[:8]}"
+
+
+def hold_lease_or_take_over(
+    registry: AgentRegistry,
+    name: str,
+    holder: str,
+    ttl: float,
+    log: logging.Logger,
+    what: str = "lease",
+) -> str:
+    """:meth:`AgentRegistry.hold_lease`, except that a lease whose holder is a gone
+    process of this machine (:func:`lease_holder_gone`: killed with ``kill -9``) is
+    not waited out: it is dropped (only while that holder still has it) and asked for
+    again, said on the caller's ``log`` (``what``: the lease's name there). A
+    registry failing during the take-over leaves things as they were (said; asked
+    again next time)."""
+    found = registry.hold_lease(name, holder, ttl)
+    if found == holder or not lease_holder_gone(found):
+        return found
+    log.info("%s: %s no longer runs; taking over its %s", name, found, what)
+    try:
+        registry.drop_lease(name, found)
+        return registry.hold_lease(name, holder, ttl)
+    except AgenticError as exc:
+        log.warning("%s: could not take over the lease of %s: %s", name, found, exc)
+        return found
 
 
 def lease_holder_gone(holder: str) -> bool:
