@@ -32,6 +32,7 @@ from ._journal import UsageJournal, default_state_dir
 from ._presence import Presence
 from ._recovery import Recovery
 from ._reporting import Reporter
+from ._threads import Threads
 
 __all__ = ["AgentRunner"]
 
@@ -172,6 +173,8 @@ class AgentRunner:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._attempts: dict[str, Attempt] = {}
+        # Each attempt's supervisor and handler, on threads reused between attempts.
+        self._threads = Threads("agentic-task")
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # While paused the agent is published full, so dispatchers route elsewhere.
         self.presence = Presence(
@@ -462,9 +465,7 @@ class AgentRunner:
         self._attempts[task.id] = attempt
         self._remember(key)
         log.info("task %s (%s): started", task.id, task.title)
-        threading.Thread(
-            target=self._supervise, args=(attempt,), name=f"agentic-task-{task.id}", daemon=True
-        ).start()
+        self._threads.run(f"agentic-task-{task.id}", functools.partial(self._supervise, attempt))
         self._wake.set()
 
     def _lease_ttl(self, task: Task) -> float:
@@ -513,12 +514,9 @@ class AgentRunner:
             if self.journal is not None and attempt.task.job_id:
                 # Here, not under the runner's lock: it reads and opens a file.
                 attempt.ctx.attach_journal(self.journal.job(attempt.task, self._error))
-            threading.Thread(
-                target=self._run_handler,
-                args=(attempt,),
-                name=f"agentic-handler-{attempt.task.id}",
-                daemon=True,
-            ).start()
+            self._threads.run(
+                f"agentic-handler-{attempt.task.id}", functools.partial(self._run_handler, attempt)
+            )
             limit = self.allowed.job_limit()
             if not attempt.wait(limit):
                 attempt.stop(Stop.TIMEOUT, f"timed out after {limit:g} s")
