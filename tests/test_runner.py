@@ -729,6 +729,27 @@ def test_stop_now_skips_the_grace_period(system: System) -> None:
     assert seen == ["the agent is stopping at once (grace period skipped)"]
 
 
+def test_stop_now_stops_retrying_a_report_against_a_task_api_that_is_down(
+    system: System,
+) -> None:
+    """Hurried, a report failing against an outage is not retried for minutes: the
+    runner exits at once, the task is left to its lease, its usage already settled."""
+    client = CompleteOutage(system.url, token="", retries=0)
+    slow = RetryPolicy(max_retries=5, base=10.0, cap=30.0)  # 450 s of retries at most
+    runner = system.runner(lambda task, ctx: "done", client=client, report_retry=slow)
+    runner.start()
+    wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+    task = system.submit()
+    wait_for(lambda: runner.errors >= 1)  # the first report failed: now waiting to retry
+    started = time.monotonic()
+    runner.stop(now=True)
+    assert time.monotonic() - started < 5
+    assert not runner._thread or not runner._thread.is_alive()
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.claimed_by) == (TaskStatus.IN_PROGRESS, AGENT)
+    assert stored.job_id and system.quota.get_usage(AGENT).active_jobs == 0  # settled
+
+
 class Renewals(TaskClient):
     """Records the lease length each renewal asks for."""
 

@@ -47,9 +47,10 @@ class Reporter:
         client: TaskClient,
         allowance: AllowanceService | None,
         policy: RetryPolicy,
-        sleep: Callable[[float], None],
+        sleep: Callable[[float], object],
         on_error: Callable[[str, Exception], None],
         journal: UsageJournal | None = None,
+        hurry: threading.Event | None = None,
     ) -> None:
         self.agent_id = agent_id
         #: the jobs' usage files, removed as their settles land
@@ -58,6 +59,8 @@ class Reporter:
         self.allowance = allowance
         self.policy = policy
         self._sleep = sleep
+        #: once set, a failed call is not retried (the runner is stopping at once)
+        self._hurry = hurry or threading.Event()
         self._error = on_error
         #: settlements that failed every retry: job id -> the settle call's arguments
         #: (event None: give the reservation back whole, the job never started)
@@ -277,7 +280,10 @@ class Reporter:
         :data:`_MAX_REFUSALS` in a row: a busy server must not make finished work
         look lost. With ``hold``, an error that may pass is retried past the policy's
         retries for as long as ``hold()`` is true (a report, while the claim's lease
-        may still hold: an outage shorter than the lease must not lose the work)."""
+        may still hold: an outage shorter than the lease must not lose the work).
+        Once the runner is hurried (a second signal) nothing is retried: the exit must
+        not wait out an outage; the claim's lease and the job's usage file are how the
+        work is found again."""
         failures = refusals = 0
         while True:
             try:
@@ -289,6 +295,8 @@ class Reporter:
                 refusals = refusals + 1 if refused else 0
                 failures += 0 if refused else 1
                 self._error(f"{what} failed (attempt {failures + refusals})", exc)
+                if self._hurry.is_set():
+                    raise
                 if refused and refusals <= _MAX_REFUSALS:
                     self._sleep(self.policy.delay(max(1, failures), retry_after_of(exc)))
                     continue

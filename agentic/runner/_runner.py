@@ -88,7 +88,7 @@ class AgentRunner:
         log_flush_interval: float = 0.5,
         report_retry: RetryPolicy | None = None,
         emitter: EventEmitter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         id_lease: float | None = None,
         state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
@@ -146,14 +146,19 @@ class AgentRunner:
             else None
         )
         self._state_dir_given = state_dir is not None
+        # Set by a second signal (or stop(now=True)): the shutdown skips the grace
+        # period, and reports and settles stop retrying (the leases and the usage files
+        # cover what is left).
+        self._hurry = threading.Event()
         self.reporter = Reporter(
             info.id,
             client,
             allowance,
             report_retry or RetryPolicy(max_retries=5, base=0.5, cap=10.0),
-            sleep,
+            sleep or self._hurry.wait,
             self._error,
             self.journal,
+            self._hurry,
         )
         #: what an earlier process of this agent left unsettled (None: no usage files)
         self.recovery = (
@@ -193,8 +198,6 @@ class AgentRunner:
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
-        # Set by a second signal (or stop(now=True)): the shutdown skips the grace period.
-        self._hurry = threading.Event()
         self._short_lease_told = False
         self._thread: threading.Thread | None = None
         #: the agent id's lease in the registry: one runner per agent id
@@ -692,7 +695,8 @@ class AgentRunner:
         for attempt in left:
             attempt.stop(Stop.SHUTDOWN, reason)
         # Each supervisor now reports its attempt within cancel_grace (released unless
-        # it finished); reports retrying a blip get their full retry budget.
+        # it finished); reports retrying a blip get their full retry budget, unless
+        # hurried (then each is tried once: its lease and usage file cover a failure).
         self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
         if not self._displaced.is_set():  # displaced meanwhile: the tasks are not ours
             self._sweep()
