@@ -336,7 +336,8 @@ class AllowanceStore(Closeable):
       the agent's ``max_job_duration`` (else the store default), freeing its slot and
       reserved tokens, charging nothing.
     * ``settle(job_id, tokens_in, tokens_out, outcome)`` drops the reservation, charges
-      the agent and model per :func:`agentic.quota.charged_tokens`, adds the cost and
+      the agent and model per :func:`agentic.quota.charged_tokens` (a failed job by
+      the owner's ``failure_charge`` as it reads at the settle), adds the cost and
       frees the slot. Repeating it returns the first result with ``duplicate=True``
       and changes nothing. When the reservation is gone (expired), pass ``agent_id``
       (and ``model``) so the tokens are still charged; without them it is
