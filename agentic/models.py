@@ -166,6 +166,10 @@ class Task(_Model):
     # --- extensions ---
     next_attempt_at: OptionalTime = None
     lease_expires_at: OptionalTime = None
+    #: the length of the lease the claim or its last renewal gave, in seconds (None
+    #: when no lease runs, or from a server older than it): a runner taking the claim
+    #: up again renews it for as long
+    lease_seconds: float | None = Field(default=None, gt=0)
     progress: int = Field(default=0, ge=0, le=100)
     notes: str = ""
     model: str = ""

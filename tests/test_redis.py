@@ -34,11 +34,12 @@ from agentic.models import (
     ModelQuota,
     QuotaEvent,
     Task,
+    TaskStatus,
 )
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.base import AgentRegistry, AllowanceStore
-from agentic.stores.keys import QuotaKeys, RegistryKeys
+from agentic.stores.keys import QuotaKeys, RegistryKeys, TaskKeys
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.stores.redis._conn import sync, text
@@ -224,6 +225,24 @@ def test_allowances_stored_before_failure_charge_charge_half(
     assert [a.failure_charge for a in store.allowances()] == [FailureCharge.HALF]
     store.reserve("a1", "", 0, "j1")
     assert store.settle("j1", 7, 0, FAILED).tokens_charged == 4
+
+
+def test_tasks_stored_before_the_lease_length_read_and_renew(
+    client: redis.Redis, prefix: str
+) -> None:
+    """A claimed task stored without lease_seconds (an older version's hash) reads with
+    none, and its next renewal records one."""
+    store = RedisTaskStore(client, prefix=prefix, clock=FakeClock())
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30)
+    client.hdel(TaskKeys.under(prefix).data(task.id), "lease_seconds")
+    old = store.get(task.id)
+    assert (old.status, old.lease_expires_at is not None, old.lease_seconds) == (
+        TaskStatus.IN_PROGRESS,
+        True,
+        None,
+    )
+    assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
 
 
 def test_amounts_beyond_exact_range_are_refused(client: redis.Redis, prefix: str) -> None:

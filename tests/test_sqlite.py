@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from agentic.errors import ConfigError, StoreError, StoreUnavailableError
-from agentic.models import AgentAllowance, AgentInfo, FailureCharge, ModelQuota, QuotaEvent
+from agentic.models import AgentAllowance, AgentInfo, FailureCharge, ModelQuota, QuotaEvent, Task
 from agentic.quota import HOUR, SETTLED_RETENTION
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
 from agentic.stores.sqlite._db import Database
 from agentic.stores.sqlite.allowance import MIGRATIONS as ALLOWANCE_MIGRATIONS
 from agentic.stores.sqlite.registry import MIGRATIONS as REGISTRY_MIGRATIONS
+from agentic.stores.sqlite.tasks import MIGRATIONS as TASK_MIGRATIONS
+from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from agentic.testing import FakeClock
 
 
@@ -519,4 +521,25 @@ def test_allowances_stored_before_failure_charge_charge_half(tmp_path: Path) -> 
         store.get_allowance("a1").model_copy(update={"failure_charge": FailureCharge.FULL})
     )
     assert '"failure_charge":"full"' in str(rows(path, "SELECT data FROM allowances")[0][0])
+    store.close()
+
+
+def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
+    """A file at task schema 2 is upgraded: a task claimed before keeps its claim and
+    reads with no lease length, which its next renewal records."""
+    clock, path = FakeClock(), tmp_path / "t.db"
+    store = SQLiteTaskStore(path, clock=clock)
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30)
+    store.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE tasks DROP COLUMN lease_seconds")
+        conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'tasks'")
+    store = SQLiteTaskStore(path, clock=clock)
+    assert rows(path, "SELECT version FROM schema_version WHERE component = 'tasks'") == [
+        (len(TASK_MIGRATIONS),)
+    ]
+    old = store.get(task.id)
+    assert (old.claimed_by, old.lease_seconds) == ("a1", None)
+    assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
     store.close()

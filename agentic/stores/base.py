@@ -591,7 +591,8 @@ class TaskStore(Closeable):
         """Atomically claim a claimable task for ``agent_id``.
 
         ``job_id`` is the quota reservation made for this attempt (stored on the task
-        so the agent's runner settles usage under it).
+        so the agent's runner settles usage under it). The lease runs ``lease_seconds``
+        from now, a length the task records (``Task.lease_seconds``).
         """
 
     @abc.abstractmethod
@@ -602,7 +603,8 @@ class TaskStore(Closeable):
     def renew(
         self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
     ) -> Task:
-        """Extend the lease of a task held by ``agent_id`` (under ``job_id`` if given)."""
+        """Extend the lease of a task held by ``agent_id`` (under ``job_id`` if given) to
+        ``lease_seconds`` from now, recording that length on the task."""
 
     @abc.abstractmethod
     def release(
