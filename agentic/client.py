@@ -309,7 +309,10 @@ class TaskClient:
     def create_task(self, task: Task, idempotency_key: str | None = None) -> Task:
         """Create a task; retrying with the same ``Idempotency-Key`` never creates two."""
         key = idempotency_key or str(uuid.uuid4())
-        body = task.model_dump(mode="json")
+        # lease_seconds is the server's and newer than strict bodies: sent only when set
+        # (then refused, as any claim on a new task), so an older server takes the body.
+        unset = {"lease_seconds"} if task.lease_seconds is None else None
+        body = task.model_dump(mode="json", exclude=unset)
         response = self._request(
             "POST", "/api/tasks", safe=True, body=body, headers={"Idempotency-Key": key}
         )

@@ -19,6 +19,7 @@ __all__ = [
     "AgentInfo",
     "AgentStatus",
     "AllowanceStatus",
+    "FailureCharge",
     "ModelQuota",
     "ModelUsage",
     "Priority",
@@ -114,6 +115,15 @@ class AllowanceStatus(StrEnum):
     EXCEEDED = "exceeded"
 
 
+class FailureCharge(StrEnum):
+    """How much of a failed job's tokens its agent is charged (``AgentAllowance``)."""
+
+    #: go-agentic's rule: half, rounded up (the settle gives back ``total // 2``)
+    HALF = "half"
+    #: every token: the daily token limit caps what the agent really spent
+    FULL = "full"
+
+
 class QuotaEvent(StrEnum):
     """The events of a usage report (go-agentic's ``record_usage`` entry point)."""
 
@@ -156,6 +166,10 @@ class Task(_Model):
     # --- extensions ---
     next_attempt_at: OptionalTime = None
     lease_expires_at: OptionalTime = None
+    #: the length of the lease the claim or its last renewal gave, in seconds (None
+    #: when no lease runs, or from a server older than it): a runner taking the claim
+    #: up again renews it for as long
+    lease_seconds: float | None = Field(default=None, gt=0)
     progress: int = Field(default=0, ge=0, le=100)
     notes: str = ""
     model: str = ""
@@ -215,7 +229,12 @@ class AgentInfo(_Model):
 
 
 class AgentAllowance(_Model):
-    """Per-agent limits; 0 or empty means unlimited. ``max_job_duration`` is seconds."""
+    """Per-agent limits; 0 or empty means unlimited. ``max_job_duration`` is seconds.
+
+    ``failure_charge`` (ours; go-agentic has only its half) is what a failed job of
+    this agent is charged: half its tokens, or all of them. Allowances stored
+    before it existed read as ``half``.
+    """
 
     agent_id: str = Field(min_length=1)
     daily_token_limit: int = Field(default=0, ge=0)
@@ -223,6 +242,7 @@ class AgentAllowance(_Model):
     concurrent_jobs: int = Field(default=0, ge=0)
     max_job_duration: float = Field(default=0, ge=0)
     model_allowlist: list[str] = Field(default_factory=list)
+    failure_charge: FailureCharge = FailureCharge.HALF
 
 
 class ModelQuota(_Model):

@@ -20,6 +20,9 @@ Rules of :func:`decide`, first failure wins (go-agentic's order, then ours):
 6. model requests in the rolling hour: ``count < hourly_rate_limit``;
 7. model cost ceiling per day (used + reserved + estimated cost of the request).
 
+A settle charges a completed job all its tokens, a failed one half (rounded up) or
+all by the agent's ``failure_charge``, a cancelled one nothing (:func:`charged_tokens`).
+
 Status is ``exceeded`` when the agent's tokens or jobs are used up, else
 ``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok.
 """
@@ -32,7 +35,14 @@ from datetime import datetime, tzinfo
 from typing import Literal
 
 from .events import Event, EventType, crossing_id, usage_id
-from .models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent, Settlement
+from .models import (
+    AgentAllowance,
+    AllowanceStatus,
+    FailureCharge,
+    ModelQuota,
+    QuotaEvent,
+    Settlement,
+)
 
 __all__ = [
     "DAY",
@@ -133,17 +143,20 @@ def estimated_cost(quota: ModelQuota | None, tokens: int) -> int:
     return math.floor(tokens * max(quota.input_price, quota.output_price) + 0.5)
 
 
-def charged_tokens(outcome: QuotaEvent, tokens_in: int, tokens_out: int) -> int:
+def charged_tokens(
+    outcome: QuotaEvent, tokens_in: int, tokens_out: int, failure_charge: FailureCharge
+) -> int:
     """Tokens charged for a finished job.
 
-    completed: all; failed: ``total - total // 2`` (go-agentic returns half, rounded
-    down, so 7 charges 4); cancelled: nothing. Any other event charges nothing.
+    completed: all; failed: by the agent's ``failure_charge``, ``half`` charging
+    ``total - total // 2`` (go-agentic returns half, rounded down, so 7 charges 4)
+    and ``full`` all; cancelled: nothing. Any other event charges nothing.
     """
     total = tokens_in + tokens_out
     if outcome is QuotaEvent.JOB_COMPLETED:
         return total
     if outcome is QuotaEvent.JOB_FAILED:
-        return total - total // 2
+        return total if failure_charge is FailureCharge.FULL else total - total // 2
     return 0
 
 

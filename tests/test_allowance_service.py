@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from agentic.allowance import AllowanceService
 from agentic.errors import QuotaExceededError, StoreError, StoreUnavailableError
@@ -77,6 +78,27 @@ def test_record_usage_failed_returns_half_of_odd_count(backend: Backend) -> None
     svc.record_usage(report(QuotaEvent.JOB_FAILED, tokens_in=4, tokens_out=3))
     assert svc.store.get_usage("a1").tokens_used == 4
     assert svc.store.get_model_usage("m1").tokens_used == 4
+
+
+def test_record_usage_failed_charges_all_with_full_failure_charge(backend: Backend) -> None:
+    """job_failed of an agent whose failure_charge is full charges all 7 tokens, and its
+    usage_recorded event says so."""
+    svc, recorder = service(backend, failure_charge="full")
+    svc.record_usage(report(QuotaEvent.JOB_STARTED))
+    svc.record_usage(report(QuotaEvent.JOB_FAILED, tokens_in=4, tokens_out=3))
+    assert svc.store.get_usage("a1").tokens_used == 7
+    assert svc.store.get_model_usage("m1").tokens_used == 7
+    usage = next(e for e in recorder.events if e.type is EventType.USAGE_RECORDED)
+    assert usage.payload["tokens_charged"] == 7
+
+
+def test_a_bad_failure_charge_names_the_field_and_the_choices() -> None:
+    """An allowance with an unknown failure_charge is refused, naming the field and
+    the accepted values."""
+    with pytest.raises(ValidationError) as caught:
+        AgentAllowance.model_validate({"agent_id": "a1", "failure_charge": "all"})
+    assert "failure_charge" in str(caught.value)
+    assert "'half' or 'full'" in str(caught.value)
 
 
 def test_record_usage_cancelled_charges_nothing(backend: Backend) -> None:

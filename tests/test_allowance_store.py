@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentic.errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
-from agentic.models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent
+from agentic.models import AgentAllowance, AllowanceStatus, FailureCharge, ModelQuota, QuotaEvent
 from agentic.quota import DAY, HOUR
 from tests.conftest import Backend
 
@@ -331,13 +331,77 @@ def test_settle_charges_the_reserved_model_else_the_one_it_names(backend: Backen
 def test_settle_failed_returns_half_rounded_down(
     backend: Backend, tokens_in: int, tokens_out: int, charged: int
 ) -> None:
-    """A failed job is charged total - total // 2 (7 tokens charge 4), model too."""
+    """A failed job is charged total - total // 2 (7 tokens charge 4), model too: the
+    default failure_charge, half."""
     store = backend.allowance()
     store.set_allowance(allowance())
     store.reserve("a1", "m1", 10, "j1")
     assert store.settle("j1", tokens_in, tokens_out, FAILED).tokens_charged == charged
     assert store.get_usage("a1").tokens_used == charged
     assert store.get_model_usage("m1").tokens_used == charged
+
+
+def test_failure_charge_round_trips_and_defaults_to_half(backend: Backend) -> None:
+    """An allowance keeps its failure_charge; one set without it charges half."""
+    store = backend.allowance()
+    store.set_allowance(allowance(failure_charge="full"))
+    store.set_allowance(AgentAllowance(agent_id="a0"))
+    assert store.get_allowance("a1").failure_charge is FailureCharge.FULL
+    assert [a.failure_charge for a in store.allowances()] == [
+        FailureCharge.HALF,
+        FailureCharge.FULL,
+    ]
+
+
+@pytest.mark.parametrize(("tokens_in", "tokens_out"), [(4, 3), (1, 0), (0, 0), (1000, 999)])
+def test_settle_failed_with_full_failure_charge_charges_every_token(
+    backend: Backend, tokens_in: int, tokens_out: int
+) -> None:
+    """With failure_charge full a failed job is charged all its tokens and its whole
+    cost, agent and model alike."""
+    store = backend.allowance()
+    store.set_allowance(allowance(failure_charge="full"))
+    store.set_model_quota(ModelQuota(model="m1", input_price=100, output_price=300))
+    store.reserve("a1", "m1", 10, "j1")
+    s = store.settle("j1", tokens_in, tokens_out, FAILED)
+    total = tokens_in + tokens_out
+    assert (s.tokens_charged, s.cost_charged) == (total, tokens_in * 100 + tokens_out * 300)
+    assert store.get_usage("a1").tokens_used == total
+    m1 = store.get_model_usage("m1")
+    assert (m1.tokens_used, m1.cost_used) == (total, s.cost_charged)
+
+
+def test_failure_charge_leaves_completed_and_cancelled_jobs_alone(backend: Backend) -> None:
+    """failure_charge full changes only failed jobs: completed all, cancelled nothing."""
+    store = backend.allowance()
+    store.set_allowance(allowance(failure_charge="full"))
+    store.reserve("a1", "", 10, "j1")
+    store.reserve("a1", "", 10, "j2")
+    assert store.settle("j1", 5, 2, COMPLETED).tokens_charged == 7
+    assert store.settle("j2", 5, 2, CANCELLED).tokens_charged == 0
+    assert store.get_usage("a1").tokens_used == 7
+
+
+def test_failure_charge_is_the_one_set_at_the_settle(backend: Backend) -> None:
+    """A job reserved under half and settled after the allowance changed to full (or
+    back) is charged by the setting the settle reads."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.reserve("a1", "", 10, "j1")
+    store.reserve("a1", "", 10, "j2")
+    store.set_allowance(allowance(failure_charge="full"))
+    assert store.settle("j1", 7, 0, FAILED).tokens_charged == 7
+    store.set_allowance(allowance(failure_charge="half"))
+    assert store.settle("j2", 7, 0, FAILED).tokens_charged == 4
+
+
+def test_failed_settle_of_an_agent_without_allowance_charges_half(backend: Backend) -> None:
+    """A failed job settled for an agent with no allowance (its reservation gone) is
+    charged go-agentic's half."""
+    store = backend.allowance()
+    s = store.settle("gone", 7, 0, FAILED, agent_id="nobody")
+    assert s.tokens_charged == 4
+    assert store.get_usage("nobody").tokens_used == 4
 
 
 def test_settle_cancelled_charges_nothing_and_keeps_others(backend: Backend) -> None:

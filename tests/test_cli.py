@@ -31,7 +31,7 @@ from agentic.dispatcher import LEASE, Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
 from agentic.eventlog import EventLogEmitter
 from agentic.events import EventType
-from agentic.models import AgentAllowance, AgentInfo, Task, TaskResult, TaskStatus
+from agentic.models import AgentAllowance, AgentInfo, FailureCharge, Task, TaskResult, TaskStatus
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner
 from agentic.runner._journal import default_state_dir
@@ -826,6 +826,27 @@ def test_allowance_set_merges_and_show(system: System) -> None:
     assert "300/1000" in shown.stdout and "1/4" in shown.stdout and "m1" in shown.stdout
     one = json.loads(system.cli("allowance", "show", "a1", "--json").stdout)
     assert one["allowance"]["daily_job_limit"] == 4 and one["usage"]["tokens_used"] == 300
+
+
+def test_allowance_failure_charge_sets_and_shows(system: System) -> None:
+    """--failure-charge full is stored and shown, other options keep their values; a
+    bad value is a usage error naming the option and the accepted values."""
+    system.cli("allowance", "set", "a1", "--daily-tokens", "1000")
+    result = system.cli("allowance", "set", "a1", "--failure-charge", "full")
+    assert result.exit_code == 0, result.output
+    stored = system.quota.get_allowance("a1")
+    assert (stored.failure_charge, stored.daily_token_limit) == (FailureCharge.FULL, 1000)
+    system.quota.set_allowance(AgentAllowance(agent_id="a2"))
+    shown = system.cli("allowance", "show")
+    assert "Failed" in shown.stdout
+    rows = [line.split() for line in shown.stdout.splitlines() if line.startswith("│ a")]
+    assert [(row[1], row[-2]) for row in rows] == [("a1", "full"), ("a2", "half")]
+    one = json.loads(system.cli("allowance", "show", "a1", "--json").stdout)
+    assert one["allowance"]["failure_charge"] == "full"
+    bad = system.cli("allowance", "set", "a1", "--failure-charge", "all")
+    assert bad.exit_code == 2
+    assert "--failure-charge" in bad.output and "'half', 'full'" in bad.output
+    assert system.quota.get_allowance("a1").failure_charge is FailureCharge.FULL
 
 
 def test_allowance_model_sets_and_shows(system: System) -> None:

@@ -198,6 +198,19 @@ def test_create_task_sends_task_and_idempotency_key(
     assert len(generated) == 36 and generated != "k-1"
 
 
+def test_create_task_leaves_an_unset_lease_length_out(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A create body carries lease_seconds only when set (a server older than the field
+    refuses unknown fields), and every other Task field always."""
+    route = mock.post("/api/tasks").respond(201, json=task_json("new"))
+    client.create_task(Task(title="do it"))
+    sent = json.loads(route.calls.last.request.content)
+    assert set(sent) == set(Task.model_fields) - {"lease_seconds"}
+    client.create_task(Task(title="do it", lease_seconds=30))
+    assert json.loads(route.calls.last.request.content)["lease_seconds"] == 30
+
+
 def test_claim_task_uses_own_agent_and_reads_claim_response(
     client: TaskClient, mock: respx.MockRouter
 ) -> None:

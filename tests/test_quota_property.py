@@ -1,5 +1,6 @@
-"""Property: random reserve / settle / unreserve / expire / reset / check / clock sequences give
-the same answers on every backend and on a naive reference model written from the rules."""
+"""Property: random reserve / settle / unreserve / expire / reset / check / clock sequences,
+under random failure charges changed along the way, give the same answers on every
+backend and on a naive reference model written from the rules."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agentic.errors import ConflictError, NotFoundError, QuotaExceededError
-from agentic.models import AgentAllowance, ModelQuota, QuotaEvent
+from agentic.models import AgentAllowance, FailureCharge, ModelQuota, QuotaEvent
 from agentic.quota import (
     DAY,
     HOUR,
@@ -78,12 +79,16 @@ check_op = st.tuples(
     st.integers(0, 700),
 )
 reset_op = st.tuples(st.just("reset"), st.sampled_from(["a", "b"]))
+# the agent's allowance set again with another failure charge, jobs held or not
+charge_op = st.tuples(
+    st.just("charge"), st.sampled_from(["a", "b"]), st.sampled_from(FailureCharge)
+)
 advance_op = st.tuples(
     st.just("advance"),
     st.sampled_from([1, 59, 600, 901, 1800, 3599, 3601, 20_000, DAY]),
 )
 OPS = st.lists(
-    st.one_of(reserve_op, settle_op, unreserve_op, check_op, reset_op, advance_op),
+    st.one_of(reserve_op, settle_op, unreserve_op, check_op, reset_op, charge_op, advance_op),
     min_size=1,
     max_size=30,
 )
@@ -94,6 +99,7 @@ class Model:
     """The rules applied naively: scan everything, no indexes, no cleverness."""
 
     clock: FakeClock
+    allowances: dict[str, AgentAllowance]
     used: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, jobs
     mused: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, cost
     #: job -> agent, model, tokens, cost, expires at, created at
@@ -141,7 +147,7 @@ class Model:
             self.mused[model] = (self.start(), m.tokens_used + tokens, m.cost_used + cost)
 
     def decision(self, agent_id: str, model: str, tokens: int) -> Any:
-        allowance = next(a for a in ALLOWANCES if a.agent_id == agent_id)
+        allowance = self.allowances[agent_id]
         quota = next((q for q in QUOTAS if q.model == model), None)
         end = self.start() + DAY
         return allowance, decide(
@@ -191,11 +197,11 @@ class Model:
         held = self.held.pop(job, None)
         # the reservation's model, else (it named none) the one the settle names
         owner, used_model = (held[0], held[1] or model) if held else (agent_id, model)
-        charged = charged_tokens(outcome, tin, tout)
+        allowance = self.allowances[owner]
+        charged = charged_tokens(outcome, tin, tout, allowance.failure_charge)
         quota = next((q for q in QUOTAS if q.model == used_model), None)
         cost = share_of_cost(cost_microcents(quota, tin, tout), charged, tin + tout)
         self.charge(owner, used_model, charged, cost)
-        allowance = next(a for a in ALLOWANCES if a.agent_id == owner)
         result = (
             owner,
             used_model,
@@ -221,7 +227,7 @@ class Model:
         self.used[owner] = (self.start(), c.tokens_used, max(0, c.jobs_started - uncounted))
         if never_started and model and created in self.requests.get(model, []):
             self.requests[model].remove(created)
-        allowance = next(a for a in ALLOWANCES if a.agent_id == owner)
+        allowance = self.allowances[owner]
         # no settlement is kept: a later settle charges as after an expiry
         return ("settled", owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
 
@@ -230,6 +236,12 @@ class Model:
         self.used[agent_id] = (self.start(), 0, 0)
         self.reset_at[agent_id] = self.clock()
         return ("reset",)
+
+    def set_charge(self, agent_id: str, charge: FailureCharge) -> tuple[Any, ...]:
+        self.allowances[agent_id] = self.allowances[agent_id].model_copy(
+            update={"failure_charge": charge}
+        )
+        return ("charge",)
 
     def check(self, agent_id: str, model: str, tokens: int) -> tuple[Any, ...]:
         self.expire()
@@ -271,6 +283,12 @@ def run_store(
     if kind == "reset":
         store.reset_usage(op[1])
         return ("reset",)
+    if kind == "charge":
+        _k, agent_id, charge = op
+        store.set_allowance(
+            store.get_allowance(agent_id).model_copy(update={"failure_charge": charge})
+        )
+        return ("charge",)
     _k, agent_id, model, tokens = op
     c = store.check(agent_id, model, tokens)
     return (c.allowed, c.status.value, c.reason, c.remaining_tokens, c.remaining_jobs)
@@ -293,6 +311,8 @@ def run_model(
         return model.unreserve(f"j{op[1]}", never_started=kind == "unreserve")
     if kind == "reset":
         return model.reset(op[1])
+    if kind == "charge":
+        return model.set_charge(op[1], op[2])
     _k, agent_id, model_name, tokens = op
     return model.check(agent_id, model_name, tokens)
 
@@ -303,7 +323,9 @@ def redis_port(request: pytest.FixtureRequest) -> int:
     return server.port
 
 
-def stores(clock: FakeClock, workdir: Path, redis_port: int) -> dict[str, AllowanceStore]:
+def stores(
+    clock: FakeClock, workdir: Path, redis_port: int, allowances: list[AgentAllowance]
+) -> dict[str, AllowanceStore]:
     import redis
 
     prefix = f"p{uuid.uuid4().hex[:10]}"
@@ -316,7 +338,7 @@ def stores(clock: FakeClock, workdir: Path, redis_port: int) -> dict[str, Allowa
         "fakeredis": _redis(clock, fake_redis_6(), prefix)("allowance", {"reservation_ttl": TTL}),
     }
     for store in made.values():
-        for allowance in ALLOWANCES:
+        for allowance in allowances:
             store.set_allowance(allowance)
         for quota in QUOTAS:
             store.set_model_quota(quota)
@@ -324,13 +346,19 @@ def stores(clock: FakeClock, workdir: Path, redis_port: int) -> dict[str, Allowa
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=OPS)
-def test_backends_agree_with_the_rules(ops: list[tuple[Any, ...]], redis_port: int) -> None:
+@given(ops=OPS, charges=st.tuples(st.sampled_from(FailureCharge), st.sampled_from(FailureCharge)))
+def test_backends_agree_with_the_rules(
+    ops: list[tuple[Any, ...]], charges: tuple[FailureCharge, FailureCharge], redis_port: int
+) -> None:
     """Every backend gives the reference model's answer at every step and ends equal."""
     clock = FakeClock()
+    allowances = [
+        allowance.model_copy(update={"failure_charge": charge})
+        for allowance, charge in zip(ALLOWANCES, charges, strict=True)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
-        made = stores(clock, Path(tmp), redis_port)
-        model = Model(clock)
+        made = stores(clock, Path(tmp), redis_port, allowances)
+        model = Model(clock, {allowance.agent_id: allowance for allowance in allowances})
         jobs: dict[str, dict[str, tuple[str, str]]] = {name: {} for name in [*made, "model"]}
         try:
             for step, op in enumerate(ops):

@@ -26,11 +26,20 @@ from agentic.errors import (
     StoreUnavailableError,
 )
 from agentic.events import Event, EventType
-from agentic.models import AgentAllowance, AgentInfo, AgentStatus, ModelQuota, QuotaEvent, Task
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    AgentStatus,
+    FailureCharge,
+    ModelQuota,
+    QuotaEvent,
+    Task,
+    TaskStatus,
+)
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.base import AgentRegistry, AllowanceStore
-from agentic.stores.keys import QuotaKeys, RegistryKeys
+from agentic.stores.keys import QuotaKeys, RegistryKeys, TaskKeys
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.stores.redis._conn import sync, text
@@ -198,6 +207,42 @@ def test_cost_share_is_exact_past_2_to_53(client: redis.Redis, prefix: str) -> N
     assert full * charged > 2**53
     settled = store.settle("j", tokens_in, tokens_out, FAILED, agent_id="a", model="m")
     assert settled.cost_charged == share_of_cost(full, charged, total)
+
+
+def test_allowances_stored_before_failure_charge_charge_half(
+    client: redis.Redis, prefix: str
+) -> None:
+    """An allowance stored without failure_charge reads as half, and the settle script
+    (which reads the stored JSON itself) charges a failed job half."""
+    store = RedisAllowanceStore(client, prefix=prefix, clock=FakeClock())
+    old = (
+        '{"agent_id":"a1","daily_token_limit":0,"daily_job_limit":0,"concurrent_jobs":0,'
+        '"max_job_duration":0.0,"model_allowlist":[]}'
+    )
+    client.set(QuotaKeys.under(prefix).allowance("a1"), old)
+    client.sadd(QuotaKeys.under(prefix).allowances, "a1")
+    assert store.get_allowance("a1").failure_charge is FailureCharge.HALF
+    assert [a.failure_charge for a in store.allowances()] == [FailureCharge.HALF]
+    store.reserve("a1", "", 0, "j1")
+    assert store.settle("j1", 7, 0, FAILED).tokens_charged == 4
+
+
+def test_tasks_stored_before_the_lease_length_read_and_renew(
+    client: redis.Redis, prefix: str
+) -> None:
+    """A claimed task stored without lease_seconds (an older version's hash) reads with
+    none, and its next renewal records one."""
+    store = RedisTaskStore(client, prefix=prefix, clock=FakeClock())
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30)
+    client.hdel(TaskKeys.under(prefix).data(task.id), "lease_seconds")
+    old = store.get(task.id)
+    assert (old.status, old.lease_expires_at is not None, old.lease_seconds) == (
+        TaskStatus.IN_PROGRESS,
+        True,
+        None,
+    )
+    assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
 
 
 def test_amounts_beyond_exact_range_are_refused(client: redis.Redis, prefix: str) -> None:

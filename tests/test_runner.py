@@ -795,8 +795,9 @@ def test_renewals_send_the_claims_lease_length_not_the_servers_default(
 def test_a_claim_taken_up_again_is_renewed_with_its_length_not_its_age(
     system: System,
 ) -> None:
-    """A claim of 120 s renewed for an hour by a runner that then died: its successor
-    renews with 120 s (from the last renewal), not the hour since the claim."""
+    """A claim of 120 s renewed for an hour by a runner that then died, listed by a
+    server older than the recorded length: its successor renews with 120 s (from the
+    last renewal), not the hour since the claim."""
     client = Renewals(system.url)
     system.dispatcher.lease_seconds = 120
     runner = system.runner(lambda task, ctx: "done", client=client)
@@ -806,8 +807,27 @@ def test_a_claim_taken_up_again_is_renewed_with_its_length_not_its_age(
     aged = system.tasks.get(task.id)
     assert aged.claimed_at is not None
     hour_ago = aged.claimed_at - timedelta(hours=1)
-    aged = aged.model_copy(update={"claimed_at": hour_ago})  # as listed an hour on
+    # as listed an hour on, by a server that records no lease length
+    aged = aged.model_copy(update={"claimed_at": hour_ago, "lease_seconds": None})
     assert runner._lease_ttl(aged) == pytest.approx(120.0, abs=1.0)
+
+
+def test_a_claim_taken_up_again_after_an_update_keeps_its_exact_length(
+    system: System,
+) -> None:
+    """A claim renewed for 120 s and then updated 4 s later (a progress PATCH): a runner
+    taking it up again renews with the 120 s the task records, where the time left
+    from the update (all a server older than the record tells) is 116 s."""
+    system.dispatcher.lease_seconds = 120
+    runner = system.runner(lambda task, ctx: "done")
+    system.registry.register(AgentInfo(id=AGENT, capabilities=["py"], max_load=1))
+    task = system.submit()
+    renewed = system.tasks.renew(task.id, AGENT, 120, job_id=system.tasks.get(task.id).job_id)
+    assert renewed.updated_at is not None
+    patched = renewed.model_copy(update={"updated_at": renewed.updated_at + timedelta(seconds=4)})
+    assert runner._lease_ttl(patched) == 120.0
+    unrecorded = patched.model_copy(update={"lease_seconds": None})
+    assert runner._lease_ttl(unrecorded) == pytest.approx(116.0)
 
 
 def test_configured_lease_seconds_overrides_the_claims(system: System) -> None:

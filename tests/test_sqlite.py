@@ -16,13 +16,15 @@ from pathlib import Path
 import pytest
 
 from agentic.errors import ConfigError, StoreError, StoreUnavailableError
-from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent
+from agentic.models import AgentAllowance, AgentInfo, FailureCharge, ModelQuota, QuotaEvent, Task
 from agentic.quota import HOUR, SETTLED_RETENTION
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
 from agentic.stores.sqlite._db import Database
 from agentic.stores.sqlite.allowance import MIGRATIONS as ALLOWANCE_MIGRATIONS
 from agentic.stores.sqlite.registry import MIGRATIONS as REGISTRY_MIGRATIONS
+from agentic.stores.sqlite.tasks import MIGRATIONS as TASK_MIGRATIONS
+from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from agentic.testing import FakeClock
 
 
@@ -495,4 +497,49 @@ def test_existing_usage_rows_get_a_reset_time_of_never(tmp_path: Path) -> None:
     ]
     store.unreserve("j1")  # made after "never": today's job, given back
     assert store.get_usage("a1").jobs_started == 0
+    store.close()
+
+
+#: An allowance as stored before failure_charge existed (the model's JSON, whole).
+OLD_ALLOWANCE = (
+    '{"agent_id":"a1","daily_token_limit":0,"daily_job_limit":0,"concurrent_jobs":0,'
+    '"max_job_duration":0.0,"model_allowlist":[]}'
+)
+
+
+def test_allowances_stored_before_failure_charge_charge_half(tmp_path: Path) -> None:
+    """An allowance row written without failure_charge reads as half and a failed job
+    is charged half; setting it again stores the new field with the rest."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, clock=clock)
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("INSERT INTO allowances (agent_id, data) VALUES ('a1', ?)", (OLD_ALLOWANCE,))
+    assert store.get_allowance("a1").failure_charge is FailureCharge.HALF
+    store.reserve("a1", "", 0, "j1")
+    assert store.settle("j1", 7, 0, QuotaEvent.JOB_FAILED).tokens_charged == 4
+    store.set_allowance(
+        store.get_allowance("a1").model_copy(update={"failure_charge": FailureCharge.FULL})
+    )
+    assert '"failure_charge":"full"' in str(rows(path, "SELECT data FROM allowances")[0][0])
+    store.close()
+
+
+def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
+    """A file at task schema 2 is upgraded: a task claimed before keeps its claim and
+    reads with no lease length, which its next renewal records."""
+    clock, path = FakeClock(), tmp_path / "t.db"
+    store = SQLiteTaskStore(path, clock=clock)
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30)
+    store.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE tasks DROP COLUMN lease_seconds")
+        conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'tasks'")
+    store = SQLiteTaskStore(path, clock=clock)
+    assert rows(path, "SELECT version FROM schema_version WHERE component = 'tasks'") == [
+        (len(TASK_MIGRATIONS),)
+    ]
+    old = store.get(task.id)
+    assert (old.claimed_by, old.lease_seconds) == ("a1", None)
+    assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
     store.close()

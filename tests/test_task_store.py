@@ -378,6 +378,30 @@ def test_renew_extends_the_holders_lease(store: TaskStore, backend: Backend) -> 
         store.renew(task.id, "agent-1", 60)
 
 
+def test_the_lease_length_is_recorded_with_the_lease(store: TaskStore, backend: Backend) -> None:
+    """The claim and each renewal record their lease length, which an update since
+    leaves exact; it goes with the lease (complete, release, expiry, dead letter),
+    and a new task may not carry one."""
+    task, other = new(store), new(store, max_retries=0)
+    assert task.lease_seconds is None
+    assert store.claim(task.id, "agent-1", 30).lease_seconds == 30.0
+    backend.clock.advance(5)
+    assert store.renew(task.id, "agent-1", 60).lease_seconds == 60.0
+    backend.clock.advance(4)
+    patched = store.update(task.id, TaskUpdate(progress=50))
+    assert patched.lease_seconds == 60.0
+    assert patched.lease_expires_at == at(backend.clock() + 56)
+    assert store.complete(task.id, OK).lease_seconds is None
+    store.claim(other.id, "agent-1", 30)
+    assert store.release(other.id).lease_seconds is None
+    store.claim(other.id, "agent-1", 30)
+    backend.clock.advance(30)
+    (dead,) = store.requeue_expired()
+    assert (dead.status, dead.lease_seconds) == (FAILED, None)
+    with pytest.raises(ConfigError, match="claim"):
+        new(store, lease_seconds=30)
+
+
 def test_release_gives_the_claim_back_without_a_retry(store: TaskStore, backend: Backend) -> None:
     """release makes the task pending and unclaimed; no retry is counted."""
     task = new(store)

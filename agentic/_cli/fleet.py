@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import RenderableType
 from rich.table import Table
 
 from ..errors import ConfigError, NotFoundError
-from ..models import AgentAllowance, ModelQuota
+from ..models import AgentAllowance, FailureCharge, ModelQuota
 from ..stores import open_allowance_store, open_registry
 from ._common import (
     ConfigOption,
@@ -25,6 +26,7 @@ from ._common import (
     store_config,
 )
 from ._help import App
+from ._tables import Col, FittedTable
 
 agents_app = App(help="The agent registry: list agents, deregister one.", no_args_is_help=False)
 allowance_app = App(help="Quotas: per-agent allowances and per-model limits.")
@@ -97,6 +99,22 @@ def _limit(value: float) -> str:
     return "unlimited" if not value else f"{value:g}"
 
 
+# A narrow terminal drops these from the highest rank down rather than cut numbers.
+_ALLOWANCE_COLUMNS = (
+    Col("Agent"),
+    Col("Tokens"),
+    Col("Jobs"),
+    Col("Active", drop=1),
+    Col("Max job s", drop=3),
+    Col("Models", wrap=10),
+    Col("Failed", drop=2),
+)
+_ALLOWANCE_CAPTION = (
+    "Tokens, jobs and active jobs: used/limit; failed: what a failed job is charged"
+    " (half its tokens or all)"
+)
+
+
 @allowance_app.command("show")
 @handled
 def show(
@@ -116,19 +134,26 @@ def show(
         data = [{"allowance": a, "usage": u} for a, u in rows]
         print_json(data[0] if agent_id else data)
         return
-    table = Table(title=f"Allowances: {len(rows)}", title_justify="left")
-    columns = ("Agent", "Tokens used/limit", "Jobs used/limit", "Active/max", "Max job s", "Models")
-    for title in columns:
-        table.add_column(title)
-    for a, u in rows:
-        table.add_row(
+    cells: list[list[RenderableType]] = [
+        [
             a.agent_id,
             f"{u.tokens_used}/{_limit(a.daily_token_limit)}",
             f"{u.jobs_started}/{_limit(a.daily_job_limit)}",
             f"{u.active_jobs}/{_limit(a.concurrent_jobs)}",
             _limit(a.max_job_duration),
             ", ".join(a.model_allowlist) or "any",
-        )
+            a.failure_charge.value,
+        ]
+        for a, u in rows
+    ]
+    table = FittedTable(
+        _ALLOWANCE_COLUMNS,
+        cells,
+        title=f"Allowances: {len(rows)}",
+        title_justify="left",
+        caption=_ALLOWANCE_CAPTION if rows else None,
+        caption_justify="left",
+    )
     stdout().print(table)
 
 
@@ -150,6 +175,13 @@ def set_allowance(
             "--model", metavar="M", help="Allowed model (repeatable; replaces the list; '' = any)."
         ),
     ] = None,
+    failure_charge: Annotated[
+        FailureCharge | None,
+        typer.Option(
+            help="Tokens a failed job is charged: half (go-agentic's rule, the default)"
+            " or full (the daily token limit then caps what the agent spends)."
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create or change an agent's allowance; options not given keep their value."""
@@ -159,6 +191,7 @@ def set_allowance(
         "concurrent_jobs": concurrent,
         "max_job_duration": max_job_duration,
         "model_allowlist": None if model is None else [m for m in model if m],
+        "failure_charge": failure_charge,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
     if not changes:

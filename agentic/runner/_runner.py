@@ -480,14 +480,18 @@ class AgentRunner:
         intervals instead (15 s by default), said once per runner."""
         if self.lease_seconds is not None:
             return self.lease_seconds
-        if task.lease_expires_at is None or task.claimed_at is None:
+        if task.lease_seconds is not None:
+            # Recorded by the claim and each renewal: exact, also for a task taken up
+            # again (a restarted runner) and updated since its last renewal.
+            claimed = task.lease_seconds
+        elif task.lease_expires_at is None or task.claimed_at is None:
             return _DEFAULT_LEASE
-        # From the last renewal (which sets updated_at), not the claim: a task taken up
-        # again (a restarted runner) was renewed since, and its lease runs that much
-        # past claimed_at. (Another update since the renewal shortens this by at most a
-        # heartbeat: the safe side.)
-        since = max(task.claimed_at, task.updated_at or task.claimed_at)
-        claimed = max(0.0, (task.lease_expires_at - since).total_seconds())
+        else:
+            # A server older than the recorded length: from the last renewal (which
+            # sets updated_at), not the claim. Another update since the renewal
+            # shortens this by at most a heartbeat: the safe side.
+            since = max(task.claimed_at, task.updated_at or task.claimed_at)
+            claimed = max(0.0, (task.lease_expires_at - since).total_seconds())
         if claimed > 2 * self.heartbeat_interval:
             return claimed
         safe = _SAFE_RENEWALS * self.heartbeat_interval

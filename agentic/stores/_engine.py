@@ -26,6 +26,7 @@ from ..events import Event
 from ..models import (
     AgentAllowance,
     AllowanceStatus,
+    FailureCharge,
     ModelQuota,
     ModelUsage,
     QuotaCheckResult,
@@ -538,7 +539,9 @@ class EngineAllowanceStore(AllowanceStore):
             if held is not None:
                 self._release(tx, held, ctx.start)
                 tx.delete_held(job_id)
-            charged = charged_tokens(outcome, tokens_in, tokens_out)
+            # A settle may name an agent with no allowance (its reservation gone): half.
+            failure = allowance.failure_charge if allowance else FailureCharge.HALF
+            charged = charged_tokens(outcome, tokens_in, tokens_out, failure)
             full = cost_microcents(
                 tx.get_quota(used_model) if used_model else None, tokens_in, tokens_out
             )

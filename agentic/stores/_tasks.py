@@ -219,7 +219,7 @@ def prepare_new(task: Task) -> Task:
             f"a new task is pending or blocked, not {task.status}: claim or complete it"
             " after creating it"
         )
-    if task.claimed_by or task.claimed_at or task.lease_expires_at:
+    if task.claimed_by or task.claimed_at or task.lease_expires_at or task.lease_seconds:
         raise ConfigError("a new task cannot carry a claim: create it, then claim it")
     for name in ("max_retries", "retry_count", "estimated_tokens"):
         _require_count(name, getattr(task, name))
@@ -348,19 +348,25 @@ def claimed(task: Task, agent_id: str, now: float, lease_seconds: float, job_id:
             "claimed_by": agent_id,
             "claimed_at": _now(now),
             "lease_expires_at": _now(now + lease_seconds),
+            "lease_seconds": lease_seconds,
             "updated_at": _now(now),
         }
     )
 
 
 def renewed(task: Task, now: float, lease_seconds: float) -> Task:
-    """The lease pushed to ``now + lease_seconds``."""
+    """The lease pushed to ``now + lease_seconds`` (and its length recorded)."""
     return task.model_copy(
-        update={"lease_expires_at": _now(now + lease_seconds), "updated_at": _now(now)}
+        update={
+            "lease_expires_at": _now(now + lease_seconds),
+            "lease_seconds": lease_seconds,
+            "updated_at": _now(now),
+        }
     )
 
 
-_NO_CLAIM = {"claimed_by": "", "claimed_at": None, "lease_expires_at": None}
+_NO_LEASE = {"lease_expires_at": None, "lease_seconds": None}
+_NO_CLAIM = {"claimed_by": "", "claimed_at": None, **_NO_LEASE}
 
 
 def released(task: Task, now: float) -> Task:
@@ -386,7 +392,7 @@ def completed(task: Task, result: TaskResult, now: float) -> Task:
             "status": TaskStatus.COMPLETED,
             "result": result.model_copy(deep=True),
             "progress": 100,
-            "lease_expires_at": None,
+            **_NO_LEASE,
             "updated_at": _now(now),
         }
     )

@@ -336,7 +336,8 @@ class AllowanceStore(Closeable):
       the agent's ``max_job_duration`` (else the store default), freeing its slot and
       reserved tokens, charging nothing.
     * ``settle(job_id, tokens_in, tokens_out, outcome)`` drops the reservation, charges
-      the agent and model per :func:`agentic.quota.charged_tokens`, adds the cost and
+      the agent and model per :func:`agentic.quota.charged_tokens` (a failed job by
+      the owner's ``failure_charge`` as it reads at the settle), adds the cost and
       frees the slot. Repeating it returns the first result with ``duplicate=True``
       and changes nothing. When the reservation is gone (expired), pass ``agent_id``
       (and ``model``) so the tokens are still charged; without them it is
@@ -590,7 +591,8 @@ class TaskStore(Closeable):
         """Atomically claim a claimable task for ``agent_id``.
 
         ``job_id`` is the quota reservation made for this attempt (stored on the task
-        so the agent's runner settles usage under it).
+        so the agent's runner settles usage under it). The lease runs ``lease_seconds``
+        from now, a length the task records (``Task.lease_seconds``).
         """
 
     @abc.abstractmethod
@@ -601,7 +603,8 @@ class TaskStore(Closeable):
     def renew(
         self, task_id: str, agent_id: str, lease_seconds: float, job_id: str | None = None
     ) -> Task:
-        """Extend the lease of a task held by ``agent_id`` (under ``job_id`` if given)."""
+        """Extend the lease of a task held by ``agent_id`` (under ``job_id`` if given) to
+        ``lease_seconds`` from now, recording that length on the task."""
 
     @abc.abstractmethod
     def release(

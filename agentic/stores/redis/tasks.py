@@ -85,6 +85,8 @@ def _task(fields: Mapping[str, str]) -> Task:
                 data[name] = json.loads(value)
             elif name == "result":
                 data[name] = json.loads(value) if value else None
+            elif name == "lease_seconds":
+                data[name] = float(value) if value else None
             else:
                 data[name] = value
         return Task.model_validate(data)

@@ -92,6 +92,11 @@ MIGRATIONS: list[Migration] = [
             PRIMARY KEY (task_id, job_id)
         ) WITHOUT ROWID""",
     ),
+    (
+        # The length of the lease of the last claim or renewal (Task.lease_seconds);
+        # NULL for the tasks already stored, as for any task no lease holds.
+        "ALTER TABLE tasks ADD COLUMN lease_seconds REAL",
+    ),
 ]
 
 # Derived from the model so that a field added to Task without a migration fails
@@ -116,7 +121,8 @@ _UNFINISHED = f"""SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
 _READY = f"(t.status = '{TaskStatus.PENDING.value}' AND NOT EXISTS ({_UNFINISHED}))"
 # ?5 is the claim's job id: one that already had its attempt may not claim again.
 _CLAIM = f"""UPDATE tasks AS t SET status = '{TaskStatus.IN_PROGRESS.value}', claimed_by = ?1,
-    claimed_at = ?2, lease_expires_at = ?3, updated_at = ?4, job_id = ?5 WHERE id = ?6
+    claimed_at = ?2, lease_expires_at = ?3, updated_at = ?4, job_id = ?5, lease_seconds = ?7
+    WHERE id = ?6
     AND {_READY} AND (?5 = '' OR (t.job_id != ?5 AND NOT EXISTS (
         SELECT 1 FROM task_retired_jobs r WHERE r.task_id = t.id AND r.job_id = ?5)))"""
 _RETIRED = "SELECT made FROM task_retired_jobs WHERE task_id = ? AND job_id = ?"
@@ -350,7 +356,9 @@ class SQLiteTaskStore(TaskStore):
         with self._db.transaction(f"claiming task {task_id!r}") as conn:
             now = self._clock()
             before = conn.execute(_JOB, (task_id,)).fetchone()
-            won = conn.execute(_CLAIM, (agent_id, now, now + lease, now, job_id, task_id)).rowcount
+            won = conn.execute(
+                _CLAIM, (agent_id, now, now + lease, now, job_id, task_id, lease)
+            ).rowcount
             if won and before[0]:
                 conn.execute(_RETIRE, (task_id, before[0], 1))  # replaced: it was made
             task = self._load(conn, task_id)

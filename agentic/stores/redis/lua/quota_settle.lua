@@ -11,12 +11,15 @@
 local SETTLED_FIELDS = {'agent', 'model', 'outcome', 'charged', 'cost', 'previous', 'status'}
 
 -- quota.charged_tokens
-local function charged_tokens(outcome, tokens_in, tokens_out)
+local function charged_tokens(outcome, tokens_in, tokens_out, failure_charge)
   local total = tokens_in + tokens_out
   if outcome == 'job_completed' then
     return total
   end
   if outcome == 'job_failed' then
+    if failure_charge == 'full' then
+      return total
+    end
     return total - math.floor(total / 2)
   end
   return 0
@@ -101,7 +104,13 @@ if held then
   redis.call('DEL', K.held .. job)
   redis.call('ZREM', K.expiry, job)
 end
-local charged = charged_tokens(outcome, tokens_in, tokens_out)
+-- No allowance, or one stored before failure_charge existed (the field is nil):
+-- go-agentic's half, as the Python model's default.
+local failure_charge = 'half'
+if allowance and allowance.failure_charge then
+  failure_charge = allowance.failure_charge
+end
+local charged = charged_tokens(outcome, tokens_in, tokens_out, failure_charge)
 local quota = nil
 if used_model ~= '' then
   quota = json_at(K.limits .. used_model)

@@ -24,6 +24,7 @@ local before = before_change(t)
 t.status, t.claimed_by, t.job_id = 'in_progress', agent, job
 t.claimed_at, t.updated_at = num(now), num(now)
 t.lease_expires_at = num(now + tonumber(ARGV[BASE + 4]))
+t.lease_seconds = num(tonumber(ARGV[BASE + 4]))
 save(t, 'pending')
 record(before, t, now, '')
 return {'ok', flat(t)}

@@ -24,6 +24,7 @@ local before = before_change(t)
 local reason = ''
 if op == 'renew' then
   t.lease_expires_at, t.updated_at = num(now + tonumber(ARGV[BASE + 6])), num(now)
+  t.lease_seconds = num(tonumber(ARGV[BASE + 6]))
 elseif op == 'release' then
   -- _tasks.given_back: the releaser deals with the claim's reservation, and its
   -- job id may not claim the task again.
@@ -33,7 +34,7 @@ elseif op == 'release' then
   t.status, t.job_id, t.updated_at = 'pending', '', num(now)
 elseif ARGV[BASE + 6] == '1' then
   t.status, t.result, t.progress = 'completed', ARGV[BASE + 7], '100'
-  t.lease_expires_at, t.updated_at = '', num(now)
+  t.lease_expires_at, t.lease_seconds, t.updated_at = '', '', num(now)
 else
   reason = ARGV[BASE + 8]
   failed_attempt(t, now, reason, ARGV[BASE + 9], ARGV[BASE + 7])

@@ -112,7 +112,7 @@ local function unfinished(t)
 end
 
 local function unclaim(t)
-  t.claimed_by, t.claimed_at, t.lease_expires_at = '', '', ''
+  t.claimed_by, t.claimed_at, t.lease_expires_at, t.lease_seconds = '', '', '', ''
 end
 
 local function dead_letter(t, now, reason)
