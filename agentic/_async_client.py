@@ -84,6 +84,7 @@ from ._client_wire import (
     parse,
     task_of,
     task_path,
+    tls_verify,
     wait_param,
 )
 from ._log_events import LogEvent, SSEDecoder
@@ -138,7 +139,11 @@ class AsyncTaskClient:
             headers["Authorization"] = f"Bearer {token}"
         try:
             self._http = httpx.AsyncClient(
-                base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+                base_url=self.base_url,
+                headers=headers,
+                timeout=timeout,
+                transport=transport,
+                verify=tls_verify(self.base_url),
             )
         except httpx.InvalidURL as exc:
             raise ConfigError(f"base_url {base_url!r} is not a valid URL: {exc}") from exc

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
+from urllib.request import getproxies
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -38,6 +39,7 @@ __all__ = [
     "RETRY_STATUSES",
     "STREAM_READ_TIMEOUT",
     "TASK",
+    "tls_verify",
     "TASKS",
     "WITHDRAWN",
     "Claim",
@@ -322,3 +324,18 @@ def encode_body(body: Any) -> bytes:
             f" {exc.object[exc.start : exc.end]!r}), for example bytes decoded with"
             " surrogateescape: decode them with errors='replace' before sending"
         ) from exc
+
+
+def tls_verify(base_url: str) -> bool:
+    """httpx's ``verify`` for a client of ``base_url``: False where no TLS can happen.
+
+    Loading the CA bundle is most of what building an httpx client costs (20-40 ms;
+    inside a coroutine it blocks the event loop, and every CLI command pays it). A
+    client of an ``http://`` URL with no proxy from the environment never opens a
+    TLS connection (the clients follow no redirects), so it loads none; ``https://``,
+    or a proxy (which may itself be ``https://``), keeps httpx's checks.
+    """
+    if not base_url.startswith("http://"):
+        return True
+    proxies = getproxies()
+    return bool(proxies.get("http") or proxies.get("all"))

@@ -77,6 +77,7 @@ from ._client_wire import (
     parse,
     task_of,
     task_path,
+    tls_verify,
     wait_param,
 )
 from ._log_events import LogEvent, SSEDecoder
@@ -121,7 +122,11 @@ class TaskClient:
             headers["Authorization"] = f"Bearer {token}"
         try:
             self._http = httpx.Client(
-                base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+                base_url=self.base_url,
+                headers=headers,
+                timeout=timeout,
+                transport=transport,
+                verify=tls_verify(self.base_url),
             )
         except httpx.InvalidURL as exc:
             raise ConfigError(f"base_url {base_url!r} is not a valid URL: {exc}") from exc

@@ -16,6 +16,7 @@ import pytest
 import respx
 
 from agentic import AsyncTaskClient
+from agentic._client_wire import tls_verify
 from agentic.client import Claim, LogEvent, TaskClient
 from agentic.errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
@@ -775,3 +776,35 @@ def test_retry_policy_is_used(
     with fixed, pytest.raises(TransportError):
         fixed.get_task("t1")
     assert waits == [101.0, 102.0]  # attempt counts retries from 1
+
+
+_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "https_proxy", "HTTPS_PROXY")
+
+
+@pytest.mark.parametrize(
+    ("url", "proxy", "verify"),
+    [
+        ("http://127.0.0.1:8080", None, False),
+        ("https://tasks.example.com", None, True),
+        ("http://127.0.0.1:8080", ("HTTP_PROXY", "https://proxy.example.com:3128"), True),
+        ("http://127.0.0.1:8080", ("all_proxy", "https://proxy.example.com:3128"), True),
+        ("http://127.0.0.1:8080", ("HTTPS_PROXY", "https://proxy.example.com:3128"), False),
+    ],
+)
+def test_certificates_are_loaded_only_where_tls_can_happen(
+    monkeypatch: pytest.MonkeyPatch, url: str, proxy: tuple[str, str] | None, verify: bool
+) -> None:
+    """http:// with no proxy for it loads no CA bundle; https:// or a proxy keeps the checks."""
+    for name in _PROXY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    if proxy is not None:
+        monkeypatch.setenv(*proxy)
+    assert tls_verify(url) is verify
+
+
+def test_an_http_client_still_talks_to_its_server() -> None:
+    """Built without certificates, a client of an http:// URL makes its requests as before."""
+    with respx.mock(base_url="http://tasks.local") as mock:
+        mock.get("/api/tasks/t1").respond(json=Task(id="t1", title="x").model_dump(mode="json"))
+        with TaskClient("http://tasks.local", token="") as client:
+            assert client.get_task("t1").title == "x"
