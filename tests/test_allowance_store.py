@@ -557,6 +557,23 @@ def test_quota_rolls_over_at_midnight(backend: Backend) -> None:
     assert result.remaining_jobs == 1
 
 
+def test_reserve_on_a_new_day_rolls_the_rows_over(backend: Backend) -> None:
+    """A day's first reserve stores its agent's and model's rows rolled into the new day."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1", input_price=1))
+    store.reserve("a1", "m1", 50, "j1")
+    store.settle("j1", 100, 0, COMPLETED)
+    backend.clock.advance(DAY)
+    store.reserve("a1", "m1", 30, "j2")
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.jobs_started, usage.active_jobs) == (0, 1, 1)
+    assert usage.tokens_reserved == 30
+    model = store.get_model_usage("m1")
+    assert (model.tokens_used, model.cost_used, model.tokens_reserved) == (0, 0, 30)
+    assert model.period_start == usage.period_start
+
+
 def test_reserve_reports_status_crossing(backend: Backend) -> None:
     """A reservation reports the status before and after it (80% crossing)."""
     store = backend.allowance()

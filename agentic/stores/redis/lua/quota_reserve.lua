@@ -59,11 +59,22 @@ local request = ''  -- the member of the model's request log this admission adde
 row.jobs_started = row.jobs_started + 1
 row.active_jobs = row.active_jobs + 1
 row.tokens_reserved = row.tokens_reserved + tokens
-put_agent(agent_id, row)
+-- A stored row of this period gets only the fields a reservation changes (get_agent).
+if row.whole then
+  put_agent(agent_id, row)
+else
+  redis.call('HSET', K.agent .. agent_id, 'jobs_started', num(row.jobs_started),
+    'tokens_reserved', num(row.tokens_reserved), 'active_jobs', num(row.active_jobs))
+end
 if model ~= '' then
   mrow.tokens_reserved = mrow.tokens_reserved + tokens
   mrow.cost_reserved = mrow.cost_reserved + cost
-  put_model(model, mrow)
+  if mrow.whole then
+    put_model(model, mrow)
+  else
+    redis.call('HSET', K.model .. model, 'tokens_reserved', num(mrow.tokens_reserved),
+      'cost_reserved', num(mrow.cost_reserved))
+  end
   -- One member per admitted request: a job id admitted again after its
   -- reservation expired is a second request, even at the same instant (an
   -- injected clock, or expire then reserve): then a suffix keeps it apart.
