@@ -34,7 +34,9 @@ from agentic.models import (
     ModelQuota,
     QuotaEvent,
     Task,
+    TaskResult,
     TaskStatus,
+    TaskUpdate,
 )
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry
@@ -243,6 +245,71 @@ def test_tasks_stored_before_the_lease_length_read_and_renew(
         None,
     )
     assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
+
+
+def _created(store: RedisTaskStore, clock: FakeClock, count: int, **fields: Any) -> list[Task]:
+    """``count`` tasks, a second apart (so list order is creation order)."""
+    made = []
+    for i in range(count):
+        clock.advance(1)
+        made.append(store.create(Task(title=f"t{i}", **fields)))
+    return made
+
+
+def _claimed_ids(store: RedisTaskStore, agent: str) -> list[str]:
+    return [t.id for t in store.list(status=TaskStatus.IN_PROGRESS, claimed_by=agent)]
+
+
+def _claims_index(client: redis.Redis, keys: TaskKeys, agent: str) -> set[str]:
+    return {
+        text(member)
+        for rank in range(4)
+        for member in sync(client.zrange(f"{keys.claims_head}{rank}:{agent}", 0, -1))
+    }
+
+
+def test_an_agents_claims_are_listed_from_its_own_index(client: redis.Redis, prefix: str) -> None:
+    """A task enters its agent's claims index when claimed and leaves it on complete,
+    release, expiry and dead letter; listing an agent's tasks in progress reads it."""
+    clock = FakeClock()
+    store = RedisTaskStore(client, prefix=prefix, clock=clock)
+    keys = TaskKeys.under(prefix)
+    tasks = _created(store, clock, 5, max_retries=0)
+    for i, task in enumerate(tasks):
+        store.claim(task.id, "a1" if i < 4 else "a2", 30 if i else 5, f"j{i}")
+    assert _claimed_ids(store, "a1") == [t.id for t in tasks[:4]]
+    assert _claims_index(client, keys, "a2") == {tasks[4].id}
+    store.complete(tasks[1].id, TaskResult(success=True), "a1", job_id="j1")
+    store.release(tasks[2].id, "a1", job_id="j2")
+    store.update(tasks[3].id, TaskUpdate(status=TaskStatus.FAILED))
+    clock.advance(10)
+    assert [t.id for t in store.requeue_expired()] == [tasks[0].id]  # dead-lettered
+    assert _claimed_ids(store, "a1") == [] and _claims_index(client, keys, "a1") == set()
+    assert _claimed_ids(store, "a2") == [tasks[4].id]
+    assert int(sync(client.get(keys.claimed)) or -1) == 1
+
+
+def test_claims_written_without_the_index_are_still_listed(
+    client: redis.Redis, prefix: str
+) -> None:
+    """Claims a writer left out of the index (an older version, a store from before
+    it) and a task it finished are seen: the count disagrees, the index is rebuilt."""
+    clock = FakeClock()
+    store = RedisTaskStore(client, prefix=prefix, clock=clock)
+    keys = TaskKeys.under(prefix)
+    tasks = _created(store, clock, 3)
+    for i, task in enumerate(tasks):
+        store.claim(task.id, "a1", 30, f"j{i}")
+    # As a store written before the index: no index entries, no count.
+    client.delete(*(f"{keys.claims_head}{r}:a1" for r in range(4)), keys.claimed)
+    assert _claimed_ids(store, "a1") == [t.id for t in tasks]
+    # As an older writer completing one: the hash and status sets change, the index not.
+    rank = f"{keys.status_head}in_progress:2"
+    client.zrem(rank, tasks[0].id)
+    client.zadd(f"{keys.status_head}completed:2", {tasks[0].id: 0})
+    client.hset(keys.data(tasks[0].id), "status", "completed")
+    assert _claimed_ids(store, "a1") == [t.id for t in tasks[1:]]
+    assert _claims_index(client, keys, "a1") == {t.id for t in tasks[1:]}
 
 
 def test_amounts_beyond_exact_range_are_refused(client: redis.Redis, prefix: str) -> None:

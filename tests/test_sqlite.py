@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from agentic.errors import ConfigError, StoreError, StoreUnavailableError
-from agentic.models import AgentAllowance, AgentInfo, FailureCharge, ModelQuota, QuotaEvent, Task
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    FailureCharge,
+    ModelQuota,
+    Priority,
+    QuotaEvent,
+    Task,
+    TaskStatus,
+)
 from agentic.quota import HOUR, SETTLED_RETENTION
 from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
@@ -533,6 +542,7 @@ def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
     store.claim(task.id, "a1", 30)
     store.close()
     with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP INDEX tasks_by_claim")  # schema 4
         conn.execute("ALTER TABLE tasks DROP COLUMN lease_seconds")
         conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'tasks'")
     store = SQLiteTaskStore(path, clock=clock)
@@ -542,4 +552,32 @@ def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
     old = store.get(task.id)
     assert (old.claimed_by, old.lease_seconds) == ("a1", None)
     assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
+    store.close()
+
+
+def test_a_runners_poll_reads_its_claims_by_index(tmp_path: Path) -> None:
+    """A file at task schema 3 gets the claims index; an agent's tasks in progress are
+    listed through it (not by scanning every task in progress), in list order."""
+    clock, path = FakeClock(), tmp_path / "t.db"
+    store = SQLiteTaskStore(path, clock=clock)
+    mine = []
+    for i in range(6):
+        clock.advance(1)
+        task = store.create(Task(title=f"t{i}", priority=Priority.HIGH if i == 4 else "medium"))
+        store.claim(task.id, "a1" if i % 2 == 0 else "a2", 30)
+        if i % 2 == 0:
+            mine.append(task.id)
+    store.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("DROP INDEX tasks_by_claim")
+        conn.execute("UPDATE schema_version SET version = 3 WHERE component = 'tasks'")
+    store = SQLiteTaskStore(path, clock=clock)
+    listed = store.list(status=TaskStatus.IN_PROGRESS, claimed_by="a1")
+    assert [t.id for t in listed] == [mine[2], mine[0], mine[1]]  # the high one first
+    plan = rows(
+        path,
+        "EXPLAIN QUERY PLAN SELECT id FROM tasks WHERE status = 'in_progress'"
+        " AND claimed_by = 'a1' ORDER BY priority_rank, created_at, id",
+    )
+    assert any("tasks_by_claim" in str(step) for step in plan)
     store.close()

@@ -175,6 +175,15 @@ class TaskKeys:
     #: hash per task: job ids that may no longer claim it -> "1" if that job's claim
     #: was made (its attempt ended), "0" if it was withdrawn before it was made
     retired_head: str
+    #: sorted set per priority rank and agent (``{rank}:{agent id}``): the ids of the
+    #: tasks in progress claimed for that agent, scored by created_at (a runner's poll
+    #: reads its own claims, not every task in progress)
+    claims_head: str
+    #: set: the agent ids that have had such an index (so it can be rebuilt)
+    claimers: str
+    #: string: how many ids those indexes hold; when it differs from the tasks in
+    #: progress (a writer that keeps no index: an older version), they are rebuilt
+    claimed: str
 
     @classmethod
     def under(cls, prefix: str) -> TaskKeys:
@@ -188,6 +197,9 @@ class TaskKeys:
             order_head=t + "order:",
             status_head=t + "status:",
             retired_head=t + "retired:",
+            claims_head=t + "claims:",
+            claimers=t + "claimers",
+            claimed=t + "claimed",
         )
 
     def heads(self) -> tuple[str, ...]:

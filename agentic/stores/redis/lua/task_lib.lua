@@ -1,8 +1,8 @@
 -- task_lib.lua: the task rules in Lua, after common.lua. They mirror
 -- agentic/stores/_tasks.py; the contract tests run both on the same cases.
 --
--- ARGV[1..8] are the key heads of TaskKeys (stores/keys.py), in declaration
--- order, and ARGV[9..11] the event log's seq, stream and ids keys ('' when the
+-- ARGV[1..11] are the key heads of TaskKeys (stores/keys.py), in declaration
+-- order, and ARGV[12..14] the event log's seq, stream and ids keys ('' when the
 -- store records no events); a script's own arguments start at ARGV[BASE + 1].
 -- Keys are built here because the cascade finds the tasks it blocks while it runs.
 -- After common.lua and log_lib.lua.
@@ -16,10 +16,11 @@ local HEAD, LOG
 HEAD = {
   data = ARGV[1], dependents = ARGV[2], logs = ARGV[3], idempotency = ARGV[4],
   leases = ARGV[5], order = ARGV[6], status = ARGV[7], retired = ARGV[8],
+  claims = ARGV[9], claimers = ARGV[10], claimed = ARGV[11],
 }
-LOG = {seq = ARGV[9], stream = ARGV[10], ids = ARGV[11]}
+LOG = {seq = ARGV[12], stream = ARGV[13], ids = ARGV[14]}
 -- } per call
-local BASE = 11
+local BASE = 14
 local RANK = {critical = 0, high = 1, medium = 2, low = 3}
 
 local function load(id)
@@ -75,15 +76,42 @@ local function retire(id, job, made)
   end
 end
 
--- Store t and keep the status index and the lease set in step with it.
+-- The index of agent's tasks in progress of one rank (see TaskKeys.claims_head).
+local function claims_key(rank, agent)
+  return HEAD.claims .. rank .. ':' .. agent
+end
+
+-- Add or remove one entry of an agent's claims index, counting it in HEAD.claimed.
+local function index_claim(rank, agent, t)
+  if redis.call('ZADD', claims_key(rank, agent), t.created_at, t.id) == 1 then
+    redis.call('INCR', HEAD.claimed)
+    redis.call('SADD', HEAD.claimers, agent)
+  end
+end
+
+local function unindex_claim(rank, agent, id)
+  if agent and redis.call('ZREM', claims_key(rank, agent), id) == 1 then
+    redis.call('DECR', HEAD.claimed)
+  end
+end
+
+-- Store t and keep the status index, the claims index and the lease set in step
+-- with it. A task enters and leaves in_progress only here; while in progress its
+-- claimed_by does not change (a claim needs a pending task), nor does a priority.
 local FINAL = {completed = true, failed = true}
 
 local function save(t, old_status)
+  local rank = RANK[t.priority]
+  if old_status == 'in_progress' and t.status ~= 'in_progress' then
+    -- the claim's agent as stored: t's own may be cleared already (unclaim)
+    unindex_claim(rank, redis.call('HGET', HEAD.data .. t.id, 'claimed_by'), t.id)
+  elseif t.status == 'in_progress' and old_status ~= 'in_progress' then
+    index_claim(rank, t.claimed_by, t)
+  end
   redis.call('HSET', HEAD.data .. t.id, unpack(flat(t)))
   if FINAL[t.status] and not FINAL[old_status or ''] then
     redis.call('DEL', HEAD.retired .. t.id)  -- no claim of it can be made any more
   end
-  local rank = RANK[t.priority]
   if old_status ~= t.status then
     if old_status then
       redis.call('ZREM', HEAD.status .. old_status .. ':' .. rank, t.id)

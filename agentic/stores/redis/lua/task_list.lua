@@ -1,6 +1,7 @@
 -- Tasks matching every filter, most urgent, then oldest, then id first (after
 -- task_lib.lua). Walks the per-rank index (per status and rank when a status is
--- given), so it stops as soon as ``limit`` tasks matched.
+-- given; per agent and rank for one agent's tasks in progress), so it stops as soon
+-- as ``limit`` tasks matched.
 -- ARGV: heads, status, priority, project, claimed_by, labels JSON, ready, limit,
 -- after, labels_within JSON. Each filter is '' when not given; project and
 -- claimed_by are '=' .. value so that an empty value can be asked for; ready is
@@ -102,13 +103,52 @@ local function matches(t)
   return true
 end
 
+-- The tasks in progress claimed for one agent (a runner's poll) are read from that
+-- agent's claims index, not by walking every task in progress. The index is
+-- trusted while it holds as many ids as there are tasks in progress; a writer that
+-- keeps none (an older version sharing the store, or a store from before the
+-- index) makes them differ, and the index is rebuilt from the tasks in progress.
+local function claims_in_step()
+  local count = 0
+  for rank = 0, 3 do
+    count = count + redis.call('ZCARD', HEAD.status .. 'in_progress:' .. rank)
+  end
+  return tonumber(redis.call('GET', HEAD.claimed)) == count
+end
+
+local function rebuild_claims()
+  for _, agent in ipairs(redis.call('SMEMBERS', HEAD.claimers)) do
+    for rank = 0, 3 do
+      redis.call('DEL', claims_key(rank, agent))
+    end
+  end
+  redis.call('DEL', HEAD.claimers)
+  redis.call('SET', HEAD.claimed, 0)
+  for rank = 0, 3 do
+    for _, id in ipairs(redis.call('ZRANGE', HEAD.status .. 'in_progress:' .. rank, 0, -1)) do
+      local v = redis.call('HMGET', HEAD.data .. id, 'claimed_by', 'created_at')
+      index_claim(rank, v[1], {id = id, created_at = v[2]})
+    end
+  end
+end
+
+local agent = nil  -- listing one agent's tasks in progress: from its claims index
+if status == 'in_progress' and #claimed_by > 1 then
+  agent = claimed_by:sub(2)
+  if not claims_in_step() then
+    rebuild_claims()
+  end
+end
+
 local ranks = {0, 1, 2, 3}
 if priority ~= '' then
   ranks = {RANK[priority]}
 end
 for _, rank in ipairs(ranks) do
   local key = HEAD.order .. rank
-  if status ~= '' then
+  if agent then
+    key = claims_key(rank, agent)
+  elseif status ~= '' then
     key = HEAD.status .. status .. ':' .. rank
   end
   local start = 0
