@@ -312,6 +312,98 @@ def test_claims_written_without_the_index_are_still_listed(
     assert _claims_index(client, keys, "a1") == {t.id for t in tasks[1:]}
 
 
+def _split(client: redis.Redis, keys: TaskKeys) -> tuple[set[str], set[str]]:
+    """The ids in the ready and in the waiting halves of the pending tasks."""
+    ready, waiting = (
+        {text(m) for rank in range(4) for m in sync(client.zrange(f"{head}{rank}", 0, -1))}
+        for head in (keys.ready_head, keys.waiting_head)
+    )
+    return ready, waiting
+
+
+def _ready_ids(store: RedisTaskStore) -> list[str]:
+    return [t.id for t in store.list(status=TaskStatus.PENDING, ready=True)]
+
+
+def test_ready_tasks_are_listed_from_the_ready_half(client: redis.Redis, prefix: str) -> None:
+    """A task waits while a dependency is not completed and becomes ready when the last
+    one completes; released, retried and blocked tasks move between the halves."""
+    clock = FakeClock()
+    store = RedisTaskStore(client, prefix=prefix, clock=clock)
+    keys = TaskKeys.under(prefix)
+    a, free = _created(store, clock, 2)
+    clock.advance(1)
+    b = store.create(Task(title="b", dependencies=[a.id, free.id], max_retries=0))
+    clock.advance(1)
+    c = store.create(Task(title="c", dependencies=[b.id]))
+    assert _ready_ids(store) == [a.id, free.id]
+    assert _split(client, keys) == ({a.id, free.id}, {b.id, c.id})
+    store.claim(a.id, "x", 30, "ja")
+    store.complete(a.id, TaskResult(success=True), "x", job_id="ja")
+    assert _split(client, keys) == ({free.id}, {b.id, c.id})  # b still waits for free
+    store.claim(free.id, "x", 30, "jf")
+    store.release(free.id, "x", job_id="jf")  # back to pending: ready again
+    assert _ready_ids(store) == [free.id]
+    store.claim(free.id, "x", 30, "jf2")
+    store.complete(free.id, TaskResult(success=True), "x", job_id="jf2")
+    assert _ready_ids(store) == [b.id]
+    store.claim(b.id, "x", 30, "jb")
+    store.complete(b.id, TaskResult(success=False, error_message="no"), "x", job_id="jb")
+    assert store.get(c.id).status == TaskStatus.BLOCKED  # b dead-lettered: c blocked
+    assert _ready_ids(store) == [] and _split(client, keys) == (set(), set())
+
+
+def test_pending_tasks_written_without_the_split_are_still_listed(
+    client: redis.Redis, prefix: str
+) -> None:
+    """Pending tasks a writer left out of the split (an older version, a store from
+    before it) are listed: the halves do not add up, the rank is split again."""
+    clock = FakeClock()
+    store = RedisTaskStore(client, prefix=prefix, clock=clock)
+    keys = TaskKeys.under(prefix)
+    a, b = _created(store, clock, 2)
+    clock.advance(1)
+    waiting = store.create(Task(title="w", dependencies=[a.id]))
+    halves = (keys.ready_head, keys.waiting_head)
+    client.delete(*(f"{head}{rank}" for head in halves for rank in range(4)))
+    assert _ready_ids(store) == [a.id, b.id]
+    assert _split(client, keys) == ({a.id, b.id}, {waiting.id})
+    client.zrem(f"{keys.ready_head}2", b.id)  # as an older writer's create of b
+    assert _ready_ids(store) == [a.id, b.id]
+    assert [t.id for t in store.list(status=TaskStatus.PENDING, ready=True, limit=1)] == [a.id]
+
+
+def test_changes_the_counts_cannot_show_are_found_within_five_minutes(
+    client: redis.Redis, prefix: str
+) -> None:
+    """A dependency an older writer completed (no promotion) and a claim it made while
+    finishing another (the counts agree) are seen once the indexes are checked whole
+    again (every 5 minutes: their marks expire)."""
+    clock = FakeClock()
+    store = RedisTaskStore(client, prefix=prefix, clock=clock)
+    keys = TaskKeys.under(prefix)
+    a, b = _created(store, clock, 2)
+    clock.advance(1)
+    dependent = store.create(Task(title="d", dependencies=[a.id]))
+    store.claim(a.id, "x", 30, "ja")
+    assert _ready_ids(store) == [b.id] and _claimed_ids(store, "x") == [a.id]
+    # As an older writer: a completed (no promotion, no unindexing), b claimed for x
+    # (not indexed): every count still agrees.
+    for task, old, new in ((a, "in_progress", "completed"), (b, "pending", "in_progress")):
+        client.zrem(f"{keys.status_head}{old}:2", task.id)
+        client.zadd(f"{keys.status_head}{new}:2", {task.id: clock()})
+        client.hset(keys.data(task.id), mapping={"status": new, "claimed_by": "x"})
+    client.zrem(f"{keys.ready_head}2", b.id)
+    client.zadd(f"{keys.ready_head}2", {dependent.id: 0})  # keeps the pending count
+    client.zrem(f"{keys.waiting_head}2", dependent.id)
+    client.zadd(f"{keys.waiting_head}2", {"gone": 0})
+    assert _claimed_ids(store, "x") == []  # a is listed no more, b not yet
+    client.delete(keys.checked_head + "claims", keys.checked_head + "ready:2")  # 5 min on
+    assert _claimed_ids(store, "x") == [b.id]
+    assert _ready_ids(store) == [dependent.id]
+    assert _split(client, keys) == ({dependent.id}, set())
+
+
 def test_amounts_beyond_exact_range_are_refused(client: redis.Redis, prefix: str) -> None:
     """Token amounts above 2**50 are a ConfigError on Redis (Lua doubles), not a wrong sum."""
     store = RedisAllowanceStore(client, prefix=prefix)

@@ -184,6 +184,21 @@ class TaskKeys:
     #: string: how many ids those indexes hold; when it differs from the tasks in
     #: progress (a writer that keeps no index: an older version), they are rebuilt
     claimed: str
+    #: sorted set per priority rank: the pending tasks whose dependencies are all
+    #: completed (ready to claim), scored by created_at
+    ready_head: str
+    #: sorted set per priority rank: the other pending tasks (a dependency not
+    #: completed yet). With ready_head, the pending status index split in two: a
+    #: dispatcher's listing of ready tasks reads only those, not a chain of thousands
+    #: waiting for one task. When the two do not add up to the pending tasks of the
+    #: rank (a writer that keeps no split: an older version), the rank is split again.
+    waiting_head: str
+    #: string per index (``claims``, ``ready:{rank}``), expiring: present while that
+    #: index was checked whole in the last 5 minutes. Once it is gone, the next
+    #: listing that reads the index rebuilds it from the tasks: a writer without the
+    #: indexes (an older version sharing the store) can change tasks in ways their
+    #: counts do not show (a dependency completed, two changes that cancel out).
+    checked_head: str
 
     @classmethod
     def under(cls, prefix: str) -> TaskKeys:
@@ -200,6 +215,9 @@ class TaskKeys:
             claims_head=t + "claims:",
             claimers=t + "claimers",
             claimed=t + "claimed",
+            ready_head=t + "ready:",
+            waiting_head=t + "waiting:",
+            checked_head=t + "checked:",
         )
 
     def heads(self) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 -- task_lib.lua: the task rules in Lua, after common.lua. They mirror
 -- agentic/stores/_tasks.py; the contract tests run both on the same cases.
 --
--- ARGV[1..11] are the key heads of TaskKeys (stores/keys.py), in declaration
--- order, and ARGV[12..14] the event log's seq, stream and ids keys ('' when the
+-- ARGV[1..14] are the key heads of TaskKeys (stores/keys.py), in declaration
+-- order, and ARGV[15..17] the event log's seq, stream and ids keys ('' when the
 -- store records no events); a script's own arguments start at ARGV[BASE + 1].
 -- Keys are built here because the cascade finds the tasks it blocks while it runs.
 -- After common.lua and log_lib.lua.
@@ -16,11 +16,12 @@ local HEAD, LOG
 HEAD = {
   data = ARGV[1], dependents = ARGV[2], logs = ARGV[3], idempotency = ARGV[4],
   leases = ARGV[5], order = ARGV[6], status = ARGV[7], retired = ARGV[8],
-  claims = ARGV[9], claimers = ARGV[10], claimed = ARGV[11],
+  claims = ARGV[9], claimers = ARGV[10], claimed = ARGV[11], ready = ARGV[12],
+  waiting = ARGV[13], checked = ARGV[14],
 }
-LOG = {seq = ARGV[12], stream = ARGV[13], ids = ARGV[14]}
+LOG = {seq = ARGV[15], stream = ARGV[16], ids = ARGV[17]}
 -- } per call
-local BASE = 14
+local BASE = 17
 local RANK = {critical = 0, high = 1, medium = 2, low = 3}
 
 local function load(id)
@@ -76,6 +77,46 @@ local function retire(id, job, made)
   end
 end
 
+-- Dependencies of t not completed, in t's order.
+local function unfinished(t)
+  local out = {}
+  if t.dependencies == '[]' then
+    return out  -- most tasks: no JSON to decode
+  end
+  for _, dep in ipairs(cjson.decode(t.dependencies)) do
+    if redis.call('HGET', HEAD.data .. dep, 'status') ~= 'completed' then
+      out[#out + 1] = dep
+    end
+  end
+  return out
+end
+
+-- File a pending task of rank rank as ready or waiting (TaskKeys.ready_head).
+local function file_pending(t, rank)
+  local head = #unfinished(t) == 0 and HEAD.ready or HEAD.waiting
+  redis.call('ZADD', head .. rank, t.created_at, t.id)
+end
+
+local function unfile_pending(rank, id)
+  redis.call('ZREM', HEAD.ready .. rank, id)
+  redis.call('ZREM', HEAD.waiting .. rank, id)
+end
+
+-- Task id was just completed: its waiting dependents whose dependencies are now
+-- all completed become ready.
+local function promote_dependents(id)
+  for _, dependent in ipairs(redis.call('SMEMBERS', HEAD.dependents .. id)) do
+    local v = redis.call('HMGET', HEAD.data .. dependent, 'status', 'priority', 'created_at',
+      'dependencies')
+    if v[1] == 'pending' then
+      local rank = RANK[v[2]]
+      if redis.call('ZREM', HEAD.waiting .. rank, dependent) == 1 then
+        file_pending({id = dependent, created_at = v[3], dependencies = v[4]}, rank)
+      end
+    end
+  end
+end
+
 -- The index of agent's tasks in progress of one rank (see TaskKeys.claims_head).
 local function claims_key(rank, agent)
   return HEAD.claims .. rank .. ':' .. agent
@@ -95,8 +136,8 @@ local function unindex_claim(rank, agent, id)
   end
 end
 
--- Store t and keep the status index, the claims index and the lease set in step
--- with it. A task enters and leaves in_progress only here; while in progress its
+-- Store t and keep the status index, the claims index, the ready / waiting split
+-- and the lease set in step with it. A task enters and leaves in_progress only here; while in progress its
 -- claimed_by does not change (a claim needs a pending task), nor does a priority.
 local FINAL = {completed = true, failed = true}
 
@@ -108,7 +149,15 @@ local function save(t, old_status)
   elseif t.status == 'in_progress' and old_status ~= 'in_progress' then
     index_claim(rank, t.claimed_by, t)
   end
+  if old_status == 'pending' and t.status ~= 'pending' then
+    unfile_pending(rank, t.id)
+  elseif t.status == 'pending' and old_status ~= 'pending' then
+    file_pending(t, rank)
+  end
   redis.call('HSET', HEAD.data .. t.id, unpack(flat(t)))
+  if t.status == 'completed' and old_status ~= 'completed' then
+    promote_dependents(t.id)  -- after the HSET: they read t's status as stored
+  end
   if FINAL[t.status] and not FINAL[old_status or ''] then
     redis.call('DEL', HEAD.retired .. t.id)  -- no claim of it can be made any more
   end
@@ -123,20 +172,6 @@ local function save(t, old_status)
   else
     redis.call('ZREM', HEAD.leases, t.id)
   end
-end
-
--- Dependencies of t not completed, in t's order.
-local function unfinished(t)
-  local out = {}
-  if t.dependencies == '[]' then
-    return out  -- most tasks: no JSON to decode
-  end
-  for _, dep in ipairs(cjson.decode(t.dependencies)) do
-    if redis.call('HGET', HEAD.data .. dep, 'status') ~= 'completed' then
-      out[#out + 1] = dep
-    end
-  end
-  return out
 end
 
 local function unclaim(t)

@@ -1,7 +1,7 @@
 -- Tasks matching every filter, most urgent, then oldest, then id first (after
 -- task_lib.lua). Walks the per-rank index (per status and rank when a status is
--- given; per agent and rank for one agent's tasks in progress), so it stops as soon
--- as ``limit`` tasks matched.
+-- given; per agent and rank for one agent's tasks in progress; the ready pending
+-- tasks of the rank for ready ones), so it stops as soon as ``limit`` tasks matched.
 -- ARGV: heads, status, priority, project, claimed_by, labels JSON, ready, limit,
 -- after, labels_within JSON. Each filter is '' when not given; project and
 -- claimed_by are '=' .. value so that an empty value can be asked for; ready is
@@ -73,6 +73,11 @@ local function filtered_fields(raw)
 end
 
 local function matches(t)
+  -- A status index lists only its status; the claims index and the ready half are
+  -- checked, as an older writer may have changed a task without them.
+  if status ~= '' and t.status ~= status then
+    return false
+  end
   if project ~= '' and '=' .. t.project ~= project then
     return false
   end
@@ -103,6 +108,16 @@ local function matches(t)
   return true
 end
 
+-- Whether the index named name is due to be checked whole (TaskKeys.checked_head):
+-- once every 5 minutes, and at once when its counts disagree.
+local function due(name)
+  return redis.call('SET', HEAD.checked .. name, '1', 'NX', 'EX', 300) ~= false
+end
+
+local function checked(name)
+  redis.call('SET', HEAD.checked .. name, '1', 'EX', 300)
+end
+
 -- The tasks in progress claimed for one agent (a runner's poll) are read from that
 -- agent's claims index, not by walking every task in progress. The index is
 -- trusted while it holds as many ids as there are tasks in progress; a writer that
@@ -117,6 +132,7 @@ local function claims_in_step()
 end
 
 local function rebuild_claims()
+  checked('claims')
   for _, agent in ipairs(redis.call('SMEMBERS', HEAD.claimers)) do
     for rank = 0, 3 do
       redis.call('DEL', claims_key(rank, agent))
@@ -135,8 +151,28 @@ end
 local agent = nil  -- listing one agent's tasks in progress: from its claims index
 if status == 'in_progress' and #claimed_by > 1 then
   agent = claimed_by:sub(2)
-  if not claims_in_step() then
+  if due('claims') or not claims_in_step() then
     rebuild_claims()
+  end
+end
+
+-- The ready pending tasks (a dispatcher's listing, and its wait) are read from the
+-- ready half of the pending split, not by walking the tasks waiting for a
+-- dependency. A rank whose halves do not add up to its pending tasks (a writer that
+-- keeps no split: an older version, a store from before it) is split again first.
+local only_ready = ready == '1' and (status == '' or status == 'pending') and not agent
+
+local function split_pending(rank)
+  local pending = HEAD.status .. 'pending:' .. rank
+  if not due('ready:' .. rank) and redis.call('ZCARD', pending)
+      == redis.call('ZCARD', HEAD.ready .. rank) + redis.call('ZCARD', HEAD.waiting .. rank) then
+    return
+  end
+  checked('ready:' .. rank)
+  redis.call('DEL', HEAD.ready .. rank, HEAD.waiting .. rank)
+  for _, id in ipairs(redis.call('ZRANGE', pending, 0, -1)) do
+    local v = redis.call('HMGET', HEAD.data .. id, 'created_at', 'dependencies')
+    file_pending({id = id, created_at = v[1], dependencies = v[2]}, rank)
   end
 end
 
@@ -148,6 +184,9 @@ for _, rank in ipairs(ranks) do
   local key = HEAD.order .. rank
   if agent then
     key = claims_key(rank, agent)
+  elseif only_ready then
+    split_pending(rank)
+    key = HEAD.ready .. rank
   elseif status ~= '' then
     key = HEAD.status .. status .. ':' .. rank
   end
