@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: a private redis-server and percentiles."""
+"""Helpers shared by the benchmarks: a private redis-server, percentiles, and the
+scaling of a task store listing."""
 
 from __future__ import annotations
 
@@ -10,10 +11,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import redis
+
+from agentic.stores.base import TaskStore
+from agentic.stores.redis.tasks import RedisTaskStore
+from agentic.stores.sqlite.tasks import SQLiteTaskStore
+
+#: an indexed listing's cost at the large size over the small one, at most
+SCALING_TARGET = 3.0
 
 
 @contextmanager
@@ -83,3 +92,53 @@ def print_ratios(
         median = statistics.median(values)
         rounds = " ".join(format(value, fmt) for value in values)
         print(f"{name:{width}} {format(median, fmt):>10} {median / base:8.2f}x  {rounds}")
+
+
+def task_store_scaling(
+    redis_url: str | None,
+    sizes: tuple[int, int],
+    populate: Callable[[TaskStore, int], None],
+    measure: Callable[[TaskStore], tuple[float, float]],
+) -> list[tuple[str, int, float, float]]:
+    """For the small and the large size, on a SQLite file and on Redis (``redis_url``,
+    else a private server): a new task store filled by ``populate(store, size)``,
+    then ``measure(store)``: (indexed listing ms, walking listing ms). The rows:
+    (backend, size, indexed ms, walk ms)."""
+    rows: list[tuple[str, int, float, float]] = []
+    context = nullcontext(redis_url) if redis_url else private_redis()
+    with context as url, tempfile.TemporaryDirectory() as folder:
+        client = redis.Redis.from_url(url)
+        for size in sizes:
+            for backend in ("sqlite", "redis"):
+                if backend == "redis":
+                    prefix = f"bench-{size}-{time.time_ns()}"
+                    store: TaskStore = RedisTaskStore(client, prefix=prefix)
+                else:
+                    store = SQLiteTaskStore(Path(folder) / f"bench-{size}.db")
+                populate(store, size)
+                indexed, walk = measure(store)
+                rows.append((backend, size, indexed, walk))
+                store.close()
+        client.close()
+    return rows
+
+
+def print_scaling(
+    rows: list[tuple[str, int, float, float]], what: str, count: Callable[[int], int]
+) -> None:
+    """The table of :func:`task_store_scaling` and, per backend, the ratio large /
+    small of the indexed listing (target <= 3) and the walk's cost against it at the
+    large size; ``what`` names the tasks counted, ``count(size)`` how many."""
+    print(f"{'backend':8} {what:>12} {'listing ms':>11} {'walk ms':>9}")
+    for backend, size, indexed, walk in rows:
+        print(f"{backend:8} {count(size):>12,} {indexed:>11.3f} {walk:>9.3f}")
+    print()
+    for backend in ("sqlite", "redis"):
+        small, large = (row for row in rows if row[0] == backend)
+        ratio = large[2] / small[2]
+        verdict = "ok" if ratio <= SCALING_TARGET else "MISSED"
+        print(
+            f"{backend:7} listing at {count(large[1]):,} / {count(small[1]):,} {what}:"
+            f" {ratio:.2f}x  (target <= {SCALING_TARGET:g}: {verdict});"
+            f" the walk at {count(large[1]):,}: {large[3] / large[2]:.0f}x the listing"
+        )

@@ -18,25 +18,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 # Runnable from a checkout that was never pip-installed: the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis
-from _common import private_redis
+from _common import print_scaling, task_store_scaling
 
 from agentic.models import Task, TaskStatus
 from agentic.stores.base import TaskStore
-from agentic.stores.redis.tasks import RedisTaskStore
-from agentic.stores.sqlite.tasks import SQLiteTaskStore
 
 PER_AGENT = 10
-TARGET_RATIO = 3.0
 
 
 def populate(store: TaskStore, agents: int) -> None:
@@ -72,36 +66,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--large", type=int, default=1000, help="agents in the large fleet")
     args = parser.parse_args()
-    sizes = (10, args.large)
-    rows: list[tuple[str, int, float, float]] = []
-    context = nullcontext(args.redis) if args.redis else private_redis()
-    with context as url, tempfile.TemporaryDirectory() as folder:
-        client = redis.Redis.from_url(url)
-        for agents in sizes:
-            for backend in ("sqlite", "redis"):
-                if backend == "redis":
-                    prefix = f"bench-poll-{agents}-{time.time_ns()}"
-                    store: TaskStore = RedisTaskStore(client, prefix=prefix)
-                else:
-                    store = SQLiteTaskStore(Path(folder) / f"poll-{agents}.db")
-                populate(store, agents)
-                indexed, walk = measure(store, args.repeats)
-                rows.append((backend, agents, indexed, walk))
-                store.close()
-        client.close()
-    print(f"{'backend':8} {'agents':>7} {'in progress':>12} {'poll ms':>9} {'walk ms':>9}")
-    for backend, agents, indexed, walk in rows:
-        print(f"{backend:8} {agents:>7,} {agents * PER_AGENT:>12,} {indexed:>9.3f} {walk:>9.3f}")
-    print()
-    for backend in ("sqlite", "redis"):
-        small, large = (r for r in rows if r[0] == backend)
-        ratio = large[2] / small[2]
-        verdict = "ok" if ratio <= TARGET_RATIO else "MISSED"
-        print(
-            f"{backend:7} poll {large[1]:,} / {small[1]:,} agents: {ratio:.2f}x"
-            f"  (target <= {TARGET_RATIO:g}: {verdict});"
-            f" walk at {large[1]:,} agents / poll: {large[3] / large[2]:.0f}x"
-        )
+    rows = task_store_scaling(
+        args.redis, (10, args.large), populate, lambda store: measure(store, args.repeats)
+    )
+    print_scaling(rows, "in progress", lambda agents: agents * PER_AGENT)
 
 
 if __name__ == "__main__":

@@ -19,25 +19,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 
 # Runnable from a checkout that was never pip-installed: the repository root first.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis
-from _common import private_redis
+from _common import print_scaling, task_store_scaling
 
 from agentic.models import Task, TaskStatus
 from agentic.stores.base import TaskStore
-from agentic.stores.redis.tasks import RedisTaskStore
-from agentic.stores.sqlite.tasks import SQLiteTaskStore
 
 READY = 6  # the chain's head and 5 independent tasks
-TARGET_RATIO = 3.0
 
 
 def populate(store: TaskStore, chain: int) -> None:
@@ -81,35 +75,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--long", type=int, default=10_000, help="tasks in the long chain")
     args = parser.parse_args()
-    rows: list[tuple[str, int, float, float]] = []
-    context = nullcontext(args.redis) if args.redis else private_redis()
-    with context as url, tempfile.TemporaryDirectory() as folder:
-        client = redis.Redis.from_url(url)
-        for chain in (100, args.long):
-            for backend in ("sqlite", "redis"):
-                if backend == "redis":
-                    prefix = f"bench-ready-{chain}-{time.time_ns()}"
-                    store: TaskStore = RedisTaskStore(client, prefix=prefix)
-                else:
-                    store = SQLiteTaskStore(Path(folder) / f"ready-{chain}.db")
-                populate(store, chain)
-                ready, walk = measure(store, args.repeats)
-                rows.append((backend, chain, ready, walk))
-                store.close()
-        client.close()
-    print(f"{'backend':8} {'waiting':>8} {'ready list ms':>14} {'walk ms':>9}")
-    for backend, chain, ready, walk in rows:
-        print(f"{backend:8} {chain - 1:>8,} {ready:>14.3f} {walk:>9.3f}")
-    print()
-    for backend in ("sqlite", "redis"):
-        short, long = (r for r in rows if r[0] == backend)
-        ratio = long[2] / short[2]
-        verdict = "ok" if ratio <= TARGET_RATIO else "MISSED"
-        print(
-            f"{backend:7} ready list, {long[1] - 1:,} / {short[1] - 1:,} waiting: {ratio:.2f}x"
-            f"  (target <= {TARGET_RATIO:g}: {verdict});"
-            f" walk at {long[1] - 1:,} waiting / ready list: {long[3] / long[2]:.0f}x"
-        )
+    rows = task_store_scaling(
+        args.redis, (100, args.long), populate, lambda store: measure(store, args.repeats)
+    )
+    print_scaling(rows, "waiting", lambda chain: chain - 1)
 
 
 if __name__ == "__main__":
