@@ -24,6 +24,7 @@ from agentic.models import (
     Priority,
     QuotaEvent,
     Task,
+    TaskResult,
     TaskStatus,
 )
 from agentic.quota import HOUR, SETTLED_RETENTION
@@ -533,6 +534,31 @@ def test_allowances_stored_before_failure_charge_charge_half(tmp_path: Path) -> 
     store.close()
 
 
+# What undoes each task schema step after the second (a file as an older agentic
+# left it), newest first.
+_UNDO_TASK_STEPS = {
+    5: [
+        "DROP TRIGGER tasks_dependency_completed",
+        "DROP TRIGGER tasks_dependency_added",
+        "DROP INDEX tasks_ready",
+        "ALTER TABLE tasks DROP COLUMN waiting",
+    ],
+    4: ["DROP INDEX tasks_by_claim"],
+    3: ["ALTER TABLE tasks DROP COLUMN lease_seconds"],
+}
+
+
+def downgrade_tasks(path: Path, version: int) -> None:
+    """Turn the file's task tables back into what task schema ``version`` made."""
+    assert len(TASK_MIGRATIONS) == max(_UNDO_TASK_STEPS)  # a new step needs its undo here
+    with closing(sqlite3.connect(path)) as conn, conn:
+        for step in sorted(_UNDO_TASK_STEPS, reverse=True):
+            if step > version:
+                for statement in _UNDO_TASK_STEPS[step]:
+                    conn.execute(statement)
+        conn.execute("UPDATE schema_version SET version = ? WHERE component = 'tasks'", (version,))
+
+
 def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
     """A file at task schema 2 is upgraded: a task claimed before keeps its claim and
     reads with no lease length, which its next renewal records."""
@@ -541,10 +567,7 @@ def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
     task = store.create(Task(title="t"))
     store.claim(task.id, "a1", 30)
     store.close()
-    with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("DROP INDEX tasks_by_claim")  # schema 4
-        conn.execute("ALTER TABLE tasks DROP COLUMN lease_seconds")
-        conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'tasks'")
+    downgrade_tasks(path, 2)
     store = SQLiteTaskStore(path, clock=clock)
     assert rows(path, "SELECT version FROM schema_version WHERE component = 'tasks'") == [
         (len(TASK_MIGRATIONS),)
@@ -568,9 +591,7 @@ def test_a_runners_poll_reads_its_claims_by_index(tmp_path: Path) -> None:
         if i % 2 == 0:
             mine.append(task.id)
     store.close()
-    with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("DROP INDEX tasks_by_claim")
-        conn.execute("UPDATE schema_version SET version = 3 WHERE component = 'tasks'")
+    downgrade_tasks(path, 3)
     store = SQLiteTaskStore(path, clock=clock)
     listed = store.list(status=TaskStatus.IN_PROGRESS, claimed_by="a1")
     assert [t.id for t in listed] == [mine[2], mine[0], mine[1]]  # the high one first
@@ -580,4 +601,32 @@ def test_a_runners_poll_reads_its_claims_by_index(tmp_path: Path) -> None:
         " AND claimed_by = 'a1' ORDER BY priority_rank, created_at, id",
     )
     assert any("tasks_by_claim" in str(step) for step in plan)
+    store.close()
+
+
+def test_a_ready_listing_reads_past_a_dependency_chain_by_index(tmp_path: Path) -> None:
+    """A file at task schema 4 gets the waiting flag (set on the tasks whose dependencies
+    are not all completed); completing a dependency clears its dependents' flag, also
+    when a writer that does not know the flag completes it (the file's triggers)."""
+    clock, path = FakeClock(), tmp_path / "t.db"
+    store = SQLiteTaskStore(path, clock=clock)
+    head = store.create(Task(title="head"))
+    clock.advance(1)
+    second = store.create(Task(title="second", dependencies=[head.id]))
+    clock.advance(1)
+    third = store.create(Task(title="third", dependencies=[second.id]))
+    store.close()
+    downgrade_tasks(path, 4)
+    store = SQLiteTaskStore(path, clock=clock)
+    assert rows(path, "SELECT id FROM tasks WHERE waiting = 1 ORDER BY created_at") == [
+        (second.id,),
+        (third.id,),
+    ]
+    assert [t.id for t in store.list(status=TaskStatus.PENDING, ready=True)] == [head.id]
+    store.claim(head.id, "a1", 30)
+    store.complete(head.id, TaskResult(success=True), "a1")
+    assert [t.id for t in store.list(ready=True)] == [second.id]
+    with closing(sqlite3.connect(path)) as conn, conn:  # as an older writer completing it
+        conn.execute("UPDATE tasks SET status = 'completed' WHERE id = ?", (second.id,))
+    assert [t.id for t in store.list(status=TaskStatus.PENDING, ready=True)] == [third.id]
     store.close()

@@ -104,6 +104,30 @@ MIGRATIONS: list[Migration] = [
         """CREATE INDEX tasks_by_claim ON tasks (claimed_by, status, priority_rank,
             created_at, id) WHERE status = 'in_progress'""",
     ),
+    (
+        # waiting = 1: a dependency of the task is not completed (dependencies only
+        # ever complete, so it is set once, at creation, and cleared once). The ready
+        # listing reads the pending tasks not waiting by an index of their own, not
+        # walking a chain of thousands waiting behind one task. Triggers keep it, so
+        # any writer of the file does (a process of an older version too).
+        "ALTER TABLE tasks ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
+        """UPDATE tasks SET waiting = 1 WHERE EXISTS (
+            SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
+            WHERE d.task_id = tasks.id AND dep.status != 'completed')""",
+        "CREATE INDEX tasks_ready ON tasks (status, waiting, priority_rank, created_at, id)",
+        """CREATE TRIGGER tasks_dependency_added AFTER INSERT ON task_deps
+            WHEN (SELECT status FROM tasks WHERE id = NEW.dep_id) IS NOT 'completed'
+            BEGIN UPDATE tasks SET waiting = 1 WHERE id = NEW.task_id; END""",
+        """CREATE TRIGGER tasks_dependency_completed AFTER UPDATE OF status ON tasks
+            WHEN NEW.status = 'completed' AND OLD.status != 'completed'
+            BEGIN
+                UPDATE tasks SET waiting = 0 WHERE waiting = 1
+                AND id IN (SELECT task_id FROM task_deps WHERE dep_id = NEW.id)
+                AND NOT EXISTS (
+                    SELECT 1 FROM task_deps d JOIN tasks dep ON dep.id = d.dep_id
+                    WHERE d.task_id = tasks.id AND dep.status != 'completed');
+            END""",
+    ),
 ]
 
 # Derived from the model so that a field added to Task without a migration fails
@@ -341,7 +365,9 @@ class SQLiteTaskStore(TaskStore):
             )
             params.append(json.dumps(within))
         if ready is not None:
-            where.append(_READY if ready else f"NOT {_READY}")
+            # waiting = 0 lets the planner read the ready tasks by their index; the
+            # dependencies are still checked (the flag is a shortcut, not the rule).
+            where.append(f"(t.waiting = 0 AND {_READY})" if ready else f"NOT {_READY}")
         sql = (
             f"{_SELECT_T} WHERE {' AND '.join(where) or '1'}"
             " ORDER BY t.priority_rank, t.created_at, t.id LIMIT ?"
