@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import gc
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -114,6 +116,28 @@ def test_an_error_escaping_a_call_is_logged_and_the_thread_goes_on(
     done = threading.Event()
     threads.run("next", done.set)
     assert done.wait(_WAIT)
+
+
+class _Call:
+    """A call that stands for a finished attempt (what an idle thread must not keep)."""
+
+    def __call__(self) -> None:
+        pass
+
+
+def test_a_waiting_thread_keeps_nothing_of_the_calls_it_ran() -> None:
+    """Neither the last call (idle) nor the thread's first (reused) stays referenced:
+    a finished attempt, with its result, is freed."""
+    threads = Threads("memory")
+    first, last = _Call(), _Call()
+    refs = [weakref.ref(first), weakref.ref(last)]
+    threads.run("first", first)
+    _until(lambda: threads.waiting == 1)
+    threads.run("last", last)
+    _until(lambda: threads.waiting == 1)
+    del first, last
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
 
 
 def _steps(*steps: Callable[[], object]) -> Callable[[], None]:

@@ -35,8 +35,8 @@ class _Worker:
     def give(self, call: _Call) -> None:
         self._calls.put(call)
 
-    def run(self, first: _Call) -> None:
-        call: _Call | None = first
+    def run(self) -> None:
+        call: _Call | None = self._calls.get()
         while call is not None:
             name, step = call
             thread = threading.current_thread()
@@ -50,6 +50,8 @@ class _Worker:
                 # bug, logged like an uncaught exception in a thread of its own.
                 log.exception("%s: uncaught error", name)
             thread.name = f"{self._threads.name}-idle"
+            # Hold nothing of the ended call while waiting (its attempt, its result).
+            del call, step
             call = self._next()
 
     def _next(self) -> _Call | None:
@@ -85,10 +87,8 @@ class Threads:
             worker = self._waiting.pop() if self._waiting else None
         if worker is None:
             worker = _Worker(self)
-            first = (name, call)
-            threading.Thread(target=worker.run, args=(first,), name=name, daemon=True).start()
-        else:
-            worker.give((name, call))
+            threading.Thread(target=worker.run, name=name, daemon=True).start()
+        worker.give((name, call))
 
     def idle(self, worker: _Worker) -> bool:
         """``worker`` has ended its call: keep it for the next one, if room is left."""
