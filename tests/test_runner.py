@@ -750,6 +750,39 @@ def test_stop_now_stops_retrying_a_report_against_a_task_api_that_is_down(
     assert stored.job_id and system.quota.get_usage(AGENT).active_jobs == 0  # settled
 
 
+@pytest.mark.parametrize("usage", [150, 0])
+def test_a_report_given_up_on_leaves_the_task_to_be_given_back_not_rerun(
+    system: System, usage: int
+) -> None:
+    """A hurried runner whose report did not land keeps the job's file with its end
+    (written then when the job recorded no usage): the runner started next gives the
+    still-claimed task back instead of running it again under the settled job id."""
+    client = CompleteOutage(system.url, token="", retries=0)
+    slow = RetryPolicy(max_retries=5, base=10.0, cap=30.0)
+    runs: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        runs.append(task.job_id)
+        if usage:
+            ctx.usage("m", usage, 0)
+        return "done"
+
+    runner = system.runner(handler, client=client, report_retry=slow, lease_seconds=30.0)
+    runner.start()
+    wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
+    task = system.submit()
+    wait_for(lambda: runner.errors >= 1)
+    runner.stop(now=True)
+    assert system.quota.get_usage(AGENT).tokens_used == usage  # settled before the report
+    second = system.started(handler)
+    wait_for(lambda: system.tasks.get(task.id).status == TaskStatus.PENDING)
+    assert len(runs) == 1 and second.released == 1  # given back by recovery, not run
+    assert system.quota.get_usage(AGENT).tokens_used == usage  # charged once
+    system.dispatcher.dispatch(system.tasks.get(task.id))  # claimed again: a new job
+    assert system.finished(task.id).status == TaskStatus.COMPLETED
+    assert len(runs) == 2 and runs[0] != runs[1]
+
+
 class Renewals(TaskClient):
     """Records the lease length each renewal asks for."""
 

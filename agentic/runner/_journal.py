@@ -91,6 +91,7 @@ class JobJournal:
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         self._closed = False  # closed or failed: nothing more is written
+        self._ended = False  # the end is recorded
 
     def open_existing(self) -> bool:
         """Take the file an earlier run left (for a resumed job); False when another
@@ -102,12 +103,15 @@ class JobJournal:
         """Append one usage report (creating the file at the first)."""
         self._write({"model": model, "tokens_in": tokens_in, "tokens_out": tokens_out})
 
-    def end(self, settle: Settle) -> None:
-        """Record the settle decided at the attempt's end (when anything was written)."""
+    def end(self, settle: Settle, *, always: bool = False) -> None:
+        """Record the settle decided at the attempt's end, once: when anything was
+        written (else a restart needs nothing), or ``always`` (its report did not
+        land: a restart must know the job ended)."""
         tokens_in, tokens_out, event, model, task_id = settle
         with self._lock:
-            if self._file is None:
-                return  # nothing recorded: nothing a restart would need
+            if self._ended or (self._file is None and not always):
+                return
+            self._ended = True
         self._write(
             {
                 "end": event.value if event is not None else _UNRESERVE,

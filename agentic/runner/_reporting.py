@@ -65,6 +65,9 @@ class Reporter:
         #: settlements that failed every retry: job id -> the settle call's arguments
         #: (event None: give the reservation back whole, the job never started)
         self._unsettled: dict[str, Settle] = {}
+        #: attempts' jobs whose report has not ended yet -> their decided settle: their
+        #: usage files stay until the report lands (see report_ended)
+        self._reporting: dict[str, Settle] = {}
         self._unsettled_lock = threading.Lock()
         self._settling = threading.Lock()  # one settle_pending run at a time
 
@@ -93,6 +96,8 @@ class Reporter:
         args = (tokens_in, tokens_out, event, model, attempt.task.id)
         if attempt.ctx.journal is not None:
             attempt.ctx.journal.end(args)  # a restart settles it so, should we die first
+        with self._unsettled_lock:
+            self._reporting[job_id] = args
         self.end_job(job_id, args)
 
     def end_job(self, job_id: str, args: Settle, patient: bool = True) -> None:
@@ -142,8 +147,31 @@ class Reporter:
         self._forget(job_id)
 
     def _forget(self, job_id: str) -> None:
-        """The job's settle landed, or never will: its usage file goes."""
+        """The job's settle landed, or never will: its usage file goes, unless its
+        attempt's report is still on its way (then report_ended removes it)."""
+        with self._unsettled_lock:
+            if job_id in self._reporting:
+                return
         if self.journal is not None:
+            self.journal.discard(job_id)
+
+    def _report_ended(self, attempt: Attempt, undelivered: bool) -> None:
+        """The attempt's report landed, or the task is no longer its claim, or
+        (``undelivered``) the report was given up on: the task may then still be
+        claimed under this job when the agent starts again, so the job's file stays,
+        with its decided end (written now if the job recorded no usage), and that
+        start gives the task back instead of running it again under a job id whose
+        settle is spent (the rerun's tokens would go uncharged)."""
+        job_id = attempt.task.job_id
+        with self._unsettled_lock:
+            args = self._reporting.pop(job_id, None)
+            unsettled = job_id in self._unsettled
+        if args is None or self.journal is None:
+            return
+        if undelivered:
+            if attempt.ctx.journal is not None:
+                attempt.ctx.journal.end(args, always=True)
+        elif not unsettled:
             self.journal.discard(job_id)
 
     def settle_pending(self, wait: bool = False) -> None:
@@ -178,6 +206,13 @@ class Reporter:
 
     def report(self, attempt: Attempt, outcome: Outcome) -> bool:
         """Complete or release the task; True when the server took the report."""
+        delivered = self._send_report(attempt, outcome)
+        self._report_ended(attempt, undelivered=delivered is None)
+        return bool(delivered)
+
+    def _send_report(self, attempt: Attempt, outcome: Outcome) -> bool | None:
+        """True: the report landed; False: none is due, or the task is no longer
+        this attempt's; None: given up (the task API stayed down)."""
         task = attempt.task
         if outcome.report is Report.NOTHING:
             return False
@@ -222,6 +257,7 @@ class Reporter:
                 " server will requeue it",
                 exc,
             )
+            return None
         return False
 
     def _complete(self, task: Task, outcome: Outcome) -> None:
