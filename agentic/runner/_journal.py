@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import platformdirs
 
@@ -51,6 +51,7 @@ __all__ = [
     "UsageJournal",
     "bad_tokens",
     "default_state_dir",
+    "journaled_agents",
     "usage_line",
 ]
 
@@ -71,6 +72,15 @@ _SETTLE_AGAIN_WITHIN = 6 * 24 * 3600.0
 def default_state_dir() -> Path:
     """Where runners keep state that must outlive their process."""
     return Path(platformdirs.user_state_dir("agentic")).absolute()
+
+
+def journaled_agents(state_dir: Path) -> list[str]:
+    """The agent ids that have a directory of job usage files in ``state_dir``."""
+    try:
+        found = [path for path in (state_dir / "usage").iterdir() if path.is_dir()]
+    except FileNotFoundError:
+        return []
+    return sorted(unquote(path.name) for path in found)
 
 
 @dataclass(frozen=True)
@@ -263,10 +273,11 @@ class UsageJournal:
         journal.open_existing()
         return journal
 
-    def leftovers(self) -> list[Leftover]:
+    def leftovers(self, tidy: bool = True) -> list[Leftover]:
         """The files no live attempt holds, each read under its lock. One that cannot
         be read is moved aside (``.bad``), one too old to settle again safely
-        (``.stale``), each said: neither stops a start."""
+        (``.stale``), each said: neither stops a start. Without ``tidy`` (a dry run)
+        nothing is moved or removed, only said."""
         try:
             paths = sorted(self.directory.glob("*.jsonl"))
         except OSError as exc:
@@ -280,19 +291,21 @@ class UsageJournal:
                 try:
                     read = _read(path)
                 except Exception as exc:  # garbage a later edit or a bug left
-                    self._aside(path, ".bad", "cannot be read: moved aside, not charged", exc)
+                    self._aside(path, ".bad", "cannot be read: not charged", exc, tidy)
                     continue
                 if read is None:
                     # No header: nothing was recorded (it is written before a command
                     # is given its file).
-                    _command_path(path).unlink(missing_ok=True)
-                    path.unlink(missing_ok=True)
+                    if tidy:
+                        _command_path(path).unlink(missing_ok=True)
+                        path.unlink(missing_ok=True)
                     continue
                 if read[0].end is not None and _age(path) > _SETTLE_AGAIN_WITHIN:
                     # Its settle may have landed (it was decided) and the quota store
                     # remembers settled jobs for 7 days only: settling it again now
                     # could charge it twice.
-                    self._aside(path, ".stale", "is older than 6 days: not settled again", None)
+                    why = "is older than 6 days: not settled again"
+                    self._aside(path, ".stale", why, None, tidy)
                     continue
             found.append(read[0])
         return found
@@ -309,14 +322,23 @@ class UsageJournal:
         except OSError as exc:
             self._error(f"job {job_id}: its usage file could not be removed", exc)
 
-    def _aside(self, path: Path, suffix: str, why: str, exc: Exception | None) -> None:
-        try:
-            command = _command_path(path)
-            if command.exists():
-                command.rename(command.with_name(command.name + suffix))
-            path.rename(path.with_name(path.name + suffix))
-        except OSError as rename_error:
-            exc = exc or rename_error
+    def has(self, job_id: str) -> bool:
+        """Whether the job's file is still there (its settle has not landed)."""
+        return self._path(job_id).exists()
+
+    def _aside(self, path: Path, suffix: str, why: str, exc: Exception | None, move: bool) -> None:
+        """Move the file (and its command's) aside with ``suffix``, and say why."""
+        if not move:
+            why += f" (would be moved aside, {suffix})"
+        else:
+            why += f" (moved aside, {suffix})"
+            try:
+                command = _command_path(path)
+                if command.exists():
+                    command.rename(command.with_name(command.name + suffix))
+                path.rename(path.with_name(path.name + suffix))
+            except OSError as rename_error:
+                exc = exc or rename_error
         self._error(f"the job usage file {path} {why}", exc or ValueError(why))
 
     def _path(self, job_id: str) -> Path:
