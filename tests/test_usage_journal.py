@@ -6,6 +6,8 @@ import fcntl
 import json
 import os
 import signal
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -24,8 +26,9 @@ from agentic.models import (
     TaskResult,
     TaskStatus,
 )
-from agentic.runner import TaskContext
+from agentic.runner import SubprocessHandler, TaskContext
 from agentic.runner._journal import JobJournal, UsageJournal, default_state_dir
+from agentic.runner._subprocess import _UsageFile
 from agentic.stores import open_allowance_store, open_registry
 
 from .test_cli import clean_environment, run  # noqa: F401
@@ -233,6 +236,115 @@ def test_a_state_dir_that_cannot_be_written_is_a_config_error(
     assert system.registry.list() == []
 
 
+# --- a command's usage file, beside the job's ---
+def commanded(tmp_path: Path, lines: str) -> tuple[UsageJournal, JobJournal]:
+    """A journal whose job's command wrote ``lines`` to its usage file, then died
+    with its runner (the job's file closed, nothing copied)."""
+    journal = UsageJournal(tmp_path, AGENT)
+    job = journal.job(claimed(), errors()[1])
+    command = job.command_file()
+    assert command is not None
+    with command.open("a", encoding="utf-8") as file:
+        file.write(lines)
+    job.close()
+    return journal, job
+
+
+def test_a_commands_lines_the_runner_never_read_are_charged_at_restart(tmp_path: Path) -> None:
+    """The command's file beside the job's is read by recovery: its whole lines count
+    (a whole last one without a newline too), a line cut by the kill and bad lines
+    are skipped, without a crash."""
+    lines = '{"tokens_in": 300, "tokens_out": 100}\nnot json\n{"tokens_in": -1}\n'
+    journal, job = commanded(tmp_path, lines + '{"model": "m2", "tokens_in": 5}\n{"tokens_in": 7')
+    assert job.command_path.name == "job-1.jsonl.command"
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.tokens_out, left.end) == (305, 100, None)
+    assert left.settlement() == (305, 100, QuotaEvent.JOB_FAILED, "m", "t-1")
+
+
+def test_a_rerun_counts_the_earlier_commands_lines_once(tmp_path: Path) -> None:
+    """A resumed job counts the killed command's lines (recovered), its own command
+    starts on a new line after the cut one and is read from there: a second kill
+    leaves every line counted once, a decided end settles as decided."""
+    journal, _ = commanded(tmp_path, '{"tokens_in": 300}\n{"tokens_in": 7')
+    rerun = journal.job(claimed(), errors()[1])
+    assert rerun.recovered == [("m", 300, 0)]
+    ctx = TaskContext(claimed(), None)  # type: ignore[arg-type]
+    ctx.attach_journal(rerun)
+    command = rerun.command_file()
+    assert command is not None
+    usage = _UsageFile(command, claimed(), ctx, kept=True)
+    with command.open("a", encoding="utf-8") as file:
+        file.write('{"tokens_in": 20}\n')
+    usage.charge(final=True)
+    assert ctx.tokens == (320, 0)
+    assert "20" not in rerun.path.read_text()  # counted from the command's file only
+    rerun.close()
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.end) == (320, None)
+    again = journal.job(claimed(), errors()[1])
+    again.end((320, 0, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+    again.close()
+    [left] = journal.leftovers()
+    assert left.settlement() == (320, 0, QuotaEvent.JOB_COMPLETED, "m", "t-1")
+
+
+def test_discard_and_aside_take_the_commands_file_along(tmp_path: Path) -> None:
+    """A settled job's command file is removed with it; one moved aside as too old
+    goes aside with it: none is left where no restart looks."""
+    journal, job = commanded(tmp_path, '{"tokens_in": 1}\n')
+    journal.discard("job-1")
+    assert list(journal.directory.iterdir()) == []
+    journal, job = commanded(tmp_path, '{"tokens_in": 1}\n')
+    decided = journal.job(claimed(), errors()[1])
+    decided.end((1, 0, QuotaEvent.JOB_COMPLETED, "m", "t-1"))
+    decided.close()
+    week_ago = time.time() - 7 * 24 * 3600
+    os.utime(job.path, (week_ago, week_ago))
+    assert journal.leftovers() == []
+    names = sorted(path.name for path in journal.directory.iterdir())
+    assert names == ["job-1.jsonl.command.stale", "job-1.jsonl.stale"]
+
+
+def test_without_a_held_job_file_the_command_writes_in_its_task_directory(
+    tmp_path: Path,
+) -> None:
+    """A job file another process holds gives the command no file in the state
+    directory (two commands never share one): it writes where it did before."""
+    journal = UsageJournal(tmp_path, AGENT)
+    live = journal.job(claimed(), errors()[1])
+    assert live.command_file() is not None
+    seen, on_error = errors()
+    assert journal.job(claimed(), on_error).command_file() is None
+    assert seen and "held by another live process" in seen[0]
+    live.close()
+
+
+def test_a_commands_usage_is_kept_beside_the_job_file_and_not_copied(
+    system: System, tmp_path: Path
+) -> None:
+    """With quotas on, $AGENTIC_USAGE_FILE is the job's command file in the state
+    directory; its lines are charged once at the end and not copied into the job's
+    file; both files go once the settle lands."""
+    gate = tmp_path / "gate"
+    script = (
+        'echo "$AGENTIC_USAGE_FILE"; echo \'{"tokens_in": 60, "tokens_out": 40}\''
+        ' >> "$AGENTIC_USAGE_FILE"; while [ ! -e "$1" ]; do sleep 0.02; done'
+    )
+    runner = system.started(SubprocessHandler(["sh", "-c", script, "gate", str(gate)]))
+    task = system.tasks.get(system.submit().id)
+    job = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1])
+    wait_for(lambda: job.command_path.exists() and "60" in job.command_path.read_text())
+    time.sleep(0.2)  # the runner's reads every 0.05 s copy nothing
+    assert "60" not in job.path.read_text()
+    gate.touch()
+    done = system.finished(task.id)
+    assert done.result is not None and done.result.output.strip() == str(job.command_path)
+    wait_for(lambda: runner.completed == 1)
+    assert system.quota.get_usage(AGENT).tokens_used == 100
+    wait_for(lambda: not job.path.exists() and not job.command_path.exists())
+
+
 # --- real processes ---
 def usage_then(seconds_file: Path) -> list[str]:
     """A command that reports 300 + 100 tokens, then waits until ``seconds_file``
@@ -266,7 +378,7 @@ def test_kill_9_mid_task_then_restart_charges_both_runs(tmp_path: Path) -> None:
         fleet.dispatch()
         files = default_state_dir() / "usage" / "a1"
         wait_until(
-            lambda: any("300" in p.read_text() for p in files.glob("*.jsonl")),
+            lambda: any("300" in p.read_text() for p in files.glob("*.jsonl*")),
             "the first run's usage is on disk",
             fleet,
         )
@@ -281,7 +393,67 @@ def test_kill_9_mid_task_then_restart_charges_both_runs(tmp_path: Path) -> None:
         with open_allowance_store(url) as quota:
             wait_until(lambda: quota.get_usage("a1").tokens_used == 800, "both runs charged", fleet)
             assert quota.get_usage("a1").active_jobs == 0
-        assert list(files.glob("*.jsonl")) == []
+        wait_until(lambda: list(files.iterdir()) == [], "the usage files removed", fleet)
+
+
+def kills_its_runner(marker: Path) -> list[str]:
+    """A command that, the first time, reports 300 + 100 tokens, starts a line it
+    never ends and kill -9s its runner (its guard's parent) straight away, before
+    the runner's next read of its usage file; run again, it reports 20 and ends."""
+    script = textwrap.dedent(
+        r"""
+        import os, signal, sys, time
+        usage = open(os.environ["AGENTIC_USAGE_FILE"], "a")
+        if os.path.exists(sys.argv[1]):
+            usage.write('{"model": "m", "tokens_in": 20}\n')
+            sys.exit(0)
+        open(sys.argv[1], "w").close()
+        usage.write('{"model": "m", "tokens_in": 300, "tokens_out": 100}\n')
+        usage.write('{"model": "m", "tokens_in": 7')
+        usage.flush()
+        guard = open(f"/proc/{os.getppid()}/stat").read()
+        os.kill(int(guard.rsplit(")", 1)[1].split()[1]), signal.SIGKILL)
+        time.sleep(600)
+        """
+    )
+    return [sys.executable, "-c", script, str(marker)]
+
+
+@pytest.mark.slow
+def test_usage_a_command_wrote_just_before_the_kill_is_charged_once(tmp_path: Path) -> None:
+    """A command writes its usage (and half a line) and kill -9s its `agentic agent
+    run` at once: the restarted runner reads the command's file in the state
+    directory, runs the task again and charges 400 + 20 tokens, each line once."""
+    url = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
+    with (
+        fleet_on(tmp_path, url, **FAST, lease_seconds=60) as fleet,
+        open_registry(url) as registry,
+        TaskClient(fleet.base_url, "") as client,
+    ):
+        fleet.serve()
+        fleet.cli("allowance", "set", "a1", "--daily-jobs", "10")
+        args = ["agent", "run", "--config", str(fleet.config), "--id", "a1"]
+        args += ["--capability", "x", "--max-load", "1", "--"]
+        first = fleet.spawn("first", *args, *kills_its_runner(tmp_path / "ran"))
+        wait_until(lambda: registered(registry, "a1"), "a1 registered", fleet)
+        task = create(client, "spend", labels=["x"], priority=Priority.HIGH)
+        fleet.dispatch()
+        assert first.popen.wait(30) == -signal.SIGKILL
+        first.ended = True
+        files = default_state_dir() / "usage" / "a1"
+        [command] = files.glob("*.jsonl.command")
+        assert command.read_text().endswith('"tokens_in": 7')  # no newline: cut
+        fleet.spawn("second", *args, *kills_its_runner(tmp_path / "ran"))
+        wait_until(
+            lambda: client.get_task(task.id).status is TaskStatus.COMPLETED,
+            "the task completed by the restarted agent",
+            fleet,
+            timeout=40,
+        )
+        with open_allowance_store(url) as quota:
+            wait_until(lambda: quota.get_usage("a1").tokens_used == 420, "charged once", fleet)
+            assert quota.get_usage("a1").active_jobs == 0
+        wait_until(lambda: list(files.iterdir()) == [], "the usage files removed", fleet)
 
 
 def test_agent_run_refuses_a_state_dir_it_cannot_write(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 from ..client import TaskClient
 from ..errors import AgenticError, APIError, ConfigError
 from ..models import Task, TaskResult, TaskUpdate
-from ._journal import JobJournal
+from ._journal import JobJournal, bad_tokens
 from ._sizes import clean, head_within, json_bytes
 
 __all__ = [
@@ -261,14 +261,22 @@ class TaskContext:
 
     def usage(self, model: str, tokens_in: int, tokens_out: int) -> None:
         """Add tokens used on ``model`` (called as often as the handler likes)."""
-        for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        self._use(model, tokens_in, tokens_out, record=True)
+
+    def recorded_usage(self, model: str, tokens_in: int, tokens_out: int) -> None:
+        """:meth:`usage` for tokens a file of the job keeps on disk already (its
+        command's usage file, beside the job's): counted, not written twice."""
+        self._use(model, tokens_in, tokens_out, record=False)
+
+    def _use(self, model: str, tokens_in: int, tokens_out: int, record: bool) -> None:
+        problem = bad_tokens(tokens_in, tokens_out)
+        if problem:
+            raise ConfigError(problem)
         with self._lock:
             late = self._settled
             if not late:
                 self._add(model, tokens_in, tokens_out)
-        if not late and self.journal is not None:
+        if not late and record and self.journal is not None:
             self.journal.usage(str(model), tokens_in, tokens_out)
         if late:
             self._report(

@@ -77,9 +77,7 @@ class IdLease:
         failures = 0
         while not stop.is_set():
             try:
-                holder = hold_lease_or_take_over(
-                    self.registry, self.name, self.holder, self.ttl, log, "id"
-                )
+                holder = self.try_acquire()
             except AgenticError as exc:
                 failures += 1
                 on_error(f"taking agent {self.agent_id}'s id lease failed", exc)
@@ -87,7 +85,6 @@ class IdLease:
                 continue
             failures = 0
             if holder == self.holder:
-                self.held = True
                 if told:
                     log.info("agent %s: %s no longer runs it; starting", self.agent_id, told)
                 return True
@@ -101,6 +98,15 @@ class IdLease:
                 )
             stop.wait(retry_every)
         return False
+
+    def try_acquire(self) -> str:
+        """Take the lease when it is free (or its holder is a gone process of this
+        machine), without waiting; the holder now (this one's when taken). Raises
+        what the registry raises."""
+        holder = hold_lease_or_take_over(self.registry, self.name, self.holder, self.ttl, log, "id")
+        if holder == self.holder:
+            self.held = True
+        return holder
 
     def renew(self) -> bool:
         """Extend the lease; False when another runner holds it now (this one is

@@ -13,6 +13,13 @@ agent's (its recorded tokens are added to the new run's), else settled as failed
 as for an attempt whose lease was lost. A live attempt holds an exclusive ``flock``
 on its file, so another runner on the machine never settles a job still running.
 
+A subprocess's command appends its usage to a file of its own beside the job's
+(``<job id>.jsonl.command``, its ``$AGENTIC_USAGE_FILE``), which is the record of
+the command's lines: the runner counts them in memory as they come and never copies
+them into the job's file, and a restart reads both files. So a line the command
+wrote just before the runner was killed is charged, and no line has two records
+that a restart would have to tell apart.
+
 Lines are flushed to the OS as written (they survive the process), not fsynced (a
 machine crash may lose the last ones): a sync per usage report would cost more than
 the report.
@@ -31,19 +38,32 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import platformdirs
 
 from ..models import QuotaEvent, Task
 
-__all__ = ["JobJournal", "Leftover", "Settle", "UsageJournal", "default_state_dir"]
+__all__ = [
+    "JobJournal",
+    "Leftover",
+    "Settle",
+    "UsageJournal",
+    "bad_tokens",
+    "default_state_dir",
+    "journaled_agents",
+    "usage_line",
+]
 
 log = logging.getLogger("agentic.runner")
 
 #: a settle's (tokens in, tokens out, event, model, task id); event None: unreserve
 Settle = tuple[int, int, QuotaEvent | None, str | None, str]
 _UNRESERVE = "unreserve"
+# The suffix of the command's usage file, after the job file's name (as the .bad and
+# .stale of files moved aside): never matched by the "*.jsonl" of the job files, and
+# no job id's file name ends so.
+_COMMAND = ".command"
 # Seconds after which a decided job's file is not settled again: the quota store
 # remembers settled job ids for 7 days, so a repeat within that is a no-op.
 _SETTLE_AGAIN_WITHIN = 6 * 24 * 3600.0
@@ -52,6 +72,15 @@ _SETTLE_AGAIN_WITHIN = 6 * 24 * 3600.0
 def default_state_dir() -> Path:
     """Where runners keep state that must outlive their process."""
     return Path(platformdirs.user_state_dir("agentic")).absolute()
+
+
+def journaled_agents(state_dir: Path) -> list[str]:
+    """The agent ids that have a directory of job usage files in ``state_dir``."""
+    try:
+        found = [path for path in (state_dir / "usage").iterdir() if path.is_dir()]
+    except FileNotFoundError:
+        return []
+    return sorted(unquote(path.name) for path in found)
 
 
 @dataclass(frozen=True)
@@ -98,6 +127,29 @@ class JobJournal:
         live process holds it (the error is reported; this run keeps no file)."""
         with self._lock:
             return self._open()
+
+    @property
+    def command_path(self) -> Path:
+        """Where the job's command appends its usage (see :meth:`command_file`)."""
+        return _command_path(self.path)
+
+    def command_file(self) -> Path | None:
+        """The job's command's usage file (its ``$AGENTIC_USAGE_FILE``), beside the
+        job's file, which is opened now (header written, lock held) so a restart
+        finds both. None when the job's file cannot be held (reported): the command
+        then writes where no restart looks, as without a state directory."""
+        with self._lock:
+            if self._closed or not self._open():
+                return None
+            try:
+                if self.command_path.exists() and not _ends_a_line(self.command_path):
+                    # An earlier run's command was cut mid-line: this one starts afresh.
+                    with self.command_path.open("a", encoding="utf-8") as file:
+                        file.write("\n")
+            except OSError as exc:
+                self._fail("could not be written", exc)
+                return None
+        return self.command_path
 
     def usage(self, model: str, tokens_in: int, tokens_out: int) -> None:
         """Append one usage report (creating the file at the first)."""
@@ -176,6 +228,9 @@ class JobJournal:
                 file.write(json.dumps(header) + "\n")
             elif not _ends_a_line(self.path):
                 file.write("\n")  # an earlier run's last line was cut: start afresh
+            # Now, not with the first usage: a command given its usage file writes
+            # none here, and a restart takes a file without a header for an empty one.
+            file.flush()
         except OSError as exc:
             self._fail("could not be written", exc)
             return False
@@ -222,10 +277,11 @@ class UsageJournal:
         journal.open_existing()
         return journal
 
-    def leftovers(self) -> list[Leftover]:
+    def leftovers(self, tidy: bool = True) -> list[Leftover]:
         """The files no live attempt holds, each read under its lock. One that cannot
         be read is moved aside (``.bad``), one too old to settle again safely
-        (``.stale``), each said: neither stops a start."""
+        (``.stale``), each said: neither stops a start. Without ``tidy`` (a dry run)
+        nothing is moved or removed, only said."""
         try:
             paths = sorted(self.directory.glob("*.jsonl"))
         except OSError as exc:
@@ -239,16 +295,21 @@ class UsageJournal:
                 try:
                     read = _read(path)
                 except Exception as exc:  # garbage a later edit or a bug left
-                    self._aside(path, ".bad", "cannot be read: moved aside, not charged", exc)
+                    self._aside(path, ".bad", "cannot be read: not charged", exc, tidy)
                     continue
                 if read is None:
-                    path.unlink(missing_ok=True)  # no header: nothing was recorded
+                    # No header: nothing was recorded (it is written before a command
+                    # is given its file).
+                    if tidy:
+                        _command_path(path).unlink(missing_ok=True)
+                        path.unlink(missing_ok=True)
                     continue
                 if read[0].end is not None and _age(path) > _SETTLE_AGAIN_WITHIN:
                     # Its settle may have landed (it was decided) and the quota store
                     # remembers settled jobs for 7 days only: settling it again now
                     # could charge it twice.
-                    self._aside(path, ".stale", "is older than 6 days: not settled again", None)
+                    why = "is older than 6 days: not settled again"
+                    self._aside(path, ".stale", why, None, tidy)
                     continue
             found.append(read[0])
         return found
@@ -256,16 +317,32 @@ class UsageJournal:
     def discard(self, job_id: str) -> None:
         """Remove a job's file: its settle landed (or can never land). Never raises:
         the settle is done; a file left is only settled again as a duplicate."""
+        path = self._path(job_id)
         try:
-            self._path(job_id).unlink(missing_ok=True)
+            # The command's first: a job file left alone is settled again as a
+            # duplicate, a command file left alone would never be found.
+            _command_path(path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except OSError as exc:
             self._error(f"job {job_id}: its usage file could not be removed", exc)
 
-    def _aside(self, path: Path, suffix: str, why: str, exc: Exception | None) -> None:
-        try:
-            path.rename(path.with_name(path.name + suffix))
-        except OSError as rename_error:
-            exc = exc or rename_error
+    def has(self, job_id: str) -> bool:
+        """Whether the job's file is still there (its settle has not landed)."""
+        return self._path(job_id).exists()
+
+    def _aside(self, path: Path, suffix: str, why: str, exc: Exception | None, move: bool) -> None:
+        """Move the file (and its command's) aside with ``suffix``, and say why."""
+        if not move:
+            why += f" (would be moved aside, {suffix})"
+        else:
+            why += f" (moved aside, {suffix})"
+            try:
+                command = _command_path(path)
+                if command.exists():
+                    command.rename(command.with_name(command.name + suffix))
+                path.rename(path.with_name(path.name + suffix))
+            except OSError as rename_error:
+                exc = exc or rename_error
         self._error(f"the job usage file {path} {why}", exc or ValueError(why))
 
     def _path(self, job_id: str) -> Path:
@@ -288,9 +365,13 @@ def _try_lock(path: Path) -> Iterator[bool]:
         yield True
 
 
+def _command_path(path: Path) -> Path:
+    return path.with_name(path.name + _COMMAND)
+
+
 def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
-    """The job's leftover and its usage lines; None without a readable header. A last
-    line cut short by the kill is skipped."""
+    """The job's leftover and its usage lines, its command's included; None without
+    a readable header. A last line cut short by the kill is skipped."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -319,6 +400,7 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
         else:
             usage.append((str(entry.get("model", "")), *tokens))
     default_model = model if isinstance(model, str) and model else None
+    usage += _command_usage(_command_path(path), default_model or "")
     first_used = next((m for m, _, _ in usage if m), None)
     leftover = Leftover(
         job_id=header["job"],
@@ -329,6 +411,48 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
         end=end,
     )
     return leftover, usage
+
+
+def _command_usage(path: Path, default_model: str) -> list[tuple[str, int, int]]:
+    """The usage lines of a job's command file, read as the runner reads them when
+    the command has ended: a last line without a newline counts when it is whole
+    (the command is gone, it will not finish it), a line cut mid-way is no JSON and
+    is skipped, as are lines the runner said it ignored."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []  # the command reported nothing
+    found = []
+    for line in text.splitlines():
+        used = usage_line(line, default_model) if line.strip() else ""
+        if not isinstance(used, str):
+            found.append(used)
+    return found
+
+
+def usage_line(line: str, default_model: str) -> tuple[str, int, int] | str:
+    """One line of a command's usage file as (model, tokens in, tokens out), or what
+    is wrong with it; ``model`` defaults to ``default_model`` (the task's)."""
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError) as exc:  # the latter: nested too deep
+        return f"not JSON ({exc})"
+    if not isinstance(entry, dict):
+        return "not a JSON object"
+    model = entry.get("model", default_model)
+    if not isinstance(model, str):
+        return "model must be a string"
+    tokens_in, tokens_out = entry.get("tokens_in", 0), entry.get("tokens_out", 0)
+    problem = bad_tokens(tokens_in, tokens_out)
+    return problem or (model, tokens_in, tokens_out)
+
+
+def bad_tokens(tokens_in: object, tokens_out: object) -> str:
+    """What is wrong with a usage report's token counts ("" when nothing)."""
+    for name, value in (("tokens_in", tokens_in), ("tokens_out", tokens_out)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{name} must be an integer >= 0, got {value!r}"
+    return ""
 
 
 def _ends_a_line(path: Path) -> bool:

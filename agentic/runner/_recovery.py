@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 from ..client import TaskClient
 from ..errors import AgenticError, NotFoundError
@@ -12,9 +14,22 @@ from ..models import Task, TaskStatus
 from ._journal import Leftover, Settle, UsageJournal
 from ._reporting import Reporter
 
-__all__ = ["Recovery"]
+__all__ = ["Recovery", "Settled"]
 
 log = logging.getLogger("agentic.runner")
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What became (in a dry run: would become) of one job a runner left."""
+
+    left: Leftover
+    #: "release": its task was still this agent's claim under the job id, given back
+    #: and then settled; "settle": settled; "unknown": the task API could not tell
+    #: whether it is still claimed, so it was left for another time
+    action: Literal["release", "settle", "unknown"]
+    #: its file is gone: the settle landed (or was refused for good, said)
+    done: bool
 
 
 class Recovery:
@@ -45,10 +60,11 @@ class Recovery:
         self._lock = threading.Lock()
         self._left: dict[str, Leftover] = {}
 
-    def find(self) -> None:
+    def find(self, tidy: bool = True) -> None:
         """Read the files no live attempt holds (once the agent id is this runner's:
-        one waiting for it must not touch the live runner's files)."""
-        found = {left.job_id: left for left in self.journal.leftovers()}
+        one waiting for it must not touch the live runner's files); without
+        ``tidy`` (a dry run) none is moved aside."""
+        found = {left.job_id: left for left in self.journal.leftovers(tidy)}
         with self._lock:
             self._left = found
 
@@ -80,31 +96,77 @@ class Recovery:
             waiting = list(self._left.values())
         busy = running()
         for left in waiting:
-            if left.job_id in busy or self._still_ours(left) is not False:
-                continue  # a run of it here, or its claim is ours (or unknown yet)
+            if left.job_id in busy:
+                continue  # a run of it here
+            try:
+                if self._claim(left) is not None:
+                    continue  # its claim is ours: the poll loop runs it or gives it back
+            except _Unknown:
+                continue  # asked again next round
             if self.take(left.job_id) is None:
                 continue  # taken up by a new run meanwhile
-            log.info(
-                "job %s (task %s): settling %d tokens an earlier run of agent %s recorded",
-                left.job_id,
-                left.task_id,
-                left.tokens_in + left.tokens_out,
-                self.agent_id,
-            )
-            self.reporter.end_job(left.job_id, left.settlement(), patient=False)
+            self._settle(left)
 
-    def _still_ours(self, left: Leftover) -> bool | None:
-        """Whether the job's task is still claimed by this agent under its job id;
-        None when the task API could not tell (reported; asked again next round)."""
+    def settle_idle(self, dry_run: bool, renew: Callable[[], bool]) -> list[Settled]:
+        """Settle every job found, for an agent id no runner runs (``agentic admin
+        settle-usage``, holding the id's lease): a job whose task is still this
+        agent's claim under its job id is given back (pending again, no retry
+        counted: the task did not fail, its runner is gone), then settled as its
+        file says, as a runner's give-back of an earlier run's job is; any other is
+        settled as its file says. A job that died running is so settled as failed
+        for what it recorded, as for a lost lease: spent is spent. Each settle is
+        tried once, a give-back's with the reporter's retries; what fails keeps its
+        file. ``renew`` is called before each job: False (the id is another
+        runner's now) stops. With ``dry_run`` nothing is given back or settled."""
+        with self._lock:
+            waiting = list(self._left.values())
+        done: list[Settled] = []
+        for left in waiting:
+            if not renew():
+                break
+            try:
+                task = self._claim(left)
+            except _Unknown:
+                done.append(Settled(left, "unknown", False))
+                continue
+            action: Literal["release", "settle"] = "settle" if task is None else "release"
+            if not dry_run and self.take(left.job_id) is not None:
+                if task is None:
+                    self._settle(left)
+                else:
+                    reason = f"agent {self.agent_id} does not run: its job was settled for it"
+                    self.reporter.give_back(task, reason, left.settlement())
+            done.append(Settled(left, action, not dry_run and not self.journal.has(left.job_id)))
+        return done
+
+    def _settle(self, left: Leftover) -> None:
+        log.info(
+            "job %s (task %s): settling %d tokens an earlier run of agent %s recorded",
+            left.job_id,
+            left.task_id,
+            left.tokens_in + left.tokens_out,
+            self.agent_id,
+        )
+        self.reporter.end_job(left.job_id, left.settlement(), patient=False)
+
+    def _claim(self, left: Leftover) -> Task | None:
+        """The job's task when it is still claimed by this agent under its job id,
+        else None. :class:`_Unknown` when the task API could not tell (reported;
+        asked again next round)."""
         try:
             task: Task = self.client.get_task(left.task_id)
         except NotFoundError:
-            return False  # deleted: what was spent is settled
+            return None  # deleted: what was spent is settled
         except AgenticError as exc:
             self._error(f"job {left.job_id}: reading task {left.task_id} failed", exc)
-            return None
-        return (
+            raise _Unknown from exc
+        ours = (
             task.status is TaskStatus.IN_PROGRESS
             and task.claimed_by == self.agent_id
             and task.job_id == left.job_id
         )
+        return task if ours else None
+
+
+class _Unknown(Exception):
+    """The task API could not tell whether a job's task is still claimed."""

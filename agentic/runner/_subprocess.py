@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import signal
@@ -24,6 +23,7 @@ from pydantic_core import PydanticSerializationError
 from ..errors import ConfigError
 from ..models import Task, TaskResult
 from ._context import InfrastructureError, TaskCancelled, TaskContext
+from ._journal import usage_line
 
 __all__ = ["SubprocessHandler"]
 
@@ -113,7 +113,10 @@ class SubprocessHandler:
       "tokens_out": 300}``; ``model`` defaults to the task's), charged when it ends
       however it ends, and on cancellation also before the command is signalled
       (so its job's settle, which may not wait for a command slow to die, has
-      them; a line that is not one is said in the task's log). ``cwd``
+      them; a line that is not one is said in the task's log). With quotas on it
+      lives beside the job's usage file in the runner's state directory, so what
+      it holds is charged also when the runner is killed (see ``_journal``);
+      otherwise in the task's temporary directory. ``cwd``
       defaults to the context's ``workdir`` (set by ``GitWorkspace``), else the
       current directory.
     * Exit code 0: success, the output is the last ``output_limit`` characters of
@@ -200,7 +203,10 @@ class SubprocessHandler:
                 self._swept = True
                 _remove_abandoned(Path(tempfile.gettempdir()))
         with _task_dir() as tmp:
-            usage = _UsageFile(tmp / "usage.jsonl", task, ctx)
+            # With a job usage file (quotas on) the command's lives beside it, where a
+            # restart after a kill reads it; else here, gone with the task.
+            kept = ctx.journal.command_file() if ctx.journal is not None else None
+            usage = _UsageFile(kept or tmp / "usage.jsonl", task, ctx, kept=kept is not None)
             try:
                 payload = self._encoded(task)
                 if self.input == "stdin":
@@ -348,13 +354,21 @@ class SubprocessHandler:
 
 
 class _UsageFile:
-    """``$AGENTIC_USAGE_FILE``, charged as it grows: each complete line once."""
+    """``$AGENTIC_USAGE_FILE``, charged as it grows: each complete line once.
 
-    def __init__(self, path: Path, task: Task, ctx: TaskContext) -> None:
+    ``kept``: the file is the job's own in the state directory, a restart's record
+    of the command's lines: they are counted, not copied to the job's file, and
+    what an earlier run of the job wrote there (counted already) is skipped."""
+
+    def __init__(self, path: Path, task: Task, ctx: TaskContext, kept: bool = False) -> None:
         self.path = path
         self._task = task
         self._ctx = ctx
+        self._count = ctx.recorded_usage if kept else ctx.usage
         self._offset = 0  # bytes charged so far
+        if kept:
+            with contextlib.suppress(FileNotFoundError):  # none: no earlier run wrote one
+                self._offset = path.stat().st_size
         self._lines = 0  # lines charged so far (for messages)
 
     def charge(self, final: bool) -> None:
@@ -380,27 +394,11 @@ class _UsageFile:
             line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
-            problem = _usage_line(line, self._task.model or "", self._ctx)
-            if problem:
-                self._ctx.log(f"[agentic: {USAGE_ENV} line {self._lines} ignored: {problem}]")
-
-
-def _usage_line(line: str, default_model: str, ctx: TaskContext) -> str:
-    """Charge one usage line; what is wrong with it ("" when nothing)."""
-    try:
-        entry = json.loads(line)
-    except ValueError as exc:
-        return f"not JSON ({exc})"
-    if not isinstance(entry, dict):
-        return "not a JSON object"
-    model = entry.get("model", default_model)
-    if not isinstance(model, str):
-        return "model must be a string"
-    try:
-        ctx.usage(model, entry.get("tokens_in", 0), entry.get("tokens_out", 0))
-    except ConfigError as exc:
-        return str(exc)
-    return ""
+            used = usage_line(line, self._task.model or "")
+            if isinstance(used, str):
+                self._ctx.log(f"[agentic: {USAGE_ENV} line {self._lines} ignored: {used}]")
+            else:
+                self._count(*used)
 
 
 def _require_executable(
