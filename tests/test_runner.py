@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from agentic.runner import (
     TaskCancelled,
     TaskContext,
 )
+from agentic.runner._attempt import claim_lease
 from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
@@ -1391,3 +1392,24 @@ def test_a_model_outside_the_allowlist_is_warned_about_and_charged(
     warned = [r.getMessage() for r in caplog.records if "allowlist" in r.getMessage()]
     assert len(warned) == 1 and "'forbidden'" in warned[0] and "'ok'," not in warned[0]
     assert system.quota.get_usage(AGENT).tokens_used == 15
+
+
+def test_a_lease_length_an_older_servers_renewal_left_behind_is_not_used() -> None:
+    """The recorded lease length is used only when the claim's times agree with it: an
+    older server renewing for 600 s leaves the field at the claim's 30, and 600 wins."""
+    renewed = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
+    task = Task(
+        title="t",
+        claimed_at=renewed - timedelta(seconds=10),
+        updated_at=renewed,
+        lease_expires_at=renewed + timedelta(seconds=600),
+        lease_seconds=30.0,
+    )
+    assert claim_lease(task, 5.0) == 600.0
+    # Recorded exactly, then a progress update 3 s after the renewal: still exact.
+    exact = task.model_copy(
+        update={"lease_seconds": 600.0, "updated_at": renewed + timedelta(seconds=3)}
+    )
+    assert claim_lease(exact, 5.0) == 600.0
+    assert claim_lease(task.model_copy(update={"lease_seconds": None}), 5.0) == 600.0
+    assert claim_lease(Task(title="t"), 5.0) is None

@@ -25,7 +25,16 @@ from ..models import AgentInfo, Task, TaskResult, TaskStatus
 from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
 from ._allowed import Allowed
-from ._attempt import Attempt, Outcome, Report, Stop, attempt_key, decide, describe
+from ._attempt import (
+    Attempt,
+    Outcome,
+    Report,
+    Stop,
+    attempt_key,
+    claim_lease,
+    decide,
+    describe,
+)
 from ._context import Handler, TaskContext, call_handler
 from ._idlease import IdLease, id_lease_ttl
 from ._journal import UsageJournal, default_state_dir
@@ -480,18 +489,9 @@ class AgentRunner:
         intervals instead (15 s by default), said once per runner."""
         if self.lease_seconds is not None:
             return self.lease_seconds
-        if task.lease_seconds is not None:
-            # Recorded by the claim and each renewal: exact, also for a task taken up
-            # again (a restarted runner) and updated since its last renewal.
-            claimed = task.lease_seconds
-        elif task.lease_expires_at is None or task.claimed_at is None:
+        claimed = claim_lease(task, self.heartbeat_interval)
+        if claimed is None:
             return _DEFAULT_LEASE
-        else:
-            # A server older than the recorded length: from the last renewal (which
-            # sets updated_at), not the claim. Another update since the renewal
-            # shortens this by at most a heartbeat: the safe side.
-            since = max(task.claimed_at, task.updated_at or task.claimed_at)
-            claimed = max(0.0, (task.lease_expires_at - since).total_seconds())
         if claimed > 2 * self.heartbeat_interval:
             return claimed
         safe = _SAFE_RENEWALS * self.heartbeat_interval

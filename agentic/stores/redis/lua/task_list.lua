@@ -109,9 +109,18 @@ local function matches(t)
 end
 
 -- Whether the index named name is due to be checked whole (TaskKeys.checked_head):
--- once every 5 minutes, and at once when its counts disagree.
+-- once every 5 minutes, and at once when its counts disagree. This is the
+-- listing's first write: at maxmemory Redis refuses it (and then every write of
+-- this call), so writable turns false and the listing walks the status index as
+-- before the indexes (matches() checks every task: the same answer, slower).
+local writable = true
 local function due(name)
-  return redis.call('SET', HEAD.checked .. name, '1', 'NX', 'EX', 300) ~= false
+  local set = redis.pcall('SET', HEAD.checked .. name, '1', 'NX', 'EX', 300)
+  if type(set) == 'table' and set.err then
+    writable = false
+    return false
+  end
+  return set ~= false
 end
 
 local function checked(name)
@@ -150,9 +159,12 @@ end
 
 local agent = nil  -- listing one agent's tasks in progress: from its claims index
 if status == 'in_progress' and #claimed_by > 1 then
-  agent = claimed_by:sub(2)
-  if due('claims') or not claims_in_step() then
-    rebuild_claims()
+  local recheck = due('claims')
+  if writable then
+    agent = claimed_by:sub(2)
+    if recheck or not claims_in_step() then
+      rebuild_claims()
+    end
   end
 end
 
@@ -162,11 +174,16 @@ end
 -- keeps no split: an older version, a store from before it) is split again first.
 local only_ready = ready == '1' and (status == '' or status == 'pending') and not agent
 
+-- Whether the rank's ready half can be read (split again first when due).
 local function split_pending(rank)
   local pending = HEAD.status .. 'pending:' .. rank
-  if not due('ready:' .. rank) and redis.call('ZCARD', pending)
+  local recheck = due('ready:' .. rank)
+  if not writable then
+    return false
+  end
+  if not recheck and redis.call('ZCARD', pending)
       == redis.call('ZCARD', HEAD.ready .. rank) + redis.call('ZCARD', HEAD.waiting .. rank) then
-    return
+    return true
   end
   checked('ready:' .. rank)
   redis.call('DEL', HEAD.ready .. rank, HEAD.waiting .. rank)
@@ -174,6 +191,7 @@ local function split_pending(rank)
     local v = redis.call('HMGET', HEAD.data .. id, 'created_at', 'dependencies')
     file_pending({id = id, created_at = v[1], dependencies = v[2]}, rank)
   end
+  return true
 end
 
 local ranks = {0, 1, 2, 3}
@@ -184,8 +202,7 @@ for _, rank in ipairs(ranks) do
   local key = HEAD.order .. rank
   if agent then
     key = claims_key(rank, agent)
-  elseif only_ready then
-    split_pending(rank)
+  elseif only_ready and split_pending(rank) then
     key = HEAD.ready .. rank
   elseif status ~= '' then
     key = HEAD.status .. status .. ':' .. rank
