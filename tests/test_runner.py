@@ -1395,8 +1395,8 @@ def test_a_model_outside_the_allowlist_is_warned_about_and_charged(
 
 
 def test_a_lease_length_an_older_servers_renewal_left_behind_is_not_used() -> None:
-    """The recorded lease length is used only when the claim's times agree with it: an
-    older server renewing for 600 s leaves the field at the claim's 30, and 600 wins."""
+    """A recorded lease length shorter than the claim's times is not used: an older
+    server renewing for 600 s leaves the field at the claim's 30, and 600 wins."""
     renewed = datetime(2026, 1, 15, 10, 0, tzinfo=UTC)
     task = Task(
         title="t",
@@ -1405,11 +1405,11 @@ def test_a_lease_length_an_older_servers_renewal_left_behind_is_not_used() -> No
         lease_expires_at=renewed + timedelta(seconds=600),
         lease_seconds=30.0,
     )
-    assert claim_lease(task, 5.0) == 600.0
-    # Recorded exactly, then a progress update 3 s after the renewal: still exact.
+    assert claim_lease(task) == 600.0
+    # Recorded exactly, then a progress update 40 s after the renewal: still exact.
     exact = task.model_copy(
-        update={"lease_seconds": 600.0, "updated_at": renewed + timedelta(seconds=3)}
+        update={"lease_seconds": 600.0, "updated_at": renewed + timedelta(seconds=40)}
     )
-    assert claim_lease(exact, 5.0) == 600.0
-    assert claim_lease(task.model_copy(update={"lease_seconds": None}), 5.0) == 600.0
-    assert claim_lease(Task(title="t"), 5.0) is None
+    assert claim_lease(exact) == 600.0
+    assert claim_lease(task.model_copy(update={"lease_seconds": None})) == 600.0
+    assert claim_lease(Task(title="t")) is None

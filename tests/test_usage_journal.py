@@ -146,6 +146,14 @@ def test_agent_and_job_ids_are_safe_file_names(tmp_path: Path) -> None:
 
 
 # --- the runner ---
+def live_job(task: Task) -> JobJournal:
+    """``task``'s job files, not opened: ``UsageJournal.job`` opens (and locks) a
+    file that exists, which would race the live runner about to write it."""
+    return JobJournal(
+        UsageJournal(default_state_dir(), AGENT)._path(task.job_id), task, errors()[1]
+    )
+
+
 def leave_behind(system: System, task: Task, tokens: tuple[int, int], end: bool = False) -> None:
     """Write what a runner of AGENT killed while running ``task`` would have left."""
     job = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1])
@@ -217,7 +225,7 @@ def test_usage_reported_while_running_is_on_disk_before_the_end(system: System) 
 
     runner = system.started(handler)
     task = system.tasks.get(system.submit().id)
-    path = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1]).path
+    path = live_job(task).path
     wait_for(lambda: path.exists() and '"tokens_in": 12' in path.read_text())
     gate.set()
     wait_for(lambda: runner.completed == 1)
@@ -333,7 +341,7 @@ def test_a_commands_usage_is_kept_beside_the_job_file_and_not_copied(
     )
     runner = system.started(SubprocessHandler(["sh", "-c", script, "gate", str(gate)]))
     task = system.tasks.get(system.submit().id)
-    job = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1])
+    job = live_job(task)
     wait_for(lambda: job.command_path.exists() and "tokens_in" in job.command_path.read_text())
     time.sleep(0.2)  # the runner's reads every 0.05 s copy nothing
     assert "tokens_in" not in job.path.read_text()  # (the job id may hold "60")

@@ -227,22 +227,21 @@ def shrink(result: TaskResult) -> TaskResult:
     )
 
 
-def claim_lease(task: Task, heartbeat: float) -> float | None:
+def claim_lease(task: Task) -> float | None:
     """Seconds the task's claim lasts from its last claim or renewal (None: it tells
     nothing): the length recorded with it (exact, also for a task updated since
     its last renewal), else the time from its last renewal (which sets updated_at)
-    to its expiry. A recorded length that time disagrees with is an older server's
-    leftover (it renewed for another length and left the field as it was): the
-    time wins then. (An update since the renewal shortens the time by about a
-    heartbeat, the slack allowed, or by more after failed renewals: the safe side.)
+    to its expiry. A recorded length shorter than that time is an older server's
+    leftover (it renewed for a longer one and left the field as it was): the time
+    wins then. (A true record is never shorter: an update since the renewal only
+    shortens the time. A stale one longer than the time cannot be told from a true
+    one: renewing for it keeps the claim the longer, never loses it.)
     """
     derived = None
     if task.lease_expires_at is not None and task.claimed_at is not None:
         since = max(task.claimed_at, task.updated_at or task.claimed_at)
         derived = max(0.0, (task.lease_expires_at - since).total_seconds())
     recorded = task.lease_seconds
-    if recorded is not None and (
-        derived is None or derived - 1.0 <= recorded <= derived + heartbeat + 1.0
-    ):
+    if recorded is not None and (derived is None or recorded >= derived - 1.0):
         return recorded
     return derived

@@ -489,7 +489,7 @@ class AgentRunner:
         intervals instead (15 s by default), said once per runner."""
         if self.lease_seconds is not None:
             return self.lease_seconds
-        claimed = claim_lease(task, self.heartbeat_interval)
+        claimed = claim_lease(task)
         if claimed is None:
             return _DEFAULT_LEASE
         if claimed > 2 * self.heartbeat_interval:
