@@ -152,7 +152,9 @@ local function rebuild_claims()
   for rank = 0, 3 do
     for _, id in ipairs(redis.call('ZRANGE', HEAD.status .. 'in_progress:' .. rank, 0, -1)) do
       local v = redis.call('HMGET', HEAD.data .. id, 'claimed_by', 'created_at')
-      index_claim(rank, v[1], {id = id, created_at = v[2]})
+      if v[1] and v[2] then  -- an id whose task is gone is not indexed (the walk skips it)
+        index_claim(rank, v[1], {id = id, created_at = v[2]})
+      end
     end
   end
 end
@@ -189,7 +191,9 @@ local function split_pending(rank)
   redis.call('DEL', HEAD.ready .. rank, HEAD.waiting .. rank)
   for _, id in ipairs(redis.call('ZRANGE', pending, 0, -1)) do
     local v = redis.call('HMGET', HEAD.data .. id, 'created_at', 'dependencies')
-    file_pending({id = id, created_at = v[1], dependencies = v[2]}, rank)
+    if v[1] and v[2] then
+      file_pending({id = id, created_at = v[1], dependencies = v[2]}, rank)
+    end
   end
   return true
 end
