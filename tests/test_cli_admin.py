@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from agentic.models import AgentAllowance, QuotaEvent, Task, TaskResult, TaskStatus
+from agentic.models import AgentAllowance, AgentInfo, QuotaEvent, Task, TaskResult, TaskStatus
 from agentic.runner._journal import UsageJournal
 from agentic.stores import open_allowance_store
 from agentic.stores.base import new_lease_holder
@@ -169,11 +169,14 @@ def test_settle_usage_gives_back_settles_and_removes_the_files(
     system: System, tmp_path: Path
 ) -> None:
     """A job still claimed is released (pending, no retry counted) and settled as
-    failed (half of 100 charged), the decided one as completed (100): the files go."""
+    failed (half of 100 charged), the decided one as completed (100): the files go,
+    and the dead agent's registration with them."""
     state = tmp_path / "state"
     running, ended = left_by_a_killed_runner(system, state)
+    system.registry.register(AgentInfo(id="a1", capabilities=["x"]))  # its killed runner's
     result = system.cli(*SETTLE, "--state-dir", str(state))
     assert result.exit_code == 0, result.output
+    assert system.registry.list() == []  # no dispatcher claims the task for it again
     lines = result.stdout.splitlines()
     assert (
         f"agent a1 job job-running (task {running.id}): 100 tokens, done: release the task,"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..allowance import AllowanceService
 from ..client import TaskClient
+from ..errors import AgenticError, NotFoundError
 from ..retry import RetryPolicy
 from ..stores.base import AgentRegistry
 from ._idlease import IdLease
@@ -62,6 +63,8 @@ def settle_usage(
             found.append(AgentSettled(agent_id, holder, []))
             continue
         try:
+            if not dry_run:
+                _deregister(registry, agent_id, on_error)
             journal = UsageJournal(state_dir, agent_id, on_error)
             reporter = Reporter(agent_id, client, allowance, _RETRY, time.sleep, on_error, journal)
             recovery = Recovery(journal, agent_id, client, reporter, on_error)
@@ -71,3 +74,21 @@ def settle_usage(
             lease.release()
         found.append(AgentSettled(agent_id, None, jobs))
     return found
+
+
+def _deregister(
+    registry: AgentRegistry, agent_id: str, on_error: Callable[[str, Exception], None]
+) -> None:
+    """No runner runs the agent (its id lease is ours): the registration its killed
+    runner left would have a dispatcher claim the tasks given back here for the dead
+    agent again, until the registry reaps it (found in a new-user trial)."""
+    try:
+        registry.deregister(agent_id)
+    except NotFoundError:
+        pass
+    except AgenticError as exc:
+        on_error(
+            f"agent {agent_id}: deregistering it failed; dispatchers may claim tasks for it"
+            " until it is reaped",
+            exc,
+        )
