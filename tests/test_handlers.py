@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import resource
 import subprocess
 import sys
@@ -111,15 +112,19 @@ def test_the_command_reports_usage_through_its_usage_file() -> None:
     assert sorted(ctx.models) == ["m-default", "m1"]
 
 
-def test_bad_usage_lines_are_said_and_skipped() -> None:
+def test_bad_usage_lines_are_said_and_skipped(caplog: pytest.LogCaptureFixture) -> None:
     """A usage line that is not a JSON object with counts >= 0 is said in the task's
-    log and skipped; the good ones still count."""
+    log and in the runner's (its tokens go uncounted) and skipped; the good ones
+    still count."""
     ctx = context()
     script = (
         """printf '%s\\n' 'not json' '[1]' '{"tokens_in": -3}' '{"model": 7}'"""
         """ '{"tokens_out": 9}' >> "$AGENTIC_USAGE_FILE" """
     )
-    result = SubprocessHandler(sh(script))(TASK, ctx)
+    with caplog.at_level(logging.WARNING, logger="agentic.runner"):
+        result = SubprocessHandler(sh(script))(TASK, ctx)
+    assert caplog.text.count("AGENTIC_USAGE_FILE line") == 4
+    assert "line 1 ignored (its tokens are not counted): not JSON" in caplog.text
     assert result.success
     assert ctx.tokens == (0, 9)
     said = logged(ctx)

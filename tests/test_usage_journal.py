@@ -609,6 +609,7 @@ def test_a_quota_store_down_at_start_delays_no_task(system: System) -> None:
     system.quota.settle = settle  # type: ignore[method-assign]
     for i in range(3):
         gone = claimed(job_id=f"old-{i}", task_id=f"gone-{i}")
+        system.tasks.create(Task(id=gone.id, title="t"))  # known, no longer claimed
         job = UsageJournal(default_state_dir(), AGENT).job(gone, errors()[1])
         job.usage("m", 10, 0)
         job.close()
@@ -620,6 +621,24 @@ def test_a_quota_store_down_at_start_delays_no_task(system: System) -> None:
     wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 15)  # 3 x 10, half back
     wait_for(lambda: list(UsageJournal(default_state_dir(), AGENT).leftovers()) == [])
     assert runner.errors >= 1
+
+
+def test_a_job_whose_task_the_task_api_does_not_know_is_kept_not_settled(
+    system: System,
+) -> None:
+    """Tasks are never deleted: a job file whose task is unknown was left by a run of
+    this agent id against another store; it is kept (said once), not charged here."""
+    foreign = claimed(job_id="other-store-job", task_id="other-store-task")
+    job = UsageJournal(default_state_dir(), AGENT).job(foreign, errors()[1])
+    job.usage("m", 100, 0)
+    job.close()
+    runner = system.started(lambda task, ctx: "done")
+    assert system.finished(system.submit().id).status is TaskStatus.COMPLETED
+    wait_for(lambda: runner.errors >= 1)
+    time.sleep(0.3)  # more recovery rounds: still kept, said once
+    assert system.quota.get_usage(AGENT).tokens_used == 0
+    [left] = UsageJournal(default_state_dir(), AGENT).leftovers()
+    assert left.job_id == "other-store-job" and runner.errors == 1
 
 
 def test_a_decided_job_still_claimed_is_given_back_not_rerun(system: System) -> None:

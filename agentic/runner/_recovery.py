@@ -26,7 +26,8 @@ class Settled:
     left: Leftover
     #: "release": its task was still this agent's claim under the job id, given back
     #: and then settled; "settle": settled; "unknown": the task API could not tell
-    #: whether it is still claimed, so it was left for another time
+    #: whether it is still claimed (or does not know the task: another store's), so
+    #: it was left for another time
     action: Literal["release", "settle", "unknown"]
     #: its file is gone: the settle landed (or was refused for good, said)
     done: bool
@@ -59,6 +60,7 @@ class Recovery:
         self._error = on_error
         self._lock = threading.Lock()
         self._left: dict[str, Leftover] = {}
+        self._foreign: set[str] = set()  # jobs whose task the task API does not know
 
     def find(self, tidy: bool = True) -> None:
         """Read the files no live attempt holds (once the agent id is this runner's:
@@ -151,12 +153,24 @@ class Recovery:
 
     def _claim(self, left: Leftover) -> Task | None:
         """The job's task when it is still claimed by this agent under its job id,
-        else None. :class:`_Unknown` when the task API could not tell (reported;
-        asked again next round)."""
+        else None. :class:`_Unknown` when the task API could not tell, or does not know
+        the task (reported; asked again next round)."""
         try:
             task: Task = self.client.get_task(left.task_id)
-        except NotFoundError:
-            return None  # deleted: what was spent is settled
+        except NotFoundError as exc:
+            # Tasks are never deleted: a task this task API does not know is another
+            # store's (the same agent id run against another store from this machine,
+            # found in a new-user trial). Its tokens are that store's to charge: the
+            # file is kept for a runner of it, and said once.
+            if left.job_id not in self._foreign:
+                self._foreign.add(left.job_id)
+                self._error(
+                    f"job {left.job_id}: its task {left.task_id} is unknown to this task"
+                    " API; its usage file (likely left by a run of this agent id against"
+                    " another store) is kept, not settled here",
+                    exc,
+                )
+            raise _Unknown from exc
         except AgenticError as exc:
             self._error(f"job {left.job_id}: reading task {left.task_id} failed", exc)
             raise _Unknown from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ from ._context import InfrastructureError, TaskCancelled, TaskContext
 from ._journal import usage_line
 
 __all__ = ["SubprocessHandler"]
+
+log = logging.getLogger("agentic.runner")
 
 _FILE = "{file}"
 #: the file a command may append its token usage to (see SubprocessHandler)
@@ -396,7 +399,16 @@ class _UsageFile:
                 continue
             used = usage_line(line, self._task.model or "")
             if isinstance(used, str):
+                # In the task's log for its owner, and in the runner's for its operator:
+                # a command whose usage lines are refused spends uncounted tokens.
                 self._ctx.log(f"[agentic: {USAGE_ENV} line {self._lines} ignored: {used}]")
+                log.warning(
+                    "task %s: %s line %d ignored (its tokens are not counted): %s",
+                    self._task.id,
+                    USAGE_ENV,
+                    self._lines,
+                    used,
+                )
             else:
                 self._count(*used)
 
