@@ -784,6 +784,29 @@ def test_a_report_given_up_on_leaves_the_task_to_be_given_back_not_rerun(
     assert len(runs) == 2 and runs[0] != runs[1]
 
 
+def test_a_registry_that_hangs_does_not_hold_up_a_stop_at_once(system: System) -> None:
+    """Deregistering runs beside the drain: with the registry hanging, stop(now=True)
+    still cancels the running task, gives it back and returns at once."""
+    seen: list[str] = []
+    real = system.registry.deregister
+    release = threading.Event()
+
+    def hanging(agent_id: str) -> None:
+        release.wait(10)
+        real(agent_id)
+
+    system.registry.deregister = hanging  # type: ignore[method-assign]
+    runner = system.started(stops_when_cancelled(seen), grace_period=30.0)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    started = time.monotonic()
+    runner.stop(now=True)
+    assert time.monotonic() - started < 5
+    assert seen == ["the agent is stopping at once (grace period skipped)"]
+    assert system.tasks.get(task.id).status == TaskStatus.PENDING
+    release.set()
+
+
 class Renewals(TaskClient):
     """Records the lease length each renewal asks for."""
 

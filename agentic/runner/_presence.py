@@ -85,17 +85,21 @@ class Presence:
 
     def deregister(self) -> bool:
         """Leave the registry; True when this call removed the agent."""
+        # Taking the lock waits out a heartbeat in flight, and none follows (they look
+        # at _registered first), so none can register the agent again; the call itself
+        # is made without it: a registry that hangs must not hold up the heartbeats a
+        # shutdown's threads are joined on.
         with self._lock:
             self._registered = False
-            try:
-                self.registry.deregister(self.info.id)
-            except NotFoundError:
-                log.info("agent %s was already deregistered", self.info.id)
-                return False
-            except AgenticError as exc:
-                self._error("deregistering the agent failed; it will be reaped", exc)
-                return False
-            return True
+        try:
+            self.registry.deregister(self.info.id)
+        except NotFoundError:
+            log.info("agent %s was already deregistered", self.info.id)
+            return False
+        except AgenticError as exc:
+            self._error("deregistering the agent failed; it will be reaped", exc)
+            return False
+        return True
 
     def leave(self) -> None:
         """Stop heartbeating without deregistering: another runner has this agent
