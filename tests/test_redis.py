@@ -378,12 +378,12 @@ def test_pending_tasks_written_without_the_split_are_still_listed(
     assert [t.id for t in store.list(status=TaskStatus.PENDING, ready=True, limit=1)] == [a.id]
 
 
-def test_changes_the_counts_cannot_show_are_found_within_five_minutes(
+def test_changes_the_counts_cannot_show_are_found_by_the_audit(
     client: redis.Redis, prefix: str
 ) -> None:
-    """A dependency an older writer completed (no promotion) and a claim it made while
-    finishing another (the counts agree) are seen once the indexes are checked whole
-    again (every 5 minutes: their marks expire)."""
+    """A claim an older writer made while finishing another (the counts agree) and a
+    dependency it completed (no promotion) are found by the next listing's audit
+    of the indexes (a chunk at most once a second), not by a whole check."""
     clock = FakeClock()
     store = RedisTaskStore(client, prefix=prefix, clock=clock)
     keys = TaskKeys.under(prefix)
@@ -399,14 +399,37 @@ def test_changes_the_counts_cannot_show_are_found_within_five_minutes(
         client.zadd(f"{keys.status_head}{new}:2", {task.id: clock()})
         client.hset(keys.data(task.id), mapping={"status": new, "claimed_by": "x"})
     client.zrem(f"{keys.ready_head}2", b.id)
-    client.zadd(f"{keys.ready_head}2", {dependent.id: 0})  # keeps the pending count
-    client.zrem(f"{keys.waiting_head}2", dependent.id)
-    client.zadd(f"{keys.waiting_head}2", {"gone": 0})
+    audits = [keys.checked_head + name for name in ("claims:due", "ready:2:due")]
+    for mark in audits:  # audited a moment ago: not again within the second
+        client.set(mark, "1", ex=60)
     assert _claimed_ids(store, "x") == []  # a is listed no more, b not yet
-    client.delete(keys.checked_head + "claims", keys.checked_head + "ready:2")  # 5 min on
+    assert _ready_ids(store) == []  # the dependent still waits
+    client.delete(*audits)  # a second on
     assert _claimed_ids(store, "x") == [b.id]
     assert _ready_ids(store) == [dependent.id]
     assert _split(client, keys) == ({dependent.id}, set())
+
+
+def test_the_audit_goes_through_an_index_a_chunk_at_a_time(
+    client: redis.Redis, prefix: str
+) -> None:
+    """Each audit reads the next 256 ids, then starts again from the first: 300 tasks
+    waiting for a dependency an older writer completed are all ready after two."""
+    clock = FakeClock()
+    store = RedisTaskStore(client, prefix=prefix, clock=clock)
+    keys = TaskKeys.under(prefix)
+    [a] = _created(store, clock, 1)
+    waiting = [store.create(Task(title=f"w{i}", dependencies=[a.id])).id for i in range(300)]
+    client.zrem(f"{keys.status_head}pending:2", a.id)  # as an older writer's completion
+    client.zadd(f"{keys.status_head}completed:2", {a.id: clock()})
+    client.zrem(f"{keys.ready_head}2", a.id)
+    client.hset(keys.data(a.id), "status", "completed")
+    due = keys.checked_head + "ready:2:due"
+    client.delete(due)
+    assert len(_ready_ids(store)) == 256
+    client.delete(due)
+    assert sorted(_ready_ids(store)) == sorted(waiting)
+    assert int(sync(client.get(keys.checked_head + "ready:2")) or -1) == 0  # round again
 
 
 def test_amounts_beyond_exact_range_are_refused(client: redis.Redis, prefix: str) -> None:

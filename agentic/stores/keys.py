@@ -193,11 +193,13 @@ class TaskKeys:
     #: waiting for one task. When the two do not add up to the pending tasks of the
     #: rank (a writer that keeps no split: an older version), the rank is split again.
     waiting_head: str
-    #: string per index (``claims``, ``ready:{rank}``), expiring: present while that
-    #: index was checked whole in the last 5 minutes. Once it is gone, the next
-    #: listing that reads the index rebuilds it from the tasks: a writer without the
-    #: indexes (an older version sharing the store) can change tasks in ways their
-    #: counts do not show (a dependency completed, two changes that cancel out).
+    #: strings per index (``claims:{rank}``, ``ready:{rank}``): where the audit of
+    #: it goes on (an offset in the tasks it indexes), and with ``:due`` appended a
+    #: mark expiring after a second: each listing that reads an index audits the
+    #: next chunk of it against the tasks, at most once a second, since a writer
+    #: without the indexes (an older version sharing the store) can change tasks in
+    #: ways their counts do not show (a dependency completed, two changes that
+    #: cancel out).
     checked_head: str
 
     @classmethod

@@ -108,14 +108,18 @@ local function matches(t)
   return true
 end
 
--- Whether the index named name is due to be checked whole (TaskKeys.checked_head):
--- once every 5 minutes, and at once when its counts disagree. This is the
--- listing's first write: at maxmemory Redis refuses it (and then every write of
--- this call), so writable turns false and the listing walks the status index as
--- before the indexes (matches() checks every task: the same answer, slower).
+-- Each listing that reads an index also audits a chunk of it against the tasks, at
+-- most once a second (TaskKeys.checked_head): a writer without the indexes (an older
+-- version sharing the store) can change tasks in ways the counts below do not show
+-- (a dependency completed, two changes that cancel out), and a chunk at a time
+-- finds them without a whole check's stall. The due mark is the listing's first
+-- write: at maxmemory Redis refuses it (and then every write of this call), so
+-- writable turns false and the listing walks the status index as before the
+-- indexes (matches() checks every task: the same answer, slower).
+local AUDIT = 256  -- ids of each rank a listing's audit reads, at most
 local writable = true
 local function due(name)
-  local set = redis.pcall('SET', HEAD.checked .. name, '1', 'NX', 'EX', 300)
+  local set = redis.pcall('SET', HEAD.checked .. name .. ':due', '1', 'NX', 'EX', 1)
   if type(set) == 'table' and set.err then
     writable = false
     return false
@@ -123,8 +127,13 @@ local function due(name)
   return set ~= false
 end
 
-local function checked(name)
-  redis.call('SET', HEAD.checked .. name, '1', 'EX', 300)
+-- The next AUDIT ids of the sorted set key, from where the last audit of name
+-- stopped; round and round.
+local function audit_chunk(name, key)
+  local at = tonumber(redis.call('GET', HEAD.checked .. name)) or 0
+  local ids = redis.call('ZRANGE', key, at, at + AUDIT - 1)
+  redis.call('SET', HEAD.checked .. name, #ids < AUDIT and 0 or at + #ids)
+  return ids
 end
 
 -- The tasks in progress claimed for one agent (a runner's poll) are read from that
@@ -141,7 +150,6 @@ local function claims_in_step()
 end
 
 local function rebuild_claims()
-  checked('claims')
   for _, agent in ipairs(redis.call('SMEMBERS', HEAD.claimers)) do
     for rank = 0, 3 do
       redis.call('DEL', claims_key(rank, agent))
@@ -159,12 +167,29 @@ local function rebuild_claims()
   end
 end
 
+-- A chunk of the tasks in progress, each looked for in its agent's index: one
+-- missing is indexed, and the count then disagrees (a stale entry was its pair), so
+-- the index is rebuilt.
+local function audit_claims()
+  for rank = 0, 3 do
+    for _, id in ipairs(audit_chunk('claims:' .. rank, HEAD.status .. 'in_progress:' .. rank)) do
+      local v = redis.call('HMGET', HEAD.data .. id, 'claimed_by', 'created_at')
+      if v[1] and v[2] and not redis.call('ZSCORE', claims_key(rank, v[1]), id) then
+        index_claim(rank, v[1], {id = id, created_at = v[2]})
+      end
+    end
+  end
+end
+
 local agent = nil  -- listing one agent's tasks in progress: from its claims index
 if status == 'in_progress' and #claimed_by > 1 then
-  local recheck = due('claims')
+  local audit = due('claims')
   if writable then
     agent = claimed_by:sub(2)
-    if recheck or not claims_in_step() then
+    if audit then
+      audit_claims()
+    end
+    if not claims_in_step() then
       rebuild_claims()
     end
   end
@@ -176,18 +201,40 @@ end
 -- keeps no split: an older version, a store from before it) is split again first.
 local only_ready = ready == '1' and (status == '' or status == 'pending') and not agent
 
--- Whether the rank's ready half can be read (split again first when due).
+-- A chunk of the rank's pending tasks: a waiting one whose dependencies are all
+-- completed now is made ready; one in neither half is filed (the halves then add up
+-- to more than the pending tasks when a stale entry was its pair: split again).
+local function audit_pending(rank)
+  for _, id in ipairs(audit_chunk('ready:' .. rank, HEAD.status .. 'pending:' .. rank)) do
+    local v = redis.call('HMGET', HEAD.data .. id, 'created_at', 'dependencies')
+    local t = {id = id, created_at = v[1], dependencies = v[2]}
+    if not (v[1] and v[2]) then
+      t = nil  -- its task is gone: left to the walk, which skips it
+    elseif redis.call('ZSCORE', HEAD.waiting .. rank, id) then
+      if #unfinished(t) == 0 then
+        redis.call('ZREM', HEAD.waiting .. rank, id)
+        redis.call('ZADD', HEAD.ready .. rank, t.created_at, id)
+      end
+    elseif not redis.call('ZSCORE', HEAD.ready .. rank, id) then
+      file_pending(t, rank)
+    end
+  end
+end
+
+-- Whether the rank's ready half can be read (audited, or split again, first).
 local function split_pending(rank)
   local pending = HEAD.status .. 'pending:' .. rank
-  local recheck = due('ready:' .. rank)
+  local audit = due('ready:' .. rank)
   if not writable then
     return false
   end
-  if not recheck and redis.call('ZCARD', pending)
+  if audit then
+    audit_pending(rank)
+  end
+  if redis.call('ZCARD', pending)
       == redis.call('ZCARD', HEAD.ready .. rank) + redis.call('ZCARD', HEAD.waiting .. rank) then
     return true
   end
-  checked('ready:' .. rank)
   redis.call('DEL', HEAD.ready .. rank, HEAD.waiting .. rank)
   for _, id in ipairs(redis.call('ZRANGE', pending, 0, -1)) do
     local v = redis.call('HMGET', HEAD.data .. id, 'created_at', 'dependencies')
