@@ -132,12 +132,22 @@ class AllowanceService:
         except StoreError as exc:
             self._store_failed("settle", exc)
             return None
-        if settlement.duplicate and tokens_in + tokens_out > 0:
-            # The first settlement stands; say so, since these tokens are not charged.
-            log.warning(
-                "job %s was settled already; %d tokens reported again are not charged",
+        total = tokens_in + tokens_out
+        if settlement.duplicate and total > 0:
+            # The first settlement stands. The same end again (a restarted runner
+            # settling what its predecessor's file recorded, after that settle had
+            # landed) charged what this one would: nothing is lost, no warning. Another
+            # is said: these tokens are not charged.
+            replayed = settlement.outcome == outcome and settlement.tokens_charged in (
+                total,
+                total - total // 2,
+            )
+            log.log(
+                logging.INFO if replayed else logging.WARNING,
+                "job %s was settled already%s; %d tokens reported again are not charged",
                 job_id,
-                tokens_in + tokens_out,
+                " with the same end" if replayed else "",
+                total,
             )
         if not settlement.duplicate:
             # The id the quota store records it under, when it does: the log keeps one.

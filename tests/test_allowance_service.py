@@ -130,6 +130,23 @@ def test_duplicate_report_is_counted_once(backend: Backend) -> None:
     assert rec.types().count(EventType.USAGE_RECORDED) == 1
 
 
+def test_a_settle_repeated_with_the_same_end_is_no_warning(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job settled again with the end it was settled with (a restarted runner's
+    replay) is said at info; one with other tokens is a warning (not charged)."""
+    svc, _rec = service(backend)
+    for job, repeat in (("j1", 7), ("j2", 9)):
+        svc.reserve("a1", "m1", 0, job)
+        svc.settle(job, 7, 0, QuotaEvent.JOB_FAILED)
+        with caplog.at_level("INFO", logger="agentic.allowance"):
+            svc.settle(job, repeat, 0, QuotaEvent.JOB_FAILED)
+    [same, other] = [r for r in caplog.records if "settled already" in r.getMessage()]
+    assert (same.levelname, other.levelname) == ("INFO", "WARNING")
+    assert "with the same end" in same.getMessage()
+    assert "9 tokens reported again are not charged" in other.getMessage()
+
+
 def test_unknown_event_is_rejected_before_any_change() -> None:
     """A report with an unknown event cannot be built, so nothing is recorded."""
     with pytest.raises(ValueError, match="event"):
