@@ -32,7 +32,7 @@ from agentic.runner._subprocess import _UsageFile
 from agentic.stores import open_allowance_store, open_registry
 
 from .test_cli import clean_environment, run  # noqa: F401
-from .test_e2e_processes import FAST, create, fleet_on, registered, wait_until
+from .test_e2e_processes import FAST, Fleet, create, fleet_on, registered, wait_until
 from .test_runner import AGENT, System, build_system, wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
@@ -392,16 +392,24 @@ def test_kill_9_mid_task_then_restart_charges_both_runs(tmp_path: Path) -> None:
         )
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
         fleet.spawn("second", *args)
-        wait_until(
-            lambda: client.get_task(task.id).status is TaskStatus.COMPLETED,
-            "the task completed by the restarted agent",
-            fleet,
-            timeout=40,
-        )
-        with open_allowance_store(url) as quota:
-            wait_until(lambda: quota.get_usage("a1").tokens_used == 800, "both runs charged", fleet)
-            assert quota.get_usage("a1").active_jobs == 0
-        wait_until(lambda: list(files.iterdir()) == [], "the usage files removed", fleet)
+        completed_and_charged(fleet, client, url, task.id, files, 800, "both runs charged")
+
+
+def completed_and_charged(
+    fleet: Fleet, client: TaskClient, url: str, task_id: str, files: Path, tokens: int, what: str
+) -> None:
+    """The task completed by the restarted agent, ``tokens`` charged to a1 in all,
+    no reservation left, and the usage files removed."""
+    wait_until(
+        lambda: client.get_task(task_id).status is TaskStatus.COMPLETED,
+        "the task completed by the restarted agent",
+        fleet,
+        timeout=40,
+    )
+    with open_allowance_store(url) as quota:
+        wait_until(lambda: quota.get_usage("a1").tokens_used == tokens, what, fleet)
+        assert quota.get_usage("a1").active_jobs == 0
+    wait_until(lambda: list(files.iterdir()) == [], "the usage files removed", fleet)
 
 
 def kills_its_runner(marker: Path) -> list[str]:
@@ -452,16 +460,7 @@ def test_usage_a_command_wrote_just_before_the_kill_is_charged_once(tmp_path: Pa
         [command] = files.glob("*.jsonl.command")
         assert command.read_text().endswith('"tokens_in": 7')  # no newline: cut
         fleet.spawn("second", *args, *kills_its_runner(tmp_path / "ran"))
-        wait_until(
-            lambda: client.get_task(task.id).status is TaskStatus.COMPLETED,
-            "the task completed by the restarted agent",
-            fleet,
-            timeout=40,
-        )
-        with open_allowance_store(url) as quota:
-            wait_until(lambda: quota.get_usage("a1").tokens_used == 420, "charged once", fleet)
-            assert quota.get_usage("a1").active_jobs == 0
-        wait_until(lambda: list(files.iterdir()) == [], "the usage files removed", fleet)
+        completed_and_charged(fleet, client, url, task.id, files, 420, "charged once")
 
 
 def test_agent_run_refuses_a_state_dir_it_cannot_write(tmp_path: Path) -> None:

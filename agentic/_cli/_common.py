@@ -24,13 +24,14 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..config import Config, load_config
 from ..errors import AgenticError, APIError, ConfigError, StoreError, TransportError
 from ..eventlog import EventLogEmitter
 from ..events import EventEmitter, FanoutEmitter
 from ..retry import RetryPolicy
-from ..stores import open_event_log, parse_store_url
+from ..stores import open_allowance_store, open_event_log, parse_store_url
 from ..stores.sqlite import database_file
 from ..webhook import WebhookEmitter
 
@@ -165,6 +166,19 @@ def records_events(cfg: Config, purpose: Literal["task", "allowance"]) -> bool:
     settle's usage) in the event log, in the same atomic step as the change: when
     the shared log lives in that store's own storage."""
     return shared_log_url(cfg) == cfg.store_url_for(purpose)
+
+
+def quota_service(
+    stack: contextlib.ExitStack, cfg: Config, emitter: EventEmitter | None
+) -> AllowanceService:
+    """The quota service of a process that reserves or settles jobs, its store closed
+    with ``stack``; each settle's usage and crossings go to the event log with it
+    (no crash loses them) when the log is shared."""
+    recording = records_events(cfg, "allowance")
+    quota = stack.enter_context(
+        open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)
+    )
+    return AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open)
 
 
 def client(cfg: Config, agent_id: str | None = None) -> TaskClient:

@@ -10,14 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from ..allowance import AllowanceService
 from ..config import HEARTBEAT_INTERVAL
 from ..errors import ConfigError
 from ..runner._idlease import id_lease_ttl
 from ..runner._journal import default_state_dir, journaled_agents
 from ..runner._recovery import Settled
 from ..runner._settle import AgentSettled, settle_usage
-from ..stores import open_allowance_store, open_registry, prune_redis_functions
+from ..stores import open_registry, prune_redis_functions
 from ..stores._tasks import require_name
 from ._common import (
     ConfigOption,
@@ -29,7 +28,7 @@ from ._common import (
     fail,
     handled,
     print_json,
-    records_events,
+    quota_service,
     stdout,
     store_config,
     store_options,
@@ -137,10 +136,6 @@ def settle_usage_command(
     problems: list[str] = []
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
-        recording = records_events(cfg, "allowance")
-        quota = stack.enter_context(
-            open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)
-        )
         api = stack.enter_context(client(cfg))
         emitter = event_emitter(cfg)
         if emitter is not None:
@@ -150,7 +145,7 @@ def settle_usage_command(
             agent_ids,
             registry,
             api,
-            AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open),
+            quota_service(stack, cfg, emitter),
             # As a runner's, so that one starting meanwhile waits for this command.
             id_lease=id_lease_ttl(HEARTBEAT_INTERVAL, cfg.dispatcher.heartbeat_ttl),
             dry_run=dry_run,

@@ -9,10 +9,9 @@ from typing import Annotated, Literal
 import typer
 
 from .._signals import late_signals_logged
-from ..allowance import AllowanceService
 from ..models import AgentInfo
 from ..runner import AgentRunner, GitWorkspace, Handler, SubprocessHandler
-from ..stores import open_allowance_store, open_registry
+from ..stores import open_registry
 from ..stores._tasks import require_label, require_name
 from ._common import (
     ConfigOption,
@@ -22,7 +21,7 @@ from ._common import (
     event_emitter,
     fail,
     handled,
-    records_events,
+    quota_service,
     stdout,
     store_options,
 )
@@ -121,11 +120,6 @@ def run(
         # Entered first, left last: a signal while the rest closes is only logged.
         after_stop = stack.enter_context(late_signals_logged())
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
-        # Each settle's usage and crossings go to the event log with it (no crash loses them).
-        recording = records_events(cfg, "allowance")
-        quota = stack.enter_context(
-            open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)
-        )
         api = stack.enter_context(client(cfg, agent_id))
         # The runner logs each task itself: events go to the event log and configured sinks.
         emitter = event_emitter(cfg)
@@ -136,7 +130,7 @@ def run(
             api,
             registry,
             handler,
-            AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open),
+            quota_service(stack, cfg, emitter),
             lease_seconds=cfg.agent.lease_seconds,
             max_job_duration=max_job_duration,
             emitter=emitter,

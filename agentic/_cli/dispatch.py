@@ -9,11 +9,10 @@ from typing import Annotated
 import typer
 
 from .._signals import late_signals_logged
-from ..allowance import AllowanceService
 from ..dispatcher import Dispatcher, DispatchReport
 from ..events import LoggingEmitter
 from ..router import DefaultRouter
-from ..stores import open_allowance_store, open_registry
+from ..stores import open_registry
 from ._common import (
     ConfigOption,
     JsonOption,
@@ -23,7 +22,7 @@ from ._common import (
     event_emitter,
     handled,
     print_json,
-    records_events,
+    quota_service,
     retry_policy,
     stdout,
     store_options,
@@ -83,17 +82,13 @@ def dispatch(
         # Entered first, left last: a signal while the rest closes is only logged.
         after_stop = stack.enter_context(late_signals_logged())
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
-        # The thresholds a reserve crosses go to the event log with the reserve.
-        recording = records_events(cfg, "allowance")
-        quota = stack.enter_context(
-            open_allowance_store(cfg.store_url_for("allowance"), record_events=recording)
-        )
         tasks = stack.enter_context(client(cfg))
         emitter = stack.enter_context(event_emitter(cfg, LoggingEmitter()))
         dispatcher = Dispatcher(
             registry,
             DefaultRouter(),
-            AllowanceService(quota, emitter, fail_open=cfg.dispatcher.fail_open),
+            # The thresholds a reserve crosses go to the event log with the reserve.
+            quota_service(stack, cfg, emitter),
             tasks,
             emitter,
             retry_policy(cfg),
