@@ -21,7 +21,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
-from agentic._cli._common import event_emitter, records_events, store_config
+from agentic._cli._common import event_emitter, one_of, records_events, store_config
 from agentic._cli._logging import KeyValueFormatter
 from agentic.allowance import AllowanceService
 from agentic.cli import app
@@ -31,7 +31,15 @@ from agentic.dispatcher import LEASE, Dispatcher, DispatchReport
 from agentic.errors import ConfigError, NotFoundError
 from agentic.eventlog import EventLogEmitter
 from agentic.events import EventType
-from agentic.models import AgentAllowance, AgentInfo, FailureCharge, Task, TaskResult, TaskStatus
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    FailureCharge,
+    Priority,
+    Task,
+    TaskResult,
+    TaskStatus,
+)
 from agentic.router import DefaultRouter
 from agentic.runner import AgentRunner
 from agentic.runner._journal import default_state_dir
@@ -228,6 +236,30 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run(*args)
     assert result.exit_code == 2, result.output
     no_traceback(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "told"),
+    [
+        (["submit", "t", "--priority", "urgent"], "'urgent' is not a priority; valid: critical,"),
+        ([*AGENT_RUN, "--input", "pipe", "--", "true"], "'pipe' is not an input mode; valid:"),
+        ([*AGENT_RUN, "--format", "xml", "--", "true"], "'xml' is not a task format; valid:"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value[:3]),
+)
+def test_a_bad_choice_names_the_valid_ones(args: list[str], told: str) -> None:
+    """A value outside an option's choices is a usage error listing the valid ones,
+    without pydantic's "Value error, " prefix."""
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.replace("│", " ").split())
+    assert told in message and "Value error" not in message
+
+
+def test_choices_take_any_case() -> None:
+    """A choice option accepts its values in any case, as the enum they stand for."""
+    parse = one_of(Priority, "a priority", Priority)["parser"]
+    assert parse("HIGH") is Priority.HIGH
 
 
 def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path) -> None:
@@ -845,7 +877,7 @@ def test_allowance_failure_charge_sets_and_shows(system: System) -> None:
     assert one["allowance"]["failure_charge"] == "full"
     bad = system.cli("allowance", "set", "a1", "--failure-charge", "all")
     assert bad.exit_code == 2
-    assert "--failure-charge" in bad.output and "'half', 'full'" in bad.output
+    assert "--failure-charge" in bad.output and "valid: half, full" in bad.output
     assert system.quota.get_allowance("a1").failure_charge is FailureCharge.FULL
 
 

@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
@@ -57,6 +57,21 @@ ConfigOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def one_of(values: Iterable[str], what: str, convert: Callable[[str], Any] = str) -> dict[str, Any]:
+    """``typer.Option`` arguments for an option taking one of ``values`` (any case):
+    a usage error says what was given and lists the valid ones. (typer's own check
+    of an Enum or Literal prefixes its message with pydantic's "Value error, ".)"""
+    names = [str(value) for value in values]
+
+    def parse(value: str) -> Any:
+        if value.lower() not in names:
+            raise typer.BadParameter(f"{value!r} is not {what}; valid: {', '.join(names)}")
+        return convert(value.lower())
+
+    return {"parser": parse, "metavar": f"[{'|'.join(names)}]"}
+
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2

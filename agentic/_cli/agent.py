@@ -21,6 +21,7 @@ from ._common import (
     event_emitter,
     fail,
     handled,
+    one_of,
     quota_service,
     stdout,
     store_options,
@@ -67,11 +68,19 @@ def run(
     ] = None,
     input_mode: Annotated[
         Literal["stdin", "file"],
-        typer.Option("--input", help="How CMD gets the task: on stdin or as {file}."),
+        typer.Option(
+            "--input",
+            help="How CMD gets the task: on stdin or as {file}.",
+            **one_of(("stdin", "file"), "an input mode"),
+        ),
     ] = "stdin",
     task_format: Annotated[
         Literal["text", "json"],
-        typer.Option("--format", help="Title and description as text, or the task as JSON."),
+        typer.Option(
+            "--format",
+            help="Title and description as text, or the task as JSON.",
+            **one_of(("text", "json"), "a task format"),
+        ),
     ] = "text",
     git_repo: Annotated[
         Path | None,

@@ -21,6 +21,7 @@ from ._common import (
     clock_time,
     existing,
     handled,
+    one_of,
     print_json,
     stdout,
     store_config,
@@ -179,7 +180,8 @@ def set_allowance(
         FailureCharge | None,
         typer.Option(
             help="Tokens a failed job is charged: half (go-agentic's rule, the default)"
-            " or full (the daily token limit then caps what the agent spends)."
+            " or full (the daily token limit then caps what the agent spends).",
+            **one_of(FailureCharge, "a failure charge", FailureCharge),
         ),
     ] = None,
     json_output: JsonOption = False,

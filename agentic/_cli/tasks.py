@@ -25,6 +25,7 @@ from ._common import (
     config,
     handled,
     interrupt_exits,
+    one_of,
     print_json,
     stdout,
     warn,
@@ -44,7 +45,9 @@ def submit(
         list[str] | None,
         typer.Option("--label", "-l", help="Capability an agent needs (repeatable)."),
     ] = None,
-    priority: Annotated[Priority, typer.Option("--priority", "-p")] = Priority.MEDIUM,
+    priority: Annotated[
+        Priority, typer.Option("--priority", "-p", **one_of(Priority, "a priority", Priority))
+    ] = Priority.MEDIUM,
     project: Annotated[str | None, typer.Option(help="Project (default: config's).")] = None,
     depends_on: Annotated[
         list[str] | None,
