@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import warnings
@@ -15,7 +16,11 @@ from agentic.errors import ConfigError, StoreError
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.retry import RetryPolicy
 from agentic.server import create_app
+from agentic.server._calls import StoreCalls
+from agentic.server._changes import Changes
 from agentic.server._json import body_model, model_at
+from agentic.server._metrics import Metrics
+from agentic.server.app import _requeue_loop
 from agentic.stores.base import LogPage
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import FakeClock
@@ -1182,9 +1187,38 @@ def test_expired_leases_are_requeued_in_the_background(
 def test_requeue_errors_are_counted_and_the_loop_survives(
     clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A failing requeue pass is logged and counted; later passes still run."""
+    """A failing requeue pass is logged (the store's message, no traceback) and
+    counted; later passes still run."""
     app = create_app(BrokenStore(clock=clock), requeue_interval=0.01)
     with TestClient(app) as api:
         wait_for(lambda: app.state.metrics.value("requeue_errors") >= 3)
         assert api.get("/v1/health").status_code == 200
-    assert "requeue of expired leases failed" in caplog.text
+    failed = [r for r in caplog.records if "requeue of expired leases failed" in r.getMessage()]
+    assert "(3 in a row): disk on fire" in failed[2].getMessage()
+    assert not any(record.exc_info for record in failed)
+
+
+def test_requeue_backs_off_while_the_store_fails() -> None:
+    """Failed requeue passes come further apart, doubling up to 10 intervals, and
+    the first pass that works brings back the interval."""
+    waits: list[float] = []
+    outcomes: Iterator[StoreError | list[Task]] = iter([StoreError("down")] * 5 + [[]] * 2)
+
+    class Flaky(MemoryTaskStore):
+        def requeue_expired(self) -> list[Task]:
+            outcome = next(outcomes)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 7:
+            raise asyncio.CancelledError
+
+    store = Flaky()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("agentic.server.app.asyncio.sleep", sleep)
+        with pytest.raises(asyncio.CancelledError):
+            asyncio.run(_requeue_loop(store, StoreCalls(store), Metrics(), Changes(), 1.0))
+    assert waits == [2.0, 4.0, 8.0, 10.0, 10.0, 1.0, 1.0]

@@ -166,21 +166,30 @@ Caller = Annotated[Principal, Depends(_caller)]
 async def _requeue_loop(
     store: TaskStore, calls: StoreCalls, metrics: Metrics, changes: Changes, interval: float
 ) -> None:
-    """Requeue expired leases every ``interval`` seconds until cancelled."""
+    """Requeue expired leases every ``interval`` seconds until cancelled; after a
+    failure the next pass waits longer (doubling, up to 10 intervals)."""
+    failures = 0
     while True:
         try:
             changed = await calls(store.requeue_expired)
-        except Exception:
-            # A store outage must not kill the loop; it is logged and counted, and the
-            # next pass tries again.
+        except Exception as exc:
+            # A store outage must not kill the loop; it is logged (its message: a
+            # traceback only for what is not the store's own error) and counted.
+            failures += 1
             metrics.inc("requeue_errors")
-            log.exception("requeue of expired leases failed")
+            log.error(
+                "requeue of expired leases failed (%d in a row): %s",
+                failures,
+                exc,
+                exc_info=not isinstance(exc, StoreError),
+            )
         else:
+            failures = 0
             if changed:
                 changes.bump("dispatch")
                 metrics.inc("tasks_requeued", len(changed))
                 log.info("lease expired: %s", ", ".join(t.id for t in changed))
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval * min(2**failures, 10))
 
 
 def create_app(
