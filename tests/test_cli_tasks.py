@@ -144,8 +144,7 @@ def _dead_lettered_chain(store: TaskStore) -> tuple[Task, Task]:
 
 
 def test_retry_requeues_a_failed_task_and_prints_what_it_unblocked(server: Server) -> None:
-    """retry: exit 0, the task pending again and each dependent unblocked, one a line;
-    --json gives the task and the unblocked ids."""
+    """retry exits 0 printing the task and each dependent unblocked; --json gives both."""
     root, child = _dead_lettered_chain(server.store)
     result = server.cli("retry", root.id)
     assert result.exit_code == 0, result.output
@@ -162,8 +161,7 @@ def test_retry_requeues_a_failed_task_and_prints_what_it_unblocked(server: Serve
 
 
 def test_retry_refusals_exit_1_saying_why(server: Server) -> None:
-    """A task that is not failed, or unknown: exit 1 and the reason, nothing changed;
-    one blocked by a failed dependency is re-queued blocked, with a warning naming it."""
+    """retry of a task not failed or unknown exits 1 saying why; a blocked re-run warns."""
     task = server.store.create(Task(title="t"))
     refused = server.cli("retry", task.id)
     assert refused.exit_code == 1

@@ -52,8 +52,7 @@ def dead_lettered_chain(store: MemoryTaskStore) -> tuple[Task, Task]:
 def test_retry_answers_the_task_and_the_dependents_unblocked(
     api: TestClient, store: MemoryTaskStore
 ) -> None:
-    """POST /api/tasks/{id}/retry with an admin token: 200, the task pending again with
-    no retry counted, the dependents unblocked by id, and a message saying so."""
+    """An admin's retry answers 200: the task pending again, the unblocked ids, a message."""
     root, child = dead_lettered_chain(store)
     response = api.post(f"/api/tasks/{root.id}/retry", headers=ADMIN)
     assert response.status_code == 200, response.text
@@ -101,8 +100,7 @@ def test_a_retry_blocked_by_a_failed_dependency_says_so(
 
 
 def test_both_clients_retry_and_get_the_refusals() -> None:
-    """TaskClient.retry_task and AsyncTaskClient.retry_task: the task and the unblocked
-    ids; ConflictError for a task not failed, NotFoundError for an unknown one."""
+    """Both clients' retry_task give the task and unblocked ids, and raise 409 / 404 errors."""
     from agentic.client import TaskClient
 
     store = MemoryTaskStore()
@@ -127,9 +125,7 @@ def test_both_clients_retry_and_get_the_refusals() -> None:
 
 
 def test_a_dead_lettered_chain_runs_to_its_end_after_a_retry() -> None:
-    """A task dead-lettered by its runner blocks its dependent; retried, the dispatcher
-    gives it to the runner again, it completes, and its dependent runs and completes
-    too. The store and the runner name the re-run's completion alike."""
+    """A dead-lettered task retried is dispatched, run and completed, and then its dependent too."""
     failures = threading.Semaphore(1)  # the first attempt of the root fails
 
     def handler(task: Task, ctx: TaskContext) -> str:

@@ -580,8 +580,7 @@ def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
 
 
 def test_existing_tasks_read_as_never_retried(tmp_path: Path) -> None:
-    """A file at task schema 5 gets the reruns column: its dead letter reads with no
-    rerun, is retried as its first, and its blocked dependent is pending again."""
+    """A file at task schema 5 gets the reruns column (0), and its dead letter can be retried."""
     clock, path = FakeClock(), tmp_path / "t.db"
     store = SQLiteTaskStore(path, clock=clock)
     root = store.create(Task(title="root", max_retries=0))

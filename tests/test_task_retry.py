@@ -56,8 +56,7 @@ def dead_letter(store: TaskStore, task_id: str, job_id: str = "j1") -> Task:
 def test_a_dead_letter_is_pending_again_with_a_fresh_retry_state(
     store: TaskStore, backend: Backend
 ) -> None:
-    """A dead-lettered task goes back to pending as if new: no retries, backoff,
-    failure, result, progress or claim; id, fields and dependencies kept."""
+    """A dead letter is pending again as if new: no retries, backoff, failure, claim."""
     new(store, "dep")
     store.claim("dep", "a1", 30)
     store.complete("dep", TaskResult(success=True))
@@ -102,8 +101,7 @@ def test_a_cancelled_task_is_retried_too(store: TaskStore) -> None:
 
 
 def test_retry_unblocks_every_transitive_dependent(store: TaskStore) -> None:
-    """The dependents its dead letter blocked, and theirs, are pending again: waiting on
-    their dependencies, claimable in turn as those complete."""
+    """Its blocked dependents, transitively, are pending again, waiting on their dependencies."""
     new(store, "root", max_retries=0)
     new(store, "child", dependencies=["root"])
     new(store, "grandchild", dependencies=["child"])
@@ -132,8 +130,7 @@ def test_retry_unblocks_every_transitive_dependent(store: TaskStore) -> None:
 
 
 def test_a_dependent_of_two_failed_tasks_waits_for_both_retries(store: TaskStore) -> None:
-    """A task blocked by two failed tasks stays blocked, naming the other, until both
-    are retried; so do its own dependents."""
+    """A task blocked by two failed tasks stays blocked until both are retried."""
     new(store, "a", max_retries=0)
     new(store, "b", max_retries=0)
     new(store, "both", dependencies=["a", "b"])
@@ -150,8 +147,7 @@ def test_a_dependent_of_two_failed_tasks_waits_for_both_retries(store: TaskStore
 
 
 def test_a_task_whose_dependency_is_failed_comes_back_blocked(store: TaskStore) -> None:
-    """Retrying a task cancelled while blocked gives it back blocked by the failed
-    dependency (and its dependents with it); retrying that one frees them all."""
+    """A task whose dependency is failed comes back blocked by it, and so do its dependents."""
     new(store, "root", max_retries=0)
     new(store, "mid", dependencies=["root"])
     new(store, "leaf", dependencies=["mid"])
@@ -171,8 +167,7 @@ def test_a_task_whose_dependency_is_failed_comes_back_blocked(store: TaskStore) 
 
 @pytest.mark.parametrize("status", [PENDING, IN_PROGRESS, COMPLETED, BLOCKED, "on hold"])
 def test_only_a_failed_task_can_be_retried(store: TaskStore, status: str) -> None:
-    """Any other status is a ConflictError naming it and what to do instead; nothing
-    changes."""
+    """Any status but failed is a ConflictError naming it and what to do; nothing changes."""
     new(store, "root", max_retries=0)
     new(store, "t", dependencies=["root"] if status == BLOCKED else [])
     if status == IN_PROGRESS:
@@ -208,8 +203,7 @@ def test_an_unknown_task_is_not_found(store: TaskStore) -> None:
 def test_a_retry_records_a_requeue_per_task_made_pending(
     pair: tuple[TaskStore, EventLog],
 ) -> None:
-    """task_requeued for the retried task and each dependent unblocked, by no agent and
-    under no job; a second dead letter of the retried task is a new event."""
+    """A retry records task_requeued per task made pending; a second dead letter is a new event."""
     store, log = pair
     new(store, "root", max_retries=0)
     new(store, "child", dependencies=["root"])
