@@ -36,6 +36,7 @@ __all__ = [
     "NOT_SENT",
     "OFFSET",
     "PAGE",
+    "RETRIED",
     "RETRY_STATUSES",
     "STREAM_READ_TIMEOUT",
     "TASK",
@@ -78,6 +79,7 @@ FEATURES = (
     "long_polls",
     "strict_bodies",
     "task_counts",
+    "task_retry",
 )
 
 
@@ -116,6 +118,11 @@ class _Withdrawn(BaseModel):
     made: bool
 
 
+class _Retried(BaseModel):
+    task: Task
+    unblocked: list[str] = []
+
+
 class _LoggedEvent(BaseModel):
     offset: int
     event: Event
@@ -134,6 +141,7 @@ PAGE = TypeAdapter(_LogPageModel)
 ANSWER = TypeAdapter(_Answer)
 CLAIMS = TypeAdapter(_ClaimResults)
 WITHDRAWN = TypeAdapter(_Withdrawn)
+RETRIED = TypeAdapter(_Retried)
 EVENTS = TypeAdapter(_EventPage)
 
 

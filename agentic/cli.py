@@ -17,7 +17,7 @@ from ._cli.events import events
 from ._cli.fleet import agents_app, allowance_app
 from ._cli.serve import serve
 from ._cli.status import status
-from ._cli.tasks import cancel, logs, submit, tasks
+from ._cli.tasks import cancel, logs, retry, submit, tasks
 
 __all__ = ["app", "main"]
 
@@ -34,6 +34,7 @@ app.command()(dispatch)
 app.add_typer(agent_app, name="agent")
 app.command()(submit)
 app.command()(cancel)
+app.command()(retry)
 app.command()(status)
 app.command()(logs)
 app.command()(events)

@@ -61,6 +61,7 @@ from ._client_wire import (
     NOT_SENT,
     OFFSET,
     PAGE,
+    RETRIED,
     RETRY_STATUSES,
     STREAM_READ_TIMEOUT,
     TASK,
@@ -85,7 +86,7 @@ from .errors import APIError, ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .retry import parse_retry_after
 from .stores._tasks import MAX_REASON
-from .stores.base import LoggedEvent, LogPage, require_id, require_page
+from .stores.base import LoggedEvent, LogPage, Retried, require_id, require_page
 
 __all__ = ["MAX_CLAIM_BATCH", "Claim", "EventPage", "LogEvent", "RetryDelay", "TaskClient"]
 
@@ -409,6 +410,19 @@ class TaskClient:
         path = task_path(task_id, "withdraw")
         response = self._request("POST", path, safe=True, body={"job_id": job_id})
         return parse(response, WITHDRAWN).made
+
+    def retry_task(self, task_id: str) -> Retried:
+        """Run a failed task (dead-lettered or cancelled) again from the start
+        (``POST /api/tasks/{id}/retry``, admin token): its ``task`` as it now is
+        (pending, no retry counted; blocked while a dependency of it is failed) and
+        the ids of the tasks its failure blocked that are pending again
+        (``unblocked``). :class:`ConflictError` for a task that is not failed. Not
+        repeated once it may have reached the server (a repeat would answer 409). A
+        server without ``task_retry`` answers 404 or 405.
+        """
+        path = task_path(task_id, "retry")
+        answer = parse(self._request("POST", path, safe=False), RETRIED)
+        return Retried(answer.task, answer.unblocked)
 
     def release_task(
         self,

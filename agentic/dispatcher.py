@@ -798,7 +798,11 @@ class Dispatcher:
             return
         # A task's transition gets the id the task store records it under, so the
         # event log keeps one of the two.
-        extra = {"id": transition_id(task.id, kind, payload.get("job_id", ""))} if task else {}
+        extra = (
+            {"id": transition_id(task.id, kind, payload.get("job_id", ""), task.reruns)}
+            if task
+            else {}
+        )
         try:
             self.emitter.emit(
                 Event(

@@ -158,22 +158,25 @@ class Event(BaseModel):
         )
 
 
-#: Task events that happen once per task, whatever the attempt.
+#: Task events that happen once per run of a task (see transition_id), whatever the attempt.
 _ONCE_PER_TASK = frozenset({EventType.TASK_COMPLETED, EventType.TASK_DEAD_LETTERED})
 
 
-def transition_id(task_id: str, kind: EventType, job_id: str = "") -> str:
+def transition_id(task_id: str, kind: EventType, job_id: str = "", rerun: int = 0) -> str:
     """The id of the event telling that ``task_id`` went through ``kind``.
 
     Every writer of one transition (the task store recording it, the dispatcher and
     the runner emitting it) derives the same id, so the event log keeps it once:
-    ``{task}:{kind}`` for what happens once per task (completed, dead-lettered),
-    ``{task}:{job_id}:{kind}`` for what happens once per attempt. Without a job id
-    (go-agentic's clients) an attempt cannot be named: a random id (a Redis task
-    store names its own record ``{task}:{kind}#{offset}``, by its place in the log).
+    ``{task}:{kind}`` for what happens once per run of a task (completed,
+    dead-lettered), ``{task}:{job_id}:{kind}`` for what happens once per attempt.
+    A task retried after it failed runs again: its ``rerun``-th run (``Task.reruns``)
+    names those ``{task}:{kind}:{rerun}``, so a second dead letter is a new event.
+    Without a job id (go-agentic's clients) an attempt cannot be named: a random id
+    (a Redis task store names its own record ``{task}:{kind}#{offset}``, by its
+    place in the log).
     """
     if kind in _ONCE_PER_TASK:
-        return f"{task_id}:{kind.value}"
+        return f"{task_id}:{kind.value}:{rerun}" if rerun else f"{task_id}:{kind.value}"
     if job_id:
         return f"{task_id}:{job_id}:{kind.value}"
     return uuid.uuid4().hex

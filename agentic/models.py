@@ -177,6 +177,9 @@ class Task(_Model):
     #: the quota reservation of the current attempt, set by the claim; the runner
     #: settles usage under this id
     job_id: str = ""
+    #: how many times the task was retried after it failed (``agentic retry``, the
+    #: store's ``retry``): each retry starts a new run, with its own retry count
+    reruns: int = Field(default=0, ge=0)
     result: TaskResult | None = None
 
     @field_validator("status", mode="before")

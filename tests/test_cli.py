@@ -121,6 +121,7 @@ COMMANDS = [
     ["agent", "run"],
     ["submit"],
     ["cancel"],
+    ["retry"],
     ["status"],
     ["logs"],
     ["events"],

@@ -1,4 +1,5 @@
-"""``agentic tasks``: listing, filters, paging, output, errors; and tables at 80 columns."""
+"""``agentic tasks``: listing, filters, paging, output, errors; and tables at 80 columns.
+``agentic retry``: a failed task and what it blocked re-queued."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from agentic.models import (
     Priority,
     QuotaCheckResult,
     Task,
+    TaskResult,
     TaskStatus,
     TaskUpdate,
     UsageRecord,
@@ -130,6 +132,51 @@ def test_tasks_usage_errors_exit_2(server: Server, args: list[str]) -> None:
     if "--status" in args:
         message = " ".join(result.stderr.split())
         assert "is not a task status; valid: pending, in_progress, completed, blocked" in message
+
+
+def _dead_lettered_chain(store: TaskStore) -> tuple[Task, Task]:
+    """A task failed past its retries, and a task depending on it (blocked)."""
+    root = store.create(Task(title="root", max_retries=0))
+    child = store.create(Task(title="child", dependencies=[root.id]))
+    store.claim(root.id, "coder-1", 60.0, job_id="j1")
+    store.complete(root.id, TaskResult(success=False, error_message="boom"), job_id="j1")
+    return root, child
+
+
+def test_retry_requeues_a_failed_task_and_prints_what_it_unblocked(server: Server) -> None:
+    """retry exits 0 printing the task and each dependent unblocked; --json gives both."""
+    root, child = _dead_lettered_chain(server.store)
+    result = server.cli("retry", root.id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{root.id} pending\n{child.id} pending (unblocked)\n"
+    assert server.store.get(child.id).status is TaskStatus.PENDING
+    server.store.update(root.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))
+    data = json.loads(server.cli("retry", root.id, "--json").stdout)
+    assert (data["task"]["id"], data["task"]["status"], data["task"]["reruns"]) == (
+        root.id,
+        "pending",
+        2,
+    )
+    assert data["unblocked"] == [child.id]
+
+
+def test_retry_refusals_exit_1_saying_why(server: Server) -> None:
+    """retry of a task not failed or unknown exits 1 saying why; a blocked re-run warns."""
+    task = server.store.create(Task(title="t"))
+    refused = server.cli("retry", task.id)
+    assert refused.exit_code == 1
+    said = " ".join(refused.stderr.split())
+    assert f"error: task {task.id} is pending, not failed: it is waiting to run already" in said
+    unknown = server.cli("retry", "ghost")
+    assert unknown.exit_code == 1
+    assert "no task 'ghost' on the task server at http://" in " ".join(unknown.stderr.split())
+    root, child = _dead_lettered_chain(server.store)
+    server.store.update(child.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))
+    blocked = server.cli("retry", child.id)
+    assert blocked.exit_code == 0, blocked.output
+    assert blocked.stdout == f"{child.id} blocked\n"
+    warned = " ".join(blocked.stderr.split())
+    assert f"task {child.id} is blocked by failed task(s) {root.id}: retry those" in warned
 
 
 def test_tasks_unreachable_server_exits_1_with_the_hint(tmp_path: Path) -> None:

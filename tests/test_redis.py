@@ -330,7 +330,7 @@ def _ready_ids(store: RedisTaskStore) -> list[str]:
 
 def test_ready_tasks_are_listed_from_the_ready_half(client: redis.Redis, prefix: str) -> None:
     """A task waits while a dependency is not completed and becomes ready when the last
-    one completes; released, retried and blocked tasks move between the halves."""
+    one completes; released, retried, blocked and re-run tasks move between the halves."""
     clock = FakeClock()
     store = RedisTaskStore(client, prefix=prefix, clock=clock)
     keys = TaskKeys.under(prefix)
@@ -354,6 +354,14 @@ def test_ready_tasks_are_listed_from_the_ready_half(client: redis.Redis, prefix:
     store.complete(b.id, TaskResult(success=False, error_message="no"), "x", job_id="jb")
     assert store.get(c.id).status == TaskStatus.BLOCKED  # b dead-lettered: c blocked
     assert _ready_ids(store) == [] and _split(client, keys) == (set(), set())
+    store.retry(b.id)  # an operator's retry: b ready, c pending behind it (no listing yet)
+    assert _split(client, keys) == ({b.id}, {c.id})
+    by_status = {
+        status: {text(m) for m in sync(client.zrange(f"{keys.status_head}{status}:2", 0, -1))}
+        for status in ("pending", "blocked", "failed")
+    }
+    assert by_status == {"pending": {b.id, c.id}, "blocked": set(), "failed": set()}
+    assert _ready_ids(store) == [b.id]
 
 
 def test_pending_tasks_written_without_the_split_are_still_listed(

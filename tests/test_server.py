@@ -110,6 +110,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "long_polls",
         "strict_bodies",
         "task_counts",
+        "task_retry",
     }
     assert api.get("/api/health").status_code == 200
     response = api.get("/metrics")

@@ -537,6 +537,7 @@ def test_allowances_stored_before_failure_charge_charge_half(tmp_path: Path) -> 
 # What undoes each task schema step after the second (a file as an older agentic
 # left it), newest first.
 _UNDO_TASK_STEPS = {
+    6: ["ALTER TABLE tasks DROP COLUMN reruns"],
     5: [
         "DROP TRIGGER tasks_dependency_completed",
         "DROP TRIGGER tasks_dependency_added",
@@ -575,6 +576,26 @@ def test_existing_tasks_get_no_lease_length(tmp_path: Path) -> None:
     old = store.get(task.id)
     assert (old.claimed_by, old.lease_seconds) == ("a1", None)
     assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
+    store.close()
+
+
+def test_existing_tasks_read_as_never_retried(tmp_path: Path) -> None:
+    """A file at task schema 5 gets the reruns column (0), and its dead letter can be retried."""
+    clock, path = FakeClock(), tmp_path / "t.db"
+    store = SQLiteTaskStore(path, clock=clock)
+    root = store.create(Task(title="root", max_retries=0))
+    child = store.create(Task(title="child", dependencies=[root.id]))
+    store.claim(root.id, "a1", 30)
+    store.complete(root.id, TaskResult(success=False, error_message="boom"), "a1")
+    store.close()
+    downgrade_tasks(path, 5)
+    store = SQLiteTaskStore(path, clock=clock)
+    assert store.get(root.id).reruns == 0
+    retried = store.retry(root.id)
+    assert (retried.task.reruns, retried.unblocked) == (1, [child.id])
+    # the child waits on its (pending) dependency, as any pending task does
+    assert rows(path, f"SELECT waiting FROM tasks WHERE id = '{child.id}'") == [(1,)]
+    assert [t.id for t in store.list(ready=True)] == [root.id]
     store.close()
 
 

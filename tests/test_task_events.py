@@ -45,6 +45,17 @@ def stored(
     backend: Backend, request: pytest.FixtureRequest
 ) -> Iterator[tuple[TaskStore, EventLog, Bodies]]:
     """A recording task store, its event log, and how to read the log's raw bodies."""
+    store, log, bodies = recording_store(backend, request)
+    yield store, log, bodies
+    store.close()
+    log.close()
+
+
+def recording_store(
+    backend: Backend, request: pytest.FixtureRequest
+) -> tuple[TaskStore, EventLog, Bodies]:
+    """A task store on ``backend`` that records events, its event log, and how to read
+    the log's raw bodies (the caller closes the two)."""
     store: TaskStore
     log: EventLog
     bodies: Bodies
@@ -90,9 +101,7 @@ def stored(
         def bodies() -> list[dict[str, Any]]:
             return [json.loads(fields[b"body"]) for _id, fields in client.xrange(stream)]
 
-    yield store, log, bodies
-    store.close()
-    log.close()
+    return store, log, bodies
 
 
 def recorded(log: EventLog) -> list[tuple[EventType, str, str, dict[str, Any]]]:

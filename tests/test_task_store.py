@@ -668,7 +668,7 @@ def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> A
     # claims record one of two job ids; renew/release/complete are fenced by one, or not
     job, fence = rng.choice(["j1", "j2"]), rng.choice([None, "j1", "j2"])
     op = rng.choice(["create"] * 3 + ["claim"] * 4 + ["renew", "release", "update"]
-                    + ["complete"] * 2 + ["requeue", "list", "logs"])  # fmt: skip
+                    + ["complete"] * 2 + ["requeue", "list", "logs", "retry"])  # fmt: skip
     if op == "create":
         deps = rng.sample(ids, k=min(len(ids), rng.randint(0, 2)))
         ids.append(f"t{step}")
@@ -710,6 +710,8 @@ def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> A
         return lambda s: s.list(**chosen)
     if op == "logs":
         return lambda s: (s.append_logs(task_id, ["line"]), s.logs(task_id, offset=1))
+    if op == "retry":
+        return lambda s: s.retry(task_id)
     return lambda s: s.requeue_expired()
 
 
@@ -722,8 +724,8 @@ def _outcome(call: Any, store: TaskStore) -> tuple[str, str]:
 
 @pytest.mark.parametrize("seed", range(15))
 def test_backend_agrees_with_memory(store: TaskStore, backend: Backend, seed: int) -> None:
-    """Random claim/complete/update/requeue sequences (fenced by job ids or not) give
-    memory's answers, errors included."""
+    """Random claim/complete/update/requeue/retry sequences (fenced by job ids or not)
+    give memory's answers, errors included."""
     from agentic.stores.memory.tasks import MemoryTaskStore
 
     reference = MemoryTaskStore(clock=backend.clock)

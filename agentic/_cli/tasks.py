@@ -1,4 +1,5 @@
-"""``agentic submit``, ``agentic logs`` and ``agentic tasks``: tasks through the task API."""
+"""``agentic submit``, ``cancel``, ``retry``, ``logs`` and ``tasks``: tasks through the
+task API."""
 
 from __future__ import annotations
 
@@ -111,6 +112,46 @@ def cancel(
         print_json(task)
     else:
         sys.stdout.write(f"{task.id} {task.status}: {task.fail_reason}\n")
+
+
+@handled
+def retry(
+    task_id: Annotated[str, typer.Argument(metavar="TASK", help="Task id.")],
+    config_path: ConfigOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run a failed task (dead-lettered, or cancelled) again from the start: pending,
+    no retry counted; the tasks its failure blocked are pending again once no other
+    failed task blocks them. Prints what was re-queued."""
+    cfg = config(config_path)
+    with client(cfg) as api:
+        try:
+            retried = api.retry_task(task_id)
+        except ConflictError as exc:  # not failed: the server's message says what to do
+            raise AgenticError(exc.message) from exc
+        except NotFoundError as exc:
+            if "task_retry" not in api.server_features():
+                raise AgenticError(
+                    f"the task server at {cfg.base_url} cannot retry tasks (it is older"
+                    " than this agentic): upgrade it, or submit the task again"
+                ) from exc
+            raise NotFoundError(
+                f"no task {task_id!r} on the task server at {cfg.base_url}"
+                " (agentic tasks lists them)",
+                404,
+            ) from exc
+    task = retried.task
+    if json_output:
+        print_json({"task": task.model_dump(mode="json"), "unblocked": retried.unblocked})
+        return
+    if task.status is TaskStatus.BLOCKED:
+        blockers = ", ".join(task.blockers)
+        sys.stdout.write(f"{task.id} blocked\n")
+        warn(f"task {task.id} is blocked by failed task(s) {blockers}: retry those to run it")
+    else:
+        sys.stdout.write(f"{task.id} {task.status}\n")
+    for unblocked in retried.unblocked:
+        sys.stdout.write(f"{unblocked} pending (unblocked)\n")
 
 
 @handled

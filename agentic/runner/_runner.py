@@ -871,7 +871,7 @@ class AgentRunner:
         event = Event(
             # A task's transition: the id the task store records it under (the log
             # keeps one of the two).
-            id=transition_id(task.id, kind, task.job_id) if task else uuid.uuid4().hex,
+            id=transition_id(task.id, kind, task.job_id, task.reruns) if task else uuid.uuid4().hex,
             type=kind,
             source=f"agentic.runner/{self.agent_id}",
             task_id=task.id if task else "",

@@ -24,6 +24,7 @@ COUNTERS = {
     "task_claims": "Tasks claimed.",
     "task_conflicts": "Answers 409: a claim lost or an action on a task in the wrong state.",
     "tasks_requeued": "Tasks whose lease expired, requeued or dead-lettered.",
+    "task_retries": "Failed tasks retried by an operator (POST /api/tasks/{id}/retry).",
     "requeue_errors": "Background requeue passes that failed.",
     "store_errors": "Requests answered 503 because the store failed.",
     "notices_sent": "Change notices sent to the other servers of the store.",

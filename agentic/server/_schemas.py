@@ -39,6 +39,7 @@ __all__ = [
     "ReleaseRequest",
     "RequestBody",
     "ResultBody",
+    "RetryResult",
     "TaskResponse",
     "UpdateBody",
 ]
@@ -171,6 +172,15 @@ class WithdrawResult(_Body):
     """``{"made", "message"}``: whether the claim was made. When not, it never will be."""
 
     made: bool
+    message: str = ""
+
+
+class RetryResult(_Body):
+    """``{"task", "unblocked", "message"}``: a failed task retried, as it now is, and the
+    ids of the tasks its failure blocked that are pending again."""
+
+    task: Task
+    unblocked: list[str]
     message: str = ""
 
 

@@ -1,8 +1,8 @@
 """The reference task API: ``create_app(store, ...)`` builds the FastAPI application.
 
 Endpoints are go-agentic's (list, get, create, claim, update, complete, health) plus
-ours (release, lease renewal, batch claims, withdraw, counts, logs with SSE follow,
-the event log, metrics). Every error answer is ``{"code", "message", "details"}``;
+ours (release, lease renewal, batch claims, withdraw, retry, counts, logs with SSE
+follow, the event log, metrics). Every error answer is ``{"code", "message", "details"}``;
 bad input gets a 4xx and changes nothing stored.
 
 Auth: with any token configured, every ``/api/tasks`` route needs
@@ -63,6 +63,7 @@ from ._schemas import (
     LogPageBody,
     NewTask,
     ReleaseRequest,
+    RetryResult,
     TaskResponse,
     UpdateBody,
     WithdrawRequest,
@@ -491,6 +492,28 @@ def create_app(
         made = await calls(store.withdraw_claim, task_id, body.job_id)
         message = "the claim was made" if made else "the claim was not made and never will be"
         return _json(WithdrawResult(made=made, message=message))
+
+    @app.post("/api/tasks/{task_id}/retry", response_model=RetryResult, tags=["tasks"])
+    async def retry_task(who: Caller, task_id: str) -> Response:
+        """Run a failed task (dead-lettered or cancelled) again from the start (admin
+        tokens): pending with no retry counted (blocked instead while a dependency of
+        it is failed), and the tasks its failure blocked pending again once no other
+        failed task blocks them (``unblocked``). 409 for a task that is not failed."""
+        who.require_admin("retry tasks")
+        retried = await calls(store.retry, task_id)
+        changes.bump("dispatch")
+        metrics.inc("task_retries")
+        task = retried.task
+        if task.status == TaskStatus.BLOCKED:
+            message = (
+                f"task {task_id} is blocked by failed task(s) {', '.join(task.blockers)}:"
+                " retry those to run it"
+            )
+        else:
+            message = f"task {task_id} is pending again"
+        if retried.unblocked:
+            message += f"; unblocked: {', '.join(retried.unblocked)}"
+        return _json(RetryResult(task=task, unblocked=retried.unblocked, message=message))
 
     @app.post("/api/tasks/claims", response_model=ClaimResults, tags=["tasks"])
     async def claim_tasks(who: Caller, body: ClaimBatch) -> Response:

@@ -11,11 +11,14 @@ A task's life::
        │  └──release────────┤
        │                    └──complete(failure) / lease expiry──> pending (retry)
        │                                                   └─ past max_retries ─> failed
+       └───────── retry (an operator's: a failed task starts afresh) ── failed
     blocked (a dependency is failed, or put on hold by update)
 
-``failed`` (the dead letter) and ``completed`` are final. When a task is
+``completed`` is final; so is ``failed`` (the dead letter) for everything but an
+operator's retry, which starts the task afresh (:func:`rerun`). When a task is
 dead-lettered, every transitive dependent still pending or blocked becomes blocked
-and names it in ``blockers``.
+and names it in ``blockers``; when it is retried, they lose it there, and those
+left with no blocker are pending again (:func:`unblock_dependents`).
 
 Refusals (claim conflicts, and the holder / job-id fence of renew, release and
 complete) are worded in ``_task_conflicts.py`` and re-exported here.
@@ -26,7 +29,8 @@ from __future__ import annotations
 import math
 import re
 import uuid
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
@@ -47,6 +51,7 @@ from .base import require_id
 __all__ = [
     "FINAL",
     "MAX_REASON",
+    "RERUN_REASON",
     "STORE_SOURCE",
     "LIST_FIELDS",
     "MAX_COUNT",
@@ -70,6 +75,9 @@ __all__ = [
     "order_key",
     "prepare_new",
     "released",
+    "require_rerunnable",
+    "rerun",
+    "rerun_events",
     "renewed",
     "require_fence",
     "require_fresh_job",
@@ -85,6 +93,8 @@ __all__ = [
     "require_update",
     "stamp_new",
     "ts",
+    "unblock_dependents",
+    "unblocked_reason",
     "updated",
 ]
 
@@ -221,7 +231,7 @@ def prepare_new(task: Task) -> Task:
         )
     if task.claimed_by or task.claimed_at or task.lease_expires_at or task.lease_seconds:
         raise ConfigError("a new task cannot carry a claim: create it, then claim it")
-    for name in ("max_retries", "retry_count", "estimated_tokens"):
+    for name in ("max_retries", "retry_count", "estimated_tokens", "reruns"):
         _require_count(name, getattr(task, name))
     for label in task.labels:
         require_label("label", label)
@@ -441,6 +451,84 @@ def blocked_by(task: Task, failed_id: str, now: float) -> Task:
     )
 
 
+def require_rerunnable(task: Task) -> None:
+    """ConflictError unless ``task`` is failed, saying what its status allows instead."""
+    if task.status == TaskStatus.FAILED:
+        return
+    reasons: dict[TaskStatus | None, str] = {
+        TaskStatus.PENDING: "it is waiting to run already",
+        TaskStatus.IN_PROGRESS: (
+            f"agent {task.claimed_by or '?'} is running it; cancel it first to run it"
+            " again from the start"
+        ),
+        TaskStatus.COMPLETED: "a completed task stays completed; submit a new task to run it again",
+        TaskStatus.BLOCKED: (
+            f"it waits on failed task(s) {', '.join(task.blockers)}: retry those, and it is"
+            " unblocked with them"
+            if task.blockers
+            else "it is on hold: update its status to pending to release it"
+        ),
+    }
+    what = reasons.get(task.status, "only a failed task can be retried")
+    raise ConflictError(f"task {task.id} is {task.status}, not failed: {what}")
+
+
+def rerun(task: Task, now: float, blockers: list[str]) -> Task:
+    """A failed task started afresh by an operator: pending (blocked when a dependency
+    is failed, naming the ``blockers`` :func:`creation_blockers` finds), with no retry
+    counted, no backoff, failure, result, progress or claim, and one more rerun. Id,
+    title, description, labels, priority, dependencies and notes stay.
+
+    The last attempt's job id goes: the store retires it (as a release does), so a
+    report or claim of that attempt arriving late is refused.
+    """
+    return task.model_copy(
+        update={
+            **_NO_CLAIM,
+            "status": TaskStatus.BLOCKED if blockers else TaskStatus.PENDING,
+            "blockers": blockers,
+            "retry_count": 0,
+            "last_attempt": None,
+            "next_attempt_at": None,
+            "fail_reason": "",
+            "result": None,
+            "progress": 0,
+            "job_id": "",
+            "reruns": task.reruns + 1,
+            "updated_at": _now(now),
+        }
+    )
+
+
+def unblock_dependents(
+    retried: Task, dependents_of: Callable[[str], Iterable[Task]], now: float
+) -> list[Task]:
+    """The tasks a retry of ``retried`` changes, as they become (breadth first).
+
+    Every task downstream naming it among its ``blockers`` (its dead letter blocked
+    them, or they were created behind it): a blocked one has it replaced by the
+    retried task's own blockers (none, unless a dependency of it is failed too), and
+    is pending once none is left; a failed one (cancelled while blocked) keeps its
+    history and is only walked through. ``dependents_of(id)`` gives the stored tasks
+    that depend on ``id``; each task is visited once.
+    """
+    changed: list[Task] = []
+    queue, seen = deque([retried.id]), {retried.id}
+    while queue:
+        for task in dependents_of(queue.popleft()):
+            if task.id in seen or retried.id not in task.blockers:
+                continue
+            seen.add(task.id)
+            queue.append(task.id)
+            if task.status == TaskStatus.BLOCKED:
+                left = [b for b in task.blockers if b != retried.id]
+                left += [b for b in retried.blockers if b not in left]
+                status = TaskStatus.BLOCKED if left else TaskStatus.PENDING
+                update = {"status": status, "blockers": left, "updated_at": _now(now)}
+                changed.append(task.model_copy(update=update))
+    return changed
+
+
 def updated(task: Task, update: TaskUpdate, now: float) -> Task:
     """Apply a partial update; a status change must be one an update may make.
 
@@ -529,9 +617,36 @@ def lifecycle_events(before: Task, after: Task, reason: str = "") -> list[Event]
     return events
 
 
+#: the reason of the ``task_requeued`` a retry records for the task retried
+RERUN_REASON = "retried by an operator"
+
+
+def unblocked_reason(retried_id: str) -> str:
+    """The reason of the ``task_requeued`` a retry records for a dependent it unblocks."""
+    return f"unblocked: {retried_id} was {RERUN_REASON}"
+
+
+def rerun_events(retried: Task, changed: Iterable[Task]) -> list[Event]:
+    """What a retry records: ``task_requeued`` for the task (when it is pending, not
+    blocked by a failed dependency) and for each dependent it makes pending, by no
+    agent and under no job (each a new event: a task can be retried, and
+    unblocked, more than once). ``redis/lua/task_retry.lua`` mirrors it."""
+    pending = [t for t in (retried, *changed) if t.status == TaskStatus.PENDING]
+    return [
+        _event(
+            EventType.TASK_REQUEUED,
+            task,
+            "",
+            "",
+            reason=RERUN_REASON if task.id == retried.id else unblocked_reason(retried.id),
+        )
+        for task in pending
+    ]
+
+
 def _event(kind: EventType, task: Task, agent_id: str, job_id: str, **payload: object) -> Event:
     return Event(
-        id=transition_id(task.id, kind, job_id),
+        id=transition_id(task.id, kind, job_id, task.reruns),
         type=kind,
         time=task.updated_at or datetime.now(UTC),
         source=STORE_SOURCE,

@@ -70,6 +70,7 @@ __all__ = [
     "LoggedEvent",
     "MAX_READ",
     "Notices",
+    "Retried",
     "Subscription",
     "TRIM_STEP",
     "TaskStore",
@@ -496,6 +497,15 @@ class LogPage:
     next_offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What :meth:`TaskStore.retry` did: the task as it now is, and the ids of the
+    tasks that were blocked by it and are pending again, sorted."""
+
+    task: Task
+    unblocked: builtins.list[str]
+
+
 class TaskStore(Closeable):
     """Tasks, their claims, leases, retries, dependencies and log lines.
 
@@ -544,6 +554,15 @@ class TaskStore(Closeable):
       :class:`ConflictError` ("a stale attempt") and change nothing, checked in the
       same atomic step as the write. ``job_id=None`` skips the check (go-agentic's
       client sends none); two claims both made with ``""`` cannot be told apart.
+    * ``retry(task_id)``: an operator's re-run of a failed task (dead-lettered or
+      cancelled), in ONE atomic step: it is pending again as if new (retry count 0;
+      no backoff, failure, result, progress or claim; its last job id retired), or
+      blocked when a dependency of it is failed; and every task it blocked,
+      transitively, drops it from its blockers and is pending again once none is
+      left (a task also blocked by another failed task stays blocked). Each task
+      made pending records a ``task_requeued``. :class:`ConflictError` for a task
+      in any other status (saying what that status allows), :class:`NotFoundError`
+      for an unknown id.
     * ``requeue_expired()``: every in_progress task whose lease has expired is treated
       as a failure (retry counted, dead letter past max_retries); returns the tasks
       changed. Costs O(expired).
@@ -638,6 +657,10 @@ class TaskStore(Closeable):
         Only the claim made under ``job_id`` when given (a stale attempt gets
         :class:`ConflictError`).
         """
+
+    @abc.abstractmethod
+    def retry(self, task_id: str) -> Retried:
+        """Start a failed task afresh and unblock what its failure blocked."""
 
     @abc.abstractmethod
     def requeue_expired(self) -> builtins.list[Task]:

@@ -18,7 +18,7 @@ from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, TaskStore, require_count, require_id
+from ..base import LogPage, Retried, TaskStore, require_count, require_id
 from .eventlog import MemoryEventLog, memory_store_id, private_log_refused, require_memory_log
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
@@ -240,6 +240,29 @@ class MemoryTaskStore(TaskStore):
             reason = result.error_message or "the task failed"
             after = rules.failed_attempt(task, now, reason, retry_at, result)
             return self._store_outcome(task, after, now, reason)
+
+    def retry(self, task_id: str) -> Retried:
+        require_id("task id", task_id)
+        with self._lock:
+            task = self._get(task_id)
+            rules.require_rerunnable(task)
+            now = self._clock()
+            blockers = rules.creation_blockers(self._tasks[d] for d in task.dependencies)
+            self._retire(task, made=True)
+            again = rules.rerun(task, now, blockers)
+            changed = rules.unblock_dependents(
+                again,
+                lambda dep_id: [self._tasks[d] for d in self._dependents.get(dep_id, ())],
+                now,
+            )
+            for moved in (again, *changed):
+                self._tasks[moved.id] = moved
+            if self._events is not None:
+                recorded = rules.rerun_events(again, changed)
+                if recorded:
+                    self._events.append(recorded)
+            unblocked = sorted(t.id for t in changed if t.status == TaskStatus.PENDING)
+            return Retried(again.model_copy(deep=True), unblocked)
 
     def requeue_expired(self) -> builtins.list[Task]:
         changed: builtins.list[Task] = []

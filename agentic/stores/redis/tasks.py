@@ -26,7 +26,7 @@ from ...errors import ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import Buckets, LogPage, Notices, TaskStore, require_count, require_id
+from ..base import Buckets, LogPage, Notices, Retried, TaskStore, require_count, require_id
 from ..keys import EventLogKeys, TaskKeys
 from ._conn import (
     DEFAULT_PREFIX,
@@ -52,6 +52,7 @@ _REQUEUE = Script(*_PRELUDE, "task_requeue.lua")
 _LIST = Script(*_PRELUDE, "task_list.lua")
 _APPEND_LOGS = Script(*_PRELUDE, "task_logs.lua")
 _WITHDRAW = Script(*_PRELUDE, "task_withdraw.lua")
+_RETRY = Script(*_PRELUDE, "task_retry.lua")
 
 _FIELDS = tuple(Task.model_fields)
 
@@ -322,6 +323,17 @@ class RedisTaskStore(TaskStore):
             result.error_message or "the task failed",
             "" if retry_at is None else repr(retry_at),
         )
+
+    def retry(self, task_id: str) -> Retried:
+        require_id("task id", task_id)
+        reply = self._run(
+            _RETRY, self._now(), task_id, rules.RERUN_REASON, rules.unblocked_reason(task_id)
+        )
+        if text(reply[0]) == "conflict":
+            rules.require_rerunnable(_from_flat(reply[1]))
+            raise _disagreement(task_id, "retry")
+        task = self._answer(reply, task_id)
+        return Retried(task, sorted(text(found) for found in reply[2]))
 
     def requeue_expired(self) -> builtins.list[Task]:
         return [_from_flat(raw) for raw in self._run(_REQUEUE, self._now())]

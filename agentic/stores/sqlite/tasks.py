@@ -25,7 +25,7 @@ from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, TaskStore, event_json, require_count, require_id
+from ..base import LogPage, Retried, TaskStore, event_json, require_count, require_id
 from . import _path_and_timeout
 from ._db import DEFAULT_TIMEOUT, Database, Migration
 from .eventlog import MIGRATIONS as EVENT_MIGRATIONS
@@ -128,6 +128,11 @@ MIGRATIONS: list[Migration] = [
                     WHERE d.task_id = tasks.id AND dep.status != 'completed');
             END""",
     ),
+    (
+        # How many times the task was retried after it failed (Task.reruns). A retry
+        # changes no dependency's completion, so the waiting flag stays right.
+        "ALTER TABLE tasks ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0",
+    ),
 ]
 
 # Derived from the model so that a field added to Task without a migration fails
@@ -159,6 +164,7 @@ _CLAIM = f"""UPDATE tasks AS t SET status = '{TaskStatus.IN_PROGRESS.value}', cl
 _RETIRED = "SELECT made FROM task_retired_jobs WHERE task_id = ? AND job_id = ?"
 _RETIRE = "INSERT OR IGNORE INTO task_retired_jobs (task_id, job_id, made) VALUES (?, ?, ?)"
 _JOB = "SELECT job_id FROM tasks WHERE id = ?"
+_DEPENDENTS = f"{_SELECT_T} JOIN task_deps d ON d.task_id = t.id WHERE d.dep_id = ?"
 # Pending/blocked tasks downstream of a task, through pending/blocked tasks only (the
 # ones a dead letter blocks; a manually failed dependent already blocks its own).
 _OPEN = f"('{TaskStatus.PENDING.value}', '{TaskStatus.BLOCKED.value}')"
@@ -470,6 +476,28 @@ class SQLiteTaskStore(TaskStore):
             reason = result.error_message or "the task failed"
             after = rules.failed_attempt(task, now, reason, retry_at, result)
             return self._save_outcome(conn, task, after, now, reason)
+
+    def retry(self, task_id: str) -> Retried:
+        require_id("task id", task_id)
+        with self._db.transaction(f"retrying task {task_id!r}") as conn:
+            task = self._load(conn, task_id)
+            rules.require_rerunnable(task)
+            now = self._clock()
+            found = self._many(conn, task.dependencies)
+            blockers = rules.creation_blockers(found[d] for d in task.dependencies)
+            if task.job_id:
+                conn.execute(_RETIRE, (task_id, task.job_id, 1))
+            again = rules.rerun(task, now, blockers)
+            changed = rules.unblock_dependents(
+                again, lambda dep_id: map(_task, conn.execute(_DEPENDENTS, (dep_id,))), now
+            )
+            for moved in (again, *changed):
+                self._save(conn, moved)
+            if self._record_events:
+                events = rules.rerun_events(again, changed)
+                append_rows(conn, [(event.id, event_json(event)) for event in events])
+        unblocked = sorted(t.id for t in changed if t.status == TaskStatus.PENDING)
+        return Retried(again, unblocked)
 
     def requeue_expired(self) -> builtins.list[Task]:
         changed: builtins.list[Task] = []

@@ -18,23 +18,10 @@ if redis.call('EXISTS', HEAD.data .. t.id) == 1 then
   return {'exists'}
 end
 -- Failed dependencies, and the failed tasks blocking blocked ones, block it too.
-local dependencies, blockers = cjson.decode(t.dependencies), {}
-for _, dep in ipairs(dependencies) do
-  local d = load(dep)
-  if not d then
-    return {'missing', dep}
-  end
-  local found = {}
-  if d.status == 'failed' then
-    found = {dep}
-  elseif d.status == 'blocked' then
-    found = cjson.decode(d.blockers)
-  end
-  for _, id in ipairs(found) do
-    if not contains(blockers, id) then
-      blockers[#blockers + 1] = id
-    end
-  end
+local dependencies = cjson.decode(t.dependencies)
+local blockers, missing = creation_blockers(dependencies)
+if not blockers then
+  return {'missing', missing}
 end
 if #blockers > 0 then
   t.status = 'blocked'

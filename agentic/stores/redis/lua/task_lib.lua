@@ -77,6 +77,31 @@ local function retire(id, job, made)
   end
 end
 
+-- Failed tasks a task depending on dependencies (ids) would wait on forever: failed
+-- dependencies, and the blockers of blocked ones (_tasks.creation_blockers). Second
+-- result: the first dependency that does not exist (then no blockers).
+local function creation_blockers(dependencies)
+  local blockers = {}
+  for _, dep in ipairs(dependencies) do
+    local status, names = unpack(redis.call('HMGET', HEAD.data .. dep, 'status', 'blockers'))
+    if not status then
+      return nil, dep
+    end
+    local found = {}
+    if status == 'failed' then
+      found = {dep}
+    elseif status == 'blocked' then
+      found = cjson.decode(names)
+    end
+    for _, id in ipairs(found) do
+      if not contains(blockers, id) then
+        blockers[#blockers + 1] = id
+      end
+    end
+  end
+  return blockers
+end
+
 -- Dependencies of t not completed, in t's order.
 local function unfinished(t)
   local out = {}
@@ -237,13 +262,17 @@ end
 
 -- --- the events a transition records (_tasks.lifecycle_events) ---------------------
 
+-- once per run of a task (Task.reruns counts the runs after the first)
 local ONCE_PER_TASK = {task_completed = true, task_dead_lettered = true}
 
 -- events.transition_id, '' for an attempt without a job id: log_append names such
 -- an event by its offset, unique in the log (Lua has no usable randomness in a
 -- script: the generator is reseeded on every call).
-local function transition_id(task_id, kind, job)
+local function transition_id(task_id, kind, job, rerun)
   if ONCE_PER_TASK[kind] then
+    if rerun ~= '0' then
+      return task_id .. ':' .. kind .. ':' .. rerun
+    end
     return task_id .. ':' .. kind
   end
   if job ~= '' then
@@ -260,7 +289,7 @@ local function event(kind, t, agent, job, now, payload)
       agent_id = agent, payload = payload, correlation_id = '', causation_id = '',
     })
   end
-  local id = transition_id(t.id, kind, job)
+  local id = transition_id(t.id, kind, job, t.reruns or '0')
   if id ~= '' then
     return {id, body(id)}
   end

@@ -1,0 +1,230 @@
+"""TaskStore.retry, on every backend: an operator's re-run of a failed task, and the
+tasks its failure blocked made pending again, in one atomic step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agentic.errors import ConflictError, NotFoundError
+from agentic.events import EventType
+from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.stores.base import EventLog, TaskStore
+from tests.conftest import Backend
+from tests.test_task_events import recorded, recording_store
+from tests.test_task_store import _make_store
+
+PENDING, IN_PROGRESS, COMPLETED, BLOCKED, FAILED = (
+    TaskStatus.PENDING,
+    TaskStatus.IN_PROGRESS,
+    TaskStatus.COMPLETED,
+    TaskStatus.BLOCKED,
+    TaskStatus.FAILED,
+)
+
+
+@pytest.fixture
+def store(backend: Backend, request: pytest.FixtureRequest) -> Iterator[TaskStore]:
+    """A fresh task store on each backend of the table."""
+    made = _make_store(backend, request)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def pair(backend: Backend, request: pytest.FixtureRequest) -> Iterator[tuple[TaskStore, EventLog]]:
+    """A task store recording events on each backend, and the event log it records in."""
+    made, log, _bodies = recording_store(backend, request)
+    yield made, log
+    made.close()
+    log.close()
+
+
+def new(store: TaskStore, task_id: str, **fields: Any) -> Task:
+    return store.create(Task.model_validate({"title": task_id, "id": task_id, **fields}))
+
+
+def dead_letter(store: TaskStore, task_id: str, job_id: str = "j1") -> Task:
+    """Claim ``task_id`` and fail it past its (zero) retries."""
+    store.claim(task_id, "a1", 30, job_id=job_id)
+    failure = TaskResult(success=False, error_message="boom", output="half done")
+    return store.complete(task_id, failure, job_id=job_id)
+
+
+def test_a_dead_letter_is_pending_again_with_a_fresh_retry_state(
+    store: TaskStore, backend: Backend
+) -> None:
+    """A dead letter is pending again as if new: no retries, backoff, failure, claim."""
+    new(store, "dep")
+    store.claim("dep", "a1", 30)
+    store.complete("dep", TaskResult(success=True))
+    new(store, "t", max_retries=0, labels=["py"], priority="high", dependencies=["dep"])
+    store.update("t", TaskUpdate(notes="keep me"))
+    store.claim("t", "a1", 30, job_id="j1")
+    store.update("t", TaskUpdate(progress=40))
+    store.complete("t", TaskResult(success=False, error_message="boom"), job_id="j1")
+    failed = store.get("t")
+    assert (failed.status, failed.retry_count) == (FAILED, 1)
+    backend.clock.advance(5)
+    retried = store.retry("t")
+    assert retried.unblocked == []
+    task = retried.task
+    assert task == store.get("t")
+    assert (task.status, task.retry_count, task.reruns) == (PENDING, 0, 1)
+    assert (task.fail_reason, task.result, task.progress) == ("", None, 0)
+    assert (task.last_attempt, task.next_attempt_at, task.lease_expires_at) == (None, None, None)
+    assert (task.claimed_by, task.claimed_at, task.job_id) == ("", None, "")
+    assert (task.title, task.labels, task.priority, task.dependencies, task.notes) == (
+        "t",
+        ["py"],
+        failed.priority,
+        ["dep"],
+        "keep me",
+    )
+    assert task.created_at == failed.created_at
+    assert task.updated_at is not None and task.updated_at > (failed.updated_at or task.updated_at)
+    assert [t.id for t in store.list(ready=True)] == ["t"]
+    assert store.counts()[FAILED] == 0 and store.counts()[PENDING] == 1
+    with pytest.raises(ConflictError):  # the failed attempt's job id may not claim it again
+        store.claim("t", "a1", 30, job_id="j1")
+    assert store.claim("t", "a1", 30, job_id="j2").status == IN_PROGRESS
+
+
+def test_a_cancelled_task_is_retried_too(store: TaskStore) -> None:
+    """A task failed by an update (agentic cancel), never claimed, is pending again."""
+    new(store, "t")
+    store.update("t", TaskUpdate(status=FAILED, fail_reason="cancelled"))
+    assert store.retry("t").task.status == PENDING
+    assert [t.id for t in store.list(ready=True)] == ["t"]
+
+
+def test_retry_unblocks_every_transitive_dependent(store: TaskStore) -> None:
+    """Its blocked dependents, transitively, are pending again, waiting on their dependencies."""
+    new(store, "root", max_retries=0)
+    new(store, "child", dependencies=["root"])
+    new(store, "grandchild", dependencies=["child"])
+    new(store, "other", dependencies=["root"])
+    dead_letter(store, "root")
+    assert {t.id for t in store.list(status=BLOCKED)} == {"child", "grandchild", "other"}
+    retried = store.retry("root")
+    assert retried.unblocked == ["child", "grandchild", "other"]
+    for task_id in ("child", "grandchild", "other"):
+        task = store.get(task_id)
+        assert (task.status, task.blockers) == (PENDING, [])
+    assert [t.id for t in store.list(ready=True)] == ["root"]
+    assert {t.id for t in store.list(ready=False, status=PENDING)} == {
+        "child",
+        "grandchild",
+        "other",
+    }
+    with pytest.raises(ConflictError, match="waiting for dependencies: root"):
+        store.claim("child", "a1", 30)
+    store.claim("root", "a1", 30)
+    store.complete("root", TaskResult(success=True))
+    assert {t.id for t in store.list(ready=True)} == {"child", "other"}
+    store.claim("child", "a1", 30)
+    store.complete("child", TaskResult(success=True))
+    assert {t.id for t in store.list(ready=True)} == {"grandchild", "other"}
+
+
+def test_a_dependent_of_two_failed_tasks_waits_for_both_retries(store: TaskStore) -> None:
+    """A task blocked by two failed tasks stays blocked until both are retried."""
+    new(store, "a", max_retries=0)
+    new(store, "b", max_retries=0)
+    new(store, "both", dependencies=["a", "b"])
+    new(store, "after", dependencies=["both"])
+    dead_letter(store, "a")
+    dead_letter(store, "b", job_id="j2")
+    assert store.get("both").blockers == ["a", "b"]
+    assert store.retry("a").unblocked == []
+    for task_id in ("both", "after"):
+        task = store.get(task_id)
+        assert (task.status, task.blockers) == (BLOCKED, ["b"])
+    assert store.retry("b").unblocked == ["after", "both"]
+    assert {store.get(t).status for t in ("a", "b", "both", "after")} == {PENDING}
+
+
+def test_a_task_whose_dependency_is_failed_comes_back_blocked(store: TaskStore) -> None:
+    """A task whose dependency is failed comes back blocked by it, and so do its dependents."""
+    new(store, "root", max_retries=0)
+    new(store, "mid", dependencies=["root"])
+    new(store, "leaf", dependencies=["mid"])
+    dead_letter(store, "root")
+    store.update("mid", TaskUpdate(status=FAILED, fail_reason="cancelled"))
+    assert store.get("leaf").blockers == ["root", "mid"]
+    retried = store.retry("mid")
+    assert (retried.task.status, retried.task.blockers, retried.unblocked) == (
+        BLOCKED,
+        ["root"],
+        [],
+    )
+    assert (store.get("leaf").status, store.get("leaf").blockers) == (BLOCKED, ["root"])
+    assert store.retry("root").unblocked == ["leaf", "mid"]
+    assert {store.get(t).status for t in ("root", "mid", "leaf")} == {PENDING}
+
+
+@pytest.mark.parametrize("status", [PENDING, IN_PROGRESS, COMPLETED, BLOCKED, "on hold"])
+def test_only_a_failed_task_can_be_retried(store: TaskStore, status: str) -> None:
+    """Any status but failed is a ConflictError naming it and what to do; nothing changes."""
+    new(store, "root", max_retries=0)
+    new(store, "t", dependencies=["root"] if status == BLOCKED else [])
+    if status == IN_PROGRESS:
+        store.claim("t", "a1", 30, job_id="j1")
+    elif status == COMPLETED:
+        store.claim("t", "a1", 30)
+        store.complete("t", TaskResult(success=True))
+    elif status == BLOCKED:
+        dead_letter(store, "root")
+    elif status == "on hold":
+        store.update("t", TaskUpdate(status=BLOCKED))
+    before = store.get("t")
+    counts = store.counts()
+    expected = {
+        PENDING: "pending, not failed: it is waiting to run already",
+        IN_PROGRESS: "in_progress, not failed: agent a1 is running it; cancel it first",
+        COMPLETED: "completed, not failed: .*submit a new task",
+        BLOCKED: r"blocked, not failed: it waits on failed task\(s\) root: retry those",
+        "on hold": "blocked, not failed: it is on hold",
+    }[status]
+    with pytest.raises(ConflictError, match=f"task t is {expected}"):
+        store.retry("t")
+    assert store.get("t") == before
+    assert store.counts() == counts
+
+
+def test_an_unknown_task_is_not_found(store: TaskStore) -> None:
+    """Retrying an id no task has raises NotFoundError."""
+    with pytest.raises(NotFoundError, match="'nope' does not exist"):
+        store.retry("nope")
+
+
+def test_a_retry_records_a_requeue_per_task_made_pending(
+    pair: tuple[TaskStore, EventLog],
+) -> None:
+    """A retry records task_requeued per task made pending; a second dead letter is a new event."""
+    store, log = pair
+    new(store, "root", max_retries=0)
+    new(store, "child", dependencies=["root"])
+    dead_letter(store, "root")
+    start = len(recorded(log))
+    store.retry("root")
+    requeues = recorded(log)[start:]
+    assert [(kind, agent, payload) for kind, _id, agent, payload in requeues] == [
+        (EventType.TASK_REQUEUED, "", {"job_id": "", "reason": "retried by an operator"}),
+        (
+            EventType.TASK_REQUEUED,
+            "",
+            {"job_id": "", "reason": "unblocked: root was retried by an operator"},
+        ),
+    ]
+    assert [e.event.task_id for e in log.read()][start:] == ["root", "child"]
+    dead_letter(store, "root", job_id="j2")
+    dead = [e for e in recorded(log) if e[0] == EventType.TASK_DEAD_LETTERED]
+    assert [event_id for _kind, event_id, *_ in dead] == [
+        "root:task_dead_lettered",
+        "root:task_dead_lettered:1",
+    ]
+    store.retry("root")
+    assert len([e for e in recorded(log) if e[0] == EventType.TASK_REQUEUED]) == 4
