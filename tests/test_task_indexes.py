@@ -246,7 +246,7 @@ def _step(
     task_id = rng.choice(ids) if ids else "none"
     agent = rng.choice(AGENTS)
     op = rng.choice(["create"] * 4 + ["claim"] * 5 + ["complete"] * 4 + ["release", "update"]
-                    + ["requeue", "hold"])  # fmt: skip
+                    + ["requeue", "hold"] + ["retry"] * 2)  # fmt: skip
     try:
         if op == "create":
             deps = rng.sample(ids, k=min(len(ids), rng.choice([0, 1, 1, 2, 3])))
@@ -270,6 +270,9 @@ def _step(
             store.update(task_id, TaskUpdate(status=rng.choice([FAILED, PENDING, BLOCKED])))
         elif op == "hold":
             store.update(task_id, TaskUpdate(status=rng.choice([PENDING, BLOCKED])))
+        elif op == "retry":  # mostly of a failed task: a refusal changes nothing
+            failed = [t.id for t in store.list(status=FAILED)]
+            store.retry(rng.choice(failed) if failed and rng.random() < 0.8 else task_id)
         else:
             backend.clock.advance(rng.choice([2, 10]))
             store.requeue_expired()
@@ -282,7 +285,8 @@ def test_listings_and_indexes_follow_every_change(
     store: TaskStore, backend: Backend, seed: int
 ) -> None:
     """Random creates (on dependencies in every state), claims, completions, failures,
-    releases, holds, dead letters and lease expiries keep every index and listing exact."""
+    releases, holds, dead letters, retries and lease expiries keep every index and
+    listing exact."""
     rng = random.Random(seed)
     ids: list[str] = []
     for step in range(70):
