@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import typer.main
 from typer.testing import CliRunner, Result
 
 from agentic._cli._common import event_emitter, one_of, records_events, store_config
@@ -237,6 +238,20 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run(*args)
     assert result.exit_code == 2, result.output
     no_traceback(result)
+
+
+def test_every_command_summary_is_one_line_of_help() -> None:
+    """Each command's first help paragraph is one line in its docstring: the command
+    list shows it as a sentence, not broken where the source wraps."""
+    groups: list[tuple[str, Any]] = [("agentic", typer.main.get_command(app))]
+    broken = []
+    while groups:
+        path, command = groups.pop()
+        subcommands = getattr(command, "commands", {})
+        groups.extend((f"{path} {name}", sub) for name, sub in subcommands.items())
+        if "\n" in (command.help or "").strip().split("\n\n")[0]:
+            broken.append(path)
+    assert broken == []
 
 
 @pytest.mark.parametrize(

@@ -50,8 +50,9 @@ def prune_functions(
     ] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Delete the Redis Functions libraries (agentic_<sha1>) of agentic versions
-    other than this one from a Redis server, keeping this version's."""
+    """Delete other agentic versions' Redis Functions libraries from a Redis server.
+
+    Libraries are named agentic_<sha1>; this version's are kept."""
     cfg = store_config(config_path, store_url)
     pruned = prune_redis_functions(cfg.store_url, dry_run=dry_run)
     if pruned.deleted:
@@ -106,10 +107,10 @@ def settle_usage_command(
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
-    """Settle the job usage files that agents no runner runs left in this machine's
-    state directory (tokens spent before an agent was killed), as a runner of the
-    same id would when it starts again.
+    """Settle the usage files of agents no runner runs (tokens spent before a kill).
 
+    The files are in this machine's state directory; they are settled as a runner of
+    the same id would when it starts again.
     Each agent id is taken as a runner takes it (its id lease): one a live runner
     holds is skipped, its files are that runner's. A job whose task is still claimed
     by the agent under that job id is given back (pending again, no retry counted)

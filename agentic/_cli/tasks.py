@@ -93,9 +93,10 @@ def cancel(
     reason: Annotated[str, typer.Option(help="Why, kept as its fail reason.")] = "",
     json_output: JsonOption = False,
 ) -> None:
-    """Fail a task that has not ended (its dead letter): it never runs (again); tasks
-    depending on it become blocked; an agent running it loses its lease and is
-    stopped at its next renewal."""
+    """Fail a task that has not ended (its dead letter): it never runs (again).
+
+    Tasks depending on it become blocked; an agent running it loses its lease and is
+    stopped at its next renewal. `agentic retry` runs it again."""
     cfg = config(config_path)
     why = f"cancelled: {reason}" if reason else "cancelled"
     with client(cfg) as api:
@@ -120,9 +121,10 @@ def retry(
     config_path: ConfigOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Run a failed task (dead-lettered, or cancelled) again from the start: pending,
-    no retry counted; the tasks its failure blocked are pending again once no other
-    failed task blocks them. Prints what was re-queued."""
+    """Run a failed task (dead-lettered, or cancelled) again from the start.
+
+    It is pending again with no retry counted; the tasks its failure blocked are
+    pending again once no other failed task blocks them. Prints what was re-queued."""
     cfg = config(config_path)
     with client(cfg) as api:
         try:
