@@ -111,6 +111,7 @@ def settle_usage_command(
 
     The files are in this machine's state directory; they are settled as a runner of
     the same id would when it starts again.
+
     Each agent id is taken as a runner takes it (its id lease): one a live runner
     holds is skipped, its files are that runner's. A job whose task is still claimed
     by the agent under that job id is given back (pending again, no retry counted)
