@@ -22,6 +22,8 @@ Rules of :func:`decide`, first failure wins (go-agentic's order, then ours):
 
 A settle charges a completed job all its tokens, a failed one half (rounded up) or
 all by the agent's ``failure_charge``, a cancelled one nothing (:func:`charged_tokens`).
+An extend sets a live reservation's expiry to now plus the lifetime it was reserved
+with, never earlier (:func:`extended_expiry`).
 
 Status is ``exceeded`` when the agent's tokens or jobs are used up, else
 ``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok.
