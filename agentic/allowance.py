@@ -177,6 +177,13 @@ class AllowanceService:
         failing open with the store down."""
         return self._guarded("expire", functools.partial(self.store.expire, job_id), None)
 
+    def extend(self, job_id: str) -> Reservation | None:
+        """Keep a running job's reservation alive: its expiry becomes now plus the
+        lifetime it was reserved with (never earlier). :class:`NotFoundError` when it
+        is gone (ended, or expired); no event. ``None`` only when failing open with the
+        store down."""
+        return self._guarded("extend", functools.partial(self.store.extend, job_id), None)
+
     def record_usage(self, report: UsageReport) -> Reservation | Settlement | None:
         """go-agentic's entry point: started reserves, the final events settle."""
         if report.event is QuotaEvent.JOB_STARTED:

@@ -22,6 +22,8 @@ Rules of :func:`decide`, first failure wins (go-agentic's order, then ours):
 
 A settle charges a completed job all its tokens, a failed one half (rounded up) or
 all by the agent's ``failure_charge``, a cancelled one nothing (:func:`charged_tokens`).
+An extend sets a live reservation's expiry to now plus the lifetime it was reserved
+with, never earlier (:func:`extended_expiry`).
 
 Status is ``exceeded`` when the agent's tokens or jobs are used up, else
 ``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok.
@@ -60,6 +62,7 @@ __all__ = [
     "cost_microcents",
     "decide",
     "estimated_cost",
+    "extended_expiry",
     "period_bounds",
     "reservation_ttl",
     "share_of_cost",
@@ -127,6 +130,17 @@ def period_bounds(now: float, offset: int) -> tuple[float, float]:
 def reservation_ttl(allowance: AgentAllowance, default: float) -> float:
     """A reservation lives for the agent's max_job_duration, else ``default``."""
     return allowance.max_job_duration if allowance.max_job_duration > 0 else default
+
+
+def extended_expiry(now: float, expires_at: float, ttl: float, default: float) -> float:
+    """When a live reservation expires after an ``extend`` at ``now``.
+
+    ``now`` plus its own lifetime ``ttl`` (the one it was reserved with; ``0`` for a
+    reservation stored by a version that did not record it: the store's ``default``),
+    and never earlier than it expired already: an extend never shortens a reservation.
+    """
+    lifetime = ttl if ttl > 0 else default
+    return max(expires_at, now + lifetime)
 
 
 def cost_microcents(quota: ModelQuota | None, tokens_in: int, tokens_out: int) -> int:

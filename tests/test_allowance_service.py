@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from agentic.allowance import AllowanceService
-from agentic.errors import QuotaExceededError, StoreError, StoreUnavailableError
+from agentic.errors import NotFoundError, QuotaExceededError, StoreError, StoreUnavailableError
 from agentic.events import Event, EventEmitter, EventType
 from agentic.models import (
     AgentAllowance,
@@ -19,6 +19,7 @@ from agentic.models import (
 )
 from agentic.quota import DAY
 from agentic.stores.memory import MemoryAllowanceStore
+from agentic.testing import FakeClock
 from tests.conftest import Backend
 
 
@@ -234,6 +235,9 @@ class BrokenStore(MemoryAllowanceStore):
     def unreserve(self, job_id: str) -> Settlement:
         raise StoreError("connection refused")
 
+    def extend(self, job_id: str) -> Reservation:
+        raise StoreError("connection refused")
+
     def usages(self) -> list[UsageRecord]:
         raise StoreError("connection refused")
 
@@ -249,7 +253,9 @@ def test_unreachable_store_fails_closed() -> None:
         svc.unreserve("j1")
     with pytest.raises(StoreUnavailableError):
         svc.active_jobs()
-    assert svc.store_failures == 4
+    with pytest.raises(StoreUnavailableError):
+        svc.extend("j1")
+    assert svc.store_failures == 5
 
 
 def test_unreachable_store_can_fail_open() -> None:
@@ -260,7 +266,26 @@ def test_unreachable_store_can_fail_open() -> None:
     assert svc.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED) is None
     assert svc.unreserve("j1") is None
     assert svc.active_jobs() == {}
-    assert svc.store_failures == 5
+    assert svc.extend("j1") is None
+    assert svc.store_failures == 6
+
+
+def test_extend_keeps_a_reservation_and_emits_nothing() -> None:
+    """extend pushes a live reservation's expiry (no event); a gone one is NotFoundError."""
+    clock = FakeClock()
+    store = MemoryAllowanceStore(clock=clock, reservation_ttl=60)
+    store.set_allowance(AgentAllowance(agent_id="a1", daily_token_limit=10))
+    emitter = Recorder()
+    svc = AllowanceService(store, emitter=emitter)
+    svc.reserve("a1", "", 9, "j1")  # crosses 80%: a warning
+    sent = len(emitter.events)
+    clock.advance(50)
+    extended = svc.extend("j1")
+    assert extended is not None and extended.expires_at is not None
+    assert extended.expires_at.timestamp() == clock() + 60
+    assert len(emitter.events) == sent
+    with pytest.raises(NotFoundError):
+        svc.extend("never")
 
 
 class ExplodingEmitter(EventEmitter):

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
+from contextlib import closing
+
 import pytest
 
 from agentic.errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
 from agentic.models import AgentAllowance, AllowanceStatus, FailureCharge, ModelQuota, QuotaEvent
 from agentic.quota import DAY, HOUR
+from agentic.stores.base import AllowanceStore
 from tests.conftest import Backend
 
 COMPLETED, FAILED, CANCELLED = (
@@ -761,3 +766,109 @@ def test_a_job_ended_early_and_reserved_again_is_released_once(backend: Backend)
     backend.clock.advance(60)  # j's reservation expires; other's lives on
     usage = store.get_usage("a1")
     assert (usage.active_jobs, usage.tokens_reserved) == (1, 5)
+
+
+# --- extend: a running job keeps its reservation ------------------------------------
+
+
+def test_extend_keeps_a_running_job_past_its_first_expiry(backend: Backend) -> None:
+    """extend pushes the expiry to now plus the lifetime: still held past the first one."""
+    store = backend.allowance(reservation_ttl=100)
+    store.set_allowance(allowance(concurrent_jobs=1, daily_token_limit=1000))
+    first = store.reserve("a1", "m1", 300, "j1")
+    backend.clock.advance(60)
+    extended = store.extend("j1")
+    assert first.expires_at is not None and extended.expires_at is not None
+    assert (extended.expires_at - first.expires_at).total_seconds() == 60
+    assert (extended.job_id, extended.agent_id, extended.model, extended.tokens) == (
+        "j1",
+        "a1",
+        "m1",
+        300,
+    )
+    assert extended.created_at == first.created_at
+    backend.clock.advance(90)  # past the first expiry, before the new one
+    with pytest.raises(QuotaExceededError, match="concurrent job limit"):
+        store.reserve("a1", "m1", 1, "j2")
+    usage = store.get_usage("a1")
+    assert (usage.active_jobs, usage.tokens_reserved) == (1, 300)
+    backend.clock.advance(11)  # the new expiry passed: swept as any other
+    assert store.get_usage("a1").active_jobs == 0
+    store.reserve("a1", "m1", 1, "j2")
+
+
+def test_extend_renews_the_lifetime_the_job_was_reserved_with(backend: Backend) -> None:
+    """The lifetime is the reservation's own: max_job_duration, else the store's ttl."""
+    store = backend.allowance(reservation_ttl=100)
+    store.set_allowance(allowance(max_job_duration=30))
+    store.reserve("a1", "", 0, "short")
+    store.set_allowance(allowance())  # changed since: the reservation keeps its 30 s
+    store.reserve("a1", "", 0, "default")
+    backend.clock.advance(20)
+    short, default = store.extend("short"), store.extend("default")
+    now = backend.clock()
+    assert short.expires_at is not None and default.expires_at is not None
+    assert (short.expires_at.timestamp() - now, default.expires_at.timestamp() - now) == (30, 100)
+
+
+def test_extend_never_shortens(backend: Backend) -> None:
+    """An extend right after the reserve (or twice at once) leaves the expiry as it is."""
+    store = backend.allowance(reservation_ttl=100)
+    store.set_allowance(allowance())
+    made = store.reserve("a1", "", 0, "j1")
+    assert store.extend("j1").expires_at == made.expires_at
+    backend.clock.advance(10)
+    later = store.extend("j1")
+    assert store.extend("j1").expires_at == later.expires_at
+
+
+def test_extend_of_a_gone_reservation_is_not_found(backend: Backend) -> None:
+    """Unknown, settled, unreserved, expired (swept or not yet): NotFoundError, nothing changes."""
+    store = backend.allowance(reservation_ttl=100)
+    store.set_allowance(allowance())
+    with pytest.raises(NotFoundError, match="nothing to extend"):
+        store.extend("never")
+    for job in ("settled", "unreserved", "expired"):
+        store.reserve("a1", "", 0, job)
+    store.settle("settled", 1, 1, COMPLETED)
+    store.unreserve("unreserved")
+    store.expire("expired")
+    store.reserve("a1", "", 0, "late")
+    backend.clock.advance(100)  # late's expiry: nobody swept it yet
+    before = store.get_usage("a1")
+    for job in ("settled", "unreserved", "expired", "late"):
+        with pytest.raises(NotFoundError, match="nothing to extend"):
+            store.extend(job)
+    after = store.get_usage("a1")
+    assert after == before
+    assert (after.active_jobs, after.jobs_started, after.tokens_used) == (0, 3, 2)
+    # the late job's settle still charges it, as after any expiry
+    assert store.settle("late", 4, 0, COMPLETED, agent_id="a1").tokens_charged == 4
+
+
+def _forget_lifetime(backend: Backend, store: AllowanceStore, job_id: str) -> None:
+    """Make the reservation look written by a version that did not record its lifetime."""
+    if backend.name == "memory":
+        tx = store._tx  # type: ignore[attr-defined]
+        tx.held[job_id] = dataclasses.replace(tx.held[job_id], ttl=0.0)
+    elif backend.name == "sqlite":
+        assert backend.url is not None
+        with closing(sqlite3.connect(backend.url.removeprefix("sqlite:///"))) as conn, conn:
+            conn.execute("UPDATE reservations SET ttl = 0 WHERE job_id = ?", (job_id,))
+    else:
+        client = store._client  # type: ignore[attr-defined]
+        assert client.hdel(store._keys.held_head + job_id, "ttl") == 1  # type: ignore[attr-defined]
+
+
+def test_extend_of_a_reservation_without_its_lifetime_uses_the_store_ttl(
+    backend: Backend,
+) -> None:
+    """A reservation an older version stored (no lifetime) extends by the store's ttl."""
+    store = backend.allowance(reservation_ttl=100)
+    store.set_allowance(allowance(max_job_duration=30))
+    store.reserve("a1", "", 0, "old")
+    _forget_lifetime(backend, store, "old")
+    backend.clock.advance(20)
+    extended = store.extend("old")
+    assert extended.expires_at is not None
+    assert extended.expires_at.timestamp() - backend.clock() == 100

@@ -1,4 +1,5 @@
-"""Property: random reserve / settle / unreserve / expire / reset / check / clock sequences,
+"""Property: random reserve / settle / unreserve / expire / extend / reset / check / clock
+sequences,
 under random failure charges changed along the way, give the same answers on every
 backend and on a naive reference model written from the rules."""
 
@@ -71,7 +72,7 @@ settle_op = st.tuples(
     st.sampled_from(OUTCOMES),
     st.sampled_from([None, "m1", "m2"]),  # the model the settle names; None: the reserved one
 )
-unreserve_op = st.tuples(st.sampled_from(["unreserve", "expire"]), st.integers(0, 9))
+unreserve_op = st.tuples(st.sampled_from(["unreserve", "expire", "extend"]), st.integers(0, 9))
 check_op = st.tuples(
     st.just("check"),
     st.sampled_from(["a", "b"]),
@@ -102,8 +103,8 @@ class Model:
     allowances: dict[str, AgentAllowance]
     used: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, jobs
     mused: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, cost
-    #: job -> agent, model, tokens, cost, expires at, created at
-    held: dict[str, tuple[str, str, int, int, float, float]] = field(default_factory=dict)
+    #: job -> agent, model, tokens, cost, expires at, created at, lifetime
+    held: dict[str, tuple[str, str, int, int, float, float, float]] = field(default_factory=dict)
     requests: dict[str, list[float]] = field(default_factory=dict)
     settled: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     legacy_active: dict[str, int] = field(default_factory=dict)
@@ -174,7 +175,7 @@ class Model:
         c = self.agent(agent_id)
         self.used[agent_id] = (self.start(), c.tokens_used, c.jobs_started + 1)
         ttl = allowance.max_job_duration or TTL
-        self.held[job] = (agent_id, model, tokens, d.cost, self.clock() + ttl, self.clock())
+        self.held[job] = (agent_id, model, tokens, d.cost, self.clock() + ttl, self.clock(), ttl)
         if model:
             self.requests.setdefault(model, []).append(self.clock())
             m = self.model(model)
@@ -220,7 +221,7 @@ class Model:
         held = self.held.pop(job, None)
         if held is None:
             return ("not found",)
-        owner, model, _tokens, _cost, _expires, created = held
+        owner, model, _tokens, _cost, _expires, created, _ttl = held
         c = self.agent(owner)
         counted = created >= self.start() and created > self.reset_at.get(owner, 0.0)
         uncounted = 1 if never_started and counted else 0
@@ -230,6 +231,16 @@ class Model:
         allowance = self.allowances[owner]
         # no settlement is kept: a later settle charges as after an expiry
         return ("settled", owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
+
+    def extend(self, job: str) -> tuple[Any, ...]:
+        """A live reservation lives its own lifetime from now on, never less than before."""
+        self.expire()
+        if job not in self.held:
+            return ("not found",)
+        owner, model, tokens, cost, expires, created, ttl = self.held[job]
+        expires = max(expires, self.clock() + ttl)
+        self.held[job] = (owner, model, tokens, cost, expires, created, ttl)
+        return ("extended", owner, model, tokens, cost, expires)
 
     def reset(self, agent_id: str) -> tuple[Any, ...]:
         self.expire()
@@ -280,6 +291,13 @@ def run_store(
             return ("not found",)
         tag = "duplicate" if s.duplicate else "settled"
         return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
+    if kind == "extend":
+        try:
+            r = store.extend(f"j{op[1]}")
+        except NotFoundError:
+            return ("not found",)
+        assert r.expires_at is not None
+        return ("extended", r.agent_id, r.model, r.tokens, r.cost, r.expires_at.timestamp())
     if kind == "reset":
         store.reset_usage(op[1])
         return ("reset",)
@@ -309,6 +327,8 @@ def run_model(
         return model.settle(f"j{n}", agent_id, model_name, tin, tout, outcome)
     if kind in ("unreserve", "expire"):
         return model.unreserve(f"j{op[1]}", never_started=kind == "unreserve")
+    if kind == "extend":
+        return model.extend(f"j{op[1]}")
     if kind == "reset":
         return model.reset(op[1])
     if kind == "charge":

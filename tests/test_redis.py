@@ -8,7 +8,7 @@ import threading
 import time
 import types
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import astuple
 from typing import Any, cast
@@ -33,6 +33,7 @@ from agentic.models import (
     FailureCharge,
     ModelQuota,
     QuotaEvent,
+    Reservation,
     Task,
     TaskResult,
     TaskStatus,
@@ -536,6 +537,26 @@ def test_without_clock_scripts_use_server_time(
 # --- one round trip ------------------------------------------------------------------
 
 
+def _commands_sent(
+    redis_server: RedisServer, client: redis.Redis, prefix: str, call: Callable[[], object]
+) -> list[str]:
+    """The commands ``client`` sends during ``call()`` (seen with MONITOR); asserts the
+    work happened inside Redis (Lua)."""
+    address = cast(dict[str, str], client.client_info())["addr"]
+    marker = f"end-{prefix}"
+    watcher = redis.Redis(port=redis_server.port)
+    seen: list[dict[str, Any]] = []
+    with watcher.monitor() as monitor:  # type: ignore[no-untyped-call]
+        call()
+        watcher.echo(marker)  # on another connection: marks the end of the capture
+        while marker not in (command := monitor.next_command())["command"]:
+            seen.append(command)
+    watcher.close()
+    ours = [c for c in seen if f"{c['client_address']}:{c['client_port']}" == address]
+    assert any(c["client_type"] == "lua" for c in seen)  # the work happened inside
+    return [c["command"].split()[0].upper() for c in ours]
+
+
 def test_reserve_is_one_round_trip(redis_server: RedisServer, prefix: str) -> None:
     """Once its function is loaded, a reserve sends exactly one command: FCALL."""
     client = redis.Redis(port=redis_server.port, single_connection_client=True)
@@ -543,20 +564,25 @@ def test_reserve_is_one_round_trip(redis_server: RedisServer, prefix: str) -> No
     store.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=10_000))
     store.set_model_quota(ModelQuota(model="m", hourly_rate_limit=100, cost_ceiling=5))
     store.reserve("a", "m", 10, "warm-up")  # loads the function into the server
-    address = cast(dict[str, str], client.client_info())["addr"]
-    marker = f"end-{prefix}"
-    watcher = redis.Redis(port=redis_server.port)
-    seen: list[dict[str, Any]] = []
-    with watcher.monitor() as monitor:  # type: ignore[no-untyped-call]
-        store.reserve("a", "m", 10, "measured")
-        watcher.echo(marker)  # on another connection: marks the end of the capture
-        while marker not in (command := monitor.next_command())["command"]:
-            seen.append(command)
-    ours = [c for c in seen if f"{c['client_address']}:{c['client_port']}" == address]
-    assert [c["command"].split()[0].upper() for c in ours] == ["FCALL"]
-    assert any(c["client_type"] == "lua" for c in seen)  # the work happened inside
+    sent = _commands_sent(redis_server, client, prefix, lambda: store.reserve("a", "m", 10, "x"))
+    assert sent == ["FCALL"]
     client.close()
-    watcher.close()
+
+
+def test_extend_is_one_round_trip(redis_server: RedisServer, prefix: str) -> None:
+    """Once its function is loaded, an extend sends exactly one command: FCALL."""
+    client = redis.Redis(port=redis_server.port, single_connection_client=True)
+    store = RedisAllowanceStore(client, prefix=prefix, reservation_ttl=60)
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    made = store.reserve("a", "m", 10, "j")
+    store.extend("j")  # loads the function into the server
+    time.sleep(0.01)  # server time moves on: the measured extend writes
+    extended: list[Reservation] = []
+    sent = _commands_sent(redis_server, client, prefix, lambda: extended.append(store.extend("j")))
+    assert sent == ["FCALL"]
+    assert made.expires_at is not None and extended[0].expires_at is not None
+    assert extended[0].expires_at > made.expires_at
+    client.close()
 
 
 def test_code_reloads_after_flush(client: redis.Redis, prefix: str) -> None:

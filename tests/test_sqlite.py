@@ -500,6 +500,7 @@ def test_existing_usage_rows_get_a_reset_time_of_never(tmp_path: Path) -> None:
     store.close()
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("ALTER TABLE agent_usage DROP COLUMN reset_at")
+        conn.execute("ALTER TABLE reservations DROP COLUMN ttl")  # schema 4's
         conn.execute("UPDATE schema_version SET version = 2 WHERE component = 'allowance'")
     store = SQLiteAllowanceStore(path, clock=clock)
     assert rows(path, "SELECT agent_id, jobs_started, reset_at FROM agent_usage") == [
@@ -507,6 +508,24 @@ def test_existing_usage_rows_get_a_reset_time_of_never(tmp_path: Path) -> None:
     ]
     store.unreserve("j1")  # made after "never": today's job, given back
     assert store.get_usage("a1").jobs_started == 0
+    store.close()
+
+
+def test_existing_reservations_extend_by_the_store_ttl(tmp_path: Path) -> None:
+    """A file at allowance schema 3 is upgraded: its reservations extend by the store's ttl."""
+    clock, path = FakeClock(), tmp_path / "a.db"
+    store = SQLiteAllowanceStore(path, clock=clock)
+    store.set_allowance(AgentAllowance(agent_id="a1", max_job_duration=30))
+    store.reserve("a1", "", 0, "j1")
+    store.close()
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE reservations DROP COLUMN ttl")
+        conn.execute("UPDATE schema_version SET version = 3 WHERE component = 'allowance'")
+    store = SQLiteAllowanceStore(path, clock=clock, reservation_ttl=100)
+    assert rows(path, "SELECT job_id, ttl FROM reservations") == [("j1", 0.0)]
+    clock.advance(20)
+    expires = store.extend("j1").expires_at
+    assert expires is not None and expires.timestamp() == clock() + 100
     store.close()
 
 

@@ -24,12 +24,19 @@
   intervals, 15 s, when that is two or less: warned once). A lease that cannot be renewed
   because the task is no longer ours cancels the handler; nothing is reported for it.
 * **Runs each task** in its own thread with a :class:`TaskContext`. After
-  ``max_job_duration`` (the runner's, or the agent allowance's when smaller: its
-  reservations expire then, freeing the concurrency slot; re-read every
-  ``heartbeat_interval``) the context is cancelled; a handler still running
-  ``cancel_grace`` later is abandoned (Python cannot kill a thread) and the task is
-  failed as "timed out after N s". :class:`SubprocessHandler` kills its process
-  group on cancellation, so it does stop.
+  ``max_job_duration`` (the runner's, or the agent allowance's when smaller;
+  re-read every ``heartbeat_interval``) the context is cancelled; a handler still
+  running ``cancel_grace`` later is abandoned (Python cannot kill a thread) and the
+  task is failed as "timed out after N s". :class:`SubprocessHandler` kills its
+  process group on cancellation, so it does stop.
+* **Keeps its jobs' reservations.** A reservation expires after the lifetime it was
+  reserved with (the allowance's ``max_job_duration``, else the quota store's
+  ``reservation_ttl``, an hour by default), so that a crashed runner cannot hold a
+  concurrency slot for ever. While a job runs, the runner extends its reservation
+  (one heartbeat after it started, then every third of that lifetime), so a job
+  running longer keeps its slot. A reservation found gone meanwhile (a dispatcher
+  expired it after a lost lease) is warned about once: the slot was freed while the
+  job runs, and its usage is still charged when it settles (see ``_keepalive``).
 * **Settles, then reports.** Usage reported through ``ctx.usage`` is settled under
   the claim's ``job_id`` first (completed: all, failed: the store's 50% rule,
   released: nothing), because once the task is pending again a dispatcher cancels

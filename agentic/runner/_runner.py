@@ -38,6 +38,7 @@ from ._attempt import (
 from ._context import Handler, TaskContext, call_handler
 from ._idlease import IdLease, id_lease_ttl
 from ._journal import UsageJournal, default_state_dir
+from ._keepalive import Keepalive
 from ._presence import Presence
 from ._recovery import Recovery
 from ._reporting import Reporter
@@ -189,6 +190,8 @@ class AgentRunner:
         self._attempts: dict[str, Attempt] = {}
         # Each attempt's supervisor and handler, on threads reused between attempts.
         self._threads = Threads("agentic-task")
+        #: extends the running jobs' quota reservations, with the lease renewals
+        self.keepalive = Keepalive(allowance, heartbeat_interval, self._threads.run, self._error)
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         # While paused the agent is published full, so dispatchers route elsewhere.
         self.presence = Presence(
@@ -844,6 +847,7 @@ class AgentRunner:
             return  # the claims are another runner's now
         with self._lock:
             attempts = list(self._attempts.values())
+        self.keepalive.tick(attempts)  # its store calls run on a thread of their own
         for attempt in attempts:
             try:
                 # Fenced by the claim's job id: a task claimed again since refuses it (LOST).

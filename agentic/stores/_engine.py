@@ -15,6 +15,7 @@ counters are rolled into the current period.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -49,6 +50,7 @@ from ..quota import (
     cost_microcents,
     crossing_events,
     decide,
+    extended_expiry,
     period_bounds,
     reservation_ttl,
     share_of_cost,
@@ -109,6 +111,9 @@ class Held:
     cost: int
     created_at: float
     expires_at: float
+    #: the lifetime it was reserved with, which ``extend`` renews (0: stored by a
+    #: version that did not record it; the store's reservation_ttl is used)
+    ttl: float = 0.0
 
 
 class QuotaTx(abc.ABC):
@@ -436,7 +441,8 @@ class EngineAllowanceStore(AllowanceStore):
                 tx.put_model(model, ev.model)
                 tx.add_request(model, ctx.now, job_id)
             ttl = reservation_ttl(ev.allowance, self._default_ttl)
-            held = Held(job_id, agent_id, model, tokens, ev.decision.cost, ctx.now, ctx.now + ttl)
+            cost = ev.decision.cost
+            held = Held(job_id, agent_id, model, tokens, cost, ctx.now, ctx.now + ttl, ttl)
             tx.put_held(held)
             after = agent_status(ev.allowance, ev.agent.counters())
             self._record_crossing(
@@ -506,6 +512,18 @@ class EngineAllowanceStore(AllowanceStore):
     def expire(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
         return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, None, None, "expire")
+
+    def extend(self, job_id: str) -> Reservation:
+        require_id("job id", job_id)
+        with self._open() as ctx:  # a reservation past its expiry is swept first: gone
+            held = ctx.tx.get_held(job_id)
+            if held is None:
+                raise no_reservation(job_id, "extend")
+            expires = extended_expiry(ctx.now, held.expires_at, held.ttl, self._default_ttl)
+            if expires != held.expires_at:
+                held = dataclasses.replace(held, expires_at=expires)
+                ctx.tx.put_held(held)  # the backends' expiry indexes follow
+            return self._reservation(held)
 
     def _end(
         self,

@@ -129,8 +129,8 @@ def no_allowance(agent_id: str) -> NotFoundError:
 Ending = Literal["settle", "unreserve", "expire"]
 
 
-def no_reservation(job_id: str, ending: Ending = "settle") -> NotFoundError:
-    """The error for ending a job that has no live reservation."""
+def no_reservation(job_id: str, ending: Ending | Literal["extend"] = "settle") -> NotFoundError:
+    """The error for ending (or extending) a job that has no live reservation."""
     if ending != "settle":
         return NotFoundError(
             f"no live reservation for job {job_id!r} (never reserved, or expired): nothing"
@@ -358,6 +358,12 @@ class AllowanceStore(Closeable):
       the reserved tokens and cost go back, the job stays counted, nothing is
       recorded, so the attempt's own ``settle`` (should it be alive after all)
       still charges what it used. For a dead attempt whose lease ran out.
+    * ``extend(job_id)`` keeps a live reservation alive: its expiry becomes now plus
+      the lifetime it was reserved with (:func:`agentic.quota.extended_expiry`),
+      never earlier than it was. A runner calls it while the job runs, so a job
+      longer than that lifetime keeps its slot; expiry is then only for jobs whose
+      runner is gone. A reservation that is gone (settled, unreserved, expired, or
+      past its expiry) is :class:`NotFoundError` and nothing changes.
     * ``check(agent_id, model, tokens)`` runs the same rules without changing anything.
     """
 
@@ -451,6 +457,10 @@ class AllowanceStore(Closeable):
     @abc.abstractmethod
     def expire(self, job_id: str) -> Settlement:
         """Atomically end a reservation now, as its expiry would."""
+
+    @abc.abstractmethod
+    def extend(self, job_id: str) -> Reservation:
+        """Atomically push a live reservation's expiry to now plus its lifetime."""
 
 
 class Buckets(Protocol):

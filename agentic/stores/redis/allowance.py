@@ -4,7 +4,7 @@ The scripts (``lua/quota_*.lua``) run the algorithm of :mod:`agentic.stores._eng
 inside Redis: sweep expired reservations, roll the period, apply the rules of
 :mod:`agentic.quota`, write. ``reserve`` and ``settle`` are each ONE command (``FCALL``,
 or ``EVALSHA`` before Redis 7), so they are atomic across every machine and cost one
-round trip. Time is the server's
+round trip (``extend`` too). Time is the server's
 ``TIME`` unless a clock is injected (tests).
 
 Lua decides and writes; Python describes. When the script refuses (or answers a
@@ -70,6 +70,7 @@ _RECORDING = (*_PRELUDE, "log_lib.lua", "quota_log.lua")
 _RESERVE = Script(*_RECORDING, "quota_reserve.lua")
 _SETTLE = Script(*_RECORDING, "quota_settle.lua")
 _DATA = Script(*_PRELUDE, "quota_data.lua")
+_EXTEND = Script(*_PRELUDE, "quota_extend.lua")
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -342,6 +343,22 @@ class RedisAllowanceStore(AllowanceStore):
     def expire(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
         return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, "", "", "expire")
+
+    def extend(self, job_id: str) -> Reservation:
+        require_id("job id", job_id)
+        reply = self._run(_EXTEND, job_id, self._default_ttl)
+        if reply[0] == "not found":
+            raise no_reservation(job_id, "extend")
+        _tag, owner, used_model, held, cost, created, expires = reply
+        return Reservation(
+            job_id=job_id,
+            agent_id=owner,
+            model=used_model,
+            tokens=_int(held),
+            cost=_int(cost),
+            created_at=_dt(created),
+            expires_at=_dt(expires),
+        )
 
     def _end(
         self,

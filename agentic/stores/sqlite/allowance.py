@@ -81,9 +81,14 @@ MIGRATIONS: list[Migration] = [
         # When reset_usage last cleared an agent's counts (AgentRow.reset_at).
         "ALTER TABLE agent_usage ADD COLUMN reset_at REAL NOT NULL DEFAULT 0",
     ),
+    (
+        # The lifetime a reservation was made with, which extend renews (Held.ttl);
+        # 0 for rows written before: extend then uses the store's reservation_ttl.
+        "ALTER TABLE reservations ADD COLUMN ttl REAL NOT NULL DEFAULT 0",
+    ),
 ]
 
-_HELD = "job_id, agent_id, model, tokens, cost, created_at, expires_at"
+_HELD = "job_id, agent_id, model, tokens, cost, created_at, expires_at, ttl"
 
 
 def _held(row: sqlite3.Row) -> Held:
@@ -95,6 +100,7 @@ def _held(row: sqlite3.Row) -> Held:
         row["cost"],
         row["created_at"],
         row["expires_at"],
+        row["ttl"],
     )
 
 
@@ -235,7 +241,7 @@ class _SQLiteTx(QuotaTx):
 
     def put_held(self, held: Held) -> None:
         self._conn.execute(
-            f"INSERT OR REPLACE INTO reservations ({_HELD}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO reservations ({_HELD}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 held.job_id,
                 held.agent_id,
@@ -244,6 +250,7 @@ class _SQLiteTx(QuotaTx):
                 held.cost,
                 held.created_at,
                 held.expires_at,
+                held.ttl,
             ),
         )
 

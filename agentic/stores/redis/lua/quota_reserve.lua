@@ -91,8 +91,10 @@ if allowance.max_job_duration > 0 then
 end
 -- Formatted once each, for the stored reservation and the reply alike.
 local tokens_text, cost_text, expires_text = num(tokens), num(cost), num(NOW + ttl)
+-- 'ttl': the lifetime quota_extend.lua renews (Held.ttl).
 redis.call('HSET', K.held .. job, 'agent', agent_id, 'model', model, 'tokens', tokens_text,
-  'cost', cost_text, 'created_at', NOW_TEXT, 'expires_at', expires_text, 'request', request)
+  'cost', cost_text, 'created_at', NOW_TEXT, 'expires_at', expires_text, 'request', request,
+  'ttl', num(ttl))
 redis.call('ZADD', K.expiry, expires_text, job)
 local status = agent_status(allowance, row)
 if LOG.seq ~= '' and status ~= previous then  -- recorded with the reserve itself
