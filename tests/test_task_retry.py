@@ -3,6 +3,7 @@ tasks its failure blocked made pending again, in one atomic step."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -228,3 +229,93 @@ def test_a_retry_records_a_requeue_per_task_made_pending(
     ]
     store.retry("root")
     assert len([e for e in recorded(log) if e[0] == EventType.TASK_REQUEUED]) == 4
+
+
+def test_a_task_below_a_cancelled_one_is_unblocked_by_the_retries_it_waits_for(
+    store: TaskStore,
+) -> None:
+    """Retries above and below a cancelled task, in any order, leave no task blocked for good."""
+    for task_id, dependency in [("f", None), ("p", "f"), ("t", "p"), ("d", "t"), ("e", "d")]:
+        new(store, task_id, max_retries=0, dependencies=[dependency] if dependency else [])
+    cancel = TaskUpdate(status=FAILED, fail_reason="cancelled")
+    store.update("t", cancel)
+    store.update("d", cancel)
+    dead_letter(store, "f")
+    assert store.retry("t").task.blockers == ["f"]
+    assert (store.get("e").status, store.get("e").blockers) == (BLOCKED, ["d"])
+    store.retry("f")
+    assert (store.get("e").status, store.get("e").blockers) == (BLOCKED, ["d"])
+    assert store.retry("d").unblocked == ["e"]
+    assert {store.get(t).status for t in ("f", "p", "t", "d", "e")} == {PENDING}
+
+
+def test_a_retry_below_a_cancelled_task_then_above_it_leaves_nothing_blocked(
+    store: TaskStore,
+) -> None:
+    """A chain retried below a cancelled task, then above it, then at it, runs again."""
+    new(store, "x", max_retries=0)
+    for task_id, dependency in [("y", "x"), ("z", "y"), ("w", "z")]:
+        new(store, task_id, dependencies=[dependency])
+    dead_letter(store, "x")
+    cancel = TaskUpdate(status=FAILED, fail_reason="cancelled")
+    store.update("y", cancel)
+    store.update("z", cancel)
+    assert store.get("w").blockers == ["x", "y", "z"]
+    assert store.retry("z").task.blockers == ["y"]
+    assert store.get("w").blockers == ["y"]
+    assert store.retry("x").unblocked == []
+    assert store.retry("y").unblocked == ["w", "z"]
+    assert {store.get(t).status for t in ("x", "y", "z", "w")} == {PENDING}
+
+
+def _blockers_are_failed(store: TaskStore) -> None:
+    failed = {t.id for t in store.list(status=FAILED)}
+    for task in store.list(status=BLOCKED):
+        assert set(task.blockers) <= failed, (task.id, task.blockers, sorted(failed))
+
+
+@pytest.mark.parametrize("seed", [4, 34, 44, 177])  # each left a task blocked for good once
+def test_a_blocked_task_names_only_failed_tasks_whatever_the_retries(
+    store: TaskStore, seed: int
+) -> None:
+    """Random chains cancelled, dead-lettered, retried and run: a blocked task names only
+    failed tasks, and retrying every failed one lets all of them run to the end."""
+    rng = random.Random(seed)
+    ids: list[str] = []
+    cancel = TaskUpdate(status=FAILED, fail_reason="cancelled")
+    for step in range(60):
+        op = rng.choice(["create"] * 3 + ["cancel"] * 2 + ["fail", "retry", "retry", "run"])
+        task_id = rng.choice(ids) if ids else "none"
+        ready = [t.id for t in store.list(status=PENDING, ready=True)]
+        if op in ("fail", "run") and ready:
+            task_id = rng.choice(ready)
+        try:
+            if op == "create":
+                deps = rng.sample(ids[-6:], k=min(len(ids[-6:]), rng.choice([0, 1, 1, 2])))
+                new(store, f"t{step}", dependencies=deps, max_retries=0)
+                ids.append(f"t{step}")
+            elif op == "cancel":
+                store.update(task_id, cancel)
+            elif op == "fail":
+                dead_letter(store, task_id, job_id=f"j{step}")
+            elif op == "retry":
+                failed = [t.id for t in store.list(status=FAILED)]
+                store.retry(rng.choice(failed) if failed else task_id)
+            else:
+                store.claim(task_id, "a1", 30)
+                store.complete(task_id, TaskResult(success=True))
+        except (ConflictError, NotFoundError):
+            pass
+        _blockers_are_failed(store)
+    for _ in range(len(ids) * 2):
+        next_ready = store.list(status=PENDING, ready=True, limit=1)
+        next_failed = store.list(status=FAILED, limit=1)
+        if next_ready:
+            store.claim(next_ready[0].id, "a1", 30)
+            store.complete(next_ready[0].id, TaskResult(success=True))
+        elif next_failed:
+            store.retry(next_failed[0].id)
+        else:
+            break
+        _blockers_are_failed(store)
+    assert store.counts()[COMPLETED] == len(ids), store.counts()

@@ -17,8 +17,9 @@ A task's life::
 ``completed`` is final; so is ``failed`` (the dead letter) for everything but an
 operator's retry, which starts the task afresh (:func:`rerun`). When a task is
 dead-lettered, every transitive dependent still pending or blocked becomes blocked
-and names it in ``blockers``; when it is retried, they lose it there, and those
-left with no blocker are pending again (:func:`unblock_dependents`).
+and names it in ``blockers``; when it is retried, the blocked tasks below it find
+their blockers again, and those left with none are pending again
+(:func:`unblock_dependents`).
 
 Refusals (claim conflicts, and the holder / job-id fence of renew, release and
 complete) are worded in ``_task_conflicts.py`` and re-exported here.
@@ -501,31 +502,56 @@ def rerun(task: Task, now: float, blockers: list[str]) -> Task:
 
 
 def unblock_dependents(
-    retried: Task, dependents_of: Callable[[str], Iterable[Task]], now: float
+    retried: Task,
+    dependents_of: Callable[[str], Iterable[Task]],
+    task_of: Callable[[str], Task],
+    now: float,
 ) -> list[Task]:
-    """The tasks a retry of ``retried`` changes, as they become (breadth first).
+    """The tasks a retry of ``retried`` changes, as they become (in dependency order).
 
-    Every task downstream naming it among its ``blockers`` (its dead letter blocked
-    them, or they were created behind it): a blocked one has it replaced by the
-    retried task's own blockers (none, unless a dependency of it is failed too), and
-    is pending once none is left; a failed one (cancelled while blocked) keeps its
-    history and is only walked through. ``dependents_of(id)`` gives the stored tasks
-    that depend on ``id``; each task is visited once.
+    Every task downstream of it that a failed task blocks has its ``blockers`` found
+    again from its dependencies as they now are (:func:`creation_blockers`: the
+    failed ones, and the blocked ones' blockers), dependencies first: those the
+    retry leaves with none are pending again, the others stay blocked naming what
+    still blocks them. So a blocked task names only failed tasks, however the
+    failures, cancellations and retries upstream came in turn (lists edited name by
+    name kept, past a task whose own blockers a retry had found again, names of
+    tasks retried since: blocked for good). A hold (blocked, naming nothing), a
+    pending task and a failed one (cancelled while blocked: its history) stay as
+    they are, the failed one walked through. ``dependents_of(id)`` gives the stored
+    tasks that depend on ``id``, ``task_of(id)`` a stored task.
     """
-    changed: list[Task] = []
-    queue, seen = deque([retried.id]), {retried.id}
+    below: dict[str, Task] = {}
+    children: dict[str, list[str]] = {}
+    queue = deque([retried.id])
     while queue:
-        for task in dependents_of(queue.popleft()):
-            if task.id in seen or retried.id not in task.blockers:
-                continue
-            seen.add(task.id)
-            queue.append(task.id)
-            if task.status == TaskStatus.BLOCKED:
-                left = [b for b in task.blockers if b != retried.id]
-                left += [b for b in retried.blockers if b not in left]
-                status = TaskStatus.BLOCKED if left else TaskStatus.PENDING
-                update = {"status": status, "blockers": left, "updated_at": _now(now)}
-                changed.append(task.model_copy(update=update))
+        parent = queue.popleft()
+        found = sorted(dependents_of(parent), key=lambda t: t.id)
+        children[parent] = [t.id for t in found]
+        for task in found:
+            if task.id not in below:
+                below[task.id] = task
+                queue.append(task.id)
+    # Kahn's order (ids sorted among equals, as the Lua does): each task after its
+    # dependencies below the retried one, which it reads as they become.
+    waits = {t.id: sum(d in below for d in t.dependencies) for t in below.values()}
+    ready = deque(child for child in children[retried.id] if waits[child] == 0)
+    now_as: dict[str, Task] = {retried.id: retried}
+    changed: list[Task] = []
+    while ready:
+        task = below[ready.popleft()]
+        if task.status == TaskStatus.BLOCKED and task.blockers:
+            blockers = creation_blockers(now_as.get(d) or task_of(d) for d in task.dependencies)
+            if set(blockers) != set(task.blockers):
+                status = TaskStatus.BLOCKED if blockers else TaskStatus.PENDING
+                update = {"status": status, "blockers": blockers, "updated_at": _now(now)}
+                task = task.model_copy(update=update)
+                changed.append(task)
+        now_as[task.id] = task
+        for child in children[task.id]:
+            waits[child] -= 1
+            if waits[child] == 0:
+                ready.append(child)
     return changed
 
 

@@ -567,9 +567,10 @@ class TaskStore(Closeable):
     * ``retry(task_id)``: an operator's re-run of a failed task (dead-lettered or
       cancelled), in ONE atomic step: it is pending again as if new (retry count 0;
       no backoff, failure, result, progress or claim; its last job id retired), or
-      blocked when a dependency of it is failed; and every task it blocked,
-      transitively, drops it from its blockers and is pending again once none is
-      left (a task also blocked by another failed task stays blocked). Each task
+      blocked when a dependency of it is failed; and every blocked task below it
+      finds its blockers again from its dependencies (dependencies first), pending
+      again once none is left (a task also blocked by another failed task stays
+      blocked, naming it; a blocked task names failed tasks only). Each task
       made pending records a ``task_requeued``. :class:`ConflictError` for a task
       in any other status (saying what that status allows), :class:`NotFoundError`
       for an unknown id.

@@ -253,6 +253,7 @@ class MemoryTaskStore(TaskStore):
             changed = rules.unblock_dependents(
                 again,
                 lambda dep_id: [self._tasks[d] for d in self._dependents.get(dep_id, ())],
+                self._tasks.__getitem__,
                 now,
             )
             for moved in (again, *changed):

@@ -489,7 +489,10 @@ class SQLiteTaskStore(TaskStore):
                 conn.execute(_RETIRE, (task_id, task.job_id, 1))
             again = rules.rerun(task, now, blockers)
             changed = rules.unblock_dependents(
-                again, lambda dep_id: map(_task, conn.execute(_DEPENDENTS, (dep_id,))), now
+                again,
+                lambda dep_id: map(_task, conn.execute(_DEPENDENTS, (dep_id,))),
+                lambda task_id: self._load(conn, task_id),
+                now,
             )
             for moved in (again, *changed):
                 self._save(conn, moved)

@@ -1,6 +1,6 @@
 -- An operator's retry of a failed task (after common.lua, log_lib.lua, task_lib.lua):
--- the task starts afresh (_tasks.rerun) and the tasks it blocked lose it from their
--- blockers, pending again once none is left (_tasks.unblock_dependents); each task
+-- the task starts afresh (_tasks.rerun) and the tasks below it find their blockers
+-- again, pending once none is left (_tasks.unblock_dependents); each task
 -- made pending records a task_requeued (_tasks.rerun_events). One call: all or none.
 -- ARGV: heads, now, task id, the retried task's reason, an unblocked one's reason.
 -- Reply: {'ok', task, unblocked ids} | {'missing'} | {'conflict', task}
@@ -28,38 +28,66 @@ local events = {}
 if t.status == 'pending' then
   events[1] = event('task_requeued', t, '', '', now, {reason = reason})
 end
--- Breadth first through the tasks naming t among their blockers.
-local queue, seen, head, unblocked = {t.id}, {[t.id] = true}, 1, {}
-while head <= #queue do
-  local members = redis.call('SMEMBERS', HEAD.dependents .. queue[head])
+-- The tasks below t (its dependents, transitively), breadth first, each one's own
+-- dependents sorted by id.
+local below, children, order, head = {}, {}, {t.id}, 1
+while head <= #order do
+  local parent = order[head]
   head = head + 1
-  for _, id in ipairs(members) do
-    local d = not seen[id] and load(id)
-    local names = d and cjson.decode(d.blockers) or {}
-    if contains(names, t.id) then
-      seen[id] = true
-      queue[#queue + 1] = id
-      if d.status == 'blocked' then
-        local left = {}
-        for _, name in ipairs(names) do
-          if name ~= t.id then
-            left[#left + 1] = name
-          end
-        end
-        for _, name in ipairs(blockers) do
-          if not contains(left, name) then
-            left[#left + 1] = name
-          end
-        end
-        d.blockers, d.updated_at = encode_list(left), num(now)
-        if #left == 0 then
-          d.status = 'pending'
-          unblocked[#unblocked + 1] = id
-          events[#events + 1] = event('task_requeued', d, '', '', now,
-            {reason = unblocked_reason})
-        end
-        save(d, 'blocked')
+  local found = redis.call('SMEMBERS', HEAD.dependents .. parent)
+  table.sort(found)
+  children[parent] = found
+  for _, id in ipairs(found) do
+    if not below[id] then
+      below[id] = load(id)
+      order[#order + 1] = id
+    end
+  end
+end
+-- Kahn's order, as _tasks.unblock_dependents: each after its dependencies below t,
+-- a blocked one (not a hold) finding its blockers again from them as stored by then.
+local waits = {}
+for id, d in pairs(below) do
+  local n = 0
+  for _, dep in ipairs(cjson.decode(d.dependencies)) do
+    if below[dep] then
+      n = n + 1
+    end
+  end
+  waits[id] = n
+end
+local ready, first, unblocked = {}, 1, {}
+for _, id in ipairs(children[t.id]) do
+  if waits[id] == 0 then
+    ready[#ready + 1] = id
+  end
+end
+while first <= #ready do
+  local id = ready[first]
+  first = first + 1
+  local d = below[id]
+  local names = cjson.decode(d.blockers)
+  if d.status == 'blocked' and #names > 0 then
+    local found = creation_blockers(cjson.decode(d.dependencies))
+    local same = #found == #names
+    for _, name in ipairs(found) do
+      same = same and contains(names, name)
+    end
+    if not same then
+      d.blockers, d.updated_at = encode_list(found), num(now)
+      if #found == 0 then
+        d.status = 'pending'
+        unblocked[#unblocked + 1] = id
+        events[#events + 1] = event('task_requeued', d, '', '', now,
+          {reason = unblocked_reason})
       end
+      save(d, 'blocked')
+    end
+  end
+  for _, child in ipairs(children[id]) do
+    waits[child] = waits[child] - 1
+    if waits[child] == 0 then
+      ready[#ready + 1] = child
     end
   end
 end
