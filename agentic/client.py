@@ -315,9 +315,12 @@ class TaskClient:
     def create_task(self, task: Task, idempotency_key: str | None = None) -> Task:
         """Create a task; retrying with the same ``Idempotency-Key`` never creates two."""
         key = idempotency_key or str(uuid.uuid4())
-        # lease_seconds is the server's and newer than strict bodies: sent only when set
-        # (then refused, as any claim on a new task), so an older server takes the body.
-        unset = {"lease_seconds"} if task.lease_seconds is None else None
+        # Fields newer than strict bodies are sent only when set, so that an older
+        # server takes the body: lease_seconds (the server's; then refused, as any
+        # claim on a new task) and reruns (a new task has run no times yet).
+        unset = {"lease_seconds"} if task.lease_seconds is None else set()
+        if task.reruns == 0:
+            unset.add("reruns")
         body = task.model_dump(mode="json", exclude=unset)
         response = self._request(
             "POST", "/api/tasks", safe=True, body=body, headers={"Idempotency-Key": key}

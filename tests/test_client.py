@@ -202,14 +202,14 @@ def test_create_task_sends_task_and_idempotency_key(
 def test_create_task_leaves_an_unset_lease_length_out(
     client: TaskClient, mock: respx.MockRouter
 ) -> None:
-    """A create body carries lease_seconds only when set (a server older than the field
-    refuses unknown fields), and every other Task field always."""
+    """A create body carries lease_seconds and reruns only when set (older servers refuse them)."""
     route = mock.post("/api/tasks").respond(201, json=task_json("new"))
     client.create_task(Task(title="do it"))
     sent = json.loads(route.calls.last.request.content)
-    assert set(sent) == set(Task.model_fields) - {"lease_seconds"}
-    client.create_task(Task(title="do it", lease_seconds=30))
-    assert json.loads(route.calls.last.request.content)["lease_seconds"] == 30
+    assert set(sent) == set(Task.model_fields) - {"lease_seconds", "reruns"}
+    client.create_task(Task(title="do it", lease_seconds=30, reruns=2))
+    sent = json.loads(route.calls.last.request.content)
+    assert (sent["lease_seconds"], sent["reruns"]) == (30, 2)
 
 
 def test_claim_task_uses_own_agent_and_reads_claim_response(
