@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from agentic.errors import QuotaExceededError
+from agentic.errors import NotFoundError, QuotaExceededError
 from agentic.models import AgentAllowance, QuotaEvent
 from agentic.stores import open_allowance_store
 
@@ -116,4 +116,86 @@ def test_token_cap_is_never_exceeded(shared_url: str) -> None:
     usage = store.get_usage("agent")
     assert usage.tokens_used == sum(spent)
     assert usage.tokens_used <= 10_000
+    store.close()
+
+
+def _hold_and_end(url: str, worker: int, cycles: int, current: Any, out: Any) -> None:
+    """Reserve, hold a moment, then end each job (settle; unreserve every fourth)."""
+    store = open_allowance_store(url)
+    ended = 0
+    for i in range(cycles):
+        job = f"w{worker}-{i}"
+        try:
+            store.reserve("agent", "", 10, job)
+        except QuotaExceededError:
+            continue
+        current[worker] = i
+        time.sleep(0.001)
+        try:
+            if i % 4 == 3:
+                store.unreserve(job)
+            else:
+                store.settle(job, 5, 5, QuotaEvent.JOB_COMPLETED, agent_id="agent")
+        except NotFoundError:  # expired by the dispatcher-like process: settle charges
+            pass
+        ended += 1
+    store.close()
+    out.put(ended)
+
+
+def _keep_or_expire(url: str, worker: int, workers: int, current: Any, out: Any) -> None:
+    """Extend the workers' jobs as they are ended (the one held and the one before);
+    the last process expires them too, as a dispatcher a dead attempt's."""
+    store = open_allowance_store(url)
+    rng = random.Random(worker)
+    calls = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and min(current[w] for w in range(workers)) < 10**6:
+        for w in range(workers):
+            i = current[w]
+            job = f"w{w}-{max(0, i - rng.choice([0, 0, 1]))}"
+            try:
+                if worker == 0 and rng.random() < 0.3:
+                    store.expire(job)
+                else:
+                    store.extend(job)
+            except NotFoundError:
+                pass
+            calls += 1
+    store.close()
+    out.put(calls)
+
+
+def test_extends_racing_settles_and_expiries_bring_back_no_reservation(shared_url: str) -> None:
+    """Extends racing settles, unreserves and expiries (OS processes) leave nothing held."""
+    store = open_allowance_store(shared_url)
+    store.set_allowance(AgentAllowance(agent_id="agent", concurrent_jobs=4))
+    workers, cycles = 3, 150
+    current = SPAWN.Array("q", [-1] * workers)
+    out, kept = SPAWN.Queue(), SPAWN.Queue()
+    holders = [
+        SPAWN.Process(target=_hold_and_end, args=(shared_url, w, cycles, current, out))
+        for w in range(workers)
+    ]
+    keepers = [
+        SPAWN.Process(target=_keep_or_expire, args=(shared_url, k, workers, current, kept))
+        for k in range(2)
+    ]
+    for p in holders + keepers:
+        p.start()
+    ended = [out.get(timeout=120) for _ in holders]
+    for w in range(workers):
+        current[w] = 10**6  # the keepers stop
+    calls = [kept.get(timeout=60) for _ in keepers]
+    for p in holders + keepers:
+        p.join(30)
+        assert p.exitcode == 0
+    assert sum(ended) > 0 and min(calls) > 0
+    usage = store.get_usage("agent")
+    assert (usage.active_jobs, usage.tokens_reserved) == (0, 0)
+    for w in range(workers):
+        for i in range(cycles):
+            with pytest.raises(NotFoundError):
+                store.extend(f"w{w}-{i}")
+    assert store.get_usage("agent").active_jobs == 0
     store.close()
