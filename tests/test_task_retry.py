@@ -319,3 +319,14 @@ def test_a_blocked_task_names_only_failed_tasks_whatever_the_retries(
             break
         _blockers_are_failed(store)
     assert store.counts()[COMPLETED] == len(ids), store.counts()
+
+
+def test_counts_at_their_bound_stay_exact_through_a_failure_and_a_retry(store: TaskStore) -> None:
+    """A retry count and a rerun count reaching 2**50 are stored exactly (Redis wrote 1.1e+15)."""
+    new(store, "t", max_retries=2**50, retry_count=2**50 - 1, reruns=2**50 - 1)
+    store.claim("t", "a1", 30, job_id="j1")
+    store.complete("t", TaskResult(success=False, error_message="boom"), job_id="j1")
+    assert store.get("t").retry_count == 2**50
+    store.update("t", TaskUpdate(status=FAILED, fail_reason="cancelled"))
+    assert store.retry("t").task.reruns == 2**50
+    assert store.get("t").reruns == 2**50

@@ -212,7 +212,7 @@ end
 -- A real failure: one more retry counted; past max_retries the dead letter.
 -- retry_at is a num() string or ''; result is TaskResult JSON or nil (keep).
 local function failed_attempt(t, now, reason, retry_at, result)
-  t.retry_count = tostring(tonumber(t.retry_count) + 1)
+  t.retry_count = num(tonumber(t.retry_count) + 1)
   t.last_attempt = num(now)
   if result then
     t.result = result

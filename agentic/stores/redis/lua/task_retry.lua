@@ -21,7 +21,7 @@ t.status = #blockers > 0 and 'blocked' or 'pending'
 t.blockers = encode_list(blockers)
 t.retry_count, t.last_attempt, t.next_attempt_at = '0', '', ''
 t.fail_reason, t.result, t.progress, t.job_id = '', '', '0', ''
-t.reruns = tostring(tonumber(t.reruns or '0') + 1)
+t.reruns = num(tonumber(t.reruns or '0') + 1)
 t.updated_at = num(now)
 save(t, 'failed')
 local events = {}
