@@ -134,9 +134,10 @@ class LostClaims:
         task_dispatched). Only for servers that withdraw (a read back checked it
         otherwise).
 
-        Withdraw answers "made" for a task that became final meanwhile whatever that
-        claim's fate (its reservation is then left to expire rather than taken back
-        from a job that may have run): no claim is made up for it. A task still open
+        Withdraw answers "made" for a task completed meanwhile whatever that claim's
+        fate (its reservation is then left to expire rather than taken back from a
+        job that may have run), and for a failed one when the claim was made and
+        replaced or given back since: no claim is made up for it. A task still open
         that no longer carries the job id was claimed under it and given back or
         claimed again since (withdraw knows: the job id is retired as made), so it is
         announced. A task that cannot be read back is taken at the server's word.

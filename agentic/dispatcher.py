@@ -210,7 +210,8 @@ class Dispatcher:
         exceptions: :class:`ClaimUnknownError`, the claim may have been made, so its
         reservation stays until a later :meth:`run_once` finds out (or it expires); and
         the :class:`ConflictError` of a claim whose answer was lost and whose task
-        became final meanwhile, whose reservation is left to expire.
+        became final meanwhile under another claim or none (completed, or failed
+        after that claim was made), whose reservation is left to expire.
         """
         self._forget_previous_attempt(task)
         index = agents if agents is not None else self._index()[0]
@@ -609,6 +610,9 @@ class Dispatcher:
     def _update(self, task: Task, update: TaskUpdate) -> bool:
         try:
             self.client.update_task(task.id, update)
+        except ConflictError as exc:  # it ended meanwhile (cancelled, say): nothing to record
+            log.info("failure of task %s not recorded: %s", task.id, exc.message)
+            return False
         except APIError as exc:
             self.errors += 1
             log.error("could not record the failure of task %s: %s", task.id, exc)

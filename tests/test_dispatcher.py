@@ -371,8 +371,7 @@ def test_claim_that_never_arrived_is_unreserved(system: System) -> None:
 
 
 def test_a_lost_claim_of_a_task_failed_meanwhile_is_not_announced(system: System) -> None:
-    """A lost claim whose task was dead-lettered meanwhile is "made" as far as withdraw
-    knows (its reservation left to expire) but no claim nobody holds is announced."""
+    """A lost claim of a task cancelled meanwhile is not made: given back, not announced."""
     system.agent("a")
     task = system.task("t")
     client = silent(system, reach_server=False)
@@ -386,10 +385,17 @@ def test_a_lost_claim_of_a_task_failed_meanwhile_is_not_announced(system: System
     client.claim_task = dead_letter_then_claim  # type: ignore[method-assign]
     report = system.dispatcher.run_once()
     assert task.id not in report.dispatched
-    assert "became failed under another claim or none" in report.waiting[task.id]
+    # withdraw knows it was not made, and it never will be (not after a retry either)
+    assert "no answer" in report.failed[task.id]
     assert not system.events.of(EventType.TASK_CLAIMED)
     assert not system.events.of(EventType.TASK_DISPATCHED)
-    assert system.quota.get_usage("a").active_jobs == 1  # left to expire, not taken back
+    assert system.quota.get_usage("a").active_jobs == 0  # given back at once
+    failed = system.tasks.get(task.id)
+    assert (failed.status, failed.retry_count, failed.fail_reason) == (
+        TaskStatus.FAILED,
+        0,
+        "obsolete",
+    )  # its failure not recorded on the cancelled task
 
 
 def test_a_lost_claim_made_then_released_is_still_dispatched(system: System) -> None:

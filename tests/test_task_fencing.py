@@ -277,8 +277,7 @@ def retired_records(store: TaskStore, task_id: str) -> int:
     return int(sync(store._client.hlen(store._keys.retired_head + task_id)))
 
 
-@pytest.mark.parametrize("final", ["complete", "dead letter"])
-def test_a_final_task_forgets_its_retired_job_ids(store: TaskStore, final: str) -> None:
+def test_a_completed_task_forgets_its_retired_job_ids(store: TaskStore) -> None:
     """Once no claim of a task can be made, its retired job ids are dropped, and a
     withdraw of it adds none and answers "made" (the safe side: nothing given back)."""
     task = store.create(Task(title="t", max_retries=1))
@@ -287,10 +286,7 @@ def test_a_final_task_forgets_its_retired_job_ids(store: TaskStore, final: str) 
     assert store.withdraw_claim(task.id, "lost") is False
     assert retired_records(store, task.id) == 2
     store.claim(task.id, "a1", 10, job_id="job-2")
-    if final == "complete":
-        store.complete(task.id, OK, "a1", job_id="job-2")
-    else:
-        store.update(task.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="given up"))
+    store.complete(task.id, OK, "a1", job_id="job-2")
     assert retired_records(store, task.id) == 0
     # unknown once pruned: "made", so the caller lets the reservation expire instead
     # of taking back one a job that ran may still settle
@@ -300,3 +296,31 @@ def test_a_final_task_forgets_its_retired_job_ids(store: TaskStore, final: str) 
     assert retired_records(store, task.id) == 0
     with pytest.raises(ConflictError):
         store.claim(task.id, "a1", 10, job_id="late")
+
+
+@pytest.mark.parametrize("failure", ["dead letter", "cancel"])
+def test_a_failed_task_keeps_its_retired_job_ids_for_its_retry(
+    store: TaskStore, failure: str
+) -> None:
+    """A failed task can be retried: every job id retired before still cannot claim it."""
+    task = store.create(Task(title="t", max_retries=1))
+    store.claim(task.id, "a1", 10, job_id="job-1")
+    store.complete(task.id, FAIL, "a1", job_id="job-1")  # a retry counted, pending
+    assert store.withdraw_claim(task.id, "lost") is False  # its reservation given back
+    store.claim(task.id, "a1", 10, job_id="job-2")
+    store.release(task.id, "a1", job_id="job-2")
+    store.claim(task.id, "a1", 10, job_id="job-3")
+    if failure == "dead letter":
+        store.complete(task.id, FAIL, "a1", job_id="job-3")
+    else:
+        store.update(task.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))
+    assert store.get(task.id).status == TaskStatus.FAILED
+    # a lost claim of the failed task: not made, and never will be (given back)
+    assert store.withdraw_claim(task.id, "late") is False
+    for made in ("job-1", "job-2", "job-3"):
+        assert store.withdraw_claim(task.id, made) is True
+    assert store.retry(task.id).task.status == TaskStatus.PENDING
+    for job in ("job-1", "lost", "job-2", "job-3", "late"):
+        with pytest.raises(ConflictError, match="already had its attempt or was withdrawn"):
+            store.claim(task.id, "a1", 10, job_id=job)
+    assert store.claim(task.id, "a1", 10, job_id="job-4").job_id == "job-4"

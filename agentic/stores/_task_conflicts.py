@@ -50,10 +50,12 @@ def claim_repeat(task: Task, agent_id: str, job_id: str) -> bool:
 
 def made_as_far_as_known(task: Task, job_id: str) -> bool:
     """What ``TaskStore.withdraw_claim`` answers from the task alone: made when the task
-    carries the job id, or when it is final (no claim can land any more, its retired
-    ids are dropped, and "made" lets the reservation expire instead of taking back one
-    a job that ran may still settle). Otherwise the store's retired ids decide."""
-    return task.job_id == job_id or task.status in FINAL
+    carries the job id, or when it is completed (no claim can land any more, its
+    retired ids are dropped, and "made" lets the reservation expire instead of taking
+    back one a job that ran may still settle). Otherwise the store's retired ids
+    decide: a failed task keeps them, since an operator's retry makes it claimable
+    again."""
+    return task.job_id == job_id or task.status == TaskStatus.COMPLETED
 
 
 def require_fresh_job(task: Task, job_id: str, retired: bool) -> None:

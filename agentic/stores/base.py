@@ -544,9 +544,10 @@ class TaskStore(Closeable):
       id: the attempt's own reports settle its quota); otherwise the job id can never
       claim the task from then on, and False (its reservation is the caller's to
       give back). A claim still travelling to the store is thereby refused. On a
-      completed or failed task (no claim can land; its retired ids are dropped)
-      the answer is True: the caller lets the reservation expire rather than take
-      back one a job that ran may still settle.
+      completed task (no claim can land; its retired ids are dropped) the answer
+      is True: the caller lets the reservation expire rather than take back one a
+      job that ran may still settle. A failed task keeps its retired ids (a retry
+      makes it claimable again), so it answers as an unfinished one.
     * ``renew(task_id, agent_id, lease_seconds, job_id=None)``: extends the lease of
       a task held by ``agent_id``; :class:`ConflictError` if someone else (or nobody)
       holds it.

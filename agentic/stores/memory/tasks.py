@@ -65,8 +65,9 @@ class MemoryTaskStore(TaskStore):
             if recorded:
                 self._events.append(recorded)
         self._tasks[task.id] = task
-        if task.status in rules.FINAL:
-            self._retired.pop(task.id, None)  # no claim of it can be made any more
+        if task.status == TaskStatus.COMPLETED:
+            # No claim of it can be made any more (a failed task can be retried).
+            self._retired.pop(task.id, None)
         if task.status == TaskStatus.IN_PROGRESS and task.lease_expires_at is not None:
             heapq.heappush(self._leases, (task.lease_expires_at.timestamp(), task.id))
         return task.model_copy(deep=True)

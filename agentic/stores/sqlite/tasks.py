@@ -241,7 +241,7 @@ class SQLiteTaskStore(TaskStore):
     @staticmethod
     def _save(conn: sqlite3.Connection, task: Task) -> Task:
         conn.execute(_UPDATE, [*_values(task), task.id])
-        if task.status in rules.FINAL:  # no claim of it can be made any more
+        if task.status == TaskStatus.COMPLETED:  # no claim of it can be made any more
             conn.execute("DELETE FROM task_retired_jobs WHERE task_id = ?", (task.id,))
         return task
 

@@ -164,8 +164,6 @@ end
 -- Store t and keep the status index, the claims index, the ready / waiting split
 -- and the lease set in step with it. A task enters and leaves in_progress only here; while in progress its
 -- claimed_by does not change (a claim needs a pending task), nor does a priority.
-local FINAL = {completed = true, failed = true}
-
 local function save(t, old_status)
   local rank = RANK[t.priority]
   if old_status == 'in_progress' and t.status ~= 'in_progress' then
@@ -183,8 +181,9 @@ local function save(t, old_status)
   if t.status == 'completed' and old_status ~= 'completed' then
     promote_dependents(t.id)  -- after the HSET: they read t's status as stored
   end
-  if FINAL[t.status] and not FINAL[old_status or ''] then
-    redis.call('DEL', HEAD.retired .. t.id)  -- no claim of it can be made any more
+  if t.status == 'completed' and old_status ~= 'completed' then
+    -- no claim of it can be made any more (a failed task can be retried: kept)
+    redis.call('DEL', HEAD.retired .. t.id)
   end
   if old_status ~= t.status then
     if old_status then

@@ -8,8 +8,8 @@ if not t then
   return {'missing'}
 end
 local job = ARGV[BASE + 2]
--- _tasks.made_as_far_as_known: the task carries the job id, or it is final.
-if (t.job_id or '') == job or FINAL[t.status] then
+-- _tasks.made_as_far_as_known: the task carries the job id, or it is completed.
+if (t.job_id or '') == job or t.status == 'completed' then
   return {'made'}
 end
 retire(t.id, job, '0')
