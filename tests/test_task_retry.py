@@ -4,7 +4,9 @@ tasks its failure blocked made pending again, in one atomic step."""
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from agentic.errors import ConflictError, NotFoundError
 from agentic.events import EventType
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.stores import open_task_store
 from agentic.stores.base import EventLog, TaskStore
 from tests.conftest import Backend
 from tests.test_task_events import recorded, recording_store
@@ -330,3 +333,56 @@ def test_counts_at_their_bound_stay_exact_through_a_failure_and_a_retry(store: T
     store.update("t", TaskUpdate(status=FAILED, fail_reason="cancelled"))
     assert store.retry("t").task.reruns == 2**50
     assert store.get("t").reruns == 2**50
+
+
+def _one_step(store: TaskStore, op: str, pick: float, step: int, deps: list[str]) -> Any:
+    ids = sorted((t.id for t in store.list(limit=1000)), key=lambda i: int(i[1:]))
+    task_id = ids[int(pick * len(ids))] if ids else "none"
+    ready = sorted(t.id for t in store.list(status=PENDING, ready=True))
+    failed = sorted(t.id for t in store.list(status=FAILED))
+    try:
+        if op == "create":
+            task = new(store, f"t{step}", dependencies=deps, max_retries=0)
+            return (task.status, task.blockers)
+        if op == "cancel":
+            task = store.update(task_id, TaskUpdate(status=FAILED, fail_reason="cancelled"))
+            return (task.status, task.blockers)
+        if op in ("fail", "run"):
+            task_id = ready[int(pick * len(ready))] if ready else task_id
+            store.claim(task_id, "a1", 30, job_id=f"j{step}")
+            result = TaskResult(success=op == "run", error_message="boom")
+            return (store.complete(task_id, result, job_id=f"j{step}").status,)
+        retried = store.retry(failed[int(pick * len(failed))] if failed else task_id)
+        return (retried.task.status, retried.task.blockers, retried.unblocked)
+    except (ConflictError, NotFoundError) as exc:
+        return ("refused", type(exc).__name__)
+
+
+@pytest.mark.slow
+def test_the_backends_agree_on_every_retry(redis_server: Any, tmp_path: Path) -> None:
+    """Random cancels, dead letters, retries and runs: memory, SQLite and Redis (the Lua)
+    answer alike and hold the same tasks, blockers in the same order, after every step."""
+    for seed in range(6):
+        prefix = f"agree{uuid.uuid4().hex[:8]}"
+        stores = {
+            "memory": open_task_store("memory://"),
+            "sqlite": open_task_store(f"sqlite:///{tmp_path / f'{seed}.db'}"),
+            "redis": open_task_store(f"{redis_server.url}?prefix={prefix}"),
+        }
+        rng = random.Random(seed)
+        ids: list[str] = []
+        for step in range(70):
+            op = rng.choice(["create"] * 3 + ["cancel"] * 2 + ["fail", "retry", "retry", "run"])
+            pick = rng.random()
+            deps = rng.sample(ids[-6:], k=min(len(ids[-6:]), rng.choice([0, 1, 1, 2])))
+            answers = {name: _one_step(s, op, pick, step, deps) for name, s in stores.items()}
+            if op == "create":
+                ids.append(f"t{step}")
+            assert answers["memory"] == answers["sqlite"] == answers["redis"], (seed, step, op)
+            held = {
+                name: [(t.id, t.status, t.blockers, t.reruns) for t in s.list(limit=1000)]
+                for name, s in stores.items()
+            }
+            assert held["memory"] == held["sqlite"] == held["redis"], (seed, step, op)
+        for made in stores.values():
+            made.close()
