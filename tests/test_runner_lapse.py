@@ -143,6 +143,35 @@ def test_a_lapsed_runner_cancels_unreported_takes_nothing_then_resumes(
     assert any("renewed again after" in r.getMessage() for r in caplog.records)
 
 
+def test_a_runner_stopped_while_lapsed_leaves_its_claims_and_entry(system: System) -> None:
+    """Stopped while lapsed (the registry still out of reach): nothing is given back,
+    reported or settled, the registry entry stays (it may be another runner's), and
+    the stop takes no longer than the handlers' cancel grace."""
+    system.registry = registry = OutageRegistry()
+    system.dispatcher.registry = registry
+    seen: list[str] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.cancel_event.wait(10)
+        seen.append(ctx.cancel_reason)
+        raise TaskCancelled(ctx.cancel_reason)
+
+    runner = system.started(handler, id_lease=LEASE, cancel_grace=GRACE)
+    task = system.submit()
+    wait_for(lambda: runner.load == 1)
+    registry.down.set()
+    wait_for(lambda: runner.lapsed and runner.load == 0, timeout=LEASE + 1)
+    began = time.monotonic()
+    runner.stop()
+    assert time.monotonic() - began < 2.0
+    assert len(seen) == 1 and "id lease ran out unrenewed" in seen[0]
+    current = system.tasks.get(task.id)
+    assert (current.status, current.claimed_by) == (TaskStatus.IN_PROGRESS, AGENT)
+    assert runner.completed == runner.failed == runner.released == 0
+    assert system.quota.get_usage(AGENT).active_jobs == 1
+    assert AGENT in {agent.id for agent in registry.list()}
+
+
 class Unreachable(AgentRegistry):
     """Another registry, seen through a link that can be cut: while ``down`` is set
     every call raises :class:`StoreUnavailableError`, as a store out of reach."""

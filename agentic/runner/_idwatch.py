@@ -98,6 +98,14 @@ class IdWatch:
         self._lapsed_at = 0.0
         self._last_error: Exception | None = None
 
+    def lapsing(self) -> bool:
+        """Whether the lease lapsed, or is due to (the watch about to say so: no
+        work may start meanwhile)."""
+        renewed = self.lease.renewed_at
+        if self.lapsed.is_set():
+            return True
+        return renewed is not None and time.monotonic() >= renewed + self.lease.ttl - self.margin
+
     def renew(self) -> bool:
         """Renew the lease (on the heartbeat thread: a hanging task API cannot delay
         it); False once another runner holds it. A registry that fails is logged and

@@ -249,7 +249,7 @@ class AgentRunner:
     @property
     def lapsed(self) -> bool:
         """Whether the agent takes no work now, its id lease not renewed in time."""
-        return self.id_watch.lapsed.is_set()
+        return self.id_watch.lapsing()
 
     def _no_work(self) -> bool:
         return self.paused or self.lapsed
@@ -456,7 +456,7 @@ class AgentRunner:
                 continue
             paused = self.paused
             with self._lock:
-                if self._displaced.is_set() or self.lapsed:
+                if self._no_id():
                     return  # another runner has (or may have) this agent id: its tasks
                 running = self._attempts.get(task.id)
                 if running is not None and running.key != key:
