@@ -48,6 +48,9 @@ class Stop(StrEnum):
     #: another runner took this agent's id lease: its tasks are that runner's now,
     #: so nothing is reported or charged here
     DISPLACED = "displaced"
+    #: this runner's id lease ran out unrenewed (the registry out of reach): another
+    #: runner may take the id and these claims, so nothing is reported or charged here
+    LAPSED = "lapsed"
 
 
 class Report(StrEnum):
@@ -158,7 +161,7 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
     """Turn how the handler ended (or did not) into what to report."""
     timed_out = f"timed out after {max_job_duration or 0:g} s"
     kind = attempt.stop_kind
-    if kind in (Stop.LOST, Stop.DISPLACED):
+    if kind in (Stop.LOST, Stop.DISPLACED, Stop.LAPSED):
         return Outcome(Report.NOTHING, TaskResult(success=False), attempt.ctx.cancel_reason)
     if not attempt.done.is_set():
         if kind is Stop.TIMEOUT:
