@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._signals import stop_on_signals
+from .._signals import StopFirst, stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..config import HEARTBEAT_INTERVAL
@@ -28,10 +28,10 @@ from ._allowed import Allowed
 from ._attempt import (
     Attempt,
     Outcome,
+    RenewalLength,
     Report,
     Stop,
     attempt_key,
-    claim_lease,
     decide,
     describe,
 )
@@ -62,13 +62,8 @@ _LOAD_BEAT_SPACING = 0.1
 _WATCH_CHUNK = 2.0
 # Agent errors in a row on one task after which it is failed, not given back again.
 _MAX_AGENT_ERRORS = 3
-# Seconds a lease lasts when neither the runner nor the claim says (the server's default).
-_DEFAULT_LEASE = 300.0
 # Seconds between looks at "displaced" while the poll loop waits out a backoff.
 _DISPLACED_CHECK = 0.2
-# Seconds a lease is renewed for when the claim's own is too short to renew safely
-# (two renewals or less): three renewals, 15 s at the default heartbeat_interval.
-_SAFE_RENEWALS = 3
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -211,8 +206,10 @@ class AgentRunner:
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
-        self._short_lease_told = False
+        #: how long each renewal of a task's lease asks for
+        self._lease_ttl = RenewalLength(lease_seconds, heartbeat_interval)
         self._thread: threading.Thread | None = None
+        self._signals: StopFirst | None = None  # start()'s, when it handles signals
         #: the agent id's lease in the registry: one runner per agent id
         self._id = IdLease(
             registry, info.id, runner_id_lease(heartbeat_interval, id_lease, cancel_grace)
@@ -266,13 +263,7 @@ class AgentRunner:
         self._ran = True
         stop = stop or self._own_stop
         self._open_journal()
-        restore = stop_on_signals(
-            stop,
-            f"finishing held tasks (up to {self.grace_period:g} s), then stopping;"
-            " a second signal gives them back at once",
-            hurry=self._hurry,
-            hurry_what="skipping the grace period: running tasks are cancelled and given back now",
-        )
+        restore = stop_on_signals(stop, **self._signal_words())
         try:
             # One runner per agent id: wait while another one runs it.
             if not self._id.acquire(stop, self.heartbeat_interval, self._error):
@@ -325,14 +316,36 @@ class AgentRunner:
             for thread in maintenance:
                 thread.join()
 
-    def start(self) -> None:
-        """Run in a background thread; ``stop()`` ends it."""
-        if self._thread is not None:
-            raise ConfigError("this runner was started already")
+    def _signal_words(self) -> dict[str, Any]:
+        return {
+            "what": f"finishing held tasks (up to {self.grace_period:g} s), then stopping;"
+            " a second signal gives them back at once",
+            "hurry": self._hurry,
+            "hurry_what": "skipping the grace period: running tasks are cancelled and"
+            " given back now",
+        }
+
+    def start(self, *, signals: bool = True) -> None:
+        """Run in a background thread; ``stop()`` ends it. Called from the main thread
+        of a program that left SIGTERM / SIGINT at their defaults (and ``signals``),
+        they stop the runner first, as in ``run``, then take their usual effect (the
+        process ends; Ctrl-C raises KeyboardInterrupt)."""
+        if self._thread is not None or self._own_stop.is_set():
+            raise ConfigError("this runner was started or stopped already; create a new one")
+        self._signals = StopFirst(self._own_stop, **self._signal_words()) if signals else None
+        if self._signals is not None:
+            self._signals.install()
         self._thread = threading.Thread(
-            target=self.run, args=(self._own_stop,), name="agentic-runner", daemon=True
+            target=self._run_started, name="agentic-runner", daemon=True
         )
         self._thread.start()
+
+    def _run_started(self) -> None:
+        try:
+            self.run(self._own_stop)
+        finally:
+            if self._signals is not None:
+                self._signals.ended()
 
     def stop(self, timeout: float | None = None, *, now: bool = False) -> None:
         """Ask the runner to stop (unless ``run`` was given its own event); wait for the
@@ -343,6 +356,8 @@ class AgentRunner:
         self._own_stop.set()
         if self._thread is not None:
             self._thread.join(timeout if timeout is not None else self._shutdown_bound())
+            if self._signals is not None and not self._thread.is_alive():
+                self._signals.restore()
 
     def _shutdown_bound(self) -> float:
         return self.grace_period + self.cancel_grace + self.reporter.bound() + 30.0
@@ -487,35 +502,6 @@ class AgentRunner:
         log.info("task %s (%s): started", task.id, task.title)
         self._threads.run(f"agentic-task-{task.id}", functools.partial(self._supervise, attempt))
         self._wake.set()
-
-    def _lease_ttl(self, task: Task) -> float:
-        """How long the task's lease lasts from a claim or renewal, the length every
-        renewal sends: ours (``lease_seconds``), else the claim's own (the
-        dispatcher's, or the server's default), else the server's shipped default. A
-        claim's lease too short to renew safely (twice ``heartbeat_interval`` or
-        less: one late renewal would lose it) is renewed for three heartbeat
-        intervals instead (15 s by default), said once per runner."""
-        if self.lease_seconds is not None:
-            return self.lease_seconds
-        claimed = claim_lease(task)
-        if claimed is None:
-            return _DEFAULT_LEASE
-        if claimed > 2 * self.heartbeat_interval:
-            return claimed
-        safe = _SAFE_RENEWALS * self.heartbeat_interval
-        if not self._short_lease_told:
-            self._short_lease_told = True
-            log.warning(
-                "task %s was claimed with a lease of %g s, too short to renew safely every"
-                " %g s: its lease (and every such claim's) is renewed for %g s instead."
-                " Give the dispatcher a longer dispatcher.lease_seconds, or set"
-                " agent.lease_seconds. (Said once.)",
-                task.id,
-                claimed,
-                self.heartbeat_interval,
-                safe,
-            )
-        return safe
 
     def _remember(self, key: tuple[str, str, str]) -> None:
         self._seen[key] = None
