@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
-__all__ = ["late_signals_logged", "stop_on_signals"]
+__all__ = ["StopFirst", "late_signals_logged", "stop_on_signals"]
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: seconds within which the same signal again is one delivery, not a second signal:
@@ -21,6 +23,38 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _ECHO = 0.2
 
 log = logging.getLogger("agentic")
+
+
+class _Requests:
+    """A signal handler counting stop requests: the first sets ``stop``, a second
+    (either signal; the same one within ``_ECHO`` seconds is the first one delivered
+    twice) sets ``hurry``, later ones are logged and change nothing."""
+
+    def __init__(
+        self, stop: threading.Event, what: str, hurry: threading.Event | None, hurry_what: str
+    ) -> None:
+        self.stop, self.what, self.hurry, self.hurry_what = stop, what, hurry, hurry_what
+        self.received = 0
+        self.first: tuple[int, float] = (0, -math.inf)  # the first signal and when it came
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        # Only sets events and logs: it runs between two bytecodes of the main thread,
+        # which may hold any lock of ours at that moment.
+        now = time.monotonic()
+        if self.received == 1 and self.first[0] == signum and now - self.first[1] < _ECHO:
+            log.debug("signal %d again at once: the same request, delivered twice", signum)
+            return
+        self.received += 1
+        if self.received == 1:
+            self.first = (signum, now)
+        if self.received == 1 or not self.stop.is_set():
+            log.info("signal %d: %s", signum, self.what)
+            self.stop.set()
+        elif self.hurry is not None and not self.hurry.is_set():
+            log.warning("signal %d again: %s", signum, self.hurry_what or "stopping now")
+            self.hurry.set()
+        else:
+            log.info("signal %d again: already stopping", signum)
 
 
 def stop_on_signals(
@@ -33,38 +67,15 @@ def stop_on_signals(
     """Make SIGTERM/SIGINT set ``stop``; returns how to put the old handlers back.
 
     ``what`` says in the log what happens next (e.g. "stopping after this pass").
-    A second signal (either of the two; the same one within ``_ECHO`` seconds is the
-    first one delivered twice) sets ``hurry`` when given, and logs ``hurry_what``
-    (what is cut short); later ones are logged and change nothing.
+    A second signal sets ``hurry`` when given, and logs ``hurry_what`` (what is cut
+    short); later ones are logged and change nothing (see ``_Requests``).
 
     Signal handlers can only be installed from the main thread; elsewhere the
     caller's ``stop`` event is the only way to end the loop.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    received = 0
-    first: tuple[int, float] = (0, -math.inf)  # the first signal and when it came
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        # Only sets events and logs: it runs between two bytecodes of the main thread,
-        # which may hold any lock of ours at that moment.
-        nonlocal received, first
-        now = time.monotonic()
-        if received == 1 and first[0] == signum and now - first[1] < _ECHO:
-            log.debug("signal %d again at once: the same request, delivered twice", signum)
-            return
-        received += 1
-        if received == 1:
-            first = (signum, now)
-        if received == 1 or not stop.is_set():
-            log.info("signal %d: %s", signum, what)
-            stop.set()
-        elif hurry is not None and not hurry.is_set():
-            log.warning("signal %d again: %s", signum, hurry_what or "stopping now")
-            hurry.set()
-        else:
-            log.info("signal %d again: already stopping", signum)
-
+    handler = _Requests(stop, what, hurry, hurry_what)
     previous = {sig: signal.signal(sig, handler) for sig in _SIGNALS}
 
     def restore() -> None:
@@ -72,6 +83,62 @@ def stop_on_signals(
             signal.signal(sig, old)
 
     return restore
+
+
+class StopFirst:
+    """SIGTERM/SIGINT for a loop in a background thread of a program that left them
+    at their defaults: they stop the loop first (as ``stop_on_signals``), and once it
+    has ended, the signal that stopped it takes its usual effect (the process ends;
+    Ctrl-C raises KeyboardInterrupt in the main thread). Without this, SIGTERM ends
+    such a program at once, its loop's shutdown never run.
+
+    ``install`` from the main thread (elsewhere it does nothing), and only where the
+    program set no handler of its own; ``ended`` from any thread when the loop is
+    done; ``restore`` (main thread) puts the defaults back.
+    """
+
+    def __init__(
+        self,
+        stop: threading.Event,
+        what: str,
+        *,
+        hurry: threading.Event | None = None,
+        hurry_what: str = "",
+    ) -> None:
+        self._requests = _Requests(stop, what, hurry, hurry_what)
+        self._previous: dict[int, Any] = {}  # the signals handled here -> their default
+        self._ended = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _SIGNALS:
+            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def ended(self) -> None:
+        """The loop is done: the signal that stopped it, if one did, acts now."""
+        self._ended = True
+        if self._requests.received:
+            os.kill(os.getpid(), self._requests.first[0])  # handled in the main thread
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, old in self._previous.items():
+            if signal.getsignal(sig) == self._handle:  # not replaced since
+                signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if not self._ended:
+            self._requests(signum, frame)
+            return
+        default = self._previous.get(signum, signal.SIG_DFL)
+        signal.signal(signum, default)
+        if default is signal.SIG_DFL:
+            os.kill(os.getpid(), signum)  # the default action: the process ends
+        elif callable(default):
+            default(signum, frame)  # default_int_handler: KeyboardInterrupt
 
 
 @contextlib.contextmanager

@@ -70,6 +70,7 @@ from .errors import (
 )
 from .events import Event, EventEmitter, EventType, transition_id
 from .models import Task, TaskStatus, TaskUpdate
+from .quota import never_fits
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores.base import AgentRegistry, hold_lease_or_take_over, new_lease_holder
@@ -293,12 +294,48 @@ class Dispatcher:
         each = [f"{agent}: {exc.reason}" for agent, exc in refusals]
         reasons = "; ".join(each)
         waits = [exc.retry_after for _a, exc in refusals if exc.retry_after is not None]
-        self._emit_waiting(
-            EventType.DISPATCH_FAILED_QUOTA, task, {"reasons": reasons}, frozenset(each)
-        )
+        payload = {"reasons": reasons}
+        if self._told.get(task.id) != (EventType.DISPATCH_FAILED_QUOTA, frozenset(each)):
+            never = self._never(task, [agent for agent, _exc in refusals])
+            if never:
+                payload["never"] = never
+                log.warning(
+                    "task %s can never be dispatched as the allowances stand (%s): raise a"
+                    " limit (agentic allowance set) or lower the task's estimated_tokens",
+                    task.id,
+                    never,
+                )
+        self._emit_waiting(EventType.DISPATCH_FAILED_QUOTA, task, payload, frozenset(each))
         raise QuotaExceededError(
             f"no eligible agent has quota for it ({reasons})", min(waits) if waits else None
         )
+
+    def _never(self, task: Task, agents: list[str]) -> str:
+        """Why none of ``agents`` could take the task even on a day with nothing used
+        (its size or its model, see ``quota.never_fits``), or "" when one could after
+        a reset or a settle, or that cannot be told. Read only when a task's refusals
+        change: a few store reads, told once."""
+        store = self.allowance.store
+        try:
+            quota = store.get_model_quota(task.model) if task.model else None
+        except NotFoundError:
+            quota = None
+        except AgenticError:
+            return ""
+        why = []
+        for agent_id in agents:
+            try:
+                allowance = store.get_allowance(agent_id)
+            except NotFoundError:
+                why.append(f"{agent_id}: it has no allowance")
+                continue
+            except AgenticError:
+                return ""
+            never = never_fits(allowance, quota, task.model, task.estimated_tokens)
+            if never is None:
+                return ""
+            why.append(f"{agent_id}: {never}")
+        return "; ".join(why)
 
     def _emit_waiting(
         self, kind: EventType, task: Task, payload: dict[str, str], reasons: frozenset[str]

@@ -8,11 +8,13 @@ All times are timezone-aware UTC ``datetime`` objects; durations are seconds.
 
 from __future__ import annotations
 
+import difflib
+import functools
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 __all__ = [
     "AgentAllowance",
@@ -70,6 +72,42 @@ class _Model(BaseModel):
     # Unknown JSON fields from newer peers are ignored rather than rejected, so an
     # older SDK keeps talking to a newer server.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        # A keyword given to the constructor is code, not a newer peer's field: a typo
+        # there (AgentAllowance(daily_tokens=5) for daily_token_limit) would silently
+        # leave the limit at 0, unlimited. So it is an error, naming the close field.
+        unknown = [name for name in data if name not in _keywords(type(self))]
+        if unknown:
+            raise TypeError(_unexpected(type(self), unknown))
+        super().__init__(**data)
+
+    # Tells pydantic this is its own __init__: validation (JSON from the wire, rows
+    # from a store) does not call it, so parsing stays lenient as said above.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _keywords(model: type[BaseModel]) -> frozenset[str]:
+    """The keywords ``model``'s constructor takes: field names and their aliases."""
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        aliases = field.validation_alias
+        choices = aliases.choices if isinstance(aliases, AliasChoices) else [aliases]
+        names.update(a for a in [field.alias, *choices] if isinstance(a, str))
+    return frozenset(names)
+
+
+def _unexpected(model: type[BaseModel], unknown: list[str]) -> str:
+    fields = sorted(model.model_fields)
+    told = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+        told.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (
+        f"{model.__name__}() got unexpected keyword argument(s) {', '.join(told)};"
+        f" its fields: {', '.join(fields)}"
+    )
 
 
 class TaskStatus(StrEnum):

@@ -63,6 +63,7 @@ __all__ = [
     "decide",
     "estimated_cost",
     "extended_expiry",
+    "never_fits",
     "period_bounds",
     "reservation_ttl",
     "share_of_cost",
@@ -179,6 +180,29 @@ def share_of_cost(full_cost: int, charged: int, total: int) -> int:
     if total <= 0:
         return 0
     return full_cost * charged // total
+
+
+def never_fits(
+    allowance: AgentAllowance, quota: ModelQuota | None, model: str, tokens: int
+) -> str | None:
+    """Why a job of ``tokens`` on ``model`` would be refused even on a day with
+    nothing used yet (its size or model, not today's use), or None when it could
+    pass: such a job waits for a change of allowance or model quota, not for a reset.
+    Used to explain a refusal; ``decide`` is the rule."""
+    if model and allowance.model_allowlist and model not in allowance.model_allowlist:
+        return f"model {model!r} is not in its allowlist"
+    if 0 < allowance.daily_token_limit < tokens:
+        return f"{tokens} tokens exceed its daily token limit of {allowance.daily_token_limit}"
+    if model and quota is not None:
+        if 0 < quota.daily_token_budget < tokens:
+            return (
+                f"{tokens} tokens exceed model {model!r}'s daily token budget of"
+                f" {quota.daily_token_budget}"
+            )
+        cost = estimated_cost(quota, tokens)
+        if 0 < quota.cost_ceiling * 1_000_000 < cost:
+            return f"its estimated cost exceeds model {model!r}'s cost ceiling"
+    return None
 
 
 def agent_status(allowance: AgentAllowance, counters: AgentCounters) -> AllowanceStatus:

@@ -34,6 +34,11 @@ def submit_task(
     """
     if not isinstance(title, str) or not title.strip():
         raise ConfigError("title must not be blank")
+    for name, given in (("labels", labels), ("dependencies", dependencies)):
+        if isinstance(given, str | bytes):
+            # A string is an iterable of its letters: labels="py" would ask for "p" and
+            # "y", which no agent holds, and the task would wait for ever.
+            raise ConfigError(f"{name} must be a list of strings, got {given!r}: use [{given!r}]")
     try:
         task = Task(
             title=title.strip(),

@@ -11,13 +11,14 @@ from agentic.events import Event, EventEmitter, EventType
 from agentic.models import (
     AgentAllowance,
     AllowanceStatus,
+    ModelQuota,
     QuotaEvent,
     Reservation,
     Settlement,
     UsageRecord,
     UsageReport,
 )
-from agentic.quota import DAY
+from agentic.quota import DAY, never_fits
 from agentic.stores.memory import MemoryAllowanceStore
 from agentic.testing import FakeClock
 from tests.conftest import Backend
@@ -306,3 +307,36 @@ def test_failing_emitter_does_not_fail_the_reservation() -> None:
     svc.reserve("a1", "", 9, "j1")
     assert svc.emit_failures == 1
     assert store.get_usage("a1").active_jobs == 1
+
+
+@pytest.mark.parametrize(
+    ("allowance", "quota", "model", "tokens", "why"),
+    [
+        (AgentAllowance(agent_id="a", daily_token_limit=500), None, "", 1_000, "exceed its daily"),
+        (AgentAllowance(agent_id="a", daily_token_limit=500), None, "", 500, None),
+        (AgentAllowance(agent_id="a", model_allowlist=["m1"]), None, "m2", 1, "allowlist"),
+        (
+            AgentAllowance(agent_id="a"),
+            ModelQuota(model="m", daily_token_budget=9),
+            "m",
+            10,
+            "budget",
+        ),
+        (
+            AgentAllowance(agent_id="a"),
+            ModelQuota(model="m", cost_ceiling=1, input_price=2_000_000),
+            "m",
+            1,
+            "cost ceiling",
+        ),
+        (AgentAllowance(agent_id="a"), ModelQuota(model="m", cost_ceiling=1), "m", 10**6, None),
+    ],
+    ids=["tokens", "tokens-fit", "allowlist", "budget", "cost", "free"],
+)
+def test_never_fits_tells_size_and_model_from_todays_use(
+    allowance: AgentAllowance, quota: ModelQuota | None, model: str, tokens: int, why: str | None
+) -> None:
+    """never_fits names what refuses a job on any day (its size, its model), and
+    nothing for a job an empty day would admit."""
+    told = never_fits(allowance, quota, model, tokens)
+    assert (told is None) if why is None else (told is not None and why in told)

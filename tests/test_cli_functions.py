@@ -111,12 +111,20 @@ def test_submit_task_sends_every_field(client: TaskClient, mock: respx.MockRoute
 
 @pytest.mark.parametrize(
     ("title", "options"),
-    [("", {}), ("   ", {}), ("x", {"priority": "urgent"}), ("x", {"estimated_tokens": -1})],
+    [
+        ("", {}),
+        ("   ", {}),
+        ("x", {"priority": "urgent"}),
+        ("x", {"estimated_tokens": -1}),
+        ("x", {"labels": "py"}),
+        ("x", {"dependencies": "t0"}),
+    ],
 )
 def test_submit_task_rejects_bad_input_before_any_request(
     client: TaskClient, mock: respx.MockRouter, title: str, options: dict[str, Any]
 ) -> None:
-    """A blank title, unknown priority or negative count is ConfigError; nothing is sent."""
+    """A blank title, unknown priority, negative count, or one string given for the
+    labels or dependencies (not a list: its letters) is ConfigError; nothing is sent."""
     with pytest.raises(ConfigError):
         submit_task(client, title, **options)
     assert not mock.calls

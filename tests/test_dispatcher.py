@@ -521,6 +521,40 @@ def test_claim_of_a_task_that_is_gone_is_given_back(system: System) -> None:
     assert system.dispatcher._lost.unsure == {}
 
 
+def test_a_task_that_can_never_fit_is_told_so_once(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task refused for its size or model by every agent (an estimate above each
+    daily token limit, a model outside the allowlist) is said to never fit as the
+    allowances stand, in the event and once in the log, not as a wait for a reset."""
+    system.agent("small", daily_token_limit=500)
+    system.agent("picky", model_allowlist=["m-1"])
+    system.quota.set_model_quota(ModelQuota(model="m-2"))
+    task = system.task("big", estimated_tokens=1_000, model="m-2")
+    with caplog.at_level(logging.WARNING, logger="agentic.dispatcher"):
+        for _ in range(3):
+            assert task.id in system.dispatcher.run_once().waiting
+    [told] = system.events.of(EventType.DISPATCH_FAILED_QUOTA)
+    assert told.payload["never"] == (
+        "picky: model 'm-2' is not in its allowlist;"
+        " small: 1000 tokens exceed its daily token limit of 500"
+    )
+    warned = [r.getMessage() for r in caplog.records if "can never be dispatched" in r.getMessage()]
+    assert len(warned) == 1 and "lower the task's estimated_tokens" in warned[0]
+
+
+def test_a_task_that_fits_after_a_reset_is_not_said_to_never_fit(system: System) -> None:
+    """A refusal one agent would lift tomorrow (today's tokens used up) is a wait: no
+    "never" in the event, even when another agent could never take the task."""
+    system.agent("small", daily_token_limit=500)
+    system.agent("spent", daily_token_limit=5_000)
+    system.quota.increment_usage("spent", 4_500, 1)
+    task = system.task("big", estimated_tokens=1_000)
+    assert task.id in system.dispatcher.run_once().waiting
+    [told] = system.events.of(EventType.DISPATCH_FAILED_QUOTA)
+    assert "never" not in told.payload
+
+
 def test_a_task_waiting_for_the_same_reason_is_told_once(system: System) -> None:
     """dispatch_failed_* is emitted when a task starts waiting or its reason changes,
     not on every pass it waits."""

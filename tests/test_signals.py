@@ -1,4 +1,5 @@
-"""SIGTERM / SIGINT as a stop event, and a second one as a hurry (``agentic._signals``)."""
+"""SIGTERM / SIGINT as a stop event, and a second one as a hurry; for a loop in a
+background thread, a stop first and then their usual effect (``agentic._signals``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import signal
 import threading
 import time
 
-from agentic._signals import _ECHO, stop_on_signals
+import pytest
+
+from agentic._signals import _ECHO, StopFirst, stop_on_signals
 
 
 def test_one_signal_delivered_twice_at_once_is_not_a_second_signal() -> None:
@@ -39,3 +42,47 @@ def test_another_signal_at_once_is_a_second_signal() -> None:
         assert stop.is_set() and hurry.is_set()
     finally:
         restore()
+
+
+def test_stop_first_stops_the_loop_then_lets_the_signal_act() -> None:
+    """Under StopFirst a signal only stops the loop; once the loop has ended, that
+    signal takes its default effect (SIGINT: KeyboardInterrupt in the main thread)."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    relay = StopFirst(stop, "stopping the loop first")
+    try:
+        relay.install()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.is_set()  # and no KeyboardInterrupt yet
+        with pytest.raises(KeyboardInterrupt):
+            relay.ended()
+            time.sleep(0.5)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        relay.restore()  # SIGTERM's
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_stop_first_leaves_a_programs_own_handler_alone() -> None:
+    """A signal the program handles itself is not taken over; restore() puts back the
+    defaults it replaced, and ended() without a signal does nothing."""
+    stop, seen = threading.Event(), []
+
+    def own(signum: int, frame: object) -> None:
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGINT, own)
+    relay = StopFirst(stop, "stopping")
+    try:
+        relay.install()
+        assert signal.getsignal(signal.SIGINT) is own
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert seen == [signal.SIGINT] and not stop.is_set()
+        relay.ended()
+        relay.restore()
+        assert signal.getsignal(signal.SIGINT) is own
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -4,6 +4,7 @@ contract tests (``backend`` fixture)."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import sqlite3
@@ -112,11 +113,18 @@ def test_unknown_option_is_named(tmp_path: Path) -> None:
         open_registry(f"sqlite:///{tmp_path}/a.db?busy_timeout=3")
 
 
-def test_missing_directories_are_created(tmp_path: Path) -> None:
-    """The database's parent directories are created when missing."""
+def test_missing_directories_are_created_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database's parent directories are created when missing, with a warning
+    naming them (a mistyped path makes a new, empty store); none when they exist."""
     path = tmp_path / "a" / "b" / "agentic.db"
-    SQLiteRegistry(path).close()
+    with caplog.at_level(logging.WARNING, logger="agentic.stores"):
+        SQLiteRegistry(path).close()
+        SQLiteRegistry(path).close()
     assert path.is_file()
+    said = [r.getMessage() for r in caplog.records if "created the directory" in r.getMessage()]
+    assert len(said) == 1 and str(path.parent) in said[0] and "check the store URL" in said[0]
 
 
 def test_directory_under_a_regular_file_is_a_config_error(tmp_path: Path) -> None:

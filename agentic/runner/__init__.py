@@ -6,9 +6,15 @@
   ``agent:<id>``; while another runner holds it, it waits (warning once, naming the
   holder, asking again every ``heartbeat_interval``). It renews the lease with each
   heartbeat (it lasts ``id_lease`` seconds, by default the 30 s heartbeat TTL) and
-  drops it when it stops. A renewal that finds another holder (a registry split
-  longer than the lease) displaces it: it cancels its tasks without reporting or
-  settling them (they are the other runner's now), sets ``displaced_by`` and stops.
+  drops it when it stops. Not renewed until less than a margin of it is left (the
+  ``cancel_grace`` and a safety: 22 s of 30 by default; the registry out of
+  reach), it **lapses**: it takes no work and cancels its running tasks without
+  reporting or settling them, before a second runner with the same id could take
+  the id and the same claims (``lapsed``; see ``_idwatch``); a renewal that lands
+  again ends that, the claims still held for it taken up again as by a restart. A
+  renewal that finds another holder (a registry split longer than the lease)
+  displaces it: it cancels its tasks without reporting or settling them (they are
+  the other runner's now), sets ``displaced_by`` and stops.
 
 * **Takes work** claimed for it by a dispatcher: it long-polls the task API for
   tasks in progress and claimed by its agent id (answered as soon as a claim is made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,14 +15,18 @@ from ._sizes import clean, tail_within, within
 __all__ = [
     "Attempt",
     "Outcome",
+    "RenewalLength",
     "Report",
     "Stop",
     "attempt_key",
     "bare",
+    "claim_lease",
     "decide",
     "describe",
     "shrink",
 ]
+
+log = logging.getLogger("agentic.runner")
 
 # The complete request must stay under the server's body limit (1 MiB by default):
 # bytes of JSON (see _sizes), whatever the characters.
@@ -48,6 +53,9 @@ class Stop(StrEnum):
     #: another runner took this agent's id lease: its tasks are that runner's now,
     #: so nothing is reported or charged here
     DISPLACED = "displaced"
+    #: this runner's id lease ran out unrenewed (the registry out of reach): another
+    #: runner may take the id and these claims, so nothing is reported or charged here
+    LAPSED = "lapsed"
 
 
 class Report(StrEnum):
@@ -158,7 +166,7 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
     """Turn how the handler ended (or did not) into what to report."""
     timed_out = f"timed out after {max_job_duration or 0:g} s"
     kind = attempt.stop_kind
-    if kind in (Stop.LOST, Stop.DISPLACED):
+    if kind in (Stop.LOST, Stop.DISPLACED, Stop.LAPSED):
         return Outcome(Report.NOTHING, TaskResult(success=False), attempt.ctx.cancel_reason)
     if not attempt.done.is_set():
         if kind is Stop.TIMEOUT:
@@ -245,3 +253,47 @@ def claim_lease(task: Task) -> float | None:
     if recorded is not None and (derived is None or recorded >= derived - 1.0):
         return recorded
     return derived
+
+
+# Seconds a lease lasts when neither the runner nor the claim says (the server's default).
+_DEFAULT_LEASE = 300.0
+# Seconds a lease is renewed for when the claim's own is too short to renew safely
+# (two renewals or less): three renewals, 15 s at the default heartbeat_interval.
+_SAFE_RENEWALS = 3
+
+
+class RenewalLength:
+    """How long a task's lease lasts from a claim or renewal, the length every
+    renewal sends: the runner's (``lease_seconds``), else the claim's own (the
+    dispatcher's, or the server's default), else the server's shipped default. A
+    claim's lease too short to renew safely (twice ``heartbeat_interval`` or less:
+    one late renewal would lose it) is renewed for three heartbeat intervals instead
+    (15 s by default), said once per runner."""
+
+    def __init__(self, lease_seconds: float | None, heartbeat_interval: float) -> None:
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval = heartbeat_interval
+        self._told = False
+
+    def __call__(self, task: Task) -> float:
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        claimed = claim_lease(task)
+        if claimed is None:
+            return _DEFAULT_LEASE
+        if claimed > 2 * self.heartbeat_interval:
+            return claimed
+        safe = _SAFE_RENEWALS * self.heartbeat_interval
+        if not self._told:
+            self._told = True
+            log.warning(
+                "task %s was claimed with a lease of %g s, too short to renew safely every"
+                " %g s: its lease (and every such claim's) is renewed for %g s instead."
+                " Give the dispatcher a longer dispatcher.lease_seconds, or set"
+                " agent.lease_seconds. (Said once.)",
+                task.id,
+                claimed,
+                self.heartbeat_interval,
+                safe,
+            )
+        return safe

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from ..errors import AgenticError
@@ -62,6 +63,9 @@ class IdLease:
         self.held = False
         #: the holder found by a renewal that was not this runner (None: never displaced)
         self.displaced_by: str | None = None
+        #: the monotonic time the last take or renewal that landed was sent (the
+        #: registry set the lease's end after it): the lease holds ``ttl`` from then
+        self.renewed_at: float | None = None
 
     def acquire(
         self,
@@ -103,16 +107,20 @@ class IdLease:
         """Take the lease when it is free (or its holder is a gone process of this
         machine), without waiting; the holder now (this one's when taken). Raises
         what the registry raises."""
+        sent = time.monotonic()
         holder = hold_lease_or_take_over(self.registry, self.name, self.holder, self.ttl, log, "id")
         if holder == self.holder:
             self.held = True
+            self.renewed_at = max(sent, self.renewed_at or sent)
         return holder
 
     def renew(self) -> bool:
         """Extend the lease; False when another runner holds it now (this one is
         displaced: ``displaced_by`` names it). Raises what the registry raises."""
+        sent = time.monotonic()
         holder = self.registry.hold_lease(self.name, self.holder, self.ttl)
         if holder == self.holder:
+            self.renewed_at = max(sent, self.renewed_at or sent)
             return True
         self.held = False
         self.displaced_by = holder

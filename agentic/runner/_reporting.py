@@ -76,6 +76,23 @@ class Reporter:
         report) can spend waiting between retries."""
         return 3 * self.policy.max_retries * self.policy.cap
 
+    def check_server(self) -> None:
+        """Warn when the task API does not fence attempts: its runs are then guarded
+        by the holder's agent id alone."""
+        try:
+            features = self.client.server_features()
+        except AgenticError as exc:  # the poll loop reports an unreachable server
+            log.debug("could not read the task API's features: %s", exc)
+            return
+        if "attempt_fencing" not in features:
+            log.warning(
+                "the task API at %s does not list attempt_fencing (an older agentic"
+                " server, or go-agentic's): it ignores job ids, so a late report of an"
+                " attempt whose task was claimed again may finish the new attempt."
+                " Upgrade the server.",
+                self.client.base_url,
+            )
+
     def settle(self, attempt: Attempt, outcome: Outcome) -> None:
         """Charge what the attempt used under its claim's job id (if quota is on)."""
         job_id = attempt.task.job_id

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._signals import stop_on_signals
+from .._signals import StopFirst, stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..config import HEARTBEAT_INTERVAL
@@ -28,15 +28,16 @@ from ._allowed import Allowed
 from ._attempt import (
     Attempt,
     Outcome,
+    RenewalLength,
     Report,
     Stop,
     attempt_key,
-    claim_lease,
     decide,
     describe,
 )
 from ._context import Handler, TaskContext, call_handler
-from ._idlease import IdLease, id_lease_ttl
+from ._idlease import IdLease
+from ._idwatch import IdWatch, runner_id_lease
 from ._journal import UsageJournal, default_state_dir
 from ._keepalive import Keepalive
 from ._presence import Presence
@@ -61,13 +62,8 @@ _LOAD_BEAT_SPACING = 0.1
 _WATCH_CHUNK = 2.0
 # Agent errors in a row on one task after which it is failed, not given back again.
 _MAX_AGENT_ERRORS = 3
-# Seconds a lease lasts when neither the runner nor the claim says (the server's default).
-_DEFAULT_LEASE = 300.0
 # Seconds between looks at "displaced" while the poll loop waits out a backoff.
 _DISPLACED_CHECK = 0.2
-# Seconds a lease is renewed for when the claim's own is too short to renew safely
-# (two renewals or less): three renewals, 15 s at the default heartbeat_interval.
-_SAFE_RENEWALS = 3
 _EVENTS = {
     Report.COMPLETED: EventType.TASK_COMPLETED,
     Report.FAILED: EventType.TASK_FAILED,
@@ -193,9 +189,9 @@ class AgentRunner:
         #: extends the running jobs' quota reservations, with the lease renewals
         self.keepalive = Keepalive(allowance, heartbeat_interval, self._threads.run, self._error)
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        # While paused the agent is published full, so dispatchers route elsewhere.
+        # While paused (or lapsed) the agent is published full: dispatchers route elsewhere.
         self.presence = Presence(
-            registry, info, lambda: self.load, self._error, lambda: self.paused, self.capacity
+            registry, info, lambda: self.load, self._error, self._no_work, self.capacity
         )
         #: waits after consecutive infrastructure errors (the agent cannot run tasks)
         self.infrastructure_backoff = RetryPolicy(base=2.0, cap=120.0, jitter="equal")
@@ -210,12 +206,21 @@ class AgentRunner:
         self._wake = threading.Event()
         self._maintenance_stop = threading.Event()
         self._own_stop = threading.Event()
-        self._short_lease_told = False
+        #: how long each renewal of a task's lease asks for
+        self._lease_ttl = RenewalLength(lease_seconds, heartbeat_interval)
         self._thread: threading.Thread | None = None
+        self._signals: StopFirst | None = None  # start()'s, when it handles signals
         #: the agent id's lease in the registry: one runner per agent id
-        self._id = IdLease(registry, info.id, id_lease_ttl(heartbeat_interval, id_lease))
+        self._id = IdLease(
+            registry, info.id, runner_id_lease(heartbeat_interval, id_lease, cancel_grace)
+        )
         # Set (with the lock held) once another runner took the id lease.
         self._displaced = threading.Event()
+        #: renews the id lease; lapses it (no work, attempts cancelled) before it runs out
+        self.id_watch = IdWatch(
+            self._id, cancel_grace, self._lock, on_error=self._error, cancel=self._cancel_running,
+            resume=self._resume, displaced=self._on_displaced,
+        )  # fmt: skip
 
     # --- public control ---
     @property
@@ -241,6 +246,14 @@ class AgentRunner:
         """Whether the agent takes no work now, after an infrastructure error."""
         return time.monotonic() < self._paused_until
 
+    @property
+    def lapsed(self) -> bool:
+        """Whether the agent takes no work now, its id lease not renewed in time."""
+        return self.id_watch.lapsing()
+
+    def _no_work(self) -> bool:
+        return self.paused or self.lapsed
+
     def run(self, stop: threading.Event | None = None) -> None:
         """Work until ``stop`` is set (without one: until ``stop()``), or SIGTERM/SIGINT
         arrives in the main thread; then shut down: finish or give back every task
@@ -250,13 +263,7 @@ class AgentRunner:
         self._ran = True
         stop = stop or self._own_stop
         self._open_journal()
-        restore = stop_on_signals(
-            stop,
-            f"finishing held tasks (up to {self.grace_period:g} s), then stopping;"
-            " a second signal gives them back at once",
-            hurry=self._hurry,
-            hurry_what="skipping the grace period: running tasks are cancelled and given back now",
-        )
+        restore = stop_on_signals(stop, **self._signal_words())
         try:
             # One runner per agent id: wait while another one runs it.
             if not self._id.acquire(stop, self.heartbeat_interval, self._error):
@@ -274,11 +281,11 @@ class AgentRunner:
             return
         # Registering may have taken longer than the id lease (a registry retried):
         # make sure the id is still ours before taking any work.
-        if not self._renew_id():
+        if not self.id_watch.renew():
             return
         self._emit(EventType.AGENT_REGISTERED, None, {"max_load": self.info.max_load})
         log.info("agent %s registered (capacity %d)", self.agent_id, self.capacity)
-        self._check_server()
+        self.reporter.check_server()
         self.allowed.read(warn=True)
         if self.recovery is not None:
             # Before the first poll: a job found later could be run again already.
@@ -294,6 +301,7 @@ class AgentRunner:
                 (self._beat, "agentic-heartbeat"),
                 (self._keep, "agentic-leases"),
                 (self._recovering, "agentic-recovery"),
+                (self.id_watch.run, "agentic-idwatch"),
             )
         ]
         for thread in maintenance:
@@ -303,18 +311,41 @@ class AgentRunner:
         finally:
             self._shutdown()
             self._maintenance_stop.set()
+            self.id_watch.close()
             self._wake.set()
             for thread in maintenance:
                 thread.join()
 
-    def start(self) -> None:
-        """Run in a background thread; ``stop()`` ends it."""
-        if self._thread is not None:
-            raise ConfigError("this runner was started already")
+    def _signal_words(self) -> dict[str, Any]:
+        return {
+            "what": f"finishing held tasks (up to {self.grace_period:g} s), then stopping;"
+            " a second signal gives them back at once",
+            "hurry": self._hurry,
+            "hurry_what": "skipping the grace period: running tasks are cancelled and"
+            " given back now",
+        }
+
+    def start(self, *, signals: bool = True) -> None:
+        """Run in a background thread; ``stop()`` ends it. Called from the main thread
+        of a program that left SIGTERM / SIGINT at their defaults (and ``signals``),
+        they stop the runner first, as in ``run``, then take their usual effect (the
+        process ends; Ctrl-C raises KeyboardInterrupt)."""
+        if self._thread is not None or self._own_stop.is_set():
+            raise ConfigError("this runner was started or stopped already; create a new one")
+        self._signals = StopFirst(self._own_stop, **self._signal_words()) if signals else None
+        if self._signals is not None:
+            self._signals.install()
         self._thread = threading.Thread(
-            target=self.run, args=(self._own_stop,), name="agentic-runner", daemon=True
+            target=self._run_started, name="agentic-runner", daemon=True
         )
         self._thread.start()
+
+    def _run_started(self) -> None:
+        try:
+            self.run(self._own_stop)
+        finally:
+            if self._signals is not None:
+                self._signals.ended()
 
     def stop(self, timeout: float | None = None, *, now: bool = False) -> None:
         """Ask the runner to stop (unless ``run`` was given its own event); wait for the
@@ -325,6 +356,8 @@ class AgentRunner:
         self._own_stop.set()
         if self._thread is not None:
             self._thread.join(timeout if timeout is not None else self._shutdown_bound())
+            if self._signals is not None and not self._thread.is_alive():
+                self._signals.restore()
 
     def _shutdown_bound(self) -> float:
         return self.grace_period + self.cancel_grace + self.reporter.bound() + 30.0
@@ -371,23 +404,6 @@ class AgentRunner:
         with self._lock:
             return {a.task.job_id for a in self._attempts.values()}
 
-    def _check_server(self) -> None:
-        """Warn when the task API does not fence attempts: its runs are then guarded
-        by the holder's agent id alone."""
-        try:
-            features = self.client.server_features()
-        except AgenticError as exc:  # the poll loop reports an unreachable server
-            log.debug("could not read the task API's features: %s", exc)
-            return
-        if "attempt_fencing" not in features:
-            log.warning(
-                "the task API at %s does not list attempt_fencing (an older agentic"
-                " server, or go-agentic's): it ignores job ids, so a late report of an"
-                " attempt whose task was claimed again may finish the new attempt."
-                " Upgrade the server.",
-                self.client.base_url,
-            )
-
     # --- registration and the poll loop ---
     def _poll_loop(self, stop: threading.Event) -> None:
         """Take the tasks claimed for this agent, as soon as they are claimed.
@@ -400,6 +416,10 @@ class AgentRunner:
         failures = 0
         token: str | None = ""
         while not (stop.is_set() or self._displaced.is_set()):
+            if self.lapsed:  # no work until the id lease is renewed (or taken)
+                token = ""
+                self._pause(stop, _DISPLACED_CHECK)
+                continue
             self.allowed.refresh(self.heartbeat_interval)
             try:
                 tasks, token = self.client.watch_tasks(
@@ -430,8 +450,8 @@ class AgentRunner:
     def _take(self, tasks: list[Task]) -> None:
         """Start the tasks claimed for this agent that are not running yet."""
         for task in tasks:
-            if self._displaced.is_set():
-                return  # another runner has this agent id: its tasks are its own
+            if self._no_id():
+                return  # another runner has (or may have) this agent id: its tasks
             key = attempt_key(task)
             if self.allowance is not None and not task.job_id:
                 # Claimed without a reservation (by hand, or by a dispatcher that keeps
@@ -454,8 +474,8 @@ class AgentRunner:
                 continue
             paused = self.paused
             with self._lock:
-                if self._displaced.is_set():
-                    return  # another runner has this agent id: its tasks are its own
+                if self._no_id():
+                    return  # another runner has (or may have) this agent id: its tasks
                 running = self._attempts.get(task.id)
                 if running is not None and running.key != key:
                     # Requeued and claimed for us again: the old attempt can no longer
@@ -482,35 +502,6 @@ class AgentRunner:
         log.info("task %s (%s): started", task.id, task.title)
         self._threads.run(f"agentic-task-{task.id}", functools.partial(self._supervise, attempt))
         self._wake.set()
-
-    def _lease_ttl(self, task: Task) -> float:
-        """How long the task's lease lasts from a claim or renewal, the length every
-        renewal sends: ours (``lease_seconds``), else the claim's own (the
-        dispatcher's, or the server's default), else the server's shipped default. A
-        claim's lease too short to renew safely (twice ``heartbeat_interval`` or
-        less: one late renewal would lose it) is renewed for three heartbeat
-        intervals instead (15 s by default), said once per runner."""
-        if self.lease_seconds is not None:
-            return self.lease_seconds
-        claimed = claim_lease(task)
-        if claimed is None:
-            return _DEFAULT_LEASE
-        if claimed > 2 * self.heartbeat_interval:
-            return claimed
-        safe = _SAFE_RENEWALS * self.heartbeat_interval
-        if not self._short_lease_told:
-            self._short_lease_told = True
-            log.warning(
-                "task %s was claimed with a lease of %g s, too short to renew safely every"
-                " %g s: its lease (and every such claim's) is renewed for %g s instead."
-                " Give the dispatcher a longer dispatcher.lease_seconds, or set"
-                " agent.lease_seconds. (Said once.)",
-                task.id,
-                claimed,
-                self.heartbeat_interval,
-                safe,
-            )
-        return safe
 
     def _remember(self, key: tuple[str, str, str]) -> None:
         self._seen[key] = None
@@ -589,13 +580,16 @@ class AgentRunner:
             return
         task = attempt.task
         try:
-            if attempt.stop_kind is Stop.DISPLACED or self._displaced.is_set():
-                # The runner that took the id runs the task now (same claim, same job
-                # id): its report and its settle are the ones that count. A settle
-                # here would make its own a duplicate, charging nothing of its run.
-                # (Also when the attempt was stopping for another reason already: a
-                # timeout or a shutdown keeps its stop kind, the first one.)
-                log.info("task %s: not reported (agent %s was displaced)", task.id, self.agent_id)
+            if attempt.stop_kind in (Stop.DISPLACED, Stop.LAPSED) or self._no_id():
+                # The runner that took (or may take) the id runs the task now (same
+                # claim, same job id): its report and its settle are the ones that
+                # count; a settle here would make its own a duplicate, charging nothing
+                # of its run. (Also when the attempt was stopping for another reason
+                # already: a timeout or a shutdown keeps its stop kind, the first one.)
+                # Forgotten: the id still ours after a lapse, the poll takes it up again.
+                log.info("task %s: not reported (the agent id lease lapsed or was taken)", task.id)
+                with self._lock:
+                    self._seen.pop(attempt.key, None)
                 return
             self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
@@ -679,8 +673,11 @@ class AgentRunner:
 
         A displaced runner leaves the registry entry, the tasks claimed for the agent
         and the id lease to the runner that took the id: it only waits for its
-        handlers (cancelled when it was displaced) to stop."""
-        if self._displaced.is_set():
+        handlers (cancelled when it was displaced) to stop. So does a lapsed one
+        whose id lease cannot be renewed now (another runner may take it)."""
+        if self.lapsed:
+            self.id_watch.renew()  # the registry back: resumed, or displaced
+        if self._no_id():
             self._wait_idle(self.cancel_grace + 1.0)
             self.reporter.settle_pending(wait=True)  # earlier runs' settles still count
             return
@@ -710,7 +707,7 @@ class AgentRunner:
         # The sweep after the deregistration: no claim for us can follow it then
         # (hurried, a registry that hangs is not waited for: the leases cover it).
         offline.join(1.0 if self._hurry.is_set() else None)
-        if not self._displaced.is_set():  # displaced meanwhile: the tasks are not ours
+        if not self._no_id():  # displaced or lapsed meanwhile: the tasks may not be ours
             self._sweep()
         self.reporter.settle_pending(wait=True)  # a last try; what still fails is logged
 
@@ -762,52 +759,42 @@ class AgentRunner:
                 return
             now = time.monotonic()
             due = now >= next_beat
-            if due and not self._renew_id():
+            if due and not self.id_watch.renew():
                 return  # displaced: no more heartbeats, the agent id is another's
             if due or (unpublished and now - last_beat >= spacing):
                 self._guarded("heartbeat", self.presence.heartbeat)
                 last_beat, unpublished = now, False
                 next_beat = now + self.heartbeat_interval
 
-    def _renew_id(self) -> bool:
-        """Renew the agent id's lease (on the heartbeat thread: a hanging task API
-        cannot delay it); False once another runner holds it. A registry that fails
-        is logged and counted: the lease holds ``id_lease`` seconds from the last
-        renewal, and a later renewal tells whether another runner took it meanwhile."""
-        try:
-            if self._id.renew():
-                return True
-        except AgenticError as exc:
-            self._error(f"renewing agent {self.agent_id}'s id lease failed", exc)
-            return True
-        except Exception as exc:  # a bug must not end heartbeats
-            self._error(f"renewing agent {self.agent_id}'s id lease failed unexpectedly", exc)
-            log.exception("id lease renewal failed")
-            return True
-        self._on_displaced()
-        return False
+    def _no_id(self) -> bool:
+        """Whether this runner may not hold its agent id now (displaced, or lapsed)."""
+        return self._displaced.is_set() or self.lapsed
 
-    def _on_displaced(self) -> None:
-        """Another runner took this agent's id: stop taking work, cancel the running
-        tasks without reporting or charging them (they are that runner's now), stop
-        heartbeating; the poll loop then ends and ``run`` returns."""
-        holder = self._id.displaced_by
+    def _cancel_running(self, kind: Stop, reason: str) -> int:
+        """Stop every running attempt not reporting yet (one already reporting may
+        land: its report was on its way); how many."""
+        with self._lock:
+            attempts = [a for a in self._attempts.values() if not a.reporting]
+        for attempt in attempts:
+            attempt.stop(kind, reason)
+        return len(attempts)
+
+    def _resume(self) -> None:
+        """The id lease renewed after a lapse: read the job files again as a restart
+        does (a cancelled job whose claim ended meanwhile is settled as failed)."""
+        if self.recovery is not None:
+            self._guarded("reading the job files again", self.recovery.find)
+        self._wake.set()
+
+    def _on_displaced(self) -> int:
+        """Another runner took this agent's id (said by ``id_watch``): stop taking work
+        and heartbeating, cancel the running tasks (they are that runner's now: not
+        reported nor charged); the poll loop then ends and ``run`` returns."""
         with self._lock:
             self._displaced.set()
-            # One already reporting may land: its report was on its way.
-            attempts = [a for a in self._attempts.values() if not a.reporting]
         self.presence.leave()
-        log.error(
-            "agent %s is now run by %s, which took its id lease (another runner with the"
-            " same --id; this one's lease ran out unrenewed, e.g. the registry was out of"
-            " reach for over %g s): stopping, %d running task(s) cancelled and not reported",
-            self.agent_id,
-            holder,
-            self._id.ttl,
-            len(attempts),
-        )
-        for attempt in attempts:
-            attempt.stop(Stop.DISPLACED, f"agent {self.agent_id} is now run by {holder}")
+        holder = self._id.displaced_by
+        return self._cancel_running(Stop.DISPLACED, f"agent {self.agent_id} is now run by {holder}")
 
     def _keep(self) -> None:
         """Renew the leases every heartbeat_interval; flush the logs every

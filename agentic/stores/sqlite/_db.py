@@ -22,6 +22,7 @@ own, as SQLite requires (``os.register_at_fork``).
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sqlite3
@@ -37,6 +38,8 @@ from typing import TypeVar
 from ...errors import ConfigError, StoreError, StoreUnavailableError
 
 __all__ = ["DEFAULT_TIMEOUT", "Database", "Migration", "resolve"]
+
+log = logging.getLogger("agentic.stores")
 
 #: Seconds a write waits for another connection's transaction before giving up.
 DEFAULT_TIMEOUT = 5.0
@@ -117,13 +120,22 @@ class Database:
         # and closing them could release locks, so they are kept, unused, for good.
         self._inherited: list[_Holder] = []
         _OPEN.add(self)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"SQLite store: cannot create the directory {str(self.path.parent)!r}"
-                f" ({exc.strerror or exc}); point the store URL at a writable location"
-            ) from exc
+        if not self.path.parent.is_dir():
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"SQLite store: cannot create the directory {str(self.path.parent)!r}"
+                    f" ({exc.strerror or exc}); point the store URL at a writable location"
+                ) from exc
+            # Said, since a mistyped path makes a new, empty store where an existing
+            # one was meant (a first run in the default data directory says it once).
+            log.warning(
+                "SQLite store: created the directory %s for a new store %s; if an existing"
+                " store was meant, check the store URL",
+                self.path.parent,
+                self.path.name,
+            )
         with self._opening():
             self.connection()
 
