@@ -303,19 +303,9 @@ class RedisAllowanceStore(AllowanceStore):
         if tag == "denied":
             decision, _end = self._describe(reply, model, tokens)
             raise QuotaExceededError(decision.reason, decision.retry_after)
-        _tag, owner, used_model, held, cost, created, expires, previous, status = reply
-        return Reservation(
-            job_id=job_id,
-            agent_id=owner,
-            model=used_model,
-            tokens=_int(held),
-            cost=_int(cost),
-            created_at=_dt(created),
-            expires_at=_dt(expires),
-            # Plain strings: pydantic makes the enums faster than a Python call does.
-            previous_status=previous,
-            status=status,
-        )
+        *held, previous, status = reply[1:]
+        # Plain strings: pydantic makes the enums faster than a Python call does.
+        return _reservation(job_id, *held, previous_status=previous, status=status)
 
     def settle(
         self,
@@ -349,16 +339,7 @@ class RedisAllowanceStore(AllowanceStore):
         reply = self._run(_EXTEND, job_id, self._default_ttl)
         if reply[0] == "not found":
             raise no_reservation(job_id, "extend")
-        _tag, owner, used_model, held, cost, created, expires = reply
-        return Reservation(
-            job_id=job_id,
-            agent_id=owner,
-            model=used_model,
-            tokens=_int(held),
-            cost=_int(cost),
-            created_at=_dt(created),
-            expires_at=_dt(expires),
-        )
+        return _reservation(job_id, *reply[1:])
 
     def _end(
         self,
@@ -397,3 +378,26 @@ class RedisAllowanceStore(AllowanceStore):
             previous_status=previous,
             status=status,
         )
+
+
+def _reservation(
+    job_id: str,
+    owner: str,
+    model: str,
+    tokens: str,
+    cost: str,
+    created: str,
+    expires: str,
+    **status: str,
+) -> Reservation:
+    """A Reservation from a script's reply fields (reserve's and extend's)."""
+    return Reservation(
+        job_id=job_id,
+        agent_id=owner,
+        model=model,
+        tokens=_int(tokens),
+        cost=_int(cost),
+        created_at=_dt(created),
+        expires_at=_dt(expires),
+        **status,
+    )
