@@ -9,10 +9,9 @@ All times are timezone-aware UTC ``datetime`` objects; durations are seconds.
 from __future__ import annotations
 
 import difflib
-import functools
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
@@ -73,29 +72,37 @@ class _Model(BaseModel):
     # older SDK keeps talking to a newer server.
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
+
+class _Input(_Model):
+    """A model people build in code (a task, an allowance, a quota): its constructor
+    refuses a keyword that is no field. The SDK's own answers (a reservation, a
+    settlement, a usage record) stay on ``_Model``: built on hot paths, never by hand.
+    """
+
+    #: the keywords the constructor takes: field names and their aliases
+    _keywords: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        names = set(cls.model_fields)
+        for field in cls.model_fields.values():
+            aliases = field.validation_alias
+            choices = aliases.choices if isinstance(aliases, AliasChoices) else [aliases]
+            names.update(a for a in [field.alias, *choices] if isinstance(a, str))
+        cls._keywords = frozenset(names)
+
     def __init__(self, /, **data: Any) -> None:
         # A keyword given to the constructor is code, not a newer peer's field: a typo
         # there (AgentAllowance(daily_tokens=5) for daily_token_limit) would silently
         # leave the limit at 0, unlimited. So it is an error, naming the close field.
-        unknown = [name for name in data if name not in _keywords(type(self))]
-        if unknown:
-            raise TypeError(_unexpected(type(self), unknown))
+        if not data.keys() <= self._keywords:
+            raise TypeError(_unexpected(type(self), [k for k in data if k not in self._keywords]))
         super().__init__(**data)
 
     # Tells pydantic this is its own __init__: validation (JSON from the wire, rows
     # from a store) does not call it, so parsing stays lenient as said above.
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
-
-
-@functools.cache
-def _keywords(model: type[BaseModel]) -> frozenset[str]:
-    """The keywords ``model``'s constructor takes: field names and their aliases."""
-    names = set(model.model_fields)
-    for field in model.model_fields.values():
-        aliases = field.validation_alias
-        choices = aliases.choices if isinstance(aliases, AliasChoices) else [aliases]
-        names.update(a for a in [field.alias, *choices] if isinstance(a, str))
-    return frozenset(names)
 
 
 def _unexpected(model: type[BaseModel], unknown: list[str]) -> str:
@@ -171,7 +178,7 @@ class QuotaEvent(StrEnum):
     JOB_CANCELLED = "job_cancelled"
 
 
-class TaskResult(_Model):
+class TaskResult(_Input):
     """What an agent reports when it finishes a task."""
 
     success: bool
@@ -180,7 +187,7 @@ class TaskResult(_Model):
     error_message: str = ""
 
 
-class Task(_Model):
+class Task(_Input):
     """A unit of work. Fields after ``fail_reason`` are agentic's extensions."""
 
     id: str = ""
@@ -239,7 +246,7 @@ class Task(_Model):
         return _to_utc(value)
 
 
-class TaskUpdate(_Model):
+class TaskUpdate(_Input):
     """A partial update of a task (PATCH); ``None`` fields are left unchanged."""
 
     status: TaskStatus | None = None
@@ -251,7 +258,7 @@ class TaskUpdate(_Model):
     fail_reason: str | None = None
 
 
-class AgentInfo(_Model):
+class AgentInfo(_Input):
     """A registered agent. ``max_load == 0`` means unlimited."""
 
     id: str = Field(min_length=1)
@@ -269,7 +276,7 @@ class AgentInfo(_Model):
         return _to_utc(value)
 
 
-class AgentAllowance(_Model):
+class AgentAllowance(_Input):
     """Per-agent limits; 0 or empty means unlimited. ``max_job_duration`` is seconds.
 
     ``failure_charge`` (ours; go-agentic has only its half) is what a failed job of
@@ -286,7 +293,7 @@ class AgentAllowance(_Model):
     failure_charge: FailureCharge = FailureCharge.HALF
 
 
-class ModelQuota(_Model):
+class ModelQuota(_Input):
     """Per-model limits shared by all agents; 0 means unlimited.
 
     ``cost_ceiling`` is in cents per period (day); prices are cents per million
@@ -328,7 +335,7 @@ class ModelUsage(_Model):
     period_start: OptionalTime = None
 
 
-class UsageReport(_Model):
+class UsageReport(_Input):
     """go-agentic's usage report: one event of one job."""
 
     agent_id: str = Field(min_length=1)
