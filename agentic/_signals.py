@@ -94,7 +94,9 @@ class StopFirst:
 
     ``install`` from the main thread (elsewhere it does nothing), and only where the
     program set no handler of its own; ``ended`` from any thread when the loop is
-    done; ``restore`` (main thread) puts the defaults back.
+    done; ``restore`` (main thread) puts the defaults back once no loop installed
+    is left. Loops installed together (two runners started in one program) share
+    one handler: a signal stops each, and acts once the last of them has ended.
     """
 
     def __init__(
@@ -106,39 +108,73 @@ class StopFirst:
         hurry_what: str = "",
     ) -> None:
         self._requests = _Requests(stop, what, hurry, hurry_what)
-        self._previous: dict[int, Any] = {}  # the signals handled here -> their default
+        self._signals: set[int] = set()  # the signals handled here
         self._ended = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig in _SIGNALS:
-            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        with _SHARED:
+            for sig in _SIGNALS:
+                current = signal.getsignal(sig)
+                if current is _relay:  # another loop's: shared
+                    self._signals.add(sig)
+                elif current in (signal.SIG_DFL, signal.default_int_handler):
+                    _DEFAULTS[sig] = signal.signal(sig, _relay)
+                    self._signals.add(sig)
+            if self._signals:
+                _INSTALLED.append(self)
 
     def ended(self) -> None:
-        """The loop is done: the signal that stopped it, if one did, acts now."""
-        self._ended = True
-        if self._requests.received:
-            os.kill(os.getpid(), self._requests.first[0])  # handled in the main thread
+        """The loop is done: the signal that stopped it, if one did, acts now (once
+        no other loop it stopped is still shutting down: the last one's end acts)."""
+        with _SHARED:  # a signal handled meanwhile either stops this loop or acts
+            self._ended = True
+            if not self._requests.received:
+                return
+            signum = self._requests.first[0]
+            if any(not other._ended and other._requests.received for other in _INSTALLED):
+                return
+        os.kill(os.getpid(), signum)  # handled in the main thread
 
     def restore(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for sig, old in self._previous.items():
-            if signal.getsignal(sig) == self._handle:  # not replaced since
-                signal.signal(sig, old)
+        with _SHARED:
+            if self in _INSTALLED:
+                _INSTALLED.remove(self)
+            for sig in self._signals:
+                if any(sig in other._signals for other in _INSTALLED):
+                    continue
+                default = _DEFAULTS.pop(sig, None)
+                if default is not None and signal.getsignal(sig) is _relay:
+                    signal.signal(sig, default)  # not replaced since
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if not self._ended:
-            self._requests(signum, frame)
+
+#: held while the loops installed change, and while a signal is handled (an RLock:
+#: the handler runs in the main thread, which may be installing or restoring)
+_SHARED = threading.RLock()
+#: the StopFirst loops installed and not restored, in order
+_INSTALLED: list[StopFirst] = []
+#: signal -> the default ``_relay`` replaced
+_DEFAULTS: dict[int, Any] = {}
+
+
+def _relay(signum: int, frame: FrameType | None) -> None:
+    """The StopFirst handler: the signal stops each loop not ended; with none left,
+    it takes the default's effect."""
+    with _SHARED:
+        running = [one for one in _INSTALLED if signum in one._signals and not one._ended]
+        for one in running:
+            one._requests(signum, frame)
+        if running:
             return
-        default = self._previous.get(signum, signal.SIG_DFL)
-        signal.signal(signum, default)
-        if default is signal.SIG_DFL:
-            os.kill(os.getpid(), signum)  # the default action: the process ends
-        elif callable(default):
-            default(signum, frame)  # default_int_handler: KeyboardInterrupt
+        default = _DEFAULTS.get(signum, signal.SIG_DFL)
+    signal.signal(signum, default)
+    if default is signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # the default action: the process ends
+    elif callable(default):
+        default(signum, frame)  # default_int_handler: KeyboardInterrupt
 
 
 @contextlib.contextmanager

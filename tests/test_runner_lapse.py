@@ -62,8 +62,19 @@ def test_the_margin_covers_the_cancel_grace_and_leaves_three_beats() -> None:
     assert lapse_margin(30.0, 5.0) == 8.0  # the CLI's defaults: lapsed after 22 s
     assert lapse_margin(2.0, 0.2) == pytest.approx(1.2)
     assert runner_id_lease(5.0, None, 5.0) == 30.0
-    assert runner_id_lease(5.0, 15.0, 5.0) == pytest.approx(5.0 + 1.5 + 15.0)
+    assert runner_id_lease(5.0, 15.0, 5.0) == pytest.approx((5.0 + 15.0) / 0.9)
     assert runner_id_lease(0.1, LEASE, GRACE) == LEASE
+
+
+def test_the_lease_leaves_three_beats_before_the_lapse_whatever_the_settings() -> None:
+    """The lease held, less the margin the watch takes of that lease, spans three
+    heartbeats for any settings (a long cancel grace lapsed a runner at every beat)."""
+    for beat in (0.1, 1.0, 5.0, 30.0):
+        for lease in (None, 1.0, 15.0, 30.0, 600.0):
+            for grace in (0.0, 0.2, 5.0, 60.0, 300.0, 3600.0):
+                held = runner_id_lease(beat, lease, grace)
+                assert held - lapse_margin(held, grace) >= 3 * beat - 1e-9, (beat, lease, grace)
+                assert held >= (lease or 0.0)
 
 
 def test_a_lapsed_runner_cancels_unreported_takes_nothing_then_resumes(
@@ -279,3 +290,37 @@ def test_a_runner_cut_from_the_registry_stops_before_its_twin_takes_over(
     assert AGENT in {agent.id for agent in real.list()}  # B's entry, left alone
     b.stop()
     real.close()
+
+
+def test_a_lapsed_runner_keeps_no_reservation_alive() -> None:
+    """The keepalive extends no reservation of an attempt cancelled by the lapse while
+    its handler is still stopping (the job may be another runner's now)."""
+    from .test_runner_keepalive import quota_system
+
+    with quota_system(reservation_ttl=0.6) as system:
+        system.registry = registry = OutageRegistry()
+        system.dispatcher.registry = registry
+
+        def handler(task: Task, ctx: TaskContext) -> str:
+            ctx.cancel_event.wait(10)
+            time.sleep(0.9)  # a handler that takes a while to stop
+            raise TaskCancelled(ctx.cancel_reason)
+
+        runner = system.started(handler, id_lease=LEASE, cancel_grace=1.5)
+        system.submit()
+        wait_for(lambda: runner.keepalive.extended >= 2)  # kept alive while it runs
+        registry.down.set()
+        wait_for(lambda: runner.lapsed, timeout=LEASE + 1)
+        time.sleep(0.05)  # a round planned before the lapse may still land
+        kept = runner.keepalive.extended
+        wait_for(lambda: runner.load == 0, timeout=3)
+        assert runner.keepalive.extended == kept
+
+
+def test_a_long_cancel_grace_does_not_lapse_a_runner_in_reach(system: System) -> None:
+    """A cancel grace far longer than the id lease (a handler given minutes to stop)
+    lengthens the lease: the runner keeps its id and works (it lapsed at every beat)."""
+    runner = system.started(lambda task, ctx: "done", id_lease=LEASE, cancel_grace=30.0)
+    time.sleep(0.3)
+    assert not runner.lapsed and runner.id_watch.lapses == 0
+    assert system.finished(system.submit().id).status is TaskStatus.COMPLETED

@@ -27,55 +27,61 @@ import sys, time
 from pathlib import Path
 from agentic import AgentRunner, TaskClient, open_registry
 
-url, store, started = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+url, store, started, count = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 
 def handler(task, ctx):
-    started.write_text(task.id)
+    (started / task.id).write_text(task.id)
     time.sleep(1.0)  # still running when SIGTERM comes
     return "finished"
 
-runner = AgentRunner(
-    "sig-1", TaskClient(url, ""), open_registry(store), handler, capabilities=["x"],
-    max_load=1, poll_interval=0.1, heartbeat_interval=0.5,
-)
-runner.start()
+for n in range(1, count + 1):
+    runner = AgentRunner(
+        f"sig-{n}", TaskClient(url, ""), open_registry(store), handler, capabilities=["x"],
+        max_load=1, poll_interval=0.1, heartbeat_interval=0.5,
+    )
+    runner.start()
 print("started", flush=True)
 time.sleep(120)  # the program's own work; it never calls runner.stop()
 """
 
 
+@pytest.mark.parametrize("count", [1, 2])
 def test_sigterm_to_a_started_runner_finishes_its_task_then_ends_the_process(
-    tmp_path: Path,
+    tmp_path: Path, count: int
 ) -> None:
-    """SIGTERM while a started runner's task runs: the task completes, the agent is
-    deregistered, and the process then ends by SIGTERM (not at once, not never)."""
+    """SIGTERM while started runners' tasks run (one runner, or two in one program):
+    each task completes, each agent is deregistered, and the process then ends by
+    SIGTERM (not at once, not never)."""
     store_url = f"sqlite:///{tmp_path / 'fleet.db'}"
     tasks, registry = open_task_store(store_url), open_registry(store_url)
     started = tmp_path / "started"
+    started.mkdir()
+    agents = [f"sig-{n}" for n in range(1, count + 1)]
     with running_server(tasks) as url:
-        task = tasks.create(Task(title="long", labels=["x"]))
+        made = [tasks.create(Task(title="long", labels=["x"])) for _ in agents]
         proc = subprocess.Popen(
-            [sys.executable, "-c", PROGRAM, url, store_url, str(started)],
+            [sys.executable, "-c", PROGRAM, url, store_url, str(started), str(count)],
             stdout=subprocess.PIPE,
             text=True,
         )
         try:
             assert proc.stdout is not None and proc.stdout.readline() == "started\n"
             deadline = time.monotonic() + 20
-            while not any(a.id == "sig-1" for a in registry.list()):
-                assert time.monotonic() < deadline, "the runner did not register"
+            while not set(agents) <= {a.id for a in registry.list()}:
+                assert time.monotonic() < deadline, "the runners did not register"
                 time.sleep(0.05)
-            tasks.claim(task.id, "sig-1", 30)
-            while not started.exists():
-                assert time.monotonic() < deadline, "the task did not start"
+            for task, agent in zip(made, agents, strict=True):
+                tasks.claim(task.id, agent, 30)
+            while len(list(started.iterdir())) < count:
+                assert time.monotonic() < deadline, "the tasks did not start"
                 time.sleep(0.02)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == -signal.SIGTERM
         finally:
             proc.kill()
             proc.wait()
-        assert tasks.get(task.id).status is TaskStatus.COMPLETED
-        assert all(a.id != "sig-1" for a in registry.list())
+        assert all(tasks.get(task.id).status is TaskStatus.COMPLETED for task in made)
+        assert not set(agents) & {a.id for a in registry.list()}
 
 
 def test_a_runner_stopped_before_it_started_refuses_to_start() -> None:

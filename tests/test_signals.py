@@ -86,3 +86,42 @@ def test_stop_first_leaves_a_programs_own_handler_alone() -> None:
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_two_stop_firsts_both_stop_before_the_signal_acts() -> None:
+    """Two loops started in one program (two runners): one SIGINT stops both, and it
+    takes its default effect only once both have ended."""
+    stops = [threading.Event(), threading.Event()]
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    relays = [StopFirst(stop, "stopping") for stop in stops]
+    try:
+        for relay in relays:
+            relay.install()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert all(stop.is_set() for stop in stops)
+        relays[0].ended()
+        time.sleep(0.3)  # no KeyboardInterrupt: the second loop is still shutting down
+        with pytest.raises(KeyboardInterrupt):
+            relays[1].ended()
+            time.sleep(0.5)
+    finally:
+        for relay in relays:
+            relay.restore()
+        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_stop_firsts_restored_in_any_order_put_the_defaults_back() -> None:
+    """The handler stays while any loop installed is not restored; the last restore
+    puts the defaults back; one that ended on its own sends no signal."""
+    relays = [StopFirst(threading.Event(), "stopping") for _ in range(2)]
+    for relay in relays:
+        relay.install()
+    relays[0].ended()  # ended with no signal: nothing is sent
+    time.sleep(0.05)
+    relays[0].restore()
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None)
+    relays[1].restore()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

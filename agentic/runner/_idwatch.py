@@ -53,10 +53,11 @@ def lapse_margin(ttl: float, cancel_grace: float) -> float:
 def runner_id_lease(heartbeat_interval: float, ttl: float | None, cancel_grace: float) -> float:
     """The id lease a runner holds: :func:`id_lease_ttl`, lengthened when the time
     before a lapse (the lease less its margin) would span fewer than three
-    heartbeats."""
+    heartbeats. The margin is that of the lease held (its safety grows with it):
+    ``lease - grace - max(SAFETY, SHARE * lease) >= 3 beats``."""
     base = id_lease_ttl(heartbeat_interval, ttl)
-    margin = lapse_margin(base, cancel_grace)
-    return max(base, margin + _BEATS_BEFORE_LAPSE * heartbeat_interval)
+    before = cancel_grace + _BEATS_BEFORE_LAPSE * heartbeat_interval
+    return max(base, before + _SAFETY, before / (1 - _SAFETY_SHARE))
 
 
 class IdWatch:

@@ -37,8 +37,9 @@ __all__ = ["Keepalive"]
 log = logging.getLogger("agentic.runner")
 
 # Attempts stopped for these reasons are no longer this runner's to keep: the lease
-# was lost (a dispatcher ends the reservation), or another runner took the agent id.
-_NOT_OURS = (Stop.LOST, Stop.DISPLACED)
+# was lost (a dispatcher ends the reservation), or another runner took (or, the id
+# lease lapsed, may take) the agent id.
+_NOT_OURS = (Stop.LOST, Stop.DISPLACED, Stop.LAPSED)
 
 
 class Keepalive:

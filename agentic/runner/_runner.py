@@ -834,7 +834,9 @@ class AgentRunner:
             return  # the claims are another runner's now
         with self._lock:
             attempts = list(self._attempts.values())
-        self.keepalive.tick(attempts)  # its store calls run on a thread of their own
+        # Its store calls run on a thread of their own. Lapsed, none is ours to keep
+        # (an attempt stopping for a timeout before the lapse keeps that stop kind).
+        self.keepalive.tick([] if self.lapsed else attempts)
         for attempt in attempts:
             try:
                 # Fenced by the claim's job id: a task claimed again since refuses it (LOST).
