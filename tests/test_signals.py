@@ -125,3 +125,21 @@ def test_stop_firsts_restored_in_any_order_put_the_defaults_back() -> None:
     relays[1].restore()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_handler_the_program_sets_after_install_is_left_alone() -> None:
+    """A program setting its own SIGTERM handler after start(): restore keeps it, and
+    the SIGINT default comes back."""
+    relay = StopFirst(threading.Event(), "stopping")
+    relay.install()
+
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    signal.signal(signal.SIGTERM, own)
+    try:
+        relay.restore()
+        assert signal.getsignal(signal.SIGTERM) is own
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
