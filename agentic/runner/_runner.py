@@ -847,7 +847,8 @@ class AgentRunner:
             except (ConflictError, NotFoundError) as exc:
                 if attempt.reporting:
                     continue  # the report just landed: the claim ended with it
-                self._error(f"task {attempt.task.id}: lease lost", exc)
+                what = "lease lost (cancelled, requeued or claimed again): stopping it"
+                self._error(f"task {attempt.task.id}: {what}", exc)
                 attempt.stop(Stop.LOST, f"lost the lease: {exc}")
             except AgenticError as exc:
                 self._error(f"task {attempt.task.id}: lease renewal failed", exc)
