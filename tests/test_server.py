@@ -157,12 +157,17 @@ def test_metrics_count_requests_claims_and_conflicts(
 
 
 def test_missing_and_wrong_tokens_get_401(api: TestClient, store: MemoryTaskStore) -> None:
-    """Every /api/tasks route needs a valid bearer token."""
+    """Every /api/tasks route needs a valid bearer token; the message says where a
+    token goes, or that the server was started with other ones."""
     task = new_task(store)
+    said = []
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eDp5"}):
         response = api.get(f"/api/tasks/{task.id}", headers=headers)
         assert_error(response, 401)
         assert response.headers["WWW-Authenticate"] == "Bearer"
+        said.append(response.json()["message"])
+    assert "(TaskClient's token argument)" in said[0]
+    assert "not one this server was started with" in said[1]
     assert "admin-token" not in api.get("/api/tasks").text
 
 

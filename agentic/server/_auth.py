@@ -78,12 +78,20 @@ class Auth:
         if self.open:
             return Principal(admin=True)
         if not token:
-            raise APIError("missing bearer token: send Authorization: Bearer <token>", 401)
+            raise APIError(
+                "missing bearer token: send Authorization: Bearer <token> (TaskClient's"
+                " token argument)",
+                401,
+            )
         digest = _digest(token)
         found: Principal | None = None
         for known, principal in self._table:
             if hmac.compare_digest(digest, known):
                 found = principal
         if found is None:
-            raise APIError("invalid bearer token", 401)
+            raise APIError(
+                "invalid bearer token: not one this server was started with (its admin"
+                " tokens, or an agent token)",
+                401,
+            )
         return found
