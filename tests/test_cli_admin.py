@@ -240,6 +240,25 @@ def test_a_task_api_out_of_reach_leaves_the_files_and_exits_1(
     assert len(list(UsageJournal(state, "a1").directory.glob("*.jsonl"))) == 2
 
 
+def test_a_task_api_of_another_store_is_named_once(system: System, tmp_path: Path) -> None:
+    """Files settled against a task server that serves another store than --store:
+    the mismatch is said once, up front, and the jobs it does not know are kept."""
+    state = tmp_path / "state"
+    other = "sqlite:///" + (tmp_path / "other.db").as_posix().lstrip("/")
+    with open_allowance_store(other) as quota:
+        quota.set_allowance(AgentAllowance(agent_id="a1"))
+    journal = UsageJournal(state, "a1")
+    job = journal.job(Task(id="elsewhere", title="t", job_id="job-x"), lambda what, exc: None)
+    job.usage("m", 5, 5)
+    job.close()
+    result = system.cli(*SETTLE, "--state-dir", str(state), "--store", other)
+    said = " ".join(result.stderr.split())
+    assert said.count("serves another store") == 1, said
+    assert "jobs whose task it does not know are kept, not settled" in said
+    assert result.exit_code == 1
+    assert len(list(journal.directory.glob("*.jsonl"))) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [

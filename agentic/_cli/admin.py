@@ -27,6 +27,7 @@ from ._common import (
     event_emitter,
     fail,
     handled,
+    other_store,
     print_json,
     quota_service,
     stdout,
@@ -139,6 +140,10 @@ def settle_usage_command(
     with contextlib.ExitStack() as stack:
         registry = stack.enter_context(open_registry(cfg.store_url_for("registry")))
         api = stack.enter_context(client(cfg))
+        mismatch = other_store(api, cfg.store_url_for("registry"), registry.store_id())
+        if mismatch:
+            # Its tasks would be unknown there, job after job: said once, up front.
+            warn(f"{mismatch}: jobs whose task it does not know are kept, not settled")
         emitter = event_emitter(cfg)
         if emitter is not None:
             stack.enter_context(emitter)
