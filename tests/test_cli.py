@@ -729,16 +729,20 @@ def _table_rows(text: str) -> list[list[str]]:
 
 def test_status_says_when_an_agent_used_up_its_quota(system: System) -> None:
     """An available agent whose daily jobs are used up reads "used up" (it gets no
-    work until the reset), explained under the table."""
+    work until the reset), explained under the table; one at its concurrency limit
+    does not (that frees when a job ends)."""
     system.registry.register(AgentInfo(id="spent", max_load=1))
     system.quota.set_allowance(AgentAllowance(agent_id="spent", daily_job_limit=2))
     system.quota.increment_usage("spent", 0, 2)
     system.registry.register(AgentInfo(id="fresh", max_load=1))
     system.quota.set_allowance(AgentAllowance(agent_id="fresh", daily_job_limit=2))
+    system.registry.register(AgentInfo(id="full", max_load=2))
+    system.quota.set_allowance(AgentAllowance(agent_id="full", concurrent_jobs=1))
+    system.quota.reserve("full", "", 0, "running")  # at its concurrency limit: busy
     result = system.cli("status")
     assert result.exit_code == 0, result.output
     rows = {cells[1].strip(): cells[2].strip() for cells in _table_rows(result.stdout)}
-    assert (rows["spent"], rows["fresh"]) == ("used up", "available")
+    assert (rows["spent"], rows["fresh"], rows["full"]) == ("used up", "available", "available")
     assert "used up: no work until the quotas reset" in " ".join(result.stdout.split())
 
 

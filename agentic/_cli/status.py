@@ -188,8 +188,18 @@ def _over(row: AgentRow) -> bool:
     )
 
 
+#: refusals that last until the quota day ends (a full concurrency limit frees as
+#: soon as a job ends: the agent is busy, not used up)
+_FOR_THE_DAY = frozenset({"daily token limit", "daily job limit"})
+
+
 def _used_up(row: AgentRow) -> bool:
-    return row.check is not None and row.check.status is AllowanceStatus.EXCEEDED
+    check = row.check
+    return (
+        check is not None
+        and check.status is AllowanceStatus.EXCEEDED
+        and check.reason in _FOR_THE_DAY
+    )
 
 
 def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
