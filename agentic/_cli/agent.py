@@ -157,7 +157,7 @@ def run(
         after_stop()
     stdout().print(
         f"agent {agent_id} stopped: {runner.completed} completed, {runner.failed} failed,"
-        f" {runner.released} released, {runner.errors} errors",
+        f" {runner.released} released, {runner.errors} error{'' if runner.errors == 1 else 's'}",
         highlight=False,
     )
     if runner.displaced_by is not None:
