@@ -769,6 +769,8 @@ class Dispatcher:
                 self.errors += 1
                 log.exception("dispatch pass failed unexpectedly (%d in a row)", failures)
             else:
+                if failures:  # said, or the log would end on the last failure
+                    log.info("dispatch passes work again after %d failure(s) in a row", failures)
                 failures = 0
                 waiting = bool(report.waiting)
                 summary = report.summary()

@@ -875,6 +875,29 @@ def test_concurrent_dispatchers_claim_each_task_once(system: System) -> None:
     assert sum(u.active_jobs for u in system.quota.usages()) == 40
 
 
+def test_a_pass_that_works_after_failures_is_said(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After failed passes, the first pass that works says so: a log must not end on
+    the last failure of an outage that is over."""
+    outcomes = [StoreError("down"), StoreError("down")]
+
+    class Recovering(Dispatcher):
+        def run_once(self) -> DispatchReport:
+            if outcomes:
+                raise outcomes.pop(0)
+            stop.set()
+            return DispatchReport()
+
+    dispatcher = Recovering(
+        system.registry, DefaultRouter(), AllowanceService(system.quota), system.client
+    )
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="agentic.dispatcher"):
+        dispatcher.run(stop, 0.01)
+    assert "dispatch passes work again after 2 failure(s) in a row" in caplog.text
+
+
 def test_run_stops_when_asked_and_counts_errors(system: System) -> None:
     """run() makes its first pass at once, stops on the event, and counts failed passes."""
     system.agent("a")

@@ -42,6 +42,7 @@ from agentic.runner import (
     TaskContext,
 )
 from agentic.runner._attempt import claim_lease
+from agentic.runner._presence import Presence
 from agentic.stores.memory import MemoryAllowanceStore, MemoryEventLog, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
@@ -1440,3 +1441,27 @@ def test_a_lease_length_an_older_servers_renewal_left_behind_is_not_used() -> No
     assert claim_lease(exact) == 600.0
     assert claim_lease(task.model_copy(update={"lease_seconds": None})) == 600.0
     assert claim_lease(Task(title="t")) is None
+
+
+def test_heartbeats_landing_again_after_failures_is_said(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After failed heartbeats, the first that lands says so (once): a runner's log
+    must not end on the last failure of a registry outage that is over."""
+    failing = [StoreError("down"), StoreError("down")]
+
+    class Flaky(MemoryRegistry):
+        def heartbeat(self, agent_id: str, load: int | None = None) -> AgentInfo:
+            if failing:
+                raise failing.pop(0)
+            return super().heartbeat(agent_id, load)
+
+    errors: list[str] = []
+    presence = Presence(Flaky(), AgentInfo(id="a"), lambda: 0, lambda what, e: errors.append(what))
+    assert presence.register(threading.Event(), 0.01)
+    with caplog.at_level(logging.INFO, logger="agentic.runner"):
+        for _ in range(4):
+            presence.heartbeat()
+    assert errors == ["heartbeat failed", "heartbeat failed"]
+    said = [r.getMessage() for r in caplog.records if "land again" in r.getMessage()]
+    assert said == ["agent a: heartbeats land again after 2 failure(s)"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -1204,9 +1205,9 @@ def test_requeue_errors_are_counted_and_the_loop_survives(
     assert not any(record.exc_info for record in failed)
 
 
-def test_requeue_backs_off_while_the_store_fails() -> None:
+def test_requeue_backs_off_while_the_store_fails(caplog: pytest.LogCaptureFixture) -> None:
     """Failed requeue passes come further apart, doubling up to 10 intervals, and
-    the first pass that works brings back the interval."""
+    the first pass that works brings back the interval and says so."""
     waits: list[float] = []
     outcomes: Iterator[StoreError | list[Task]] = iter([StoreError("down")] * 5 + [[]] * 2)
 
@@ -1223,8 +1224,10 @@ def test_requeue_backs_off_while_the_store_fails() -> None:
             raise asyncio.CancelledError
 
     store = Flaky()
+    caplog.set_level(logging.INFO, logger="agentic.server.app")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("agentic.server.app.asyncio.sleep", sleep)
         with pytest.raises(asyncio.CancelledError):
             asyncio.run(_requeue_loop(store, StoreCalls(store), Metrics(), Changes(), 1.0))
     assert waits == [2.0, 4.0, 8.0, 10.0, 10.0, 1.0, 1.0]
+    assert "requeue of expired leases works again after 5 failure(s)" in caplog.text

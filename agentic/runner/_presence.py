@@ -44,6 +44,7 @@ class Presence:
         self._lock = threading.Lock()
         self._registered = False
         self._published_paused = False
+        self._failed_beats = 0  # in a row, said when one lands again
 
     def register(self, stop: threading.Event, backoff: float) -> bool:
         """Register, retrying a failing registry (waits from ``backoff`` doubling up to
@@ -73,6 +74,13 @@ class Presence:
                     self._publish()  # paused or resumed: max_load may change
                 else:
                     self.registry.heartbeat(self.info.id, load=self._current(paused).current_load)
+                if self._failed_beats:  # said, or the log would end on the last failure
+                    log.info(
+                        "agent %s: heartbeats land again after %d failure(s)",
+                        self.info.id,
+                        self._failed_beats,
+                    )
+                    self._failed_beats = 0
             except NotFoundError:
                 # Removed behind our back (an admin, a lost registry): announce again.
                 log.warning("agent %s was not registered; registering again", self.info.id)
@@ -81,6 +89,7 @@ class Presence:
                 except AgenticError as exc:
                     self._error("registering the agent again failed", exc)
             except AgenticError as exc:
+                self._failed_beats += 1
                 self._error("heartbeat failed", exc)
 
     def deregister(self) -> bool:

@@ -185,6 +185,8 @@ async def _requeue_loop(
                 exc_info=not isinstance(exc, StoreError),
             )
         else:
+            if failures:  # said, or the log would end on the last failure
+                log.info("requeue of expired leases works again after %d failure(s)", failures)
             failures = 0
             if changed:
                 changes.bump("dispatch")
