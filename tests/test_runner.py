@@ -272,14 +272,20 @@ class CompleteOutage(TaskClient):
         return super().renew_lease(*args, **kwargs)
 
 
-def test_a_report_outlasts_an_outage_shorter_than_the_lease(system: System) -> None:
-    """Past its retries a report keeps trying while the lease holds: finished work lands."""
+def test_a_report_outlasts_an_outage_shorter_than_the_lease(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past its retries a report keeps trying while the lease holds: finished work
+    lands; the log says, from the first failure, why it waits and how to give up."""
     client = CompleteOutage(system.url, token="", retries=0)
     runner = system.runner(lambda task, ctx: "expensive result", client=client, lease_seconds=1.0)
     client.until = time.monotonic() + 2.5  # longer than the retries, and than one lease
     runner.start()
     wait_for(lambda: AGENT in {a.id for a in system.registry.list()})
-    task = system.finished(system.submit().id)
+    with caplog.at_level(logging.WARNING, logger="agentic.runner"):
+        task = system.finished(system.submit().id)
+    first = next(r.getMessage() for r in caplog.records if "(attempt 1)" in r.getMessage())
+    assert "a second signal, or stop(now=True), gives up" in first
     assert task.status == TaskStatus.COMPLETED and task.retry_count == 0
     assert task.result is not None and task.result.output == "expensive result"
     wait_for(lambda: runner.completed == 1 and runner.load == 0)

@@ -347,7 +347,17 @@ class Reporter:
                 refused = _refused(exc)
                 refusals = refusals + 1 if refused else 0
                 failures += 0 if refused else 1
-                self._error(f"{what} failed (attempt {failures + refusals})", exc)
+                attempt = failures + refusals
+                told = f"{what} failed (attempt {attempt})"
+                if hold is not None and attempt % 10 == 1:
+                    # Said now and then: a stopping runner waits here, and nothing
+                    # else in its log says why it does not exit.
+                    told += (
+                        "; tried again while the task's lease holds (a stop waits for"
+                        " it): a second signal, or stop(now=True), gives up, and the"
+                        " task then runs again once its lease runs out"
+                    )
+                self._error(told, exc)
                 if self._hurry.is_set():
                     raise
                 if refused and refusals <= _MAX_REFUSALS:
