@@ -642,7 +642,8 @@ def test_cancel_fails_a_task_blocks_its_dependents_and_refuses_a_final_one(
     system: System,
 ) -> None:
     """cancel dead-letters a pending task with the reason given (its dependents become
-    blocked); cancelling a task that already ended exits 1 and changes nothing."""
+    blocked); cancelling a task that already ended, or one the server does not know,
+    exits 1 saying so and changes nothing."""
     first = system.tasks.create(Task(title="first"))
     then = system.tasks.create(Task(title="then", dependencies=[first.id]))
     result = system.cli("cancel", first.id, "--reason", "wrong repo")
@@ -656,6 +657,9 @@ def test_cancel_fails_a_task_blocks_its_dependents_and_refuses_a_final_one(
     assert f"task {first.id} has ended already (failed): nothing to cancel" in again.stderr
     assert "fail_reason" not in again.stderr  # no field names of the API
     assert system.tasks.get(first.id).fail_reason == "cancelled: wrong repo"
+    unknown = system.cli("cancel", "no-such-task")
+    assert unknown.exit_code == 1
+    assert "no task 'no-such-task' on the task server at" in " ".join(unknown.stderr.split())
 
 
 def test_submitting_a_task_that_depends_on_a_failed_one_says_it_is_blocked(

@@ -19,6 +19,7 @@ from agentic.retry import RetryPolicy
 from agentic.server import create_app
 from agentic.server._calls import StoreCalls
 from agentic.server._changes import Changes
+from agentic.server._errors import StoreFailures
 from agentic.server._json import body_model, model_at
 from agentic.server._metrics import Metrics
 from agentic.server.app import _requeue_loop
@@ -1158,6 +1159,30 @@ class BrokenStore(MemoryTaskStore):
 
     def requeue_expired(self) -> list[Task]:
         raise StoreError("disk on fire")
+
+
+def test_store_failures_are_logged_once_a_window_with_a_count(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During an outage every request fails: the log says it once per window, then
+    how many more failed since, instead of a line per request; each is still a 503."""
+    app = create_app(BrokenStore(clock=clock), requeue_interval=None)
+    with TestClient(app) as api, caplog.at_level(logging.ERROR, logger="agentic.server._errors"):
+        for _ in range(5):
+            assert api.get("/api/tasks/t1", headers=ADMIN).status_code == 503
+    said = [r.getMessage() for r in caplog.records if "store failed" in r.getMessage()]
+    assert said == ["GET /api/tasks/t1: store failed: disk on fire"]
+    now = [0.0]
+    failures = StoreFailures(window=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="agentic.server._errors"):
+        caplog.clear()
+        for at in (0.0, 1.0, 2.0, 11.0):
+            now[0] = at
+            failures("GET /x", StoreError("down"))
+    assert [r.getMessage() for r in caplog.records] == [
+        "GET /x: store failed: down",
+        "GET /x: store failed: down (2 more request(s) failed since the last one logged)",
+    ]
 
 
 def test_store_errors_are_503(clock: FakeClock) -> None:

@@ -102,6 +102,8 @@ def cancel(
     with client(cfg) as api:
         try:
             task = api.update_task(task_id, TaskUpdate(status=TaskStatus.FAILED, fail_reason=why))
+        except NotFoundError as exc:
+            raise _no_task(task_id, cfg.base_url) from exc
         except ConflictError as exc:
             ended = api.get_task(task_id)
             if ended.status not in FINISHED:
@@ -113,6 +115,13 @@ def cancel(
         print_json(task)
     else:
         sys.stdout.write(f"{task.id} {task.status}: {task.fail_reason}\n")
+
+
+def _no_task(task_id: str, base_url: str) -> NotFoundError:
+    """The error for a task id the task server does not know, saying where to look."""
+    return NotFoundError(
+        f"no task {task_id!r} on the task server at {base_url} (agentic tasks lists them)", 404
+    )
 
 
 @handled
@@ -137,11 +146,7 @@ def retry(
                     f"the task server at {cfg.base_url} cannot retry tasks (it is older"
                     " than this agentic): upgrade it, or submit the task again"
                 ) from exc
-            raise NotFoundError(
-                f"no task {task_id!r} on the task server at {cfg.base_url}"
-                " (agentic tasks lists them)",
-                404,
-            ) from exc
+            raise _no_task(task_id, cfg.base_url) from exc
     task = retried.task
     if json_output:
         print_json({"task": task.model_dump(mode="json"), "unblocked": retried.unblocked})
@@ -188,11 +193,7 @@ def logs(
                     _why_pending(api, api.get_task(task_id))
                 status = stream_logs(api, task_id, sys.stdout, follow=follow)
         except NotFoundError as exc:
-            raise NotFoundError(
-                f"no task {task_id!r} on the task server at {cfg.base_url}"
-                " (agentic tasks lists them)",
-                404,
-            ) from exc
+            raise _no_task(task_id, cfg.base_url) from exc
     # Followed to its end, a task that will not complete is an error: a script that
     # waits on it (`agentic logs -f ID && next`) must not go on.
     if follow and status in (TaskStatus.FAILED, TaskStatus.BLOCKED):

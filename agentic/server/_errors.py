@@ -15,7 +15,9 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-from collections.abc import Mapping
+import math
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -118,8 +120,35 @@ def _allowed_methods(app: FastAPI, request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+class StoreFailures:
+    """Requests the store failed, logged at most once per ``window`` seconds with how
+    many were not: during an outage every request fails, and a line per request (60
+    in 7 s with four agents polling) buried everything else. Each is still counted
+    (``store_errors``) and answered 503."""
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self._clock = clock
+        self._quiet_until = -math.inf
+        self._unsaid = 0
+
+    def __call__(self, what: str, exc: StoreError) -> None:
+        now = self._clock()
+        if now < self._quiet_until:
+            self._unsaid += 1
+            return
+        more = (
+            f" ({self._unsaid} more request(s) failed since the last one logged)"
+            if self._unsaid
+            else ""
+        )
+        log.error("%s: store failed: %s%s", what, exc, more)
+        self._unsaid, self._quiet_until = 0, now + self.window
+
+
 def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     """Map every exception an endpoint can raise to the error body."""
+    store_failed = StoreFailures()
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, RequestValidationError):
@@ -133,7 +162,7 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
         if described is not None:
             status, message, details = described
             if isinstance(exc, StoreError):
-                log.error("%s %s: store failed: %s", request.method, request.url.path, exc)
+                store_failed(f"{request.method} {request.url.path}", exc)
             answer_headers: dict[str, str] | None = None
             if status == 401:
                 answer_headers = {"WWW-Authenticate": "Bearer"}
