@@ -246,8 +246,14 @@ def test_task_claimed_beyond_capacity_is_released(system: System) -> None:
     system.client.claim_task(extra.id, agent_id=AGENT, job_id="extra-job")
     wait_for(lambda: system.tasks.get(extra.id).status == TaskStatus.PENDING)
     assert system.tasks.get(extra.id).retry_count == 0
-    usage = system.quota.get_usage(AGENT)  # the extra job never started: not counted
-    assert (usage.jobs_started, usage.active_jobs) == (1, 1)
+
+    def counted() -> tuple[int, int]:
+        usage = system.quota.get_usage(AGENT)
+        return usage.jobs_started, usage.active_jobs
+
+    # The extra job never started: not counted. Given back after the release (a
+    # task whose release failed may still run here), so waited for, not read at once.
+    wait_for(lambda: counted() == (1, 1))
     requeued = [e.event for e in system.log.read() if e.event.type == EventType.TASK_REQUEUED]
     assert [e.payload["reason"] for e in requeued] == [f"agent {AGENT} is at capacity"]
     gate.set()
