@@ -15,22 +15,22 @@ from typing import Any
 import pytest
 
 from agentic.errors import ConfigError, ConflictError, NotFoundError
-from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.models import Priority, Task, TaskResult, TaskUpdate
 from agentic.stores.base import TaskStore
 from agentic.stores.redis._conn import sync, text
 from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from tests.conftest import Backend
-from tests.test_task_store import _make_store
-
-PENDING, IN_PROGRESS, COMPLETED, BLOCKED, FAILED = (
-    TaskStatus.PENDING,
-    TaskStatus.IN_PROGRESS,
-    TaskStatus.COMPLETED,
-    TaskStatus.BLOCKED,
-    TaskStatus.FAILED,
+from tests.test_task_store import (
+    BLOCKED,
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    OK,
+    PENDING,
+    _make_store,
 )
-OK = TaskResult(success=True, output="done")
+
 FAIL = TaskResult(success=False, error_message="boom")
 AGENTS = ("a1", "a2", "a3")
 

@@ -13,19 +13,18 @@ import pytest
 
 from agentic.errors import ConflictError, NotFoundError
 from agentic.events import EventType
-from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
+from agentic.models import Task, TaskResult, TaskUpdate
 from agentic.stores import open_task_store
 from agentic.stores.base import EventLog, TaskStore
 from tests.conftest import Backend
 from tests.test_task_events import recorded, recording_store
-from tests.test_task_store import _make_store
-
-PENDING, IN_PROGRESS, COMPLETED, BLOCKED, FAILED = (
-    TaskStatus.PENDING,
-    TaskStatus.IN_PROGRESS,
-    TaskStatus.COMPLETED,
-    TaskStatus.BLOCKED,
-    TaskStatus.FAILED,
+from tests.test_task_store import (
+    BLOCKED,
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    PENDING,
+    _make_store,
 )
 
 
