@@ -188,21 +188,22 @@ def never_fits(
     """Why a job of ``tokens`` on ``model`` would be refused even on a day with
     nothing used yet (its size or model, not today's use), or None when it could
     pass: such a job waits for a change of allowance or model quota, not for a reset.
-    Used to explain a refusal; ``decide`` is the rule."""
-    if model and allowance.model_allowlist and model not in allowance.model_allowlist:
-        return f"model {model!r} is not in its allowlist"
-    if 0 < allowance.daily_token_limit < tokens:
+    The rule is ``decide``'s, asked with empty counters; this only words its refusal."""
+    empty = decide(allowance, AgentCounters(), quota, ModelCounters(), model, tokens, 0.0, DAY)
+    if empty.allowed:
+        return None
+    if empty.reason == "daily token limit":
         return f"{tokens} tokens exceed its daily token limit of {allowance.daily_token_limit}"
-    if model and quota is not None:
-        if 0 < quota.daily_token_budget < tokens:
-            return (
-                f"{tokens} tokens exceed model {model!r}'s daily token budget of"
-                f" {quota.daily_token_budget}"
-            )
-        cost = estimated_cost(quota, tokens)
-        if 0 < quota.cost_ceiling * 1_000_000 < cost:
-            return f"its estimated cost exceeds model {model!r}'s cost ceiling"
-    return None
+    if quota is not None and empty.reason.startswith("daily token budget"):
+        return (
+            f"{tokens} tokens exceed model {model!r}'s daily token budget of"
+            f" {quota.daily_token_budget}"
+        )
+    if empty.reason.startswith("cost ceiling"):
+        return f"its estimated cost exceeds model {model!r}'s cost ceiling"
+    if "allowlist" in empty.reason:
+        return f"model {model!r} is not in its allowlist"
+    return empty.reason
 
 
 def agent_status(allowance: AgentAllowance, counters: AgentCounters) -> AllowanceStatus:
