@@ -77,6 +77,7 @@ FEATURES = (
     "labels_within",
     "list_pages",
     "long_polls",
+    "retry_reruns",
     "strict_bodies",
     "task_counts",
     "task_retry",
@@ -121,6 +122,7 @@ class _Withdrawn(BaseModel):
 class _Retried(BaseModel):
     task: Task
     unblocked: list[str] = []
+    repeated: bool = False
 
 
 class _LoggedEvent(BaseModel):

@@ -414,18 +414,36 @@ class TaskClient:
         response = self._request("POST", path, safe=True, body={"job_id": job_id})
         return parse(response, WITHDRAWN).made
 
-    def retry_task(self, task_id: str) -> Retried:
+    def retry_task(self, task_id: str, reruns: int | None = None) -> Retried:
         """Run a failed task (dead-lettered or cancelled) again from the start
         (``POST /api/tasks/{id}/retry``, admin token): its ``task`` as it now is
         (pending, no retry counted; blocked while a dependency of it is failed) and
         the ids of the tasks its failure blocked that are pending again
-        (``unblocked``). :class:`ConflictError` for a task that is not failed. Not
-        repeated once it may have reached the server (a repeat would answer 409). A
-        server without ``task_retry`` answers 404 or 405.
+        (``unblocked``). :class:`ConflictError` for a task that is not failed.
+
+        Made once: the retry names the run it retries, ``reruns`` (the task's count
+        the caller saw; read from the task first when not given). Once the task has
+        been retried since, the answer is the task as it is, ``repeated``, and nothing
+        changes (even when that re-run failed again), so the request is repeated after
+        a lost answer and two operators retrying at once run it once. A server
+        without ``retry_reruns`` gets the retry without that condition, and it is not
+        repeated once it may have reached the server (``reruns`` given is then a
+        :class:`ConfigError`); one without ``task_retry`` answers 404 or 405.
         """
         path = task_path(task_id, "retry")
-        answer = parse(self._request("POST", path, safe=False), RETRIED)
-        return Retried(answer.task, answer.unblocked)
+        if "retry_reruns" not in self.server_features():
+            if reruns is not None:
+                raise ConfigError(
+                    f"the task server at {self.base_url} cannot make a retry once (it is older"
+                    " than retry_reruns): upgrade it, or retry without reruns"
+                )
+            answer = parse(self._request("POST", path, safe=False), RETRIED)
+        else:
+            if reruns is None:
+                reruns = self.get_task(task_id).reruns
+            body = {"reruns": reruns}
+            answer = parse(self._request("POST", path, safe=True, body=body), RETRIED)
+        return Retried(answer.task, answer.unblocked, answer.repeated)
 
     def release_task(
         self,

@@ -160,6 +160,24 @@ def test_retry_requeues_a_failed_task_and_prints_what_it_unblocked(server: Serve
     assert data["unblocked"] == [child.id]
 
 
+def test_retry_of_a_task_someone_retried_meanwhile_changes_nothing(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry that read the task before another operator retried it exits 0, saying so."""
+    root, _child = _dead_lettered_chain(server.store)
+    seen = server.store.get(root.id)  # as the command read it, just before ...
+    server.store.retry(root.id)  # ... another operator's retry landed
+    monkeypatch.setattr(TaskClient, "get_task", lambda _self, _task_id: seen)
+    result = server.cli("retry", root.id)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{root.id} pending\n"
+    said = " ".join(result.stderr.split())
+    assert f"task {root.id} was retried already (by this retry's first try" in said
+    assert server.store.get(root.id).reruns == 1
+    data = json.loads(server.cli("retry", root.id, "--json").stdout)  # the same stale read
+    assert data["repeated"] is True
+
+
 def test_retry_refusals_exit_1_saying_why(server: Server) -> None:
     """retry of a task not failed or unknown exits 1 saying why; a blocked re-run warns."""
     task = server.store.create(Task(title="t"))

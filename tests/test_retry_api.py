@@ -9,10 +9,11 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from agentic import AsyncTaskClient
-from agentic.errors import ConflictError, NotFoundError
+from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.events import EventType
 from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.runner import TaskContext
@@ -99,6 +100,86 @@ def test_a_retry_blocked_by_a_failed_dependency_says_so(
     )
 
 
+def test_a_retry_naming_its_run_is_made_once(api: TestClient, store: MemoryTaskStore) -> None:
+    """Asked twice with the same reruns, the second retry answers repeated and changes nothing."""
+    root, child = dead_lettered_chain(store)
+    path = f"/api/tasks/{root.id}/retry"
+    first = api.post(path, headers=ADMIN, json={"reruns": 0}).json()
+    made = (first["task"]["reruns"], first["unblocked"], first["repeated"])
+    assert made == (1, [child.id], False)
+    second = api.post(path, headers=ADMIN, json={"reruns": 0})
+    assert second.status_code == 200, second.text
+    body = second.json()
+    assert (body["task"]["status"], body["unblocked"], body["repeated"]) == ("pending", [], True)
+    assert body["message"] == (
+        f"task {root.id} was retried already (it has run 2 times in all): it is pending now;"
+        " nothing changed"
+    )
+    assert "agentic_task_retries_total 1" in api.get("/metrics").text
+    ahead = assert_error(api.post(path, headers=ADMIN, json={"reruns": 5}), 409)
+    assert "has been retried 1 time(s), not 5" in ahead["message"]
+
+
+@pytest.mark.parametrize("body", [{"reruns": -1}, {"reruns": "x"}, {"reruns": 0, "run": 1}, [0]])
+def test_a_retry_body_it_cannot_read_is_a_422(
+    api: TestClient, store: MemoryTaskStore, body: Any
+) -> None:
+    """A negative or non-integer reruns, an unknown field or a list is a 422; nothing changes."""
+    root, _child = dead_lettered_chain(store)
+    assert_error(api.post(f"/api/tasks/{root.id}/retry", headers=ADMIN, json=body), 422)
+    assert store.get(root.id).status is TaskStatus.FAILED
+
+
+class _LosesRetryAnswers(httpx.HTTPTransport):
+    """Sends every request, but loses the answers of the first ``n`` retries."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.lost = n
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.endswith("/retry") and self.lost:
+            self.lost -= 1
+            response.read()
+            response.close()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+
+def test_a_retry_whose_answer_is_lost_is_repeated_and_made_once() -> None:
+    """The client repeats a retry whose answer was lost; the task is re-run once, not twice."""
+    from agentic.client import TaskClient
+
+    store = MemoryTaskStore()
+    with running_server(store, requeue_interval=None) as url:
+        root, _child = dead_lettered_chain(store)
+        transport = _LosesRetryAnswers(1)
+        with TaskClient(url, token="", transport=transport, sleep=lambda _s: None) as client:
+            retried = client.retry_task(root.id)
+        assert (transport.lost, retried.repeated, retried.task.status) == (
+            0,
+            True,
+            TaskStatus.PENDING,
+        )
+        assert store.get(root.id).reruns == 1
+
+
+def test_a_client_naming_reruns_needs_a_server_that_knows_them() -> None:
+    """reruns given to a server without retry_reruns is a ConfigError before any retry."""
+    from agentic.client import TaskClient
+
+    store = MemoryTaskStore()
+    with running_server(store, requeue_interval=None) as url:
+        root, _child = dead_lettered_chain(store)
+        with TaskClient(url, token="") as client:
+            client.server_features = lambda: frozenset({"task_retry"})  # type: ignore[method-assign]
+            with pytest.raises(ConfigError, match="cannot make a retry once"):
+                client.retry_task(root.id, reruns=0)
+            assert store.get(root.id).status is TaskStatus.FAILED
+            assert client.retry_task(root.id).task.reruns == 1  # unconditioned, as before
+
+
 def test_both_clients_retry_and_get_the_refusals() -> None:
     """Both clients' retry_task give the task and unblocked ids, and raise 409 / 404 errors."""
     from agentic.client import TaskClient
@@ -108,8 +189,10 @@ def test_both_clients_retry_and_get_the_refusals() -> None:
         root, child = dead_lettered_chain(store)
         with TaskClient(url, token="") as client:
             assert "task_retry" in client.server_features()
+            assert "retry_reruns" in client.server_features()
             retried = client.retry_task(root.id)
             assert (retried.task.status, retried.unblocked) == (TaskStatus.PENDING, [child.id])
+            assert not retried.repeated
             with pytest.raises(ConflictError, match="is pending, not failed"):
                 client.retry_task(root.id)
         store.update(root.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))

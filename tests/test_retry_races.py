@@ -125,3 +125,67 @@ def test_retries_racing_claims_failures_and_creates_lose_and_double_no_task(
     assert {t.id: t.reruns for t in tasks if t.reruns} == {
         task_id: retried.count(task_id) for task_id in set(retried)
     }
+
+
+ONCE_TASKS = 40
+ROUNDS = 3
+
+
+def _retry_once(url: str, barrier: Any, out: Any) -> None:
+    store = open_task_store(url)
+    made: list[str] = []
+    barrier.wait(60)
+    for _ in range(ROUNDS):  # repeats, as after lost answers, while the re-runs fail again
+        for n in range(ONCE_TASKS):
+            if not store.retry(f"r{n}", reruns=0).repeated:
+                made.append(f"r{n}")
+    store.close()
+    out.put(made)
+
+
+def _fail_reruns(url: str, barrier: Any, retried: Any, out: Any) -> None:
+    store = open_task_store(url)
+    barrier.wait(60)
+    attempt = 0
+    while True:
+        done = retried.is_set()  # read before the list: nothing is made pending after it
+        ready = store.list(status=TaskStatus.PENDING, limit=100)
+        for task in ready:
+            attempt += 1
+            store.claim(task.id, "a1", 60, job_id=f"again{attempt}")
+            failure = TaskResult(success=False, error_message="boom again")
+            store.complete(task.id, failure, job_id=f"again{attempt}")
+        if done and not ready:
+            break
+        time.sleep(0.002)
+    store.close()
+    out.put([])
+
+
+def test_operators_retrying_the_same_run_rerun_each_task_once(shared_url: str) -> None:
+    """Four processes retrying the same dead letters again and again, each naming the run
+    it saw, while a worker fails every re-run: each task is re-run exactly once."""
+    store = open_task_store(shared_url)
+    for n in range(ONCE_TASKS):
+        store.create(Task(id=f"r{n}", title=f"r{n}", max_retries=0))
+        store.claim(f"r{n}", "a1", 60, job_id=f"j{n}")
+        store.complete(f"r{n}", TaskResult(success=False, error_message="boom"), job_id=f"j{n}")
+    operators, failer = SPAWN.Queue(), SPAWN.Queue()
+    retried = SPAWN.Event()
+    barrier = SPAWN.Barrier(5)
+    procs = [
+        SPAWN.Process(target=_retry_once, args=(shared_url, barrier, operators)) for _ in range(4)
+    ]
+    worker = SPAWN.Process(target=_fail_reruns, args=(shared_url, barrier, retried, failer))
+    for p in (*procs, worker):
+        p.start()
+    made = [task_id for _ in procs for task_id in operators.get(timeout=120)]
+    retried.set()
+    failer.get(timeout=60)
+    for p in (*procs, worker):
+        p.join(30)
+        assert p.exitcode == 0
+    tasks = store.list(limit=1000)
+    store.close()
+    assert sorted(made) == sorted(f"r{n}" for n in range(ONCE_TASKS))
+    assert {(t.status, t.reruns) for t in tasks} == {(TaskStatus.FAILED, 1)}

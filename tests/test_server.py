@@ -110,6 +110,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "labels_within",
         "list_pages",
         "long_polls",
+        "retry_reruns",
         "strict_bodies",
         "task_counts",
         "task_retry",
@@ -912,6 +913,8 @@ STRICT_BODIES = [
      "body.colour", None, ["agent_id", "job_id", "lease_seconds"]),
     ("POST", "/api/tasks/{id}/logs", {"lines": ["a"]}, {"lines": ["a"], "line": "b"},
      "body.line", "lines", ["lines"]),
+    ("POST", "/api/tasks/{id}/retry", {"reruns": 0}, {"rerun": 0},
+     "body.rerun", "reruns", ["reruns"]),
 ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agentic.errors import ConflictError, NotFoundError
+from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.events import EventType
 from agentic.models import Task, TaskResult, TaskUpdate
 from agentic.stores import open_task_store
@@ -197,6 +197,63 @@ def test_only_a_failed_task_can_be_retried(store: TaskStore, status: str) -> Non
     assert store.counts() == counts
 
 
+def test_a_retry_naming_the_run_it_saw_is_made_once(store: TaskStore) -> None:
+    """Asked again with the same reruns, a retry changes nothing and says it was repeated,
+    even once that re-run failed again; the next run's count retries it."""
+    new(store, "root", max_retries=0)
+    new(store, "leaf", dependencies=["root"])
+    dead_letter(store, "root")
+    first = store.retry("root", reruns=0)
+    assert (first.task.status, first.task.reruns, first.unblocked, first.repeated) == (
+        PENDING,
+        1,
+        ["leaf"],
+        False,
+    )
+    before, counts = store.get("root"), store.counts()
+    again = store.retry("root", reruns=0)
+    assert (again.task, again.unblocked, again.repeated) == (before, [], True)
+    assert store.counts() == counts
+    dead_letter(store, "root", job_id="j2")
+    failed = store.get("root")
+    repeat = store.retry("root", reruns=0)
+    assert (repeat.task, repeat.repeated) == (failed, True)
+    assert store.get("leaf").status == BLOCKED
+    second = store.retry("root", reruns=1)
+    assert (second.task.status, second.task.reruns, second.repeated) == (PENDING, 2, False)
+    assert second.unblocked == ["leaf"]
+
+
+def test_a_reruns_count_ahead_of_the_task_is_refused(store: TaskStore) -> None:
+    """A retry naming more reruns than the task has had is a ConflictError; nothing changes."""
+    new(store, "t", max_retries=0)
+    failed = dead_letter(store, "t")
+    with pytest.raises(ConflictError, match=r"task t has been retried 0 time\(s\), not 1"):
+        store.retry("t", reruns=1)
+    assert store.get("t") == failed
+
+
+@pytest.mark.parametrize("reruns", [-1, True, 1.5, "0", 2**51])
+def test_a_reruns_count_that_no_task_holds_is_a_config_error(store: TaskStore, reruns: Any) -> None:
+    """A negative, boolean, fractional, textual or too large reruns is a ConfigError."""
+    new(store, "t", max_retries=0)
+    failed = dead_letter(store, "t")
+    with pytest.raises(ConfigError, match="reruns must be"):
+        store.retry("t", reruns=reruns)
+    assert store.get("t") == failed
+
+
+def test_a_repeated_retry_records_no_event(pair: tuple[TaskStore, EventLog]) -> None:
+    """Only the retry made records its task_requeued; its repeat records nothing."""
+    store, log = pair
+    new(store, "t", max_retries=0)
+    dead_letter(store, "t")
+    store.retry("t", reruns=0)
+    count = len(recorded(log))
+    assert store.retry("t", reruns=0).repeated
+    assert len(recorded(log)) == count
+
+
 def test_an_unknown_task_is_not_found(store: TaskStore) -> None:
     """Retrying an id no task has raises NotFoundError."""
     with pytest.raises(NotFoundError, match="'nope' does not exist"):
@@ -351,8 +408,13 @@ def _one_step(store: TaskStore, op: str, pick: float, step: int, deps: list[str]
             store.claim(task_id, "a1", 30, job_id=f"j{step}")
             result = TaskResult(success=op == "run", error_message="boom")
             return (store.complete(task_id, result, job_id=f"j{step}").status,)
-        retried = store.retry(failed[int(pick * len(failed))] if failed else task_id)
-        return (retried.task.status, retried.task.blockers, retried.unblocked)
+        target = failed[int(pick * len(failed))] if failed else task_id
+        if op == "retry_once":  # naming a run before, at or after the task's own
+            reruns = max(0, store.get(target).reruns + step % 3 - 1)
+            retried = store.retry(target, reruns=reruns)
+        else:
+            retried = store.retry(target)
+        return (retried.task.status, retried.task.blockers, retried.unblocked, retried.repeated)
     except (ConflictError, NotFoundError) as exc:
         return ("refused", type(exc).__name__)
 
@@ -371,7 +433,9 @@ def test_the_backends_agree_on_every_retry(redis_server: Any, tmp_path: Path) ->
         rng = random.Random(seed)
         ids: list[str] = []
         for step in range(70):
-            op = rng.choice(["create"] * 3 + ["cancel"] * 2 + ["fail", "retry", "retry", "run"])
+            op = rng.choice(
+                ["create"] * 3 + ["cancel"] * 2 + ["fail", "retry", "retry_once", "run"]
+            )
             pick = rng.random()
             deps = rng.sample(ids[-6:], k=min(len(ids[-6:]), rng.choice([0, 1, 1, 2])))
             answers = {name: _one_step(s, op, pick, step, deps) for name, s in stores.items()}

@@ -133,7 +133,9 @@ def retry(
     """Run a failed task (dead-lettered, or cancelled) again from the start.
 
     It is pending again with no retry counted; the tasks its failure blocked are
-    pending again once no other failed task blocks them. Prints what was re-queued."""
+    pending again once no other failed task blocks them. Prints what was re-queued.
+    Made once: if the task was retried meanwhile (by someone else, say), nothing
+    changes and it says so."""
     cfg = config(config_path)
     with client(cfg) as api:
         try:
@@ -149,9 +151,21 @@ def retry(
             raise _no_task(task_id, cfg.base_url) from exc
     task = retried.task
     if json_output:
-        print_json({"task": task.model_dump(mode="json"), "unblocked": retried.unblocked})
+        print_json(
+            {
+                "task": task.model_dump(mode="json"),
+                "unblocked": retried.unblocked,
+                "repeated": retried.repeated,
+            }
+        )
         return
-    if task.status is TaskStatus.BLOCKED:
+    if retried.repeated:
+        sys.stdout.write(f"{task.id} {task.status}\n")
+        warn(
+            f"task {task.id} was retried already (by this retry's first try, whose answer"
+            " was lost, or by someone else): nothing more changed"
+        )
+    elif task.status is TaskStatus.BLOCKED:
         blockers = ", ".join(task.blockers)
         sys.stdout.write(f"{task.id} blocked\n")
         warn(f"task {task.id} is blocked by failed task(s) {blockers}: retry those to run it")

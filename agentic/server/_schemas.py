@@ -39,6 +39,7 @@ __all__ = [
     "ReleaseRequest",
     "RequestBody",
     "ResultBody",
+    "RetryRequest",
     "RetryResult",
     "TaskResponse",
     "UpdateBody",
@@ -175,12 +176,22 @@ class WithdrawResult(_Body):
     message: str = ""
 
 
+class RetryRequest(RequestBody):
+    """Retry: ``{"reruns"}``, optional: the task's ``reruns`` the asker saw, so that
+    the retry is made once however often it is asked (``retry_reruns``)."""
+
+    reruns: int | None = Field(default=None, ge=0, le=2**50)
+
+
 class RetryResult(_Body):
-    """``{"task", "unblocked", "message"}``: a failed task retried, as it now is, and the
-    ids of the tasks its failure blocked that are pending again."""
+    """``{"task", "unblocked", "repeated", "message"}``: a failed task retried, as it
+    now is, and the ids of the tasks its failure blocked that are pending again;
+    ``repeated`` when it had been retried already since the ``reruns`` asked with
+    (nothing changed)."""
 
     task: Task
     unblocked: list[str]
+    repeated: bool = False
     message: str = ""
 
 

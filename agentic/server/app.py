@@ -63,6 +63,7 @@ from ._schemas import (
     LogPageBody,
     NewTask,
     ReleaseRequest,
+    RetryRequest,
     RetryResult,
     TaskResponse,
     UpdateBody,
@@ -496,16 +497,29 @@ def create_app(
         return _json(WithdrawResult(made=made, message=message))
 
     @app.post("/api/tasks/{task_id}/retry", response_model=RetryResult, tags=["tasks"])
-    async def retry_task(who: Caller, task_id: str) -> Response:
+    async def retry_task(
+        who: Caller, task_id: str, body: Annotated[RetryRequest | None, Body()] = None
+    ) -> Response:
         """Run a failed task (dead-lettered or cancelled) again from the start (admin
         tokens): pending with no retry counted (blocked instead while a dependency of
         it is failed), and the tasks its failure blocked pending again once no other
-        failed task blocks them (``unblocked``). 409 for a task that is not failed."""
+        failed task blocks them (``unblocked``). 409 for a task that is not failed.
+
+        With ``{"reruns": n}`` (the task's count the asker saw) it is made once: asked
+        again once the task was retried, it answers the task as it is, ``repeated``,
+        changing nothing (so a client may repeat it after a lost answer)."""
         who.require_admin("retry tasks")
-        retried = await calls(store.retry, task_id)
+        reruns = body.reruns if body is not None else None
+        retried = await calls(store.retry, task_id, reruns)
+        task = retried.task
+        if retried.repeated:
+            message = (
+                f"task {task_id} was retried already (it has run {task.reruns + 1} times"
+                f" in all): it is {task.status} now; nothing changed"
+            )
+            return _json(RetryResult(task=task, unblocked=[], repeated=True, message=message))
         changes.bump("dispatch")
         metrics.inc("task_retries")
-        task = retried.task
         if task.status == TaskStatus.BLOCKED:
             message = (
                 f"task {task_id} is blocked by failed task(s) {', '.join(task.blockers)}:"

@@ -47,7 +47,7 @@ from ._task_conflicts import (
     require_fresh_job,
     require_holder,
 )
-from .base import require_id
+from .base import require_count, require_id
 
 __all__ = [
     "FINAL",
@@ -472,6 +472,35 @@ def require_rerunnable(task: Task) -> None:
     }
     what = reasons.get(task.status, "only a failed task can be retried")
     raise ConflictError(f"task {task.id} is {task.status}, not failed: {what}")
+
+
+def require_reruns(reruns: int | None) -> None:
+    """ConfigError unless ``reruns`` is None or a count a task can hold."""
+    if reruns is not None:
+        require_count("reruns", reruns)
+        _require_count("reruns", reruns)
+
+
+def retry_wanted(task: Task, reruns: int | None) -> bool:
+    """Whether an operator's retry of ``task`` is still to be made.
+
+    ``reruns`` is the task's :attr:`Task.reruns` the asker saw (None: no condition).
+    When the task has been retried since, the retry asked for was made already (this
+    one is a repeat, after a lost answer, say, or a second operator's): False, and
+    nothing is to change, even when that re-run failed again. Otherwise True when the
+    task is failed; ConflictError when it is not (:func:`require_rerunnable`), or when
+    ``reruns`` is ahead of the task's own count.
+    """
+    if reruns is not None:
+        if reruns < task.reruns:
+            return False
+        if reruns > task.reruns:
+            raise ConflictError(
+                f"task {task.id} has been retried {task.reruns} time(s), not {reruns}:"
+                " give the reruns count the task shows"
+            )
+    require_rerunnable(task)
+    return True
 
 
 def rerun(task: Task, now: float, blockers: list[str]) -> Task:

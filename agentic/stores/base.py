@@ -510,10 +510,13 @@ class LogPage:
 @dataclass(frozen=True, slots=True)
 class Retried:
     """What :meth:`TaskStore.retry` did: the task as it now is, and the ids of the
-    tasks that were blocked by it and are pending again, sorted."""
+    tasks that were blocked by it and are pending again, sorted. ``repeated``: the
+    retry asked for had been made already (the task was retried since the run the
+    asker saw), so nothing changed."""
 
     task: Task
     unblocked: builtins.list[str]
+    repeated: bool = False
 
 
 class TaskStore(Closeable):
@@ -565,7 +568,7 @@ class TaskStore(Closeable):
       :class:`ConflictError` ("a stale attempt") and change nothing, checked in the
       same atomic step as the write. ``job_id=None`` skips the check (go-agentic's
       client sends none); two claims both made with ``""`` cannot be told apart.
-    * ``retry(task_id)``: an operator's re-run of a failed task (dead-lettered or
+    * ``retry(task_id, reruns=None)``: an operator's re-run of a failed task (dead-lettered or
       cancelled), in ONE atomic step: it is pending again as if new (retry count 0;
       no backoff, failure, result, progress or claim; its last job id retired), or
       blocked when a dependency of it is failed; and every blocked task below it
@@ -574,7 +577,10 @@ class TaskStore(Closeable):
       blocked, naming it; a blocked task names failed tasks only). Each task
       made pending records a ``task_requeued``. :class:`ConflictError` for a task
       in any other status (saying what that status allows), :class:`NotFoundError`
-      for an unknown id.
+      for an unknown id. ``retry(task_id, reruns)`` makes it once: a task retried
+      since its ``reruns`` was that count is answered as it is, ``repeated``, with
+      nothing changed (even when that re-run failed again); a count ahead of the
+      task's is a ConflictError.
     * ``requeue_expired()``: every in_progress task whose lease has expired is treated
       as a failure (retry counted, dead letter past max_retries); returns the tasks
       changed. Costs O(expired).
@@ -671,8 +677,13 @@ class TaskStore(Closeable):
         """
 
     @abc.abstractmethod
-    def retry(self, task_id: str) -> Retried:
-        """Start a failed task afresh and unblock what its failure blocked."""
+    def retry(self, task_id: str, reruns: int | None = None) -> Retried:
+        """Start a failed task afresh and unblock what its failure blocked.
+
+        ``reruns``: the task's ``reruns`` the asker saw. Given, the retry is made once:
+        asked again after the task was retried (a repeat after a lost answer, a second
+        operator), it changes nothing and answers the task as it is, ``repeated``.
+        """
 
     @abc.abstractmethod
     def requeue_expired(self) -> builtins.list[Task]:

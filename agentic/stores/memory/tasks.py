@@ -242,11 +242,13 @@ class MemoryTaskStore(TaskStore):
             after = rules.failed_attempt(task, now, reason, retry_at, result)
             return self._store_outcome(task, after, now, reason)
 
-    def retry(self, task_id: str) -> Retried:
+    def retry(self, task_id: str, reruns: int | None = None) -> Retried:
         require_id("task id", task_id)
+        rules.require_reruns(reruns)
         with self._lock:
             task = self._get(task_id)
-            rules.require_rerunnable(task)
+            if not rules.retry_wanted(task, reruns):
+                return Retried(task.model_copy(deep=True), [], repeated=True)
             now = self._clock()
             blockers = rules.creation_blockers(self._tasks[d] for d in task.dependencies)
             self._retire(task, made=True)

@@ -324,14 +324,24 @@ class RedisTaskStore(TaskStore):
             "" if retry_at is None else repr(retry_at),
         )
 
-    def retry(self, task_id: str) -> Retried:
+    def retry(self, task_id: str, reruns: int | None = None) -> Retried:
         require_id("task id", task_id)
+        rules.require_reruns(reruns)
         reply = self._run(
-            _RETRY, self._now(), task_id, rules.RERUN_REASON, rules.unblocked_reason(task_id)
+            _RETRY,
+            self._now(),
+            task_id,
+            rules.RERUN_REASON,
+            rules.unblocked_reason(task_id),
+            "" if reruns is None else str(reruns),
         )
-        if text(reply[0]) == "conflict":
-            rules.require_rerunnable(_from_flat(reply[1]))
-            raise _disagreement(task_id, "retry")
+        kind = text(reply[0])
+        if kind in ("conflict", "repeated"):
+            # The Lua refused or made no change: the Python rule must say the same.
+            task = _from_flat(reply[1])
+            if rules.retry_wanted(task, reruns) or kind == "conflict":
+                raise _disagreement(task_id, "retry")
+            return Retried(task, [], repeated=True)
         task = self._answer(reply, task_id)
         return Retried(task, sorted(text(found) for found in reply[2]))
 

@@ -477,11 +477,13 @@ class SQLiteTaskStore(TaskStore):
             after = rules.failed_attempt(task, now, reason, retry_at, result)
             return self._save_outcome(conn, task, after, now, reason)
 
-    def retry(self, task_id: str) -> Retried:
+    def retry(self, task_id: str, reruns: int | None = None) -> Retried:
         require_id("task id", task_id)
+        rules.require_reruns(reruns)
         with self._db.transaction(f"retrying task {task_id!r}") as conn:
             task = self._load(conn, task_id)
-            rules.require_rerunnable(task)
+            if not rules.retry_wanted(task, reruns):
+                return Retried(task, [], repeated=True)
             now = self._clock()
             found = self._many(conn, task.dependencies)
             blockers = rules.creation_blockers(found[d] for d in task.dependencies)

@@ -2,13 +2,24 @@
 -- the task starts afresh (_tasks.rerun) and the tasks below it find their blockers
 -- again, pending once none is left (_tasks.unblock_dependents); each task
 -- made pending records a task_requeued (_tasks.rerun_events). One call: all or none.
--- ARGV: heads, now, task id, the retried task's reason, an unblocked one's reason.
+-- ARGV: heads, now, task id, the retried task's reason, an unblocked one's reason,
+-- the reruns count the asker saw ('' for none: _tasks.retry_wanted).
 -- Reply: {'ok', task, unblocked ids} | {'missing'} | {'conflict', task}
+--      | {'repeated', task} (retried since that count: nothing changes)
 local now = clock(ARGV[BASE + 1])
 local t = load(ARGV[BASE + 2])
 local reason, unblocked_reason = ARGV[BASE + 3], ARGV[BASE + 4]
+local seen = tonumber(ARGV[BASE + 5])
 if not t then
   return {'missing'}
+end
+if seen then
+  local reruns = tonumber(t.reruns or '0')
+  if seen < reruns then
+    return {'repeated', flat(t)}
+  elseif seen > reruns then
+    return {'conflict', flat(t)}
+  end
 end
 if t.status ~= 'failed' then
   return {'conflict', flat(t)}
