@@ -379,6 +379,22 @@ def test_each_attempt_that_logs_starts_with_a_line_naming_it() -> None:
     assert client.lines == ["[agentic: coder-1 runs job j9, after 2 failed]", "one", "two"]
 
 
+def test_the_header_names_a_rerun_and_a_job_run_again() -> None:
+    """An operator's re-run and a job run again after a run that stopped unreported say so."""
+    again = TASK.model_copy(
+        update={"retry_count": 1, "reruns": 2, "claimed_by": "coder-1", "job_id": "j9"}
+    )
+    client = RecordingClient()
+    ctx = TaskContext(again, client, again="the agent id lease lapsed")
+    ctx.log("one")
+    ctx.flush_logs()
+    assert client.lines == [
+        "[agentic: coder-1 runs job j9 again (its run before stopped unreported: the agent"
+        " id lease lapsed), after 1 failed, re-run 2 by an operator]",
+        "one",
+    ]
+
+
 def test_failed_flush_keeps_lines_in_order() -> None:
     """A flush that fails keeps its lines for the next one, before newer lines."""
     client = RecordingClient(fail_appends=1)

@@ -92,6 +92,7 @@ def test_a_lapsed_runner_cancels_unreported_takes_nothing_then_resumes(
 
     def handler(task: Task, ctx: TaskContext) -> str:
         calls[task.id] += 1
+        ctx.log(f"run {calls[task.id]}")
         if task.title == "long" and calls[task.id] == 1:
             ctx.usage("m", 100, 50)  # spent before the lapse
             ctx.cancel_event.wait(10)
@@ -152,6 +153,12 @@ def test_a_lapsed_runner_cancels_unreported_takes_nothing_then_resumes(
     usage = system.quota.get_usage(AGENT)
     assert (usage.tokens_used, usage.active_jobs) == (100 + 50 + 15 + 15, 0)
     assert any("renewed again after" in r.getMessage() for r in caplog.records)
+    # The task's log says the job ran again, and why its run before ended.
+    lines = system.tasks.logs(task.id).lines
+    headers = [line for line in lines if line.startswith("[agentic: ")]
+    assert lines.index("run 1") < lines.index(headers[-1]) < lines.index("run 2")
+    assert headers[-1].startswith(f"[agentic: {AGENT} runs job {job_id} again (its run before")
+    assert "stopped unreported: " in headers[-1] and "id lease ran out" in headers[-1]
 
 
 def test_a_runner_stopped_while_lapsed_leaves_its_claims_and_entry(system: System) -> None:

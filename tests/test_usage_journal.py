@@ -198,12 +198,13 @@ def test_a_decided_end_is_settled_as_decided(system: System) -> None:
 
 def test_a_job_still_claimed_runs_again_and_charges_both_runs(system: System) -> None:
     """A restart within the lease runs the job again under its claim: the tokens the
-    killed run recorded are added to the new run's, settled once."""
+    killed run recorded are added to the new run's, settled once; its log says again."""
     task = dispatched(system)
     leave_behind(system, task, (100, 0))
 
     def handler(task: Task, ctx: TaskContext) -> str:
         ctx.usage("m", 40, 0)
+        ctx.log("working")
         return "done"
 
     runner = system.started(handler)
@@ -212,6 +213,11 @@ def test_a_job_still_claimed_runs_again_and_charges_both_runs(system: System) ->
     usage = system.quota.get_usage(AGENT)
     assert (usage.tokens_used, usage.active_jobs) == (140, 0)
     assert list(UsageJournal(default_state_dir(), AGENT).leftovers()) == []
+    [header, _working] = system.tasks.logs(task.id).lines
+    assert header.endswith(
+        " again (its run before stopped unreported: an earlier run of this job here ended"
+        " with its runner)]"
+    )
 
 
 def test_usage_reported_while_running_is_on_disk_before_the_end(system: System) -> None:

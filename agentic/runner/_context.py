@@ -72,7 +72,9 @@ class TaskContext:
     """What a running task can do besides computing its result.
 
     * ``log(line)``: buffered, sent to the task's log in batches by the runner; the
-      attempt's first batch starts with a line naming it (agent, job, failures before).
+      attempt's first batch starts with a line naming it (agent, job, failures before,
+      the operator's re-runs, and ``again`` when this job's run before here stopped
+      unreported, saying why).
     * ``progress(pct, notes="")``: sets progress (0-100) and notes on the server now.
     * ``usage(model, tokens_in, tokens_out)``: adds tokens the task used; the runner
       settles the sum with the quota store when the task ends.
@@ -92,8 +94,11 @@ class TaskContext:
         on_error: Callable[[str, Exception], None] | None = None,
         max_buffered_lines: int = 10_000,
         cancel_grace: float = 5.0,
+        again: str = "",
     ) -> None:
         self._task = task
+        #: why this job runs again here ("": its first run here), for the log's header
+        self._again = again
         self._client = client
         self._on_error = on_error
         self._max_lines = max_buffered_lines
@@ -242,11 +247,16 @@ class TaskContext:
 
     def _header(self) -> str:
         # The job id tells attempts apart; retries counts the failed ones before (a
-        # released claim is run again without counting one).
+        # released claim is run again without counting one), reruns the operator's
+        # retries (which start the count of failures again). A job run again under the
+        # same id (its run before stopped unreported) says so, or the log would show
+        # two headers alike with nothing between.
         task = self._task
         job = f" job {task.job_id}" if task.job_id else ""
+        again = f" again (its run before stopped unreported: {self._again})" if self._again else ""
         retries = f", after {task.retry_count} failed" if task.retry_count else ""
-        return f"[agentic: {task.claimed_by or '?'} runs{job}{retries}]"
+        reruns = f", re-run {task.reruns} by an operator" if task.reruns else ""
+        return f"[agentic: {task.claimed_by or '?'} runs{job}{again}{retries}{reruns}]"
 
     # --- progress and usage ---
     def progress(self, pct: float, notes: str = "") -> bool:

@@ -189,6 +189,9 @@ class AgentRunner:
         #: extends the running jobs' quota reservations, with the lease renewals
         self.keepalive = Keepalive(allowance, heartbeat_interval, self._threads.run, self._error)
         self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        #: job ids whose run here stopped unreported (lapsed), and why: said in the
+        #: log header when the job runs again
+        self._unreported: OrderedDict[str, str] = OrderedDict()
         # While paused (or lapsed) the agent is published full: dispatchers route elsewhere.
         self.presence = Presence(
             registry, info, lambda: self.load, self._error, self._no_work, self.capacity
@@ -493,9 +496,14 @@ class AgentRunner:
 
     def _start(self, task: Task, key: tuple[str, str, str]) -> None:
         """Create and launch an attempt (called with the lock held)."""
-        if self.recovery is not None:
-            self.recovery.take(task.job_id)  # an earlier run's tokens join this run's
-        ctx = TaskContext(task, self.client, on_error=self._error, cancel_grace=self.cancel_grace)
+        # An earlier run's tokens (its job file) join this run's.
+        earlier = self.recovery.take(task.job_id) if self.recovery is not None else None
+        again = self._unreported.pop(task.job_id, "")
+        if not again and earlier is not None:
+            again = "an earlier run of this job here ended with its runner"
+        ctx = TaskContext(
+            task, self.client, on_error=self._error, cancel_grace=self.cancel_grace, again=again
+        )
         attempt = Attempt(task, ctx, key, lease_ttl=self._lease_ttl(task))
         self._attempts[task.id] = attempt
         self._remember(key)
@@ -590,6 +598,9 @@ class AgentRunner:
                 log.info("task %s: not reported (the agent id lease lapsed or was taken)", task.id)
                 with self._lock:
                     self._seen.pop(attempt.key, None)
+                    self._unreported[task.job_id] = attempt.ctx.cancel_reason or "stopped"
+                    while len(self._unreported) > _REMEMBERED:
+                        self._unreported.popitem(last=False)
                 return
             self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
