@@ -86,6 +86,7 @@ class EventType(StrEnum):
     TASK_COMPLETED = "task_completed"
     TASK_FAILED = "task_failed"
     TASK_REQUEUED = "task_requeued"
+    TASK_BLOCKED = "task_blocked"
     AGENT_REGISTERED = "agent_registered"
     AGENT_OFFLINE = "agent_offline"
 

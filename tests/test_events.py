@@ -239,6 +239,7 @@ def test_event_types() -> None:
         "task_completed",
         "task_failed",
         "task_requeued",
+        "task_blocked",
         "agent_registered",
         "agent_offline",
     ]

@@ -21,12 +21,13 @@ from agentic.stores.base import EventLog, TaskStore, event_json
 from agentic.stores.keys import EventLogKeys
 from tests.conftest import Backend, fake_redis_6
 
-CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD = (
+CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD, BLOCKED = (
     EventType.TASK_CLAIMED,
     EventType.TASK_COMPLETED,
     EventType.TASK_FAILED,
     EventType.TASK_REQUEUED,
     EventType.TASK_DEAD_LETTERED,
+    EventType.TASK_BLOCKED,
 )
 
 
@@ -202,6 +203,38 @@ def test_a_dead_letter_by_update_is_recorded(pair: tuple[TaskStore, EventLog]) -
     assert recorded(log) == [
         (DEAD, f"{task.id}:task_dead_lettered", "", {"job_id": "", "reason": "obsolete"})
     ]
+
+
+def test_the_tasks_a_failure_blocks_are_recorded_blocked(
+    pair: tuple[TaskStore, EventLog],
+) -> None:
+    """A failure records task_blocked, after its dead letter, for each pending task
+    downstream it blocks (in id order), naming it; a task blocked already records none."""
+    store, log = pair
+    other = store.create(Task(id="other", title="other"))
+    root = store.create(Task(id="root", title="root", max_retries=0))
+    store.create(Task(id="z-child", title="z", dependencies=[root.id]))
+    store.create(Task(id="a-grandchild", title="a", dependencies=["z-child", other.id]))
+    store.update(other.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))
+    assert store.get("a-grandchild").status == TaskStatus.BLOCKED  # by other already
+    before = len(recorded(log))
+    store.claim(root.id, "a1", 30, job_id="j1")
+    store.complete(root.id, fail(), job_id="j1")
+    events = recorded(log)[before:]
+    assert [kind for kind, *_ in events] == [CLAIMED, FAILED, DEAD, BLOCKED]
+    _kind, _id, agent, payload = events[3]
+    assert (agent, payload) == (
+        "",
+        {"job_id": "", "reason": "blocked: task root failed", "blockers": ["root"]},
+    )
+    assert [e.event.task_id for e in log.read()][-1] == "z-child"
+    # Unblocked by a retry and blocked again: a new event, under a new id.
+    store.retry(root.id)
+    store.claim(root.id, "a1", 30, job_id="j2")
+    store.complete(root.id, fail(), job_id="j2")
+    again = [(e.event.type, e.event.id) for e in log.read() if e.event.task_id == "z-child"]
+    assert [kind for kind, _ in again] == [BLOCKED, REQUEUED, BLOCKED]
+    assert again[0][1] != again[2][1]
 
 
 def test_what_changes_no_lifecycle_records_nothing(pair: tuple[TaskStore, EventLog]) -> None:

@@ -672,6 +672,24 @@ def lifecycle_events(before: Task, after: Task, reason: str = "") -> list[Event]
     return events
 
 
+def blocked_reason(failed_id: str) -> str:
+    """The reason of the ``task_blocked`` a failure records for a task it blocks."""
+    return f"blocked: task {failed_id} failed"
+
+
+def blocked_events(failed_id: str, blocked: Iterable[Task]) -> list[Event]:
+    """What a task that becomes failed records for the tasks downstream it blocks:
+    ``task_blocked`` for each that was pending (one blocked already only gains a
+    blocker), with the reason and its blockers, by no agent and under no job (a new
+    event each time: a task unblocked by a retry can be blocked again), in id order.
+    After the failure's own events; ``redis/lua/task_lib.lua`` (record) mirrors it."""
+    reason = blocked_reason(failed_id)
+    return [
+        _event(EventType.TASK_BLOCKED, task, "", "", reason=reason, blockers=task.blockers)
+        for task in sorted(blocked, key=lambda task: task.id)
+    ]
+
+
 #: the reason of the ``task_requeued`` a retry records for the task retried
 RERUN_REASON = "retried by an operator"
 

@@ -85,6 +85,7 @@ class MemoryTaskStore(TaskStore):
     def _block_dependents(self, failed_id: str, now: float) -> None:
         queue = deque(self._dependents.get(failed_id, ()))
         seen: set[str] = set()
+        newly: builtins.list[Task] = []
         while queue:
             task_id = queue.popleft()
             if task_id in seen:
@@ -94,8 +95,12 @@ class MemoryTaskStore(TaskStore):
             # Only pending/blocked tasks can depend on an unfinished task; a claim
             # needs every dependency completed.
             if task.status in {TaskStatus.PENDING, TaskStatus.BLOCKED}:
-                self._tasks[task_id] = rules.blocked_by(task, failed_id, now)
+                self._tasks[task_id] = blocked = rules.blocked_by(task, failed_id, now)
+                if task.status == TaskStatus.PENDING:
+                    newly.append(blocked)
                 queue.extend(self._dependents.get(task_id, ()))
+        if self._events is not None and newly:
+            self._events.append(rules.blocked_events(failed_id, newly))
 
     # --- TaskStore ---
     def create(self, task: Task, idempotency_key: str | None = None) -> Task:

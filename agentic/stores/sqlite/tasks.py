@@ -261,8 +261,15 @@ class SQLiteTaskStore(TaskStore):
         self._save(conn, after)
         self._record(conn, before, after, reason)
         if after.status == TaskStatus.FAILED and before.status != TaskStatus.FAILED:
+            newly = []
             for row in conn.execute(_DOWNSTREAM, (after.id,)).fetchall():
-                self._save(conn, rules.blocked_by(_task(row), after.id, now))
+                task = _task(row)
+                blocked = self._save(conn, rules.blocked_by(task, after.id, now))
+                if task.status == TaskStatus.PENDING:
+                    newly.append(blocked)
+            if self._record_events and newly:
+                events = rules.blocked_events(after.id, newly)
+                append_rows(conn, [(event.id, event_json(event)) for event in events])
         return after
 
     @staticmethod

@@ -224,9 +224,14 @@ local function failed_attempt(t, now, reason, retry_at, result)
   end
 end
 
+-- The tasks the last finish() blocked that were pending, and the failed task that
+-- blocked them: record() records a task_blocked for each (_tasks.blocked_events).
+local NEWLY_BLOCKED, BLOCKED_BY = {}, ''
+
 -- Every pending/blocked task downstream of failed_id (through pending/blocked
 -- tasks only) becomes blocked, naming it. Breadth first, as the Python stores.
 local function block_dependents(failed_id, now)
+  BLOCKED_BY = failed_id
   local queue, seen, head = {failed_id}, {}, 1
   while head <= #queue do
     local members = redis.call('SMEMBERS', HEAD.dependents .. queue[head])
@@ -243,6 +248,9 @@ local function block_dependents(failed_id, now)
           local old = d.status
           d.status, d.blockers, d.updated_at = 'blocked', encode_list(blockers), num(now)
           save(d, old)
+          if old == 'pending' then
+            NEWLY_BLOCKED[#NEWLY_BLOCKED + 1] = d
+          end
           queue[#queue + 1] = id
         end
       end
@@ -326,6 +334,12 @@ local function record(before, t, now, reason)
     events[#events + 1] = event('task_dead_lettered', t, agent, job, now,
       {reason = t.fail_reason})
   end
+  table.sort(NEWLY_BLOCKED, function(a, b) return a.id < b.id end)
+  for _, d in ipairs(NEWLY_BLOCKED) do
+    events[#events + 1] = event('task_blocked', d, '', '', now,
+      {reason = 'blocked: task ' .. BLOCKED_BY .. ' failed', blockers = cjson.decode(d.blockers)})
+  end
+  NEWLY_BLOCKED = {}
   if #events > 0 then
     log_append(LOG.seq, LOG.stream, LOG.ids, events)
   end
