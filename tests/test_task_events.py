@@ -20,6 +20,7 @@ from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.stores.base import EventLog, TaskStore, event_json
 from agentic.stores.keys import EventLogKeys
 from tests.conftest import Backend, fake_redis_6
+from tests.test_task_store import _make_store
 
 CLAIMED, COMPLETED, FAILED, REQUEUED, DEAD, BLOCKED = (
     EventType.TASK_CLAIMED,
@@ -235,6 +236,24 @@ def test_the_tasks_a_failure_blocks_are_recorded_blocked(
     again = [(e.event.type, e.event.id) for e in log.read() if e.event.task_id == "z-child"]
     assert [kind for kind, _ in again] == [BLOCKED, REQUEUED, BLOCKED]
     assert again[0][1] != again[2][1]
+
+
+def test_blocks_made_without_recording_never_reach_a_later_record(
+    backend: Backend, request: pytest.FixtureRequest, pair: tuple[TaskStore, EventLog]
+) -> None:
+    """A failure that blocks tasks through a store recording no events leaves nothing
+    behind for a later call to record (a Redis function library keeps its state)."""
+    store, log = pair
+    quiet = _make_store(backend, request)
+    request.addfinalizer(quiet.close)
+    quiet.create(Task(id="q-root", title="q"))
+    quiet.create(Task(id="q-child", title="c", dependencies=["q-root"]))
+    quiet.update("q-root", TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))
+    task = store.create(Task(title="t"))
+    store.update(task.id, TaskUpdate(progress=5))  # the same script as the failure
+    store.claim(task.id, "a1", 30, job_id="j1")
+    store.complete(task.id, TaskResult(success=True), job_id="j1")
+    assert [kind for kind, *_ in recorded(log)] == [CLAIMED, COMPLETED]
 
 
 def test_what_changes_no_lifecycle_records_nothing(pair: tuple[TaskStore, EventLog]) -> None:

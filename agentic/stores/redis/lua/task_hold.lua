@@ -39,6 +39,6 @@ else
   reason = ARGV[BASE + 8]
   failed_attempt(t, now, reason, ARGV[BASE + 9], ARGV[BASE + 7])
 end
-finish(t, 'in_progress', now)
-record(before, t, now, reason)
+local blocked = finish(t, 'in_progress', now)
+record(before, t, now, reason, blocked)
 return {'ok', flat(t)}

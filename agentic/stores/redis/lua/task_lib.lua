@@ -224,14 +224,11 @@ local function failed_attempt(t, now, reason, retry_at, result)
   end
 end
 
--- The tasks the last finish() blocked that were pending, and the failed task that
--- blocked them: record() records a task_blocked for each (_tasks.blocked_events).
-local NEWLY_BLOCKED, BLOCKED_BY = {}, ''
-
 -- Every pending/blocked task downstream of failed_id (through pending/blocked
 -- tasks only) becomes blocked, naming it. Breadth first, as the Python stores.
+-- Returns those that were pending (record() records a task_blocked for each).
 local function block_dependents(failed_id, now)
-  BLOCKED_BY = failed_id
+  local newly = {}
   local queue, seen, head = {failed_id}, {}, 1
   while head <= #queue do
     local members = redis.call('SMEMBERS', HEAD.dependents .. queue[head])
@@ -249,21 +246,24 @@ local function block_dependents(failed_id, now)
           d.status, d.blockers, d.updated_at = 'blocked', encode_list(blockers), num(now)
           save(d, old)
           if old == 'pending' then
-            NEWLY_BLOCKED[#NEWLY_BLOCKED + 1] = d
+            newly[#newly + 1] = d
           end
           queue[#queue + 1] = id
         end
       end
     end
   end
+  return newly
 end
 
--- Save t; a task that just became failed blocks its dependents.
+-- Save t; a task that just became failed blocks its dependents. Returns the tasks
+-- it blocked that were pending (for record()).
 local function finish(t, old_status, now)
   save(t, old_status)
   if t.status == 'failed' and old_status ~= 'failed' then
-    block_dependents(t.id, now)
+    return block_dependents(t.id, now)
   end
+  return {}
 end
 
 
@@ -307,8 +307,9 @@ local function event(kind, t, agent, job, now, payload)
 end
 
 -- before: {status, retry_count, claimed_by, job_id} of t before the change; reason:
--- why an attempt failed or the task was given back ('' for a release: 'released').
-local function record(before, t, now, reason)
+-- why an attempt failed or the task was given back ('' for a release: 'released');
+-- blocked: the pending tasks its failure blocked (finish()'s answer; nil for none).
+local function record(before, t, now, reason, blocked)
   if LOG.seq == '' then
     return
   end
@@ -334,12 +335,12 @@ local function record(before, t, now, reason)
     events[#events + 1] = event('task_dead_lettered', t, agent, job, now,
       {reason = t.fail_reason})
   end
-  table.sort(NEWLY_BLOCKED, function(a, b) return a.id < b.id end)
-  for _, d in ipairs(NEWLY_BLOCKED) do
+  blocked = blocked or {}
+  table.sort(blocked, function(a, b) return a.id < b.id end)
+  for _, d in ipairs(blocked) do
     events[#events + 1] = event('task_blocked', d, '', '', now,
-      {reason = 'blocked: task ' .. BLOCKED_BY .. ' failed', blockers = cjson.decode(d.blockers)})
+      {reason = 'blocked: task ' .. t.id .. ' failed', blockers = cjson.decode(d.blockers)})
   end
-  NEWLY_BLOCKED = {}
   if #events > 0 then
     log_append(LOG.seq, LOG.stream, LOG.ids, events)
   end

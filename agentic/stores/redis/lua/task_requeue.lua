@@ -11,8 +11,8 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', HEAD.leases, '-inf', num(now))) 
     local before = before_change(t)
     local reason = 'lease of agent ' .. t.claimed_by .. ' expired'
     failed_attempt(t, now, reason, '', nil)
-    finish(t, 'in_progress', now)
-    record(before, t, now, reason)
+    local blocked = finish(t, 'in_progress', now)
+    record(before, t, now, reason, blocked)
     changed[#changed + 1] = flat(t)
   else
     redis.call('ZREM', HEAD.leases, id)

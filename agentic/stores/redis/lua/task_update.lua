@@ -35,6 +35,6 @@ if target == 'failed' and old ~= 'failed' then
 elseif target ~= '' then
   t.status = target
 end
-finish(t, old, now)
-record(before, t, now, '')
+local blocked = finish(t, old, now)
+record(before, t, now, '', blocked)
 return {'ok', flat(t)}
