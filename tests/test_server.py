@@ -1125,6 +1125,24 @@ def test_non_scalar_time_is_422(api: TestClient, store: MemoryTaskStore, value: 
     )
 
 
+def test_a_time_utc_cannot_hold_is_422_and_stores_nothing(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """A time whose offset puts it past year 9999 in UTC is a 422
+    naming the field, on create and on PATCH; before, create failed with a 500 and a
+    PATCH stored a time no SQLite or Redis read could turn back into a task."""
+    task = new_task(store)
+    before = store.list()
+    value = "9999-12-31T23:59:59-05:00"
+    created = assert_error(
+        api.post("/api/tasks", json={"title": "x", "created_at": value}, headers=ADMIN), 422
+    )
+    assert "body.created_at" in created["message"] and "years 1 to 9999" in created["message"]
+    patch = api.patch(f"/api/tasks/{task.id}", json={"last_attempt": value}, headers=ADMIN)
+    assert "body.last_attempt" in assert_error(patch, 422)["message"]
+    assert store.list() == before
+
+
 def test_body_limit_413(make_client: Callable[..., TestClient], store: MemoryTaskStore) -> None:
     """Bodies over max_body_bytes are refused by Content-Length and while streaming."""
     api = make_client(max_body_bytes=1000)
