@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -877,6 +878,28 @@ def test_follow_logs_resumes_from_offset_or_last_event_id(
     assert [d["line"] for k, d in resumed if k == "log"] == ["c"]
     opaque = sse_events(api, url, {**ADMIN, "Last-Event-ID": "abc"})
     assert [d["line"] for k, d in opaque if k == "log"] == ["a", "b", "c"]
+
+
+def test_follow_logs_ignores_a_last_event_id_of_other_digits(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """A Last-Event-ID of digits int() does not read ("²", one Latin-1 byte) starts the
+    stream from the offset, as any other opaque id does; it answered 500."""
+    held = claimed_by(store)
+    store.append_logs(held.id, ["a", "b"])
+    store.complete(held.id, TaskResult(success=True))
+
+    async def follow() -> httpx.Response:
+        # TestClient re-encodes header values as UTF-8; the ASGI transport sends the byte.
+        transport = httpx.ASGITransport(app=api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = [(b"Authorization", b"Bearer admin-token"), (b"Last-Event-ID", b"\xb2")]
+            url = f"/api/tasks/{held.id}/logs?follow=true&offset=1"
+            return await client.get(url, headers=headers)
+
+    response = asyncio.run(follow())
+    assert response.status_code == 200, response.text
+    assert '"line": "b"' in response.text and '"line": "a"' not in response.text
 
 
 def test_follow_unknown_task_is_404(api: TestClient) -> None:
