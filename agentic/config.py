@@ -47,7 +47,7 @@ from pydantic.fields import FieldInfo
 from .errors import ConfigError
 from .retry import Jitter
 from .stores import SCHEMES, parse_store_url
-from .stores._url import URL_FORMS
+from .stores._url import URL_FORMS, redact
 from .stores.base import DEFAULT_HEARTBEAT_TTL
 
 __all__ = [
@@ -325,6 +325,7 @@ class Config(BaseModel):
             return None
         if "://" not in value:
             raise ValueError("not a URL")
+        urlsplit(value)  # its ValueError ("Invalid IPv6 URL": an unclosed "[") says what
         try:
             parsed = parse_store_url(value)
         except ConfigError as exc:  # pragma: no cover - parse_store_url is lenient
@@ -653,7 +654,7 @@ def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
         if field.repr is False:
             got = "a hidden value"
         elif isinstance(value, str) and "://" in value:
-            got = repr(parse_store_url(value).redacted())
+            got = repr(redact(value))
         else:
             got = repr(value)
         where = sources.get(key, "the defaults")

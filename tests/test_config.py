@@ -451,6 +451,25 @@ def test_store_url_password_is_not_echoed() -> None:
     assert "got 'redix://:***@h:6379/0'" in message
 
 
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"store_url": "redis://:hunter2@[::1/0"}, "store_url"),
+        ({"base_url": "http://[::1:8080"}, "base_url"),
+        ({"events": {"webhook_url": "https://[::1/hook"}}, "events.webhook_url"),
+        ({"events": {"stream_url": "redis://[::1/0"}}, "events.stream_url"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_a_config_error(settings: dict[str, Any], key: str) -> None:
+    """A URL whose host does not parse (an unclosed "[" of an IPv6 address) is a
+    ConfigError naming the key and the problem, its password hidden; the ValueError
+    of urlsplit escaped as a traceback."""
+    message = config_error(**settings)
+    assert message.startswith(f"{key} in keyword argument ")
+    assert "Invalid IPv6 URL; must be" in message
+    assert "hunter2" not in message
+
+
 def test_secret_values_are_not_echoed() -> None:
     """A rejected token is described, never printed."""
     message = config_error(server={"admin_tokens": ["good", ""], "agent_tokens": {"good": "a"}})

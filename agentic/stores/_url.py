@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from urllib.parse import parse_qsl, urlsplit
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ..errors import ConfigError
 from ..quota import DEFAULT_RESERVATION_TTL
 
-__all__ = ["URL_FORMS", "StoreURL", "parse_store_url"]
+__all__ = ["URL_FORMS", "StoreURL", "parse_store_url", "redact"]
 
 #: the store URLs accepted, in words, for error messages (one list, said once)
 URL_FORMS = "memory://, sqlite:///path/to/file.db, redis://host:6379/0 or rediss://host:6379/0"
@@ -46,11 +47,7 @@ class StoreURL:
 
     def redacted(self) -> str:
         """The URL with any password replaced, fit for messages and logs."""
-        parts = urlsplit(self.raw)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return parts._replace(netloc=netloc).geturl()
-        return self.raw
+        return redact(self.raw)
 
     def tz(self) -> tzinfo:
         name = self.options.get("tz", "")
@@ -82,11 +79,31 @@ class StoreURL:
         return value
 
 
+def redact(url: str) -> str:
+    """``url`` with any password replaced, fit for messages and logs; also a URL
+    that does not parse (its password is whatever lies between ``user:`` and ``@``)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an unclosed "[" of an IPv6 host, a port that is no number
+        return _PASSWORD.sub(r"\1***@", url)
+    if password:
+        netloc = parts.netloc.replace(f":{password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
+
+
 def parse_store_url(url: str) -> StoreURL:
     """Split a store URL; the scheme is checked by the caller against its table."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"store URL {url!r} is not a URL: use {URL_FORMS}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed "[" of the host
+        raise ConfigError(f"store URL {redact(url)!r}: {exc}; use {URL_FORMS}") from None
     options: dict[str, str] = {}
     try:
         for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
