@@ -47,6 +47,12 @@ __all__ = [
 ]
 
 
+#: the longest a job's quota reservation may live, in seconds (an allowance's
+#: ``max_job_duration``, a store's ``reservation_ttl``): about 31 years, so that its
+#: expiry stays a time every store can hold
+MAX_RESERVATION_TTL = 1e9
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)

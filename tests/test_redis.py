@@ -720,6 +720,15 @@ def test_a_host_that_does_not_parse_is_config_error(opener: Callable[[str], Any]
         opener("redis://:hunter2@[::1/0")
 
 
+@pytest.mark.parametrize("option", ["timeout=inf", "timeout=1e300", "reservation_ttl=1e15"])
+def test_seconds_past_any_time_are_config_error(option: str) -> None:
+    """?timeout=inf (an OverflowError of time_t escaped) or a reservation_ttl past
+    1e9 s is a ConfigError naming the option, before any connection is tried."""
+    key = option.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}=.* must be a number of seconds"):
+        open_allowance_store(f"redis://127.0.0.1:{free_port()}/0?{option}")
+
+
 def test_a_database_that_is_not_a_number_is_config_error(redis_server: RedisServer) -> None:
     """redis://host:port/abc is refused (redis-py would read it as database 0)."""
     base = redis_server.url.rsplit("/", 1)[0]

@@ -39,6 +39,7 @@ from ..models import (
 from ..quota import (
     DEFAULT_RESERVATION_TTL,
     HOUR,
+    MAX_RESERVATION_TTL,
     SETTLED_RETENTION,
     STORE_SOURCE,
     AgentCounters,
@@ -204,8 +205,11 @@ class EngineAllowanceStore(AllowanceStore):
         tz: tzinfo = UTC,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
     ) -> None:
-        if reservation_ttl <= 0:
-            raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
+        if not 0 < reservation_ttl <= MAX_RESERVATION_TTL:  # past it no store holds the expiry
+            raise ConfigError(
+                f"reservation_ttl must be > 0 and <= {MAX_RESERVATION_TTL:.0f} seconds,"
+                f" got {reservation_ttl}"
+            )
         self._clock = clock
         self._tz = tz
         self._default_ttl = reservation_ttl

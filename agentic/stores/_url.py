@@ -9,12 +9,15 @@ from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import ConfigError
-from ..quota import DEFAULT_RESERVATION_TTL
+from ..quota import DEFAULT_RESERVATION_TTL, MAX_RESERVATION_TTL
 
 __all__ = ["URL_FORMS", "StoreURL", "parse_store_url", "redact"]
 
 #: the store URLs accepted, in words, for error messages (one list, said once)
 URL_FORMS = "memory://, sqlite:///path/to/file.db, redis://host:6379/0 or rediss://host:6379/0"
+
+#: the largest number of seconds a URL option takes (reservation_ttl, timeout)
+MAX_SECONDS = MAX_RESERVATION_TTL
 
 # Query options and what they accept, for the error message of a typo.
 COMMON_OPTIONS = {
@@ -65,6 +68,8 @@ class StoreURL:
         return self.number("reservation_ttl", DEFAULT_RESERVATION_TTL, minimum=0.001)
 
     def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        """A number of seconds, from ``minimum`` to MAX_SECONDS (no inf: the
+        expiries and deadlines made from it must stay times, and time_t)."""
         raw = self.options.get(key)
         if raw is None:
             return default
@@ -72,9 +77,10 @@ class StoreURL:
             value = float(raw)
         except ValueError:
             value = float("nan")
-        if not value >= minimum:
+        if not minimum <= value <= MAX_SECONDS:
             raise ConfigError(
-                f"store URL {self.redacted()!r}: {key}={raw!r} must be a number >= {minimum}"
+                f"store URL {self.redacted()!r}: {key}={raw!r} must be a number of seconds"
+                f" >= {minimum} and <= {MAX_SECONDS:.0f}"
             )
         return value
 

@@ -39,6 +39,7 @@ from ...models import (
 )
 from ...quota import (
     DEFAULT_RESERVATION_TTL,
+    MAX_RESERVATION_TTL,
     SETTLED_RETENTION,
     AgentCounters,
     Decision,
@@ -117,8 +118,11 @@ class RedisAllowanceStore(AllowanceStore):
         close_client: bool = False,
         record_events: bool = False,
     ) -> None:
-        if reservation_ttl <= 0:
-            raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
+        if not 0 < reservation_ttl <= MAX_RESERVATION_TTL:  # past it no store holds the expiry
+            raise ConfigError(
+                f"reservation_ttl must be > 0 and <= {MAX_RESERVATION_TTL:.0f} seconds,"
+                f" got {reservation_ttl}"
+            )
         self._client = client
         self._keys = QuotaKeys.under(require_id("prefix", prefix))
         # Every script call passes the key heads: built once, not per call. The event
