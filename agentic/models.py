@@ -292,7 +292,7 @@ class AgentAllowance(_Input):
     daily_token_limit: int = Field(default=0, ge=0)
     daily_job_limit: int = Field(default=0, ge=0)
     concurrent_jobs: int = Field(default=0, ge=0)
-    max_job_duration: float = Field(default=0, ge=0)
+    max_job_duration: float = Field(default=0, ge=0, le=MAX_RESERVATION_TTL, allow_inf_nan=False)
     model_allowlist: list[str] = Field(default_factory=list)
     failure_charge: FailureCharge = FailureCharge.HALF
 
@@ -308,8 +308,8 @@ class ModelQuota(_Input):
     daily_token_budget: int = Field(default=0, ge=0)
     hourly_rate_limit: int = Field(default=0, ge=0)
     cost_ceiling: int = Field(default=0, ge=0)
-    input_price: float = Field(default=0, ge=0)
-    output_price: float = Field(default=0, ge=0)
+    input_price: float = Field(default=0, ge=0, allow_inf_nan=False)
+    output_price: float = Field(default=0, ge=0, allow_inf_nan=False)
 
 
 class UsageRecord(_Model):

@@ -66,6 +66,7 @@ from .base import (
     no_reservation,
     require_count,
     require_id,
+    require_valid,
 )
 
 __all__ = ["AgentRow", "EngineAllowanceStore", "Held", "ModelRow", "QuotaTx"]
@@ -295,6 +296,7 @@ class EngineAllowanceStore(AllowanceStore):
 
     def set_allowance(self, allowance: AgentAllowance) -> None:
         require_id("agent id", allowance.agent_id)
+        allowance = require_valid("allowance", allowance)
         with self._transaction() as tx:
             tx.put_allowance(allowance)
 
@@ -307,6 +309,7 @@ class EngineAllowanceStore(AllowanceStore):
 
     def set_model_quota(self, quota: ModelQuota) -> None:
         require_id("model", quota.model)
+        quota = require_valid("model quota", quota)
         with self._transaction() as tx:
             tx.put_quota(quota)
 

@@ -55,6 +55,7 @@ from ..base import (
     no_reservation,
     require_count,
     require_id,
+    require_valid,
 )
 from ..keys import EventLogKeys, QuotaKeys
 from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
@@ -159,6 +160,7 @@ class RedisAllowanceStore(AllowanceStore):
 
     def set_allowance(self, allowance: AgentAllowance) -> None:
         require_id("agent id", allowance.agent_id)
+        allowance = require_valid("allowance", allowance)
         with translate_errors("set_allowance"):
             pipe = self._client.pipeline(transaction=True)
             pipe.set(self._keys.allowance(allowance.agent_id), allowance.model_dump_json())
@@ -174,6 +176,7 @@ class RedisAllowanceStore(AllowanceStore):
 
     def set_model_quota(self, quota: ModelQuota) -> None:
         require_id("model", quota.model)
+        quota = require_valid("model quota", quota)
         with translate_errors("set_model_quota"):
             self._client.set(self._keys.limits(quota.model), quota.model_dump_json())
 
