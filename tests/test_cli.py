@@ -215,6 +215,7 @@ AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"
         ["logs"],
         ["events", "--after", "-1"],
         ["events", "--last", "x"],
+        ["events", "--last", str(10**23)],  # an OverflowError traceback, exit 1
         ["dispatch", "--interval", "-1"],
         ["serve", "--port", "70000"],
         ["serve", "--agent-token", "no-equals-sign"],
