@@ -313,7 +313,7 @@ def test_bad_value_in_yaml_names_key_file_line_and_accepted(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert str(info.value) == (
-        f"dispatcher.interval in {path} (line 2): must be a number > 0, got 'abc'"
+        f"dispatcher.interval in {path} (line 2): must be a finite number > 0, got 'abc'"
     )
     assert isinstance(info.value.__cause__, pydantic.ValidationError)
 
@@ -482,6 +482,29 @@ def test_token_cannot_be_admin_and_agent() -> None:
     """A token listed both as admin and agent token is refused."""
     message = config_error(server={"admin_tokens": ["t"], "agent_tokens": {"t": "a1"}})
     assert "server.agent_tokens in keyword argument server: a token is also in" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("interval", "inf", "a finite number > 0"),
+        ("heartbeat_ttl", "inf", "a finite number > 0"),
+        ("backoff_cap", "inf", "a finite number > 0 and >= dispatcher.backoff_base"),
+        ("lease_seconds", "inf", "a number of seconds > 0 and <= 604800 (7 days)"),
+        ("lease_seconds", "1e6", "a number of seconds > 0 and <= 604800 (7 days)"),
+    ],
+)
+def test_dispatcher_seconds_are_finite_and_leases_what_the_api_takes(
+    key: str, value: str, accepted: str
+) -> None:
+    """An infinite interval, ttl or backoff, or a lease the task API refuses (over
+    7 days), is refused at load naming the key; they were taken, then refused at first
+    use without the key ("ttl must be ...") or with a 422 on every claim."""
+    variable = f"AGENTIC_DISPATCHER__{key.upper()}"
+    message = config_error(env={variable: value})
+    assert message == (
+        f"dispatcher.{key} in environment variable {variable}: must be {accepted}, got {value!r}"
+    )
 
 
 def test_backoff_cap_not_below_base() -> None:
