@@ -107,6 +107,7 @@ def test_memory_path_is_refused_by_the_constructors() -> None:
         "sqlite:///x.db?timeout=inf",
         "sqlite:///x.db?reservation_ttl=inf",
         "sqlite:///x.db?reservation_ttl=1e15",
+        "sqlite:///tmp/a%00b.db",  # a NUL: os's ValueError escaped
     ],
 )
 def test_bad_urls_are_config_errors(url: str) -> None:
