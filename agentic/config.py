@@ -47,7 +47,7 @@ from pydantic.fields import FieldInfo
 from .errors import ConfigError
 from .retry import Jitter
 from .stores import SCHEMES, parse_store_url
-from .stores._url import URL_FORMS
+from .stores._url import URL_FORMS, redact
 from .stores.base import DEFAULT_HEARTBEAT_TTL
 
 __all__ = [
@@ -93,7 +93,9 @@ def _empty_is_none(value: object) -> object:
 
 #: an int that refuses booleans
 Int = Annotated[int, BeforeValidator(_not_a_bool)]
-PositiveSeconds = Annotated[float, Field(gt=0), Accepts("a number > 0")]
+# Finite: an infinite interval, ttl or backoff was taken here and refused at first
+# use by a check that could not name the key.
+PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False), Accepts("a finite number > 0")]
 Text = Annotated[str, Accepts("a string")]
 NonEmpty = Annotated[str, Field(min_length=1)]
 StoreOverride = Annotated[str | None, Accepts(f"{_STORE}, or empty to use store_url")]
@@ -111,11 +113,18 @@ class DispatcherConfig(_Section):
     max_retries: Annotated[Int, Field(ge=0), Accepts("an integer >= 0")] = 3
     backoff_base: PositiveSeconds = 5.0
     backoff_cap: Annotated[
-        float, Field(gt=0), Accepts("a number > 0 and >= dispatcher.backoff_base")
+        float,
+        Field(gt=0, allow_inf_nan=False),
+        Accepts("a finite number > 0 and >= dispatcher.backoff_base"),
     ] = 300.0
     jitter: Annotated[Jitter, Accepts("one of full, equal, decorrelated")] = "full"
     fail_open: Annotated[bool, Accepts("true or false")] = False
-    lease_seconds: PositiveSeconds = 300.0
+    # At most what the task API accepts: a longer one had every claim refused (422).
+    lease_seconds: Annotated[
+        float,
+        Field(gt=0, le=_MAX_LEASE, allow_inf_nan=False),
+        Accepts(f"a number of seconds > 0 and <= {_MAX_LEASE:g} (7 days)"),
+    ] = 300.0
     claim_concurrency: Annotated[Int, Field(ge=1, le=64), Accepts("an integer from 1 to 64")] = 8
     claim_batch: Annotated[Int, Field(ge=1, le=100), Accepts("an integer from 1 to 100")] = 50
     exclusive: Annotated[bool, Accepts("true or false")] = True
@@ -325,6 +334,7 @@ class Config(BaseModel):
             return None
         if "://" not in value:
             raise ValueError("not a URL")
+        urlsplit(value)  # its ValueError ("Invalid IPv6 URL": an unclosed "[") says what
         try:
             parsed = parse_store_url(value)
         except ConfigError as exc:  # pragma: no cover - parse_store_url is lenient
@@ -653,7 +663,7 @@ def _explain(exc: ValidationError, sources: Mapping[str, str]) -> str:
         if field.repr is False:
             got = "a hidden value"
         elif isinstance(value, str) and "://" in value:
-            got = repr(parse_store_url(value).redacted())
+            got = repr(redact(value))
         else:
             got = repr(value)
         where = sources.get(key, "the defaults")

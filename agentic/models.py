@@ -13,7 +13,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 __all__ = [
     "AgentAllowance",
@@ -39,6 +47,12 @@ __all__ = [
 ]
 
 
+#: the longest a job's quota reservation may live, in seconds (an allowance's
+#: ``max_job_duration``, a store's ``reservation_ttl``): about 31 years, so that its
+#: expiry stays a time every store can hold
+MAX_RESERVATION_TTL = 1e9
+
+
 def utcnow() -> datetime:
     """The current time, timezone-aware UTC."""
     return datetime.now(UTC)
@@ -61,10 +75,17 @@ def _optional_time(value: Any) -> Any:
 
 
 def _to_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00 is in year 10000 in UTC
+        raise ValueError("out of range: a time must fall in years 1 to 9999 in UTC") from None
 
 
-OptionalTime = Annotated[datetime | None, BeforeValidator(_optional_time)]
+#: every time field: a time with an offset is kept in UTC, where every store keeps it,
+#: so a time that UTC cannot hold is refused here, not stored unreadable
+OptionalTime = Annotated[datetime | None, BeforeValidator(_optional_time), AfterValidator(_to_utc)]
 
 
 class _Model(BaseModel):
@@ -233,18 +254,6 @@ class Task(_Input):
         # go-agentic's client sends "" for "let the server decide".
         return None if value == "" else value
 
-    @field_validator(
-        "created_at",
-        "updated_at",
-        "claimed_at",
-        "last_attempt",
-        "next_attempt_at",
-        "lease_expires_at",
-    )
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _to_utc(value)
-
 
 class TaskUpdate(_Input):
     """A partial update of a task (PATCH); ``None`` fields are left unchanged."""
@@ -270,11 +279,6 @@ class AgentInfo(_Input):
     max_load: int = Field(default=0, ge=0)
     registered_at: OptionalTime = None
 
-    @field_validator("last_heartbeat", "registered_at")
-    @classmethod
-    def _utc(cls, value: datetime | None) -> datetime | None:
-        return _to_utc(value)
-
 
 class AgentAllowance(_Input):
     """Per-agent limits; 0 or empty means unlimited. ``max_job_duration`` is seconds.
@@ -288,7 +292,7 @@ class AgentAllowance(_Input):
     daily_token_limit: int = Field(default=0, ge=0)
     daily_job_limit: int = Field(default=0, ge=0)
     concurrent_jobs: int = Field(default=0, ge=0)
-    max_job_duration: float = Field(default=0, ge=0)
+    max_job_duration: float = Field(default=0, ge=0, le=MAX_RESERVATION_TTL, allow_inf_nan=False)
     model_allowlist: list[str] = Field(default_factory=list)
     failure_charge: FailureCharge = FailureCharge.HALF
 
@@ -304,8 +308,8 @@ class ModelQuota(_Input):
     daily_token_budget: int = Field(default=0, ge=0)
     hourly_rate_limit: int = Field(default=0, ge=0)
     cost_ceiling: int = Field(default=0, ge=0)
-    input_price: float = Field(default=0, ge=0)
-    output_price: float = Field(default=0, ge=0)
+    input_price: float = Field(default=0, ge=0, allow_inf_nan=False)
+    output_price: float = Field(default=0, ge=0, allow_inf_nan=False)
 
 
 class UsageRecord(_Model):

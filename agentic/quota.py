@@ -38,6 +38,7 @@ from typing import Literal
 
 from .events import Event, EventType, crossing_id, usage_id
 from .models import (
+    MAX_RESERVATION_TTL,
     AgentAllowance,
     AllowanceStatus,
     FailureCharge,
@@ -50,6 +51,7 @@ __all__ = [
     "DAY",
     "DEFAULT_RESERVATION_TTL",
     "HOUR",
+    "MAX_RESERVATION_TTL",
     "SETTLED_RETENTION",
     "STORE_SOURCE",
     "Step",

@@ -10,7 +10,7 @@ import pytest
 
 from agentic.errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
 from agentic.models import AgentAllowance, AllowanceStatus, FailureCharge, ModelQuota, QuotaEvent
-from agentic.quota import DAY, HOUR
+from agentic.quota import DAY, HOUR, MAX_RESERVATION_TTL
 from agentic.stores.base import AllowanceStore
 from tests.conftest import Backend
 
@@ -482,6 +482,39 @@ def test_reservation_default_ttl(backend: Backend) -> None:
     assert not store.check("a1").allowed
     backend.clock.advance(2)
     assert store.check("a1").allowed
+
+
+@pytest.mark.parametrize("ttl", [float("inf"), float("nan"), 1e15, 0])
+def test_a_reservation_ttl_no_expiry_can_hold_is_refused(backend: Backend, ttl: float) -> None:
+    """A reservation_ttl past MAX_RESERVATION_TTL (1e9 s) is refused when the store is
+    built; an infinite one was taken, then every reserve failed (time_t overflow, or
+    a year past 9999) with a message blaming the amounts."""
+    with pytest.raises(ConfigError, match=r"reservation_ttl must be > 0 and <= 1000000000"):
+        backend.allowance(reservation_ttl=ttl)
+    store = backend.allowance(reservation_ttl=MAX_RESERVATION_TTL)
+    store.set_allowance(allowance())
+    reservation = store.reserve("a1", "", 1, "j1")
+    assert reservation.expires_at is not None and reservation.created_at is not None
+    assert (reservation.expires_at - reservation.created_at).total_seconds() == 1e9
+
+
+def test_an_allowance_or_quota_it_could_not_read_back_is_refused(backend: Backend) -> None:
+    """An infinite max_job_duration or price (through model_copy, which skips the
+    checks) is a ConfigError naming the field, and what was stored stays: JSON has no
+    inf, so it was written as null and every later read of it failed."""
+    store = backend.allowance()
+    kept, quota = allowance(max_job_duration=60), ModelQuota(model="m1", input_price=3)
+    store.set_allowance(kept)
+    store.set_model_quota(quota)
+    with pytest.raises(ConfigError, match=r"invalid allowance: max_job_duration: .*finite"):
+        store.set_allowance(kept.model_copy(update={"max_job_duration": float("inf")}))
+    with pytest.raises(ConfigError, match=r"invalid allowance: daily_job_limit: .*equal to 0"):
+        store.set_allowance(kept.model_copy(update={"daily_job_limit": -1}))
+    with pytest.raises(ConfigError, match=r"invalid model quota: input_price: .*finite"):
+        store.set_model_quota(quota.model_copy(update={"input_price": float("inf")}))
+    assert (store.allowances(), store.get_model_quota("m1")) == ([kept], quota)
+    with pytest.raises(ValueError, match="finite"):
+        AgentAllowance(agent_id="a1", max_job_duration=float("inf"))
 
 
 def test_settle_after_expiry_charges_with_agent(backend: Backend) -> None:

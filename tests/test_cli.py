@@ -215,6 +215,7 @@ AGENT_RUN = ["agent", "run", "--id", "a", "--capability", "x", "--max-load", "1"
         ["logs"],
         ["events", "--after", "-1"],
         ["events", "--last", "x"],
+        ["events", "--last", str(10**23)],  # an OverflowError traceback, exit 1
         ["dispatch", "--interval", "-1"],
         ["serve", "--port", "70000"],
         ["serve", "--agent-token", "no-equals-sign"],
@@ -916,6 +917,29 @@ def test_allowance_model_sets_and_shows(system: System) -> None:
     assert (quota.input_price, quota.output_price) == (300, 1500)
     data = json.loads(system.cli("allowance", "model", "m1", "--json").stdout)
     assert data["quota"]["output_price"] == 1500 and data["usage"]["tokens_used"] == 0
+
+
+def test_allowance_values_no_store_reads_back_are_usage_errors(system: System) -> None:
+    """--max-job-duration inf (or past 1e9 s), --input-price inf and an empty AGENT or
+    MODEL exit 2 with one line naming the field, and the stored allowance and quota are
+    kept; inf was stored as JSON null, and every read of the allowances (show, each
+    runner's start) then failed with a traceback."""
+    system.cli("allowance", "set", "a1", "--daily-jobs", "4", "--max-job-duration", "60")
+    system.cli("allowance", "model", "m1", "--input-price", "300")
+    for args, said in [
+        (["set", "a1", "--max-job-duration", "inf"], "max_job_duration: Input should be a finite"),
+        (["set", "a1", "--max-job-duration", "1e12"], "max_job_duration: Input should be less"),
+        (["model", "m1", "--input-price", "inf"], "input_price: Input should be a finite"),
+        (["set", "", "--daily-jobs", "1"], "AGENT must be a non-empty string"),
+        (["model", "", "--daily-tokens", "1"], "MODEL must be a non-empty string"),
+    ]:
+        result = system.cli("allowance", *args)
+        assert result.exit_code == 2, result.output
+        assert said in " ".join(result.output.split())
+        no_traceback(result)
+    assert system.quota.get_allowance("a1").max_job_duration == 60
+    assert system.quota.get_model_quota("m1").input_price == 300
+    assert system.cli("allowance", "show").exit_code == 0
 
 
 # --- real processes ---

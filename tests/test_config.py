@@ -313,7 +313,7 @@ def test_bad_value_in_yaml_names_key_file_line_and_accepted(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert str(info.value) == (
-        f"dispatcher.interval in {path} (line 2): must be a number > 0, got 'abc'"
+        f"dispatcher.interval in {path} (line 2): must be a finite number > 0, got 'abc'"
     )
     assert isinstance(info.value.__cause__, pydantic.ValidationError)
 
@@ -451,6 +451,25 @@ def test_store_url_password_is_not_echoed() -> None:
     assert "got 'redix://:***@h:6379/0'" in message
 
 
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"store_url": "redis://:hunter2@[::1/0"}, "store_url"),
+        ({"base_url": "http://[::1:8080"}, "base_url"),
+        ({"events": {"webhook_url": "https://[::1/hook"}}, "events.webhook_url"),
+        ({"events": {"stream_url": "redis://[::1/0"}}, "events.stream_url"),
+    ],
+)
+def test_a_url_that_does_not_parse_is_a_config_error(settings: dict[str, Any], key: str) -> None:
+    """A URL whose host does not parse (an unclosed "[" of an IPv6 address) is a
+    ConfigError naming the key and the problem, its password hidden; the ValueError
+    of urlsplit escaped as a traceback."""
+    message = config_error(**settings)
+    assert message.startswith(f"{key} in keyword argument ")
+    assert "Invalid IPv6 URL; must be" in message
+    assert "hunter2" not in message
+
+
 def test_secret_values_are_not_echoed() -> None:
     """A rejected token is described, never printed."""
     message = config_error(server={"admin_tokens": ["good", ""], "agent_tokens": {"good": "a"}})
@@ -463,6 +482,29 @@ def test_token_cannot_be_admin_and_agent() -> None:
     """A token listed both as admin and agent token is refused."""
     message = config_error(server={"admin_tokens": ["t"], "agent_tokens": {"t": "a1"}})
     assert "server.agent_tokens in keyword argument server: a token is also in" in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "accepted"),
+    [
+        ("interval", "inf", "a finite number > 0"),
+        ("heartbeat_ttl", "inf", "a finite number > 0"),
+        ("backoff_cap", "inf", "a finite number > 0 and >= dispatcher.backoff_base"),
+        ("lease_seconds", "inf", "a number of seconds > 0 and <= 604800 (7 days)"),
+        ("lease_seconds", "1e6", "a number of seconds > 0 and <= 604800 (7 days)"),
+    ],
+)
+def test_dispatcher_seconds_are_finite_and_leases_what_the_api_takes(
+    key: str, value: str, accepted: str
+) -> None:
+    """An infinite interval, ttl or backoff, or a lease the task API refuses (over
+    7 days), is refused at load naming the key; they were taken, then refused at first
+    use without the key ("ttl must be ...") or with a 422 on every claim."""
+    variable = f"AGENTIC_DISPATCHER__{key.upper()}"
+    message = config_error(env={variable: value})
+    assert message == (
+        f"dispatcher.{key} in environment variable {variable}: must be {accepted}, got {value!r}"
+    )
 
 
 def test_backoff_cap_not_below_base() -> None:

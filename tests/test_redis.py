@@ -40,7 +40,7 @@ from agentic.models import (
     TaskUpdate,
 )
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
-from agentic.stores import open_allowance_store, open_registry
+from agentic.stores import open_allowance_store, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore
 from agentic.stores.keys import QuotaKeys, RegistryKeys, TaskKeys
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
@@ -710,6 +710,23 @@ def test_unknown_url_option_is_config_error(redis_server: RedisServer) -> None:
         open_registry(f"{redis_server.url}?prefx=a")
     with pytest.raises(ConfigError, match="prefix"):
         open_registry(f"{redis_server.url}?prefix=")
+
+
+@pytest.mark.parametrize("opener", [open_registry, open_allowance_store, open_task_store])
+def test_a_host_that_does_not_parse_is_config_error(opener: Callable[[str], Any]) -> None:
+    """redis://[::1/0 (an unclosed IPv6 bracket) is a ConfigError saying so, without
+    the password; urlsplit's ValueError escaped every opener."""
+    with pytest.raises(ConfigError, match=r"'redis://:\*\*\*@\[::1/0': Invalid IPv6 URL"):
+        opener("redis://:hunter2@[::1/0")
+
+
+@pytest.mark.parametrize("option", ["timeout=inf", "timeout=1e300", "reservation_ttl=1e15"])
+def test_seconds_past_any_time_are_config_error(option: str) -> None:
+    """?timeout=inf (an OverflowError of time_t escaped) or a reservation_ttl past
+    1e9 s is a ConfigError naming the option, before any connection is tried."""
+    key = option.partition("=")[0]
+    with pytest.raises(ConfigError, match=rf"{key}=.* must be a number of seconds"):
+        open_allowance_store(f"redis://127.0.0.1:{free_port()}/0?{option}")
 
 
 def test_a_database_that_is_not_a_number_is_config_error(redis_server: RedisServer) -> None:

@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import BaseModel
 
@@ -880,6 +881,28 @@ def test_follow_logs_resumes_from_offset_or_last_event_id(
     assert [d["line"] for k, d in opaque if k == "log"] == ["a", "b", "c"]
 
 
+def test_follow_logs_ignores_a_last_event_id_of_other_digits(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """A Last-Event-ID of digits int() does not read ("²", one Latin-1 byte) starts the
+    stream from the offset, as any other opaque id does; it answered 500."""
+    held = claimed_by(store)
+    store.append_logs(held.id, ["a", "b"])
+    store.complete(held.id, TaskResult(success=True))
+
+    async def follow() -> httpx.Response:
+        # TestClient re-encodes header values as UTF-8; the ASGI transport sends the byte.
+        transport = httpx.ASGITransport(app=api.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            headers = [(b"Authorization", b"Bearer admin-token"), (b"Last-Event-ID", b"\xb2")]
+            url = f"/api/tasks/{held.id}/logs?follow=true&offset=1"
+            return await client.get(url, headers=headers)
+
+    response = asyncio.run(follow())
+    assert response.status_code == 200, response.text
+    assert '"line": "b"' in response.text and '"line": "a"' not in response.text
+
+
 def test_follow_unknown_task_is_404(api: TestClient) -> None:
     """Following an unknown task fails before the stream starts."""
     assert_error(api.get("/api/tasks/ghost/logs?follow=true", headers=ADMIN), 404)
@@ -1126,6 +1149,24 @@ def test_non_scalar_time_is_422(api: TestClient, store: MemoryTaskStore, value: 
     assert_error(
         api.post("/api/tasks", json={"title": "x", "created_at": value}, headers=ADMIN), 422
     )
+
+
+def test_a_time_utc_cannot_hold_is_422_and_stores_nothing(
+    api: TestClient, store: MemoryTaskStore
+) -> None:
+    """A time whose offset puts it past year 9999 in UTC is a 422
+    naming the field, on create and on PATCH; before, create failed with a 500 and a
+    PATCH stored a time no SQLite or Redis read could turn back into a task."""
+    task = new_task(store)
+    before = store.list()
+    value = "9999-12-31T23:59:59-05:00"
+    created = assert_error(
+        api.post("/api/tasks", json={"title": "x", "created_at": value}, headers=ADMIN), 422
+    )
+    assert "body.created_at" in created["message"] and "years 1 to 9999" in created["message"]
+    patch = api.patch(f"/api/tasks/{task.id}", json={"last_attempt": value}, headers=ADMIN)
+    assert "body.last_attempt" in assert_error(patch, 422)["message"]
+    assert store.list() == before
 
 
 def test_body_limit_413(make_client: Callable[..., TestClient], store: MemoryTaskStore) -> None:

@@ -99,12 +99,22 @@ def test_memory_path_is_refused_by_the_constructors() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["sqlite://", "sqlite:///x.db?timeout=soon", "sqlite:///x.db?timeout=-1"]
+    "url",
+    [
+        "sqlite://",
+        "sqlite:///x.db?timeout=soon",
+        "sqlite:///x.db?timeout=-1",
+        "sqlite:///x.db?timeout=inf",
+        "sqlite:///x.db?reservation_ttl=inf",
+        "sqlite:///x.db?reservation_ttl=1e15",
+        "sqlite:///tmp/a%00b.db",  # a NUL: os's ValueError escaped
+    ],
 )
 def test_bad_urls_are_config_errors(url: str) -> None:
-    """A URL without a file, or with a bad timeout, is a ConfigError."""
+    """A URL without a file, or with a bad timeout or reservation_ttl (infinite, or
+    past 1e9 s: every reserve failed), is a ConfigError."""
     with pytest.raises(ConfigError):
-        open_registry(url)
+        open_allowance_store(url)
 
 
 def test_unknown_option_is_named(tmp_path: Path) -> None:

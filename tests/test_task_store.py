@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from pydantic import ValidationError
 
 from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
@@ -570,6 +571,19 @@ def test_update_fields_and_allowed_status_changes(store: TaskStore, backend: Bac
         with pytest.raises(ConflictError):
             store.update(task.id, TaskUpdate(status=status))
     assert store.get(task.id).status == PENDING
+
+
+def test_the_last_time_utc_holds_is_kept_and_one_past_it_is_refused(store: TaskStore) -> None:
+    """9999-12-31T23:59:59Z is stored and read back; a time past it in UTC (an offset
+    west of it) is refused by the update itself, so no store keeps a time it cannot
+    read back (SQLite kept it, then failed every read of the task and of its lists)."""
+    task = new(store)
+    last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert store.update(task.id, TaskUpdate(last_attempt=last)).last_attempt == last
+    with pytest.raises(ValidationError, match="years 1 to 9999"):
+        TaskUpdate.model_validate({"last_attempt": "9999-12-31T23:59:59-05:00"})
+    assert store.get(task.id).last_attempt == last
+    assert [t.id for t in store.list()] == [task.id]
 
 
 def test_update_to_failed_dead_letters(store: TaskStore, backend: Backend) -> None:

@@ -205,6 +205,7 @@ def events(
             "--last",
             "-n",
             min=0,
+            max=10**12,  # events.log_keep's bound; more overflowed the window kept
             metavar="N",
             help=f"The last N events that match (default {_LAST}); not with --after.",
         ),

@@ -13,6 +13,7 @@ from rich.table import Table
 from ..errors import ConfigError, NotFoundError
 from ..models import AgentAllowance, FailureCharge, ModelQuota
 from ..stores import open_allowance_store, open_registry
+from ..stores.base import require_id
 from ._common import (
     ConfigOption,
     JsonOption,
@@ -198,6 +199,7 @@ def set_allowance(
     changes = {key: value for key, value in changes.items() if value is not None}
     if not changes:
         raise ConfigError("nothing to set: give at least one of the options (see --help)")
+    require_id("AGENT", agent_id)
     cfg = store_config(config_path, store_url)
     with open_allowance_store(cfg.store_url_for("allowance")) as store:
         try:
@@ -244,6 +246,7 @@ def model_quota(
         "output_price": output_price,
     }
     changes = {key: value for key, value in changes.items() if value is not None}
+    require_id("MODEL", model)
     cfg = store_config(config_path, store_url)
     with open_allowance_store(cfg.store_url_for("allowance")) as store:
         try:

@@ -636,7 +636,9 @@ def create_app(
         await calls(store.get, task_id)  # 404 now, not inside a 200 stream
         # SSE ids are opaque strings to a browser; ours are offsets, anything else is
         # ignored rather than refused so a reconnecting client is never locked out.
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else offset
+        # ASCII digits only: "²" is a digit to isdigit(), not to int().
+        resume = last_event_id or ""
+        start = int(resume) if resume.isascii() and resume.isdigit() else offset
         return StreamingResponse(
             follow_log(store, calls, task_id, start, log_poll_interval),
             media_type="text/event-stream",

@@ -39,6 +39,7 @@ from ..models import (
 from ..quota import (
     DEFAULT_RESERVATION_TTL,
     HOUR,
+    MAX_RESERVATION_TTL,
     SETTLED_RETENTION,
     STORE_SOURCE,
     AgentCounters,
@@ -65,6 +66,7 @@ from .base import (
     no_reservation,
     require_count,
     require_id,
+    require_valid,
 )
 
 __all__ = ["AgentRow", "EngineAllowanceStore", "Held", "ModelRow", "QuotaTx"]
@@ -204,8 +206,11 @@ class EngineAllowanceStore(AllowanceStore):
         tz: tzinfo = UTC,
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
     ) -> None:
-        if reservation_ttl <= 0:
-            raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
+        if not 0 < reservation_ttl <= MAX_RESERVATION_TTL:  # past it no store holds the expiry
+            raise ConfigError(
+                f"reservation_ttl must be > 0 and <= {MAX_RESERVATION_TTL:.0f} seconds,"
+                f" got {reservation_ttl}"
+            )
         self._clock = clock
         self._tz = tz
         self._default_ttl = reservation_ttl
@@ -291,6 +296,7 @@ class EngineAllowanceStore(AllowanceStore):
 
     def set_allowance(self, allowance: AgentAllowance) -> None:
         require_id("agent id", allowance.agent_id)
+        allowance = require_valid("allowance", allowance)
         with self._transaction() as tx:
             tx.put_allowance(allowance)
 
@@ -303,6 +309,7 @@ class EngineAllowanceStore(AllowanceStore):
 
     def set_model_quota(self, quota: ModelQuota) -> None:
         require_id("model", quota.model)
+        quota = require_valid("model quota", quota)
         with self._transaction() as tx:
             tx.put_quota(quota)
 

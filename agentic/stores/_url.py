@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, tzinfo
 from urllib.parse import parse_qsl, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ..errors import ConfigError
-from ..quota import DEFAULT_RESERVATION_TTL
+from ..quota import DEFAULT_RESERVATION_TTL, MAX_RESERVATION_TTL
 
-__all__ = ["URL_FORMS", "StoreURL", "parse_store_url"]
+__all__ = ["URL_FORMS", "StoreURL", "parse_store_url", "redact"]
 
 #: the store URLs accepted, in words, for error messages (one list, said once)
 URL_FORMS = "memory://, sqlite:///path/to/file.db, redis://host:6379/0 or rediss://host:6379/0"
+
+#: the largest number of seconds a URL option takes (reservation_ttl, timeout)
+MAX_SECONDS = MAX_RESERVATION_TTL
 
 # Query options and what they accept, for the error message of a typo.
 COMMON_OPTIONS = {
@@ -46,11 +50,7 @@ class StoreURL:
 
     def redacted(self) -> str:
         """The URL with any password replaced, fit for messages and logs."""
-        parts = urlsplit(self.raw)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-            return parts._replace(netloc=netloc).geturl()
-        return self.raw
+        return redact(self.raw)
 
     def tz(self) -> tzinfo:
         name = self.options.get("tz", "")
@@ -68,6 +68,8 @@ class StoreURL:
         return self.number("reservation_ttl", DEFAULT_RESERVATION_TTL, minimum=0.001)
 
     def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        """A number of seconds, from ``minimum`` to MAX_SECONDS (no inf: the
+        expiries and deadlines made from it must stay times, and time_t)."""
         raw = self.options.get(key)
         if raw is None:
             return default
@@ -75,18 +77,39 @@ class StoreURL:
             value = float(raw)
         except ValueError:
             value = float("nan")
-        if not value >= minimum:
+        if not minimum <= value <= MAX_SECONDS:
             raise ConfigError(
-                f"store URL {self.redacted()!r}: {key}={raw!r} must be a number >= {minimum}"
+                f"store URL {self.redacted()!r}: {key}={raw!r} must be a number of seconds"
+                f" >= {minimum} and <= {MAX_SECONDS:.0f}"
             )
         return value
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced, fit for messages and logs; also a URL
+    that does not parse (its password is whatever lies between ``user:`` and ``@``)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an unclosed "[" of an IPv6 host, a port that is no number
+        return _PASSWORD.sub(r"\1***@", url)
+    if password:
+        netloc = parts.netloc.replace(f":{password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+_PASSWORD = re.compile(r"(//[^/@:]*:)[^/@]*@")
 
 
 def parse_store_url(url: str) -> StoreURL:
     """Split a store URL; the scheme is checked by the caller against its table."""
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"store URL {url!r} is not a URL: use {URL_FORMS}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed "[" of the host
+        raise ConfigError(f"store URL {redact(url)!r}: {exc}; use {URL_FORMS}") from None
     options: dict[str, str] = {}
     try:
         for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):

@@ -32,9 +32,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Literal, Protocol, Self
+from typing import ClassVar, Literal, Protocol, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
 
 from ..errors import AgenticError, ConfigError, NotFoundError, StoreError
@@ -87,6 +87,7 @@ __all__ = [
     "require_count",
     "require_id",
     "require_page",
+    "require_valid",
     "require_wait",
     "status_for_load",
     "ttl_seconds",
@@ -98,6 +99,24 @@ def require_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{kind} must be a non-empty string, got {value!r}")
     return value
+
+
+_Checked = TypeVar("_Checked", bound=BaseModel)
+
+
+def require_valid(kind: str, value: _Checked) -> _Checked:
+    """``value`` checked again before it is stored: ``model_copy(update=...)`` and
+    attributes set after a model was built skip its checks, and a store must not keep
+    what it cannot read back (an infinite duration is written as JSON null). A
+    ConfigError names each field refused."""
+    try:
+        return type(value).model_validate(value.model_dump())
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"invalid {kind}: {problems}") from None
 
 
 #: the outcomes that may settle a job

@@ -39,6 +39,7 @@ from ...models import (
 )
 from ...quota import (
     DEFAULT_RESERVATION_TTL,
+    MAX_RESERVATION_TTL,
     SETTLED_RETENTION,
     AgentCounters,
     Decision,
@@ -54,6 +55,7 @@ from ..base import (
     no_reservation,
     require_count,
     require_id,
+    require_valid,
 )
 from ..keys import EventLogKeys, QuotaKeys
 from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
@@ -117,8 +119,11 @@ class RedisAllowanceStore(AllowanceStore):
         close_client: bool = False,
         record_events: bool = False,
     ) -> None:
-        if reservation_ttl <= 0:
-            raise ConfigError(f"reservation_ttl must be > 0 seconds, got {reservation_ttl}")
+        if not 0 < reservation_ttl <= MAX_RESERVATION_TTL:  # past it no store holds the expiry
+            raise ConfigError(
+                f"reservation_ttl must be > 0 and <= {MAX_RESERVATION_TTL:.0f} seconds,"
+                f" got {reservation_ttl}"
+            )
         self._client = client
         self._keys = QuotaKeys.under(require_id("prefix", prefix))
         # Every script call passes the key heads: built once, not per call. The event
@@ -155,6 +160,7 @@ class RedisAllowanceStore(AllowanceStore):
 
     def set_allowance(self, allowance: AgentAllowance) -> None:
         require_id("agent id", allowance.agent_id)
+        allowance = require_valid("allowance", allowance)
         with translate_errors("set_allowance"):
             pipe = self._client.pipeline(transaction=True)
             pipe.set(self._keys.allowance(allowance.agent_id), allowance.model_dump_json())
@@ -170,6 +176,7 @@ class RedisAllowanceStore(AllowanceStore):
 
     def set_model_quota(self, quota: ModelQuota) -> None:
         require_id("model", quota.model)
+        quota = require_valid("model quota", quota)
         with translate_errors("set_model_quota"):
             self._client.set(self._keys.limits(quota.model), quota.model_dump_json())
 

@@ -82,6 +82,8 @@ def resolve(path: str | os.PathLike[str]) -> Path:
         raise ConfigError(
             f"SQLite path {text!r} names no file; give one, e.g. sqlite:///var/lib/agentic.db"
         )
+    if "\0" in text:  # sqlite:///a%00b.db: no file name holds one (os refuses it)
+        raise ConfigError(f"SQLite path {text!r} holds a NUL character; no file name can")
     resolved = Path(text).expanduser().absolute()
     if resolved.is_dir():
         # Said here, before SQLite tries it: its own answer ("unable to open database
