@@ -292,6 +292,9 @@ def test_create_honours_idempotency_key(api: TestClient, store: MemoryTaskStore)
     first = api.post("/api/tasks", json={"title": "once"}, headers=headers).json()
     again = api.post("/api/tasks", json={"title": "once"}, headers=headers).json()
     assert first["id"] == again["id"] and len(store.list()) == 1
+    other = api.post("/api/tasks", json={"title": "another"}, headers=headers)
+    assert "created task" in assert_error(other, 422)["message"]
+    assert len(store.list()) == 1
 
 
 def test_create_with_unknown_dependency_is_422(api: TestClient, store: MemoryTaskStore) -> None:

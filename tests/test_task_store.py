@@ -130,6 +130,28 @@ def test_create_is_idempotent_per_key(store: TaskStore) -> None:
     assert len(store.list()) == 2
 
 
+def test_a_repeat_under_one_key_must_ask_for_the_same_task(store: TaskStore) -> None:
+    """A key repeated with another task is refused (422) naming what differs; one
+    repeated with the same task (changed since by updates) returns the first."""
+    dep = store.create(Task(title="dep"))
+    asked = Task(title="a", labels=["py", "go"], dependencies=[dep.id, dep.id], max_retries=1)
+    first = store.create(asked, idempotency_key="k1")
+    store.update(first.id, TaskUpdate(notes="later", progress=10))
+    assert store.create(asked, idempotency_key="k1").id == first.id
+    assert store.create(asked.model_copy(update={"notes": "n"}), idempotency_key="k1") == (
+        store.get(first.id)
+    )
+    other = asked.model_copy(update={"title": "b", "priority": Priority.HIGH, "id": "given"})
+    with pytest.raises(ConflictError) as info:
+        store.create(other, idempotency_key="k1")
+    assert info.value.code == 422
+    assert info.value.message == (
+        f"idempotency key 'k1' created task {first.id} with another id, title, priority:"
+        " a repeat must send the same task, and a new task needs a new key"
+    )
+    assert len(store.list()) == 2
+
+
 @pytest.mark.parametrize(
     "fields",
     [

@@ -244,6 +244,41 @@ def prepare_new(task: Task) -> Task:
     return task.model_copy(update={"dependencies": dependencies, "blockers": []})
 
 
+#: what a task's creator decides and no later change touches: a create repeated under
+#: one idempotency key must ask for the same of each
+_CREATED_AS = (
+    "title",
+    "description",
+    "priority",
+    "labels",
+    "files",
+    "project",
+    "dependencies",
+    "max_retries",
+    "model",
+    "estimated_tokens",
+)
+
+
+def first_created(key: str, asked: Task, first: Task) -> Task:
+    """``first``, the task idempotency key ``key`` created, when the repeated create
+    (``asked``, as :func:`prepare_new` gave it) asks for the same task: the same given
+    id, if any, and the same of every field its creator decides (not the notes or a
+    hold, which updates change). Otherwise the key was reused for another task: a
+    ConflictError answered 422 (as the Idempotency-Key draft asks), naming the fields
+    that differ, and nothing is created."""
+    differ = [name for name in _CREATED_AS if getattr(asked, name) != getattr(first, name)]
+    if asked.id and asked.id != first.id:
+        differ.insert(0, "id")
+    if differ:
+        raise ConflictError(
+            f"idempotency key {key!r} created task {first.id} with another {', '.join(differ)}:"
+            " a repeat must send the same task, and a new task needs a new key",
+            422,
+        )
+    return first
+
+
 def creation_blockers(dependencies: Iterable[Task]) -> list[str]:
     """Failed tasks a new task would wait on forever: failed deps, and blocked deps' blockers."""
     found: list[str] = []

@@ -545,7 +545,8 @@ class TaskStore(Closeable):
       store decides" (new id, pending, now). Dependencies must exist. A task whose
       dependency is failed (dead-lettered) is created blocked, naming the blocker.
       The same idempotency key returns the task created first (a retried POST never
-      creates two tasks).
+      creates two tasks), if it asks for the same task (the fields its creator
+      decides); a key reused for another task is a ConflictError answered 422.
     * ``list(...)``: ordered by priority (critical first), then age, then id;
       ``labels`` means "has all of them", ``labels_within`` "has none but these"
       (what agents holding those capabilities could take; a task without labels

@@ -109,7 +109,8 @@ class MemoryTaskStore(TaskStore):
             require_id("idempotency key", idempotency_key)
         with self._lock:
             if idempotency_key is not None and idempotency_key in self._keys:
-                return self._tasks[self._keys[idempotency_key]].model_copy(deep=True)
+                first = self._tasks[self._keys[idempotency_key]]
+                return rules.first_created(idempotency_key, prepared, first).model_copy(deep=True)
             if prepared.id in self._tasks:
                 raise ConflictError(f"task {prepared.id!r} already exists")
             missing = [d for d in prepared.dependencies if d not in self._tasks]

@@ -166,17 +166,19 @@ class RedisTaskStore(TaskStore):
 
     # --- TaskStore ---
     def create(self, task: Task, idempotency_key: str | None = None) -> Task:
-        prepared = rules.prepare_new(task)
+        asked = rules.prepare_new(task)
         if idempotency_key is not None:
             require_id("idempotency key", idempotency_key)
-        prepared = prepared.model_copy(
+        prepared = asked.model_copy(
             update={
-                "id": prepared.id or rules.new_id(),
-                "status": prepared.status or TaskStatus.PENDING,
+                "id": asked.id or rules.new_id(),
+                "status": asked.status or TaskStatus.PENDING,
             }
         )
         reply = self._run(_CREATE, self._now(), idempotency_key or "", *_pairs(prepared))
         kind = text(reply[0])
+        if kind == "first" and idempotency_key is not None:
+            return rules.first_created(idempotency_key, asked, _from_flat(reply[1]))
         if kind == "exists":
             raise ConflictError(f"task {prepared.id!r} already exists")
         if kind == "missing":

@@ -293,7 +293,8 @@ class SQLiteTaskStore(TaskStore):
                     "SELECT task_id FROM task_keys WHERE key = ?", (idempotency_key,)
                 ).fetchone()
                 if row is not None:
-                    return self._load(conn, row[0])
+                    first = self._load(conn, row[0])
+                    return rules.first_created(idempotency_key, prepared, first)
             if (
                 prepared.id
                 and conn.execute("SELECT 1 FROM tasks WHERE id = ?", (prepared.id,)).fetchone()

@@ -1,7 +1,8 @@
 -- Create a task (after common.lua, task_lib.lua).
 -- ARGV: heads, now, idempotency key ('' for none), then field, value pairs of the
 -- prepared task (id set; created_at '' means now; status pending or blocked).
--- Reply: {'ok', task} | {'exists'} | {'missing', dependency id}
+-- Reply: {'ok', task} | {'first', the task the key created} | {'exists'}
+--      | {'missing', dependency id}
 local now = clock(ARGV[BASE + 1])
 local key = ARGV[BASE + 2]
 local t = {}
@@ -11,7 +12,7 @@ end
 if key ~= '' then
   local first = redis.call('HGET', HEAD.idempotency, key)
   if first then
-    return {'ok', flat(load(first))}
+    return {'first', flat(load(first))}
   end
 end
 if redis.call('EXISTS', HEAD.data .. t.id) == 1 then
