@@ -331,3 +331,21 @@ def test_a_long_cancel_grace_does_not_lapse_a_runner_in_reach(system: System) ->
     time.sleep(0.3)
     assert not runner.lapsed and runner.id_watch.lapses == 0
     assert system.finished(system.submit().id).status is TaskStatus.COMPLETED
+
+
+def test_load_changes_more_often_than_a_heartbeat_do_not_lapse_the_id_lease(
+    system: System,
+) -> None:
+    """A runner whose load changes more often than every heartbeat (tasks starting
+    and ending back to back) still renews its id lease each heartbeat: it never lapses
+    (the beats publishing each change pushed the next renewal back past the lapse)."""
+    runner = system.started(
+        lambda task, ctx: time.sleep(0.02), heartbeat_interval=0.3, id_lease=LEASE
+    )
+    lapse_after = runner._id.ttl - runner.id_watch.margin
+    end = time.monotonic() + 2 * lapse_after + 0.5
+    while time.monotonic() < end and not runner.lapsed:
+        wait_for(lambda: system.registry.get(AGENT).current_load == 0 or runner.lapsed)
+        if not runner.lapsed:
+            assert system.finished(system.submit().id).status is TaskStatus.COMPLETED
+    assert runner.id_watch.lapses == 0 and not runner.lapsed

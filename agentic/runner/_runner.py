@@ -775,6 +775,10 @@ class AgentRunner:
             if due or (unpublished and now - last_beat >= spacing):
                 self._guarded("heartbeat", self.presence.heartbeat)
                 last_beat, unpublished = now, False
+            if due:
+                # Only a due beat moves the next one: a beat publishing a load change
+                # must not push back the id lease's renewal (tasks starting and ending
+                # more often than every heartbeat_interval lapsed the runner).
                 next_beat = now + self.heartbeat_interval
 
     def _no_id(self) -> bool:
