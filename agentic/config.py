@@ -349,6 +349,10 @@ class Config(BaseModel):
             raise ValueError(f"unknown scheme {parsed.scheme!r}")
         if parsed.scheme == "sqlite" and not (parsed.netloc or parsed.path.strip("/")):
             raise ValueError("a sqlite URL needs a file path")
+        try:
+            parsed.check_common()  # what every opener refuses (tz=, reservation_ttl=)
+        except ConfigError as exc:  # the URL itself ends the error: said once
+            raise ValueError(str(exc).removeprefix(f"store URL {parsed.redacted()!r}: ")) from exc
         return value
 
     def store_url_for(self, purpose: Literal["registry", "allowance", "task", "events"]) -> str:

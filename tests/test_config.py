@@ -434,11 +434,15 @@ def test_base_url_must_be_http(url: str) -> None:
         ("postgres://h/db", "unknown scheme 'postgres'"),
         ("agentic.db", "not a URL; must be a store URL"),
         ("sqlite://", "a sqlite URL needs a file path"),
+        ("sqlite:///x.db?reservation_ttl=inf", ": reservation_ttl='inf' must be a number"),
+        ("redis://h/0?reservation_ttl=1e15", "seconds >= 0.001 and <= 1000000000; must be"),
+        ("memory://?tz=Mars/Base", ": unknown timezone tz='Mars/Base'; use an IANA name"),
     ],
 )
 def test_store_url_is_checked_at_load_time(url: str, problem: str) -> None:
-    """A store URL with a typo fails when loading, naming the problem, then the accepted
-    URLs once (every scheme a store opens) and the value."""
+    """A store URL with a typo, or a tz or reservation_ttl every store opener refuses,
+    fails when loading, naming the problem, then the accepted URLs once (every scheme
+    a store opens) and the value."""
     message = config_error(env={"AGENTIC_TASK_STORE_URL": url})
     assert message.startswith("task_store_url in environment variable AGENTIC_TASK_STORE_URL: ")
     assert problem in message
