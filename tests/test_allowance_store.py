@@ -8,7 +8,13 @@ from contextlib import closing
 
 import pytest
 
-from agentic.errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
+from agentic.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    QuotaExceededError,
+    StoreError,
+)
 from agentic.models import AgentAllowance, AllowanceStatus, FailureCharge, ModelQuota, QuotaEvent
 from agentic.quota import DAY, HOUR, MAX_RESERVATION_TTL
 from agentic.stores.base import AllowanceStore
@@ -515,6 +521,45 @@ def test_an_allowance_or_quota_it_could_not_read_back_is_refused(backend: Backen
     assert (store.allowances(), store.get_model_quota("m1")) == ([kept], quota)
     with pytest.raises(ValueError, match="finite"):
         AgentAllowance(agent_id="a1", max_job_duration=float("inf"))
+
+
+def _write_raw(backend: Backend, store: AllowanceStore, kind: str, key: str, raw: str) -> None:
+    """Store ``raw`` as the JSON of an allowance (or a model quota): a record written
+    by hand, damaged, or kept from before a bound existed."""
+    if backend.name == "sqlite":
+        assert backend.url is not None
+        table, column = (
+            ("allowances", "agent_id") if kind == "allowance" else ("model_quotas", "model")
+        )
+        with closing(sqlite3.connect(backend.url.removeprefix("sqlite:///"))) as conn, conn:
+            conn.execute(f"UPDATE {table} SET data = ? WHERE {column} = ?", (raw, key))
+    else:
+        keys = store._keys  # type: ignore[attr-defined]
+        name = keys.allowance(key) if kind == "allowance" else keys.limits(key)
+        store._client.set(name, raw)  # type: ignore[attr-defined]
+
+
+def test_a_corrupt_allowance_or_quota_is_a_store_error_saying_so(backend: Backend) -> None:
+    """An allowance or model quota whose stored JSON does not parse is a StoreError
+    saying it is corrupt and where, on SQLite as on Redis (one function); SQLite
+    raised pydantic's ValidationError, which no caller of a store expects."""
+    if backend.name == "memory":
+        pytest.skip("a memory store keeps the models themselves, no JSON")
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1"))
+    _write_raw(backend, store, "allowance", "a1", '{"agent_id": "a1", "daily_job_limit": -1}')
+    _write_raw(backend, store, "quota", "m1", "{not json")
+    where = "SQLite store '" if backend.name == "sqlite" else "Redis"
+    for read in (lambda: store.get_allowance("a1"), store.allowances):
+        with pytest.raises(
+            StoreError, match=f"(?s)corrupt AgentAllowance JSON in {where}.*daily_job_limit"
+        ):
+            read()
+    with pytest.raises(StoreError, match=f"corrupt ModelQuota JSON in {where}"):
+        store.get_model_quota("m1")
+    store.set_allowance(allowance(daily_job_limit=2))  # what fixes it
+    assert store.check("a1").remaining_jobs == 2
 
 
 def test_settle_after_expiry_charges_with_agent(backend: Backend) -> None:

@@ -83,6 +83,7 @@ __all__ = [
     "no_allowance",
     "no_reservation",
     "parse_events",
+    "parse_stored",
     "require_consumer",
     "require_count",
     "require_id",
@@ -117,6 +118,16 @@ def require_valid(kind: str, value: _Checked) -> _Checked:
             for error in exc.errors()
         )
         raise ConfigError(f"invalid {kind}: {problems}") from None
+
+
+def parse_stored(model: type[_Checked], raw: str | bytes, where: str) -> _Checked:
+    """A ``model`` from the JSON a store kept (``where``: the store, for the message).
+    A record that does not parse (damaged, or written by hand) is a StoreError saying
+    it is corrupt, the same on every backend."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise StoreError(f"corrupt {model.__name__} JSON in {where}: {exc}") from exc
 
 
 #: the outcomes that may settle a job

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timezone, tzinfo
 from typing import TypeVar
 
 import redis
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ...errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError, StoreError
 from ...models import (
@@ -53,6 +53,7 @@ from ..base import (
     final_outcome,
     no_allowance,
     no_reservation,
+    parse_stored,
     require_count,
     require_id,
     require_valid,
@@ -96,10 +97,7 @@ def _amount(kind: str, value: int) -> int:
 
 
 def _parse(model: type[_M], raw: object) -> _M:
-    try:
-        return model.model_validate_json(text(raw))
-    except ValidationError as exc:
-        raise StoreError(f"corrupt {model.__name__} JSON in Redis: {exc}") from exc
+    return parse_stored(model, text(raw), "Redis")
 
 
 class RedisAllowanceStore(AllowanceStore):
