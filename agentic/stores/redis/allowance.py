@@ -28,6 +28,7 @@ from pydantic import BaseModel
 
 from ...errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError, StoreError
 from ...models import (
+    MAX_COUNT,
     AgentAllowance,
     ModelQuota,
     ModelUsage,
@@ -64,8 +65,9 @@ from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
 __all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
 
 #: Largest token amount accepted: Lua numbers are doubles, exact below 2**53, and a
-#: settle multiplies two amounts (see muldiv in quota_settle.lua).
-MAX_AMOUNT = 2**50
+#: settle multiplies two amounts (see muldiv in quota_settle.lua). The bound of every
+#: count (models.MAX_COUNT): the limits it is checked against are bounded by it too.
+MAX_AMOUNT = MAX_COUNT
 
 _PRELUDE = ("common.lua", "quota_lib.lua")
 # The scripts that record events with their step (an outbox) append to the log.
