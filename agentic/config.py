@@ -47,7 +47,7 @@ from pydantic.fields import FieldInfo
 from .errors import ConfigError
 from .retry import Jitter
 from .stores import SCHEMES, parse_store_url
-from .stores._url import URL_FORMS, redact
+from .stores._url import MAX_SECONDS, URL_FORMS, redact
 from .stores.base import DEFAULT_HEARTBEAT_TTL
 
 __all__ = [
@@ -93,9 +93,15 @@ def _empty_is_none(value: object) -> object:
 
 #: an int that refuses booleans
 Int = Annotated[int, BeforeValidator(_not_a_bool)]
-# Finite: an infinite interval, ttl or backoff was taken here and refused at first
-# use by a check that could not name the key.
-PositiveSeconds = Annotated[float, Field(gt=0, allow_inf_nan=False), Accepts("a finite number > 0")]
+#: every number of seconds of the configuration, in words: at most MAX_SECONDS (1e9 s,
+#: about 31 years), the bound of a store URL's seconds and of max_job_duration
+_SECONDS = f"a number of seconds > 0 and <= {MAX_SECONDS:.0f}"
+# Bounded: an infinite (or 1e300 s) interval, ttl or backoff was taken here and failed
+# at first use (a time past any clock, a lease Redis refused) by a check that could not
+# name the key.
+PositiveSeconds = Annotated[
+    float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False), Accepts(_SECONDS)
+]
 Text = Annotated[str, Accepts("a string")]
 NonEmpty = Annotated[str, Field(min_length=1)]
 StoreOverride = Annotated[str | None, Accepts(f"{_STORE}, or empty to use store_url")]
@@ -114,8 +120,8 @@ class DispatcherConfig(_Section):
     backoff_base: PositiveSeconds = 5.0
     backoff_cap: Annotated[
         float,
-        Field(gt=0, allow_inf_nan=False),
-        Accepts("a finite number > 0 and >= dispatcher.backoff_base"),
+        Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False),
+        Accepts(f"{_SECONDS}, and >= dispatcher.backoff_base"),
     ] = 300.0
     jitter: Annotated[Jitter, Accepts("one of full, equal, decorrelated")] = "full"
     fail_open: Annotated[bool, Accepts("true or false")] = False
@@ -131,9 +137,9 @@ class DispatcherConfig(_Section):
     # None: the dispatcher's default (15 s); it lasts 3 intervals at least anyway.
     active_lease: Annotated[
         float | None,
-        Field(gt=0, allow_inf_nan=False),
+        Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False),
         BeforeValidator(_empty_is_none),
-        Accepts("a finite number of seconds > 0, or empty for the default (15)"),
+        Accepts(f"{_SECONDS}, or empty for the default (15)"),
     ] = None
 
     @field_validator("backoff_cap")
@@ -343,6 +349,10 @@ class Config(BaseModel):
             raise ValueError(f"unknown scheme {parsed.scheme!r}")
         if parsed.scheme == "sqlite" and not (parsed.netloc or parsed.path.strip("/")):
             raise ValueError("a sqlite URL needs a file path")
+        try:
+            parsed.check_common()  # what every opener refuses (tz=, reservation_ttl=)
+        except ConfigError as exc:  # the URL itself ends the error: said once
+            raise ValueError(str(exc).removeprefix(f"store URL {parsed.redacted()!r}: ")) from exc
         return value
 
     def store_url_for(self, purpose: Literal["registry", "allowance", "task", "events"]) -> str:

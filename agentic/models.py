@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
 )
 
@@ -51,6 +52,41 @@ __all__ = [
 #: ``max_job_duration``, a store's ``reservation_ttl``): about 31 years, so that its
 #: expiry stays a time every store can hold
 MAX_RESERVATION_TTL = 1e9
+
+#: the largest count limit of an allowance or a model quota (tokens, jobs, requests),
+#: and the largest count a task holds: every store counts to it exactly (SQLite's
+#: 64-bit integers; Redis's Lua doubles, exact below 2**53), and the sums made of a
+#: few (used + reserved + a request; 5 * used against 4 * the limit) stay exact too
+MAX_COUNT = 2**50
+#: the largest cost ceiling, in cents a day ($10 million): its micro-cents (10**15) are
+#: below MAX_COUNT, so the ceiling and the costs summed against it stay exact in Lua
+MAX_COST_CEILING = 10**9
+#: the largest price, in cents per million tokens ($10,000; a cent a token): the cost
+#: of a job (tokens times a price, in micro-cents) stays a finite number everywhere
+MAX_PRICE = 1e6
+
+#: the validation context of a record read back from a store: the bounds above apply
+#: to what is written (a constructor, ``require_valid``), not to what was stored before
+#: they existed, which still loads (so it can be shown and lowered)
+STORED = {"stored": True}
+
+
+def _at_most(bound: float, said: str) -> AfterValidator:
+    def check(value: float, info: ValidationInfo) -> float:
+        if value > bound and not (info.context or {}).get("stored"):
+            raise ValueError(f"must be at most {said}")
+        return value
+
+    return AfterValidator(check)
+
+
+_COUNT_LIMIT = _at_most(MAX_COUNT, "2**50 (1125899906842624), what every store counts exactly")
+_CEILING = _at_most(
+    MAX_COST_CEILING, "10**9 cents a day (1000000000): a larger one is not exact in every store"
+)
+_PRICE = _at_most(
+    MAX_PRICE, "10**6 cents per million tokens (1000000): a larger one overflows the costs"
+)
 
 
 def utcnow() -> datetime:
@@ -282,6 +318,7 @@ class AgentInfo(_Input):
 
 class AgentAllowance(_Input):
     """Per-agent limits; 0 or empty means unlimited. ``max_job_duration`` is seconds.
+    Counts are at most 2**50 (:data:`MAX_COUNT`), what every store counts exactly.
 
     ``failure_charge`` (ours; go-agentic has only its half) is what a failed job of
     this agent is charged: half its tokens, or all of them. Allowances stored
@@ -289,9 +326,9 @@ class AgentAllowance(_Input):
     """
 
     agent_id: str = Field(min_length=1)
-    daily_token_limit: int = Field(default=0, ge=0)
-    daily_job_limit: int = Field(default=0, ge=0)
-    concurrent_jobs: int = Field(default=0, ge=0)
+    daily_token_limit: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
+    daily_job_limit: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
+    concurrent_jobs: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
     max_job_duration: float = Field(default=0, ge=0, le=MAX_RESERVATION_TTL, allow_inf_nan=False)
     model_allowlist: list[str] = Field(default_factory=list)
     failure_charge: FailureCharge = FailureCharge.HALF
@@ -300,16 +337,17 @@ class AgentAllowance(_Input):
 class ModelQuota(_Input):
     """Per-model limits shared by all agents; 0 means unlimited.
 
-    ``cost_ceiling`` is in cents per period (day); prices are cents per million
-    input / output tokens and may be fractional.
+    ``cost_ceiling`` is in cents per period (day), at most 10**9; prices are cents per
+    million input / output tokens, at most 10**6, and may be fractional; counts are at
+    most 2**50.
     """
 
     model: str = Field(min_length=1)
-    daily_token_budget: int = Field(default=0, ge=0)
-    hourly_rate_limit: int = Field(default=0, ge=0)
-    cost_ceiling: int = Field(default=0, ge=0)
-    input_price: float = Field(default=0, ge=0, allow_inf_nan=False)
-    output_price: float = Field(default=0, ge=0, allow_inf_nan=False)
+    daily_token_budget: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
+    hourly_rate_limit: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
+    cost_ceiling: Annotated[int, _CEILING] = Field(default=0, ge=0)
+    input_price: Annotated[float, _PRICE] = Field(default=0, ge=0, allow_inf_nan=False)
+    output_price: Annotated[float, _PRICE] = Field(default=0, ge=0, allow_inf_nan=False)
 
 
 class UsageRecord(_Model):

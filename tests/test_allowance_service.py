@@ -324,9 +324,9 @@ def test_failing_emitter_does_not_fail_the_reservation() -> None:
         ),
         (
             AgentAllowance(agent_id="a"),
-            ModelQuota(model="m", cost_ceiling=1, input_price=2_000_000),
+            ModelQuota(model="m", cost_ceiling=1, input_price=1_000_000),
             "m",
-            1,
+            2,
             "cost ceiling",
         ),
         (AgentAllowance(agent_id="a"), ModelQuota(model="m", cost_ceiling=1), "m", 10**6, None),

@@ -8,7 +8,13 @@ from contextlib import closing
 
 import pytest
 
-from agentic.errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError
+from agentic.errors import (
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    QuotaExceededError,
+    StoreError,
+)
 from agentic.models import AgentAllowance, AllowanceStatus, FailureCharge, ModelQuota, QuotaEvent
 from agentic.quota import DAY, HOUR, MAX_RESERVATION_TTL
 from agentic.stores.base import AllowanceStore
@@ -515,6 +521,132 @@ def test_an_allowance_or_quota_it_could_not_read_back_is_refused(backend: Backen
     assert (store.allowances(), store.get_model_quota("m1")) == ([kept], quota)
     with pytest.raises(ValueError, match="finite"):
         AgentAllowance(agent_id="a1", max_job_duration=float("inf"))
+
+
+def _write_raw(backend: Backend, store: AllowanceStore, kind: str, key: str, raw: str) -> None:
+    """Store ``raw`` as the JSON of an allowance (or a model quota): a record written
+    by hand, damaged, or kept from before a bound existed."""
+    if backend.name == "sqlite":
+        assert backend.url is not None
+        table, column = (
+            ("allowances", "agent_id") if kind == "allowance" else ("model_quotas", "model")
+        )
+        with closing(sqlite3.connect(backend.url.removeprefix("sqlite:///"))) as conn, conn:
+            conn.execute(f"UPDATE {table} SET data = ? WHERE {column} = ?", (raw, key))
+    else:
+        keys = store._keys  # type: ignore[attr-defined]
+        name = keys.allowance(key) if kind == "allowance" else keys.limits(key)
+        store._client.set(name, raw)  # type: ignore[attr-defined]
+
+
+def test_limits_at_their_bounds_are_counted_exactly(backend: Backend) -> None:
+    """Count limits of 2**50, a cost ceiling of 10**9 cents and a price of 10**6 cents
+    per million tokens are kept, and a reserve to the last token or micro-cent of each
+    is admitted and one past it refused, alike on every store (Lua doubles included)."""
+    store = backend.allowance()
+    big = 2**50
+    store.set_allowance(allowance(daily_token_limit=big, daily_job_limit=big, concurrent_jobs=big))
+    store.set_model_quota(ModelQuota(model="m1", daily_token_budget=big, hourly_rate_limit=big))
+    store.reserve("a1", "m1", big - 1, "j1")
+    with pytest.raises(QuotaExceededError, match="daily token limit"):
+        store.reserve("a1", "m1", 2, "j2")
+    assert store.reserve("a1", "m1", 1, "j2").tokens == 1
+    assert store.check("a1").remaining_tokens == 0
+    ceiling = ModelQuota(model="m2", cost_ceiling=10**9, input_price=1e6, output_price=1e6)
+    store.set_allowance(allowance(agent_id="a2"))
+    store.set_model_quota(ceiling)
+    assert store.get_model_quota("m2") == ceiling
+    # 10**9 tokens at a cent each: 10**15 micro-cents, the ceiling to the last one
+    assert store.reserve("a2", "m2", 10**9 - 1, "k1").cost == 10**15 - 10**6
+    with pytest.raises(QuotaExceededError, match="cost ceiling"):
+        store.reserve("a2", "m2", 2, "k2")
+    assert store.reserve("a2", "m2", 1, "k2").cost == 10**6
+    assert store.get_model_usage("m2").cost_reserved == 10**15
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("daily_token_limit", 10**23, r"daily_token_limit: .*at most 2\*\*50 \(1125899906842624\)"),
+        ("daily_job_limit", 2**50 + 1, r"daily_job_limit: .*at most 2\*\*50"),
+        ("concurrent_jobs", 10**23, r"concurrent_jobs: .*at most 2\*\*50"),
+        ("daily_token_budget", 10**23, r"daily_token_budget: .*at most 2\*\*50"),
+        ("hourly_rate_limit", 10**23, r"hourly_rate_limit: .*at most 2\*\*50"),
+        ("cost_ceiling", 10**9 + 1, r"cost_ceiling: .*at most 10\*\*9 cents a day"),
+        ("input_price", 1e300, r"input_price: .*at most 10\*\*6 cents per million tokens"),
+        ("output_price", 1e6 + 1, r"output_price: .*at most 10\*\*6 cents per million"),
+    ],
+)
+def test_limits_past_what_every_store_counts_are_refused(
+    backend: Backend, field: str, value: float, said: str
+) -> None:
+    """A limit past 2**50, a cost ceiling past 10**9 cents or a price past 10**6 cents
+    per million tokens is a ConfigError naming the field and its bound, from the model
+    and from every store's set (through model_copy, which skips the checks), and what
+    was stored stays; they were stored, then a reserve failed (SQLite: "a number past
+    SQLite's integers"; fakeredis: an OverflowError) or counted inexactly (Redis)."""
+    store = backend.allowance()
+    kept, quota = allowance(daily_token_limit=5), ModelQuota(model="m1", input_price=3)
+    store.set_allowance(kept)
+    store.set_model_quota(quota)
+    with pytest.raises(ValueError, match=said.replace(": ", "\n  Value error, ", 1)):
+        (AgentAllowance if field in AgentAllowance.model_fields else ModelQuota).model_validate(
+            {"agent_id": "a1", "model": "m1", field: value}
+        )
+    with pytest.raises(ConfigError, match="invalid (allowance|model quota): " + said):
+        if field in AgentAllowance.model_fields:
+            store.set_allowance(kept.model_copy(update={field: value}))
+        else:
+            store.set_model_quota(quota.model_copy(update={field: value}))
+    assert (store.allowances(), store.get_model_quota("m1")) == ([kept], quota)
+    store.reserve("a1", "m1", 5, "j1")
+
+
+def test_a_limit_stored_before_its_bound_still_loads(backend: Backend) -> None:
+    """An allowance or a quota stored past a bound added since (a limit of 10**23, a
+    price of 1e300) is read back as stored, so it can be shown and lowered: the bounds
+    refuse what is written, as a task's counts are checked on create and update."""
+    if backend.name == "memory":
+        pytest.skip("a memory store keeps nothing from before")
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1"))
+    _write_raw(
+        backend,
+        store,
+        "allowance",
+        "a1",
+        '{"agent_id": "a1", "daily_token_limit": 100000000000000000000000}',
+    )
+    _write_raw(backend, store, "quota", "m1", '{"model": "m1", "input_price": 1e300}')
+    assert store.get_allowance("a1").daily_token_limit == 10**23
+    assert [a.agent_id for a in store.allowances()] == ["a1"]
+    assert store.get_model_quota("m1").input_price == 1e300
+    store.set_allowance(allowance(daily_token_limit=7))
+    assert store.get_allowance("a1").daily_token_limit == 7
+
+
+def test_a_corrupt_allowance_or_quota_is_a_store_error_saying_so(backend: Backend) -> None:
+    """An allowance or model quota whose stored JSON does not parse is a StoreError
+    saying it is corrupt and where, on SQLite as on Redis (one function); SQLite
+    raised pydantic's ValidationError, which no caller of a store expects."""
+    if backend.name == "memory":
+        pytest.skip("a memory store keeps the models themselves, no JSON")
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    store.set_model_quota(ModelQuota(model="m1"))
+    _write_raw(backend, store, "allowance", "a1", '{"agent_id": "a1", "daily_job_limit": -1}')
+    _write_raw(backend, store, "quota", "m1", "{not json")
+    where = "SQLite store '" if backend.name == "sqlite" else "Redis"
+    for read in (lambda: store.get_allowance("a1"), store.allowances):
+        with pytest.raises(
+            StoreError, match=f"(?s)corrupt AgentAllowance JSON in {where}.*daily_job_limit"
+        ):
+            read()
+    with pytest.raises(StoreError, match=f"corrupt ModelQuota JSON in {where}"):
+        store.get_model_quota("m1")
+    store.set_allowance(allowance(daily_job_limit=2))  # what fixes it
+    assert store.check("a1").remaining_jobs == 2
 
 
 def test_settle_after_expiry_charges_with_agent(backend: Backend) -> None:

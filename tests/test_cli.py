@@ -920,16 +920,21 @@ def test_allowance_model_sets_and_shows(system: System) -> None:
 
 
 def test_allowance_values_no_store_reads_back_are_usage_errors(system: System) -> None:
-    """--max-job-duration inf (or past 1e9 s), --input-price inf and an empty AGENT or
-    MODEL exit 2 with one line naming the field, and the stored allowance and quota are
+    """--max-job-duration inf (or past 1e9 s), --input-price inf (or past 10**6), a
+    limit past 2**50 or a cost ceiling past 10**9 cents, and an empty AGENT or MODEL
+    exit 2 with one line naming the field, and the stored allowance and quota are
     kept; inf was stored as JSON null, and every read of the allowances (show, each
-    runner's start) then failed with a traceback."""
+    runner's start) then failed with a traceback; 10**23 was stored and failed or
+    miscounted at each reserve."""
     system.cli("allowance", "set", "a1", "--daily-jobs", "4", "--max-job-duration", "60")
     system.cli("allowance", "model", "m1", "--input-price", "300")
     for args, said in [
         (["set", "a1", "--max-job-duration", "inf"], "max_job_duration: Input should be a finite"),
         (["set", "a1", "--max-job-duration", "1e12"], "max_job_duration: Input should be less"),
         (["model", "m1", "--input-price", "inf"], "input_price: Input should be a finite"),
+        (["set", "a1", "--daily-tokens", str(10**23)], "daily_token_limit: must be at most 2**50"),
+        (["model", "m1", "--cost-ceiling", str(10**23)], "cost_ceiling: must be at most 10**9"),
+        (["model", "m1", "--input-price", "1e300"], "input_price: must be at most 10**6 cents"),
         (["set", "", "--daily-jobs", "1"], "AGENT must be a non-empty string"),
         (["model", "", "--daily-tokens", "1"], "MODEL must be a non-empty string"),
     ]:

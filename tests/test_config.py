@@ -41,6 +41,10 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+#: what every number of seconds of the configuration accepts, as its errors say
+_SECONDS = "a number of seconds > 0 and <= 1000000000"
+
+
 def config_error(**kwargs: Any) -> str:
     with pytest.raises(ConfigError) as info:
         load_config(**{"env": {}, **kwargs})
@@ -313,7 +317,7 @@ def test_bad_value_in_yaml_names_key_file_line_and_accepted(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert str(info.value) == (
-        f"dispatcher.interval in {path} (line 2): must be a finite number > 0, got 'abc'"
+        f"dispatcher.interval in {path} (line 2): must be {_SECONDS}, got 'abc'"
     )
     assert isinstance(info.value.__cause__, pydantic.ValidationError)
 
@@ -430,11 +434,15 @@ def test_base_url_must_be_http(url: str) -> None:
         ("postgres://h/db", "unknown scheme 'postgres'"),
         ("agentic.db", "not a URL; must be a store URL"),
         ("sqlite://", "a sqlite URL needs a file path"),
+        ("sqlite:///x.db?reservation_ttl=inf", ": reservation_ttl='inf' must be a number"),
+        ("redis://h/0?reservation_ttl=1e15", "seconds >= 0.001 and <= 1000000000; must be"),
+        ("memory://?tz=Mars/Base", ": unknown timezone tz='Mars/Base'; use an IANA name"),
     ],
 )
 def test_store_url_is_checked_at_load_time(url: str, problem: str) -> None:
-    """A store URL with a typo fails when loading, naming the problem, then the accepted
-    URLs once (every scheme a store opens) and the value."""
+    """A store URL with a typo, or a tz or reservation_ttl every store opener refuses,
+    fails when loading, naming the problem, then the accepted URLs once (every scheme
+    a store opens) and the value."""
     message = config_error(env={"AGENTIC_TASK_STORE_URL": url})
     assert message.startswith("task_store_url in environment variable AGENTIC_TASK_STORE_URL: ")
     assert problem in message
@@ -487,24 +495,38 @@ def test_token_cannot_be_admin_and_agent() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "accepted"),
     [
-        ("interval", "inf", "a finite number > 0"),
-        ("heartbeat_ttl", "inf", "a finite number > 0"),
-        ("backoff_cap", "inf", "a finite number > 0 and >= dispatcher.backoff_base"),
+        ("interval", "inf", _SECONDS),
+        ("heartbeat_ttl", "inf", _SECONDS),
+        ("backoff_cap", "inf", f"{_SECONDS}, and >= dispatcher.backoff_base"),
         ("lease_seconds", "inf", "a number of seconds > 0 and <= 604800 (7 days)"),
         ("lease_seconds", "1e6", "a number of seconds > 0 and <= 604800 (7 days)"),
+        ("interval", "1e300", _SECONDS),
+        ("heartbeat_ttl", "1e300", _SECONDS),
+        ("backoff_base", "1e300", _SECONDS),
+        ("backoff_cap", "1e10", f"{_SECONDS}, and >= dispatcher.backoff_base"),
+        ("active_lease", "1e300", f"{_SECONDS}, or empty for the default (15)"),
     ],
 )
 def test_dispatcher_seconds_are_finite_and_leases_what_the_api_takes(
     key: str, value: str, accepted: str
 ) -> None:
-    """An infinite interval, ttl or backoff, or a lease the task API refuses (over
-    7 days), is refused at load naming the key; they were taken, then refused at first
-    use without the key ("ttl must be ...") or with a 422 on every claim."""
+    """An infinite or huge (1e300) interval, ttl, lease or backoff, or a lease the task
+    API refuses (over 7 days), is refused at load naming the key and the bound; they
+    were taken, then failed at first use without the key (a time past any clock, a lease
+    Redis refused) or with a 422 on every claim."""
     variable = f"AGENTIC_DISPATCHER__{key.upper()}"
     message = config_error(env={variable: value})
     assert message == (
         f"dispatcher.{key} in environment variable {variable}: must be {accepted}, got {value!r}"
     )
+
+
+def test_seconds_at_the_bound_load() -> None:
+    """Every dispatcher number of seconds loads at the bound, 1e9 s (the store URLs' and
+    max_job_duration's): the bound refuses what no clock holds, not long settings."""
+    seconds = ("interval", "heartbeat_ttl", "backoff_base", "backoff_cap", "active_lease")
+    cfg = load_config(dotenv=False, env={}, dispatcher=dict.fromkeys(seconds, 1e9))
+    assert [getattr(cfg.dispatcher, key) for key in seconds] == [1e9] * len(seconds)
 
 
 def test_backoff_cap_not_below_base() -> None:
@@ -586,8 +608,8 @@ def test_active_lease_is_optional_positive_and_finite(tmp_path: Path) -> None:
     for bad in ("0", "-1", "inf", "nan", "soon"):
         message = config_error(env={variable: bad})
         assert message == (
-            f"dispatcher.active_lease in environment variable {variable}: must be a finite"
-            f" number of seconds > 0, or empty for the default (15), got {bad!r}"
+            f"dispatcher.active_lease in environment variable {variable}: must be"
+            f" {_SECONDS}, or empty for the default (15), got {bad!r}"
         )
     path = write(tmp_path / "inf.yaml", "dispatcher:\n  active_lease: .inf\n")
     assert f"dispatcher.active_lease in {path} (line 2)" in config_error(path=path)

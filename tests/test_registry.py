@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentic.errors import ConfigError, NotFoundError
 from agentic.models import AgentInfo, AgentStatus
-from tests.conftest import Backend
+from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
+from tests.conftest import Backend, free_port
 
 
 def agent(agent_id: str, **fields: object) -> AgentInfo:
@@ -231,3 +235,30 @@ def test_lease_arguments_are_checked(backend: Backend) -> None:
     with pytest.raises(ConfigError, match="ttl"):
         reg.hold_lease("dispatcher", "d1", -1)
     assert reg.hold_lease("dispatcher", "d1", 10) == "d1"
+
+
+@pytest.mark.parametrize(
+    "opener", [open_registry, open_allowance_store, open_event_log, open_task_store]
+)
+@pytest.mark.parametrize("scheme", ["memory", "sqlite", "redis"])
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        ("reservation_ttl=inf", r"reservation_ttl='inf' must be a number of seconds"),
+        ("reservation_ttl=0", r"reservation_ttl='0' must be a number of seconds >= 0.001"),
+        ("tz=Mars/Base", r"unknown timezone tz='Mars/Base'"),
+    ],
+)
+def test_every_opener_refuses_the_options_the_allowance_opener_refuses(
+    opener: Callable[[str], Any], scheme: str, option: str, said: str, tmp_path: Path
+) -> None:
+    """A bad tz or reservation_ttl is a ConfigError from every store opener, before
+    any connection; the registry, task store and event log openers took it silently,
+    so one store_url was accepted by some openers and refused by the allowance one."""
+    where = {
+        "memory": "memory://",
+        "sqlite": f"sqlite:///{tmp_path}/a.db",
+        "redis": f"redis://127.0.0.1:{free_port()}/0",
+    }[scheme]
+    with pytest.raises(ConfigError, match=said):
+        opener(f"{where}?{option}")

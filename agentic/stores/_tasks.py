@@ -38,7 +38,7 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ConflictError
 from ..events import Event, EventType, transition_id
-from ..models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
+from ..models import MAX_COUNT, Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from ._task_conflicts import (
     FINAL,
     claim_conflict,
@@ -178,11 +178,6 @@ def require_limit(kind: str, value: int | None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{kind} must be an integer >= 0 or None, got {value!r}")
     return value
-
-
-#: the largest count a task holds (retries, estimated tokens): exact in every store
-#: (SQLite's 64-bit integers, Redis's Lua doubles, with room for sums)
-MAX_COUNT = 2**50
 
 
 def _require_count(name: str, value: int) -> None:

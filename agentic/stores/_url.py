@@ -37,7 +37,10 @@ class StoreURL:
     options: dict[str, str] = field(default_factory=dict)
 
     def take(self, allowed: dict[str, str]) -> dict[str, str]:
-        """The options, after checking each is known to the backend (common or ``allowed``)."""
+        """The options, after checking each is known to the backend (common or
+        ``allowed``) and that the common ones are valid: every opener calls this, so
+        each refuses what the allowance opener refuses (one store_url opens them all),
+        those that do not use them too (a registry, a task store, an event log)."""
         known = {**COMMON_OPTIONS, **allowed}
         unknown = sorted(set(self.options) - set(known))
         if unknown:
@@ -46,7 +49,13 @@ class StoreURL:
                 f"store URL {self.redacted()!r}: unknown option(s) {', '.join(unknown)}."
                 f" Accepted: {accepted}"
             )
+        self.check_common()
         return dict(self.options)
+
+    def check_common(self) -> None:
+        """Refuse a bad ``tz`` or ``reservation_ttl`` (a ConfigError saying which)."""
+        self.tz()
+        self.reservation_ttl()
 
     def redacted(self) -> str:
         """The URL with any password replaced, fit for messages and logs."""

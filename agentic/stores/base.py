@@ -40,6 +40,7 @@ from pydantic_core import PydanticSerializationError
 from ..errors import AgenticError, ConfigError, NotFoundError, StoreError
 from ..events import Event
 from ..models import (
+    STORED,
     AgentAllowance,
     AgentInfo,
     AgentStatus,
@@ -83,6 +84,7 @@ __all__ = [
     "no_allowance",
     "no_reservation",
     "parse_events",
+    "parse_stored",
     "require_consumer",
     "require_count",
     "require_id",
@@ -113,10 +115,22 @@ def require_valid(kind: str, value: _Checked) -> _Checked:
         return type(value).model_validate(value.model_dump())
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            f"{'.'.join(str(part) for part in error['loc'])}:"
+            f" {error['msg'].removeprefix('Value error, ')}"
             for error in exc.errors()
         )
         raise ConfigError(f"invalid {kind}: {problems}") from None
+
+
+def parse_stored(model: type[_Checked], raw: str | bytes, where: str) -> _Checked:
+    """A ``model`` from the JSON a store kept (``where``: the store, for the message).
+    A record that does not parse (damaged, or written by hand) is a StoreError saying
+    it is corrupt, the same on every backend; a record within the model's rules but
+    past a bound added since it was written still loads (``models.STORED``)."""
+    try:
+        return model.model_validate_json(raw, context=STORED)
+    except ValidationError as exc:
+        raise StoreError(f"corrupt {model.__name__} JSON in {where}: {exc}") from exc
 
 
 #: the outcomes that may settle a job

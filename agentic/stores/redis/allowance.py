@@ -24,10 +24,11 @@ from datetime import UTC, datetime, timezone, tzinfo
 from typing import TypeVar
 
 import redis
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ...errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError, StoreError
 from ...models import (
+    MAX_COUNT,
     AgentAllowance,
     ModelQuota,
     ModelUsage,
@@ -53,6 +54,7 @@ from ..base import (
     final_outcome,
     no_allowance,
     no_reservation,
+    parse_stored,
     require_count,
     require_id,
     require_valid,
@@ -63,8 +65,9 @@ from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
 __all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
 
 #: Largest token amount accepted: Lua numbers are doubles, exact below 2**53, and a
-#: settle multiplies two amounts (see muldiv in quota_settle.lua).
-MAX_AMOUNT = 2**50
+#: settle multiplies two amounts (see muldiv in quota_settle.lua). The bound of every
+#: count (models.MAX_COUNT): the limits it is checked against are bounded by it too.
+MAX_AMOUNT = MAX_COUNT
 
 _PRELUDE = ("common.lua", "quota_lib.lua")
 # The scripts that record events with their step (an outbox) append to the log.
@@ -96,10 +99,7 @@ def _amount(kind: str, value: int) -> int:
 
 
 def _parse(model: type[_M], raw: object) -> _M:
-    try:
-        return model.model_validate_json(text(raw))
-    except ValidationError as exc:
-        raise StoreError(f"corrupt {model.__name__} JSON in Redis: {exc}") from exc
+    return parse_stored(model, text(raw), "Redis")
 
 
 class RedisAllowanceStore(AllowanceStore):

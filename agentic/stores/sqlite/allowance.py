@@ -24,7 +24,7 @@ from ...events import Event
 from ...models import AgentAllowance, ModelQuota, Settlement
 from ...quota import DEFAULT_RESERVATION_TTL
 from .._engine import AgentRow, EngineAllowanceStore, Held, ModelRow, QuotaTx
-from ..base import event_json
+from ..base import event_json, parse_stored
 from ._db import DEFAULT_TIMEOUT, Database, Migration
 from .eventlog import MIGRATIONS as EVENT_MIGRATIONS
 from .eventlog import append_rows
@@ -107,9 +107,11 @@ def _held(row: sqlite3.Row) -> Held:
 class _SQLiteTx(QuotaTx):
     """Row primitives on a connection inside an open BEGIN IMMEDIATE transaction."""
 
-    def __init__(self, conn: sqlite3.Connection, record_events: bool) -> None:
+    def __init__(self, conn: sqlite3.Connection, record_events: bool, where: str) -> None:
         self._record_events = record_events
         self._conn = conn
+        #: the store, as a corrupt record's error names it
+        self._where = where
 
     def _one(self, sql: str, *params: object) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self._conn.execute(sql, params).fetchone()
@@ -117,7 +119,7 @@ class _SQLiteTx(QuotaTx):
 
     def get_allowance(self, agent_id: str) -> AgentAllowance | None:
         row = self._one("SELECT data FROM allowances WHERE agent_id = ?", agent_id)
-        return None if row is None else AgentAllowance.model_validate_json(row[0])
+        return None if row is None else parse_stored(AgentAllowance, row[0], self._where)
 
     def put_allowance(self, allowance: AgentAllowance) -> None:
         self._conn.execute(
@@ -127,11 +129,11 @@ class _SQLiteTx(QuotaTx):
 
     def all_allowances(self) -> list[AgentAllowance]:
         rows = self._conn.execute("SELECT data FROM allowances").fetchall()
-        return [AgentAllowance.model_validate_json(r[0]) for r in rows]
+        return [parse_stored(AgentAllowance, r[0], self._where) for r in rows]
 
     def get_quota(self, model: str) -> ModelQuota | None:
         row = self._one("SELECT data FROM model_quotas WHERE model = ?", model)
-        return None if row is None else ModelQuota.model_validate_json(row[0])
+        return None if row is None else parse_stored(ModelQuota, row[0], self._where)
 
     def put_quota(self, quota: ModelQuota) -> None:
         self._conn.execute(
@@ -266,7 +268,7 @@ class _SQLiteTx(QuotaTx):
 
     def get_settled(self, job_id: str) -> Settlement | None:
         row = self._one("SELECT data FROM settled WHERE job_id = ?", job_id)
-        return None if row is None else Settlement.model_validate_json(row[0])
+        return None if row is None else parse_stored(Settlement, row[0], self._where)
 
     def put_settled(self, settlement: Settlement, at: float) -> None:
         self._conn.execute(
@@ -308,4 +310,4 @@ class SQLiteAllowanceStore(EngineAllowanceStore):
     @contextmanager
     def _transaction(self) -> Iterator[QuotaTx]:
         with self._db.transaction("allowance store") as conn:
-            yield _SQLiteTx(conn, self._record_events)
+            yield _SQLiteTx(conn, self._record_events, f"SQLite store {str(self._db.path)!r}")
