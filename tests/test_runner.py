@@ -768,12 +768,13 @@ def test_stop_now_stops_retrying_a_report_against_a_task_api_that_is_down(
 
 
 @pytest.mark.parametrize("usage", [150, 0])
-def test_a_report_given_up_on_leaves_the_task_to_be_given_back_not_rerun(
+def test_a_report_given_up_on_is_made_by_the_next_runner_not_rerun(
     system: System, usage: int
 ) -> None:
     """A hurried runner whose report did not land keeps the job's file with its end
-    (written then when the job recorded no usage): the runner started next gives the
-    still-claimed task back instead of running it again under the settled job id."""
+    and result (written at the first failed try when the job recorded no usage): the
+    runner started next reports the still-claimed task as decided, not running it
+    again, and the job is charged once."""
     client = CompleteOutage(system.url, token="", retries=0)
     slow = RetryPolicy(max_retries=5, base=10.0, cap=30.0)
     runs: list[str] = []
@@ -792,13 +793,12 @@ def test_a_report_given_up_on_leaves_the_task_to_be_given_back_not_rerun(
     runner.stop(now=True)
     assert system.quota.get_usage(AGENT).tokens_used == usage  # settled before the report
     second = system.started(handler)
-    wait_for(lambda: system.tasks.get(task.id).status == TaskStatus.PENDING)
-    wait_for(lambda: second.released == 1)  # counted once the release's answer is read
-    assert len(runs) == 1  # given back by recovery, not run
+    done = system.finished(task.id)
+    assert done.status == TaskStatus.COMPLETED and done.result is not None
+    assert done.result.output == "done"
+    wait_for(lambda: second.completed == 1)
+    assert len(runs) == 1 and second.released == 0  # reported by recovery, not run
     assert system.quota.get_usage(AGENT).tokens_used == usage  # charged once
-    system.dispatcher.dispatch(system.tasks.get(task.id))  # claimed again: a new job
-    assert system.finished(task.id).status == TaskStatus.COMPLETED
-    assert len(runs) == 2 and runs[0] != runs[1]
 
 
 def test_a_registry_that_hangs_does_not_hold_up_a_stop_at_once(system: System) -> None:

@@ -12,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
 from agentic.client import TaskClient
-from agentic.errors import ConfigError, StoreError
+from agentic.errors import ConfigError, StoreError, TransportError
 from agentic.models import (
     AgentAllowance,
     AgentInfo,
@@ -27,7 +28,7 @@ from agentic.models import (
     TaskStatus,
 )
 from agentic.runner import SubprocessHandler, TaskContext
-from agentic.runner._journal import JobJournal, UsageJournal, default_state_dir
+from agentic.runner._journal import Decided, JobJournal, UsageJournal, default_state_dir
 from agentic.runner._subprocess import _UsageFile
 from agentic.stores import open_allowance_store, open_registry
 
@@ -646,10 +647,83 @@ def test_a_job_whose_task_the_task_api_does_not_know_is_kept_not_settled(
     assert left.job_id == "other-store-job" and runner.errors == 1
 
 
+@pytest.mark.parametrize("report", ["completed", "failed"])
+def test_a_decided_job_still_claimed_is_reported_as_decided_not_rerun(
+    system: System, report: str
+) -> None:
+    """A job whose run here ended but whose report never landed (the runner died) is
+    settled and reported as its end decided, with the result recorded: its handler
+    does not run again, its tokens are charged once and its file goes."""
+    task = dispatched(system)
+    success = report == "completed"
+    result = TaskResult(success=success, output="done before", error_message="" if success else "x")
+    job = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1])
+    job.usage("m", 70, 30)
+    event = QuotaEvent.JOB_COMPLETED if success else QuotaEvent.JOB_FAILED
+    job.end((70, 30, event, "m", task.id), Decided(report, result))
+    job.close()
+    ran: list[str] = []
+    runner = system.started(lambda task, ctx: ran.append(task.id))
+    done = system.finished(task.id) if success else None
+    wait_for(lambda: runner.completed + runner.failed == 1)
+    stored = system.tasks.get(task.id)
+    if success:
+        assert done is not None and done.result == result
+    else:
+        assert (stored.status, stored.retry_count) == (TaskStatus.PENDING, 1)
+        assert stored.result == result
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == (100 if success else 50))
+    assert ran == [] and runner.released == 0
+    wait_for(lambda: not UsageJournal(default_state_dir(), AGENT).has(task.job_id))
+
+
+def test_a_report_that_does_not_land_at_once_writes_its_decided_end(system: System) -> None:
+    """A job that recorded no usage writes its decided end, with the result, at the
+    first failed try of its report: a restart would report it, not run it again."""
+    task = dispatched(system)
+    send = system.client.complete_task
+    tries: list[int] = []
+
+    def lost(*args: Any, **kwargs: Any) -> Task:
+        tries.append(1)
+        if len(tries) == 1:
+            raise TransportError("the task API is down")
+        return send(*args, **kwargs)
+
+    system.client.complete_task = lost  # type: ignore[method-assign]
+    seen: list[Any] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        journal = UsageJournal(default_state_dir(), AGENT)
+        threading.Thread(target=lambda: seen.append(_wait_end(journal, task.job_id))).start()
+        return "the answer"
+
+    system.started(handler)
+    assert system.finished(task.id).status is TaskStatus.COMPLETED
+    wait_for(lambda: seen)
+    end = seen[0]
+    assert end is not None
+    assert (end["end"], end["report"], end["reason"]) == ("job_completed", "completed", "")
+    assert TaskResult.model_validate(end["result"]).output == "the answer"
+
+
+def _wait_end(journal: UsageJournal, job_id: str) -> dict[str, Any] | None:
+    """The end line the job's file holds once it holds one (None after 10 s)."""
+    path = journal.directory / f"{quote(job_id, safe='')}.jsonl"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if path.exists():
+            ends = [e for e in map(json.loads, path.read_text().splitlines()) if "end" in e]
+            if ends:
+                return dict(ends[0])
+        time.sleep(0.005)
+    return None
+
+
 def test_a_decided_job_still_claimed_is_given_back_not_rerun(system: System) -> None:
-    """A job whose run here ended but whose report never landed is settled as decided
-    and its task given back (pending, for a new job id), not run again under a job
-    id whose settle would be a duplicate."""
+    """A job whose run here ended but whose report never landed, recorded by a version
+    that kept no result, is settled as decided and its task given back (pending, for
+    a new job id), not run again under a job id whose settle would be a duplicate."""
     task = dispatched(system)
     leave_behind(system, task, (70, 30), end=True)
     ran: list[str] = []

@@ -8,7 +8,9 @@ one: a job that reports nothing writes nothing), then the settle decided at the
 attempt's end, and the file is removed once the quota store took that settle. A
 runner starting with the same agent id finds what is left: a job whose end was
 decided is settled as decided (settles are idempotent per job id, so one that landed
-changes nothing); a job that died running is resumed when its claim is still this
+changes nothing), and, when its task is still this agent's claim under that job,
+reported as decided with the result the end recorded (its run is not repeated); a
+job that died running is resumed when its claim is still this
 agent's (its recorded tokens are added to the new run's), else settled as failed,
 as for an attempt whose lease was lost. A live attempt holds an exclusive ``flock``
 on its file, so another runner on the machine never settles a job still running.
@@ -41,10 +43,12 @@ from typing import IO, Any
 from urllib.parse import quote, unquote
 
 import platformdirs
+from pydantic import ValidationError
 
-from ..models import QuotaEvent, Task
+from ..models import QuotaEvent, Task, TaskResult
 
 __all__ = [
+    "Decided",
     "JobJournal",
     "Leftover",
     "Settle",
@@ -83,6 +87,20 @@ def journaled_agents(state_dir: Path) -> list[str]:
     return sorted(unquote(path.name) for path in found)
 
 
+#: the reports an earlier run's recorded end may name
+_REPORTS = frozenset({"completed", "failed", "released", "nothing"})
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What an attempt's end decided to tell the task server: its report (a
+    ``Report`` value), the result, and why (a give-back's reason)."""
+
+    report: str
+    result: TaskResult | None = None
+    reason: str = ""
+
+
 @dataclass(frozen=True)
 class Leftover:
     """What a job's file says about a job no live attempt holds."""
@@ -94,6 +112,19 @@ class Leftover:
     tokens_out: int
     #: the settle decided at the attempt's end; None: it died running
     end: Settle | None
+    #: the report decided with it (None: none recorded, by a version before it)
+    decided: Decided | None = None
+
+    @property
+    def reportable(self) -> bool:
+        """Whether its decided end can be reported as it was decided: completed or
+        failed, with the result recorded."""
+        decided = self.decided
+        return (
+            decided is not None
+            and decided.report in ("completed", "failed")
+            and decided.result is not None
+        )
 
     def settlement(self) -> Settle:
         """The settle to make: the decided one, else a failure's for what was used."""
@@ -155,24 +186,28 @@ class JobJournal:
         """Append one usage report (creating the file at the first)."""
         self._write({"model": model, "tokens_in": tokens_in, "tokens_out": tokens_out})
 
-    def end(self, settle: Settle, *, always: bool = False) -> None:
-        """Record the settle decided at the attempt's end, once: when anything was
-        written (else a restart needs nothing), or ``always`` (its report did not
-        land: a restart must know the job ended)."""
+    def end(self, settle: Settle, decided: Decided | None = None, *, always: bool = False) -> None:
+        """Record the settle and the report decided at the attempt's end, once: when
+        anything was written (else a restart needs nothing), or ``always`` (its
+        report has not landed: a restart must know the job ended, and how). Without
+        ``decided`` a restart gives the task back rather than report it."""
         tokens_in, tokens_out, event, model, task_id = settle
         with self._lock:
             if self._ended or (self._file is None and not always):
                 return
             self._ended = True
-        self._write(
-            {
-                "end": event.value if event is not None else _UNRESERVE,
-                "tokens_in": tokens_in,
-                "tokens_out": tokens_out,
-                "model": model,
-                "task": task_id,
-            }
-        )
+        entry: dict[str, Any] = {
+            "end": event.value if event is not None else _UNRESERVE,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "model": model,
+            "task": task_id,
+        }
+        if decided is not None:
+            result = decided.result
+            entry["report"], entry["reason"] = decided.report, decided.reason
+            entry["result"] = result.model_dump(mode="json") if result is not None else None
+        self._write(entry)
 
     def close(self) -> None:
         """Let go of the file (kept on disk until its settle lands)."""
@@ -388,6 +423,7 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
     task_id, model = str(header.get("task", "")), header.get("model")
     usage: list[tuple[str, int, int]] = []
     end: Settle | None = None
+    decided: Decided | None = None
     for entry in rest:
         tokens = (_count(entry.get("tokens_in")), _count(entry.get("tokens_out")))
         if "end" in entry:
@@ -397,6 +433,7 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
             event = None if kind == _UNRESERVE else QuotaEvent(kind)
             model_ended = entry.get("model")
             end = (*tokens, event, model_ended if isinstance(model_ended, str) else None, task_id)
+            decided = _decided(entry)
         else:
             usage.append((str(entry.get("model", "")), *tokens))
     default_model = model if isinstance(model, str) and model else None
@@ -409,8 +446,22 @@ def _read(path: Path) -> tuple[Leftover, list[tuple[str, int, int]]] | None:
         tokens_in=sum(u[1] for u in usage),
         tokens_out=sum(u[2] for u in usage),
         end=end,
+        decided=decided,
     )
     return leftover, usage
+
+
+def _decided(entry: dict[str, Any]) -> Decided | None:
+    """The report an end line records; None when it records none this version
+    reads (then the job is given back, not reported)."""
+    report, reason = entry.get("report"), entry.get("reason")
+    if report not in _REPORTS:
+        return None
+    result = None
+    if entry.get("result") is not None:
+        with contextlib.suppress(ValidationError):
+            result = TaskResult.model_validate(entry["result"])
+    return Decided(str(report), result, reason if isinstance(reason, str) else "")
 
 
 def _command_usage(path: Path, default_model: str) -> list[tuple[str, int, int]]:

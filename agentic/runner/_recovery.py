@@ -11,7 +11,8 @@ from typing import Literal
 from ..client import TaskClient
 from ..errors import AgenticError, NotFoundError
 from ..models import Task, TaskStatus
-from ._journal import Leftover, Settle, UsageJournal
+from ._attempt import Report
+from ._journal import Leftover, UsageJournal
 from ._reporting import Reporter
 
 __all__ = ["Recovery", "Settled"]
@@ -38,8 +39,10 @@ class Recovery:
 
     A job still claimed by this agent under its job id waits: one that died running
     is run again (:meth:`take`: its recorded tokens join the new run's), one whose
-    end was decided is given back instead (:meth:`decided`): a rerun under the same
-    job id would settle as a duplicate and its tokens would go uncharged. Any other
+    end was decided is reported as decided, with the result it recorded
+    (:meth:`report_decided`: its handler ran to its end; a task is not run twice),
+    or, recorded without one (a version before it), given back: a rerun under the
+    same job id would settle as a duplicate and its tokens would go uncharged. Any other
     is settled as its file says, tried once a round (a failure joins the reporter's
     unsettled jobs, retried with each heartbeat), so a quota store that is down at
     start delays nothing.
@@ -76,11 +79,28 @@ class Recovery:
         with self._lock:
             return bool(self._left)
 
-    def decided(self, job_id: str) -> Settle | None:
-        """The decided end of ``job_id``'s earlier run, if it has one."""
+    def decided(self, job_id: str) -> Leftover | None:
+        """What ``job_id``'s earlier run left, when its end was decided."""
         with self._lock:
             left = self._left.get(job_id)
-        return left.end if left is not None else None
+        return left if left is not None and left.end is not None else None
+
+    def report_decided(self, task: Task, left: Leftover) -> Report | None:
+        """Report ``left``'s decided end for ``task`` (see ``Reporter.report_decided``):
+        the report when it landed; else None, and the job waits for the next try."""
+        if left.decided is None or self.take(left.job_id) is None:
+            return None  # taken up meanwhile
+        report = self.reporter.report_decided(task, left.settlement(), left.decided)
+        if report is None:
+            self.keep(left)
+        else:
+            log.info(
+                "task %s: %s as an earlier run of job %s decided (its report had not landed)",
+                task.id,
+                report.value,
+                left.job_id,
+            )
+        return report
 
     def take(self, job_id: str) -> Leftover | None:
         """Hand ``job_id`` over to a new run (or a give-back that settles it)."""

@@ -21,7 +21,7 @@ from ..errors import (
 from ..models import QuotaEvent, Task, TaskStatus
 from ..retry import RetryPolicy, is_retryable, retry_after_of
 from ._attempt import Attempt, Outcome, Report, attempt_key, bare, shrink
-from ._journal import Settle, UsageJournal
+from ._journal import Decided, Settle, UsageJournal
 
 __all__ = ["Reporter"]
 
@@ -65,9 +65,9 @@ class Reporter:
         #: settlements that failed every retry: job id -> the settle call's arguments
         #: (event None: give the reservation back whole, the job never started)
         self._unsettled: dict[str, Settle] = {}
-        #: attempts' jobs whose report has not ended yet -> their decided settle: their
-        #: usage files stay until the report lands (see report_ended)
-        self._reporting: dict[str, Settle] = {}
+        #: attempts' jobs whose report has not ended yet -> their decided settle and
+        #: report: their usage files stay until the report lands (see report_ended)
+        self._reporting: dict[str, tuple[Settle, Decided]] = {}
         self._unsettled_lock = threading.Lock()
         self._settling = threading.Lock()  # one settle_pending run at a time
 
@@ -111,10 +111,12 @@ class Reporter:
             # done): those tokens were spent all the same, charged as for a failure.
             event = QuotaEvent.JOB_FAILED
         args = (tokens_in, tokens_out, event, model, attempt.task.id)
+        decided = Decided(outcome.report.value, outcome.result, outcome.reason)
         if attempt.ctx.journal is not None:
-            attempt.ctx.journal.end(args)  # a restart settles it so, should we die first
+            # A restart settles it so, and reports it so, should we die first.
+            attempt.ctx.journal.end(args, decided)
         with self._unsettled_lock:
-            self._reporting[job_id] = args
+            self._reporting[job_id] = (args, decided)
         self.end_job(job_id, args)
 
     def end_job(self, job_id: str, args: Settle, patient: bool = True) -> None:
@@ -176,20 +178,28 @@ class Reporter:
         """The attempt's report landed, or the task is no longer its claim, or
         (``undelivered``) the report was given up on: the task may then still be
         claimed under this job when the agent starts again, so the job's file stays,
-        with its decided end (written now if the job recorded no usage), and that
-        start gives the task back instead of running it again under a job id whose
-        settle is spent (the rerun's tokens would go uncharged)."""
+        with its decided end (written at the first failed try if the job recorded no
+        usage), and that start reports it as decided instead of running it again."""
         job_id = attempt.task.job_id
         with self._unsettled_lock:
-            args = self._reporting.pop(job_id, None)
+            ended = self._reporting.pop(job_id, None)
             unsettled = job_id in self._unsettled
-        if args is None or self.journal is None:
+        if ended is None or self.journal is None:
             return
         if undelivered:
-            if attempt.ctx.journal is not None:
-                attempt.ctx.journal.end(args, always=True)
+            self._write_end(attempt, ended)
         elif not unsettled:
             self.journal.discard(job_id)
+
+    def _write_end(self, attempt: Attempt, ended: tuple[Settle, Decided] | None = None) -> None:
+        """Write the attempt's decided end in its job's file, even if the job recorded
+        no usage: its report has not landed (yet), and a restart must report it, not
+        run the job again."""
+        if ended is None:
+            with self._unsettled_lock:
+                ended = self._reporting.get(attempt.task.job_id)
+        if ended is not None and attempt.ctx.journal is not None:
+            attempt.ctx.journal.end(*ended, always=True)
 
     def settle_pending(self, wait: bool = False) -> None:
         """Try once more each settlement that failed; keep those the store still
@@ -245,7 +255,7 @@ class Reporter:
                     return True
                 if not self._holds(attempt, current):
                     raise ConflictError(f"task {task.id} is no longer held by this attempt")
-            sent = True
+            first, sent = not sent, True
             # The claim's job id fences the report: should the task have been requeued
             # and claimed again (even by this agent), the server refuses it (409)
             # instead of letting this old attempt finish the new claim.
@@ -259,6 +269,8 @@ class Reporter:
             except AgenticError as exc:
                 if _refused(exc):
                     sent = False  # refused before any work: nothing can have landed
+                if first:
+                    self._write_end(attempt)  # should this process die while it retries
                 raise
             return True
 
@@ -295,6 +307,36 @@ class Reporter:
                 result = smaller
             else:
                 return
+
+    def report_decided(self, task: Task, settle: Settle, decided: Decided) -> Report | None:
+        """Settle and report the end an earlier process of this agent decided for
+        ``task``'s job, still this agent's claim under it (that process died before
+        its report landed), as an attempt's end is: settled first, then completed or
+        failed with the recorded result, fenced by the job id. Tried once: the task
+        stays listed as ours, so the next poll tries again. The report when it
+        landed, else None."""
+        report = Report(decided.report)
+        assert report in (Report.COMPLETED, Report.FAILED) and decided.result is not None
+        job_id = task.job_id
+        with self._unsettled_lock:
+            self._reporting[job_id] = (settle, decided)  # the file stays until it lands
+        landed: Report | None = None
+        ended = True  # nothing is left to report (the file may go once settled)
+        try:
+            self.end_job(job_id, settle, patient=False)
+            self._complete(task, Outcome(report, decided.result))
+            landed = report
+        except (ConflictError, NotFoundError) as exc:
+            self._error(f"task {task.id}: an earlier run's end not reported, no longer ours", exc)
+        except AgenticError as exc:
+            self._error(f"task {task.id}: reporting an earlier run's end failed", exc)
+            ended = False
+        with self._unsettled_lock:
+            self._reporting.pop(job_id, None)
+            unsettled = job_id in self._unsettled
+        if ended and not unsettled and self.journal is not None:
+            self.journal.discard(job_id)
+        return landed
 
     def give_back(self, task: Task, reason: str, ran: Settle | None = None) -> bool:
         """Release a claimed task that never ran here, then give its reservation back

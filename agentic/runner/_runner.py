@@ -465,15 +465,19 @@ class AgentRunner:
                     " reservation (a job id): this one has none; a dispatcher will claim it",
                 )
                 continue
-            if self.recovery is not None and self.recovery.decided(task.job_id) is not None:
-                # Its run here ended, but this process's predecessor stopped before the
-                # report landed: run again under this job id, its settle would be a
-                # duplicate (the tokens uncharged). A new claim gets a job id of its own.
-                self._give_back(
-                    task,
-                    f"agent {self.agent_id} stopped before its report of this job landed;"
-                    " given back to run under a new job",
-                )
+            left = self.recovery.decided(task.job_id) if self.recovery is not None else None
+            if left is not None and self.recovery is not None:
+                # Its run here ended before this process, its report unlanded: reported
+                # as decided, or (no result recorded) given back, not run again.
+                if not left.reportable:
+                    self._give_back(
+                        task,
+                        f"agent {self.agent_id} stopped before its report of this job landed;"
+                        " given back to run under a new job",
+                    )
+                elif report := self.recovery.report_decided(task, left):
+                    self._count_report(report)
+                    self._emit(_EVENTS[report], task, {})
                 continue
             paused = self.paused
             with self._lock:
