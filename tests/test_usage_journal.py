@@ -402,6 +402,54 @@ def test_kill_9_mid_task_then_restart_charges_both_runs(tmp_path: Path) -> None:
         completed_and_charged(fleet, client, url, task.id, files, 800, "both runs charged")
 
 
+@pytest.mark.slow
+def test_kill_9_after_the_command_ended_reports_it_without_running_it_again(
+    tmp_path: Path,
+) -> None:
+    """The command ends while the task API is stopped, so its report cannot land, and
+    `agentic agent run` is killed (-9): the restarted agent reports the task completed
+    with the recorded output, charged once, and the command ran once."""
+    url = "sqlite:///" + (tmp_path / "fleet.db").as_posix().lstrip("/")
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    script = (
+        'echo run >> "$1"; echo \'{"model": "m", "tokens_in": 30}\' >> "$AGENTIC_USAGE_FILE";'
+        ' while [ ! -e "$2" ]; do sleep 0.05; done; echo "the output"'
+    )
+    with (
+        fleet_on(tmp_path, url, **FAST, lease_seconds=60) as fleet,
+        open_registry(url) as registry,
+        TaskClient(fleet.base_url, "") as client,
+    ):
+        server = fleet.serve()
+        fleet.cli("allowance", "set", "a1", "--daily-jobs", "10")
+        args = ["agent", "run", "--config", str(fleet.config), "--id", "a1"]
+        args += ["--capability", "x", "--max-load", "1", "--", "sh", "-c", script, "cmd"]
+        first = fleet.spawn("first", *args, str(runs), str(go))
+        wait_until(lambda: registered(registry, "a1"), "a1 registered", fleet)
+        task = create(client, "once", labels=["x"], priority=Priority.HIGH)
+        fleet.dispatch()
+        wait_until(runs.exists, "the command started", fleet)
+        server.popen.send_signal(signal.SIGSTOP)
+        try:
+            go.touch()
+            files = default_state_dir() / "usage" / "a1"
+            wait_until(
+                lambda: any(
+                    '"report": "completed"' in p.read_text() for p in files.glob("*.jsonl")
+                ),
+                "the decided end written",
+                fleet,
+            )
+            assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        finally:
+            server.popen.send_signal(signal.SIGCONT)
+        fleet.spawn("second", *args, str(runs), str(go))
+        completed_and_charged(fleet, client, url, task.id, files, 30, "charged once")
+        done = client.get_task(task.id)
+        assert done.result is not None and "the output" in done.result.output
+        assert runs.read_text() == "run\n"
+
+
 def completed_and_charged(
     fleet: Fleet, client: TaskClient, url: str, task_id: str, files: Path, tokens: int, what: str
 ) -> None:

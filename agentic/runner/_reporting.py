@@ -231,6 +231,26 @@ class Reporter:
         with self._unsettled_lock:
             return len(self._unsettled)
 
+    def last_flush(self, attempt: Attempt) -> None:
+        """Send the attempt's last log lines, retried like a report: after the report
+        nothing would send them (a send whose answer was lost may show a line twice,
+        never drop it). Each failure is logged and counted; the first writes the
+        decided end down, as a report's does."""
+        failed = False
+
+        def send() -> None:
+            nonlocal failed
+            try:
+                attempt.ctx._send_logs()
+            except AgenticError:
+                if not failed:
+                    failed = True
+                    self._write_end(attempt)  # should this process die while it retries
+                raise
+
+        with contextlib.suppress(AgenticError):  # logged and counted; the report goes on
+            self.retrying(f"task {attempt.task.id}: last log lines", send)
+
     def report(self, attempt: Attempt, outcome: Outcome) -> bool:
         """Complete or release the task; True when the server took the report."""
         delivered = self._send_report(attempt, outcome)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -578,14 +577,6 @@ class AgentRunner:
         finally:
             attempt.set_done()
 
-    def _last_flush(self, attempt: Attempt) -> None:
-        """Send the attempt's last log lines, retried like a report: after the report
-        nothing would send them (a send whose answer was lost may show a line twice,
-        never drop it). Each failure is logged and counted."""
-        what = f"task {attempt.task.id}: last log lines"
-        with contextlib.suppress(AgenticError):  # logged and counted; the report goes on
-            self.reporter.retrying(what, attempt.ctx._send_logs)
-
     def _finish(self, attempt: Attempt, outcome: Outcome) -> None:
         """Settle the attempt's usage, then report it; exactly once per attempt."""
         if not attempt.take():
@@ -606,14 +597,16 @@ class AgentRunner:
                     while len(self._unreported) > _REMEMBERED:
                         self._unreported.popitem(last=False)
                 return
-            self._last_flush(attempt)
             # Settle BEFORE the report: once the task is pending again a dispatcher
             # may expire the old reservation, freeing its slot before this job's end.
+            # And before the last log lines, which wait for a task API that is down:
+            # the settle writes the decided end (a restart reports it, not reruns it).
             try:
                 self.allowed.warn_unlisted(task.id, attempt.ctx.models)
                 self.reporter.settle(attempt, outcome)
             except Exception as exc:  # a bug here must not keep the report from going
                 self._error(f"task {task.id}: settling its usage failed unexpectedly", exc)
+            self.reporter.last_flush(attempt)
             self._pace(outcome)
             delivered = self.reporter.report(attempt, outcome)
             if delivered:
