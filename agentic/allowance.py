@@ -171,6 +171,14 @@ class AllowanceService:
         """
         return self._guarded("unreserve", functools.partial(self.store.unreserve, job_id), None)
 
+    def withdraw(self, job_id: str) -> Settlement | None:
+        """Take back a reservation whose reserve raised a store error (a timeout): it
+        may have been made, or may still be on its way. Held, it is undone as by
+        :meth:`unreserve`; held or not, a reserve of that job id arriving later is
+        refused. Repeating it is harmless. No event. ``None`` only when failing open
+        with the store down."""
+        return self._guarded("withdraw", functools.partial(self.store.withdraw, job_id), None)
+
     def expire(self, job_id: str) -> Settlement | None:
         """End a reservation now, as its expiry would (a dead attempt's): the job stays
         counted, and a settle that comes later still charges. ``None`` only when

@@ -15,7 +15,8 @@ One pass (:meth:`Dispatcher.run_once`):
    refuses it for good, should it still be on its way (servers without
    ``claim_fencing``: the task is read back, which cannot see a claim still on its
    way). A dispatcher killed between reserve and claim leaks nothing either: the
-   reservation expires.
+   reservation expires. A reserve that failed with a store error (a timeout) may have
+   been made: it is withdrawn at the start of each later pass until the store answers.
 4. Count the new load in the index as soon as the quota is reserved, so one pass
    spreads work (defect 4); a claim that then fails gives it back.
 
@@ -55,6 +56,7 @@ from typing import Any
 
 from ._client_wire import same_source
 from ._lost_claims import LostClaims, ServerFeatures, maybe_made
+from ._lost_reserves import LostReserves
 from ._signals import stop_on_signals
 from .allowance import AllowanceService
 from .client import MAX_CLAIM_BATCH, Claim, TaskClient
@@ -200,6 +202,8 @@ class Dispatcher:
         self._features = ServerFeatures()
         #: claims whose answer was lost and whose outcome is not known yet
         self._lost = LostClaims(self._features, self._unreserve)
+        #: reserves that failed with a store error, so may have been made: withdrawn
+        self._lost_reserves = LostReserves(allowance, self._count_error)
 
     # --- one task ---
     def dispatch(self, task: Task, agents: AgentIndex | None = None) -> str:
@@ -214,6 +218,7 @@ class Dispatcher:
         became final meanwhile under another claim or none (completed, or failed
         after that claim was made), whose reservation is left to expire.
         """
+        self._lost_reserves.withdraw()
         self._forget_previous_attempt(task)
         index = agents if agents is not None else self._index()[0]
         agent_id, job_id = self._reserve(task, index)
@@ -289,6 +294,9 @@ class Dispatcher:
                 if full is not None:
                     full[agent_id] = refusal
                 continue
+            except StoreError as exc:  # a timeout, say: the reservation may be made
+                self._lost_reserves.keep(job_id, agent_id, exc)
+                raise
             index.add_load(agent_id)
             return agent_id, job_id
         each = [f"{agent}: {exc.reason}" for agent, exc in refusals]
@@ -444,6 +452,9 @@ class Dispatcher:
         while len(self._ended) > _REMEMBERED:
             self._ended.popitem(last=False)
 
+    def _count_error(self) -> None:
+        self.errors += 1
+
     def _unreserve(self, job_id: str) -> None:
         """Give back a reservation whose claim failed: the job did not start (defect 6)."""
         try:
@@ -465,6 +476,7 @@ class Dispatcher:
         stops on an error.
         """
         report = DispatchReport()
+        self._lost_reserves.withdraw()  # first: a slot it frees counts in this pass
         if self.heartbeat_ttl:
             for agent_id in self.registry.reap(self.heartbeat_ttl):
                 self._emit(EventType.AGENT_OFFLINE, None, agent_id, {})

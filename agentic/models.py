@@ -227,12 +227,16 @@ class FailureCharge(StrEnum):
 
 
 class QuotaEvent(StrEnum):
-    """The events of a usage report (go-agentic's ``record_usage`` entry point)."""
+    """The events of a usage report (go-agentic's ``record_usage`` entry point), and
+    the outcome of a settlement."""
 
     JOB_STARTED = "job_started"
     JOB_COMPLETED = "job_completed"
     JOB_FAILED = "job_failed"
     JOB_CANCELLED = "job_cancelled"
+    #: never reported: the outcome an ``AllowanceStore.withdraw`` records for a job
+    #: whose reserve may have landed unseen (it never ran; nothing is charged)
+    JOB_WITHDRAWN = "job_withdrawn"
 
 
 class TaskResult(_Input):

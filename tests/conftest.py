@@ -64,13 +64,21 @@ def _own_state_dir(
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real redis-server on a free loopback port, for the whole session."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+def start_redis_server(workdir: Path) -> RedisServer:
+    """Start a redis-server of its own on a free loopback port (the caller stops it);
+    skipped when redis-server is missing, except under CI."""
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed (the test command installs it)"
         if os.environ.get("CI"):
             pytest.fail(message + "; CI must run the real-Redis tests")
         pytest.skip(message)
-    workdir = tmp_path_factory.mktemp("redis")
     port = free_port()
     process = subprocess.Popen(
         [
@@ -103,9 +111,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
                 pytest.fail(f"redis-server did not start on port {port}")
             time.sleep(0.05)
     client.close()
-    yield RedisServer(port, process)
-    process.terminate()
-    process.wait(10)
+    return RedisServer(port, process)
 
 
 @dataclass

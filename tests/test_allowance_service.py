@@ -6,7 +6,13 @@ import pytest
 from pydantic import ValidationError
 
 from agentic.allowance import AllowanceService
-from agentic.errors import NotFoundError, QuotaExceededError, StoreError, StoreUnavailableError
+from agentic.errors import (
+    ConflictError,
+    NotFoundError,
+    QuotaExceededError,
+    StoreError,
+    StoreUnavailableError,
+)
 from agentic.events import Event, EventEmitter, EventType
 from agentic.models import (
     AgentAllowance,
@@ -236,6 +242,9 @@ class BrokenStore(MemoryAllowanceStore):
     def unreserve(self, job_id: str) -> Settlement:
         raise StoreError("connection refused")
 
+    def withdraw(self, job_id: str) -> Settlement:
+        raise StoreError("connection refused")
+
     def extend(self, job_id: str) -> Reservation:
         raise StoreError("connection refused")
 
@@ -256,7 +265,9 @@ def test_unreachable_store_fails_closed() -> None:
         svc.active_jobs()
     with pytest.raises(StoreUnavailableError):
         svc.extend("j1")
-    assert svc.store_failures == 5
+    with pytest.raises(StoreUnavailableError):
+        svc.withdraw("j1")
+    assert svc.store_failures == 6
 
 
 def test_unreachable_store_can_fail_open() -> None:
@@ -268,7 +279,8 @@ def test_unreachable_store_can_fail_open() -> None:
     assert svc.unreserve("j1") is None
     assert svc.active_jobs() == {}
     assert svc.extend("j1") is None
-    assert svc.store_failures == 6
+    assert svc.withdraw("j1") is None
+    assert svc.store_failures == 7
 
 
 def test_extend_keeps_a_reservation_and_emits_nothing() -> None:
@@ -287,6 +299,22 @@ def test_extend_keeps_a_reservation_and_emits_nothing() -> None:
     assert len(emitter.events) == sent
     with pytest.raises(NotFoundError):
         svc.extend("never")
+
+
+def test_withdraw_takes_a_reservation_back_and_emits_nothing() -> None:
+    """withdraw undoes a held reservation, refuses its job id after, and emits no event."""
+    store = MemoryAllowanceStore()
+    store.set_allowance(AgentAllowance(agent_id="a1", daily_token_limit=10))
+    emitter = Recorder()
+    svc = AllowanceService(store, emitter=emitter)
+    svc.reserve("a1", "", 9, "j1")  # crosses 80%: a warning
+    sent = len(emitter.events)
+    done = svc.withdraw("j1")
+    assert done is not None and done.outcome is QuotaEvent.JOB_WITHDRAWN
+    assert store.get_usage("a1").active_jobs == 0
+    assert len(emitter.events) == sent
+    with pytest.raises(ConflictError):
+        svc.reserve("a1", "", 9, "j1")
 
 
 class ExplodingEmitter(EventEmitter):

@@ -34,6 +34,7 @@ from agentic.models import (
     Priority,
     QuotaEvent,
     Reservation,
+    Settlement,
     Task,
     TaskResult,
     TaskStatus,
@@ -834,6 +835,117 @@ def test_a_quota_store_outage_fails_the_pass_not_the_tasks(system: System) -> No
     with pytest.raises(StoreUnavailableError):
         dispatcher.run_once()
     assert system.tasks.get(task.id).retry_count == 0
+
+
+class StallingQuota(MemoryAllowanceStore):
+    """A quota store whose reserves time out, by script: ``made`` ones after the
+    reservation was made (the answer lost), ``unmade`` ones before (still on its way);
+    ``down``: every reserve and withdraw times out (the reserves unmade)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made = 0
+        self.unmade = 0
+        self.down = False
+        self.lost: list[str] = []  # the job ids of reserves that timed out
+        self.withdrawals = 0
+
+    def reserve(
+        self, agent_id: str, model: str, tokens: int, job_id: str, task_id: str = ""
+    ) -> Reservation:
+        if self.made:
+            self.made -= 1
+            super().reserve(agent_id, model, tokens, job_id, task_id)
+        elif self.unmade or self.down:
+            self.unmade = max(0, self.unmade - 1)
+        else:
+            return super().reserve(agent_id, model, tokens, job_id, task_id)
+        self.lost.append(job_id)
+        raise StoreUnavailableError("Redis timed out")
+
+    def withdraw(self, job_id: str) -> Settlement:
+        self.withdrawals += 1
+        if self.down:
+            raise StoreUnavailableError("Redis timed out")
+        return super().withdraw(job_id)
+
+
+def stalling(system: System, slots: int = 1) -> tuple[StallingQuota, Dispatcher]:
+    """One agent a with ``slots`` slots, its quota on a StallingQuota, its dispatcher."""
+    quota = StallingQuota()
+    quota.set_allowance(AgentAllowance(agent_id="a", concurrent_jobs=slots))
+    system.registry.register(AgentInfo(id="a", max_load=slots))
+    dispatcher = Dispatcher(
+        system.registry, DefaultRouter(), AllowanceService(quota), system.client
+    )
+    return quota, dispatcher
+
+
+def test_a_reserve_made_though_it_timed_out_is_withdrawn_by_the_next_pass(
+    system: System,
+) -> None:
+    """A reserve that timed out after it was made is withdrawn next pass: the slot is free."""
+    quota, dispatcher = stalling(system)
+    quota.made = 1
+    task = system.task("t")
+    with pytest.raises(StoreUnavailableError):
+        dispatcher.run_once()
+    assert quota.get_usage("a").active_jobs == 1  # the leak: a slot nobody will give back
+    report = dispatcher.run_once()
+    assert report.dispatched == {task.id: "a"}  # the slot was free again for it
+    usage = quota.get_usage("a")
+    assert (usage.active_jobs, usage.jobs_started) == (1, 1)  # the new job only
+    assert system.tasks.get(task.id).job_id != quota.lost[0]
+    with pytest.raises(ConflictError):  # the lost job id holds nothing, ever
+        quota.reserve("a", "", 0, quota.lost[0])
+    dispatcher.run_once()
+    assert quota.withdrawals == 1  # withdrawn once, then forgotten
+
+
+def test_a_withdrawn_reserve_landing_late_holds_nothing(system: System) -> None:
+    """A reserve still on its way when withdrawn is refused when it lands: nothing held."""
+    quota, dispatcher = stalling(system)
+    quota.unmade = 1
+    system.task("t")
+    with pytest.raises(StoreUnavailableError):
+        dispatcher.run_once()
+    dispatcher.run_once()  # withdraws it, then dispatches the task under a new job id
+    with pytest.raises(ConflictError):  # the stalled reserve, landing now
+        MemoryAllowanceStore.reserve(quota, "a", "", 0, quota.lost[0])
+    usage = quota.get_usage("a")
+    assert (usage.active_jobs, usage.jobs_started) == (1, 1)
+
+
+def test_a_withdraw_the_store_cannot_answer_is_asked_once_a_pass_until_it_can(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the store fails, each pass tries one withdraw however many wait (an error
+    counted, warned once) and keeps every lost job id; once it answers, all go."""
+    quota, dispatcher = stalling(system, slots=2)
+    quota.made = 1
+    system.task("t")
+    with pytest.raises(StoreUnavailableError):
+        dispatcher.run_once()  # reserved, made, timed out
+    quota.down = True
+    errors = dispatcher.errors
+    with caplog.at_level(logging.DEBUG, logger="agentic.dispatcher"):
+        for _ in range(3):
+            with pytest.raises(StoreUnavailableError):
+                dispatcher.run_once()  # no withdraw answers; nor does the reserve
+    assert len(quota.lost) == 4  # each pass's reserve is kept too (made or not)
+    assert (quota.withdrawals, dispatcher.errors - errors) == (3, 3)
+    warned = [r for r in caplog.records if "could not withdraw" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert quota.get_usage("a").active_jobs == 1
+    quota.down = False
+    report = dispatcher.run_once()
+    assert len(report.dispatched) == 1
+    assert quota.withdrawals == 3 + 4
+    usage = quota.get_usage("a")
+    assert (usage.active_jobs, usage.jobs_started) == (1, 1)
+    for job_id in quota.lost:
+        with pytest.raises(ConflictError):
+            MemoryAllowanceStore.reserve(quota, "a", "", 0, job_id)
 
 
 def test_claim_made_behind_a_5xx_is_dispatched(system: System) -> None:

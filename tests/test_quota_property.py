@@ -1,5 +1,5 @@
-"""Property: random reserve / settle / unreserve / expire / extend / reset / check / clock
-sequences,
+"""Property: random reserve / settle / unreserve / expire / withdraw / extend / reset /
+check / clock sequences,
 under random failure charges changed along the way, give the same answers on every
 backend and on a naive reference model written from the rules."""
 
@@ -72,7 +72,9 @@ settle_op = st.tuples(
     st.sampled_from(OUTCOMES),
     st.sampled_from([None, "m1", "m2"]),  # the model the settle names; None: the reserved one
 )
-unreserve_op = st.tuples(st.sampled_from(["unreserve", "expire", "extend"]), st.integers(0, 9))
+unreserve_op = st.tuples(
+    st.sampled_from(["unreserve", "expire", "withdraw", "extend"]), st.integers(0, 9)
+)
 check_op = st.tuples(
     st.just("check"),
     st.sampled_from(["a", "b"]),
@@ -213,12 +215,18 @@ class Model:
         self.settled[job] = result
         return ("settled", *result)
 
-    def unreserve(self, job: str, never_started: bool = True) -> tuple[Any, ...]:
-        """unreserve, or (``never_started=False``) expire."""
+    def unreserve(
+        self, job: str, never_started: bool = True, withdraw: bool = False
+    ) -> tuple[Any, ...]:
+        """unreserve, or (``never_started=False``) expire, or withdraw: unreserve's
+        undoing when held, and the job id kept settled, held or not."""
         self.expire()
         if job in self.settled:
             return ("duplicate", *self.settled[job])
         held = self.held.pop(job, None)
+        if held is None and withdraw:
+            self.settled[job] = ("", "", 0, 0, "ok")
+            return ("settled", *self.settled[job])
         if held is None:
             return ("not found",)
         owner, model, _tokens, _cost, _expires, created, _ttl = held
@@ -229,8 +237,11 @@ class Model:
         if never_started and model and created in self.requests.get(model, []):
             self.requests[model].remove(created)
         allowance = self.allowances[owner]
-        # no settlement is kept: a later settle charges as after an expiry
-        return ("settled", owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
+        result = (owner, model, 0, 0, agent_status(allowance, self.agent(owner)).value)
+        if withdraw:
+            self.settled[job] = result
+        # else no settlement is kept: a later settle charges as after an expiry
+        return ("settled", *result)
 
     def extend(self, job: str) -> tuple[Any, ...]:
         """A live reservation lives its own lifetime from now on, never less than before."""
@@ -283,8 +294,8 @@ def run_store(
         s = store.settle(job, tin, tout, outcome, agent_id=agent_id, model=model)
         tag = "duplicate" if s.duplicate else "settled"
         return (tag, s.agent_id, s.model, s.tokens_charged, s.cost_charged, s.status.value)
-    if kind in ("unreserve", "expire"):
-        end = store.unreserve if kind == "unreserve" else store.expire
+    if kind in ("unreserve", "expire", "withdraw"):
+        end = {"unreserve": store.unreserve, "expire": store.expire}.get(kind, store.withdraw)
         try:
             s = end(f"j{op[1]}")
         except NotFoundError:
@@ -325,8 +336,10 @@ def run_model(
         agent_id, model_name = jobs.get(f"j{n}", ("a", ""))
         model_name = model_name if named is None else named
         return model.settle(f"j{n}", agent_id, model_name, tin, tout, outcome)
-    if kind in ("unreserve", "expire"):
-        return model.unreserve(f"j{op[1]}", never_started=kind == "unreserve")
+    if kind in ("unreserve", "expire", "withdraw"):
+        return model.unreserve(
+            f"j{op[1]}", never_started=kind != "expire", withdraw=kind == "withdraw"
+        )
     if kind == "extend":
         return model.extend(f"j{op[1]}")
     if kind == "reset":

@@ -433,7 +433,9 @@ class EngineAllowanceStore(AllowanceStore):
                 # A repeat changes nothing, so it crosses no threshold: ok -> ok.
                 return self._reservation(held)
             if tx.get_settled(job_id) is not None:
-                raise ConflictError(f"job {job_id!r} was already settled; use a new job id")
+                raise ConflictError(
+                    f"job {job_id!r} was already settled or withdrawn; use a new job id"
+                )
             ev = self._evaluate(ctx, agent_id, model, tokens)
             if not ev.decision.allowed:
                 raise QuotaExceededError(ev.decision.reason, ev.decision.retry_after)
@@ -520,6 +522,10 @@ class EngineAllowanceStore(AllowanceStore):
         require_id("job id", job_id)
         return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, None, None, "expire")
 
+    def withdraw(self, job_id: str) -> Settlement:
+        require_id("job id", job_id)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_WITHDRAWN, None, None, "withdraw")
+
     def extend(self, job_id: str) -> Reservation:
         require_id("job id", job_id)
         with self._open() as ctx:  # a reservation past its expiry is swept first: gone
@@ -543,13 +549,19 @@ class EngineAllowanceStore(AllowanceStore):
         ending: Ending = "settle",
         task_id: str = "",
     ) -> Settlement:
-        """settle, unreserve or expire (see :data:`~agentic.stores.base.Ending`)."""
+        """settle, unreserve, expire or withdraw (see :data:`~agentic.stores.base.Ending`)."""
         with self._open() as ctx:
             tx = ctx.tx
             done = tx.get_settled(job_id)
             if done is not None:
                 return done.model_copy(update={"duplicate": True})
             held = tx.get_held(job_id)
+            if held is None and ending == "withdraw":
+                # Nothing held (yet): only the mark, which a reserve arriving later
+                # finds (a settled job id: ConflictError, nothing held).
+                settlement = Settlement(job_id=job_id, agent_id="", outcome=outcome)
+                self._keep(tx, settlement, ctx.now)
+                return settlement
             if held is None and (not agent_id or ending != "settle"):
                 raise no_reservation(job_id, ending)
             owner = held.agent_id if held else str(agent_id)
@@ -573,7 +585,7 @@ class EngineAllowanceStore(AllowanceStore):
             cost = share_of_cost(full, charged, tokens_in + tokens_out)
             row = self._agent(tx, owner, ctx.start)
             row.tokens_used += charged
-            if held is not None and ending == "unreserve":
+            if held is not None and ending in ("unreserve", "withdraw"):
                 # The job never ran: it was never one of today's jobs. Unless its
                 # count is gone already: rolled away with an earlier day's, or
                 # cleared by a reset (at the same instant too: which came first is
@@ -599,9 +611,9 @@ class EngineAllowanceStore(AllowanceStore):
                 previous_status=before,
                 status=after,
             )
-            if ending == "settle":
-                tx.put_settled(settlement, ctx.now)
-                tx.prune_settled(ctx.now - SETTLED_RETENTION)
+            if ending in ("settle", "withdraw"):
+                self._keep(tx, settlement, ctx.now)
+            if ending == "settle":  # a withdraw records no event, as unreserve
                 # With the settle itself: no crash between the two can lose it.
                 at = datetime.fromtimestamp(ctx.now, UTC)
                 usage = usage_recorded(settlement, tokens_in, tokens_out, at, STORE_SOURCE, task_id)
@@ -611,5 +623,11 @@ class EngineAllowanceStore(AllowanceStore):
                 )
             # Unreserve and expire leave no settlement: should the job run after all (a
             # claim thought lost that was made, an attempt thought dead), its own settle
-            # still charges what it used.
+            # still charges what it used. A withdrawn job never had a claim sent.
             return settlement
+
+    @staticmethod
+    def _keep(tx: QuotaTx, settlement: Settlement, now: float) -> None:
+        """Remember a settled (or withdrawn) job id for the retention, forgetting older ones."""
+        tx.put_settled(settlement, now)
+        tx.prune_settled(now - SETTLED_RETENTION)

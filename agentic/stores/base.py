@@ -158,8 +158,9 @@ def no_allowance(agent_id: str) -> NotFoundError:
 
 #: How a reservation ends: ``settle`` charges and records; ``unreserve`` (the job never
 #: started) also takes back its job and request; ``expire`` frees the hold as its expiry
-#: would. The last two record nothing, so a settle that comes later still charges.
-Ending = Literal["settle", "unreserve", "expire"]
+#: would; these two record nothing, so a later settle still charges. ``withdraw``:
+#: unreserve's undoing, if held, and the job id recorded as withdrawn (see the store).
+Ending = Literal["settle", "unreserve", "expire", "withdraw"]
 
 
 def no_reservation(job_id: str, ending: Ending | Literal["extend"] = "settle") -> NotFoundError:
@@ -358,15 +359,14 @@ class AllowanceStore(Closeable):
     zero). Usage belongs to a period (the day in the store's timezone) and rolls over
     by itself: reading or writing in a new day starts from zero.
 
-    ``reserve`` and ``settle`` are each ONE atomic step applying the rules of
-    :mod:`agentic.quota`:
+    ``reserve`` and ``settle`` are each ONE atomic step applying :mod:`agentic.quota`:
 
     * ``reserve(agent_id, model, tokens, job_id)`` checks every limit and, only if all
       pass, counts the job (jobs +1, active +1, tokens and cost reserved, one request
       in the model's hour). A denied reserve changes nothing and raises
       :class:`QuotaExceededError`; a missing allowance raises :class:`NotFoundError`
       (fail closed). Repeating a live job id returns the existing reservation; a job
-      id already settled raises :class:`ConflictError`. The reservation expires after
+      id already settled (or withdrawn) raises :class:`ConflictError`. It expires after
       the agent's ``max_job_duration`` (else the store default), freeing its slot and
       reserved tokens, charging nothing.
     * ``settle(job_id, tokens_in, tokens_out, outcome)`` drops the reservation, charges
@@ -387,6 +387,10 @@ class AllowanceStore(Closeable):
       tokens, as after an expiry. A job already settled is a duplicate, unchanged.
       A job that started and was stopped is ``settle(..., JOB_CANCELLED)``
       instead: it counts as a job, its tokens are not charged.
+    * ``withdraw(job_id)``, for a reserve whose answer was lost (it may land later):
+      held, undone as by ``unreserve``; held or not, recorded settled as
+      ``JOB_WITHDRAWN`` (nothing charged), so a reserve of it arriving later is
+      :class:`ConflictError` holding nothing. A repeat is a duplicate, unchanged.
     * ``expire(job_id)`` ends a reservation now, as its expiry would: the slot and
       the reserved tokens and cost go back, the job stays counted, nothing is
       recorded, so the attempt's own ``settle`` (should it be alive after all)
@@ -486,6 +490,10 @@ class AllowanceStore(Closeable):
     @abc.abstractmethod
     def unreserve(self, job_id: str) -> Settlement:
         """Atomically undo the reservation of a job that never started."""
+
+    @abc.abstractmethod
+    def withdraw(self, job_id: str) -> Settlement:
+        """Atomically undo a reservation that may not have landed yet; refuse it for good."""
 
     @abc.abstractmethod
     def expire(self, job_id: str) -> Settlement:

@@ -304,7 +304,9 @@ class RedisAllowanceStore(AllowanceStore):
         )
         tag = reply[0]
         if tag == "conflict":
-            raise ConflictError(f"job {job_id!r} was already settled; use a new job id")
+            raise ConflictError(
+                f"job {job_id!r} was already settled or withdrawn; use a new job id"
+            )
         if tag == "no allowance":
             raise no_allowance(agent_id)
         if tag == "denied":
@@ -340,6 +342,10 @@ class RedisAllowanceStore(AllowanceStore):
     def expire(self, job_id: str) -> Settlement:
         require_id("job id", job_id)
         return self._end(job_id, 0, 0, QuotaEvent.JOB_CANCELLED, "", "", "expire")
+
+    def withdraw(self, job_id: str) -> Settlement:
+        require_id("job id", job_id)
+        return self._end(job_id, 0, 0, QuotaEvent.JOB_WITHDRAWN, "", "", "withdraw")
 
     def extend(self, job_id: str) -> Reservation:
         require_id("job id", job_id)

@@ -4,11 +4,33 @@
 -- retention of settled job ids in seconds, ending (base.Ending), task id ('' = none,
 -- for the usage_recorded event a recording store records): 'settle' charges
 -- and records; 'unreserve' (the job never ran) also takes back its job and its
--- request in the hour; 'expire' frees the hold as its expiry would. The last two
--- record nothing, so a settle that comes later still charges.
+-- request in the hour; 'expire' frees the hold as its expiry would. These two
+-- record nothing, so a settle that comes later still charges. 'withdraw' (a
+-- reserve whose answer was lost) undoes as 'unreserve' when held, and held or not
+-- keeps the job id settled (no event), so a reserve arriving later is a conflict.
 -- Replies: {'settled' or 'duplicate', agent, model, outcome, tokens charged,
 -- cost charged, previous status, status} | {'not found'}
 local SETTLED_FIELDS = {'agent', 'model', 'outcome', 'charged', 'cost', 'previous', 'status'}
+
+-- Remember a settled (or withdrawn) job id; forget those older than the retention
+-- (_engine._keep).
+local function keep(job, settled, retention)
+  local fields = {}
+  for i, name in ipairs(SETTLED_FIELDS) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = settled[i]
+  end
+  redis.call('HSET', K.settled .. job, unpack(fields))
+  redis.call('ZADD', K.settled_at, NOW_TEXT, job)
+  local before = '(' .. num(NOW - retention)
+  local expired = redis.call('ZRANGEBYSCORE', K.settled_at, '-inf', before)
+  for _, old in ipairs(expired) do
+    redis.call('DEL', K.settled .. old)
+  end
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
+  end
+end
 
 -- quota.charged_tokens
 local function charged_tokens(outcome, tokens_in, tokens_out, failure_charge)
@@ -79,6 +101,12 @@ if done[1] then
   return {'duplicate', unpack(done)}
 end
 local held = get_held(job)
+if not held and ending == 'withdraw' then
+  -- Nothing held (yet): only the mark, which a reserve arriving later finds.
+  local settled = {'', '', outcome, '0', '0', 'ok', 'ok'}
+  keep(job, settled, retention)
+  return {'settled', unpack(settled)}
+end
 if not held and (agent_arg == '' or ending ~= 'settle') then
   return {'not found'}
 end
@@ -118,7 +146,7 @@ end
 local cost = share_of_cost(cost_microcents(quota, tokens_in, tokens_out), charged,
   tokens_in + tokens_out)
 row.tokens_used = row.tokens_used + charged
-if held and ending == 'unreserve' then
+if held and (ending == 'unreserve' or ending == 'withdraw') then
   -- Never one of today's jobs, unless its count is gone already: rolled away with
   -- an earlier day's, or cleared by a reset at or after it (_engine._end).
   local reset_at = stored(redis.call('HGET', K.agent .. owner, 'reset_at'), 0)
@@ -145,25 +173,13 @@ if allowance then
 end
 
 local settled = {owner, used_model, outcome, num(charged), num(cost), previous, status}
+if ending == 'settle' or ending == 'withdraw' then
+  keep(job, settled, retention)
+end
 if ending ~= 'settle' then
-  -- No settlement kept (_engine._end): a job that runs after all still gets charged.
+  -- Unreserve and expire keep no settlement (_engine._end): a job that runs after
+  -- all still gets charged. A withdraw records no event.
   return {'settled', unpack(settled)}
-end
-local fields = {}
-for i, name in ipairs(SETTLED_FIELDS) do
-  fields[#fields + 1] = name
-  fields[#fields + 1] = settled[i]
-end
-redis.call('HSET', K.settled .. job, unpack(fields))
-redis.call('ZADD', K.settled_at, NOW_TEXT, job)
--- Forget settlements older than the retention (_engine prune_settled).
-local before = '(' .. num(NOW - retention)
-local expired = redis.call('ZRANGEBYSCORE', K.settled_at, '-inf', before)
-for _, old in ipairs(expired) do
-  redis.call('DEL', K.settled .. old)
-end
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', K.settled_at, '-inf', before)
 end
 if LOG.seq ~= '' then  -- with the settle itself: no crash between the two can lose it
   local entries = {usage_event(job, task, owner, used_model, outcome, tokens_in,
