@@ -75,7 +75,8 @@ from .models import Task, TaskStatus, TaskUpdate
 from .quota import never_fits
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
-from .stores.base import AgentRegistry, hold_lease_or_take_over, new_lease_holder
+from .stores._holders import hold_lease_or_take_over, new_lease_holder
+from .stores.base import AgentRegistry
 
 __all__ = ["LEASE", "ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 

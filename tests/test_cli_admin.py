@@ -15,7 +15,7 @@ import redis
 from agentic.models import AgentAllowance, AgentInfo, QuotaEvent, Task, TaskResult, TaskStatus
 from agentic.runner._journal import UsageJournal
 from agentic.stores import open_allowance_store
-from agentic.stores.base import new_lease_holder
+from agentic.stores._holders import new_lease_holder
 
 from .conftest import RedisServer, free_port
 from .test_cli import System, clean_environment, no_traceback, run, system, write_config

@@ -23,7 +23,8 @@ from agentic.models import Task, TaskStatus
 from agentic.runner import Handler, TaskContext
 from agentic.runner._idlease import IdLease, id_lease_name, id_lease_ttl
 from agentic.stores import open_registry
-from agentic.stores.base import DEFAULT_HEARTBEAT_TTL, lease_holder_gone, new_lease_holder
+from agentic.stores._holders import lease_holder_gone, new_lease_holder
+from agentic.stores.base import DEFAULT_HEARTBEAT_TTL
 from agentic.stores.memory import MemoryRegistry
 
 from .conftest import Backend

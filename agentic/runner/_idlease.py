@@ -17,12 +17,8 @@ import time
 from collections.abc import Callable
 
 from ..errors import AgenticError
-from ..stores.base import (
-    DEFAULT_HEARTBEAT_TTL,
-    AgentRegistry,
-    hold_lease_or_take_over,
-    new_lease_holder,
-)
+from ..stores._holders import hold_lease_or_take_over, new_lease_holder
+from ..stores.base import DEFAULT_HEARTBEAT_TTL, AgentRegistry
 
 __all__ = ["IdLease", "id_lease_name", "id_lease_ttl"]
 
