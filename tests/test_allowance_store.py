@@ -762,17 +762,24 @@ def test_reserve_reports_status_crossing(backend: Backend) -> None:
 # --- unreserve: a job that never started ----------------------------------------------
 
 
-def test_unreserve_undoes_the_reservation_whole(backend: Backend) -> None:
-    """unreserve gives back the job, the slot, the tokens, the cost and the hour's request."""
+@pytest.mark.parametrize(
+    ("ending", "outcome"),
+    [("unreserve", QuotaEvent.JOB_CANCELLED), ("withdraw", QuotaEvent.JOB_WITHDRAWN)],
+)
+def test_unreserve_undoes_the_reservation_whole(
+    backend: Backend, ending: str, outcome: QuotaEvent
+) -> None:
+    """unreserve (and withdraw, of a held reservation) gives back the job, the slot, the
+    tokens, the cost and the hour's request."""
     store = backend.allowance()
     store.set_allowance(allowance(daily_token_limit=1000, daily_job_limit=1, concurrent_jobs=1))
     store.set_model_quota(
         ModelQuota(model="m1", hourly_rate_limit=1, cost_ceiling=1, input_price=100)
     )
     store.reserve("a1", "m1", 300, "j1")
-    done = store.unreserve("j1")
+    done = getattr(store, ending)("j1")
     assert (done.job_id, done.agent_id, done.model) == ("j1", "a1", "m1")
-    assert (done.outcome, done.tokens_charged, done.cost_charged) == (CANCELLED, 0, 0)
+    assert (done.outcome, done.tokens_charged, done.cost_charged) == (outcome, 0, 0)
     assert not done.duplicate
     usage = store.get_usage("a1")
     assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (0, 0, 0)

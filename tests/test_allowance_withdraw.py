@@ -1,11 +1,12 @@
-"""AllowanceStore.withdraw on every backend: a reserve whose answer was lost, taken back."""
+"""AllowanceStore.withdraw on every backend: a reserve whose answer was lost, taken back
+(a held one is undone as unreserve does: see test_allowance_store)."""
 
 from __future__ import annotations
 
 import pytest
 
 from agentic.errors import ConflictError, NotFoundError
-from agentic.models import AgentAllowance, AllowanceStatus, ModelQuota, QuotaEvent
+from agentic.models import AgentAllowance, AllowanceStatus, QuotaEvent
 from agentic.quota import DAY
 from tests.conftest import Backend
 
@@ -14,27 +15,6 @@ COMPLETED, WITHDRAWN = QuotaEvent.JOB_COMPLETED, QuotaEvent.JOB_WITHDRAWN
 
 def allowance(**limits: object) -> AgentAllowance:
     return AgentAllowance.model_validate({"agent_id": "a1", **limits})
-
-
-def test_withdraw_of_a_held_reservation_undoes_it_whole(backend: Backend) -> None:
-    """A held reservation withdrawn gives back job, slot, tokens, cost and the hour's request."""
-    store = backend.allowance()
-    store.set_allowance(allowance(daily_token_limit=1000, daily_job_limit=1, concurrent_jobs=1))
-    store.set_model_quota(
-        ModelQuota(model="m1", hourly_rate_limit=1, cost_ceiling=1, input_price=100)
-    )
-    store.reserve("a1", "m1", 300, "j1")
-    done = store.withdraw("j1")
-    assert (done.job_id, done.agent_id, done.model) == ("j1", "a1", "m1")
-    assert (done.outcome, done.tokens_charged, done.cost_charged) == (WITHDRAWN, 0, 0)
-    assert not done.duplicate
-    usage = store.get_usage("a1")
-    assert (usage.jobs_started, usage.active_jobs, usage.tokens_reserved) == (0, 0, 0)
-    assert usage.tokens_used == 0
-    model = store.get_model_usage("m1")
-    assert (model.requests_last_hour, model.tokens_reserved, model.cost_reserved) == (0, 0, 0)
-    # every limit it touched (one job, one slot, one request an hour) admits again
-    store.reserve("a1", "m1", 300, "j2")
 
 
 def test_a_reserve_arriving_after_its_withdraw_is_refused_and_holds_nothing(
