@@ -688,3 +688,23 @@ def test_a_ready_listing_reads_past_a_dependency_chain_by_index(tmp_path: Path) 
         conn.execute("UPDATE tasks SET status = 'completed' WHERE id = ?", (second.id,))
     assert [t.id for t in store.list(status=TaskStatus.PENDING, ready=True)] == [third.id]
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("labels", "{not json"), ("priority", "urgent"), ("created_at", "yesterday")],
+)
+def test_a_corrupt_task_row_is_a_store_error_saying_so(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """A task row that does not parse is a StoreError naming the task, as on Redis, not
+    the parser's own error; the other tasks still read."""
+    store = SQLiteTaskStore(tmp_path / "t.db")
+    store.create(Task(id="bad", title="bad"))
+    store.create(Task(id="good", title="good"))
+    with closing(sqlite3.connect(tmp_path / "t.db")) as conn, conn:
+        conn.execute(f"UPDATE tasks SET {column} = ? WHERE id = 'bad'", (value,))
+    with pytest.raises(StoreError, match="corrupt task record 'bad' in SQLite"):
+        store.get("bad")
+    assert store.get("good").title == "good"
+    store.close()

@@ -296,7 +296,7 @@ class Reporter:
 
         try:
             return self.retrying(
-                f"reporting task {task.id} {outcome.report.value}", send, attempt.holds_lease
+                f"the report of task {task.id} ({outcome.report.value})", send, attempt.holds_lease
             )
         except (ConflictError, NotFoundError) as exc:
             self._error(f"task {task.id}: not reported, it is no longer ours", exc)
@@ -417,7 +417,8 @@ class Reporter:
                     told += (
                         "; tried again while the task's lease holds (a stop waits for"
                         " it): a second signal, or stop(now=True), gives up, and the"
-                        " task then runs again once its lease runs out"
+                        " task then runs again once its lease runs out, unless this"
+                        " agent starts again first (it then reports it)"
                     )
                 self._error(told, exc)
                 if self._hurry.is_set():

@@ -21,7 +21,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 
-from ...errors import ConflictError, NotFoundError
+from pydantic import ValidationError
+
+from ...errors import ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
@@ -178,13 +180,18 @@ _DOWNSTREAM = f"""WITH RECURSIVE down(id) AS (
 
 
 def _task(row: sqlite3.Row) -> Task:
+    """The task a row holds; a row that does not parse (damaged, or edited by hand) is
+    a StoreError saying so, as on Redis, not a parser's error."""
     data = dict(zip(_FIELDS, row, strict=True))
-    for name in _TIMES:
-        data[name] = rules.dt(data[name])
-    for name in _LISTS:
-        data[name] = json.loads(data[name])
-    data["result"] = None if data["result"] is None else json.loads(data["result"])
-    return Task.model_validate(data)
+    try:
+        for name in _TIMES:
+            data[name] = rules.dt(data[name])
+        for name in _LISTS:
+            data[name] = json.loads(data[name])
+        data["result"] = None if data["result"] is None else json.loads(data["result"])
+        return Task.model_validate(data)
+    except (ValueError, TypeError, OverflowError, ValidationError) as exc:
+        raise StoreError(f"corrupt task record {data.get('id')!r} in SQLite: {exc}") from exc
 
 
 def _values(task: Task) -> list[object]:
