@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from agentic.models import AgentAllowance, AgentInfo, QuotaEvent, Task, TaskResult, TaskStatus
-from agentic.runner._journal import UsageJournal
+from agentic.runner._journal import Decided, UsageJournal
 from agentic.stores import open_allowance_store
 from agentic.stores._holders import new_lease_holder
 
@@ -194,6 +194,34 @@ def test_settle_usage_gives_back_settles_and_removes_the_files(
     assert list(UsageJournal(state, "a1").directory.iterdir()) == []
     again = system.cli(*SETTLE, "--state-dir", str(state), "--agent", "a1")
     assert again.exit_code == 0 and "a1: nothing to settle" in again.stdout
+
+
+def test_settle_usage_reports_a_decided_end_still_claimed_not_gives_it_back(
+    system: System, tmp_path: Path
+) -> None:
+    """A job still claimed whose end was decided with a result is reported as decided
+    (completed with that result), as a starting runner does, not given back to run
+    again."""
+    state = tmp_path / "state"
+    system.quota.set_allowance(AgentAllowance(agent_id="a1"))
+    task = system.tasks.create(Task(title="ended"))
+    system.quota.reserve("a1", "", 100, "job-ended", task.id)
+    task = system.tasks.claim(task.id, "a1", 300, "job-ended")
+    done = TaskResult(success=True, output="done before the kill")
+    job = UsageJournal(state, "a1").job(task, lambda what, exc: None)
+    job.usage("m", 70, 30)
+    job.end((70, 30, QuotaEvent.JOB_COMPLETED, "m", task.id), Decided("completed", done))
+    job.close()
+    result = system.cli(*SETTLE, "--state-dir", str(state), "--json")
+    assert result.exit_code == 0, result.output
+    [agent] = json.loads(result.stdout)["agents"]
+    [found] = agent["jobs"]
+    assert (found["action"], found["done"]) == ("report", True)
+    assert found["decision"] == "report it completed as decided, settle as job_completed"
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.result) == (TaskStatus.COMPLETED, done)
+    assert system.quota.get_usage("a1").tokens_used == 100
+    assert list(UsageJournal(state, "a1").directory.iterdir()) == []
 
 
 def test_the_lease_of_a_killed_runner_is_taken_over(system: System, tmp_path: Path) -> None:

@@ -115,9 +115,10 @@ def settle_usage_command(
 
     Each agent id is taken as a runner takes it (its id lease): one a live runner
     holds is skipped, its files are that runner's. A job whose task is still claimed
-    by the agent under that job id is given back (pending again, no retry counted)
-    and settled for what it recorded: as decided when its run ended, else as a
-    failed job. Any other job is settled as its file says. Exit 1 when a job could
+    by the agent under that job id is settled and reported as decided when its run
+    ended with a result (not run again), else given back (pending again, no retry
+    counted) and settled for what it recorded: as decided when its run ended, else
+    as a failed job. Any other job is settled as its file says. Exit 1 when a job could
     not be settled (its file is kept for another run), or an --agent is run by a
     live runner.
     """
@@ -182,6 +183,8 @@ def _decision(job: Settled) -> str:
         return "kept: the task API could not tell whether its task is still claimed"
     event = job.left.settlement()[2]
     how = f"settle as {event.value}" if event is not None else "give its reservation back"
+    if job.action == "report" and job.left.decided is not None:
+        return f"report it {job.left.decided.report} as decided, {how}"
     how += " (as decided)" if job.left.end is not None else " (it died running)"
     return f"release the task, {how}" if job.action == "release" else how
 

@@ -26,10 +26,11 @@ class Settled:
 
     left: Leftover
     #: "release": its task was still this agent's claim under the job id, given back
-    #: and then settled; "settle": settled; "unknown": the task API could not tell
-    #: whether it is still claimed (or does not know the task: another store's), so
-    #: it was left for another time
-    action: Literal["release", "settle", "unknown"]
+    #: and then settled; "report": so claimed and its end decided with a result,
+    #: settled and reported as decided; "settle": settled; "unknown": the task API
+    #: could not tell whether it is still claimed (or does not know the task: another
+    #: store's), so it was left for another time
+    action: Literal["release", "report", "settle", "unknown"]
     #: its file is gone: the settle landed (or was refused for good, said)
     done: bool
 
@@ -132,9 +133,11 @@ class Recovery:
     def settle_idle(self, dry_run: bool, renew: Callable[[], bool]) -> list[Settled]:
         """Settle every job found, for an agent id no runner runs (``agentic admin
         settle-usage``, holding the id's lease): a job whose task is still this
-        agent's claim under its job id is given back (pending again, no retry
-        counted: the task did not fail, its runner is gone), then settled as its
-        file says, as a runner's give-back of an earlier run's job is; any other is
+        agent's claim under its job id is settled and reported as decided when its
+        end was decided with a result (its handler ran to its end: not run twice),
+        else given back (pending again, no retry counted: the task did not fail, its
+        runner is gone), then settled as its file says, as a runner's give-back of
+        an earlier run's job is; any other is
         settled as its file says. A job that died running is so settled as failed
         for what it recorded, as for a lost lease: spent is spent. Each settle is
         tried once, a give-back's with the reporter's retries; what fails keeps its
@@ -151,10 +154,14 @@ class Recovery:
             except _Unknown:
                 done.append(Settled(left, "unknown", False))
                 continue
-            action: Literal["release", "settle"] = "settle" if task is None else "release"
+            action: Literal["release", "report", "settle"] = "settle"
+            if task is not None:
+                action = "report" if left.reportable else "release"
             if not dry_run and self.take(left.job_id) is not None:
                 if task is None:
                     self._settle(left)
+                elif action == "report" and left.decided is not None:
+                    self.reporter.report_decided(task, left.settlement(), left.decided)
                 else:
                     reason = f"agent {self.agent_id} does not run: its job was settled for it"
                     self.reporter.give_back(task, reason, left.settlement())
