@@ -725,9 +725,9 @@ def test_a_decided_job_still_claimed_is_reported_as_decided_not_rerun(
     wait_for(lambda: not UsageJournal(default_state_dir(), AGENT).has(task.job_id))
 
 
-def test_a_report_that_does_not_land_at_once_writes_its_decided_end(system: System) -> None:
-    """A job that recorded no usage writes its decided end, with the result, at the
-    first failed try of its report: a restart would report it, not run it again."""
+def test_a_job_without_usage_writes_its_decided_end_before_its_report(system: System) -> None:
+    """A job that recorded no usage still writes its decided end, with the result,
+    before its report (here failing once): a restart would report it, not rerun it."""
     task = dispatched(system)
     send = system.client.complete_task
     tries: list[int] = []

@@ -4,8 +4,9 @@ runner process died (``kill -9``, an out-of-memory kill) are still charged.
 The runner settles a job's usage when the attempt ends, from memory: a process killed
 mid-task used to take its tokens with it. Each ``ctx.usage`` of a job is now also
 appended to ``<state dir>/usage/<agent id>/<job id>.jsonl`` (created at the first
-one: a job that reports nothing writes nothing), then the settle decided at the
-attempt's end, and the file is removed once the quota store took that settle. A
+one), then the settle and the report decided at the attempt's end (written even by a
+job that reported no usage), and the file is removed once the quota store took that
+settle and the report landed. A
 runner starting with the same agent id finds what is left: a job whose end was
 decided is settled as decided (settles are idempotent per job id, so one that landed
 changes nothing), and, when its task is still this agent's claim under that job,

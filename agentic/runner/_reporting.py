@@ -113,8 +113,10 @@ class Reporter:
         args = (tokens_in, tokens_out, event, model, attempt.task.id)
         decided = Decided(outcome.report.value, outcome.result, outcome.reason)
         if attempt.ctx.journal is not None:
-            # A restart settles it so, and reports it so, should we die first.
-            attempt.ctx.journal.end(args, decided)
+            # A restart settles it so, and reports it so, should we die first: written
+            # even when the job recorded no usage (about 70 us a job), so a process
+            # killed while its report is on its way never runs the job again.
+            attempt.ctx.journal.end(args, decided, always=True)
         with self._unsettled_lock:
             self._reporting[job_id] = (args, decided)
         self.end_job(job_id, args)
@@ -178,28 +180,16 @@ class Reporter:
         """The attempt's report landed, or the task is no longer its claim, or
         (``undelivered``) the report was given up on: the task may then still be
         claimed under this job when the agent starts again, so the job's file stays,
-        with its decided end (written at the first failed try if the job recorded no
-        usage), and that start reports it as decided instead of running it again."""
+        with its decided end (written at the settle), and that start reports it as
+        decided instead of running it again."""
         job_id = attempt.task.job_id
         with self._unsettled_lock:
             ended = self._reporting.pop(job_id, None)
             unsettled = job_id in self._unsettled
         if ended is None or self.journal is None:
             return
-        if undelivered:
-            self._write_end(attempt, ended)
-        elif not unsettled:
+        if not (undelivered or unsettled):
             self.journal.discard(job_id)
-
-    def _write_end(self, attempt: Attempt, ended: tuple[Settle, Decided] | None = None) -> None:
-        """Write the attempt's decided end in its job's file, even if the job recorded
-        no usage: its report has not landed (yet), and a restart must report it, not
-        run the job again."""
-        if ended is None:
-            with self._unsettled_lock:
-                ended = self._reporting.get(attempt.task.job_id)
-        if ended is not None and attempt.ctx.journal is not None:
-            attempt.ctx.journal.end(*ended, always=True)
 
     def settle_pending(self, wait: bool = False) -> None:
         """Try once more each settlement that failed; keep those the store still
@@ -234,22 +224,9 @@ class Reporter:
     def last_flush(self, attempt: Attempt) -> None:
         """Send the attempt's last log lines, retried like a report: after the report
         nothing would send them (a send whose answer was lost may show a line twice,
-        never drop it). Each failure is logged and counted; the first writes the
-        decided end down, as a report's does."""
-        failed = False
-
-        def send() -> None:
-            nonlocal failed
-            try:
-                attempt.ctx._send_logs()
-            except AgenticError:
-                if not failed:
-                    failed = True
-                    self._write_end(attempt)  # should this process die while it retries
-                raise
-
+        never drop it). Each failure is logged and counted."""
         with contextlib.suppress(AgenticError):  # logged and counted; the report goes on
-            self.retrying(f"task {attempt.task.id}: last log lines", send)
+            self.retrying(f"task {attempt.task.id}: last log lines", attempt.ctx._send_logs)
 
     def report(self, attempt: Attempt, outcome: Outcome) -> bool:
         """Complete or release the task; True when the server took the report."""
@@ -275,7 +252,7 @@ class Reporter:
                     return True
                 if not self._holds(attempt, current):
                     raise ConflictError(f"task {task.id} is no longer held by this attempt")
-            first, sent = not sent, True
+            sent = True
             # The claim's job id fences the report: should the task have been requeued
             # and claimed again (even by this agent), the server refuses it (409)
             # instead of letting this old attempt finish the new claim.
@@ -289,8 +266,6 @@ class Reporter:
             except AgenticError as exc:
                 if _refused(exc):
                     sent = False  # refused before any work: nothing can have landed
-                if first:
-                    self._write_end(attempt)  # should this process die while it retries
                 raise
             return True
 
