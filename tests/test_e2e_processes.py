@@ -569,14 +569,17 @@ def test_sigterm_agent_drains_deregisters_and_gives_back_late_claims(fleet: Flee
         agent.popen.send_signal(signal.SIGTERM)
         stopped = time.monotonic()
         agent.ended = True
-        wait_until(lambda: not registered(registry, "a"), "a deregistered", fleet)
-        # A dispatcher whose pass began before the deregistration claims one more for a.
+        wait_until(lambda: "finishing held tasks" in agent.err.read_text(), "a draining", fleet)
+        full = registry.get("a")  # still listed while it drains, full: routed nothing
+        wait_until(lambda: registry.get("a").current_load == full.max_load, "a listed full", fleet)
+        # A dispatcher whose pass began before that claims one more for a.
         late = create(client, "late", labels=["x"])
         client.claim_task(late.id, agent_id="a")
         gate.touch()
         assert agent.popen.wait(30) == 0  # 30 s: the runner's grace period
         assert time.monotonic() - stopped < 15
         assert agent.stop_line().endswith(": 2 completed, 0 failed, 1 released, 0 errors")
+        assert not registered(registry, "a")  # deregistered once drained
 
         # Nothing is left claimed by the agent that is gone, nor reserved for it.
         assert client.list_tasks(status=TaskStatus.IN_PROGRESS) == []
@@ -615,7 +618,8 @@ def test_second_sigterm_gives_a_long_task_back_at_once_and_deregisters(fleet: Fl
 
         agent.ended = True
         agent.popen.send_signal(signal.SIGTERM)
-        wait_until(lambda: not registered(registry, "a"), "a deregistered (draining)", fleet)
+        wait_until(lambda: "finishing held tasks" in agent.err.read_text(), "a draining", fleet)
+        assert registered(registry, "a")  # still listed while it drains (full)
         assert agent.popen.poll() is None  # the first one waits for the task (30 s grace)
         time.sleep(0.3)  # later than an echo of the first (see agentic._signals)
         agent.popen.send_signal(signal.SIGTERM)

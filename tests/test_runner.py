@@ -633,19 +633,35 @@ def test_stale_lease_renewal_stops_the_old_attempt(system: System) -> None:
 
 
 def test_stop_lets_a_running_task_finish_and_deregisters(system: System) -> None:
-    """Within the grace period a running task finishes; then the agent deregisters."""
-    runner = system.started(sleeps(0.3))
+    """Within the grace period a running task finishes, the agent listed full meanwhile
+    (routed nothing, still shown); then the agent deregisters."""
+    release = threading.Event()
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        release.wait(5)
+        return "done"
+
+    runner = system.started(handler, max_load=2)
     task = system.submit()
     wait_for(lambda: runner.load == 1)
-    runner.stop()
+    stopping = threading.Thread(target=runner.stop)
+    stopping.start()
+    wait_for(lambda: system.registry.get(AGENT).current_load == 2)
+    other = system.tasks.create(Task(title="other", labels=["py"]))
+    with pytest.raises(NoEligibleAgentError):
+        system.dispatcher.dispatch(system.tasks.get(other.id))
+    time.sleep(0.3)  # heartbeats during the drain keep it listed, full
+    listed = system.registry.get(AGENT)
+    assert (listed.current_load, listed.max_load) == (2, 2)
+    release.set()
+    stopping.join(10)
     assert system.tasks.get(task.id).status == TaskStatus.COMPLETED
     with pytest.raises(NotFoundError):
         system.registry.get(AGENT)
-    # Deregistered first, so nothing new is routed here while the task finishes.
     assert system.events.kinds() == [
         EventType.AGENT_REGISTERED,
-        EventType.AGENT_OFFLINE,
         EventType.TASK_COMPLETED,
+        EventType.AGENT_OFFLINE,
     ]
 
 
@@ -717,7 +733,7 @@ def test_a_second_sigterm_skips_the_grace_and_gives_the_task_back(system: System
         system.dispatcher.dispatch(system.tasks.get(task.id))
         wait_for(lambda: runner.load == 1)
         os.kill(os.getpid(), signal.SIGTERM)
-        wait_for(lambda: not system.registry.list())  # the first one: draining
+        wait_for(runner._draining.is_set)  # the first one: draining (listed full)
         time.sleep(0.3)  # later than an echo of the first (see agentic._signals)
         os.kill(os.getpid(), signal.SIGTERM)
 

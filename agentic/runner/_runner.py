@@ -155,6 +155,8 @@ class AgentRunner:
         # period, and reports and settles stop retrying (the leases and the usage files
         # cover what is left).
         self._hurry = threading.Event()
+        # Stopping: published full until drained, then deregistered.
+        self._draining, self._drained = threading.Event(), threading.Event()
         self.reporter = Reporter(
             info.id,
             client,
@@ -254,7 +256,7 @@ class AgentRunner:
         return self.id_watch.lapsing()
 
     def _no_work(self) -> bool:
-        return self.paused or self.lapsed
+        return self.paused or self.lapsed or self._draining.is_set()
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Work until ``stop`` is set (without one: until ``stop()``), or SIGTERM/SIGINT
@@ -689,29 +691,16 @@ class AgentRunner:
             self._wait_idle(self.cancel_grace + 1.0)
             self.reporter.settle_pending(wait=True)  # earlier runs' settles still count
             return
-        # Deregister first so no dispatcher routes new work here while we drain; on a
-        # thread of its own, so a registry that hangs holds up neither the drain nor
-        # a second signal's cancelling (found in a new-user trial: 13 s).
+        # Published full while it drains (routed nothing, still shown by `status`), then
+        # deregistered, on a thread of its own: a registry that hangs holds up neither
+        # the drain nor a second signal's cancelling (a new-user trial: 13 s).
+        self._draining.set()
         offline = threading.Thread(target=self._go_offline, name="agentic-offline", daemon=True)
         offline.start()
-        self._wait_idle(self.grace_period, self._hurry)
-        with self._lock:
-            left = list(self._attempts.values())
-        reason = "the agent is shutting down"
-        if left and self._hurry.is_set():
-            reason = "the agent is stopping at once (grace period skipped)"
-            log.warning(
-                "agent %s: grace period skipped: cancelling %d running task(s) and giving"
-                " them back",
-                self.agent_id,
-                len(left),
-            )
-        for attempt in left:
-            attempt.stop(Stop.SHUTDOWN, reason)
-        # Each supervisor now reports its attempt within cancel_grace (released unless
-        # it finished); reports retrying a blip get their full retry budget, unless
-        # hurried (then each is tried once: its lease and usage file cover a failure).
-        self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
+        try:
+            self._drain()
+        finally:
+            self._drained.set()
         # The sweep after the deregistration: no claim for us can follow it then
         # (hurried, a registry that hangs is not waited for: the leases cover it).
         offline.join(1.0 if self._hurry.is_set() else None)
@@ -719,7 +708,26 @@ class AgentRunner:
             self._sweep()
         self.reporter.settle_pending(wait=True)  # a last try; what still fails is logged
 
+    def _drain(self) -> None:
+        """Wait out the grace period, then cancel what still runs and wait for its end."""
+        self._wait_idle(self.grace_period, self._hurry)
+        with self._lock:
+            left = list(self._attempts.values())
+        reason = "the agent is shutting down"
+        if left and self._hurry.is_set():
+            reason = "the agent is stopping at once (grace period skipped)"
+            what = "grace period skipped: cancelling %d running task(s) and giving them back"
+            log.warning("agent %s: " + what, self.agent_id, len(left))
+        for attempt in left:
+            attempt.stop(Stop.SHUTDOWN, reason)
+        # Each supervisor now reports its attempt within cancel_grace (released unless
+        # it finished); reports retrying a blip get their full retry budget, unless
+        # hurried (then each is tried once: its lease and usage file cover a failure).
+        self._wait_idle(self.cancel_grace + self.reporter.bound() + 1.0)
+
     def _go_offline(self) -> None:
+        self.presence.heartbeat()  # draining: published full at once
+        self._drained.wait()
         if self.presence.deregister():
             self._emit(EventType.AGENT_OFFLINE, None, {"reason": "deregistered"})
 
