@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pytest
 
 from agentic.client import TaskClient
-from agentic.errors import ConfigError, StoreError, TransportError
+from agentic.errors import APIError, ConfigError, StoreError, TransportError
 from agentic.models import (
     AgentAllowance,
     AgentInfo,
@@ -722,6 +722,33 @@ def test_a_decided_job_still_claimed_is_reported_as_decided_not_rerun(
         assert stored.result == result
     wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == (100 if success else 50))
     assert ran == [] and runner.released == 0
+    wait_for(lambda: not UsageJournal(default_state_dir(), AGENT).has(task.job_id))
+
+
+def test_a_decided_end_the_task_api_refuses_is_given_back_once(system: System) -> None:
+    """A recorded end whose report the task API refuses for good (422) is not tried at
+    every poll: the task is given back to run under a new job, its tokens charged once."""
+    task = dispatched(system)
+    job = UsageJournal(default_state_dir(), AGENT).job(task, errors()[1])
+    job.usage("m", 70, 30)
+    result = TaskResult(success=True, output="done before")
+    job.end((70, 30, QuotaEvent.JOB_COMPLETED, "m", task.id), Decided("completed", result))
+    job.close()
+    refusals: list[str] = []
+
+    def refused(task_id: str, *args: Any, **kwargs: Any) -> Task:
+        refusals.append(task_id)
+        raise APIError("HTTP 422: the result is not one this server takes", 422)
+
+    ran: list[str] = []
+    runner = system.runner(lambda task, ctx: ran.append(task.id))
+    runner.client.complete_task = refused  # type: ignore[method-assign]
+    runner.start()
+    wait_for(lambda: runner.released == 1)
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.retry_count) == (TaskStatus.PENDING, 0)
+    assert refusals == [task.id] and ran == []
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 100)
     wait_for(lambda: not UsageJournal(default_state_dir(), AGENT).has(task.job_id))
 
 

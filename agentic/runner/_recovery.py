@@ -94,7 +94,7 @@ class Recovery:
         report = self.reporter.report_decided(task, left.settlement(), left.decided)
         if report is None:
             self.keep(left)
-        else:
+        elif report is not Report.RELEASED:  # given back: its refusal is said already
             log.info(
                 "task %s: %s as an earlier run of job %s decided (its report had not landed)",
                 task.id,

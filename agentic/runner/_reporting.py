@@ -308,8 +308,9 @@ class Reporter:
         ``task``'s job, still this agent's claim under it (that process died before
         its report landed), as an attempt's end is: settled first, then completed or
         failed with the recorded result, fenced by the job id. Tried once: the task
-        stays listed as ours, so the next poll tries again. The report when it
-        landed, else None."""
+        stays listed as ours, so the next poll tries again. Refused for good (a 4xx
+        no repeat changes), it is given back instead, to run under a new job. The
+        report that landed (RELEASED for that give-back), else None."""
         report = Report(decided.report)
         assert report in (Report.COMPLETED, Report.FAILED) and decided.result is not None
         job_id = task.job_id
@@ -326,6 +327,10 @@ class Reporter:
         except AgenticError as exc:
             self._error(f"task {task.id}: reporting an earlier run's end failed", exc)
             ended = False
+            if not is_retryable(exc):  # the recorded end can never be reported
+                why = f"the report of an earlier run of job {job_id} was refused ({exc})"
+                ended = self.give_back(task, f"{why}; given back to run under a new job", settle)
+                landed = Report.RELEASED if ended else None
         with self._unsettled_lock:
             self._reporting.pop(job_id, None)
             unsettled = job_id in self._unsettled
