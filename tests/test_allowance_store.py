@@ -626,6 +626,25 @@ def test_a_limit_stored_before_its_bound_still_loads(backend: Backend) -> None:
     assert store.get_allowance("a1").daily_token_limit == 7
 
 
+def test_amounts_past_what_every_store_counts_are_refused_alike(backend: Backend) -> None:
+    """Token amounts above 2**50 are a ConfigError on every backend (Redis's Lua counts
+    in doubles), nothing held or charged; 2**50 itself is taken."""
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    too_many = 2**50 + 1
+    for call in (
+        lambda: store.reserve("a1", "", too_many, "j1"),
+        lambda: store.increment_usage("a1", too_many, 0),
+        lambda: store.settle("j0", too_many, 0, COMPLETED, agent_id="a1"),
+        lambda: store.settle("j0", 0, too_many, COMPLETED, agent_id="a1"),
+    ):
+        with pytest.raises(ConfigError, match=r"must be at most 2\*\*50 .* got 1125899906842625"):
+            call()
+    usage = store.get_usage("a1")
+    assert (usage.tokens_used, usage.tokens_reserved, usage.jobs_started) == (0, 0, 0)
+    assert store.reserve("a1", "", 2**50, "j2").tokens == 2**50
+
+
 def test_a_corrupt_allowance_or_quota_is_a_store_error_saying_so(backend: Backend) -> None:
     """An allowance or model quota whose stored JSON does not parse is a StoreError
     saying it is corrupt and where, on SQLite as on Redis (one function); SQLite

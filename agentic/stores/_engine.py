@@ -64,7 +64,7 @@ from .base import (
     final_outcome,
     no_allowance,
     no_reservation,
-    require_count,
+    require_amount,
     require_id,
     require_valid,
 )
@@ -349,8 +349,8 @@ class EngineAllowanceStore(AllowanceStore):
             ctx.tx.put_agent(agent_id, row)
 
     def increment_usage(self, agent_id: str, tokens: int, jobs: int) -> None:
-        require_count("tokens", tokens)
-        require_count("jobs", jobs)
+        require_amount("tokens", tokens)
+        require_amount("jobs", jobs)
 
         def change(row: AgentRow) -> None:
             row.tokens_used += tokens
@@ -366,7 +366,7 @@ class EngineAllowanceStore(AllowanceStore):
         self._update_agent(agent_id, change)
 
     def return_tokens(self, agent_id: str, tokens: int) -> None:
-        require_count("tokens", tokens)
+        require_amount("tokens", tokens)
 
         def change(row: AgentRow) -> None:
             row.tokens_used = max(0, row.tokens_used - tokens)
@@ -396,7 +396,7 @@ class EngineAllowanceStore(AllowanceStore):
 
     def increment_model_usage(self, model: str, tokens: int) -> None:
         require_id("model", model)
-        require_count("tokens", tokens)
+        require_amount("tokens", tokens)
         with self._open() as ctx:
             row = self._model(ctx.tx, model, ctx.start)
             row.tokens_used += tokens
@@ -405,7 +405,7 @@ class EngineAllowanceStore(AllowanceStore):
     # --- atomic quota operations ---
     def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
         require_id("agent id", agent_id)
-        require_count("tokens", tokens)
+        require_amount("tokens", tokens)
         with self._open() as ctx:
             decision = self._evaluate(ctx, agent_id, model, tokens).decision
         return QuotaCheckResult(
@@ -423,7 +423,7 @@ class EngineAllowanceStore(AllowanceStore):
     ) -> Reservation:
         require_id("agent id", agent_id)
         require_id("job id", job_id)
-        require_count("tokens", tokens)
+        require_amount("tokens", tokens)
         if task_id != "":  # None included: a ConfigError before anything is held
             require_id("task id", task_id)
         with self._open() as ctx:
@@ -507,8 +507,8 @@ class EngineAllowanceStore(AllowanceStore):
         task_id: str = "",
     ) -> Settlement:
         require_id("job id", job_id)
-        require_count("tokens_in", tokens_in)
-        require_count("tokens_out", tokens_out)
+        require_amount("tokens_in", tokens_in)
+        require_amount("tokens_out", tokens_out)
         if task_id != "":  # None included: a ConfigError before anything is charged
             require_id("task id", task_id)
         outcome = final_outcome(outcome)

@@ -33,6 +33,7 @@ from pydantic_core import PydanticSerializationError
 from ..errors import ConfigError, NotFoundError, StoreError
 from ..events import Event
 from ..models import (
+    MAX_COUNT,
     STORED,
     AgentAllowance,
     AgentInfo,
@@ -76,6 +77,7 @@ __all__ = [
     "parse_events",
     "parse_stored",
     "require_consumer",
+    "require_amount",
     "require_count",
     "require_id",
     "require_page",
@@ -172,6 +174,19 @@ def require_count(kind: str, value: int) -> int:
         raise ConfigError(f"{kind} must be an integer >= 0, got {value!r}")
     if value >= 2**63:  # what SQLite and Redis integers hold
         raise ConfigError(f"{kind} must be below 2**63, got {value}")
+    return value
+
+
+def require_amount(kind: str, value: int) -> int:
+    """:func:`require_count` for a quota amount (tokens, jobs): at most
+    ``models.MAX_COUNT`` (2**50), which every store counts exactly (Redis's Lua in
+    doubles), so the same amount is taken or refused alike on every backend."""
+    require_count(kind, value)
+    if value > MAX_COUNT:
+        raise ConfigError(
+            f"{kind} must be at most 2**50 ({MAX_COUNT}), which every store counts"
+            f" exactly, got {value}"
+        )
     return value
 
 

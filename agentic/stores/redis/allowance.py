@@ -28,7 +28,6 @@ from pydantic import BaseModel
 
 from ...errors import ConfigError, ConflictError, NotFoundError, QuotaExceededError, StoreError
 from ...models import (
-    MAX_COUNT,
     AgentAllowance,
     ModelQuota,
     ModelUsage,
@@ -55,19 +54,18 @@ from ..base import (
     no_allowance,
     no_reservation,
     parse_stored,
-    require_count,
+    require_amount,
     require_id,
     require_valid,
 )
 from ..keys import EventLogKeys, QuotaKeys
 from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
 
-__all__ = ["MAX_AMOUNT", "RedisAllowanceStore"]
+__all__ = ["RedisAllowanceStore"]
 
-#: Largest token amount accepted: Lua numbers are doubles, exact below 2**53, and a
-#: settle multiplies two amounts (see muldiv in quota_settle.lua). The bound of every
-#: count (models.MAX_COUNT): the limits it is checked against are bounded by it too.
-MAX_AMOUNT = MAX_COUNT
+# Token amounts are at most models.MAX_COUNT on every store (base.require_amount):
+# Lua numbers are doubles, exact below 2**53, and a settle multiplies two amounts
+# (see muldiv in quota_settle.lua).
 
 _PRELUDE = ("common.lua", "quota_lib.lua")
 # The scripts that record events with their step (an outbox) append to the log.
@@ -87,15 +85,6 @@ def _dt(seconds: str) -> datetime:
 def _int(value: str) -> int:
     # Scripts print numbers with %.17g, which is exponent notation from 1e17 up.
     return int(float(value))
-
-
-def _amount(kind: str, value: int) -> int:
-    require_count(kind, value)
-    if value > MAX_AMOUNT:
-        raise ConfigError(
-            f"{kind} must be <= 2**50 on Redis (Lua counts exactly only below 2**53), got {value}"
-        )
-    return value
 
 
 def _parse(model: type[_M], raw: object) -> _M:
@@ -210,8 +199,8 @@ class RedisAllowanceStore(AllowanceStore):
         return sorted(records, key=lambda r: r.agent_id)
 
     def increment_usage(self, agent_id: str, tokens: int, jobs: int) -> None:
-        _amount("tokens", tokens)
-        _amount("jobs", jobs)
+        require_amount("tokens", tokens)
+        require_amount("jobs", jobs)
         require_id("agent id", agent_id)
         self._run(_DATA, "add_usage", agent_id, str(tokens), str(jobs))
 
@@ -220,7 +209,7 @@ class RedisAllowanceStore(AllowanceStore):
         self._run(_DATA, "decrement_active", agent_id)
 
     def return_tokens(self, agent_id: str, tokens: int) -> None:
-        _amount("tokens", tokens)
+        require_amount("tokens", tokens)
         require_id("agent id", agent_id)
         self._run(_DATA, "return_tokens", agent_id, str(tokens))
 
@@ -243,7 +232,7 @@ class RedisAllowanceStore(AllowanceStore):
 
     def increment_model_usage(self, model: str, tokens: int) -> None:
         require_id("model", model)
-        _amount("tokens", tokens)
+        require_amount("tokens", tokens)
         self._run(_DATA, "add_model_tokens", model, str(tokens))
 
     # --- atomic quota operations ---
@@ -276,7 +265,7 @@ class RedisAllowanceStore(AllowanceStore):
 
     def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
         require_id("agent id", agent_id)
-        _amount("tokens", tokens)
+        require_amount("tokens", tokens)
         reply = self._run(_RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl, "")
         if reply[0] == "no allowance":
             raise no_allowance(agent_id)
@@ -296,7 +285,7 @@ class RedisAllowanceStore(AllowanceStore):
     ) -> Reservation:
         require_id("agent id", agent_id)
         require_id("job id", job_id)
-        _amount("tokens", tokens)
+        require_amount("tokens", tokens)
         if task_id != "":  # None included: a ConfigError before anything is held
             require_id("task id", task_id)
         reply = self._run(
@@ -327,8 +316,8 @@ class RedisAllowanceStore(AllowanceStore):
         task_id: str = "",
     ) -> Settlement:
         require_id("job id", job_id)
-        _amount("tokens_in", tokens_in)
-        _amount("tokens_out", tokens_out)
+        require_amount("tokens_in", tokens_in)
+        require_amount("tokens_out", tokens_out)
         if task_id != "":  # None included: a ConfigError before anything is charged
             require_id("task id", task_id)
         outcome = final_outcome(outcome)
