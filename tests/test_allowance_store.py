@@ -838,13 +838,14 @@ def test_unreserve_leaves_nothing_a_late_settle_could_hide_behind(backend: Backe
     assert store.get_model_usage("m1").tokens_used == 100
 
 
-def test_unreserve_after_settle_is_a_duplicate(backend: Backend) -> None:
-    """unreserve of a settled job changes nothing and returns the settlement."""
+@pytest.mark.parametrize("ending", ["unreserve", "withdraw"])
+def test_unreserve_after_settle_is_a_duplicate(backend: Backend, ending: str) -> None:
+    """unreserve (or withdraw) of a settled job changes nothing and returns the settlement."""
     store = backend.allowance()
     store.set_allowance(allowance())
     store.reserve("a1", "m1", 10, "j2")
     store.settle("j2", 3, 3, COMPLETED)
-    again = store.unreserve("j2")
+    again = getattr(store, ending)("j2")
     assert (again.duplicate, again.outcome, again.tokens_charged) == (True, COMPLETED, 6)
     usage = store.get_usage("a1")
     assert (usage.jobs_started, usage.tokens_used) == (1, 6)

@@ -67,18 +67,6 @@ def test_ending_a_withdrawn_job_any_other_way_changes_nothing(backend: Backend) 
     assert store.get_model_usage("m1").tokens_used == 0
 
 
-def test_withdraw_of_a_settled_job_changes_nothing(backend: Backend) -> None:
-    """A job settled already stays settled: withdraw returns its settlement as a duplicate."""
-    store = backend.allowance()
-    store.set_allowance(allowance())
-    store.reserve("a1", "m1", 10, "j1")
-    store.settle("j1", 3, 3, COMPLETED)
-    again = store.withdraw("j1")
-    assert (again.duplicate, again.outcome, again.tokens_charged) == (True, COMPLETED, 6)
-    usage = store.get_usage("a1")
-    assert (usage.jobs_started, usage.tokens_used) == (1, 6)
-
-
 def test_real_jobs_settle_and_unreserve_as_before_beside_withdrawals(backend: Backend) -> None:
     """Withdrawals touch only their own job: others settle, unreserve and repeat as before."""
     store = backend.allowance()

@@ -20,7 +20,7 @@ import pytest
 from agentic.client import TaskClient
 from agentic.errors import StoreError
 from agentic.models import Task, TaskStatus
-from agentic.runner import Handler, TaskContext
+from agentic.runner import AgentRunner, Handler, TaskContext
 from agentic.runner._idlease import IdLease, id_lease_name, id_lease_ttl
 from agentic.stores import open_registry
 from agentic.stores._holders import lease_holder_gone, new_lease_holder
@@ -62,6 +62,20 @@ def records(ran: list[str], name: str) -> Handler:
         return "done"
 
     return handler
+
+
+def left_unreported(system: System, runner: AgentRunner, task_id: str, job_id: str) -> None:
+    """The task is still claimed for the agent under ``job_id``, the runner reported
+    nothing, and the job is still reserved, uncharged."""
+    current = system.tasks.get(task_id)
+    assert (current.status, current.claimed_by, current.job_id) == (
+        TaskStatus.IN_PROGRESS,
+        AGENT,
+        job_id,
+    )
+    assert runner.completed == runner.failed == runner.released == 0
+    usage = system.quota.get_usage(AGENT)
+    assert (usage.tokens_used, usage.active_jobs) == (0, 1)
 
 
 def holder_of(system: System) -> str:
@@ -263,17 +277,9 @@ def test_a_displaced_runner_cancels_without_reporting_or_charging(
     assert not runner._thread.is_alive()  # stopped by itself, with no stop()
     assert runner.displaced_by == intruder
     assert seen == [f"agent {AGENT} is now run by {intruder}"]
-    # Not reported: the task is still claimed for the agent, under the same job.
-    current = system.tasks.get(task.id)
-    assert (current.status, current.claimed_by, current.job_id) == (
-        TaskStatus.IN_PROGRESS,
-        AGENT,
-        job_id,
-    )
-    assert runner.completed == runner.failed == runner.released == 0
-    # Not charged: the job is still reserved for the runner that took the id over.
-    usage = system.quota.get_usage(AGENT)
-    assert (usage.tokens_used, usage.active_jobs) == (0, 1)
+    # Not reported nor charged: still claimed and reserved for the runner that took
+    # the id over, under the same job.
+    left_unreported(system, runner, task.id, job_id)
     # The registry entry and the lease are the new holder's: neither was touched.
     assert AGENT in {a.id for a in system.registry.list()}
     assert holder_of(system) == intruder

@@ -31,7 +31,7 @@ from agentic.stores.base import AgentRegistry
 from agentic.stores.memory import MemoryRegistry
 
 from .test_runner import AGENT, System, build_system, wait_for
-from .test_runner_identity import OutageRegistry, holder_of
+from .test_runner_identity import OutageRegistry, holder_of, left_unreported
 
 # A lease of 2 s with a cancel grace of 0.2 s: lapsed 0.8 s after the last renewal.
 LEASE, GRACE = 2.0, 0.2
@@ -116,15 +116,7 @@ def test_a_lapsed_runner_cancels_unreported_takes_nothing_then_resumes(
     assert runner.lapsed and runner.id_watch.lapses == 1
     wait_for(lambda: runner.load == 0)
     # Not reported and not settled: still claimed under the same job, still reserved.
-    current = system.tasks.get(task.id)
-    assert (current.status, current.claimed_by, current.job_id) == (
-        TaskStatus.IN_PROGRESS,
-        AGENT,
-        job_id,
-    )
-    assert runner.completed == runner.failed == runner.released == 0
-    usage = system.quota.get_usage(AGENT)
-    assert (usage.tokens_used, usage.active_jobs) == (0, 1)
+    left_unreported(system, runner, task.id, job_id)
     [warning] = lapse_warnings(caplog)
     assert "1 running task(s) cancelled, neither reported nor settled" in warning
     assert "registry down" in warning  # the last renewal's error

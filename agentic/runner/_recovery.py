@@ -137,9 +137,9 @@ class Recovery:
         end was decided with a result (its handler ran to its end: not run twice),
         else given back (pending again, no retry counted: the task did not fail, its
         runner is gone), then settled as its file says, as a runner's give-back of
-        an earlier run's job is; any other is
-        settled as its file says. A job that died running is so settled as failed
-        for what it recorded, as for a lost lease: spent is spent. Each settle is
+        an earlier run's job is; any other is settled as its file says. A job that
+        died running is so settled as failed for what it recorded, as for a lost
+        lease: spent is spent. Each settle is
         tried once, a give-back's with the reporter's retries; what fails keeps its
         file. ``renew`` is called before each job: False (the id is another
         runner's now) stops. With ``dry_run`` nothing is given back or settled."""

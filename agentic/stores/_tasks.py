@@ -47,7 +47,7 @@ from ._task_conflicts import (
     require_fresh_job,
     require_holder,
 )
-from .base import require_count, require_id
+from .base import require_amount, require_id
 
 __all__ = [
     "FINAL",
@@ -180,11 +180,6 @@ def require_limit(kind: str, value: int | None) -> int | None:
     return value
 
 
-def _require_count(name: str, value: int) -> None:
-    if value > MAX_COUNT:
-        raise ConfigError(f"{name} must be at most 2**50 ({MAX_COUNT}), got {value}")
-
-
 def require_label(kind: str, value: str) -> str:
     """``value`` if it can be a label (of a task) or a capability (of an agent): not
     blank, and with no comma, since labels travel comma-joined in ``?labels=a,b``."""
@@ -228,7 +223,7 @@ def prepare_new(task: Task) -> Task:
     if task.claimed_by or task.claimed_at or task.lease_expires_at or task.lease_seconds:
         raise ConfigError("a new task cannot carry a claim: create it, then claim it")
     for name in ("max_retries", "retry_count", "estimated_tokens", "reruns"):
-        _require_count(name, getattr(task, name))
+        require_amount(name, getattr(task, name))
     for label in task.labels:
         require_label("label", label)
     dependencies = list(dict.fromkeys(task.dependencies))
@@ -507,8 +502,7 @@ def require_rerunnable(task: Task) -> None:
 def require_reruns(reruns: int | None) -> None:
     """ConfigError unless ``reruns`` is None or a count a task can hold."""
     if reruns is not None:
-        require_count("reruns", reruns)
-        _require_count("reruns", reruns)
+        require_amount("reruns", reruns)
 
 
 def retry_wanted(task: Task, reruns: int | None) -> bool:
@@ -645,7 +639,7 @@ def require_update(update: TaskUpdate) -> None:
     if not isinstance(update, TaskUpdate):
         raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
     if update.retry_count is not None:
-        _require_count("retry_count", update.retry_count)
+        require_amount("retry_count", update.retry_count)
 
 
 def _check_status_change(task: Task, target: TaskStatus) -> None:

@@ -178,16 +178,12 @@ def require_count(kind: str, value: int) -> int:
 
 
 def require_amount(kind: str, value: int) -> int:
-    """:func:`require_count` for a quota amount (tokens, jobs): at most
-    ``models.MAX_COUNT`` (2**50), which every store counts exactly (Redis's Lua in
-    doubles), so the same amount is taken or refused alike on every backend."""
-    require_count(kind, value)
-    if value > MAX_COUNT:
-        raise ConfigError(
-            f"{kind} must be at most 2**50 ({MAX_COUNT}), which every store counts"
-            f" exactly, got {value}"
-        )
-    return value
+    """:func:`require_count` for an amount a store counts (tokens, jobs, a task's
+    counts): at most ``models.MAX_COUNT`` (2**50), which every store counts exactly
+    (Redis's Lua in doubles), so it is taken or refused alike on every backend."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_COUNT:
+        raise ConfigError(f"{kind} must be at most 2**50 ({MAX_COUNT}), got {value}")
+    return require_count(kind, value)
 
 
 def ttl_seconds(ttl: float | timedelta) -> float:
