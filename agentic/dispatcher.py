@@ -43,7 +43,6 @@ failed pass instead of spinning (defect 18).
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 import uuid
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from ._bounds import require_count, require_seconds
 from ._client_wire import same_source
 from ._lost_claims import LostClaims, ServerFeatures, maybe_made
 from ._lost_reserves import LostReserves
@@ -63,7 +63,6 @@ from .client import MAX_CLAIM_BATCH, Claim, TaskClient
 from .errors import (
     AgenticError,
     APIError,
-    ConfigError,
     ConflictError,
     NoEligibleAgentError,
     NotFoundError,
@@ -156,9 +155,12 @@ class Dispatcher:
         name: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        _require_count("claim_concurrency", claim_concurrency, 64)
-        _require_count("claim_batch", claim_batch, MAX_CLAIM_BATCH)
-        _require_count("page_size", page_size, 10_000)
+        require_count("claim_concurrency", claim_concurrency, 64)
+        require_count("claim_batch", claim_batch, MAX_CLAIM_BATCH)
+        require_count("page_size", page_size, 10_000)
+        for said, seconds in (("heartbeat_ttl", heartbeat_ttl), ("lease_seconds", lease_seconds)):
+            if seconds is not None:
+                require_seconds(said, seconds)
         self.registry = registry
         self.router = router
         self.allowance = allowance
@@ -178,8 +180,8 @@ class Dispatcher:
         #: one dispatcher is active, the others stand by and take over when it stops
         #: (at once) or dies (when its lease runs out)
         self.exclusive = exclusive
-        if active_lease is not None and not 0 < active_lease < math.inf:
-            raise ConfigError(f"active_lease must be a number of seconds > 0, got {active_lease}")
+        if active_lease is not None:
+            require_seconds("active_lease", active_lease)
         #: seconds the lease lasts from each renewal (None: 3 intervals or 15 s,
         #: whichever is longer): how long a standby waits for a dispatcher that died
         self.active_lease = active_lease
@@ -685,6 +687,7 @@ class Dispatcher:
         of that at most); otherwise it stands by, asking again every interval (1 s at
         least, a third of the lease at most), and gives the lease up when it stops.
         """
+        interval = require_seconds("interval", interval)
         stop = stop or threading.Event()
         # A second signal has nothing to cut short: a dispatcher holds no tasks, and
         # the pass in flight must see its claims through (or reservations would leak).
@@ -707,6 +710,7 @@ class Dispatcher:
         holding the lease (taken for the pass, given up after), so a one-off pass does
         not race the active dispatcher over the same tasks. None when another holds
         it (:attr:`lease_holder` names it): that one dispatches these tasks."""
+        interval = require_seconds("interval", interval)
         if not self.exclusive:
             return self.run_once()
         if not self._hold_lease(interval):
@@ -880,11 +884,6 @@ def _outcomes(claims: Future[list[Exception | None]], size: int) -> list[Excepti
         return claims.result()
     except Exception as exc:
         return [exc] * size
-
-
-def _require_count(name: str, value: object, most: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise ConfigError(f"{name} must be an integer from 1 to {most}, got {value!r}")
 
 
 def _urgency(task: Task) -> tuple[int, datetime, str]:

@@ -71,11 +71,17 @@ MAX_PRICE = 1e6
 STORED = {"stored": True}
 
 
-def _at_most(bound: float, said: str) -> AfterValidator:
+def _at_most(bound: float, said: str, *, stored_as_bound: bool = False) -> AfterValidator:
+    """At most ``bound`` when written; past it when read back (``STORED``) as it was,
+    or as the bound itself when ``stored_as_bound``: for a number of seconds, which no
+    clock could add to a time past the bound (31 years is as good as longer)."""
+
     def check(value: float, info: ValidationInfo) -> float:
-        if value > bound and not (info.context or {}).get("stored"):
+        if value <= bound:
+            return value
+        if not (info.context or {}).get("stored"):
             raise ValueError(f"must be at most {said}")
-        return value
+        return bound if stored_as_bound else value
 
     return AfterValidator(check)
 
@@ -87,6 +93,7 @@ _CEILING = _at_most(
 _PRICE = _at_most(
     MAX_PRICE, "10**6 cents per million tokens (1000000): a larger one overflows the costs"
 )
+_DURATION = _at_most(MAX_RESERVATION_TTL, "1e9 seconds (about 31 years)", stored_as_bound=True)
 
 
 def utcnow() -> datetime:
@@ -333,7 +340,7 @@ class AgentAllowance(_Input):
     daily_token_limit: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
     daily_job_limit: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
     concurrent_jobs: Annotated[int, _COUNT_LIMIT] = Field(default=0, ge=0)
-    max_job_duration: float = Field(default=0, ge=0, le=MAX_RESERVATION_TTL, allow_inf_nan=False)
+    max_job_duration: Annotated[float, _DURATION] = Field(default=0, ge=0, allow_inf_nan=False)
     model_allowlist: list[str] = Field(default_factory=list)
     failure_charge: FailureCharge = FailureCharge.HALF
 

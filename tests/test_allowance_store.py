@@ -7,6 +7,7 @@ import sqlite3
 from contextlib import closing
 
 import pytest
+from pydantic import ValidationError
 
 from agentic.errors import (
     ConfigError,
@@ -624,6 +625,24 @@ def test_a_limit_stored_before_its_bound_still_loads(backend: Backend) -> None:
     assert store.get_model_quota("m1").input_price == 1e300
     store.set_allowance(allowance(daily_token_limit=7))
     assert store.get_allowance("a1").daily_token_limit == 7
+
+
+def test_a_job_duration_stored_before_its_bound_loads_as_the_bound(backend: Backend) -> None:
+    """An allowance stored with a max_job_duration past 1e9 s (before that bound) loads
+    with 1e9 s, and a reservation made under it lives 1e9 s on every store: it was read
+    as corrupt, and a longer lifetime would be a time no clock holds."""
+    if backend.name == "memory":
+        pytest.skip("a memory store keeps nothing from before")
+    store = backend.allowance()
+    store.set_allowance(allowance())
+    raw = allowance().model_dump_json().replace('"max_job_duration":0.0', '"max_job_duration":1e12')
+    _write_raw(backend, store, "allowance", "a1", raw)
+    assert store.get_allowance("a1").max_job_duration == MAX_RESERVATION_TTL
+    reservation = store.reserve("a1", "", 5, "j1")
+    assert reservation.expires_at is not None and reservation.created_at is not None
+    assert (reservation.expires_at - reservation.created_at).total_seconds() == MAX_RESERVATION_TTL
+    with pytest.raises(ValidationError, match=r"(?s)max_job_duration.*at most 1e9 seconds"):
+        allowance(max_job_duration=1e12)
 
 
 def test_amounts_past_what_every_store_counts_are_refused_alike(backend: Backend) -> None:

@@ -1200,11 +1200,17 @@ def test_a_registry_failing_while_taking_over_a_dead_dispatchers_lease_stands_by
     assert dispatcher.run_turn(interval=0.05) is not None
 
 
-def test_active_lease_must_be_positive(system: System) -> None:
-    """A lease of zero or less seconds, NaN or infinity is a ConfigError naming it."""
-    for bad in (0, -1, float("nan"), float("inf")):
-        with pytest.raises(ConfigError, match="active_lease must be a number of seconds > 0"):
-            twin(system, "bad", active_lease=bad)
+def test_every_number_of_seconds_is_checked_when_built(system: System) -> None:
+    """Zero or less, NaN, infinity or past 1e9 s for active_lease, heartbeat_ttl,
+    lease_seconds or the interval of a turn is a ConfigError naming it (heartbeat_ttl
+    1e300 was taken, then every pass failed reaping agents)."""
+    for bad in (0, -1, float("nan"), float("inf"), 1e10, "5"):
+        for option in ("active_lease", "heartbeat_ttl", "lease_seconds"):
+            with pytest.raises(ConfigError, match=f"{option} must be a number of seconds > 0"):
+                twin(system, "bad", **{option: bad})
+        with pytest.raises(ConfigError, match="interval must be a number of seconds > 0"):
+            twin(system, "bad").run_turn(interval=bad)  # type: ignore[arg-type]
+    assert twin(system, "longest", active_lease=1e9, heartbeat_ttl=1e9).active_lease == 1e9
 
 
 def test_dispatchers_not_exclusive_all_pass(system: System) -> None:

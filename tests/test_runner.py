@@ -1276,6 +1276,35 @@ def test_bad_configuration_is_refused(system: System) -> None:
         AgentRunner(AgentInfo(id="x"), system.client, system.registry, print, max_load=2)
 
 
+def test_every_number_of_seconds_is_checked_when_built(system: System) -> None:
+    """NaN, infinity, past 1e9 s or out of range for any interval, lease, timeout or
+    grace is a ConfigError naming it (NaN passed the old "> 0" check, and an infinite
+    heartbeat_interval failed later in a background thread)."""
+    from agentic.errors import ConfigError
+
+    def noop(task: Any, ctx: Any) -> None:
+        return None
+
+    for option in (
+        "heartbeat_interval",
+        "poll_interval",
+        "log_flush_interval",
+        "id_lease",
+        "max_job_duration",
+        "grace_period",
+        "cancel_grace",
+    ):
+        for bad in (-1, float("nan"), float("inf"), 1e10):
+            options: dict[str, Any] = {option: bad}
+            with pytest.raises(ConfigError, match=f"{option} must be a number of seconds"):
+                system.runner(noop, **options)
+    with pytest.raises(ConfigError, match="lease_seconds must be a number of seconds"):
+        system.runner(noop, lease_seconds=float("nan"))
+    with pytest.raises(ConfigError, match="max_workers must be an integer from 1"):
+        system.runner(noop, max_workers=0)
+    assert system.runner(noop, grace_period=0, cancel_grace=0, max_job_duration=1e9)
+
+
 def test_a_runner_runs_once(system: System) -> None:
     """run() after a finished run is refused: a runner's state is not reusable."""
     from agentic.errors import ConfigError

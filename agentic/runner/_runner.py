@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import threading
 import time
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .._bounds import require_count, require_seconds
 from .._signals import StopFirst, stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
@@ -107,21 +107,19 @@ class AgentRunner:
                 capabilities=list(capabilities or []),
                 max_load=1 if max_load is None else max_load,
             )
-        positive = {
-            "heartbeat_interval": heartbeat_interval,
-            "poll_interval": poll_interval,
-            "log_flush_interval": log_flush_interval,
-            "max_workers": max_workers,
-        }
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value}")
-        if id_lease is not None and not 0 < id_lease < math.inf:
-            raise ConfigError(f"id_lease must be a number of seconds > 0, got {id_lease}")
-        if grace_period < 0 or cancel_grace < 0:
-            raise ConfigError("grace_period and cancel_grace must be >= 0")
-        if max_job_duration is not None and max_job_duration <= 0:
-            raise ConfigError(f"max_job_duration must be > 0 seconds, got {max_job_duration}")
+        for said, seconds in (
+            ("heartbeat_interval", heartbeat_interval),
+            ("poll_interval", poll_interval),
+            ("log_flush_interval", log_flush_interval),
+            ("id_lease", id_lease),
+            ("max_job_duration", max_job_duration),
+            ("lease_seconds", lease_seconds),
+        ):
+            if seconds is not None:
+                require_seconds(said, seconds)
+        require_seconds("grace_period", grace_period, zero=True)
+        require_seconds("cancel_grace", cancel_grace, zero=True)
+        require_count("max_workers", max_workers, 10_000)
         if lease_seconds is not None and lease_seconds <= 2 * heartbeat_interval:
             # Renewal happens once per heartbeat; one late beat must not lose the lease.
             raise ConfigError(

@@ -12,6 +12,8 @@
 --   [17..]   the script's own arguments: arg(1), arg(2), ...
 
 local DAY, HOUR = 86400, 3600
+-- models.MAX_RESERVATION_TTL: the longest a reservation lives, in seconds
+local MAX_TTL = 1e9
 local K, LOG, NOW, START, END, NOW_TEXT
 -- per call {
 K = {

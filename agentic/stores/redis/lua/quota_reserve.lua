@@ -87,7 +87,8 @@ if model ~= '' then
 end
 local ttl = default_ttl
 if allowance.max_job_duration > 0 then
-  ttl = allowance.max_job_duration
+  -- At most MAX_TTL, as models.AgentAllowance reads one stored before that bound.
+  ttl = math.min(allowance.max_job_duration, MAX_TTL)
 end
 -- Formatted once each, for the stored reservation and the reply alike.
 local tokens_text, cost_text, expires_text = num(tokens), num(cost), num(NOW + ttl)
