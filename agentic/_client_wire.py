@@ -81,6 +81,7 @@ FEATURES = (
     "strict_bodies",
     "task_counts",
     "task_retry",
+    "update_fencing",
 )
 
 

@@ -86,7 +86,7 @@ from .errors import APIError, ConfigError, NotFoundError, TransportError
 from .models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .retry import parse_retry_after
 from .stores._tasks import MAX_REASON
-from .stores.base import LoggedEvent, LogPage, Retried, require_id, require_page
+from .stores.base import LoggedEvent, LogPage, Retried, RunSeen, require_id, require_page
 
 __all__ = ["MAX_CLAIM_BATCH", "Claim", "EventPage", "LogEvent", "RetryDelay", "TaskClient"]
 
@@ -379,10 +379,30 @@ class TaskClient:
             body["job_id"] = claim.job_id
         return body
 
-    def update_task(self, task_id: str, update: TaskUpdate) -> Task:
-        """Apply a partial update (fields left ``None`` are not sent)."""
+    def update_task(
+        self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None
+    ) -> Task:
+        """Apply a partial update (fields left ``None`` are not sent).
+
+        ``if_pending`` (:class:`~agentic.stores.base.RunSeen`, the task as read): the
+        server applies it only while the task is still pending in that run with that
+        retry count, and answers :class:`ConflictError` otherwise (nothing changed).
+        A server without ``update_fencing`` cannot: a :class:`ConfigError` then, and
+        nothing is sent.
+        """
         path = task_path(task_id)
         body = update.model_dump(mode="json", exclude_none=True)
+        if if_pending is not None:
+            if "update_fencing" not in self.server_features():
+                raise ConfigError(
+                    f"the task server at {self.base_url} cannot make an update conditional"
+                    " (it is older than update_fencing): upgrade it, or update without"
+                    " if_pending"
+                )
+            body["if_pending"] = {
+                "reruns": if_pending.reruns,
+                "retry_count": if_pending.retry_count,
+            }
         return parse(self._request("PATCH", path, safe=True, body=body), TASK)
 
     # complete, release and renew take the claim's ``job_id`` to fence the attempt: the

@@ -31,7 +31,8 @@ Shortage is not failure: when no agent is eligible or every candidate is over qu
 the task *waits*, with no retry counted. Real failures (a claim refused by the server
 for any reason but "already claimed", or an unreachable server) count a retry that is
 stored on the task server (``retry_count``, ``last_attempt``, ``next_attempt_at``) so
-backoff and the dead letter work across passes and across dispatchers (defect 5).
+backoff and the dead letter work across passes and across dispatchers (defect 5); it
+is stored only onto the task as listed, not one claimed, failed or retried since.
 Past ``max_retries`` the task becomes failed with the reason and ``task_dead_lettered``
 is emitted. Several dispatchers may run against the same server and stores: the
 claim is the server's compare-and-set and reservations are atomic in the store.
@@ -75,7 +76,7 @@ from .quota import never_fits
 from .retry import RetryPolicy, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores._holders import hold_lease_or_take_over, new_lease_holder
-from .stores.base import AgentRegistry
+from .stores.base import AgentRegistry, RunSeen
 
 __all__ = ["LEASE", "ClaimUnknownError", "DispatchReport", "Dispatcher", "new_job_id"]
 
@@ -660,13 +661,17 @@ class Dispatcher:
             self._emit(EventType.TASK_DEAD_LETTERED, task, "", {"reason": reason})
 
     def _update(self, task: Task, update: TaskUpdate) -> bool:
+        # Computed from the task as listed: only onto that (update_fencing), not onto a
+        # task claimed, failed or retried since (an older server takes it as before).
+        seen = RunSeen.of(task) if self._features.has(self.client, "update_fencing") else None
         try:
-            self.client.update_task(task.id, update)
-        except ConflictError as exc:  # it ended meanwhile (cancelled, say): nothing to record
+            self.client.update_task(task.id, update, seen)
+        except ConflictError as exc:  # it changed meanwhile (retried, say): nothing to record
             log.info("failure of task %s not recorded: %s", task.id, exc.message)
             return False
-        except APIError as exc:
+        except (APIError, ConfigError) as exc:  # ConfigError: no update_fencing there now
             self.errors += 1
+            self._features.forget()  # the server behind the address may have changed
             log.error("could not record the failure of task %s: %s", task.id, exc)
             return False
         return True

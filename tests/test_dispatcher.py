@@ -42,6 +42,7 @@ from agentic.models import (
 )
 from agentic.retry import RetryPolicy
 from agentic.router import DefaultRouter
+from agentic.stores.base import RunSeen
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
@@ -307,6 +308,100 @@ def test_dead_letter_after_max_retries(system: System) -> None:
     assert "max retries" in stored.fail_reason
     assert stored.retry_count == 3
     assert [e.task_id for e in system.events.of(EventType.TASK_DEAD_LETTERED)] == [task.id]
+
+
+def cancel_and_retry(system: System, task_id: str) -> None:
+    """What an operator may do while a pass holds its listing: cancel the task, then
+    retry it (a new run, pending, no retry counted)."""
+    system.tasks.update(task_id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="cancelled"))
+    system.tasks.retry(task_id, reruns=0)
+
+
+@pytest.mark.parametrize("max_retries", [0, 3], ids=["dead letter", "retry counted"])
+def test_a_failure_is_not_recorded_on_a_task_retried_since_it_was_listed(
+    system: System, max_retries: int
+) -> None:
+    """A claim refused after the listed task was failed and retried by an operator: the
+    failure PATCH, computed from the previous run, is refused (409): the new run keeps
+    no retry counted and is not dead-lettered, and no task_dead_lettered is emitted."""
+    system.agent("a")
+    task = system.task("t", max_retries=max_retries)
+    client = scripted(system)  # claims refused with a 500, nothing claimed
+    send = client.claim_task
+
+    def retried_then_refused(*args: Any, **kwargs: Any) -> Task:
+        cancel_and_retry(system, task.id)
+        return send(*args, **kwargs)
+
+    client.claim_task = retried_then_refused  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert "boom" in report.failed[task.id]  # the dispatch failed...
+    assert report.dead_lettered == []  # ...but its record named the previous run
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.reruns, stored.retry_count) == (TaskStatus.PENDING, 1, 0)
+    assert (stored.fail_reason, stored.last_attempt, stored.next_attempt_at) == ("", None, None)
+    assert not system.events.of(EventType.TASK_DEAD_LETTERED)
+    assert system.dispatcher.errors == 1  # the dispatch's own failure only
+
+
+def test_a_listed_dead_letter_retried_before_its_patch_stays_retried(system: System) -> None:
+    """A task listed past its retries, failed and retried by an operator before the
+    pass dead-letters it: the dead letter is refused and the new run stays pending."""
+    task = system.task("t", max_retries=1, retry_count=2)
+    client = system.dispatcher.client
+    listing = client.list_tasks
+
+    def listed_then_retried(*args: Any, **kwargs: Any) -> list[Task]:
+        listed = listing(*args, **kwargs)
+        if any(t.id == task.id and t.reruns == 0 for t in listed):
+            cancel_and_retry(system, task.id)
+        return listed
+
+    client.list_tasks = listed_then_retried  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert report.dead_lettered == []
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.reruns, stored.retry_count) == (TaskStatus.PENDING, 1, 0)
+    assert not system.events.of(EventType.TASK_DEAD_LETTERED)
+    client.list_tasks = listing  # type: ignore[method-assign]
+    system.agent("a")
+    assert system.dispatcher.run_once().dispatched == {task.id: "a"}  # the new run runs
+
+
+def test_against_a_server_without_update_fencing_a_failure_is_recorded_as_before(
+    system: System,
+) -> None:
+    """A task API older than update_fencing gets the failure PATCH without the condition
+    (it would refuse it): the retry is counted, no ConfigError."""
+    system.agent("a")
+    task = system.task("t")
+    client = scripted(system)
+    client.server_features = lambda: frozenset({"claim_fencing", "list_pages"})  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert task.id in report.failed
+    assert system.tasks.get(task.id).retry_count == 1
+    assert system.dispatcher.errors == 1
+
+
+def test_a_server_that_lost_update_fencing_since_is_asked_again(system: System) -> None:
+    """When the server behind the address no longer lists update_fencing (a rollback),
+    the conditional record is refused by the client: counted as an error, no exception
+    escapes the pass, and the next pass reads the features again and records it."""
+    system.agent("a")
+    task = system.task("t")
+    client = scripted(system)
+    system.dispatcher.run_once()  # features read (update_fencing listed); retry 1 stored
+    older = frozenset({"claim_fencing", "list_pages"})
+    client.server_features = lambda: older  # type: ignore[method-assign]
+    later = datetime.now(UTC) + timedelta(hours=1)
+    system.dispatcher._clock = lambda: later
+    report = system.dispatcher.run_once()
+    assert task.id in report.failed
+    assert system.tasks.get(task.id).retry_count == 1  # not recorded
+    assert system.dispatcher.errors == 3  # two failed dispatches, one failure unrecorded
+    system.dispatcher._clock = lambda: later + timedelta(hours=1)
+    system.dispatcher.run_once()
+    assert system.tasks.get(task.id).retry_count == 2  # recorded, unconditioned
 
 
 def test_conflict_is_not_a_failure(system: System) -> None:
@@ -1348,7 +1443,9 @@ def test_an_unexpected_error_fails_one_task_not_the_pass(system: System) -> None
 class UnrecordableFailures(SlowClaims):
     """Claims as SlowClaims; recording a task's failure always fails."""
 
-    def update_task(self, task_id: str, update: TaskUpdate) -> Task:
+    def update_task(
+        self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None
+    ) -> Task:
         raise RuntimeError("cannot record")
 
 

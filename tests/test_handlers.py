@@ -28,6 +28,7 @@ from agentic.runner import (
 )
 from agentic.runner._context import call_handler
 from agentic.runner._subprocess import _UsageFile
+from agentic.stores.base import RunSeen
 from agentic.stores.memory import MemoryRegistry
 from agentic.stores.memory.tasks import MemoryTaskStore
 from agentic.testing import running_server
@@ -51,7 +52,9 @@ class RecordingClient(TaskClient):
         self.lines.extend(lines)
         return len(self.lines)
 
-    def update_task(self, task_id: str, update: TaskUpdate) -> Task:
+    def update_task(
+        self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None
+    ) -> Task:
         self.updates.append(update)
         return TASK
 

@@ -1,6 +1,6 @@
 """Operators' retries under real concurrency: OS processes on one SQLite file / one
 Redis retrying failed tasks while workers claim, fail and complete them and a
-creator adds dependents behind them."""
+creator adds dependents behind them, or while dispatchers dead-letter them."""
 
 from __future__ import annotations
 
@@ -11,9 +11,14 @@ from typing import Any
 
 import pytest
 
+from agentic.allowance import AllowanceService
+from agentic.client import TaskClient
+from agentic.dispatcher import Dispatcher
 from agentic.errors import ConflictError
 from agentic.models import Task, TaskResult, TaskStatus
-from agentic.stores import open_task_store
+from agentic.router import DefaultRouter
+from agentic.stores import open_allowance_store, open_registry, open_task_store
+from agentic.testing import running_server
 
 pytestmark = pytest.mark.slow
 SPAWN = mp.get_context("spawn")
@@ -189,3 +194,80 @@ def test_operators_retrying_the_same_run_rerun_each_task_once(shared_url: str) -
     store.close()
     assert sorted(made) == sorted(f"r{n}" for n in range(ONCE_TASKS))
     assert {(t.status, t.reruns) for t in tasks} == {(TaskStatus.FAILED, 1)}
+
+
+DEAD_LETTERS = 150
+
+
+def _dead_letter_passes(store_url: str, base_url: str, barrier: Any, done: Any, out: Any) -> None:
+    """Child: dispatcher passes (no agent registered, so a pass only dead-letters what it
+    lists past its retries) until the operator is done; what it dead-lettered."""
+    registry = open_registry(store_url)
+    allowance = AllowanceService(open_allowance_store(store_url))
+    dead: list[str] = []
+    with TaskClient(base_url, token="", retries=2) as client:
+        dispatcher = Dispatcher(registry, DefaultRouter(), allowance, client)
+        barrier.wait(60)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            finished = done.is_set()  # read before the pass: nothing fails after it
+            dead.extend(dispatcher.run_once().dead_lettered)
+            if finished:
+                break
+    out.put((dead, dispatcher.errors))
+
+
+def _retry_dead_letters(store_url: str, barrier: Any, done: Any, out: Any) -> None:
+    """Child: an operator retrying each dead letter of a first run as soon as it shows."""
+    store = open_task_store(store_url)
+    retried: set[str] = set()
+    barrier.wait(60)
+    deadline = time.monotonic() + 90
+    while len(retried) < DEAD_LETTERS and time.monotonic() < deadline:
+        for task in store.list(status=TaskStatus.FAILED, limit=1000):
+            if task.reruns == 0 and not store.retry(task.id, reruns=0).repeated:
+                retried.add(task.id)
+        time.sleep(0.001)
+    done.set()
+    store.close()
+    out.put(sorted(retried))
+
+
+def test_dispatchers_dead_lettering_while_an_operator_retries_fail_no_new_run(
+    shared_url: str,
+) -> None:
+    """Two dispatcher processes dead-letter tasks listed past their retries while an
+    operator retries each dead letter at once: each first run is dead-lettered once, and
+    no dead letter computed from a first run lands on its retried run (without the
+    update's condition, stale ones failed re-runs that had never been tried)."""
+    store = open_task_store(shared_url)
+    for n in range(DEAD_LETTERS):
+        store.create(Task(id=f"d{n}", title=f"d{n}", max_retries=0, retry_count=1))
+    with running_server(store, requeue_interval=None) as base_url:
+        dispatchers, operator = SPAWN.Queue(), SPAWN.Queue()
+        done, barrier = SPAWN.Event(), SPAWN.Barrier(3)
+        procs = [
+            SPAWN.Process(
+                target=_dead_letter_passes, args=(shared_url, base_url, barrier, done, dispatchers)
+            )
+            for _ in range(2)
+        ]
+        procs.append(
+            SPAWN.Process(target=_retry_dead_letters, args=(shared_url, barrier, done, operator))
+        )
+        for p in procs:
+            p.start()
+        retried = operator.get(timeout=150)
+        results = [dispatchers.get(timeout=150) for _ in range(2)]
+        for p in procs:
+            p.join(30)
+            assert p.exitcode == 0
+    tasks = store.list(limit=1000)
+    store.close()
+    assert retried == sorted(f"d{n}" for n in range(DEAD_LETTERS))
+    stale = [(t.id, t.status, t.reruns, t.fail_reason) for t in tasks if t.status != "pending"]
+    assert stale == []
+    assert {(t.reruns, t.retry_count) for t in tasks} == {(1, 0)}
+    dead = [task_id for dead_lettered, _errors in results for task_id in dead_lettered]
+    assert sorted(dead) == sorted(retried)  # each first run dead-lettered once, by one
+    assert sum(errors for _dead, errors in results) == 0

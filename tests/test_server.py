@@ -115,6 +115,7 @@ def test_health_and_metrics_need_no_token(api: TestClient) -> None:
         "strict_bodies",
         "task_counts",
         "task_retry",
+        "update_fencing",
     }
     assert api.get("/api/health").status_code == 200
     response = api.get("/metrics")
@@ -922,7 +923,7 @@ STRICT_BODIES = [
     ("POST", "/api/tasks", {"title": "x"}, {"title": "x", "priorty": "high"},
      "body.priorty", "priority", _TASK_FIELDS),
     ("PATCH", "/api/tasks/{id}", {"progress": 5}, {"progres": 5},
-     "body.progres", "progress", sorted(TaskUpdate.model_fields)),
+     "body.progres", "progress", sorted([*TaskUpdate.model_fields, "if_pending"])),
     ("POST", "/api/tasks/{id}/claim", {"agent_id": "a1"}, {"agent_id": "a1", "lease_secnds": 30},
      "body.lease_secnds", "lease_seconds", ["agent_id", "job_id", "lease_seconds"]),
     ("POST", "/api/tasks/claims", {"claims": [{"task_id": "{id}", "agent_id": "a1"}]},
@@ -1059,6 +1060,7 @@ def test_an_update_names_the_fields_it_may_change(api: TestClient, store: Memory
         )
         assert refused["message"].startswith(f"field body.{field} cannot be changed by an update")
         assert "progress" in refused["message"] and "status" in refused["message"]
+        assert "if_pending" not in refused["message"]  # a condition, not a field it sets
     assert store.list() == [task]
 
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from agentic.errors import ConfigError, ConflictError, NotFoundError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.stores import open_task_store
-from agentic.stores.base import TaskStore
+from agentic.stores.base import RunSeen, TaskStore
 from tests.conftest import Backend, fake_redis_6
 
 PENDING, IN_PROGRESS, COMPLETED, BLOCKED, FAILED = (
@@ -728,7 +728,9 @@ def _random_step(rng: random.Random, step: int, ids: list[str], now: float) -> A
     if op == "update":
         status = rng.choice([None, *TaskStatus])
         update = TaskUpdate(status=status, progress=rng.choice([None, 50]), fail_reason="r")
-        return lambda s: s.update(task_id, update)
+        # made onto the task as read, or not (a run and a retry count it has or not)
+        seen = rng.choice([None, None, RunSeen(0, 0), RunSeen(0, 1), RunSeen(1, 0)])
+        return lambda s: s.update(task_id, update, seen)
     if op == "complete":
         result = TaskResult(success=rng.random() < 0.4, error_message=rng.choice(["", "e"]))
         holder, retry_at = rng.choice([None, agent]), rng.choice([None, now + 7])
@@ -760,8 +762,8 @@ def _outcome(call: Any, store: TaskStore) -> tuple[str, str]:
 
 @pytest.mark.parametrize("seed", range(15))
 def test_backend_agrees_with_memory(store: TaskStore, backend: Backend, seed: int) -> None:
-    """Random claim/complete/update/requeue/retry sequences (fenced by job ids or not)
-    give memory's answers, errors included."""
+    """Random claim/complete/update/requeue/retry sequences (fenced by job ids, or
+    updates by the run read, or not) give memory's answers, errors included."""
     from agentic.stores.memory.tasks import MemoryTaskStore
 
     reference = MemoryTaskStore(clock=backend.clock)

@@ -102,7 +102,7 @@ def _unknown_field(error: Mapping[str, Any], body: type[BaseModel] | None) -> st
     if issubclass(model, TaskUpdate) and name in Task.model_fields:
         return (
             f"field {_path(loc)} cannot be changed by an update; an update may change"
-            f" {', '.join(accepted)}"
+            f" {', '.join(sorted(TaskUpdate.model_fields))}"
         )
     close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.7)
     meant = f" (did you mean {close[0]!r}?)" if close else ""

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 from ..events import Event
-from ..models import Priority, Task, TaskResult, TaskUpdate
+from ..models import MAX_COUNT, Priority, Task, TaskResult, TaskUpdate
 from ..stores._tasks import MAX_REASON
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "ResultBody",
     "RetryRequest",
     "RetryResult",
+    "RunSeenBody",
     "TaskResponse",
     "UpdateBody",
 ]
@@ -97,9 +98,21 @@ class NewTask(Task, RequestBody):
         return value
 
 
+class RunSeenBody(RequestBody):
+    """``{"reruns", "retry_count"}``: the pending task an update was computed from, as
+    the asker read it (``stores.base.RunSeen``; feature ``update_fencing``)."""
+
+    reruns: int = Field(ge=0, le=MAX_COUNT)
+    retry_count: int = Field(ge=0, le=MAX_COUNT)
+
+
 class UpdateBody(TaskUpdate, RequestBody):
     """A partial update (PATCH): only these fields; the rest of a task is set when it
-    is created."""
+    is created. ``if_pending`` (``update_fencing``) is its condition, not a field it
+    sets: applied only while the task is still pending in that run with that retry
+    count, else 409 and nothing changes."""
+
+    if_pending: RunSeenBody | None = None
 
 
 class HealthBody(_Body):

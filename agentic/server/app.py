@@ -36,9 +36,9 @@ from pydantic import BaseModel, TypeAdapter
 from .. import __version__
 from .._client_wire import FEATURES
 from ..errors import APIError, ConfigError, NotFoundError, StoreError, StoreUnavailableError
-from ..models import Priority, Task, TaskStatus
+from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
-from ..stores.base import MAX_READ, EventLog, LoggedEvent, TaskStore
+from ..stores.base import MAX_READ, EventLog, LoggedEvent, RunSeen, TaskStore
 from ._auth import Auth, Principal, token_key
 from ._calls import StoreCalls
 from ._changes import CHANGES_HEADER, EVENTS_TOPIC, Changes, Relay
@@ -459,12 +459,18 @@ def create_app(
 
     @app.patch("/api/tasks/{task_id}", response_model=Task, tags=["tasks"])
     async def update_task(who: Caller, task_id: str, update: UpdateBody) -> Response:
-        """Partial update; an agent token may only set progress and notes of its task."""
+        """Partial update; an agent token may only set progress and notes of its task.
+
+        With ``{"if_pending": {"reruns", "retry_count"}}`` it applies only while the
+        task is still pending in that run with that retry count (409 otherwise)."""
         if not who.admin:
             if update.model_fields_set - {"progress", "notes"}:
                 raise APIError("an agent token may only update progress and notes", 403)
             await require_holder(who, task_id, "update")
-        updated = await calls(store.update, task_id, update)
+        seen = update.if_pending
+        fields = TaskUpdate(**update.model_dump(exclude={"if_pending"}, exclude_unset=True))
+        condition = None if seen is None else RunSeen(seen.reruns, seen.retry_count)
+        updated = await calls(store.update, task_id, fields, condition)
         if update.model_fields_set & _DISPATCH_FIELDS:  # not progress or notes
             changes.bump("dispatch")
         return _json(updated)

@@ -47,7 +47,7 @@ from ._task_conflicts import (
     require_fresh_job,
     require_holder,
 )
-from .base import require_amount, require_id
+from .base import RunSeen, require_amount, require_id
 
 __all__ = [
     "FINAL",
@@ -91,6 +91,7 @@ __all__ = [
     "require_lines",
     "require_reason",
     "require_retry_at",
+    "require_seen",
     "require_update",
     "stamp_new",
     "ts",
@@ -608,15 +609,17 @@ def unblock_dependents(
     return changed
 
 
-def updated(task: Task, update: TaskUpdate, now: float) -> Task:
+def updated(task: Task, update: TaskUpdate, now: float, if_pending: RunSeen | None = None) -> Task:
     """Apply a partial update; a status change must be one an update may make.
 
     Allowed: pending <-> blocked (a hold; a task blocked by a failed dependency stays
     blocked), and any unfinished task -> failed (the dispatcher's dead letter). Claims
     go through claim / release / complete, and final tasks stay final: of a completed
-    or failed task only the notes may change.
+    or failed task only the notes may change. With ``if_pending``, only while the
+    task is as the caller read it (:func:`require_seen`), checked first.
     """
-    require_update(update)
+    require_update(update, if_pending)
+    require_seen(task, if_pending)
     fields = update.model_dump(exclude_none=True, exclude={"status"})
     target = update.status
     if task.status in FINAL and set(fields) - {"notes"}:
@@ -634,12 +637,44 @@ def updated(task: Task, update: TaskUpdate, now: float) -> Task:
     return new.model_copy(update={"status": target})
 
 
-def require_update(update: TaskUpdate) -> None:
-    """ConfigError unless ``update`` is a TaskUpdate a store can hold."""
+def require_update(update: TaskUpdate, if_pending: RunSeen | None = None) -> None:
+    """ConfigError unless ``update`` is a TaskUpdate a store can hold and
+    ``if_pending`` None or a RunSeen of counts a task can hold."""
     if not isinstance(update, TaskUpdate):
         raise ConfigError(f"update needs a TaskUpdate, got {type(update).__name__}")
     if update.retry_count is not None:
         require_amount("retry_count", update.retry_count)
+    if if_pending is None:
+        return
+    if not isinstance(if_pending, RunSeen):
+        raise ConfigError(f"if_pending needs a RunSeen, got {type(if_pending).__name__}")
+    require_amount("if_pending.reruns", if_pending.reruns)
+    require_amount("if_pending.retry_count", if_pending.retry_count)
+
+
+def require_seen(task: Task, seen: RunSeen | None) -> None:
+    """ConflictError unless ``task`` is still the pending task ``seen`` describes: the
+    same run (``reruns``) and the same failed attempts counted in it (``retry_count``).
+
+    What a failure record (the dispatcher's) is computed from. A claim made since
+    shows as not pending, or, once it ended, as a count moved (a failure, an expired
+    lease) or as a final status; a retry by an operator as another run. A claim given
+    back since counted nothing, so the record is still the task's next one.
+    ``redis/lua/task_update.lua`` mirrors it.
+    """
+    if seen is None:
+        return
+    if (task.status, task.reruns, task.retry_count) == (
+        TaskStatus.PENDING,
+        seen.reruns,
+        seen.retry_count,
+    ):
+        return
+    raise ConflictError(
+        f"task {task.id} changed since it was read: it is {task.status}, retried"
+        f" {task.reruns} time(s), with {task.retry_count} failed attempt(s) counted, not"
+        f" pending, retried {seen.reruns} time(s), with {seen.retry_count}: nothing updated"
+    )
 
 
 def _check_status_change(task: Task, target: TaskStatus) -> None:

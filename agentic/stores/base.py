@@ -66,6 +66,7 @@ __all__ = [
     "MAX_READ",
     "Notices",
     "Retried",
+    "RunSeen",
     "Subscription",
     "TRIM_STEP",
     "TaskStore",
@@ -491,6 +492,23 @@ class Retried:
     repeated: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class RunSeen:
+    """A pending task as an update's caller read it: its run (``reruns``, the
+    operator's retries) and the failed attempts counted in that run
+    (``retry_count``). Given to :meth:`TaskStore.update` as ``if_pending``, the
+    update applies only while the task is still that: pending, in the same run, with
+    the same count (so a failure computed from it is still the task's next one)."""
+
+    reruns: int
+    retry_count: int
+
+    @classmethod
+    def of(cls, task: Task) -> RunSeen:
+        """The run and the count of ``task`` as read."""
+        return cls(task.reruns, task.retry_count)
+
+
 class TaskStore(Closeable):
     """Tasks, their claims, leases, retries, dependencies and log lines.
 
@@ -554,6 +572,14 @@ class TaskStore(Closeable):
       since its ``reruns`` was that count is answered as it is, ``repeated``, with
       nothing changed (even when that re-run failed again); a count ahead of the
       task's is a ConflictError.
+    * ``update(task_id, update, if_pending=None)``: a partial update (see
+      ``_tasks.updated`` for the status changes it may make). With ``if_pending`` (a
+      :class:`RunSeen`, the task as the caller read it) it applies only while the
+      task is pending in that run (``reruns``) with that ``retry_count``, checked in
+      the same atomic step as the write; otherwise :class:`ConflictError` naming
+      what changed, and nothing changes. The dispatcher's failure record is made so:
+      computed from the listed task, it must not land on a task claimed, failed or
+      retried since.
     * ``requeue_expired()``: every in_progress task whose lease has expired is treated
       as a failure (retry counted, dead letter past max_retries); returns the tasks
       changed. Costs O(expired).
@@ -631,8 +657,13 @@ class TaskStore(Closeable):
         """
 
     @abc.abstractmethod
-    def update(self, task_id: str, update: TaskUpdate) -> Task:
-        """Apply a partial update (progress, notes, status, retry fields)."""
+    def update(self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None) -> Task:
+        """Apply a partial update (progress, notes, status, retry fields).
+
+        ``if_pending``: the task as the caller read it; the update then applies only
+        while the task is still pending in that run with that retry count, checked in
+        the same atomic step (:class:`ConflictError` otherwise, nothing changed).
+        """
 
     @abc.abstractmethod
     def complete(

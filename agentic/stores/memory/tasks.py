@@ -18,7 +18,7 @@ from ...errors import ConflictError, NotFoundError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, Retried, TaskStore, require_count, require_id
+from ..base import LogPage, Retried, RunSeen, TaskStore, require_count, require_id
 from .eventlog import MemoryEventLog, memory_store_id, private_log_refused, require_memory_log
 
 __all__ = ["MemoryTaskStore", "task_store_from_url"]
@@ -223,11 +223,12 @@ class MemoryTaskStore(TaskStore):
             self._retire(task, made=True)
             return self._put(rules.given_back(task, self._clock()), reason)
 
-    def update(self, task_id: str, update: TaskUpdate) -> Task:
+    def update(self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None) -> Task:
+        rules.require_update(update, if_pending)
         with self._lock:
             task = self._get(task_id)
             now = self._clock()
-            return self._store_outcome(task, rules.updated(task, update, now), now)
+            return self._store_outcome(task, rules.updated(task, update, now, if_pending), now)
 
     def complete(
         self,

@@ -26,7 +26,7 @@ from ...errors import ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import Buckets, LogPage, Notices, Retried, TaskStore, require_count, require_id
+from ..base import Buckets, LogPage, Notices, Retried, RunSeen, TaskStore, require_count, require_id
 from ..keys import EventLogKeys, TaskKeys
 from ._conn import (
     DEFAULT_PREFIX,
@@ -289,8 +289,8 @@ class RedisTaskStore(TaskStore):
         reason = rules.require_reason(reason)
         return self._hold(task_id, "release", agent_id, job_id, reason)
 
-    def update(self, task_id: str, update: TaskUpdate) -> Task:
-        rules.require_update(update)
+    def update(self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None) -> Task:
+        rules.require_update(update, if_pending)
         fields = update.model_dump(exclude_none=True, exclude={"status"})
         pairs = [part for name, value in fields.items() for part in (name, _value(name, value))]
         reply = self._run(
@@ -299,10 +299,12 @@ class RedisTaskStore(TaskStore):
             task_id,
             "" if update.status is None else update.status.value,
             update.fail_reason or "marked failed",
+            "" if if_pending is None else str(if_pending.reruns),
+            "" if if_pending is None else str(if_pending.retry_count),
             *pairs,
         )
         if text(reply[0]) == "conflict":
-            rules.updated(_from_flat(reply[1]), update, 0.0)
+            rules.updated(_from_flat(reply[1]), update, 0.0, if_pending)
             raise _disagreement(task_id, "update")
         return self._answer(reply, task_id)
 

@@ -27,7 +27,7 @@ from ...errors import ConflictError, NotFoundError, StoreError
 from ...models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from .. import _tasks as rules
 from .._url import StoreURL
-from ..base import LogPage, Retried, TaskStore, event_json, require_count, require_id
+from ..base import LogPage, Retried, RunSeen, TaskStore, event_json, require_count, require_id
 from . import _path_and_timeout
 from ._db import DEFAULT_TIMEOUT, Database, Migration
 from .eventlog import MIGRATIONS as EVENT_MIGRATIONS
@@ -465,11 +465,13 @@ class SQLiteTaskStore(TaskStore):
             self._record(conn, task, after, reason)
             return self._save(conn, after)
 
-    def update(self, task_id: str, update: TaskUpdate) -> Task:
+    def update(self, task_id: str, update: TaskUpdate, if_pending: RunSeen | None = None) -> Task:
+        rules.require_update(update, if_pending)
         with self._db.transaction(f"updating task {task_id!r}") as conn:
             task = self._load(conn, task_id)
             now = self._clock()
-            return self._save_outcome(conn, task, rules.updated(task, update, now), now)
+            after = rules.updated(task, update, now, if_pending)
+            return self._save_outcome(conn, task, after, now)
 
     def complete(
         self,
