@@ -64,6 +64,7 @@ from .client import MAX_CLAIM_BATCH, Claim, TaskClient
 from .errors import (
     AgenticError,
     APIError,
+    ConfigError,
     ConflictError,
     NoEligibleAgentError,
     NotFoundError,
