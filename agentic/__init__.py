@@ -26,6 +26,7 @@ from .errors import (
     NotFoundError,
     QuotaExceededError,
     StoreError,
+    StoreLostError,
     StoreUnavailableError,
     TransportError,
 )
@@ -142,6 +143,7 @@ __all__ = [
     "Settlement",
     "StatusSummary",
     "StoreError",
+    "StoreLostError",
     "StoreUnavailableError",
     "SubprocessHandler",
     "Task",

@@ -38,6 +38,7 @@ __all__ = [
     "PAGE",
     "RETRIED",
     "RETRY_STATUSES",
+    "STORE_LOST",
     "STREAM_READ_TIMEOUT",
     "TASK",
     "tls_verify",
@@ -65,6 +66,10 @@ T = TypeVar("T")
 #: "<server process id>.<change count>"
 CHANGES_HEADER = "X-Agentic-Changes"
 
+
+#: how a 503 begins when the server's store was emptied or replaced under it (a Redis
+#: restarted without persistence, a FLUSHDB): the rest of the message says what to do
+STORE_LOST = "the task server's store was lost"
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it
 #: (clients check for them: a server that predates one ignores what it needs, or, from

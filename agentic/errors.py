@@ -9,7 +9,8 @@ Catch :class:`AgenticError` to handle anything the SDK raises; backend exception
     AgenticError
     ├── ConfigError              bad configuration, store URL or argument
     ├── StoreError               a store failed (I/O, corrupt data, script error)
-    │   └── StoreUnavailableError   the store could not be reached in time
+    │   ├── StoreUnavailableError   the store could not be reached in time
+    │   └── StoreLostError          the store was emptied or replaced under this process
     ├── NoEligibleAgentError     no registered agent can take the task now
     ├── QuotaExceededError       a reservation was refused (reason, retry_after)
     ├── InfrastructureError      the agent cannot run a task here (release, no retry)
@@ -42,6 +43,7 @@ __all__ = [
     "NotFoundError",
     "QuotaExceededError",
     "StoreError",
+    "StoreLostError",
     "StoreUnavailableError",
     "TransportError",
 ]
@@ -61,6 +63,12 @@ class StoreError(AgenticError):
 
 class StoreUnavailableError(StoreError):
     """The store could not be reached within the configured time."""
+
+
+class StoreLostError(StoreError):
+    """The store this process opened was emptied or replaced under it (a Redis
+    restarted without persistence, a ``FLUSHDB``, a failover to a replica that had not
+    caught up): what it held is gone, and nothing is written into the empty one."""
 
 
 class NoEligibleAgentError(AgenticError):

@@ -70,16 +70,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.process.wait(10)
 
 
-def start_redis_server(workdir: Path) -> RedisServer:
-    """Start a redis-server of its own on a free loopback port (the caller stops it);
-    skipped when redis-server is missing, except under CI."""
+def start_redis_server(workdir: Path, port: int | None = None) -> RedisServer:
+    """Start a redis-server of its own on ``port``, else a free loopback port (the
+    caller stops it); skipped when redis-server is missing, except under CI."""
     binary = shutil.which("redis-server")
     if binary is None:
         message = "redis-server is not installed (the test command installs it)"
         if os.environ.get("CI"):
             pytest.fail(message + "; CI must run the real-Redis tests")
         pytest.skip(message)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,

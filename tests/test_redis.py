@@ -42,7 +42,7 @@ from agentic.models import (
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore
-from agentic.stores.keys import QuotaKeys, RegistryKeys, TaskKeys
+from agentic.stores.keys import QuotaKeys, RegistryKeys, TaskKeys, store_id_key
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.stores.redis._conn import sync, text
@@ -457,7 +457,8 @@ def test_settled_ids_are_forgotten_after_retention(client: redis.Redis, prefix: 
 
 
 def test_every_key_follows_keys_module(client: redis.Redis, prefix: str) -> None:
-    """Registry and allowance keys on one prefix live apart, each under a known pattern."""
+    """Registry and allowance keys on one prefix live apart, each under a known pattern
+    (the store id, which every store writes at open when there is none, beside them)."""
     clock = FakeClock()
     registry = RedisRegistry(client, prefix=prefix, clock=clock)
     store = RedisAllowanceStore(client, prefix=prefix, clock=clock)
@@ -472,7 +473,8 @@ def test_every_key_follows_keys_module(client: redis.Redis, prefix: str) -> None
     reg, quota = RegistryKeys.under(prefix), QuotaKeys.under(prefix)
     patterns = [*astuple(reg), *quota.heads()]
     keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*"))
-    assert keys
+    assert store_id_key(prefix) in keys
+    keys.remove(store_id_key(prefix))
     for key in keys:
         matching = [p for p in patterns if key == p or (p.endswith(":") and key.startswith(p))]
         assert matching, f"{key} matches no pattern of agentic.stores.keys"

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
+from .._client_wire import STORE_LOST
 from ..allowance import AllowanceService
 from ..client import TaskClient
 from ..config import Config, load_config
@@ -277,13 +278,16 @@ PER_PROCESS = "a memory:// store is per-process"
 def other_store(api: TaskClient, url: str, local_id: str) -> str:
     """What to say when the task server of ``api`` serves another store than ``url``
     (whose id is ``local_id``): a wrong --store or prefix. "" when they are the same,
-    or either side cannot say (a health check that fails included). When either is a
+    or either side cannot say (a health check that fails included), except that a
+    server whose store was emptied or replaced under it says so. When either is a
     memory store (``memory:<random>``: no other process ever sees it) the message
     begins with :data:`PER_PROCESS` and says how to fix it."""
     if not local_id:
         return ""
     try:
         served = api.server_store_id()
+    except APIError as exc:
+        return str(exc) if exc.code == 503 and exc.message.startswith(STORE_LOST) else ""
     except AgenticError:
         return ""
     if not served or served == local_id:

@@ -27,7 +27,8 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from ..errors import APIError, ConfigError, StoreError
+from .._client_wire import STORE_LOST
+from ..errors import APIError, ConfigError, StoreError, StoreLostError
 from ..models import Task, TaskUpdate
 from ._json import body_model, model_at
 from ._limits import RateLimited
@@ -64,6 +65,8 @@ def describe(exc: Exception, metrics: Metrics) -> tuple[int, str, object] | None
         return 422, str(exc), None
     if isinstance(exc, StoreError):
         metrics.inc("store_errors")
+        if isinstance(exc, StoreLostError):  # the fix is the operator's: said in full
+            return 503, f"{STORE_LOST}: {exc}", None
         return 503, "the task store is unavailable", str(exc)
     return None
 

@@ -35,7 +35,14 @@ from pydantic import BaseModel, TypeAdapter
 
 from .. import __version__
 from .._client_wire import FEATURES
-from ..errors import APIError, ConfigError, NotFoundError, StoreError, StoreUnavailableError
+from ..errors import (
+    APIError,
+    ConfigError,
+    NotFoundError,
+    StoreError,
+    StoreLostError,
+    StoreUnavailableError,
+)
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..retry import RetryPolicy
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, RunSeen, TaskStore
@@ -305,13 +312,18 @@ def create_app(
     @app.get("/api/health", tags=["health"])
     async def health() -> HealthBody:
         """The server is up; its version, what it does beyond go-agentic's API, and the
-        id of the store it serves."""
+        id of the store it serves. 503 when that store was emptied or replaced under
+        the server (a Redis restarted without persistence, a FLUSHDB)."""
         features = [*FEATURES, "event_log"] if events is not None else list(FEATURES)
-        if not served_id:
-            try:  # read once it can be: a store down at start must not fail the check
-                served_id.append(await calls(store.store_id))
-            except StoreError as exc:
+        try:  # read at every check: a Redis store checks that its id is still there
+            found = await calls(store.store_id)
+        except StoreLostError:
+            raise
+        except StoreError as exc:  # a store down must not fail the check
+            if not served_id:
                 log.warning("the store's id could not be read: %s", exc)
+        else:
+            served_id[:] = [found]
         identity = served_id[0] if served_id else ""
         return HealthBody(status="ok", version=__version__, features=features, store_id=identity)
 

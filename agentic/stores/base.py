@@ -219,7 +219,9 @@ class Closeable:
         (one SQLite file; one Redis database and prefix), so two processes can tell
         whether they share one; "" when it does not say (every registry, task store
         and event log says). A memory store's is ``memory:<random>``, its own: each
-        instance is storage no other process (nor instance) sees."""
+        instance is storage no other process (nor instance) sees. A Redis store
+        raises StoreLostError when its id is no longer there (the store was emptied or
+        replaced since it opened)."""
         return ""
 
     def __enter__(self) -> Self:

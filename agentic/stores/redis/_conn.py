@@ -24,9 +24,10 @@ from redis.exceptions import (
     ReadOnlyError,
     ResponseError,
     TryAgainError,
+    WatchError,
 )
 
-from ...errors import ConfigError, StoreError, StoreUnavailableError
+from ...errors import ConfigError, StoreError, StoreLostError, StoreUnavailableError
 from .._url import StoreURL
 from ..keys import store_id_key
 
@@ -35,9 +36,12 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "PASSING",
     "Connection",
+    "Identity",
     "Script",
     "connect",
+    "guarded_write",
     "now_arg",
+    "open_identity",
     "read_store_id",
     "refuses_functions",
     "sync",
@@ -137,6 +141,9 @@ PASSING = (
 
 def _store_error(exc: redis.RedisError, action: str) -> StoreError:
     """The error to raise for a redis-py exception during ``action``."""
+    if isinstance(exc, ResponseError) and str(exc).startswith(_LOST):
+        seen, _, found = str(exc)[len(_LOST) :].partition(" ")
+        return lost_store(seen, found or None)
     if isinstance(exc, PASSING):
         return StoreUnavailableError(f"Redis unavailable during {action}: {exc}")
     return StoreError(f"Redis failed during {action}: {exc}")
@@ -196,17 +203,25 @@ class Script:
     know the code (restart without persistence, ``SCRIPT FLUSH``, ``FUNCTION
     FLUSH``) it is loaded and the call repeated.
 
+    A guarded script (every store's; not the rate limiter's buckets) starts with
+    ``guard.lua``: its first key and argument are the store id key and the id the
+    store saw at open (:class:`Identity`), and it fails with
+    :class:`~agentic.errors.StoreLostError`, writing nothing, when the key is gone or
+    holds another id. That is one ``GET`` inside the call, no round trip.
+
     The two forms differ only where a library reads its call's arguments: its lines
     between ``-- per call {`` and ``-- } per call`` run at the top of the script
     (``EVALSHA``) or at the top of each function call (``FCALL``), assigning names
     the library declared above them.
     """
 
-    def __init__(self, *files: str) -> None:
+    def __init__(self, *files: str, guarded: bool = True) -> None:
         folder = resources.files(__package__).joinpath("lua")
         texts = [folder.joinpath(name).read_text("utf-8") for name in files]
+        guard = [folder.joinpath("guard.lua").read_text("utf-8")] if guarded else []
         self.name = files[-1]
-        self.source = "\n".join(texts)
+        self.guarded = guarded
+        self.source = "\n".join([*guard, *texts])
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
         self.function = f"agentic_{self.sha}"
         *libraries, body = texts
@@ -218,13 +233,26 @@ class Script:
                 *(_PER_CALL.sub("", text) for text in libraries),
                 f"redis.register_function('{self.function}', function(keys, args)",
                 "KEYS, ARGV = keys, args",
+                *guard,
                 *per_call,
                 body,
                 "end)",
             ]
         )
 
-    def __call__(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str] = ()) -> Any:
+    def __call__(
+        self,
+        client: redis.Redis,
+        args: Sequence[str],
+        keys: Sequence[str] = (),
+        identity: Identity | None = None,
+    ) -> Any:
+        """Run the script; a guarded one is given the ``identity`` its store opened
+        (the script checks that the store id is still there before anything else)."""
+        if identity is not None and self.guarded:
+            keys, args = (identity.key, *keys), (identity.value, *args)
+        elif self.guarded or identity is not None:
+            raise TypeError(f"{self.name}: an identity goes with a guarded script, and only")
         # Every store operation comes through here: a plain try costs nothing on
         # success, where translate_errors (a generator) costs about 2 us per call.
         try:
@@ -296,3 +324,103 @@ def read_store_id(client: redis.Redis, prefix: str) -> str:
         pipe.get(key)
         _set, value = pipe.execute()
     return text(value)
+
+
+# How guard.lua's refusal begins (then the id seen at open, and the id found or "").
+_LOST = "AGENTIC_STORE_LOST "
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The store id key under a prefix and the id a store found there when it opened:
+    what every write checks is still there (guard.lua, :func:`guarded_write`)."""
+
+    key: str
+    value: str
+
+    def check(self, client: redis.Redis) -> str:
+        """The id, after checking that the store still has it (one ``GET``)."""
+        with translate_errors("reading the store id"):
+            found = sync(client.get(self.key))
+        if found is None or text(found) != self.value:
+            raise lost_store(self.value, None if found is None else text(found))
+        return self.value
+
+
+def lost_store(seen: str, found: str | None) -> StoreLostError:
+    """The error for a store whose id ``seen`` at open is gone (``found`` None) or was
+    replaced by ``found``."""
+    now = "the store id key is gone" if found is None else f"it now holds id {found}"
+    return StoreLostError(
+        f"the Redis store was emptied or replaced under this process (store id {seen}"
+        f" is gone: {now}): the tasks, usage and reservations it held are lost, and"
+        " nothing was written into the empty store. Restore the Redis data (a backup,"
+        " the replica that has it) and the processes go on; or restart every agentic"
+        " process on this store to start over on an empty one (set the allowances"
+        " again; the day's usage starts at zero). To keep Redis from losing data:"
+        " persistence on (appendonly yes), maxmemory-policy noeviction"
+    )
+
+
+def open_identity(client: redis.Redis, prefix: str, address: str = "") -> Identity:
+    """What a Redis store does when it opens: refuse a server that evicts keys when
+    full (:func:`_refuse_eviction`), and read the store id (written first when there
+    is none: a new store), which the store's writes then check. One round trip when
+    the store has an id."""
+    key = store_id_key(prefix)
+    pipe = client.pipeline(transaction=False)
+    pipe.config_get("maxmemory*")
+    pipe.get(key)
+    with translate_errors("opening the store"):
+        config, found = pipe.execute(raise_on_error=False)
+    if isinstance(found, redis.RedisError):
+        raise _store_error(found, "opening the store")
+    if isinstance(config, redis.RedisError):
+        # Managed Redis often refuses CONFIG: nothing to check then.
+        log.debug("cannot read Redis's maxmemory settings (%s); not checked", config)
+    else:
+        _refuse_eviction(config, address or _client_address(client))
+    return Identity(key, text(found) if found is not None else read_store_id(client, prefix))
+
+
+def _refuse_eviction(config: dict[str, str], address: str) -> None:
+    """ConfigError when Redis drops keys to make room: with ``maxmemory`` set, any
+    ``maxmemory-policy`` but ``noeviction`` may silently drop a reservation, a day's
+    usage or a task (``volatile-*`` drops the keys with a TTL: reservations, leases)."""
+    limit = text(config.get("maxmemory", "0"))
+    policy = text(config.get("maxmemory-policy", "noeviction"))
+    if limit in ("", "0") or policy == "noeviction":
+        return
+    raise ConfigError(
+        f"Redis at {address} evicts keys when full (maxmemory {limit} bytes,"
+        f" maxmemory-policy {policy}): it would silently drop tasks, reservations and"
+        " the day's usage, so quotas could be over-spent and tasks lost. Set"
+        " `maxmemory-policy noeviction` (CONFIG SET maxmemory-policy noeviction, and"
+        " in redis.conf), or give agentic a Redis of its own that has it; when full,"
+        " Redis then refuses writes with an error instead of dropping data"
+    )
+
+
+def _client_address(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+
+
+def guarded_write(
+    client: redis.Redis, identity: Identity, action: str, write: Callable[[Any], None]
+) -> None:
+    """``write(pipeline)`` as one transaction that runs only while the store still has
+    ``identity``'s id (``WATCH`` of the id key): for the plain writes that are not a
+    script (setting an allowance, a model's quota, a consumer's position)."""
+    with translate_errors(action), client.pipeline(transaction=True) as pipe:
+        try:
+            cast(Any, pipe).watch(identity.key)
+            found = sync(pipe.get(identity.key))
+            if found is None or text(found) != identity.value:
+                raise lost_store(identity.value, None if found is None else text(found))
+            pipe.multi()
+            write(pipe)
+            pipe.execute()
+        except WatchError:  # the id key changed in between: only a wipe changes it
+            identity.check(client)
+            raise

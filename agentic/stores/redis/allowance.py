@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timezone, tzinfo
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from pydantic import BaseModel
@@ -59,7 +59,16 @@ from ..base import (
     require_valid,
 )
 from ..keys import EventLogKeys, QuotaKeys
-from ._conn import DEFAULT_PREFIX, Script, now_arg, sync, text, translate_errors
+from ._conn import (
+    DEFAULT_PREFIX,
+    Script,
+    guarded_write,
+    now_arg,
+    open_identity,
+    sync,
+    text,
+    translate_errors,
+)
 
 __all__ = ["RedisAllowanceStore"]
 
@@ -128,15 +137,19 @@ class RedisAllowanceStore(AllowanceStore):
         self._fixed_offset = str(utc_offset(tz, 0.0)) if isinstance(tz, timezone) else None
         self._default_ttl = repr(float(reservation_ttl))
         self._close_client = close_client
+        self._identity = open_identity(client, prefix)
 
     def close(self) -> None:
         if self._close_client:
             self._client.close()
 
+    def store_id(self) -> str:
+        return self._identity.check(self._client)
+
     def _run(self, script: Script, *args: str) -> list[str]:
         now, at = now_arg(self._clock)
         offset = self._fixed_offset or str(utc_offset(self._tz, at))
-        reply = script(self._client, [now, offset, *self._heads, *args])
+        reply = script(self._client, [now, offset, *self._heads, *args], identity=self._identity)
         return [text(item) for item in reply]
 
     # --- configuration ---
@@ -150,11 +163,13 @@ class RedisAllowanceStore(AllowanceStore):
     def set_allowance(self, allowance: AgentAllowance) -> None:
         require_id("agent id", allowance.agent_id)
         allowance = require_valid("allowance", allowance)
-        with translate_errors("set_allowance"):
-            pipe = self._client.pipeline(transaction=True)
-            pipe.set(self._keys.allowance(allowance.agent_id), allowance.model_dump_json())
+        key, value = self._keys.allowance(allowance.agent_id), allowance.model_dump_json()
+
+        def write(pipe: Any) -> None:
+            pipe.set(key, value)
             pipe.sadd(self._keys.allowances, allowance.agent_id)
-            pipe.execute()
+
+        guarded_write(self._client, self._identity, "set_allowance", write)
 
     def get_model_quota(self, model: str) -> ModelQuota:
         with translate_errors("get_model_quota"):
@@ -166,8 +181,10 @@ class RedisAllowanceStore(AllowanceStore):
     def set_model_quota(self, quota: ModelQuota) -> None:
         require_id("model", quota.model)
         quota = require_valid("model quota", quota)
-        with translate_errors("set_model_quota"):
-            self._client.set(self._keys.limits(quota.model), quota.model_dump_json())
+        key, value = self._keys.limits(quota.model), quota.model_dump_json()
+        guarded_write(
+            self._client, self._identity, "set_model_quota", lambda pipe: pipe.set(key, value)
+        )
 
     def allowances(self) -> list[AgentAllowance]:
         with translate_errors("allowances"):

@@ -28,7 +28,15 @@ from ..base import (
     require_wait,
 )
 from ..keys import EventLogKeys
-from ._conn import DEFAULT_PREFIX, Script, read_store_id, sync, text, translate_errors
+from ._conn import (
+    DEFAULT_PREFIX,
+    Script,
+    guarded_write,
+    open_identity,
+    sync,
+    text,
+    translate_errors,
+)
 
 __all__ = ["RedisEventLog"]
 
@@ -53,6 +61,7 @@ class RedisEventLog(EventLog):
         self._prefix = prefix
         self._keys = EventLogKeys.under(require_id("prefix", prefix))
         self._close_client = close_client
+        self._identity = open_identity(client, prefix)
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         #: seconds one XREAD BLOCK of :meth:`wait` lasts at most: the answer must come
         #: within the socket timeout, and Redis ends a block only on its next tick
@@ -66,14 +75,14 @@ class RedisEventLog(EventLog):
             self._client.close()
 
     def store_id(self) -> str:
-        return read_store_id(self._client, self._prefix)
+        return self._identity.check(self._client)
 
     def append(self, events: builtins.list[Event]) -> builtins.list[int]:
         if not events:
             return []
         args = [part for event in events for part in (event.id, event_json(event))]
         keys = self._keys
-        reply = _APPEND(self._client, args, (keys.seq, keys.stream, keys.ids))
+        reply = _APPEND(self._client, args, (keys.seq, keys.stream, keys.ids), self._identity)
         return [int(offset) for offset in reply]
 
     def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
@@ -110,7 +119,7 @@ class RedisEventLog(EventLog):
     def commit(self, consumer: str, offset: int) -> None:
         require_consumer(consumer)
         require_count("offset", offset)
-        _COMMIT(self._client, [consumer, str(offset)], (self._keys.consumers,))
+        _COMMIT(self._client, [consumer, str(offset)], (self._keys.consumers,), self._identity)
 
     def committed(self, consumer: str) -> int:
         require_consumer(consumer)
@@ -126,8 +135,12 @@ class RedisEventLog(EventLog):
     def reset(self, consumer: str, offset: int = 0) -> None:
         require_consumer(consumer)
         require_count("offset", offset)
-        with translate_errors("resetting a consumer"):
-            self._client.hset(self._keys.consumers, consumer, str(offset))
+        guarded_write(
+            self._client,
+            self._identity,
+            "resetting a consumer",
+            lambda pipe: pipe.hset(self._keys.consumers, consumer, str(offset)),
+        )
 
     def forget(self, consumer: str) -> bool:
         require_consumer(consumer)
@@ -142,7 +155,7 @@ class RedisEventLog(EventLog):
         last = "+" if up_to is None else f"{up_to}-0"
         keys, dropped = (self._keys.stream, self._keys.ids), 0
         while True:  # in steps: a script holds up every other client while it runs
-            step = int(_TRIM(self._client, [str(keep), str(TRIM_STEP), last], keys))
+            step = int(_TRIM(self._client, [str(keep), str(TRIM_STEP), last], keys, self._identity))
             dropped += step
             if step < TRIM_STEP:
                 return dropped

@@ -20,7 +20,7 @@ from ...errors import NotFoundError, StoreError
 from ...models import AgentInfo, AgentStatus
 from ..base import AgentRegistry, require_count, require_id, status_for_load, ttl_seconds
 from ..keys import RegistryKeys
-from ._conn import DEFAULT_PREFIX, Script, now_arg, read_store_id, sync, text, translate_errors
+from ._conn import DEFAULT_PREFIX, Script, now_arg, open_identity, sync, text, translate_errors
 
 __all__ = ["RedisRegistry"]
 
@@ -79,13 +79,14 @@ class RedisRegistry(AgentRegistry):
         self._keys = RegistryKeys.under(require_id("prefix", prefix))
         self._clock = clock
         self._close_client = close_client
+        self._identity = open_identity(client, prefix)
 
     def close(self) -> None:
         if self._close_client:
             self._client.close()
 
     def store_id(self) -> str:
-        return read_store_id(self._client, self._prefix)
+        return self._identity.check(self._client)
 
     def register(self, info: AgentInfo) -> AgentInfo:
         require_id("agent id", info.id)
@@ -97,6 +98,7 @@ class RedisRegistry(AgentRegistry):
             self._client,
             [now, info.id, doc, str(info.current_load), str(info.max_load), status.value],
             keys=[k.agent(info.id), k.ids, k.beats],
+            identity=self._identity,
         )
         return info.model_copy(
             update={
@@ -109,7 +111,12 @@ class RedisRegistry(AgentRegistry):
 
     def deregister(self, agent_id: str) -> None:
         k = self._keys
-        removed = _DEREGISTER(self._client, [agent_id], keys=[k.agent(agent_id), k.ids, k.beats])
+        removed = _DEREGISTER(
+            self._client,
+            [agent_id],
+            keys=[k.agent(agent_id), k.ids, k.beats],
+            identity=self._identity,
+        )
         if not removed:
             raise _missing(agent_id)
 
@@ -148,6 +155,7 @@ class RedisRegistry(AgentRegistry):
             self._client,
             [now, agent_id, "" if load is None else str(load)],
             keys=[k.agent(agent_id), k.beats],
+            identity=self._identity,
         )
         if raw is None:
             raise _missing(agent_id)
@@ -157,7 +165,12 @@ class RedisRegistry(AgentRegistry):
         seconds = ttl_seconds(ttl)
         now, _at = now_arg(self._clock)
         k = self._keys
-        reaped = _REAP(self._client, [now, repr(seconds), k.agent_head], keys=[k.beats])
+        reaped = _REAP(
+            self._client,
+            [now, repr(seconds), k.agent_head],
+            keys=[k.beats],
+            identity=self._identity,
+        )
         return sorted(text(i) for i in reaped)
 
     def hold_lease(self, name: str, holder: str, ttl: float | timedelta) -> str:
@@ -166,8 +179,11 @@ class RedisRegistry(AgentRegistry):
         seconds = ttl_seconds(ttl)
         now, _at = now_arg(self._clock)
         key = self._keys.lease_head + name
-        return text(_LEASE(self._client, [now, holder, repr(seconds)], keys=[key]))
+        return text(
+            _LEASE(self._client, [now, holder, repr(seconds)], keys=[key], identity=self._identity)
+        )
 
     def drop_lease(self, name: str, holder: str) -> None:
         now, _at = now_arg(self._clock)
-        _LEASE(self._client, [now, holder, ""], keys=[self._keys.lease_head + name])
+        key = self._keys.lease_head + name
+        _LEASE(self._client, [now, holder, ""], keys=[key], identity=self._identity)

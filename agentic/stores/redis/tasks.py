@@ -33,7 +33,7 @@ from ._conn import (
     Script,
     connect,
     now_arg,
-    read_store_id,
+    open_identity,
     sync,
     text,
     translate_errors,
@@ -137,13 +137,14 @@ class RedisTaskStore(TaskStore):
         self._heads = [*self._keys.heads(), *logged]
         self._clock = clock
         self._close_client = close_client
+        self._identity = open_identity(client, prefix)
 
     def close(self) -> None:
         if self._close_client:
             self._client.close()
 
     def store_id(self) -> str:
-        return read_store_id(self._client, self._prefix)
+        return self._identity.check(self._client)
 
     def notices(self) -> Notices | None:
         return RedisNotices(self._client, self._prefix)
@@ -152,7 +153,7 @@ class RedisTaskStore(TaskStore):
         return RedisBuckets(self._client, self._prefix, self._clock)
 
     def _run(self, script: Script, *args: str) -> Any:
-        return script(self._client, [*self._heads, *args])
+        return script(self._client, [*self._heads, *args], identity=self._identity)
 
     def _now(self) -> str:
         return now_arg(self._clock)[0]

@@ -1,0 +1,310 @@
+"""Redis losing data under running stores: a FLUSHDB, a restart without persistence, a
+server that evicts keys when full.
+
+Every Redis store remembers the store id it found at open; every write checks it is
+still there (in the script it already runs, or a WATCH for the plain writes) and
+raises StoreLostError, writing nothing, when it is gone or replaced. Opening refuses
+a Redis whose ``maxmemory-policy`` evicts keys. Real-Redis tests here use a
+redis-server of their own (they flush, restart and reconfigure it); fakeredis plays
+a Redis 6, so the scripts' path (EVALSHA) is covered beside the Functions'.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from agentic._cli._common import other_store
+from agentic.client import TaskClient
+from agentic.errors import APIError, ConfigError, StoreLostError
+from agentic.events import Event
+from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
+from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
+from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog, TaskStore
+from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
+from agentic.stores.redis.tasks import RedisTaskStore
+from agentic.testing import running_server
+from tests.conftest import RedisServer, fake_redis_6, start_redis_server
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server these tests may flush and reconfigure (not the session's)."""
+    server = start_redis_server(tmp_path_factory.mktemp("redis-loss"))
+    yield server
+    server.process.terminate()
+    server.process.wait(10)
+
+
+@dataclass
+class Stores:
+    """One of each Redis store under one prefix, and a client of their server."""
+
+    client: Any
+    prefix: str
+    registry: AgentRegistry
+    quota: AllowanceStore
+    tasks: TaskStore
+    log: EventLog
+
+    def close(self) -> None:
+        for store in (self.registry, self.quota, self.tasks, self.log):
+            store.close()
+
+
+def _open(client: Any, prefix: str) -> Stores:
+    return Stores(
+        client,
+        prefix,
+        RedisRegistry(client, prefix=prefix),
+        RedisAllowanceStore(client, prefix=prefix),
+        RedisTaskStore(client, prefix=prefix),
+        RedisEventLog(client, prefix=prefix),
+    )
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+def stores(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    """Every Redis store under a fresh prefix: on the module's own redis-server
+    (Functions), then on a fakeredis Redis 6 (scripts); each working already."""
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("own_server")
+        client: Any = redis.Redis(port=server.port)
+    else:
+        client = fake_redis_6()
+    made = _open(client, f"t{uuid.uuid4().hex[:12]}")
+    made.registry.register(AgentInfo(id="a1", capabilities=["py"], max_load=2))
+    made.quota.set_allowance(AgentAllowance(agent_id="a1"))
+    made.quota.reserve("a1", "m", 10, "j1")
+    made.tasks.create(Task(id="t1", title="before"))
+    made.log.append([Event(type="agent_registered")])
+    yield made
+    made.close()
+    client.close()
+
+
+def _keys(stores: Stores) -> list[bytes]:
+    return sorted(stores.client.scan_iter(match=f"{stores.prefix}:*"))
+
+
+def _wipe(stores: Stores) -> None:
+    """What a FLUSHDB does to these stores (on the shared fakeredis and the module's
+    server alike: only this test's keys)."""
+    stores.client.delete(*_keys(stores))
+
+
+def test_writes_after_a_flush_raise_store_lost_and_write_nothing(stores: Stores) -> None:
+    """After the store is emptied under open stores, every write (reserve, settle,
+    claim, create, register, heartbeat, lease, event append, allowance set) raises
+    StoreLostError naming the id that is gone, and the store stays empty."""
+    seen = stores.tasks.store_id()
+    _wipe(stores)
+    writes = [
+        lambda: stores.quota.reserve("a1", "m", 10, "j2"),
+        lambda: stores.quota.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED),
+        lambda: stores.quota.get_usage("a1"),
+        lambda: stores.quota.set_allowance(AgentAllowance(agent_id="a1")),
+        lambda: stores.quota.set_model_quota(ModelQuota(model="m")),
+        lambda: stores.tasks.create(Task(id="t2", title="after")),
+        lambda: stores.tasks.claim("t1", "a1", 30),
+        stores.tasks.list,
+        stores.tasks.requeue_expired,
+        lambda: stores.registry.register(AgentInfo(id="a1", capabilities=["py"])),
+        lambda: stores.registry.heartbeat("a1"),
+        lambda: stores.registry.hold_lease("dispatcher", "me", 10),
+        lambda: stores.log.append([Event(type="agent_registered")]),
+        lambda: stores.log.commit("c", 1),
+        lambda: stores.log.reset("c"),
+        stores.tasks.store_id,
+    ]
+    for write in writes:
+        with pytest.raises(StoreLostError) as caught:
+            write()
+        message = str(caught.value)
+        assert f"emptied or replaced under this process (store id {seen} is gone" in message
+        assert "the store id key is gone" in message
+        assert "maxmemory-policy noeviction" in message
+    assert _keys(stores) == []
+
+
+def test_a_store_replaced_under_open_stores_is_named_and_left_alone(stores: Stores) -> None:
+    """A process opening the emptied store starts a new one (its own id) and works;
+    the stores opened before still refuse, naming both ids, and add nothing to it."""
+    seen = stores.quota.store_id()
+    _wipe(stores)
+    fresh = _open(stores.client, stores.prefix)
+    try:
+        new_id = fresh.tasks.store_id()
+        assert new_id != seen
+        fresh.quota.set_allowance(AgentAllowance(agent_id="a1"))
+        fresh.tasks.create(Task(id="t9", title="new"))
+        before = {key: stores.client.dump(key) for key in _keys(stores)}
+        with pytest.raises(StoreLostError, match=f"store id {seen} is gone: it now holds id"):
+            stores.quota.reserve("a1", "m", 10, "j2")
+        with pytest.raises(StoreLostError, match=new_id):
+            stores.tasks.claim("t9", "a1", 30)
+        assert {key: stores.client.dump(key) for key in _keys(stores)} == before
+        assert fresh.quota.reserve("a1", "m", 10, "j3").job_id == "j3"
+    finally:
+        fresh.close()
+
+
+def test_a_restart_without_persistence_is_noticed_after_functions_reload(
+    tmp_path: Path,
+) -> None:
+    """redis-server restarted empty (no RDB/AOF) under open stores: the next call
+    finds no function, loads it again, and then refuses (StoreLostError), writing
+    nothing; the Functions are back, the data is not."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    server = start_redis_server(tmp_path / "a")
+    url = f"{server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    quota = open_allowance_store(url)
+    tasks = open_task_store(url)
+    try:
+        quota.set_allowance(AgentAllowance(agent_id="a1"))
+        quota.reserve("a1", "m", 10, "j1")
+        tasks.create(Task(id="t1", title="before"))
+        server.process.terminate()
+        server.process.wait(10)
+        server = start_redis_server(tmp_path / "b", port=server.port)
+        for write in (
+            lambda: quota.reserve("a1", "m", 10, "j2"),
+            lambda: tasks.create(Task(id="t2", title="after")),
+        ):
+            with pytest.raises(StoreLostError, match="the store id key is gone"):
+                write()
+        client = redis.Redis(port=server.port)
+        assert client.keys("*") == []
+        assert client.function_list()  # reloaded: the refusal came from the script
+        client.close()
+    finally:
+        quota.close()
+        tasks.close()
+        server.process.terminate()
+        server.process.wait(10)
+
+
+def test_a_fresh_store_opens_and_every_reopen_keeps_its_id(stores: Stores) -> None:
+    """A prefix that never had an id opens (the first opener writes one); later
+    openers find the same id and their writes pass."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    first = _open(stores.client, prefix)
+    again = _open(stores.client, prefix)
+    try:
+        assert first.registry.store_id() == again.quota.store_id() == again.log.store_id()
+        again.tasks.create(Task(id="t1", title="x"))
+        assert first.tasks.claim("t1", "a1", 30).claimed_by == "a1"
+    finally:
+        first.close()
+        again.close()
+
+
+# --- maxmemory-policy ----------------------------------------------------------------
+
+
+@pytest.fixture
+def policy(own_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the module's server whose maxmemory settings the test changes; put
+    back as they were afterwards."""
+    client = redis.Redis(port=own_server.port, decode_responses=True)
+    saved = client.config_get("maxmemory*")
+    yield client
+    client.config_set("maxmemory", saved["maxmemory"])
+    client.config_set("maxmemory-policy", saved["maxmemory-policy"])
+    client.close()
+
+
+OPENERS = [open_registry, open_allowance_store, open_task_store, open_event_log]
+
+
+@pytest.mark.parametrize("evicting", ["allkeys-lru", "volatile-lru", "allkeys-random"])
+def test_an_evicting_policy_is_refused_at_open(
+    own_server: RedisServer, policy: redis.Redis, evicting: str
+) -> None:
+    """With maxmemory set and a policy that evicts keys, every opener refuses with a
+    ConfigError naming the setting and the fix, before writing anything."""
+    policy.config_set("maxmemory", "100mb")
+    policy.config_set("maxmemory-policy", evicting)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    for opener in OPENERS:
+        with pytest.raises(ConfigError) as caught:
+            opener(f"{own_server.url}?prefix={prefix}")
+        said = str(caught.value)
+        assert f"maxmemory-policy {evicting}" in said
+        assert "maxmemory-policy noeviction" in said
+        assert "over-spent" in said
+    assert policy.keys(f"{prefix}:*") == []
+
+
+@pytest.mark.parametrize(("maxmemory", "setting"), [("100mb", "noeviction"), ("0", "allkeys-lru")])
+def test_noeviction_or_no_maxmemory_opens(
+    own_server: RedisServer, policy: redis.Redis, maxmemory: str, setting: str
+) -> None:
+    """noeviction with a maxmemory, or an evicting policy with no maxmemory (Redis
+    never evicts then), opens every store."""
+    policy.config_set("maxmemory", maxmemory)
+    policy.config_set("maxmemory-policy", setting)
+    url = f"{own_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    for opener in OPENERS:
+        with opener(url) as store:
+            assert len(store.store_id()) == 32
+
+
+def test_a_user_refused_config_opens(own_server: RedisServer, policy: redis.Redis) -> None:
+    """A user whose ACL refuses CONFIG (as managed Redis often does) opens every store
+    without the check, even where the policy evicts: nothing can be said."""
+    policy.config_set("maxmemory", "100mb")
+    policy.config_set("maxmemory-policy", "allkeys-lru")
+    name = f"u{uuid.uuid4().hex[:8]}"
+    policy.acl_setuser(
+        name,
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-config"],
+    )
+    try:
+        url = f"redis://{name}:pw@127.0.0.1:{own_server.port}/0?prefix=t{uuid.uuid4().hex[:12]}"
+        for opener in OPENERS:
+            with opener(url) as store:
+                assert len(store.store_id()) == 32
+    finally:
+        policy.acl_deluser(name)
+
+
+# --- what the task API and status say ----------------------------------------------
+
+
+def test_the_task_api_and_status_say_the_store_was_lost(own_server: RedisServer) -> None:
+    """A server whose Redis store was emptied under it answers its health check and a
+    create with 503 saying the store was lost and what to do; status's comparison of
+    store ids reports it instead of "another store"."""
+    url = f"{own_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    with (
+        open_task_store(url) as tasks,
+        running_server(tasks, requeue_interval=None) as base,
+        TaskClient(base, "", retries=0) as api,
+    ):
+        seen = api.server_store_id()
+        assert seen == tasks.store_id()
+        client = redis.Redis(port=own_server.port)
+        client.delete(*client.keys(f"{url.rpartition('=')[2]}:*"))
+        client.close()
+        with open_registry(url) as reopened:  # as `agentic status` does: a new id
+            local_id = reopened.store_id()
+        for call in (api.server_store_id, lambda: api.create_task(Task(title="x"))):
+            with pytest.raises(APIError) as caught:
+                call()
+            assert caught.value.code == 503
+            assert "the task server's store was lost" in caught.value.message
+            assert f"store id {seen} is gone: it now holds id {local_id}" in caught.value.message
+        said = other_store(api, url, local_id)
+        assert said.startswith("HTTP 503: the task server's store was lost")
