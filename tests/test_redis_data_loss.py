@@ -12,7 +12,7 @@ a Redis 6, so the scripts' path (EVALSHA) is covered beside the Functions'.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,7 +105,7 @@ def test_writes_after_a_flush_raise_store_lost_and_write_nothing(stores: Stores)
     StoreLostError naming the id that is gone, and the store stays empty."""
     seen = stores.tasks.store_id()
     _wipe(stores)
-    writes = [
+    writes: list[Callable[[], object]] = [
         lambda: stores.quota.reserve("a1", "m", 10, "j2"),
         lambda: stores.quota.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED),
         lambda: stores.quota.get_usage("a1"),
@@ -210,10 +210,10 @@ def test_a_fresh_store_opens_and_every_reopen_keeps_its_id(stores: Stores) -> No
 
 
 @pytest.fixture
-def policy(own_server: RedisServer) -> Iterator[redis.Redis]:
+def policy(own_server: RedisServer) -> Iterator[Any]:
     """A client of the module's server whose maxmemory settings the test changes; put
     back as they were afterwards."""
-    client = redis.Redis(port=own_server.port, decode_responses=True)
+    client: Any = redis.Redis(port=own_server.port, decode_responses=True)
     saved = client.config_get("maxmemory*")
     yield client
     client.config_set("maxmemory", saved["maxmemory"])
@@ -221,12 +221,17 @@ def policy(own_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-OPENERS = [open_registry, open_allowance_store, open_task_store, open_event_log]
+OPENERS: list[Callable[[str], Any]] = [
+    open_registry,
+    open_allowance_store,
+    open_task_store,
+    open_event_log,
+]
 
 
 @pytest.mark.parametrize("evicting", ["allkeys-lru", "volatile-lru", "allkeys-random"])
 def test_an_evicting_policy_is_refused_at_open(
-    own_server: RedisServer, policy: redis.Redis, evicting: str
+    own_server: RedisServer, policy: Any, evicting: str
 ) -> None:
     """With maxmemory set and a policy that evicts keys, every opener refuses with a
     ConfigError naming the setting and the fix, before writing anything."""
@@ -245,7 +250,7 @@ def test_an_evicting_policy_is_refused_at_open(
 
 @pytest.mark.parametrize(("maxmemory", "setting"), [("100mb", "noeviction"), ("0", "allkeys-lru")])
 def test_noeviction_or_no_maxmemory_opens(
-    own_server: RedisServer, policy: redis.Redis, maxmemory: str, setting: str
+    own_server: RedisServer, policy: Any, maxmemory: str, setting: str
 ) -> None:
     """noeviction with a maxmemory, or an evicting policy with no maxmemory (Redis
     never evicts then), opens every store."""
@@ -257,7 +262,7 @@ def test_noeviction_or_no_maxmemory_opens(
             assert len(store.store_id()) == 32
 
 
-def test_a_user_refused_config_opens(own_server: RedisServer, policy: redis.Redis) -> None:
+def test_a_user_refused_config_opens(own_server: RedisServer, policy: Any) -> None:
     """A user whose ACL refuses CONFIG (as managed Redis often does) opens every store
     without the check, even where the policy evicts: nothing can be said."""
     policy.config_set("maxmemory", "100mb")
@@ -295,7 +300,7 @@ def test_the_task_api_and_status_say_the_store_was_lost(own_server: RedisServer)
     ):
         seen = api.server_store_id()
         assert seen == tasks.store_id()
-        client = redis.Redis(port=own_server.port)
+        client: Any = redis.Redis(port=own_server.port)
         client.delete(*client.keys(f"{url.rpartition('=')[2]}:*"))
         client.close()
         with open_registry(url) as reopened:  # as `agentic status` does: a new id
