@@ -32,6 +32,9 @@ from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import running_server
 from tests.conftest import RedisServer, fake_redis_6, start_redis_server
 
+# clean_environment is autouse in test_cli: imported here, it applies here too.
+from tests.test_cli import clean_environment, run, write_config  # noqa: F401
+
 
 @pytest.fixture(scope="module")
 def own_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
@@ -101,8 +104,9 @@ def _wipe(stores: Stores) -> None:
 
 def test_writes_after_a_flush_raise_store_lost_and_write_nothing(stores: Stores) -> None:
     """After the store is emptied under open stores, every write (reserve, settle,
-    claim, create, register, heartbeat, lease, event append, allowance set) raises
-    StoreLostError naming the id that is gone, and the store stays empty."""
+    claim, create, register, heartbeat, lease, event append, allowance set) and the
+    task reads that would answer "unknown" (get, counts, logs) raise StoreLostError
+    naming the id that is gone, and the store stays empty."""
     seen = stores.tasks.store_id()
     _wipe(stores)
     writes: list[Callable[[], object]] = [
@@ -121,6 +125,9 @@ def test_writes_after_a_flush_raise_store_lost_and_write_nothing(stores: Stores)
         lambda: stores.log.append([Event(type="agent_registered")]),
         lambda: stores.log.commit("c", 1),
         lambda: stores.log.reset("c"),
+        lambda: stores.tasks.get("t1"),
+        lambda: stores.tasks.logs("t1"),
+        stores.tasks.counts,
         stores.tasks.store_id,
     ]
     for write in writes:
@@ -288,7 +295,9 @@ def test_a_user_refused_config_opens(own_server: RedisServer, policy: Any) -> No
 # --- what the task API and status say ----------------------------------------------
 
 
-def test_the_task_api_and_status_say_the_store_was_lost(own_server: RedisServer) -> None:
+def test_the_task_api_and_status_say_the_store_was_lost(
+    own_server: RedisServer, tmp_path: Path
+) -> None:
     """A server whose Redis store was emptied under it answers its health check and a
     create with 503 saying the store was lost and what to do; status's comparison of
     store ids reports it instead of "another store"."""
@@ -312,4 +321,10 @@ def test_the_task_api_and_status_say_the_store_was_lost(own_server: RedisServer)
             assert "the task server's store was lost" in caught.value.message
             assert f"store id {seen} is gone: it now holds id {local_id}" in caught.value.message
         said = other_store(api, url, local_id)
-        assert said.startswith("HTTP 503: the task server's store was lost")
+        assert said.startswith("the task server's store was lost: the Redis store was emptied")
+        status = run("status", "--config", str(write_config(tmp_path / "c.yaml", base, url)))
+        assert status.exit_code == 1, status.output
+        told = " ".join(status.stderr.split())
+        assert "the task server's store was lost: the Redis store was emptied" in told
+        assert f"(store id {seen} is gone: it now holds id {local_id})" in told
+        assert "do not belong together" not in told

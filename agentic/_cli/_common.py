@@ -273,13 +273,17 @@ def redacted(url: str) -> str:
 
 #: how a mismatch involving a memory:// store begins (its message carries its own fix)
 PER_PROCESS = "a memory:// store is per-process"
+#: how the mismatches that carry their own fix begin (a server whose store was lost
+#: says so with :data:`STORE_LOST`)
+SAYS_ITS_FIX = (PER_PROCESS, STORE_LOST)
 
 
 def other_store(api: TaskClient, url: str, local_id: str) -> str:
     """What to say when the task server of ``api`` serves another store than ``url``
     (whose id is ``local_id``): a wrong --store or prefix. "" when they are the same,
     or either side cannot say (a health check that fails included), except that a
-    server whose store was emptied or replaced under it says so. When either is a
+    server whose store was emptied or replaced under it says so (its message, which
+    begins with ``STORE_LOST``). When either is a
     memory store (``memory:<random>``: no other process ever sees it) the message
     begins with :data:`PER_PROCESS` and says how to fix it."""
     if not local_id:
@@ -287,7 +291,7 @@ def other_store(api: TaskClient, url: str, local_id: str) -> str:
     try:
         served = api.server_store_id()
     except APIError as exc:
-        return str(exc) if exc.code == 503 and exc.message.startswith(STORE_LOST) else ""
+        return exc.message if exc.code == 503 and exc.message.startswith(STORE_LOST) else ""
     except AgenticError:
         return ""
     if not served or served == local_id:

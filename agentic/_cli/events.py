@@ -19,6 +19,7 @@ from typing import Annotated, Protocol
 
 import typer
 
+from .._client_wire import STORE_LOST
 from ..client import TaskClient
 from ..config import Config
 from ..errors import AgenticError, ConfigError, NotFoundError
@@ -303,6 +304,9 @@ def _same_store_as_server(cfg: Config, log: EventLog) -> None:
         return
     with TaskClient(cfg.base_url, cfg.token, timeout=_HEALTH_WAIT, retries=0) as api:
         mismatch = other_store(api, cfg.store_url, local)
+    if mismatch.startswith(STORE_LOST):  # its events went with its store
+        warn(mismatch)
+        raise typer.Exit(1)
     if mismatch.startswith(PER_PROCESS):  # none of the server's events can be here
         warn(f"{mismatch}; or read the server's events through it with --api")
         raise typer.Exit(1)

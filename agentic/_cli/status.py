@@ -33,7 +33,7 @@ from ..status import get_status
 from ..stores import open_allowance_store, open_registry
 from ..stores.base import DEFAULT_HEARTBEAT_TTL, AllowanceStore
 from ._common import (
-    PER_PROCESS,
+    SAYS_ITS_FIX,
     ConfigOption,
     JsonOption,
     StoreOption,
@@ -158,7 +158,7 @@ def collect(cfg: Config, api: TaskClient) -> Snapshot:
     else:
         snap.pending, snap.in_progress = counts.pending_tasks, counts.in_progress_tasks
         mismatch = other_store(api, registry_url, local_id)
-        if mismatch.startswith(PER_PROCESS):
+        if mismatch.startswith(SAYS_ITS_FIX):
             snap.warnings.append(mismatch)
         elif mismatch:  # its task counts and these agents would not belong together
             snap.warnings.append(

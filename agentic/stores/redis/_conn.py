@@ -342,6 +342,11 @@ class Identity:
         """The id, after checking that the store still has it (one ``GET``)."""
         with translate_errors("reading the store id"):
             found = sync(client.get(self.key))
+        return self.confirm(found)
+
+    def confirm(self, found: object) -> str:
+        """The id, when ``found`` (the id key's value, read with the caller's own
+        commands, in the same round trip) is still it; else StoreLostError."""
         if found is None or text(found) != self.value:
             raise lost_store(self.value, None if found is None else text(found))
         return self.value
@@ -415,9 +420,7 @@ def guarded_write(
     with translate_errors(action), client.pipeline(transaction=True) as pipe:
         try:
             cast(Any, pipe).watch(identity.key)
-            found = sync(pipe.get(identity.key))
-            if found is None or text(found) != identity.value:
-                raise lost_store(identity.value, None if found is None else text(found))
+            identity.confirm(pipe.get(identity.key))
             pipe.multi()
             write(pipe)
             pipe.execute()

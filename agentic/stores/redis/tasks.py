@@ -34,7 +34,6 @@ from ._conn import (
     connect,
     now_arg,
     open_identity,
-    sync,
     text,
     translate_errors,
 )
@@ -187,8 +186,14 @@ class RedisTaskStore(TaskStore):
         return _from_flat(reply[1])
 
     def get(self, task_id: str) -> Task:
+        # With the store id, in the same round trip: a task missing from a store
+        # emptied under this process is not "unknown" (a runner would drop its report).
         with translate_errors("get task"):
-            raw = sync(self._client.hgetall(self._keys.data(task_id)))
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hgetall(self._keys.data(task_id))
+            pipe.get(self._identity.key)
+            raw, found = pipe.execute()
+        self._identity.confirm(found)
         if not raw:
             raise _missing(task_id)
         return _task({text(k): text(v) for k, v in raw.items()})
@@ -236,7 +241,10 @@ class RedisTaskStore(TaskStore):
             for status in TaskStatus:
                 for rank in ranks:
                     pipe.zcard(f"{self._keys.status_head}{status.value}:{rank}")
-            sizes = iter(pipe.execute())
+            pipe.get(self._identity.key)
+            *counted, found = pipe.execute()
+        self._identity.confirm(found)
+        sizes = iter(counted)
         return {status: sum(int(next(sizes)) for _ in ranks) for status in TaskStatus}
 
     def claim(self, task_id: str, agent_id: str, lease_seconds: float, job_id: str = "") -> Task:
@@ -369,7 +377,9 @@ class RedisTaskStore(TaskStore):
             pipe = self._client.pipeline(transaction=True)
             pipe.exists(self._keys.data(task_id))
             pipe.lrange(self._keys.logs(task_id), offset, end)
-            exists, raw = pipe.execute()
+            pipe.get(self._identity.key)
+            exists, raw, found = pipe.execute()
+        self._identity.confirm(found)
         if not exists:
             raise _missing(task_id)
         # LRANGE offset offset-1 would mean "to the end" when offset is 0.
