@@ -204,7 +204,7 @@ class Script:
     FLUSH``) it is loaded and the call repeated.
 
     A guarded script (every store's; not the rate limiter's buckets) starts with
-    ``guard.lua``: its first key and argument are the store id key and the id the
+    ``guard.lua``: its first key is the store id key and its last argument the id the
     store saw at open (:class:`Identity`), and it fails with
     :class:`~agentic.errors.StoreLostError`, writing nothing, when the key is gone or
     holds another id. That is one ``GET`` inside the call, no round trip.
@@ -250,7 +250,7 @@ class Script:
         """Run the script; a guarded one is given the ``identity`` its store opened
         (the script checks that the store id is still there before anything else)."""
         if identity is not None and self.guarded:
-            keys, args = (identity.key, *keys), (identity.value, *args)
+            keys, args = (identity.key, *keys), (*args, identity.value)
         elif self.guarded or identity is not None:
             raise TypeError(f"{self.name}: an identity goes with a guarded script, and only")
         # Every store operation comes through here: a plain try costs nothing on
