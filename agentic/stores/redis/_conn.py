@@ -143,7 +143,7 @@ def _store_error(exc: redis.RedisError, action: str) -> StoreError:
     """The error to raise for a redis-py exception during ``action``."""
     if isinstance(exc, ResponseError) and str(exc).startswith(_LOST):
         seen, _, found = str(exc)[len(_LOST) :].partition(" ")
-        return lost_store(seen, found or None)
+        return _lost_store(seen, found or None)
     if isinstance(exc, PASSING):
         return StoreUnavailableError(f"Redis unavailable during {action}: {exc}")
     return StoreError(f"Redis failed during {action}: {exc}")
@@ -348,11 +348,11 @@ class Identity:
         """The id, when ``found`` (the id key's value, read with the caller's own
         commands, in the same round trip) is still it; else StoreLostError."""
         if found is None or text(found) != self.value:
-            raise lost_store(self.value, None if found is None else text(found))
+            raise _lost_store(self.value, None if found is None else text(found))
         return self.value
 
 
-def lost_store(seen: str, found: str | None) -> StoreLostError:
+def _lost_store(seen: str, found: str | None) -> StoreLostError:
     """The error for a store whose id ``seen`` at open is gone (``found`` None) or was
     replaced by ``found``."""
     now = "the store id key is gone" if found is None else f"it now holds id {found}"
@@ -367,11 +367,20 @@ def lost_store(seen: str, found: str | None) -> StoreLostError:
     )
 
 
-def open_identity(client: redis.Redis, prefix: str, address: str = "") -> Identity:
+def open_identity(client: redis.Redis, prefix: str, owned: bool) -> Identity:
     """What a Redis store does when it opens: refuse a server that evicts keys when
     full (:func:`_refuse_eviction`), and read the store id (written first when there
     is none: a new store), which the store's writes then check. One round trip when
-    the store has an id."""
+    the store has an id. A client the store ``owned`` is closed when this fails."""
+    try:
+        return _open_identity(client, prefix)
+    except BaseException:
+        if owned:
+            client.close()
+        raise
+
+
+def _open_identity(client: redis.Redis, prefix: str) -> Identity:
     key = store_id_key(prefix)
     pipe = client.pipeline(transaction=False)
     pipe.config_get("maxmemory*")
@@ -384,7 +393,7 @@ def open_identity(client: redis.Redis, prefix: str, address: str = "") -> Identi
         # Managed Redis often refuses CONFIG: nothing to check then.
         log.debug("cannot read Redis's maxmemory settings (%s); not checked", config)
     else:
-        _refuse_eviction(config, address or _client_address(client))
+        _refuse_eviction(config, _client_address(client))
     return Identity(key, text(found) if found is not None else read_store_id(client, prefix))
 
 
@@ -408,7 +417,8 @@ def _refuse_eviction(config: dict[str, str], address: str) -> None:
 
 def _client_address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
-    return f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+    path = kwargs.get("path")  # a unix socket
+    return str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
 def guarded_write(

@@ -137,7 +137,7 @@ class RedisAllowanceStore(AllowanceStore):
         self._fixed_offset = str(utc_offset(tz, 0.0)) if isinstance(tz, timezone) else None
         self._default_ttl = repr(float(reservation_ttl))
         self._close_client = close_client
-        self._identity = open_identity(client, prefix)
+        self._identity = open_identity(client, prefix, close_client)
 
     def close(self) -> None:
         if self._close_client:

@@ -61,7 +61,7 @@ class RedisEventLog(EventLog):
         self._prefix = prefix
         self._keys = EventLogKeys.under(require_id("prefix", prefix))
         self._close_client = close_client
-        self._identity = open_identity(client, prefix)
+        self._identity = open_identity(client, prefix, close_client)
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         #: seconds one XREAD BLOCK of :meth:`wait` lasts at most: the answer must come
         #: within the socket timeout, and Redis ends a block only on its next tick

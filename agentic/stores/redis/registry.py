@@ -79,7 +79,7 @@ class RedisRegistry(AgentRegistry):
         self._keys = RegistryKeys.under(require_id("prefix", prefix))
         self._clock = clock
         self._close_client = close_client
-        self._identity = open_identity(client, prefix)
+        self._identity = open_identity(client, prefix, close_client)
 
     def close(self) -> None:
         if self._close_client:

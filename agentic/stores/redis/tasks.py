@@ -136,7 +136,7 @@ class RedisTaskStore(TaskStore):
         self._heads = [*self._keys.heads(), *logged]
         self._clock = clock
         self._close_client = close_client
-        self._identity = open_identity(client, prefix)
+        self._identity = open_identity(client, prefix, close_client)
 
     def close(self) -> None:
         if self._close_client:
