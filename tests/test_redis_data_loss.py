@@ -162,6 +162,21 @@ def test_a_store_replaced_under_open_stores_is_named_and_left_alone(stores: Stor
         fresh.close()
 
 
+def test_a_store_restored_under_open_stores_goes_on(stores: Stores) -> None:
+    """Data put back after a wipe (a backup: the same store id) lets the stores opened
+    before go on where they were: the usage held before counts."""
+    backup = {key: (stores.client.dump(key), stores.client.pttl(key)) for key in _keys(stores)}
+    _wipe(stores)
+    with pytest.raises(StoreLostError):
+        stores.quota.reserve("a1", "m", 10, "j2")
+    for key, (value, ttl) in backup.items():
+        stores.client.restore(key, max(ttl, 0), value)
+    stores.quota.reserve("a1", "m", 10, "j2")
+    usage = stores.quota.get_usage("a1")
+    assert (usage.jobs_started, usage.tokens_reserved) == (2, 20)
+    assert stores.tasks.get("t1").title == "before"
+
+
 def test_a_restart_without_persistence_is_noticed_after_functions_reload(
     tmp_path: Path,
 ) -> None:
