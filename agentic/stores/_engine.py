@@ -61,12 +61,12 @@ from ..quota import (
 from .base import (
     AllowanceStore,
     Ending,
-    final_outcome,
     no_allowance,
     no_reservation,
     require_amount,
     require_id,
     require_valid,
+    settle_arguments,
 )
 
 __all__ = ["AgentRow", "EngineAllowanceStore", "Held", "ModelRow", "QuotaTx"]
@@ -506,12 +506,7 @@ class EngineAllowanceStore(AllowanceStore):
         model: str | None = None,
         task_id: str = "",
     ) -> Settlement:
-        require_id("job id", job_id)
-        require_amount("tokens_in", tokens_in)
-        require_amount("tokens_out", tokens_out)
-        if task_id != "":  # None included: a ConfigError before anything is charged
-            require_id("task id", task_id)
-        outcome = final_outcome(outcome)
+        outcome = settle_arguments(job_id, tokens_in, tokens_out, outcome, task_id)
         return self._end(job_id, tokens_in, tokens_out, outcome, agent_id, model, task_id=task_id)
 
     def unreserve(self, job_id: str) -> Settlement:

@@ -187,6 +187,19 @@ def require_amount(kind: str, value: int) -> int:
     return require_count(kind, value)
 
 
+def settle_arguments(
+    job_id: str, tokens_in: int, tokens_out: int, outcome: QuotaEvent | str, task_id: str
+) -> QuotaEvent:
+    """Check a settle's arguments before anything is charged (every store alike);
+    the outcome as a :class:`QuotaEvent` that can settle a job."""
+    require_id("job id", job_id)
+    require_amount("tokens_in", tokens_in)
+    require_amount("tokens_out", tokens_out)
+    if task_id != "":  # None included: a ConfigError before anything is charged
+        require_id("task id", task_id)
+    return final_outcome(outcome)
+
+
 def ttl_seconds(ttl: float | timedelta) -> float:
     """Seconds from a number or a timedelta; rejects negative values."""
     seconds = ttl.total_seconds() if isinstance(ttl, timedelta) else float(ttl)

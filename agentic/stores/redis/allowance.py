@@ -50,13 +50,13 @@ from ...quota import (
 from ..base import (
     AllowanceStore,
     Ending,
-    final_outcome,
     no_allowance,
     no_reservation,
     parse_stored,
     require_amount,
     require_id,
     require_valid,
+    settle_arguments,
 )
 from ..keys import EventLogKeys, QuotaKeys
 from ._conn import (
@@ -332,12 +332,7 @@ class RedisAllowanceStore(AllowanceStore):
         model: str | None = None,
         task_id: str = "",
     ) -> Settlement:
-        require_id("job id", job_id)
-        require_amount("tokens_in", tokens_in)
-        require_amount("tokens_out", tokens_out)
-        if task_id != "":  # None included: a ConfigError before anything is charged
-            require_id("task id", task_id)
-        outcome = final_outcome(outcome)
+        outcome = settle_arguments(job_id, tokens_in, tokens_out, outcome, task_id)
         owner, used = agent_id or "", model or ""
         return self._end(job_id, tokens_in, tokens_out, outcome, owner, used, task_id=task_id)
 
