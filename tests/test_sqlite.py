@@ -33,8 +33,10 @@ from agentic.stores import open_allowance_store, open_registry
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteRegistry
 from agentic.stores.sqlite._db import Database
 from agentic.stores.sqlite.allowance import MIGRATIONS as ALLOWANCE_MIGRATIONS
+from agentic.stores.sqlite.allowance import OLDEST as ALLOWANCE_OLDEST
 from agentic.stores.sqlite.registry import MIGRATIONS as REGISTRY_MIGRATIONS
 from agentic.stores.sqlite.tasks import MIGRATIONS as TASK_MIGRATIONS
+from agentic.stores.sqlite.tasks import OLDEST as TASK_OLDEST
 from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from agentic.testing import FakeClock
 
@@ -225,13 +227,94 @@ def test_migrations_are_recorded_once_per_component(tmp_path: Path) -> None:
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    """A file written by a newer agentic is refused with a ConfigError saying to upgrade."""
+    """A file written by a newer agentic that this one cannot use is refused with a
+    ConfigError saying to upgrade."""
     path = tmp_path / "a.db"
     SQLiteRegistry(path).close()
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE schema_version SET version = 99 WHERE component = 'registry'")
+        conn.execute("UPDATE schema_compat SET oldest = 99 WHERE component = 'registry'")
     with pytest.raises(ConfigError, match="upgrade agentic"):
         SQLiteRegistry(path)
+
+
+def newer_tasks_schema(path: Path, oldest: int | None) -> None:
+    """Make the file's task tables what a newer agentic would: one more step (a column
+    with a default) and, unless None, the oldest step count it says can use them."""
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("ALTER TABLE tasks ADD COLUMN later TEXT NOT NULL DEFAULT ''")
+        conn.execute(
+            "UPDATE schema_version SET version = ? WHERE component = 'tasks'",
+            (len(TASK_MIGRATIONS) + 1,),
+        )
+        if oldest is None:
+            conn.execute("DELETE FROM schema_compat WHERE component = 'tasks'")
+        else:
+            conn.execute("UPDATE schema_compat SET oldest = ? WHERE component = 'tasks'", (oldest,))
+
+
+def test_oldest_step_count_is_recorded(tmp_path: Path) -> None:
+    """Each component records the fewest schema steps a process must know to use it."""
+    path = tmp_path / "a.db"
+    SQLiteTaskStore(path).close()
+    SQLiteAllowanceStore(path).close()
+    SQLiteRegistry(path).close()
+    assert rows(path, "SELECT component, oldest FROM schema_compat ORDER BY 1") == [
+        ("allowance", ALLOWANCE_OLDEST),
+        ("registry", len(REGISTRY_MIGRATIONS)),
+        ("tasks", TASK_OLDEST),
+    ]
+
+
+def test_newer_schema_said_usable_is_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Tables a newer agentic upgraded, saying this one can still use them, are used
+    as they are (a process restarted mid-upgrade), with a warning; nothing is undone."""
+    path = tmp_path / "t.db"
+    SQLiteTaskStore(path).close()
+    newer_tasks_schema(path, oldest=len(TASK_MIGRATIONS))
+    with caplog.at_level(logging.WARNING, logger="agentic.stores"):
+        store = SQLiteTaskStore(path)
+    task = store.create(Task(title="t"))
+    store.claim(task.id, "a1", 30)
+    done = store.complete(task.id, TaskResult(success=True), "a1")
+    assert done.status == TaskStatus.COMPLETED
+    store.close()
+    said = [r.getMessage() for r in caplog.records if "newer than this agentic" in r.getMessage()]
+    assert len(said) == 1 and "upgrade this one soon" in said[0]
+    assert rows(path, "SELECT version FROM schema_version WHERE component = 'tasks'") == [
+        (len(TASK_MIGRATIONS) + 1,)
+    ]
+    assert rows(path, "SELECT later FROM tasks") == [("",)]
+
+
+@pytest.mark.parametrize("oldest", [None, len(TASK_MIGRATIONS) + 1])
+def test_newer_schema_not_said_usable_is_refused(tmp_path: Path, oldest: int | None) -> None:
+    """Tables a newer agentic upgraded are refused when it recorded no oldest step count
+    (an agentic before the record) or one past what this one knows, naming it."""
+    path = tmp_path / "t.db"
+    SQLiteTaskStore(path).close()
+    newer_tasks_schema(path, oldest)
+    needs = "" if oldest is None else f"need an agentic that knows {oldest}"
+    with pytest.raises(ConfigError, match=f"newer than this agentic knows.*{needs}"):
+        SQLiteTaskStore(path)
+
+
+def test_upgrade_in_place_warns_of_older_processes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Upgrading existing tables says so (an older agentic started on the file from
+    then on may refuse it); creating new ones or reopening says nothing."""
+    path = tmp_path / "t.db"
+    with caplog.at_level(logging.WARNING, logger="agentic.stores"):
+        SQLiteTaskStore(path).close()
+        SQLiteTaskStore(path).close()
+        assert not [r for r in caplog.records if "upgraded" in r.getMessage()]
+        downgrade_tasks(path, 2)
+        SQLiteTaskStore(path).close()
+    said = [r.getMessage() for r in caplog.records if "upgraded" in r.getMessage()]
+    assert len(said) == 1
+    assert f"tasks tables from schema version 2 to {len(TASK_MIGRATIONS)}" in said[0]
+    assert "older agentic started on this file from now on may refuse it" in said[0]
 
 
 # --- O(stale) / O(expired) ----------------------------------------------------------------

@@ -5,8 +5,11 @@ Every store opens a :class:`Database` on its file and uses it the same way:
 * ``Database(path, timeout)`` checks the path (creating its directory) and opens a
   connection in WAL mode, so readers never block the writer and several processes
   can share the file; ``synchronous=NORMAL`` (durable at checkpoints, never corrupt).
-* ``migrate(component, migrations)`` brings a component's tables up to date, once,
-  whatever the number of processes opening the file at the same time.
+* ``migrate(component, migrations, oldest)`` brings a component's tables up to date,
+  once, whatever the number of processes opening the file at the same time, and
+  records ``oldest``: the fewest steps a process must know to use the tables, so
+  that a process of an older agentic still opens a file a newer one upgraded when
+  the steps it does not know left the tables usable to it (a rolling upgrade).
 * ``transaction()`` is one ``BEGIN IMMEDIATE`` transaction: the write lock is taken
   up front, so two writers never both read then both write (the lost update), and a
   busy database is waited for (busy timeout, then retries) instead of failing at
@@ -148,11 +151,12 @@ class Database:
         timeout: float,
         component: str,
         migrations: Sequence[Migration],
+        oldest: int | None = None,
     ) -> Database:
         """A database with ``component``'s tables up to date (closed again on failure)."""
         db = cls(path, timeout)
         try:
-            db.migrate(component, migrations)
+            db.migrate(component, migrations, oldest)
         except BaseException:
             db.close()
             raise
@@ -314,30 +318,79 @@ class Database:
             row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
         return str(row[0])
 
-    def migrate(self, component: str, migrations: Sequence[Migration]) -> None:
-        """Apply the component's migrations not applied yet (version = count applied)."""
+    def migrate(
+        self, component: str, migrations: Sequence[Migration], oldest: int | None = None
+    ) -> None:
+        """Apply the component's migrations not applied yet (version = count applied).
+
+        ``oldest`` (default: all of them): the fewest of these steps a process must
+        know to use the tables, recorded beside the version for older processes to
+        read. Tables a newer agentic upgraded are used as they are when the oldest it
+        recorded is at most the steps known here, else refused."""
+        known = len(migrations)
         with self._opening(), self._immediate() as conn:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version"
                 " (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
+            # A table of its own, not a column of schema_version: agentic before it
+            # rewrites schema_version's rows (INSERT OR REPLACE) when it migrates.
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_compat"
+                " (component TEXT PRIMARY KEY, oldest INTEGER NOT NULL)"
+            )
             row = conn.execute(
                 "SELECT version FROM schema_version WHERE component = ?", (component,)
             ).fetchone()
             version = 0 if row is None else int(row[0])
-            if version > len(migrations):
-                raise ConfigError(
-                    f"SQLite store {str(self.path)!r}: the {component} tables are at schema"
-                    f" version {version}, newer than this agentic knows ({len(migrations)});"
-                    " upgrade agentic"
-                )
+            if version > known:
+                self._newer(conn, component, version, known)
+                return
             for statements in migrations[version:]:
                 for sql in statements:
                     conn.execute(sql)
             conn.execute(
                 "INSERT OR REPLACE INTO schema_version (component, version) VALUES (?, ?)",
-                (component, len(migrations)),
+                (component, known),
             )
+            conn.execute(
+                "INSERT OR REPLACE INTO schema_compat (component, oldest) VALUES (?, ?)",
+                (component, known if oldest is None else oldest),
+            )
+        if 0 < version < known:
+            # Said, since from now on an older agentic started on this file (a process
+            # restarted mid-upgrade, a rollback) may refuse it; running ones go on.
+            log.warning(
+                "SQLite store %r: upgraded the %s tables from schema version %d to %d;"
+                " an older agentic started on this file from now on may refuse it"
+                ' ("newer than this agentic knows"): upgrade every process that uses it',
+                str(self.path),
+                component,
+                version,
+                known,
+            )
+
+    def _newer(self, conn: sqlite3.Connection, component: str, version: int, known: int) -> None:
+        """Tables at ``version``, past the ``known`` steps: used as they are when the
+        agentic that upgraded them said this one can (with a warning), else refused."""
+        row = conn.execute(
+            "SELECT oldest FROM schema_compat WHERE component = ?", (component,)
+        ).fetchone()
+        where = f"SQLite store {str(self.path)!r}: the {component} tables are at schema version"
+        if row is None or int(row[0]) > known:
+            needs = "" if row is None else f", and need an agentic that knows {int(row[0])}"
+            raise ConfigError(
+                f"{where} {version}, newer than this agentic knows ({known}){needs};"
+                " upgrade agentic"
+            )
+        log.warning(
+            "%s %d, newer than this agentic knows (%d); the agentic that upgraded them"
+            " says one that knows %d can use them: going on, upgrade this one soon",
+            where,
+            version,
+            known,
+            int(row[0]),
+        )
 
 
 # Every open Database, so that a forked child drops its parent's connections.

@@ -88,6 +88,11 @@ MIGRATIONS: list[Migration] = [
     ),
 ]
 
+#: The fewest of the steps above a process must know to use the quota tables (see the
+#: task store's OLDEST): the fourth step's ttl column defaults to 0, which extend
+#: reads as the store's reservation_ttl, so a process before it still reserves.
+OLDEST = 3
+
 _HELD = "job_id, agent_id, model, tokens, cost, created_at, expires_at, ttl"
 
 
@@ -297,7 +302,7 @@ class SQLiteAllowanceStore(EngineAllowanceStore):
         record_events: bool = False,
     ) -> None:
         super().__init__(clock=clock, tz=tz, reservation_ttl=reservation_ttl)
-        self._db = Database.open(path, timeout, "allowance", MIGRATIONS)
+        self._db = Database.open(path, timeout, "allowance", MIGRATIONS, OLDEST)
         # Each settle's usage goes to this file's event log, in the settle's
         # transaction (the log's tables made here when the log was never opened).
         self._record_events = record_events

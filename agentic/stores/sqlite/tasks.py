@@ -137,6 +137,14 @@ MIGRATIONS: list[Migration] = [
     ),
 ]
 
+#: The fewest of the steps above a process must know to use the task tables (recorded
+#: in the file for older processes, Database.migrate). Every step since the second
+#: leaves them usable to one that does not know it: new columns with defaults, an
+#: index, triggers that keep the waiting flag for any writer. A step that an older
+#: process would get wrong (a column it must write, a meaning changed) raises it to
+#: the new count.
+OLDEST = 2
+
 # Derived from the model so that a field added to Task without a migration fails
 # loudly (no such column) instead of being dropped silently.
 _FIELDS = tuple(Task.model_fields)
@@ -224,7 +232,7 @@ class SQLiteTaskStore(TaskStore):
         record_events: bool = False,
     ) -> None:
         self._clock = clock
-        self._db = Database.open(path, timeout, "tasks", MIGRATIONS)
+        self._db = Database.open(path, timeout, "tasks", MIGRATIONS, OLDEST)
         # The lifecycle of tasks goes to this file's event log, in the transaction of
         # each change (the log's tables made here when the log was never opened).
         self._record_events = record_events
