@@ -31,6 +31,15 @@ log = logging.getLogger("agentic.dispatcher")
 
 _FATE = {True: "it was made", False: "withdrawn, its reservation goes back"}
 
+# The fencing a dispatcher relies on and what a task API without it leaves open (an
+# older agentic server mid-upgrade, or go-agentic's), said when the features are read.
+_FENCING = {
+    "claim_fencing": "a claim whose answer was lost is settled by reading the task back,"
+    " which cannot see a claim still on its way",
+    "update_fencing": "a failure recorded may land on a task failed and retried since it"
+    " was listed (taking the previous run's retry count)",
+}
+
 
 def maybe_made(error: Exception) -> bool:
     """Whether a claim that failed with ``error`` may still have been made."""
@@ -48,6 +57,7 @@ class ServerFeatures:
 
     def __init__(self) -> None:
         self._known: frozenset[str] | None = None
+        self._unfenced: list[str] = []  # the fencing last said missing
 
     def has(self, client: TaskClient, feature: str) -> bool | None:
         """Whether the task API lists ``feature``, asked when not known; None when
@@ -58,7 +68,21 @@ class ServerFeatures:
             except Exception as exc:
                 log.debug("could not read the task API's features: %s", exc)
                 return None
+            self._say_unfenced(client.base_url, self._known)
         return feature in self._known
+
+    def _say_unfenced(self, where: str, known: frozenset[str]) -> None:
+        """Warn of the fencing the task API lacks, once for each change of it."""
+        missing = [feature for feature in _FENCING if feature not in known]
+        if missing and missing != self._unfenced:
+            log.warning(
+                "the task API at %s does not list %s (an older agentic server, or"
+                " go-agentic's): %s. Upgrade the server.",
+                where,
+                " or ".join(missing),
+                "; ".join(_FENCING[feature] for feature in missing),
+            )
+        self._unfenced = missing
 
     def known(self, feature: str) -> bool | None:
         """Whether the task API lists ``feature``, without asking; None while not known."""

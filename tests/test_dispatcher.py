@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agentic._client_wire import FEATURES
 from agentic.allowance import AllowanceService
 from agentic.client import Claim, TaskClient
 from agentic.dispatcher import LEASE, Dispatcher, DispatchReport
@@ -381,6 +382,29 @@ def test_against_a_server_without_update_fencing_a_failure_is_recorded_as_before
     assert task.id in report.failed
     assert system.tasks.get(task.id).retry_count == 1
     assert system.dispatcher.errors == 1
+
+
+def test_a_server_without_fencing_is_named_once(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dispatcher warns, once, of the fencing the task API does not list (an older
+    server mid-upgrade: the races they close stay open), and not when it lists them."""
+    system.agent("a")
+    client = system.dispatcher.client
+    client.server_features = lambda: frozenset({"list_pages"})  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="agentic.dispatcher"):
+        system.dispatcher.run_once()
+        system.dispatcher._features.forget()  # read again: the same answer is not said again
+        system.dispatcher.run_once()
+    said = [r.getMessage() for r in caplog.records if "does not list" in r.getMessage()]
+    assert len(said) == 1
+    assert "claim_fencing or update_fencing" in said[0] and "Upgrade the server" in said[0]
+    client.server_features = lambda: frozenset(FEATURES)  # type: ignore[method-assign]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="agentic.dispatcher"):
+        system.dispatcher._features.forget()
+        system.dispatcher.run_once()
+    assert not [r for r in caplog.records if "does not list" in r.getMessage()]
 
 
 def test_a_server_that_lost_update_fencing_since_is_asked_again(system: System) -> None:
