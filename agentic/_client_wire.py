@@ -15,11 +15,11 @@ from urllib.parse import quote
 from urllib.request import getproxies
 
 import httpx
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError, field_validator
 
 from .errors import APIError, ConfigError, ConflictError, NotFoundError
 from .events import Event
-from .models import Priority, Task, TaskStatus
+from .models import STORED, Priority, Task, TaskStatus
 from .retry import RetryPolicy, parse_retry_after
 from .stores.base import LoggedEvent, require_id
 
@@ -134,6 +134,12 @@ class _Retried(BaseModel):
 class _LoggedEvent(BaseModel):
     offset: int
     event: Event
+
+    @field_validator("event", mode="before")
+    @classmethod
+    def _as_stored(cls, value: object) -> object:
+        # Read from the server's log: a type a newer agentic added is read as written.
+        return value if isinstance(value, Event) else Event.model_validate(value, context=STORED)
 
 
 class _EventPage(BaseModel):

@@ -36,6 +36,7 @@ runner: :func:`transition_id`), with a ``source`` of its own each.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from abc import ABC, abstractmethod
@@ -47,7 +48,14 @@ from functools import partial
 from types import TracebackType
 from typing import Any, Self
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from .errors import ConfigError
 from .models import utcnow
@@ -90,6 +98,19 @@ class EventType(StrEnum):
     AGENT_REGISTERED = "agent_registered"
     AGENT_OFFLINE = "agent_offline"
 
+    @classmethod
+    def later(cls, value: str) -> EventType:
+        """A type this version does not know, as a newer one wrote it: equal to
+        ``value`` (a string), never to a member of this version."""
+        member = str.__new__(cls, value)
+        member._name_ = value.upper()
+        member._value_ = value
+        return member
+
+
+# What a type written by a newer agentic looks like (anything else is damage).
+_LATER_TYPE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
 
 class Event(BaseModel):
     """One lifecycle event. ``time`` is UTC; go-agentic's ``timestamp`` is accepted.
@@ -111,6 +132,18 @@ class Event(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     correlation_id: str = ""
     causation_id: str = ""
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _later_type(cls, value: object, info: ValidationInfo) -> object:
+        """Read back from a log (``models.STORED``), a type this version does not
+        know is one a newer agentic added (a rolling upgrade): the event is read with
+        it, for readers to pass over, not taken for damage that stops every reader.
+        Events made here keep to this version's types."""
+        stored = isinstance(info.context, dict) and info.context.get("stored")
+        if not (stored and isinstance(value, str) and _LATER_TYPE.fullmatch(value)):
+            return value
+        return EventType._value2member_map_.get(value) or EventType.later(value)
 
     @field_validator("time")
     @classmethod

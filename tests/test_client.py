@@ -374,6 +374,18 @@ def test_read_events_pages_the_servers_log(client: TaskClient, mock: respx.MockR
     assert route.call_count == 1
 
 
+def test_read_events_takes_a_type_a_newer_server_added(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """An event of a type this version does not know (a newer server's log) is read
+    with its type as written, not taken for an unexpected answer."""
+    event = {"id": "e1", "type": "task_paused", "time": "2026-01-02T03:04:05Z"}
+    mock.get("/api/events").respond(
+        200, json={"events": [{"offset": 4, "event": event}], "last_offset": 4}
+    )
+    assert [e.event.type for e in client.read_events().events] == ["task_paused"]
+
+
 def test_job_id_fences_complete_release_and_renew(
     client: TaskClient, mock: respx.MockRouter
 ) -> None:

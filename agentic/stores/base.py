@@ -784,7 +784,7 @@ def parse_events(rows: Iterable[tuple[int, str | bytes]], where: str) -> list[Lo
     out: list[LoggedEvent] = []
     for offset, body in rows:
         try:
-            out.append(LoggedEvent(offset, Event.model_validate_json(body)))
+            out.append(LoggedEvent(offset, Event.model_validate_json(body, context=STORED)))
         except ValidationError as exc:
             if out:
                 break  # the good events first; the next read starts at the bad one
@@ -808,8 +808,9 @@ class EventLog(Closeable):
       retried append adds nothing twice). An event whose payload is not JSON is a
       :class:`~agentic.errors.ConfigError` and nothing is appended.
     * ``read(after=0, limit=100)``: the events with an offset above ``after``, oldest
-      first, at most ``limit``. An entry that cannot be read (written by a newer
-      version, or damaged) ends the page: the events before it are returned, and a
+      first, at most ``limit``. An event of a type a newer version added is read with
+      its type as written (``EventType.later``). An entry that cannot be read
+      otherwise (damaged) ends the page: the events before it are returned, and a
       read that starts at it raises :class:`~agentic.errors.StoreError` naming its
       offset, so nothing is skipped in silence.
     * ``last_offset()``: the offset of the newest event ever appended (0 for none).
