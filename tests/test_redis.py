@@ -248,6 +248,21 @@ def test_tasks_stored_before_the_lease_length_read_and_renew(
     assert store.renew(task.id, "a1", 45).lease_seconds == 45.0
 
 
+def test_dead_letters_stored_before_reruns_read_and_retry(client: redis.Redis, prefix: str) -> None:
+    """A dead letter stored without reruns (a hash of a version before retries, which a
+    rolling upgrade keeps) reads as never retried, and its retry runs it again once."""
+    store = RedisTaskStore(client, prefix=prefix, clock=FakeClock())
+    task = store.create(Task(title="t", max_retries=0))
+    store.claim(task.id, "a1", 30, "j1")
+    store.complete(task.id, TaskResult(success=False), "a1", job_id="j1")
+    client.hdel(TaskKeys.under(prefix).data(task.id), "reruns")
+    assert (store.get(task.id).status, store.get(task.id).reruns) == (TaskStatus.FAILED, 0)
+    again = store.retry(task.id, reruns=0)
+    assert (again.task.status, again.task.reruns, again.repeated) == (TaskStatus.PENDING, 1, False)
+    assert store.retry(task.id, reruns=0).repeated
+    assert store.claim(task.id, "a1", 30, "j2").status == TaskStatus.IN_PROGRESS
+
+
 def _created(store: RedisTaskStore, clock: FakeClock, count: int, **fields: Any) -> list[Task]:
     """``count`` tasks, a second apart (so list order is creation order)."""
     made = []
