@@ -584,8 +584,9 @@ class AgentRunner:
         if not attempt.take():
             return
         task = attempt.task
+        unreported = attempt.stop_kind in (Stop.DISPLACED, Stop.LAPSED) or self._no_id()
         try:
-            if attempt.stop_kind in (Stop.DISPLACED, Stop.LAPSED) or self._no_id():
+            if unreported:
                 # The runner that took (or may take) the id runs the task now (same
                 # claim, same job id): its report and its settle are the ones that
                 # count; a settle here would make its own a duplicate, charging nothing
@@ -615,12 +616,9 @@ class AgentRunner:
                 self._count_report(outcome.report)
                 if outcome.report in _EVENTS:
                     self._emit(_EVENTS[outcome.report], task, {"reason": outcome.reason})
-            log.info(
-                "task %s: %s%s",
-                task.id,
-                outcome.report.value if delivered else "report not delivered",
-                f" ({outcome.reason})" if outcome.reason else "",
-            )
+            said = outcome.report.value if delivered else "report not delivered"
+            why = f" ({outcome.reason})" if outcome.reason else ""
+            log.info("task %s: %s%s", task.id, said, why)
         finally:
             if attempt.ctx.journal is not None:
                 attempt.ctx.journal.close()
@@ -628,6 +626,8 @@ class AgentRunner:
                 if self._attempts.get(task.id) is attempt:
                     del self._attempts[task.id]
                 self._changed.notify_all()
+            if unreported and not self._no_id():  # the lapse ended before this run did:
+                self._resume()  # the resume's reading of the job files skipped its file
             self._wake.set()
 
     def _pace(self, outcome: Outcome) -> None:
