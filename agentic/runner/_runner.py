@@ -584,15 +584,16 @@ class AgentRunner:
         if not attempt.take():
             return
         task = attempt.task
+        if attempt.stop_kind not in (Stop.DISPLACED, Stop.LAPSED) and self.lapsed:
+            self.id_watch.renewed_since(None)  # due to lapse, not lapsed (frozen): ask first
         unreported = attempt.stop_kind in (Stop.DISPLACED, Stop.LAPSED) or self._no_id()
         try:
             if unreported:
                 # The runner that took (or may take) the id runs the task now (same
-                # claim, same job id): its report and its settle are the ones that
-                # count; a settle here would make its own a duplicate, charging nothing
-                # of its run. (Also when the attempt was stopping for another reason
-                # already: a timeout or a shutdown keeps its stop kind, the first one.)
-                # Forgotten: the id still ours after a lapse, the poll takes it up again.
+                # claim, same job id): its settle and report count, a settle here would
+                # make its own a duplicate (also when stopping for another reason already:
+                # a timeout or a shutdown keeps its stop kind, the first one). Forgotten:
+                # the id still ours after a lapse, the poll takes it up again.
                 log.info("task %s: not reported (the agent id lease lapsed or was taken)", task.id)
                 with self._lock:
                     self._seen.pop(attempt.key, None)
