@@ -623,12 +623,12 @@ class AgentRunner:
         finally:
             if attempt.ctx.journal is not None:
                 attempt.ctx.journal.close()
+            if unreported and not self._no_id():  # the lapse ended before this run did:
+                self._resume()  # the resume's reading skipped its file (held then)
             with self._lock:
                 if self._attempts.get(task.id) is attempt:
                     del self._attempts[task.id]
                 self._changed.notify_all()
-            if unreported and not self._no_id():  # the lapse ended before this run did:
-                self._resume()  # the resume's reading of the job files skipped its file
             self._wake.set()
 
     def _pace(self, outcome: Outcome) -> None:
