@@ -48,6 +48,9 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+#: the steps that admit work: a store failure in one refuses work (fails closed)
+_ADMITTING = frozenset({"check", "reserve", "usages"})
+
 
 class AllowanceService:
     """Quota enforcement over an :class:`AllowanceStore`."""
@@ -227,6 +230,10 @@ class AllowanceService:
         with self._lock:
             self.store_failures += 1
         if not self.fail_open:
+            if operation not in _ADMITTING:  # refuses no work: its caller retries or says so
+                raise StoreUnavailableError(
+                    f"quota store failed during {operation}: {exc}"
+                ) from exc
             raise StoreUnavailableError(
                 f"quota store failed during {operation} ({exc}); refusing work because the"
                 " service fails closed. Fix the store, or set dispatcher.fail_open to accept"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from pydantic import ValidationError
 
@@ -268,6 +270,27 @@ def test_unreachable_store_fails_closed() -> None:
     with pytest.raises(StoreUnavailableError):
         svc.withdraw("j1")
     assert svc.store_failures == 6
+
+
+def test_a_store_failure_outside_admission_gives_no_fail_open_advice() -> None:
+    """A failed settle, extend, unreserve or withdraw says what failed, without the
+    admission's "refusing work ... set dispatcher.fail_open" (it refuses no work; a
+    runner's settle is retried either way), which an operator's trial read during a
+    locked SQLite file on every agent's retried settle."""
+    svc = AllowanceService(BrokenStore())
+    failing: dict[str, Callable[[], object]] = {
+        "settle": lambda: svc.settle("j1", 1, 1, QuotaEvent.JOB_COMPLETED),
+        "extend": lambda: svc.extend("j1"),
+        "unreserve": lambda: svc.unreserve("j1"),
+        "withdraw": lambda: svc.withdraw("j1"),
+    }
+    for operation, call in failing.items():
+        with pytest.raises(StoreUnavailableError) as raised:
+            call()
+        said = str(raised.value)
+        assert said == f"quota store failed during {operation}: connection refused"
+    with pytest.raises(StoreUnavailableError, match=r"refusing work.*fail_open"):
+        svc.reserve("a1", "", 1, "j2")
 
 
 def test_unreachable_store_can_fail_open() -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -558,6 +559,30 @@ def test_a_422_from_the_server_is_a_usage_error(system: System) -> None:
     assert message.startswith("error: HTTP 422:") and "ghost" in message
     no_traceback(result)
     assert system.tasks.list() == []
+
+
+def test_a_503_says_what_the_store_said(tmp_path: Path) -> None:
+    """A task API whose store fails (here a SQLite file another process holds locked)
+    answers 503; the command's error says the store's own reason, not only "the task
+    store is unavailable" (an operator's trial: a full disk read the same as a lock)."""
+    path = tmp_path / "locked.db"
+    url = "sqlite:///" + path.as_posix().lstrip("/") + "?timeout=0.05"
+    with open_task_store(url) as tasks, running_server(tasks, requeue_interval=None) as base:
+        config = write_config(tmp_path / "agentic.yaml", base, url)
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            result = run("cancel", "nope", "--config", str(config))
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    assert result.exit_code == 1, result.output
+    # (The in-process server's own log may precede it on the captured stderr.)
+    said = " ".join(result.stderr.split())
+    message = said[said.index("error: HTTP 503: ") :]
+    assert message.startswith("error: HTTP 503: the task store is unavailable (")
+    assert "locked by another connection" in message
+    assert isinstance(result.exception, SystemExit)
 
 
 def test_negative_numbers_are_values_not_options(system: System) -> None:

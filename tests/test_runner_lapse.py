@@ -23,8 +23,8 @@ import pytest
 from agentic.allowance import AllowanceService
 from agentic.errors import StoreUnavailableError
 from agentic.events import EventType
-from agentic.models import AgentInfo, AgentStatus, Task, TaskStatus
-from agentic.runner import Handler, TaskCancelled, TaskContext
+from agentic.models import AgentInfo, AgentStatus, Task, TaskStatus, TaskUpdate
+from agentic.runner import AgentRunner, Handler, TaskCancelled, TaskContext
 from agentic.runner._idwatch import lapse_margin, runner_id_lease
 from agentic.stores import open_registry
 from agentic.stores.base import AgentRegistry
@@ -341,3 +341,37 @@ def test_load_changes_more_often_than_a_heartbeat_do_not_lapse_the_id_lease(
         if not runner.lapsed:
             assert system.finished(system.submit().id).status is TaskStatus.COMPLETED
     assert runner.id_watch.lapses == 0 and not runner.lapsed
+
+
+def test_a_lapse_ended_before_its_cancelled_run_stopped_still_settles_that_run(
+    system: System,
+) -> None:
+    """A lapse whose renewal lands before its cancelled run has stopped (a runner
+    frozen past its lease, then resumed: both at once): once the run stops and its
+    claim has ended meanwhile, its recorded tokens are settled (as failed) while the
+    runner runs on, not left uncharged until the agent starts again."""
+    system.registry = registry = OutageRegistry()
+    system.dispatcher.registry = registry
+    runner: list[AgentRunner] = []
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        ctx.usage("m", 100, 50)
+        ctx.cancel_event.wait(10)
+        # Cancelled by the lapse: the registry is back, the lapse ends before this
+        # run stops, and the task's claim ended meanwhile (an operator's cancel).
+        registry.down.clear()
+        wait_for(lambda: not runner[0].lapsed, timeout=2)
+        system.client.update_task(task.id, TaskUpdate(status=TaskStatus.FAILED, fail_reason="x"))
+        raise TaskCancelled(ctx.cancel_reason)
+
+    runner.append(system.started(handler, id_lease=3.0, cancel_grace=1.0))
+    task = system.submit("frozen")
+    wait_for(lambda: runner[0].load == 1)
+    registry.down.set()
+    wait_for(lambda: runner[0].id_watch.lapses == 1, timeout=4)
+    wait_for(lambda: runner[0].load == 0, timeout=4)
+    assert system.tasks.get(task.id).status is TaskStatus.FAILED
+    # Failed: half of what it recorded, and its reservation given back.
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 75, timeout=3)
+    assert system.quota.get_usage(AGENT).active_jobs == 0
+    assert runner[0].recovery is not None and not runner[0].recovery.pending

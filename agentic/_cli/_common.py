@@ -111,14 +111,17 @@ def handled(fn: Callable[P, R]) -> Callable[P, R]:
             raise fail(str(exc), EXIT_USAGE) from None
         except AgenticError as exc:
             if isinstance(exc, APIError) and exc.code == 422:  # input the server refused
-                raise fail(_refusal(exc), EXIT_USAGE) from None
+                raise fail(_with_details(exc), EXIT_USAGE) from None
+            if isinstance(exc, APIError) and exc.code == 503:  # why: a full disk, a lock
+                raise fail(_with_details(exc)) from None
             raise fail(str(exc) + _hint(exc)) from None
 
     return wrapper
 
 
-def _refusal(exc: APIError) -> str:
-    """A 422's text: the server's message, and its details when they add to it."""
+def _with_details(exc: APIError) -> str:
+    """A 422's or a 503's text: the server's message, and its details when they add
+    to it (what was refused; what the store said)."""
     details = exc.details if isinstance(exc.details, str) else ""
     return f"{exc} ({details})" if details and details not in exc.message else str(exc)
 

@@ -15,6 +15,11 @@ clock that drifts or steps, a thread that wakes late). The lease a runner asks f
 is lengthened when needed so that the time before a lapse still spans three
 heartbeats (one renewal that fails never lapses it).
 
+A watch that wakes late (more than ``_LATE`` past its due time: the process was
+frozen or starved, no renewal was even tried) asks the registry before lapsing: the
+id still this runner's, nothing is cancelled (the runs that ended meanwhile are
+reported, not run again).
+
 A renewal that lands again ends the lapse (nobody took the id meanwhile): the runner
 takes work again, and the claims still held for its agent id are taken up again by
 its poll, as a restarted runner takes them. A renewal that finds another holder
@@ -42,6 +47,9 @@ _SAFETY = 1.0
 _SAFETY_SHARE = 0.1
 #: heartbeats (renewals) the time before a lapse spans at least
 _BEATS_BEFORE_LAPSE = 3
+#: seconds past its due time after which the watch woke late: it asks the registry
+#: before lapsing (see IdWatch.renewed_since)
+_LATE = 1.0
 
 
 def lapse_margin(ttl: float, cancel_grace: float) -> float:
@@ -168,8 +176,22 @@ class IdWatch:
                         break
                     wait = None if due is None or self.lapsed.is_set() else due - now
                     self._changed.wait(wait)
-            assert renewed is not None  # a due time was found
+            assert renewed is not None and due is not None  # a due time was found
+            if now - due > _LATE and self.renewed_since(renewed):
+                continue  # woke late (the process frozen or starved): the id is still ours
             self._lapse(renewed, now)
+
+    def renewed_since(self, renewed: float | None) -> bool:
+        """Ask the registry once whether the id is still this runner's (a renewal):
+        True when a renewal landed since ``renewed``, or the runner was displaced (the
+        displacement decided). For a runner that was frozen (SIGSTOP, a suspended
+        machine) past the lapse: no renewal was even tried, nothing shows the registry
+        out of reach, and a lapse on waking would come too late to keep a twin from
+        running its tasks anyway; it would only throw away the runs that ended
+        meanwhile and run them again."""
+        if not self._closed:
+            self.renew()
+        return self._closed or self.lease.renewed_at != renewed
 
     def close(self) -> None:
         """Stop watching (the runner stops, or was displaced)."""

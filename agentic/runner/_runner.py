@@ -582,14 +582,16 @@ class AgentRunner:
         if not attempt.take():
             return
         task = attempt.task
+        if attempt.stop_kind not in (Stop.DISPLACED, Stop.LAPSED) and self.lapsed:
+            self.id_watch.renewed_since(None)  # due to lapse, not lapsed (frozen): ask first
+        unreported = attempt.stop_kind in (Stop.DISPLACED, Stop.LAPSED) or self._no_id()
         try:
-            if attempt.stop_kind in (Stop.DISPLACED, Stop.LAPSED) or self._no_id():
+            if unreported:
                 # The runner that took (or may take) the id runs the task now (same
-                # claim, same job id): its report and its settle are the ones that
-                # count; a settle here would make its own a duplicate, charging nothing
-                # of its run. (Also when the attempt was stopping for another reason
-                # already: a timeout or a shutdown keeps its stop kind, the first one.)
-                # Forgotten: the id still ours after a lapse, the poll takes it up again.
+                # claim, same job id): its settle and report count, a settle here would
+                # make its own a duplicate (also when stopping for another reason already:
+                # a timeout or a shutdown keeps its stop kind, the first one). Forgotten:
+                # the id still ours after a lapse, the poll takes it up again.
                 log.info("task %s: not reported (the agent id lease lapsed or was taken)", task.id)
                 with self._lock:
                     self._seen.pop(attempt.key, None)
@@ -613,15 +615,14 @@ class AgentRunner:
                 self._count_report(outcome.report)
                 if outcome.report in _EVENTS:
                     self._emit(_EVENTS[outcome.report], task, {"reason": outcome.reason})
-            log.info(
-                "task %s: %s%s",
-                task.id,
-                outcome.report.value if delivered else "report not delivered",
-                f" ({outcome.reason})" if outcome.reason else "",
-            )
+            said = outcome.report.value if delivered else "report not delivered"
+            why = f" ({outcome.reason})" if outcome.reason else ""
+            log.info("task %s: %s%s", task.id, said, why)
         finally:
             if attempt.ctx.journal is not None:
                 attempt.ctx.journal.close()
+            if unreported and not self._no_id():  # the lapse ended before this run did:
+                self._resume()  # the resume's reading skipped its file (held then)
             with self._lock:
                 if self._attempts.get(task.id) is attempt:
                     del self._attempts[task.id]
