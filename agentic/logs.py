@@ -110,7 +110,10 @@ def stream_logs(
 
     Without ``follow`` it prints what exists now and returns. :class:`NotFoundError`
     and other non-transient API errors are raised; transient ones while polling are
-    printed as ``[...] Error: ...`` lines and polling goes on, as go-agentic did.
+    printed as ``[...] Error: ...`` lines and polling goes on, as go-agentic did, but
+    each cause is printed once (not at every poll of an outage), the polls of an
+    outage back off (doubling, up to 10 intervals), and its end is said
+    (``Reachable again after N failed tries``).
     """
     require_id("task_id", task_id)
     printer = _Printer(writer)
@@ -134,6 +137,17 @@ def stream_logs(
     return _poll(client, task_id, printer, poll_interval, stop)
 
 
+#: the longest pause between polls while the task API keeps failing, in poll intervals
+_MOST_POLLS = 10
+
+
+def _pause(poll_interval: float, failures: int) -> float:
+    """Seconds before the next poll: the interval, doubled after each failure in a row
+    (2, 4, 8 intervals), at most 10 intervals: an outage is not asked about every
+    second, and the end of one is seen within 10 intervals."""
+    return poll_interval * float(min(2**failures, _MOST_POLLS))
+
+
 def _poll(
     client: TaskClient,
     task_id: str,
@@ -141,11 +155,18 @@ def _poll(
     poll_interval: float,
     stop: threading.Event | None,
 ) -> TaskStatus | None:
+    failures, said = 0, ""  # transient failures in a row; the error last printed
     while stop is None or not stop.is_set():
         try:
             # Status first, then the log: once a final status is seen, every line
             # written before the task finished is printed before returning.
             current = client.get_task(task_id)
+            if failures:
+                tries = "try" if failures == 1 else "tries"
+                printer.writer.write(
+                    f"[{_stamp()}] Reachable again after {failures} failed {tries}\n"
+                )
+                failures, said = 0, ""
             printer.show_status(current.status, current)
             printer.drain(client, task_id)
         except NotFoundError:
@@ -153,12 +174,15 @@ def _poll(
         except APIError as exc:
             if not _transient(exc):
                 raise
-            printer.writer.write(f"[{_stamp()}] Error: {exc}\n")
+            failures += 1
+            if str(exc) != said:  # once per cause, not a line per poll of an outage
+                said = str(exc)
+                printer.writer.write(f"[{_stamp()}] Error: {exc} (asking again, less often)\n")
         else:
             if printer.finished:
                 break
         if stop is not None:
-            stop.wait(poll_interval)
+            stop.wait(_pause(poll_interval, failures))
         else:
-            time.sleep(poll_interval)
+            time.sleep(_pause(poll_interval, failures))
     return printer.status

@@ -15,7 +15,7 @@ import respx
 
 from agentic.client import TaskClient
 from agentic.errors import APIError, ConfigError, NotFoundError
-from agentic.logs import stream_logs
+from agentic.logs import _pause, stream_logs
 from agentic.models import (
     AgentAllowance,
     AgentInfo,
@@ -288,6 +288,42 @@ def test_stream_logs_prints_transient_errors_and_keeps_polling(
     out = io.StringIO()
     assert stream_logs(client, "t1", out, poll_interval=0) is TaskStatus.COMPLETED
     assert "Error: HTTP 503: store down" in out.getvalue()
+
+
+def test_an_outage_is_printed_once_and_its_end_said(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """Five 503s in a row while polling print one Error line (not one per poll), a
+    different cause its own, and the answer after them says the server is back."""
+    failing = [httpx.Response(503, json={"message": "store down"})] * 4
+    answers = iter(
+        [
+            httpx.Response(200, json=task_json("pending")),
+            *failing,
+            httpx.Response(503, json={"message": "store locked"}),
+            httpx.Response(200, json=task_json("completed")),
+        ]
+    )
+    mock.get("/api/tasks/t1").mock(side_effect=lambda _: next(answers))
+    mock.get("/api/tasks/t1/logs", params={"follow": "true"}).mock(
+        side_effect=httpx.ConnectError("refused")
+    )
+    mock.get("/api/tasks/t1/logs").mock(side_effect=FakeLog([]))
+    out = io.StringIO()
+    assert stream_logs(client, "t1", out, poll_interval=0) is TaskStatus.COMPLETED
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "Status: pending",
+        "Error: HTTP 503: store down (asking again, less often)",
+        "Error: HTTP 503: store locked (asking again, less often)",
+        "Reachable again after 5 failed tries",
+        "Status: completed",
+    ]
+
+
+def test_polls_back_off_while_the_task_api_fails() -> None:
+    """The pause doubles with each failure in a row, up to 10 intervals; none: 1."""
+    assert [_pause(1.5, n) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 15.0, 15.0]
 
 
 def test_stream_logs_raises_not_found_and_permanent_errors(
