@@ -1435,6 +1435,31 @@ def test_a_server_without_attempt_fencing_is_named_at_start(
     assert ("does not list attempt_fencing" in caplog.text) is old
 
 
+class LateOldServer(TaskClient):
+    """An old task API (no features) whose health check fails for its first answers."""
+
+    failures = 3
+
+    def server_features(self) -> frozenset[str]:
+        if self.failures:
+            self.failures -= 1
+            raise TransportError("health check: connection refused")
+        return frozenset()
+
+
+def test_a_server_unreachable_at_start_is_checked_once_it_answers(
+    system: System, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task API whose health check fails when the runner starts is asked again at
+    the next polls, so an old server is still named (it was never checked again)."""
+    client = LateOldServer(system.url, token="", retries=0)
+    with caplog.at_level(logging.WARNING, logger="agentic"):
+        runner = system.started(lambda task, ctx: "done", client=client)
+        wait_for(lambda: "does not list attempt_fencing" in caplog.text)
+        runner.stop()
+    assert caplog.text.count("does not list attempt_fencing") == 1
+
+
 @pytest.mark.parametrize("has_allowance", [True, False], ids=["allowance", "none"])
 def test_an_agent_without_an_allowance_is_told_at_start(
     system: System, caplog: pytest.LogCaptureFixture, has_allowance: bool

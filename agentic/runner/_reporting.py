@@ -70,6 +70,7 @@ class Reporter:
         self._reporting: dict[str, tuple[Settle, Decided]] = {}
         self._unsettled_lock = threading.Lock()
         self._settling = threading.Lock()  # one settle_pending run at a time
+        self._server_checked = False  # whether check_server had its answer
 
     def bound(self) -> float:
         """About the longest an attempt's end (its last log lines, its settle and its
@@ -78,12 +79,16 @@ class Reporter:
 
     def check_server(self) -> None:
         """Warn when the task API does not fence attempts: its runs are then guarded
-        by the holder's agent id alone."""
+        by the holder's agent id alone. Once answered; until then asked at each call
+        (a server unreachable when the runner started is checked once it answers)."""
+        if self._server_checked:
+            return
         try:
             features = self.client.server_features()
         except AgenticError as exc:  # the poll loop reports an unreachable server
             log.debug("could not read the task API's features: %s", exc)
             return
+        self._server_checked = True
         if "attempt_fencing" not in features:
             log.warning(
                 "the task API at %s does not list attempt_fencing (an older agentic"

@@ -422,6 +422,7 @@ class AgentRunner:
                 token = ""
                 self._pause(stop, _DISPLACED_CHECK)
                 continue
+            self.reporter.check_server()  # at once when it answered at the start
             self.allowed.refresh(self.heartbeat_interval)
             try:
                 tasks, token = self.client.watch_tasks(
