@@ -68,7 +68,8 @@ CHANGES_HEADER = "X-Agentic-Changes"
 
 
 #: how a 503 begins when the server's store was emptied or replaced under it (a Redis
-#: restarted without persistence, a FLUSHDB): the rest of the message says what to do
+#: restarted without persistence, a FLUSHDB; an SQLite file deleted or replaced): the
+#: rest of the message says what to do
 STORE_LOST = "the task server's store was lost"
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it

@@ -68,7 +68,8 @@ class StoreUnavailableError(StoreError):
 class StoreLostError(StoreError):
     """The store this process opened was emptied or replaced under it (a Redis
     restarted without persistence, a ``FLUSHDB``, a failover to a replica that had not
-    caught up): what it held is gone, and nothing is written into the empty one."""
+    caught up; an SQLite file deleted, moved or replaced): what it held is gone, and
+    nothing is written into the empty one (nor into the SQLite file now unseen)."""
 
 
 class NoEligibleAgentError(AgenticError):

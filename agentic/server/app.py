@@ -313,7 +313,8 @@ def create_app(
     async def health() -> HealthBody:
         """The server is up; its version, what it does beyond go-agentic's API, and the
         id of the store it serves. 503 when that store was emptied or replaced under
-        the server (a Redis restarted without persistence, a FLUSHDB)."""
+        the server (a Redis restarted without persistence, a FLUSHDB; an SQLite file
+        deleted or replaced)."""
         features = [*FEATURES, "event_log"] if events is not None else list(FEATURES)
         try:  # read at every check: a Redis store checks that its id is still there
             found = await calls(store.store_id)

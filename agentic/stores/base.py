@@ -234,7 +234,8 @@ class Closeable:
         and event log says). A memory store's is ``memory:<random>``, its own: each
         instance is storage no other process (nor instance) sees. A Redis store
         raises StoreLostError when its id is no longer there (the store was emptied or
-        replaced since it opened)."""
+        replaced since it opened), an SQLite store when its path no longer names the
+        file it opened."""
         return ""
 
     def __enter__(self) -> Self:

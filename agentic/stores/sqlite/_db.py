@@ -14,6 +14,12 @@ Every store opens a :class:`Database` on its file and uses it the same way:
   up front, so two writers never both read then both write (the lost update), and a
   busy database is waited for (busy timeout, then retries) instead of failing at
   once. Any exception rolls it back. ``query()`` runs one read-only statement.
+* The file is the one opened, or nothing is done: the first connection records the
+  file's identity (device, inode) and every later connection, transaction and query
+  checks that the path still names it (one ``stat``), raising
+  :class:`~agentic.errors.StoreLostError` when the file was deleted, moved or
+  replaced under the process (whose connections would go on using the old one,
+  unseen by every process started since).
 * sqlite3 exceptions never leave: they become :class:`~agentic.errors.StoreError`
   (:class:`~agentic.errors.StoreUnavailableError` when the file stayed locked), or
   :class:`~agentic.errors.ConfigError` naming the path when it cannot be opened.
@@ -38,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from ...errors import ConfigError, StoreError, StoreUnavailableError
+from ...errors import ConfigError, StoreError, StoreLostError, StoreUnavailableError
 
 __all__ = ["DEFAULT_TIMEOUT", "Database", "Migration", "resolve"]
 
@@ -116,6 +122,10 @@ class Database:
         self.path = resolve(path)
         self.timeout = float(timeout)
         self._closed = False
+        self._where = str(self.path)
+        # (st_dev, st_ino) of the file the first connection opened: every later use
+        # checks that the path still names it (:meth:`connection`).
+        self._file: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
         # A thread's connection is closed when the thread ends (its holder is freed)
@@ -164,7 +174,10 @@ class Database:
 
     # --- connections ---
     def connection(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use."""
+        """This thread's connection, opened on first use, after checking that the path
+        still names the file this database opened (else StoreLostError: see
+        :meth:`_lost`). Every transaction and query starts here, so the check is in
+        one place for every SQLite store; it is one ``stat`` of the path."""
         if self._closed:
             raise StoreError(f"SQLite store {str(self.path)!r} is closed")
         holder: _Holder | None = getattr(self._local, "holder", None)
@@ -173,9 +186,54 @@ class Database:
             self._local.holder = holder
             with self._lock:
                 self._holders.add(holder)
+        elif (now := _file_id(self._where)) != self._file:
+            raise self._lost(now, holder.conn)
         return holder.conn
 
     def _connect(self) -> sqlite3.Connection:
+        """A new connection to the file this database opened: the path is stat'ed
+        before and after connecting, and the connection kept only when both name the
+        same file, so it is the one the connection opened (a sqlite3 connection has no
+        ``fstat``). The first connection records it (a path that names no file yet is
+        a new store: its first connection creates the file, and a second one, taken
+        once it exists, is kept); a later one (another thread's, a forked child's)
+        must find it again, and opens nothing when the path names another file."""
+        for _ in range(_OPEN_TRIES):
+            before = _file_id(self._where)
+            if self._file is not None and before != self._file:
+                raise self._lost(before, None)
+            conn = self._connect_once()
+            if before is not None and before == _file_id(self._where):
+                self._file = before
+                return conn
+            conn.close()  # created the file, or it was replaced meanwhile: again
+        raise StoreUnavailableError(
+            f"SQLite store {str(self.path)!r}: the file was replaced again and again while"
+            " it was being opened; retry once nothing moves files at that path"
+        )
+
+    def _lost(self, now: tuple[int, int] | None, conn: sqlite3.Connection | None) -> StoreLostError:
+        """The error for a file deleted or replaced under this process: the path names
+        ``now`` (None: nothing), not the file it opened. ``conn``, a connection to the
+        file it opened, reads that file's store id for the message."""
+        seen_id = "" if conn is None else _read_id(conn)
+        seen = f"store id {seen_id}, " if seen_id else ""
+        there = "no file is there now"
+        if now is not None:
+            there = f"another file is there now, inode {now[1]}"
+        return StoreLostError(
+            f"the SQLite store {self._where!r} was deleted, moved or replaced under this"
+            f" process (it opened {seen}inode {self._file[1] if self._file else '?'}; {there}):"
+            " its tasks, usage and reservations are no longer at that path, and nothing"
+            " more is written. Put that file back at the path (move it back) and the"
+            " processes go on; or restart every agentic process on this path to start over"
+            " on the file there now (a new store is empty: set the allowances again; the"
+            " day's usage starts at zero). To reset or restore a store, stop every"
+            " process first, then remove or replace the file together with its -wal and"
+            " -shm files"
+        )
+
+    def _connect_once(self) -> sqlite3.Connection:
         # isolation_level=None: the module never opens transactions behind our back;
         # BEGIN IMMEDIATE / COMMIT are issued explicitly. check_same_thread=False only
         # so that close() may close other threads' connections.
@@ -391,6 +449,29 @@ class Database:
             known,
             int(row[0]),
         )
+
+
+#: Connections a database opening its file takes at most while the file keeps being
+#: replaced (a new store takes two: the first creates the file).
+_OPEN_TRIES = 5
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the file ``path`` names (through symlinks); None when none."""
+    try:
+        st = os.stat(path)
+    except OSError:  # no file (or no directory, or none this process may see)
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _read_id(conn: sqlite3.Connection) -> str:
+    """The store id in the file of ``conn``; "" when it has none or cannot be read."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+    except sqlite3.Error:
+        return ""
+    return "" if row is None else str(row[0])
 
 
 # Every open Database, so that a forked child drops its parent's connections.
