@@ -396,8 +396,10 @@ def test_the_task_api_and_status_say_the_store_was_lost(
     own_server: RedisServer, tmp_path: Path
 ) -> None:
     """A server whose Redis store was emptied under it answers its health check and a
-    create with 503 saying the store was lost and what to do; status's comparison of
-    store ids reports it instead of "another store"."""
+    create with 503 saying the store was lost and what to do; status says so (and
+    that its own stores have no store id) and writes none; once a writer started a
+    new store there, status's comparison of store ids reports the loss instead of
+    "another store"."""
     url = f"{own_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
     with (
         open_task_store(url) as tasks,
@@ -407,9 +409,18 @@ def test_the_task_api_and_status_say_the_store_was_lost(
         seen = api.server_store_id()
         assert seen == tasks.store_id()
         client: Any = redis.Redis(port=own_server.port)
-        client.delete(*client.keys(f"{url.rpartition('=')[2]}:*"))
+        prefix = url.rpartition("=")[2]
+        client.delete(*client.keys(f"{prefix}:*"))
+        config = write_config(tmp_path / "c.yaml", base, url)
+        status = run("status", "--config", str(config))
+        assert status.exit_code == 1, status.output
+        told = " ".join(status.stderr.split())
+        assert "the task server's store was lost: the Redis store was emptied" in told
+        assert f"(store id {seen} is gone: the store id key is gone)" in told
+        assert f"no agentic store under prefix {prefix!r}" in told
+        assert client.keys(f"{prefix}:*") == []  # status wrote no new store id
         client.close()
-        with open_registry(url) as reopened:  # as `agentic status` does: a new id
+        with open_registry(url) as reopened:  # as a command that writes does: a new id
             local_id = reopened.store_id()
         for call in (api.server_store_id, lambda: api.create_task(Task(title="x"))):
             with pytest.raises(APIError) as caught:
@@ -419,9 +430,34 @@ def test_the_task_api_and_status_say_the_store_was_lost(
             assert f"store id {seen} is gone: it now holds id {local_id}" in caught.value.message
         said = other_store(api, url, local_id)
         assert said.startswith("the task server's store was lost: the Redis store was emptied")
-        status = run("status", "--config", str(write_config(tmp_path / "c.yaml", base, url)))
+        status = run("status", "--config", str(config))
         assert status.exit_code == 1, status.output
         told = " ".join(status.stderr.split())
         assert "the task server's store was lost: the Redis store was emptied" in told
         assert f"(store id {seen} is gone: it now holds id {local_id})" in told
         assert "do not belong together" not in told
+
+
+@pytest.mark.parametrize("command", [("agents", "list"), ("allowance", "show"), ("events",)])
+def test_read_only_commands_on_an_emptied_store_say_so_and_write_nothing(
+    own_server: RedisServer, command: tuple[str, ...]
+) -> None:
+    """agents list, allowance show and events on a Redis store that was emptied exit 1
+    saying there is no store there (never used, or emptied) and write no store id;
+    on the store before the wipe they read it."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    url = f"{own_server.url}?prefix={prefix}"
+    with open_allowance_store(url) as quota:
+        quota.set_allowance(AgentAllowance(agent_id="a1"))
+    assert run(*command, "--store", url).exit_code == 0
+    client: Any = redis.Redis(port=own_server.port)
+    try:
+        client.delete(*client.keys(f"{prefix}:*"))
+        result = run(*command, "--store", url)
+        assert result.exit_code == 1, result.output
+        told = " ".join(result.stderr.split())
+        assert f"no agentic store under prefix {prefix!r}" in told
+        assert "it was emptied" in told
+        assert client.keys(f"{prefix}:*") == []
+    finally:
+        client.close()
