@@ -334,7 +334,8 @@ _LOST = "AGENTIC_STORE_LOST "
 @dataclass(frozen=True, slots=True)
 class Identity:
     """The store id key under a prefix and the id a store found there when it opened:
-    what every write checks is still there (guard.lua, :func:`guarded_write`)."""
+    what every write (guard.lua, :func:`guarded_write`) and every read that could
+    answer "nothing" (:func:`checked_read`) checks is still there."""
 
     key: str
     value: str
