@@ -22,7 +22,7 @@ import redis
 
 from agentic._cli._common import other_store
 from agentic.client import TaskClient
-from agentic.errors import APIError, ConfigError, StoreLostError
+from agentic.errors import APIError, ConfigError, NotFoundError, StoreError, StoreLostError
 from agentic.events import Event
 from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
@@ -137,6 +137,88 @@ def test_writes_after_a_flush_raise_store_lost_and_write_nothing(stores: Stores)
         assert f"emptied or replaced under this process (store id {seen} is gone" in message
         assert "the store id key is gone" in message
         assert "maxmemory-policy noeviction" in message
+    assert _keys(stores) == []
+
+
+def _listings(stores: Stores) -> list[Callable[[], object]]:
+    """Every public read of the registry, the allowance store and the event log (and
+    the event log's forget, a delete that answers whether the consumer was known)."""
+    return [
+        stores.registry.list,
+        lambda: stores.registry.get("a1"),
+        stores.quota.allowances,
+        lambda: stores.quota.get_allowance("a1"),
+        lambda: stores.quota.get_model_quota("m"),
+        lambda: stores.quota.get_usage("a1"),
+        stores.quota.usages,
+        lambda: stores.quota.get_model_usage("m"),
+        lambda: stores.quota.check("a1"),
+        stores.log.read,
+        stores.log.last_offset,
+        lambda: stores.log.wait(0, 0.2),
+        lambda: stores.log.committed("c"),
+        stores.log.consumers,
+        lambda: stores.log.forget("c"),
+        stores.registry.store_id,
+        stores.quota.store_id,
+        stores.log.store_id,
+    ]
+
+
+def test_listings_after_a_flush_raise_store_lost(stores: Stores) -> None:
+    """After the store is emptied under open stores, every read of the registry, the
+    allowance store and the event log (listings of agents, allowances, usage, events,
+    consumers; the gets that would answer "not found") raises StoreLostError naming
+    the id that is gone, instead of answering "nothing", and writes nothing."""
+    seen = stores.registry.store_id()
+    _wipe(stores)
+    for read in _listings(stores):
+        with pytest.raises(StoreLostError) as caught:
+            read()
+        assert f"(store id {seen} is gone: the store id key is gone)" in str(caught.value)
+    assert _keys(stores) == []
+
+
+def test_listings_of_a_fresh_store_are_empty(stores: Stores) -> None:
+    """A store never used (opened under a new prefix) lists nothing without an error:
+    no agents, allowances, usage, events or consumers; its gets answer not found."""
+    fresh = _open(stores.client, f"t{uuid.uuid4().hex[:12]}")
+    try:
+        assert fresh.registry.list() == []
+        assert fresh.quota.allowances() == []
+        assert fresh.quota.usages() == []
+        assert fresh.log.read() == []
+        assert fresh.log.last_offset() == 0
+        assert fresh.log.wait(0, 0.2) is False
+        assert fresh.log.committed("c") == 0
+        assert fresh.log.consumers() == {}
+        assert fresh.log.forget("c") is False
+        for unknown in (
+            lambda: fresh.registry.get("a1"),
+            lambda: fresh.quota.get_allowance("a1"),
+            lambda: fresh.quota.get_model_quota("m"),
+        ):
+            with pytest.raises(NotFoundError):
+                unknown()
+    finally:
+        fresh.close()
+
+
+def test_a_read_only_open_of_an_emptied_store_writes_no_id(stores: Stores) -> None:
+    """Opening a store with create=False (what the read-only commands do) where there
+    is no store id raises StoreError saying it was never used or emptied, and writes
+    nothing; where there is one it opens and reads."""
+    prefix = stores.prefix
+    with RedisRegistry(stores.client, prefix=prefix, create=False) as registry:
+        assert [agent.id for agent in registry.list()] == ["a1"]
+    _wipe(stores)
+    for opener in (RedisRegistry, RedisAllowanceStore, RedisEventLog):
+        with pytest.raises(StoreError) as caught:
+            opener(stores.client, prefix=prefix, create=False)
+        said = " ".join(str(caught.value).split())
+        assert f"no agentic store under prefix {prefix!r}" in said
+        assert "nothing has used it yet" in said
+        assert "it was emptied" in said
     assert _keys(stores) == []
 
 
@@ -314,8 +396,10 @@ def test_the_task_api_and_status_say_the_store_was_lost(
     own_server: RedisServer, tmp_path: Path
 ) -> None:
     """A server whose Redis store was emptied under it answers its health check and a
-    create with 503 saying the store was lost and what to do; status's comparison of
-    store ids reports it instead of "another store"."""
+    create with 503 saying the store was lost and what to do; status says so (and
+    that its own stores have no store id) and writes none; once a writer started a
+    new store there, status's comparison of store ids reports the loss instead of
+    "another store"."""
     url = f"{own_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
     with (
         open_task_store(url) as tasks,
@@ -325,9 +409,18 @@ def test_the_task_api_and_status_say_the_store_was_lost(
         seen = api.server_store_id()
         assert seen == tasks.store_id()
         client: Any = redis.Redis(port=own_server.port)
-        client.delete(*client.keys(f"{url.rpartition('=')[2]}:*"))
+        prefix = url.rpartition("=")[2]
+        client.delete(*client.keys(f"{prefix}:*"))
+        config = write_config(tmp_path / "c.yaml", base, url)
+        status = run("status", "--config", str(config))
+        assert status.exit_code == 1, status.output
+        told = " ".join(status.stderr.split())
+        assert "the task server's store was lost: the Redis store was emptied" in told
+        assert f"(store id {seen} is gone: the store id key is gone)" in told
+        assert f"no agentic store under prefix {prefix!r}" in told
+        assert client.keys(f"{prefix}:*") == []  # status wrote no new store id
         client.close()
-        with open_registry(url) as reopened:  # as `agentic status` does: a new id
+        with open_registry(url) as reopened:  # as a command that writes does: a new id
             local_id = reopened.store_id()
         for call in (api.server_store_id, lambda: api.create_task(Task(title="x"))):
             with pytest.raises(APIError) as caught:
@@ -337,9 +430,34 @@ def test_the_task_api_and_status_say_the_store_was_lost(
             assert f"store id {seen} is gone: it now holds id {local_id}" in caught.value.message
         said = other_store(api, url, local_id)
         assert said.startswith("the task server's store was lost: the Redis store was emptied")
-        status = run("status", "--config", str(write_config(tmp_path / "c.yaml", base, url)))
+        status = run("status", "--config", str(config))
         assert status.exit_code == 1, status.output
         told = " ".join(status.stderr.split())
         assert "the task server's store was lost: the Redis store was emptied" in told
         assert f"(store id {seen} is gone: it now holds id {local_id})" in told
         assert "do not belong together" not in told
+
+
+@pytest.mark.parametrize("command", [("agents", "list"), ("allowance", "show"), ("events",)])
+def test_read_only_commands_on_an_emptied_store_say_so_and_write_nothing(
+    own_server: RedisServer, command: tuple[str, ...]
+) -> None:
+    """agents list, allowance show and events on a Redis store that was emptied exit 1
+    saying there is no store there (never used, or emptied) and write no store id;
+    on the store before the wipe they read it."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    url = f"{own_server.url}?prefix={prefix}"
+    with open_allowance_store(url) as quota:
+        quota.set_allowance(AgentAllowance(agent_id="a1"))
+    assert run(*command, "--store", url).exit_code == 0
+    client: Any = redis.Redis(port=own_server.port)
+    try:
+        client.delete(*client.keys(f"{prefix}:*"))
+        result = run(*command, "--store", url)
+        assert result.exit_code == 1, result.output
+        told = " ".join(result.stderr.split())
+        assert f"no agentic store under prefix {prefix!r}" in told
+        assert "it was emptied" in told
+        assert client.keys(f"{prefix}:*") == []
+    finally:
+        client.close()

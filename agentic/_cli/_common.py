@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, ParamSpec, TypeVar, overload
+from typing import Annotated, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import typer
 from pydantic import BaseModel
@@ -39,6 +39,14 @@ from ..webhook import WebhookEmitter
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S")
+S_co = TypeVar("S_co", covariant=True)
+
+
+class Opener(Protocol[S_co]):
+    """A store opener (``open_registry``, ``open_allowance_store``, ``open_event_log``)."""
+
+    def __call__(self, url: str, *, create: bool) -> S_co: ...
+
 
 StoreOption = Annotated[
     str | None,
@@ -254,9 +262,11 @@ def missing_sqlite_file(url: str) -> Path | None:
     return None if path.exists() else path
 
 
-def existing(opener: Callable[[str], S], url: str) -> S:
-    """``opener(url)`` for a command that only reads: a missing SQLite file is an
-    error rather than a new empty store that would answer "nothing here"."""
+def existing(opener: Opener[S], url: str) -> S:
+    """``opener(url)`` for a command that only reads: a missing SQLite file, or a Redis
+    store with no store id (never used, or emptied), is an error rather than a new
+    empty store that would answer "nothing here" (and, on Redis, be given a new id,
+    so that every process would later find the store replaced, not emptied)."""
     missing = missing_sqlite_file(url)
     if missing is not None:
         # A missing directory too is most likely a mistyped path.
@@ -266,7 +276,7 @@ def existing(opener: Callable[[str], S], url: str) -> S:
             " store_url), or create this one with a command that writes to it (agentic"
             " serve, agentic allowance set)"
         )
-    return opener(url)
+    return opener(url, create=False)
 
 
 def redacted(url: str) -> str:

@@ -8,7 +8,6 @@ hide the agents, and the other way round.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
@@ -36,6 +35,7 @@ from ._common import (
     SAYS_ITS_FIX,
     ConfigOption,
     JsonOption,
+    Opener,
     StoreOption,
     ago,
     client,
@@ -106,7 +106,7 @@ class Snapshot:
         }
 
 
-def _store(url: str, opener: Callable[[str], T], what: str, snap: Snapshot) -> T | None:
+def _store(url: str, opener: Opener[T], what: str, snap: Snapshot) -> T | None:
     """Open a store for reading, or note why not (a missing SQLite file is not created).
 
     A bad store URL (a directory, an unknown option) is no part that could not be read

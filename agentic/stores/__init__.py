@@ -73,27 +73,41 @@ def _backend(url: str) -> tuple[ModuleType, StoreURL]:
         ) from exc
 
 
-def open_registry(url: str) -> AgentRegistry:
-    """An AgentRegistry for ``url`` (see the module table)."""
+def _only_existing(parsed: StoreURL, create: bool) -> dict[str, bool]:
+    """The backend's arguments of an open with ``create`` false (a command that only
+    reads): a Redis store with no store id is refused instead of given one. The
+    other backends have nothing to add: a SQLite file is checked before it is opened
+    (the CLI's read-only commands refuse a missing one), a memory store is new."""
+    return {} if create or _SCHEMES[parsed.scheme] != _SCHEMES["redis"] else {"create": False}
+
+
+def open_registry(url: str, create: bool = True) -> AgentRegistry:
+    """An AgentRegistry for ``url`` (see the module table). Without ``create``, a
+    Redis store that has no store id (never used, or emptied) is a StoreError, and
+    no id is written (also :func:`open_allowance_store`, :func:`open_event_log`)."""
     module, parsed = _backend(url)
-    registry: AgentRegistry = module.registry_from_url(parsed)
+    registry: AgentRegistry = module.registry_from_url(parsed, **_only_existing(parsed, create))
     return registry
 
 
-def open_allowance_store(url: str, record_events: bool = False) -> AllowanceStore:
+def open_allowance_store(
+    url: str, record_events: bool = False, create: bool = True
+) -> AllowanceStore:
     """An AllowanceStore for ``url`` (see the module table). With ``record_events``
     each settle records its ``usage_recorded`` event, and each reserve or settle the
     ``quota_warning`` / ``quota_exceeded`` it crossed, in the event log of the same
     store, in the same atomic step as the change, so no crash can lose them."""
     module, parsed = _backend(url)
-    store: AllowanceStore = module.allowance_store_from_url(parsed, record_events=record_events)
+    store: AllowanceStore = module.allowance_store_from_url(
+        parsed, record_events=record_events, **_only_existing(parsed, create)
+    )
     return store
 
 
-def open_event_log(url: str) -> EventLog:
+def open_event_log(url: str, create: bool = True) -> EventLog:
     """An EventLog for ``url`` (see the module table)."""
     module, parsed = _backend(url)
-    log: EventLog = module.event_log_from_url(parsed)
+    log: EventLog = module.event_log_from_url(parsed, **_only_existing(parsed, create))
     return log
 
 

@@ -32,13 +32,17 @@ __all__ = [
 ]
 
 
-def registry_from_url(url: StoreURL) -> RedisRegistry:
-    """``redis://``: a registry on the server of ``url`` (pinged at open)."""
+def registry_from_url(url: StoreURL, create: bool = True) -> RedisRegistry:
+    """``redis://``: a registry on the server of ``url`` (pinged at open). Without
+    ``create`` (a command that only reads), a store with no store id is a StoreError
+    instead of a new store: the id is not written (every ``*_from_url`` here)."""
     conn = connect(url)
-    return RedisRegistry(conn.client, prefix=conn.prefix, close_client=True)
+    return RedisRegistry(conn.client, prefix=conn.prefix, close_client=True, create=create)
 
 
-def allowance_store_from_url(url: StoreURL, record_events: bool = False) -> RedisAllowanceStore:
+def allowance_store_from_url(
+    url: StoreURL, record_events: bool = False, create: bool = True
+) -> RedisAllowanceStore:
     """``redis://``: an allowance store on the server of ``url`` (pinged at open)."""
     tz, ttl = url.tz(), url.reservation_ttl()  # bad options fail before connecting
     conn = connect(url)
@@ -49,13 +53,14 @@ def allowance_store_from_url(url: StoreURL, record_events: bool = False) -> Redi
         reservation_ttl=ttl,
         close_client=True,
         record_events=record_events,
+        create=create,
     )
 
 
-def event_log_from_url(url: StoreURL) -> RedisEventLog:
+def event_log_from_url(url: StoreURL, create: bool = True) -> RedisEventLog:
     """``redis://``: an event log on the server of ``url`` (pinged at open)."""
     conn = connect(url)
-    return RedisEventLog(conn.client, prefix=conn.prefix, close_client=True)
+    return RedisEventLog(conn.client, prefix=conn.prefix, close_client=True, create=create)
 
 
 def prune_functions_from_url(url: StoreURL, dry_run: bool = False) -> PrunedFunctions:

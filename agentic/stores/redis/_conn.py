@@ -38,6 +38,7 @@ __all__ = [
     "Connection",
     "Identity",
     "Script",
+    "checked_read",
     "connect",
     "guarded_write",
     "now_arg",
@@ -333,7 +334,8 @@ _LOST = "AGENTIC_STORE_LOST "
 @dataclass(frozen=True, slots=True)
 class Identity:
     """The store id key under a prefix and the id a store found there when it opened:
-    what every write checks is still there (guard.lua, :func:`guarded_write`)."""
+    what every write (guard.lua, :func:`guarded_write`) and every read that could
+    answer "nothing" (:func:`checked_read`) checks is still there."""
 
     key: str
     value: str
@@ -367,20 +369,38 @@ def _lost_store(seen: str, found: str | None) -> StoreLostError:
     )
 
 
-def open_identity(client: redis.Redis, prefix: str, owned: bool) -> Identity:
+def open_identity(client: redis.Redis, prefix: str, owned: bool, create: bool = True) -> Identity:
     """What a Redis store does when it opens: refuse a server that evicts keys when
-    full (:func:`_refuse_eviction`), and read the store id (written first when there
-    is none: a new store), which the store's writes then check. One round trip when
-    the store has an id. A client the store ``owned`` is closed when this fails."""
+    full (:func:`_refuse_eviction`), and read the store id, which the store's writes
+    and the reads that would answer "nothing" then check. When there is none it is
+    written first (a new store), unless ``create`` is false (a command that only
+    reads): StoreError then, writing nothing (:func:`_no_store`). One round trip
+    when the store has an id. A client the store ``owned`` is closed when this
+    fails."""
     try:
-        return _open_identity(client, prefix)
+        return _open_identity(client, prefix, create)
     except BaseException:
         if owned:
             client.close()
         raise
 
 
-def _open_identity(client: redis.Redis, prefix: str) -> Identity:
+def _no_store(client: redis.Redis, prefix: str) -> StoreError:
+    """The error of a read-only open that finds no store id under ``prefix``: nothing
+    can tell a store never used from one emptied while no process had it open (the
+    task server, when one runs on it, says which), and a read must not start one."""
+    return StoreError(
+        f"no agentic store under prefix {prefix!r} in the Redis at"
+        f" {_client_address(client)} (its store id key {store_id_key(prefix)} is"
+        " missing): either nothing has used it yet (a wrong prefix or database in the"
+        " store URL?), or it was emptied (FLUSHDB, a restart without persistence, an"
+        " evicting maxmemory-policy) and its agents, tasks, allowances, usage and"
+        " events are lost. A command that only reads writes nothing; one that writes"
+        " (agentic serve, a runner, agentic allowance set) starts a new store there"
+    )
+
+
+def _open_identity(client: redis.Redis, prefix: str, create: bool) -> Identity:
     key = store_id_key(prefix)
     pipe = client.pipeline(transaction=False)
     pipe.config_get("maxmemory*")
@@ -394,7 +414,11 @@ def _open_identity(client: redis.Redis, prefix: str) -> Identity:
         log.debug("cannot read Redis's maxmemory settings (%s); not checked", config)
     else:
         _refuse_eviction(config, _client_address(client))
-    return Identity(key, text(found) if found is not None else read_store_id(client, prefix))
+    if found is not None:
+        return Identity(key, text(found))
+    if not create:
+        raise _no_store(client, prefix)
+    return Identity(key, read_store_id(client, prefix))
 
 
 def _refuse_eviction(config: dict[str, str], address: str) -> None:
@@ -422,18 +446,40 @@ def _client_address(client: redis.Redis) -> str:
 
 
 def guarded_write(
-    client: redis.Redis, identity: Identity, action: str, write: Callable[[Any], None]
-) -> None:
+    client: redis.Redis, identity: Identity, action: str, write: Callable[[Any], object]
+) -> list[Any]:
     """``write(pipeline)`` as one transaction that runs only while the store still has
     ``identity``'s id (``WATCH`` of the id key): for the plain writes that are not a
-    script (setting an allowance, a model's quota, a consumer's position)."""
+    script (setting an allowance, a model's quota, a consumer's position). The
+    replies of the commands ``write`` queued."""
     with translate_errors(action), client.pipeline(transaction=True) as pipe:
         try:
             cast(Any, pipe).watch(identity.key)
             identity.confirm(pipe.get(identity.key))
             pipe.multi()
             write(pipe)
-            pipe.execute()
+            return list(pipe.execute())
         except WatchError:  # the id key changed in between: only a wipe changes it
             identity.check(client)
             raise
+
+
+def checked_read(
+    client: redis.Redis,
+    identity: Identity,
+    action: str,
+    read: Callable[[Any], object],
+    transaction: bool = False,
+) -> list[Any]:
+    """The replies of the commands ``read(pipeline)`` queues, sent with a ``GET`` of
+    the store id key in the same round trip (one ``MULTI`` with ``transaction``, for
+    reads that must see one instant), after checking that the store still has
+    ``identity``'s id: StoreLostError when it was emptied or replaced. For the reads
+    that would otherwise answer "nothing" or "unknown" from an emptied store."""
+    with translate_errors(action):
+        pipe = client.pipeline(transaction=transaction)
+        read(pipe)
+        pipe.get(identity.key)
+        *replies, found = pipe.execute()
+    identity.confirm(found)
+    return replies

@@ -62,12 +62,11 @@ from ..keys import EventLogKeys, QuotaKeys
 from ._conn import (
     DEFAULT_PREFIX,
     Script,
+    checked_read,
     guarded_write,
     now_arg,
     open_identity,
-    sync,
     text,
-    translate_errors,
 )
 
 __all__ = ["RedisAllowanceStore"]
@@ -116,6 +115,7 @@ class RedisAllowanceStore(AllowanceStore):
         reservation_ttl: float = DEFAULT_RESERVATION_TTL,
         close_client: bool = False,
         record_events: bool = False,
+        create: bool = True,
     ) -> None:
         if not 0 < reservation_ttl <= MAX_RESERVATION_TTL:  # past it no store holds the expiry
             raise ConfigError(
@@ -137,7 +137,7 @@ class RedisAllowanceStore(AllowanceStore):
         self._fixed_offset = str(utc_offset(tz, 0.0)) if isinstance(tz, timezone) else None
         self._default_ttl = repr(float(reservation_ttl))
         self._close_client = close_client
-        self._identity = open_identity(client, prefix, close_client)
+        self._identity = open_identity(client, prefix, close_client, create)
 
     def close(self) -> None:
         if self._close_client:
@@ -153,9 +153,13 @@ class RedisAllowanceStore(AllowanceStore):
         return [text(item) for item in reply]
 
     # --- configuration ---
+    def _get(self, key: str, action: str) -> object:
+        """A key's value, or None, read with the store id (not "none" from an emptied
+        store)."""
+        return checked_read(self._client, self._identity, action, lambda p: p.get(key))[0]
+
     def get_allowance(self, agent_id: str) -> AgentAllowance:
-        with translate_errors("get_allowance"):
-            raw = self._client.get(self._keys.allowance(agent_id))
+        raw = self._get(self._keys.allowance(agent_id), "get_allowance")
         if raw is None:
             raise NotFoundError(f"no allowance for agent {agent_id!r}")
         return _parse(AgentAllowance, raw)
@@ -172,8 +176,7 @@ class RedisAllowanceStore(AllowanceStore):
         guarded_write(self._client, self._identity, "set_allowance", write)
 
     def get_model_quota(self, model: str) -> ModelQuota:
-        with translate_errors("get_model_quota"):
-            raw = self._client.get(self._keys.limits(model))
+        raw = self._get(self._keys.limits(model), "get_model_quota")
         if raw is None:
             raise NotFoundError(f"no quota for model {model!r}")
         return _parse(ModelQuota, raw)
@@ -187,10 +190,19 @@ class RedisAllowanceStore(AllowanceStore):
         )
 
     def allowances(self) -> list[AgentAllowance]:
-        with translate_errors("allowances"):
-            ids = [text(i) for i in sync(self._client.smembers(self._keys.allowances))]
-            keys = [self._keys.allowance(i) for i in ids]
-            raws: list[object] = sync(self._client.mget(keys)) if keys else []
+        # Each round trip with the store id: an emptied store is not "no allowances".
+        [members] = checked_read(
+            self._client,
+            self._identity,
+            "allowances",
+            lambda p: p.smembers(self._keys.allowances),
+        )
+        keys = [self._keys.allowance(text(i)) for i in members]
+        raws: list[object] = (
+            checked_read(self._client, self._identity, "allowances", lambda p: p.mget(keys))[0]
+            if keys
+            else []
+        )
         found = [_parse(AgentAllowance, raw) for raw in raws if raw is not None]
         return sorted(found, key=lambda a: a.agent_id)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -31,9 +33,9 @@ from ..keys import EventLogKeys
 from ._conn import (
     DEFAULT_PREFIX,
     Script,
+    checked_read,
     guarded_write,
     open_identity,
-    sync,
     text,
     translate_errors,
 )
@@ -55,13 +57,17 @@ class RedisEventLog(EventLog):
     hears_appends = True  # XREAD BLOCK
 
     def __init__(
-        self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, close_client: bool = False
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        close_client: bool = False,
+        create: bool = True,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._keys = EventLogKeys.under(require_id("prefix", prefix))
         self._close_client = close_client
-        self._identity = open_identity(client, prefix, close_client)
+        self._identity = open_identity(client, prefix, close_client, create)
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         #: seconds one XREAD BLOCK of :meth:`wait` lasts at most: the answer must come
         #: within the socket timeout, and Redis ends a block only on its next tick
@@ -87,15 +93,19 @@ class RedisEventLog(EventLog):
 
     def read(self, after: int = 0, limit: int = 100) -> builtins.list[LoggedEvent]:
         require_page(after, limit)
-        with translate_errors("reading events"):
-            entries = sync(
-                self._client.xrange(self._keys.stream, min=f"{after + 1}-0", count=limit)
-            )
+        # The reads that could answer "nothing" (every one but wait's blocks, whose
+        # end reads again) check the store id in their round trip (checked_read).
+        [entries] = self._read(
+            "reading events",
+            lambda p: p.xrange(self._keys.stream, min=f"{after + 1}-0", count=limit),
+        )
         return parse_events(((_offset(entry), _body(entry[1])) for entry in entries), "Redis")
 
+    def _read(self, action: str, read: Callable[[Any], object]) -> builtins.list[Any]:
+        return checked_read(self._client, self._identity, action, read)
+
     def last_offset(self) -> int:
-        with translate_errors("reading the last offset"):
-            raw = sync(self._client.get(self._keys.seq))
+        [raw] = self._read("reading the last offset", lambda p: p.get(self._keys.seq))
         return 0 if raw is None else int(text(raw))
 
     def wait(self, after: int, timeout: float) -> bool:
@@ -113,8 +123,10 @@ class RedisEventLog(EventLog):
         return self._kept_after(after)
 
     def _kept_after(self, after: int) -> bool:
-        with translate_errors("waiting for events"):
-            return bool(self._client.xread({self._keys.stream: f"{after}-0"}, 1))
+        [found] = self._read(
+            "waiting for events", lambda p: p.xread({self._keys.stream: f"{after}-0"}, 1)
+        )
+        return bool(found)
 
     def commit(self, consumer: str, offset: int) -> None:
         require_consumer(consumer)
@@ -123,13 +135,11 @@ class RedisEventLog(EventLog):
 
     def committed(self, consumer: str) -> int:
         require_consumer(consumer)
-        with translate_errors("reading a consumer"):
-            raw = sync(self._client.hget(self._keys.consumers, consumer))
+        [raw] = self._read("reading a consumer", lambda p: p.hget(self._keys.consumers, consumer))
         return 0 if raw is None else int(text(raw))
 
     def consumers(self) -> dict[str, int]:
-        with translate_errors("listing consumers"):
-            raw = sync(self._client.hgetall(self._keys.consumers))
+        [raw] = self._read("listing consumers", lambda p: p.hgetall(self._keys.consumers))
         return {text(name): int(text(position)) for name, position in sorted(raw.items())}
 
     def reset(self, consumer: str, offset: int = 0) -> None:
@@ -144,8 +154,13 @@ class RedisEventLog(EventLog):
 
     def forget(self, consumer: str) -> bool:
         require_consumer(consumer)
-        with translate_errors("forgetting a consumer"):
-            return int(sync(self._client.hdel(self._keys.consumers, consumer))) > 0
+        [removed] = guarded_write(
+            self._client,
+            self._identity,
+            "forgetting a consumer",
+            lambda pipe: pipe.hdel(self._keys.consumers, consumer),
+        )
+        return int(removed) > 0
 
     def trim(self, keep: int, up_to: int | None = None) -> int:
         require_count("keep", keep)

@@ -13,6 +13,7 @@ import builtins
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis
 
@@ -20,7 +21,14 @@ from ...errors import NotFoundError, StoreError
 from ...models import AgentInfo, AgentStatus
 from ..base import AgentRegistry, require_count, require_id, status_for_load, ttl_seconds
 from ..keys import RegistryKeys
-from ._conn import DEFAULT_PREFIX, Script, now_arg, open_identity, sync, text, translate_errors
+from ._conn import (
+    DEFAULT_PREFIX,
+    Script,
+    checked_read,
+    now_arg,
+    open_identity,
+    text,
+)
 
 __all__ = ["RedisRegistry"]
 
@@ -73,13 +81,14 @@ class RedisRegistry(AgentRegistry):
         prefix: str = DEFAULT_PREFIX,
         clock: Callable[[], float] | None = None,
         close_client: bool = False,
+        create: bool = True,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._keys = RegistryKeys.under(require_id("prefix", prefix))
         self._clock = clock
         self._close_client = close_client
-        self._identity = open_identity(client, prefix, close_client)
+        self._identity = open_identity(client, prefix, close_client, create)
 
     def close(self) -> None:
         if self._close_client:
@@ -121,8 +130,9 @@ class RedisRegistry(AgentRegistry):
             raise _missing(agent_id)
 
     def get(self, agent_id: str) -> AgentInfo:
-        with translate_errors("get agent"):
-            raw = sync(self._client.hgetall(self._keys.agent(agent_id)))
+        # With the store id (checked_read): not "not registered" from an emptied store.
+        key = self._keys.agent(agent_id)
+        [raw] = checked_read(self._client, self._identity, "get agent", lambda p: p.hgetall(key))
         if not raw:
             raise _missing(agent_id)
         return _info(raw)
@@ -130,15 +140,21 @@ class RedisRegistry(AgentRegistry):
     def list(
         self, status: AgentStatus | None = None, capability: str | None = None
     ) -> builtins.list[AgentInfo]:
-        # Two round trips whatever the fleet size: the ids, then every hash pipelined.
-        # An agent deregistered in between has an empty hash and is skipped.
-        with translate_errors("list agents"):
-            ids = sorted(text(i) for i in sync(self._client.smembers(self._keys.ids)))
-            pipe = self._client.pipeline(transaction=False)
+        # Two round trips whatever the fleet size (one for none): the ids, then every
+        # hash pipelined, each with the store id (checked_read), so that an emptied
+        # store is not an empty fleet. An agent deregistered in between has an empty
+        # hash and is skipped.
+        [members] = checked_read(
+            self._client, self._identity, "list agents", lambda p: p.smembers(self._keys.ids)
+        )
+        ids = sorted(text(i) for i in members)
+
+        def hashes(pipe: Any) -> None:
             for agent_id in ids:
                 pipe.hgetall(self._keys.agent(agent_id))
-            hashes = pipe.execute()
-        agents = [_info(raw) for raw in hashes if raw]
+
+        found = checked_read(self._client, self._identity, "list agents", hashes) if ids else []
+        agents = [_info(raw) for raw in found if raw]
         return [
             a
             for a in agents

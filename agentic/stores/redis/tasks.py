@@ -31,11 +31,11 @@ from ..keys import EventLogKeys, TaskKeys
 from ._conn import (
     DEFAULT_PREFIX,
     Script,
+    checked_read,
     connect,
     now_arg,
     open_identity,
     text,
-    translate_errors,
 )
 from .buckets import RedisBuckets
 from .notices import RedisNotices
@@ -188,12 +188,8 @@ class RedisTaskStore(TaskStore):
     def get(self, task_id: str) -> Task:
         # With the store id, in the same round trip: a task missing from a store
         # emptied under this process is not "unknown" (a runner would drop its report).
-        with translate_errors("get task"):
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hgetall(self._keys.data(task_id))
-            pipe.get(self._identity.key)
-            raw, found = pipe.execute()
-        self._identity.confirm(found)
+        key = self._keys.data(task_id)
+        [raw] = checked_read(self._client, self._identity, "get task", lambda p: p.hgetall(key))
         if not raw:
             raise _missing(task_id)
         return _task({text(k): text(v) for k, v in raw.items()})
@@ -236,14 +232,14 @@ class RedisTaskStore(TaskStore):
         # The status index has one sorted set per status and priority rank; MULTI reads
         # them all at one instant.
         ranks = [p.rank for p in Priority]
-        with translate_errors("counting tasks"):
-            pipe = self._client.pipeline(transaction=True)
+        head = self._keys.status_head
+
+        def count(pipe: Any) -> None:
             for status in TaskStatus:
                 for rank in ranks:
-                    pipe.zcard(f"{self._keys.status_head}{status.value}:{rank}")
-            pipe.get(self._identity.key)
-            *counted, found = pipe.execute()
-        self._identity.confirm(found)
+                    pipe.zcard(f"{head}{status.value}:{rank}")
+
+        counted = checked_read(self._client, self._identity, "counting tasks", count, True)
         sizes = iter(counted)
         return {status: sum(int(next(sizes)) for _ in ranks) for status in TaskStatus}
 
@@ -372,14 +368,15 @@ class RedisTaskStore(TaskStore):
         require_count("offset", offset)
         limit = rules.require_limit("limit", limit)
         end = -1 if limit is None else offset + limit - 1
-        with translate_errors("read task logs"):
-            # MULTI: the existence check and the read see one state.
-            pipe = self._client.pipeline(transaction=True)
-            pipe.exists(self._keys.data(task_id))
-            pipe.lrange(self._keys.logs(task_id), offset, end)
-            pipe.get(self._identity.key)
-            exists, raw, found = pipe.execute()
-        self._identity.confirm(found)
+        data, logs = self._keys.data(task_id), self._keys.logs(task_id)
+        # MULTI: the existence check and the read see one state.
+        exists, raw = checked_read(
+            self._client,
+            self._identity,
+            "read task logs",
+            lambda pipe: pipe.exists(data).lrange(logs, offset, end),
+            transaction=True,
+        )
         if not exists:
             raise _missing(task_id)
         # LRANGE offset offset-1 would mean "to the end" when offset is 0.
