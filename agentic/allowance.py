@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import StoreError, StoreUnavailableError
+from .errors import StoreError, StoreLostError, StoreUnavailableError
 from .events import Event, EventEmitter
 from .models import (
     AllowanceStatus,
@@ -229,8 +229,11 @@ class AllowanceService:
     def _store_failed(self, operation: str, exc: StoreError) -> None:
         with self._lock:
             self.store_failures += 1
-        if not self.fail_open:
-            if operation not in _ADMITTING:  # refuses no work: its caller retries or says so
+        # A store emptied under this process does not come back by waiting, as an
+        # unreachable one does: failing open would admit work unmetered for good.
+        lost = isinstance(exc, StoreLostError)
+        if not self.fail_open or lost:
+            if operation not in _ADMITTING or lost:  # no advice: fail_open is no fix here
                 raise StoreUnavailableError(
                     f"quota store failed during {operation}: {exc}"
                 ) from exc

@@ -21,8 +21,16 @@ import pytest
 import redis
 
 from agentic._cli._common import other_store
+from agentic.allowance import AllowanceService
 from agentic.client import TaskClient
-from agentic.errors import APIError, ConfigError, NotFoundError, StoreError, StoreLostError
+from agentic.errors import (
+    APIError,
+    ConfigError,
+    NotFoundError,
+    StoreError,
+    StoreLostError,
+    StoreUnavailableError,
+)
 from agentic.events import Event
 from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
@@ -257,6 +265,23 @@ def test_a_store_restored_under_open_stores_goes_on(stores: Stores) -> None:
     usage = stores.quota.get_usage("a1")
     assert (usage.jobs_started, usage.tokens_reserved) == (2, 20)
     assert stores.tasks.get("t1").title == "before"
+
+
+def test_a_lost_store_is_not_failed_open(stores: Stores) -> None:
+    """A quota service set to fail open refuses work on a store emptied under it (it
+    never comes back by waiting, as an unreachable one does), with no fail_open
+    advice: nothing is admitted unmetered."""
+    service = AllowanceService(stores.quota, fail_open=True)
+    _wipe(stores)
+    for admit in (
+        lambda: service.check("a1", "m", 10),
+        lambda: service.reserve("a1", "m", 10, "j2"),
+        service.active_jobs,
+    ):
+        with pytest.raises(StoreUnavailableError, match="emptied or replaced") as raised:
+            admit()
+        assert "fail_open" not in str(raised.value)
+    assert _keys(stores) == []
 
 
 def test_a_restart_without_persistence_is_noticed_after_functions_reload(
