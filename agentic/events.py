@@ -58,7 +58,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
-from .models import utcnow
+from .models import STORED, utcnow
 
 __all__ = [
     "CLOUDEVENT_TYPE_PREFIX",
@@ -173,23 +173,26 @@ class Event(BaseModel):
         return cloudevent
 
     @classmethod
-    def from_cloudevent(cls, cloudevent: dict[str, Any]) -> Event:
-        """The inverse of :meth:`to_cloudevent`; a foreign ``type`` is a ConfigError."""
+    def from_cloudevent(cls, cloudevent: dict[str, Any], *, stored: bool = False) -> Event:
+        """The inverse of :meth:`to_cloudevent`; a foreign ``type`` is a ConfigError.
+        ``stored``: read back from where a writer put it (a Redis stream), so a type a
+        newer agentic added is read as written (``EventType.later``)."""
         kind = str(cloudevent.get("type", ""))
         if not kind.startswith(CLOUDEVENT_TYPE_PREFIX):
             raise ConfigError(f"not an agentic event type: {kind!r}")
         data = cloudevent.get("data") or {}
-        return cls(
-            id=cloudevent["id"],
-            type=kind.removeprefix(CLOUDEVENT_TYPE_PREFIX),
-            time=cloudevent["time"],
-            source=cloudevent["source"],
-            task_id=data.get("task_id", ""),
-            agent_id=data.get("agent_id", ""),
-            payload=data.get("payload", {}),
-            correlation_id=cloudevent.get("correlationid", ""),
-            causation_id=cloudevent.get("causationid", ""),
-        )
+        fields = {
+            "id": cloudevent["id"],
+            "type": kind.removeprefix(CLOUDEVENT_TYPE_PREFIX),
+            "time": cloudevent["time"],
+            "source": cloudevent["source"],
+            "task_id": data.get("task_id", ""),
+            "agent_id": data.get("agent_id", ""),
+            "payload": data.get("payload", {}),
+            "correlation_id": cloudevent.get("correlationid", ""),
+            "causation_id": cloudevent.get("causationid", ""),
+        }
+        return cls.model_validate(fields, context=STORED if stored else None)
 
 
 #: Task events that happen once per run of a task (see transition_id), whatever the attempt.

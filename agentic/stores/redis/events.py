@@ -128,7 +128,7 @@ def read_events(
     for entry_id, fields in sync(client.xrange(stream, min=low, max="+", count=count)):
         values = {text(key): text(value) for key, value in fields.items()}
         try:
-            event = Event.from_cloudevent(json.loads(values["event"]))
+            event = Event.from_cloudevent(json.loads(values["event"]), stored=True)
         except (KeyError, ValueError, ConfigError):
             log.warning("stream %s: entry %s is not an agentic event", stream, text(entry_id))
             continue
