@@ -663,8 +663,10 @@ class Dispatcher:
 
     def _update(self, task: Task, update: TaskUpdate) -> bool:
         # Computed from the task as listed: only onto that (update_fencing), not onto a
-        # task claimed, failed or retried since (an older server takes it as before).
-        seen = RunSeen.of(task) if self._features.has(self.client, "update_fencing") else None
+        # task claimed, failed or retried since; unconditioned only to a server known to
+        # lack it (features unread: the client reads them, and refuses or fails first).
+        fenced = self._features.has(self.client, "update_fencing") is not False
+        seen = RunSeen.of(task) if fenced else None
         try:
             self.client.update_task(task.id, update, seen)
         except ConflictError as exc:  # it changed meanwhile (retried, say): nothing to record

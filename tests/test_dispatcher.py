@@ -345,6 +345,34 @@ def test_a_failure_is_not_recorded_on_a_task_retried_since_it_was_listed(
     assert system.dispatcher.errors == 1  # the dispatch's own failure only
 
 
+def test_a_failure_is_not_recorded_unconditioned_while_the_features_cannot_be_read(
+    system: System,
+) -> None:
+    """While the task API's health check fails (its features unknown), a failure
+    record is not sent without its condition: a task retried by an operator since it
+    was listed keeps its new run's state, and the unrecorded failure is counted."""
+    system.agent("a")
+    task = system.task("t", max_retries=3)
+    client = scripted(system, error=APIError("boom", 400))  # a definite refusal
+    send = client.claim_task
+
+    def unreadable() -> frozenset[str]:
+        raise TransportError("the health check timed out")
+
+    def retried_then_refused(*args: Any, **kwargs: Any) -> Task:
+        cancel_and_retry(system, task.id)
+        return send(*args, **kwargs)
+
+    client.server_features = unreadable  # type: ignore[method-assign]
+    client.claim_task = retried_then_refused  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert "boom" in report.failed[task.id]
+    stored = system.tasks.get(task.id)
+    assert (stored.status, stored.reruns, stored.retry_count) == (TaskStatus.PENDING, 1, 0)
+    assert stored.next_attempt_at is None
+    assert system.dispatcher.errors == 2  # the dispatch's failure, and its record's
+
+
 def test_a_listed_dead_letter_retried_before_its_patch_stays_retried(system: System) -> None:
     """A task listed past its retries, failed and retried by an operator before the
     pass dead-letters it: the dead letter is refused and the new run stays pending."""
