@@ -155,20 +155,24 @@ def _poll(
     poll_interval: float,
     stop: threading.Event | None,
 ) -> TaskStatus | None:
-    failures, said = 0, ""  # transient failures in a row; the error last printed
+    # Transient failures in a row, the error last printed, and whether the end of
+    # the outage was said: it ends when a whole poll answers (the status read alone
+    # answering while the log read fails is said once, not at every poll).
+    failures, said, back = 0, "", False
     while stop is None or not stop.is_set():
         try:
             # Status first, then the log: once a final status is seen, every line
             # written before the task finished is printed before returning.
             current = client.get_task(task_id)
-            if failures:
+            if failures and not back:
                 tries = "try" if failures == 1 else "tries"
                 printer.writer.write(
                     f"[{_stamp()}] Reachable again after {failures} failed {tries}\n"
                 )
-                failures, said = 0, ""
+                back = True
             printer.show_status(current.status, current)
             printer.drain(client, task_id)
+            failures, said, back = 0, "", False
         except NotFoundError:
             raise
         except APIError as exc:

@@ -321,6 +321,35 @@ def test_an_outage_is_printed_once_and_its_end_said(
     ]
 
 
+def test_a_log_read_failing_while_the_status_answers_is_printed_once(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """While the status read answers and the log read keeps failing, the outage's end
+    and the log's error are each printed once, not a pair of lines at every poll."""
+    statuses = iter([*["pending"] * 6, "completed"])
+    mock.get("/api/tasks/t1").mock(
+        side_effect=lambda _: httpx.Response(200, json=task_json(next(statuses)))
+    )
+    mock.get("/api/tasks/t1/logs", params={"follow": "true"}).mock(
+        side_effect=httpx.ConnectError("refused")
+    )
+    failing = [httpx.Response(503, json={"message": "logs down"})] * 4
+    empty = httpx.Response(200, json={"lines": [], "offset": 0, "next_offset": 0})
+    log_answers = iter([empty, *failing])
+    mock.get("/api/tasks/t1/logs").mock(
+        side_effect=lambda request: next(log_answers, None) or FakeLog([])(request)
+    )
+    out = io.StringIO()
+    assert stream_logs(client, "t1", out, poll_interval=0) is TaskStatus.COMPLETED
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "Status: pending",
+        "Error: HTTP 503: logs down (asking again, less often)",
+        "Reachable again after 1 failed try",
+        "Status: completed",
+    ]
+
+
 def test_polls_back_off_while_the_task_api_fails() -> None:
     """The pause doubles with each failure in a row, up to 10 intervals; none: 1."""
     assert [_pause(1.5, n) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 15.0, 15.0]
