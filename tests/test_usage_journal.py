@@ -759,18 +759,28 @@ def test_a_job_without_usage_writes_its_decided_end_before_its_report(system: Sy
     send = system.client.complete_task
     tries: list[int] = []
 
+    seen: list[Any] = []
+    looked = threading.Event()
+
     def lost(*args: Any, **kwargs: Any) -> Task:
         tries.append(1)
         if len(tries) == 1:
+            # The end is on disk before the report is sent: the watcher finds it while
+            # the report waits here (a loaded machine may not run it in the retry's
+            # few milliseconds, after which the landed report removes the file).
+            looked.wait(10)
             raise TransportError("the task API is down")
         return send(*args, **kwargs)
 
     system.client.complete_task = lost  # type: ignore[method-assign]
-    seen: list[Any] = []
+
+    def watch(journal: UsageJournal, job_id: str) -> None:
+        seen.append(_wait_end(journal, job_id))
+        looked.set()
 
     def handler(task: Task, ctx: TaskContext) -> str:
         journal = UsageJournal(default_state_dir(), AGENT)
-        threading.Thread(target=lambda: seen.append(_wait_end(journal, task.job_id))).start()
+        threading.Thread(target=watch, args=(journal, task.job_id)).start()
         return "the answer"
 
     system.started(handler)
