@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import signal
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
+from agentic.allowance import AllowanceService
 from agentic.client import TaskClient
 from agentic.errors import APIError, ConfigError, StoreError, TransportError
 from agentic.models import (
@@ -28,13 +30,21 @@ from agentic.models import (
     TaskStatus,
 )
 from agentic.runner import SubprocessHandler, TaskContext
-from agentic.runner._journal import Decided, JobJournal, UsageJournal, default_state_dir
+from agentic.runner._journal import (
+    Decided,
+    JobJournal,
+    Leftover,
+    UsageJournal,
+    default_state_dir,
+)
+from agentic.runner._recovery import Recovery
+from agentic.runner._reporting import Reporter
 from agentic.runner._subprocess import _UsageFile
 from agentic.stores import open_allowance_store, open_registry
 
 from .test_cli import clean_environment, run  # noqa: F401
 from .test_e2e_processes import FAST, Fleet, create, fleet_on, registered, wait_until
-from .test_runner import AGENT, System, build_system, wait_for
+from .test_runner import AGENT, FAST_RETRY, System, build_system, wait_for
 
 pytestmark = pytest.mark.usefixtures("clean_environment")
 
@@ -816,3 +826,126 @@ def test_a_decided_job_still_claimed_is_given_back_not_rerun(system: System) -> 
     wait_for(lambda: system.tasks.get(task.id).status is TaskStatus.PENDING)
     wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 100)
     assert ran == [] and system.tasks.get(task.id).retry_count == 0
+
+
+# --- re-reading the files beside the settle rounds ---
+def recovery_of(system: System, leftovers: int) -> tuple[Recovery, list[str]]:
+    """A Recovery of AGENT over ``leftovers`` job files whose tasks are no longer
+    claimed (each settled at its round), and the job ids of each settle call made."""
+    settled: list[str] = []
+    real_settle = system.quota.settle
+
+    def settle(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        settled.append(job_id)
+        return real_settle(job_id, *args, **kwargs)
+
+    system.quota.settle = settle  # type: ignore[method-assign]
+    for i in range(leftovers):
+        gone = claimed(job_id=f"old-{i}", task_id=f"gone-{i}")
+        system.tasks.create(Task(id=gone.id, title="t"))  # known, no longer claimed
+        job = UsageJournal(default_state_dir(), AGENT).job(gone, errors()[1])
+        job.usage("m", 10, 0)
+        job.close()
+    journal = UsageJournal(default_state_dir(), AGENT)
+    allowance = AllowanceService(system.quota)
+    reporter = Reporter(
+        AGENT, system.client, allowance, FAST_RETRY, time.sleep, errors()[1], journal
+    )
+    return Recovery(journal, AGENT, system.client, reporter, errors()[1]), settled
+
+
+def test_a_job_settled_while_the_files_are_listed_is_not_put_back(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round that settles a job (and removes its file) between a re-read's listing
+    and its update leaves it settled: the re-read does not put it back to settle again."""
+    recovery, settled = recovery_of(system, 1)
+    recovery.find()
+    listing = recovery.journal.leftovers
+
+    def round_after_listing(tidy: bool = True) -> list[Leftover]:
+        found = listing(tidy)
+        recovery.settle_round(set)  # settles old-0 and removes its file
+        return found
+
+    monkeypatch.setattr(recovery.journal, "leftovers", round_after_listing)
+    recovery.find()
+    assert not recovery.pending
+    recovery.settle_round(set)
+    assert settled == ["old-0"]
+
+
+def test_a_job_being_settled_is_not_listed(system: System) -> None:
+    """A re-read of the files while a round settles a job does not see that job (its
+    file is held until the settle lands and removes it), so it is settled once."""
+    recovery, settled = recovery_of(system, 1)
+    recovery.find()
+    real_settle = system.quota.settle
+
+    def settle_then_read_again(*args: Any, **kwargs: Any) -> Any:
+        recovery.find()  # as a lapse's end or an attempt's end does, mid-round
+        return real_settle(*args, **kwargs)
+
+    system.quota.settle = settle_then_read_again  # type: ignore[method-assign]
+    recovery.settle_round(set)
+    assert not recovery.pending
+    recovery.settle_round(set)
+    assert settled == ["old-0"]
+
+
+def test_a_job_put_back_while_the_files_are_listed_stays(system: System) -> None:
+    """A job taken and put back (a give-back that did not land) while a re-read lists
+    the files stays to settle, even when its file was held from that listing."""
+    recovery, settled = recovery_of(system, 1)
+    recovery.find()
+    listing = recovery.journal.leftovers
+
+    def give_back_failing_meanwhile(tidy: bool = True) -> list[Leftover]:
+        left = recovery.take("old-0")
+        assert left is not None
+        with recovery.journal.held("old-0"):
+            found = listing(tidy)
+        recovery.keep(left)
+        return found
+
+    recovery.journal.leftovers = give_back_failing_meanwhile  # type: ignore[method-assign]
+    recovery.find()
+    assert recovery.pending
+    recovery.settle_round(set)
+    assert settled == ["old-0"] and not recovery.pending
+
+
+def test_re_reads_beside_settle_rounds_settle_each_job_once(system: System) -> None:
+    """Threads re-reading the files (at random moments) while rounds settle them:
+    each job is settled exactly once, and none is left."""
+    recovery, settled = recovery_of(system, 20)
+    recovery.find()
+    real_settle = system.quota.settle
+
+    def slow_settle(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.01)  # a store's round trip: re-reads run meanwhile
+        return real_settle(*args, **kwargs)
+
+    system.quota.settle = slow_settle  # type: ignore[method-assign]
+    stop = threading.Event()
+
+    def read_again(seed: int) -> None:
+        pause = random.Random(seed)
+        while not stop.wait(pause.uniform(0, 0.02)):
+            recovery.find()
+
+    readers = [threading.Thread(target=read_again, args=(seed,)) for seed in range(3)]
+    for reader in readers:
+        reader.start()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # a stale job put back would be settled again
+            recovery.settle_round(set)
+    finally:
+        stop.set()
+        for reader in readers:
+            reader.join()
+    recovery.find()
+    recovery.settle_round(set)
+    assert sorted(settled) == sorted(f"old-{i}" for i in range(20))
+    assert not recovery.pending

@@ -362,6 +362,19 @@ class UsageJournal:
         except OSError as exc:
             self._error(f"job {job_id}: its usage file could not be removed", exc)
 
+    @contextlib.contextmanager
+    def held(self, job_id: str) -> Iterator[Leftover | None]:
+        """The job's file read again under its lock, held until the block ends (a
+        listing skips it meanwhile); None when it is gone (its settle landed), held
+        by another, or unreadable (the next listing says so)."""
+        path = self._path(job_id)
+        with _try_lock(path) as locked:
+            read = None
+            if locked:
+                with contextlib.suppress(Exception):
+                    read = _read(path)
+            yield None if read is None else read[0]
+
     def has(self, job_id: str) -> bool:
         """Whether the job's file is still there (its settle has not landed)."""
         return self._path(job_id).exists()

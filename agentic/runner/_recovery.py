@@ -64,15 +64,37 @@ class Recovery:
         self._error = on_error
         self._lock = threading.Lock()
         self._left: dict[str, Leftover] = {}
+        # One per find whose listing is under way: job id -> what was done to it since
+        # the listing began (None: taken; else put back), which its listing is too old
+        # to know.
+        self._reading: list[dict[str, Leftover | None]] = []
         self._foreign: set[str] = set()  # jobs whose task the task API does not know
 
     def find(self, tidy: bool = True) -> None:
         """Read the files no live attempt holds (once the agent id is this runner's:
         one waiting for it must not touch the live runner's files); without
-        ``tidy`` (a dry run) none is moved aside."""
-        found = {left.job_id: left for left in self.journal.leftovers(tidy)}
+        ``tidy`` (a dry run) none is moved aside.
+
+        Merged, not copied: a job taken since the listing began (settled and its file
+        removed by a round, say) is not put back from a listing read before, and one
+        put back since stays."""
+        since: dict[str, Leftover | None] = {}
         with self._lock:
-            self._left = found
+            self._reading.append(since)
+        found: list[Leftover] | None = None
+        try:
+            found = self.journal.leftovers(tidy)
+        finally:
+            with self._lock:
+                self._reading = [other for other in self._reading if other is not since]
+                if found is not None:
+                    left = {job.job_id: job for job in found}
+                    for job_id, kept in since.items():
+                        if kept is None:
+                            left.pop(job_id, None)
+                        else:
+                            left[job_id] = kept
+                    self._left = left
 
     @property
     def pending(self) -> bool:
@@ -91,7 +113,8 @@ class Recovery:
         the report when it landed; else None, and the job waits for the next try."""
         if left.decided is None or self.take(left.job_id) is None:
             return None  # taken up meanwhile
-        report = self.reporter.report_decided(task, left.settlement(), left.decided)
+        with self.journal.held(left.job_id):  # no listing reads it meanwhile
+            report = self.reporter.report_decided(task, left.settlement(), left.decided)
         if report is None:
             self.keep(left)
         elif report is not Report.RELEASED:  # given back: its refusal is said already
@@ -106,12 +129,18 @@ class Recovery:
     def take(self, job_id: str) -> Leftover | None:
         """Hand ``job_id`` over to a new run (or a give-back that settles it)."""
         with self._lock:
+            self._since(job_id, None)
             return self._left.pop(job_id, None)
 
     def keep(self, left: Leftover) -> None:
         """Put back a job taken for a give-back that did not land."""
         with self._lock:
-            self._left.setdefault(left.job_id, left)
+            self._since(left.job_id, self._left.setdefault(left.job_id, left))
+
+    def _since(self, job_id: str, left: Leftover | None) -> None:
+        """Tell each listing under way what became of ``job_id`` (lock held)."""
+        for since in self._reading:
+            since[job_id] = left
 
     def settle_round(self, running: Callable[[], set[str]]) -> None:
         """Settle each job whose claim is gone; ``running``: job ids of live attempts."""
@@ -128,7 +157,11 @@ class Recovery:
                 continue  # asked again next round
             if self.take(left.job_id) is None:
                 continue  # taken up by a new run meanwhile
-            self._settle(left)
+            with self.journal.held(left.job_id) as now:
+                # Read again under its lock, held while settling (no listing reads it
+                # meanwhile): None when settled and removed since it was read.
+                if now is not None:
+                    self._settle(now)
 
     def settle_idle(self, dry_run: bool, renew: Callable[[], bool]) -> list[Settled]:
         """Settle every job found, for an agent id no runner runs (``agentic admin
