@@ -375,3 +375,35 @@ def test_a_lapse_ended_before_its_cancelled_run_stopped_still_settles_that_run(
     wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 75, timeout=3)
     assert system.quota.get_usage(AGENT).active_jobs == 0
     assert runner[0].recovery is not None and not runner[0].recovery.pending
+
+
+def test_a_run_that_finished_as_the_id_lapsed_is_reported_once_back_not_run_again(
+    system: System,
+) -> None:
+    """A handler that returns its result just as the id lease lapses (the registry out
+    of reach) is not reported then, but its end is written down: once a renewal lands
+    with the id still ours, the task is completed with that result, not run again."""
+    system.registry = registry = OutageRegistry()
+    system.dispatcher.registry = registry
+    calls: Counter[str] = Counter()
+
+    def handler(task: Task, ctx: TaskContext) -> str:
+        calls[task.id] += 1
+        ctx.usage("m", 100, 50)
+        if calls[task.id] == 1:
+            registry.down.set()
+            ctx.cancel_event.wait(10)  # the lapse: its work is done all the same
+        return "finished as the id lapsed"
+
+    runner = system.started(handler, id_lease=LEASE, cancel_grace=GRACE)
+    task = system.submit("lapsing")
+    wait_for(lambda: runner.id_watch.lapses == 1, timeout=LEASE + 1)
+    wait_for(lambda: runner.load == 0)
+    assert system.tasks.get(task.id).status is TaskStatus.IN_PROGRESS  # not reported
+    registry.down.clear()
+    done = system.finished(task.id)
+    assert done.status is TaskStatus.COMPLETED
+    assert done.result is not None and done.result.output == "finished as the id lapsed"
+    assert calls[task.id] == 1 and completions(system, task.id) == 1
+    wait_for(lambda: system.quota.get_usage(AGENT).tokens_used == 150)
+    assert system.quota.get_usage(AGENT).active_jobs == 0

@@ -162,10 +162,22 @@ class Attempt:
             return self._taken
 
 
+#: stops after which the attempt's end is another's to decide (the task claimed again,
+#: the agent id taken)
+_NOT_OURS = (Stop.LOST, Stop.DISPLACED)
+
+
 def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
     """Turn how the handler ended (or did not) into what to report."""
     timed_out = f"timed out after {max_job_duration or 0:g} s"
     kind = attempt.stop_kind
+    result, error = attempt.result, attempt.error
+    finished = attempt.done.is_set() and error is None
+    if finished and result is not None and result.success and kind not in _NOT_OURS:
+        # Finished, even if asked to stop: redoing finished work would spend twice
+        # (lapsed: not reported, but its end is written down and reported once the
+        # id is back).
+        return Outcome(Report.COMPLETED, _clip(result))
     if kind in (Stop.LOST, Stop.DISPLACED, Stop.LAPSED):
         return Outcome(Report.NOTHING, TaskResult(success=False), attempt.ctx.cancel_reason)
     if not attempt.done.is_set():
@@ -173,10 +185,6 @@ def decide(attempt: Attempt, max_job_duration: float | None) -> Outcome:
             return _failed(TaskResult(success=False), f"{timed_out} (the handler did not stop)")
         reason = "the agent shut down before the task finished"
         return Outcome(Report.RELEASED, TaskResult(success=False), reason)
-    result, error = attempt.result, attempt.error
-    if error is None and result is not None and result.success:
-        # Finished, even if asked to stop: redoing finished work would spend twice.
-        return Outcome(Report.COMPLETED, _clip(result))
     if isinstance(error, InfrastructureError):
         unrun = TaskResult(success=False)
         return Outcome(Report.RELEASED, unrun, str(error), True, error.before_work)

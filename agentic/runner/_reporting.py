@@ -100,9 +100,28 @@ class Reporter:
 
     def settle(self, attempt: Attempt, outcome: Outcome) -> None:
         """Charge what the attempt used under its claim's job id (if quota is on)."""
+        ended = self.record(attempt, outcome)
+        if ended is None:
+            return
+        job_id = attempt.task.job_id
+        with self._unsettled_lock:
+            self._reporting[job_id] = ended
+        self.end_job(job_id, ended[0])
+
+    def keep_end(self, attempt: Attempt, outcome: Outcome) -> None:
+        """Write the end of an attempt whose handler ran to its end but which is not
+        reported (the agent id lapsed meanwhile), neither settled nor reported: once
+        the id is back (or at the agent's next start here) its task, still claimed, is
+        reported as decided, not run again; its claim gone, it is settled so."""
+        if outcome.report in (Report.COMPLETED, Report.FAILED):
+            self.record(attempt, outcome)
+
+    def record(self, attempt: Attempt, outcome: Outcome) -> tuple[Settle, Decided] | None:
+        """Write the attempt's end to its job file, what a restart settles and
+        reports; the settle and the report (None when no quota is kept)."""
         job_id = attempt.task.job_id
         if self.allowance is None or not job_id:
-            return
+            return None
         tokens_in, tokens_out = attempt.ctx.settle_tokens()
         model = attempt.task.model or next(iter(attempt.ctx.models), "") or None
         event: QuotaEvent | None = outcome.report.quota_event
@@ -122,9 +141,7 @@ class Reporter:
             # even when the job recorded no usage (about 70 us a job), so a process
             # killed while its report is on its way never runs the job again.
             attempt.ctx.journal.end(args, decided, always=True)
-        with self._unsettled_lock:
-            self._reporting[job_id] = (args, decided)
-        self.end_job(job_id, args)
+        return args, decided
 
     def end_job(self, job_id: str, args: Settle, patient: bool = True) -> None:
         """Settle (or, event None, give back whole) a job's reservation, retried (once

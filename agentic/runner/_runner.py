@@ -594,6 +594,7 @@ class AgentRunner:
                 # a timeout or a shutdown keeps its stop kind, the first one). Forgotten:
                 # the id still ours after a lapse, the poll takes it up again.
                 log.info("task %s: not reported (the agent id lease lapsed or was taken)", task.id)
+                self.reporter.keep_end(attempt, outcome)  # ran to its end: not run again
                 with self._lock:
                     self._seen.pop(attempt.key, None)
                     self._unreported[task.job_id] = attempt.ctx.cancel_reason or "stopped"
