@@ -1044,6 +1044,27 @@ def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         assert [e.event.type for e in log.read()] == [EventType.TASK_CLAIMED]
 
 
+def test_serve_stops_on_a_sigterm_sent_as_soon_as_it_says_it_serves(tmp_path: Path) -> None:
+    """A SIGTERM sent the moment serve prints its URL (before uvicorn has taken over
+    the signals) stops it, exit 0, instead of being ignored."""
+    for attempt in range(3):
+        store = "sqlite:///" + (tmp_path / f"s{attempt}.db").as_posix().lstrip("/")
+        command = [AGENTIC, "serve", "--port", str(free_port()), "--store", store]
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=subprocess_env()
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith(b"serving the task API"):
+                    process.send_signal(signal.SIGTERM)
+                    break
+            assert process.wait(15) == 0
+        finally:
+            process.kill()
+            process.communicate()
+
+
 @pytest.mark.parametrize(
     ("settings", "records"),
     [
