@@ -23,6 +23,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner, Result
 
+from agentic._cli import tasks as cli_tasks
 from agentic._cli._common import event_emitter, one_of, records_events, store_config
 from agentic._cli._logging import KeyValueFormatter
 from agentic.allowance import AllowanceService
@@ -646,10 +647,31 @@ def test_logs_of_an_unknown_task_names_it(system: System) -> None:
         assert "agentic tasks" in result.stderr
 
 
-def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System) -> None:
-    """logs -f of a pending task points at the events that say why it waits (its log
-    is empty until it runs), then follows it to its end as usual."""
+def test_following_a_pending_task_says_where_to_see_why_it_waits(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logs -f of a task pending for a while points at the events that say why it
+    waits (its log is empty until it runs), then follows it to its end as usual."""
+    monkeypatch.setattr(cli_tasks, "PENDING_HINT_AFTER", 0.3)
     task = system.tasks.create(Task(title="waits"))
+
+    def finish() -> None:
+        time.sleep(1.5)
+        system.tasks.complete(system.tasks.claim(task.id, "a1", 60).id, TaskResult(success=True))
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    result = system.cli("logs", task.id, "-f")
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert f"agentic events --task {task.id} says why it waits" in result.stderr
+    assert "Status: completed" in result.stdout
+
+
+def test_following_a_task_claimed_at_once_gives_no_pending_warning(system: System) -> None:
+    """logs -f of a task just submitted that is claimed and finished within moments
+    (the usual case) prints no warning about it pending."""
+    task = system.tasks.create(Task(title="runs"))
 
     def finish() -> None:
         time.sleep(0.5)
@@ -660,7 +682,7 @@ def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System)
     result = system.cli("logs", task.id, "-f")
     worker.join()
     assert result.exit_code == 0, result.output
-    assert f"agentic events --task {task.id} says why it waits" in result.stderr
+    assert "pending" not in result.stderr
     assert "Status: completed" in result.stdout
 
 
