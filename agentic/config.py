@@ -647,9 +647,15 @@ def _check_key(key: str, where: str) -> None:
     """Refuse an unknown key, listing the valid ones and the nearest match."""
     if key in _all_keys():
         return
-    section = key.partition(".")[0]
+    section, dot, _ = key.partition(".")
     valid = [k for k in _all_keys() if k.startswith(f"{section}.")] or _all_keys()
+    # A misspelt section (``dispatchr:``) is meant as that section, not as the key
+    # nearest in letters; a section's key at the top (``port:``) as that key.
     close = difflib.get_close_matches(key, valid, n=1)
+    if not dot:
+        near = _near_miss(key)
+        sections = difflib.get_close_matches(key, list(_SECTIONS), n=1, cutoff=0.8)
+        close = [f"the section {name}" for name in sections] or ([near] if near else close)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ConfigError(f"unknown key {key!r} in {where}{hint}; valid keys: {', '.join(valid)}")
 

@@ -23,6 +23,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner, Result
 
+from agentic._cli import tasks as cli_tasks
 from agentic._cli._common import event_emitter, one_of, records_events, store_config
 from agentic._cli._logging import KeyValueFormatter
 from agentic.allowance import AllowanceService
@@ -646,10 +647,31 @@ def test_logs_of_an_unknown_task_names_it(system: System) -> None:
         assert "agentic tasks" in result.stderr
 
 
-def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System) -> None:
-    """logs -f of a pending task points at the events that say why it waits (its log
-    is empty until it runs), then follows it to its end as usual."""
+def test_following_a_pending_task_says_where_to_see_why_it_waits(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logs -f of a task pending for a while points at the events that say why it
+    waits (its log is empty until it runs), then follows it to its end as usual."""
+    monkeypatch.setattr(cli_tasks, "PENDING_HINT_AFTER", 0.3)
     task = system.tasks.create(Task(title="waits"))
+
+    def finish() -> None:
+        time.sleep(1.5)
+        system.tasks.complete(system.tasks.claim(task.id, "a1", 60).id, TaskResult(success=True))
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    result = system.cli("logs", task.id, "-f")
+    worker.join()
+    assert result.exit_code == 0, result.output
+    assert f"agentic events --task {task.id} says why it waits" in result.stderr
+    assert "Status: completed" in result.stdout
+
+
+def test_following_a_task_claimed_at_once_gives_no_pending_warning(system: System) -> None:
+    """logs -f of a task just submitted that is claimed and finished within moments
+    (the usual case) prints no warning about it pending."""
+    task = system.tasks.create(Task(title="runs"))
 
     def finish() -> None:
         time.sleep(0.5)
@@ -660,7 +682,7 @@ def test_following_a_pending_task_says_where_to_see_why_it_waits(system: System)
     result = system.cli("logs", task.id, "-f")
     worker.join()
     assert result.exit_code == 0, result.output
-    assert f"agentic events --task {task.id} says why it waits" in result.stderr
+    assert "pending" not in result.stderr
     assert "Status: completed" in result.stdout
 
 
@@ -1042,6 +1064,27 @@ def test_serve_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert "task lifecycles recorded in its event log" in out.decode()
     with open_event_log(store) as log:
         assert [e.event.type for e in log.read()] == [EventType.TASK_CLAIMED]
+
+
+def test_serve_stops_on_a_sigterm_sent_as_soon_as_it_says_it_serves(tmp_path: Path) -> None:
+    """A SIGTERM sent the moment serve prints its URL (before uvicorn has taken over
+    the signals) stops it, exit 0, instead of being ignored."""
+    for attempt in range(3):
+        store = "sqlite:///" + (tmp_path / f"s{attempt}.db").as_posix().lstrip("/")
+        command = [AGENTIC, "serve", "--port", str(free_port()), "--store", store]
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=subprocess_env()
+        )
+        try:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith(b"serving the task API"):
+                    process.send_signal(signal.SIGTERM)
+                    break
+            assert process.wait(15) == 0
+        finally:
+            process.kill()
+            process.communicate()
 
 
 @pytest.mark.parametrize(

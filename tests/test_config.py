@@ -744,3 +744,16 @@ def test_example_file_documents_every_key() -> None:
     for number, line in enumerate(lines):
         if line.strip() and not line.lstrip().startswith("#") and not line.endswith(":"):
             assert lines[number - 1].lstrip().startswith("#"), f"no comment above {line!r}"
+
+
+def test_unknown_key_hint_names_a_misspelt_section_or_the_key_of_a_section(
+    tmp_path: Path,
+) -> None:
+    """A misspelt section is suggested as that section, a section's key at the top as it."""
+    message = config_error(path=write(tmp_path / "a.yaml", "dispatchr:\n  interval: 2\n"))
+    assert "unknown key 'dispatchr'" in message
+    assert "(did you mean the section dispatcher?)" in message
+    message = config_error(path=write(tmp_path / "b.yaml", "port: 9000\n"))
+    assert "(did you mean server.port?)" in message
+    message = config_error(path=write(tmp_path / "c.yaml", "store: redis://h\n"))
+    assert "(did you mean store_url?)" in message

@@ -11,6 +11,8 @@ a Redis 6, so the scripts' path (EVALSHA) is covered beside the Functions'.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog, TaskSto
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import running_server
-from tests.conftest import RedisServer, fake_redis_6, start_redis_server
+from tests.conftest import RedisServer, fake_redis_6, free_port, start_redis_server
 
 # clean_environment is autouse in test_cli: imported here, it applies here too.
 from tests.test_cli import clean_environment, run, write_config  # noqa: F401
@@ -486,3 +488,37 @@ def test_read_only_commands_on_an_emptied_store_say_so_and_write_nothing(
         assert client.keys(f"{prefix}:*") == []
     finally:
         client.close()
+
+
+def _serve_says(url: str, tmp_path: Path) -> str:
+    """What `agentic serve` on ``url`` writes to stderr up to serving, then stopped."""
+    port = free_port()
+    agentic = Path(sys.executable).with_name("agentic")
+    command = [str(agentic), "serve", "--store", url, "--port", str(port)]
+    err = tmp_path / f"serve-{port}.err"
+    with err.open("w") as sink:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sink, text=True)
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith("serving the task API"):
+                break
+        process.terminate()
+        process.communicate(timeout=20)
+    return " ".join(err.read_text().split())
+
+
+def test_serve_warns_of_a_redis_without_an_append_only_file(
+    own_server: RedisServer, policy: Any, tmp_path: Path
+) -> None:
+    """agentic serve on a Redis with appendonly no warns that a restart brings back an
+    older store no process can tell apart, and how to turn it on; with it on, not."""
+    url = f"{own_server.url}?prefix=t{uuid.uuid4().hex[:12]}"
+    said = _serve_says(url, tmp_path)
+    assert "warning: Redis at 127.0.0.1:" in said
+    assert "keeps no append-only file (appendonly no)" in said
+    assert "CONFIG SET appendonly yes" in said
+    policy.config_set("appendonly", "yes")
+    try:
+        assert "append-only" not in _serve_says(url, tmp_path)
+    finally:
+        policy.config_set("appendonly", "no")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ..errors import ConfigError
-from ..stores import open_event_log, open_task_store
+from ..stores import open_event_log, open_task_store, persistence_warning
 from ._common import (
     EXIT_RUNTIME,
     ConfigOption,
@@ -24,10 +24,13 @@ from ._common import (
     shared_log_url,
     stdout,
     store_options,
+    warn,
 )
 from ._logging import setup_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import uvicorn
 
 
@@ -153,26 +156,39 @@ def serve(
         server = uvicorn.Server(
             uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=10)
         )
-        out = stdout()
-        out.print(f"store: {redacted(url)}", highlight=False)
-        if record:
-            out.print("task lifecycles recorded in its event log (agentic events)")
-        if events_url:
-            out.print("event log served to admin tokens at /api/events", highlight=False)
-        out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
-        _run(server, sock)
+
+        def announce() -> None:
+            out = stdout()
+            out.print(f"store: {redacted(url)}", highlight=False)
+            if note := persistence_warning(url):
+                warn(note)
+            if record:
+                out.print("task lifecycles recorded in its event log (agentic events)")
+            if events_url:
+                out.print("event log served to admin tokens at /api/events", highlight=False)
+            out.print(f"serving the task API on {_url(cfg.server.host, cfg.server.port)}")
+
+        _run(server, sock, announce)
 
 
-def _run(server: uvicorn.Server, sock: socket.socket) -> None:
+def _run(server: uvicorn.Server, sock: socket.socket, announce: Callable[[], None]) -> None:
     """Run uvicorn; a signal ends it with exit 0 after its graceful shutdown.
 
     uvicorn re-raises the signal it caught once it has shut down, which would kill
-    the process with that signal (exit -15 for SIGTERM). Handlers that ignore it are
-    installed first: uvicorn restores them before re-raising, so the re-raised signal
-    lands on them and the process exits normally.
+    the process with that signal (exit -15 for SIGTERM). Handlers that only ask the
+    server to exit are installed first: uvicorn restores them before re-raising, so
+    the re-raised signal lands on them and the process exits normally, and a signal
+    that comes before uvicorn has installed its own handlers stops the server as soon
+    as it has started, not never. ``announce`` (what serve prints, ending with the URL
+    it serves) runs once they are installed: a signal sent when the URL is seen stops it.
     """
-    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(*_: object) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        announce()
         server.run(sockets=[sock])
     finally:
         for sig, handler in previous.items():

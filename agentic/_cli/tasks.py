@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import heapq
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ import typer
 from rich.text import Text
 
 from ..client import TaskClient
+from ..config import Config
 from ..errors import AgenticError, ConflictError, NotFoundError
 from ..logs import FINISHED, stream_logs
 from ..models import Priority, Task, TaskStatus, TaskUpdate
@@ -203,9 +205,12 @@ def logs(
             if json_output:
                 status = _json_lines(api, task_id, follow)
             else:
-                if follow:
-                    _why_pending(api, api.get_task(task_id))
-                status = stream_logs(api, task_id, sys.stdout, follow=follow)
+                hint = _why_pending(cfg, api, api.get_task(task_id)) if follow else None
+                try:
+                    status = stream_logs(api, task_id, sys.stdout, follow=follow)
+                finally:
+                    if hint is not None:
+                        hint.cancel()
         except NotFoundError as exc:
             raise _no_task(task_id, cfg.base_url) from exc
     # Followed to its end, a task that will not complete is an error: a script that
@@ -214,18 +219,42 @@ def logs(
         raise typer.Exit(1)
 
 
-def _why_pending(api: TaskClient, task: Task) -> None:
-    """Warn why a pending task waits: nothing in its log says so."""
+#: seconds a followed task waits before `logs -f` says where to read why: a task just
+#: submitted is claimed within moments (a new task wakes the dispatcher at once)
+PENDING_HINT_AFTER = 5.0
+
+
+def _why_pending(cfg: Config, api: TaskClient, task: Task) -> threading.Timer | None:
+    """Warn why a pending task waits (nothing in its log says so): its unfinished
+    dependencies at once; else, once it has been pending for ``PENDING_HINT_AFTER``
+    seconds, where to read why (the timer doing that, to cancel when the task ends)."""
     if task.status is not TaskStatus.PENDING:
-        return
+        return None
     waiting_on = [dep for dep in task.dependencies if not _completed(api, dep)]
     if waiting_on:
         warn(f"task {task.id} is pending: it waits for {', '.join(waiting_on)} to complete")
-        return
-    warn(
-        f"task {task.id} is pending: agentic events --task {task.id} says"
-        " why it waits (no capable agent with room, quota, its turn)"
-    )
+        return None
+    since = task.updated_at or task.created_at
+    waited = (datetime.now(UTC) - since).total_seconds() if since else PENDING_HINT_AFTER
+    timer = threading.Timer(max(0.0, PENDING_HINT_AFTER - waited), _still_pending, (cfg, task.id))
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _still_pending(cfg: Config, task_id: str) -> None:
+    """The hint of :func:`_why_pending`, if the task is pending still (a client of its
+    own: the follower's is busy with the stream)."""
+    try:
+        with client(cfg) as api:
+            pending = api.get_task(task_id).status is TaskStatus.PENDING
+    except AgenticError:
+        return  # a hint: the follower reports the task API's failures itself
+    if pending:
+        warn(
+            f"task {task_id} is pending: agentic events --task {task_id} says"
+            " why it waits (no capable agent with room, quota, its turn)"
+        )
 
 
 def _completed(api: TaskClient, task_id: str) -> bool:

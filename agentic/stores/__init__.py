@@ -39,6 +39,7 @@ __all__ = [
     "open_registry",
     "open_task_store",
     "parse_store_url",
+    "persistence_warning",
     "prune_redis_functions",
 ]
 
@@ -137,3 +138,13 @@ def prune_redis_functions(url: str, dry_run: bool = False) -> PrunedFunctions:
     module, parsed = _backend(url)
     pruned: PrunedFunctions = module.prune_functions_from_url(parsed, dry_run=dry_run)
     return pruned
+
+
+def persistence_warning(url: str) -> str | None:
+    """What may make the store of ``url`` lose writes without any process noticing
+    (a Redis without an append-only file), or None."""
+    module, parsed = _backend(url)
+    if module.__name__ != _SCHEMES["redis"][0]:
+        return None
+    warning: str | None = module.persistence_warning(parsed)
+    return warning

@@ -8,7 +8,7 @@ store operation is one Lua script call (one round trip), timed by the server's
 from __future__ import annotations
 
 from .._url import StoreURL
-from ._conn import Connection, connect
+from ._conn import Connection, connect, persistence_warning
 from .allowance import RedisAllowanceStore
 from .eventlog import RedisEventLog
 from .events import RedisStreamEmitter, read_events
@@ -25,6 +25,7 @@ __all__ = [
     "allowance_store_from_url",
     "connect",
     "event_log_from_url",
+    "persistence_warning",
     "prune_functions",
     "prune_functions_from_url",
     "read_events",

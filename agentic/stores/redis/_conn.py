@@ -439,6 +439,30 @@ def _refuse_eviction(config: dict[str, str], address: str) -> None:
     )
 
 
+def persistence_warning(url: StoreURL) -> str | None:
+    """Why the Redis of ``url`` may go back in time, or None: without an append-only
+    file (``appendonly no``) a crashed Redis comes back with its last snapshot, an
+    older store with the same id, which no process can tell from the one it wrote
+    to. A user refused ``CONFIG`` (managed Redis) is not asked."""
+    client = connect(url).client
+    try:
+        setting = text(sync(client.config_get("appendonly")).get("appendonly", "yes"))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    if setting != "no":
+        return None
+    return (
+        f"Redis at {_address(url)} keeps no append-only file (appendonly no): after a"
+        " crash it comes back with its last snapshot, if any, and the processes cannot"
+        " tell that from the store they wrote to (tasks finished since then run again, the usage"
+        " charged since then is forgotten); without a snapshot the empty store is"
+        " refused. Turn it on: CONFIG SET appendonly yes, and appendonly yes in"
+        " redis.conf"
+    )
+
+
 def _client_address(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     path = kwargs.get("path")  # a unix socket
