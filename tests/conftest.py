@@ -26,7 +26,9 @@ from typing import Any
 
 import pytest
 
-from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog
+from agentic.events import Event
+from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
+from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog, TaskStore
 from agentic.testing import FakeClock
 
 BACKENDS = ["memory", "sqlite", "redis", "fakeredis"]
@@ -245,3 +247,49 @@ def redis_client(request: pytest.FixtureRequest) -> Iterator[Any]:
         client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     yield client
     client.close()
+
+
+def every_store_use(
+    registry: AgentRegistry, quota: AllowanceStore, tasks: TaskStore, log: EventLog
+) -> list[Callable[[], object]]:
+    """A call of every kind, write and read, on each store (the tests of a store lost
+    under open stores: each must raise StoreLostError and write nothing). Made for
+    stores holding agent a1, model m, task t1, job j1 and consumer c."""
+    return [
+        lambda: quota.reserve("a1", "m", 10, "j2"),
+        lambda: quota.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED),
+        lambda: quota.set_allowance(AgentAllowance(agent_id="a1")),
+        lambda: quota.set_model_quota(ModelQuota(model="m")),
+        lambda: quota.get_usage("a1"),
+        quota.usages,
+        lambda: quota.get_model_usage("m"),
+        lambda: quota.check("a1"),
+        quota.allowances,
+        lambda: quota.get_allowance("a1"),
+        lambda: quota.get_model_quota("m"),
+        quota.store_id,
+        lambda: tasks.create(Task(id="t2", title="after")),
+        lambda: tasks.claim("t1", "a1", 30),
+        tasks.list,
+        tasks.requeue_expired,
+        lambda: tasks.get("t1"),
+        lambda: tasks.logs("t1"),
+        tasks.counts,
+        tasks.store_id,
+        lambda: registry.register(AgentInfo(id="a1", capabilities=["py"])),
+        lambda: registry.heartbeat("a1"),
+        lambda: registry.hold_lease("dispatcher", "me", 10),
+        registry.list,
+        lambda: registry.get("a1"),
+        registry.store_id,
+        lambda: log.append([Event(type="agent_registered")]),
+        lambda: log.commit("c", 1),
+        lambda: log.reset("c"),
+        log.read,
+        log.last_offset,
+        lambda: log.wait(0, 0.2),
+        lambda: log.committed("c"),
+        log.consumers,
+        lambda: log.forget("c"),
+        log.store_id,
+    ]

@@ -34,13 +34,19 @@ from agentic.errors import (
     StoreUnavailableError,
 )
 from agentic.events import Event
-from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
+from agentic.models import AgentAllowance, AgentInfo, Task
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog, TaskStore
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
 from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import running_server
-from tests.conftest import RedisServer, fake_redis_6, free_port, start_redis_server
+from tests.conftest import (
+    RedisServer,
+    every_store_use,
+    fake_redis_6,
+    free_port,
+    start_redis_server,
+)
 
 # clean_environment is autouse in test_cli: imported here, it applies here too.
 from tests.test_cli import clean_environment, run, write_config  # noqa: F401
@@ -112,80 +118,21 @@ def _wipe(stores: Stores) -> None:
     stores.client.delete(*_keys(stores))
 
 
-def test_writes_after_a_flush_raise_store_lost_and_write_nothing(stores: Stores) -> None:
+def test_every_use_after_a_flush_raises_store_lost_and_writes_nothing(stores: Stores) -> None:
     """After the store is emptied under open stores, every write (reserve, settle,
-    claim, create, register, heartbeat, lease, event append, allowance set) and the
-    task reads that would answer "unknown" (get, counts, logs) raise StoreLostError
-    naming the id that is gone, and the store stays empty."""
+    claim, create, register, heartbeat, lease, event append, allowance set) and every
+    read that would answer "nothing" or "unknown" (listings of agents, allowances,
+    usage, events, consumers; the gets) raises StoreLostError naming the id that is
+    gone, and the store stays empty."""
     seen = stores.tasks.store_id()
     _wipe(stores)
-    writes: list[Callable[[], object]] = [
-        lambda: stores.quota.reserve("a1", "m", 10, "j2"),
-        lambda: stores.quota.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED),
-        lambda: stores.quota.get_usage("a1"),
-        lambda: stores.quota.set_allowance(AgentAllowance(agent_id="a1")),
-        lambda: stores.quota.set_model_quota(ModelQuota(model="m")),
-        lambda: stores.tasks.create(Task(id="t2", title="after")),
-        lambda: stores.tasks.claim("t1", "a1", 30),
-        stores.tasks.list,
-        stores.tasks.requeue_expired,
-        lambda: stores.registry.register(AgentInfo(id="a1", capabilities=["py"])),
-        lambda: stores.registry.heartbeat("a1"),
-        lambda: stores.registry.hold_lease("dispatcher", "me", 10),
-        lambda: stores.log.append([Event(type="agent_registered")]),
-        lambda: stores.log.commit("c", 1),
-        lambda: stores.log.reset("c"),
-        lambda: stores.tasks.get("t1"),
-        lambda: stores.tasks.logs("t1"),
-        stores.tasks.counts,
-        stores.tasks.store_id,
-    ]
-    for write in writes:
+    for use in every_store_use(stores.registry, stores.quota, stores.tasks, stores.log):
         with pytest.raises(StoreLostError) as caught:
-            write()
+            use()
         message = str(caught.value)
         assert f"emptied or replaced under this process (store id {seen} is gone" in message
-        assert "the store id key is gone" in message
+        assert "(store id " + seen + " is gone: the store id key is gone)" in message
         assert "maxmemory-policy noeviction" in message
-    assert _keys(stores) == []
-
-
-def _listings(stores: Stores) -> list[Callable[[], object]]:
-    """Every public read of the registry, the allowance store and the event log (and
-    the event log's forget, a delete that answers whether the consumer was known)."""
-    return [
-        stores.registry.list,
-        lambda: stores.registry.get("a1"),
-        stores.quota.allowances,
-        lambda: stores.quota.get_allowance("a1"),
-        lambda: stores.quota.get_model_quota("m"),
-        lambda: stores.quota.get_usage("a1"),
-        stores.quota.usages,
-        lambda: stores.quota.get_model_usage("m"),
-        lambda: stores.quota.check("a1"),
-        stores.log.read,
-        stores.log.last_offset,
-        lambda: stores.log.wait(0, 0.2),
-        lambda: stores.log.committed("c"),
-        stores.log.consumers,
-        lambda: stores.log.forget("c"),
-        stores.registry.store_id,
-        stores.quota.store_id,
-        stores.log.store_id,
-    ]
-
-
-def test_listings_after_a_flush_raise_store_lost(stores: Stores) -> None:
-    """After the store is emptied under open stores, every read of the registry, the
-    allowance store and the event log (listings of agents, allowances, usage, events,
-    consumers; the gets that would answer "not found") raises StoreLostError naming
-    the id that is gone, instead of answering "nothing", and writes nothing."""
-    seen = stores.registry.store_id()
-    _wipe(stores)
-    for read in _listings(stores):
-        with pytest.raises(StoreLostError) as caught:
-            read()
-        assert f"(store id {seen} is gone: the store id key is gone)" in str(caught.value)
     assert _keys(stores) == []
 
 

@@ -23,11 +23,12 @@ import pytest
 from agentic.client import TaskClient
 from agentic.errors import APIError, StoreLostError
 from agentic.events import Event
-from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
+from agentic.models import AgentAllowance, AgentInfo, Task
 from agentic.stores import open_task_store
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteEventLog, SQLiteRegistry
 from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from agentic.testing import running_server
+from tests.conftest import every_store_use
 
 # clean_environment is autouse in test_cli: imported here, it applies here too.
 from tests.test_cli import clean_environment, run, write_config  # noqa: F401
@@ -75,29 +76,8 @@ def stores(tmp_path: Path) -> Iterator[Stores]:
 
 
 def _uses(stores: Stores) -> list[Callable[[], object]]:
-    """A write of every kind (and the reads) of every store."""
-    return [
-        lambda: stores.quota.reserve("a1", "m", 10, "j2"),
-        lambda: stores.quota.settle("j1", 5, 5, QuotaEvent.JOB_COMPLETED),
-        lambda: stores.quota.get_usage("a1"),
-        lambda: stores.quota.set_allowance(AgentAllowance(agent_id="a1")),
-        lambda: stores.quota.set_model_quota(ModelQuota(model="m")),
-        lambda: stores.tasks.create(Task(id="t2", title="after")),
-        lambda: stores.tasks.claim("t1", "a1", 30),
-        stores.tasks.list,
-        stores.tasks.requeue_expired,
-        lambda: stores.tasks.get("t1"),
-        lambda: stores.tasks.logs("t1"),
-        stores.tasks.counts,
-        stores.tasks.store_id,
-        lambda: stores.registry.register(AgentInfo(id="a1", capabilities=["py"])),
-        lambda: stores.registry.heartbeat("a1"),
-        lambda: stores.registry.hold_lease("dispatcher", "me", 10),
-        stores.registry.list,
-        lambda: stores.log.append([Event(type="agent_registered")]),
-        lambda: stores.log.commit("c", 1),
-        lambda: stores.log.reset("c"),
-    ]
+    """A write and a read of every kind of every store."""
+    return every_store_use(stores.registry, stores.quota, stores.tasks, stores.log)
 
 
 def _files(path: Path) -> dict[str, bytes]:

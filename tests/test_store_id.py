@@ -27,12 +27,19 @@ def _sqlite(path: Path) -> str:
 
 
 def test_stores_on_one_sqlite_file_share_its_id(tmp_path: Path) -> None:
-    """The registry and the task store of one file report one id, stable across
-    opens; another file has another."""
+    """The registry, the allowance store, the task store and the event log of one file
+    report one id, stable across opens; another file has another (the allowance store
+    said "" as if it could not tell)."""
     url = _sqlite(tmp_path / "a.db")
-    with open_registry(url) as registry, open_task_store(url) as tasks:
+    with (
+        open_registry(url) as registry,
+        open_task_store(url) as tasks,
+        open_allowance_store(url) as quota,
+        open_event_log(url) as log,
+    ):
         first = registry.store_id()
         assert len(first) == 32 and tasks.store_id() == first
+        assert quota.store_id() == log.store_id() == first
     with open_registry(url) as again:
         assert again.store_id() == first
     with open_registry(_sqlite(tmp_path / "b.db")) as other:

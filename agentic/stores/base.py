@@ -230,8 +230,8 @@ class Closeable:
     def store_id(self) -> str:
         """The id of the storage this store lives in, the same for every store in it
         (one SQLite file; one Redis database and prefix), so two processes can tell
-        whether they share one; "" when it does not say (every registry, task store
-        and event log says). A memory store's is ``memory:<random>``, its own: each
+        whether they share one; "" when it does not say (every store of this
+        package says). A memory store's is ``memory:<random>``, its own: each
         instance is storage no other process (nor instance) sees. A Redis store
         raises StoreLostError when its id is no longer there (the store was emptied or
         replaced since it opened), an SQLite store when its path no longer names the

@@ -312,6 +312,9 @@ class SQLiteAllowanceStore(EngineAllowanceStore):
     def close(self) -> None:
         self._db.close()
 
+    def store_id(self) -> str:
+        return self._db.store_id()
+
     @contextmanager
     def _transaction(self) -> Iterator[QuotaTx]:
         with self._db.transaction("allowance store") as conn:
