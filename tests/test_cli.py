@@ -39,6 +39,7 @@ from agentic.models import (
     AgentInfo,
     FailureCharge,
     Priority,
+    QuotaEvent,
     Task,
     TaskResult,
     TaskStatus,
@@ -968,6 +969,24 @@ def test_allowance_model_sets_and_shows(system: System) -> None:
     assert (quota.input_price, quota.output_price) == (300, 1500)
     data = json.loads(system.cli("allowance", "model", "m1", "--json").stdout)
     assert data["quota"]["output_price"] == 1500 and data["usage"]["tokens_used"] == 0
+
+
+def test_allowance_model_says_what_its_requests_count(system: System) -> None:
+    """model MODEL counts a request when a task naming the model is dispatched, and says
+    so: usage jobs report on it for tasks naming no model adds tokens, no request."""
+    system.quota.set_allowance(AgentAllowance(agent_id="a1"))
+    system.quota.reserve("a1", "", 100, "j1")
+    system.quota.settle("j1", 600, 400, QuotaEvent.JOB_COMPLETED, model="m1")
+    before = system.cli("allowance", "model", "m1")
+    assert before.exit_code == 0, before.output
+    said = " ".join(before.stdout.split())
+    assert "today: 1000 tokens (0 reserved)" in said
+    assert before.stdout.splitlines()[-1] == (
+        "last hour: 0 requests (tasks naming this model, counted when dispatched)"
+    )
+    system.quota.reserve("a1", "m1", 100, "j2")
+    after = " ".join(system.cli("allowance", "model", "m1").stdout.split())
+    assert after.endswith("last hour: 1 request (tasks naming this model, counted when dispatched)")
 
 
 def test_allowance_values_no_store_reads_back_are_usage_errors(system: System) -> None:
