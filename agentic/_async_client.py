@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -97,6 +98,10 @@ from .stores.base import LoggedEvent, LogPage, Retried, RunSeen, require_id, req
 
 __all__ = ["MAX_CLAIM_BATCH", "AsyncTaskClient", "Claim", "EventPage", "LogEvent", "RetryDelay"]
 
+#: Seconds a client keeps the server's features for its conditional calls (a pass of
+#: a dispatcher recording failures makes one health read, not one per failure).
+FEATURES_KEPT = 5.0
+
 
 # begin async only
 class _OtherLoop(Exception):
@@ -135,6 +140,8 @@ class AsyncTaskClient:
         self._policy: RetryDelay = retry_policy or HTTP_RETRY
         self._sleep = sleep
         self._loop: asyncio.AbstractEventLoop | None = None  # async only
+        #: the features a conditional call last read, and until when (monotonic) they hold
+        self._features: tuple[frozenset[str], float] | None = None
         headers = {"Accept": "application/json", "User-Agent": "agentic-client"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -431,18 +438,22 @@ class AsyncTaskClient:
         """
         path = task_path(task_id)
         body = update.model_dump(mode="json", exclude_none=True)
-        if if_pending is not None:
-            if "update_fencing" not in await self.server_features():
-                raise ConfigError(
-                    f"the task server at {self.base_url} cannot make an update conditional"
-                    " (it is older than update_fencing): upgrade it, or update without"
-                    " if_pending"
-                )
-            body["if_pending"] = {
-                "reruns": if_pending.reruns,
-                "retry_count": if_pending.retry_count,
-            }
-        return parse(await self._request("PATCH", path, safe=True, body=body), TASK)
+        if if_pending is None:
+            return parse(await self._request("PATCH", path, safe=True, body=body), TASK)
+        cannot = ConfigError(
+            f"the task server at {self.base_url} cannot make an update conditional"
+            " (it is older than update_fencing): upgrade it, or update without if_pending"
+        )
+        if "update_fencing" not in await self._kept_features():
+            raise cannot
+        body["if_pending"] = {"reruns": if_pending.reruns, "retry_count": if_pending.retry_count}
+        try:
+            response = await self._request("PATCH", path, safe=True, body=body)
+        except APIError as exc:
+            if await self._lost_after(exc, "update_fencing"):
+                raise cannot from exc
+            raise
+        return parse(response, TASK)
 
     # complete, release and renew take the claim's ``job_id`` to fence the attempt: the
     # server refuses it (ConflictError) once the task was claimed again, even by this
@@ -490,18 +501,20 @@ class AsyncTaskClient:
         :class:`ConfigError`); one without ``task_retry`` answers 404 or 405.
         """
         path = task_path(task_id, "retry")
-        if "retry_reruns" not in await self.server_features():
-            if reruns is not None:
-                raise ConfigError(
-                    f"the task server at {self.base_url} cannot make a retry once (it is older"
-                    " than retry_reruns): upgrade it, or retry without reruns"
-                )
-            answer = parse(await self._request("POST", path, safe=False), RETRIED)
-        else:
-            if reruns is None:
-                reruns = (await self.get_task(task_id)).reruns
-            body = {"reruns": reruns}
-            answer = parse(await self._request("POST", path, safe=True, body=body), RETRIED)
+        if "retry_reruns" in await self._kept_features():
+            body = {"reruns": (await self.get_task(task_id)).reruns if reruns is None else reruns}
+            try:
+                answer = parse(await self._request("POST", path, safe=True, body=body), RETRIED)
+                return Retried(answer.task, answer.unblocked, answer.repeated)
+            except APIError as exc:
+                if not await self._lost_after(exc, "retry_reruns"):
+                    raise
+        if reruns is not None:
+            raise ConfigError(
+                f"the task server at {self.base_url} cannot make a retry once (it is older"
+                " than retry_reruns): upgrade it, or retry without reruns"
+            )
+        answer = parse(await self._request("POST", path, safe=False), RETRIED)
         return Retried(answer.task, answer.unblocked, answer.repeated)
 
     async def release_task(
@@ -600,6 +613,30 @@ class AsyncTaskClient:
         if not isinstance(features, list):
             return frozenset()
         return frozenset(str(feature) for feature in features)
+
+    async def _kept_features(self) -> frozenset[str]:
+        """The features a conditional call checks (``update_fencing``,
+        ``retry_reruns``): read from the health check and kept :data:`FEATURES_KEPT`
+        seconds, or until an answer says the server behind the address may have
+        changed (:meth:`_lost_after`), so a dispatcher recording many failures reads
+        them once, not once per failure."""
+        now = time.monotonic()
+        if self._features is None or now >= self._features[1]:
+            self._features = (await self.server_features(), now + FEATURES_KEPT)
+        return self._features[0]
+
+    async def _lost_after(self, exc: APIError, feature: str) -> bool:
+        """After a conditional call failed with ``exc``: whether the server behind the
+        address now lacks ``feature``. An answer a server older than the feature gives
+        (404 or 405 for a route it lacks, 422 for a field its strict bodies refuse;
+        nothing was done) has the features read again at once; no answer at all (a
+        restart, perhaps onto another version) has them read at the next call."""
+        if exc.code not in (0, 404, 405, 422):
+            return False
+        self._features = None
+        if exc.code == 0:
+            return False
+        return feature not in await self._kept_features()
 
     async def server_store_id(self) -> str:
         """The id of the store the server serves (see ``store_id`` of the stores), to

@@ -90,6 +90,10 @@ from .stores.base import LoggedEvent, LogPage, Retried, RunSeen, require_id, req
 
 __all__ = ["MAX_CLAIM_BATCH", "Claim", "EventPage", "LogEvent", "RetryDelay", "TaskClient"]
 
+#: Seconds a client keeps the server's features for its conditional calls (a pass of
+#: a dispatcher recording failures makes one health read, not one per failure).
+FEATURES_KEPT = 5.0
+
 
 class TaskClient:
     """A synchronous client of the task API. Use it as a context manager, or ``close()``."""
@@ -118,6 +122,8 @@ class TaskClient:
         self.max_retry_wait = max_retry_wait
         self._policy: RetryDelay = retry_policy or HTTP_RETRY
         self._sleep = sleep
+        #: the features a conditional call last read, and until when (monotonic) they hold
+        self._features: tuple[frozenset[str], float] | None = None
         headers = {"Accept": "application/json", "User-Agent": "agentic-client"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -392,18 +398,22 @@ class TaskClient:
         """
         path = task_path(task_id)
         body = update.model_dump(mode="json", exclude_none=True)
-        if if_pending is not None:
-            if "update_fencing" not in self.server_features():
-                raise ConfigError(
-                    f"the task server at {self.base_url} cannot make an update conditional"
-                    " (it is older than update_fencing): upgrade it, or update without"
-                    " if_pending"
-                )
-            body["if_pending"] = {
-                "reruns": if_pending.reruns,
-                "retry_count": if_pending.retry_count,
-            }
-        return parse(self._request("PATCH", path, safe=True, body=body), TASK)
+        if if_pending is None:
+            return parse(self._request("PATCH", path, safe=True, body=body), TASK)
+        cannot = ConfigError(
+            f"the task server at {self.base_url} cannot make an update conditional"
+            " (it is older than update_fencing): upgrade it, or update without if_pending"
+        )
+        if "update_fencing" not in self._kept_features():
+            raise cannot
+        body["if_pending"] = {"reruns": if_pending.reruns, "retry_count": if_pending.retry_count}
+        try:
+            response = self._request("PATCH", path, safe=True, body=body)
+        except APIError as exc:
+            if self._lost_after(exc, "update_fencing"):
+                raise cannot from exc
+            raise
+        return parse(response, TASK)
 
     # complete, release and renew take the claim's ``job_id`` to fence the attempt: the
     # server refuses it (ConflictError) once the task was claimed again, even by this
@@ -451,18 +461,20 @@ class TaskClient:
         :class:`ConfigError`); one without ``task_retry`` answers 404 or 405.
         """
         path = task_path(task_id, "retry")
-        if "retry_reruns" not in self.server_features():
-            if reruns is not None:
-                raise ConfigError(
-                    f"the task server at {self.base_url} cannot make a retry once (it is older"
-                    " than retry_reruns): upgrade it, or retry without reruns"
-                )
-            answer = parse(self._request("POST", path, safe=False), RETRIED)
-        else:
-            if reruns is None:
-                reruns = self.get_task(task_id).reruns
-            body = {"reruns": reruns}
-            answer = parse(self._request("POST", path, safe=True, body=body), RETRIED)
+        if "retry_reruns" in self._kept_features():
+            body = {"reruns": self.get_task(task_id).reruns if reruns is None else reruns}
+            try:
+                answer = parse(self._request("POST", path, safe=True, body=body), RETRIED)
+                return Retried(answer.task, answer.unblocked, answer.repeated)
+            except APIError as exc:
+                if not self._lost_after(exc, "retry_reruns"):
+                    raise
+        if reruns is not None:
+            raise ConfigError(
+                f"the task server at {self.base_url} cannot make a retry once (it is older"
+                " than retry_reruns): upgrade it, or retry without reruns"
+            )
+        answer = parse(self._request("POST", path, safe=False), RETRIED)
         return Retried(answer.task, answer.unblocked, answer.repeated)
 
     def release_task(
@@ -561,6 +573,30 @@ class TaskClient:
         if not isinstance(features, list):
             return frozenset()
         return frozenset(str(feature) for feature in features)
+
+    def _kept_features(self) -> frozenset[str]:
+        """The features a conditional call checks (``update_fencing``,
+        ``retry_reruns``): read from the health check and kept :data:`FEATURES_KEPT`
+        seconds, or until an answer says the server behind the address may have
+        changed (:meth:`_lost_after`), so a dispatcher recording many failures reads
+        them once, not once per failure."""
+        now = time.monotonic()
+        if self._features is None or now >= self._features[1]:
+            self._features = (self.server_features(), now + FEATURES_KEPT)
+        return self._features[0]
+
+    def _lost_after(self, exc: APIError, feature: str) -> bool:
+        """After a conditional call failed with ``exc``: whether the server behind the
+        address now lacks ``feature``. An answer a server older than the feature gives
+        (404 or 405 for a route it lacks, 422 for a field its strict bodies refuse;
+        nothing was done) has the features read again at once; no answer at all (a
+        restart, perhaps onto another version) has them read at the next call."""
+        if exc.code not in (0, 404, 405, 422):
+            return False
+        self._features = None
+        if exc.code == 0:
+            return False
+        return feature not in self._kept_features()
 
     def server_store_id(self) -> str:
         """The id of the store the server serves (see ``store_id`` of the stores), to

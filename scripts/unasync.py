@@ -62,7 +62,7 @@ anything is sent. Make one per loop and keep it (building one takes about 40 ms)
         'with self._refusals(f"GET {self.base_url}{path}"):  # noqa: SIM117 - as the async one\n',
     ),
     (
-        "import asyncio\nimport contextlib\nimport uuid\n",
+        "import asyncio\nimport contextlib\nimport time\nimport uuid\n",
         "import contextlib\nimport time\nimport uuid\n",
     ),
     (

@@ -39,6 +39,7 @@ from agentic.models import (
     AgentInfo,
     FailureCharge,
     Priority,
+    QuotaEvent,
     Task,
     TaskResult,
     TaskStatus,
@@ -748,7 +749,8 @@ def test_following_a_task_waiting_on_a_dependency_names_it(system: System) -> No
 
 # --- status ---
 def test_status_table_and_json(system: System) -> None:
-    """status shows agents with load and quota use, and the task counts."""
+    """status shows agents with load and quota use (used/limit, as allowance show
+    writes it), and the task counts."""
     system.registry.register(
         AgentInfo(id="coder", capabilities=["python"], max_load=2, current_load=1)
     )
@@ -762,8 +764,11 @@ def test_status_table_and_json(system: System) -> None:
 
     result = system.cli("status")
     assert result.exit_code == 0, result.output
-    assert "coder" in result.stdout and "1/2" in result.stdout
-    assert "200/800" in result.stdout and "2/3" in result.stdout
+    coder_row = next(cells for cells in _table_rows(result.stdout) if cells[1].strip() == "coder")
+    assert [cell.strip() for cell in coder_row[3:6]] == ["1/2", "200/1000", "2/5"]
+    assert "Tokens and jobs: used/limit" in result.stdout
+    shown = system.cli("allowance", "show", "coder").stdout
+    assert "200/1000" in shown and "2/5" in shown and "used/limit" in shown
     assert "no allowance" in result.stdout  # "free" has none: it gets no work
     assert "2 pending, 0 in progress" in result.stdout
 
@@ -800,7 +805,7 @@ def test_status_says_when_an_agent_used_up_its_quota(system: System) -> None:
 
 def test_status_shows_by_how_much_use_passed_a_token_limit(system: System) -> None:
     """Tokens spent past the daily limit (jobs charged more than their estimates) read
-    "0 left" and by how much, explained under the table; within the limit, no note."""
+    used/limit and by how much, explained under the table; within the limit, no note."""
     system.registry.register(AgentInfo(id="over", max_load=1))
     system.quota.set_allowance(AgentAllowance(agent_id="over", daily_token_limit=4000))
     system.quota.increment_usage("over", 6000, 4)
@@ -810,7 +815,7 @@ def test_status_shows_by_how_much_use_passed_a_token_limit(system: System) -> No
     result = system.cli("status")
     assert result.exit_code == 0, result.output
     rows = {cells[1].strip(): cells[4].strip() for cells in _table_rows(result.stdout)}
-    assert rows == {"over": "6000/0 (2000 over)", "within": "3000/1000"}
+    assert rows == {"over": "6000/4000 (2000 over)", "within": "3000/4000"}
     assert "over: jobs spent more than their estimates" in " ".join(result.stdout.split())
 
 
@@ -964,6 +969,24 @@ def test_allowance_model_sets_and_shows(system: System) -> None:
     assert (quota.input_price, quota.output_price) == (300, 1500)
     data = json.loads(system.cli("allowance", "model", "m1", "--json").stdout)
     assert data["quota"]["output_price"] == 1500 and data["usage"]["tokens_used"] == 0
+
+
+def test_allowance_model_says_what_its_requests_count(system: System) -> None:
+    """model MODEL counts a request when a task naming the model is dispatched, and says
+    so: usage jobs report on it for tasks naming no model adds tokens, no request."""
+    system.quota.set_allowance(AgentAllowance(agent_id="a1"))
+    system.quota.reserve("a1", "", 100, "j1")
+    system.quota.settle("j1", 600, 400, QuotaEvent.JOB_COMPLETED, model="m1")
+    before = system.cli("allowance", "model", "m1")
+    assert before.exit_code == 0, before.output
+    said = " ".join(before.stdout.split())
+    assert "today: 1000 tokens (0 reserved)" in said
+    assert before.stdout.splitlines()[-1] == (
+        "last hour: 0 requests (tasks naming this model, counted when dispatched)"
+    )
+    system.quota.reserve("a1", "m1", 100, "j2")
+    after = " ".join(system.cli("allowance", "model", "m1").stdout.split())
+    assert after.endswith("last hour: 1 request (tasks naming this model, counted when dispatched)")
 
 
 def test_allowance_values_no_store_reads_back_are_usage_errors(system: System) -> None:

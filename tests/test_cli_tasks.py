@@ -351,7 +351,8 @@ def agent_row(agent_id: str, used: int, left: int, resets: datetime) -> AgentRow
 
 def test_status_fits_80_columns_with_the_reset_said_once() -> None:
     """status at 80 columns: every line fits, no cell is cut, token counts are short
-    (123k), and the quota day's end, the same for all agents, is said once below."""
+    (123k/1M, used/limit), and the quota day's end, the same for all agents, is said
+    once below."""
     resets = datetime.now(UTC) + timedelta(hours=5, minutes=30)
     rows = [
         agent_row("coder-python-1", 123_456, 876_544, resets),
@@ -364,7 +365,8 @@ def test_status_fits_80_columns_with_the_reset_said_once() -> None:
     text = "\n".join(lines)
     assert all(len(line) <= 80 for line in lines)
     assert "…" not in text
-    assert "reviewer-typescript-07" in text and "123k/877k" in text and "50k/1" in text
+    assert "reviewer-typescript-07" in text and "123k/1M" in text and "50k/50k" in text
+    assert "12/100" in text  # jobs: used/limit too
     assert "Heartbeat" in text and "Resets" not in text
     assert "quotas reset in 5h 29m" in text or "quotas reset in 5h 30m" in text
 

@@ -15,12 +15,15 @@ import httpx
 import pytest
 import respx
 
+import agentic._async_client
+import agentic.client
 from agentic import AsyncTaskClient
 from agentic._client_wire import tls_verify
 from agentic.client import Claim, LogEvent, TaskClient
 from agentic.errors import APIError, ConfigError, ConflictError, NotFoundError, TransportError
 from agentic.models import Priority, Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.retry import retry_after_of
+from agentic.stores.base import RunSeen
 
 BASE = "http://tasks.test"
 
@@ -311,6 +314,97 @@ def test_server_features_read_the_health_check(client: TaskClient, mock: respx.M
     assert client.server_features() == frozenset()
     route.respond(200, text="fine")
     assert client.server_features() == frozenset()
+
+
+def test_conditional_calls_read_the_features_once_for_a_while(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """Conditional updates and retries keep the features one health read found: five
+    of each make one health request, and the conditions are sent."""
+    features = ["update_fencing", "retry_reruns", "strict_bodies"]
+    health = mock.get("/v1/health").respond(200, json={"status": "ok", "features": features})
+    patch = mock.patch("/api/tasks/t1").respond(200, json=task_json(retry_count=1))
+    retry = mock.post("/api/tasks/t1/retry").respond(200, json={"task": task_json()})
+    for _ in range(5):
+        client.update_task("t1", TaskUpdate(retry_count=1), RunSeen(0, 0))
+        client.retry_task("t1", reruns=0)
+    assert (health.call_count, patch.call_count, retry.call_count) == (1, 5, 5)
+    assert json.loads(patch.calls.last.request.content)["if_pending"] == {
+        "reruns": 0,
+        "retry_count": 0,
+    }
+    assert json.loads(retry.calls.last.request.content) == {"reruns": 0}
+
+
+def test_kept_features_are_read_again_after_a_while(
+    client: TaskClient, mock: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once FEATURES_KEPT seconds have passed, the next conditional call reads the
+    health check again, and a server that lost update_fencing gets no update."""
+    monkeypatch.setattr(agentic.client, "FEATURES_KEPT", 0.0)
+    monkeypatch.setattr(agentic._async_client, "FEATURES_KEPT", 0.0)
+    health = mock.get("/v1/health")
+    health.respond(200, json={"status": "ok", "features": ["update_fencing"]})
+    patch = mock.patch("/api/tasks/t1").respond(200, json=task_json())
+    client.update_task("t1", TaskUpdate(progress=1), RunSeen(0, 0))
+    health.respond(200, json={"status": "ok", "features": ["strict_bodies"]})
+    with pytest.raises(ConfigError, match="cannot make an update conditional"):
+        client.update_task("t1", TaskUpdate(progress=1), RunSeen(0, 0))
+    assert (health.call_count, patch.call_count) == (2, 1)
+
+
+def test_a_server_that_lost_update_fencing_is_noticed_at_its_refusal(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A server behind the address that no longer lists update_fencing (a rollback)
+    while the features are kept refuses the condition (422): the features are read at
+    once and the call is the ConfigError of a server that cannot; the next one sends
+    nothing. Another refusal (409) reads nothing."""
+    health = mock.get("/v1/health")
+    health.respond(200, json={"status": "ok", "features": ["update_fencing"]})
+    patch = mock.patch("/api/tasks/t1")
+    patch.respond(409, json={"code": 409, "message": "changed since it was read"})
+    with pytest.raises(ConflictError):
+        client.update_task("t1", TaskUpdate(progress=1), RunSeen(0, 0))
+    health.respond(200, json={"status": "ok", "features": ["strict_bodies"]})
+    patch.respond(422, json={"code": 422, "message": "unknown field body.if_pending"})
+    with pytest.raises(ConfigError, match="cannot make an update conditional") as refused:
+        client.update_task("t1", TaskUpdate(progress=1), RunSeen(0, 0))
+    assert isinstance(refused.value.__cause__, APIError)
+    assert (health.call_count, patch.call_count) == (2, 2)
+    with pytest.raises(ConfigError, match="cannot make an update conditional"):
+        client.update_task("t1", TaskUpdate(progress=1), RunSeen(0, 0))
+    assert (health.call_count, patch.call_count) == (2, 2)
+
+
+def test_a_server_that_lost_retry_reruns_gets_the_retry_unconditioned(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """A retry without reruns given, refused (422) by a server that no longer lists
+    retry_reruns, is made unconditioned, as a server read without it gets; with
+    reruns given it is the ConfigError; a lost answer has the features read again."""
+    health = mock.get("/v1/health")
+    health.respond(200, json={"status": "ok", "features": ["retry_reruns"]})
+    mock.get("/api/tasks/t1").respond(200, json=task_json(reruns=2))
+    retry = mock.post("/api/tasks/t1/retry")
+    retry.respond(200, json={"task": task_json()})
+    client.retry_task("t1")
+    health.respond(200, json={"status": "ok", "features": ["strict_bodies"]})
+    retry.side_effect = [
+        httpx.Response(422, json={"code": 422, "message": "unknown field body.reruns"}),
+        httpx.Response(200, json={"task": task_json(reruns=3)}),
+    ]
+    assert client.retry_task("t1").task.reruns == 3
+    sent = [call.request.content for call in retry.calls]
+    assert [json.loads(body) if body else None for body in sent] == [
+        {"reruns": 2},
+        {"reruns": 2},
+        None,
+    ]
+    assert health.call_count == 2
+    with pytest.raises(ConfigError, match="cannot make a retry once"):
+        client.retry_task("t1", reruns=3)
+    assert (health.call_count, retry.call_count) == (2, 3)
 
 
 def test_update_task_sends_only_set_fields(client: TaskClient, mock: respx.MockRouter) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import agentic.client
 from agentic._client_wire import FEATURES
 from agentic.allowance import AllowanceService
 from agentic.client import Claim, TaskClient
@@ -435,10 +436,14 @@ def test_a_server_without_fencing_is_named_once(
     assert not [r for r in caplog.records if "does not list" in r.getMessage()]
 
 
-def test_a_server_that_lost_update_fencing_since_is_asked_again(system: System) -> None:
-    """When the server behind the address no longer lists update_fencing (a rollback),
-    the conditional record is refused by the client: counted as an error, no exception
-    escapes the pass, and the next pass reads the features again and records it."""
+def test_a_server_that_lost_update_fencing_since_is_asked_again(
+    system: System, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the server behind the address no longer lists update_fencing (a rollback,
+    read once the client's kept features are past their time), the conditional record
+    is refused by the client: counted as an error, no exception escapes the pass, and
+    the next pass reads the features again and records it."""
+    monkeypatch.setattr(agentic.client, "FEATURES_KEPT", 0.0)  # the passes are an hour apart
     system.agent("a")
     task = system.task("t")
     client = scripted(system)
@@ -454,6 +459,31 @@ def test_a_server_that_lost_update_fencing_since_is_asked_again(system: System) 
     system.dispatcher._clock = lambda: later + timedelta(hours=1)
     system.dispatcher.run_once()
     assert system.tasks.get(task.id).retry_count == 2  # recorded, unconditioned
+
+
+def test_a_pass_recording_many_failures_reads_the_features_twice(system: System) -> None:
+    """A pass whose eight claims fail records the eight failures, each only onto the
+    task as listed, reading the health check's features twice (the dispatcher's read
+    and the client's kept one), not once per failure."""
+    system.agent("a", max_load=10)
+    tasks = [system.task(f"t{i}") for i in range(8)]
+    client = scripted(system)
+    reads: list[frozenset[str]] = []
+    read = client.server_features
+
+    def counted() -> frozenset[str]:
+        reads.append(read())
+        return reads[-1]
+
+    def broken(claims: Sequence[Claim]) -> list[Task | APIError]:
+        raise client.error  # the batch of the pass fails as a whole, as one claim would
+
+    client.server_features = counted  # type: ignore[method-assign]
+    client.claim_tasks = broken  # type: ignore[method-assign]
+    report = system.dispatcher.run_once()
+    assert sorted(report.failed) == sorted(task.id for task in tasks)
+    assert [system.tasks.get(task.id).retry_count for task in tasks] == [1] * 8
+    assert len(reads) == 2 and all("update_fencing" in found for found in reads)
 
 
 def test_conflict_is_not_a_failure(system: System) -> None:

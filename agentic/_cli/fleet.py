@@ -272,8 +272,14 @@ def model_quota(
             " (cents per million tokens)",
             highlight=False,
         )
+    # Requests are what requests/hour limits: counted at each reservation naming the
+    # model (a dispatch, or go-agentic's job_started report), so usage a job reports
+    # on it for a task that named none adds tokens, not a request.
+    requests = usage.requests_last_hour
     out.print(
         f"today: {usage.tokens_used} tokens ({usage.tokens_reserved} reserved),"
-        f" {usage.cost_used / 1e6:.4f} cents; {usage.requests_last_hour} requests last hour",
+        f" {usage.cost_used / 1e6:.4f} cents\n"
+        f"last hour: {requests} request{'' if requests == 1 else 's'} (tasks naming this"
+        " model, counted when dispatched)",
         highlight=False,
     )

@@ -169,13 +169,14 @@ def collect(cfg: Config, api: TaskClient) -> Snapshot:
     return snap
 
 
-def _used_left(used: int | None, left: int | None, limit: int) -> RenderableType:
+def _used_of(used: int | None, limit: int) -> RenderableType:
+    """``used/limit``, as ``agentic allowance show`` writes it (∞: no limit)."""
     if used is None:
         return "?"
-    cell = f"{compact(used)}/{'∞' if left is None or left < 0 else compact(left)}"
+    cell = f"{compact(used)}/{compact(limit) if limit > 0 else '∞'}"
     if 0 < limit < used:
         # Jobs are admitted on their estimates and charged what they spent, so use
-        # can pass the limit; "0 left" alone would hide by how much.
+        # can pass the limit: say by how much.
         return Text(f"{cell} ({compact(used - limit)} over)", style="red")
     return cell
 
@@ -214,16 +215,8 @@ def _row(row: AgentRow, now: datetime, silent: bool) -> list[RenderableType]:
     else:
         # Read together with the check: one is known whenever the other is.
         allowance = row.allowance or AgentAllowance(agent_id=info.id)
-        tokens = _used_left(
-            row.usage.tokens_used if row.usage else None,
-            row.check.remaining_tokens,
-            allowance.daily_token_limit,
-        )
-        jobs = _used_left(
-            row.usage.jobs_started if row.usage else None,
-            row.check.remaining_jobs,
-            allowance.daily_job_limit,
-        )
+        tokens = _used_of(row.usage.tokens_used if row.usage else None, allowance.daily_token_limit)
+        jobs = _used_of(row.usage.jobs_started if row.usage else None, allowance.daily_job_limit)
     style = {"available": "green", "busy": "yellow", "offline": "red"}[info.status.value]
     # A silent agent still reads available until a dispatcher reaps it: say so. One
     # whose daily tokens or jobs are used up gets no work until the reset: likewise.
@@ -261,7 +254,7 @@ def agents_table(snap: Snapshot, rows: list[AgentRow]) -> FittedTable:
     silent = [snap.silent(row.info) for row in ordered]
     cells = [_row(row, snap.now, quiet) for row, quiet in zip(ordered, silent, strict=True)]
     resets = {row.check.reset_at for row in rows if row.check and row.check.reset_at}
-    caption = "Tokens and jobs: used/left"
+    caption = "Tokens and jobs: used/limit"
     if any(silent):
         caption += f"; silent: no heartbeat for over {snap.heartbeat_ttl:g}s"
     if any(_used_up(row) for row in rows):
