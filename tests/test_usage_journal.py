@@ -949,3 +949,19 @@ def test_re_reads_beside_settle_rounds_settle_each_job_once(system: System) -> N
     recovery.settle_round(set)
     assert sorted(settled) == sorted(f"old-{i}" for i in range(20))
     assert not recovery.pending
+
+
+def test_a_job_whose_file_a_listing_holds_at_its_round_is_settled_next_round(
+    system: System,
+) -> None:
+    """A round that finds a job's file held by a listing (a re-read in another thread
+    or process) puts the job back and settles it at the next round, not never."""
+    recovery, settled = recovery_of(system, 1)
+    recovery.find()
+    path = recovery.journal.directory / "old-0.jsonl"
+    with path.open("r", encoding="utf-8") as listing:  # as a listing reads it
+        fcntl.flock(listing, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        recovery.settle_round(set)
+    assert settled == [] and recovery.pending
+    recovery.settle_round(set)
+    assert settled == ["old-0"] and not recovery.pending

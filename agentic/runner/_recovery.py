@@ -162,6 +162,10 @@ class Recovery:
                 # meanwhile): None when settled and removed since it was read.
                 if now is not None:
                     self._settle(now)
+                elif self.journal.has(left.job_id):
+                    # Held by a listing meanwhile (a re-read in another thread or
+                    # process): put back for the next round, not dropped unsettled.
+                    self.keep(left)
 
     def settle_idle(self, dry_run: bool, renew: Callable[[], bool]) -> list[Settled]:
         """Settle every job found, for an agent id no runner runs (``agentic admin
