@@ -965,3 +965,23 @@ def test_a_job_whose_file_a_listing_holds_at_its_round_is_settled_next_round(
     assert settled == [] and recovery.pending
     recovery.settle_round(set)
     assert settled == ["old-0"] and not recovery.pending
+
+
+def test_a_rerun_takes_its_file_from_a_listing_reading_it(tmp_path: Path) -> None:
+    """A new run of a job whose earlier run left its file takes that file even while a
+    listing (a re-read of the files, as a lapse's end starts) holds it for a moment:
+    no "held by another live process" error, and its usage goes into the file."""
+    journal = UsageJournal(tmp_path, AGENT)
+    earlier = journal.job(claimed(), errors()[1])
+    earlier.usage("m", 5, 5)
+    earlier.close()
+    listing = earlier.path.open("r", encoding="utf-8")
+    fcntl.flock(listing, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.1, listing.close).start()  # the listing has read it
+    seen, on_error = errors()
+    rerun = journal.job(claimed(), on_error)
+    rerun.usage("m", 1, 1)
+    rerun.close()
+    assert seen == []
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.tokens_out) == (6, 6)
