@@ -317,11 +317,12 @@ class UsageJournal:
         journal.open_existing()
         return journal
 
-    def leftovers(self, tidy: bool = True) -> list[Leftover]:
+    def leftovers(self, tidy: bool = True, held: list[str] | None = None) -> list[Leftover]:
         """The files no live attempt holds, each read under its lock. One that cannot
         be read is moved aside (``.bad``), one too old to settle again safely
         (``.stale``), each said: neither stops a start. Without ``tidy`` (a dry run)
-        nothing is moved or removed, only said."""
+        nothing is moved or removed, only said. The job ids of the files skipped as
+        held (by a live attempt, or by another listing reading them) go to ``held``."""
         try:
             paths = sorted(self.directory.glob("*.jsonl"))
         except OSError as exc:
@@ -331,7 +332,11 @@ class UsageJournal:
         for path in paths:
             with _try_lock(path) as locked:
                 if not locked:
-                    continue  # a live attempt (here or in another process) holds it
+                    # a live attempt (here or in another process) holds it, or
+                    # another listing for the moment of its read
+                    if held is not None:
+                        held.append(unquote(path.name.removesuffix(".jsonl")))
+                    continue
                 try:
                     read = _read(path)
                 except Exception as exc:  # garbage a later edit or a bug left
