@@ -27,7 +27,15 @@ from typing import Any
 import pytest
 
 from agentic.events import Event
-from agentic.models import AgentAllowance, AgentInfo, ModelQuota, QuotaEvent, Task
+from agentic.models import (
+    AgentAllowance,
+    AgentInfo,
+    ModelQuota,
+    QuotaEvent,
+    Task,
+    TaskResult,
+    TaskUpdate,
+)
 from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog, TaskStore
 from agentic.testing import FakeClock
 
@@ -292,4 +300,34 @@ def every_store_use(
         log.consumers,
         lambda: log.forget("c"),
         log.store_id,
+    ]
+
+
+def the_other_store_uses(
+    registry: AgentRegistry, quota: AllowanceStore, tasks: TaskStore, log: EventLog
+) -> list[Callable[[], object]]:
+    """A call of each method :func:`every_store_use` leaves out (their effects would
+    upset the state a working store is checked for after it): with it, every method
+    of each store, for the tests of a store lost under open stores."""
+    return [
+        lambda: quota.increment_usage("a1", 1, 1),
+        lambda: quota.decrement_active_jobs("a1"),
+        lambda: quota.return_tokens("a1", 1),
+        lambda: quota.reset_usage("a1"),
+        lambda: quota.increment_model_usage("m", 1),
+        lambda: quota.unreserve("j1"),
+        lambda: quota.withdraw("j1"),
+        lambda: quota.expire("j1"),
+        lambda: quota.extend("j1"),
+        lambda: tasks.withdraw_claim("t1", "a1"),
+        lambda: tasks.renew("t1", "a1", 30),
+        lambda: tasks.release("t1", "a1"),
+        lambda: tasks.update("t1", TaskUpdate(notes="after")),
+        lambda: tasks.complete("t1", TaskResult(success=True), "a1"),
+        lambda: tasks.retry("t1"),
+        lambda: tasks.append_logs("t1", ["after"]),
+        lambda: registry.deregister("a1"),
+        lambda: registry.reap(30),
+        lambda: registry.drop_lease("dispatcher", "me"),
+        lambda: log.trim(0),
     ]

@@ -46,6 +46,7 @@ from tests.conftest import (
     fake_redis_6,
     free_port,
     start_redis_server,
+    the_other_store_uses,
 )
 
 # clean_environment is autouse in test_cli: imported here, it applies here too.
@@ -126,7 +127,8 @@ def test_every_use_after_a_flush_raises_store_lost_and_writes_nothing(stores: St
     gone, and the store stays empty."""
     seen = stores.tasks.store_id()
     _wipe(stores)
-    for use in every_store_use(stores.registry, stores.quota, stores.tasks, stores.log):
+    stored = (stores.registry, stores.quota, stores.tasks, stores.log)
+    for use in every_store_use(*stored) + the_other_store_uses(*stored):
         with pytest.raises(StoreLostError) as caught:
             use()
         message = str(caught.value)

@@ -28,7 +28,7 @@ from agentic.stores import open_task_store
 from agentic.stores.sqlite import SQLiteAllowanceStore, SQLiteEventLog, SQLiteRegistry
 from agentic.stores.sqlite.tasks import SQLiteTaskStore
 from agentic.testing import running_server
-from tests.conftest import every_store_use
+from tests.conftest import every_store_use, the_other_store_uses
 
 # clean_environment is autouse in test_cli: imported here, it applies here too.
 from tests.test_cli import clean_environment, run, write_config  # noqa: F401
@@ -76,8 +76,9 @@ def stores(tmp_path: Path) -> Iterator[Stores]:
 
 
 def _uses(stores: Stores) -> list[Callable[[], object]]:
-    """A write and a read of every kind of every store."""
-    return every_store_use(stores.registry, stores.quota, stores.tasks, stores.log)
+    """A call of every method of every store."""
+    stored = (stores.registry, stores.quota, stores.tasks, stores.log)
+    return every_store_use(*stored) + the_other_store_uses(*stored)
 
 
 def _files(path: Path) -> dict[str, bytes]:
@@ -160,7 +161,7 @@ def test_the_same_file_goes_on_untouched_written_by_others_or_moved_back(
         "s = SQLiteTaskStore(sys.argv[1]); s.create(Task(id='p1', title='x')); s.close()"
     )
     subprocess.run([sys.executable, "-c", script, str(stores.path)], check=True, timeout=60)
-    for use in _uses(stores):
+    for use in every_store_use(stores.registry, stores.quota, stores.tasks, stores.log):
         use()
     moved = tmp_path / "away.db"
     os.rename(stores.path, moved)

@@ -863,8 +863,8 @@ def test_a_job_settled_while_the_files_are_listed_is_not_put_back(
     recovery.find()
     listing = recovery.journal.leftovers
 
-    def round_after_listing(tidy: bool = True) -> list[Leftover]:
-        found = listing(tidy)
+    def round_after_listing(tidy: bool = True, held: list[str] | None = None) -> list[Leftover]:
+        found = listing(tidy, held)
         recovery.settle_round(set)  # settles old-0 and removes its file
         return found
 
@@ -900,11 +900,13 @@ def test_a_job_put_back_while_the_files_are_listed_stays(system: System) -> None
     recovery.find()
     listing = recovery.journal.leftovers
 
-    def give_back_failing_meanwhile(tidy: bool = True) -> list[Leftover]:
+    def give_back_failing_meanwhile(
+        tidy: bool = True, held: list[str] | None = None
+    ) -> list[Leftover]:
         left = recovery.take("old-0")
         assert left is not None
         with recovery.journal.held("old-0"):
-            found = listing(tidy)
+            found = listing(tidy, held)
         recovery.keep(left)
         return found
 
@@ -945,7 +947,57 @@ def test_re_reads_beside_settle_rounds_settle_each_job_once(system: System) -> N
         stop.set()
         for reader in readers:
             reader.join()
-    recovery.find()
-    recovery.settle_round(set)
+    recovery.settle_round(set)  # no re-read first: each listing kept every job
     assert sorted(settled) == sorted(f"old-{i}" for i in range(20))
     assert not recovery.pending
+
+
+def test_a_job_whose_file_a_listing_holds_at_its_round_is_settled_next_round(
+    system: System,
+) -> None:
+    """A round that finds a job's file held by a listing (a re-read in another thread
+    or process) puts the job back and settles it at the next round, not never."""
+    recovery, settled = recovery_of(system, 1)
+    recovery.find()
+    path = recovery.journal.directory / "old-0.jsonl"
+    with path.open("r", encoding="utf-8") as listing:  # as a listing reads it
+        fcntl.flock(listing, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        recovery.settle_round(set)
+    assert settled == [] and recovery.pending
+    recovery.settle_round(set)
+    assert settled == ["old-0"] and not recovery.pending
+
+
+def test_a_rerun_takes_its_file_from_a_listing_reading_it(tmp_path: Path) -> None:
+    """A new run of a job whose earlier run left its file takes that file even while a
+    listing (a re-read of the files, as a lapse's end starts) holds it for a moment:
+    no "held by another live process" error, and its usage goes into the file."""
+    journal = UsageJournal(tmp_path, AGENT)
+    earlier = journal.job(claimed(), errors()[1])
+    earlier.usage("m", 5, 5)
+    earlier.close()
+    listing = earlier.path.open("r", encoding="utf-8")
+    fcntl.flock(listing, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Timer(0.1, listing.close).start()  # the listing has read it
+    seen, on_error = errors()
+    rerun = journal.job(claimed(), on_error)
+    rerun.usage("m", 1, 1)
+    rerun.close()
+    assert seen == []
+    [left] = journal.leftovers()
+    assert (left.tokens_in, left.tokens_out) == (6, 6)
+
+
+def test_a_job_whose_file_another_listing_holds_stays_found(system: System) -> None:
+    """A re-read of the files that meets a leftover's file held by another listing
+    (two re-reads at once, as a lapse's end and a cancelled run's end start) keeps
+    the job to settle, not drops it until the next re-read."""
+    recovery, settled = recovery_of(system, 1)
+    recovery.find()
+    path = recovery.journal.directory / "old-0.jsonl"
+    with path.open("r", encoding="utf-8") as listing:  # the other listing reads it
+        fcntl.flock(listing, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        recovery.find()
+    assert recovery.pending
+    recovery.settle_round(set)
+    assert settled == ["old-0"] and not recovery.pending

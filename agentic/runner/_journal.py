@@ -72,6 +72,10 @@ _COMMAND = ".command"
 # Seconds after which a decided job's file is not settled again: the quota store
 # remembers settled job ids for 7 days, so a repeat within that is a no-op.
 _SETTLE_AGAIN_WITHIN = 6 * 24 * 3600.0
+# Seconds an attempt waits for its job file while another holds it: a listing (a
+# re-read of the files, in this process or another) holds each only while reading it;
+# a live attempt holds it for good.
+_LISTING_WAIT = 0.5
 
 
 def default_state_dir() -> Path:
@@ -247,7 +251,7 @@ class JobJournal:
             self._fail("could not be opened", exc)
             return False
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_within(file, _LISTING_WAIT)
         except OSError as exc:
             file.close()
             self._fail(
@@ -313,11 +317,12 @@ class UsageJournal:
         journal.open_existing()
         return journal
 
-    def leftovers(self, tidy: bool = True) -> list[Leftover]:
+    def leftovers(self, tidy: bool = True, held: list[str] | None = None) -> list[Leftover]:
         """The files no live attempt holds, each read under its lock. One that cannot
         be read is moved aside (``.bad``), one too old to settle again safely
         (``.stale``), each said: neither stops a start. Without ``tidy`` (a dry run)
-        nothing is moved or removed, only said."""
+        nothing is moved or removed, only said. The job ids of the files skipped as
+        held (by a live attempt, or by another listing reading them) go to ``held``."""
         try:
             paths = sorted(self.directory.glob("*.jsonl"))
         except OSError as exc:
@@ -327,7 +332,11 @@ class UsageJournal:
         for path in paths:
             with _try_lock(path) as locked:
                 if not locked:
-                    continue  # a live attempt (here or in another process) holds it
+                    # a live attempt (here or in another process) holds it, or
+                    # another listing for the moment of its read
+                    if held is not None:
+                        held.append(unquote(path.name.removesuffix(".jsonl")))
+                    continue
                 try:
                     read = _read(path)
                 except Exception as exc:  # garbage a later edit or a bug left
@@ -412,6 +421,21 @@ def _try_lock(path: Path) -> Iterator[bool]:
             yield False
             return
         yield True
+
+
+def _lock_within(file: IO[str], wait: float) -> None:
+    """Lock ``file`` (``flock``), waiting up to ``wait`` seconds while another holds
+    it: a listing holds each file only while it reads it; OSError after that."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+        else:
+            return
+        time.sleep(0.005)
 
 
 def _command_path(path: Path) -> Path:

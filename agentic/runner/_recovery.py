@@ -76,19 +76,24 @@ class Recovery:
         ``tidy`` (a dry run) none is moved aside.
 
         Merged, not copied: a job taken since the listing began (settled and its file
-        removed by a round, say) is not put back from a listing read before, and one
-        put back since stays."""
+        removed by a round, say) is not put back from a listing read before, one
+        put back since stays, and one whose file another listing was reading (so
+        skipped here) stays as it was."""
         since: dict[str, Leftover | None] = {}
         with self._lock:
             self._reading.append(since)
         found: list[Leftover] | None = None
+        held: list[str] = []
         try:
-            found = self.journal.leftovers(tidy)
+            found = self.journal.leftovers(tidy, held)
         finally:
             with self._lock:
                 self._reading = [other for other in self._reading if other is not since]
                 if found is not None:
                     left = {job.job_id: job for job in found}
+                    for job_id in held:  # read by another listing meanwhile: as it was
+                        if job_id in self._left:
+                            left.setdefault(job_id, self._left[job_id])
                     for job_id, kept in since.items():
                         if kept is None:
                             left.pop(job_id, None)
@@ -162,6 +167,10 @@ class Recovery:
                 # meanwhile): None when settled and removed since it was read.
                 if now is not None:
                     self._settle(now)
+                elif self.journal.has(left.job_id):
+                    # Held by a listing meanwhile (a re-read in another thread or
+                    # process): put back for the next round, not dropped unsettled.
+                    self.keep(left)
 
     def settle_idle(self, dry_run: bool, renew: Callable[[], bool]) -> list[Settled]:
         """Settle every job found, for an agent id no runner runs (``agentic admin
