@@ -543,6 +543,25 @@ def test_submit_json(system: System) -> None:
     assert system.tasks.get(data["id"]).title == "t"
 
 
+def test_submit_again_with_the_same_idempotency_key_creates_one_task(system: System) -> None:
+    """submit --idempotency-key K run twice creates one task and prints its id both times."""
+    first = system.cli("submit", "t", "--idempotency-key", "k-1")
+    again = system.cli("submit", "t", "--idempotency-key", "k-1")
+    assert first.exit_code == again.exit_code == 0
+    assert first.stdout == again.stdout
+    assert [t.id for t in system.tasks.list()] == [first.stdout.strip()]
+
+
+def test_submit_without_an_answer_names_the_key_to_run_it_again_with(tmp_path: Path) -> None:
+    """A submit that got no answer says the task may exist and names its idempotency key."""
+    url = "sqlite:///" + (tmp_path / "x.db").as_posix().lstrip("/")
+    config = write_config(tmp_path / "c.yaml", f"http://127.0.0.1:{free_port()}", url)
+    result = run("submit", "a task", "--idempotency-key", "k-2", "--config", str(config))
+    assert result.exit_code == 1
+    assert "may have been created" in result.stderr
+    assert "--idempotency-key k-2" in result.stderr
+
+
 def test_submit_blank_title_is_a_usage_error(system: System) -> None:
     """A blank title is refused (exit 2, "title must not be blank") before any request."""
     for title in ("", "  ", "\t"):

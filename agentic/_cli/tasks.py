@@ -7,7 +7,9 @@ import heapq
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -16,7 +18,7 @@ from rich.text import Text
 
 from ..client import TaskClient
 from ..config import Config
-from ..errors import AgenticError, ConflictError, NotFoundError
+from ..errors import AgenticError, ConflictError, NotFoundError, TransportError
 from ..logs import FINISHED, stream_logs
 from ..models import Priority, Task, TaskStatus, TaskUpdate
 from ..stores._tasks import order_key
@@ -61,11 +63,20 @@ def submit(
         int, typer.Option(min=0, help="Tokens to reserve when dispatching.")
     ] = 0,
     max_retries: Annotated[int, typer.Option(min=0, help="Retries before the dead letter.")] = 3,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Create at most one task for KEY (re-running a submission that got no answer).",
+        ),
+    ] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Create a pending task; prints its id."""
     cfg = config(config_path)
-    with client(cfg) as api:
+    key = idempotency_key or str(uuid.uuid4())
+    with client(cfg) as api, _unanswered_submission(key):
         task = submit_task(
             api,
             title,
@@ -77,6 +88,7 @@ def submit(
             model=model,
             estimated_tokens=estimated_tokens,
             max_retries=max_retries,
+            idempotency_key=key,
         )
     if task.status is TaskStatus.BLOCKED:
         # Created, but it will never run: said, so a script's next step is not a wait.
@@ -86,6 +98,19 @@ def submit(
         print_json(task)
     else:
         sys.stdout.write(task.id + "\n")
+
+
+@contextmanager
+def _unanswered_submission(key: str) -> Iterator[None]:
+    """A create that got no answer may still have been made (the server was slow, not
+    down): the error names the key that makes running the submission again safe."""
+    try:
+        yield
+    except TransportError as exc:
+        raise TransportError(
+            f"{exc.message}; the task may have been created: run the same submit again with"
+            f" --idempotency-key {key} to create it at most once"
+        ) from exc
 
 
 @handled
