@@ -74,7 +74,7 @@ from .errors import (
 from .events import Event, EventEmitter, EventType, transition_id
 from .models import Task, TaskStatus, TaskUpdate
 from .quota import never_fits
-from .retry import RetryPolicy, retry_after_of
+from .retry import RetryPolicy, doubled, retry_after_of
 from .router import AgentIndex, TaskRouter
 from .stores._holders import hold_lease_or_take_over, new_lease_holder
 from .stores.base import AgentRegistry, RunSeen
@@ -778,7 +778,7 @@ class Dispatcher:
                 failures += 1
                 self.errors += 1
                 log.error("dispatcher lease failed (%d in a row): %s", failures, exc)
-                stop.wait(interval * min(2**failures, 10))
+                stop.wait(doubled(interval, failures, 10))
                 continue
             if token == "":
                 token = self._watch("", 0.0)
@@ -804,7 +804,7 @@ class Dispatcher:
                 level = logging.INFO if news or summary != last else logging.DEBUG
                 log.log(level, "dispatch pass: %s", summary)
                 last = summary
-            pause = interval * min(2**failures, 10)
+            pause = doubled(interval, failures, 10)
             if woken and waiting and not failures:
                 # Woken by a change (a task finished, say) with tasks left waiting:
                 # agents publish their load a heartbeat later (0.1 s), so a freed

@@ -25,6 +25,7 @@ from typing import Protocol
 from .client import TaskClient
 from .errors import APIError, NotFoundError
 from .models import Task, TaskStatus
+from .retry import doubled
 from .stores.base import require_id
 
 __all__ = ["FINISHED", "stream_logs"]
@@ -138,14 +139,8 @@ def stream_logs(
 
 
 #: the longest pause between polls while the task API keeps failing, in poll intervals
+#: (an outage is not asked about every poll, and its end is seen within 10 intervals)
 _MOST_POLLS = 10
-
-
-def _pause(poll_interval: float, failures: int) -> float:
-    """Seconds before the next poll: the interval, doubled after each failure in a row
-    (2, 4, 8 intervals), at most 10 intervals: an outage is not asked about every
-    second, and the end of one is seen within 10 intervals."""
-    return poll_interval * float(min(2**failures, _MOST_POLLS))
 
 
 def _poll(
@@ -186,7 +181,7 @@ def _poll(
             if printer.finished:
                 break
         if stop is not None:
-            stop.wait(_pause(poll_interval, failures))
+            stop.wait(doubled(poll_interval, failures, _MOST_POLLS))
         else:
-            time.sleep(_pause(poll_interval, failures))
+            time.sleep(doubled(poll_interval, failures, _MOST_POLLS))
     return printer.status

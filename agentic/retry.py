@@ -45,6 +45,7 @@ __all__ = [
     "Jitter",
     "RetryPolicy",
     "decorrelated_jitter",
+    "doubled",
     "equal_jitter",
     "full_jitter",
     "is_retryable",
@@ -71,6 +72,13 @@ def _window(attempt: int, base: float, cap: float) -> float:
     # A float product past the float range is inf, not an error, and min() then
     # picks cap.
     return min(cap, base * 2.0 ** min(attempt - 1, _MAX_EXPONENT))
+
+
+def doubled(interval: float, failures: int, most: int) -> float:
+    """``interval`` doubled for each failure in a row, at most ``most`` intervals: how
+    long a loop that keeps failing waits before trying again (it never spins on an
+    outage, and sees its end within ``most`` intervals)."""
+    return interval * float(min(2**failures, most))
 
 
 def full_jitter(attempt: int, base: float, cap: float, rand: Rand = random.random) -> float:

@@ -15,7 +15,7 @@ import respx
 
 from agentic.client import TaskClient
 from agentic.errors import APIError, ConfigError, NotFoundError
-from agentic.logs import _pause, stream_logs
+from agentic.logs import stream_logs
 from agentic.models import (
     AgentAllowance,
     AgentInfo,
@@ -25,6 +25,7 @@ from agentic.models import (
     Task,
     TaskStatus,
 )
+from agentic.retry import doubled
 from agentic.status import format_status, get_status
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.submit import submit_task
@@ -352,7 +353,7 @@ def test_a_log_read_failing_while_the_status_answers_is_printed_once(
 
 def test_polls_back_off_while_the_task_api_fails() -> None:
     """The pause doubles with each failure in a row, up to 10 intervals; none: 1."""
-    assert [_pause(1.5, n) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 15.0, 15.0]
+    assert [doubled(1.5, n, 10) for n in range(6)] == [1.5, 3.0, 6.0, 12.0, 15.0, 15.0]
 
 
 def test_stream_logs_raises_not_found_and_permanent_errors(

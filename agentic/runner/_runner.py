@@ -21,7 +21,7 @@ from ..config import HEARTBEAT_INTERVAL
 from ..errors import AgenticError, ConfigError, ConflictError, NotFoundError
 from ..events import Event, EventEmitter, EventType, transition_id
 from ..models import AgentInfo, Task, TaskResult, TaskStatus
-from ..retry import RetryPolicy
+from ..retry import RetryPolicy, doubled
 from ..stores.base import AgentRegistry
 from ._allowed import Allowed
 from ._attempt import (
@@ -439,7 +439,7 @@ class AgentRunner:
             else:
                 failures = 0
             if failures or token is None:
-                self._pause(stop, self.poll_interval * min(2**failures, 30))
+                self._pause(stop, doubled(self.poll_interval, failures, 30))
 
     def _pause(self, stop: threading.Event, seconds: float) -> None:
         """Wait ``seconds``, or until ``stop`` is set or this runner is displaced."""

@@ -44,7 +44,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 from ..models import Priority, Task, TaskStatus, TaskUpdate
-from ..retry import RetryPolicy
+from ..retry import RetryPolicy, doubled
 from ..stores.base import MAX_READ, EventLog, LoggedEvent, RunSeen, TaskStore
 from ._auth import Auth, Principal, token_key
 from ._calls import StoreCalls
@@ -200,7 +200,7 @@ async def _requeue_loop(
                 changes.bump("dispatch")
                 metrics.inc("tasks_requeued", len(changed))
                 log.info("lease expired: %s", ", ".join(t.id for t in changed))
-        await asyncio.sleep(interval * min(2**failures, 10))
+        await asyncio.sleep(doubled(interval, failures, 10))
 
 
 def create_app(
