@@ -11,7 +11,7 @@ from __future__ import annotations
 from .errors import ConfigError
 from .stores._url import MAX_SECONDS
 
-__all__ = ["require_count", "require_seconds"]
+__all__ = ["require_seconds", "require_up_to"]
 
 
 def require_seconds(name: str, value: object, *, zero: bool = False) -> float:
@@ -26,7 +26,7 @@ def require_seconds(name: str, value: object, *, zero: bool = False) -> float:
     return float(number)
 
 
-def require_count(name: str, value: object, most: int) -> int:
+def require_up_to(name: str, value: object, most: int) -> int:
     """``value`` as an integer from 1 to ``most``."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
         raise ConfigError(f"{name} must be an integer from 1 to {most}, got {value!r}")

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ._bounds import require_count, require_seconds
+from ._bounds import require_seconds, require_up_to
 from ._client_wire import same_source
 from ._lost_claims import LostClaims, ServerFeatures, maybe_made
 from ._lost_reserves import LostReserves
@@ -157,9 +157,9 @@ class Dispatcher:
         name: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        require_count("claim_concurrency", claim_concurrency, 64)
-        require_count("claim_batch", claim_batch, MAX_CLAIM_BATCH)
-        require_count("page_size", page_size, 10_000)
+        require_up_to("claim_concurrency", claim_concurrency, 64)
+        require_up_to("claim_batch", claim_batch, MAX_CLAIM_BATCH)
+        require_up_to("page_size", page_size, 10_000)
         for said, seconds in (("heartbeat_ttl", heartbeat_ttl), ("lease_seconds", lease_seconds)):
             if seconds is not None:
                 require_seconds(said, seconds)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .._bounds import require_count, require_seconds
+from .._bounds import require_seconds, require_up_to
 from .._signals import StopFirst, stop_on_signals
 from ..allowance import AllowanceService
 from ..client import TaskClient
@@ -119,7 +119,7 @@ class AgentRunner:
                 require_seconds(said, seconds)
         require_seconds("grace_period", grace_period, zero=True)
         require_seconds("cancel_grace", cancel_grace, zero=True)
-        require_count("max_workers", max_workers, 10_000)
+        require_up_to("max_workers", max_workers, 10_000)
         if lease_seconds is not None and lease_seconds <= 2 * heartbeat_interval:
             # Renewal happens once per heartbeat; one late beat must not lose the lease.
             raise ConfigError(
