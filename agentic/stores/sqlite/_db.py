@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ...errors import ConfigError, StoreError, StoreLostError, StoreUnavailableError
+from ._fs import network_filesystem
 
 __all__ = ["DEFAULT_TIMEOUT", "Database", "Migration", "resolve"]
 
@@ -151,6 +152,7 @@ class Database:
                 self.path.parent,
                 self.path.name,
             )
+        _warn_if_shared(self._where)
         with self._opening():
             self.connection()
 
@@ -454,6 +456,28 @@ class Database:
 #: Connections a database opening its file takes at most while the file keeps being
 #: replaced (a new store takes two: the first creates the file).
 _OPEN_TRIES = 5
+
+
+def _warn_if_shared(path: str) -> None:
+    """Warn, once per file and process, when ``path`` is on a network filesystem."""
+    if path in _WARNED:
+        return
+    _WARNED.add(path)
+    kind = network_filesystem(path)
+    if kind:
+        log.warning(
+            "SQLite store %s is on a network filesystem (%s): SQLite's WAL is safe only"
+            " when every process using the file runs on this one machine; processes on"
+            " other machines would miss each other's writes (tasks run twice, quotas"
+            " over-spent). For several machines use a Redis store (redis://...);"
+            " otherwise keep the file on a local disk",
+            path,
+            kind,
+        )
+
+
+# Files already checked by _warn_if_shared (each store of a process opens the file).
+_WARNED: set[str] = set()
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
