@@ -26,7 +26,8 @@ An extend sets a live reservation's expiry to now plus the lifetime it was reser
 with, never earlier (:func:`extended_expiry`).
 
 Status is ``exceeded`` when the agent's tokens or jobs are used up, else
-``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok.
+``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok:
+tokens used, not reserved (:func:`agent_status`).
 """
 
 from __future__ import annotations
@@ -247,15 +248,19 @@ def never_fits(
 
 
 def agent_status(allowance: AgentAllowance, counters: AgentCounters) -> AllowanceStatus:
-    """The allowance status of an agent with these counters."""
-    spent = counters.tokens_used + counters.tokens_reserved
+    """The allowance status of an agent with these counters: of the tokens it used
+    and the jobs it started, not of what its running jobs hold (an estimate, often
+    far above what they use: it decides admission, not how much of the day is used).
+    So within a period a reserve or settle can only raise it, except an unreserve
+    taking a job back, and each threshold's event comes once."""
+    used = counters.tokens_used
     tokens_limit = allowance.daily_token_limit
     jobs_limit = allowance.daily_job_limit
-    if (tokens_limit > 0 and spent >= tokens_limit) or (
+    if (tokens_limit > 0 and used >= tokens_limit) or (
         jobs_limit > 0 and counters.jobs_started >= jobs_limit
     ):
         return AllowanceStatus.EXCEEDED
-    if tokens_limit > 0 and 5 * spent >= 4 * tokens_limit:
+    if tokens_limit > 0 and 5 * used >= 4 * tokens_limit:
         return AllowanceStatus.WARNING
     return AllowanceStatus.OK
 

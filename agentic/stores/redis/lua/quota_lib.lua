@@ -195,15 +195,16 @@ end
 
 -- --- the rules (agentic/quota.py) --------------------------------------------------
 
+-- quota.agent_status: of the tokens used and jobs started, not of those reserved
 local function agent_status(allowance, row)
-  local spent = row.tokens_used + row.tokens_reserved
+  local used = row.tokens_used
   local tokens_limit = allowance.daily_token_limit
   local jobs_limit = allowance.daily_job_limit
-  if (tokens_limit > 0 and spent >= tokens_limit)
+  if (tokens_limit > 0 and used >= tokens_limit)
       or (jobs_limit > 0 and row.jobs_started >= jobs_limit) then
     return 'exceeded'
   end
-  if tokens_limit > 0 and 5 * spent >= 4 * tokens_limit then
+  if tokens_limit > 0 and 5 * used >= 4 * tokens_limit then
     return 'warning'
   end
   return 'ok'
