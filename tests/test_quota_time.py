@@ -13,7 +13,7 @@ import pytest
 
 from agentic.errors import QuotaExceededError
 from agentic.models import AgentAllowance, ModelQuota, QuotaEvent
-from agentic.quota import DAY, HOUR, day_starts, period_bounds
+from agentic.quota import DAY, HOUR, cost_microcents, day_starts, period_bounds
 from agentic.stores.redis import RedisAllowanceStore
 from agentic.stores.redis import allowance as redis_allowance
 from agentic.testing import FakeClock
@@ -238,3 +238,63 @@ def test_a_clock_stepped_back_over_midnight_keeps_the_day_used(backend: Backend)
     assert store.get_model_usage("m").tokens_used == 100
     backend.clock.set(midnight + DAY)
     assert store.check("a", "m", 100).allowed
+
+
+def test_a_price_changed_mid_job_settles_at_the_price_of_the_settle(backend: Backend) -> None:
+    """A job reserved at one price and settled after a price change is charged at the
+    new price, and gives back exactly the estimate it held."""
+    store = backend.allowance()
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    store.set_model_quota(ModelQuota(model="m", input_price=100, output_price=300))
+    held = store.reserve("a", "m", 1000, "j1")
+    assert held.cost == 300_000
+    store.set_model_quota(ModelQuota(model="m", input_price=200, output_price=200))
+    settled = store.settle("j1", 500, 500, COMPLETED)
+    assert settled.cost_charged == 200_000
+    usage = store.get_model_usage("m")
+    assert (usage.cost_used, usage.cost_reserved) == (200_000, 0)
+
+
+def test_a_ceiling_or_limit_lowered_under_use_admits_nothing_more(backend: Backend) -> None:
+    """Limits lowered below what is used or held refuse every new job, a zero-sized or
+    free one too; raised again, they admit at once."""
+    store = backend.allowance()
+    store.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=5000, concurrent_jobs=3))
+    store.set_model_quota(ModelQuota(model="m", cost_ceiling=10, input_price=1000))
+    store.set_model_quota(ModelQuota(model="free", cost_ceiling=1))
+    store.reserve("a", "m", 4000, "j1")  # 4 cents held of 10
+    store.settle("j1", 4000, 0, COMPLETED)
+    store.reserve("a", "m", 500, "j2")  # 0.5 cent held, running
+    store.set_model_quota(ModelQuota(model="m", cost_ceiling=4, input_price=1000))
+    assert not store.check("a", "m", 0).allowed
+    store.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=4400, concurrent_jobs=1))
+    for model, tokens in (("", 0), ("free", 0), ("", 1)):
+        with pytest.raises(QuotaExceededError):
+            store.reserve("a", model, tokens, "j3")
+    store.set_allowance(AgentAllowance(agent_id="a", daily_token_limit=6000, concurrent_jobs=2))
+    store.set_model_quota(ModelQuota(model="m", cost_ceiling=5, input_price=1000))
+    store.reserve("a", "m", 500, "j3")  # 4 + 0.5 + 0.5 cents: exactly the ceiling
+    assert not store.check("a", "free", 0).allowed  # two jobs running: the slots are full
+
+
+def test_costs_are_rounded_alike_everywhere(backend: Backend) -> None:
+    """A failed job's odd token count, and prices with fractions of a micro-cent a
+    token, give the same whole micro-cents on every backend as the pure rules."""
+    store = backend.allowance()
+    store.set_allowance(AgentAllowance(agent_id="a"))
+    quota = ModelQuota(model="m", input_price=0.7, output_price=2.5)
+    store.set_model_quota(quota)
+    store.reserve("a", "m", 7, "j1")
+    settled = store.settle("j1", 5, 2, QuotaEvent.JOB_FAILED)
+    # 5 * 0.7 + 2 * 2.5 = 8.5 micro-cents, rounded half up: 9; 4 of the 7 tokens
+    # charged (7 - 7 // 2): 9 * 4 // 7 = 5
+    assert (settled.tokens_charged, settled.cost_charged) == (4, 5)
+    store.reserve("a", "m", 45, "j2")
+    # 45 * 0.7 is 31.499999999999996 in doubles, so 31, not the 32 that 31.5 would
+    # round to: a price is a double, and every backend rounds that same double
+    assert store.settle("j2", 45, 0, COMPLETED).cost_charged == cost_microcents(quota, 45, 0)
+    assert cost_microcents(quota, 45, 0) == 31
+    store.set_model_quota(ModelQuota(model="free", cost_ceiling=1))
+    store.reserve("a", "free", 10**6, "j3")
+    assert store.settle("j3", 10**6, 0, COMPLETED).cost_charged == 0
+    assert store.get_model_usage("m").cost_used == 36
