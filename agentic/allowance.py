@@ -5,7 +5,9 @@ service adds what callers want around it:
 
 * ``check`` is read-only: no side effects, no events (go-agentic's defect 12).
 * ``reserve`` / ``settle`` emit ``quota_warning`` and ``quota_exceeded`` exactly when
-  an operation moves the agent's status across 80% / 100%. The store reports the
+  an operation moves the agent's status across 80% / 100% of the tokens used (or
+  starts its last job of the day; tokens reserved count for admission, not for the
+  status, so estimates crossing and falling back raise nothing). The store reports the
   status before and after each atomic step, so a crossing is seen by exactly one
   caller even with many dispatchers, and a new day starts a new crossing: once per
   crossing per period, without extra state. A store opened with

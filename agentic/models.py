@@ -217,7 +217,7 @@ class AgentStatus(StrEnum):
 
 
 class AllowanceStatus(StrEnum):
-    """Quota state: ``warning`` from 80% of a limit, ``exceeded`` at 100%."""
+    """Quota state: ``warning`` from 80% of a limit used, ``exceeded`` at 100%."""
 
     OK = "ok"
     WARNING = "warning"

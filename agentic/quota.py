@@ -26,14 +26,17 @@ An extend sets a live reservation's expiry to now plus the lifetime it was reser
 with, never earlier (:func:`extended_expiry`).
 
 Status is ``exceeded`` when the agent's tokens or jobs are used up, else
-``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok.
+``warning`` from 80% of the token limit (``5 * used >= 4 * limit``, exact), else ok:
+tokens used, not reserved (:func:`agent_status`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Literal
 
 from .events import Event, EventType, crossing_id, usage_id
@@ -53,6 +56,7 @@ __all__ = [
     "HOUR",
     "MAX_RESERVATION_TTL",
     "SETTLED_RETENTION",
+    "QuotaDays",
     "STORE_SOURCE",
     "Step",
     "AgentCounters",
@@ -62,6 +66,7 @@ __all__ = [
     "charged_tokens",
     "crossing_events",
     "cost_microcents",
+    "day_starts",
     "decide",
     "estimated_cost",
     "extended_expiry",
@@ -70,7 +75,6 @@ __all__ = [
     "reservation_ttl",
     "share_of_cost",
     "usage_recorded",
-    "utc_offset",
 ]
 
 DAY = 86_400
@@ -118,16 +122,51 @@ class Decision:
     cost: int = 0
 
 
-def utc_offset(tz: tzinfo, now: float) -> int:
-    """Seconds east of UTC of ``tz`` at instant ``now`` (what the Lua scripts receive)."""
-    offset = datetime.fromtimestamp(now, tz).utcoffset()
-    return 0 if offset is None else int(offset.total_seconds())
+def day_starts(tz: tzinfo, around: float) -> tuple[float, ...]:
+    """When the local days of ``tz`` start (epoch seconds), from the day before the
+    one containing ``around`` to the start of the day after the next: three days and
+    the end of the last, what :func:`period_bounds` picks from (the Lua scripts
+    receive them, and pick by the server's time).
+
+    A day starts at its first instant, midnight at the offset in force before any
+    change then: a day with a DST change is 23 or 25 hours (or 23.5 / 24.5 on Lord
+    Howe Island), and a day whose midnight a change skips starts when the clocks
+    jump past it.
+    """
+    today = datetime.fromtimestamp(around, tz).date()
+    return tuple(
+        datetime.combine(today + timedelta(days=n), datetime.min.time(), tz).timestamp()
+        for n in (-1, 0, 1, 2)
+    )
 
 
-def period_bounds(now: float, offset: int) -> tuple[float, float]:
-    """Start and end (epoch seconds) of the day containing ``now`` at UTC ``offset``."""
-    start = math.floor((now + offset) / DAY) * DAY - offset
-    return float(start), float(start + DAY)
+class QuotaDays:
+    """:func:`day_starts` of one timezone around a clock, worked out again only when
+    the clock leaves the middle day of the last ones (about once a day)."""
+
+    def __init__(self, tz: tzinfo) -> None:
+        self._tz = tz
+        self._starts: tuple[float, ...] = ()
+
+    def around(self, at: float) -> tuple[float, ...]:
+        """The day starts :func:`day_starts` gives for ``at``."""
+        starts = self._starts
+        if not starts or not starts[1] <= at < starts[2]:
+            starts = self._starts = day_starts(self._tz, at)
+        return starts
+
+
+def period_bounds(now: float, starts: Sequence[float]) -> tuple[float, float]:
+    """Start and end (epoch seconds) of the quota day containing ``now``: between two
+    of ``starts`` (:func:`day_starts`, ascending), else, a clock more than a day from
+    the one they were computed at, whole days counted from the first or last of them.
+    ``quota_lib.lua`` mirrors it."""
+    for start, end in itertools.pairwise(starts):
+        if start <= now < end:
+            return start, end
+    edge = starts[0] if now < starts[0] else starts[-1]
+    start = edge + math.floor((now - edge) / DAY) * DAY
+    return start, start + DAY
 
 
 def reservation_ttl(allowance: AgentAllowance, default: float) -> float:
@@ -209,15 +248,19 @@ def never_fits(
 
 
 def agent_status(allowance: AgentAllowance, counters: AgentCounters) -> AllowanceStatus:
-    """The allowance status of an agent with these counters."""
-    spent = counters.tokens_used + counters.tokens_reserved
+    """The allowance status of an agent with these counters: of the tokens it used
+    and the jobs it started, not of what its running jobs hold (an estimate, often
+    far above what they use: it decides admission, not how much of the day is used).
+    So within a period a reserve or settle can only raise it, except an unreserve
+    taking a job back, and each threshold's event comes once."""
+    used = counters.tokens_used
     tokens_limit = allowance.daily_token_limit
     jobs_limit = allowance.daily_job_limit
-    if (tokens_limit > 0 and spent >= tokens_limit) or (
+    if (tokens_limit > 0 and used >= tokens_limit) or (
         jobs_limit > 0 and counters.jobs_started >= jobs_limit
     ):
         return AllowanceStatus.EXCEEDED
-    if tokens_limit > 0 and 5 * spent >= 4 * tokens_limit:
+    if tokens_limit > 0 and 5 * used >= 4 * tokens_limit:
         return AllowanceStatus.WARNING
     return AllowanceStatus.OK
 

@@ -176,11 +176,9 @@ def test_check_emits_nothing(backend: Backend) -> None:
 def test_warning_and_exceeded_once_per_crossing(backend: Backend) -> None:
     """quota_warning fires once when 80% is crossed, quota_exceeded once at 100%."""
     svc, rec = service(backend, daily_token_limit=100)
-    svc.reserve("a1", "", 50, "j1")
-    svc.reserve("a1", "", 35, "j2")  # 85%: crossing 80%
-    svc.settle("j1", 50, 0, QuotaEvent.JOB_COMPLETED)
-    svc.reserve("a1", "", 5, "j3")  # 90%: still warning, no new event
-    svc.reserve("a1", "", 10, "j4")  # 100%: crossing into exceeded
+    for job, tokens in [("j1", 50), ("j2", 35), ("j3", 5), ("j4", 10)]:
+        svc.reserve("a1", "", tokens, job)  # used: 50, 85 (crossing 80%), 90, 100
+        svc.settle(job, tokens, 0, QuotaEvent.JOB_COMPLETED)
     with pytest.raises(QuotaExceededError):
         svc.reserve("a1", "", 1, "j5")
     types = rec.types()
@@ -195,6 +193,7 @@ def test_new_day_allows_a_new_crossing(backend: Backend) -> None:
     svc.settle("j1", 9, 0, QuotaEvent.JOB_COMPLETED)
     backend.clock.advance(DAY)
     svc.reserve("a1", "", 9, "j2")
+    svc.settle("j2", 9, 0, QuotaEvent.JOB_COMPLETED)
     assert rec.types().count(EventType.QUOTA_WARNING) == 2
 
 
@@ -353,10 +352,10 @@ class ExplodingEmitter(EventEmitter):
 def test_failing_emitter_does_not_fail_the_reservation() -> None:
     """A reservation that succeeded stays successful when the emitter raises."""
     store = MemoryAllowanceStore()
-    store.set_allowance(AgentAllowance(agent_id="a1", daily_token_limit=10))
+    store.set_allowance(AgentAllowance(agent_id="a1", daily_job_limit=1))
     svc = AllowanceService(store, emitter=ExplodingEmitter())
-    svc.reserve("a1", "", 9, "j1")
-    assert svc.emit_failures == 1
+    svc.reserve("a1", "", 9, "j1")  # the day's last job: quota_warning, quota_exceeded
+    assert svc.emit_failures == 2
     assert store.get_usage("a1").active_jobs == 1
 
 
@@ -391,3 +390,39 @@ def test_never_fits_tells_size_and_model_from_todays_use(
     nothing for a job an empty day would admit."""
     told = never_fits(allowance, quota, model, tokens)
     assert (told is None) if why is None else (told is not None and why in told)
+
+
+def test_estimates_near_the_limit_raise_no_repeated_or_false_alarms(backend: Backend) -> None:
+    """Reservations larger than what jobs use raise no quota event: quota_warning comes
+    once, when the tokens used reach 80%, and quota_exceeded once, when they are used
+    up, however often estimates cross the thresholds and fall back."""
+    svc, rec = service(backend, daily_token_limit=1000)
+    svc.reserve("a1", "", 700, "j0")
+    svc.settle("j0", 700, 0, QuotaEvent.JOB_COMPLETED)
+    for n in range(1, 4):  # each reserves 200 and uses 50: 750, 800, 850 used
+        svc.reserve("a1", "", 200, f"j{n}")
+        svc.settle(f"j{n}", 50, 0, QuotaEvent.JOB_COMPLETED)
+    assert rec.types().count(EventType.QUOTA_WARNING) == 1
+    assert EventType.QUOTA_EXCEEDED not in rec.types()  # 85% used is not exceeded
+    svc.reserve("a1", "", 150, "j4")
+    svc.settle("j4", 150, 0, QuotaEvent.JOB_COMPLETED)  # 1000: used up
+    assert rec.types().count(EventType.QUOTA_EXCEEDED) == 1
+    assert rec.types().count(EventType.QUOTA_WARNING) == 1
+
+
+def test_a_raised_limit_warns_again_at_its_own_threshold(backend: Backend) -> None:
+    """After the token limit is raised, reaching 80% of the new limit is a new crossing;
+    a new day starts from ok."""
+    svc, rec = service(backend, daily_token_limit=100)
+    svc.reserve("a1", "", 90, "j1")
+    svc.settle("j1", 90, 0, QuotaEvent.JOB_COMPLETED)
+    assert rec.types().count(EventType.QUOTA_WARNING) == 1
+    svc.store.set_allowance(AgentAllowance(agent_id="a1", daily_token_limit=1000))
+    svc.reserve("a1", "", 710, "j2")
+    svc.settle("j2", 710, 0, QuotaEvent.JOB_COMPLETED)  # 800 of 1000
+    assert rec.types().count(EventType.QUOTA_WARNING) == 2
+    backend.clock.advance(DAY)
+    svc.reserve("a1", "", 800, "j3")
+    assert rec.types().count(EventType.QUOTA_WARNING) == 2  # reserved, not used
+    svc.settle("j3", 800, 0, QuotaEvent.JOB_COMPLETED)
+    assert rec.types().count(EventType.QUOTA_WARNING) == 3

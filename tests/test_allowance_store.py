@@ -782,19 +782,21 @@ def test_reserve_on_a_new_day_rolls_the_rows_over(backend: Backend) -> None:
     assert model.period_start == usage.period_start
 
 
-def test_reserve_reports_status_crossing(backend: Backend) -> None:
-    """A reservation reports the status before and after it (80% crossing)."""
+def test_reserve_and_settle_report_status_crossing(backend: Backend) -> None:
+    """A reservation and a settle report the status before and after them: of the
+    tokens used (80%, 100%) and jobs started, never of the tokens reserved."""
     store = backend.allowance()
-    store.set_allowance(allowance(daily_token_limit=100))
-    first = store.reserve("a1", "", 50, "j1")
+    store.set_allowance(allowance(daily_token_limit=100, daily_job_limit=3))
+    first = store.reserve("a1", "", 100, "j1")  # all of it held: nothing used yet
     assert (first.previous_status, first.status) == (AllowanceStatus.OK, AllowanceStatus.OK)
-    second = store.reserve("a1", "", 30, "j2")
-    assert (second.previous_status, second.status) == (
-        AllowanceStatus.OK,
+    done = store.settle("j1", 80, 0, COMPLETED)
+    assert (done.previous_status, done.status) == (AllowanceStatus.OK, AllowanceStatus.WARNING)
+    store.reserve("a1", "", 5, "j2")
+    last = store.reserve("a1", "", 5, "j3")  # the day's last job
+    assert (last.previous_status, last.status) == (
         AllowanceStatus.WARNING,
+        AllowanceStatus.EXCEEDED,
     )
-    third = store.reserve("a1", "", 20, "j3")
-    assert third.status == AllowanceStatus.EXCEEDED
 
 
 # --- unreserve: a job that never started ----------------------------------------------

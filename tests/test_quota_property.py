@@ -1,16 +1,18 @@
 """Property: random reserve / settle / unreserve / expire / withdraw / extend / reset /
 check / clock sequences,
-under random failure charges changed along the way, give the same answers on every
-backend and on a naive reference model written from the rules."""
+under random failure charges changed along the way, in a quota timezone that may
+change its clocks during the sequence, give the same answers on every backend and on
+a naive reference model written from the rules."""
 
 from __future__ import annotations
 
-import math
 import tempfile
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -90,6 +92,16 @@ advance_op = st.tuples(
     st.just("advance"),
     st.sampled_from([1, 59, 600, 901, 1800, 3599, 3601, 20_000, DAY]),
 )
+# The quota day's zone and the clock's start: UTC, then just before a day on which
+# the clocks fall back an hour, spring forward an hour, fall back half an hour, and a
+# zone whose offset is not whole hours.
+ZONES = [
+    (UTC, datetime(2026, 1, 15, 10, 0, tzinfo=UTC)),
+    (ZoneInfo("America/New_York"), datetime(2026, 10, 31, 22, 0)),
+    (ZoneInfo("America/New_York"), datetime(2026, 3, 7, 22, 0)),
+    (ZoneInfo("Australia/Lord_Howe"), datetime(2026, 4, 4, 22, 0)),
+    (ZoneInfo("Asia/Kolkata"), datetime(2026, 1, 15, 22, 0)),
+]
 OPS = st.lists(
     st.one_of(reserve_op, settle_op, unreserve_op, check_op, reset_op, charge_op, advance_op),
     min_size=1,
@@ -103,6 +115,7 @@ class Model:
 
     clock: FakeClock
     allowances: dict[str, AgentAllowance]
+    zone: tzinfo = UTC
     used: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, jobs
     mused: dict[str, tuple[float, int, int]] = field(default_factory=dict)  # start, tokens, cost
     #: job -> agent, model, tokens, cost, expires at, created at, lifetime
@@ -112,8 +125,13 @@ class Model:
     legacy_active: dict[str, int] = field(default_factory=dict)
     reset_at: dict[str, float] = field(default_factory=dict)
 
+    def midnight(self, days: int = 0) -> float:
+        """Local midnight of today plus ``days`` (the offset before a change then)."""
+        today = datetime.fromtimestamp(self.clock(), self.zone).date() + timedelta(days=days)
+        return datetime.combine(today, datetime.min.time(), self.zone).timestamp()
+
     def start(self) -> float:
-        return float(math.floor(self.clock() / DAY) * DAY)
+        return self.midnight()
 
     def expire(self) -> None:
         now = self.clock()
@@ -152,7 +170,7 @@ class Model:
     def decision(self, agent_id: str, model: str, tokens: int) -> Any:
         allowance = self.allowances[agent_id]
         quota = next((q for q in QUOTAS if q.model == model), None)
-        end = self.start() + DAY
+        end = self.midnight(1)
         return allowance, decide(
             allowance,
             self.agent(agent_id),
@@ -268,7 +286,14 @@ class Model:
     def check(self, agent_id: str, model: str, tokens: int) -> tuple[Any, ...]:
         self.expire()
         _a, d = self.decision(agent_id, model, tokens)
-        return (d.allowed, d.status.value, d.reason, d.remaining_tokens, d.remaining_jobs)
+        return (
+            d.allowed,
+            d.status.value,
+            d.reason,
+            d.remaining_tokens,
+            d.remaining_jobs,
+            self.midnight(1),
+        )
 
 
 def run_store(
@@ -320,7 +345,9 @@ def run_store(
         return ("charge",)
     _k, agent_id, model, tokens = op
     c = store.check(agent_id, model, tokens)
-    return (c.allowed, c.status.value, c.reason, c.remaining_tokens, c.remaining_jobs)
+    assert c.reset_at is not None
+    reset = c.reset_at.timestamp()
+    return (c.allowed, c.status.value, c.reason, c.remaining_tokens, c.remaining_jobs, reset)
 
 
 def run_model(
@@ -357,18 +384,21 @@ def redis_port(request: pytest.FixtureRequest) -> int:
 
 
 def stores(
-    clock: FakeClock, workdir: Path, redis_port: int, allowances: list[AgentAllowance]
+    clock: FakeClock,
+    workdir: Path,
+    redis_port: int,
+    allowances: list[AgentAllowance],
+    zone: tzinfo = UTC,
 ) -> dict[str, AllowanceStore]:
     import redis
 
     prefix = f"p{uuid.uuid4().hex[:10]}"
+    options = {"reservation_ttl": TTL, "tz": zone}
     made: dict[str, AllowanceStore] = {
-        "memory": _memory(clock)("allowance", {"reservation_ttl": TTL}),
-        "sqlite": _sqlite(clock, workdir / f"{prefix}.db")("allowance", {"reservation_ttl": TTL}),
-        "redis": _redis(clock, redis.Redis(port=redis_port), prefix)(
-            "allowance", {"reservation_ttl": TTL}
-        ),
-        "fakeredis": _redis(clock, fake_redis_6(), prefix)("allowance", {"reservation_ttl": TTL}),
+        "memory": _memory(clock)("allowance", options),
+        "sqlite": _sqlite(clock, workdir / f"{prefix}.db")("allowance", options),
+        "redis": _redis(clock, redis.Redis(port=redis_port), prefix)("allowance", options),
+        "fakeredis": _redis(clock, fake_redis_6(), prefix)("allowance", options),
     }
     for store in made.values():
         for allowance in allowances:
@@ -379,19 +409,27 @@ def stores(
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=OPS, charges=st.tuples(st.sampled_from(FailureCharge), st.sampled_from(FailureCharge)))
+@given(
+    ops=OPS,
+    charges=st.tuples(st.sampled_from(FailureCharge), st.sampled_from(FailureCharge)),
+    zone_start=st.sampled_from(ZONES),
+)
 def test_backends_agree_with_the_rules(
-    ops: list[tuple[Any, ...]], charges: tuple[FailureCharge, FailureCharge], redis_port: int
+    ops: list[tuple[Any, ...]],
+    charges: tuple[FailureCharge, FailureCharge],
+    zone_start: tuple[tzinfo, datetime],
+    redis_port: int,
 ) -> None:
     """Every backend gives the reference model's answer at every step and ends equal."""
-    clock = FakeClock()
+    zone, start = zone_start
+    clock = FakeClock(start.replace(tzinfo=zone))
     allowances = [
         allowance.model_copy(update={"failure_charge": charge})
         for allowance, charge in zip(ALLOWANCES, charges, strict=True)
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        made = stores(clock, Path(tmp), redis_port, allowances)
-        model = Model(clock, {allowance.agent_id: allowance for allowance in allowances})
+        made = stores(clock, Path(tmp), redis_port, allowances, zone)
+        model = Model(clock, {allowance.agent_id: allowance for allowance in allowances}, zone)
         jobs: dict[str, dict[str, tuple[str, str]]] = {name: {} for name in [*made, "model"]}
         try:
             for step, op in enumerate(ops):

@@ -187,22 +187,24 @@ def _capped(store: AllowanceStore, **limits: int) -> None:
     store.set_allowance(AgentAllowance(agent_id="a1", **limits))
 
 
-def test_a_reserve_records_the_warning_it_crosses(
+def test_a_reserve_records_the_crossing_it_makes(
     pair: tuple[AllowanceStore, EventLog], backend: Backend
 ) -> None:
-    """A reserve taking the agent to 80% records quota_warning with it: the step's
-    time, no task, the job and model, under crossing_id(job, "reserve", kind)."""
+    """A reserve starting the agent's last job of the day records quota_exceeded with
+    it (tokens reserved cross nothing): the step's time, no task, the job and model,
+    under crossing_id(job, "reserve", kind)."""
     store, log = pair
-    _capped(store, daily_token_limit=1000)
+    _capped(store, daily_token_limit=1000, daily_job_limit=2)
     backend.clock.set(datetime(2026, 3, 4, 5, 6, 7, 500_000, tzinfo=UTC))
-    store.reserve("a1", "m", 799, "j1")
+    store.increment_usage("a1", 800, 0)  # warning already
+    store.reserve("a1", "m", 150, "j1")
     assert log.read() == []
     store.reserve("a1", "m", 1, "j2")
     [logged] = log.read()
     event = logged.event
     assert (event.id, event.type, event.source) == (
-        crossing_id("j2", "reserve", EventType.QUOTA_WARNING),
-        EventType.QUOTA_WARNING,
+        crossing_id("j2", "reserve", EventType.QUOTA_EXCEEDED),
+        EventType.QUOTA_EXCEEDED,
         "agentic.quota",
     )
     assert (event.agent_id, event.task_id) == ("a1", "")
@@ -277,21 +279,24 @@ def test_a_settle_names_the_model_only_its_usage_named(
 def test_steps_crossing_nothing_record_no_crossing(
     pair: tuple[AllowanceStore, EventLog],
 ) -> None:
-    """Staying in a status, a denied reserve, a repeated reserve and a release record
-    no crossing (a warning -> exceeded step records only quota_exceeded)."""
+    """Reserved tokens, staying in a status, a denied reserve, a repeated reserve and
+    a release record no crossing (a warning -> exceeded step records only
+    quota_exceeded)."""
     store, log = pair
     _capped(store, daily_token_limit=1000)
-    store.reserve("a1", "", 900, "j1")  # ok -> warning
+    store.reserve("a1", "", 900, "j1")  # reserved, not used: ok -> ok
     store.reserve("a1", "", 900, "j1")  # a repeat: nothing
+    store.settle("j1", 900, 0, QuotaEvent.JOB_COMPLETED)  # ok -> warning
     store.reserve("a1", "", 50, "j2")  # warning -> warning
     with pytest.raises(QuotaExceededError):
         store.reserve("a1", "", 500, "j3")
     store.unreserve("j2")
-    store.reserve("a1", "", 100, "j4")  # warning -> exceeded (1000 of 1000)
-    kinds = [e.event.id for e in log.read()]
+    store.reserve("a1", "", 100, "j4")
+    store.settle("j4", 100, 0, QuotaEvent.JOB_COMPLETED)  # warning -> exceeded (1000)
+    kinds = [e.event.id for e in log.read() if e.event.type != EventType.USAGE_RECORDED]
     assert kinds == [
-        crossing_id("j1", "reserve", EventType.QUOTA_WARNING),
-        crossing_id("j4", "reserve", EventType.QUOTA_EXCEEDED),
+        crossing_id("j1", "settle", EventType.QUOTA_WARNING),
+        crossing_id("j4", "settle", EventType.QUOTA_EXCEEDED),
     ]
 
 
@@ -306,8 +311,8 @@ def test_the_services_own_crossings_add_nothing(
         service.reserve("a1", "m", 90, "j1")
         service.settle("j1", 60, 60, QuotaEvent.JOB_COMPLETED, task_id="t1")
     assert [(e.event.type, e.event.source) for e in log.read()] == [
-        (EventType.QUOTA_WARNING, "agentic.quota"),
         (EventType.USAGE_RECORDED, "agentic.quota"),
+        (EventType.QUOTA_WARNING, "agentic.quota"),
         (EventType.QUOTA_EXCEEDED, "agentic.quota"),
     ]
 

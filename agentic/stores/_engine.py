@@ -45,6 +45,7 @@ from ..quota import (
     AgentCounters,
     Decision,
     ModelCounters,
+    QuotaDays,
     Step,
     agent_status,
     charged_tokens,
@@ -56,7 +57,6 @@ from ..quota import (
     reservation_ttl,
     share_of_cost,
     usage_recorded,
-    utc_offset,
 )
 from .base import (
     AllowanceStore,
@@ -212,7 +212,7 @@ class EngineAllowanceStore(AllowanceStore):
                 f" got {reservation_ttl}"
             )
         self._clock = clock
-        self._tz = tz
+        self._days = QuotaDays(tz)
         self._default_ttl = reservation_ttl
 
     @abc.abstractmethod
@@ -221,7 +221,7 @@ class EngineAllowanceStore(AllowanceStore):
 
     # --- helpers run inside a transaction ---
     def _period(self, now: float) -> tuple[float, float]:
-        return period_bounds(now, utc_offset(self._tz, now))
+        return period_bounds(now, self._days.around(now))
 
     @staticmethod
     def _sweep(tx: QuotaTx, now: float, start: float) -> None:

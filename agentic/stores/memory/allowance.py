@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import heapq
 import threading
@@ -77,7 +78,13 @@ class _MemoryTx(QuotaTx):
         return len(log), (log[0] if log else None)
 
     def add_request(self, model: str, at: float, job_id: str) -> None:
-        self.request_log.setdefault(model, deque()).append(at)
+        log = self.request_log.setdefault(model, deque())
+        if log and at < log[-1]:
+            # The clock stepped back: kept in time order all the same, since the trim
+            # above and the oldest request read the front.
+            bisect.insort(log, at)
+        else:
+            log.append(at)
 
     def remove_request(self, model: str, at: float, job_id: str) -> None:
         # Requests are kept as bare times: any one at ``at`` counts the same.

@@ -170,11 +170,11 @@ def text(value: object) -> str:
 
 
 def now_arg(clock: Clock | None) -> tuple[str, float]:
-    """The ``now`` argument of a script and the time to compute a UTC offset at.
+    """The ``now`` argument of a script and this machine's idea of it.
 
     Without a clock the script reads the server's TIME, so every machine agrees on
-    "now"; the UTC offset is still computed here from the local clock, which only
-    matters within clock skew of a DST change.
+    "now"; the local time only says which days' starts to send the quota scripts
+    (they pick among them by the server's time).
     """
     if clock is None:
         return "", time.time()

@@ -13,14 +13,15 @@ Lua decides and writes; Python describes. When the script refuses (or answers a
 time: the messages are the memory store's, byte for byte, and a disagreement
 between the two rule sets is reported as a bug instead of passing silently.
 
-The quota day's UTC offset is computed here, at the local clock's "now": within
-clock skew of a DST change the day boundary may use the offset of the other side.
+The quota day is picked in the script by the server's time, among the starts of the
+local days around this machine's clock (:func:`agentic.quota.day_starts`), so the
+two clocks may differ by up to a day around a DST change and still agree on it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any, TypeVar
 
 import redis
@@ -44,8 +45,8 @@ from ...quota import (
     AgentCounters,
     Decision,
     ModelCounters,
+    QuotaDays,
     decide,
-    utc_offset,
 )
 from ..base import (
     AllowanceStore,
@@ -131,10 +132,10 @@ class RedisAllowanceStore(AllowanceStore):
         logged = (log.seq, log.stream, log.ids) if record_events else ("", "", "")
         self._heads = (*self._keys.heads(), *logged)
         self._clock = clock
-        self._tz = tz
-        # A fixed-offset zone (UTC, the default) has one offset at every instant:
-        # worked out here instead of on every call.
-        self._fixed_offset = str(utc_offset(tz, 0.0)) if isinstance(tz, timezone) else None
+        self._days = QuotaDays(tz)
+        # The day starts as the scripts receive them, formatted once a day.
+        self._starts: tuple[float, ...] = ()
+        self._starts_text = ""
         self._default_ttl = repr(float(reservation_ttl))
         self._close_client = close_client
         self._identity = open_identity(client, prefix, close_client, create)
@@ -148,8 +149,11 @@ class RedisAllowanceStore(AllowanceStore):
 
     def _run(self, script: Script, *args: str) -> list[str]:
         now, at = now_arg(self._clock)
-        offset = self._fixed_offset or str(utc_offset(self._tz, at))
-        reply = script(self._client, [now, offset, *self._heads, *args], identity=self._identity)
+        starts = self._days.around(at)
+        if starts is not self._starts:
+            self._starts, self._starts_text = starts, ",".join(map(repr, starts))
+        days = self._starts_text
+        reply = script(self._client, [now, days, *self._heads, *args], identity=self._identity)
         return [text(item) for item in reply]
 
     # --- configuration ---

@@ -5,7 +5,8 @@
 --
 -- ARGV layout (RedisAllowanceStore builds it):
 --   [1]      now, or '' for the server's TIME
---   [2]      UTC offset of the quota timezone at now, in seconds
+--   [2]      the starts of the quota timezone's days around now, comma separated
+--            (quota.day_starts: epoch seconds, ascending)
 --   [3..13]  key heads and keys of agentic.stores.keys.QuotaKeys, in field order
 --   [14..16] the event log's seq, stream and ids keys ('' when the store records
 --            no events: a settle records usage_recorded in the log with itself)
@@ -14,6 +15,27 @@
 local DAY, HOUR = 86400, 3600
 -- models.MAX_RESERVATION_TTL: the longest a reservation lives, in seconds
 local MAX_TTL = 1e9
+
+-- quota.period_bounds: the quota day containing now, between two of the day starts
+-- in text, else whole days from the first or the last of them.
+local function period_bounds(now, text)
+  local starts = {}
+  for start in string.gmatch(text, '[^,]+') do
+    starts[#starts + 1] = tonumber(start)
+  end
+  for i = 1, #starts - 1 do
+    if starts[i] <= now and now < starts[i + 1] then
+      return starts[i], starts[i + 1]
+    end
+  end
+  local edge = starts[#starts]
+  if now < starts[1] then
+    edge = starts[1]
+  end
+  local start = edge + math.floor((now - edge) / DAY) * DAY
+  return start, start + DAY
+end
+
 local K, LOG, NOW, START, END, NOW_TEXT
 -- per call {
 K = {
@@ -23,9 +45,7 @@ K = {
 }
 LOG = {seq = ARGV[14], stream = ARGV[15], ids = ARGV[16]}
 NOW = clock(ARGV[1])
--- quota.period_bounds: the day containing NOW at the UTC offset ARGV[2]
-START = math.floor((NOW + tonumber(ARGV[2])) / DAY) * DAY - tonumber(ARGV[2])
-END = START + DAY
+START, END = period_bounds(NOW, ARGV[2])
 -- NOW as stored and replied: formatted once for the sweep, the writes and the reply.
 NOW_TEXT = num(NOW)
 -- } per call
@@ -175,15 +195,16 @@ end
 
 -- --- the rules (agentic/quota.py) --------------------------------------------------
 
+-- quota.agent_status: of the tokens used and jobs started, not of those reserved
 local function agent_status(allowance, row)
-  local spent = row.tokens_used + row.tokens_reserved
+  local used = row.tokens_used
   local tokens_limit = allowance.daily_token_limit
   local jobs_limit = allowance.daily_job_limit
-  if (tokens_limit > 0 and spent >= tokens_limit)
+  if (tokens_limit > 0 and used >= tokens_limit)
       or (jobs_limit > 0 and row.jobs_started >= jobs_limit) then
     return 'exceeded'
   end
-  if tokens_limit > 0 and 5 * spent >= 4 * tokens_limit then
+  if tokens_limit > 0 and 5 * used >= 4 * tokens_limit then
     return 'warning'
   end
   return 'ok'
