@@ -324,13 +324,15 @@ def test_every_use_after_the_store_went_back_raises_store_lost_and_writes_nothin
     """The store put back to an earlier copy under open stores (a failover to a replica
     that had not caught up, a restored backup: the same store id) refuses every write
     and every read that would answer from it, saying it went back, by how much, what
-    was lost and what to do; the store is marked so and nothing else is written."""
+    was lost and what to do; the store is marked so and nothing else is written. The
+    data with the lost writes put back, the stores go on where they were."""
     seen = stores.tasks.store_id()
     count_key = _count_key(stores, seen)
     snapshot = _snapshot(stores)
     before = int(stores.client.get(count_key))
     stores.tasks.claim("t1", "a1", 30)  # lost below: t1 would be claimed twice
     stores.quota.reserve("a1", "m", 10, "j2")  # lost below: its tokens spent twice
+    latest = _snapshot(stores)
     _put_back(stores, snapshot)
     stored = (stores.registry, stores.quota, stores.tasks, stores.log)
     uses = every_store_use(*stored) + the_other_store_uses(*stored)
@@ -353,6 +355,10 @@ def test_every_use_after_the_store_went_back_raises_store_lost_and_writes_nothin
     assert stores.client.get(marked) == f"{before} {before + 2}".encode()
     now = {key: stores.client.dump(key) for key in _keys(stores) if key != marked}
     assert now == {key: value for key, (value, _) in snapshot.items() if key != count_key}
+    _put_back(stores, latest)  # the data that has the lost writes: the stores go on
+    assert stores.tasks.get("t1").claimed_by == "a1"
+    stores.quota.reserve("a1", "m", 10, "j3")
+    assert stores.quota.get_usage("a1").tokens_reserved == 30
 
 
 def test_a_store_whose_write_count_is_gone_is_refused_as_gone_back(stores: Stores) -> None:
@@ -418,7 +424,7 @@ def test_a_store_gone_back_is_refused_by_every_process_until_an_operator_accepts
     client: Any = redis.Redis(port=own_server.port)
     try:
         assert other.stdout.readline().strip() == "ready"
-        made = Stores(client, prefix, *(opener(url) for opener in OPENERS))  # type: ignore[arg-type]
+        made = Stores(client, prefix, *(opener(url) for opener in OPENERS))
         snapshot = _snapshot(made)
         made.tasks.create(Task(id="t9", title="lost"))
         _put_back(made, snapshot)
@@ -442,6 +448,15 @@ def test_a_store_gone_back_is_refused_by_every_process_until_an_operator_accepts
         other.kill()
         other.wait(10)
         client.close()
+
+
+def test_accept_store_takes_only_a_redis_store(tmp_path: Path) -> None:
+    """agentic admin accept-store on a store URL that is not Redis exits 2 saying it
+    takes a redis:// URL (only a Redis store can go back under running processes)."""
+    result = run("admin", "accept-store", "--store", f"sqlite:///{tmp_path / 'a.db'}")
+    assert result.exit_code == 2, result.output
+    assert "give a redis:// or rediss:// URL" in " ".join(result.stderr.split())
+    assert not (tmp_path / "a.db").exists()
 
 
 # --- maxmemory-policy ----------------------------------------------------------------
