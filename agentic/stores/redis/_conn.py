@@ -403,11 +403,13 @@ class Identity:
         self.saw(int(text(count)))
 
     def lost(self, found: str | None, back: str) -> StoreLostError:
-        """The error for this store found with id ``found`` (None: no id) and, when
-        it is this store, marked as gone back by ``back`` ("count mark")."""
-        if found != self.value or not back:
-            return _lost_store(self.value, found if found != self.value else None)
-        return _went_back(self.value, *back.partition(" ")[::2])
+        """The error for this store found with id ``found`` (None: no id): emptied or
+        replaced, or, when it is this store, gone back as ``back`` ("count mark")
+        says."""
+        if found != self.value:
+            return _lost_store(self.value, found)
+        count, _, seen = back.partition(" ")
+        return _went_back(self.value, count, seen or str(_MARKS[self.value]))
 
     def review(self, client: redis.Redis) -> None:
         """Look at Redis's maxmemory settings again when it is time (every
