@@ -42,10 +42,16 @@ from agentic.models import (
 from agentic.quota import DAY, SETTLED_RETENTION, cost_microcents, share_of_cost
 from agentic.stores import open_allowance_store, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore
-from agentic.stores.keys import QuotaKeys, RegistryKeys, TaskKeys, store_id_key
+from agentic.stores.keys import (
+    QuotaKeys,
+    RegistryKeys,
+    TaskKeys,
+    store_count_key,
+    store_id_key,
+)
 from agentic.stores.memory import MemoryAllowanceStore, MemoryRegistry
 from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
-from agentic.stores.redis._conn import sync, text
+from agentic.stores.redis._conn import _OPEN, _WRITE, sync, text
 from agentic.stores.redis.allowance import _RESERVE
 from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import FakeClock
@@ -473,7 +479,8 @@ def test_settled_ids_are_forgotten_after_retention(client: redis.Redis, prefix: 
 
 def test_every_key_follows_keys_module(client: redis.Redis, prefix: str) -> None:
     """Registry and allowance keys on one prefix live apart, each under a known pattern
-    (the store id, which every store writes at open when there is none, beside them)."""
+    (the store id and its write count, which every store writes at open when there are
+    none, beside them)."""
     clock = FakeClock()
     registry = RedisRegistry(client, prefix=prefix, clock=clock)
     store = RedisAllowanceStore(client, prefix=prefix, clock=clock)
@@ -490,6 +497,7 @@ def test_every_key_follows_keys_module(client: redis.Redis, prefix: str) -> None
     keys = sorted(k.decode() for k in client.scan_iter(match=f"{prefix}:*"))
     assert store_id_key(prefix) in keys
     keys.remove(store_id_key(prefix))
+    keys.remove(store_count_key(prefix, registry.store_id()))
     for key in keys:
         matching = [p for p in patterns if key == p or (p.endswith(":") and key.startswith(p))]
         assert matching, f"{key} matches no pattern of agentic.stores.keys"
@@ -533,7 +541,8 @@ def test_without_clock_scripts_use_server_time(
     """With no clock injected, times come from Redis TIME even if the local clock is wrong."""
     from agentic.stores.redis import _conn
 
-    monkeypatch.setattr(_conn, "time", types.SimpleNamespace(time=lambda: 0.0))
+    wrong = types.SimpleNamespace(time=lambda: 0.0, monotonic=time.monotonic)
+    monkeypatch.setattr(_conn, "time", wrong)
     server_now = float(cast(tuple[int, int], client.time())[0])
     info = RedisRegistry(client, prefix=prefix).register(AgentInfo(id="a"))
     store = RedisAllowanceStore(client, prefix=prefix)
@@ -610,7 +619,8 @@ def test_code_reloads_after_flush(client: redis.Redis, prefix: str) -> None:
 def test_lua_runs_as_redis_functions_named_by_their_code(
     redis_server: RedisServer, prefix: str
 ) -> None:
-    """On Redis 7 the stores' Lua is loaded as libraries named after the code's SHA1."""
+    """On Redis 7 the stores' Lua is loaded as libraries named after the code's SHA1
+    (the store's open, its plain writes and the reserve here)."""
     client = redis.Redis(port=redis_server.port)
     client.function_flush()
     store = RedisAllowanceStore(client, prefix=prefix)
@@ -618,7 +628,7 @@ def test_lua_runs_as_redis_functions_named_by_their_code(
     store.reserve("a", "", 1, "j1")
     listed = [dict(zip(lib[::2], lib[1::2], strict=True)) for lib in sync(client.function_list())]
     names = {text(library[b"library_name"]) for library in listed}
-    assert names == {_RESERVE.function}
+    assert names == {_OPEN.function, _WRITE.function, _RESERVE.function}
     assert _RESERVE.function == f"agentic_{_RESERVE.sha}"
     client.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ from agentic.events import Event
 from agentic.models import AgentAllowance, AgentInfo, Task
 from agentic.stores import open_allowance_store, open_event_log, open_registry, open_task_store
 from agentic.stores.base import AgentRegistry, AllowanceStore, EventLog, TaskStore
-from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry
+from agentic.stores.keys import store_count_key
+from agentic.stores.redis import RedisAllowanceStore, RedisEventLog, RedisRegistry, _conn
 from agentic.stores.redis.tasks import RedisTaskStore
 from agentic.testing import running_server
 from tests.conftest import (
@@ -116,7 +118,9 @@ def _keys(stores: Stores) -> list[bytes]:
 def _wipe(stores: Stores) -> None:
     """What a FLUSHDB does to these stores (on the shared fakeredis and the module's
     server alike: only this test's keys)."""
-    stores.client.delete(*_keys(stores))
+    keys = _keys(stores)
+    if keys:
+        stores.client.delete(*keys)
 
 
 def test_every_use_after_a_flush_raises_store_lost_and_writes_nothing(stores: Stores) -> None:
@@ -203,15 +207,30 @@ def test_a_store_replaced_under_open_stores_is_named_and_left_alone(stores: Stor
         fresh.close()
 
 
+Snapshot = dict[bytes, tuple[bytes, int]]
+
+
+def _snapshot(stores: Stores) -> Snapshot:
+    """Every key of these stores as it is now (a backup, a replica's copy)."""
+    return {key: (stores.client.dump(key), stores.client.pttl(key)) for key in _keys(stores)}
+
+
+def _put_back(stores: Stores, snapshot: Snapshot) -> None:
+    """The stores' keys as they were at ``snapshot`` and no others (a restored backup,
+    a failover to a replica that had them)."""
+    _wipe(stores)
+    for key, (value, ttl) in snapshot.items():
+        stores.client.restore(key, max(ttl, 0), value)
+
+
 def test_a_store_restored_under_open_stores_goes_on(stores: Stores) -> None:
     """Data put back after a wipe (a backup: the same store id) lets the stores opened
     before go on where they were: the usage held before counts."""
-    backup = {key: (stores.client.dump(key), stores.client.pttl(key)) for key in _keys(stores)}
+    backup = _snapshot(stores)
     _wipe(stores)
     with pytest.raises(StoreLostError):
         stores.quota.reserve("a1", "m", 10, "j2")
-    for key, (value, ttl) in backup.items():
-        stores.client.restore(key, max(ttl, 0), value)
+    _put_back(stores, backup)
     stores.quota.reserve("a1", "m", 10, "j2")
     usage = stores.quota.get_usage("a1")
     assert (usage.jobs_started, usage.tokens_reserved) == (2, 20)
@@ -284,6 +303,160 @@ def test_a_fresh_store_opens_and_every_reopen_keeps_its_id(stores: Stores) -> No
     finally:
         first.close()
         again.close()
+
+
+# --- a store gone back in time --------------------------------------------------------
+
+
+def _names(use: Callable[[], object]) -> tuple[str, ...]:
+    """The names a use's code calls (none for a bound method)."""
+    code = getattr(use, "__code__", None)
+    return () if code is None else tuple(code.co_names)
+
+
+def _count_key(stores: Stores, store_id: str) -> bytes:
+    return store_count_key(stores.prefix, store_id).encode()
+
+
+def test_every_use_after_the_store_went_back_raises_store_lost_and_writes_nothing(
+    stores: Stores,
+) -> None:
+    """The store put back to an earlier copy under open stores (a failover to a replica
+    that had not caught up, a restored backup: the same store id) refuses every write
+    and every read that would answer from it, saying it went back, by how much, what
+    was lost and what to do; the store is marked so and nothing else is written. The
+    data with the lost writes put back, the stores go on where they were."""
+    seen = stores.tasks.store_id()
+    count_key = _count_key(stores, seen)
+    snapshot = _snapshot(stores)
+    before = int(stores.client.get(count_key))
+    stores.tasks.claim("t1", "a1", 30)  # lost below: t1 would be claimed twice
+    stores.quota.reserve("a1", "m", 10, "j2")  # lost below: its tokens spent twice
+    latest = _snapshot(stores)
+    _put_back(stores, snapshot)
+    stored = (stores.registry, stores.quota, stores.tasks, stores.log)
+    uses = every_store_use(*stored) + the_other_store_uses(*stored)
+    # A wait answers at once that there are events (the copy has some, as the store
+    # had): not "nothing", and the read that follows it is refused.
+    waits = [use for use in uses if "wait" in _names(use)]
+    assert len(waits) == 1 and waits[0]() is True
+    for use in uses:
+        if use in waits:
+            continue
+        with pytest.raises(StoreLostError) as caught:
+            use()
+        said = " ".join(str(caught.value).split())
+        assert f"the Redis store went back in time (store id {seen}:" in said
+        assert f"its write count was {before} where a process had seen {before + 2})" in said
+        assert "a failover to a replica that had not caught up" in said
+        assert "run twice" in said
+        assert "agentic admin accept-store" in said
+    marked = count_key + b":went_back"
+    assert stores.client.get(marked) == f"{before} {before + 2}".encode()
+    now = {key: stores.client.dump(key) for key in _keys(stores) if key != marked}
+    assert now == {key: value for key, (value, _) in snapshot.items() if key != count_key}
+    _put_back(stores, latest)  # the data that has the lost writes: the stores go on
+    assert stores.tasks.get("t1").claimed_by == "a1"
+    stores.quota.reserve("a1", "m", 10, "j3")
+    assert stores.quota.get_usage("a1").tokens_reserved == 30
+
+
+def test_a_store_whose_write_count_is_gone_is_refused_as_gone_back(stores: Stores) -> None:
+    """The write count missing beside the same store id (a backup from before this
+    agentic counted writes) is refused as gone back, the count named as gone; a
+    command that only reads, opening a store that has no count (last written by an
+    older agentic), is refused and writes none."""
+    seen = stores.registry.store_id()
+    stores.client.delete(_count_key(stores, seen))
+    with pytest.raises(StoreError, match="has no write count: it was last written"):
+        RedisEventLog(stores.client, prefix=stores.prefix, create=False)
+    with pytest.raises(StoreLostError, match="its write count was gone where a process"):
+        stores.registry.list()
+    with pytest.raises(StoreLostError, match="its write count was gone where a process"):
+        stores.tasks.create(Task(id="t2", title="after"))
+    assert stores.client.get(_count_key(stores, seen)) is None
+
+
+# A process of its own on a store URL: it writes once and says "ready", then at each
+# line read it tries a write and a read and says how each went.
+_OTHER_PROCESS = """
+import sys
+from agentic.models import Task
+from agentic.stores import open_task_store
+tasks = open_task_store(sys.argv[1])
+tasks.create(Task(title="before"))
+print("ready", flush=True)
+for n, _ in enumerate(sys.stdin):
+    said = []
+    for use in (lambda: tasks.create(Task(title=f"after {n}")), tasks.counts):
+        try:
+            use()
+            said.append("ok")
+        except Exception as exc:
+            said.append(type(exc).__name__ + ": " + " ".join(str(exc).split()))
+    print(" | ".join(said), flush=True)
+"""
+
+
+def test_a_store_gone_back_is_refused_by_every_process_until_an_operator_accepts_it(
+    own_server: RedisServer,
+) -> None:
+    """Once a process finds the store gone back, every process refuses it: one that
+    saw none of the lost writes (its own count not above the copy's), one opening it
+    afresh; after `agentic admin accept-store` every one goes on from the store as it
+    is, the running ones without a restart."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    url = f"{own_server.url}?prefix={prefix}"
+    other = subprocess.Popen(
+        [sys.executable, "-c", _OTHER_PROCESS, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert other.stdin is not None and other.stdout is not None
+
+    def other_says() -> str:
+        assert other.stdin is not None and other.stdout is not None
+        other.stdin.write("go\n")
+        other.stdin.flush()
+        return other.stdout.readline().strip()
+
+    client: Any = redis.Redis(port=own_server.port)
+    try:
+        assert other.stdout.readline().strip() == "ready"
+        made = Stores(client, prefix, *(opener(url) for opener in OPENERS))
+        snapshot = _snapshot(made)
+        made.tasks.create(Task(id="t9", title="lost"))
+        _put_back(made, snapshot)
+        with pytest.raises(StoreLostError, match="went back in time"):
+            made.tasks.create(Task(id="t10", title="refused"))
+        said = other_says()
+        assert said.count("StoreLostError: the Redis store went back in time") == 2, said
+        shown = run("allowance", "show", "--store", url)
+        assert shown.exit_code == 1, shown.output
+        assert "the Redis store went back in time" in " ".join(shown.stderr.split())
+        accepted = run("admin", "accept-store", "--store", url)
+        assert accepted.exit_code == 0, accepted.output
+        assert "accepted the store as it is (its write count was" in accepted.stdout
+        assert other_says() == "ok | ok"
+        made.tasks.create(Task(id="t11", title="after"))
+        assert sorted(t.title for t in made.tasks.list()) == ["after", "after 1", "before"]
+        again = run("admin", "accept-store", "--store", url)
+        assert "not marked as gone back: nothing changed" in again.stdout
+        made.close()
+    finally:
+        other.kill()
+        other.wait(10)
+        client.close()
+
+
+def test_accept_store_takes_only_a_redis_store(tmp_path: Path) -> None:
+    """agentic admin accept-store on a store URL that is not Redis exits 2 saying it
+    takes a redis:// URL (only a Redis store can go back under running processes)."""
+    result = run("admin", "accept-store", "--store", f"sqlite:///{tmp_path / 'a.db'}")
+    assert result.exit_code == 2, result.output
+    assert "give a redis:// or rediss:// URL" in " ".join(result.stderr.split())
+    assert not (tmp_path / "a.db").exists()
 
 
 # --- maxmemory-policy ----------------------------------------------------------------
@@ -363,6 +536,46 @@ def test_a_user_refused_config_opens(own_server: RedisServer, policy: Any) -> No
                 assert len(store.store_id()) == 32
     finally:
         policy.acl_deluser(name)
+
+
+def test_an_evicting_policy_set_later_is_refused_from_the_next_look_until_put_back(
+    own_server: RedisServer, policy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A maxmemory-policy that evicts, set after the stores opened, is seen at the next
+    look at the settings (every POLICY_REVIEW_EVERY seconds, not at each call): from
+    then every call of every store is refused (StoreError naming the policy), writing
+    nothing, until the policy is noeviction again."""
+    monkeypatch.setattr(_conn, "POLICY_REVIEW_EVERY", 0.3)
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    url = f"{own_server.url}?prefix={prefix}"
+    registry, quota, tasks, log = (opener(url) for opener in OPENERS)
+    try:
+        quota.set_allowance(AgentAllowance(agent_id="a1"))
+        policy.config_set("maxmemory", "100mb")
+        policy.config_set("maxmemory-policy", "allkeys-lru")
+        tasks.create(Task(id="t1", title="before the next look"))
+        time.sleep(0.35)
+        stored = sorted(policy.keys(f"{prefix}:*"))
+        for use in (
+            lambda: tasks.create(Task(id="t2", title="refused")),
+            tasks.list,
+            lambda: quota.reserve("a1", "m", 10, "j1"),
+            registry.list,
+            log.read,
+            tasks.store_id,
+        ):
+            with pytest.raises(StoreError) as caught:
+                use()
+            said = " ".join(str(caught.value).split())
+            assert "maxmemory 104857600 bytes, maxmemory-policy allkeys-lru" in said
+            assert "changed after this process opened the store" in said
+        assert sorted(policy.keys(f"{prefix}:*")) == stored
+        policy.config_set("maxmemory-policy", "noeviction")
+        tasks.create(Task(id="t2", title="after"))
+        assert quota.reserve("a1", "m", 10, "j1").job_id == "j1"
+    finally:
+        for store in (registry, quota, tasks, log):
+            store.close()
 
 
 # --- what the task API and status say ----------------------------------------------

@@ -16,7 +16,7 @@ from ..runner._idlease import id_lease_ttl
 from ..runner._journal import default_state_dir, journaled_agents
 from ..runner._recovery import Settled
 from ..runner._settle import AgentSettled, settle_usage
-from ..stores import open_registry, prune_redis_functions
+from ..stores import accept_redis_store, open_registry, prune_redis_functions
 from ..stores._tasks import require_name
 from ._common import (
     ConfigOption,
@@ -75,6 +75,30 @@ def prune_functions(
         out.print(f"{summary} to delete (dry run: nothing deleted)", highlight=False)
     else:
         out.print(f"{summary} deleted", highlight=False)
+
+
+@admin_app.command("accept-store")
+@handled
+def accept_store(config_path: ConfigOption = None, store_url: StoreOption = None) -> None:
+    """Accept a Redis store that went back in time, as it now is.
+
+    After a failover to a replica that had not caught up, or a restored backup, every
+    agentic process refuses the store (the writes since are lost: tasks done since may
+    run again, usage charged since is forgotten). Check the tasks and usage first;
+    then this lets every process, running or new, go on from the store as it is."""
+    cfg = store_config(config_path, store_url)
+    back = accept_redis_store(cfg.store_url)
+    out = stdout()
+    if back is None:
+        out.print("the store was not marked as gone back: nothing changed", highlight=False)
+        return
+    found, _, seen = back.partition(" ")
+    count = f"its write count was {found}" if found else "its write count was gone"
+    out.print(
+        f"accepted the store as it is ({count} where a process had seen {seen}):"
+        " every agentic process on it goes on from it",
+        highlight=False,
+    )
 
 
 @admin_app.command(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SCHEMES",
+    "accept_redis_store",
     "AgentRegistry",
     "AllowanceStore",
     "EventLog",
@@ -138,6 +139,24 @@ def prune_redis_functions(url: str, dry_run: bool = False) -> PrunedFunctions:
     module, parsed = _backend(url)
     pruned: PrunedFunctions = module.prune_functions_from_url(parsed, dry_run=dry_run)
     return pruned
+
+
+def accept_redis_store(url: str) -> str | None:
+    """Accept the Redis store of ``url``, which a process found gone back in time (a
+    failover to a replica that lagged, a restored backup), as it now is, so that
+    every process goes on from it (see :func:`agentic.stores.redis.accept_store`):
+    what the store's mark said ("count mark"), or None when it had none (nothing
+    changed). StoreError when there is no store there."""
+    parsed = parse_store_url(url)
+    if _SCHEMES.get(parsed.scheme) != _SCHEMES["redis"]:
+        raise ConfigError(
+            f"store URL {parsed.redacted()!r}: only a Redis store can go back in time"
+            " under running processes (an SQLite file replaced is refused otherwise);"
+            " give a redis:// or rediss:// URL"
+        )
+    module, parsed = _backend(url)
+    back: str | None = module.accept_store_from_url(parsed)
+    return back
 
 
 def persistence_warning(url: str) -> str | None:

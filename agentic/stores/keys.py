@@ -30,6 +30,7 @@ __all__ = [
     "TaskKeys",
     "notices_channel",
     "rate_bucket_key",
+    "store_count_key",
     "store_id_key",
 ]
 
@@ -38,6 +39,17 @@ def store_id_key(prefix: str) -> str:
     """``{prefix}:store_id``: a string, the random id of the stores under ``prefix``
     (written by the first to ask, never changed)."""
     return f"{prefix}:store_id"
+
+
+def store_count_key(prefix: str, store_id: str) -> str:
+    """``{prefix}:store_count:{store_id}``: an integer, the writes made to the store of
+    that id (each writing script adds one; never goes down). Named by the id, so one
+    key says both that the store is still the one a process opened and how far it
+    has come. Beside it, ``...:{store_id}:went_back`` (a string, the count found and
+    the count a process had seen) once a process found the count gone back (a
+    failover to a replica that lagged, a restored backup): until an operator accepts
+    the store as it is (``agentic admin accept-store``), every process refuses it."""
+    return f"{prefix}:store_count:{store_id}"
 
 
 def notices_channel(prefix: str, database: int) -> str:

@@ -8,7 +8,7 @@ store operation is one Lua script call (one round trip), timed by the server's
 from __future__ import annotations
 
 from .._url import StoreURL
-from ._conn import Connection, connect, persistence_warning
+from ._conn import Connection, accept_store, connect, persistence_warning
 from .allowance import RedisAllowanceStore
 from .eventlog import RedisEventLog
 from .events import RedisStreamEmitter, read_events
@@ -22,6 +22,8 @@ __all__ = [
     "RedisEventLog",
     "RedisRegistry",
     "RedisStreamEmitter",
+    "accept_store",
+    "accept_store_from_url",
     "allowance_store_from_url",
     "connect",
     "event_log_from_url",
@@ -71,3 +73,12 @@ def prune_functions_from_url(url: StoreURL, dry_run: bool = False) -> PrunedFunc
         return prune_functions(client, dry_run=dry_run)
     finally:
         client.close()
+
+
+def accept_store_from_url(url: StoreURL) -> str | None:
+    """``redis://``: :func:`accept_store` for the stores under the prefix of ``url``."""
+    conn = connect(url)
+    try:
+        return accept_store(conn.client, conn.prefix)
+    finally:
+        conn.client.close()

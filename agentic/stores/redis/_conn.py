@@ -24,12 +24,11 @@ from redis.exceptions import (
     ReadOnlyError,
     ResponseError,
     TryAgainError,
-    WatchError,
 )
 
 from ...errors import ConfigError, StoreError, StoreLostError, StoreUnavailableError
 from .._url import StoreURL
-from ..keys import store_id_key
+from ..keys import store_count_key, store_id_key
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -38,12 +37,12 @@ __all__ = [
     "Connection",
     "Identity",
     "Script",
+    "accept_store",
     "checked_read",
     "connect",
     "guarded_write",
     "now_arg",
     "open_identity",
-    "read_store_id",
     "refuses_functions",
     "sync",
     "text",
@@ -140,11 +139,14 @@ PASSING = (
 )
 
 
-def _store_error(exc: redis.RedisError, action: str) -> StoreError:
-    """The error to raise for a redis-py exception during ``action``."""
-    if isinstance(exc, ResponseError) and str(exc).startswith(_LOST):
-        seen, _, found = str(exc)[len(_LOST) :].partition(" ")
-        return _lost_store(seen, found or None)
+def _store_error(
+    exc: redis.RedisError, action: str, identity: Identity | None = None
+) -> StoreError:
+    """The error to raise for a redis-py exception during ``action`` (a guarded
+    script's refusal says what became of the store ``identity`` opened)."""
+    if isinstance(exc, ResponseError) and identity and str(exc).startswith(_LOST):
+        found, _, back = str(exc)[len(_LOST) :].partition(" ")
+        return identity.lost(found or None, back)
     if isinstance(exc, PASSING):
         return StoreUnavailableError(f"Redis unavailable during {action}: {exc}")
     return StoreError(f"Redis failed during {action}: {exc}")
@@ -205,10 +207,14 @@ class Script:
     FLUSH``) it is loaded and the call repeated.
 
     A guarded script (every store's; not the rate limiter's buckets) starts with
-    ``guard.lua``: its first key is the store id key and its last argument the id the
-    store saw at open (:class:`Identity`), and it fails with
-    :class:`~agentic.errors.StoreLostError`, writing nothing, when the key is gone or
-    holds another id. That is one ``GET`` inside the call, no round trip.
+    ``guard.lua``: its first keys are the store id key and the store's write count
+    (named by the id the store saw at open, :class:`Identity`), its last argument
+    the highest count this process has seen, and it fails with
+    :class:`~agentic.errors.StoreLostError`, writing nothing, when the count is gone
+    (the store emptied or replaced) or below that mark (the store went back in time).
+    That is one command inside the call (``INCR`` for a call that writes, ``GET`` for
+    one that only reads), no round trip; its reply carries the count, which the
+    process remembers.
 
     The two forms differ only where a library reads its call's arguments: its lines
     between ``-- per call {`` and ``-- } per call`` run at the top of the script
@@ -222,21 +228,30 @@ class Script:
         guard = [folder.joinpath("guard.lua").read_text("utf-8")] if guarded else []
         self.name = files[-1]
         self.guarded = guarded
-        self.source = "\n".join([*guard, *texts])
+        *libraries, body = texts
+        # The body is a function of its own, so that a guarded script's reply can
+        # carry the store's write count beside the body's (guard.lua).
+        ends = [
+            "local function agentic_body()",
+            body,
+            "end",
+            "return {count, agentic_body()}" if guarded else "return agentic_body()",
+        ]
+        self.source = "\n".join([*guard, *libraries, *ends])
         self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
         self.function = f"agentic_{self.sha}"
-        *libraries, body = texts
         per_call = [part for text in libraries for part in _PER_CALL.findall(text)]
         self.library = "\n".join(
             [
                 f"#!lua name={self.function}",
                 "local KEYS, ARGV",
                 *(_PER_CALL.sub("", text) for text in libraries),
+                *ends[:3],
                 f"redis.register_function('{self.function}', function(keys, args)",
                 "KEYS, ARGV = keys, args",
                 *guard,
                 *per_call,
-                body,
+                ends[3],
                 "end)",
             ]
         )
@@ -247,30 +262,45 @@ class Script:
         args: Sequence[str],
         keys: Sequence[str] = (),
         identity: Identity | None = None,
+        reads: bool = False,
     ) -> Any:
         """Run the script; a guarded one is given the ``identity`` its store opened
-        (the script checks that the store id is still there before anything else)."""
+        (the script checks that the store is still that one, and has not gone back,
+        before anything else; a call that ``reads`` only is not counted)."""
         if identity is not None and self.guarded:
-            keys, args = (identity.key, *keys), (*args, identity.value)
+            identity.review(client)
+            keys = (identity.key, identity.count_key, *keys)
+            args = (*args, identity.argument(reads))
         elif self.guarded or identity is not None:
             raise TypeError(f"{self.name}: an identity goes with a guarded script, and only")
         # Every store operation comes through here: a plain try costs nothing on
         # success, where translate_errors (a generator) costs about 2 us per call.
         try:
-            if client.connection_pool not in _NO_FUNCTIONS:
-                try:
-                    return self._fcall(client, args, keys)
-                except OutOfMemoryError:
-                    pass  # see _evalsha
-                except ResponseError as exc:
-                    if self._load(client, exc):
-                        try:
-                            return self._fcall(client, args, keys)
-                        except OutOfMemoryError:
-                            pass
-            return self._evalsha(client, args, keys)
+            reply = self._run(client, args, keys)
         except redis.RedisError as exc:
-            raise _store_error(exc, f"script {self.name}") from exc
+            raise _store_error(exc, f"script {self.name}", identity) from exc
+        if identity is None:
+            return reply
+        count, *rest = reply
+        identity.saw(int(count))
+        result = rest[0] if rest else None
+        if isinstance(result, ResponseError):  # the body's own error_reply
+            raise _store_error(result, f"script {self.name}", identity)
+        return result
+
+    def _run(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str]) -> Any:
+        if client.connection_pool not in _NO_FUNCTIONS:
+            try:
+                return self._fcall(client, args, keys)
+            except OutOfMemoryError:
+                pass  # see _evalsha
+            except ResponseError as exc:
+                if self._load(client, exc):
+                    try:
+                        return self._fcall(client, args, keys)
+                    except OutOfMemoryError:
+                        pass
+        return self._evalsha(client, args, keys)
 
     def _fcall(self, client: redis.Redis, args: Sequence[str], keys: Sequence[str]) -> Any:
         # redis-py types fcall's varargs as lists; they are keys, then arguments.
@@ -315,43 +345,94 @@ def refuses_functions(exc: ResponseError) -> bool:
     return isinstance(exc, NoPermissionError) or str(exc).lower().startswith("unknown command")
 
 
-def read_store_id(client: redis.Redis, prefix: str) -> str:
-    """The id of the stores under ``prefix`` on this Redis database: set once, by
-    whichever process asks first (``SET NX``), then read by all."""
-    key = store_id_key(prefix)
-    with translate_errors("reading the store id"):
-        pipe = client.pipeline(transaction=True)
-        pipe.set(key, uuid.uuid4().hex, nx=True)
-        pipe.get(key)
-        _set, value = pipe.execute()
-    return text(value)
-
-
-# How guard.lua's refusal begins (then the id seen at open, and the id found or "").
+# How guard.lua's refusal begins (then the id found or "", and the mark of a store
+# gone back: its count found or "", and the count a process had seen).
 _LOST = "AGENTIC_STORE_LOST "
+#: seconds between two looks at Redis's maxmemory settings by one open store
+POLICY_REVIEW_EVERY = 30.0
+# The highest write count this process has seen of each store (by store id), shared
+# by every store it opened on it: a call finding a lower count refuses.
+_MARKS: dict[str, int] = {}
 
 
-@dataclass(frozen=True, slots=True)
 class Identity:
-    """The store id key under a prefix and the id a store found there when it opened:
-    what every write (guard.lua, :func:`guarded_write`) and every read that could
-    answer "nothing" (:func:`checked_read`) checks is still there."""
+    """The store id key under a prefix, the id a store found there when it opened and
+    the key of that store's write count: what every write (guard.lua, which counts it)
+    and every read that could answer "nothing" (:func:`checked_read`) checks is still
+    there, and not below the highest count this process has seen."""
 
-    key: str
-    value: str
+    __slots__ = ("_address", "_due", "count_key", "key", "value")
+
+    def __init__(self, client: redis.Redis, prefix: str, value: str) -> None:
+        self.key = store_id_key(prefix)
+        self.value = value
+        self.count_key = store_count_key(prefix, value)
+        self._address = _client_address(client)
+        self._due = time.monotonic() + POLICY_REVIEW_EVERY
+
+    def argument(self, reads: bool) -> str:
+        """guard.lua's last argument: the mark, negated for a call that only reads."""
+        mark = _MARKS[self.value]
+        return str(-mark if reads else mark)
+
+    def saw(self, count: int) -> None:
+        """Remember ``count`` when it is the highest this process has seen."""
+        if count > _MARKS.get(self.value, 0):
+            _MARKS[self.value] = count
 
     def check(self, client: redis.Redis) -> str:
-        """The id, after checking that the store still has it (one ``GET``)."""
+        """The id, after checking that the store still has it and has not gone back
+        (one ``MGET``)."""
+        self.review(client)
         with translate_errors("reading the store id"):
-            found = sync(client.get(self.key))
-        return self.confirm(found)
+            found, count = sync(client.mget(self.key, self.count_key))
+        self.confirm(client, found, count)
+        return self.value
 
-    def confirm(self, found: object) -> str:
-        """The id, when ``found`` (the id key's value, read with the caller's own
-        commands, in the same round trip) is still it; else StoreLostError."""
+    def confirm(self, client: redis.Redis, found: object, count: object) -> None:
+        """Check what the caller read in its own round trip, the id key's value
+        ``found`` and the write ``count``: StoreLostError when the store was emptied or
+        replaced, or went back (marked so by :data:`_NOTICE` first)."""
         if found is None or text(found) != self.value:
             raise _lost_store(self.value, None if found is None else text(found))
-        return self.value
+        if count is None or int(text(count)) < _MARKS[self.value]:
+            _NOTICE(client, (), identity=self, reads=True)  # refuses, in the usual case
+            raise self.lost(
+                self.value, f"{'' if count is None else text(count)} {_MARKS[self.value]}"
+            )
+        self.saw(int(text(count)))
+
+    def lost(self, found: str | None, back: str) -> StoreLostError:
+        """The error for this store found with id ``found`` (None: no id): emptied or
+        replaced, or, when it is this store, gone back as ``back`` ("count mark")
+        says."""
+        if found != self.value:
+            return _lost_store(self.value, found)
+        count, _, seen = back.partition(" ")
+        return _went_back(self.value, count, seen or str(_MARKS[self.value]))
+
+    def review(self, client: redis.Redis) -> None:
+        """Look at Redis's maxmemory settings again when it is time (every
+        :data:`POLICY_REVIEW_EVERY` seconds; at every call while they evict keys):
+        StoreError, the call refused, when the policy now evicts keys."""
+        now = time.monotonic()
+        if now < self._due:
+            return
+        try:
+            config = sync(client.config_get("maxmemory*"))
+        except ResponseError as exc:  # refused (managed Redis): nothing to check
+            log.debug("cannot read Redis's maxmemory settings (%s); not checked", exc)
+            config = {}
+        except redis.RedisError as exc:
+            raise _store_error(exc, "reading Redis's maxmemory settings") from exc
+        refusal = _eviction(config, self._address)
+        if refusal:
+            self._due = now
+            raise StoreError(
+                f"{refusal}. The setting changed after this process opened the store;"
+                " it refuses every call until the policy is noeviction again"
+            )
+        self._due = now + POLICY_REVIEW_EVERY
 
 
 def _lost_store(seen: str, found: str | None) -> StoreLostError:
@@ -369,14 +450,31 @@ def _lost_store(seen: str, found: str | None) -> StoreLostError:
     )
 
 
+def _went_back(store_id: str, found: str, seen: str) -> StoreLostError:
+    """The error for the store ``store_id`` gone back: its write count was ``found``
+    ("" when gone) where a process had seen ``seen``."""
+    count = f"its write count was {found}" if found else "its write count was gone"
+    return StoreLostError(
+        f"the Redis store went back in time (store id {store_id}: {count} where a"
+        f" process had seen {seen}): a failover to a replica that had not caught up,"
+        " or a restore of an older backup (RDB or AOF). The writes made since are"
+        " lost: tasks completed since may be pending or in progress again and run"
+        " twice, usage charged since is forgotten, so a quota could be over-spent."
+        " Nothing was written, and every agentic process on this store refuses it"
+        " from now on. Put back the data that has those writes (the replica or backup"
+        " that has them, the old primary) and the processes go on; or check the tasks"
+        " and the usage, then accept the store as it is now with `agentic admin"
+        " accept-store`, and the running processes go on from it"
+    )
+
+
 def open_identity(client: redis.Redis, prefix: str, owned: bool, create: bool = True) -> Identity:
     """What a Redis store does when it opens: refuse a server that evicts keys when
-    full (:func:`_refuse_eviction`), and read the store id, which the store's writes
-    and the reads that would answer "nothing" then check. When there is none it is
-    written first (a new store), unless ``create`` is false (a command that only
-    reads): StoreError then, writing nothing (:func:`_no_store`). One round trip
-    when the store has an id. A client the store ``owned`` is closed when this
-    fails."""
+    full (:func:`_eviction`), and read the store id and its write count, which the
+    store's writes and the reads that would answer "nothing" then check. When there
+    is no id it is written first (a new store), unless ``create`` is false (a
+    command that only reads): StoreError then, writing nothing (:func:`_no_store`).
+    Two round trips. A client the store ``owned`` is closed when this fails."""
     try:
         return _open_identity(client, prefix, create)
     except BaseException:
@@ -401,35 +499,46 @@ def _no_store(client: redis.Redis, prefix: str) -> StoreError:
 
 
 def _open_identity(client: redis.Redis, prefix: str, create: bool) -> Identity:
-    key = store_id_key(prefix)
-    pipe = client.pipeline(transaction=False)
-    pipe.config_get("maxmemory*")
-    pipe.get(key)
     with translate_errors("opening the store"):
-        config, found = pipe.execute(raise_on_error=False)
-    if isinstance(found, redis.RedisError):
-        raise _store_error(found, "opening the store")
-    if isinstance(config, redis.RedisError):
-        # Managed Redis often refuses CONFIG: nothing to check then.
-        log.debug("cannot read Redis's maxmemory settings (%s); not checked", config)
-    else:
-        _refuse_eviction(config, _client_address(client))
-    if found is not None:
-        return Identity(key, text(found))
-    if not create:
+        try:
+            config = sync(client.config_get("maxmemory*"))
+        except ResponseError as exc:  # managed Redis often refuses CONFIG
+            log.debug("cannot read Redis's maxmemory settings (%s); not checked", exc)
+            config = {}
+    refusal = _eviction(config, _client_address(client))
+    if refusal:
+        raise ConfigError(refusal)
+    new_id = uuid.uuid4().hex if create else ""
+    found, count, back = _OPEN(
+        client, [new_id, store_count_key(prefix, "")], (store_id_key(prefix),)
+    )
+    if found is None:
         raise _no_store(client, prefix)
-    return Identity(key, read_store_id(client, prefix))
+    identity = Identity(client, prefix, text(found))
+    if back is not None:
+        raise identity.lost(identity.value, text(back))
+    if count is None:
+        raise StoreError(
+            f"the agentic store under prefix {prefix!r} in the Redis at"
+            f" {_client_address(client)} has no write count: it was last written by an"
+            " older agentic, which kept none (a command that only reads does not start"
+            " one; any that writes does, as agentic serve or a runner), or it went"
+            " back to a backup from before this agentic ran on it"
+        )
+    _MARKS.setdefault(identity.value, int(text(count)))
+    identity.confirm(client, found, count)
+    return identity
 
 
-def _refuse_eviction(config: dict[str, str], address: str) -> None:
-    """ConfigError when Redis drops keys to make room: with ``maxmemory`` set, any
+def _eviction(config: dict[str, str], address: str) -> str | None:
+    """Why Redis may drop keys to make room, or None: with ``maxmemory`` set, any
     ``maxmemory-policy`` but ``noeviction`` may silently drop a reservation, a day's
     usage or a task (``volatile-*`` drops the keys with a TTL: reservations, leases)."""
     limit = text(config.get("maxmemory", "0"))
     policy = text(config.get("maxmemory-policy", "noeviction"))
     if limit in ("", "0") or policy == "noeviction":
-        return
-    raise ConfigError(
+        return None
+    return (
         f"Redis at {address} evicts keys when full (maxmemory {limit} bytes,"
         f" maxmemory-policy {policy}): it would silently drop tasks, reservations and"
         " the day's usage, so quotas could be over-spent and tasks lost. Set"
@@ -437,6 +546,18 @@ def _refuse_eviction(config: dict[str, str], address: str) -> None:
         " in redis.conf), or give agentic a Redis of its own that has it; when full,"
         " Redis then refuses writes with an error instead of dropping data"
     )
+
+
+def accept_store(client: redis.Redis, prefix: str) -> str | None:
+    """Accept the store under ``prefix``, marked as gone back (a failover to a replica
+    that lagged, a restored backup), as it now is: its write count is set past any a
+    running process can have seen and the mark removed, so every process goes on
+    from it. What the mark said ("count mark"), or None when the store was not marked
+    (nothing changed). StoreError when there is no store there."""
+    found, back = _ACCEPT(client, [store_count_key(prefix, "")], (store_id_key(prefix),))
+    if found is None:
+        raise _no_store(client, prefix)
+    return None if back is None else text(back)
 
 
 def persistence_warning(url: StoreURL) -> str | None:
@@ -469,23 +590,13 @@ def _client_address(client: redis.Redis) -> str:
     return str(path) if path else f"{kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
 
 
-def guarded_write(
-    client: redis.Redis, identity: Identity, action: str, write: Callable[[Any], object]
-) -> list[Any]:
-    """``write(pipeline)`` as one transaction that runs only while the store still has
-    ``identity``'s id (``WATCH`` of the id key): for the plain writes that are not a
-    script (setting an allowance, a model's quota, a consumer's position). The
-    replies of the commands ``write`` queued."""
-    with translate_errors(action), client.pipeline(transaction=True) as pipe:
-        try:
-            cast(Any, pipe).watch(identity.key)
-            identity.confirm(pipe.get(identity.key))
-            pipe.multi()
-            write(pipe)
-            return list(pipe.execute())
-        except WatchError:  # the id key changed in between: only a wipe changes it
-            identity.check(client)
-            raise
+def guarded_write(client: redis.Redis, identity: Identity, *commands: Sequence[str]) -> list[Any]:
+    """The plain writes that are no script of their own (setting an allowance, a
+    model's quota, a consumer's position): each of ``commands`` (a Redis command's
+    words) run in one guarded script (:data:`_WRITE`), so only while the store is
+    still ``identity``'s and has not gone back, and counted. Their replies."""
+    words = [part for command in commands for part in (str(len(command)), *command)]
+    return list(_WRITE(client, words, identity=identity))
 
 
 def checked_read(
@@ -495,15 +606,23 @@ def checked_read(
     read: Callable[[Any], object],
     transaction: bool = False,
 ) -> list[Any]:
-    """The replies of the commands ``read(pipeline)`` queues, sent with a ``GET`` of
-    the store id key in the same round trip (one ``MULTI`` with ``transaction``, for
-    reads that must see one instant), after checking that the store still has
-    ``identity``'s id: StoreLostError when it was emptied or replaced. For the reads
-    that would otherwise answer "nothing" or "unknown" from an emptied store."""
+    """The replies of the commands ``read(pipeline)`` queues, sent with an ``MGET`` of
+    the store id and its write count in the same round trip (one ``MULTI`` with
+    ``transaction``, for reads that must see one instant), after checking that the
+    store still has ``identity``'s id and has not gone back: StoreLostError when it
+    was emptied, replaced or went back. For the reads that would otherwise answer
+    "nothing" or "unknown" from an emptied store, or an old state from one gone back."""
+    identity.review(client)
     with translate_errors(action):
         pipe = client.pipeline(transaction=transaction)
         read(pipe)
-        pipe.get(identity.key)
-        *replies, found = pipe.execute()
-    identity.confirm(found)
+        pipe.mget(identity.key, identity.count_key)
+        *replies, (found, count) = pipe.execute()
+    identity.confirm(client, found, count)
     return replies
+
+
+_OPEN = Script("store_open.lua", guarded=False)
+_ACCEPT = Script("store_accept.lua", guarded=False)
+_WRITE = Script("store_write.lua")
+_NOTICE = Script("store_notice.lua")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 from pydantic import BaseModel
@@ -147,13 +147,17 @@ class RedisAllowanceStore(AllowanceStore):
     def store_id(self) -> str:
         return self._identity.check(self._client)
 
-    def _run(self, script: Script, *args: str) -> list[str]:
+    def _run(self, script: Script, *args: str, reads: bool = False) -> list[str]:
+        """The script's reply; a call that ``reads`` only is not counted as a write
+        (its sweep of expired reservations may write, which any later call redoes)."""
         now, at = now_arg(self._clock)
         starts = self._days.around(at)
         if starts is not self._starts:
             self._starts, self._starts_text = starts, ",".join(map(repr, starts))
         days = self._starts_text
-        reply = script(self._client, [now, days, *self._heads, *args], identity=self._identity)
+        reply = script(
+            self._client, [now, days, *self._heads, *args], identity=self._identity, reads=reads
+        )
         return [text(item) for item in reply]
 
     # --- configuration ---
@@ -173,11 +177,12 @@ class RedisAllowanceStore(AllowanceStore):
         allowance = require_valid("allowance", allowance)
         key, value = self._keys.allowance(allowance.agent_id), allowance.model_dump_json()
 
-        def write(pipe: Any) -> None:
-            pipe.set(key, value)
-            pipe.sadd(self._keys.allowances, allowance.agent_id)
-
-        guarded_write(self._client, self._identity, "set_allowance", write)
+        guarded_write(
+            self._client,
+            self._identity,
+            ("SET", key, value),
+            ("SADD", self._keys.allowances, allowance.agent_id),
+        )
 
     def get_model_quota(self, model: str) -> ModelQuota:
         raw = self._get(self._keys.limits(model), "get_model_quota")
@@ -189,9 +194,7 @@ class RedisAllowanceStore(AllowanceStore):
         require_id("model", quota.model)
         quota = require_valid("model quota", quota)
         key, value = self._keys.limits(quota.model), quota.model_dump_json()
-        guarded_write(
-            self._client, self._identity, "set_model_quota", lambda pipe: pipe.set(key, value)
-        )
+        guarded_write(self._client, self._identity, ("SET", key, value))
 
     def allowances(self) -> list[AgentAllowance]:
         # Each round trip with the store id: an emptied store is not "no allowances".
@@ -224,10 +227,10 @@ class RedisAllowanceStore(AllowanceStore):
         )
 
     def get_usage(self, agent_id: str) -> UsageRecord:
-        return self._record(agent_id, self._run(_DATA, "usage", agent_id))
+        return self._record(agent_id, self._run(_DATA, "usage", agent_id, reads=True))
 
     def usages(self) -> list[UsageRecord]:
-        flat = self._run(_DATA, "usages")
+        flat = self._run(_DATA, "usages", reads=True)
         records = [self._record(flat[i], flat[i + 1 : i + 6]) for i in range(0, len(flat), 6)]
         return sorted(records, key=lambda r: r.agent_id)
 
@@ -251,7 +254,7 @@ class RedisAllowanceStore(AllowanceStore):
         self._run(_DATA, "reset", agent_id)
 
     def get_model_usage(self, model: str) -> ModelUsage:
-        fields = self._run(_DATA, "model_usage", model)
+        fields = self._run(_DATA, "model_usage", model, reads=True)
         period_start, tokens_used, tokens_reserved, cost_used, cost_reserved, count = fields
         return ModelUsage(
             model=model,
@@ -299,7 +302,9 @@ class RedisAllowanceStore(AllowanceStore):
     def check(self, agent_id: str, model: str = "", tokens: int = 0) -> QuotaCheckResult:
         require_id("agent id", agent_id)
         require_amount("tokens", tokens)
-        reply = self._run(_RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl, "")
+        reply = self._run(
+            _RESERVE, "", agent_id, model, str(tokens), "1", self._default_ttl, "", reads=True
+        )
         if reply[0] == "no allowance":
             raise no_allowance(agent_id)
         decision, end = self._describe(reply, model, tokens)

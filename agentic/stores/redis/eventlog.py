@@ -146,19 +146,13 @@ class RedisEventLog(EventLog):
         require_consumer(consumer)
         require_count("offset", offset)
         guarded_write(
-            self._client,
-            self._identity,
-            "resetting a consumer",
-            lambda pipe: pipe.hset(self._keys.consumers, consumer, str(offset)),
+            self._client, self._identity, ("HSET", self._keys.consumers, consumer, str(offset))
         )
 
     def forget(self, consumer: str) -> bool:
         require_consumer(consumer)
         [removed] = guarded_write(
-            self._client,
-            self._identity,
-            "forgetting a consumer",
-            lambda pipe: pipe.hdel(self._keys.consumers, consumer),
+            self._client, self._identity, ("HDEL", self._keys.consumers, consumer)
         )
         return int(removed) > 0
 

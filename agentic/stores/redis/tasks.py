@@ -151,8 +151,10 @@ class RedisTaskStore(TaskStore):
     def rate_buckets(self) -> Buckets | None:
         return RedisBuckets(self._client, self._prefix, self._clock)
 
-    def _run(self, script: Script, *args: str) -> Any:
-        return script(self._client, [*self._heads, *args], identity=self._identity)
+    def _run(self, script: Script, *args: str, reads: bool = False) -> Any:
+        """The script's reply; a call that ``reads`` only (a listing, whose repairs of
+        its indexes any later listing redoes) is not counted as a write."""
+        return script(self._client, [*self._heads, *args], identity=self._identity, reads=reads)
 
     def _now(self) -> str:
         return now_arg(self._clock)[0]
@@ -223,6 +225,7 @@ class RedisTaskStore(TaskStore):
             "" if limit is None else str(limit),
             after or "",
             "" if within is None else json.dumps(within),
+            reads=True,
         )
         if reply and not isinstance(reply[0], list):  # {'missing'}: an unknown after
             raise _missing(str(after))
