@@ -260,6 +260,9 @@ class ServerConfig(_Section):
     agent_tokens: Annotated[
         dict[NonEmpty, NonEmpty], Accepts("a mapping of non-empty token -> agent id")
     ] = Field(default_factory=dict, repr=False)
+    # Serve with no token on an address other than loopback: anyone who can reach it
+    # may create tasks, which agents run. Off: `agentic serve` refuses to.
+    allow_open: Annotated[bool, Accepts("true or false")] = False
     max_body_bytes: Annotated[Int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
     # Requests a second each token (each address, without tokens) may send on average;
     # past it 429 with Retry-After. 0: no limit.

@@ -448,6 +448,24 @@ def test_serve_on_a_port_in_use_is_a_runtime_error() -> None:
     no_traceback(result)
 
 
+@pytest.mark.timeout(20)
+def test_serve_refuses_to_serve_open_beyond_loopback() -> None:
+    """serve with no token on a non-loopback address exits 2 naming the safe ways,
+    before it serves anything."""
+    result = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--store", "memory://")
+    assert result.exit_code == 2, result.output
+    assert "refusing to serve without a token on 0.0.0.0" in result.stderr
+    assert "--allow-open" in result.stderr and "AGENTIC_SERVER__ADMIN_TOKENS" in result.stderr
+    no_traceback(result)
+
+
+def test_a_malformed_agent_token_is_not_echoed() -> None:
+    """A --agent-token without '=' is a usage error whose message holds no token."""
+    result = run("serve", "--agent-token", "s3cret-agent-token", "--store", "memory://")
+    assert result.exit_code == 2
+    assert "TOKEN=AGENT_ID" in result.stderr and "s3cret" not in result.output + result.stderr
+
+
 def test_log_lines_are_key_value_pairs() -> None:
     """The long-running commands log logfmt lines; values are quoted only when needed."""
     record = logging.LogRecord("agentic.x", logging.INFO, "f", 1, 'pass: a="b" c', None, None)
