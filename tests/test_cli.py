@@ -1227,7 +1227,8 @@ def test_status_watch_into_a_file_writes_every_refresh_and_ends_on_sigterm(
 
 @pytest.mark.slow
 def test_serve_without_token_warns(tmp_path: Path) -> None:
-    """With no token configured, serve warns that the API is open."""
+    """With no token configured, serve warns that the API is open and refuses what a
+    web page could send it: another site's Origin, a Host name not its own."""
     port = free_port()
     process = subprocess.Popen(
         [AGENTIC, "serve", "--port", str(port), "--store", "memory://"],
@@ -1236,7 +1237,14 @@ def test_serve_without_token_warns(tmp_path: Path) -> None:
         env=subprocess_env(),
     )
     try:
-        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"))
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy(base))
+        task = {"title": "rm -rf ~"}
+        page = httpx.post(f"{base}/api/tasks", json=task, headers={"Origin": "http://a.example"})
+        rebound = httpx.post(f"{base}/api/tasks", json=task, headers={"Host": f"a.example:{port}"})
+        assert (page.status_code, rebound.status_code) == (403, 403)
+        assert httpx.get(f"{base}/api/tasks").json() == []
+        assert httpx.get(f"http://localhost:{port}/api/tasks").status_code == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(5) == 0
     finally:

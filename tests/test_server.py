@@ -247,6 +247,47 @@ def test_open_server_needs_no_token(make_client: Callable[..., TestClient]) -> N
 
 
 @pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "http://testserver:8081", "http://[::1"]
+)
+def test_a_web_page_of_another_site_is_refused(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore, origin: str
+) -> None:
+    """A request with another site's Origin (a page's form or no-cors fetch) gets 403
+    and creates nothing, on an open server; its own origin is served."""
+    api = make_client(admin_tokens=(), agent_tokens={})
+    refused = assert_error(
+        api.post("/api/tasks", json={"title": "x"}, headers={"Origin": origin}), 403
+    )
+    assert "cross-origin" in refused["message"]
+    assert_error(api.get("/api/tasks", headers={"Origin": origin}), 403)
+    assert store.list() == []
+    own = {"Origin": "http://testserver"}  # TestClient's Host
+    assert api.post("/api/tasks", json={"title": "x"}, headers=own).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("host", "code"),
+    [
+        ("evil.example:8080", 403),
+        ("127.0.0.1.evil.example", 403),
+        ("127.0.0.1:8080", 200),
+        ("[::1]:8080", 200),
+        ("localhost:8080", 200),
+        ("10.1.2.3", 200),
+        ("agents.internal:8080", 200),
+    ],
+)
+def test_an_open_server_answers_only_its_own_host_names(
+    make_client: Callable[..., TestClient], host: str, code: int
+) -> None:
+    """With trusted_hosts, a Host that is not one of them, an IP address or localhost
+    (a page's own DNS name pointed at the server) gets 403."""
+    api = make_client(admin_tokens=(), agent_tokens={}, trusted_hosts=["agents.internal"])
+    answer = api.get("/api/tasks", headers={"Host": host})
+    assert answer.status_code == code, answer.text
+
+
+@pytest.mark.parametrize(
     "options",
     [
         {"admin_tokens": ["same"], "agent_tokens": {"same": "a1"}},

@@ -75,13 +75,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _refuse_open_network(sock: socket.socket, host: str, allowed: bool) -> None:
-    """Refuse to serve with no token on an address other than loopback, unless
-    ``allowed``: anyone who can reach such a server may create tasks, which agents
-    run as commands. Judged by the address bound, whatever name gave it."""
-    address = ipaddress.ip_address(sock.getsockname()[0].partition("%")[0])
-    if allowed or address.is_loopback:
-        return
+def _open_hosts(sock: socket.socket, host: str, allowed: bool) -> tuple[str, ...] | None:
+    """The Host names a server with no token answers to, given the address it bound.
+
+    On loopback: ``host`` (besides IP addresses and localhost), so that a web page
+    cannot reach it through a DNS name of its own (see ``server._browsers``). On any
+    other address it refuses to serve (ConfigError) unless ``allowed``: anyone who can
+    reach it could create tasks, which agents run as commands; allowed, it answers
+    to any name (None)."""
+    if ipaddress.ip_address(sock.getsockname()[0].partition("%")[0]).is_loopback:
+        return (host,)
+    if allowed:
+        return None
     raise ConfigError(
         f"refusing to serve without a token on {host} (not a loopback address): anyone"
         " who can reach it could create tasks, which agents run as commands. Give an"
@@ -164,9 +169,10 @@ def serve(
     # Bound before anything else starts: a port in use is the most likely mistake,
     # and it should be reported before logging is set up and the store is opened.
     sock = _bind(cfg.server.host, cfg.server.port)
+    trusted_hosts = None
     if not (cfg.server.admin_tokens or cfg.server.agent_tokens):
         try:
-            _refuse_open_network(sock, cfg.server.host, cfg.server.allow_open)
+            trusted_hosts = _open_hosts(sock, cfg.server.host, cfg.server.allow_open)
         except ConfigError:
             sock.close()
             raise
@@ -189,6 +195,7 @@ def serve(
             rate_burst=cfg.server.rate_burst,
             retry_policy=retry_policy(cfg),
             events=events,
+            trusted_hosts=trusted_hosts,
         )
         # Request lines would flood the log (every agent polls every second); the
         # /metrics endpoint counts requests instead.

@@ -11,7 +11,10 @@ and may claim, renew, release, log to, complete and report progress on tasks onl
 as its own agent id (403 otherwise). Health and metrics stay open so probes and
 scrapers need no secret; they expose counts, never task content. With NO token
 configured the server is open: anyone who can reach it may do anything (fine on
-loopback, never on a network; ``agentic serve`` warns).
+loopback, never on a network; ``agentic serve`` warns, and refuses a non-loopback
+address unless told ``--allow-open``). Requests a web page made are refused
+(``_browsers``): another site's ``Origin``, and on a server open on loopback a
+``Host`` name not its own.
 
 Endpoints are ``async``; they reach the store through :class:`StoreCalls`, in a worker
 thread for a store that may wait on locks (SQLite), inline for the others.
@@ -24,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Annotated
 
 from anyio import CapacityLimiter, to_thread
@@ -217,6 +220,7 @@ def create_app(
     events: EventLog | None = None,
     rate_limit: float = 0.0,
     rate_burst: int = 0,
+    trusted_hosts: Collection[str] | None = None,
 ) -> FastAPI:
     """The task API over ``store`` (which the caller keeps and closes).
 
@@ -227,7 +231,11 @@ def create_app(
     ``events``: the event log ``GET /api/events`` serves to admin tokens (the caller
     keeps and closes it; without one that route answers 404). ``rate_limit``: requests
     a second each caller may send on average (0: no limit), ``rate_burst`` at once
-    (0: a second's worth); past it, 429 with ``Retry-After``.
+    (0: a second's worth); past it, 429 with ``Retry-After``. A request whose
+    ``Origin`` is not the server's own (a web page of another site) is refused (403);
+    with ``trusted_hosts`` so is one whose ``Host`` is not one of them, an IP address
+    or localhost (a page reaching a server open on loopback through a DNS name of its
+    own: ``agentic serve`` passes ``server.host`` there when it serves with no token).
     """
     if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
         raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
@@ -288,7 +296,9 @@ def create_app(
         if rate_limit
         else None
     )
-    app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        Guard, metrics=metrics, max_body_bytes=max_body_bytes, trusted_hosts=trusted_hosts
+    )
     install_error_handlers(app, metrics)
 
     def required_agent(who: Principal, agent_id: str) -> str:
