@@ -1286,6 +1286,15 @@ def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     assert "[gpu]" in result.stdout
 
 
+def test_dispatch_once_escapes_control_characters_of_labels(system: System) -> None:
+    """A waiting reason quoting a label with a terminal escape shows it escaped."""
+    system.registry.register(AgentInfo(id="cpu-only", capabilities=["cpu"]))
+    system.tasks.create(Task(title="t", labels=["gpu\x1b]0;owned\x07"]))
+    result = system.cli("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "gpu\\x1b]0;owned\\x07" in result.stdout
+
+
 def test_dispatch_once_makes_no_pass_beside_an_active_dispatcher(system: System) -> None:
     """With another dispatcher active (the lease held), --once claims nothing, names
     it and exits 0; with none active it passes and gives the lease back."""
