@@ -58,6 +58,7 @@ __all__ = [
     "EventsConfig",
     "ServerConfig",
     "load_config",
+    "without_secrets",
 ]
 
 ENV_PREFIX = "AGENTIC_"
@@ -637,6 +638,26 @@ def _env_value(key: str, text: str, where: str) -> Any:
     if not all(equals for _, equals, _ in pairs):
         raise ConfigError(f"{key} in {where}: must be token=agent_id pairs separated by commas")
     return {token.strip(): agent.strip() for token, _, agent in pairs}
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the ``AGENTIC_*`` variables holding a secret: the tokens, the
+    webhook secret (the keys kept out of repr()) and any URL with a password in it.
+
+    For the commands agents run: a command that prints its environment (or an agent
+    tricked into it) must not put the runner's token into a task log that every token
+    may read. Not a sandbox: the command runs as the runner's user and can read what
+    that user can (its config files, ``.env``)."""
+    return {name: value for name, value in env.items() if not _secret(name, value)}
+
+
+def _secret(name: str, value: str) -> bool:
+    if not name.startswith(ENV_PREFIX):
+        return False
+    key = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+    if key in _all_keys() and _field(key).repr is False:
+        return True
+    return key.endswith("_url") and redact(value) != value
 
 
 def _all_keys() -> list[str]:

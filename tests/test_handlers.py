@@ -167,6 +167,26 @@ def test_environment_and_workdir() -> None:
     assert handler(TASK, ctx).output == "hi t1 /\n"
 
 
+def test_the_command_gets_none_of_the_runners_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AGENTIC_* variables holding a token, the webhook secret or a URL's password
+    are not passed to the command (one it prints would reach the task log); the others
+    are, and env may give a secret back."""
+    for name, value in {
+        "AGENTIC_TOKEN": "admin-xyzzy",
+        "AGENTIC_SERVER__AGENT_TOKENS": "agent-xyzzy=a1",
+        "AGENTIC_EVENTS__WEBHOOK_SECRET": "whsec_xyzzy",
+        "AGENTIC_STORE_URL": "redis://:redis-xyzzy@db:6379/0",
+        "AGENTIC_REGISTRY_URL": "redis://db:6379/1",
+        "AGENTIC_BASE_URL": "http://127.0.0.1:9",
+    }.items():
+        monkeypatch.setenv(name, value)
+    handler = SubprocessHandler(["env"], env={"AGENTIC_EVENTS__WEBHOOK_SECRET": "given"})
+    shown = handler(TASK, context()).output
+    assert "xyzzy" not in shown
+    assert "AGENTIC_EVENTS__WEBHOOK_SECRET=given" in shown
+    assert "AGENTIC_REGISTRY_URL=redis://db:6379/1" in shown and "AGENTIC_BASE_URL=" in shown
+
+
 def test_output_keeps_the_last_characters() -> None:
     """Only the last output_limit characters of stdout are kept as output."""
     handler = SubprocessHandler(sh("seq 1 1000"), output_limit=20)

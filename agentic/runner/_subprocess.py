@@ -21,6 +21,7 @@ from typing import IO, Literal
 
 from pydantic_core import PydanticSerializationError
 
+from ..config import without_secrets
 from ..errors import ConfigError
 from ..models import Task, TaskResult
 from ._context import InfrastructureError, TaskCancelled, TaskContext
@@ -110,8 +111,10 @@ class SubprocessHandler:
     * ``format="text"``: the title, a blank line, the description; ``"json"``: the
       whole task as JSON.
     * stdout and stderr lines go to the task's log as they come (stderr lines with a
-      ``[stderr]`` prefix). The environment is inherited, plus ``env``, plus
-      ``AGENTIC_TASK_ID`` and ``AGENTIC_USAGE_FILE``: a path the command may append
+      ``[stderr]`` prefix). The environment is inherited but for the ``AGENTIC_*``
+      variables holding a secret (tokens, the webhook secret, URLs with a
+      password: ``config.without_secrets``; ``env`` may give one back), plus
+      ``env``, plus ``AGENTIC_TASK_ID`` and ``AGENTIC_USAGE_FILE``: a path the command may append
       its token usage to, one JSON object a line (``{"model": "m", "tokens_in": 1200,
       "tokens_out": 300}``; ``model`` defaults to the task's), charged when it ends
       however it ends, and on cancellation also before the command is signalled
@@ -243,7 +246,12 @@ class SubprocessHandler:
         usage: _UsageFile,
     ) -> TaskResult:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
-        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage.path)}
+        env = {
+            **without_secrets(os.environ),  # the runner's tokens are not the command's
+            **self.env,
+            "AGENTIC_TASK_ID": task.id,
+            USAGE_ENV: str(usage.path),
+        }
         _require_executable(argv[0], cwd, env)
         # The guard runs the command and ends its group should this process die; it
         # says on a pipe of its own whether the command started.
