@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ __all__ = [
     "load_config",
     "without_secrets",
 ]
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "AGENTIC_"
 #: seconds between an agent runner's heartbeats, and between its lease renewals
@@ -403,10 +406,10 @@ def load_config(
     merged: Layer = {}
     yaml_file = _find_yaml(path, env)
     if yaml_file is not None:
-        merged.update(_yaml_layer(yaml_file))
+        merged.update(_exposed(yaml_file, _yaml_layer(yaml_file)))
     dotenv_file = _find_dotenv(dotenv)
     if dotenv_file is not None:
-        merged.update(_text_layer(_dotenv_lines(dotenv_file), strict=True))
+        merged.update(_exposed(dotenv_file, _text_layer(_dotenv_lines(dotenv_file), strict=True)))
     variables = [(name, text, f"environment variable {name}") for name, text in env.items()]
     merged.update(_text_layer(variables, strict=False))
     named = given_as or {}
@@ -654,10 +657,34 @@ def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
 def _secret(name: str, value: str) -> bool:
     if not name.startswith(ENV_PREFIX):
         return False
-    key = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+    return _secret_key(name.removeprefix(ENV_PREFIX).lower().replace("__", "."), value)
+
+
+def _secret_key(key: str, value: object) -> bool:
+    """Whether ``key`` set to ``value`` holds a secret: a key kept out of repr(), or
+    a URL with a password."""
     if key in _all_keys() and _field(key).repr is False:
-        return True
-    return key.endswith("_url") and redact(value) != value
+        return bool(value)
+    return key.endswith("_url") and isinstance(value, str) and redact(value) != value
+
+
+def _exposed(file: Path, layer: Layer) -> Layer:
+    """``layer``, read from ``file``; warned of when it holds a secret (a token, a
+    URL's password) and other users may read the file, as ssh warns of a key."""
+    try:
+        mode = file.stat().st_mode & 0o777
+    except OSError:
+        return layer
+    secrets = sorted(key for key, (value, _) in layer.items() if _secret_key(key, value))
+    if secrets and mode & 0o077:
+        log.warning(
+            "%s holds secrets (%s) and other users may read it (mode %04o): chmod 600 %s",
+            file,
+            ", ".join(secrets),
+            mode,
+            file,
+        )
+    return layer
 
 
 def _all_keys() -> list[str]:
