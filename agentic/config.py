@@ -268,6 +268,9 @@ class ServerConfig(_Section):
     # may create tasks, which agents run. Off: `agentic serve` refuses to.
     allow_open: Annotated[bool, Accepts("true or false")] = False
     max_body_bytes: Annotated[Int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
+    # The most lines one task's log may hold; past it appends are refused (409), so a
+    # runaway task cannot fill the store. 0: no limit.
+    max_log_lines: Annotated[Int, Field(ge=0), Accepts("an integer >= 0 (0: no limit)")] = 100_000
     # Requests a second each token (each address, without tokens) may send on average;
     # past it 429 with Retry-After. 0: no limit.
     rate_limit: Annotated[

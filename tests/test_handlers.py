@@ -187,6 +187,27 @@ def test_the_command_gets_none_of_the_runners_secrets(monkeypatch: pytest.Monkey
     assert "AGENTIC_REGISTRY_URL=redis://db:6379/1" in shown and "AGENTIC_BASE_URL=" in shown
 
 
+def test_a_full_log_drops_the_lines_to_come() -> None:
+    """Once the task API says the task's log is full (409 log_full), the context drops
+    the lines it could not send and those logged after, and sends nothing more."""
+    store = MemoryTaskStore()
+    task = store.claim(store.create(Task(title="chatty")).id, "a1", 60)
+    with (
+        running_server(store, requeue_interval=None, max_log_lines=3) as url,
+        TaskClient(url, "", retries=0) as client,
+    ):
+        ctx = TaskContext(task, client)
+        ctx.log("one\ntwo")
+        assert ctx.flush_logs()  # the attempt's header and 2 lines: 3
+        sent = store.logs(task.id).lines
+        assert sent[1:] == ["one", "two"]
+        ctx.log("three\nfour")
+        assert ctx.flush_logs()  # refused: dropped, not kept to send again
+        ctx.log("later")
+        assert ctx.flush_logs()
+        assert store.logs(task.id).lines == sent
+
+
 def test_output_keeps_the_last_characters() -> None:
     """Only the last output_limit characters of stdout are kept as output."""
     handler = SubprocessHandler(sh("seq 1 1000"), output_limit=20)

@@ -835,6 +835,26 @@ def test_fenced_bodies_document_and_validate_job_id(
 # --- logs ---
 
 
+def test_a_full_log_refuses_more_lines(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore
+) -> None:
+    """Past max_log_lines an append is refused whole (409, details log_full), to admin
+    and agent tokens alike, and the log keeps what it held; up to it lines are added."""
+    api = make_client(max_log_lines=5)
+    held = claimed_by(store)
+    path = f"/api/tasks/{held.id}/logs"
+    assert api.post(path, json={"lines": ["1", "2", "3"]}, headers=AGENT1).status_code == 200
+    refused = assert_error(api.post(path, json={"lines": ["4", "5", "6"]}, headers=AGENT1), 409)
+    assert refused["details"] == "log_full" and "at most 5 lines" in refused["message"]
+    assert api.post(path, json={"lines": ["4", "5"]}, headers=ADMIN).status_code == 200
+    assert_error(api.post(path, json={"lines": ["6"]}, headers=ADMIN), 409)
+    assert store.logs(held.id).lines == ["1", "2", "3", "4", "5"]
+    other = claimed_by(store)
+    too_many = {"lines": [str(n) for n in range(6)]}
+    assert_error(api.post(f"/api/tasks/{other.id}/logs", json=too_many, headers=AGENT1), 409)
+    assert store.logs(other.id).lines == []
+
+
 def test_logs_append_and_page(api: TestClient, store: MemoryTaskStore) -> None:
     """POST appends lines; GET pages them with offset, limit and next_offset."""
     held = claimed_by(store)

@@ -191,6 +191,7 @@ def serve(
             agent_tokens=cfg.server.agent_tokens,
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_body_bytes=cfg.server.max_body_bytes,
+            max_log_lines=cfg.server.max_log_lines,
             rate_limit=cfg.server.rate_limit,
             rate_burst=cfg.server.rate_burst,
             retry_policy=retry_policy(cfg),

@@ -37,7 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
 from .. import __version__
-from .._client_wire import FEATURES
+from .._client_wire import FEATURES, LOG_FULL
 from ..errors import (
     APIError,
     ConfigError,
@@ -221,6 +221,7 @@ def create_app(
     rate_limit: float = 0.0,
     rate_burst: int = 0,
     trusted_hosts: Collection[str] | None = None,
+    max_log_lines: int = 100_000,
 ) -> FastAPI:
     """The task API over ``store`` (which the caller keeps and closes).
 
@@ -236,9 +237,14 @@ def create_app(
     with ``trusted_hosts`` so is one whose ``Host`` is not one of them, an IP address
     or localhost (a page reaching a server open on loopback through a DNS name of its
     own: ``agentic serve`` passes ``server.host`` there when it serves with no token).
+    ``max_log_lines``: the most lines a task's log may hold (0: no limit); an append
+    that would pass it is refused whole (409, details ``log_full``), so a runaway
+    task cannot fill the store.
     """
     if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
         raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
+    if max_log_lines < 0:
+        raise ConfigError(f"max_log_lines must be >= 0 (0: no limit), got {max_log_lines}")
     auth = Auth(admin_tokens, agent_tokens or {})
     if auth.open:
         log.warning("task API without tokens: anyone who can reach it may do anything")
@@ -639,8 +645,20 @@ def create_app(
     # --- logs ---
     @app.post("/api/tasks/{task_id}/logs", response_model=AppendResponse, tags=["logs"])
     async def append_logs(who: Caller, task_id: str, body: LogLines) -> AppendResponse:
-        """Append log lines; an agent token may log only to a task it holds."""
+        """Append log lines; an agent token may log only to a task it holds. 409 (details
+        ``log_full``) when the log would hold more than the server's ``max_log_lines``."""
         await require_holder(who, task_id, "log to")
+        if max_log_lines and body.lines:
+            # A line at this offset means the log cannot take them all. Concurrent
+            # appends may each pass the check: the bound holds within one batch each.
+            room = max(0, max_log_lines - len(body.lines))
+            if len(body.lines) > max_log_lines or (await calls(store.logs, task_id, room, 1)).lines:
+                raise APIError(
+                    f"the log of task {task_id} is full: it holds at most {max_log_lines}"
+                    " lines (server.max_log_lines); these were not added",
+                    409,
+                    LOG_FULL,
+                )
         return AppendResponse(next_offset=await calls(store.append_logs, task_id, body.lines))
 
     @app.get(
