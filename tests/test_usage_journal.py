@@ -261,6 +261,21 @@ def test_a_state_dir_that_cannot_be_written_is_a_config_error(
     assert system.registry.list() == []
 
 
+@pytest.mark.parametrize("shared", ["state", "state/usage", f"state/usage/{AGENT}"])
+def test_a_state_dir_others_may_write_in_is_refused(tmp_path: Path, shared: str) -> None:
+    """A state_dir, or the usage directories in it, that other users may write in (no
+    sticky bit) is refused: a link put there would take the job files elsewhere; with
+    the sticky bit (a shared /tmp) the state_dir itself is fine."""
+    journal = UsageJournal(tmp_path / "state", AGENT)
+    journal.check()
+    (tmp_path / shared).chmod(0o777)
+    with pytest.raises(PermissionError, match="other users may write in"):
+        journal.check()
+    (tmp_path / shared).chmod(0o1777)
+    if shared == "state":
+        journal.check()
+
+
 # --- a command's usage file, beside the job's ---
 def commanded(tmp_path: Path, lines: str) -> tuple[UsageJournal, JobJournal]:
     """A journal whose job's command wrote ``lines`` to its usage file, then died
