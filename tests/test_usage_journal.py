@@ -36,6 +36,7 @@ from agentic.runner._journal import (
     Leftover,
     UsageJournal,
     default_state_dir,
+    journaled_agents,
 )
 from agentic.runner._recovery import Recovery
 from agentic.runner._reporting import Reporter
@@ -274,6 +275,18 @@ def test_a_state_dir_others_may_write_in_is_refused(tmp_path: Path, shared: str)
     (tmp_path / shared).chmod(0o1777)
     if shared == "state":
         journal.check()
+
+
+@pytest.mark.parametrize("agent_id", ["..", ".", "a/../../b"])
+def test_an_agent_id_cannot_take_its_files_out_of_its_directory(
+    tmp_path: Path, agent_id: str
+) -> None:
+    """An agent id such as ".." keeps its job files in a directory of its own under
+    usage/, found again by its id."""
+    journal = UsageJournal(tmp_path / "state", agent_id)
+    journal.check()
+    assert journal.directory.resolve().parent == (tmp_path / "state" / "usage").resolve()
+    assert journaled_agents(tmp_path / "state") == [agent_id]
 
 
 # --- a command's usage file, beside the job's ---

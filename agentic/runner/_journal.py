@@ -293,7 +293,7 @@ class UsageJournal:
         agent_id: str,
         on_error: Callable[[str, Exception], None] | None = None,
     ) -> None:
-        self.directory = state_dir / "usage" / quote(agent_id, safe="")
+        self.directory = state_dir / "usage" / _file_name(agent_id)
         self._error = on_error or _log_error
 
     def check(self) -> None:
@@ -440,6 +440,14 @@ def _lock_within(file: IO[str], wait: float) -> None:
         else:
             return
         time.sleep(0.005)
+
+
+def _file_name(agent_id: str) -> str:
+    """``agent_id`` as one directory name: quoted, so no ``/`` leaves the usage
+    directory, and ``.`` or ``..`` (ids an ``AgentRunner`` accepts) spelt ``%2E``, so
+    neither names the usage directory itself or the state_dir (unquote gives it back)."""
+    quoted = quote(agent_id, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _require_own(directory: Path, *, owned: bool = True) -> None:
