@@ -267,6 +267,10 @@ class ServerConfig(_Section):
     # Serve with no token on an address other than loopback: anyone who can reach it
     # may create tasks, which agents run. Off: `agentic serve` refuses to.
     allow_open: Annotated[bool, Accepts("true or false")] = False
+    # Whether agent tokens may claim tasks (go-agentic's agents claim their own work).
+    # Off: only admin tokens claim (the dispatcher does for agentic's runners), so an
+    # agent token cannot take a task routed elsewhere.
+    agent_claims: Annotated[bool, Accepts("true or false")] = True
     max_body_bytes: Annotated[Int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
     # The most lines one task's log may hold; past it appends are refused (409), so a
     # runaway task cannot fill the store. 0: no limit.

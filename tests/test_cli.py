@@ -1276,6 +1276,37 @@ def test_serve_applies_the_configured_rate_limit() -> None:
 
 
 @pytest.mark.slow
+def test_serve_applies_the_configured_log_bound_and_claim_rights() -> None:
+    """server.max_log_lines and server.agent_claims reach the served API: a log past
+    the bound is refused (409), an agent token's claim too (403)."""
+    port = free_port()
+    settings = {
+        "AGENTIC_SERVER__ADMIN_TOKENS": "adm",
+        "AGENTIC_SERVER__AGENT_TOKENS": "ag=a1",
+        "AGENTIC_SERVER__MAX_LOG_LINES": "2",
+        "AGENTIC_SERVER__AGENT_CLAIMS": "false",
+    }
+    process = subprocess.Popen(
+        [AGENTIC, "serve", "--port", str(port), "--store", "memory://"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**subprocess_env(), **settings},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy(base))
+        admin, agent = {"Authorization": "Bearer adm"}, {"Authorization": "Bearer ag"}
+        task = httpx.post(f"{base}/api/tasks", json={"title": "t"}, headers=admin).json()
+        claim = httpx.post(f"{base}/api/tasks/{task['id']}/claim", json={}, headers=agent)
+        logs = f"{base}/api/tasks/{task['id']}/logs"
+        appended = httpx.post(logs, json={"lines": ["a", "b", "c"]}, headers=admin)
+    finally:
+        process.kill()
+        process.communicate()
+    assert (claim.status_code, appended.status_code) == (403, 409)
+
+
+@pytest.mark.slow
 def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     """A waiting reason quoting labels in brackets is printed whole, not read as markup."""
     system.registry.register(AgentInfo(id="cpu-only", capabilities=["cpu"]))

@@ -204,6 +204,23 @@ def test_agent_token_cannot_act_for_another_agent(api: TestClient, store: Memory
     assert store.logs(held.id).lines == []
 
 
+def test_agent_claims_off_leaves_claims_to_admin_tokens(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore
+) -> None:
+    """With agent_claims off an agent token's claim, alone or in a batch, is 403 and
+    claims nothing; an admin token still claims for any agent."""
+    api = make_client(agent_claims=False)
+    task = new_task(store)
+    refused = assert_error(api.post(f"/api/tasks/{task.id}/claim", json={}, headers=AGENT1), 403)
+    assert "server.agent_claims" in refused["message"]
+    batch = {"claims": [{"task_id": task.id, "agent_id": "a1"}]}
+    answer = api.post("/api/tasks/claims", json=batch, headers=AGENT1).json()
+    assert [result["code"] for result in answer["results"]] == [403]
+    assert store.get(task.id).status is TaskStatus.PENDING
+    claimed = api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a1"}, headers=ADMIN)
+    assert claimed.status_code == 200 and store.get(task.id).claimed_by == "a1"
+
+
 def test_agent_token_acts_as_itself(api: TestClient, store: MemoryTaskStore) -> None:
     """An agent token claims, reports progress, logs, renews and completes as its own id."""
     task = new_task(store)

@@ -192,6 +192,7 @@ def serve(
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_body_bytes=cfg.server.max_body_bytes,
             max_log_lines=cfg.server.max_log_lines,
+            agent_claims=cfg.server.agent_claims,
             rate_limit=cfg.server.rate_limit,
             rate_burst=cfg.server.rate_burst,
             retry_policy=retry_policy(cfg),

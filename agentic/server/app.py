@@ -222,6 +222,7 @@ def create_app(
     rate_burst: int = 0,
     trusted_hosts: Collection[str] | None = None,
     max_log_lines: int = 100_000,
+    agent_claims: bool = True,
 ) -> FastAPI:
     """The task API over ``store`` (which the caller keeps and closes).
 
@@ -239,7 +240,9 @@ def create_app(
     own: ``agentic serve`` passes ``server.host`` there when it serves with no token).
     ``max_log_lines``: the most lines a task's log may hold (0: no limit); an append
     that would pass it is refused whole (409, details ``log_full``), so a runaway
-    task cannot fill the store.
+    task cannot fill the store. ``agent_claims`` False: agent tokens may not claim
+    (403), only admin tokens (the dispatcher), so an agent cannot take a task routed
+    to no one, or to another agent, for itself.
     """
     if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
         raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
@@ -514,6 +517,12 @@ def create_app(
 
     async def claim(who: Principal, task_id: str, request: ClaimRequest) -> tuple[Task, str]:
         """One claim, as both claim endpoints make it: the task and the answer's message."""
+        if not (who.admin or agent_claims):
+            raise APIError(
+                "an agent token cannot claim tasks on this server (server.agent_claims is"
+                " off): the dispatcher claims them for agents",
+                403,
+            )
         agent = required_agent(who, request.agent_id)
         lease = request.lease_seconds or lease_seconds
         task = await calls(store.claim, task_id, agent, lease, request.job_id)
