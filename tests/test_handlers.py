@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from agentic.client import TaskClient
 from agentic.errors import ConfigError, TransportError
-from agentic.models import Task, TaskStatus, TaskUpdate
+from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.runner import (
     AgentRunner,
     InfrastructureError,
@@ -545,6 +546,33 @@ def test_characters_split_between_chunks_stay_whole() -> None:
     ctx = context()
     result = SubprocessHandler([sys.executable, "-c", script], output_limit=200_000)(TASK, ctx)
     assert result.success and result.output == "\u4e2d" * 100_000
+
+
+def test_a_look_alike_task_directory_does_not_stop_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task directory whose lock is a FIFO (what another user of a shared /tmp could
+    leave) is left alone, and the first task still runs: the sweep does not wait on
+    it; a look-alike that is a link to a directory is left alone too."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    trap = tmp_path / "agentic-task-trap"
+    trap.mkdir()
+    os.mkfifo(trap / ".agentic-lock")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".agentic-lock").touch()
+    (tmp_path / "agentic-task-link").symlink_to(elsewhere)
+    ran: list[TaskResult] = []
+    worker = threading.Thread(
+        target=lambda: ran.append(SubprocessHandler(["true"])(TASK, context())), daemon=True
+    )
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # let the open waiting on the FIFO go before failing
+        os.close(os.open(trap / ".agentic-lock", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+    assert ran and ran[0].success
+    assert (trap / ".agentic-lock").exists() and (elsewhere / ".agentic-lock").exists()
 
 
 def test_task_directories_of_a_killed_agent_are_removed_by_the_next_handler(

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -73,12 +74,21 @@ def _task_dir() -> Iterator[Path]:
 def _remove_abandoned(root: Path) -> None:
     """Remove the task directories under ``root`` whose lock nobody holds (their
     agent died). Ones without a lock file (being created, or made by an older
-    version) are left alone."""
+    version) are left alone, and so is what is not this user's own directory with a
+    regular lock file: ``root`` is shared (/tmp), and another user's look-alike (a
+    FIFO for a lock, which an open would wait on for ever) must not stop the sweep."""
     for path in root.glob(_DIR_PREFIX + "*"):
-        # No lock file, one held by a live task, or not ours to open: left alone.
-        with contextlib.suppress(OSError), (path / _DIR_LOCK).open("r") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path, ignore_errors=True)
+        # No lock file, one held by a live task, or not ours: left alone.
+        with contextlib.suppress(OSError):
+            found = path.lstat()
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+                continue
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+            with open(os.open(path / _DIR_LOCK, flags), "rb") as lock:
+                if not stat.S_ISREG(os.fstat(lock.fileno()).st_mode):
+                    continue
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class _Tail:
