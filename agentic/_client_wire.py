@@ -38,6 +38,7 @@ __all__ = [
     "PAGE",
     "RETRIED",
     "RETRY_STATUSES",
+    "LOG_FULL",
     "STORE_LOST",
     "STREAM_READ_TIMEOUT",
     "TASK",
@@ -71,6 +72,10 @@ CHANGES_HEADER = "X-Agentic-Changes"
 #: restarted without persistence, a FLUSHDB; an SQLite file deleted or replaced): the
 #: rest of the message says what to do
 STORE_LOST = "the task server's store was lost"
+
+#: the ``details`` of the 409 refusing log lines a task's log has no room for (the
+#: server's ``max_log_lines``): a runner stops sending that task's lines
+LOG_FULL = "log_full"
 
 #: what this version's task API does beyond go-agentic's, as its health check lists it
 #: (clients check for them: a server that predates one ignores what it needs, or, from

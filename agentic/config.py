@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,7 +59,10 @@ __all__ = [
     "EventsConfig",
     "ServerConfig",
     "load_config",
+    "without_secrets",
 ]
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "AGENTIC_"
 #: seconds between an agent runner's heartbeats, and between its lease renewals
@@ -260,7 +264,17 @@ class ServerConfig(_Section):
     agent_tokens: Annotated[
         dict[NonEmpty, NonEmpty], Accepts("a mapping of non-empty token -> agent id")
     ] = Field(default_factory=dict, repr=False)
+    # Serve with no token on an address other than loopback: anyone who can reach it
+    # may create tasks, which agents run. Off: `agentic serve` refuses to.
+    allow_open: Annotated[bool, Accepts("true or false")] = False
+    # Whether agent tokens may claim tasks (go-agentic's agents claim their own work).
+    # Off: only admin tokens claim (the dispatcher does for agentic's runners), so an
+    # agent token cannot take a task routed elsewhere.
+    agent_claims: Annotated[bool, Accepts("true or false")] = True
     max_body_bytes: Annotated[Int, Field(gt=0), Accepts("an integer > 0")] = 1024 * 1024
+    # The most lines one task's log may hold; past it appends are refused (409), so a
+    # runaway task cannot fill the store. 0: no limit.
+    max_log_lines: Annotated[Int, Field(ge=0), Accepts("an integer >= 0 (0: no limit)")] = 100_000
     # Requests a second each token (each address, without tokens) may send on average;
     # past it 429 with Retry-After. 0: no limit.
     rate_limit: Annotated[
@@ -399,10 +413,10 @@ def load_config(
     merged: Layer = {}
     yaml_file = _find_yaml(path, env)
     if yaml_file is not None:
-        merged.update(_yaml_layer(yaml_file))
+        merged.update(_exposed(yaml_file, _yaml_layer(yaml_file)))
     dotenv_file = _find_dotenv(dotenv)
     if dotenv_file is not None:
-        merged.update(_text_layer(_dotenv_lines(dotenv_file), strict=True))
+        merged.update(_exposed(dotenv_file, _text_layer(_dotenv_lines(dotenv_file), strict=True)))
     variables = [(name, text, f"environment variable {name}") for name, text in env.items()]
     merged.update(_text_layer(variables, strict=False))
     named = given_as or {}
@@ -634,6 +648,50 @@ def _env_value(key: str, text: str, where: str) -> Any:
     if not all(equals for _, equals, _ in pairs):
         raise ConfigError(f"{key} in {where}: must be token=agent_id pairs separated by commas")
     return {token.strip(): agent.strip() for token, _, agent in pairs}
+
+
+def without_secrets(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the ``AGENTIC_*`` variables holding a secret: the tokens, the
+    webhook secret (the keys kept out of repr()) and any URL with a password in it.
+
+    For the commands agents run: a command that prints its environment (or an agent
+    tricked into it) must not put the runner's token into a task log that every token
+    may read. Not a sandbox: the command runs as the runner's user and can read what
+    that user can (its config files, ``.env``)."""
+    return {name: value for name, value in env.items() if not _secret(name, value)}
+
+
+def _secret(name: str, value: str) -> bool:
+    if not name.startswith(ENV_PREFIX):
+        return False
+    return _secret_key(name.removeprefix(ENV_PREFIX).lower().replace("__", "."), value)
+
+
+def _secret_key(key: str, value: object) -> bool:
+    """Whether ``key`` set to ``value`` holds a secret: a key kept out of repr(), or
+    a URL with a password."""
+    if key in _all_keys() and _field(key).repr is False:
+        return bool(value)
+    return key.endswith("_url") and isinstance(value, str) and redact(value) != value
+
+
+def _exposed(file: Path, layer: Layer) -> Layer:
+    """``layer``, read from ``file``; warned of when it holds a secret (a token, a
+    URL's password) and other users may read the file, as ssh warns of a key."""
+    try:
+        mode = file.stat().st_mode & 0o777
+    except OSError:
+        return layer
+    secrets = sorted(key for key, (value, _) in layer.items() if _secret_key(key, value))
+    if secrets and mode & 0o077:
+        log.warning(
+            "%s holds secrets (%s) and other users may read it (mode %04o): chmod 600 %s",
+            file,
+            ", ".join(secrets),
+            mode,
+            file,
+        )
+    return layer
 
 
 def _all_keys() -> list[str]:

@@ -11,6 +11,10 @@ its defect 17), or when ``stop`` is set.
 With ``follow`` the server's Server-Sent Events are used; when they fail (an older
 server, a proxy that buffers, a dropped connection) the function falls back to
 polling from the last offset it printed, so no line is printed twice or lost.
+
+Written to a terminal, log lines and failure reasons have their control characters
+and escape sequences shown as escapes (colours are kept): a task's output must not
+command the operator's terminal. A file or a pipe gets them as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
+from ._printable import is_terminal, printable
 from .client import TaskClient
 from .errors import APIError, NotFoundError
 from .models import Task, TaskStatus
@@ -62,6 +67,11 @@ class _Printer:
         self.writer = writer
         self.status: TaskStatus | None = None
         self.offset = 0
+        # To a terminal, what tasks wrote is shown with its control characters escaped.
+        self.terminal = is_terminal(writer)
+
+    def _shown(self, text: str, *, colours: bool = False) -> str:
+        return printable(text, colours=colours) if self.terminal else text
 
     def show_status(self, status: TaskStatus | None, task: Task | Callable[[], Task]) -> None:
         """A changed status, stamped when it happened; a failed or blocked one says why
@@ -75,7 +85,8 @@ class _Printer:
             stamp = _stamp(known if known.status == status else None)
             self.writer.write(f"[{stamp}] Status: {status}\n")
             if status is TaskStatus.FAILED:
-                self.writer.write(f"[{stamp}] Reason: {known.fail_reason or 'not given'}\n")
+                reason = self._shown(known.fail_reason or "not given")
+                self.writer.write(f"[{stamp}] Reason: {reason}\n")
             elif status is TaskStatus.BLOCKED:
                 blockers = ", ".join(known.blockers) or "a hold (no failed dependency)"
                 self.writer.write(f"[{stamp}] Blocked by: {blockers}\n")
@@ -83,7 +94,7 @@ class _Printer:
     def show_line(self, line: str, offset: int) -> None:
         # An offset below ours was printed already (a resumed stream may repeat).
         if offset >= self.offset:
-            self.writer.write(line + "\n")
+            self.writer.write(self._shown(line, colours=True) + "\n")
             self.offset = offset + 1
 
     def drain(self, client: TaskClient, task_id: str) -> None:

@@ -448,6 +448,24 @@ def test_serve_on_a_port_in_use_is_a_runtime_error() -> None:
     no_traceback(result)
 
 
+@pytest.mark.timeout(20)
+def test_serve_refuses_to_serve_open_beyond_loopback() -> None:
+    """serve with no token on a non-loopback address exits 2 naming the safe ways,
+    before it serves anything."""
+    result = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), "--store", "memory://")
+    assert result.exit_code == 2, result.output
+    assert "refusing to serve without a token on 0.0.0.0" in result.stderr
+    assert "--allow-open" in result.stderr and "AGENTIC_SERVER__ADMIN_TOKENS" in result.stderr
+    no_traceback(result)
+
+
+def test_a_malformed_agent_token_is_not_echoed() -> None:
+    """A --agent-token without '=' is a usage error whose message holds no token."""
+    result = run("serve", "--agent-token", "s3cret-agent-token", "--store", "memory://")
+    assert result.exit_code == 2
+    assert "TOKEN=AGENT_ID" in result.stderr and "s3cret" not in result.output + result.stderr
+
+
 def test_log_lines_are_key_value_pairs() -> None:
     """The long-running commands log logfmt lines; values are quoted only when needed."""
     record = logging.LogRecord("agentic.x", logging.INFO, "f", 1, 'pass: a="b" c', None, None)
@@ -1209,7 +1227,8 @@ def test_status_watch_into_a_file_writes_every_refresh_and_ends_on_sigterm(
 
 @pytest.mark.slow
 def test_serve_without_token_warns(tmp_path: Path) -> None:
-    """With no token configured, serve warns that the API is open."""
+    """With no token configured, serve warns that the API is open and refuses what a
+    web page could send it: another site's Origin, a Host name not its own."""
     port = free_port()
     process = subprocess.Popen(
         [AGENTIC, "serve", "--port", str(port), "--store", "memory://"],
@@ -1218,7 +1237,14 @@ def test_serve_without_token_warns(tmp_path: Path) -> None:
         env=subprocess_env(),
     )
     try:
-        wait_for(lambda: healthy(f"http://127.0.0.1:{port}"))
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy(base))
+        task = {"title": "rm -rf ~"}
+        page = httpx.post(f"{base}/api/tasks", json=task, headers={"Origin": "http://a.example"})
+        rebound = httpx.post(f"{base}/api/tasks", json=task, headers={"Host": f"a.example:{port}"})
+        assert (page.status_code, rebound.status_code) == (403, 403)
+        assert httpx.get(f"{base}/api/tasks").json() == []
+        assert httpx.get(f"http://localhost:{port}/api/tasks").status_code == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(5) == 0
     finally:
@@ -1250,6 +1276,37 @@ def test_serve_applies_the_configured_rate_limit() -> None:
 
 
 @pytest.mark.slow
+def test_serve_applies_the_configured_log_bound_and_claim_rights() -> None:
+    """server.max_log_lines and server.agent_claims reach the served API: a log past
+    the bound is refused (409), an agent token's claim too (403)."""
+    port = free_port()
+    settings = {
+        "AGENTIC_SERVER__ADMIN_TOKENS": "adm",
+        "AGENTIC_SERVER__AGENT_TOKENS": "ag=a1",
+        "AGENTIC_SERVER__MAX_LOG_LINES": "2",
+        "AGENTIC_SERVER__AGENT_CLAIMS": "false",
+    }
+    process = subprocess.Popen(
+        [AGENTIC, "serve", "--port", str(port), "--store", "memory://"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**subprocess_env(), **settings},
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: healthy(base))
+        admin, agent = {"Authorization": "Bearer adm"}, {"Authorization": "Bearer ag"}
+        task = httpx.post(f"{base}/api/tasks", json={"title": "t"}, headers=admin).json()
+        claim = httpx.post(f"{base}/api/tasks/{task['id']}/claim", json={}, headers=agent)
+        logs = f"{base}/api/tasks/{task['id']}/logs"
+        appended = httpx.post(logs, json={"lines": ["a", "b", "c"]}, headers=admin)
+    finally:
+        process.kill()
+        process.communicate()
+    assert (claim.status_code, appended.status_code) == (403, 409)
+
+
+@pytest.mark.slow
 def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     """A waiting reason quoting labels in brackets is printed whole, not read as markup."""
     system.registry.register(AgentInfo(id="cpu-only", capabilities=["cpu"]))
@@ -1258,6 +1315,15 @@ def test_dispatch_once_prints_reasons_as_written(system: System) -> None:
     assert result.exit_code == 0, result.output
     assert f"waiting    {task.id}: " in result.stdout
     assert "[gpu]" in result.stdout
+
+
+def test_dispatch_once_escapes_control_characters_of_labels(system: System) -> None:
+    """A waiting reason quoting a label with a terminal escape shows it escaped."""
+    system.registry.register(AgentInfo(id="cpu-only", capabilities=["cpu"]))
+    system.tasks.create(Task(title="t", labels=["gpu\x1b]0;owned\x07"]))
+    result = system.cli("dispatch", "--once")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "gpu\\x1b]0;owned\\x07" in result.stdout
 
 
 def test_dispatch_once_makes_no_pass_beside_an_active_dispatcher(system: System) -> None:

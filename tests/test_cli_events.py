@@ -60,6 +60,20 @@ def test_events_print_offset_type_and_ids(system: System) -> None:
     assert "task_completed  task=t1  agent=a" in lines[1]
 
 
+def test_events_escape_control_characters(system: System) -> None:
+    """A payload holding a terminal escape (C0 or C1) or a bidi override is printed
+    with it escaped, on its one line."""
+    reason = "lease \x1b]0;owned\x07 lost\x9b2J\u202e"
+    event = Event(type=EventType.TASK_FAILED, task_id="t1", agent_id="a", payload={"why": reason})
+    with open_event_log(system.url) as log:
+        log.append([event])
+    result = system.cli("events")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 1
+    assert not {"\x1b", "\x9b", "\u202e"} & set(result.stdout)
+    assert "\\x9b2J\\u202e" in result.stdout
+
+
 def test_events_json_lines_carry_the_offset(system: System) -> None:
     """--json prints one object per line: the event's fields and its offset."""
     events = _fill(system.url)

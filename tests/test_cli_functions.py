@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import re
 import threading
 from collections.abc import Iterator
@@ -169,6 +171,31 @@ def test_stream_logs_follows_sse_until_final(
     why = {"failed": ["Reason: boom"], "blocked": ["Blocked by: t0"], "completed": []}[final]
     assert summarize(out.getvalue()) == ["Status: in_progress", "a", "b", f"Status: {final}", *why]
     assert pages.calls.last.request.url.params["offset"] == "1"
+
+
+HOSTILE = "done\x1b]0;owned\x07 \x1b]52;c;cm0gLXJm\x07\x1b[2J\r\u202eevil \x1b[31mred\x1b[0m"
+
+
+def test_stream_logs_escapes_what_tasks_wrote_on_a_terminal(
+    client: TaskClient, mock: respx.MockRouter
+) -> None:
+    """To a terminal, log lines and the failure reason show control characters and
+    escape sequences as escapes (colours kept); a file gets them as written."""
+    mock.get("/api/tasks/t1").respond(200, json=task_json("failed", fail_reason=HOSTILE))
+    mock.get("/api/tasks/t1/logs").mock(side_effect=FakeLog([HOSTILE]))
+    main, side = pty.openpty()
+    with os.fdopen(side, "w", encoding="utf-8") as terminal:
+        assert stream_logs(client, "t1", terminal, follow=False) == TaskStatus.FAILED
+    try:
+        shown = os.read(main, 65536).decode("utf-8")
+    finally:
+        os.close(main)
+    assert "\x1b]" not in shown and "\x1b[2J" not in shown and "\u202e" not in shown
+    assert shown.count("done\\x1b]0;owned\\x07 \\x1b]52;c;cm0gLXJm\\x07\\x1b[2J\\x0d") == 2
+    assert "\\u202eevil \x1b[31mred\x1b[0m" in shown  # the line's colours stay
+    to_file = io.StringIO()
+    stream_logs(client, "t1", to_file, follow=False)
+    assert to_file.getvalue().count(HOSTILE) == 2
 
 
 def test_stream_logs_stamps_a_status_with_when_it_changed(

@@ -118,6 +118,16 @@ def test_tasks_table_shows_ids_states_and_more(server: Server) -> None:
     assert ids["low"] not in limited.stdout
 
 
+def test_tasks_table_escapes_control_characters(server: Server) -> None:
+    """A title or label holding terminal escape sequences is shown with them escaped."""
+    server.store.create(Task(title="fix \x1b]0;owned\x07 \x1b[2Jbug", labels=["py\x9b2J"]))
+    result = server.cli("tasks")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "\x9b" not in result.stdout
+    assert "fix \\x1b]0;owned\\x07 \\x1b[2Jbug" in result.stdout
+    assert "py\\x9b2J" in result.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [["--status", "running"], ["--status", "pending,done"], ["--limit", "0"], ["--limit", "-5"]],

@@ -114,6 +114,39 @@ def test_config_is_frozen_and_hides_tokens() -> None:
     assert "adm1n" not in repr(cfg)
 
 
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("agentic.yaml", "token: s3cret\n"),
+        ("agentic.yaml", "server:\n  agent_tokens: {s3cret: a1}\n"),
+        ("agentic.yaml", "store_url: redis://:s3cret@db:6379/0\n"),
+        (".env", "AGENTIC_TOKEN=s3cret\n"),
+    ],
+)
+def test_a_file_with_secrets_others_may_read_is_warned_of(
+    name: str, text: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A config file or .env holding a token or a URL's password, readable by other
+    users, is warned of (naming the file and the fix, never the secret); mode 0600 is
+    not, nor a readable file with no secret."""
+    file = Path(name)
+    file.write_text(text, encoding="utf-8")
+    plain = write(Path("plain.yaml"), "project: demo\n")
+    for mode in (0o644, 0o600):
+        file.chmod(mode)
+        plain.chmod(0o644)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="agentic.config"):
+            load_config(env={})
+            load_config(plain, env={}, dotenv=False)
+        said = [r.getMessage() for r in caplog.records]
+        if mode == 0o644:
+            assert len(said) == 1 and f"chmod 600 {file.absolute()}" in said[0], said
+            assert "mode 0644" in said[0] and "s3cret" not in said[0]
+        else:
+            assert said == []
+
+
 # --- sources and precedence ----------------------------------------------------------
 
 

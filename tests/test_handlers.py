@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from agentic.client import TaskClient
 from agentic.errors import ConfigError, TransportError
-from agentic.models import Task, TaskStatus, TaskUpdate
+from agentic.models import Task, TaskResult, TaskStatus, TaskUpdate
 from agentic.runner import (
     AgentRunner,
     InfrastructureError,
@@ -165,6 +166,47 @@ def test_environment_and_workdir() -> None:
     ctx = context()
     ctx.workdir = Path("/")
     assert handler(TASK, ctx).output == "hi t1 /\n"
+
+
+def test_the_command_gets_none_of_the_runners_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AGENTIC_* variables holding a token, the webhook secret or a URL's password
+    are not passed to the command (one it prints would reach the task log); the others
+    are, and env may give a secret back."""
+    for name, value in {
+        "AGENTIC_TOKEN": "admin-xyzzy",
+        "AGENTIC_SERVER__AGENT_TOKENS": "agent-xyzzy=a1",
+        "AGENTIC_EVENTS__WEBHOOK_SECRET": "whsec_xyzzy",
+        "AGENTIC_STORE_URL": "redis://:redis-xyzzy@db:6379/0",
+        "AGENTIC_REGISTRY_URL": "redis://db:6379/1",
+        "AGENTIC_BASE_URL": "http://127.0.0.1:9",
+    }.items():
+        monkeypatch.setenv(name, value)
+    handler = SubprocessHandler(["env"], env={"AGENTIC_EVENTS__WEBHOOK_SECRET": "given"})
+    shown = handler(TASK, context()).output
+    assert "xyzzy" not in shown
+    assert "AGENTIC_EVENTS__WEBHOOK_SECRET=given" in shown
+    assert "AGENTIC_REGISTRY_URL=redis://db:6379/1" in shown and "AGENTIC_BASE_URL=" in shown
+
+
+def test_a_full_log_drops_the_lines_to_come() -> None:
+    """Once the task API says the task's log is full (409 log_full), the context drops
+    the lines it could not send and those logged after, and sends nothing more."""
+    store = MemoryTaskStore()
+    task = store.claim(store.create(Task(title="chatty")).id, "a1", 60)
+    with (
+        running_server(store, requeue_interval=None, max_log_lines=3) as url,
+        TaskClient(url, "", retries=0) as client,
+    ):
+        ctx = TaskContext(task, client)
+        ctx.log("one\ntwo")
+        assert ctx.flush_logs()  # the attempt's header and 2 lines: 3
+        sent = store.logs(task.id).lines
+        assert sent[1:] == ["one", "two"]
+        ctx.log("three\nfour")
+        assert ctx.flush_logs()  # refused: dropped, not kept to send again
+        ctx.log("later")
+        assert ctx.flush_logs()
+        assert store.logs(task.id).lines == sent
 
 
 def test_output_keeps_the_last_characters() -> None:
@@ -504,6 +546,33 @@ def test_characters_split_between_chunks_stay_whole() -> None:
     ctx = context()
     result = SubprocessHandler([sys.executable, "-c", script], output_limit=200_000)(TASK, ctx)
     assert result.success and result.output == "\u4e2d" * 100_000
+
+
+def test_a_look_alike_task_directory_does_not_stop_the_sweep(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task directory whose lock is a FIFO (what another user of a shared /tmp could
+    leave) is left alone, and the first task still runs: the sweep does not wait on
+    it; a look-alike that is a link to a directory is left alone too."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    trap = tmp_path / "agentic-task-trap"
+    trap.mkdir()
+    os.mkfifo(trap / ".agentic-lock")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / ".agentic-lock").touch()
+    (tmp_path / "agentic-task-link").symlink_to(elsewhere)
+    ran: list[TaskResult] = []
+    worker = threading.Thread(
+        target=lambda: ran.append(SubprocessHandler(["true"])(TASK, context())), daemon=True
+    )
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # let the open waiting on the FIFO go before failing
+        os.close(os.open(trap / ".agentic-lock", os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+    assert ran and ran[0].success
+    assert (trap / ".agentic-lock").exists() and (elsewhere / ".agentic-lock").exists()
 
 
 def test_task_directories_of_a_killed_agent_are_removed_by_the_next_handler(

@@ -204,6 +204,23 @@ def test_agent_token_cannot_act_for_another_agent(api: TestClient, store: Memory
     assert store.logs(held.id).lines == []
 
 
+def test_agent_claims_off_leaves_claims_to_admin_tokens(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore
+) -> None:
+    """With agent_claims off an agent token's claim, alone or in a batch, is 403 and
+    claims nothing; an admin token still claims for any agent."""
+    api = make_client(agent_claims=False)
+    task = new_task(store)
+    refused = assert_error(api.post(f"/api/tasks/{task.id}/claim", json={}, headers=AGENT1), 403)
+    assert "server.agent_claims" in refused["message"]
+    batch = {"claims": [{"task_id": task.id, "agent_id": "a1"}]}
+    answer = api.post("/api/tasks/claims", json=batch, headers=AGENT1).json()
+    assert [result["code"] for result in answer["results"]] == [403]
+    assert store.get(task.id).status is TaskStatus.PENDING
+    claimed = api.post(f"/api/tasks/{task.id}/claim", json={"agent_id": "a1"}, headers=ADMIN)
+    assert claimed.status_code == 200 and store.get(task.id).claimed_by == "a1"
+
+
 def test_agent_token_acts_as_itself(api: TestClient, store: MemoryTaskStore) -> None:
     """An agent token claims, reports progress, logs, renews and completes as its own id."""
     task = new_task(store)
@@ -244,6 +261,47 @@ def test_open_server_needs_no_token(make_client: Callable[..., TestClient]) -> N
     """With no tokens configured every caller is an admin."""
     api = make_client(admin_tokens=(), agent_tokens={})
     assert api.post("/api/tasks", json={"title": "x"}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://evil.example", "null", "http://testserver:8081", "http://[::1"]
+)
+def test_a_web_page_of_another_site_is_refused(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore, origin: str
+) -> None:
+    """A request with another site's Origin (a page's form or no-cors fetch) gets 403
+    and creates nothing, on an open server; its own origin is served."""
+    api = make_client(admin_tokens=(), agent_tokens={})
+    refused = assert_error(
+        api.post("/api/tasks", json={"title": "x"}, headers={"Origin": origin}), 403
+    )
+    assert "cross-origin" in refused["message"]
+    assert_error(api.get("/api/tasks", headers={"Origin": origin}), 403)
+    assert store.list() == []
+    own = {"Origin": "http://testserver"}  # TestClient's Host
+    assert api.post("/api/tasks", json={"title": "x"}, headers=own).status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("host", "code"),
+    [
+        ("evil.example:8080", 403),
+        ("127.0.0.1.evil.example", 403),
+        ("127.0.0.1:8080", 200),
+        ("[::1]:8080", 200),
+        ("localhost:8080", 200),
+        ("10.1.2.3", 200),
+        ("agents.internal:8080", 200),
+    ],
+)
+def test_an_open_server_answers_only_its_own_host_names(
+    make_client: Callable[..., TestClient], host: str, code: int
+) -> None:
+    """With trusted_hosts, a Host that is not one of them, an IP address or localhost
+    (a page's own DNS name pointed at the server) gets 403."""
+    api = make_client(admin_tokens=(), agent_tokens={}, trusted_hosts=["agents.internal"])
+    answer = api.get("/api/tasks", headers={"Host": host})
+    assert answer.status_code == code, answer.text
 
 
 @pytest.mark.parametrize(
@@ -792,6 +850,26 @@ def test_fenced_bodies_document_and_validate_job_id(
 
 
 # --- logs ---
+
+
+def test_a_full_log_refuses_more_lines(
+    make_client: Callable[..., TestClient], store: MemoryTaskStore
+) -> None:
+    """Past max_log_lines an append is refused whole (409, details log_full), to admin
+    and agent tokens alike, and the log keeps what it held; up to it lines are added."""
+    api = make_client(max_log_lines=5)
+    held = claimed_by(store)
+    path = f"/api/tasks/{held.id}/logs"
+    assert api.post(path, json={"lines": ["1", "2", "3"]}, headers=AGENT1).status_code == 200
+    refused = assert_error(api.post(path, json={"lines": ["4", "5", "6"]}, headers=AGENT1), 409)
+    assert refused["details"] == "log_full" and "at most 5 lines" in refused["message"]
+    assert api.post(path, json={"lines": ["4", "5"]}, headers=ADMIN).status_code == 200
+    assert_error(api.post(path, json={"lines": ["6"]}, headers=ADMIN), 409)
+    assert store.logs(held.id).lines == ["1", "2", "3", "4", "5"]
+    other = claimed_by(store)
+    too_many = {"lines": [str(n) for n in range(6)]}
+    assert_error(api.post(f"/api/tasks/{other.id}/logs", json=too_many, headers=AGENT1), 409)
+    assert store.logs(other.id).lines == []
 
 
 def test_logs_append_and_page(api: TestClient, store: MemoryTaskStore) -> None:

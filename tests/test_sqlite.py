@@ -139,6 +139,26 @@ def test_missing_directories_are_created_and_said(
     assert len(said) == 1 and str(path.parent) in said[0] and "check the store URL" in said[0]
 
 
+def test_a_new_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """A store file made under a lax umask (022) is 0600, its -wal and -shm too, and a
+    directory made for it 0700: task text, results and logs are no one else's to read;
+    an existing file keeps its mode."""
+    path = tmp_path / "made" / "agentic.db"
+    umask = os.umask(0o022)
+    try:
+        with closing(SQLiteTaskStore(path)) as store:
+            store.create(Task(title="secret work"))
+            modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+        kept = tmp_path / "shared.db"
+        kept.touch(mode=0o640)
+        SQLiteTaskStore(kept).close()
+    finally:
+        os.umask(umask)
+    assert modes == {"agentic.db": 0o600, "agentic.db-wal": 0o600, "agentic.db-shm": 0o600}
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert kept.stat().st_mode & 0o777 == 0o640
+
+
 def test_directory_under_a_regular_file_is_a_config_error(tmp_path: Path) -> None:
     """A directory that cannot be created is a ConfigError naming it and what to do."""
     (tmp_path / "plain").write_text("not a directory")

@@ -36,6 +36,7 @@ from agentic.runner._journal import (
     Leftover,
     UsageJournal,
     default_state_dir,
+    journaled_agents,
 )
 from agentic.runner._recovery import Recovery
 from agentic.runner._reporting import Reporter
@@ -259,6 +260,33 @@ def test_a_state_dir_that_cannot_be_written_is_a_config_error(
     with pytest.raises(ConfigError, match="state_dir"):
         runner.run()
     assert system.registry.list() == []
+
+
+@pytest.mark.parametrize("shared", ["state", "state/usage", f"state/usage/{AGENT}"])
+def test_a_state_dir_others_may_write_in_is_refused(tmp_path: Path, shared: str) -> None:
+    """A state_dir, or the usage directories in it, that other users may write in (no
+    sticky bit) is refused: a link put there would take the job files elsewhere; with
+    the sticky bit (a shared /tmp) the state_dir itself is fine."""
+    journal = UsageJournal(tmp_path / "state", AGENT)
+    journal.check()
+    (tmp_path / shared).chmod(0o777)
+    with pytest.raises(PermissionError, match="other users may write in"):
+        journal.check()
+    (tmp_path / shared).chmod(0o1777)
+    if shared == "state":
+        journal.check()
+
+
+@pytest.mark.parametrize("agent_id", ["..", ".", "a/../../b"])
+def test_an_agent_id_cannot_take_its_files_out_of_its_directory(
+    tmp_path: Path, agent_id: str
+) -> None:
+    """An agent id such as ".." keeps its job files in a directory of its own under
+    usage/, found again by its id."""
+    journal = UsageJournal(tmp_path / "state", agent_id)
+    journal.check()
+    assert journal.directory.resolve().parent == (tmp_path / "state" / "usage").resolve()
+    assert journaled_agents(tmp_path / "state") == [agent_id]
 
 
 # --- a command's usage file, beside the job's ---

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from .._printable import printable
 from .._signals import late_signals_logged
 from ..dispatcher import Dispatcher, DispatchReport
 from ..events import LoggingEmitter
@@ -41,8 +42,8 @@ def _print_report(report: DispatchReport) -> None:
     lines += [f"  waiting    {task_id}: {why}" for task_id, why in report.waiting.items()]
     lines += [f"  failed     {task_id}: {error}" for task_id, error in report.failed.items()]
     lines += [f"  dead letter {task_id}" for task_id in report.dead_lettered]
-    for line in lines:
-        out.print(line, highlight=False, markup=False)
+    for line in lines:  # a label may hold control characters: shown as escapes
+        out.print(printable(line), highlight=False, markup=False)
 
 
 @handled

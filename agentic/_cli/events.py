@@ -20,6 +20,7 @@ from typing import Annotated, Protocol
 import typer
 
 from .._client_wire import STORE_LOST
+from .._printable import printable
 from ..client import TaskClient
 from ..config import Config
 from ..errors import AgenticError, ConfigError, NotFoundError
@@ -163,7 +164,7 @@ class _Reader:
         else:
             # Plain writes, not rich: lines must stay whole at any width, and rich
             # turns a closed pipe into exit 1.
-            sys.stdout.write(_line(logged) + "\n")
+            sys.stdout.write(printable(_line(logged)) + "\n")
 
     def pages(self, after: int, gaps: bool = True) -> Iterator[LoggedEvent]:
         """Every event after ``after`` in the log now, oldest first; ``gaps``: say

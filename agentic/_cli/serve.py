@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import signal
 import socket
 from typing import TYPE_CHECKING, Annotated
@@ -42,7 +43,8 @@ def _agent_tokens(pairs: list[str] | None) -> dict[str, str] | None:
         # rpartition, as for AGENTIC_SERVER__AGENT_TOKENS: base64 tokens may end in "=".
         token, equals, agent = pair.rpartition("=")
         if not equals or not token or not agent:
-            raise ConfigError(f"--agent-token must be TOKEN=AGENT_ID, got {pair!r}")
+            # The value is not echoed: it holds a token.
+            raise ConfigError("--agent-token must be TOKEN=AGENT_ID, both non-empty (not shown)")
         tokens[token] = agent
     return tokens
 
@@ -73,6 +75,27 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _open_hosts(sock: socket.socket, host: str, allowed: bool) -> tuple[str, ...] | None:
+    """The Host names a server with no token answers to, given the address it bound.
+
+    On loopback: ``host`` (besides IP addresses and localhost), so that a web page
+    cannot reach it through a DNS name of its own (see ``server._browsers``). On any
+    other address it refuses to serve (ConfigError) unless ``allowed``: anyone who can
+    reach it could create tasks, which agents run as commands; allowed, it answers
+    to any name (None)."""
+    if ipaddress.ip_address(sock.getsockname()[0].partition("%")[0]).is_loopback:
+        return (host,)
+    if allowed:
+        return None
+    raise ConfigError(
+        f"refusing to serve without a token on {host} (not a loopback address): anyone"
+        " who can reach it could create tasks, which agents run as commands. Give an"
+        " admin token (server.admin_tokens, or AGENTIC_SERVER__ADMIN_TOKENS; --token"
+        " shows it to every user of this machine in ps), or --allow-open"
+        " (server.allow_open) to serve open anyway"
+    )
+
+
 def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
@@ -93,14 +116,27 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on [8080].")] = None,
     token: Annotated[
         list[str] | None,
-        typer.Option("--token", metavar="T", help="Admin token (repeatable); replaces config's."),
+        typer.Option(
+            "--token",
+            metavar="T",
+            help="Admin token (repeatable); replaces config's. Seen by every user of the"
+            " machine in ps: prefer AGENTIC_SERVER__ADMIN_TOKENS or the config file.",
+        ),
     ] = None,
     agent_token: Annotated[
         list[str] | None,
         typer.Option(
             "--agent-token",
             metavar="TOKEN=AGENT",
-            help="Token that may act only as AGENT (repeatable); replaces config's.",
+            help="Token that may act only as AGENT (repeatable); replaces config's. Seen"
+            " in ps like --token: prefer AGENTIC_SERVER__AGENT_TOKENS or the config file.",
+        ),
+    ] = None,
+    allow_open: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-open",
+            help="Serve with no token on an address other than loopback (refused otherwise).",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
@@ -119,6 +155,7 @@ def serve(
             "server.port": "--port",
             "server.admin_tokens": "--token",
             "server.agent_tokens": "--agent-token",
+            "server.allow_open": "--allow-open",
         },
         **stores,
         server={
@@ -126,11 +163,19 @@ def serve(
             "port": port,
             "admin_tokens": token,
             "agent_tokens": _agent_tokens(agent_token),
+            "allow_open": allow_open,
         },
     )
     # Bound before anything else starts: a port in use is the most likely mistake,
     # and it should be reported before logging is set up and the store is opened.
     sock = _bind(cfg.server.host, cfg.server.port)
+    trusted_hosts = None
+    if not (cfg.server.admin_tokens or cfg.server.agent_tokens):
+        try:
+            trusted_hosts = _open_hosts(sock, cfg.server.host, cfg.server.allow_open)
+        except ConfigError:
+            sock.close()
+            raise
     url = cfg.store_url_for("task")
     record = records_events(cfg, "task")
     events_url = shared_log_url(cfg)
@@ -146,10 +191,13 @@ def serve(
             agent_tokens=cfg.server.agent_tokens,
             lease_seconds=cfg.dispatcher.lease_seconds,
             max_body_bytes=cfg.server.max_body_bytes,
+            max_log_lines=cfg.server.max_log_lines,
+            agent_claims=cfg.server.agent_claims,
             rate_limit=cfg.server.rate_limit,
             rate_burst=cfg.server.rate_burst,
             retry_policy=retry_policy(cfg),
             events=events,
+            trusted_hosts=trusted_hosts,
         )
         # Request lines would flood the log (every agent polls every second); the
         # /metrics endpoint counts requests instead.

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from .._printable import printable
 from ..client import TaskClient
 from ..config import Config
 from ..errors import AgenticError, ConflictError, NotFoundError, TransportError
@@ -423,15 +424,16 @@ def _age(when: datetime | None, now: datetime) -> str:
 
 def tasks_table(shown: list[Task], more: bool, now: datetime) -> FittedTable:
     """The tasks, one a row; at narrow widths the least needed columns are left out.
-    Text taken from tasks is shown as is (never read as rich markup)."""
+    Text taken from tasks is never read as rich markup, and its control characters
+    are shown as escapes (a title must not command the terminal)."""
     rows = [
         [
             Text(task.id),
             Text(str(task.status or "-"), style=_STYLES.get(task.status or TaskStatus.PENDING, "")),
             task.priority.value,
-            Text(task.title),
-            Text(", ".join(task.labels) or "-"),
-            Text(task.claimed_by or "-"),
+            Text(printable(task.title)),
+            Text(printable(", ".join(task.labels)) or "-"),
+            Text(printable(task.claimed_by) or "-"),
             f"{task.retry_count}/{task.max_retries}",
             _age(task.created_at, now),
             _age(task.updated_at or task.created_at, now),

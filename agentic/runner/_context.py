@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from .._client_wire import LOG_FULL
 from ..client import TaskClient
 from ..errors import AgenticError, APIError, ConfigError
 from ..models import Task, TaskResult, TaskUpdate
@@ -113,6 +114,7 @@ class TaskContext:
         self._flush_lock = threading.Lock()
         self._lines: list[str] = []
         self._dropped = 0
+        self._log_full = False  # the server refused lines for want of room: none sent
         self._headed = False  # the attempt's first line is in the buffer or sent
         self._tokens: dict[str, list[int]] = {}
         self._settled = False  # the runner read the totals: later usage is too late
@@ -167,9 +169,12 @@ class TaskContext:
 
     # --- logs ---
     def log(self, line: str) -> None:
-        """Add a line (several if it contains newlines) to the task's log."""
+        """Add a line (several if it contains newlines) to the task's log; dropped once
+        the task API said the log is full (its ``max_log_lines``)."""
         parts = clean(str(line)).splitlines() or [""]
         with self._lock:
+            if self._log_full:
+                return
             self._lines.extend(
                 part if len(part) <= MAX_LINE_CHARS else part[:MAX_LINE_CHARS] + " [cut]"
                 for part in parts
@@ -212,7 +217,19 @@ class TaskContext:
                 for batch in _batches(lines):
                     self._append(batch)
                     sent += len(batch)
-            except AgenticError:
+            except AgenticError as exc:
+                if _log_full(exc):
+                    # Sending again cannot help: this attempt's lines from here go.
+                    with self._lock:
+                        self._log_full = True
+                        self._lines.clear()
+                    log.warning(
+                        "task %s: %s; its %d line(s) not sent and those to come are dropped",
+                        self._task.id,
+                        exc,
+                        len(lines) - sent,
+                    )
+                    return
                 with self._lock:
                     self._lines[:0] = lines[sent:]
                 raise
@@ -337,6 +354,16 @@ class TaskContext:
             self._on_error(f"task {self._task.id}: {what} failed", exc)
         else:
             log.warning("task %s: %s failed: %s", self._task.id, what, exc)
+
+
+def _log_full(exc: AgenticError) -> bool:
+    """Whether ``exc`` is the task API saying the task's log has no room left."""
+    return (
+        isinstance(exc, APIError)
+        and exc.from_response
+        and exc.code == 409
+        and exc.details == LOG_FULL
+    )
 
 
 def _batches(lines: list[str]) -> list[list[str]]:

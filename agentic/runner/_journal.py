@@ -293,14 +293,18 @@ class UsageJournal:
         agent_id: str,
         on_error: Callable[[str, Exception], None] | None = None,
     ) -> None:
-        self.directory = state_dir / "usage" / quote(agent_id, safe="")
+        self.directory = state_dir / "usage" / _file_name(agent_id)
         self._error = on_error or _log_error
 
     def check(self) -> None:
-        """Create the directory now; OSError when it cannot be (read-only, a file)."""
+        """Create the directory now; OSError when it cannot be (read-only, a file), or
+        when another user may change what is in it (see :func:`_require_own`)."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise PermissionError(f"{self.directory} is not writable")
+        _require_own(self.directory)
+        _require_own(self.directory.parent)  # usage/
+        _require_own(self.directory.parent.parent, owned=False)  # the state_dir
 
     def job(self, task: Task, on_error: Callable[[str, Exception], None]) -> JobJournal:
         """The journal of ``task``'s job; an earlier run's usage comes with it."""
@@ -436,6 +440,33 @@ def _lock_within(file: IO[str], wait: float) -> None:
         else:
             return
         time.sleep(0.005)
+
+
+def _file_name(agent_id: str) -> str:
+    """``agent_id`` as one directory name: quoted, so no ``/`` leaves the usage
+    directory, and ``.`` or ``..`` (ids an ``AgentRunner`` accepts) spelt ``%2E``, so
+    neither names the usage directory itself or the state_dir (unquote gives it back)."""
+    quoted = quote(agent_id, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _require_own(directory: Path, *, owned: bool = True) -> None:
+    """PermissionError unless no one else may write in ``directory`` (one with the
+    sticky bit, such as /tmp, is fine) and, if ``owned``, it is this user's. Job files
+    are opened by name: another user who could put a link there would have a runner
+    append to, or settle from, a file of their choosing (a state_dir in a shared
+    place)."""
+    status = directory.stat()
+    if owned and status.st_uid != os.getuid():
+        raise PermissionError(
+            f"{directory} belongs to another user (uid {status.st_uid}): use a directory"
+            " of your own for job usage files"
+        )
+    if status.st_mode & 0o022 and not status.st_mode & 0o1000:
+        raise PermissionError(
+            f"other users may write in {directory} (mode {status.st_mode & 0o7777:04o}):"
+            f" chmod go-w {directory}, or use a directory of your own"
+        )
 
 
 def _command_path(path: Path) -> Path:

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from typing import IO, Literal
 
 from pydantic_core import PydanticSerializationError
 
+from ..config import without_secrets
 from ..errors import ConfigError
 from ..models import Task, TaskResult
 from ._context import InfrastructureError, TaskCancelled, TaskContext
@@ -72,12 +74,21 @@ def _task_dir() -> Iterator[Path]:
 def _remove_abandoned(root: Path) -> None:
     """Remove the task directories under ``root`` whose lock nobody holds (their
     agent died). Ones without a lock file (being created, or made by an older
-    version) are left alone."""
+    version) are left alone, and so is what is not this user's own directory with a
+    regular lock file: ``root`` is shared (/tmp), and another user's look-alike (a
+    FIFO for a lock, which an open would wait on for ever) must not stop the sweep."""
     for path in root.glob(_DIR_PREFIX + "*"):
-        # No lock file, one held by a live task, or not ours to open: left alone.
-        with contextlib.suppress(OSError), (path / _DIR_LOCK).open("r") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            shutil.rmtree(path, ignore_errors=True)
+        # No lock file, one held by a live task, or not ours: left alone.
+        with contextlib.suppress(OSError):
+            found = path.lstat()
+            if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+                continue
+            flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW
+            with open(os.open(path / _DIR_LOCK, flags), "rb") as lock:
+                if not stat.S_ISREG(os.fstat(lock.fileno()).st_mode):
+                    continue
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class _Tail:
@@ -110,8 +121,10 @@ class SubprocessHandler:
     * ``format="text"``: the title, a blank line, the description; ``"json"``: the
       whole task as JSON.
     * stdout and stderr lines go to the task's log as they come (stderr lines with a
-      ``[stderr]`` prefix). The environment is inherited, plus ``env``, plus
-      ``AGENTIC_TASK_ID`` and ``AGENTIC_USAGE_FILE``: a path the command may append
+      ``[stderr]`` prefix). The environment is inherited but for the ``AGENTIC_*``
+      variables holding a secret (tokens, the webhook secret, URLs with a
+      password: ``config.without_secrets``; ``env`` may give one back), plus
+      ``env``, plus ``AGENTIC_TASK_ID`` and ``AGENTIC_USAGE_FILE``: a path the command may append
       its token usage to, one JSON object a line (``{"model": "m", "tokens_in": 1200,
       "tokens_out": 300}``; ``model`` defaults to the task's), charged when it ends
       however it ends, and on cancellation also before the command is signalled
@@ -243,7 +256,12 @@ class SubprocessHandler:
         usage: _UsageFile,
     ) -> TaskResult:
         cwd = self.cwd if self.cwd is not None else ctx.workdir
-        env = {**os.environ, **self.env, "AGENTIC_TASK_ID": task.id, USAGE_ENV: str(usage.path)}
+        env = {
+            **without_secrets(os.environ),  # the runner's tokens are not the command's
+            **self.env,
+            "AGENTIC_TASK_ID": task.id,
+            USAGE_ENV: str(usage.path),
+        }
         _require_executable(argv[0], cwd, env)
         # The guard runs the command and ends its group should this process die; it
         # says on a pipe of its own whether the command started.

@@ -1,4 +1,5 @@
-"""Request accounting and body limits as one ASGI middleware, and Prometheus text.
+"""Request accounting, body limits and browser refusals as one ASGI middleware, and
+Prometheus text.
 
 The exposition is written by hand (text format 0.0.4) so the server needs no
 metrics dependency. Requests are labelled by route template (``/api/tasks/{task_id}``),
@@ -10,11 +11,14 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
+from collections.abc import Collection
 from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ._browsers import browser_refusal
 
 __all__ = ["COUNTERS", "Guard", "Metrics"]
 
@@ -84,17 +88,25 @@ class Metrics:
 
 
 class Guard:
-    """Counts every answer by route and status, and refuses bodies over the limit (413).
+    """Counts every answer by route and status, refuses bodies over the limit (413)
+    and requests a web page made (403: :func:`browser_refusal`).
 
     A declared ``Content-Length`` over the limit is refused before the app runs; a
     body streamed without one is counted as it arrives and refused as soon as it
     passes the limit, so a client cannot make the server buffer more than that.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        trusted_hosts: Collection[str] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.trusted_hosts = trusted_hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -121,7 +133,9 @@ class Guard:
             return message
 
         try:
-            refusal = self._check_length(scope)
+            refusal = self._check_length(scope) or browser_refusal(
+                scope["headers"], self.trusted_hosts
+            )
             if refusal is not None:
                 await _answer(counting_send, *refusal)
                 return

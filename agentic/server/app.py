@@ -11,7 +11,10 @@ and may claim, renew, release, log to, complete and report progress on tasks onl
 as its own agent id (403 otherwise). Health and metrics stay open so probes and
 scrapers need no secret; they expose counts, never task content. With NO token
 configured the server is open: anyone who can reach it may do anything (fine on
-loopback, never on a network; ``agentic serve`` warns).
+loopback, never on a network; ``agentic serve`` warns, and refuses a non-loopback
+address unless told ``--allow-open``). Requests a web page made are refused
+(``_browsers``): another site's ``Origin``, and on a server open on loopback a
+``Host`` name not its own.
 
 Endpoints are ``async``; they reach the store through :class:`StoreCalls`, in a worker
 thread for a store that may wait on locks (SQLite), inline for the others.
@@ -24,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from typing import Annotated
 
 from anyio import CapacityLimiter, to_thread
@@ -34,7 +37,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, TypeAdapter
 
 from .. import __version__
-from .._client_wire import FEATURES
+from .._client_wire import FEATURES, LOG_FULL
 from ..errors import (
     APIError,
     ConfigError,
@@ -217,6 +220,9 @@ def create_app(
     events: EventLog | None = None,
     rate_limit: float = 0.0,
     rate_burst: int = 0,
+    trusted_hosts: Collection[str] | None = None,
+    max_log_lines: int = 100_000,
+    agent_claims: bool = True,
 ) -> FastAPI:
     """The task API over ``store`` (which the caller keeps and closes).
 
@@ -227,10 +233,21 @@ def create_app(
     ``events``: the event log ``GET /api/events`` serves to admin tokens (the caller
     keeps and closes it; without one that route answers 404). ``rate_limit``: requests
     a second each caller may send on average (0: no limit), ``rate_burst`` at once
-    (0: a second's worth); past it, 429 with ``Retry-After``.
+    (0: a second's worth); past it, 429 with ``Retry-After``. A request whose
+    ``Origin`` is not the server's own (a web page of another site) is refused (403);
+    with ``trusted_hosts`` so is one whose ``Host`` is not one of them, an IP address
+    or localhost (a page reaching a server open on loopback through a DNS name of its
+    own: ``agentic serve`` passes ``server.host`` there when it serves with no token).
+    ``max_log_lines``: the most lines a task's log may hold (0: no limit); an append
+    that would pass it is refused whole (409, details ``log_full``), so a runaway
+    task cannot fill the store. ``agent_claims`` False: agent tokens may not claim
+    (403), only admin tokens (the dispatcher), so an agent cannot take a task routed
+    to no one, or to another agent, for itself.
     """
     if lease_seconds <= 0 or max_body_bytes <= 0 or log_poll_interval <= 0:
         raise ConfigError("lease_seconds, max_body_bytes and log_poll_interval must be > 0")
+    if max_log_lines < 0:
+        raise ConfigError(f"max_log_lines must be >= 0 (0: no limit), got {max_log_lines}")
     auth = Auth(admin_tokens, agent_tokens or {})
     if auth.open:
         log.warning("task API without tokens: anyone who can reach it may do anything")
@@ -288,7 +305,9 @@ def create_app(
         if rate_limit
         else None
     )
-    app.add_middleware(Guard, metrics=metrics, max_body_bytes=max_body_bytes)
+    app.add_middleware(
+        Guard, metrics=metrics, max_body_bytes=max_body_bytes, trusted_hosts=trusted_hosts
+    )
     install_error_handlers(app, metrics)
 
     def required_agent(who: Principal, agent_id: str) -> str:
@@ -498,6 +517,12 @@ def create_app(
 
     async def claim(who: Principal, task_id: str, request: ClaimRequest) -> tuple[Task, str]:
         """One claim, as both claim endpoints make it: the task and the answer's message."""
+        if not (who.admin or agent_claims):
+            raise APIError(
+                "an agent token cannot claim tasks on this server (server.agent_claims is"
+                " off): the dispatcher claims them for agents",
+                403,
+            )
         agent = required_agent(who, request.agent_id)
         lease = request.lease_seconds or lease_seconds
         task = await calls(store.claim, task_id, agent, lease, request.job_id)
@@ -629,8 +654,20 @@ def create_app(
     # --- logs ---
     @app.post("/api/tasks/{task_id}/logs", response_model=AppendResponse, tags=["logs"])
     async def append_logs(who: Caller, task_id: str, body: LogLines) -> AppendResponse:
-        """Append log lines; an agent token may log only to a task it holds."""
+        """Append log lines; an agent token may log only to a task it holds. 409 (details
+        ``log_full``) when the log would hold more than the server's ``max_log_lines``."""
         await require_holder(who, task_id, "log to")
+        if max_log_lines and body.lines:
+            # A line at this offset means the log cannot take them all. Concurrent
+            # appends may each pass the check: the bound holds within one batch each.
+            room = max(0, max_log_lines - len(body.lines))
+            if len(body.lines) > max_log_lines or (await calls(store.logs, task_id, room, 1)).lines:
+                raise APIError(
+                    f"the log of task {task_id} is full: it holds at most {max_log_lines}"
+                    " lines (server.max_log_lines); these were not added",
+                    409,
+                    LOG_FULL,
+                )
         return AppendResponse(next_offset=await calls(store.append_logs, task_id, body.lines))
 
     @app.get(

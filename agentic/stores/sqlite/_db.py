@@ -31,6 +31,7 @@ own, as SQLite requires (``os.register_at_fork``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -138,7 +139,7 @@ class Database:
         _OPEN.add(self)
         if not self.path.parent.is_dir():
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             except OSError as exc:
                 raise ConfigError(
                     f"SQLite store: cannot create the directory {str(self.path.parent)!r}"
@@ -153,6 +154,7 @@ class Database:
                 self.path.name,
             )
         _warn_if_shared(self._where)
+        _create_private(self.path)
         with self._opening():
             self.connection()
 
@@ -478,6 +480,17 @@ def _warn_if_shared(path: str) -> None:
 
 # Files already checked by _warn_if_shared (each store of a process opens the file).
 _WARNED: set[str] = set()
+
+
+def _create_private(path: Path) -> None:
+    """Create the store's file, empty, readable by its owner only, unless it exists.
+
+    It holds every task's text, results and logs; SQLite gives its ``-wal`` and
+    ``-shm`` files the same permissions. Left to SQLite it would be created as the
+    umask allows (0644: readable by every user of the machine). A failure is left to
+    the connection to report."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
