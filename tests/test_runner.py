@@ -168,6 +168,20 @@ class System:
         wait_for(lambda: self.tasks.get(task_id).status != TaskStatus.IN_PROGRESS)
         return self.tasks.get(task_id)
 
+    def room_again(self, runner: AgentRunner) -> None:
+        """Wait until ``runner`` holds nothing and a heartbeat since then published it:
+        the registry's load alone may still be the 0 from before the last task began
+        (no heartbeat during a quick run), and the runner would give the next one back."""
+        wait_for(lambda: runner.load == 0)
+        since = datetime.now(UTC)
+        wait_for(
+            lambda: (
+                (agent := self.registry.get(AGENT)).current_load == 0
+                and agent.last_heartbeat is not None
+                and agent.last_heartbeat > since
+            )
+        )
+
 
 @pytest.fixture
 def system() -> Iterator[System]:

@@ -161,7 +161,7 @@ def test_a_second_runner_waits_and_warns_once_naming_the_holder(
     )
     for i in range(3):
         system.finished(system.submit(f"t{i}").id)
-        wait_for(lambda: system.registry.get(AGENT).current_load == 0)  # room again
+        system.room_again(first)
     assert ran == ["first"] * 3
     assert holder_of(system) == holder
 
