@@ -12,6 +12,9 @@ from agentic.cli import app
 from agentic.demo import AGENTS, LIMITED, DemoSummary, Progress, run_demo, scenario
 from agentic.models import TaskStatus
 
+# One worker of a parallel run for the module: the shared demo run happens once.
+pytestmark = pytest.mark.xdist_group("demo")
+
 
 @pytest.fixture(scope="module")
 def summary() -> DemoSummary:

@@ -19,6 +19,7 @@ import pytest
 from agentic.errors import NotFoundError
 from agentic.models import AgentInfo, AgentStatus
 from agentic.stores import open_allowance_store, open_registry
+from agentic.stores.base import AgentRegistry
 
 pytestmark = pytest.mark.slow
 SPAWN = mp.get_context("spawn")
@@ -38,6 +39,19 @@ def _increment(url: str, times: int, barrier: Barrier, out: Any) -> None:
 def _heartbeat(url: str, agent_id: str, barrier: Barrier, stop: Event, out: Any) -> None:
     registry = open_registry(url)
     barrier.wait(60)
+    _beat_until(registry, agent_id, stop, out)
+
+
+def _heartbeat_at_once(url: str, agent_id: str, beating: Event, stop: Event, out: Any) -> None:
+    """Beat from the start, and say so: the agent stays live however long the other
+    processes of the race take to start (seconds on a loaded machine)."""
+    registry = open_registry(url)
+    registry.heartbeat(agent_id, load=0)
+    beating.set()
+    _beat_until(registry, agent_id, stop, out)
+
+
+def _beat_until(registry: AgentRegistry, agent_id: str, stop: Event, out: Any) -> None:
     beats = missed = 0
     while not stop.is_set():
         try:
@@ -138,8 +152,12 @@ def test_heartbeats_racing_reap_never_mark_a_live_agent_offline(
     registry = open_registry(shared_url)
     registry.register(AgentInfo(id="live"))
     registry.register(AgentInfo(id="silent"))  # nobody beats it: the reaper must see it
-    out, barrier, stop = SPAWN.Queue(), SPAWN.Barrier(3), SPAWN.Event()
-    procs = _start(started, _heartbeat, [(shared_url, "live", barrier, stop)], out)
+    out, beating, stop = SPAWN.Queue(), SPAWN.Event(), SPAWN.Event()
+    procs = _start(started, _heartbeat_at_once, [(shared_url, "live", beating, stop)], out)
+    # The reaper starts once "live" is beaten: its registration alone may be older
+    # than the ttl by then (starting a process can take seconds on a loaded machine).
+    assert beating.wait(60)
+    barrier = SPAWN.Barrier(2)
     procs += _start(started, _reap, [(shared_url, 2.0, barrier, stop)], out)
     barrier.wait(60)
     time.sleep(RACE)

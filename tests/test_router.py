@@ -310,7 +310,8 @@ def outcome(t: Task, agents: AgentIndex | Sequence[AgentInfo], limit: int | None
         return str(exc)
 
 
-@settings(max_examples=300)
+# No deadline: a busy machine (a parallel run) may stall an example; speed is not checked.
+@settings(max_examples=300, deadline=None)
 @given(agents_strategy, tasks_strategy)
 def test_property_never_picks_an_ineligible_agent(agents: list[AgentInfo], t: Task) -> None:
     """Every ranked agent is eligible, and an error means none is."""
@@ -323,7 +324,7 @@ def test_property_never_picks_an_ineligible_agent(agents: list[AgentInfo], t: Ta
         assert sorted(ranked) == sorted(i for i, a in latest.items() if eligible(t, a))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(agents_strategy, tasks_strategy, st.randoms(use_true_random=False))
 def test_property_rank_is_deterministic(
     agents: list[AgentInfo], t: Task, rnd: random.Random
@@ -336,7 +337,7 @@ def test_property_rank_is_deterministic(
     assert rank_or_none(t, AgentIndex(unique)) == rank_or_none(t, AgentIndex(shuffled))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(agents_strategy, tasks_strategy)
 def test_property_first_of_rank_is_route(agents: list[AgentInfo], t: Task) -> None:
     """route answers rank's first id, with any limit."""
@@ -347,7 +348,7 @@ def test_property_first_of_rank_is_route(agents: list[AgentInfo], t: Task) -> No
         assert router.rank(t, agents, limit=2) == ranked[:2]
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(
     agents_strategy,
     st.lists(tasks_strategy, min_size=1, max_size=6),
