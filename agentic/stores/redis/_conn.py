@@ -464,7 +464,9 @@ def _went_back(store_id: str, found: str, seen: str) -> StoreLostError:
     return StoreLostError(
         f"the Redis store went back in time (store id {store_id}: {count} where a"
         f" process had seen {seen}): a failover to a replica that had not caught up,"
-        " or a restore of an older backup (RDB or AOF). The writes made since are"
+        " or a restore of an older backup (RDB or AOF), or a crash of Redis's machine"
+        " that lost the writes not yet on disk (appendfsync everysec: up to the last"
+        " second or two). The writes made since are"
         " lost: tasks completed since may be pending or in progress again and run"
         " twice, usage charged since is forgotten, so a quota could be over-spent."
         " Nothing was written, and every agentic process on this store refuses it"
