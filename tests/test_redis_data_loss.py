@@ -377,6 +377,36 @@ def test_a_store_whose_write_count_is_gone_is_refused_as_gone_back(stores: Store
     assert stores.client.get(_count_key(stores, seen)) is None
 
 
+def test_a_write_answered_during_a_read_is_not_taken_for_a_store_gone_back(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read whose count was read before another thread's write, answered after it, passes."""
+    client = stores.tasks._client  # type: ignore[attr-defined]
+    made = client.pipeline
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        pipe = made(*args, **kwargs)
+        run = pipe.execute
+
+        def execute(*a: Any, **k: Any) -> Any:
+            replies = run(*a, **k)
+            # Another thread's write, executed after this read and answered first.
+            stores.quota.set_allowance(AgentAllowance(agent_id="a2"))
+            return replies
+
+        pipe.execute = execute
+        return pipe
+
+    monkeypatch.setattr(client, "pipeline", pipeline)
+    assert stores.tasks.get("t1").title == "before"
+    monkeypatch.undo()
+    assert (
+        stores.client.get(f"{_count_key(stores, stores.registry.store_id()).decode()}:went_back")
+        is None
+    )
+    stores.tasks.create(Task(id="t2", title="after"))
+
+
 # A process of its own on a store URL: it writes once and says "ready", then at each
 # line read it tries a write and a read and says how each went.
 _OTHER_PROCESS = """

@@ -277,6 +277,18 @@ def test_a_state_dir_others_may_write_in_is_refused(tmp_path: Path, shared: str)
         journal.check()
 
 
+def test_a_new_state_dir_made_under_a_group_writable_umask_is_accepted(tmp_path: Path) -> None:
+    """The directories the runner makes itself under umask 002 (Ubuntu's) pass its own check."""
+    old = os.umask(0o002)
+    try:
+        journal = UsageJournal(tmp_path / "state", AGENT)
+        journal.check()
+    finally:
+        os.umask(old)
+    for made in ("state", "state/usage", f"state/usage/{AGENT}"):
+        assert (tmp_path / made).stat().st_mode & 0o077 == 0, made
+
+
 @pytest.mark.parametrize("agent_id", ["..", ".", "a/../../b"])
 def test_an_agent_id_cannot_take_its_files_out_of_its_directory(
     tmp_path: Path, agent_id: str

@@ -245,7 +245,7 @@ class JobJournal:
         if self._file is not None:
             return True
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_private(self.path.parent)
             file = self.path.open("a", encoding="utf-8")
         except OSError as exc:
             self._fail("could not be opened", exc)
@@ -299,7 +299,7 @@ class UsageJournal:
     def check(self) -> None:
         """Create the directory now; OSError when it cannot be (read-only, a file), or
         when another user may change what is in it (see :func:`_require_own`)."""
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _make_private(self.directory)
         if not os.access(self.directory, os.W_OK | os.X_OK):
             raise PermissionError(f"{self.directory} is not writable")
         _require_own(self.directory)
@@ -448,6 +448,16 @@ def _file_name(agent_id: str) -> str:
     neither names the usage directory itself or the state_dir (unquote gives it back)."""
     quoted = quote(agent_id, safe="")
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _make_private(directory: Path) -> None:
+    """Make ``directory`` and each missing parent readable and writable by this user
+    only (``mkdir(parents=True)`` gives the parents the umask's mode: 0775 under
+    umask 002, which :func:`_require_own` would then refuse). Existing ones are left
+    as they are."""
+    for level in [*reversed(directory.parents), directory]:
+        if not level.is_dir():
+            level.mkdir(mode=0o700, exist_ok=True)
 
 
 def _require_own(directory: Path, *, owned: bool = True) -> None:

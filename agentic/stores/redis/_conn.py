@@ -384,22 +384,29 @@ class Identity:
         """The id, after checking that the store still has it and has not gone back
         (one ``MGET``)."""
         self.review(client)
+        mark = self.mark()
         with translate_errors("reading the store id"):
             found, count = sync(client.mget(self.key, self.count_key))
-        self.confirm(client, found, count)
+        self.confirm(client, found, count, mark)
         return self.value
 
-    def confirm(self, client: redis.Redis, found: object, count: object) -> None:
+    def mark(self) -> int:
+        """The highest count this process has seen of the store, taken before a read's
+        round trip: the count a read finds may only be compared with a mark from before
+        it was read (another thread's write, made after the read and answered first,
+        raises the mark past the count the read found, on a store that went nowhere)."""
+        return _MARKS[self.value]
+
+    def confirm(self, client: redis.Redis, found: object, count: object, mark: int) -> None:
         """Check what the caller read in its own round trip, the id key's value
-        ``found`` and the write ``count``: StoreLostError when the store was emptied or
-        replaced, or went back (marked so by :data:`_NOTICE` first)."""
+        ``found`` and the write ``count``, against the ``mark`` (:meth:`mark`) taken
+        before it: StoreLostError when the store was emptied or replaced, or went back
+        (marked so by :data:`_NOTICE` first)."""
         if found is None or text(found) != self.value:
             raise _lost_store(self.value, None if found is None else text(found))
-        if count is None or int(text(count)) < _MARKS[self.value]:
+        if count is None or int(text(count)) < mark:
             _NOTICE(client, (), identity=self, reads=True)  # refuses, in the usual case
-            raise self.lost(
-                self.value, f"{'' if count is None else text(count)} {_MARKS[self.value]}"
-            )
+            raise self.lost(self.value, f"{'' if count is None else text(count)} {mark}")
         self.saw(int(text(count)))
 
     def lost(self, found: str | None, back: str) -> StoreLostError:
@@ -457,7 +464,9 @@ def _went_back(store_id: str, found: str, seen: str) -> StoreLostError:
     return StoreLostError(
         f"the Redis store went back in time (store id {store_id}: {count} where a"
         f" process had seen {seen}): a failover to a replica that had not caught up,"
-        " or a restore of an older backup (RDB or AOF). The writes made since are"
+        " or a restore of an older backup (RDB or AOF), or a crash of Redis's machine"
+        " that lost the writes not yet on disk (appendfsync everysec: up to the last"
+        " second or two). The writes made since are"
         " lost: tasks completed since may be pending or in progress again and run"
         " twice, usage charged since is forgotten, so a quota could be over-spent."
         " Nothing was written, and every agentic process on this store refuses it"
@@ -509,6 +518,7 @@ def _open_identity(client: redis.Redis, prefix: str, create: bool) -> Identity:
     if refusal:
         raise ConfigError(refusal)
     new_id = uuid.uuid4().hex if create else ""
+    marks = _MARKS.copy()  # before the read (Identity.mark)
     found, count, back = _OPEN(
         client, [new_id, store_count_key(prefix, "")], (store_id_key(prefix),)
     )
@@ -526,7 +536,7 @@ def _open_identity(client: redis.Redis, prefix: str, create: bool) -> Identity:
             " back to a backup from before this agentic ran on it"
         )
     _MARKS.setdefault(identity.value, int(text(count)))
-    identity.confirm(client, found, count)
+    identity.confirm(client, found, count, marks.get(identity.value, int(text(count))))
     return identity
 
 
@@ -613,12 +623,13 @@ def checked_read(
     was emptied, replaced or went back. For the reads that would otherwise answer
     "nothing" or "unknown" from an emptied store, or an old state from one gone back."""
     identity.review(client)
+    mark = identity.mark()
     with translate_errors(action):
         pipe = client.pipeline(transaction=transaction)
         read(pipe)
         pipe.mget(identity.key, identity.count_key)
         *replies, (found, count) = pipe.execute()
-    identity.confirm(client, found, count)
+    identity.confirm(client, found, count, mark)
     return replies
 
 
